@@ -1,0 +1,191 @@
+/* The compute backend interface.
+ *
+ * One table of function pointers, implemented by the CPU backend
+ * (kernels/cpu/, oneDNN + OpenBLAS) and the CUDA backend (kernels/cuda/).
+ * Model and training code call only through this table and never branch on
+ * which backend they hold.
+ *
+ * Conventions (every op):
+ *   - float32, NCHW for activations, (K, C, R, S) for conv weights,
+ *     (O, I) for linear weights, as PyTorch stores them. A backend may keep a
+ *     private layout internally but reads and writes these at the interface.
+ *   - Pointers are backend memory (host memory for the CPU backend, device
+ *     memory for CUDA) obtained from alloc(), or views into such memory.
+ *   - Activation gradients (dx) are WRITTEN (overwritten).
+ *     Parameter gradients (dw, db, dgamma, dbeta) are ACCUMULATED (+=), so the
+ *     two views of a step, and the teacher-free predictor path, simply add up;
+ *     the caller zeroes the gradient buffer once per step.
+ *   - Scalars that an op computes (loss values, metrics) are written to a
+ *     small backend buffer, not returned, so a step never waits on the
+ *     device; download() fetches them when wanted.
+ *   - Shape letters: N batch, C channels in, K channels out, H W spatial in,
+ *     P Q spatial out, R S kernel, D feature dim, O I linear out/in.
+ */
+#ifndef RUNAWAY_KERNELS_BACKEND_H
+#define RUNAWAY_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kb_backend kb_backend;
+typedef struct kb_conv kb_conv; /* opaque per-shape plan (primitives, algos) */
+
+typedef struct kb_conv_desc {
+    int N, C, H, W;     /* input */
+    int K, R, S;        /* output channels, kernel height, width */
+    int stride, pad;    /* same in both spatial dims */
+    int P, Q;           /* output spatial, filled in by kb_conv_desc_init */
+} kb_conv_desc;
+
+static inline void kb_conv_desc_init(kb_conv_desc *d, int N, int C, int H,
+                                     int W, int K, int R, int S, int stride,
+                                     int pad)
+{
+    d->N = N; d->C = C; d->H = H; d->W = W;
+    d->K = K; d->R = R; d->S = S;
+    d->stride = stride; d->pad = pad;
+    d->P = (H + 2 * pad - R) / stride + 1;
+    d->Q = (W + 2 * pad - S) / stride + 1;
+}
+
+typedef enum kb_loss_kind {
+    KB_LOSS_BYOL,    /* symmetrized BYOL: mean_i |p1-z2|^2 + |p2-z1|^2 */
+    KB_LOSS_UNIFIED, /* alpha*L_align + beta*L_cross (BYOL' beta>0, RAFT beta<0) */
+} kb_loss_kind;
+
+typedef struct kb_loss_cfg {
+    kb_loss_kind kind;
+    float alpha, beta; /* used by KB_LOSS_UNIFIED only */
+    int tangential;    /* replace |p - z|^2 by |z - l*p|^2 / l, l = sg(<p,z>) */
+} kb_loss_cfg;
+
+/* Slots of the loss op's output buffer (backend memory, KB_LOSS_NOUT floats). */
+enum {
+    KB_LOSS_OUT_LOSS = 0,  /* the optimized objective */
+    KB_LOSS_OUT_ALIGN = 1, /* L_align = mean_i |p1_i - p2_i|^2 */
+    KB_LOSS_OUT_CROSS = 2, /* L_cross = 1/2 mean_i |p1-z1|^2 + |p2-z2|^2 (plain, not Tan) */
+    KB_LOSS_OUT_BYOL = 3,  /* mean_i |p1-z2|^2 + |p2-z1|^2 (plain, not Tan) */
+    KB_LOSS_NOUT = 4,
+};
+
+struct kb_backend {
+    const char *name; /* "cpu", "cuda" */
+    void *impl;
+
+    void (*destroy)(kb_backend *be);
+
+    /* ---- memory ---- */
+    void *(*alloc)(kb_backend *be, size_t bytes); /* zero-filled; NULL on OOM */
+    void (*free)(kb_backend *be, void *p);
+    void (*upload)(kb_backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(kb_backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*copy)(kb_backend *be, void *dst, const void *src, size_t bytes);
+    void (*sync)(kb_backend *be); /* wait for queued work */
+
+    /* ---- elementwise over n floats ---- */
+    void (*fill)(kb_backend *be, float *x, float v, size_t n);
+    void (*scale)(kb_backend *be, float *x, float a, size_t n);                 /* x *= a */
+    void (*axpy)(kb_backend *be, float *y, float a, const float *x, size_t n);  /* y += a*x */
+    void (*add)(kb_backend *be, float *y, const float *a, const float *b, size_t n); /* y = a+b; y may alias a or b */
+
+    /* ---- convolution (no bias) ---- */
+    kb_conv *(*conv_plan)(kb_backend *be, const kb_conv_desc *d); /* NULL on failure */
+    void (*conv_free)(kb_backend *be, kb_conv *c);
+    /* y (N,K,P,Q) = conv(x (N,C,H,W), w (K,C,R,S)) */
+    void (*conv_forward)(kb_backend *be, kb_conv *c, const float *x, const float *w, float *y);
+    /* dx (N,C,H,W) = conv_transpose(dy (N,K,P,Q), w) */
+    void (*conv_backward_data)(kb_backend *be, kb_conv *c, const float *dy, const float *w, float *dx);
+    /* dw (K,C,R,S) += correlation of x and dy */
+    void (*conv_backward_weight)(kb_backend *be, kb_conv *c, const float *x, const float *dy, float *dw);
+
+    /* ---- batch normalization over (N, C, HW); a BatchNorm1d is HW = 1 ----
+     * Training mode: normalizes with the batch mean and biased variance, saves
+     * mean (C) and invstd (C) = 1/sqrt(var + eps) for backward, and, when
+     * running_mean/var are non-NULL, updates them as PyTorch does:
+     * r = (1-momentum)*r + momentum*stat, with the UNBIASED variance. */
+    void (*bn_forward_train)(kb_backend *be, const float *x, int N, int C, int HW,
+                             const float *gamma, const float *beta, float eps,
+                             float momentum, float *running_mean, float *running_var,
+                             float *y, float *save_mean, float *save_invstd);
+    /* Eval mode: y = gamma*(x - running_mean)/sqrt(running_var + eps) + beta. */
+    void (*bn_forward_eval)(kb_backend *be, const float *x, int N, int C, int HW,
+                            const float *gamma, const float *beta, float eps,
+                            const float *running_mean, const float *running_var,
+                            float *y);
+    /* dx written; dgamma, dbeta (C) accumulated. */
+    void (*bn_backward)(kb_backend *be, const float *x, const float *dy, int N, int C,
+                        int HW, const float *gamma, const float *save_mean,
+                        const float *save_invstd, float *dx, float *dgamma,
+                        float *dbeta);
+
+    /* ---- activations and pooling ---- */
+    void (*relu_forward)(kb_backend *be, const float *x, float *y, size_t n); /* y may alias x */
+    /* dx = dy * (y > 0); dx may alias dy */
+    void (*relu_backward)(kb_backend *be, const float *y, const float *dy, float *dx, size_t n);
+    /* Max pool, square window k, stride, pad (padding never wins).
+     * y (N,C,P,Q); idx (N,C,P,Q) int32 index of the max within its (H*W) plane. */
+    void (*maxpool_forward)(kb_backend *be, const float *x, int N, int C, int H, int W,
+                            int k, int stride, int pad, float *y, int32_t *idx);
+    /* dx (N,C,H,W) written (zero where no window picked it) */
+    void (*maxpool_backward)(kb_backend *be, const float *dy, const int32_t *idx, int N,
+                             int C, int H, int W, int P, int Q, float *dx);
+    /* Global average pool: y (N,C) = mean over HW of x (N,C,HW). */
+    void (*avgpool_forward)(kb_backend *be, const float *x, int N, int C, int HW, float *y);
+    void (*avgpool_backward)(kb_backend *be, const float *dy, int N, int C, int HW, float *dx);
+
+    /* ---- linear ---- */
+    /* y (N,O) = x (N,I) w^T (O,I) + b (O); b may be NULL */
+    void (*linear_forward)(kb_backend *be, const float *x, int N, int I, const float *w,
+                           const float *b, int O, float *y);
+    /* dx (N,I) written unless NULL; dw (O,I) and db (O, unless NULL) accumulated */
+    void (*linear_backward)(kb_backend *be, const float *x, const float *w, const float *dy,
+                            int N, int I, int O, float *dx, float *dw, float *db);
+
+    /* ---- rows of (N, D) ---- */
+    /* y = x / max(|x|, 1e-12) row-wise (F.normalize); norm (N) saved for backward */
+    void (*l2norm_forward)(kb_backend *be, const float *x, int N, int D, float *y, float *norm);
+    /* dx = (dy - y <y, dy>) / max(norm, 1e-12) */
+    void (*l2norm_backward)(kb_backend *be, const float *y, const float *norm,
+                            const float *dy, int N, int D, float *dx);
+
+    /* ---- losses and metrics ----
+     * p1, p2: normalized online predictions of views 1 and 2 (N, D);
+     * z1, z2: normalized teacher projections (N, D), no gradient.
+     * Writes out[KB_LOSS_NOUT] and dp1, dp2 (N, D) = dLoss/dp (written). */
+    void (*loss)(kb_backend *be, const kb_loss_cfg *cfg, const float *p1, const float *p2,
+                 const float *z1, const float *z2, int N, int D, float *dp1, float *dp2,
+                 float *out);
+    /* out[0] = log( mean_{i != j} exp(-t |z_i - z_j|^2) ), z (N,D), N >= 2 */
+    void (*uniformity)(kb_backend *be, const float *z, int N, int D, float t, float *out);
+    /* out[0] = sqrt(D) * mean_d std_i(z[i][d]), population std (divide by N) */
+    void (*collapse_std)(kb_backend *be, const float *z, int N, int D, float *out);
+    /* Softmax cross-entropy over K classes: out[0] = mean_i -log softmax(logits_i)[label_i],
+     * out[1] = number of rows whose argmax equals the label;
+     * dlogits (N,K) = gradient of out[0] (written) unless NULL. labels (N) int32. */
+    void (*softmax_xent)(kb_backend *be, const float *logits, const int32_t *labels, int N,
+                         int K, float *dlogits, float *out);
+
+    /* ---- optimizer and mean teacher, one pass over one buffer ----
+     * Adam exactly as torch.optim.Adam (L2 weight decay added to the gradient,
+     * eps after the bias-corrected square root). step counts from 1. */
+    void (*adam)(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                 float lr, float beta1, float beta2, float eps, float weight_decay,
+                 long step);
+    /* xi = tau*xi + (1-tau)*theta */
+    void (*ema)(kb_backend *be, float *xi, const float *theta, size_t n, float tau);
+};
+
+/* Creates the CPU backend with `threads` threads (0: all cores). */
+kb_backend *kb_cpu_create(int threads);
+
+/* Creates the CUDA backend on `device`; NULL (with a reason in err) where CUDA
+ * is not compiled in or no usable GPU is present. */
+kb_backend *kb_cuda_create(int device, char *err, size_t errlen);
+
+static inline void kb_destroy(kb_backend *be)
+{
+    if (be)
+        be->destroy(be);
+}
+
+#endif

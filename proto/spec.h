@@ -1,0 +1,154 @@
+/* Job specs: the YAML a researcher writes, parsed and validated into a
+ * plain struct. Lives in proto/ because the CLI, the daemon and the worker all
+ * read it (the CLI and daemon validate and expand grids, the worker trains).
+ *
+ * A spec file (every field optional unless marked; defaults are the paper's
+ * setup, appendix C):
+ *
+ *   name: byol-mlp          # [A-Za-z0-9_.-], at most 63 chars
+ *   seed: 0                 # 0 .. 2^53
+ *   init: weights.safetensors   # optional start point; path relative to the spec file
+ *   threads: 0              # CPU threads, 0 = all cores
+ *   data:
+ *     kind: synthetic       # synthetic | cifar10
+ *     path: /data/cifar-10-batches-bin   # required for cifar10; for synthetic,
+ *                           # where the generated files go (default: a cache dir)
+ *     synthetic: {train: 5000, test: 1000, seed: 0}
+ *     image_size: 96        # crop output size, 8 .. 512
+ *     augment: byol         # byol | none
+ *     mean: [0.4914, 0.4822, 0.4465]
+ *     std:  [0.2470, 0.2435, 0.2616]
+ *     loader_threads: 2
+ *   model:
+ *     stem: imagenet        # imagenet | cifar
+ *     width: 64             # ResNet-18 base width, 1 .. 64 (64 = torchvision)
+ *     projector: {hidden: 512, out: 128}
+ *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none
+ *     predictor_hidden: 512
+ *   loss:
+ *     kind: byol            # byol | unified
+ *     alpha: 1.0
+ *     beta: 1.0             # BYOL' beta > 0, RAFT beta < 0
+ *     tangential: false
+ *   optim:
+ *     lr: 3.0e-4
+ *     weight_decay: 0
+ *     batch_size: 128
+ *     epochs: 300
+ *     max_steps: 0          # stop after this many steps (0: no limit)
+ *   ema:
+ *     tau: 0.996
+ *     schedule: constant    # constant | cosine (tau -> 1 over training)
+ *   eval:
+ *     linear: {epochs: 100, lr: 5.0e-4, batch_size: 256}   # epochs 0 = skip
+ *     knn: {every: 0, k: 200, temperature: 0.1}            # every 0 = off
+ *   log:
+ *     every_steps: 0        # per-step metrics every N steps (0: per epoch only)
+ *   checkpoint:
+ *     every_epochs: 0       # 0: only at the end
+ *
+ * Errors name the file, the field (dotted path, e.g. "optim.lr") and what is
+ * allowed, e.g. "spec.yaml: optim.lr: must be a number in (0, 10], got 'abc'".
+ */
+#ifndef RUNAWAY_PROTO_SPEC_H
+#define RUNAWAY_PROTO_SPEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RW_PATH_MAX 1024
+#define RW_NAME_MAX 64
+
+typedef enum { RW_DATA_SYNTHETIC, RW_DATA_CIFAR10 } rw_data_kind;
+typedef enum { RW_AUG_BYOL, RW_AUG_NONE } rw_augment;
+typedef enum { RW_STEM_IMAGENET, RW_STEM_CIFAR } rw_stem;
+typedef enum {
+    RW_PRED_MLP,
+    RW_PRED_MLP_BN,
+    RW_PRED_LINEAR,
+    RW_PRED_LINEAR_IDENTITY,
+    RW_PRED_NONE,
+} rw_predictor;
+typedef enum { RW_LOSS_BYOL, RW_LOSS_UNIFIED } rw_loss_kind;
+typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
+
+typedef struct rw_spec {
+    char name[RW_NAME_MAX];
+    uint64_t seed;
+    char init[RW_PATH_MAX]; /* "" = none; resolved against the spec's folder */
+    int threads;
+
+    struct {
+        rw_data_kind kind;
+        char path[RW_PATH_MAX]; /* resolved against the spec's folder */
+        int synthetic_train, synthetic_test;
+        uint64_t synthetic_seed;
+        int image_size;
+        rw_augment augment;
+        float mean[3], std[3];
+        int loader_threads;
+    } data;
+
+    struct {
+        rw_stem stem;
+        int width;
+        int proj_hidden, proj_out;
+        rw_predictor predictor;
+        int pred_hidden;
+    } model;
+
+    struct {
+        rw_loss_kind kind;
+        float alpha, beta;
+        int tangential;
+    } loss;
+
+    struct {
+        float lr, weight_decay;
+        int batch_size, epochs;
+        long max_steps;
+    } optim;
+
+    struct {
+        float tau;
+        rw_tau_schedule schedule;
+    } ema;
+
+    struct {
+        int linear_epochs;
+        float linear_lr;
+        int linear_batch_size;
+        int knn_every, knn_k;
+        float knn_temperature;
+    } eval;
+
+    struct {
+        int every_steps;
+    } log;
+
+    struct {
+        int every_epochs;
+    } checkpoint;
+} rw_spec;
+
+/* Fills the defaults listed above. */
+void rw_spec_defaults(rw_spec *s);
+
+/* Parses and validates a YAML file. Returns 0, or -1 with a message naming
+ * the file, the field and what is allowed in err. */
+int rw_spec_load(const char *path, rw_spec *s, char *err, size_t errlen);
+
+/* Same from a YAML string; `origin` names it in errors and `basedir`
+ * resolves relative paths ("" = current directory). */
+int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *basedir,
+                  rw_spec *s, char *err, size_t errlen);
+
+/* Checks cross-field constraints (e.g. cifar10 needs data.path, knn.k <
+ * number of training images is checked later, by the worker). 0 or -1. */
+int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen);
+
+/* Names for printing. */
+const char *rw_predictor_name(rw_predictor p);
+const char *rw_loss_kind_name(rw_loss_kind k);
+
+#endif

@@ -1,0 +1,80 @@
+/* Data: CIFAR-10's binary format (read and, for the synthetic set, written),
+ * BYOL's augmentations on the CPU, and the background batch loader.
+ * The per-sample and per-pixel augmentation math is in kernels/augment.h,
+ * shared with the CUDA backend. */
+#ifndef RUNAWAY_WORKER_DATA_H
+#define RUNAWAY_WORKER_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/spec.h"
+
+#define RW_CIFAR_SIDE 32
+#define RW_CIFAR_RECORD 3073 /* 1 label byte + 3*32*32 pixel bytes (R, G, B planes) */
+
+typedef struct rw_dataset {
+    int n;           /* number of images */
+    uint8_t *pixels; /* (n, 3, 32, 32) as stored in the files */
+    uint8_t *labels; /* (n), 0..9 */
+} rw_dataset;
+
+/* Loads data_batch_1..5.bin (train != 0) or test_batch.bin from dir.
+ * Errors (missing file, size not a multiple of 3073, label > 9) name the
+ * file and the problem. 0 or -1. */
+int rw_cifar_load(const char *dir, int train, rw_dataset *out, char *err, size_t errlen);
+void rw_dataset_free(rw_dataset *ds);
+
+/* Writes a synthetic data set in CIFAR-10's binary format to dir:
+ * n_train images spread over data_batch_1..5.bin and n_test in test_batch.bin,
+ * 10 learnable classes, deterministic from seed. Creates dir if needed. */
+int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
+                   size_t errlen);
+
+/* Makes sure dir holds the synthetic set for (n_train, n_test, seed),
+ * generating it if absent; a marker file records the parameters so a stale
+ * set is regenerated rather than silently reused. */
+int rw_synth_ensure(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
+                    size_t errlen);
+
+/* Un-augmented image i resized (bilinear) to size x size and normalized:
+ * out (3, size, size). Used for evaluation features and `augment: none`. */
+void rw_image_plain(const rw_dataset *ds, int i, int size, const float mean[3],
+                    const float std[3], float *out);
+
+/* The background loader. Each epoch is a permutation of the data set drawn
+ * from (seed, epoch); batch b holds samples perm[b*B .. b*B+B-1]; the last
+ * partial batch is dropped (BatchNorm statistics on a handful of samples are
+ * noise). View v of sample i in epoch e is a pure function of
+ * (seed, e, i, v), so a resumed job and any thread count give the same bytes. */
+typedef struct rw_loader rw_loader;
+
+typedef struct rw_loader_cfg {
+    const rw_dataset *ds;
+    int batch;
+    int out_size;
+    rw_augment augment;
+    float mean[3], std[3];
+    uint64_t seed;
+    int threads; /* background threads preparing batches, >= 1 */
+} rw_loader_cfg;
+
+rw_loader *rw_loader_create(const rw_loader_cfg *cfg, char *err, size_t errlen);
+void rw_loader_free(rw_loader *ld);
+/* Batches per epoch (n / batch, rounded down). */
+long rw_loader_batches(const rw_loader *ld);
+/* Positions the loader at (epoch, batch index); prefetching restarts there. */
+void rw_loader_seek(rw_loader *ld, int epoch, long batch);
+/* Fills x1, x2 (batch, 3, S, S) host floats and labels (batch), advancing the
+ * position; returns 0, or 1 when the epoch is exhausted (nothing written;
+ * seek to the next epoch). */
+int rw_loader_next(rw_loader *ld, float *x1, float *x2, int32_t *labels);
+/* Current position, as a checkpoint saves it. */
+void rw_loader_tell(const rw_loader *ld, int *epoch, long *batch);
+
+/* Writes a PNG grid: for each of the first `count` images of the epoch-0
+ * order, the original (resized to out_size), its T1 view and its T2 view. */
+int rw_show_augment(const rw_dataset *ds, const rw_loader_cfg *cfg, int count,
+                    const char *png_path, char *err, size_t errlen);
+
+#endif

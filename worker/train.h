@@ -1,0 +1,45 @@
+/* Training one job: the loop around the model's step, metrics, evaluation,
+ * checkpoints. Used by `runaway-worker run` (standalone) and by the daemon
+ * worker, which passes hooks to stream metrics and to learn of cancellation. */
+#ifndef RUNAWAY_WORKER_TRAIN_H
+#define RUNAWAY_WORKER_TRAIN_H
+
+#include <stddef.h>
+
+#include "kernels/backend.h"
+#include "proto/spec.h"
+
+typedef struct rw_metrics {
+    int epoch;          /* 1-based epoch the numbers belong to */
+    long step;          /* optimizer steps done so far */
+    double loss;        /* the optimized objective, mean over the period */
+    double align;       /* L_align(q.f), mean over the period */
+    double uniform;     /* L_uniform(f), t = 2, mean over the period */
+    double collapse;    /* collapse std of normalized projections, mean */
+    double knn;         /* kNN top-1 accuracy in [0,1]; NaN when not computed */
+    double pairs_per_s; /* image pairs per second over the period */
+    double tau;         /* EMA rate in use at the end of the period */
+} rw_metrics;
+
+typedef struct rw_train_hooks {
+    void *ud;
+    void (*on_step)(void *ud, const rw_metrics *m);  /* every log.every_steps */
+    void (*on_epoch)(void *ud, const rw_metrics *m); /* every epoch */
+    int (*should_stop)(void *ud);                    /* non-zero: stop soon */
+    void (*on_log)(void *ud, const char *line);      /* human-readable progress */
+} rw_train_hooks;
+
+typedef struct rw_train_result {
+    rw_metrics last;       /* the final epoch */
+    double align_last10;   /* mean of L_align over the last min(10, epochs) epochs */
+    double uniform_last10; /* same for L_uniform */
+    double linear_acc;     /* linear evaluation top-1 in [0,1]; NaN if skipped */
+    int stopped;           /* 1 if should_stop ended it early */
+} rw_train_result;
+
+/* Trains the job the spec describes on `be`. Returns 0, or -1 with a reason
+ * in err (bad data, bad init file, out of memory); never exits. */
+int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_hooks *hooks,
+             rw_train_result *res, char *err, size_t errlen);
+
+#endif

@@ -1,1 +1,923 @@
+/* CPU backend ops: hand-computed values, naive references and
+ * finite-difference checks of every backward.
+ *
+ * Gradient checks: for an op y = f(x) and a fixed random r, the scalar
+ * J(x) = sum r*y (accumulated in double) has dJ/dx = backward(dy = r). Each
+ * element of x is perturbed by +-eps and (J+ - J-) / (x+ - x-) is compared
+ * with the backward's value, element by element (the tensors are small, so
+ * per-element checks are affordable and catch errors confined to a border or
+ * a single channel, which a directional check would average away).
+ *
+ * Tolerance |fd - g| <= 2e-3 + 1e-2 |g|, with eps = 1e-2 and O(1) values:
+ * - rounding: y is float (relative error ~6e-8), so J carries an error of
+ *   about 6e-8 * sqrt(ny) * |r y| ~ 1e-6 for our sizes; divided by 2 eps
+ *   that is ~5e-5, far below 2e-3;
+ * - truncation: central differences err by eps^2/6 f''' ~ 2e-5 |f'''|; the
+ *   smooth ops here (BN, l2norm, losses, softmax) have |f'''| of order 1..10
+ *   on these inputs, so <= 2e-4; conv and linear are linear (no truncation);
+ * - nonsmooth ops (ReLU, max pool) get inputs kept > 2 eps from every kink.
+ * A wrong factor, sign, missing term or index is an O(1) relative error,
+ * about 100x the tolerance. */
 #include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+
+/* ---- helpers ---- */
+
+static kb_backend *be;
+
+static void setup_be(void) { be = kb_cpu_create(1); }
+static void teardown_be(void) { kb_destroy(be); }
+
+static uint64_t rng_state;
+
+static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+
+static float urand(void) /* uniform in [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static float *fa(size_t n)
+{
+    float *p = be->alloc(be, n * sizeof(float));
+    cr_assert(p != NULL);
+    return p;
+}
+
+static float *frand(size_t n)
+{
+    float *p = fa(n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = urand();
+    return p;
+}
+
+static void unit_rows(float *x, int N, int D)
+{
+    for (int i = 0; i < N; i++) {
+        double s = 0;
+        for (int d = 0; d < D; d++)
+            s += (double)x[i * D + d] * x[i * D + d];
+        for (int d = 0; d < D; d++)
+            x[i * D + d] = (float)(x[i * D + d] / sqrt(s));
+    }
+}
+
+static double dotd(const float *a, const float *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* Scalar objective of one forward evaluation at the current inputs. */
+typedef double (*objective_fn)(void *ctx);
+
+/* Checks grad[i] ~ dJ/dparam[i] for all i (see the tolerance note above). */
+static void check_grad(const char *what, objective_fn J, void *ctx, float *param, size_t n,
+                       const float *grad, float eps)
+{
+    double worst = 0;
+    size_t wi = 0;
+    double wfd = 0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x0 = param[i];
+        float xp = x0 + eps, xm = x0 - eps;
+        param[i] = xp;
+        double jp = J(ctx);
+        param[i] = xm;
+        double jm = J(ctx);
+        param[i] = x0;
+        double fd = (jp - jm) / ((double)xp - xm);
+        double err = fabs(fd - grad[i]);
+        double tol = 2e-3 + 1e-2 * fabs(grad[i]);
+        if (err > tol)
+            bad++;
+        if (err / tol > worst) {
+            worst = err / tol;
+            wi = i;
+            wfd = fd;
+        }
+    }
+    cr_expect(bad == 0, "%s: %d of %zu elements off; worst [%zu]: fd %.6g vs backward %.6g", what,
+              bad, n, wi, wfd, (double)grad[wi]);
+}
+
+static void expect_close(const char *what, const float *got, const double *want, size_t n,
+                         double atol, double rtol)
+{
+    for (size_t i = 0; i < n; i++)
+        cr_expect(fabs(got[i] - want[i]) <= atol + rtol * fabs(want[i]),
+                  "%s[%zu]: got %.9g want %.9g", what, i, (double)got[i], want[i]);
+}
+
+/* ---- elementwise and memory ---- */
+
+TestSuite(ops, .init = setup_be, .fini = teardown_be);
+
+Test(ops, memory_and_elementwise)
+{
+    float *x = fa(100003);
+    for (size_t i = 0; i < 100003; i++)
+        cr_assert(x[i] == 0.0f, "alloc must zero-fill");
+    float h[5] = {1, 2, 3, 4, 5}, g[5];
+    be->upload(be, x, h, sizeof h);
+    be->scale(be, x, 2.0f, 5);
+    be->axpy(be, x, 0.5f, x, 5); /* x = 3 h */
+    be->add(be, x, x, x, 5);     /* x = 6 h, y aliases a and b */
+    be->download(be, g, x, sizeof g);
+    for (int i = 0; i < 5; i++)
+        cr_expect(g[i] == 6.0f * h[i]);
+    be->fill(be, x, -1.5f, 100003);
+    float *y = fa(100003);
+    be->copy(be, y, x, 100003 * sizeof(float));
+    cr_expect(y[0] == -1.5f && y[100002] == -1.5f);
+    be->sync(be);
+    be->free(be, x);
+    be->free(be, y);
+    cr_expect(strcmp(be->name, "cpu") == 0);
+}
+
+/* ---- convolution ---- */
+
+static void conv_naive(const kb_conv_desc *d, const float *x, const float *w, float *y)
+{
+    for (int n = 0; n < d->N; n++)
+        for (int k = 0; k < d->K; k++)
+            for (int p = 0; p < d->P; p++)
+                for (int q = 0; q < d->Q; q++) {
+                    double s = 0;
+                    for (int c = 0; c < d->C; c++)
+                        for (int r = 0; r < d->R; r++)
+                            for (int t = 0; t < d->S; t++) {
+                                int h = p * d->stride - d->pad + r;
+                                int ww = q * d->stride - d->pad + t;
+                                if (h < 0 || h >= d->H || ww < 0 || ww >= d->W)
+                                    continue;
+                                s += (double)x[((n * d->C + c) * d->H + h) * d->W + ww] *
+                                     w[((k * d->C + c) * d->R + r) * d->S + t];
+                            }
+                    y[((n * d->K + k) * d->P + p) * d->Q + q] = (float)s;
+                }
+}
+
+/* N C H W K R S stride pad */
+static const int conv_shapes[][9] = {
+    {2, 3, 5, 5, 4, 3, 3, 1, 1},  /* tiny, 3x3/1 */
+    {2, 3, 5, 5, 4, 3, 3, 2, 1},  /* 3x3/2, odd input */
+    {2, 3, 6, 6, 4, 3, 3, 2, 1},  /* 3x3/2, even input: right pad 0 */
+    {1, 2, 9, 9, 3, 7, 7, 2, 3},  /* 7x7/2 stem */
+    {2, 5, 6, 6, 3, 1, 1, 2, 0},  /* 1x1/2 shortcut: right pad -1 */
+    {3, 16, 8, 8, 32, 3, 3, 1, 1}, /* blocked layouts kick in */
+    {2, 20, 7, 9, 17, 3, 3, 2, 1}, /* non-square, odd channels */
+};
+
+Test(ops, conv_forward_vs_naive)
+{
+    rng_seed(1);
+    for (size_t s = 0; s < sizeof conv_shapes / sizeof conv_shapes[0]; s++) {
+        const int *v = conv_shapes[s];
+        kb_conv_desc d;
+        kb_conv_desc_init(&d, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+        kb_conv *c = be->conv_plan(be, &d);
+        cr_assert(c, "conv_plan failed for shape %zu", s);
+        size_t nx = (size_t)d.N * d.C * d.H * d.W, nw = (size_t)d.K * d.C * d.R * d.S;
+        size_t ny = (size_t)d.N * d.K * d.P * d.Q;
+        float *x = frand(nx), *w = frand(nw), *y = fa(ny), *ref = fa(ny);
+        be->conv_forward(be, c, x, w, y);
+        conv_naive(&d, x, w, ref);
+        /* float accumulation over C*R*S <= 180 terms of size <= 1: error
+         * well under 1e-4; any indexing error is O(1). */
+        for (size_t i = 0; i < ny; i++)
+            cr_expect(fabsf(y[i] - ref[i]) <= 1e-4f + 1e-5f * fabsf(ref[i]),
+                      "shape %zu y[%zu] = %g, naive %g", s, i, y[i], ref[i]);
+        be->conv_free(be, c);
+        be->free(be, x), be->free(be, w), be->free(be, y), be->free(be, ref);
+    }
+}
+
+Test(ops, conv_tiny_hand)
+{
+    /* 3x3 image 1..9, 3x3 kernel of ones, pad 1: sums of 3x3 neighborhoods. */
+    float x[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, w[9], y[9];
+    for (int i = 0; i < 9; i++)
+        w[i] = 1;
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, 1, 1, 3, 3, 1, 3, 3, 1, 1);
+    kb_conv *c = be->conv_plan(be, &d);
+    cr_assert(c);
+    be->conv_forward(be, c, x, w, y);
+    const double want[9] = {12, 21, 16, 27, 45, 33, 24, 39, 28};
+    expect_close("conv 3x3/1", y, want, 9, 1e-5, 0);
+    be->conv_free(be, c);
+
+    kb_conv_desc_init(&d, 1, 1, 3, 3, 1, 3, 3, 2, 1); /* stride 2: the corners */
+    cr_assert(d.P == 2 && d.Q == 2);
+    c = be->conv_plan(be, &d);
+    cr_assert(c);
+    be->conv_forward(be, c, x, w, y);
+    const double want2[4] = {12, 16, 24, 28};
+    expect_close("conv 3x3/2", y, want2, 4, 1e-5, 0);
+    be->conv_free(be, c);
+}
+
+typedef struct conv_ctx {
+    kb_conv *c;
+    kb_conv_desc d;
+    float *x, *w, *y, *r;
+} conv_ctx;
+
+static double conv_obj(void *p)
+{
+    conv_ctx *t = p;
+    be->conv_forward(be, t->c, t->x, t->w, t->y);
+    return dotd(t->y, t->r, (size_t)t->d.N * t->d.K * t->d.P * t->d.Q);
+}
+
+Test(ops, conv_gradients)
+{
+    rng_seed(2);
+    for (size_t s = 0; s < 5; s++) {
+        const int *v = conv_shapes[s];
+        conv_ctx t;
+        kb_conv_desc_init(&t.d, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+        t.c = be->conv_plan(be, &t.d);
+        cr_assert(t.c);
+        size_t nx = (size_t)t.d.N * t.d.C * t.d.H * t.d.W, nw = (size_t)t.d.K * t.d.C * t.d.R * t.d.S;
+        size_t ny = (size_t)t.d.N * t.d.K * t.d.P * t.d.Q;
+        t.x = frand(nx), t.w = frand(nw), t.y = fa(ny), t.r = frand(ny);
+        float *dx = fa(nx), *dw = fa(nw), *dw2 = fa(nw);
+        be->fill(be, dx, 123.0f, nx); /* dx is written, whatever was there */
+        be->conv_backward_data(be, t.c, t.r, t.w, dx);
+        be->conv_backward_weight(be, t.c, t.x, t.r, dw);
+        char what[64];
+        snprintf(what, sizeof what, "conv shape %zu dx", s);
+        check_grad(what, conv_obj, &t, t.x, nx, dx, 1e-2f);
+        snprintf(what, sizeof what, "conv shape %zu dw", s);
+        check_grad(what, conv_obj, &t, t.w, nw, dw, 1e-2f);
+
+        /* dw accumulates: starting from 0.5, two calls give 0.5 + 2 g. */
+        be->fill(be, dw2, 0.5f, nw);
+        be->conv_backward_weight(be, t.c, t.x, t.r, dw2);
+        be->conv_backward_weight(be, t.c, t.x, t.r, dw2);
+        for (size_t i = 0; i < nw; i++)
+            cr_expect(fabsf(dw2[i] - (0.5f + 2 * dw[i])) <= 1e-5f * (1 + fabsf(dw[i])),
+                      "conv dw must accumulate: [%zu] %g vs %g", i, dw2[i], 0.5f + 2 * dw[i]);
+        be->conv_free(be, t.c);
+        be->free(be, t.x), be->free(be, t.w), be->free(be, t.y), be->free(be, t.r);
+        be->free(be, dx), be->free(be, dw), be->free(be, dw2);
+    }
+}
+
+Test(ops, conv_deterministic)
+{
+    kb_backend *b2 = kb_cpu_create(2);
+    cr_assert(b2);
+    rng_seed(3);
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, 8, 32, 16, 16, 64, 3, 3, 2, 1);
+    kb_conv *c = b2->conv_plan(b2, &d);
+    cr_assert(c);
+    size_t nx = (size_t)d.N * d.C * d.H * d.W, nw = (size_t)d.K * d.C * d.R * d.S;
+    size_t ny = (size_t)d.N * d.K * d.P * d.Q;
+    float *x = frand(nx), *w = frand(nw), *dy = frand(ny);
+    float *y[2] = {fa(ny), fa(ny)}, *dx[2] = {fa(nx), fa(nx)}, *dw[2] = {fa(nw), fa(nw)};
+    for (int k = 0; k < 2; k++) {
+        b2->conv_forward(b2, c, x, w, y[k]);
+        b2->conv_backward_data(b2, c, dy, w, dx[k]);
+        b2->conv_backward_weight(b2, c, x, dy, dw[k]);
+    }
+    cr_expect(memcmp(y[0], y[1], ny * 4) == 0, "forward not bitwise repeatable");
+    cr_expect(memcmp(dx[0], dx[1], nx * 4) == 0, "backward data not bitwise repeatable");
+    cr_expect(memcmp(dw[0], dw[1], nw * 4) == 0, "backward weights not bitwise repeatable");
+    b2->conv_free(b2, c);
+    kb_destroy(b2);
+}
+
+Test(ops, conv_plan_rejects_bad_desc)
+{
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, 2, 3, 5, 5, 4, 3, 3, 1, 1);
+    d.P = 7; /* inconsistent with the input */
+    cr_expect(be->conv_plan(be, &d) == NULL);
+    kb_conv_desc_init(&d, 2, 3, 2, 2, 4, 7, 7, 1, 0); /* kernel larger than input */
+    cr_expect(be->conv_plan(be, &d) == NULL);
+}
+
+/* ---- batch norm ---- */
+
+Test(ops, bn_train_hand)
+{
+    /* N=2, C=2, HW=2. Channel 0 holds {1,2,3,4}: mean 2.5, biased var 1.25,
+     * unbiased var 5/3. Channel 1 holds {10,10,10,14}: mean 11, var 3, 4. */
+    float x[8] = {1, 2, 10, 10, 3, 4, 10, 14};
+    float gamma[2] = {2, 0.5f}, beta[2] = {1, -1};
+    float rm[2] = {0, 1}, rv[2] = {1, 2};
+    float y[8], sm[2], si[2];
+    const float eps = 1e-5f;
+    be->bn_forward_train(be, x, 2, 2, 2, gamma, beta, eps, 0.1f, rm, rv, y, sm, si);
+    double i0 = 1 / sqrt(1.25 + 1e-5), i1 = 1 / sqrt(3 + 1e-5);
+    double want[8] = {2 * (1 - 2.5) * i0 + 1, 2 * (2 - 2.5) * i0 + 1, 0.5 * (10 - 11) * i1 - 1,
+                      0.5 * (10 - 11) * i1 - 1, 2 * (3 - 2.5) * i0 + 1, 2 * (4 - 2.5) * i0 + 1,
+                      0.5 * (10 - 11) * i1 - 1, 0.5 * (14 - 11) * i1 - 1};
+    expect_close("bn y", y, want, 8, 1e-6, 1e-6);
+    const double wm[2] = {2.5, 11}, wi[2] = {i0, i1};
+    expect_close("bn save_mean", sm, wm, 2, 1e-6, 1e-6);
+    expect_close("bn save_invstd", si, wi, 2, 1e-6, 1e-6);
+    /* running: (1 - 0.1) r + 0.1 stat, with the unbiased variance */
+    const double wrm[2] = {0.25, 0.9 + 1.1}, wrv[2] = {0.9 + 0.1 * 5.0 / 3.0, 1.8 + 0.4};
+    expect_close("bn running_mean", rm, wrm, 2, 1e-6, 1e-6);
+    expect_close("bn running_var", rv, wrv, 2, 1e-6, 1e-6);
+
+    /* NULL running stats are allowed */
+    float y2[8];
+    be->bn_forward_train(be, x, 2, 2, 2, gamma, beta, eps, 0.1f, NULL, NULL, y2, sm, si);
+    cr_expect(memcmp(y, y2, sizeof y) == 0);
+}
+
+Test(ops, bn_eval_hand)
+{
+    float x[4] = {1, 2, 3, 4}; /* N=2, C=2, HW=1 */
+    float gamma[2] = {2, 3}, beta[2] = {0.5f, -0.5f}, rm[2] = {1, 2}, rv[2] = {4, 0.25f};
+    float y[4];
+    be->bn_forward_eval(be, x, 2, 2, 1, gamma, beta, 0.0f, rm, rv, y);
+    const double want[4] = {2 * 0 / 2.0 + 0.5, 3 * 0 / 0.5 - 0.5, 2 * 2 / 2.0 + 0.5,
+                            3 * 2 / 0.5 - 0.5};
+    expect_close("bn eval", y, want, 4, 1e-6, 1e-6);
+}
+
+typedef struct bn_ctx {
+    int N, C, HW;
+    float *x, *gamma, *beta, *y, *r, *sm, *si;
+} bn_ctx;
+
+static double bn_obj(void *p)
+{
+    bn_ctx *t = p;
+    be->bn_forward_train(be, t->x, t->N, t->C, t->HW, t->gamma, t->beta, 1e-5f, 0.1f, NULL, NULL,
+                         t->y, t->sm, t->si);
+    return dotd(t->y, t->r, (size_t)t->N * t->C * t->HW);
+}
+
+Test(ops, bn_gradients)
+{
+    rng_seed(4);
+    const int shapes[2][3] = {{3, 2, 4}, {6, 3, 1}}; /* BatchNorm2d-like, BatchNorm1d */
+    for (int s = 0; s < 2; s++) {
+        bn_ctx t = {.N = shapes[s][0], .C = shapes[s][1], .HW = shapes[s][2]};
+        size_t n = (size_t)t.N * t.C * t.HW;
+        t.x = frand(n), t.y = fa(n), t.r = frand(n), t.sm = fa(t.C), t.si = fa(t.C);
+        t.gamma = frand(t.C), t.beta = frand(t.C);
+        for (int c = 0; c < t.C; c++)
+            t.gamma[c] += 2.0f; /* away from 0 so that dx is not trivially small */
+        float *dx = fa(n), *dg = fa(t.C), *db = fa(t.C);
+        bn_obj(&t);
+        be->bn_backward(be, t.x, t.r, t.N, t.C, t.HW, t.gamma, t.sm, t.si, dx, dg, db);
+        check_grad(s ? "bn1d dx" : "bn2d dx", bn_obj, &t, t.x, n, dx, 1e-2f);
+        check_grad(s ? "bn1d dgamma" : "bn2d dgamma", bn_obj, &t, t.gamma, t.C, dg, 1e-2f);
+        check_grad(s ? "bn1d dbeta" : "bn2d dbeta", bn_obj, &t, t.beta, t.C, db, 1e-2f);
+        /* a second call doubles the parameter gradients and rewrites dx */
+        float *dx2 = fa(n), *dg2 = fa(t.C), *db2 = fa(t.C);
+        be->fill(be, dx2, 7.0f, n);
+        bn_obj(&t);
+        be->bn_backward(be, t.x, t.r, t.N, t.C, t.HW, t.gamma, t.sm, t.si, dx2, dg2, db2);
+        be->bn_backward(be, t.x, t.r, t.N, t.C, t.HW, t.gamma, t.sm, t.si, dx2, dg2, db2);
+        for (int c = 0; c < t.C; c++) {
+            cr_expect(fabsf(dg2[c] - 2 * dg[c]) <= 1e-6f * (1 + fabsf(dg[c])), "dgamma accumulates");
+            cr_expect(fabsf(db2[c] - 2 * db[c]) <= 1e-6f * (1 + fabsf(db[c])), "dbeta accumulates");
+        }
+        cr_expect(memcmp(dx, dx2, n * sizeof(float)) == 0, "dx is written, not accumulated");
+    }
+}
+
+Test(ops, bn_thread_count_invariant)
+{
+    /* Our loops reduce each channel on one thread in a fixed order, so the
+     * result does not depend on the thread count at all. */
+    kb_backend *b2 = kb_cpu_create(2);
+    rng_seed(5);
+    int N = 16, C = 8, HW = 300;
+    size_t n = (size_t)N * C * HW;
+    float *x = frand(n), *g = frand(C), *b = frand(C), *dy = frand(n);
+    float *y1 = fa(n), *y2 = fa(n), *m1 = fa(C), *m2 = fa(C), *s1 = fa(C), *s2 = fa(C);
+    float *dx1 = fa(n), *dx2 = fa(n), *dg1 = fa(C), *dg2 = fa(C), *db1 = fa(C), *db2 = fa(C);
+    be->bn_forward_train(be, x, N, C, HW, g, b, 1e-5f, 0.1f, NULL, NULL, y1, m1, s1);
+    b2->bn_forward_train(b2, x, N, C, HW, g, b, 1e-5f, 0.1f, NULL, NULL, y2, m2, s2);
+    be->bn_backward(be, x, dy, N, C, HW, g, m1, s1, dx1, dg1, db1);
+    b2->bn_backward(b2, x, dy, N, C, HW, g, m2, s2, dx2, dg2, db2);
+    cr_expect(memcmp(y1, y2, n * 4) == 0);
+    cr_expect(memcmp(dx1, dx2, n * 4) == 0);
+    cr_expect(memcmp(dg1, dg2, C * 4) == 0);
+    kb_destroy(b2);
+}
+
+/* ---- relu, pooling ---- */
+
+typedef struct un_ctx { /* unary ops: y = f(x) */
+    size_t nx, ny;
+    float *x, *y, *r;
+    int N, C, H, W, k, stride, pad;
+    int32_t *idx;
+    int kind; /* 0 relu, 1 maxpool, 2 avgpool */
+} un_ctx;
+
+static double un_obj(void *p)
+{
+    un_ctx *t = p;
+    if (t->kind == 0)
+        be->relu_forward(be, t->x, t->y, t->nx);
+    else if (t->kind == 1)
+        be->maxpool_forward(be, t->x, t->N, t->C, t->H, t->W, t->k, t->stride, t->pad, t->y,
+                            t->idx);
+    else
+        be->avgpool_forward(be, t->x, t->N, t->C, t->H * t->W, t->y);
+    return dotd(t->y, t->r, t->ny);
+}
+
+/* Values spaced 0.05 apart in random order, all |x| >= 0.025: no ties and
+ * no kinks within eps = 1e-2 of any input. */
+static float *spaced(size_t n)
+{
+    float *x = fa(n);
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.05f * ((float)i - (float)n / 2) + 0.025f;
+    for (size_t i = n - 1; i > 0; i--) {
+        size_t j = (size_t)((urand() + 1) * 0.5f * (float)(i + 1)) % (i + 1);
+        float t = x[i];
+        x[i] = x[j], x[j] = t;
+    }
+    return x;
+}
+
+Test(ops, relu)
+{
+    rng_seed(6);
+    un_ctx t = {.nx = 40, .ny = 40, .kind = 0};
+    t.x = spaced(40), t.y = fa(40), t.r = frand(40);
+    float *dx = fa(40);
+    un_obj(&t);
+    for (int i = 0; i < 40; i++)
+        cr_expect(t.y[i] == (t.x[i] > 0 ? t.x[i] : 0));
+    be->relu_backward(be, t.y, t.r, dx, 40);
+    check_grad("relu dx", un_obj, &t, t.x, 40, dx, 1e-2f);
+    /* in place: y aliases x, dx aliases dy */
+    float *dy = fa(40);
+    memcpy(dy, t.r, 160);
+    be->relu_forward(be, t.x, t.x, 40);
+    be->relu_backward(be, t.x, dy, dy, 40);
+    cr_expect(memcmp(dy, dx, 160) == 0);
+}
+
+Test(ops, maxpool_hand_padding)
+{
+    /* 4x4 plane of -1..-16, k3 s2 p1: the (zero) padding must never win,
+     * each window takes its largest in-bounds (least negative) value. */
+    float x[16], y[4];
+    int32_t idx[4];
+    for (int i = 0; i < 16; i++)
+        x[i] = -(float)(i + 1);
+    be->maxpool_forward(be, x, 1, 1, 4, 4, 3, 2, 1, y, idx);
+    /* windows: rows {-1..1}x cols {-1..1} -> (0,0); (0,1..3) -> (0,1);
+     * (1..3, 0) -> (1,0); (1..3, 1..3) -> (1,1) */
+    const double want[4] = {-1, -2, -5, -6};
+    const int32_t widx[4] = {0, 1, 4, 5};
+    expect_close("maxpool y", y, want, 4, 0, 0);
+    for (int i = 0; i < 4; i++)
+        cr_expect(idx[i] == widx[i], "idx[%d] = %d, want %d", i, idx[i], widx[i]);
+    /* positive values: plain maxima */
+    for (int i = 0; i < 16; i++)
+        x[i] = (float)((i * 7) % 16);
+    be->maxpool_forward(be, x, 1, 1, 4, 4, 3, 2, 1, y, idx);
+    /* x = [0 7 14 5; 12 3 10 1; 8 15 6 13; 4 11 2 9] */
+    const double want2[4] = {12, 14, 15, 15};
+    const int32_t widx2[4] = {4, 2, 9, 9};
+    expect_close("maxpool y2", y, want2, 4, 0, 0);
+    for (int i = 0; i < 4; i++)
+        cr_expect(idx[i] == widx2[i], "idx2[%d] = %d, want %d", i, idx[i], widx2[i]);
+    /* backward: overlapping windows add up, unpicked positions are zero */
+    float dy[4] = {1, 2, 3, 4}, dx[16];
+    memset(dx, 0x7f, sizeof dx);
+    be->maxpool_backward(be, dy, idx, 1, 1, 4, 4, 2, 2, dx);
+    for (int i = 0; i < 16; i++) {
+        float w = i == 4 ? 1 : i == 2 ? 2 : i == 9 ? 7 : 0;
+        cr_expect(dx[i] == w, "dx[%d] = %g, want %g", i, dx[i], w);
+    }
+}
+
+Test(ops, pool_gradients)
+{
+    rng_seed(7);
+    un_ctx t = {.N = 2, .C = 2, .H = 7, .W = 6, .k = 3, .stride = 2, .pad = 1, .kind = 1};
+    int P = (t.H + 2 - 3) / 2 + 1, Q = (t.W + 2 - 3) / 2 + 1;
+    t.nx = (size_t)t.N * t.C * t.H * t.W, t.ny = (size_t)t.N * t.C * P * Q;
+    t.x = spaced(t.nx), t.y = fa(t.ny), t.r = frand(t.ny);
+    t.idx = (int32_t *)fa(t.ny);
+    float *dx = fa(t.nx);
+    un_obj(&t);
+    be->maxpool_backward(be, t.r, t.idx, t.N, t.C, t.H, t.W, P, Q, dx);
+    check_grad("maxpool dx", un_obj, &t, t.x, t.nx, dx, 1e-2f);
+
+    un_ctx a = {.N = 3, .C = 2, .H = 5, .W = 3, .kind = 2};
+    a.nx = 3 * 2 * 15, a.ny = 6;
+    a.x = frand(a.nx), a.y = fa(a.ny), a.r = frand(a.ny);
+    float *adx = fa(a.nx);
+    un_obj(&a);
+    double s = 0;
+    for (int i = 15; i < 30; i++)
+        s += a.x[i];
+    cr_expect(fabs(a.y[1] - s / 15) < 1e-6, "avgpool mean");
+    be->avgpool_backward(be, a.r, a.N, a.C, 15, adx);
+    check_grad("avgpool dx", un_obj, &a, a.x, a.nx, adx, 1e-2f);
+}
+
+/* ---- linear ---- */
+
+typedef struct lin_ctx {
+    int N, I, O;
+    float *x, *w, *b, *y, *r;
+} lin_ctx;
+
+static double lin_obj(void *p)
+{
+    lin_ctx *t = p;
+    be->linear_forward(be, t->x, t->N, t->I, t->w, t->b, t->O, t->y);
+    return dotd(t->y, t->r, (size_t)t->N * t->O);
+}
+
+Test(ops, linear)
+{
+    rng_seed(8);
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        lin_ctx t = {.N = 4, .I = 7, .O = 5};
+        t.x = frand(28), t.w = frand(35), t.b = with_bias ? frand(5) : NULL;
+        t.y = fa(20), t.r = frand(20);
+        lin_obj(&t);
+        for (int n = 0; n < 4; n++)
+            for (int o = 0; o < 5; o++) {
+                double s = with_bias ? t.b[o] : 0;
+                for (int i = 0; i < 7; i++)
+                    s += (double)t.x[n * 7 + i] * t.w[o * 7 + i];
+                cr_expect(fabs(t.y[n * 5 + o] - s) < 1e-5, "linear y[%d,%d]", n, o);
+            }
+        float *dx = fa(28), *dw = fa(35), *db = fa(5);
+        be->linear_backward(be, t.x, t.w, t.r, 4, 7, 5, dx, dw, with_bias ? db : NULL);
+        check_grad("linear dx", lin_obj, &t, t.x, 28, dx, 1e-2f);
+        check_grad("linear dw", lin_obj, &t, t.w, 35, dw, 1e-2f);
+        if (with_bias)
+            check_grad("linear db", lin_obj, &t, t.b, 5, db, 1e-2f);
+        /* accumulation, and dx = NULL skips dx */
+        float *dw2 = fa(35), *db2 = fa(5);
+        be->linear_backward(be, t.x, t.w, t.r, 4, 7, 5, NULL, dw2, db2);
+        be->linear_backward(be, t.x, t.w, t.r, 4, 7, 5, NULL, dw2, db2);
+        for (int i = 0; i < 35; i++)
+            cr_expect(fabsf(dw2[i] - 2 * dw[i]) <= 1e-5f * (1 + fabsf(dw[i])), "dw accumulates");
+        if (with_bias)
+            for (int i = 0; i < 5; i++)
+                cr_expect(fabsf(db2[i] - 2 * db[i]) <= 1e-5f * (1 + fabsf(db[i])), "db accumulates");
+    }
+}
+
+/* ---- l2norm ---- */
+
+typedef struct l2_ctx {
+    int N, D;
+    float *x, *y, *nrm, *r;
+} l2_ctx;
+
+static double l2_obj(void *p)
+{
+    l2_ctx *t = p;
+    be->l2norm_forward(be, t->x, t->N, t->D, t->y, t->nrm);
+    return dotd(t->y, t->r, (size_t)t->N * t->D);
+}
+
+Test(ops, l2norm)
+{
+    rng_seed(9);
+    l2_ctx t = {.N = 3, .D = 6};
+    t.x = frand(18), t.y = fa(18), t.nrm = fa(3), t.r = frand(18);
+    for (int i = 0; i < 6; i++)
+        t.x[i] *= 3; /* norms of different sizes */
+    l2_obj(&t);
+    for (int i = 0; i < 3; i++) {
+        double s = sqrt(dotd(t.x + 6 * i, t.x + 6 * i, 6));
+        cr_expect(fabs(t.nrm[i] - s) < 1e-6 * s);
+        cr_expect(fabs(dotd(t.y + 6 * i, t.y + 6 * i, 6) - 1) < 1e-6);
+    }
+    float *dx = fa(18);
+    be->l2norm_backward(be, t.y, t.nrm, t.r, 3, 6, dx);
+    check_grad("l2norm dx", l2_obj, &t, t.x, 18, dx, 1e-2f);
+    /* a zero row stays zero (F.normalize's eps), no NaN */
+    float z[4] = {0, 0, 0, 0}, zy[4], zn[1];
+    be->l2norm_forward(be, z, 1, 4, zy, zn);
+    for (int i = 0; i < 4; i++)
+        cr_expect(zy[i] == 0.0f);
+}
+
+/* ---- the loss ---- */
+
+enum { LN = 5, LD = 4 };
+
+typedef struct loss_ctx {
+    kb_loss_cfg cfg;
+    float *p1, *p2, *z1, *z2, *dp1, *dp2;
+    float out[KB_LOSS_NOUT];
+} loss_ctx;
+
+static double loss_obj(void *p)
+{
+    loss_ctx *t = p;
+    be->loss(be, &t->cfg, t->p1, t->p2, t->z1, t->z2, LN, LD, t->dp1, t->dp2, t->out);
+    return t->out[KB_LOSS_OUT_LOSS];
+}
+
+static double sqd(const float *a, const float *b)
+{
+    double s = 0;
+    for (int d = 0; d < LD; d++)
+        s += ((double)a[d] - b[d]) * ((double)a[d] - b[d]);
+    return s;
+}
+
+/* |z - l p|^2 / l, l given */
+static double tan_term(const float *p, const float *z, double l)
+{
+    double s = 0;
+    for (int d = 0; d < LD; d++)
+        s += (z[d] - l * p[d]) * (z[d] - l * p[d]);
+    return s / l;
+}
+
+static void loss_setup(loss_ctx *t, kb_loss_kind kind, float alpha, float beta, int tan)
+{
+    t->cfg = (kb_loss_cfg){kind, alpha, beta, tan};
+    t->p1 = frand(LN * LD), t->p2 = frand(LN * LD), t->z1 = frand(LN * LD), t->z2 = frand(LN * LD);
+    unit_rows(t->p1, LN, LD), unit_rows(t->p2, LN, LD);
+    unit_rows(t->z1, LN, LD), unit_rows(t->z2, LN, LD);
+    /* Tan divides by l = <p, z>: keep the pairs correlated so l is well
+     * away from 0, as it is for a trained predictor. */
+    for (int i = 0; i < LN * LD; i++) {
+        t->z1[i] = t->z1[i] * 0.4f + t->p1[i] + t->p2[i] * 0.3f;
+        t->z2[i] = t->z2[i] * 0.4f + t->p2[i] + t->p1[i] * 0.3f;
+    }
+    unit_rows(t->z1, LN, LD), unit_rows(t->z2, LN, LD);
+    t->dp1 = fa(LN * LD), t->dp2 = fa(LN * LD);
+}
+
+/* Reference values in double. */
+static void loss_ref(const loss_ctx *t, double *align, double *cross, double *byol,
+                     double *tcross, double *tbyol)
+{
+    *align = *cross = *byol = *tcross = *tbyol = 0;
+    for (int i = 0; i < LN; i++) {
+        const float *a1 = t->p1 + i * LD, *a2 = t->p2 + i * LD;
+        const float *b1 = t->z1 + i * LD, *b2 = t->z2 + i * LD;
+        *align += sqd(a1, a2) / LN;
+        *cross += 0.5 * (sqd(a1, b1) + sqd(a2, b2)) / LN;
+        *byol += (sqd(a1, b2) + sqd(a2, b1)) / LN;
+        *tcross += 0.5 * (tan_term(a1, b1, dotd(a1, b1, LD)) + tan_term(a2, b2, dotd(a2, b2, LD))) / LN;
+        *tbyol += (tan_term(a1, b2, dotd(a1, b2, LD)) + tan_term(a2, b1, dotd(a2, b1, LD))) / LN;
+    }
+}
+
+Test(ops, loss_plain_values_and_gradients)
+{
+    rng_seed(10);
+    const struct { kb_loss_kind kind; float a, b; const char *name; } cases[] = {
+        {KB_LOSS_BYOL, 0, 0, "byol"},
+        {KB_LOSS_UNIFIED, 1.0f, 0.7f, "byol' (beta > 0)"},
+        {KB_LOSS_UNIFIED, 1.0f, -0.5f, "raft (beta < 0)"},
+    };
+    for (int c = 0; c < 3; c++) {
+        loss_ctx t;
+        loss_setup(&t, cases[c].kind, cases[c].a, cases[c].b, 0);
+        loss_obj(&t);
+        double al, cr, by, tc, tb;
+        loss_ref(&t, &al, &cr, &by, &tc, &tb);
+        double obj = cases[c].kind == KB_LOSS_BYOL ? by : cases[c].a * al + cases[c].b * cr;
+        const double want[4] = {obj, al, cr, by};
+        expect_close(cases[c].name, t.out, want, 4, 1e-6, 1e-5);
+        float g1[LN * LD], g2[LN * LD];
+        memcpy(g1, t.dp1, sizeof g1), memcpy(g2, t.dp2, sizeof g2);
+        char what[64];
+        snprintf(what, sizeof what, "loss %s dp1", cases[c].name);
+        check_grad(what, loss_obj, &t, t.p1, LN * LD, g1, 1e-2f);
+        snprintf(what, sizeof what, "loss %s dp2", cases[c].name);
+        check_grad(what, loss_obj, &t, t.p2, LN * LD, g2, 1e-2f);
+    }
+}
+
+/* Tan objective with l frozen at the unperturbed point (the stop-gradient):
+ * its finite differences are what dp must match. */
+typedef struct tan_ctx {
+    loss_ctx *t;
+    double l11[LN], l22[LN], l12[LN], l21[LN];
+} tan_ctx;
+
+static double tan_obj(void *p)
+{
+    tan_ctx *c = p;
+    loss_ctx *t = c->t;
+    double s = 0;
+    for (int i = 0; i < LN; i++) {
+        const float *a1 = t->p1 + i * LD, *a2 = t->p2 + i * LD;
+        const float *b1 = t->z1 + i * LD, *b2 = t->z2 + i * LD;
+        if (t->cfg.kind == KB_LOSS_BYOL)
+            s += (tan_term(a1, b2, c->l12[i]) + tan_term(a2, b1, c->l21[i])) / LN;
+        else
+            s += t->cfg.alpha * sqd(a1, a2) / LN +
+                 t->cfg.beta * 0.5 * (tan_term(a1, b1, c->l11[i]) + tan_term(a2, b2, c->l22[i])) / LN;
+    }
+    return s;
+}
+
+Test(ops, loss_tangential)
+{
+    rng_seed(11);
+    const struct { kb_loss_kind kind; float a, b; const char *name; } cases[] = {
+        {KB_LOSS_BYOL, 0, 0, "tan byol"},
+        {KB_LOSS_UNIFIED, 1.0f, 0.7f, "tan byol'"},
+        {KB_LOSS_UNIFIED, 1.0f, -0.5f, "tan raft"},
+    };
+    for (int c = 0; c < 3; c++) {
+        loss_ctx t;
+        loss_setup(&t, cases[c].kind, cases[c].a, cases[c].b, 1);
+        loss_obj(&t);
+        double al, cr, by, tc, tb;
+        loss_ref(&t, &al, &cr, &by, &tc, &tb);
+        double obj = cases[c].kind == KB_LOSS_BYOL ? tb : cases[c].a * al + cases[c].b * tc;
+        double plain = cases[c].kind == KB_LOSS_BYOL ? by : cases[c].a * al + cases[c].b * cr;
+        /* out[LOSS] is the Tan objective; the metric slots stay plain */
+        const double want[4] = {obj, al, cr, by};
+        expect_close(cases[c].name, t.out, want, 4, 1e-6, 1e-5);
+        cr_expect(fabs(obj - plain) > 1e-3, "%s: Tan value must differ from plain", cases[c].name);
+
+        tan_ctx tc_ = {.t = &t};
+        for (int i = 0; i < LN; i++) {
+            const float *a1 = t.p1 + i * LD, *a2 = t.p2 + i * LD;
+            const float *b1 = t.z1 + i * LD, *b2 = t.z2 + i * LD;
+            tc_.l11[i] = dotd(a1, b1, LD), tc_.l22[i] = dotd(a2, b2, LD);
+            tc_.l12[i] = dotd(a1, b2, LD), tc_.l21[i] = dotd(a2, b1, LD);
+        }
+        float g1[LN * LD], g2[LN * LD];
+        memcpy(g1, t.dp1, sizeof g1), memcpy(g2, t.dp2, sizeof g2);
+        char what[64];
+        snprintf(what, sizeof what, "%s dp1", cases[c].name);
+        check_grad(what, tan_obj, &tc_, t.p1, LN * LD, g1, 1e-2f);
+        snprintf(what, sizeof what, "%s dp2", cases[c].name);
+        check_grad(what, tan_obj, &tc_, t.p2, LN * LD, g2, 1e-2f);
+    }
+}
+
+Test(ops, loss_tan_cross_term_is_tangential)
+{
+    /* Pure cross term (alpha 0, beta 2, so L = mean_i sum_v term): dp must be
+     * exactly -2 (z - l p) / N, and after the l2norm backward (p unit) the
+     * plain and Tan gradients agree: Tan only drops the radial part. */
+    rng_seed(12);
+    loss_ctx t, u;
+    loss_setup(&t, KB_LOSS_UNIFIED, 0.0f, 2.0f, 1);
+    loss_obj(&t);
+    for (int i = 0; i < LN; i++) {
+        double l = dotd(t.p1 + i * LD, t.z1 + i * LD, LD);
+        for (int d = 0; d < LD; d++) {
+            double want = -2 * (t.z1[i * LD + d] - l * t.p1[i * LD + d]) / LN;
+            cr_expect(fabs(t.dp1[i * LD + d] - want) < 1e-6, "dp1[%d,%d] %g vs %g", i, d,
+                      t.dp1[i * LD + d], want);
+        }
+    }
+    u = t;
+    u.cfg.tangential = 0;
+    u.dp1 = fa(LN * LD), u.dp2 = fa(LN * LD);
+    loss_obj(&u);
+    float nrm[LN], y1[LN * LD], y2[LN * LD];
+    for (int i = 0; i < LN; i++)
+        nrm[i] = 1.0f;
+    be->l2norm_backward(be, t.p1, nrm, t.dp1, LN, LD, y1);
+    be->l2norm_backward(be, u.p1, nrm, u.dp1, LN, LD, y2);
+    for (int i = 0; i < LN * LD; i++)
+        cr_expect(fabsf(y1[i] - y2[i]) < 1e-6f, "projected grads differ at %d: %g vs %g", i, y1[i],
+                  y2[i]);
+}
+
+/* ---- metrics ---- */
+
+Test(ops, uniformity)
+{
+    float z[4] = {1, 0, -1, 0}, out[1];
+    /* two antipodal points: |z1 - z2|^2 = 4, both ordered pairs give exp(-4t) */
+    be->uniformity(be, z, 2, 2, 2.0f, out);
+    cr_expect(fabsf(out[0] - (-8.0f)) < 1e-5f, "antipodal t=2: %g", out[0]);
+    /* t large: exp(-4000) underflows; log-sum-exp must still give -4000 */
+    be->uniformity(be, z, 2, 2, 1000.0f, out);
+    cr_expect(fabsf(out[0] - (-4000.0f)) < 1e-2f, "antipodal t=1000: %g", out[0]);
+    /* three points on a line 0, 1, 3 (D=1): d = 1, 9, 4 */
+    float w[3] = {0, 1, 3};
+    be->uniformity(be, w, 3, 1, 0.5f, out);
+    double want = log((exp(-0.5) + exp(-4.5) + exp(-2.0)) / 3.0);
+    cr_expect(fabs(out[0] - want) < 1e-6, "three points: %g vs %g", out[0], want);
+    /* identical points: log(1) = 0 */
+    float same[6] = {0.6f, 0.8f, 0.6f, 0.8f, 0.6f, 0.8f};
+    be->uniformity(be, same, 3, 2, 2.0f, out);
+    cr_expect(fabsf(out[0]) < 1e-7f);
+}
+
+Test(ops, collapse_std)
+{
+    float z[4] = {1, 0, -1, 0}, out[1];
+    /* dim 0 std 1, dim 1 std 0: sqrt(2) * 0.5 */
+    be->collapse_std(be, z, 2, 2, out);
+    cr_expect(fabsf(out[0] - (float)(sqrt(2.0) * 0.5)) < 1e-6f, "antipodal: %g", out[0]);
+    float same[6] = {0.6f, 0.8f, 0.6f, 0.8f, 0.6f, 0.8f};
+    be->collapse_std(be, same, 3, 2, out);
+    cr_expect(out[0] == 0.0f, "collapsed rows: %g", out[0]);
+    /* +-1 in every dim with independent signs: std 1 each, times sqrt(D) = 2 */
+    float h[16] = {1, 1, 1, 1, -1, -1, 1, 1, 1, -1, -1, -1, -1, 1, -1, -1};
+    be->collapse_std(be, h, 4, 4, out);
+    cr_expect(fabsf(out[0] - 2.0f) < 1e-6f, "spread: %g", out[0]);
+}
+
+typedef struct sx_ctx {
+    int N, K;
+    float *logits, *g;
+    int32_t *labels;
+    float out[2];
+} sx_ctx;
+
+static double sx_obj(void *p)
+{
+    sx_ctx *t = p;
+    be->softmax_xent(be, t->logits, t->labels, t->N, t->K, NULL, t->out);
+    return t->out[0];
+}
+
+Test(ops, softmax_xent)
+{
+    float l[6] = {0, 0, 1000, 0, -3, 2}, out[2], g[6];
+    int32_t lab[2] = {0, 0};
+    be->softmax_xent(be, l, lab, 2, 3, g, out);
+    /* row 0: argmax 2 (wrong), loss 1000 - 0; row 1: argmax 2 (wrong),
+     * loss log(1 + e^-3 + e^2) */
+    double want = (1000 + log(1 + exp(-3.0) + exp(2.0))) / 2;
+    cr_expect(fabs(out[0] - want) < 1e-3, "loss %g want %g", out[0], want);
+    cr_expect(out[1] == 0.0f);
+    cr_expect(isfinite(g[0]) && fabsf(g[0] - (-0.5f)) < 1e-6f && fabsf(g[2] - 0.5f) < 1e-6f);
+    lab[0] = 2, lab[1] = 2;
+    be->softmax_xent(be, l, lab, 2, 3, NULL, out);
+    cr_expect(out[1] == 2.0f);
+    cr_expect(fabs(out[0] - log(1 + exp(-2.0) + exp(-5.0)) / 2) < 1e-6);
+
+    rng_seed(13);
+    sx_ctx t = {.N = 4, .K = 5};
+    t.logits = frand(20), t.g = fa(20);
+    t.labels = (int32_t *)fa(4);
+    for (int i = 0; i < 4; i++)
+        t.labels[i] = i;
+    be->softmax_xent(be, t.logits, t.labels, 4, 5, t.g, t.out);
+    check_grad("softmax_xent dlogits", sx_obj, &t, t.logits, 20, t.g, 1e-2f);
+}
+
+/* ---- optimizer, EMA ---- */
+
+Test(ops, adam_three_steps)
+{
+    /* Expected values: torch.optim.Adam's update computed in double
+     * (lr 0.01, betas 0.9/0.999, eps 1e-8, weight decay 0.1). */
+    float p[3] = {0.5f, -1.0f, 2.0f}, m[3] = {0}, v[3] = {0};
+    const float g[3][3] = {{0.1f, -0.2f, 0.3f}, {-0.05f, 0.4f, 0.3f}, {0.2f, 0.0f, -0.1f}};
+    const double want[3][3] = {{0.4900000007, -0.9900000003, 1.9900000002},
+                               {0.4833492006, -0.9905429538, 1.9800005272},
+                               {0.4752235506, -0.9895005501, 1.9714658652}};
+    for (int s = 0; s < 3; s++) {
+        be->adam(be, p, g[s], m, v, 3, 0.01f, 0.9f, 0.999f, 1e-8f, 0.1f, s + 1);
+        char what[32];
+        snprintf(what, sizeof what, "adam step %d", s + 1);
+        /* float32 parameters: 2 ulp of values ~1 */
+        expect_close(what, p, want[s], 3, 3e-7, 3e-7);
+    }
+    const double wm[3] = {0.0368934920124, -0.00711542954136, 0.0952100052743};
+    const double wv[3] = {8.41262540229e-05, 0.000190142242414, 0.000507856259354};
+    expect_close("adam m", m, wm, 3, 0, 1e-6);
+    expect_close("adam v", v, wv, 3, 0, 1e-6);
+}
+
+Test(ops, ema)
+{
+    float xi[3] = {1, 2, -4}, th[3] = {3, 4, 6};
+    be->ema(be, xi, th, 3, 0.9f);
+    const double want[3] = {1.2, 2.2, -3.0};
+    expect_close("ema", xi, want, 3, 1e-6, 1e-6);
+    be->ema(be, xi, th, 3, 1.0f); /* tau = 1 freezes the teacher */
+    expect_close("ema tau 1", xi, want, 3, 1e-6, 1e-6);
+}

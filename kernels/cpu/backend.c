@@ -1,1 +1,161 @@
-/* placeholder: being written */
+/* The CPU backend: the op table, memory, elementwise ops, create/destroy.
+ * Convolutions run on oneDNN (conv2d.c), linear layers on OpenBLAS (ops.c),
+ * everything else is plain C with OpenMP. Host memory is backend memory. */
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu.h"
+
+/* From OpenBLAS; declared here because cblas.h drags in <complex.h>, whose
+ * macro I collides with the shape letter I in backend.h. */
+void openblas_set_num_threads(int num_threads);
+
+#define KB_CPU_ALIGN 64
+
+void kb_cpu_set_threads(kb_cpu *impl)
+{
+    if (omp_get_max_threads() != impl->threads)
+        omp_set_num_threads(impl->threads);
+}
+
+int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes)
+{
+    if (bytes <= impl->arena_bytes)
+        return 0;
+    void *p = NULL;
+    size_t rounded = (bytes + KB_CPU_ALIGN - 1) / KB_CPU_ALIGN * KB_CPU_ALIGN;
+    if (posix_memalign(&p, KB_CPU_ALIGN, rounded) != 0)
+        return -1;
+    free(impl->arena);
+    impl->arena = p;
+    impl->arena_bytes = rounded;
+    return 0;
+}
+
+static void cpu_destroy(kb_backend *be)
+{
+    kb_cpu *impl = kb_cpu_of(be);
+    if (impl->stream)
+        dnnl_stream_destroy(impl->stream);
+    if (impl->engine)
+        dnnl_engine_destroy(impl->engine);
+    free(impl->arena);
+    free(impl);
+    free(be);
+}
+
+/* ---- memory ---- */
+
+static void *cpu_alloc(kb_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    size_t rounded = (bytes + KB_CPU_ALIGN - 1) / KB_CPU_ALIGN * KB_CPU_ALIGN;
+    if (rounded == 0)
+        rounded = KB_CPU_ALIGN;
+    if (posix_memalign(&p, KB_CPU_ALIGN, rounded) != 0)
+        return NULL;
+    memset(p, 0, rounded);
+    return p;
+}
+
+static void cpu_free(kb_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static void cpu_upload(kb_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes)
+        memcpy(dst, src, bytes);
+}
+
+static void cpu_copy(kb_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes && dst != src)
+        memmove(dst, src, bytes);
+}
+
+static void cpu_sync(kb_backend *be) { (void)be; }
+
+/* ---- elementwise over n floats ---- */
+
+static void cpu_fill(kb_backend *be, float *x, float v, size_t n)
+{
+    int nt = kb_cpu_of(be)->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
+}
+
+static void cpu_scale(kb_backend *be, float *x, float a, size_t n)
+{
+    int nt = kb_cpu_of(be)->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        x[i] *= a;
+}
+
+static void cpu_axpy(kb_backend *be, float *y, float a, const float *x, size_t n)
+{
+    int nt = kb_cpu_of(be)->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void cpu_add(kb_backend *be, float *y, const float *a, const float *b, size_t n)
+{
+    int nt = kb_cpu_of(be)->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
+}
+
+kb_backend *kb_cpu_create(int threads)
+{
+    if (threads <= 0)
+        threads = omp_get_num_procs();
+    kb_backend *be = calloc(1, sizeof *be);
+    kb_cpu *impl = calloc(1, sizeof *impl);
+    if (!be || !impl) {
+        free(be);
+        free(impl);
+        return NULL;
+    }
+    impl->threads = threads;
+    be->name = "cpu";
+    be->impl = impl;
+    kb_cpu_set_threads(impl);
+    openblas_set_num_threads(threads);
+
+    dnnl_status_t st = dnnl_engine_create(&impl->engine, dnnl_cpu, 0);
+    if (st == dnnl_success)
+        st = dnnl_stream_create(&impl->stream, impl->engine, dnnl_stream_default_flags);
+    if (st != dnnl_success) {
+        fprintf(stderr, "kb_cpu_create: oneDNN engine/stream: dnnl status %d\n", (int)st);
+        cpu_destroy(be);
+        return NULL;
+    }
+
+    be->destroy = cpu_destroy;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_upload;
+    be->download = cpu_upload; /* host to host either way */
+    be->copy = cpu_copy;
+    be->sync = cpu_sync;
+    be->fill = cpu_fill;
+    be->scale = cpu_scale;
+    be->axpy = cpu_axpy;
+    be->add = cpu_add;
+    kb_cpu_conv_init(be);
+    kb_cpu_norm_init(be);
+    kb_cpu_ops_init(be);
+    kb_cpu_loss_init(be);
+    return be;
+}

@@ -1,1 +1,157 @@
-/* placeholder: being written */
+/* ReLU, pooling (plain C + OpenMP) and linear layers (OpenBLAS sgemm).
+ * Each output element is computed by one thread in a fixed order: results
+ * do not depend on the thread count. */
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+/* cblas.h includes <complex.h>; its macro I is our shape letter I. */
+#undef I
+
+#include "kernels/cpu/cpu.h"
+
+static void cpu_relu_forward(kb_backend *be, const float *x, float *y, size_t n)
+{
+    int nt = kb_cpu_of(be)->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+static void cpu_relu_backward(kb_backend *be, const float *y, const float *dy, float *dx,
+                              size_t n)
+{
+    int nt = kb_cpu_of(be)->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, int N, int C,
+                                int H, int W, int k, int stride, int pad,
+                                float *y /* (N,C,P,Q) */, int32_t *idx /* (N,C,P,Q) */)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const int P = (H + 2 * pad - k) / stride + 1;
+    const int Q = (W + 2 * pad - k) / stride + 1;
+    const long planes = (long)N * C;
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * H * W >= KB_CPU_PAR_MIN)
+    for (long pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * H * W;
+        float *yp = y + pl * P * Q;
+        int32_t *ip = idx + pl * P * Q;
+        for (int p = 0; p < P; p++) {
+            int h0 = p * stride - pad;
+            int hs = h0 < 0 ? 0 : h0, he = h0 + k > H ? H : h0 + k;
+            for (int q = 0; q < Q; q++) {
+                int w0 = q * stride - pad;
+                int ws = w0 < 0 ? 0 : w0, we = w0 + k > W ? W : w0 + k;
+                /* Only in-bounds elements compete: padding never wins. The
+                 * first maximum in row-major order wins ties, as in PyTorch;
+                 * NaN propagates (it beats everything, as in PyTorch). */
+                float best = -INFINITY;
+                int32_t bi = hs * W + ws;
+                for (int h = hs; h < he; h++)
+                    for (int w = ws; w < we; w++) {
+                        float v = xp[h * W + w];
+                        if (v > best || isnan(v)) {
+                            best = v;
+                            bi = h * W + w;
+                            if (isnan(v))
+                                goto done;
+                        }
+                    }
+            done:
+                yp[p * Q + q] = best;
+                ip[p * Q + q] = bi;
+            }
+        }
+    }
+}
+
+static void cpu_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) */,
+                                 const int32_t *idx /* (N,C,P,Q) */, int N, int C, int H, int W,
+                                 int P, int Q, float *dx /* (N,C,H,W) */)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const long planes = (long)N * C;
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * H * W >= KB_CPU_PAR_MIN)
+    for (long pl = 0; pl < planes; pl++) {
+        float *xp = dx + pl * H * W;
+        const float *dp = dy + pl * P * Q;
+        const int32_t *ip = idx + pl * P * Q;
+        memset(xp, 0, sizeof(float) * (size_t)H * W);
+        for (int j = 0; j < P * Q; j++)
+            xp[ip[j]] += dp[j];
+    }
+}
+
+static void cpu_avgpool_forward(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
+                                int HW, float *y /* (N,C) */)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const long planes = (long)N * C;
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * HW >= KB_CPU_PAR_MIN)
+    for (long pl = 0; pl < planes; pl++)
+        y[pl] = (float)(kb_cpu_sum(x + pl * HW, (size_t)HW) / HW);
+}
+
+static void cpu_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, int N, int C,
+                                 int HW, float *dx /* (N,C,HW) */)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const long planes = (long)N * C;
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * HW >= KB_CPU_PAR_MIN)
+    for (long pl = 0; pl < planes; pl++) {
+        float g = dy[pl] / (float)HW;
+        float *xp = dx + pl * HW;
+        for (int i = 0; i < HW; i++)
+            xp[i] = g;
+    }
+}
+
+static void cpu_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N, int I,
+                               const float *w /* (O,I) */, const float *b /* (O) or NULL */,
+                               int O, float *y /* (N,O) */)
+{
+    (void)be;
+    float beta = 0.0f;
+    if (b) {
+        for (int n = 0; n < N; n++)
+            memcpy(y + (size_t)n * O, b, sizeof(float) * (size_t)O);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x, I, w, I, beta, y, O);
+}
+
+static void cpu_linear_backward(kb_backend *be, const float *x /* (N,I) */,
+                                const float *w /* (O,I) */, const float *dy /* (N,O) */, int N,
+                                int I, int O, float *dx /* (N,I) or NULL */,
+                                float *dw /* (O,I), += */, float *db /* (O) or NULL, += */)
+{
+    (void)be;
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 0.0f,
+                    dx, I);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
+    if (db) {
+        for (int o = 0; o < O; o++) {
+            double s = 0.0;
+            for (int n = 0; n < N; n++)
+                s += dy[(size_t)n * O + o];
+            db[o] += (float)s;
+        }
+    }
+}
+
+void kb_cpu_ops_init(kb_backend *be)
+{
+    be->relu_forward = cpu_relu_forward;
+    be->relu_backward = cpu_relu_backward;
+    be->maxpool_forward = cpu_maxpool_forward;
+    be->maxpool_backward = cpu_maxpool_backward;
+    be->avgpool_forward = cpu_avgpool_forward;
+    be->avgpool_backward = cpu_avgpool_backward;
+    be->linear_forward = cpu_linear_forward;
+    be->linear_backward = cpu_linear_backward;
+}

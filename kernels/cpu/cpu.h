@@ -1,0 +1,118 @@
+/* Private to the CPU backend: the impl struct and the per-file op tables.
+ * Each .c file implements one group of kb_backend ops and fills its slots. */
+#ifndef RUNAWAY_KERNELS_CPU_CPU_H
+#define RUNAWAY_KERNELS_CPU_CPU_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <dnnl.h>
+
+#include "kernels/backend.h"
+
+/* Programmer errors only (broken invariants, oneDNN misuse): never bad data. */
+#define KB_CPU_CHECK(cond)                                                     \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
+                    #cond);                                                    \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+#define KB_CPU_DNNL(call)                                                      \
+    do {                                                                       \
+        dnnl_status_t st_ = (call);                                            \
+        if (st_ != dnnl_success) {                                             \
+            fprintf(stderr, "%s:%d: %s: dnnl status %d\n", __FILE__,          \
+                    __LINE__, #call, (int)st_);                                \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+/* Loops shorter than this run on the calling thread: waking the OpenMP team
+ * costs more than it saves. */
+#define KB_CPU_PAR_MIN 32768
+
+/* Double-precision reductions over float arrays with 8 independent partial
+ * sums: a single double accumulator is latency-bound (one add per 4 cycles),
+ * and a fixed lane split keeps the result independent of threads. */
+static inline double kb_cpu_sum(const float *p, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += p[i + j];
+    double s = 0.0;
+    for (; i < n; i++)
+        s += p[i];
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+/* sum (p - c)^2 */
+static inline double kb_cpu_sumsq_dev(const float *p, size_t n, double c)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            double d = p[i + j] - c;
+            acc[j] += d * d;
+        }
+    double s = 0.0;
+    for (; i < n; i++) {
+        double d = p[i] - c;
+        s += d * d;
+    }
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+/* sum a * b */
+static inline double kb_cpu_dot(const float *a, const float *b, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)a[i + j] * b[i + j];
+    double s = 0.0;
+    for (; i < n; i++)
+        s += (double)a[i] * b[i];
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+typedef struct kb_cpu {
+    int threads; /* OpenMP team size for our loops and oneDNN; BLAS threads */
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    /* One workspace shared by all conv plans for oneDNN's blocked copies and
+     * scratchpads: ops run one at a time, so each plan needs it only during
+     * its own call, and memory stays at the largest single conv instead of
+     * the sum over all layers. Grown by conv_plan, never during a call. */
+    void *arena;       /* 64-byte aligned */
+    size_t arena_bytes;
+} kb_cpu;
+
+static inline kb_cpu *kb_cpu_of(kb_backend *be) { return (kb_cpu *)be->impl; }
+
+/* Makes OpenMP (hence oneDNN, which runs on OpenMP) use impl->threads on the
+ * calling thread; the setting is per thread, and the backend may be driven
+ * from a thread other than its creator. */
+void kb_cpu_set_threads(kb_cpu *impl);
+
+/* Ensures the arena holds at least `bytes`; 0 on success, -1 on OOM. */
+int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes);
+
+void kb_cpu_conv_init(kb_backend *be);
+void kb_cpu_norm_init(kb_backend *be);
+void kb_cpu_ops_init(kb_backend *be);
+void kb_cpu_loss_init(kb_backend *be);
+
+#endif

@@ -1,1 +1,974 @@
-/* placeholder: being written */
+/* Job spec parser: YAML -> a small bounded tree -> rw_spec.
+ *
+ * Three layers, so that the daemon can reuse the lower two for grid files:
+ *   1. ytree_parse: libyaml events -> an owned tree (bounded depth, node
+ *      count and input size; aliases rejected; multi-document rejected).
+ *   2. spec_apply_map: applies one mapping node, found at a dotted path
+ *      prefix, on top of an existing rw_spec (overrides). Driven by one field
+ *      table, so the allowed keys of every mapping come from the same place
+ *      as the types and ranges.
+ *   3. rw_spec_validate: re-checks every field of a struct against the same
+ *      table (the struct may have been built by code or by grid overrides),
+ *      then the cross-field rules and the files the spec points at.
+ */
+#include "proto/spec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#define SPEC_FILE_MAX (1u << 20) /* a spec is a page of text; refuse anything big */
+#define YTREE_DEPTH_MAX 16       /* a spec needs 3 levels, a grid a few more */
+#define YTREE_NODES_MAX 65536
+#define SAMPLE_MAX 40            /* how much of a bad value an error quotes */
+
+/* ------------------------------------------------------------------------ */
+/* Errors */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Quotes at most SAMPLE_MAX bytes of user input, non-printables as '?', so
+ * an error line stays one readable line whatever the file holds. */
+static void sample(char *out, size_t outlen, const char *s, size_t len) {
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 4 < outlen; i++) {
+        if (i == SAMPLE_MAX) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        unsigned char c = (unsigned char)s[i];
+        out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    out[o] = '\0';
+}
+
+/* ------------------------------------------------------------------------ */
+/* 1. The bounded tree */
+
+typedef enum { YN_SCALAR, YN_SEQ, YN_MAP } ynode_kind;
+
+/* What a scalar may be read as, from its style and explicit tag. */
+typedef enum {
+    YS_PLAIN,  /* untagged plain scalar: type resolved from its text */
+    YS_STRING, /* quoted, block, or tagged !!str: always a string */
+    YS_INT,    /* tagged !!int */
+    YS_FLOAT,  /* tagged !!float */
+    YS_BOOL,   /* tagged !!bool */
+    YS_NULL,   /* tagged !!null */
+    YS_OTHER,  /* any other tag */
+} yscalar_kind;
+
+typedef struct ynode {
+    ynode_kind kind;
+    int line, col; /* 1-based */
+    /* scalar */
+    char *text;
+    size_t len;
+    yscalar_kind skind;
+    /* sequence: items; mapping: key, value, key, value, ... */
+    struct ynode **kids;
+    size_t nkids, cap;
+} ynode;
+
+static void ynode_free(ynode *n) {
+    if (!n) return;
+    for (size_t i = 0; i < n->nkids; i++) ynode_free(n->kids[i]);
+    free(n->kids);
+    free(n->text);
+    free(n);
+}
+
+static int ynode_push(ynode *parent, ynode *kid) {
+    if (parent->nkids == parent->cap) {
+        size_t cap = parent->cap ? parent->cap * 2 : 8;
+        ynode **k = realloc(parent->kids, cap * sizeof *k);
+        if (!k) return -1;
+        parent->kids = k;
+        parent->cap = cap;
+    }
+    parent->kids[parent->nkids++] = kid;
+    return 0;
+}
+
+static yscalar_kind tag_kind(const yaml_char_t *tag, int implicit_plain, yaml_scalar_style_t style) {
+    if (!tag) return (style == YAML_PLAIN_SCALAR_STYLE && implicit_plain) ? YS_PLAIN : YS_STRING;
+    const char *t = (const char *)tag;
+    if (!strcmp(t, "!")) return YS_STRING; /* the non-specific tag: a string */
+    if (!strcmp(t, YAML_STR_TAG)) return YS_STRING;
+    if (!strcmp(t, YAML_INT_TAG)) return YS_INT;
+    if (!strcmp(t, YAML_FLOAT_TAG)) return YS_FLOAT;
+    if (!strcmp(t, YAML_BOOL_TAG)) return YS_BOOL;
+    if (!strcmp(t, YAML_NULL_TAG)) return YS_NULL;
+    return YS_OTHER;
+}
+
+/* Parses one YAML document into a tree. *root is NULL for an empty stream.
+ * Errors are "origin:LINE:COL: ..." (the YAML's own position). */
+static int ytree_parse(const char *yaml, size_t len, const char *origin, ynode **root, char *err,
+                       size_t errlen) {
+    *root = NULL;
+    yaml_parser_t p;
+    if (!yaml_parser_initialize(&p)) {
+        set_err(err, errlen, "%s: out of memory", origin);
+        return -1;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)yaml, len);
+
+    ynode *stack[YTREE_DEPTH_MAX + 1];
+    int depth = 0, ndocs = 0, rc = -1, done = 0;
+    size_t nnodes = 0;
+    ynode *top = NULL;
+
+    while (!done) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&p, &ev)) {
+            const char *what = p.problem ? p.problem : "syntax error";
+            if (p.context)
+                set_err(err, errlen, "%s:%zu:%zu: YAML syntax error: %s %s that started on line %zu", origin,
+                        p.problem_mark.line + 1, p.problem_mark.column + 1, what, p.context,
+                        p.context_mark.line + 1);
+            else
+                set_err(err, errlen, "%s:%zu:%zu: YAML syntax error: %s", origin,
+                        p.problem_mark.line + 1, p.problem_mark.column + 1, what);
+            goto out;
+        }
+        int line = (int)ev.start_mark.line + 1, col = (int)ev.start_mark.column + 1;
+        ynode *n = NULL;
+        int bad = 0;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = 1;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++ndocs > 1) {
+                set_err(err, errlen, "%s:%d:%d: more than one YAML document; a spec is one mapping",
+                        origin, line, col);
+                bad = 1;
+            }
+            break;
+        case YAML_ALIAS_EVENT:
+            set_err(err, errlen, "%s:%d:%d: YAML aliases (*name) are not supported", origin, line,
+                    col);
+            bad = 1;
+            break;
+        case YAML_SCALAR_EVENT:
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT:
+            if (++nnodes > YTREE_NODES_MAX) {
+                set_err(err, errlen, "%s:%d:%d: too many YAML nodes (at most %d)", origin, line,
+                        col, YTREE_NODES_MAX);
+                bad = 1;
+                break;
+            }
+            n = calloc(1, sizeof *n);
+            if (!n) {
+                set_err(err, errlen, "%s: out of memory", origin);
+                bad = 1;
+                break;
+            }
+            n->line = line;
+            n->col = col;
+            if (ev.type == YAML_SCALAR_EVENT) {
+                n->kind = YN_SCALAR;
+                n->len = ev.data.scalar.length;
+                n->text = malloc(n->len + 1);
+                if (!n->text) {
+                    free(n);
+                    n = NULL;
+                    set_err(err, errlen, "%s: out of memory", origin);
+                    bad = 1;
+                    break;
+                }
+                memcpy(n->text, ev.data.scalar.value, n->len);
+                n->text[n->len] = '\0';
+                n->skind = tag_kind(ev.data.scalar.tag, ev.data.scalar.plain_implicit,
+                                    ev.data.scalar.style);
+            } else {
+                n->kind = ev.type == YAML_MAPPING_START_EVENT ? YN_MAP : YN_SEQ;
+            }
+            /* attach to the parent (or become the root) */
+            if (depth == 0) {
+                top = n;
+            } else if (ynode_push(stack[depth - 1], n)) {
+                ynode_free(n);
+                n = NULL;
+                set_err(err, errlen, "%s: out of memory", origin);
+                bad = 1;
+                break;
+            }
+            if (n->kind != YN_SCALAR) {
+                if (depth == YTREE_DEPTH_MAX) {
+                    set_err(err, errlen, "%s:%d:%d: nesting deeper than %d levels", origin, line,
+                            col, YTREE_DEPTH_MAX);
+                    bad = 1;
+                    break;
+                }
+                stack[depth++] = n;
+            }
+            break;
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT:
+            depth--;
+            break;
+        default:
+            break;
+        }
+        yaml_event_delete(&ev);
+        if (bad) goto out;
+    }
+    *root = top;
+    top = NULL;
+    rc = 0;
+out:
+    ynode_free(top); /* a partial tree: every node is reachable from top */
+    yaml_parser_delete(&p);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scalar typing (YAML 1.2 core schema, strict) */
+
+static int is_null(const ynode *n) {
+    if (n->kind != YN_SCALAR) return 0;
+    if (n->skind == YS_NULL) return 1;
+    if (n->skind != YS_PLAIN) return 0;
+    const char *t = n->text;
+    return !strcmp(t, "") || !strcmp(t, "~") || !strcmp(t, "null") || !strcmp(t, "Null") ||
+           !strcmp(t, "NULL");
+}
+
+/* 1 true, 0 false, -1 not a boolean */
+static int as_bool(const ynode *n) {
+    if (n->kind != YN_SCALAR || (n->skind != YS_PLAIN && n->skind != YS_BOOL)) return -1;
+    const char *t = n->text;
+    if (!strcmp(t, "true") || !strcmp(t, "True") || !strcmp(t, "TRUE")) return 1;
+    if (!strcmp(t, "false") || !strcmp(t, "False") || !strcmp(t, "FALSE")) return 0;
+    return -1;
+}
+
+/* A decimal or scientific number, nothing else: strtod alone would also
+ * take "inf", "nan", hex floats and leading blanks. */
+static int as_number(const ynode *n, double *out) {
+    if (n->kind != YN_SCALAR) return -1;
+    if (n->skind != YS_PLAIN && n->skind != YS_INT && n->skind != YS_FLOAT) return -1;
+    const char *t = n->text;
+    size_t i = 0, digits = 0;
+    if (t[i] == '+' || t[i] == '-') i++;
+    while (t[i] >= '0' && t[i] <= '9') i++, digits++;
+    if (t[i] == '.') {
+        i++;
+        while (t[i] >= '0' && t[i] <= '9') i++, digits++;
+    }
+    if (digits == 0) return -1;
+    if (t[i] == 'e' || t[i] == 'E') {
+        i++;
+        if (t[i] == '+' || t[i] == '-') i++;
+        size_t ed = 0;
+        while (t[i] >= '0' && t[i] <= '9') i++, ed++;
+        if (ed == 0) return -1;
+    }
+    if (i != n->len) return -1;
+    errno = 0;
+    double v = strtod(t, NULL);
+    if (!isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+/* "123" or "+123": what strtoull reads exactly. */
+static int exact_digits(const char *t) {
+    if (*t == '+') t++;
+    if (!*t) return 0;
+    for (; *t; t++)
+        if (*t < '0' || *t > '9') return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* 2. The field table */
+
+typedef enum {
+    F_INT,   /* int */
+    F_LONG,  /* long */
+    F_U64,   /* uint64_t */
+    F_FLOAT, /* float */
+    F_BOOL,  /* int 0/1 */
+    F_ENUM,  /* an enum stored as int */
+    F_NAME,  /* char[RW_NAME_MAX], [A-Za-z0-9_.-] */
+    F_PATH,  /* char[RW_PATH_MAX], resolved against basedir */
+    F_VEC3,  /* float[3] */
+} ftype;
+
+/* Range flags: an open end excludes the bound. */
+#define LO_OPEN 1
+#define HI_OPEN 2
+#define ABS_BOUND 4 /* |x| <= hi */
+
+typedef struct field {
+    const char *path; /* dotted, as written in YAML */
+    ftype type;
+    size_t off;
+    double lo, hi;
+    int flags;
+    const char *const *enums; /* NULL-terminated, for F_ENUM */
+} field;
+
+static const char *const data_kinds[] = {"synthetic", "cifar10", NULL};
+static const char *const augments[] = {"byol", "none", NULL};
+static const char *const stems[] = {"imagenet", "cifar", NULL};
+static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_identity", "none",
+                                         NULL};
+static const char *const loss_kinds[] = {"byol", "unified", NULL};
+static const char *const schedules[] = {"constant", "cosine", NULL};
+
+_Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
+                   sizeof(rw_stem) == sizeof(int) && sizeof(rw_predictor) == sizeof(int) &&
+                   sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int),
+               "enum fields are stored as int");
+
+#define TWO53 9007199254740992.0
+#define O(m) offsetof(rw_spec, m)
+
+static const field fields[] = {
+    {"name", F_NAME, O(name), 1, RW_NAME_MAX - 1, 0, NULL},
+    {"seed", F_U64, O(seed), 0, TWO53, 0, NULL},
+    {"init", F_PATH, O(init), 0, 0, 0, NULL},
+    {"threads", F_INT, O(threads), 0, 1024, 0, NULL},
+    {"data.kind", F_ENUM, O(data.kind), 0, 0, 0, data_kinds},
+    {"data.path", F_PATH, O(data.path), 0, 0, 0, NULL},
+    {"data.synthetic.train", F_INT, O(data.synthetic_train), 1, 1000000, 0, NULL},
+    {"data.synthetic.test", F_INT, O(data.synthetic_test), 1, 1000000, 0, NULL},
+    {"data.synthetic.seed", F_U64, O(data.synthetic_seed), 0, TWO53, 0, NULL},
+    {"data.image_size", F_INT, O(data.image_size), 8, 512, 0, NULL},
+    {"data.augment", F_ENUM, O(data.augment), 0, 0, 0, augments},
+    {"data.mean", F_VEC3, O(data.mean), 0, 1, 0, NULL},
+    {"data.std", F_VEC3, O(data.std), 0, 10, LO_OPEN, NULL},
+    {"data.loader_threads", F_INT, O(data.loader_threads), 1, 64, 0, NULL},
+    {"model.stem", F_ENUM, O(model.stem), 0, 0, 0, stems},
+    {"model.width", F_INT, O(model.width), 1, 64, 0, NULL},
+    {"model.projector.hidden", F_INT, O(model.proj_hidden), 1, 65536, 0, NULL},
+    {"model.projector.out", F_INT, O(model.proj_out), 1, 65536, 0, NULL},
+    {"model.predictor", F_ENUM, O(model.predictor), 0, 0, 0, predictors},
+    {"model.predictor_hidden", F_INT, O(model.pred_hidden), 1, 65536, 0, NULL},
+    {"loss.kind", F_ENUM, O(loss.kind), 0, 0, 0, loss_kinds},
+    {"loss.alpha", F_FLOAT, O(loss.alpha), -1e6, 1e6, ABS_BOUND, NULL},
+    {"loss.beta", F_FLOAT, O(loss.beta), -1e6, 1e6, ABS_BOUND, NULL},
+    {"loss.tangential", F_BOOL, O(loss.tangential), 0, 1, 0, NULL},
+    {"optim.lr", F_FLOAT, O(optim.lr), 0, 10, LO_OPEN, NULL},
+    {"optim.weight_decay", F_FLOAT, O(optim.weight_decay), 0, 1, 0, NULL},
+    {"optim.batch_size", F_INT, O(optim.batch_size), 2, 65536, 0, NULL},
+    {"optim.epochs", F_INT, O(optim.epochs), 1, 100000, 0, NULL},
+    {"optim.max_steps", F_LONG, O(optim.max_steps), 0, TWO53, 0, NULL},
+    {"ema.tau", F_FLOAT, O(ema.tau), 0, 1, 0, NULL},
+    {"ema.schedule", F_ENUM, O(ema.schedule), 0, 0, 0, schedules},
+    {"eval.linear.epochs", F_INT, O(eval.linear_epochs), 0, 100000, 0, NULL},
+    {"eval.linear.lr", F_FLOAT, O(eval.linear_lr), 0, 10, LO_OPEN, NULL},
+    {"eval.linear.batch_size", F_INT, O(eval.linear_batch_size), 1, 65536, 0, NULL},
+    {"eval.knn.every", F_INT, O(eval.knn_every), 0, 100000, 0, NULL},
+    {"eval.knn.k", F_INT, O(eval.knn_k), 1, 10000, 0, NULL},
+    {"eval.knn.temperature", F_FLOAT, O(eval.knn_temperature), 0, 100, LO_OPEN, NULL},
+    {"log.every_steps", F_INT, O(log.every_steps), 0, 1000000000, 0, NULL},
+    {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
+};
+#define NFIELDS (sizeof fields / sizeof fields[0])
+
+void rw_spec_defaults(rw_spec *s) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "byol");
+    s->seed = 0;
+    s->threads = 0;
+    s->data.kind = RW_DATA_SYNTHETIC;
+    s->data.synthetic_train = 5000;
+    s->data.synthetic_test = 1000;
+    s->data.synthetic_seed = 0;
+    s->data.image_size = 96;
+    s->data.augment = RW_AUG_BYOL;
+    const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2470f, 0.2435f, 0.2616f};
+    memcpy(s->data.mean, mean, sizeof mean);
+    memcpy(s->data.std, std, sizeof std);
+    s->data.loader_threads = 2;
+    s->model.stem = RW_STEM_IMAGENET;
+    s->model.width = 64;
+    s->model.proj_hidden = 512;
+    s->model.proj_out = 128;
+    s->model.predictor = RW_PRED_MLP;
+    s->model.pred_hidden = 512;
+    s->loss.kind = RW_LOSS_BYOL;
+    s->loss.alpha = 1.0f;
+    s->loss.beta = 1.0f;
+    s->loss.tangential = 0;
+    s->optim.lr = 3.0e-4f;
+    s->optim.weight_decay = 0.0f;
+    s->optim.batch_size = 128;
+    s->optim.epochs = 300;
+    s->optim.max_steps = 0;
+    s->ema.tau = 0.996f;
+    s->ema.schedule = RW_TAU_CONSTANT;
+    s->eval.linear_epochs = 100;
+    s->eval.linear_lr = 5.0e-4f;
+    s->eval.linear_batch_size = 256;
+    s->eval.knn_every = 0;
+    s->eval.knn_k = 200;
+    s->eval.knn_temperature = 0.1f;
+    s->log.every_steps = 0;
+    s->checkpoint.every_epochs = 0;
+}
+
+/* "in (0, 10]", "in 1..64", "with |x| <= 1e+06" */
+static void range_text(const field *f, char *out, size_t outlen) {
+    if (f->flags & ABS_BOUND)
+        snprintf(out, outlen, "with |x| <= %g", f->hi);
+    else if (f->type == F_FLOAT || f->type == F_VEC3)
+        snprintf(out, outlen, "in %c%g, %g%c", (f->flags & LO_OPEN) ? '(' : '[', f->lo, f->hi,
+                 (f->flags & HI_OPEN) ? ')' : ']');
+    else if (f->hi == TWO53)
+        snprintf(out, outlen, "in %.0f..2^53", f->lo);
+    else
+        snprintf(out, outlen, "in %.0f..%.0f", f->lo, f->hi);
+}
+
+static void enum_list(const char *const *names, char *out, size_t outlen) {
+    size_t o = 0;
+    out[0] = '\0';
+    for (int i = 0; names[i] && o < outlen; i++)
+        o += (size_t)snprintf(out + o, outlen - o, "%s%s", i ? ", " : "", names[i]);
+}
+
+static int in_range(const field *f, double v) {
+    if (f->flags & ABS_BOUND) return fabs(v) <= f->hi;
+    if ((f->flags & LO_OPEN) ? !(v > f->lo) : !(v >= f->lo)) return 0;
+    if ((f->flags & HI_OPEN) ? !(v < f->hi) : !(v <= f->hi)) return 0;
+    return 1;
+}
+
+static int name_ok(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++) {
+        char c = *s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+typedef struct apply_ctx {
+    const char *origin;
+    const char *basedir; /* "" = leave relative paths as written */
+    char *err;
+    size_t errlen;
+} apply_ctx;
+
+/* "got 'abc'", "got a mapping", "got null", "got boolean 'true'"... */
+static void got_text(const ynode *n, char *out, size_t outlen) {
+    char smp[SAMPLE_MAX * 2];
+    if (n->kind == YN_MAP) {
+        snprintf(out, outlen, "got a mapping");
+    } else if (n->kind == YN_SEQ) {
+        snprintf(out, outlen, "got a list");
+    } else if (is_null(n)) {
+        snprintf(out, outlen, "got null");
+    } else {
+        sample(smp, sizeof smp, n->text, n->len);
+        if (as_bool(n) >= 0)
+            snprintf(out, outlen, "got boolean '%s'", smp);
+        else if (n->skind == YS_STRING)
+            snprintf(out, outlen, "got string '%s'", smp);
+        else
+            snprintf(out, outlen, "got '%s'", smp);
+    }
+}
+
+/* Every field error: "origin: path: what, got X (line L)". */
+static int field_err(const apply_ctx *cx, const char *path, const ynode *n, const char *what) {
+    char got[SAMPLE_MAX * 3];
+    got_text(n, got, sizeof got);
+    set_err(cx->err, cx->errlen, "%s: %s: %s, %s (line %d)", cx->origin, path, what, got, n->line);
+    return -1;
+}
+
+static int join_path(const apply_ctx *cx, const char *field_path, const ynode *at, const char *dir,
+                     const char *p, char *out) {
+    int n;
+    if (p[0] == '/' || !dir[0])
+        n = snprintf(out, RW_PATH_MAX, "%s", p);
+    else
+        n = snprintf(out, RW_PATH_MAX, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", p);
+    if (n < 0 || n >= RW_PATH_MAX) {
+        set_err(cx->err, cx->errlen, "%s: %s: path too long (at most %d bytes once resolved) (line %d)",
+                cx->origin, field_path, RW_PATH_MAX - 1, at->line);
+        return -1;
+    }
+    return 0;
+}
+
+/* Integer fields accept YAML ints and integral floats ("1e6"): a researcher
+ * writing max_steps: 1e6 means an integer. */
+static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *cx, rw_spec *s) {
+    char *dst = (char *)s + f->off;
+    char rng[96], what[256];
+    range_text(f, rng, sizeof rng);
+    switch (f->type) {
+    case F_INT:
+    case F_LONG:
+    case F_U64: {
+        double v;
+        snprintf(what, sizeof what, "must be an integer %s", rng);
+        if (as_number(n, &v) || v != floor(v) || !in_range(f, v)) return field_err(cx, f->path, n, what);
+        /* the double rounds above 2^53 (2^53+1 reads as 2^53): plain digit
+         * strings are also read exactly, so such values are caught */
+        if (exact_digits(n->text)) {
+            errno = 0;
+            unsigned long long u = strtoull(n->text[0] == '+' ? n->text + 1 : n->text, NULL, 10);
+            if (errno || (double)u != v || u > (unsigned long long)f->hi)
+                return field_err(cx, f->path, n, what);
+        }
+        if (f->type == F_INT) {
+            int x = (int)v;
+            memcpy(dst, &x, sizeof x);
+        } else if (f->type == F_LONG) {
+            long x = (long)v;
+            memcpy(dst, &x, sizeof x);
+        } else {
+            uint64_t x = (uint64_t)v;
+            memcpy(dst, &x, sizeof x);
+        }
+        return 0;
+    }
+    case F_FLOAT: {
+        double v;
+        snprintf(what, sizeof what, "must be a number %s", rng);
+        /* range checked on the stored float: 1e-50 is > 0 but its float is 0 */
+        if (as_number(n, &v) || !isfinite((float)v) || !in_range(f, (float)v))
+            return field_err(cx, f->path, n, what);
+        float x = (float)v;
+        memcpy(dst, &x, sizeof x);
+        return 0;
+    }
+    case F_BOOL: {
+        int b = as_bool(n);
+        if (b < 0) return field_err(cx, f->path, n, "must be true or false");
+        memcpy(dst, &b, sizeof b);
+        return 0;
+    }
+    case F_ENUM: {
+        char list[160];
+        enum_list(f->enums, list, sizeof list);
+        snprintf(what, sizeof what, "must be one of: %s", list);
+        if (n->kind != YN_SCALAR || is_null(n) || (n->skind != YS_PLAIN && n->skind != YS_STRING))
+            return field_err(cx, f->path, n, what);
+        for (int i = 0; f->enums[i]; i++) {
+            if (!strcmp(n->text, f->enums[i]) && strlen(f->enums[i]) == n->len) {
+                memcpy(dst, &i, sizeof i);
+                return 0;
+            }
+        }
+        return field_err(cx, f->path, n, what);
+    }
+    case F_NAME: {
+        snprintf(what, sizeof what, "must be 1..%d characters from [A-Za-z0-9_.-]", RW_NAME_MAX - 1);
+        if (n->kind != YN_SCALAR || is_null(n) || n->skind == YS_OTHER || n->len >= RW_NAME_MAX ||
+            strlen(n->text) != n->len || !name_ok(n->text))
+            return field_err(cx, f->path, n, what);
+        memcpy(dst, n->text, n->len + 1);
+        return 0;
+    }
+    case F_PATH: {
+        /* null clears the path: lets a grid variant drop the base's init */
+        if (is_null(n)) {
+            dst[0] = '\0';
+            return 0;
+        }
+        snprintf(what, sizeof what, "must be a non-empty path of at most %d bytes (or null for none)",
+                 RW_PATH_MAX - 1);
+        if (n->kind != YN_SCALAR || n->skind == YS_OTHER || n->len == 0 || n->len >= RW_PATH_MAX ||
+            strlen(n->text) != n->len)
+            return field_err(cx, f->path, n, what);
+        char tmp[RW_PATH_MAX];
+        if (join_path(cx, f->path, n, cx->basedir, n->text, tmp)) return -1;
+        memcpy(dst, tmp, strlen(tmp) + 1);
+        return 0;
+    }
+    case F_VEC3: {
+        snprintf(what, sizeof what, "must be a list of 3 numbers, each %s", rng);
+        if (n->kind != YN_SEQ || n->nkids != 3) return field_err(cx, f->path, n, what);
+        float x[3];
+        for (int i = 0; i < 3; i++) {
+            double v;
+            char sub[96];
+            snprintf(sub, sizeof sub, "%s[%d]", f->path, i);
+            snprintf(what, sizeof what, "must be a number %s", rng);
+            if (as_number(n->kids[i], &v) || !in_range(f, (float)v))
+                return field_err(cx, sub, n->kids[i], what);
+            x[i] = (float)v;
+        }
+        memcpy(dst, x, sizeof x);
+        return 0;
+    }
+    }
+    return -1;
+}
+
+/* The keys allowed in the mapping at `prefix` ("" = top level), from the
+ * table: the next path component of every field under the prefix. */
+static void allowed_keys(const char *prefix, char *out, size_t outlen) {
+    size_t pl = strlen(prefix), o = 0;
+    const char *seen[NFIELDS];
+    size_t seen_len[NFIELDS], nseen = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < NFIELDS; i++) {
+        const char *p = fields[i].path;
+        if (pl && (strncmp(p, prefix, pl) || p[pl] != '.')) continue;
+        const char *k = pl ? p + pl + 1 : p;
+        size_t kl = strcspn(k, ".");
+        int dup = 0;
+        for (size_t j = 0; j < nseen; j++)
+            if (seen_len[j] == kl && !strncmp(seen[j], k, kl)) dup = 1;
+        if (dup) continue;
+        seen[nseen] = k;
+        seen_len[nseen++] = kl;
+        if (o < outlen)
+            o += (size_t)snprintf(out + o, outlen - o, "%s%.*s", nseen > 1 ? ", " : "", (int)kl, k);
+    }
+}
+
+/* Applies the mapping `map`, which sits at dotted path `prefix` ("" = a whole
+ * spec), on top of *s. Fields absent from the mapping keep their value in *s:
+ * this is how a grid variant overrides a base spec. On error *s may be partly
+ * written: callers apply to a scratch copy. */
+static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx *cx, rw_spec *s) {
+    char allowed[512];
+    if (map->kind != YN_MAP) {
+        char got[SAMPLE_MAX * 3];
+        got_text(map, got, sizeof got);
+        if (prefix[0])
+            set_err(cx->err, cx->errlen, "%s: %s: must be a mapping, %s (line %d)", cx->origin, prefix,
+                    got, map->line);
+        else
+            set_err(cx->err, cx->errlen, "%s: top level: must be a mapping of fields, %s (line %d)",
+                    cx->origin, got, map->line);
+        return -1;
+    }
+    size_t pl = strlen(prefix);
+    for (size_t i = 0; i + 1 < map->nkids; i += 2) {
+        const ynode *key = map->kids[i], *val = map->kids[i + 1];
+        char kbuf[SAMPLE_MAX * 2];
+        if (key->kind != YN_SCALAR || is_null(key) || strlen(key->text) != key->len) {
+            allowed_keys(prefix, allowed, sizeof allowed);
+            set_err(cx->err, cx->errlen, "%s: %s%skeys must be plain names (allowed: %s) (line %d)",
+                    cx->origin, prefix, pl ? ": " : "", allowed, key->line);
+            return -1;
+        }
+        char path[256];
+        sample(kbuf, sizeof kbuf, key->text, key->len);
+        snprintf(path, sizeof path, "%s%s%s", prefix, pl ? "." : "", kbuf);
+
+        /* a field, or a group of fields? */
+        const field *f = NULL;
+        int group = 0;
+        size_t ppl = strlen(path);
+        for (size_t j = 0; j < NFIELDS; j++) {
+            if (!strcmp(fields[j].path, path)) f = &fields[j];
+            else if (!strncmp(fields[j].path, path, ppl) && fields[j].path[ppl] == '.') group = 1;
+        }
+        if ((!f && !group) || key->len >= sizeof kbuf - 4) {
+            allowed_keys(prefix, allowed, sizeof allowed);
+            set_err(cx->err, cx->errlen, "%s: %s: unknown field (allowed%s%s: %s) (line %d)",
+                    cx->origin, path, pl ? " in " : " at top level", pl ? prefix : "", allowed,
+                    key->line);
+            return -1;
+        }
+        /* duplicates: earlier keys were all known, so this loop is short */
+        for (size_t j = 0; j < i; j += 2) {
+            if (map->kids[j]->len == key->len && !strcmp(map->kids[j]->text, key->text)) {
+                set_err(cx->err, cx->errlen, "%s: %s: duplicate key on line %d (first given on line %d)",
+                        cx->origin, path, key->line, map->kids[j]->line);
+                return -1;
+            }
+        }
+        if (f) {
+            if (apply_scalar_field(f, val, cx, s)) return -1;
+        } else if (!is_null(val)) { /* "eval:" with everything commented out */
+            if (spec_apply_map(val, path, cx, s)) return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* 3. Validation of a whole struct */
+
+static int check_struct_fields(const rw_spec *s, const char *origin, char *err, size_t errlen) {
+    char rng[96];
+    for (size_t i = 0; i < NFIELDS; i++) {
+        const field *f = &fields[i];
+        const char *src = (const char *)s + f->off;
+        range_text(f, rng, sizeof rng);
+        switch (f->type) {
+        case F_INT: {
+            int x;
+            memcpy(&x, src, sizeof x);
+            if (!in_range(f, x)) {
+                set_err(err, errlen, "%s: %s: must be an integer %s, got %d", origin, f->path, rng, x);
+                return -1;
+            }
+            break;
+        }
+        case F_LONG: {
+            long x;
+            memcpy(&x, src, sizeof x);
+            if (!in_range(f, (double)x)) {
+                set_err(err, errlen, "%s: %s: must be an integer %s, got %ld", origin, f->path, rng, x);
+                return -1;
+            }
+            break;
+        }
+        case F_U64: {
+            uint64_t x;
+            memcpy(&x, src, sizeof x);
+            if (x > (uint64_t)TWO53) {
+                set_err(err, errlen, "%s: %s: must be an integer %s, got %llu", origin, f->path, rng,
+                        (unsigned long long)x);
+                return -1;
+            }
+            break;
+        }
+        case F_FLOAT: {
+            float x;
+            memcpy(&x, src, sizeof x);
+            if (!isfinite(x) || !in_range(f, x)) {
+                set_err(err, errlen, "%s: %s: must be a number %s, got %g", origin, f->path, rng, x);
+                return -1;
+            }
+            break;
+        }
+        case F_VEC3: {
+            float x[3];
+            memcpy(x, src, sizeof x);
+            for (int k = 0; k < 3; k++) {
+                if (!isfinite(x[k]) || !in_range(f, x[k])) {
+                    set_err(err, errlen, "%s: %s[%d]: must be a number %s, got %g", origin, f->path, k,
+                            rng, x[k]);
+                    return -1;
+                }
+            }
+            break;
+        }
+        case F_BOOL: {
+            int x;
+            memcpy(&x, src, sizeof x);
+            if (x != 0 && x != 1) {
+                set_err(err, errlen, "%s: %s: must be true or false, got %d", origin, f->path, x);
+                return -1;
+            }
+            break;
+        }
+        case F_ENUM: {
+            int x, n = 0;
+            memcpy(&x, src, sizeof x);
+            while (f->enums[n]) n++;
+            if (x < 0 || x >= n) {
+                char list[160];
+                enum_list(f->enums, list, sizeof list);
+                set_err(err, errlen, "%s: %s: must be one of: %s, got %d", origin, f->path, list, x);
+                return -1;
+            }
+            break;
+        }
+        case F_NAME:
+            if (!memchr(src, '\0', RW_NAME_MAX) || !name_ok(src)) {
+                set_err(err, errlen, "%s: %s: must be 1..%d characters from [A-Za-z0-9_.-]", origin,
+                        f->path, RW_NAME_MAX - 1);
+                return -1;
+            }
+            break;
+        case F_PATH:
+            if (!memchr(src, '\0', RW_PATH_MAX)) {
+                set_err(err, errlen, "%s: %s: path is not terminated", origin, f->path);
+                return -1;
+            }
+            break;
+        }
+    }
+    return 0;
+}
+
+int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen) {
+    if (!origin) origin = "spec";
+    if (check_struct_fields(s, origin, err, errlen)) return -1;
+
+    if (s->loss.kind == RW_LOSS_UNIFIED && s->loss.alpha == 0.0f && s->loss.beta == 0.0f) {
+        set_err(err, errlen,
+                "%s: loss.alpha, loss.beta: must not both be 0 for loss.kind unified "
+                "(BYOL' beta > 0, RAFT beta < 0)",
+                origin);
+        return -1;
+    }
+    if (s->init[0]) {
+        struct stat st;
+        int fd = open(s->init, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            set_err(err, errlen, "%s: init: cannot read '%s': %s", origin, s->init, strerror(errno));
+            return -1;
+        }
+        int isreg = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        close(fd);
+        if (!isreg) {
+            set_err(err, errlen, "%s: init: '%s' is not a regular file (expected a .safetensors file)",
+                    origin, s->init);
+            return -1;
+        }
+    }
+    if (s->data.kind == RW_DATA_CIFAR10) {
+        struct stat st;
+        if (!s->data.path[0]) {
+            set_err(err, errlen,
+                    "%s: data.path: required for data.kind cifar10 (the folder holding "
+                    "data_batch_1.bin ... test_batch.bin)",
+                    origin);
+            return -1;
+        }
+        if (stat(s->data.path, &st) != 0) {
+            set_err(err, errlen, "%s: data.path: cannot access '%s': %s", origin, s->data.path,
+                    strerror(errno));
+            return -1;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            set_err(err, errlen,
+                    "%s: data.path: '%s' is not a directory (cifar10 needs the folder holding "
+                    "data_batch_1.bin ... test_batch.bin)",
+                    origin, s->data.path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points */
+
+int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *basedir, rw_spec *s,
+                  char *err, size_t errlen) {
+    if (!origin) origin = "spec";
+    if (!basedir) basedir = "";
+    if (len > SPEC_FILE_MAX) {
+        set_err(err, errlen, "%s: too large (%zu bytes; a spec is at most %u bytes)", origin, len,
+                SPEC_FILE_MAX);
+        return -1;
+    }
+    ynode *root = NULL;
+    if (ytree_parse(yaml, len, origin, &root, err, errlen)) return -1;
+    if (!root || is_null(root)) {
+        ynode_free(root);
+        set_err(err, errlen, "%s: empty spec: expected a mapping of fields (name, seed, data, model, "
+                             "loss, optim, ...)", origin);
+        return -1;
+    }
+    /* a scratch copy: the caller's struct changes only on success */
+    rw_spec tmp;
+    rw_spec_defaults(&tmp);
+    apply_ctx cx = {origin, basedir, err, errlen};
+    int rc = spec_apply_map(root, "", &cx, &tmp);
+    ynode_free(root);
+    if (rc == 0) rc = rw_spec_validate(&tmp, origin, err, errlen);
+    if (rc == 0) *s = tmp;
+    return rc;
+}
+
+int rw_spec_load(const char *path, rw_spec *s, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        set_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        set_err(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    if (st.st_size > (off_t)SPEC_FILE_MAX) {
+        set_err(err, errlen, "%s: too large (%lld bytes; a spec is at most %u bytes)", path,
+                (long long)st.st_size, SPEC_FILE_MAX);
+        close(fd);
+        return -1;
+    }
+    /* read up to the limit + 1 so a file that grows meanwhile is still caught */
+    char *buf = malloc(SPEC_FILE_MAX + 1);
+    if (!buf) {
+        set_err(err, errlen, "%s: out of memory", path);
+        close(fd);
+        return -1;
+    }
+    size_t len = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + len, SPEC_FILE_MAX + 1 - len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            set_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+            free(buf);
+            close(fd);
+            return -1;
+        }
+        if (r == 0 || (len += (size_t)r) == SPEC_FILE_MAX + 1) break;
+    }
+    close(fd);
+    if (len == 0) {
+        free(buf);
+        set_err(err, errlen, "%s: empty file: expected a mapping of fields (name, seed, data, model, "
+                             "loss, optim, ...)", path);
+        return -1;
+    }
+
+    /* Relative paths in the spec are relative to its folder, made absolute
+     * because the daemon and workers do not share the CLI's working directory. */
+    char dir[RW_PATH_MAX], absdir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        snprintf(dir, sizeof dir, ".");
+    } else if (slash == path) {
+        snprintf(dir, sizeof dir, "/");
+    } else if ((size_t)(slash - path) < sizeof dir) {
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    } else {
+        free(buf);
+        set_err(err, errlen, "%s: path too long", path);
+        return -1;
+    }
+    const char *basedir = dir;
+    if (realpath(dir, absdir) && strlen(absdir) < RW_PATH_MAX) basedir = absdir;
+
+    int rc = rw_spec_parse(buf, len, path, basedir, s, err, errlen);
+    free(buf);
+    return rc;
+}
+
+const char *rw_predictor_name(rw_predictor p) {
+    return (unsigned)p < sizeof predictors / sizeof predictors[0] - 1 ? predictors[p] : "?";
+}
+
+const char *rw_loss_kind_name(rw_loss_kind k) {
+    return (unsigned)k < sizeof loss_kinds / sizeof loss_kinds[0] - 1 ? loss_kinds[k] : "?";
+}

@@ -11,12 +11,24 @@
  * macro I collides with the shape letter I in backend.h. */
 void openblas_set_num_threads(int num_threads);
 
+/* OpenBLAS's thread count is process-wide; remember what we last set so two
+ * backends with different counts each get theirs without a call per gemm. */
+static int blas_threads;
+
 #define KB_CPU_ALIGN 64
 
 void kb_cpu_set_threads(kb_cpu *impl)
 {
     if (omp_get_max_threads() != impl->threads)
         omp_set_num_threads(impl->threads);
+}
+
+void kb_cpu_set_blas_threads(kb_cpu *impl)
+{
+    if (blas_threads != impl->threads) {
+        openblas_set_num_threads(impl->threads);
+        blas_threads = impl->threads;
+    }
 }
 
 int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes)
@@ -131,7 +143,7 @@ kb_backend *kb_cpu_create(int threads)
     be->name = "cpu";
     be->impl = impl;
     kb_cpu_set_threads(impl);
-    openblas_set_num_threads(threads);
+    kb_cpu_set_blas_threads(impl);
 
     dnnl_status_t st = dnnl_engine_create(&impl->engine, dnnl_cpu, 0);
     if (st == dnnl_success)

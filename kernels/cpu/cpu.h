@@ -107,6 +107,9 @@ static inline kb_cpu *kb_cpu_of(kb_backend *be) { return (kb_cpu *)be->impl; }
  * from a thread other than its creator. */
 void kb_cpu_set_threads(kb_cpu *impl);
 
+/* Sets OpenBLAS's (process-wide) thread count to impl->threads if needed. */
+void kb_cpu_set_blas_threads(kb_cpu *impl);
+
 /* Ensures the arena holds at least `bytes`; 0 on success, -1 on OOM. */
 int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes);
 

@@ -47,21 +47,28 @@ static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, 
                 int w0 = q * stride - pad;
                 int ws = w0 < 0 ? 0 : w0, we = w0 + k > W ? W : w0 + k;
                 /* Only in-bounds elements compete: padding never wins. The
-                 * first maximum in row-major order wins ties, as in PyTorch;
-                 * NaN propagates (it beats everything, as in PyTorch). */
+                 * first maximum in row-major order wins ties, as in PyTorch.
+                 * A NaN wins (PyTorch propagates it): rare, so it is only
+                 * flagged in the hot loop and resolved afterwards. */
                 float best = -INFINITY;
                 int32_t bi = hs * W + ws;
+                int nan = 0;
                 for (int h = hs; h < he; h++)
                     for (int w = ws; w < we; w++) {
                         float v = xp[h * W + w];
-                        if (v > best || isnan(v)) {
-                            best = v;
-                            bi = h * W + w;
-                            if (isnan(v))
-                                goto done;
-                        }
+                        int gt = v > best; /* branch-free: data-dependent */
+                        nan |= v != v;
+                        bi = gt ? h * W + w : bi;
+                        best = gt ? v : best;
                     }
-            done:
+                for (int h = hs; nan && h < he; h++)
+                    for (int w = ws; w < we; w++)
+                        if (isnan(xp[h * W + w])) {
+                            best = xp[h * W + w];
+                            bi = h * W + w;
+                            nan = 0;
+                            break;
+                        }
                 yp[p * Q + q] = best;
                 ip[p * Q + q] = bi;
             }
@@ -114,7 +121,7 @@ static void cpu_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N
                                const float *w /* (O,I) */, const float *b /* (O) or NULL */,
                                int O, float *y /* (N,O) */)
 {
-    (void)be;
+    kb_cpu_set_blas_threads(kb_cpu_of(be));
     float beta = 0.0f;
     if (b) {
         for (int n = 0; n < N; n++)
@@ -129,7 +136,7 @@ static void cpu_linear_backward(kb_backend *be, const float *x /* (N,I) */,
                                 int I, int O, float *dx /* (N,I) or NULL */,
                                 float *dw /* (O,I), += */, float *db /* (O) or NULL, += */)
 {
-    (void)be;
+    kb_cpu_set_blas_threads(kb_cpu_of(be));
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 0.0f,
                     dx, I);

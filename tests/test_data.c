@@ -1,1 +1,744 @@
+/* Data: CIFAR-10's binary format, the synthetic set, the loader and the
+ * show-augment PNG. */
 #include <criterion/criterion.h>
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "worker/data_internal.h"
+
+static const float k_mean[3] = {0.4914f, 0.4822f, 0.4465f};
+static const float k_std[3] = {0.2470f, 0.2435f, 0.2616f};
+
+static void make_dir(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/rw_data_XXXXXX");
+    cr_assert(mkdtemp(dir), "mkdtemp");
+}
+
+static void remove_dir(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    (void)!system(cmd);
+}
+
+/* Record r of a test file: label and pixels that say where they came from. */
+static void fill_record(uint8_t *rec, int file, int r, int label)
+{
+    rec[0] = (uint8_t)label;
+    for (int k = 1; k < RW_CIFAR_RECORD; k++)
+        rec[k] = (uint8_t)(file * 31 + r * 7 + k);
+}
+
+static void write_file(const char *dir, const char *name, const uint8_t *bytes, size_t n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "cannot write %s", path);
+    if (n)
+        cr_assert_eq(fwrite(bytes, 1, n, f), n);
+    fclose(f);
+}
+
+/* Writes data_batch_1..5 with counts[k] records and test_batch with `test`. */
+static void write_set(const char *dir, const int counts[5], int test)
+{
+    static uint8_t buf[8 * RW_CIFAR_RECORD];
+    for (int k = 0; k < 6; k++) {
+        int n = k < 5 ? counts[k] : test;
+        for (int r = 0; r < n; r++)
+            fill_record(buf + (size_t)r * RW_CIFAR_RECORD, k, r, (k + r) % 10);
+        char name[32];
+        snprintf(name, sizeof name, k < 5 ? "data_batch_%d.bin" : "test_batch.bin", k + 1);
+        write_file(dir, name, buf, (size_t)n * RW_CIFAR_RECORD);
+    }
+}
+
+/* ---- the reader ---- */
+
+Test(data, reads_back_what_was_written)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    int counts[5] = {3, 2, 1, 1, 2};
+    write_set(dir, counts, 4);
+    char err[512] = "";
+    rw_dataset ds;
+    cr_assert_eq(rw_cifar_load(dir, 1, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ds.n, 9);
+    int i = 0;
+    for (int k = 0; k < 5; k++)
+        for (int r = 0; r < counts[k]; r++, i++) {
+            uint8_t rec[RW_CIFAR_RECORD];
+            fill_record(rec, k, r, (k + r) % 10);
+            cr_assert_eq(ds.labels[i], rec[0], "label %d", i);
+            cr_assert(memcmp(ds.pixels + (size_t)i * 3072, rec + 1, 3072) == 0, "pixels %d", i);
+        }
+    rw_dataset_free(&ds);
+    cr_assert_eq(rw_cifar_load(dir, 0, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ds.n, 4);
+    uint8_t rec[RW_CIFAR_RECORD];
+    fill_record(rec, 5, 3, 8);
+    cr_assert_eq(ds.labels[3], 8);
+    cr_assert(memcmp(ds.pixels + 3 * 3072, rec + 1, 3072) == 0);
+    rw_dataset_free(&ds);
+    rw_dataset_free(&ds); /* idempotent */
+    remove_dir(dir);
+}
+
+/* Loads and expects failure with every piece of `want` in the message. */
+static void expect_error(const char *dir, int train, const char *want1, const char *want2)
+{
+    char err[512] = "";
+    rw_dataset ds;
+    cr_assert_eq(rw_cifar_load(dir, train, &ds, err, sizeof err), -1, "loaded a bad set");
+    cr_assert(strstr(err, want1), "'%s' does not mention '%s'", err, want1);
+    if (want2)
+        cr_assert(strstr(err, want2), "'%s' does not mention '%s'", err, want2);
+    cr_assert_null(ds.pixels);
+}
+
+Test(data, missing_file_is_named)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    int counts[5] = {1, 1, 1, 1, 1};
+    write_set(dir, counts, 1);
+    char path[512];
+    snprintf(path, sizeof path, "%s/data_batch_3.bin", dir);
+    unlink(path);
+    expect_error(dir, 1, path, "No such file");
+    snprintf(path, sizeof path, "%s/test_batch.bin", dir);
+    unlink(path);
+    expect_error(dir, 0, path, "cannot open");
+    expect_error("/nonexistent/rw", 1, "/nonexistent/rw/data_batch_1.bin", "cannot open");
+    remove_dir(dir);
+}
+
+Test(data, bad_size_is_named_with_its_size)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    int counts[5] = {1, 1, 1, 1, 1};
+    write_set(dir, counts, 1);
+    static uint8_t junk[2 * RW_CIFAR_RECORD + 5];
+    write_file(dir, "data_batch_5.bin", junk, sizeof junk);
+    char path[512];
+    snprintf(path, sizeof path, "%s/data_batch_5.bin", dir);
+    expect_error(dir, 1, path, "size 6151 bytes is not a multiple of the 3073-byte record");
+    write_file(dir, "test_batch.bin", junk, 100);
+    snprintf(path, sizeof path, "%s/test_batch.bin", dir);
+    expect_error(dir, 0, path, "size 100 bytes");
+    remove_dir(dir);
+}
+
+Test(data, empty_file_is_named)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    int counts[5] = {1, 1, 1, 1, 1};
+    write_set(dir, counts, 1);
+    write_file(dir, "data_batch_2.bin", NULL, 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/data_batch_2.bin", dir);
+    expect_error(dir, 1, path, "empty file");
+    remove_dir(dir);
+}
+
+Test(data, bad_label_names_the_record)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    int counts[5] = {1, 1, 1, 1, 1};
+    write_set(dir, counts, 1);
+    static uint8_t buf[4 * RW_CIFAR_RECORD];
+    for (int r = 0; r < 4; r++)
+        fill_record(buf + r * RW_CIFAR_RECORD, 0, r, r == 2 ? 10 : 9);
+    write_file(dir, "data_batch_4.bin", buf, sizeof buf);
+    char path[512];
+    snprintf(path, sizeof path, "%s/data_batch_4.bin", dir);
+    expect_error(dir, 1, path, "record 2 (byte offset 6146): label 10 is not in 0..9");
+    buf[2 * RW_CIFAR_RECORD] = 255;
+    write_file(dir, "test_batch.bin", buf, sizeof buf);
+    expect_error(dir, 0, "test_batch.bin: record 2", "label 255");
+    remove_dir(dir);
+}
+
+Test(data, directory_as_file_is_an_error)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    char path[512];
+    snprintf(path, sizeof path, "%s/test_batch.bin", dir);
+    mkdir(path, 0755);
+    expect_error(dir, 0, path, "not a regular file");
+    remove_dir(dir);
+}
+
+/* ---- the synthetic set ---- */
+
+static uint8_t *slurp(const char *dir, const char *name, size_t *n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(*n + 1);
+    cr_assert_eq(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
+static const char *k_files[6] = {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                                 "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"};
+
+Test(data, synthetic_is_deterministic_and_seeded)
+{
+    char a[64], b[64], c[64];
+    make_dir(a, sizeof a);
+    make_dir(b, sizeof b);
+    make_dir(c, sizeof c);
+    char err[512] = "";
+    cr_assert_eq(rw_synth_write(a, 203, 31, 42, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_synth_write(b, 203, 31, 42, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_synth_write(c, 203, 31, 43, err, sizeof err), 0, "%s", err);
+    size_t total = 0;
+    for (int k = 0; k < 6; k++) {
+        size_t na, nb, nc;
+        uint8_t *ba = slurp(a, k_files[k], &na), *bb = slurp(b, k_files[k], &nb),
+                *bc = slurp(c, k_files[k], &nc);
+        cr_assert(na == nb && na == nc && na % RW_CIFAR_RECORD == 0);
+        cr_assert(memcmp(ba, bb, na) == 0, "%s: same seed, different bytes", k_files[k]);
+        cr_assert(memcmp(ba, bc, na) != 0, "%s: another seed, same bytes", k_files[k]);
+        total += na / RW_CIFAR_RECORD;
+        free(ba), free(bb), free(bc);
+    }
+    cr_assert_eq(total, 203 + 31);
+    /* the train images differ from the test images */
+    rw_dataset tr, te;
+    cr_assert_eq(rw_cifar_load(a, 1, &tr, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_cifar_load(a, 0, &te, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(tr.n, 203);
+    cr_assert_eq(te.n, 31);
+    cr_assert(memcmp(tr.pixels, te.pixels, 3072) != 0);
+    rw_dataset_free(&tr);
+    rw_dataset_free(&te);
+    cr_assert_eq(rw_synth_write(a, 4, 1, 1, err, sizeof err), -1, "too few train images");
+    cr_assert(strstr(err, a) && strstr(err, "train 4"), "%s", err);
+    remove_dir(a), remove_dir(b), remove_dir(c);
+}
+
+Test(data, synthetic_is_balanced_and_varied)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    char err[512] = "";
+    cr_assert_eq(rw_synth_write(dir, 1000, 100, 7, err, sizeof err), 0, "%s", err);
+    rw_dataset ds;
+    cr_assert_eq(rw_cifar_load(dir, 1, &ds, err, sizeof err), 0, "%s", err);
+    int count[10] = {0};
+    for (int i = 0; i < ds.n; i++)
+        count[ds.labels[i]]++;
+    for (int c = 0; c < 10; c++)
+        cr_assert_eq(count[c], 100, "class %d has %d images", c, count[c]);
+    /* no two images alike, and the pixels use the range */
+    int lo = 255, hi = 0;
+    for (int i = 0; i < ds.n; i++) {
+        for (int j = 0; j < i; j += 37)
+            cr_assert(memcmp(ds.pixels + (size_t)i * 3072, ds.pixels + (size_t)j * 3072, 3072),
+                      "images %d and %d are identical", i, j);
+        for (int k = 0; k < 3072; k++) {
+            int v = ds.pixels[(size_t)i * 3072 + k];
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+    }
+    cr_assert(lo < 10 && hi > 245, "range %d..%d", lo, hi);
+    rw_dataset_free(&ds);
+    remove_dir(dir);
+}
+
+/* Best accuracy on held-out images of a classifier that looks at one
+ * quantized pixel value: a lookup (position, channel, bin) -> majority class
+ * learned on the first half, scored on the second. */
+static double best_single_pixel_accuracy(const rw_dataset *ds)
+{
+    int half = ds->n / 2;
+    double best = 0;
+    for (int k = 0; k < 3072; k += 5) {
+        int hist[8][10] = {{0}};
+        for (int i = 0; i < half; i++)
+            hist[ds->pixels[(size_t)i * 3072 + k] >> 5][ds->labels[i]]++;
+        int vote[8];
+        for (int b = 0; b < 8; b++) {
+            vote[b] = 0;
+            for (int c = 1; c < 10; c++)
+                if (hist[b][c] > hist[b][vote[b]])
+                    vote[b] = c;
+        }
+        int right = 0;
+        for (int i = half; i < ds->n; i++)
+            right += vote[ds->pixels[(size_t)i * 3072 + k] >> 5] == ds->labels[i];
+        double acc = (double)right / (ds->n - half);
+        best = acc > best ? acc : best;
+    }
+    return best;
+}
+
+/* Nearest class mean on a hue/value histogram of the centre: a crude
+ * whole-image feature that should beat chance clearly. */
+static void centre_feature(const uint8_t *img, float *f)
+{
+    memset(f, 0, 24 * sizeof *f);
+    for (int y = 8; y < 24; y++)
+        for (int x = 8; x < 24; x++) {
+            float r = img[y * 32 + x] / 255.0f, g = img[1024 + y * 32 + x] / 255.0f,
+                  b = img[2048 + y * 32 + x] / 255.0f;
+            float c[3] = {r, g, b};
+            float mx = fmaxf(r, fmaxf(g, b)), mn = fminf(r, fminf(g, b));
+            if (mx - mn < 0.25f)
+                continue; /* unsaturated: background or gray */
+            /* hue via the augment header's own rotation: find h from hue(0) */
+            float h;
+            if (mx == r)
+                h = (g - b) / (mx - mn);
+            else if (mx == g)
+                h = 2 + (b - r) / (mx - mn);
+            else
+                h = 4 + (r - g) / (mx - mn);
+            h = h / 6 + 1;
+            h -= floorf(h);
+            (void)c;
+            f[(int)(h * 20) % 20] += 1;
+            f[20 + (int)(mx * 3.999f)] += 1;
+        }
+}
+
+Test(data, synthetic_needs_more_than_one_pixel)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    char err[512] = "";
+    cr_assert_eq(rw_synth_write(dir, 4000, 10, 3, err, sizeof err), 0, "%s", err);
+    rw_dataset ds;
+    cr_assert_eq(rw_cifar_load(dir, 1, &ds, err, sizeof err), 0, "%s", err);
+    double px = best_single_pixel_accuracy(&ds);
+
+    int half = ds.n / 2;
+    static float mean[10][24];
+    int cnt[10] = {0};
+    float f[24];
+    for (int i = 0; i < half; i++) {
+        centre_feature(ds.pixels + (size_t)i * 3072, f);
+        for (int k = 0; k < 24; k++)
+            mean[ds.labels[i]][k] += f[k];
+        cnt[ds.labels[i]]++;
+    }
+    for (int c = 0; c < 10; c++)
+        for (int k = 0; k < 24; k++)
+            mean[c][k] /= cnt[c];
+    int right = 0;
+    for (int i = half; i < ds.n; i++) {
+        centre_feature(ds.pixels + (size_t)i * 3072, f);
+        int best = 0;
+        double bd = 1e30;
+        for (int c = 0; c < 10; c++) {
+            double d = 0;
+            for (int k = 0; k < 24; k++)
+                d += (f[k] - mean[c][k]) * (f[k] - mean[c][k]);
+            if (d < bd)
+                bd = d, best = c;
+        }
+        right += best == ds.labels[i];
+    }
+    double hist = (double)right / (ds.n - half);
+    fprintf(stderr, "synthetic: best single pixel %.3f, centre colour histogram %.3f\n", px, hist);
+    cr_assert(px < 0.25, "one pixel tells the class %.0f%% of the time", 100 * px);
+    cr_assert(hist > 0.3, "colour histogram only %.0f%%", 100 * hist);
+    rw_dataset_free(&ds);
+    remove_dir(dir);
+}
+
+static ino_t inode_of(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "%s missing", path);
+    return st.st_ino;
+}
+
+Test(data, synthetic_ensure_regenerates_only_when_stale)
+{
+    char base[64], dir[128];
+    make_dir(base, sizeof base);
+    snprintf(dir, sizeof dir, "%s/a/b", base); /* created on demand */
+    char err[512] = "";
+    cr_assert_eq(rw_synth_ensure(dir, 50, 10, 1, err, sizeof err), 0, "%s", err);
+    ino_t i1 = inode_of(dir, "data_batch_1.bin");
+    cr_assert_eq(rw_synth_ensure(dir, 50, 10, 1, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(inode_of(dir, "data_batch_1.bin"), i1, "regenerated a current set");
+
+    cr_assert_eq(rw_synth_ensure(dir, 50, 10, 2, err, sizeof err), 0, "%s", err);
+    ino_t i2 = inode_of(dir, "data_batch_1.bin");
+    cr_assert_neq(i2, i1, "kept a set made with another seed");
+    size_t n;
+    uint8_t *m = slurp(dir, "runaway-synthetic.txt", &n);
+    m[n] = 0;
+    cr_assert(strstr((char *)m, "seed 2") && strstr((char *)m, "train 50"), "%s", (char *)m);
+    free(m);
+
+    cr_assert_eq(rw_synth_ensure(dir, 60, 10, 2, err, sizeof err), 0, "%s", err);
+    rw_dataset ds;
+    cr_assert_eq(rw_cifar_load(dir, 1, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ds.n, 60);
+    rw_dataset_free(&ds);
+
+    /* a damaged set (a file gone) is rebuilt */
+    char path[512];
+    snprintf(path, sizeof path, "%s/data_batch_3.bin", dir);
+    unlink(path);
+    cr_assert_eq(rw_synth_ensure(dir, 60, 10, 2, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(access(path, R_OK), 0);
+    /* no temporary files left behind */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "ls %s | grep -q tmp", dir);
+    cr_assert_neq(system(cmd), 0, "temporary files left in %s", dir);
+    remove_dir(base);
+}
+
+/* ---- the loader ---- */
+
+static rw_dataset small_set(int n)
+{
+    rw_dataset ds = {.n = n};
+    ds.pixels = malloc((size_t)n * 3072);
+    ds.labels = malloc((size_t)n);
+    uint32_t s = 12345;
+    for (size_t k = 0; k < (size_t)n * 3072; k++) {
+        s = s * 1664525u + 1013904223u;
+        ds.pixels[k] = (uint8_t)(s >> 24);
+    }
+    for (int i = 0; i < n; i++)
+        ds.labels[i] = (uint8_t)(i % 10);
+    return ds;
+}
+
+static rw_loader_cfg make_cfg(const rw_dataset *ds, int batch, int size, int threads)
+{
+    rw_loader_cfg c = {.ds = ds, .batch = batch, .out_size = size, .augment = RW_AUG_BYOL,
+                       .seed = 99, .threads = threads};
+    memcpy(c.mean, k_mean, sizeof c.mean);
+    memcpy(c.std, k_std, sizeof c.std);
+    return c;
+}
+
+typedef struct batch_buf {
+    float *x1, *x2;
+    int32_t *labels;
+} batch_buf;
+
+static batch_buf buf_new(const rw_loader_cfg *c)
+{
+    size_t v = (size_t)c->batch * 3 * c->out_size * c->out_size;
+    batch_buf b = {malloc(v * sizeof(float)), malloc(v * sizeof(float)),
+                   malloc((size_t)c->batch * sizeof(int32_t))};
+    return b;
+}
+
+static void buf_free(batch_buf *b) { free(b->x1), free(b->x2), free(b->labels); }
+
+static int buf_eq(const batch_buf *a, const batch_buf *b, const rw_loader_cfg *c)
+{
+    size_t v = (size_t)c->batch * 3 * c->out_size * c->out_size;
+    return memcmp(a->x1, b->x1, v * sizeof(float)) == 0 &&
+           memcmp(a->x2, b->x2, v * sizeof(float)) == 0 &&
+           memcmp(a->labels, b->labels, (size_t)c->batch * sizeof(int32_t)) == 0;
+}
+
+Test(data, loader_bytes_do_not_depend_on_threads)
+{
+    rw_dataset ds = small_set(100);
+    rw_loader_cfg c1 = make_cfg(&ds, 16, 32, 1), c3 = make_cfg(&ds, 16, 32, 3);
+    char err[256];
+    rw_loader *l1 = rw_loader_create(&c1, err, sizeof err);
+    rw_loader *l3 = rw_loader_create(&c3, err, sizeof err);
+    cr_assert(l1 && l3, "%s", err);
+    cr_assert_eq(rw_loader_batches(l1), 6);
+    batch_buf a = buf_new(&c1), b = buf_new(&c1);
+    for (int e = 0; e < 2; e++) {
+        for (long k = 0; k < 6; k++) {
+            cr_assert_eq(rw_loader_next(l1, a.x1, a.x2, a.labels), 0);
+            cr_assert_eq(rw_loader_next(l3, b.x1, b.x2, b.labels), 0);
+            cr_assert(buf_eq(&a, &b, &c1), "epoch %d batch %ld differs", e, k);
+        }
+        cr_assert_eq(rw_loader_next(l1, a.x1, a.x2, a.labels), 1, "epoch end");
+        cr_assert_eq(rw_loader_next(l3, b.x1, b.x2, b.labels), 1, "epoch end");
+        rw_loader_seek(l1, e + 1, 0);
+        rw_loader_seek(l3, e + 1, 0);
+    }
+    rw_loader_free(l1);
+    rw_loader_free(l3);
+    buf_free(&a), buf_free(&b);
+    rw_dataset_free(&ds);
+}
+
+Test(data, loader_matches_the_per_sample_definition)
+{
+    rw_dataset ds = small_set(40);
+    rw_loader_cfg c = make_cfg(&ds, 8, 24, 2);
+    char err[256];
+    rw_loader *ld = rw_loader_create(&c, err, sizeof err);
+    cr_assert(ld, "%s", err);
+    rw_loader_seek(ld, 3, 2);
+    batch_buf a = buf_new(&c);
+    cr_assert_eq(rw_loader_next(ld, a.x1, a.x2, a.labels), 0);
+    int32_t perm[40];
+    rw_epoch_perm(99, 3, 40, perm);
+    size_t v = 3 * 24 * 24;
+    float want[3 * 24 * 24], scratch[3 * 24 * 24];
+    for (int k = 0; k < 8; k++) {
+        int i = perm[16 + k];
+        cr_assert_eq(a.labels[k], ds.labels[i]);
+        rw_aug_view(&ds, i, 99, 3, 0, RW_AUG_BYOL, 24, k_mean, k_std, want, scratch);
+        cr_assert(memcmp(a.x1 + k * v, want, sizeof want) == 0, "T1 of slot %d", k);
+        rw_aug_view(&ds, i, 99, 3, 1, RW_AUG_BYOL, 24, k_mean, k_std, want, scratch);
+        cr_assert(memcmp(a.x2 + k * v, want, sizeof want) == 0, "T2 of slot %d", k);
+    }
+    rw_loader_free(ld);
+    buf_free(&a);
+    rw_dataset_free(&ds);
+}
+
+Test(data, loader_seek_and_tell_resume_exactly)
+{
+    rw_dataset ds = small_set(90);
+    rw_loader_cfg c = make_cfg(&ds, 8, 16, 2);
+    char err[256];
+    /* reference: two epochs straight through */
+    rw_loader *ld = rw_loader_create(&c, err, sizeof err);
+    cr_assert(ld, "%s", err);
+    long nb = rw_loader_batches(ld);
+    cr_assert_eq(nb, 11);
+    batch_buf ref[22];
+    for (int k = 0; k < 22; k++) {
+        ref[k] = buf_new(&c);
+        if (k == nb)
+            rw_loader_seek(ld, 1, 0);
+        cr_assert_eq(rw_loader_next(ld, ref[k].x1, ref[k].x2, ref[k].labels), 0);
+    }
+    int e;
+    long b;
+    rw_loader_tell(ld, &e, &b);
+    cr_assert(e == 1 && b == 11, "tell %d,%ld", e, b);
+    rw_loader_free(ld);
+
+    /* a fresh loader resumed at each position gives the same batches */
+    batch_buf x = buf_new(&c);
+    ld = rw_loader_create(&c, err, sizeof err);
+    int starts[] = {7, 0, 15, 21, 3, 11};
+    for (int s = 0; s < 6; s++) {
+        int k0 = starts[s];
+        rw_loader_seek(ld, k0 / 11, k0 % 11);
+        rw_loader_tell(ld, &e, &b);
+        cr_assert(e == k0 / 11 && b == k0 % 11);
+        for (int k = k0; k < k0 + 3 && k < 22; k++) {
+            if (k % 11 == 0 && k != k0) {
+                cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 1);
+                rw_loader_seek(ld, k / 11, 0);
+            }
+            cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 0);
+            cr_assert(buf_eq(&x, &ref[k], &c), "resumed at %d: batch %d differs", k0, k);
+        }
+    }
+    /* seek to an exhausted epoch: nothing until the next epoch */
+    rw_loader_seek(ld, 0, nb);
+    cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 1);
+    rw_loader_seek(ld, 1, 0);
+    cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 0);
+    cr_assert(buf_eq(&x, &ref[11], &c));
+    rw_loader_free(ld);
+    for (int k = 0; k < 22; k++)
+        buf_free(&ref[k]);
+    buf_free(&x);
+    rw_dataset_free(&ds);
+}
+
+Test(data, loader_covers_each_sample_once_per_epoch)
+{
+    rw_dataset ds = small_set(100);
+    for (int i = 0; i < 100; i++)
+        ds.labels[i] = (uint8_t)(i % 10);
+    /* mark each image: its first byte encodes its index */
+    for (int i = 0; i < 100; i++)
+        ds.pixels[(size_t)i * 3072] = (uint8_t)i;
+    rw_loader_cfg c = make_cfg(&ds, 10, 8, 3);
+    char err[256];
+    rw_loader *ld = rw_loader_create(&c, err, sizeof err);
+    cr_assert(ld, "%s", err);
+    batch_buf x = buf_new(&c);
+    int32_t perm0[100];
+    for (int e = 0; e < 3; e++) {
+        int seen[100] = {0};
+        int32_t perm[100];
+        rw_epoch_perm(99, e, 100, perm);
+        for (int k = 0; k < 100; k++)
+            seen[perm[k]]++;
+        for (int i = 0; i < 100; i++)
+            cr_assert_eq(seen[i], 1, "epoch %d: sample %d appears %d times", e, i, seen[i]);
+        if (e == 0)
+            memcpy(perm0, perm, sizeof perm);
+        else
+            cr_assert(memcmp(perm0, perm, sizeof perm) != 0, "epoch %d has epoch 0's order", e);
+        int count[10] = {0};
+        for (long b = 0; b < rw_loader_batches(ld); b++) {
+            cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 0);
+            for (int k = 0; k < 10; k++) {
+                cr_assert_eq(x.labels[k], perm[b * 10 + k] % 10);
+                count[x.labels[k]]++;
+            }
+        }
+        for (int l = 0; l < 10; l++)
+            cr_assert_eq(count[l], 10);
+        cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 1);
+        rw_loader_seek(ld, e + 1, 0);
+    }
+    rw_loader_free(ld);
+    buf_free(&x);
+
+    /* 100 samples in batches of 32: three batches, 4 samples dropped */
+    rw_loader_cfg c32 = make_cfg(&ds, 32, 8, 2);
+    ld = rw_loader_create(&c32, err, sizeof err);
+    cr_assert_eq(rw_loader_batches(ld), 3);
+    x = buf_new(&c32);
+    for (int k = 0; k < 3; k++)
+        cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 0);
+    cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 1);
+    rw_loader_free(ld);
+    buf_free(&x);
+    rw_dataset_free(&ds);
+}
+
+Test(data, loader_augment_none_gives_the_plain_image)
+{
+    rw_dataset ds = small_set(20);
+    rw_loader_cfg c = make_cfg(&ds, 4, 40, 2);
+    c.augment = RW_AUG_NONE;
+    char err[256];
+    rw_loader *ld = rw_loader_create(&c, err, sizeof err);
+    cr_assert(ld, "%s", err);
+    batch_buf x = buf_new(&c);
+    cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 0);
+    int32_t perm[20];
+    rw_epoch_perm(99, 0, 20, perm);
+    size_t v = 3 * 40 * 40;
+    static float want[3 * 40 * 40];
+    for (int k = 0; k < 4; k++) {
+        rw_image_plain(&ds, perm[k], 40, k_mean, k_std, want);
+        cr_assert(memcmp(x.x1 + k * v, want, sizeof want) == 0);
+        cr_assert(memcmp(x.x2 + k * v, want, sizeof want) == 0);
+    }
+    rw_loader_free(ld);
+    buf_free(&x);
+    rw_dataset_free(&ds);
+}
+
+Test(data, loader_rejects_bad_configs)
+{
+    rw_dataset ds = small_set(10);
+    char err[256];
+    rw_loader_cfg c = make_cfg(&ds, 11, 32, 1);
+    cr_assert_null(rw_loader_create(&c, err, sizeof err));
+    cr_assert(strstr(err, "batch 11"), "%s", err);
+    c = make_cfg(&ds, 2, 4, 1);
+    cr_assert_null(rw_loader_create(&c, err, sizeof err));
+    cr_assert(strstr(err, "image size 4"), "%s", err);
+    c = make_cfg(&ds, 2, 32, 0);
+    cr_assert_null(rw_loader_create(&c, err, sizeof err));
+    cr_assert(strstr(err, "threads 0"), "%s", err);
+    c = make_cfg(&ds, 2, 32, 1);
+    c.std[1] = 0;
+    cr_assert_null(rw_loader_create(&c, err, sizeof err));
+    cr_assert(strstr(err, "std[1]"), "%s", err);
+    rw_loader_free(NULL);
+    rw_dataset_free(&ds);
+}
+
+Test(data, loader_stops_cleanly_mid_epoch)
+{
+    /* free with batches in flight, right after a seek, and untouched */
+    rw_dataset ds = small_set(200);
+    for (int t = 1; t <= 4; t++) {
+        rw_loader_cfg c = make_cfg(&ds, 16, 48, t);
+        char err[256];
+        rw_loader *ld = rw_loader_create(&c, err, sizeof err);
+        cr_assert(ld, "%s", err);
+        if (t % 2) {
+            batch_buf x = buf_new(&c);
+            cr_assert_eq(rw_loader_next(ld, x.x1, x.x2, x.labels), 0);
+            rw_loader_seek(ld, 5, 3);
+            buf_free(&x);
+        }
+        rw_loader_free(ld);
+    }
+    rw_dataset_free(&ds);
+}
+
+/* ---- show-augment ---- */
+
+Test(data, show_augment_writes_a_readable_png)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    rw_dataset ds = small_set(12);
+    rw_loader_cfg c = make_cfg(&ds, 4, 40, 1);
+    char path[256], err[512];
+    snprintf(path, sizeof path, "%s/grid.png", dir);
+    cr_assert_eq(rw_show_augment(&ds, &c, 5, path, err, sizeof err), 0, "%s", err);
+
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    uint8_t sig[8];
+    cr_assert_eq(fread(sig, 1, 8, f), 8u);
+    cr_assert_eq(png_sig_cmp(sig, 0, 8), 0, "not a PNG");
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    cr_assert(png && info);
+    if (setjmp(png_jmpbuf(png)))
+        cr_assert_fail("libpng could not read %s", path);
+    png_init_io(png, f);
+    png_set_sig_bytes(png, 8);
+    png_read_info(png, info);
+    /* 3 tiles of 40 and 4 gaps of 2 across; 5 rows of 40 and 6 gaps down */
+    cr_assert_eq(png_get_image_width(png, info), 3 * 40 + 4 * 2);
+    cr_assert_eq(png_get_image_height(png, info), 5 * 40 + 6 * 2);
+    cr_assert_eq(png_get_color_type(png, info), PNG_COLOR_TYPE_RGB);
+    cr_assert_eq(png_get_bit_depth(png, info), 8);
+    /* the original tile holds the first image of epoch 0's order */
+    png_bytep row = malloc(png_get_rowbytes(png, info));
+    for (int y = 0; y < 3; y++)
+        png_read_row(png, row, NULL);
+    int32_t perm[12];
+    rw_epoch_perm(99, 0, 12, perm);
+    /* tile pixel (0, 0) = source pixel (0, 0) up to the 40/32 resize:
+     * top-left output clamps to the source's top-left */
+    cr_assert(abs(row[2 * 3] - ds.pixels[(size_t)perm[0] * 3072]) <= 1, "%d vs %d", row[6],
+              ds.pixels[(size_t)perm[0] * 3072]);
+    free(row);
+    png_destroy_read_struct(&png, &info, NULL);
+    fclose(f);
+
+    snprintf(path, sizeof path, "%s/no/such/dir/grid.png", dir);
+    cr_assert_eq(rw_show_augment(&ds, &c, 2, path, err, sizeof err), -1);
+    cr_assert(strstr(err, path), "%s", err);
+    rw_dataset_free(&ds);
+    remove_dir(dir);
+}

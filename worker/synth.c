@@ -1,1 +1,388 @@
-/* placeholder: being written */
+/* A synthetic stand-in for CIFAR-10, written in its binary format, so that
+ * everything runs and is tested where no copy of CIFAR-10 exists.
+ *
+ * Class c is a shape (disc, square, triangle, ring, plus, bars, star,
+ * crescent, T, dumbbell) in a class-typical hue (0.1*c turns, +-0.05, and a
+ * random hue in half the images) with a class-typical texture (solid, stripes,
+ * checker, radial gradient), drawn at a random position, size, rotation and
+ * aspect over a random two-colour gradient background, with up to two small
+ * distractor blobs and pixel noise. No single pixel tells the class; shape,
+ * texture and colour together do, and they survive BYOL's augmentations.
+ * Every image is a pure function of (seed, split, index). */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kernels/augment.h"
+#include "worker/data.h"
+
+#define SYNTH_VERSION 1
+#define SYNTH_MARKER "runaway-synthetic.txt"
+#define SIDE RW_CIFAR_SIDE
+#define PI_F 3.14159265358979f
+
+/* ---- a stream of uniforms for one image ---- */
+
+typedef struct synth_rng {
+    uint64_t seed;
+    uint32_t split, index, block;
+    rw_u32x4 buf;
+    int used;
+} synth_rng;
+
+static void rng_init(synth_rng *r, uint64_t seed, uint32_t split, uint32_t index)
+{
+    r->seed = seed;
+    r->split = split;
+    r->index = index;
+    r->block = 0;
+    r->used = 4;
+}
+
+static uint32_t rng_u32(synth_rng *r)
+{
+    if (r->used == 4) {
+        r->buf = rw_rng4(r->seed, r->split, r->index, RW_RNG_STREAM_SYNTH, r->block++);
+        r->used = 0;
+    }
+    return r->buf.v[r->used++];
+}
+
+static float rng_uniform(synth_rng *r, float a, float b)
+{
+    return a + (b - a) * rw_u01(rng_u32(r));
+}
+
+/* ---- colour ---- */
+
+static void hsv_to_rgb(float h, float s, float v, float rgb[3])
+{
+    h -= floorf(h);
+    float h6 = h * 6.0f;
+    int i = (int)h6 % 6;
+    float f = h6 - floorf(h6);
+    float p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f));
+    float tab[6][3] = {{v, t, p}, {q, v, p}, {p, v, t}, {p, q, v}, {t, p, v}, {v, p, q}};
+    memcpy(rgb, tab[i], sizeof tab[i]);
+}
+
+/* ---- shapes in the unit frame (about radius 1 around the centre) ---- */
+
+static int inside(int shape, float u, float v)
+{
+    float r2 = u * u + v * v;
+    switch (shape) {
+    case 0: /* disc */
+        return r2 <= 1.0f;
+    case 1: /* square */
+        return fabsf(u) <= 0.8f && fabsf(v) <= 0.8f;
+    case 2: { /* equilateral triangle: three half-planes */
+        for (int k = 0; k < 3; k++) {
+            float a = PI_F / 2 + 2 * PI_F * k / 3;
+            if (u * cosf(a) + v * sinf(a) > 0.5f)
+                return 0;
+        }
+        return 1;
+    }
+    case 3: /* ring */
+        return r2 <= 1.0f && r2 >= 0.55f * 0.55f;
+    case 4: /* plus */
+        return (fabsf(u) <= 0.3f && fabsf(v) <= 1.0f) || (fabsf(v) <= 0.3f && fabsf(u) <= 1.0f);
+    case 5: /* three parallel bars */
+        return fabsf(u) <= 1.0f && fabsf(v) <= 1.0f && cosf(2.5f * PI_F * v) > 0.0f;
+    case 6: { /* five-pointed star */
+        float phi = atan2f(v, u);
+        float lobe = 0.5f + 0.5f * cosf(5.0f * phi);
+        return sqrtf(r2) <= 0.4f + 0.6f * lobe * lobe;
+    }
+    case 7: /* crescent: a disc minus an offset disc */
+        return r2 <= 1.0f && (u - 0.45f) * (u - 0.45f) + v * v > 0.75f * 0.75f;
+    case 8: /* T */
+        return (v >= 0.4f && v <= 1.0f && fabsf(u) <= 1.0f) ||
+               (fabsf(u) <= 0.3f && v >= -1.0f && v < 0.4f);
+    default: /* dumbbell: two separate blobs */
+        return (u - 0.55f) * (u - 0.55f) + v * v <= 0.45f * 0.45f ||
+               (u + 0.55f) * (u + 0.55f) + v * v <= 0.45f * 0.45f;
+    }
+}
+
+/* Brightness factor of the class texture at a shape-frame point. */
+static float texture(int tex, float u, float v)
+{
+    switch (tex) {
+    case 0: /* solid */
+        return 1.0f;
+    case 1: /* stripes */
+        return sinf(2.5f * PI_F * u) > 0.0f ? 1.0f : 0.45f;
+    case 2: /* checker */
+        return sinf(2.0f * PI_F * u) * sinf(2.0f * PI_F * v) > 0.0f ? 1.0f : 0.45f;
+    default: /* radial gradient, bright centre */
+        return 1.0f - 0.55f * fminf(sqrtf(u * u + v * v), 1.0f);
+    }
+}
+
+/* Renders image `index` of a split with label `label` into (3, 32, 32) bytes. */
+static void synth_image(uint64_t seed, uint32_t split, uint32_t index, int label, uint8_t *img)
+{
+    synth_rng r;
+    rng_init(&r, seed, split, index);
+
+    /* the object */
+    float hue = rng_uniform(&r, 0.0f, 1.0f) < 0.5f
+                    ? rng_uniform(&r, 0.0f, 1.0f)
+                    : 0.1f * (float)label + rng_uniform(&r, -0.05f, 0.05f);
+    float fg[3];
+    hsv_to_rgb(hue, rng_uniform(&r, 0.55f, 1.0f), rng_uniform(&r, 0.55f, 1.0f), fg);
+    float cx = rng_uniform(&r, 10.0f, 22.0f), cy = rng_uniform(&r, 10.0f, 22.0f);
+    float rad = rng_uniform(&r, 7.0f, 12.0f);
+    float aspect = expf(rng_uniform(&r, -0.2f, 0.2f));
+    float theta = rng_uniform(&r, 0.0f, 2.0f * PI_F);
+    float ct = cosf(theta), st = sinf(theta);
+    float sx = 1.0f / (rad * aspect), sy = aspect / rad;
+    int tex = label % 4;
+
+    /* the background: a linear gradient between two random colours */
+    float bg0[3], bg1[3];
+    hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, 0.6f), rng_uniform(&r, 0.1f, 0.9f), bg0);
+    hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, 0.6f), rng_uniform(&r, 0.1f, 0.9f), bg1);
+    float gdir = rng_uniform(&r, 0.0f, 2.0f * PI_F);
+    float gx = cosf(gdir) / SIDE, gy = sinf(gdir) / SIDE;
+
+    /* distractors: small hard-edged blobs in random colours */
+    int nd = (int)(rng_uniform(&r, 0.0f, 3.0f));
+    float dx[2], dy[2], dr[2], dc[2][3];
+    for (int k = 0; k < 2; k++) {
+        dx[k] = rng_uniform(&r, 0.0f, SIDE);
+        dy[k] = rng_uniform(&r, 0.0f, SIDE);
+        dr[k] = rng_uniform(&r, 1.5f, 3.0f);
+        hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, 1), rng_uniform(&r, 0.2f, 1), dc[k]);
+    }
+
+    float pix[3][SIDE * SIDE];
+    for (int y = 0; y < SIDE; y++) {
+        for (int x = 0; x < SIDE; x++) {
+            float t = 0.5f + (x - SIDE / 2.0f) * gx + (y - SIDE / 2.0f) * gy;
+            t = fminf(fmaxf(t, 0.0f), 1.0f);
+            float acc[3] = {0, 0, 0};
+            /* 2x2 supersampling: anti-aliased edges */
+            for (int s = 0; s < 4; s++) {
+                float px = x + 0.25f + 0.5f * (s & 1) - cx, py = y + 0.25f + 0.5f * (s >> 1) - cy;
+                float u = (ct * px + st * py) * sx, v = (-st * px + ct * py) * sy;
+                if (inside(label, u, v)) {
+                    float b = texture(tex, u, v);
+                    for (int ch = 0; ch < 3; ch++)
+                        acc[ch] += fg[ch] * b;
+                } else {
+                    for (int ch = 0; ch < 3; ch++)
+                        acc[ch] += bg0[ch] + (bg1[ch] - bg0[ch]) * t;
+                }
+            }
+            for (int ch = 0; ch < 3; ch++)
+                pix[ch][y * SIDE + x] = 0.25f * acc[ch];
+            for (int k = 0; k < nd; k++) {
+                float ddx = x + 0.5f - dx[k], ddy = y + 0.5f - dy[k];
+                if (ddx * ddx + ddy * ddy <= dr[k] * dr[k])
+                    for (int ch = 0; ch < 3; ch++)
+                        pix[ch][y * SIDE + x] = dc[k][ch];
+            }
+        }
+    }
+
+    /* noise: triangular, +-0.06, from 16-bit halves of the stream */
+    float amp = 0.06f;
+    for (int o = 0; o < 3 * SIDE * SIDE; o += 2) {
+        uint32_t a = rng_u32(&r), b = rng_u32(&r);
+        float n0 = ((a & 0xffff) + (b & 0xffff)) / 65536.0f - 1.0f;
+        float n1 = ((a >> 16) + (b >> 16)) / 65536.0f - 1.0f;
+        float *flat = &pix[0][0];
+        float v0 = flat[o] + amp * n0, v1 = flat[o + 1] + amp * n1;
+        img[o] = (uint8_t)lrintf(255.0f * fminf(fmaxf(v0, 0.0f), 1.0f));
+        img[o + 1] = (uint8_t)lrintf(255.0f * fminf(fmaxf(v1, 0.0f), 1.0f));
+    }
+}
+
+/* ---- files ---- */
+
+static int mkdir_p(const char *dir, char *err, size_t errlen)
+{
+    char buf[4096];
+    size_t len = strlen(dir);
+    if (len == 0 || len >= sizeof buf) {
+        snprintf(err, errlen, "%s: bad directory name", dir);
+        return -1;
+    }
+    memcpy(buf, dir, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "%s: cannot create directory: %s", buf, strerror(errno));
+                return -1;
+            }
+            buf[i] = c;
+        }
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a directory", dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Opens a temporary file next to final_path; the caller renames it. */
+static FILE *open_temp(const char *final_path, char *tmp, size_t tmplen, char *err,
+                       size_t errlen)
+{
+    static unsigned counter;
+    unsigned c = __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED);
+    int n = snprintf(tmp, tmplen, "%s.tmp.%ld.%u", final_path, (long)getpid(), c);
+    if (n < 0 || (size_t)n >= tmplen) {
+        snprintf(err, errlen, "%s: path too long", final_path);
+        return NULL;
+    }
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+    return f;
+}
+
+/* Flushes, syncs and renames a temporary file into place. */
+static int commit_temp(FILE *f, const char *tmp, const char *final_path, char *err,
+                       size_t errlen)
+{
+    int bad = ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0;
+    int e = errno;
+    if (fclose(f) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+    }
+    if (bad) {
+        snprintf(err, errlen, "%s: write failed: %s", tmp, strerror(e));
+        unlink(tmp);
+        return -1;
+    }
+    if (rename(tmp, final_path) != 0) {
+        snprintf(err, errlen, "%s: cannot rename into place: %s", final_path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_split_file(const char *dir, const char *name, uint64_t seed, uint32_t split,
+                            int first, int count, char *err, size_t errlen)
+{
+    char path[4096], tmp[4200];
+    int n = snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        snprintf(err, errlen, "%s: path too long", dir);
+        return -1;
+    }
+    FILE *f = open_temp(path, tmp, sizeof tmp, err, errlen);
+    if (!f)
+        return -1;
+    uint8_t rec[RW_CIFAR_RECORD];
+    for (int k = first; k < first + count; k++) {
+        rec[0] = (uint8_t)(k % 10);
+        synth_image(seed, split, (uint32_t)k, k % 10, rec + 1);
+        if (fwrite(rec, 1, sizeof rec, f) != sizeof rec)
+            break; /* commit_temp sees ferror */
+    }
+    return commit_temp(f, tmp, path, err, errlen);
+}
+
+/* Images in train file k (0..4): n_train split as evenly as possible. */
+static int train_count(int n_train, int k) { return n_train / 5 + (k < n_train % 5); }
+
+int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
+                   size_t errlen)
+{
+    if (n_train < 5 || n_test < 1 || n_train > 10000000 || n_test > 10000000) {
+        snprintf(err, errlen,
+                 "%s: synthetic set needs 5 <= train <= 10000000 and 1 <= test <= 10000000 "
+                 "(got train %d, test %d)",
+                 dir, n_train, n_test);
+        return -1;
+    }
+    if (mkdir_p(dir, err, errlen) != 0)
+        return -1;
+    int first = 0;
+    for (int k = 0; k < 5; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "data_batch_%d.bin", k + 1);
+        int count = train_count(n_train, k);
+        if (write_split_file(dir, name, seed, 0, first, count, err, errlen) != 0)
+            return -1;
+        first += count;
+    }
+    return write_split_file(dir, "test_batch.bin", seed, 1, 0, n_test, err, errlen);
+}
+
+static void marker_text(char *buf, size_t len, int n_train, int n_test, uint64_t seed)
+{
+    snprintf(buf, len,
+             "runaway synthetic CIFAR-10-format data, generator version %d\n"
+             "train %d\ntest %d\nseed %llu\n",
+             SYNTH_VERSION, n_train, n_test, (unsigned long long)seed);
+}
+
+/* Does dir hold a complete set for these parameters? */
+static int synth_present(const char *dir, const char *want, int n_train, int n_test)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, SYNTH_MARKER) >= (int)sizeof path)
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    char have[512];
+    size_t n = fread(have, 1, sizeof have - 1, f);
+    fclose(f);
+    have[n] = '\0';
+    if (strcmp(have, want) != 0)
+        return 0;
+    for (int k = 0; k < 6; k++) {
+        char name[32];
+        long long count = k < 5 ? train_count(n_train, k) : n_test;
+        snprintf(name, sizeof name, k < 5 ? "data_batch_%d.bin" : "test_batch.bin", k + 1);
+        struct stat st;
+        if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path ||
+            stat(path, &st) != 0 || (long long)st.st_size != count * RW_CIFAR_RECORD)
+            return 0;
+    }
+    return 1;
+}
+
+int rw_synth_ensure(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
+                    size_t errlen)
+{
+    char want[512];
+    marker_text(want, sizeof want, n_train, n_test, seed);
+    if (synth_present(dir, want, n_train, n_test))
+        return 0;
+
+    /* drop a stale marker first: a crash mid-way must not leave one behind */
+    char path[4096], tmp[4200];
+    if (snprintf(path, sizeof path, "%s/%s", dir, SYNTH_MARKER) >= (int)sizeof path) {
+        snprintf(err, errlen, "%s: path too long", dir);
+        return -1;
+    }
+    if (unlink(path) != 0 && errno != ENOENT) {
+        snprintf(err, errlen, "%s: cannot remove stale marker: %s", path, strerror(errno));
+        return -1;
+    }
+    if (rw_synth_write(dir, n_train, n_test, seed, err, errlen) != 0)
+        return -1;
+    FILE *f = open_temp(path, tmp, sizeof tmp, err, errlen);
+    if (!f)
+        return -1;
+    fputs(want, f);
+    return commit_temp(f, tmp, path, err, errlen);
+}

@@ -1,1 +1,455 @@
+/* The model and the step: gradient checks of the full loss with respect to
+ * every parameter tensor, for every loss and predictor; the identities of
+ * DESIGN.md (predictor sign flip between BYOL' and RAFT, Tan vs plain
+ * gradients); initialization; the update (Adam then EMA). */
 #include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+#include "worker/model.h"
+
+#define N_IMG 6
+#define SIDE 12
+#define MAX_TENSORS_FOR_TEST 128
+
+static kb_backend *be;
+
+static void setup(void)
+{
+    be = kb_cpu_create(1);
+    cr_assert_not_null(be);
+}
+
+static void teardown(void)
+{
+    kb_destroy(be);
+}
+
+static uint64_t rng_state;
+static double urand(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static rw_model_cfg tiny_cfg(rw_predictor pred, kb_loss_kind kind, float beta, int tan,
+                             rw_stem stem)
+{
+    rw_model_cfg c = {
+        .stem = stem, .width = 2, .proj_hidden = 10, .proj_out = 6, .predictor = pred,
+        .pred_hidden = 12,
+        .loss = {.kind = kind, .alpha = 1.0f, .beta = beta, .tangential = tan},
+    };
+    return c;
+}
+
+typedef struct fixture {
+    rw_model *m;
+    float *x1, *x2; /* backend (N,3,S,S) */
+    size_t np;
+    int S;
+} fixture;
+
+static fixture make(const rw_model_cfg *c, uint64_t seed)
+{
+    fixture f = {0};
+    char err[256];
+    f.S = c->stem == RW_STEM_IMAGENET ? 2 * SIDE : SIDE;
+    f.m = rw_model_create(be, c, seed, err, sizeof err);
+    cr_assert_not_null(f.m, "%s", err);
+    f.np = rw_model_nparams(f.m);
+    size_t n = (size_t)N_IMG * 3 * f.S * f.S;
+    float *h = malloc(2 * n * sizeof(float));
+    rng_state = seed * 7919 + 1;
+    for (size_t i = 0; i < 2 * n; i++)
+        h[i] = (float)(2 * urand() - 1);
+    f.x1 = be->alloc(be, n * sizeof(float));
+    f.x2 = be->alloc(be, n * sizeof(float));
+    be->upload(be, f.x1, h, n * sizeof(float));
+    be->upload(be, f.x2, h + n, n * sizeof(float));
+    free(h);
+    /* A teacher that differs from the online network, as after some
+     * training, so that the cross term is not at its trivial point. */
+    float *t = malloc(rw_model_nteacher(f.m) * sizeof(float));
+    be->download(be, t, rw_model_teacher(f.m), rw_model_nteacher(f.m) * sizeof(float));
+    for (size_t i = 0; i < rw_model_nteacher(f.m); i++)
+        t[i] *= (float)(1.0 + 0.2 * (urand() - 0.5));
+    be->upload(be, rw_model_teacher(f.m), t, rw_model_nteacher(f.m) * sizeof(float));
+    free(t);
+    return f;
+}
+
+static void unmake(fixture *f)
+{
+    be->free(be, f->x1);
+    be->free(be, f->x2);
+    rw_model_free(f->m);
+}
+
+static double loss_at(fixture *f)
+{
+    rw_step_stats st;
+    cr_assert_eq(rw_model_forward_backward(f->m, f->x1, f->x2, N_IMG, f->S, &st), 0);
+    return st.loss;
+}
+
+/* Directional-derivative check for every parameter tensor: with u a random
+ * unit direction inside the tensor, (L(p + eps u) - L(p - eps u)) / 2 eps
+ * must match <grad, u>. Tolerance: float32 losses of size ~1 carry ~1e-7
+ * rounding, i.e. ~1e-5 in the difference quotient at eps = 5e-3, and the
+ * central difference's truncation error is O(eps^2) ~ 1e-5 relative; a wrong
+ * gradient (a missing factor, a transposed weight, a dropped term) is off by
+ * O(|dd|) or more, so atol 2e-4 + rtol 1e-2 separates the two with room. */
+static void grad_check(const rw_model_cfg *c, const char *what)
+{
+    fixture f = make(c, 42);
+    size_t np = f.np;
+    float *p0 = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
+    float *p = malloc(np * sizeof(float));
+    loss_at(&f);
+    be->download(be, g, rw_model_grads(f.m), np * sizeof(float));
+    be->download(be, p0, rw_model_params(f.m), np * sizeof(float));
+    int checked = 0;
+    for (int i = 0; i < rw_model_ntensors(f.m); i++) {
+        const rw_named *t = rw_model_tensor(f.m, i);
+        if (t->kind != RW_T_PARAM)
+            continue;
+        double *u = malloc(t->numel * sizeof(double)), nrm = 0, dd = 0;
+        for (size_t k = 0; k < t->numel; k++) {
+            u[k] = urand() - 0.5;
+            nrm += u[k] * u[k];
+        }
+        nrm = sqrt(nrm);
+        for (size_t k = 0; k < t->numel; k++) {
+            u[k] /= nrm;
+            dd += u[k] * g[t->off + k];
+        }
+        const double eps = 5e-3;
+        double L[2];
+        for (int s = 0; s < 2; s++) {
+            memcpy(p, p0, np * sizeof(float));
+            for (size_t k = 0; k < t->numel; k++)
+                p[t->off + k] = (float)(p0[t->off + k] + (s ? -eps : eps) * u[k]);
+            be->upload(be, rw_model_params(f.m), p, np * sizeof(float));
+            L[s] = loss_at(&f);
+        }
+        double fd = (L[0] - L[1]) / (2 * eps);
+        cr_expect(fabs(fd - dd) <= 2e-4 + 1e-2 * fabs(dd),
+                  "%s: d/d %s: finite difference %.6e vs backward %.6e", what, t->name, fd, dd);
+        checked++;
+        free(u);
+    }
+    cr_assert_gt(checked, 20);
+    free(p0);
+    free(p);
+    free(g);
+    unmake(&f);
+}
+
+TestSuite(model, .init = setup, .fini = teardown);
+
+static const rw_predictor preds[] = {RW_PRED_MLP, RW_PRED_MLP_BN, RW_PRED_LINEAR,
+                                     RW_PRED_LINEAR_IDENTITY, RW_PRED_NONE};
+
+Test(model, grad_byol_every_predictor)
+{
+    for (size_t i = 0; i < sizeof preds / sizeof *preds; i++) {
+        rw_model_cfg c = tiny_cfg(preds[i], KB_LOSS_BYOL, 0, 0, RW_STEM_CIFAR);
+        char what[64];
+        snprintf(what, sizeof what, "byol/%s", rw_predictor_name(preds[i]));
+        grad_check(&c, what);
+    }
+}
+
+Test(model, grad_byol_prime_every_predictor)
+{
+    for (size_t i = 0; i < sizeof preds / sizeof *preds; i++) {
+        rw_model_cfg c = tiny_cfg(preds[i], KB_LOSS_UNIFIED, 1.0f, 0, RW_STEM_CIFAR);
+        char what[64];
+        snprintf(what, sizeof what, "byol'/%s", rw_predictor_name(preds[i]));
+        grad_check(&c, what);
+    }
+}
+
+Test(model, grad_raft_every_predictor)
+{
+    for (size_t i = 0; i < sizeof preds / sizeof *preds; i++) {
+        rw_model_cfg c = tiny_cfg(preds[i], KB_LOSS_UNIFIED, -0.7f, 0, RW_STEM_CIFAR);
+        char what[64];
+        snprintf(what, sizeof what, "raft/%s", rw_predictor_name(preds[i]));
+        grad_check(&c, what);
+    }
+}
+
+Test(model, grad_imagenet_stem)
+{
+    /* 7x7/2 stem and max-pool. */
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_IMAGENET);
+    grad_check(&c, "raft/imagenet-stem");
+}
+
+/* ---- identities ---- */
+
+static void grads_of(const rw_model_cfg *c, uint64_t seed, float *g, double *loss)
+{
+    fixture f = make(c, seed);
+    *loss = loss_at(&f);
+    be->download(be, g, rw_model_grads(f.m), f.np * sizeof(float));
+    unmake(&f);
+}
+
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* Tan variants change the loss value, not the gradient: p is normalized,
+ * and the normalization's Jacobian removes the radial part in which the
+ * plain and tangential gradients differ. Same state, so only rounding
+ * separates the two: relative difference ~1e-6; a wrong Tan gradient
+ * (e.g. the plain gradient doubled, or lambda differentiated) is O(1). */
+Test(model, tangential_gradient_equals_plain)
+{
+    kb_loss_kind kinds[2] = {KB_LOSS_BYOL, KB_LOSS_UNIFIED};
+    float betas[3] = {1.0f, -1.0f, 0.3f};
+    rw_predictor ps[3] = {RW_PRED_LINEAR, RW_PRED_MLP, RW_PRED_NONE};
+    for (int k = 0; k < 2; k++)
+        for (int b = 0; b < 3; b++) {
+            if (kinds[k] == KB_LOSS_BYOL && b > 0)
+                continue;
+            rw_model_cfg plain = tiny_cfg(ps[b], kinds[k], betas[b], 0, RW_STEM_CIFAR);
+            rw_model_cfg tan = tiny_cfg(ps[b], kinds[k], betas[b], 1, RW_STEM_CIFAR);
+            fixture f = make(&plain, 3);
+            size_t np = f.np;
+            unmake(&f);
+            float *g0 = malloc(np * sizeof(float)), *g1 = malloc(np * sizeof(float));
+            double l0, l1;
+            grads_of(&plain, 3, g0, &l0);
+            grads_of(&tan, 3, g1, &l1);
+            double r = rel_diff(g1, g0, np);
+            cr_expect_lt(r, 1e-5, "kind %d beta %g: Tan gradient differs from plain by %.3e", k,
+                         betas[b], r);
+            cr_expect_gt(fabs(l1 - l0), 1e-4, "Tan loss value should differ from plain (%g vs %g)",
+                         l1, l0);
+            free(g0);
+            free(g1);
+        }
+}
+
+/* Negates the predictor's output layer (weight and bias) and its Adam
+ * first moment. */
+static void negate_pred_out(rw_model *m, float *p, float *mm)
+{
+    const char *names[][2] = {{"predictor.2.weight", "predictor.2.bias"},
+                              {"predictor.3.weight", "predictor.3.bias"},
+                              {"predictor.weight", NULL}};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) {
+            const rw_named *t = names[i][j] ? rw_model_find(m, names[i][j]) : NULL;
+            if (!t)
+                continue;
+            for (size_t k = 0; k < t->numel; k++) {
+                p[t->off + k] = -p[t->off + k];
+                mm[t->off + k] = -mm[t->off + k];
+            }
+        }
+}
+
+/* Parameters whose exact gradient is zero: a bias whose shift a following
+ * BatchNorm removes. Adam turns their rounding noise into +-lr steps of
+ * random sign, so they are left out of update comparisons. */
+static int zero_grad_param(const rw_model_cfg *c, const char *name)
+{
+    if (strcmp(name, "projector.0.bias") == 0)
+        return 1;
+    if (c->predictor == RW_PRED_MLP_BN &&
+        (strcmp(name, "projector.3.bias") == 0 || strcmp(name, "predictor.0.bias") == 0))
+        return 1;
+    return 0;
+}
+
+/* BYOL' from (theta0, W0) and RAFT from (theta0, -W0) move theta
+ * identically: with p -> -p, |p - z|^2 = 4 - |-p - z|^2 for unit vectors, so
+ * L_RAFT(theta, -W) = L_BYOL'(theta, W) - 4 beta. One shared state, a few
+ * Adam steps (a warm Adam state with the first moment negated too), then
+ * one more step compared: agreement ~1e-6 relative. */
+static void sign_flip(rw_predictor pred)
+{
+    char err[256];
+    rw_model_cfg cb = tiny_cfg(pred, KB_LOSS_UNIFIED, 1.0f, 0, RW_STEM_CIFAR);
+    rw_model_cfg cr = tiny_cfg(pred, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_CIFAR);
+    fixture fb = make(&cb, 11);
+    /* Warm up the shared state with a few BYOL' steps so Adam's moments
+     * and the teacher are not at their initial values. */
+    for (int s = 0; s < 3; s++) {
+        loss_at(&fb);
+        rw_model_update(fb.m, 1e-3f, 0.0f, 0.99f);
+    }
+    size_t np = fb.np, nt = rw_model_nteacher(fb.m), ns = rw_model_nstate(fb.m);
+    float *p = malloc(np * 4), *mm = malloc(np * 4), *vv = malloc(np * 4);
+    float *t = malloc(nt * 4), *st = malloc(ns * 4), *tst = malloc(ns * 4);
+    be->download(be, p, rw_model_params(fb.m), np * 4);
+    be->download(be, mm, rw_model_adam_m(fb.m), np * 4);
+    be->download(be, vv, rw_model_adam_v(fb.m), np * 4);
+    be->download(be, t, rw_model_teacher(fb.m), nt * 4);
+    be->download(be, st, rw_model_state(fb.m), ns * 4);
+    be->download(be, tst, rw_model_teacher_state(fb.m), rw_model_nteacher_state(fb.m) * 4);
+
+    rw_model *mr = rw_model_create(be, &cr, 11, err, sizeof err);
+    cr_assert_not_null(mr);
+    float *p0 = malloc(np * 4);
+    memcpy(p0, p, np * 4);
+    negate_pred_out(fb.m, p, mm);
+    be->upload(be, rw_model_params(mr), p, np * 4);
+    be->upload(be, rw_model_adam_m(mr), mm, np * 4);
+    be->upload(be, rw_model_adam_v(mr), vv, np * 4);
+    be->upload(be, rw_model_teacher(mr), t, nt * 4);
+    be->upload(be, rw_model_state(mr), st, ns * 4);
+    be->upload(be, rw_model_teacher_state(mr), tst, rw_model_nteacher_state(fb.m) * 4);
+    rw_model_set_adam_step(mr, rw_model_adam_step(fb.m));
+
+    rw_step_stats sb, sr;
+    cr_assert_eq(rw_model_forward_backward(fb.m, fb.x1, fb.x2, N_IMG, fb.S, &sb), 0);
+    cr_assert_eq(rw_model_forward_backward(mr, fb.x1, fb.x2, N_IMG, fb.S, &sr), 0);
+    cr_expect_float_eq(sr.loss, sb.loss - 4.0f, 1e-4, "L_RAFT %g vs L_BYOL' - 4 = %g", sr.loss,
+                       sb.loss - 4.0f);
+    rw_model_update(fb.m, 1e-3f, 0.0f, 0.99f);
+    rw_model_update(mr, 1e-3f, 0.0f, 0.99f);
+
+    float *pb = malloc(np * 4), *pr = malloc(np * 4);
+    be->download(be, pb, rw_model_params(fb.m), np * 4);
+    be->download(be, pr, rw_model_params(mr), np * 4);
+    float *mmb = calloc(np, 4);
+    negate_pred_out(fb.m, pr, mmb); /* bring RAFT's W back to BYOL' sign */
+    double worst = 0;
+    const char *worst_name = "";
+    int compared = 0;
+    for (int i = 0; i < rw_model_ntensors(fb.m); i++) {
+        const rw_named *n = rw_model_tensor(fb.m, i);
+        if (n->kind != RW_T_PARAM || zero_grad_param(&cb, n->name))
+            continue;
+        /* Compare the update (step) of each tensor, relative to its size. */
+        double num = 0, den = 0;
+        for (size_t k = 0; k < n->numel; k++) {
+            double db = (double)pb[n->off + k] - p0[n->off + k];
+            double dr = (double)pr[n->off + k] - p0[n->off + k];
+            num += (db - dr) * (db - dr);
+            den += db * db;
+        }
+        double r = sqrt(num / (den > 0 ? den : 1e-30));
+        compared++;
+        if (r > worst) {
+            worst = r;
+            worst_name = n->name;
+        }
+    }
+    cr_expect_lt(worst, 1e-4, "%s: BYOL' vs RAFT update differs by %.3e (relative) in %s",
+                 rw_predictor_name(pred), worst, worst_name);
+    cr_assert_gt(compared, 10);
+    free(p); free(mm); free(vv); free(t); free(st); free(tst); free(pb); free(pr); free(mmb); free(p0);
+    rw_model_free(mr);
+    unmake(&fb);
+}
+
+Test(model, sign_flip_identity_linear) { sign_flip(RW_PRED_LINEAR); }
+Test(model, sign_flip_identity_mlp) { sign_flip(RW_PRED_MLP); }
+Test(model, sign_flip_identity_mlp_bn) { sign_flip(RW_PRED_MLP_BN); }
+
+/* ---- against PyTorch ---- */
+
+#include <unistd.h>
+
+#include "worker/safetensors.h"
+#include "worker/weights.h"
+
+static int have_torch(void)
+{
+    return access("/usr/bin/python3", X_OK) == 0 &&
+           system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0;
+}
+
+/* Writes the model and one step's inputs, loss and gradients, and lets
+ * tests/torch_ref.py recompute the step in float64 PyTorch. */
+static void torch_compare(const rw_model_cfg *c, const char *what)
+{
+    if (!have_torch()) {
+        cr_skip_test("PyTorch (Debian's python3-torch) is not installed: %s not checked", what);
+        return;
+    }
+    fixture f = make(c, 5);
+    char dir[] = "/tmp/rw-torch-XXXXXX", wpath[96], spath[96], cmd[512], err[256];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(wpath, sizeof wpath, "%s/w.safetensors", dir);
+    snprintf(spath, sizeof spath, "%s/step.safetensors", dir);
+    cr_assert_eq(rw_weights_export(f.m, wpath, err, sizeof err), 0, "%s", err);
+    double loss = loss_at(&f);
+    size_t np = f.np, nx = (size_t)N_IMG * 3 * f.S * f.S;
+    float *g = malloc(np * 4), *hx = malloc(2 * nx * 4), lossf = (float)loss;
+    be->download(be, g, rw_model_grads(f.m), np * 4);
+    be->download(be, hx, f.x1, nx * 4);
+    be->download(be, hx + nx, f.x2, nx * 4);
+    rw_st_writer *w = rw_st_writer_new();
+    int64_t xs[4] = {N_IMG, 3, f.S, f.S}, one[1] = {1};
+    rw_st_add_f32(w, "x1", xs, 4, hx);
+    rw_st_add_f32(w, "x2", xs, 4, hx + nx);
+    rw_st_add_f32(w, "loss", one, 1, &lossf);
+    char names[MAX_TENSORS_FOR_TEST][80];
+    int k = 0;
+    for (int i = 0; i < rw_model_ntensors(f.m); i++) {
+        const rw_named *t = rw_model_tensor(f.m, i);
+        if (t->kind != RW_T_PARAM)
+            continue;
+        int64_t shape[4];
+        for (int d = 0; d < t->ndim; d++)
+            shape[d] = t->shape[d];
+        snprintf(names[k], sizeof names[k], "grad.%s", t->name);
+        rw_st_add_f32(w, names[k++], shape, t->ndim, g + t->off);
+    }
+    cr_assert_eq(rw_st_write(w, spath, err, sizeof err), 0, "%s", err);
+    rw_st_writer_free(w);
+    const char *root = getenv("RW_SOURCE_ROOT");
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/torch_ref.py %s %s", root ? root : ".",
+             wpath, spath);
+    int rc = system(cmd);
+    cr_expect_eq(rc, 0, "%s: runaway's step disagrees with PyTorch's (see output above)", what);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)!system(cmd);
+    free(g);
+    free(hx);
+    unmake(&f);
+}
+
+Test(model, matches_pytorch_byol_mlp)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_BYOL, 0, 0, RW_STEM_CIFAR);
+    torch_compare(&c, "byol/mlp");
+}
+
+Test(model, matches_pytorch_raft_mlp_bn_imagenet)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP_BN, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_IMAGENET);
+    torch_compare(&c, "raft/mlp_bn/imagenet");
+}
+
+Test(model, matches_pytorch_tan_byol_prime_linear)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_LINEAR, KB_LOSS_UNIFIED, 1.0f, 1, RW_STEM_CIFAR);
+    torch_compare(&c, "tan-byol'/linear");
+}
+
+Test(model, matches_pytorch_none)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_NONE, KB_LOSS_UNIFIED, -0.5f, 0, RW_STEM_CIFAR);
+    torch_compare(&c, "raft/none");
+}

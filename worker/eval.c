@@ -1,1 +1,258 @@
-/* placeholder: being written */
+/* Linear evaluation protocol and kNN monitor on frozen encoder features. */
+#include "worker/eval.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EVAL_CHUNK 256 /* images per feature forward pass */
+#define NCLASS 10
+
+int rw_eval_features(rw_model *m, const rw_dataset *ds, int size, const float mean[3],
+                     const float std[3], float *out)
+{
+    kb_backend *be = rw_model_backend(m);
+    int F = rw_model_feat_dim(m);
+    size_t img = (size_t)3 * size * size;
+    int chunk = ds->n < EVAL_CHUNK ? ds->n : EVAL_CHUNK;
+    float *host = malloc((size_t)chunk * img * sizeof(float));
+    float *dev = be->alloc(be, (size_t)chunk * img * sizeof(float));
+    int rc = host && dev ? 0 : -1;
+    for (int i0 = 0; rc == 0 && i0 < ds->n; i0 += chunk) {
+        int n = ds->n - i0 < chunk ? ds->n - i0 : chunk;
+        /* BatchNorm in eval mode makes each row independent of the chunk,
+         * but a chunk of 1 is still fine either way. */
+        for (int i = 0; i < n; i++)
+            rw_image_plain(ds, i0 + i, size, mean, std, host + (size_t)i * img);
+        be->upload(be, dev, host, (size_t)n * img * sizeof(float));
+        rc = rw_model_features(m, dev, n, size, 0, out + (size_t)i0 * F);
+    }
+    free(host);
+    if (dev)
+        be->free(be, dev);
+    return rc;
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr,
+                   const float *fte, const uint8_t *lte, int nte, int F,
+                   const rw_linear_cfg *cfg, double *acc, char *err, size_t errlen)
+{
+    int B = cfg->batch < ntr ? cfg->batch : ntr;
+    size_t np = (size_t)NCLASS * F + NCLASS;
+    float *p = be->alloc(be, np * sizeof(float));
+    float *g = be->alloc(be, np * sizeof(float));
+    float *mm = be->alloc(be, np * sizeof(float));
+    float *vv = be->alloc(be, np * sizeof(float));
+    float *xb = be->alloc(be, (size_t)B * F * sizeof(float));
+    float *logits = be->alloc(be, (size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * NCLASS * sizeof(float));
+    float *dlogits = be->alloc(be, (size_t)B * NCLASS * sizeof(float));
+    int32_t *lb = be->alloc(be, (size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * sizeof(int32_t));
+    float *out = be->alloc(be, 2 * sizeof(float));
+    float *hp = malloc(np * sizeof(float));
+    int *perm = malloc((size_t)ntr * sizeof(int));
+    int32_t *hl = malloc((size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * sizeof(int32_t));
+    int rc = -1;
+    if (!p || !g || !mm || !vv || !xb || !logits || !dlogits || !lb || !out || !hp || !perm || !hl) {
+        snprintf(err, errlen, "linear eval: out of memory");
+        goto done;
+    }
+    if (ntr < 1 || nte < 1) {
+        snprintf(err, errlen, "linear eval: empty split");
+        goto done;
+    }
+    /* nn.Linear default init from the seed. */
+    uint64_t s = cfg->seed * 0x9E3779B97F4A7C15ull + 0x11;
+    double bound = 1.0 / sqrt((double)F);
+    for (size_t i = 0; i < np; i++)
+        hp[i] = (float)(((mix64(s + i) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0) * bound);
+    be->upload(be, p, hp, np * sizeof(float));
+    float *W = p, *b = p + (size_t)NCLASS * F;
+    float *dW = g, *db = g + (size_t)NCLASS * F;
+    long step = 0;
+    for (int i = 0; i < ntr; i++)
+        perm[i] = i;
+    for (int ep = 0; ep < cfg->epochs; ep++) {
+        for (int i = ntr - 1; i > 0; i--) {
+            int j = (int)(mix64(cfg->seed ^ ((uint64_t)ep << 32) ^ (uint64_t)i) % (uint64_t)(i + 1));
+            int t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+        }
+        for (int i0 = 0; i0 < ntr; i0 += B) {
+            int n = ntr - i0 < B ? ntr - i0 : B;
+            for (int i = 0; i < n; i++) {
+                be->copy(be, xb + (size_t)i * F, ftr + (size_t)perm[i0 + i] * F, (size_t)F * sizeof(float));
+                hl[i] = ltr[perm[i0 + i]];
+            }
+            be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
+            be->fill(be, g, 0.0f, np);
+            be->linear_forward(be, xb, n, F, W, b, NCLASS, logits);
+            be->softmax_xent(be, logits, lb, n, NCLASS, dlogits, out);
+            be->linear_backward(be, xb, W, dlogits, n, F, NCLASS, NULL, dW, db);
+            be->adam(be, p, g, mm, vv, np, cfg->lr, 0.9f, 0.999f, 1e-8f, 0.0f, ++step);
+        }
+    }
+    long correct = 0;
+    for (int i0 = 0; i0 < nte; i0 += EVAL_CHUNK) {
+        int n = nte - i0 < EVAL_CHUNK ? nte - i0 : EVAL_CHUNK;
+        for (int i = 0; i < n; i++)
+            hl[i] = lte[i0 + i];
+        be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
+        be->linear_forward(be, fte + (size_t)i0 * F, n, F, W, b, NCLASS, logits);
+        be->softmax_xent(be, logits, lb, n, NCLASS, NULL, out);
+        float o[2];
+        be->download(be, o, out, sizeof o);
+        correct += (long)lrintf(o[1]);
+    }
+    *acc = (double)correct / nte;
+    rc = 0;
+done:
+    {
+        void *bufs[] = {p, g, mm, vv, xb, logits, dlogits, lb, out};
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+            if (bufs[i])
+                be->free(be, bufs[i]);
+    }
+    free(hp);
+    free(perm);
+    free(hl);
+    return rc;
+}
+
+/* Row-normalizes (n, F) backend features into a new buffer. */
+static float *normalized(kb_backend *be, const float *f, int n, int F)
+{
+    float *y = be->alloc(be, (size_t)n * F * sizeof(float));
+    float *nrm = be->alloc(be, (size_t)n * sizeof(float));
+    if (y && nrm)
+        be->l2norm_forward(be, f, n, F, y, nrm);
+    if (nrm)
+        be->free(be, nrm);
+    if (!nrm && y) {
+        be->free(be, y);
+        y = NULL;
+    }
+    return y;
+}
+
+int rw_knn(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr, const float *fte,
+           const uint8_t *lte, int nte, int F, int k, float T, double *acc, char *err,
+           size_t errlen)
+{
+    if (k > ntr)
+        k = ntr;
+    const int chunk = 64;
+    float *a = normalized(be, ftr, ntr, F);
+    float *b = normalized(be, fte, nte, F);
+    float *sim = be->alloc(be, (size_t)chunk * ntr * sizeof(float));
+    float *hs = malloc((size_t)chunk * ntr * sizeof(float));
+    int *top = malloc((size_t)k * sizeof(int));
+    float *topv = malloc((size_t)k * sizeof(float));
+    int rc = -1;
+    if (!a || !b || !sim || !hs || !top || !topv) {
+        snprintf(err, errlen, "kNN: out of memory");
+        goto done;
+    }
+    long correct = 0;
+    for (int i0 = 0; i0 < nte; i0 += chunk) {
+        int n = nte - i0 < chunk ? nte - i0 : chunk;
+        /* sim (n, ntr) = test rows . train rows */
+        be->linear_forward(be, b + (size_t)i0 * F, n, F, a, NULL, ntr, sim);
+        be->download(be, hs, sim, (size_t)n * ntr * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            const float *row = hs + (size_t)i * ntr;
+            /* Keep the k best in a small sorted array: k << ntr. */
+            int cnt = 0;
+            for (int j = 0; j < ntr; j++) {
+                float v = row[j];
+                if (cnt == k && v <= topv[k - 1])
+                    continue;
+                int pos = cnt < k ? cnt++ : k - 1;
+                while (pos > 0 && topv[pos - 1] < v) {
+                    topv[pos] = topv[pos - 1];
+                    top[pos] = top[pos - 1];
+                    pos--;
+                }
+                topv[pos] = v;
+                top[pos] = j;
+            }
+            double votes[NCLASS] = {0};
+            for (int j = 0; j < cnt; j++)
+                votes[ltr[top[j]]] += exp(topv[j] / T);
+            int best = 0;
+            for (int c = 1; c < NCLASS; c++)
+                if (votes[c] > votes[best])
+                    best = c;
+            correct += best == lte[i0 + i];
+        }
+    }
+    *acc = (double)correct / nte;
+    rc = 0;
+done:
+    if (a)
+        be->free(be, a);
+    if (b)
+        be->free(be, b);
+    if (sim)
+        be->free(be, sim);
+    free(hs);
+    free(top);
+    free(topv);
+    return rc;
+}
+
+static int features_pair(rw_model *m, const rw_dataset *train, const rw_dataset *test, int size,
+                         const float mean[3], const float std[3], float **ftr, float **fte,
+                         char *err, size_t errlen)
+{
+    kb_backend *be = rw_model_backend(m);
+    int F = rw_model_feat_dim(m);
+    *ftr = be->alloc(be, (size_t)train->n * F * sizeof(float));
+    *fte = be->alloc(be, (size_t)test->n * F * sizeof(float));
+    if (!*ftr || !*fte || rw_eval_features(m, train, size, mean, std, *ftr) != 0 ||
+        rw_eval_features(m, test, size, mean, std, *fte) != 0) {
+        snprintf(err, errlen, "evaluation: out of memory computing features");
+        if (*ftr)
+            be->free(be, *ftr);
+        if (*fte)
+            be->free(be, *fte);
+        return -1;
+    }
+    return 0;
+}
+
+int rw_eval_linear_model(rw_model *m, const rw_dataset *train, const rw_dataset *test, int size,
+                         const float mean[3], const float std[3], const rw_linear_cfg *cfg,
+                         double *acc, char *err, size_t errlen)
+{
+    kb_backend *be = rw_model_backend(m);
+    float *ftr, *fte;
+    if (features_pair(m, train, test, size, mean, std, &ftr, &fte, err, errlen) != 0)
+        return -1;
+    int rc = rw_linear_eval(be, ftr, train->labels, train->n, fte, test->labels, test->n,
+                            rw_model_feat_dim(m), cfg, acc, err, errlen);
+    be->free(be, ftr);
+    be->free(be, fte);
+    return rc;
+}
+
+int rw_eval_knn_model(rw_model *m, const rw_dataset *train, const rw_dataset *test, int size,
+                      const float mean[3], const float std[3], int k, float T, double *acc,
+                      char *err, size_t errlen)
+{
+    kb_backend *be = rw_model_backend(m);
+    float *ftr, *fte;
+    if (features_pair(m, train, test, size, mean, std, &ftr, &fte, err, errlen) != 0)
+        return -1;
+    int rc = rw_knn(be, ftr, train->labels, train->n, fte, test->labels, test->n,
+                    rw_model_feat_dim(m), k, T, acc, err, errlen);
+    be->free(be, ftr);
+    be->free(be, fte);
+    return rc;
+}

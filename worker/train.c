@@ -1,1 +1,331 @@
-/* placeholder: being written */
+/* The training loop of one job: data, model, steps, metrics, kNN monitor,
+ * checkpoints, and the final linear evaluation. */
+#include "worker/train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "worker/eval.h"
+#include "worker/model.h"
+#include "worker/weights.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void logf_(const rw_train_hooks *h, const char *fmt, ...)
+{
+    if (!h || !h->on_log)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    h->on_log(h->ud, line);
+}
+
+void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen)
+{
+    if (spec->data.path[0]) {
+        snprintf(out, outlen, "%s", spec->data.path);
+        return;
+    }
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    char base[RW_PATH_MAX];
+    if (xdg && *xdg)
+        snprintf(base, sizeof base, "%s/runaway", xdg);
+    else if (home && *home)
+        snprintf(base, sizeof base, "%s/.cache/runaway", home);
+    else
+        snprintf(base, sizeof base, "/tmp/runaway-cache");
+    snprintf(out, outlen, "%s/synthetic-%d-%d-%llu", base, spec->data.synthetic_train,
+             spec->data.synthetic_test, (unsigned long long)spec->data.synthetic_seed);
+}
+
+int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char *err,
+                 size_t errlen)
+{
+    char dir[RW_PATH_MAX + 64];
+    memset(train, 0, sizeof *train);
+    memset(test, 0, sizeof *test);
+    if (spec->data.kind == RW_DATA_SYNTHETIC) {
+        rw_synth_dir(spec, dir, sizeof dir);
+        if (rw_synth_ensure(dir, spec->data.synthetic_train, spec->data.synthetic_test,
+                            spec->data.synthetic_seed, err, errlen) != 0)
+            return -1;
+    } else {
+        snprintf(dir, sizeof dir, "%s", spec->data.path);
+    }
+    if (rw_cifar_load(dir, 1, train, err, errlen) != 0)
+        return -1;
+    if (rw_cifar_load(dir, 0, test, err, errlen) != 0) {
+        rw_dataset_free(train);
+        return -1;
+    }
+    return 0;
+}
+
+/* BYOL's schedule: tau_k = 1 - (1 - tau0) (cos(pi k / K) + 1) / 2. */
+static float tau_at(const rw_spec *s, long step, long total)
+{
+    if (s->ema.schedule == RW_TAU_CONSTANT || total <= 0)
+        return s->ema.tau;
+    double c = cos(M_PI * (double)step / (double)total);
+    return (float)(1.0 - (1.0 - s->ema.tau) * (c + 1.0) / 2.0);
+}
+
+static int mkdir_p(const char *dir, char *err, size_t errlen)
+{
+    char tmp[RW_PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            goto fail;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+        goto fail;
+    return 0;
+fail:
+    snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+    return -1;
+}
+
+int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
+             const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen)
+{
+    int rc = -1;
+    rw_dataset train = {0}, test = {0};
+    rw_model *m = NULL;
+    rw_loader *ld = NULL;
+    float *hx1 = NULL, *hx2 = NULL, *dx1 = NULL, *dx2 = NULL;
+    int32_t *hl = NULL;
+    rw_train_state ts = {0};
+    char ckpt[RW_PATH_MAX + 32] = "";
+
+    memset(res, 0, sizeof *res);
+    res->linear_acc = NAN;
+    res->last.knn = NAN;
+
+    if (rw_load_data(spec, &train, &test, err, errlen) != 0)
+        goto done;
+    int B = spec->optim.batch_size, S = spec->data.image_size;
+    if (B > train.n) {
+        snprintf(err, errlen, "optim.batch_size %d exceeds the %d training images", B, train.n);
+        goto done;
+    }
+
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(spec, &mc);
+    m = rw_model_create(be, &mc, spec->seed, err, errlen);
+    if (!m)
+        goto done;
+    if (spec->init[0] && rw_weights_init(m, spec->init, err, errlen) != 0)
+        goto done;
+
+    rw_loader_cfg lc = {
+        .ds = &train, .batch = B, .out_size = S, .augment = spec->data.augment,
+        .seed = spec->seed, .threads = spec->data.loader_threads,
+    };
+    memcpy(lc.mean, spec->data.mean, sizeof lc.mean);
+    memcpy(lc.std, spec->data.std, sizeof lc.std);
+    ld = rw_loader_create(&lc, err, errlen);
+    if (!ld)
+        goto done;
+
+    size_t img = (size_t)B * 3 * S * S;
+    hx1 = malloc(img * sizeof(float));
+    hx2 = malloc(img * sizeof(float));
+    hl = malloc((size_t)B * sizeof(int32_t));
+    dx1 = be->alloc(be, img * sizeof(float));
+    dx2 = be->alloc(be, img * sizeof(float));
+    ts.hist = calloc((size_t)spec->optim.epochs, sizeof *ts.hist);
+    if (!hx1 || !hx2 || !hl || !dx1 || !dx2 || !ts.hist) {
+        snprintf(err, errlen, "out of memory for batch %d at %dx%d", B, S, S);
+        goto done;
+    }
+    rw_spec_digest(spec, ts.spec_digest);
+
+    if (opts && opts->out_dir) {
+        if (mkdir_p(opts->out_dir, err, errlen) != 0)
+            goto done;
+        snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", opts->out_dir);
+        struct stat st;
+        if (opts->resume && stat(ckpt, &st) == 0) {
+            rw_train_state loaded;
+            if (rw_checkpoint_load(m, ckpt, ts.spec_digest, &loaded, err, errlen) != 0)
+                goto done;
+            if (loaded.nhist > spec->optim.epochs) {
+                snprintf(err, errlen, "%s: holds %d epochs, the spec asks for %d", ckpt,
+                         loaded.nhist, spec->optim.epochs);
+                free(loaded.hist);
+                goto done;
+            }
+            memcpy(ts.hist, loaded.hist, (size_t)loaded.nhist * sizeof *ts.hist);
+            free(loaded.hist);
+            loaded.hist = ts.hist;
+            ts = loaded;
+            logf_(hooks, "resumed from %s at epoch %d, batch %ld, step %ld", ckpt, ts.epoch,
+                  ts.batch, ts.step);
+        }
+    }
+
+    long per_epoch = rw_loader_batches(ld);
+    long total = per_epoch * spec->optim.epochs;
+    if (spec->optim.max_steps > 0 && spec->optim.max_steps < total)
+        total = spec->optim.max_steps;
+    logf_(hooks, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s",
+          spec->name, rw_model_nparams(m), train.n, test.n, total, B, S, S, be->name);
+
+    rw_metrics step_acc = {0};
+    long step_acc_n = 0;
+    double step_t0 = now_s();
+    for (int e = ts.epoch; e < spec->optim.epochs && ts.step < total; e++) {
+        rw_loader_seek(ld, e, ts.batch);
+        double t0 = now_s();
+        while (ts.step < total && rw_loader_next(ld, hx1, hx2, hl) == 0) {
+            rw_step_stats st;
+            be->upload(be, dx1, hx1, img * sizeof(float));
+            be->upload(be, dx2, hx2, img * sizeof(float));
+            float tau = tau_at(spec, ts.step, total);
+            if (rw_model_forward_backward(m, dx1, dx2, B, S, &st) != 0) {
+                snprintf(err, errlen, "step %ld: out of memory or backend failure", ts.step + 1);
+                goto done;
+            }
+            if (!isfinite(st.loss)) {
+                snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)", ts.step + 1, e + 1);
+                goto done;
+            }
+            rw_model_update(m, spec->optim.lr, spec->optim.weight_decay, tau);
+            ts.step++;
+            ts.batch++;
+            ts.sums[0] += st.loss;
+            ts.sums[1] += st.align;
+            ts.sums[2] += st.uniform;
+            ts.sums[3] += st.collapse;
+            ts.sums[4] += 1;
+            if (spec->log.every_steps > 0) {
+                step_acc.loss += st.loss;
+                step_acc.align += st.align;
+                step_acc.uniform += st.uniform;
+                step_acc.collapse += st.collapse;
+                if (++step_acc_n == spec->log.every_steps) {
+                    double t = now_s();
+                    rw_metrics sm = {
+                        .epoch = e + 1, .step = ts.step, .loss = step_acc.loss / step_acc_n,
+                        .align = step_acc.align / step_acc_n,
+                        .uniform = step_acc.uniform / step_acc_n,
+                        .collapse = step_acc.collapse / step_acc_n, .knn = NAN,
+                        .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
+                    };
+                    if (hooks && hooks->on_step)
+                        hooks->on_step(hooks->ud, &sm);
+                    memset(&step_acc, 0, sizeof step_acc);
+                    step_acc_n = 0;
+                    step_t0 = t;
+                }
+            }
+            if (hooks && hooks->should_stop && hooks->should_stop(hooks->ud)) {
+                ts.elapsed += now_s() - t0;
+                res->stopped = 1;
+                if (ckpt[0] && rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
+                    goto done;
+                logf_(hooks, "stopped at step %ld; checkpoint %s", ts.step, ckpt[0] ? ckpt : "(none)");
+                rc = 0;
+                goto done;
+            }
+        }
+        ts.elapsed += now_s() - t0;
+        double n = ts.sums[4] > 0 ? ts.sums[4] : 1;
+        rw_metrics em = {
+            .epoch = e + 1, .step = ts.step, .loss = ts.sums[0] / n, .align = ts.sums[1] / n,
+            .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN,
+            .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
+            .tau = tau_at(spec, ts.step, total),
+        };
+        int last_epoch = e + 1 == spec->optim.epochs || ts.step >= total;
+        if (spec->eval.knn_every > 0 && ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {
+            double acc;
+            if (rw_eval_knn_model(m, &train, &test, S, spec->data.mean, spec->data.std,
+                                  spec->eval.knn_k, spec->eval.knn_temperature, &acc, err,
+                                  errlen) != 0)
+                goto done;
+            em.knn = acc;
+        }
+        ts.hist[e] = em;
+        ts.nhist = e + 1;
+        ts.epoch = e + 1;
+        ts.batch = 0;
+        memset(ts.sums, 0, sizeof ts.sums);
+        ts.elapsed = 0;
+        char knn[32] = "";
+        if (!isnan(em.knn))
+            snprintf(knn, sizeof knn, "  knn %5.1f%%", 100 * em.knn);
+        logf_(hooks, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s  pairs/s %.1f",
+              em.epoch, spec->optim.epochs, em.step, em.loss, em.align, em.uniform, em.collapse,
+              knn, em.pairs_per_s);
+        if (hooks && hooks->on_epoch)
+            hooks->on_epoch(hooks->ud, &em);
+        if (ckpt[0] && (last_epoch || (spec->checkpoint.every_epochs > 0 &&
+                                       (e + 1) % spec->checkpoint.every_epochs == 0))) {
+            if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
+                goto done;
+        }
+    }
+
+    if (ts.nhist > 0) {
+        res->last = ts.hist[ts.nhist - 1];
+        int k0 = ts.nhist > 10 ? ts.nhist - 10 : 0;
+        for (int e = k0; e < ts.nhist; e++) {
+            res->align_last10 += ts.hist[e].align / (ts.nhist - k0);
+            res->uniform_last10 += ts.hist[e].uniform / (ts.nhist - k0);
+        }
+    }
+    if (opts && opts->out_dir) {
+        char wpath[RW_PATH_MAX + 32];
+        snprintf(wpath, sizeof wpath, "%s/weights.safetensors", opts->out_dir);
+        if (rw_weights_export(m, wpath, err, errlen) != 0)
+            goto done;
+    }
+    if (spec->eval.linear_epochs > 0) {
+        rw_linear_cfg lcfg = {
+            .epochs = spec->eval.linear_epochs, .lr = spec->eval.linear_lr,
+            .batch = spec->eval.linear_batch_size, .seed = spec->seed,
+        };
+        double t0 = now_s();
+        if (rw_eval_linear_model(m, &train, &test, S, spec->data.mean, spec->data.std, &lcfg,
+                                 &res->linear_acc, err, errlen) != 0)
+            goto done;
+        logf_(hooks, "linear evaluation: top-1 %.2f%% (%d epochs, %.1f s)", 100 * res->linear_acc,
+              lcfg.epochs, now_s() - t0);
+    }
+    rc = 0;
+done:
+    free(ts.hist);
+    free(hx1);
+    free(hx2);
+    free(hl);
+    if (dx1)
+        be->free(be, dx1);
+    if (dx2)
+        be->free(be, dx2);
+    rw_loader_free(ld);
+    rw_model_free(m);
+    rw_dataset_free(&train);
+    rw_dataset_free(&test);
+    return rc;
+}

@@ -8,6 +8,7 @@
 
 #include "kernels/backend.h"
 #include "proto/spec.h"
+#include "worker/data.h"
 
 typedef struct rw_metrics {
     int epoch;          /* 1-based epoch the numbers belong to */
@@ -37,9 +38,24 @@ typedef struct rw_train_result {
     int stopped;           /* 1 if should_stop ended it early */
 } rw_train_result;
 
+typedef struct rw_train_opts {
+    const char *out_dir; /* checkpoint.safetensors and weights go here; NULL: none */
+    int resume;          /* continue from out_dir/checkpoint.safetensors if present */
+} rw_train_opts;
+
+/* Where the synthetic set of a spec lives: data.path, else a folder under
+ * $XDG_CACHE_HOME/runaway (or ~/.cache/runaway) named by its parameters. */
+void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen);
+
+/* Loads the train and test splits the spec names (generating the synthetic
+ * set when needed). 0 or -1 with a reason. */
+int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char *err,
+                 size_t errlen);
+
 /* Trains the job the spec describes on `be`. Returns 0, or -1 with a reason
- * in err (bad data, bad init file, out of memory); never exits. */
-int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_hooks *hooks,
-             rw_train_result *res, char *err, size_t errlen);
+ * in err (bad data, bad init file, out of memory, loss not finite); never
+ * exits. */
+int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
+             const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen);
 
 #endif

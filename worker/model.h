@@ -1,0 +1,114 @@
+/* The model: ResNet-18 encoder (torchvision layout), projector, predictor,
+ * the mean teacher, and one training step (forward both views through the
+ * online network and the teacher, loss, backward, Adam, EMA).
+ *
+ * Parameters, gradients, Adam moments and teacher parameters each live in ONE
+ * contiguous backend buffer with the same layout: encoder, projector, then
+ * predictor. The teacher mirrors the encoder and projector, i.e. the first
+ * n_teacher floats, so the EMA is one pass over a prefix. BatchNorm running
+ * statistics live in separate state buffers (online and teacher); the EMA
+ * does not touch them. */
+#ifndef RUNAWAY_WORKER_MODEL_H
+#define RUNAWAY_WORKER_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+#include "proto/spec.h"
+
+#define RW_BN_EPS 1e-5f
+#define RW_BN_MOMENTUM 0.1f
+
+typedef struct rw_model rw_model;
+
+typedef struct rw_model_cfg {
+    rw_stem stem;
+    int width;       /* ResNet base width; 64 is torchvision's resnet18 */
+    int proj_hidden; /* projector Linear(feat, hidden) -> BN -> ReLU -> Linear(hidden, out) */
+    int proj_out;
+    rw_predictor predictor;
+    int pred_hidden;
+    kb_loss_cfg loss;
+} rw_model_cfg;
+
+void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c);
+
+/* Which buffer a named tensor lives in. */
+typedef enum {
+    RW_T_PARAM,         /* online parameter (params buffer) */
+    RW_T_STATE,         /* online BN running statistic (online state buffer) */
+    RW_T_TEACHER_PARAM, /* teacher parameter (teacher buffer) */
+    RW_T_TEACHER_STATE, /* teacher BN running statistic */
+} rw_tensor_kind;
+
+typedef struct rw_named {
+    char name[64];      /* e.g. "layer1.0.conv1.weight", "projector.0.bias" */
+    rw_tensor_kind kind;
+    size_t off;         /* float offset into its buffer */
+    int ndim;
+    int shape[4];
+    size_t numel;
+    int bn;             /* index of the BN layer (running stats), else -1 */
+} rw_named;
+
+typedef struct rw_step_stats {
+    float loss, align, cross, byol; /* loss op outputs (see kernels/backend.h) */
+    float uniform;                  /* L_uniform of normalized online projections, t=2, mean of both views */
+    float collapse;                 /* collapse std of normalized online projections, mean of both views */
+} rw_step_stats;
+
+/* Builds the model and initializes it as PyTorch does, from `seed`.
+ * NULL with a reason on failure (bad config, out of memory). */
+rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed, char *err,
+                          size_t errlen);
+void rw_model_free(rw_model *m);
+
+kb_backend *rw_model_backend(rw_model *m);
+const rw_model_cfg *rw_model_cfg_of(const rw_model *m);
+
+/* Sizes and buffers (backend memory). */
+size_t rw_model_nparams(const rw_model *m);  /* online parameters incl. predictor */
+size_t rw_model_nteacher(const rw_model *m); /* teacher parameters = encoder + projector prefix */
+size_t rw_model_nstate(const rw_model *m);   /* online running stats (teacher: same layout, prefix) */
+size_t rw_model_nteacher_state(const rw_model *m);
+int rw_model_feat_dim(const rw_model *m);     /* encoder output width (8 * width) */
+float *rw_model_params(rw_model *m);
+float *rw_model_grads(rw_model *m);
+float *rw_model_adam_m(rw_model *m);
+float *rw_model_adam_v(rw_model *m);
+float *rw_model_teacher(rw_model *m);
+float *rw_model_state(rw_model *m);
+float *rw_model_teacher_state(rw_model *m);
+long *rw_model_bn_counts(rw_model *m, int teacher); /* num_batches_tracked per BN layer (host) */
+int rw_model_nbn(const rw_model *m, int teacher);
+long rw_model_adam_step(const rw_model *m);
+void rw_model_set_adam_step(rw_model *m, long step);
+const kb_loss_cfg *rw_model_loss_cfg(const rw_model *m);
+void rw_model_set_loss_cfg(rw_model *m, const kb_loss_cfg *c);
+
+/* Named tensors in a fixed order: online (encoder, projector, predictor)
+ * then teacher (prefixed "teacher."). */
+int rw_model_ntensors(const rw_model *m);
+const rw_named *rw_model_tensor(const rw_model *m, int i);
+const rw_named *rw_model_find(const rw_model *m, const char *name);
+/* Name prefix of BN layer idx ("layer1.0.bn1"), for num_batches_tracked. */
+const char *rw_model_bn_prefix(const rw_model *m, int idx);
+
+/* Copies the online encoder+projector into the teacher (parameters and
+ * running statistics), as BYOL starts. */
+void rw_model_teacher_from_online(rw_model *m);
+
+/* Zeroes the gradients, runs both views (x1, x2: (N,3,S,S) backend memory)
+ * through online network and teacher, the loss, and the backward pass;
+ * gradients end in rw_model_grads(). Stats are downloaded when st != NULL. */
+int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int N, int S,
+                              rw_step_stats *st);
+/* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta. */
+void rw_model_update(rw_model *m, float lr, float weight_decay, float tau);
+
+/* Encoder features in eval mode (running statistics) of x (N,3,S,S):
+ * out (N, feat_dim), backend memory. teacher != 0 uses the teacher. */
+int rw_model_features(rw_model *m, const float *x, int N, int S, int teacher, float *out);
+
+#endif

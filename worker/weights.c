@@ -1,0 +1,393 @@
+/* Model tensors <-> safetensors files. */
+#include "worker/weights.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/safetensors.h"
+
+#define CKPT_FORMAT "1"
+
+/* Host copies of every model buffer, for one write or read. */
+typedef struct host_model {
+    float *params, *teacher, *state, *tstate, *m, *v;
+    int64_t nbt[64], tnbt[64];
+} host_model;
+
+static void host_free(host_model *h)
+{
+    free(h->params);
+    free(h->teacher);
+    free(h->state);
+    free(h->tstate);
+    free(h->m);
+    free(h->v);
+}
+
+static int host_alloc(rw_model *m, host_model *h)
+{
+    memset(h, 0, sizeof *h);
+    h->params = malloc(rw_model_nparams(m) * sizeof(float) + 1);
+    h->teacher = malloc(rw_model_nteacher(m) * sizeof(float) + 1);
+    h->state = malloc(rw_model_nstate(m) * sizeof(float) + 1);
+    h->tstate = malloc(rw_model_nteacher_state(m) * sizeof(float) + 1);
+    h->m = malloc(rw_model_nparams(m) * sizeof(float) + 1);
+    h->v = malloc(rw_model_nparams(m) * sizeof(float) + 1);
+    if (h->params && h->teacher && h->state && h->tstate && h->m && h->v)
+        return 0;
+    host_free(h);
+    return -1;
+}
+
+static void host_download(rw_model *m, host_model *h)
+{
+    kb_backend *be = rw_model_backend(m);
+    be->download(be, h->params, rw_model_params(m), rw_model_nparams(m) * sizeof(float));
+    be->download(be, h->teacher, rw_model_teacher(m), rw_model_nteacher(m) * sizeof(float));
+    be->download(be, h->state, rw_model_state(m), rw_model_nstate(m) * sizeof(float));
+    be->download(be, h->tstate, rw_model_teacher_state(m),
+                 rw_model_nteacher_state(m) * sizeof(float));
+    be->download(be, h->m, rw_model_adam_m(m), rw_model_nparams(m) * sizeof(float));
+    be->download(be, h->v, rw_model_adam_v(m), rw_model_nparams(m) * sizeof(float));
+    for (int t = 0; t < 2; t++) {
+        const long *c = rw_model_bn_counts(m, t);
+        for (int i = 0; i < rw_model_nbn(m, t); i++)
+            (t ? h->tnbt : h->nbt)[i] = c[i];
+    }
+}
+
+static float *host_buf(host_model *h, rw_tensor_kind k)
+{
+    switch (k) {
+    case RW_T_PARAM: return h->params;
+    case RW_T_STATE: return h->state;
+    case RW_T_TEACHER_PARAM: return h->teacher;
+    case RW_T_TEACHER_STATE: return h->tstate;
+    }
+    return NULL;
+}
+
+static const int64_t scalar_shape[1] = {1};
+
+/* Adds every named tensor and the num_batches_tracked counters. */
+static void add_model_tensors(rw_st_writer *w, rw_model *m, host_model *h)
+{
+    for (int i = 0; i < rw_model_ntensors(m); i++) {
+        const rw_named *t = rw_model_tensor(m, i);
+        int64_t shape[4];
+        for (int d = 0; d < t->ndim; d++)
+            shape[d] = t->shape[d];
+        rw_st_add_f32(w, t->name, shape, t->ndim, host_buf(h, t->kind) + t->off);
+    }
+    char name[96];
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < rw_model_nbn(m, t); i++) {
+            snprintf(name, sizeof name, "%s%s.num_batches_tracked", t ? "teacher." : "",
+                     rw_model_bn_prefix(m, i));
+            /* PyTorch stores the counter as a 0-dim int64 tensor. */
+            rw_st_add(w, name, RW_ST_I64, scalar_shape, 0, t ? &h->tnbt[i] : &h->nbt[i]);
+        }
+}
+
+static void set_model_meta(rw_st_writer *w, rw_model *m)
+{
+    char buf[256];
+    const rw_model_cfg *c = rw_model_cfg_of(m);
+    snprintf(buf, sizeof buf, "%d %d %d %d %d %d", (int)c->stem, c->width, c->proj_hidden,
+             c->proj_out, (int)c->predictor, c->pred_hidden);
+    rw_st_set_meta(w, "runaway.model", buf);
+    snprintf(buf, sizeof buf, "%d %.9g %.9g %d", (int)c->loss.kind, c->loss.alpha, c->loss.beta,
+             c->loss.tangential);
+    rw_st_set_meta(w, "runaway.loss", buf);
+}
+
+int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t errlen)
+{
+    rw_st *st = rw_st_open(path, err, errlen);
+    if (!st)
+        return -1;
+    const char *mm = rw_st_meta(st, "runaway.model");
+    const char *ll = rw_st_meta(st, "runaway.loss");
+    int stem, pred, kind;
+    memset(c, 0, sizeof *c);
+    if (!mm || !ll ||
+        sscanf(mm, "%d %d %d %d %d %d", &stem, &c->width, &c->proj_hidden, &c->proj_out, &pred,
+               &c->pred_hidden) != 6 ||
+        sscanf(ll, "%d %f %f %d", &kind, &c->loss.alpha, &c->loss.beta, &c->loss.tangential) != 4 ||
+        stem < 0 || stem > RW_STEM_CIFAR || pred < 0 || pred > RW_PRED_NONE || kind < 0 ||
+        kind > KB_LOSS_UNIFIED) {
+        snprintf(err, errlen, "%s: not a runaway weights file (no valid runaway.model metadata)",
+                 path);
+        rw_st_close(st);
+        return -1;
+    }
+    c->stem = (rw_stem)stem;
+    c->predictor = (rw_predictor)pred;
+    c->loss.kind = (kb_loss_kind)kind;
+    rw_st_close(st);
+    return 0;
+}
+
+int rw_weights_export(rw_model *m, const char *path, char *err, size_t errlen)
+{
+    host_model h;
+    rw_st_writer *w = rw_st_writer_new();
+    if (!w || host_alloc(m, &h) != 0) {
+        rw_st_writer_free(w);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    host_download(m, &h);
+    add_model_tensors(w, m, &h);
+    set_model_meta(w, m);
+    rw_st_set_meta(w, "runaway.kind", "weights");
+    int rc = rw_st_write(w, path, err, errlen);
+    rw_st_writer_free(w);
+    host_free(&h);
+    return rc;
+}
+
+/* Reads the named tensors (and counters) of the file into h. */
+static int read_model_tensors(rw_st *st, rw_model *m, host_model *h, const char *path,
+                              char *err, size_t errlen)
+{
+    int has_teacher = rw_st_find(st, "teacher.conv1.weight") != NULL;
+    for (int i = 0; i < rw_model_ntensors(m); i++) {
+        const rw_named *t = rw_model_tensor(m, i);
+        int teacher = t->kind == RW_T_TEACHER_PARAM || t->kind == RW_T_TEACHER_STATE;
+        if (teacher && !has_teacher)
+            continue;
+        int64_t shape[4];
+        for (int d = 0; d < t->ndim; d++)
+            shape[d] = t->shape[d];
+        if (!rw_st_find(st, t->name)) {
+            snprintf(err, errlen, "%s: tensor '%s' is missing (is it from another model "
+                     "configuration?)", path, t->name);
+            return -1;
+        }
+        if (rw_st_get_f32(st, t->name, shape, t->ndim, host_buf(h, t->kind) + t->off, err,
+                          errlen) != 0)
+            return -1;
+    }
+    char name[96];
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < rw_model_nbn(m, t); i++) {
+            int64_t *dst = t ? &h->tnbt[i] : &h->nbt[i];
+            snprintf(name, sizeof name, "%s%s.num_batches_tracked", t ? "teacher." : "",
+                     rw_model_bn_prefix(m, i));
+            *dst = 0;
+            if (rw_st_find(st, name) &&
+                rw_st_get(st, name, RW_ST_I64, scalar_shape, 0, dst, err, errlen) != 0)
+                return -1;
+        }
+    return has_teacher;
+}
+
+static void host_upload(rw_model *m, host_model *h, int teacher, int adam)
+{
+    kb_backend *be = rw_model_backend(m);
+    be->upload(be, rw_model_params(m), h->params, rw_model_nparams(m) * sizeof(float));
+    be->upload(be, rw_model_state(m), h->state, rw_model_nstate(m) * sizeof(float));
+    long *c = rw_model_bn_counts(m, 0);
+    for (int i = 0; i < rw_model_nbn(m, 0); i++)
+        c[i] = (long)h->nbt[i];
+    if (teacher) {
+        be->upload(be, rw_model_teacher(m), h->teacher, rw_model_nteacher(m) * sizeof(float));
+        be->upload(be, rw_model_teacher_state(m), h->tstate,
+                   rw_model_nteacher_state(m) * sizeof(float));
+        c = rw_model_bn_counts(m, 1);
+        for (int i = 0; i < rw_model_nbn(m, 1); i++)
+            c[i] = (long)h->tnbt[i];
+    } else {
+        rw_model_teacher_from_online(m);
+    }
+    if (adam) {
+        be->upload(be, rw_model_adam_m(m), h->m, rw_model_nparams(m) * sizeof(float));
+        be->upload(be, rw_model_adam_v(m), h->v, rw_model_nparams(m) * sizeof(float));
+    }
+}
+
+int rw_weights_init(rw_model *m, const char *path, char *err, size_t errlen)
+{
+    host_model h;
+    rw_st *st = rw_st_open(path, err, errlen);
+    if (!st)
+        return -1;
+    if (host_alloc(m, &h) != 0) {
+        rw_st_close(st);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    int rc = read_model_tensors(st, m, &h, path, err, errlen);
+    if (rc >= 0)
+        host_upload(m, &h, rc, 0);
+    rw_st_close(st);
+    host_free(&h);
+    return rc < 0 ? -1 : 0;
+}
+
+void rw_spec_digest(const rw_spec *s, char out[17])
+{
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf,
+                     "seed=%llu init=%s data=%d,%s,%d,%d,%llu,%d,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g "
+                     "model=%d,%d,%d,%d,%d,%d loss=%d,%.9g,%.9g,%d optim=%.9g,%.9g,%d,%d,%ld "
+                     "ema=%.9g,%d",
+                     (unsigned long long)s->seed, s->init, (int)s->data.kind, s->data.path,
+                     s->data.synthetic_train, s->data.synthetic_test,
+                     (unsigned long long)s->data.synthetic_seed, s->data.image_size,
+                     (int)s->data.augment, s->data.mean[0], s->data.mean[1], s->data.mean[2],
+                     s->data.std[0], s->data.std[1], s->data.std[2], (int)s->model.stem,
+                     s->model.width, s->model.proj_hidden, s->model.proj_out,
+                     (int)s->model.predictor, s->model.pred_hidden, (int)s->loss.kind,
+                     s->loss.alpha, s->loss.beta, s->loss.tangential, s->optim.lr,
+                     s->optim.weight_decay, s->optim.batch_size, s->optim.epochs,
+                     s->optim.max_steps, s->ema.tau, (int)s->ema.schedule);
+    uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (int i = 0; i < n && i < (int)sizeof buf; i++) {
+        hsh ^= (unsigned char)buf[i];
+        hsh *= 0x100000001b3ull;
+    }
+    snprintf(out, 17, "%016llx", (unsigned long long)hsh);
+}
+
+static const char *hist_fields[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s",
+                                    "tau"};
+
+static double *hist_field(rw_metrics *e, int k)
+{
+    double *f[] = {&e->loss, &e->align, &e->uniform, &e->collapse, &e->knn, &e->pairs_per_s,
+                   &e->tau};
+    return f[k];
+}
+
+int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, char *err,
+                       size_t errlen)
+{
+    host_model h;
+    rw_st_writer *w = rw_st_writer_new();
+    if (!w || host_alloc(m, &h) != 0) {
+        rw_st_writer_free(w);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    host_download(m, &h);
+    add_model_tensors(w, m, &h);
+    int64_t np = (int64_t)rw_model_nparams(m);
+    rw_st_add_f32(w, "optimizer.adam_m", &np, 1, h.m);
+    rw_st_add_f32(w, "optimizer.adam_v", &np, 1, h.v);
+    set_model_meta(w, m);
+    rw_st_set_meta(w, "runaway.kind", "checkpoint");
+    rw_st_set_meta(w, "runaway.checkpoint_format", CKPT_FORMAT);
+    rw_st_set_meta(w, "runaway.spec_digest", ts->spec_digest);
+    char buf[256];
+    snprintf(buf, sizeof buf, "%d %ld %ld %ld %.17g %.17g %.17g %.17g %.17g %.17g", ts->epoch,
+             ts->batch, ts->step, rw_model_adam_step(m), ts->sums[0], ts->sums[1], ts->sums[2],
+             ts->sums[3], ts->sums[4], ts->elapsed);
+    rw_st_set_meta(w, "runaway.position", buf);
+    /* History as JSON (NaN -> null: JSON has no NaN). */
+    json_t *arr = json_array();
+    for (int e = 0; e < ts->nhist; e++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "epoch", json_integer(ts->hist[e].epoch));
+        json_object_set_new(o, "step", json_integer(ts->hist[e].step));
+        for (int k = 0; k < 7; k++) {
+            double v = *hist_field(&ts->hist[e], k);
+            json_object_set_new(o, hist_fields[k], isfinite(v) ? json_real(v) : json_null());
+        }
+        json_array_append_new(arr, o);
+    }
+    char *js = json_dumps(arr, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(arr);
+    rw_st_set_meta(w, "runaway.history", js ? js : "[]");
+    free(js);
+    int rc = rw_st_write(w, path, err, errlen);
+    rw_st_writer_free(w);
+    host_free(&h);
+    return rc;
+}
+
+int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
+                       rw_train_state *ts, char *err, size_t errlen)
+{
+    memset(ts, 0, sizeof *ts);
+    rw_st *st = rw_st_open(path, err, errlen);
+    if (!st)
+        return -1;
+    host_model h;
+    int rc = -1;
+    json_t *arr = NULL;
+    if (host_alloc(m, &h) != 0) {
+        rw_st_close(st);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    const char *kind = rw_st_meta(st, "runaway.kind");
+    const char *digest = rw_st_meta(st, "runaway.spec_digest");
+    const char *pos = rw_st_meta(st, "runaway.position");
+    const char *hist = rw_st_meta(st, "runaway.history");
+    if (!kind || strcmp(kind, "checkpoint") != 0 || !digest || !pos || !hist) {
+        snprintf(err, errlen, "%s: not a runaway checkpoint (metadata missing)", path);
+        goto done;
+    }
+    if (expect_digest && strcmp(digest, expect_digest) != 0) {
+        snprintf(err, errlen, "%s: checkpoint belongs to a different spec (digest %s, this spec %s); "
+                 "remove it or use another output folder", path, digest, expect_digest);
+        goto done;
+    }
+    long adam_step;
+    if (sscanf(pos, "%d %ld %ld %ld %lg %lg %lg %lg %lg %lg", &ts->epoch, &ts->batch, &ts->step,
+               &adam_step, &ts->sums[0], &ts->sums[1], &ts->sums[2], &ts->sums[3], &ts->sums[4],
+               &ts->elapsed) != 10 || ts->epoch < 0 || ts->batch < 0 || ts->step < 0) {
+        snprintf(err, errlen, "%s: bad runaway.position metadata", path);
+        goto done;
+    }
+    int has_teacher = read_model_tensors(st, m, &h, path, err, errlen);
+    if (has_teacher < 0)
+        goto done;
+    if (!has_teacher) {
+        snprintf(err, errlen, "%s: checkpoint has no teacher tensors", path);
+        goto done;
+    }
+    int64_t np = (int64_t)rw_model_nparams(m);
+    if (rw_st_get_f32(st, "optimizer.adam_m", &np, 1, h.m, err, errlen) != 0 ||
+        rw_st_get_f32(st, "optimizer.adam_v", &np, 1, h.v, err, errlen) != 0)
+        goto done;
+    json_error_t jerr;
+    arr = json_loads(hist, 0, &jerr);
+    if (!arr || !json_is_array(arr)) {
+        snprintf(err, errlen, "%s: bad runaway.history metadata", path);
+        goto done;
+    }
+    ts->nhist = (int)json_array_size(arr);
+    ts->hist = calloc((size_t)ts->nhist + 1, sizeof *ts->hist);
+    if (!ts->hist) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto done;
+    }
+    for (int e = 0; e < ts->nhist; e++) {
+        json_t *o = json_array_get(arr, (size_t)e);
+        ts->hist[e].epoch = (int)json_integer_value(json_object_get(o, "epoch"));
+        ts->hist[e].step = (long)json_integer_value(json_object_get(o, "step"));
+        for (int k = 0; k < 7; k++) {
+            json_t *v = json_object_get(o, hist_fields[k]);
+            *hist_field(&ts->hist[e], k) = json_is_number(v) ? json_number_value(v) : NAN;
+        }
+    }
+    snprintf(ts->spec_digest, sizeof ts->spec_digest, "%s", digest);
+    host_upload(m, &h, 1, 1);
+    rw_model_set_adam_step(m, adam_step);
+    rc = 0;
+done:
+    if (rc != 0) {
+        free(ts->hist);
+        ts->hist = NULL;
+    }
+    json_decref(arr);
+    rw_st_close(st);
+    host_free(&h);
+    return rc;
+}

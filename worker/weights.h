@@ -1,0 +1,45 @@
+/* The model's tensors in safetensors files: export (torchvision names for the
+ * encoder), init from such a file, and full training checkpoints. */
+#ifndef RUNAWAY_WORKER_WEIGHTS_H
+#define RUNAWAY_WORKER_WEIGHTS_H
+
+#include <stddef.h>
+
+#include "worker/model.h"
+#include "worker/train.h"
+
+/* Online encoder (torchvision resnet18 names, incl. num_batches_tracked),
+ * projector.*, predictor.*, teacher.* (parameters and running stats). */
+int rw_weights_export(rw_model *m, const char *path, char *err, size_t errlen);
+
+/* Loads an exported file (or a checkpoint) into the model: every online
+ * tensor must be present with the right shape; teacher.* is used when
+ * present, else the teacher starts as a copy of the online network. */
+int rw_weights_init(rw_model *m, const char *path, char *err, size_t errlen);
+
+/* The model configuration a weights file or checkpoint was written with. */
+int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t errlen);
+
+/* Everything a resumed job needs to continue exactly. */
+typedef struct rw_train_state {
+    char spec_digest[17]; /* hex of a hash of the training-relevant spec */
+    int epoch;            /* epochs completed */
+    long batch;           /* batches done in the current epoch */
+    long step;            /* optimizer steps done */
+    double sums[5];       /* partial-epoch sums: loss, align, uniform, collapse, steps */
+    double elapsed;       /* training seconds in the current epoch so far */
+    int nhist;            /* epochs of history below */
+    rw_metrics *hist;     /* per-epoch metrics, malloc'd (nhist) */
+} rw_train_state;
+
+int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, char *err,
+                       size_t errlen);
+/* ts->hist is allocated; free() it. The file's spec digest must match
+ * expect_digest (a checkpoint of another spec is refused by name). */
+int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
+                       rw_train_state *ts, char *err, size_t errlen);
+
+/* A hash of the spec fields that change training (not name/log/threads). */
+void rw_spec_digest(const rw_spec *s, char out[17]);
+
+#endif

@@ -123,10 +123,17 @@ def main():
     def sq(a, b):
         return ((a - b) ** 2).sum(dim=1)
 
+    cond = []
+
     def cross(a, b):
         if not tan:
             return sq(a, b)
         lam = (a * b).sum(dim=1).detach()
+        # For unit vectors the Tan value is 1/lam - lam: its sensitivity to
+        # lam is 1/lam^2 + 1. runaway's float32 p (after ~20 layers) agrees
+        # with the float64 one to ~1e-6, so lam does too, and the value (not
+        # the gradient) is ill-conditioned where lam -> 0.
+        cond.append((1.0 / lam ** 2 + 1.0).mean().item())
         return sq(b, lam[:, None] * a) / lam
 
     if kind == 0:  # byol
@@ -139,8 +146,9 @@ def main():
 
     ours = float(step["loss"].reshape(-1)[0])
     worst, worst_name, n = 0.0, "", 0
-    ok = abs(ours - loss.item()) <= 1e-5 * max(1.0, abs(loss.item()))
-    print("loss: runaway %.7f  torch %.7f" % (ours, loss.item()))
+    tol = 1e-5 * max(1.0, abs(loss.item())) + 2e-6 * sum(cond) * max(1.0, abs(beta))
+    ok = abs(ours - loss.item()) <= tol
+    print("loss: runaway %.7f  torch %.7f  (tolerance %.1e)" % (ours, loss.item(), tol))
     # Tolerance: float32 against float64 through ~20 layers with batch
     # statistics; agreement is ~1e-5 relative per tensor when correct, while
     # a wrong gradient is off by O(1). Biases whose exact gradient is zero

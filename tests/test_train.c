@@ -1,1 +1,380 @@
+/* Training jobs end to end on tiny configurations: determinism (same seed,
+ * same bits), resume from a checkpoint gives the numbers of an uninterrupted
+ * run, init from exported weights, export names, corrupt checkpoints, and the
+ * worker CLI's errors for bad specs. */
 #include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kernels/backend.h"
+#include "proto/spec.h"
+#include "worker/model.h"
+#include "worker/safetensors.h"
+#include "worker/train.h"
+#include "worker/weights.h"
+
+#define MAX_EPOCHS 8
+
+static char tmp[64];
+
+static void setup(void)
+{
+    snprintf(tmp, sizeof tmp, "/tmp/rw-train-XXXXXX");
+    cr_assert_not_null(mkdtemp(tmp));
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    (void)!system(cmd);
+}
+
+static void tiny_spec(rw_spec *s)
+{
+    rw_spec_defaults(s);
+    snprintf(s->name, sizeof s->name, "tiny");
+    s->seed = 7;
+    s->threads = 1;
+    snprintf(s->data.path, sizeof s->data.path, "%s/data", tmp);
+    s->data.synthetic_train = 192;
+    s->data.synthetic_test = 64;
+    s->data.image_size = 16;
+    s->data.loader_threads = 2;
+    s->model.stem = RW_STEM_CIFAR;
+    s->model.width = 4;
+    s->model.proj_hidden = 32;
+    s->model.proj_out = 16;
+    s->model.pred_hidden = 32;
+    s->loss.kind = RW_LOSS_UNIFIED;
+    s->loss.alpha = 1;
+    s->loss.beta = -1;
+    s->optim.batch_size = 32;
+    s->optim.epochs = 3;
+    s->optim.lr = 1e-3f;
+    s->eval.linear_epochs = 3;
+    s->eval.knn_every = 1;
+    s->eval.knn_k = 10;
+}
+
+typedef struct record {
+    rw_metrics ep[MAX_EPOCHS];
+    int n;
+    long stop_after; /* should_stop once this many steps were seen (0: never) */
+    long steps;
+} record;
+
+static void on_epoch(void *ud, const rw_metrics *m)
+{
+    record *r = ud;
+    if (r->n < MAX_EPOCHS)
+        r->ep[r->n++] = *m;
+}
+
+static void on_step(void *ud, const rw_metrics *m)
+{
+    record *r = ud;
+    r->steps = m->step;
+}
+
+static int should_stop(void *ud)
+{
+    record *r = ud;
+    return r->stop_after > 0 && r->steps >= r->stop_after;
+}
+
+static rw_train_result train(const rw_spec *s, const char *out, int resume, record *r)
+{
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_hooks h = {.ud = r, .on_epoch = on_epoch, .on_step = on_step,
+                        .should_stop = should_stop};
+    rw_train_opts o = {.out_dir = out, .resume = resume};
+    rw_train_result res;
+    char err[512];
+    int rc = rw_train(s, be, &o, &h, &res, err, sizeof err);
+    cr_assert_eq(rc, 0, "rw_train: %s", err);
+    kb_destroy(be);
+    return res;
+}
+
+static void same_metrics(const rw_metrics *a, const rw_metrics *b, const char *what)
+{
+    cr_expect_eq(a->step, b->step, "%s: step", what);
+    /* Bitwise: the CPU backend is deterministic for a fixed thread count. */
+    cr_expect(a->loss == b->loss && a->align == b->align && a->uniform == b->uniform &&
+                  a->collapse == b->collapse,
+              "%s epoch %d: loss %.9g/%.9g align %.9g/%.9g uniform %.9g/%.9g", what, a->epoch,
+              a->loss, b->loss, a->align, b->align, a->uniform, b->uniform);
+    cr_expect((isnan(a->knn) && isnan(b->knn)) || a->knn == b->knn, "%s: knn %g vs %g", what,
+              a->knn, b->knn);
+}
+
+/* Compares every tensor of two safetensors files byte for byte. */
+static void same_files(const char *pa, const char *pb)
+{
+    char err[256];
+    rw_st *a = rw_st_open(pa, err, sizeof err), *b;
+    cr_assert_not_null(a, "%s", err);
+    b = rw_st_open(pb, err, sizeof err);
+    cr_assert_not_null(b, "%s", err);
+    cr_assert_eq(rw_st_count(a), rw_st_count(b));
+    for (size_t i = 0; i < rw_st_count(a); i++) {
+        const rw_st_tensor *ta = rw_st_at(a, i), *tb = rw_st_find(b, ta->name);
+        cr_assert_not_null(tb, "%s missing", ta->name);
+        cr_expect(ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0,
+                  "tensor %s differs", ta->name);
+    }
+    rw_st_close(a);
+    rw_st_close(b);
+}
+
+TestSuite(train, .init = setup, .fini = teardown, .timeout = 300);
+
+Test(train, same_seed_same_bits)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    record r1 = {0}, r2 = {0};
+    char o1[96], o2[96], w1[128], w2[128];
+    snprintf(o1, sizeof o1, "%s/a", tmp);
+    snprintf(o2, sizeof o2, "%s/b", tmp);
+    rw_train_result a = train(&s, o1, 0, &r1), b = train(&s, o2, 0, &r2);
+    cr_assert_eq(r1.n, 3);
+    cr_assert_eq(r2.n, 3);
+    for (int e = 0; e < 3; e++)
+        same_metrics(&r1.ep[e], &r2.ep[e], "rerun");
+    cr_expect(a.linear_acc == b.linear_acc, "linear eval %g vs %g", a.linear_acc, b.linear_acc);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    same_files(w1, w2);
+
+    /* A different seed trains differently. */
+    s.seed = 8;
+    record r3 = {0};
+    char o3[96];
+    snprintf(o3, sizeof o3, "%s/c", tmp);
+    train(&s, o3, 0, &r3);
+    cr_expect(r3.ep[0].loss != r1.ep[0].loss, "seed 8 and seed 7 gave the same loss");
+}
+
+Test(train, resume_equals_uninterrupted)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.log.every_steps = 1;
+    /* 6 batches an epoch: stop mid-epoch 2 (after step 8), resume. */
+    record full = {0}, part = {0}, rest = {0};
+    char o1[96], o2[96], w1[128], w2[128];
+    snprintf(o1, sizeof o1, "%s/full", tmp);
+    snprintf(o2, sizeof o2, "%s/split", tmp);
+    rw_train_result a = train(&s, o1, 0, &full);
+    part.stop_after = 8;
+    rw_train_result p = train(&s, o2, 0, &part);
+    cr_assert(p.stopped, "the stop hook did not stop the job");
+    cr_assert_eq(part.n, 1, "one epoch finished before the stop, got %d", part.n);
+    rw_train_result b = train(&s, o2, 1, &rest);
+    cr_assert_eq(rest.n, 2, "resumed run finished %d epochs, expected 2", rest.n);
+    same_metrics(&part.ep[0], &full.ep[0], "before stop");
+    same_metrics(&rest.ep[0], &full.ep[1], "epoch cut by the stop");
+    same_metrics(&rest.ep[1], &full.ep[2], "after resume");
+    cr_expect(a.linear_acc == b.linear_acc, "linear eval %g vs %g", a.linear_acc, b.linear_acc);
+    cr_expect(a.align_last10 == b.align_last10 && a.uniform_last10 == b.uniform_last10);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    same_files(w1, w2);
+}
+
+Test(train, checkpoint_of_another_spec_is_refused)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 1;
+    s.eval.linear_epochs = 0;
+    char out[96], err[512];
+    snprintf(out, sizeof out, "%s/o", tmp);
+    record r = {0};
+    train(&s, out, 0, &r);
+    s.optim.lr = 2e-3f;
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_opts o = {.out_dir = out, .resume = 1};
+    rw_train_result res;
+    cr_expect_neq(rw_train(&s, be, &o, NULL, &res, err, sizeof err), 0);
+    cr_expect(strstr(err, "different spec") != NULL, "got: %s", err);
+    kb_destroy(be);
+}
+
+Test(train, corrupt_checkpoint_is_a_clear_error_and_kept)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 1;
+    s.eval.linear_epochs = 0;
+    char out[96], ck[128], err[512];
+    snprintf(out, sizeof out, "%s/o", tmp);
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", out);
+    record r = {0};
+    train(&s, out, 0, &r);
+    struct stat st;
+    cr_assert_eq(stat(ck, &st), 0);
+    FILE *f = fopen(ck, "r+b");
+    fseek(f, st.st_size - 100, SEEK_SET);
+    fputc(0x5a, f);
+    fclose(f);
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_opts o = {.out_dir = out, .resume = 1};
+    rw_train_result res;
+    cr_expect_neq(rw_train(&s, be, &o, NULL, &res, err, sizeof err), 0);
+    cr_expect(strstr(err, "checkpoint.safetensors") && strstr(err, "corrupt"), "got: %s", err);
+    struct stat st2;
+    cr_expect_eq(stat(ck, &st2), 0, "the corrupt checkpoint must be left for inspection");
+    cr_expect_eq(st2.st_size, st.st_size);
+    kb_destroy(be);
+}
+
+Test(train, init_from_exported_weights)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 1;
+    s.eval.linear_epochs = 0;
+    char out[96], w[128], err[512];
+    snprintf(out, sizeof out, "%s/o", tmp);
+    snprintf(w, sizeof w, "%s/weights.safetensors", out);
+    record r = {0};
+    train(&s, out, 0, &r);
+    /* A model initialized from the file holds exactly its tensors. */
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    rw_model *m = rw_model_create(be, &mc, 99, err, sizeof err);
+    cr_assert_eq(rw_weights_init(m, w, err, sizeof err), 0, "%s", err);
+    char w2[128];
+    snprintf(w2, sizeof w2, "%s/again.safetensors", out);
+    cr_assert_eq(rw_weights_export(m, w2, err, sizeof err), 0, "%s", err);
+    same_files(w, w2);
+    /* A file of another architecture is refused, naming a tensor. */
+    mc.width = 8;
+    rw_model *m8 = rw_model_create(be, &mc, 99, err, sizeof err);
+    cr_expect_neq(rw_weights_init(m8, w, err, sizeof err), 0);
+    cr_expect(strstr(err, "conv1.weight") != NULL, "got: %s", err);
+    rw_model_free(m);
+    rw_model_free(m8);
+    kb_destroy(be);
+}
+
+/* The exported encoder loads into torchvision's resnet18 with only fc.*
+ * missing, and torchvision's forward (eval mode) gives our features. */
+Test(train, export_loads_into_torchvision)
+{
+    if (system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0) {
+        cr_skip_test("torchvision (Debian's python3-torchvision) is not installed");
+        return;
+    }
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc = {.stem = RW_STEM_IMAGENET, .width = 64, .proj_hidden = 512,
+                       .proj_out = 128, .predictor = RW_PRED_MLP, .pred_hidden = 512,
+                       .loss = {.kind = KB_LOSS_BYOL}};
+    char err[256], w[128], x[128], cmd[512];
+    rw_model *m = rw_model_create(be, &mc, 3, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    /* Train one step so BN running statistics are not at their defaults. */
+    int N = 4, S = 64;
+    size_t n = (size_t)N * 3 * S * S;
+    float *h = malloc(n * sizeof(float)), *feat = malloc((size_t)N * 512 * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        h[i] = (float)sin(0.37 * (double)i) * 1.5f;
+    float *dx = be->alloc(be, n * sizeof(float)), *df = be->alloc(be, (size_t)N * 512 * 4);
+    be->upload(be, dx, h, n * sizeof(float));
+    cr_assert_eq(rw_model_forward_backward(m, dx, dx, N, S, NULL), 0);
+    rw_model_update(m, 1e-3f, 0, 0.99f);
+    cr_assert_eq(rw_model_features(m, dx, N, S, 0, df), 0);
+    be->download(be, feat, df, (size_t)N * 512 * 4);
+    snprintf(w, sizeof w, "%s/w.safetensors", tmp);
+    snprintf(x, sizeof x, "%s/x.safetensors", tmp);
+    cr_assert_eq(rw_weights_export(m, w, err, sizeof err), 0, "%s", err);
+    rw_st_writer *wr = rw_st_writer_new();
+    int64_t xs[4] = {N, 3, S, S}, fs[2] = {N, 512};
+    rw_st_add_f32(wr, "x", xs, 4, h);
+    rw_st_add_f32(wr, "features", fs, 2, feat);
+    cr_assert_eq(rw_st_write(wr, x, err, sizeof err), 0, "%s", err);
+    rw_st_writer_free(wr);
+    const char *root = getenv("RW_SOURCE_ROOT");
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/torchvision_check.py %s %s",
+             root ? root : ".", w, x);
+    cr_expect_eq(system(cmd), 0, "torchvision check failed (output above)");
+    free(h);
+    free(feat);
+    be->free(be, dx);
+    be->free(be, df);
+    rw_model_free(m);
+    kb_destroy(be);
+}
+
+/* ---- the worker CLI on bad input ---- */
+
+static int run_cli(const char *args, char *out, size_t outlen)
+{
+    const char *build = getenv("RW_BUILD_ROOT");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/worker/runaway-worker %s 2>&1", build ? build : "build", args);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, outlen - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+Test(train, cli_rejects_bad_specs_by_name)
+{
+    char spec[128], args[512], out[4096];
+    snprintf(spec, sizeof spec, "%s/bad.yaml", tmp);
+    write_file(spec, "optim:\n  lr: fast\n");
+    snprintf(args, sizeof args, "run %s --out %s/o", spec, tmp);
+    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    cr_expect(strstr(out, "bad.yaml") && strstr(out, "optim.lr"), "got: %s", out);
+
+    write_file(spec, "model:\n  predictor: mlp\n  depth: 50\n");
+    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    cr_expect(strstr(out, "model.depth") && strstr(out, "unknown"), "got: %s", out);
+
+    snprintf(args, sizeof args, "run %s/missing.yaml", tmp);
+    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    cr_expect(strstr(out, "missing.yaml") != NULL, "got: %s", out);
+
+    /* A cifar10 folder without the files: the reader names the file. */
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/empty", tmp);
+    mkdir(dir, 0755);
+    char text[512];
+    snprintf(text, sizeof text, "data: {kind: cifar10, path: %s}\n", dir);
+    write_file(spec, text);
+    snprintf(args, sizeof args, "run %s --out %s/o", spec, tmp);
+    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    cr_expect(strstr(out, "data_batch_1.bin") != NULL, "got: %s", out);
+
+    /* An init file that is not safetensors. */
+    char bogus[128];
+    snprintf(bogus, sizeof bogus, "%s/bogus.safetensors", tmp);
+    write_file(bogus, "this is not a weights file at all");
+    snprintf(text, sizeof text, "init: %s\ndata: {path: %s/d, synthetic: {train: 64, test: 16}}\n"
+             "optim: {batch_size: 16, epochs: 1}\nmodel: {width: 2}\n", bogus, tmp);
+    write_file(spec, text);
+    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    cr_expect(strstr(out, "bogus.safetensors") != NULL, "got: %s", out);
+
+    cr_expect_eq(run_cli("frobnicate", out, sizeof out), 2);
+    cr_expect(strstr(out, "unknown command") != NULL, "got: %s", out);
+}

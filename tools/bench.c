@@ -146,8 +146,12 @@ int main(int argc, char **argv)
         {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 128, RW_PRED_MLP},
     };
     int ncfg = quick ? 2 : (int)(sizeof cfgs / sizeof *cfgs);
-    printf("runaway-bench: CPU backend, %d timed steps after 1 warm-up, threads %s\n", steps,
-           threads ? argv[0] : "all");
+    char tdesc[32];
+    if (threads)
+        snprintf(tdesc, sizeof tdesc, "%d", threads);
+    else
+        snprintf(tdesc, sizeof tdesc, "all (%ld)", sysconf(_SC_NPROCESSORS_ONLN));
+    printf("runaway-bench: CPU backend, %d timed steps after 1 warm-up, threads: %s\n", steps, tdesc);
     printf("%-26s %6s %6s %10s %10s %12s %11s\n", "config", "size", "batch", "ms/step",
            "pairs/s", "conv GFLOP/s", "peak MiB");
     for (int i = 0; i < ncfg; i++) {

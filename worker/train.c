@@ -258,13 +258,15 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             .tau = tau_at(spec, ts.step, total),
         };
         int last_epoch = e + 1 == spec->optim.epochs || ts.step >= total;
+        double knn_s = 0;
         if (spec->eval.knn_every > 0 && ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {
-            double acc;
+            double acc, tk = now_s();
             if (rw_eval_knn_model(m, &train, &test, S, spec->data.mean, spec->data.std,
                                   spec->eval.knn_k, spec->eval.knn_temperature, &acc, err,
                                   errlen) != 0)
                 goto done;
             em.knn = acc;
+            knn_s = now_s() - tk;
         }
         ts.hist[e] = em;
         ts.nhist = e + 1;
@@ -274,7 +276,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         ts.elapsed = 0;
         char knn[32] = "";
         if (!isnan(em.knn))
-            snprintf(knn, sizeof knn, "  knn %5.1f%%", 100 * em.knn);
+            snprintf(knn, sizeof knn, "  knn %5.1f%% (%.1fs)", 100 * em.knn, knn_s);
         logf_(hooks, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s  pairs/s %.1f",
               em.epoch, spec->optim.epochs, em.step, em.loss, em.align, em.uniform, em.collapse,
               knn, em.pairs_per_s);

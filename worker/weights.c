@@ -92,6 +92,22 @@ static void add_model_tensors(rw_st_writer *w, rw_model *m, host_model *h)
         }
 }
 
+/* A writer holding every model tensor (host copies in h, which must live
+ * until the write): NULL with a message when out of memory. */
+static rw_st_writer *model_writer(rw_model *m, host_model *h, const char *path, char *err,
+                                  size_t errlen)
+{
+    rw_st_writer *w = rw_st_writer_new();
+    if (!w || host_alloc(m, h) != 0) {
+        rw_st_writer_free(w);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    host_download(m, h);
+    add_model_tensors(w, m, h);
+    return w;
+}
+
 static void set_model_meta(rw_st_writer *w, rw_model *m)
 {
     char buf[256];
@@ -134,14 +150,9 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
 int rw_weights_export(rw_model *m, const char *path, char *err, size_t errlen)
 {
     host_model h;
-    rw_st_writer *w = rw_st_writer_new();
-    if (!w || host_alloc(m, &h) != 0) {
-        rw_st_writer_free(w);
-        snprintf(err, errlen, "%s: out of memory", path);
+    rw_st_writer *w = model_writer(m, &h, path, err, errlen);
+    if (!w)
         return -1;
-    }
-    host_download(m, &h);
-    add_model_tensors(w, m, &h);
     set_model_meta(w, m);
     rw_st_set_meta(w, "runaway.kind", "weights");
     int rc = rw_st_write(w, path, err, errlen);
@@ -268,14 +279,9 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
                        size_t errlen)
 {
     host_model h;
-    rw_st_writer *w = rw_st_writer_new();
-    if (!w || host_alloc(m, &h) != 0) {
-        rw_st_writer_free(w);
-        snprintf(err, errlen, "%s: out of memory", path);
+    rw_st_writer *w = model_writer(m, &h, path, err, errlen);
+    if (!w)
         return -1;
-    }
-    host_download(m, &h);
-    add_model_tensors(w, m, &h);
     int64_t np = (int64_t)rw_model_nparams(m);
     rw_st_add_f32(w, "optimizer.adam_m", &np, 1, h.m);
     rw_st_add_f32(w, "optimizer.adam_v", &np, 1, h.v);

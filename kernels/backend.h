@@ -118,6 +118,28 @@ struct kb_backend {
                         const float *save_invstd, float *dx, float *dgamma,
                         float *dbeta);
 
+    /* ---- synchronized batch normalization (data-parallel jobs) ----
+     * The training-mode forward and backward above, each split in two halves
+     * around an all-reduce that AVERAGES over ranks (equal local batches).
+     * stats (3C) = [mean_c, biased var_c, mean_c^2] of the local batch. */
+    void (*bn_stats)(kb_backend *be, const float *x, int N, int C, int HW, float *stats);
+    /* Normalizes with rank-averaged stats: mean = stats[c], var = stats[C+c] +
+     * stats[2C+c] - mean^2 (the law of total variance); count = elements per
+     * channel over all ranks, for the unbiased running variance. */
+    void (*bn_forward_apply)(kb_backend *be, const float *x, int N, int C, int HW,
+                             const float *gamma, const float *beta, float eps, float momentum,
+                             const float *stats, double count, float *running_mean,
+                             float *running_var, float *y, float *save_mean, float *save_invstd);
+    /* red (2C) = [mean_c dy, mean_c dy*xhat] over the local batch; dgamma,
+     * dbeta (C) accumulate the local sums. */
+    void (*bn_backward_reduce)(kb_backend *be, const float *x, const float *dy, int N, int C,
+                               int HW, const float *save_mean, const float *save_invstd,
+                               float *red, float *dgamma, float *dbeta);
+    /* dx = gamma invstd (dy - red[c] - xhat red[C+c]), red averaged over ranks. */
+    void (*bn_backward_apply)(kb_backend *be, const float *x, const float *dy, int N, int C,
+                              int HW, const float *gamma, const float *save_mean,
+                              const float *save_invstd, const float *red, float *dx);
+
     /* ---- activations and pooling ---- */
     void (*relu_forward)(kb_backend *be, const float *x, float *y, size_t n); /* y may alias x */
     /* dx = dy * (y > 0); dx may alias dy */

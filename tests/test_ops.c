@@ -953,3 +953,56 @@ Test(ops, ema)
     be->ema(be, xi, th, 3, 1.0f); /* tau = 1 freezes the teacher */
     expect_close("ema tau 1", xi, want, 3, 1e-6, 1e-6);
 }
+
+/* SyncBN halves: two ranks holding halves of a batch, with their stats and
+ * backward reductions averaged (what the all-reduce does), must give what
+ * the plain training-mode BN gives on the whole batch. Agreement is float
+ * rounding (~1e-6): the variance is recombined as E[var] + E[mean^2] -
+ * mean^2 instead of summed directly. */
+Test(ops, sync_bn_halves_equal_whole_batch)
+{
+    rng_seed(77);
+    const int N = 6, C = 3, HW = 10, h = N / 2;
+    const size_t n = (size_t)N * C * HW, hn = n / 2;
+    float *x = frand(n), *dy = frand(n), *g = frand(C), *bt = frand(C);
+    for (size_t i = 0; i < n; i++)
+        x[i] = 2.0f * x[i] + 0.7f; /* a mean that is not 0 */
+    float *y = fa(n), *mean = fa(C), *inv = fa(C), *rm = fa(C), *rv = fa(C);
+    float *dx = fa(n), *dg = fa(C), *db = fa(C);
+    be->fill(be, rv, 1.0f, C);
+    be->bn_forward_train(be, x, N, C, HW, g, bt, 1e-5f, 0.1f, rm, rv, y, mean, inv);
+    be->bn_backward(be, x, dy, N, C, HW, g, mean, inv, dx, dg, db);
+
+    float *st[2] = {fa(3 * C), fa(3 * C)}, *avg = fa(3 * C), *red[2] = {fa(2 * C), fa(2 * C)};
+    float *ravg = fa(2 * C), *y2 = fa(n), *dx2 = fa(n), *dg2 = fa(C), *db2 = fa(C);
+    float *m2 = fa(2 * C), *i2 = fa(2 * C), *rm2 = fa(C), *rv2 = fa(C);
+    be->fill(be, rv2, 1.0f, C);
+    for (int r = 0; r < 2; r++)
+        be->bn_stats(be, x + r * hn, h, C, HW, st[r]);
+    for (int k = 0; k < 3 * C; k++)
+        avg[k] = 0.5f * (st[0][k] + st[1][k]);
+    for (int r = 0; r < 2; r++)
+        be->bn_forward_apply(be, x + r * hn, h, C, HW, g, bt, 1e-5f, 0.1f, avg, (double)N * HW,
+                             r == 0 ? rm2 : NULL, r == 0 ? rv2 : NULL, y2 + r * hn, m2 + r * C,
+                             i2 + r * C);
+    for (size_t i = 0; i < n; i++)
+        cr_expect_float_eq(y2[i], y[i], 2e-5, "y[%zu] %g vs %g", i, y2[i], y[i]);
+    for (int c = 0; c < C; c++) {
+        cr_expect_float_eq(rm2[c], rm[c], 1e-6, "running mean");
+        cr_expect_float_eq(rv2[c], rv[c], 1e-5, "running var %g vs %g", rv2[c], rv[c]);
+    }
+    for (int r = 0; r < 2; r++)
+        be->bn_backward_reduce(be, x + r * hn, dy + r * hn, h, C, HW, m2 + r * C, i2 + r * C,
+                               red[r], dg2, db2);
+    for (int k = 0; k < 2 * C; k++)
+        ravg[k] = 0.5f * (red[0][k] + red[1][k]);
+    for (int r = 0; r < 2; r++)
+        be->bn_backward_apply(be, x + r * hn, dy + r * hn, h, C, HW, g, m2 + r * C, i2 + r * C,
+                              ravg, dx2 + r * hn);
+    for (size_t i = 0; i < n; i++)
+        cr_expect_float_eq(dx2[i], dx[i], 2e-5, "dx[%zu] %g vs %g", i, dx2[i], dx[i]);
+    for (int c = 0; c < C; c++) {
+        cr_expect_float_eq(dg2[c], dg[c], 2e-5, "dgamma");
+        cr_expect_float_eq(db2[c], db[c], 2e-5, "dbeta");
+    }
+}

@@ -116,6 +116,108 @@ static void cpu_bn_backward(kb_backend *be, const float *x /* (N,C,HW) */,
     }
 }
 
+/* ---- SyncBN halves (see backend.h); the same double-precision channel
+ * reductions as above, one thread per channel. */
+
+static void cpu_bn_stats(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C, int HW,
+                         float *stats /* (3C) */)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const double M = (double)N * HW;
+    const size_t chw = (size_t)C * HW;
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
+    for (int c = 0; c < C; c++) {
+        double s = 0.0, ss = 0.0;
+        for (int n = 0; n < N; n++)
+            s += kb_cpu_sum(x + n * chw + (size_t)c * HW, (size_t)HW);
+        double mean = s / M;
+        for (int n = 0; n < N; n++)
+            ss += kb_cpu_sumsq_dev(x + n * chw + (size_t)c * HW, (size_t)HW, mean);
+        stats[c] = (float)mean;
+        stats[C + c] = (float)(ss / M);
+        stats[2 * C + c] = (float)(mean * mean);
+    }
+}
+
+static void cpu_bn_forward_apply(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
+                                 int HW, const float *gamma, const float *beta, float eps,
+                                 float momentum, const float *stats /* (3C) */, double count,
+                                 float *running_mean, float *running_var,
+                                 float *y /* (N,C,HW) */, float *save_mean, float *save_invstd)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const size_t chw = (size_t)C * HW;
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
+    for (int c = 0; c < C; c++) {
+        double mean = stats[c];
+        double var = (double)stats[C + c] + (double)stats[2 * C + c] - mean * mean;
+        if (var < 0)
+            var = 0; /* rounding of the between-rank term */
+        double invstd = 1.0 / sqrt(var + eps);
+        float a = (float)(gamma[c] * invstd);
+        float b = (float)(beta[c] - mean * gamma[c] * invstd);
+        for (int n = 0; n < N; n++) {
+            const float *xp = x + n * chw + (size_t)c * HW;
+            float *yp = y + n * chw + (size_t)c * HW;
+            for (int i = 0; i < HW; i++)
+                yp[i] = a * xp[i] + b;
+        }
+        save_mean[c] = (float)mean;
+        save_invstd[c] = (float)invstd;
+        if (running_mean)
+            running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
+        if (running_var) {
+            double uvar = count > 1.0 ? var * count / (count - 1.0) : var;
+            running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
+        }
+    }
+}
+
+static void cpu_bn_backward_reduce(kb_backend *be, const float *x, const float *dy, int N, int C,
+                                   int HW, const float *save_mean, const float *save_invstd,
+                                   float *red /* (2C) */, float *dgamma, float *dbeta)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const double M = (double)N * HW;
+    const size_t chw = (size_t)C * HW;
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
+    for (int c = 0; c < C; c++) {
+        double sdy = 0.0, sdx = 0.0;
+        for (int n = 0; n < N; n++) {
+            sdy += kb_cpu_sum(dy + n * chw + (size_t)c * HW, (size_t)HW);
+            sdx += kb_cpu_dot(dy + n * chw + (size_t)c * HW, x + n * chw + (size_t)c * HW,
+                              (size_t)HW);
+        }
+        double sdyx = (sdx - save_mean[c] * sdy) * save_invstd[c];
+        dbeta[c] += (float)sdy;
+        dgamma[c] += (float)sdyx;
+        red[c] = (float)(sdy / M);
+        red[C + c] = (float)(sdyx / M);
+    }
+}
+
+static void cpu_bn_backward_apply(kb_backend *be, const float *x, const float *dy, int N, int C,
+                                  int HW, const float *gamma, const float *save_mean,
+                                  const float *save_invstd, const float *red, float *dx)
+{
+    int nt = kb_cpu_of(be)->threads;
+    const size_t chw = (size_t)C * HW;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        for (int c = 0; c < C; c++) {
+            const float k = gamma[c] * save_invstd[c], fm = save_mean[c], fi = save_invstd[c];
+            const float mdy = red[c], mdyx = red[C + c];
+            const float *xp = x + n * chw + (size_t)c * HW;
+            const float *dp = dy + n * chw + (size_t)c * HW;
+            float *dxp = dx + n * chw + (size_t)c * HW;
+            for (int i = 0; i < HW; i++) {
+                float xh = (xp[i] - fm) * fi;
+                dxp[i] = k * (dp[i] - mdy - xh * mdyx);
+            }
+        }
+    }
+}
+
 static void cpu_l2norm_forward(kb_backend *be, const float *x /* (N,D) */, int N, int D,
                                float *y /* (N,D) */, float *norm /* (N) */)
 {
@@ -158,6 +260,10 @@ void kb_cpu_norm_init(kb_backend *be)
     be->bn_forward_train = cpu_bn_forward_train;
     be->bn_forward_eval = cpu_bn_forward_eval;
     be->bn_backward = cpu_bn_backward;
+    be->bn_stats = cpu_bn_stats;
+    be->bn_forward_apply = cpu_bn_forward_apply;
+    be->bn_backward_reduce = cpu_bn_backward_reduce;
+    be->bn_backward_apply = cpu_bn_backward_apply;
     be->l2norm_forward = cpu_l2norm_forward;
     be->l2norm_backward = cpu_l2norm_backward;
 }

@@ -742,3 +742,56 @@ Test(data, show_augment_writes_a_readable_png)
     rw_dataset_free(&ds);
     remove_dir(dir);
 }
+
+/* Data parallel: the ranks' slices of each global batch, side by side, are
+ * the whole batch, byte for byte; a global batch that does not split
+ * evenly is refused. */
+Test(data, loader_shards_tile_the_global_batch)
+{
+    rw_dataset ds = small_set(100);
+    rw_loader_cfg whole = make_cfg(&ds, 24, 16, 2);
+    char err[256];
+    rw_loader *lw = rw_loader_create(&whole, err, sizeof err);
+    cr_assert_not_null(lw, "%s", err);
+    rw_loader *ls[3];
+    rw_loader_cfg part[3];
+    for (int r = 0; r < 3; r++) {
+        part[r] = whole;
+        part[r].shard_rank = r;
+        part[r].shard_world = 3;
+        ls[r] = rw_loader_create(&part[r], err, sizeof err);
+        cr_assert_not_null(ls[r], "%s", err);
+        cr_expect_eq(rw_loader_batches(ls[r]), rw_loader_batches(lw));
+    }
+    batch_buf bw = buf_new(&whole);
+    rw_loader_cfg one = whole;
+    one.batch = 8;
+    batch_buf bs = buf_new(&one);
+    size_t view = (size_t)3 * 16 * 16;
+    for (int e = 0; e < 2; e++) {
+        rw_loader_seek(lw, e, 0);
+        for (int r = 0; r < 3; r++)
+            rw_loader_seek(ls[r], e, 0);
+        for (long b = 0; b < rw_loader_batches(lw); b++) {
+            cr_assert_eq(rw_loader_next(lw, bw.x1, bw.x2, bw.labels), 0);
+            for (int r = 0; r < 3; r++) {
+                cr_assert_eq(rw_loader_next(ls[r], bs.x1, bs.x2, bs.labels), 0);
+                cr_expect(memcmp(bs.x1, bw.x1 + r * 8 * view, 8 * view * sizeof(float)) == 0 &&
+                              memcmp(bs.x2, bw.x2 + r * 8 * view, 8 * view * sizeof(float)) == 0 &&
+                              memcmp(bs.labels, bw.labels + r * 8, 8 * sizeof(int32_t)) == 0,
+                          "epoch %d batch %ld: rank %d's slice differs", e, b, r);
+            }
+        }
+    }
+    for (int r = 0; r < 3; r++)
+        rw_loader_free(ls[r]);
+    rw_loader_free(lw);
+    rw_loader_cfg bad = whole;
+    bad.shard_world = 5;
+    cr_expect_null(rw_loader_create(&bad, err, sizeof err));
+    cr_expect(strstr(err, "split evenly") != NULL, "got: %s", err);
+    buf_free(&bw);
+    buf_free(&bs);
+    free(ds.pixels);
+    free(ds.labels);
+}

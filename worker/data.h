@@ -57,6 +57,10 @@ typedef struct rw_loader_cfg {
     float mean[3], std[3];
     uint64_t seed;
     int threads; /* background threads preparing batches, >= 1 */
+    /* Data parallel: with shard_world W > 1, `batch` is the GLOBAL batch and
+     * this loader yields only rank shard_rank's slice, samples
+     * [r*batch/W, (r+1)*batch/W) of each global batch (batch % W == 0). */
+    int shard_rank, shard_world;
 } rw_loader_cfg;
 
 rw_loader *rw_loader_create(const rw_loader_cfg *cfg, char *err, size_t errlen);

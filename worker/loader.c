@@ -37,6 +37,8 @@ typedef struct thread_arg {
 struct rw_loader {
     rw_loader_cfg cfg;
     long nb;     /* batches per epoch */
+    int gbatch;  /* global batch; cfg.batch is this rank's slice of it */
+    int shard;   /* offset of this rank's slice in a global batch */
     int nchunks; /* chunks per batch */
     size_t view; /* floats per view: 3*S*S */
 
@@ -118,7 +120,7 @@ static slot *assign(rw_loader *ld)
         return NULL;
     int B = ld->cfg.batch;
     const int32_t *perm = epoch_perm(ld, ld->fill_epoch);
-    memcpy(s->idx, perm + ld->fill_batch * B, (size_t)B * sizeof *s->idx);
+    memcpy(s->idx, perm + ld->fill_batch * ld->gbatch + ld->shard, (size_t)B * sizeof *s->idx);
     s->used = 1;
     s->ready = 0;
     s->epoch = ld->fill_epoch;
@@ -229,13 +231,23 @@ rw_loader *rw_loader_create(const rw_loader_cfg *cfg, char *err, size_t errlen)
         }
     }
 
+    int W = cfg->shard_world > 1 ? cfg->shard_world : 1;
+    if (cfg->batch % W != 0 || cfg->shard_rank < 0 || cfg->shard_rank >= W) {
+        snprintf(err, errlen, "loader: global batch %d must split evenly over %d ranks (rank %d)",
+                 cfg->batch, W, cfg->shard_rank);
+        return NULL;
+    }
     rw_loader *ld = calloc(1, sizeof *ld);
     if (!ld) {
         snprintf(err, errlen, "loader: out of memory");
         return NULL;
     }
     ld->cfg = *cfg;
-    ld->nb = cfg->ds->n / cfg->batch;
+    ld->gbatch = cfg->batch;
+    ld->cfg.batch = cfg->batch / W;
+    ld->shard = cfg->shard_rank * ld->cfg.batch;
+    cfg = &ld->cfg;
+    ld->nb = cfg->ds->n / ld->gbatch;
     ld->nchunks = (cfg->batch + CHUNK - 1) / CHUNK;
     ld->view = (size_t)3 * cfg->out_size * cfg->out_size;
     ld->perm_epoch[0] = ld->perm_epoch[1] = -1;

@@ -5,6 +5,8 @@
  * torchvision. */
 #include "worker/model.h"
 
+#include "kernels/collective.h"
+
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
@@ -112,7 +114,11 @@ struct rw_model {
     float *metbuf;  /* uniform v1, v2, collapse v1, v2 */
     buf dp[2];      /* dLoss/dp per view (N, D) */
     buf dfeat;      /* dLoss/dfeatures of the view in backward (N, F) */
-    int failed;     /* an allocation or plan failed; the step reports it */
+    int failed;     /* an allocation, plan or collective failed; the step reports it */
+    char error[256];
+    kb_comm *comm;  /* data parallel: NULL for one rank */
+    int sync_bn;    /* BN statistics over the global batch */
+    buf syncbuf;    /* (3 * widest BN) floats for the all-reduced statistics */
 };
 
 /* ------------------------------------------------------------ arch build */
@@ -412,7 +418,22 @@ static float *bn_fwd(rw_net *n, bn_l *b, int slot, const float *x, int N, int HW
     float *inv = act(n, b->id_inv, slot, (size_t)b->C);
     if (!y || !mean || !inv)
         return y;
-    if (train) {
+    rw_model *m = n->m;
+    if (train && m->sync_bn) {
+        float *st = grow(n, &m->syncbuf, 3 * (size_t)b->C * sizeof(float));
+        if (!st)
+            return y;
+        be->bn_stats(be, x, N, b->C, HW, st);
+        if (m->comm->allreduce(m->comm, st, 3 * (size_t)b->C, KB_REDUCE_AVG, m->error,
+                               sizeof m->error) != 0) {
+            m->failed = 1;
+            return y;
+        }
+        be->bn_forward_apply(be, x, N, b->C, HW, n->P + b->gamma, n->P + b->beta, RW_BN_EPS,
+                             RW_BN_MOMENTUM, st, (double)N * HW * m->comm->world,
+                             n->S + b->rmean, n->S + b->rvar, y, mean, inv);
+        n->nbt[b->idx]++;
+    } else if (train) {
         be->bn_forward_train(be, x, N, b->C, HW, n->P + b->gamma, n->P + b->beta, RW_BN_EPS,
                              RW_BN_MOMENTUM, n->S + b->rmean, n->S + b->rvar, y, mean, inv);
         n->nbt[b->idx]++;
@@ -427,9 +448,24 @@ static void bn_bwd(rw_net *n, bn_l *b, int slot, const float *x, const float *dy
                    int N, int HW)
 {
     kb_backend *be = n->m->be;
-    be->bn_backward(be, x, dy, N, b->C, HW, n->P + b->gamma,
-                    act(n, b->id_mean, slot, (size_t)b->C), act(n, b->id_inv, slot, (size_t)b->C),
-                    dx, n->G + b->gamma, n->G + b->beta);
+    rw_model *m = n->m;
+    float *mean = act(n, b->id_mean, slot, (size_t)b->C), *inv = act(n, b->id_inv, slot, (size_t)b->C);
+    if (m->sync_bn) {
+        float *red = grow(n, &m->syncbuf, 3 * (size_t)b->C * sizeof(float));
+        if (!red || m->failed)
+            return;
+        be->bn_backward_reduce(be, x, dy, N, b->C, HW, mean, inv, red, n->G + b->gamma,
+                               n->G + b->beta);
+        if (m->comm->allreduce(m->comm, red, 2 * (size_t)b->C, KB_REDUCE_AVG, m->error,
+                               sizeof m->error) != 0) {
+            m->failed = 1;
+            return;
+        }
+        be->bn_backward_apply(be, x, dy, N, b->C, HW, n->P + b->gamma, mean, inv, red, dx);
+        return;
+    }
+    be->bn_backward(be, x, dy, N, b->C, HW, n->P + b->gamma, mean, inv, dx, n->G + b->gamma,
+                    n->G + b->beta);
 }
 
 static float *lin_fwd(rw_net *n, lin_l *l, int slot, const float *x, int N)
@@ -812,6 +848,8 @@ void rw_model_free(rw_model *m)
             be->free(be, m->dp[k].p);
     if (m->dfeat.p)
         be->free(be, m->dfeat.p);
+    if (m->syncbuf.p)
+        be->free(be, m->syncbuf.p);
     float *bufs[] = {m->params, m->grads, m->adam_m, m->adam_v, m->teacher,
                      m->state, m->tstate, m->lossbuf, m->metbuf};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
@@ -843,6 +881,24 @@ void rw_model_set_loss_cfg(rw_model *m, const kb_loss_cfg *c) { m->a.cfg.loss = 
 int rw_model_ntensors(const rw_model *m) { return m->a.nnamed; }
 const rw_named *rw_model_tensor(const rw_model *m, int i) { return &m->a.named[i]; }
 
+int rw_model_set_comm(rw_model *m, kb_comm *comm, int sync_bn, char *err, size_t errlen)
+{
+    if (sync_bn && (!comm || !m->be->bn_stats || !m->be->bn_forward_apply ||
+                    !m->be->bn_backward_reduce || !m->be->bn_backward_apply)) {
+        snprintf(err, errlen, "sync_bn: the %s backend has no synchronized batch norm",
+                 m->be->name);
+        return -1;
+    }
+    m->comm = comm;
+    m->sync_bn = sync_bn && comm && comm->world > 1;
+    return 0;
+}
+
+const char *rw_model_error(const rw_model *m)
+{
+    return m->error[0] ? m->error : "out of memory or backend failure";
+}
+
 const rw_named *rw_model_find(const rw_model *m, const char *name)
 {
     for (int i = 0; i < m->a.nnamed; i++)
@@ -873,6 +929,7 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
     const float *xs[2] = {x1, x2};
     const float *p[2], *z[2], *y[2], *h[2];
     m->failed = 0;
+    m->error[0] = 0;
     be->fill(be, m->grads, 0.0f, a->nparams);
 
     /* Each view is its own forward pass: BatchNorm statistics per view. */
@@ -954,6 +1011,12 @@ void rw_model_update(rw_model *m, float lr, float weight_decay, float tau)
     be->adam(be, m->params, m->grads, m->adam_m, m->adam_v, m->a.nparams, lr, 0.9f, 0.999f,
              1e-8f, weight_decay, m->adam_step);
     be->ema(be, m->teacher, m->params, m->a.nteacher, tau);
+}
+
+const float *rw_model_projections(rw_model *m, int v)
+{
+    rw_net *n = &m->online;
+    return (const float *)n->act[m->a.id_znorm * SLOTS + v].p;
 }
 
 int rw_model_features(rw_model *m, const float *x, int N, int S, int teacher, float *out)

@@ -95,6 +95,15 @@ const rw_named *rw_model_find(const rw_model *m, const char *name);
 /* Name prefix of BN layer idx ("layer1.0.bn1"), for num_batches_tracked. */
 const char *rw_model_bn_prefix(const rw_model *m, int idx);
 
+/* Data parallel: with sync_bn, every training-mode BatchNorm (online and
+ * teacher) normalizes with statistics over the global batch, all-reduced
+ * through comm (the gradient all-reduce is the caller's: see train.c).
+ * -1 when the backend lacks the synchronized BN ops. */
+struct kb_comm;
+int rw_model_set_comm(rw_model *m, struct kb_comm *comm, int sync_bn, char *err, size_t errlen);
+/* Why the last step failed. */
+const char *rw_model_error(const rw_model *m);
+
 /* Copies the online encoder+projector into the teacher (parameters and
  * running statistics), as BYOL starts. */
 void rw_model_teacher_from_online(rw_model *m);
@@ -106,6 +115,10 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
                               rw_step_stats *st);
 /* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta. */
 void rw_model_update(rw_model *m, float lr, float weight_decay, float tau);
+
+/* The normalized online projections of view v (0 or 1) from the last
+ * forward_backward: (N, proj_out) backend memory. */
+const float *rw_model_projections(rw_model *m, int v);
 
 /* Encoder features in eval mode (running statistics) of x (N,3,S,S):
  * out (N, feat_dim), backend memory. teacher != 0 uses the teacher. */

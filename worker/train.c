@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "kernels/collective.h"
+#include "worker/dist.h"
 #include "worker/eval.h"
 #include "worker/model.h"
 #include "worker/weights.h"
@@ -113,6 +115,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     rw_model *m = NULL;
     rw_loader *ld = NULL;
     float *hx1 = NULL, *hx2 = NULL, *dx1 = NULL, *dx2 = NULL;
+    rw_dist *dist = NULL;
     int32_t *hl = NULL;
     rw_train_state ts = {0};
     char ckpt[RW_PATH_MAX + 32] = "";
@@ -137,9 +140,23 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     if (spec->init[0] && rw_weights_init(m, spec->init, err, errlen) != 0)
         goto done;
 
+    /* Data parallel: rank r trains on its 1/world of each global batch. */
+    kb_comm *comm = opts && opts->comm && opts->comm->world > 1 ? opts->comm : NULL;
+    int world = comm ? comm->world : 1, lead = !comm || comm->rank == 0;
+    if (B % world != 0) {
+        snprintf(err, errlen, "optim.batch_size %d does not split evenly over %d ranks", B, world);
+        goto done;
+    }
+    int Bl = B / world;
+    if (rw_model_set_comm(m, comm, opts && opts->sync_bn, err, errlen) != 0)
+        goto done;
+    /* Only rank 0 speaks: logs, metrics, checkpoints, evaluation. */
+    const rw_train_hooks *lh = lead ? hooks : NULL;
+
     rw_loader_cfg lc = {
         .ds = &train, .batch = B, .out_size = S, .augment = spec->data.augment,
         .seed = spec->seed, .threads = spec->data.loader_threads,
+        .shard_rank = comm ? comm->rank : 0, .shard_world = world,
     };
     memcpy(lc.mean, spec->data.mean, sizeof lc.mean);
     memcpy(lc.std, spec->data.std, sizeof lc.std);
@@ -147,10 +164,10 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     if (!ld)
         goto done;
 
-    size_t img = (size_t)B * 3 * S * S;
+    size_t img = (size_t)Bl * 3 * S * S;
     hx1 = malloc(img * sizeof(float));
     hx2 = malloc(img * sizeof(float));
-    hl = malloc((size_t)B * sizeof(int32_t));
+    hl = malloc((size_t)Bl * sizeof(int32_t));
     dx1 = be->alloc(be, img * sizeof(float));
     dx2 = be->alloc(be, img * sizeof(float));
     ts.hist = calloc((size_t)spec->optim.epochs, sizeof *ts.hist);
@@ -160,7 +177,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     }
     rw_spec_digest(spec, ts.spec_digest);
 
-    if (opts && opts->out_dir) {
+    if (lead && opts && opts->out_dir) {
         if (mkdir_p(opts->out_dir, err, errlen) != 0)
             goto done;
         snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", opts->out_dir);
@@ -179,17 +196,25 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             free(loaded.hist);
             loaded.hist = ts.hist;
             ts = loaded;
-            logf_(hooks, "resumed from %s at epoch %d, batch %ld, step %ld", ckpt, ts.epoch,
+            logf_(lh, "resumed from %s at epoch %d, batch %ld, step %ld", ckpt, ts.epoch,
                   ts.batch, ts.step);
         }
     }
+
+    if (comm) {
+        dist = rw_dist_create(comm, be, m, Bl, spec->model.proj_out, err, errlen);
+        if (!dist || rw_dist_sync_state(dist, &ts, err, errlen) != 0)
+            goto done;
+    }
+    int check_every = opts && opts->check_every > 0 ? opts->check_every : 100;
 
     long per_epoch = rw_loader_batches(ld);
     long total = per_epoch * spec->optim.epochs;
     if (spec->optim.max_steps > 0 && spec->optim.max_steps < total)
         total = spec->optim.max_steps;
-    logf_(hooks, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s",
-          spec->name, rw_model_nparams(m), train.n, test.n, total, B, S, S, be->name);
+    logf_(lh, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s%s",
+          spec->name, rw_model_nparams(m), train.n, test.n, total, B, S, S, be->name,
+          comm ? " (data parallel)" : "");
 
     rw_metrics step_acc = {0};
     long step_acc_n = 0;
@@ -202,16 +227,29 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             be->upload(be, dx1, hx1, img * sizeof(float));
             be->upload(be, dx2, hx2, img * sizeof(float));
             float tau = tau_at(spec, ts.step, total);
-            if (rw_model_forward_backward(m, dx1, dx2, B, S, &st) != 0) {
-                snprintf(err, errlen, "step %ld: out of memory or backend failure", ts.step + 1);
+            if (rw_model_forward_backward(m, dx1, dx2, Bl, S, &st) != 0) {
+                snprintf(err, errlen, "step %ld: %s", ts.step + 1, rw_model_error(m));
                 goto done;
             }
+            int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
+            if (dist && (rw_dist_grads(dist, err, errlen) != 0 ||
+                         rw_dist_metrics(dist, &st, &stop, err, errlen) != 0))
+                goto done;
             if (!isfinite(st.loss)) {
                 snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)", ts.step + 1, e + 1);
                 goto done;
             }
             rw_model_update(m, spec->optim.lr, spec->optim.weight_decay, tau);
             ts.step++;
+            if (opts && comm && opts->test_perturb_rank == comm->rank &&
+                opts->test_perturb_step == ts.step) {
+                float v;
+                be->download(be, &v, rw_model_teacher(m), sizeof v);
+                v += 1e-3f;
+                be->upload(be, rw_model_teacher(m), &v, sizeof v);
+            }
+            if (dist && ts.step % check_every == 0 && rw_dist_check(dist, ts.step, err, errlen) != 0)
+                goto done;
             ts.batch++;
             ts.sums[0] += st.loss;
             ts.sums[1] += st.align;
@@ -232,19 +270,19 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                         .collapse = step_acc.collapse / step_acc_n, .knn = NAN,
                         .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
                     };
-                    if (hooks && hooks->on_step)
-                        hooks->on_step(hooks->ud, &sm);
+                    if (lh && lh->on_step)
+                        lh->on_step(lh->ud, &sm);
                     memset(&step_acc, 0, sizeof step_acc);
                     step_acc_n = 0;
                     step_t0 = t;
                 }
             }
-            if (hooks && hooks->should_stop && hooks->should_stop(hooks->ud)) {
+            if (stop) {
                 ts.elapsed += now_s() - t0;
                 res->stopped = 1;
                 if (ckpt[0] && rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
                     goto done;
-                logf_(hooks, "stopped at step %ld; checkpoint %s", ts.step, ckpt[0] ? ckpt : "(none)");
+                logf_(lh, "stopped at step %ld; checkpoint %s", ts.step, ckpt[0] ? ckpt : "(none)");
                 rc = 0;
                 goto done;
             }
@@ -259,7 +297,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         };
         int last_epoch = e + 1 == spec->optim.epochs || ts.step >= total;
         double knn_s = 0;
-        if (spec->eval.knn_every > 0 && ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {
+        if (lead && spec->eval.knn_every > 0 &&
+            ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {
             double acc, tk = now_s();
             if (rw_eval_knn_model(m, &train, &test, S, spec->data.mean, spec->data.std,
                                   spec->eval.knn_k, spec->eval.knn_temperature, &acc, err,
@@ -277,11 +316,11 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         char knn[32] = "";
         if (!isnan(em.knn))
             snprintf(knn, sizeof knn, "  knn %5.1f%% (%.1fs)", 100 * em.knn, knn_s);
-        logf_(hooks, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s  pairs/s %.1f",
+        logf_(lh, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s  pairs/s %.1f",
               em.epoch, spec->optim.epochs, em.step, em.loss, em.align, em.uniform, em.collapse,
               knn, em.pairs_per_s);
-        if (hooks && hooks->on_epoch)
-            hooks->on_epoch(hooks->ud, &em);
+        if (lh && lh->on_epoch)
+            lh->on_epoch(lh->ud, &em);
         if (ckpt[0] && (last_epoch || (spec->checkpoint.every_epochs > 0 &&
                                        (e + 1) % spec->checkpoint.every_epochs == 0))) {
             if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
@@ -297,13 +336,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             res->uniform_last10 += ts.hist[e].uniform / (ts.nhist - k0);
         }
     }
-    if (opts && opts->out_dir) {
+    if (lead && opts && opts->out_dir) {
         char wpath[RW_PATH_MAX + 32];
         snprintf(wpath, sizeof wpath, "%s/weights.safetensors", opts->out_dir);
         if (rw_weights_export(m, wpath, err, errlen) != 0)
             goto done;
     }
-    if (spec->eval.linear_epochs > 0) {
+    if (lead && spec->eval.linear_epochs > 0) {
         rw_linear_cfg lcfg = {
             .epochs = spec->eval.linear_epochs, .lr = spec->eval.linear_lr,
             .batch = spec->eval.linear_batch_size, .seed = spec->seed,
@@ -312,11 +351,12 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         if (rw_eval_linear_model(m, &train, &test, S, spec->data.mean, spec->data.std, &lcfg,
                                  &res->linear_acc, err, errlen) != 0)
             goto done;
-        logf_(hooks, "linear evaluation: top-1 %.2f%% (%d epochs, %.1f s)", 100 * res->linear_acc,
+        logf_(lh, "linear evaluation: top-1 %.2f%% (%d epochs, %.1f s)", 100 * res->linear_acc,
               lcfg.epochs, now_s() - t0);
     }
     rc = 0;
 done:
+    rw_dist_free(dist);
     free(ts.hist);
     free(hx1);
     free(hx2);

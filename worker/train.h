@@ -38,9 +38,21 @@ typedef struct rw_train_result {
     int stopped;           /* 1 if should_stop ended it early */
 } rw_train_result;
 
+struct kb_comm;
+
 typedef struct rw_train_opts {
     const char *out_dir; /* checkpoint.safetensors and weights go here; NULL: none */
     int resume;          /* continue from out_dir/checkpoint.safetensors if present */
+    /* Data parallel: the ranks of one job, each with 1/world of the global
+     * batch; rank 0 owns checkpoints, evaluation and the hooks' metrics
+     * (computed over the global batch). NULL: a single process. */
+    struct kb_comm *comm;
+    int sync_bn;          /* BatchNorm statistics over the global batch */
+    int check_every;      /* compare teacher/parameter checksums every K steps (0: 100) */
+    /* Tests only: this rank nudges its teacher after this step, which the
+     * checksum must catch (-1: never). */
+    int test_perturb_rank;
+    long test_perturb_step;
 } rw_train_opts;
 
 /* Where the synthetic set of a spec lives: data.path, else a folder under

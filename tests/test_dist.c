@@ -1,0 +1,309 @@
+/* Data-parallel jobs, with ranks as threads of one process (tests/thread_comm.h):
+ * a 2-rank job with sync_bn follows a 1-rank job with the same global batch;
+ * without sync_bn each replica normalizes with its own batch statistics; a
+ * perturbed rank is caught by the checksum; a rank that dies makes the other
+ * fail within the timeout instead of hanging. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/backend.h"
+#include "proto/spec.h"
+#include "thread_comm.h"
+#include "worker/data.h"
+#include "worker/model.h"
+#include "worker/safetensors.h"
+#include "worker/train.h"
+
+#define MAX_STEPS 16
+
+static char tmp[64];
+
+static void setup(void)
+{
+    snprintf(tmp, sizeof tmp, "/tmp/rw-dist-XXXXXX");
+    cr_assert_not_null(mkdtemp(tmp));
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    (void)!system(cmd);
+}
+
+static void tiny_spec(rw_spec *s, int byol)
+{
+    rw_spec_defaults(s);
+    s->seed = 3;
+    s->threads = 1;
+    snprintf(s->data.path, sizeof s->data.path, "%s/data", tmp);
+    s->data.synthetic_train = 192;
+    s->data.synthetic_test = 32;
+    s->data.image_size = 16;
+    s->data.loader_threads = 1;
+    s->model.stem = RW_STEM_CIFAR;
+    s->model.width = 4;
+    s->model.proj_hidden = 32;
+    s->model.proj_out = 16;
+    s->model.pred_hidden = 32;
+    s->loss.kind = byol ? RW_LOSS_BYOL : RW_LOSS_UNIFIED;
+    s->loss.alpha = 1;
+    s->loss.beta = -1;
+    s->optim.batch_size = 32;
+    s->optim.epochs = 1;
+    s->optim.lr = 1e-3f;
+    s->eval.linear_epochs = 0;
+    s->eval.knn_every = 0;
+    s->log.every_steps = 1;
+    char err[256];
+    cr_assert_eq(rw_synth_ensure(s->data.path, 192, 32, s->data.synthetic_seed, err, sizeof err), 0,
+                 "%s", err);
+}
+
+typedef struct rank_run {
+    rw_spec spec;
+    rw_train_opts opts;
+    tc_rank comm;
+    int rc;
+    char err[512];
+    double loss[MAX_STEPS];
+    int nsteps;
+    double seconds;
+} rank_run;
+
+static void on_step(void *ud, const rw_metrics *m)
+{
+    rank_run *r = ud;
+    if (r->nsteps < MAX_STEPS)
+        r->loss[r->nsteps++] = m->loss;
+}
+
+static void *rank_main(void *p)
+{
+    rank_run *r = p;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_hooks h = {.ud = r, .on_step = on_step};
+    rw_train_result res;
+    r->rc = rw_train(&r->spec, be, &r->opts, &h, &res, r->err, sizeof r->err);
+    kb_destroy(be);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    r->seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    return NULL;
+}
+
+/* Runs `world` ranks of the spec as threads; rank 0 writes to out. */
+static void run_world(rank_run *r, int world, const rw_spec *s, int sync_bn, const char *out,
+                      int timeout_ms)
+{
+    static tc_world w;
+    tc_world_init(&w, world, timeout_ms);
+    pthread_t th[TC_MAX];
+    for (int k = 0; k < world; k++) {
+        memset(&r[k], 0, sizeof r[k]);
+        r[k].spec = *s;
+        tc_rank_init(&r[k].comm, &w, k);
+        r[k].opts = (rw_train_opts){.out_dir = k == 0 ? out : NULL, .comm = &r[k].comm.c,
+                                    .sync_bn = sync_bn, .check_every = 1,
+                                    .test_perturb_rank = -1};
+    }
+    for (int k = 0; k < world; k++)
+        pthread_create(&th[k], NULL, rank_main, &r[k]);
+    for (int k = 0; k < world; k++)
+        pthread_join(th[k], NULL);
+}
+
+static void run_single(rank_run *r, const rw_spec *s, const char *out)
+{
+    memset(r, 0, sizeof *r);
+    r->spec = *s;
+    r->opts = (rw_train_opts){.out_dir = out, .test_perturb_rank = -1};
+    rank_main(r);
+    cr_assert_eq(r->rc, 0, "1-rank job: %s", r->err);
+}
+
+/* Relative difference of every tensor of two weight files, worst first. */
+static double worst_tensor_diff(const char *pa, const char *pb, char *worst, size_t wlen)
+{
+    char err[256];
+    rw_st *a = rw_st_open(pa, err, sizeof err), *b = rw_st_open(pb, err, sizeof err);
+    cr_assert(a && b, "%s", err);
+    double w = 0;
+    for (size_t i = 0; i < rw_st_count(a); i++) {
+        const rw_st_tensor *ta = rw_st_at(a, i), *tb = rw_st_find(b, ta->name);
+        /* A bias whose shift the next BatchNorm removes has an exact
+         * gradient of zero: Adam turns its rounding noise into +-lr steps
+         * of random sign (DESIGN.md); it says nothing about the step. */
+        if (ta->dtype != RW_ST_F32 || strstr(ta->name, "projector.0.bias"))
+            continue;
+        const float *x = ta->data, *y = tb->data;
+        double num = 0, den = 0;
+        for (int64_t k = 0; k < ta->numel; k++) {
+            num += ((double)x[k] - y[k]) * ((double)x[k] - y[k]);
+            den += (double)y[k] * y[k];
+        }
+        double r = den > 0 ? sqrt(num / den) : sqrt(num);
+        if (r > w) {
+            w = r;
+            snprintf(worst, wlen, "%s", ta->name);
+        }
+    }
+    rw_st_close(a);
+    rw_st_close(b);
+    return w;
+}
+
+TestSuite(dist, .init = setup, .fini = teardown, .timeout = 240);
+
+/* With synchronized BatchNorm the ranks compute the 1-rank step exactly up
+ * to float rounding (sums in another order, the variance recombined across
+ * ranks): per-step losses agree to ~1e-6 relative. Over the job's 6 Adam
+ * steps rounding grows through ReLU flips and Adam's normalization of small
+ * gradients, worst in small BN biases that started at 0: measured worst
+ * tensor difference 2e-3 (BYOL) and 4e-3 (RAFT) relative. The same
+ * comparison without sync_bn, i.e. a real semantic difference, measured 1.8
+ * and 2.2; 2e-2 separates the two by 5x and 100x. */
+static void sync_equivalence_(int byol, int sync)
+{
+    rw_spec s;
+    tiny_spec(&s, byol);
+    char o1[96], o2[96], w1[128], w2[128], worst[64] = "";
+    snprintf(o1, sizeof o1, "%s/one", tmp);
+    snprintf(o2, sizeof o2, "%s/two", tmp);
+    rank_run one, two[2];
+    run_single(&one, &s, o1);
+    run_world(two, 2, &s, sync, o2, 20000);
+    cr_assert_eq(two[0].rc, 0, "rank 0: %s", two[0].err);
+    cr_assert_eq(two[1].rc, 0, "rank 1: %s", two[1].err);
+    cr_assert_eq(two[0].nsteps, one.nsteps);
+    cr_assert_eq(two[1].nsteps, 0, "only rank 0 reports metrics");
+    for (int k = 0; k < one.nsteps; k++)
+        cr_expect(fabs(two[0].loss[k] - one.loss[k]) <= 1e-5 * (1 + fabs(one.loss[k])),
+                  "step %d: 2-rank loss %.9g, 1-rank %.9g", k + 1, two[0].loss[k], one.loss[k]);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
+    cr_expect_lt(d, 2e-2, "after %d steps the parameters differ by %.3e (relative) in %s",
+                 one.nsteps, d, worst);
+    printf("%s: 1 vs 2 ranks (sync_bn): %d steps, worst tensor difference %.2e (%s); "
+           "first loss %.9g vs %.9g\n", byol ? "BYOL" : "RAFT", one.nsteps, d, worst,
+           one.loss[0], two[0].loss[0]);
+}
+
+static void sync_equivalence(int byol) { sync_equivalence_(byol, 1); }
+Test(dist, sync_bn_two_ranks_follow_one_rank_raft) { sync_equivalence(0); }
+Test(dist, sync_bn_two_ranks_follow_one_rank_byol) { sync_equivalence(1); }
+
+/* Without sync_bn each replica normalizes with its own half batch: the
+ * first step's (rank-averaged) loss is the mean of the two half-batch
+ * losses of one model, and differs from the synchronized one. */
+Test(dist, per_replica_bn_without_sync)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    rank_run two[2], sync[2];
+    run_world(two, 2, &s, 0, NULL, 20000);
+    cr_assert_eq(two[0].rc, 0, "%s", two[0].err);
+    run_world(sync, 2, &s, 1, NULL, 20000);
+    cr_assert_eq(sync[0].rc, 0, "%s", sync[0].err);
+
+    /* The reference: one model, each half of the first global batch alone. */
+    char err[256];
+    rw_dataset train, test;
+    cr_assert_eq(rw_load_data(&s, &train, &test, err, sizeof err), 0, "%s", err);
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
+    double mean = 0;
+    for (int r = 0; r < 2; r++) {
+        rw_loader_cfg lc = {.ds = &train, .batch = 32, .out_size = 16, .augment = RW_AUG_BYOL,
+                            .seed = s.seed, .threads = 1, .shard_rank = r, .shard_world = 2};
+        memcpy(lc.mean, s.data.mean, sizeof lc.mean);
+        memcpy(lc.std, s.data.std, sizeof lc.std);
+        rw_loader *ld = rw_loader_create(&lc, err, sizeof err);
+        size_t n = (size_t)16 * 3 * 16 * 16;
+        float *h1 = malloc(n * 4), *h2 = malloc(n * 4);
+        int32_t lab[16];
+        rw_loader_seek(ld, 0, 0);
+        cr_assert_eq(rw_loader_next(ld, h1, h2, lab), 0);
+        float *d1 = be->alloc(be, n * 4), *d2 = be->alloc(be, n * 4);
+        be->upload(be, d1, h1, n * 4);
+        be->upload(be, d2, h2, n * 4);
+        rw_step_stats st;
+        cr_assert_eq(rw_model_forward_backward(m, d1, d2, 16, 16, &st), 0);
+        mean += 0.5 * st.loss;
+        be->free(be, d1);
+        be->free(be, d2);
+        free(h1);
+        free(h2);
+        rw_loader_free(ld);
+    }
+    cr_expect(fabs(two[0].loss[0] - mean) <= 1e-5 * (1 + fabs(mean)),
+              "per-replica first loss %.9g, mean of half-batch losses %.9g", two[0].loss[0], mean);
+    cr_expect(fabs(sync[0].loss[0] - two[0].loss[0]) > 1e-4,
+              "sync_bn should change the loss (%.9g vs %.9g)", sync[0].loss[0], two[0].loss[0]);
+    rw_model_free(m);
+    kb_destroy(be);
+    rw_dataset_free(&train);
+    rw_dataset_free(&test);
+}
+
+Test(dist, perturbed_rank_is_caught_by_the_checksum)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    static tc_world w;
+    tc_world_init(&w, 2, 20000);
+    rank_run r[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        memset(&r[k], 0, sizeof r[k]);
+        r[k].spec = s;
+        tc_rank_init(&r[k].comm, &w, k);
+        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .sync_bn = 1, .check_every = 1,
+                                    .test_perturb_rank = 1, .test_perturb_step = 3};
+        pthread_create(&th[k], NULL, rank_main, &r[k]);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < 2; k++) {
+        cr_expect_neq(r[k].rc, 0, "rank %d should fail", k);
+        cr_expect(strstr(r[k].err, "diverged by step 3") && strstr(r[k].err, "teacher"),
+                  "rank %d: %s", k, r[k].err);
+    }
+    cr_expect_eq(r[0].nsteps, 2, "rank 0 reported %d steps before the check failed", r[0].nsteps);
+}
+
+Test(dist, dead_rank_fails_the_others_within_the_timeout)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    static tc_world w;
+    tc_world_init(&w, 2, 1500);
+    rank_run r[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        memset(&r[k], 0, sizeof r[k]);
+        r[k].spec = s;
+        /* Rank 1 "dies" after 2 steps: its job simply ends there. */
+        if (k == 1)
+            r[k].spec.optim.max_steps = 2;
+        tc_rank_init(&r[k].comm, &w, k);
+        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .sync_bn = 1, .check_every = 50,
+                                    .test_perturb_rank = -1};
+        pthread_create(&th[k], NULL, rank_main, &r[k]);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    cr_expect_neq(r[0].rc, 0, "rank 0 should fail when its peer is gone");
+    cr_expect(strstr(r[0].err, "timeout") != NULL, "rank 0: %s", r[0].err);
+    cr_expect_lt(r[0].seconds, 15.0, "rank 0 took %.1f s to give up (timeout 1.5 s)",
+                 r[0].seconds);
+}

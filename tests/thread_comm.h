@@ -1,0 +1,134 @@
+/* An in-process communicator for tests: ranks are threads of one process,
+ * meeting at a barrier with a timeout. Reductions add the ranks' buffers in
+ * rank order, so every rank gets identical bits, as NCCL and Gloo give. A
+ * rank that never arrives makes the others' calls fail after the timeout,
+ * which is how the tests play a dead peer. */
+#ifndef RUNAWAY_TESTS_THREAD_COMM_H
+#define RUNAWAY_TESTS_THREAD_COMM_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/collective.h"
+
+#define TC_MAX 8
+
+typedef struct tc_world {
+    int world, timeout_ms;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int arrived;
+    long generation;
+    int broken;
+    void *slot[TC_MAX];
+    size_t bytes;
+} tc_world;
+
+static void tc_world_init(tc_world *w, int world, int timeout_ms)
+{
+    memset(w, 0, sizeof *w);
+    w->world = world;
+    w->timeout_ms = timeout_ms;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+}
+
+/* 0 when all ranks arrived, -1 after the timeout (and for ever after). */
+static int tc_barrier(tc_world *w)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += w->timeout_ms / 1000;
+    dl.tv_nsec += (long)(w->timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->mu);
+    long gen = w->generation;
+    if (++w->arrived == w->world) {
+        w->arrived = 0;
+        w->generation++;
+        pthread_cond_broadcast(&w->cv);
+    } else {
+        while (gen == w->generation && !w->broken)
+            if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) {
+                w->broken = 1;
+                pthread_cond_broadcast(&w->cv);
+            }
+    }
+    int rc = w->broken ? -1 : 0;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+typedef struct tc_rank {
+    kb_comm c;
+    tc_world *w;
+} tc_rank;
+
+static int tc_fail(char *err, size_t errlen)
+{
+    snprintf(err, errlen, "thread comm: a peer did not arrive within the timeout");
+    return -1;
+}
+
+static int tc_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op, char *err,
+                        size_t errlen)
+{
+    tc_world *w = ((tc_rank *)c)->w;
+    float *mine = malloc(n * sizeof(float));
+    memcpy(mine, buf, n * sizeof(float));
+    w->slot[c->rank] = mine;
+    if (tc_barrier(w) != 0) {
+        free(mine);
+        return tc_fail(err, errlen);
+    }
+    for (size_t i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int r = 0; r < w->world; r++)
+            s += ((float *)w->slot[r])[i];
+        buf[i] = op == KB_REDUCE_AVG ? s / (float)w->world : s;
+    }
+    int rc = tc_barrier(w);
+    free(mine);
+    return rc ? tc_fail(err, errlen) : 0;
+}
+
+static int tc_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *err, size_t errlen)
+{
+    tc_world *w = ((tc_rank *)c)->w;
+    if (c->rank == root)
+        w->slot[root] = buf;
+    if (tc_barrier(w) != 0)
+        return tc_fail(err, errlen);
+    if (c->rank != root)
+        memcpy(buf, w->slot[root], bytes);
+    return tc_barrier(w) ? tc_fail(err, errlen) : 0;
+}
+
+static int tc_barrier_op(kb_comm *c, char *err, size_t errlen)
+{
+    return tc_barrier(((tc_rank *)c)->w) ? tc_fail(err, errlen) : 0;
+}
+
+static void tc_destroy(kb_comm *c) { (void)c; }
+
+static void tc_rank_init(tc_rank *r, tc_world *w, int rank)
+{
+    memset(r, 0, sizeof *r);
+    r->w = w;
+    r->c.rank = rank;
+    r->c.world = w->world;
+    r->c.name = "threads";
+    r->c.allreduce = tc_allreduce;
+    r->c.broadcast = tc_broadcast;
+    r->c.barrier = tc_barrier_op;
+    r->c.destroy = tc_destroy;
+}
+
+#endif

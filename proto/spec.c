@@ -12,6 +12,7 @@
  *      then the cross-field rules and the files the spec points at.
  */
 #include "proto/spec.h"
+#include "proto/spec_tree.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -62,30 +63,7 @@ static void sample(char *out, size_t outlen, const char *s, size_t len) {
 /* ------------------------------------------------------------------------ */
 /* 1. The bounded tree */
 
-typedef enum { YN_SCALAR, YN_SEQ, YN_MAP } ynode_kind;
-
-/* What a scalar may be read as, from its style and explicit tag. */
-typedef enum {
-    YS_PLAIN,  /* untagged plain scalar: type resolved from its text */
-    YS_STRING, /* quoted, block, or tagged !!str: always a string */
-    YS_INT,    /* tagged !!int */
-    YS_FLOAT,  /* tagged !!float */
-    YS_BOOL,   /* tagged !!bool */
-    YS_NULL,   /* tagged !!null */
-    YS_OTHER,  /* any other tag */
-} yscalar_kind;
-
-typedef struct ynode {
-    ynode_kind kind;
-    int line, col; /* 1-based */
-    /* scalar */
-    char *text;
-    size_t len;
-    yscalar_kind skind;
-    /* sequence: items; mapping: key, value, key, value, ... */
-    struct ynode **kids;
-    size_t nkids, cap;
-} ynode;
+/* ynode, yscalar_kind: proto/spec_tree.h (grid files reuse the tree) */
 
 static void ynode_free(ynode *n) {
     if (!n) return;
@@ -351,6 +329,7 @@ static const field fields[] = {
     {"seed", F_U64, O(seed), 0, TWO53, 0, NULL},
     {"init", F_PATH, O(init), 0, 0, 0, NULL},
     {"threads", F_INT, O(threads), 0, 1024, 0, NULL},
+    {"devices", F_INT, O(devices), 1, 64, 0, NULL},
     {"data.kind", F_ENUM, O(data.kind), 0, 0, 0, data_kinds},
     {"data.path", F_PATH, O(data.path), 0, 0, 0, NULL},
     {"data.synthetic.train", F_INT, O(data.synthetic_train), 1, 1000000, 0, NULL},
@@ -394,6 +373,7 @@ void rw_spec_defaults(rw_spec *s) {
     snprintf(s->name, sizeof s->name, "byol");
     s->seed = 0;
     s->threads = 0;
+    s->devices = 1;
     s->data.kind = RW_DATA_SYNTHETIC;
     s->data.synthetic_train = 5000;
     s->data.synthetic_test = 1000;
@@ -971,4 +951,146 @@ const char *rw_predictor_name(rw_predictor p) {
 
 const char *rw_loss_kind_name(rw_loss_kind k) {
     return (unsigned)k < sizeof loss_kinds / sizeof loss_kinds[0] - 1 ? loss_kinds[k] : "?";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reuse by grid files (proto/spec_tree.h) */
+
+int rw_ytree_parse(const char *yaml, size_t len, const char *origin, ynode **root, char *err,
+                   size_t errlen) {
+    if (len > SPEC_FILE_MAX) {
+        set_err(err, errlen, "%s: too large (%zu bytes; at most %u bytes)", origin, len, SPEC_FILE_MAX);
+        return -1;
+    }
+    return ytree_parse(yaml, len, origin, root, err, errlen);
+}
+
+void rw_ytree_free(ynode *n) { ynode_free(n); }
+
+int rw_ynode_is_null(const ynode *n) { return is_null(n); }
+
+int rw_ynode_number(const ynode *n, double *out) { return as_number(n, out); }
+
+int rw_spec_apply_tree(const ynode *map, const char *origin, const char *basedir, rw_spec *s,
+                       char *err, size_t errlen) {
+    apply_ctx cx = {origin, basedir ? basedir : "", err, errlen};
+    return spec_apply_map(map, "", &cx, s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Canonical YAML */
+
+typedef struct ybuf {
+    char *p;
+    size_t len, cap;
+    int overflow;
+} ybuf;
+
+static void yput(ybuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void yput(ybuf *b, const char *fmt, ...) {
+    if (b->overflow) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= b->cap - b->len) b->overflow = 1;
+    else b->len += (size_t)n;
+}
+
+/* Double-quoted YAML string: escapes keep any byte sequence one line. */
+static void yput_str(ybuf *b, const char *s) {
+    yput(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') yput(b, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f) yput(b, "\\x%02x", c);
+        else yput(b, "%c", c);
+    }
+    yput(b, "\"");
+}
+
+int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen) {
+    ybuf b = {out, 0, outlen, 0};
+    if (outlen == 0) return -1;
+    out[0] = '\0';
+    const char *prev = "";
+    for (size_t i = 0; i < NFIELDS; i++) {
+        const field *f = &fields[i];
+        const char *src = (const char *)s + f->off;
+        /* open the mappings this path enters that the previous one did not:
+         * the table keeps every group's fields together */
+        const char *p = f->path, *q = prev;
+        int depth = 0;
+        while (strchr(p, '.')) {
+            size_t cl = (size_t)(strchr(p, '.') - p);
+            int same = q && !strncmp(p, q, cl) && q[cl] == '.';
+            if (!same) {
+                yput(&b, "%*s%.*s:\n", 2 * depth, "", (int)cl, p);
+                q = NULL;
+            } else {
+                q += cl + 1;
+            }
+            p += cl + 1;
+            depth++;
+        }
+        prev = f->path;
+        yput(&b, "%*s%s: ", 2 * depth, "", p);
+        switch (f->type) {
+        case F_INT: {
+            int x;
+            memcpy(&x, src, sizeof x);
+            yput(&b, "%d\n", x);
+            break;
+        }
+        case F_LONG: {
+            long x;
+            memcpy(&x, src, sizeof x);
+            yput(&b, "%ld\n", x);
+            break;
+        }
+        case F_U64: {
+            uint64_t x;
+            memcpy(&x, src, sizeof x);
+            yput(&b, "%llu\n", (unsigned long long)x);
+            break;
+        }
+        case F_FLOAT: {
+            float x;
+            memcpy(&x, src, sizeof x);
+            yput(&b, "%.9g\n", x); /* 9 digits: every float reads back exactly */
+            break;
+        }
+        case F_BOOL: {
+            int x;
+            memcpy(&x, src, sizeof x);
+            yput(&b, "%s\n", x ? "true" : "false");
+            break;
+        }
+        case F_ENUM: {
+            int x, n = 0;
+            memcpy(&x, src, sizeof x);
+            while (f->enums[n]) n++;
+            if (x < 0 || x >= n) return -1;
+            yput(&b, "%s\n", f->enums[x]);
+            break;
+        }
+        case F_NAME:
+        case F_PATH:
+            if (!memchr(src, '\0', f->type == F_NAME ? RW_NAME_MAX : RW_PATH_MAX)) return -1;
+            if (f->type == F_PATH && !src[0]) {
+                yput(&b, "null\n");
+            } else {
+                yput_str(&b, src);
+                yput(&b, "\n");
+            }
+            break;
+        case F_VEC3: {
+            float x[3];
+            memcpy(x, src, sizeof x);
+            yput(&b, "[%.9g, %.9g, %.9g]\n", x[0], x[1], x[2]);
+            break;
+        }
+        }
+    }
+    return b.overflow ? -1 : (int)b.len;
 }

@@ -9,6 +9,7 @@
  *   seed: 0                 # 0 .. 2^53
  *   init: weights.safetensors   # optional start point; path relative to the spec file
  *   threads: 0              # CPU threads, 0 = all cores
+ *   devices: 1              # devices (GPUs or CPU slots) the job gets at once, 1 .. 64
  *   data:
  *     kind: synthetic       # synthetic | cifar10
  *     path: /data/cifar-10-batches-bin   # required for cifar10; for synthetic,
@@ -77,6 +78,7 @@ typedef struct rw_spec {
     uint64_t seed;
     char init[RW_PATH_MAX]; /* "" = none; resolved against the spec's folder */
     int threads;
+    int devices; /* the scheduler hands a job this many devices at once */
 
     struct {
         rw_data_kind kind;
@@ -146,6 +148,14 @@ int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *
 /* Checks cross-field constraints (e.g. cifar10 needs data.path, knn.k <
  * number of training images is checked later, by the worker). 0 or -1. */
 int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen);
+
+/* A canonical YAML rendering of *s (every field, table order, floats with
+ * 9 significant digits, strings double-quoted) that rw_spec_parse reads back
+ * into an identical struct: how the daemon stores an expanded grid job and
+ * ships it to a worker. Returns the length written (NUL excluded), or -1 if
+ * outlen is too small (RW_SPEC_YAML_MAX always suffices). */
+#define RW_SPEC_YAML_MAX 16384
+int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen);
 
 /* Names for printing. */
 const char *rw_predictor_name(rw_predictor p);

@@ -10,6 +10,7 @@
 #include "kernels/backend.h"
 #include "proto/spec.h"
 #include "rw_config.h"
+#include "worker/agent.h"
 #include "worker/data.h"
 #include "worker/eval.h"
 #include "worker/model.h"
@@ -30,7 +31,10 @@ static void usage(FILE *f)
             "  show-augment SPEC.yaml OUT.png [--count N]\n"
             "      a grid of images with their T1 and T2 views\n"
             "  synth DIR [--train N] [--test N] [--seed S]\n"
-            "      write the synthetic data set in CIFAR-10's binary format\n");
+            "      write the synthetic data set in CIFAR-10's binary format\n"
+            "  serve (--socket PATH | --tcp HOST:PORT --token-file F) [--slot N] [--device NAME]\n"
+            "        [--backend auto|cpu|cuda] [--threads N] [--heartbeat S]\n"
+            "      a daemon worker: takes jobs from runawayd (normally started by it)\n");
 }
 
 static kb_backend *pick_backend(const char *want, int threads)
@@ -337,6 +341,8 @@ int main(int argc, char **argv)
         return cmd_show_augment(argc - 2, argv + 2);
     if (strcmp(cmd, "synth") == 0)
         return cmd_synth(argc - 2, argv + 2);
+    if (strcmp(cmd, "serve") == 0)
+        return rw_agent_main(argc - 2, argv + 2);
     fprintf(stderr, "runaway-worker: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

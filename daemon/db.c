@@ -1,0 +1,122 @@
+/* SQLite state. WAL so that readers (the CLI's tests, sqlite3 by hand) never
+ * block the daemon; synchronous=NORMAL: a committed row survives a crash of
+ * the daemon (the kill -9 case the design asks for), only power loss may
+ * drop the last transactions. */
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/rd.h"
+
+static const char *schema =
+    "CREATE TABLE IF NOT EXISTS grids("
+    "  id INTEGER PRIMARY KEY, name TEXT NOT NULL, priority INTEGER NOT NULL,"
+    "  origin TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS jobs("
+    "  id INTEGER PRIMARY KEY, grid_id INTEGER NOT NULL REFERENCES grids(id),"
+    "  name TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL,"
+    "  spec TEXT NOT NULL, devices INTEGER NOT NULL, priority INTEGER NOT NULL,"
+    "  state TEXT NOT NULL,"          /* queued running done failed cancelled */
+    "  attempts INTEGER NOT NULL DEFAULT 0, lost INTEGER NOT NULL DEFAULT 0,"
+    "  created REAL NOT NULL, started REAL, finished REAL, error TEXT,"
+    "  linear_acc REAL, align_last10 REAL, uniform_last10 REAL, result TEXT);"
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority, id);"
+    "CREATE INDEX IF NOT EXISTS jobs_grid ON jobs(grid_id);"
+    "CREATE TABLE IF NOT EXISTS attempts("
+    "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id),"
+    "  worker TEXT NOT NULL, started REAL NOT NULL, ended REAL,"
+    "  outcome TEXT NOT NULL, error TEXT);"  /* running done failed lost stopped cancelled */
+    "CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id);"
+    "CREATE TABLE IF NOT EXISTS metrics("
+    "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL,"
+    "  loss REAL, align REAL, uniform REAL, collapse REAL, knn REAL, pairs_per_s REAL,"
+    "  tau REAL, t REAL NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS metrics_job ON metrics(job_id, kind, epoch);"
+    "CREATE TABLE IF NOT EXISTS events("
+    "  id INTEGER PRIMARY KEY, t REAL NOT NULL, job_id INTEGER, kind TEXT NOT NULL,"
+    "  text TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);";
+
+int rd_db_open(rd_daemon *d, char *err, size_t errlen)
+{
+    if (sqlite3_open_v2(d->db_path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", d->db_path, d->db ? sqlite3_errmsg(d->db) : "cannot open");
+        return -1;
+    }
+    sqlite3_busy_timeout(d->db, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(d->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
+                     &msg) != SQLITE_OK ||
+        sqlite3_exec(d->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", d->db_path, msg ? msg : "schema");
+        sqlite3_free(msg);
+        return -1;
+    }
+    /* a previous daemon died with jobs running: their workers are gone,
+     * the jobs resume from their checkpoints */
+    sqlite3_exec(d->db,
+                 "UPDATE attempts SET outcome='lost', ended=strftime('%s','now'), "
+                 "error='daemon restarted' WHERE outcome='running';"
+                 "UPDATE jobs SET state='queued' WHERE state='running';",
+                 NULL, NULL, NULL);
+    return 0;
+}
+
+void rd_db_close(rd_daemon *d)
+{
+    if (d->db)
+        sqlite3_close_v2(d->db);
+    d->db = NULL;
+}
+
+int rd_db_exec(rd_daemon *d, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        rd_log("sqlite: %s: %s", msg ? msg : "?", sql);
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(d->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        rd_log("sqlite: %s: %s", sqlite3_errmsg(d->db), sql);
+        return NULL;
+    }
+    return st;
+}
+
+int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt)
+{
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    if (!st)
+        return dflt;
+    sqlite3_bind_int64(st, 1, arg);
+    int64_t v = dflt;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO events(t, job_id, kind, text) VALUES(?,?,?,?)");
+    if (!st)
+        return;
+    sqlite3_bind_double(st, 1, rd_now());
+    if (job > 0)
+        sqlite3_bind_int64(st, 2, job);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rd_log("sqlite: event: %s", sqlite3_errmsg(d->db));
+    sqlite3_finalize(st);
+}

@@ -1,0 +1,322 @@
+/* runawayd: the coordinator. Runs in the foreground (`runaway daemon start`
+ * detaches it); one per state directory, enforced with a lock file. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/rd.h"
+
+static rd_daemon the_daemon;
+
+double rd_now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + tv.tv_usec * 1e-6;
+}
+
+double rd_mono(void)
+{
+    return (double)uv_hrtime() * 1e-9;
+}
+
+void rd_log(const char *fmt, ...)
+{
+    char ts[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", &tm);
+    fprintf(stderr, "%s runawayd: ", ts);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: runawayd [--state-dir DIR] [options]\n"
+            "  --state-dir DIR        socket, database, runs (default $XDG_STATE_HOME/runaway,\n"
+            "                         else ~/.local/state/runaway)\n"
+            "  --cpu-slots N          CPU worker processes when there is no GPU\n"
+            "                         (default: one per 2 cores, at least 1)\n"
+            "  --gpus N               GPUs to use (default: the /dev/nvidiaN devices; 0: CPU only)\n"
+            "  --slots-per-gpu N      workers sharing one GPU (default 1)\n"
+            "  --threads N            CPU threads per worker (default: cores / slots)\n"
+            "  --worker PATH          runaway-worker program (default: next to runawayd)\n"
+            "  --tcp HOST:PORT        also listen on TCP (workers on other hosts); needs\n"
+            "                         a token in STATE/token, mode 0600\n"
+            "  --heartbeat S          worker heartbeat period (default 2)\n"
+            "  --heartbeat-timeout S  silence after which a worker is killed (default 30)\n"
+            "  --max-retries N        lost attempts before a job fails (default 3)\n"
+            "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n");
+}
+
+int rd_default_state_dir(char *out, size_t len)
+{
+    const char *x = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    if (x && x[0] == '/')
+        return snprintf(out, len, "%s/runaway", x) < (int)len ? 0 : -1;
+    if (home && home[0])
+        return snprintf(out, len, "%s/.local/state/runaway", home) < (int)len ? 0 : -1;
+    return -1;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    return mkdir(tmp, mode) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* runaway-worker next to our own executable, or in the build tree's worker/. */
+static void find_worker(char *out, size_t len)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        snprintf(out, len, "runaway-worker");
+        return;
+    }
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    *slash = '\0';
+    snprintf(out, len, "%s/runaway-worker", self);
+    if (access(out, X_OK) == 0)
+        return;
+    snprintf(out, len, "%s/../worker/runaway-worker", self);
+}
+
+static int count_gpus(void)
+{
+    int n = 0;
+    char p[32];
+    for (int i = 0; i < 64; i++) {
+        snprintf(p, sizeof p, "/dev/nvidia%d", i);
+        if (access(p, F_OK) == 0)
+            n = i + 1;
+    }
+    return n;
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Called whenever a worker process or connection goes away: once shutdown
+ * has begun and every worker process is gone, stop the loop. */
+void rd_shutdown_check(rd_daemon *d)
+{
+    if (!d->shutting_down || rd_workers_alive(d) > 0)
+        return;
+    if (d->shutting_down == 1) {
+        d->shutting_down = 2;
+        rd_log("all workers stopped");
+        uv_stop(d->loop);
+    }
+}
+
+void rd_shutdown_begin(rd_daemon *d)
+{
+    if (d->shutting_down)
+        return;
+    d->shutting_down = 1;
+    d->shutdown_started = rd_mono();
+    rd_log("shutting down: asking workers to checkpoint and stop");
+    rd_db_event(d, 0, "daemon", "shutdown requested");
+    uv_close((uv_handle_t *)&d->unix_srv, NULL); /* no new connections */
+    unlink(d->sock_path);
+    if (d->tcp_on)
+        uv_close((uv_handle_t *)&d->tcp_srv, NULL);
+    rd_workers_stop_all(d);
+    rd_shutdown_check(d);
+}
+
+static void signal_cb(uv_signal_t *s, int signum)
+{
+    rd_log("signal %d", signum);
+    rd_shutdown_begin(s->data);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+    rd_tick(t->data);
+}
+
+static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    double x = v ? strtod(v, &end) : 0;
+    if (!v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "runawayd: %s needs a number in [%g, %g]\n", flag, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    rd_daemon *d = &the_daemon;
+    const char *state = NULL, *tcp = NULL, *worker = NULL;
+    long ncores = sysconf(_SC_NPROCESSORS_ONLN);
+    double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--state-dir") && v)
+            state = v;
+        else if (!strcmp(a, "--tcp") && v)
+            tcp = v;
+        else if (!strcmp(a, "--worker") && v)
+            worker = v;
+        else if (!strcmp(a, "--cpu-slots"))
+            rc = parse_num(a, v, 1, 64, &cpu_slots);
+        else if (!strcmp(a, "--gpus"))
+            rc = parse_num(a, v, 0, 64, &gpus);
+        else if (!strcmp(a, "--slots-per-gpu"))
+            rc = parse_num(a, v, 1, 16, &spg);
+        else if (!strcmp(a, "--threads"))
+            rc = parse_num(a, v, 1, 1024, &threads);
+        else if (!strcmp(a, "--heartbeat"))
+            rc = parse_num(a, v, 0.05, 60, &hb);
+        else if (!strcmp(a, "--heartbeat-timeout"))
+            rc = parse_num(a, v, 0.2, 3600, &hbt);
+        else if (!strcmp(a, "--max-retries"))
+            rc = parse_num(a, v, 0, 100, &retries);
+        else if (!strcmp(a, "--shutdown-timeout"))
+            rc = parse_num(a, v, 1, 3600, &sdt);
+        else {
+            fprintf(stderr, "runawayd: unexpected argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (rc != 0)
+            return 2;
+        if (strcmp(a, "-h") && strcmp(a, "--help"))
+            i++;
+    }
+    if (state) {
+        snprintf(d->state_dir, sizeof d->state_dir, "%s", state);
+    } else if (rd_default_state_dir(d->state_dir, sizeof d->state_dir) != 0) {
+        fprintf(stderr, "runawayd: no HOME or XDG_STATE_HOME: give --state-dir\n");
+        return 2;
+    }
+    if (mkdir_p(d->state_dir, 0700) != 0) {
+        fprintf(stderr, "runawayd: %s: %s\n", d->state_dir, strerror(errno));
+        return 1;
+    }
+    char real[PATH_MAX];
+    if (realpath(d->state_dir, real))
+        snprintf(d->state_dir, sizeof d->state_dir, "%s", real);
+    /* one daemon per state directory */
+    char lock[PATH_MAX + 32];
+    snprintf(lock, sizeof lock, "%s/runawayd.lock", d->state_dir);
+    int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr, "runawayd: another runawayd holds %s\n", lock);
+        return 1;
+    }
+    if (ftruncate(lfd, 0) == 0)
+        dprintf(lfd, "%d\n", (int)getpid());
+    snprintf(d->sock_path, sizeof d->sock_path, "%s/runawayd.sock", d->state_dir);
+    snprintf(d->db_path, sizeof d->db_path, "%s/runaway.db", d->state_dir);
+    if (worker)
+        snprintf(d->worker_path, sizeof d->worker_path, "%s", worker);
+    else
+        find_worker(d->worker_path, sizeof d->worker_path);
+    d->gpus = gpus >= 0 ? (int)gpus : count_gpus();
+    d->slots_per_gpu = (int)spg;
+    d->cpu_slots = cpu_slots > 0 ? (int)cpu_slots : (int)(ncores / 2 > 1 ? ncores / 2 : 1);
+    int nslots = d->gpus > 0 ? d->gpus * d->slots_per_gpu : d->cpu_slots;
+    d->threads_per_worker = threads > 0 ? (int)threads
+                            : d->gpus > 0 ? 2
+                                          : (int)(ncores / nslots > 1 ? ncores / nslots : 1);
+    d->heartbeat_s = hb;
+    d->heartbeat_timeout_s = hbt;
+    d->max_retries = (int)retries;
+    d->shutdown_timeout_s = sdt;
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[1024];
+    d->loop = uv_default_loop();
+    if (rd_db_open(d, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
+    if (rd_server_listen(d, tcp, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
+    uv_signal_init(d->loop, &d->sigterm);
+    uv_signal_init(d->loop, &d->sigint);
+    d->sigterm.data = d->sigint.data = d;
+    uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
+    uv_signal_start(&d->sigint, signal_cb, SIGINT);
+    uv_timer_init(d->loop, &d->tick);
+    d->tick.data = d;
+    double period = d->heartbeat_s < 1 ? d->heartbeat_s : 1;
+    uv_timer_start(&d->tick, tick_cb, (uint64_t)(period * 1000), (uint64_t)(period * 1000));
+    if (rd_workers_start(d, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
+    rd_log("pid %d, state %s, %d %s worker slot(s), %d thread(s) each, worker %s", (int)getpid(),
+           d->state_dir, d->nworkers, d->gpus > 0 ? "GPU" : "CPU", d->threads_per_worker,
+           d->worker_path);
+    rd_db_event(d, 0, "daemon", "started");
+    rd_schedule(d);
+
+    uv_run(d->loop, UV_RUN_DEFAULT);
+
+    /* shutdown: every worker process has exited; close what is left */
+    rd_db_event(d, 0, "daemon", "stopped");
+    for (rd_conn *c = d->conns; c; c = c->next)
+        if (c->role == RD_ROLE_WORKER)
+            rd_worker_conn_lost(c);
+    uv_walk(d->loop, close_walk_cb, NULL);
+    uv_run(d->loop, UV_RUN_DEFAULT);
+    /* conns freed by their close callbacks when they were closing; the walk
+     * closed the rest with no callback: free them here */
+    rd_conn *c = d->conns;
+    while (c) {
+        rd_conn *next = c->next;
+        rw_frame_reader_free(&c->rd);
+        free(c);
+        c = next;
+    }
+    uv_loop_close(d->loop);
+    rd_db_close(d);
+    unlink(d->sock_path);
+    unlink(lock);
+    rd_log("stopped");
+    return 0;
+}

@@ -1,0 +1,124 @@
+/* runawayd internals: the daemon state shared by its files.
+ *   main.c     options, state directory, lock, loop, signals, shutdown
+ *   db.c       SQLite (WAL): grids, jobs, attempts, metrics, events
+ *   server.c   listeners, connections, framing, client requests, watchers
+ *   workers.c  worker processes, worker connections, heartbeats, scheduler */
+#ifndef RUNAWAY_DAEMON_RD_H
+#define RUNAWAY_DAEMON_RD_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "proto/frame.h"
+
+#define RD_WORKERS_MAX 256
+#define RD_PENDING_MAX (8u << 20) /* bytes queued to one slow client before we drop it */
+
+typedef struct rd_daemon rd_daemon;
+typedef struct rd_worker rd_worker;
+
+typedef enum { RD_ROLE_NONE, RD_ROLE_CLIENT, RD_ROLE_WORKER } rd_role;
+
+typedef struct rd_conn {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+    } h;
+    rd_daemon *d;
+    rw_frame_reader rd;
+    rd_role role;
+    int is_tcp;
+    int closing;
+    size_t pending; /* bytes queued for writing */
+    rd_worker *worker;
+    /* watch: 'j' job or 'g' grid, its id; 0 when not watching */
+    char watch_kind;
+    int64_t watch_id;
+    long long watch_req;
+    struct rd_conn *next;
+} rd_conn;
+
+struct rd_worker {
+    int slot;
+    char device[64];
+    int device_index; /* jobs asking N devices get N distinct indexes */
+    int remote;       /* connected over TCP, not spawned by us */
+    int dead;         /* remote worker gone: slot unused */
+    uv_process_t proc;
+    int proc_alive;
+    uv_timer_t restart_timer;
+    double backoff_s, spawned_at;
+    int restarts;
+    rd_conn *conn;
+    double last_seen;
+    char host[256], backend[32];
+    long long pid;
+    int64_t job, attempt; /* current assignment; 0 = idle */
+    int rank;
+    int stopping;
+};
+
+struct rd_daemon {
+    uv_loop_t *loop;
+    char state_dir[PATH_MAX], sock_path[PATH_MAX], db_path[PATH_MAX];
+    char worker_path[PATH_MAX];
+    sqlite3 *db;
+    uv_pipe_t unix_srv;
+    uv_tcp_t tcp_srv;
+    int tcp_on;
+    char token[257];
+    uv_signal_t sigterm, sigint;
+    uv_timer_t tick;
+    rd_worker workers[RD_WORKERS_MAX];
+    int nworkers;
+    rd_conn *conns;
+    /* options */
+    int cpu_slots, gpus, slots_per_gpu, threads_per_worker, max_retries;
+    double heartbeat_s, heartbeat_timeout_s, shutdown_timeout_s;
+    int shutting_down;
+    double shutdown_started;
+};
+
+/* main.c */
+double rd_now(void);  /* wall clock, for the database */
+double rd_mono(void); /* monotonic, for timeouts */
+void rd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void rd_shutdown_begin(rd_daemon *d);
+void rd_shutdown_check(rd_daemon *d);
+
+/* db.c */
+int rd_db_open(rd_daemon *d, char *err, size_t errlen);
+void rd_db_close(rd_daemon *d);
+int rd_db_exec(rd_daemon *d, const char *sql);
+void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text);
+/* prepared statement helpers: return NULL on error (logged) */
+sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql);
+int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt);
+
+/* server.c */
+int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errlen);
+void rd_conn_send(rd_conn *c, json_t *msg); /* steals msg */
+void rd_conn_close(rd_conn *c);
+void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
+void rd_watch_job_state(rd_daemon *d, int64_t job);
+int rd_handle_client(rd_conn *c, const char *type, json_t *m);
+
+/* workers.c */
+int rd_workers_start(rd_daemon *d, char *err, size_t errlen);
+int rd_worker_hello(rd_conn *c, json_t *m, char *err, size_t errlen);
+void rd_worker_message(rd_conn *c, const char *type, json_t *m);
+void rd_worker_conn_lost(rd_conn *c);
+void rd_tick(rd_daemon *d);
+void rd_schedule(rd_daemon *d);
+int rd_ndevices(rd_daemon *d);
+void rd_cancel_job(rd_daemon *d, int64_t job);
+void rd_workers_stop_all(rd_daemon *d);
+int rd_workers_alive(rd_daemon *d);
+json_t *rd_workers_json(rd_daemon *d);
+
+#endif

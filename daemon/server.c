@@ -1,0 +1,909 @@
+/* Listeners and connections. Every connection starts unauthenticated and
+ * must send hello first; after that it is a client (requests, watches) or a
+ * worker (reports). A protocol error gets an error reply, then the
+ * connection is shut down after the reply is written and freed in the close
+ * callback — never inside the read callback that found the error. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon/rd.h"
+#include "proto/grid.h"
+#include "proto/msg.h"
+#include "proto/spec.h"
+
+#define HELLO_FRAME_MAX 4096 /* before hello, nobody gets to send a big frame */
+
+/* ------------------------------------------------------------------------ */
+/* Writing */
+
+typedef struct {
+    uv_write_t req;
+    rd_conn *c;
+    size_t len;
+    char *buf;
+} wreq;
+
+static void write_cb(uv_write_t *req, int status)
+{
+    wreq *w = (wreq *)req;
+    w->c->pending -= w->len;
+    free(w->buf);
+    free(w);
+    (void)status; /* a failed write shows up as a read error/EOF too */
+}
+
+void rd_conn_send(rd_conn *c, json_t *msg)
+{
+    if (!msg)
+        return;
+    if (c->closing) {
+        json_decref(msg);
+        return;
+    }
+    char *buf;
+    size_t len;
+    int rc = rw_frame_encode(msg, &buf, &len);
+    json_decref(msg);
+    if (rc != 0) {
+        rd_log("conn: reply too large to frame; dropped");
+        return;
+    }
+    if (c->pending + len > RD_PENDING_MAX) {
+        /* a client that does not read its watch stream: drop it, not us */
+        free(buf);
+        rd_log("conn: client not reading (%zu bytes queued); closing it", c->pending);
+        rd_conn_close(c);
+        return;
+    }
+    wreq *w = calloc(1, sizeof *w);
+    if (!w) {
+        free(buf);
+        rd_conn_close(c);
+        return;
+    }
+    w->c = c;
+    w->len = len;
+    w->buf = buf;
+    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    c->pending += len;
+    if (uv_write(&w->req, &c->h.stream, &b, 1, write_cb) != 0) {
+        c->pending -= len;
+        free(buf);
+        free(w);
+        rd_conn_close(c);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Closing */
+
+static void close_cb(uv_handle_t *h)
+{
+    rd_conn *c = h->data;
+    rd_daemon *d = c->d;
+    for (rd_conn **p = &d->conns; *p; p = &(*p)->next) {
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    }
+    rw_frame_reader_free(&c->rd);
+    free(c);
+    rd_shutdown_check(d);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+    uv_handle_t *h = (uv_handle_t *)req->handle;
+    free(req);
+    if (!uv_is_closing(h))
+        uv_close(h, close_cb);
+}
+
+void rd_conn_close(rd_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->watch_kind = 0;
+    if (c->role == RD_ROLE_WORKER)
+        rd_worker_conn_lost(c);
+    uv_read_stop(&c->h.stream);
+    /* flush queued replies (the error that caused this), then close */
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (!req || uv_shutdown(req, &c->h.stream, shutdown_cb) != 0) {
+        free(req);
+        uv_close(&c->h.handle, close_cb);
+    }
+}
+
+static void protocol_error(rd_conn *c, long long id, const char *code, const char *msg)
+{
+    rd_log("conn: protocol error (%s): %s; closing", code, msg);
+    rd_conn_send(c, rw_msg_error(id, code, msg));
+    rd_conn_close(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    buf->base = malloc(65536);
+    buf->len = buf->base ? 65536 : 0;
+}
+
+static int const_time_eq(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char x = la != lb;
+    for (size_t i = 0; i < la && i < lb; i++)
+        x |= (unsigned char)(a[i] ^ b[i]);
+    return x == 0;
+}
+
+static void handle_hello(rd_conn *c, json_t *m)
+{
+    rd_daemon *d = c->d;
+    long long id = rw_msg_id(m);
+    if (json_integer_value(json_object_get(m, "version")) != RW_PROTO_VERSION) {
+        char e[96];
+        snprintf(e, sizeof e, "protocol version %lld not supported (this daemon speaks %d)",
+                 (long long)json_integer_value(json_object_get(m, "version")), RW_PROTO_VERSION);
+        protocol_error(c, id, RW_E_VERSION, e);
+        return;
+    }
+    if (c->is_tcp) {
+        const char *tok = json_string_value(json_object_get(m, "token"));
+        if (!tok || !d->token[0] || !const_time_eq(tok, d->token)) {
+            protocol_error(c, id, RW_E_AUTH, "TCP connections need the daemon's token");
+            return;
+        }
+    }
+    const char *role = json_string_value(json_object_get(m, "role"));
+    if (!strcmp(role, "client")) {
+        c->role = RD_ROLE_CLIENT;
+    } else if (!strcmp(role, "worker")) {
+        char err[256];
+        c->role = RD_ROLE_WORKER;
+        if (rd_worker_hello(c, m, err, sizeof err) != 0) {
+            c->role = RD_ROLE_NONE;
+            protocol_error(c, id, RW_E_STATE, err);
+            return;
+        }
+    } else {
+        protocol_error(c, id, RW_E_BAD_MESSAGE, "hello: role: must be client or worker");
+        return;
+    }
+    c->rd.max = RW_FRAME_MAX;
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(r, "pid", json_integer(getpid()));
+    rd_conn_send(c, r);
+    if (c->role == RD_ROLE_WORKER)
+        rd_schedule(d);
+}
+
+static void handle_frame(rd_conn *c, json_t *m)
+{
+    const char *type, *code;
+    char err[512];
+    int from = c->role == RD_ROLE_WORKER ? RW_FROM_WORKER
+               : c->role == RD_ROLE_CLIENT ? RW_FROM_CLIENT
+                                           : RW_FROM_CLIENT | RW_FROM_WORKER;
+    if (rw_msg_check(m, from, &type, &code, err, sizeof err) != 0) {
+        protocol_error(c, rw_msg_id(m), code, err);
+        return;
+    }
+    if (c->role == RD_ROLE_NONE) {
+        if (strcmp(type, "hello") != 0)
+            protocol_error(c, rw_msg_id(m), RW_E_HELLO, "the first message must be hello");
+        else
+            handle_hello(c, m);
+        return;
+    }
+    if (!strcmp(type, "hello")) {
+        protocol_error(c, rw_msg_id(m), RW_E_STATE, "hello: already said");
+        return;
+    }
+    if (c->role == RD_ROLE_WORKER)
+        rd_worker_message(c, type, m);
+    else if (rd_handle_client(c, type, m) != 0)
+        rd_conn_close(c);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    rd_conn *c = s->data;
+    if (n < 0) {
+        free(buf->base);
+        rd_conn_close(c);
+        return;
+    }
+    if (n == 0 || c->closing) {
+        free(buf->base);
+        return;
+    }
+    if (c->role == RD_ROLE_WORKER && c->worker)
+        c->worker->last_seen = rd_mono();
+    int fed = rw_frame_reader_feed(&c->rd, buf->base, (size_t)n);
+    free(buf->base);
+    if (fed != 0) {
+        protocol_error(c, 0, RW_E_INTERNAL, "out of memory");
+        return;
+    }
+    while (!c->closing) {
+        json_t *m;
+        char err[256];
+        rw_frame_status st = rw_frame_reader_next(&c->rd, &m, err, sizeof err);
+        if (st == RW_FRAME_NEED_MORE)
+            break;
+        if (st != RW_FRAME_OK) {
+            protocol_error(c, 0, RW_E_FRAME, err);
+            break;
+        }
+        handle_frame(c, m);
+        json_decref(m);
+    }
+}
+
+static void on_connection(uv_stream_t *srv, int status)
+{
+    rd_daemon *d = srv->data;
+    if (status < 0)
+        return;
+    rd_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->d = d;
+    c->is_tcp = srv == (uv_stream_t *)&d->tcp_srv;
+    rw_frame_reader_init(&c->rd, HELLO_FRAME_MAX);
+    int rc = c->is_tcp ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
+    if (rc != 0) {
+        free(c);
+        return;
+    }
+    c->h.handle.data = c;
+    c->next = d->conns;
+    d->conns = c;
+    if (uv_accept(srv, &c->h.stream) != 0 || d->shutting_down) {
+        c->closing = 1;
+        uv_close(&c->h.handle, close_cb);
+        return;
+    }
+    if (uv_read_start(&c->h.stream, alloc_cb, read_cb) != 0)
+        rd_conn_close(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Listeners */
+
+static int read_token(rd_daemon *d, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/token", d->state_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "--tcp needs a token in %s (mode 0600): %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || (st.st_mode & 077)) {
+        fclose(f);
+        snprintf(err, errlen, "%s: must be readable by its owner only (chmod 600)", path);
+        return -1;
+    }
+    size_t n = fread(d->token, 1, sizeof d->token - 1, f);
+    fclose(f);
+    d->token[n] = '\0';
+    d->token[strcspn(d->token, "\r\n")] = '\0';
+    if (strlen(d->token) < 16) {
+        snprintf(err, errlen, "%s: token must be at least 16 characters", path);
+        return -1;
+    }
+    return 0;
+}
+
+int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errlen)
+{
+    int rc;
+    if (strlen(d->sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        snprintf(err, errlen, "%s: socket path too long for a Unix socket", d->sock_path);
+        return -1;
+    }
+    unlink(d->sock_path); /* stale from a killed daemon; the lock says we are alone */
+    uv_pipe_init(d->loop, &d->unix_srv, 0);
+    d->unix_srv.data = d;
+    mode_t old = umask(077); /* no window where the socket is group/world accessible */
+    rc = uv_pipe_bind(&d->unix_srv, d->sock_path);
+    umask(old);
+    if (rc == 0)
+        rc = chmod(d->sock_path, 0600) == 0 ? 0 : -errno;
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&d->unix_srv, 64, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: %s", d->sock_path, uv_strerror(rc));
+        return -1;
+    }
+    if (tcp_addr) {
+        if (read_token(d, err, errlen) != 0)
+            return -1;
+        char host[256];
+        const char *colon = strrchr(tcp_addr, ':');
+        int port = colon ? atoi(colon + 1) : 0;
+        snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - tcp_addr) : 0, tcp_addr);
+        struct sockaddr_storage sa;
+        if (port <= 0 || port > 65535 ||
+            (uv_ip4_addr(host, port, (struct sockaddr_in *)&sa) != 0 &&
+             uv_ip6_addr(host, port, (struct sockaddr_in6 *)&sa) != 0)) {
+            snprintf(err, errlen, "--tcp %s: expected HOST:PORT with a numeric address", tcp_addr);
+            return -1;
+        }
+        uv_tcp_init(d->loop, &d->tcp_srv);
+        d->tcp_srv.data = d;
+        d->tcp_on = 1;
+        rc = uv_tcp_bind(&d->tcp_srv, (struct sockaddr *)&sa, 0);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&d->tcp_srv, 64, on_connection);
+        if (rc != 0) {
+            snprintf(err, errlen, "--tcp %s: %s", tcp_addr, uv_strerror(rc));
+            return -1;
+        }
+        rd_log("listening on tcp %s (token required)", tcp_addr);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Client requests */
+
+static void reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    rd_conn_send(c, rw_msg_error(id, code, msg));
+}
+
+static json_t *col_json(sqlite3_stmt *st, int i)
+{
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_INTEGER: return json_integer(sqlite3_column_int64(st, i));
+    case SQLITE_FLOAT: return rw_json_num(sqlite3_column_double(st, i));
+    case SQLITE_NULL: return json_null();
+    default: {
+        json_t *s = json_string((const char *)sqlite3_column_text(st, i));
+        return s ? s : json_string("?");
+    }
+    }
+}
+
+/* A row as an object keyed by column names. */
+static json_t *row_json(sqlite3_stmt *st)
+{
+    json_t *o = json_object();
+    for (int i = 0; i < sqlite3_column_count(st); i++)
+        json_object_set_new(o, sqlite3_column_name(st, i), col_json(st, i));
+    return o;
+}
+
+static json_t *query_rows(rd_daemon *d, const char *sql, int64_t arg, size_t max)
+{
+    json_t *a = json_array();
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    if (!st)
+        return a;
+    if (sqlite3_bind_parameter_count(st) >= 1)
+        sqlite3_bind_int64(st, 1, arg);
+    while (json_array_size(a) < max && sqlite3_step(st) == SQLITE_ROW)
+        json_array_append_new(a, row_json(st));
+    sqlite3_finalize(st);
+    return a;
+}
+
+static int all_digits(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+static int64_t lookup_name(rd_daemon *d, const char *sql, const char *name)
+{
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    if (!st)
+        return 0;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    int64_t id = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return id;
+}
+
+/* "j12", "12" or a job name (the newest job of that name). 0: none. */
+static int64_t resolve_job(rd_daemon *d, const char *s)
+{
+    int64_t id = 0;
+    if (s[0] == 'j' && all_digits(s + 1))
+        id = strtoll(s + 1, NULL, 10);
+    else if (all_digits(s))
+        id = strtoll(s, NULL, 10);
+    else
+        return lookup_name(d, "SELECT id FROM jobs WHERE name=? ORDER BY id DESC LIMIT 1", s);
+    return rd_db_int(d, "SELECT id FROM jobs WHERE id=?", id, 0);
+}
+
+static int64_t resolve_grid(rd_daemon *d, const char *s)
+{
+    int64_t id = 0;
+    if (s[0] == 'g' && all_digits(s + 1))
+        id = strtoll(s + 1, NULL, 10);
+    else if (all_digits(s))
+        id = strtoll(s, NULL, 10);
+    else
+        return lookup_name(d, "SELECT id FROM grids WHERE name=? ORDER BY id DESC LIMIT 1", s);
+    return rd_db_int(d, "SELECT id FROM grids WHERE id=?", id, 0);
+}
+
+/* JOB|GRID: g-prefixed or a grid name is a grid, the rest a job. */
+static int resolve_target(rd_daemon *d, const char *s, char *kind, int64_t *id)
+{
+    if (s[0] == 'g' && all_digits(s + 1)) {
+        *kind = 'g';
+        *id = resolve_grid(d, s);
+    } else if ((*id = resolve_job(d, s)) != 0) {
+        *kind = 'j';
+    } else {
+        *kind = 'g';
+        *id = resolve_grid(d, s);
+    }
+    return *id ? 0 : -1;
+}
+
+static void req_submit(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *text = json_string_value(json_object_get(m, "text"));
+    const char *origin = json_string_value(json_object_get(m, "origin"));
+    const char *basedir = json_string_value(json_object_get(m, "basedir"));
+    char err[1024];
+    rw_grid g;
+    if (rw_grid_parse(text, strlen(text), origin, basedir, &g, err, sizeof err) != 0) {
+        reply_error(c, id, RW_E_BAD_SPEC, "%s", err);
+        return;
+    }
+    if (json_object_get(m, "priority"))
+        g.priority = (int)json_integer_value(json_object_get(m, "priority"));
+    int ndev = rd_ndevices(d);
+    for (size_t i = 0; i < g.njobs; i++) {
+        if (g.jobs[i].spec.devices > ndev) {
+            reply_error(c, id, RW_E_BAD_SPEC,
+                        "%s: job %s: devices: asks for %d devices; this daemon has %d", origin,
+                        g.jobs[i].name, g.jobs[i].spec.devices, ndev);
+            rw_grid_free(&g);
+            return;
+        }
+    }
+    double now = rd_now();
+    rd_db_exec(d, "BEGIN");
+    sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO grids(name, priority, origin, text, created) "
+                                     "VALUES(?,?,?,?,?)");
+    int ok = st != NULL;
+    if (ok) {
+        sqlite3_bind_text(st, 1, g.name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, g.priority);
+        sqlite3_bind_text(st, 3, origin, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_double(st, 5, now);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+        sqlite3_finalize(st);
+    }
+    int64_t gid = sqlite3_last_insert_rowid(d->db);
+    json_t *jobs = json_array();
+    static char yaml[RW_SPEC_YAML_MAX];
+    st = ok ? rd_db_prep(d, "INSERT INTO jobs(grid_id, name, variant, seed, spec, devices, "
+                            "priority, state, created) VALUES(?,?,?,?,?,?,?,'queued',?)")
+            : NULL;
+    for (size_t i = 0; ok && st && i < g.njobs; i++) {
+        const rw_grid_job *j = &g.jobs[i];
+        if (rw_spec_to_yaml(&j->spec, yaml, sizeof yaml) < 0) {
+            ok = 0;
+            break;
+        }
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_text(st, 2, j->name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 3, j->variant, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)j->spec.seed);
+        sqlite3_bind_text(st, 5, yaml, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 6, j->spec.devices);
+        sqlite3_bind_int(st, 7, g.priority);
+        sqlite3_bind_double(st, 8, now);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_integer(sqlite3_last_insert_rowid(d->db)));
+        json_object_set_new(o, "name", json_string(j->name));
+        json_array_append_new(jobs, o);
+    }
+    sqlite3_finalize(st);
+    if (!ok) {
+        rd_db_exec(d, "ROLLBACK");
+        json_decref(jobs);
+        reply_error(c, id, RW_E_INTERNAL, "cannot store the grid: %s", sqlite3_errmsg(d->db));
+        rw_grid_free(&g);
+        return;
+    }
+    rd_db_exec(d, "COMMIT");
+    char ev[256];
+    snprintf(ev, sizeof ev, "grid g%lld %s submitted: %zu jobs", (long long)gid, g.name, g.njobs);
+    rd_db_event(d, 0, "grid", ev);
+    rd_log("%s", ev);
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "grid", json_integer(gid));
+    json_object_set_new(r, "name", json_string(g.name));
+    json_object_set_new(r, "jobs", jobs);
+    rd_conn_send(c, r);
+    rw_grid_free(&g);
+    rd_schedule(d);
+}
+
+#define JOB_COLS                                                                                \
+    "SELECT j.id, j.grid_id AS grid, j.name, j.variant, j.seed, j.state, j.devices, j.priority,  " \
+    "j.attempts, j.lost, j.created, j.started, j.finished, j.error, j.linear_acc, "             \
+    "j.align_last10, j.uniform_last10, "                                                         \
+    "(SELECT MAX(epoch) FROM metrics m WHERE m.job_id=j.id AND m.kind='epoch') AS epoch "       \
+    "FROM jobs j "
+
+static void req_ls(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *gs = json_string_value(json_object_get(m, "grid"));
+    int64_t gid = 0;
+    if (gs && !(gid = resolve_grid(d, gs))) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no grid '%s'", gs);
+        return;
+    }
+    /* the newest 500 jobs: a reply stays far below the frame limit */
+    json_t *rows = gid ? query_rows(d, JOB_COLS "WHERE j.grid_id=?1 ORDER BY j.id", gid, 1000)
+                       : query_rows(d,
+                                    "SELECT * FROM (" JOB_COLS
+                                    "ORDER BY j.id DESC LIMIT 500) ORDER BY id",
+                                    0, 500);
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "jobs", rows);
+    rd_conn_send(c, r);
+}
+
+static void req_show(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *js = json_string_value(json_object_get(m, "job"));
+    int64_t job = resolve_job(d, js);
+    if (!job) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+        return;
+    }
+    json_t *rows = query_rows(d, JOB_COLS "WHERE j.id=?1", job, 1);
+    json_t *r = rw_msg_new("ok", id);
+    json_t *jo = json_array_get(rows, 0);
+    json_object_set_new(r, "job", json_incref(jo));
+    json_decref(rows);
+    json_t *spec = query_rows(d, "SELECT spec, result FROM jobs WHERE id=?1", job, 1);
+    json_object_set(r, "spec", json_object_get(json_array_get(spec, 0), "spec"));
+    json_object_set(r, "result", json_object_get(json_array_get(spec, 0), "result"));
+    json_decref(spec);
+    json_object_set_new(r, "attempts",
+                        query_rows(d, "SELECT id, worker, started, ended, outcome, error FROM "
+                                      "attempts WHERE job_id=?1 ORDER BY id", job, 100));
+    char dir[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/runs/%lld", d->state_dir, (long long)job);
+    json_object_set_new(r, "run_dir", json_string(dir));
+    rd_conn_send(c, r);
+}
+
+static void req_cancel(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *t = json_string_value(json_object_get(m, "target"));
+    char kind;
+    int64_t tid;
+    if (resolve_target(d, t, &kind, &tid) != 0) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+        return;
+    }
+    json_t *rows = query_rows(d,
+                              kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1 AND state IN "
+                                            "('queued','running')"
+                                          : "SELECT id FROM jobs WHERE id=?1 AND state IN "
+                                            "('queued','running')",
+                              tid, 100000);
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) rd_cancel_job(d, json_integer_value(json_object_get(row, "id")));
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "cancelled", json_integer((json_int_t)json_array_size(rows)));
+    json_decref(rows);
+    rd_conn_send(c, r);
+    rd_schedule(d);
+}
+
+static void req_logs(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *js = json_string_value(json_object_get(m, "job"));
+    int64_t job = resolve_job(d, js);
+    if (!job) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+        return;
+    }
+    json_int_t tail = json_integer_value(json_object_get(m, "tail"));
+    if (tail <= 0)
+        tail = 200;
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT t, kind, text FROM (SELECT id, t, kind, text FROM "
+                                     "events WHERE job_id=? ORDER BY id DESC LIMIT ?) ORDER BY id");
+    json_t *lines = json_array();
+    size_t bytes = 0;
+    if (st) {
+        sqlite3_bind_int64(st, 1, job);
+        sqlite3_bind_int64(st, 2, tail);
+        /* lines are at most 4 KiB; 512 KiB keeps the reply within a frame */
+        while (bytes < 512 * 1024 && sqlite3_step(st) == SQLITE_ROW) {
+            json_t *o = row_json(st);
+            bytes += (size_t)sqlite3_column_bytes(st, 2) + 64;
+            json_array_append_new(lines, o);
+        }
+        sqlite3_finalize(st);
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "lines", lines);
+    rd_conn_send(c, r);
+}
+
+/* Mean of L_align and L_uniform over a job's last 10 epochs, each epoch's
+ * newest row (a resumed attempt re-reports epochs after its checkpoint). */
+static int job_last10(rd_daemon *d, int64_t job, double *align, double *uniform)
+{
+    sqlite3_stmt *st = rd_db_prep(d,
+        "SELECT align, uniform FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE "
+        "job_id=? AND kind='epoch' GROUP BY epoch) ORDER BY epoch DESC LIMIT 10");
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
+    double sa = 0, su = 0;
+    int n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        sa += sqlite3_column_double(st, 0);
+        su += sqlite3_column_double(st, 1);
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (!n)
+        return -1;
+    *align = sa / n;
+    *uniform = su / n;
+    return 0;
+}
+
+static void mean_std(const double *x, int n, double *mean, double *std)
+{
+    double s = 0, ss = 0;
+    for (int i = 0; i < n; i++)
+        s += x[i];
+    *mean = n ? s / n : NAN;
+    for (int i = 0; i < n; i++)
+        ss += (x[i] - *mean) * (x[i] - *mean);
+    *std = n > 1 ? sqrt(ss / (n - 1)) : (n == 1 ? 0 : NAN); /* sample std over seeds */
+}
+
+static void req_table(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *gs = json_string_value(json_object_get(m, "grid"));
+    int64_t gid = resolve_grid(d, gs);
+    if (!gid) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no grid '%s'", gs);
+        return;
+    }
+    json_t *vars = query_rows(d, "SELECT variant, COUNT(*) AS jobs, "
+                                 "SUM(state='done') AS done FROM jobs WHERE grid_id=?1 "
+                                 "GROUP BY variant ORDER BY MIN(id)", gid, 1024);
+    size_t i;
+    json_t *v;
+    json_array_foreach(vars, i, v)
+    {
+        const char *name = json_string_value(json_object_get(v, "variant"));
+        sqlite3_stmt *st = rd_db_prep(d, "SELECT id, linear_acc FROM jobs WHERE grid_id=? AND "
+                                         "variant=? AND state='done' ORDER BY id");
+        double al[1024], un[1024], acc[1024];
+        int n = 0, nacc = 0;
+        while (st) {
+            sqlite3_bind_int64(st, 1, gid);
+            sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+            while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
+                if (job_last10(d, sqlite3_column_int64(st, 0), &al[n], &un[n]) == 0)
+                    n++;
+                if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+                    acc[nacc++] = sqlite3_column_double(st, 1);
+            }
+            sqlite3_finalize(st);
+            break;
+        }
+        double mu, sd;
+        json_object_set_new(v, "n", json_integer(n));
+        mean_std(al, n, &mu, &sd);
+        json_object_set_new(v, "align_mean", rw_json_num(mu));
+        json_object_set_new(v, "align_std", rw_json_num(sd));
+        mean_std(un, n, &mu, &sd);
+        json_object_set_new(v, "uniform_mean", rw_json_num(mu));
+        json_object_set_new(v, "uniform_std", rw_json_num(sd));
+        mean_std(acc, nacc, &mu, &sd);
+        json_object_set_new(v, "acc_n", json_integer(nacc));
+        json_object_set_new(v, "acc_mean", rw_json_num(mu));
+        json_object_set_new(v, "acc_std", rw_json_num(sd));
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "grid", json_integer(gid));
+    json_t *gr = query_rows(d, "SELECT name FROM grids WHERE id=?1", gid, 1);
+    json_object_set(r, "name", json_object_get(json_array_get(gr, 0), "name"));
+    json_decref(gr);
+    json_object_set_new(r, "rows", vars);
+    rd_conn_send(c, r);
+}
+
+static void req_export(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *js = json_string_value(json_object_get(m, "job"));
+    int64_t job = resolve_job(d, js);
+    if (!job) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+        return;
+    }
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/runs/%lld/checkpoint.safetensors", d->state_dir, (long long)job);
+    if (access(path, R_OK) != 0) {
+        reply_error(c, id, RW_E_STATE, "job j%lld has no checkpoint yet (%s)", (long long)job, path);
+        return;
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "checkpoint", json_string(path));
+    rd_conn_send(c, r);
+}
+
+static void req_status(rd_conn *c, long long id)
+{
+    rd_daemon *d = c->d;
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "pid", json_integer(getpid()));
+    json_object_set_new(r, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(r, "state_dir", json_string(d->state_dir));
+    json_object_set_new(r, "devices", json_integer(rd_ndevices(d)));
+    json_object_set_new(r, "workers", json_integer(d->nworkers));
+    json_object_set_new(r, "jobs", query_rows(d, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY "
+                                                 "state ORDER BY state", 0, 16));
+    json_object_set_new(r, "shutting_down", json_boolean(d->shutting_down));
+    rd_conn_send(c, r);
+}
+
+/* All jobs of the watched target finished? */
+static int watch_finished(rd_daemon *d, char kind, int64_t wid)
+{
+    return rd_db_int(d,
+                     kind == 'g' ? "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND state IN "
+                                   "('queued','running')"
+                                 : "SELECT COUNT(*) FROM jobs WHERE id=? AND state IN "
+                                   "('queued','running')",
+                     wid, 1) == 0;
+}
+
+static void req_watch(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *t = json_string_value(json_object_get(m, "target"));
+    char kind;
+    int64_t tid;
+    if (resolve_target(d, t, &kind, &tid) != 0) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+        return;
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "kind", json_string(kind == 'g' ? "grid" : "job"));
+    json_object_set_new(r, "target", json_integer(tid));
+    json_object_set_new(r, "jobs", query_rows(d, kind == 'g' ? JOB_COLS "WHERE j.grid_id=?1 ORDER BY j.id"
+                                                               : JOB_COLS "WHERE j.id=?1",
+                                              tid, 1000));
+    rd_conn_send(c, r);
+    if (watch_finished(d, kind, tid)) {
+        rd_conn_send(c, rw_msg_new("watch_end", id));
+        return;
+    }
+    c->watch_kind = kind;
+    c->watch_id = tid;
+    c->watch_req = id;
+}
+
+void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev)
+{
+    int64_t grid = 0;
+    for (rd_conn *c = d->conns; c; c = c->next) {
+        if (!c->watch_kind || c->closing)
+            continue;
+        if (c->watch_kind == 'g' && !grid)
+            grid = rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", job, -1);
+        if ((c->watch_kind == 'j' && c->watch_id == job) ||
+            (c->watch_kind == 'g' && c->watch_id == grid)) {
+            json_t *e = json_deep_copy(ev);
+            json_object_set_new(e, "id", json_integer(c->watch_req));
+            rd_conn_send(c, e);
+        }
+    }
+    json_decref(ev);
+}
+
+void rd_watch_job_state(rd_daemon *d, int64_t job)
+{
+    json_t *rows = query_rows(d, JOB_COLS "WHERE j.id=?1", job, 1);
+    json_t *ev = rw_msg_new("event", -1);
+    json_object_set_new(ev, "kind", json_string("job"));
+    json_object_set_new(ev, "job", json_incref(json_array_get(rows, 0)));
+    json_decref(rows);
+    rd_watch_job_event(d, job, ev);
+    for (rd_conn *c = d->conns; c; c = c->next) {
+        if (c->watch_kind && !c->closing && watch_finished(d, c->watch_kind, c->watch_id)) {
+            rd_conn_send(c, rw_msg_new("watch_end", c->watch_req));
+            c->watch_kind = 0;
+        }
+    }
+}
+
+int rd_handle_client(rd_conn *c, const char *type, json_t *m)
+{
+    long long id = rw_msg_id(m);
+    if (!strcmp(type, "submit")) {
+        if (c->d->shutting_down)
+            reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
+        else
+            req_submit(c, id, m);
+    } else if (!strcmp(type, "ls"))
+        req_ls(c, id, m);
+    else if (!strcmp(type, "show"))
+        req_show(c, id, m);
+    else if (!strcmp(type, "cancel"))
+        req_cancel(c, id, m);
+    else if (!strcmp(type, "logs"))
+        req_logs(c, id, m);
+    else if (!strcmp(type, "workers")) {
+        json_t *r = rw_msg_new("ok", id);
+        json_object_set_new(r, "workers", rd_workers_json(c->d));
+        rd_conn_send(c, r);
+    } else if (!strcmp(type, "watch"))
+        req_watch(c, id, m);
+    else if (!strcmp(type, "table"))
+        req_table(c, id, m);
+    else if (!strcmp(type, "export"))
+        req_export(c, id, m);
+    else if (!strcmp(type, "status"))
+        req_status(c, id);
+    else if (!strcmp(type, "shutdown")) {
+        rd_conn_send(c, rw_msg_new("ok", id));
+        rd_shutdown_begin(c->d);
+    } else {
+        reply_error(c, id, RW_E_UNKNOWN_TYPE, "unknown request '%s'", type);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,631 @@
+/* Worker supervision and scheduling.
+ *
+ * One runaway-worker process per slot: per GPU (times slots_per_gpu) or a
+ * number of CPU slots. A slot's process connects back over the Unix socket
+ * and says hello with its slot number. A crashed process is restarted with
+ * exponential backoff; one whose connection goes silent for longer than the
+ * heartbeat timeout is killed (then restarted). Either way its job is
+ * requeued, up to max_retries, and resumes from the checkpoint in its run
+ * directory. The scheduler is FIFO within priority and strict: the head job
+ * waits for its N devices rather than being overtaken, so N-device jobs
+ * cannot starve. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon/rd.h"
+#include "proto/msg.h"
+
+extern char **environ;
+
+#define BACKOFF_MIN_S 1.0
+#define BACKOFF_MAX_S 60.0
+#define STABLE_S 60.0 /* a worker up this long has its backoff reset */
+
+static void spawn_worker(rd_worker *w);
+
+static rd_daemon *daemon_of(rd_worker *w)
+{
+    return (rd_daemon *)((char *)(w - w->slot) - offsetof(rd_daemon, workers));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Processes */
+
+static void restart_cb(uv_timer_t *t)
+{
+    rd_worker *w = t->data;
+    if (!daemon_of(w)->shutting_down)
+        spawn_worker(w);
+}
+
+static void proc_close_cb(uv_handle_t *h)
+{
+    rd_worker *w = h->data;
+    rd_daemon *d = daemon_of(w);
+    w->proc_alive = 0;
+    rd_shutdown_check(d);
+}
+
+static void exit_cb(uv_process_t *p, int64_t status, int sig)
+{
+    rd_worker *w = p->data;
+    rd_daemon *d = daemon_of(w);
+    char ev[160];
+    snprintf(ev, sizeof ev, "worker %d (%s, pid %d) exited with status %lld%s%s", w->slot,
+             w->device, p->pid, (long long)status, sig ? ", signal " : "", sig ? strsignal(sig) : "");
+    rd_log("%s", ev);
+    rd_db_event(d, 0, "worker", ev);
+    /* its connection may outlive it by a moment; the job is requeued there */
+    if (w->conn)
+        rd_conn_close(w->conn);
+    uv_close((uv_handle_t *)p, proc_close_cb);
+    if (d->shutting_down)
+        return;
+    double up = rd_mono() - w->spawned_at;
+    if (up > STABLE_S)
+        w->backoff_s = BACKOFF_MIN_S;
+    rd_log("restarting worker %d in %.0f s", w->slot, w->backoff_s);
+    uv_timer_start(&w->restart_timer, restart_cb, (uint64_t)(w->backoff_s * 1000), 0);
+    w->backoff_s = fmin(w->backoff_s * 2, BACKOFF_MAX_S);
+}
+
+static void spawn_worker(rd_worker *w)
+{
+    rd_daemon *d = daemon_of(w);
+    char slot[16], threads[16], hb[32], log[PATH_MAX + 64];
+    snprintf(slot, sizeof slot, "%d", w->slot);
+    snprintf(threads, sizeof threads, "%d", d->threads_per_worker);
+    snprintf(hb, sizeof hb, "%g", d->heartbeat_s);
+    char *args[] = {d->worker_path, "serve", "--socket", d->sock_path, "--slot", slot,
+                    "--device", w->device, "--threads", threads, "--heartbeat", hb, NULL};
+    /* environment: ours, plus the GPU this slot owns */
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 2, sizeof *env);
+    char cvd[64];
+    size_t k = 0;
+    for (size_t i = 0; env && i < n; i++)
+        if (strncmp(environ[i], "CUDA_VISIBLE_DEVICES=", 21) != 0 || strncmp(w->device, "cuda", 4))
+            env[k++] = environ[i];
+    if (env && !strncmp(w->device, "cuda", 4)) {
+        snprintf(cvd, sizeof cvd, "CUDA_VISIBLE_DEVICES=%d", w->device_index);
+        env[k++] = cvd;
+    }
+    snprintf(log, sizeof log, "%s/workers/slot%d.log", d->state_dir, w->slot);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    uv_stdio_container_t stdio[3] = {
+        {.flags = UV_IGNORE},
+        {.flags = fd >= 0 ? UV_INHERIT_FD : UV_IGNORE, .data.fd = fd},
+        {.flags = fd >= 0 ? UV_INHERIT_FD : UV_IGNORE, .data.fd = fd},
+    };
+    uv_process_options_t o = {
+        .exit_cb = exit_cb, .file = d->worker_path, .args = args, .env = env,
+        .stdio_count = 3, .stdio = stdio,
+    };
+    memset(&w->proc, 0, sizeof w->proc);
+    w->proc.data = w;
+    int rc = uv_spawn(d->loop, &w->proc, &o);
+    free(env);
+    if (fd >= 0)
+        close(fd);
+    w->spawned_at = rd_mono();
+    w->last_seen = rd_mono();
+    if (rc != 0) {
+        rd_log("cannot start %s: %s; retrying in %.0f s", d->worker_path, uv_strerror(rc),
+               w->backoff_s);
+        uv_close((uv_handle_t *)&w->proc, NULL); /* uv_spawn initialized it */
+        uv_timer_start(&w->restart_timer, restart_cb, (uint64_t)(w->backoff_s * 1000), 0);
+        w->backoff_s = fmin(w->backoff_s * 2, BACKOFF_MAX_S);
+        return;
+    }
+    w->proc_alive = 1;
+    w->pid = w->proc.pid;
+    w->restarts++;
+    rd_log("worker %d (%s) started, pid %d", w->slot, w->device, w->proc.pid);
+}
+
+int rd_workers_start(rd_daemon *d, char *err, size_t errlen)
+{
+    char dir[PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/workers", d->state_dir);
+    mkdir(dir, 0700);
+    snprintf(dir, sizeof dir, "%s/runs", d->state_dir);
+    mkdir(dir, 0700);
+    if (access(d->worker_path, X_OK) != 0) {
+        snprintf(err, errlen, "worker program %s: %s (give --worker PATH)", d->worker_path,
+                 strerror(errno));
+        return -1;
+    }
+    int n = d->gpus > 0 ? d->gpus * d->slots_per_gpu : d->cpu_slots;
+    if (n > RD_WORKERS_MAX / 2)
+        n = RD_WORKERS_MAX / 2; /* the rest is for remote workers */
+    for (int i = 0; i < n; i++) {
+        rd_worker *w = &d->workers[i];
+        w->slot = i;
+        if (d->gpus > 0) {
+            w->device_index = i / d->slots_per_gpu;
+            snprintf(w->device, sizeof w->device, "cuda:%d", w->device_index);
+        } else {
+            w->device_index = i;
+            snprintf(w->device, sizeof w->device, "cpu%d", i);
+        }
+        w->backoff_s = BACKOFF_MIN_S;
+        uv_timer_init(d->loop, &w->restart_timer);
+        w->restart_timer.data = w;
+    }
+    d->nworkers = n;
+    for (int i = 0; i < n; i++)
+        spawn_worker(&d->workers[i]);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connections */
+
+int rd_worker_hello(rd_conn *c, json_t *m, char *err, size_t errlen)
+{
+    rd_daemon *d = c->d;
+    json_t *sv = json_object_get(m, "slot");
+    rd_worker *w = NULL;
+    if (sv && !c->is_tcp) {
+        json_int_t s = json_integer_value(sv);
+        if (s < 0 || s >= d->nworkers || d->workers[s].remote) {
+            snprintf(err, errlen, "hello: slot %lld is not one of this daemon's slots", (long long)s);
+            return -1;
+        }
+        w = &d->workers[s];
+        if (w->conn) {
+            snprintf(err, errlen, "hello: slot %lld already has a connected worker", (long long)s);
+            return -1;
+        }
+    } else {
+        /* a worker started elsewhere (another host): a new remote slot */
+        if (d->nworkers == RD_WORKERS_MAX) {
+            snprintf(err, errlen, "hello: too many workers");
+            return -1;
+        }
+        w = &d->workers[d->nworkers];
+        memset(w, 0, sizeof *w);
+        w->slot = d->nworkers++;
+        w->remote = 1;
+        w->device_index = 1000 + w->slot;
+        const char *dev = json_string_value(json_object_get(m, "device"));
+        snprintf(w->device, sizeof w->device, "%s", dev ? dev : "remote");
+    }
+    w->dead = 0;
+    w->conn = c;
+    c->worker = w;
+    w->last_seen = rd_mono();
+    w->job = w->attempt = 0;
+    w->stopping = 0;
+    const char *host = json_string_value(json_object_get(m, "host"));
+    const char *be = json_string_value(json_object_get(m, "backend"));
+    snprintf(w->host, sizeof w->host, "%s", host ? host : "?");
+    snprintf(w->backend, sizeof w->backend, "%s", be ? be : "?");
+    if (json_object_get(m, "pid"))
+        w->pid = json_integer_value(json_object_get(m, "pid"));
+    char ev[400];
+    snprintf(ev, sizeof ev, "worker %d connected: host %s, device %s, backend %s, pid %lld", w->slot,
+             w->host, w->device, w->backend, w->pid);
+    rd_log("%s", ev);
+    rd_db_event(d, 0, "worker", ev);
+    if (d->shutting_down)
+        rd_conn_send(c, rw_msg_new("stop", -1));
+    return 0;
+}
+
+static void set_attempt(rd_daemon *d, int64_t attempt, const char *outcome, const char *error)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "UPDATE attempts SET outcome=?, ended=?, error=? WHERE id=? "
+                                     "AND outcome='running'");
+    if (!st)
+        return;
+    sqlite3_bind_text(st, 1, outcome, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 2, rd_now());
+    if (error)
+        sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 3);
+    sqlite3_bind_int64(st, 4, attempt);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+}
+
+static void set_job_state(rd_daemon *d, int64_t job, const char *state, const char *error)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET state=?, error=?, finished=CASE WHEN ? IN "
+                                     "('done','failed','cancelled') THEN ? ELSE NULL END WHERE id=?");
+    if (!st)
+        return;
+    sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+    if (error)
+        sqlite3_bind_text(st, 2, error, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 4, rd_now());
+    sqlite3_bind_int64(st, 5, job);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+    char ev[1200];
+    snprintf(ev, sizeof ev, "state %s%s%s", state, error ? ": " : "", error ? error : "");
+    rd_db_event(d, job, "state", ev);
+    rd_watch_job_state(d, job);
+}
+
+/* Frees every worker holding `job`; others than `except` are told to drop it. */
+static void release_job(rd_daemon *d, int64_t job, rd_worker *except)
+{
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        if (w->job != job)
+            continue;
+        if (w != except && w->conn) {
+            json_t *m = rw_msg_new("cancel_job", -1);
+            json_object_set_new(m, "job", json_integer(job));
+            rd_conn_send(w->conn, m);
+        }
+        w->job = w->attempt = 0;
+    }
+}
+
+static void job_lost(rd_daemon *d, rd_worker *w, const char *why)
+{
+    int64_t job = w->job, attempt = w->attempt;
+    release_job(d, job, w);
+    set_attempt(d, attempt, "lost", why);
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT state, lost FROM jobs WHERE id=?");
+    char cur[16] = "";
+    int lost = 0;
+    if (st) {
+        sqlite3_bind_int64(st, 1, job);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            snprintf(cur, sizeof cur, "%s", (const char *)sqlite3_column_text(st, 0));
+            lost = sqlite3_column_int(st, 1);
+        }
+        sqlite3_finalize(st);
+    }
+    if (strcmp(cur, "running") != 0)
+        return; /* cancelled meanwhile: stays so */
+    rd_db_int(d, "UPDATE jobs SET lost=lost+1 WHERE id=? RETURNING lost", job, 0);
+    char msg[512];
+    if (d->shutting_down) {
+        set_job_state(d, job, "queued", NULL);
+    } else if (lost + 1 > d->max_retries) {
+        snprintf(msg, sizeof msg, "%s; gave up after %d lost attempts", why, lost + 1);
+        set_job_state(d, job, "failed", msg);
+    } else {
+        snprintf(msg, sizeof msg, "%s; requeued (resumes from its checkpoint)", why);
+        rd_db_event(d, job, "state", msg);
+        rd_log("job j%lld: %s", (long long)job, msg);
+        set_job_state(d, job, "queued", NULL);
+    }
+}
+
+void rd_worker_conn_lost(rd_conn *c)
+{
+    rd_worker *w = c->worker;
+    if (!w)
+        return;
+    rd_daemon *d = c->d;
+    w->conn = NULL;
+    c->worker = NULL;
+    char ev[128];
+    snprintf(ev, sizeof ev, "worker %d disconnected", w->slot);
+    rd_log("%s", ev);
+    if (w->job)
+        job_lost(d, w, "worker lost");
+    if (w->remote)
+        w->dead = 1;
+    rd_schedule(d);
+}
+
+/* The worker's report must be about the assignment it holds now. */
+static int current(rd_worker *w, json_t *m)
+{
+    return w->job && json_integer_value(json_object_get(m, "job")) == w->job &&
+           json_integer_value(json_object_get(m, "attempt")) == w->attempt;
+}
+
+static void bind_num(sqlite3_stmt *st, int i, json_t *m, const char *k)
+{
+    double v = rw_json_get_num(m, k);
+    if (isfinite(v))
+        sqlite3_bind_double(st, i, v);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static void store_metric(rd_daemon *d, rd_worker *w, json_t *m, const char *kind)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO metrics(job_id, attempt_id, kind, epoch, step, "
+                                     "loss, align, uniform, collapse, knn, pairs_per_s, tau, t) "
+                                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    if (!st)
+        return;
+    sqlite3_bind_int64(st, 1, w->job);
+    sqlite3_bind_int64(st, 2, w->attempt);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, json_integer_value(json_object_get(m, "epoch")));
+    sqlite3_bind_int64(st, 5, json_integer_value(json_object_get(m, "step")));
+    const char *k[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s", "tau"};
+    for (int i = 0; i < 7; i++)
+        bind_num(st, 6 + i, m, k[i]);
+    sqlite3_bind_double(st, 13, rd_now());
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rd_log("sqlite: metric: %s", sqlite3_errmsg(d->db));
+    sqlite3_finalize(st);
+}
+
+void rd_worker_message(rd_conn *c, const char *type, json_t *m)
+{
+    rd_daemon *d = c->d;
+    rd_worker *w = c->worker;
+    if (!w)
+        return;
+    w->last_seen = rd_mono();
+    if (!strcmp(type, "heartbeat"))
+        return;
+    if (!current(w, m))
+        return; /* a late report of a job taken away (cancelled, requeued): ignore */
+    int64_t job = w->job;
+    if (!strcmp(type, "metric")) {
+        const char *kind = json_string_value(json_object_get(m, "kind"));
+        if (strcmp(kind, "step") && strcmp(kind, "epoch"))
+            return;
+        store_metric(d, w, m, kind);
+        json_t *ev = json_deep_copy(m);
+        json_object_set_new(ev, "type", json_string("event"));
+        json_object_set_new(ev, "metric", json_string(kind));
+        json_object_set_new(ev, "kind", json_string("metric"));
+        rd_watch_job_event(d, job, ev);
+    } else if (!strcmp(type, "log")) {
+        rd_db_event(d, job, "log", json_string_value(json_object_get(m, "line")));
+    } else if (!strcmp(type, "done")) {
+        store_metric(d, w, m, "final");
+        sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET linear_acc=?, align_last10=?, "
+                                         "uniform_last10=?, result=? WHERE id=?");
+        if (st) {
+            bind_num(st, 1, m, "linear_acc");
+            bind_num(st, 2, m, "align_last10");
+            bind_num(st, 3, m, "uniform_last10");
+            char *res = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
+            sqlite3_bind_text(st, 4, res ? res : "{}", -1, SQLITE_TRANSIENT);
+            free(res);
+            sqlite3_bind_int64(st, 5, job);
+            sqlite3_step(st);
+            sqlite3_finalize(st);
+        }
+        set_attempt(d, w->attempt, "done", NULL);
+        release_job(d, job, w);
+        if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
+            set_job_state(d, job, "done", NULL);
+        rd_log("job j%lld done", (long long)job);
+    } else if (!strcmp(type, "failed")) {
+        const char *e = json_string_value(json_object_get(m, "error"));
+        set_attempt(d, w->attempt, "failed", e);
+        release_job(d, job, w);
+        /* a worker's own failure (bad data, non-finite loss) would repeat */
+        if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
+            set_job_state(d, job, "failed", e);
+        rd_log("job j%lld failed: %s", (long long)job, e);
+    } else if (!strcmp(type, "stopped")) {
+        set_attempt(d, w->attempt, "stopped", NULL);
+        release_job(d, job, w);
+        if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
+            set_job_state(d, job, "queued", NULL); /* stopped by shutdown: resumes next time */
+    }
+    if (!w->job)
+        rd_schedule(d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Heartbeats */
+
+void rd_tick(rd_daemon *d)
+{
+    double now = rd_mono();
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        int silent = now - w->last_seen > d->heartbeat_timeout_s;
+        if (w->conn && silent) {
+            char ev[160];
+            snprintf(ev, sizeof ev, "worker %d: no heartbeat for %.0f s; killing it", w->slot,
+                     now - w->last_seen);
+            rd_log("%s", ev);
+            rd_db_event(d, w->job, "worker", ev);
+            if (w->job)
+                job_lost(d, w, "worker stopped sending heartbeats");
+            if (w->proc_alive)
+                uv_process_kill(&w->proc, SIGKILL);
+            rd_conn_close(w->conn);
+        } else if (!w->conn && w->proc_alive && silent && !d->shutting_down) {
+            rd_log("worker %d never connected; killing it", w->slot);
+            uv_process_kill(&w->proc, SIGKILL);
+            w->last_seen = now;
+        }
+    }
+    if (d->shutting_down && now - d->shutdown_started > d->shutdown_timeout_s) {
+        for (int i = 0; i < d->nworkers; i++)
+            if (d->workers[i].proc_alive)
+                uv_process_kill(&d->workers[i].proc, SIGKILL);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scheduling */
+
+int rd_ndevices(rd_daemon *d)
+{
+    int seen[RD_WORKERS_MAX], n = 0;
+    for (int i = 0; i < d->nworkers; i++) {
+        if (d->workers[i].dead)
+            continue;
+        int dup = 0;
+        for (int j = 0; j < n; j++)
+            dup |= seen[j] == d->workers[i].device_index;
+        if (!dup)
+            seen[n++] = d->workers[i].device_index;
+    }
+    return n;
+}
+
+void rd_schedule(rd_daemon *d)
+{
+    if (d->shutting_down)
+        return;
+    for (;;) {
+        sqlite3_stmt *st = rd_db_prep(d, "SELECT id, name, spec, devices, attempts FROM jobs WHERE "
+                                         "state='queued' ORDER BY priority DESC, id LIMIT 1");
+        if (!st)
+            return;
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            sqlite3_finalize(st);
+            return;
+        }
+        int64_t job = sqlite3_column_int64(st, 0);
+        json_t *name = json_string((const char *)sqlite3_column_text(st, 1));
+        json_t *spec = json_string((const char *)sqlite3_column_text(st, 2));
+        int ndev = sqlite3_column_int(st, 3), attempts = sqlite3_column_int(st, 4);
+        sqlite3_finalize(st);
+        /* N idle workers on N distinct devices */
+        rd_worker *pick[64];
+        int np = 0;
+        for (int i = 0; i < d->nworkers && np < ndev; i++) {
+            rd_worker *w = &d->workers[i];
+            if (!w->conn || w->job || w->stopping || w->conn->closing)
+                continue;
+            int dup = 0;
+            for (int j = 0; j < np; j++)
+                dup |= pick[j]->device_index == w->device_index;
+            if (!dup)
+                pick[np++] = w;
+        }
+        if (np < ndev) {
+            json_decref(name);
+            json_decref(spec);
+            return; /* strict FIFO: the head job waits */
+        }
+        char wname[256];
+        snprintf(wname, sizeof wname, "%d:%s", pick[0]->slot, pick[0]->device);
+        st = rd_db_prep(d, "INSERT INTO attempts(job_id, worker, started, outcome) "
+                           "VALUES(?,?,?,'running')");
+        if (!st) {
+            json_decref(name);
+            json_decref(spec);
+            return;
+        }
+        sqlite3_bind_int64(st, 1, job);
+        sqlite3_bind_text(st, 2, wname, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_double(st, 3, rd_now());
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+        int64_t attempt = sqlite3_last_insert_rowid(d->db);
+        st = rd_db_prep(d, "UPDATE jobs SET state='running', attempts=attempts+1, "
+                           "started=COALESCE(started, ?) WHERE id=?");
+        if (st) {
+            sqlite3_bind_double(st, 1, rd_now());
+            sqlite3_bind_int64(st, 2, job);
+            sqlite3_step(st);
+            sqlite3_finalize(st);
+        }
+        char out[PATH_MAX + 64];
+        snprintf(out, sizeof out, "%s/runs/%lld", d->state_dir, (long long)job);
+        for (int r = 0; r < np; r++) {
+            json_t *m = rw_msg_new("assign", -1);
+            json_object_set_new(m, "job", json_integer(job));
+            json_object_set_new(m, "attempt", json_integer(attempt));
+            json_object_set(m, "name", name);
+            json_object_set(m, "spec", spec);
+            json_object_set_new(m, "out_dir", json_string(out));
+            json_object_set_new(m, "resume", json_boolean(attempts > 0));
+            json_object_set_new(m, "rank", json_integer(r));
+            json_object_set_new(m, "world", json_integer(np));
+            json_object_set_new(m, "threads", json_integer(d->threads_per_worker));
+            pick[r]->job = job;
+            pick[r]->attempt = attempt;
+            pick[r]->rank = r;
+            rd_conn_send(pick[r]->conn, m);
+        }
+        char ev[400];
+        snprintf(ev, sizeof ev, "attempt %lld on worker %s%s", (long long)attempt, wname,
+                 attempts > 0 ? " (resuming)" : "");
+        rd_db_event(d, job, "state", ev);
+        rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
+        json_decref(name);
+        json_decref(spec);
+        rd_watch_job_state(d, job);
+    }
+}
+
+void rd_cancel_job(rd_daemon *d, int64_t job)
+{
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        if (w->job == job) {
+            set_attempt(d, w->attempt, "cancelled", NULL);
+            if (w->conn) {
+                json_t *m = rw_msg_new("cancel_job", -1);
+                json_object_set_new(m, "job", json_integer(job));
+                rd_conn_send(w->conn, m);
+            }
+            w->job = w->attempt = 0;
+        }
+    }
+    set_job_state(d, job, "cancelled", "cancelled by user");
+}
+
+void rd_workers_stop_all(rd_daemon *d)
+{
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        uv_timer_stop(&w->restart_timer);
+        w->stopping = 1;
+        if (w->conn)
+            rd_conn_send(w->conn, rw_msg_new("stop", -1));
+        else if (w->proc_alive)
+            uv_process_kill(&w->proc, SIGTERM);
+    }
+}
+
+int rd_workers_alive(rd_daemon *d)
+{
+    int n = 0;
+    for (int i = 0; i < d->nworkers; i++)
+        n += d->workers[i].proc_alive;
+    return n;
+}
+
+json_t *rd_workers_json(rd_daemon *d)
+{
+    json_t *a = json_array();
+    double now = rd_mono();
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        if (w->dead)
+            continue;
+        json_t *o = json_object();
+        json_object_set_new(o, "slot", json_integer(w->slot));
+        json_object_set_new(o, "device", json_string(w->device));
+        json_object_set_new(o, "host", json_string(w->host[0] ? w->host : "-"));
+        json_object_set_new(o, "backend", json_string(w->backend[0] ? w->backend : "-"));
+        json_object_set_new(o, "pid", json_integer(w->conn || w->proc_alive ? w->pid : 0));
+        json_object_set_new(o, "state", json_string(!w->conn ? (w->proc_alive ? "starting" : "down")
+                                                    : w->job ? "busy" : "idle"));
+        json_object_set_new(o, "job", json_integer(w->job));
+        json_object_set_new(o, "rank", json_integer(w->rank));
+        json_object_set_new(o, "remote", json_boolean(w->remote));
+        json_object_set_new(o, "starts", json_integer(w->restarts));
+        json_object_set_new(o, "last_seen_s", w->conn ? json_real(now - w->last_seen) : json_null());
+        json_array_append_new(a, o);
+    }
+    return a;
+}

@@ -1,0 +1,325 @@
+/* Grid files on the spec parser's tree (proto/spec_tree.h). */
+#include "proto/grid.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "proto/spec_tree.h"
+
+#define AXIS_MAX 256
+
+static int key_is(const ynode *k, const char *s)
+{
+    return k->kind == YN_SCALAR && k->len == strlen(s) && !strcmp(k->text, s);
+}
+
+static const ynode *map_get(const ynode *map, const char *key)
+{
+    for (size_t i = 0; i + 1 < map->nkids; i += 2)
+        if (key_is(map->kids[i], key))
+            return map->kids[i + 1];
+    return NULL;
+}
+
+static int name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+}
+
+/* The default grid name: the origin's base name without .yaml/.yml, with
+ * characters outside [A-Za-z0-9_.-] replaced. */
+static void default_name(const char *origin, char *out, size_t outlen)
+{
+    const char *b = strrchr(origin, '/');
+    b = b ? b + 1 : origin;
+    size_t n = strlen(b);
+    if (n > 5 && !strcmp(b + n - 5, ".yaml"))
+        n -= 5;
+    else if (n > 4 && !strcmp(b + n - 4, ".yml"))
+        n -= 4;
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < outlen; i++)
+        out[o++] = name_char(b[i]) ? b[i] : '_';
+    out[o] = '\0';
+    if (!o)
+        snprintf(out, outlen, "grid");
+}
+
+static int add_job(rw_grid *g, const rw_spec *s, const char *variant, char *err, size_t errlen,
+                   const char *origin)
+{
+    if (g->njobs == RW_GRID_JOBS_MAX) {
+        snprintf(err, errlen, "%s: grid: expands to more than %d jobs", origin, RW_GRID_JOBS_MAX);
+        return -1;
+    }
+    rw_grid_job *j = &g->jobs[g->njobs];
+    memset(j, 0, sizeof *j);
+    j->spec = *s;
+    snprintf(j->variant, sizeof j->variant, "%s", variant);
+    snprintf(j->name, sizeof j->name, "%s/%s/seed%llu", g->name, variant,
+             (unsigned long long)s->seed);
+    char where[RW_PATH_MAX + RW_JOB_NAME_MAX];
+    snprintf(where, sizeof where, "%s: job %s", origin, j->name);
+    if (rw_spec_validate(&j->spec, where, err, errlen) != 0)
+        return -1;
+    g->njobs++;
+    return 0;
+}
+
+static int parse_seeds(const ynode *n, const char *origin, uint64_t *seeds, size_t *nseeds,
+                       char *err, size_t errlen)
+{
+    if (n->kind != YN_SEQ || n->nkids == 0 || n->nkids > AXIS_MAX) {
+        snprintf(err, errlen, "%s: grid.seed: must be a list of 1..%d seeds (line %d)", origin,
+                 AXIS_MAX, n->line);
+        return -1;
+    }
+    for (size_t i = 0; i < n->nkids; i++) {
+        double v;
+        const ynode *k = n->kids[i];
+        if (rw_ynode_number(k, &v) != 0 || v != floor(v) || v < 0 || v > 9007199254740992.0) {
+            snprintf(err, errlen, "%s: grid.seed[%zu]: must be an integer in 0..2^53 (line %d)",
+                     origin, i, k->line);
+            return -1;
+        }
+        seeds[i] = (uint64_t)v;
+        for (size_t j = 0; j < i; j++) {
+            if (seeds[j] == seeds[i]) {
+                snprintf(err, errlen, "%s: grid.seed[%zu]: duplicate seed %llu (line %d)", origin, i,
+                         (unsigned long long)seeds[i], k->line);
+                return -1;
+            }
+        }
+    }
+    *nseeds = n->nkids;
+    return 0;
+}
+
+static int expand(const ynode *root, const char *origin, const char *basedir, rw_grid *g,
+                  char *err, size_t errlen)
+{
+    char where[RW_PATH_MAX + 64];
+    rw_spec base;
+    rw_spec_defaults(&base);
+
+    if (!map_get(root, "base") && !map_get(root, "grid")) {
+        /* a plain spec: one job, named by the spec */
+        if (rw_spec_apply_tree(root, origin, basedir, &base, err, errlen) != 0)
+            return -1;
+        snprintf(g->name, sizeof g->name, "%s", base.name);
+        return add_job(g, &base, base.name, err, errlen, origin);
+    }
+    for (size_t i = 0; i + 1 < root->nkids; i += 2) {
+        const ynode *k = root->kids[i];
+        if (!(key_is(k, "name") || key_is(k, "priority") || key_is(k, "base") || key_is(k, "grid"))) {
+            snprintf(err, errlen,
+                     "%s: %.40s: unknown field in a grid file (allowed: name, priority, base, grid) "
+                     "(line %d)",
+                     origin, k->kind == YN_SCALAR ? k->text : "?", k->line);
+            return -1;
+        }
+    }
+    const ynode *n = map_get(root, "name");
+    default_name(origin, g->name, sizeof g->name);
+    if (n) {
+        int ok = n->kind == YN_SCALAR && n->len > 0 && n->len < RW_NAME_MAX &&
+                 strlen(n->text) == n->len;
+        for (size_t i = 0; ok && i < n->len; i++)
+            ok = name_char(n->text[i]);
+        if (!ok) {
+            snprintf(err, errlen, "%s: name: must be 1..%d characters from [A-Za-z0-9_.-] (line %d)",
+                     origin, RW_NAME_MAX - 1, n->line);
+            return -1;
+        }
+        memcpy(g->name, n->text, n->len + 1);
+    }
+    n = map_get(root, "priority");
+    if (n) {
+        double v;
+        if (rw_ynode_number(n, &v) != 0 || v != floor(v) || fabs(v) > 1000) {
+            snprintf(err, errlen, "%s: priority: must be an integer in -1000..1000 (line %d)", origin,
+                     n->line);
+            return -1;
+        }
+        g->priority = (int)v;
+    }
+    n = map_get(root, "base");
+    if (n && !rw_ynode_is_null(n)) {
+        snprintf(where, sizeof where, "%s: base", origin);
+        if (n->kind != YN_MAP) {
+            snprintf(err, errlen, "%s: must be a mapping of spec fields (line %d)", where, n->line);
+            return -1;
+        }
+        if (rw_spec_apply_tree(n, where, basedir, &base, err, errlen) != 0)
+            return -1;
+    }
+
+    uint64_t seeds[AXIS_MAX];
+    size_t nseeds = 1;
+    seeds[0] = base.seed;
+    const ynode *variants = NULL;
+    const ynode *gr = map_get(root, "grid");
+    if (gr && !rw_ynode_is_null(gr)) {
+        if (gr->kind != YN_MAP) {
+            snprintf(err, errlen, "%s: grid: must be a mapping of axes (seed, variant) (line %d)",
+                     origin, gr->line);
+            return -1;
+        }
+        for (size_t i = 0; i + 1 < gr->nkids; i += 2) {
+            const ynode *k = gr->kids[i];
+            if (!key_is(k, "seed") && !key_is(k, "variant")) {
+                snprintf(err, errlen, "%s: grid.%.40s: unknown axis (allowed: seed, variant) (line %d)",
+                         origin, k->kind == YN_SCALAR ? k->text : "?", k->line);
+                return -1;
+            }
+        }
+        const ynode *s = map_get(gr, "seed");
+        if (s && parse_seeds(s, origin, seeds, &nseeds, err, errlen) != 0)
+            return -1;
+        variants = map_get(gr, "variant");
+        if (variants && (variants->kind != YN_SEQ || variants->nkids == 0 ||
+                         variants->nkids > AXIS_MAX)) {
+            snprintf(err, errlen, "%s: grid.variant: must be a list of 1..%d variant mappings (line %d)",
+                     origin, AXIS_MAX, variants->line);
+            return -1;
+        }
+    }
+    size_t nvar = variants ? variants->nkids : 1;
+    g->jobs = calloc(nvar * nseeds > RW_GRID_JOBS_MAX ? RW_GRID_JOBS_MAX : nvar * nseeds,
+                     sizeof *g->jobs);
+    if (!g->jobs) {
+        snprintf(err, errlen, "%s: out of memory", origin);
+        return -1;
+    }
+    for (size_t v = 0; v < nvar; v++) {
+        rw_spec vs = base;
+        if (variants) {
+            const ynode *vn = variants->kids[v];
+            snprintf(where, sizeof where, "%s: grid.variant[%zu]", origin, v);
+            if (vn->kind != YN_MAP || !map_get(vn, "name")) {
+                snprintf(err, errlen, "%s: must be a mapping with a name and spec fields (line %d)",
+                         where, vn->line);
+                return -1;
+            }
+            if (rw_spec_apply_tree(vn, where, basedir, &vs, err, errlen) != 0)
+                return -1;
+            for (size_t u = 0; u < v; u++) {
+                if (!strcmp(g->jobs[u * nseeds].variant, vs.name)) {
+                    snprintf(err, errlen, "%s: name: '%s' is already the name of grid.variant[%zu] (line %d)",
+                             where, vs.name, u, vn->line);
+                    return -1;
+                }
+            }
+        }
+        for (size_t k = 0; k < nseeds; k++) {
+            rw_spec js = vs;
+            js.seed = seeds[k];
+            if (add_job(g, &js, vs.name, err, errlen, origin) != 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+int rw_grid_parse(const char *yaml, size_t len, const char *origin, const char *basedir,
+                  rw_grid *g, char *err, size_t errlen)
+{
+    memset(g, 0, sizeof *g);
+    if (!origin)
+        origin = "grid";
+    ynode *root = NULL;
+    if (rw_ytree_parse(yaml, len, origin, &root, err, errlen) != 0)
+        return -1;
+    int rc = -1;
+    if (!root || rw_ynode_is_null(root)) {
+        snprintf(err, errlen, "%s: empty: expected a spec or a grid (base, grid)", origin);
+    } else if (root->kind != YN_MAP) {
+        snprintf(err, errlen, "%s: top level: must be a mapping (a spec, or a grid with base and grid) (line %d)",
+                 origin, root->line);
+    } else {
+        rc = expand(root, origin, basedir, g, err, errlen);
+    }
+    rw_ytree_free(root);
+    if (rc != 0)
+        rw_grid_free(g);
+    return rc;
+}
+
+int rw_grid_read_file(const char *path, size_t max, char **text, size_t *len, char *basedir,
+                      size_t basedirlen, char *err, size_t errlen)
+{
+    *text = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    char *buf = malloc(max + 1);
+    size_t n = 0;
+    while (buf && n <= max) {
+        ssize_t r = read(fd, buf + n, max + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    if (!buf || n > max) {
+        snprintf(err, errlen, "%s: too large (at most %zu bytes)", path, max);
+        free(buf);
+        return -1;
+    }
+    buf[n] = '\0';
+    char dir[PATH_MAX], abs[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (!realpath(dir, abs) || strlen(abs) >= basedirlen) {
+        snprintf(err, errlen, "%s: cannot resolve its folder", path);
+        free(buf);
+        return -1;
+    }
+    snprintf(basedir, basedirlen, "%s", abs);
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+int rw_grid_load(const char *path, rw_grid *g, char *err, size_t errlen)
+{
+    char *text;
+    size_t len;
+    char basedir[RW_PATH_MAX];
+    memset(g, 0, sizeof *g);
+    if (rw_grid_read_file(path, 1u << 20, &text, &len, basedir, sizeof basedir, err, errlen) != 0)
+        return -1;
+    int rc = rw_grid_parse(text, len, path, basedir, g, err, errlen);
+    free(text);
+    return rc;
+}
+
+void rw_grid_free(rw_grid *g)
+{
+    free(g->jobs);
+    g->jobs = NULL;
+    g->njobs = 0;
+}

@@ -1,0 +1,211 @@
+/* The message table and its validator. */
+#include "proto/msg.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "proto/frame.h"
+
+typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL } ftype;
+
+typedef struct {
+    const char *name;
+    ftype type;
+    int required;
+    double lo, hi; /* T_STR: byte length bounds; numbers: value bounds */
+} fdef;
+
+typedef struct {
+    const char *type;
+    int from;
+    fdef fields[24];
+} mdef;
+
+#define BIG 9007199254740992.0 /* 2^53: ids and counters stay exact in a double */
+#define ID {"id", T_INT, 1, 0, BIG}
+#define ID_OPT {"id", T_INT, 0, 0, BIG}
+#define JOB {"job", T_INT, 1, 1, BIG}
+#define ATTEMPT {"attempt", T_INT, 1, 1, BIG}
+#define TARGET(n) {n, T_STR, 1, 1, 128}
+#define METRICS                                                                            \
+    {"epoch", T_INT, 1, 0, 1e6}, {"step", T_INT, 1, 0, BIG}, {"loss", T_NUM_OR_NULL, 1, -BIG, BIG}, \
+        {"align", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform", T_NUM_OR_NULL, 1, -BIG, BIG},        \
+        {"collapse", T_NUM_OR_NULL, 1, -BIG, BIG}, {"knn", T_NUM_OR_NULL, 0, 0, 1},              \
+        {"pairs_per_s", T_NUM_OR_NULL, 0, 0, BIG}, {"tau", T_NUM_OR_NULL, 0, 0, 1}
+
+static const mdef msgs[] = {
+    {"hello", RW_FROM_CLIENT | RW_FROM_WORKER,
+     {ID_OPT, {"version", T_INT, 1, 0, 1e6}, {"role", T_STR, 1, 1, 16}, {"token", T_STR, 0, 0, 256},
+      {"host", T_STR, 0, 0, 255}, {"device", T_STR, 0, 0, 64}, {"backend", T_STR, 0, 0, 32},
+      {"pid", T_INT, 0, 0, 1 << 30}, {"slot", T_INT, 0, 0, 4096}}},
+    /* client requests */
+    {"submit", RW_FROM_CLIENT,
+     {ID, {"text", T_STR, 1, 1, RW_SUBMIT_TEXT_MAX}, {"origin", T_STR, 1, 1, 1023},
+      {"basedir", T_STR, 1, 0, 1023}, {"priority", T_INT, 0, -1000, 1000}}},
+    {"ls", RW_FROM_CLIENT, {ID, {"grid", T_STR, 0, 1, 128}}},
+    {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
+    {"cancel", RW_FROM_CLIENT, {ID, TARGET("target")}},
+    {"logs", RW_FROM_CLIENT, {ID, TARGET("job"), {"tail", T_INT, 0, 1, 100000}}},
+    {"workers", RW_FROM_CLIENT, {ID}},
+    {"watch", RW_FROM_CLIENT, {ID, TARGET("target")}},
+    {"table", RW_FROM_CLIENT, {ID, TARGET("grid")}},
+    {"export", RW_FROM_CLIENT, {ID, TARGET("job")}},
+    {"status", RW_FROM_CLIENT, {ID}},
+    {"shutdown", RW_FROM_CLIENT, {ID}},
+    /* worker reports */
+    {"heartbeat", RW_FROM_WORKER, {ID_OPT, {"job", T_INT, 0, 0, BIG}}},
+    {"metric", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"kind", T_STR, 1, 4, 5}, METRICS}},
+    {"log", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"line", T_STR, 1, 0, RW_LINE_MAX}}},
+    {"done", RW_FROM_WORKER,
+     {ID_OPT, JOB, ATTEMPT, METRICS, {"linear_acc", T_NUM_OR_NULL, 1, 0, 1},
+      {"align_last10", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform_last10", T_NUM_OR_NULL, 1, -BIG, BIG}}},
+    {"failed", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"error", T_STR, 1, 0, RW_LINE_MAX}}},
+    {"stopped", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT}},
+    /* daemon to worker */
+    {"assign", RW_FROM_DAEMON,
+     {ID_OPT, JOB, ATTEMPT, {"name", T_STR, 1, 1, 255}, {"spec", T_STR, 1, 1, 65536},
+      {"out_dir", T_STR, 1, 1, 1023}, {"resume", T_BOOL, 1, 0, 1}, {"rank", T_INT, 1, 0, 63},
+      {"world", T_INT, 1, 1, 64}, {"threads", T_INT, 0, 0, 1024}}},
+    {"cancel_job", RW_FROM_DAEMON, {ID_OPT, JOB}},
+    {"stop", RW_FROM_DAEMON, {ID_OPT}},
+};
+#define NMSGS (sizeof msgs / sizeof msgs[0])
+
+static const char *type_name(ftype t)
+{
+    switch (t) {
+    case T_STR: return "a string";
+    case T_INT: return "an integer";
+    case T_NUM: return "a number";
+    case T_NUM_OR_NULL: return "a number or null";
+    case T_BOOL: return "a boolean";
+    }
+    return "?";
+}
+
+int rw_msg_check(const json_t *m, int from, const char **type, const char **code, char *err,
+                 size_t errlen)
+{
+    *type = NULL;
+    const json_t *t = json_object_get(m, "type");
+    if (!json_is_string(t)) {
+        *code = RW_E_BAD_MESSAGE;
+        snprintf(err, errlen, "type: required, a string");
+        return -1;
+    }
+    const char *ts = json_string_value(t);
+    const mdef *d = NULL;
+    for (size_t i = 0; i < NMSGS; i++)
+        if (!strcmp(msgs[i].type, ts))
+            d = &msgs[i];
+    if (!d || !(d->from & from)) {
+        *code = RW_E_UNKNOWN_TYPE;
+        /* quote at most 32 printable bytes of what they sent */
+        char smp[40];
+        size_t o = 0;
+        for (size_t i = 0; ts[i] && o < 32; i++)
+            smp[o++] = (ts[i] >= 0x20 && ts[i] < 0x7f) ? ts[i] : '?';
+        smp[o] = '\0';
+        snprintf(err, errlen, "unknown message type '%s'%s", smp, d ? " from this role" : "");
+        return -1;
+    }
+    *code = RW_E_BAD_MESSAGE;
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)m, key, v)
+    {
+        if (!strcmp(key, "type"))
+            continue;
+        const fdef *f = NULL;
+        for (const fdef *g = d->fields; g->name; g++)
+            if (!strcmp(g->name, key))
+                f = g;
+        if (!f) {
+            snprintf(err, errlen, "%s: unknown field '%.32s'", ts, key);
+            return -1;
+        }
+        int ok = 0;
+        switch (f->type) {
+        case T_STR:
+            ok = json_is_string(v) && json_string_length(v) >= (size_t)f->lo &&
+                 json_string_length(v) <= (size_t)f->hi &&
+                 strlen(json_string_value(v)) == json_string_length(v); /* no NUL inside */
+            break;
+        case T_INT:
+            ok = json_is_integer(v) && (double)json_integer_value(v) >= f->lo &&
+                 (double)json_integer_value(v) <= f->hi;
+            break;
+        case T_NUM_OR_NULL:
+            if (json_is_null(v)) {
+                ok = 1;
+                break;
+            }
+            /* fall through */
+        case T_NUM:
+            ok = json_is_number(v) && json_number_value(v) >= f->lo && json_number_value(v) <= f->hi;
+            break;
+        case T_BOOL:
+            ok = json_is_boolean(v);
+            break;
+        }
+        if (!ok) {
+            if (f->type == T_STR)
+                snprintf(err, errlen, "%s: %s: must be a string of %.0f..%.0f bytes", ts, key, f->lo,
+                         f->hi);
+            else if (f->type == T_BOOL)
+                snprintf(err, errlen, "%s: %s: must be a boolean", ts, key);
+            else
+                snprintf(err, errlen, "%s: %s: must be %s in [%g, %g]", ts, key, type_name(f->type),
+                         f->lo, f->hi);
+            return -1;
+        }
+    }
+    for (const fdef *g = d->fields; g->name; g++) {
+        if (g->required && !json_object_get(m, g->name)) {
+            snprintf(err, errlen, "%s: %s: required (%s)", ts, g->name, type_name(g->type));
+            return -1;
+        }
+    }
+    *type = d->type;
+    *code = NULL;
+    return 0;
+}
+
+long long rw_msg_id(const json_t *m)
+{
+    const json_t *v = json_object_get(m, "id");
+    return json_is_integer(v) ? (long long)json_integer_value(v) : 0;
+}
+
+json_t *rw_msg_new(const char *type, long long id)
+{
+    json_t *m = json_object();
+    if (!m)
+        return NULL;
+    json_object_set_new(m, "type", json_string(type));
+    if (id >= 0)
+        json_object_set_new(m, "id", json_integer(id));
+    return m;
+}
+
+json_t *rw_msg_error(long long id, const char *code, const char *message)
+{
+    json_t *m = rw_msg_new("error", id);
+    json_object_set_new(m, "code", json_string(code));
+    /* jansson refuses invalid UTF-8: fall back to a fixed text */
+    json_t *s = json_string(message);
+    json_object_set_new(m, "message", s ? s : json_string("(message not valid UTF-8)"));
+    return m;
+}
+
+json_t *rw_json_num(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
+double rw_json_get_num(const json_t *o, const char *key)
+{
+    const json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}

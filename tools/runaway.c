@@ -1,0 +1,818 @@
+/* runaway: the command-line client of runawayd. Plain blocking sockets: one
+ * request, one reply (watch: a stream of events until watch_end). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+#include "proto/grid.h"
+#include "proto/msg.h"
+
+static char state_dir[PATH_MAX];
+static char sock_path[PATH_MAX + 32];
+static const char *daemon_bin = NULL, *worker_bin = NULL;
+static long long next_id = 1;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: runaway [--state-dir DIR] COMMAND ...\n"
+            "  daemon start [RUNAWAYD OPTIONS...]   start runawayd in the background\n"
+            "  daemon stop                          workers checkpoint, jobs go back to the queue\n"
+            "  daemon status\n"
+            "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
+            "  ls [GRID]                            jobs (the newest 500, or one grid's)\n"
+            "  show JOB                             a job: state, attempts, result, spec\n"
+            "  cancel JOB|GRID\n"
+            "  logs JOB [--tail N]\n"
+            "  workers\n"
+            "  watch JOB|GRID                       live progress until every job has ended\n"
+            "  table GRID                           per variant: mean +- std over seeds\n"
+            "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
+            "  run SPEC.yaml                        start a daemon if needed, submit, watch, table\n"
+            "JOB: j12, 12 or a job name (grid/variant/seedK); GRID: g3 or a grid name.\n"
+            "State directory: --state-dir, else $XDG_STATE_HOME/runaway, else\n"
+            "~/.local/state/runaway.\n");
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "runaway: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connection */
+
+typedef struct conn {
+    int fd;
+    rw_frame_reader r;
+} conn;
+
+static int try_connect(conn *c)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(sock_path) >= sizeof sa.sun_path)
+        die("%s: path too long for a Unix socket (use a shorter --state-dir)", sock_path);
+    memcpy(sa.sun_path, sock_path, strlen(sock_path) + 1);
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        return -1;
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    rw_frame_reader_init(&c->r, RW_FRAME_MAX);
+    return 0;
+}
+
+static void conn_close(conn *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    rw_frame_reader_free(&c->r);
+}
+
+static json_t *recv_msg(conn *c, int timeout_ms)
+{
+    json_t *m = NULL;
+    char err[256];
+    int rc = rw_frame_recv_fd(c->fd, &c->r, &m, timeout_ms, err, sizeof err);
+    if (rc == 0)
+        die("runawayd did not answer within %d s", timeout_ms / 1000);
+    if (rc < 0)
+        die("runawayd at %s: %s", sock_path, err);
+    return m;
+}
+
+/* Sends a request, waits for its reply; an error reply ends the program
+ * with the daemon's message. Returns the ok reply. */
+static json_t *request(conn *c, json_t *m)
+{
+    long long id = next_id++;
+    json_object_set_new(m, "id", json_integer(id));
+    if (rw_frame_send_fd(c->fd, m) != 0)
+        die("runawayd at %s: cannot send: %s", sock_path, strerror(errno));
+    json_decref(m);
+    for (;;) {
+        json_t *r = recv_msg(c, 600000);
+        const char *t = json_string_value(json_object_get(r, "type"));
+        if (rw_msg_id(r) != id) {
+            json_decref(r);
+            continue;
+        }
+        if (t && !strcmp(t, "error"))
+            die("%s", json_string_value(json_object_get(r, "message")));
+        return r;
+    }
+}
+
+static int open_conn(conn *c)
+{
+    if (try_connect(c) != 0)
+        return -1;
+    json_t *h = rw_msg_new("hello", -1);
+    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(h, "role", json_string("client"));
+    json_decref(request(c, h));
+    return 0;
+}
+
+static void need_conn(conn *c)
+{
+    if (open_conn(c) != 0)
+        die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
+}
+
+static json_t *req_new(const char *type)
+{
+    return rw_msg_new(type, -1);
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static long long jint(const json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Programs next to ours */
+
+static int find_prog(const char *name, const char *subdir, char *out, size_t len)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        *strrchr(self, '/') = '\0';
+        snprintf(out, len, "%s/%s", self, name);
+        if (access(out, X_OK) == 0)
+            return 0;
+        snprintf(out, len, "%s/../%s/%s", self, subdir, name);
+        if (access(out, X_OK) == 0)
+            return 0;
+    }
+    snprintf(out, len, "%s", name); /* PATH */
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* daemon start|stop|status */
+
+static int daemon_start(int argc, char **argv, int quiet)
+{
+    conn c;
+    if (open_conn(&c) == 0) {
+        json_t *r = request(&c, req_new("status"));
+        if (!quiet)
+            printf("runawayd already running (pid %lld) at %s\n", jint(r, "pid"), sock_path);
+        json_decref(r);
+        conn_close(&c);
+        return 0;
+    }
+    char bin[PATH_MAX];
+    if (daemon_bin)
+        snprintf(bin, sizeof bin, "%s", daemon_bin);
+    else
+        find_prog("runawayd", "daemon", bin, sizeof bin);
+    if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
+        /* runawayd creates the parents; we only need the folder for the log */
+        char cmd[PATH_MAX + 32];
+        snprintf(cmd, sizeof cmd, "mkdir -p -m 700 '%s'", state_dir);
+        if (system(cmd) != 0)
+            die("%s: cannot create", state_dir);
+    }
+    char logp[PATH_MAX + 32];
+    snprintf(logp, sizeof logp, "%s/runawayd.log", state_dir);
+    char **args = calloc((size_t)argc + 5, sizeof *args);
+    int k = 0;
+    args[k++] = bin;
+    args[k++] = "--state-dir";
+    args[k++] = state_dir;
+    if (worker_bin) {
+        args[k++] = "--worker";
+        args[k++] = (char *)worker_bin;
+    }
+    for (int i = 0; i < argc; i++)
+        args[k++] = argv[i];
+    args[k] = NULL;
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        /* detach: own session, stdio to the log, a grandchild so that
+         * init reaps it */
+        setsid();
+        if (fork() != 0)
+            _exit(0);
+        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0)
+            dup2(nul, 0);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(bin, args);
+        fprintf(stderr, "runaway: cannot run %s: %s\n", bin, strerror(errno));
+        _exit(127);
+    }
+    waitpid(pid, NULL, 0);
+    free(args);
+    for (int i = 0; i < 150; i++) { /* 15 s */
+        if (open_conn(&c) == 0) {
+            json_t *r = request(&c, req_new("status"));
+            if (!quiet)
+                printf("runawayd started (pid %lld, %lld worker slots) at %s\n", jint(r, "pid"),
+                       jint(r, "workers"), sock_path);
+            json_decref(r);
+            conn_close(&c);
+            return 0;
+        }
+        usleep(100000);
+    }
+    die("runawayd did not come up; see %s", logp);
+}
+
+static int daemon_stop(void)
+{
+    conn c;
+    need_conn(&c);
+    json_t *r = request(&c, req_new("shutdown"));
+    json_decref(r);
+    conn_close(&c);
+    printf("runawayd stopping: workers checkpoint, running jobs go back to the queue\n");
+    /* the socket disappears when shutdown begins; the lock when it is done */
+    char lock[PATH_MAX + 32];
+    snprintf(lock, sizeof lock, "%s/runawayd.lock", state_dir);
+    for (int i = 0; i < 1200; i++) {
+        if (access(lock, F_OK) != 0) {
+            printf("runawayd stopped\n");
+            return 0;
+        }
+        usleep(100000);
+    }
+    fprintf(stderr, "runaway: runawayd still shutting down after 120 s\n");
+    return 1;
+}
+
+static int daemon_status(void)
+{
+    conn c;
+    need_conn(&c);
+    json_t *r = request(&c, req_new("status"));
+    printf("runawayd pid %lld, protocol %lld, state %s\n", jint(r, "pid"), jint(r, "version"),
+           jstr(r, "state_dir"));
+    printf("%lld worker slots on %lld devices%s\n", jint(r, "workers"), jint(r, "devices"),
+           json_is_true(json_object_get(r, "shutting_down")) ? " (shutting down)" : "");
+    size_t i;
+    json_t *v;
+    printf("jobs:");
+    json_array_foreach(json_object_get(r, "jobs"), i, v) printf(" %s %lld", jstr(v, "state"),
+                                                                  jint(v, "n"));
+    printf("%s\n", json_array_size(json_object_get(r, "jobs")) ? "" : " none");
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* submit */
+
+/* Parses locally first: a bad spec gets the parser's message even without
+ * a daemon; the daemon parses again (it trusts no client). */
+static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
+{
+    char *text;
+    size_t len;
+    char basedir[RW_PATH_MAX], err[2048];
+    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, sizeof basedir, err,
+                          sizeof err) != 0)
+        die("%s", err);
+    rw_grid g;
+    if (rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) != 0)
+        die("%s", err);
+    rw_grid_free(&g);
+    if (c->fd < 0)
+        need_conn(c);
+    json_t *m = req_new("submit");
+    json_t *t = json_string(text);
+    free(text);
+    if (!t)
+        die("%s: not valid UTF-8", path);
+    json_object_set_new(m, "text", t);
+    json_object_set_new(m, "origin", json_string(path));
+    json_object_set_new(m, "basedir", json_string(basedir));
+    if (has_prio)
+        json_object_set_new(m, "priority", json_integer(prio));
+    return request(c, m);
+}
+
+static void print_submitted(json_t *r)
+{
+    json_t *jobs = json_object_get(r, "jobs");
+    printf("grid g%lld %s: %zu job%s\n", jint(r, "grid"), jstr(r, "name"), json_array_size(jobs),
+           json_array_size(jobs) == 1 ? "" : "s");
+    size_t i;
+    json_t *v;
+    json_array_foreach(jobs, i, v) printf("  j%lld %s\n", jint(v, "id"), jstr(v, "name"));
+}
+
+/* ------------------------------------------------------------------------ */
+/* ls, show, logs, workers, cancel */
+
+static void fmt_num(char *out, size_t len, const json_t *o, const char *k, const char *fmt,
+                    double scale)
+{
+    const json_t *v = json_object_get(o, k);
+    if (json_is_number(v))
+        snprintf(out, len, fmt, json_number_value(v) * scale);
+    else
+        snprintf(out, len, "-");
+}
+
+static void print_job_row(const json_t *j)
+{
+    char al[32], un[32], acc[32], ep[32];
+    fmt_num(al, sizeof al, j, "align_last10", "%.3e", 1);
+    fmt_num(un, sizeof un, j, "uniform_last10", "%+.3f", 1);
+    fmt_num(acc, sizeof acc, j, "linear_acc", "%.1f%%", 100);
+    fmt_num(ep, sizeof ep, j, "epoch", "%.0f", 1);
+    printf("j%-5lld %-9s %-40s %5s %3lld  %-10s %-8s %s\n", jint(j, "id"), jstr(j, "state"),
+           jstr(j, "name"), ep, jint(j, "attempts"), al, un, acc);
+}
+
+static void print_job_header(void)
+{
+    printf("%-6s %-9s %-40s %5s %3s  %-10s %-8s %s\n", "job", "state", "name", "epoch", "try",
+           "L_align", "L_unif", "linear");
+}
+
+static int cmd_ls(int argc, char **argv)
+{
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("ls");
+    if (argc > 0)
+        json_object_set_new(m, "grid", json_string(argv[0]));
+    json_t *r = request(&c, m);
+    print_job_header();
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "jobs"), i, v) print_job_row(v);
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+static void print_time(const char *label, const json_t *o, const char *k)
+{
+    const json_t *v = json_object_get(o, k);
+    if (!json_is_number(v))
+        return;
+    time_t t = (time_t)json_number_value(v);
+    struct tm tm;
+    char buf[64];
+    localtime_r(&t, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    printf("%-10s %s\n", label, buf);
+}
+
+static int cmd_show(const char *job)
+{
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("show");
+    json_object_set_new(m, "job", json_string(job));
+    json_t *r = request(&c, m);
+    json_t *j = json_object_get(r, "job");
+    printf("job        j%lld %s (grid g%lld)\n", jint(j, "id"), jstr(j, "name"), jint(j, "grid"));
+    printf("state      %s%s%s\n", jstr(j, "state"), json_is_string(json_object_get(j, "error")) ? ": " : "",
+           jstr(j, "error"));
+    printf("devices    %lld   priority %lld   attempts %lld (lost %lld)\n", jint(j, "devices"),
+           jint(j, "priority"), jint(j, "attempts"), jint(j, "lost"));
+    print_time("created", j, "created");
+    print_time("started", j, "started");
+    print_time("finished", j, "finished");
+    printf("run dir    %s\n", jstr(r, "run_dir"));
+    char al[32], un[32], acc[32];
+    fmt_num(al, sizeof al, j, "align_last10", "%.4e", 1);
+    fmt_num(un, sizeof un, j, "uniform_last10", "%+.4f", 1);
+    fmt_num(acc, sizeof acc, j, "linear_acc", "%.2f%%", 100);
+    printf("result     L_align %s  L_uniform %s (last 10 epochs)  linear eval %s\n", al, un, acc);
+    size_t i;
+    json_t *v;
+    printf("attempts:\n");
+    json_array_foreach(json_object_get(r, "attempts"), i, v) printf(
+        "  #%lld on worker %s: %s%s%s\n", jint(v, "id"), jstr(v, "worker"), jstr(v, "outcome"),
+        json_is_string(json_object_get(v, "error")) ? ": " : "", jstr(v, "error"));
+    printf("spec:\n");
+    const char *s = jstr(r, "spec");
+    while (*s) {
+        const char *e = strchr(s, '\n');
+        int n = e ? (int)(e - s) : (int)strlen(s);
+        printf("  %.*s\n", n, s);
+        s += n + (e ? 1 : 0);
+    }
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+static int cmd_logs(int argc, char **argv)
+{
+    const char *job = NULL;
+    long tail = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--tail") && i + 1 < argc)
+            tail = strtol(argv[++i], NULL, 10);
+        else if (!job)
+            job = argv[i];
+        else
+            die("logs: unexpected argument '%s'", argv[i]);
+    }
+    if (!job)
+        die("logs: which job?");
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("logs");
+    json_object_set_new(m, "job", json_string(job));
+    if (tail > 0)
+        json_object_set_new(m, "tail", json_integer(tail));
+    json_t *r = request(&c, m);
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "lines"), i, v)
+    {
+        time_t t = (time_t)json_number_value(json_object_get(v, "t"));
+        struct tm tm;
+        char ts[32];
+        localtime_r(&t, &tm);
+        strftime(ts, sizeof ts, "%H:%M:%S", &tm);
+        printf("%s %s%s\n", ts, strcmp(jstr(v, "kind"), "log") ? "* " : "", jstr(v, "text"));
+    }
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+static int cmd_workers(void)
+{
+    conn c;
+    need_conn(&c);
+    json_t *r = request(&c, req_new("workers"));
+    printf("%-4s %-8s %-9s %-8s %-8s %-16s %-6s %s\n", "slot", "device", "state", "pid", "backend",
+           "host", "job", "starts");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "workers"), i, v)
+    {
+        char job[32] = "-";
+        if (jint(v, "job"))
+            snprintf(job, sizeof job, "j%lld", jint(v, "job"));
+        printf("%-4lld %-8s %-9s %-8lld %-8s %-16s %-6s %lld%s\n", jint(v, "slot"), jstr(v, "device"),
+               jstr(v, "state"), jint(v, "pid"), jstr(v, "backend"), jstr(v, "host"), job,
+               jint(v, "starts"), json_is_true(json_object_get(v, "remote")) ? " (remote)" : "");
+    }
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+static int cmd_cancel(const char *target)
+{
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("cancel");
+    json_object_set_new(m, "target", json_string(target));
+    json_t *r = request(&c, m);
+    printf("cancelled %lld job%s\n", jint(r, "cancelled"), jint(r, "cancelled") == 1 ? "" : "s");
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* watch, table */
+
+/* Prints events until watch_end. Returns 0 if every job ended done. */
+static int watch(conn *c, const char *target)
+{
+    json_t *m = req_new("watch");
+    json_object_set_new(m, "target", json_string(target));
+    json_t *r = request(c, m);
+    long long id = rw_msg_id(r);
+    char kind = !strcmp(jstr(r, "kind"), "grid") ? 'g' : 'j';
+    long long tid = jint(r, "target");
+    size_t i;
+    json_t *v;
+    int njobs = (int)json_array_size(json_object_get(r, "jobs"));
+    printf("watching %s %s: %d job%s\n", jstr(r, "kind"), target, njobs, njobs == 1 ? "" : "s");
+    json_array_foreach(json_object_get(r, "jobs"), i, v) printf("  j%lld %-40s %s\n", jint(v, "id"),
+                                                                jstr(v, "name"), jstr(v, "state"));
+    json_decref(r);
+    fflush(stdout);
+    for (;;) {
+        json_t *e = recv_msg(c, -1);
+        const char *t = jstr(e, "type");
+        if (rw_msg_id(e) != id) {
+            json_decref(e);
+            continue;
+        }
+        if (!strcmp(t, "watch_end")) {
+            json_decref(e);
+            break;
+        }
+        if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
+            !strcmp(jstr(e, "metric"), "epoch")) {
+            char knn[32] = "";
+            if (json_is_number(json_object_get(e, "knn")))
+                snprintf(knn, sizeof knn, "  knn %.1f%%", 100 * rw_json_get_num(e, "knn"));
+            printf("j%-4lld epoch %3lld  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s  "
+                   "%.1f pairs/s\n",
+                   jint(e, "job"), jint(e, "epoch"), rw_json_get_num(e, "loss"),
+                   rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
+                   rw_json_get_num(e, "collapse"), knn, rw_json_get_num(e, "pairs_per_s"));
+        } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
+            json_t *j = json_object_get(e, "job");
+            printf("j%-4lld %s: %s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
+                   json_is_string(json_object_get(j, "error")) ? ": " : "", jstr(j, "error"));
+        }
+        fflush(stdout);
+        json_decref(e);
+    }
+    /* the outcome, from the daemon's view */
+    int bad = 0;
+    char t[32];
+    snprintf(t, sizeof t, "%c%lld", kind, tid);
+    if (kind == 'g') {
+        m = req_new("ls");
+        json_object_set_new(m, "grid", json_string(t));
+        json_t *lr = request(c, m);
+        json_array_foreach(json_object_get(lr, "jobs"), i, v) bad |= strcmp(jstr(v, "state"), "done") != 0;
+        json_decref(lr);
+    } else {
+        m = req_new("show");
+        json_object_set_new(m, "job", json_string(t));
+        json_t *lr = request(c, m);
+        bad = strcmp(jstr(json_object_get(lr, "job"), "state"), "done") != 0;
+        json_decref(lr);
+    }
+    return bad;
+}
+
+static int cmd_watch(const char *target)
+{
+    conn c;
+    need_conn(&c);
+    int rc = watch(&c, target);
+    conn_close(&c);
+    return rc;
+}
+
+static void pm(char *out, size_t len, const json_t *o, const char *mean, const char *std,
+               const char *fmt, const char *sfmt, double scale)
+{
+    const json_t *a = json_object_get(o, mean), *b = json_object_get(o, std);
+    if (!json_is_number(a)) {
+        snprintf(out, len, "-");
+        return;
+    }
+    char f2[64];
+    snprintf(f2, sizeof f2, "%s ± %s", fmt, sfmt);
+    snprintf(out, len, f2, json_number_value(a) * scale,
+             json_is_number(b) ? json_number_value(b) * scale : 0.0);
+}
+
+static void print_table(conn *c, const char *grid)
+{
+    json_t *m = req_new("table");
+    json_object_set_new(m, "grid", json_string(grid));
+    json_t *r = request(c, m);
+    printf("grid g%lld %s: mean ± std over seeds; L_align(q.f) and L_uniform(f) averaged over the "
+           "last 10 epochs\n",
+           jint(r, "grid"), jstr(r, "name"));
+    printf("%-20s %5s  %-24s %-20s %s\n", "variant", "n", "L_align(q.f)", "L_uniform(f)",
+           "linear eval top-1");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "rows"), i, v)
+    {
+        char al[64], un[64], acc[64], n[32];
+        pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
+        pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
+        pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
+        snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
+        printf("%-20s %5s  %-24s %-20s %s%s\n", jstr(v, "variant"), n, al, un, acc,
+               json_is_number(json_object_get(v, "acc_mean")) ? "%" : "");
+    }
+    json_decref(r);
+}
+
+static int cmd_table(const char *grid)
+{
+    conn c;
+    need_conn(&c);
+    print_table(&c, grid);
+    conn_close(&c);
+    return 0;
+}
+
+static int cmd_export(const char *job, const char *out)
+{
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("export");
+    json_object_set_new(m, "job", json_string(job));
+    json_t *r = request(&c, m);
+    conn_close(&c);
+    char bin[PATH_MAX];
+    if (worker_bin)
+        snprintf(bin, sizeof bin, "%s", worker_bin);
+    else
+        find_prog("runaway-worker", "worker", bin, sizeof bin);
+    char ckpt[PATH_MAX];
+    snprintf(ckpt, sizeof ckpt, "%s", jstr(r, "checkpoint"));
+    json_decref(r);
+    fflush(stdout);
+    execl(bin, bin, "export", ckpt, out, (char *)NULL);
+    die("cannot run %s: %s", bin, strerror(errno));
+}
+
+static int cmd_run(const char *path)
+{
+    conn c = {.fd = -1};
+    /* the spec first: a typo should not start a daemon */
+    char *text;
+    size_t len;
+    char basedir[RW_PATH_MAX], err[2048];
+    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, sizeof basedir, err,
+                          sizeof err) != 0)
+        die("%s", err);
+    rw_grid g;
+    if (rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) != 0)
+        die("%s", err);
+    rw_grid_free(&g);
+    free(text);
+    daemon_start(0, NULL, 0);
+    need_conn(&c);
+    json_t *r = do_submit(&c, path, 0, 0);
+    print_submitted(r);
+    char grid[32];
+    snprintf(grid, sizeof grid, "g%lld", jint(r, "grid"));
+    json_decref(r);
+    fflush(stdout);
+    int rc = watch(&c, grid);
+    printf("\n");
+    print_table(&c, grid);
+    conn_close(&c);
+    if (rc)
+        fprintf(stderr, "runaway: not every job of %s finished: see `runaway ls %s`\n", grid, grid);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    int i = 1;
+    const char *sd = NULL;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--state-dir") && i + 1 < argc)
+            sd = argv[++i];
+        else if (!strcmp(argv[i], "--daemon-bin") && i + 1 < argc)
+            daemon_bin = argv[++i];
+        else if (!strcmp(argv[i], "--worker") && i + 1 < argc)
+            worker_bin = argv[++i];
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "runaway: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (sd) {
+        snprintf(state_dir, sizeof state_dir, "%s", sd);
+    } else {
+        const char *x = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+        if (x && x[0] == '/')
+            snprintf(state_dir, sizeof state_dir, "%s/runaway", x);
+        else if (home && home[0])
+            snprintf(state_dir, sizeof state_dir, "%s/.local/state/runaway", home);
+        else
+            die("no HOME or XDG_STATE_HOME: give --state-dir");
+    }
+    char real[PATH_MAX];
+    if (realpath(state_dir, real))
+        snprintf(state_dir, sizeof state_dir, "%s", real);
+    snprintf(sock_path, sizeof sock_path, "%s/runawayd.sock", state_dir);
+
+    const char *cmd = argv[i++];
+    int n = argc - i;
+    char **a = argv + i;
+#define NEED(k, what)                                                                          \
+    do {                                                                                       \
+        if (n != (k)) {                                                                        \
+            fprintf(stderr, "runaway %s: expected %s\n", cmd, what);                          \
+            return 2;                                                                          \
+        }                                                                                      \
+    } while (0)
+    if (!strcmp(cmd, "daemon")) {
+        if (n < 1)
+            die("daemon: start, stop or status?");
+        if (!strcmp(a[0], "start"))
+            return daemon_start(n - 1, a + 1, 0);
+        if (!strcmp(a[0], "stop"))
+            return daemon_stop();
+        if (!strcmp(a[0], "status"))
+            return daemon_status();
+        die("daemon: start, stop or status, not '%s'", a[0]);
+    }
+    if (!strcmp(cmd, "submit")) {
+        long prio = 0;
+        int has_prio = 0;
+        const char *path = NULL;
+        for (int k = 0; k < n; k++) {
+            if (!strcmp(a[k], "--priority") && k + 1 < n) {
+                prio = strtol(a[++k], NULL, 10);
+                has_prio = 1;
+            } else if (!path)
+                path = a[k];
+            else
+                die("submit: unexpected argument '%s'", a[k]);
+        }
+        if (!path)
+            die("submit: which spec or grid file?");
+        conn c = {.fd = -1};
+        json_t *r = do_submit(&c, path, has_prio, prio);
+        print_submitted(r);
+        json_decref(r);
+        conn_close(&c);
+        return 0;
+    }
+    if (!strcmp(cmd, "ls"))
+        return cmd_ls(n, a);
+    if (!strcmp(cmd, "show")) {
+        NEED(1, "JOB");
+        return cmd_show(a[0]);
+    }
+    if (!strcmp(cmd, "cancel")) {
+        NEED(1, "JOB or GRID");
+        return cmd_cancel(a[0]);
+    }
+    if (!strcmp(cmd, "logs"))
+        return cmd_logs(n, a);
+    if (!strcmp(cmd, "workers"))
+        return cmd_workers();
+    if (!strcmp(cmd, "watch")) {
+        NEED(1, "JOB or GRID");
+        return cmd_watch(a[0]);
+    }
+    if (!strcmp(cmd, "table")) {
+        NEED(1, "GRID");
+        return cmd_table(a[0]);
+    }
+    if (!strcmp(cmd, "export")) {
+        NEED(2, "JOB OUT.safetensors");
+        return cmd_export(a[0], a[1]);
+    }
+    if (!strcmp(cmd, "run")) {
+        NEED(1, "SPEC.yaml");
+        return cmd_run(a[0]);
+    }
+    fprintf(stderr, "runaway: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

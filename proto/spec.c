@@ -329,7 +329,6 @@ static const field fields[] = {
     {"seed", F_U64, O(seed), 0, TWO53, 0, NULL},
     {"init", F_PATH, O(init), 0, 0, 0, NULL},
     {"threads", F_INT, O(threads), 0, 1024, 0, NULL},
-    {"devices", F_INT, O(devices), 1, 64, 0, NULL},
     {"data.kind", F_ENUM, O(data.kind), 0, 0, 0, data_kinds},
     {"data.path", F_PATH, O(data.path), 0, 0, 0, NULL},
     {"data.synthetic.train", F_INT, O(data.synthetic_train), 1, 1000000, 0, NULL},
@@ -365,6 +364,8 @@ static const field fields[] = {
     {"eval.knn.temperature", F_FLOAT, O(eval.knn_temperature), 0, 100, LO_OPEN, NULL},
     {"log.every_steps", F_INT, O(log.every_steps), 0, 1000000000, 0, NULL},
     {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
+    /* last, so the allowed-keys lists that name the paper's fields read as before */
+    {"devices", F_INT, O(devices), 1, 64, 0, NULL},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 

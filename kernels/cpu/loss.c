@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/optim.h"
 
 /* Row scratch for per-row partial sums: on the stack up to this many rows,
  * else heap (a loss over more rows than this is far outside our batches). */
@@ -215,50 +216,18 @@ static void cpu_softmax_xent(kb_backend *be, const float *logits /* (N,K) */,
         free(rows);
 }
 
-/* The double a user meant by a float hyperparameter: its shortest decimal
- * form (0.999f -> 0.999). torch.optim.Adam holds betas and lr as Python
- * doubles, so 1 - beta2 is 1e-3 there, while 1 - 0.999f is 0.99999e-3:
- * a 1.3e-5 relative difference in v that would keep us from matching. */
-static double intended(float f)
-{
-    char buf[32];
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
-        double d = strtod(buf, NULL);
-        if ((float)d == f)
-            return d;
-    }
-    return f;
-}
-
-/* torch.optim.Adam (single-tensor path): g += wd p; m = b1 m + (1-b1) g;
- * v = b2 v + (1-b2) g^2; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps),
- * bias corrections bc = 1 - beta^step computed in double as Python does. */
+/* torch.optim.Adam; the scalars and the per-element update are shared with
+ * the CUDA backend (kernels/optim.h). */
 static void cpu_adam(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
                      float lr, float beta1, float beta2, float eps, float weight_decay,
                      long step)
 {
     int nt = kb_cpu_of(be)->threads;
     KB_CPU_CHECK(step >= 1);
-    const double b1 = intended(beta1), b2 = intended(beta2);
-    const double bc1 = 1.0 - pow(b1, (double)step);
-    const double bc2 = 1.0 - pow(b2, (double)step);
-    /* torch computes these scalars in double and the tensor ops in float */
-    const float step_size = (float)(intended(lr) / bc1);
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float omb1 = (float)(1.0 - b1), omb2 = (float)(1.0 - b2);
+    const kb_adam_consts k = kb_adam_consts_init(lr, beta1, beta2, eps, weight_decay, step);
 #pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
-        if (weight_decay != 0.0f)
-            gi += weight_decay * p[i];
-        float mi = beta1 * m[i] + omb1 * gi;
-        float vi = beta2 * v[i] + omb2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] -= step_size * (mi / denom);
-    }
+    for (size_t i = 0; i < n; i++)
+        kb_adam_elem(&k, &p[i], g[i], &m[i], &v[i]);
 }
 
 static void cpu_ema(kb_backend *be, float *xi, const float *theta, size_t n, float tau)
@@ -267,7 +236,7 @@ static void cpu_ema(kb_backend *be, float *xi, const float *theta, size_t n, flo
     const float omt = 1.0f - tau;
 #pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
-        xi[i] = tau * xi[i] + omt * theta[i];
+        xi[i] = kb_ema_elem(xi[i], theta[i], tau, omt);
 }
 
 void kb_cpu_loss_init(kb_backend *be)

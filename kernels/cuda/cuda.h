@@ -1,0 +1,157 @@
+/* Private to the CUDA backend: the impl struct, error checks, launch helpers
+ * and the per-file op tables. Each .cu file implements one group of
+ * kb_backend ops ("kernels" section, then "launchers") and fills its slots.
+ *
+ * Everything runs on one stream per backend, in call order, so an op never
+ * waits for the host and the host waits only in download() and sync().
+ * Reductions are deterministic: each partial sum has a fixed owner and a
+ * fixed order (no atomics), so two runs on one GPU give the same bits. */
+#ifndef RUNAWAY_KERNELS_CUDA_CUDA_H
+#define RUNAWAY_KERNELS_CUDA_CUDA_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+extern "C" {
+#include "kernels/backend.h"
+}
+
+/* A failed CUDA/cuDNN/cuBLAS call inside an op is a programmer error (bad
+ * pointer, bad shape) or a dead device: abort with where and why. */
+#define KB_CUDA(call)                                                          \
+    do {                                                                       \
+        cudaError_t e_ = (call);                                               \
+        if (e_ != cudaSuccess) {                                               \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
+                    cudaGetErrorString(e_));                                   \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+#define KB_CUDNN(call)                                                         \
+    do {                                                                       \
+        cudnnStatus_t s_ = (call);                                             \
+        if (s_ != CUDNN_STATUS_SUCCESS) {                                      \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
+                    cudnnGetErrorString(s_));                                  \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+#define KB_CUBLAS(call)                                                        \
+    do {                                                                       \
+        cublasStatus_t s_ = (call);                                            \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                     \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
+                    cublasGetStatusString(s_));                                \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+#define KB_CUDA_CHECK(cond)                                                    \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
+                    #cond);                                                    \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+/* After every launch: catches bad configurations without waiting for the
+ * kernel (cudaGetLastError does not synchronize). */
+#define KB_CUDA_LAUNCHED() KB_CUDA(cudaGetLastError())
+
+typedef struct kb_cuda {
+    int device;
+    int tf32;              /* tensor-core TF32 for convolutions and GEMMs */
+    int sms;               /* multiprocessors, to size grids */
+    cudaStream_t stream;   /* every op runs here, in call order */
+    cudnnHandle_t cudnn;
+    cublasHandle_t cublas;
+    /* One convolution workspace shared by all plans (ops run one at a time
+     * on one stream), grown by conv_plan to the largest need. */
+    void *ws;
+    size_t ws_bytes;
+    /* Scratch for reduction partials and per-channel coefficients, grown on
+     * demand (a grow frees the old block, which waits for the device: it
+     * happens in the first steps only). */
+    void *scratch;
+    size_t scratch_bytes;
+    /* Max-pool windows seen by forward, keyed by the idx buffer: backward is
+     * not told the window (the contract needs none on the CPU), and the
+     * gather kernel must know which windows can contain an element. */
+    struct {
+        const int32_t *idx;
+        int H, W, P, Q, k, stride, pad;
+    } pool_memo[32];
+    int pool_memo_next;
+} kb_cuda;
+
+static inline kb_cuda *kb_cuda_of(kb_backend *be) { return (kb_cuda *)be->impl; }
+
+/* Makes the backend's device current on the calling thread (the setting is
+ * per thread, and the backend may be driven from a thread other than its
+ * creator) and returns the impl. */
+kb_cuda *kb_cuda_enter(kb_backend *be);
+
+/* Scratch of at least `bytes` (256-byte aligned), valid until the next call. */
+void *kb_cuda_scratch(kb_cuda *impl, size_t bytes);
+
+/* Ensures the convolution workspace holds `bytes`; 0 on success, -1 on OOM. */
+int kb_cuda_ws_reserve(kb_cuda *impl, size_t bytes);
+
+/* Grid for a grid-stride loop over n elements with `threads` per block. */
+static inline unsigned kb_cuda_blocks(const kb_cuda *impl, size_t n, int threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    size_t cap = (size_t)impl->sms * 32;
+    if (b > cap)
+        b = cap;
+    return b ? (unsigned)b : 1u;
+}
+
+void kb_cuda_conv_init(kb_backend *be);
+void kb_cuda_norm_init(kb_backend *be);
+void kb_cuda_ops_init(kb_backend *be);
+void kb_cuda_loss_init(kb_backend *be);
+
+/* ---- device helpers shared by the .cu files ---- */
+
+/* Block-wide sum of a double; every thread gets the result. The order is
+ * fixed by the block size: deterministic. `sh` holds blockDim.x/32 doubles.
+ * All threads of the block must call it. */
+static __device__ __forceinline__ double kb_cuda_block_sum(double v, double *sh)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    double s = 0.0;
+    for (int w = 0; w < nw; w++)
+        s += sh[w];
+    return s;
+}
+
+static __device__ __forceinline__ double kb_cuda_block_max(double v, double *sh)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    double m = sh[0];
+    for (int w = 1; w < nw; w++)
+        m = fmax(m, sh[w]);
+    return m;
+}
+
+#endif

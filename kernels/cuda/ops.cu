@@ -1,0 +1,305 @@
+/* ReLU, pooling (own kernels) and linear layers (cuBLAS).
+ *
+ * Pooling backward gathers instead of scattering: each input element sums
+ * the gradients of the windows that picked it, in the order the CPU backend
+ * adds them (row-major over windows), so no atomics and the same bits. */
+#include "kernels/cuda/cuda.h"
+
+/* ---- kernels ---- */
+
+__global__ void kb_relu_fwd_kernel(const float *x, float *y, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+__global__ void kb_relu_bwd_kernel(const float *y, const float *dy, float *dx, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+/* One thread per output element; the CPU's rules: only in-bounds elements
+ * compete, the first maximum in row-major order wins, a NaN wins. */
+__global__ void kb_maxpool_fwd_kernel(const float *x /* (NC,H,W) */, long planes, int H, int W,
+                                      int k, int stride, int pad, int P, int Q,
+                                      float *y /* (NC,P,Q) */, int32_t *idx)
+{
+    const size_t total = (size_t)planes * P * Q;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        size_t pl = o / ((size_t)P * Q);
+        int r = (int)(o - pl * P * Q);
+        int p = r / Q, q = r - p * Q;
+        const float *xp = x + pl * H * W;
+        int h0 = p * stride - pad, w0 = q * stride - pad;
+        int hs = h0 < 0 ? 0 : h0, he = h0 + k > H ? H : h0 + k;
+        int ws = w0 < 0 ? 0 : w0, we = w0 + k > W ? W : w0 + k;
+        float best = -INFINITY;
+        int32_t bi = hs * W + ws;
+        bool nan = false;
+        for (int h = hs; h < he && !nan; h++)
+            for (int w = ws; w < we; w++) {
+                float v = xp[h * W + w];
+                if (v != v) { /* first NaN wins */
+                    best = v;
+                    bi = h * W + w;
+                    nan = true;
+                    break;
+                }
+                if (v > best) {
+                    best = v;
+                    bi = h * W + w;
+                }
+            }
+        y[o] = best;
+        idx[o] = bi;
+    }
+}
+
+/* One thread per input element: windows (p, q) that contain (h, w) are
+ * p in [ceil((h + pad - k + 1) / stride), floor((h + pad) / stride)];
+ * k = 0: window unknown, scan them all (a window whose max lies elsewhere
+ * never matches, so extra candidates change nothing). */
+__global__ void kb_maxpool_bwd_kernel(const float *dy /* (NC,P,Q) */, const int32_t *idx,
+                                      long planes, int H, int W, int P, int Q, int k, int stride,
+                                      int pad, float *dx /* (NC,H,W) */)
+{
+    const size_t total = (size_t)planes * H * W;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        size_t pl = o / ((size_t)H * W);
+        int r = (int)(o - pl * H * W);
+        int h = r / W, w = r - h * W;
+        int p0 = 0, q0 = 0, p1 = P - 1, q1 = Q - 1;
+        if (k > 0) {
+            int ph = h + pad - k + 1, pw = w + pad - k + 1;
+            p0 = ph <= 0 ? 0 : (ph + stride - 1) / stride;
+            q0 = pw <= 0 ? 0 : (pw + stride - 1) / stride;
+            p1 = min((h + pad) / stride, P - 1);
+            q1 = min((w + pad) / stride, Q - 1);
+        }
+        const float *dp = dy + pl * P * Q;
+        const int32_t *ip = idx + pl * P * Q;
+        float s = 0.0f;
+        for (int p = p0; p <= p1; p++)
+            for (int q = q0; q <= q1; q++)
+                if (ip[p * Q + q] == r)
+                    s += dp[p * Q + q];
+        dx[o] = s;
+    }
+}
+
+/* One warp per plane: the lanes' partial sums in double, then a fixed
+ * shuffle tree. */
+__global__ void kb_avgpool_fwd_kernel(const float *x /* (NC,HW) */, long planes, int HW,
+                                      float *y /* (NC) */)
+{
+    const long warps = (long)gridDim.x * (blockDim.x / 32);
+    const int lane = threadIdx.x & 31;
+    for (long pl = blockIdx.x * (long)(blockDim.x / 32) + (threadIdx.x >> 5); pl < planes;
+         pl += warps) {
+        const float *xp = x + pl * HW;
+        double s = 0.0;
+        for (int i = lane; i < HW; i += 32)
+            s += xp[i];
+        for (int o = 16; o > 0; o >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0)
+            y[pl] = (float)(s / HW);
+    }
+}
+
+__global__ void kb_avgpool_bwd_kernel(const float *dy /* (NC) */, long planes, int HW,
+                                      float *dx /* (NC,HW) */)
+{
+    const size_t total = (size_t)planes * HW;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x)
+        dx[o] = dy[o / HW] / (float)HW;
+}
+
+/* y (N,O) rows = b */
+__global__ void kb_bias_rows_kernel(const float *b, int N, int O, float *y)
+{
+    const size_t total = (size_t)N * O;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x)
+        y[o] = b[o % O];
+}
+
+/* db (O) += column sums of dy (N,O); one thread per column, rows in order. */
+__global__ void kb_bias_grad_kernel(const float *dy, int N, int O, float *db)
+{
+    int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= O)
+        return;
+    double s = 0.0;
+    for (int n = 0; n < N; n++)
+        s += dy[(size_t)n * O + o];
+    db[o] += (float)s;
+}
+
+/* ---- launchers ---- */
+
+#define OPS_THREADS 256
+
+static void cuda_relu_forward(kb_backend *be, const float *x, float *y, size_t n)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!n)
+        return;
+    kb_relu_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0, impl->stream>>>(
+        x, y, n);
+    KB_CUDA_LAUNCHED();
+}
+
+static void cuda_relu_backward(kb_backend *be, const float *y, const float *dy, float *dx,
+                               size_t n)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!n)
+        return;
+    kb_relu_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0, impl->stream>>>(
+        y, dy, dx, n);
+    KB_CUDA_LAUNCHED();
+}
+
+static void cuda_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, int N, int C,
+                                 int H, int W, int k, int stride, int pad,
+                                 float *y /* (N,C,P,Q) */, int32_t *idx /* (N,C,P,Q) */)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    const int P = (H + 2 * pad - k) / stride + 1;
+    const int Q = (W + 2 * pad - k) / stride + 1;
+    const long planes = (long)N * C;
+    size_t n = (size_t)planes * P * Q;
+    if (!n)
+        return;
+    kb_maxpool_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
+                            impl->stream>>>(x, planes, H, W, k, stride, pad, P, Q, y, idx);
+    KB_CUDA_LAUNCHED();
+    const int nm = (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]);
+    int slot = -1;
+    for (int i = 0; i < nm && slot < 0; i++)
+        if (impl->pool_memo[i].idx == idx)
+            slot = i;
+    if (slot < 0) {
+        slot = impl->pool_memo_next;
+        impl->pool_memo_next = (slot + 1) % nm;
+    }
+    impl->pool_memo[slot].idx = idx;
+    impl->pool_memo[slot].H = H;
+    impl->pool_memo[slot].W = W;
+    impl->pool_memo[slot].P = P;
+    impl->pool_memo[slot].Q = Q;
+    impl->pool_memo[slot].k = k;
+    impl->pool_memo[slot].stride = stride;
+    impl->pool_memo[slot].pad = pad;
+}
+
+static void cuda_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) */,
+                                  const int32_t *idx /* (N,C,P,Q) */, int N, int C, int H, int W,
+                                  int P, int Q, float *dx /* (N,C,H,W) */)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    const long planes = (long)N * C;
+    size_t n = (size_t)planes * H * W;
+    if (!n)
+        return;
+    /* The window forward recorded for this idx buffer; unknown (idx filled
+     * elsewhere): k = 0, every window is a candidate (correct, slower). */
+    int k = 0, stride = 1, pad = 0;
+    for (int i = 0; i < (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]); i++)
+        if (impl->pool_memo[i].idx == idx && impl->pool_memo[i].H == H &&
+            impl->pool_memo[i].W == W && impl->pool_memo[i].P == P &&
+            impl->pool_memo[i].Q == Q) {
+            k = impl->pool_memo[i].k;
+            stride = impl->pool_memo[i].stride;
+            pad = impl->pool_memo[i].pad;
+            break;
+        }
+    kb_maxpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
+                            impl->stream>>>(dy, idx, planes, H, W, P, Q, k, stride, pad, dx);
+    KB_CUDA_LAUNCHED();
+}
+
+static void cuda_avgpool_forward(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
+                                 int HW, float *y /* (N,C) */)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    const long planes = (long)N * C;
+    if (!planes)
+        return;
+    kb_avgpool_fwd_kernel<<<kb_cuda_blocks(impl, (size_t)planes * 32, OPS_THREADS), OPS_THREADS,
+                            0, impl->stream>>>(x, planes, HW, y);
+    KB_CUDA_LAUNCHED();
+}
+
+static void cuda_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, int N, int C,
+                                  int HW, float *dx /* (N,C,HW) */)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    const long planes = (long)N * C;
+    size_t n = (size_t)planes * HW;
+    if (!n)
+        return;
+    kb_avgpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
+                            impl->stream>>>(dy, planes, HW, dx);
+    KB_CUDA_LAUNCHED();
+}
+
+/* Row-major (R, C) is column-major (C, R): every row-major product below is
+ * written as its transpose in cuBLAS's column-major terms. */
+static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N, int I,
+                                const float *w /* (O,I) */, const float *b /* (O) or NULL */,
+                                int O, float *y /* (N,O) */)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    const float one = 1.0f;
+    float beta = 0.0f;
+    if (b) {
+        size_t n = (size_t)N * O;
+        kb_bias_rows_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
+                              impl->stream>>>(b, N, O, y);
+        KB_CUDA_LAUNCHED();
+        beta = 1.0f;
+    }
+    /* y^T (O,N) = w (O,I) . x^T (I,N): A = w stored (I,O) col-major -> op T */
+    KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, w, I, x, I,
+                          &beta, y, O));
+}
+
+static void cuda_linear_backward(kb_backend *be, const float *x /* (N,I) */,
+                                 const float *w /* (O,I) */, const float *dy /* (N,O) */, int N,
+                                 int I, int O, float *dx /* (N,I) or NULL */,
+                                 float *dw /* (O,I), += */, float *db /* (O) or NULL, += */)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    const float one = 1.0f, zero = 0.0f;
+    /* dx^T (I,N) = w^T (I,O) . dy^T (O,N); w col-major is (I,O) already */
+    if (dx)
+        KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, w, I, dy, O,
+                              &zero, dx, I));
+    /* dw^T (I,O) += x^T (I,N) . dy (N,O); dy col-major is (O,N) -> op T */
+    KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, x, I, dy, O,
+                          &one, dw, I));
+    if (db) {
+        kb_bias_grad_kernel<<<(O + 127) / 128, 128, 0, impl->stream>>>(dy, N, O, db);
+        KB_CUDA_LAUNCHED();
+    }
+}
+
+void kb_cuda_ops_init(kb_backend *be)
+{
+    be->relu_forward = cuda_relu_forward;
+    be->relu_backward = cuda_relu_backward;
+    be->maxpool_forward = cuda_maxpool_forward;
+    be->maxpool_backward = cuda_maxpool_backward;
+    be->avgpool_forward = cuda_avgpool_forward;
+    be->avgpool_backward = cuda_avgpool_backward;
+    be->linear_forward = cuda_linear_forward;
+    be->linear_backward = cuda_linear_backward;
+}

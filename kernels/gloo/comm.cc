@@ -101,7 +101,7 @@ class CStore : public gloo::rendezvous::Store {
 struct GlooComm {
     kb_comm c; // c.impl points back here
     std::shared_ptr<gloo::transport::Device> dev;
-    std::shared_ptr<gloo::rendezvous::Context> ctx;
+    std::shared_ptr<gloo::rendezvous::Context> ctx; // declared after dev: destroyed first
     milliseconds timeout;
     bool broken = false;
     std::string first_error;
@@ -191,12 +191,9 @@ int gloo_barrier(kb_comm *c, char *err, size_t errlen)
 
 void gloo_destroy(kb_comm *c)
 {
-    GlooComm *g = impl(c);
-    try {
-        delete g; // context (pairs) first, then the device and its loop thread
-    } catch (...) {
-        // Destructors should not throw; if gloo's does, leaking beats dying.
-    }
+    // The context (pairs, sockets) goes before the device and its loop thread;
+    // a peer still waiting on us sees the closed connection and fails.
+    delete impl(c);
 }
 
 } // namespace

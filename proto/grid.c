@@ -115,6 +115,11 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
         if (rw_spec_apply_tree(root, origin, basedir, &base, err, errlen) != 0)
             return -1;
         snprintf(g->name, sizeof g->name, "%s", base.name);
+        g->jobs = calloc(1, sizeof *g->jobs);
+        if (!g->jobs) {
+            snprintf(err, errlen, "%s: out of memory", origin);
+            return -1;
+        }
         return add_job(g, &base, base.name, err, errlen, origin);
     }
     for (size_t i = 0; i + 1 < root->nkids; i += 2) {

@@ -41,6 +41,8 @@ typedef struct agent {
     atomic_int cancel;   /* the current job was cancelled */
     atomic_int stop;     /* the daemon asked us to stop, or is gone */
     atomic_int lost;
+    rw_frame_reader r;   /* one reader for hello and the I/O thread: the daemon may
+                          * send an assign right behind its hello reply */
     double heartbeat_s;
     int threads;
     const char *backend;
@@ -67,14 +69,12 @@ static double mono(void)
 static void *io_main(void *arg)
 {
     agent *a = arg;
-    rw_frame_reader r;
-    rw_frame_reader_init(&r, RW_FRAME_MAX);
     double next_hb = mono() + a->heartbeat_s;
     while (!atomic_load(&a->lost)) {
         int wait = (int)((next_hb - mono()) * 1000);
         json_t *m = NULL;
         char err[256];
-        int rc = rw_frame_recv_fd(a->fd, &r, &m, wait > 0 ? wait : 0, err, sizeof err);
+        int rc = rw_frame_recv_fd(a->fd, &a->r, &m, wait > 0 ? wait : 0, err, sizeof err);
         if (rc < 0) {
             fprintf(stderr, "runaway-worker: daemon connection: %s\n", err);
             atomic_store(&a->lost, 1);
@@ -118,7 +118,6 @@ static void *io_main(void *arg)
         pthread_mutex_unlock(&a->mu);
         json_decref(m);
     }
-    rw_frame_reader_free(&r);
     pthread_mutex_lock(&a->mu);
     atomic_store(&a->stop, 1);
     pthread_cond_broadcast(&a->cv);
@@ -391,19 +390,18 @@ int rw_agent_main(int argc, char **argv)
         json_object_set_new(h, "slot", json_integer(slot));
     if (token[0])
         json_object_set_new(h, "token", json_string(token));
-    rw_frame_reader r;
-    rw_frame_reader_init(&r, RW_FRAME_MAX);
+    rw_frame_reader_init(&a.r, RW_FRAME_MAX);
     json_t *reply = NULL;
     int rc = rw_frame_send_fd(fd, h);
     json_decref(h);
     if (rc == 0)
-        rc = rw_frame_recv_fd(fd, &r, &reply, 30000, err, sizeof err) == 1 ? 0 : -1;
-    rw_frame_reader_free(&r);
+        rc = rw_frame_recv_fd(fd, &a.r, &reply, 30000, err, sizeof err) == 1 ? 0 : -1;
     const char *rt = reply ? json_string_value(json_object_get(reply, "type")) : NULL;
     if (rc != 0 || !rt || strcmp(rt, "ok") != 0) {
         fprintf(stderr, "runaway-worker: hello refused: %s\n",
                 reply ? json_string_value(json_object_get(reply, "message")) : err);
         json_decref(reply);
+        rw_frame_reader_free(&a.r);
         close(fd);
         return 1;
     }
@@ -436,6 +434,7 @@ int rw_agent_main(int argc, char **argv)
     /* stop: wake the I/O thread (its poll sees the shutdown) and go */
     shutdown(fd, SHUT_RDWR);
     pthread_join(io, NULL);
+    rw_frame_reader_free(&a.r);
     close(fd);
     return 0;
 }

@@ -1,0 +1,330 @@
+/* The protocol codec, message validation, grid files and the canonical
+ * YAML of a spec. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/frame.h"
+#include "proto/grid.h"
+#include "proto/msg.h"
+#include "proto/spec.h"
+
+/* ------------------------------------------------------------------------ */
+/* Frames */
+
+static json_t *roundtrip(const json_t *m, size_t chunk)
+{
+    char *buf;
+    size_t len;
+    cr_assert_eq(rw_frame_encode(m, &buf, &len), 0);
+    rw_frame_reader r;
+    rw_frame_reader_init(&r, RW_FRAME_MAX);
+    json_t *out = NULL;
+    char err[256];
+    /* fed in pieces: every prefix is "need more" until the last byte */
+    for (size_t o = 0; o < len; o += chunk) {
+        cr_assert_null(out, "frame complete before its last byte");
+        size_t n = len - o < chunk ? len - o : chunk;
+        cr_assert_eq(rw_frame_reader_feed(&r, buf + o, n), 0);
+        rw_frame_status st = rw_frame_reader_next(&r, &out, err, sizeof err);
+        cr_assert(st == RW_FRAME_OK || st == RW_FRAME_NEED_MORE, "status %d: %s", st, err);
+    }
+    cr_assert_not_null(out);
+    cr_assert_eq(r.len, 0);
+    free(buf);
+    rw_frame_reader_free(&r);
+    return out;
+}
+
+Test(frame, roundtrip_whole_and_bytewise)
+{
+    json_t *m = rw_msg_new("metric", 7);
+    json_object_set_new(m, "loss", json_real(-0.125));
+    json_object_set_new(m, "knn", rw_json_num(NAN));
+    json_object_set_new(m, "line", json_string("é \"quoted\" \n\x01"));
+    for (size_t chunk = 1; chunk <= 4096; chunk *= 8) {
+        json_t *o = roundtrip(m, chunk);
+        cr_assert(json_equal(m, o), "chunk %zu", chunk);
+        cr_assert(json_is_null(json_object_get(o, "knn")), "NaN travels as null");
+        json_decref(o);
+    }
+    json_decref(m);
+}
+
+Test(frame, two_frames_in_one_read)
+{
+    json_t *a = rw_msg_new("ls", 1), *b = rw_msg_new("status", 2);
+    char *ba, *bb;
+    size_t la, lb;
+    rw_frame_encode(a, &ba, &la);
+    rw_frame_encode(b, &bb, &lb);
+    rw_frame_reader r;
+    rw_frame_reader_init(&r, 0);
+    rw_frame_reader_feed(&r, ba, la);
+    rw_frame_reader_feed(&r, bb, lb);
+    json_t *o;
+    char err[128];
+    cr_assert_eq(rw_frame_reader_next(&r, &o, err, sizeof err), RW_FRAME_OK);
+    cr_assert_eq(rw_msg_id(o), 1);
+    json_decref(o);
+    cr_assert_eq(rw_frame_reader_next(&r, &o, err, sizeof err), RW_FRAME_OK);
+    cr_assert_eq(rw_msg_id(o), 2);
+    json_decref(o);
+    cr_assert_eq(rw_frame_reader_next(&r, &o, err, sizeof err), RW_FRAME_NEED_MORE);
+    free(ba);
+    free(bb);
+    json_decref(a);
+    json_decref(b);
+    rw_frame_reader_free(&r);
+}
+
+Test(frame, oversized_header_rejected_before_body)
+{
+    rw_frame_reader r;
+    rw_frame_reader_init(&r, 1024);
+    unsigned char hdr[4] = {0, 0, 4, 1}; /* 1025 */
+    rw_frame_reader_feed(&r, hdr, 4);
+    json_t *o;
+    char err[128];
+    cr_assert_eq(rw_frame_reader_next(&r, &o, err, sizeof err), RW_FRAME_TOO_LARGE);
+    cr_assert(strstr(err, "1025") && strstr(err, "1024"), "%s", err);
+    rw_frame_reader_free(&r);
+    /* and the encoder refuses what a reader would refuse */
+    char *big = malloc(RW_FRAME_MAX + 1), *out;
+    size_t n;
+    memset(big, ' ', RW_FRAME_MAX + 1);
+    cr_assert_neq(rw_frame_encode_raw(big, RW_FRAME_MAX + 1, &out, &n), 0);
+    free(big);
+}
+
+Test(frame, bad_bodies)
+{
+    const char *bodies[] = {"{\"type\":", "[1,2]", "\"str\"", "{\"a\":1,\"a\":2}", "\xff\xfe"};
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        char *b;
+        size_t n;
+        rw_frame_encode_raw(bodies[i], strlen(bodies[i]), &b, &n);
+        rw_frame_reader r;
+        rw_frame_reader_init(&r, 0);
+        rw_frame_reader_feed(&r, b, n);
+        json_t *o;
+        char err[128];
+        cr_assert_eq(rw_frame_reader_next(&r, &o, err, sizeof err), RW_FRAME_BAD_JSON, "%s",
+                     bodies[i]);
+        free(b);
+        rw_frame_reader_free(&r);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Messages */
+
+static json_t *parse(const char *s)
+{
+    json_error_t e;
+    json_t *j = json_loads(s, 0, &e);
+    cr_assert_not_null(j, "%s", s);
+    return j;
+}
+
+static void expect_msg(const char *js, int from, const char *code, const char *sub)
+{
+    json_t *m = parse(js);
+    const char *type, *c;
+    char err[256] = "";
+    int rc = rw_msg_check(m, from, &type, &c, err, sizeof err);
+    if (!code) {
+        cr_assert_eq(rc, 0, "%s: %s", js, err);
+    } else {
+        cr_assert_neq(rc, 0, "accepted %s", js);
+        cr_assert_str_eq(c, code, "%s: %s", js, err);
+        cr_assert(strstr(err, sub) != NULL, "expected '%s' in '%s'", sub, err);
+    }
+    json_decref(m);
+}
+
+Test(msg, valid_messages)
+{
+    expect_msg("{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"client\"}", RW_FROM_CLIENT, NULL, NULL);
+    expect_msg("{\"type\":\"submit\",\"id\":2,\"text\":\"a: 1\",\"origin\":\"x.yaml\",\"basedir\":\"/\"}",
+               RW_FROM_CLIENT, NULL, NULL);
+    expect_msg("{\"type\":\"metric\",\"job\":3,\"attempt\":1,\"kind\":\"epoch\",\"epoch\":1,\"step\":5,"
+               "\"loss\":1.5,\"align\":0.1,\"uniform\":-2,\"collapse\":0.9,\"knn\":null}",
+               RW_FROM_WORKER, NULL, NULL);
+    expect_msg("{\"type\":\"assign\",\"job\":3,\"attempt\":1,\"name\":\"g/v/seed0\",\"spec\":\"x\","
+               "\"out_dir\":\"/r\",\"resume\":false,\"rank\":0,\"world\":1}",
+               RW_FROM_DAEMON, NULL, NULL);
+}
+
+Test(msg, invalid_messages)
+{
+    expect_msg("{\"id\":1}", RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "type");
+    expect_msg("{\"type\":\"frobnicate\",\"id\":1}", RW_FROM_CLIENT, RW_E_UNKNOWN_TYPE, "frobnicate");
+    /* a worker's report from a client is not a client message */
+    expect_msg("{\"type\":\"done\",\"id\":1}", RW_FROM_CLIENT, RW_E_UNKNOWN_TYPE, "done");
+    expect_msg("{\"type\":\"show\",\"id\":1}", RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "job: required");
+    expect_msg("{\"type\":\"show\",\"id\":1,\"job\":5}", RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "job");
+    expect_msg("{\"type\":\"show\",\"id\":-1,\"job\":\"j1\"}", RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "id");
+    expect_msg("{\"type\":\"show\",\"id\":1,\"job\":\"j1\",\"extra\":1}", RW_FROM_CLIENT,
+               RW_E_BAD_MESSAGE, "unknown field 'extra'");
+    expect_msg("{\"type\":\"logs\",\"id\":1,\"job\":\"j1\",\"tail\":1e9}", RW_FROM_CLIENT,
+               RW_E_BAD_MESSAGE, "tail");
+    expect_msg("{\"type\":\"metric\",\"job\":3,\"attempt\":1,\"kind\":\"epoch\",\"epoch\":1,\"step\":5,"
+               "\"loss\":\"x\",\"align\":0.1,\"uniform\":-2,\"collapse\":0.9}",
+               RW_FROM_WORKER, RW_E_BAD_MESSAGE, "loss");
+    /* strings are bounded */
+    char *big = malloc(RW_SUBMIT_TEXT_MAX + 200);
+    int n = sprintf(big, "{\"type\":\"show\",\"id\":1,\"job\":\"");
+    memset(big + n, 'a', 200);
+    strcpy(big + n + 200, "\"}");
+    expect_msg(big, RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "1..128 bytes");
+    free(big);
+}
+
+Test(msg, error_reply)
+{
+    json_t *e = rw_msg_error(9, RW_E_NOT_FOUND, "no job 'j99'");
+    cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "error");
+    cr_assert_eq(rw_msg_id(e), 9);
+    cr_assert_str_eq(json_string_value(json_object_get(e, "code")), "not_found");
+    json_decref(e);
+    e = rw_msg_error(1, RW_E_FRAME, "bad \xff utf8");
+    cr_assert_not_null(json_object_get(e, "message"));
+    json_decref(e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Canonical YAML */
+
+static void expect_yaml_roundtrip(const rw_spec *s)
+{
+    char y[RW_SPEC_YAML_MAX], err[1024];
+    int n = rw_spec_to_yaml(s, y, sizeof y);
+    cr_assert_gt(n, 0);
+    rw_spec back;
+    memset(&back, 0x5A, sizeof back); /* padding too: compare whole structs */
+    rw_spec_defaults(&back);
+    cr_assert_eq(rw_spec_parse(y, (size_t)n, "canon", "", &back, err, sizeof err), 0, "%s\n%s",
+                 err, y);
+    cr_assert(memcmp(s, &back, sizeof back) == 0, "round trip differs:\n%s", y);
+    /* canonical: rendering the result again gives the same text */
+    char y2[RW_SPEC_YAML_MAX];
+    rw_spec_to_yaml(&back, y2, sizeof y2);
+    cr_assert_str_eq(y, y2);
+}
+
+Test(yaml, defaults_and_odd_values_roundtrip)
+{
+    rw_spec s;
+    rw_spec_defaults(&s);
+    expect_yaml_roundtrip(&s);
+    snprintf(s.name, sizeof s.name, "a.b-c_9");
+    s.seed = 9007199254740992ull;
+    s.devices = 4;
+    snprintf(s.init, sizeof s.init, "/etc/passwd"); /* validation wants a regular file */
+    snprintf(s.data.path, sizeof s.data.path, "/tmp/we\"ird \\ path: #x");
+    s.data.mean[1] = 0.1f;
+    s.data.std[2] = 1.0f / 3.0f;
+    s.model.predictor = RW_PRED_LINEAR_IDENTITY;
+    s.loss.kind = RW_LOSS_UNIFIED;
+    s.loss.beta = -0.3f;
+    s.loss.tangential = 1;
+    s.optim.lr = 3.0e-4f;
+    s.optim.max_steps = 123456789012L;
+    s.ema.tau = 0.99600005f;
+    s.ema.schedule = RW_TAU_COSINE;
+    s.eval.knn_temperature = 1e-7f;
+    expect_yaml_roundtrip(&s);
+    char y[64];
+    cr_assert_eq(rw_spec_to_yaml(&s, y, sizeof y), -1, "too small a buffer is an error");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Grids */
+
+static const char *grid_text =
+    "name: g\n"
+    "base:\n"
+    "  optim: {epochs: 3}\n"
+    "  model: {width: 4}\n"
+    "grid:\n"
+    "  seed: [0, 1, 2]\n"
+    "  variant:\n"
+    "    - {name: byol, model: {predictor: mlp}}\n"
+    "    - name: byol-np\n"
+    "      model: {predictor: none}\n";
+
+Test(grid, expands_variants_times_seeds)
+{
+    rw_grid g;
+    char err[1024];
+    cr_assert_eq(rw_grid_parse(grid_text, strlen(grid_text), "g.yaml", "", &g, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_str_eq(g.name, "g");
+    cr_assert_eq(g.njobs, 6);
+    cr_assert_str_eq(g.jobs[0].name, "g/byol/seed0");
+    cr_assert_str_eq(g.jobs[2].name, "g/byol/seed2");
+    cr_assert_str_eq(g.jobs[4].name, "g/byol-np/seed1");
+    cr_assert_eq(g.jobs[4].spec.seed, 1);
+    cr_assert_eq(g.jobs[4].spec.model.predictor, RW_PRED_NONE);
+    cr_assert_eq(g.jobs[0].spec.model.predictor, RW_PRED_MLP);
+    cr_assert_eq(g.jobs[4].spec.model.width, 4, "base applies under variants");
+    cr_assert_eq(g.jobs[4].spec.optim.epochs, 3);
+    cr_assert_str_eq(g.jobs[4].variant, "byol-np");
+    cr_assert_eq(g.jobs[0].spec.devices, 1);
+    rw_grid_free(&g);
+}
+
+Test(grid, plain_spec_is_one_job)
+{
+    rw_grid g;
+    char err[1024];
+    const char *y = "name: solo\nseed: 7\n";
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "dir/x.yaml", "", &g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(g.njobs, 1);
+    cr_assert_str_eq(g.jobs[0].name, "solo/solo/seed7");
+    rw_grid_free(&g);
+    /* no name: the file's */
+    y = "base: {seed: 3}\n";
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "dir/my grid.yaml", "", &g, err, sizeof err), 0);
+    cr_assert_str_eq(g.name, "my_grid");
+    cr_assert_str_eq(g.jobs[0].name, "my_grid/byol/seed3");
+    rw_grid_free(&g);
+}
+
+static void expect_grid_error(const char *y, const char *s1, const char *s2)
+{
+    rw_grid g;
+    char err[1024] = "";
+    cr_assert_neq(rw_grid_parse(y, strlen(y), "q.yaml", "", &g, err, sizeof err), 0, "accepted:\n%s", y);
+    cr_assert(strstr(err, "q.yaml") != NULL, "no file in '%s'", err);
+    cr_assert(strstr(err, s1) != NULL, "expected '%s' in '%s'", s1, err);
+    if (s2)
+        cr_assert(strstr(err, s2) != NULL, "expected '%s' in '%s'", s2, err);
+    cr_assert_null(g.jobs);
+}
+
+Test(grid, errors_name_file_and_field)
+{
+    expect_grid_error("base: {optim: {lr: abc}}\n", "base: optim.lr: must be a number", "line 1");
+    expect_grid_error("grid:\n  variant:\n    - {name: a}\n    - {name: b, model: {predictor: big}}\n",
+                      "grid.variant[1]: model.predictor: must be one of", "line 4");
+    expect_grid_error("grid:\n  variant:\n    - {model: {width: 2}}\n", "grid.variant[0]",
+                      "with a name");
+    expect_grid_error("grid:\n  variant:\n    - {name: a}\n    - {name: a}\n", "grid.variant[1]",
+                      "already the name");
+    expect_grid_error("grid: {seed: [0, x]}\n", "grid.seed[1]", "integer");
+    expect_grid_error("grid: {seed: [1, 1]}\n", "grid.seed[1]", "duplicate");
+    expect_grid_error("grid: {seed: []}\n", "grid.seed", "1..");
+    expect_grid_error("grid: {lr: [1, 2]}\n", "grid.lr: unknown axis", "seed, variant");
+    expect_grid_error("base: {}\nbogus: 1\n", "bogus: unknown field", "name, priority, base, grid");
+    expect_grid_error("name: 'a b'\nbase: {}\n", "name:", "[A-Za-z0-9_.-]");
+    expect_grid_error("priority: 5000\nbase: {}\n", "priority", "-1000..1000");
+    expect_grid_error("base: [1]\n", "base", "mapping");
+    expect_grid_error("base: {devices: 0}\n", "devices", "1..64");
+    expect_grid_error("- 1\n", "top level", "mapping");
+    expect_grid_error("base: {data: {kind: cifar10}}\n", "job ", "data.path");
+    expect_grid_error("a: [\n", "YAML syntax error", NULL);
+}

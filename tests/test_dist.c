@@ -18,6 +18,7 @@
 #include "worker/model.h"
 #include "worker/safetensors.h"
 #include "worker/train.h"
+#include "rw_config.h"
 
 #define MAX_STEPS 16
 
@@ -306,4 +307,68 @@ Test(dist, dead_rank_fails_the_others_within_the_timeout)
     cr_expect(strstr(r[0].err, "timeout") != NULL, "rank 0: %s", r[0].err);
     cr_expect_lt(r[0].seconds, 15.0, "rank 0 took %.1f s to give up (timeout 1.5 s)",
                  r[0].seconds);
+}
+
+/* The same 2-rank job over Gloo (TCP on loopback, rendezvous through an
+ * in-process store): the transport the CPU workers use. */
+typedef struct gloo_rank {
+    rank_run run;
+    kb_store *store;
+    int rank;
+} gloo_rank;
+
+static void *gloo_main(void *p)
+{
+    gloo_rank *g = p;
+    char err[256];
+    kb_comm *c = kb_gloo_create(g->store, g->rank, 2, "127.0.0.1", 30000, err, sizeof err);
+    if (!c) {
+        g->run.rc = -1;
+        snprintf(g->run.err, sizeof g->run.err, "%s", err);
+        return NULL;
+    }
+    g->run.opts.comm = c;
+    rank_main(&g->run);
+    kb_comm_destroy(c);
+    return NULL;
+}
+
+Test(dist, gloo_two_ranks_follow_one_rank)
+{
+    if (!RW_HAVE_GLOO) {
+        cr_skip_test("built without Gloo");
+        return;
+    }
+    rw_spec s;
+    tiny_spec(&s, 0);
+    char o1[96], o2[96], w1[128], w2[128], worst[64] = "";
+    snprintf(o1, sizeof o1, "%s/one", tmp);
+    snprintf(o2, sizeof o2, "%s/gloo", tmp);
+    rank_run one;
+    run_single(&one, &s, o1);
+    static tc_store st;
+    kb_store store;
+    tc_store_init(&st, &store);
+    gloo_rank g[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        memset(&g[k], 0, sizeof g[k]);
+        g[k].store = &store;
+        g[k].rank = k;
+        g[k].run.spec = s;
+        g[k].run.opts = (rw_train_opts){.out_dir = k == 0 ? o2 : NULL, .sync_bn = 1,
+                                        .check_every = 2, .test_perturb_rank = -1};
+        pthread_create(&th[k], NULL, gloo_main, &g[k]);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(g[k].run.rc, 0, "rank %d: %s", k, g[k].run.err);
+    for (int k = 0; k < one.nsteps; k++)
+        cr_expect(fabs(g[0].run.loss[k] - one.loss[k]) <= 1e-5 * (1 + fabs(one.loss[k])),
+                  "step %d: gloo loss %.9g, 1-rank %.9g", k + 1, g[0].run.loss[k], one.loss[k]);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
+    cr_expect_lt(d, 2e-2, "gloo: parameters differ by %.3e in %s", d, worst);
 }

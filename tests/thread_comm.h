@@ -131,4 +131,67 @@ static void tc_rank_init(tc_rank *r, tc_world *w, int rank)
     r->c.destroy = tc_destroy;
 }
 
+/* A key-value store shared by threads, for rendezvous in tests. */
+#define TS_KEYS 64
+typedef struct tc_store {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n;
+    char key[TS_KEYS][64];
+    void *val[TS_KEYS];
+    size_t len[TS_KEYS];
+} tc_store;
+
+static int ts_set(void *ud, const char *key, const void *value, size_t len)
+{
+    tc_store *s = ud;
+    pthread_mutex_lock(&s->mu);
+    int i = 0;
+    while (i < s->n && strcmp(s->key[i], key) != 0)
+        i++;
+    if (i == TS_KEYS) {
+        pthread_mutex_unlock(&s->mu);
+        return -1;
+    }
+    if (i == s->n)
+        snprintf(s->key[s->n++], 64, "%s", key);
+    free(s->val[i]);
+    s->val[i] = malloc(len ? len : 1);
+    memcpy(s->val[i], value, len);
+    s->len[i] = len;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static int ts_get(void *ud, const char *key, void *buf, size_t cap, size_t *len, int timeout_ms)
+{
+    tc_store *s = ud;
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += timeout_ms / 1000 + 1;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        for (int i = 0; i < s->n; i++)
+            if (strcmp(s->key[i], key) == 0 && s->len[i] <= cap) {
+                memcpy(buf, s->val[i], s->len[i]);
+                *len = s->len[i];
+                pthread_mutex_unlock(&s->mu);
+                return 0;
+            }
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
+            pthread_mutex_unlock(&s->mu);
+            return -1;
+        }
+    }
+}
+
+static void tc_store_init(tc_store *s, kb_store *out)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    *out = (kb_store){.ud = s, .set = ts_set, .get = ts_get};
+}
+
 #endif

@@ -121,9 +121,15 @@ static void *cuda_alloc(kb_backend *be, size_t bytes)
 
 static void cuda_free(kb_backend *be, void *p)
 {
-    kb_cuda_enter(be);
-    if (p)
-        KB_CUDA(cudaFree(p)); /* waits for the device: no op still uses p */
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!p)
+        return;
+    /* A later allocation may get this address back: forget pool windows
+     * recorded for it. */
+    for (int i = 0; i < (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]); i++)
+        if ((const void *)impl->pool_memo[i].idx == p)
+            impl->pool_memo[i].idx = NULL;
+    KB_CUDA(cudaFree(p)); /* waits for the device: no op still uses p */
 }
 
 /* From pageable host memory cudaMemcpyAsync returns once the source has been

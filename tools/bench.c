@@ -4,7 +4,15 @@
  * memory reported is that configuration's alone. The timed step is the whole
  * training step: both views forward and backward through the online network,
  * the teacher forward, loss, Adam and EMA (augmentation excluded; the loader
- * prepares batches on other threads while the step runs). */
+ * prepares batches on other threads while the step runs).
+ *
+ * --backend cuda runs the same steps on the CUDA backend (after two warm-up
+ * steps: the first picks cuDNN's algorithms) and reports the GPU memory the
+ * configuration holds (cudaMemGetInfo after the steps, minus before the
+ * model: nothing is freed during steps, so that is the high-water mark of
+ * our allocations, workspaces included) and the achieved fraction of the
+ * GPU's dense TF32 tensor-core peak, counting convolution FLOPs only (the
+ * bulk of the step; a lower bound on the work done). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,7 +25,12 @@
 
 #include "kernels/backend.h"
 #include "proto/spec.h"
+#include "rw_config.h"
 #include "worker/model.h"
+
+#if RW_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 typedef struct bench_cfg {
     const char *label;
@@ -28,8 +41,36 @@ typedef struct bench_cfg {
 
 typedef struct bench_out {
     double ms, pairs, peak_mib, gflop;
+    double gpu_mib, peak_tflops; /* CUDA only; peak 0: GPU not in the table */
+    char gpu[96];
     int ok;
 } bench_out;
+
+/* Dense (non-sparse) TF32 tensor-core peaks from NVIDIA's data sheets,
+ * TFLOP/s at boost clock. Matched on the CUDA device name, most specific
+ * first; 0 when unknown. */
+static double tf32_peak(const char *name)
+{
+    static const struct {
+        const char *pat;
+        double tflops;
+    } table[] = {
+        {"GH200", 494.7},     /* Grace Hopper: H100 SXM's tensor cores */
+        {"H200", 494.7},      /* SXM; the H200 NVL is slower, but rare */
+        {"H100 PCIe", 378.0}, /* 756 with sparsity */
+        {"H100 NVL", 417.5},  /* 835 with sparsity */
+        {"H100", 494.7},      /* SXM5 ("H100 80GB HBM3"): 989 with sparsity */
+        {"H800", 494.7},
+        {"A100", 156.0},
+        {"A800", 156.0},
+        {"L40S", 91.6},
+        {"A10", 31.2},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (strstr(name, table[i].pat))
+            return table[i].tflops;
+    return 0;
+}
 
 static double now_s(void)
 {
@@ -66,11 +107,27 @@ static double conv_flops(const bench_cfg *c)
     return f;
 }
 
-static bench_out run_one(const bench_cfg *c, int steps, int threads)
+static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda)
 {
     bench_out o = {0};
-    kb_backend *be = kb_cpu_create(threads);
     char err[256];
+    kb_backend *be = cuda ? kb_cuda_create(0, err, sizeof err) : kb_cpu_create(threads);
+    if (!be) {
+        fprintf(stderr, "%s: %s backend: %s\n", c->label, cuda ? "CUDA" : "CPU",
+                cuda ? err : "cannot start");
+        return o;
+    }
+    size_t gpu_free0 = 0, gpu_free1 = 0, gpu_total = 0;
+#if RW_HAVE_CUDA
+    if (cuda) {
+        struct cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
+            snprintf(o.gpu, sizeof o.gpu, "%.90s", prop.name);
+            o.peak_tflops = tf32_peak(prop.name);
+        }
+        cudaMemGetInfo(&gpu_free0, &gpu_total);
+    }
+#endif
     rw_model_cfg mc = {
         .stem = c->stem, .width = c->width, .proj_hidden = 512, .proj_out = 128,
         .predictor = c->pred, .pred_hidden = 512,
@@ -95,8 +152,10 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads)
     be->upload(be, x2, h, n * sizeof(float));
     rw_step_stats st;
     /* Warm-up: allocations, conv plans, page faults. */
-    rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
-    rw_model_update(m, 3e-4f, 0, 0.996f);
+    for (int w = 0; w < (cuda ? 2 : 1); w++) {
+        rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
+        rw_model_update(m, 3e-4f, 0, 0.996f);
+    }
     be->sync(be);
     double t0 = now_s();
     for (int s = 0; s < steps; s++) {
@@ -113,6 +172,14 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads)
     getrusage(RUSAGE_SELF, &ru);
     o.peak_mib = ru.ru_maxrss / 1024.0;
     o.ok = isfinite(st.loss);
+#if RW_HAVE_CUDA
+    if (cuda) {
+        cudaMemGetInfo(&gpu_free1, &gpu_total);
+        o.gpu_mib = gpu_free0 > gpu_free1 ? (gpu_free0 - gpu_free1) / 1048576.0 : 0;
+    }
+#endif
+    (void)gpu_free1;
+    (void)gpu_total;
     be->free(be, x1);
     be->free(be, x2);
     free(h);
@@ -123,7 +190,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads)
 
 int main(int argc, char **argv)
 {
-    int steps = 3, threads = 0, quick = 0;
+    int steps = 3, threads = 0, quick = 0, cuda = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -131,8 +198,12 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "cpu") == 0 || strcmp(argv[i + 1], "cuda") == 0))
+            cuda = strcmp(argv[++i], "cuda") == 0;
         else {
-            fprintf(stderr, "usage: runaway-bench [--steps N] [--threads N] [--quick]\n");
+            fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--steps N] [--threads N] "
+                            "[--quick]\n");
             return 2;
         }
     }
@@ -144,24 +215,38 @@ int main(int argc, char **argv)
         {"resnet18 cifar 32x32", RW_STEM_CIFAR, 64, 32, 128, RW_PRED_MLP},
         {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 32, RW_PRED_MLP},
         {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 128, RW_PRED_MLP},
+        /* GPU only: batches that fill a large GPU */
+        {"resnet18 cifar 32x32", RW_STEM_CIFAR, 64, 32, 512, RW_PRED_MLP},
+        {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 256, RW_PRED_MLP},
     };
-    int ncfg = quick ? 2 : (int)(sizeof cfgs / sizeof *cfgs);
-    char tdesc[32];
-    if (threads)
-        snprintf(tdesc, sizeof tdesc, "%d", threads);
-    else
-        snprintf(tdesc, sizeof tdesc, "all (%ld)", sysconf(_SC_NPROCESSORS_ONLN));
-    printf("runaway-bench: CPU backend, %d timed steps after 1 warm-up, threads: %s\n", steps, tdesc);
-    printf("%-26s %6s %6s %10s %10s %12s %11s\n", "config", "size", "batch", "ms/step",
-           "pairs/s", "conv GFLOP/s", "peak MiB");
+    int ncfg = quick ? 2 : cuda ? (int)(sizeof cfgs / sizeof *cfgs) : 5;
+    if (cuda) {
+        printf("runaway-bench: CUDA backend, %d timed steps after 2 warm-ups\n", steps);
+        printf("%-26s %6s %6s %10s %10s %13s %9s %9s\n", "config", "size", "batch", "ms/step",
+               "pairs/s", "conv TFLOP/s", "of peak", "GPU MiB");
+    } else {
+        char tdesc[32];
+        if (threads)
+            snprintf(tdesc, sizeof tdesc, "%d", threads);
+        else
+            snprintf(tdesc, sizeof tdesc, "all (%ld)", sysconf(_SC_NPROCESSORS_ONLN));
+        printf("runaway-bench: CPU backend, %d timed steps after 1 warm-up, threads: %s\n", steps,
+               tdesc);
+        printf("%-26s %6s %6s %10s %10s %12s %11s\n", "config", "size", "batch", "ms/step",
+               "pairs/s", "conv GFLOP/s", "peak MiB");
+    }
+    char gpu[96] = "";
+    double peak = 0;
+    int failed = 0;
     for (int i = 0; i < ncfg; i++) {
         int fd[2];
         if (pipe(fd) != 0)
             return 1;
+        fflush(stdout);
         pid_t pid = fork();
         if (pid == 0) {
             close(fd[0]);
-            bench_out o = run_one(&cfgs[i], steps, threads);
+            bench_out o = run_one(&cfgs[i], steps, threads, cuda);
             ssize_t w = write(fd[1], &o, sizeof o);
             _exit(w == (ssize_t)sizeof o ? 0 : 1);
         }
@@ -173,11 +258,29 @@ int main(int argc, char **argv)
         waitpid(pid, &status, 0);
         if (r != (ssize_t)sizeof o || !o.ok) {
             printf("%-26s %6d %6d %10s\n", cfgs[i].label, cfgs[i].size, cfgs[i].batch, "failed");
+            failed++;
             continue;
         }
-        printf("%-26s %6d %6d %10.1f %10.2f %12.1f %11.0f\n", cfgs[i].label, cfgs[i].size,
-               cfgs[i].batch, o.ms, o.pairs, o.gflop, o.peak_mib);
+        if (cuda) {
+            snprintf(gpu, sizeof gpu, "%s", o.gpu);
+            peak = o.peak_tflops;
+            char frac[16] = "n/a";
+            if (peak > 0)
+                snprintf(frac, sizeof frac, "%.1f%%", 100.0 * o.gflop / 1e3 / peak);
+            printf("%-26s %6d %6d %10.2f %10.1f %13.1f %9s %9.0f\n", cfgs[i].label,
+                   cfgs[i].size, cfgs[i].batch, o.ms, o.pairs, o.gflop / 1e3, frac, o.gpu_mib);
+        } else {
+            printf("%-26s %6d %6d %10.1f %10.2f %12.1f %11.0f\n", cfgs[i].label, cfgs[i].size,
+                   cfgs[i].batch, o.ms, o.pairs, o.gflop, o.peak_mib);
+        }
         fflush(stdout);
     }
-    return 0;
+    if (cuda) {
+        if (peak > 0)
+            printf("GPU: %s; peak = dense TF32 tensor-core rate %.1f TFLOP/s (data sheet); "
+                   "conv FLOPs only\n", gpu, peak);
+        else
+            printf("GPU: %s; not in the peak table: no fraction of peak\n", gpu[0] ? gpu : "?");
+    }
+    return failed ? 1 : 0;
 }

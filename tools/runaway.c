@@ -238,6 +238,9 @@ static int daemon_start(int argc, char **argv, int quiet)
             dup2(fd, 1);
             dup2(fd, 2);
         }
+        /* nothing of the caller's (a pipe someone waits on) lives on in it */
+        for (int fdn = 3; fdn < 1024; fdn++)
+            close(fdn);
         execv(bin, args);
         fprintf(stderr, "runaway: cannot run %s: %s\n", bin, strerror(errno));
         _exit(127);

@@ -1,0 +1,649 @@
+/* runawayd end to end: a daemon with 2 CPU slots in a temporary state
+ * directory, hostile frames, a tiny grid through the CLI, a worker killed
+ * (and one frozen) mid-job, SIGTERM, and the CLI's errors. Every wait has a
+ * deadline; the fixture kills the daemon (its workers die with it through
+ * PR_SET_PDEATHSIG) whatever happens. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+#include "proto/msg.h"
+
+static char dir[64], sock[128], build[1024];
+static pid_t daemon_pid = -1;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void bin(char *out, size_t len, const char *rel)
+{
+    snprintf(out, len, "%s/%s", build, rel);
+}
+
+static int try_connect(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    cr_assert_lt(strlen(sock), sizeof sa.sun_path);
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void start_daemon(void)
+{
+    char d[1100], w[1100], logp[128];
+    bin(d, sizeof d, "daemon/runawayd");
+    bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(logp, sizeof logp, "%s.log", dir);
+    daemon_pid = fork();
+    cr_assert_geq(daemon_pid, 0);
+    if (daemon_pid == 0) {
+        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(d, d, "--state-dir", dir, "--cpu-slots", "2", "--threads", "1", "--worker", w,
+              "--heartbeat", "0.2", "--heartbeat-timeout", "2", "--shutdown-timeout", "10",
+              (char *)NULL);
+        _exit(127);
+    }
+    for (double t0 = now(); now() - t0 < 10;) {
+        int fd = try_connect();
+        if (fd >= 0) {
+            close(fd);
+            return;
+        }
+        usleep(20000);
+    }
+    cr_assert_fail("runawayd did not listen on %s within 10 s (log: %s)", sock, logp);
+}
+
+/* SIGTERM, then SIGKILL after `grace` seconds. Returns the exit status. */
+static int stop_daemon(double grace)
+{
+    if (daemon_pid <= 0)
+        return -1;
+    kill(daemon_pid, SIGTERM);
+    int st = -1;
+    for (double t0 = now(); now() - t0 < grace;) {
+        if (waitpid(daemon_pid, &st, WNOHANG) == daemon_pid) {
+            daemon_pid = -1;
+            return st;
+        }
+        usleep(20000);
+    }
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, &st, 0);
+    daemon_pid = -1;
+    return -2;
+}
+
+static void setup(void)
+{
+    const char *b = getenv("RW_BUILD_ROOT");
+    snprintf(build, sizeof build, "%s", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
+    /* a private synthetic-data cache: tests do not touch the user's */
+    char cache[128];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    setenv("XDG_CACHE_HOME", cache, 1);
+    start_daemon();
+}
+
+static void teardown(void)
+{
+    stop_daemon(10);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.log'", dir, dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Raw clients */
+
+static json_t *recv_frame(int fd, rw_frame_reader *r, int timeout_ms)
+{
+    json_t *m = NULL;
+    char err[256];
+    int rc = rw_frame_recv_fd(fd, r, &m, timeout_ms, err, sizeof err);
+    return rc == 1 ? m : NULL;
+}
+
+/* 1 if the daemon closed the connection within the timeout */
+static int closed_by_peer(int fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char b[256];
+    for (double t0 = now(); (now() - t0) * 1000 < timeout_ms;) {
+        if (poll(&p, 1, 100) > 0) {
+            ssize_t n = read(fd, b, sizeof b);
+            if (n == 0 || (n < 0 && errno == ECONNRESET))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static json_t *request(int fd, rw_frame_reader *r, json_t *m)
+{
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    long long id = rw_msg_id(m);
+    json_decref(m);
+    for (;;) {
+        json_t *rep = recv_frame(fd, r, 10000);
+        cr_assert_not_null(rep, "no reply within 10 s");
+        if (rw_msg_id(rep) == id)
+            return rep;
+        json_decref(rep);
+    }
+}
+
+static int client(rw_frame_reader *r)
+{
+    int fd = try_connect();
+    cr_assert_geq(fd, 0);
+    rw_frame_reader_init(r, 0);
+    json_t *h = rw_msg_new("hello", 1);
+    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(h, "role", json_string("client"));
+    json_t *rep = request(fd, r, h);
+    cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
+    json_decref(rep);
+    return fd;
+}
+
+static json_t *simple(const char *type, const char *key, const char *val)
+{
+    rw_frame_reader r;
+    int fd = client(&r);
+    json_t *m = rw_msg_new(type, 2);
+    if (key)
+        json_object_set_new(m, key, json_string(val));
+    json_t *rep = request(fd, &r, m);
+    close(fd);
+    rw_frame_reader_free(&r);
+    return rep;
+}
+
+static void expect_still_serving(void)
+{
+    json_t *r = simple("status", NULL, NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(r, "type")), "ok");
+    json_decref(r);
+}
+
+/* Sends raw bytes; expects an error reply with `code`, then the close. */
+static void expect_rejected(const void *bytes, size_t n, int hello_first, const char *code)
+{
+    rw_frame_reader r;
+    int fd;
+    if (hello_first) {
+        fd = client(&r);
+    } else {
+        fd = try_connect();
+        rw_frame_reader_init(&r, 0);
+    }
+    cr_assert_geq(fd, 0);
+    rw_fd_write_all(fd, bytes, n);
+    json_t *e = recv_frame(fd, &r, 5000);
+    cr_assert_not_null(e, "no error reply for %s", code);
+    cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "error");
+    cr_assert_str_eq(json_string_value(json_object_get(e, "code")), code, "message: %s",
+                     json_string_value(json_object_get(e, "message")));
+    cr_assert(json_string_length(json_object_get(e, "message")) > 0);
+    json_decref(e);
+    cr_assert(closed_by_peer(fd, 5000), "connection not closed after %s", code);
+    close(fd);
+    rw_frame_reader_free(&r);
+    expect_still_serving();
+}
+
+static void send_body(const char *body, int hello_first, const char *code)
+{
+    char *b;
+    size_t n;
+    rw_frame_encode_raw(body, strlen(body), &b, &n);
+    expect_rejected(b, n, hello_first, code);
+    free(b);
+}
+
+Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    /* oversized: judged by the header (4 GiB announced; before hello the
+     * limit is 4 KiB, after it 1 MiB) */
+    unsigned char huge[4] = {0xff, 0xff, 0xff, 0xff};
+    expect_rejected(huge, 4, 0, RW_E_FRAME);
+    expect_rejected(huge, 4, 1, RW_E_FRAME);
+    unsigned char k5[4] = {0, 0, 0x14, 0}; /* 5120 bytes before hello */
+    expect_rejected(k5, 4, 0, RW_E_FRAME);
+    send_body("{\"type\": \"hel", 0, RW_E_FRAME);             /* truncated JSON in a frame */
+    send_body("[1, 2, 3]", 1, RW_E_FRAME);                     /* not an object */
+    send_body("{\"type\":\"status\",\"id\":1}", 0, RW_E_HELLO); /* hello first */
+    send_body("{\"type\":\"hello\",\"id\":1,\"version\":99,\"role\":\"client\"}", 0, RW_E_VERSION);
+    send_body("{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"boss\"}", 0, RW_E_BAD_MESSAGE);
+    send_body("{\"type\":\"launch_missiles\",\"id\":3}", 1, RW_E_UNKNOWN_TYPE);
+    send_body("{\"type\":\"done\",\"job\":1,\"attempt\":1}", 1, RW_E_UNKNOWN_TYPE); /* a worker's */
+    send_body("{\"type\":\"show\",\"id\":3,\"job\":17}", 1, RW_E_BAD_MESSAGE);
+    send_body("{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"worker\",\"slot\":99}", 0,
+              RW_E_STATE);
+
+    /* a truncated frame, then the client vanishes: nothing to reply to */
+    int fd = try_connect();
+    unsigned char part[6] = {0, 0, 0, 50, '{', '"'};
+    rw_fd_write_all(fd, part, sizeof part);
+    close(fd);
+    expect_still_serving();
+
+    /* a request for something that does not exist is an error, not a close */
+    rw_frame_reader r;
+    fd = client(&r);
+    json_t *m = rw_msg_new("show", 5);
+    json_object_set_new(m, "job", json_string("j4242"));
+    json_t *e = request(fd, &r, m);
+    cr_assert_str_eq(json_string_value(json_object_get(e, "code")), RW_E_NOT_FOUND);
+    json_decref(e);
+    m = rw_msg_new("status", 6);
+    e = request(fd, &r, m);
+    cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "ok");
+    json_decref(e);
+    close(fd);
+    rw_frame_reader_free(&r);
+
+    /* the socket is the owner's only */
+    struct stat st;
+    cr_assert_eq(stat(sock, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600, "socket mode %o", st.st_mode & 0777);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The CLI */
+
+/* Runs `runaway --state-dir DIR args...`; stdout+stderr into out. */
+static int cli(char *out, size_t outlen, int timeout_s, ...)
+{
+    char exe[1100];
+    bin(exe, sizeof exe, "tools/runaway");
+    const char *argv[32] = {exe, "--state-dir", dir};
+    int n = 3;
+    va_list ap;
+    va_start(ap, timeout_s);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 30)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        close(p[0]);
+        close(p[1]);
+        execv(exe, (char **)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t o = 0;
+    double t0 = now();
+    struct pollfd pf = {.fd = p[0], .events = POLLIN};
+    for (;;) {
+        cr_assert(now() - t0 < timeout_s, "runaway %s: no end after %d s; output:\n%.*s", argv[3],
+                  timeout_s, (int)o, out);
+        if (poll(&pf, 1, 200) <= 0)
+            continue;
+        ssize_t k = read(p[0], out + o, outlen - 1 - o);
+        if (k <= 0)
+            break;
+        o += (size_t)k;
+        if (o == outlen - 1)
+            o = 0; /* keep the tail of a long watch */
+    }
+    out[o] = '\0';
+    close(p[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* TINY jobs: width 2, 8x8 images, 100 images, seconds each. */
+static const char *tiny_base =
+    "  data: {kind: synthetic, synthetic: {train: 100, test: 40, seed: 1}, image_size: 8,"
+    " loader_threads: 1}\n"
+    "  model: {stem: cifar, width: 2, projector: {hidden: 16, out: 8}, predictor_hidden: 16}\n"
+    "  optim: {batch_size: 16, epochs: %d}\n"
+    "  eval: {linear: {epochs: 5, batch_size: 32}}\n"
+    "  checkpoint: {every_epochs: %d}\n";
+
+static void write_grid(const char *path, const char *name, int epochs, int ckpt, const char *axes)
+{
+    char base[1024], text[4096];
+    snprintf(base, sizeof base, tiny_base, epochs, ckpt);
+    snprintf(text, sizeof text, "name: %s\nbase:\n%sgrid:\n%s", name, base, axes);
+    write_file(path, text);
+}
+
+static sqlite3 *open_db(void)
+{
+    char p[128];
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+static double db_num(sqlite3 *db, const char *sql, long long arg)
+{
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    if (sqlite3_bind_parameter_count(st))
+        sqlite3_bind_int64(st, 1, arg);
+    double v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_double(st, 0) : NAN;
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Waits until sql (with arg) gives a value >= want. */
+static void wait_for(const char *what, const char *sql, long long arg, double want, double secs)
+{
+    double t0 = now();
+    for (;;) {
+        sqlite3 *db = open_db();
+        double v = db_num(db, sql, arg);
+        sqlite3_close(db);
+        if (v >= want)
+            return;
+        cr_assert(now() - t0 < secs, "%s: not within %.0f s (got %g)", what, secs, v);
+        usleep(50000);
+    }
+}
+
+static void stats(const double *x, int n, double *mean, double *sd)
+{
+    double s = 0, ss = 0;
+    for (int i = 0; i < n; i++)
+        s += x[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++)
+        ss += (x[i] - *mean) * (x[i] - *mean);
+    *sd = n > 1 ? sqrt(ss / (n - 1)) : 0;
+}
+
+static void expect_close(double a, double b, const char *what)
+{
+    cr_assert(fabs(a - b) <= 1e-9 * (1 + fabs(b)), "%s: table %.12g, recomputed %.12g", what, a, b);
+}
+
+Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    char path[128], out[16384];
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    write_grid(path, "tiny", 2, 0,
+               "  seed: [0, 1]\n"
+               "  variant:\n"
+               "    - {name: byol}\n"
+               "    - {name: byol-np, model: {predictor: none}}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "grid g1 tiny: 4 jobs") && strstr(out, "tiny/byol-np/seed1"), "%s", out);
+    rc = cli(out, sizeof out, 60, "watch", "g1", NULL);
+    cr_assert_eq(rc, 0, "watch: %s", out);
+    cr_assert(strstr(out, "epoch   2") != NULL, "watch showed no epochs:\n%s", out);
+
+    /* the daemon's table */
+    json_t *t = simple("table", "grid", "tiny");
+    json_t *rows = json_object_get(t, "rows");
+    cr_assert_eq(json_array_size(rows), 2, "rows: %s", json_dumps(t, 0));
+
+    /* recomputed here from the database: per job, the newest row of each
+     * epoch, the mean of the last 10; per variant, mean and sample std */
+    sqlite3 *db = open_db();
+    const char *variants[2] = {"byol", "byol-np"};
+    for (int v = 0; v < 2; v++) {
+        json_t *row = json_array_get(rows, (size_t)v);
+        cr_assert_str_eq(json_string_value(json_object_get(row, "variant")), variants[v]);
+        sqlite3_stmt *st;
+        sqlite3_prepare_v2(db, "SELECT id, linear_acc FROM jobs WHERE grid_id=1 AND variant=? AND "
+                               "state='done' ORDER BY id", -1, &st, NULL);
+        sqlite3_bind_text(st, 1, variants[v], -1, SQLITE_STATIC);
+        double al[2], un[2], acc[2];
+        int n = 0;
+        while (sqlite3_step(st) == SQLITE_ROW && n < 2) {
+            long long job = sqlite3_column_int64(st, 0);
+            acc[n] = sqlite3_column_double(st, 1);
+            sqlite3_stmt *q;
+            sqlite3_prepare_v2(db, "SELECT epoch, align, uniform, id FROM metrics WHERE job_id=? "
+                                   "AND kind='epoch' ORDER BY epoch, id", -1, &q, NULL);
+            sqlite3_bind_int64(q, 1, job);
+            double ea[64] = {0}, eu[64] = {0};
+            int maxe = 0;
+            while (sqlite3_step(q) == SQLITE_ROW) {
+                int e = sqlite3_column_int(q, 0);
+                cr_assert(e >= 1 && e < 64);
+                ea[e] = sqlite3_column_double(q, 1); /* later rows overwrite: newest wins */
+                eu[e] = sqlite3_column_double(q, 2);
+                maxe = e > maxe ? e : maxe;
+            }
+            sqlite3_finalize(q);
+            cr_assert_eq(maxe, 2, "job %lld has %d epochs", job, maxe);
+            int k0 = maxe > 10 ? maxe - 9 : 1;
+            al[n] = un[n] = 0;
+            for (int e = k0; e <= maxe; e++) {
+                al[n] += ea[e] / (maxe - k0 + 1);
+                un[n] += eu[e] / (maxe - k0 + 1);
+            }
+            /* the worker's own last-10 means agree */
+            expect_close(db_num(db, "SELECT align_last10 FROM jobs WHERE id=?", job), al[n],
+                         "worker align_last10");
+            n++;
+        }
+        sqlite3_finalize(st);
+        cr_assert_eq(n, 2);
+        cr_assert_eq(json_integer_value(json_object_get(row, "n")), 2);
+        double m, s;
+        stats(al, n, &m, &s);
+        expect_close(json_real_value(json_object_get(row, "align_mean")), m, "align mean");
+        expect_close(json_real_value(json_object_get(row, "align_std")), s, "align std");
+        stats(un, n, &m, &s);
+        expect_close(json_real_value(json_object_get(row, "uniform_mean")), m, "uniform mean");
+        expect_close(json_real_value(json_object_get(row, "uniform_std")), s, "uniform std");
+        stats(acc, n, &m, &s);
+        expect_close(json_real_value(json_object_get(row, "acc_mean")), m, "acc mean");
+        expect_close(json_real_value(json_object_get(row, "acc_std")), s, "acc std");
+    }
+    /* both slots were used */
+    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT worker) FROM attempts", 0), 2);
+    sqlite3_close(db);
+    json_decref(t);
+
+    rc = cli(out, sizeof out, 20, "table", "g1", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "byol-np") && strstr(out, "2/2") && strstr(out, "±"), "%s", out);
+    rc = cli(out, sizeof out, 20, "ls", NULL);
+    cr_assert(rc == 0 && strstr(out, "tiny/byol/seed0") && strstr(out, "done"), "%s", out);
+    rc = cli(out, sizeof out, 20, "show", "tiny/byol/seed1", NULL);
+    cr_assert(rc == 0 && strstr(out, "attempts:") && strstr(out, "spec:"), "%s", out);
+    rc = cli(out, sizeof out, 20, "logs", "j1", NULL);
+    cr_assert(rc == 0 && strstr(out, "linear evaluation"), "%s", out);
+    rc = cli(out, sizeof out, 20, "workers", NULL);
+    cr_assert(rc == 0 && strstr(out, "cpu1") && strstr(out, "idle"), "%s", out);
+    char w[128];
+    snprintf(w, sizeof w, "%s/w.safetensors", dir);
+    rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
+    cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
+}
+
+/* A job long enough to be caught mid-way: many tiny epochs, checkpoints. */
+static long long submit_long(const char *name)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/%s.yaml", dir, name);
+    write_grid(path, name, 300, 10, "  seed: [0]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    const char *j = strstr(out, "  j");
+    cr_assert_not_null(j, "%s", out);
+    return strtoll(j + 3, NULL, 10);
+}
+
+static long long worker_pid_of(long long job)
+{
+    json_t *r = simple("workers", NULL, NULL);
+    size_t i;
+    json_t *v;
+    long long pid = 0;
+    json_array_foreach(json_object_get(r, "workers"), i, v) if (json_integer_value(
+        json_object_get(v, "job")) == job) pid = json_integer_value(json_object_get(v, "pid"));
+    json_decref(r);
+    cr_assert_gt(pid, 0, "no worker holds job %lld", job);
+    return pid;
+}
+
+static void lost_and_resumed(int sig)
+{
+    long long job = submit_long(sig == SIGKILL ? "killed" : "frozen");
+    /* past its first checkpoint (epoch 10) */
+    wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
+             30);
+    long long pid = worker_pid_of(job);
+    cr_assert_eq(kill((pid_t)pid, sig), 0);
+    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='lost'", job),
+                 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='done'", job),
+                 1);
+    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=?", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                            "'resumed from %checkpoint.safetensors at epoch%'", job),
+                 1, "the second attempt did not resume from the checkpoint");
+    /* every epoch is in the table, the last one 300 */
+    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                            "kind='epoch'", job), 300);
+    sqlite3_close(db);
+    if (sig == SIGSTOP)
+        kill((pid_t)pid, SIGKILL); /* the daemon killed it already; be sure */
+}
+
+Test(daemon, killed_worker_job_is_requeued_and_resumed, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    lost_and_resumed(SIGKILL);
+}
+
+Test(daemon, frozen_worker_misses_heartbeats_and_its_job_moves, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    lost_and_resumed(SIGSTOP);
+}
+
+Test(daemon, sigterm_checkpoints_and_requeues, .init = setup, .fini = teardown, .timeout = 90)
+{
+    long long job = submit_long("term");
+    wait_for("epoch 5", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 5, 30);
+    int st = stop_daemon(20);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "runawayd status %d", st);
+    cr_assert_neq(access(sock, F_OK), 0, "socket left behind");
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='stopped'",
+                        job), 1);
+    sqlite3_close(db);
+    char ck[160];
+    snprintf(ck, sizeof ck, "%s/runs/%lld/checkpoint.safetensors", dir, job);
+    cr_assert_eq(access(ck, R_OK), 0, "no checkpoint at %s", ck);
+    /* a new daemon resumes it */
+    start_daemon();
+    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
+    db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE 'resumed from%'",
+                        job), 1);
+    sqlite3_close(db);
+}
+
+/* ------------------------------------------------------------------------ */
+/* CLI errors */
+
+static void no_daemon(void)
+{
+    const char *b = getenv("RW_BUILD_ROOT");
+    snprintf(build, sizeof build, "%s", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = no_daemon, .fini = teardown,
+     .timeout = 30)
+{
+    char out[4096], want[256], path[128];
+    int rc = cli(out, sizeof out, 10, "ls", NULL);
+    snprintf(want, sizeof want,
+             "no runawayd at %s/runawayd.sock: start it with `runaway daemon start`", dir);
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(out, want) != NULL, "got: %s", out);
+    rc = cli(out, sizeof out, 10, "watch", "g1", NULL);
+    cr_assert(rc == 1 && strstr(out, want), "got: %s", out);
+
+    /* a bad spec: the parser's message, daemon or not */
+    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    write_file(path, "base:\n  optim: {lr: fast}\ngrid: {seed: [0]}\n");
+    rc = cli(out, sizeof out, 10, "submit", path, NULL);
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(out, "bad.yaml: base: optim.lr: must be a number") && strstr(out, "line 2"),
+              "got: %s", out);
+    rc = cli(out, sizeof out, 10, "run", path, NULL);
+    cr_assert(rc == 1 && strstr(out, "optim.lr"), "got: %s", out);
+    cr_assert_neq(access(sock, F_OK), 0, "run started a daemon for a bad spec");
+    rc = cli(out, sizeof out, 10, "submit", "/nonexistent.yaml", NULL);
+    cr_assert(rc == 1 && strstr(out, "/nonexistent.yaml: cannot open"), "got: %s", out);
+    rc = cli(out, sizeof out, 10, "frobnicate", NULL);
+    cr_assert(rc == 2 && strstr(out, "unknown command"), "got: %s", out);
+
+    /* daemon start / status / stop, then the same errors again */
+    rc = cli(out, sizeof out, 20, "daemon", "start", "--cpu-slots", "1", NULL);
+    cr_assert(rc == 0 && strstr(out, "runawayd started"), "got: %s", out);
+    rc = cli(out, sizeof out, 10, "daemon", "status", NULL);
+    cr_assert(rc == 0 && strstr(out, "1 worker slots"), "got: %s", out);
+    rc = cli(out, sizeof out, 10, "show", "j7", NULL);
+    cr_assert(rc == 1 && strstr(out, "no job 'j7'"), "got: %s", out);
+    rc = cli(out, sizeof out, 30, "daemon", "stop", NULL);
+    cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "got: %s", out);
+    rc = cli(out, sizeof out, 10, "ls", NULL);
+    cr_assert(rc == 1 && strstr(out, want), "got: %s", out);
+}

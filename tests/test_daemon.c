@@ -117,6 +117,17 @@ static void setup(void)
 static void teardown(void)
 {
     stop_daemon(10);
+    /* a daemon started by `runaway daemon start` is not our child: its
+     * lock file names it */
+    char lock[128];
+    snprintf(lock, sizeof lock, "%s/runawayd.lock", dir);
+    FILE *f = fopen(lock, "r");
+    int pid = 0;
+    if (f) {
+        if (fscanf(f, "%d", &pid) == 1 && pid > 1)
+            kill(pid, SIGKILL);
+        fclose(f);
+    }
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.log'", dir, dir);
     if (system(cmd) != 0)

@@ -41,7 +41,8 @@ static void usage(FILE *f)
             "  watch JOB|GRID                       live progress until every job has ended\n"
             "  table GRID                           per variant: mean +- std over seeds\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
-            "  run SPEC.yaml                        start a daemon if needed, submit, watch, table\n"
+            "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
+            "                                       submit, watch until done, print the table\n"
             "JOB: j12, 12 or a job name (grid/variant/seedK); GRID: g3 or a grid name.\n"
             "State directory: --state-dir, else $XDG_STATE_HOME/runaway, else\n"
             "~/.local/state/runaway.\n");
@@ -667,7 +668,7 @@ static int cmd_export(const char *job, const char *out)
     die("cannot run %s: %s", bin, strerror(errno));
 }
 
-static int cmd_run(const char *path)
+static int cmd_run(const char *path, int dargc, char **dargv)
 {
     conn c = {.fd = -1};
     /* the spec first: a typo should not start a daemon */
@@ -682,7 +683,7 @@ static int cmd_run(const char *path)
         die("%s", err);
     rw_grid_free(&g);
     free(text);
-    daemon_start(0, NULL, 0);
+    daemon_start(dargc, dargv, 0);
     need_conn(&c);
     json_t *r = do_submit(&c, path, 0, 0);
     print_submitted(r);
@@ -812,8 +813,9 @@ int main(int argc, char **argv)
         return cmd_export(a[0], a[1]);
     }
     if (!strcmp(cmd, "run")) {
-        NEED(1, "SPEC.yaml");
-        return cmd_run(a[0]);
+        if (n < 1)
+            die("run: which spec or grid file?");
+        return cmd_run(a[0], n - 1, a + 1);
     }
     fprintf(stderr, "runaway: unknown command '%s'\n", cmd);
     usage(stderr);

@@ -1,0 +1,146 @@
+/* BYOL's T1/T2 views on the GPU: one block per sample walks kernels/
+ * augment.h's per-pixel functions over the view in the passes the CPU
+ * renderer (worker/augment.c) uses: sample + jitter up to contrast (and the
+ * mean gray level), contrast onwards + grayscale, separable blur with
+ * reflect padding (the same taps in the same order), solarize + normalize.
+ * The view lives in the output buffer between passes; the blur's
+ * intermediate in scratch. */
+#include <string.h>
+
+#include "kernels/augment.h"
+#include "kernels/cuda/cuda.h"
+#include "kernels/cuda_augment.h"
+
+#define AUG_THREADS 256
+
+/* ---- kernels ---- */
+
+__global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int H,
+                              const int32_t *idx /* (n) */, uint64_t seed, uint32_t epoch,
+                              int view, int S, float3 mean, float3 stdv,
+                              float *out /* (n,3,S,S) */, float *scratch /* (n,S,S) */)
+{
+    __shared__ rw_aug_params p;
+    __shared__ float w[RW_AUG_BLUR_MAX_TAPS];
+    __shared__ int taps;
+    __shared__ double sh[AUG_THREADS / 32];
+    const int i = idx[blockIdx.x];
+    if (threadIdx.x == 0) {
+        if (view < 0) { /* the identity view (rw_image_plain) */
+            memset(&p, 0, sizeof p);
+            p.crop_w = W;
+            p.crop_h = H;
+            for (int k = 0; k < 4; k++)
+                p.order[k] = k;
+        } else {
+            rw_aug_draw(seed, epoch, (uint32_t)i, view, W, H, &p);
+        }
+        taps = 0;
+        if (p.blur) {
+            taps = rw_aug_blur_taps(S);
+            rw_aug_blur_kernel(p.sigma, taps, w);
+        }
+    }
+    __syncthreads();
+
+    const uint8_t *img = src + (size_t)i * 3 * W * H;
+    const int P = S * S;
+    float *o = out + (size_t)blockIdx.x * 3 * P;
+    float *scr = scratch + (size_t)blockIdx.x * P;
+    const int kc = rw_aug_contrast_step(&p);
+
+    /* pass 1: crop + resize + flip, jitter up to contrast, the gray sum */
+    double gs = 0.0;
+    for (int q = threadIdx.x; q < P; q += blockDim.x) {
+        int oy = q / S, ox = q - oy * S;
+        float c[3];
+        rw_aug_sample(img, W, H, &p, S, ox, oy, c);
+        rw_aug_jitter_steps(&p, c, 0, kc, 0.0f);
+        o[q] = c[0];
+        o[P + q] = c[1];
+        o[2 * P + q] = c[2];
+        gs += rw_aug_gray(c);
+    }
+    gs = kb_cuda_block_sum(gs, sh);
+
+    /* pass 2: contrast and the steps after it, grayscale (each thread
+     * rereads only the pixels it wrote: no barrier needed before) */
+    if (kc < 4 || p.gray) {
+        const float gmean = (float)(gs / (double)P);
+        for (int q = threadIdx.x; q < P; q += blockDim.x) {
+            float c[3] = {o[q], o[P + q], o[2 * P + q]};
+            rw_aug_jitter_steps(&p, c, kc, 4, gmean);
+            if (p.gray)
+                rw_aug_grayscale(c);
+            o[q] = c[0];
+            o[P + q] = c[1];
+            o[2 * P + q] = c[2];
+        }
+    }
+
+    /* blur: rows into scratch, then columns back; neighbours are other
+     * threads' pixels, so a barrier before each pass */
+    if (taps) {
+        const int r = taps / 2;
+        for (int ch = 0; ch < 3; ch++) {
+            float *pl = o + (size_t)ch * P;
+            __syncthreads();
+            for (int q = threadIdx.x; q < P; q += blockDim.x) {
+                int y = q / S, x = q - y * S;
+                float acc = 0.0f;
+                for (int k = 0; k < taps; k++)
+                    acc += w[k] * pl[y * S + rw_aug_reflect(x + k - r, S)];
+                scr[q] = acc;
+            }
+            __syncthreads();
+            for (int q = threadIdx.x; q < P; q += blockDim.x) {
+                int y = q / S, x = q - y * S;
+                float acc = 0.0f;
+                for (int k = 0; k < taps; k++)
+                    acc += w[k] * scr[rw_aug_reflect(y + k - r, S) * S + x];
+                pl[q] = acc;
+            }
+        }
+        __syncthreads();
+    }
+
+    /* pass 3: solarize, normalize (own pixels again) */
+    const float m3[3] = {mean.x, mean.y, mean.z}, s3[3] = {stdv.x, stdv.y, stdv.z};
+    for (int ch = 0; ch < 3; ch++) {
+        float *pl = o + (size_t)ch * P;
+        for (int q = threadIdx.x; q < P; q += blockDim.x) {
+            float x = pl[q];
+            if (p.solarize)
+                x = rw_aug_solarize(x);
+            pl[q] = rw_aug_normalize(x, m3[ch], s3[ch]);
+        }
+    }
+}
+
+/* ---- launchers ---- */
+
+extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
+                               const int32_t *idx, int n, uint64_t seed, uint32_t epoch,
+                               int view, int S, const float mean[3], const float std[3],
+                               float *out)
+{
+    if (!be || !be->name || strcmp(be->name, "cuda") != 0)
+        return -1;
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (n <= 0)
+        return 0;
+    KB_CUDA_CHECK(S >= 1 && W >= 1 && H >= 1);
+    /* scratch: the indices, then one S x S plane per sample */
+    const size_t idx_bytes = ((sizeof(int32_t) * (size_t)n + 255) / 256) * 256;
+    char *scr = (char *)kb_cuda_scratch(impl, idx_bytes + sizeof(float) * (size_t)n * S * S);
+    int32_t *didx = (int32_t *)scr;
+    /* From pageable memory: staged before the call returns, ordered on the
+     * stream (the caller may reuse idx at once). */
+    KB_CUDA(cudaMemcpyAsync(didx, idx, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice,
+                            impl->stream));
+    kb_aug_kernel<<<n, AUG_THREADS, 0, impl->stream>>>(
+        src, W, H, didx, seed, epoch, view, S, make_float3(mean[0], mean[1], mean[2]),
+        make_float3(std[0], std[1], std[2]), out, (float *)(scr + idx_bytes));
+    KB_CUDA_LAUNCHED();
+    return 0;
+}

@@ -1,0 +1,31 @@
+/* BYOL's views rendered on the GPU from a uint8 data set held in CUDA
+ * backend memory: the same draw (kernels/augment.h, keyed by seed, epoch,
+ * sample index and view) and the same per-pixel math as the CPU loader
+ * (worker/augment.c), so a view matches the CPU's within float rounding.
+ * Not part of the kb_backend table: only the CUDA backend has it, and a
+ * caller holding another backend renders on the CPU. */
+#ifndef RUNAWAY_KERNELS_CUDA_AUGMENT_H
+#define RUNAWAY_KERNELS_CUDA_AUGMENT_H
+
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Renders view `view` (0 = T1, 1 = T2; -1 = the un-augmented image, as
+ * rw_image_plain) of samples idx[0..n) (host array) of src, a (count, 3, H,
+ * W) uint8 set in backend memory, into out (n, 3, S, S), normalized with
+ * mean/std. Queued on the backend's stream; no host wait. Returns 0, or -1
+ * when `be` is not a CUDA backend (or CUDA is not built in). */
+int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const int32_t *idx, int n,
+                    uint64_t seed, uint32_t epoch, int view, int S, const float mean[3],
+                    const float std[3], float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -9,11 +9,11 @@
 
 #include <stdint.h>
 
-#include "kernels/backend.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "kernels/backend.h"
 
 /* Renders view `view` (0 = T1, 1 = T2; -1 = the un-augmented image, as
  * rw_image_plain) of samples idx[0..n) (host array) of src, a (count, 3, H,

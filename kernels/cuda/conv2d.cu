@@ -1,7 +1,8 @@
 /* Convolutions on cuDNN's legacy C API (cuDNN 9 keeps it).
  *
  * conv_plan builds the descriptors for one shape and picks an algorithm for
- * each direction once, by timing them (cudnnFind*), preferring deterministic
+ * each direction once per shape and backend (a memo serves the shape's later
+ * plans), by timing them (cudnnFind*), preferring deterministic
  * ones for the backward passes (the weight gradient of the fastest algorithm
  * is often atomics-based: run-to-run noise we do not want). The workspace is
  * the backend's, grown here to the largest need, never during a call.
@@ -82,6 +83,43 @@ static cudnnStatus_t conv_desc(const kb_conv_desc *d, cudnnMathType_t math,
             st = CUDNN_STATUS_NOT_SUPPORTED;                                   \
     } while (0)
 
+/* ---- the per-backend memo of chosen algorithms ---- */
+
+static int desc_equal(const kb_conv_desc *a, const kb_conv_desc *b)
+{
+    return a->N == b->N && a->C == b->C && a->H == b->H && a->W == b->W && a->K == b->K &&
+           a->R == b->R && a->S == b->S && a->stride == b->stride && a->pad == b->pad;
+}
+
+static const struct kb_cuda_algo_memo *algo_memo_find(const kb_cuda *impl, const kb_conv_desc *d)
+{
+    for (int i = 0; i < impl->n_algo_memo; i++)
+        if (desc_equal(&impl->algo_memo[i].d, d))
+            return &impl->algo_memo[i];
+    return NULL;
+}
+
+static void algo_memo_add(kb_cuda *impl, const kb_conv_desc *d, const kb_conv *c,
+                          cudnnMathType_t mf, cudnnMathType_t mbd, cudnnMathType_t mbw)
+{
+    if (impl->n_algo_memo == impl->cap_algo_memo) {
+        int cap = impl->cap_algo_memo ? 2 * impl->cap_algo_memo : 32;
+        void *p = realloc(impl->algo_memo, (size_t)cap * sizeof *impl->algo_memo);
+        if (!p)
+            return; /* no memo: the next plan of this shape searches again */
+        impl->algo_memo = (struct kb_cuda_algo_memo *)p;
+        impl->cap_algo_memo = cap;
+    }
+    struct kb_cuda_algo_memo *m = &impl->algo_memo[impl->n_algo_memo++];
+    m->d = *d;
+    m->fwd = (int)c->fwd_algo;
+    m->bwd_data = (int)c->bwd_data_algo;
+    m->bwd_filter = (int)c->bwd_filter_algo;
+    m->math_f = (int)mf;
+    m->math_bd = (int)mbd;
+    m->math_bw = (int)mbw;
+}
+
 static kb_conv *cuda_conv_plan(kb_backend *be, const kb_conv_desc *d)
 {
     kb_cuda *impl = kb_cuda_enter(be);
@@ -126,82 +164,88 @@ static kb_conv *cuda_conv_plan(kb_backend *be, const kb_conv_desc *d)
             goto fail;
         }
 
-        /* Workspace cap for the search: a quarter of free memory, at most
-         * 1 GiB (algorithms that want more are rarely much faster). */
-        size_t free_b = 0, total_b = 0;
-        KB_CUDA(cudaMemGetInfo(&free_b, &total_b));
-        size_t limit = free_b / 4;
-        if (limit > ((size_t)1 << 30))
-            limit = (size_t)1 << 30;
-
-        /* cudnnFind* runs the candidates on scratch memory it allocates
-         * itself and waits for them: plan time only. */
+        const struct kb_cuda_algo_memo *memo = algo_memo_find(impl, d);
         size_t need = 0, mem = 0;
-        cudnnMathType_t mt;
-        what = "forward algorithm search";
-        {
-            cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-            int got = 0;
-            if ((st = cudnnFindConvolutionForwardAlgorithm(impl->cudnn, c->xd, c->wd, c->cf,
-                                                           c->yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                                                           &got, perf)) != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            PICK(perf, got, limit, 0, c->fwd_algo, mem, mt);
-            if (st != CUDNN_STATUS_SUCCESS)
-                goto fail;
+        cudnnMathType_t mf, mbd, mbw;
+        if (memo) {
+            c->fwd_algo = (cudnnConvolutionFwdAlgo_t)memo->fwd;
+            c->bwd_data_algo = (cudnnConvolutionBwdDataAlgo_t)memo->bwd_data;
+            c->bwd_filter_algo = (cudnnConvolutionBwdFilterAlgo_t)memo->bwd_filter;
+            mf = (cudnnMathType_t)memo->math_f;
+            mbd = (cudnnMathType_t)memo->math_bd;
+            mbw = (cudnnMathType_t)memo->math_bw;
+        } else {
+            /* Workspace cap for the search: a quarter of free memory, at
+             * most 1 GiB (algorithms that want more are rarely faster). */
+            size_t free_b = 0, total_b = 0;
+            KB_CUDA(cudaMemGetInfo(&free_b, &total_b));
+            size_t limit = free_b / 4;
+            if (limit > ((size_t)1 << 30))
+                limit = (size_t)1 << 30;
+            /* cudnnFind* runs the candidates on scratch memory it allocates
+             * itself and waits for them: plan time only. */
+            what = "forward algorithm search";
+            {
+                cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+                int got = 0;
+                if ((st = cudnnFindConvolutionForwardAlgorithm(
+                         impl->cudnn, c->xd, c->wd, c->cf, c->yd,
+                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf)) != CUDNN_STATUS_SUCCESS)
+                    goto fail;
+                PICK(perf, got, limit, 0, c->fwd_algo, mem, mf);
+                if (st != CUDNN_STATUS_SUCCESS)
+                    goto fail;
+            }
+            what = "backward data algorithm search";
+            {
+                cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+                int got = 0;
+                if ((st = cudnnFindConvolutionBackwardDataAlgorithm(
+                         impl->cudnn, c->wd, c->yd, c->cbd, c->xd,
+                         CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, perf)) !=
+                    CUDNN_STATUS_SUCCESS)
+                    goto fail;
+                PICK(perf, got, limit, 1, c->bwd_data_algo, mem, mbd);
+                if (st != CUDNN_STATUS_SUCCESS)
+                    goto fail;
+            }
+            what = "backward filter algorithm search";
+            {
+                cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+                int got = 0;
+                if ((st = cudnnFindConvolutionBackwardFilterAlgorithm(
+                         impl->cudnn, c->xd, c->yd, c->cbw, c->wd,
+                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, perf)) !=
+                    CUDNN_STATUS_SUCCESS)
+                    goto fail;
+                PICK(perf, got, limit, 1, c->bwd_filter_algo, mem, mbw);
+                if (st != CUDNN_STATUS_SUCCESS)
+                    goto fail;
+            }
             if (!impl->tf32)
-                mt = CUDNN_FMA_MATH;
-            if ((st = cudnnSetConvolutionMathType(c->cf, mt)) != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            if ((st = cudnnGetConvolutionForwardWorkspaceSize(impl->cudnn, c->xd, c->wd, c->cf,
-                                                              c->yd, c->fwd_algo, &mem)) !=
-                CUDNN_STATUS_SUCCESS)
-                goto fail;
-            need = mem > need ? mem : need;
+                mf = mbd = mbw = CUDNN_FMA_MATH;
+            algo_memo_add(impl, d, c, mf, mbd, mbw);
         }
-        what = "backward data algorithm search";
-        {
-            cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-            int got = 0;
-            if ((st = cudnnFindConvolutionBackwardDataAlgorithm(
-                     impl->cudnn, c->wd, c->yd, c->cbd, c->xd,
-                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, perf)) != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            PICK(perf, got, limit, 1, c->bwd_data_algo, mem, mt);
-            if (st != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            if (!impl->tf32)
-                mt = CUDNN_FMA_MATH;
-            if ((st = cudnnSetConvolutionMathType(c->cbd, mt)) != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            if ((st = cudnnGetConvolutionBackwardDataWorkspaceSize(
-                     impl->cudnn, c->wd, c->yd, c->cbd, c->xd, c->bwd_data_algo, &mem)) !=
-                CUDNN_STATUS_SUCCESS)
-                goto fail;
-            need = mem > need ? mem : need;
-        }
-        what = "backward filter algorithm search";
-        {
-            cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-            int got = 0;
-            if ((st = cudnnFindConvolutionBackwardFilterAlgorithm(
-                     impl->cudnn, c->xd, c->yd, c->cbw, c->wd,
-                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, perf)) !=
-                CUDNN_STATUS_SUCCESS)
-                goto fail;
-            PICK(perf, got, limit, 1, c->bwd_filter_algo, mem, mt);
-            if (st != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            if (!impl->tf32)
-                mt = CUDNN_FMA_MATH;
-            if ((st = cudnnSetConvolutionMathType(c->cbw, mt)) != CUDNN_STATUS_SUCCESS)
-                goto fail;
-            if ((st = cudnnGetConvolutionBackwardFilterWorkspaceSize(
-                     impl->cudnn, c->xd, c->yd, c->cbw, c->wd, c->bwd_filter_algo, &mem)) !=
-                CUDNN_STATUS_SUCCESS)
-                goto fail;
-            need = mem > need ? mem : need;
-        }
+        what = "workspace size";
+        if ((st = cudnnSetConvolutionMathType(c->cf, mf)) != CUDNN_STATUS_SUCCESS ||
+            (st = cudnnSetConvolutionMathType(c->cbd, mbd)) != CUDNN_STATUS_SUCCESS ||
+            (st = cudnnSetConvolutionMathType(c->cbw, mbw)) != CUDNN_STATUS_SUCCESS)
+            goto fail;
+        if ((st = cudnnGetConvolutionForwardWorkspaceSize(impl->cudnn, c->xd, c->wd, c->cf, c->yd,
+                                                          c->fwd_algo, &mem)) !=
+            CUDNN_STATUS_SUCCESS)
+            goto fail;
+        need = mem > need ? mem : need;
+        if ((st = cudnnGetConvolutionBackwardDataWorkspaceSize(
+                 impl->cudnn, c->wd, c->yd, c->cbd, c->xd, c->bwd_data_algo, &mem)) !=
+            CUDNN_STATUS_SUCCESS)
+            goto fail;
+        need = mem > need ? mem : need;
+        if ((st = cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                 impl->cudnn, c->xd, c->yd, c->cbw, c->wd, c->bwd_filter_algo, &mem)) !=
+            CUDNN_STATUS_SUCCESS)
+            goto fail;
+        need = mem > need ? mem : need;
         what = "workspace";
         if (kb_cuda_ws_reserve(impl, need) != 0) {
             st = CUDNN_STATUS_ALLOC_FAILED;

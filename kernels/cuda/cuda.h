@@ -89,7 +89,18 @@ typedef struct kb_cuda {
         int H, W, P, Q, k, stride, pad;
     } pool_memo[32];
     int pool_memo_next;
+    /* Convolution algorithms already chosen, by shape: the teacher and the
+     * repeated blocks of a ResNet ask for the same shapes again, and each
+     * cudnnFind costs milliseconds. */
+    struct kb_cuda_algo_memo *algo_memo;
+    int n_algo_memo, cap_algo_memo;
 } kb_cuda;
+
+struct kb_cuda_algo_memo {
+    kb_conv_desc d;
+    int fwd, bwd_data, bwd_filter;    /* cudnnConvolution*Algo_t */
+    int math_f, math_bd, math_bw;     /* cudnnMathType_t of each */
+};
 
 static inline kb_cuda *kb_cuda_of(kb_backend *be) { return (kb_cuda *)be->impl; }
 

@@ -98,6 +98,7 @@ static void cuda_destroy(kb_backend *be)
         cudnnDestroy(impl->cudnn);
     if (impl->stream)
         cudaStreamDestroy(impl->stream);
+    free(impl->algo_memo);
     free(impl);
     free(be);
 }

@@ -17,6 +17,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,6 +54,8 @@ static int try_connect(void)
     return fd;
 }
 
+static const char *extra_arg[4];
+
 static void start_daemon(void)
 {
     char d[1100], w[1100], logp[128];
@@ -66,7 +70,7 @@ static void start_daemon(void)
         dup2(fd, 2);
         execl(d, d, "--state-dir", dir, "--cpu-slots", "2", "--threads", "1", "--worker", w,
               "--heartbeat", "0.2", "--heartbeat-timeout", "2", "--shutdown-timeout", "10",
-              (char *)NULL);
+              extra_arg[0], extra_arg[1], (char *)NULL);
         _exit(127);
     }
     for (double t0 = now(); now() - t0 < 10;) {
@@ -657,4 +661,113 @@ Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = no_daemon, .f
     cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "got: %s", out);
     rc = cli(out, sizeof out, 10, "ls", NULL);
     cr_assert(rc == 1 && strstr(out, want), "got: %s", out);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Multi-device jobs, TCP with a token */
+
+Test(daemon, job_asking_two_devices_gets_both_and_three_is_refused, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/two.yaml", dir);
+    write_grid(path, "two", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 40, "watch", "two", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                            "'%world size 2%'", 0), 1, "rank 0 did not see world size 2");
+    sqlite3_close(db);
+    write_grid(path, "three", 2, 0, "  variant:\n    - {name: a, devices: 3}\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert(rc == 1 && strstr(out, "asks for 3 devices; this daemon has 2"), "%s", out);
+}
+
+static void setup_tcp(void)
+{
+    /* the token must be the owner's only: written before the daemon starts */
+    const char *b = getenv("RW_BUILD_ROOT");
+    snprintf(build, sizeof build, "%s", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
+    char tok[128];
+    snprintf(tok, sizeof tok, "%s/token", dir);
+    int fd = open(tok, O_WRONLY | O_CREAT, 0600);
+    cr_assert_eq(write(fd, "0123456789abcdef-secret\n", 24), 24);
+    close(fd);
+    extra_arg[0] = "--tcp";
+    extra_arg[1] = "127.0.0.1:39517";
+    start_daemon();
+}
+
+static int tcp_connect(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(39517),
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout = 30)
+{
+    const char *bad[] = {"{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"client\"}",
+                         "{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"client\","
+                         "\"token\":\"0123456789abcdef-wrong\"}"};
+    for (int i = 0; i < 2; i++) {
+        int fd = tcp_connect();
+        char *b;
+        size_t n;
+        rw_frame_encode_raw(bad[i], strlen(bad[i]), &b, &n);
+        rw_fd_write_all(fd, b, n);
+        free(b);
+        rw_frame_reader r;
+        rw_frame_reader_init(&r, 0);
+        json_t *e = recv_frame(fd, &r, 5000);
+        cr_assert_not_null(e);
+        cr_assert_str_eq(json_string_value(json_object_get(e, "code")), RW_E_AUTH);
+        json_decref(e);
+        cr_assert(closed_by_peer(fd, 5000));
+        close(fd);
+        rw_frame_reader_free(&r);
+    }
+    int fd = tcp_connect();
+    rw_frame_reader r;
+    rw_frame_reader_init(&r, 0);
+    json_t *h = rw_msg_new("hello", 1);
+    json_object_set_new(h, "version", json_integer(1));
+    json_object_set_new(h, "role", json_string("client"));
+    json_object_set_new(h, "token", json_string("0123456789abcdef-secret"));
+    json_t *rep = request(fd, &r, h);
+    cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
+    json_decref(rep);
+    close(fd);
+    rw_frame_reader_free(&r);
+    /* a worker on "another host": registers as a remote slot */
+    char w[1100], tok[128];
+    bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(tok, sizeof tok, "%s/token", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(w, w, "serve", "--tcp", "127.0.0.1:39517", "--token-file", tok, "--device", "far0",
+              "--backend", "cpu", "--heartbeat", "0.2", (char *)NULL);
+        _exit(127);
+    }
+    int seen = 0;
+    for (double t0 = now(); !seen && now() - t0 < 10; usleep(50000)) {
+        json_t *ws = simple("workers", NULL, NULL);
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(ws, "workers"), i, v) seen |=
+            json_is_true(json_object_get(v, "remote")) &&
+            !strcmp(json_string_value(json_object_get(v, "device")), "far0") &&
+            !strcmp(json_string_value(json_object_get(v, "state")), "idle");
+        json_decref(ws);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    cr_assert(seen, "the TCP worker did not register");
 }

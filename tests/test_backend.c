@@ -19,7 +19,10 @@
  *   the worst of ~1e5 outputs sits near 4.5 sigma, ~2e-3 of rms (4e-3 for
  *   truncation). So atol = 5e-3 * rms(reference), rtol = 1e-3. With
  *   RW_CUDA_TF32=0 (full fp32 on the GPU) the same comparisons use
- *   atol = 1e-5 * rms, rtol = 1e-5: only summation order differs.
+ *   atol = 1e-4 * rms, rtol = 1e-4: summation order alone would stay near
+ *   1e-6, but cuDNN may pick FFT or Winograd algorithms, whose transforms
+ *   lose ~1e-5 of the rms in fp32 (Winograd's larger tiles amplify input
+ *   rounding ~10x).
  * - Exact ops (ReLU, max pool values and indices, copies): atol = rtol = 0;
  *   the max-pool gradient adds the same floats in the same order. */
 #include <criterion/criterion.h>
@@ -179,7 +182,7 @@ static void compare_mm(const char *what, pair p)
     if (tf32)
         compare(what, p, 5e-3 * r, 1e-3);
     else
-        compare(what, p, 1e-5 * r, 1e-5);
+        compare(what, p, 1e-4 * r, 1e-4);
 }
 
 TestSuite(backend, .init = setup, .fini = teardown);

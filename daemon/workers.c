@@ -587,7 +587,8 @@ void rd_workers_stop_all(rd_daemon *d)
 {
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
-        uv_timer_stop(&w->restart_timer);
+        if (!w->remote)
+            uv_timer_stop(&w->restart_timer);
         w->stopping = 1;
         if (w->conn)
             rd_conn_send(w->conn, rw_msg_new("stop", -1));

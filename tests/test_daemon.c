@@ -54,7 +54,7 @@ static int try_connect(void)
     return fd;
 }
 
-static const char *extra_arg[4];
+static const char *extra_arg[8];
 
 static void start_daemon(void)
 {
@@ -70,7 +70,7 @@ static void start_daemon(void)
         dup2(fd, 2);
         execl(d, d, "--state-dir", dir, "--cpu-slots", "2", "--threads", "1", "--worker", w,
               "--heartbeat", "0.2", "--heartbeat-timeout", "2", "--shutdown-timeout", "10",
-              extra_arg[0], extra_arg[1], (char *)NULL);
+              extra_arg[0], extra_arg[1], extra_arg[2], extra_arg[3], (char *)NULL);
         _exit(127);
     }
     for (double t0 = now(); now() - t0 < 10;) {
@@ -770,4 +770,34 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout 
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     cr_assert(seen, "the TCP worker did not register");
+}
+
+static void setup_gpu_slots(void)
+{
+    /* no GPU needed: a worker given a GPU it cannot open falls back to the
+     * CPU; what is checked is how slots map to devices */
+    extra_arg[0] = "--gpus";
+    extra_arg[1] = "1";
+    extra_arg[2] = "--slots-per-gpu";
+    extra_arg[3] = "2";
+    setup();
+}
+
+Test(daemon, slots_per_gpu_share_one_device, .init = setup_gpu_slots, .fini = teardown,
+     .timeout = 30)
+{
+    json_t *r = simple("status", NULL, NULL);
+    cr_assert_eq(json_integer_value(json_object_get(r, "workers")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(r, "devices")), 1);
+    json_decref(r);
+    r = simple("workers", NULL, NULL);
+    json_t *ws = json_object_get(r, "workers");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ws, 0), "device")), "cuda:0");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ws, 1), "device")), "cuda:0");
+    json_decref(r);
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/two.yaml", dir);
+    write_grid(path, "two", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert(rc == 1 && strstr(out, "asks for 2 devices; this daemon has 1"), "%s", out);
 }

@@ -3,6 +3,7 @@
  * norm.cu, ReLU/pooling/linear (cuBLAS) in ops.cu, losses, metrics, Adam and
  * EMA in loss.cu. */
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/cuda/cuda.h"
 
@@ -215,7 +216,12 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     int count = 0;
     cudaError_t rc = cudaGetDeviceCount(&count);
     if (rc != cudaSuccess) {
-        snprintf(err, errlen, "no usable GPU: %s", cudaGetErrorString(rc));
+        /* Without a driver at all CUDA says "driver version is insufficient":
+         * name the real cause. */
+        if (access("/proc/driver/nvidia/version", F_OK) != 0 && rc == cudaErrorInsufficientDriver)
+            snprintf(err, errlen, "no usable GPU: no NVIDIA driver loaded");
+        else
+            snprintf(err, errlen, "no usable GPU: %s", cudaGetErrorString(rc));
         return NULL;
     }
     if (count == 0) {

@@ -125,7 +125,13 @@ void rd_conn_close(rd_conn *c)
 
 static void protocol_error(rd_conn *c, long long id, const char *code, const char *msg)
 {
-    rd_log("conn: protocol error (%s): %s; closing", code, msg);
+    /* the message may quote the peer's bytes: log a printable sample */
+    char smp[160];
+    size_t o = 0;
+    for (size_t i = 0; msg[i] && o + 4 < sizeof smp; i++)
+        smp[o++] = (msg[i] >= 0x20 && msg[i] < 0x7f) ? msg[i] : '?';
+    smp[o] = '\0';
+    rd_log("conn: protocol error (%s): %s; closing", code, smp);
     rd_conn_send(c, rw_msg_error(id, code, msg));
     rd_conn_close(c);
 }

@@ -800,3 +800,55 @@ Test(daemon, slots_per_gpu_share_one_device, .init = setup_gpu_slots, .fini = te
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert(rc == 1 && strstr(out, "asks for 2 devices; this daemon has 1"), "%s", out);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Cancel; a daemon killed outright */
+
+Test(daemon, cancel_stops_a_running_job_and_the_queue_moves_on, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+    long long job = submit_long("cancelme");
+    wait_for("epoch 3", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 3, 30);
+    char out[4096], id[32];
+    snprintf(id, sizeof id, "j%lld", job);
+    int rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
+    rc = cli(out, sizeof out, 20, "watch", id, NULL);
+    cr_assert_eq(rc, 1, "watch of a cancelled job should say it did not finish: %s", out);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT state='cancelled' FROM jobs WHERE id=?", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='cancelled'",
+                        job), 1);
+    sqlite3_close(db);
+    /* the workers take new work */
+    char path[128];
+    snprintf(path, sizeof path, "%s/after.yaml", dir);
+    write_grid(path, "after", 2, 0, "  seed: [0, 1, 2]\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 40, "watch", "after", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 20, "cancel", "g1", NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 0 jobs"), "%s", out);
+}
+
+Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    long long job = submit_long("crash");
+    wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
+             30);
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, NULL, 0);
+    daemon_pid = -1;
+    start_daemon(); /* its workers died with the old daemon; the lock is free */
+    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND error='daemon "
+                            "restarted'", job), 1);
+    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                             "'resumed from%'", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                            "kind='epoch'", job), 300);
+    sqlite3_close(db);
+}

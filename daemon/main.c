@@ -59,7 +59,8 @@ static void usage(FILE *f)
             "  --threads N            CPU threads per worker (default: cores / slots)\n"
             "  --worker PATH          runaway-worker program (default: next to runawayd)\n"
             "  --tcp HOST:PORT        also listen on TCP (workers on other hosts); needs\n"
-            "                         a token in STATE/token, mode 0600\n"
+            "                         a token of at least 16 characters in a 0600 file\n"
+            "  --token-file PATH      that file (default STATE/token)\n"
             "  --heartbeat S          worker heartbeat period (default 2)\n"
             "  --heartbeat-timeout S  silence after which a worker is killed (default 30)\n"
             "  --max-retries N        lost attempts before a job fails (default 3)\n"
@@ -183,7 +184,7 @@ static int parse_num(const char *flag, const char *v, double lo, double hi, doub
 int main(int argc, char **argv)
 {
     rd_daemon *d = &the_daemon;
-    const char *state = NULL, *tcp = NULL, *worker = NULL;
+    const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL;
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
     for (int i = 1; i < argc; i++) {
@@ -198,6 +199,8 @@ int main(int argc, char **argv)
             tcp = v;
         else if (!strcmp(a, "--worker") && v)
             worker = v;
+        else if (!strcmp(a, "--token-file") && v)
+            token_file = v;
         else if (!strcmp(a, "--cpu-slots"))
             rc = parse_num(a, v, 1, 64, &cpu_slots);
         else if (!strcmp(a, "--gpus"))
@@ -249,6 +252,10 @@ int main(int argc, char **argv)
         dprintf(lfd, "%d\n", (int)getpid());
     snprintf(d->sock_path, sizeof d->sock_path, "%s/runawayd.sock", d->state_dir);
     snprintf(d->db_path, sizeof d->db_path, "%s/runaway.db", d->state_dir);
+    if (token_file)
+        snprintf(d->token_path, sizeof d->token_path, "%s", token_file);
+    else
+        snprintf(d->token_path, sizeof d->token_path, "%s/token", d->state_dir);
     if (worker)
         snprintf(d->worker_path, sizeof d->worker_path, "%s", worker);
     else

@@ -72,6 +72,7 @@ struct rd_daemon {
     uv_tcp_t tcp_srv;
     int tcp_on;
     char token[257];
+    char token_path[PATH_MAX];
     uv_signal_t sigterm, sigint;
     uv_timer_t tick;
     rd_worker workers[RD_WORKERS_MAX];

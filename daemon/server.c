@@ -294,8 +294,7 @@ static void on_connection(uv_stream_t *srv, int status)
 
 static int read_token(rd_daemon *d, char *err, size_t errlen)
 {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/token", d->state_dir);
+    const char *path = d->token_path;
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "--tcp needs a token in %s (mode 0600): %s", path, strerror(errno));

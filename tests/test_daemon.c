@@ -852,3 +852,31 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
                             "kind='epoch'", job), 300);
     sqlite3_close(db);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Priorities */
+
+Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardown, .timeout = 90)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/low.yaml", dir);
+    write_grid(path, "low", 300, 100, "  seed: [0, 1, 2, 3]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    snprintf(path, sizeof path, "%s/high.yaml", dir);
+    write_grid(path, "high", 2, 0, "  seed: [0]\n");
+    rc = cli(out, sizeof out, 20, "submit", path, "--priority", "5", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 60, "watch", "high", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    /* the high job (j5) started before the low grid's third and fourth */
+    sqlite3 *db = open_db();
+    double hi = db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 5);
+    cr_assert(isfinite(hi));
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id IN (3, 4) AND id < ?",
+                        (long long)hi), 0, "a low-priority job started first");
+    cr_assert_eq(db_num(db, "SELECT priority FROM jobs WHERE id=5", 0), 5);
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "cancel", "low", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+}

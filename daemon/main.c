@@ -167,6 +167,7 @@ static void signal_cb(uv_signal_t *s, int signum)
 static void tick_cb(uv_timer_t *t)
 {
     rd_tick(t->data);
+    rd_conns_tick(t->data);
 }
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)

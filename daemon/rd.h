@@ -16,6 +16,8 @@
 
 #define RD_WORKERS_MAX 256
 #define RD_PENDING_MAX (8u << 20) /* bytes queued to one slow client before we drop it */
+#define RD_CONNS_MAX 1024           /* open connections; more are refused at accept */
+#define RD_HELLO_TIMEOUT_S 10.0
 
 typedef struct rd_daemon rd_daemon;
 typedef struct rd_worker rd_worker;
@@ -35,6 +37,7 @@ typedef struct rd_conn {
     int is_tcp;
     int closing;
     size_t pending; /* bytes queued for writing */
+    double opened;  /* rd_mono() at accept: hello is due within RD_HELLO_TIMEOUT_S */
     rd_worker *worker;
     /* watch: 'j' job or 'g' grid, its id; 0 when not watching */
     char watch_kind;
@@ -107,6 +110,7 @@ void rd_conn_send(rd_conn *c, json_t *msg); /* steals msg */
 void rd_conn_close(rd_conn *c);
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
 void rd_watch_job_state(rd_daemon *d, int64_t job);
+void rd_conns_tick(rd_daemon *d);
 int rd_handle_client(rd_conn *c, const char *type, json_t *m);
 
 /* workers.c */

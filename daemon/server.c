@@ -270,6 +270,7 @@ static void on_connection(uv_stream_t *srv, int status)
     if (!c)
         return;
     c->d = d;
+    c->opened = rd_mono();
     c->is_tcp = srv == (uv_stream_t *)&d->tcp_srv;
     rw_frame_reader_init(&c->rd, HELLO_FRAME_MAX);
     int rc = c->is_tcp ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
@@ -280,13 +281,26 @@ static void on_connection(uv_stream_t *srv, int status)
     c->h.handle.data = c;
     c->next = d->conns;
     d->conns = c;
-    if (uv_accept(srv, &c->h.stream) != 0 || d->shutting_down) {
+    int nconns = 0;
+    for (rd_conn *o = d->conns; o; o = o->next)
+        nconns++;
+    if (uv_accept(srv, &c->h.stream) != 0 || d->shutting_down || nconns > RD_CONNS_MAX) {
         c->closing = 1;
         uv_close(&c->h.handle, close_cb);
         return;
     }
     if (uv_read_start(&c->h.stream, alloc_cb, read_cb) != 0)
         rd_conn_close(c);
+}
+
+/* Connections that never said hello are dropped: a peer cannot hold a slot
+ * (and a 4 KiB buffer) by connecting and waiting. */
+void rd_conns_tick(rd_daemon *d)
+{
+    double now = rd_mono();
+    for (rd_conn *c = d->conns; c; c = c->next)
+        if (c->role == RD_ROLE_NONE && !c->closing && now - c->opened > RD_HELLO_TIMEOUT_S)
+            protocol_error(c, 0, RW_E_HELLO, "no hello within 10 s");
 }
 
 /* ------------------------------------------------------------------------ */

@@ -285,6 +285,11 @@ Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
     close(fd);
     expect_still_serving();
 
+    /* silence after connecting: dropped after 10 s with a hello error (the
+     * other checks above ran meanwhile on other connections) */
+    int idle = try_connect();
+    double t_idle = now();
+
     /* a request for something that does not exist is an error, not a close */
     rw_frame_reader r;
     fd = client(&r);
@@ -299,6 +304,18 @@ Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
     json_decref(e);
     close(fd);
     rw_frame_reader_free(&r);
+
+    rw_frame_reader ri;
+    rw_frame_reader_init(&ri, 0);
+    json_t *he = recv_frame(idle, &ri, 15000);
+    cr_assert_not_null(he, "an idle connection was not dropped");
+    cr_assert_str_eq(json_string_value(json_object_get(he, "code")), RW_E_HELLO);
+    cr_assert_geq(now() - t_idle, 8.0);
+    json_decref(he);
+    cr_assert(closed_by_peer(idle, 3000));
+    close(idle);
+    rw_frame_reader_free(&ri);
+    expect_still_serving();
 
     /* the socket is the owner's only */
     struct stat st;

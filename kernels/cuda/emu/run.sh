@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The CUDA backend's own code on a machine WITHOUT a GPU: every .cu file of
+# kernels/cuda is compiled as plain C++ against small stand-ins for the CUDA
+# runtime, cuDNN and cuBLAS (this folder), each CUDA thread a coroutine that
+# yields at __syncthreads and at warp shuffles, convolutions and GEMMs by
+# naive loops that check the descriptors they are given. The backend,
+# backend_model and backend_augment suites then run against it (the suites
+# see a "GPU" that computes in exact host arithmetic). It checks the kernels'
+# indexing, reductions, barriers and the plumbing of descriptors and GEMM
+# arguments; not timing, memory model, TF32 or the real libraries: that is
+# tools/device-check's job on a GPU.
+#
+#   kernels/cuda/emu/run.sh [BUILD_DIR] [criterion options...]
+#   (BUILD_DIR: a meson build of this tree, default build-cuda; the suites'
+#   CPU side links its objects.) Slow: the model suite takes ~15 minutes.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+B=$(cd "$root/${1:-build-cuda}" && pwd)
+shift || true
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+CXX="g++ -std=c++17 -O1 -g -fopenmp -I$here -I$root -I$B"
+for f in "$root"/kernels/cuda/*.cu; do
+    n=$(basename "$f" .cu)
+    python3 "$here/rewrite.py" "$f" "$out/$n.cpp"
+    $CXX -c "$out/$n.cpp" -o "$out/$n.o"
+done
+$CXX -c "$here/emu.cpp" -o "$out/emu.o"
+K="$B/kernels/librwkernels.a.p"
+emu_objs=("$out"/*.o)
+libs=(-ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lcriterion -lm -lpthread)
+for t in backend backend_augment backend_model; do
+    gcc -std=gnu11 -O1 -g -I"$root" -I"$B" -c "$root/tests/test_$t.c" -o "$out/test_$t.o"
+done
+g++ -fopenmp -o "$out/test_backend" "$out/test_backend.o" "${emu_objs[@]}" "$K"/cpu_*.o "${libs[@]}"
+W=("$B/worker/librwworker.a" "$B/worker/librwdata.a" "$B/worker/librwweights.a" "$B/proto/librwproto.a")
+extra=("$K/collective.c.o")
+gl=()
+if [ -f "$K/gloo_comm.cc.o" ]; then extra+=("$K/gloo_comm.cc.o"); gl=(-lgloo); fi
+for t in backend_augment backend_model; do
+    g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${W[@]}" "${emu_objs[@]}" "$K"/cpu_*.o \
+        "${extra[@]}" "${gl[@]}" -ljansson -lz -lpng16 -lyaml "${libs[@]}"
+done
+rc=0
+for t in backend backend_augment backend_model; do
+    echo "== $t (emulated GPU)"
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "$out/test_$t" --jobs 1 "$@" || rc=1
+done
+exit $rc

@@ -907,3 +907,25 @@ Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardow
     rc = cli(out, sizeof out, 20, "cancel", "low", NULL);
     cr_assert_eq(rc, 0, "%s", out);
 }
+
+Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+    char path[128], out[8192];
+    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    /* a regular file passes validation; the worker finds it is no safetensors */
+    write_grid(path, "bad", 2, 0, "  variant:\n    - {name: a, init: /etc/passwd}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 40, "watch", "bad", NULL);
+    cr_assert_eq(rc, 1, "%s", out);
+    cr_assert(strstr(out, "bad/a/seed0: failed: ") && strstr(out, "/etc/passwd"), "%s", out);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE outcome='failed'", 0), 1,
+                 "a worker's own failure is not retried");
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "show", "j1", NULL);
+    cr_assert(rc == 0 && strstr(out, "state      failed: ") && strstr(out, "failed: "), "%s", out);
+    rc = cli(out, sizeof out, 20, "table", "bad", NULL);
+    cr_assert(rc == 0 && strstr(out, "0/1"), "%s", out);
+}

@@ -366,6 +366,7 @@ static const field fields[] = {
     {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
     /* last, so the allowed-keys lists that name the paper's fields read as before */
     {"devices", F_INT, O(devices), 1, 64, 0, NULL},
+    {"sync_bn", F_BOOL, O(sync_bn), 0, 1, 0, NULL},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 

@@ -9,7 +9,9 @@
  *   seed: 0                 # 0 .. 2^53
  *   init: weights.safetensors   # optional start point; path relative to the spec file
  *   threads: 0              # CPU threads, 0 = all cores
- *   devices: 1              # devices (GPUs or CPU slots) the job gets at once, 1 .. 64
+ *   devices: 1              # devices (GPUs or CPU slots) the job gets at once, 1 .. 64;
+ *                           # the ranks split optim.batch_size (the global batch) evenly
+ *   sync_bn: false          # with devices > 1: BatchNorm statistics over the global batch
  *   data:
  *     kind: synthetic       # synthetic | cifar10
  *     path: /data/cifar-10-batches-bin   # required for cifar10; for synthetic,
@@ -79,6 +81,7 @@ typedef struct rw_spec {
     char init[RW_PATH_MAX]; /* "" = none; resolved against the spec's folder */
     int threads;
     int devices; /* the scheduler hands a job this many devices at once */
+    int sync_bn; /* data parallel: BatchNorm statistics over the global batch */
 
     struct {
         rw_data_kind kind;

@@ -109,9 +109,10 @@ static void run_world(rank_run *r, int world, const rw_spec *s, int sync_bn, con
     for (int k = 0; k < world; k++) {
         memset(&r[k], 0, sizeof r[k]);
         r[k].spec = *s;
+        r[k].spec.sync_bn = sync_bn;
         tc_rank_init(&r[k].comm, &w, k);
         r[k].opts = (rw_train_opts){.out_dir = k == 0 ? out : NULL, .comm = &r[k].comm.c,
-                                    .sync_bn = sync_bn, .check_every = 1,
+                                    .check_every = 1,
                                     .test_perturb_rank = -1};
     }
     for (int k = 0; k < world; k++)
@@ -267,8 +268,9 @@ Test(dist, perturbed_rank_is_caught_by_the_checksum)
     for (int k = 0; k < 2; k++) {
         memset(&r[k], 0, sizeof r[k]);
         r[k].spec = s;
+        r[k].spec.sync_bn = 1;
         tc_rank_init(&r[k].comm, &w, k);
-        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .sync_bn = 1, .check_every = 1,
+        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .check_every = 1,
                                     .test_perturb_rank = 1, .test_perturb_step = 3};
         pthread_create(&th[k], NULL, rank_main, &r[k]);
     }
@@ -296,8 +298,9 @@ Test(dist, dead_rank_fails_the_others_within_the_timeout)
         /* Rank 1 "dies" after 2 steps: its job simply ends there. */
         if (k == 1)
             r[k].spec.optim.max_steps = 2;
+        r[k].spec.sync_bn = 1;
         tc_rank_init(&r[k].comm, &w, k);
-        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .sync_bn = 1, .check_every = 50,
+        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .check_every = 50,
                                     .test_perturb_rank = -1};
         pthread_create(&th[k], NULL, rank_main, &r[k]);
     }
@@ -356,7 +359,8 @@ Test(dist, gloo_two_ranks_follow_one_rank)
         g[k].store = &store;
         g[k].rank = k;
         g[k].run.spec = s;
-        g[k].run.opts = (rw_train_opts){.out_dir = k == 0 ? o2 : NULL, .sync_bn = 1,
+        g[k].run.spec.sync_bn = 1;
+        g[k].run.opts = (rw_train_opts){.out_dir = k == 0 ? o2 : NULL,
                                         .check_every = 2, .test_perturb_rank = -1};
         pthread_create(&th[k], NULL, gloo_main, &g[k]);
     }

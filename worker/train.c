@@ -148,7 +148,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     }
     int Bl = B / world;
-    if (rw_model_set_comm(m, comm, opts && opts->sync_bn, err, errlen) != 0)
+    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0)
         goto done;
     /* Only rank 0 speaks: logs, metrics, checkpoints, evaluation. */
     const rw_train_hooks *lh = lead ? hooks : NULL;

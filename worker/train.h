@@ -47,7 +47,6 @@ typedef struct rw_train_opts {
      * batch; rank 0 owns checkpoints, evaluation and the hooks' metrics
      * (computed over the global batch). NULL: a single process. */
     struct kb_comm *comm;
-    int sync_bn;          /* BatchNorm statistics over the global batch */
     int check_every;      /* compare teacher/parameter checksums every K steps (0: 100) */
     /* Tests only: this rank nudges its teacher after this step, which the
      * checksum must catch (-1: never). */

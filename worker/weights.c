@@ -246,7 +246,7 @@ void rw_spec_digest(const rw_spec *s, char out[17])
     int n = snprintf(buf, sizeof buf,
                      "seed=%llu init=%s data=%d,%s,%d,%d,%llu,%d,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g "
                      "model=%d,%d,%d,%d,%d,%d loss=%d,%.9g,%.9g,%d optim=%.9g,%.9g,%d,%d,%ld "
-                     "ema=%.9g,%d",
+                     "ema=%.9g,%d devices=%d sync_bn=%d",
                      (unsigned long long)s->seed, s->init, (int)s->data.kind, s->data.path,
                      s->data.synthetic_train, s->data.synthetic_test,
                      (unsigned long long)s->data.synthetic_seed, s->data.image_size,
@@ -256,7 +256,7 @@ void rw_spec_digest(const rw_spec *s, char out[17])
                      (int)s->model.predictor, s->model.pred_hidden, (int)s->loss.kind,
                      s->loss.alpha, s->loss.beta, s->loss.tangential, s->optim.lr,
                      s->optim.weight_decay, s->optim.batch_size, s->optim.epochs,
-                     s->optim.max_steps, s->ema.tau, (int)s->ema.schedule);
+                     s->optim.max_steps, s->ema.tau, (int)s->ema.schedule, s->devices, s->sync_bn);
     uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
     for (int i = 0; i < n && i < (int)sizeof buf; i++) {
         hsh ^= (unsigned char)buf[i];

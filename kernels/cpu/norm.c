@@ -8,6 +8,22 @@
 
 #include "kernels/cpu/cpu.h"
 
+/* Mean and sum of squared deviations of channel c, in double. Two passes
+ * (mean, then deviations): no cancellation when the mean is large compared
+ * to the spread. */
+static void channel_stats(const float *x /* (N,C,HW) */, int N, int C, int HW, int c,
+                          double *mean, double *ss)
+{
+    const size_t chw = (size_t)C * HW;
+    double s = 0.0, d = 0.0;
+    for (int n = 0; n < N; n++)
+        s += kb_cpu_sum(x + n * chw + (size_t)c * HW, (size_t)HW);
+    *mean = s / ((double)N * HW);
+    for (int n = 0; n < N; n++)
+        d += kb_cpu_sumsq_dev(x + n * chw + (size_t)c * HW, (size_t)HW, *mean);
+    *ss = d;
+}
+
 static void cpu_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
                                  int HW, const float *gamma /* (C) */,
                                  const float *beta /* (C) */, float eps, float momentum,
@@ -20,15 +36,8 @@ static void cpu_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */, 
     const size_t chw = (size_t)C * HW;
 #pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
     for (int c = 0; c < C; c++) {
-        /* Two passes (mean, then squared deviations): no cancellation when
-         * the mean is large compared to the spread. */
-        double s = 0.0;
-        for (int n = 0; n < N; n++)
-            s += kb_cpu_sum(x + n * chw + (size_t)c * HW, (size_t)HW);
-        double mean = s / M;
-        double ss = 0.0;
-        for (int n = 0; n < N; n++)
-            ss += kb_cpu_sumsq_dev(x + n * chw + (size_t)c * HW, (size_t)HW, mean);
+        double mean, ss;
+        channel_stats(x, N, C, HW, c, &mean, &ss);
         double var = ss / M; /* biased: what normalizes */
         double invstd = 1.0 / sqrt(var + eps);
         float a = (float)(gamma[c] * invstd);
@@ -127,12 +136,8 @@ static void cpu_bn_stats(kb_backend *be, const float *x /* (N,C,HW) */, int N, i
     const size_t chw = (size_t)C * HW;
 #pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
     for (int c = 0; c < C; c++) {
-        double s = 0.0, ss = 0.0;
-        for (int n = 0; n < N; n++)
-            s += kb_cpu_sum(x + n * chw + (size_t)c * HW, (size_t)HW);
-        double mean = s / M;
-        for (int n = 0; n < N; n++)
-            ss += kb_cpu_sumsq_dev(x + n * chw + (size_t)c * HW, (size_t)HW, mean);
+        double mean, ss;
+        channel_stats(x, N, C, HW, c, &mean, &ss);
         stats[c] = (float)mean;
         stats[C + c] = (float)(ss / M);
         stats[2 * C + c] = (float)(mean * mean);

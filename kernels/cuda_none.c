@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "kernels/backend.h"
+#include "kernels/collective.h"
 
 kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
 {
@@ -19,4 +20,12 @@ int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const int3
     (void)be, (void)src, (void)W, (void)H, (void)idx, (void)n, (void)seed, (void)epoch;
     (void)view, (void)S, (void)mean, (void)std, (void)out;
     return -1;
+}
+
+kb_comm *kb_nccl_create(const kb_store *store, int rank, int world, int device, int timeout_ms,
+                        char *err, size_t errlen)
+{
+    (void)store, (void)rank, (void)world, (void)device, (void)timeout_ms;
+    snprintf(err, errlen, "built without CUDA: no NCCL");
+    return NULL;
 }

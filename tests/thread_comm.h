@@ -28,7 +28,7 @@ typedef struct tc_world {
     size_t bytes;
 } tc_world;
 
-static void tc_world_init(tc_world *w, int world, int timeout_ms)
+static inline void tc_world_init(tc_world *w, int world, int timeout_ms)
 {
     memset(w, 0, sizeof *w);
     w->world = world;
@@ -38,7 +38,7 @@ static void tc_world_init(tc_world *w, int world, int timeout_ms)
 }
 
 /* 0 when all ranks arrived, -1 after the timeout (and for ever after). */
-static int tc_barrier(tc_world *w)
+static inline int tc_barrier(tc_world *w)
 {
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
@@ -71,13 +71,13 @@ typedef struct tc_rank {
     tc_world *w;
 } tc_rank;
 
-static int tc_fail(char *err, size_t errlen)
+static inline int tc_fail(char *err, size_t errlen)
 {
     snprintf(err, errlen, "thread comm: a peer did not arrive within the timeout");
     return -1;
 }
 
-static int tc_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op, char *err,
+static inline int tc_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op, char *err,
                         size_t errlen)
 {
     tc_world *w = ((tc_rank *)c)->w;
@@ -99,7 +99,7 @@ static int tc_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op, char 
     return rc ? tc_fail(err, errlen) : 0;
 }
 
-static int tc_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *err, size_t errlen)
+static inline int tc_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *err, size_t errlen)
 {
     tc_world *w = ((tc_rank *)c)->w;
     if (c->rank == root)
@@ -111,14 +111,14 @@ static int tc_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *err
     return tc_barrier(w) ? tc_fail(err, errlen) : 0;
 }
 
-static int tc_barrier_op(kb_comm *c, char *err, size_t errlen)
+static inline int tc_barrier_op(kb_comm *c, char *err, size_t errlen)
 {
     return tc_barrier(((tc_rank *)c)->w) ? tc_fail(err, errlen) : 0;
 }
 
-static void tc_destroy(kb_comm *c) { (void)c; }
+static inline void tc_destroy(kb_comm *c) { (void)c; }
 
-static void tc_rank_init(tc_rank *r, tc_world *w, int rank)
+static inline void tc_rank_init(tc_rank *r, tc_world *w, int rank)
 {
     memset(r, 0, sizeof *r);
     r->w = w;
@@ -142,7 +142,7 @@ typedef struct tc_store {
     size_t len[TS_KEYS];
 } tc_store;
 
-static int ts_set(void *ud, const char *key, const void *value, size_t len)
+static inline int ts_set(void *ud, const char *key, const void *value, size_t len)
 {
     tc_store *s = ud;
     pthread_mutex_lock(&s->mu);
@@ -164,7 +164,7 @@ static int ts_set(void *ud, const char *key, const void *value, size_t len)
     return 0;
 }
 
-static int ts_get(void *ud, const char *key, void *buf, size_t cap, size_t *len, int timeout_ms)
+static inline int ts_get(void *ud, const char *key, void *buf, size_t cap, size_t *len, int timeout_ms)
 {
     tc_store *s = ud;
     struct timespec dl;
@@ -186,7 +186,7 @@ static int ts_get(void *ud, const char *key, void *buf, size_t cap, size_t *len,
     }
 }
 
-static void tc_store_init(tc_store *s, kb_store *out)
+static inline void tc_store_init(tc_store *s, kb_store *out)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);

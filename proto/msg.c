@@ -62,6 +62,13 @@ static const mdef msgs[] = {
       {"align_last10", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform_last10", T_NUM_OR_NULL, 1, -BIG, BIG}}},
     {"failed", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"error", T_STR, 1, 0, RW_LINE_MAX}}},
     {"stopped", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT}},
+    /* worker requests (rendezvous store of the worker's current attempt) */
+    {"kv_set", RW_FROM_WORKER,
+     {ID, JOB, ATTEMPT, {"key", T_STR, 1, 1, RW_KV_KEY_MAX},
+      {"value", T_STR, 1, 0, 2 * RW_KV_VALUE_MAX}}},
+    {"kv_get", RW_FROM_WORKER,
+     {ID, JOB, ATTEMPT, {"key", T_STR, 1, 1, RW_KV_KEY_MAX},
+      {"timeout_ms", T_INT, 1, 0, RW_KV_TIMEOUT_MAX_MS}}},
     /* daemon to worker */
     {"assign", RW_FROM_DAEMON,
      {ID_OPT, JOB, ATTEMPT, {"name", T_STR, 1, 1, 255}, {"spec", T_STR, 1, 1, 65536},
@@ -69,6 +76,7 @@ static const mdef msgs[] = {
       {"world", T_INT, 1, 1, 64}, {"threads", T_INT, 0, 0, 1024}}},
     {"cancel_job", RW_FROM_DAEMON, {ID_OPT, JOB}},
     {"stop", RW_FROM_DAEMON, {ID_OPT}},
+    {"kv_value", RW_FROM_DAEMON, {ID, {"value", T_STR, 1, 0, 2 * RW_KV_VALUE_MAX}}},
 };
 #define NMSGS (sizeof msgs / sizeof msgs[0])
 
@@ -208,4 +216,53 @@ double rw_json_get_num(const json_t *o, const char *key)
 {
     const json_t *v = json_object_get(o, key);
     return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+void rw_hex_encode(const void *p, size_t n, char *out)
+{
+    static const char dig[] = "0123456789abcdef";
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = dig[b[i] >> 4];
+        out[2 * i + 1] = dig[b[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int rw_hex_decode(const char *s, size_t len, void *out, size_t cap, size_t *n)
+{
+    if (len % 2)
+        return -1;
+    unsigned char *o = out;
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        if (i / 2 < cap)
+            o[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    *n = len / 2;
+    return 0;
+}
+
+int rw_kv_key_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > RW_KV_KEY_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x21 || s[i] > 0x7e)
+            return 0;
+    return 1;
 }

@@ -27,11 +27,28 @@ enum {
 #define RW_E_BAD_SPEC "bad_spec"
 #define RW_E_STATE "state"           /* the request does not fit what the daemon is doing */
 #define RW_E_INTERNAL "internal"
+#define RW_E_TIMEOUT "timeout"         /* kv_get: the key did not appear in time */
 
 /* Submitted grid texts are bounded well below the frame limit even after
  * JSON escaping (at most 6 bytes per input byte). */
 #define RW_SUBMIT_TEXT_MAX (128 * 1024)
 #define RW_LINE_MAX 4096 /* a log line, an error message */
+
+/* Rendezvous key-value store (kv_set / kv_get, scoped to one job attempt):
+ * keys are 1..128 printable ASCII bytes; values are binary, carried as
+ * lowercase hex, at most RW_KV_VALUE_MAX bytes (Gloo's addresses are 136
+ * bytes per peer, so 16 KiB covers the 64-rank maximum). */
+#define RW_KV_KEY_MAX 128
+#define RW_KV_VALUE_MAX 16384
+#define RW_KV_TIMEOUT_MAX_MS 600000
+
+/* Hex of n bytes into out (2n+1 bytes). */
+void rw_hex_encode(const void *p, size_t n, char *out);
+/* Decodes a lowercase/uppercase hex string: -1 unless it has even length
+ * and only hex digits. Writes min(len/2, cap) bytes, *n = len/2. */
+int rw_hex_decode(const char *s, size_t len, void *out, size_t cap, size_t *n);
+/* 1 if s is a valid kv key: 1..RW_KV_KEY_MAX bytes 0x21..0x7e. */
+int rw_kv_key_ok(const char *s);
 
 /* Checks one received message: a known type, that `from` may send it, every
  * required field present, every field of its declared type and bounds, no

@@ -310,6 +310,7 @@ int main(int argc, char **argv)
     for (rd_conn *c = d->conns; c; c = c->next)
         if (c->role == RD_ROLE_WORKER)
             rd_worker_conn_lost(c);
+    rd_runs_free(d);
     uv_walk(d->loop, close_walk_cb, NULL);
     uv_run(d->loop, UV_RUN_DEFAULT);
     /* conns freed by their close callbacks when they were closing; the walk

@@ -21,10 +21,41 @@
 
 typedef struct rd_daemon rd_daemon;
 typedef struct rd_worker rd_worker;
+typedef struct rd_conn rd_conn;
+
+/* The rendezvous store of one running attempt: keys set by its ranks
+ * (kv_set) and the kv_get requests waiting for a key. Dropped, with an
+ * error to every waiter, when the attempt ends. */
+typedef struct rd_kv_entry {
+    char *key, *value; /* value: hex, as received */
+    struct rd_kv_entry *next;
+} rd_kv_entry;
+
+typedef struct rd_kv_waiter {
+    rd_conn *c;
+    long long id;
+    char *key;
+    double deadline; /* rd_mono() */
+    struct rd_kv_waiter *next;
+} rd_kv_waiter;
+
+/* One running attempt of a job (1 or N ranks). */
+typedef struct rd_run {
+    int64_t job, attempt;
+    int world;
+    int ndone;      /* ranks that reported done */
+    int have_result; /* rank 0 reported done: the result is stored */
+    rd_kv_entry *kv;
+    size_t nkv, kv_bytes;
+    rd_kv_waiter *waiters;
+    struct rd_run *next;
+} rd_run;
+
+#define RD_KV_WAITERS_PER_CONN 8
 
 typedef enum { RD_ROLE_NONE, RD_ROLE_CLIENT, RD_ROLE_WORKER } rd_role;
 
-typedef struct rd_conn {
+struct rd_conn {
     union {
         uv_handle_t handle;
         uv_stream_t stream;
@@ -43,8 +74,9 @@ typedef struct rd_conn {
     char watch_kind;
     int64_t watch_id;
     long long watch_req;
+    int kv_waiting; /* kv_get requests of this connection still waiting */
     struct rd_conn *next;
-} rd_conn;
+};
 
 struct rd_worker {
     int slot;
@@ -63,6 +95,9 @@ struct rd_worker {
     long long pid;
     int64_t job, attempt; /* current assignment; 0 = idle */
     int rank;
+    /* told cancel_job for this attempt and not yet reported it ended: not
+     * given new work until it does (its peers would wait on it) */
+    int64_t drain_job, drain_attempt;
     int stopping;
 };
 
@@ -81,6 +116,7 @@ struct rd_daemon {
     rd_worker workers[RD_WORKERS_MAX];
     int nworkers;
     rd_conn *conns;
+    rd_run *runs; /* running attempts */
     /* options */
     int cpu_slots, gpus, slots_per_gpu, threads_per_worker, max_retries;
     double heartbeat_s, heartbeat_timeout_s, shutdown_timeout_s;
@@ -122,6 +158,7 @@ void rd_tick(rd_daemon *d);
 void rd_schedule(rd_daemon *d);
 int rd_ndevices(rd_daemon *d);
 void rd_cancel_job(rd_daemon *d, int64_t job);
+void rd_runs_free(rd_daemon *d); /* at exit: every attempt's store */
 void rd_workers_stop_all(rd_daemon *d);
 int rd_workers_alive(rd_daemon *d);
 json_t *rd_workers_json(rd_daemon *d);

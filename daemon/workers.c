@@ -205,6 +205,7 @@ int rd_worker_hello(rd_conn *c, json_t *m, char *err, size_t errlen)
     c->worker = w;
     w->last_seen = rd_mono();
     w->job = w->attempt = 0;
+    w->drain_job = w->drain_attempt = 0;
     w->stopping = 0;
     const char *host = json_string_value(json_object_get(m, "host"));
     const char *be = json_string_value(json_object_get(m, "backend"));
@@ -261,27 +262,273 @@ static void set_job_state(rd_daemon *d, int64_t job, const char *state, const ch
     rd_watch_job_state(d, job);
 }
 
-/* Frees every worker holding `job`; others than `except` are told to drop it. */
-static void release_job(rd_daemon *d, int64_t job, rd_worker *except)
+/* ------------------------------------------------------------------------ */
+/* Running attempts and their rendezvous stores */
+
+static rd_run *run_find(rd_daemon *d, int64_t attempt)
+{
+    for (rd_run *r = d->runs; r; r = r->next)
+        if (r->attempt == attempt)
+            return r;
+    return NULL;
+}
+
+static rd_run *run_new(rd_daemon *d, int64_t job, int64_t attempt, int world)
+{
+    rd_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->job = job;
+    r->attempt = attempt;
+    r->world = world;
+    r->next = d->runs;
+    d->runs = r;
+    return r;
+}
+
+static void waiter_free(rd_kv_waiter *w)
+{
+    if (w->c && w->c->kv_waiting > 0)
+        w->c->kv_waiting--;
+    free(w->key);
+    free(w);
+}
+
+/* The attempt has ended: its store goes, and whoever still waits on a key
+ * hears so (a rank in a rendezvous fails at once instead of timing out). */
+static void run_end(rd_daemon *d, int64_t attempt)
+{
+    for (rd_run **p = &d->runs; *p; p = &(*p)->next) {
+        rd_run *r = *p;
+        if (r->attempt != attempt)
+            continue;
+        *p = r->next;
+        while (r->waiters) {
+            rd_kv_waiter *w = r->waiters;
+            r->waiters = w->next;
+            char msg[96];
+            snprintf(msg, sizeof msg, "kv_get: attempt %lld has ended", (long long)attempt);
+            rd_conn_send(w->c, rw_msg_error(w->id, RW_E_STATE, msg));
+            waiter_free(w);
+        }
+        while (r->kv) {
+            rd_kv_entry *e = r->kv;
+            r->kv = e->next;
+            free(e->key);
+            free(e->value);
+            free(e);
+        }
+        free(r);
+        return;
+    }
+}
+
+void rd_runs_free(rd_daemon *d)
+{
+    while (d->runs)
+        run_end(d, d->runs->attempt);
+}
+
+/* A closing connection's waiters go without a reply. */
+static void kv_purge_conn(rd_daemon *d, rd_conn *c)
+{
+    for (rd_run *r = d->runs; r; r = r->next) {
+        for (rd_kv_waiter **p = &r->waiters; *p;) {
+            rd_kv_waiter *w = *p;
+            if (w->c == c) {
+                *p = w->next;
+                waiter_free(w);
+            } else {
+                p = &w->next;
+            }
+        }
+    }
+}
+
+static void kv_tick(rd_daemon *d)
+{
+    double now = rd_mono();
+    for (rd_run *r = d->runs; r; r = r->next) {
+        for (rd_kv_waiter **p = &r->waiters; *p;) {
+            rd_kv_waiter *w = *p;
+            if (w->deadline > now) {
+                p = &w->next;
+                continue;
+            }
+            *p = w->next;
+            char msg[256];
+            snprintf(msg, sizeof msg, "kv_get: no value for '%s' in time", w->key);
+            rd_conn_send(w->c, rw_msg_error(w->id, RW_E_TIMEOUT, msg));
+            waiter_free(w);
+        }
+    }
+}
+
+static void kv_reject(rd_conn *c, long long id, const char *code, const char *msg)
+{
+    rd_log("worker %d: %s: %s", c->worker ? c->worker->slot : -1, code, msg);
+    rd_conn_send(c, rw_msg_error(id, code, msg));
+    if (strcmp(code, RW_E_STATE) != 0 && strcmp(code, RW_E_TIMEOUT) != 0)
+        rd_conn_close(c); /* a malformed request: the stream is not to be trusted */
+}
+
+static void kv_value_reply(rd_conn *c, long long id, const char *value)
+{
+    json_t *m = rw_msg_new("kv_value", id);
+    json_object_set_new(m, "value", json_string(value));
+    rd_conn_send(c, m);
+}
+
+/* kv_set / kv_get of a worker: the store of its current attempt only. */
+static void kv_request(rd_conn *c, const char *type, json_t *m)
+{
+    rd_daemon *d = c->d;
+    rd_worker *w = c->worker;
+    long long id = rw_msg_id(m);
+    const char *key = json_string_value(json_object_get(m, "key"));
+    char msg[512];
+    if (!rw_kv_key_ok(key)) {
+        snprintf(msg, sizeof msg, "%s: key: must be 1..%d printable ASCII bytes without spaces",
+                 type, RW_KV_KEY_MAX);
+        kv_reject(c, id, RW_E_BAD_MESSAGE, msg);
+        return;
+    }
+    if (!strcmp(type, "kv_set")) {
+        json_t *v = json_object_get(m, "value");
+        size_t n;
+        if (rw_hex_decode(json_string_value(v), json_string_length(v), NULL, 0, &n) != 0) {
+            kv_reject(c, id, RW_E_BAD_MESSAGE,
+                      "kv_set: value: must be hex (an even number of hex digits)");
+            return;
+        }
+    }
+    json_int_t job = json_integer_value(json_object_get(m, "job"));
+    json_int_t attempt = json_integer_value(json_object_get(m, "attempt"));
+    rd_run *r = w->job && job == w->job && attempt == w->attempt ? run_find(d, w->attempt) : NULL;
+    if (!r) {
+        snprintf(msg, sizeof msg, "%s: job %lld attempt %lld is not this worker's assignment", type,
+                 (long long)job, (long long)attempt);
+        kv_reject(c, id, RW_E_STATE, msg);
+        return;
+    }
+    rd_kv_entry *e = r->kv;
+    while (e && strcmp(e->key, key) != 0)
+        e = e->next;
+    if (!strcmp(type, "kv_set")) {
+        json_t *v = json_object_get(m, "value");
+        const char *hex = json_string_value(v);
+        size_t len = json_string_length(v);
+        /* per attempt: a few keys per rank, a few values' worth of bytes */
+        size_t max_keys = 16 + 4 * (size_t)r->world;
+        size_t max_bytes = (size_t)(r->world + 1) * 2 * RW_KV_VALUE_MAX;
+        size_t bytes = r->kv_bytes - (e ? strlen(e->value) : 0) + len;
+        if ((!e && r->nkv >= max_keys) || bytes > max_bytes) {
+            snprintf(msg, sizeof msg, "kv_set: the store of attempt %lld is full (%zu keys, %zu bytes)",
+                     (long long)attempt, r->nkv, r->kv_bytes);
+            kv_reject(c, id, RW_E_STATE, msg);
+            return;
+        }
+        char *val = strdup(hex);
+        if (!val || (!e && !(e = calloc(1, sizeof *e)))) {
+            free(val);
+            kv_reject(c, id, RW_E_STATE, "kv_set: out of memory");
+            return;
+        }
+        if (!e->key) {
+            e->key = strdup(key);
+            if (!e->key) {
+                free(val);
+                free(e);
+                kv_reject(c, id, RW_E_STATE, "kv_set: out of memory");
+                return;
+            }
+            e->next = r->kv;
+            r->kv = e;
+            r->nkv++;
+        } else {
+            free(e->value);
+        }
+        e->value = val;
+        r->kv_bytes = bytes;
+        rd_conn_send(c, rw_msg_new("ok", id));
+        for (rd_kv_waiter **p = &r->waiters; *p;) {
+            rd_kv_waiter *q = *p;
+            if (strcmp(q->key, key) != 0) {
+                p = &q->next;
+                continue;
+            }
+            *p = q->next;
+            kv_value_reply(q->c, q->id, e->value);
+            waiter_free(q);
+        }
+        return;
+    }
+    /* kv_get */
+    if (e) {
+        kv_value_reply(c, id, e->value);
+        return;
+    }
+    json_int_t ms = json_integer_value(json_object_get(m, "timeout_ms"));
+    if (ms == 0) {
+        snprintf(msg, sizeof msg, "kv_get: no value for '%s'", key);
+        kv_reject(c, id, RW_E_TIMEOUT, msg);
+        return;
+    }
+    if (c->kv_waiting >= RD_KV_WAITERS_PER_CONN) {
+        snprintf(msg, sizeof msg, "kv_get: %d requests of this worker wait already",
+                 RD_KV_WAITERS_PER_CONN);
+        kv_reject(c, id, RW_E_STATE, msg);
+        return;
+    }
+    rd_kv_waiter *q = calloc(1, sizeof *q);
+    if (!q || !(q->key = strdup(key))) {
+        free(q);
+        kv_reject(c, id, RW_E_STATE, "kv_get: out of memory");
+        return;
+    }
+    q->c = c;
+    q->id = id;
+    q->deadline = rd_mono() + ms / 1000.0;
+    q->next = r->waiters;
+    r->waiters = q;
+    c->kv_waiting++;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The end of an attempt */
+
+/* Frees every worker holding `job`; those other than `except` that are
+ * still connected are told cancel_job and drain: no new work until they
+ * report that attempt's end. The attempt's store goes. */
+static void release_job(rd_daemon *d, int64_t job, int64_t attempt, rd_worker *except)
 {
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
         if (w->job != job)
             continue;
-        if (w != except && w->conn) {
+        /* shutting down: every worker was told stop, and stops on its own
+         * (a rank 0 still writing its checkpoint must not be hurried) */
+        if (w != except && w->conn && !d->shutting_down) {
             json_t *m = rw_msg_new("cancel_job", -1);
             json_object_set_new(m, "job", json_integer(job));
             rd_conn_send(w->conn, m);
+            w->drain_job = job;
+            w->drain_attempt = w->attempt;
         }
         w->job = w->attempt = 0;
     }
+    run_end(d, attempt);
 }
 
-static void job_lost(rd_daemon *d, rd_worker *w, const char *why)
+/* The attempt cannot go on (a worker lost; for a multi-rank job also a
+ * rank's failure, usually a collective error behind a peer's death): the
+ * others are cancelled, the job requeued to resume from rank 0's
+ * checkpoint, up to max_retries. */
+static void attempt_lost(rd_daemon *d, int64_t job, int64_t attempt, rd_worker *except,
+                         const char *outcome, const char *why)
 {
-    int64_t job = w->job, attempt = w->attempt;
-    release_job(d, job, w);
-    set_attempt(d, attempt, "lost", why);
+    release_job(d, job, attempt, except);
+    set_attempt(d, attempt, outcome, why);
     sqlite3_stmt *st = rd_db_prep(d, "SELECT state, lost FROM jobs WHERE id=?");
     char cur[16] = "";
     int lost = 0;
@@ -296,7 +543,7 @@ static void job_lost(rd_daemon *d, rd_worker *w, const char *why)
     if (strcmp(cur, "running") != 0)
         return; /* cancelled meanwhile: stays so */
     rd_db_int(d, "UPDATE jobs SET lost=lost+1 WHERE id=? RETURNING lost", job, 0);
-    char msg[512];
+    char msg[1400];
     if (d->shutting_down) {
         set_job_state(d, job, "queued", NULL);
     } else if (lost + 1 > d->max_retries) {
@@ -310,14 +557,49 @@ static void job_lost(rd_daemon *d, rd_worker *w, const char *why)
     }
 }
 
+/* A rank finished its part (done, or gone after rank 0's result): once all
+ * have, the attempt and the job are done. */
+static void rank_finished(rd_daemon *d, rd_worker *w, rd_run *r)
+{
+    int64_t job = w->job, attempt = w->attempt;
+    w->job = w->attempt = 0;
+    if (r && ++r->ndone < r->world) {
+        rd_log("job j%lld: rank %d finished; %d of %d", (long long)job, w->rank, r->ndone, r->world);
+        return;
+    }
+    set_attempt(d, attempt, "done", NULL);
+    release_job(d, job, attempt, NULL);
+    if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
+        set_job_state(d, job, "done", NULL);
+    rd_log("job j%lld done", (long long)job);
+}
+
+static void job_lost(rd_daemon *d, rd_worker *w, const char *why)
+{
+    rd_run *r = run_find(d, w->attempt);
+    if (r && r->world > 1 && r->have_result && w->rank > 0) {
+        /* rank 0 has the result: this rank's part was over */
+        rank_finished(d, w, r);
+        return;
+    }
+    char msg[512];
+    if (r && r->world > 1)
+        snprintf(msg, sizeof msg, "rank %d (worker %d): %s", w->rank, w->slot, why);
+    else
+        snprintf(msg, sizeof msg, "%s", why);
+    attempt_lost(d, w->job, w->attempt, w, "lost", msg);
+}
+
 void rd_worker_conn_lost(rd_conn *c)
 {
     rd_worker *w = c->worker;
     if (!w)
         return;
     rd_daemon *d = c->d;
+    kv_purge_conn(d, c);
     w->conn = NULL;
     c->worker = NULL;
+    w->drain_job = w->drain_attempt = 0;
     char ev[128];
     snprintf(ev, sizeof ev, "worker %d disconnected", w->slot);
     rd_log("%s", ev);
@@ -365,6 +647,18 @@ static void store_metric(rd_daemon *d, rd_worker *w, json_t *m, const char *kind
     sqlite3_finalize(st);
 }
 
+/* A drained worker's report of the attempt it was told to drop. */
+static void drained(rd_daemon *d, rd_worker *w, const char *type, json_t *m)
+{
+    const char *e = json_string_value(json_object_get(m, "error"));
+    char ev[RW_LINE_MAX + 160];
+    snprintf(ev, sizeof ev, "attempt %lld: worker %d (rank %d) ended after cancel_job: %s%s%s",
+             (long long)w->drain_attempt, w->slot, w->rank, type, e ? ": " : "", e ? e : "");
+    rd_db_event(d, w->drain_job, "worker", ev);
+    rd_log("%s", ev);
+    w->drain_job = w->drain_attempt = 0;
+}
+
 void rd_worker_message(rd_conn *c, const char *type, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -372,15 +666,36 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
     if (!w)
         return;
     w->last_seen = rd_mono();
-    if (!strcmp(type, "heartbeat"))
+    if (!strcmp(type, "heartbeat")) {
+        /* a heartbeat naming no job (or another): the drained attempt is over */
+        json_t *hj = json_object_get(m, "job");
+        if (w->drain_attempt && (!hj || json_integer_value(hj) != w->drain_job)) {
+            w->drain_job = w->drain_attempt = 0;
+            rd_schedule(d);
+        }
         return;
-    if (!current(w, m))
-        return; /* a late report of a job taken away (cancelled, requeued): ignore */
-    int64_t job = w->job;
+    }
+    if (!strcmp(type, "kv_set") || !strcmp(type, "kv_get")) {
+        kv_request(c, type, m);
+        return;
+    }
+    if (!current(w, m)) {
+        /* a late report of a job taken away (cancelled, requeued) */
+        if (w->drain_attempt && json_integer_value(json_object_get(m, "job")) == w->drain_job &&
+            json_integer_value(json_object_get(m, "attempt")) == w->drain_attempt &&
+            (!strcmp(type, "done") || !strcmp(type, "failed") || !strcmp(type, "stopped"))) {
+            drained(d, w, type, m);
+            rd_schedule(d);
+        }
+        return;
+    }
+    int64_t job = w->job, attempt = w->attempt;
+    rd_run *run = run_find(d, attempt);
+    int world = run ? run->world : 1;
     if (!strcmp(type, "metric")) {
         const char *kind = json_string_value(json_object_get(m, "kind"));
-        if (strcmp(kind, "step") && strcmp(kind, "epoch"))
-            return;
+        if ((strcmp(kind, "step") && strcmp(kind, "epoch")) || w->rank != 0)
+            return; /* rank 0 speaks for the job */
         store_metric(d, w, m, kind);
         json_t *ev = json_deep_copy(m);
         json_object_set_new(ev, "type", json_string("event"));
@@ -388,38 +703,57 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
         json_object_set_new(ev, "kind", json_string("metric"));
         rd_watch_job_event(d, job, ev);
     } else if (!strcmp(type, "log")) {
-        rd_db_event(d, job, "log", json_string_value(json_object_get(m, "line")));
-    } else if (!strcmp(type, "done")) {
-        store_metric(d, w, m, "final");
-        sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET linear_acc=?, align_last10=?, "
-                                         "uniform_last10=?, result=? WHERE id=?");
-        if (st) {
-            bind_num(st, 1, m, "linear_acc");
-            bind_num(st, 2, m, "align_last10");
-            bind_num(st, 3, m, "uniform_last10");
-            char *res = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
-            sqlite3_bind_text(st, 4, res ? res : "{}", -1, SQLITE_TRANSIENT);
-            free(res);
-            sqlite3_bind_int64(st, 5, job);
-            sqlite3_step(st);
-            sqlite3_finalize(st);
+        const char *line = json_string_value(json_object_get(m, "line"));
+        if (w->rank > 0) {
+            char buf[RW_LINE_MAX + 32];
+            snprintf(buf, sizeof buf, "rank %d: %s", w->rank, line);
+            rd_db_event(d, job, "log", buf);
+        } else {
+            rd_db_event(d, job, "log", line);
         }
-        set_attempt(d, w->attempt, "done", NULL);
-        release_job(d, job, w);
-        if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
-            set_job_state(d, job, "done", NULL);
-        rd_log("job j%lld done", (long long)job);
+    } else if (!strcmp(type, "done")) {
+        if (w->rank == 0) {
+            store_metric(d, w, m, "final");
+            sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET linear_acc=?, align_last10=?, "
+                                             "uniform_last10=?, result=? WHERE id=?");
+            if (st) {
+                bind_num(st, 1, m, "linear_acc");
+                bind_num(st, 2, m, "align_last10");
+                bind_num(st, 3, m, "uniform_last10");
+                char *res = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
+                sqlite3_bind_text(st, 4, res ? res : "{}", -1, SQLITE_TRANSIENT);
+                free(res);
+                sqlite3_bind_int64(st, 5, job);
+                sqlite3_step(st);
+                sqlite3_finalize(st);
+            }
+            if (run)
+                run->have_result = 1;
+        }
+        rank_finished(d, w, run);
     } else if (!strcmp(type, "failed")) {
         const char *e = json_string_value(json_object_get(m, "error"));
-        set_attempt(d, w->attempt, "failed", e);
-        release_job(d, job, w);
-        /* a worker's own failure (bad data, non-finite loss) would repeat */
-        if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
-            set_job_state(d, job, "failed", e);
-        rd_log("job j%lld failed: %s", (long long)job, e);
+        if (world > 1) {
+            char why[RW_LINE_MAX + 64];
+            snprintf(why, sizeof why, "rank %d (worker %d) failed: %s", w->rank, w->slot, e);
+            rd_log("job j%lld: %s", (long long)job, why);
+            if (run->have_result && w->rank > 0) {
+                rd_db_event(d, job, "worker", why);
+                rank_finished(d, w, run);
+            } else {
+                attempt_lost(d, job, attempt, w, "failed", why);
+            }
+        } else {
+            set_attempt(d, attempt, "failed", e);
+            release_job(d, job, attempt, w);
+            /* a worker's own failure (bad data, non-finite loss) would repeat */
+            if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
+                set_job_state(d, job, "failed", e);
+            rd_log("job j%lld failed: %s", (long long)job, e);
+        }
     } else if (!strcmp(type, "stopped")) {
-        set_attempt(d, w->attempt, "stopped", NULL);
-        release_job(d, job, w);
+        set_attempt(d, attempt, "stopped", NULL);
+        release_job(d, job, attempt, w);
         if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
             set_job_state(d, job, "queued", NULL); /* stopped by shutdown: resumes next time */
     }
@@ -432,6 +766,7 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
 
 void rd_tick(rd_daemon *d)
 {
+    kv_tick(d);
     double now = rd_mono();
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
@@ -501,7 +836,7 @@ void rd_schedule(rd_daemon *d)
         int np = 0;
         for (int i = 0; i < d->nworkers && np < ndev; i++) {
             rd_worker *w = &d->workers[i];
-            if (!w->conn || w->job || w->stopping || w->conn->closing)
+            if (!w->conn || w->job || w->drain_attempt || w->stopping || w->conn->closing)
                 continue;
             int dup = 0;
             for (int j = 0; j < np; j++)
@@ -529,6 +864,7 @@ void rd_schedule(rd_daemon *d)
         sqlite3_step(st);
         sqlite3_finalize(st);
         int64_t attempt = sqlite3_last_insert_rowid(d->db);
+        run_new(d, job, attempt, np); /* its rendezvous store */
         st = rd_db_prep(d, "UPDATE jobs SET state='running', attempts=attempts+1, "
                            "started=COALESCE(started, ?) WHERE id=?");
         if (st) {
@@ -576,7 +912,10 @@ void rd_cancel_job(rd_daemon *d, int64_t job)
                 json_t *m = rw_msg_new("cancel_job", -1);
                 json_object_set_new(m, "job", json_integer(job));
                 rd_conn_send(w->conn, m);
+                w->drain_job = job;
+                w->drain_attempt = w->attempt;
             }
+            run_end(d, w->attempt);
             w->job = w->attempt = 0;
         }
     }
@@ -620,7 +959,9 @@ json_t *rd_workers_json(rd_daemon *d)
         json_object_set_new(o, "backend", json_string(w->backend[0] ? w->backend : "-"));
         json_object_set_new(o, "pid", json_integer(w->conn || w->proc_alive ? w->pid : 0));
         json_object_set_new(o, "state", json_string(!w->conn ? (w->proc_alive ? "starting" : "down")
-                                                    : w->job ? "busy" : "idle"));
+                                                    : w->job ? "busy"
+                                                    : w->drain_attempt ? "draining"
+                                                                       : "idle"));
         json_object_set_new(o, "job", json_integer(w->job));
         json_object_set_new(o, "rank", json_integer(w->rank));
         json_object_set_new(o, "remote", json_boolean(w->remote));

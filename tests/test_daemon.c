@@ -327,6 +327,8 @@ Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
 /* The CLI */
 
 /* Runs `runaway --state-dir DIR args...`; stdout+stderr into out. */
+static int run_argv(char *out, size_t outlen, int timeout_s, const char **argv);
+
 static int cli(char *out, size_t outlen, int timeout_s, ...)
 {
     char exe[1100];
@@ -340,6 +342,13 @@ static int cli(char *out, size_t outlen, int timeout_s, ...)
         argv[n++] = a;
     va_end(ap);
     argv[n] = NULL;
+    return run_argv(out, outlen, timeout_s, argv);
+}
+
+/* Runs argv[0] with argv; stdout+stderr into out; killed after timeout_s. */
+static int run_argv(char *out, size_t outlen, int timeout_s, const char **argv)
+{
+    const char *exe = argv[0];
     int p[2];
     cr_assert_eq(pipe(p), 0);
     pid_t pid = fork();
@@ -356,8 +365,10 @@ static int cli(char *out, size_t outlen, int timeout_s, ...)
     double t0 = now();
     struct pollfd pf = {.fd = p[0], .events = POLLIN};
     for (;;) {
-        cr_assert(now() - t0 < timeout_s, "runaway %s: no end after %d s; output:\n%.*s", argv[3],
-                  timeout_s, (int)o, out);
+        if (now() - t0 >= timeout_s)
+            kill(pid, SIGKILL);
+        cr_assert(now() - t0 < timeout_s, "%s %s: no end after %d s; output:\n%.*s", exe,
+                  argv[1] && argv[2] && argv[3] ? argv[3] : "", timeout_s, (int)o, out);
         if (poll(&pf, 1, 200) <= 0)
             continue;
         ssize_t k = read(p[0], out + o, outlen - 1 - o);
@@ -928,4 +939,404 @@ Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini
     cr_assert(rc == 0 && strstr(out, "state      failed: ") && strstr(out, "failed: "), "%s", out);
     rc = cli(out, sizeof out, 20, "table", "bad", NULL);
     cr_assert(rc == 0 && strstr(out, "0/1"), "%s", out);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Data-parallel jobs: 2 ranks over Gloo, rendezvous through the daemon */
+
+static double wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The last "epoch N/M ... loss X ... pairs/s P" line of a standalone run. */
+static int parse_epoch_line(const char *out, int epoch, double *loss, double *pps)
+{
+    char want[32];
+    snprintf(want, sizeof want, "epoch %3d/", epoch);
+    const char *l = strstr(out, want);
+    if (!l)
+        return -1;
+    const char *ls = strstr(l, "loss "), *ps = strstr(l, "pairs/s ");
+    if (!ls || !ps)
+        return -1;
+    *loss = strtod(ls + 5, NULL);
+    *pps = strtod(ps + 8, NULL);
+    return 0;
+}
+
+Test(daemon_dist, two_rank_sync_bn_job_matches_a_one_device_run, .init = setup,
+     .fini = teardown, .timeout = 180)
+{
+    char path[128], out[16384];
+    snprintf(path, sizeof path, "%s/dp.yaml", dir);
+    write_file(path,
+               "name: dp\n"
+               "base:\n"
+               "  data: {kind: synthetic, synthetic: {train: 192, test: 40, seed: 1}, image_size: 16,"
+               " loader_threads: 1}\n"
+               "  model: {stem: cifar, width: 4, projector: {hidden: 32, out: 16}, predictor_hidden: 32}\n"
+               "  optim: {batch_size: 32, epochs: 3}\n"
+               "  eval: {linear: {epochs: 2, batch_size: 32}}\n"
+               "  threads: 1\n" /* the daemon's workers have 1 each; same for the reference */
+               "  devices: 2\n"
+               "  sync_bn: true\n"
+               "grid:\n  seed: [0]\n");
+    double t0 = now();
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 150, "watch", "dp", NULL);
+    cr_assert_eq(rc, 0, "watch: %s", out);
+    double t_job = now() - t0;
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT state='done' FROM jobs WHERE id=1", 0), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                            "'world size 2: data-parallel over Gloo%16 per rank%synchronized%'", 0),
+                 1, "rank 0 did not train data-parallel");
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                            "'%(data parallel)%'", 0), 1);
+    /* only rank 0 reports metrics: one row per epoch */
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=1 AND kind='epoch'", 0), 3);
+    double loss2[4], pps2 = db_num(db, "SELECT pairs_per_s FROM metrics WHERE job_id=1 AND "
+                                       "kind='epoch' AND epoch=3", 0);
+    for (int e = 1; e <= 3; e++)
+        loss2[e] = db_num(db, "SELECT loss FROM metrics WHERE job_id=1 AND kind='epoch' AND epoch=?",
+                          e);
+    cr_assert(isfinite(db_num(db, "SELECT linear_acc FROM jobs WHERE id=1", 0)),
+              "rank 0's result (linear accuracy) missing");
+    /* the same spec on one device, standalone (sync_bn means nothing there) */
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT spec FROM jobs WHERE id=1", -1, &st, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    char spec[16384];
+    snprintf(spec, sizeof spec, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    char *dv = strstr(spec, "\ndevices: 2\n"), *sb = strstr(spec, "\nsync_bn: true\n");
+    cr_assert(dv && sb, "canonical spec without devices/sync_bn:\n%s", spec);
+    dv[10] = '1';
+    *sb = '\0';
+    char spec1[16500];
+    snprintf(spec1, sizeof spec1, "%s\nsync_bn: false\n%s", spec, sb + strlen("\nsync_bn: true\n"));
+    char p1[128], o1[128], w[1100];
+    snprintf(p1, sizeof p1, "%s/one.yaml", dir);
+    snprintf(o1, sizeof o1, "%s/one", dir);
+    write_file(p1, spec1);
+    bin(w, sizeof w, "worker/runaway-worker");
+    const char *argv[] = {w, "run", p1, "--out", o1, "--backend", "cpu", NULL};
+    t0 = now();
+    rc = run_argv(out, sizeof out, 120, argv);
+    double t_one = now() - t0;
+    cr_assert_eq(rc, 0, "standalone run: %s", out);
+    double worst = 0;
+    for (int e = 1; e <= 3; e++) {
+        double l1, p1s;
+        cr_assert_eq(parse_epoch_line(out, e, &l1, &p1s), 0, "no epoch %d in:\n%s", e, out);
+        /* the line prints 5 decimals: compare at that precision too */
+        double rel = fabs(loss2[e] - l1) / fabs(l1);
+        worst = rel > worst ? rel : worst;
+        cr_expect(fabs(loss2[e] - l1) <= 1e-4 * fabs(l1) + 5e-6,
+                  "epoch %d: 2-rank loss %.9g, 1-device %.9g", e, loss2[e], l1);
+        if (e == 3)
+            printf("dist: 2-rank (sync_bn) vs 1-device, last-epoch loss %.6f vs %.5f "
+                   "(rel diff %.2e, worst epoch %.2e); pairs/s %.1f vs %.1f; wall %.1f s "
+                   "(submit to done) vs %.1f s\n",
+                   loss2[e], l1, rel, worst, pps2, p1s, t_job, t_one);
+    }
+}
+
+static long long worker_of(long long job, int rank, const char *field)
+{
+    json_t *r = simple("workers", NULL, NULL);
+    size_t i;
+    json_t *v;
+    long long x = -1;
+    json_array_foreach(json_object_get(r, "workers"), i, v)
+    {
+        if (json_integer_value(json_object_get(v, "job")) == job &&
+            json_integer_value(json_object_get(v, "rank")) == rank)
+            x = json_integer_value(json_object_get(v, field));
+    }
+    json_decref(r);
+    return x;
+}
+
+/* Rank 1's worker is killed (SIGKILL: its connections close) or frozen
+ * (SIGSTOP: silent until the daemon's heartbeat timeout kills it). */
+static void rank_lost(int sig)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/dpk.yaml", dir);
+    write_grid(path, "dpk", 300, 10, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    long long job = 1;
+    /* past its first checkpoint (epoch 10) */
+    wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
+             60);
+    long long pid = worker_of(job, 1, "pid");
+    cr_assert_gt(pid, 0, "no worker holds rank 1 of job %lld", job);
+    cr_assert_gt(worker_of(job, 0, "pid"), 0, "no worker holds rank 0");
+    double tk = wall();
+    cr_assert_eq(kill((pid_t)pid, sig), 0);
+    /* rank 0 sees the closed connection in its next collective and fails:
+     * its report either ended the attempt itself or came after the daemon
+     * cancelled it (recorded as an event) */
+    const char *fail_t =
+        "SELECT MIN(t) FROM (SELECT ended AS t FROM attempts WHERE job_id=?1 AND error LIKE "
+        "'rank 0 % failed: %' UNION ALL SELECT t FROM events WHERE job_id=?1 AND text LIKE "
+        "'%(rank 0) ended after cancel_job: failed%')";
+    wait_for("rank 0 failed", "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE job_id=?1 AND "
+                              "error LIKE 'rank 0 % failed: %' UNION ALL SELECT 1 FROM events "
+                              "WHERE job_id=?1 AND text LIKE '%(rank 0) ended after cancel_job: "
+                              "failed%')",
+             job, 1, 30);
+    sqlite3 *db = open_db();
+    double t_fail = db_num(db, fail_t, job) - tk;
+    sqlite3_close(db);
+    /* SIGKILL: Gloo sees the closed connection (or, blocked in a send, the
+     * worker gives up 5 s after cancel_job); SIGSTOP: 3 s heartbeat timeout
+     * first. Either way far below the 120 s collective timeout. */
+    double bound = sig == SIGKILL ? 10.0 : 20.0;
+    cr_assert_lt(t_fail, bound, "rank 0 took %.1f s to fail (its collective timeout is 120 s)",
+                 t_fail);
+    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 90);
+    db = open_db();
+    double t_requeue = db_num(db, "SELECT MIN(started) FROM attempts WHERE job_id=? AND id > "
+                                  "(SELECT MIN(id) FROM attempts WHERE job_id=?1)", job) - tk;
+    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome IN "
+                             "('lost','failed')", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='done'", job),
+                 1);
+    cr_assert_geq(db_num(db, "SELECT lost FROM jobs WHERE id=?", job), 1);
+    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                             "'%requeued (resumes from its checkpoint)'", job), 1);
+    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                             "'resumed from %checkpoint.safetensors at epoch%'", job),
+                  1, "the second attempt did not resume from rank 0's checkpoint");
+    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                            "kind='epoch'", job), 300);
+    sqlite3_close(db);
+    printf("dist: rank 1 %s; rank 0 failed %.2f s later; next attempt started %.1f s after "
+           "that\n", sig == SIGKILL ? "killed" : "frozen", t_fail, t_requeue);
+    if (sig == SIGSTOP)
+        kill((pid_t)pid, SIGKILL); /* the daemon killed it already; be sure */
+}
+
+Test(daemon_dist, killed_rank_fails_its_peer_fast_and_the_job_is_requeued, .init = setup,
+     .fini = teardown, .timeout = 150)
+{
+    rank_lost(SIGKILL);
+}
+
+Test(daemon_dist, frozen_rank_is_dropped_and_the_job_is_requeued, .init = setup, .fini = teardown,
+     .timeout = 150)
+{
+    rank_lost(SIGSTOP);
+}
+
+/* A worker of our own over the Unix socket (no slot: a "remote" one). */
+static int fake_worker(rw_frame_reader *r)
+{
+    int fd = try_connect();
+    cr_assert_geq(fd, 0);
+    rw_frame_reader_init(r, 0);
+    json_t *h = rw_msg_new("hello", 1);
+    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(h, "role", json_string("worker"));
+    json_object_set_new(h, "device", json_string("fake0"));
+    json_object_set_new(h, "backend", json_string("cpu"));
+    json_t *rep = request(fd, r, h);
+    cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
+    json_decref(rep);
+    return fd;
+}
+
+/* Reads frames until one of `type` (and id, if >= 0), heartbeating meanwhile. */
+static json_t *fake_wait(int fd, rw_frame_reader *r, const char *type, long long id, double secs)
+{
+    for (double t0 = now(); now() - t0 < secs;) {
+        json_t *hb = rw_msg_new("heartbeat", -1);
+        rw_frame_send_fd(fd, hb);
+        json_decref(hb);
+        json_t *m = recv_frame(fd, r, 200);
+        if (!m)
+            continue;
+        const char *t = json_string_value(json_object_get(m, "type"));
+        if (t && !strcmp(t, type) && (id < 0 || rw_msg_id(m) == id))
+            return m;
+        json_decref(m);
+    }
+    cr_assert_fail("no %s (id %lld) within %.0f s", type, id, secs);
+    return NULL;
+}
+
+static json_t *kv_msg(const char *type, long long id, long long job, long long attempt,
+                      const char *key)
+{
+    json_t *m = rw_msg_new(type, id);
+    json_object_set_new(m, "job", json_integer(job));
+    json_object_set_new(m, "attempt", json_integer(attempt));
+    if (key)
+        json_object_set_new(m, "key", json_string(key));
+    return m;
+}
+
+/* Sends m on fd; the reply with m's id (error or not). */
+static json_t *fake_call(int fd, rw_frame_reader *r, json_t *m, const char *want_type)
+{
+    long long id = rw_msg_id(m);
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    for (double t0 = now(); now() - t0 < 10;) {
+        json_t *x = fake_wait(fd, r, want_type, id, 10);
+        return x;
+    }
+    return NULL;
+}
+
+static const char *code_of(json_t *e) { return json_string_value(json_object_get(e, "code")); }
+
+/* A worker's malformed kv request: an error with `code`, then the close. */
+static void fake_rejected(const char *body, const char *code)
+{
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    char *b;
+    size_t n;
+    cr_assert_eq(rw_frame_encode_raw(body, strlen(body), &b, &n), 0);
+    rw_fd_write_all(fd, b, n);
+    free(b);
+    json_t *e = recv_frame(fd, &r, 5000);
+    cr_assert_not_null(e, "no reply to %.80s", body);
+    cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "error");
+    cr_assert_str_eq(code_of(e), code, "%.80s: %s", body,
+                     json_string_value(json_object_get(e, "message")));
+    json_decref(e);
+    cr_assert(closed_by_peer(fd, 5000), "connection not closed after %s", code);
+    close(fd);
+    rw_frame_reader_free(&r);
+    expect_still_serving();
+}
+
+Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = setup,
+     .fini = teardown, .timeout = 120)
+{
+    /* malformed or oversized: bad_message (or unknown_type), connection closed */
+    static char big[2 * 16384 + 200];
+    int o = snprintf(big, sizeof big,
+                     "{\"type\":\"kv_set\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"value\":\"");
+    for (int i = 0; i < 2 * 16384 + 2; i++)
+        big[o++] = 'a';
+    snprintf(big + o, sizeof big - o, "\"}");
+    fake_rejected(big, RW_E_BAD_MESSAGE);
+    fake_rejected("{\"type\":\"kv_set\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"value\":\"abc\"}",
+                  RW_E_BAD_MESSAGE); /* odd length */
+    fake_rejected("{\"type\":\"kv_set\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"value\":\"zz\"}",
+                  RW_E_BAD_MESSAGE); /* not hex */
+    fake_rejected("{\"type\":\"kv_set\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"a b\",\"value\":\"00\"}",
+                  RW_E_BAD_MESSAGE); /* a space in the key */
+    fake_rejected("{\"type\":\"kv_set\",\"id\":5,\"job\":1,\"attempt\":1,\"value\":\"00\"}",
+                  RW_E_BAD_MESSAGE); /* no key */
+    fake_rejected("{\"type\":\"kv_get\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"timeout_ms\":-1}",
+                  RW_E_BAD_MESSAGE);
+    fake_rejected("{\"type\":\"kv_get\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\"}",
+                  RW_E_BAD_MESSAGE); /* no timeout */
+    fake_rejected("{\"type\":\"kv_value\",\"id\":5,\"value\":\"00\"}", RW_E_UNKNOWN_TYPE);
+    send_body("{\"type\":\"kv_get\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"timeout_ms\":1}",
+              1, RW_E_UNKNOWN_TYPE); /* from a client */
+
+    /* well-formed, from a worker with no assignment: state, connection kept */
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    json_t *m = kv_msg("kv_set", 7, 1, 1, "k");
+    json_object_set_new(m, "value", json_string("00ff"));
+    json_t *e = fake_call(fd, &r, m, "error");
+    cr_assert_str_eq(code_of(e), RW_E_STATE);
+    json_decref(e);
+    m = kv_msg("kv_get", 8, 1, 1, "k");
+    json_object_set_new(m, "timeout_ms", json_integer(100));
+    e = fake_call(fd, &r, m, "error");
+    cr_assert_str_eq(code_of(e), RW_E_STATE);
+    json_decref(e);
+    expect_still_serving();
+
+    /* Now this worker is the third device: a 3-rank job puts it in an
+     * attempt with the two real workers, whose Gloo rendezvous keys it sees. */
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/three.yaml", dir);
+    write_grid(path, "three", 2, 0, "  variant:\n    - {name: a, devices: 3}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    json_t *as = fake_wait(fd, &r, "assign", -1, 20);
+    long long job = json_integer_value(json_object_get(as, "job"));
+    long long att = json_integer_value(json_object_get(as, "attempt"));
+    cr_assert_eq(json_integer_value(json_object_get(as, "world")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(as, "rank")), 2);
+    json_decref(as);
+    m = kv_msg("kv_get", 10, job, att, "gloo/0");
+    json_object_set_new(m, "timeout_ms", json_integer(20000));
+    json_t *v = fake_call(fd, &r, m, "kv_value");
+    const char *hex = json_string_value(json_object_get(v, "value"));
+    cr_assert(hex && strlen(hex) >= 2 && strlen(hex) % 2 == 0, "rank 0's address: %s", hex);
+    json_decref(v);
+    /* set, overwrite, get */
+    for (int k = 0; k < 2; k++) {
+        m = kv_msg("kv_set", 11 + k, job, att, "probe");
+        json_object_set_new(m, "value", json_string(k ? "00ff" : "0102"));
+        json_t *ok = fake_call(fd, &r, m, "ok");
+        json_decref(ok);
+    }
+    m = kv_msg("kv_get", 13, job, att, "probe");
+    json_object_set_new(m, "timeout_ms", json_integer(0));
+    v = fake_call(fd, &r, m, "kv_value");
+    cr_assert_str_eq(json_string_value(json_object_get(v, "value")), "00ff");
+    json_decref(v);
+    /* another attempt's store is not ours */
+    m = kv_msg("kv_get", 14, job, att + 1, "probe");
+    json_object_set_new(m, "timeout_ms", json_integer(0));
+    e = fake_call(fd, &r, m, "error");
+    cr_assert_str_eq(code_of(e), RW_E_STATE);
+    json_decref(e);
+    /* a key nobody sets: timeout, answered on the daemon's tick */
+    double t0 = now();
+    m = kv_msg("kv_get", 15, job, att, "never");
+    json_object_set_new(m, "timeout_ms", json_integer(300));
+    e = fake_call(fd, &r, m, "error");
+    cr_assert_str_eq(code_of(e), RW_E_TIMEOUT);
+    cr_assert(now() - t0 >= 0.25 && now() - t0 < 3, "timeout after %.2f s", now() - t0);
+    json_decref(e);
+
+    /* this rank fails: the others are cancelled (their rendezvous ends at
+     * once), the job requeued; the next attempt has a fresh store */
+    m = kv_msg("failed", -1, job, att, NULL);
+    json_object_set_new(m, "error", json_string("test: rank 2 gives up"));
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    as = fake_wait(fd, &r, "assign", -1, 40);
+    long long att2 = json_integer_value(json_object_get(as, "attempt"));
+    cr_assert_gt(att2, att);
+    json_decref(as);
+    m = kv_msg("kv_get", 16, job, att2, "probe");
+    json_object_set_new(m, "timeout_ms", json_integer(0));
+    e = fake_call(fd, &r, m, "error");
+    cr_assert_str_eq(code_of(e), RW_E_TIMEOUT, "attempt %lld saw attempt %lld's key", att2, att);
+    json_decref(e);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE id=? AND outcome='failed' AND "
+                            "error LIKE 'rank 2 (worker %) failed: test: rank 2 gives up'", att), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                            "'%ended after cancel_job: stopped%'", 0), 2,
+                 "the real ranks did not stop at once");
+    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1);
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
+    json_decref(fake_wait(fd, &r, "cancel_job", -1, 10));
+    close(fd);
+    rw_frame_reader_free(&r);
+    expect_still_serving();
 }

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "kernels/backend.h"
+#include "kernels/collective.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
 #include "proto/spec.h"
@@ -46,7 +47,22 @@ typedef struct agent {
     double heartbeat_s;
     int threads;
     const char *backend;
+    const char *host;     /* the address peers reach this worker at (Gloo) */
+    int coll_timeout_ms;  /* collectives and rendezvous */
+    /* one kv request in flight (the main thread's rendezvous): its id and
+     * the daemon's reply once the I/O thread has it */
+    long long kv_id, kv_next;
+    json_t *kv_reply;
+    /* the current assignment's rank and world; when a multi-rank one was
+     * cancelled (0: not) */
+    int rank, world;
+    double cancelled_at;
+    double cancel_grace_s;
+    char **argv; /* serve's arguments, to start afresh */
+    int argc;
 } agent;
+
+static void restart_self(agent *a);
 
 static void send_msg(agent *a, json_t *m)
 {
@@ -71,7 +87,33 @@ static void *io_main(void *arg)
     agent *a = arg;
     double next_hb = mono() + a->heartbeat_s;
     while (!atomic_load(&a->lost)) {
+        /* A rank told to drop a multi-rank attempt stops at its next step,
+         * or fails in its next collective when a peer died. Gloo does not
+         * always see a dead peer while it waits to send, though (it would
+         * wait out the collective timeout): past the grace period, report
+         * the failure and start afresh, so the job's next attempt does not
+         * wait on this process. */
+        pthread_mutex_lock(&a->mu);
+        int stuck = a->job && a->cancelled_at && mono() - a->cancelled_at > a->cancel_grace_s;
+        long long sj = a->job, sa = a->attempt;
+        int sr = a->rank;
+        double ca = a->cancelled_at;
+        pthread_mutex_unlock(&a->mu);
+        if (stuck) {
+            char e[256];
+            snprintf(e, sizeof e, "rank %d: still training %.0f s after cancel_job (blocked in a "
+                     "collective with a lost peer); the worker restarts", sr, a->cancel_grace_s);
+            fprintf(stderr, "runaway-worker: j%lld: %s\n", sj, e);
+            json_t *f = rw_msg_new("failed", -1);
+            json_object_set_new(f, "job", json_integer(sj));
+            json_object_set_new(f, "attempt", json_integer(sa));
+            json_object_set_new(f, "error", json_string(e));
+            send_msg(a, f);
+            restart_self(a);
+        }
         int wait = (int)((next_hb - mono()) * 1000);
+        if (ca && wait > 200)
+            wait = 200;
         json_t *m = NULL;
         char err[256];
         int rc = rw_frame_recv_fd(a->fd, &a->r, &m, wait > 0 ? wait : 0, err, sizeof err);
@@ -83,14 +125,34 @@ static void *io_main(void *arg)
         if (rc == 0) {
             json_t *hb = rw_msg_new("heartbeat", -1);
             pthread_mutex_lock(&a->mu);
-            if (a->job)
-                json_object_set_new(hb, "job", json_integer(a->job));
+            /* an assignment not yet started counts: the daemon must not take
+             * this worker for idle while it holds one */
+            long long hj = a->job ? a->job
+                                  : a->pending ? json_integer_value(json_object_get(a->pending, "job"))
+                                               : 0;
+            if (hj)
+                json_object_set_new(hb, "job", json_integer(hj));
             pthread_mutex_unlock(&a->mu);
             send_msg(a, hb);
             next_hb = mono() + a->heartbeat_s;
             continue;
         }
         const char *type, *code;
+        /* the reply to the kv request in flight (ok, error or kv_value) */
+        const char *mt = json_string_value(json_object_get(m, "type"));
+        pthread_mutex_lock(&a->mu);
+        int is_kv = a->kv_id && rw_msg_id(m) == a->kv_id && mt &&
+                    (!strcmp(mt, "ok") || !strcmp(mt, "error") || !strcmp(mt, "kv_value"));
+        if (is_kv) {
+            json_decref(a->kv_reply);
+            a->kv_reply = json_incref(m);
+            pthread_cond_broadcast(&a->cv);
+        }
+        pthread_mutex_unlock(&a->mu);
+        if (is_kv) {
+            json_decref(m);
+            continue;
+        }
         if (rw_msg_check(m, RW_FROM_DAEMON, &type, &code, err, sizeof err) != 0) {
             /* replies to our hello (ok/error) and anything newer: log, go on */
             const char *t = json_string_value(json_object_get(m, "type"));
@@ -109,8 +171,22 @@ static void *io_main(void *arg)
             else
                 a->pending = json_incref(m);
         } else if (!strcmp(type, "cancel_job")) {
-            if (json_integer_value(json_object_get(m, "job")) == a->job)
+            json_int_t j = json_integer_value(json_object_get(m, "job"));
+            if (j == a->job) {
                 atomic_store(&a->cancel, 1);
+                if (a->world > 1 && !a->cancelled_at)
+                    a->cancelled_at = mono();
+            } else if (a->pending && json_integer_value(json_object_get(a->pending, "job")) == j) {
+                /* cancelled before it started: say so, the daemon waits for it */
+                json_t *st = rw_msg_new("stopped", -1);
+                json_object_set_new(st, "job", json_integer(j));
+                json_object_set(st, "attempt", json_object_get(a->pending, "attempt"));
+                json_decref(a->pending);
+                a->pending = NULL;
+                pthread_mutex_unlock(&a->mu);
+                send_msg(a, st);
+                pthread_mutex_lock(&a->mu);
+            }
         } else if (!strcmp(type, "stop")) {
             atomic_store(&a->stop, 1);
         }
@@ -184,6 +260,121 @@ static void hook_log(void *ud, const char *line)
     send_msg(r->a, m);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The rendezvous store of a data-parallel attempt: kv_set / kv_get frames
+ * to the daemon, which keeps one store per attempt. The main thread sends
+ * and waits (condvar) for the reply that the I/O thread receives. */
+
+typedef struct kv_ctx {
+    agent *a;
+    long long job, attempt;
+} kv_ctx;
+
+static int aborted(agent *a)
+{
+    return atomic_load(&a->cancel) || atomic_load(&a->stop) || atomic_load(&a->lost);
+}
+
+/* Sends req with a fresh id; the reply, or NULL after wait_ms or when the
+ * job is cancelled or the daemon gone. */
+static json_t *kv_call(agent *a, json_t *req, int wait_ms)
+{
+    pthread_mutex_lock(&a->mu);
+    long long id = ++a->kv_next;
+    a->kv_id = id;
+    json_decref(a->kv_reply);
+    a->kv_reply = NULL;
+    pthread_mutex_unlock(&a->mu);
+    json_object_set_new(req, "id", json_integer(id));
+    send_msg(a, req);
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += wait_ms / 1000;
+    dl.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&a->mu);
+    while (!a->kv_reply && !aborted(a))
+        if (pthread_cond_timedwait(&a->cv, &a->mu, &dl) == ETIMEDOUT)
+            break;
+    json_t *r = a->kv_reply;
+    a->kv_reply = NULL;
+    a->kv_id = 0;
+    pthread_mutex_unlock(&a->mu);
+    return r;
+}
+
+static json_t *kv_req(kv_ctx *k, const char *type, const char *key)
+{
+    json_t *m = rw_msg_new(type, -1);
+    json_object_set_new(m, "job", json_integer(k->job));
+    json_object_set_new(m, "attempt", json_integer(k->attempt));
+    json_object_set_new(m, "key", json_string(key));
+    return m;
+}
+
+static const char *reply_type(const json_t *r)
+{
+    return r ? json_string_value(json_object_get(r, "type")) : NULL;
+}
+
+static void kv_complain(const char *what, const char *key, const json_t *r)
+{
+    fprintf(stderr, "runaway-worker: %s '%s': %s\n", what, key,
+            r ? json_string_value(json_object_get(r, "message")) : "no reply (cancelled, or daemon gone)");
+}
+
+static int kv_set_cb(void *ud, const char *key, const void *value, size_t len)
+{
+    kv_ctx *k = ud;
+    if (len > RW_KV_VALUE_MAX || !rw_kv_key_ok(key)) {
+        fprintf(stderr, "runaway-worker: kv_set '%s': %zu bytes (at most %d)\n", key, len,
+                RW_KV_VALUE_MAX);
+        return -1;
+    }
+    char *hex = malloc(2 * len + 1);
+    if (!hex)
+        return -1;
+    rw_hex_encode(value, len, hex);
+    json_t *m = kv_req(k, "kv_set", key);
+    json_object_set_new(m, "value", json_string(hex));
+    free(hex);
+    json_t *r = kv_call(k->a, m, 30000);
+    const char *t = reply_type(r);
+    int rc = t && !strcmp(t, "ok") ? 0 : -1;
+    if (rc)
+        kv_complain("kv_set", key, r);
+    json_decref(r);
+    return rc;
+}
+
+static int kv_get_cb(void *ud, const char *key, void *buf, size_t cap, size_t *len, int timeout_ms)
+{
+    kv_ctx *k = ud;
+    if (!rw_kv_key_ok(key))
+        return -1;
+    if (timeout_ms < 0 || timeout_ms > RW_KV_TIMEOUT_MAX_MS)
+        timeout_ms = RW_KV_TIMEOUT_MAX_MS;
+    json_t *m = kv_req(k, "kv_get", key);
+    json_object_set_new(m, "timeout_ms", json_integer(timeout_ms));
+    /* the daemon answers timeouts on its tick (<= 1 s late); give it room */
+    json_t *r = kv_call(k->a, m, timeout_ms + 10000);
+    const char *t = reply_type(r);
+    int rc = -1;
+    if (t && !strcmp(t, "kv_value")) {
+        json_t *v = json_object_get(r, "value");
+        const char *hex = json_string_value(v);
+        if (hex && rw_hex_decode(hex, json_string_length(v), buf, cap, len) == 0)
+            rc = 0;
+    }
+    if (rc)
+        kv_complain("kv_get", key, r);
+    json_decref(r);
+    return rc;
+}
+
 static kb_backend *make_backend(const char *want, int threads, char *err, size_t errlen)
 {
     if (strcmp(want, "cpu") != 0) {
@@ -208,15 +399,6 @@ static json_t *run_assignment(agent *a, json_t *m)
     const char *yaml = json_string_value(json_object_get(m, "spec"));
     const char *name = json_string_value(json_object_get(m, "name"));
     char err[1024] = "";
-    if (rank > 0) {
-        /* data-parallel training comes with the distribution issue: other
-         * ranks hold their device until the job ends */
-        pthread_mutex_lock(&a->mu);
-        while (!atomic_load(&a->cancel) && !atomic_load(&a->stop))
-            pthread_cond_wait(&a->cv, &a->mu);
-        pthread_mutex_unlock(&a->mu);
-        return NULL;
-    }
     rw_spec s;
     if (rw_spec_parse(yaml, strlen(yaml), name, "", &s, err, sizeof err) != 0) {
         json_t *f = job_msg(&r, "failed");
@@ -226,23 +408,44 @@ static json_t *run_assignment(agent *a, json_t *m)
     json_t *th = json_object_get(m, "threads");
     if (s.threads == 0 && json_integer_value(th) > 0)
         s.threads = (int)json_integer_value(th); /* share the machine with other slots */
-    if (world > 1) {
-        char line[160];
-        snprintf(line, sizeof line, "world size %d: data-parallel training is not implemented yet; rank 0 trains alone", world);
+    if (world > 1 && rank == 0) {
+        char line[320];
+        snprintf(line, sizeof line, "world size %d: data-parallel over Gloo, global batch %d "
+                 "(%d per rank)%s", world, s.optim.batch_size, s.optim.batch_size / world,
+                 s.sync_bn ? ", synchronized BatchNorm" : "");
         hook_log(&r, line);
     }
     kb_backend *be = make_backend(a->backend, s.threads, err, sizeof err);
     rw_train_result res;
     memset(&res, 0, sizeof res);
     int rc = -1;
-    if (be) {
+    kb_comm *comm = NULL;
+    if (be && world > 1) {
+        /* rendezvous through the daemon's store of this attempt: fresh per
+         * attempt, so no rank ever meets a dead attempt's addresses */
+        kv_ctx kc = {a, r.job, r.attempt};
+        kb_store store = {.ud = &kc, .set = kv_set_cb, .get = kv_get_cb};
+        comm = kb_gloo_create(&store, rank, world, a->host, a->coll_timeout_ms, err, sizeof err);
+        fprintf(stderr, "runaway-worker: j%lld attempt %lld: rank %d of %d on %s: %s\n", r.job,
+                r.attempt, rank, world, a->host, comm ? "connected" : err);
+        if (!comm && aborted(a)) {
+            kb_destroy(be);
+            return job_msg(&r, "stopped");
+        }
+    }
+    if (be && (world == 1 || comm)) {
         rw_train_hooks hooks = {.ud = &r, .on_step = hook_step, .on_epoch = hook_epoch,
                                 .should_stop = hook_stop, .on_log = hook_log};
         rw_train_opts opts = {.out_dir = json_string_value(json_object_get(m, "out_dir")),
-                              .resume = json_is_true(json_object_get(m, "resume"))};
+                              .resume = json_is_true(json_object_get(m, "resume")),
+                              .comm = comm, .check_every = 100, .test_perturb_rank = -1};
         rc = rw_train(&s, be, &opts, &hooks, &res, err, sizeof err);
-        kb_destroy(be);
+        if (rc != 0 && comm)
+            fprintf(stderr, "runaway-worker: j%lld rank %d: %s\n", r.job, rank, err);
     }
+    kb_comm_destroy(comm);
+    if (be)
+        kb_destroy(be);
     if (rc != 0) {
         json_t *f = job_msg(&r, "failed");
         json_t *e = json_string(err);
@@ -311,9 +514,37 @@ static int connect_tcp(const char *hostport, char *err, size_t errlen)
     return fd;
 }
 
+/* A fresh process image with the same arguments: every thread (Gloo's
+ * too) and socket goes; the new one says hello again for its slot. Works
+ * for remote workers too, which nobody else would restart. */
+static void restart_self(agent *a)
+{
+    /* let the daemon drop this connection first, so that the new process's
+     * hello finds the slot free: end our side, wait for its close */
+    shutdown(a->fd, SHUT_WR);
+    char buf[4096];
+    for (double t0 = mono(); mono() - t0 < 3;) {
+        struct pollfd p = {.fd = a->fd, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0 && read(a->fd, buf, sizeof buf) <= 0)
+            break;
+    }
+    char **av = calloc((size_t)a->argc + 3, sizeof *av);
+    if (av) {
+        av[0] = "runaway-worker";
+        av[1] = "serve";
+        for (int i = 0; i < a->argc; i++)
+            av[2 + i] = a->argv[i];
+        execv("/proc/self/exe", av);
+        fprintf(stderr, "runaway-worker: cannot restart: %s\n", strerror(errno));
+    }
+    _exit(3);
+}
+
 int rw_agent_main(int argc, char **argv)
 {
     const char *sock = NULL, *tcp = NULL, *token_file = NULL, *device = "cpu", *backend = "auto";
+    const char *host_opt = NULL;
+    double coll_timeout = 120;
     long slot = -1, threads = 0;
     double hb = 2;
     for (int i = 0; i < argc; i++) {
@@ -338,16 +569,21 @@ int rw_agent_main(int argc, char **argv)
             threads = strtol(v, NULL, 10);
         else if (!strcmp(argv[i], "--heartbeat"))
             hb = strtod(v, NULL);
+        else if (!strcmp(argv[i], "--host"))
+            host_opt = v;
+        else if (!strcmp(argv[i], "--collective-timeout"))
+            coll_timeout = strtod(v, NULL);
         else {
             fprintf(stderr, "runaway-worker serve: unexpected argument '%s'\n", argv[i]);
             return 2;
         }
         i++;
     }
-    if (!sock == !tcp || hb <= 0 || hb > 60 || threads < 0 || threads > 1024) {
+    if (!sock == !tcp || hb <= 0 || hb > 60 || threads < 0 || threads > 1024 ||
+        !(coll_timeout >= 1 && coll_timeout <= 3600) || (host_opt && (!*host_opt || strlen(host_opt) > 255))) {
         fprintf(stderr, "usage: runaway-worker serve (--socket PATH | --tcp HOST:PORT --token-file F)\n"
                         "         [--slot N] [--device NAME] [--backend auto|cpu|cuda] [--threads N]\n"
-                        "         [--heartbeat SECONDS]\n");
+                        "         [--heartbeat SECONDS] [--host ADDR] [--collective-timeout SECONDS]\n");
         return 2;
     }
     /* spawned by the daemon for a slot: die with it rather than linger */
@@ -372,10 +608,29 @@ int rw_agent_main(int argc, char **argv)
         fprintf(stderr, "runaway-worker: cannot reach runawayd: %s\n", err);
         return 1;
     }
-    agent a = {.fd = fd, .heartbeat_s = hb, .threads = (int)threads, .backend = backend};
+    /* where data-parallel peers reach us: --host, else the local address of
+     * our TCP connection to the daemon (the interface that routes there),
+     * else (Unix socket: same host) loopback */
+    char addr[256] = "127.0.0.1";
+    if (host_opt) {
+        snprintf(addr, sizeof addr, "%s", host_opt);
+    } else if (tcp) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
+            getnameinfo((struct sockaddr *)&ss, sl, addr, sizeof addr, NULL, 0, NI_NUMERICHOST) != 0)
+            snprintf(addr, sizeof addr, "127.0.0.1");
+    }
+    agent a = {.fd = fd, .heartbeat_s = hb, .threads = (int)threads, .backend = backend,
+               .host = addr, .coll_timeout_ms = (int)(coll_timeout * 1000), .kv_next = 1000,
+               .world = 1, .cancel_grace_s = 5, .argv = argv, .argc = argc};
     pthread_mutex_init(&a.wmu, NULL);
     pthread_mutex_init(&a.mu, NULL);
-    pthread_cond_init(&a.cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* kv waits use monotonic deadlines */
+    pthread_cond_init(&a.cv, &ca);
+    pthread_condattr_destroy(&ca);
 
     char host[256] = "?";
     gethostname(host, sizeof host - 1);
@@ -419,6 +674,9 @@ int rw_agent_main(int argc, char **argv)
         if (m) {
             a.job = json_integer_value(json_object_get(m, "job"));
             a.attempt = json_integer_value(json_object_get(m, "attempt"));
+            a.rank = (int)json_integer_value(json_object_get(m, "rank"));
+            a.world = (int)json_integer_value(json_object_get(m, "world"));
+            a.cancelled_at = 0;
             atomic_store(&a.cancel, 0);
         }
         pthread_mutex_unlock(&a.mu);
@@ -428,12 +686,15 @@ int rw_agent_main(int argc, char **argv)
         json_decref(m);
         pthread_mutex_lock(&a.mu);
         a.job = a.attempt = 0;
+        a.world = 1;
+        a.cancelled_at = 0;
         pthread_mutex_unlock(&a.mu);
         send_msg(&a, report);
     }
     /* stop: wake the I/O thread (its poll sees the shutdown) and go */
     shutdown(fd, SHUT_RDWR);
     pthread_join(io, NULL);
+    json_decref(a.kv_reply);
     rw_frame_reader_free(&a.r);
     close(fd);
     return 0;

@@ -1340,3 +1340,58 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     rw_frame_reader_free(&r);
     expect_still_serving();
 }
+
+static void setup_slow_heartbeat(void)
+{
+    /* a frozen worker stays connected and silent for 30 s */
+    extra_arg[0] = "--heartbeat-timeout";
+    extra_arg[1] = "30";
+    setup();
+}
+
+/* Rank 1 frozen, the job cancelled: rank 0 is blocked in a collective with
+ * a peer that neither answers nor closes its connection. It gives up 5 s
+ * after cancel_job, says so, and its worker starts afresh and takes work. */
+Test(daemon_dist, rank_blocked_after_cancel_restarts_its_worker, .init = setup_slow_heartbeat,
+     .fini = teardown, .timeout = 120)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/dps.yaml", dir);
+    write_grid(path, "dps", 300, 10, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    wait_for("epoch 5", "SELECT MAX(epoch) FROM metrics WHERE job_id=1 AND kind='epoch'", 0, 5, 60);
+    long long p1 = worker_of(1, 1, "pid"), p0 = worker_of(1, 0, "pid");
+    cr_assert(p0 > 0 && p1 > 0);
+    cr_assert_eq(kill((pid_t)p1, SIGSTOP), 0);
+    usleep(300000); /* rank 0 is in a collective by now */
+    double t0 = wall();
+    rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
+    wait_for("rank 0 gave up", "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                               "'%(rank 0) ended after cancel_job: failed: rank 0: still training%'",
+             0, 1, 30);
+    sqlite3 *db = open_db();
+    double t = db_num(db, "SELECT MIN(t) FROM events WHERE job_id=1 AND text LIKE '%(rank 0) ended "
+                          "after cancel_job: failed%'", 0) - t0;
+    sqlite3_close(db);
+    cr_assert(t >= 4 && t < 15, "rank 0 gave up %.1f s after the cancel", t);
+    /* the same process, started afresh, is idle again and trains a job */
+    int idle = 0;
+    for (double w0 = now(); !idle && now() - w0 < 15; usleep(100000)) {
+        json_t *ws = simple("workers", NULL, NULL);
+        json_t *w = json_array_get(json_object_get(ws, "workers"), 0);
+        idle = !strcmp(json_string_value(json_object_get(w, "state")), "idle") &&
+               json_integer_value(json_object_get(w, "pid")) == p0;
+        json_decref(ws);
+    }
+    cr_assert(idle, "slot 0 did not come back idle");
+    kill((pid_t)p1, SIGKILL);
+    snprintf(path, sizeof path, "%s/after.yaml", dir);
+    write_grid(path, "after", 2, 0, "  seed: [0]\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 40, "watch", "after", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    printf("dist: rank 0 blocked after cancel_job gave up %.1f s later and restarted\n", t);
+}

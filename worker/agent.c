@@ -408,14 +408,17 @@ static json_t *run_assignment(agent *a, json_t *m)
     json_t *th = json_object_get(m, "threads");
     if (s.threads == 0 && json_integer_value(th) > 0)
         s.threads = (int)json_integer_value(th); /* share the machine with other slots */
-    if (world > 1 && rank == 0) {
+    kb_backend *be = make_backend(a->backend, s.threads, err, sizeof err);
+    /* CUDA workers talk NCCL (this process sees its one GPU as device 0:
+     * the daemon sets CUDA_VISIBLE_DEVICES per slot), CPU workers Gloo */
+    int nccl = be && !strcmp(be->name, "cuda");
+    if (be && world > 1 && rank == 0) {
         char line[320];
-        snprintf(line, sizeof line, "world size %d: data-parallel over Gloo, global batch %d "
-                 "(%d per rank)%s", world, s.optim.batch_size, s.optim.batch_size / world,
-                 s.sync_bn ? ", synchronized BatchNorm" : "");
+        snprintf(line, sizeof line, "world size %d: data-parallel over %s, global batch %d "
+                 "(%d per rank)%s", world, nccl ? "NCCL" : "Gloo", s.optim.batch_size,
+                 s.optim.batch_size / world, s.sync_bn ? ", synchronized BatchNorm" : "");
         hook_log(&r, line);
     }
-    kb_backend *be = make_backend(a->backend, s.threads, err, sizeof err);
     rw_train_result res;
     memset(&res, 0, sizeof res);
     int rc = -1;
@@ -425,9 +428,11 @@ static json_t *run_assignment(agent *a, json_t *m)
          * attempt, so no rank ever meets a dead attempt's addresses */
         kv_ctx kc = {a, r.job, r.attempt};
         kb_store store = {.ud = &kc, .set = kv_set_cb, .get = kv_get_cb};
-        comm = kb_gloo_create(&store, rank, world, a->host, a->coll_timeout_ms, err, sizeof err);
-        fprintf(stderr, "runaway-worker: j%lld attempt %lld: rank %d of %d on %s: %s\n", r.job,
-                r.attempt, rank, world, a->host, comm ? "connected" : err);
+        comm = nccl ? kb_nccl_create(&store, rank, world, 0, a->coll_timeout_ms, err, sizeof err)
+                    : kb_gloo_create(&store, rank, world, a->host, a->coll_timeout_ms, err,
+                                     sizeof err);
+        fprintf(stderr, "runaway-worker: j%lld attempt %lld: rank %d of %d (%s, %s): %s\n", r.job,
+                r.attempt, rank, world, nccl ? "nccl" : "gloo", a->host, comm ? "connected" : err);
         if (!comm && aborted(a)) {
             kb_destroy(be);
             return job_msg(&r, "stopped");

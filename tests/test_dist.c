@@ -376,3 +376,18 @@ Test(dist, gloo_two_ranks_follow_one_rank)
     double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
     cr_expect_lt(d, 2e-2, "gloo: parameters differ by %.3e in %s", d, worst);
 }
+
+/* One rank has nothing to synchronize: sync_bn trains exactly as plain BN. */
+Test(dist, sync_bn_on_one_rank_is_plain_bn)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    rank_run plain, sync;
+    run_single(&plain, &s, NULL);
+    s.sync_bn = 1;
+    run_single(&sync, &s, NULL);
+    cr_assert_eq(plain.nsteps, sync.nsteps);
+    for (int k = 0; k < plain.nsteps; k++)
+        cr_expect(plain.loss[k] == sync.loss[k], "step %d: %.9g vs %.9g", k + 1, plain.loss[k],
+                  sync.loss[k]);
+}

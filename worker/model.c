@@ -883,7 +883,10 @@ const rw_named *rw_model_tensor(const rw_model *m, int i) { return &m->a.named[i
 
 int rw_model_set_comm(rw_model *m, kb_comm *comm, int sync_bn, char *err, size_t errlen)
 {
-    if (sync_bn && (!comm || !m->be->bn_stats || !m->be->bn_forward_apply ||
+    /* A world of one has nothing to synchronize: sync_bn is then plain BN. */
+    if (!comm || comm->world < 2)
+        sync_bn = 0;
+    if (sync_bn && (!m->be->bn_stats || !m->be->bn_forward_apply ||
                     !m->be->bn_backward_reduce || !m->be->bn_backward_apply)) {
         snprintf(err, errlen, "sync_bn: the %s backend has no synchronized batch norm",
                  m->be->name);

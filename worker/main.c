@@ -34,6 +34,7 @@ static void usage(FILE *f)
             "      write the synthetic data set in CIFAR-10's binary format\n"
             "  serve (--socket PATH | --tcp HOST:PORT --token-file F) [--slot N] [--device NAME]\n"
             "        [--backend auto|cpu|cuda] [--threads N] [--heartbeat S]\n"
+            "        [--host ADDR] [--collective-timeout S]\n"
             "      a daemon worker: takes jobs from runawayd (normally started by it)\n");
 }
 

@@ -607,15 +607,23 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
     rd_conn_send(c, r);
 }
 
+/* The request's "job" field resolved to a job id; 0 after replying
+ * not_found. */
+static int64_t job_arg(rd_conn *c, long long id, json_t *m)
+{
+    const char *js = json_string_value(json_object_get(m, "job"));
+    int64_t job = resolve_job(c->d, js);
+    if (!job)
+        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+    return job;
+}
+
 static void req_show(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *js = json_string_value(json_object_get(m, "job"));
-    int64_t job = resolve_job(d, js);
-    if (!job) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+    int64_t job = job_arg(c, id, m);
+    if (!job)
         return;
-    }
     json_t *rows = query_rows(d, JOB_COLS "WHERE j.id=?1", job, 1);
     json_t *r = rw_msg_new("ok", id);
     json_t *jo = json_array_get(rows, 0);
@@ -663,12 +671,9 @@ static void req_cancel(rd_conn *c, long long id, json_t *m)
 static void req_logs(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *js = json_string_value(json_object_get(m, "job"));
-    int64_t job = resolve_job(d, js);
-    if (!job) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+    int64_t job = job_arg(c, id, m);
+    if (!job)
         return;
-    }
     json_int_t tail = json_integer_value(json_object_get(m, "tail"));
     if (tail <= 0)
         tail = 200;
@@ -786,12 +791,9 @@ static void req_table(rd_conn *c, long long id, json_t *m)
 static void req_export(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *js = json_string_value(json_object_get(m, "job"));
-    int64_t job = resolve_job(d, js);
-    if (!job) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+    int64_t job = job_arg(c, id, m);
+    if (!job)
         return;
-    }
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/runs/%lld/checkpoint.safetensors", d->state_dir, (long long)job);
     if (access(path, R_OK) != 0) {

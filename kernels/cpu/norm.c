@@ -24,6 +24,33 @@ static void channel_stats(const float *x /* (N,C,HW) */, int N, int C, int HW, i
     *ss = d;
 }
 
+/* y = gamma (x - mean) / sqrt(var + eps) + beta on channel c; saves mean and
+ * invstd; updates the running statistics (PyTorch's momentum rule, with the
+ * unbiased variance uvar) where given. */
+static void channel_normalize(const float *x, int N, int C, int HW, int c, double mean,
+                              double var, double uvar, const float *gamma, const float *beta,
+                              float eps, float momentum, float *running_mean,
+                              float *running_var, float *y, float *save_mean,
+                              float *save_invstd)
+{
+    const size_t chw = (size_t)C * HW;
+    double invstd = 1.0 / sqrt(var + eps);
+    float a = (float)(gamma[c] * invstd);
+    float b = (float)(beta[c] - mean * gamma[c] * invstd);
+    for (int n = 0; n < N; n++) {
+        const float *xp = x + n * chw + (size_t)c * HW;
+        float *yp = y + n * chw + (size_t)c * HW;
+        for (int i = 0; i < HW; i++)
+            yp[i] = a * xp[i] + b;
+    }
+    save_mean[c] = (float)mean;
+    save_invstd[c] = (float)invstd;
+    if (running_mean)
+        running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
+    if (running_var)
+        running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
+}
+
 static void cpu_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
                                  int HW, const float *gamma /* (C) */,
                                  const float *beta /* (C) */, float eps, float momentum,
@@ -39,25 +66,11 @@ static void cpu_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */, 
         double mean, ss;
         channel_stats(x, N, C, HW, c, &mean, &ss);
         double var = ss / M; /* biased: what normalizes */
-        double invstd = 1.0 / sqrt(var + eps);
-        float a = (float)(gamma[c] * invstd);
-        float b = (float)(beta[c] - mean * gamma[c] * invstd);
-        for (int n = 0; n < N; n++) {
-            const float *xp = x + n * chw + (size_t)c * HW;
-            float *yp = y + n * chw + (size_t)c * HW;
-            for (int i = 0; i < HW; i++)
-                yp[i] = a * xp[i] + b;
-        }
-        save_mean[c] = (float)mean;
-        save_invstd[c] = (float)invstd;
-        if (running_mean)
-            running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
-        if (running_var) {
-            /* PyTorch tracks the unbiased variance; with one value per channel
-             * (PyTorch refuses to train there) fall back to the biased one. */
-            double uvar = M > 1.0 ? ss / (M - 1.0) : var;
-            running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
-        }
+        /* PyTorch tracks the unbiased variance; with one value per channel
+         * (PyTorch refuses to train there) fall back to the biased one. */
+        double uvar = M > 1.0 ? ss / (M - 1.0) : var;
+        channel_normalize(x, N, C, HW, c, mean, var, uvar, gamma, beta, eps, momentum,
+                          running_mean, running_var, y, save_mean, save_invstd);
     }
 }
 
@@ -158,23 +171,9 @@ static void cpu_bn_forward_apply(kb_backend *be, const float *x /* (N,C,HW) */, 
         double var = (double)stats[C + c] + (double)stats[2 * C + c] - mean * mean;
         if (var < 0)
             var = 0; /* rounding of the between-rank term */
-        double invstd = 1.0 / sqrt(var + eps);
-        float a = (float)(gamma[c] * invstd);
-        float b = (float)(beta[c] - mean * gamma[c] * invstd);
-        for (int n = 0; n < N; n++) {
-            const float *xp = x + n * chw + (size_t)c * HW;
-            float *yp = y + n * chw + (size_t)c * HW;
-            for (int i = 0; i < HW; i++)
-                yp[i] = a * xp[i] + b;
-        }
-        save_mean[c] = (float)mean;
-        save_invstd[c] = (float)invstd;
-        if (running_mean)
-            running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
-        if (running_var) {
-            double uvar = count > 1.0 ? var * count / (count - 1.0) : var;
-            running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
-        }
+        double uvar = count > 1.0 ? var * count / (count - 1.0) : var;
+        channel_normalize(x, N, C, HW, c, mean, var, uvar, gamma, beta, eps, momentum,
+                          running_mean, running_var, y, save_mean, save_invstd);
     }
 }
 

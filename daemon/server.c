@@ -453,30 +453,21 @@ static int64_t lookup_name(rd_daemon *d, const char *sql, const char *name)
     return id;
 }
 
-/* "j12", "12" or a job name (the newest job of that name). 0: none. */
-static int64_t resolve_job(rd_daemon *d, const char *s)
+/* "<prefix>12", "12" or a name (the newest of that name) in `table`
+ * (jobs or grids, fixed strings). 0: none. */
+static int64_t resolve_in(rd_daemon *d, const char *s, char prefix, const char *table)
 {
-    int64_t id = 0;
-    if (s[0] == 'j' && all_digits(s + 1))
-        id = strtoll(s + 1, NULL, 10);
-    else if (all_digits(s))
-        id = strtoll(s, NULL, 10);
-    else
-        return lookup_name(d, "SELECT id FROM jobs WHERE name=? ORDER BY id DESC LIMIT 1", s);
-    return rd_db_int(d, "SELECT id FROM jobs WHERE id=?", id, 0);
+    char q[96];
+    if ((s[0] == prefix && all_digits(s + 1)) || all_digits(s)) {
+        snprintf(q, sizeof q, "SELECT id FROM %s WHERE id=?", table);
+        return rd_db_int(d, q, strtoll(s + (s[0] == prefix), NULL, 10), 0);
+    }
+    snprintf(q, sizeof q, "SELECT id FROM %s WHERE name=? ORDER BY id DESC LIMIT 1", table);
+    return lookup_name(d, q, s);
 }
 
-static int64_t resolve_grid(rd_daemon *d, const char *s)
-{
-    int64_t id = 0;
-    if (s[0] == 'g' && all_digits(s + 1))
-        id = strtoll(s + 1, NULL, 10);
-    else if (all_digits(s))
-        id = strtoll(s, NULL, 10);
-    else
-        return lookup_name(d, "SELECT id FROM grids WHERE name=? ORDER BY id DESC LIMIT 1", s);
-    return rd_db_int(d, "SELECT id FROM grids WHERE id=?", id, 0);
-}
+static int64_t resolve_job(rd_daemon *d, const char *s) { return resolve_in(d, s, 'j', "jobs"); }
+static int64_t resolve_grid(rd_daemon *d, const char *s) { return resolve_in(d, s, 'g', "grids"); }
 
 /* JOB|GRID: g-prefixed or a grid name is a grid, the rest a job. */
 static int resolve_target(rd_daemon *d, const char *s, char *kind, int64_t *id)

@@ -315,10 +315,12 @@ static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_iden
                                          NULL};
 static const char *const loss_kinds[] = {"byol", "unified", NULL};
 static const char *const schedules[] = {"constant", "cosine", NULL};
+static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_predictor) == sizeof(int) &&
-                   sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int),
+                   sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
+                   sizeof(rw_precision) == sizeof(int),
                "enum fields are stored as int");
 
 #define TWO53 9007199254740992.0
@@ -367,6 +369,7 @@ static const field fields[] = {
     /* last, so the allowed-keys lists that name the paper's fields read as before */
     {"devices", F_INT, O(devices), 1, 64, 0, NULL},
     {"sync_bn", F_BOOL, O(sync_bn), 0, 1, 0, NULL},
+    {"precision", F_ENUM, O(precision), 0, 0, 0, precisions},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
@@ -376,6 +379,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->seed = 0;
     s->threads = 0;
     s->devices = 1;
+    s->precision = RW_PREC_TF32;
     s->data.kind = RW_DATA_SYNTHETIC;
     s->data.synthetic_train = 5000;
     s->data.synthetic_test = 1000;

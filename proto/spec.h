@@ -12,6 +12,9 @@
  *   devices: 1              # devices (GPUs or CPU slots) the job gets at once, 1 .. 64;
  *                           # the ranks split optim.batch_size (the global batch) evenly
  *   sync_bn: false          # with devices > 1: BatchNorm statistics over the global batch
+ *   precision: tf32         # convolution and GEMM math: tf32 | fp32 | bf16 (bf16
+ *                           # operands, fp32 accumulation, fp32 weights and Adam state);
+ *                           # a CPU worker computes fp32 whatever is asked
  *   data:
  *     kind: synthetic       # synthetic | cifar10
  *     path: /data/cifar-10-batches-bin   # required for cifar10; for synthetic,
@@ -74,6 +77,8 @@ typedef enum {
 } rw_predictor;
 typedef enum { RW_LOSS_BYOL, RW_LOSS_UNIFIED } rw_loss_kind;
 typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
+/* Same order as kb_precision (kernels/backend.h), which proto/ does not see. */
+typedef enum { RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16 } rw_precision;
 
 typedef struct rw_spec {
     char name[RW_NAME_MAX];
@@ -82,6 +87,7 @@ typedef struct rw_spec {
     int threads;
     int devices; /* the scheduler hands a job this many devices at once */
     int sync_bn; /* data parallel: BatchNorm statistics over the global batch */
+    rw_precision precision; /* math of convolutions and GEMMs */
 
     struct {
         rw_data_kind kind;

@@ -255,6 +255,34 @@ Test(spec, bad_enum) {
     expect_error("loss: {kind: raft}\n", "loss.kind", "byol, unified");
     expect_error("ema: {schedule: linear}\n", "ema.schedule", "constant, cosine");
     expect_error("model: {stem: 3}\n", "model.stem", "imagenet, cifar");
+    expect_error("precision: fp16\n", "precision: must be one of: tf32, fp32, bf16",
+                 "got 'fp16'");
+}
+
+/* The math mode: tf32 by default (PyTorch's default for convolutions), and
+ * it survives the canonical YAML the daemon stores and ships. */
+Test(spec, precision) {
+    rw_spec s, back;
+    char err[512] = "", yaml[RW_SPEC_YAML_MAX];
+    cr_assert_eq(parse("{}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s.precision, RW_PREC_TF32);
+    const char *names[] = {"tf32", "fp32", "bf16"};
+    const rw_precision want[] = {RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16};
+    for (int i = 0; i < 3; i++) {
+        char text[64];
+        snprintf(text, sizeof text, "precision: %s\n", names[i]);
+        cr_assert_eq(parse(text, &s, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(s.precision, want[i], "%s", names[i]);
+        cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+        snprintf(text, sizeof text, "\nprecision: %s\n", names[i]);
+        cr_assert(strstr(yaml, text), "no '%s' in:\n%s", names[i], yaml);
+        cr_assert_eq(parse(yaml, &back, err, sizeof err), 0, "%s", err);
+        cr_assert(memcmp(&s, &back, sizeof s) == 0, "%s does not round-trip", names[i]);
+    }
+    rw_spec_defaults(&s);
+    s.precision = (rw_precision)3;
+    cr_assert_neq(rw_spec_validate(&s, "job 7", err, sizeof err), 0);
+    cr_assert(strstr(err, "job 7: precision: must be one of: tf32, fp32, bf16"), "%s", err);
 }
 
 Test(spec, duplicate_key) {

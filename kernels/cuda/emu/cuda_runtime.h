@@ -52,3 +52,19 @@ static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, int) { *s =
 static inline cudaError_t cudaStreamDestroy(cudaStream_t) { return 0; }
 static inline cudaError_t cudaGetLastError(void) { return 0; }
 static inline cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *f = (size_t)8 << 30; *t = (size_t)16 << 30; return 0; }
+
+/* Events, for timing at plan time: a record takes the host clock when the
+ * stream reaches it (recorded like every stream op); waiting for one inside
+ * a capture fails like any host wait. */
+#include <chrono>
+struct emu_event { double t; };
+typedef emu_event *cudaEvent_t;
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new emu_event{0}; return 0; }
+static inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return 0; }
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = 0)
+{
+    emu_enqueue([=] { e->t = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); });
+    return 0;
+}
+static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return emu_unsafe_in_capture(); }
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) { *ms = (float)((b->t - a->t) * 1e3); return 0; }

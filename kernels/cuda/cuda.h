@@ -96,10 +96,19 @@ typedef struct kb_cuda {
     int n_algo_memo, cap_algo_memo;
 } kb_cuda;
 
+/* One shape's choices under one math mode and one layout request
+ * (RW_CUDA_CONV_LAYOUT), for each direction (forward, backward data,
+ * backward filter); the times behind them are for RW_CUDA_CONV_LOG. */
 struct kb_cuda_algo_memo {
     kb_conv_desc d;
-    int fwd, bwd_data, bwd_filter;    /* cudnnConvolution*Algo_t */
-    int math_f, math_bd, math_bw;     /* cudnnMathType_t of each */
+    int precision;  /* kb_precision */
+    int layout_req; /* 0 auto, 1 nchw, 2 nhwc */
+    struct {
+        int algo;            /* cudnnConvolution*Algo_t */
+        int math;            /* cudnnMathType_t */
+        int bf16, nhwc;      /* operands cuDNN runs on */
+        float ms_conv, ms_copy; /* cuDNN's time, and our operand copies' */
+    } dir[3];
 };
 
 static inline kb_cuda *kb_cuda_of(kb_backend *be) { return (kb_cuda *)be->impl; }

@@ -256,6 +256,7 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
      * gives full fp32 (for tight comparisons). Needs compute capability 8+. */
     const char *tf = getenv("RW_CUDA_TF32");
     impl->tf32 = !(tf && strcmp(tf, "0") == 0);
+    impl->precision = impl->tf32 ? KB_PREC_TF32 : KB_PREC_FP32;
 
     if ((rc = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         snprintf(err, errlen, "GPU %d: cannot create a stream: %s", device,

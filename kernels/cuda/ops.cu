@@ -1,9 +1,16 @@
 /* ReLU, pooling (own kernels) and linear layers (cuBLAS).
  *
+ * Linear layers in BF16 mode (set_precision): x, w and dy are cast to bf16
+ * in scratch and cublasGemmEx multiplies them with fp32 accumulation into
+ * fp32 outputs (bf16 A and B with an fp32 C is in GemmEx's table), so y,
+ * dx and the dw += stay fp32, as do the bias and its gradient. The scratch
+ * grows on the first call of a size (not allowed inside a capture: run a
+ * step before capturing one).
+ *
  * Pooling backward gathers instead of scattering: each input element sums
  * the gradients of the windows that picked it, in the order the CPU backend
  * adds them (row-major over windows), so no atomics and the same bits. */
-#include "kernels/cuda/cuda.h"
+#include "kernels/cuda/precision.h"
 
 /* ---- kernels ---- */
 
@@ -251,6 +258,39 @@ static void cuda_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, i
     KB_CUDA_LAUNCHED();
 }
 
+/* bf16 copies of up to three fp32 operands (n[i] floats each, src[i] NULL
+ * to skip) in scratch; out[i] the copies. 0, or -1 inside a capture that
+ * would need scratch to grow (the capture is then refused). */
+static int bf16_copies(kb_cuda *impl, const float *const src[3], const size_t n[3], void *out[3])
+{
+    size_t off[3], total = 0;
+    for (int i = 0; i < 3; i++) {
+        off[i] = total;
+        total += src[i] ? kb_cuda_align256(n[i] * 2) : 0;
+    }
+    if (total > impl->scratch_bytes && impl->capturing) {
+        kb_cuda_capture_refuse(impl, "linear layer's bf16 scratch had to grow");
+        return -1;
+    }
+    char *s = (char *)kb_cuda_scratch(impl, total);
+    for (int i = 0; i < 3; i++) {
+        out[i] = src[i] ? s + off[i] : NULL;
+        if (src[i])
+            kb_cuda_relayout(impl, src[i], 0, out[i], 1, 1, 1, (long)n[i], 0, 0);
+    }
+    return 0;
+}
+
+/* C (fp32, column-major) = alpha op(A) op(B) + beta C on bf16 A and B */
+static void gemm_bf16(kb_cuda *impl, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                      int k, const float *alpha, const void *A, int lda, const void *B, int ldb,
+                      const float *beta, float *C, int ldc)
+{
+    KB_CUBLAS(cublasGemmEx(impl->cublas, ta, tb, m, n, k, alpha, A, CUDA_R_16BF, lda, B,
+                           CUDA_R_16BF, ldb, beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT_TENSOR_OP));
+}
+
 /* Row-major (R, C) is column-major (C, R): every row-major product below is
  * written as its transpose in cuBLAS's column-major terms. */
 static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N, int I,
@@ -268,6 +308,15 @@ static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int 
         beta = 1.0f;
     }
     /* y^T (O,N) = w (O,I) . x^T (I,N): A = w stored (I,O) col-major -> op T */
+    if (impl->precision == KB_PREC_BF16) {
+        const float *src[3] = {w, x, NULL};
+        const size_t n[3] = {(size_t)O * I, (size_t)N * I, 0};
+        void *c[3];
+        if (bf16_copies(impl, src, n, c) == 0)
+            gemm_bf16(impl, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, c[0], I, c[1], I, &beta, y,
+                      O);
+        return;
+    }
     KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, w, I, x, I,
                           &beta, y, O));
 }
@@ -279,13 +328,26 @@ static void cuda_linear_backward(kb_backend *be, const float *x /* (N,I) */,
 {
     kb_cuda *impl = kb_cuda_enter(be);
     const float one = 1.0f, zero = 0.0f;
-    /* dx^T (I,N) = w^T (I,O) . dy^T (O,N); w col-major is (I,O) already */
-    if (dx)
-        KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, w, I, dy, O,
-                              &zero, dx, I));
-    /* dw^T (I,O) += x^T (I,N) . dy (N,O); dy col-major is (O,N) -> op T */
-    KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, x, I, dy, O,
-                          &one, dw, I));
+    if (impl->precision == KB_PREC_BF16) {
+        const float *src[3] = {dx ? w : NULL, dy, x};
+        const size_t n[3] = {(size_t)O * I, (size_t)N * O, (size_t)N * I};
+        void *c[3];
+        if (bf16_copies(impl, src, n, c) == 0) {
+            if (dx)
+                gemm_bf16(impl, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, c[0], I, c[1], O, &zero,
+                          dx, I);
+            gemm_bf16(impl, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, c[2], I, c[1], O, &one, dw,
+                      I);
+        }
+    } else {
+        /* dx^T (I,N) = w^T (I,O) . dy^T (O,N); w col-major is (I,O) already */
+        if (dx)
+            KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, w, I,
+                                  dy, O, &zero, dx, I));
+        /* dw^T (I,O) += x^T (I,N) . dy (N,O); dy col-major is (O,N) -> op T */
+        KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, x, I, dy,
+                              O, &one, dw, I));
+    }
     if (db) {
         kb_bias_grad_kernel<<<(O + 127) / 128, 128, 0, impl->stream>>>(dy, N, O, db);
         KB_CUDA_LAUNCHED();

@@ -737,3 +737,375 @@ Test(backend, adam_and_ema)
         pairs_free();
     }
 }
+
+/* ---- precision modes (set_precision) and convolution layouts ----
+ *
+ * BF16 mode rounds each operand of a convolution or GEMM to bf16 (8
+ * significant bits: round-to-nearest-even errs by at most u = 2^-9
+ * relative), multiplies exactly, accumulates in fp32 and, for cuDNN,
+ * rounds the result to bf16 once more (2^-9 relative). A K-term dot
+ * product y = sum_k x_k w_k then errs by at most
+ *     (2u + u^2) sum_k |x_k||w_k|  (operands)
+ *   + u |y| <= u sum_k |x_k||w_k|   (the result's rounding)
+ *   + K 2^-24 sum_k |x_k||w_k|      (fp32 accumulation, worst case)
+ * so |gpu - cpu| <= 2^-7 S with S = sum_k |x_k||w_k| holds for every
+ * element with room to spare (3u = 0.75 * 2^-7; the accumulation term is
+ * below 2^-14 for K <= 1024). The bound is relative to S, not to |y|: y
+ * may cancel to ~0 while its inputs do not. S is the same op on |x| and
+ * |w| on the CPU backend. Parameter gradients add g into an fp32 dw,
+ * which rounds once more: + 1e-6 |cpu| (a few fp32 ulps). A direction
+ * cuDNN runs in no bf16 configuration falls back to TF32, within this
+ * bound as well. */
+
+#define BF16_K 0x1p-7
+#define BF16_RTOL 1e-6
+
+/* |gpu - cpu| <= k S[i] + rtol |cpu|, printing the worst element and the
+ * largest error seen in units of S. */
+static void compare_scaled(const char *what, pair p, const float *S, double k, double rtol)
+{
+    float *g = malloc(p.n * sizeof(float) + 4);
+    gpu->download(gpu, g, p.g, p.n * sizeof(float));
+    size_t worst = 0, bad = 0;
+    double wr = -INFINITY, emax = 0;
+    for (size_t i = 0; i < p.n; i++) {
+        double b = p.c[i], a = g[i], err = fabs(a - b);
+        double r = isnan(a) || isnan(b) ? INFINITY : err - (k * S[i] + rtol * fabs(b));
+        if (r > 0)
+            bad++;
+        if (r > wr) {
+            wr = r;
+            worst = i;
+        }
+        if (S[i] > 0 && err / S[i] > emax)
+            emax = err / S[i];
+    }
+    if (p.n)
+        printf("  %-44s n=%-8zu worst [%zu] gpu %+.8e cpu %+.8e S %.2e; max |d|/S %.2e "
+               "(bound %.2e)%s\n",
+               what, p.n, worst, (double)g[worst], (double)p.c[worst], (double)S[worst], emax,
+               k, bad ? "  FAIL" : "");
+    cr_expect(bad == 0, "%s: %zu of %zu elements outside |d| <= %.2e S + %.1e |cpu|; worst [%zu] "
+                        "gpu %.8e cpu %.8e S %.3e",
+              what, bad, p.n, k, rtol, worst, (double)g[worst], (double)p.c[worst],
+              (double)S[worst]);
+    free(g);
+}
+
+static float *host_abs(const float *x, size_t n)
+{
+    float *a = malloc(n * sizeof(float) + 4);
+    for (size_t i = 0; i < n; i++)
+        a[i] = fabsf(x[i]);
+    return a;
+}
+
+/* One convolution shape, every direction, on the GPU plan pg under the
+ * mode in effect: bf16 != 0 compares with the bf16 bound, else with
+ * compare_mm's (TF32 or fp32). Returns the GPU's forward output (host
+ * copy, caller frees) for comparisons between modes. */
+static float *conv_check(const kb_conv_desc *d, kb_conv *pg, int bf16, const char *tag,
+                         uint64_t seed)
+{
+    rng_seed(seed);
+    kb_conv *pc = cpu->conv_plan(cpu, d);
+    cr_assert(pc);
+    size_t nx = (size_t)d->N * d->C * d->H * d->W, nw = (size_t)d->K * d->C * d->R * d->S;
+    size_t ny = (size_t)d->N * d->K * d->P * d->Q;
+    pair x = pair_rand(nx, -1, 1), w = pair_rand(nw, -1, 1), y = pair_new(ny);
+    pair dy = pair_rand(ny, -1, 1), dx = pair_rand(nx, -1, 1), dw = pair_rand(nw, -1, 1);
+    float *ax = host_abs(x.c, nx), *aw = host_abs(w.c, nw), *ady = host_abs(dy.c, ny);
+    float *S = malloc((nx > ny ? (nx > nw ? nx : nw) : (ny > nw ? ny : nw)) * sizeof(float));
+    char what[128];
+    cpu->conv_forward(cpu, pc, x.c, w.c, y.c);
+    gpu->conv_forward(gpu, pg, x.g, w.g, y.g);
+    snprintf(what, sizeof what, "%s forward", tag);
+    if (bf16) {
+        cpu->conv_forward(cpu, pc, ax, aw, S);
+        compare_scaled(what, y, S, BF16_K, 0);
+    } else {
+        compare_mm(what, y);
+    }
+    cpu->conv_backward_data(cpu, pc, dy.c, w.c, dx.c);
+    gpu->conv_backward_data(gpu, pg, dy.g, w.g, dx.g);
+    snprintf(what, sizeof what, "%s backward data", tag);
+    if (bf16) {
+        cpu->conv_backward_data(cpu, pc, ady, aw, S);
+        compare_scaled(what, dx, S, BF16_K, 0);
+    } else {
+        compare_mm(what, dx);
+    }
+    for (int rep = 1; rep <= 2; rep++) { /* += really adds */
+        cpu->conv_backward_weight(cpu, pc, x.c, dy.c, dw.c);
+        gpu->conv_backward_weight(gpu, pg, x.g, dy.g, dw.g);
+        snprintf(what, sizeof what, "%s backward weight (+= x%d)", tag, rep);
+        if (bf16) {
+            memset(S, 0, nw * sizeof(float));
+            cpu->conv_backward_weight(cpu, pc, ax, ady, S); /* one g's S; rep 2 adds another */
+            for (size_t i = 0; i < nw; i++)
+                S[i] *= (float)rep;
+            compare_scaled(what, dw, S, BF16_K, BF16_RTOL);
+        } else {
+            compare_mm(what, dw);
+        }
+    }
+    float *out = malloc(ny * sizeof(float));
+    gpu->download(gpu, out, y.g, ny * sizeof(float));
+    cpu->conv_free(cpu, pc);
+    free(ax);
+    free(aw);
+    free(ady);
+    free(S);
+    pairs_free();
+    return out;
+}
+
+/* Sets the mode; a GPU below compute capability 8.0 keeps its mode for
+ * BF16: the BF16 tests skip there. */
+static void need_precision(kb_precision p)
+{
+    kb_precision got = gpu->set_precision(gpu, p);
+    if (p == KB_PREC_BF16 && got != p)
+        cr_skip_test("this GPU has no bf16 mode");
+    cr_assert_eq(got, p, "set_precision(%d) gave %d", p, got);
+}
+
+Test(backend, bf16_conv)
+{
+    NEED_GPU();
+    need_precision(KB_PREC_BF16);
+    for (size_t s = 0; s < sizeof conv_shapes / sizeof conv_shapes[0]; s++) {
+        const int *v = conv_shapes[s];
+        kb_conv_desc d;
+        kb_conv_desc_init(&d, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+        kb_conv *pg = gpu->conv_plan(gpu, &d);
+        cr_assert(pg, "conv plan for shape %zu", s);
+        char tag[64];
+        snprintf(tag, sizeof tag, "bf16 conv %zu", s);
+        free(conv_check(&d, pg, 1, tag, 20 + s));
+        gpu->conv_free(gpu, pg);
+    }
+}
+
+/* One linear shape under the mode in effect, as conv_check. */
+static void linear_check(int N, int I, int O, int bf16, uint64_t seed)
+{
+    rng_seed(seed);
+    pair x = pair_rand((size_t)N * I, -1, 1), w = pair_rand((size_t)O * I, -1, 1);
+    pair b = pair_rand(O, -1, 1), y = pair_new((size_t)N * O);
+    pair dy = pair_rand((size_t)N * O, -1, 1), dx = pair_rand((size_t)N * I, -1, 1);
+    pair dw = pair_rand((size_t)O * I, -1, 1), db = pair_rand(O, -1, 1);
+    float *ax = host_abs(x.c, x.n), *aw = host_abs(w.c, w.n), *ady = host_abs(dy.c, dy.n);
+    size_t big = x.n > w.n ? x.n : w.n;
+    float *S = malloc((big > y.n ? big : y.n) * sizeof(float));
+    char what[128];
+    cpu->linear_forward(cpu, x.c, N, I, w.c, b.c, O, y.c);
+    gpu->linear_forward(gpu, x.g, N, I, w.g, b.g, O, y.g);
+    snprintf(what, sizeof what, "%s linear (%d,%d,%d) forward +b", bf16 ? "bf16" : "fp32", N, I,
+             O);
+    if (bf16) {
+        cpu->linear_forward(cpu, ax, N, I, aw, NULL, O, S); /* the bias adds in fp32 */
+        compare_scaled(what, y, S, BF16_K, BF16_RTOL);
+    } else {
+        compare_mm(what, y);
+    }
+    cpu->linear_backward(cpu, x.c, w.c, dy.c, N, I, O, dx.c, dw.c, db.c);
+    gpu->linear_backward(gpu, x.g, w.g, dy.g, N, I, O, dx.g, dw.g, db.g);
+    snprintf(what, sizeof what, "%s linear (%d,%d,%d) backward dx", bf16 ? "bf16" : "fp32", N, I,
+             O);
+    if (bf16) {
+        float *zero = calloc(w.n, sizeof(float));
+        /* S of dx = |dy| |w|; of dw = |x|^T |dy| (into a zeroed dw) */
+        cpu->linear_backward(cpu, ax, aw, ady, N, I, O, S, zero, NULL);
+        compare_scaled(what, dx, S, BF16_K, 0);
+        memset(S, 0, w.n * sizeof(float));
+        cpu->linear_backward(cpu, ax, aw, ady, N, I, O, NULL, S, NULL);
+        snprintf(what, sizeof what, "bf16 linear (%d,%d,%d) backward dw (+=)", N, I, O);
+        compare_scaled(what, dw, S, BF16_K, BF16_RTOL);
+        free(zero);
+    } else {
+        compare_mm(what, dx);
+        snprintf(what, sizeof what, "fp32 linear (%d,%d,%d) backward dw (+=)", N, I, O);
+        compare_mm(what, dw);
+    }
+    snprintf(what, sizeof what, "%s linear (%d,%d,%d) backward db (+=)", bf16 ? "bf16" : "fp32",
+             N, I, O);
+    compare(what, db, F32_ATOL, F32_RTOL); /* fp32 column sums in every mode */
+    free(ax);
+    free(aw);
+    free(ady);
+    free(S);
+    pairs_free();
+}
+
+Test(backend, bf16_linear)
+{
+    NEED_GPU();
+    need_precision(KB_PREC_BF16);
+    static const int shapes[][3] = {{5, 7, 3}, {64, 512, 128}, {17, 33, 65}, {32, 128, 512}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        linear_check(shapes[s][0], shapes[s][1], shapes[s][2], 1, 40 + s);
+    /* dx = NULL and db = NULL (the first layer's call) leave them alone */
+    rng_seed(49);
+    pair x = pair_rand(6 * 10, -1, 1), w = pair_rand(4 * 10, -1, 1), dy = pair_rand(6 * 4, -1, 1);
+    pair dx = pair_rand(6 * 10, -1, 1), dw = pair_new(4 * 10);
+    gpu->linear_backward(gpu, x.g, w.g, dy.g, 6, 10, 4, NULL, dw.g, NULL);
+    compare("bf16 linear dx untouched", dx, 0, 0);
+    pairs_free();
+}
+
+/* Switching back and forth: a plan made under one mode serves the others
+ * (planning each on its first call there), cuBLAS follows at once, and
+ * the results come back to fp32 accuracy after bf16 (compare_mm's fp32
+ * bound, 1e-4 of the rms, is far below bf16's ~2^-9 of the rms). */
+Test(backend, precision_switch)
+{
+    NEED_GPU();
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, 4, 8, 10, 10, 16, 3, 3, 1, 1);
+    kb_conv *pg = gpu->conv_plan(gpu, &d); /* under the backend's initial mode */
+    cr_assert(pg);
+    need_precision(KB_PREC_BF16);
+    float *yb = conv_check(&d, pg, 1, "switch 1: bf16 conv", 60);
+    linear_check(24, 40, 12, 1, 61);
+    const int saved_tf32 = tf32;
+    need_precision(KB_PREC_FP32);
+    tf32 = 0;
+    float *yf = conv_check(&d, pg, 0, "switch 2: fp32 conv", 60);
+    linear_check(24, 40, 12, 0, 61);
+    /* bf16 really rounded: the same inputs gave other outputs */
+    size_t ny = (size_t)d.N * d.K * d.P * d.Q, differ = 0;
+    for (size_t i = 0; i < ny; i++)
+        differ += yb[i] != yf[i];
+    printf("  bf16 vs fp32 forward: %zu of %zu outputs differ\n", differ, ny);
+    cr_expect(differ > ny / 2, "bf16 and fp32 gave the same outputs: was bf16 in effect?");
+    need_precision(KB_PREC_BF16);
+    free(conv_check(&d, pg, 1, "switch 3: bf16 conv", 62));
+    need_precision(KB_PREC_TF32);
+    tf32 = 1;
+    free(conv_check(&d, pg, 0, "switch 4: tf32 conv", 63));
+    linear_check(24, 40, 12, 0, 64);
+    need_precision(KB_PREC_FP32);
+    tf32 = 0;
+    free(conv_check(&d, pg, 0, "switch 5: fp32 conv", 65));
+    tf32 = saved_tf32;
+    cr_expect_eq(gpu->set_precision(gpu, (kb_precision)7), KB_PREC_FP32,
+                 "an unknown mode leaves the mode as it was");
+    free(yb);
+    free(yf);
+    gpu->conv_free(gpu, pg);
+}
+
+/* RW_CUDA_CONV_LAYOUT forces a layout at plan time: NHWC (with our
+ * transposing copies) and NCHW must both match the CPU, in fp32 and in
+ * bf16 (where the transpose rides in the cast). Plans of the same shape
+ * under the two layouts coexist. */
+Test(backend, conv_layouts)
+{
+    NEED_GPU();
+    static const char *const layouts[] = {"nchw", "nhwc", "auto"};
+    static const int shapes[][9] = {
+        {2, 3, 9, 9, 5, 3, 3, 1, 1},
+        {4, 8, 10, 10, 16, 1, 1, 2, 0},
+        {3, 16, 6, 5, 16, 3, 3, 1, 1},
+    };
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        if (bf16)
+            need_precision(KB_PREC_BF16);
+        else
+            cr_assert_eq(gpu->set_precision(gpu, KB_PREC_FP32), KB_PREC_FP32);
+        const int saved_tf32 = tf32;
+        tf32 = 0;
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int l = 0; l < 3; l++) {
+                setenv("RW_CUDA_CONV_LAYOUT", layouts[l], 1);
+                const int *v = shapes[s];
+                kb_conv_desc d;
+                kb_conv_desc_init(&d, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+                kb_conv *pg = gpu->conv_plan(gpu, &d);
+                cr_assert(pg);
+                char tag[64];
+                snprintf(tag, sizeof tag, "%s %s conv %zu", bf16 ? "bf16" : "fp32", layouts[l], s);
+                free(conv_check(&d, pg, bf16, tag, 70 + s));
+                gpu->conv_free(gpu, pg);
+            }
+        tf32 = saved_tf32;
+    }
+    unsetenv("RW_CUDA_CONV_LAYOUT");
+}
+
+/* Where cuDNN declines bf16 the plan falls back (NCHW -> NHWC, then
+ * TF32) instead of failing. The emulated cuDNN declines on request
+ * (kernels/cuda/emu/cudnn.h); a real one ignores these variables, and the
+ * test then checks the ordinary bf16 path once more. */
+Test(backend, bf16_fallbacks)
+{
+    NEED_GPU();
+    need_precision(KB_PREC_BF16);
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, 2, 4, 7, 7, 6, 3, 3, 1, 1);
+    setenv("RW_CUDA_CONV_LAYOUT", "nchw", 1);
+    setenv("EMU_CUDNN_NO_BF16_NCHW", "1", 1);
+    kb_conv *pg = gpu->conv_plan(gpu, &d);
+    cr_assert(pg);
+    free(conv_check(&d, pg, 1, "bf16 conv, NCHW declined", 80));
+    gpu->conv_free(gpu, pg);
+    unsetenv("EMU_CUDNN_NO_BF16_NCHW");
+    unsetenv("RW_CUDA_CONV_LAYOUT");
+    setenv("EMU_CUDNN_NO_BF16", "1", 1);
+    kb_conv_desc_init(&d, 2, 4, 7, 7, 6, 3, 3, 2, 1); /* another shape: no memo */
+    pg = gpu->conv_plan(gpu, &d);
+    cr_assert(pg);
+    free(conv_check(&d, pg, 1, "bf16 conv, bf16 declined (TF32)", 81));
+    gpu->conv_free(gpu, pg);
+    unsetenv("EMU_CUDNN_NO_BF16");
+}
+
+/* A bf16 step can be captured: plans reserve the scratch and workspace
+ * their copies need, so nothing grows (or allocates) inside the capture. */
+Test(backend, bf16_capture)
+{
+    NEED_GPU();
+    if (!gpu->capture_begin)
+        cr_skip_test("no captures in this backend");
+    need_precision(KB_PREC_BF16);
+    rng_seed(90);
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, 2, 8, 6, 6, 8, 3, 3, 1, 1);
+    kb_conv *pg = gpu->conv_plan(gpu, &d);
+    cr_assert(pg);
+    size_t nx = (size_t)d.N * d.C * d.H * d.W, nw = (size_t)d.K * d.C * d.R * d.S;
+    size_t ny = (size_t)d.N * d.K * d.P * d.Q;
+    pair x = pair_rand(nx, -1, 1), w = pair_rand(nw, -1, 1), y = pair_new(ny);
+    pair y2 = pair_new(ny), dw = pair_new(nw), dw2 = pair_new(nw);
+    pair lx = pair_rand(6 * 72, -1, 1), lw = pair_rand(5 * 72, -1, 1), ly = pair_new(6 * 5);
+    pair ly2 = pair_new(6 * 5);
+    /* uncaptured first: the linear layer's scratch grows here */
+    gpu->conv_forward(gpu, pg, x.g, w.g, y.g);
+    gpu->conv_backward_weight(gpu, pg, x.g, y.g, dw.g);
+    gpu->linear_forward(gpu, lx.g, 6, 72, lw.g, NULL, 5, ly.g);
+    cr_assert_eq(gpu->capture_begin(gpu), 0);
+    gpu->conv_forward(gpu, pg, x.g, w.g, y2.g);
+    gpu->conv_backward_weight(gpu, pg, x.g, y2.g, dw2.g);
+    gpu->linear_forward(gpu, lx.g, 6, 72, lw.g, NULL, 5, ly2.g);
+    char err[256] = "";
+    kb_graph *g = gpu->capture_end(gpu, err, sizeof err);
+    cr_assert(g, "capture failed: %s", err);
+    gpu->graph_launch(gpu, g);
+    const size_t big = nw > ny ? nw : ny;
+    float *a = malloc(big * sizeof(float)), *b = malloc(big * sizeof(float));
+    gpu->download(gpu, a, y.g, ny * sizeof(float));
+    gpu->download(gpu, b, y2.g, ny * sizeof(float));
+    cr_expect(memcmp(a, b, ny * sizeof(float)) == 0, "captured bf16 forward differs");
+    gpu->download(gpu, a, dw.g, nw * sizeof(float));
+    gpu->download(gpu, b, dw2.g, nw * sizeof(float));
+    cr_expect(memcmp(a, b, nw * sizeof(float)) == 0, "captured bf16 weight gradient differs");
+    gpu->download(gpu, a, ly.g, 30 * sizeof(float));
+    gpu->download(gpu, b, ly2.g, 30 * sizeof(float));
+    cr_expect(memcmp(a, b, 30 * sizeof(float)) == 0, "captured bf16 linear differs");
+    free(a);
+    free(b);
+    gpu->graph_free(gpu, g);
+    gpu->conv_free(gpu, pg);
+    pairs_free();
+}

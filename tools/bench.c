@@ -11,8 +11,13 @@
  * configuration holds (cudaMemGetInfo after the steps, minus before the
  * model: nothing is freed during steps, so that is the high-water mark of
  * our allocations, workspaces included) and the achieved fraction of the
- * GPU's dense TF32 tensor-core peak, counting convolution FLOPs only (the
- * bulk of the step; a lower bound on the work done). */
+ * GPU's dense tensor-core peak for the math mode (TF32, or BF16 under
+ * --precision bf16; none for fp32), counting convolution FLOPs only (the
+ * bulk of the step; a lower bound on the work done).
+ *
+ * --precision tf32|fp32|bf16 sets the backend's math mode (set_precision)
+ * before the model is built; the table shows the mode in effect (the CPU
+ * backend computes fp32 whatever is asked). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -43,6 +48,7 @@ typedef struct bench_out {
     double ms, pairs, peak_mib, gflop;
     double gpu_mib, peak_tflops; /* CUDA only; peak 0: GPU not in the table */
     char gpu[96];
+    kb_precision prec; /* the mode in effect */
     int ok;
 } bench_out;
 
@@ -71,6 +77,8 @@ static double tf32_peak(const char *name)
             return table[i].tflops;
     return 0;
 }
+
+static const char *const prec_names[] = {"tf32", "fp32", "bf16"};
 
 static double now_s(void)
 {
@@ -107,7 +115,7 @@ static double conv_flops(const bench_cfg *c)
     return f;
 }
 
-static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda)
+static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, kb_precision prec)
 {
     bench_out o = {0};
     char err[256];
@@ -117,13 +125,18 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda)
                 cuda ? err : "cannot start");
         return o;
     }
+    o.prec = be->set_precision(be, prec);
     size_t gpu_free0 = 0, gpu_free1 = 0, gpu_total = 0;
 #if RW_HAVE_CUDA
     if (cuda) {
         struct cudaDeviceProp prop;
         if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
             snprintf(o.gpu, sizeof o.gpu, "%.90s", prop.name);
-            o.peak_tflops = tf32_peak(prop.name);
+            /* Dense BF16 is twice dense TF32 on every GPU of the table;
+             * plain fp32 runs on the CUDA cores: no tensor-core peak. */
+            o.peak_tflops = o.prec == KB_PREC_FP32 ? 0
+                            : o.prec == KB_PREC_BF16 ? 2 * tf32_peak(prop.name)
+                                                     : tf32_peak(prop.name);
         }
         cudaMemGetInfo(&gpu_free0, &gpu_total);
     }
@@ -191,6 +204,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda)
 int main(int argc, char **argv)
 {
     int steps = 3, threads = 0, quick = 0, cuda = 0;
+    kb_precision prec = KB_PREC_TF32;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
             steps = atoi(argv[++i]);
@@ -201,9 +215,16 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
                  (strcmp(argv[i + 1], "cpu") == 0 || strcmp(argv[i + 1], "cuda") == 0))
             cuda = strcmp(argv[++i], "cuda") == 0;
-        else {
-            fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--steps N] [--threads N] "
-                            "[--quick]\n");
+        else if (strcmp(argv[i], "--precision") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "tf32") == 0 || strcmp(argv[i + 1], "fp32") == 0 ||
+                  strcmp(argv[i + 1], "bf16") == 0)) {
+            i++;
+            prec = strcmp(argv[i], "fp32") == 0   ? KB_PREC_FP32
+                   : strcmp(argv[i], "bf16") == 0 ? KB_PREC_BF16
+                                                  : KB_PREC_TF32;
+        } else {
+            fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
+                            "[--steps N] [--threads N] [--quick]\n");
             return 2;
         }
     }
@@ -221,22 +242,24 @@ int main(int argc, char **argv)
     };
     int ncfg = quick ? 2 : cuda ? (int)(sizeof cfgs / sizeof *cfgs) : 5;
     if (cuda) {
-        printf("runaway-bench: CUDA backend, %d timed steps after 2 warm-ups\n", steps);
-        printf("%-26s %6s %6s %10s %10s %13s %9s %9s\n", "config", "size", "batch", "ms/step",
-               "pairs/s", "conv TFLOP/s", "of peak", "GPU MiB");
+        printf("runaway-bench: CUDA backend, %s asked, %d timed steps after 2 warm-ups\n",
+               prec_names[prec], steps);
+        printf("%-26s %6s %6s %5s %10s %10s %13s %9s %9s\n", "config", "size", "batch", "prec",
+               "ms/step", "pairs/s", "conv TFLOP/s", "of peak", "GPU MiB");
     } else {
         char tdesc[32];
         if (threads)
             snprintf(tdesc, sizeof tdesc, "%d", threads);
         else
             snprintf(tdesc, sizeof tdesc, "all (%ld)", sysconf(_SC_NPROCESSORS_ONLN));
-        printf("runaway-bench: CPU backend, %d timed steps after 1 warm-up, threads: %s\n", steps,
-               tdesc);
-        printf("%-26s %6s %6s %10s %10s %12s %11s\n", "config", "size", "batch", "ms/step",
-               "pairs/s", "conv GFLOP/s", "peak MiB");
+        printf("runaway-bench: CPU backend, %s asked, %d timed steps after 1 warm-up, threads: %s\n",
+               prec_names[prec], steps, tdesc);
+        printf("%-26s %6s %6s %5s %10s %10s %12s %11s\n", "config", "size", "batch", "prec",
+               "ms/step", "pairs/s", "conv GFLOP/s", "peak MiB");
     }
     char gpu[96] = "";
     double peak = 0;
+    kb_precision in_effect = prec;
     int failed = 0;
     for (int i = 0; i < ncfg; i++) {
         int fd[2];
@@ -246,7 +269,7 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             close(fd[0]);
-            bench_out o = run_one(&cfgs[i], steps, threads, cuda);
+            bench_out o = run_one(&cfgs[i], steps, threads, cuda, prec);
             ssize_t w = write(fd[1], &o, sizeof o);
             _exit(w == (ssize_t)sizeof o ? 0 : 1);
         }
@@ -257,28 +280,35 @@ int main(int argc, char **argv)
         int status;
         waitpid(pid, &status, 0);
         if (r != (ssize_t)sizeof o || !o.ok) {
-            printf("%-26s %6d %6d %10s\n", cfgs[i].label, cfgs[i].size, cfgs[i].batch, "failed");
+            printf("%-26s %6d %6d %5s %10s\n", cfgs[i].label, cfgs[i].size, cfgs[i].batch, "",
+                   "failed");
             failed++;
             continue;
         }
+        in_effect = o.prec;
         if (cuda) {
             snprintf(gpu, sizeof gpu, "%s", o.gpu);
             peak = o.peak_tflops;
             char frac[16] = "n/a";
             if (peak > 0)
                 snprintf(frac, sizeof frac, "%.1f%%", 100.0 * o.gflop / 1e3 / peak);
-            printf("%-26s %6d %6d %10.2f %10.1f %13.1f %9s %9.0f\n", cfgs[i].label,
-                   cfgs[i].size, cfgs[i].batch, o.ms, o.pairs, o.gflop / 1e3, frac, o.gpu_mib);
+            printf("%-26s %6d %6d %5s %10.2f %10.1f %13.1f %9s %9.0f\n", cfgs[i].label,
+                   cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.ms, o.pairs, o.gflop / 1e3,
+                   frac, o.gpu_mib);
         } else {
-            printf("%-26s %6d %6d %10.1f %10.2f %12.1f %11.0f\n", cfgs[i].label, cfgs[i].size,
-                   cfgs[i].batch, o.ms, o.pairs, o.gflop, o.peak_mib);
+            printf("%-26s %6d %6d %5s %10.1f %10.2f %12.1f %11.0f\n", cfgs[i].label,
+                   cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.ms, o.pairs, o.gflop,
+                   o.peak_mib);
         }
         fflush(stdout);
     }
     if (cuda) {
         if (peak > 0)
-            printf("GPU: %s; peak = dense TF32 tensor-core rate %.1f TFLOP/s (data sheet); "
-                   "conv FLOPs only\n", gpu, peak);
+            printf("GPU: %s; peak = dense %s tensor-core rate %.1f TFLOP/s (data sheet); "
+                   "conv FLOPs only\n", gpu, in_effect == KB_PREC_BF16 ? "BF16" : "TF32", peak);
+        else if (in_effect == KB_PREC_FP32)
+            printf("GPU: %s; fp32 runs on the CUDA cores: no tensor-core peak\n",
+                   gpu[0] ? gpu : "?");
         else
             printf("GPU: %s; not in the peak table: no fraction of peak\n", gpu[0] ? gpu : "?");
     }

@@ -28,7 +28,17 @@
 #include <stdint.h>
 
 typedef struct kb_backend kb_backend;
-typedef struct kb_conv kb_conv; /* opaque per-shape plan (primitives, algos) */
+typedef struct kb_conv kb_conv;   /* opaque per-shape plan (primitives, algos) */
+typedef struct kb_graph kb_graph; /* opaque captured sequence of ops */
+typedef struct kb_adam_consts kb_adam_consts; /* kernels/optim.h */
+
+/* Math of convolutions and GEMMs. Storage, optimizer state and every other
+ * op stay fp32 in all modes. */
+typedef enum kb_precision {
+    KB_PREC_TF32, /* fp32 storage, TF32 tensor cores (the default, as PyTorch's convolutions) */
+    KB_PREC_FP32, /* full fp32 */
+    KB_PREC_BF16, /* bf16 operands, fp32 accumulation and fp32 results */
+} kb_precision;
 
 typedef struct kb_conv_desc {
     int N, C, H, W;     /* input */
@@ -81,6 +91,26 @@ struct kb_backend {
     void (*download)(kb_backend *be, void *host_dst, const void *src, size_t bytes);
     void (*copy)(kb_backend *be, void *dst, const void *src, size_t bytes);
     void (*sync)(kb_backend *be); /* wait for queued work */
+
+    /* Sets the math mode; returns the mode in effect, which is `p` where the
+     * backend has it (the CPU backend computes fp32 whatever is asked). */
+    kb_precision (*set_precision)(kb_backend *be, kb_precision p);
+
+    /* ---- captured op sequences (CUDA graphs); NULL where unsupported ----
+     * Between capture_begin and capture_end ops are recorded, not run;
+     * graph_launch then runs the recording with the same pointers and the
+     * same by-value arguments (per-step scalars therefore live in backend
+     * memory, see adam and ema). upload, download, sync, alloc and free are
+     * not allowed inside a capture: they make it fail. capture_end returns
+     * NULL with the reason in err when the capture failed; the backend is
+     * then usable as before and nothing recorded has run. */
+    int (*capture_begin)(kb_backend *be);
+    kb_graph *(*capture_end)(kb_backend *be, char *err, size_t errlen);
+    /* 0, or -1 when scratch memory the graph uses has moved since its
+     * capture (nothing runs; capture again). Buffers the caller passed to the
+     * recorded ops are the caller's to keep in place while the graph lives. */
+    int (*graph_launch)(kb_backend *be, kb_graph *g);
+    void (*graph_free)(kb_backend *be, kb_graph *g);
 
     /* ---- elementwise over n floats ---- */
     void (*fill)(kb_backend *be, float *x, float v, size_t n);
@@ -188,13 +218,15 @@ struct kb_backend {
                          int K, float *dlogits, float *out);
 
     /* ---- optimizer and mean teacher, one pass over one buffer ----
-     * Adam exactly as torch.optim.Adam (L2 weight decay added to the gradient,
-     * eps after the bias-corrected square root). step counts from 1. */
+     * Their scalars change every step, so they are read from backend memory
+     * when the op runs (a captured step replays with each step's values).
+     * Adam exactly as torch.optim.Adam (L2 weight decay added to the
+     * gradient, eps after the bias-corrected square root); k is one
+     * kb_adam_consts (kernels/optim.h, kb_adam_consts_init) in backend memory. */
     void (*adam)(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                 float lr, float beta1, float beta2, float eps, float weight_decay,
-                 long step);
-    /* xi = tau*xi + (1-tau)*theta */
-    void (*ema)(kb_backend *be, float *xi, const float *theta, size_t n, float tau);
+                 const kb_adam_consts *k);
+    /* xi = tau*xi + (1-tau)*theta; tau_omt = [tau, 1 - tau] in backend memory */
+    void (*ema)(kb_backend *be, float *xi, const float *theta, size_t n, const float *tau_omt);
 };
 
 /* Creates the CPU backend with `threads` threads (0: all cores). */

@@ -76,7 +76,14 @@ static inline RW_HD void kb_adam_elem(const kb_adam_consts *k, float *p, float g
     *p -= k->step_size * (mi / denom);
 }
 
-/* xi = tau xi + (1 - tau) theta, omt = 1 - tau computed once in float. */
+/* The ema op's scalars [tau, 1 - tau], 1 - tau computed once in float. */
+static inline void kb_ema_consts_init(float tau, float out[2])
+{
+    out[0] = tau;
+    out[1] = 1.0f - tau;
+}
+
+/* xi = tau xi + (1 - tau) theta */
 static inline RW_HD float kb_ema_elem(float xi, float theta, float tau, float omt)
 {
     return tau * xi + omt * theta;

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/optim.h"
 
 static kb_backend *cpu, *gpu;
 static char why[512];
@@ -718,12 +719,15 @@ Test(backend, adam_and_ema)
     const size_t n = 50021;
     for (int wd = 0; wd < 2; wd++) {
         pair p = pair_rand(n, -1, 1), m = pair_new(n), v = pair_new(n);
+        kb_adam_consts *kg = gpu->alloc(gpu, sizeof(kb_adam_consts));
+        float *tg = gpu->alloc(gpu, 2 * sizeof(float));
         for (long step = 1; step <= 3; step++) {
             pair g = pair_rand(n, -1, 1);
-            cpu->adam(cpu, p.c, g.c, m.c, v.c, n, 3e-4f, 0.9f, 0.999f, 1e-8f, wd ? 1e-4f : 0.0f,
-                      step);
-            gpu->adam(gpu, p.g, g.g, m.g, v.g, n, 3e-4f, 0.9f, 0.999f, 1e-8f, wd ? 1e-4f : 0.0f,
-                      step);
+            kb_adam_consts k = kb_adam_consts_init(3e-4f, 0.9f, 0.999f, 1e-8f,
+                                                   wd ? 1e-4f : 0.0f, step);
+            cpu->adam(cpu, p.c, g.c, m.c, v.c, n, &k);
+            gpu->upload(gpu, kg, &k, sizeof k);
+            gpu->adam(gpu, p.g, g.g, m.g, v.g, n, kg);
         }
         /* Same float formula (kernels/optim.h); the GPU may fuse a
          * multiply-add: ulps of p ~ 1, of m and v ~ their size. */
@@ -731,9 +735,14 @@ Test(backend, adam_and_ema)
         compare(wd ? "adam m (weight decay)" : "adam m", m, 1e-7, F32_RTOL);
         compare(wd ? "adam v (weight decay)" : "adam v", v, 1e-9, F32_RTOL);
         pair xi = pair_rand(n, -1, 1);
-        cpu->ema(cpu, xi.c, p.c, n, 0.996f);
-        gpu->ema(gpu, xi.g, p.g, n, 0.996f);
+        float tau[2];
+        kb_ema_consts_init(0.996f, tau);
+        cpu->ema(cpu, xi.c, p.c, n, tau);
+        gpu->upload(gpu, tg, tau, sizeof tau);
+        gpu->ema(gpu, xi.g, p.g, n, tg);
         compare("ema", xi, F32_ATOL, F32_RTOL);
+        gpu->free(gpu, kg);
+        gpu->free(gpu, tg);
         pairs_free();
     }
 }

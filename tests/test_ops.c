@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/optim.h"
 
 /* ---- helpers ---- */
 
@@ -932,7 +933,8 @@ Test(ops, adam_three_steps)
                                {0.4833492006, -0.9905429538, 1.9800005272},
                                {0.4752235506, -0.9895005501, 1.9714658652}};
     for (int s = 0; s < 3; s++) {
-        be->adam(be, p, g[s], m, v, 3, 0.01f, 0.9f, 0.999f, 1e-8f, 0.1f, s + 1);
+        kb_adam_consts k = kb_adam_consts_init(0.01f, 0.9f, 0.999f, 1e-8f, 0.1f, s + 1);
+        be->adam(be, p, g[s], m, v, 3, &k); /* CPU backend memory is host memory */
         char what[32];
         snprintf(what, sizeof what, "adam step %d", s + 1);
         /* float32 parameters: 2 ulp of values ~1 */
@@ -947,10 +949,13 @@ Test(ops, adam_three_steps)
 Test(ops, ema)
 {
     float xi[3] = {1, 2, -4}, th[3] = {3, 4, 6};
-    be->ema(be, xi, th, 3, 0.9f);
+    float tau[2];
+    kb_ema_consts_init(0.9f, tau);
+    be->ema(be, xi, th, 3, tau);
     const double want[3] = {1.2, 2.2, -3.0};
     expect_close("ema", xi, want, 3, 1e-6, 1e-6);
-    be->ema(be, xi, th, 3, 1.0f); /* tau = 1 freezes the teacher */
+    kb_ema_consts_init(1.0f, tau);
+    be->ema(be, xi, th, 3, tau); /* tau = 1 freezes the teacher */
     expect_close("ema tau 1", xi, want, 3, 1e-6, 1e-6);
 }
 

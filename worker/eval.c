@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/optim.h"
+
 #define EVAL_CHUNK 256 /* images per feature forward pass */
 #define NCLASS 10
 
@@ -56,11 +58,12 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
     float *dlogits = be->alloc(be, (size_t)B * NCLASS * sizeof(float));
     int32_t *lb = be->alloc(be, (size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * sizeof(int32_t));
     float *out = be->alloc(be, 2 * sizeof(float));
+    kb_adam_consts *kd = be->alloc(be, sizeof(kb_adam_consts));
     float *hp = malloc(np * sizeof(float));
     int *perm = malloc((size_t)ntr * sizeof(int));
     int32_t *hl = malloc((size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * sizeof(int32_t));
     int rc = -1;
-    if (!p || !g || !mm || !vv || !xb || !logits || !dlogits || !lb || !out || !hp || !perm || !hl) {
+    if (!p || !g || !mm || !vv || !xb || !logits || !dlogits || !lb || !out || !kd || !hp || !perm || !hl) {
         snprintf(err, errlen, "linear eval: out of memory");
         goto done;
     }
@@ -95,7 +98,9 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
             be->linear_forward(be, xb, n, F, W, b, NCLASS, logits);
             be->softmax_xent(be, logits, lb, n, NCLASS, dlogits, out);
             be->linear_backward(be, xb, W, dlogits, n, F, NCLASS, NULL, dW, db);
-            be->adam(be, p, g, mm, vv, np, cfg->lr, 0.9f, 0.999f, 1e-8f, 0.0f, ++step);
+            kb_adam_consts k = kb_adam_consts_init(cfg->lr, 0.9f, 0.999f, 1e-8f, 0.0f, ++step);
+            be->upload(be, kd, &k, sizeof k);
+            be->adam(be, p, g, mm, vv, np, kd);
         }
     }
     long correct = 0;
@@ -114,7 +119,7 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
     rc = 0;
 done:
     {
-        void *bufs[] = {p, g, mm, vv, xb, logits, dlogits, lb, out};
+        void *bufs[] = {p, g, mm, vv, xb, logits, dlogits, lb, out, kd};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             if (bufs[i])
                 be->free(be, bufs[i]);

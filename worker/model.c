@@ -6,6 +6,7 @@
 #include "worker/model.h"
 
 #include "kernels/collective.h"
+#include "kernels/optim.h"
 
 #include <assert.h>
 #include <math.h>
@@ -110,11 +111,16 @@ struct rw_model {
     long nbt[MAX_BN], tnbt[MAX_BN];
     long adam_step;
     rw_net online, tnet;
-    float *lossbuf; /* KB_LOSS_NOUT */
+    float *lossbuf; /* KB_LOSS_NOUT, then metbuf: one download fetches both */
     float *metbuf;  /* uniform v1, v2, collapse v1, v2 */
+    /* The update's per-step scalars in backend memory, written by
+     * rw_model_update_prepare and read by the ops when they run. */
+    kb_adam_consts *adam_k;
+    float *tau_k; /* [tau, 1 - tau] */
     buf dp[2];      /* dLoss/dp per view (N, D) */
     buf dfeat;      /* dLoss/dfeatures of the view in backward (N, F) */
     int failed;     /* an allocation, plan or collective failed; the step reports it */
+    unsigned long mem_gen; /* bumped whenever a step buffer moves */
     char error[256];
     kb_comm *comm;  /* data parallel: NULL for one rank */
     int sync_bn;    /* BN statistics over the global batch */
@@ -306,6 +312,7 @@ static void *grow(rw_net *n, buf *b, size_t bytes)
     kb_backend *be = n->m->be;
     if (b->p)
         be->free(be, b->p);
+    n->m->mem_gen++; /* a captured step held the old address */
     b->p = be->alloc(be, bytes);
     b->cap = b->p ? bytes : 0;
     if (!b->p) {
@@ -800,11 +807,13 @@ rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed
     m->teacher = be->alloc(be, nt * sizeof(float));
     m->state = be->alloc(be, ns * sizeof(float));
     m->tstate = be->alloc(be, (a->nteacher_state ? a->nteacher_state : 1) * sizeof(float));
-    m->lossbuf = be->alloc(be, KB_LOSS_NOUT * sizeof(float));
-    m->metbuf = be->alloc(be, 4 * sizeof(float));
+    m->lossbuf = be->alloc(be, (KB_LOSS_NOUT + 4) * sizeof(float));
+    m->metbuf = m->lossbuf ? m->lossbuf + KB_LOSS_NOUT : NULL;
+    m->adam_k = be->alloc(be, sizeof(kb_adam_consts) + 2 * sizeof(float));
+    m->tau_k = m->adam_k ? (float *)(m->adam_k + 1) : NULL;
     float *hp = calloc(np, sizeof(float)), *hs = calloc(ns, sizeof(float));
     if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !m->teacher || !m->state ||
-        !m->tstate || !m->lossbuf || !m->metbuf || !hp || !hs ||
+        !m->tstate || !m->lossbuf || !m->adam_k || !hp || !hs ||
         net_init(&m->online, m, m->params, m->grads, m->state, m->nbt) != 0 ||
         net_init(&m->tnet, m, m->teacher, NULL, m->tstate, m->tnbt) != 0) {
         free(hp);
@@ -851,7 +860,7 @@ void rw_model_free(rw_model *m)
     if (m->syncbuf.p)
         be->free(be, m->syncbuf.p);
     float *bufs[] = {m->params, m->grads, m->adam_m, m->adam_v, m->teacher,
-                     m->state, m->tstate, m->lossbuf, m->metbuf};
+                     m->state, m->tstate, m->lossbuf, (float *)m->adam_k};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
             be->free(be, bufs[i]);
@@ -874,6 +883,7 @@ float *rw_model_state(rw_model *m) { return m->state; }
 float *rw_model_teacher_state(rw_model *m) { return m->tstate; }
 long *rw_model_bn_counts(rw_model *m, int teacher) { return teacher ? m->tnbt : m->nbt; }
 int rw_model_nbn(const rw_model *m, int teacher) { return teacher ? m->a.nbn_teacher : m->a.nbn; }
+unsigned long rw_model_mem_gen(const rw_model *m) { return m->mem_gen; }
 long rw_model_adam_step(const rw_model *m) { return m->adam_step; }
 void rw_model_set_adam_step(rw_model *m, long step) { m->adam_step = step; }
 const kb_loss_cfg *rw_model_loss_cfg(const rw_model *m) { return &m->a.cfg.loss; }
@@ -993,27 +1003,47 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
     }
     if (m->failed)
         return -1;
-    if (st) {
-        float lo[KB_LOSS_NOUT], me[4];
-        be->download(be, lo, m->lossbuf, sizeof lo);
-        be->download(be, me, m->metbuf, sizeof me);
-        st->loss = lo[KB_LOSS_OUT_LOSS];
-        st->align = lo[KB_LOSS_OUT_ALIGN];
-        st->cross = lo[KB_LOSS_OUT_CROSS];
-        st->byol = lo[KB_LOSS_OUT_BYOL];
-        st->uniform = 0.5f * (me[0] + me[1]);
-        st->collapse = 0.5f * (me[2] + me[3]);
-    }
+    if (st)
+        rw_model_stats(m, st);
     return 0;
+}
+
+void rw_model_stats(rw_model *m, rw_step_stats *st)
+{
+    float o[KB_LOSS_NOUT + 4];
+    m->be->download(m->be, o, m->lossbuf, sizeof o);
+    const float *me = o + KB_LOSS_NOUT;
+    st->loss = o[KB_LOSS_OUT_LOSS];
+    st->align = o[KB_LOSS_OUT_ALIGN];
+    st->cross = o[KB_LOSS_OUT_CROSS];
+    st->byol = o[KB_LOSS_OUT_BYOL];
+    st->uniform = 0.5f * (me[0] + me[1]);
+    st->collapse = 0.5f * (me[2] + me[3]);
+}
+
+void rw_model_update_prepare(rw_model *m, float lr, float weight_decay, float tau)
+{
+    struct {
+        kb_adam_consts k;
+        float tau[2];
+    } h;
+    m->adam_step++;
+    h.k = kb_adam_consts_init(lr, 0.9f, 0.999f, 1e-8f, weight_decay, m->adam_step);
+    kb_ema_consts_init(tau, h.tau);
+    m->be->upload(m->be, m->adam_k, &h, sizeof h);
+}
+
+void rw_model_update_apply(rw_model *m)
+{
+    kb_backend *be = m->be;
+    be->adam(be, m->params, m->grads, m->adam_m, m->adam_v, m->a.nparams, m->adam_k);
+    be->ema(be, m->teacher, m->params, m->a.nteacher, m->tau_k);
 }
 
 void rw_model_update(rw_model *m, float lr, float weight_decay, float tau)
 {
-    kb_backend *be = m->be;
-    m->adam_step++;
-    be->adam(be, m->params, m->grads, m->adam_m, m->adam_v, m->a.nparams, lr, 0.9f, 0.999f,
-             1e-8f, weight_decay, m->adam_step);
-    be->ema(be, m->teacher, m->params, m->a.nteacher, tau);
+    rw_model_update_prepare(m, lr, weight_decay, tau);
+    rw_model_update_apply(m);
 }
 
 const float *rw_model_projections(rw_model *m, int v)

@@ -101,6 +101,9 @@ const char *rw_model_bn_prefix(const rw_model *m, int idx);
  * -1 when the backend lacks the synchronized BN ops. */
 struct kb_comm;
 int rw_model_set_comm(rw_model *m, struct kb_comm *comm, int sync_bn, char *err, size_t errlen);
+/* Changes whenever a buffer the step uses is reallocated (a new batch size,
+ * an evaluation pass on a larger batch): a captured step is stale then. */
+unsigned long rw_model_mem_gen(const rw_model *m);
 /* Why the last step failed. */
 const char *rw_model_error(const rw_model *m);
 
@@ -113,8 +116,15 @@ void rw_model_teacher_from_online(rw_model *m);
  * gradients end in rw_model_grads(). Stats are downloaded when st != NULL. */
 int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int N, int S,
                               rw_step_stats *st);
-/* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta. */
+/* Downloads the loss and metrics of the last forward_backward (waits for it). */
+void rw_model_stats(rw_model *m, rw_step_stats *st);
+/* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta:
+ * rw_model_update_prepare then rw_model_update_apply. */
 void rw_model_update(rw_model *m, float lr, float weight_decay, float tau);
+/* The host half: counts the Adam step and uploads the step's scalars. */
+void rw_model_update_prepare(rw_model *m, float lr, float weight_decay, float tau);
+/* The device half (ops only, no host traffic: a capture may record it). */
+void rw_model_update_apply(rw_model *m);
 
 /* The normalized online projections of view v (0 or 1) from the last
  * forward_backward: (N, proj_out) backend memory. */

@@ -128,6 +128,14 @@ static void cpu_add(kb_backend *be, float *y, const float *a, const float *b, si
         y[i] = a[i] + b[i];
 }
 
+/* oneDNN's fp32 convolutions and OpenBLAS's sgemm: fp32 whatever is asked. */
+static kb_precision cpu_set_precision(kb_backend *be, kb_precision p)
+{
+    (void)be;
+    (void)p;
+    return KB_PREC_FP32;
+}
+
 kb_backend *kb_cpu_create(int threads)
 {
     if (threads <= 0)
@@ -161,6 +169,7 @@ kb_backend *kb_cpu_create(int threads)
     be->download = cpu_upload; /* host to host either way */
     be->copy = cpu_copy;
     be->sync = cpu_sync;
+    be->set_precision = cpu_set_precision;
     be->fill = cpu_fill;
     be->scale = cpu_scale;
     be->axpy = cpu_axpy;

@@ -219,21 +219,19 @@ static void cpu_softmax_xent(kb_backend *be, const float *logits /* (N,K) */,
 /* torch.optim.Adam; the scalars and the per-element update are shared with
  * the CUDA backend (kernels/optim.h). */
 static void cpu_adam(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                     float lr, float beta1, float beta2, float eps, float weight_decay,
-                     long step)
+                     const kb_adam_consts *kp)
 {
     int nt = kb_cpu_of(be)->threads;
-    KB_CPU_CHECK(step >= 1);
-    const kb_adam_consts k = kb_adam_consts_init(lr, beta1, beta2, eps, weight_decay, step);
+    const kb_adam_consts k = *kp;
 #pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
         kb_adam_elem(&k, &p[i], g[i], &m[i], &v[i]);
 }
 
-static void cpu_ema(kb_backend *be, float *xi, const float *theta, size_t n, float tau)
+static void cpu_ema(kb_backend *be, float *xi, const float *theta, size_t n, const float *tau_omt)
 {
     int nt = kb_cpu_of(be)->threads;
-    const float omt = 1.0f - tau;
+    const float tau = tau_omt[0], omt = tau_omt[1];
 #pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
         xi[i] = kb_ema_elem(xi[i], theta[i], tau, omt);

@@ -68,10 +68,13 @@ extern "C" {
 typedef struct kb_cuda {
     int device;
     int tf32;              /* tensor-core TF32 for convolutions and GEMMs */
+    kb_precision precision; /* what set_precision put in effect */
     int sms;               /* multiprocessors, to size grids */
     cudaStream_t stream;   /* every op runs here, in call order */
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
+    void *cublas_ws; /* set with cublasSetWorkspace: no allocation inside a capture */
+    size_t cublas_ws_bytes;
     /* One convolution workspace shared by all plans (ops run one at a time
      * on one stream), grown by conv_plan to the largest need. */
     void *ws;
@@ -94,6 +97,18 @@ typedef struct kb_cuda {
      * cudnnFind costs milliseconds. */
     struct kb_cuda_algo_memo *algo_memo;
     int n_algo_memo, cap_algo_memo;
+    /* Stream capture (CUDA graphs, device.cu). While `capturing`, nothing
+     * may wait for the device or (re)allocate: such a call records why in
+     * capture_bad instead, and capture_end discards the graph. Graphs hold
+     * raw pointers to scratch and workspace, so a grow bumps mem_gen and
+     * graph_launch refuses graphs captured under an older generation; the
+     * old blocks wait in `retired` until no graph is alive. */
+    int capturing;
+    char capture_bad[160];
+    unsigned long mem_gen;
+    int live_graphs;
+    void **retired;
+    int n_retired, cap_retired;
 } kb_cuda;
 
 /* One shape's choices under one math mode and one layout request
@@ -117,6 +132,14 @@ static inline kb_cuda *kb_cuda_of(kb_backend *be) { return (kb_cuda *)be->impl; 
  * per thread, and the backend may be driven from a thread other than its
  * creator) and returns the impl. */
 kb_cuda *kb_cuda_enter(kb_backend *be);
+
+/* Inside a capture: records why the capture cannot stand (the first reason
+ * wins) and returns 1; outside: returns 0. For calls that would wait for
+ * the device or allocate. */
+int kb_cuda_capture_refuse(kb_cuda *impl, const char *why);
+
+/* Frees a device block, or keeps it until no graph is alive. */
+void kb_cuda_release(kb_cuda *impl, void *p);
 
 /* Scratch of at least `bytes` (256-byte aligned), valid until the next call. */
 void *kb_cuda_scratch(kb_cuda *impl, size_t bytes);

@@ -50,17 +50,45 @@ kb_cuda *kb_cuda_enter(kb_backend *be)
     return impl;
 }
 
+int kb_cuda_capture_refuse(kb_cuda *impl, const char *why)
+{
+    if (!impl->capturing)
+        return 0;
+    if (!impl->capture_bad[0])
+        snprintf(impl->capture_bad, sizeof impl->capture_bad, "%s", why);
+    return 1;
+}
+
+void kb_cuda_release(kb_cuda *impl, void *p)
+{
+    if (!p)
+        return;
+    if (impl->live_graphs == 0) {
+        KB_CUDA(cudaFree(p)); /* waits for the device: no op still uses p */
+        return;
+    }
+    if (impl->n_retired == impl->cap_retired) {
+        int cap = impl->cap_retired ? 2 * impl->cap_retired : 16;
+        void **r = (void **)realloc(impl->retired, (size_t)cap * sizeof *r);
+        KB_CUDA_CHECK(r != NULL);
+        impl->retired = r;
+        impl->cap_retired = cap;
+    }
+    impl->retired[impl->n_retired++] = p;
+}
+
 void *kb_cuda_scratch(kb_cuda *impl, size_t bytes)
 {
     if (bytes <= impl->scratch_bytes)
         return impl->scratch;
+    /* The recording is discarded: the pointer handed out is never used. */
+    if (kb_cuda_capture_refuse(impl, "scratch had to grow"))
+        return impl->scratch;
     size_t want = bytes < ((size_t)8 << 20) ? ((size_t)8 << 20) : bytes * 2;
-    /* cudaFree waits for the device, so kernels still reading the old block
-     * finish first. */
-    if (impl->scratch)
-        KB_CUDA(cudaFree(impl->scratch));
+    kb_cuda_release(impl, impl->scratch);
     impl->scratch = NULL;
     impl->scratch_bytes = 0;
+    impl->mem_gen++;
     KB_CUDA(cudaMalloc(&impl->scratch, want));
     impl->scratch_bytes = want;
     return impl->scratch;
@@ -70,10 +98,12 @@ int kb_cuda_ws_reserve(kb_cuda *impl, size_t bytes)
 {
     if (bytes <= impl->ws_bytes)
         return 0;
-    if (impl->ws)
-        KB_CUDA(cudaFree(impl->ws));
+    if (kb_cuda_capture_refuse(impl, "the convolution workspace had to grow"))
+        return -1;
+    kb_cuda_release(impl, impl->ws);
     impl->ws = NULL;
     impl->ws_bytes = 0;
+    impl->mem_gen++;
     if (cudaMalloc(&impl->ws, bytes) != cudaSuccess) {
         (void)cudaGetLastError(); /* clear the sticky-free OOM error */
         impl->ws = NULL;
@@ -93,6 +123,11 @@ static void cuda_destroy(kb_backend *be)
         cudaFree(impl->ws);
     if (impl->scratch)
         cudaFree(impl->scratch);
+    for (int i = 0; i < impl->n_retired; i++)
+        cudaFree(impl->retired[i]);
+    free(impl->retired);
+    if (impl->cublas_ws)
+        cudaFree(impl->cublas_ws);
     if (impl->cublas)
         cublasDestroy(impl->cublas);
     if (impl->cudnn)
@@ -112,6 +147,8 @@ static void *cuda_alloc(kb_backend *be, size_t bytes)
     void *p = NULL;
     if (bytes == 0)
         bytes = 256;
+    if (kb_cuda_capture_refuse(impl, "alloc inside a capture"))
+        return NULL;
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
         (void)cudaGetLastError(); /* OOM is reported as NULL, not sticky */
         return NULL;
@@ -131,7 +168,12 @@ static void cuda_free(kb_backend *be, void *p)
     for (int i = 0; i < (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]); i++)
         if ((const void *)impl->pool_memo[i].idx == p)
             impl->pool_memo[i].idx = NULL;
-    KB_CUDA(cudaFree(p)); /* waits for the device: no op still uses p */
+    if (kb_cuda_capture_refuse(impl, "free inside a capture"))
+        return;
+    /* A graph may still hold p (the caller's buffers are the caller's to
+     * keep stable; it frees them only after freeing its graphs), so this
+     * frees at once unless a graph is alive. */
+    kb_cuda_release(impl, p);
 }
 
 /* From pageable host memory cudaMemcpyAsync returns once the source has been
@@ -140,6 +182,8 @@ static void cuda_free(kb_backend *be, void *p)
 static void cuda_upload(kb_backend *be, void *dst, const void *src, size_t bytes)
 {
     kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "upload inside a capture"))
+        return;
     if (bytes)
         KB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl->stream));
 }
@@ -147,6 +191,8 @@ static void cuda_upload(kb_backend *be, void *dst, const void *src, size_t bytes
 static void cuda_download(kb_backend *be, void *dst, const void *src, size_t bytes)
 {
     kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "download inside a capture"))
+        return;
     if (bytes)
         KB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, impl->stream));
     KB_CUDA(cudaStreamSynchronize(impl->stream));
@@ -162,7 +208,91 @@ static void cuda_copy(kb_backend *be, void *dst, const void *src, size_t bytes)
 static void cuda_sync(kb_backend *be)
 {
     kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "sync inside a capture"))
+        return;
     KB_CUDA(cudaStreamSynchronize(impl->stream));
+}
+
+/* ---- captured op sequences (CUDA graphs) ---- */
+
+struct kb_graph {
+    cudaGraphExec_t exec;
+    unsigned long mem_gen; /* scratch/workspace generation it was captured under */
+};
+
+/* Thread-local mode: only this thread's unsafe calls break the capture
+ * (the NCCL proxy and loader threads of the process go on). */
+static int cuda_capture_begin(kb_backend *be)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    KB_CUDA_CHECK(!impl->capturing);
+    impl->capture_bad[0] = 0;
+    if (cudaStreamBeginCapture(impl->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    impl->capturing = 1;
+    return 0;
+}
+
+static kb_graph *cuda_capture_end(kb_backend *be, char *err, size_t errlen)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    KB_CUDA_CHECK(impl->capturing);
+    cudaGraph_t graph = NULL;
+    cudaError_t rc = cudaStreamEndCapture(impl->stream, &graph);
+    impl->capturing = 0;
+    kb_graph *g = NULL;
+    if (impl->capture_bad[0] || rc != cudaSuccess) {
+        snprintf(err, errlen, "CUDA graph capture failed: %s",
+                 impl->capture_bad[0] ? impl->capture_bad : cudaGetErrorString(rc));
+        (void)cudaGetLastError();
+        goto out;
+    }
+    g = (kb_graph *)calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(err, errlen, "out of host memory");
+        goto out;
+    }
+    rc = cudaGraphInstantiate(&g->exec, graph, 0);
+    if (rc != cudaSuccess) {
+        snprintf(err, errlen, "CUDA graph instantiation failed: %s", cudaGetErrorString(rc));
+        (void)cudaGetLastError();
+        free(g);
+        g = NULL;
+        goto out;
+    }
+    g->mem_gen = impl->mem_gen;
+    impl->live_graphs++;
+out:
+    if (graph)
+        cudaGraphDestroy(graph);
+    return g;
+}
+
+static int cuda_graph_launch(kb_backend *be, kb_graph *g)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (g->mem_gen != impl->mem_gen)
+        return -1; /* scratch or workspace moved since: capture again */
+    KB_CUDA(cudaGraphLaunch(g->exec, impl->stream));
+    return 0;
+}
+
+static void cuda_graph_free(kb_backend *be, kb_graph *g)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!g)
+        return;
+    /* A launched graph may still run: wait before its memory can go. */
+    KB_CUDA(cudaStreamSynchronize(impl->stream));
+    KB_CUDA(cudaGraphExecDestroy(g->exec));
+    free(g);
+    if (--impl->live_graphs == 0) {
+        for (int i = 0; i < impl->n_retired; i++)
+            KB_CUDA(cudaFree(impl->retired[i]));
+        impl->n_retired = 0;
+    }
 }
 
 /* ---- elementwise over n floats ---- */
@@ -279,6 +409,17 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     if (bs == CUBLAS_STATUS_SUCCESS)
         bs = cublasSetMathMode(impl->cublas, impl->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                           : CUBLAS_DEFAULT_MATH);
+    /* Our own workspace: cuBLAS must not allocate inside a graph capture. */
+    if (bs == CUBLAS_STATUS_SUCCESS) {
+        impl->cublas_ws_bytes = (size_t)32 << 20;
+        if (cudaMalloc(&impl->cublas_ws, impl->cublas_ws_bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            snprintf(err, errlen, "GPU %d: no memory for the cuBLAS workspace", device);
+            cuda_destroy(be);
+            return NULL;
+        }
+        bs = cublasSetWorkspace(impl->cublas, impl->cublas_ws, impl->cublas_ws_bytes);
+    }
     if (bs != CUBLAS_STATUS_SUCCESS) {
         snprintf(err, errlen, "cuBLAS unusable: %s", cublasGetStatusString(bs));
         impl->cublas = NULL;
@@ -292,6 +433,10 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     be->download = cuda_download;
     be->copy = cuda_copy;
     be->sync = cuda_sync;
+    be->capture_begin = cuda_capture_begin;
+    be->capture_end = cuda_capture_end;
+    be->graph_launch = cuda_graph_launch;
+    be->graph_free = cuda_graph_free;
     be->fill = cuda_fill;
     be->scale = cuda_scale;
     be->axpy = cuda_axpy;

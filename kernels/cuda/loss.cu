@@ -223,16 +223,20 @@ __global__ void kb_xent_rows_kernel(const float *logits, const int32_t *labels, 
     }
 }
 
+/* The scalars are read from device memory when the kernel runs (the host
+ * rewrites them every step; a captured graph replays this launch). */
 __global__ void kb_adam_kernel(float *p, const float *g, float *m, float *v, size_t n,
-                               kb_adam_consts k)
+                               const kb_adam_consts *kp)
 {
+    const kb_adam_consts k = *kp;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         kb_adam_elem(&k, &p[i], g[i], &m[i], &v[i]);
 }
 
-__global__ void kb_ema_kernel(float *xi, const float *theta, size_t n, float tau, float omt)
+__global__ void kb_ema_kernel(float *xi, const float *theta, size_t n, const float *tau_omt)
 {
+    const float tau = tau_omt[0], omt = tau_omt[1];
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         xi[i] = kb_ema_elem(xi[i], theta[i], tau, omt);
@@ -297,25 +301,21 @@ static void cuda_softmax_xent(kb_backend *be, const float *logits /* (N,K) */,
 }
 
 static void cuda_adam(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                      float lr, float beta1, float beta2, float eps, float weight_decay,
-                      long step)
+                      const kb_adam_consts *k)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    KB_CUDA_CHECK(step >= 1);
     if (!n)
         return;
-    const kb_adam_consts k = kb_adam_consts_init(lr, beta1, beta2, eps, weight_decay, step);
     kb_adam_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(p, g, m, v, n, k);
     KB_CUDA_LAUNCHED();
 }
 
-static void cuda_ema(kb_backend *be, float *xi, const float *theta, size_t n, float tau)
+static void cuda_ema(kb_backend *be, float *xi, const float *theta, size_t n, const float *tau_omt)
 {
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
-    kb_ema_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(xi, theta, n, tau,
-                                                                          1.0f - tau);
+    kb_ema_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(xi, theta, n, tau_omt);
     KB_CUDA_LAUNCHED();
 }
 

@@ -33,25 +33,67 @@ double emu_shfl_d(double v, int o);
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return emu_shfl_d(v, o); }
 static inline void __trap(void) { abort(); }
 typedef int cudaError_t;
-enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInsufficientDriver = 35 };
+enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInsufficientDriver = 35,
+       cudaErrorStreamCaptureUnsupported = 900, cudaErrorStreamCaptureInvalidated = 901 };
 typedef void *cudaStream_t;
 enum { cudaStreamNonBlocking = 1 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 struct cudaDeviceProp { char name[256]; int multiProcessorCount, major, minor; };
-static inline const char *cudaGetErrorString(cudaError_t e) { return e ? "emu error" : "no error"; }
+static inline const char *cudaGetErrorString(cudaError_t e) { return e == 900 ? "operation not permitted when stream is capturing" : e == 901 ? "capture invalidated" : e ? "emu error" : "no error"; }
 static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return 0; }
 static inline cudaError_t cudaSetDevice(int) { return 0; }
 static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) { strcpy(p->name, "emu"); p->multiProcessorCount = 1; p->major = 9; p->minor = 0; return 0; }
-static inline cudaError_t cudaFree(void *p) { free(p); return 0; }
-static inline cudaError_t cudaMalloc(void **p, size_t n) { *p = malloc(n ? n : 1); return *p ? 0 : 2; }
-template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
-static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { memset(p, v, n); return 0; }
-static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) { memmove(d, s, n); return 0; }
-static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
-static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, int) { *s = (void *)1; return 0; }
-static inline cudaError_t cudaStreamDestroy(cudaStream_t) { return 0; }
 static inline cudaError_t cudaGetLastError(void) { return 0; }
 static inline cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *f = (size_t)8 << 30; *t = (size_t)16 << 30; return 0; }
+static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, int) { *s = (void *)1; return 0; }
+static inline cudaError_t cudaStreamDestroy(cudaStream_t) { return 0; }
+
+/* Stream capture (CUDA graphs): while a capture is open every stream op is
+ * recorded instead of run, and a launched graph runs the records in order.
+ * As on a GPU, what is illegal during a capture (a host wait, an
+ * allocation, a copy from pageable host memory) fails and invalidates it. */
+typedef int cudaStreamCaptureStatus;
+enum { cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1, cudaStreamCaptureStatusInvalidated = 2 };
+typedef int cudaStreamCaptureMode;
+enum { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2 };
+struct emu_graph;
+typedef emu_graph *cudaGraph_t;
+typedef emu_graph *cudaGraphExec_t;
+void emu_enqueue(std::function<void()> f); /* runs f now, or records it */
+int emu_capture_state(void);               /* cudaStreamCaptureStatus */
+void emu_capture_invalidate(void);
+int emu_is_pinned(const void *p);
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode);
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g);
+cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus *st);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
+cudaError_t cudaGraphDestroy(cudaGraph_t g);
+cudaError_t cudaMallocHost(void **p, size_t n);
+cudaError_t cudaFreeHost(void *p);
+template <class T> static inline cudaError_t cudaMallocHost(T **p, size_t n) { return cudaMallocHost((void **)p, n); }
+static inline cudaError_t emu_unsafe_in_capture(void)
+{
+    if (emu_capture_state() == cudaStreamCaptureStatusNone) return 0;
+    emu_capture_invalidate();
+    return cudaErrorStreamCaptureUnsupported;
+}
+static inline cudaError_t cudaFree(void *p) { if (cudaError_t e = emu_unsafe_in_capture()) return e; free(p); return 0; }
+static inline cudaError_t cudaMalloc(void **p, size_t n) { if (cudaError_t e = emu_unsafe_in_capture()) return e; *p = malloc(n ? n : 1); return *p ? 0 : 2; }
+template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu_unsafe_in_capture(); }
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { emu_enqueue([=] { memset(p, v, n); }); return 0; }
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t)
+{
+    if (emu_capture_state() != cudaStreamCaptureStatusNone &&
+        ((k == cudaMemcpyHostToDevice && !emu_is_pinned(s)) || (k == cudaMemcpyDeviceToHost && !emu_is_pinned(d)))) {
+        emu_capture_invalidate();
+        return cudaErrorStreamCaptureUnsupported;
+    }
+    emu_enqueue([=] { memmove(d, s, n); });
+    return 0;
+}
 
 /* Events, for timing at plan time: a record takes the host clock when the
  * stream reaches it (recorded like every stream op); waiting for one inside

@@ -27,7 +27,7 @@ double emu_shfl_d(double v, int o)
     emu_warp_yield();
     return r;
 }
-void emu_launch(dim3 g, dim3 b, std::function<void()> f)
+static void emu_run(dim3 g, dim3 b, std::function<void()> f)
 {
     gridDim = g;
     blockDim = b;
@@ -72,4 +72,87 @@ void emu_launch(dim3 g, dim3 b, std::function<void()> f)
                 if (ran == 0) { fprintf(stderr, "emu: deadlock\n"); abort(); }
             }
         }
+}
+
+void emu_launch(dim3 g, dim3 b, std::function<void()> f)
+{
+    emu_enqueue([=] { emu_run(g, b, f); });
+}
+
+/* ---- stream capture ---- */
+#include <map>
+struct emu_graph { std::vector<std::function<void()>> ops; };
+namespace {
+int cap_state; /* cudaStreamCaptureStatus */
+emu_graph *cap_graph;
+std::map<const char *, size_t> pinned;
+}
+void emu_enqueue(std::function<void()> f)
+{
+    if (cap_state == cudaStreamCaptureStatusNone)
+        f();
+    else if (cap_state == cudaStreamCaptureStatusActive)
+        cap_graph->ops.push_back(f);
+}
+int emu_capture_state(void) { return cap_state; }
+void emu_capture_invalidate(void)
+{
+    if (cap_state == cudaStreamCaptureStatusActive)
+        cap_state = cudaStreamCaptureStatusInvalidated;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode)
+{
+    if (cap_state != cudaStreamCaptureStatusNone)
+        return cudaErrorStreamCaptureUnsupported;
+    cap_state = cudaStreamCaptureStatusActive;
+    cap_graph = new emu_graph;
+    return 0;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g)
+{
+    int st = cap_state;
+    cap_state = cudaStreamCaptureStatusNone;
+    if (st == cudaStreamCaptureStatusNone) { *g = NULL; return cudaErrorStreamCaptureUnsupported; }
+    if (st == cudaStreamCaptureStatusInvalidated) { delete cap_graph; cap_graph = NULL; *g = NULL; return cudaErrorStreamCaptureInvalidated; }
+    *g = cap_graph;
+    cap_graph = NULL;
+    return 0;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus *st) { *st = cap_state; return 0; }
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long)
+{
+    if (cap_state != cudaStreamCaptureStatusNone) return cudaErrorStreamCaptureUnsupported;
+    *e = new emu_graph(*g);
+    return 0;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t)
+{
+    if (cap_state != cudaStreamCaptureStatusNone) return cudaErrorStreamCaptureUnsupported;
+    for (auto &f : e->ops)
+        f();
+    return 0;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return 0; }
+cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return 0; }
+cudaError_t cudaMallocHost(void **p, size_t n)
+{
+    if (cudaError_t e = emu_unsafe_in_capture()) return e;
+    *p = malloc(n ? n : 1);
+    if (!*p) return cudaErrorMemoryAllocation;
+    pinned[(const char *)*p] = n;
+    return 0;
+}
+cudaError_t cudaFreeHost(void *p)
+{
+    pinned.erase((const char *)p);
+    free(p);
+    return 0;
+}
+int emu_is_pinned(const void *p)
+{
+    const char *c = (const char *)p;
+    auto it = pinned.upper_bound(c);
+    if (it == pinned.begin()) return 0;
+    --it;
+    return c >= it->first && c < it->first + (it->second ? it->second : 1);
 }

@@ -29,6 +29,6 @@ while True:
             if depth == 0: break
         q += 1
     args = src[p:q+1]
-    out.append('emu_launch(dim3(%s), dim3(%s), [&]{ %s%s; })' % (cfg[0], cfg[1], name, args))
+    out.append('emu_launch(dim3(%s), dim3(%s), [=]{ %s%s; })' % (cfg[0], cfg[1], name, args))
     i = q + 1
 open(sys.argv[2], 'w').write(''.join(out))

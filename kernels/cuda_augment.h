@@ -16,13 +16,16 @@ extern "C" {
 #include "kernels/backend.h"
 
 /* Renders view `view` (0 = T1, 1 = T2; -1 = the un-augmented image, as
- * rw_image_plain) of samples idx[0..n) (host array) of src, a (count, 3, H,
- * W) uint8 set in backend memory, into out (n, 3, S, S), normalized with
- * mean/std. Queued on the backend's stream; no host wait. Returns 0, or -1
- * when `be` is not a CUDA backend (or CUDA is not built in). */
-int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const int32_t *idx, int n,
-                    uint64_t seed, uint32_t epoch, int view, int S, const float mean[3],
-                    const float std[3], float *out);
+ * rw_image_plain) of n samples of src, a (count, 3, H, W) uint8 set in
+ * backend memory, into out (n, 3, S, S), normalized with mean/std. keys
+ * (backend memory, n + 1 words) holds the epoch, then the n sample indices;
+ * they are read when the kernel runs, so a captured step replays with the
+ * keys uploaded for each step. Queued on the backend's stream; no host
+ * wait. Returns 0, or -1 when `be` is not a CUDA backend (or CUDA is not
+ * built in). */
+int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
+                    uint64_t seed, int view, int S, const float mean[3], const float std[3],
+                    float *out);
 
 #ifdef __cplusplus
 }

@@ -13,11 +13,11 @@ kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
 
 #include "kernels/cuda_augment.h"
 
-int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const int32_t *idx, int n,
-                    uint64_t seed, uint32_t epoch, int view, int S, const float mean[3],
-                    const float std[3], float *out)
+int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
+                    uint64_t seed, int view, int S, const float mean[3], const float std[3],
+                    float *out)
 {
-    (void)be, (void)src, (void)W, (void)H, (void)idx, (void)n, (void)seed, (void)epoch;
+    (void)be, (void)src, (void)W, (void)H, (void)keys, (void)n, (void)seed;
     (void)view, (void)S, (void)mean, (void)std, (void)out;
     return -1;
 }

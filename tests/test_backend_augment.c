@@ -89,8 +89,14 @@ Test(backend_augment, views_match_cpu)
                 float *dout = gpu->alloc(gpu, n * per * sizeof(float));
                 float *g = malloc(n * per * sizeof(float)), *c = malloc(per * sizeof(float));
                 float *scratch = malloc(RW_AUG_SCRATCH(S) * sizeof(float));
-                cr_assert_eq(kb_cuda_augment(gpu, dsrc, 32, 32, idx, n, seed, epoch, view, S, mean,
-                                             std, dout),
+                uint32_t keys[41];
+                keys[0] = epoch;
+                for (int k = 0; k < n; k++)
+                    keys[1 + k] = (uint32_t)idx[k];
+                uint32_t *dkeys = gpu->alloc(gpu, sizeof keys);
+                gpu->upload(gpu, dkeys, keys, sizeof keys);
+                cr_assert_eq(kb_cuda_augment(gpu, dsrc, 32, 32, dkeys, n, seed, view, S, mean, std,
+                                             dout),
                              0);
                 gpu->download(gpu, g, dout, n * per * sizeof(float));
                 int bad_samples = 0;
@@ -124,6 +130,7 @@ Test(backend_augment, views_match_cpu)
                              "sample %zu element %zu)",
                              view, S, epoch, bad_samples, n, worst, wk, wi);
                 gpu->free(gpu, dout);
+                gpu->free(gpu, dkeys);
                 free(g);
                 free(c);
                 free(scratch);
@@ -138,7 +145,7 @@ Test(backend_augment, cpu_backend_declines)
     kb_backend *cpu = kb_cpu_create(1);
     cr_assert_not_null(cpu);
     const float m[3] = {0, 0, 0}, s[3] = {1, 1, 1};
-    int32_t idx[1] = {0};
-    cr_expect_eq(kb_cuda_augment(cpu, NULL, 32, 32, idx, 1, 0, 0, 0, 32, m, s, NULL), -1);
+    uint32_t keys[2] = {0, 0};
+    cr_expect_eq(kb_cuda_augment(cpu, NULL, 32, 32, keys, 1, 0, 0, 32, m, s, NULL), -1);
     kb_destroy(cpu);
 }

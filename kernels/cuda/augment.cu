@@ -16,15 +16,16 @@
 /* ---- kernels ---- */
 
 __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int H,
-                              const int32_t *idx /* (n) */, uint64_t seed, uint32_t epoch,
-                              int view, int S, float3 mean, float3 stdv,
+                              const uint32_t *keys /* epoch, then (n) indices */,
+                              uint64_t seed, int view, int S, float3 mean, float3 stdv,
                               float *out /* (n,3,S,S) */, float *scratch /* (n,S,S) */)
 {
     __shared__ rw_aug_params p;
     __shared__ float w[RW_AUG_BLUR_MAX_TAPS];
     __shared__ int taps;
     __shared__ double sh[AUG_THREADS / 32];
-    const int i = idx[blockIdx.x];
+    const uint32_t epoch = keys[0];
+    const int i = (int)keys[1 + blockIdx.x];
     if (threadIdx.x == 0) {
         if (view < 0) { /* the identity view (rw_image_plain) */
             memset(&p, 0, sizeof p);
@@ -120,9 +121,8 @@ __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int
 /* ---- launchers ---- */
 
 extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
-                               const int32_t *idx, int n, uint64_t seed, uint32_t epoch,
-                               int view, int S, const float mean[3], const float std[3],
-                               float *out)
+                               const uint32_t *keys, int n, uint64_t seed, int view, int S,
+                               const float mean[3], const float std[3], float *out)
 {
     if (!be || !be->name || strcmp(be->name, "cuda") != 0)
         return -1;
@@ -130,17 +130,11 @@ extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
     if (n <= 0)
         return 0;
     KB_CUDA_CHECK(S >= 1 && W >= 1 && H >= 1);
-    /* scratch: the indices, then one S x S plane per sample */
-    const size_t idx_bytes = ((sizeof(int32_t) * (size_t)n + 255) / 256) * 256;
-    char *scr = (char *)kb_cuda_scratch(impl, idx_bytes + sizeof(float) * (size_t)n * S * S);
-    int32_t *didx = (int32_t *)scr;
-    /* From pageable memory: staged before the call returns, ordered on the
-     * stream (the caller may reuse idx at once). */
-    KB_CUDA(cudaMemcpyAsync(didx, idx, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice,
-                            impl->stream));
+    /* scratch: one S x S plane per sample for the blur */
+    float *scr = (float *)kb_cuda_scratch(impl, sizeof(float) * (size_t)n * S * S);
     kb_aug_kernel<<<n, AUG_THREADS, 0, impl->stream>>>(
-        src, W, H, didx, seed, epoch, view, S, make_float3(mean[0], mean[1], mean[2]),
-        make_float3(std[0], std[1], std[2]), out, (float *)(scr + idx_bytes));
+        src, W, H, keys, seed, view, S, make_float3(mean[0], mean[1], mean[2]),
+        make_float3(std[0], std[1], std[2]), out, scr);
     KB_CUDA_LAUNCHED();
     return 0;
 }

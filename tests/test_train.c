@@ -162,6 +162,39 @@ Test(train, same_seed_same_bits)
     cr_expect(r3.ep[0].loss != r1.ep[0].loss, "seed 8 and seed 7 gave the same loss");
 }
 
+static void keep_log(void *ud, const char *line)
+{
+    char *buf = ud;
+    size_t n = strlen(buf);
+    snprintf(buf + n, 4096 - n, "%s\n", line);
+}
+
+/* The CPU backend has no bf16: it says so once and trains in fp32, the very
+ * bits of a tf32 (= fp32 on the CPU) run. */
+Test(train, bf16_on_the_cpu_is_fp32_with_a_notice)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 1;
+    s.eval.linear_epochs = 0;
+    s.eval.knn_every = 0;
+    rw_train_result res[2];
+    char log[2][4096] = {"", ""};
+    for (int k = 0; k < 2; k++) {
+        s.precision = k ? RW_PREC_BF16 : RW_PREC_TF32;
+        kb_backend *be = kb_cpu_create(1);
+        rw_train_hooks h = {.ud = log[k], .on_log = keep_log};
+        char err[512];
+        cr_assert_eq(rw_train(&s, be, NULL, &h, &res[k], err, sizeof err), 0, "%s", err);
+        kb_destroy(be);
+    }
+    cr_expect(strstr(log[1], "precision bf16 asked for; the cpu backend computes in fp32") != NULL,
+              "no notice in:\n%s", log[1]);
+    cr_expect(strstr(log[0], "precision") == NULL, "tf32 on the CPU needs no notice:\n%s", log[0]);
+    cr_expect(memcmp(&res[0].last.loss, &res[1].last.loss, sizeof(double)) == 0,
+              "loss %.9g vs %.9g", res[0].last.loss, res[1].last.loss);
+}
+
 Test(train, resume_equals_uninterrupted)
 {
     rw_spec s;

@@ -22,8 +22,11 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: runaway-worker COMMAND ...\n"
             "  run SPEC.yaml [--out DIR] [--resume] [--backend auto|cpu|cuda]\n"
+            "        [--no-graphs] [--host-data]\n"
             "      train one job; one line per epoch; DIR (default runs/NAME) receives\n"
-            "      checkpoint.safetensors and weights.safetensors\n"
+            "      checkpoint.safetensors and weights.safetensors; on the GPU,\n"
+            "      --no-graphs runs every step eagerly instead of replaying CUDA graphs\n"
+            "      and --host-data renders views on the CPU instead of the GPU\n"
             "  eval SPEC.yaml [WEIGHTS.safetensors | --random-init] [--epochs N]\n"
             "      linear evaluation of a trained (or randomly initialized) encoder\n"
             "  export CHECKPOINT OUT.safetensors\n"
@@ -92,12 +95,16 @@ static int parse_int(const char *flag, const char *v, long lo, long hi, long *ou
 static int cmd_run(int argc, char **argv)
 {
     const char *spec_path = NULL, *out = NULL, *backend = "auto";
-    int resume = 0;
+    int resume = 0, no_graphs = 0, host_data = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
         else if (strcmp(argv[i], "--resume") == 0)
             resume = 1;
+        else if (strcmp(argv[i], "--no-graphs") == 0)
+            no_graphs = 1;
+        else if (strcmp(argv[i], "--host-data") == 0)
+            host_data = 1;
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc)
             backend = argv[++i];
         else if (argv[i][0] != '-' && !spec_path)
@@ -123,7 +130,9 @@ static int cmd_run(int argc, char **argv)
     if (!be)
         return 1;
     rw_train_hooks hooks = {.on_log = print_line};
-    rw_train_opts opts = {.out_dir = out, .resume = resume};
+    rw_train_opts opts = {
+        .out_dir = out, .resume = resume, .no_graphs = no_graphs, .host_data = host_data,
+    };
     rw_train_result res;
     char err[1024];
     int rc = rw_train(&s, be, &opts, &hooks, &res, err, sizeof err);

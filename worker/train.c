@@ -15,6 +15,7 @@
 #include "worker/dist.h"
 #include "worker/eval.h"
 #include "worker/model.h"
+#include "worker/step.h"
 #include "worker/weights.h"
 
 static double now_s(void)
@@ -113,10 +114,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     int rc = -1;
     rw_dataset train = {0}, test = {0};
     rw_model *m = NULL;
-    rw_loader *ld = NULL;
-    float *hx1 = NULL, *hx2 = NULL, *dx1 = NULL, *dx2 = NULL;
+    rw_stepper *sp = NULL;
     rw_dist *dist = NULL;
-    int32_t *hl = NULL;
     rw_train_state ts = {0};
     char ckpt[RW_PATH_MAX + 32] = "";
 
@@ -153,26 +152,29 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     /* Only rank 0 speaks: logs, metrics, checkpoints, evaluation. */
     const rw_train_hooks *lh = lead ? hooks : NULL;
 
-    rw_loader_cfg lc = {
-        .ds = &train, .batch = B, .out_size = S, .augment = spec->data.augment,
-        .seed = spec->seed, .threads = spec->data.loader_threads,
-        .shard_rank = comm ? comm->rank : 0, .shard_world = world,
-    };
-    memcpy(lc.mean, spec->data.mean, sizeof lc.mean);
-    memcpy(lc.std, spec->data.std, sizeof lc.std);
-    ld = rw_loader_create(&lc, err, errlen);
-    if (!ld)
-        goto done;
+    static const char *const prec_names[] = {"tf32", "fp32", "bf16"};
+    kb_precision prec = be->set_precision(be, (kb_precision)spec->precision);
+    /* fp32 where tf32 was asked is only more exact: no need to say so. */
+    if (prec != (kb_precision)spec->precision && spec->precision != RW_PREC_TF32)
+        logf_(lh, "precision %s asked for; the %s backend computes in %s",
+              prec_names[spec->precision], be->name, prec_names[prec]);
 
-    size_t img = (size_t)Bl * 3 * S * S;
-    hx1 = malloc(img * sizeof(float));
-    hx2 = malloc(img * sizeof(float));
-    hl = malloc((size_t)Bl * sizeof(int32_t));
-    dx1 = be->alloc(be, img * sizeof(float));
-    dx2 = be->alloc(be, img * sizeof(float));
+    rw_stepper_cfg sc = {
+        .m = m, .ds = &train, .batch = B, .shard_rank = comm ? comm->rank : 0,
+        .shard_world = world, .size = S, .augment = spec->data.augment, .seed = spec->seed,
+        .loader_threads = spec->data.loader_threads,
+        .host_data = opts && opts->host_data, .no_graphs = opts && opts->no_graphs,
+        .collective_forward = comm && spec->sync_bn,
+        .notice = lh ? lh->on_log : NULL, .notice_ud = lh ? lh->ud : NULL,
+    };
+    memcpy(sc.mean, spec->data.mean, sizeof sc.mean);
+    memcpy(sc.std, spec->data.std, sizeof sc.std);
+    sp = rw_stepper_create(&sc, err, errlen);
+    if (!sp)
+        goto done;
     ts.hist = calloc((size_t)spec->optim.epochs, sizeof *ts.hist);
-    if (!hx1 || !hx2 || !hl || !dx1 || !dx2 || !ts.hist) {
-        snprintf(err, errlen, "out of memory for batch %d at %dx%d", B, S, S);
+    if (!ts.hist) {
+        snprintf(err, errlen, "out of memory");
         goto done;
     }
     rw_spec_digest(spec, ts.spec_digest);
@@ -208,29 +210,30 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     }
     int check_every = opts && opts->check_every > 0 ? opts->check_every : 100;
 
-    long per_epoch = rw_loader_batches(ld);
+    long per_epoch = rw_stepper_batches(sp);
     long total = per_epoch * spec->optim.epochs;
     if (spec->optim.max_steps > 0 && spec->optim.max_steps < total)
         total = spec->optim.max_steps;
-    logf_(lh, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s%s",
+    logf_(lh, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s%s (%s)",
           spec->name, rw_model_nparams(m), train.n, test.n, total, B, S, S, be->name,
-          comm ? " (data parallel)" : "");
+          comm ? " (data parallel)" : "", rw_stepper_describe(sp));
 
     rw_metrics step_acc = {0};
     long step_acc_n = 0;
     double step_t0 = now_s();
     for (int e = ts.epoch; e < spec->optim.epochs && ts.step < total; e++) {
-        rw_loader_seek(ld, e, ts.batch);
+        rw_stepper_seek(sp, e, ts.batch);
         double t0 = now_s();
-        while (ts.step < total && rw_loader_next(ld, hx1, hx2, hl) == 0) {
+        while (ts.step < total) {
             rw_step_stats st;
-            be->upload(be, dx1, hx1, img * sizeof(float));
-            be->upload(be, dx2, hx2, img * sizeof(float));
-            float tau = tau_at(spec, ts.step, total);
-            if (rw_model_forward_backward(m, dx1, dx2, Bl, S, &st) != 0) {
+            int r = rw_stepper_forward_backward(sp, &st);
+            if (r == 1)
+                break;
+            if (r != 0) {
                 snprintf(err, errlen, "step %ld: %s", ts.step + 1, rw_model_error(m));
                 goto done;
             }
+            float tau = tau_at(spec, ts.step, total);
             int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
             if (dist && (rw_dist_grads(dist, err, errlen) != 0 ||
                          rw_dist_metrics(dist, &st, &stop, err, errlen) != 0))
@@ -239,7 +242,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)", ts.step + 1, e + 1);
                 goto done;
             }
-            rw_model_update(m, spec->optim.lr, spec->optim.weight_decay, tau);
+            rw_stepper_update(sp, spec->optim.lr, spec->optim.weight_decay, tau);
             ts.step++;
             if (opts && comm && opts->test_perturb_rank == comm->rank &&
                 opts->test_perturb_step == ts.step) {
@@ -328,6 +331,9 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         }
     }
 
+    /* The graphs, the device copy of the set and the loader are done with. */
+    rw_stepper_free(sp);
+    sp = NULL;
     if (ts.nhist > 0) {
         res->last = ts.hist[ts.nhist - 1];
         int k0 = ts.nhist > 10 ? ts.nhist - 10 : 0;
@@ -358,14 +364,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
 done:
     rw_dist_free(dist);
     free(ts.hist);
-    free(hx1);
-    free(hx2);
-    free(hl);
-    if (dx1)
-        be->free(be, dx1);
-    if (dx2)
-        be->free(be, dx2);
-    rw_loader_free(ld);
+    rw_stepper_free(sp);
     rw_model_free(m);
     rw_dataset_free(&train);
     rw_dataset_free(&test);

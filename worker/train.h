@@ -48,6 +48,8 @@ typedef struct rw_train_opts {
      * (computed over the global batch). NULL: a single process. */
     struct kb_comm *comm;
     int check_every;      /* compare teacher/parameter checksums every K steps (0: 100) */
+    int host_data;        /* 1: views rendered on the CPU even on the CUDA backend */
+    int no_graphs;        /* 1: never capture the step as CUDA graphs */
     /* Tests only: this rank nudges its teacher after this step, which the
      * checksum must catch (-1: never). */
     int test_perturb_rank;

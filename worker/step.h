@@ -1,0 +1,86 @@
+/* The machinery of one training step, shared by the training loop and the
+ * benchmark: where the step's input views come from and how its device work
+ * is launched.
+ *
+ * Views. On a backend that can render them (the CUDA backend), the uint8
+ * training set is copied to the device once and every step's T1/T2 are
+ * rendered there by kb_cuda_augment, from the same keys (seed, epoch,
+ * sample, view) and with the same math as the CPU loader; per step only the
+ * n + 1 keys go up. Elsewhere the background loader renders on the CPU and
+ * the two views are uploaded.
+ *
+ * Launch. On a backend with graph capture, after a few eager steps (cuDNN's
+ * algorithm choice and every buffer's growth happen there), the device work
+ * is captured once as two graphs, replayed every step:
+ *   A: render views (device data), forward, loss, backward;
+ *   B: Adam and EMA, reading the step's scalars from backend memory.
+ * The host does between them what needs it: the metrics download and, for a
+ * data-parallel job, the gradient all-reduce. A graph whose buffers have
+ * moved (an evaluation pass on a larger batch grew them) is captured again;
+ * a capture that fails turns graphs off for the job, with a notice, and the
+ * step runs eagerly: same ops, same order, same bits. */
+#ifndef RUNAWAY_WORKER_STEP_H
+#define RUNAWAY_WORKER_STEP_H
+
+#include <stddef.h>
+
+#include "worker/data.h"
+#include "worker/model.h"
+
+typedef struct rw_stepper rw_stepper;
+
+typedef struct rw_stepper_cfg {
+    rw_model *m;
+    const rw_dataset *ds;
+    int batch; /* global batch; this rank's share is batch / shard_world */
+    int shard_rank, shard_world;
+    int size;
+    rw_augment augment;
+    float mean[3], std[3];
+    uint64_t seed;
+    int loader_threads;
+    int host_data;  /* 1: render on the CPU even where the device could */
+    int no_graphs;  /* 1: never capture */
+    /* The forward pass itself calls collectives (SyncBN over ranks): they
+     * wait on the host, so the step cannot be captured. */
+    int collective_forward;
+    /* One-line notices (graphs turned off and why); may be NULL. */
+    void (*notice)(void *ud, const char *line);
+    void *notice_ud;
+} rw_stepper_cfg;
+
+rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen);
+void rw_stepper_free(rw_stepper *s);
+
+/* Batches per epoch (n / batch, rounded down). */
+long rw_stepper_batches(const rw_stepper *s);
+/* Positions the data at (epoch, batch). */
+void rw_stepper_seek(rw_stepper *s, int epoch, long batch);
+
+/* The next batch through forward and backward, its stats downloaded:
+ * 0; 1 when the epoch is exhausted (nothing done: seek to the next);
+ * -1 when the step failed (rw_model_error says why). */
+int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st);
+/* Adam and EMA with this step's scalars. */
+void rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau);
+
+/* Frees the graphs (their memory is the model's again); the next step
+ * captures anew. Call before using the model for anything else at length. */
+void rw_stepper_release(rw_stepper *s);
+
+/* For the log: e.g. "views on the device, CUDA graphs" or "views on the
+ * host, eager (capture failed: ...)". */
+const char *rw_stepper_describe(const rw_stepper *s);
+
+/* The input views of the last step, (batch/world, 3, S, S) backend memory
+ * (v = 0 or 1): for tests. */
+const float *rw_stepper_views(const rw_stepper *s, int v);
+
+/* Counters, for tests and the benchmark. */
+typedef struct rw_stepper_counts {
+    long eager, captured, replayed; /* steps by how graph A ran */
+    long recaptures;                /* captures after the first */
+} rw_stepper_counts;
+void rw_stepper_counts_get(const rw_stepper *s, rw_stepper_counts *c);
+
+#endif

@@ -131,14 +131,6 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     }
 
-    rw_model_cfg mc;
-    rw_model_cfg_from_spec(spec, &mc);
-    m = rw_model_create(be, &mc, spec->seed, err, errlen);
-    if (!m)
-        goto done;
-    if (spec->init[0] && rw_weights_init(m, spec->init, err, errlen) != 0)
-        goto done;
-
     /* Data parallel: rank r trains on its 1/world of each global batch. */
     kb_comm *comm = opts && opts->comm && opts->comm->world > 1 ? opts->comm : NULL;
     int world = comm ? comm->world : 1, lead = !comm || comm->rank == 0;
@@ -147,17 +139,26 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     }
     int Bl = B / world;
-    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0)
-        goto done;
     /* Only rank 0 speaks: logs, metrics, checkpoints, evaluation. */
     const rw_train_hooks *lh = lead ? hooks : NULL;
 
+    /* Before any convolution is planned: plans choose algorithms per mode.
+     * fp32 where tf32 was asked is only more exact: no need to say so. */
     static const char *const prec_names[] = {"tf32", "fp32", "bf16"};
     kb_precision prec = be->set_precision(be, (kb_precision)spec->precision);
-    /* fp32 where tf32 was asked is only more exact: no need to say so. */
     if (prec != (kb_precision)spec->precision && spec->precision != RW_PREC_TF32)
         logf_(lh, "precision %s asked for; the %s backend computes in %s",
               prec_names[spec->precision], be->name, prec_names[prec]);
+
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(spec, &mc);
+    m = rw_model_create(be, &mc, spec->seed, err, errlen);
+    if (!m)
+        goto done;
+    if (spec->init[0] && rw_weights_init(m, spec->init, err, errlen) != 0)
+        goto done;
+    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0)
+        goto done;
 
     rw_stepper_cfg sc = {
         .m = m, .ds = &train, .batch = B, .shard_rank = comm ? comm->rank : 0,

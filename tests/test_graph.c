@@ -186,12 +186,22 @@ static rw_model *make_model(void)
     return m;
 }
 
+static char notices[1024];
+
+static void on_notice(void *ud, const char *line)
+{
+    (void)ud;
+    size_t n = strlen(notices);
+    snprintf(notices + n, sizeof notices - n, "%s\n", line);
+}
+
 static rw_stepper *make_stepper(rw_model *m, const rw_dataset *ds, int host_data, int no_graphs)
 {
     rw_stepper_cfg c = {
         .m = m, .ds = ds, .batch = BATCH, .shard_world = 1, .size = SIZE,
         .augment = RW_AUG_BYOL, .mean = {0.5f, 0.5f, 0.5f}, .std = {0.25f, 0.25f, 0.25f},
         .seed = 99, .loader_threads = 1, .host_data = host_data, .no_graphs = no_graphs,
+        .notice = on_notice,
     };
     char err[256];
     rw_stepper *s = rw_stepper_create(&c, err, sizeof err);
@@ -378,4 +388,29 @@ Test(graph, host_and_device_views_train_alike)
     cr_expect_eq(host.counts.replayed, 1);
     trace_free(&host);
     trace_free(&dev);
+}
+
+/* A library call that cannot be captured (the emulator's cuBLAS refuses
+ * with EMU_CUBLAS_NO_CAPTURE=1; a real cuBLAS ignores the variable and is
+ * captured) must fail the capture, not the process: the job goes on
+ * eagerly, with a notice naming the call, and the same bits. */
+Test(graph, a_capture_a_library_refuses_falls_back_to_eager_steps)
+{
+    NEED_GPU();
+    trace eager, tried;
+    train(0, 1, 5, 0, &eager);
+    notices[0] = 0;
+    setenv("EMU_CUBLAS_NO_CAPTURE", "1", 1);
+    train(0, 0, 5, 0, &tried);
+    unsetenv("EMU_CUBLAS_NO_CAPTURE");
+    printf("graph: capture refused by the library: %ld eager, %ld captured; notice: %s",
+           tried.counts.eager, tried.counts.captured, notices[0] ? notices : "(none)\n");
+    if (tried.counts.captured == 0) {
+        cr_expect_eq(tried.counts.eager, 5);
+        cr_expect(strstr(notices, "CUDA graphs off") && strstr(notices, "cublas"),
+                  "the notice names the refused call: %s", notices);
+    }
+    expect_same_bits(&eager, &tried);
+    trace_free(&eager);
+    trace_free(&tried);
 }

@@ -3,11 +3,14 @@
  * Each configuration runs in its own child process, so the peak resident
  * memory reported is that configuration's alone. The timed step is the whole
  * training step: both views forward and backward through the online network,
- * the teacher forward, loss, Adam and EMA (augmentation excluded; the loader
- * prepares batches on other threads while the step runs).
+ * the teacher forward, loss, Adam and EMA. On the CPU the views are fixed
+ * inputs (the loader renders them on other threads while the step runs);
  *
- * --backend cuda runs the same steps on the CUDA backend (after two warm-up
- * steps: the first picks cuDNN's algorithms) and reports the GPU memory the
+ * --backend cuda runs the step as training does (worker/step.c): views
+ * rendered on the GPU inside the step, the step replayed from CUDA graphs
+ * after two warm-up steps and the capture (--host-data: views from the CPU
+ * loader, uploaded; --no-graphs: launched op by op; the "views step" column
+ * says which ran), and reports the GPU memory the
  * configuration holds (cudaMemGetInfo after the steps, minus before the
  * model: nothing is freed during steps, so that is the high-water mark of
  * our allocations, workspaces included) and the achieved fraction of the
@@ -32,6 +35,7 @@
 #include "proto/spec.h"
 #include "rw_config.h"
 #include "worker/model.h"
+#include "worker/step.h"
 
 #if RW_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -49,6 +53,7 @@ typedef struct bench_out {
     double gpu_mib, peak_tflops; /* CUDA only; peak 0: GPU not in the table */
     char gpu[96];
     kb_precision prec; /* the mode in effect */
+    char mode[16];     /* CUDA: views (gpu/host) and launch (graph/eager) */
     int ok;
 } bench_out;
 
@@ -115,7 +120,91 @@ static double conv_flops(const bench_cfg *c)
     return f;
 }
 
-static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, kb_precision prec)
+/* How the CUDA step runs: views rendered on the GPU (or by the CPU loader)
+ * and the step replayed from CUDA graphs (or launched op by op). */
+typedef struct step_mode {
+    int host_data, no_graphs;
+} step_mode;
+
+/* A random uint8 set of n CIFAR-sized images for the GPU's views. */
+static rw_dataset random_set(int n)
+{
+    rw_dataset ds = {.n = n};
+    size_t bytes = (size_t)n * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE;
+    ds.pixels = malloc(bytes);
+    ds.labels = calloc((size_t)n, 1);
+    uint64_t z = 88172645463325252ull;
+    for (size_t i = 0; ds.pixels && i < bytes; i++) {
+        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+        ds.pixels[i] = (uint8_t)z;
+    }
+    return ds;
+}
+
+/* The CUDA step as training runs it (worker/step.c): the views are part of
+ * the timed step. 2 warm-up steps, the capture, then `steps` timed. */
+static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int steps,
+                        step_mode mode, size_t gpu_free0, bench_out *o, rw_step_stats *st)
+{
+    rw_dataset ds = random_set(4 * c->batch);
+    rw_stepper_cfg sc = {
+        .m = m, .ds = &ds, .batch = c->batch, .shard_world = 1, .size = c->size,
+        .augment = RW_AUG_BYOL, .mean = {0.5f, 0.5f, 0.5f}, .std = {0.25f, 0.25f, 0.25f},
+        .seed = 1, .loader_threads = (int)sysconf(_SC_NPROCESSORS_ONLN),
+        .host_data = mode.host_data, .no_graphs = mode.no_graphs,
+    };
+    char err[256];
+    rw_stepper *sp = ds.pixels ? rw_stepper_create(&sc, err, sizeof err) : NULL;
+    if (!sp) {
+        fprintf(stderr, "%s: %s\n", c->label, ds.pixels ? err : "out of memory");
+        rw_dataset_free(&ds);
+        return -1;
+    }
+    int epoch = 0, rc = 0;
+    double t0 = 0;
+    rw_stepper_seek(sp, 0, 0);
+    for (int s = 0; s < 3 + steps && rc == 0;) {
+        if (s == 3) {
+            be->sync(be);
+            t0 = now_s();
+        }
+        int r = rw_stepper_forward_backward(sp, st);
+        if (r == 1) {
+            rw_stepper_seek(sp, ++epoch, 0);
+            continue;
+        }
+        if (r != 0) {
+            fprintf(stderr, "%s: %s\n", c->label, rw_model_error(m));
+            rc = -1;
+            break;
+        }
+        rw_stepper_update(sp, 3e-4f, 0, 0.996f);
+        s++;
+    }
+    be->sync(be);
+    double dt = (now_s() - t0) / steps;
+    rw_stepper_counts k;
+    rw_stepper_counts_get(sp, &k);
+#if RW_HAVE_CUDA
+    /* Nothing is freed during steps: what is held now is the high-water
+     * mark of our allocations (model, views, the set, workspaces). */
+    size_t gpu_free1 = 0, gpu_total = 0;
+    cudaMemGetInfo(&gpu_free1, &gpu_total);
+    o->gpu_mib = gpu_free0 > gpu_free1 ? (gpu_free0 - gpu_free1) / 1048576.0 : 0;
+#else
+    (void)gpu_free0;
+#endif
+    snprintf(o->mode, sizeof o->mode, "%s %s", sp && !mode.host_data ? "gpu" : "host",
+             k.replayed > 0 ? "graph" : "eager");
+    rw_stepper_free(sp);
+    rw_dataset_free(&ds);
+    o->ms = dt * 1e3;
+    o->pairs = c->batch / dt;
+    return rc;
+}
+
+static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, kb_precision prec,
+                         step_mode mode)
 {
     bench_out o = {0};
     char err[256];
@@ -156,46 +245,47 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
         fprintf(stderr, "%s: %s\n", c->label, err);
         return o;
     }
-    size_t n = (size_t)c->batch * 3 * c->size * c->size;
-    float *h = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        h[i] = (float)((i * 2654435761u % 1000) / 500.0 - 1.0);
-    float *x1 = be->alloc(be, n * sizeof(float)), *x2 = be->alloc(be, n * sizeof(float));
-    be->upload(be, x1, h, n * sizeof(float));
-    be->upload(be, x2, h, n * sizeof(float));
-    rw_step_stats st;
-    /* Warm-up: allocations, conv plans, page faults. */
-    for (int w = 0; w < (cuda ? 2 : 1); w++) {
+    rw_step_stats st = {0};
+    if (cuda) {
+        if (time_stepper(m, be, c, steps, mode, gpu_free0, &o, &st) != 0) {
+            rw_model_free(m);
+            kb_destroy(be);
+            return o;
+        }
+    } else {
+        /* The CPU's views come from loader threads that would compete with
+         * the step for the cores: fixed inputs, views excluded. */
+        size_t n = (size_t)c->batch * 3 * c->size * c->size;
+        float *h = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++)
+            h[i] = (float)((i * 2654435761u % 1000) / 500.0 - 1.0);
+        float *x1 = be->alloc(be, n * sizeof(float)), *x2 = be->alloc(be, n * sizeof(float));
+        be->upload(be, x1, h, n * sizeof(float));
+        be->upload(be, x2, h, n * sizeof(float));
+        /* Warm-up: allocations, conv plans, page faults. */
         rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
         rw_model_update(m, 3e-4f, 0, 0.996f);
+        double t0 = now_s();
+        for (int s = 0; s < steps; s++) {
+            rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
+            rw_model_update(m, 3e-4f, 0, 0.996f);
+        }
+        double dt = (now_s() - t0) / steps;
+        o.ms = dt * 1e3;
+        o.pairs = c->batch / dt;
+        be->free(be, x1);
+        be->free(be, x2);
+        free(h);
     }
-    be->sync(be);
-    double t0 = now_s();
-    for (int s = 0; s < steps; s++) {
-        rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
-        rw_model_update(m, 3e-4f, 0, 0.996f);
-    }
-    be->sync(be);
-    double dt = (now_s() - t0) / steps;
-    o.ms = dt * 1e3;
-    o.pairs = c->batch / dt;
+    double dt = o.ms / 1e3;
     /* Online fwd+bwd (3x forward) for 2 views + teacher fwd for 2 views. */
     o.gflop = conv_flops(c) * c->batch * (2 * 3 + 2) / dt / 1e9;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     o.peak_mib = ru.ru_maxrss / 1024.0;
     o.ok = isfinite(st.loss);
-#if RW_HAVE_CUDA
-    if (cuda) {
-        cudaMemGetInfo(&gpu_free1, &gpu_total);
-        o.gpu_mib = gpu_free0 > gpu_free1 ? (gpu_free0 - gpu_free1) / 1048576.0 : 0;
-    }
-#endif
     (void)gpu_free1;
     (void)gpu_total;
-    be->free(be, x1);
-    be->free(be, x2);
-    free(h);
     rw_model_free(m);
     kb_destroy(be);
     return o;
@@ -205,8 +295,13 @@ int main(int argc, char **argv)
 {
     int steps = 3, threads = 0, quick = 0, cuda = 0;
     kb_precision prec = KB_PREC_TF32;
+    step_mode mode = {0, 0};
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
+        if (strcmp(argv[i], "--no-graphs") == 0)
+            mode.no_graphs = 1;
+        else if (strcmp(argv[i], "--host-data") == 0)
+            mode.host_data = 1;
+        else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
             steps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
@@ -224,7 +319,7 @@ int main(int argc, char **argv)
                                                   : KB_PREC_TF32;
         } else {
             fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
-                            "[--steps N] [--threads N] [--quick]\n");
+                            "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data]\n");
             return 2;
         }
     }
@@ -242,10 +337,11 @@ int main(int argc, char **argv)
     };
     int ncfg = quick ? 2 : cuda ? (int)(sizeof cfgs / sizeof *cfgs) : 5;
     if (cuda) {
-        printf("runaway-bench: CUDA backend, %s asked, %d timed steps after 2 warm-ups\n",
+        printf("runaway-bench: CUDA backend, %s asked, %d timed steps after 2 warm-ups and the "
+               "capture; views rendered in the step\n",
                prec_names[prec], steps);
-        printf("%-26s %6s %6s %5s %10s %10s %13s %9s %9s\n", "config", "size", "batch", "prec",
-               "ms/step", "pairs/s", "conv TFLOP/s", "of peak", "GPU MiB");
+        printf("%-26s %6s %6s %5s %-10s %10s %10s %13s %9s %9s\n", "config", "size", "batch",
+               "prec", "views step", "ms/step", "pairs/s", "conv TFLOP/s", "of peak", "GPU MiB");
     } else {
         char tdesc[32];
         if (threads)
@@ -269,7 +365,7 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             close(fd[0]);
-            bench_out o = run_one(&cfgs[i], steps, threads, cuda, prec);
+            bench_out o = run_one(&cfgs[i], steps, threads, cuda, prec, mode);
             ssize_t w = write(fd[1], &o, sizeof o);
             _exit(w == (ssize_t)sizeof o ? 0 : 1);
         }
@@ -292,9 +388,9 @@ int main(int argc, char **argv)
             char frac[16] = "n/a";
             if (peak > 0)
                 snprintf(frac, sizeof frac, "%.1f%%", 100.0 * o.gflop / 1e3 / peak);
-            printf("%-26s %6d %6d %5s %10.2f %10.1f %13.1f %9s %9.0f\n", cfgs[i].label,
-                   cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.ms, o.pairs, o.gflop / 1e3,
-                   frac, o.gpu_mib);
+            printf("%-26s %6d %6d %5s %-10s %10.2f %10.1f %13.1f %9s %9.0f\n", cfgs[i].label,
+                   cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.mode, o.ms, o.pairs,
+                   o.gflop / 1e3, frac, o.gpu_mib);
         } else {
             printf("%-26s %6d %6d %5s %10.1f %10.2f %12.1f %11.0f\n", cfgs[i].label,
                    cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.ms, o.pairs, o.gflop,

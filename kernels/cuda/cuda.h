@@ -21,11 +21,18 @@ extern "C" {
 }
 
 /* A failed CUDA/cuDNN/cuBLAS call inside an op is a programmer error (bad
- * pointer, bad shape) or a dead device: abort with where and why. */
+ * pointer, bad shape) or a dead device: abort with where and why. Inside a
+ * stream capture on this thread it is instead what the capture could not
+ * hold (a library that waits or allocates): the capture is marked failed
+ * with the reason, capture_end discards it and the step runs eagerly. */
+int kb_cuda_capture_absorb(const char *file, int line, const char *call, const char *why);
+
 #define KB_CUDA(call)                                                          \
     do {                                                                       \
         cudaError_t e_ = (call);                                               \
-        if (e_ != cudaSuccess) {                                               \
+        if (e_ != cudaSuccess &&                                               \
+            !kb_cuda_capture_absorb(__FILE__, __LINE__, #call,                 \
+                                    cudaGetErrorString(e_))) {                 \
             fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
                     cudaGetErrorString(e_));                                   \
             abort();                                                           \
@@ -35,7 +42,9 @@ extern "C" {
 #define KB_CUDNN(call)                                                         \
     do {                                                                       \
         cudnnStatus_t s_ = (call);                                             \
-        if (s_ != CUDNN_STATUS_SUCCESS) {                                      \
+        if (s_ != CUDNN_STATUS_SUCCESS &&                                      \
+            !kb_cuda_capture_absorb(__FILE__, __LINE__, #call,                 \
+                                    cudnnGetErrorString(s_))) {                \
             fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
                     cudnnGetErrorString(s_));                                  \
             abort();                                                           \
@@ -45,7 +54,9 @@ extern "C" {
 #define KB_CUBLAS(call)                                                        \
     do {                                                                       \
         cublasStatus_t s_ = (call);                                            \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                     \
+        if (s_ != CUBLAS_STATUS_SUCCESS &&                                     \
+            !kb_cuda_capture_absorb(__FILE__, __LINE__, #call,                 \
+                                    cublasGetStatusString(s_))) {              \
             fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
                     cublasGetStatusString(s_));                                \
             abort();                                                           \

@@ -50,6 +50,23 @@ kb_cuda *kb_cuda_enter(kb_backend *be)
     return impl;
 }
 
+/* The backend capturing on this thread, if any. */
+static thread_local kb_cuda *capturing_here;
+
+int kb_cuda_capture_absorb(const char *file, int line, const char *call, const char *why)
+{
+    kb_cuda *impl = capturing_here;
+    if (!impl || !impl->capturing)
+        return 0;
+    if (!impl->capture_bad[0]) {
+        const char *base = strrchr(file, '/');
+        snprintf(impl->capture_bad, sizeof impl->capture_bad, "%s:%d: %.60s: %s",
+                 base ? base + 1 : file, line, call, why);
+    }
+    (void)cudaGetLastError(); /* not sticky: the eager rerun must not see it */
+    return 1;
+}
+
 int kb_cuda_capture_refuse(kb_cuda *impl, const char *why)
 {
     if (!impl->capturing)
@@ -232,6 +249,7 @@ static int cuda_capture_begin(kb_backend *be)
         return -1;
     }
     impl->capturing = 1;
+    capturing_here = impl;
     return 0;
 }
 
@@ -242,6 +260,7 @@ static kb_graph *cuda_capture_end(kb_backend *be, char *err, size_t errlen)
     cudaGraph_t graph = NULL;
     cudaError_t rc = cudaStreamEndCapture(impl->stream, &graph);
     impl->capturing = 0;
+    capturing_here = NULL;
     kb_graph *g = NULL;
     if (impl->capture_bad[0] || rc != cudaSuccess) {
         snprintf(err, errlen, "CUDA graph capture failed: %s",

@@ -5,12 +5,12 @@
 #include "cuda_bf16.h"
 typedef void *cublasHandle_t;
 typedef int cublasStatus_t;
-enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
+enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_INTERNAL_ERROR = 14, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
 typedef int cublasOperation_t;
 enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
 typedef int cublasMath_t;
-static inline const char *cublasGetStatusString(cublasStatus_t s) { return s == 15 ? "CUBLAS_STATUS_NOT_SUPPORTED" : s == 7 ? "CUBLAS_STATUS_INVALID_VALUE" : "emu cublas error"; }
+static inline const char *cublasGetStatusString(cublasStatus_t s) { return s == 15 ? "CUBLAS_STATUS_NOT_SUPPORTED" : s == 7 ? "CUBLAS_STATUS_INVALID_VALUE" : s == 14 ? "CUBLAS_STATUS_INTERNAL_ERROR" : "emu cublas error"; }
 static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = (void *)1; return 0; }
 static inline cublasStatus_t cublasDestroy(cublasHandle_t) { return 0; }
 static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
@@ -33,10 +33,21 @@ static inline void emu_sgemm(cublasHandle_t, int ta, int tb, int m, int n, int k
         }
 }
 /* recorded like every stream op; alpha and beta read at call time */
+/* EMU_CUBLAS_NO_CAPTURE=1: the GEMM refuses to be captured, as a library
+ * that waits or allocates would (the capture is invalidated). */
+static inline int emu_cublas_refuses_capture(void)
+{
+    if (emu_capture_state() == cudaStreamCaptureStatusNone || !getenv("EMU_CUBLAS_NO_CAPTURE"))
+        return 0;
+    emu_capture_invalidate();
+    return 1;
+}
 static inline cublasStatus_t cublasSgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k,
                                          const float *al, const float *A, int lda, const float *B,
                                          int ldb, const float *be, float *C, int ldc)
 {
+    if (emu_cublas_refuses_capture())
+        return CUBLAS_STATUS_INTERNAL_ERROR;
     float a = *al, b = *be;
     emu_enqueue([=] { emu_sgemm(h, ta, tb, m, n, k, &a, A, lda, B, ldb, &b, C, ldc); });
     return 0;

@@ -4,16 +4,18 @@
 # runtime, cuDNN and cuBLAS (this folder), each CUDA thread a coroutine that
 # yields at __syncthreads and at warp shuffles, convolutions and GEMMs by
 # naive loops that check the descriptors they are given. The backend,
-# backend_model and backend_augment suites then run against it (the suites
+# backend_model, backend_augment and graph suites then run against it (the suites
 # see a "GPU" that computes in exact host arithmetic). It checks the kernels'
 # indexing, reductions, barriers and the plumbing of descriptors and GEMM
 # arguments; not timing, memory model, TF32 or the real libraries: that is
-# tools/device-check's job on a GPU.
+# tools/device-check's job on a GPU. Stream capture is emulated too: ops
+# are recorded instead of run, and what a GPU refuses inside a capture (a
+# host wait, an allocation, a copy from pageable memory) fails it.
 #
 #   kernels/cuda/emu/run.sh [BUILD_DIR] [criterion options...]
 #   (BUILD_DIR: a meson build of this tree, default build-cuda; the suites'
 #   CPU side links its objects.) Slow: the model suite takes ~15 minutes.
-#   EMU_SUITES="backend" (a subset of "backend backend_augment
+#   EMU_SUITES="backend" (a subset of "backend backend_augment graph
 #   backend_model", the default) builds and runs only those; criterion
 #   options such as --filter 'backend/bf16_*' go to every suite run.
 set -euo pipefail
@@ -36,9 +38,9 @@ $CXX -c "$here/emu.cpp" -o "$out/emu.o"
 K="$B/kernels/librwkernels.a.p"
 emu_objs=("$out"/*.o)
 libs=(-ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lcriterion -lm -lpthread)
-suites=(${EMU_SUITES:-backend backend_augment backend_model})
+suites=(${EMU_SUITES:-backend backend_augment graph backend_model})
 for t in "${suites[@]}"; do
-    case $t in backend|backend_augment|backend_model) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
+    case $t in backend|backend_augment|backend_model|graph) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
 done
 has() { [[ " ${suites[*]} " == *" $1 "* ]]; }
 for t in "${suites[@]}"; do
@@ -49,7 +51,7 @@ W=("$B/worker/librwworker.a" "$B/worker/librwdata.a" "$B/worker/librwweights.a" 
 extra=("$K/collective.c.o")
 gl=()
 if [ -f "$K/gloo_comm.cc.o" ]; then extra+=("$K/gloo_comm.cc.o"); gl=(-lgloo); fi
-for t in backend_augment backend_model; do
+for t in backend_augment backend_model graph; do
     has $t || continue
     g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${W[@]}" "${emu_objs[@]}" "$K"/cpu_*.o \
         "${extra[@]}" "${gl[@]}" -ljansson -lz -lpng16 -lyaml "${libs[@]}"

@@ -5,8 +5,9 @@
  * statistics, and the parameters and teacher after Adam + EMA are compared.
  * Each comparison prints its error, pass or fail. Skips without a GPU.
  *
- * Two GPU backends run every configuration: the default (TF32 tensor cores
- * for convolutions and GEMMs) and RW_CUDA_TF32=0 (full fp32).
+ * Three GPU backends run every configuration: the default (TF32 tensor cores
+ * for convolutions and GEMMs), RW_CUDA_TF32=0 (full fp32) and bf16
+ * (set_precision; skipped on a GPU without bf16).
  *
  * Tolerances. Relative errors are L2 norms of the difference over L2 norms
  * of the CPU values, for the whole gradient buffer and per tensor.
@@ -15,7 +16,10 @@
  *   so they carry the ops' rounding differences only: fp32 ~1e-6 per op
  *   (~1e-5 where cuDNN picks FFT/Winograd), ~40 layers in quadrature
  *   ~6e-5; TF32 ~4e-4 per convolution/GEMM (test_backend.c), ~20 layers
- *   ~2e-3. Bounds: 3e-4 (fp32) and 5e-3 (TF32), absolute + relative.
+ *   ~2e-3; bf16 rounds each operand to 8 bits (2^-9 relative), ~3e-3 per
+ *   convolution/GEMM against the sum of |x||w| (test_backend.c), ~1e-2
+ *   over the layers. Bounds: 3e-4 (fp32), 5e-3 (TF32) and 3e-2 (bf16),
+ *   absolute + relative.
  * - Gradients are NOT continuous in the inputs: a pre-activation within
  *   rounding of 0 (or two near-equal values in a max-pool window) routes
  *   its gradient differently on the two backends. A flip at a layer with E
@@ -29,8 +33,9 @@
  *   accuracy is checked tightly op by op (test_backend.c); this suite
  *   checks the plumbing of the whole step (layouts, accumulation, the order
  *   of views, the teacher, Adam, EMA), where a bug is an O(1) error in some
- *   tensor. Bounds: whole buffer 1e-2 (fp32) / 5e-2 (TF32), every tensor
- *   0.1 (fp32) / 0.2 (TF32); the measured errors (whole, median and worst
+ *   tensor. Bounds: whole buffer 1e-2 (fp32) / 5e-2 (TF32) / 0.2 (bf16:
+ *   sqrt of its ~3e-3 per op, over several layers), every tensor 0.1
+ *   (fp32) / 0.2 (TF32) / 0.5 (bf16); the measured errors (whole, median and worst
  *   tensor) are printed for every configuration.
  * - Tensors whose exact gradient is zero (a bias that a later BatchNorm
  *   removes) carry rounding noise that differs between backends: per-tensor
@@ -53,7 +58,7 @@
 #define LR 3e-4f
 #define TAU 0.99f
 
-static kb_backend *cpu, *gpu_tf32, *gpu_fp32;
+static kb_backend *cpu, *gpu_tf32, *gpu_fp32, *gpu_bf16;
 static char why[512];
 
 static kb_backend *create_gpu(const char *tf32)
@@ -78,12 +83,18 @@ static void setup(void)
     why[0] = 0;
     gpu_tf32 = create_gpu("1");
     gpu_fp32 = gpu_tf32 ? create_gpu("0") : NULL;
+    gpu_bf16 = gpu_tf32 ? create_gpu("1") : NULL;
+    if (gpu_bf16 && gpu_bf16->set_precision(gpu_bf16, KB_PREC_BF16) != KB_PREC_BF16) {
+        kb_destroy(gpu_bf16); /* a GPU without bf16 (compute capability < 8) */
+        gpu_bf16 = NULL;
+    }
 }
 
 static void teardown(void)
 {
     kb_destroy(gpu_tf32);
     kb_destroy(gpu_fp32);
+    kb_destroy(gpu_bf16);
     kb_destroy(cpu);
 }
 
@@ -205,10 +216,12 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void compare_runs(const char *what, rw_model *m, const run *g, const run *c, int tf32)
+static void compare_runs(const char *what, rw_model *m, const run *g, const run *c,
+                         kb_precision prec)
 {
-    const double stat_tol = tf32 ? 5e-3 : 3e-4;
-    const double whole_tol = tf32 ? 5e-2 : 1e-2, tensor_tol = tf32 ? 0.2 : 0.1;
+    const double stat_tol = prec == KB_PREC_BF16 ? 3e-2 : prec == KB_PREC_TF32 ? 5e-3 : 3e-4;
+    const double whole_tol = prec == KB_PREC_BF16 ? 0.2 : prec == KB_PREC_TF32 ? 5e-2 : 1e-2;
+    const double tensor_tol = prec == KB_PREC_BF16 ? 0.5 : prec == KB_PREC_TF32 ? 0.2 : 0.1;
     expect_close(what, "loss", g->st.loss, c->st.loss, stat_tol);
     expect_close(what, "align", g->st.align, c->st.align, stat_tol);
     expect_close(what, "cross", g->st.cross, c->st.cross, stat_tol);
@@ -264,14 +277,18 @@ static void check_config(const char *name, const rw_model_cfg *c, int S)
 {
     run rc = {0};
     rw_model *mc = one_step(cpu, c, S, &rc);
-    kb_backend *gpus[2] = {gpu_tf32, gpu_fp32};
-    for (int k = 0; k < 2; k++) {
+    kb_backend *gpus[3] = {gpu_tf32, gpu_fp32, gpu_bf16};
+    static const kb_precision precs[3] = {KB_PREC_TF32, KB_PREC_FP32, KB_PREC_BF16};
+    static const char *const names[3] = {"tf32", "fp32", "bf16"};
+    for (int k = 0; k < 3; k++) {
+        if (!gpus[k])
+            continue;
         run rg = {0};
         rw_model *mg = one_step(gpus[k], c, S, &rg);
         cr_assert_eq(rg.np, rc.np);
         char what[128];
-        snprintf(what, sizeof what, "%s [%s]", name, k == 0 ? "tf32" : "fp32");
-        compare_runs(what, mc, &rg, &rc, k == 0);
+        snprintf(what, sizeof what, "%s [%s]", name, names[k]);
+        compare_runs(what, mc, &rg, &rc, precs[k]);
         run_free(&rg);
         rw_model_free(mg);
     }

@@ -14,18 +14,21 @@ static inline const char *cublasGetStatusString(cublasStatus_t s) { return s == 
 static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = (void *)1; return 0; }
 static inline cublasStatus_t cublasDestroy(cublasHandle_t) { return 0; }
 static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
-static inline cublasStatus_t cublasSetMathMode(cublasHandle_t, int) { return 0; }
+static int emu_cublas_math; /* one handle per process in the suites */
+static inline cublasStatus_t cublasSetMathMode(cublasHandle_t, int m) { emu_cublas_math = m; return 0; }
 /* column-major reference */
 static inline void emu_sgemm(cublasHandle_t, int ta, int tb, int m, int n, int k,
                                          const float *al, const float *A, int lda, const float *B,
                                          int ldb, const float *be, float *C, int ldc)
 {
+    const int tf32 = emu_tf32_on() && emu_cublas_math == CUBLAS_TF32_TENSOR_OP_MATH;
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double s = 0;
             for (int l = 0; l < k; l++) {
-                double a = ta ? A[l + (size_t)i * lda] : A[i + (size_t)l * lda];
-                double b = tb ? B[j + (size_t)l * ldb] : B[l + (size_t)j * ldb];
+                float fa = ta ? A[l + (size_t)i * lda] : A[i + (size_t)l * lda];
+                float fb = tb ? B[j + (size_t)l * ldb] : B[l + (size_t)j * ldb];
+                double a = tf32 ? emu_tf32(fa) : fa, b = tf32 ? emu_tf32(fb) : fb;
                 s += a * b;
             }
             float prior = *be != 0.0f ? C[i + (size_t)j * ldc] : 0.0f;

@@ -110,3 +110,26 @@ static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = 0)
 }
 static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return emu_unsafe_in_capture(); }
 static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) { *ms = (float)((b->t - a->t) * 1e3); return 0; }
+
+/* EMU_TF32=1: float operands of convolutions whose math type allows tensor
+ * cores (anything but CUDNN_FMA_MATH) and of GEMMs in
+ * CUBLAS_TF32_TENSOR_OP_MATH are rounded to TF32 (10 mantissa bits, to
+ * nearest even), as Ampere+ tensor cores take them; the default emulation
+ * is exact fp32, which hides TF32's error from the tests' bounds. */
+static inline float emu_tf32(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) {
+        u += 0xfffu + ((u >> 13) & 1u);
+        u &= 0xffffe000u;
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline int emu_tf32_on(void)
+{
+    static int on = -1;
+    if (on < 0) { const char *e = getenv("EMU_TF32"); on = e && strcmp(e, "1") == 0; }
+    return on;
+}

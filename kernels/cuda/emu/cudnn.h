@@ -101,6 +101,8 @@ static inline cudnnStatus_t emu_conv_run(int dir, const float *al, emu_t4 *xd, c
     const emu_t4 *od = dir == 0 ? yd : dir == 1 ? xd : wd;
     size_t nout = dir == 0 ? (size_t)N * K * P * Q : dir == 1 ? (size_t)N * C * H * W : (size_t)K * C * R * S;
     double *acc = (double *)calloc(nout, sizeof(double));
+    const int tf32 = emu_tf32_on() && c->math != CUDNN_FMA_MATH && xd->dt == CUDNN_DATA_FLOAT;
+#define emu_ld(d, p, i) (tf32 ? emu_tf32(emu_ld(d, p, i)) : emu_ld(d, p, i))
     for (int n = 0; n < N; n++) for (int k = 0; k < K; k++) for (int p = 0; p < P; p++) for (int q = 0; q < Q; q++)
         for (int ch = 0; ch < C; ch++) for (int r = 0; r < R; r++) for (int s = 0; s < S; s++) {
             int h = p * c->sh - c->ph + r, ww = q * c->sw - c->pw + s;
@@ -110,6 +112,7 @@ static inline cudnnStatus_t emu_conv_run(int dir, const float *al, emu_t4 *xd, c
             else if (dir == 1) acc[xi] += (double)emu_ld(yd, y, yi) * emu_ld(wd, w, wi);
             else acc[wi] += (double)emu_ld(xd, x, xi) * emu_ld(yd, y, yi);
         }
+#undef emu_ld
     for (size_t i = 0; i < nout; i++) emu_st(od, out, i, (float)(*al * acc[i] + (*be != 0 ? *be * emu_ld(od, out, i) : 0.0f)));
     free(acc);
     return 0;

@@ -63,6 +63,9 @@ static void usage(FILE *f)
             "  --token-file PATH      that file (default STATE/token)\n"
             "  --heartbeat S          worker heartbeat period (default 2)\n"
             "  --heartbeat-timeout S  silence after which a worker is killed (default 30)\n"
+            "  --stall-timeout S      a job without progress (no step, no evaluation) this\n"
+            "                         long is taken for hung: its worker reports it failed\n"
+            "                         and restarts (default 1800; 0: never)\n"
             "  --max-retries N        lost attempts before a job fails (default 3)\n"
             "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n");
 }
@@ -188,6 +191,7 @@ int main(int argc, char **argv)
     const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL;
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
+    double stall = 1800;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -214,6 +218,13 @@ int main(int argc, char **argv)
             rc = parse_num(a, v, 0.05, 60, &hb);
         else if (!strcmp(a, "--heartbeat-timeout"))
             rc = parse_num(a, v, 0.2, 3600, &hbt);
+        else if (!strcmp(a, "--stall-timeout")) {
+            rc = parse_num(a, v, 0, 1e6, &stall);
+            if (rc == 0 && stall > 0 && stall < 1) {
+                fprintf(stderr, "runawayd: --stall-timeout needs 0 (never) or at least 1 s\n");
+                rc = -1;
+            }
+        }
         else if (!strcmp(a, "--max-retries"))
             rc = parse_num(a, v, 0, 100, &retries);
         else if (!strcmp(a, "--shutdown-timeout"))
@@ -270,6 +281,7 @@ int main(int argc, char **argv)
                                           : (int)(ncores / nslots > 1 ? ncores / nslots : 1);
     d->heartbeat_s = hb;
     d->heartbeat_timeout_s = hbt;
+    d->stall_timeout_s = stall;
     d->max_retries = (int)retries;
     d->shutdown_timeout_s = sdt;
     signal(SIGPIPE, SIG_IGN);

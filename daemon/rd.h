@@ -120,6 +120,7 @@ struct rd_daemon {
     /* options */
     int cpu_slots, gpus, slots_per_gpu, threads_per_worker, max_retries;
     double heartbeat_s, heartbeat_timeout_s, shutdown_timeout_s;
+    double stall_timeout_s; /* passed to workers: a job silent this long is hung */
     int shutting_down;
     double shutdown_started;
 };

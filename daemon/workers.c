@@ -79,12 +79,14 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 static void spawn_worker(rd_worker *w)
 {
     rd_daemon *d = daemon_of(w);
-    char slot[16], threads[16], hb[32], log[PATH_MAX + 64];
+    char slot[16], threads[16], hb[32], stall[32], log[PATH_MAX + 64];
     snprintf(slot, sizeof slot, "%d", w->slot);
     snprintf(threads, sizeof threads, "%d", d->threads_per_worker);
     snprintf(hb, sizeof hb, "%g", d->heartbeat_s);
+    snprintf(stall, sizeof stall, "%g", d->stall_timeout_s);
     char *args[] = {d->worker_path, "serve", "--socket", d->sock_path, "--slot", slot,
-                    "--device", w->device, "--threads", threads, "--heartbeat", hb, NULL};
+                    "--device", w->device, "--threads", threads, "--heartbeat", hb,
+                    "--stall-timeout", stall, NULL};
     /* environment: ours, plus the GPU this slot owns */
     size_t n = 0;
     while (environ[n])

@@ -941,6 +941,44 @@ Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini
     cr_assert(rc == 0 && strstr(out, "0/1"), "%s", out);
 }
 
+/* A job whose training thread hangs (RW_TEST_STALL: at its 4th step, as a
+ * GPU call that never returns would) still sends heartbeats from the
+ * worker's I/O thread; the watchdog takes the training thread's silence for
+ * a hang, reports the job failed and restarts the worker, which then takes
+ * the next job. */
+static void setup_stall(void)
+{
+    extra_arg[0] = "--stall-timeout";
+    extra_arg[1] = "2";
+    setenv("RW_TEST_STALL", "hang/a/seed0:4", 1);
+    setup();
+}
+
+Test(daemon, a_hung_job_is_failed_by_the_watchdog_and_the_worker_moves_on, .init = setup_stall,
+     .fini = teardown, .timeout = 90)
+{
+    char path[128], out[8192];
+    snprintf(path, sizeof path, "%s/hang.yaml", dir);
+    write_grid(path, "hang", 2, 0, "  variant:\n    - {name: a}\n");
+    double t0 = now();
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 60, "watch", "hang", NULL);
+    double dt = now() - t0;
+    cr_assert_eq(rc, 1, "%s", out);
+    cr_assert(strstr(out, "hang/a/seed0: failed: ") && strstr(out, "no training progress for 2 s"),
+              "%s", out);
+    printf("daemon: hung job failed by the watchdog %.1f s after submission\n", dt);
+    cr_expect(dt < 20, "the watchdog took %.1f s", dt);
+    /* the restarted worker (and the other) take the next jobs */
+    snprintf(path, sizeof path, "%s/after.yaml", dir);
+    write_grid(path, "after", 1, 0, "  seed: [0, 1]\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 60, "watch", "after", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Data-parallel jobs: 2 ranks over Gloo, rendezvous through the daemon */
 

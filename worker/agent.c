@@ -2,7 +2,10 @@
  *
  * Threads: the main thread trains (rw_train, blocking, for minutes); an I/O
  * thread reads the daemon's frames (assign, cancel_job, stop) and sends a
- * heartbeat every period, so a long step never silences the worker. Writes
+ * heartbeat every period, so a long step never silences the worker; it is
+ * also the watchdog of the training thread, whose silence past
+ * --stall-timeout means a hang (the job is reported failed and the process
+ * starts afresh). Writes
  * from both threads go through one mutex; the training hooks only send
  * frames and read flags. Losing the daemon stops training at the next step
  * (the checkpoint is written) and ends the process: the daemon restarts
@@ -58,6 +61,12 @@ typedef struct agent {
     int rank, world;
     double cancelled_at;
     double cancel_grace_s;
+    /* The watchdog: the training thread's last sign of progress (a step,
+     * an evaluation boundary, a log line), and how long a silence is taken
+     * for a hang (a GPU or library call that never returns, a data read
+     * that blocks) rather than a long step. */
+    double progress_at;
+    double stall_s;
     char **argv; /* serve's arguments, to start afresh */
     int argc;
 } agent;
@@ -95,14 +104,23 @@ static void *io_main(void *arg)
          * wait on this process. */
         pthread_mutex_lock(&a->mu);
         int stuck = a->job && a->cancelled_at && mono() - a->cancelled_at > a->cancel_grace_s;
+        int stalled = !stuck && a->job && a->stall_s > 0 && mono() - a->progress_at > a->stall_s;
         long long sj = a->job, sa = a->attempt;
         int sr = a->rank;
         double ca = a->cancelled_at;
         pthread_mutex_unlock(&a->mu);
-        if (stuck) {
+        if (stuck || stalled) {
+            /* The training thread cannot be interrupted where it hangs:
+             * report, then start afresh (the daemon requeues or fails the
+             * job by its retry rules). */
             char e[256];
-            snprintf(e, sizeof e, "rank %d: still training %.0f s after cancel_job (blocked in a "
-                     "collective with a lost peer); the worker restarts", sr, a->cancel_grace_s);
+            if (stuck)
+                snprintf(e, sizeof e, "rank %d: still training %.0f s after cancel_job (blocked in "
+                         "a collective with a lost peer); the worker restarts", sr,
+                         a->cancel_grace_s);
+            else
+                snprintf(e, sizeof e, "no training progress for %.0f s (a hung GPU or library "
+                         "call, or a blocked data read); the worker restarts", a->stall_s);
             fprintf(stderr, "runaway-worker: j%lld: %s\n", sj, e);
             json_t *f = rw_msg_new("failed", -1);
             json_object_set_new(f, "job", json_integer(sj));
@@ -114,6 +132,8 @@ static void *io_main(void *arg)
         int wait = (int)((next_hb - mono()) * 1000);
         if (ca && wait > 200)
             wait = 200;
+        if (sj && wait > 500) /* the watchdog looks twice a second */
+            wait = 500;
         json_t *m = NULL;
         char err[256];
         int rc = rw_frame_recv_fd(a->fd, &a->r, &m, wait > 0 ? wait : 0, err, sizeof err);
@@ -207,6 +227,8 @@ static void *io_main(void *arg)
 typedef struct run_ctx {
     agent *a;
     long long job, attempt;
+    long progress_calls;
+    long stall_at; /* tests: hang the training thread at this progress call (0: never) */
 } run_ctx;
 
 static json_t *job_msg(const run_ctx *r, const char *type)
@@ -238,8 +260,40 @@ static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind)
     send_msg(r->a, m);
 }
 
-static void hook_step(void *ud, const rw_metrics *m) { send_metric(ud, m, "step"); }
-static void hook_epoch(void *ud, const rw_metrics *m) { send_metric(ud, m, "epoch"); }
+static void hook_progress(void *ud)
+{
+    run_ctx *r = ud;
+    pthread_mutex_lock(&r->a->mu);
+    r->a->progress_at = mono();
+    pthread_mutex_unlock(&r->a->mu);
+    if (r->stall_at && ++r->progress_calls == r->stall_at)
+        for (;;)
+            pause(); /* a hang only the watchdog ends */
+}
+
+/* Tests of the watchdog: RW_TEST_STALL=NAME:N hangs the training thread of
+ * the job named NAME (e.g. grid/variant/seed0) at its Nth sign of progress. */
+static long test_stall_at(const char *job_name)
+{
+    const char *e = getenv("RW_TEST_STALL");
+    const char *colon = e ? strrchr(e, ':') : NULL;
+    if (!colon || !job_name || strlen(job_name) != (size_t)(colon - e) ||
+        strncmp(e, job_name, (size_t)(colon - e)) != 0)
+        return 0;
+    return strtol(colon + 1, NULL, 10);
+}
+
+static void hook_step(void *ud, const rw_metrics *m)
+{
+    hook_progress(ud);
+    send_metric(ud, m, "step");
+}
+
+static void hook_epoch(void *ud, const rw_metrics *m)
+{
+    hook_progress(ud);
+    send_metric(ud, m, "epoch");
+}
 
 static int hook_stop(void *ud)
 {
@@ -250,6 +304,7 @@ static int hook_stop(void *ud)
 static void hook_log(void *ud, const char *line)
 {
     run_ctx *r = ud;
+    hook_progress(ud);
     printf("[j%lld] %s\n", r->job, line);
     fflush(stdout);
     json_t *m = job_msg(r, "log");
@@ -393,7 +448,7 @@ static kb_backend *make_backend(const char *want, int threads, char *err, size_t
 static json_t *run_assignment(agent *a, json_t *m)
 {
     run_ctx r = {a, json_integer_value(json_object_get(m, "job")),
-                 json_integer_value(json_object_get(m, "attempt"))};
+                 json_integer_value(json_object_get(m, "attempt")), 0, 0};
     int rank = (int)json_integer_value(json_object_get(m, "rank"));
     int world = (int)json_integer_value(json_object_get(m, "world"));
     const char *yaml = json_string_value(json_object_get(m, "spec"));
@@ -405,6 +460,7 @@ static json_t *run_assignment(agent *a, json_t *m)
         json_object_set_new(f, "error", json_string(err));
         return f;
     }
+    r.stall_at = test_stall_at(name);
     json_t *th = json_object_get(m, "threads");
     if (s.threads == 0 && json_integer_value(th) > 0)
         s.threads = (int)json_integer_value(th); /* share the machine with other slots */
@@ -440,7 +496,8 @@ static json_t *run_assignment(agent *a, json_t *m)
     }
     if (be && (world == 1 || comm)) {
         rw_train_hooks hooks = {.ud = &r, .on_step = hook_step, .on_epoch = hook_epoch,
-                                .should_stop = hook_stop, .on_log = hook_log};
+                                .should_stop = hook_stop, .on_log = hook_log,
+                                .on_progress = hook_progress};
         rw_train_opts opts = {.out_dir = json_string_value(json_object_get(m, "out_dir")),
                               .resume = json_is_true(json_object_get(m, "resume")),
                               .comm = comm, .check_every = 100, .test_perturb_rank = -1};
@@ -549,7 +606,7 @@ int rw_agent_main(int argc, char **argv)
 {
     const char *sock = NULL, *tcp = NULL, *token_file = NULL, *device = "cpu", *backend = "auto";
     const char *host_opt = NULL;
-    double coll_timeout = 120;
+    double coll_timeout = 120, stall = 1800;
     long slot = -1, threads = 0;
     double hb = 2;
     for (int i = 0; i < argc; i++) {
@@ -578,6 +635,8 @@ int rw_agent_main(int argc, char **argv)
             host_opt = v;
         else if (!strcmp(argv[i], "--collective-timeout"))
             coll_timeout = strtod(v, NULL);
+        else if (!strcmp(argv[i], "--stall-timeout"))
+            stall = strtod(v, NULL);
         else {
             fprintf(stderr, "runaway-worker serve: unexpected argument '%s'\n", argv[i]);
             return 2;
@@ -585,10 +644,12 @@ int rw_agent_main(int argc, char **argv)
         i++;
     }
     if (!sock == !tcp || hb <= 0 || hb > 60 || threads < 0 || threads > 1024 ||
-        !(coll_timeout >= 1 && coll_timeout <= 3600) || (host_opt && (!*host_opt || strlen(host_opt) > 255))) {
+        !(coll_timeout >= 1 && coll_timeout <= 3600) || !(stall == 0 || (stall >= 1 && stall <= 1e6)) ||
+        (host_opt && (!*host_opt || strlen(host_opt) > 255))) {
         fprintf(stderr, "usage: runaway-worker serve (--socket PATH | --tcp HOST:PORT --token-file F)\n"
                         "         [--slot N] [--device NAME] [--backend auto|cpu|cuda] [--threads N]\n"
-                        "         [--heartbeat SECONDS] [--host ADDR] [--collective-timeout SECONDS]\n");
+                        "         [--heartbeat SECONDS] [--host ADDR] [--collective-timeout SECONDS]\n"
+                        "         [--stall-timeout SECONDS (0: never)]\n");
         return 2;
     }
     /* spawned by the daemon for a slot: die with it rather than linger */
@@ -628,7 +689,7 @@ int rw_agent_main(int argc, char **argv)
     }
     agent a = {.fd = fd, .heartbeat_s = hb, .threads = (int)threads, .backend = backend,
                .host = addr, .coll_timeout_ms = (int)(coll_timeout * 1000), .kv_next = 1000,
-               .world = 1, .cancel_grace_s = 5, .argv = argv, .argc = argc};
+               .world = 1, .cancel_grace_s = 5, .stall_s = stall, .argv = argv, .argc = argc};
     pthread_mutex_init(&a.wmu, NULL);
     pthread_mutex_init(&a.mu, NULL);
     pthread_condattr_t ca;
@@ -682,6 +743,7 @@ int rw_agent_main(int argc, char **argv)
             a.rank = (int)json_integer_value(json_object_get(m, "rank"));
             a.world = (int)json_integer_value(json_object_get(m, "world"));
             a.cancelled_at = 0;
+            a.progress_at = mono();
             atomic_store(&a.cancel, 0);
         }
         pthread_mutex_unlock(&a.mu);

@@ -25,6 +25,12 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static void progress(const rw_train_hooks *h)
+{
+    if (h && h->on_progress)
+        h->on_progress(h->ud);
+}
+
 static void logf_(const rw_train_hooks *h, const char *fmt, ...)
 {
     if (!h || !h->on_log)
@@ -245,6 +251,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             }
             rw_stepper_update(sp, spec->optim.lr, spec->optim.weight_decay, tau);
             ts.step++;
+            progress(hooks);
             if (opts && comm && opts->test_perturb_rank == comm->rank &&
                 opts->test_perturb_step == ts.step) {
                 float v;
@@ -304,12 +311,14 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         if (lead && spec->eval.knn_every > 0 &&
             ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {
             double acc, tk = now_s();
+            progress(hooks);
             if (rw_eval_knn_model(m, &train, &test, S, spec->data.mean, spec->data.std,
                                   spec->eval.knn_k, spec->eval.knn_temperature, &acc, err,
                                   errlen) != 0)
                 goto done;
             em.knn = acc;
             knn_s = now_s() - tk;
+            progress(hooks);
         }
         ts.hist[e] = em;
         ts.nhist = e + 1;
@@ -355,6 +364,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             .batch = spec->eval.linear_batch_size, .seed = spec->seed,
         };
         double t0 = now_s();
+        progress(hooks);
         if (rw_eval_linear_model(m, &train, &test, S, spec->data.mean, spec->data.std, &lcfg,
                                  &res->linear_acc, err, errlen) != 0)
             goto done;

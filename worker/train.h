@@ -28,6 +28,9 @@ typedef struct rw_train_hooks {
     void (*on_epoch)(void *ud, const rw_metrics *m); /* every epoch */
     int (*should_stop)(void *ud);                    /* non-zero: stop soon */
     void (*on_log)(void *ud, const char *line);      /* human-readable progress */
+    /* Called after every step and around each evaluation: the worker's
+     * watchdog takes a long silence for a hang. */
+    void (*on_progress)(void *ud);
 } rw_train_hooks;
 
 typedef struct rw_train_result {

@@ -232,6 +232,15 @@ struct kb_backend {
 /* Creates the CPU backend with `threads` threads (0: all cores). */
 kb_backend *kb_cpu_create(int threads);
 
+/* Tests only: makes the CPU backend round as the CUDA backend does in
+ * precision p, so that a bf16 GPU step can be compared with a reference
+ * that saw the same roundings. KB_PREC_BF16: convolutions round x, w, dy
+ * and their results (y, dx, and each dw contribution before the fp32 +=)
+ * to bf16; linear layers round x, w, dy (results, bias and its gradient
+ * stay fp32); round to nearest even, as cuda_bf16.h. KB_PREC_FP32: off
+ * (the default). Other values are a programmer error. */
+void kb_cpu_emulate_rounding(kb_backend *cpu, kb_precision p);
+
 /* Creates the CUDA backend on `device`; NULL (with a reason in err) where CUDA
  * is not compiled in or no usable GPU is present. */
 kb_backend *kb_cuda_create(int device, char *err, size_t errlen);

@@ -333,25 +333,69 @@ fail:
     return NULL;
 }
 
+/* With round_bf16 (kb_cpu_emulate_rounding), as the CUDA backend's bf16 mode
+ * (kernels/cuda/conv2d.cu): both operands are rounded to bf16, the
+ * convolution runs on the rounded copies in fp32, and its result is rounded
+ * to bf16 once (cuDNN writes a bf16 y, dx or dw); a weight gradient is
+ * computed alone, rounded, then added into dw in fp32. */
+static void conv_run_bf16(kb_cpu *impl, conv_pass *p, const float *a, size_t na, const float *b,
+                          size_t nb, float *o, size_t no, int acc)
+{
+    float *ar = kb_cpu_bf16_copy(impl, a, na), *br = kb_cpu_bf16_copy(impl, b, nb);
+    float *t = acc ? calloc(no ? no : 1, sizeof(float)) : o;
+    KB_CPU_CHECK(ar && br && t); /* test-only mode: no OOM path */
+    void *const ptrs[3] = {ar, br, t};
+    pass_run(impl, p, ptrs);
+    kb_cpu_bf16_round(impl, t, no);
+    if (acc) {
+        for (size_t i = 0; i < no; i++)
+            o[i] += t[i];
+        free(t);
+    }
+    free(ar);
+    free(br);
+}
+
+static size_t n_x(const kb_conv_desc *d) { return (size_t)d->N * d->C * d->H * d->W; }
+static size_t n_w(const kb_conv_desc *d) { return (size_t)d->K * d->C * d->R * d->S; }
+static size_t n_y(const kb_conv_desc *d) { return (size_t)d->N * d->K * d->P * d->Q; }
+
 static void cpu_conv_forward(kb_backend *be, kb_conv *c, const float *x, const float *w,
                              float *y)
 {
+    kb_cpu *impl = kb_cpu_of(be);
+    if (impl->round_bf16) {
+        conv_run_bf16(impl, &c->fwd, x, n_x(&c->d), w, n_w(&c->d), y, n_y(&c->d), 0);
+        return;
+    }
     void *const ptrs[3] = {(void *)x, (void *)w, y};
-    pass_run(kb_cpu_of(be), &c->fwd, ptrs);
+    pass_run(impl, &c->fwd, ptrs);
 }
 
 static void cpu_conv_backward_data(kb_backend *be, kb_conv *c, const float *dy, const float *w,
                                    float *dx)
 {
+    kb_cpu *impl = kb_cpu_of(be);
+    if (impl->round_bf16) {
+        conv_run_bf16(impl, &c->bwd_data, dy, n_y(&c->d), w, n_w(&c->d), dx, n_x(&c->d),
+                      0);
+        return;
+    }
     void *const ptrs[3] = {(void *)dy, (void *)w, dx};
-    pass_run(kb_cpu_of(be), &c->bwd_data, ptrs);
+    pass_run(impl, &c->bwd_data, ptrs);
 }
 
 static void cpu_conv_backward_weight(kb_backend *be, kb_conv *c, const float *x,
                                      const float *dy, float *dw)
 {
+    kb_cpu *impl = kb_cpu_of(be);
+    if (impl->round_bf16) {
+        conv_run_bf16(impl, &c->bwd_weight, x, n_x(&c->d), dy, n_y(&c->d), dw,
+                      n_w(&c->d), 1);
+        return;
+    }
     void *const ptrs[3] = {(void *)x, (void *)dy, dw};
-    pass_run(kb_cpu_of(be), &c->bwd_weight, ptrs);
+    pass_run(impl, &c->bwd_weight, ptrs);
 }
 
 void kb_cpu_conv_init(kb_backend *be)

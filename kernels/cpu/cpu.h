@@ -4,7 +4,9 @@
 #define RUNAWAY_KERNELS_CPU_CPU_H
 
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <dnnl.h>
 
@@ -98,7 +100,33 @@ typedef struct kb_cpu {
      * the sum over all layers. Grown by conv_plan, never during a call. */
     void *arena;       /* 64-byte aligned */
     size_t arena_bytes;
+    /* kb_cpu_emulate_rounding(KB_PREC_BF16): convolutions and linear layers
+     * round their operands (and convolutions their results) to bf16 where
+     * the CUDA backend's bf16 mode does. Tests only; 0 otherwise. */
+    int round_bf16;
 } kb_cpu;
+
+/* float -> bf16 -> float, rounding to nearest with ties to even as
+ * cuda_bf16.h's __float2bfloat16_rn: infinities stay, finite values past
+ * bf16's largest round to infinity, a NaN stays a NaN (quieted). */
+static inline float kb_cpu_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        u |= 0x00400000u;
+    else
+        u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* bf16-rounded copy of n floats in a new buffer (free it); NULL on OOM. */
+float *kb_cpu_bf16_copy(kb_cpu *impl, const float *src, size_t n);
+
+/* p[i] = bf16(p[i]) in place */
+void kb_cpu_bf16_round(kb_cpu *impl, float *p, size_t n);
 
 static inline kb_cpu *kb_cpu_of(kb_backend *be) { return (kb_cpu *)be->impl; }
 

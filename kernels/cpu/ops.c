@@ -117,11 +117,45 @@ static void cpu_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, in
     }
 }
 
+float *kb_cpu_bf16_copy(kb_cpu *impl, const float *src, size_t n)
+{
+    float *d = malloc((n ? n : 1) * sizeof(float));
+    if (!d)
+        return NULL;
+    int nt = impl->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        d[i] = kb_cpu_bf16(src[i]);
+    return d;
+}
+
+void kb_cpu_bf16_round(kb_cpu *impl, float *p, size_t n)
+{
+    int nt = impl->threads;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        p[i] = kb_cpu_bf16(p[i]);
+}
+
+/* With round_bf16 (kb_cpu_emulate_rounding), as the CUDA backend's bf16 mode
+ * (kernels/cuda/ops.cu): x, w and dy are rounded to bf16, the GEMMs run on
+ * the rounded copies in fp32 into fp32 outputs (cublasGemmEx with bf16 A, B
+ * and an fp32 C: y, dx and the dw += are not rounded), and the bias and its
+ * gradient stay fp32 (from the unrounded dy). */
 static void cpu_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N, int I,
                                const float *w /* (O,I) */, const float *b /* (O) or NULL */,
                                int O, float *y /* (N,O) */)
 {
-    kb_cpu_set_blas_threads(kb_cpu_of(be));
+    kb_cpu *impl = kb_cpu_of(be);
+    kb_cpu_set_blas_threads(impl);
+    float *xr = NULL, *wr = NULL;
+    if (impl->round_bf16) {
+        xr = kb_cpu_bf16_copy(impl, x, (size_t)N * I);
+        wr = kb_cpu_bf16_copy(impl, w, (size_t)O * I);
+        KB_CPU_CHECK(xr && wr); /* test-only mode: no OOM path */
+        x = xr;
+        w = wr;
+    }
     float beta = 0.0f;
     if (b) {
         for (int n = 0; n < N; n++)
@@ -129,6 +163,8 @@ static void cpu_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N
         beta = 1.0f;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x, I, w, I, beta, y, O);
+    free(xr);
+    free(wr);
 }
 
 static void cpu_linear_backward(kb_backend *be, const float *x /* (N,I) */,
@@ -136,11 +172,26 @@ static void cpu_linear_backward(kb_backend *be, const float *x /* (N,I) */,
                                 int I, int O, float *dx /* (N,I) or NULL */,
                                 float *dw /* (O,I), += */, float *db /* (O) or NULL, += */)
 {
-    kb_cpu_set_blas_threads(kb_cpu_of(be));
+    kb_cpu *impl = kb_cpu_of(be);
+    kb_cpu_set_blas_threads(impl);
+    const float *dyr = dy; /* the GEMMs' dy; db sums the fp32 one */
+    float *xr = NULL, *wr = NULL, *dyb = NULL;
+    if (impl->round_bf16) {
+        xr = kb_cpu_bf16_copy(impl, x, (size_t)N * I);
+        wr = dx ? kb_cpu_bf16_copy(impl, w, (size_t)O * I) : NULL;
+        dyb = kb_cpu_bf16_copy(impl, dy, (size_t)N * O);
+        KB_CPU_CHECK(xr && dyb && (wr || !dx));
+        x = xr;
+        w = wr;
+        dyr = dyb;
+    }
     if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 0.0f,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dyr, O, w, I, 0.0f,
                     dx, I);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, N, 1.0f, dyr, O, x, I, 1.0f, dw, I);
+    free(xr);
+    free(wr);
+    free(dyb);
     if (db) {
         for (int o = 0; o < O; o++) {
             double s = 0.0;
@@ -149,6 +200,14 @@ static void cpu_linear_backward(kb_backend *be, const float *x /* (N,I) */,
             db[o] += (float)s;
         }
     }
+}
+
+void kb_cpu_emulate_rounding(kb_backend *cpu, kb_precision p)
+{
+    /* a CPU backend only: its linear layers are ours */
+    KB_CPU_CHECK(cpu && cpu->linear_forward == cpu_linear_forward);
+    KB_CPU_CHECK(p == KB_PREC_FP32 || p == KB_PREC_BF16);
+    kb_cpu_of(cpu)->round_bf16 = p == KB_PREC_BF16;
 }
 
 void kb_cpu_ops_init(kb_backend *be)

@@ -114,22 +114,28 @@ static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEve
 /* EMU_TF32=1: float operands of convolutions whose math type allows tensor
  * cores (anything but CUDNN_FMA_MATH) and of GEMMs in
  * CUBLAS_TF32_TENSOR_OP_MATH are rounded to TF32 (10 mantissa bits, to
- * nearest even), as Ampere+ tensor cores take them; the default emulation
- * is exact fp32, which hides TF32's error from the tests' bounds. */
+ * nearest even), as Ampere+ tensor cores take them; EMU_TF32=rz truncates
+ * them instead (toward zero: twice the error, the worst case if a GPU does
+ * that). The default emulation is exact fp32, which hides TF32's error from
+ * the tests' bounds. */
+static inline int emu_tf32_on(void) /* 0 off, 1 to nearest, 2 toward zero */
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("EMU_TF32");
+        on = !e ? 0 : strcmp(e, "1") == 0 ? 1 : strcmp(e, "rz") == 0 ? 2 : 0;
+    }
+    return on;
+}
 static inline float emu_tf32(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7f800000u) != 0x7f800000u) {
-        u += 0xfffu + ((u >> 13) & 1u);
+        if (emu_tf32_on() != 2)
+            u += 0xfffu + ((u >> 13) & 1u);
         u &= 0xffffe000u;
     }
     memcpy(&f, &u, 4);
     return f;
-}
-static inline int emu_tf32_on(void)
-{
-    static int on = -1;
-    if (on < 0) { const char *e = getenv("EMU_TF32"); on = e && strcmp(e, "1") == 0; }
-    return on;
 }

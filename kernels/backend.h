@@ -40,6 +40,11 @@ typedef enum kb_precision {
     KB_PREC_BF16, /* bf16 operands, fp32 accumulation and fp32 results */
 } kb_precision;
 
+static inline const char *kb_precision_name(kb_precision p)
+{
+    return p == KB_PREC_BF16 ? "bf16" : p == KB_PREC_FP32 ? "fp32" : "tf32";
+}
+
 typedef struct kb_conv_desc {
     int N, C, H, W;     /* input */
     int K, R, S;        /* output channels, kernel height, width */

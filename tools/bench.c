@@ -83,7 +83,6 @@ static double tf32_peak(const char *name)
     return 0;
 }
 
-static const char *const prec_names[] = {"tf32", "fp32", "bf16"};
 
 static double now_s(void)
 {
@@ -194,7 +193,8 @@ static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int ste
 #else
     (void)gpu_free0;
 #endif
-    snprintf(o->mode, sizeof o->mode, "%s %s", sp && !mode.host_data ? "gpu" : "host",
+    snprintf(o->mode, sizeof o->mode, "%s %s",
+             strstr(rw_stepper_describe(sp), "on the device") ? "gpu" : "host",
              k.replayed > 0 ? "graph" : "eager");
     rw_stepper_free(sp);
     rw_dataset_free(&ds);
@@ -339,7 +339,7 @@ int main(int argc, char **argv)
     if (cuda) {
         printf("runaway-bench: CUDA backend, %s asked, %d timed steps after 2 warm-ups and the "
                "capture; views rendered in the step\n",
-               prec_names[prec], steps);
+               kb_precision_name(prec), steps);
         printf("%-26s %6s %6s %5s %-10s %10s %10s %13s %9s %9s\n", "config", "size", "batch",
                "prec", "views step", "ms/step", "pairs/s", "conv TFLOP/s", "of peak", "GPU MiB");
     } else {
@@ -349,7 +349,7 @@ int main(int argc, char **argv)
         else
             snprintf(tdesc, sizeof tdesc, "all (%ld)", sysconf(_SC_NPROCESSORS_ONLN));
         printf("runaway-bench: CPU backend, %s asked, %d timed steps after 1 warm-up, threads: %s\n",
-               prec_names[prec], steps, tdesc);
+               kb_precision_name(prec), steps, tdesc);
         printf("%-26s %6s %6s %5s %10s %10s %12s %11s\n", "config", "size", "batch", "prec",
                "ms/step", "pairs/s", "conv GFLOP/s", "peak MiB");
     }
@@ -389,11 +389,11 @@ int main(int argc, char **argv)
             if (peak > 0)
                 snprintf(frac, sizeof frac, "%.1f%%", 100.0 * o.gflop / 1e3 / peak);
             printf("%-26s %6d %6d %5s %-10s %10.2f %10.1f %13.1f %9s %9.0f\n", cfgs[i].label,
-                   cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.mode, o.ms, o.pairs,
+                   cfgs[i].size, cfgs[i].batch, kb_precision_name(o.prec), o.mode, o.ms, o.pairs,
                    o.gflop / 1e3, frac, o.gpu_mib);
         } else {
             printf("%-26s %6d %6d %5s %10.1f %10.2f %12.1f %11.0f\n", cfgs[i].label,
-                   cfgs[i].size, cfgs[i].batch, prec_names[o.prec], o.ms, o.pairs, o.gflop,
+                   cfgs[i].size, cfgs[i].batch, kb_precision_name(o.prec), o.ms, o.pairs, o.gflop,
                    o.peak_mib);
         }
         fflush(stdout);

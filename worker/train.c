@@ -150,11 +150,11 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
 
     /* Before any convolution is planned: plans choose algorithms per mode.
      * fp32 where tf32 was asked is only more exact: no need to say so. */
-    static const char *const prec_names[] = {"tf32", "fp32", "bf16"};
     kb_precision prec = be->set_precision(be, (kb_precision)spec->precision);
     if (prec != (kb_precision)spec->precision && spec->precision != RW_PREC_TF32)
         logf_(lh, "precision %s asked for; the %s backend computes in %s",
-              prec_names[spec->precision], be->name, prec_names[prec]);
+              kb_precision_name((kb_precision)spec->precision), be->name,
+              kb_precision_name(prec));
 
     rw_model_cfg mc;
     rw_model_cfg_from_spec(spec, &mc);

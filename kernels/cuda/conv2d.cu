@@ -38,7 +38,6 @@
 
 enum { DIR_FWD, DIR_BD, DIR_BW, NDIR };
 static const char *const dir_names[NDIR] = {"fwd", "bwd_data", "bwd_filter"};
-static const char *const mode_names[3] = {"tf32", "fp32", "bf16"};
 
 /* One direction under one mode. */
 typedef struct conv_dir {
@@ -499,7 +498,7 @@ static int plan_mode(kb_cuda *impl, kb_conv *c, kb_precision mode)
                         "conv N=%d C=%d H=%d W=%d K=%d R=%d S=%d stride=%d pad=%d %s %s: %s %s "
                         "algo %d %s, %.4f ms conv + %.4f ms copies\n",
                         d->N, d->C, d->H, d->W, d->K, d->R, d->S, d->stride, d->pad,
-                        mode_names[mode], dir_names[i], m.dir[i].nhwc ? "nhwc" : "nchw",
+                        kb_precision_name((kb_precision)(mode)), dir_names[i], m.dir[i].nhwc ? "nhwc" : "nchw",
                         m.dir[i].bf16 ? "bf16" : "fp32", m.dir[i].algo,
                         math_name(m.dir[i].math), m.dir[i].ms_conv, m.dir[i].ms_copy);
     }
@@ -540,7 +539,7 @@ fail:
             "conv_plan: %s failed (%s) for N=%d C=%d H=%d W=%d K=%d R=%d S=%d stride=%d "
             "pad=%d P=%d Q=%d (%s)\n",
             what, cudnnGetErrorString(st), d->N, d->C, d->H, d->W, d->K, d->R, d->S, d->stride,
-            d->pad, d->P, d->Q, mode_names[mode]);
+            d->pad, d->P, d->Q, kb_precision_name((kb_precision)(mode)));
     for (int i = 0; i < NDIR; i++)
         dir_free(&cm->dir[i]);
     return -1;
@@ -592,7 +591,7 @@ static conv_mode *mode_ready(kb_cuda *impl, kb_conv *c)
     static int told;
     if (!told++)
         fprintf(stderr, "cuda: convolution keeps its %s plan (notice shown once)\n",
-                mode_names[c->home]);
+                kb_precision_name((kb_precision)(c->home)));
     return &c->mode[c->home];
 }
 

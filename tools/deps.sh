@@ -1,7 +1,7 @@
 # Sourced by tools/test and tools/quickstart: installs what runaway needs from
 # Debian's packages (as root), only when something is missing, so a second
 # run costs a few dpkg queries.
-rw_packages="gcc g++ pkg-config meson ninja-build libopenblas-dev libdnnl-dev libyaml-dev
+rw_packages="gcc g++ pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev libdnnl-dev libyaml-dev
   libjansson-dev zlib1g-dev libpng-dev libuv1-dev libsqlite3-dev libcriterion-dev
   libgloo-dev python3-torch python3-torchvision"
 

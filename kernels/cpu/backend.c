@@ -10,6 +10,7 @@
 /* From OpenBLAS; declared here because cblas.h drags in <complex.h>, whose
  * macro I collides with the shape letter I in backend.h. */
 void openblas_set_num_threads(int num_threads);
+int openblas_get_parallel(void); /* 0 single-threaded, 1 pthreads, 2 OpenMP */
 
 /* OpenBLAS's thread count is process-wide; remember what we last set so two
  * backends with different counts each get theirs without a call per gemm. */
@@ -148,6 +149,15 @@ kb_backend *kb_cpu_create(int threads)
         return NULL;
     }
     impl->threads = threads;
+    /* meson links OpenBLAS's OpenMP build; a pthreads one loaded instead
+     * (LD_LIBRARY_PATH, a build without it) spins against OpenMP. */
+    static int warned;
+    if (threads > 1 && openblas_get_parallel() == 1 && !warned) {
+        warned = 1;
+        fprintf(stderr, "note: OpenBLAS is its pthreads build, whose threads contend with "
+                        "OpenMP's: linear layers run slower (install libopenblas-openmp-dev "
+                        "and rebuild)\n");
+    }
     be->name = "cpu";
     be->impl = impl;
     kb_cpu_set_threads(impl);

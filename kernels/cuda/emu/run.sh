@@ -37,7 +37,10 @@ done
 $CXX -c "$here/emu.cpp" -o "$out/emu.o"
 K="$B/kernels/librwkernels.a.p"
 emu_objs=("$out"/*.o)
-libs=(-ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lcriterion -lm -lpthread)
+# OpenBLAS's OpenMP build where installed, as meson links it
+ob=/usr/lib/x86_64-linux-gnu/openblas-openmp
+[ -e "$ob/libopenblas.so" ] || ob=/usr/lib/x86_64-linux-gnu/openblas-pthread
+libs=(-ldnnl -L"$ob" -Wl,-rpath,"$ob" -lopenblas -lcriterion -lm -lpthread)
 suites=(${EMU_SUITES:-backend backend_augment graph backend_model})
 for t in "${suites[@]}"; do
     case $t in backend|backend_augment|backend_model|graph) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac

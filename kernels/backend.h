@@ -30,6 +30,7 @@
 typedef struct kb_backend kb_backend;
 typedef struct kb_conv kb_conv;   /* opaque per-shape plan (primitives, algos) */
 typedef struct kb_graph kb_graph; /* opaque captured sequence of ops */
+typedef struct kb_stamp kb_stamp; /* opaque point in the backend's queue (timing) */
 typedef struct kb_adam_consts kb_adam_consts; /* kernels/optim.h */
 
 /* Math of convolutions and GEMMs. Storage, optimizer state and every other
@@ -116,6 +117,27 @@ struct kb_backend {
      * recorded ops are the caller's to keep in place while the graph lives. */
     int (*graph_launch)(kb_backend *be, kb_graph *g);
     void (*graph_free)(kb_backend *be, kb_graph *g);
+
+    /* ---- timing (kernels/profile.h); NULL where unsupported ----
+     * A stamp records when the backend's queue reaches it: on the CPU, whose
+     * ops run in the caller, the moment of the call; on a GPU, when the work
+     * queued before it has run, without waiting on the host. stamp_ms
+     * answers the milliseconds from a to b once both have been reached
+     * (after sync). Not allowed inside a capture. */
+    kb_stamp *(*stamp_create)(kb_backend *be);
+    void (*stamp_record)(kb_backend *be, kb_stamp *s);
+    double (*stamp_ms)(kb_backend *be, const kb_stamp *a, const kb_stamp *b);
+    void (*stamp_free)(kb_backend *be, kb_stamp *s);
+
+    /* ---- BYOL's views rendered from a uint8 set in backend memory; NULL
+     * where the backend cannot (the CPU renders them on loader threads) ----
+     * As kb_cuda_augment (kernels/cuda_augment.h): view 0 = T1, 1 = T2, -1 =
+     * the plain image, of the n samples named by keys (backend memory:
+     * epoch, then n indices) of src (count, 3, H, W), into out (n, 3, S, S).
+     * Returns 0, or -1 when it cannot. */
+    int (*augment)(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
+                   uint64_t seed, int view, int S, const float mean[3], const float std[3],
+                   float *out);
 
     /* ---- elementwise over n floats ---- */
     void (*fill)(kb_backend *be, float *x, float v, size_t n);

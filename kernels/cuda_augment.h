@@ -2,8 +2,8 @@
  * backend memory: the same draw (kernels/augment.h, keyed by seed, epoch,
  * sample index and view) and the same per-pixel math as the CPU loader
  * (worker/augment.c), so a view matches the CPU's within float rounding.
- * Not part of the kb_backend table: only the CUDA backend has it, and a
- * caller holding another backend renders on the CPU. */
+ * The CUDA backend's `augment` op (kernels/backend.h); a backend without
+ * that op renders on the CPU. */
 #ifndef RUNAWAY_KERNELS_CUDA_AUGMENT_H
 #define RUNAWAY_KERNELS_CUDA_AUGMENT_H
 

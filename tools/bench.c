@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "kernels/backend.h"
+#include "kernels/profile.h"
 #include "proto/spec.h"
 #include "rw_config.h"
 #include "worker/model.h"
@@ -143,7 +144,8 @@ static rw_dataset random_set(int n)
 /* The CUDA step as training runs it (worker/step.c): the views are part of
  * the timed step. 2 warm-up steps, the capture, then `steps` timed. */
 static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int steps,
-                        step_mode mode, size_t gpu_free0, bench_out *o, rw_step_stats *st)
+                        step_mode mode, size_t gpu_free0, bench_out *o, rw_step_stats *st,
+                        kb_backend *prof)
 {
     rw_dataset ds = random_set(4 * c->batch);
     rw_stepper_cfg sc = {
@@ -166,6 +168,8 @@ static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int ste
         if (s == 3) {
             be->sync(be);
             t0 = now_s();
+            if (prof)
+                kb_profile_enable(prof, 1);
         }
         int r = rw_stepper_forward_backward(sp, st);
         if (r == 1) {
@@ -178,6 +182,8 @@ static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int ste
             break;
         }
         rw_stepper_update(sp, 3e-4f, 0, 0.996f);
+        if (prof)
+            kb_profile_step_end(prof);
         s++;
     }
     be->sync(be);
@@ -203,8 +209,11 @@ static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int ste
     return rc;
 }
 
+/* One configuration: `steps` timed steps. With `profile`, the backend is
+ * wrapped in the op profiler (kernels/profile.h), the step runs op by op and
+ * the per-op table is printed after the steps. */
 static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, kb_precision prec,
-                         step_mode mode)
+                         step_mode mode, int profile)
 {
     bench_out o = {0};
     char err[256];
@@ -213,6 +222,15 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
         fprintf(stderr, "%s: %s backend: %s\n", c->label, cuda ? "CUDA" : "CPU",
                 cuda ? err : "cannot start");
         return o;
+    }
+    kb_backend *prof = NULL;
+    if (profile) {
+        if (!(prof = kb_profile_create(be, err, sizeof err))) {
+            fprintf(stderr, "%s: profile: %s\n", c->label, err);
+            kb_destroy(be);
+            return o;
+        }
+        be = prof;
     }
     o.prec = be->set_precision(be, prec);
     size_t gpu_free0 = 0, gpu_free1 = 0, gpu_total = 0;
@@ -247,7 +265,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
     }
     rw_step_stats st = {0};
     if (cuda) {
-        if (time_stepper(m, be, c, steps, mode, gpu_free0, &o, &st) != 0) {
+        if (time_stepper(m, be, c, steps, mode, gpu_free0, &o, &st, prof) != 0) {
             rw_model_free(m);
             kb_destroy(be);
             return o;
@@ -265,10 +283,14 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
         /* Warm-up: allocations, conv plans, page faults. */
         rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
         rw_model_update(m, 3e-4f, 0, 0.996f);
+        if (prof)
+            kb_profile_enable(prof, 1);
         double t0 = now_s();
         for (int s = 0; s < steps; s++) {
             rw_model_forward_backward(m, x1, x2, c->batch, c->size, &st);
             rw_model_update(m, 3e-4f, 0, 0.996f);
+            if (prof)
+                kb_profile_step_end(prof);
         }
         double dt = (now_s() - t0) / steps;
         o.ms = dt * 1e3;
@@ -284,6 +306,14 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
     getrusage(RUSAGE_SELF, &ru);
     o.peak_mib = ru.ru_maxrss / 1024.0;
     o.ok = isfinite(st.loss);
+    if (prof) {
+        printf("  %s, %d steps op by op%s (%.2f ms/step with the stamps):\n",
+               kb_precision_name(o.prec), steps,
+               cuda ? (o.mode[0] == 'g' ? ", views on the device" : ", views from the host") : "",
+               o.ms);
+        kb_profile_print(prof, stdout);
+        fflush(stdout);
+    }
     (void)gpu_free1;
     (void)gpu_total;
     rw_model_free(m);
@@ -293,7 +323,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
 
 int main(int argc, char **argv)
 {
-    int steps = 3, threads = 0, quick = 0, cuda = 0;
+    int steps = 3, threads = 0, quick = 0, cuda = 0, profile = 0, only = 0;
     kb_precision prec = KB_PREC_TF32;
     step_mode mode = {0, 0};
     for (int i = 1; i < argc; i++) {
@@ -307,6 +337,10 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--profile") == 0)
+            profile = 1;
+        else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
+            only = atoi(argv[++i]);
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
                  (strcmp(argv[i + 1], "cpu") == 0 || strcmp(argv[i + 1], "cuda") == 0))
             cuda = strcmp(argv[++i], "cuda") == 0;
@@ -319,7 +353,11 @@ int main(int argc, char **argv)
                                                   : KB_PREC_TF32;
         } else {
             fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
-                            "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data]\n");
+                            "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data] "
+                            "[--profile] [--config N]\n"
+                            "  --profile   after the table, each configuration again op by op, "
+                            "with the time, calls and rate of each kind of op\n"
+                            "  --config N  only the Nth configuration (1-based; see the table)\n");
             return 2;
         }
     }
@@ -335,7 +373,17 @@ int main(int argc, char **argv)
         {"resnet18 cifar 32x32", RW_STEM_CIFAR, 64, 32, 512, RW_PRED_MLP},
         {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 256, RW_PRED_MLP},
     };
-    int ncfg = quick ? 2 : cuda ? (int)(sizeof cfgs / sizeof *cfgs) : 5;
+    const int nall = (int)(sizeof cfgs / sizeof *cfgs);
+    int ncfg = quick ? 2 : cuda ? nall : 5, first = 0;
+    if (only) {
+        if (only > nall) {
+            fprintf(stderr, "runaway-bench: --config %d: there are %d configurations\n", only,
+                    nall);
+            return 2;
+        }
+        first = only - 1;
+        ncfg = only;
+    }
     if (cuda) {
         printf("runaway-bench: CUDA backend, %s asked, %d timed steps after 2 warm-ups and the "
                "capture; views rendered in the step\n",
@@ -357,7 +405,7 @@ int main(int argc, char **argv)
     double peak = 0;
     kb_precision in_effect = prec;
     int failed = 0;
-    for (int i = 0; i < ncfg; i++) {
+    for (int i = first; i < ncfg; i++) {
         int fd[2];
         if (pipe(fd) != 0)
             return 1;
@@ -365,7 +413,7 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             close(fd[0]);
-            bench_out o = run_one(&cfgs[i], steps, threads, cuda, prec, mode);
+            bench_out o = run_one(&cfgs[i], steps, threads, cuda, prec, mode, 0);
             ssize_t w = write(fd[1], &o, sizeof o);
             _exit(w == (ssize_t)sizeof o ? 0 : 1);
         }
@@ -407,6 +455,26 @@ int main(int argc, char **argv)
                    gpu[0] ? gpu : "?");
         else
             printf("GPU: %s; not in the peak table: no fraction of peak\n", gpu[0] ? gpu : "?");
+    }
+    /* The profile: each configuration again through the op profiler, in its
+     * own process, op by op (stamps cannot sit inside a CUDA graph). */
+    for (int i = first; profile && i < ncfg; i++) {
+        printf("\nprofile: %s, %dx%d, batch %d, %s backend\n", cfgs[i].label, cfgs[i].size,
+               cfgs[i].size, cfgs[i].batch, cuda ? "CUDA" : "CPU");
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            step_mode m = mode;
+            m.no_graphs = 1;
+            bench_out o = run_one(&cfgs[i], steps, threads, cuda, prec, m, 1);
+            _exit(o.ok ? 0 : 1);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            printf("  failed\n");
+            failed++;
+        }
     }
     return failed ? 1 : 0;
 }

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda_augment.h"
 #include "worker/data_internal.h"
 
 /* Eager steps before a capture: the first plans every convolution (cuDNN's
@@ -80,9 +79,9 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
         goto fail;
     }
 
-    /* The device renders the views where it can (kb_cuda_augment answers
-     * -1 on any other backend); a set that does not fit falls back. */
-    if (!c->host_data && strcmp(be->name, "cuda") == 0) {
+    /* The device renders the views where it can (a backend with the
+     * augment op); a set that does not fit falls back. */
+    if (!c->host_data && be->augment) {
         size_t bytes = (size_t)c->ds->n * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE;
         s->pix = be->alloc(be, bytes);
         s->keys = be->alloc(be, (size_t)(s->Bl + 1) * sizeof(uint32_t));
@@ -189,10 +188,10 @@ static int body_a(rw_stepper *s)
     if (s->pix) {
         const int view1 = s->c.augment == RW_AUG_NONE ? -1 : 0;
         const int view2 = s->c.augment == RW_AUG_NONE ? -1 : 1;
-        kb_cuda_augment(s->be, s->pix, RW_CIFAR_SIDE, RW_CIFAR_SIDE, s->keys, s->Bl, s->c.seed,
-                        view1, s->c.size, s->c.mean, s->c.std, s->x1);
-        kb_cuda_augment(s->be, s->pix, RW_CIFAR_SIDE, RW_CIFAR_SIDE, s->keys, s->Bl, s->c.seed,
-                        view2, s->c.size, s->c.mean, s->c.std, s->x2);
+        s->be->augment(s->be, s->pix, RW_CIFAR_SIDE, RW_CIFAR_SIDE, s->keys, s->Bl, s->c.seed,
+                       view1, s->c.size, s->c.mean, s->c.std, s->x1);
+        s->be->augment(s->be, s->pix, RW_CIFAR_SIDE, RW_CIFAR_SIDE, s->keys, s->Bl, s->c.seed,
+                       view2, s->c.size, s->c.mean, s->c.std, s->x2);
     }
     return rw_model_forward_backward(s->c.m, s->x1, s->x2, s->Bl, s->c.size, NULL);
 }

@@ -4,7 +4,7 @@
  *
  * Views. On a backend that can render them (the CUDA backend), the uint8
  * training set is copied to the device once and every step's T1/T2 are
- * rendered there by kb_cuda_augment, from the same keys (seed, epoch,
+ * rendered there by the backend's augment op, from the same keys (seed, epoch,
  * sample, view) and with the same math as the CPU loader; per step only the
  * n + 1 keys go up. Elsewhere the background loader renders on the CPU and
  * the two views are uploaded.

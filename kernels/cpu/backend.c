@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels/cpu/cpu.h"
 
@@ -95,6 +96,35 @@ static void cpu_copy(kb_backend *be, void *dst, const void *src, size_t bytes)
 
 static void cpu_sync(kb_backend *be) { (void)be; }
 
+/* Ops run in the caller, so a stamp is the moment of its call. */
+struct kb_stamp {
+    struct timespec t;
+};
+
+static kb_stamp *cpu_stamp_create(kb_backend *be)
+{
+    (void)be;
+    return calloc(1, sizeof(kb_stamp));
+}
+
+static void cpu_stamp_record(kb_backend *be, kb_stamp *s)
+{
+    (void)be;
+    clock_gettime(CLOCK_MONOTONIC, &s->t);
+}
+
+static double cpu_stamp_ms(kb_backend *be, const kb_stamp *a, const kb_stamp *b)
+{
+    (void)be;
+    return (double)(b->t.tv_sec - a->t.tv_sec) * 1e3 + (double)(b->t.tv_nsec - a->t.tv_nsec) / 1e6;
+}
+
+static void cpu_stamp_free(kb_backend *be, kb_stamp *s)
+{
+    (void)be;
+    free(s);
+}
+
 /* ---- elementwise over n floats ---- */
 
 static void cpu_fill(kb_backend *be, float *x, float v, size_t n)
@@ -180,6 +210,10 @@ kb_backend *kb_cpu_create(int threads)
     be->copy = cpu_copy;
     be->sync = cpu_sync;
     be->set_precision = cpu_set_precision;
+    be->stamp_create = cpu_stamp_create;
+    be->stamp_record = cpu_stamp_record;
+    be->stamp_ms = cpu_stamp_ms;
+    be->stamp_free = cpu_stamp_free;
     be->fill = cpu_fill;
     be->scale = cpu_scale;
     be->axpy = cpu_axpy;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda_augment.h"
 
 /* ---- kernels ---- */
 
@@ -228,6 +229,49 @@ static void cuda_sync(kb_backend *be)
     if (kb_cuda_capture_refuse(impl, "sync inside a capture"))
         return;
     KB_CUDA(cudaStreamSynchronize(impl->stream));
+}
+
+/* ---- timing: CUDA events on the backend's stream ---- */
+
+struct kb_stamp {
+    cudaEvent_t ev;
+};
+
+static kb_stamp *cuda_stamp_create(kb_backend *be)
+{
+    kb_cuda_enter(be);
+    kb_stamp *s = (kb_stamp *)calloc(1, sizeof *s);
+    if (s && cudaEventCreate(&s->ev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        free(s);
+        s = NULL;
+    }
+    return s;
+}
+
+static void cuda_stamp_record(kb_backend *be, kb_stamp *s)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "timing stamp inside a capture"))
+        return;
+    KB_CUDA(cudaEventRecord(s->ev, impl->stream));
+}
+
+static double cuda_stamp_ms(kb_backend *be, const kb_stamp *a, const kb_stamp *b)
+{
+    kb_cuda_enter(be);
+    float ms = 0;
+    KB_CUDA(cudaEventElapsedTime(&ms, a->ev, b->ev));
+    return ms;
+}
+
+static void cuda_stamp_free(kb_backend *be, kb_stamp *s)
+{
+    kb_cuda_enter(be);
+    if (s) {
+        cudaEventDestroy(s->ev);
+        free(s);
+    }
 }
 
 /* ---- captured op sequences (CUDA graphs) ---- */
@@ -456,6 +500,11 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     be->capture_end = cuda_capture_end;
     be->graph_launch = cuda_graph_launch;
     be->graph_free = cuda_graph_free;
+    be->stamp_create = cuda_stamp_create;
+    be->stamp_record = cuda_stamp_record;
+    be->stamp_ms = cuda_stamp_ms;
+    be->stamp_free = cuda_stamp_free;
+    be->augment = kb_cuda_augment;
     be->fill = cuda_fill;
     be->scale = cuda_scale;
     be->axpy = cuda_axpy;

@@ -4,7 +4,7 @@
 # runtime, cuDNN and cuBLAS (this folder), each CUDA thread a coroutine that
 # yields at __syncthreads and at warp shuffles, convolutions and GEMMs by
 # naive loops that check the descriptors they are given. The backend,
-# backend_model, backend_augment and graph suites then run against it (the suites
+# backend_model, backend_augment, graph and profile suites then run against it (the suites
 # see a "GPU" that computes in exact host arithmetic). It checks the kernels'
 # indexing, reductions, barriers and the plumbing of descriptors and GEMM
 # arguments; not timing, memory model, TF32 or the real libraries: that is
@@ -15,7 +15,7 @@
 #   kernels/cuda/emu/run.sh [BUILD_DIR] [criterion options...]
 #   (BUILD_DIR: a meson build of this tree, default build-cuda; the suites'
 #   CPU side links its objects.) Slow: the model suite takes ~15 minutes.
-#   EMU_SUITES="backend" (a subset of "backend backend_augment graph
+#   EMU_SUITES="backend" (a subset of "backend backend_augment graph profile
 #   backend_model", the default) builds and runs only those; criterion
 #   options such as --filter 'backend/bf16_*' go to every suite run.
 set -euo pipefail
@@ -41,9 +41,9 @@ emu_objs=("$out"/*.o)
 ob=/usr/lib/x86_64-linux-gnu/openblas-openmp
 [ -e "$ob/libopenblas.so" ] || ob=/usr/lib/x86_64-linux-gnu/openblas-pthread
 libs=(-ldnnl -L"$ob" -Wl,-rpath,"$ob" -lopenblas -lcriterion -lm -lpthread)
-suites=(${EMU_SUITES:-backend backend_augment graph backend_model})
+suites=(${EMU_SUITES:-backend backend_augment graph profile backend_model})
 for t in "${suites[@]}"; do
-    case $t in backend|backend_augment|backend_model|graph) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
+    case $t in backend|backend_augment|backend_model|graph|profile) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
 done
 has() { [[ " ${suites[*]} " == *" $1 "* ]]; }
 for t in "${suites[@]}"; do
@@ -51,10 +51,10 @@ for t in "${suites[@]}"; do
 done
 has backend && g++ -fopenmp -o "$out/test_backend" "$out/test_backend.o" "${emu_objs[@]}" "$K"/cpu_*.o "${libs[@]}"
 W=("$B/worker/librwworker.a" "$B/worker/librwdata.a" "$B/worker/librwweights.a" "$B/proto/librwproto.a")
-extra=("$K/collective.c.o")
+extra=("$K/collective.c.o" "$K/profile.c.o")
 gl=()
 if [ -f "$K/gloo_comm.cc.o" ]; then extra+=("$K/gloo_comm.cc.o"); gl=(-lgloo); fi
-for t in backend_augment backend_model graph; do
+for t in backend_augment backend_model graph profile; do
     has $t || continue
     g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${W[@]}" "${emu_objs[@]}" "$K"/cpu_*.o \
         "${extra[@]}" "${gl[@]}" -ljansson -lz -lpng16 -lyaml "${libs[@]}"

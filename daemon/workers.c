@@ -6,7 +6,9 @@
  * exponential backoff; one whose connection goes silent for longer than the
  * heartbeat timeout is killed (then restarted). Either way its job is
  * requeued, up to max_retries, and resumes from the checkpoint in its run
- * directory. The scheduler is FIFO within priority and strict: the head job
+ * directory; so is a job whose worker reports a failure as worth another
+ * attempt (retry: a hung training thread, a broken collective), while the
+ * job's own failures (bad data, a loss that is not finite) end it. The scheduler is FIFO within priority and strict: the head job
  * waits for its N devices rather than being overtaken, so N-device jobs
  * cannot starve. */
 #include <errno.h>
@@ -522,9 +524,9 @@ static void release_job(rd_daemon *d, int64_t job, int64_t attempt, rd_worker *e
     run_end(d, attempt);
 }
 
-/* The attempt cannot go on (a worker lost; for a multi-rank job also a
- * rank's failure, usually a collective error behind a peer's death): the
- * others are cancelled, the job requeued to resume from rank 0's
+/* The attempt cannot go on, but another may (a worker lost; a failure its
+ * worker marks retry: a hang, a collective error behind a peer's death):
+ * the other ranks are cancelled, the job requeued to resume from rank 0's
  * checkpoint, up to max_retries. */
 static void attempt_lost(rd_daemon *d, int64_t job, int64_t attempt, rd_worker *except,
                          const char *outcome, const char *why)
@@ -658,7 +660,9 @@ static void drained(rd_daemon *d, rd_worker *w, const char *type, json_t *m)
              (long long)w->drain_attempt, w->slot, w->rank, type, e ? ": " : "", e ? e : "");
     rd_db_event(d, w->drain_job, "worker", ev);
     rd_log("%s", ev);
-    w->drain_job = w->drain_attempt = 0;
+    /* a process replacing itself stays drained until its successor's hello */
+    if (!json_is_true(json_object_get(m, "restart")))
+        w->drain_job = w->drain_attempt = 0;
 }
 
 void rd_worker_message(rd_conn *c, const char *type, json_t *m)
@@ -735,23 +739,35 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
         rank_finished(d, w, run);
     } else if (!strcmp(type, "failed")) {
         const char *e = json_string_value(json_object_get(m, "error"));
-        if (world > 1) {
-            char why[RW_LINE_MAX + 64];
+        /* The worker says whether another attempt may go better (a hang, a
+         * broken collective: a peer or the network); the job's own failures
+         * (bad data, a loss that is not finite) would repeat on every rank
+         * and every attempt. */
+        int retry = json_is_true(json_object_get(m, "retry"));
+        char why[RW_LINE_MAX + 64];
+        if (world > 1)
             snprintf(why, sizeof why, "rank %d (worker %d) failed: %s", w->rank, w->slot, e);
+        else
+            snprintf(why, sizeof why, "%s", e);
+        if (world > 1 && run->have_result && w->rank > 0) {
             rd_log("job j%lld: %s", (long long)job, why);
-            if (run->have_result && w->rank > 0) {
-                rd_db_event(d, job, "worker", why);
-                rank_finished(d, w, run);
-            } else {
-                attempt_lost(d, job, attempt, w, "failed", why);
-            }
+            rd_db_event(d, job, "worker", why);
+            rank_finished(d, w, run);
+        } else if (retry) {
+            rd_log("job j%lld: %s", (long long)job, why);
+            attempt_lost(d, job, attempt, w, "failed", why);
         } else {
-            set_attempt(d, attempt, "failed", e);
-            release_job(d, job, attempt, w);
-            /* a worker's own failure (bad data, non-finite loss) would repeat */
+            set_attempt(d, attempt, "failed", why);
+            release_job(d, job, attempt, w); /* the other ranks are cancelled */
             if (rd_db_int(d, "SELECT state='running' FROM jobs WHERE id=?", job, 0))
-                set_job_state(d, job, "failed", e);
-            rd_log("job j%lld failed: %s", (long long)job, e);
+                set_job_state(d, job, "failed", why);
+            rd_log("job j%lld failed: %s", (long long)job, why);
+        }
+        /* The process is replacing itself (its training thread hung): no
+         * work until the new one says hello, as for a drained attempt. */
+        if (json_is_true(json_object_get(m, "restart")) && w->conn) {
+            w->drain_job = job;
+            w->drain_attempt = attempt;
         }
     } else if (!strcmp(type, "stopped")) {
         set_attempt(d, attempt, "stopped", NULL);

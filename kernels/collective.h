@@ -30,6 +30,10 @@ struct kb_comm {
     int rank, world;
     const char *name; /* "single", "gloo", "nccl" */
     void *impl;
+    /* Set by the first call that failed in the transport or a peer (not for
+     * bad arguments): such a failure is most often a peer's death or a
+     * network fault, which another attempt may not meet. */
+    int broken;
     /* In place over n floats of buf. */
     int (*allreduce)(kb_comm *c, float *buf, size_t n, kb_reduce_op op, char *err, size_t errlen);
     /* bytes of buf from root to every rank, in place. */

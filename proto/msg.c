@@ -60,7 +60,9 @@ static const mdef msgs[] = {
     {"done", RW_FROM_WORKER,
      {ID_OPT, JOB, ATTEMPT, METRICS, {"linear_acc", T_NUM_OR_NULL, 1, 0, 1},
       {"align_last10", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform_last10", T_NUM_OR_NULL, 1, -BIG, BIG}}},
-    {"failed", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"error", T_STR, 1, 0, RW_LINE_MAX}}},
+    {"failed", RW_FROM_WORKER,
+     {ID_OPT, JOB, ATTEMPT, {"error", T_STR, 1, 0, RW_LINE_MAX}, {"retry", T_BOOL, 0, 0, 1},
+      {"restart", T_BOOL, 0, 0, 1}}},
     {"stopped", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT}},
     /* worker requests (rendezvous store of the worker's current attempt) */
     {"kv_set", RW_FROM_WORKER,

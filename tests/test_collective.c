@@ -402,6 +402,9 @@ Test(collective, dead_peer_fails, .timeout = 30)
     cr_assert_not_null(c, "%s", err);
     cr_assert_eq(c->allreduce(c, v, 1000, KB_REDUCE_SUM, err, sizeof err), 0, "%s", err);
     cr_assert(v[0] == 2.0f && v[999] == 2.0f);
+    /* a caller's mistake is not the transport's failure: not broken */
+    cr_assert_eq(c->broadcast(c, v, 4, 5, err, sizeof err), -1);
+    cr_assert_eq(c->broken, 0, "bad arguments marked the communicator broken");
     double t0 = now_s();
     int rc = c->allreduce(c, v, DEAD_N, KB_REDUCE_SUM, err, sizeof err);
     double dt = now_s() - t0;
@@ -415,6 +418,8 @@ Test(collective, dead_peer_fails, .timeout = 30)
                  dt);
     cr_assert_eq(c->broadcast(c, v, 4, 0, err, sizeof err), -1);
     cr_assert(strstr(err, "broken"), "%s", err);
+    /* what the worker reads to ask the daemon for another attempt */
+    cr_assert_eq(c->broken, 1);
     kb_comm_destroy(c);
     free(v);
     ts_free(ts);

@@ -924,16 +924,22 @@ Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini
 {
     char path[128], out[8192];
     snprintf(path, sizeof path, "%s/bad.yaml", dir);
-    /* a regular file passes validation; the worker finds it is no safetensors */
-    write_grid(path, "bad", 2, 0, "  variant:\n    - {name: a, init: /etc/passwd}\n");
+    /* a regular file passes validation; the worker finds it is no safetensors
+     * (on every rank of the 2-device job, after their rendezvous) */
+    write_grid(path, "bad", 2, 0,
+               "  variant:\n    - {name: a, init: /etc/passwd}\n"
+               "    - {name: b, init: /etc/passwd, devices: 2}\n");
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     rc = cli(out, sizeof out, 40, "watch", "bad", NULL);
     cr_assert_eq(rc, 1, "%s", out);
     cr_assert(strstr(out, "bad/a/seed0: failed: ") && strstr(out, "/etc/passwd"), "%s", out);
+    cr_assert(strstr(out, "bad/b/seed0: failed: rank ") && strstr(out, "/etc/passwd"), "%s", out);
     sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE outcome='failed'", 0), 1,
-                 "a worker's own failure is not retried");
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE outcome='failed'", 0), 2,
+                 "a job's own failure is not retried, on one device or two");
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts", 0), 2);
+    cr_assert_eq(db_num(db, "SELECT SUM(lost) FROM jobs", 0), 0);
     sqlite3_close(db);
     rc = cli(out, sizeof out, 20, "show", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "state      failed: ") && strstr(out, "failed: "), "%s", out);
@@ -941,11 +947,12 @@ Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini
     cr_assert(rc == 0 && strstr(out, "0/1"), "%s", out);
 }
 
-/* A job whose training thread hangs (RW_TEST_STALL: at its 4th step, as a
- * GPU call that never returns would) still sends heartbeats from the
- * worker's I/O thread; the watchdog takes the training thread's silence for
- * a hang, reports the job failed and restarts the worker, which then takes
- * the next job. */
+/* A job whose training thread hangs (RW_TEST_STALL: at its 4th step of its
+ * first attempt, as a GPU call that never returns would) still sends
+ * heartbeats from the worker's I/O thread; the watchdog takes the training
+ * thread's silence for a hang, reports the attempt failed (retry: a hang need
+ * not recur) and restarts the worker. The job is requeued and its second
+ * attempt completes; the workers take the next jobs. */
 static void setup_stall(void)
 {
     extra_arg[0] = "--stall-timeout";
@@ -954,7 +961,7 @@ static void setup_stall(void)
     setup();
 }
 
-Test(daemon, a_hung_job_is_failed_by_the_watchdog_and_the_worker_moves_on, .init = setup_stall,
+Test(daemon, a_hung_attempt_is_failed_by_the_watchdog_and_the_job_retried, .init = setup_stall,
      .fini = teardown, .timeout = 90)
 {
     char path[128], out[8192];
@@ -965,11 +972,25 @@ Test(daemon, a_hung_job_is_failed_by_the_watchdog_and_the_worker_moves_on, .init
     cr_assert_eq(rc, 0, "%s", out);
     rc = cli(out, sizeof out, 60, "watch", "hang", NULL);
     double dt = now() - t0;
-    cr_assert_eq(rc, 1, "%s", out);
-    cr_assert(strstr(out, "hang/a/seed0: failed: ") && strstr(out, "no training progress for 2 s"),
-              "%s", out);
-    printf("daemon: hung job failed by the watchdog %.1f s after submission\n", dt);
-    cr_expect(dt < 20, "the watchdog took %.1f s", dt);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1 AND outcome='failed' "
+                            "AND error LIKE 'no training progress for 2 s%'", 0), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1 AND outcome='done'", 0),
+                 1);
+    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1, "lost %g attempts %g",
+                 db_num(db, "SELECT lost FROM jobs WHERE id=1", 0),
+                 db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0));
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                            "'no training progress%requeued (resumes from its checkpoint)'", 0),
+                 1);
+    double t_fail = db_num(db, "SELECT ended FROM attempts WHERE job_id=1 AND outcome='failed'",
+                           0) - db_num(db, "SELECT started FROM attempts WHERE job_id=1 AND "
+                                           "outcome='failed'", 0);
+    sqlite3_close(db);
+    printf("daemon: hung attempt failed by the watchdog %.0f s after its start; the retry done "
+           "%.1f s after submission\n", t_fail, dt);
+    cr_expect(t_fail < 20, "the watchdog took %.0f s", t_fail);
     /* the restarted worker (and the other) take the next jobs */
     snprintf(path, sizeof path, "%s/after.yaml", dir);
     write_grid(path, "after", 1, 0, "  seed: [0, 1]\n");
@@ -1348,10 +1369,12 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     cr_assert(now() - t0 >= 0.25 && now() - t0 < 3, "timeout after %.2f s", now() - t0);
     json_decref(e);
 
-    /* this rank fails: the others are cancelled (their rendezvous ends at
-     * once), the job requeued; the next attempt has a fresh store */
+    /* this rank fails as a broken collective does (retry): the others are
+     * cancelled (their rendezvous ends at once), the job requeued; the next
+     * attempt has a fresh store */
     m = kv_msg("failed", -1, job, att, NULL);
     json_object_set_new(m, "error", json_string("test: rank 2 gives up"));
+    json_object_set_new(m, "retry", json_true());
     cr_assert_eq(rw_frame_send_fd(fd, m), 0);
     json_decref(m);
     as = fake_wait(fd, &r, "assign", -1, 40);
@@ -1369,7 +1392,9 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
                             "'%ended after cancel_job: stopped%'", 0), 2,
                  "the real ranks did not stop at once");
-    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1);
+    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1, "lost %g attempts %g",
+                 db_num(db, "SELECT lost FROM jobs WHERE id=1", 0),
+                 db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0));
     sqlite3_close(db);
     rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);

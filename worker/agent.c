@@ -126,6 +126,9 @@ static void *io_main(void *arg)
             json_object_set_new(f, "job", json_integer(sj));
             json_object_set_new(f, "attempt", json_integer(sa));
             json_object_set_new(f, "error", json_string(e));
+            /* a hang (a GPU, a library, a file system) need not recur */
+            json_object_set_new(f, "retry", json_true());
+            json_object_set_new(f, "restart", json_true()); /* no new work for this process */
             send_msg(a, f);
             restart_self(a);
         }
@@ -272,7 +275,8 @@ static void hook_progress(void *ud)
 }
 
 /* Tests of the watchdog: RW_TEST_STALL=NAME:N hangs the training thread of
- * the job named NAME (e.g. grid/variant/seed0) at its Nth sign of progress. */
+ * the job named NAME (e.g. grid/variant/seed0) at its Nth sign of progress,
+ * in its first attempt only (a hang that the retry does not meet). */
 static long test_stall_at(const char *job_name)
 {
     const char *e = getenv("RW_TEST_STALL");
@@ -460,7 +464,8 @@ static json_t *run_assignment(agent *a, json_t *m)
         json_object_set_new(f, "error", json_string(err));
         return f;
     }
-    r.stall_at = test_stall_at(name);
+    if (!json_is_true(json_object_get(m, "resume")))
+        r.stall_at = test_stall_at(name);
     json_t *th = json_object_get(m, "threads");
     if (s.threads == 0 && json_integer_value(th) > 0)
         s.threads = (int)json_integer_value(th); /* share the machine with other slots */
@@ -478,6 +483,11 @@ static json_t *run_assignment(agent *a, json_t *m)
     rw_train_result res;
     memset(&res, 0, sizeof res);
     int rc = -1;
+    /* Whether another attempt may succeed: a failed rendezvous or a broken
+     * collective (a peer died, the network failed) yes; the job's own
+     * failures (its data, its weights, a loss that is not finite) would
+     * repeat. */
+    int retry = 0;
     kb_comm *comm = NULL;
     if (be && world > 1) {
         /* rendezvous through the daemon's store of this attempt: fresh per
@@ -493,6 +503,7 @@ static json_t *run_assignment(agent *a, json_t *m)
             kb_destroy(be);
             return job_msg(&r, "stopped");
         }
+        retry = !comm;
     }
     if (be && (world == 1 || comm)) {
         rw_train_hooks hooks = {.ud = &r, .on_step = hook_step, .on_epoch = hook_epoch,
@@ -504,6 +515,7 @@ static json_t *run_assignment(agent *a, json_t *m)
         rc = rw_train(&s, be, &opts, &hooks, &res, err, sizeof err);
         if (rc != 0 && comm)
             fprintf(stderr, "runaway-worker: j%lld rank %d: %s\n", r.job, rank, err);
+        retry = rc != 0 && comm && comm->broken;
     }
     kb_comm_destroy(comm);
     if (be)
@@ -512,6 +524,8 @@ static json_t *run_assignment(agent *a, json_t *m)
         json_t *f = job_msg(&r, "failed");
         json_t *e = json_string(err);
         json_object_set_new(f, "error", e ? e : json_string("training failed"));
+        if (retry)
+            json_object_set_new(f, "retry", json_true());
         return f;
     }
     if (res.stopped)

@@ -26,6 +26,7 @@ typedef struct nccl_impl {
     int device;
     int timeout_ms;
     int broken;
+    kb_comm *self; /* its broken flag is the public copy of ours */
     float *one; /* device scratch for barrier */
     char first_error[256];
 } nccl_impl;
@@ -41,6 +42,8 @@ static int fail(nccl_impl *x, char *err, size_t errlen, const char *what, const 
 {
     if (!x->broken) {
         x->broken = 1;
+        if (x->self)
+            x->self->broken = 1;
         snprintf(x->first_error, sizeof x->first_error, "nccl %s: %s", what, why);
     }
     snprintf(err, errlen, "%s", x->first_error);
@@ -189,6 +192,7 @@ extern "C" kb_comm *kb_nccl_create(const kb_store *store, int rank, int world, i
     }
     x->device = device;
     x->timeout_ms = timeout_ms;
+    x->self = c;
     if (cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking) != cudaSuccess ||
         cudaMalloc(&x->one, sizeof(float)) != cudaSuccess) {
         snprintf(err, errlen, "nccl: cannot create a stream on GPU %d", device);

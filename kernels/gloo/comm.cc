@@ -132,6 +132,7 @@ int guarded(kb_comm *c, const char *what, char *err, size_t errlen, F &&op)
     }
     g->broken = true;
     g->first_error = msg;
+    c->broken = 1;
     snprintf(err, errlen, "gloo %s (rank %d of %d): %s", what, c->rank, c->world, msg.c_str());
     return -1;
 }
@@ -240,6 +241,7 @@ extern "C" kb_comm *kb_gloo_create(const kb_store *store, int rank, int world,
     }
     g->c.rank = rank;
     g->c.world = world;
+    g->c.broken = 0;
     g->c.name = "gloo";
     g->c.impl = g;
     g->c.allreduce = gloo_allreduce;

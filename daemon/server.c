@@ -724,6 +724,77 @@ static void mean_std(const double *x, int n, double *mean, double *std)
     *std = n > 1 ? sqrt(ss / (n - 1)) : (n == 1 ? 0 : NAN); /* sample std over seeds */
 }
 
+/* Rows in a curves reply, over all its jobs: ~130 bytes each, so a reply
+ * stays far below the frame limit; longer curves are thinned evenly. */
+#define CURVE_ROWS_MAX 4000
+
+/* One job's curve: per epoch (its newest row), [epoch, loss, align,
+ * uniform, collapse, knn], at most `cap` rows (first and last kept). */
+static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
+{
+    json_t *all = json_array();
+    sqlite3_stmt *st = rd_db_prep(d,
+        "SELECT epoch, loss, align, uniform, collapse, knn FROM metrics WHERE id IN (SELECT "
+        "MAX(id) FROM metrics WHERE job_id=? AND kind='epoch' GROUP BY epoch) ORDER BY epoch");
+    if (st) {
+        sqlite3_bind_int64(st, 1, job);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            json_t *row = json_array();
+            for (int i = 0; i < 6; i++)
+                json_array_append_new(row, col_json(st, i));
+            json_array_append_new(all, row);
+        }
+        sqlite3_finalize(st);
+    }
+    size_t n = json_array_size(all);
+    if (n <= cap)
+        return all;
+    json_t *thin = json_array();
+    for (size_t k = 0; k < cap; k++)
+        json_array_append(thin, json_array_get(all, cap > 1 ? k * (n - 1) / (cap - 1) : n - 1));
+    json_decref(all);
+    return thin;
+}
+
+/* The training curves of a job, or of every job of a grid. */
+static void req_curves(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    const char *t = json_string_value(json_object_get(m, "target"));
+    char kind;
+    int64_t tid;
+    if (resolve_target(d, t, &kind, &tid) != 0) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+        return;
+    }
+    json_t *jobs = query_rows(d,
+                              kind == 'g' ? "SELECT id, name, variant, seed, state FROM jobs "
+                                            "WHERE grid_id=?1 ORDER BY id"
+                                          : "SELECT id, name, variant, seed, state FROM jobs "
+                                            "WHERE id=?1",
+                              tid, RW_GRID_JOBS_MAX);
+    size_t njobs = json_array_size(jobs), cap = CURVE_ROWS_MAX / (njobs ? njobs : 1), i;
+    if (cap < 2)
+        cap = 2;
+    json_t *j;
+    json_array_foreach(jobs, i, j) json_object_set_new(
+        j, "epochs", job_curve(d, json_integer_value(json_object_get(j, "id")), cap));
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "kind", json_string(kind == 'g' ? "grid" : "job"));
+    if (kind == 'g') {
+        json_t *g = query_rows(d, "SELECT name FROM grids WHERE id=?1", tid, 1);
+        json_object_set(r, "name", json_object_get(json_array_get(g, 0), "name"));
+        json_decref(g);
+    } else {
+        json_object_set(r, "name", json_object_get(json_array_get(jobs, 0), "name"));
+    }
+    json_object_set_new(r, "target_id", json_integer(tid));
+    json_object_set_new(r, "columns", json_pack("[ssssss]", "epoch", "loss", "align", "uniform",
+                                                 "collapse", "knn"));
+    json_object_set_new(r, "jobs", jobs);
+    rd_conn_send(c, r);
+}
+
 static void req_table(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -906,6 +977,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         req_watch(c, id, m);
     else if (!strcmp(type, "table"))
         req_table(c, id, m);
+    else if (!strcmp(type, "curves"))
+        req_curves(c, id, m);
     else if (!strcmp(type, "export"))
         req_export(c, id, m);
     else if (!strcmp(type, "status"))

@@ -50,6 +50,7 @@ static const mdef msgs[] = {
     {"workers", RW_FROM_CLIENT, {ID}},
     {"watch", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"table", RW_FROM_CLIENT, {ID, TARGET("grid")}},
+    {"curves", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"export", RW_FROM_CLIENT, {ID, TARGET("job")}},
     {"status", RW_FROM_CLIENT, {ID}},
     {"shutdown", RW_FROM_CLIENT, {ID}},

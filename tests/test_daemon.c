@@ -462,6 +462,94 @@ static void expect_close(double a, double b, const char *what)
     cr_assert(fabs(a - b) <= 1e-9 * (1 + fabs(b)), "%s: table %.12g, recomputed %.12g", what, a, b);
 }
 
+/* runaway plot on the finished 2 x 2 grid g1 (tiny: byol, byol-np; seeds
+ * 0, 1; 2 epochs): a PNG of the drawn size, data files whose values are the
+ * per-epoch means over seeds of the stored metrics (each epoch's newest
+ * row), a text rendering, and clear errors. */
+static void check_plot(void)
+{
+    char out[16384], png[256], data[256];
+    snprintf(png, sizeof png, "%s/curves.png", dir);
+    snprintf(data, sizeof data, "%s/curves", dir);
+    int rc = cli(out, sizeof out, 30, "plot", "g1", "-o", png, "--data", data, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    unsigned char h[24];
+    FILE *f = fopen(png, "rb");
+    cr_assert_not_null(f, "no %s", png);
+    cr_assert_eq(fread(h, 1, sizeof h, f), sizeof h);
+    fclose(f);
+    cr_assert(memcmp(h, "\x89PNG\r\n\x1a\n", 8) == 0 && memcmp(h + 12, "IHDR", 4) == 0);
+    unsigned wpx = (unsigned)h[16] << 24 | h[17] << 16 | h[18] << 8 | h[19];
+    unsigned hpx = (unsigned)h[20] << 24 | h[21] << 16 | h[22] << 8 | h[23];
+    cr_expect(wpx == 1500 && hpx == 900, "png %ux%u", wpx, hpx);
+
+    sqlite3 *db = open_db();
+    const char *variants[2] = {"byol", "byol-np"};
+    for (int v = 0; v < 2; v++) {
+        char p[300], line[512], name[64];
+        snprintf(p, sizeof p, "%s/curve%d.dat", data, v);
+        f = fopen(p, "r");
+        cr_assert_not_null(f, "no %s", p);
+        cr_assert_not_null(fgets(line, sizeof line, f));
+        snprintf(name, sizeof name, "# %s: mean over 2 jobs", variants[v]);
+        cr_assert(strncmp(line, name, strlen(name)) == 0, "%s: %s", p, line);
+        int rows = 0;
+        while (fgets(line, sizeof line, f)) {
+            if (line[0] == '#')
+                continue;
+            double e, loss, al, un, co;
+            char knn[32];
+            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s", &e, &loss, &al, &un, &co, knn), 6,
+                         "%s", line);
+            cr_expect_str_eq(knn, "?", "kNN is off in this grid");
+            const char *q = "SELECT AVG(%s) FROM metrics WHERE id IN (SELECT MAX(m.id) FROM metrics "
+                            "m JOIN jobs j ON j.id=m.job_id WHERE j.grid_id=1 AND j.variant='%s' "
+                            "AND m.kind='epoch' AND m.epoch=? GROUP BY m.job_id)";
+            const char *cols[4] = {"loss", "align", "uniform", "collapse"};
+            double got[4] = {loss, al, un, co};
+            for (int k = 0; k < 4; k++) {
+                char sql[512];
+                snprintf(sql, sizeof sql, q, cols[k], variants[v]);
+                double want = db_num(db, sql, (long long)e);
+                cr_expect(fabs(got[k] - want) <= 1e-7 * (1 + fabs(want)),
+                          "%s epoch %.0f %s: plotted %.9g, stored mean %.9g", variants[v], e,
+                          cols[k], got[k], want);
+            }
+            rows++;
+        }
+        fclose(f);
+        cr_expect_eq(rows, 2, "%s: %d epochs", p, rows);
+    }
+    sqlite3_close(db);
+
+    /* text, a single job, errors */
+    rc = cli(out, sizeof out, 30, "plot", "tiny", "--size", "60x12", NULL);
+    cr_assert(rc == 0 && strstr(out, "L_uniform(f)") && strstr(out, "byol-np") &&
+                  strstr(out, "grid g1 tiny"), "%s", out);
+    snprintf(data, sizeof data, "%s/curves-j2", dir);
+    rc = cli(out, sizeof out, 30, "plot", "j2", "--data", data, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    char p[300], line[256];
+    snprintf(p, sizeof p, "%s/curve0.dat", data);
+    f = fopen(p, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    fclose(f);
+    cr_expect(strstr(line, "tiny/byol/seed1: mean over 1 job "), "%s", line);
+    /* live mode on an ended grid: one drawing, then it says so and ends */
+    rc = cli(out, sizeof out, 30, "plot", "g1", "-o", png, "--every", "0.5", NULL);
+    cr_assert(rc == 0 && strstr(out, "every job has ended"), "%s", out);
+    rc = cli(out, sizeof out, 20, "plot", "g1", "--every", "0", NULL);
+    cr_assert(rc != 0 && strstr(out, "--every takes seconds"), "%s", out);
+    rc = cli(out, sizeof out, 20, "plot", "nosuch", NULL);
+    cr_assert(rc != 0 && strstr(out, "no job or grid 'nosuch'"), "%s", out);
+    setenv("RUNAWAY_GNUPLOT", "/nonexistent/gnuplot", 1);
+    rc = cli(out, sizeof out, 20, "plot", "g1", "-o", png, NULL);
+    unsetenv("RUNAWAY_GNUPLOT");
+    cr_assert(rc != 0 && strstr(out, "/nonexistent/gnuplot") && strstr(out, "gnuplot-nox"), "%s",
+              out);
+}
+
 Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fini = teardown,
      .timeout = 90)
 {
@@ -558,6 +646,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     snprintf(w, sizeof w, "%s/w.safetensors", dir);
     rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
+    check_plot();
 }
 
 /* A job long enough to be caught mid-way: many tiny epochs, checkpoints. */

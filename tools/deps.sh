@@ -3,7 +3,7 @@
 # run costs a few dpkg queries.
 rw_packages="gcc g++ pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev libdnnl-dev libyaml-dev
   libjansson-dev zlib1g-dev libpng-dev libuv1-dev libsqlite3-dev libcriterion-dev
-  libgloo-dev python3-torch python3-torchvision"
+  libgloo-dev gnuplot-nox python3-torch python3-torchvision"
 
 rw_install_deps() {
     local missing="" p

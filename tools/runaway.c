@@ -19,6 +19,7 @@
 #include "proto/frame.h"
 #include "proto/grid.h"
 #include "proto/msg.h"
+#include "tools/plot.h"
 
 static char state_dir[PATH_MAX];
 static char sock_path[PATH_MAX + 32];
@@ -40,6 +41,11 @@ static void usage(FILE *f)
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
             "  table GRID                           per variant: mean +- std over seeds\n"
+            "  plot JOB|GRID [-o OUT.png] [--every S] [--data DIR] [--size COLSxROWS]\n"
+            "                                       curves per epoch (loss, L_align, L_uniform,\n"
+            "                                       collapse, kNN; per variant, mean over seeds)\n"
+            "                                       by gnuplot: a PNG, or text without -o; --every S\n"
+            "                                       redraws until every job has ended\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
             "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
             "                                       submit, watch until done, print the table\n"
@@ -647,6 +653,69 @@ static int cmd_table(const char *grid)
     return 0;
 }
 
+/* plot: the `curves` reply drawn once, or every `every` seconds until no
+ * job is queued or running (a PNG viewer that reloads shows it live). */
+static int cmd_plot(int n, char **a)
+{
+    const char *target = NULL;
+    rw_plot_opts o = {.cols = 90, .rows = 22};
+    double every = 0;
+    for (int k = 0; k < n; k++) {
+        if ((!strcmp(a[k], "-o") || !strcmp(a[k], "--out")) && k + 1 < n)
+            o.out = a[++k];
+        else if (!strcmp(a[k], "--data") && k + 1 < n)
+            o.data_dir = a[++k];
+        else if (!strcmp(a[k], "--every") && k + 1 < n) {
+            char *end;
+            every = strtod(a[++k], &end);
+            if (*end || !(every >= 0.2 && every <= 86400))
+                die("plot: --every takes seconds between 0.2 and 86400, not '%s'", a[k]);
+        } else if (!strcmp(a[k], "--size") && k + 1 < n) {
+            if (sscanf(a[++k], "%dx%d", &o.cols, &o.rows) != 2 || o.cols < 20 || o.rows < 8 ||
+                o.cols > 1000 || o.rows > 500)
+                die("plot: --size takes COLSxROWS (at least 20x8), not '%s'", a[k]);
+        } else if (a[k][0] == '-' || target)
+            die("plot: unexpected argument '%s'", a[k]);
+        else
+            target = a[k];
+    }
+    if (!target)
+        die("plot: which job or grid?");
+    conn c;
+    need_conn(&c);
+    for (;;) {
+        json_t *m = req_new("curves");
+        json_object_set_new(m, "target", json_string(target));
+        json_t *r = request(&c, m);
+        int live = 0;
+        size_t i;
+        json_t *j;
+        json_array_foreach(json_object_get(r, "jobs"), i, j)
+        {
+            const char *st = jstr(j, "state");
+            live |= !strcmp(st, "queued") || !strcmp(st, "running");
+        }
+        if (every > 0 && !o.out)
+            printf("\033[H\033[2J"); /* redraw in place */
+        char err[1024];
+        if (rw_plot_render(r, &o, err, sizeof err) != 0)
+            die("plot: %s", err);
+        json_decref(r);
+        if (o.out && every > 0)
+            fprintf(stderr, "runaway: %s drawn%s\n", o.out, live ? "" : "; every job has ended");
+        fflush(stdout);
+        if (every <= 0 || !live)
+            break;
+        struct timespec ts = {(time_t)every, (long)((every - (double)(time_t)every) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    }
+    conn_close(&c);
+    if (o.out && every <= 0)
+        printf("%s\n", o.out);
+    return 0;
+}
+
 static int cmd_export(const char *job, const char *out)
 {
     conn c;
@@ -808,6 +877,8 @@ int main(int argc, char **argv)
         NEED(1, "GRID");
         return cmd_table(a[0]);
     }
+    if (!strcmp(cmd, "plot"))
+        return cmd_plot(n, a);
     if (!strcmp(cmd, "export")) {
         NEED(2, "JOB OUT.safetensors");
         return cmd_export(a[0], a[1]);

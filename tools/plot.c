@@ -1,0 +1,373 @@
+/* runaway plot: curves from runawayd, drawn by gnuplot (tools/plot.h). */
+#include "tools/plot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static double num_or_nan(const json_t *v)
+{
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+/* ---- grouping ---- */
+
+typedef struct acc {
+    double sum[RW_CURVE_COLS];
+    int cnt[RW_CURVE_COLS];
+} acc;
+
+static int cmp_epoch(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+void rw_curves_free(rw_curve *c, int n)
+{
+    for (int i = 0; c && i < n; i++)
+        free(c[i].rows);
+    free(c);
+}
+
+int rw_curves_group(const json_t *curves, rw_curve **out)
+{
+    const json_t *jobs = json_object_get(curves, "jobs");
+    int by_job = !strcmp(json_string_value(json_object_get(curves, "kind")) ?: "", "job");
+    size_t nj = json_array_size(jobs);
+    rw_curve *cv = calloc(nj ? nj : 1, sizeof *cv);
+    int *group = calloc(nj ? nj : 1, sizeof *group);
+    int ng = 0;
+    if (!cv || !group)
+        goto oom;
+    for (size_t i = 0; i < nj; i++) {
+        const json_t *j = json_array_get(jobs, i);
+        const char *name = json_string_value(json_object_get(j, by_job ? "name" : "variant"));
+        if (!name)
+            name = "?";
+        int g = 0;
+        while (g < ng && strcmp(cv[g].name, name) != 0)
+            g++;
+        if (g == ng)
+            snprintf(cv[ng++].name, sizeof cv[0].name, "%s", name);
+        group[i] = g;
+        cv[g].njobs++;
+    }
+    for (int g = 0; g < ng; g++) {
+        /* the union of the group's epochs, sorted */
+        size_t total = 0;
+        for (size_t i = 0; i < nj; i++)
+            if (group[i] == g)
+                total += json_array_size(json_object_get(json_array_get(jobs, i), "epochs"));
+        double *ep = malloc((total ? total : 1) * sizeof *ep);
+        if (!ep)
+            goto oom;
+        size_t k = 0;
+        for (size_t i = 0; i < nj; i++) {
+            if (group[i] != g)
+                continue;
+            const json_t *rows = json_object_get(json_array_get(jobs, i), "epochs");
+            for (size_t r = 0; r < json_array_size(rows); r++)
+                ep[k++] = num_or_nan(json_array_get(json_array_get(rows, r), 0));
+        }
+        qsort(ep, k, sizeof *ep, cmp_epoch);
+        size_t ne = 0;
+        for (size_t r = 0; r < k; r++)
+            if (isfinite(ep[r]) && (ne == 0 || ep[ne - 1] != ep[r]))
+                ep[ne++] = ep[r];
+        acc *a = calloc(ne ? ne : 1, sizeof *a);
+        cv[g].rows = malloc((ne ? ne : 1) * RW_CURVE_COLS * sizeof(double));
+        if (!a || !cv[g].rows) {
+            free(a);
+            free(ep);
+            goto oom;
+        }
+        for (size_t i = 0; i < nj; i++) {
+            if (group[i] != g)
+                continue;
+            const json_t *rows = json_object_get(json_array_get(jobs, i), "epochs");
+            for (size_t r = 0; r < json_array_size(rows); r++) {
+                const json_t *row = json_array_get(rows, r);
+                double e = num_or_nan(json_array_get(row, 0));
+                double *hit = bsearch(&e, ep, ne, sizeof *ep, cmp_epoch);
+                if (!hit)
+                    continue;
+                acc *x = &a[hit - ep];
+                for (int col = 1; col < RW_CURVE_COLS; col++) {
+                    double v = num_or_nan(json_array_get(row, (size_t)col));
+                    if (isfinite(v)) {
+                        x->sum[col] += v;
+                        x->cnt[col]++;
+                    }
+                }
+            }
+        }
+        for (size_t r = 0; r < ne; r++) {
+            double *o = cv[g].rows + r * RW_CURVE_COLS;
+            o[0] = ep[r];
+            for (int col = 1; col < RW_CURVE_COLS; col++)
+                o[col] = a[r].cnt[col] ? a[r].sum[col] / a[r].cnt[col] : NAN;
+        }
+        cv[g].n = ne;
+        free(a);
+        free(ep);
+    }
+    free(group);
+    *out = cv;
+    return ng;
+oom:
+    rw_curves_free(cv, ng);
+    free(group);
+    return -1;
+}
+
+/* ---- drawing ---- */
+
+/* A gnuplot single-quoted string: '' stands for a quote. */
+static void gp_quote(FILE *f, const char *s)
+{
+    fputc('\'', f);
+    for (; *s; s++) {
+        if (*s == '\'')
+            fputc('\'', f);
+        fputc(*s, f);
+    }
+    fputc('\'', f);
+}
+
+static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, size_t errlen)
+{
+    for (int g = 0; g < ng; g++) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/curve%d.dat", dir, g);
+        FILE *f = fopen(p, "w");
+        if (!f) {
+            snprintf(err, errlen, "%s: %s", p, strerror(errno));
+            return -1;
+        }
+        fprintf(f, "# %s: mean over %d job%s per epoch ('?': none reported)\n", cv[g].name,
+                cv[g].njobs, cv[g].njobs == 1 ? "" : "s");
+        fprintf(f, "# epoch loss align uniform collapse knn\n");
+        for (size_t r = 0; r < cv[g].n; r++) {
+            const double *o = cv[g].rows + r * RW_CURVE_COLS;
+            fprintf(f, "%.0f", o[0]);
+            for (int col = 1; col < RW_CURVE_COLS; col++) {
+                if (isfinite(o[col]))
+                    fprintf(f, " %.9g", o[col]);
+                else
+                    fprintf(f, " ?");
+            }
+            fputc('\n', f);
+        }
+        if (fclose(f) != 0) {
+            snprintf(err, errlen, "%s: %s", p, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* One panel: every curve's column `col` (x `scale`). A column no curve has
+ * a value in (kNN never measured) gets an empty panel that says so:
+ * gnuplot refuses to plot nothing at all. */
+static void panel(FILE *f, const char *title, int col, double scale, int ng,
+                  const rw_curve *cv)
+{
+    fprintf(f, "set title ");
+    gp_quote(f, title);
+    int any = 0;
+    for (int g = 0; g < ng && !any; g++)
+        for (size_t r = 0; r < cv[g].n && !any; r++)
+            any = isfinite(cv[g].rows[r * RW_CURVE_COLS + col]);
+    if (!any) {
+        fprintf(f, "\nset label 1 'none reported (yet)' at graph 0.5,0.5 center\n"
+                   "plot [0:1] [0:1] NaN notitle\nunset label 1\n");
+        return;
+    }
+    fprintf(f, "\nplot ");
+    for (int g = 0; g < ng; g++) {
+        fprintf(f, "%s'curve%d.dat' using 1:($%d*%g) with linespoints ls %d title ", g ? ", " : "",
+                g, col + 1, scale, g % 8 + 1);
+        gp_quote(f, cv[g].name);
+    }
+    fprintf(f, "\n");
+}
+
+static int write_script(const char *dir, const json_t *curves, const rw_curve *cv, int ng,
+                        const rw_plot_opts *o, const char *out_tmp, char *err, size_t errlen)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/plot.gp", dir);
+    FILE *f = fopen(p, "w");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", p, strerror(errno));
+        return -1;
+    }
+    const char *kind = json_string_value(json_object_get(curves, "kind"));
+    const char *name = json_string_value(json_object_get(curves, "name"));
+    char title[512];
+    snprintf(title, sizeof title, "%s %c%lld %s: %s per epoch", kind ? kind : "?",
+             kind && !strcmp(kind, "grid") ? 'g' : 'j',
+             (long long)json_integer_value(json_object_get(curves, "target_id")), name ? name : "",
+             kind && !strcmp(kind, "grid") ? "mean over seeds" : "metrics");
+    fprintf(f, "# written by runaway plot; run in this folder: gnuplot plot.gp\n");
+    fprintf(f, "set datafile missing '?'\nset xlabel 'epoch'\nset grid\n");
+    fprintf(f, "set style data linespoints\nset pointsize 0.5\n");
+    if (o->out) {
+        fprintf(f, "set terminal pngcairo size 1500,900 noenhanced font ',10'\nset output ");
+        gp_quote(f, out_tmp);
+        fprintf(f, "\nset key top right font ',8'\nset multiplot layout 2,3 title ");
+        gp_quote(f, title);
+        fprintf(f, "\n");
+        panel(f, "training loss", 1, 1, ng, cv);
+        panel(f, "L_align(q.f)", 2, 1, ng, cv);
+        panel(f, "L_uniform(f)", 3, 1, ng, cv);
+        panel(f, "collapse std (1: spread, 0: collapsed)", 4, 1, ng, cv);
+        panel(f, "kNN top-1 (%)", 5, 100, ng, cv);
+        fprintf(f, "unset multiplot\n");
+    } else {
+        fprintf(f, "set terminal dumb size %d,%d noenhanced\nset key top right\n", o->cols,
+                o->rows);
+        fprintf(f, "set print '-'\nprint ");
+        gp_quote(f, title);
+        fprintf(f, "\n");
+        panel(f, "L_align(q.f)", 2, 1, ng, cv);
+        panel(f, "L_uniform(f)", 3, 1, ng, cv);
+        panel(f, "training loss", 1, 1, ng, cv);
+    }
+    if (fclose(f) != 0) {
+        snprintf(err, errlen, "%s: %s", p, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs gnuplot on plot.gp in dir (its text output to our stdout); its
+ * errors go to dir/gnuplot.err and, on failure, into err. */
+static int run_gnuplot(const char *prog, const char *dir, char *err, size_t errlen)
+{
+    char ep[PATH_MAX];
+    snprintf(ep, sizeof ep, "%s/gnuplot.err", dir);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        int fd = open(ep, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        if (chdir(dir) != 0)
+            _exit(126);
+        execlp(prog, prog, "plot.gp", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return 0;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 127) {
+        snprintf(err, errlen, "cannot run '%s': install gnuplot (apt-get install gnuplot-nox), or "
+                 "name the program in RUNAWAY_GNUPLOT", prog);
+        return -1;
+    }
+    char tail[512] = "";
+    FILE *f = fopen(ep, "r");
+    if (f) {
+        size_t n = fread(tail, 1, sizeof tail - 1, f);
+        tail[n] = 0;
+        fclose(f);
+        for (char *s = tail; *s; s++)
+            if (*s == '\n' && s[1])
+                *s = ' ';
+    }
+    snprintf(err, errlen, "gnuplot failed (%s %d)%s%s", WIFEXITED(st) ? "status" : "signal",
+             WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), tail[0] ? ": " : "", tail);
+    return -1;
+}
+
+static void remove_dir(const char *dir, int ng)
+{
+    char p[PATH_MAX];
+    for (int g = 0; g < ng; g++) {
+        snprintf(p, sizeof p, "%s/curve%d.dat", dir, g);
+        unlink(p);
+    }
+    snprintf(p, sizeof p, "%s/plot.gp", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/gnuplot.err", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+int rw_plot_render(const json_t *curves, const rw_plot_opts *o, char *err, size_t errlen)
+{
+    rw_curve *cv = NULL;
+    int ng = rw_curves_group(curves, &cv);
+    if (ng < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    char dir[PATH_MAX];
+    int temp = !o->data_dir;
+    if (temp) {
+        const char *t = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/runaway-plot-XXXXXX", t && t[0] ? t : "/tmp");
+        if (!mkdtemp(dir)) {
+            snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+            rw_curves_free(cv, ng);
+            return -1;
+        }
+    } else {
+        snprintf(dir, sizeof dir, "%s", o->data_dir);
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+            rw_curves_free(cv, ng);
+            return -1;
+        }
+    }
+    /* the PNG is written beside its final name, then renamed: a viewer
+     * reloading it never sees half a file */
+    char out_abs[PATH_MAX] = "", out_tmp[PATH_MAX + 16] = "";
+    if (o->out) {
+        if (o->out[0] == '/') {
+            snprintf(out_abs, sizeof out_abs, "%s", o->out);
+        } else {
+            char cwd[PATH_MAX];
+            if (!getcwd(cwd, sizeof cwd))
+                cwd[0] = 0;
+            snprintf(out_abs, sizeof out_abs, "%s/%s", cwd, o->out);
+        }
+        snprintf(out_tmp, sizeof out_tmp, "%s.tmp%ld", out_abs, (long)getpid());
+    }
+    const char *prog = o->gnuplot ? o->gnuplot : getenv("RUNAWAY_GNUPLOT");
+    if (!prog || !prog[0])
+        prog = "gnuplot";
+    int rc = -1;
+    if (ng == 0)
+        snprintf(err, errlen, "no jobs to plot");
+    else if (write_data(dir, cv, ng, err, errlen) == 0 &&
+             write_script(dir, curves, cv, ng, o, out_tmp, err, errlen) == 0 &&
+             run_gnuplot(prog, dir, err, errlen) == 0) {
+        rc = 0;
+        if (o->out && rename(out_tmp, out_abs) != 0) {
+            snprintf(err, errlen, "%s: %s", out_abs, strerror(errno));
+            rc = -1;
+        }
+    }
+    if (o->out)
+        unlink(out_tmp);
+    if (temp)
+        remove_dir(dir, ng);
+    rw_curves_free(cv, ng);
+    return rc;
+}

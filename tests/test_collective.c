@@ -85,7 +85,8 @@ static int ts_set(void *ud, const char *key, const void *value, size_t len)
         strcpy(ts->e[i].key, key);
     }
     if (i >= 0) {
-        memcpy(ts->e[i].val, value, len);
+        if (len) /* a zero-length value may come as NULL */
+            memcpy(ts->e[i].val, value, len);
         ts->e[i].len = len;
         pthread_cond_broadcast(&ts->cv);
     }

@@ -25,6 +25,8 @@ void rw_frame_reader_free(rw_frame_reader *r)
 
 int rw_frame_reader_feed(rw_frame_reader *r, const void *data, size_t n)
 {
+    if (n == 0)
+        return 0; /* nothing to copy, and a fresh reader has no buffer yet */
     if (r->len + n > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n)

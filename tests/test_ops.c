@@ -512,6 +512,67 @@ Test(ops, relu)
     cr_expect(memcmp(dy, dx, 160) == 0);
 }
 
+/* Every shape of small planes (H, W 1..11; k 1..4; stride 1..3; pad up to
+ * k/2) against a plain loop: values from 4 levels (so ties are everywhere:
+ * the first maximum in row-major order wins) and some NaNs (the first NaN
+ * of a window wins): y bit for bit, idx exactly. Covers the row-vectorized
+ * interior and the edges alike. */
+Test(ops, maxpool_matches_a_plain_loop_with_ties_and_nans)
+{
+    float x[2 * 11 * 11], y[2 * 13 * 13], ry[2 * 13 * 13]; /* P, Q <= 11 + 2 pad */
+    int32_t idx[2 * 13 * 13], ridx[2 * 13 * 13];
+    uint32_t z = 12345;
+    long cases = 0;
+    for (int H = 1; H <= 11; H++)
+        for (int W = 1; W <= 11; W++)
+            for (int k = 1; k <= 4; k++)
+                for (int stride = 1; stride <= 3; stride++)
+                    for (int pad = 0; pad <= k / 2; pad++) {
+                        if (H + 2 * pad < k || W + 2 * pad < k)
+                            continue;
+                        int P = (H + 2 * pad - k) / stride + 1, Q = (W + 2 * pad - k) / stride + 1;
+                        for (int i = 0; i < 2 * H * W; i++) {
+                            z = z * 1664525u + 1013904223u;
+                            x[i] = (z >> 28) == 15 ? NAN : (float)((z >> 24) % 4) - 1.5f;
+                        }
+                        be->maxpool_forward(be, x, 1, 2, H, W, k, stride, pad, y, idx);
+                        for (int c = 0; c < 2; c++)
+                            for (int p = 0; p < P; p++)
+                                for (int q = 0; q < Q; q++) {
+                                    const float *xp = x + c * H * W;
+                                    float best = -INFINITY;
+                                    int bi = -1, found_nan = 0;
+                                    for (int h = p * stride - pad; h < p * stride - pad + k; h++)
+                                        for (int w = q * stride - pad; w < q * stride - pad + k;
+                                             w++) {
+                                            if (h < 0 || h >= H || w < 0 || w >= W || found_nan)
+                                                continue;
+                                            float v = xp[h * W + w];
+                                            if (isnan(v)) {
+                                                best = v;
+                                                bi = h * W + w;
+                                                found_nan = 1;
+                                            } else if (bi < 0 || v > best) {
+                                                best = v;
+                                                bi = h * W + w;
+                                            }
+                                        }
+                                    ry[c * P * Q + p * Q + q] = best;
+                                    ridx[c * P * Q + p * Q + q] = bi;
+                                }
+                        for (int i = 0; i < 2 * P * Q; i++) {
+                            cr_assert(idx[i] == ridx[i] &&
+                                          (memcmp(&y[i], &ry[i], 4) == 0 ||
+                                           (isnan(y[i]) && isnan(ry[i]))),
+                                      "H %d W %d k %d s %d pad %d: output %d = %g at %d, plain "
+                                      "loop %g at %d", H, W, k, stride, pad, i, y[i], idx[i],
+                                      ry[i], ridx[i]);
+                        }
+                        cases++;
+                    }
+    cr_log_info("maxpool: %ld shapes match the plain loop", cases);
+}
+
 Test(ops, maxpool_hand_padding)
 {
     /* 4x4 plane of -1..-16, k3 s2 p1: the (zero) padding must never win,

@@ -33,6 +33,31 @@ static void cpu_relu_backward(kb_backend *be, const float *y, const float *dy, f
         dxb[i] = dyb[i] & (0u - (uint32_t)(y[i] > 0.0f));
 }
 
+#define MAXPOOL_ROW 1024 /* outputs per row done vectorized; wider rows go one by one */
+
+/* One window element for a row of outputs q in [qa, qb): the element of
+ * output q is xs[q * stride] (index off + q * stride in its plane); it
+ * wins where it is larger. The selects are bit masks: GCC turns no float
+ * compare (which could trap) into a vector select. Returns 1 if a NaN was
+ * seen. */
+static int maxpool_row_step(const float *restrict xs, int stride, int qa, int qb, int off,
+                            float *restrict best, int32_t *restrict bi)
+{
+    int nan = 0;
+    for (int q = qa; q < qb; q++) {
+        union {
+            float f;
+            int32_t u;
+        } v = {xs[q * stride]}, cur = {best[q]}, r;
+        const int32_t m = -(int32_t)(v.f > cur.f); /* all ones: v wins */
+        nan |= v.f != v.f;
+        r.u = (v.u & m) | (cur.u & ~m);
+        best[q] = r.f;
+        bi[q] = ((off + q * stride) & m) | (bi[q] & ~m);
+    }
+    return nan;
+}
+
 static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, int N, int C,
                                 int H, int W, int k, int stride, int pad,
                                 float *y /* (N,C,P,Q) */, int32_t *idx /* (N,C,P,Q) */)
@@ -41,6 +66,15 @@ static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, 
     const int P = (H + 2 * pad - k) / stride + 1;
     const int Q = (W + 2 * pad - k) / stride + 1;
     const long planes = (long)N * C;
+    /* Outputs whose window lies inside the row (q in [qa, qb)) are computed
+     * a row of outputs at a time, window element by window element, so the
+     * compiler vectorizes across q; the same visiting order per output
+     * (row-major in its window), hence the same winner. */
+    int qa = (pad + stride - 1) / stride, qb = W + pad >= k ? (W + pad - k) / stride + 1 : 0;
+    if (qb > Q)
+        qb = Q;
+    if (qa > qb || Q > MAXPOOL_ROW)
+        qa = qb = 0;
 #pragma omp parallel for num_threads(nt) schedule(static) if (planes * H * W >= KB_CPU_PAR_MIN)
     for (long pl = 0; pl < planes; pl++) {
         const float *xp = x + pl * H * W;
@@ -49,7 +83,35 @@ static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, 
         for (int p = 0; p < P; p++) {
             int h0 = p * stride - pad;
             int hs = h0 < 0 ? 0 : h0, he = h0 + k > H ? H : h0 + k;
+            if (qb > qa) {
+                float best[MAXPOOL_ROW];
+                int32_t bi[MAXPOOL_ROW];
+                int nan = 0;
+                for (int q = qa; q < qb; q++) {
+                    best[q] = -INFINITY;
+                    bi[q] = hs * W + q * stride - pad;
+                }
+                for (int h = hs; h < he; h++)
+                    for (int dw = 0; dw < k; dw++) {
+                        const int off = h * W + dw - pad;
+                        nan |= maxpool_row_step(xp + off, stride, qa, qb, off, best, bi);
+                    }
+                for (int q = qa; q < qb; q++) {
+                    for (int h = hs; nan && h < he; h++) /* the first NaN wins, as below */
+                        for (int w = q * stride - pad; w < q * stride - pad + k; w++)
+                            if (isnan(xp[h * W + w])) {
+                                best[q] = xp[h * W + w];
+                                bi[q] = h * W + w;
+                                h = he;
+                                break;
+                            }
+                    yp[p * Q + q] = best[q];
+                    ip[p * Q + q] = bi[q];
+                }
+            }
             for (int q = 0; q < Q; q++) {
+                if (q >= qa && q < qb)
+                    continue;
                 int w0 = q * stride - pad;
                 int ws = w0 < 0 ? 0 : w0, we = w0 + k > W ? W : w0 + k;
                 /* Only in-bounds elements compete: padding never wins. The

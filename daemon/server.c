@@ -484,6 +484,18 @@ static int resolve_target(rd_daemon *d, const char *s, char *kind, int64_t *id)
     return *id ? 0 : -1;
 }
 
+/* The request's "target" field resolved to a job or a grid; -1 after
+ * replying not_found. */
+static int target_arg(rd_conn *c, long long id, json_t *m, char *kind, int64_t *tid)
+{
+    const char *t = json_string_value(json_object_get(m, "target"));
+    if (resolve_target(c->d, t, kind, tid) != 0) {
+        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+        return -1;
+    }
+    return 0;
+}
+
 static void req_submit(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -636,13 +648,10 @@ static void req_show(rd_conn *c, long long id, json_t *m)
 static void req_cancel(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *t = json_string_value(json_object_get(m, "target"));
     char kind;
     int64_t tid;
-    if (resolve_target(d, t, &kind, &tid) != 0) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+    if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
-    }
     json_t *rows = query_rows(d,
                               kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1 AND state IN "
                                             "('queued','running')"
@@ -760,13 +769,10 @@ static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
 static void req_curves(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *t = json_string_value(json_object_get(m, "target"));
     char kind;
     int64_t tid;
-    if (resolve_target(d, t, &kind, &tid) != 0) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+    if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
-    }
     json_t *jobs = query_rows(d,
                               kind == 'g' ? "SELECT id, name, variant, seed, state FROM jobs "
                                             "WHERE grid_id=?1 ORDER BY id"
@@ -896,13 +902,10 @@ static int watch_finished(rd_daemon *d, char kind, int64_t wid)
 static void req_watch(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *t = json_string_value(json_object_get(m, "target"));
     char kind;
     int64_t tid;
-    if (resolve_target(d, t, &kind, &tid) != 0) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+    if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
-    }
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "kind", json_string(kind == 'g' ? "grid" : "job"));
     json_object_set_new(r, "target", json_integer(tid));

@@ -354,7 +354,7 @@ static const field fields[] = {
     {"optim.lr", F_FLOAT, O(optim.lr), 0, 10, LO_OPEN, NULL},
     {"optim.weight_decay", F_FLOAT, O(optim.weight_decay), 0, 1, 0, NULL},
     {"optim.batch_size", F_INT, O(optim.batch_size), 2, 65536, 0, NULL},
-    {"optim.epochs", F_INT, O(optim.epochs), 1, 100000, 0, NULL},
+    {"optim.epochs", F_INT, O(optim.epochs), 0, 100000, 0, NULL},
     {"optim.max_steps", F_LONG, O(optim.max_steps), 0, TWO53, 0, NULL},
     {"ema.tau", F_FLOAT, O(ema.tau), 0, 1, 0, NULL},
     {"ema.schedule", F_ENUM, O(ema.schedule), 0, 0, 0, schedules},

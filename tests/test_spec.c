@@ -220,7 +220,7 @@ Test(spec, wrong_type) {
     expect_error("optim: {lr: '3e-4'}\n", "optim.lr", "got string '3e-4'");
     expect_error("optim: {lr: [1]}\n", "optim.lr", "got a list");
     expect_error("optim: {lr: .inf}\n", "optim.lr", "(0, 10]");
-    expect_error("optim: {epochs: 2.5}\n", "optim.epochs: must be an integer in 1..100000, got '2.5'");
+    expect_error("optim: {epochs: 2.5}\n", "optim.epochs: must be an integer in 0..100000, got '2.5'");
     expect_error("loss: {tangential: yes}\n", "loss.tangential: must be true or false");
     expect_error("optim: 3\n", "optim: must be a mapping");
     expect_error("data: {mean: [0.5, 0.5]}\n", "data.mean: must be a list of 3 numbers");
@@ -500,9 +500,9 @@ Test(spec, conf_grids_expand) {
         size_t jobs;
         const char *last;
     } grids[] = {
-        {"conf/quickstart.yaml", 8, "quickstart/raft-np/seed1"},
-        {"conf/paper-table1.yaml", 39, "paper-table1/byol-lpi/seed2"},
-        {"conf/paper-table3.yaml", 36, "paper-table3/byol-prime-np-b100/seed2"},
+        {"conf/quickstart.yaml", 10, "quickstart/raft-np/seed1"},
+        {"conf/paper-table1.yaml", 42, "paper-table1/byol-lpi/seed2"},
+        {"conf/paper-table3.yaml", 39, "paper-table3/byol-prime-np-b100/seed2"},
     };
     for (size_t i = 0; i < sizeof grids / sizeof grids[0]; i++) {
         char path[1024], err[2048] = "", basedir[1024];
@@ -527,9 +527,13 @@ Test(spec, conf_grids_expand) {
         cr_expect_str_eq(g.jobs[g.njobs - 1].name, grids[i].last);
         for (size_t j = 0; j < g.njobs; j++) {
             const rw_spec *s = &g.jobs[j].spec;
+            int baseline = strstr(g.jobs[j].name, "/rand-baseline/") != NULL;
+            if (baseline)
+                cr_expect(s->optim.epochs == 0 && s->model.predictor == RW_PRED_LINEAR, "%s",
+                          g.jobs[j].name);
             if (strstr(grids[i].file, "paper")) { /* appendix C */
                 cr_expect(s->data.image_size == 96 && s->optim.batch_size == 128 &&
-                              s->optim.epochs == 300 && fabs(s->ema.tau - 0.996) < 1e-6 &&
+                              s->optim.epochs == (baseline ? 0 : 300) && fabs(s->ema.tau - 0.996) < 1e-6 &&
                               fabs(s->optim.lr - 3e-4) < 1e-9 && s->model.proj_out == 128,
                           "%s: not the paper's setup", g.jobs[j].name);
             }

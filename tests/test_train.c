@@ -300,6 +300,59 @@ Test(train, init_from_exported_weights)
     kb_destroy(be);
 }
 
+/* optim.epochs 0 (the random baseline): one pass measures the
+ * initialization, reported as epoch 0 (with kNN), and the linear evaluation
+ * runs; no parameter moves: the exported weights are the seed's
+ * initialization byte for byte but for BatchNorm's running statistics,
+ * which the pass's training-mode forwards update. */
+Test(train, zero_epochs_measures_the_initialization)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 0;
+    char out[96], w[128], w0[128], err[512];
+    snprintf(out, sizeof out, "%s/o", tmp);
+    snprintf(w, sizeof w, "%s/weights.safetensors", out);
+    record r = {0};
+    rw_train_result res = train(&s, out, 0, &r);
+    cr_assert_eq(r.n, 1, "%d epochs reported", r.n);
+    cr_expect_eq(r.ep[0].epoch, 0);
+    cr_expect_eq(r.ep[0].step, 192 / 32, "one pass: %ld steps", r.ep[0].step);
+    cr_expect(isfinite(r.ep[0].align) && r.ep[0].align > 0 && isfinite(r.ep[0].uniform) &&
+              isfinite(r.ep[0].knn), "align %g uniform %g knn %g", r.ep[0].align,
+              r.ep[0].uniform, r.ep[0].knn);
+    cr_expect_eq(res.align_last10, r.ep[0].align);
+    cr_expect(res.linear_acc >= 0 && res.linear_acc <= 1, "linear %g", res.linear_acc);
+
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    snprintf(w0, sizeof w0, "%s/init.safetensors", tmp);
+    cr_assert_eq(rw_weights_export(m, w0, err, sizeof err), 0, "%s", err);
+    rw_st *a = rw_st_open(w, err, sizeof err), *b = rw_st_open(w0, err, sizeof err);
+    cr_assert(a && b, "%s", err);
+    int params = 0, stats_moved = 0;
+    for (size_t i = 0; i < rw_st_count(a); i++) {
+        const rw_st_tensor *ta = rw_st_at(a, i), *tb = rw_st_find(b, ta->name);
+        cr_assert_not_null(tb, "%s", ta->name);
+        int same = ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0;
+        if (strstr(ta->name, "running_") || strstr(ta->name, "num_batches")) {
+            stats_moved += !same;
+        } else {
+            cr_expect(same, "%s moved without training", ta->name);
+            params++;
+        }
+    }
+    cr_expect_gt(params, 20);
+    cr_expect_gt(stats_moved, 0, "the pass did not reach BatchNorm's running statistics");
+    rw_st_close(a);
+    rw_st_close(b);
+    rw_model_free(m);
+    kb_destroy(be);
+}
+
 /* The exported encoder loads into torchvision's resnet18 with only fc.*
  * missing, and torchvision's forward (eval mode) gives our features. */
 Test(train, export_loads_into_torchvision)

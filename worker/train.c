@@ -179,7 +179,12 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     sp = rw_stepper_create(&sc, err, errlen);
     if (!sp)
         goto done;
-    ts.hist = calloc((size_t)spec->optim.epochs, sizeof *ts.hist);
+    /* optim.epochs 0 trains nothing: one pass over the training set, no
+     * update, measures the initialization (the paper's random baseline),
+     * reported as epoch 0; the evaluations follow as for any job. */
+    const int measure = spec->optim.epochs == 0;
+    const int epochs = measure ? 1 : spec->optim.epochs;
+    ts.hist = calloc((size_t)epochs, sizeof *ts.hist);
     if (!ts.hist) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -195,7 +200,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             rw_train_state loaded;
             if (rw_checkpoint_load(m, ckpt, ts.spec_digest, &loaded, err, errlen) != 0)
                 goto done;
-            if (loaded.nhist > spec->optim.epochs) {
+            if (loaded.nhist > epochs) {
                 snprintf(err, errlen, "%s: holds %d epochs, the spec asks for %d", ckpt,
                          loaded.nhist, spec->optim.epochs);
                 free(loaded.hist);
@@ -218,7 +223,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     int check_every = opts && opts->check_every > 0 ? opts->check_every : 100;
 
     long per_epoch = rw_stepper_batches(sp);
-    long total = per_epoch * spec->optim.epochs;
+    long total = per_epoch * epochs;
     if (spec->optim.max_steps > 0 && spec->optim.max_steps < total)
         total = spec->optim.max_steps;
     logf_(lh, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s%s (%s)",
@@ -228,7 +233,9 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     rw_metrics step_acc = {0};
     long step_acc_n = 0;
     double step_t0 = now_s();
-    for (int e = ts.epoch; e < spec->optim.epochs && ts.step < total; e++) {
+    if (measure)
+        logf_(lh, "optim.epochs 0: measuring the initialization over one pass, no training");
+    for (int e = ts.epoch; e < epochs && ts.step < total; e++) {
         rw_stepper_seek(sp, e, ts.batch);
         double t0 = now_s();
         while (ts.step < total) {
@@ -249,7 +256,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)", ts.step + 1, e + 1);
                 goto done;
             }
-            rw_stepper_update(sp, spec->optim.lr, spec->optim.weight_decay, tau);
+            if (!measure)
+                rw_stepper_update(sp, spec->optim.lr, spec->optim.weight_decay, tau);
             ts.step++;
             progress(hooks);
             if (opts && comm && opts->test_perturb_rank == comm->rank &&
@@ -275,7 +283,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 if (++step_acc_n == spec->log.every_steps) {
                     double t = now_s();
                     rw_metrics sm = {
-                        .epoch = e + 1, .step = ts.step, .loss = step_acc.loss / step_acc_n,
+                        .epoch = measure ? 0 : e + 1, .step = ts.step,
+                        .loss = step_acc.loss / step_acc_n,
                         .align = step_acc.align / step_acc_n,
                         .uniform = step_acc.uniform / step_acc_n,
                         .collapse = step_acc.collapse / step_acc_n, .knn = NAN,
@@ -301,12 +310,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         ts.elapsed += now_s() - t0;
         double n = ts.sums[4] > 0 ? ts.sums[4] : 1;
         rw_metrics em = {
-            .epoch = e + 1, .step = ts.step, .loss = ts.sums[0] / n, .align = ts.sums[1] / n,
+            .epoch = measure ? 0 : e + 1, .step = ts.step, .loss = ts.sums[0] / n,
+            .align = ts.sums[1] / n,
             .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN,
             .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
             .tau = tau_at(spec, ts.step, total),
         };
-        int last_epoch = e + 1 == spec->optim.epochs || ts.step >= total;
+        int last_epoch = e + 1 == epochs || ts.step >= total;
         double knn_s = 0;
         if (lead && spec->eval.knn_every > 0 &&
             ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {

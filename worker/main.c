@@ -141,9 +141,13 @@ static int cmd_run(int argc, char **argv)
         fprintf(stderr, "runaway-worker: %s: %s\n", spec_path, err);
         return 1;
     }
-    printf("result: L_align %.3e  L_uniform %+.3f (mean of last %d epochs)  collapse %.3f",
-           res.align_last10, res.uniform_last10, res.last.epoch < 10 ? res.last.epoch : 10,
-           res.last.collapse);
+    if (res.last.epoch == 0) /* optim.epochs 0: the pass over the initialization */
+        printf("result: L_align %.3e  L_uniform %+.3f (the initialization)  collapse %.3f",
+               res.align_last10, res.uniform_last10, res.last.collapse);
+    else
+        printf("result: L_align %.3e  L_uniform %+.3f (mean of last %d epochs)  collapse %.3f",
+               res.align_last10, res.uniform_last10, res.last.epoch < 10 ? res.last.epoch : 10,
+               res.last.collapse);
     if (!isnan(res.last.knn))
         printf("  knn %.1f%%", 100 * res.last.knn);
     if (!isnan(res.linear_acc))

@@ -629,6 +629,35 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
         expect_close(json_real_value(json_object_get(row, "acc_std")), s, "acc std");
     }
     sqlite3_close(db);
+
+    /* the same numbers as CSV (accuracy in %) and as a Markdown table */
+    rc = cli(out, sizeof out, 20, "table", "g1", "--format", "csv", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    char *line = strchr(out, '\n');
+    cr_assert(line && strncmp(out, "variant,n,jobs,align_mean,", 26) == 0, "%s", out);
+    for (int v = 0; v < 2; v++) {
+        json_t *row = json_array_get(rows, (size_t)v);
+        char name[64];
+        int n, jobs;
+        double f[6];
+        cr_assert_eq(sscanf(line + 1, "%63[^,],%d,%d,%lf,%lf,%lf,%lf,%lf,%lf", name, &n, &jobs,
+                            &f[0], &f[1], &f[2], &f[3], &f[4], &f[5]), 9, "%s", line + 1);
+        cr_expect_str_eq(name, variants[v]);
+        const char *keys[6] = {"align_mean", "align_std", "uniform_mean",
+                               "uniform_std", "acc_mean", "acc_std"};
+        for (int k = 0; k < 6; k++) {
+            double want = json_real_value(json_object_get(row, keys[k])) * (k >= 4 ? 100 : 1);
+            cr_expect(fabs(f[k] - want) <= 1e-8 * (1 + fabs(want)), "csv %s %s: %.9g vs %.9g",
+                      name, keys[k], f[k], want);
+        }
+        line = strchr(line + 1, '\n');
+        cr_assert_not_null(line);
+    }
+    rc = cli(out, sizeof out, 20, "table", "g1", "--format", "markdown", NULL);
+    cr_assert(rc == 0 && strstr(out, "| variant | n |") && strstr(out, "| byol-np | 2/2 | "),
+              "%s", out);
+    rc = cli(out, sizeof out, 20, "table", "g1", "--format", "tex", NULL);
+    cr_assert(rc != 0 && strstr(out, "text, csv or markdown"), "%s", out);
     json_decref(t);
 
     rc = cli(out, sizeof out, 20, "table", "g1", NULL);

@@ -40,7 +40,8 @@ static void usage(FILE *f)
             "  logs JOB [--tail N]\n"
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
-            "  table GRID                           per variant: mean +- std over seeds\n"
+            "  table GRID [--format text|csv|markdown]\n"
+            "                                       per variant: mean +- std over seeds\n"
             "  plot JOB|GRID [-o OUT.png] [--every S] [--data DIR] [--size COLSxROWS]\n"
             "                                       curves per epoch (loss, L_align, L_uniform,\n"
             "                                       collapse, kNN; per variant, mean over seeds)\n"
@@ -644,11 +645,80 @@ static void print_table(conn *c, const char *grid)
     json_decref(r);
 }
 
-static int cmd_table(const char *grid)
+/* A number of a table row as CSV/Markdown want it: full precision, empty
+ * where there is none. */
+static void cell(char *out, size_t len, const json_t *row, const char *key, double scale)
 {
+    const json_t *v = json_object_get(row, key);
+    if (json_is_number(v))
+        snprintf(out, len, "%.9g", json_number_value(v) * scale);
+    else
+        out[0] = 0;
+}
+
+/* The table for a paper or a spreadsheet: csv (one header line, then a row
+ * per variant, accuracy in %) or markdown (a pipe table, mean ± std). */
+static void print_table_as(conn *c, const char *grid, const char *fmt)
+{
+    json_t *m = req_new("table");
+    json_object_set_new(m, "grid", json_string(grid));
+    json_t *r = request(c, m);
+    int csv = !strcmp(fmt, "csv");
+    if (csv)
+        printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
+               "linear_acc_std\n");
+    else
+        printf("| variant | n | L_align(q.f) | L_uniform(f) | linear eval top-1 (%%) |\n"
+               "|---|---|---|---|---|\n");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "rows"), i, v)
+    {
+        char am[32], as[32], um[32], us[32], cm[32], cs[32];
+        cell(am, sizeof am, v, "align_mean", 1);
+        cell(as, sizeof as, v, "align_std", 1);
+        cell(um, sizeof um, v, "uniform_mean", 1);
+        cell(us, sizeof us, v, "uniform_std", 1);
+        cell(cm, sizeof cm, v, "acc_mean", 100);
+        cell(cs, sizeof cs, v, "acc_std", 100);
+        if (csv) {
+            /* variant names are [A-Za-z0-9_.-]: no quoting needed */
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"), jint(v, "n"),
+                   jint(v, "jobs"), am, as, um, us, cm, cs);
+        } else {
+            char al[64], un[64], acc[64];
+            pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
+            pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
+            pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
+            printf("| %s | %lld/%lld | %s | %s | %s |\n", jstr(v, "variant"), jint(v, "n"),
+                   jint(v, "jobs"), al, un, acc);
+        }
+    }
+    json_decref(r);
+}
+
+static int cmd_table(int n, char **a)
+{
+    const char *grid = NULL, *fmt = "text";
+    for (int k = 0; k < n; k++) {
+        if (!strcmp(a[k], "--format") && k + 1 < n) {
+            fmt = a[++k];
+            if (strcmp(fmt, "text") && strcmp(fmt, "csv") && strcmp(fmt, "markdown"))
+                die("table: --format is text, csv or markdown, not '%s'", fmt);
+        } else if (a[k][0] == '-' || grid) {
+            die("table: unexpected argument '%s'", a[k]);
+        } else {
+            grid = a[k];
+        }
+    }
+    if (!grid)
+        die("table: which grid?");
     conn c;
     need_conn(&c);
-    print_table(&c, grid);
+    if (!strcmp(fmt, "text"))
+        print_table(&c, grid);
+    else
+        print_table_as(&c, grid, fmt);
     conn_close(&c);
     return 0;
 }
@@ -873,10 +943,8 @@ int main(int argc, char **argv)
         NEED(1, "JOB or GRID");
         return cmd_watch(a[0]);
     }
-    if (!strcmp(cmd, "table")) {
-        NEED(1, "GRID");
-        return cmd_table(a[0]);
-    }
+    if (!strcmp(cmd, "table"))
+        return cmd_table(n, a);
     if (!strcmp(cmd, "plot"))
         return cmd_plot(n, a);
     if (!strcmp(cmd, "export")) {

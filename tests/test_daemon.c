@@ -541,6 +541,8 @@ static void check_plot(void)
     cr_assert(rc == 0 && strstr(out, "every job has ended"), "%s", out);
     rc = cli(out, sizeof out, 20, "plot", "g1", "--every", "0", NULL);
     cr_assert(rc != 0 && strstr(out, "--every takes seconds"), "%s", out);
+    rc = cli(out, sizeof out, 20, "plot", "g1", "-o", "/nonexistent/c.png", NULL);
+    cr_assert(rc != 0 && strstr(out, "cannot write in /nonexistent"), "%s", out);
     rc = cli(out, sizeof out, 20, "plot", "nosuch", NULL);
     cr_assert(rc != 0 && strstr(out, "no job or grid 'nosuch'"), "%s", out);
     setenv("RUNAWAY_GNUPLOT", "/nonexistent/gnuplot", 1);

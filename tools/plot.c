@@ -348,6 +348,17 @@ int rw_plot_render(const json_t *curves, const rw_plot_opts *o, char *err, size_
             snprintf(out_abs, sizeof out_abs, "%s/%s", cwd, o->out);
         }
         snprintf(out_tmp, sizeof out_tmp, "%s.tmp%ld", out_abs, (long)getpid());
+        char folder[PATH_MAX];
+        snprintf(folder, sizeof folder, "%s", out_abs);
+        *strrchr(folder, '/') = 0;
+        if (access(folder[0] ? folder : "/", W_OK) != 0) {
+            snprintf(err, errlen, "%s: cannot write in %s: %s", o->out, folder[0] ? folder : "/",
+                     strerror(errno));
+            if (temp)
+                remove_dir(dir, 0);
+            rw_curves_free(cv, ng);
+            return -1;
+        }
     }
     const char *prog = o->gnuplot ? o->gnuplot : getenv("RUNAWAY_GNUPLOT");
     if (!prog || !prog[0])

@@ -192,9 +192,21 @@ static void panel(FILE *f, const char *title, int col, double scale, int ng,
         return;
     }
     fprintf(f, "\nplot ");
+    int first = 1;
     for (int g = 0; g < ng; g++) {
-        fprintf(f, "%s'curve%d.dat' using 1:($%d*%g) with linespoints ls %d title ", g ? ", " : "",
-                g, col + 1, scale, g % 8 + 1);
+        /* one epoch only (the random baseline's epoch 0): a dashed level
+         * across the panel, as the paper draws baselines, not a lone dot
+         * on the axis */
+        double v = cv[g].n == 1 ? cv[g].rows[col] : NAN;
+        if (cv[g].n == 1 && !isfinite(v))
+            continue;
+        fprintf(f, "%s", first ? "" : ", ");
+        first = 0;
+        if (cv[g].n == 1)
+            fprintf(f, "%.9g with lines lt %d dt 2 title ", v * scale, g % 8 + 1);
+        else
+            fprintf(f, "'curve%d.dat' using 1:($%d*%g) with linespoints ls %d title ", g,
+                    col + 1, scale, g % 8 + 1);
         gp_quote(f, cv[g].name);
     }
     fprintf(f, "\n");
@@ -226,22 +238,29 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         fprintf(f, "\nset key top right font ',8'\nset multiplot layout 2,3 title ");
         gp_quote(f, title);
         fprintf(f, "\n");
-        panel(f, "training loss", 1, 1, ng, cv);
-        panel(f, "L_align(q.f)", 2, 1, ng, cv);
-        panel(f, "L_uniform(f)", 3, 1, ng, cv);
-        panel(f, "collapse std (1: spread, 0: collapsed)", 4, 1, ng, cv);
-        panel(f, "kNN top-1 (%)", 5, 100, ng, cv);
-        fprintf(f, "unset multiplot\n");
     } else {
         fprintf(f, "set terminal dumb size %d,%d noenhanced\nset key top right\n", o->cols,
                 o->rows);
         fprintf(f, "set print '-'\nprint ");
         gp_quote(f, title);
         fprintf(f, "\n");
-        panel(f, "L_align(q.f)", 2, 1, ng, cv);
-        panel(f, "L_uniform(f)", 3, 1, ng, cv);
-        panel(f, "training loss", 1, 1, ng, cv);
     }
+    /* the PNG's six-panel grid holds all; a terminal the first three */
+    static const struct {
+        const char *title;
+        int col;
+        double scale;
+    } panels[] = {
+        {"L_align(q.f)", 2, 1},
+        {"L_uniform(f)", 3, 1},
+        {"training loss", 1, 1},
+        {"collapse std (1: spread, 0: collapsed)", 4, 1},
+        {"kNN top-1 (%)", 5, 100},
+    };
+    for (int k = 0; k < (o->out ? 5 : 3); k++)
+        panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv);
+    if (o->out)
+        fprintf(f, "unset multiplot\n");
     if (fclose(f) != 0) {
         snprintf(err, errlen, "%s: %s", p, strerror(errno));
         return -1;

@@ -160,16 +160,8 @@ Test(graph, a_graph_whose_scratch_moved_is_refused)
 
 static rw_dataset make_set(void)
 {
-    rw_dataset ds = {.n = NIMG};
-    ds.pixels = malloc((size_t)NIMG * 3 * 32 * 32);
-    ds.labels = malloc(NIMG);
-    uint64_t z = 12345;
-    for (size_t i = 0; i < (size_t)NIMG * 3 * 32 * 32; i++) {
-        z = z * 6364136223846793005ull + 1442695040888963407ull;
-        ds.pixels[i] = (uint8_t)(z >> 56);
-    }
-    for (int i = 0; i < NIMG; i++)
-        ds.labels[i] = (uint8_t)(i % 10);
+    rw_dataset ds;
+    cr_assert_eq(rw_dataset_noise(NIMG, 12345, &ds), 0);
     return ds;
 }
 

@@ -229,20 +229,6 @@ Test(profile, backend_without_stamps_refused)
 
 /* ---- CUDA ---- */
 
-static rw_dataset random_set(int n)
-{
-    rw_dataset ds = {.n = n};
-    size_t bytes = (size_t)n * 3 * 32 * 32;
-    ds.pixels = malloc(bytes);
-    ds.labels = calloc((size_t)n, 1);
-    uint64_t z = 88172645463325252ull;
-    for (size_t i = 0; i < bytes; i++) {
-        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
-        ds.pixels[i] = (uint8_t)z;
-    }
-    return ds;
-}
-
 /* STEPS stepper steps (views rendered on the device, op by op). */
 static rw_model *stepper_steps(kb_backend *be, kb_backend *prof, const rw_dataset *ds)
 {
@@ -285,7 +271,8 @@ Test(profile, cuda_step_same_bits_and_counts)
     cr_expect_str_eq(prof->name, "cuda");
     cr_expect_not_null(prof->augment);
 
-    rw_dataset ds = random_set(4 * N);
+    rw_dataset ds;
+    cr_assert_eq(rw_dataset_noise(4 * N, 5, &ds), 0);
     rw_model *a = stepper_steps(plain, NULL, &ds), *b = stepper_steps(prof, prof, &ds);
     expect_same_model(a, b);
     expect_counts_and_identities(prof);

@@ -126,28 +126,17 @@ typedef struct step_mode {
     int host_data, no_graphs;
 } step_mode;
 
-/* A random uint8 set of n CIFAR-sized images for the GPU's views. */
-static rw_dataset random_set(int n)
-{
-    rw_dataset ds = {.n = n};
-    size_t bytes = (size_t)n * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE;
-    ds.pixels = malloc(bytes);
-    ds.labels = calloc((size_t)n, 1);
-    uint64_t z = 88172645463325252ull;
-    for (size_t i = 0; ds.pixels && i < bytes; i++) {
-        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
-        ds.pixels[i] = (uint8_t)z;
-    }
-    return ds;
-}
-
 /* The CUDA step as training runs it (worker/step.c): the views are part of
  * the timed step. 2 warm-up steps, the capture, then `steps` timed. */
 static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int steps,
                         step_mode mode, size_t gpu_free0, bench_out *o, rw_step_stats *st,
                         kb_backend *prof)
 {
-    rw_dataset ds = random_set(4 * c->batch);
+    rw_dataset ds;
+    if (rw_dataset_noise(4 * c->batch, 1, &ds) != 0) {
+        fprintf(stderr, "%s: out of memory\n", c->label);
+        return -1;
+    }
     rw_stepper_cfg sc = {
         .m = m, .ds = &ds, .batch = c->batch, .shard_world = 1, .size = c->size,
         .augment = RW_AUG_BYOL, .mean = {0.5f, 0.5f, 0.5f}, .std = {0.25f, 0.25f, 0.25f},
@@ -155,9 +144,9 @@ static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int ste
         .host_data = mode.host_data, .no_graphs = mode.no_graphs,
     };
     char err[256];
-    rw_stepper *sp = ds.pixels ? rw_stepper_create(&sc, err, sizeof err) : NULL;
+    rw_stepper *sp = rw_stepper_create(&sc, err, sizeof err);
     if (!sp) {
-        fprintf(stderr, "%s: %s\n", c->label, ds.pixels ? err : "out of memory");
+        fprintf(stderr, "%s: %s\n", c->label, err);
         rw_dataset_free(&ds);
         return -1;
     }

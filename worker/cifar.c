@@ -148,3 +148,23 @@ void rw_dataset_free(rw_dataset *ds)
     ds->labels = NULL;
     ds->n = 0;
 }
+
+int rw_dataset_noise(int n, uint64_t seed, rw_dataset *out)
+{
+    size_t bytes = (size_t)n * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE;
+    out->n = n;
+    out->pixels = malloc(bytes ? bytes : 1);
+    out->labels = malloc(n > 0 ? (size_t)n : 1);
+    if (!out->pixels || !out->labels) {
+        rw_dataset_free(out);
+        return -1;
+    }
+    uint64_t z = seed * 6364136223846793005ull + 1442695040888963407ull;
+    for (size_t i = 0; i < bytes; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        out->pixels[i] = (uint8_t)(z >> 56);
+    }
+    for (int i = 0; i < n; i++)
+        out->labels[i] = (uint8_t)(i % 10);
+    return 0;
+}

@@ -25,6 +25,11 @@ typedef struct rw_dataset {
 int rw_cifar_load(const char *dir, int train, rw_dataset *out, char *err, size_t errlen);
 void rw_dataset_free(rw_dataset *ds);
 
+/* n CIFAR-sized images of uniform noise, labels i % 10, in memory: a set
+ * for timing and for tests that only need pixels. 0, or -1 when out of
+ * memory (*out then empty). */
+int rw_dataset_noise(int n, uint64_t seed, rw_dataset *out);
+
 /* Writes a synthetic data set in CIFAR-10's binary format to dir:
  * n_train images spread over data_batch_1..5.bin and n_test in test_batch.bin,
  * 10 learnable classes, deterministic from seed. Creates dir if needed. */

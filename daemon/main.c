@@ -67,7 +67,9 @@ static void usage(FILE *f)
             "                         long is taken for hung: its worker reports it failed\n"
             "                         and restarts (default 1800; 0: never)\n"
             "  --max-retries N        lost attempts before a job fails (default 3)\n"
-            "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n");
+            "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n"
+            "  --tensorboard DIR|none TensorBoard event files of every job's metrics, written\n"
+            "                         as they arrive (default STATE/tensorboard)\n");
 }
 
 int rd_default_state_dir(char *out, size_t len)
@@ -80,7 +82,7 @@ int rd_default_state_dir(char *out, size_t len)
     return -1;
 }
 
-static int mkdir_p(const char *path, mode_t mode)
+int rd_mkdir_p(const char *path, mode_t mode)
 {
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s", path);
@@ -188,7 +190,7 @@ static int parse_num(const char *flag, const char *v, double lo, double hi, doub
 int main(int argc, char **argv)
 {
     rd_daemon *d = &the_daemon;
-    const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL;
+    const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL, *tb = NULL;
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
     double stall = 1800;
@@ -206,6 +208,8 @@ int main(int argc, char **argv)
             worker = v;
         else if (!strcmp(a, "--token-file") && v)
             token_file = v;
+        else if (!strcmp(a, "--tensorboard") && v)
+            tb = v;
         else if (!strcmp(a, "--cpu-slots"))
             rc = parse_num(a, v, 1, 64, &cpu_slots);
         else if (!strcmp(a, "--gpus"))
@@ -245,7 +249,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "runawayd: no HOME or XDG_STATE_HOME: give --state-dir\n");
         return 2;
     }
-    if (mkdir_p(d->state_dir, 0700) != 0) {
+    if (rd_mkdir_p(d->state_dir, 0700) != 0) {
         fprintf(stderr, "runawayd: %s: %s\n", d->state_dir, strerror(errno));
         return 1;
     }
@@ -268,6 +272,21 @@ int main(int argc, char **argv)
         snprintf(d->token_path, sizeof d->token_path, "%s", token_file);
     else
         snprintf(d->token_path, sizeof d->token_path, "%s/token", d->state_dir);
+    /* absolute: the CLI that prints it may run in another folder */
+    char cwd[PATH_MAX] = ".";
+    int tbn = 0;
+    if (!tb)
+        tbn = snprintf(d->tb_dir, sizeof d->tb_dir, "%s/tensorboard", d->state_dir);
+    else if (!strcmp(tb, "none"))
+        d->tb_dir[0] = '\0';
+    else if (tb[0] == '/' || !getcwd(cwd, sizeof cwd))
+        tbn = snprintf(d->tb_dir, sizeof d->tb_dir, "%s", tb);
+    else
+        tbn = snprintf(d->tb_dir, sizeof d->tb_dir, "%s/%s", cwd, tb);
+    if (tbn < 0 || tbn > PATH_MAX - 512) { /* room for the run folders and file names */
+        fprintf(stderr, "runawayd: --tensorboard %s: path too long\n", tb ? tb : d->state_dir);
+        return 2;
+    }
     if (worker)
         snprintf(d->worker_path, sizeof d->worker_path, "%s", worker);
     else
@@ -309,9 +328,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
-    rd_log("pid %d, state %s, %d %s worker slot(s), %d thread(s) each, worker %s", (int)getpid(),
-           d->state_dir, d->nworkers, d->gpus > 0 ? "GPU" : "CPU", d->threads_per_worker,
-           d->worker_path);
+    rd_log("pid %d, state %s, %d %s worker slot(s), %d thread(s) each, worker %s, tensorboard %s",
+           (int)getpid(), d->state_dir, d->nworkers, d->gpus > 0 ? "GPU" : "CPU",
+           d->threads_per_worker, d->worker_path, d->tb_dir[0] ? d->tb_dir : "none");
     rd_db_event(d, 0, "daemon", "started");
     rd_schedule(d);
 

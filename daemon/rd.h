@@ -2,7 +2,8 @@
  *   main.c     options, state directory, lock, loop, signals, shutdown
  *   db.c       SQLite (WAL): grids, jobs, attempts, metrics, events
  *   server.c   listeners, connections, framing, client requests, watchers
- *   workers.c  worker processes, worker connections, heartbeats, scheduler */
+ *   workers.c  worker processes, worker connections, heartbeats, scheduler
+ *   tboard.c   TensorBoard event files of the metrics */
 #ifndef RUNAWAY_DAEMON_RD_H
 #define RUNAWAY_DAEMON_RD_H
 
@@ -10,6 +11,7 @@
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "proto/frame.h"
@@ -48,6 +50,8 @@ typedef struct rd_run {
     rd_kv_entry *kv;
     size_t nkv, kv_bytes;
     rd_kv_waiter *waiters;
+    char *tb_path; /* its TensorBoard event file, once it reported a metric */
+    int tb_failed; /* a write failed (logged): no more records */
     struct rd_run *next;
 } rd_run;
 
@@ -111,6 +115,7 @@ struct rd_daemon {
     int tcp_on;
     char token[257];
     char token_path[PATH_MAX];
+    char tb_dir[PATH_MAX]; /* TensorBoard event files; "" = none */
     uv_signal_t sigterm, sigint;
     uv_timer_t tick;
     rd_worker workers[RD_WORKERS_MAX];
@@ -131,6 +136,7 @@ double rd_mono(void); /* monotonic, for timeouts */
 void rd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void rd_shutdown_begin(rd_daemon *d);
 void rd_shutdown_check(rd_daemon *d);
+int rd_mkdir_p(const char *path, mode_t mode); /* 0, or -1 with errno */
 
 /* db.c */
 int rd_db_open(rd_daemon *d, char *err, size_t errlen);
@@ -149,6 +155,10 @@ void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
 void rd_watch_job_state(rd_daemon *d, int64_t job);
 void rd_conns_tick(rd_daemon *d);
 int rd_handle_client(rd_conn *c, const char *type, json_t *m);
+
+/* tboard.c: a metric report ("step", "epoch", or "final": the result) as
+ * TensorBoard scalars in the attempt's event file */
+void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m);
 
 /* workers.c */
 int rd_workers_start(rd_daemon *d, char *err, size_t errlen);

@@ -322,6 +322,7 @@ static void run_end(rd_daemon *d, int64_t attempt)
             free(e->value);
             free(e);
         }
+        free(r->tb_path);
         free(r);
         return;
     }
@@ -703,6 +704,7 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
         if ((strcmp(kind, "step") && strcmp(kind, "epoch")) || w->rank != 0)
             return; /* rank 0 speaks for the job */
         store_metric(d, w, m, kind);
+        rd_tb_metric(d, run, kind, m);
         json_t *ev = json_deep_copy(m);
         json_object_set_new(ev, "type", json_string("event"));
         json_object_set_new(ev, "metric", json_string(kind));
@@ -720,6 +722,7 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
     } else if (!strcmp(type, "done")) {
         if (w->rank == 0) {
             store_metric(d, w, m, "final");
+            rd_tb_metric(d, run, "final", m);
             sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET linear_acc=?, align_last10=?, "
                                              "uniform_last10=?, result=? WHERE id=?");
             if (st) {

@@ -462,6 +462,33 @@ static void expect_close(double a, double b, const char *what)
     cr_assert(fabs(a - b) <= 1e-9 * (1 + fabs(b)), "%s: table %.12g, recomputed %.12g", what, a, b);
 }
 
+/* The TensorBoard event files against the database, read by
+ * tests/tb_check.py (its own TFRecord and protobuf decoding; see there).
+ * job 0: every job with metrics. */
+static void check_tensorboard(long long job, int expect_purge, const char *expect)
+{
+    const char *src = getenv("RW_SOURCE_ROOT");
+    char script[1100], tb[128], db[128], jarg[32], out[4096];
+    snprintf(script, sizeof script, "%s/tests/tb_check.py", src ? src : ".");
+    snprintf(tb, sizeof tb, "%s/tensorboard", dir);
+    snprintf(db, sizeof db, "%s/runaway.db", dir);
+    snprintf(jarg, sizeof jarg, "%lld", job);
+    const char *argv[8] = {"/usr/bin/python3", script, tb, db};
+    int n = 4;
+    if (job) {
+        argv[n++] = "--job";
+        argv[n++] = jarg;
+    }
+    if (expect_purge)
+        argv[n++] = "--expect-purge";
+    argv[n] = NULL;
+    int rc = run_argv(out, sizeof out, 60, argv);
+    cr_assert(!strstr(out, "No module named 'crc32c'"),
+              "tb_check.py needs Debian's python3-crc32c (./tools/test installs it)");
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, expect), "expected '%s' in: %s", expect, out);
+}
+
 /* runaway plot on the finished 2 x 2 grid g1 (tiny: byol, byol-np; seeds
  * 0, 1; 2 epochs): a PNG of the drawn size, data files whose values are the
  * per-epoch means over seeds of the stored metrics (each epoch's newest
@@ -678,6 +705,10 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
     check_plot();
+    /* one TensorBoard run per job, every stored metric in it */
+    check_tensorboard(0, 0, "tb_check: 4 runs, 4 files,");
+    rc = cli(out, sizeof out, 20, "daemon", "status", NULL);
+    cr_assert(rc == 0 && strstr(out, "tensorboard --logdir") && strstr(out, dir), "%s", out);
 }
 
 /* A job long enough to be caught mid-way: many tiny epochs, checkpoints. */
@@ -729,6 +760,9 @@ static void lost_and_resumed(int sig)
     cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
                             "kind='epoch'", job), 300);
     sqlite3_close(db);
+    /* TensorBoard shows each epoch once: the second attempt's file starts
+     * with the restart marker that drops the first one's later points */
+    check_tensorboard(job, 1, "tb_check: 1 runs,");
     if (sig == SIGSTOP)
         kill((pid_t)pid, SIGKILL); /* the daemon killed it already; be sure */
 }
@@ -1009,6 +1043,9 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
                             "kind='epoch'", job), 300);
     sqlite3_close(db);
+    /* TensorBoard shows each epoch once: the second attempt's file starts
+     * with the restart marker that drops the first one's later points */
+    check_tensorboard(job, 1, "tb_check: 1 runs,");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1037,6 +1074,38 @@ Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardow
     sqlite3_close(db);
     rc = cli(out, sizeof out, 20, "cancel", "low", NULL);
     cr_assert_eq(rc, 0, "%s", out);
+}
+
+/* TensorBoard files are a view of the database: a folder that cannot be
+ * written is named once per attempt in the job's events, and the job, its
+ * metrics and its result are untouched. */
+Test(daemon, an_unwritable_tensorboard_folder_is_reported_and_the_job_goes_on, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    char blocker[128], tb[160], path[128], out[8192];
+    stop_daemon(10);
+    snprintf(blocker, sizeof blocker, "%s/blocker", dir);
+    write_file(blocker, "a file where the folder should be\n");
+    snprintf(tb, sizeof tb, "%s/tb", blocker);
+    extra_arg[0] = "--tensorboard";
+    extra_arg[1] = tb;
+    start_daemon();
+    snprintf(path, sizeof path, "%s/tbfail.yaml", dir);
+    write_grid(path, "tbfail", 2, 0, "  variant:\n    - {name: a}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 40, "watch", "tbfail", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT state='done' AND linear_acc IS NOT NULL FROM jobs WHERE id=1",
+                        0), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch'", 0), 2);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                            "'tensorboard: %blocker/tb/g1-tbfail/a/seed0: Not a directory%'", 0),
+                 1, "the failure is not reported once, naming the folder and the reason");
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "logs", "j1", NULL);
+    cr_assert(rc == 0 && strstr(out, "Not a directory"), "%s", out);
 }
 
 Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini = teardown,
@@ -1299,6 +1368,9 @@ static void rank_lost(int sig)
     cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
                             "kind='epoch'", job), 300);
     sqlite3_close(db);
+    /* TensorBoard shows each epoch once: the second attempt's file starts
+     * with the restart marker that drops the first one's later points */
+    check_tensorboard(job, 1, "tb_check: 1 runs,");
     printf("dist: rank 1 %s; rank 0 failed %.2f s later; next attempt started %.1f s after "
            "that\n", sig == SIGKILL ? "killed" : "frozen", t_fail, t_requeue);
     if (sig == SIGSTOP)

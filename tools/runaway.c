@@ -307,6 +307,9 @@ static int daemon_status(void)
     json_array_foreach(json_object_get(r, "jobs"), i, v) printf(" %s %lld", jstr(v, "state"),
                                                                   jint(v, "n"));
     printf("%s\n", json_array_size(json_object_get(r, "jobs")) ? "" : " none");
+    const char *tb = json_string_value(json_object_get(r, "tensorboard"));
+    if (tb)
+        printf("metrics for TensorBoard: tensorboard --logdir %s\n", tb);
     json_decref(r);
     conn_close(&c);
     return 0;

@@ -1,0 +1,251 @@
+/* TensorBoard event files, written as the metrics arrive, so that
+ * `tensorboard --logdir DIR` shows every job's curves live.
+ *
+ * Layout: DIR/gID-GRID/VARIANT/seedK is one TensorBoard run per job; each
+ * attempt of the job appends to its own file in it,
+ * events.out.tfevents.<attempt start, s>.<host>.aNNNNNNN (TensorBoard reads a
+ * run's files in name order: the start time keeps attempts in order).
+ *
+ * A file is TFRecord: per record a little-endian u64 length, the masked
+ * CRC32C of those 8 bytes, the bytes (one tensorflow.Event, encoded by
+ * protobuf-c from tfevent.proto), their masked CRC32C. A file opens with
+ * the version event, then TensorBoard's restart marker (SessionLog START)
+ * at the attempt's first reported step: a resumed attempt reports again
+ * the steps after its checkpoint, and the marker makes TensorBoard drop
+ * the earlier attempt's points from that step on instead of drawing both.
+ *
+ * The SQLite metrics stay the record of truth: a write that fails is logged
+ * once per attempt and the job goes on. */
+#include <errno.h>
+#include <fcntl.h>
+#include <isa-l/crc.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/rd.h"
+#include "proto/msg.h"
+#include "tfevent.pb-c.h"
+
+/* TFRecord's masked CRC32C (Castagnoli): a CRC stored next to data that
+ * holds CRCs is rotated and offset so it is not the CRC of itself. ISA-L's
+ * crc32_iscsi is the CRC without the final inversion. */
+static uint32_t masked_crc(const void *p, size_t n)
+{
+    uint32_t c = ~crc32_iscsi((unsigned char *)p, (int)n, 0xFFFFFFFFu);
+    return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+static void put_le(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Appends one record holding `ev` to buf (grown as needed). */
+static int append_record(unsigned char **buf, size_t *len, size_t *cap, const Tensorflow__Event *ev)
+{
+    size_t n = tensorflow__event__get_packed_size(ev);
+    size_t need = *len + 12 + n + 4;
+    if (need > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < need)
+            c *= 2;
+        unsigned char *b = realloc(*buf, c);
+        if (!b)
+            return -1;
+        *buf = b;
+        *cap = c;
+    }
+    unsigned char *p = *buf + *len;
+    put_le(p, n, 8);
+    put_le(p + 8, masked_crc(p, 8), 4);
+    tensorflow__event__pack(ev, p + 12);
+    put_le(p + 12 + n, masked_crc(p + 12, n), 4);
+    *len = need;
+    return 0;
+}
+
+/* A run-folder component from a grid or variant name ([A-Za-z0-9_.-]):
+ * "." and ".." would leave the folder, so a leading dot becomes '_'. */
+static void component(char *out, size_t outlen, const char *name)
+{
+    snprintf(out, outlen, "%s", name && *name ? name : "_");
+    if (out[0] == '.')
+        out[0] = '_';
+}
+
+/* The attempt's event file, made on its first metric: its run folder, and
+ * the version event. Returns 0, or -1 with err set. */
+static int open_run_file(rd_daemon *d, rd_run *run, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT g.id, g.name, j.variant, j.seed, a.started, a.worker "
+                                     "FROM jobs j JOIN grids g ON g.id=j.grid_id "
+                                     "JOIN attempts a ON a.id=? WHERE j.id=?");
+    if (!st) {
+        snprintf(err, errlen, "no database row for job %lld", (long long)run->job);
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, run->attempt);
+    sqlite3_bind_int64(st, 2, run->job);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        snprintf(err, errlen, "no database row for job %lld", (long long)run->job);
+        return -1;
+    }
+    char grid[160], variant[160], folder[PATH_MAX], host[64];
+    long long gid = sqlite3_column_int64(st, 0);
+    component(grid, sizeof grid, (const char *)sqlite3_column_text(st, 1));
+    component(variant, sizeof variant, (const char *)sqlite3_column_text(st, 2));
+    long long seed = sqlite3_column_int64(st, 3);
+    double started = sqlite3_column_double(st, 4);
+    sqlite3_finalize(st);
+    if (gethostname(host, sizeof host) != 0 || !host[0])
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    for (char *h = host; *h; h++) /* a host name with a '/' must not nest folders */
+        if (*h == '/')
+            *h = '_';
+    int n = snprintf(folder, sizeof folder, "%s/g%lld-%s/%s/seed%lld", d->tb_dir, gid, grid,
+                     variant, seed);
+    if (n < 0 || (size_t)n >= sizeof folder) {
+        snprintf(err, errlen, "%s: path too long", d->tb_dir);
+        return -1;
+    }
+    if (rd_mkdir_p(folder, 0755) != 0) {
+        snprintf(err, errlen, "%s: %s", folder, strerror(errno));
+        return -1;
+    }
+    char path[PATH_MAX + 128];
+    snprintf(path, sizeof path, "%s/events.out.tfevents.%010lld.%s.a%07lld", folder,
+             (long long)started, host, (long long)run->attempt);
+    run->tb_path = strdup(path);
+    if (!run->tb_path) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* One metric report's scalars: its tags depend on the kind of report. */
+typedef struct {
+    const char *field; /* in the report */
+    const char *tag;   /* in TensorBoard, after the kind's prefix */
+} tb_field;
+
+static const tb_field tb_fields[] = {
+    {"loss", "loss"},
+    {"align", "L_align"},
+    {"uniform", "L_uniform"},
+    {"collapse", "collapse_std"},
+    {"knn", "knn_top1"},
+    {"pairs_per_s", "pairs_per_s"},
+    {"tau", "tau"},
+    /* final ("done") reports only */
+    {"linear_acc", "linear_top1"},
+    {"align_last10", "L_align_last10"},
+    {"uniform_last10", "L_uniform_last10"},
+};
+#define TB_NFIELDS (sizeof tb_fields / sizeof tb_fields[0])
+
+void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
+{
+    if (!d->tb_dir[0] || !run || run->tb_failed)
+        return;
+    /* step reports under train/, epoch means under epoch/, the result
+     * (linear evaluation, last-10 means) under eval/ */
+    const char *prefix = !strcmp(kind, "step") ? "train" : !strcmp(kind, "epoch") ? "epoch" : "eval";
+    int final = !strcmp(kind, "final");
+    char err[PATH_MAX + 64] = "";
+    char tags[TB_NFIELDS][48];
+    Tensorflow__Summary__Value vals[TB_NFIELDS], *vp[TB_NFIELDS];
+    size_t nv = 0;
+    for (size_t i = 0; i < TB_NFIELDS; i++) {
+        /* the result carries the last epoch's fields too: those are in epoch/ */
+        if (final != (i >= 7))
+            continue;
+        double v = rw_json_get_num(m, tb_fields[i].field);
+        if (!isfinite(v)) /* absent, or null: not measured (kNN off) */
+            continue;
+        snprintf(tags[nv], sizeof tags[nv], "%s/%s", prefix, tb_fields[i].tag);
+        tensorflow__summary__value__init(&vals[nv]);
+        vals[nv].tag = tags[nv];
+        vals[nv].value_case = TENSORFLOW__SUMMARY__VALUE__VALUE_SIMPLE_VALUE;
+        vals[nv].simple_value = (float)v;
+        vp[nv] = &vals[nv];
+        nv++;
+    }
+    if (!nv)
+        return;
+    int64_t step = json_integer_value(json_object_get(m, "step"));
+    double wall = rd_now();
+
+    unsigned char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int fresh = !run->tb_path;
+    if (fresh && open_run_file(d, run, err, sizeof err) != 0)
+        goto fail;
+    if (fresh) {
+        Tensorflow__Event ver = TENSORFLOW__EVENT__INIT;
+        ver.wall_time = wall;
+        ver.what_case = TENSORFLOW__EVENT__WHAT_FILE_VERSION;
+        ver.file_version = "brain.Event:2";
+        Tensorflow__SessionLog sl = TENSORFLOW__SESSION_LOG__INIT;
+        sl.status = TENSORFLOW__SESSION_LOG__SESSION_STATUS__START;
+        Tensorflow__Event start = TENSORFLOW__EVENT__INIT;
+        start.wall_time = wall;
+        start.step = step;
+        start.what_case = TENSORFLOW__EVENT__WHAT_SESSION_LOG;
+        start.session_log = &sl;
+        if (append_record(&buf, &len, &cap, &ver) != 0 ||
+            append_record(&buf, &len, &cap, &start) != 0) {
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
+        }
+    }
+    Tensorflow__Summary sum = TENSORFLOW__SUMMARY__INIT;
+    sum.n_value = nv;
+    sum.value = vp;
+    Tensorflow__Event ev = TENSORFLOW__EVENT__INIT;
+    ev.wall_time = wall;
+    ev.step = step;
+    ev.what_case = TENSORFLOW__EVENT__WHAT_SUMMARY;
+    ev.summary = &sum;
+    if (append_record(&buf, &len, &cap, &ev) != 0) {
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    /* One write of whole records: a reader tailing the file sees a record
+     * at a time, and a daemon killed here leaves at most one torn record at
+     * the end, which TensorBoard treats as not yet written. */
+    int fd = open(run->tb_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, sizeof err, "%s: %s", run->tb_path, strerror(errno));
+        goto fail;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, buf + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            snprintf(err, sizeof err, "%s: %s", run->tb_path, w < 0 ? strerror(errno) : "short write");
+            close(fd);
+            goto fail;
+        }
+        off += (size_t)w;
+    }
+    close(fd);
+    free(buf);
+    return;
+fail:
+    free(buf);
+    run->tb_failed = 1;
+    char ev_text[sizeof err + 96];
+    snprintf(ev_text, sizeof ev_text, "tensorboard: %s (no more event records for attempt %lld)",
+             err, (long long)run->attempt);
+    rd_log("job j%lld: %s", (long long)run->job, ev_text);
+    rd_db_event(d, run->job, "daemon", ev_text);
+}

@@ -169,6 +169,7 @@ void rd_tick(rd_daemon *d);
 void rd_schedule(rd_daemon *d);
 int rd_ndevices(rd_daemon *d);
 void rd_cancel_job(rd_daemon *d, int64_t job);
+int rd_requeue_job(rd_daemon *d, int64_t job); /* 1: a failed or cancelled job queued again */
 void rd_runs_free(rd_daemon *d); /* at exit: every attempt's store */
 void rd_workers_stop_all(rd_daemon *d);
 int rd_workers_alive(rd_daemon *d);

@@ -645,6 +645,54 @@ static void req_show(rd_conn *c, long long id, json_t *m)
     rd_conn_send(c, r);
 }
 
+static const char *job_state_of(rd_daemon *d, int64_t job, char *out, size_t len)
+{
+    snprintf(out, len, "unknown");
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT state FROM jobs WHERE id=?");
+    if (st) {
+        sqlite3_bind_int64(st, 1, job);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            snprintf(out, len, "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    return out;
+}
+
+/* Failed and cancelled jobs back to the queue: each resumes from its run
+ * folder's checkpoint (a cancelled job wrote one as it stopped). */
+static void req_requeue(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    char kind;
+    int64_t tid;
+    if (target_arg(c, id, m, &kind, &tid) != 0)
+        return;
+    if (d->shutting_down) {
+        reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
+        return;
+    }
+    json_t *rows = query_rows(d,
+                              kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1 AND state IN "
+                                            "('failed','cancelled') ORDER BY id"
+                                          : "SELECT id FROM jobs WHERE id=?1",
+                              tid, 100000);
+    size_t i;
+    json_t *row;
+    int n = 0;
+    json_array_foreach(rows, i, row) n += rd_requeue_job(d, json_integer_value(json_object_get(row, "id")));
+    json_decref(rows);
+    if (kind == 'j' && n == 0) {
+        char state[32];
+        reply_error(c, id, RW_E_STATE, "j%lld is %s: only a failed or cancelled job is requeued",
+                    (long long)tid, job_state_of(d, tid, state, sizeof state));
+        return;
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "requeued", json_integer(n));
+    rd_conn_send(c, r);
+    rd_schedule(d);
+}
+
 static void req_cancel(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -971,6 +1019,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         req_show(c, id, m);
     else if (!strcmp(type, "cancel"))
         req_cancel(c, id, m);
+    else if (!strcmp(type, "requeue"))
+        req_requeue(c, id, m);
     else if (!strcmp(type, "logs"))
         req_logs(c, id, m);
     else if (!strcmp(type, "workers")) {

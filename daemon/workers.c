@@ -852,6 +852,18 @@ void rd_schedule(rd_daemon *d)
         json_t *spec = json_string((const char *)sqlite3_column_text(st, 2));
         int ndev = sqlite3_column_int(st, 3), attempts = sqlite3_column_int(st, 4);
         sqlite3_finalize(st);
+        /* A worker still stopping an earlier attempt of this job may yet
+         * write its checkpoint into the run folder: the next attempt starts
+         * once it has stopped, so it never resumes from, or is overwritten
+         * by, a checkpoint written behind its back. */
+        int draining = 0;
+        for (int i = 0; i < d->nworkers; i++)
+            draining |= d->workers[i].drain_job == job;
+        if (draining) {
+            json_decref(name);
+            json_decref(spec);
+            return; /* strict FIFO: the head job waits */
+        }
         /* N idle workers on N distinct devices */
         rd_worker *pick[64];
         int np = 0;
@@ -941,6 +953,23 @@ void rd_cancel_job(rd_daemon *d, int64_t job)
         }
     }
     set_job_state(d, job, "cancelled", "cancelled by user");
+}
+
+int rd_requeue_job(rd_daemon *d, int64_t job)
+{
+    if (!rd_db_int(d, "SELECT state IN ('failed','cancelled') FROM jobs WHERE id=?", job, 0))
+        return 0;
+    /* a fresh budget of retries; the result columns are empty for a job
+     * that did not finish */
+    sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET lost=0 WHERE id=?");
+    if (!st)
+        return 0;
+    sqlite3_bind_int64(st, 1, job);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+    rd_db_event(d, job, "state", "requeued by user (resumes from its checkpoint, if any)");
+    set_job_state(d, job, "queued", NULL);
+    return 1;
 }
 
 void rd_workers_stop_all(rd_daemon *d)

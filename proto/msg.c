@@ -46,6 +46,7 @@ static const mdef msgs[] = {
     {"ls", RW_FROM_CLIENT, {ID, {"grid", T_STR, 0, 1, 128}}},
     {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
     {"cancel", RW_FROM_CLIENT, {ID, TARGET("target")}},
+    {"requeue", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"logs", RW_FROM_CLIENT, {ID, TARGET("job"), {"tail", T_INT, 0, 1, 100000}}},
     {"workers", RW_FROM_CLIENT, {ID}},
     {"watch", RW_FROM_CLIENT, {ID, TARGET("target")}},

@@ -1024,6 +1024,61 @@ Test(daemon, cancel_stops_a_running_job_and_the_queue_moves_on, .init = setup, .
     cr_assert(rc == 0 && strstr(out, "cancelled 0 jobs"), "%s", out);
 }
 
+/* Cancel, then requeue at once: the job waits until the cancelled attempt
+ * has written its checkpoint and stopped (the other slot is idle all the
+ * while), resumes from that checkpoint, not the older periodic one, and
+ * finishes with every epoch reported. */
+Test(daemon, a_cancelled_job_requeued_resumes_where_it_stopped, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    long long job = submit_long("pause");
+    wait_for("epoch 14", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 14,
+             30);
+    char out[4096], id[32];
+    snprintf(id, sizeof id, "j%lld", job);
+    int rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
+    rc = cli(out, sizeof out, 20, "requeue", id, NULL);
+    cr_assert(rc == 0 && strstr(out, "requeued 1 job (each resumes from its checkpoint)"), "%s",
+              out);
+    rc = cli(out, sizeof out, 60, "watch", id, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", job), 2);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='cancelled'",
+                        job), 1);
+    double first = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE job_id=?1 AND kind='epoch' AND "
+                              "attempt_id=(SELECT MIN(id) FROM attempts WHERE job_id=?1)", job);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(db, "SELECT text FROM events WHERE job_id=? AND text LIKE 'resumed from %'",
+                       -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, job);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW, "the requeued attempt did not resume");
+    const char *at = strstr((const char *)sqlite3_column_text(st, 0), " at epoch ");
+    cr_assert_not_null(at);
+    int e = atoi(at + 10);
+    sqlite3_finalize(st);
+    /* periodic checkpoints come every 10 epochs: >= the first attempt's last
+     * epoch (>= 14) means the checkpoint written as it stopped */
+    cr_assert_geq(e, first, "resumed at epoch %d, but the cancelled attempt reached %g", e, first);
+    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                            "kind='epoch'", job), 300);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                            "'requeued by user%'", job), 1);
+    sqlite3_close(db);
+    check_tensorboard(job, 0, "tb_check: 1 runs, 2 files,");
+
+    /* a done job is not requeued, and says why; a grid with nothing to do */
+    rc = cli(out, sizeof out, 20, "requeue", id, NULL);
+    cr_assert(rc != 0 && strstr(out, "is done: only a failed or cancelled job is requeued"), "%s",
+              out);
+    rc = cli(out, sizeof out, 20, "requeue", "pause", NULL);
+    cr_assert(rc == 0 && strstr(out, "requeued 0 jobs: none had failed"), "%s", out);
+    rc = cli(out, sizeof out, 20, "requeue", "g7", NULL);
+    cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
+}
+
 Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini = teardown,
      .timeout = 90)
 {

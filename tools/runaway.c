@@ -36,7 +36,9 @@ static void usage(FILE *f)
             "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
             "  ls [GRID]                            jobs (the newest 500, or one grid's)\n"
             "  show JOB                             a job: state, attempts, result, spec\n"
-            "  cancel JOB|GRID\n"
+            "  cancel JOB|GRID                      running jobs checkpoint and stop\n"
+            "  requeue JOB|GRID                     failed or cancelled jobs back to the queue,\n"
+            "                                       each resuming from its checkpoint\n"
             "  logs JOB [--tail N]\n"
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
@@ -531,6 +533,21 @@ static int cmd_cancel(const char *target)
     return 0;
 }
 
+static int cmd_requeue(const char *target)
+{
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("requeue");
+    json_object_set_new(m, "target", json_string(target));
+    json_t *r = request(&c, m);
+    long long n = jint(r, "requeued");
+    printf("requeued %lld job%s%s\n", n, n == 1 ? "" : "s",
+           n ? " (each resumes from its checkpoint)" : ": none had failed or been cancelled");
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* watch, table */
 
@@ -937,6 +954,10 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "cancel")) {
         NEED(1, "JOB or GRID");
         return cmd_cancel(a[0]);
+    }
+    if (!strcmp(cmd, "requeue")) {
+        NEED(1, "JOB or GRID");
+        return cmd_requeue(a[0]);
     }
     if (!strcmp(cmd, "logs"))
         return cmd_logs(n, a);

@@ -705,6 +705,22 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
     check_plot();
+    /* the paper's Figure 3: one circle per variant, from its seed-0 job */
+    char png[160];
+    snprintf(png, sizeof png, "%s/sphere.png", dir);
+    rc = cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "byol                   j1 ") && strstr(out, "byol-np                j3 "),
+              "%s", out);
+    FILE *pf = fopen(png, "rb");
+    cr_assert_not_null(pf, "no %s", png);
+    unsigned char ph[24];
+    cr_assert_eq(fread(ph, 1, sizeof ph, pf), sizeof ph);
+    fclose(pf);
+    cr_expect(memcmp(ph, "\x89PNG", 4) == 0 && ph[18] == 840 >> 8 && ph[19] == (840 & 255) &&
+              ph[22] == 480 >> 8 && ph[23] == (480 & 255), "not an 840x480 PNG");
+    rc = cli(out, sizeof out, 60, "sphere", "g7", NULL);
+    cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
     /* one TensorBoard run per job, every stored metric in it */
     check_tensorboard(0, 0, "tb_check: 4 runs, 4 files,");
     rc = cli(out, sizeof out, 20, "daemon", "status", NULL);

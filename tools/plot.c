@@ -1,6 +1,7 @@
 /* runaway plot: curves from runawayd, drawn by gnuplot (tools/plot.h). */
 #include "tools/plot.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -130,8 +131,7 @@ oom:
 
 /* ---- drawing ---- */
 
-/* A gnuplot single-quoted string: '' stands for a quote. */
-static void gp_quote(FILE *f, const char *s)
+void rw_gp_quote(FILE *f, const char *s)
 {
     fputc('\'', f);
     for (; *s; s++) {
@@ -181,7 +181,7 @@ static void panel(FILE *f, const char *title, int col, double scale, int ng,
                   const rw_curve *cv)
 {
     fprintf(f, "set title ");
-    gp_quote(f, title);
+    rw_gp_quote(f, title);
     int any = 0;
     for (int g = 0; g < ng && !any; g++)
         for (size_t r = 0; r < cv[g].n && !any; r++)
@@ -207,7 +207,7 @@ static void panel(FILE *f, const char *title, int col, double scale, int ng,
         else
             fprintf(f, "'curve%d.dat' using 1:($%d*%g) with linespoints ls %d title ", g,
                     col + 1, scale, g % 8 + 1);
-        gp_quote(f, cv[g].name);
+        rw_gp_quote(f, cv[g].name);
     }
     fprintf(f, "\n");
 }
@@ -234,15 +234,15 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
     fprintf(f, "set style data linespoints\nset pointsize 0.5\n");
     if (o->out) {
         fprintf(f, "set terminal pngcairo size 1500,900 noenhanced font ',10'\nset output ");
-        gp_quote(f, out_tmp);
+        rw_gp_quote(f, out_tmp);
         fprintf(f, "\nset key top right font ',8'\nset multiplot layout 2,3 title ");
-        gp_quote(f, title);
+        rw_gp_quote(f, title);
         fprintf(f, "\n");
     } else {
         fprintf(f, "set terminal dumb size %d,%d noenhanced\nset key top right\n", o->cols,
                 o->rows);
         fprintf(f, "set print '-'\nprint ");
-        gp_quote(f, title);
+        rw_gp_quote(f, title);
         fprintf(f, "\n");
     }
     /* the PNG's six-panel grid holds all; a terminal the first three */
@@ -268,9 +268,7 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
     return 0;
 }
 
-/* Runs gnuplot on plot.gp in dir (its text output to our stdout); its
- * errors go to dir/gnuplot.err and, on failure, into err. */
-static int run_gnuplot(const char *prog, const char *dir, char *err, size_t errlen)
+int rw_gnuplot_run(const char *prog, const char *dir, char *err, size_t errlen)
 {
     char ep[PATH_MAX];
     snprintf(ep, sizeof ep, "%s/gnuplot.err", dir);
@@ -314,18 +312,68 @@ static int run_gnuplot(const char *prog, const char *dir, char *err, size_t errl
     return -1;
 }
 
-static void remove_dir(const char *dir, int ng)
+const char *rw_gnuplot_prog(const char *given)
 {
-    char p[PATH_MAX];
-    for (int g = 0; g < ng; g++) {
-        snprintf(p, sizeof p, "%s/curve%d.dat", dir, g);
-        unlink(p);
+    const char *prog = given ? given : getenv("RUNAWAY_GNUPLOT");
+    return prog && prog[0] ? prog : "gnuplot";
+}
+
+int rw_work_dir(const char *data_dir, const char *what, char *dir, size_t len, char *err,
+                size_t errlen)
+{
+    if (!data_dir) {
+        const char *t = getenv("TMPDIR");
+        snprintf(dir, len, "%s/runaway-%s-XXXXXX", t && t[0] ? t : "/tmp", what);
+        if (!mkdtemp(dir)) {
+            snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+            return -1;
+        }
+        return 0;
     }
-    snprintf(p, sizeof p, "%s/plot.gp", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/gnuplot.err", dir);
-    unlink(p);
+    snprintf(dir, len, "%s", data_dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+void rw_work_dir_remove(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[PATH_MAX + 256];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    if (d)
+        closedir(d);
     rmdir(dir);
+}
+
+int rw_png_target(const char *out, char *abs, size_t abslen, char *tmp, size_t tmplen, char *err,
+                  size_t errlen)
+{
+    if (out[0] == '/') {
+        snprintf(abs, abslen, "%s", out);
+    } else {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof cwd))
+            cwd[0] = 0;
+        snprintf(abs, abslen, "%s/%s", cwd, out);
+    }
+    snprintf(tmp, tmplen, "%s.tmp%ld", abs, (long)getpid());
+    char folder[PATH_MAX];
+    snprintf(folder, sizeof folder, "%s", abs);
+    *strrchr(folder, '/') = 0;
+    if (access(folder[0] ? folder : "/", W_OK) != 0) {
+        snprintf(err, errlen, "%s: cannot write in %s: %s", out, folder[0] ? folder : "/",
+                 strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 int rw_plot_render(const json_t *curves, const rw_plot_opts *o, char *err, size_t errlen)
@@ -337,67 +385,32 @@ int rw_plot_render(const json_t *curves, const rw_plot_opts *o, char *err, size_
         return -1;
     }
     char dir[PATH_MAX];
-    int temp = !o->data_dir;
-    if (temp) {
-        const char *t = getenv("TMPDIR");
-        snprintf(dir, sizeof dir, "%s/runaway-plot-XXXXXX", t && t[0] ? t : "/tmp");
-        if (!mkdtemp(dir)) {
-            snprintf(err, errlen, "%s: %s", dir, strerror(errno));
-            rw_curves_free(cv, ng);
-            return -1;
-        }
-    } else {
-        snprintf(dir, sizeof dir, "%s", o->data_dir);
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-            snprintf(err, errlen, "%s: %s", dir, strerror(errno));
-            rw_curves_free(cv, ng);
-            return -1;
-        }
+    if (rw_work_dir(o->data_dir, "plot", dir, sizeof dir, err, errlen) != 0) {
+        rw_curves_free(cv, ng);
+        return -1;
     }
     /* the PNG is written beside its final name, then renamed: a viewer
      * reloading it never sees half a file */
     char out_abs[PATH_MAX] = "", out_tmp[PATH_MAX + 16] = "";
-    if (o->out) {
-        if (o->out[0] == '/') {
-            snprintf(out_abs, sizeof out_abs, "%s", o->out);
-        } else {
-            char cwd[PATH_MAX];
-            if (!getcwd(cwd, sizeof cwd))
-                cwd[0] = 0;
-            snprintf(out_abs, sizeof out_abs, "%s/%s", cwd, o->out);
-        }
-        snprintf(out_tmp, sizeof out_tmp, "%s.tmp%ld", out_abs, (long)getpid());
-        char folder[PATH_MAX];
-        snprintf(folder, sizeof folder, "%s", out_abs);
-        *strrchr(folder, '/') = 0;
-        if (access(folder[0] ? folder : "/", W_OK) != 0) {
-            snprintf(err, errlen, "%s: cannot write in %s: %s", o->out, folder[0] ? folder : "/",
-                     strerror(errno));
-            if (temp)
-                remove_dir(dir, 0);
-            rw_curves_free(cv, ng);
-            return -1;
-        }
-    }
-    const char *prog = o->gnuplot ? o->gnuplot : getenv("RUNAWAY_GNUPLOT");
-    if (!prog || !prog[0])
-        prog = "gnuplot";
     int rc = -1;
-    if (ng == 0)
+    if (o->out && rw_png_target(o->out, out_abs, sizeof out_abs, out_tmp, sizeof out_tmp, err,
+                                errlen) != 0)
+        ;
+    else if (ng == 0)
         snprintf(err, errlen, "no jobs to plot");
     else if (write_data(dir, cv, ng, err, errlen) == 0 &&
              write_script(dir, curves, cv, ng, o, out_tmp, err, errlen) == 0 &&
-             run_gnuplot(prog, dir, err, errlen) == 0) {
+             rw_gnuplot_run(rw_gnuplot_prog(o->gnuplot), dir, err, errlen) == 0) {
         rc = 0;
         if (o->out && rename(out_tmp, out_abs) != 0) {
             snprintf(err, errlen, "%s: %s", out_abs, strerror(errno));
             rc = -1;
         }
     }
-    if (o->out)
+    if (o->out && out_tmp[0])
         unlink(out_tmp);
-    if (temp)
-        remove_dir(dir, ng);
+    if (!o->data_dir)
+        rw_work_dir_remove(dir);
     rw_curves_free(cv, ng);
     return rc;
 }

@@ -6,6 +6,7 @@
 #define RUNAWAY_TOOLS_PLOT_H
 
 #include <jansson.h>
+#include <limits.h>
 #include <stddef.h>
 
 typedef struct rw_plot_opts {
@@ -34,5 +35,42 @@ typedef struct rw_curve {
  * or -1 when out of memory. */
 int rw_curves_group(const json_t *curves, rw_curve **out);
 void rw_curves_free(rw_curve *c, int n);
+
+/* ---- what the drawing commands share ---- */
+#include <stdio.h>
+/* A gnuplot single-quoted string: '' stands for a quote. */
+void rw_gp_quote(FILE *f, const char *s);
+/* The gnuplot to run: given, else $RUNAWAY_GNUPLOT, else gnuplot on PATH. */
+const char *rw_gnuplot_prog(const char *given);
+/* Runs gnuplot on plot.gp in dir (its text output to our stdout); its
+ * errors go to dir/gnuplot.err and, on failure, into err. */
+int rw_gnuplot_run(const char *prog, const char *dir, char *err, size_t errlen);
+/* dir = data_dir (made if missing), or a new temporary folder when NULL
+ * (rw_work_dir_remove deletes it and the files in it). */
+int rw_work_dir(const char *data_dir, const char *what, char *dir, size_t len, char *err,
+                size_t errlen);
+void rw_work_dir_remove(const char *dir);
+/* A PNG's absolute path and the temporary name beside it that gnuplot
+ * writes (renamed into place when whole); -1 when its folder cannot be
+ * written, named in err. */
+int rw_png_target(const char *out, char *abs, size_t abslen, char *tmp, size_t tmplen, char *err,
+                  size_t errlen);
+
+/* ---- runaway sphere (tools/sphere.c) ---- */
+typedef struct rw_sphere_panel {
+    char title[192];     /* the variant, or the job's name */
+    char data[PATH_MAX]; /* the data file `runaway-worker sphere` wrote */
+    long long job, seed;
+    /* read from the file */
+    int n, centre, width;
+    double evr[2], R, uniform, densest, maxd;
+} rw_sphere_panel;
+/* Reads p->data's numbers and largest density. */
+int rw_sphere_read(rw_sphere_panel *p, char *err, size_t errlen);
+/* Writes dir/plot.gp: one circle per panel (the ring's width the density
+ * of the points at that angle, one scale for all; the view pairs as
+ * joined dots), drawn into out_tmp. */
+int rw_sphere_draw(const rw_sphere_panel *p, int n, const char *title, const char *dir,
+                   const char *out_tmp, char *err, size_t errlen);
 
 #endif

@@ -49,6 +49,10 @@ static void usage(FILE *f)
             "                                       collapse, kNN; per variant, mean over seeds)\n"
             "                                       by gnuplot: a PNG, or text without -o; --every S\n"
             "                                       redraws until every job has ended\n"
+            "  sphere JOB|GRID [-o OUT.png] [--samples N] [--data DIR]\n"
+            "                                       the paper's Figure 3: f(x) of N training images\n"
+            "                                       by PCA onto the circle, per variant (its lowest\n"
+            "                                       finished seed); spread numbers, and a PNG with -o\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
             "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
             "                                       submit, watch until done, print the table\n"
@@ -745,6 +749,172 @@ static int cmd_table(int n, char **a)
 
 /* plot: the `curves` reply drawn once, or every `every` seconds until no
  * job is queued or running (a PNG viewer that reloads shows it live). */
+/* ------------------------------------------------------------------------ */
+/* sphere: the paper's Figure 3 */
+
+/* Runs `runaway-worker sphere` for one job into p->data; its output in
+ * LOG. Dies with the worker's last words when it fails. */
+static void sphere_job(conn *c, const char *dir, long samples, rw_sphere_panel *p)
+{
+    json_t *m = req_new("show");
+    char id[32];
+    snprintf(id, sizeof id, "j%lld", p->job);
+    json_object_set_new(m, "job", json_string(id));
+    json_t *r = request(c, m);
+    char spec[PATH_MAX], weights[PATH_MAX], logp[PATH_MAX + 8], ns[32];
+    snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, p->job);
+    snprintf(weights, sizeof weights, "%s/weights.safetensors", jstr(r, "run_dir"));
+    snprintf(logp, sizeof logp, "%s.log", p->data);
+    snprintf(ns, sizeof ns, "%ld", samples);
+    FILE *f = fopen(spec, "w");
+    if (!f || fputs(jstr(r, "spec"), f) < 0 || fclose(f) != 0)
+        die("%s: %s", spec, strerror(errno));
+    json_decref(r);
+    if (access(weights, R_OK) != 0)
+        die("sphere: j%lld: %s: %s", p->job, weights, strerror(errno));
+    char bin[PATH_MAX];
+    if (worker_bin)
+        snprintf(bin, sizeof bin, "%s", worker_bin);
+    else
+        find_prog("runaway-worker", "worker", bin, sizeof bin);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int fd = open(logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execl(bin, bin, "sphere", spec, weights, p->data, "--samples", ns, (char *)NULL);
+        fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    char err[1024];
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || rw_sphere_read(p, err, sizeof err) != 0) {
+        char tail[1024] = "";
+        f = fopen(logp, "r");
+        if (f) { /* the last line that says something */
+            char line[1024];
+            while (fgets(line, sizeof line, f))
+                if (strncmp(line, "runaway-worker: no usable GPU", 29) != 0)
+                    snprintf(tail, sizeof tail, "%s", line);
+            fclose(f);
+        }
+        tail[strcspn(tail, "\n")] = 0;
+        die("sphere: j%lld: %s", p->job, tail[0] ? tail : "runaway-worker sphere failed");
+    }
+}
+
+static int cmd_sphere(int n, char **a)
+{
+    const char *target = NULL, *out = NULL, *data_dir = NULL;
+    long samples = 2048;
+    for (int k = 0; k < n; k++) {
+        if ((!strcmp(a[k], "-o") || !strcmp(a[k], "--out")) && k + 1 < n)
+            out = a[++k];
+        else if (!strcmp(a[k], "--data") && k + 1 < n)
+            data_dir = a[++k];
+        else if (!strcmp(a[k], "--samples") && k + 1 < n) {
+            char *end;
+            samples = strtol(a[++k], &end, 10);
+            if (*end || samples < 3 || samples > 50000)
+                die("sphere: --samples takes 3..50000 images, not '%s'", a[k]);
+        } else if (a[k][0] == '-' || target)
+            die("sphere: unexpected argument '%s'", a[k]);
+        else
+            target = a[k];
+    }
+    if (!target)
+        die("sphere: which job or grid?");
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("curves");
+    json_object_set_new(m, "target", json_string(target));
+    json_t *r = request(&c, m);
+    int by_job = !strcmp(jstr(r, "kind"), "job");
+    json_t *jobs = json_object_get(r, "jobs");
+    size_t nj = json_array_size(jobs), i;
+    json_t *j;
+    rw_sphere_panel *p = calloc(nj ? nj : 1, sizeof *p);
+    int np = 0;
+    if (!p)
+        die("out of memory");
+    /* per variant, its finished job of the lowest seed */
+    json_array_foreach(jobs, i, j)
+    {
+        const char *name = jstr(j, by_job ? "name" : "variant");
+        int g = 0;
+        while (g < np && strcmp(p[g].title, name))
+            g++;
+        if (g == np)
+            snprintf(p[np++].title, sizeof p[0].title, "%s", name);
+        if (strcmp(jstr(j, "state"), "done"))
+            continue;
+        if (!p[g].job || jint(j, "seed") < p[g].seed) {
+            p[g].job = jint(j, "id");
+            p[g].seed = jint(j, "seed");
+        }
+    }
+    char dir[PATH_MAX], err[1024];
+    if (rw_work_dir(data_dir, "sphere", dir, sizeof dir, err, sizeof err) != 0)
+        die("sphere: %s", err);
+    char out_abs[PATH_MAX] = "", out_tmp[PATH_MAX + 16] = "";
+    if (out && rw_png_target(out, out_abs, sizeof out_abs, out_tmp, sizeof out_tmp, err,
+                             sizeof err) != 0)
+        die("sphere: %s", err);
+    int ndone = 0;
+    for (int g = 0; g < np; g++) {
+        if (!p[g].job)
+            continue;
+        snprintf(p[g].data, sizeof p[g].data, "%s/sphere%d.dat", dir, g);
+        sphere_job(&c, dir, samples, &p[g]);
+        p[ndone++] = p[g]; /* the finished ones, in order */
+    }
+    printf("%s %s: projections f(x) of %ld training images, PCA to 2-D, on the unit circle\n",
+           jstr(r, "kind"), target, samples);
+    printf("%-22s %-7s %5s %8s %10s %9s  %s\n", by_job ? "job" : "variant", "job", "seed", "R",
+           "L_uniform", "densest", "PCA share");
+    for (int g = 0; g < ndone; g++)
+        printf("%-22s j%-6lld %5lld %8.4f %10.4f %8.1f%%  %.1f%% + %.1f%%\n", p[g].title, p[g].job,
+               p[g].seed, p[g].R, p[g].uniform, 100 * p[g].densest, 100 * p[g].evr[0],
+               100 * p[g].evr[1]);
+    if (ndone < np)
+        printf("(%d variant%s without a finished job)\n", np - ndone, np - ndone == 1 ? "" : "s");
+    printf("R: length of the mean unit vector (0: spread, 1: one point); L_uniform on the circle "
+           "(lower: more uniform); densest: share of points on the fullest 45-degree arc\n");
+    int rc = 0;
+    if (ndone == 0) {
+        fprintf(stderr, "runaway: sphere: %s has no finished job\n", target);
+        rc = 1;
+    } else if (out) {
+        char title[256];
+        snprintf(title, sizeof title, "%s %s: representations on the circle (PCA of f(x), %ld "
+                 "training images; red: two views of a sample)", jstr(r, "kind"), target, samples);
+        if (rw_sphere_draw(p, ndone, title, dir, out_tmp, err, sizeof err) != 0 ||
+            rw_gnuplot_run(rw_gnuplot_prog(NULL), dir, err, sizeof err) != 0 ||
+            rename(out_tmp, out_abs) != 0) {
+            if (!err[0])
+                snprintf(err, sizeof err, "%s: %s", out_abs, strerror(errno));
+            unlink(out_tmp);
+            rc = 1;
+            fprintf(stderr, "runaway: sphere: %s\n", err);
+        } else {
+            printf("%s\n", out);
+        }
+    }
+    if (!data_dir)
+        rw_work_dir_remove(dir);
+    free(p);
+    json_decref(r);
+    conn_close(&c);
+    return rc;
+}
+
 static int cmd_plot(int n, char **a)
 {
     const char *target = NULL;
@@ -971,6 +1141,8 @@ int main(int argc, char **argv)
         return cmd_table(n, a);
     if (!strcmp(cmd, "plot"))
         return cmd_plot(n, a);
+    if (!strcmp(cmd, "sphere"))
+        return cmd_sphere(n, a);
     if (!strcmp(cmd, "export")) {
         NEED(2, "JOB OUT.safetensors");
         return cmd_export(a[0], a[1]);

@@ -14,6 +14,7 @@
 #include "worker/data.h"
 #include "worker/eval.h"
 #include "worker/model.h"
+#include "worker/sphere.h"
 #include "worker/train.h"
 #include "worker/weights.h"
 
@@ -29,6 +30,11 @@ static void usage(FILE *f)
             "      and --host-data renders views on the CPU instead of the GPU\n"
             "  eval SPEC.yaml [WEIGHTS.safetensors | --random-init] [--epochs N]\n"
             "      linear evaluation of a trained (or randomly initialized) encoder\n"
+            "  sphere SPEC.yaml [WEIGHTS.safetensors | --random-init] OUT.dat [--samples N]\n"
+            "        [--pairs K]\n"
+            "      the projections of N training images (default 2048) by PCA onto the\n"
+            "      circle (the paper's Figure 3): spread numbers, and a data file for\n"
+            "      `runaway sphere`; K samples (default 4) with their two views\n"
             "  export CHECKPOINT OUT.safetensors\n"
             "      weights with torchvision's resnet18 names for the encoder\n"
             "  show-augment SPEC.yaml OUT.png [--count N]\n"
@@ -156,75 +162,176 @@ static int cmd_run(int argc, char **argv)
     return 0;
 }
 
-static int cmd_eval(int argc, char **argv)
+/* What eval and sphere share: the spec, its data, a backend and the model
+ * with weights (or the seed's random initialization). 0, or 1 with the
+ * reason printed and everything released. */
+typedef struct loaded {
+    rw_spec s;
+    rw_dataset train, test;
+    kb_backend *be;
+    rw_model *m;
+} loaded;
+
+static void loaded_free(loaded *l)
 {
-    const char *spec_path = NULL, *weights = NULL, *backend = "auto";
-    int random_init = 0;
-    long epochs = -1;
+    rw_model_free(l->m);
+    if (l->be)
+        kb_destroy(l->be);
+    rw_dataset_free(&l->train);
+    rw_dataset_free(&l->test);
+    memset(l, 0, sizeof *l);
+}
+
+static int load_model(const char *spec_path, const char *weights, const char *backend,
+                      long linear_epochs, loaded *l)
+{
+    memset(l, 0, sizeof *l);
+    if (load_spec(spec_path, &l->s) != 0)
+        return 1;
+    if (linear_epochs > 0)
+        l->s.eval.linear_epochs = (int)linear_epochs;
+    char err[1024];
+    if (rw_load_data(&l->s, &l->train, &l->test, err, sizeof err) != 0) {
+        fprintf(stderr, "runaway-worker: %s\n", err);
+        return 1;
+    }
+    l->be = pick_backend(backend, l->s.threads);
+    if (!l->be) {
+        loaded_free(l);
+        return 1;
+    }
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&l->s, &mc);
+    if (weights && rw_weights_model_cfg(weights, &mc, err, sizeof err) != 0) {
+        fprintf(stderr, "runaway-worker: %s\n", err);
+        loaded_free(l);
+        return 1;
+    }
+    l->m = rw_model_create(l->be, &mc, l->s.seed, err, sizeof err);
+    if (!l->m || (weights && rw_weights_init(l->m, weights, err, sizeof err) != 0)) {
+        fprintf(stderr, "runaway-worker: %s\n", err);
+        loaded_free(l);
+        return 1;
+    }
+    return 0;
+}
+
+/* SPEC and either WEIGHTS or --random-init, then the command's own
+ * positional arguments (nout of them) and flags (handled by flag(); it
+ * returns the arguments it used, or -1 for an unknown flag). */
+typedef int (*flag_fn)(int argc, char **argv, int i, void *ud);
+
+static int model_args(const char *cmd, int argc, char **argv, const char **spec, const char **weights,
+                      const char **backend, const char **outs, int nout, flag_fn flag, void *ud)
+{
+    int random_init = 0, npos = 0;
+    const char *pos[4];
     for (int i = 0; i < argc; i++) {
+        int used;
         if (strcmp(argv[i], "--random-init") == 0)
             random_init = 1;
-        else if (strcmp(argv[i], "--epochs") == 0) {
-            if (parse_int("--epochs", i + 1 < argc ? argv[++i] : NULL, 1, 100000, &epochs) != 0)
-                return 2;
-        } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc)
-            backend = argv[++i];
-        else if (argv[i][0] != '-' && !spec_path)
-            spec_path = argv[i];
-        else if (argv[i][0] != '-' && !weights)
-            weights = argv[i];
+        else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc)
+            *backend = argv[++i];
+        else if (argv[i][0] == '-' && flag && (used = flag(argc, argv, i, ud)) >= 0) {
+            if (used == 0)
+                return 2; /* a bad value: the flag said why */
+            i += used - 1;
+        } else if (argv[i][0] != '-' && npos < 2 + nout)
+            pos[npos++] = argv[i];
         else {
-            fprintf(stderr, "runaway-worker eval: unexpected argument '%s'\n", argv[i]);
+            fprintf(stderr, "runaway-worker %s: unexpected argument '%s'\n", cmd, argv[i]);
             return 2;
         }
     }
-    if (!spec_path || (!weights && !random_init) || (weights && random_init)) {
-        fprintf(stderr, "runaway-worker eval: give SPEC.yaml and either WEIGHTS or --random-init\n");
+    /* SPEC [WEIGHTS] OUTS...: WEIGHTS unless --random-init */
+    int nw = random_init ? 0 : 1;
+    if (npos != 1 + nw + nout) {
+        fprintf(stderr, "runaway-worker %s: give SPEC.yaml, either WEIGHTS or --random-init%s\n",
+                cmd, nout ? ", and the output file" : "");
         return 2;
     }
-    rw_spec s;
-    if (load_spec(spec_path, &s) != 0)
-        return 1;
-    if (epochs > 0)
-        s.eval.linear_epochs = (int)epochs;
+    *spec = pos[0];
+    *weights = nw ? pos[1] : NULL;
+    for (int k = 0; k < nout; k++)
+        outs[k] = pos[1 + nw + k];
+    return 0;
+}
+
+static int eval_flag(int argc, char **argv, int i, void *ud)
+{
+    if (strcmp(argv[i], "--epochs") != 0)
+        return -1;
+    return parse_int("--epochs", i + 1 < argc ? argv[i + 1] : NULL, 1, 100000, ud) == 0 ? 2 : 0;
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    const char *spec_path, *weights, *backend = "auto";
+    long epochs = -1;
+    int rc = model_args("eval", argc, argv, &spec_path, &weights, &backend, NULL, 0, eval_flag,
+                        &epochs);
+    loaded l;
+    if (rc != 0 || (rc = load_model(spec_path, weights, backend, epochs, &l)) != 0)
+        return rc;
     char err[1024];
-    rw_dataset train, test;
-    if (rw_load_data(&s, &train, &test, err, sizeof err) != 0) {
-        fprintf(stderr, "runaway-worker: %s\n", err);
-        return 1;
-    }
-    kb_backend *be = pick_backend(backend, s.threads);
-    int rc = 1;
-    rw_model *m = NULL;
-    if (!be)
-        goto done;
-    rw_model_cfg mc;
-    rw_model_cfg_from_spec(&s, &mc);
-    if (weights && rw_weights_model_cfg(weights, &mc, err, sizeof err) != 0) {
-        fprintf(stderr, "runaway-worker: %s\n", err);
-        goto done;
-    }
-    m = rw_model_create(be, &mc, s.seed, err, sizeof err);
-    if (!m || (weights && rw_weights_init(m, weights, err, sizeof err) != 0)) {
-        fprintf(stderr, "runaway-worker: %s\n", err);
-        goto done;
-    }
-    rw_linear_cfg lc = {.epochs = s.eval.linear_epochs, .lr = s.eval.linear_lr,
-                        .batch = s.eval.linear_batch_size, .seed = s.seed};
+    rw_linear_cfg lc = {.epochs = l.s.eval.linear_epochs, .lr = l.s.eval.linear_lr,
+                        .batch = l.s.eval.linear_batch_size, .seed = l.s.seed};
     double acc;
-    if (rw_eval_linear_model(m, &train, &test, s.data.image_size, s.data.mean, s.data.std, &lc,
-                             &acc, err, sizeof err) != 0) {
+    rc = 1;
+    if (rw_eval_linear_model(l.m, &l.train, &l.test, l.s.data.image_size, l.s.data.mean,
+                             l.s.data.std, &lc, &acc, err, sizeof err) != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
-        goto done;
+    } else {
+        printf("linear evaluation (%s): top-1 %.2f%% on %d test images (%d epochs)\n",
+               weights ? weights : "random init", 100 * acc, l.test.n, lc.epochs);
+        rc = 0;
     }
-    printf("linear evaluation (%s): top-1 %.2f%% on %d test images (%d epochs)\n",
-           weights ? weights : "random init", 100 * acc, test.n, lc.epochs);
-    rc = 0;
-done:
-    rw_model_free(m);
-    kb_destroy(be);
-    rw_dataset_free(&train);
-    rw_dataset_free(&test);
+    loaded_free(&l);
+    return rc;
+}
+
+typedef struct sphere_opts {
+    long samples, pairs;
+} sphere_opts;
+
+static int sphere_flag(int argc, char **argv, int i, void *ud)
+{
+    sphere_opts *o = ud;
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(argv[i], "--samples") == 0)
+        return parse_int("--samples", v, 3, 50000, &o->samples) == 0 ? 2 : 0;
+    if (strcmp(argv[i], "--pairs") == 0)
+        return parse_int("--pairs", v, 0, RW_SPHERE_PAIRS_MAX, &o->pairs) == 0 ? 2 : 0;
+    return -1;
+}
+
+static int cmd_sphere(int argc, char **argv)
+{
+    const char *spec_path, *weights, *backend = "auto", *out;
+    sphere_opts o = {.samples = 2048, .pairs = 4};
+    int rc = model_args("sphere", argc, argv, &spec_path, &weights, &backend, &out, 1, sphere_flag,
+                        &o);
+    loaded l;
+    if (rc != 0 || (rc = load_model(spec_path, weights, backend, 0, &l)) != 0)
+        return rc;
+    char err[1024], label[1200];
+    rw_sphere sp;
+    rc = 1;
+    snprintf(label, sizeof label, "%s (%s)", l.s.name, weights ? weights : "random init");
+    if (rw_sphere_model(l.m, &l.train, &l.s, (int)o.samples, (int)o.pairs, &sp, err,
+                        sizeof err) != 0 ||
+        rw_sphere_write(&sp, label, out, err, sizeof err) != 0) {
+        fprintf(stderr, "runaway-worker: %s\n", err);
+    } else {
+        printf("%s: %d training images on the circle (%d at the centre); PCA keeps %.1f%% + "
+               "%.1f%% of the variance\n"
+               "R %.4f (0 spread, 1 one point)  L_uniform on the circle %.4f  densest 45-degree "
+               "arc %.1f%%\nwrote %s\n",
+               label, sp.n, sp.n_centre, 100 * sp.evr[0], 100 * sp.evr[1], sp.R, sp.uniform,
+               100 * sp.densest, out);
+        rc = 0;
+    }
+    loaded_free(&l);
     return rc;
 }
 
@@ -351,6 +458,8 @@ int main(int argc, char **argv)
         return cmd_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "export") == 0)
         return cmd_export(argc - 2, argv + 2);
+    if (strcmp(cmd, "sphere") == 0)
+        return cmd_sphere(argc - 2, argv + 2);
     if (strcmp(cmd, "show-augment") == 0)
         return cmd_show_augment(argc - 2, argv + 2);
     if (strcmp(cmd, "synth") == 0)

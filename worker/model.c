@@ -631,14 +631,14 @@ static void enc_bwd(rw_net *n, int slot, const float *x, const float *dfeat, int
 /* ------------------------------------------------------------ heads */
 
 /* h (N, F) -> projection (N, proj_out) */
-static float *proj_fwd(rw_net *n, int slot, const float *h, int N)
+static float *proj_fwd(rw_net *n, int slot, const float *h, int N, int train)
 {
     kb_backend *be = n->m->be;
     arch *a = &n->m->a;
     float *y1 = lin_fwd(n, &a->p1, slot, h, N);
     if (!y1)
         return NULL;
-    float *b = bn_fwd(n, &a->pbn, slot, y1, N, 1, 1);
+    float *b = bn_fwd(n, &a->pbn, slot, y1, N, 1, train);
     if (!b)
         return NULL;
     be->relu_forward(be, b, b, (size_t)N * a->p1.O);
@@ -950,7 +950,7 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
         h[v] = enc_fwd(&m->online, v, xs[v], N, S, 1);
         if (!h[v])
             return -1;
-        y[v] = proj_fwd(&m->online, v, h[v], N);
+        y[v] = proj_fwd(&m->online, v, h[v], N, 1);
         if (!y[v])
             return -1;
         const float *q = pred_fwd(&m->online, v, y[v], N);
@@ -972,7 +972,7 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
         float *th = enc_fwd(&m->tnet, 0, xs[v], N, S, 1);
         if (!th)
             return -1;
-        float *ty = proj_fwd(&m->tnet, 0, th, N);
+        float *ty = proj_fwd(&m->tnet, 0, th, N, 1);
         float *zb = act(&m->tnet, a->id_pnorm, v, (size_t)N * D);
         float *zbn = act(&m->tnet, a->id_pnorm_n, v, (size_t)N);
         if (!ty || m->failed)
@@ -1060,5 +1060,17 @@ int rw_model_features(rw_model *m, const float *x, int N, int S, int teacher, fl
     if (!f || m->failed)
         return -1;
     m->be->copy(m->be, out, f, (size_t)N * m->a.F * sizeof(float));
+    return 0;
+}
+
+int rw_model_project(rw_model *m, const float *x, int N, int S, int teacher, float *out)
+{
+    rw_net *n = teacher ? &m->tnet : &m->online;
+    m->failed = 0;
+    float *h = enc_fwd(n, 0, x, N, S, 0);
+    float *y = h && !m->failed ? proj_fwd(n, 0, h, N, 0) : NULL;
+    if (!y || m->failed)
+        return -1;
+    m->be->copy(m->be, out, y, (size_t)N * m->a.cfg.proj_out * sizeof(float));
     return 0;
 }

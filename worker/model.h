@@ -133,5 +133,8 @@ const float *rw_model_projections(rw_model *m, int v);
 /* Encoder features in eval mode (running statistics) of x (N,3,S,S):
  * out (N, feat_dim), backend memory. teacher != 0 uses the teacher. */
 int rw_model_features(rw_model *m, const float *x, int N, int S, int teacher, float *out);
+/* Projections f(x) = g(e(x)) in eval mode, not normalized: out (N, proj_out),
+ * backend memory. */
+int rw_model_project(rw_model *m, const float *x, int N, int S, int teacher, float *out);
 
 #endif

@@ -366,6 +366,7 @@ static const field fields[] = {
     {"eval.knn.temperature", F_FLOAT, O(eval.knn_temperature), 0, 100, LO_OPEN, NULL},
     {"log.every_steps", F_INT, O(log.every_steps), 0, 1000000000, 0, NULL},
     {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
+    {"checkpoint.snapshot_every", F_INT, O(checkpoint.snapshot_every), 0, 100000, 0, NULL},
     /* last, so the allowed-keys lists that name the paper's fields read as before */
     {"devices", F_INT, O(devices), 1, 64, 0, NULL},
     {"sync_bn", F_BOOL, O(sync_bn), 0, 1, 0, NULL},
@@ -415,6 +416,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->eval.knn_temperature = 0.1f;
     s->log.every_steps = 0;
     s->checkpoint.every_epochs = 0;
+    s->checkpoint.snapshot_every = 0;
 }
 
 /* "in (0, 10]", "in 1..64", "with |x| <= 1e+06" */

@@ -52,6 +52,7 @@
  *     every_steps: 0        # per-step metrics every N steps (0: per epoch only)
  *   checkpoint:
  *     every_epochs: 0       # 0: only at the end
+ *     snapshot_every: 0     # keep the weights every N epochs (0: off)
  *
  * Errors name the file, the field (dotted path, e.g. "optim.lr") and what is
  * allowed, e.g. "spec.yaml: optim.lr: must be a number in (0, 10], got 'abc'".
@@ -139,6 +140,9 @@ typedef struct rw_spec {
 
     struct {
         int every_epochs;
+        /* weights kept, not overwritten, at epoch 0 and every N epochs
+         * (runs/.../snapshots/weights-eNNNNN.safetensors) */
+        int snapshot_every;
     } checkpoint;
 } rw_spec;
 

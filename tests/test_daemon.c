@@ -587,7 +587,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     write_grid(path, "tiny", 2, 0,
                "  seed: [0, 1]\n"
                "  variant:\n"
-               "    - {name: byol}\n"
+               "    - {name: byol, checkpoint: {snapshot_every: 1}}\n"
                "    - {name: byol-np, model: {predictor: none}}\n");
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
@@ -710,8 +710,10 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     snprintf(png, sizeof png, "%s/sphere.png", dir);
     rc = cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    cr_assert(strstr(out, "byol                   j1 ") && strstr(out, "byol-np                j3 "),
-              "%s", out);
+    char row1[64], row3[64];
+    snprintf(row1, sizeof row1, "\n%-28s j1 ", "byol");
+    snprintf(row3, sizeof row3, "\n%-28s j3 ", "byol-np");
+    cr_assert(strstr(out, row1) && strstr(out, row3), "%s", out);
     FILE *pf = fopen(png, "rb");
     cr_assert_not_null(pf, "no %s", png);
     unsigned char ph[24];
@@ -721,6 +723,20 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
               ph[22] == 480 >> 8 && ph[23] == (480 & 255), "not an 840x480 PNG");
     rc = cli(out, sizeof out, 60, "sphere", "g7", NULL);
     cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
+    /* its evolution: j1 kept epochs 0, 1 and 2; j3 kept none */
+    rc = cli(out, sizeof out, 60, "sphere", "j1", "--snapshots", "3", "--samples", "40", "-o", png,
+             NULL);
+    cr_assert(rc == 0 && strstr(out, "tiny/byol/seed0, epoch 0 ") &&
+              strstr(out, "tiny/byol/seed0, epoch 1 ") && strstr(out, "tiny/byol/seed0, epoch 2 "),
+              "%s", out);
+    pf = fopen(png, "rb");
+    cr_assert_not_null(pf);
+    cr_assert_eq(fread(ph, 1, sizeof ph, pf), sizeof ph);
+    fclose(pf);
+    cr_expect(ph[18] == 1260 >> 8 && ph[19] == (1260 & 255), "not 3 panels wide");
+    rc = cli(out, sizeof out, 60, "sphere", "g1", "--snapshots", "3", NULL);
+    cr_assert(rc != 0 && strstr(out, "j3 has no snapshots") && strstr(out, "snapshot_every"), "%s",
+              out);
     /* one TensorBoard run per job, every stored metric in it */
     check_tensorboard(0, 0, "tb_check: 4 runs, 4 files,");
     rc = cli(out, sizeof out, 20, "daemon", "status", NULL);

@@ -102,7 +102,8 @@ static const char *full_yaml =
     "log:\n"
     "  every_steps: 10\n"
     "checkpoint:\n"
-    "  every_epochs: 5\n";
+    "  every_epochs: 5\n"
+    "  snapshot_every: 25\n";
 
 Test(spec, full_example_values) {
     rw_spec s;
@@ -150,6 +151,7 @@ Test(spec, full_example_values) {
     cr_assert_eq(s.eval.knn_temperature, 0.5f);
     cr_assert_eq(s.log.every_steps, 10);
     cr_assert_eq(s.checkpoint.every_epochs, 5);
+    cr_assert_eq(s.checkpoint.snapshot_every, 25);
 }
 
 Test(spec, defaults_when_absent) {

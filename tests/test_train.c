@@ -353,6 +353,62 @@ Test(train, zero_epochs_measures_the_initialization)
     kb_destroy(be);
 }
 
+/* Tensor for tensor, byte for byte: two weights files hold the same model. */
+static int same_weights(const char *pa, const char *pb, char *why, size_t len)
+{
+    char err[512];
+    rw_st *a = rw_st_open(pa, err, sizeof err), *b = rw_st_open(pb, err, sizeof err);
+    cr_assert(a && b, "%s", err);
+    int same = rw_st_count(a) == rw_st_count(b);
+    snprintf(why, len, "%zu vs %zu tensors", rw_st_count(a), rw_st_count(b));
+    for (size_t i = 0; same && i < rw_st_count(a); i++) {
+        const rw_st_tensor *ta = rw_st_at(a, i), *tb = rw_st_find(b, ta->name);
+        same = tb && ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0;
+        if (!same)
+            snprintf(why, len, "%s differs", ta->name);
+    }
+    rw_st_close(a);
+    rw_st_close(b);
+    return same;
+}
+
+/* checkpoint.snapshot_every 2 over 3 epochs keeps epochs 0, 2 and 3: the
+ * first is the seed's initialization, the last the final weights. */
+Test(train, snapshots_keep_the_initialization_every_n_epochs_and_the_end)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.checkpoint.snapshot_every = 2;
+    s.eval.linear_epochs = 0;
+    s.eval.knn_every = 0;
+    char out[96], p[160], w[160], why[128], err[512];
+    snprintf(out, sizeof out, "%s/o", tmp);
+    record r = {0};
+    train(&s, out, 0, &r);
+    for (int e = 0; e <= 3; e++) {
+        snprintf(p, sizeof p, "%s/snapshots/weights-e%05d.safetensors", out, e);
+        cr_expect_eq(access(p, R_OK) == 0, e != 1, "epoch %d: snapshot %s", e,
+                     e != 1 ? "missing" : "not asked for");
+    }
+    snprintf(p, sizeof p, "%s/snapshots/weights-e00003.safetensors", out);
+    snprintf(w, sizeof w, "%s/weights.safetensors", out);
+    cr_expect(same_weights(p, w, why, sizeof why), "epoch 3 vs the final weights: %s", why);
+
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    snprintf(w, sizeof w, "%s/init.safetensors", tmp);
+    cr_assert_eq(rw_weights_export(m, w, err, sizeof err), 0, "%s", err);
+    snprintf(p, sizeof p, "%s/snapshots/weights-e00000.safetensors", out);
+    cr_expect(same_weights(p, w, why, sizeof why), "epoch 0 vs the initialization: %s", why);
+    snprintf(p, sizeof p, "%s/snapshots/weights-e00002.safetensors", out);
+    cr_expect(!same_weights(p, w, why, sizeof why), "epoch 2 is still the initialization");
+    rw_model_free(m);
+    kb_destroy(be);
+}
+
 /* The exported encoder loads into torchvision's resnet18 with only fc.*
  * missing, and torchvision's forward (eval mode) gives our features. */
 Test(train, export_loads_into_torchvision)

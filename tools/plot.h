@@ -67,10 +67,11 @@ typedef struct rw_sphere_panel {
 } rw_sphere_panel;
 /* Reads p->data's numbers and largest density. */
 int rw_sphere_read(rw_sphere_panel *p, char *err, size_t errlen);
-/* Writes dir/plot.gp: one circle per panel (the ring's width the density
- * of the points at that angle, one scale for all; the view pairs as
- * joined dots), drawn into out_tmp. */
-int rw_sphere_draw(const rw_sphere_panel *p, int n, const char *title, const char *dir,
+/* Writes dir/plot.gp, which draws into out_tmp one circle per panel (job
+ * 0: an empty panel), `cols` a row (0: as suits n): the ring's width is
+ * the density of the points at that angle, on one scale for all; the view
+ * pairs are joined dots. */
+int rw_sphere_draw(const rw_sphere_panel *p, int n, int cols, const char *title, const char *dir,
                    const char *out_tmp, char *err, size_t errlen);
 
 #endif

@@ -1,5 +1,6 @@
 /* runaway: the command-line client of runawayd. Plain blocking sockets: one
  * request, one reply (watch: a stream of events until watch_end). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -49,10 +50,11 @@ static void usage(FILE *f)
             "                                       collapse, kNN; per variant, mean over seeds)\n"
             "                                       by gnuplot: a PNG, or text without -o; --every S\n"
             "                                       redraws until every job has ended\n"
-            "  sphere JOB|GRID [-o OUT.png] [--samples N] [--data DIR]\n"
+            "  sphere JOB|GRID [-o OUT.png] [--samples N] [--snapshots K] [--data DIR]\n"
             "                                       the paper's Figure 3: f(x) of N training images\n"
             "                                       by PCA onto the circle, per variant (its lowest\n"
-            "                                       finished seed); spread numbers, and a PNG with -o\n"
+            "                                       finished seed); spread numbers, and a PNG with -o;\n"
+            "                                       --snapshots K: a row of K epochs per variant\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
             "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
             "                                       submit, watch until done, print the table\n"
@@ -752,24 +754,31 @@ static int cmd_table(int n, char **a)
 /* ------------------------------------------------------------------------ */
 /* sphere: the paper's Figure 3 */
 
-/* Runs `runaway-worker sphere` for one job into p->data; its output in
- * LOG. Dies with the worker's last words when it fails. */
-static void sphere_job(conn *c, const char *dir, long samples, rw_sphere_panel *p)
+/* The job's spec into dir/jN.yaml; its run folder into run_dir. */
+static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, size_t len)
 {
     json_t *m = req_new("show");
-    char id[32];
-    snprintf(id, sizeof id, "j%lld", p->job);
+    char id[32], spec[PATH_MAX];
+    snprintf(id, sizeof id, "j%lld", job);
     json_object_set_new(m, "job", json_string(id));
     json_t *r = request(c, m);
-    char spec[PATH_MAX], weights[PATH_MAX], logp[PATH_MAX + 8], ns[32];
-    snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, p->job);
-    snprintf(weights, sizeof weights, "%s/weights.safetensors", jstr(r, "run_dir"));
-    snprintf(logp, sizeof logp, "%s.log", p->data);
-    snprintf(ns, sizeof ns, "%ld", samples);
+    snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, job);
+    snprintf(run_dir, len, "%s", jstr(r, "run_dir"));
     FILE *f = fopen(spec, "w");
     if (!f || fputs(jstr(r, "spec"), f) < 0 || fclose(f) != 0)
         die("%s: %s", spec, strerror(errno));
     json_decref(r);
+}
+
+/* Runs `runaway-worker sphere` on one weights file of job p->job into
+ * p->data (its output beside it, .log) and reads the numbers. Dies with
+ * the worker's last words when it fails. */
+static void sphere_run(const char *dir, const char *weights, long samples, rw_sphere_panel *p)
+{
+    char spec[PATH_MAX], logp[PATH_MAX + 8], ns[32];
+    snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, p->job);
+    snprintf(logp, sizeof logp, "%s.log", p->data);
+    snprintf(ns, sizeof ns, "%ld", samples);
     if (access(weights, R_OK) != 0)
         die("sphere: j%lld: %s: %s", p->job, weights, strerror(errno));
     char bin[PATH_MAX];
@@ -797,7 +806,7 @@ static void sphere_job(conn *c, const char *dir, long samples, rw_sphere_panel *
     char err[1024];
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || rw_sphere_read(p, err, sizeof err) != 0) {
         char tail[1024] = "";
-        f = fopen(logp, "r");
+        FILE *f = fopen(logp, "r");
         if (f) { /* the last line that says something */
             char line[1024];
             while (fgets(line, sizeof line, f))
@@ -810,20 +819,51 @@ static void sphere_job(conn *c, const char *dir, long samples, rw_sphere_panel *
     }
 }
 
+static int cmp_int(const void *a, const void *b)
+{
+    return *(const int *)a - *(const int *)b;
+}
+
+/* The epochs of run_dir/snapshots/weights-eNNNNN.safetensors, ascending;
+ * at most k of them, evenly spread, the first and the last kept. */
+static int snapshot_epochs(const char *run_dir, int k, int *out)
+{
+    char sd[PATH_MAX + 16];
+    snprintf(sd, sizeof sd, "%s/snapshots", run_dir);
+    DIR *d = opendir(sd);
+    int all[4096], n = 0, e;
+    struct dirent *de;
+    char tail[8];
+    while (d && (de = readdir(d)) && n < 4096)
+        if (sscanf(de->d_name, "weights-e%d.safetenso%7s", &e, tail) == 2 && !strcmp(tail, "rs"))
+            all[n++] = e;
+    if (d)
+        closedir(d);
+    qsort(all, (size_t)n, sizeof *all, cmp_int);
+    int m = n < k ? n : k;
+    for (int i = 0; i < m; i++)
+        out[i] = all[m > 1 ? (long)i * (n - 1) / (m - 1) : n - 1];
+    return m;
+}
+
 static int cmd_sphere(int n, char **a)
 {
     const char *target = NULL, *out = NULL, *data_dir = NULL;
-    long samples = 2048;
+    long samples = 2048, snaps = 0;
     for (int k = 0; k < n; k++) {
+        char *end;
         if ((!strcmp(a[k], "-o") || !strcmp(a[k], "--out")) && k + 1 < n)
             out = a[++k];
         else if (!strcmp(a[k], "--data") && k + 1 < n)
             data_dir = a[++k];
         else if (!strcmp(a[k], "--samples") && k + 1 < n) {
-            char *end;
             samples = strtol(a[++k], &end, 10);
             if (*end || samples < 3 || samples > 50000)
                 die("sphere: --samples takes 3..50000 images, not '%s'", a[k]);
+        } else if (!strcmp(a[k], "--snapshots") && k + 1 < n) {
+            snaps = strtol(a[++k], &end, 10);
+            if (*end || snaps < 1 || snaps > 12)
+                die("sphere: --snapshots takes 1..12 (epochs per job), not '%s'", a[k]);
         } else if (a[k][0] == '-' || target)
             die("sphere: unexpected argument '%s'", a[k]);
         else
@@ -840,24 +880,24 @@ static int cmd_sphere(int n, char **a)
     json_t *jobs = json_object_get(r, "jobs");
     size_t nj = json_array_size(jobs), i;
     json_t *j;
-    rw_sphere_panel *p = calloc(nj ? nj : 1, sizeof *p);
-    int np = 0;
-    if (!p)
-        die("out of memory");
     /* per variant, its finished job of the lowest seed */
+    rw_sphere_panel *pick = calloc(nj ? nj : 1, sizeof *pick);
+    int np = 0;
+    if (!pick)
+        die("out of memory");
     json_array_foreach(jobs, i, j)
     {
         const char *name = jstr(j, by_job ? "name" : "variant");
         int g = 0;
-        while (g < np && strcmp(p[g].title, name))
+        while (g < np && strcmp(pick[g].title, name))
             g++;
         if (g == np)
-            snprintf(p[np++].title, sizeof p[0].title, "%s", name);
+            snprintf(pick[np++].title, sizeof pick[0].title, "%s", name);
         if (strcmp(jstr(j, "state"), "done"))
             continue;
-        if (!p[g].job || jint(j, "seed") < p[g].seed) {
-            p[g].job = jint(j, "id");
-            p[g].seed = jint(j, "seed");
+        if (!pick[g].job || jint(j, "seed") < pick[g].seed) {
+            pick[g].job = jint(j, "id");
+            pick[g].seed = jint(j, "seed");
         }
     }
     char dir[PATH_MAX], err[1024];
@@ -867,22 +907,60 @@ static int cmd_sphere(int n, char **a)
     if (out && rw_png_target(out, out_abs, sizeof out_abs, out_tmp, sizeof out_tmp, err,
                              sizeof err) != 0)
         die("sphere: %s", err);
-    int ndone = 0;
+    /* panels: one per finished variant, or with --snapshots a row of its
+     * snapshot epochs (an empty panel where a row is short) */
+    int cols = 1, ndone = 0, total = 0;
+    int (*ep)[12] = calloc((size_t)(np ? np : 1), sizeof *ep);
+    int *ne = calloc((size_t)(np ? np : 1), sizeof *ne);
+    char (*run_dir)[PATH_MAX] = calloc((size_t)(np ? np : 1), sizeof *run_dir);
+    if (!ep || !ne || !run_dir)
+        die("out of memory");
     for (int g = 0; g < np; g++) {
-        if (!p[g].job)
+        if (!pick[g].job)
             continue;
-        snprintf(p[g].data, sizeof p[g].data, "%s/sphere%d.dat", dir, g);
-        sphere_job(&c, dir, samples, &p[g]);
-        p[ndone++] = p[g]; /* the finished ones, in order */
+        sphere_spec(&c, dir, pick[g].job, run_dir[g], sizeof run_dir[g]);
+        ne[g] = snaps ? snapshot_epochs(run_dir[g], (int)snaps, ep[g]) : 1;
+        if (ne[g] == 0)
+            die("sphere: j%lld has no snapshots in %s/snapshots (give its spec "
+                "checkpoint.snapshot_every)", pick[g].job, run_dir[g]);
+        cols = ne[g] > cols ? ne[g] : cols;
+        ndone++;
     }
+    rw_sphere_panel *p = calloc((size_t)(ndone ? ndone : 1) * cols, sizeof *p);
+    if (!p)
+        die("out of memory");
+    for (int g = 0; g < np; g++) {
+        if (!pick[g].job)
+            continue;
+        for (int k = 0; k < (snaps ? cols : 1); k++) {
+            rw_sphere_panel *q = &p[total++];
+            if (k >= ne[g])
+                continue; /* a short row: an empty panel keeps the columns aligned */
+            char w[PATH_MAX + 64];
+            *q = pick[g];
+            if (snaps) {
+                snprintf(q->title, sizeof q->title, "%s, epoch %d", pick[g].title, ep[g][k]);
+                snprintf(w, sizeof w, "%s/snapshots/weights-e%05d.safetensors", run_dir[g],
+                         ep[g][k]);
+            } else {
+                snprintf(w, sizeof w, "%s/weights.safetensors", run_dir[g]);
+            }
+            snprintf(q->data, sizeof q->data, "%s/sphere%d.dat", dir, total - 1);
+            sphere_run(dir, w, samples, q);
+        }
+    }
+    free(ep);
+    free(ne);
+    free(run_dir);
     printf("%s %s: projections f(x) of %ld training images, PCA to 2-D, on the unit circle\n",
            jstr(r, "kind"), target, samples);
-    printf("%-22s %-7s %5s %8s %10s %9s  %s\n", by_job ? "job" : "variant", "job", "seed", "R",
+    printf("%-28s %-7s %5s %8s %10s %9s  %s\n", by_job ? "job" : "variant", "job", "seed", "R",
            "L_uniform", "densest", "PCA share");
-    for (int g = 0; g < ndone; g++)
-        printf("%-22s j%-6lld %5lld %8.4f %10.4f %8.1f%%  %.1f%% + %.1f%%\n", p[g].title, p[g].job,
-               p[g].seed, p[g].R, p[g].uniform, 100 * p[g].densest, 100 * p[g].evr[0],
-               100 * p[g].evr[1]);
+    for (int k = 0; k < total; k++)
+        if (p[k].job)
+            printf("%-28s j%-6lld %5lld %8.4f %10.4f %8.1f%%  %.1f%% + %.1f%%\n", p[k].title,
+                   p[k].job, p[k].seed, p[k].R, p[k].uniform, 100 * p[k].densest,
+                   100 * p[k].evr[0], 100 * p[k].evr[1]);
     if (ndone < np)
         printf("(%d variant%s without a finished job)\n", np - ndone, np - ndone == 1 ? "" : "s");
     printf("R: length of the mean unit vector (0: spread, 1: one point); L_uniform on the circle "
@@ -895,7 +973,7 @@ static int cmd_sphere(int n, char **a)
         char title[256];
         snprintf(title, sizeof title, "%s %s: representations on the circle (PCA of f(x), %ld "
                  "training images; red: two views of a sample)", jstr(r, "kind"), target, samples);
-        if (rw_sphere_draw(p, ndone, title, dir, out_tmp, err, sizeof err) != 0 ||
+        if (rw_sphere_draw(p, total, snaps ? cols : 0, title, dir, out_tmp, err, sizeof err) != 0 ||
             rw_gnuplot_run(rw_gnuplot_prog(NULL), dir, err, sizeof err) != 0 ||
             rename(out_tmp, out_abs) != 0) {
             if (!err[0])
@@ -910,6 +988,7 @@ static int cmd_sphere(int n, char **a)
     if (!data_dir)
         rw_work_dir_remove(dir);
     free(p);
+    free(pick);
     json_decref(r);
     conn_close(&c);
     return rc;

@@ -39,7 +39,7 @@ int rw_sphere_read(rw_sphere_panel *p, char *err, size_t errlen)
     return 0;
 }
 
-int rw_sphere_draw(const rw_sphere_panel *p, int n, const char *title, const char *dir,
+int rw_sphere_draw(const rw_sphere_panel *p, int n, int cols, const char *title, const char *dir,
                    const char *out_tmp, char *err, size_t errlen)
 {
     char path[PATH_MAX];
@@ -53,8 +53,11 @@ int rw_sphere_draw(const rw_sphere_panel *p, int n, const char *title, const cha
      * the densest point of the figure sticks out 0.8 radii. */
     double maxd = 0;
     for (int i = 0; i < n; i++)
-        maxd = p[i].maxd > maxd ? p[i].maxd : maxd;
-    int cols = n < 4 ? n : (n <= 6 ? 3 : 4), rows = (n + cols - 1) / cols;
+        if (p[i].job)
+            maxd = p[i].maxd > maxd ? p[i].maxd : maxd;
+    if (cols <= 0)
+        cols = n < 4 ? n : (n <= 6 ? 3 : 4);
+    int rows = (n + cols - 1) / cols;
     fprintf(f, "# written by runaway sphere; run in this folder: gnuplot plot.gp\n");
     fprintf(f, "set terminal pngcairo size %d,%d noenhanced font ',10'\nset output ", 420 * cols,
             440 * rows + 40);
@@ -66,6 +69,10 @@ int rw_sphere_draw(const rw_sphere_panel *p, int n, const char *title, const cha
     rw_gp_quote(f, title);
     fprintf(f, "\n");
     for (int i = 0; i < n; i++) {
+        if (!p[i].job) { /* an empty panel */
+            fprintf(f, "set multiplot next\n");
+            continue;
+        }
         /* two lines: a double-quoted gnuplot string; the name is a job or
          * variant name ([A-Za-z0-9_.-/]), nothing to escape */
         fprintf(f, "set title \"%s (j%lld, seed %lld)\\nR %.3f   L_uniform %.3f   densest 45deg "

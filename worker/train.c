@@ -114,6 +114,18 @@ fail:
     return -1;
 }
 
+/* The weights after `epoch` epochs, kept beside the checkpoint (which the
+ * next one overwrites): snapshots/weights-eNNNNN.safetensors. */
+static int snapshot(rw_model *m, const char *out_dir, int epoch, char *err, size_t errlen)
+{
+    char dir[RW_PATH_MAX + 16], path[RW_PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/snapshots", out_dir);
+    if (mkdir_p(dir, err, errlen) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/weights-e%05d.safetensors", dir, epoch);
+    return rw_weights_export(m, path, err, errlen);
+}
+
 int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
              const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen)
 {
@@ -229,6 +241,11 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     logf_(lh, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s%s (%s)",
           spec->name, rw_model_nparams(m), train.n, test.n, total, B, S, S, be->name,
           comm ? " (data parallel)" : "", rw_stepper_describe(sp));
+
+    const int snap = lead && opts && opts->out_dir && spec->checkpoint.snapshot_every > 0;
+    if (snap && !measure && ts.epoch == 0 && ts.batch == 0 &&
+        snapshot(m, opts->out_dir, 0, err, errlen) != 0)
+        goto done;
 
     rw_metrics step_acc = {0};
     long step_acc_n = 0;
@@ -349,6 +366,10 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
                 goto done;
         }
+        if (snap && !measure &&
+            ((e + 1) % spec->checkpoint.snapshot_every == 0 || last_epoch) &&
+            snapshot(m, opts->out_dir, e + 1, err, errlen) != 0)
+            goto done;
     }
 
     /* The graphs, the device copy of the set and the loader are done with. */

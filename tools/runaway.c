@@ -749,8 +749,6 @@ static int cmd_table(int n, char **a)
     return 0;
 }
 
-/* plot: the `curves` reply drawn once, or every `every` seconds until no
- * job is queued or running (a PNG viewer that reloads shows it live). */
 /* ------------------------------------------------------------------------ */
 /* sphere: the paper's Figure 3 */
 
@@ -804,7 +802,10 @@ static void sphere_run(const char *dir, const char *weights, long samples, rw_sp
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
         ;
     char err[1024];
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || rw_sphere_read(p, err, sizeof err) != 0) {
+    int ran = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (ran && rw_sphere_read(p, err, sizeof err) != 0)
+        die("sphere: j%lld: %s", p->job, err);
+    if (!ran) {
         char tail[1024] = "";
         FILE *f = fopen(logp, "r");
         if (f) { /* the last line that says something */
@@ -817,6 +818,14 @@ static void sphere_run(const char *dir, const char *weights, long samples, rw_sp
         tail[strcspn(tail, "\n")] = 0;
         die("sphere: j%lld: %s", p->job, tail[0] ? tail : "runaway-worker sphere failed");
     }
+}
+
+static char sphere_tmp[PATH_MAX]; /* the temporary folder, removed at exit */
+
+static void sphere_tmp_remove(void)
+{
+    if (sphere_tmp[0])
+        rw_work_dir_remove(sphere_tmp);
 }
 
 static int cmp_int(const void *a, const void *b)
@@ -900,9 +909,15 @@ static int cmd_sphere(int n, char **a)
             pick[g].seed = jint(j, "seed");
         }
     }
-    char dir[PATH_MAX], err[1024];
-    if (rw_work_dir(data_dir, "sphere", dir, sizeof dir, err, sizeof err) != 0)
+    char err[1024];
+    if (rw_work_dir(data_dir, "sphere", sphere_tmp, sizeof sphere_tmp, err, sizeof err) != 0)
         die("sphere: %s", err);
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", sphere_tmp);
+    if (data_dir)
+        sphere_tmp[0] = 0; /* the user's folder stays */
+    else
+        atexit(sphere_tmp_remove); /* also when a failure dies on the way */
     char out_abs[PATH_MAX] = "", out_tmp[PATH_MAX + 16] = "";
     if (out && rw_png_target(out, out_abs, sizeof out_abs, out_tmp, sizeof out_tmp, err,
                              sizeof err) != 0)
@@ -985,8 +1000,6 @@ static int cmd_sphere(int n, char **a)
             printf("%s\n", out);
         }
     }
-    if (!data_dir)
-        rw_work_dir_remove(dir);
     free(p);
     free(pick);
     json_decref(r);
@@ -994,6 +1007,8 @@ static int cmd_sphere(int n, char **a)
     return rc;
 }
 
+/* plot: the `curves` reply drawn once, or every `every` seconds until no
+ * job is queued or running (a PNG viewer that reloads shows it live). */
 static int cmd_plot(int n, char **a)
 {
     const char *target = NULL;

@@ -159,6 +159,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m);
 /* tboard.c: a metric report ("step", "epoch", or "final": the result) as
  * TensorBoard scalars in the attempt's event file */
 void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m);
+/* The job's TensorBoard run folder; -1 when there is none (--tensorboard none) */
+int rd_tb_run_dir(rd_daemon *d, int64_t job, char *out, size_t len);
 
 /* workers.c */
 int rd_workers_start(rd_daemon *d, char *err, size_t errlen);

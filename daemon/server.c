@@ -642,6 +642,9 @@ static void req_show(rd_conn *c, long long id, json_t *m)
     char dir[PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/runs/%lld", d->state_dir, (long long)job);
     json_object_set_new(r, "run_dir", json_string(dir));
+    char tb[PATH_MAX];
+    json_object_set_new(r, "tensorboard",
+                        rd_tb_run_dir(d, job, tb, sizeof tb) == 0 ? json_string(tb) : json_null());
     rd_conn_send(c, r);
 }
 

@@ -77,43 +77,52 @@ static void component(char *out, size_t outlen, const char *name)
         out[0] = '_';
 }
 
-/* The attempt's event file, made on its first metric: its run folder, and
- * the version event. Returns 0, or -1 with err set. */
-static int open_run_file(rd_daemon *d, rd_run *run, char *err, size_t errlen)
+int rd_tb_run_dir(rd_daemon *d, int64_t job, char *out, size_t len)
 {
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT g.id, g.name, j.variant, j.seed, a.started, a.worker "
-                                     "FROM jobs j JOIN grids g ON g.id=j.grid_id "
-                                     "JOIN attempts a ON a.id=? WHERE j.id=?");
-    if (!st) {
-        snprintf(err, errlen, "no database row for job %lld", (long long)run->job);
+    if (!d->tb_dir[0])
         return -1;
-    }
-    sqlite3_bind_int64(st, 1, run->attempt);
-    sqlite3_bind_int64(st, 2, run->job);
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT g.id, g.name, j.variant, j.seed FROM jobs j "
+                                     "JOIN grids g ON g.id=j.grid_id WHERE j.id=?");
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
     if (sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
-        snprintf(err, errlen, "no database row for job %lld", (long long)run->job);
         return -1;
     }
-    char grid[160], variant[160], folder[PATH_MAX], host[64];
+    char grid[160], variant[160];
     long long gid = sqlite3_column_int64(st, 0);
     component(grid, sizeof grid, (const char *)sqlite3_column_text(st, 1));
     component(variant, sizeof variant, (const char *)sqlite3_column_text(st, 2));
     long long seed = sqlite3_column_int64(st, 3);
-    double started = sqlite3_column_double(st, 4);
     sqlite3_finalize(st);
+    int n = snprintf(out, len, "%s/g%lld-%s/%s/seed%lld", d->tb_dir, gid, grid, variant, seed);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* The attempt's event file, made on its first metric: its run folder, and
+ * a name from the attempt's start. Returns 0, or -1 with err set. */
+static int open_run_file(rd_daemon *d, rd_run *run, char *err, size_t errlen)
+{
+    char folder[PATH_MAX], host[64];
+    if (rd_tb_run_dir(d, run->job, folder, sizeof folder) != 0) {
+        snprintf(err, errlen, "no run folder for job %lld (path too long?)", (long long)run->job);
+        return -1;
+    }
+    double started = rd_now();
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT started FROM attempts WHERE id=?");
+    if (st) {
+        sqlite3_bind_int64(st, 1, run->attempt);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            started = sqlite3_column_double(st, 0);
+        sqlite3_finalize(st);
+    }
     if (gethostname(host, sizeof host) != 0 || !host[0])
         snprintf(host, sizeof host, "localhost");
     host[sizeof host - 1] = '\0';
     for (char *h = host; *h; h++) /* a host name with a '/' must not nest folders */
         if (*h == '/')
             *h = '_';
-    int n = snprintf(folder, sizeof folder, "%s/g%lld-%s/%s/seed%lld", d->tb_dir, gid, grid,
-                     variant, seed);
-    if (n < 0 || (size_t)n >= sizeof folder) {
-        snprintf(err, errlen, "%s: path too long", d->tb_dir);
-        return -1;
-    }
     if (rd_mkdir_p(folder, 0755) != 0) {
         snprintf(err, errlen, "%s: %s", folder, strerror(errno));
         return -1;

@@ -696,6 +696,9 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     cr_assert(rc == 0 && strstr(out, "tiny/byol/seed0") && strstr(out, "done"), "%s", out);
     rc = cli(out, sizeof out, 20, "show", "tiny/byol/seed1", NULL);
     cr_assert(rc == 0 && strstr(out, "attempts:") && strstr(out, "spec:"), "%s", out);
+    char tbrun[160];
+    snprintf(tbrun, sizeof tbrun, "tensorboard %s/tensorboard/g1-tiny/byol/seed1\n", dir);
+    cr_assert(strstr(out, tbrun), "no '%s' in: %s", tbrun, out);
     rc = cli(out, sizeof out, 20, "logs", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "linear evaluation"), "%s", out);
     rc = cli(out, sizeof out, 20, "workers", NULL);
@@ -708,7 +711,8 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     /* the paper's Figure 3: one circle per variant, from its seed-0 job */
     char png[160];
     snprintf(png, sizeof png, "%s/sphere.png", dir);
-    rc = cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", NULL);
+    rc = cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", "--backend", "cpu",
+             NULL);
     cr_assert_eq(rc, 0, "%s", out);
     char row1[64], row3[64];
     snprintf(row1, sizeof row1, "\n%-28s j1 ", "byol");

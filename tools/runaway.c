@@ -51,6 +51,7 @@ static void usage(FILE *f)
             "                                       by gnuplot: a PNG, or text without -o; --every S\n"
             "                                       redraws until every job has ended\n"
             "  sphere JOB|GRID [-o OUT.png] [--samples N] [--snapshots K] [--data DIR]\n"
+            "         [--backend auto|cpu|cuda]\n"
             "                                       the paper's Figure 3: f(x) of N training images\n"
             "                                       by PCA onto the circle, per variant (its lowest\n"
             "                                       finished seed); spread numbers, and a PNG with -o;\n"
@@ -442,6 +443,8 @@ static int cmd_show(const char *job)
     print_time("started", j, "started");
     print_time("finished", j, "finished");
     printf("run dir    %s\n", jstr(r, "run_dir"));
+    if (json_is_string(json_object_get(r, "tensorboard")))
+        printf("tensorboard %s\n", jstr(r, "tensorboard"));
     char al[32], un[32], acc[32];
     fmt_num(al, sizeof al, j, "align_last10", "%.4e", 1);
     fmt_num(un, sizeof un, j, "uniform_last10", "%+.4f", 1);
@@ -771,7 +774,8 @@ static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, 
 /* Runs `runaway-worker sphere` on one weights file of job p->job into
  * p->data (its output beside it, .log) and reads the numbers. Dies with
  * the worker's last words when it fails. */
-static void sphere_run(const char *dir, const char *weights, long samples, rw_sphere_panel *p)
+static void sphere_run(const char *dir, const char *weights, long samples, const char *backend,
+                       rw_sphere_panel *p)
 {
     char spec[PATH_MAX], logp[PATH_MAX + 8], ns[32];
     snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, p->job);
@@ -794,7 +798,8 @@ static void sphere_run(const char *dir, const char *weights, long samples, rw_sp
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execl(bin, bin, "sphere", spec, weights, p->data, "--samples", ns, (char *)NULL);
+        execl(bin, bin, "sphere", spec, weights, p->data, "--samples", ns, "--backend", backend,
+              (char *)NULL);
         fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
         _exit(127);
     }
@@ -857,7 +862,7 @@ static int snapshot_epochs(const char *run_dir, int k, int *out)
 
 static int cmd_sphere(int n, char **a)
 {
-    const char *target = NULL, *out = NULL, *data_dir = NULL;
+    const char *target = NULL, *out = NULL, *data_dir = NULL, *backend = "auto";
     long samples = 2048, snaps = 0;
     for (int k = 0; k < n; k++) {
         char *end;
@@ -869,6 +874,10 @@ static int cmd_sphere(int n, char **a)
             samples = strtol(a[++k], &end, 10);
             if (*end || samples < 3 || samples > 50000)
                 die("sphere: --samples takes 3..50000 images, not '%s'", a[k]);
+        } else if (!strcmp(a[k], "--backend") && k + 1 < n) {
+            backend = a[++k];
+            if (strcmp(backend, "auto") && strcmp(backend, "cpu") && strcmp(backend, "cuda"))
+                die("sphere: --backend is auto, cpu or cuda, not '%s'", backend);
         } else if (!strcmp(a[k], "--snapshots") && k + 1 < n) {
             snaps = strtol(a[++k], &end, 10);
             if (*end || snaps < 1 || snaps > 12)
@@ -961,7 +970,7 @@ static int cmd_sphere(int n, char **a)
                 snprintf(w, sizeof w, "%s/weights.safetensors", run_dir[g]);
             }
             snprintf(q->data, sizeof q->data, "%s/sphere%d.dat", dir, total - 1);
-            sphere_run(dir, w, samples, q);
+            sphere_run(dir, w, samples, backend, q);
         }
     }
     free(ep);

@@ -1122,6 +1122,12 @@ static int cmd_run(const char *path, int dargc, char **dargv)
     char grid[32];
     snprintf(grid, sizeof grid, "g%lld", jint(r, "grid"));
     json_decref(r);
+    r = request(&c, req_new("status"));
+    const char *tb = json_string_value(json_object_get(r, "tensorboard"));
+    if (tb) /* the live curves, for whoever has TensorBoard */
+        printf("curves: tensorboard --logdir %s   or   runaway plot %s -o %s.png --every 10\n", tb,
+               grid, grid);
+    json_decref(r);
     fflush(stdout);
     int rc = watch(&c, grid);
     printf("\n");

@@ -6,8 +6,10 @@
  * Pipeline for one view (torchvision's order and formulas):
  *   1. random resized crop of the source (scale 0.08-1 of the area, aspect
  *      ratio 3/4-4/3 log-uniform, 10 attempts then the centre crop), bilinear
- *      resize to S x S with align_corners=False (no antialias: at our sizes the
- *      crop is never shrunk by more than 32/S);
+ *      resize to S x S with align_corners=False (no antialias: the crop is
+ *      shrunk by at most side/S, not at all at the paper's 96 from CIFAR's
+ *      32x32 or STL-10's 96x96; an S below the source's side aliases a little
+ *      where PIL would smooth);
  *   2. horizontal flip, p = 0.5;
  *   3. colour jitter, p = 0.8: brightness 0.4, contrast 0.4, saturation 0.2,
  *      hue 0.1 in a random order, each followed by a clamp to [0, 1];

@@ -63,6 +63,7 @@ static int add_job(rw_grid *g, const rw_spec *s, const char *variant, char *err,
     rw_grid_job *j = &g->jobs[g->njobs];
     memset(j, 0, sizeof *j);
     j->spec = *s;
+    rw_spec_resolve(&j->spec);
     snprintf(j->variant, sizeof j->variant, "%s", variant);
     snprintf(j->name, sizeof j->name, "%s/%s/seed%llu", g->name, variant,
              (unsigned long long)s->seed);

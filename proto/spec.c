@@ -308,7 +308,8 @@ typedef struct field {
     const char *const *enums; /* NULL-terminated, for F_ENUM */
 } field;
 
-static const char *const data_kinds[] = {"synthetic", "cifar10", NULL};
+static const char *const data_kinds[] = {"synthetic", "cifar10", "cifar100", "stl10", NULL};
+static const char *const label_sets[] = {"fine", "coarse", NULL};
 static const char *const augments[] = {"byol", "none", NULL};
 static const char *const stems[] = {"imagenet", "cifar", NULL};
 static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_identity", "none",
@@ -320,7 +321,7 @@ static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_predictor) == sizeof(int) &&
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
-                   sizeof(rw_precision) == sizeof(int),
+                   sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int),
                "enum fields are stored as int");
 
 #define TWO53 9007199254740992.0
@@ -336,6 +337,8 @@ static const field fields[] = {
     {"data.synthetic.train", F_INT, O(data.synthetic_train), 1, 1000000, 0, NULL},
     {"data.synthetic.test", F_INT, O(data.synthetic_test), 1, 1000000, 0, NULL},
     {"data.synthetic.seed", F_U64, O(data.synthetic_seed), 0, TWO53, 0, NULL},
+    {"data.labels", F_ENUM, O(data.labels), 0, 0, 0, label_sets},
+    {"data.unlabeled", F_BOOL, O(data.unlabeled), 0, 1, 0, NULL},
     {"data.image_size", F_INT, O(data.image_size), 8, 512, 0, NULL},
     {"data.augment", F_ENUM, O(data.augment), 0, 0, 0, augments},
     {"data.mean", F_VEC3, O(data.mean), 0, 1, 0, NULL},
@@ -385,6 +388,8 @@ void rw_spec_defaults(rw_spec *s) {
     s->data.synthetic_train = 5000;
     s->data.synthetic_test = 1000;
     s->data.synthetic_seed = 0;
+    s->data.labels = RW_LABELS_FINE;
+    s->data.unlabeled = 1;
     s->data.image_size = 96;
     s->data.augment = RW_AUG_BYOL;
     const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2470f, 0.2435f, 0.2616f};
@@ -608,6 +613,8 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
             x[i] = (float)v;
         }
         memcpy(dst, x, sizeof x);
+        if (f->off == O(data.mean)) s->data.given |= RW_GIVEN_MEAN;
+        if (f->off == O(data.std)) s->data.given |= RW_GIVEN_STD;
         return 0;
     }
     }
@@ -798,6 +805,26 @@ static int check_struct_fields(const rw_spec *s, const char *origin, char *err, 
     return 0;
 }
 
+void rw_spec_resolve(rw_spec *s) {
+    /* per channel over the training images: CIFAR-10's as DESIGN gives
+     * them, CIFAR-100's and STL-10's (train + unlabeled) as commonly published */
+    static const float stats[][2][3] = {
+        [RW_DATA_SYNTHETIC] = {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}},
+        [RW_DATA_CIFAR10] = {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}},
+        [RW_DATA_CIFAR100] = {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}},
+        [RW_DATA_STL10] = {{0.4467f, 0.4398f, 0.4066f}, {0.2603f, 0.2566f, 0.2713f}},
+    };
+    if ((unsigned)s->data.kind < sizeof stats / sizeof stats[0]) {
+        if (!(s->data.given & RW_GIVEN_MEAN))
+            memcpy(s->data.mean, stats[s->data.kind][0], sizeof s->data.mean);
+        if (!(s->data.given & RW_GIVEN_STD))
+            memcpy(s->data.std, stats[s->data.kind][1], sizeof s->data.std);
+    }
+    /* the marks only live between applying fields and this call, so a
+     * parsed spec equals one built in code */
+    s->data.given = 0;
+}
+
 int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen) {
     if (!origin) origin = "spec";
     if (check_struct_fields(s, origin, err, errlen)) return -1;
@@ -824,13 +851,23 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
             return -1;
         }
     }
-    if (s->data.kind == RW_DATA_CIFAR10) {
+    if (s->data.labels == RW_LABELS_COARSE && s->data.kind != RW_DATA_CIFAR100) {
+        set_err(err, errlen, "%s: data.labels: coarse is for data.kind cifar100 (its 20 "
+                "superclasses); data.kind is %s", origin, data_kinds[s->data.kind]);
+        return -1;
+    }
+    if (s->data.kind != RW_DATA_SYNTHETIC) {
+        static const char *const holds[] = {
+            [RW_DATA_CIFAR10] = "data_batch_1.bin ... test_batch.bin",
+            [RW_DATA_CIFAR100] = "train.bin and test.bin",
+            [RW_DATA_STL10] = "train_X.bin, train_y.bin, test_X.bin, test_y.bin and "
+                              "unlabeled_X.bin (stl10_binary)",
+        };
+        const char *kind = data_kinds[s->data.kind], *files = holds[s->data.kind];
         struct stat st;
         if (!s->data.path[0]) {
-            set_err(err, errlen,
-                    "%s: data.path: required for data.kind cifar10 (the folder holding "
-                    "data_batch_1.bin ... test_batch.bin)",
-                    origin);
+            set_err(err, errlen, "%s: data.path: required for data.kind %s (the folder holding %s)",
+                    origin, kind, files);
             return -1;
         }
         if (stat(s->data.path, &st) != 0) {
@@ -840,9 +877,8 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
         }
         if (!S_ISDIR(st.st_mode)) {
             set_err(err, errlen,
-                    "%s: data.path: '%s' is not a directory (cifar10 needs the folder holding "
-                    "data_batch_1.bin ... test_batch.bin)",
-                    origin, s->data.path);
+                    "%s: data.path: '%s' is not a directory (%s needs the folder holding %s)",
+                    origin, s->data.path, kind, files);
             return -1;
         }
     }
@@ -875,6 +911,7 @@ int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *
     apply_ctx cx = {origin, basedir, err, errlen};
     int rc = spec_apply_map(root, "", &cx, &tmp);
     ynode_free(root);
+    rw_spec_resolve(&tmp);
     if (rc == 0) rc = rw_spec_validate(&tmp, origin, err, errlen);
     if (rc == 0) *s = tmp;
     return rc;

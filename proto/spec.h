@@ -16,14 +16,17 @@
  *                           # operands, fp32 accumulation, fp32 weights and Adam state);
  *                           # a CPU worker computes fp32 whatever is asked
  *   data:
- *     kind: synthetic       # synthetic | cifar10
- *     path: /data/cifar-10-batches-bin   # required for cifar10; for synthetic,
+ *     kind: synthetic       # synthetic | cifar10 | cifar100 | stl10
+ *     path: /data/cifar-10-batches-bin   # required for cifar10, cifar100 and stl10
+ *                           # (the folder of the binary files); for synthetic,
  *                           # where the generated files go (default: a cache dir)
  *     synthetic: {train: 5000, test: 1000, seed: 0}
+ *     labels: fine          # cifar100: fine (100 classes) | coarse (20)
+ *     unlabeled: true       # stl10: train on unlabeled_X.bin too
  *     image_size: 96        # crop output size, 8 .. 512
  *     augment: byol         # byol | none
- *     mean: [0.4914, 0.4822, 0.4465]
- *     std:  [0.2470, 0.2435, 0.2616]
+ *     mean: [0.4914, 0.4822, 0.4465]   # default: the data set's own (CIFAR-10's
+ *     std:  [0.2470, 0.2435, 0.2616]   # for synthetic and cifar10)
  *     loader_threads: 2
  *   model:
  *     stem: imagenet        # imagenet | cifar
@@ -66,7 +69,8 @@
 #define RW_PATH_MAX 1024
 #define RW_NAME_MAX 64
 
-typedef enum { RW_DATA_SYNTHETIC, RW_DATA_CIFAR10 } rw_data_kind;
+typedef enum { RW_DATA_SYNTHETIC, RW_DATA_CIFAR10, RW_DATA_CIFAR100, RW_DATA_STL10 } rw_data_kind;
+typedef enum { RW_LABELS_FINE, RW_LABELS_COARSE } rw_labels;
 typedef enum { RW_AUG_BYOL, RW_AUG_NONE } rw_augment;
 typedef enum { RW_STEM_IMAGENET, RW_STEM_CIFAR } rw_stem;
 typedef enum {
@@ -95,10 +99,15 @@ typedef struct rw_spec {
         char path[RW_PATH_MAX]; /* resolved against the spec's folder */
         int synthetic_train, synthetic_test;
         uint64_t synthetic_seed;
+        rw_labels labels; /* cifar100: fine or coarse classes */
+        int unlabeled;    /* stl10: unlabeled_X.bin trains the encoder too */
         int image_size;
         rw_augment augment;
         float mean[3], std[3];
         int loader_threads;
+        /* RW_GIVEN_*: which of mean/std the YAML set; rw_spec_resolve gives
+         * the others the data set's own statistics */
+        unsigned given;
     } data;
 
     struct {
@@ -157,6 +166,15 @@ int rw_spec_load(const char *path, rw_spec *s, char *err, size_t errlen);
  * resolves relative paths ("" = current directory). */
 int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *basedir,
                   rw_spec *s, char *err, size_t errlen);
+
+#define RW_GIVEN_MEAN 1u
+#define RW_GIVEN_STD 2u
+
+/* Fills what defaults to a value that depends on other fields: data.mean
+ * and data.std not given are data.kind's published statistics. Called once,
+ * after the last fields are applied (it clears data.given): parsing a spec
+ * does this, and a grid per job, after its variant's fields. */
+void rw_spec_resolve(rw_spec *s);
 
 /* Checks cross-field constraints (e.g. cifar10 needs data.path, knn.k <
  * number of training images is checked later, by the worker). 0 or -1. */

@@ -434,7 +434,7 @@ Test(augment, choice_frequencies)
 
 Test(augment, views_are_pure_functions_of_their_key)
 {
-    rw_dataset ds = {.n = 1};
+    rw_dataset ds = {.n = 1, .side = 32, .classes = 10, .labeled = 1};
     uint8_t img[3 * 32 * 32];
     uint8_t label = 3;
     pattern(img, 32, 32);
@@ -463,7 +463,7 @@ Test(augment, views_are_pure_functions_of_their_key)
 
 Test(augment, none_is_the_plain_image)
 {
-    rw_dataset ds = {.n = 1};
+    rw_dataset ds = {.n = 1, .side = 32, .classes = 10, .labeled = 1};
     uint8_t img[3 * 32 * 32];
     uint8_t label = 3;
     pattern(img, 32, 32);
@@ -507,7 +507,7 @@ Test(augment, throughput)
 {
     uint8_t img[3 * 32 * 32];
     pattern(img, 32, 32);
-    rw_dataset ds = {.n = 1, .pixels = img};
+    rw_dataset ds = {.n = 1, .side = 32, .classes = 10, .labeled = 1, .pixels = img};
     static float out[3 * 96 * 96], scratch[3 * 96 * 96];
     int sizes[2] = {32, 96}, counts[2] = {4000, 1000};
     for (int s = 0; s < 2; s++) {

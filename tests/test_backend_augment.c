@@ -1,6 +1,7 @@
 /* GPU views (kernels/cuda/augment.cu) against the CPU loader's
  * (worker/augment.c): same data, seed, epoch, sample indices and view, for
- * T1, T2 and the plain view at the CIFAR size and the paper's 96x96.
+ * T1, T2 and the plain view at the CIFAR size and the paper's 96x96, from
+ * CIFAR's 32x32 sources and STL-10's 96x96.
  * Skips without a GPU.
  *
  * Tolerance: both run kernels/augment.h's functions; the draw is the same
@@ -47,27 +48,29 @@ static uint32_t next_u32(void)
     return (uint32_t)(rng_state >> 32);
 }
 
-Test(backend_augment, views_match_cpu)
+/* Every view of NIMG side x side sources at three output sizes. */
+static void views_match(int side)
 {
-    if (!gpu)
-        cr_skip_test("no CUDA backend: %s", why);
     /* Smooth random images (sums of a few gradients) plus noise: blur,
      * contrast and hue all see structure. */
-    rw_dataset ds = {NIMG, malloc((size_t)NIMG * 3 * 32 * 32), malloc(NIMG)};
+    const size_t img = (size_t)3 * side * side;
+    rw_dataset ds = {.n = NIMG, .side = side, .classes = 10, .labeled = NIMG,
+                     .pixels = malloc(NIMG * img), .labels = malloc(NIMG)};
     for (int i = 0; i < NIMG; i++) {
         ds.labels[i] = (uint8_t)(i % 10);
         for (int c = 0; c < 3; c++) {
             int a = next_u32() % 9, b = next_u32() % 9, o = next_u32() % 128;
-            for (int y = 0; y < 32; y++)
-                for (int x = 0; x < 32; x++) {
-                    int v = o + a * x + b * y + (int)(next_u32() % 24);
-                    ds.pixels[(((size_t)i * 3 + c) * 32 + y) * 32 + x] = (uint8_t)(v > 255 ? 255 : v);
+            for (int y = 0; y < side; y++)
+                for (int x = 0; x < side; x++) {
+                    int v = o + (a * x + b * y) * 32 / side + (int)(next_u32() % 24);
+                    ds.pixels[(((size_t)i * 3 + c) * side + y) * side + x] =
+                        (uint8_t)(v > 255 ? 255 : v);
                 }
         }
     }
-    uint8_t *dsrc = gpu->alloc(gpu, (size_t)NIMG * 3 * 32 * 32);
+    uint8_t *dsrc = gpu->alloc(gpu, NIMG * img);
     cr_assert_not_null(dsrc);
-    gpu->upload(gpu, dsrc, ds.pixels, (size_t)NIMG * 3 * 32 * 32);
+    gpu->upload(gpu, dsrc, ds.pixels, NIMG * img);
 
     const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2470f, 0.2435f, 0.2616f};
     /* A batch in a shuffled order, with a repeat: the kernel follows idx. */
@@ -95,8 +98,8 @@ Test(backend_augment, views_match_cpu)
                     keys[1 + k] = (uint32_t)idx[k];
                 uint32_t *dkeys = gpu->alloc(gpu, sizeof keys);
                 gpu->upload(gpu, dkeys, keys, sizeof keys);
-                cr_assert_eq(kb_cuda_augment(gpu, dsrc, 32, 32, dkeys, n, seed, view, S, mean, std,
-                                             dout),
+                cr_assert_eq(kb_cuda_augment(gpu, dsrc, side, side, dkeys, n, seed, view, S, mean,
+                                             std, dout),
                              0);
                 gpu->download(gpu, g, dout, n * per * sizeof(float));
                 int bad_samples = 0;
@@ -121,14 +124,15 @@ Test(backend_augment, views_match_cpu)
                     }
                     bad_samples += bad;
                 }
-                printf("  view %2d S %2d epoch %u: %d of %d samples differ; worst |d| %.2e "
-                       "(sample %zu, element %zu: gpu %+.7f cpu-ref)%s\n",
-                       view, S, epoch, bad_samples, n, worst, wk, wi, (double)g[wk * per + wi],
+                printf("  source %d: view %2d S %2d epoch %u: %d of %d samples differ; worst "
+                       "|d| %.2e (sample %zu, element %zu: gpu %+.7f cpu-ref)%s\n",
+                       side, view, S, epoch, bad_samples, n, worst, wk, wi,
+                       (double)g[wk * per + wi],
                        bad_samples ? "  FAIL" : "");
                 cr_expect_eq(bad_samples, 0,
-                             "view %d S %d epoch %u: %d of %d samples outside 1e-4 (worst %.3e at "
-                             "sample %zu element %zu)",
-                             view, S, epoch, bad_samples, n, worst, wk, wi);
+                             "source %d view %d S %d epoch %u: %d of %d samples outside 1e-4 "
+                             "(worst %.3e at sample %zu element %zu)",
+                             side, view, S, epoch, bad_samples, n, worst, wk, wi);
                 gpu->free(gpu, dout);
                 gpu->free(gpu, dkeys);
                 free(g);
@@ -138,6 +142,22 @@ Test(backend_augment, views_match_cpu)
     gpu->free(gpu, dsrc);
     free(ds.pixels);
     free(ds.labels);
+}
+
+Test(backend_augment, views_match_cpu)
+{
+    if (!gpu)
+        cr_skip_test("no CUDA backend: %s", why);
+    views_match(32);
+}
+
+/* STL-10's 96x96 sources: crops are found, and shrunk to 24, in a larger
+ * image. */
+Test(backend_augment, views_match_cpu_from_96x96_sources)
+{
+    if (!gpu)
+        cr_skip_test("no CUDA backend: %s", why);
+    views_match(96);
 }
 
 Test(backend_augment, cpu_backend_declines)

@@ -1,5 +1,5 @@
-/* Data: CIFAR-10's binary format, the synthetic set, the loader and the
- * show-augment PNG. */
+/* Data: the binary formats of CIFAR-10, CIFAR-100 and STL-10, the synthetic
+ * set, the loader and the show-augment PNG. */
 #include <criterion/criterion.h>
 #include <png.h>
 #include <stdio.h>
@@ -178,6 +178,229 @@ Test(data, directory_as_file_is_an_error)
     mkdir(path, 0755);
     expect_error(dir, 0, path, "not a regular file");
     remove_dir(dir);
+}
+
+/* ---- CIFAR-100 and STL-10 ---- */
+
+/* CIFAR-100 record r: coarse and fine labels, then pixels like fill_record's. */
+static void fill_record100(uint8_t *rec, int r, int coarse, int fine)
+{
+    rec[0] = (uint8_t)coarse;
+    rec[1] = (uint8_t)fine;
+    for (int k = 2; k < RW_CIFAR100_RECORD; k++)
+        rec[k] = (uint8_t)(r * 11 + k * 3);
+}
+
+Test(data, cifar100_reads_fine_or_coarse_labels)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    static uint8_t buf[5 * RW_CIFAR100_RECORD];
+    for (int r = 0; r < 5; r++)
+        fill_record100(buf + r * RW_CIFAR100_RECORD, r, 19 - r, 99 - 7 * r);
+    write_file(dir, "train.bin", buf, sizeof buf);
+    write_file(dir, "test.bin", buf, 2 * RW_CIFAR100_RECORD);
+    char err[512] = "";
+    rw_dataset ds;
+    cr_assert_eq(rw_cifar100_load(dir, 1, 0, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert(ds.n == 5 && ds.labeled == 5 && ds.side == 32 && ds.classes == 100);
+    for (int r = 0; r < 5; r++) {
+        cr_assert_eq(ds.labels[r], 99 - 7 * r);
+        cr_assert(memcmp(ds.pixels + (size_t)r * 3072, buf + r * RW_CIFAR100_RECORD + 2, 3072) ==
+                      0,
+                  "pixels of record %d", r);
+    }
+    rw_dataset_free(&ds);
+    cr_assert_eq(rw_cifar100_load(dir, 0, 1, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert(ds.n == 2 && ds.classes == 20 && ds.labels[0] == 19 && ds.labels[1] == 18);
+    rw_dataset_free(&ds);
+
+    /* both label bytes are checked, whichever is used */
+    char path[512];
+    snprintf(path, sizeof path, "%s/train.bin", dir);
+    buf[3 * RW_CIFAR100_RECORD] = 20;
+    write_file(dir, "train.bin", buf, sizeof buf);
+    cr_assert_eq(rw_cifar100_load(dir, 1, 0, &ds, err, sizeof err), -1);
+    cr_assert(strstr(err, path) && strstr(err, "record 3 (byte offset 9222): coarse label 20 is "
+                                                "not in 0..19"),
+              "%s", err);
+    buf[3 * RW_CIFAR100_RECORD] = 0;
+    buf[4 * RW_CIFAR100_RECORD + 1] = 100;
+    write_file(dir, "train.bin", buf, sizeof buf);
+    cr_assert_eq(rw_cifar100_load(dir, 1, 1, &ds, err, sizeof err), -1);
+    cr_assert(strstr(err, "record 4") && strstr(err, "fine label 100 is not in 0..99"), "%s", err);
+    /* CIFAR-10's files are not CIFAR-100's: the record size says so */
+    write_file(dir, "test.bin", buf, 3 * RW_CIFAR_RECORD);
+    cr_assert_eq(rw_cifar100_load(dir, 0, 0, &ds, err, sizeof err), -1);
+    cr_assert(strstr(err, "not a multiple of the 3074-byte record") && strstr(err, "CIFAR-100"),
+              "%s", err);
+    unlink(path);
+    cr_assert_eq(rw_cifar100_load(dir, 1, 0, &ds, err, sizeof err), -1);
+    cr_assert(strstr(err, path) && strstr(err, "No such file"), "%s", err);
+    cr_assert_null(ds.pixels);
+    remove_dir(dir);
+}
+
+#define STL 96
+#define STL_IMG (3 * STL * STL)
+
+/* The value a test STL-10 image i holds at channel c, row y, column x. */
+static uint8_t stl_value(int i, int c, int y, int x) { return (uint8_t)(i * 13 + c * 101 + y * 7 + x * 3 + (x * y) % 5); }
+
+/* n images in STL-10's order (each channel column by column). */
+static uint8_t *stl_images(int first, int n)
+{
+    uint8_t *b = malloc((size_t)n * STL_IMG);
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++)
+            for (int x = 0; x < STL; x++)
+                for (int y = 0; y < STL; y++)
+                    b[(size_t)i * STL_IMG + c * STL * STL + x * STL + y] =
+                        stl_value(first + i, c, y, x);
+    return b;
+}
+
+static void write_stl(const char *dir, int ntrain, int ntest, int nunl)
+{
+    uint8_t *x = stl_images(0, ntrain), *t = stl_images(1000, ntest), *u = stl_images(5000, nunl);
+    uint8_t y[64];
+    for (int i = 0; i < 64; i++)
+        y[i] = (uint8_t)(1 + (i * 3) % 10);
+    write_file(dir, "train_X.bin", x, (size_t)ntrain * STL_IMG);
+    write_file(dir, "train_y.bin", y, (size_t)ntrain);
+    write_file(dir, "test_X.bin", t, (size_t)ntest * STL_IMG);
+    write_file(dir, "test_y.bin", y, (size_t)ntest);
+    write_file(dir, "unlabeled_X.bin", u, (size_t)nunl * STL_IMG);
+    free(x), free(t), free(u);
+}
+
+/* The loaded image i matches stl_value(first + i, ...) in row-major planes. */
+static void expect_stl_image(const rw_dataset *ds, int i, int first)
+{
+    for (int c = 0; c < 3; c++)
+        for (int y = 0; y < STL; y++)
+            for (int x = 0; x < STL; x++)
+                cr_assert_eq(ds->pixels[(size_t)i * STL_IMG + c * STL * STL + y * STL + x],
+                             stl_value(first + i, c, y, x), "image %d channel %d row %d col %d", i,
+                             c, y, x);
+}
+
+Test(data, stl10_is_transposed_and_relabeled)
+{
+    char dir[64];
+    make_dir(dir, sizeof dir);
+    write_stl(dir, 5, 3, 4);
+    char err[512] = "";
+    rw_dataset ds;
+    cr_assert_eq(rw_stl10_load(dir, 1, 1, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert(ds.n == 9 && ds.labeled == 5 && ds.side == 96 && ds.classes == 10, "n %d labeled %d",
+              ds.n, ds.labeled);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(ds.labels[i], (i * 3) % 10, "label %d: stored 1..10, read 0..9", i);
+        expect_stl_image(&ds, i, 0);
+    }
+    for (int i = 5; i < 9; i++) {
+        cr_assert_eq(ds.labels[i], RW_NO_LABEL);
+        expect_stl_image(&ds, i, 5000 - 5);
+    }
+    /* what evaluation sees */
+    rw_dataset lab = rw_dataset_labeled(&ds);
+    cr_assert(lab.n == 5 && lab.pixels == ds.pixels && lab.classes == 10);
+    rw_dataset_free(&ds);
+    cr_assert_eq(rw_stl10_load(dir, 1, 0, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert(ds.n == 5 && ds.labeled == 5);
+    rw_dataset_free(&ds);
+    cr_assert_eq(rw_stl10_load(dir, 0, 1, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert(ds.n == 3 && ds.labeled == 3, "the test split has no unlabeled part");
+    expect_stl_image(&ds, 2, 1000);
+    rw_dataset_free(&ds);
+    remove_dir(dir);
+}
+
+static void expect_stl_error(const char *dir, int train, int unl, const char *want1,
+                             const char *want2)
+{
+    char err[512] = "";
+    rw_dataset ds;
+    cr_assert_eq(rw_stl10_load(dir, train, unl, &ds, err, sizeof err), -1, "loaded a bad set");
+    cr_assert(strstr(err, want1) && strstr(err, want2), "'%s' does not mention '%s' and '%s'", err,
+              want1, want2);
+    cr_assert_null(ds.pixels);
+}
+
+Test(data, stl10_errors_name_the_file)
+{
+    char dir[64], path[512];
+    make_dir(dir, sizeof dir);
+    write_stl(dir, 4, 2, 2);
+    uint8_t y[4] = {1, 2, 11, 4};
+    write_file(dir, "train_y.bin", y, 4);
+    snprintf(path, sizeof path, "%s/train_y.bin", dir);
+    expect_stl_error(dir, 1, 0, path, "image 2: label 11 is not in 1..10");
+    y[2] = 0;
+    write_file(dir, "train_y.bin", y, 4);
+    expect_stl_error(dir, 1, 0, path, "label 0 is not in 1..10");
+    write_file(dir, "train_y.bin", y, 3);
+    expect_stl_error(dir, 1, 0, path, "3 labels for the 4 images of");
+    y[2] = 3;
+    write_file(dir, "train_y.bin", y, 4);
+
+    uint8_t *half = stl_images(0, 1);
+    write_file(dir, "test_X.bin", half, STL_IMG / 2);
+    snprintf(path, sizeof path, "%s/test_X.bin", dir);
+    expect_stl_error(dir, 0, 0, path, "13824 bytes is not a positive multiple of the 27648-byte");
+    free(half);
+
+    snprintf(path, sizeof path, "%s/unlabeled_X.bin", dir);
+    unlink(path);
+    expect_stl_error(dir, 1, 1, path, "No such file");
+    char err[512];
+    rw_dataset ds;
+    cr_assert_eq(rw_stl10_load(dir, 1, 0, &ds, err, sizeof err), 0,
+                 "without the unlabeled split its file is not needed: %s", err);
+    rw_dataset_free(&ds);
+    remove_dir(dir);
+}
+
+/* The synthetic set in CIFAR-100's and STL-10's files holds the CIFAR-10
+ * set's images and classes: the writers and readers agree on every byte. */
+Test(data, synthetic_in_other_formats_matches_the_cifar10_set)
+{
+    char a[64], b[64], c[64];
+    make_dir(a, sizeof a);
+    make_dir(b, sizeof b);
+    make_dir(c, sizeof c);
+    char err[512] = "";
+    cr_assert_eq(rw_synth_write(a, 40, 12, 5, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_synth_write_as(b, RW_DATA_CIFAR100, 40, 12, 0, 5, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(rw_synth_write_as(c, RW_DATA_STL10, 40, 12, 6, 5, err, sizeof err), 0, "%s", err);
+    for (int split = 1; split >= 0; split--) {
+        rw_dataset ref, fine, coarse, stl;
+        cr_assert_eq(rw_cifar_load(a, split, &ref, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(rw_cifar100_load(b, split, 0, &fine, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(rw_cifar100_load(b, split, 1, &coarse, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(rw_stl10_load(c, split, 1, &stl, err, sizeof err), 0, "%s", err);
+        cr_assert(fine.n == ref.n && stl.labeled == ref.n);
+        cr_assert_eq(stl.n, ref.n + (split ? 6 : 0));
+        cr_assert(memcmp(fine.pixels, ref.pixels, (size_t)ref.n * 3072) == 0);
+        for (int i = 0; i < ref.n; i++) {
+            cr_assert(fine.labels[i] == ref.labels[i] && coarse.labels[i] == ref.labels[i] / 5 &&
+                      stl.labels[i] == ref.labels[i]);
+            for (int ch = 0; ch < 3; ch++)
+                for (int y = 0; y < 96; y++)
+                    for (int x = 0; x < 96; x++)
+                        cr_assert_eq(stl.pixels[(size_t)i * STL_IMG + ch * 9216 + y * 96 + x],
+                                     ref.pixels[(size_t)i * 3072 + ch * 1024 + (y / 3) * 32 + x / 3],
+                                     "image %d (%d,%d,%d): 3x nearest scale-up", i, ch, y, x);
+        }
+        /* the unlabeled images are images of their own */
+        if (split)
+            cr_assert(memcmp(stl.pixels + (size_t)ref.n * STL_IMG, stl.pixels, STL_IMG) != 0);
+        rw_dataset_free(&ref), rw_dataset_free(&fine), rw_dataset_free(&coarse),
+            rw_dataset_free(&stl);
+    }
+    remove_dir(a), remove_dir(b), remove_dir(c);
 }
 
 /* ---- the synthetic set ---- */
@@ -419,7 +642,7 @@ Test(data, synthetic_ensure_regenerates_only_when_stale)
 
 static rw_dataset small_set(int n)
 {
-    rw_dataset ds = {.n = n};
+    rw_dataset ds = {.n = n, .side = 32, .classes = 10, .labeled = n};
     ds.pixels = malloc((size_t)n * 3072);
     ds.labels = malloc((size_t)n);
     uint32_t s = 12345;

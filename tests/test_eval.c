@@ -24,19 +24,19 @@ static double urand(void)
     return ((z ^ (z >> 31)) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-/* n features of dimension F: class c is a cluster around a random centre,
- * with noise `spread`. */
-static float *clusters(int n, int F, double spread, uint8_t *labels, uint64_t seed)
+/* n features of dimension F: class c of K is a cluster around a random
+ * centre, with noise `spread`. */
+static float *clusters_k(int n, int F, double spread, uint8_t *labels, uint64_t seed, int K)
 {
-    static float centre[10][64];
+    static float centre[100][64];
     st = 12345;
-    for (int c = 0; c < 10; c++)
+    for (int c = 0; c < K; c++)
         for (int d = 0; d < F; d++)
             centre[c][d] = (float)(4 * urand() - 2);
     st = seed;
     float *h = malloc((size_t)n * F * sizeof(float));
     for (int i = 0; i < n; i++) {
-        labels[i] = (uint8_t)(i % 10);
+        labels[i] = (uint8_t)(i % K);
         for (int d = 0; d < F; d++)
             h[(size_t)i * F + d] = centre[labels[i]][d] + (float)(spread * (urand() - 0.5));
     }
@@ -44,6 +44,42 @@ static float *clusters(int n, int F, double spread, uint8_t *labels, uint64_t se
     be->upload(be, dev, h, (size_t)n * F * sizeof(float));
     free(h);
     return dev;
+}
+
+static float *clusters(int n, int F, double spread, uint8_t *labels, uint64_t seed)
+{
+    return clusters_k(n, F, spread, labels, seed, 10);
+}
+
+/* CIFAR-100's 100 classes: a probe or a vote over 10 would get at most
+ * 10%; labels a classifier does not have are refused by name. */
+Test(eval, hundred_classes)
+{
+    int F = 64, K = 100, ntr = 2000, nte = 500;
+    uint8_t *ltr = malloc(ntr), *lte = malloc(nte);
+    float *ftr = clusters_k(ntr, F, 0.5, ltr, 1, K), *fte = clusters_k(nte, F, 0.5, lte, 2, K);
+    rw_linear_cfg cfg = {.epochs = 30, .lr = 5e-3f, .batch = 64, .seed = 0};
+    double acc = 0;
+    char err[128];
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, K, &cfg, &acc, err,
+                                sizeof err), 0, "%s", err);
+    cr_expect_geq(acc, 0.99, "linear probe over 100 classes: %.3f", acc);
+    cr_assert_eq(rw_knn(be, ftr, ltr, ntr, fte, lte, nte, F, K, 5, 0.1f, &acc, err, sizeof err),
+                 0, "%s", err);
+    cr_expect_eq(acc, 1.0, "kNN over 100 classes: %.3f", acc);
+
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 20, &cfg, &acc, err,
+                                sizeof err), -1);
+    cr_expect(strstr(err, "linear eval: train split: image 20 has label 20, not one of the 20 "
+                          "classes"), "%s", err);
+    lte[7] = 255; /* RW_NO_LABEL */
+    cr_assert_eq(rw_knn(be, ftr, ltr, ntr, fte, lte, nte, F, K, 5, 0.1f, &acc, err, sizeof err),
+                 -1);
+    cr_expect(strstr(err, "kNN: test split: image 7 has label 255"), "%s", err);
+    be->free(be, ftr);
+    be->free(be, fte);
+    free(ltr);
+    free(lte);
 }
 
 Test(eval, linear_probe_separable_is_perfect)
@@ -54,7 +90,7 @@ Test(eval, linear_probe_separable_is_perfect)
     rw_linear_cfg cfg = {.epochs = 100, .lr = 5e-3f, .batch = 64, .seed = 0};
     double acc;
     char err[128];
-    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, &cfg, &acc, err, sizeof err), 0);
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 10, &cfg, &acc, err, sizeof err), 0);
     cr_expect_eq(acc, 1.0, "separable clusters: accuracy %.3f", acc);
     be->free(be, ftr);
     be->free(be, fte);
@@ -78,7 +114,7 @@ Test(eval, linear_probe_shuffled_labels_is_chance)
     rw_linear_cfg cfg = {.epochs = 30, .lr = 5e-3f, .batch = 64, .seed = 0};
     double acc;
     char err[128];
-    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, &cfg, &acc, err, sizeof err), 0);
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 10, &cfg, &acc, err, sizeof err), 0);
     cr_expect(acc > 0.04 && acc < 0.16, "shuffled labels: accuracy %.3f, chance is 0.10", acc);
     be->free(be, ftr);
     be->free(be, fte);
@@ -93,7 +129,7 @@ Test(eval, knn_clusters_and_hand_computed_vote)
     float *ftr = clusters(ntr, F, 0.5, ltr, 1), *fte = clusters(nte, F, 0.5, lte, 2);
     double acc;
     char err[128];
-    cr_assert_eq(rw_knn(be, ftr, ltr, ntr, fte, lte, nte, F, 20, 0.1f, &acc, err, sizeof err), 0);
+    cr_assert_eq(rw_knn(be, ftr, ltr, ntr, fte, lte, nte, F, 10, 20, 0.1f, &acc, err, sizeof err), 0);
     cr_expect_eq(acc, 1.0, "kNN on separable clusters: %.3f", acc);
     be->free(be, ftr);
     be->free(be, fte);
@@ -110,11 +146,11 @@ Test(eval, knn_clusters_and_hand_computed_vote)
     float *dtr = be->alloc(be, sizeof tr), *dte = be->alloc(be, sizeof te);
     be->upload(be, dtr, tr, sizeof tr);
     be->upload(be, dte, te, sizeof te);
-    cr_assert_eq(rw_knn(be, dtr, ltr2, 3, dte, lte2, 1, 2, 3, 0.1f, &acc, err, sizeof err), 0);
+    cr_assert_eq(rw_knn(be, dtr, ltr2, 3, dte, lte2, 1, 2, 10, 3, 0.1f, &acc, err, sizeof err), 0);
     cr_expect_eq(acc, 1.0);
-    cr_assert_eq(rw_knn(be, dtr, ltr2, 3, dte, lte2, 1, 2, 3, 10.0f, &acc, err, sizeof err), 0);
+    cr_assert_eq(rw_knn(be, dtr, ltr2, 3, dte, lte2, 1, 2, 10, 3, 10.0f, &acc, err, sizeof err), 0);
     cr_expect_eq(acc, 0.0);
-    cr_assert_eq(rw_knn(be, dtr, ltr2, 3, dte, lte2, 1, 2, 1, 10.0f, &acc, err, sizeof err), 0);
+    cr_assert_eq(rw_knn(be, dtr, ltr2, 3, dte, lte2, 1, 2, 10, 1, 10.0f, &acc, err, sizeof err), 0);
     cr_expect_eq(acc, 1.0);
     be->free(be, dtr);
     be->free(be, dte);
@@ -130,7 +166,7 @@ Test(eval, features_independent_of_batching)
     char err[256];
     rw_model *m = rw_model_create(be, &mc, 1, err, sizeof err);
     cr_assert_not_null(m);
-    rw_dataset ds = {.n = 300};
+    rw_dataset ds = {.n = 300, .side = 32, .classes = 10, .labeled = 300};
     ds.pixels = malloc((size_t)ds.n * 3072);
     ds.labels = calloc((size_t)ds.n, 1);
     for (size_t i = 0; i < (size_t)ds.n * 3072; i++)
@@ -141,7 +177,8 @@ Test(eval, features_independent_of_batching)
     cr_assert_eq(rw_eval_features(m, &ds, 16, mean, sd, all), 0);
     float *h = malloc((size_t)ds.n * F * sizeof(float));
     be->download(be, h, all, (size_t)ds.n * F * sizeof(float));
-    rw_dataset one = {.n = 1, .pixels = ds.pixels + 299 * 3072, .labels = ds.labels};
+    rw_dataset one = {.n = 1, .side = 32, .classes = 10, .labeled = 1, .pixels = ds.pixels + 299 * 3072,
+                      .labels = ds.labels};
     float *f1 = be->alloc(be, (size_t)F * sizeof(float)), h1[64];
     cr_assert_eq(rw_eval_features(m, &one, 16, mean, sd, f1), 0);
     be->download(be, h1, f1, (size_t)F * sizeof(float));

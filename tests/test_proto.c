@@ -278,6 +278,30 @@ Test(grid, expands_variants_times_seeds)
     rw_grid_free(&g);
 }
 
+/* A variant that changes the data set gets that set's statistics unless
+ * the base or the variant gives them. */
+Test(grid, each_job_normalizes_with_its_data_set)
+{
+    const char *y = "name: sets\n"
+                    "base: {data: {path: /tmp, std: [0.3, 0.3, 0.3]}}\n"
+                    "grid:\n"
+                    "  seed: [0]\n"
+                    "  variant:\n"
+                    "    - {name: c10, data: {kind: cifar10}}\n"
+                    "    - {name: stl, data: {kind: stl10}}\n"
+                    "    - {name: stl-own, data: {kind: stl10, mean: [0.5, 0.5, 0.5]}}\n";
+    rw_grid g;
+    char err[1024];
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "g.yaml", "", &g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(g.njobs, 3);
+    cr_expect_float_eq(g.jobs[0].spec.data.mean[1], 0.4822f, 0);
+    cr_expect_float_eq(g.jobs[1].spec.data.mean[1], 0.4398f, 0);
+    cr_expect_float_eq(g.jobs[2].spec.data.mean[1], 0.5f, 0);
+    for (int j = 0; j < 3; j++)
+        cr_expect_float_eq(g.jobs[j].spec.data.std[0], 0.3f, 0, "job %d keeps the base's std", j);
+    rw_grid_free(&g);
+}
+
 Test(grid, plain_spec_is_one_job)
 {
     rw_grid g;

@@ -255,7 +255,7 @@ Test(spec, bad_enum) {
     expect_error("model: {predictor: mlpp}\n",
                  "model.predictor: must be one of: mlp, mlp_bn, linear, linear_identity, none",
                  "got 'mlpp'");
-    expect_error("data: {kind: imagenet}\n", "data.kind", "synthetic, cifar10");
+    expect_error("data: {kind: imagenet}\n", "data.kind", "synthetic, cifar10, cifar100, stl10");
     expect_error("loss: {kind: raft}\n", "loss.kind", "byol, unified");
     expect_error("ema: {schedule: linear}\n", "ema.schedule", "constant, cosine");
     expect_error("model: {stem: 3}\n", "model.stem", "imagenet, cifar");
@@ -357,6 +357,57 @@ Test(spec, cifar_needs_path) {
                  "/nonexistent/cifar", "No such file or directory");
     expect_error("data: {kind: cifar10, path: /etc/hostname}\n", "data.path", "not a directory");
     expect_error("data: {kind: cifar10, path: ''}\n", "data.path: must be a non-empty path");
+}
+
+Test(spec, other_data_sets_need_their_folder) {
+    expect_error("data: {kind: cifar100}\n", "data.path: required for data.kind cifar100",
+                 "train.bin and test.bin");
+    expect_error("data: {kind: stl10}\n", "data.path: required for data.kind stl10",
+                 "unlabeled_X.bin (stl10_binary)");
+    expect_error("data: {kind: stl10, path: /etc/hostname}\n", "stl10 needs the folder",
+                 "not a directory");
+    expect_error("data: {kind: cifar10, path: /tmp, labels: coarse}\n",
+                 "data.labels: coarse is for data.kind cifar100", "data.kind is cifar10");
+    expect_error("data: {labels: superclass}\n", "data.labels", "fine, coarse");
+    expect_error("data: {unlabeled: 3}\n", "data.unlabeled");
+    rw_spec s;
+    char err[512] = "";
+    cr_assert_eq(parse("data: {kind: cifar100, path: /tmp, labels: coarse}\n", &s, err,
+                       sizeof err), 0, "%s", err);
+    cr_assert(s.data.kind == RW_DATA_CIFAR100 && s.data.labels == RW_LABELS_COARSE);
+    cr_assert_eq(parse("data: {kind: stl10, path: /tmp, unlabeled: false}\n", &s, err,
+                       sizeof err), 0, "%s", err);
+    cr_assert(s.data.kind == RW_DATA_STL10 && !s.data.unlabeled);
+}
+
+/* Normalization defaults to the data set's own statistics; what the YAML
+ * gives stays, channel vector by channel vector; the canonical YAML keeps
+ * the values, so a worker reading it gets the same struct. */
+Test(spec, mean_and_std_default_per_data_set) {
+    static const struct {
+        const char *yaml;
+        float mean0, std2;
+    } cases[] = {
+        {"{}\n", 0.4914f, 0.2616f},
+        {"data: {kind: cifar10, path: /tmp}\n", 0.4914f, 0.2616f},
+        {"data: {kind: cifar100, path: /tmp}\n", 0.5071f, 0.2762f},
+        {"data: {kind: stl10, path: /tmp}\n", 0.4467f, 0.2713f},
+        {"data: {kind: stl10, path: /tmp, mean: [0.5, 0.5, 0.5]}\n", 0.5f, 0.2713f},
+        {"data: {kind: stl10, path: /tmp, std: [0.25, 0.25, 0.25]}\n", 0.4467f, 0.25f},
+        {"data: {kind: cifar100, path: /tmp, mean: [0.1, 0.2, 0.3], std: [1, 1, 1]}\n", 0.1f,
+         1.0f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        rw_spec s, back;
+        char err[512] = "", yaml[RW_SPEC_YAML_MAX];
+        cr_assert_eq(parse(cases[i].yaml, &s, err, sizeof err), 0, "%s", err);
+        cr_expect(s.data.mean[0] == cases[i].mean0 && s.data.std[2] == cases[i].std2,
+                  "%s: mean[0] %g std[2] %g", cases[i].yaml, s.data.mean[0], s.data.std[2]);
+        cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+        cr_assert_eq(parse(yaml, &back, err, sizeof err), 0, "%s", err);
+        cr_expect(memcmp(&s, &back, sizeof s) == 0, "%s: the canonical YAML reads back different",
+                  cases[i].yaml);
+    }
 }
 
 Test(spec, init_must_exist) {
@@ -505,6 +556,7 @@ Test(spec, conf_grids_expand) {
         {"conf/quickstart.yaml", 10, "quickstart/raft-np/seed1"},
         {"conf/paper-table1.yaml", 42, "paper-table1/byol-lpi/seed2"},
         {"conf/paper-table3.yaml", 39, "paper-table3/byol-prime-np-b100/seed2"},
+        {"conf/stl10.yaml", 15, "stl10/raft-np/seed2"},
     };
     for (size_t i = 0; i < sizeof grids / sizeof grids[0]; i++) {
         char path[1024], err[2048] = "", basedir[1024];
@@ -513,7 +565,8 @@ Test(spec, conf_grids_expand) {
         size_t len;
         cr_assert_eq(rw_grid_read_file(path, 1 << 20, &text, &len, basedir, sizeof basedir, err,
                                        sizeof err), 0, "%s", err);
-        const char *ph = "/data/cifar-10-batches-bin";
+        const char *ph = strstr(text, "/data/stl10_binary") ? "/data/stl10_binary"
+                                                             : "/data/cifar-10-batches-bin";
         char *at = strstr(text, ph), *t2 = malloc(len + 64);
         if (at) {
             size_t pre = (size_t)(at - text);
@@ -533,6 +586,10 @@ Test(spec, conf_grids_expand) {
             if (baseline)
                 cr_expect(s->optim.epochs == 0 && s->model.predictor == RW_PRED_LINEAR, "%s",
                           g.jobs[j].name);
+            if (strstr(grids[i].file, "stl10"))
+                cr_expect(s->data.kind == RW_DATA_STL10 && s->data.unlabeled &&
+                              s->data.image_size == 96 && fabsf(s->data.mean[0] - 0.4467f) < 1e-6f,
+                          "%s: not STL-10 at its size, with its statistics", g.jobs[j].name);
             if (strstr(grids[i].file, "paper")) { /* appendix C */
                 cr_expect(s->data.image_size == 96 && s->optim.batch_size == 128 &&
                               s->optim.epochs == (baseline ? 0 : 300) && fabs(s->ema.tau - 0.996) < 1e-6 &&

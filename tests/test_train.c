@@ -15,6 +15,7 @@
 #include "proto/spec.h"
 #include "worker/model.h"
 #include "worker/safetensors.h"
+#include "worker/data.h"
 #include "worker/train.h"
 #include "worker/weights.h"
 
@@ -351,6 +352,55 @@ Test(train, zero_epochs_measures_the_initialization)
     rw_st_close(b);
     rw_model_free(m);
     kb_destroy(be);
+}
+
+/* STL-10's layout: the encoder trains on the labeled and the unlabeled
+ * images (more steps per epoch), evaluation sees the labeled ones only
+ * (an unlabeled image's label would be refused by the probe and kNN). */
+Test(train, stl10_trains_on_unlabeled_images_and_evaluates_on_labeled)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    char err[512];
+    s.data.kind = RW_DATA_STL10;
+    cr_assert_eq(rw_synth_write_as(s.data.path, RW_DATA_STL10, 64, 32, 128, 3, err, sizeof err),
+                 0, "%s", err);
+    s.optim.epochs = 2;
+    for (int unl = 1; unl >= 0; unl--) {
+        s.data.unlabeled = unl;
+        char out[96];
+        snprintf(out, sizeof out, "%s/o%d", tmp, unl);
+        record r = {0};
+        rw_train_result res = train(&s, out, 0, &r);
+        cr_assert_eq(r.n, 2);
+        cr_expect_eq(r.ep[1].step, 2 * (unl ? 64 + 128 : 64) / 32, "unlabeled %d: %ld steps", unl,
+                     r.ep[1].step);
+        cr_expect(isfinite(r.ep[1].knn) && res.linear_acc >= 0 && res.linear_acc <= 1,
+                  "knn %g linear %g", r.ep[1].knn, res.linear_acc);
+    }
+}
+
+/* CIFAR-100 with its fine and its coarse labels, end to end. */
+Test(train, cifar100_fine_and_coarse)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    char err[512];
+    s.data.kind = RW_DATA_CIFAR100;
+    cr_assert_eq(rw_synth_write_as(s.data.path, RW_DATA_CIFAR100, 96, 32, 0, 3, err, sizeof err),
+                 0, "%s", err);
+    s.optim.epochs = 1;
+    for (int coarse = 0; coarse < 2; coarse++) {
+        s.data.labels = coarse ? RW_LABELS_COARSE : RW_LABELS_FINE;
+        char out[96];
+        snprintf(out, sizeof out, "%s/o%d", tmp, coarse);
+        record r = {0};
+        rw_train_result res = train(&s, out, 0, &r);
+        cr_assert_eq(r.n, 1);
+        cr_expect_eq(r.ep[0].step, 96 / 32);
+        cr_expect(isfinite(r.ep[0].knn) && res.linear_acc >= 0 && res.linear_acc <= 1,
+                  "knn %g linear %g", r.ep[0].knn, res.linear_acc);
+    }
 }
 
 /* Tensor for tensor, byte for byte: two weights files hold the same model. */

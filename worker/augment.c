@@ -93,11 +93,11 @@ void rw_aug_render(const uint8_t *src, int W, int H, const rw_aug_params *p, int
 }
 
 /* The identity view: whole image, nothing random. */
-static void plain_params(rw_aug_params *p)
+static void plain_params(rw_aug_params *p, int side)
 {
     memset(p, 0, sizeof *p);
-    p->crop_w = RW_CIFAR_SIDE;
-    p->crop_h = RW_CIFAR_SIDE;
+    p->crop_w = side;
+    p->crop_h = side;
     for (int k = 0; k < 4; k++)
         p->order[k] = k;
 }
@@ -106,10 +106,10 @@ void rw_image_plain(const rw_dataset *ds, int i, int size, const float mean[3],
                     const float std[3], float *out)
 {
     rw_aug_params p;
-    plain_params(&p);
+    plain_params(&p, ds->side);
     /* no blur, so no scratch is touched */
-    rw_aug_render(ds->pixels + (size_t)i * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE, RW_CIFAR_SIDE,
-                  RW_CIFAR_SIDE, &p, size, mean, std, out, NULL);
+    rw_aug_render(ds->pixels + (size_t)i * 3 * ds->side * ds->side, ds->side, ds->side, &p, size,
+                  mean, std, out, NULL);
 }
 
 void rw_aug_view(const rw_dataset *ds, int i, uint64_t seed, int epoch, int view,
@@ -121,7 +121,7 @@ void rw_aug_view(const rw_dataset *ds, int i, uint64_t seed, int epoch, int view
         return;
     }
     rw_aug_params p;
-    rw_aug_draw(seed, (uint32_t)epoch, (uint32_t)i, view, RW_CIFAR_SIDE, RW_CIFAR_SIDE, &p);
-    rw_aug_render(ds->pixels + (size_t)i * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE, RW_CIFAR_SIDE,
-                  RW_CIFAR_SIDE, &p, S, mean, std, out, scratch);
+    rw_aug_draw(seed, (uint32_t)epoch, (uint32_t)i, view, ds->side, ds->side, &p);
+    rw_aug_render(ds->pixels + (size_t)i * 3 * ds->side * ds->side, ds->side, ds->side, &p, S,
+                  mean, std, out, scratch);
 }

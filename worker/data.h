@@ -1,5 +1,6 @@
-/* Data: CIFAR-10's binary format (read and, for the synthetic set, written),
- * BYOL's augmentations on the CPU, and the background batch loader.
+/* Data: the binary formats of CIFAR-10, CIFAR-100 and STL-10 (read; the
+ * synthetic set is written in any of them), BYOL's augmentations on the
+ * CPU, and the background batch loader.
  * The per-sample and per-pixel augmentation math is in kernels/augment.h,
  * shared with the CUDA backend. */
 #ifndef RUNAWAY_WORKER_DATA_H
@@ -11,19 +12,41 @@
 #include "proto/spec.h"
 
 #define RW_CIFAR_SIDE 32
-#define RW_CIFAR_RECORD 3073 /* 1 label byte + 3*32*32 pixel bytes (R, G, B planes) */
+#define RW_CIFAR_RECORD 3073    /* 1 label byte + 3*32*32 pixel bytes (R, G, B planes) */
+#define RW_CIFAR100_RECORD 3074 /* coarse label, fine label, 3*32*32 pixel bytes */
+#define RW_STL10_SIDE 96
+#define RW_NO_LABEL 255         /* the label of an image of an unlabeled split */
+#define RW_CLASSES_MAX 100
 
 typedef struct rw_dataset {
     int n;           /* number of images */
-    uint8_t *pixels; /* (n, 3, 32, 32) as stored in the files */
-    uint8_t *labels; /* (n), 0..9 */
+    int side;        /* images are side x side (32: CIFAR, 96: STL-10) */
+    int classes;     /* labels are 0 .. classes-1 */
+    int labeled;     /* images [0, labeled) have labels; the rest (STL-10's
+                      * unlabeled split) only train the encoder */
+    uint8_t *pixels; /* (n, 3, side, side): R, G, B planes, rows top to bottom */
+    uint8_t *labels; /* (n): 0 .. classes-1, RW_NO_LABEL from `labeled` on */
 } rw_dataset;
 
-/* Loads data_batch_1..5.bin (train != 0) or test_batch.bin from dir.
+/* CIFAR-10: data_batch_1..5.bin (train != 0) or test_batch.bin from dir.
  * Errors (missing file, size not a multiple of 3073, label > 9) name the
  * file and the problem. 0 or -1. */
 int rw_cifar_load(const char *dir, int train, rw_dataset *out, char *err, size_t errlen);
+/* CIFAR-100: train.bin or test.bin, 100 fine labels (coarse != 0: the 20
+ * superclasses). Both label bytes of every record are checked. */
+int rw_cifar100_load(const char *dir, int train, int coarse, rw_dataset *out, char *err,
+                     size_t errlen);
+/* STL-10's binary version (the folder stl10_binary): train_X.bin with
+ * train_y.bin, or test_X.bin with test_y.bin; with train and unlabeled != 0
+ * the 100000 images of unlabeled_X.bin follow the labeled ones. The files
+ * store each channel column by column and labels 1..10; the set holds
+ * row-major planes and labels 0..9 like the others. */
+int rw_stl10_load(const char *dir, int train, int unlabeled, rw_dataset *out, char *err,
+                  size_t errlen);
 void rw_dataset_free(rw_dataset *ds);
+/* The labeled part of ds (the first ds->labeled images), sharing its memory:
+ * what evaluation and the kNN monitor see. */
+rw_dataset rw_dataset_labeled(const rw_dataset *ds);
 
 /* n CIFAR-sized images of uniform noise, labels i % 10, in memory: a set
  * for timing and for tests that only need pixels. 0, or -1 when out of
@@ -35,6 +58,14 @@ int rw_dataset_noise(int n, uint64_t seed, rw_dataset *out);
  * 10 learnable classes, deterministic from seed. Creates dir if needed. */
 int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
                    size_t errlen);
+
+/* The same images in another data set's files, to try a spec of that kind
+ * where the real set is absent: RW_DATA_CIFAR100 (train.bin, test.bin; fine
+ * label = the class, coarse = class / 5) or RW_DATA_STL10 (train_X/y.bin,
+ * test_X/y.bin and n_unlabeled images in unlabeled_X.bin, each 32x32 image
+ * scaled up 3x). RW_DATA_CIFAR10 and RW_DATA_SYNTHETIC: rw_synth_write. */
+int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_test,
+                      int n_unlabeled, uint64_t seed, char *err, size_t errlen);
 
 /* Makes sure dir holds the synthetic set for (n_train, n_test, seed),
  * generating it if absent; a marker file records the parameters so a stale

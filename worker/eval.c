@@ -9,7 +9,6 @@
 #include "kernels/optim.h"
 
 #define EVAL_CHUNK 256 /* images per feature forward pass */
-#define NCLASS 10
 
 int rw_eval_features(rw_model *m, const rw_dataset *ds, int size, const float mean[3],
                      const float std[3], float *out)
@@ -43,19 +42,41 @@ static uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
+/* Labels past the classifier's classes would index past its logits. */
+static int check_labels(const char *what, const uint8_t *l, int n, int classes, char *err,
+                        size_t errlen)
+{
+    if (classes < 1 || classes > RW_CLASSES_MAX) {
+        snprintf(err, errlen, "%s: %d classes is not in 1..%d", what, classes, RW_CLASSES_MAX);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (l[i] >= classes) {
+            snprintf(err, errlen, "%s: image %d has label %d, not one of the %d classes", what, i,
+                     l[i], classes);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr,
-                   const float *fte, const uint8_t *lte, int nte, int F,
+                   const float *fte, const uint8_t *lte, int nte, int F, int classes,
                    const rw_linear_cfg *cfg, double *acc, char *err, size_t errlen)
 {
+    if (check_labels("linear eval: train split", ltr, ntr, classes, err, errlen) != 0 ||
+        check_labels("linear eval: test split", lte, nte, classes, err, errlen) != 0)
+        return -1;
+    const int K = classes;
     int B = cfg->batch < ntr ? cfg->batch : ntr;
-    size_t np = (size_t)NCLASS * F + NCLASS;
+    size_t np = (size_t)K * F + K;
     float *p = be->alloc(be, np * sizeof(float));
     float *g = be->alloc(be, np * sizeof(float));
     float *mm = be->alloc(be, np * sizeof(float));
     float *vv = be->alloc(be, np * sizeof(float));
     float *xb = be->alloc(be, (size_t)B * F * sizeof(float));
-    float *logits = be->alloc(be, (size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * NCLASS * sizeof(float));
-    float *dlogits = be->alloc(be, (size_t)B * NCLASS * sizeof(float));
+    float *logits = be->alloc(be, (size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * K * sizeof(float));
+    float *dlogits = be->alloc(be, (size_t)B * K * sizeof(float));
     int32_t *lb = be->alloc(be, (size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * sizeof(int32_t));
     float *out = be->alloc(be, 2 * sizeof(float));
     kb_adam_consts *kd = be->alloc(be, sizeof(kb_adam_consts));
@@ -77,8 +98,8 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
     for (size_t i = 0; i < np; i++)
         hp[i] = (float)(((mix64(s + i) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0) * bound);
     be->upload(be, p, hp, np * sizeof(float));
-    float *W = p, *b = p + (size_t)NCLASS * F;
-    float *dW = g, *db = g + (size_t)NCLASS * F;
+    float *W = p, *b = p + (size_t)K * F;
+    float *dW = g, *db = g + (size_t)K * F;
     long step = 0;
     for (int i = 0; i < ntr; i++)
         perm[i] = i;
@@ -95,9 +116,9 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
             }
             be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
             be->fill(be, g, 0.0f, np);
-            be->linear_forward(be, xb, n, F, W, b, NCLASS, logits);
-            be->softmax_xent(be, logits, lb, n, NCLASS, dlogits, out);
-            be->linear_backward(be, xb, W, dlogits, n, F, NCLASS, NULL, dW, db);
+            be->linear_forward(be, xb, n, F, W, b, K, logits);
+            be->softmax_xent(be, logits, lb, n, K, dlogits, out);
+            be->linear_backward(be, xb, W, dlogits, n, F, K, NULL, dW, db);
             kb_adam_consts k = kb_adam_consts_init(cfg->lr, 0.9f, 0.999f, 1e-8f, 0.0f, ++step);
             be->upload(be, kd, &k, sizeof k);
             be->adam(be, p, g, mm, vv, np, kd);
@@ -109,8 +130,8 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
         for (int i = 0; i < n; i++)
             hl[i] = lte[i0 + i];
         be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
-        be->linear_forward(be, fte + (size_t)i0 * F, n, F, W, b, NCLASS, logits);
-        be->softmax_xent(be, logits, lb, n, NCLASS, NULL, out);
+        be->linear_forward(be, fte + (size_t)i0 * F, n, F, W, b, K, logits);
+        be->softmax_xent(be, logits, lb, n, K, NULL, out);
         float o[2];
         be->download(be, o, out, sizeof o);
         correct += (long)lrintf(o[1]);
@@ -147,9 +168,12 @@ static float *normalized(kb_backend *be, const float *f, int n, int F)
 }
 
 int rw_knn(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr, const float *fte,
-           const uint8_t *lte, int nte, int F, int k, float T, double *acc, char *err,
-           size_t errlen)
+           const uint8_t *lte, int nte, int F, int classes, int k, float T, double *acc,
+           char *err, size_t errlen)
 {
+    if (check_labels("kNN: train split", ltr, ntr, classes, err, errlen) != 0 ||
+        check_labels("kNN: test split", lte, nte, classes, err, errlen) != 0)
+        return -1;
     if (k > ntr)
         k = ntr;
     const int chunk = 64;
@@ -187,11 +211,11 @@ int rw_knn(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr, const 
                 topv[pos] = v;
                 top[pos] = j;
             }
-            double votes[NCLASS] = {0};
+            double votes[RW_CLASSES_MAX] = {0};
             for (int j = 0; j < cnt; j++)
                 votes[ltr[top[j]]] += exp(topv[j] / T);
             int best = 0;
-            for (int c = 1; c < NCLASS; c++)
+            for (int c = 1; c < classes; c++)
                 if (votes[c] > votes[best])
                     best = c;
             correct += best == lte[i0 + i];
@@ -212,15 +236,17 @@ done:
     return rc;
 }
 
+/* Features of the labeled training images and of the test images. */
 static int features_pair(rw_model *m, const rw_dataset *train, const rw_dataset *test, int size,
                          const float mean[3], const float std[3], float **ftr, float **fte,
                          char *err, size_t errlen)
 {
     kb_backend *be = rw_model_backend(m);
     int F = rw_model_feat_dim(m);
-    *ftr = be->alloc(be, (size_t)train->n * F * sizeof(float));
+    rw_dataset lab = rw_dataset_labeled(train);
+    *ftr = be->alloc(be, (size_t)lab.n * F * sizeof(float));
     *fte = be->alloc(be, (size_t)test->n * F * sizeof(float));
-    if (!*ftr || !*fte || rw_eval_features(m, train, size, mean, std, *ftr) != 0 ||
+    if (!*ftr || !*fte || rw_eval_features(m, &lab, size, mean, std, *ftr) != 0 ||
         rw_eval_features(m, test, size, mean, std, *fte) != 0) {
         snprintf(err, errlen, "evaluation: out of memory computing features");
         if (*ftr)
@@ -240,8 +266,8 @@ int rw_eval_linear_model(rw_model *m, const rw_dataset *train, const rw_dataset 
     float *ftr, *fte;
     if (features_pair(m, train, test, size, mean, std, &ftr, &fte, err, errlen) != 0)
         return -1;
-    int rc = rw_linear_eval(be, ftr, train->labels, train->n, fte, test->labels, test->n,
-                            rw_model_feat_dim(m), cfg, acc, err, errlen);
+    int rc = rw_linear_eval(be, ftr, train->labels, train->labeled, fte, test->labels, test->n,
+                            rw_model_feat_dim(m), train->classes, cfg, acc, err, errlen);
     be->free(be, ftr);
     be->free(be, fte);
     return rc;
@@ -255,8 +281,8 @@ int rw_eval_knn_model(rw_model *m, const rw_dataset *train, const rw_dataset *te
     float *ftr, *fte;
     if (features_pair(m, train, test, size, mean, std, &ftr, &fte, err, errlen) != 0)
         return -1;
-    int rc = rw_knn(be, ftr, train->labels, train->n, fte, test->labels, test->n,
-                    rw_model_feat_dim(m), k, T, acc, err, errlen);
+    int rc = rw_knn(be, ftr, train->labels, train->labeled, fte, test->labels, test->n,
+                    rw_model_feat_dim(m), train->classes, k, T, acc, err, errlen);
     be->free(be, ftr);
     be->free(be, fte);
     return rc;

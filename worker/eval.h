@@ -23,20 +23,22 @@ typedef struct rw_linear_cfg {
     uint64_t seed; /* classifier init and epoch shuffles */
 } rw_linear_cfg;
 
-/* Trains Linear(F, 10) with Adam on (ftr, ltr) and returns the top-1
- * accuracy on (fte, lte) in acc; features are backend memory (n, F). */
+/* Trains Linear(F, classes) with Adam on (ftr, ltr) and returns the top-1
+ * accuracy on (fte, lte) in acc; features are backend memory (n, F). A
+ * label outside 0..classes-1 is an error that names the image. */
 int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr,
-                   const float *fte, const uint8_t *lte, int nte, int F,
+                   const float *fte, const uint8_t *lte, int nte, int F, int classes,
                    const rw_linear_cfg *cfg, double *acc, char *err, size_t errlen);
 
 /* kNN top-1 accuracy: each test feature votes over its k most cosine-similar
  * train features, weights exp(sim / T). Features need not be normalized. */
 int rw_knn(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr, const float *fte,
-           const uint8_t *lte, int nte, int F, int k, float T, double *acc, char *err,
-           size_t errlen);
+           const uint8_t *lte, int nte, int F, int classes, int k, float T, double *acc,
+           char *err, size_t errlen);
 
-/* Convenience: features of train and test sets from the model, then the
- * linear protocol / kNN. */
+/* Convenience: features of the labeled training images (train->labeled)
+ * and of the test set from the model, then the linear protocol / kNN over
+ * train->classes classes. */
 int rw_eval_linear_model(rw_model *m, const rw_dataset *train, const rw_dataset *test, int size,
                          const float mean[3], const float std[3], const rw_linear_cfg *cfg,
                          double *acc, char *err, size_t errlen);

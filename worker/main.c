@@ -39,8 +39,11 @@ static void usage(FILE *f)
             "      weights with torchvision's resnet18 names for the encoder\n"
             "  show-augment SPEC.yaml OUT.png [--count N]\n"
             "      a grid of images with their T1 and T2 views\n"
-            "  synth DIR [--train N] [--test N] [--seed S]\n"
-            "      write the synthetic data set in CIFAR-10's binary format\n"
+            "  synth DIR [--train N] [--test N] [--seed S] [--format cifar10|cifar100|stl10]\n"
+            "        [--unlabeled N]\n"
+            "      write the synthetic data set in CIFAR-10's binary format, or in CIFAR-100's\n"
+            "      or STL-10's (images scaled up to 96x96; N unlabeled images, default 0) to\n"
+            "      try a spec of that data.kind\n"
             "  serve (--socket PATH | --tcp HOST:PORT --token-file F) [--slot N] [--device NAME]\n"
             "        [--backend auto|cpu|cuda] [--threads N] [--heartbeat S]\n"
             "        [--host ADDR] [--collective-timeout S]\n"
@@ -410,10 +413,28 @@ static int cmd_show_augment(int argc, char **argv)
 static int cmd_synth(int argc, char **argv)
 {
     const char *dir = NULL;
-    long ntrain = 5000, ntest = 1000, seed = 0;
+    long ntrain = 5000, ntest = 1000, seed = 0, nunl = 0;
+    rw_data_kind kind = RW_DATA_CIFAR10;
     for (int i = 0; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(argv[i], "--train") == 0) {
+        if (strcmp(argv[i], "--format") == 0) {
+            if (v && !strcmp(v, "cifar10"))
+                kind = RW_DATA_CIFAR10;
+            else if (v && !strcmp(v, "cifar100"))
+                kind = RW_DATA_CIFAR100;
+            else if (v && !strcmp(v, "stl10"))
+                kind = RW_DATA_STL10;
+            else {
+                fprintf(stderr, "runaway-worker synth: --format: must be cifar10, cifar100 or "
+                                "stl10\n");
+                return 2;
+            }
+            i++;
+        } else if (strcmp(argv[i], "--unlabeled") == 0) {
+            if (parse_int("--unlabeled", v, 0, 1000000, &nunl) != 0)
+                return 2;
+            i++;
+        } else if (strcmp(argv[i], "--train") == 0) {
             if (parse_int("--train", v, 10, 1000000, &ntrain) != 0)
                 return 2;
             i++;
@@ -437,11 +458,15 @@ static int cmd_synth(int argc, char **argv)
         return 2;
     }
     char err[1024];
-    if (rw_synth_write(dir, (int)ntrain, (int)ntest, (uint64_t)seed, err, sizeof err) != 0) {
+    if (rw_synth_write_as(dir, kind, (int)ntrain, (int)ntest, (int)nunl, (uint64_t)seed, err,
+                          sizeof err) != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
         return 1;
     }
-    printf("wrote %ld train and %ld test images to %s\n", ntrain, ntest, dir);
+    if (nunl && kind != RW_DATA_STL10)
+        printf("note: --unlabeled is for --format stl10; no unlabeled images written\n");
+    printf("wrote %ld train, %ld test and %ld unlabeled images to %s\n", ntrain, ntest,
+           kind == RW_DATA_STL10 ? nunl : 0, dir);
     return 0;
 }
 

@@ -82,7 +82,7 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
     /* The device renders the views where it can (a backend with the
      * augment op); a set that does not fit falls back. */
     if (!c->host_data && be->augment) {
-        size_t bytes = (size_t)c->ds->n * 3 * RW_CIFAR_SIDE * RW_CIFAR_SIDE;
+        size_t bytes = (size_t)c->ds->n * 3 * c->ds->side * c->ds->side;
         s->pix = be->alloc(be, bytes);
         s->keys = be->alloc(be, (size_t)(s->Bl + 1) * sizeof(uint32_t));
         s->hkeys = malloc((size_t)(s->Bl + 1) * sizeof(uint32_t));
@@ -188,9 +188,9 @@ static int body_a(rw_stepper *s)
     if (s->pix) {
         const int view1 = s->c.augment == RW_AUG_NONE ? -1 : 0;
         const int view2 = s->c.augment == RW_AUG_NONE ? -1 : 1;
-        s->be->augment(s->be, s->pix, RW_CIFAR_SIDE, RW_CIFAR_SIDE, s->keys, s->Bl, s->c.seed,
+        s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
                        view1, s->c.size, s->c.mean, s->c.std, s->x1);
-        s->be->augment(s->be, s->pix, RW_CIFAR_SIDE, RW_CIFAR_SIDE, s->keys, s->Bl, s->c.seed,
+        s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
                        view2, s->c.size, s->c.mean, s->c.std, s->x2);
     }
     return rw_model_forward_backward(s->c.m, s->x1, s->x2, s->Bl, s->c.size, NULL);

@@ -1,5 +1,6 @@
-/* A synthetic stand-in for CIFAR-10, written in its binary format, so that
- * everything runs and is tested where no copy of CIFAR-10 exists.
+/* A synthetic stand-in for CIFAR-10, written in its binary format (or in
+ * CIFAR-100's or STL-10's), so that everything runs and is tested where no
+ * copy of those sets exists.
  *
  * Class c is a shape (disc, square, triangle, ring, plus, bars, star,
  * crescent, T, dumbbell) in a class-typical hue (0.1*c turns, +-0.05, and a
@@ -276,8 +277,27 @@ static int commit_temp(FILE *f, const char *tmp, const char *final_path, char *e
     return 0;
 }
 
-static int write_split_file(const char *dir, const char *name, uint64_t seed, uint32_t split,
-                            int first, int count, char *err, size_t errlen)
+/* What one file of a split holds. */
+typedef enum {
+    REC_CIFAR10,  /* label, 3072 pixel bytes */
+    REC_CIFAR100, /* coarse label, fine label, 3072 pixel bytes */
+    REC_STL_X,    /* 3x96x96 pixel bytes, each channel column by column */
+    REC_STL_Y,    /* label 1..10 */
+} rec_kind;
+
+/* The 32x32 image scaled up 3x (nearest) into STL-10's column order. */
+static void stl_image(const uint8_t *img, uint8_t *out)
+{
+    const int S = RW_STL10_SIDE;
+    for (int ch = 0; ch < 3; ch++)
+        for (int x = 0; x < S; x++)
+            for (int y = 0; y < S; y++)
+                out[ch * S * S + x * S + y] = img[ch * SIDE * SIDE + (y / 3) * SIDE + x / 3];
+}
+
+/* Images first .. first+count-1 of a split, class k % 10, as `rk` records. */
+static int write_split_file(const char *dir, const char *name, rec_kind rk, uint64_t seed,
+                            uint32_t split, int first, int count, char *err, size_t errlen)
 {
     char path[4096], tmp[4200];
     int n = snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -288,11 +308,26 @@ static int write_split_file(const char *dir, const char *name, uint64_t seed, ui
     FILE *f = open_temp(path, tmp, sizeof tmp, err, errlen);
     if (!f)
         return -1;
-    uint8_t rec[RW_CIFAR_RECORD];
+    uint8_t rec[2 + 3 * SIDE * SIDE];
+    uint8_t big[3 * RW_STL10_SIDE * RW_STL10_SIDE];
     for (int k = first; k < first + count; k++) {
-        rec[0] = (uint8_t)(k % 10);
-        synth_image(seed, split, (uint32_t)k, k % 10, rec + 1);
-        if (fwrite(rec, 1, sizeof rec, f) != sizeof rec)
+        int c = k % 10, ok = 1;
+        if (rk == REC_STL_Y) {
+            ok = fputc(c + 1, f) != EOF;
+        } else {
+            int head = rk == REC_CIFAR10 ? 1 : rk == REC_CIFAR100 ? 2 : 0;
+            rec[0] = (uint8_t)(rk == REC_CIFAR100 ? c / 5 : c);
+            rec[1] = (uint8_t)c;
+            synth_image(seed, split, (uint32_t)k, c, rec + head);
+            if (rk == REC_STL_X) {
+                stl_image(rec, big);
+                ok = fwrite(big, 1, sizeof big, f) == sizeof big;
+            } else {
+                size_t len = (size_t)head + 3 * SIDE * SIDE;
+                ok = fwrite(rec, 1, len, f) == len;
+            }
+        }
+        if (!ok)
             break; /* commit_temp sees ferror */
     }
     return commit_temp(f, tmp, path, err, errlen);
@@ -318,11 +353,43 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
         char name[32];
         snprintf(name, sizeof name, "data_batch_%d.bin", k + 1);
         int count = train_count(n_train, k);
-        if (write_split_file(dir, name, seed, 0, first, count, err, errlen) != 0)
+        if (write_split_file(dir, name, REC_CIFAR10, seed, 0, first, count, err, errlen) != 0)
             return -1;
         first += count;
     }
-    return write_split_file(dir, "test_batch.bin", seed, 1, 0, n_test, err, errlen);
+    return write_split_file(dir, "test_batch.bin", REC_CIFAR10, seed, 1, 0, n_test, err, errlen);
+}
+
+int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_test,
+                      int n_unlabeled, uint64_t seed, char *err, size_t errlen)
+{
+    if (kind == RW_DATA_SYNTHETIC || kind == RW_DATA_CIFAR10)
+        return rw_synth_write(dir, n_train, n_test, seed, err, errlen);
+    if (n_train < 1 || n_test < 1 || n_unlabeled < 0 || n_train > 10000000 ||
+        n_test > 10000000 || n_unlabeled > 10000000) {
+        snprintf(err, errlen,
+                 "%s: synthetic set needs 1 <= train, test <= 10000000 and 0 <= unlabeled <= "
+                 "10000000 (got train %d, test %d, unlabeled %d)",
+                 dir, n_train, n_test, n_unlabeled);
+        return -1;
+    }
+    if (mkdir_p(dir, err, errlen) != 0)
+        return -1;
+    if (kind == RW_DATA_CIFAR100)
+        return write_split_file(dir, "train.bin", REC_CIFAR100, seed, 0, 0, n_train, err,
+                                errlen) ||
+               write_split_file(dir, "test.bin", REC_CIFAR100, seed, 1, 0, n_test, err, errlen)
+                   ? -1
+                   : 0;
+    /* STL-10; the unlabeled images are a third split of the generator */
+    if (write_split_file(dir, "train_X.bin", REC_STL_X, seed, 0, 0, n_train, err, errlen) ||
+        write_split_file(dir, "train_y.bin", REC_STL_Y, seed, 0, 0, n_train, err, errlen) ||
+        write_split_file(dir, "test_X.bin", REC_STL_X, seed, 1, 0, n_test, err, errlen) ||
+        write_split_file(dir, "test_y.bin", REC_STL_Y, seed, 1, 0, n_test, err, errlen))
+        return -1;
+    return n_unlabeled ? write_split_file(dir, "unlabeled_X.bin", REC_STL_X, seed, 2, 0,
+                                          n_unlabeled, err, errlen)
+                       : 0;
 }
 
 static void marker_text(char *buf, size_t len, int n_train, int n_test, uint64_t seed)

@@ -76,11 +76,25 @@ int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char 
     } else {
         snprintf(dir, sizeof dir, "%s", spec->data.path);
     }
-    if (rw_cifar_load(dir, 1, train, err, errlen) != 0)
-        return -1;
-    if (rw_cifar_load(dir, 0, test, err, errlen) != 0) {
-        rw_dataset_free(train);
-        return -1;
+    for (int split = 1; split >= 0; split--) {
+        rw_dataset *ds = split ? train : test;
+        int rc;
+        switch (spec->data.kind) {
+        case RW_DATA_CIFAR100:
+            rc = rw_cifar100_load(dir, split, spec->data.labels == RW_LABELS_COARSE, ds, err,
+                                  errlen);
+            break;
+        case RW_DATA_STL10:
+            rc = rw_stl10_load(dir, split, spec->data.unlabeled, ds, err, errlen);
+            break;
+        default:
+            rc = rw_cifar_load(dir, split, ds, err, errlen);
+            break;
+        }
+        if (rc != 0) {
+            rw_dataset_free(train);
+            return -1;
+        }
     }
     return 0;
 }
@@ -238,8 +252,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     long total = per_epoch * epochs;
     if (spec->optim.max_steps > 0 && spec->optim.max_steps < total)
         total = spec->optim.max_steps;
-    logf_(lh, "%s: %zu parameters, %d train / %d test images, %ld steps of batch %d at %dx%d on %s%s (%s)",
-          spec->name, rw_model_nparams(m), train.n, test.n, total, B, S, S, be->name,
+    char unl[48] = "";
+    if (train.labeled < train.n)
+        snprintf(unl, sizeof unl, " (%d unlabeled)", train.n - train.labeled);
+    logf_(lh, "%s: %zu parameters, %d train%s / %d test images of %d classes, %ld steps of "
+              "batch %d at %dx%d on %s%s (%s)",
+          spec->name, rw_model_nparams(m), train.n, unl, test.n, train.classes, total, B, S, S,
+          be->name,
           comm ? " (data parallel)" : "", rw_stepper_describe(sp));
 
     const int snap = lead && opts && opts->out_dir && spec->checkpoint.snapshot_every > 0;

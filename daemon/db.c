@@ -35,7 +35,17 @@ static const char *schema =
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY, t REAL NOT NULL, job_id INTEGER, kind TEXT NOT NULL,"
     "  text TEXT NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);";
+    "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);"
+    /* The highest id ever given in each table whose ids name things (run
+     * folders, TensorBoard runs and files, j12 on the command line): rowid
+     * tables hand out max(id)+1, which after `rm` of the newest rows would
+     * give a removed job's id, and its folders' names, to another. */
+    "CREATE TABLE IF NOT EXISTS high_water(tbl TEXT PRIMARY KEY, id INTEGER NOT NULL);"
+    /* a database from before the table: every id so far was given */
+    "INSERT OR IGNORE INTO high_water VALUES('grids', (SELECT COALESCE(MAX(id), 0) FROM grids));"
+    "INSERT OR IGNORE INTO high_water VALUES('jobs', (SELECT COALESCE(MAX(id), 0) FROM jobs));"
+    "INSERT OR IGNORE INTO high_water VALUES('attempts', "
+    "  (SELECT COALESCE(MAX(id), 0) FROM attempts));";
 
 int rd_db_open(rd_daemon *d, char *err, size_t errlen)
 {
@@ -102,6 +112,25 @@ int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt)
         v = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return v;
+}
+
+int64_t rd_db_next_id(rd_daemon *d, const char *table)
+{
+    /* past the mark and past every row: a row inserted by another program
+     * (sqlite3 by hand) is not collided with */
+    char sql[192];
+    snprintf(sql, sizeof sql, "UPDATE high_water SET id=MAX(id, (SELECT COALESCE(MAX(t.id), 0) "
+                              "FROM %s t)) + 1 WHERE tbl='%s' RETURNING id", table, table);
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    int64_t id = 0;
+    /* RETURNING: the update is done by the first step */
+    if (st && sqlite3_step(st) == SQLITE_ROW)
+        id = sqlite3_column_int64(st, 0);
+    if (st)
+        sqlite3_finalize(st);
+    if (!id)
+        rd_log("sqlite: no new id for %s: %s", table, sqlite3_errmsg(d->db));
+    return id;
 }
 
 void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)

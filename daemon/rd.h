@@ -3,7 +3,8 @@
  *   db.c       SQLite (WAL): grids, jobs, attempts, metrics, events
  *   server.c   listeners, connections, framing, client requests, watchers
  *   workers.c  worker processes, worker connections, heartbeats, scheduler
- *   tboard.c   TensorBoard event files of the metrics */
+ *   tboard.c   TensorBoard event files of the metrics
+ *   remove.c   rm: ended jobs out of the database and off the disk */
 #ifndef RUNAWAY_DAEMON_RD_H
 #define RUNAWAY_DAEMON_RD_H
 
@@ -146,6 +147,9 @@ void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text);
 /* prepared statement helpers: return NULL on error (logged) */
 sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql);
 int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt);
+/* The id for a new row of grids, jobs or attempts (a fixed string): never
+ * one given before, even to a removed row. 0 on error (logged). */
+int64_t rd_db_next_id(rd_daemon *d, const char *table);
 
 /* server.c */
 int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errlen);
@@ -162,6 +166,14 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m);
 /* The job's TensorBoard run folder; -1 when there is none (--tensorboard none) */
 int rd_tb_run_dir(rd_daemon *d, int64_t job, char *out, size_t len);
 
+/* remove.c: the jobs of a job or grid target ('j' or 'g'), if every one has
+ * ended and no worker still stops one, out of the database (one
+ * transaction) and off the disk (run folders, TensorBoard runs). Returns
+ * the rm reply's fields; NULL with *code and err when nothing was removed
+ * (RW_E_STATE: a job not ended; RW_E_INTERNAL: the database). */
+json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, char *err,
+                  size_t errlen);
+
 /* workers.c */
 int rd_workers_start(rd_daemon *d, char *err, size_t errlen);
 int rd_worker_hello(rd_conn *c, json_t *m, char *err, size_t errlen);
@@ -172,6 +184,12 @@ void rd_schedule(rd_daemon *d);
 int rd_ndevices(rd_daemon *d);
 void rd_cancel_job(rd_daemon *d, int64_t job);
 int rd_requeue_job(rd_daemon *d, int64_t job); /* 1: a failed or cancelled job queued again */
+/* 1 while a worker holds the job or still stops an attempt of it (and may
+ * yet write into its run folder) */
+int rd_job_busy(rd_daemon *d, int64_t job);
+/* Drops what is kept of the job's attempts (an ended job has none left):
+ * the rendezvous store, the TensorBoard event file's path */
+void rd_job_forget(rd_daemon *d, int64_t job);
 void rd_runs_free(rd_daemon *d); /* at exit: every attempt's store */
 void rd_workers_stop_all(rd_daemon *d);
 int rd_workers_alive(rd_daemon *d);

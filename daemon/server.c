@@ -522,42 +522,46 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     }
     double now = rd_now();
     rd_db_exec(d, "BEGIN");
-    sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO grids(name, priority, origin, text, created) "
-                                     "VALUES(?,?,?,?,?)");
+    int64_t gid = rd_db_next_id(d, "grids");
+    sqlite3_stmt *st = gid ? rd_db_prep(d, "INSERT INTO grids(id, name, priority, origin, text, "
+                                           "created) VALUES(?,?,?,?,?,?)")
+                           : NULL;
     int ok = st != NULL;
     if (ok) {
-        sqlite3_bind_text(st, 1, g.name, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 2, g.priority);
-        sqlite3_bind_text(st, 3, origin, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_double(st, 5, now);
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_text(st, 2, g.name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 3, g.priority);
+        sqlite3_bind_text(st, 4, origin, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 5, text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_double(st, 6, now);
         ok = sqlite3_step(st) == SQLITE_DONE;
         sqlite3_finalize(st);
     }
-    int64_t gid = sqlite3_last_insert_rowid(d->db);
     json_t *jobs = json_array();
     static char yaml[RW_SPEC_YAML_MAX];
-    st = ok ? rd_db_prep(d, "INSERT INTO jobs(grid_id, name, variant, seed, spec, devices, "
-                            "priority, state, created) VALUES(?,?,?,?,?,?,?,'queued',?)")
+    st = ok ? rd_db_prep(d, "INSERT INTO jobs(id, grid_id, name, variant, seed, spec, devices, "
+                            "priority, state, created) VALUES(?,?,?,?,?,?,?,?,'queued',?)")
             : NULL;
     for (size_t i = 0; ok && st && i < g.njobs; i++) {
         const rw_grid_job *j = &g.jobs[i];
-        if (rw_spec_to_yaml(&j->spec, yaml, sizeof yaml) < 0) {
+        int64_t jid = rd_db_next_id(d, "jobs");
+        if (!jid || rw_spec_to_yaml(&j->spec, yaml, sizeof yaml) < 0) {
             ok = 0;
             break;
         }
         sqlite3_reset(st);
-        sqlite3_bind_int64(st, 1, gid);
-        sqlite3_bind_text(st, 2, j->name, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 3, j->variant, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 4, (sqlite3_int64)j->spec.seed);
-        sqlite3_bind_text(st, 5, yaml, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 6, j->spec.devices);
-        sqlite3_bind_int(st, 7, g.priority);
-        sqlite3_bind_double(st, 8, now);
+        sqlite3_bind_int64(st, 1, jid);
+        sqlite3_bind_int64(st, 2, gid);
+        sqlite3_bind_text(st, 3, j->name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 4, j->variant, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)j->spec.seed);
+        sqlite3_bind_text(st, 6, yaml, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 7, j->spec.devices);
+        sqlite3_bind_int(st, 8, g.priority);
+        sqlite3_bind_double(st, 9, now);
         ok = sqlite3_step(st) == SQLITE_DONE;
         json_t *o = json_object();
-        json_object_set_new(o, "id", json_integer(sqlite3_last_insert_rowid(d->db)));
+        json_object_set_new(o, "id", json_integer(jid));
         json_object_set_new(o, "name", json_string(j->name));
         json_array_append_new(jobs, o);
     }
@@ -717,6 +721,25 @@ static void req_cancel(rd_conn *c, long long id, json_t *m)
     json_decref(rows);
     rd_conn_send(c, r);
     rd_schedule(d);
+}
+
+/* Ended jobs and their files; refused whole while one has not ended. */
+static void req_rm(rd_conn *c, long long id, json_t *m)
+{
+    char kind, err[1024];
+    int64_t tid;
+    const char *code;
+    if (target_arg(c, id, m, &kind, &tid) != 0)
+        return;
+    json_t *res = rd_remove(c->d, kind, tid, &code, err, sizeof err);
+    if (!res) {
+        reply_error(c, id, code, "%s", err);
+        return;
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_update(r, res);
+    json_decref(res);
+    rd_conn_send(c, r);
 }
 
 static void req_logs(rd_conn *c, long long id, json_t *m)
@@ -1024,6 +1047,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         req_cancel(c, id, m);
     else if (!strcmp(type, "requeue"))
         req_requeue(c, id, m);
+    else if (!strcmp(type, "rm"))
+        req_rm(c, id, m);
     else if (!strcmp(type, "logs"))
         req_logs(c, id, m);
     else if (!strcmp(type, "workers")) {

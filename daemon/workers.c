@@ -884,19 +884,21 @@ void rd_schedule(rd_daemon *d)
         }
         char wname[256];
         snprintf(wname, sizeof wname, "%d:%s", pick[0]->slot, pick[0]->device);
-        st = rd_db_prep(d, "INSERT INTO attempts(job_id, worker, started, outcome) "
-                           "VALUES(?,?,?,'running')");
+        int64_t attempt = rd_db_next_id(d, "attempts");
+        st = attempt ? rd_db_prep(d, "INSERT INTO attempts(id, job_id, worker, started, outcome) "
+                                     "VALUES(?,?,?,?,'running')")
+                     : NULL;
         if (!st) {
             json_decref(name);
             json_decref(spec);
             return;
         }
-        sqlite3_bind_int64(st, 1, job);
-        sqlite3_bind_text(st, 2, wname, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_double(st, 3, rd_now());
+        sqlite3_bind_int64(st, 1, attempt);
+        sqlite3_bind_int64(st, 2, job);
+        sqlite3_bind_text(st, 3, wname, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_double(st, 4, rd_now());
         sqlite3_step(st);
         sqlite3_finalize(st);
-        int64_t attempt = sqlite3_last_insert_rowid(d->db);
         run_new(d, job, attempt, np); /* its rendezvous store */
         st = rd_db_prep(d, "UPDATE jobs SET state='running', attempts=attempts+1, "
                            "started=COALESCE(started, ?) WHERE id=?");
@@ -970,6 +972,23 @@ int rd_requeue_job(rd_daemon *d, int64_t job)
     rd_db_event(d, job, "state", "requeued by user (resumes from its checkpoint, if any)");
     set_job_state(d, job, "queued", NULL);
     return 1;
+}
+
+int rd_job_busy(rd_daemon *d, int64_t job)
+{
+    for (int i = 0; i < d->nworkers; i++)
+        if (d->workers[i].job == job || d->workers[i].drain_job == job)
+            return 1;
+    return 0;
+}
+
+void rd_job_forget(rd_daemon *d, int64_t job)
+{
+    for (rd_run *r = d->runs, *next; r; r = next) {
+        next = r->next;
+        if (r->job == job)
+            run_end(d, r->attempt);
+    }
 }
 
 void rd_workers_stop_all(rd_daemon *d)

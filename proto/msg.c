@@ -47,6 +47,7 @@ static const mdef msgs[] = {
     {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
     {"cancel", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"requeue", RW_FROM_CLIENT, {ID, TARGET("target")}},
+    {"rm", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"logs", RW_FROM_CLIENT, {ID, TARGET("job"), {"tail", T_INT, 0, 1, 100000}}},
     {"workers", RW_FROM_CLIENT, {ID}},
     {"watch", RW_FROM_CLIENT, {ID, TARGET("target")}},

@@ -40,6 +40,8 @@ static void usage(FILE *f)
             "  cancel JOB|GRID                      running jobs checkpoint and stop\n"
             "  requeue JOB|GRID                     failed or cancelled jobs back to the queue,\n"
             "                                       each resuming from its checkpoint\n"
+            "  rm JOB|GRID                          ended jobs out of the database, with their\n"
+            "                                       run folders and TensorBoard runs\n"
             "  logs JOB [--tail N]\n"
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
@@ -555,6 +557,61 @@ static int cmd_requeue(const char *target)
     json_decref(r);
     conn_close(&c);
     return 0;
+}
+
+/* Removed folders, one a line; sibling run folders as DIR/{12,13,14}. */
+static void print_removed(const json_t *paths)
+{
+    size_t n = json_array_size(paths), i;
+    const char *first = json_string_value(json_array_get(paths, 0));
+    const char *slash = first ? strrchr(first, '/') : NULL;
+    size_t dlen = slash ? (size_t)(slash - first + 1) : 0;
+    int siblings = n > 1 && slash;
+    json_t *v;
+    json_array_foreach(paths, i, v)
+    {
+        const char *p = json_string_value(v);
+        siblings &= !strncmp(p, first, dlen) && !strchr(p + dlen, '/');
+    }
+    if (!siblings) {
+        json_array_foreach(paths, i, v) printf("  %s\n", json_string_value(v));
+        return;
+    }
+    printf("  %.*s{", (int)dlen, first);
+    json_array_foreach(paths, i, v) printf("%s%s", i ? "," : "", json_string_value(v) + dlen);
+    printf("}\n");
+}
+
+static int cmd_rm(const char *target)
+{
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("rm");
+    json_object_set_new(m, "target", json_string(target));
+    json_t *r = request(&c, m);
+    int grid = !strcmp(jstr(r, "kind"), "grid");
+    long long nj = jint(r, "jobs"), nm = jint(r, "metrics");
+    printf("removed %c%lld %s (%lld job%s, %lld metric%s)", grid ? 'g' : 'j', jint(r, "target"),
+           jstr(r, "name"), nj, nj == 1 ? "" : "s", nm, nm == 1 ? "" : "s");
+    if (!grid && json_is_true(json_object_get(r, "grid_removed")))
+        printf(", and its grid g%lld, which had no other job", jint(r, "grid"));
+    printf("\n");
+    print_removed(json_object_get(r, "runs"));
+    print_removed(json_object_get(r, "tensorboard"));
+    size_t i;
+    json_t *v;
+    json_t *errs = json_object_get(r, "errors");
+    json_array_foreach(errs, i, v) fprintf(stderr, "runaway: rm: cannot remove %s\n",
+                                           json_string_value(v));
+    if (jint(r, "errors_more"))
+        fprintf(stderr, "runaway: rm: and %lld more\n", jint(r, "errors_more"));
+    if (json_array_size(errs))
+        fprintf(stderr, "runaway: rm: the jobs are gone from the database; remove those files "
+                        "by hand\n");
+    int rc = json_array_size(errs) ? 1 : 0;
+    json_decref(r);
+    conn_close(&c);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1237,6 +1294,10 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "requeue")) {
         NEED(1, "JOB or GRID");
         return cmd_requeue(a[0]);
+    }
+    if (!strcmp(cmd, "rm")) {
+        NEED(1, "JOB or GRID");
+        return cmd_rm(a[0]);
     }
     if (!strcmp(cmd, "logs"))
         return cmd_logs(n, a);

@@ -142,20 +142,22 @@ static int open_run_file(rd_daemon *d, rd_run *run, char *err, size_t errlen)
 typedef struct {
     const char *field; /* in the report */
     const char *tag;   /* in TensorBoard, after the kind's prefix */
+    int result;        /* only in the final report (the others it carries too
+                        * are the last epoch's, already under epoch/) */
 } tb_field;
 
 static const tb_field tb_fields[] = {
-    {"loss", "loss"},
-    {"align", "L_align"},
-    {"uniform", "L_uniform"},
-    {"collapse", "collapse_std"},
-    {"knn", "knn_top1"},
-    {"pairs_per_s", "pairs_per_s"},
-    {"tau", "tau"},
-    /* final ("done") reports only */
-    {"linear_acc", "linear_top1"},
-    {"align_last10", "L_align_last10"},
-    {"uniform_last10", "L_uniform_last10"},
+    {"loss", "loss", 0},
+    {"align", "L_align", 0},
+    {"uniform", "L_uniform", 0},
+    {"collapse", "collapse_std", 0},
+    {"knn", "knn_top1", 0},
+    {"pairs_per_s", "pairs_per_s", 0},
+    {"tau", "tau", 0},
+    {"lr", "lr", 0},
+    {"linear_acc", "linear_top1", 1},
+    {"align_last10", "L_align_last10", 1},
+    {"uniform_last10", "L_uniform_last10", 1},
 };
 #define TB_NFIELDS (sizeof tb_fields / sizeof tb_fields[0])
 
@@ -172,8 +174,7 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
     Tensorflow__Summary__Value vals[TB_NFIELDS], *vp[TB_NFIELDS];
     size_t nv = 0;
     for (size_t i = 0; i < TB_NFIELDS; i++) {
-        /* the result carries the last epoch's fields too: those are in epoch/ */
-        if (final != (i >= 7))
+        if (final != tb_fields[i].result)
             continue;
         double v = rw_json_get_num(m, tb_fields[i].field);
         if (!isfinite(v)) /* absent, or null: not measured (kNN off) */

@@ -321,6 +321,7 @@ static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_predictor) == sizeof(int) &&
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
+                   sizeof(rw_lr_schedule) == sizeof(int) &&
                    sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int),
                "enum fields are stored as int");
 
@@ -359,6 +360,8 @@ static const field fields[] = {
     {"optim.batch_size", F_INT, O(optim.batch_size), 2, 65536, 0, NULL},
     {"optim.epochs", F_INT, O(optim.epochs), 0, 100000, 0, NULL},
     {"optim.max_steps", F_LONG, O(optim.max_steps), 0, TWO53, 0, NULL},
+    {"optim.schedule", F_ENUM, O(optim.schedule), 0, 0, 0, schedules},
+    {"optim.warmup_epochs", F_INT, O(optim.warmup_epochs), 0, 100000, 0, NULL},
     {"ema.tau", F_FLOAT, O(ema.tau), 0, 1, 0, NULL},
     {"ema.schedule", F_ENUM, O(ema.schedule), 0, 0, 0, schedules},
     {"eval.linear.epochs", F_INT, O(eval.linear_epochs), 0, 100000, 0, NULL},
@@ -411,6 +414,8 @@ void rw_spec_defaults(rw_spec *s) {
     s->optim.batch_size = 128;
     s->optim.epochs = 300;
     s->optim.max_steps = 0;
+    s->optim.schedule = RW_LR_CONSTANT;
+    s->optim.warmup_epochs = 0;
     s->ema.tau = 0.996f;
     s->ema.schedule = RW_TAU_CONSTANT;
     s->eval.linear_epochs = 100;

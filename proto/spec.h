@@ -45,6 +45,8 @@
  *     batch_size: 128
  *     epochs: 300
  *     max_steps: 0          # stop after this many steps (0: no limit)
+ *     schedule: constant    # constant | cosine (lr -> 0 over training, after warm-up)
+ *     warmup_epochs: 0      # lr rises linearly from lr/steps to lr over these epochs
  *   ema:
  *     tau: 0.996
  *     schedule: constant    # constant | cosine (tau -> 1 over training)
@@ -82,6 +84,7 @@ typedef enum {
 } rw_predictor;
 typedef enum { RW_LOSS_BYOL, RW_LOSS_UNIFIED } rw_loss_kind;
 typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
+typedef enum { RW_LR_CONSTANT, RW_LR_COSINE } rw_lr_schedule;
 /* Same order as kb_precision (kernels/backend.h), which proto/ does not see. */
 typedef enum { RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16 } rw_precision;
 
@@ -128,6 +131,8 @@ typedef struct rw_spec {
         float lr, weight_decay;
         int batch_size, epochs;
         long max_steps;
+        rw_lr_schedule schedule; /* after the warm-up */
+        int warmup_epochs;       /* linear warm-up (capped at the training's length) */
     } optim;
 
     struct {

@@ -1340,6 +1340,80 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     check_tensorboard(job, 1, "tb_check: 1 runs,");
 }
 
+/* A database written before metrics had an lr column and before the
+ * high_water table (the schema as it was, with one finished job in it). */
+static void setup_old_database(void)
+{
+    const char *b = getenv("RW_BUILD_ROOT");
+    snprintf(build, sizeof build, "%s", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
+    char cache[128], p[128];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    setenv("XDG_CACHE_HOME", cache, 1);
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(p, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(
+        db,
+        "CREATE TABLE grids(id INTEGER PRIMARY KEY, name TEXT NOT NULL, priority INTEGER NOT "
+        "NULL, origin TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL);"
+        "CREATE TABLE jobs(id INTEGER PRIMARY KEY, grid_id INTEGER NOT NULL REFERENCES grids(id),"
+        " name TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL, spec TEXT NOT NULL,"
+        " devices INTEGER NOT NULL, priority INTEGER NOT NULL, state TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, lost INTEGER NOT NULL DEFAULT 0,"
+        " created REAL NOT NULL, started REAL, finished REAL, error TEXT,"
+        " linear_acc REAL, align_last10 REAL, uniform_last10 REAL, result TEXT);"
+        "CREATE TABLE attempts(id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES "
+        "jobs(id), worker TEXT NOT NULL, started REAL NOT NULL, ended REAL,"
+        " outcome TEXT NOT NULL, error TEXT);"
+        "CREATE TABLE metrics(id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL,"
+        " attempt_id INTEGER NOT NULL, kind TEXT NOT NULL, epoch INTEGER NOT NULL,"
+        " step INTEGER NOT NULL, loss REAL, align REAL, uniform REAL, collapse REAL, knn REAL,"
+        " pairs_per_s REAL, tau REAL, t REAL NOT NULL);"
+        "CREATE TABLE events(id INTEGER PRIMARY KEY, t REAL NOT NULL, job_id INTEGER,"
+        " kind TEXT NOT NULL, text TEXT NOT NULL);"
+        "INSERT INTO grids VALUES(5, 'old', 0, 'old.yaml', 'name: old', 1);"
+        "INSERT INTO jobs(id, grid_id, name, variant, seed, spec, devices, priority, state,"
+        " attempts, created, finished, linear_acc) VALUES(7, 5, 'old/byol/seed0', 'byol', 0,"
+        " 'name: byol', 1, 0, 'done', 1, 1, 2, 0.5);"
+        "INSERT INTO attempts VALUES(9, 7, '0:cpu0', 1, 2, 'done', NULL);"
+        "INSERT INTO metrics(job_id, attempt_id, kind, epoch, step, loss, t)"
+        " VALUES(7, 9, 'epoch', 1, 6, 0.25, 1);",
+        NULL, NULL, &msg);
+    cr_assert_eq(rc, SQLITE_OK, "%s", msg ? msg : "?");
+    sqlite3_close(db);
+    start_daemon();
+}
+
+/* The daemon upgrades it in place: metrics gain lr (NULL in the old
+ * rows), new ids follow the old ones, and the old job is still listed. */
+Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_database,
+     .fini = teardown, .timeout = 60)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/new.yaml", dir);
+    write_grid(path, "new", 2, 0, "  seed: [0]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "g6") && strstr(out, "j8"), "new ids after the old ones: %s", out);
+    rc = cli(out, sizeof out, 40, "watch", "g6", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = open_db();
+    cr_expect_eq(db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 8), 10);
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND lr IS NULL", 7), 1);
+    /* tiny_base: Adam's constant 3e-4 */
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                            "abs(lr - 3e-4) < 1e-9", 8), 2);
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "ls", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_expect(strstr(out, "old/byol/seed0") && strstr(out, "new/"), "%s", out);
+    check_tensorboard(8, 0, "tb_check: 1 runs,");
+}
+
 /* ------------------------------------------------------------------------ */
 /* Priorities */
 

@@ -218,6 +218,8 @@ Test(spec, unknown_key_nested) {
 
 Test(spec, wrong_type) {
     expect_error("optim:\n  lr: abc\n", "spec.yaml: optim.lr: must be a number in (0, 10], got 'abc'");
+    expect_error("optim: {schedule: step}\n", "optim.schedule", "constant, cosine");
+    expect_error("optim: {warmup_epochs: -1}\n", "optim.warmup_epochs", "0..100000");
     expect_error("optim: {lr: true}\n", "optim.lr", "(0, 10]", "boolean");
     expect_error("optim: {lr: '3e-4'}\n", "optim.lr", "got string '3e-4'");
     expect_error("optim: {lr: [1]}\n", "optim.lr", "got a list");

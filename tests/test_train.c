@@ -113,6 +113,8 @@ static void same_metrics(const rw_metrics *a, const rw_metrics *b, const char *w
               a->loss, b->loss, a->align, b->align, a->uniform, b->uniform);
     cr_expect((isnan(a->knn) && isnan(b->knn)) || a->knn == b->knn, "%s: knn %g vs %g", what,
               a->knn, b->knn);
+    cr_expect((isnan(a->lr) && isnan(b->lr)) || a->lr == b->lr, "%s: lr %g vs %g", what, a->lr,
+              b->lr);
 }
 
 /* Compares every tensor of two safetensors files byte for byte. */
@@ -196,12 +198,10 @@ Test(train, bf16_on_the_cpu_is_fp32_with_a_notice)
               "loss %.9g vs %.9g", res[0].last.loss, res[1].last.loss);
 }
 
-Test(train, resume_equals_uninterrupted)
+/* 6 batches an epoch: stop mid-epoch 2 (after step 8), resume. */
+static void resume_equals_uninterrupted_for(rw_spec s)
 {
-    rw_spec s;
-    tiny_spec(&s);
     s.log.every_steps = 1;
-    /* 6 batches an epoch: stop mid-epoch 2 (after step 8), resume. */
     record full = {0}, part = {0}, rest = {0};
     char o1[96], o2[96], w1[128], w2[128];
     snprintf(o1, sizeof o1, "%s/full", tmp);
@@ -221,6 +221,132 @@ Test(train, resume_equals_uninterrupted)
     snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
     snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
     same_files(w1, w2);
+}
+
+Test(train, resume_equals_uninterrupted)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    resume_equals_uninterrupted_for(s);
+}
+
+/* The learning rate is a function of the step: a resumed job follows the
+ * same warm-up and cosine curve. */
+Test(train, resume_equals_uninterrupted_under_an_lr_schedule)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.schedule = RW_LR_COSINE;
+    s.optim.warmup_epochs = 1;
+    resume_equals_uninterrupted_for(s);
+}
+
+/* Hand-computed: lr 1e-3, 5 steps an epoch, 20 steps, 2 warm-up epochs. */
+Test(train, lr_schedule_by_hand)
+{
+    rw_spec s;
+    rw_spec_defaults(&s);
+    s.optim.lr = 1e-3f;
+    s.optim.warmup_epochs = 2;
+    s.optim.schedule = RW_LR_COSINE;
+    cr_expect_float_eq(rw_lr_at(&s, 0, 5, 20), 1e-4f, 1e-10f);
+    cr_expect_float_eq(rw_lr_at(&s, 4, 5, 20), 5e-4f, 1e-10f);
+    cr_expect_float_eq(rw_lr_at(&s, 9, 5, 20), 1e-3f, 1e-10f, "the warm-up ends at lr");
+    cr_expect_float_eq(rw_lr_at(&s, 10, 5, 20), 1e-3f, 1e-10f, "cos 0");
+    cr_expect_float_eq(rw_lr_at(&s, 15, 5, 20), 5e-4f, 1e-10f, "cos pi/2");
+    /* (1 + cos(0.9 pi)) / 2 = 0.0244717 */
+    cr_expect_float_eq(rw_lr_at(&s, 19, 5, 20), 2.44717e-5f, 1e-10f);
+    s.optim.schedule = RW_LR_CONSTANT;
+    cr_expect_float_eq(rw_lr_at(&s, 15, 5, 20), 1e-3f, 1e-10f);
+    s.optim.warmup_epochs = 0;
+    cr_expect_float_eq(rw_lr_at(&s, 0, 5, 20), 1e-3f, 1e-10f);
+    /* a warm-up longer than the training ends with it */
+    s.optim.warmup_epochs = 10;
+    cr_expect_float_eq(rw_lr_at(&s, 0, 5, 20), 5e-5f, 1e-10f);
+    cr_expect_float_eq(rw_lr_at(&s, 19, 5, 20), 1e-3f, 1e-10f);
+}
+
+/* Adam's first step moves every weight whose gradient is not ~0 by exactly
+ * its learning rate (m/sqrt(v) = g/|g|): after one step (max_steps 1, which
+ * cuts the schedule, not squeezes it) of a 2-epoch warm-up (12 steps)
+ * conv1's largest move is lr/12, without one it is lr. */
+Test(train, the_first_step_takes_the_warmup_lr)
+{
+    for (int warm = 0; warm < 2; warm++) {
+        rw_spec s;
+        tiny_spec(&s);
+        s.log.every_steps = 1;
+        s.optim.lr = 1e-2f;
+        s.optim.warmup_epochs = 2 * warm;
+        s.optim.max_steps = 1;
+        s.eval.linear_epochs = 0;
+        char out[96], ck[128], w0[128], err[512];
+        snprintf(out, sizeof out, "%s/w%d", tmp, warm);
+        snprintf(ck, sizeof ck, "%s/weights.safetensors", out);
+        snprintf(w0, sizeof w0, "%s/init%d.safetensors", tmp, warm);
+        record r = {0};
+        train(&s, out, 0, &r);
+        cr_assert_eq(r.steps, 1);
+        cr_expect_float_eq(r.ep[0].lr, warm ? 1e-2f / 12 : 1e-2f, 1e-9f, "the reported lr");
+
+        kb_backend *be = kb_cpu_create(1);
+        rw_model_cfg mc;
+        rw_model_cfg_from_spec(&s, &mc);
+        rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
+        cr_assert_not_null(m, "%s", err);
+        cr_assert_eq(rw_weights_export(m, w0, err, sizeof err), 0, "%s", err);
+        rw_model_free(m);
+        kb_destroy(be);
+        rw_st *a = rw_st_open(w0, err, sizeof err), *b = rw_st_open(ck, err, sizeof err);
+        cr_assert(a && b, "%s", err);
+        const rw_st_tensor *ta = rw_st_find(a, "conv1.weight"), *tb = rw_st_find(b, "conv1.weight");
+        cr_assert(ta && tb && ta->nbytes == tb->nbytes);
+        double big = 0;
+        for (size_t i = 0; i < ta->nbytes / 4; i++) {
+            float x, y;
+            memcpy(&x, ta->data + 4 * i, 4);
+            memcpy(&y, tb->data + 4 * i, 4);
+            big = fmax(big, fabs((double)y - x));
+        }
+        double want = warm ? 1e-2 / 12 : 1e-2;
+        cr_expect(fabs(big - want) <= 1e-3 * want, "warm-up %d: largest move %.6g, lr %.6g",
+                  warm, big, want);
+        rw_st_close(a);
+        rw_st_close(b);
+    }
+}
+
+/* A checkpoint belongs to its spec's digest. Fields added later enter it
+ * only when set, so checkpoints written before them still resume. */
+Test(train, spec_digest_covers_the_later_fields)
+{
+    rw_spec s;
+    rw_spec_defaults(&s);
+    char d0[17], d[17];
+    rw_spec_digest(&s, d0);
+    s.data.labels = RW_LABELS_COARSE; /* not cifar100: no effect */
+    rw_spec_digest(&s, d);
+    cr_expect_str_eq(d, d0);
+    rw_spec_defaults(&s);
+    s.optim.warmup_epochs = 1;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
+    rw_spec_defaults(&s);
+    s.optim.schedule = RW_LR_COSINE;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
+    rw_spec_defaults(&s);
+    s.data.kind = RW_DATA_STL10;
+    rw_spec_digest(&s, d0);
+    s.data.unlabeled = 0;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
+    rw_spec_defaults(&s);
+    s.data.kind = RW_DATA_CIFAR100;
+    rw_spec_digest(&s, d0);
+    s.data.labels = RW_LABELS_COARSE;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
 }
 
 Test(train, checkpoint_of_another_spec_is_refused)

@@ -253,6 +253,7 @@ static void put_metrics(json_t *m, const rw_metrics *x)
     json_object_set_new(m, "knn", rw_json_num(x->knn));
     json_object_set_new(m, "pairs_per_s", rw_json_num(x->pairs_per_s));
     json_object_set_new(m, "tau", rw_json_num(x->tau));
+    json_object_set_new(m, "lr", rw_json_num(x->lr));
 }
 
 static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind)

@@ -108,6 +108,19 @@ static float tau_at(const rw_spec *s, long step, long total)
     return (float)(1.0 - (1.0 - s->ema.tau) * (c + 1.0) / 2.0);
 }
 
+float rw_lr_at(const rw_spec *s, long step, long per_epoch, long total)
+{
+    long warm = (long)s->optim.warmup_epochs * per_epoch;
+    if (warm > total)
+        warm = total;
+    if (step < warm)
+        return (float)((double)s->optim.lr * (double)(step + 1) / (double)warm);
+    if (s->optim.schedule == RW_LR_CONSTANT || total <= warm)
+        return s->optim.lr;
+    double c = cos(M_PI * (double)(step - warm) / (double)(total - warm));
+    return (float)((double)s->optim.lr * (c + 1.0) / 2.0);
+}
+
 static int mkdir_p(const char *dir, char *err, size_t errlen)
 {
     char tmp[RW_PATH_MAX];
@@ -284,6 +297,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 goto done;
             }
             float tau = tau_at(spec, ts.step, total);
+            float lr = rw_lr_at(spec, ts.step, per_epoch, per_epoch * epochs);
             int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
             if (dist && (rw_dist_grads(dist, err, errlen) != 0 ||
                          rw_dist_metrics(dist, &st, &stop, err, errlen) != 0))
@@ -293,7 +307,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 goto done;
             }
             if (!measure)
-                rw_stepper_update(sp, spec->optim.lr, spec->optim.weight_decay, tau);
+                rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
             ts.step++;
             progress(hooks);
             if (opts && comm && opts->test_perturb_rank == comm->rank &&
@@ -325,6 +339,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                         .uniform = step_acc.uniform / step_acc_n,
                         .collapse = step_acc.collapse / step_acc_n, .knn = NAN,
                         .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
+                        .lr = measure ? NAN : lr,
                     };
                     if (lh && lh->on_step)
                         lh->on_step(lh->ud, &sm);
@@ -351,6 +366,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN,
             .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
             .tau = tau_at(spec, ts.step, total),
+            .lr = measure || ts.step == 0 ? NAN
+                                          : rw_lr_at(spec, ts.step - 1, per_epoch, per_epoch * epochs),
         };
         int last_epoch = e + 1 == epochs || ts.step >= total;
         double knn_s = 0;

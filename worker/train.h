@@ -20,6 +20,7 @@ typedef struct rw_metrics {
     double knn;         /* kNN top-1 accuracy in [0,1]; NaN when not computed */
     double pairs_per_s; /* image pairs per second over the period */
     double tau;         /* EMA rate in use at the end of the period */
+    double lr;          /* the last optimizer step's learning rate; NaN: no step */
 } rw_metrics;
 
 typedef struct rw_train_hooks {
@@ -65,6 +66,15 @@ void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen);
 
 /* Loads the train and test splits the spec names (generating the synthetic
  * set when needed). 0 or -1 with a reason. */
+/* The learning rate of optimizer step `step` (0-based) of `total`, with
+ * per_epoch steps an epoch: a linear warm-up over optim.warmup_epochs
+ * (step k: lr (k+1) / W), then optim.lr, or with optim.schedule cosine
+ * lr (1 + cos(pi (k - W) / (total - W))) / 2. A pure function of the step,
+ * so a resumed job follows the same curve. Training passes the steps of
+ * optim.epochs as total: optim.max_steps cuts the curve, it does not
+ * squeeze it, so a cut run is the start of the full one. */
+float rw_lr_at(const rw_spec *s, long step, long per_epoch, long total);
+
 int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char *err,
                  size_t errlen);
 

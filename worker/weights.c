@@ -257,6 +257,16 @@ void rw_spec_digest(const rw_spec *s, char out[17])
                      s->loss.alpha, s->loss.beta, s->loss.tangential, s->optim.lr,
                      s->optim.weight_decay, s->optim.batch_size, s->optim.epochs,
                      s->optim.max_steps, s->ema.tau, (int)s->ema.schedule, s->devices, s->sync_bn);
+    /* Fields added later, written only when they matter: the checkpoints of
+     * specs that do not use them keep their digest. */
+    if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_CIFAR100)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " labels=%d", (int)s->data.labels);
+    if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_STL10)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " unlabeled=%d", s->data.unlabeled);
+    if (n > 0 && (size_t)n < sizeof buf &&
+        (s->optim.schedule != RW_LR_CONSTANT || s->optim.warmup_epochs > 0))
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " lr_schedule=%d,%d",
+                      (int)s->optim.schedule, s->optim.warmup_epochs);
     uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
     for (int i = 0; i < n && i < (int)sizeof buf; i++) {
         hsh ^= (unsigned char)buf[i];
@@ -265,13 +275,15 @@ void rw_spec_digest(const rw_spec *s, char out[17])
     snprintf(out, 17, "%016llx", (unsigned long long)hsh);
 }
 
+/* lr came later: a checkpoint without it reads NaN (not recorded) */
 static const char *hist_fields[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s",
-                                    "tau"};
+                                    "tau", "lr"};
+#define NHIST_FIELDS (int)(sizeof hist_fields / sizeof hist_fields[0])
 
 static double *hist_field(rw_metrics *e, int k)
 {
     double *f[] = {&e->loss, &e->align, &e->uniform, &e->collapse, &e->knn, &e->pairs_per_s,
-                   &e->tau};
+                   &e->tau, &e->lr};
     return f[k];
 }
 
@@ -300,7 +312,7 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
         json_t *o = json_object();
         json_object_set_new(o, "epoch", json_integer(ts->hist[e].epoch));
         json_object_set_new(o, "step", json_integer(ts->hist[e].step));
-        for (int k = 0; k < 7; k++) {
+        for (int k = 0; k < NHIST_FIELDS; k++) {
             double v = *hist_field(&ts->hist[e], k);
             json_object_set_new(o, hist_fields[k], isfinite(v) ? json_real(v) : json_null());
         }
@@ -378,7 +390,7 @@ int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
         json_t *o = json_array_get(arr, (size_t)e);
         ts->hist[e].epoch = (int)json_integer_value(json_object_get(o, "epoch"));
         ts->hist[e].step = (long)json_integer_value(json_object_get(o, "step"));
-        for (int k = 0; k < 7; k++) {
+        for (int k = 0; k < NHIST_FIELDS; k++) {
             json_t *v = json_object_get(o, hist_fields[k]);
             *hist_field(&ts->hist[e], k) = json_is_number(v) ? json_number_value(v) : NAN;
         }

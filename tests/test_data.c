@@ -354,6 +354,7 @@ Test(data, stl10_errors_name_the_file)
     snprintf(path, sizeof path, "%s/unlabeled_X.bin", dir);
     unlink(path);
     expect_stl_error(dir, 1, 1, path, "No such file");
+    expect_stl_error(dir, 1, 1, path, "data.unlabeled: false trains on the labeled images only");
     char err[512];
     rw_dataset ds;
     cr_assert_eq(rw_stl10_load(dir, 1, 0, &ds, err, sizeof err), 0,

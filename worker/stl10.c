@@ -131,9 +131,14 @@ int rw_stl10_load(const char *dir, int train, int unlabeled, rw_dataset *out, ch
         return -1;
     }
     long nl = 0, nu = 0;
-    if (count_images(xpath, &nl, err, errlen) != 0 ||
-        (unlabeled && count_images(upath, &nu, err, errlen) != 0))
+    if (count_images(xpath, &nl, err, errlen) != 0)
         return -1;
+    if (unlabeled && count_images(upath, &nu, err, errlen) != 0) {
+        size_t k = strlen(err);
+        snprintf(err + k, errlen > k ? errlen - k : 0,
+                 " (data.unlabeled: false trains on the labeled images only)");
+        return -1;
+    }
     if (nl + nu > 0x7fffffffL) {
         snprintf(err, errlen, "%s: %ld images is more than runaway handles", dir, nl + nu);
         return -1;

@@ -30,7 +30,7 @@ static const char *schema =
     "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,"
     "  kind TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL,"
     "  loss REAL, align REAL, uniform REAL, collapse REAL, knn REAL, pairs_per_s REAL,"
-    "  tau REAL, t REAL NOT NULL, lr REAL);"
+    "  tau REAL, t REAL NOT NULL, lr REAL, rank REAL);"
     "CREATE INDEX IF NOT EXISTS metrics_job ON metrics(job_id, kind, epoch);"
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY, t REAL NOT NULL, job_id INTEGER, kind TEXT NOT NULL,"
@@ -64,13 +64,20 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
         return -1;
     }
     /* columns added since: a database from before gets them (NULL in old rows) */
-    if (rd_db_int(d, "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE name='lr'", 0, 0) ==
-            0 &&
-        sqlite3_exec(d->db, "ALTER TABLE metrics ADD COLUMN lr REAL", NULL, NULL, &msg) !=
-            SQLITE_OK) {
-        snprintf(err, errlen, "%s: adding metrics.lr: %s", d->db_path, msg ? msg : "?");
-        sqlite3_free(msg);
-        return -1;
+    static const char *const added[] = {"lr", "rank"};
+    for (size_t i = 0; i < sizeof added / sizeof *added; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE "
+                                  "name='%s'", added[i]);
+        if (rd_db_int(d, sql, 0, 0) != 0)
+            continue;
+        snprintf(sql, sizeof sql, "ALTER TABLE metrics ADD COLUMN %s REAL", added[i]);
+        if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: adding metrics.%s: %s", d->db_path, added[i],
+                     msg ? msg : "?");
+            sqlite3_free(msg);
+            return -1;
+        }
     }
     /* a previous daemon died with jobs running: their workers are gone,
      * the jobs resume from their checkpoints */

@@ -796,6 +796,22 @@ static int job_last10(rd_daemon *d, int64_t job, double *align, double *uniform)
     return 0;
 }
 
+/* The effective rank at the job's last epoch that measured one (its
+ * newest row): where training left the representation. */
+static int job_final_rank(rd_daemon *d, int64_t job, double *rank)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT rank FROM metrics WHERE job_id=? AND kind='epoch' "
+                                     "AND rank IS NOT NULL ORDER BY epoch DESC, id DESC LIMIT 1");
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : -1;
+    if (rc == 0)
+        *rank = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static void mean_std(const double *x, int n, double *mean, double *std)
 {
     double s = 0, ss = 0;
@@ -817,13 +833,13 @@ static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
 {
     json_t *all = json_array();
     sqlite3_stmt *st = rd_db_prep(d,
-        "SELECT epoch, loss, align, uniform, collapse, knn FROM metrics WHERE id IN (SELECT "
+        "SELECT epoch, loss, align, uniform, collapse, knn, rank FROM metrics WHERE id IN (SELECT "
         "MAX(id) FROM metrics WHERE job_id=? AND kind='epoch' GROUP BY epoch) ORDER BY epoch");
     if (st) {
         sqlite3_bind_int64(st, 1, job);
         while (sqlite3_step(st) == SQLITE_ROW) {
             json_t *row = json_array();
-            for (int i = 0; i < 6; i++)
+            for (int i = 0; i < 7; i++)
                 json_array_append_new(row, col_json(st, i));
             json_array_append_new(all, row);
         }
@@ -869,8 +885,8 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
         json_object_set(r, "name", json_object_get(json_array_get(jobs, 0), "name"));
     }
     json_object_set_new(r, "target_id", json_integer(tid));
-    json_object_set_new(r, "columns", json_pack("[ssssss]", "epoch", "loss", "align", "uniform",
-                                                 "collapse", "knn"));
+    json_object_set_new(r, "columns", json_pack("[sssssss]", "epoch", "loss", "align", "uniform",
+                                                 "collapse", "knn", "rank"));
     json_object_set_new(r, "jobs", jobs);
     rd_conn_send(c, r);
 }
@@ -894,12 +910,14 @@ static void req_table(rd_conn *c, long long id, json_t *m)
         const char *name = json_string_value(json_object_get(v, "variant"));
         sqlite3_stmt *st = rd_db_prep(d, "SELECT id, linear_acc FROM jobs WHERE grid_id=? AND "
                                          "variant=? AND state='done' ORDER BY id");
-        double al[1024], un[1024], acc[1024];
-        int n = 0, nacc = 0;
+        double al[1024], un[1024], acc[1024], rk[1024];
+        int n = 0, nacc = 0, nrk = 0;
         while (st) {
             sqlite3_bind_int64(st, 1, gid);
             sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
             while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
+                if (job_final_rank(d, sqlite3_column_int64(st, 0), &rk[nrk]) == 0)
+                    nrk++;
                 if (job_last10(d, sqlite3_column_int64(st, 0), &al[n], &un[n]) == 0)
                     n++;
                 if (sqlite3_column_type(st, 1) != SQLITE_NULL)
@@ -920,6 +938,10 @@ static void req_table(rd_conn *c, long long id, json_t *m)
         json_object_set_new(v, "acc_n", json_integer(nacc));
         json_object_set_new(v, "acc_mean", rw_json_num(mu));
         json_object_set_new(v, "acc_std", rw_json_num(sd));
+        mean_std(rk, nrk, &mu, &sd);
+        json_object_set_new(v, "rank_n", json_integer(nrk));
+        json_object_set_new(v, "rank_mean", rw_json_num(mu));
+        json_object_set_new(v, "rank_std", rw_json_num(sd));
     }
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "grid", json_integer(gid));

@@ -155,6 +155,7 @@ static const tb_field tb_fields[] = {
     {"pairs_per_s", "pairs_per_s", 0},
     {"tau", "tau", 0},
     {"lr", "lr", 0},
+    {"rank", "eff_rank", 0},
     {"linear_acc", "linear_top1", 1},
     {"align_last10", "L_align_last10", 1},
     {"uniform_last10", "L_uniform_last10", 1},

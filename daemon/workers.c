@@ -634,8 +634,8 @@ static void bind_num(sqlite3_stmt *st, int i, json_t *m, const char *k)
 static void store_metric(rd_daemon *d, rd_worker *w, json_t *m, const char *kind)
 {
     sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO metrics(job_id, attempt_id, kind, epoch, step, "
-                                     "loss, align, uniform, collapse, knn, pairs_per_s, tau, lr, t) "
-                                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                                     "loss, align, uniform, collapse, knn, pairs_per_s, tau, lr, "
+                                     "rank, t) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st)
         return;
     sqlite3_bind_int64(st, 1, w->job);
@@ -643,10 +643,12 @@ static void store_metric(rd_daemon *d, rd_worker *w, json_t *m, const char *kind
     sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, json_integer_value(json_object_get(m, "epoch")));
     sqlite3_bind_int64(st, 5, json_integer_value(json_object_get(m, "step")));
-    const char *k[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr"};
-    for (int i = 0; i < 8; i++)
+    const char *k[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr",
+                       "rank"};
+    const int nk = (int)(sizeof k / sizeof *k);
+    for (int i = 0; i < nk; i++)
         bind_num(st, 6 + i, m, k[i]);
-    sqlite3_bind_double(st, 14, rd_now());
+    sqlite3_bind_double(st, 6 + nk, rd_now());
     if (sqlite3_step(st) != SQLITE_DONE)
         rd_log("sqlite: metric: %s", sqlite3_errmsg(d->db));
     sqlite3_finalize(st);

@@ -370,6 +370,8 @@ static const field fields[] = {
     {"eval.knn.every", F_INT, O(eval.knn_every), 0, 100000, 0, NULL},
     {"eval.knn.k", F_INT, O(eval.knn_k), 1, 10000, 0, NULL},
     {"eval.knn.temperature", F_FLOAT, O(eval.knn_temperature), 0, 100, LO_OPEN, NULL},
+    {"eval.rank.every", F_INT, O(eval.rank_every), 0, 100000, 0, NULL},
+    {"eval.rank.samples", F_INT, O(eval.rank_samples), 2, 65536, 0, NULL},
     {"log.every_steps", F_INT, O(log.every_steps), 0, 1000000000, 0, NULL},
     {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
     {"checkpoint.snapshot_every", F_INT, O(checkpoint.snapshot_every), 0, 100000, 0, NULL},
@@ -424,6 +426,8 @@ void rw_spec_defaults(rw_spec *s) {
     s->eval.knn_every = 0;
     s->eval.knn_k = 200;
     s->eval.knn_temperature = 0.1f;
+    s->eval.rank_every = 1;
+    s->eval.rank_samples = 1024;
     s->log.every_steps = 0;
     s->checkpoint.every_epochs = 0;
     s->checkpoint.snapshot_every = 0;

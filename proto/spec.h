@@ -53,6 +53,7 @@
  *   eval:
  *     linear: {epochs: 100, lr: 5.0e-4, batch_size: 256}   # epochs 0 = skip
  *     knn: {every: 0, k: 200, temperature: 0.1}            # every 0 = off
+ *     rank: {every: 1, samples: 1024}   # effective rank of f; every 0 = off
  *   log:
  *     every_steps: 0        # per-step metrics every N steps (0: per epoch only)
  *   checkpoint:
@@ -146,6 +147,7 @@ typedef struct rw_spec {
         int linear_batch_size;
         int knn_every, knn_k;
         float knn_temperature;
+        int rank_every, rank_samples; /* effective rank of the projections */
     } eval;
 
     struct {

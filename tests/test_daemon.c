@@ -524,17 +524,17 @@ static void check_plot(void)
         while (fgets(line, sizeof line, f)) {
             if (line[0] == '#')
                 continue;
-            double e, loss, al, un, co;
+            double e, loss, al, un, co, rk;
             char knn[32];
-            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s", &e, &loss, &al, &un, &co, knn), 6,
-                         "%s", line);
+            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s %lf", &e, &loss, &al, &un, &co, knn,
+                                &rk), 7, "%s", line);
             cr_expect_str_eq(knn, "?", "kNN is off in this grid");
             const char *q = "SELECT AVG(%s) FROM metrics WHERE id IN (SELECT MAX(m.id) FROM metrics "
                             "m JOIN jobs j ON j.id=m.job_id WHERE j.grid_id=1 AND j.variant='%s' "
                             "AND m.kind='epoch' AND m.epoch=? GROUP BY m.job_id)";
-            const char *cols[4] = {"loss", "align", "uniform", "collapse"};
-            double got[4] = {loss, al, un, co};
-            for (int k = 0; k < 4; k++) {
+            const char *cols[5] = {"loss", "align", "uniform", "collapse", "rank"};
+            double got[5] = {loss, al, un, co, rk};
+            for (int k = 0; k < 5; k++) {
                 char sql[512];
                 snprintf(sql, sizeof sql, q, cols[k], variants[v]);
                 double want = db_num(db, sql, (long long)e);
@@ -612,11 +612,15 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
         sqlite3_prepare_v2(db, "SELECT id, linear_acc FROM jobs WHERE grid_id=1 AND variant=? AND "
                                "state='done' ORDER BY id", -1, &st, NULL);
         sqlite3_bind_text(st, 1, variants[v], -1, SQLITE_STATIC);
-        double al[2], un[2], acc[2];
+        double al[2], un[2], acc[2], rk[2];
         int n = 0;
         while (sqlite3_step(st) == SQLITE_ROW && n < 2) {
             long long job = sqlite3_column_int64(st, 0);
             acc[n] = sqlite3_column_double(st, 1);
+            /* eval.rank every epoch (the default): the last epoch's */
+            rk[n] = db_num(db, "SELECT rank FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                               "epoch=2 ORDER BY id DESC LIMIT 1", job);
+            cr_assert(rk[n] >= 1 && rk[n] <= 8, "job %lld: rank %g of 8 dimensions", job, rk[n]);
             sqlite3_stmt *q;
             sqlite3_prepare_v2(db, "SELECT epoch, align, uniform, id FROM metrics WHERE job_id=? "
                                    "AND kind='epoch' ORDER BY epoch, id", -1, &q, NULL);
@@ -656,6 +660,9 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
         stats(acc, n, &m, &s);
         expect_close(json_real_value(json_object_get(row, "acc_mean")), m, "acc mean");
         expect_close(json_real_value(json_object_get(row, "acc_std")), s, "acc std");
+        stats(rk, n, &m, &s);
+        expect_close(json_real_value(json_object_get(row, "rank_mean")), m, "rank mean");
+        expect_close(json_real_value(json_object_get(row, "rank_std")), s, "rank std");
     }
     sqlite3_close(db);
 

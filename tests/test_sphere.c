@@ -1,6 +1,7 @@
 /* The representation on the circle (worker/sphere.c): sets whose PCA,
  * angles and spread numbers are known by hand, invariances of the numbers,
- * and a model's projections end to end, collapse included. */
+ * and a model's projections end to end, collapse included; the effective
+ * rank on sets whose singular values are known. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -251,6 +252,118 @@ Test(sphere, model_projections_and_a_collapsed_projector)
     be->fill(be, rw_model_params(m) + w->off, 0.0f, w->numel);
     cr_assert_eq(rw_sphere_model(m, &ds, &s, 300, 3, &sp, err, sizeof err), -1);
     cr_expect(strstr(err, "complete collapse"), "%s", err);
+    rw_dataset_free(&ds);
+    rw_model_free(m);
+    kb_destroy(be);
+}
+
+/* ---- effective rank ---- */
+
+static double rank_of(const float *f, int n, int D)
+{
+    double r;
+    char err[256];
+    cr_assert_eq(rw_effective_rank(f, n, D, &r, err, sizeof err), 0, "%s", err);
+    return r;
+}
+
+/* Row k of an n x D set: axis `axis[k]` scaled by `scale[k]`. */
+static float *axes(const int *axis, const float *scale, int n, int D)
+{
+    float *f = calloc((size_t)n * D, sizeof(float));
+    for (int k = 0; k < n; k++)
+        f[(size_t)k * D + axis[k]] = scale[k];
+    return f;
+}
+
+Test(sphere, effective_rank_of_sets_with_known_singular_values)
+{
+    /* 4 axes, 5 rows each, at any length: equal singular values, rank 4 */
+    int ax[24];
+    float sc[24];
+    for (int k = 0; k < 20; k++)
+        ax[k] = k % 4, sc[k] = 0.1f + (float)k;
+    float *f = axes(ax, sc, 20, 4);
+    cr_expect(fabs(rank_of(f, 20, 4) - 4) < 1e-12, "%.15g", rank_of(f, 20, 4));
+    free(f);
+    /* one direction, many lengths: rank 1 (complete collapse) */
+    for (int k = 0; k < 20; k++)
+        ax[k] = 2;
+    f = axes(ax, sc, 20, 4);
+    cr_expect(fabs(rank_of(f, 20, 4) - 1) < 1e-12, "%.15g", rank_of(f, 20, 4));
+    free(f);
+    /* 3 rows on e1, 1 on e2: singular values sqrt 3 and 1, so
+     * p = sqrt 3 / (sqrt 3 + 1) and 1 / (sqrt 3 + 1), rank exp(H(p)) */
+    int a3[4] = {0, 0, 0, 1};
+    float s3[4] = {1, 2, 3, 4};
+    f = axes(a3, s3, 4, 8);
+    double p = sqrt(3.0) / (sqrt(3.0) + 1), want = exp(-(p * log(p) + (1 - p) * log(1 - p)));
+    double got = rank_of(f, 4, 8);
+    cr_expect(fabs(got - want) < 1e-12, "rank %.15g, by hand %.15g (1.9287...)", got, want);
+    /* a rotation (in the plane of e1 and e5 by 0.7 rad, of e2 and e3 by
+     * 2 rad) changes no singular value */
+    float *g = malloc(4 * 8 * sizeof(float));
+    for (int k = 0; k < 4; k++) {
+        const float *r = f + k * 8;
+        float *o = g + k * 8;
+        memcpy(o, r, 8 * sizeof(float));
+        o[0] = cosf(0.7f) * r[0] - sinf(0.7f) * r[4];
+        o[4] = sinf(0.7f) * r[0] + cosf(0.7f) * r[4];
+        o[1] = cosf(2.0f) * r[1] - sinf(2.0f) * r[2];
+        o[2] = sinf(2.0f) * r[1] + cosf(2.0f) * r[2];
+    }
+    cr_expect(fabs(rank_of(g, 4, 8) - want) < 1e-6, "rotated: %.15g", rank_of(g, 4, 8));
+    free(g);
+    free(f);
+}
+
+Test(sphere, effective_rank_leaves_out_rows_without_direction)
+{
+    int ax[6] = {0, 1, 0, 1, 0, 1};
+    float sc[6] = {1, 1, 0, 0, 2, 3}; /* rows 2 and 3 are zero */
+    float *f = axes(ax, sc, 6, 3);
+    cr_expect(fabs(rank_of(f, 6, 3) - 2) < 1e-12, "%.15g", rank_of(f, 6, 3));
+    memset(f, 0, 6 * 3 * sizeof(float));
+    cr_expect(isnan(rank_of(f, 6, 3)), "no direction at all: not measured");
+    free(f);
+}
+
+/* A model's rank is that of its projections; zeroing the projector's
+ * output layer leaves only its bias: one point, rank 1. */
+Test(sphere, effective_rank_of_a_model)
+{
+    kb_backend *be = kb_cpu_create(1);
+    rw_spec s;
+    rw_spec_defaults(&s);
+    s.seed = 5;
+    s.data.image_size = 16;
+    s.model.stem = RW_STEM_CIFAR;
+    s.model.width = 4;
+    s.model.proj_hidden = 32;
+    s.model.proj_out = 16;
+    s.model.pred_hidden = 32;
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    char err[512];
+    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    rw_dataset ds;
+    cr_assert_eq(rw_dataset_noise(600, 9, &ds), 0);
+    float *f = malloc(300 * 16 * sizeof(float));
+    cr_assert_eq(rw_project_samples(m, &ds, &s, 300, f, err, sizeof err), 0, "%s", err);
+    double r;
+    cr_assert_eq(rw_rank_model(m, &ds, &s, 300, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r, rank_of(f, 300, 16));
+    cr_expect(r > 1.5 && r < 16, "random init: %g", r);
+    cr_assert_eq(rw_rank_model(m, &ds, &s, 100000, &r, err, sizeof err), 0, "%s", err);
+    cr_expect(r > 1.5, "more samples than images: all 600 (%g)", r);
+
+    const rw_named *w = rw_model_find(m, "projector.3.weight");
+    cr_assert_not_null(w);
+    be->fill(be, rw_model_params(m) + w->off, 0.0f, w->numel);
+    cr_assert_eq(rw_rank_model(m, &ds, &s, 300, &r, err, sizeof err), 0, "%s", err);
+    cr_expect(fabs(r - 1) < 1e-9, "collapsed: %.12g", r);
+    free(f);
     rw_dataset_free(&ds);
     rw_model_free(m);
     kb_destroy(be);

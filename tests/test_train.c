@@ -115,6 +115,8 @@ static void same_metrics(const rw_metrics *a, const rw_metrics *b, const char *w
               a->knn, b->knn);
     cr_expect((isnan(a->lr) && isnan(b->lr)) || a->lr == b->lr, "%s: lr %g vs %g", what, a->lr,
               b->lr);
+    cr_expect(isfinite(a->rank) && a->rank == b->rank, "%s: rank %g vs %g", what, a->rank,
+              b->rank);
 }
 
 /* Compares every tensor of two safetensors files byte for byte. */
@@ -449,6 +451,9 @@ Test(train, zero_epochs_measures_the_initialization)
               isfinite(r.ep[0].knn), "align %g uniform %g knn %g", r.ep[0].align,
               r.ep[0].uniform, r.ep[0].knn);
     cr_expect_eq(res.align_last10, r.ep[0].align);
+    cr_expect(r.ep[0].rank > 1 && r.ep[0].rank <= 16, "the initialization's rank %g",
+              r.ep[0].rank);
+    cr_expect(isnan(r.ep[0].lr), "no step, no learning rate");
     cr_expect(res.linear_acc >= 0 && res.linear_acc <= 1, "linear %g", res.linear_acc);
 
     kb_backend *be = kb_cpu_create(1);

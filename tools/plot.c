@@ -154,7 +154,7 @@ static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, si
         }
         fprintf(f, "# %s: mean over %d job%s per epoch ('?': none reported)\n", cv[g].name,
                 cv[g].njobs, cv[g].njobs == 1 ? "" : "s");
-        fprintf(f, "# epoch loss align uniform collapse knn\n");
+        fprintf(f, "# epoch loss align uniform collapse knn rank\n");
         for (size_t r = 0; r < cv[g].n; r++) {
             const double *o = cv[g].rows + r * RW_CURVE_COLS;
             fprintf(f, "%.0f", o[0]);
@@ -256,8 +256,9 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         {"training loss", 1, 1},
         {"collapse std (1: spread, 0: collapsed)", 4, 1},
         {"kNN top-1 (%)", 5, 100},
+        {"effective rank of f", 6, 1},
     };
-    for (int k = 0; k < (o->out ? 5 : 3); k++)
+    for (int k = 0; k < (o->out ? 6 : 3); k++)
         panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv);
     if (o->out)
         fprintf(f, "unset multiplot\n");

@@ -647,14 +647,16 @@ static int watch(conn *c, const char *target)
         }
         if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
             !strcmp(jstr(e, "metric"), "epoch")) {
-            char knn[32] = "";
+            char knn[32] = "", rank[32] = "";
             if (json_is_number(json_object_get(e, "knn")))
                 snprintf(knn, sizeof knn, "  knn %.1f%%", 100 * rw_json_get_num(e, "knn"));
-            printf("j%-4lld epoch %3lld  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s  "
+            if (json_is_number(json_object_get(e, "rank")))
+                snprintf(rank, sizeof rank, "  rank %.1f", rw_json_get_num(e, "rank"));
+            printf("j%-4lld epoch %3lld  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s  "
                    "%.1f pairs/s\n",
                    jint(e, "job"), jint(e, "epoch"), rw_json_get_num(e, "loss"),
                    rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
-                   rw_json_get_num(e, "collapse"), knn, rw_json_get_num(e, "pairs_per_s"));
+                   rw_json_get_num(e, "collapse"), rank, knn, rw_json_get_num(e, "pairs_per_s"));
         } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
             json_t *j = json_object_get(e, "job");
             printf("j%-4lld %s: %s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
@@ -712,20 +714,21 @@ static void print_table(conn *c, const char *grid)
     json_object_set_new(m, "grid", json_string(grid));
     json_t *r = request(c, m);
     printf("grid g%lld %s: mean ± std over seeds; L_align(q.f) and L_uniform(f) averaged over the "
-           "last 10 epochs\n",
+           "last 10 epochs, the effective rank of f at the end\n",
            jint(r, "grid"), jstr(r, "name"));
-    printf("%-20s %5s  %-24s %-20s %s\n", "variant", "n", "L_align(q.f)", "L_uniform(f)",
-           "linear eval top-1");
+    printf("%-20s %5s  %-24s %-20s %-18s %s\n", "variant", "n", "L_align(q.f)", "L_uniform(f)",
+           "rank(f)", "linear eval top-1");
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
-        char al[64], un[64], acc[64], n[32];
+        char al[64], un[64], rk[64], acc[64], n[32];
         pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
         pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
+        pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
         pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
         snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
-        printf("%-20s %5s  %-24s %-20s %s%s\n", jstr(v, "variant"), n, al, un, acc,
+        printf("%-20s %5s  %-24s %-20s %-18s %s%s\n", jstr(v, "variant"), n, al, un, rk, acc,
                json_is_number(json_object_get(v, "acc_mean")) ? "%" : "");
     }
     json_decref(r);
@@ -752,32 +755,35 @@ static void print_table_as(conn *c, const char *grid, const char *fmt)
     int csv = !strcmp(fmt, "csv");
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
-               "linear_acc_std\n");
+               "linear_acc_std,rank_mean,rank_std\n");
     else
-        printf("| variant | n | L_align(q.f) | L_uniform(f) | linear eval top-1 (%%) |\n"
-               "|---|---|---|---|---|\n");
+        printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) | linear eval top-1 (%%) |\n"
+               "|---|---|---|---|---|---|\n");
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
-        char am[32], as[32], um[32], us[32], cm[32], cs[32];
+        char am[32], as[32], um[32], us[32], cm[32], cs[32], rm[32], rs[32];
         cell(am, sizeof am, v, "align_mean", 1);
         cell(as, sizeof as, v, "align_std", 1);
         cell(um, sizeof um, v, "uniform_mean", 1);
         cell(us, sizeof us, v, "uniform_std", 1);
         cell(cm, sizeof cm, v, "acc_mean", 100);
         cell(cs, sizeof cs, v, "acc_std", 100);
+        cell(rm, sizeof rm, v, "rank_mean", 1);
+        cell(rs, sizeof rs, v, "rank_std", 1);
         if (csv) {
             /* variant names are [A-Za-z0-9_.-]: no quoting needed */
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"), jint(v, "n"),
-                   jint(v, "jobs"), am, as, um, us, cm, cs);
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"), jint(v, "n"),
+                   jint(v, "jobs"), am, as, um, us, cm, cs, rm, rs);
         } else {
-            char al[64], un[64], acc[64];
+            char al[64], un[64], rk[64], acc[64];
             pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
             pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
+            pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
             pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
-            printf("| %s | %lld/%lld | %s | %s | %s |\n", jstr(v, "variant"), jint(v, "n"),
-                   jint(v, "jobs"), al, un, acc);
+            printf("| %s | %lld/%lld | %s | %s | %s | %s |\n", jstr(v, "variant"), jint(v, "n"),
+                   jint(v, "jobs"), al, un, rk, acc);
         }
     }
     json_decref(r);

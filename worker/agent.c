@@ -254,6 +254,7 @@ static void put_metrics(json_t *m, const rw_metrics *x)
     json_object_set_new(m, "pairs_per_s", rw_json_num(x->pairs_per_s));
     json_object_set_new(m, "tau", rw_json_num(x->tau));
     json_object_set_new(m, "lr", rw_json_num(x->lr));
+    json_object_set_new(m, "rank", rw_json_num(x->rank));
 }
 
 static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind)

@@ -24,6 +24,11 @@ extern void dsyevr_(const char *jobz, const char *range, const char *uplo, const
                     const int *ldz, int *isuppz, double *work, const int *lwork, int *iwork,
                     const int *liwork, int *info, size_t, size_t, size_t);
 
+/* LAPACK: singular values (jobz "N") of a column-major m x n matrix. */
+extern void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda,
+                    double *s, double *u, const int *ldu, double *vt, const int *ldvt,
+                    double *work, const int *lwork, int *iwork, int *info, size_t);
+
 #define TWO_PI 6.283185307179586
 
 /* The top two principal components of f: comp (2, D), variances lam[2]
@@ -210,65 +215,177 @@ done:
 
 #define SPHERE_CHUNK 256
 
+/* Projections (eval mode) of the n images `img` (an index each) or, with
+ * views != NULL, of T1/T2 pairs: row 2k+v is view v of image img[k]. */
+static int project(rw_model *m, const rw_dataset *ds, const rw_spec *s, const int *img, int n,
+                   int views, float *f, char *err, size_t errlen)
+{
+    kb_backend *be = rw_model_backend(m);
+    int S = s->data.image_size, D = s->model.proj_out, rows = views ? 2 * n : n;
+    size_t px = (size_t)3 * S * S;
+    int chunk = rows < SPHERE_CHUNK ? rows : SPHERE_CHUNK;
+    chunk += chunk & 1; /* a pair's two views go together */
+    float *host = malloc((size_t)chunk * px * sizeof(float));
+    float *scratch = views ? malloc(RW_AUG_SCRATCH(S) * sizeof(float)) : NULL;
+    float *x = be->alloc(be, (size_t)chunk * px * sizeof(float));
+    float *y = be->alloc(be, (size_t)chunk * D * sizeof(float));
+    int rc = -1;
+    if (!host || (views && !scratch) || !x || !y) {
+        snprintf(err, errlen, "projections: out of memory");
+        goto done;
+    }
+    for (int r0 = 0; r0 < rows; r0 += chunk) {
+        int c = rows - r0 < chunk ? rows - r0 : chunk;
+        for (int r = 0; r < c; r++) {
+            float *o = host + (size_t)r * px;
+            if (views)
+                rw_aug_view(ds, img[(r0 + r) / 2], s->seed, 0, (r0 + r) & 1, s->data.augment, S,
+                            s->data.mean, s->data.std, o, scratch);
+            else
+                rw_image_plain(ds, img[r0 + r], S, s->data.mean, s->data.std, o);
+        }
+        be->upload(be, x, host, (size_t)c * px * sizeof(float));
+        if (rw_model_project(m, x, c, S, 0, y) != 0) {
+            snprintf(err, errlen, "projections: forward pass failed: %s", rw_model_error(m));
+            goto done;
+        }
+        be->download(be, f + (size_t)r0 * D, y, (size_t)c * D * sizeof(float));
+    }
+    rc = 0;
+done:
+    if (x)
+        be->free(be, x);
+    if (y)
+        be->free(be, y);
+    free(host), free(scratch);
+    return rc;
+}
+
+/* Image k * n / nsamples for k < count: the whole set, every class. */
+static int *spread(const rw_dataset *ds, int nsamples, int count)
+{
+    int *idx = malloc((size_t)(count > 0 ? count : 1) * sizeof(int));
+    for (int k = 0; idx && k < count; k++)
+        idx[k] = (int)((long long)k * ds->n / nsamples);
+    return idx;
+}
+
+int rw_project_samples(rw_model *m, const rw_dataset *ds, const rw_spec *s, int nsamples,
+                       float *f, char *err, size_t errlen)
+{
+    int *idx = spread(ds, nsamples, nsamples);
+    if (!idx) {
+        snprintf(err, errlen, "projections: out of memory");
+        return -1;
+    }
+    int rc = project(m, ds, s, idx, nsamples, 0, f, err, errlen);
+    free(idx);
+    return rc;
+}
+
+int rw_effective_rank(const float *f, int n, int D, double *rank, char *err, size_t errlen)
+{
+    double *z = malloc((size_t)(n > 0 ? n : 1) * D * sizeof(double));
+    double *sv = malloc((size_t)D * sizeof(double));
+    int *iwork = malloc((size_t)8 * D * sizeof(int));
+    double *work = NULL;
+    int rc = -1, used = 0;
+    *rank = NAN;
+    if (!z || !sv || !iwork) {
+        snprintf(err, errlen, "effective rank: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        const float *r = f + (size_t)i * D;
+        double nn = 0;
+        for (int d = 0; d < D; d++)
+            nn += (double)r[d] * r[d];
+        if (!(nn > 0) || !isfinite(nn))
+            continue;
+        double inv = 1.0 / sqrt(nn);
+        for (int d = 0; d < D; d++)
+            z[(size_t)used * D + d] = r[d] * inv;
+        used++;
+    }
+    if (used == 0) {
+        rc = 0;
+        goto done;
+    }
+    /* The rows, row-major, are the columns of a column-major D x used
+     * matrix: the same singular values. An SVD rather than the eigenvalues
+     * of the Gram matrix: their square roots would lift rounding (~1e-16)
+     * to ~1e-8 and a collapsed set would read a rank of 1.000004. */
+    const int m = D, nc = used, one = 1;
+    int lwork = -1, info = 0, k = m < nc ? m : nc;
+    double wq, dummy;
+    dgesdd_("N", &m, &nc, z, &m, sv, &dummy, &one, &dummy, &one, &wq, &lwork, iwork, &info, 1);
+    lwork = (int)wq;
+    work = malloc((size_t)(lwork > 0 ? lwork : 1) * sizeof(double));
+    if (!work) {
+        snprintf(err, errlen, "effective rank: out of memory");
+        goto done;
+    }
+    dgesdd_("N", &m, &nc, z, &m, sv, &dummy, &one, &dummy, &one, work, &lwork, iwork, &info, 1);
+    if (info != 0) {
+        snprintf(err, errlen, "effective rank: LAPACK dgesdd failed (info %d)", info);
+        goto done;
+    }
+    double sum = 0, h = 0;
+    for (int q = 0; q < k; q++)
+        sum += sv[q];
+    for (int q = 0; q < k; q++) {
+        double p = sv[q] / sum;
+        if (p > 0)
+            h -= p * log(p);
+    }
+    *rank = exp(h);
+    rc = 0;
+done:
+    free(z), free(sv), free(iwork), free(work);
+    return rc;
+}
+
+int rw_rank_model(rw_model *m, const rw_dataset *ds, const rw_spec *s, int nsamples,
+                  double *rank, char *err, size_t errlen)
+{
+    if (nsamples > ds->n)
+        nsamples = ds->n;
+    float *f = malloc((size_t)nsamples * s->model.proj_out * sizeof(float));
+    if (!f) {
+        snprintf(err, errlen, "effective rank: out of memory");
+        return -1;
+    }
+    int rc = rw_project_samples(m, ds, s, nsamples, f, err, errlen);
+    if (rc == 0)
+        rc = rw_effective_rank(f, nsamples, s->model.proj_out, rank, err, errlen);
+    free(f);
+    return rc;
+}
+
 int rw_sphere_model(rw_model *m, const rw_dataset *ds, const rw_spec *s, int nsamples,
                     int npairs, rw_sphere *out, char *err, size_t errlen)
 {
-    kb_backend *be = rw_model_backend(m);
-    int S = s->data.image_size, D = s->model.proj_out;
+    int D = s->model.proj_out;
     if (nsamples > ds->n)
         nsamples = ds->n;
     if (npairs > RW_SPHERE_PAIRS_MAX)
         npairs = RW_SPHERE_PAIRS_MAX;
     if (npairs > nsamples)
         npairs = nsamples;
-    size_t img = (size_t)3 * S * S;
-    int chunk = nsamples < SPHERE_CHUNK ? nsamples : SPHERE_CHUNK;
-    if (chunk < 2 * npairs)
-        chunk = 2 * npairs;
-    float *host = malloc((size_t)chunk * img * sizeof(float));
-    float *scratch = malloc(RW_AUG_SCRATCH(S) * sizeof(float));
     float *f = malloc((size_t)nsamples * D * sizeof(float));
     float *pf = malloc((size_t)(2 * npairs + 1) * D * sizeof(float));
-    float *x = be->alloc(be, (size_t)chunk * img * sizeof(float));
-    float *y = be->alloc(be, (size_t)chunk * D * sizeof(float));
+    int *idx = spread(ds, nsamples, npairs);
     int rc = -1;
-    if (!host || !scratch || !f || !pf || !x || !y) {
+    if (!f || !pf || !idx) {
         snprintf(err, errlen, "sphere: out of memory");
         goto done;
     }
-    /* sample k is image k * n / nsamples: the whole set, every class */
-    for (int i0 = 0; i0 < nsamples; i0 += chunk) {
-        int c = nsamples - i0 < chunk ? nsamples - i0 : chunk;
-        for (int i = 0; i < c; i++)
-            rw_image_plain(ds, (int)((long long)(i0 + i) * ds->n / nsamples), S, s->data.mean,
-                           s->data.std, host + (size_t)i * img);
-        be->upload(be, x, host, (size_t)c * img * sizeof(float));
-        if (rw_model_project(m, x, c, S, 0, y) != 0) {
-            snprintf(err, errlen, "sphere: forward pass failed: %s", rw_model_error(m));
-            goto done;
-        }
-        be->download(be, f + (size_t)i0 * D, y, (size_t)c * D * sizeof(float));
-    }
-    if (npairs > 0) {
-        for (int k = 0; k < npairs; k++)
-            for (int v = 0; v < 2; v++)
-                rw_aug_view(ds, (int)((long long)k * ds->n / nsamples), s->seed, 0, v,
-                            s->data.augment, S, s->data.mean, s->data.std,
-                            host + (size_t)(2 * k + v) * img, scratch);
-        be->upload(be, x, host, (size_t)2 * npairs * img * sizeof(float));
-        if (rw_model_project(m, x, 2 * npairs, S, 0, y) != 0) {
-            snprintf(err, errlen, "sphere: forward pass failed: %s", rw_model_error(m));
-            goto done;
-        }
-        be->download(be, pf, y, (size_t)2 * npairs * D * sizeof(float));
-    }
+    if (rw_project_samples(m, ds, s, nsamples, f, err, errlen) != 0 ||
+        (npairs > 0 && project(m, ds, s, idx, npairs, 1, pf, err, errlen) != 0))
+        goto done;
     rc = rw_sphere_fit(f, nsamples, D, pf, npairs, out, err, errlen);
 done:
-    if (x)
-        be->free(be, x);
-    if (y)
-        be->free(be, y);
-    free(host), free(scratch), free(f), free(pf);
+    free(f), free(pf), free(idx);
     return rc;
 }
 

@@ -39,6 +39,25 @@ typedef struct rw_sphere {
 int rw_sphere_fit(const float *f, int n, int D, const float *pairs, int npairs, rw_sphere *out,
                   char *err, size_t errlen);
 
+/* The model's projections f(x), eval mode, of nsamples training images
+ * spread evenly over ds (image k * n / nsamples), un-augmented: f
+ * (nsamples, projector width) host rows. nsamples <= ds->n. */
+int rw_project_samples(rw_model *m, const rw_dataset *ds, const rw_spec *s, int nsamples,
+                       float *f, char *err, size_t errlen);
+
+/* The effective rank of the representation (RankMe, Garrido et al. 2023):
+ * the rows of f (n, D) normalized, their singular values s_k (LAPACK's
+ * dgesdd), p_k =
+ * s_k / sum s, rank = exp(-sum p_k log p_k): D when every direction carries
+ * the same weight, 1 for one point (complete collapse), between for a
+ * dimensional collapse. Rows of zero length have no direction and are left
+ * out; *rank is NAN when none is left. -1 only when out of memory. */
+int rw_effective_rank(const float *f, int n, int D, double *rank, char *err, size_t errlen);
+
+/* rw_project_samples of min(nsamples, ds->n) images, then rw_effective_rank. */
+int rw_rank_model(rw_model *m, const rw_dataset *ds, const rw_spec *s, int nsamples,
+                  double *rank, char *err, size_t errlen);
+
 /* The model's projections (eval mode) of nsamples training images spread
  * evenly over ds, un-augmented, and of T1/T2 of the first npairs of them
  * (epoch 0's views), then rw_sphere_fit. */

@@ -1,6 +1,7 @@
 /* The training loop of one job: data, model, steps, metrics, kNN monitor,
  * checkpoints, and the final linear evaluation. */
 #include "worker/train.h"
+#include "worker/sphere.h"
 
 #include <errno.h>
 #include <math.h>
@@ -337,7 +338,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                         .loss = step_acc.loss / step_acc_n,
                         .align = step_acc.align / step_acc_n,
                         .uniform = step_acc.uniform / step_acc_n,
-                        .collapse = step_acc.collapse / step_acc_n, .knn = NAN,
+                        .collapse = step_acc.collapse / step_acc_n, .knn = NAN, .rank = NAN,
                         .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
                         .lr = measure ? NAN : lr,
                     };
@@ -363,7 +364,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         rw_metrics em = {
             .epoch = measure ? 0 : e + 1, .step = ts.step, .loss = ts.sums[0] / n,
             .align = ts.sums[1] / n,
-            .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN,
+            .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN, .rank = NAN,
             .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
             .tau = tau_at(spec, ts.step, total),
             .lr = measure || ts.step == 0 ? NAN
@@ -383,18 +384,28 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             knn_s = now_s() - tk;
             progress(hooks);
         }
+        if (lead && spec->eval.rank_every > 0 &&
+            ((e + 1) % spec->eval.rank_every == 0 || last_epoch)) {
+            progress(hooks);
+            if (rw_rank_model(m, &train, spec, spec->eval.rank_samples, &em.rank, err, errlen) !=
+                0)
+                goto done;
+            progress(hooks);
+        }
         ts.hist[e] = em;
         ts.nhist = e + 1;
         ts.epoch = e + 1;
         ts.batch = 0;
         memset(ts.sums, 0, sizeof ts.sums);
         ts.elapsed = 0;
-        char knn[32] = "";
+        char knn[32] = "", rank[32] = "";
         if (!isnan(em.knn))
             snprintf(knn, sizeof knn, "  knn %5.1f%% (%.1fs)", 100 * em.knn, knn_s);
-        logf_(lh, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s  pairs/s %.1f",
+        if (!isnan(em.rank))
+            snprintf(rank, sizeof rank, "  rank %.1f", em.rank);
+        logf_(lh, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s%s  pairs/s %.1f",
               em.epoch, spec->optim.epochs, em.step, em.loss, em.align, em.uniform, em.collapse,
-              knn, em.pairs_per_s);
+              rank, knn, em.pairs_per_s);
         if (lh && lh->on_epoch)
             lh->on_epoch(lh->ud, &em);
         if (ckpt[0] && (last_epoch || (spec->checkpoint.every_epochs > 0 &&

@@ -21,6 +21,7 @@ typedef struct rw_metrics {
     double pairs_per_s; /* image pairs per second over the period */
     double tau;         /* EMA rate in use at the end of the period */
     double lr;          /* the last optimizer step's learning rate; NaN: no step */
+    double rank;        /* effective rank of the projections (eval.rank); NaN: not computed */
 } rw_metrics;
 
 typedef struct rw_train_hooks {

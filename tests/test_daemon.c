@@ -1395,7 +1395,7 @@ static void setup_old_database(void)
     start_daemon();
 }
 
-/* The daemon upgrades it in place: metrics gain lr (NULL in the old
+/* The daemon upgrades it in place: metrics gain lr and rank (NULL in the old
  * rows), new ids follow the old ones, and the old job is still listed. */
 Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_database,
      .fini = teardown, .timeout = 60)
@@ -1410,7 +1410,10 @@ Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_data
     cr_assert_eq(rc, 0, "%s", out);
     sqlite3 *db = open_db();
     cr_expect_eq(db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 8), 10);
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND lr IS NULL", 7), 1);
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND lr IS NULL AND "
+                            "rank IS NULL", 7), 1);
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                            "rank >= 1", 8), 2);
     /* tiny_base: Adam's constant 3e-4 */
     cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
                             "abs(lr - 3e-4) < 1e-9", 8), 2);

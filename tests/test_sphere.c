@@ -205,6 +205,26 @@ Test(sphere, one_point_is_complete_collapse_and_says_so)
     cr_expect(strstr(err, "need at least 3"), "%s", err);
 }
 
+/* A tiny model (16-d projections) from seed 5 and 600 noise images. */
+static rw_model *tiny_model(kb_backend *be, rw_spec *s, rw_dataset *ds)
+{
+    rw_spec_defaults(s);
+    s->seed = 5;
+    s->data.image_size = 16;
+    s->model.stem = RW_STEM_CIFAR;
+    s->model.width = 4;
+    s->model.proj_hidden = 32;
+    s->model.proj_out = 16;
+    s->model.pred_hidden = 32;
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(s, &mc);
+    char err[512];
+    rw_model *m = rw_model_create(be, &mc, s->seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    cr_assert_eq(rw_dataset_noise(600, 9, ds), 0);
+    return m;
+}
+
 /* A model end to end on noise images: every sample lands on the circle,
  * the density integrates to 1; with the projector's output layer zeroed,
  * every image maps to one point and the error says collapse. */
@@ -212,21 +232,9 @@ Test(sphere, model_projections_and_a_collapsed_projector)
 {
     kb_backend *be = kb_cpu_create(1);
     rw_spec s;
-    rw_spec_defaults(&s);
-    s.seed = 5;
-    s.data.image_size = 16;
-    s.model.stem = RW_STEM_CIFAR;
-    s.model.width = 4;
-    s.model.proj_hidden = 32;
-    s.model.proj_out = 16;
-    s.model.pred_hidden = 32;
-    rw_model_cfg mc;
-    rw_model_cfg_from_spec(&s, &mc);
-    char err[512];
-    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
-    cr_assert_not_null(m, "%s", err);
     rw_dataset ds;
-    cr_assert_eq(rw_dataset_noise(600, 9, &ds), 0);
+    rw_model *m = tiny_model(be, &s, &ds);
+    char err[512];
     rw_sphere sp;
     /* 300 samples: two chunks of the forward pass */
     cr_assert_eq(rw_sphere_model(m, &ds, &s, 300, 3, &sp, err, sizeof err), 0, "%s", err);
@@ -334,21 +342,9 @@ Test(sphere, effective_rank_of_a_model)
 {
     kb_backend *be = kb_cpu_create(1);
     rw_spec s;
-    rw_spec_defaults(&s);
-    s.seed = 5;
-    s.data.image_size = 16;
-    s.model.stem = RW_STEM_CIFAR;
-    s.model.width = 4;
-    s.model.proj_hidden = 32;
-    s.model.proj_out = 16;
-    s.model.pred_hidden = 32;
-    rw_model_cfg mc;
-    rw_model_cfg_from_spec(&s, &mc);
-    char err[512];
-    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
-    cr_assert_not_null(m, "%s", err);
     rw_dataset ds;
-    cr_assert_eq(rw_dataset_noise(600, 9, &ds), 0);
+    rw_model *m = tiny_model(be, &s, &ds);
+    char err[512];
     float *f = malloc(300 * 16 * sizeof(float));
     cr_assert_eq(rw_project_samples(m, &ds, &s, 300, f, err, sizeof err), 0, "%s", err);
     double r;

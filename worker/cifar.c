@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "worker/data.h"
+#include "worker/data_internal.h"
 
 #define CIFAR_TRAIN_FILES 5
 /* A real file is at most 150 MB (CIFAR-100's train.bin); anything past
@@ -33,6 +33,21 @@ static const cifar_format k_cifar100_coarse = {
 
 static int record_size(const cifar_format *f) { return f->head + CIFAR_IMAGE; }
 
+int rw_data_file_size(const char *path, long long *size, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        return -1;
+    }
+    *size = (long long)st.st_size;
+    return 0;
+}
+
 static int file_path(char *path, size_t len, const char *dir, const char *name, char *err,
                      size_t errlen)
 {
@@ -49,16 +64,9 @@ static int check_file(const cifar_format *f, const char *path, long *records, ch
                       size_t errlen)
 {
     const int rec = record_size(f);
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    long long size;
+    if (rw_data_file_size(path, &size, err, errlen) != 0)
         return -1;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
-        return -1;
-    }
-    long long size = (long long)st.st_size;
     if (size == 0) {
         snprintf(err, errlen, "%s: empty file (expected records of %d bytes)", path, rec);
         return -1;

@@ -7,35 +7,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-#include "worker/data.h"
+#include "worker/data_internal.h"
 
 #define STL_PLANE (RW_STL10_SIDE * RW_STL10_SIDE)
 #define STL_IMAGE (3 * STL_PLANE)
 /* unlabeled_X.bin is 2.8 GB; a file far past it is not STL-10 */
 #define STL_FILE_MAX ((long long)8 << 30)
 
-static int stat_file(const char *path, long long *size, char *err, size_t errlen)
-{
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
-        return -1;
-    }
-    *size = (long long)st.st_size;
-    return 0;
-}
-
 /* Images in an X file. */
 static int count_images(const char *path, long *n, char *err, size_t errlen)
 {
     long long size;
-    if (stat_file(path, &size, err, errlen) != 0)
+    if (rw_data_file_size(path, &size, err, errlen) != 0)
         return -1;
     if (size == 0 || size % STL_IMAGE != 0) {
         snprintf(err, errlen,
@@ -55,12 +39,14 @@ static int count_images(const char *path, long *n, char *err, size_t errlen)
 static int read_images(const char *path, long n, uint8_t *pixels, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
     uint8_t *buf = malloc(STL_IMAGE);
-    if (!f || !buf) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, f ? "out of memory" : strerror(errno));
-        if (f)
-            fclose(f);
-        free(buf);
+    if (!buf) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        fclose(f);
         return -1;
     }
     for (long i = 0; i < n; i++) {
@@ -88,7 +74,7 @@ static int read_labels(const char *path, long n, const char *xpath, uint8_t *lab
                        size_t errlen)
 {
     long long size;
-    if (stat_file(path, &size, err, errlen) != 0)
+    if (rw_data_file_size(path, &size, err, errlen) != 0)
         return -1;
     if (size != n) {
         snprintf(err, errlen, "%s: %lld labels for the %ld images of %s", path, size, n, xpath);

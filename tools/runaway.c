@@ -630,8 +630,10 @@ static int watch(conn *c, const char *target)
     json_t *v;
     int njobs = (int)json_array_size(json_object_get(r, "jobs"));
     printf("watching %s %s: %d job%s\n", jstr(r, "kind"), target, njobs, njobs == 1 ? "" : "s");
-    json_array_foreach(json_object_get(r, "jobs"), i, v) printf("  j%lld %-40s %s\n", jint(v, "id"),
-                                                                jstr(v, "name"), jstr(v, "state"));
+    /* a job that already failed says why here: its event came before us */
+    json_array_foreach(json_object_get(r, "jobs"), i, v)
+        printf("  j%lld %-40s %s%s%s\n", jint(v, "id"), jstr(v, "name"), jstr(v, "state"),
+               json_is_string(json_object_get(v, "error")) ? ": " : "", jstr(v, "error"));
     json_decref(r);
     fflush(stdout);
     for (;;) {

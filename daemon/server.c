@@ -891,6 +891,75 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
     rd_conn_send(c, r);
 }
 
+/* Every metric of a job or a grid, for export: per job, the newest row of
+ * each epoch (kind epoch) or step (kind step), as curves and table count
+ * them, in pages ordered by (job, epoch or step) after the cursor
+ * (after_job, after). */
+static void req_metrics(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    char kind;
+    int64_t tid;
+    if (target_arg(c, id, m, &kind, &tid) != 0)
+        return;
+    const char *mk = json_string_value(json_object_get(m, "kind"));
+    if (strcmp(mk, "epoch") && strcmp(mk, "step")) {
+        reply_error(c, id, RW_E_BAD_MESSAGE, "metrics: kind is epoch or step, not '%s'", mk);
+        return;
+    }
+    const char *key = mk; /* a fixed column name: epoch or step */
+    json_t *jl = json_object_get(m, "limit"), *ja = json_object_get(m, "after"),
+           *jj = json_object_get(m, "after_job");
+    int64_t limit = jl ? json_integer_value(jl) : RW_METRICS_PAGE_MAX;
+    int64_t after = ja ? json_integer_value(ja) : -1, after_job = jj ? json_integer_value(jj) : 0;
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "SELECT job_id, epoch, step, loss, align, uniform, collapse, knn, pairs_per_s, tau, "
+             "lr, rank FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE job_id IN (%s) "
+             "AND kind=?2 GROUP BY job_id, %s) AND (job_id > ?3 OR (job_id = ?3 AND %s > ?4)) "
+             "ORDER BY job_id, %s LIMIT ?5",
+             kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1" : "?1", key, key, key);
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    if (!st) {
+        reply_error(c, id, RW_E_INTERNAL, "metrics: %s", sqlite3_errmsg(d->db));
+        return;
+    }
+    sqlite3_bind_int64(st, 1, tid);
+    sqlite3_bind_text(st, 2, mk, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, after_job);
+    sqlite3_bind_int64(st, 4, after);
+    sqlite3_bind_int64(st, 5, limit + 1); /* one more says whether there is more */
+    json_t *rows = json_array();
+    int more = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if ((int64_t)json_array_size(rows) == limit) {
+            more = 1;
+            break;
+        }
+        json_t *row = json_array();
+        for (int i = 0; i < sqlite3_column_count(st); i++)
+            json_array_append_new(row, col_json(st, i));
+        json_array_append_new(rows, row);
+    }
+    sqlite3_finalize(st);
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "columns",
+                        json_pack("[ssssssssssss]", "job", "epoch", "step", "loss", "align",
+                                  "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr", "rank"));
+    json_object_set_new(r, "rows", rows);
+    json_object_set_new(r, "more", json_boolean(more));
+    /* who the rows belong to, once */
+    if (!jj)
+        json_object_set_new(r, "jobs",
+                            query_rows(d,
+                                       kind == 'g' ? "SELECT id, name, variant, seed FROM jobs "
+                                                     "WHERE grid_id=?1 ORDER BY id"
+                                                   : "SELECT id, name, variant, seed FROM jobs "
+                                                     "WHERE id=?1",
+                                       tid, RW_GRID_JOBS_MAX));
+    rd_conn_send(c, r);
+}
+
 static void req_table(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -1083,6 +1152,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         req_table(c, id, m);
     else if (!strcmp(type, "curves"))
         req_curves(c, id, m);
+    else if (!strcmp(type, "metrics"))
+        req_metrics(c, id, m);
     else if (!strcmp(type, "export"))
         req_export(c, id, m);
     else if (!strcmp(type, "status"))

@@ -33,6 +33,9 @@ enum {
  * JSON escaping (at most 6 bytes per input byte). */
 #define RW_SUBMIT_TEXT_MAX (128 * 1024)
 #define RW_LINE_MAX 4096 /* a log line, an error message */
+/* Rows in one page of a metrics reply: ~300 bytes each in JSON, well
+ * inside a frame. */
+#define RW_METRICS_PAGE_MAX 2000
 
 /* Rendezvous key-value store (kv_set / kv_get, scoped to one job attempt):
  * keys are 1..128 printable ASCII bytes; values are binary, carried as

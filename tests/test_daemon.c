@@ -579,6 +579,105 @@ static void check_plot(void)
               out);
 }
 
+/* One page of the metrics request. */
+static json_t *metrics_page(const char *target, const char *kind, long long after_job,
+                            long long after, long long limit)
+{
+    rw_frame_reader r;
+    int fd = client(&r);
+    json_t *m = rw_msg_new("metrics", 2);
+    json_object_set_new(m, "target", json_string(target));
+    json_object_set_new(m, "kind", json_string(kind));
+    if (after_job >= 0) {
+        json_object_set_new(m, "after_job", json_integer(after_job));
+        json_object_set_new(m, "after", json_integer(after));
+    }
+    if (limit)
+        json_object_set_new(m, "limit", json_integer(limit));
+    json_t *rep = request(fd, &r, m);
+    close(fd);
+    rw_frame_reader_free(&r);
+    return rep;
+}
+
+/* runaway metrics on the finished 2 x 2 grid g1 (2 epochs each): one CSV
+ * row per job and epoch with the stored values (the newest row of each),
+ * pages that join without a gap or a repeat, and clear errors. */
+static void check_metrics_export(void)
+{
+    char csv[160], out[4096];
+    snprintf(csv, sizeof csv, "%s/m.csv", dir);
+    int rc = cli(out, sizeof out, 20, "metrics", "g1", "-o", csv, NULL);
+    cr_assert(rc == 0 && strstr(out, "8 rows"), "%s", out);
+    FILE *f = fopen(csv, "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    cr_expect_str_eq(line, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
+                           "pairs_per_s,tau,lr,rank\n");
+    sqlite3 *db = open_db();
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        long long job, seed, epoch, step;
+        char name[64], variant[32];
+        double loss, align, uniform, collapse, pps, tau, lr, rank;
+        cr_assert_eq(sscanf(line, "j%lld,%63[^,],%31[^,],%lld,%lld,%lld,%lf,%lf,%lf,%lf,,%lf,%lf,"
+                                  "%lf,%lf",
+                            &job, name, variant, &seed, &epoch, &step, &loss, &align, &uniform,
+                            &collapse, &pps, &tau, &lr, &rank),
+                     14, "%s", line);
+        char want[64];
+        snprintf(want, sizeof want, "tiny/%s/seed%lld", variant, seed);
+        cr_expect_str_eq(name, want);
+        const char *cols[4] = {"loss", "uniform", "lr", "rank"};
+        double got[4] = {loss, uniform, lr, rank};
+        for (int k = 0; k < 4; k++) {
+            char sql[256];
+            snprintf(sql, sizeof sql, "SELECT %s FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                                      "epoch=%lld ORDER BY id DESC LIMIT 1", cols[k], epoch);
+            double v = db_num(db, sql, job);
+            cr_expect(fabs(got[k] - v) <= 1e-8 * (1 + fabs(v)), "j%lld epoch %lld %s: %.9g vs %.9g",
+                      job, epoch, cols[k], got[k], v);
+        }
+        rows++;
+    }
+    fclose(f);
+    sqlite3_close(db);
+    cr_expect_eq(rows, 8);
+
+    /* pages of 3: 3 + 3 + 2 rows, continuing where the last one stopped */
+    long long aj = -1, ae = -1, seen = 0, prev = -1;
+    for (int page = 0; page < 3; page++) {
+        json_t *r = metrics_page("g1", "epoch", aj, ae, 3);
+        json_t *rw = json_object_get(r, "rows");
+        cr_assert_eq(json_array_size(rw), page < 2 ? 3u : 2u, "page %d", page);
+        cr_assert_eq(json_is_true(json_object_get(r, "more")), page < 2);
+        cr_assert_eq(json_object_get(r, "jobs") != NULL, page == 0, "the job list comes once");
+        size_t i;
+        json_t *row;
+        json_array_foreach(rw, i, row)
+        {
+            aj = json_integer_value(json_array_get(row, 0));
+            ae = json_integer_value(json_array_get(row, 1));
+            cr_assert_gt(aj * 100 + ae, prev, "rows out of order or repeated");
+            prev = aj * 100 + ae;
+            seen++;
+        }
+        json_decref(r);
+    }
+    cr_expect_eq(seen, 8);
+    /* no step metrics in this grid (log.every_steps 0): the header only */
+    rc = cli(out, sizeof out, 20, "metrics", "j1", "--steps", NULL);
+    cr_assert(rc == 0 && !strchr(strchr(out, '\n') + 1, '\n'), "%s", out);
+    rc = cli(out, sizeof out, 20, "metrics", "nosuch", NULL);
+    cr_assert(rc != 0 && strstr(out, "no job or grid 'nosuch'"), "%s", out);
+    json_t *r = metrics_page("g1", "eras", -1, -1, 0);
+    cr_expect(strstr(json_string_value(json_object_get(r, "message")) ?: "", "epoch or step"));
+    json_decref(r);
+    rc = cli(out, sizeof out, 20, "metrics", "g1", "-o", "/nonexistent/m.csv", NULL);
+    cr_assert(rc != 0 && strstr(out, "/nonexistent/m.csv"), "%s", out);
+}
+
 Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fini = teardown,
      .timeout = 90)
 {
@@ -715,6 +814,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
     check_plot();
+    check_metrics_export();
     /* the paper's Figure 3: one circle per variant, from its seed-0 job */
     char png[160];
     snprintf(png, sizeof png, "%s/sphere.png", dir);
@@ -1402,7 +1502,7 @@ Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_data
 {
     char path[128], out[4096];
     snprintf(path, sizeof path, "%s/new.yaml", dir);
-    write_grid(path, "new", 2, 0, "  seed: [0]\n");
+    write_grid(path, "new", 2, 0, "  seed: [0]\n  variant:\n    - {name: s, log: {every_steps: 2}}\n");
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "g6") && strstr(out, "j8"), "new ids after the old ones: %s", out);
@@ -1422,6 +1522,18 @@ Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_data
     cr_assert_eq(rc, 0, "%s", out);
     cr_expect(strstr(out, "old/byol/seed0") && strstr(out, "new/"), "%s", out);
     check_tensorboard(8, 0, "tb_check: 1 runs,");
+    /* the step reports as CSV: 6 steps an epoch (100 images, batch 16), every 2nd */
+    rc = cli(out, sizeof out, 20, "metrics", "g6", "--steps", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    const char *l = strchr(out, '\n');
+    for (int k = 1; k <= 6; k++) {
+        char want[64];
+        snprintf(want, sizeof want, "\nj8,new/s/seed0,s,0,%d,%d,", (2 * k - 1) / 6 + 1, 2 * k);
+        cr_assert(l && !strncmp(l, want, strlen(want)), "row %d: want '%s' in:\n%s", k, want + 1,
+                  out);
+        l = strchr(l + 1, '\n');
+    }
+    cr_assert(l && l[1] == 0, "6 rows: %s", out);
 }
 
 /* ------------------------------------------------------------------------ */

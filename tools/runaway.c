@@ -58,6 +58,9 @@ static void usage(FILE *f)
             "                                       by PCA onto the circle, per variant (its lowest\n"
             "                                       finished seed); spread numbers, and a PNG with -o;\n"
             "                                       --snapshots K: a row of K epochs per variant\n"
+            "  metrics JOB|GRID [--steps] [-o OUT.csv]\n"
+            "                                       every epoch's (--steps: step's) metrics as CSV,\n"
+            "                                       the newest row of each per job\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
             "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
             "                                       submit, watch until done, print the table\n"
@@ -791,6 +794,111 @@ static void print_table_as(conn *c, const char *grid, const char *fmt)
     json_decref(r);
 }
 
+/* ------------------------------------------------------------------------ */
+/* metrics: every row as CSV */
+
+/* A job's name, variant and seed, by id, from the first page's list. */
+static const json_t *job_info(const json_t *jobs, long long id)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(jobs, i, v) if (jint(v, "id") == id) return v;
+    return NULL;
+}
+
+/* The export's temporary file, removed if runaway dies half way. */
+static char metrics_tmp[PATH_MAX];
+static void metrics_tmp_remove(void)
+{
+    if (metrics_tmp[0])
+        unlink(metrics_tmp);
+}
+
+static int cmd_metrics(int n, char **a)
+{
+    const char *target = NULL, *out = NULL;
+    int steps = 0;
+    for (int k = 0; k < n; k++) {
+        if (!strcmp(a[k], "-o") && k + 1 < n)
+            out = a[++k];
+        else if (!strcmp(a[k], "--steps"))
+            steps = 1;
+        else if (a[k][0] == '-' || target)
+            die("metrics: unexpected argument '%s'", a[k]);
+        else
+            target = a[k];
+    }
+    if (!target)
+        die("metrics: which job or grid?");
+    /* a temporary file renamed into place: a failed export leaves no half file */
+    FILE *f = stdout;
+    if (out) {
+        snprintf(metrics_tmp, sizeof metrics_tmp, "%s.tmp.%ld", out, (long)getpid());
+        f = fopen(metrics_tmp, "w");
+        if (!f) {
+            int e = errno;
+            metrics_tmp[0] = 0;
+            die("metrics: cannot write %s: %s", out, strerror(e));
+        }
+        atexit(metrics_tmp_remove);
+    }
+    conn c;
+    need_conn(&c);
+    json_t *jobs = NULL;
+    long long after_job = -1, after = -1, rows = 0;
+    for (;;) {
+        json_t *m = req_new("metrics");
+        json_object_set_new(m, "target", json_string(target));
+        json_object_set_new(m, "kind", json_string(steps ? "step" : "epoch"));
+        if (after_job >= 0) {
+            json_object_set_new(m, "after_job", json_integer(after_job));
+            json_object_set_new(m, "after", json_integer(after));
+        }
+        json_t *r = request(&c, m);
+        if (!jobs) { /* the first page: the target exists */
+            jobs = json_incref(json_object_get(r, "jobs"));
+            fprintf(f, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
+                       "pairs_per_s,tau,lr,rank\n");
+        }
+        size_t i;
+        json_t *row;
+        json_array_foreach(json_object_get(r, "rows"), i, row)
+        {
+            long long job = (long long)json_integer_value(json_array_get(row, 0));
+            const json_t *info = job_info(jobs, job);
+            /* names are [A-Za-z0-9_.-/]: no quoting needed */
+            fprintf(f, "j%lld,%s,%s,%lld", job, info ? jstr(info, "name") : "",
+                    info ? jstr(info, "variant") : "", info ? jint(info, "seed") : -1);
+            for (size_t k = 1; k < json_array_size(row); k++) {
+                const json_t *v = json_array_get(row, k);
+                if (json_is_integer(v))
+                    fprintf(f, ",%lld", (long long)json_integer_value(v));
+                else if (json_is_number(v))
+                    fprintf(f, ",%.9g", json_number_value(v));
+                else
+                    fputc(',', f);
+            }
+            fputc('\n', f);
+            after_job = job;
+            after = (long long)json_integer_value(json_array_get(row, steps ? 2 : 1));
+            rows++;
+        }
+        int more = json_is_true(json_object_get(r, "more"));
+        json_decref(r);
+        if (!more)
+            break;
+    }
+    json_decref(jobs);
+    conn_close(&c);
+    if (out) {
+        if (fclose(f) != 0 || rename(metrics_tmp, out) != 0)
+            die("metrics: cannot write %s: %s", out, strerror(errno));
+        metrics_tmp[0] = 0;
+        fprintf(stderr, "wrote %s: %lld rows\n", out, rows);
+    }
+    return 0;
+}
+
 static int cmd_table(int n, char **a)
 {
     const char *grid = NULL, *fmt = "text";
@@ -1317,6 +1425,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "table"))
         return cmd_table(n, a);
+    if (!strcmp(cmd, "metrics"))
+        return cmd_metrics(n, a);
     if (!strcmp(cmd, "plot"))
         return cmd_plot(n, a);
     if (!strcmp(cmd, "sphere"))

@@ -268,6 +268,20 @@ Test(train, lr_schedule_by_hand)
     cr_expect_float_eq(rw_lr_at(&s, 19, 5, 20), 1e-3f, 1e-10f);
 }
 
+/* BYOL's EMA schedule by hand: tau 0.996 over 20 steps. */
+Test(train, tau_schedule_by_hand)
+{
+    rw_spec s;
+    rw_spec_defaults(&s);
+    s.ema.tau = 0.996f;
+    cr_expect_float_eq(rw_tau_at(&s, 10, 20), 0.996f, 1e-9f, "constant");
+    s.ema.schedule = RW_TAU_COSINE;
+    cr_expect_float_eq(rw_tau_at(&s, 0, 20), 0.996f, 1e-9f);
+    cr_expect_float_eq(rw_tau_at(&s, 10, 20), 0.998f, 1e-7f, "cos pi/2: halfway to 1");
+    /* 1 - 0.004 (cos(0.95 pi) + 1) / 2 = 1 - 0.004 * 0.0061558 = 0.99997538 */
+    cr_expect_float_eq(rw_tau_at(&s, 19, 20), 0.99997538f, 1e-7f);
+}
+
 /* Adam's first step moves every weight whose gradient is not ~0 by exactly
  * its learning rate (m/sqrt(v) = g/|g|): after one step (max_steps 1, which
  * cuts the schedule, not squeezes it) of a 2-epoch warm-up (12 steps)
@@ -290,6 +304,7 @@ Test(train, the_first_step_takes_the_warmup_lr)
         train(&s, out, 0, &r);
         cr_assert_eq(r.steps, 1);
         cr_expect_float_eq(r.ep[0].lr, warm ? 1e-2f / 12 : 1e-2f, 1e-9f, "the reported lr");
+        cr_expect_float_eq(r.ep[0].tau, s.ema.tau, 1e-9f, "the first step's tau");
 
         kb_backend *be = kb_cpu_create(1);
         rw_model_cfg mc;

@@ -100,8 +100,7 @@ int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char 
     return 0;
 }
 
-/* BYOL's schedule: tau_k = 1 - (1 - tau0) (cos(pi k / K) + 1) / 2. */
-static float tau_at(const rw_spec *s, long step, long total)
+float rw_tau_at(const rw_spec *s, long step, long total)
 {
     if (s->ema.schedule == RW_TAU_CONSTANT || total <= 0)
         return s->ema.tau;
@@ -297,7 +296,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 snprintf(err, errlen, "step %ld: %s", ts.step + 1, rw_model_error(m));
                 goto done;
             }
-            float tau = tau_at(spec, ts.step, total);
+            float tau = rw_tau_at(spec, ts.step, per_epoch * epochs);
             float lr = rw_lr_at(spec, ts.step, per_epoch, per_epoch * epochs);
             int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
             if (dist && (rw_dist_grads(dist, err, errlen) != 0 ||
@@ -366,7 +365,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             .align = ts.sums[1] / n,
             .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN, .rank = NAN,
             .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
-            .tau = tau_at(spec, ts.step, total),
+            .tau = rw_tau_at(spec, ts.step > 0 ? ts.step - 1 : 0, per_epoch * epochs),
             .lr = measure || ts.step == 0 ? NAN
                                           : rw_lr_at(spec, ts.step - 1, per_epoch, per_epoch * epochs),
         };

@@ -19,7 +19,7 @@ typedef struct rw_metrics {
     double collapse;    /* collapse std of normalized projections, mean */
     double knn;         /* kNN top-1 accuracy in [0,1]; NaN when not computed */
     double pairs_per_s; /* image pairs per second over the period */
-    double tau;         /* EMA rate in use at the end of the period */
+    double tau;         /* EMA rate of the period's last step */
     double lr;          /* the last optimizer step's learning rate; NaN: no step */
     double rank;        /* effective rank of the projections (eval.rank); NaN: not computed */
 } rw_metrics;
@@ -67,6 +67,12 @@ void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen);
 
 /* Loads the train and test splits the spec names (generating the synthetic
  * set when needed). 0 or -1 with a reason. */
+/* The EMA rate after optimizer step `step` (0-based) of `total`: ema.tau,
+ * or with ema.schedule cosine BYOL's 1 - (1 - tau) (cos(pi k / K) + 1) / 2,
+ * rising to 1 at the end. Training passes the steps of optim.epochs as
+ * total, like rw_lr_at's. */
+float rw_tau_at(const rw_spec *s, long step, long total);
+
 /* The learning rate of optimizer step `step` (0-based) of `total`, with
  * per_epoch steps an epoch: a linear warm-up over optim.warmup_epochs
  * (step k: lr (k+1) / W), then optim.lr, or with optim.schedule cosine

@@ -855,6 +855,16 @@ static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
     return thin;
 }
 
+/* The target's jobs: id, name, variant, seed, state. */
+static json_t *target_jobs(rd_daemon *d, char kind, int64_t tid)
+{
+    return query_rows(d,
+                      kind == 'g' ? "SELECT id, name, variant, seed, state FROM jobs "
+                                    "WHERE grid_id=?1 ORDER BY id"
+                                  : "SELECT id, name, variant, seed, state FROM jobs WHERE id=?1",
+                      tid, RW_GRID_JOBS_MAX);
+}
+
 /* The training curves of a job, or of every job of a grid. */
 static void req_curves(rd_conn *c, long long id, json_t *m)
 {
@@ -863,12 +873,7 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
     int64_t tid;
     if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
-    json_t *jobs = query_rows(d,
-                              kind == 'g' ? "SELECT id, name, variant, seed, state FROM jobs "
-                                            "WHERE grid_id=?1 ORDER BY id"
-                                          : "SELECT id, name, variant, seed, state FROM jobs "
-                                            "WHERE id=?1",
-                              tid, RW_GRID_JOBS_MAX);
+    json_t *jobs = target_jobs(d, kind, tid);
     size_t njobs = json_array_size(jobs), cap = CURVE_ROWS_MAX / (njobs ? njobs : 1), i;
     if (cap < 2)
         cap = 2;
@@ -950,13 +955,7 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
     json_object_set_new(r, "more", json_boolean(more));
     /* who the rows belong to, once */
     if (!jj)
-        json_object_set_new(r, "jobs",
-                            query_rows(d,
-                                       kind == 'g' ? "SELECT id, name, variant, seed FROM jobs "
-                                                     "WHERE grid_id=?1 ORDER BY id"
-                                                   : "SELECT id, name, variant, seed FROM jobs "
-                                                     "WHERE id=?1",
-                                       tid, RW_GRID_JOBS_MAX));
+        json_object_set_new(r, "jobs", target_jobs(d, kind, tid));
     rd_conn_send(c, r);
 }
 

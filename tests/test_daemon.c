@@ -104,7 +104,8 @@ static int stop_daemon(double grace)
     return -2;
 }
 
-static void setup(void)
+/* A fresh state folder, not yet served. */
+static void prepare(void)
 {
     const char *b = getenv("RW_BUILD_ROOT");
     snprintf(build, sizeof build, "%s", b ? b : "build");
@@ -115,6 +116,11 @@ static void setup(void)
     char cache[128];
     snprintf(cache, sizeof cache, "%s/cache", dir);
     setenv("XDG_CACHE_HOME", cache, 1);
+}
+
+static void setup(void)
+{
+    prepare();
     start_daemon();
 }
 
@@ -1451,14 +1457,8 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
  * high_water table (the schema as it was, with one finished job in it). */
 static void setup_old_database(void)
 {
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
-    char cache[128], p[128];
-    snprintf(cache, sizeof cache, "%s/cache", dir);
-    setenv("XDG_CACHE_HOME", cache, 1);
+    prepare();
+    char p[128];
     snprintf(p, sizeof p, "%s/runaway.db", dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open(p, &db), SQLITE_OK);

@@ -103,6 +103,9 @@ struct rd_worker {
     /* told cancel_job for this attempt and not yet reported it ended: not
      * given new work until it does (its peers would wait on it) */
     int64_t drain_job, drain_attempt;
+    /* rank 0 of a drained attempt: its TensorBoard file, for the reports it
+     * still sends before it stops (NULL otherwise) */
+    rd_run *drain_run;
     int stopping;
 };
 

@@ -31,6 +31,7 @@ extern char **environ;
 #define STABLE_S 60.0 /* a worker up this long has its backoff reset */
 
 static void spawn_worker(rd_worker *w);
+static void drain_end(rd_worker *w);
 
 static rd_daemon *daemon_of(rd_worker *w)
 {
@@ -209,7 +210,7 @@ int rd_worker_hello(rd_conn *c, json_t *m, char *err, size_t errlen)
     c->worker = w;
     w->last_seen = rd_mono();
     w->job = w->attempt = 0;
-    w->drain_job = w->drain_attempt = 0;
+    drain_end(w);
     w->stopping = 0;
     const char *host = json_string_value(json_object_get(m, "host"));
     const char *be = json_string_value(json_object_get(m, "backend"));
@@ -290,6 +291,37 @@ static rd_run *run_new(rd_daemon *d, int64_t job, int64_t attempt, int world)
     return r;
 }
 
+/* The worker's drained attempt is over (or forgotten with its process). */
+static void drain_end(rd_worker *w)
+{
+    w->drain_job = w->drain_attempt = 0;
+    if (w->drain_run) {
+        free(w->drain_run->tb_path);
+        free(w->drain_run);
+        w->drain_run = NULL;
+    }
+}
+
+/* Told cancel_job for `attempt`: no new work until it reports the attempt's
+ * end. What rank 0 reports until then is still the job's (the epochs its
+ * last checkpoint will hold), so it takes over the attempt's TensorBoard
+ * file from the run, which ends now. */
+static void drain_begin(rd_daemon *d, rd_worker *w, int64_t job, int64_t attempt)
+{
+    drain_end(w);
+    w->drain_job = job;
+    w->drain_attempt = attempt;
+    rd_run *r = run_find(d, attempt);
+    if (w->rank != 0 || !r || !(w->drain_run = calloc(1, sizeof *w->drain_run)))
+        return;
+    w->drain_run->job = job;
+    w->drain_run->attempt = attempt;
+    w->drain_run->world = r->world;
+    w->drain_run->tb_path = r->tb_path;
+    w->drain_run->tb_failed = r->tb_failed;
+    r->tb_path = NULL;
+}
+
 static void waiter_free(rd_kv_waiter *w)
 {
     if (w->c && w->c->kv_waiting > 0)
@@ -330,6 +362,8 @@ static void run_end(rd_daemon *d, int64_t attempt)
 
 void rd_runs_free(rd_daemon *d)
 {
+    for (int i = 0; i < d->nworkers; i++)
+        drain_end(&d->workers[i]);
     while (d->runs)
         run_end(d, d->runs->attempt);
 }
@@ -517,8 +551,7 @@ static void release_job(rd_daemon *d, int64_t job, int64_t attempt, rd_worker *e
             json_t *m = rw_msg_new("cancel_job", -1);
             json_object_set_new(m, "job", json_integer(job));
             rd_conn_send(w->conn, m);
-            w->drain_job = job;
-            w->drain_attempt = w->attempt;
+            drain_begin(d, w, job, w->attempt);
         }
         w->job = w->attempt = 0;
     }
@@ -604,7 +637,7 @@ void rd_worker_conn_lost(rd_conn *c)
     kv_purge_conn(d, c);
     w->conn = NULL;
     c->worker = NULL;
-    w->drain_job = w->drain_attempt = 0;
+    drain_end(w);
     char ev[128];
     snprintf(ev, sizeof ev, "worker %d disconnected", w->slot);
     rd_log("%s", ev);
@@ -631,15 +664,15 @@ static void bind_num(sqlite3_stmt *st, int i, json_t *m, const char *k)
         sqlite3_bind_null(st, i);
 }
 
-static void store_metric(rd_daemon *d, rd_worker *w, json_t *m, const char *kind)
+static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, const char *kind)
 {
     sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO metrics(job_id, attempt_id, kind, epoch, step, "
                                      "loss, align, uniform, collapse, knn, pairs_per_s, tau, lr, "
                                      "rank, t) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st)
         return;
-    sqlite3_bind_int64(st, 1, w->job);
-    sqlite3_bind_int64(st, 2, w->attempt);
+    sqlite3_bind_int64(st, 1, job);
+    sqlite3_bind_int64(st, 2, attempt);
     sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, json_integer_value(json_object_get(m, "epoch")));
     sqlite3_bind_int64(st, 5, json_integer_value(json_object_get(m, "step")));
@@ -654,6 +687,34 @@ static void store_metric(rd_daemon *d, rd_worker *w, json_t *m, const char *kind
     sqlite3_finalize(st);
 }
 
+/* A metric or log line of `attempt` (the worker's current one, or the one
+ * it drains). */
+static void report(rd_daemon *d, rd_worker *w, int64_t job, int64_t attempt, rd_run *run,
+                   const char *type, json_t *m)
+{
+    if (!strcmp(type, "log")) {
+        const char *line = json_string_value(json_object_get(m, "line"));
+        if (w->rank > 0) {
+            char buf[RW_LINE_MAX + 32];
+            snprintf(buf, sizeof buf, "rank %d: %s", w->rank, line);
+            rd_db_event(d, job, "log", buf);
+        } else {
+            rd_db_event(d, job, "log", line);
+        }
+        return;
+    }
+    const char *kind = json_string_value(json_object_get(m, "kind"));
+    if (!kind || (strcmp(kind, "step") && strcmp(kind, "epoch")) || w->rank != 0)
+        return; /* rank 0 speaks for the job */
+    store_metric(d, job, attempt, m, kind);
+    rd_tb_metric(d, run, kind, m);
+    json_t *ev = json_deep_copy(m);
+    json_object_set_new(ev, "type", json_string("event"));
+    json_object_set_new(ev, "metric", json_string(kind));
+    json_object_set_new(ev, "kind", json_string("metric"));
+    rd_watch_job_event(d, job, ev);
+}
+
 /* A drained worker's report of the attempt it was told to drop. */
 static void drained(rd_daemon *d, rd_worker *w, const char *type, json_t *m)
 {
@@ -665,7 +726,7 @@ static void drained(rd_daemon *d, rd_worker *w, const char *type, json_t *m)
     rd_log("%s", ev);
     /* a process replacing itself stays drained until its successor's hello */
     if (!json_is_true(json_object_get(m, "restart")))
-        w->drain_job = w->drain_attempt = 0;
+        drain_end(w);
 }
 
 void rd_worker_message(rd_conn *c, const char *type, json_t *m)
@@ -679,7 +740,7 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
         /* a heartbeat naming no job (or another): the drained attempt is over */
         json_t *hj = json_object_get(m, "job");
         if (w->drain_attempt && (!hj || json_integer_value(hj) != w->drain_job)) {
-            w->drain_job = w->drain_attempt = 0;
+            drain_end(w);
             rd_schedule(d);
         }
         return;
@@ -691,39 +752,27 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
     if (!current(w, m)) {
         /* a late report of a job taken away (cancelled, requeued) */
         if (w->drain_attempt && json_integer_value(json_object_get(m, "job")) == w->drain_job &&
-            json_integer_value(json_object_get(m, "attempt")) == w->drain_attempt &&
-            (!strcmp(type, "done") || !strcmp(type, "failed") || !strcmp(type, "stopped"))) {
-            drained(d, w, type, m);
-            rd_schedule(d);
+            json_integer_value(json_object_get(m, "attempt")) == w->drain_attempt) {
+            if (!strcmp(type, "done") || !strcmp(type, "failed") || !strcmp(type, "stopped")) {
+                drained(d, w, type, m);
+                rd_schedule(d);
+            } else if (!strcmp(type, "metric") || !strcmp(type, "log")) {
+                /* epochs it finished before it heard cancel_job are in the
+                 * checkpoint it writes as it stops: a resumed attempt
+                 * starts after them, so they are recorded here or never */
+                report(d, w, w->drain_job, w->drain_attempt, w->drain_run, type, m);
+            }
         }
         return;
     }
     int64_t job = w->job, attempt = w->attempt;
     rd_run *run = run_find(d, attempt);
     int world = run ? run->world : 1;
-    if (!strcmp(type, "metric")) {
-        const char *kind = json_string_value(json_object_get(m, "kind"));
-        if ((strcmp(kind, "step") && strcmp(kind, "epoch")) || w->rank != 0)
-            return; /* rank 0 speaks for the job */
-        store_metric(d, w, m, kind);
-        rd_tb_metric(d, run, kind, m);
-        json_t *ev = json_deep_copy(m);
-        json_object_set_new(ev, "type", json_string("event"));
-        json_object_set_new(ev, "metric", json_string(kind));
-        json_object_set_new(ev, "kind", json_string("metric"));
-        rd_watch_job_event(d, job, ev);
-    } else if (!strcmp(type, "log")) {
-        const char *line = json_string_value(json_object_get(m, "line"));
-        if (w->rank > 0) {
-            char buf[RW_LINE_MAX + 32];
-            snprintf(buf, sizeof buf, "rank %d: %s", w->rank, line);
-            rd_db_event(d, job, "log", buf);
-        } else {
-            rd_db_event(d, job, "log", line);
-        }
+    if (!strcmp(type, "metric") || !strcmp(type, "log")) {
+        report(d, w, job, attempt, run, type, m);
     } else if (!strcmp(type, "done")) {
         if (w->rank == 0) {
-            store_metric(d, w, m, "final");
+            store_metric(d, job, attempt, m, "final");
             rd_tb_metric(d, run, "final", m);
             sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET linear_acc=?, align_last10=?, "
                                              "uniform_last10=?, result=? WHERE id=?");
@@ -770,10 +819,8 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
         }
         /* The process is replacing itself (its training thread hung): no
          * work until the new one says hello, as for a drained attempt. */
-        if (json_is_true(json_object_get(m, "restart")) && w->conn) {
-            w->drain_job = job;
-            w->drain_attempt = attempt;
-        }
+        if (json_is_true(json_object_get(m, "restart")) && w->conn)
+            drain_begin(d, w, job, attempt);
     } else if (!strcmp(type, "stopped")) {
         set_attempt(d, attempt, "stopped", NULL);
         release_job(d, job, attempt, w);
@@ -941,21 +988,23 @@ void rd_schedule(rd_daemon *d)
 
 void rd_cancel_job(rd_daemon *d, int64_t job)
 {
+    int64_t attempt = 0;
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
         if (w->job == job) {
+            attempt = w->attempt;
             set_attempt(d, w->attempt, "cancelled", NULL);
             if (w->conn) {
                 json_t *m = rw_msg_new("cancel_job", -1);
                 json_object_set_new(m, "job", json_integer(job));
                 rd_conn_send(w->conn, m);
-                w->drain_job = job;
-                w->drain_attempt = w->attempt;
+                drain_begin(d, w, job, w->attempt);
             }
-            run_end(d, w->attempt);
             w->job = w->attempt = 0;
         }
     }
+    if (attempt) /* after every rank: rank 0 takes its TensorBoard file from it */
+        run_end(d, attempt);
     set_job_state(d, job, "cancelled", "cancelled by user");
 }
 

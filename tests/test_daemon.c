@@ -1911,11 +1911,15 @@ static int fake_worker(rw_frame_reader *r)
     return fd;
 }
 
-/* Reads frames until one of `type` (and id, if >= 0), heartbeating meanwhile. */
-static json_t *fake_wait(int fd, rw_frame_reader *r, const char *type, long long id, double secs)
+/* Reads frames until one of `type` (and id, if >= 0), heartbeating meanwhile
+ * as a worker that holds `job` (0: none) does. */
+static json_t *fake_wait_holding(int fd, rw_frame_reader *r, const char *type, long long id,
+                                 long long job, double secs)
 {
     for (double t0 = now(); now() - t0 < secs;) {
         json_t *hb = rw_msg_new("heartbeat", -1);
+        if (job)
+            json_object_set_new(hb, "job", json_integer(job));
         rw_frame_send_fd(fd, hb);
         json_decref(hb);
         json_t *m = recv_frame(fd, r, 200);
@@ -1928,6 +1932,11 @@ static json_t *fake_wait(int fd, rw_frame_reader *r, const char *type, long long
     }
     cr_assert_fail("no %s (id %lld) within %.0f s", type, id, secs);
     return NULL;
+}
+
+static json_t *fake_wait(int fd, rw_frame_reader *r, const char *type, long long id, double secs)
+{
+    return fake_wait_holding(fd, r, type, id, 0, secs);
 }
 
 static json_t *kv_msg(const char *type, long long id, long long job, long long attempt,
@@ -2096,6 +2105,88 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
     json_decref(fake_wait(fd, &r, "cancel_job", -1, 10));
+    close(fd);
+    rw_frame_reader_free(&r);
+    expect_still_serving();
+}
+
+static void fake_epoch(int fd, long long job, long long attempt, int epoch, double loss)
+{
+    json_t *m = kv_msg("metric", -1, job, attempt, NULL);
+    json_object_set_new(m, "kind", json_string("epoch"));
+    json_object_set_new(m, "epoch", json_integer(epoch));
+    json_object_set_new(m, "step", json_integer(4 * epoch));
+    json_object_set_new(m, "loss", json_real(loss));
+    json_object_set_new(m, "align", json_real(loss / 2));
+    json_object_set_new(m, "uniform", json_real(-loss));
+    json_object_set_new(m, "collapse", json_real(0.1));
+    json_object_set_new(m, "tau", json_real(0.99));
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+}
+
+/* What a cancelled attempt reports between cancel_job and its "stopped" is
+ * the job's: the epochs it finished meanwhile are in the checkpoint it
+ * writes as it stops, and a requeued attempt resumes after them. Dropped,
+ * they would be missing for good (CI saw 299 of 300 epochs). Its metrics,
+ * logs and TensorBoard points are kept; a report after "stopped" is not. */
+Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    char path[128], out[4096], id[32];
+    /* three jobs for three idle workers: one is ours */
+    snprintf(path, sizeof path, "%s/late.yaml", dir);
+    write_grid(path, "late", 2, 0, "  seed: [0, 1, 2]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    json_t *as = fake_wait(fd, &r, "assign", -1, 20);
+    long long job = json_integer_value(json_object_get(as, "job"));
+    long long att = json_integer_value(json_object_get(as, "attempt"));
+    cr_assert_eq(json_integer_value(json_object_get(as, "rank")), 0);
+    json_decref(as);
+    fake_epoch(fd, job, att, 1, 0.5);
+    wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", job, 1, 10);
+
+    snprintf(id, sizeof id, "j%lld", job);
+    rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
+    json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, job, 10));
+    /* sent before it heard cancel_job, or on the way to its checkpoint */
+    fake_epoch(fd, job, att, 2, 0.25);
+    json_t *m = kv_msg("log", -1, job, att, NULL);
+    json_object_set_new(m, "line", json_string("stopped at step 9; checkpoint late.ckpt"));
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    m = kv_msg("stopped", -1, job, att, NULL);
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    /* the attempt is over: this one belongs to nothing */
+    fake_epoch(fd, job, att, 3, 0.125);
+    /* a request on the same connection: its reply comes after all that was
+     * handled */
+    m = kv_msg("kv_get", 20, job, att, "k");
+    json_object_set_new(m, "timeout_ms", json_integer(0));
+    json_t *e = fake_call(fd, &r, m, "error");
+    cr_assert_str_eq(code_of(e), RW_E_STATE);
+    json_decref(e);
+
+    sqlite3 *db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", job), 2);
+    cr_assert_eq(db_num(db, "SELECT loss FROM metrics WHERE job_id=? AND kind='epoch' AND epoch=2",
+                        job), 0.25);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND attempt_id<>"
+                            "(SELECT MAX(id) FROM attempts WHERE job_id=?1)", job), 0);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND kind='log' AND "
+                            "text='stopped at step 9; checkpoint late.ckpt'", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                            "'%ended after cancel_job: stopped%'", job), 1);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND "
+                            "outcome='cancelled'", job), 1);
+    sqlite3_close(db);
+    /* both points in the attempt's one event file, as in the database */
+    check_tensorboard(job, 0, "tb_check: 1 runs, 1 files,");
     close(fd);
     rw_frame_reader_free(&r);
     expect_still_serving();

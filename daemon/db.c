@@ -122,7 +122,8 @@ int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt)
     sqlite3_stmt *st = rd_db_prep(d, sql);
     if (!st)
         return dflt;
-    sqlite3_bind_int64(st, 1, arg);
+    if (sqlite3_bind_parameter_count(st) > 0) /* some queries take no argument */
+        sqlite3_bind_int64(st, 1, arg);
     int64_t v = dflt;
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
         v = sqlite3_column_int64(st, 0);

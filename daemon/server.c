@@ -959,6 +959,60 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
     rd_conn_send(c, r);
 }
 
+/* The random baseline: a variant whose spec trains nothing (optim.epochs
+ * 0), the row the paper compares every other with. */
+static int variant_is_baseline(rd_daemon *d, int64_t gid, const char *variant)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE grid_id=? AND variant=? "
+                                     "ORDER BY id LIMIT 1");
+    if (!st)
+        return 0;
+    sqlite3_bind_int64(st, 1, gid);
+    sqlite3_bind_text(st, 2, variant, -1, SQLITE_TRANSIENT);
+    int yes = 0;
+    rw_spec *spec = malloc(sizeof *spec);
+    if (spec && sqlite3_step(st) == SQLITE_ROW) {
+        const char *text = (const char *)sqlite3_column_text(st, 0);
+        char err[512];
+        yes = text && rw_spec_parse(text, strlen(text), "stored spec", "", spec, err,
+                                    sizeof err) == 0 && spec->optim.epochs == 0;
+    }
+    free(spec);
+    sqlite3_finalize(st);
+    return yes;
+}
+
+/* Marks, as the paper's Table 1 highlights them, the rows worse than the
+ * random baseline's (the first baseline row with numbers): L_uniform(f)
+ * higher (less spread than an untrained encoder) and linear accuracy lower. */
+static void mark_worse_than_baseline(json_t *rows, json_t *reply)
+{
+    const json_t *base = NULL;
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v) if (!base && json_is_true(json_object_get(v, "baseline")) &&
+                                       json_integer_value(json_object_get(v, "n")) > 0) base = v;
+    if (!base)
+        return;
+    json_object_set(reply, "baseline", json_object_get(base, "variant"));
+    const struct {
+        const char *mean, *flag;
+        int higher_is_worse;
+    } cmp[] = {{"uniform_mean", "uniform_worse", 1}, {"acc_mean", "acc_worse", 0}};
+    json_array_foreach(rows, i, v)
+    {
+        if (json_is_true(json_object_get(v, "baseline")))
+            continue;
+        for (size_t k = 0; k < sizeof cmp / sizeof *cmp; k++) {
+            const json_t *a = json_object_get(v, cmp[k].mean), *b = json_object_get(base, cmp[k].mean);
+            if (!json_is_number(a) || !json_is_number(b))
+                continue;
+            double x = json_number_value(a), y = json_number_value(b);
+            json_object_set_new(v, cmp[k].flag, json_boolean(cmp[k].higher_is_worse ? x > y : x < y));
+        }
+    }
+}
+
 static void req_table(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -1010,8 +1064,10 @@ static void req_table(rd_conn *c, long long id, json_t *m)
         json_object_set_new(v, "rank_n", json_integer(nrk));
         json_object_set_new(v, "rank_mean", rw_json_num(mu));
         json_object_set_new(v, "rank_std", rw_json_num(sd));
+        json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(d, gid, name)));
     }
     json_t *r = rw_msg_new("ok", id);
+    mark_worse_than_baseline(vars, r);
     json_object_set_new(r, "grid", json_integer(gid));
     json_t *gr = query_rows(d, "SELECT name FROM grids WHERE id=?1", gid, 1);
     json_object_set(r, "name", json_object_get(json_array_get(gr, 0), "name"));

@@ -861,6 +861,75 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
 }
 
 /* A job long enough to be caught mid-way: many tiny epochs, checkpoints. */
+/* The table marks, as the paper's Table 1 highlights them, what is worse
+ * than the random baseline (the variant with optim.epochs 0): L_uniform(f)
+ * higher, linear accuracy lower. The finished jobs' numbers are then set by
+ * hand in the database (the table reads them back) so that each comparison
+ * goes each way. */
+Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    char path[128], out[8192];
+    snprintf(path, sizeof path, "%s/marks.yaml", dir);
+    write_grid(path, "marks", 2, 0,
+               "  seed: [0]\n"
+               "  variant:\n"
+               "    - {name: base, optim: {epochs: 0}}\n"
+               "    - {name: good}\n"
+               "    - {name: bad, model: {predictor: none}}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 60, "watch", "marks", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+
+    /* base: L_uniform -1.0, 40%; good: -2.0, 60%; bad: -0.1, 20% */
+    char p[128];
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    const char *set[] = {
+        "UPDATE metrics SET uniform=-1.0 WHERE job_id=1", "UPDATE jobs SET linear_acc=0.4 WHERE id=1",
+        "UPDATE metrics SET uniform=-2.0 WHERE job_id=2", "UPDATE jobs SET linear_acc=0.6 WHERE id=2",
+        "UPDATE metrics SET uniform=-0.1 WHERE job_id=3", "UPDATE jobs SET linear_acc=0.2 WHERE id=3"};
+    for (size_t k = 0; k < sizeof set / sizeof *set; k++)
+        cr_assert_eq(sqlite3_exec(db, set[k], NULL, NULL, NULL), SQLITE_OK, "%s: %s", set[k],
+                     sqlite3_errmsg(db));
+    sqlite3_close(db);
+
+    json_t *t = simple("table", "grid", "marks");
+    cr_assert_str_eq(json_string_value(json_object_get(t, "baseline")), "base");
+    const char *variant[3] = {"base", "good", "bad"};
+    const int base[3] = {1, 0, 0}, uw[3] = {-1, 0, 1}, aw[3] = {-1, 0, 1}; /* -1: absent */
+    for (int v = 0; v < 3; v++) {
+        json_t *row = json_array_get(json_object_get(t, "rows"), (size_t)v);
+        cr_assert_str_eq(json_string_value(json_object_get(row, "variant")), variant[v]);
+        cr_assert_eq(json_is_true(json_object_get(row, "baseline")), base[v], "%s", variant[v]);
+        json_t *u = json_object_get(row, "uniform_worse"), *a = json_object_get(row, "acc_worse");
+        cr_assert_eq(u ? json_is_true(u) : -1, uw[v], "%s uniform_worse", variant[v]);
+        cr_assert_eq(a ? json_is_true(a) : -1, aw[v], "%s acc_worse", variant[v]);
+    }
+    json_decref(t);
+
+    rc = cli(out, sizeof out, 20, "table", "marks", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "-2.000 ± 0.000  ") && strstr(out, "60.00 ± 0.00%\n") &&
+                  strstr(out, "-0.100 ± 0.000 *") && strstr(out, "20.00 ± 0.00% *\n") &&
+                  strstr(out, "* worse than the random baseline (base): L_uniform(f) higher, "
+                              "linear eval lower"),
+              "%s", out);
+    rc = cli(out, sizeof out, 20, "table", "marks", "--format", "markdown", NULL);
+    cr_assert(rc == 0 && strstr(out, "| good | 1/1 | ") && strstr(out, "| -2.000 ± 0.000 |") &&
+                  strstr(out, "| **-0.100 ± 0.000** |") && strstr(out, "| **20.00 ± 0.00** |") &&
+                  strstr(out, "Bold: worse than the random baseline (base)"),
+              "%s", out);
+    rc = cli(out, sizeof out, 20, "table", "marks", "--format", "csv", NULL);
+    cr_assert(rc == 0 && strstr(out, ",uniform_worse,acc_worse\n") &&
+                  strstr(out, "\nbase,1,1,") && strstr(out, ",,\ngood,1,1,") &&
+                  strstr(out, ",0,0\nbad,1,1,") && strstr(out, ",1,1\n"),
+              "%s", out);
+}
+
 static long long submit_long(const char *name)
 {
     char path[128], out[4096];

@@ -713,6 +713,34 @@ static void pm(char *out, size_t len, const json_t *o, const char *mean, const c
              json_is_number(b) ? json_number_value(b) * scale : 0.0);
 }
 
+/* A row's mark against the random baseline (the daemon's table reply):
+ * 1 worse, 0 not, -1 no comparison (no baseline, or no number). */
+static int worse(const json_t *row, const char *flag)
+{
+    const json_t *f = json_object_get(row, flag);
+    return json_is_boolean(f) ? json_is_true(f) : -1;
+}
+
+/* `cell` with `pre`/`post` around it where the row is worse than the
+ * baseline. */
+static void marked(char *out, size_t len, const char *cell_text, const json_t *row,
+                   const char *flag, const char *pre, const char *post)
+{
+    if (worse(row, flag) == 1)
+        snprintf(out, len, "%s%s%s", pre, cell_text, post);
+    else
+        snprintf(out, len, "%s", cell_text);
+}
+
+static int any_worse(const json_t *rows)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v) if (worse(v, "uniform_worse") == 1 || worse(v, "acc_worse") == 1)
+        return 1;
+    return 0;
+}
+
 static void print_table(conn *c, const char *grid)
 {
     json_t *m = req_new("table");
@@ -727,15 +755,21 @@ static void print_table(conn *c, const char *grid)
     json_t *v;
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
-        char al[64], un[64], rk[64], acc[64], n[32];
+        char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80];
         pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
         pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
         pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
         pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
+        if (json_is_number(json_object_get(v, "acc_mean")))
+            strcat(acc, "%");
+        marked(unm, sizeof unm, un, v, "uniform_worse", "", " *");
+        marked(accm, sizeof accm, acc, v, "acc_worse", "", " *");
         snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
-        printf("%-20s %5s  %-24s %-20s %-18s %s%s\n", jstr(v, "variant"), n, al, un, rk, acc,
-               json_is_number(json_object_get(v, "acc_mean")) ? "%" : "");
+        printf("%-20s %5s  %-24s %-20s %-18s %s\n", jstr(v, "variant"), n, al, unm, rk, accm);
     }
+    if (any_worse(json_object_get(r, "rows")))
+        printf("* worse than the random baseline (%s): L_uniform(f) higher, linear eval lower\n",
+               jstr(r, "baseline"));
     json_decref(r);
 }
 
@@ -760,7 +794,7 @@ static void print_table_as(conn *c, const char *grid, const char *fmt)
     int csv = !strcmp(fmt, "csv");
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
-               "linear_acc_std,rank_mean,rank_std\n");
+               "linear_acc_std,rank_mean,rank_std,uniform_worse,acc_worse\n");
     else
         printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) | linear eval top-1 (%%) |\n"
                "|---|---|---|---|---|---|\n");
@@ -779,18 +813,28 @@ static void print_table_as(conn *c, const char *grid, const char *fmt)
         cell(rs, sizeof rs, v, "rank_std", 1);
         if (csv) {
             /* variant names are [A-Za-z0-9_.-]: no quoting needed */
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"), jint(v, "n"),
-                   jint(v, "jobs"), am, as, um, us, cm, cs, rm, rs);
+            /* against the random baseline: 1 worse, 0 not, empty where no comparison */
+            const char *b01[] = {"", "0", "1"};
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"),
+                   jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm, rs,
+                   b01[worse(v, "uniform_worse") + 1], b01[worse(v, "acc_worse") + 1]);
         } else {
-            char al[64], un[64], rk[64], acc[64];
+            char al[64], un[64], rk[64], acc[64], unm[80], accm[80];
             pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
             pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
             pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
             pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
+            /* bold, as the paper highlights them */
+            marked(unm, sizeof unm, un, v, "uniform_worse", "**", "**");
+            marked(accm, sizeof accm, acc, v, "acc_worse", "**", "**");
             printf("| %s | %lld/%lld | %s | %s | %s | %s |\n", jstr(v, "variant"), jint(v, "n"),
-                   jint(v, "jobs"), al, un, rk, acc);
+                   jint(v, "jobs"), al, unm, rk, accm);
         }
     }
+    if (!csv && any_worse(json_object_get(r, "rows")))
+        printf("\nBold: worse than the random baseline (%s): L_uniform(f) higher, linear eval "
+               "lower.\n",
+               jstr(r, "baseline"));
     json_decref(r);
 }
 

@@ -53,6 +53,14 @@ typedef struct rd_run {
     rd_kv_waiter *waiters;
     char *tb_path; /* its TensorBoard event file, once it reported a metric */
     int tb_failed; /* a write failed (logged): no more records */
+    /* its pace, for the estimates of the time left (daemon/eta.h) */
+    double t0;           /* rd_mono() when assigned */
+    int epochs_spec;     /* optim.epochs (0: unknown or the random baseline) */
+    long long max_steps; /* optim.max_steps (0: none) */
+    int epoch0;          /* epochs done before this attempt; -1 until its first report */
+    int epochs_total;    /* epochs it will train, once known */
+    double pace_s;       /* seconds per epoch so far; < 0 unknown */
+    double left_s, left_at; /* training time left, as of rd_mono() == left_at; < 0 unknown */
     struct rd_run *next;
 } rd_run;
 
@@ -186,6 +194,9 @@ void rd_tick(rd_daemon *d);
 void rd_schedule(rd_daemon *d);
 int rd_ndevices(rd_daemon *d);
 void rd_cancel_job(rd_daemon *d, int64_t job);
+/* Seconds until every job of grid `gid` has ended, estimated (daemon/eta.h);
+ * -1 where some duration cannot be estimated yet. */
+double rd_grid_left(rd_daemon *d, int64_t gid);
 int rd_requeue_job(rd_daemon *d, int64_t job); /* 1: a failed or cancelled job queued again */
 /* 1 while a worker holds the job or still stops an attempt of it (and may
  * yet write into its run folder) */

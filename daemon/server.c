@@ -594,6 +594,26 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     "(SELECT MAX(epoch) FROM metrics m WHERE m.job_id=j.id AND m.kind='epoch') AS epoch "       \
     "FROM jobs j "
 
+/* A grid's jobs by state, and the time until they have all ended
+ * (estimated; null where it cannot be yet). */
+static json_t *grid_progress(rd_daemon *d, int64_t gid)
+{
+    json_t *p = json_pack("{sisisisisi}", "queued", 0, "running", 0, "done", 0, "failed", 0,
+                          "cancelled", 0);
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT state, COUNT(*) FROM jobs WHERE grid_id=? GROUP BY "
+                                     "state");
+    if (st) {
+        sqlite3_bind_int64(st, 1, gid);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            json_object_set_new(p, (const char *)sqlite3_column_text(st, 0),
+                                json_integer(sqlite3_column_int64(st, 1)));
+        sqlite3_finalize(st);
+    }
+    double left = rd_grid_left(d, gid);
+    json_object_set_new(p, "left_s", left >= 0 ? json_real(left) : json_null());
+    return p;
+}
+
 static void req_ls(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -611,6 +631,8 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
                                     0, 500);
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "jobs", rows);
+    if (gid)
+        json_object_set_new(r, "progress", grid_progress(d, gid));
     rd_conn_send(c, r);
 }
 
@@ -1168,6 +1190,13 @@ void rd_watch_job_state(rd_daemon *d, int64_t job)
     json_object_set_new(ev, "kind", json_string("job"));
     json_object_set_new(ev, "job", json_incref(json_array_get(rows, 0)));
     json_decref(rows);
+    /* a grid's watchers also learn where the grid stands */
+    int64_t grid = rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", job, 0);
+    int grid_watched = 0;
+    for (rd_conn *c = d->conns; c; c = c->next)
+        grid_watched |= c->watch_kind == 'g' && c->watch_id == grid && !c->closing;
+    if (grid_watched)
+        json_object_set_new(ev, "grid_progress", grid_progress(d, grid));
     rd_watch_job_event(d, job, ev);
     for (rd_conn *c = d->conns; c; c = c->next) {
         if (c->watch_kind && !c->closing && watch_finished(d, c->watch_kind, c->watch_id)) {

@@ -21,8 +21,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "daemon/eta.h"
 #include "daemon/rd.h"
 #include "proto/msg.h"
+#include "proto/spec.h"
 
 extern char **environ;
 
@@ -286,6 +288,9 @@ static rd_run *run_new(rd_daemon *d, int64_t job, int64_t attempt, int world)
     r->job = job;
     r->attempt = attempt;
     r->world = world;
+    r->t0 = rd_mono();
+    r->epoch0 = -1;
+    r->pace_s = r->left_s = -1;
     r->next = d->runs;
     d->runs = r;
     return r;
@@ -687,6 +692,27 @@ static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, 
     sqlite3_finalize(st);
 }
 
+/* An epoch report of the attempt's: its pace, and the training time left
+ * (with the epochs it will train) into the watchers' event. */
+static void run_pace(rd_run *r, json_t *ev)
+{
+    json_int_t epoch = json_integer_value(json_object_get(ev, "epoch"));
+    json_int_t step = json_integer_value(json_object_get(ev, "step"));
+    if (epoch < 1)
+        return;
+    if (r->epoch0 < 0)
+        r->epoch0 = (int)epoch - 1; /* resumed after epoch0 (or within the next) */
+    double now = rd_mono();
+    int done = (int)epoch - r->epoch0;
+    r->epochs_total = rd_eta_epochs_total(r->epochs_spec, r->max_steps, step / epoch);
+    r->left_s = rd_eta_job_left(now - r->t0, done, (int)epoch, r->epochs_total);
+    r->left_at = now;
+    r->pace_s = done > 0 ? (now - r->t0) / done : -1;
+    json_object_set_new(ev, "epochs", json_integer(r->epochs_total));
+    if (r->left_s >= 0)
+        json_object_set_new(ev, "left_s", json_real(r->left_s));
+}
+
 /* A metric or log line of `attempt` (the worker's current one, or the one
  * it drains). */
 static void report(rd_daemon *d, rd_worker *w, int64_t job, int64_t attempt, rd_run *run,
@@ -709,6 +735,8 @@ static void report(rd_daemon *d, rd_worker *w, int64_t job, int64_t attempt, rd_
     store_metric(d, job, attempt, m, kind);
     rd_tb_metric(d, run, kind, m);
     json_t *ev = json_deep_copy(m);
+    if (!strcmp(kind, "epoch") && run && run->epochs_spec > 0)
+        run_pace(run, ev);
     json_object_set_new(ev, "type", json_string("event"));
     json_object_set_new(ev, "metric", json_string(kind));
     json_object_set_new(ev, "kind", json_string("metric"));
@@ -883,6 +911,18 @@ int rd_ndevices(rd_daemon *d)
     return n;
 }
 
+/* What the estimates of the time left need from the attempt's spec. */
+static void run_spec_pace(rd_run *r, const char *yaml)
+{
+    rw_spec *spec = r && yaml ? malloc(sizeof *spec) : NULL;
+    char err[512];
+    if (spec && rw_spec_parse(yaml, strlen(yaml), "stored spec", "", spec, err, sizeof err) == 0) {
+        r->epochs_spec = spec->optim.epochs;
+        r->max_steps = spec->optim.max_steps;
+    }
+    free(spec);
+}
+
 void rd_schedule(rd_daemon *d)
 {
     if (d->shutting_down)
@@ -948,7 +988,8 @@ void rd_schedule(rd_daemon *d)
         sqlite3_bind_double(st, 4, rd_now());
         sqlite3_step(st);
         sqlite3_finalize(st);
-        run_new(d, job, attempt, np); /* its rendezvous store */
+        rd_run *run = run_new(d, job, attempt, np); /* its rendezvous store */
+        run_spec_pace(run, json_string_value(spec));
         st = rd_db_prep(d, "UPDATE jobs SET state='running', attempts=attempts+1, "
                            "started=COALESCE(started, ?) WHERE id=?");
         if (st) {
@@ -1091,3 +1132,117 @@ json_t *rd_workers_json(rd_daemon *d)
     }
     return a;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Time left */
+
+/* How long a job of grid `gid` and `variant` runs, start to end: the mean
+ * of its finished siblings that ran in one attempt (same variant, else any
+ * of the grid), else the pace of a running one times its epochs; -1. */
+static double job_duration(rd_daemon *d, int64_t gid, const char *variant)
+{
+    for (int same = 1; same >= 0; same--) {
+        sqlite3_stmt *st = rd_db_prep(d, "SELECT AVG(finished - started) FROM jobs WHERE "
+                                         "grid_id=?1 AND (?2 IS NULL OR variant=?2) AND "
+                                         "state='done' AND attempts=1 AND finished >= started");
+        if (!st)
+            return -1;
+        sqlite3_bind_int64(st, 1, gid);
+        if (same)
+            sqlite3_bind_text(st, 2, variant, -1, SQLITE_TRANSIENT);
+        double v = -1;
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+            v = sqlite3_column_double(st, 0);
+        sqlite3_finalize(st);
+        if (v >= 0)
+            return v;
+        for (int i = 0; i < d->nworkers; i++) {
+            rd_worker *w = &d->workers[i];
+            rd_run *r = w->job && w->rank == 0 ? run_find(d, w->attempt) : NULL;
+            if (!r || r->pace_s < 0 || r->epochs_total <= 0)
+                continue;
+            st = rd_db_prep(d, "SELECT grid_id=?1 AND (?2 IS NULL OR variant=?2) FROM jobs "
+                               "WHERE id=?3");
+            int match = 0;
+            if (st) {
+                sqlite3_bind_int64(st, 1, gid);
+                if (same)
+                    sqlite3_bind_text(st, 2, variant, -1, SQLITE_TRANSIENT);
+                sqlite3_bind_int64(st, 3, r->job);
+                match = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+                sqlite3_finalize(st);
+            }
+            if (match)
+                return r->pace_s * r->epochs_total;
+        }
+    }
+    return -1;
+}
+
+double rd_grid_left(rd_daemon *d, int64_t gid)
+{
+    double now = rd_mono(), free_at[RD_WORKERS_MAX], left = 0;
+    int nw = 0;
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        /* a local worker between processes comes back; a remote one gone does not */
+        if (w->dead || (!w->conn && w->remote))
+            continue;
+        double f = 0;
+        if (w->job) {
+            rd_run *r = run_find(d, w->attempt);
+            if (r && r->left_s >= 0) {
+                f = r->left_s - (now - r->left_at);
+            } else {
+                /* no epoch reported yet: a whole run of its kind, less what it ran */
+                sqlite3_stmt *st = rd_db_prep(d, "SELECT grid_id, variant FROM jobs WHERE id=?");
+                double dur = -1;
+                if (st) {
+                    sqlite3_bind_int64(st, 1, w->job);
+                    if (sqlite3_step(st) == SQLITE_ROW)
+                        dur = job_duration(d, sqlite3_column_int64(st, 0),
+                                           (const char *)sqlite3_column_text(st, 1));
+                    sqlite3_finalize(st);
+                }
+                if (dur < 0)
+                    return -1;
+                f = dur - (r ? now - r->t0 : 0);
+            }
+            if (f < 0)
+                f = 0;
+            if (rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", w->job, 0) == gid && f > left)
+                left = f;
+        }
+        free_at[nw++] = f;
+    }
+    /* the queue in the scheduler's order, up to this grid's last job */
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT grid_id, variant, devices FROM jobs WHERE "
+                                     "state='queued' ORDER BY priority DESC, id");
+    if (!st)
+        return -1;
+    size_t n = 0, cap = 0;
+    rd_eta_job *q = NULL;
+    int unknown = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            rd_eta_job *nq = realloc(q, cap * sizeof *q);
+            if (!nq) {
+                unknown = 1;
+                break;
+            }
+            q = nq;
+        }
+        q[n].grid = sqlite3_column_int64(st, 0);
+        q[n].dur_s = job_duration(d, q[n].grid, (const char *)sqlite3_column_text(st, 1));
+        q[n].devices = sqlite3_column_int(st, 2);
+        n++;
+    }
+    sqlite3_finalize(st);
+    double end = unknown ? -1 : rd_eta_fifo(free_at, nw, q, (int)n, gid);
+    free(q);
+    if (end < 0)
+        return -1;
+    return end > left ? end : left;
+}
+

@@ -2261,6 +2261,148 @@ Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fi
     expect_still_serving();
 }
 
+/* Waits until `n` workers are connected and idle. */
+static void wait_idle_workers(int n)
+{
+    for (double t0 = now(); now() - t0 < 20;) {
+        json_t *r = simple("workers", NULL, NULL);
+        size_t i;
+        json_t *v;
+        int idle = 0;
+        json_array_foreach(json_object_get(r, "workers"), i, v) idle +=
+            !strcmp(json_string_value(json_object_get(v, "state")), "idle");
+        json_decref(r);
+        if (idle >= n)
+            return;
+        usleep(50000);
+    }
+    cr_assert_fail("fewer than %d idle workers after 20 s", n);
+}
+
+static json_t *grid_progress_of(const char *grid)
+{
+    json_t *r = simple("ls", "grid", grid);
+    json_t *p = json_incref(json_object_get(r, "progress"));
+    json_decref(r);
+    cr_assert(json_is_object(p), "ls %s: no progress", grid);
+    return p;
+}
+
+/* Reads a watch connection until an epoch metric of `job`. */
+static json_t *next_epoch_event(int fd, rw_frame_reader *r, long long job)
+{
+    for (double t0 = now(); now() - t0 < 10;) {
+        json_t *m = recv_frame(fd, r, 200);
+        if (m && !strcmp(json_string_value(json_object_get(m, "kind")) ?: "", "metric") &&
+            json_integer_value(json_object_get(m, "job")) == job)
+            return m;
+        json_decref(m);
+    }
+    cr_assert_fail("no epoch event of j%lld within 10 s", job);
+    return NULL;
+}
+
+/* The time left: a job's, at the pace of its attempt, on each epoch line of
+ * watch; a grid's in `ls GRID` (and watch), replaying the FIFO queue with
+ * each job's duration taken from a finished sibling, or from a running one's
+ * pace. Our fake worker sets the pace; the two real workers are kept busy
+ * with long jobs so that the grid's second job waits for it. */
+Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    wait_idle_workers(2);
+    char path[128], out[8192];
+    for (int k = 0; k < 2; k++) { /* the real workers come first in the scheduler's order */
+        snprintf(path, sizeof path, "%s/busy%d.yaml", dir, k);
+        write_grid(path, k ? "busy1" : "busy0", 50000, 0, "  seed: [0]\n");
+        int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+        cr_assert_eq(rc, 0, "%s", out);
+    }
+    wait_for("both busy", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    snprintf(path, sizeof path, "%s/eta.yaml", dir);
+    write_grid(path, "eta", 10, 0, "  seed: [0, 1]\n");
+    double t_submit = now();
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    json_t *as = fake_wait(fd, &r, "assign", -1, 20);
+    double t_assign = now();
+    long long job = json_integer_value(json_object_get(as, "job"));
+    long long att = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+
+    /* nothing finished, no epoch: not known yet */
+    json_t *p = grid_progress_of("eta");
+    cr_assert(json_is_null(json_object_get(p, "left_s")) &&
+                  json_integer_value(json_object_get(p, "running")) == 1 &&
+                  json_integer_value(json_object_get(p, "queued")) == 1,
+              "%s", json_dumps(p, 0));
+    json_decref(p);
+    rc = cli(out, sizeof out, 20, "ls", "eta", NULL);
+    cr_assert(rc == 0 && strstr(out, "eta: 0 done, 1 running, 1 queued; time left not known yet"),
+              "%s", out);
+
+    /* epoch 1 after ~1 s: 9 more at that pace for this job; the grid's
+     * other job runs 10 of them after it, on our worker (the others are busy) */
+    rw_frame_reader wr;
+    int wfd = client(&wr);
+    json_t *w = rw_msg_new("watch", 3);
+    json_object_set_new(w, "target", json_string("eta"));
+    json_decref(request(wfd, &wr, w));
+    usleep(1000000);
+    double t_sent = now();
+    fake_epoch(fd, job, att, 1, 0.5);
+    json_t *ev = next_epoch_event(wfd, &wr, job);
+    double t_event = now();
+    double pace_lo = t_sent - t_assign, pace_hi = t_event - t_submit;
+    cr_assert_eq(json_integer_value(json_object_get(ev, "epochs")), 10);
+    double left = json_real_value(json_object_get(ev, "left_s"));
+    cr_assert(left >= 9 * pace_lo && left <= 9 * pace_hi, "left %.3f s, pace %.3f..%.3f s", left,
+              pace_lo, pace_hi);
+    json_decref(ev);
+    close(wfd);
+    rw_frame_reader_free(&wr);
+    p = grid_progress_of("eta");
+    double t_ls = now();
+    double gl = json_real_value(json_object_get(p, "left_s"));
+    cr_assert(gl >= 19 * pace_lo - (t_ls - t_sent) && gl <= 19 * pace_hi,
+              "grid left %.3f s, pace %.3f..%.3f s", gl, pace_lo, pace_hi);
+    json_decref(p);
+
+    /* the first job done: its duration is the second's estimate */
+    json_t *m = kv_msg("done", -1, job, att, NULL);
+    const char *nums[] = {"loss", "align", "uniform", "collapse", "linear_acc", "align_last10",
+                          "uniform_last10"};
+    for (size_t k = 0; k < sizeof nums / sizeof *nums; k++)
+        json_object_set_new(m, nums[k], json_real(0.5));
+    json_object_set_new(m, "epoch", json_integer(10));
+    json_object_set_new(m, "step", json_integer(40));
+    double t_done = now();
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    as = fake_wait(fd, &r, "assign", -1, 20);
+    long long job2 = json_integer_value(json_object_get(as, "job"));
+    cr_assert_neq(job2, job);
+    json_decref(as);
+    p = grid_progress_of("eta");
+    t_ls = now();
+    sqlite3 *db = open_db();
+    double dur = db_num(db, "SELECT finished - started FROM jobs WHERE id=?", job);
+    sqlite3_close(db);
+    gl = json_real_value(json_object_get(p, "left_s"));
+    cr_assert(json_integer_value(json_object_get(p, "done")) == 1 && dur > 1 &&
+                  gl <= dur + 1e-6 && gl >= dur - (t_ls - t_done) - 1e-6,
+              "left %.3f s of a %.3f s job assigned %.3f s ago at most", gl, dur, t_ls - t_done);
+    json_decref(p);
+    rc = cli(out, sizeof out, 20, "ls", "eta", NULL);
+    cr_assert(rc == 0 && strstr(out, "eta: 1 done, 1 running, 0 queued; ~") &&
+                  strstr(out, " left (estimate)\n"),
+              "%s", out);
+    close(fd);
+    rw_frame_reader_free(&r);
+}
+
 static void setup_slow_heartbeat(void)
 {
     /* a frozen worker stays connected and silent for 30 s */

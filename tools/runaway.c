@@ -401,6 +401,46 @@ static void print_job_header(void)
            "L_align", "L_unif", "linear");
 }
 
+/* A duration as "3h05m", "12m30s" or "45s". */
+static void fmt_duration(double s, char *out, size_t len)
+{
+    long long t = llround(s < 0 ? 0 : s);
+    if (t >= 3600)
+        snprintf(out, len, "%lldh%02lldm", t / 3600, t % 3600 / 60);
+    else if (t >= 60)
+        snprintf(out, len, "%lldm%02llds", t / 60, t % 60);
+    else
+        snprintf(out, len, "%llds", t);
+}
+
+/* "grid g3: 2 done, 1 running, 5 queued; ~1h20m left" from the daemon's
+ * progress object (the time left is an estimate from the grid's finished
+ * and running jobs). */
+static void print_grid_progress(const char *grid, const json_t *p)
+{
+    if (!json_is_object(p))
+        return;
+    static const char *const states[] = {"done", "running", "queued", "failed", "cancelled"};
+    printf("%s:", grid);
+    const char *sep = " ";
+    for (size_t k = 0; k < sizeof states / sizeof *states; k++) {
+        long long n = jint(p, states[k]);
+        if (n || k < 3) {
+            printf("%s%lld %s", sep, n, states[k]);
+            sep = ", ";
+        }
+    }
+    const json_t *left = json_object_get(p, "left_s");
+    if (jint(p, "queued") + jint(p, "running") == 0)
+        printf("; ended\n");
+    else if (json_is_number(left)) {
+        char d[32];
+        fmt_duration(json_number_value(left), d, sizeof d);
+        printf("; ~%s left (estimate)\n", d);
+    } else
+        printf("; time left not known yet\n");
+}
+
 static int cmd_ls(int argc, char **argv)
 {
     conn c;
@@ -413,6 +453,8 @@ static int cmd_ls(int argc, char **argv)
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "jobs"), i, v) print_job_row(v);
+    if (argc > 0)
+        print_grid_progress(argv[0], json_object_get(r, "progress"));
     json_decref(r);
     conn_close(&c);
     return 0;
@@ -652,20 +694,33 @@ static int watch(conn *c, const char *target)
         }
         if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
             !strcmp(jstr(e, "metric"), "epoch")) {
-            char knn[32] = "", rank[32] = "";
+            char knn[32] = "", rank[32] = "", left[48] = "", of[24] = "";
+            if (json_is_number(json_object_get(e, "left_s"))) {
+                char d[32];
+                fmt_duration(rw_json_get_num(e, "left_s"), d, sizeof d);
+                snprintf(left, sizeof left, "  ~%s of training left", d);
+            }
+            if (jint(e, "epochs") > 0)
+                snprintf(of, sizeof of, "/%lld", jint(e, "epochs"));
             if (json_is_number(json_object_get(e, "knn")))
                 snprintf(knn, sizeof knn, "  knn %.1f%%", 100 * rw_json_get_num(e, "knn"));
             if (json_is_number(json_object_get(e, "rank")))
                 snprintf(rank, sizeof rank, "  rank %.1f", rw_json_get_num(e, "rank"));
-            printf("j%-4lld epoch %3lld  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s  "
-                   "%.1f pairs/s\n",
-                   jint(e, "job"), jint(e, "epoch"), rw_json_get_num(e, "loss"),
+            printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s  "
+                   "%.1f pairs/s%s\n",
+                   jint(e, "job"), jint(e, "epoch"), of, rw_json_get_num(e, "loss"),
                    rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
-                   rw_json_get_num(e, "collapse"), rank, knn, rw_json_get_num(e, "pairs_per_s"));
+                   rw_json_get_num(e, "collapse"), rank, knn, rw_json_get_num(e, "pairs_per_s"),
+                   left);
         } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
             json_t *j = json_object_get(e, "job");
             printf("j%-4lld %s: %s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
                    json_is_string(json_object_get(j, "error")) ? ": " : "", jstr(j, "error"));
+            if (kind == 'g') {
+                char g[32];
+                snprintf(g, sizeof g, "grid g%lld", tid);
+                print_grid_progress(g, json_object_get(e, "grid_progress"));
+            }
         }
         fflush(stdout);
         json_decref(e);

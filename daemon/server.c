@@ -671,6 +671,15 @@ static void req_show(rd_conn *c, long long id, json_t *m)
     char tb[PATH_MAX];
     json_object_set_new(r, "tensorboard",
                         rd_tb_run_dir(d, job, tb, sizeof tb) == 0 ? json_string(tb) : json_null());
+    /* a running job's place in its training, as its watchers see it */
+    for (rd_run *run = d->runs; run; run = run->next) {
+        if (run->job != job || run->epochs_total <= 0)
+            continue;
+        double left = run->left_s - (rd_mono() - run->left_at);
+        json_object_set_new(r, "progress",
+                            json_pack("{sIso}", "epochs", (json_int_t)run->epochs_total, "left_s",
+                                      run->left_s < 0 ? json_null() : json_real(left > 0 ? left : 0)));
+    }
     rd_conn_send(c, r);
 }
 

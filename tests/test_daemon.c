@@ -2369,6 +2369,12 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
     cr_assert(gl >= 19 * pace_lo - (t_ls - t_sent) && gl <= 19 * pace_hi,
               "grid left %.3f s, pace %.3f..%.3f s", gl, pace_lo, pace_hi);
     json_decref(p);
+    char id[32];
+    snprintf(id, sizeof id, "j%lld", job);
+    rc = cli(out, sizeof out, 20, "show", id, NULL);
+    cr_assert(rc == 0 && strstr(out, "progress   epoch 1 of 10, ~") &&
+                  strstr(out, "s of training left\n"),
+              "%s", out);
 
     /* the first job done: its duration is the second's estimate */
     json_t *m = kv_msg("done", -1, job, att, NULL);

@@ -489,6 +489,14 @@ static int cmd_show(const char *job)
     print_time("created", j, "created");
     print_time("started", j, "started");
     print_time("finished", j, "finished");
+    const json_t *pr = json_object_get(r, "progress");
+    if (json_is_object(pr)) {
+        char d[32] = "?";
+        if (json_is_number(json_object_get(pr, "left_s")))
+            fmt_duration(rw_json_get_num(pr, "left_s"), d, sizeof d);
+        printf("progress   epoch %lld of %lld, ~%s of training left\n", jint(j, "epoch"),
+               jint(pr, "epochs"), d);
+    }
     printf("run dir    %s\n", jstr(r, "run_dir"));
     if (json_is_string(json_object_get(r, "tensorboard")))
         printf("tensorboard %s\n", jstr(r, "tensorboard"));

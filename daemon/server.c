@@ -609,9 +609,27 @@ static json_t *grid_progress(rd_daemon *d, int64_t gid)
                                 json_integer(sqlite3_column_int64(st, 1)));
         sqlite3_finalize(st);
     }
-    double left = rd_grid_left(d, gid);
+    double left = json_integer_value(json_object_get(p, "queued")) +
+                          json_integer_value(json_object_get(p, "running")) ?
+                      rd_grid_left(d, gid) : 0; /* ended */
     json_object_set_new(p, "left_s", left >= 0 ? json_real(left) : json_null());
     return p;
+}
+
+/* The newest 200 grids, each with its progress. */
+static void req_grids(rd_conn *c, long long id)
+{
+    rd_daemon *d = c->d;
+    json_t *rows = query_rows(d, "SELECT * FROM (SELECT id, name, priority, created FROM grids "
+                                 "ORDER BY id DESC LIMIT 200) ORDER BY id", 0, 200);
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v)
+        json_object_set_new(v, "progress",
+                            grid_progress(d, json_integer_value(json_object_get(v, "id"))));
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "grids", rows);
+    rd_conn_send(c, r);
 }
 
 static void req_ls(rd_conn *c, long long id, json_t *m)
@@ -1225,6 +1243,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
             req_submit(c, id, m);
     } else if (!strcmp(type, "ls"))
         req_ls(c, id, m);
+    else if (!strcmp(type, "grids"))
+        req_grids(c, id);
     else if (!strcmp(type, "show"))
         req_show(c, id, m);
     else if (!strcmp(type, "cancel"))

@@ -928,6 +928,10 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                   strstr(out, "\nbase,1,1,") && strstr(out, ",,\ngood,1,1,") &&
                   strstr(out, ",0,0\nbad,1,1,") && strstr(out, ",1,1\n"),
               "%s", out);
+    rc = cli(out, sizeof out, 20, "grids", NULL);
+    cr_assert(rc == 0 && strstr(out, "g1    marks ") &&
+                  strstr(out, "prio 0  : 3 done, 0 running, 0 queued; ended\n"),
+              "%s", out);
 }
 
 static long long submit_long(const char *name)
@@ -2404,6 +2408,13 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
     rc = cli(out, sizeof out, 20, "ls", "eta", NULL);
     cr_assert(rc == 0 && strstr(out, "eta: 1 done, 1 running, 0 queued; ~") &&
                   strstr(out, " left (estimate)\n"),
+              "%s", out);
+    /* every grid in one list: the busy ones run at their pace too */
+    rc = cli(out, sizeof out, 20, "grids", NULL);
+    const char *g3 = strstr(out, "g3    eta ");
+    cr_assert(rc == 0 && strstr(out, "g1    busy0 ") && strstr(out, "g2    busy1 ") && g3 &&
+                  strstr(g3, "prio 0  : 1 done, 1 running, 0 queued; ~") &&
+                  strstr(out, ": 0 done, 1 running, 0 queued; ~"),
               "%s", out);
     close(fd);
     rw_frame_reader_free(&r);

@@ -36,6 +36,8 @@ static void usage(FILE *f)
             "  daemon status\n"
             "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
             "  ls [GRID]                            jobs (the newest 500, or one grid's)\n"
+            "  grids                                the newest 200 grids: jobs by state and\n"
+            "                                       the time left (estimated)\n"
             "  show JOB                             a job: state, attempts, result, spec\n"
             "  cancel JOB|GRID                      running jobs checkpoint and stop\n"
             "  requeue JOB|GRID                     failed or cancelled jobs back to the queue,\n"
@@ -439,6 +441,31 @@ static void print_grid_progress(const char *grid, const json_t *p)
         printf("; ~%s left (estimate)\n", d);
     } else
         printf("; time left not known yet\n");
+}
+
+static int cmd_grids(void)
+{
+    conn c;
+    need_conn(&c);
+    json_t *r = request(&c, req_new("grids"));
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "grids"), i, v)
+    {
+        time_t t = (time_t)rw_json_get_num(v, "created");
+        struct tm tm;
+        char when[32], label[200];
+        localtime_r(&t, &tm);
+        strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
+        snprintf(label, sizeof label, "g%-4lld %-24s %s  prio %-3lld", jint(v, "id"),
+                 jstr(v, "name"), when, jint(v, "priority"));
+        print_grid_progress(label, json_object_get(v, "progress"));
+    }
+    if (!json_array_size(json_object_get(r, "grids")))
+        printf("no grids\n");
+    json_decref(r);
+    conn_close(&c);
+    return 0;
 }
 
 static int cmd_ls(int argc, char **argv)
@@ -1506,6 +1533,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "ls"))
         return cmd_ls(n, a);
+    if (!strcmp(cmd, "grids"))
+        return cmd_grids();
     if (!strcmp(cmd, "show")) {
         NEED(1, "JOB");
         return cmd_show(a[0]);

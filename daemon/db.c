@@ -155,7 +155,8 @@ void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
     sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO events(t, job_id, kind, text) VALUES(?,?,?,?)");
     if (!st)
         return;
-    sqlite3_bind_double(st, 1, rd_now());
+    double t = rd_now(); /* one time for the row and its followers */
+    sqlite3_bind_double(st, 1, t);
     if (job > 0)
         sqlite3_bind_int64(st, 2, job);
     else
@@ -165,4 +166,6 @@ void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
     if (sqlite3_step(st) != SQLITE_DONE)
         rd_log("sqlite: event: %s", sqlite3_errmsg(d->db));
     sqlite3_finalize(st);
+    if (job > 0)
+        rd_watch_job_log(d, job, t, kind, text);
 }

@@ -87,6 +87,7 @@ struct rd_conn {
     char watch_kind;
     int64_t watch_id;
     long long watch_req;
+    int watch_logs; /* `logs --follow`: the job's new events, not its metrics */
     int kv_waiting; /* kv_get requests of this connection still waiting */
     struct rd_conn *next;
 };
@@ -197,6 +198,8 @@ void rd_cancel_job(rd_daemon *d, int64_t job);
 /* Seconds until every job of grid `gid` has ended, estimated (daemon/eta.h);
  * -1 where some duration cannot be estimated yet. */
 double rd_grid_left(rd_daemon *d, int64_t gid);
+/* A new event row of `job` to those following its log. */
+void rd_watch_job_log(rd_daemon *d, int64_t job, double t, const char *kind, const char *text);
 int rd_requeue_job(rd_daemon *d, int64_t job); /* 1: a failed or cancelled job queued again */
 /* 1 while a worker holds the job or still stops an attempt of it (and may
  * yet write into its run folder) */

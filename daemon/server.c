@@ -791,6 +791,8 @@ static void req_rm(rd_conn *c, long long id, json_t *m)
     rd_conn_send(c, r);
 }
 
+static int watch_finished(rd_daemon *d, char kind, int64_t wid);
+
 static void req_logs(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -818,6 +820,18 @@ static void req_logs(rd_conn *c, long long id, json_t *m)
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "lines", lines);
     rd_conn_send(c, r);
+    /* --follow: every later event of the job, until it has ended (the
+     * loop is single-threaded: none falls between the tail and these) */
+    if (json_is_true(json_object_get(m, "follow"))) {
+        if (watch_finished(d, 'j', job)) {
+            rd_conn_send(c, rw_msg_new("watch_end", id));
+            return;
+        }
+        c->watch_kind = 'j';
+        c->watch_id = job;
+        c->watch_req = id;
+        c->watch_logs = 1;
+    }
 }
 
 /* Mean of L_align and L_uniform over a job's last 10 epochs, each epoch's
@@ -1190,6 +1204,7 @@ static void req_watch(rd_conn *c, long long id, json_t *m)
     c->watch_kind = kind;
     c->watch_id = tid;
     c->watch_req = id;
+    c->watch_logs = 0;
 }
 
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev)
@@ -1200,6 +1215,8 @@ void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev)
             continue;
         if (c->watch_kind == 'g' && !grid)
             grid = rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", job, -1);
+        if (c->watch_logs && strcmp(json_string_value(json_object_get(ev, "kind")), "job"))
+            continue; /* a log follower: no metrics */
         if ((c->watch_kind == 'j' && c->watch_id == job) ||
             (c->watch_kind == 'g' && c->watch_id == grid)) {
             json_t *e = json_deep_copy(ev);
@@ -1208,6 +1225,18 @@ void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev)
         }
     }
     json_decref(ev);
+}
+
+void rd_watch_job_log(rd_daemon *d, int64_t job, double t, const char *kind, const char *text)
+{
+    for (rd_conn *c = d->conns; c; c = c->next) {
+        if (!c->watch_logs || c->closing || c->watch_kind != 'j' || c->watch_id != job)
+            continue;
+        json_t *e = rw_msg_new("event", c->watch_req);
+        json_object_set_new(e, "kind", json_string("log"));
+        json_object_set_new(e, "line", json_pack("{sfssss}", "t", t, "kind", kind, "text", text));
+        rd_conn_send(c, e);
+    }
 }
 
 void rd_watch_job_state(rd_daemon *d, int64_t job)
@@ -1229,6 +1258,7 @@ void rd_watch_job_state(rd_daemon *d, int64_t job)
         if (c->watch_kind && !c->closing && watch_finished(d, c->watch_kind, c->watch_id)) {
             rd_conn_send(c, rw_msg_new("watch_end", c->watch_req));
             c->watch_kind = 0;
+            c->watch_logs = 0;
         }
     }
 }

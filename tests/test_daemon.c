@@ -934,6 +934,29 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
               "%s", out);
 }
 
+/* logs --follow prints the tail, then every new line as it comes, and
+ * ends with the job: the same lines, in the same order, as the whole log
+ * read afterwards. */
+Test(daemon, logs_follow_streams_until_the_job_ends, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    char path[128], out[65536], whole[65536];
+    snprintf(path, sizeof path, "%s/follow.yaml", dir);
+    write_grid(path, "follow", 30, 10, "  seed: [0]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    wait_for("running", "SELECT COUNT(*) FROM jobs WHERE id=? AND state='running'", 1, 1, 20);
+    rc = cli(out, sizeof out, 80, "logs", "j1", "--tail", "100000", "-f", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "epoch  30/30") && strstr(out, "* state done"), "%s", out);
+    rc = cli(whole, sizeof whole, 20, "logs", "j1", "--tail", "100000", NULL);
+    cr_assert_eq(rc, 0, "%s", whole);
+    cr_assert_str_eq(out, whole);
+    /* a job that has ended: the tail, at once */
+    rc = cli(out, sizeof out, 20, "logs", "j1", "--tail", "100000", "--follow", NULL);
+    cr_assert(rc == 0 && !strcmp(out, whole), "%s", out);
+}
+
 static long long submit_long(const char *name)
 {
     char path[128], out[4096];

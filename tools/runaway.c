@@ -44,7 +44,8 @@ static void usage(FILE *f)
             "                                       each resuming from its checkpoint\n"
             "  rm JOB|GRID                          ended jobs out of the database, with their\n"
             "                                       run folders and TensorBoard runs\n"
-            "  logs JOB [--tail N]\n"
+            "  logs JOB [--tail N] [-f|--follow]    the job's log and events (the last N, 200);\n"
+            "                                       -f: then new ones until the job has ended\n"
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
             "  table GRID [--format text|csv|markdown]\n"
@@ -551,13 +552,26 @@ static int cmd_show(const char *job)
     return 0;
 }
 
+static void print_log_line(const json_t *v)
+{
+    time_t t = (time_t)json_number_value(json_object_get(v, "t"));
+    struct tm tm;
+    char ts[32];
+    localtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%H:%M:%S", &tm);
+    printf("%s %s%s\n", ts, strcmp(jstr(v, "kind"), "log") ? "* " : "", jstr(v, "text"));
+}
+
 static int cmd_logs(int argc, char **argv)
 {
     const char *job = NULL;
     long tail = 0;
+    int follow = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--tail") && i + 1 < argc)
             tail = strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow"))
+            follow = 1;
         else if (!job)
             job = argv[i];
         else
@@ -571,19 +585,25 @@ static int cmd_logs(int argc, char **argv)
     json_object_set_new(m, "job", json_string(job));
     if (tail > 0)
         json_object_set_new(m, "tail", json_integer(tail));
+    if (follow)
+        json_object_set_new(m, "follow", json_true());
     json_t *r = request(&c, m);
+    long long id = rw_msg_id(r);
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(r, "lines"), i, v)
-    {
-        time_t t = (time_t)json_number_value(json_object_get(v, "t"));
-        struct tm tm;
-        char ts[32];
-        localtime_r(&t, &tm);
-        strftime(ts, sizeof ts, "%H:%M:%S", &tm);
-        printf("%s %s%s\n", ts, strcmp(jstr(v, "kind"), "log") ? "* " : "", jstr(v, "text"));
-    }
+    json_array_foreach(json_object_get(r, "lines"), i, v) print_log_line(v);
     json_decref(r);
+    fflush(stdout);
+    /* then the job's new lines as they come, until it has ended */
+    while (follow) {
+        json_t *e = recv_msg(&c, -1);
+        if (rw_msg_id(e) == id && !strcmp(jstr(e, "type"), "watch_end"))
+            follow = 0;
+        else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "log"))
+            print_log_line(json_object_get(e, "line"));
+        fflush(stdout);
+        json_decref(e);
+    }
     conn_close(&c);
     return 0;
 }

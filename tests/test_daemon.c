@@ -1059,6 +1059,44 @@ static void no_daemon(void)
     cr_assert_not_null(mkdtemp(dir));
 }
 
+/* submit --dry-run needs no daemon: each job, with the fields in which the
+ * grid's jobs differ (not the name and seed its name carries), and what
+ * the others share; nothing is started or written. */
+Test(cli, submit_dry_run_lists_the_jobs_and_what_differs, .init = no_daemon, .fini = teardown,
+     .timeout = 30)
+{
+    char out[8192], path[128];
+    snprintf(path, sizeof path, "%s/dry.yaml", dir);
+    write_grid(path, "dry", 3, 0,
+               "  seed: [0, 1]\n"
+               "  variant:\n"
+               "    - {name: base, optim: {epochs: 0}}\n"
+               "    - {name: np, model: {predictor: none}}\n");
+    int rc = cli(out, sizeof out, 10, "submit", path, "--dry-run", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "grid dry: 4 jobs, priority 0 (dry run: nothing submitted)\n"), "%s", out);
+    /* the two fields that vary, in the spec's order, and nothing else */
+    const char *rows[4] = {"  dry/base/seed0", "  dry/base/seed1", "  dry/np/seed0", "  dry/np/seed1"};
+    const char *diff[2] = {"model.predictor: mlp  optim.epochs: 0\n",
+                           "model.predictor: none  optim.epochs: 3\n"};
+    for (int k = 0; k < 4; k++) {
+        const char *row = strstr(out, rows[k]);
+        cr_assert_not_null(row, "%s", out);
+        const char *end = strchr(row, '\n');
+        const char *d = strstr(row, diff[k / 2]);
+        cr_assert(d && d + strlen(diff[k / 2]) - 1 == end, "row %d: %.*s", k, (int)(end - row), row);
+    }
+    cr_assert(strstr(out, " fields the same in every job"), "%s", out);
+    char sp[160];
+    snprintf(sp, sizeof sp, "%s/runawayd.sock", dir);
+    struct stat st;
+    cr_assert(stat(sp, &st) != 0 && errno == ENOENT, "a daemon was started: %s", sp);
+    /* a bad grid: the parser's message */
+    write_grid(path, "dry", 3, 0, "  variant:\n    - {name: x, model: {predictor: nope}}\n");
+    rc = cli(out, sizeof out, 10, "submit", "-n", path, NULL);
+    cr_assert(rc == 1 && strstr(out, "model.predictor") && strstr(out, "nope"), "%s", out);
+}
+
 Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = no_daemon, .fini = teardown,
      .timeout = 30)
 {

@@ -35,6 +35,7 @@ static void usage(FILE *f)
             "  daemon stop                          workers checkpoint, jobs go back to the queue\n"
             "  daemon status\n"
             "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
+            "         [-n|--dry-run]                -n: only list its jobs and how they differ\n"
             "  ls [GRID]                            jobs (the newest 500, or one grid's)\n"
             "  grids                                the newest 200 grids: jobs by state and\n"
             "                                       the time left (estimated)\n"
@@ -362,6 +363,87 @@ static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
     if (has_prio)
         json_object_set_new(m, "priority", json_integer(prio));
     return request(c, m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* submit --dry-run */
+
+/* The canonical YAML of a spec (two spaces a level, one field a line,
+ * lists inline) as "a.b.c: value" lines, into out; the number of lines. */
+static int flatten_spec(const rw_spec *s, char (*out)[256], int max)
+{
+    static char yaml[RW_SPEC_YAML_MAX];
+    if (rw_spec_to_yaml(s, yaml, sizeof yaml) < 0)
+        die("dry run: spec too large to render");
+    char path[8][64];
+    int n = 0;
+    for (char *line = strtok(yaml, "\n"); line && n < max; line = strtok(NULL, "\n")) {
+        int ind = 0;
+        while (line[ind] == ' ')
+            ind++;
+        int depth = ind / 2;
+        char *colon = strstr(line + ind, ":");
+        if (depth >= 8 || !colon)
+            continue;
+        snprintf(path[depth], sizeof path[depth], "%.*s", (int)(colon - line - ind), line + ind);
+        if (colon[1] == 0)
+            continue; /* a mapping's key: its fields follow, one level in */
+        char key[512] = "";
+        for (int k = 0; k <= depth; k++)
+            snprintf(key + strlen(key), sizeof key - strlen(key), "%s%s", k ? "." : "", path[k]);
+        snprintf(out[n++], 256, "%s:%s", key, colon + 1);
+    }
+    return n;
+}
+
+/* What `submit` would queue, without a daemon: every job, and per job the
+ * fields in which the grid's jobs differ (besides the name and the seed,
+ * which its name says). */
+static int dry_run(const char *path)
+{
+    char *text;
+    size_t len;
+    char basedir[RW_PATH_MAX], err[2048];
+    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, sizeof basedir, err,
+                          sizeof err) != 0)
+        die("%s", err);
+    rw_grid g;
+    if (rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) != 0)
+        die("%s", err);
+    free(text);
+    enum { MAXF = 256 };
+    char(*first)[256] = calloc(MAXF, 256), (*cur)[256] = calloc(MAXF, 256);
+    int *varies = calloc(MAXF, sizeof *varies);
+    if (!first || !cur || !varies)
+        die("out of memory");
+    int nf = g.njobs ? flatten_spec(&g.jobs[0].spec, first, MAXF) : 0;
+    for (size_t j = 1; j < g.njobs; j++) {
+        int n = flatten_spec(&g.jobs[j].spec, cur, MAXF);
+        for (int k = 0; k < nf && k < n; k++)
+            varies[k] |= strcmp(first[k], cur[k]) != 0;
+    }
+    printf("grid %s: %zu job%s, priority %d (dry run: nothing submitted)\n", g.name, g.njobs,
+           g.njobs == 1 ? "" : "s", g.priority);
+    for (size_t j = 0; j < g.njobs; j++) {
+        int n = flatten_spec(&g.jobs[j].spec, cur, MAXF);
+        printf("  %-40s", g.jobs[j].name);
+        for (int k = 0; k < nf && k < n; k++) {
+            if (!varies[k] || !strncmp(cur[k], "name:", 5) || !strncmp(cur[k], "seed:", 5))
+                continue;
+            printf("  %s", cur[k]);
+        }
+        printf("\n");
+    }
+    int same = 0;
+    for (int k = 0; k < nf; k++)
+        same += !varies[k];
+    printf("%d field%s the same in every job (runaway show prints a submitted job's whole spec)\n",
+           same, same == 1 ? "" : "s");
+    free(first);
+    free(cur);
+    free(varies);
+    rw_grid_free(&g);
+    return 0;
 }
 
 static void print_submitted(json_t *r)
@@ -1531,12 +1613,14 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "submit")) {
         long prio = 0;
-        int has_prio = 0;
+        int has_prio = 0, dry = 0;
         const char *path = NULL;
         for (int k = 0; k < n; k++) {
             if (!strcmp(a[k], "--priority") && k + 1 < n) {
                 prio = strtol(a[++k], NULL, 10);
                 has_prio = 1;
+            } else if (!strcmp(a[k], "--dry-run") || !strcmp(a[k], "-n")) {
+                dry = 1;
             } else if (!path)
                 path = a[k];
             else
@@ -1544,6 +1628,8 @@ int main(int argc, char **argv)
         }
         if (!path)
             die("submit: which spec or grid file?");
+        if (dry)
+            return dry_run(path);
         conn c = {.fd = -1};
         json_t *r = do_submit(&c, path, has_prio, prio);
         print_submitted(r);

@@ -336,19 +336,27 @@ static int daemon_status(void)
 /* ------------------------------------------------------------------------ */
 /* submit */
 
+/* Reads and parses a grid or spec file, or dies with the parser's message;
+ * its text (the caller frees it). */
+static char *read_grid(const char *path, rw_grid *g, char basedir[RW_PATH_MAX])
+{
+    char *text, err[2048];
+    size_t len;
+    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, RW_PATH_MAX, err,
+                          sizeof err) != 0)
+        die("%s", err);
+    if (rw_grid_parse(text, len, path, basedir, g, err, sizeof err) != 0)
+        die("%s", err);
+    return text;
+}
+
 /* Parses locally first: a bad spec gets the parser's message even without
  * a daemon; the daemon parses again (it trusts no client). */
 static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
 {
-    char *text;
-    size_t len;
-    char basedir[RW_PATH_MAX], err[2048];
-    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, sizeof basedir, err,
-                          sizeof err) != 0)
-        die("%s", err);
+    char basedir[RW_PATH_MAX];
     rw_grid g;
-    if (rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) != 0)
-        die("%s", err);
+    char *text = read_grid(path, &g, basedir);
     rw_grid_free(&g);
     if (c->fd < 0)
         need_conn(c);
@@ -401,16 +409,9 @@ static int flatten_spec(const rw_spec *s, char (*out)[256], int max)
  * which its name says). */
 static int dry_run(const char *path)
 {
-    char *text;
-    size_t len;
-    char basedir[RW_PATH_MAX], err[2048];
-    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, sizeof basedir, err,
-                          sizeof err) != 0)
-        die("%s", err);
+    char basedir[RW_PATH_MAX];
     rw_grid g;
-    if (rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) != 0)
-        die("%s", err);
-    free(text);
+    free(read_grid(path, &g, basedir));
     enum { MAXF = 256 };
     char(*first)[256] = calloc(MAXF, 256), (*cur)[256] = calloc(MAXF, 256);
     int *varies = calloc(MAXF, sizeof *varies);

@@ -374,6 +374,7 @@ static const field fields[] = {
     {"eval.rank.samples", F_INT, O(eval.rank_samples), 2, 65536, 0, NULL},
     {"log.every_steps", F_INT, O(log.every_steps), 0, 1000000000, 0, NULL},
     {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
+    {"checkpoint.every_minutes", F_FLOAT, O(checkpoint.every_minutes), 0, 1e6, 0, NULL},
     {"checkpoint.snapshot_every", F_INT, O(checkpoint.snapshot_every), 0, 100000, 0, NULL},
     /* last, so the allowed-keys lists that name the paper's fields read as before */
     {"devices", F_INT, O(devices), 1, 64, 0, NULL},
@@ -430,6 +431,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->eval.rank_samples = 1024;
     s->log.every_steps = 0;
     s->checkpoint.every_epochs = 0;
+    s->checkpoint.every_minutes = 0;
     s->checkpoint.snapshot_every = 0;
 }
 

@@ -58,6 +58,7 @@
  *     every_steps: 0        # per-step metrics every N steps (0: per epoch only)
  *   checkpoint:
  *     every_epochs: 0       # 0: only at the end
+ *     every_minutes: 0      # also within epochs, this often (0: off)
  *     snapshot_every: 0     # keep the weights every N epochs (0: off)
  *
  * Errors name the file, the field (dotted path, e.g. "optim.lr") and what is
@@ -156,6 +157,7 @@ typedef struct rw_spec {
 
     struct {
         int every_epochs;
+        float every_minutes; /* a checkpoint at the first step this long after the last */
         /* weights kept, not overwritten, at epoch 0 and every N epochs
          * (runs/.../snapshots/weights-eNNNNN.safetensors) */
         int snapshot_every;

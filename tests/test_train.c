@@ -232,6 +232,94 @@ Test(train, resume_equals_uninterrupted)
     resume_equals_uninterrupted_for(s);
 }
 
+/* checkpoint.every_minutes, set so short that every step saves: a copy of
+ * the checkpoint taken in the middle of epoch 2 (as a worker killed there
+ * would leave it) resumes to the bits of the run that went on, and the
+ * saves themselves change nothing. */
+typedef struct keep {
+    record rec;
+    char ckpt[160], copy[160];
+    long at_step;
+    int copied;
+    char resumed[256];
+} keep;
+
+static void keep_on_step(void *ud, const rw_metrics *m)
+{
+    keep *k = ud;
+    k->rec.steps = m->step;
+    if (m->step == k->at_step && !k->copied) {
+        /* the file holds the previous step's save */
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s'", k->ckpt, k->copy);
+        cr_assert_eq(system(cmd), 0, "%s", cmd);
+        k->copied = 1;
+    }
+}
+
+static void keep_on_log(void *ud, const char *line)
+{
+    keep *k = ud;
+    if (strstr(line, "resumed from"))
+        snprintf(k->resumed, sizeof k->resumed, "%s", line);
+}
+
+static rw_train_result train_keep(const rw_spec *s, const char *out, int resume, keep *k)
+{
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_hooks h = {.ud = k, .on_epoch = on_epoch, .on_step = keep_on_step,
+                        .on_log = keep_on_log};
+    rw_train_opts o = {.out_dir = out, .resume = resume};
+    rw_train_result res;
+    char err[512];
+    int rc = rw_train(s, be, &o, &h, &res, err, sizeof err);
+    cr_assert_eq(rc, 0, "rw_train: %s", err);
+    kb_destroy(be);
+    return res;
+}
+
+Test(train, timed_checkpoints_within_an_epoch_resume_exactly)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.log.every_steps = 1;
+    record plain = {0};
+    char o0[96], o1[96], o2[96], w0[128], w1[128], w2[128];
+    snprintf(o0, sizeof o0, "%s/untimed", tmp);
+    snprintf(o1, sizeof o1, "%s/timed", tmp);
+    snprintf(o2, sizeof o2, "%s/killed", tmp);
+    rw_train_result a = train(&s, o0, 0, &plain);
+
+    s.checkpoint.every_minutes = 1e-7f; /* 6 us: every step */
+    keep k = {.at_step = 9}; /* 6 steps an epoch: the copy holds step 8, epoch 2's 2nd batch */
+    snprintf(k.ckpt, sizeof k.ckpt, "%s/checkpoint.safetensors", o1);
+    snprintf(k.copy, sizeof k.copy, "%s/at8.safetensors", tmp);
+    rw_train_result b = train_keep(&s, o1, 0, &k);
+    cr_assert(k.copied, "no checkpoint to copy at step %ld", k.at_step);
+    cr_assert_eq(k.rec.n, 3);
+    for (int e = 0; e < 3; e++)
+        same_metrics(&k.rec.ep[e], &plain.ep[e], "timed saves");
+
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s/checkpoint.safetensors'", o2, k.copy,
+             o2);
+    cr_assert_eq(system(cmd), 0);
+    keep r = {.at_step = -1};
+    snprintf(r.ckpt, sizeof r.ckpt, "%s/checkpoint.safetensors", o2);
+    rw_train_result c = train_keep(&s, o2, 1, &r);
+    cr_assert(strstr(r.resumed, "at epoch 1, batch 2, step 8"), "log: %s", r.resumed);
+    cr_assert_eq(r.rec.n, 2, "resumed run finished %d epochs", r.rec.n);
+    same_metrics(&r.rec.ep[0], &plain.ep[1], "epoch cut by the kill");
+    same_metrics(&r.rec.ep[1], &plain.ep[2], "after resume");
+    cr_expect(a.linear_acc == b.linear_acc && a.linear_acc == c.linear_acc,
+              "linear eval %g, %g, %g", a.linear_acc, b.linear_acc, c.linear_acc);
+    snprintf(w0, sizeof w0, "%s/weights.safetensors", o0);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    same_files(w0, w1);
+    same_files(w0, w2);
+}
+
 /* The learning rate is a function of the step: a resumed job follows the
  * same warm-up and cosine curve. */
 Test(train, resume_equals_uninterrupted_under_an_lr_schedule)

@@ -284,6 +284,9 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     double step_t0 = now_s();
     if (measure)
         logf_(lh, "optim.epochs 0: measuring the initialization over one pass, no training");
+    /* checkpoint.every_minutes: the time of the last checkpoint (or start) */
+    const double ckpt_every_s = ckpt[0] && !measure ? 60.0 * spec->checkpoint.every_minutes : 0;
+    double last_ckpt = now_s();
     for (int e = ts.epoch; e < epochs && ts.step < total; e++) {
         rw_stepper_seek(sp, e, ts.batch);
         double t0 = now_s();
@@ -348,6 +351,15 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                     step_t0 = t;
                 }
             }
+            if (!stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s) {
+                /* within the epoch: the position, partial sums and time so far */
+                ts.elapsed += now_s() - t0;
+                if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
+                    goto done;
+                logf_(lh, "checkpoint at epoch %d, batch %ld, step %ld (every %g min)", e, ts.batch,
+                      ts.step, spec->checkpoint.every_minutes);
+                t0 = last_ckpt = now_s(); /* the save's own time is no training */
+            }
             if (stop) {
                 ts.elapsed += now_s() - t0;
                 res->stopped = 1;
@@ -411,6 +423,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                                        (e + 1) % spec->checkpoint.every_epochs == 0))) {
             if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
                 goto done;
+            last_ckpt = now_s();
         }
         if (snap && !measure &&
             ((e + 1) % spec->checkpoint.snapshot_every == 0 || last_epoch) &&

@@ -749,6 +749,56 @@ static void req_requeue(rd_conn *c, long long id, json_t *m)
     rd_schedule(d);
 }
 
+/* A new priority for the jobs of a job or grid that have not finished:
+ * the queued ones take their new place in the queue (running ones are not
+ * stopped; a requeued one keeps it). */
+static void req_priority(rd_conn *c, long long id, json_t *m)
+{
+    rd_daemon *d = c->d;
+    char kind;
+    int64_t tid;
+    if (target_arg(c, id, m, &kind, &tid) != 0)
+        return;
+    json_int_t prio = json_integer_value(json_object_get(m, "priority"));
+    json_t *rows = query_rows(d,
+                              kind == 'g' ? "SELECT id, priority FROM jobs WHERE grid_id=?1 AND "
+                                            "state<>'done' ORDER BY id"
+                                          : "SELECT id, priority FROM jobs WHERE id=?1 AND "
+                                            "state<>'done'",
+                              tid, 100000);
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row)
+    {
+        int64_t job = json_integer_value(json_object_get(row, "id"));
+        sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET priority=? WHERE id=?");
+        if (!st)
+            continue;
+        sqlite3_bind_int64(st, 1, prio);
+        sqlite3_bind_int64(st, 2, job);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+        char ev[96];
+        snprintf(ev, sizeof ev, "priority %lld (was %lld)", (long long)prio,
+                 (long long)json_integer_value(json_object_get(row, "priority")));
+        rd_db_event(d, job, "state", ev);
+    }
+    if (kind == 'g') {
+        sqlite3_stmt *st = rd_db_prep(d, "UPDATE grids SET priority=? WHERE id=?");
+        if (st) {
+            sqlite3_bind_int64(st, 1, prio);
+            sqlite3_bind_int64(st, 2, tid);
+            sqlite3_step(st);
+            sqlite3_finalize(st);
+        }
+    }
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "updated", json_integer((json_int_t)json_array_size(rows)));
+    json_decref(rows);
+    rd_conn_send(c, r);
+    rd_schedule(d);
+}
+
 static void req_cancel(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -1281,6 +1331,8 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         req_cancel(c, id, m);
     else if (!strcmp(type, "requeue"))
         req_requeue(c, id, m);
+    else if (!strcmp(type, "priority"))
+        req_priority(c, id, m);
     else if (!strcmp(type, "rm"))
         req_rm(c, id, m);
     else if (!strcmp(type, "logs"))

@@ -49,6 +49,7 @@ static const mdef msgs[] = {
     {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
     {"cancel", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"requeue", RW_FROM_CLIENT, {ID, TARGET("target")}},
+    {"priority", RW_FROM_CLIENT, {ID, TARGET("target"), {"priority", T_INT, 1, -1000, 1000}}},
     {"rm", RW_FROM_CLIENT, {ID, TARGET("target")}},
     {"logs", RW_FROM_CLIENT,
      {ID, TARGET("job"), {"tail", T_INT, 0, 1, 100000}, {"follow", T_BOOL, 0, 0, 1}}},

@@ -1698,6 +1698,47 @@ Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardow
     cr_assert_eq(rc, 0, "%s", out);
 }
 
+/* A grid submitted at the default priority and raised afterwards overtakes
+ * the queue as if it had been submitted so; done jobs keep theirs. */
+Test(daemon, a_raised_priority_moves_queued_jobs, .init = setup, .fini = teardown, .timeout = 90)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "%s/low.yaml", dir);
+    write_grid(path, "low", 300, 100, "  seed: [0, 1, 2, 3]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    snprintf(path, sizeof path, "%s/later.yaml", dir);
+    write_grid(path, "later", 2, 0, "  seed: [0]\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    wait_for("two running", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
+    rc = cli(out, sizeof out, 20, "priority", "later", "5", NULL);
+    cr_assert(rc == 0 && strstr(out, "priority 5 for 1 job (the queued ones take their new place)"),
+              "%s", out);
+    rc = cli(out, sizeof out, 20, "priority", "later", "5000", NULL);
+    cr_assert(rc != 0 && strstr(out, "priority"), "%s", out);
+    rc = cli(out, sizeof out, 20, "priority", "later", "x", NULL);
+    cr_assert(rc != 0 && strstr(out, "'x' is not a whole number"), "%s", out);
+    /* a worker frees: the raised job goes first */
+    rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = cli(out, sizeof out, 60, "watch", "later", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = open_db();
+    double hi = db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 5);
+    cr_assert(isfinite(hi));
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id IN (3, 4) AND id < ?",
+                        (long long)hi), 0, "a job of the low grid started first");
+    cr_assert_eq(db_num(db, "SELECT priority FROM grids WHERE id=2", 0), 5);
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=5 AND text='priority 5 (was 0)'",
+                        0), 1);
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "priority", "j5", "1", NULL);
+    cr_assert(rc == 0 && strstr(out, "priority 1 for 0 jobs: none had not finished"), "%s", out);
+    rc = cli(out, sizeof out, 20, "cancel", "low", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+}
+
 /* TensorBoard files are a view of the database: a folder that cannot be
  * written is named once per attempt in the job's events, and the job, its
  * metrics and its result are untouched. */

@@ -43,6 +43,8 @@ static void usage(FILE *f)
             "  cancel JOB|GRID                      running jobs checkpoint and stop\n"
             "  requeue JOB|GRID                     failed or cancelled jobs back to the queue,\n"
             "                                       each resuming from its checkpoint\n"
+            "  priority JOB|GRID P                  a new priority (-1000..1000) for its jobs not\n"
+            "                                       yet done: the queued ones move\n"
             "  rm JOB|GRID                          ended jobs out of the database, with their\n"
             "                                       run folders and TensorBoard runs\n"
             "  logs JOB [--tail N] [-f|--follow]    the job's log and events (the last N, 200);\n"
@@ -722,6 +724,26 @@ static int cmd_cancel(const char *target)
     json_object_set_new(m, "target", json_string(target));
     json_t *r = request(&c, m);
     printf("cancelled %lld job%s\n", jint(r, "cancelled"), jint(r, "cancelled") == 1 ? "" : "s");
+    json_decref(r);
+    conn_close(&c);
+    return 0;
+}
+
+static int cmd_priority(const char *target, const char *value)
+{
+    char *end;
+    long p = strtol(value, &end, 10);
+    if (!*value || *end)
+        die("priority: '%s' is not a whole number", value);
+    conn c;
+    need_conn(&c);
+    json_t *m = req_new("priority");
+    json_object_set_new(m, "target", json_string(target));
+    json_object_set_new(m, "priority", json_integer(p));
+    json_t *r = request(&c, m);
+    long long n = jint(r, "updated");
+    printf("priority %ld for %lld job%s%s\n", p, n, n == 1 ? "" : "s",
+           n ? " (the queued ones take their new place)" : ": none had not finished");
     json_decref(r);
     conn_close(&c);
     return 0;
@@ -1645,6 +1667,10 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "show")) {
         NEED(1, "JOB");
         return cmd_show(a[0]);
+    }
+    if (!strcmp(cmd, "priority")) {
+        NEED(2, "JOB or GRID, and the priority");
+        return cmd_priority(a[0], a[1]);
     }
     if (!strcmp(cmd, "cancel")) {
         NEED(1, "JOB or GRID");

@@ -1137,14 +1137,19 @@ json_t *rd_workers_json(rd_daemon *d)
 /* Time left */
 
 /* How long a job of grid `gid` and `variant` runs, start to end: the mean
- * of its finished siblings that ran in one attempt (same variant, else any
- * of the grid), else the pace of a running one times its epochs; -1. */
+ * of its finished siblings that ran in one attempt, else the pace of a
+ * running one times its epochs; siblings of the same variant first, then
+ * any of the grid; -1. */
 static double job_duration(rd_daemon *d, int64_t gid, const char *variant)
 {
     for (int same = 1; same >= 0; same--) {
-        sqlite3_stmt *st = rd_db_prep(d, "SELECT AVG(finished - started) FROM jobs WHERE "
+        /* of another variant, only one that trained (not the random
+         * baseline's one pass) */
+        sqlite3_stmt *st = rd_db_prep(d, "SELECT AVG(finished - started) FROM jobs j WHERE "
                                          "grid_id=?1 AND (?2 IS NULL OR variant=?2) AND "
-                                         "state='done' AND attempts=1 AND finished >= started");
+                                         "state='done' AND attempts=1 AND finished >= started AND "
+                                         "(?2 IS NOT NULL OR (SELECT MAX(epoch) FROM metrics m "
+                                         "WHERE m.job_id=j.id AND m.kind='epoch') > 0)");
         if (!st)
             return -1;
         sqlite3_bind_int64(st, 1, gid);

@@ -2367,6 +2367,20 @@ Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fi
     expect_still_serving();
 }
 
+/* Our fake worker's `done` of an attempt after `epochs` epochs. */
+static void fake_done(int fd, long long job, long long attempt, int epochs)
+{
+    json_t *m = kv_msg("done", -1, job, attempt, NULL);
+    const char *nums[] = {"loss", "align", "uniform", "collapse", "linear_acc", "align_last10",
+                          "uniform_last10"};
+    for (size_t k = 0; k < sizeof nums / sizeof *nums; k++)
+        json_object_set_new(m, nums[k], json_real(0.5));
+    json_object_set_new(m, "epoch", json_integer(epochs));
+    json_object_set_new(m, "step", json_integer(4 * epochs));
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+}
+
 /* Waits until `n` workers are connected and idle. */
 static void wait_idle_workers(int n)
 {
@@ -2483,20 +2497,11 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
               "%s", out);
 
     /* the first job done: its duration is the second's estimate */
-    json_t *m = kv_msg("done", -1, job, att, NULL);
-    const char *nums[] = {"loss", "align", "uniform", "collapse", "linear_acc", "align_last10",
-                          "uniform_last10"};
-    for (size_t k = 0; k < sizeof nums / sizeof *nums; k++)
-        json_object_set_new(m, nums[k], json_real(0.5));
-    json_object_set_new(m, "epoch", json_integer(10));
-    json_object_set_new(m, "step", json_integer(40));
     double t_done = now();
-    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
-    json_decref(m);
-    as = fake_wait(fd, &r, "assign", -1, 20);
-    long long job2 = json_integer_value(json_object_get(as, "job"));
+    fake_done(fd, job, att, 10);
+    json_t *as2 = fake_wait(fd, &r, "assign", -1, 20);
+    long long job2 = json_integer_value(json_object_get(as2, "job"));
     cr_assert_neq(job2, job);
-    json_decref(as);
     p = grid_progress_of("eta");
     t_ls = now();
     sqlite3 *db = open_db();
@@ -2518,6 +2523,32 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
                   strstr(g3, "prio 0  : 1 done, 1 running, 0 queued; ~") &&
                   strstr(out, ": 0 done, 1 running, 0 queued; ~"),
               "%s", out);
+
+    /* the random baseline's one pass says nothing of how long a trained
+     * variant takes: with only that finished, the next is not known yet */
+    fake_done(fd, job2, json_integer_value(json_object_get(as2, "attempt")), 10);
+    snprintf(path, sizeof path, "%s/mix.yaml", dir);
+    write_grid(path, "mix", 10, 0,
+               "  seed: [0]\n  variant:\n    - {name: base, optim: {epochs: 0}}\n"
+               "    - {name: slow}\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    as = fake_wait(fd, &r, "assign", -1, 20);
+    long long jb = json_integer_value(json_object_get(as, "job"));
+    long long ab = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+    fake_epoch(fd, jb, ab, 0, 0.5);
+    usleep(300000);
+    fake_done(fd, jb, ab, 0);
+    as = fake_wait(fd, &r, "assign", -1, 20);
+    json_decref(as);
+    p = grid_progress_of("mix");
+    cr_assert(json_integer_value(json_object_get(p, "done")) == 1 &&
+                  json_integer_value(json_object_get(p, "running")) == 1 &&
+                  json_is_null(json_object_get(p, "left_s")),
+              "%s", json_dumps(p, 0));
+    json_decref(p);
+    json_decref(as2);
     close(fd);
     rw_frame_reader_free(&r);
 }

@@ -268,6 +268,13 @@ kb_backend *kb_cpu_create(int threads);
  * (the default). Other values are a programmer error. */
 void kb_cpu_emulate_rounding(kb_backend *cpu, kb_precision p);
 
+/* Tests only, with bf16 rounding emulated: every convolution result moves
+ * by one fp32 ulp, up or down as a hash of `seed` says, before it is
+ * rounded to bf16 -- what another summation order (cuDNN's) could do -- so
+ * that a test can measure how far the bf16 step carries such differences.
+ * 0: off (the default). */
+void kb_cpu_jitter_sums(kb_backend *cpu, unsigned seed);
+
 /* Creates the CUDA backend on `device`; NULL (with a reason in err) where CUDA
  * is not compiled in or no usable GPU is present. */
 kb_backend *kb_cuda_create(int device, char *err, size_t errlen);

@@ -52,18 +52,30 @@
  *   1.0, cosine 0.6, ratio 1 +- 0.6. The relative error then only rules
  *   out gross damage; cosine and norm ratio still catch a sign error, a
  *   permutation, a lost or a doubled contribution.
- * - bf16 against the CPU with the same roundings: whole 2.8e-2, worst tensor
- *   5.2e-2, cosine 1 - 1.1e-3, norm ratio 1 +- 2.3e-2, forward quantities
- *   1.5e-3, BN state 3.1e-7. Not closer, because the two backends' fp32
- *   sums differ in order (the emulator sums in double, oneDNN in fp32;
- *   cuDNN in its own order), and where that difference straddles a bf16
- *   rounding boundary the result differs by one bf16 ulp (2^-8 relative);
- *   that difference moves later sums across further boundaries (seen: the
- *   teacher's encoder agreed bit for bit on one view and diverged on the
- *   other) and then reaches the routing above. Bounds, ~3x: stats 5e-3,
- *   whole 8e-2, tensor 0.15, cosine 0.995, ratio 1 +- 6e-2; `zero` 1e-3,
- *   as bf16 leaves noise of ~2^-9 in sums that BatchNorm makes zero (the
- *   projector's last bias with the BN predictor: 2.7e-5 of the buffer).
+ * - bf16 against the CPU with the same roundings: the step is chaotic at
+ *   the size of the gradient errors. The two backends' fp32 sums differ
+ *   in order (the emulator sums in double, oneDNN in fp32, cuDNN in its
+ *   own order); where that straddles a bf16 rounding boundary the rounded
+ *   result differs by one bf16 ulp (2^-8 relative), which moves later sums
+ *   across further boundaries and reaches the routing above. Which flips
+ *   happen is a draw: on an AVX-512 machine the emulator measured whole
+ *   2.8e-2, worst tensor 5.2e-2, cosine 1 - 1.1e-3, BN state 3.1e-7; on an
+ *   AVX2 one (other oneDNN kernels, another summation order) byol/mlp
+ *   cifar measured whole 0.11, tensor 0.24, cosine 1 - 2.1e-2, ratio 0.11,
+ *   BN state 4.7e-4; the emulator summing in float instead of double gave
+ *   1.5e-2, 2.7e-2, 3.2e-4, 1.5e-2, 3e-8 on the same machine. So the bound
+ *   is measured per configuration: two CPU-bf16 runs whose convolution
+ *   results move by one fp32 ulp before their bf16 rounding
+ *   (kb_cpu_jitter_sums) give the spread of such draws (there: whole 0.14,
+ *   tensor 0.31, cosine 1 - 4.2e-2, ratio 9.3e-2, BN 6.7e-4, the GPU's
+ *   distance being one more draw of that size), and the gradient and BN
+ *   bounds are 3x that spread, or the fixed floor where it is wider: stats
+ *   5e-3, whole 8e-2, tensor 0.15, cosine 0.995, ratio 1 +- 6e-2, BN 5e-3;
+ *   `zero` 1e-3, as bf16 leaves noise of ~2^-9 in sums that BatchNorm
+ *   makes zero (the projector's last bias with the BN predictor: 2.7e-5 of
+ *   the buffer). Cosine and norm ratio still catch a sign error, a
+ *   permutation, a lost or a doubled contribution; each op is checked
+ *   closely on its own in the backend suite.
  *   Against the plain fp32 CPU the bf16 gradient differs by up to 0.65
  *   (whole buffer): uninformative, not checked; the forward quantities
  *   (what bf16 costs: up to 2.8e-2) are, within 6e-2: a rounding
@@ -229,6 +241,7 @@ typedef struct tols {
     double zero;   /* a tensor whose CPU gradient norm is below zero * the buffer's
                       has an exact gradient of zero: checked against the buffer */
     double tan_loss; /* a Tan objective's value (abs + rel); < 0: not compared */
+    double bn;       /* BN running statistics: abs + rel */
 } tols;
 
 static double stat_err(double got, double want) { return fabs(got - want) / (1 + fabs(want)); }
@@ -305,6 +318,38 @@ static double compare_stats(const char *what, const run *g, const run *c, double
     return worst;
 }
 
+/* How far run g's step is from run c's, in the measures the bounds name. */
+typedef struct gap {
+    double whole, tensor, cos, ratio, bn;
+} gap;
+
+static gap gap_of(rw_model *m, const run *g, const run *c, double zero)
+{
+    gap e = {0};
+    const double gn = norm2(c->grads, NULL, c->np);
+    e.whole = norm2(g->grads, c->grads, c->np) / (gn > 0 ? gn : 1);
+    for (int i = 0; i < rw_model_ntensors(m); i++) {
+        const rw_named *tt = rw_model_tensor(m, i);
+        if (tt->kind != RW_T_PARAM)
+            continue;
+        const float *gt = g->grads + tt->off, *ct = c->grads + tt->off;
+        double tn = norm2(ct, NULL, tt->numel), dn = norm2(gt, ct, tt->numel);
+        if (tn < zero * gn) {
+            e.tensor = fmax(e.tensor, dn / (gn > 0 ? gn : 1));
+            continue;
+        }
+        double gg = norm2(gt, NULL, tt->numel), dot = 0;
+        for (size_t j = 0; j < tt->numel; j++)
+            dot += (double)gt[j] * ct[j];
+        e.tensor = fmax(e.tensor, dn / tn);
+        e.cos = fmax(e.cos, 1 - (gg > 0 ? dot / (gg * tn) : 0));
+        e.ratio = fmax(e.ratio, fabs(gg / tn - 1));
+    }
+    for (size_t i = 0; i < c->ns; i++)
+        e.bn = fmax(e.bn, stat_err(g->state[i], c->state[i]));
+    return e;
+}
+
 static void compare_runs(const char *what, rw_model *m, const run *g, const run *c, tols t,
                          int tangential)
 {
@@ -375,7 +420,7 @@ static void compare_runs(const char *what, rw_model *m, const run *g, const run 
               ratio_name, worst_ratio);
 
     /* Running statistics: means and variances of activations, O(1). */
-    const double bn = expect_elems(what, "bn state", g->state, c->state, c->ns, t.stat, t.stat);
+    const double bn = expect_elems(what, "bn state", g->state, c->state, c->ns, t.bn, t.bn);
     expect_elems(what, "params", g->params, c->params, c->np, 2.5 * LR, 1e-5);
     expect_elems(what, "teacher", g->teacher, c->teacher, c->nt, 2.5 * LR, 1e-5);
     /* one line per comparison for collecting the measured errors */
@@ -384,10 +429,12 @@ static void compare_runs(const char *what, rw_model *m, const run *g, const run 
 }
 
 /* Bounds (measured worst in the comment at the top). */
-/*                              stat  whole tensor cos   ratio zero  Tan */
-static const tols tol_fp32 = {3e-4, 1e-2, 0.1, 1e-2, 0.1, 1e-5, 3e-3};
-static const tols tol_tf32 = {1e-2, 0.7, 1.0, 0.4, 0.6, 1e-5, -1};
-static const tols tol_bf16 = {5e-3, 8e-2, 0.15, 5e-3, 6e-2, 1e-3, -1}; /* against cpu_bf16 */
+/*                              stat  whole tensor cos   ratio zero  Tan  bn */
+static const tols tol_fp32 = {3e-4, 1e-2, 0.1, 1e-2, 0.1, 1e-5, 3e-3, 3e-4};
+static const tols tol_tf32 = {1e-2, 0.7, 1.0, 0.4, 0.6, 1e-5, -1, 1e-2};
+/* against cpu_bf16; the gradient and BN bounds grow to 3x the measured
+ * spread of the bf16 step where that is wider (check_config) */
+static const tols tol_bf16 = {5e-3, 8e-2, 0.15, 5e-3, 6e-2, 1e-3, -1, 5e-3};
 static const double stat_tol_bf16_fp32 = 6e-2; /* bf16 GPU against the fp32 CPU, forward only */
 
 static void check_config(const char *name, const rw_model_cfg *c, int S)
@@ -409,9 +456,35 @@ static void check_config(const char *name, const rw_model_cfg *c, int S)
             snprintf(what, sizeof what, "%s [%s]", name, names[k]);
             compare_runs(what, mc, &rg, &rc, k == 0 ? tol_tf32 : tol_fp32, c->loss.tangential);
         } else {
-            /* the same roundings on both sides: the whole step */
+            /* the same roundings on both sides: the whole step, within 3x
+             * the spread of CPU-bf16 runs whose convolution sums moved by
+             * an ulp before their rounding (twice: the GPU's own summation
+             * order makes its distance one more draw of that kind) */
             snprintf(what, sizeof what, "%s [bf16/cpu-bf16]", name);
-            compare_runs(what, mc, &rg, &rb, tol_bf16, c->loss.tangential);
+            gap sp = {0};
+            for (unsigned p = 1; p <= 2; p++) {
+                run rp = {0};
+                kb_cpu_jitter_sums(cpu_bf16, p);
+                rw_model *mp = one_step(cpu_bf16, c, S, &rp);
+                kb_cpu_jitter_sums(cpu_bf16, 0);
+                gap e = gap_of(mp, &rp, &rb, tol_bf16.zero);
+                sp.whole = fmax(sp.whole, e.whole);
+                sp.tensor = fmax(sp.tensor, e.tensor);
+                sp.cos = fmax(sp.cos, e.cos);
+                sp.ratio = fmax(sp.ratio, e.ratio);
+                sp.bn = fmax(sp.bn, e.bn);
+                run_free(&rp);
+                rw_model_free(mp);
+            }
+            printf("MEASURED %-40s spread whole %.2e tensor %.2e cos %.2e ratio %.2e bn %.2e\n",
+                   what, sp.whole, sp.tensor, sp.cos, sp.ratio, sp.bn);
+            tols t = tol_bf16;
+            t.whole = fmax(t.whole, 3 * sp.whole);
+            t.tensor = fmax(t.tensor, 3 * sp.tensor);
+            t.cos = fmax(t.cos, 3 * sp.cos);
+            t.ratio = fmax(t.ratio, 3 * sp.ratio);
+            t.bn = fmax(t.bn, 3 * sp.bn);
+            compare_runs(what, mc, &rg, &rb, t, c->loss.tangential);
             /* against fp32: what bf16 costs, forward quantities only */
             snprintf(what, sizeof what, "%s [bf16/cpu-fp32]", name);
             double e = compare_stats(what, &rg, &rc, stat_tol_bf16_fp32, c->loss.tangential, -1);

@@ -8,6 +8,7 @@
  * descriptors, primitives, reorders, memory objects) is built once in
  * conv_plan; the blocked copies and scratchpads live in the backend's shared
  * arena (see kb_cpu). */
+#include <math.h>
 #include <string.h>
 
 #include <dnnl_debug.h>
@@ -346,6 +347,16 @@ static void conv_run_bf16(kb_cpu *impl, conv_pass *p, const float *a, size_t na,
     KB_CPU_CHECK(ar && br && t); /* test-only mode: no OOM path */
     void *const ptrs[3] = {ar, br, t};
     pass_run(impl, p, ptrs);
+    if (impl->jitter) { /* kb_cpu_jitter_sums */
+        uint64_t call = ++impl->jitter_calls;
+        for (size_t i = 0; i < no; i++) {
+            uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ (call * 0xD1B54A32D192ED03ull) ^
+                         (impl->jitter * 0xBF58476D1CE4E5B9ull);
+            z ^= z >> 31;
+            z *= 0x94D049BB133111EBull;
+            t[i] = nextafterf(t[i], (z >> 40) & 1 ? INFINITY : -INFINITY);
+        }
+    }
     kb_cpu_bf16_round(impl, t, no);
     if (acc) {
         for (size_t i = 0; i < no; i++)

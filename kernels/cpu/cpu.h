@@ -104,6 +104,11 @@ typedef struct kb_cpu {
      * round their operands (and convolutions their results) to bf16 where
      * the CUDA backend's bf16 mode does. Tests only; 0 otherwise. */
     int round_bf16;
+    /* kb_cpu_jitter_sums: with round_bf16, each convolution result moves by
+     * one fp32 ulp (its direction a hash of this seed, a call count and the
+     * index) before its bf16 rounding. Tests only; 0 otherwise. */
+    unsigned jitter;
+    unsigned long jitter_calls;
 } kb_cpu;
 
 /* float -> bf16 -> float, rounding to nearest with ties to even as

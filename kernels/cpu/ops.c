@@ -278,6 +278,13 @@ void kb_cpu_emulate_rounding(kb_backend *cpu, kb_precision p)
     kb_cpu_of(cpu)->round_bf16 = p == KB_PREC_BF16;
 }
 
+void kb_cpu_jitter_sums(kb_backend *cpu, unsigned seed)
+{
+    KB_CPU_CHECK(cpu && cpu->linear_forward == cpu_linear_forward);
+    kb_cpu_of(cpu)->jitter = seed;
+    kb_cpu_of(cpu)->jitter_calls = 0;
+}
+
 void kb_cpu_ops_init(kb_backend *be)
 {
     be->relu_forward = cpu_relu_forward;

@@ -89,18 +89,24 @@ static int should_stop(void *ud)
     return r->stop_after > 0 && r->steps >= r->stop_after;
 }
 
-static rw_train_result train(const rw_spec *s, const char *out, int resume, record *r)
+static rw_train_result train_hooked(const rw_spec *s, const char *out, int resume,
+                                    const rw_train_hooks *h)
 {
     kb_backend *be = kb_cpu_create(1);
-    rw_train_hooks h = {.ud = r, .on_epoch = on_epoch, .on_step = on_step,
-                        .should_stop = should_stop};
     rw_train_opts o = {.out_dir = out, .resume = resume};
     rw_train_result res;
     char err[512];
-    int rc = rw_train(s, be, &o, &h, &res, err, sizeof err);
+    int rc = rw_train(s, be, &o, h, &res, err, sizeof err);
     cr_assert_eq(rc, 0, "rw_train: %s", err);
     kb_destroy(be);
     return res;
+}
+
+static rw_train_result train(const rw_spec *s, const char *out, int resume, record *r)
+{
+    rw_train_hooks h = {.ud = r, .on_epoch = on_epoch, .on_step = on_step,
+                        .should_stop = should_stop};
+    return train_hooked(s, out, resume, &h);
 }
 
 static void same_metrics(const rw_metrics *a, const rw_metrics *b, const char *what)
@@ -266,16 +272,9 @@ static void keep_on_log(void *ud, const char *line)
 
 static rw_train_result train_keep(const rw_spec *s, const char *out, int resume, keep *k)
 {
-    kb_backend *be = kb_cpu_create(1);
     rw_train_hooks h = {.ud = k, .on_epoch = on_epoch, .on_step = keep_on_step,
                         .on_log = keep_on_log};
-    rw_train_opts o = {.out_dir = out, .resume = resume};
-    rw_train_result res;
-    char err[512];
-    int rc = rw_train(s, be, &o, &h, &res, err, sizeof err);
-    cr_assert_eq(rc, 0, "rw_train: %s", err);
-    kb_destroy(be);
-    return res;
+    return train_hooked(s, out, resume, &h);
 }
 
 Test(train, timed_checkpoints_within_an_epoch_resume_exactly)

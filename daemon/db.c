@@ -24,7 +24,7 @@ static const char *schema =
     "CREATE TABLE IF NOT EXISTS attempts("
     "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id),"
     "  worker TEXT NOT NULL, started REAL NOT NULL, ended REAL,"
-    "  outcome TEXT NOT NULL, error TEXT);"  /* running done failed lost stopped cancelled */
+    "  outcome TEXT NOT NULL, error TEXT);"  /* running done failed lost stopped cancelled preempted */
     "CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id);"
     "CREATE TABLE IF NOT EXISTS metrics("
     "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,"

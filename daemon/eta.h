@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "daemon/scheduler.h"
+
 /* Epochs a job trains: optim.epochs, or fewer where optim.max_steps stops
  * it first (steps_per_epoch known from a report: step / epoch). */
 int rd_eta_epochs_total(int epochs, long long max_steps, long long steps_per_epoch);
@@ -15,20 +17,23 @@ int rd_eta_epochs_total(int epochs, long long max_steps, long long steps_per_epo
  * unknown (no epoch finished yet). */
 double rd_eta_job_left(double elapsed_s, int done, int epoch, int total);
 
-/* A queued job as the estimate sees it. */
+/* A job as the replay sees it: queued, or running on the workers whose
+ * `job` is its id. */
 typedef struct rd_eta_job {
-    int devices;   /* workers it takes */
-    double dur_s;  /* how long it will run; < 0: unknown */
+    int64_t id, prio; /* its place in the scheduler's order */
+    int devices;      /* workers it takes */
+    double dur_s;     /* how long it runs (running: has left); < 0: unknown */
     int64_t grid;
+    int running;
 } rd_eta_job;
 
-/* The daemon's strict FIFO replayed: each job of q in order takes the
- * `devices` workers that free earliest and starts when the last of them is
- * free, never before the job ahead of it started. free_at: per worker,
- * seconds from now until it is free (0: idle); updated. Returns the latest
- * finish among the jobs of `grid` (0 if it has none in q), or -1 if one of
- * them, or a job ahead of one, has an unknown duration or can never start
- * (more devices than workers). */
-double rd_eta_fifo(double *free_at, int nworkers, const rd_eta_job *q, int n, int64_t grid);
+/* The scheduler (scheduler.h: backfill, and the yielding of backfilled jobs)
+ * replayed from now on over the workers `w` (a draining one counts as idle:
+ * it is free within seconds), each job lasting dur_s. Returns when the
+ * last job of `grid` ends, in seconds from now (0 if it has none), or -1 if
+ * it depends on a duration not known, or a job of the grid can never start
+ * (more devices than there are). */
+double rd_eta_replay(const rd_sched_worker *w, int nw, const rd_eta_job *jobs, int n,
+                     int64_t grid);
 
 #endif

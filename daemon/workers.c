@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "daemon/eta.h"
+#include "daemon/scheduler.h"
 #include "daemon/rd.h"
 #include "proto/msg.h"
 #include "proto/spec.h"
@@ -923,118 +924,151 @@ static void run_spec_pace(rd_run *r, const char *yaml)
     free(spec);
 }
 
-void rd_schedule(rd_daemon *d)
+/* The workers as the scheduler sees them (sched.h). A local worker between
+ * processes is coming back, as a draining one is about to be free. */
+static void sched_view(rd_daemon *d, rd_sched_worker *sw)
 {
-    if (d->shutting_down)
-        return;
-    for (;;) {
-        sqlite3_stmt *st = rd_db_prep(d, "SELECT id, name, spec, devices, attempts FROM jobs WHERE "
-                                         "state='queued' ORDER BY priority DESC, id LIMIT 1");
-        if (!st)
-            return;
-        if (sqlite3_step(st) != SQLITE_ROW) {
-            sqlite3_finalize(st);
-            return;
+    for (int i = 0; i < d->nworkers; i++) {
+        rd_worker *w = &d->workers[i];
+        sw[i] = (rd_sched_worker){.device = w->device_index, .state = RD_W_OFF};
+        if (w->dead || w->stopping || (!w->conn && w->remote))
+            continue;
+        if (!w->conn || w->conn->closing || w->drain_attempt) {
+            sw[i].state = RD_W_DRAINING;
+        } else if (w->job) {
+            rd_run *r = run_find(d, w->attempt);
+            sw[i].state = RD_W_BUSY;
+            sw[i].job = w->job;
+            sw[i].prio = rd_db_int(d, "SELECT priority FROM jobs WHERE id=?", w->job, 0);
+            sw[i].backfill = r && r->backfill;
+        } else {
+            sw[i].state = RD_W_IDLE;
         }
-        int64_t job = sqlite3_column_int64(st, 0);
-        json_t *name = json_string((const char *)sqlite3_column_text(st, 1));
-        json_t *spec = json_string((const char *)sqlite3_column_text(st, 2));
-        int ndev = sqlite3_column_int(st, 3), attempts = sqlite3_column_int(st, 4);
-        sqlite3_finalize(st);
+    }
+}
+
+/* The queued jobs in the scheduler's order; NULL on a database error. */
+static rd_sched_job *sched_queue(rd_daemon *d, int *n)
+{
+    *n = 0;
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT id, priority, devices FROM jobs WHERE "
+                                     "state='queued' ORDER BY priority DESC, id");
+    if (!st)
+        return NULL;
+    size_t cap = 16;
+    rd_sched_job *q = malloc(cap * sizeof *q);
+    while (q && sqlite3_step(st) == SQLITE_ROW) {
+        if ((size_t)*n == cap) {
+            rd_sched_job *nq = realloc(q, 2 * cap * sizeof *q);
+            if (!nq) {
+                free(q);
+                q = NULL;
+                break;
+            }
+            q = nq;
+            cap *= 2;
+        }
+        rd_sched_job *j = &q[(*n)++];
+        *j = (rd_sched_job){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+                            sqlite3_column_int(st, 2), 1};
         /* A worker still stopping an earlier attempt of this job may yet
          * write its checkpoint into the run folder: the next attempt starts
          * once it has stopped, so it never resumes from, or is overwritten
          * by, a checkpoint written behind its back. */
-        int draining = 0;
         for (int i = 0; i < d->nworkers; i++)
-            draining |= d->workers[i].drain_job == job;
-        if (draining) {
-            json_decref(name);
-            json_decref(spec);
-            return; /* strict FIFO: the head job waits */
-        }
-        /* N idle workers on N distinct devices */
-        rd_worker *pick[64];
-        int np = 0;
-        for (int i = 0; i < d->nworkers && np < ndev; i++) {
-            rd_worker *w = &d->workers[i];
-            if (!w->conn || w->job || w->drain_attempt || w->stopping || w->conn->closing)
-                continue;
-            int dup = 0;
-            for (int j = 0; j < np; j++)
-                dup |= pick[j]->device_index == w->device_index;
-            if (!dup)
-                pick[np++] = w;
-        }
-        if (np < ndev) {
-            json_decref(name);
-            json_decref(spec);
-            return; /* strict FIFO: the head job waits */
-        }
-        char wname[256];
-        snprintf(wname, sizeof wname, "%d:%s", pick[0]->slot, pick[0]->device);
-        int64_t attempt = rd_db_next_id(d, "attempts");
-        st = attempt ? rd_db_prep(d, "INSERT INTO attempts(id, job_id, worker, started, outcome) "
-                                     "VALUES(?,?,?,?,'running')")
-                     : NULL;
-        if (!st) {
-            json_decref(name);
-            json_decref(spec);
-            return;
-        }
-        sqlite3_bind_int64(st, 1, attempt);
-        sqlite3_bind_int64(st, 2, job);
-        sqlite3_bind_text(st, 3, wname, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_double(st, 4, rd_now());
-        sqlite3_step(st);
-        sqlite3_finalize(st);
-        rd_run *run = run_new(d, job, attempt, np); /* its rendezvous store */
-        run_spec_pace(run, json_string_value(spec));
-        st = rd_db_prep(d, "UPDATE jobs SET state='running', attempts=attempts+1, "
-                           "started=COALESCE(started, ?) WHERE id=?");
-        if (st) {
-            sqlite3_bind_double(st, 1, rd_now());
-            sqlite3_bind_int64(st, 2, job);
-            sqlite3_step(st);
-            sqlite3_finalize(st);
-        }
-        char out[PATH_MAX + 64];
-        snprintf(out, sizeof out, "%s/runs/%lld", d->state_dir, (long long)job);
-        for (int r = 0; r < np; r++) {
-            json_t *m = rw_msg_new("assign", -1);
-            json_object_set_new(m, "job", json_integer(job));
-            json_object_set_new(m, "attempt", json_integer(attempt));
-            json_object_set(m, "name", name);
-            json_object_set(m, "spec", spec);
-            json_object_set_new(m, "out_dir", json_string(out));
-            json_object_set_new(m, "resume", json_boolean(attempts > 0));
-            json_object_set_new(m, "rank", json_integer(r));
-            json_object_set_new(m, "world", json_integer(np));
-            json_object_set_new(m, "threads", json_integer(d->threads_per_worker));
-            pick[r]->job = job;
-            pick[r]->attempt = attempt;
-            pick[r]->rank = r;
-            rd_conn_send(pick[r]->conn, m);
-        }
-        char ev[400];
-        snprintf(ev, sizeof ev, "attempt %lld on worker %s%s", (long long)attempt, wname,
-                 attempts > 0 ? " (resuming)" : "");
-        rd_db_event(d, job, "state", ev);
-        rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
-        json_decref(name);
-        json_decref(spec);
-        rd_watch_job_state(d, job);
+            if (d->workers[i].drain_job == j->id)
+                j->ready = 0;
     }
+    sqlite3_finalize(st);
+    return q;
 }
 
-void rd_cancel_job(rd_daemon *d, int64_t job)
+/* Assigns `job` to the picked workers, rank by rank; `ahead_of`: the job it
+ * goes ahead of (backfill), or 0. */
+static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64_t ahead_of)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT name, spec, attempts FROM jobs WHERE id=?");
+    if (!st)
+        return;
+    sqlite3_bind_int64(st, 1, job);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        return;
+    }
+    json_t *name = json_string((const char *)sqlite3_column_text(st, 0));
+    json_t *spec = json_string((const char *)sqlite3_column_text(st, 1));
+    int attempts = sqlite3_column_int(st, 2);
+    sqlite3_finalize(st);
+    char wname[256];
+    snprintf(wname, sizeof wname, "%d:%s", pick[0]->slot, pick[0]->device);
+    int64_t attempt = rd_db_next_id(d, "attempts");
+    st = attempt ? rd_db_prep(d, "INSERT INTO attempts(id, job_id, worker, started, outcome) "
+                                 "VALUES(?,?,?,?,'running')")
+                 : NULL;
+    if (!st) {
+        json_decref(name);
+        json_decref(spec);
+        return;
+    }
+    sqlite3_bind_int64(st, 1, attempt);
+    sqlite3_bind_int64(st, 2, job);
+    sqlite3_bind_text(st, 3, wname, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_double(st, 4, rd_now());
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+    rd_run *run = run_new(d, job, attempt, np); /* its rendezvous store */
+    run_spec_pace(run, json_string_value(spec));
+    if (run)
+        run->backfill = ahead_of != 0;
+    st = rd_db_prep(d, "UPDATE jobs SET state='running', attempts=attempts+1, "
+                       "started=COALESCE(started, ?) WHERE id=?");
+    if (st) {
+        sqlite3_bind_double(st, 1, rd_now());
+        sqlite3_bind_int64(st, 2, job);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    char out[PATH_MAX + 64];
+    snprintf(out, sizeof out, "%s/runs/%lld", d->state_dir, (long long)job);
+    for (int r = 0; r < np; r++) {
+        json_t *m = rw_msg_new("assign", -1);
+        json_object_set_new(m, "job", json_integer(job));
+        json_object_set_new(m, "attempt", json_integer(attempt));
+        json_object_set(m, "name", name);
+        json_object_set(m, "spec", spec);
+        json_object_set_new(m, "out_dir", json_string(out));
+        json_object_set_new(m, "resume", json_boolean(attempts > 0));
+        json_object_set_new(m, "rank", json_integer(r));
+        json_object_set_new(m, "world", json_integer(np));
+        json_object_set_new(m, "threads", json_integer(d->threads_per_worker));
+        pick[r]->job = job;
+        pick[r]->attempt = attempt;
+        pick[r]->rank = r;
+        rd_conn_send(pick[r]->conn, m);
+    }
+    char ev[400], ahead[96] = "";
+    if (ahead_of)
+        snprintf(ahead, sizeof ahead, ", ahead of j%lld, which waits for workers (it yields to it)",
+                 (long long)ahead_of);
+    snprintf(ev, sizeof ev, "attempt %lld on worker %s%s%s", (long long)attempt, wname,
+             attempts > 0 ? " (resuming)" : "", ahead);
+    rd_db_event(d, job, "state", ev);
+    rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
+    json_decref(name);
+    json_decref(spec);
+    rd_watch_job_state(d, job);
+}
+
+/* Every worker of `job`'s attempt is told cancel_job (it stops after its
+ * step, with a checkpoint) and drains; the attempt ends as `outcome`. */
+static void stop_attempt(rd_daemon *d, int64_t job, const char *outcome)
 {
     int64_t attempt = 0;
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
         if (w->job == job) {
             attempt = w->attempt;
-            set_attempt(d, w->attempt, "cancelled", NULL);
+            set_attempt(d, w->attempt, outcome, NULL);
             if (w->conn) {
                 json_t *m = rw_msg_new("cancel_job", -1);
                 json_object_set_new(m, "job", json_integer(job));
@@ -1046,6 +1080,54 @@ void rd_cancel_job(rd_daemon *d, int64_t job)
     }
     if (attempt) /* after every rank: rank 0 takes its TensorBoard file from it */
         run_end(d, attempt);
+}
+
+void rd_schedule(rd_daemon *d)
+{
+    if (d->shutting_down)
+        return;
+    /* each round starts a job or stops one: bounded by the workers */
+    for (int round = 0; round < 2 * RD_WORKERS_MAX + 2; round++) {
+        rd_sched_worker sw[RD_WORKERS_MAX];
+        sched_view(d, sw);
+        int nq;
+        rd_sched_job *q = sched_queue(d, &nq);
+        if (!q)
+            return;
+        rd_sched_action a;
+        rd_sched_next(sw, d->nworkers, q, nq, &a);
+        if (a.kind == RD_SCHED_START) {
+            rd_worker *pick[RD_SCHED_MAX_DEVICES];
+            for (int k = 0; k < a.nworkers; k++)
+                pick[k] = &d->workers[a.workers[k]];
+            int64_t ahead_of = 0;
+            for (int k = 0; a.backfill && k < a.job && !ahead_of; k++)
+                if (q[k].devices <= rd_ndevices(d))
+                    ahead_of = q[k].id; /* the one that waits */
+            start_job(d, q[a.job].id, pick, a.nworkers, ahead_of);
+        } else if (a.kind == RD_SCHED_PREEMPT) {
+            int need = 0;
+            for (int k = 0; k < nq; k++)
+                if (q[k].id == a.for_job)
+                    need = q[k].devices;
+            char ev[256];
+            snprintf(ev, sizeof ev, "yields to j%lld, which needs %d worker%s: stops at its next "
+                     "step with a checkpoint and resumes from it", (long long)a.for_job, need,
+                     need == 1 ? "" : "s");
+            rd_db_event(d, a.victim, "state", ev);
+            rd_log("job j%lld %s", (long long)a.victim, ev);
+            stop_attempt(d, a.victim, "preempted");
+            set_job_state(d, a.victim, "queued", NULL);
+        }
+        free(q);
+        if (a.kind == RD_SCHED_NONE)
+            return;
+    }
+}
+
+void rd_cancel_job(rd_daemon *d, int64_t job)
+{
+    stop_attempt(d, job, "cancelled");
     set_job_state(d, job, "cancelled", "cancelled by user");
 }
 
@@ -1184,70 +1266,73 @@ static double job_duration(rd_daemon *d, int64_t gid, const char *variant)
     return -1;
 }
 
+/* Training time a running job has left, in seconds; -1 unknown. */
+static double job_left(rd_daemon *d, rd_worker *w)
+{
+    double now = rd_mono();
+    rd_run *r = run_find(d, w->attempt);
+    if (r && r->left_s >= 0) {
+        double f = r->left_s - (now - r->left_at);
+        return f > 0 ? f : 0;
+    }
+    /* no epoch reported yet: a whole run of its kind, less what it ran */
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT grid_id, variant FROM jobs WHERE id=?");
+    double dur = -1;
+    if (st) {
+        sqlite3_bind_int64(st, 1, w->job);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            dur = job_duration(d, sqlite3_column_int64(st, 0),
+                               (const char *)sqlite3_column_text(st, 1));
+        sqlite3_finalize(st);
+    }
+    if (dur < 0)
+        return -1;
+    double f = dur - (r ? now - r->t0 : 0);
+    return f > 0 ? f : 0;
+}
+
 double rd_grid_left(rd_daemon *d, int64_t gid)
 {
-    double now = rd_mono(), free_at[RD_WORKERS_MAX], left = 0;
-    int nw = 0;
+    rd_sched_worker sw[RD_WORKERS_MAX];
+    sched_view(d, sw);
+    size_t n = 0, cap = (size_t)d->nworkers + 64;
+    rd_eta_job *q = malloc(cap * sizeof *q);
+    if (!q)
+        return -1;
+    /* the running jobs, once each (rank 0 holds its pace) */
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
-        /* a local worker between processes comes back; a remote one gone does not */
-        if (w->dead || (!w->conn && w->remote))
+        if (sw[i].state != RD_W_BUSY || w->rank != 0)
             continue;
-        double f = 0;
-        if (w->job) {
-            rd_run *r = run_find(d, w->attempt);
-            if (r && r->left_s >= 0) {
-                f = r->left_s - (now - r->left_at);
-            } else {
-                /* no epoch reported yet: a whole run of its kind, less what it ran */
-                sqlite3_stmt *st = rd_db_prep(d, "SELECT grid_id, variant FROM jobs WHERE id=?");
-                double dur = -1;
-                if (st) {
-                    sqlite3_bind_int64(st, 1, w->job);
-                    if (sqlite3_step(st) == SQLITE_ROW)
-                        dur = job_duration(d, sqlite3_column_int64(st, 0),
-                                           (const char *)sqlite3_column_text(st, 1));
-                    sqlite3_finalize(st);
-                }
-                if (dur < 0)
-                    return -1;
-                f = dur - (r ? now - r->t0 : 0);
-            }
-            if (f < 0)
-                f = 0;
-            if (rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", w->job, 0) == gid && f > left)
-                left = f;
-        }
-        free_at[nw++] = f;
+        rd_run *r = run_find(d, w->attempt);
+        q[n++] = (rd_eta_job){.id = w->job, .prio = sw[i].prio, .devices = r ? r->world : 1,
+                              .dur_s = job_left(d, w),
+                              .grid = rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", w->job, 0),
+                              .running = 1};
     }
-    /* the queue in the scheduler's order, up to this grid's last job */
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT grid_id, variant, devices FROM jobs WHERE "
-                                     "state='queued' ORDER BY priority DESC, id");
-    if (!st)
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT id, priority, grid_id, variant, devices FROM jobs "
+                                     "WHERE state='queued'");
+    if (!st) {
+        free(q);
         return -1;
-    size_t n = 0, cap = 0;
-    rd_eta_job *q = NULL;
-    int unknown = 0;
+    }
+    int failed = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         if (n == cap) {
-            cap = cap ? 2 * cap : 64;
-            rd_eta_job *nq = realloc(q, cap * sizeof *q);
+            rd_eta_job *nq = realloc(q, 2 * cap * sizeof *q);
             if (!nq) {
-                unknown = 1;
+                failed = 1;
                 break;
             }
             q = nq;
+            cap *= 2;
         }
-        q[n].grid = sqlite3_column_int64(st, 0);
-        q[n].dur_s = job_duration(d, q[n].grid, (const char *)sqlite3_column_text(st, 1));
-        q[n].devices = sqlite3_column_int(st, 2);
-        n++;
+        q[n++] = (rd_eta_job){.id = sqlite3_column_int64(st, 0), .prio = sqlite3_column_int64(st, 1),
+                              .grid = sqlite3_column_int64(st, 2), .devices = sqlite3_column_int(st, 4)};
+        q[n - 1].dur_s = job_duration(d, q[n - 1].grid, (const char *)sqlite3_column_text(st, 3));
     }
     sqlite3_finalize(st);
-    double end = unknown ? -1 : rd_eta_fifo(free_at, nw, q, (int)n, gid);
+    double end = failed ? -1 : rd_eta_replay(sw, d->nworkers, q, (int)n, gid);
     free(q);
-    if (end < 0)
-        return -1;
-    return end > left ? end : left;
+    return end;
 }
-

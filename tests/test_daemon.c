@@ -2553,6 +2553,91 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
     rw_frame_reader_free(&r);
 }
 
+/* A job that waits for two workers holds nobody back: the job behind it
+ * runs on the idle worker meanwhile, and yields once the waiting job's
+ * workers come (it stops with a checkpoint, is queued again, and resumes).
+ * The two real workers are busy with long jobs; our fake worker is idle. */
+Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init = setup,
+     .fini = teardown, .timeout = 90)
+{
+    wait_idle_workers(2);
+    char path[128], out[8192];
+    for (int k = 0; k < 2; k++) {
+        snprintf(path, sizeof path, "%s/busy%d.yaml", dir, k);
+        write_grid(path, k ? "busy1" : "busy0", 50000, 0, "  seed: [0]\n");
+        int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+        cr_assert_eq(rc, 0, "%s", out);
+    }
+    wait_for("both busy", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    snprintf(path, sizeof path, "%s/wide.yaml", dir);
+    write_grid(path, "wide", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    snprintf(path, sizeof path, "%s/small.yaml", dir);
+    write_grid(path, "small", 2, 0, "  seed: [0]\n");
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = open_db();
+    long long wide = (long long)db_num(db, "SELECT MIN(id) FROM jobs WHERE devices=2", 0);
+    long long small = (long long)db_num(db, "SELECT MAX(id) FROM jobs", 0);
+    sqlite3_close(db);
+    cr_assert(wide > 0 && small > wide);
+
+    /* strict FIFO would leave our worker idle behind the wide job */
+    json_t *as = fake_wait(fd, &r, "assign", -1, 20);
+    cr_assert_eq(json_integer_value(json_object_get(as, "job")), small);
+    long long att = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+    db = open_db();
+    cr_assert_eq(db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", wide), 1);
+    char like[160];
+    snprintf(like, sizeof like, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+             "'%%ahead of j%lld, which waits%%'", wide);
+    cr_assert_eq(db_num(db, like, small), 1, "no event says the small job went ahead");
+    sqlite3_close(db);
+    fake_epoch(fd, small, att, 1, 0.5);
+    wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", small, 1, 10);
+
+    /* a real worker frees: with ours, the wide job's two; the small job yields */
+    rc = cli(out, sizeof out, 20, "cancel", "busy0", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, small, 20));
+    db = open_db();
+    cr_assert_eq(db_num(db, "SELECT outcome='preempted' FROM attempts WHERE id=?", att), 1);
+    cr_assert_eq(db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", small), 1);
+    snprintf(like, sizeof like, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+             "'yields to j%lld, which needs 2 workers%%'", wide);
+    cr_assert_eq(db_num(db, like, small), 1, "no event says the small job yielded");
+    sqlite3_close(db);
+    json_t *st = kv_msg("stopped", -1, small, att, NULL);
+    cr_assert_eq(rw_frame_send_fd(fd, st), 0);
+    json_decref(st);
+    as = fake_wait(fd, &r, "assign", -1, 20);
+    cr_assert_eq(json_integer_value(json_object_get(as, "job")), wide);
+    cr_assert_eq(json_integer_value(json_object_get(as, "world")), 2);
+    long long watt = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+
+    /* the wide job cancelled, the small one resumes (where it stopped) */
+    snprintf(path, sizeof path, "j%lld", wide);
+    rc = cli(out, sizeof out, 20, "cancel", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, wide, 20));
+    st = kv_msg("stopped", -1, wide, watt, NULL);
+    cr_assert_eq(rw_frame_send_fd(fd, st), 0);
+    json_decref(st);
+    wait_for("a second attempt", "SELECT COUNT(*) FROM attempts WHERE job_id=?", small, 2, 30);
+    db = open_db();
+    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                            "'attempt % (resuming)'", small), 1);
+    sqlite3_close(db);
+    close(fd);
+    rw_frame_reader_free(&r);
+    expect_still_serving();
+}
+
 static void setup_slow_heartbeat(void)
 {
     /* a frozen worker stays connected and silent for 30 s */

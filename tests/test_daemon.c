@@ -416,6 +416,16 @@ static void write_grid(const char *path, const char *name, int epochs, int ckpt,
     write_file(path, text);
 }
 
+/* Writes grid `name` (as write_grid) into the test folder and submits it. */
+static void submit_grid(const char *name, int epochs, int ckpt, const char *axes)
+{
+    char path[160], out[4096];
+    snprintf(path, sizeof path, "%s/%s.yaml", dir, name);
+    write_grid(path, name, epochs, ckpt, axes);
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "submit %s: %s", name, out);
+}
+
 static sqlite3 *open_db(void)
 {
     char p[128];
@@ -2422,6 +2432,16 @@ static json_t *next_epoch_event(int fd, rw_frame_reader *r, long long job)
     return NULL;
 }
 
+/* The two real workers busy with long jobs (grids busy0 and busy1, g1 and
+ * g2), so that what comes next waits for, or runs on, a fake worker. */
+static void occupy_the_real_workers(void)
+{
+    wait_idle_workers(2);
+    submit_grid("busy0", 50000, 0, "  seed: [0]\n");
+    submit_grid("busy1", 50000, 0, "  seed: [0]\n");
+    wait_for("both busy", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
+}
+
 /* The time left: a job's, at the pace of its attempt, on each epoch line of
  * watch; a grid's in `ls GRID` (and watch), replaying the FIFO queue with
  * each job's duration taken from a finished sibling, or from a running one's
@@ -2430,15 +2450,8 @@ static json_t *next_epoch_event(int fd, rw_frame_reader *r, long long job)
 Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = teardown,
      .timeout = 90)
 {
-    wait_idle_workers(2);
+    occupy_the_real_workers(); /* they come first in the scheduler's order */
     char path[128], out[8192];
-    for (int k = 0; k < 2; k++) { /* the real workers come first in the scheduler's order */
-        snprintf(path, sizeof path, "%s/busy%d.yaml", dir, k);
-        write_grid(path, k ? "busy1" : "busy0", 50000, 0, "  seed: [0]\n");
-        int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-        cr_assert_eq(rc, 0, "%s", out);
-    }
-    wait_for("both busy", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
     rw_frame_reader r;
     int fd = fake_worker(&r);
     snprintf(path, sizeof path, "%s/eta.yaml", dir);
@@ -2560,25 +2573,12 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
 Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init = setup,
      .fini = teardown, .timeout = 90)
 {
-    wait_idle_workers(2);
+    occupy_the_real_workers();
     char path[128], out[8192];
-    for (int k = 0; k < 2; k++) {
-        snprintf(path, sizeof path, "%s/busy%d.yaml", dir, k);
-        write_grid(path, k ? "busy1" : "busy0", 50000, 0, "  seed: [0]\n");
-        int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-        cr_assert_eq(rc, 0, "%s", out);
-    }
-    wait_for("both busy", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
     rw_frame_reader r;
     int fd = fake_worker(&r);
-    snprintf(path, sizeof path, "%s/wide.yaml", dir);
-    write_grid(path, "wide", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "%s", out);
-    snprintf(path, sizeof path, "%s/small.yaml", dir);
-    write_grid(path, "small", 2, 0, "  seed: [0]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "%s", out);
+    submit_grid("wide", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    submit_grid("small", 2, 0, "  seed: [0]\n");
     sqlite3 *db = open_db();
     long long wide = (long long)db_num(db, "SELECT MIN(id) FROM jobs WHERE devices=2", 0);
     long long small = (long long)db_num(db, "SELECT MAX(id) FROM jobs", 0);
@@ -2601,7 +2601,7 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
     wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", small, 1, 10);
 
     /* a real worker frees: with ours, the wide job's two; the small job yields */
-    rc = cli(out, sizeof out, 20, "cancel", "busy0", NULL);
+    int rc = cli(out, sizeof out, 20, "cancel", "busy0", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, small, 20));
     db = open_db();

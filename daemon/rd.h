@@ -139,6 +139,7 @@ struct rd_daemon {
     /* options */
     int cpu_slots, gpus, slots_per_gpu, threads_per_worker, max_retries;
     double heartbeat_s, heartbeat_timeout_s, shutdown_timeout_s;
+    double last_tick; /* rd_mono() of the last rd_tick: a loop that stalled sees a gap */
     double stall_timeout_s; /* passed to workers: a job silent this long is hung */
     int shutting_down;
     double shutdown_started;
@@ -193,6 +194,8 @@ int rd_worker_hello(rd_conn *c, json_t *m, char *err, size_t errlen);
 void rd_worker_message(rd_conn *c, const char *type, json_t *m);
 void rd_worker_conn_lost(rd_conn *c);
 void rd_tick(rd_daemon *d);
+/* A stall of the loop: `secs` not counted against a connection's hello. */
+void rd_conns_forgive(rd_daemon *d, double secs);
 void rd_schedule(rd_daemon *d);
 int rd_ndevices(rd_daemon *d);
 void rd_cancel_job(rd_daemon *d, int64_t job);

@@ -295,6 +295,12 @@ static void on_connection(uv_stream_t *srv, int status)
 
 /* Connections that never said hello are dropped: a peer cannot hold a slot
  * (and a 4 KiB buffer) by connecting and waiting. */
+void rd_conns_forgive(rd_daemon *d, double secs)
+{
+    for (rd_conn *c = d->conns; c; c = c->next)
+        c->opened += secs;
+}
+
 void rd_conns_tick(rd_daemon *d)
 {
     double now = rd_mono();

@@ -863,10 +863,33 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
 /* ------------------------------------------------------------------------ */
 /* Heartbeats */
 
+/* The loop itself stalled (a long rm, a slow disk under SQLite, the daemon
+ * stopped or its machine suspended): timers run before the frames that
+ * arrived meanwhile are read, so every worker would look silent. The time
+ * the loop did not run is not counted against anyone. */
+static void forgive_stall(rd_daemon *d, double now)
+{
+    double period = d->heartbeat_s < 1 ? d->heartbeat_s : 1;
+    double gap = d->last_tick > 0 ? now - d->last_tick : 0;
+    d->last_tick = now;
+    if (gap < 2 * period + 1)
+        return;
+    double lost = gap - period;
+    rd_log("the event loop did not run for %.1f s; the workers' silence in that time "
+           "is not counted", lost);
+    for (int i = 0; i < d->nworkers; i++)
+        d->workers[i].last_seen += lost;
+    for (rd_run *r = d->runs; r; r = r->next)
+        for (rd_kv_waiter *w = r->waiters; w; w = w->next)
+            w->deadline += lost; /* the value may be in a frame not read yet */
+    rd_conns_forgive(d, lost);
+}
+
 void rd_tick(rd_daemon *d)
 {
-    kv_tick(d);
     double now = rd_mono();
+    forgive_stall(d, now);
+    kv_tick(d);
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
         int silent = now - w->last_seen > d->heartbeat_timeout_s;

@@ -1708,6 +1708,35 @@ Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardow
     cr_assert_eq(rc, 0, "%s", out);
 }
 
+/* The daemon stopped for longer than the heartbeat timeout (3 s here), as
+ * a long rm, a slow disk or a suspended machine would stop its loop: when
+ * it runs again its timers fire before the frames that came meanwhile are
+ * read. That silence was its own, not the workers': no job moves. */
+Test(daemon, a_stalled_daemon_does_not_blame_its_workers, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+    submit_grid("long", 50000, 0, "  seed: [0, 1]\n");
+    wait_for("both running", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
+    cr_assert_eq(kill(daemon_pid, SIGSTOP), 0);
+    usleep(5000000);
+    cr_assert_eq(kill(daemon_pid, SIGCONT), 0);
+    usleep(2000000);
+    sqlite3 *db = open_db();
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM attempts", 0), 2, "a job moved");
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE text LIKE '%no heartbeat%'", 0), 0);
+    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM jobs WHERE state='running'", 0), 2);
+    sqlite3_close(db);
+    char logp[128], text[65536];
+    snprintf(logp, sizeof logp, "%s.log", dir);
+    FILE *f = fopen(logp, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    cr_expect(strstr(text, "the event loop did not run for"), "%s", text);
+    expect_still_serving();
+}
+
 /* A grid submitted at the default priority and raised afterwards overtakes
  * the queue as if it had been submitted so; done jobs keep theirs. */
 Test(daemon, a_raised_priority_moves_queued_jobs, .init = setup, .fini = teardown, .timeout = 90)

@@ -314,7 +314,7 @@ static const char *const augments[] = {"byol", "none", NULL};
 static const char *const stems[] = {"imagenet", "cifar", NULL};
 static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_identity", "none",
                                          NULL};
-static const char *const loss_kinds[] = {"byol", "unified", NULL};
+static const char *const loss_kinds[] = {"byol", "unified", "supervised", NULL};
 static const char *const schedules[] = {"constant", "cosine", NULL};
 static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 
@@ -862,6 +862,22 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
             return -1;
         }
     }
+    if (s->loss.kind == RW_LOSS_SUPERVISED && s->model.predictor != RW_PRED_NONE) {
+        set_err(err, errlen, "%s: model.predictor: loss.kind supervised trains a classifier on "
+                "the projections and no predictor: set model.predictor: none (it is %s)",
+                origin, predictors[s->model.predictor]);
+        return -1;
+    }
+    if (s->loss.kind == RW_LOSS_SUPERVISED && s->loss.tangential) {
+        set_err(err, errlen, "%s: loss.tangential: not for loss.kind supervised (no teacher "
+                "in its loss)", origin);
+        return -1;
+    }
+    if (s->loss.kind == RW_LOSS_SUPERVISED && s->data.kind == RW_DATA_STL10 && s->data.unlabeled) {
+        set_err(err, errlen, "%s: data.unlabeled: loss.kind supervised trains on labels; STL-10's "
+                "unlabeled images have none: set data.unlabeled: false", origin);
+        return -1;
+    }
     if (s->data.labels == RW_LABELS_COARSE && s->data.kind != RW_DATA_CIFAR100) {
         set_err(err, errlen, "%s: data.labels: coarse is for data.kind cifar100 (its 20 "
                 "superclasses); data.kind is %s", origin, data_kinds[s->data.kind]);
@@ -1003,6 +1019,12 @@ int rw_spec_load(const char *path, rw_spec *s, char *err, size_t errlen) {
 
 const char *rw_predictor_name(rw_predictor p) {
     return (unsigned)p < sizeof predictors / sizeof predictors[0] - 1 ? predictors[p] : "?";
+}
+
+int rw_spec_classes(const rw_spec *s) {
+    if (s->data.kind == RW_DATA_CIFAR100)
+        return s->data.labels == RW_LABELS_COARSE ? 20 : 100;
+    return 10;
 }
 
 const char *rw_loss_kind_name(rw_loss_kind k) {

@@ -35,7 +35,7 @@
  *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none
  *     predictor_hidden: 512
  *   loss:
- *     kind: byol            # byol | unified
+ *     kind: byol            # byol | unified | supervised (labels, cross-entropy)
  *     alpha: 1.0
  *     beta: 1.0             # BYOL' beta > 0, RAFT beta < 0
  *     tangential: false
@@ -84,7 +84,9 @@ typedef enum {
     RW_PRED_LINEAR_IDENTITY,
     RW_PRED_NONE,
 } rw_predictor;
-typedef enum { RW_LOSS_BYOL, RW_LOSS_UNIFIED } rw_loss_kind;
+/* RW_LOSS_SUPERVISED: the baseline of learning from the labels (the paper's
+ * Figure 3a): cross-entropy of a linear classifier on the projections. */
+typedef enum { RW_LOSS_BYOL, RW_LOSS_UNIFIED, RW_LOSS_SUPERVISED } rw_loss_kind;
 typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
 typedef enum { RW_LR_CONSTANT, RW_LR_COSINE } rw_lr_schedule;
 /* Same order as kb_precision (kernels/backend.h), which proto/ does not see. */
@@ -200,5 +202,7 @@ int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen);
 /* Names for printing. */
 const char *rw_predictor_name(rw_predictor p);
 const char *rw_loss_kind_name(rw_loss_kind k);
+/* Classes of the spec's data set: 10, or CIFAR-100's 100 (20 coarse). */
+int rw_spec_classes(const rw_spec *s);
 
 #endif

@@ -212,8 +212,23 @@ static rw_model *one_step(kb_backend *be, const rw_model_cfg *c, int S, run *r)
     be->upload(be, rw_model_teacher(m), t, r->nt * sizeof(float));
     free(t);
 
+    int32_t hl[N_IMG], *labels = NULL;
+    if (c->classes > 0) { /* the supervised baseline's */
+        for (int i = 0; i < N_IMG; i++)
+            hl[i] = (int32_t)((7 * i + 3) % c->classes);
+        labels = be->alloc(be, sizeof hl);
+        cr_assert_not_null(labels);
+        be->upload(be, labels, hl, sizeof hl);
+        rw_model_set_labels(m, labels);
+    }
+
     cr_assert_eq(rw_model_forward_backward(m, x1, x2, N_IMG, S, &r->st), 0, "%s: step failed",
                  be->name);
+    if (labels) {
+        be->sync(be); /* read by the step's kernels */
+        be->free(be, labels);
+        rw_model_set_labels(m, NULL);
+    }
     r->grads = fetch(be, rw_model_grads(m), r->np);
     r->state = fetch(be, rw_model_state(m), r->ns);
     rw_model_update(m, LR, 0.0f, TAU);
@@ -590,6 +605,21 @@ Test(backend_model, imagenet_stem)
     check_config("raft/mlp_bn imagenet", &c, 32);
     c = cfg_of(RW_PRED_LINEAR, byol, RW_STEM_IMAGENET);
     check_config("byol/linear imagenet", &c, 32);
+}
+
+/* The supervised baseline: the classifier's cross-entropy on the labels
+ * instead of a loss against the teacher. */
+Test(backend_model, supervised)
+{
+    if (!gpu_tf32)
+        cr_skip_test("no CUDA backend: %s", why);
+    cr_assert_not_null(gpu_fp32, "second CUDA backend (fp32): %s", why);
+    kb_loss_cfg align = {KB_LOSS_UNIFIED, 1, 0, 0};
+    rw_model_cfg c = cfg_of(RW_PRED_NONE, align, RW_STEM_CIFAR);
+    c.classes = 10;
+    check_config("supervised cifar", &c, 16);
+    c.stem = RW_STEM_IMAGENET;
+    check_config("supervised imagenet", &c, 32);
 }
 
 /* bf16 as cuda_bf16.h's __float2bfloat16_rn: to nearest, ties to even. */

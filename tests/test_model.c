@@ -52,6 +52,7 @@ static rw_model_cfg tiny_cfg(rw_predictor pred, kb_loss_kind kind, float beta, i
 typedef struct fixture {
     rw_model *m;
     float *x1, *x2; /* backend (N,3,S,S) */
+    int32_t *labels, hlabels[N_IMG]; /* the supervised baseline's (backend, host) */
     size_t np;
     int S;
 } fixture;
@@ -74,6 +75,13 @@ static fixture make(const rw_model_cfg *c, uint64_t seed)
     be->upload(be, f.x1, h, n * sizeof(float));
     be->upload(be, f.x2, h + n, n * sizeof(float));
     free(h);
+    if (c->classes > 0) {
+        for (int i = 0; i < N_IMG; i++)
+            f.hlabels[i] = (int32_t)(urand() * c->classes) % c->classes;
+        f.labels = be->alloc(be, sizeof f.hlabels);
+        be->upload(be, f.labels, f.hlabels, sizeof f.hlabels);
+        rw_model_set_labels(f.m, f.labels);
+    }
     /* A teacher that differs from the online network, as after some
      * training, so that the cross term is not at its trivial point. */
     float *t = malloc(rw_model_nteacher(f.m) * sizeof(float));
@@ -89,6 +97,8 @@ static void unmake(fixture *f)
 {
     be->free(be, f->x1);
     be->free(be, f->x2);
+    if (f->labels)
+        be->free(be, f->labels);
     rw_model_free(f->m);
 }
 
@@ -432,6 +442,12 @@ static void torch_compare(const rw_model_cfg *c, const char *what)
     rw_st_add_f32(w, "x1", xs, 4, hx);
     rw_st_add_f32(w, "x2", xs, 4, hx + nx);
     rw_st_add_f32(w, "loss", one, 1, &lossf);
+    float hl[N_IMG];
+    int64_t nl[1] = {N_IMG};
+    for (int i = 0; i < N_IMG; i++)
+        hl[i] = (float)f.hlabels[i];
+    if (c->classes > 0)
+        rw_st_add_f32(w, "labels", nl, 1, hl);
     char names[MAX_TENSORS_FOR_TEST][80];
     int k = 0;
     for (int i = 0; i < rw_model_ntensors(f.m); i++) {
@@ -474,6 +490,37 @@ Test(model, matches_pytorch_tan_byol_prime_linear)
 {
     rw_model_cfg c = tiny_cfg(RW_PRED_LINEAR, KB_LOSS_UNIFIED, 1.0f, 1, RW_STEM_CIFAR);
     torch_compare(&c, "tan-byol'/linear");
+}
+
+/* The supervised baseline: cross-entropy of a classifier on the
+ * projections; its gradient by finite differences and against PyTorch. */
+static rw_model_cfg supervised_cfg(rw_stem stem)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_NONE, KB_LOSS_UNIFIED, 0.0f, 0, stem);
+    c.classes = 7;
+    return c;
+}
+
+Test(model, grad_supervised)
+{
+    rw_model_cfg c = supervised_cfg(RW_STEM_CIFAR);
+    grad_check(&c, "supervised");
+}
+
+Test(model, matches_pytorch_supervised)
+{
+    rw_model_cfg c = supervised_cfg(RW_STEM_IMAGENET);
+    torch_compare(&c, "supervised/imagenet");
+}
+
+Test(model, supervised_without_labels_fails_with_the_reason)
+{
+    rw_model_cfg c = supervised_cfg(RW_STEM_CIFAR);
+    fixture f = make(&c, 3);
+    rw_model_set_labels(f.m, NULL);
+    cr_assert_neq(rw_model_forward_backward(f.m, f.x1, f.x2, N_IMG, f.S, NULL), 0);
+    cr_expect(strstr(rw_model_error(f.m), "no labels"), "%s", rw_model_error(f.m));
+    unmake(&f);
 }
 
 Test(model, matches_pytorch_none)

@@ -427,6 +427,33 @@ Test(spec, loss_alpha_beta_not_both_zero) {
                  err);
 }
 
+/* The supervised baseline: labels and a classifier, no predictor or teacher
+ * in its loss; it survives the canonical YAML. */
+Test(spec, supervised_baseline) {
+    expect_error("loss: {kind: supervised}\n", "model.predictor:", "no predictor",
+                 "predictor: none (it is mlp)");
+    expect_error("model: {predictor: none}\nloss: {kind: supervised, tangential: true}\n",
+                 "loss.tangential:", "supervised");
+    expect_error("data: {kind: stl10, path: /tmp}\nmodel: {predictor: none}\n"
+                 "loss: {kind: supervised}\n", "data.unlabeled:", "unlabeled: false");
+    rw_spec s, back;
+    char err[512], yaml[8192];
+    cr_assert_eq(parse("model: {predictor: none}\nloss: {kind: supervised}\n"
+                       "data: {kind: cifar100, path: /tmp, labels: coarse}\n", &s, err, sizeof err),
+                 0, "%s", err);
+    cr_assert_eq(s.loss.kind, RW_LOSS_SUPERVISED);
+    cr_expect_eq(rw_spec_classes(&s), 20);
+    s.data.labels = RW_LABELS_FINE;
+    cr_expect_eq(rw_spec_classes(&s), 100);
+    s.data.kind = RW_DATA_SYNTHETIC;
+    cr_expect_eq(rw_spec_classes(&s), 10);
+    cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+    cr_assert(strstr(yaml, "kind: supervised"), "%s", yaml);
+    cr_assert_eq(rw_spec_parse(yaml, strlen(yaml), "canonical", "", &back, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert(memcmp(&s, &back, sizeof s) == 0, "the supervised spec does not round-trip");
+}
+
 Test(spec, load_error_struct_untouched) {
     rw_spec s, before;
     memset(&s, 0x5A, sizeof s);
@@ -528,6 +555,7 @@ Test(spec, names) {
     cr_assert_str_eq(rw_predictor_name(RW_PRED_NONE), "none");
     cr_assert_str_eq(rw_loss_kind_name(RW_LOSS_BYOL), "byol");
     cr_assert_str_eq(rw_loss_kind_name(RW_LOSS_UNIFIED), "unified");
+    cr_assert_str_eq(rw_loss_kind_name(RW_LOSS_SUPERVISED), "supervised");
     cr_assert_str_eq(rw_predictor_name((rw_predictor)77), "?");
 }
 
@@ -556,7 +584,7 @@ Test(spec, conf_grids_expand) {
         const char *last;
     } grids[] = {
         {"conf/quickstart.yaml", 10, "quickstart/raft-np/seed1"},
-        {"conf/paper-table1.yaml", 42, "paper-table1/byol-lpi/seed2"},
+        {"conf/paper-table1.yaml", 45, "paper-table1/supervised/seed2"},
         {"conf/paper-table3.yaml", 39, "paper-table3/byol-prime-np-b100/seed2"},
         {"conf/stl10.yaml", 15, "stl10/raft-np/seed2"},
     };
@@ -609,6 +637,9 @@ Test(spec, conf_grids_expand) {
                 cr_expect(s->model.predictor == RW_PRED_NONE, "%s", g.jobs[j].name);
             if (strstr(g.jobs[j].name, "tan-"))
                 cr_expect(s->loss.tangential, "%s", g.jobs[j].name);
+            if (strstr(g.jobs[j].name, "/supervised/"))
+                cr_expect(s->loss.kind == RW_LOSS_SUPERVISED && s->model.predictor == RW_PRED_NONE,
+                          "%s", g.jobs[j].name);
         }
         rw_grid_free(&g);
         free(t2);

@@ -238,6 +238,41 @@ Test(train, resume_equals_uninterrupted)
     resume_equals_uninterrupted_for(s);
 }
 
+/* The supervised baseline (loss.kind supervised) learns the synthetic
+ * set's labels: its cross-entropy starts near ln 10, as a classifier on
+ * random projections does, and falls (measured: 2.313 -> 2.162); the kNN
+ * accuracy of its projections beats the untrained network's (0.312 vs
+ * 0.078; at this size the linear evaluation stays near chance for both);
+ * and it resumes to the same bits (the labels follow the data order). */
+Test(train, supervised_baseline_learns_the_labels_and_resumes_exactly)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.loss.kind = RW_LOSS_SUPERVISED;
+    s.model.predictor = RW_PRED_NONE;
+    s.data.synthetic_train = 512;
+    s.optim.epochs = 6;
+    s.optim.lr = 3e-3f;
+    s.eval.linear_epochs = 1;
+    record r = {0}, r0 = {0};
+    char o[96];
+    snprintf(o, sizeof o, "%s/supervised", tmp);
+    train(&s, o, 0, &r);
+    cr_assert_eq(r.n, 6);
+    s.optim.epochs = 0; /* the untrained network, measured the same way */
+    snprintf(o, sizeof o, "%s/untrained", tmp);
+    train(&s, o, 0, &r0);
+    cr_expect(fabs(r.ep[0].loss - log(10.0)) < 0.25, "first epoch's cross-entropy %.4f",
+              r.ep[0].loss);
+    cr_expect_lt(r.ep[5].loss, r.ep[0].loss - 0.08, "cross-entropy %.4f -> %.4f", r.ep[0].loss,
+                 r.ep[5].loss);
+    cr_expect_gt(r.ep[5].knn, r0.ep[0].knn + 0.1, "kNN %.3f, untrained %.3f", r.ep[5].knn,
+                 r0.ep[0].knn);
+    s.data.synthetic_train = 192;
+    s.optim.epochs = 3;
+    resume_equals_uninterrupted_for(s);
+}
+
 /* checkpoint.every_minutes, set so short that every step saves: a copy of
  * the checkpoint taken in the middle of epoch 2 (as a worker killed there
  * would leave it) resumes to the bits of the run that went on, and the

@@ -102,7 +102,10 @@ def main():
     kind, alpha, beta, tan = meta["runaway.loss"].split()
     kind, alpha, beta, tan = int(kind), float(alpha), float(beta), int(tan)
 
+    classes = int(meta.get("runaway.classes", "0"))
     online = Net(stem, width, ph, pout, pred, qh).double()
+    if classes:  # the supervised baseline's classifier on the projections
+        online.classifier = nn.Linear(pout, classes).double()
     teacher = Net(stem, width, ph, pout, pred, qh).double()
     on_sd = {k: v for k, v in weights.items() if not k.startswith("teacher.")}
     te_sd = {k[8:]: v for k, v in weights.items() if k.startswith("teacher.")}
@@ -136,7 +139,11 @@ def main():
         cond.append((1.0 / lam ** 2 + 1.0).mean().item())
         return sq(b, lam[:, None] * a) / lam
 
-    if kind == 0:  # byol
+    if classes:  # the mean of the two views' cross-entropy
+        labels = step["labels"].reshape(-1).long()
+        loss = 0.5 * sum(F.cross_entropy(online.classifier(online.project(x)), labels)
+                         for x in (x1, x2))
+    elif kind == 0:  # byol
         loss = (cross(p[0], z[1]) + cross(p[1], z[0])).mean()
     else:
         align = sq(p[0], p[1]).mean()

@@ -75,6 +75,7 @@ typedef struct arch {
     /* predictor */
     lin_l q1, q2;
     bn_l qbn;
+    lin_l cls;       /* the supervised baseline's classifier (cfg.classes > 0) */
     int pred_layers; /* 0 none, 1 linear, 2 mlp */
     int pred_bn;
     int id_pnorm, id_pnorm_n; /* l2norm of predictor output / teacher projection */
@@ -111,14 +112,17 @@ struct rw_model {
     long nbt[MAX_BN], tnbt[MAX_BN];
     long adam_step;
     rw_net online, tnet;
-    float *lossbuf; /* KB_LOSS_NOUT, then metbuf: one download fetches both */
+    float *lossbuf; /* KB_LOSS_NOUT, metbuf, xentbuf: one download fetches all */
     float *metbuf;  /* uniform v1, v2, collapse v1, v2 */
+    /* then, supervised: cross-entropy and correct count of view 1, of view 2 */
     /* The update's per-step scalars in backend memory, written by
      * rw_model_update_prepare and read by the ops when they run. */
     kb_adam_consts *adam_k;
     float *tau_k; /* [tau, 1 - tau] */
     buf dp[2];      /* dLoss/dp per view (N, D) */
     buf dfeat;      /* dLoss/dfeatures of the view in backward (N, F) */
+    buf dlogits[2]; /* supervised: dLoss/dlogits per view (N, classes) */
+    const int32_t *labels; /* supervised: the batch's labels (backend memory) */
     int failed;     /* an allocation, plan or collective failed; the step reports it */
     unsigned long mem_gen; /* bumped whenever a step buffer moves */
     char error[256];
@@ -281,6 +285,13 @@ static int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen
         bn_init(a, &a->qbn, "predictor.1", cfg->pred_hidden);
         lin_init(a, &a->q2, "predictor.3", cfg->pred_hidden, D, 1, INIT_LINEAR);
         break;
+    }
+    if (cfg->classes > 0) {
+        if (cfg->predictor != RW_PRED_NONE) {
+            snprintf(err, errlen, "model: the supervised baseline has no predictor");
+            return -1;
+        }
+        lin_init(a, &a->cls, "classifier", D, cfg->classes, 1, INIT_LINEAR);
     }
     a->id_pnorm = a->nact++;
     a->id_pnorm_n = a->nact++;
@@ -719,6 +730,10 @@ void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
     c->loss.alpha = s->loss.alpha;
     c->loss.beta = s->loss.beta;
     c->loss.tangential = s->loss.tangential;
+    if (s->loss.kind == RW_LOSS_SUPERVISED) {
+        c->classes = rw_spec_classes(s);
+        c->loss = (kb_loss_cfg){KB_LOSS_UNIFIED, 1.0f, 0.0f, 0}; /* measures L_align */
+    }
 }
 
 /* splitmix64: seeds initialization; counter-free is fine here because the
@@ -807,7 +822,7 @@ rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed
     m->teacher = be->alloc(be, nt * sizeof(float));
     m->state = be->alloc(be, ns * sizeof(float));
     m->tstate = be->alloc(be, (a->nteacher_state ? a->nteacher_state : 1) * sizeof(float));
-    m->lossbuf = be->alloc(be, (KB_LOSS_NOUT + 4) * sizeof(float));
+    m->lossbuf = be->alloc(be, (KB_LOSS_NOUT + 8) * sizeof(float));
     m->metbuf = m->lossbuf ? m->lossbuf + KB_LOSS_NOUT : NULL;
     m->adam_k = be->alloc(be, sizeof(kb_adam_consts) + 2 * sizeof(float));
     m->tau_k = m->adam_k ? (float *)(m->adam_k + 1) : NULL;
@@ -852,9 +867,12 @@ void rw_model_free(rw_model *m)
     for (int i = 0; i < nc; i++)
         for (int k = 0; k < convs[i]->ncache; k++)
             be->conv_free(be, convs[i]->cache[k].plan);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < 2; k++) {
         if (m->dp[k].p)
             be->free(be, m->dp[k].p);
+        if (m->dlogits[k].p)
+            be->free(be, m->dlogits[k].p);
+    }
     if (m->dfeat.p)
         be->free(be, m->dfeat.p);
     if (m->syncbuf.p)
@@ -933,6 +951,57 @@ void rw_model_teacher_from_online(rw_model *m)
     memcpy(m->tnbt, m->nbt, sizeof m->tnbt);
 }
 
+void rw_model_set_labels(rw_model *m, const int32_t *labels) { m->labels = labels; }
+
+/* The supervised baseline after the online forward passes: each view's
+ * logits from its projections y, the mean of the two views' cross-entropy,
+ * and the backward pass through classifier, projector and encoder. */
+static int supervised_rest(rw_model *m, const float *const *xs, const float *const *h,
+                           const float *const *y, const float *const *p, int N,
+                           rw_step_stats *st)
+{
+    kb_backend *be = m->be;
+    arch *a = &m->a;
+    rw_net *n = &m->online;
+    int D = a->cfg.proj_out, F = a->F, K = a->cfg.classes;
+    if (!m->labels) {
+        snprintf(m->error, sizeof m->error, "the supervised baseline was given no labels");
+        m->failed = 1;
+        return -1;
+    }
+    float *dp[2], *dl[2], *logits[2];
+    for (int v = 0; v < 2; v++) {
+        dp[v] = grow(n, &m->dp[v], (size_t)N * D * sizeof(float));
+        dl[v] = grow(n, &m->dlogits[v], (size_t)N * K * sizeof(float));
+        logits[v] = lin_fwd(n, &a->cls, v, y[v], N);
+    }
+    float *dfeat = grow(n, &m->dfeat, (size_t)N * F * sizeof(float));
+    if (m->failed)
+        return -1;
+    /* L_align of the normalized projections, measured only (z = p: the
+     * cross term is 0) */
+    be->loss(be, &a->cfg.loss, p[0], p[1], p[0], p[1], N, D, dp[0], dp[1], m->lossbuf);
+    for (int v = 0; v < 2; v++) {
+        be->softmax_xent(be, logits[v], m->labels, N, K, dl[v],
+                         m->lossbuf + KB_LOSS_NOUT + 4 + 2 * v);
+        be->scale(be, dl[v], 0.5f, (size_t)N * K); /* the loss is the views' mean */
+    }
+    for (int v = 0; v < 2 && !m->failed; v++) {
+        float *dy = scratch(n, 1), *dh = scratch(n, 2);
+        if (m->failed)
+            break;
+        lin_bwd(n, &a->cls, y[v], dl[v], dy, N);
+        proj_bwd(n, v, h[v], dy, dh, N);
+        be->copy(be, dfeat, dh, (size_t)N * F * sizeof(float));
+        enc_bwd(n, v, xs[v], dfeat, N);
+    }
+    if (m->failed)
+        return -1;
+    if (st)
+        rw_model_stats(m, st);
+    return 0;
+}
+
 int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int N, int S,
                               rw_step_stats *st)
 {
@@ -966,6 +1035,8 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
         be->collapse_std(be, zn, N, D, m->metbuf + 2 + v);
         p[v] = pn;
     }
+    if (a->cfg.classes > 0)
+        return supervised_rest(m, xs, h, y, p, N, st);
     /* Teacher in training mode (batch statistics), no gradient. Its
      * activations reuse slot 0; only the normalized outputs are per view. */
     for (int v = 0; v < 2; v++) {
@@ -1010,15 +1081,19 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
 
 void rw_model_stats(rw_model *m, rw_step_stats *st)
 {
-    float o[KB_LOSS_NOUT + 4];
+    float o[KB_LOSS_NOUT + 8];
     m->be->download(m->be, o, m->lossbuf, sizeof o);
-    const float *me = o + KB_LOSS_NOUT;
+    const float *me = o + KB_LOSS_NOUT, *xe = me + 4;
     st->loss = o[KB_LOSS_OUT_LOSS];
     st->align = o[KB_LOSS_OUT_ALIGN];
     st->cross = o[KB_LOSS_OUT_CROSS];
     st->byol = o[KB_LOSS_OUT_BYOL];
     st->uniform = 0.5f * (me[0] + me[1]);
     st->collapse = 0.5f * (me[2] + me[3]);
+    if (m->a.cfg.classes > 0) {
+        st->loss = 0.5f * (xe[0] + xe[2]);
+        st->byol = 0; /* no teacher in this loss */
+    }
 }
 
 void rw_model_update_prepare(rw_model *m, float lr, float weight_decay, float tau)

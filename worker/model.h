@@ -30,6 +30,11 @@ typedef struct rw_model_cfg {
     rw_predictor predictor;
     int pred_hidden;
     kb_loss_cfg loss;
+    /* > 0: the supervised baseline: a classifier Linear(proj_out, classes)
+     * on the (unnormalized) projections of each view, trained with
+     * softmax cross-entropy on the labels (rw_model_set_labels); no teacher
+     * in the loss, and `loss` only measures L_align. 0: self-supervised. */
+    int classes;
 } rw_model_cfg;
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c);
@@ -63,6 +68,11 @@ typedef struct rw_step_stats {
 rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed, char *err,
                           size_t errlen);
 void rw_model_free(rw_model *m);
+
+/* The supervised baseline's labels of the next steps' batch: (N) int32 in
+ * backend memory, read when the step runs (a captured step reads the same
+ * buffer). Unused by a self-supervised model. */
+void rw_model_set_labels(rw_model *m, const int32_t *labels);
 
 kb_backend *rw_model_backend(rw_model *m);
 const rw_model_cfg *rw_model_cfg_of(const rw_model *m);

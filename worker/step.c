@@ -32,6 +32,9 @@ struct rw_stepper {
     uint32_t *hkeys; /* host staging of the same */
     int32_t *perm;
     int perm_epoch;
+    /* the supervised baseline: the batch's labels (backend memory), staged
+     * in hl */
+    int32_t *labels;
     int epoch;
     long batch;
 
@@ -102,6 +105,24 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
             be->upload(be, s->pix, c->ds->pixels, bytes);
         }
     }
+    int classes = rw_model_cfg_of(c->m)->classes;
+    if (classes > 0) {
+        for (int i = 0; i < c->ds->n; i++)
+            if (i >= c->ds->labeled || c->ds->labels[i] >= classes) {
+                snprintf(err, errlen, "the supervised baseline needs every training image "
+                         "labeled 0..%d; image %d is %s", classes - 1, i,
+                         i >= c->ds->labeled ? "unlabeled" : "labeled beyond them");
+                goto fail;
+            }
+        s->labels = be->alloc(be, (size_t)s->Bl * sizeof(int32_t));
+        if (!s->hl)
+            s->hl = malloc((size_t)s->Bl * sizeof(int32_t));
+        if (!s->labels || !s->hl) {
+            snprintf(err, errlen, "out of memory for the labels of batch %d", c->batch);
+            goto fail;
+        }
+        rw_model_set_labels(c->m, s->labels);
+    }
     if (!s->pix) {
         rw_loader_cfg lc = {
             .ds = c->ds, .batch = c->batch, .out_size = c->size, .augment = c->augment,
@@ -113,7 +134,8 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
         s->ld = rw_loader_create(&lc, err, errlen);
         s->hx1 = malloc(img * sizeof(float));
         s->hx2 = malloc(img * sizeof(float));
-        s->hl = malloc((size_t)s->Bl * sizeof(int32_t));
+        if (!s->hl)
+            s->hl = malloc((size_t)s->Bl * sizeof(int32_t));
         if (!s->ld || !s->hx1 || !s->hx2 || !s->hl) {
             if (s->ld)
                 snprintf(err, errlen, "out of memory for batch %d at %dx%d", c->batch, c->size,
@@ -150,7 +172,7 @@ void rw_stepper_free(rw_stepper *s)
         return;
     kb_backend *be = s->be;
     rw_stepper_release(s);
-    void *dev[] = {s->x1, s->x2, s->pix, s->keys};
+    void *dev[] = {s->x1, s->x2, s->pix, s->keys, s->labels};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         if (dev[i])
             be->free(be, dev[i]);
@@ -315,6 +337,8 @@ int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st)
         size_t bytes = (size_t)s->Bl * 3 * s->c.size * s->c.size * sizeof(float);
         be->upload(be, s->x1, s->hx1, bytes);
         be->upload(be, s->x2, s->hx2, bytes);
+        if (s->labels)
+            be->upload(be, s->labels, s->hl, (size_t)s->Bl * sizeof(int32_t));
     } else {
         if (s->batch >= s->nb)
             return 1;
@@ -328,6 +352,11 @@ int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st)
         for (int k = 0; k < s->Bl; k++)
             s->hkeys[1 + k] = (uint32_t)p[k];
         be->upload(be, s->keys, s->hkeys, (size_t)(s->Bl + 1) * sizeof(uint32_t));
+        if (s->labels) {
+            for (int k = 0; k < s->Bl; k++)
+                s->hl[k] = s->c.ds->labels[p[k]];
+            be->upload(be, s->labels, s->hl, (size_t)s->Bl * sizeof(int32_t));
+        }
         s->batch++;
     }
     if (run_half(s, 0) != 0)

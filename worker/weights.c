@@ -118,6 +118,10 @@ static void set_model_meta(rw_st_writer *w, rw_model *m)
     snprintf(buf, sizeof buf, "%d %.9g %.9g %d", (int)c->loss.kind, c->loss.alpha, c->loss.beta,
              c->loss.tangential);
     rw_st_set_meta(w, "runaway.loss", buf);
+    if (c->classes > 0) { /* the supervised baseline; absent: self-supervised */
+        snprintf(buf, sizeof buf, "%d", c->classes);
+        rw_st_set_meta(w, "runaway.classes", buf);
+    }
 }
 
 int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t errlen)
@@ -143,6 +147,12 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
     c->stem = (rw_stem)stem;
     c->predictor = (rw_predictor)pred;
     c->loss.kind = (kb_loss_kind)kind;
+    const char *cl = rw_st_meta(st, "runaway.classes");
+    if (cl && (sscanf(cl, "%d", &c->classes) != 1 || c->classes < 1 || c->classes > 100000)) {
+        snprintf(err, errlen, "%s: runaway.classes metadata '%s' is not a class count", path, cl);
+        rw_st_close(st);
+        return -1;
+    }
     rw_st_close(st);
     return 0;
 }

@@ -323,6 +323,7 @@ int main(int argc, char **argv)
     uv_timer_init(d->loop, &d->tick);
     d->tick.data = d;
     double period = d->heartbeat_s < 1 ? d->heartbeat_s : 1;
+    d->last_tick = rd_mono();
     uv_timer_start(&d->tick, tick_cb, (uint64_t)(period * 1000), (uint64_t)(period * 1000));
     if (rd_workers_start(d, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);

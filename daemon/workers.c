@@ -870,7 +870,7 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
 static void forgive_stall(rd_daemon *d, double now)
 {
     double period = d->heartbeat_s < 1 ? d->heartbeat_s : 1;
-    double gap = d->last_tick > 0 ? now - d->last_tick : 0;
+    double gap = now - d->last_tick; /* the first from the timer's start */
     d->last_tick = now;
     if (gap < 2 * period + 1)
         return;

@@ -952,13 +952,14 @@ static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
 {
     json_t *all = json_array();
     sqlite3_stmt *st = rd_db_prep(d,
-        "SELECT epoch, loss, align, uniform, collapse, knn, rank FROM metrics WHERE id IN (SELECT "
+        "SELECT epoch, loss, align, uniform, collapse, knn, rank, linear FROM metrics WHERE id IN "
+        "(SELECT "
         "MAX(id) FROM metrics WHERE job_id=? AND kind='epoch' GROUP BY epoch) ORDER BY epoch");
     if (st) {
         sqlite3_bind_int64(st, 1, job);
         while (sqlite3_step(st) == SQLITE_ROW) {
             json_t *row = json_array();
-            for (int i = 0; i < 7; i++)
+            for (int i = 0; i < 8; i++)
                 json_array_append_new(row, col_json(st, i));
             json_array_append_new(all, row);
         }
@@ -1009,8 +1010,8 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
         json_object_set(r, "name", json_object_get(json_array_get(jobs, 0), "name"));
     }
     json_object_set_new(r, "target_id", json_integer(tid));
-    json_object_set_new(r, "columns", json_pack("[sssssss]", "epoch", "loss", "align", "uniform",
-                                                 "collapse", "knn", "rank"));
+    json_object_set_new(r, "columns", json_pack("[ssssssss]", "epoch", "loss", "align", "uniform",
+                                                 "collapse", "knn", "rank", "linear"));
     json_object_set_new(r, "jobs", jobs);
     rd_conn_send(c, r);
 }
@@ -1039,7 +1040,7 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
     char sql[1024];
     snprintf(sql, sizeof sql,
              "SELECT job_id, epoch, step, loss, align, uniform, collapse, knn, pairs_per_s, tau, "
-             "lr, rank FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE job_id IN (%s) "
+             "lr, rank, linear FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE job_id IN (%s) "
              "AND kind=?2 GROUP BY job_id, %s) AND (job_id > ?3 OR (job_id = ?3 AND %s > ?4)) "
              "ORDER BY job_id, %s LIMIT ?5",
              kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1" : "?1", key, key, key);
@@ -1068,8 +1069,9 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
     sqlite3_finalize(st);
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "columns",
-                        json_pack("[ssssssssssss]", "job", "epoch", "step", "loss", "align",
-                                  "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr", "rank"));
+                        json_pack("[sssssssssssss]", "job", "epoch", "step", "loss", "align",
+                                  "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr", "rank",
+                                  "linear"));
     json_object_set_new(r, "rows", rows);
     json_object_set_new(r, "more", json_boolean(more));
     /* who the rows belong to, once */

@@ -156,6 +156,7 @@ static const tb_field tb_fields[] = {
     {"tau", "tau", 0},
     {"lr", "lr", 0},
     {"rank", "eff_rank", 0},
+    {"linear", "linear_top1", 0}, /* eval.linear.every: epoch/linear_top1 */
     {"linear_acc", "linear_top1", 1},
     {"align_last10", "L_align_last10", 1},
     {"uniform_last10", "L_uniform_last10", 1},

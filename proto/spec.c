@@ -367,6 +367,7 @@ static const field fields[] = {
     {"eval.linear.epochs", F_INT, O(eval.linear_epochs), 0, 100000, 0, NULL},
     {"eval.linear.lr", F_FLOAT, O(eval.linear_lr), 0, 10, LO_OPEN, NULL},
     {"eval.linear.batch_size", F_INT, O(eval.linear_batch_size), 1, 65536, 0, NULL},
+    {"eval.linear.every", F_INT, O(eval.linear_every), 0, 100000, 0, NULL},
     {"eval.knn.every", F_INT, O(eval.knn_every), 0, 100000, 0, NULL},
     {"eval.knn.k", F_INT, O(eval.knn_k), 1, 10000, 0, NULL},
     {"eval.knn.temperature", F_FLOAT, O(eval.knn_temperature), 0, 100, LO_OPEN, NULL},
@@ -424,6 +425,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->eval.linear_epochs = 100;
     s->eval.linear_lr = 5.0e-4f;
     s->eval.linear_batch_size = 256;
+    s->eval.linear_every = 0;
     s->eval.knn_every = 0;
     s->eval.knn_k = 200;
     s->eval.knn_temperature = 0.1f;

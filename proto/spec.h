@@ -51,7 +51,7 @@
  *     tau: 0.996
  *     schedule: constant    # constant | cosine (tau -> 1 over training)
  *   eval:
- *     linear: {epochs: 100, lr: 5.0e-4, batch_size: 256}   # epochs 0 = skip
+ *     linear: {epochs: 100, lr: 5.0e-4, batch_size: 256, every: 0}   # epochs 0 = skip
  *     knn: {every: 0, k: 200, temperature: 0.1}            # every 0 = off
  *     rank: {every: 1, samples: 1024}   # effective rank of f; every 0 = off
  *   log:
@@ -148,6 +148,7 @@ typedef struct rw_spec {
         int linear_epochs;
         float linear_lr;
         int linear_batch_size;
+        int linear_every; /* also every N epochs (0: only at the end), Figure 4(c) */
         int knn_every, knn_k;
         float knn_temperature;
         int rank_every, rank_samples; /* effective rank of the projections */

@@ -524,7 +524,7 @@ static void check_plot(void)
     cr_assert(memcmp(h, "\x89PNG\r\n\x1a\n", 8) == 0 && memcmp(h + 12, "IHDR", 4) == 0);
     unsigned wpx = (unsigned)h[16] << 24 | h[17] << 16 | h[18] << 8 | h[19];
     unsigned hpx = (unsigned)h[20] << 24 | h[21] << 16 | h[22] << 8 | h[23];
-    cr_expect(wpx == 1500 && hpx == 900, "png %ux%u", wpx, hpx);
+    cr_expect(wpx == 2000 && hpx == 900, "png %ux%u", wpx, hpx);
 
     sqlite3 *db = open_db();
     const char *variants[2] = {"byol", "byol-np"};
@@ -541,10 +541,14 @@ static void check_plot(void)
             if (line[0] == '#')
                 continue;
             double e, loss, al, un, co, rk;
-            char knn[32];
-            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s %lf", &e, &loss, &al, &un, &co, knn,
-                                &rk), 7, "%s", line);
+            char knn[32], lin[32];
+            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s %lf %31s", &e, &loss, &al, &un, &co,
+                                knn, &rk, lin), 8, "%s", line);
             cr_expect_str_eq(knn, "?", "kNN is off in this grid");
+            if (v == 0)
+                cr_expect_str_eq(lin, "?", "byol: no eval.linear.every");
+            else
+                cr_expect(strtod(lin, NULL) > 0, "byol-np: linear %s", lin);
             const char *q = "SELECT AVG(%s) FROM metrics WHERE id IN (SELECT MAX(m.id) FROM metrics "
                             "m JOIN jobs j ON j.id=m.job_id WHERE j.grid_id=1 AND j.variant='%s' "
                             "AND m.kind='epoch' AND m.epoch=? GROUP BY m.job_id)";
@@ -630,7 +634,7 @@ static void check_metrics_export(void)
     char line[1024];
     cr_assert_not_null(fgets(line, sizeof line, f));
     cr_expect_str_eq(line, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
-                           "pairs_per_s,tau,lr,rank\n");
+                           "pairs_per_s,tau,lr,rank,linear\n");
     sqlite3 *db = open_db();
     int rows = 0;
     while (fgets(line, sizeof line, f)) {
@@ -703,13 +707,28 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
                "  seed: [0, 1]\n"
                "  variant:\n"
                "    - {name: byol, checkpoint: {snapshot_every: 1}}\n"
-               "    - {name: byol-np, model: {predictor: none}}\n");
+               "    - {name: byol-np, model: {predictor: none}, eval: {linear: {every: 1}}}\n");
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "grid g1 tiny: 4 jobs") && strstr(out, "tiny/byol-np/seed1"), "%s", out);
     rc = cli(out, sizeof out, 60, "watch", "g1", NULL);
     cr_assert_eq(rc, 0, "watch: %s", out);
     cr_assert(strstr(out, "epoch   2") != NULL, "watch showed no epochs:\n%s", out);
+    cr_assert(strstr(out, "  linear ") != NULL, "watch showed no linear evaluation:\n%s", out);
+    {
+        /* eval.linear.every 1 (byol-np): a linear accuracy at every epoch,
+         * the last one the job's result; none where it is not set */
+        sqlite3 *db = open_db();
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
+                                "WHERE m.kind='epoch' AND j.variant='byol-np' AND "
+                                "m.linear BETWEEN 0 AND 1", 0), 4);
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
+                                "WHERE m.kind='epoch' AND m.epoch=2 AND j.variant='byol-np' AND "
+                                "m.linear = j.linear_acc", 0), 2);
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
+                                "WHERE j.variant='byol' AND m.linear IS NOT NULL", 0), 0);
+        sqlite3_close(db);
+    }
 
     /* the daemon's table */
     json_t *t = simple("table", "grid", "tiny");

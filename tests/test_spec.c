@@ -454,6 +454,16 @@ Test(spec, supervised_baseline) {
     cr_assert(memcmp(&s, &back, sizeof s) == 0, "the supervised spec does not round-trip");
 }
 
+Test(spec, linear_evaluation_every_n_epochs) {
+    rw_spec s;
+    char err[512];
+    cr_assert_eq(parse("eval: {linear: {every: 10}}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(s.eval.linear_every, 10);
+    cr_assert_eq(parse("name: x\n", &s, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(s.eval.linear_every, 0, "off unless asked");
+    expect_error("eval: {linear: {every: -1}}\n", "eval.linear.every");
+}
+
 Test(spec, load_error_struct_untouched) {
     rw_spec s, before;
     memset(&s, 0x5A, sizeof s);

@@ -123,6 +123,8 @@ static void same_metrics(const rw_metrics *a, const rw_metrics *b, const char *w
               b->lr);
     cr_expect(isfinite(a->rank) && a->rank == b->rank, "%s: rank %g vs %g", what, a->rank,
               b->rank);
+    cr_expect((isnan(a->linear) && isnan(b->linear)) || a->linear == b->linear,
+              "%s: linear %g vs %g", what, a->linear, b->linear);
 }
 
 /* Compares every tensor of two safetensors files byte for byte. */
@@ -270,6 +272,42 @@ Test(train, supervised_baseline_learns_the_labels_and_resumes_exactly)
                  r0.ep[0].knn);
     s.data.synthetic_train = 192;
     s.optim.epochs = 3;
+    resume_equals_uninterrupted_for(s);
+}
+
+/* eval.linear.every: the linear evaluation also every N epochs, for its
+ * curve; the last epoch's is the final one (run once). It does not touch
+ * training: the same numbers and final accuracy as without it, and a
+ * resumed run gives the same ones again. */
+Test(train, linear_evaluation_every_n_epochs_leaves_training_alone)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 5;
+    record plain = {0}, every = {0};
+    char o[96];
+    snprintf(o, sizeof o, "%s/plain", tmp);
+    rw_train_result a = train(&s, o, 0, &plain);
+    s.eval.linear_every = 2;
+    snprintf(o, sizeof o, "%s/every", tmp);
+    rw_train_result b = train(&s, o, 0, &every);
+    cr_assert_eq(every.n, 5);
+    for (int e = 0; e < 5; e++) {
+        int want = e == 1 || e == 3 || e == 4; /* epochs 2, 4 and the last */
+        cr_expect(want ? isfinite(every.ep[e].linear) && every.ep[e].linear >= 0 &&
+                             every.ep[e].linear <= 1
+                       : isnan(every.ep[e].linear),
+                  "epoch %d: linear %g", e + 1, every.ep[e].linear);
+        cr_expect(isnan(plain.ep[e].linear), "epoch %d without eval.linear.every: %g", e + 1,
+                  plain.ep[e].linear);
+        plain.ep[e].linear = every.ep[e].linear;
+        same_metrics(&plain.ep[e], &every.ep[e], "with and without eval.linear.every");
+    }
+    cr_expect(b.linear_acc == a.linear_acc && every.ep[4].linear == a.linear_acc,
+              "final linear eval %g (epoch 5: %g) vs %g without", b.linear_acc, every.ep[4].linear,
+              a.linear_acc);
+    s.optim.epochs = 3;
+    s.eval.linear_every = 1;
     resume_equals_uninterrupted_for(s);
 }
 

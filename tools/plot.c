@@ -154,7 +154,7 @@ static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, si
         }
         fprintf(f, "# %s: mean over %d job%s per epoch ('?': none reported)\n", cv[g].name,
                 cv[g].njobs, cv[g].njobs == 1 ? "" : "s");
-        fprintf(f, "# epoch loss align uniform collapse knn rank\n");
+        fprintf(f, "# epoch loss align uniform collapse knn rank linear\n");
         for (size_t r = 0; r < cv[g].n; r++) {
             const double *o = cv[g].rows + r * RW_CURVE_COLS;
             fprintf(f, "%.0f", o[0]);
@@ -233,9 +233,9 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
     fprintf(f, "set datafile missing '?'\nset xlabel 'epoch'\nset grid\n");
     fprintf(f, "set style data linespoints\nset pointsize 0.5\n");
     if (o->out) {
-        fprintf(f, "set terminal pngcairo size 1500,900 noenhanced font ',10'\nset output ");
+        fprintf(f, "set terminal pngcairo size 2000,900 noenhanced font ',10'\nset output ");
         rw_gp_quote(f, out_tmp);
-        fprintf(f, "\nset key top right font ',8'\nset multiplot layout 2,3 title ");
+        fprintf(f, "\nset key top right font ',8'\nset multiplot layout 2,4 title ");
         rw_gp_quote(f, title);
         fprintf(f, "\n");
     } else {
@@ -245,7 +245,7 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         rw_gp_quote(f, title);
         fprintf(f, "\n");
     }
-    /* the PNG's six-panel grid holds all; a terminal the first three */
+    /* the PNG's 2x4 grid holds all seven; a terminal the first three */
     static const struct {
         const char *title;
         int col;
@@ -257,8 +257,9 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         {"collapse std (1: spread, 0: collapsed)", 4, 1},
         {"kNN top-1 (%)", 5, 100},
         {"effective rank of f", 6, 1},
+        {"linear evaluation top-1 (%)", 7, 100},
     };
-    for (int k = 0; k < (o->out ? 6 : 3); k++)
+    for (int k = 0; k < (o->out ? 7 : 3); k++)
         panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv);
     if (o->out)
         fprintf(f, "unset multiplot\n");

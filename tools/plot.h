@@ -26,10 +26,10 @@ typedef struct rw_curve {
     char name[192];
     int njobs;
     size_t n;     /* epochs */
-    double *rows; /* n x RW_CURVE_COLS: epoch, loss, align, uniform, collapse, knn, rank
-                   * (NAN: none) */
+    double *rows; /* n x RW_CURVE_COLS: epoch, loss, align, uniform, collapse, knn, rank,
+                   * linear (NAN: none) */
 } rw_curve;
-#define RW_CURVE_COLS 7
+#define RW_CURVE_COLS 8
 
 /* Groups the reply's jobs by variant (a job target: the one job), in the
  * order they first appear. Returns the number of curves (*out malloc'd),

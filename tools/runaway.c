@@ -854,7 +854,7 @@ static int watch(conn *c, const char *target)
         }
         if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
             !strcmp(jstr(e, "metric"), "epoch")) {
-            char knn[32] = "", rank[32] = "", left[48] = "", of[24] = "";
+            char knn[32] = "", rank[32] = "", lin[32] = "", left[48] = "", of[24] = "";
             if (json_is_number(json_object_get(e, "left_s"))) {
                 char d[32];
                 fmt_duration(rw_json_get_num(e, "left_s"), d, sizeof d);
@@ -866,12 +866,14 @@ static int watch(conn *c, const char *target)
                 snprintf(knn, sizeof knn, "  knn %.1f%%", 100 * rw_json_get_num(e, "knn"));
             if (json_is_number(json_object_get(e, "rank")))
                 snprintf(rank, sizeof rank, "  rank %.1f", rw_json_get_num(e, "rank"));
-            printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s  "
+            if (json_is_number(json_object_get(e, "linear")))
+                snprintf(lin, sizeof lin, "  linear %.1f%%", 100 * rw_json_get_num(e, "linear"));
+            printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s%s  "
                    "%.1f pairs/s%s\n",
                    jint(e, "job"), jint(e, "epoch"), of, rw_json_get_num(e, "loss"),
                    rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
-                   rw_json_get_num(e, "collapse"), rank, knn, rw_json_get_num(e, "pairs_per_s"),
-                   left);
+                   rw_json_get_num(e, "collapse"), rank, knn, lin,
+                   rw_json_get_num(e, "pairs_per_s"), left);
         } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
             json_t *j = json_object_get(e, "job");
             printf("j%-4lld %s: %s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
@@ -1117,7 +1119,7 @@ static int cmd_metrics(int n, char **a)
         if (!jobs) { /* the first page: the target exists */
             jobs = json_incref(json_object_get(r, "jobs"));
             fprintf(f, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
-                       "pairs_per_s,tau,lr,rank\n");
+                       "pairs_per_s,tau,lr,rank,linear\n");
         }
         size_t i;
         json_t *row;

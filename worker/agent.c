@@ -255,6 +255,7 @@ static void put_metrics(json_t *m, const rw_metrics *x)
     json_object_set_new(m, "tau", rw_json_num(x->tau));
     json_object_set_new(m, "lr", rw_json_num(x->lr));
     json_object_set_new(m, "rank", rw_json_num(x->rank));
+    json_object_set_new(m, "linear", rw_json_num(x->linear));
 }
 
 static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind)

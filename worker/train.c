@@ -153,6 +153,18 @@ static int snapshot(rw_model *m, const char *out_dir, int epoch, char *err, size
     return rw_weights_export(m, path, err, errlen);
 }
 
+/* The linear evaluation protocol (eval.linear) of the model as it is. */
+static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *test, int S,
+                       const rw_spec *spec, double *acc, char *err, size_t errlen)
+{
+    rw_linear_cfg lcfg = {
+        .epochs = spec->eval.linear_epochs, .lr = spec->eval.linear_lr,
+        .batch = spec->eval.linear_batch_size, .seed = spec->seed,
+    };
+    return rw_eval_linear_model(m, train, test, S, spec->data.mean, spec->data.std, &lcfg, acc,
+                                err, errlen);
+}
+
 int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
              const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen)
 {
@@ -341,6 +353,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                         .align = step_acc.align / step_acc_n,
                         .uniform = step_acc.uniform / step_acc_n,
                         .collapse = step_acc.collapse / step_acc_n, .knn = NAN, .rank = NAN,
+                        .linear = NAN,
                         .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
                         .lr = measure ? NAN : lr,
                     };
@@ -376,6 +389,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             .epoch = measure ? 0 : e + 1, .step = ts.step, .loss = ts.sums[0] / n,
             .align = ts.sums[1] / n,
             .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN, .rank = NAN,
+            .linear = NAN,
             .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
             .tau = rw_tau_at(spec, ts.step > 0 ? ts.step - 1 : 0, per_epoch * epochs),
             .lr = measure || ts.step == 0 ? NAN
@@ -402,6 +416,20 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 0)
                 goto done;
             progress(hooks);
+        }
+        /* The linear evaluation during training (its curve); at the last
+         * epoch it is the final one, run once. */
+        if (lead && spec->eval.linear_every > 0 && spec->eval.linear_epochs > 0 &&
+            ((e + 1) % spec->eval.linear_every == 0 || last_epoch)) {
+            double tl = now_s();
+            progress(hooks);
+            if (linear_eval(m, &train, &test, S, spec, &em.linear, err, errlen) != 0)
+                goto done;
+            progress(hooks);
+            logf_(lh, "linear evaluation at epoch %d: top-1 %.2f%% (%.1f s)", em.epoch,
+                  100 * em.linear, now_s() - tl);
+            if (last_epoch)
+                res->linear_acc = em.linear;
         }
         ts.hist[e] = em;
         ts.nhist = e + 1;
@@ -448,18 +476,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         if (rw_weights_export(m, wpath, err, errlen) != 0)
             goto done;
     }
-    if (lead && spec->eval.linear_epochs > 0) {
-        rw_linear_cfg lcfg = {
-            .epochs = spec->eval.linear_epochs, .lr = spec->eval.linear_lr,
-            .batch = spec->eval.linear_batch_size, .seed = spec->seed,
-        };
+    if (lead && spec->eval.linear_epochs > 0 && isnan(res->linear_acc)) {
         double t0 = now_s();
         progress(hooks);
-        if (rw_eval_linear_model(m, &train, &test, S, spec->data.mean, spec->data.std, &lcfg,
-                                 &res->linear_acc, err, errlen) != 0)
+        if (linear_eval(m, &train, &test, S, spec, &res->linear_acc, err, errlen) != 0)
             goto done;
         logf_(lh, "linear evaluation: top-1 %.2f%% (%d epochs, %.1f s)", 100 * res->linear_acc,
-              lcfg.epochs, now_s() - t0);
+              spec->eval.linear_epochs, now_s() - t0);
     }
     rc = 0;
 done:

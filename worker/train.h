@@ -22,6 +22,7 @@ typedef struct rw_metrics {
     double tau;         /* EMA rate of the period's last step */
     double lr;          /* the last optimizer step's learning rate; NaN: no step */
     double rank;        /* effective rank of the projections (eval.rank); NaN: not computed */
+    double linear;      /* linear evaluation top-1 in [0,1] (eval.linear.every); NaN: not run */
 } rw_metrics;
 
 typedef struct rw_train_hooks {

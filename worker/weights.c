@@ -285,15 +285,16 @@ void rw_spec_digest(const rw_spec *s, char out[17])
     snprintf(out, 17, "%016llx", (unsigned long long)hsh);
 }
 
-/* lr and rank came later: a checkpoint without them reads NaN (not recorded) */
+/* lr, rank and linear came later: a checkpoint without them reads NaN (not
+ * recorded) */
 static const char *hist_fields[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s",
-                                    "tau", "lr", "rank"};
+                                    "tau", "lr", "rank", "linear"};
 #define NHIST_FIELDS (int)(sizeof hist_fields / sizeof hist_fields[0])
 
 static double *hist_field(rw_metrics *e, int k)
 {
     double *f[] = {&e->loss, &e->align, &e->uniform, &e->collapse, &e->knn, &e->pairs_per_s,
-                   &e->tau, &e->lr, &e->rank};
+                   &e->tau, &e->lr, &e->rank, &e->linear};
     return f[k];
 }
 

@@ -53,6 +53,161 @@ static void default_name(const char *origin, char *out, size_t outlen)
         snprintf(out, outlen, "grid");
 }
 
+/* ---- grid.sweep: spec fields taking each value of a list ---- */
+
+#define SWEEP_MAX 8 /* fields swept at once */
+
+typedef struct sweep_axis {
+    char path[96];      /* dotted spec field, e.g. loss.beta */
+    const char *leaf;   /* what the variant name calls it: the last part of the path */
+    const ynode *vals;  /* the list */
+} sweep_axis;
+
+static void path_tree_free(ynode *n, const ynode *value)
+{
+    while (n && n != value) {
+        ynode *next = n->nkids == 2 ? n->kids[1] : NULL;
+        if (n->nkids >= 1 && n->kids[0]) {
+            free(n->kids[0]->text);
+            free(n->kids[0]);
+        }
+        free(n->kids);
+        free(n);
+        n = next;
+    }
+}
+
+/* The mapping {a: {b: {c: value}}} for the path "a.b.c", as the spec
+ * parser's tree, so that a swept value is typed and checked like any field
+ * of a spec; `value` is borrowed. NULL when out of memory. */
+static ynode *path_tree(const char *path, const ynode *value)
+{
+    const char *dot = strchr(path, '.');
+    size_t n = dot ? (size_t)(dot - path) : strlen(path);
+    ynode *map = calloc(1, sizeof *map), *key = calloc(1, sizeof *key);
+    ynode **kids = calloc(2, sizeof *kids);
+    char *text = malloc(n + 1);
+    ynode *child = !map || !key || !kids || !text ? NULL : dot ? path_tree(dot + 1, value)
+                                                                : (ynode *)value;
+    if (!child) {
+        free(map);
+        free(key);
+        free(kids);
+        free(text);
+        return NULL;
+    }
+    memcpy(text, path, n);
+    text[n] = '\0';
+    *key = (ynode){.kind = YN_SCALAR, .line = value->line, .col = value->col, .text = text,
+                   .len = n, .skind = YS_PLAIN};
+    kids[0] = key;
+    kids[1] = child;
+    *map = (ynode){.kind = YN_MAP, .line = value->line, .col = value->col, .kids = kids,
+                   .nkids = 2, .cap = 2};
+    return map;
+}
+
+/* Reads grid.sweep into axes; the number of combinations, or -1. */
+static long parse_sweep(const ynode *n, const char *origin, sweep_axis *ax, size_t *nax,
+                        char *err, size_t errlen)
+{
+    if (n->kind != YN_MAP || n->nkids == 0 || n->nkids / 2 > SWEEP_MAX) {
+        snprintf(err, errlen, "%s: grid.sweep: must be a mapping of 1..%d spec fields (as "
+                 "loss.beta) to lists of values (line %d)", origin, SWEEP_MAX, n->line);
+        return -1;
+    }
+    long comb = 1;
+    *nax = 0;
+    for (size_t i = 0; i + 1 < n->nkids; i += 2) {
+        const ynode *k = n->kids[i], *v = n->kids[i + 1];
+        int ok = k->kind == YN_SCALAR && k->len > 0 && k->len < sizeof ax->path &&
+                 strlen(k->text) == k->len && k->text[0] != '.' && k->text[k->len - 1] != '.' &&
+                 !strstr(k->text, "..");
+        for (size_t c = 0; ok && c < k->len; c++)
+            ok = name_char(k->text[c]) && k->text[c] != '-';
+        if (!ok) {
+            snprintf(err, errlen, "%s: grid.sweep: %.60s: not a spec field path (as loss.beta) "
+                     "(line %d)", origin, k->kind == YN_SCALAR ? k->text : "?", k->line);
+            return -1;
+        }
+        if (key_is(k, "seed") || key_is(k, "name")) {
+            snprintf(err, errlen, "%s: grid.sweep.%s: not swept (seeds are the grid's seed axis; "
+                     "names come from the variants) (line %d)", origin, k->text, k->line);
+            return -1;
+        }
+        if (v->kind != YN_SEQ || v->nkids == 0 || v->nkids > AXIS_MAX) {
+            snprintf(err, errlen, "%s: grid.sweep.%s: must be a list of 1..%d values (line %d)",
+                     origin, k->text, AXIS_MAX, v->line);
+            return -1;
+        }
+        sweep_axis *a = &ax[(*nax)++];
+        memcpy(a->path, k->text, k->len + 1);
+        const char *dot = strrchr(a->path, '.');
+        a->leaf = dot ? dot + 1 : a->path;
+        a->vals = v;
+        for (size_t j = 0; j < v->nkids; j++) {
+            const ynode *x = v->kids[j];
+            int name_ok = x->kind == YN_SCALAR && x->len > 0 && strlen(x->text) == x->len;
+            for (size_t c = 0; name_ok && c < x->len; c++)
+                name_ok = name_char(x->text[c]);
+            if (!name_ok) {
+                snprintf(err, errlen, "%s: grid.sweep.%s[%zu]: values are scalars written with "
+                         "[A-Za-z0-9_.-] (they become part of the variant's name) (line %d)",
+                         origin, a->path, j, x->line);
+                return -1;
+            }
+        }
+        comb *= (long)v->nkids;
+        if (comb > RW_GRID_JOBS_MAX) {
+            snprintf(err, errlen, "%s: grid.sweep: more than %d combinations", origin,
+                     RW_GRID_JOBS_MAX);
+            return -1;
+        }
+    }
+    int alike[SWEEP_MAX] = {0}; /* two fields named alike: the whole path names each */
+    for (size_t i = 0; i < *nax; i++)
+        for (size_t j = 0; j < *nax; j++)
+            alike[i] |= i != j && !strcmp(ax[i].leaf, ax[j].leaf);
+    for (size_t i = 0; i < *nax; i++)
+        if (alike[i])
+            ax[i].leaf = ax[i].path;
+    return comb;
+}
+
+/* Applies combination `c` (the first field varying slowest) on *s and
+ * appends "-LEAF-VALUE" per field to the variant's name. */
+static int apply_sweep(const sweep_axis *ax, size_t nax, long c, const char *origin,
+                       const char *basedir, rw_spec *s, char *name, size_t namelen, char *err,
+                       size_t errlen)
+{
+    long div = 1;
+    for (size_t i = 0; i < nax; i++)
+        div *= (long)ax[i].vals->nkids;
+    for (size_t i = 0; i < nax; i++) {
+        div /= (long)ax[i].vals->nkids;
+        size_t k = (size_t)((c / div) % (long)ax[i].vals->nkids);
+        const ynode *val = ax[i].vals->kids[k];
+        char where[RW_PATH_MAX + 160];
+        snprintf(where, sizeof where, "%s: grid.sweep.%s[%zu]", origin, ax[i].path, k);
+        ynode *t = path_tree(ax[i].path, val);
+        if (!t) {
+            snprintf(err, errlen, "%s: out of memory", where);
+            return -1;
+        }
+        int rc = rw_spec_apply_tree(t, where, basedir, s, err, errlen);
+        path_tree_free(t, val);
+        if (rc != 0)
+            return -1;
+        size_t o = strlen(name);
+        if (snprintf(name + o, namelen - o, "-%s-%s", ax[i].leaf, val->text) >= (int)(namelen - o)) {
+            snprintf(err, errlen, "%s: the variant's name %s... is longer than %zu characters",
+                     where, name, namelen - 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int add_job(rw_grid *g, const rw_spec *s, const char *variant, char *err, size_t errlen,
                    const char *origin)
 {
@@ -172,6 +327,9 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
     size_t nseeds = 1;
     seeds[0] = base.seed;
     const ynode *variants = NULL;
+    sweep_axis axes[SWEEP_MAX];
+    size_t naxes = 0;
+    long ncomb = 1;
     const ynode *gr = map_get(root, "grid");
     if (gr && !rw_ynode_is_null(gr)) {
         if (gr->kind != YN_MAP) {
@@ -181,12 +339,16 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
         }
         for (size_t i = 0; i + 1 < gr->nkids; i += 2) {
             const ynode *k = gr->kids[i];
-            if (!key_is(k, "seed") && !key_is(k, "variant")) {
-                snprintf(err, errlen, "%s: grid.%.40s: unknown axis (allowed: seed, variant) (line %d)",
-                         origin, k->kind == YN_SCALAR ? k->text : "?", k->line);
+            if (!key_is(k, "seed") && !key_is(k, "variant") && !key_is(k, "sweep")) {
+                snprintf(err, errlen, "%s: grid.%.40s: unknown axis (allowed: seed, variant, "
+                         "sweep) (line %d)", origin, k->kind == YN_SCALAR ? k->text : "?",
+                         k->line);
                 return -1;
             }
         }
+        const ynode *sw = map_get(gr, "sweep");
+        if (sw && (ncomb = parse_sweep(sw, origin, axes, &naxes, err, errlen)) < 0)
+            return -1;
         const ynode *s = map_get(gr, "seed");
         if (s && parse_seeds(s, origin, seeds, &nseeds, err, errlen) != 0)
             return -1;
@@ -198,8 +360,9 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
             return -1;
         }
     }
-    size_t nvar = variants ? variants->nkids : 1;
-    g->jobs = calloc(nvar * nseeds > RW_GRID_JOBS_MAX ? RW_GRID_JOBS_MAX : nvar * nseeds,
+    size_t nvar = variants ? variants->nkids : 1, per_var = (size_t)ncomb * nseeds;
+    char seen[AXIS_MAX][RW_NAME_MAX]; /* the variants' names so far */
+    g->jobs = calloc(nvar * per_var > RW_GRID_JOBS_MAX ? RW_GRID_JOBS_MAX : nvar * per_var,
                      sizeof *g->jobs);
     if (!g->jobs) {
         snprintf(err, errlen, "%s: out of memory", origin);
@@ -218,18 +381,27 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
             if (rw_spec_apply_tree(vn, where, basedir, &vs, err, errlen) != 0)
                 return -1;
             for (size_t u = 0; u < v; u++) {
-                if (!strcmp(g->jobs[u * nseeds].variant, vs.name)) {
+                if (!strcmp(seen[u], vs.name)) {
                     snprintf(err, errlen, "%s: name: '%s' is already the name of grid.variant[%zu] (line %d)",
                              where, vs.name, u, vn->line);
                     return -1;
                 }
             }
         }
-        for (size_t k = 0; k < nseeds; k++) {
-            rw_spec js = vs;
-            js.seed = seeds[k];
-            if (add_job(g, &js, vs.name, err, errlen, origin) != 0)
+        snprintf(seen[v], sizeof seen[v], "%s", vs.name);
+        for (long c = 0; c < ncomb; c++) {
+            rw_spec cs = vs;
+            char vname[RW_NAME_MAX];
+            snprintf(vname, sizeof vname, "%s", vs.name);
+            if (naxes && apply_sweep(axes, naxes, c, origin, basedir, &cs, vname, sizeof vname,
+                                     err, errlen) != 0)
                 return -1;
+            for (size_t k = 0; k < nseeds; k++) {
+                rw_spec js = cs;
+                js.seed = seeds[k];
+                if (add_job(g, &js, vname, err, errlen, origin) != 0)
+                    return -1;
+            }
         }
     }
     return 0;

@@ -8,10 +8,17 @@
  *     variant:              # optional; default: one variant named by base's name
  *       - {name: byol, model: {predictor: mlp}}
  *       - {name: byol-np, model: {predictor: none}}
+ *     sweep:                # optional: up to 8 spec fields, each list crossed
+ *       loss.beta: [-1, 0.5]   # with the others and with every variant
+ *       optim.lr: [1.0e-3, 3.0e-4]
  *
  * Each variant is a mapping of spec fields applied on top of base (its
- * `name` is required and names the variant); each seed then sets `seed`.
- * Jobs are named <grid>/<variant>/seed<k>, variants outer, seeds inner.
+ * `name` is required and names the variant); each combination of the
+ * swept values (the first field slowest) is then applied on top and named
+ * <variant>-<field>-<value>... (the field's last part, or its whole path
+ * where two last parts agree; the value as written); each seed then sets
+ * `seed`. Jobs are named <grid>/<variant>/seed<k>, variants outer, seeds
+ * inner.
  * A file with neither `base` nor `grid` is a plain spec: a 1-job grid.
  * Errors name the file, the place in the grid and the field, like the spec
  * parser: "q.yaml: grid.variant[1]: model.predictor: must be one of ...". */

@@ -319,6 +319,53 @@ Test(grid, plain_spec_is_one_job)
     rw_grid_free(&g);
 }
 
+/* grid.sweep: fields taking each value of a list in every combination (the
+ * first field slowest), on every variant, under the seeds; each
+ * combination is a variant named after its values. */
+Test(grid, sweep_crosses_fields_with_variants_and_seeds)
+{
+    const char *y = "name: sw\n"
+                    "base: {loss: {kind: unified, alpha: 1}, model: {predictor: none}}\n"
+                    "grid:\n"
+                    "  seed: [0, 1]\n"
+                    "  variant:\n"
+                    "    - {name: np}\n"
+                    "    - {name: lp, model: {predictor: linear}}\n"
+                    "  sweep:\n"
+                    "    loss.beta: [-1, 0.5, 2]\n"
+                    "    optim.lr: [1.0e-3, 3e-4]\n";
+    rw_grid g;
+    char err[1024];
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "sw.yaml", "", &g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(g.njobs, 2 * 3 * 2 * 2);
+    static const float betas[3] = {-1, 0.5f, 2}, lrs[2] = {1e-3f, 3e-4f};
+    static const char *const bt[3] = {"-1", "0.5", "2"}, *const lt[2] = {"1.0e-3", "3e-4"};
+    size_t j = 0;
+    for (int v = 0; v < 2; v++)
+        for (int b = 0; b < 3; b++)
+            for (int l = 0; l < 2; l++)
+                for (int seed = 0; seed < 2; seed++, j++) {
+                    const rw_grid_job *x = &g.jobs[j];
+                    char want[160];
+                    snprintf(want, sizeof want, "%s-beta-%s-lr-%s", v ? "lp" : "np", bt[b], lt[l]);
+                    cr_expect_str_eq(x->variant, want);
+                    snprintf(want + strlen(want), sizeof want - strlen(want), "/seed%d", seed);
+                    cr_expect(!strncmp(x->name, "sw/", 3) && !strcmp(x->name + 3, want), "%s",
+                              x->name);
+                    cr_expect(x->spec.loss.beta == betas[b] && x->spec.optim.lr == lrs[l] &&
+                                  x->spec.seed == (uint64_t)seed &&
+                                  x->spec.model.predictor == (v ? RW_PRED_LINEAR : RW_PRED_NONE),
+                              "%s", x->name);
+                }
+    rw_grid_free(&g);
+    /* two fields whose last parts agree: the whole path names them */
+    y = "grid:\n  sweep:\n    optim.lr: [0.1]\n    eval.linear.lr: [0.2]\n";
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "x.yaml", "", &g, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(g.jobs[0].variant, "byol-optim.lr-0.1-eval.linear.lr-0.2");
+    cr_expect(g.jobs[0].spec.eval.linear_lr == 0.2f && g.jobs[0].spec.optim.lr == 0.1f);
+    rw_grid_free(&g);
+}
+
 static void expect_grid_error(const char *y, const char *s1, const char *s2)
 {
     rw_grid g;
@@ -343,7 +390,41 @@ Test(grid, errors_name_file_and_field)
     expect_grid_error("grid: {seed: [0, x]}\n", "grid.seed[1]", "integer");
     expect_grid_error("grid: {seed: [1, 1]}\n", "grid.seed[1]", "duplicate");
     expect_grid_error("grid: {seed: []}\n", "grid.seed", "1..");
-    expect_grid_error("grid: {lr: [1, 2]}\n", "grid.lr: unknown axis", "seed, variant");
+    expect_grid_error("grid: {lr: [1, 2]}\n", "grid.lr: unknown axis", "seed, variant, sweep");
+    expect_grid_error("grid:\n  sweep:\n    loss.gamma: [1]\n", "grid.sweep.loss.gamma[0]",
+                      "unknown field");
+    expect_grid_error("grid:\n  sweep:\n    loss.beta: [1, x]\n", "grid.sweep.loss.beta[1]",
+                      "must be a number");
+    expect_grid_error("grid:\n  sweep:\n    seed: [1, 2]\n", "grid.sweep.seed", "seed axis");
+    expect_grid_error("grid:\n  sweep:\n    loss.beta: []\n", "grid.sweep.loss.beta", "list");
+    expect_grid_error("grid:\n  sweep:\n    loss..beta: [1]\n", "grid.sweep", "field path");
+    expect_grid_error("grid:\n  sweep:\n    loss.beta: ['a b']\n", "grid.sweep.loss.beta[0]",
+                      "[A-Za-z0-9_.-]");
+    expect_grid_error("grid:\n  sweep: [1]\n", "grid.sweep", "mapping");
+    expect_grid_error("grid:\n  sweep:\n    optim.lr: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n"
+                      "    optim.epochs: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+                      "    optim.batch_size: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n",
+                      "grid.sweep", "combinations");
+    expect_grid_error("grid:\n  variant: [{name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}]\n"
+                      "  sweep: {loss.beta: [-0.12345]}\n", "grid.sweep.loss.beta[0]", "longer");
+    expect_grid_error("grid:\n  seed: [0, 1]\n  sweep: {optim.epochs: [1, 2, 3, 4, 5, 6, 7, 8, 9, "
+                      "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, "
+                      "29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, "
+                      "48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, "
+                      "67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, "
+                      "86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, "
+                      "104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, "
+                      "119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, "
+                      "134, 135, 136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, "
+                      "149, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160, 161, 162, 163, "
+                      "164, 165, 166, 167, 168, 169, 170, 171, 172, 173, 174, 175, 176, 177, 178, "
+                      "179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, "
+                      "194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, "
+                      "209, 210, 211, 212, 213, 214, 215, 216, 217, 218, 219, 220, 221, 222, 223, "
+                      "224, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 235, 236, 237, 238, "
+                      "239, 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, "
+                      "254, 255, 256]}\n  variant: [{name: a}, {name: b}, {name: c}]\n",
+                      "grid", "more than 1024 jobs");
     expect_grid_error("base: {}\nbogus: 1\n", "bogus: unknown field", "name, priority, base, grid");
     expect_grid_error("name: 'a b'\nbase: {}\n", "name:", "[A-Za-z0-9_.-]");
     expect_grid_error("priority: 5000\nbase: {}\n", "priority", "-1000..1000");

@@ -953,6 +953,27 @@ void rw_model_teacher_from_online(rw_model *m)
 
 void rw_model_set_labels(rw_model *m, const int32_t *labels) { m->labels = labels; }
 
+/* dL/dy of view v's projections (N, D) back through projector and encoder;
+ * dh is scratch for dL/dfeatures, which moves to dfeat because enc_bwd uses
+ * every scratch buffer. */
+static void backbone_bwd(rw_model *m, int v, const float *x, const float *h, const float *dy,
+                         float *dh, float *dfeat, int N)
+{
+    proj_bwd(&m->online, v, h, dy, dh, N);
+    m->be->copy(m->be, dfeat, dh, (size_t)N * m->a.F * sizeof(float));
+    enc_bwd(&m->online, v, x, dfeat, N);
+}
+
+/* The step's end: -1 if any part failed, else the stats (when asked). */
+static int step_end(rw_model *m, rw_step_stats *st)
+{
+    if (m->failed)
+        return -1;
+    if (st)
+        rw_model_stats(m, st);
+    return 0;
+}
+
 /* The supervised baseline after the online forward passes: each view's
  * logits from its projections y, the mean of the two views' cross-entropy,
  * and the backward pass through classifier, projector and encoder. */
@@ -991,15 +1012,9 @@ static int supervised_rest(rw_model *m, const float *const *xs, const float *con
         if (m->failed)
             break;
         lin_bwd(n, &a->cls, y[v], dl[v], dy, N);
-        proj_bwd(n, v, h[v], dy, dh, N);
-        be->copy(be, dfeat, dh, (size_t)N * F * sizeof(float));
-        enc_bwd(n, v, xs[v], dfeat, N);
+        backbone_bwd(m, v, xs[v], h[v], dy, dh, dfeat, N);
     }
-    if (m->failed)
-        return -1;
-    if (st)
-        rw_model_stats(m, st);
-    return 0;
+    return step_end(m, st);
 }
 
 int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int N, int S,
@@ -1067,16 +1082,9 @@ int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int
             break;
         be->l2norm_backward(be, p[v], act(n, a->id_pnorm_n, v, (size_t)N), dp[v], N, D, dq);
         pred_bwd(n, v, y[v], dq, dy, N);
-        proj_bwd(n, v, h[v], dy, dh, N);
-        /* enc_bwd uses every scratch buffer: move dh out of the way. */
-        be->copy(be, dfeat, dh, (size_t)N * F * sizeof(float));
-        enc_bwd(n, v, xs[v], dfeat, N);
+        backbone_bwd(m, v, xs[v], h[v], dy, dh, dfeat, N);
     }
-    if (m->failed)
-        return -1;
-    if (st)
-        rw_model_stats(m, st);
-    return 0;
+    return step_end(m, st);
 }
 
 void rw_model_stats(rw_model *m, rw_step_stats *st)

@@ -947,7 +947,7 @@ static void run_spec_pace(rd_run *r, const char *yaml)
     free(spec);
 }
 
-/* The workers as the scheduler sees them (sched.h). A local worker between
+/* The workers as the scheduler sees them (scheduler.h). A local worker between
  * processes is coming back, as a draining one is about to be free. */
 static void sched_view(rd_daemon *d, rd_sched_worker *sw)
 {
@@ -1124,8 +1124,9 @@ void rd_schedule(rd_daemon *d)
             for (int k = 0; k < a.nworkers; k++)
                 pick[k] = &d->workers[a.workers[k]];
             int64_t ahead_of = 0;
-            for (int k = 0; a.backfill && k < a.job && !ahead_of; k++)
-                if (q[k].devices <= rd_ndevices(d))
+            int ndev = a.backfill ? rd_ndevices(d) : 0;
+            for (int k = 0; k < a.job && !ahead_of; k++)
+                if (q[k].devices <= ndev)
                     ahead_of = q[k].id; /* the one that waits */
             start_job(d, q[a.job].id, pick, a.nworkers, ahead_of);
         } else if (a.kind == RD_SCHED_PREEMPT) {

@@ -204,9 +204,12 @@ static void panel(FILE *f, const char *title, int col, double scale, int ng,
         first = 0;
         if (cv[g].n == 1)
             fprintf(f, "%.9g with lines lt %d dt 2 title ", v * scale, g % 8 + 1);
-        else
+        else if (g < 8)
             fprintf(f, "'curve%d.dat' using 1:($%d*%g) with linespoints ls %d title ", g,
-                    col + 1, scale, g % 8 + 1);
+                    col + 1, scale, g + 1);
+        else /* past 8 (a sweep): the colours again, with other point shapes */
+            fprintf(f, "'curve%d.dat' using 1:($%d*%g) with linespoints ls %d pt %d title ", g,
+                    col + 1, scale, g % 8 + 1, 4 + (g / 8 - 1) % 10);
         rw_gp_quote(f, cv[g].name);
     }
     fprintf(f, "\n");

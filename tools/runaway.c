@@ -966,10 +966,16 @@ static void print_table(conn *c, const char *grid)
     printf("grid g%lld %s: mean ± std over seeds; L_align(q.f) and L_uniform(f) averaged over the "
            "last 10 epochs, the effective rank of f at the end\n",
            jint(r, "grid"), jstr(r, "name"));
-    printf("%-20s %5s  %-24s %-20s %-18s %s\n", "variant", "n", "L_align(q.f)", "L_uniform(f)",
-           "rank(f)", "linear eval top-1");
     size_t i;
     json_t *v;
+    int w = 20; /* the longest variant's name (a sweep's are long) */
+    json_array_foreach(json_object_get(r, "rows"), i, v)
+    {
+        int len = (int)strlen(jstr(v, "variant"));
+        w = len > w ? len : w;
+    }
+    printf("%-*s %5s  %-24s %-20s %-18s %s\n", w, "variant", "n", "L_align(q.f)", "L_uniform(f)",
+           "rank(f)", "linear eval top-1");
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
         char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80];
@@ -982,7 +988,7 @@ static void print_table(conn *c, const char *grid)
         marked(unm, sizeof unm, un, v, "uniform_worse", "", " *");
         marked(accm, sizeof accm, acc, v, "acc_worse", "", " *");
         snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
-        printf("%-20s %5s  %-24s %-20s %-18s %s\n", jstr(v, "variant"), n, al, unm, rk, accm);
+        printf("%-*s %5s  %-24s %-20s %-18s %s\n", w, jstr(v, "variant"), n, al, unm, rk, accm);
     }
     if (any_worse(json_object_get(r, "rows")))
         printf("* worse than the random baseline (%s): L_uniform(f) higher, linear eval lower\n",

@@ -170,7 +170,7 @@ int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errle
 void rd_conn_send(rd_conn *c, json_t *msg); /* steals msg */
 void rd_conn_close(rd_conn *c);
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
-void rd_watch_job_state(rd_daemon *d, int64_t job);
+void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why);
 void rd_conns_tick(rd_daemon *d);
 int rd_handle_client(rd_conn *c, const char *type, json_t *m);
 

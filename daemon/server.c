@@ -1297,13 +1297,15 @@ void rd_watch_job_log(rd_daemon *d, int64_t job, double t, const char *kind, con
     }
 }
 
-void rd_watch_job_state(rd_daemon *d, int64_t job)
+void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why)
 {
     json_t *rows = query_rows(d, JOB_COLS "WHERE j.id=?1", job, 1);
     json_t *ev = rw_msg_new("event", -1);
     json_object_set_new(ev, "kind", json_string("job"));
     json_object_set_new(ev, "job", json_incref(json_array_get(rows, 0)));
     json_decref(rows);
+    if (why) /* what moved it: an attempt's start, a requeue, a yield */
+        json_object_set_new(ev, "why", json_string(why));
     /* a grid's watchers also learn where the grid stands */
     int64_t grid = rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", job, 0);
     int grid_watched = 0;

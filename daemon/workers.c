@@ -248,7 +248,9 @@ static void set_attempt(rd_daemon *d, int64_t attempt, const char *outcome, cons
     sqlite3_finalize(st);
 }
 
-static void set_job_state(rd_daemon *d, int64_t job, const char *state, const char *error)
+/* The job's new state; `why` (or NULL) tells its watchers what moved it. */
+static void set_job_state_why(rd_daemon *d, int64_t job, const char *state, const char *error,
+                              const char *why)
 {
     sqlite3_stmt *st = rd_db_prep(d, "UPDATE jobs SET state=?, error=?, finished=CASE WHEN ? IN "
                                      "('done','failed','cancelled') THEN ? ELSE NULL END WHERE id=?");
@@ -267,7 +269,12 @@ static void set_job_state(rd_daemon *d, int64_t job, const char *state, const ch
     char ev[1200];
     snprintf(ev, sizeof ev, "state %s%s%s", state, error ? ": " : "", error ? error : "");
     rd_db_event(d, job, "state", ev);
-    rd_watch_job_state(d, job);
+    rd_watch_job_state(d, job, why);
+}
+
+static void set_job_state(rd_daemon *d, int64_t job, const char *state, const char *error)
+{
+    set_job_state_why(d, job, state, error, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -597,7 +604,7 @@ static void attempt_lost(rd_daemon *d, int64_t job, int64_t attempt, rd_worker *
         snprintf(msg, sizeof msg, "%s; requeued (resumes from its checkpoint)", why);
         rd_db_event(d, job, "state", msg);
         rd_log("job j%lld: %s", (long long)job, msg);
-        set_job_state(d, job, "queued", NULL);
+        set_job_state_why(d, job, "queued", NULL, msg);
     }
 }
 
@@ -1079,7 +1086,7 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
     rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
     json_decref(name);
     json_decref(spec);
-    rd_watch_job_state(d, job);
+    rd_watch_job_state(d, job, ev);
 }
 
 /* Every worker of `job`'s attempt is told cancel_job (it stops after its
@@ -1141,7 +1148,7 @@ void rd_schedule(rd_daemon *d)
             rd_db_event(d, a.victim, "state", ev);
             rd_log("job j%lld %s", (long long)a.victim, ev);
             stop_attempt(d, a.victim, "preempted");
-            set_job_state(d, a.victim, "queued", NULL);
+            set_job_state_why(d, a.victim, "queued", NULL, ev);
         }
         free(q);
         if (a.kind == RD_SCHED_NONE)

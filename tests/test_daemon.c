@@ -2648,7 +2648,13 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
     fake_epoch(fd, small, att, 1, 0.5);
     wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", small, 1, 10);
 
-    /* a real worker frees: with ours, the wide job's two; the small job yields */
+    /* a real worker frees: with ours, the wide job's two; the small job
+     * yields, and its watchers are told why */
+    rw_frame_reader wr;
+    int wfd = client(&wr);
+    json_t *w = rw_msg_new("watch", 3);
+    json_object_set_new(w, "target", json_string("small"));
+    json_decref(request(wfd, &wr, w));
     int rc = cli(out, sizeof out, 20, "cancel", "busy0", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, small, 20));
@@ -2659,6 +2665,20 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
              "'yields to j%lld, which needs 2 workers%%'", wide);
     cr_assert_eq(db_num(db, like, small), 1, "no event says the small job yielded");
     sqlite3_close(db);
+    snprintf(like, sizeof like, "yields to j%lld, which needs 2 workers", wide);
+    json_t *ev = NULL;
+    for (double t0 = now(); !ev && now() - t0 < 10;) {
+        json_t *f = recv_frame(wfd, &wr, 200);
+        json_t *j = json_object_get(f, "job");
+        if (j && !strcmp(json_string_value(json_object_get(j, "state")) ?: "", "queued"))
+            ev = json_incref(f);
+        json_decref(f);
+    }
+    cr_assert(ev && strstr(json_string_value(json_object_get(ev, "why")) ?: "", like),
+              "watch: %s", ev ? json_dumps(ev, 0) : "no queued event within 10 s");
+    json_decref(ev);
+    close(wfd);
+    rw_frame_reader_free(&wr);
     json_t *st = kv_msg("stopped", -1, small, att, NULL);
     cr_assert_eq(rw_frame_send_fd(fd, st), 0);
     json_decref(st);

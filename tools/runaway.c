@@ -876,8 +876,10 @@ static int watch(conn *c, const char *target)
                    rw_json_get_num(e, "pairs_per_s"), left);
         } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
             json_t *j = json_object_get(e, "job");
-            printf("j%-4lld %s: %s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
-                   json_is_string(json_object_get(j, "error")) ? ": " : "", jstr(j, "error"));
+            int why = json_is_string(json_object_get(e, "why"));
+            printf("j%-4lld %s: %s%s%s%s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
+                   json_is_string(json_object_get(j, "error")) ? ": " : "", jstr(j, "error"),
+                   why ? " (" : "", why ? jstr(e, "why") : "", why ? ")" : "");
             if (kind == 'g') {
                 char g[32];
                 snprintf(g, sizeof g, "grid g%lld", tid);

@@ -1058,6 +1058,16 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
         sqlite3_step(st);
         sqlite3_finalize(st);
     }
+    /* recorded before the workers hear of it: what a worker does next is
+     * never older than the record */
+    char ev[400], ahead[96] = "";
+    if (ahead_of)
+        snprintf(ahead, sizeof ahead, ", ahead of j%lld, which waits for workers (it yields to it)",
+                 (long long)ahead_of);
+    snprintf(ev, sizeof ev, "attempt %lld on worker %s%s%s", (long long)attempt, wname,
+             attempts > 0 ? " (resuming)" : "", ahead);
+    rd_db_event(d, job, "state", ev);
+    rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
     char out[PATH_MAX + 64];
     snprintf(out, sizeof out, "%s/runs/%lld", d->state_dir, (long long)job);
     for (int r = 0; r < np; r++) {
@@ -1076,14 +1086,6 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
         pick[r]->rank = r;
         rd_conn_send(pick[r]->conn, m);
     }
-    char ev[400], ahead[96] = "";
-    if (ahead_of)
-        snprintf(ahead, sizeof ahead, ", ahead of j%lld, which waits for workers (it yields to it)",
-                 (long long)ahead_of);
-    snprintf(ev, sizeof ev, "attempt %lld on worker %s%s%s", (long long)attempt, wname,
-             attempts > 0 ? " (resuming)" : "", ahead);
-    rd_db_event(d, job, "state", ev);
-    rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
     json_decref(name);
     json_decref(spec);
     rd_watch_job_state(d, job, ev);

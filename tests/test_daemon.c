@@ -2658,9 +2658,10 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
     int rc = cli(out, sizeof out, 20, "cancel", "busy0", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, small, 20));
+    /* its state is written just after cancel_job goes out */
+    wait_for("queued again", "SELECT state='queued' FROM jobs WHERE id=?", small, 1, 10);
     db = open_db();
     cr_assert_eq(db_num(db, "SELECT outcome='preempted' FROM attempts WHERE id=?", att), 1);
-    cr_assert_eq(db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", small), 1);
     snprintf(like, sizeof like, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
              "'yields to j%lld, which needs 2 workers%%'", wide);
     cr_assert_eq(db_num(db, like, small), 1, "no event says the small job yielded");

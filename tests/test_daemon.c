@@ -1705,13 +1705,10 @@ Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_data
 Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardown, .timeout = 90)
 {
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/low.yaml", dir);
-    write_grid(path, "low", 300, 100, "  seed: [0, 1, 2, 3]\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "%s", out);
+    submit_grid("low", 300, 100, "  seed: [0, 1, 2, 3]\n");
     snprintf(path, sizeof path, "%s/high.yaml", dir);
     write_grid(path, "high", 2, 0, "  seed: [0]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, "--priority", "5", NULL);
+    int rc = cli(out, sizeof out, 20, "submit", path, "--priority", "5", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     rc = cli(out, sizeof out, 60, "watch", "high", NULL);
     cr_assert_eq(rc, 0, "%s", out);
@@ -1760,17 +1757,11 @@ Test(daemon, a_stalled_daemon_does_not_blame_its_workers, .init = setup, .fini =
  * the queue as if it had been submitted so; done jobs keep theirs. */
 Test(daemon, a_raised_priority_moves_queued_jobs, .init = setup, .fini = teardown, .timeout = 90)
 {
-    char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/low.yaml", dir);
-    write_grid(path, "low", 300, 100, "  seed: [0, 1, 2, 3]\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "%s", out);
-    snprintf(path, sizeof path, "%s/later.yaml", dir);
-    write_grid(path, "later", 2, 0, "  seed: [0]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "%s", out);
+    char out[4096];
+    submit_grid("low", 300, 100, "  seed: [0, 1, 2, 3]\n");
+    submit_grid("later", 2, 0, "  seed: [0]\n");
     wait_for("two running", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
-    rc = cli(out, sizeof out, 20, "priority", "later", "5", NULL);
+    int rc = cli(out, sizeof out, 20, "priority", "later", "5", NULL);
     cr_assert(rc == 0 && strstr(out, "priority 5 for 1 job (the queued ones take their new place)"),
               "%s", out);
     rc = cli(out, sizeof out, 20, "priority", "later", "5000", NULL);

@@ -528,6 +528,7 @@ static void check_plot(void)
 
     sqlite3 *db = open_db();
     const char *variants[2] = {"byol", "byol-np"};
+    char trace[2][160]; /* each variant's trace in plot.gp: its file, its last epoch marked */
     for (int v = 0; v < 2; v++) {
         char p[300], line[512], name[64];
         snprintf(p, sizeof p, "%s/curve%d.dat", data, v);
@@ -562,12 +563,24 @@ static void check_plot(void)
                           "%s epoch %.0f %s: plotted %.9g, stored mean %.9g", variants[v], e,
                           cols[k], got[k], want);
             }
+            snprintf(trace[v], sizeof trace[v], "'curve%d.dat' using 4:3 with linespoints ls %d "
+                     "title '%s', '+' using (%.9g):(%.9g) ", v, v + 1, variants[v], un, al);
             rows++;
         }
         fclose(f);
         cr_expect_eq(rows, 2, "%s: %d epochs", p, rows);
     }
     sqlite3_close(db);
+    {
+        char p[300], gp[16384];
+        snprintf(p, sizeof p, "%s/plot.gp", data);
+        f = fopen(p, "r");
+        cr_assert_not_null(f, "no %s", p);
+        gp[fread(gp, 1, sizeof gp - 1, f)] = 0;
+        fclose(f);
+        for (int v = 0; v < 2; v++)
+            cr_expect(strstr(gp, trace[v]), "plot.gp has no trace '%s':\n%s", trace[v], gp);
+    }
 
     /* text, a single job, errors */
     rc = cli(out, sizeof out, 30, "plot", "tiny", "--size", "60x12", NULL);

@@ -215,6 +215,42 @@ static void panel(FILE *f, const char *title, int col, double scale, int ng,
     fprintf(f, "\n");
 }
 
+/* The paper's Figure 5: each variant's path through the (L_uniform(f),
+ * L_align(q.f)) plane, one point an epoch, its last epoch marked so the
+ * direction reads; a one-epoch curve (the random baseline) is one point. */
+static void trace_panel(FILE *f, int ng, const rw_curve *cv)
+{
+    fprintf(f, "set title 'L_align(q.f) against L_uniform(f), epoch by epoch (dot: the last)'\n"
+               "set xlabel 'L_uniform(f)'\nset ylabel 'L_align(q.f)'\n");
+    int first = 1;
+    for (int g = 0; g < ng; g++) {
+        size_t last = 0; /* rows with both, the newest */
+        int any = 0;
+        for (size_t r = 0; r < cv[g].n; r++)
+            if (isfinite(cv[g].rows[r * RW_CURVE_COLS + 2]) &&
+                isfinite(cv[g].rows[r * RW_CURVE_COLS + 3]))
+                any = 1, last = r;
+        if (!any)
+            continue;
+        const double *o = cv[g].rows + last * RW_CURVE_COLS;
+        int ls = g % 8 + 1, pt = g < 8 ? 0 : 4 + (g / 8 - 1) % 10;
+        fprintf(f, "%s", first ? "plot " : ", ");
+        first = 0;
+        if (pt)
+            fprintf(f, "'curve%d.dat' using 4:3 with linespoints ls %d pt %d title ", g, ls, pt);
+        else
+            fprintf(f, "'curve%d.dat' using 4:3 with linespoints ls %d title ", g, ls);
+        rw_gp_quote(f, cv[g].name);
+        /* the last epoch, larger, untitled: where the variant ended */
+        fprintf(f, ", '+' using (%.9g):(%.9g) every ::0::0 with points ls %d pt 7 ps 1.5 notitle",
+                o[3], o[2], ls);
+    }
+    if (first)
+        fprintf(f, "set label 1 'none reported (yet)' at graph 0.5,0.5 center\n"
+                   "plot [0:1] [0:1] NaN notitle\nunset label 1");
+    fprintf(f, "\nset xlabel 'epoch'\nunset ylabel\n");
+}
+
 static int write_script(const char *dir, const json_t *curves, const rw_curve *cv, int ng,
                         const rw_plot_opts *o, const char *out_tmp, char *err, size_t errlen)
 {
@@ -248,7 +284,7 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         rw_gp_quote(f, title);
         fprintf(f, "\n");
     }
-    /* the PNG's 2x4 grid holds all seven; a terminal the first three */
+    /* the PNG's 2x4 grid holds all seven and the trace; a terminal the first three */
     static const struct {
         const char *title;
         int col;
@@ -264,8 +300,10 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
     };
     for (int k = 0; k < (o->out ? 7 : 3); k++)
         panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv);
-    if (o->out)
+    if (o->out) {
+        trace_panel(f, ng, cv);
         fprintf(f, "unset multiplot\n");
+    }
     if (fclose(f) != 0) {
         snprintf(err, errlen, "%s: %s", p, strerror(errno));
         return -1;

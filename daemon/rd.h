@@ -81,6 +81,7 @@ struct rd_conn {
     rd_role role;
     int is_tcp;
     int closing;
+    uint64_t serial; /* unique in this daemon's life: a reply due later finds its asker */
     size_t pending; /* bytes queued for writing */
     double opened;  /* rd_mono() at accept: hello is due within RD_HELLO_TIMEOUT_S */
     rd_worker *worker;
@@ -169,6 +170,8 @@ int64_t rd_db_next_id(rd_daemon *d, const char *table);
 int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errlen);
 void rd_conn_send(rd_conn *c, json_t *msg); /* steals msg */
 void rd_conn_close(rd_conn *c);
+/* c, if it is still open and is the connection that had `serial`; else NULL */
+rd_conn *rd_conn_find(rd_daemon *d, rd_conn *c, uint64_t serial);
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
 void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why);
 void rd_conns_tick(rd_daemon *d);
@@ -182,11 +185,12 @@ int rd_tb_run_dir(rd_daemon *d, int64_t job, char *out, size_t len);
 
 /* remove.c: the jobs of a job or grid target ('j' or 'g'), if every one has
  * ended and no worker still stops one, out of the database (one
- * transaction) and off the disk (run folders, TensorBoard runs). Returns
- * the rm reply's fields; NULL with *code and err when nothing was removed
+ * transaction), then off the disk (run folders, TensorBoard runs) on the
+ * thread pool; `asker` gets the `ok` reply to request `req_id` once the
+ * files are gone. -1 with *code and err when nothing was removed
  * (RW_E_STATE: a job not ended; RW_E_INTERNAL: the database). */
-json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, char *err,
-                  size_t errlen);
+int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const char **code,
+              char *err, size_t errlen);
 
 /* workers.c */
 int rd_workers_start(rd_daemon *d, char *err, size_t errlen);

@@ -4,10 +4,14 @@
  * running, or whose worker still stops it (and may yet write a checkpoint)
  * removes nothing. Otherwise one transaction takes the jobs, their attempts,
  * metrics and events, and the grid with its last job; then their run
- * folders and TensorBoard runs go. The database is the record: a file that
- * cannot be removed is named in the reply, and the rows stay removed. Ids
- * are never given again (db.c, high_water), so a removed job's folders
- * never come to name another job. */
+ * folders and TensorBoard runs go, on libuv's thread pool: a tree of
+ * checkpoints and snapshots on a slow (network) file system takes as long
+ * as it takes without holding up heartbeats, metrics and other requests.
+ * The reply is sent when the files are gone. The database is the record: a
+ * file that cannot be removed is named in the reply, and the rows stay
+ * removed. Ids are never given again (db.c, high_water), so a removed job's
+ * folders never come to name another job, and nothing else writes in them
+ * while they go. */
 #define _GNU_SOURCE /* nftw */
 #include <errno.h>
 #include <ftw.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon/rd.h"
@@ -23,10 +28,10 @@
 #define BUSY_NAMED 10  /* jobs named in a refusal; the rest are counted */
 #define ERRORS_MAX 50  /* files named in a reply; the rest are counted */
 
-/* The removal in progress: nftw passes no context to its callback, and the
- * daemon has one thread. */
-static json_t *errors;
-static size_t errors_dropped, tree_start; /* errors before this tree's */
+/* The removal in progress on this thread: nftw passes no context to its
+ * callback, and two removals may run on two pool threads at once. */
+static __thread json_t *errors;
+static __thread size_t errors_dropped, tree_start; /* errors before this tree's */
 
 static void failed(const char *path, int err)
 {
@@ -132,9 +137,90 @@ static int64_t delete_rows(rd_daemon *d, const char *sql, int64_t arg)
     return rc == SQLITE_DONE ? sqlite3_changes64(d->db) : -1;
 }
 
-json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, char *err,
-                  size_t errlen)
+/* One rm whose rows are gone and whose folders go on a pool thread. */
+typedef struct {
+    uv_work_t req;
+    rd_daemon *d;
+    rd_conn *c; /* the asker, if still connected (found again by serial) */
+    uint64_t serial;
+    long long id;
+    size_t n;
+    char (*runs)[PATH_MAX + 64], (*tbs)[PATH_MAX]; /* tbs[i][0] == 0: none */
+    int *run_gone, *tb_gone;
+    json_t *reply, *errors;
+    size_t errors_dropped;
+} removal;
+
+static void removal_free(removal *r)
 {
+    free(r->runs);
+    free(r->tbs);
+    free(r->run_gone);
+    free(r->tb_gone);
+    json_decref(r->reply);
+    json_decref(r->errors);
+    free(r);
+}
+
+/* For tests: the removal waits (at most a minute) until this file exists,
+ * so a test can see the daemon serve while a removal is under way. */
+static void test_gate(void)
+{
+    const char *gate = getenv("RUNAWAYD_TEST_RM_GATE");
+    struct stat st;
+    for (int i = 0; gate && gate[0] && i < 6000 && stat(gate, &st) != 0; i++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+}
+
+static void work_cb(uv_work_t *req)
+{
+    removal *r = req->data;
+    test_gate();
+    errors = r->errors;
+    errors_dropped = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        r->run_gone[i] = remove_tree(r->runs[i]) == 1;
+        r->tb_gone[i] = r->tbs[i][0] && remove_tree(r->tbs[i]) == 1;
+    }
+    r->errors_dropped = errors_dropped;
+    errors = NULL;
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+    removal *r = req->data;
+    (void)status; /* never cancelled: the pool runs every removal it was given */
+    errors = r->errors;
+    errors_dropped = r->errors_dropped;
+    json_t *runs = json_array(), *tbs = json_array();
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->run_gone[i])
+            json_array_append_new(runs, json_string(r->runs[i]));
+        if (r->tb_gone[i])
+            json_array_append_new(tbs, json_string(r->tbs[i]));
+        /* on the loop's thread, where TensorBoard makes its folders: a
+         * folder made for another run between the two is never taken */
+        if (r->tbs[i][0])
+            remove_empty_parents(r->d, r->tbs[i], tbs);
+    }
+    json_object_set_new(r->reply, "runs", runs);
+    json_object_set_new(r->reply, "tensorboard", topmost(tbs));
+    json_object_set(r->reply, "errors", errors);
+    json_object_set_new(r->reply, "errors_more", json_integer((json_int_t)errors_dropped));
+    errors = NULL;
+    rd_conn *c = rd_conn_find(r->d, r->c, r->serial);
+    if (c) {
+        json_t *m = rw_msg_new("ok", r->id);
+        json_object_update(m, r->reply);
+        rd_conn_send(c, m);
+    }
+    removal_free(r);
+}
+
+int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const char **code,
+              char *err, size_t errlen)
+{
+    rd_daemon *d = asker->d;
     char tname[32];
     snprintf(tname, sizeof tname, "%c%lld", kind, (long long)target);
     sqlite3_stmt *st = rd_db_prep(d, kind == 'g' ? "SELECT id, state, grid_id, name FROM jobs "
@@ -144,7 +230,7 @@ json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, ch
     if (!st) {
         *code = RW_E_INTERNAL;
         snprintf(err, errlen, "rm %s: %s", tname, sqlite3_errmsg(d->db));
-        return NULL;
+        return -1;
     }
     sqlite3_bind_int64(st, 1, target);
     int64_t *ids = NULL, grid = kind == 'g' ? target : 0;
@@ -159,7 +245,7 @@ json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, ch
                 free(ids);
                 *code = RW_E_INTERNAL;
                 snprintf(err, errlen, "rm %s: out of memory", tname);
-                return NULL;
+                return -1;
             }
             ids = p;
         }
@@ -194,7 +280,7 @@ json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, ch
         else
             snprintf(err, errlen, "rm %s: nothing removed: only ended jobs are removed, and %s; "
                      "try again once %s stopped", tname, busy, nbusy == 1 ? "it has" : "they have");
-        return NULL;
+        return -1;
     }
     if (kind == 'g') {
         st = rd_db_prep(d, "SELECT name FROM grids WHERE id=?");
@@ -207,11 +293,33 @@ json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, ch
     }
 
     /* the folders are named by the rows: found before those go */
-    json_t *tb = json_array();
+    removal *r = calloc(1, sizeof *r);
+    if (r) {
+        r->runs = calloc(n ? n : 1, sizeof *r->runs);
+        r->tbs = calloc(n ? n : 1, sizeof *r->tbs);
+        r->run_gone = calloc(n ? n : 1, sizeof *r->run_gone);
+        r->tb_gone = calloc(n ? n : 1, sizeof *r->tb_gone);
+        r->reply = json_object();
+        r->errors = json_array();
+    }
+    if (!r || !r->runs || !r->tbs || !r->run_gone || !r->tb_gone || !r->reply || !r->errors) {
+        if (r)
+            removal_free(r);
+        free(ids);
+        *code = RW_E_INTERNAL;
+        snprintf(err, errlen, "rm %s: nothing removed: out of memory", tname);
+        return -1;
+    }
+    r->d = d;
+    r->c = asker;
+    r->serial = asker->serial;
+    r->id = req_id;
+    r->n = n;
+    r->req.data = r;
     for (size_t i = 0; i < n; i++) {
-        char p[PATH_MAX];
-        json_array_append_new(tb, rd_tb_run_dir(d, ids[i], p, sizeof p) == 0 ? json_string(p)
-                                                                              : json_null());
+        snprintf(r->runs[i], sizeof r->runs[i], "%s/runs/%lld", d->state_dir, (long long)ids[i]);
+        if (rd_tb_run_dir(d, ids[i], r->tbs[i], sizeof r->tbs[i]) != 0)
+            r->tbs[i][0] = '\0';
     }
 
     const char *sel = kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1" : "SELECT ?1";
@@ -234,8 +342,8 @@ json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, ch
         snprintf(err, errlen, "rm %s: nothing removed: %s", tname, sqlite3_errmsg(d->db));
         rd_db_exec(d, "ROLLBACK");
         free(ids);
-        json_decref(tb);
-        return NULL;
+        removal_free(r);
+        return -1;
     }
     char ev[512];
     if (kind == 'g')
@@ -247,36 +355,21 @@ json_t *rd_remove(rd_daemon *d, char kind, int64_t target, const char **code, ch
     rd_db_event(d, 0, "grid", ev);
     rd_log("%s", ev);
 
-    errors = json_array();
-    errors_dropped = 0;
-    json_t *runs = json_array(), *tbs = json_array();
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         rd_job_forget(d, ids[i]); /* no TensorBoard file is written from here on */
-        char p[PATH_MAX + 64];
-        snprintf(p, sizeof p, "%s/runs/%lld", d->state_dir, (long long)ids[i]);
-        if (remove_tree(p) == 1)
-            json_array_append_new(runs, json_string(p));
-        const char *t = json_string_value(json_array_get(tb, i));
-        if (!t)
-            continue;
-        if (remove_tree(t) == 1)
-            json_array_append_new(tbs, json_string(t));
-        remove_empty_parents(d, t, tbs);
-    }
     free(ids);
-    json_decref(tb);
-    json_t *r = json_object();
-    json_object_set_new(r, "kind", json_string(kind == 'g' ? "grid" : "job"));
-    json_object_set_new(r, "target", json_integer(target));
-    json_object_set_new(r, "name", json_string(name));
-    json_object_set_new(r, "grid", json_integer(grid));
-    json_object_set_new(r, "grid_removed", json_boolean(ngrids > 0));
-    json_object_set_new(r, "jobs", json_integer(njobs));
-    json_object_set_new(r, "metrics", json_integer(nmetrics));
-    json_object_set_new(r, "runs", runs);
-    json_object_set_new(r, "tensorboard", topmost(tbs));
-    json_object_set_new(r, "errors", errors);
-    json_object_set_new(r, "errors_more", json_integer((json_int_t)errors_dropped));
-    errors = NULL;
-    return r;
+    json_t *o = r->reply;
+    json_object_set_new(o, "kind", json_string(kind == 'g' ? "grid" : "job"));
+    json_object_set_new(o, "target", json_integer(target));
+    json_object_set_new(o, "name", json_string(name));
+    json_object_set_new(o, "grid", json_integer(grid));
+    json_object_set_new(o, "grid_removed", json_boolean(ngrids > 0));
+    json_object_set_new(o, "jobs", json_integer(njobs));
+    json_object_set_new(o, "metrics", json_integer(nmetrics));
+    if (uv_queue_work(d->loop, &r->req, work_cb, after_work_cb) != 0) {
+        /* cannot happen with a live loop; the rows are gone, so do it here */
+        work_cb(&r->req);
+        after_work_cb(&r->req, 0);
+    }
+    return 0;
 }

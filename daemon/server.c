@@ -106,6 +106,14 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
         uv_close(h, close_cb);
 }
 
+rd_conn *rd_conn_find(rd_daemon *d, rd_conn *c, uint64_t serial)
+{
+    for (rd_conn *o = d->conns; o; o = o->next)
+        if (o == c && o->serial == serial && !o->closing)
+            return o;
+    return NULL;
+}
+
 void rd_conn_close(rd_conn *c)
 {
     if (c->closing)
@@ -269,7 +277,9 @@ static void on_connection(uv_stream_t *srv, int status)
     rd_conn *c = calloc(1, sizeof *c);
     if (!c)
         return;
+    static uint64_t serials;
     c->d = d;
+    c->serial = ++serials;
     c->opened = rd_mono();
     c->is_tcp = srv == (uv_stream_t *)&d->tcp_srv;
     rw_frame_reader_init(&c->rd, HELLO_FRAME_MAX);
@@ -828,7 +838,8 @@ static void req_cancel(rd_conn *c, long long id, json_t *m)
     rd_schedule(d);
 }
 
-/* Ended jobs and their files; refused whole while one has not ended. */
+/* Ended jobs and their files; refused whole while one has not ended. The
+ * reply comes when the files are gone (remove.c). */
 static void req_rm(rd_conn *c, long long id, json_t *m)
 {
     char kind, err[1024];
@@ -836,15 +847,8 @@ static void req_rm(rd_conn *c, long long id, json_t *m)
     const char *code;
     if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
-    json_t *res = rd_remove(c->d, kind, tid, &code, err, sizeof err);
-    if (!res) {
+    if (rd_remove(c, id, kind, tid, &code, err, sizeof err) != 0)
         reply_error(c, id, code, "%s", err);
-        return;
-    }
-    json_t *r = rw_msg_new("ok", id);
-    json_object_update(r, res);
-    json_decref(res);
-    rd_conn_send(c, r);
 }
 
 static int watch_finished(rd_daemon *d, char kind, int64_t wid);

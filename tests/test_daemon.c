@@ -1438,7 +1438,19 @@ static double rows_of(sqlite3 *db, long long lo, long long hi)
  * with a job queued, running or still stopping is refused whole. A file that
  * cannot be removed is named, and the rows go all the same. The newest grid
  * removed, its ids are not given again, even by a restarted daemon. */
-Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init = setup,
+static char rm_gate[160]; /* while it is missing, the daemon's removals wait */
+
+static void setup_rm_gate(void)
+{
+    prepare();
+    snprintf(rm_gate, sizeof rm_gate, "%s/rm-gate", dir);
+    write_file(rm_gate, "open\n");
+    setenv("RUNAWAYD_TEST_RM_GATE", rm_gate, 1);
+    start_daemon();
+    unsetenv("RUNAWAYD_TEST_RM_GATE");
+}
+
+Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init = setup_rm_gate,
      .fini = teardown, .timeout = 90)
 {
     char path[128], out[8192], want[1024];
@@ -1473,11 +1485,36 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
     long long m1 = (long long)db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=1", 0);
     sqlite3_close(db);
     cr_assert(m1 > 0 && m2 > 0);
-    rc = cli(out, sizeof out, 20, "rm", "j2", NULL);
-    snprintf(want, sizeof want,
-             "removed j2 gone/a/seed1 (1 job, %lld metrics)\n  %s/runs/2\n  "
-             "%s/tensorboard/g1-gone/a/seed1\n", m2, dir, dir);
-    cr_assert(rc == 0 && !strcmp(out, want), "got:\n%swant:\n%s", out, want);
+    /* the files go off the loop: with the removal held at the gate, the
+     * rows are gone, the files not yet, and the daemon answers; the reply
+     * comes once the files are gone */
+    cr_assert_eq(unlink(rm_gate), 0);
+    rw_frame_reader rr;
+    int fd = client(&rr);
+    json_t *req = rw_msg_new("rm", 7);
+    json_object_set_new(req, "target", json_string("j2"));
+    cr_assert_eq(rw_frame_send_fd(fd, req), 0);
+    json_decref(req);
+    wait_for("j2's rows go", "SELECT COUNT(*) FROM jobs WHERE id=2", 0, 0, 10);
+    json_t *ls = simple("ls", NULL, NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(ls, "type")), "ok");
+    json_decref(ls);
+    cr_assert(exists("%s/runs/2/checkpoint.safetensors", dir), "removed before the gate opened");
+    cr_assert_null(recv_frame(fd, &rr, 300), "rm answered before its files went");
+    write_file(rm_gate, "open\n");
+    json_t *rep = recv_frame(fd, &rr, 10000);
+    cr_assert_not_null(rep, "no rm reply within 10 s of the gate opening");
+    snprintf(want, sizeof want, "%s/runs/2", dir);
+    cr_assert(rw_msg_id(rep) == 7 && json_integer_value(json_object_get(rep, "metrics")) == m2 &&
+              !strcmp(json_string_value(json_array_get(json_object_get(rep, "runs"), 0)), want) &&
+              json_array_size(json_object_get(rep, "errors")) == 0,
+              "reply %s", json_dumps(rep, 0));
+    snprintf(want, sizeof want, "%s/tensorboard/g1-gone/a/seed1", dir);
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(rep, "tensorboard"), 0)),
+                     want);
+    json_decref(rep);
+    close(fd);
+    rw_frame_reader_free(&rr);
     cr_assert(!exists("%s/runs/2", dir) && !exists("%s/tensorboard/g1-gone/a/seed1", dir));
     cr_assert(exists("%s/keep/file", dir), "rm followed a symbolic link out of the run folder");
     cr_assert(exists("%s/runs/1/checkpoint.safetensors", dir) &&

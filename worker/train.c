@@ -153,6 +153,22 @@ static int snapshot(rw_model *m, const char *out_dir, int epoch, char *err, size
     return rw_weights_export(m, path, err, errlen);
 }
 
+/* A checkpoint on the way (every_epochs, every_minutes). One that cannot
+ * be written (a full disk, a quota) costs only the work since the last one
+ * if the job is lost: training goes on, the last one stays whole (written
+ * to a temporary file, renamed), and the next is tried in its turn. 1 if
+ * written. */
+static int periodic_save(rw_model *m, const rw_train_state *ts, const char *ckpt,
+                         const rw_train_hooks *lh)
+{
+    char err[1024];
+    if (rw_checkpoint_save(m, ts, ckpt, err, sizeof err) == 0)
+        return 1;
+    logf_(lh, "warning: checkpoint at epoch %d, step %ld not written (%s); training goes on, "
+          "a resume starts from the last one written", ts->epoch, ts->step, err);
+    return 0;
+}
+
 /* The linear evaluation protocol (eval.linear) of the model as it is. */
 static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *test, int S,
                        const rw_spec *spec, double *acc, char *err, size_t errlen)
@@ -367,10 +383,9 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             if (!stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s) {
                 /* within the epoch: the position, partial sums and time so far */
                 ts.elapsed += now_s() - t0;
-                if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
-                    goto done;
-                logf_(lh, "checkpoint at epoch %d, batch %ld, step %ld (every %g min)", e, ts.batch,
-                      ts.step, spec->checkpoint.every_minutes);
+                if (periodic_save(m, &ts, ckpt, lh))
+                    logf_(lh, "checkpoint at epoch %d, batch %ld, step %ld (every %g min)", e,
+                          ts.batch, ts.step, spec->checkpoint.every_minutes);
                 t0 = last_ckpt = now_s(); /* the save's own time is no training */
             }
             if (stop) {
@@ -447,16 +462,24 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
               rank, knn, em.pairs_per_s);
         if (lh && lh->on_epoch)
             lh->on_epoch(lh->ud, &em);
-        if (ckpt[0] && (last_epoch || (spec->checkpoint.every_epochs > 0 &&
-                                       (e + 1) % spec->checkpoint.every_epochs == 0))) {
+        /* the last epoch's checkpoint is the job's record (resume into the
+         * evaluation, export): a job does not end without it */
+        if (ckpt[0] && last_epoch) {
             if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
                 goto done;
             last_ckpt = now_s();
+        } else if (ckpt[0] && spec->checkpoint.every_epochs > 0 &&
+                   (e + 1) % spec->checkpoint.every_epochs == 0) {
+            periodic_save(m, &ts, ckpt, lh);
+            last_ckpt = now_s();
         }
         if (snap && !measure &&
-            ((e + 1) % spec->checkpoint.snapshot_every == 0 || last_epoch) &&
-            snapshot(m, opts->out_dir, e + 1, err, errlen) != 0)
-            goto done;
+            ((e + 1) % spec->checkpoint.snapshot_every == 0 || last_epoch)) {
+            char serr[1024];
+            if (snapshot(m, opts->out_dir, e + 1, serr, sizeof serr) != 0)
+                logf_(lh, "warning: snapshot of epoch %d not kept (%s); training goes on", e + 1,
+                      serr);
+        }
     }
 
     /* The graphs, the device copy of the set and the loader are done with. */

@@ -3,7 +3,9 @@
  * the daemon (the kill -9 case the design asks for), only power loss may
  * drop the last transactions. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon/rd.h"
 
@@ -107,6 +109,164 @@ int rd_db_exec(rd_daemon *d, const char *sql)
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Writes the database cannot take now */
+
+/* Failures of the storage, which pass: anything else is a bug or bad data,
+ * and would fail again. */
+static int storage_error(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_PROTOCOL:
+        return 1;
+    }
+    return 0;
+}
+
+int rd_db_down(const rd_daemon *d) { return d->backlog.n > 0; }
+
+static int backlog_push(rd_daemon *d, sqlite3_stmt *st, int droppable)
+{
+    rd_db_backlog *b = &d->backlog;
+    char *x = sqlite3_expanded_sql(st);
+    size_t len = x ? strlen(x) : 0;
+    if (x && droppable && b->bytes + len > RD_BACKLOG_BYTES) {
+        sqlite3_free(x);
+        b->dropped++;
+        return 0;
+    }
+    if (x && b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 256;
+        char **p = realloc(b->sql, cap * sizeof *p);
+        if (p) {
+            b->sql = p;
+            b->cap = cap;
+        }
+    }
+    if (!x || b->n == b->cap) {
+        rd_log("sqlite: a write that waits for the database was lost (out of memory): %s",
+               sqlite3_sql(st));
+        sqlite3_free(x);
+        b->dropped++;
+        return -1;
+    }
+    b->sql[b->n++] = x;
+    b->bytes += len;
+    return 0;
+}
+
+int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable)
+{
+    rd_db_backlog *b = &d->backlog;
+    if (b->n) /* after the writes that wait, never before them */
+        return backlog_push(d, st, droppable);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return 0;
+    if (!storage_error(rc)) {
+        rd_log("sqlite: %s: %s", sqlite3_errmsg(d->db), sqlite3_sql(st));
+        return -1;
+    }
+    snprintf(b->why, sizeof b->why, "%s", sqlite3_errmsg(d->db));
+    b->since = rd_now();
+    b->last_try = rd_mono();
+    b->dropped = 0;
+    rd_log("sqlite: %s cannot be written (%s): writes wait, no job starts, and submit, requeue, "
+           "priority and rm are refused until it can; retried every %.0f s", d->db_path, b->why,
+           RD_BACKLOG_RETRY_S);
+    return backlog_push(d, st, droppable);
+}
+
+void rd_db_backlog_free(rd_daemon *d)
+{
+    rd_db_backlog *b = &d->backlog;
+    for (size_t i = 0; i < b->n; i++)
+        sqlite3_free(b->sql[i]);
+    free(b->sql);
+    b->sql = NULL;
+    b->n = b->cap = b->bytes = 0;
+    free(b->jobs);
+    b->jobs = NULL;
+    b->njobs = b->capjobs = 0;
+}
+
+int rd_db_retry(rd_daemon *d)
+{
+    rd_db_backlog *b = &d->backlog;
+    if (!b->n || rd_mono() - b->last_try < RD_BACKLOG_RETRY_S)
+        return 0;
+    b->last_try = rd_mono();
+    char *msg = NULL;
+    int ok = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) == SQLITE_OK;
+    for (size_t i = 0; ok && i < b->n; i++)
+        ok = sqlite3_exec(d->db, b->sql[i], NULL, NULL, &msg) == SQLITE_OK;
+    ok = ok && sqlite3_exec(d->db, "COMMIT", NULL, NULL, &msg) == SQLITE_OK;
+    if (!ok) {
+        snprintf(b->why, sizeof b->why, "%s", msg ? msg : sqlite3_errmsg(d->db));
+        sqlite3_free(msg);
+        if (!sqlite3_get_autocommit(d->db))
+            sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+        return 0;
+    }
+    size_t n = b->n;
+    long long dropped = b->dropped;
+    double since = b->since;
+    int64_t *jobs = b->jobs;
+    size_t njobs = b->njobs;
+    b->jobs = NULL;
+    rd_db_backlog_free(d);
+    char ev[320];
+    snprintf(ev, sizeof ev, "the database takes writes again after %.0f s: %zu writes that waited "
+             "were made%s", rd_now() - since, n, dropped ? "; some metric and event rows were "
+             "not kept (the backlog was full)" : "");
+    if (dropped)
+        snprintf(ev + strlen(ev), sizeof ev - strlen(ev), ": %lld", dropped);
+    rd_log("%s", ev);
+    rd_db_event(d, 0, "daemon", ev);
+    /* the watchers of the jobs that moved meanwhile: now the rows say so */
+    for (size_t i = 0; i < njobs; i++)
+        rd_watch_job_state(d, jobs[i], "recorded once the database took writes again");
+    free(jobs);
+    return 1;
+}
+
+void rd_db_backlog_job(rd_daemon *d, int64_t job)
+{
+    rd_db_backlog *b = &d->backlog;
+    for (size_t i = 0; i < b->njobs; i++)
+        if (b->jobs[i] == job)
+            return;
+    if (b->njobs == b->capjobs) {
+        size_t cap = b->capjobs ? 2 * b->capjobs : 16;
+        int64_t *p = realloc(b->jobs, cap * sizeof *p);
+        if (!p)
+            return; /* its watchers hear of it at its next change */
+        b->jobs = p;
+        b->capjobs = cap;
+    }
+    b->jobs[b->njobs++] = job;
+}
+
+void rd_db_down_msg(const rd_daemon *d, char *out, size_t len)
+{
+    const rd_db_backlog *b = &d->backlog;
+    time_t t = (time_t)b->since;
+    struct tm tm;
+    char when[32] = "?";
+    if (localtime_r(&t, &tm))
+        strftime(when, sizeof when, "%H:%M:%S", &tm);
+    snprintf(out, len, "runawayd cannot write its database %s (%s) since %s; %zu writes wait for "
+             "it, no job starts, running jobs go on; free space (or fix the file system) and "
+             "it resumes within %.0f s", d->db_path, b->why, when, b->n, RD_BACKLOG_RETRY_S);
+}
+
 sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql)
 {
     sqlite3_stmt *st = NULL;
@@ -163,8 +323,7 @@ void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
         sqlite3_bind_null(st, 2);
     sqlite3_bind_text(st, 3, kind, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        rd_log("sqlite: event: %s", sqlite3_errmsg(d->db));
+    rd_db_write(d, st, 1);
     sqlite3_finalize(st);
     if (job > 0)
         rd_watch_job_log(d, job, t, kind, text);

@@ -355,6 +355,13 @@ int main(int argc, char **argv)
         c = next;
     }
     uv_loop_close(d->loop);
+    if (rd_db_down(d)) { /* one last try: else a restart finds the rows as they were */
+        d->backlog.last_try = -1e9;
+        if (!rd_db_retry(d))
+            rd_log("stopping with %zu writes %s never took (%s): its jobs that were running "
+                   "resume from their checkpoints", d->backlog.n, d->db_path, d->backlog.why);
+    }
+    rd_db_backlog_free(d);
     rd_db_close(d);
     unlink(d->sock_path);
     unlink(lock);

@@ -120,6 +120,22 @@ struct rd_worker {
     int stopping;
 };
 
+/* Writes the database could not take (db.c): kept, in order, as SQL text,
+ * to be made once it can take them again. */
+typedef struct rd_db_backlog {
+    char **sql;
+    size_t n, cap, bytes;
+    long long dropped;    /* metric and event rows let go past RD_BACKLOG_BYTES */
+    double since;         /* rd_now() of the first write that failed */
+    double last_try;      /* rd_mono() of the last replay */
+    char why[256];        /* SQLite's message for the last failure */
+    int64_t *jobs;        /* jobs whose new state waits: their watchers hear of it after */
+    size_t njobs, capjobs;
+} rd_db_backlog;
+
+#define RD_BACKLOG_BYTES (64u << 20)
+#define RD_BACKLOG_RETRY_S 5.0
+
 struct rd_daemon {
     uv_loop_t *loop;
     char state_dir[PATH_MAX], sock_path[PATH_MAX], db_path[PATH_MAX];
@@ -144,6 +160,7 @@ struct rd_daemon {
     double stall_timeout_s; /* passed to workers: a job silent this long is hung */
     int shutting_down;
     double shutdown_started;
+    rd_db_backlog backlog;
 };
 
 /* main.c */
@@ -158,6 +175,24 @@ int rd_mkdir_p(const char *path, mode_t mode); /* 0, or -1 with errno */
 int rd_db_open(rd_daemon *d, char *err, size_t errlen);
 void rd_db_close(rd_daemon *d);
 int rd_db_exec(rd_daemon *d, const char *sql);
+/* Steps a prepared write (not finalized here). When the database cannot take
+ * it (a full disk, an I/O error, a read-only file, a lock held past the busy
+ * timeout), or writes already wait, it is kept for rd_db_retry, in order;
+ * `droppable` (a metric or an event row) may be let go once the backlog
+ * holds RD_BACKLOG_BYTES. 0: made or kept; -1: refused for another reason
+ * (logged). */
+int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable);
+/* Writes wait: the database could not be written since backlog.since */
+int rd_db_down(const rd_daemon *d);
+/* The backlog's writes, in one transaction, at most every RD_BACKLOG_RETRY_S
+ * (the tick); 1 when the database took them all (it is up again). */
+int rd_db_retry(rd_daemon *d);
+/* One line saying why the database cannot be written, for replies */
+void rd_db_down_msg(const rd_daemon *d, char *out, size_t len);
+void rd_db_backlog_free(rd_daemon *d);
+/* A job whose new state waits in the backlog: its watchers are told once
+ * it is written (they read the state from the rows) */
+void rd_db_backlog_job(rd_daemon *d, int64_t job);
 void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text);
 /* prepared statement helpers: return NULL on error (logged) */
 sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql);

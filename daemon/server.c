@@ -633,6 +633,17 @@ static json_t *grid_progress(rd_daemon *d, int64_t gid)
 }
 
 /* The newest 200 grids, each with its progress. */
+/* In the replies a user reads the daemon's state from (ls, grids, status):
+ * why nothing starts, while the database takes no writes. */
+static void add_db_down(rd_daemon *d, json_t *r)
+{
+    if (!rd_db_down(d))
+        return;
+    char msg[1024];
+    rd_db_down_msg(d, msg, sizeof msg);
+    json_object_set_new(r, "db_down", json_string(msg));
+}
+
 static void req_grids(rd_conn *c, long long id)
 {
     rd_daemon *d = c->d;
@@ -645,6 +656,7 @@ static void req_grids(rd_conn *c, long long id)
                             grid_progress(d, json_integer_value(json_object_get(v, "id"))));
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "grids", rows);
+    add_db_down(d, r);
     rd_conn_send(c, r);
 }
 
@@ -667,6 +679,7 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
     json_object_set_new(r, "jobs", rows);
     if (gid)
         json_object_set_new(r, "progress", grid_progress(d, gid));
+    add_db_down(d, r);
     rd_conn_send(c, r);
 }
 
@@ -792,7 +805,7 @@ static void req_priority(rd_conn *c, long long id, json_t *m)
             continue;
         sqlite3_bind_int64(st, 1, prio);
         sqlite3_bind_int64(st, 2, job);
-        sqlite3_step(st);
+        rd_db_write(d, st, 0);
         sqlite3_finalize(st);
         char ev[96];
         snprintf(ev, sizeof ev, "priority %lld (was %lld)", (long long)prio,
@@ -804,7 +817,7 @@ static void req_priority(rd_conn *c, long long id, json_t *m)
         if (st) {
             sqlite3_bind_int64(st, 1, prio);
             sqlite3_bind_int64(st, 2, tid);
-            sqlite3_step(st);
+            rd_db_write(d, st, 0);
             sqlite3_finalize(st);
         }
     }
@@ -1231,6 +1244,7 @@ static void req_status(rd_conn *c, long long id)
     json_object_set_new(r, "jobs", query_rows(d, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY "
                                                  "state ORDER BY state", 0, 16));
     json_object_set_new(r, "shutting_down", json_boolean(d->shutting_down));
+    add_db_down(d, r);
     rd_conn_send(c, r);
 }
 
@@ -1330,6 +1344,14 @@ void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why)
 int rd_handle_client(rd_conn *c, const char *type, json_t *m)
 {
     long long id = rw_msg_id(m);
+    /* what must be recorded before it is answered waits for the database */
+    if (rd_db_down(c->d) && (!strcmp(type, "submit") || !strcmp(type, "requeue") ||
+                             !strcmp(type, "priority") || !strcmp(type, "rm"))) {
+        char msg[1024];
+        rd_db_down_msg(c->d, msg, sizeof msg);
+        reply_error(c, id, RW_E_STATE, "cannot %s now: %s", type, msg);
+        return 0;
+    }
     if (!strcmp(type, "submit")) {
         if (c->d->shutting_down)
             reply_error(c, id, RW_E_STATE, "runawayd is shutting down");

@@ -244,7 +244,7 @@ static void set_attempt(rd_daemon *d, int64_t attempt, const char *outcome, cons
     else
         sqlite3_bind_null(st, 3);
     sqlite3_bind_int64(st, 4, attempt);
-    sqlite3_step(st);
+    rd_db_write(d, st, 0);
     sqlite3_finalize(st);
 }
 
@@ -264,12 +264,15 @@ static void set_job_state_why(rd_daemon *d, int64_t job, const char *state, cons
     sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 4, rd_now());
     sqlite3_bind_int64(st, 5, job);
-    sqlite3_step(st);
+    rd_db_write(d, st, 0);
     sqlite3_finalize(st);
     char ev[1200];
     snprintf(ev, sizeof ev, "state %s%s%s", state, error ? ": " : "", error ? error : "");
     rd_db_event(d, job, "state", ev);
-    rd_watch_job_state(d, job, why);
+    if (rd_db_down(d))
+        rd_db_backlog_job(d, job); /* the rows say the old state until written */
+    else
+        rd_watch_job_state(d, job, why);
 }
 
 static void set_job_state(rd_daemon *d, int64_t job, const char *state, const char *error)
@@ -695,8 +698,7 @@ static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, 
     for (int i = 0; i < nk; i++)
         bind_num(st, 6 + i, m, k[i]);
     sqlite3_bind_double(st, 6 + nk, rd_now());
-    if (sqlite3_step(st) != SQLITE_DONE)
-        rd_log("sqlite: metric: %s", sqlite3_errmsg(d->db));
+    rd_db_write(d, st, strcmp(kind, "final") != 0); /* a job's result is kept whatever it costs */
     sqlite3_finalize(st);
 }
 
@@ -820,7 +822,7 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
                 sqlite3_bind_text(st, 4, res ? res : "{}", -1, SQLITE_TRANSIENT);
                 free(res);
                 sqlite3_bind_int64(st, 5, job);
-                sqlite3_step(st);
+                rd_db_write(d, st, 0);
                 sqlite3_finalize(st);
             }
             if (run)
@@ -897,6 +899,8 @@ void rd_tick(rd_daemon *d)
     double now = rd_mono();
     forgive_stall(d, now);
     kv_tick(d);
+    if (rd_db_retry(d))
+        rd_schedule(d);
     for (int i = 0; i < d->nworkers; i++) {
         rd_worker *w = &d->workers[i];
         int silent = now - w->last_seen > d->heartbeat_timeout_s;
@@ -1044,7 +1048,7 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
     sqlite3_bind_int64(st, 2, job);
     sqlite3_bind_text(st, 3, wname, -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(st, 4, rd_now());
-    sqlite3_step(st);
+    rd_db_write(d, st, 0);
     sqlite3_finalize(st);
     rd_run *run = run_new(d, job, attempt, np); /* its rendezvous store */
     run_spec_pace(run, json_string_value(spec));
@@ -1055,7 +1059,7 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
     if (st) {
         sqlite3_bind_double(st, 1, rd_now());
         sqlite3_bind_int64(st, 2, job);
-        sqlite3_step(st);
+        rd_db_write(d, st, 0);
         sqlite3_finalize(st);
     }
     /* recorded before the workers hear of it: what a worker does next is
@@ -1116,7 +1120,9 @@ static void stop_attempt(rd_daemon *d, int64_t job, const char *outcome)
 
 void rd_schedule(rd_daemon *d)
 {
-    if (d->shutting_down)
+    /* a job's start is recorded before its workers hear of it (its attempt
+     * id comes from the database): none starts while it takes no writes */
+    if (d->shutting_down || rd_db_down(d))
         return;
     /* each round starts a job or stops one: bounded by the workers */
     for (int round = 0; round < 2 * RD_WORKERS_MAX + 2; round++) {
@@ -1174,7 +1180,7 @@ int rd_requeue_job(rd_daemon *d, int64_t job)
     if (!st)
         return 0;
     sqlite3_bind_int64(st, 1, job);
-    sqlite3_step(st);
+    rd_db_write(d, st, 0);
     sqlite3_finalize(st);
     rd_db_event(d, job, "state", "requeued by user (resumes from its checkpoint, if any)");
     set_job_state(d, job, "queued", NULL);

@@ -124,6 +124,8 @@ static void setup(void)
     start_daemon();
 }
 
+static int full_mounted; /* a tmpfs is mounted on dir (the full-disk test) */
+
 static void teardown(void)
 {
     stop_daemon(10);
@@ -147,7 +149,9 @@ static void teardown(void)
              dir, dir);
     int found = system(cmd) == 0;
     if (!found) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.log'", dir, dir);
+        /* the full-disk test's folder is a tmpfs: unmounted first */
+        snprintf(cmd, sizeof cmd, "%s%s%srm -rf '%s' '%s.log'", full_mounted ? "umount '" : "",
+                 full_mounted ? dir : "", full_mounted ? "' && " : "", dir, dir);
         if (system(cmd) != 0)
             fprintf(stderr, "cannot remove %s\n", dir);
     }
@@ -2802,4 +2806,104 @@ Test(daemon_dist, rank_blocked_after_cancel_restarts_its_worker, .init = setup_s
     rc = cli(out, sizeof out, 40, "watch", "after", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     printf("dist: rank 0 blocked after cancel_job gave up %.1f s later and restarted\n", t);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A full disk */
+
+/* The state folder on a tmpfs of its own, so that the test can fill it (a
+ * mount needs root: elsewhere the test says so and skips). */
+static void setup_full_disk(void)
+{
+    prepare();
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=32m,mode=0700 tmpfs '%s' 2>/dev/null", dir);
+    full_mounted = geteuid() == 0 && system(cmd) == 0;
+    if (full_mounted)
+        start_daemon();
+}
+
+static void teardown_full_disk(void)
+{
+    if (full_mounted)
+        teardown();
+    else
+        rmdir(dir);
+}
+
+static int cli_says(const char *what, double secs, ...)
+{
+    char out[8192];
+    for (double t0 = now(); now() - t0 < secs; usleep(200000)) {
+        cli(out, sizeof out, 20, "ls", NULL);
+        if (strstr(out, what))
+            return 1;
+    }
+    return 0;
+}
+
+/* The disk under the state folder fills while two jobs train: the daemon
+ * keeps the writes SQLite cannot make (metrics, events, states) and makes
+ * them, in order, once there is room; meanwhile it says why (ls), starts
+ * nothing and refuses what it could not record (submit). The workers skip
+ * the checkpoints they cannot write and train on. Nothing reported in the
+ * outage is lost: every epoch has its row. */
+Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_full_disk,
+     .fini = teardown_full_disk, .timeout = 120)
+{
+    if (!full_mounted)
+        cr_skip_test("daemon: a full disk: no tmpfs could be mounted here (needs root); not "
+                     "checked");
+    char path[160], out[8192];
+    snprintf(path, sizeof path, "%s/full.yaml", dir);
+    write_grid(path, "full", 100000, 5, "  seed: [0, 1]\n");
+    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                           "epoch >= 6", 0, 2, 30);
+
+    /* fill it */
+    char fill[160];
+    snprintf(fill, sizeof fill, "%s/fill", dir);
+    int fd = open(fill, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0);
+    static char chunk[1 << 16];
+    while (write(fd, chunk, sizeof chunk) > 0)
+        ;
+    cr_assert_eq(errno, ENOSPC, "filling: %s", strerror(errno));
+    close(fd);
+    cr_assert(cli_says("cannot write its database", 30), "ls never said the database is full");
+    rc = cli(out, sizeof out, 20, "ls", NULL);
+    cr_assert(strstr(out, "database or disk is full") && strstr(out, "no job starts"), "%s", out);
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert(rc == 1 && strstr(out, "cannot submit now: runawayd cannot write its database"),
+              "%s", out);
+    sleep(2); /* epochs trained in the outage */
+
+    /* room again */
+    cr_assert_eq(unlink(fill), 0);
+    wait_for("the backlog made", "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
+                                 "writes again after %'", 0, 1, 20);
+    cr_assert(!cli_says("cannot write its database", 1), "ls still warns");
+    sqlite3 *db = open_db();
+    for (long long j = 1; j <= 2; j++) {
+        double n = db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch' AND "
+                              "job_id=?", j);
+        double top = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?",
+                            j);
+        cr_expect(n == top && top > 6, "j%lld: %g epochs of 1..%g have a row", j, n, top);
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM jobs WHERE id=? AND state='running'", j), 1,
+                     "j%lld does not run on", j);
+        cr_expect_gt(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                "'%warning: checkpoint at epoch % not written (%No space left%'",
+                            j),
+                     0, "j%lld: no checkpoint was skipped", j);
+    }
+    sqlite3_close(db);
+    /* and it takes requests again: the grid stops with its checkpoints */
+    rc = cli(out, sizeof out, 20, "cancel", "full", NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 2 jobs"), "%s", out);
+    wait_for("both stop", "SELECT COUNT(*) FROM jobs WHERE state='cancelled'", 0, 2, 30);
+    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
 }

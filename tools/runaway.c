@@ -312,6 +312,14 @@ static int daemon_stop(void)
     return 1;
 }
 
+/* The daemon says its database takes no writes: so nothing starts. */
+static void warn_db_down(const json_t *r)
+{
+    const char *w = json_string_value(json_object_get(r, "db_down"));
+    if (w)
+        fprintf(stderr, "runaway: warning: %s\n", w);
+}
+
 static int daemon_status(void)
 {
     conn c;
@@ -330,6 +338,7 @@ static int daemon_status(void)
     const char *tb = json_string_value(json_object_get(r, "tensorboard"));
     if (tb)
         printf("metrics for TensorBoard: tensorboard --logdir %s\n", tb);
+    warn_db_down(r);
     json_decref(r);
     conn_close(&c);
     return 0;
@@ -549,6 +558,7 @@ static int cmd_grids(void)
     }
     if (!json_array_size(json_object_get(r, "grids")))
         printf("no grids\n");
+    warn_db_down(r);
     json_decref(r);
     conn_close(&c);
     return 0;
@@ -568,6 +578,7 @@ static int cmd_ls(int argc, char **argv)
     json_array_foreach(json_object_get(r, "jobs"), i, v) print_job_row(v);
     if (argc > 0)
         print_grid_progress(argv[0], json_object_get(r, "progress"));
+    warn_db_down(r);
     json_decref(r);
     conn_close(&c);
     return 0;

@@ -135,30 +135,28 @@ int rd_db_down(const rd_daemon *d) { return d->backlog.n > 0; }
 static int backlog_push(rd_daemon *d, sqlite3_stmt *st, int droppable)
 {
     rd_db_backlog *b = &d->backlog;
-    char *x = sqlite3_expanded_sql(st);
-    size_t len = x ? strlen(x) : 0;
-    if (x && droppable && b->bytes + len > RD_BACKLOG_BYTES) {
-        sqlite3_free(x);
+    sqlite3_reset(st); /* bindings stay: stepped again as it is */
+    size_t mem = (size_t)sqlite3_stmt_status(st, SQLITE_STMTSTATUS_MEMUSED, 0);
+    if (droppable && b->bytes + mem > RD_BACKLOG_BYTES) {
+        sqlite3_finalize(st);
         b->dropped++;
         return 0;
     }
-    if (x && b->n == b->cap) {
+    if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 256;
-        char **p = realloc(b->sql, cap * sizeof *p);
-        if (p) {
-            b->sql = p;
-            b->cap = cap;
+        sqlite3_stmt **p = realloc(b->st, cap * sizeof *p);
+        if (!p) {
+            rd_log("sqlite: a write that waits for the database was lost (out of memory): %s",
+                   sqlite3_sql(st));
+            sqlite3_finalize(st);
+            b->dropped++;
+            return -1;
         }
+        b->st = p;
+        b->cap = cap;
     }
-    if (!x || b->n == b->cap) {
-        rd_log("sqlite: a write that waits for the database was lost (out of memory): %s",
-               sqlite3_sql(st));
-        sqlite3_free(x);
-        b->dropped++;
-        return -1;
-    }
-    b->sql[b->n++] = x;
-    b->bytes += len;
+    b->st[b->n++] = st;
+    b->bytes += mem;
     return 0;
 }
 
@@ -168,10 +166,13 @@ int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable)
     if (b->n) /* after the writes that wait, never before them */
         return backlog_push(d, st, droppable);
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
+        sqlite3_finalize(st);
         return 0;
+    }
     if (!storage_error(rc)) {
         rd_log("sqlite: %s: %s", sqlite3_errmsg(d->db), sqlite3_sql(st));
+        sqlite3_finalize(st);
         return -1;
     }
     snprintf(b->why, sizeof b->why, "%s", sqlite3_errmsg(d->db));
@@ -188,9 +189,9 @@ void rd_db_backlog_free(rd_daemon *d)
 {
     rd_db_backlog *b = &d->backlog;
     for (size_t i = 0; i < b->n; i++)
-        sqlite3_free(b->sql[i]);
-    free(b->sql);
-    b->sql = NULL;
+        sqlite3_finalize(b->st[i]);
+    free(b->st);
+    b->st = NULL;
     b->n = b->cap = b->bytes = 0;
     free(b->jobs);
     b->jobs = NULL;
@@ -203,14 +204,15 @@ int rd_db_retry(rd_daemon *d)
     if (!b->n || rd_mono() - b->last_try < RD_BACKLOG_RETRY_S)
         return 0;
     b->last_try = rd_mono();
-    char *msg = NULL;
-    int ok = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) == SQLITE_OK;
-    for (size_t i = 0; ok && i < b->n; i++)
-        ok = sqlite3_exec(d->db, b->sql[i], NULL, NULL, &msg) == SQLITE_OK;
-    ok = ok && sqlite3_exec(d->db, "COMMIT", NULL, NULL, &msg) == SQLITE_OK;
+    int ok = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    for (size_t i = 0; ok && i < b->n; i++) {
+        int rc = sqlite3_step(b->st[i]);
+        sqlite3_reset(b->st[i]);
+        ok = rc == SQLITE_DONE || rc == SQLITE_ROW;
+    }
+    ok = ok && sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
     if (!ok) {
-        snprintf(b->why, sizeof b->why, "%s", msg ? msg : sqlite3_errmsg(d->db));
-        sqlite3_free(msg);
+        snprintf(b->why, sizeof b->why, "%s", sqlite3_errmsg(d->db));
         if (!sqlite3_get_autocommit(d->db))
             sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
         return 0;
@@ -324,7 +326,6 @@ void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
     sqlite3_bind_text(st, 3, kind, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
     rd_db_write(d, st, 1);
-    sqlite3_finalize(st);
     if (job > 0)
         rd_watch_job_log(d, job, t, kind, text);
 }

@@ -53,7 +53,9 @@ typedef struct rd_run {
     size_t nkv, kv_bytes;
     rd_kv_waiter *waiters;
     char *tb_path; /* its TensorBoard event file, once it reported a metric */
-    int tb_failed; /* a write failed (logged): no more records */
+    int tb_failed; /* a write failed (logged): records are skipped until tb_retry */
+    double tb_retry; /* rd_mono() of the next try */
+    long tb_skipped; /* records skipped since the failure */
     /* its pace, for the estimates of the time left (daemon/eta.h) */
     double t0;           /* rd_mono() when assigned */
     int epochs_spec;     /* optim.epochs (0: unknown or the random baseline) */
@@ -120,11 +122,12 @@ struct rd_worker {
     int stopping;
 };
 
-/* Writes the database could not take (db.c): kept, in order, as SQL text,
- * to be made once it can take them again. */
+/* Writes the database could not take (db.c): kept, in order, as the
+ * prepared statements with their bound values (exact: SQL text would round
+ * a double to 15 digits), to be made once it can take them again. */
 typedef struct rd_db_backlog {
-    char **sql;
-    size_t n, cap, bytes;
+    sqlite3_stmt **st;
+    size_t n, cap, bytes; /* bytes: SQLite's memory for the statements */
     long long dropped;    /* metric and event rows let go past RD_BACKLOG_BYTES */
     double since;         /* rd_now() of the first write that failed */
     double last_try;      /* rd_mono() of the last replay */
@@ -175,7 +178,8 @@ int rd_mkdir_p(const char *path, mode_t mode); /* 0, or -1 with errno */
 int rd_db_open(rd_daemon *d, char *err, size_t errlen);
 void rd_db_close(rd_daemon *d);
 int rd_db_exec(rd_daemon *d, const char *sql);
-/* Steps a prepared write (not finalized here). When the database cannot take
+/* Steps a prepared write and finalizes it; its text must be bound
+ * SQLITE_TRANSIENT, as it may be stepped later. When the database cannot take
  * it (a full disk, an I/O error, a read-only file, a lock held past the busy
  * timeout), or writes already wait, it is kept for rd_db_retry, in order;
  * `droppable` (a metric or an event row) may be let go once the backlog

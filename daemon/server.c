@@ -806,7 +806,6 @@ static void req_priority(rd_conn *c, long long id, json_t *m)
         sqlite3_bind_int64(st, 1, prio);
         sqlite3_bind_int64(st, 2, job);
         rd_db_write(d, st, 0);
-        sqlite3_finalize(st);
         char ev[96];
         snprintf(ev, sizeof ev, "priority %lld (was %lld)", (long long)prio,
                  (long long)json_integer_value(json_object_get(row, "priority")));
@@ -818,7 +817,6 @@ static void req_priority(rd_conn *c, long long id, json_t *m)
             sqlite3_bind_int64(st, 1, prio);
             sqlite3_bind_int64(st, 2, tid);
             rd_db_write(d, st, 0);
-            sqlite3_finalize(st);
         }
     }
     json_t *r = rw_msg_new("ok", id);

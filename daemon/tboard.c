@@ -163,10 +163,18 @@ static const tb_field tb_fields[] = {
 };
 #define TB_NFIELDS (sizeof tb_fields / sizeof tb_fields[0])
 
+/* After a failed write (a full disk), records are skipped this long before
+ * the next try. */
+#define TB_RETRY_S 5.0
+
 void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
 {
-    if (!d->tb_dir[0] || !run || run->tb_failed)
+    if (!d->tb_dir[0] || !run)
         return;
+    if (run->tb_failed && rd_mono() < run->tb_retry) {
+        run->tb_skipped++;
+        return;
+    }
     /* step reports under train/, epoch means under epoch/, the result
      * (linear evaluation, last-10 means) under eval/ */
     const char *prefix = !strcmp(kind, "step") ? "train" : !strcmp(kind, "epoch") ? "epoch" : "eval";
@@ -196,10 +204,16 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
 
     unsigned char *buf = NULL;
     size_t len = 0, cap = 0;
-    int fresh = !run->tb_path;
-    if (fresh && open_run_file(d, run, err, sizeof err) != 0)
+    int fd = -1;
+    if (!run->tb_path && open_run_file(d, run, err, sizeof err) != 0)
         goto fail;
-    if (fresh) {
+    fd = open(run->tb_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(err, sizeof err, "%s: %s", run->tb_path, strerror(errno));
+        goto fail;
+    }
+    if (st.st_size == 0) { /* a new file (or one a failed first write left empty) */
         Tensorflow__Event ver = TENSORFLOW__EVENT__INIT;
         ver.wall_time = wall;
         ver.what_case = TENSORFLOW__EVENT__WHAT_FILE_VERSION;
@@ -231,12 +245,9 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
     }
     /* One write of whole records: a reader tailing the file sees a record
      * at a time, and a daemon killed here leaves at most one torn record at
-     * the end, which TensorBoard treats as not yet written. */
-    int fd = open(run->tb_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(err, sizeof err, "%s: %s", run->tb_path, strerror(errno));
-        goto fail;
-    }
+     * the end, which TensorBoard treats as not yet written. A write that
+     * fails part way (a full disk) is cut off again, so that the records
+     * written after it, once there is room, are read. */
     size_t off = 0;
     while (off < len) {
         ssize_t w = write(fd, buf + off, len - off);
@@ -244,20 +255,38 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
             continue;
         if (w <= 0) {
             snprintf(err, sizeof err, "%s: %s", run->tb_path, w < 0 ? strerror(errno) : "short write");
-            close(fd);
+            if (off > 0 && ftruncate(fd, st.st_size) != 0)
+                rd_log("job j%lld: tensorboard: %s: cannot cut off a torn record: %s",
+                       (long long)run->job, run->tb_path, strerror(errno));
             goto fail;
         }
         off += (size_t)w;
     }
     close(fd);
     free(buf);
+    if (run->tb_failed) {
+        char ev_text[PATH_MAX + 160];
+        snprintf(ev_text, sizeof ev_text, "tensorboard: %s written again; %ld records of attempt "
+                 "%lld were skipped there (the database has them)", run->tb_path,
+                 run->tb_skipped, (long long)run->attempt);
+        rd_log("job j%lld: %s", (long long)run->job, ev_text);
+        rd_db_event(d, run->job, "daemon", ev_text);
+        run->tb_failed = 0;
+        run->tb_skipped = 0;
+    }
     return;
 fail:
+    if (fd >= 0)
+        close(fd);
     free(buf);
+    run->tb_skipped++;
+    run->tb_retry = rd_mono() + TB_RETRY_S;
+    if (run->tb_failed)
+        return; /* said when it first failed */
     run->tb_failed = 1;
-    char ev_text[sizeof err + 96];
-    snprintf(ev_text, sizeof ev_text, "tensorboard: %s (no more event records for attempt %lld)",
-             err, (long long)run->attempt);
+    char ev_text[sizeof err + 128];
+    snprintf(ev_text, sizeof ev_text, "tensorboard: %s (records of attempt %lld are skipped; "
+             "tried again every %.0f s)", err, (long long)run->attempt, TB_RETRY_S);
     rd_log("job j%lld: %s", (long long)run->job, ev_text);
     rd_db_event(d, run->job, "daemon", ev_text);
 }

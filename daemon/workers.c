@@ -237,7 +237,7 @@ static void set_attempt(rd_daemon *d, int64_t attempt, const char *outcome, cons
                                      "AND outcome='running'");
     if (!st)
         return;
-    sqlite3_bind_text(st, 1, outcome, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, outcome, -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(st, 2, rd_now());
     if (error)
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
@@ -245,7 +245,6 @@ static void set_attempt(rd_daemon *d, int64_t attempt, const char *outcome, cons
         sqlite3_bind_null(st, 3);
     sqlite3_bind_int64(st, 4, attempt);
     rd_db_write(d, st, 0);
-    sqlite3_finalize(st);
 }
 
 /* The job's new state; `why` (or NULL) tells its watchers what moved it. */
@@ -256,16 +255,15 @@ static void set_job_state_why(rd_daemon *d, int64_t job, const char *state, cons
                                      "('done','failed','cancelled') THEN ? ELSE NULL END WHERE id=?");
     if (!st)
         return;
-    sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
     if (error)
         sqlite3_bind_text(st, 2, error, -1, SQLITE_TRANSIENT);
     else
         sqlite3_bind_null(st, 2);
-    sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, state, -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(st, 4, rd_now());
     sqlite3_bind_int64(st, 5, job);
     rd_db_write(d, st, 0);
-    sqlite3_finalize(st);
     char ev[1200];
     snprintf(ev, sizeof ev, "state %s%s%s", state, error ? ": " : "", error ? error : "");
     rd_db_event(d, job, "state", ev);
@@ -335,6 +333,8 @@ static void drain_begin(rd_daemon *d, rd_worker *w, int64_t job, int64_t attempt
     w->drain_run->world = r->world;
     w->drain_run->tb_path = r->tb_path;
     w->drain_run->tb_failed = r->tb_failed;
+    w->drain_run->tb_retry = r->tb_retry;
+    w->drain_run->tb_skipped = r->tb_skipped;
     r->tb_path = NULL;
 }
 
@@ -689,7 +689,7 @@ static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, 
         return;
     sqlite3_bind_int64(st, 1, job);
     sqlite3_bind_int64(st, 2, attempt);
-    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, json_integer_value(json_object_get(m, "epoch")));
     sqlite3_bind_int64(st, 5, json_integer_value(json_object_get(m, "step")));
     const char *k[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr",
@@ -699,7 +699,6 @@ static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, 
         bind_num(st, 6 + i, m, k[i]);
     sqlite3_bind_double(st, 6 + nk, rd_now());
     rd_db_write(d, st, strcmp(kind, "final") != 0); /* a job's result is kept whatever it costs */
-    sqlite3_finalize(st);
 }
 
 /* An epoch report of the attempt's: its pace, and the training time left
@@ -823,7 +822,6 @@ void rd_worker_message(rd_conn *c, const char *type, json_t *m)
                 free(res);
                 sqlite3_bind_int64(st, 5, job);
                 rd_db_write(d, st, 0);
-                sqlite3_finalize(st);
             }
             if (run)
                 run->have_result = 1;
@@ -1049,7 +1047,6 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
     sqlite3_bind_text(st, 3, wname, -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(st, 4, rd_now());
     rd_db_write(d, st, 0);
-    sqlite3_finalize(st);
     rd_run *run = run_new(d, job, attempt, np); /* its rendezvous store */
     run_spec_pace(run, json_string_value(spec));
     if (run)
@@ -1060,7 +1057,6 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
         sqlite3_bind_double(st, 1, rd_now());
         sqlite3_bind_int64(st, 2, job);
         rd_db_write(d, st, 0);
-        sqlite3_finalize(st);
     }
     /* recorded before the workers hear of it: what a worker does next is
      * never older than the record */
@@ -1181,7 +1177,6 @@ int rd_requeue_job(rd_daemon *d, int64_t job)
         return 0;
     sqlite3_bind_int64(st, 1, job);
     rd_db_write(d, st, 0);
-    sqlite3_finalize(st);
     rd_db_event(d, job, "state", "requeued by user (resumes from its checkpoint, if any)");
     set_job_state(d, job, "queued", NULL);
     return 1;

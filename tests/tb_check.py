@@ -1,6 +1,6 @@
 """Checks runawayd's TensorBoard event files against its database.
 
-    tb_check.py TB_DIR RUNAWAY_DB [--job J] [--expect-purge]
+    tb_check.py TB_DIR RUNAWAY_DB [--job J] [--expect-purge] [--allow-gaps]
 
 Reads every job's run folder (TB_DIR/gID-GRID/VARIANT/seedK) independently
 of the daemon's writer: TFRecord framing with CRC32C from the crc32c module
@@ -9,7 +9,9 @@ field numbers of TensorBoard's event.proto and summary.proto. Then it
 replays the files as TensorBoard does (name order; a SessionLog START at
 step s drops every point at step >= s read before it) and requires each
 scalar to equal, in float32, the newest stored metric of its kind and step:
-nothing missing, nothing extra. Where the tensorboard package is importable,
+nothing missing, nothing extra (with --allow-gaps, as after a full disk: points
+may be missing, and the count of them is printed). Where the tensorboard
+package is importable,
 its own EventAccumulator must read the same points.
 
 Exits 0 after a summary line, 1 with the first difference found.
@@ -127,7 +129,7 @@ def f32(x):
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-def check_job(tb_dir, db, job, stats):
+def check_job(tb_dir, db, job, stats, allow_gaps=False):
     gid, gname, variant, seed = db.execute(
         "SELECT g.id, g.name, j.variant, j.seed FROM jobs j JOIN grids g ON g.id=j.grid_id "
         "WHERE j.id=?", (job,)).fetchone()
@@ -189,9 +191,16 @@ def check_job(tb_dir, db, job, stats):
             if v is not None:
                 want[f"eval/{tag}"] = {fin[0]: f32(v)}
     want = {t: s for t, s in want.items() if s}
-    if set(want) != set(points):
+    if allow_gaps:  # every point there is the database's; some may not be there
+        for tag in points:
+            extra = [(st, v) for st, v in points[tag].items() if want.get(tag, {}).get(st) != v]
+            if extra:
+                raise Bad(f"{run}: {tag} has (step, value) {extra[:4]} the database has not")
+        stats["missing"] += sum(len(s) for s in want.values()) - sum(
+            len(s) for s in points.values())
+    elif set(want) != set(points):
         raise Bad(f"{run}: tags {sorted(points)}, expected {sorted(want)}")
-    for tag in want:
+    for tag in want if not allow_gaps else ():
         if want[tag] != points[tag]:
             diff = sorted(set(want[tag].items()) ^ set(points[tag].items()))[:4]
             raise Bad(f"{run}: {tag} differs from the database at (step, value) {diff}")
@@ -218,6 +227,9 @@ def main():
     expect_purge = "--expect-purge" in args
     if expect_purge:
         args.remove("--expect-purge")
+    allow_gaps = "--allow-gaps" in args
+    if allow_gaps:
+        args.remove("--allow-gaps")
     if "--job" in args:
         k = args.index("--job")
         job = int(args[k + 1])
@@ -226,19 +238,20 @@ def main():
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     jobs = [job] if job else [j for j, in db.execute(
         "SELECT DISTINCT job_id FROM metrics ORDER BY job_id")]
-    stats = dict(runs=0, files=0, points=0, raw=0, purged=0, tensorboard=0)
+    stats = dict(runs=0, files=0, points=0, raw=0, purged=0, tensorboard=0, missing=0)
     try:
         if not jobs:
             raise Bad("no job has metrics")
         for j in jobs:
-            check_job(tb_dir, db, j, stats)
+            check_job(tb_dir, db, j, stats, allow_gaps)
         if expect_purge and not stats["purged"]:
             raise Bad("a resumed job, but no point was dropped by a restart marker")
     except (Bad, OSError) as e:
         print(f"tb_check: {e}")
         return 1
     print("tb_check: {runs} runs, {files} files, {points} points ({raw} written, {purged} "
-          "dropped by restart markers), {tensorboard} runs read by TensorBoard too".format(**stats))
+          "dropped by restart markers), {tensorboard} runs read by TensorBoard too".format(**stats)
+          + (", {missing} missing".format(**stats) if allow_gaps else ""))
     return 0
 
 

@@ -208,8 +208,43 @@ static int apply_sweep(const sweep_axis *ax, size_t nax, long c, const char *ori
     return 0;
 }
 
-static int add_job(rw_grid *g, const rw_spec *s, const char *variant, char *err, size_t errlen,
-                   const char *origin)
+/* ---- loss weights a job's loss does not use ---- */
+
+#define SET_ALPHA 1u
+#define SET_BETA 2u
+
+/* Which of loss.alpha, loss.beta a mapping of spec fields sets. */
+static unsigned weights_set(const ynode *spec)
+{
+    const ynode *l = spec && spec->kind == YN_MAP ? map_get(spec, "loss") : NULL;
+    if (!l || l->kind != YN_MAP)
+        return 0;
+    return (map_get(l, "alpha") ? SET_ALPHA : 0) | (map_get(l, "beta") ? SET_BETA : 0);
+}
+
+/* alpha and beta weigh the unified loss only: a variant named raft whose
+ * beta lands on loss.kind byol would train BYOL under RAFT's name, and the
+ * table would compare BYOL with itself. Refused where the grid file set the
+ * weight for this job (its variant, a sweep, or a base whose own loss.kind
+ * is not unified: a unified base's weights are defaults for its unified
+ * variants, ignored by its byol ones). */
+static int check_weights(const rw_spec *s, unsigned set, const char *where, char *err,
+                         size_t errlen)
+{
+    if (!set || s->loss.kind == RW_LOSS_UNIFIED)
+        return 0;
+    snprintf(err, errlen, "%s: %s: only loss.kind unified is weighed by alpha and beta; this "
+             "job's loss.kind is %s, whose loss has no weights, so it would train %s under "
+             "another name: set loss.kind: unified (BYOL' beta > 0, RAFT beta < 0), or drop %s",
+             where, set == SET_ALPHA ? "loss.alpha" : set == SET_BETA ? "loss.beta"
+                                                                     : "loss.alpha, loss.beta",
+             rw_loss_kind_name(s->loss.kind), s->loss.kind == RW_LOSS_BYOL ? "BYOL" : "it",
+             set == (SET_ALPHA | SET_BETA) ? "them" : "it");
+    return -1;
+}
+
+static int add_job(rw_grid *g, const rw_spec *s, const char *variant, unsigned weights,
+                   char *err, size_t errlen, const char *origin)
 {
     if (g->njobs == RW_GRID_JOBS_MAX) {
         snprintf(err, errlen, "%s: grid: expands to more than %d jobs", origin, RW_GRID_JOBS_MAX);
@@ -224,7 +259,8 @@ static int add_job(rw_grid *g, const rw_spec *s, const char *variant, char *err,
              (unsigned long long)s->seed);
     char where[RW_PATH_MAX + RW_JOB_NAME_MAX];
     snprintf(where, sizeof where, "%s: job %s", origin, j->name);
-    if (rw_spec_validate(&j->spec, where, err, errlen) != 0)
+    if (rw_spec_validate(&j->spec, where, err, errlen) != 0 ||
+        check_weights(&j->spec, weights, where, err, errlen) != 0)
         return -1;
     g->njobs++;
     return 0;
@@ -276,7 +312,7 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
             snprintf(err, errlen, "%s: out of memory", origin);
             return -1;
         }
-        return add_job(g, &base, base.name, err, errlen, origin);
+        return add_job(g, &base, base.name, weights_set(root), err, errlen, origin);
     }
     for (size_t i = 0; i + 1 < root->nkids; i += 2) {
         const ynode *k = root->kids[i];
@@ -322,6 +358,9 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
         if (rw_spec_apply_tree(n, where, basedir, &base, err, errlen) != 0)
             return -1;
     }
+    /* the base's weights count against a job only where the base's own
+     * loss is not the unified one (check_weights) */
+    unsigned base_weights = base.loss.kind == RW_LOSS_UNIFIED ? 0 : weights_set(n);
 
     uint64_t seeds[AXIS_MAX];
     size_t nseeds = 1;
@@ -368,9 +407,16 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
         snprintf(err, errlen, "%s: out of memory", origin);
         return -1;
     }
+    unsigned sweep_weights = 0;
+    for (size_t i = 0; i < naxes; i++)
+        sweep_weights |= !strcmp(axes[i].path, "loss.alpha")  ? SET_ALPHA
+                         : !strcmp(axes[i].path, "loss.beta") ? SET_BETA
+                                                              : 0;
     for (size_t v = 0; v < nvar; v++) {
         rw_spec vs = base;
+        unsigned weights = base_weights | sweep_weights;
         if (variants) {
+            weights |= weights_set(variants->kids[v]);
             const ynode *vn = variants->kids[v];
             snprintf(where, sizeof where, "%s: grid.variant[%zu]", origin, v);
             if (vn->kind != YN_MAP || !map_get(vn, "name")) {
@@ -399,7 +445,7 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
             for (size_t k = 0; k < nseeds; k++) {
                 rw_spec js = cs;
                 js.seed = seeds[k];
-                if (add_job(g, &js, vname, err, errlen, origin) != 0)
+                if (add_job(g, &js, vname, weights, err, errlen, origin) != 0)
                     return -1;
             }
         }

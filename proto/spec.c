@@ -836,6 +836,10 @@ void rw_spec_resolve(rw_spec *s) {
     /* the marks only live between applying fields and this call, so a
      * parsed spec equals one built in code */
     s->data.given = 0;
+    /* only the unified loss is weighed: other kinds keep the defaults, which
+     * the canonical YAML leaves out (grid.c refuses weights given to them) */
+    if (s->loss.kind != RW_LOSS_UNIFIED)
+        s->loss.alpha = s->loss.beta = 1.0f;
 }
 
 int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen) {
@@ -1097,6 +1101,9 @@ int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen) {
     for (size_t i = 0; i < NFIELDS; i++) {
         const field *f = &fields[i];
         const char *src = (const char *)s + f->off;
+        /* weights of a loss that has none (rw_spec_resolve keeps them at 1) */
+        if (s->loss.kind != RW_LOSS_UNIFIED && (f->off == O(loss.alpha) || f->off == O(loss.beta)))
+            continue;
         /* open the mappings this path enters that the previous one did not:
          * the table keeps every group's fields together */
         const char *p = f->path, *q = prev;

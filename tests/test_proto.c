@@ -393,7 +393,7 @@ Test(grid, errors_name_file_and_field)
     expect_grid_error("grid: {lr: [1, 2]}\n", "grid.lr: unknown axis", "seed, variant, sweep");
     expect_grid_error("grid:\n  sweep:\n    loss.gamma: [1]\n", "grid.sweep.loss.gamma[0]",
                       "unknown field");
-    expect_grid_error("grid:\n  sweep:\n    loss.beta: [1, x]\n", "grid.sweep.loss.beta[1]",
+    expect_grid_error("base: {loss: {kind: unified}}\ngrid:\n  sweep:\n    loss.beta: [1, x]\n", "grid.sweep.loss.beta[1]",
                       "must be a number");
     expect_grid_error("grid:\n  sweep:\n    seed: [1, 2]\n", "grid.sweep.seed", "seed axis");
     expect_grid_error("grid:\n  sweep:\n    loss.beta: []\n", "grid.sweep.loss.beta", "list");
@@ -433,6 +433,66 @@ Test(grid, errors_name_file_and_field)
     expect_grid_error("- 1\n", "top level", "mapping");
     expect_grid_error("base: {data: {kind: cifar10}}\n", "job ", "data.path");
     expect_grid_error("a: [\n", "YAML syntax error", NULL);
+}
+
+/* loss.alpha and loss.beta weigh the unified loss only: where the grid file
+ * gives them to a job whose loss.kind is another (a variant's, a sweep's,
+ * a plain spec's, a byol base's), the job would train BYOL under another
+ * name; refused, naming the job and the field. A unified base's weights
+ * under a byol variant are not the variant's doing: accepted. The
+ * canonical YAML of a byol job leaves them out, so it submits again. */
+Test(grid, loss_weights_of_a_loss_without_them_are_refused)
+{
+    expect_grid_error("name: g\ngrid: {variant: [{name: raft, loss: {beta: -1.0}}]}\n",
+                      "job g/raft/seed0: loss.beta: only loss.kind unified is weighed",
+                      "loss.kind is byol, whose loss has no weights, so it would train BYOL");
+    expect_grid_error("name: g\ngrid: {sweep: {loss.beta: [-1, 1]}}\n", "job g/byol-beta--1/seed0",
+                      "loss.beta: only loss.kind unified");
+    expect_grid_error("name: solo\nloss: {alpha: 2, beta: 2}\n", "loss.alpha, loss.beta: only",
+                      "or drop them");
+    expect_grid_error("name: g\nbase: {loss: {beta: -1}}\ngrid: {seed: [0]}\n", "loss.beta",
+                      "set loss.kind: unified (BYOL' beta > 0, RAFT beta < 0)");
+    expect_grid_error("name: g\ngrid: {variant: [{name: s, loss: {kind: supervised, alpha: 0.5}, "
+                      "model: {predictor: none}}]}\n",
+                      "loss.alpha: only", "loss.kind is supervised");
+
+    rw_grid g;
+    char err[1024];
+    const char *y = "name: g\nbase: {loss: {kind: unified, alpha: 1, beta: -1}}\n"
+                    "grid: {variant: [{name: raft}, {name: byol, loss: {kind: byol}}]}\n";
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "q.yaml", "", &g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(g.njobs, 2);
+    cr_assert(g.jobs[0].spec.loss.kind == RW_LOSS_UNIFIED && g.jobs[0].spec.loss.beta == -1.0f);
+    cr_assert(g.jobs[1].spec.loss.kind == RW_LOSS_BYOL && g.jobs[1].spec.loss.beta == 1.0f,
+              "a byol job keeps the default weights");
+    char canon[RW_SPEC_YAML_MAX];
+    cr_assert_gt(rw_spec_to_yaml(&g.jobs[1].spec, canon, sizeof canon), 0);
+    cr_assert(!strstr(canon, "alpha") && !strstr(canon, "beta"), "%s", canon);
+    rw_grid again;
+    cr_assert_eq(rw_grid_parse(canon, strlen(canon), "canon", "", &again, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert(memcmp(&again.jobs[0].spec, &g.jobs[1].spec, sizeof again.jobs[0].spec) == 0);
+    rw_grid_free(&again);
+    rw_grid_free(&g);
+    /* the example grids set their weights where they count (their data
+     * sets' folders, absent here, replaced by one that is) */
+    const char *src = getenv("RW_SOURCE_ROOT");
+    const char *confs[] = {"paper-table1", "paper-table3", "stl10", "quickstart", "example-full"};
+    for (size_t k = 0; k < sizeof confs / sizeof *confs; k++) {
+        char path[1024], basedir[1024], *text = NULL;
+        size_t len;
+        snprintf(path, sizeof path, "%s/conf/%s.yaml", src ? src : ".", confs[k]);
+        cr_assert_eq(rw_grid_read_file(path, 1 << 20, &text, &len, basedir, sizeof basedir, err,
+                                       sizeof err), 0, "%s", err);
+        for (char *p; (p = strstr(text, "/data/"));) /* "/data/NAME" -> "/tmp//////..." */
+            for (memcpy(p, "/tmp/", 5), p += 5; *p && *p != '\n' && *p != ' ' && *p != '}'; p++)
+                *p = '/';
+        int rc = rw_grid_parse(text, len, path, basedir, &g, err, sizeof err);
+        free(text);
+        cr_assert_eq(rc, 0, "%s", err);
+        cr_assert_gt(g.njobs, 0);
+        rw_grid_free(&g);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

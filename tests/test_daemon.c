@@ -870,6 +870,21 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     snprintf(w, sizeof w, "%s/w.safetensors", dir);
     rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
+    {
+        /* a client whose machine has not the run folder (it reaches the
+         * daemon through a forwarded socket): sphere says so (export too,
+         * where the daemon finds the checkpoint and the client does not) */
+        char r1[160], moved[160];
+        snprintf(r1, sizeof r1, "%s/runs/1", dir);
+        snprintf(moved, sizeof moved, "%s/runs/1.away", dir);
+        cr_assert_eq(rename(r1, moved), 0);
+        rc = cli(out, sizeof out, 20, "sphere", "j1", NULL);
+        cr_assert_eq(rename(moved, r1), 0);
+        char want[300];
+        snprintf(want, sizeof want, "sphere: %s: not here: sphere reads the job's files", r1);
+        cr_assert(rc == 1 && strstr(out, want) && strstr(out, "runs it on runawayd's host"), "%s",
+                  out);
+    }
     check_plot();
     check_metrics_export();
     /* the paper's Figure 3: one circle per variant, from its seed-0 job */

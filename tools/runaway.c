@@ -1208,6 +1208,17 @@ static int cmd_table(int n, char **a)
 /* ------------------------------------------------------------------------ */
 /* sphere: the paper's Figure 3 */
 
+/* sphere and export read a job's run folder where runawayd keeps it: a
+ * client on another host (its socket forwarded over ssh) says so plainly. */
+static void need_local(const char *cmd, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 && errno == ENOENT)
+        die("%s: %s: not here: %s reads the job's files where runawayd keeps them (a client "
+            "that reaches runawayd through a socket forwarded from another host runs it on "
+            "runawayd's host)", cmd, path, cmd);
+}
+
 /* The job's spec into dir/jN.yaml; its run folder into run_dir. */
 static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, size_t len)
 {
@@ -1218,6 +1229,7 @@ static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, 
     json_t *r = request(c, m);
     snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, job);
     snprintf(run_dir, len, "%s", jstr(r, "run_dir"));
+    need_local("sphere", run_dir);
     FILE *f = fopen(spec, "w");
     if (!f || fputs(jstr(r, "spec"), f) < 0 || fclose(f) != 0)
         die("%s: %s", spec, strerror(errno));
@@ -1547,6 +1559,14 @@ static int cmd_export(const char *job, const char *out)
         find_prog("runaway-worker", "worker", bin, sizeof bin);
     char ckpt[PATH_MAX];
     snprintf(ckpt, sizeof ckpt, "%s", jstr(r, "checkpoint"));
+    {
+        char rd[PATH_MAX];
+        snprintf(rd, sizeof rd, "%s", ckpt);
+        char *slash = strrchr(rd, '/');
+        if (slash)
+            *slash = '\0';
+        need_local("export", rd);
+    }
     json_decref(r);
     fflush(stdout);
     execl(bin, bin, "export", ckpt, out, (char *)NULL);

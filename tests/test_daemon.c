@@ -2934,3 +2934,51 @@ Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_ful
     rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
 }
+
+/* ------------------------------------------------------------------------ */
+/* A client on another host */
+
+/* A client that reaches the daemon through a forwarded socket lacks the
+ * node's data folders: its own parse finds data.path missing, the
+ * daemon's (where the data is) accepts, and the daemon has the last word.
+ * Without a daemon the local error stands. The client's view of the file
+ * system is made by a mount namespace (root only: elsewhere, skipped). */
+Test(daemon, a_client_without_the_data_folder_submits_where_the_daemon_has_it, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    char data[160], path[200], out[8192], exe[1100], script[2048];
+    snprintf(data, sizeof data, "%s-data", dir); /* outside the state folder and its socket */
+    snprintf(path, sizeof path, "%s/cifar", data);
+    cr_assert_eq(mkdir(data, 0700), 0);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/remote.yaml", dir);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "name: remote\ndata: {kind: cifar10, path: %s/cifar}\noptim: {epochs: 1}\n", data);
+    write_file(path, text);
+    bin(exe, sizeof exe, "tools/runaway");
+    /* the client's host: no data folder there */
+    snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s' || exit 77; exec '%s' --state-dir "
+             "'%s' submit '%s'", data, exe, dir, path);
+    const char *argv[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c", script, NULL};
+    int rc = geteuid() == 0 ? run_argv(out, sizeof out, 20, argv) : 77;
+    if (rc == 77 || rc == 127) {
+        rmdir(data);
+        cr_skip_test("daemon: a client without the data folder: no mount namespace here (needs "
+                     "root); not checked");
+    }
+    cr_assert(rc == 0 && strstr(out, "grid g1 remote: 1 job"), "%s", out);
+    rc = cli(out, sizeof out, 20, "cancel", "remote", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    /* no daemon: the local parse's message */
+    stop_daemon(20);
+    snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s' || exit 77; exec '%s' --state-dir "
+             "'%s' submit '%s'", data, exe, dir, path);
+    rc = run_argv(out, sizeof out, 20, argv);
+    char want[300];
+    snprintf(want, sizeof want, "data.path: cannot access '%s/cifar'", data);
+    cr_assert(rc == 1 && strstr(out, want), "%s", out);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
+    cr_assert_eq(system(cmd), 0);
+}

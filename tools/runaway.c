@@ -362,15 +362,27 @@ static char *read_grid(const char *path, rw_grid *g, char basedir[RW_PATH_MAX])
 }
 
 /* Parses locally first: a bad spec gets the parser's message even without
- * a daemon; the daemon parses again (it trusts no client). */
+ * a daemon; the daemon parses again (it trusts no client), and has the last
+ * word where the two hosts differ: a client that reaches a node's daemon
+ * through a forwarded socket lacks the node's data folders, which the
+ * local parse checks. */
 static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
 {
-    char basedir[RW_PATH_MAX];
+    char basedir[RW_PATH_MAX], err[2048];
+    size_t len;
+    char *text;
+    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, RW_PATH_MAX, err,
+                          sizeof err) != 0)
+        die("%s", err);
     rw_grid g;
-    char *text = read_grid(path, &g, basedir);
-    rw_grid_free(&g);
-    if (c->fd < 0)
-        need_conn(c);
+    int parsed = rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) == 0;
+    if (parsed)
+        rw_grid_free(&g);
+    if (c->fd < 0 && open_conn(c) != 0) {
+        if (!parsed)
+            die("%s", err);
+        die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
+    }
     json_t *m = req_new("submit");
     json_t *t = json_string(text);
     free(text);

@@ -169,6 +169,40 @@ static int periodic_save(rw_model *m, const rw_train_state *ts, const char *ckpt
     return 0;
 }
 
+/* The last epoch's checkpoint. One that cannot be written (a full disk)
+ * is tried again every FINAL_RETRY_S for FINAL_WAIT_S, as the job's whole
+ * training since the last checkpoint rides on it; the wait tells the
+ * watchdog it is alive, and a stop (cancel, shutdown) ends it. Then the job
+ * fails with the reason. */
+#define FINAL_RETRY_S 15
+#define FINAL_WAIT_S 600
+
+static int final_save(rw_model *m, const rw_train_state *ts, const char *ckpt,
+                      const rw_train_hooks *h, char *err, size_t errlen)
+{
+    double t0 = now_s();
+    for (;;) {
+        if (rw_checkpoint_save(m, ts, ckpt, err, errlen) == 0) {
+            if (now_s() - t0 > 1)
+                logf_(h, "the final checkpoint is written, after %.0f s of waiting",
+                      now_s() - t0);
+            return 0;
+        }
+        if (now_s() - t0 >= FINAL_WAIT_S)
+            return -1;
+        if (now_s() - t0 < 1)
+            logf_(h, "warning: the final checkpoint is not written (%s); trying again every "
+                  "%d s for %d minutes: make room", err, FINAL_RETRY_S, FINAL_WAIT_S / 60);
+        for (int i = 0; i < 2 * FINAL_RETRY_S; i++) {
+            if (h && h->should_stop && h->should_stop(h->ud))
+                return -1; /* err: the write's failure */
+            if (h && h->on_progress)
+                h->on_progress(h->ud);
+            nanosleep(&(struct timespec){0, 500 * 1000 * 1000}, NULL);
+        }
+    }
+}
+
 /* The linear evaluation protocol (eval.linear) of the model as it is. */
 static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *test, int S,
                        const rw_spec *spec, double *acc, char *err, size_t errlen)
@@ -465,7 +499,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         /* the last epoch's checkpoint is the job's record (resume into the
          * evaluation, export): a job does not end without it */
         if (ckpt[0] && last_epoch) {
-            if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
+            if (final_save(m, &ts, ckpt, hooks, err, errlen) != 0)
                 goto done;
             last_ckpt = now_s();
         } else if (ckpt[0] && spec->checkpoint.every_epochs > 0 &&

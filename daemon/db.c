@@ -56,7 +56,7 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", d->db_path, d->db ? sqlite3_errmsg(d->db) : "cannot open");
         return -1;
     }
-    sqlite3_busy_timeout(d->db, 5000);
+    sqlite3_busy_timeout(d->db, RD_DB_BUSY_MS);
     char *msg = NULL;
     if (sqlite3_exec(d->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
                      &msg) != SQLITE_OK ||
@@ -204,6 +204,9 @@ int rd_db_retry(rd_daemon *d)
     if (!b->n || rd_mono() - b->last_try < RD_BACKLOG_RETRY_S)
         return 0;
     b->last_try = rd_mono();
+    /* a lock another program holds is not waited for here: the loop would
+     * stand still for the busy timeout at every try */
+    sqlite3_busy_timeout(d->db, 0);
     int ok = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
     for (size_t i = 0; ok && i < b->n; i++) {
         int rc = sqlite3_step(b->st[i]);
@@ -211,6 +214,7 @@ int rd_db_retry(rd_daemon *d)
         ok = rc == SQLITE_DONE || rc == SQLITE_ROW;
     }
     ok = ok && sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
+    sqlite3_busy_timeout(d->db, RD_DB_BUSY_MS);
     if (!ok) {
         snprintf(b->why, sizeof b->why, "%s", sqlite3_errmsg(d->db));
         if (!sqlite3_get_autocommit(d->db))

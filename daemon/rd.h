@@ -137,6 +137,7 @@ typedef struct rd_db_backlog {
 } rd_db_backlog;
 
 #define RD_BACKLOG_BYTES (64u << 20)
+#define RD_DB_BUSY_MS 5000 /* a lock held by another program (sqlite3 by hand) */
 #define RD_BACKLOG_RETRY_S 5.0
 
 struct rd_daemon {

@@ -2984,6 +2984,51 @@ Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_ful
     cr_assert_eq(rc, 0, "%s", out);
 }
 
+/* Another program (sqlite3 by hand) holds the database's write lock while
+ * two jobs train: the daemon's write waits the busy timeout, then it keeps
+ * its writes as for a full disk and serves on (reads go on: WAL); once the
+ * lock goes, they are made and no epoch lacks its row. Runs anywhere (no
+ * mount), so the backlog is checked where the full-disk test skips. */
+Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setup,
+     .fini = teardown, .timeout = 120)
+{
+    char out[8192];
+    submit_grid("locked", 100000, 0, "  seed: [0, 1]\n");
+    wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                           "epoch >= 3", 0, 2, 30);
+    char p[160];
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    int said = cli_says("cannot write its database", 30);
+    snprintf(p, sizeof p, "%s/locked.yaml", dir); /* as submit_grid wrote it */
+    int rc = cli(out, sizeof out, 20, "submit", p, NULL);
+    char sub[sizeof out];
+    memcpy(sub, out, sizeof out);
+    rc = cli(out, sizeof out, 20, "ls", NULL);
+    cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    cr_assert(said, "ls never said the database takes no writes");
+    cr_assert(strstr(out, "(database is locked)") && strstr(out, "locked/byol/seed1"), "%s", out);
+    cr_assert(strstr(sub, "cannot submit now: runawayd cannot write its database"), "%s", sub);
+    wait_for("the backlog made", "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
+                                 "writes again after %'", 0, 1, 20);
+    db = open_db();
+    for (long long j = 1; j <= 2; j++) {
+        double n = db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch' AND "
+                              "job_id=?", j);
+        double top = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?",
+                            j);
+        cr_expect(n == top && top > 3, "j%lld: %g epochs of 1..%g have a row", j, n, top);
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", j), 1,
+                     "j%lld was restarted: the stalled loop blamed its worker", j);
+    }
+    sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "cancel", "locked", NULL);
+    cr_assert(rc == 0 && strstr(out, "cancelled 2 jobs"), "%s", out);
+}
+
 /* ------------------------------------------------------------------------ */
 /* A client on another host */
 

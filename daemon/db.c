@@ -32,7 +32,7 @@ static const char *schema =
     "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,"
     "  kind TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL,"
     "  loss REAL, align REAL, uniform REAL, collapse REAL, knn REAL, pairs_per_s REAL,"
-    "  tau REAL, t REAL NOT NULL, lr REAL, rank REAL, linear REAL);"
+    "  tau REAL, t REAL NOT NULL, lr REAL, rank REAL, linear REAL, w_cos_i REAL, w_asym REAL);"
     "CREATE INDEX IF NOT EXISTS metrics_job ON metrics(job_id, kind, epoch);"
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY, t REAL NOT NULL, job_id INTEGER, kind TEXT NOT NULL,"
@@ -66,7 +66,7 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
         return -1;
     }
     /* columns added since: a database from before gets them (NULL in old rows) */
-    static const char *const added[] = {"lr", "rank", "linear"};
+    static const char *const added[] = {"lr", "rank", "linear", "w_cos_i", "w_asym"};
     for (size_t i = 0; i < sizeof added / sizeof *added; i++) {
         char sql[128];
         snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE "

@@ -1055,7 +1055,7 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
     char sql[1024];
     snprintf(sql, sizeof sql,
              "SELECT job_id, epoch, step, loss, align, uniform, collapse, knn, pairs_per_s, tau, "
-             "lr, rank, linear FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE job_id IN (%s) "
+             "lr, rank, linear, w_cos_i, w_asym FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE job_id IN (%s) "
              "AND kind=?2 GROUP BY job_id, %s) AND (job_id > ?3 OR (job_id = ?3 AND %s > ?4)) "
              "ORDER BY job_id, %s LIMIT ?5",
              kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1" : "?1", key, key, key);
@@ -1084,9 +1084,9 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
     sqlite3_finalize(st);
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "columns",
-                        json_pack("[sssssssssssss]", "job", "epoch", "step", "loss", "align",
+                        json_pack("[sssssssssssssss]", "job", "epoch", "step", "loss", "align",
                                   "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr", "rank",
-                                  "linear"));
+                                  "linear", "w_cos_i", "w_asym"));
     json_object_set_new(r, "rows", rows);
     json_object_set_new(r, "more", json_boolean(more));
     /* who the rows belong to, once */

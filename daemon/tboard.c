@@ -157,6 +157,8 @@ static const tb_field tb_fields[] = {
     {"lr", "lr", 0},
     {"rank", "eff_rank", 0},
     {"linear", "linear_top1", 0}, /* eval.linear.every: epoch/linear_top1 */
+    {"w_cos_i", "W_cos_I", 0},     /* a linear predictor against I */
+    {"w_asym", "W_asymmetry", 0},
     {"linear_acc", "linear_top1", 1},
     {"align_last10", "L_align_last10", 1},
     {"uniform_last10", "L_uniform_last10", 1},

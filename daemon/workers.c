@@ -684,7 +684,7 @@ static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, 
 {
     sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO metrics(job_id, attempt_id, kind, epoch, step, "
                                      "loss, align, uniform, collapse, knn, pairs_per_s, tau, lr, "
-                                     "rank, linear, t) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                                     "rank, linear, w_cos_i, w_asym, t) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st)
         return;
     sqlite3_bind_int64(st, 1, job);
@@ -693,7 +693,7 @@ static void store_metric(rd_daemon *d, int64_t job, int64_t attempt, json_t *m, 
     sqlite3_bind_int64(st, 4, json_integer_value(json_object_get(m, "epoch")));
     sqlite3_bind_int64(st, 5, json_integer_value(json_object_get(m, "step")));
     const char *k[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr",
-                       "rank", "linear"};
+                       "rank", "linear", "w_cos_i", "w_asym"};
     const int nk = (int)(sizeof k / sizeof *k);
     for (int i = 0; i < nk; i++)
         bind_num(st, 6 + i, m, k[i]);

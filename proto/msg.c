@@ -34,7 +34,8 @@ typedef struct {
         {"collapse", T_NUM_OR_NULL, 1, -BIG, BIG}, {"knn", T_NUM_OR_NULL, 0, 0, 1},              \
         {"pairs_per_s", T_NUM_OR_NULL, 0, 0, BIG}, {"tau", T_NUM_OR_NULL, 0, 0, 1},    \
         {"lr", T_NUM_OR_NULL, 0, 0, 10}, {"rank", T_NUM_OR_NULL, 0, 0, 65536},              \
-        {"linear", T_NUM_OR_NULL, 0, 0, 1}
+        {"linear", T_NUM_OR_NULL, 0, 0, 1}, {"w_cos_i", T_NUM_OR_NULL, 0, -1, 1},               \
+        {"w_asym", T_NUM_OR_NULL, 0, 0, 1}
 
 static const mdef msgs[] = {
     {"hello", RW_FROM_CLIENT | RW_FROM_WORKER,

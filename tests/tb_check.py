@@ -26,7 +26,8 @@ import crc32c
 FIELDS = [  # (TensorBoard tag suffix, metrics column)
     ("loss", "loss"), ("L_align", "align"), ("L_uniform", "uniform"),
     ("collapse_std", "collapse"), ("knn_top1", "knn"), ("pairs_per_s", "pairs_per_s"),
-    ("tau", "tau"), ("lr", "lr"), ("eff_rank", "rank"), ("linear_top1", "linear")]
+    ("tau", "tau"), ("lr", "lr"), ("eff_rank", "rank"), ("linear_top1", "linear"),
+    ("W_cos_I", "w_cos_i"), ("W_asymmetry", "w_asym")]
 RESULT = [("linear_top1", "linear_acc"), ("L_align_last10", "align_last10"),
           ("L_uniform_last10", "uniform_last10")]
 

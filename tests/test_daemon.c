@@ -656,7 +656,7 @@ static void check_metrics_export(void)
     char line[1024];
     cr_assert_not_null(fgets(line, sizeof line, f));
     cr_expect_str_eq(line, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
-                           "pairs_per_s,tau,lr,rank,linear\n");
+                           "pairs_per_s,tau,lr,rank,linear,w_cos_i,w_asym\n");
     sqlite3 *db = open_db();
     int rows = 0;
     while (fgets(line, sizeof line, f)) {
@@ -2993,7 +2993,9 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
      .fini = teardown, .timeout = 120)
 {
     char out[8192];
-    submit_grid("locked", 100000, 0, "  seed: [0, 1]\n");
+    /* a linear predictor from I: its statistics against I travel too */
+    submit_grid("locked", 100000, 0,
+                "  seed: [0, 1]\n  variant:\n    - {name: lpi, model: {predictor: linear_identity}}\n");
     wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
                            "epoch >= 3", 0, 2, 30);
     char p[160];
@@ -3010,7 +3012,7 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
     cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     cr_assert(said, "ls never said the database takes no writes");
-    cr_assert(strstr(out, "(database is locked)") && strstr(out, "locked/byol/seed1"), "%s", out);
+    cr_assert(strstr(out, "(database is locked)") && strstr(out, "locked/lpi/seed1"), "%s", out);
     cr_assert(strstr(sub, "cannot submit now: runawayd cannot write its database"), "%s", sub);
     wait_for("the backlog made", "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
                                  "writes again after %'", 0, 1, 20);
@@ -3023,10 +3025,24 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
         cr_expect(n == top && top > 3, "j%lld: %g epochs of 1..%g have a row", j, n, top);
         cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", j), 1,
                      "j%lld was restarted: the stalled loop blamed its worker", j);
+        /* W starts at I and moves little in an epoch: near 1 and near 0;
+         * every epoch has them, no step report does */
+        double c1 = db_num(db, "SELECT w_cos_i FROM metrics WHERE kind='epoch' AND epoch=1 AND "
+                               "job_id=?", j);
+        double a1 = db_num(db, "SELECT w_asym FROM metrics WHERE kind='epoch' AND epoch=1 AND "
+                               "job_id=?", j);
+        cr_expect(c1 > 0.9 && c1 <= 1 && a1 >= 0 && a1 < 0.1, "j%lld: cos(W,I) %g, asym %g", j,
+                  c1, a1);
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                                "w_cos_i IS NULL", j), 0);
+        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='step' AND "
+                                "w_cos_i IS NOT NULL", j), 0);
     }
     sqlite3_close(db);
     rc = cli(out, sizeof out, 20, "cancel", "locked", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 2 jobs"), "%s", out);
+    wait_for("both stop", "SELECT COUNT(*) FROM jobs WHERE state='cancelled'", 0, 2, 30);
+    check_tensorboard(0, 0, "tb_check: 2 runs, 2 files,");
 }
 
 /* ------------------------------------------------------------------------ */

@@ -364,6 +364,17 @@ static void sign_flip(rw_predictor pred)
                        sb.loss - 4.0f);
     rw_model_update(fb.m, 1e-3f, 0.0f, 0.99f);
     rw_model_update(mr, 1e-3f, 0.0f, 0.99f);
+    /* W's statistics against I after the step: RAFT's W is -W, so its
+     * cosine with I is the negative, its antisymmetric share the same */
+    double cb_i, ab, cr_i, ar;
+    cr_assert_eq(rw_model_predictor_vs_identity(fb.m, &cb_i, &ab), 0);
+    cr_assert_eq(rw_model_predictor_vs_identity(mr, &cr_i, &ar), 0);
+    if (pred == RW_PRED_LINEAR) {
+        cr_expect(isfinite(cb_i) && fabs(cb_i + cr_i) < 1e-5 && fabs(ab - ar) < 1e-5 && ab > 0,
+                  "cos(W,I) %g and %g, asym %g and %g", cb_i, cr_i, ab, ar);
+    } else {
+        cr_expect(isnan(cb_i) && isnan(ab), "no linear predictor, yet cos(W,I) %g", cb_i);
+    }
 
     float *pb = malloc(np * 4), *pr = malloc(np * 4);
     be->download(be, pb, rw_model_params(fb.m), np * 4);
@@ -398,6 +409,33 @@ static void sign_flip(rw_predictor pred)
     free(p); free(mm); free(vv); free(t); free(st); free(tst); free(pb); free(pr); free(mmb); free(p0);
     rw_model_free(mr);
     unmake(&fb);
+}
+
+/* The linear predictor against I, by hand: I and -I, an antisymmetric
+ * W, and W = [[1, 2], [0, 1]] (tr 2, |W| sqrt 6, A = [[0, 1], [-1, 0]],
+ * |A| sqrt 2): cos = 2 / (sqrt 6 sqrt 2), asym = sqrt 2 / sqrt 6. */
+Test(model, predictor_against_identity_by_hand)
+{
+    double c, a;
+    const float eye[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1}, neg[9] = {-2, 0, 0, 0, -2, 0, 0, 0, -2};
+    rw_square_vs_identity(eye, 3, &c, &a);
+    cr_expect(c == 1.0 && a == 0.0, "I: %g %g", c, a);
+    rw_square_vs_identity(neg, 3, &c, &a);
+    cr_expect(c == -1.0 && a == 0.0, "-2I: %g %g", c, a);
+    const float rot[4] = {0, 1, -1, 0}, w[4] = {1, 2, 0, 1}, zero[4] = {0};
+    rw_square_vs_identity(rot, 2, &c, &a);
+    cr_expect(c == 0.0 && fabs(a - 1.0) < 1e-15, "rotation: %g %g", c, a);
+    rw_square_vs_identity(w, 2, &c, &a);
+    cr_expect(fabs(c - 2.0 / (sqrt(6.0) * sqrt(2.0))) < 1e-15 && fabs(a - sqrt(2.0 / 6.0)) < 1e-15,
+              "[[1,2],[0,1]]: %g %g", c, a);
+    rw_square_vs_identity(zero, 2, &c, &a);
+    cr_expect(isnan(c) && isnan(a), "0: %g %g", c, a);
+    /* linear_identity starts at I: 1 and 0 from the model itself */
+    rw_model_cfg cfg = tiny_cfg(RW_PRED_LINEAR_IDENTITY, KB_LOSS_UNIFIED, 1.0f, 0, RW_STEM_CIFAR);
+    fixture f = make(&cfg, 3);
+    cr_assert_eq(rw_model_predictor_vs_identity(f.m, &c, &a), 0);
+    cr_expect(c == 1.0 && a == 0.0, "linear_identity at start: %g %g", c, a);
+    unmake(&f);
 }
 
 Test(model, sign_flip_identity_linear) { sign_flip(RW_PRED_LINEAR); }

@@ -1150,7 +1150,7 @@ static int cmd_metrics(int n, char **a)
         if (!jobs) { /* the first page: the target exists */
             jobs = json_incref(json_object_get(r, "jobs"));
             fprintf(f, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
-                       "pairs_per_s,tau,lr,rank,linear\n");
+                       "pairs_per_s,tau,lr,rank,linear,w_cos_i,w_asym\n");
         }
         size_t i;
         json_t *row;

@@ -256,6 +256,8 @@ static void put_metrics(json_t *m, const rw_metrics *x)
     json_object_set_new(m, "lr", rw_json_num(x->lr));
     json_object_set_new(m, "rank", rw_json_num(x->rank));
     json_object_set_new(m, "linear", rw_json_num(x->linear));
+    json_object_set_new(m, "w_cos_i", rw_json_num(x->w_cos_i));
+    json_object_set_new(m, "w_asym", rw_json_num(x->w_asym));
 }
 
 static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind)

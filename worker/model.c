@@ -938,6 +938,41 @@ const rw_named *rw_model_find(const rw_model *m, const char *name)
     return NULL;
 }
 
+void rw_square_vs_identity(const float *W, int D, double *cos_i, double *asym)
+{
+    double tr = 0, ww = 0, aa = 0;
+    for (int i = 0; i < D; i++) {
+        tr += W[(size_t)i * D + i];
+        for (int j = 0; j < D; j++) {
+            double w = W[(size_t)i * D + j], a = 0.5 * (w - W[(size_t)j * D + i]);
+            ww += w * w;
+            aa += a * a;
+        }
+    }
+    /* in [-1, 1] and [0, 1] exactly (Cauchy-Schwarz; |A| <= |W|) but for
+     * rounding, which the wire's bounds would refuse */
+    *cos_i = ww > 0 ? fmax(-1.0, fmin(1.0, tr / (sqrt(ww) * sqrt((double)D)))) : NAN;
+    *asym = ww > 0 ? fmin(1.0, sqrt(aa / ww)) : NAN;
+}
+
+int rw_model_predictor_vs_identity(rw_model *m, double *cos_i, double *asym)
+{
+    *cos_i = *asym = NAN;
+    if (m->a.cfg.predictor != RW_PRED_LINEAR && m->a.cfg.predictor != RW_PRED_LINEAR_IDENTITY)
+        return 0;
+    const rw_named *t = rw_model_find(m, "predictor.weight");
+    if (!t || t->ndim != 2 || t->shape[0] != t->shape[1])
+        return 0;
+    const int D = t->shape[0];
+    float *w = malloc((size_t)D * D * sizeof *w);
+    if (!w)
+        return -1;
+    m->be->download(m->be, w, m->params + t->off, (size_t)D * D * sizeof *w);
+    rw_square_vs_identity(w, D, cos_i, asym);
+    free(w);
+    return 0;
+}
+
 const char *rw_model_bn_prefix(const rw_model *m, int idx)
 {
     return idx >= 0 && idx < m->a.nbn ? m->a.bn_prefix[idx] : NULL;

@@ -102,6 +102,17 @@ void rw_model_set_loss_cfg(rw_model *m, const kb_loss_cfg *c);
 int rw_model_ntensors(const rw_model *m);
 const rw_named *rw_model_tensor(const rw_model *m, int i);
 const rw_named *rw_model_find(const rw_model *m, const char *name);
+
+/* The linear predictor W (D x D, row-major) against the identity, the
+ * paper's section 5 (BYOL' from W0 and RAFT from -W0 move alike, and no
+ * predictor is W = I): cos_i = tr(W) / (|W|_F sqrt(D)), the cosine between
+ * W and I (1: a positive multiple of I, -1: of -I), and asym = |A|_F / |W|_F
+ * with A = (W - W^T)/2, its antisymmetric share (0: symmetric). NaN where
+ * W is 0. */
+void rw_square_vs_identity(const float *W, int D, double *cos_i, double *asym);
+/* Those of the model's predictor when it is linear (linear,
+ * linear_identity); NaN for the others. 0, or -1 when out of memory. */
+int rw_model_predictor_vs_identity(rw_model *m, double *cos_i, double *asym);
 /* Name prefix of BN layer idx ("layer1.0.bn1"), for num_batches_tracked. */
 const char *rw_model_bn_prefix(const rw_model *m, int idx);
 

@@ -403,7 +403,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                         .align = step_acc.align / step_acc_n,
                         .uniform = step_acc.uniform / step_acc_n,
                         .collapse = step_acc.collapse / step_acc_n, .knn = NAN, .rank = NAN,
-                        .linear = NAN,
+                        .linear = NAN, .w_cos_i = NAN, .w_asym = NAN,
                         .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
                         .lr = measure ? NAN : lr,
                     };
@@ -438,13 +438,17 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             .epoch = measure ? 0 : e + 1, .step = ts.step, .loss = ts.sums[0] / n,
             .align = ts.sums[1] / n,
             .uniform = ts.sums[2] / n, .collapse = ts.sums[3] / n, .knn = NAN, .rank = NAN,
-            .linear = NAN,
+            .linear = NAN, .w_cos_i = NAN, .w_asym = NAN,
             .pairs_per_s = ts.elapsed > 0 ? ts.sums[4] * B / ts.elapsed : 0,
             .tau = rw_tau_at(spec, ts.step > 0 ? ts.step - 1 : 0, per_epoch * epochs),
             .lr = measure || ts.step == 0 ? NAN
                                           : rw_lr_at(spec, ts.step - 1, per_epoch, per_epoch * epochs),
         };
         int last_epoch = e + 1 == epochs || ts.step >= total;
+        if (rw_model_predictor_vs_identity(m, &em.w_cos_i, &em.w_asym) != 0) {
+            snprintf(err, errlen, "predictor statistics: out of memory");
+            goto done;
+        }
         double knn_s = 0;
         if (lead && spec->eval.knn_every > 0 &&
             ((e + 1) % spec->eval.knn_every == 0 || last_epoch)) {
@@ -486,14 +490,16 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         ts.batch = 0;
         memset(ts.sums, 0, sizeof ts.sums);
         ts.elapsed = 0;
-        char knn[32] = "", rank[32] = "";
+        char knn[32] = "", rank[32] = "", wi[48] = "";
         if (!isnan(em.knn))
             snprintf(knn, sizeof knn, "  knn %5.1f%% (%.1fs)", 100 * em.knn, knn_s);
         if (!isnan(em.rank))
             snprintf(rank, sizeof rank, "  rank %.1f", em.rank);
-        logf_(lh, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s%s  pairs/s %.1f",
+        if (!isnan(em.w_cos_i))
+            snprintf(wi, sizeof wi, "  cos(W,I) %+.3f", em.w_cos_i);
+        logf_(lh, "epoch %3d/%d  step %6ld  loss %+.5f  align %.3e  uniform %+.3f  collapse %.3f%s%s%s  pairs/s %.1f",
               em.epoch, spec->optim.epochs, em.step, em.loss, em.align, em.uniform, em.collapse,
-              rank, knn, em.pairs_per_s);
+              rank, wi, knn, em.pairs_per_s);
         if (lh && lh->on_epoch)
             lh->on_epoch(lh->ud, &em);
         /* the last epoch's checkpoint is the job's record (resume into the

@@ -23,6 +23,8 @@ typedef struct rw_metrics {
     double lr;          /* the last optimizer step's learning rate; NaN: no step */
     double rank;        /* effective rank of the projections (eval.rank); NaN: not computed */
     double linear;      /* linear evaluation top-1 in [0,1] (eval.linear.every); NaN: not run */
+    double w_cos_i;     /* a linear predictor's cosine with I at the epoch's end; NaN: none */
+    double w_asym;      /* its antisymmetric share; NaN: none (rw_square_vs_identity) */
 } rw_metrics;
 
 typedef struct rw_train_hooks {

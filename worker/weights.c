@@ -285,16 +285,16 @@ void rw_spec_digest(const rw_spec *s, char out[17])
     snprintf(out, 17, "%016llx", (unsigned long long)hsh);
 }
 
-/* lr, rank and linear came later: a checkpoint without them reads NaN (not
- * recorded) */
+/* lr, rank, linear, w_cos_i and w_asym came later: a checkpoint without
+ * them reads NaN (not recorded) */
 static const char *hist_fields[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s",
-                                    "tau", "lr", "rank", "linear"};
+                                    "tau", "lr", "rank", "linear", "w_cos_i", "w_asym"};
 #define NHIST_FIELDS (int)(sizeof hist_fields / sizeof hist_fields[0])
 
 static double *hist_field(rw_metrics *e, int k)
 {
     double *f[] = {&e->loss, &e->align, &e->uniform, &e->collapse, &e->knn, &e->pairs_per_s,
-                   &e->tau, &e->lr, &e->rank, &e->linear};
+                   &e->tau, &e->lr, &e->rank, &e->linear, &e->w_cos_i, &e->w_asym};
     return f[k];
 }
 

@@ -962,19 +962,21 @@ static void mean_std(const double *x, int n, double *mean, double *std)
 #define CURVE_ROWS_MAX 4000
 
 /* One job's curve: per epoch (its newest row), [epoch, loss, align,
- * uniform, collapse, knn], at most `cap` rows (first and last kept). */
+ * uniform, collapse, knn, rank, linear, w_cos_i], at most `cap` rows (first
+ * and last kept). */
 static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
 {
     json_t *all = json_array();
     sqlite3_stmt *st = rd_db_prep(d,
-        "SELECT epoch, loss, align, uniform, collapse, knn, rank, linear FROM metrics WHERE id IN "
+        "SELECT epoch, loss, align, uniform, collapse, knn, rank, linear, w_cos_i FROM metrics "
+        "WHERE id IN "
         "(SELECT "
         "MAX(id) FROM metrics WHERE job_id=? AND kind='epoch' GROUP BY epoch) ORDER BY epoch");
     if (st) {
         sqlite3_bind_int64(st, 1, job);
         while (sqlite3_step(st) == SQLITE_ROW) {
             json_t *row = json_array();
-            for (int i = 0; i < 8; i++)
+            for (int i = 0; i < 9; i++)
                 json_array_append_new(row, col_json(st, i));
             json_array_append_new(all, row);
         }
@@ -1025,8 +1027,8 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
         json_object_set(r, "name", json_object_get(json_array_get(jobs, 0), "name"));
     }
     json_object_set_new(r, "target_id", json_integer(tid));
-    json_object_set_new(r, "columns", json_pack("[ssssssss]", "epoch", "loss", "align", "uniform",
-                                                 "collapse", "knn", "rank", "linear"));
+    json_object_set_new(r, "columns", json_pack("[sssssssss]", "epoch", "loss", "align", "uniform",
+                                                 "collapse", "knn", "rank", "linear", "w_cos_i"));
     json_object_set_new(r, "jobs", jobs);
     rd_conn_send(c, r);
 }

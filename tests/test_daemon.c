@@ -533,7 +533,7 @@ static void check_plot(void)
     cr_assert(memcmp(h, "\x89PNG\r\n\x1a\n", 8) == 0 && memcmp(h + 12, "IHDR", 4) == 0);
     unsigned wpx = (unsigned)h[16] << 24 | h[17] << 16 | h[18] << 8 | h[19];
     unsigned hpx = (unsigned)h[20] << 24 | h[21] << 16 | h[22] << 8 | h[23];
-    cr_expect(wpx == 2000 && hpx == 900, "png %ux%u", wpx, hpx);
+    cr_expect(wpx == 2000 && hpx == 1350, "png %ux%u", wpx, hpx);
 
     sqlite3 *db = open_db();
     const char *variants[2] = {"byol", "byol-np"};
@@ -551,10 +551,11 @@ static void check_plot(void)
             if (line[0] == '#')
                 continue;
             double e, loss, al, un, co, rk;
-            char knn[32], lin[32];
-            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s %lf %31s", &e, &loss, &al, &un, &co,
-                                knn, &rk, lin), 8, "%s", line);
+            char knn[32], lin[32], wi[32];
+            cr_assert_eq(sscanf(line, "%lf %lf %lf %lf %lf %31s %lf %31s %31s", &e, &loss, &al, &un,
+                                &co, knn, &rk, lin, wi), 9, "%s", line);
             cr_expect_str_eq(knn, "?", "kNN is off in this grid");
+            cr_expect_str_eq(wi, "?", "no linear predictor in this grid");
             if (v == 0)
                 cr_expect_str_eq(lin, "?", "byol: no eval.linear.every");
             else

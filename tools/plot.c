@@ -154,7 +154,7 @@ static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, si
         }
         fprintf(f, "# %s: mean over %d job%s per epoch ('?': none reported)\n", cv[g].name,
                 cv[g].njobs, cv[g].njobs == 1 ? "" : "s");
-        fprintf(f, "# epoch loss align uniform collapse knn rank linear\n");
+        fprintf(f, "# epoch loss align uniform collapse knn rank linear w_cos_i\n");
         for (size_t r = 0; r < cv[g].n; r++) {
             const double *o = cv[g].rows + r * RW_CURVE_COLS;
             fprintf(f, "%.0f", o[0]);
@@ -272,9 +272,9 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
     fprintf(f, "set datafile missing '?'\nset xlabel 'epoch'\nset grid\n");
     fprintf(f, "set style data linespoints\nset pointsize 0.5\n");
     if (o->out) {
-        fprintf(f, "set terminal pngcairo size 2000,900 noenhanced font ',10'\nset output ");
+        fprintf(f, "set terminal pngcairo size 2000,1350 noenhanced font ',10'\nset output ");
         rw_gp_quote(f, out_tmp);
-        fprintf(f, "\nset key top right font ',8'\nset multiplot layout 2,4 title ");
+        fprintf(f, "\nset key top right font ',8'\nset multiplot layout 3,3 title ");
         rw_gp_quote(f, title);
         fprintf(f, "\n");
     } else {
@@ -284,7 +284,7 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         rw_gp_quote(f, title);
         fprintf(f, "\n");
     }
-    /* the PNG's 2x4 grid holds all seven and the trace; a terminal the first three */
+    /* the PNG's 3x3 grid holds the seven, the trace and W; a terminal the first three */
     static const struct {
         const char *title;
         int col;
@@ -297,11 +297,13 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         {"kNN top-1 (%)", 5, 100},
         {"effective rank of f", 6, 1},
         {"linear evaluation top-1 (%)", 7, 100},
+        {"cos(W, I) of a linear predictor W (BYOL' from W0 ~ RAFT from -W0)", 8, 1},
     };
     for (int k = 0; k < (o->out ? 7 : 3); k++)
         panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv);
     if (o->out) {
         trace_panel(f, ng, cv);
+        panel(f, panels[7].title, panels[7].col, panels[7].scale, ng, cv);
         fprintf(f, "unset multiplot\n");
     }
     if (fclose(f) != 0) {

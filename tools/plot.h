@@ -27,9 +27,9 @@ typedef struct rw_curve {
     int njobs;
     size_t n;     /* epochs */
     double *rows; /* n x RW_CURVE_COLS: epoch, loss, align, uniform, collapse, knn, rank,
-                   * linear (NAN: none) */
+                   * linear, w_cos_i (NAN: none) */
 } rw_curve;
-#define RW_CURVE_COLS 8
+#define RW_CURVE_COLS 9
 
 /* Groups the reply's jobs by variant (a job target: the one job), in the
  * order they first appear. Returns the number of curves (*out malloc'd),

@@ -1749,7 +1749,8 @@ Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_data
     sqlite3 *db = open_db();
     cr_expect_eq(db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 8), 10);
     cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND lr IS NULL AND "
-                            "rank IS NULL", 7), 1);
+                            "rank IS NULL AND linear IS NULL AND w_cos_i IS NULL AND w_asym IS "
+                            "NULL", 7), 1);
     cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
                             "rank >= 1", 8), 2);
     /* tiny_base: Adam's constant 3e-4 */

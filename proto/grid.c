@@ -453,6 +453,64 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
     return 0;
 }
 
+/* The canonical YAML of a job's spec without its name (the variant's) and
+ * with the fields that do not apply to it at their defaults: two jobs
+ * alike in this train the same. Its FNV-1a hash, or 0 when it cannot be
+ * rendered. */
+static uint64_t spec_hash(const rw_spec *s, char *yaml, size_t len)
+{
+    rw_spec t = *s, d;
+    rw_spec_defaults(&d);
+    memset(t.name, 0, sizeof t.name);
+    if (t.model.predictor != RW_PRED_MLP && t.model.predictor != RW_PRED_MLP_BN)
+        t.model.pred_hidden = d.model.pred_hidden; /* no hidden layer */
+    if (t.data.kind != RW_DATA_STL10)
+        t.data.unlabeled = d.data.unlabeled; /* STL-10's split only */
+    if (rw_spec_to_yaml(&t, yaml, len) < 0)
+        return 0;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *c = yaml; *c; c++)
+        h = (h ^ (unsigned char)*c) * 0x100000001b3ull;
+    return h;
+}
+
+/* Two jobs of a grid that train the same spec (same seed, fields alike but
+ * the variant's name) waste a worker and put two equal rows in the table:
+ * a variant listed twice, a sweep value repeated, or a field that does not
+ * apply to the job (model.predictor_hidden without an MLP predictor). */
+static int check_distinct(const rw_grid *g, const char *origin, char *err, size_t errlen)
+{
+    if (g->njobs < 2)
+        return 0;
+    uint64_t *h = calloc(g->njobs, sizeof *h);
+    char *a = malloc(RW_SPEC_YAML_MAX), *b = malloc(RW_SPEC_YAML_MAX);
+    int rc = 0;
+    if (!h || !a || !b) {
+        snprintf(err, errlen, "%s: out of memory", origin);
+        rc = -1;
+    }
+    for (size_t i = 0; !rc && i < g->njobs; i++)
+        h[i] = spec_hash(&g->jobs[i].spec, a, RW_SPEC_YAML_MAX);
+    for (size_t i = 0; !rc && i < g->njobs; i++)
+        for (size_t j = 0; !rc && j < i; j++) {
+            if (!h[i] || h[i] != h[j])
+                continue;
+            spec_hash(&g->jobs[i].spec, a, RW_SPEC_YAML_MAX);
+            spec_hash(&g->jobs[j].spec, b, RW_SPEC_YAML_MAX);
+            if (strcmp(a, b) != 0)
+                continue;
+            snprintf(err, errlen, "%s: jobs %s and %s would train the same: their specs differ "
+                     "only in the variant's name (a variant listed twice, a sweep value "
+                     "repeated, or a field that does not apply to them); repeat a job with "
+                     "grid.seed", origin, g->jobs[j].name, g->jobs[i].name);
+            rc = -1;
+        }
+    free(h);
+    free(a);
+    free(b);
+    return rc;
+}
+
 int rw_grid_parse(const char *yaml, size_t len, const char *origin, const char *basedir,
                   rw_grid *g, char *err, size_t errlen)
 {
@@ -470,6 +528,8 @@ int rw_grid_parse(const char *yaml, size_t len, const char *origin, const char *
                  origin, root->line);
     } else {
         rc = expand(root, origin, basedir, g, err, errlen);
+        if (rc == 0)
+            rc = check_distinct(g, origin, err, errlen);
     }
     rw_ytree_free(root);
     if (rc != 0)

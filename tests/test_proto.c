@@ -495,6 +495,32 @@ Test(grid, loss_weights_of_a_loss_without_them_are_refused)
     }
 }
 
+/* Two jobs that would train the same (a variant listed twice under another
+ * name, a sweep value written twice, a field that does not apply) are
+ * refused, naming both; seeds repeat a job. */
+Test(grid, jobs_that_would_train_the_same_are_refused)
+{
+    expect_grid_error("name: g\ngrid: {variant: [{name: a, optim: {lr: 1.0e-3}}, {name: b}, "
+                      "{name: c, optim: {lr: 0.001}}]}\n",
+                      "jobs g/a/seed0 and g/c/seed0 would train the same",
+                      "repeat a job with grid.seed");
+    expect_grid_error("name: g\ngrid: {seed: [1, 2], sweep: {optim.lr: [1.0e-3, 2.0e-3, 1e-3]}}\n",
+                      "jobs g/byol-lr-1.0e-3/seed1 and g/byol-lr-1e-3/seed1 would train the same",
+                      NULL);
+    expect_grid_error("name: g\nbase: {model: {predictor: linear}}\n"
+                      "grid: {variant: [{name: h256, model: {predictor_hidden: 256}}, "
+                      "{name: h1024, model: {predictor_hidden: 1024}}]}\n",
+                      "jobs g/h256/seed0 and g/h1024/seed0", "a field that does not apply");
+    /* the same variant under two seeds, and variants apart in one field: fine */
+    rw_grid g;
+    char err[1024];
+    const char *y = "name: g\ngrid: {seed: [0, 1], variant: [{name: a}, "
+                    "{name: b, model: {predictor_hidden: 256}}]}\n";
+    cr_assert_eq(rw_grid_parse(y, strlen(y), "q.yaml", "", &g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(g.njobs, 4);
+    rw_grid_free(&g);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Mutated input: the reader and the validator answer every byte string with
  * a frame, "need more" or an error, and never read out of bounds (run the

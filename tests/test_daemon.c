@@ -3041,6 +3041,8 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
                                 "w_cos_i IS NOT NULL", j), 0);
     }
     sqlite3_close(db);
+    rc = cli(out, sizeof out, 20, "logs", "j1", "--tail", "5", NULL);
+    cr_assert(rc == 0 && strstr(out, "  cos(W,I) "), "%s", out);
     rc = cli(out, sizeof out, 20, "cancel", "locked", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 2 jobs"), "%s", out);
     wait_for("both stop", "SELECT COUNT(*) FROM jobs WHERE state='cancelled'", 0, 2, 30);

@@ -877,7 +877,7 @@ static int watch(conn *c, const char *target)
         }
         if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
             !strcmp(jstr(e, "metric"), "epoch")) {
-            char knn[32] = "", rank[32] = "", lin[32] = "", left[48] = "", of[24] = "";
+            char knn[32] = "", rank[32] = "", lin[32] = "", left[48] = "", of[24] = "", wi[32] = "";
             if (json_is_number(json_object_get(e, "left_s"))) {
                 char d[32];
                 fmt_duration(rw_json_get_num(e, "left_s"), d, sizeof d);
@@ -891,11 +891,13 @@ static int watch(conn *c, const char *target)
                 snprintf(rank, sizeof rank, "  rank %.1f", rw_json_get_num(e, "rank"));
             if (json_is_number(json_object_get(e, "linear")))
                 snprintf(lin, sizeof lin, "  linear %.1f%%", 100 * rw_json_get_num(e, "linear"));
-            printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s%s  "
-                   "%.1f pairs/s%s\n",
+            if (json_is_number(json_object_get(e, "w_cos_i")))
+                snprintf(wi, sizeof wi, "  cos(W,I) %+.3f", rw_json_get_num(e, "w_cos_i"));
+            printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s%s%s"
+                   "  %.1f pairs/s%s\n",
                    jint(e, "job"), jint(e, "epoch"), of, rw_json_get_num(e, "loss"),
                    rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
-                   rw_json_get_num(e, "collapse"), rank, knn, lin,
+                   rw_json_get_num(e, "collapse"), rank, wi, knn, lin,
                    rw_json_get_num(e, "pairs_per_s"), left);
         } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
             json_t *j = json_object_get(e, "job");

@@ -212,6 +212,14 @@ int rd_db_retry(rd_daemon *d)
         int rc = sqlite3_step(b->st[i]);
         sqlite3_reset(b->st[i]);
         ok = rc == SQLITE_DONE || rc == SQLITE_ROW;
+        if (!ok && !storage_error(rc)) {
+            /* refused for itself (the statement alone is undone): would
+             * fail every try and hold the rest back for good */
+            rd_log("sqlite: a write that waited is refused (%s), dropped: %s",
+                   sqlite3_errmsg(d->db), sqlite3_sql(b->st[i]));
+            b->dropped++;
+            ok = 1;
+        }
     }
     ok = ok && sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
     sqlite3_busy_timeout(d->db, RD_DB_BUSY_MS);

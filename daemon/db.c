@@ -182,7 +182,11 @@ int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable)
     rd_log("sqlite: %s cannot be written (%s): writes wait, no job starts, and submit, requeue, "
            "priority and rm are refused until it can; retried every %.0f s", d->db_path, b->why,
            RD_BACKLOG_RETRY_S);
-    return backlog_push(d, st, droppable);
+    int kept = backlog_push(d, st, droppable);
+    char msg[1024];
+    rd_db_down_msg(d, msg, sizeof msg);
+    rd_watch_daemon(d, msg);
+    return kept;
 }
 
 void rd_db_backlog_free(rd_daemon *d)
@@ -244,6 +248,7 @@ int rd_db_retry(rd_daemon *d)
         snprintf(ev + strlen(ev), sizeof ev - strlen(ev), ": %lld", dropped);
     rd_log("%s", ev);
     rd_db_event(d, 0, "daemon", ev);
+    rd_watch_daemon(d, ev);
     /* the watchers of the jobs that moved meanwhile: now the rows say so */
     for (size_t i = 0; i < njobs; i++)
         rd_watch_job_state(d, jobs[i], "recorded once the database took writes again");

@@ -214,6 +214,9 @@ void rd_conn_close(rd_conn *c);
 rd_conn *rd_conn_find(rd_daemon *d, rd_conn *c, uint64_t serial);
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
 void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why);
+/* A line about the daemon itself (its database takes no writes, or does
+ * again) to every watcher and log follower */
+void rd_watch_daemon(rd_daemon *d, const char *text);
 void rd_conns_tick(rd_daemon *d);
 int rd_handle_client(rd_conn *c, const char *type, json_t *m);
 

@@ -1303,6 +1303,18 @@ void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev)
     json_decref(ev);
 }
 
+void rd_watch_daemon(rd_daemon *d, const char *text)
+{
+    for (rd_conn *c = d->conns; c; c = c->next) {
+        if (!c->watch_kind || c->closing)
+            continue;
+        json_t *e = rw_msg_new("event", c->watch_req);
+        json_object_set_new(e, "kind", json_string("daemon"));
+        json_object_set_new(e, "text", json_string(text));
+        rd_conn_send(c, e);
+    }
+}
+
 void rd_watch_job_log(rd_daemon *d, int64_t job, double t, const char *kind, const char *text)
 {
     for (rd_conn *c = d->conns; c; c = c->next) {

@@ -709,6 +709,8 @@ static int cmd_logs(int argc, char **argv)
             follow = 0;
         else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "log"))
             print_log_line(json_object_get(e, "line"));
+        else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "daemon"))
+            printf("* %s\n", jstr(e, "text"));
         fflush(stdout);
         json_decref(e);
     }
@@ -899,6 +901,8 @@ static int watch(conn *c, const char *target)
                    rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
                    rw_json_get_num(e, "collapse"), rank, wi, knn, lin,
                    rw_json_get_num(e, "pairs_per_s"), left);
+        } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "daemon")) {
+            printf("* %s\n", jstr(e, "text"));
         } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
             json_t *j = json_object_get(e, "job");
             int why = json_is_string(json_object_get(e, "why"));

@@ -930,12 +930,15 @@ static int job_last10(rd_daemon *d, int64_t job, double *align, double *uniform)
     return 0;
 }
 
-/* The effective rank at the job's last epoch that measured one (its
- * newest row): where training left the representation. */
-static int job_final_rank(rd_daemon *d, int64_t job, double *rank)
+/* A per-epoch metric (rank: the effective rank; w_cos_i: a linear
+ * predictor's cosine with I) at the job's last epoch that measured it (its
+ * newest row): where training left it. */
+static int job_final(rd_daemon *d, int64_t job, const char *col, double *rank)
 {
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT rank FROM metrics WHERE job_id=? AND kind='epoch' "
-                                     "AND rank IS NOT NULL ORDER BY epoch DESC, id DESC LIMIT 1");
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT %s FROM metrics WHERE job_id=? AND kind='epoch' AND %s IS "
+             "NOT NULL ORDER BY epoch DESC, id DESC LIMIT 1", col, col);
+    sqlite3_stmt *st = rd_db_prep(d, sql);
     if (!st)
         return -1;
     sqlite3_bind_int64(st, 1, job);
@@ -1170,14 +1173,16 @@ static void req_table(rd_conn *c, long long id, json_t *m)
         const char *name = json_string_value(json_object_get(v, "variant"));
         sqlite3_stmt *st = rd_db_prep(d, "SELECT id, linear_acc FROM jobs WHERE grid_id=? AND "
                                          "variant=? AND state='done' ORDER BY id");
-        double al[1024], un[1024], acc[1024], rk[1024];
-        int n = 0, nacc = 0, nrk = 0;
+        double al[1024], un[1024], acc[1024], rk[1024], wi[1024];
+        int n = 0, nacc = 0, nrk = 0, nwi = 0;
         while (st) {
             sqlite3_bind_int64(st, 1, gid);
             sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
             while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
-                if (job_final_rank(d, sqlite3_column_int64(st, 0), &rk[nrk]) == 0)
+                if (job_final(d, sqlite3_column_int64(st, 0), "rank", &rk[nrk]) == 0)
                     nrk++;
+                if (job_final(d, sqlite3_column_int64(st, 0), "w_cos_i", &wi[nwi]) == 0)
+                    nwi++;
                 if (job_last10(d, sqlite3_column_int64(st, 0), &al[n], &un[n]) == 0)
                     n++;
                 if (sqlite3_column_type(st, 1) != SQLITE_NULL)
@@ -1202,6 +1207,12 @@ static void req_table(rd_conn *c, long long id, json_t *m)
         json_object_set_new(v, "rank_n", json_integer(nrk));
         json_object_set_new(v, "rank_mean", rw_json_num(mu));
         json_object_set_new(v, "rank_std", rw_json_num(sd));
+        if (nwi) { /* a linear predictor's variant */
+            mean_std(wi, nwi, &mu, &sd);
+            json_object_set_new(v, "w_cos_i_n", json_integer(nwi));
+            json_object_set_new(v, "w_cos_i_mean", rw_json_num(mu));
+            json_object_set_new(v, "w_cos_i_std", rw_json_num(sd));
+        }
         json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(d, gid, name)));
     }
     json_t *r = rw_msg_new("ok", id);

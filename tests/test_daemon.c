@@ -942,7 +942,7 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                "  seed: [0]\n"
                "  variant:\n"
                "    - {name: base, optim: {epochs: 0}}\n"
-               "    - {name: good}\n"
+               "    - {name: good, model: {predictor: linear}}\n"
                "    - {name: bad, model: {predictor: none}}\n");
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
@@ -958,6 +958,9 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
     const char *set[] = {
         "UPDATE metrics SET uniform=-1.0 WHERE job_id=1", "UPDATE jobs SET linear_acc=0.4 WHERE id=1",
         "UPDATE metrics SET uniform=-2.0 WHERE job_id=2", "UPDATE jobs SET linear_acc=0.6 WHERE id=2",
+        /* good's linear predictor: cos(W,I) 0.25 at its last epoch (and 0.5 before) */
+        "UPDATE metrics SET w_cos_i=0.5 WHERE job_id=2 AND kind='epoch'",
+        "UPDATE metrics SET w_cos_i=0.25 WHERE job_id=2 AND kind='epoch' AND epoch=2",
         "UPDATE metrics SET uniform=-0.1 WHERE job_id=3", "UPDATE jobs SET linear_acc=0.2 WHERE id=3"};
     for (size_t k = 0; k < sizeof set / sizeof *set; k++)
         cr_assert_eq(sqlite3_exec(db, set[k], NULL, NULL, NULL), SQLITE_OK, "%s: %s", set[k],
@@ -980,18 +983,27 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
 
     rc = cli(out, sizeof out, 20, "table", "marks", NULL);
     cr_assert_eq(rc, 0, "%s", out);
+    /* the cos(W,I) column, as good has a linear predictor; the others none */
+    cr_assert(strstr(out, "rank(f)            cos(W,I)             linear eval top-1\n") &&
+                  strstr(out, "+0.250 ± 0.000       60.00 ± 0.00%\n") &&
+                  strstr(out, "-                    20.00 ± 0.00% *\n"),
+              "%s", out);
     cr_assert(strstr(out, "-2.000 ± 0.000  ") && strstr(out, "60.00 ± 0.00%\n") &&
                   strstr(out, "-0.100 ± 0.000 *") && strstr(out, "20.00 ± 0.00% *\n") &&
                   strstr(out, "* worse than the random baseline (base): L_uniform(f) higher, "
                               "linear eval lower"),
               "%s", out);
     rc = cli(out, sizeof out, 20, "table", "marks", "--format", "markdown", NULL);
+    cr_assert(rc == 0 && strstr(out, "| rank(f) | cos(W,I) | linear eval") &&
+                  strstr(out, "| +0.250 ± 0.000 | 60.00 ± 0.00 |"),
+              "%s", out);
     cr_assert(rc == 0 && strstr(out, "| good | 1/1 | ") && strstr(out, "| -2.000 ± 0.000 |") &&
                   strstr(out, "| **-0.100 ± 0.000** |") && strstr(out, "| **20.00 ± 0.00** |") &&
                   strstr(out, "Bold: worse than the random baseline (base)"),
               "%s", out);
     rc = cli(out, sizeof out, 20, "table", "marks", "--format", "csv", NULL);
-    cr_assert(rc == 0 && strstr(out, ",uniform_worse,acc_worse\n") &&
+    cr_assert(rc == 0 && strstr(out, ",rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,acc_worse\n") &&
+                  strstr(out, ",0.25,0,0,0\nbad,1,1,") &&
                   strstr(out, "\nbase,1,1,") && strstr(out, ",,\ngood,1,1,") &&
                   strstr(out, ",0,0\nbad,1,1,") && strstr(out, ",1,1\n"),
               "%s", out);

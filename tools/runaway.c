@@ -989,6 +989,25 @@ static int any_worse(const json_t *rows)
     return 0;
 }
 
+/* s left-aligned in `width` columns of the terminal: a UTF-8 character
+ * (the ± of a cell) is one column, whatever its bytes. */
+static void pad_cols(char *out, size_t len, const char *s, int width)
+{
+    int cont = 0; /* continuation bytes: not columns of their own */
+    for (const char *p = s; *p; p++)
+        cont += ((unsigned char)*p & 0xC0) == 0x80;
+    snprintf(out, len, "%-*s", width + cont, s);
+}
+
+/* A variant of the table with a linear predictor: the cos(W,I) column. */
+static int any_w(const json_t *rows)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v) if (json_is_number(json_object_get(v, "w_cos_i_mean"))) return 1;
+    return 0;
+}
+
 static void print_table(conn *c, const char *grid)
 {
     json_t *m = req_new("table");
@@ -1005,21 +1024,27 @@ static void print_table(conn *c, const char *grid)
         int len = (int)strlen(jstr(v, "variant"));
         w = len > w ? len : w;
     }
-    printf("%-*s %5s  %-24s %-20s %-18s %s\n", w, "variant", "n", "L_align(q.f)", "L_uniform(f)",
-           "rank(f)", "linear eval top-1");
+    int ws = any_w(json_object_get(r, "rows"));
+    printf("%-*s %5s  %-24s %-20s %-18s %s%s\n", w, "variant", "n", "L_align(q.f)", "L_uniform(f)",
+           "rank(f)", ws ? "cos(W,I)             " : "", "linear eval top-1");
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
-        char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80];
+        char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80], wi[64] = "", wic[72] = "";
         pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
         pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
         pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
+        if (ws) {
+            pm(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "%+.3f", "%.3f", 1);
+            pad_cols(wic, sizeof wic, wi, 21);
+        }
         pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
         if (json_is_number(json_object_get(v, "acc_mean")))
             strcat(acc, "%");
         marked(unm, sizeof unm, un, v, "uniform_worse", "", " *");
         marked(accm, sizeof accm, acc, v, "acc_worse", "", " *");
         snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
-        printf("%-*s %5s  %-24s %-20s %-18s %s\n", w, jstr(v, "variant"), n, al, unm, rk, accm);
+        printf("%-*s %5s  %-24s %-20s %-18s %s%s\n", w, jstr(v, "variant"), n, al, unm, rk, wic,
+               accm);
     }
     if (any_worse(json_object_get(r, "rows")))
         printf("* worse than the random baseline (%s): L_uniform(f) higher, linear eval lower\n",
@@ -1045,18 +1070,19 @@ static void print_table_as(conn *c, const char *grid, const char *fmt)
     json_t *m = req_new("table");
     json_object_set_new(m, "grid", json_string(grid));
     json_t *r = request(c, m);
-    int csv = !strcmp(fmt, "csv");
+    int csv = !strcmp(fmt, "csv"), ws = any_w(json_object_get(r, "rows"));
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
-               "linear_acc_std,rank_mean,rank_std,uniform_worse,acc_worse\n");
+               "linear_acc_std,rank_mean,rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,"
+               "acc_worse\n");
     else
-        printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) | linear eval top-1 (%%) |\n"
-               "|---|---|---|---|---|---|\n");
+        printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) |%s linear eval top-1 (%%) |\n"
+               "|---|---|---|---|---|%s---|\n", ws ? " cos(W,I) |" : "", ws ? "---|" : "");
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
-        char am[32], as[32], um[32], us[32], cm[32], cs[32], rm[32], rs[32];
+        char am[32], as[32], um[32], us[32], cm[32], cs[32], rm[32], rs[32], wm[32], wsd[32];
         cell(am, sizeof am, v, "align_mean", 1);
         cell(as, sizeof as, v, "align_std", 1);
         cell(um, sizeof um, v, "uniform_mean", 1);
@@ -1065,24 +1091,30 @@ static void print_table_as(conn *c, const char *grid, const char *fmt)
         cell(cs, sizeof cs, v, "acc_std", 100);
         cell(rm, sizeof rm, v, "rank_mean", 1);
         cell(rs, sizeof rs, v, "rank_std", 1);
+        cell(wm, sizeof wm, v, "w_cos_i_mean", 1);
+        cell(wsd, sizeof wsd, v, "w_cos_i_std", 1);
         if (csv) {
             /* variant names are [A-Za-z0-9_.-]: no quoting needed */
             /* against the random baseline: 1 worse, 0 not, empty where no comparison */
             const char *b01[] = {"", "0", "1"};
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"),
-                   jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm, rs,
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"),
+                   jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm, rs, wm, wsd,
                    b01[worse(v, "uniform_worse") + 1], b01[worse(v, "acc_worse") + 1]);
         } else {
-            char al[64], un[64], rk[64], acc[64], unm[80], accm[80];
+            char al[64], un[64], rk[64], acc[64], unm[80], accm[80], wi[64], wic[72] = "";
             pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
             pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
             pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
+            if (ws) {
+                pm(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "%+.3f", "%.3f", 1);
+                snprintf(wic, sizeof wic, " %s |", wi);
+            }
             pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
             /* bold, as the paper highlights them */
             marked(unm, sizeof unm, un, v, "uniform_worse", "**", "**");
             marked(accm, sizeof accm, acc, v, "acc_worse", "**", "**");
-            printf("| %s | %lld/%lld | %s | %s | %s | %s |\n", jstr(v, "variant"), jint(v, "n"),
-                   jint(v, "jobs"), al, unm, rk, accm);
+            printf("| %s | %lld/%lld | %s | %s | %s |%s %s |\n", jstr(v, "variant"), jint(v, "n"),
+                   jint(v, "jobs"), al, unm, rk, wic, accm);
         }
     }
     if (!csv && any_worse(json_object_get(r, "rows")))

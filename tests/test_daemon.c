@@ -981,6 +981,19 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
     }
     json_decref(t);
 
+    /* a random baseline's linear predictor alone brings no cos(W,I) column
+     * (random W is about orthogonal to I); a trained variant's does */
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE metrics SET w_cos_i=NULL WHERE job_id=2; UPDATE metrics "
+                                  "SET w_cos_i=0.01 WHERE job_id=1", NULL, NULL, NULL), SQLITE_OK);
+    rc = cli(out, sizeof out, 20, "table", "marks", NULL);
+    cr_assert(rc == 0 && !strstr(out, "cos(W,I)"), "%s", out);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE metrics SET w_cos_i=NULL WHERE job_id=1; UPDATE metrics "
+                                  "SET w_cos_i=0.5 WHERE job_id=2 AND kind='epoch'; UPDATE metrics "
+                                  "SET w_cos_i=0.25 WHERE job_id=2 AND kind='epoch' AND epoch=2",
+                             NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
     rc = cli(out, sizeof out, 20, "table", "marks", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     /* the cos(W,I) column, as good has a linear predictor; the others none */

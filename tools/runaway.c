@@ -1001,12 +1001,14 @@ static void pad_cols(char *out, size_t len, const char *s, int width)
     snprintf(out, len, "%-*s", width + cont, s);
 }
 
-/* A variant of the table with a linear predictor: the cos(W,I) column. */
+/* A trained variant of the table with a linear predictor: the cos(W,I)
+ * column (a random baseline's alone, about 0, is no reason for it). */
 static int any_w(const json_t *rows)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(rows, i, v) if (json_is_number(json_object_get(v, "w_cos_i_mean"))) return 1;
+    json_array_foreach(rows, i, v) if (json_is_number(json_object_get(v, "w_cos_i_mean")) &&
+                                       !json_is_true(json_object_get(v, "baseline"))) return 1;
     return 0;
 }
 

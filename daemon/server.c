@@ -933,7 +933,7 @@ static int job_last10(rd_daemon *d, int64_t job, double *align, double *uniform)
 /* A per-epoch metric (rank: the effective rank; w_cos_i: a linear
  * predictor's cosine with I) at the job's last epoch that measured it (its
  * newest row): where training left it. */
-static int job_final(rd_daemon *d, int64_t job, const char *col, double *rank)
+static int job_final(rd_daemon *d, int64_t job, const char *col, double *out)
 {
     char sql[160];
     snprintf(sql, sizeof sql, "SELECT %s FROM metrics WHERE job_id=? AND kind='epoch' AND %s IS "
@@ -944,7 +944,7 @@ static int job_final(rd_daemon *d, int64_t job, const char *col, double *rank)
     sqlite3_bind_int64(st, 1, job);
     int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : -1;
     if (rc == 0)
-        *rank = sqlite3_column_double(st, 0);
+        *out = sqlite3_column_double(st, 0);
     sqlite3_finalize(st);
     return rc;
 }

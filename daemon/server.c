@@ -995,6 +995,228 @@ static json_t *job_curve(rd_daemon *d, int64_t job, size_t cap)
     return thin;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Several grids or jobs as one: `table` and `curves` merge their jobs by
+ * variant name (seeds added in a later grid, a variant trained later),
+ * after checking that each variant is one experiment. */
+
+typedef struct target_set {
+    size_t n; /* targets, repeats dropped */
+    char kind[RW_TARGETS_MAX];
+    int64_t id[RW_TARGETS_MAX];
+    json_t *jobs; /* their jobs' ids */
+    char *set;    /* jobs as JSON text, the ?1 of "id IN (SELECT value FROM json_each(?1))" */
+} target_set;
+
+#define IN_SET "id IN (SELECT value FROM json_each(?1))"
+
+static const char *jstr(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
+static void target_set_free(target_set *t)
+{
+    json_decref(t->jobs);
+    free(t->set);
+    memset(t, 0, sizeof *t);
+}
+
+/* The request's targets: `one` (a string) or `many` (a list), exactly one of
+ * the two; grids_only: a job is not one. -1 after replying. */
+static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, const char *many,
+                       int grids_only, target_set *t)
+{
+    rd_daemon *d = c->d;
+    memset(t, 0, sizeof *t);
+    json_t *o = json_object_get(m, one), *l = json_object_get(m, many);
+    if (!o == !l) {
+        reply_error(c, id, RW_E_BAD_MESSAGE, "%s: give %s or %s, not %s",
+                    json_string_value(json_object_get(m, "type")), one, many,
+                    o ? "both" : "neither");
+        return -1;
+    }
+    json_t *names = o ? json_pack("[O]", o) : json_incref(l);
+    size_t i;
+    json_t *v;
+    int rc = 0;
+    t->jobs = json_array();
+    json_array_foreach(names, i, v)
+    {
+        const char *s = json_string_value(v);
+        char kind = 'g';
+        int64_t tid = grids_only ? resolve_grid(d, s) : 0;
+        if (grids_only ? !tid : resolve_target(d, s, &kind, &tid) != 0) {
+            reply_error(c, id, RW_E_NOT_FOUND, grids_only ? "no grid '%s'" : "no job or grid '%s'", s);
+            rc = -1;
+            break;
+        }
+        size_t k = 0;
+        while (k < t->n && !(t->kind[k] == kind && t->id[k] == tid))
+            k++;
+        if (k < t->n)
+            continue;
+        t->kind[t->n] = kind;
+        t->id[t->n++] = tid;
+        json_t *ids = query_rows(d, kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1 ORDER BY id"
+                                                : "SELECT id FROM jobs WHERE id=?1",
+                                 tid, RW_GRID_JOBS_MAX);
+        size_t k2;
+        json_t *r;
+        json_array_foreach(ids, k2, r) json_array_append(t->jobs, json_object_get(r, "id"));
+        json_decref(ids);
+    }
+    json_decref(names);
+    if (rc == 0 && !(t->set = json_dumps(t->jobs, JSON_COMPACT))) {
+        reply_error(c, id, RW_E_INTERNAL, "out of memory");
+        rc = -1;
+    }
+    if (rc != 0)
+        target_set_free(t);
+    return rc;
+}
+
+/* Rows of sql over a target set (?1), as query_rows. */
+static json_t *set_rows(rd_daemon *d, const char *sql, const target_set *t, size_t max)
+{
+    json_t *a = json_array();
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    if (!st)
+        return a;
+    sqlite3_bind_text(st, 1, t->set, -1, SQLITE_TRANSIENT);
+    while (json_array_size(a) < max && sqlite3_step(st) == SQLITE_ROW)
+        json_array_append_new(a, row_json(st));
+    sqlite3_finalize(st);
+    return a;
+}
+
+/* A stored job's spec as what it trains, its seed and the fields that do
+ * not change its numbers (threads, logging, checkpoints) set aside, as
+ * "a.b: value" lines. Their number, or -1. */
+static int job_trained_fields(rd_daemon *d, int64_t job, char (*out)[RW_SPEC_FIELD_MAX], int max)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE id=?");
+    rw_spec *s = malloc(sizeof *s), *t = malloc(sizeof *t), *def = malloc(sizeof *def);
+    int n = -1;
+    if (st && s && t && def) {
+        sqlite3_bind_int64(st, 1, job);
+        char err[512];
+        const char *text = sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0)
+                                                           : NULL;
+        if (text && rw_spec_parse(text, strlen(text), "stored spec", "", s, err, sizeof err) == 0) {
+            rw_spec_defaults(def);
+            rw_spec_trained(s, t);
+            t->seed = 0;
+            t->threads = def->threads;
+            t->data.loader_threads = def->data.loader_threads;
+            t->log = def->log;
+            t->checkpoint = def->checkpoint;
+            n = rw_spec_flatten(t, out, max);
+        }
+    }
+    if (st)
+        sqlite3_finalize(st);
+    free(s);
+    free(t);
+    free(def);
+    return n;
+}
+
+/* A field's value as written for a person: a number with the fewest
+ * digits that still read back as the same float (3e-4 for the canonical
+ * 0.000300000014); anything else as it is. */
+static void short_value(const char *v, char *out, size_t len)
+{
+    while (*v == ' ')
+        v++;
+    char *end;
+    double x = strtod(v, &end);
+    snprintf(out, len, "%s", v);
+    if (end == v || *end)
+        return;
+    for (int digits = 1; digits <= 9; digits++) {
+        char t[64];
+        snprintf(t, sizeof t, "%.*g", digits, x);
+        if ((float)strtod(t, NULL) == (float)x) {
+            snprintf(out, len, "%s", t);
+            return;
+        }
+    }
+}
+
+/* Whether the variants of a merged set are each one experiment: one
+ * variant's jobs from several grids train the same spec but for the seed,
+ * and no seed of it counts twice (two finished jobs). 0, or -1 with why. */
+static int targets_disagree(rd_daemon *d, const target_set *t, char *why, size_t len)
+{
+    enum { MAXF = 256 };
+    json_t *firsts = set_rows(d, "SELECT variant, grid_id, MIN(id) AS id FROM jobs WHERE " IN_SET
+                                 " GROUP BY variant, grid_id ORDER BY variant, MIN(id)",
+                              t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
+    char(*a)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX);
+    char(*b)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX);
+    int rc = 0, na = 0;
+    const json_t *ref = NULL;
+    size_t i;
+    json_t *v;
+    if (!a || !b) {
+        snprintf(why, len, "out of memory");
+        rc = -1;
+    }
+    json_array_foreach(firsts, i, v)
+    {
+        if (rc)
+            break;
+        if (!ref || strcmp(jstr(ref, "variant"), jstr(v, "variant"))) {
+            ref = v;
+            na = job_trained_fields(d, json_integer_value(json_object_get(v, "id")), a, MAXF);
+            continue;
+        }
+        int nb = job_trained_fields(d, json_integer_value(json_object_get(v, "id")), b, MAXF);
+        int k = 0;
+        while (k < na && k < nb && !strcmp(a[k], b[k]))
+            k++;
+        if (na < 0 || nb < 0 || k < na || k < nb) {
+            long long ga = json_integer_value(json_object_get(ref, "grid_id")),
+                      gb = json_integer_value(json_object_get(v, "grid_id")),
+                      ja = json_integer_value(json_object_get(ref, "id")),
+                      jb = json_integer_value(json_object_get(v, "id"));
+            char what[3 * RW_SPEC_FIELD_MAX] = "its stored spec cannot be read";
+            if (na >= 0 && nb >= 0 && k < na && k < nb) {
+                char *ca = strchr(a[k], ':'), *cb = strchr(b[k], ':'), va[RW_SPEC_FIELD_MAX],
+                     vb[RW_SPEC_FIELD_MAX];
+                short_value(ca + 1, va, sizeof va);
+                short_value(cb + 1, vb, sizeof vb);
+                snprintf(what, sizeof what, "%.*s is %s in g%lld (j%lld), %s in g%lld (j%lld)",
+                         (int)(ca - a[k]), a[k], va, ga, ja, vb, gb, jb);
+            }
+            snprintf(why, len, "variant '%s' is not the same experiment in g%lld and g%lld: %s; "
+                     "table them apart", jstr(v, "variant"), ga, gb, what);
+            rc = -1;
+        }
+    }
+    json_decref(firsts);
+    free(a);
+    free(b);
+    if (rc)
+        return rc;
+    json_t *twice = set_rows(d, "SELECT variant, seed, GROUP_CONCAT('j' || id, ' and ') AS ids "
+                                "FROM jobs WHERE " IN_SET " AND state='done' GROUP BY variant, seed "
+                                "HAVING COUNT(*) > 1 ORDER BY MIN(id) LIMIT 1",
+                             t, 1);
+    if (json_array_size(twice)) {
+        const json_t *r = json_array_get(twice, 0);
+        snprintf(why, len, "variant '%s' seed %lld finished twice (%s): its numbers would count "
+                 "twice; leave one of them out (rm it, or table the grids apart)",
+                 jstr(r, "variant"), (long long)json_integer_value(json_object_get(r, "seed")),
+                 jstr(r, "ids"));
+        rc = -1;
+    }
+    json_decref(twice);
+    return rc;
+}
+
 /* The target's jobs: id, name, variant, seed, state. */
 static json_t *target_jobs(rd_daemon *d, char kind, int64_t tid)
 {
@@ -1009,11 +1231,21 @@ static json_t *target_jobs(rd_daemon *d, char kind, int64_t tid)
 static void req_curves(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    char kind;
-    int64_t tid;
-    if (target_arg(c, id, m, &kind, &tid) != 0)
+    target_set t;
+    if (targets_arg(c, id, m, "target", "targets", 0, &t) != 0)
         return;
-    json_t *jobs = target_jobs(d, kind, tid);
+    int any_grid = 0;
+    for (size_t k = 0; k < t.n; k++)
+        any_grid |= t.kind[k] == 'g';
+    char why[1024];
+    /* grouped by variant where a grid is among them: each must be one */
+    if (t.n > 1 && any_grid && targets_disagree(d, &t, why, sizeof why) != 0) {
+        reply_error(c, id, RW_E_STATE, "%s", why);
+        target_set_free(&t);
+        return;
+    }
+    json_t *jobs = set_rows(d, "SELECT id, name, variant, seed, state FROM jobs WHERE " IN_SET
+                               " ORDER BY id", &t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
     size_t njobs = json_array_size(jobs), cap = CURVE_ROWS_MAX / (njobs ? njobs : 1), i;
     if (cap < 2)
         cap = 2;
@@ -1021,18 +1253,28 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
     json_array_foreach(jobs, i, j) json_object_set_new(
         j, "epochs", job_curve(d, json_integer_value(json_object_get(j, "id")), cap));
     json_t *r = rw_msg_new("ok", id);
-    json_object_set_new(r, "kind", json_string(kind == 'g' ? "grid" : "job"));
-    if (kind == 'g') {
-        json_t *g = query_rows(d, "SELECT name FROM grids WHERE id=?1", tid, 1);
-        json_object_set(r, "name", json_object_get(json_array_get(g, 0), "name"));
-        json_decref(g);
-    } else {
-        json_object_set(r, "name", json_object_get(json_array_get(jobs, 0), "name"));
+    json_object_set_new(r, "kind", json_string(any_grid ? "grid" : "job"));
+    /* its name; several targets: each with its id, joined by " + " */
+    char name[1024] = "";
+    for (size_t k = 0; k < t.n; k++) {
+        json_t *row = query_rows(d, t.kind[k] == 'g' ? "SELECT name FROM grids WHERE id=?1"
+                                                     : "SELECT name FROM jobs WHERE id=?1",
+                                 t.id[k], 1);
+        size_t at = strlen(name);
+        if (t.n == 1)
+            snprintf(name, sizeof name, "%s", jstr(json_array_get(row, 0), "name"));
+        else
+            snprintf(name + at, sizeof name - at, "%s%c%lld %s", k ? " + " : "", t.kind[k],
+                     (long long)t.id[k], jstr(json_array_get(row, 0), "name"));
+        json_decref(row);
     }
-    json_object_set_new(r, "target_id", json_integer(tid));
+    json_object_set_new(r, "name", json_string(name));
+    if (t.n == 1)
+        json_object_set_new(r, "target_id", json_integer(t.id[0]));
     json_object_set_new(r, "columns", json_pack("[sssssssss]", "epoch", "loss", "align", "uniform",
                                                  "collapse", "knn", "rank", "linear", "w_cos_i"));
     json_object_set_new(r, "jobs", jobs);
+    target_set_free(&t);
     rd_conn_send(c, r);
 }
 
@@ -1102,13 +1344,13 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
 
 /* The random baseline: a variant whose spec trains nothing (optim.epochs
  * 0), the row the paper compares every other with. */
-static int variant_is_baseline(rd_daemon *d, int64_t gid, const char *variant)
+static int variant_is_baseline(rd_daemon *d, const target_set *t, const char *variant)
 {
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE grid_id=? AND variant=? "
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE " IN_SET " AND variant=?2 "
                                      "ORDER BY id LIMIT 1");
     if (!st)
         return 0;
-    sqlite3_bind_int64(st, 1, gid);
+    sqlite3_bind_text(st, 1, t->set, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, variant, -1, SQLITE_TRANSIENT);
     int yes = 0;
     rw_spec *spec = malloc(sizeof *spec);
@@ -1157,26 +1399,29 @@ static void mark_worse_than_baseline(json_t *rows, json_t *reply)
 static void req_table(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
-    const char *gs = json_string_value(json_object_get(m, "grid"));
-    int64_t gid = resolve_grid(d, gs);
-    if (!gid) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no grid '%s'", gs);
+    target_set t;
+    if (targets_arg(c, id, m, "grid", "grids", 1, &t) != 0)
+        return;
+    char why[1024];
+    if (t.n > 1 && targets_disagree(d, &t, why, sizeof why) != 0) {
+        reply_error(c, id, RW_E_STATE, "%s", why);
+        target_set_free(&t);
         return;
     }
-    json_t *vars = query_rows(d, "SELECT variant, COUNT(*) AS jobs, "
-                                 "SUM(state='done') AS done FROM jobs WHERE grid_id=?1 "
-                                 "GROUP BY variant ORDER BY MIN(id)", gid, 1024);
+    json_t *vars = set_rows(d, "SELECT variant, COUNT(*) AS jobs, SUM(state='done') AS done "
+                               "FROM jobs WHERE " IN_SET " GROUP BY variant ORDER BY MIN(id)",
+                            &t, 1024);
     size_t i;
     json_t *v;
     json_array_foreach(vars, i, v)
     {
         const char *name = json_string_value(json_object_get(v, "variant"));
-        sqlite3_stmt *st = rd_db_prep(d, "SELECT id, linear_acc FROM jobs WHERE grid_id=? AND "
-                                         "variant=? AND state='done' ORDER BY id");
+        sqlite3_stmt *st = rd_db_prep(d, "SELECT id, linear_acc FROM jobs WHERE " IN_SET " AND "
+                                         "variant=?2 AND state='done' ORDER BY id");
         double al[1024], un[1024], acc[1024], rk[1024], wi[1024];
         int n = 0, nacc = 0, nrk = 0, nwi = 0;
         while (st) {
-            sqlite3_bind_int64(st, 1, gid);
+            sqlite3_bind_text(st, 1, t.set, -1, SQLITE_TRANSIENT);
             sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
             while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
                 if (job_final(d, sqlite3_column_int64(st, 0), "rank", &rk[nrk]) == 0)
@@ -1213,15 +1458,22 @@ static void req_table(rd_conn *c, long long id, json_t *m)
             json_object_set_new(v, "w_cos_i_mean", rw_json_num(mu));
             json_object_set_new(v, "w_cos_i_std", rw_json_num(sd));
         }
-        json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(d, gid, name)));
+        json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(d, &t, name)));
     }
     json_t *r = rw_msg_new("ok", id);
     mark_worse_than_baseline(vars, r);
-    json_object_set_new(r, "grid", json_integer(gid));
-    json_t *gr = query_rows(d, "SELECT name FROM grids WHERE id=?1", gid, 1);
-    json_object_set(r, "name", json_object_get(json_array_get(gr, 0), "name"));
-    json_decref(gr);
+    json_object_set_new(r, "grid", json_integer(t.id[0]));
+    json_t *grids = json_array();
+    for (size_t k = 0; k < t.n; k++) {
+        json_t *gr = query_rows(d, "SELECT id, name FROM grids WHERE id=?1", t.id[k], 1);
+        json_array_append(grids, json_array_get(gr, 0));
+        if (k == 0)
+            json_object_set(r, "name", json_object_get(json_array_get(gr, 0), "name"));
+        json_decref(gr);
+    }
+    json_object_set_new(r, "grids", grids);
     json_object_set_new(r, "rows", vars);
+    target_set_free(&t);
     rd_conn_send(c, r);
 }
 

@@ -453,19 +453,13 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
     return 0;
 }
 
-/* The canonical YAML of a job's spec without its name (the variant's) and
- * with the fields that do not apply to it at their defaults: two jobs
- * alike in this train the same. Its FNV-1a hash, or 0 when it cannot be
- * rendered. */
+/* The canonical YAML of what a job's spec trains (rw_spec_trained): two
+ * jobs alike in this train the same. Its FNV-1a hash, or 0 when it cannot
+ * be rendered. */
 static uint64_t spec_hash(const rw_spec *s, char *yaml, size_t len)
 {
-    rw_spec t = *s, d;
-    rw_spec_defaults(&d);
-    memset(t.name, 0, sizeof t.name);
-    if (t.model.predictor != RW_PRED_MLP && t.model.predictor != RW_PRED_MLP_BN)
-        t.model.pred_hidden = d.model.pred_hidden; /* no hidden layer */
-    if (t.data.kind != RW_DATA_STL10)
-        t.data.unlabeled = d.data.unlabeled; /* STL-10's split only */
+    rw_spec t;
+    rw_spec_trained(s, &t);
     if (rw_spec_to_yaml(&t, yaml, len) < 0)
         return 0;
     uint64_t h = 0xcbf29ce484222325ull;

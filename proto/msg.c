@@ -7,7 +7,8 @@
 
 #include "proto/frame.h"
 
-typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL } ftype;
+/* T_NAMES: a list of lo..hi strings of 1..128 bytes (jobs or grids) */
+typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL, T_NAMES } ftype;
 
 typedef struct {
     const char *name;
@@ -28,6 +29,8 @@ typedef struct {
 #define JOB {"job", T_INT, 1, 1, BIG}
 #define ATTEMPT {"attempt", T_INT, 1, 1, BIG}
 #define TARGET(n) {n, T_STR, 1, 1, 128}
+/* one target (n) or several (ns): the handler wants exactly one of them */
+#define TARGETS(n, ns) {n, T_STR, 0, 1, 128}, {ns, T_NAMES, 0, 1, RW_TARGETS_MAX}
 #define METRICS                                                                            \
     {"epoch", T_INT, 1, 0, 1e6}, {"step", T_INT, 1, 0, BIG}, {"loss", T_NUM_OR_NULL, 1, -BIG, BIG}, \
         {"align", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform", T_NUM_OR_NULL, 1, -BIG, BIG},        \
@@ -57,8 +60,8 @@ static const mdef msgs[] = {
      {ID, TARGET("job"), {"tail", T_INT, 0, 1, 100000}, {"follow", T_BOOL, 0, 0, 1}}},
     {"workers", RW_FROM_CLIENT, {ID}},
     {"watch", RW_FROM_CLIENT, {ID, TARGET("target")}},
-    {"table", RW_FROM_CLIENT, {ID, TARGET("grid")}},
-    {"curves", RW_FROM_CLIENT, {ID, TARGET("target")}},
+    {"table", RW_FROM_CLIENT, {ID, TARGETS("grid", "grids")}},
+    {"curves", RW_FROM_CLIENT, {ID, TARGETS("target", "targets")}},
     {"metrics", RW_FROM_CLIENT,
      {ID, TARGET("target"), {"kind", T_STR, 1, 4, 5}, {"after_job", T_INT, 0, 0, BIG},
       {"after", T_INT, 0, -1, BIG}, {"limit", T_INT, 0, 1, RW_METRICS_PAGE_MAX}}},
@@ -102,6 +105,7 @@ static const char *type_name(ftype t)
     case T_NUM: return "a number";
     case T_NUM_OR_NULL: return "a number or null";
     case T_BOOL: return "a boolean";
+    case T_NAMES: return "a list of names";
     }
     return "?";
 }
@@ -170,6 +174,16 @@ int rw_msg_check(const json_t *m, int from, const char **type, const char **code
         case T_BOOL:
             ok = json_is_boolean(v);
             break;
+        case T_NAMES: {
+            size_t k;
+            const json_t *e;
+            ok = json_is_array(v) && json_array_size(v) >= (size_t)f->lo &&
+                 json_array_size(v) <= (size_t)f->hi;
+            json_array_foreach(v, k, e) ok &= json_is_string(e) && json_string_length(e) >= 1 &&
+                                              json_string_length(e) <= 128 &&
+                                              strlen(json_string_value(e)) == json_string_length(e);
+            break;
+        }
         }
         if (!ok) {
             if (f->type == T_STR)
@@ -177,6 +191,9 @@ int rw_msg_check(const json_t *m, int from, const char **type, const char **code
                          f->hi);
             else if (f->type == T_BOOL)
                 snprintf(err, errlen, "%s: %s: must be a boolean", ts, key);
+            else if (f->type == T_NAMES)
+                snprintf(err, errlen, "%s: %s: must be a list of %.0f..%.0f strings of 1..128 bytes",
+                         ts, key, f->lo, f->hi);
             else
                 snprintf(err, errlen, "%s: %s: must be %s in [%g, %g]", ts, key, type_name(f->type),
                          f->lo, f->hi);

@@ -36,6 +36,8 @@ enum {
 /* Rows in one page of a metrics reply: ~300 bytes each in JSON, well
  * inside a frame. */
 #define RW_METRICS_PAGE_MAX 2000
+/* Jobs and grids one table or curves request may merge. */
+#define RW_TARGETS_MAX 64
 
 /* Rendezvous key-value store (kv_set / kv_get, scoped to one job attempt):
  * keys are 1..128 printable ASCII bytes; values are binary, carried as

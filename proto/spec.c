@@ -1181,3 +1181,41 @@ int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen) {
     }
     return b.overflow ? -1 : (int)b.len;
 }
+
+void rw_spec_trained(const rw_spec *s, rw_spec *out) {
+    rw_spec d;
+    rw_spec_defaults(&d);
+    *out = *s;
+    memset(out->name, 0, sizeof out->name);
+    if (out->model.predictor != RW_PRED_MLP && out->model.predictor != RW_PRED_MLP_BN)
+        out->model.pred_hidden = d.model.pred_hidden; /* no hidden layer */
+    if (out->data.kind != RW_DATA_STL10)
+        out->data.unlabeled = d.data.unlabeled; /* STL-10's split only */
+}
+
+/* The YAML is two spaces a level, one field a line, lists inline. */
+int rw_spec_flatten(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max) {
+    char *yaml = malloc(RW_SPEC_YAML_MAX), *save = NULL;
+    if (!yaml || rw_spec_to_yaml(s, yaml, RW_SPEC_YAML_MAX) < 0) {
+        free(yaml);
+        return -1;
+    }
+    char path[8][64];
+    int n = 0;
+    for (char *line = strtok_r(yaml, "\n", &save); line && n < max;
+         line = strtok_r(NULL, "\n", &save)) {
+        int ind = 0;
+        while (line[ind] == ' ') ind++;
+        int depth = ind / 2;
+        char *colon = strchr(line + ind, ':');
+        if (depth >= 8 || !colon) continue;
+        snprintf(path[depth], sizeof path[depth], "%.*s", (int)(colon - line - ind), line + ind);
+        if (colon[1] == 0) continue; /* a mapping's key: its fields follow, one level in */
+        char key[8 * 65] = "";
+        for (int k = 0; k <= depth; k++)
+            snprintf(key + strlen(key), sizeof key - strlen(key), "%s%s", k ? "." : "", path[k]);
+        snprintf(out[n++], RW_SPEC_FIELD_MAX, "%s:%s", key, colon + 1);
+    }
+    free(yaml);
+    return n;
+}

@@ -200,6 +200,18 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
 #define RW_SPEC_YAML_MAX 16384
 int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen);
 
+/* The spec as what it trains: the name cleared, and the fields that do not
+ * apply to it at their defaults (model.predictor_hidden without an MLP
+ * predictor, data.unlabeled off STL-10). Two specs alike after this train
+ * the same. */
+void rw_spec_trained(const rw_spec *s, rw_spec *out);
+
+/* The canonical YAML as "a.b.c: value" lines, one per field (a mapping's
+ * own line is not one), at most max of them, into out. Their number, or -1
+ * when the spec cannot be rendered. */
+#define RW_SPEC_FIELD_MAX 256
+int rw_spec_flatten(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max);
+
 /* Names for printing. */
 const char *rw_predictor_name(rw_predictor p);
 const char *rw_loss_kind_name(rw_loss_kind k);

@@ -1026,6 +1026,166 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
               "%s", out);
 }
 
+/* One request's reply, m sent whole. */
+static json_t *ask(json_t *m)
+{
+    rw_frame_reader r;
+    int fd = client(&r);
+    json_t *rep = request(fd, &r, m);
+    close(fd);
+    rw_frame_reader_free(&r);
+    return rep;
+}
+
+static json_t *ask_table(const char *a, const char *b)
+{
+    json_t *m = rw_msg_new("table", 2);
+    json_object_set_new(m, "grids", json_pack("[ss]", a, b));
+    return ask(m);
+}
+
+static void expect_error(json_t *rep, const char *code, const char *text)
+{
+    const char *msg = json_string_value(json_object_get(rep, "message"));
+    cr_assert(!strcmp(json_string_value(json_object_get(rep, "type")), "error") &&
+                  !strcmp(json_string_value(json_object_get(rep, "code")), code) && msg &&
+                  strstr(msg, text),
+              "want %s error with '%s', got %s", code, text, json_dumps(rep, 0));
+    json_decref(rep);
+}
+
+/* Seeds added in a later grid: `table`, `plot` and `sphere` over several
+ * grids merge their jobs by variant, but only where each variant is one
+ * experiment (the same spec but the seed) and no seed counts twice. */
+Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teardown,
+     .timeout = 120)
+{
+    const char *variants = "  variant:\n"
+                           "    - {name: base, optim: {epochs: 0}}\n"
+                           "    - {name: byol}\n";
+    char axes[512], out[16384];
+    snprintf(axes, sizeof axes, "  seed: [0]\n%s", variants);
+    submit_grid("first", 2, 0, axes);
+    snprintf(axes, sizeof axes, "  seed: [1]\n%s", variants);
+    submit_grid("more", 2, 0, axes);
+    /* the same names, but byol at another learning rate; and seed 0 again */
+    submit_grid("other", 2, 0, "  seed: [1]\n  variant:\n    - {name: byol, optim: {lr: 1.0e-3}}\n");
+    snprintf(axes, sizeof axes, "  seed: [0]\n%s", variants);
+    submit_grid("again", 2, 0, axes);
+    wait_for("done", "SELECT COUNT(*) FROM jobs WHERE state='done'", 0, 7, 90);
+
+    /* j2 (first, byol seed 0) and j4 (more, byol seed 1): L_uniform -1 and -3 */
+    char p[128];
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE metrics SET uniform=-1.0 WHERE job_id=2; "
+                                  "UPDATE metrics SET uniform=-3.0 WHERE job_id=4; "
+                                  "UPDATE jobs SET linear_acc=0.5 WHERE id=2; "
+                                  "UPDATE jobs SET linear_acc=0.7 WHERE id=4",
+                              NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+
+    json_t *t = ask_table("first", "more");
+    cr_assert_str_eq(json_string_value(json_object_get(t, "type")), "ok", "%s", json_dumps(t, 0));
+    json_t *rows = json_object_get(t, "rows");
+    cr_assert_eq(json_array_size(rows), 2);
+    cr_assert_eq(json_array_size(json_object_get(t, "grids")), 2);
+    for (size_t k = 0; k < 2; k++) {
+        json_t *row = json_array_get(rows, k);
+        cr_assert_str_eq(json_string_value(json_object_get(row, "variant")), k ? "byol" : "base");
+        cr_assert_eq(json_integer_value(json_object_get(row, "n")), 2);
+        cr_assert_eq(json_integer_value(json_object_get(row, "jobs")), 2);
+    }
+    json_t *byol = json_array_get(rows, 1);
+    cr_assert_float_eq(json_number_value(json_object_get(byol, "uniform_mean")), -2.0, 1e-12);
+    cr_assert_float_eq(json_number_value(json_object_get(byol, "uniform_std")), sqrt(2.0), 1e-12);
+    cr_assert_float_eq(json_number_value(json_object_get(byol, "acc_mean")), 0.6, 1e-12);
+    cr_assert(json_is_true(json_object_get(json_array_get(rows, 0), "baseline")));
+    json_decref(t);
+    int rc = cli(out, sizeof out, 20, "table", "first", "g2", NULL);
+    cr_assert(rc == 0 && strstr(out, "grids g1 first + g2 more: mean") &&
+                  strstr(out, "byol                   2/2  ") && strstr(out, "-2.000 ± 1.414") &&
+                  strstr(out, "60.00 ± 14.14%"),
+              "%s", out);
+    /* one grid alone, as before */
+    rc = cli(out, sizeof out, 20, "table", "more", NULL);
+    cr_assert(rc == 0 && strstr(out, "grid g2 more: mean") && strstr(out, "-3.000 ± 0.000"), "%s",
+              out);
+
+    /* byol of `other` is another experiment: the field that differs, named */
+    expect_error(ask_table("first", "other"), RW_E_STATE,
+                 "variant 'byol' is not the same experiment in g1 and g3: optim.lr is 0.0003 in "
+                 "g1 (j2), 0.001 in g3 (j5); table them apart");
+    /* `again` trains seed 0 of both variants again */
+    expect_error(ask_table("again", "first"), RW_E_STATE,
+                 "variant 'base' seed 0 finished twice (j1 and j6)");
+    rc = cli(out, sizeof out, 20, "table", "first", "other", NULL);
+    cr_assert(rc != 0 && strstr(out, "optim.lr"), "%s", out);
+
+    /* the request names one grid or several, not both, not neither */
+    json_t *m = rw_msg_new("table", 2);
+    json_object_set_new(m, "grid", json_string("first"));
+    json_object_set_new(m, "grids", json_pack("[s]", "more"));
+    expect_error(ask(m), RW_E_BAD_MESSAGE, "give grid or grids, not both");
+    expect_error(ask(rw_msg_new("table", 2)), RW_E_BAD_MESSAGE, "not neither");
+    m = rw_msg_new("table", 2);
+    json_object_set_new(m, "grids", json_array());
+    expect_error(ask(m), RW_E_BAD_MESSAGE, "grids: must be a list of 1..64 strings");
+    expect_error(ask_table("first", "nosuch"), RW_E_NOT_FOUND, "no grid 'nosuch'");
+    expect_error(ask_table("first", "j2"), RW_E_NOT_FOUND, "no grid 'j2'");
+    /* a grid named twice is one */
+    t = ask_table("first", "g1");
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(json_object_get(t, "rows"), 1),
+                                                    "n")), 1);
+    json_decref(t);
+
+    /* curves: every job of the targets, grouped by variant; a job alone
+     * with a grid is checked as the grid's */
+    m = rw_msg_new("curves", 2);
+    json_object_set_new(m, "targets", json_pack("[ss]", "first", "j4"));
+    t = ask(m);
+    cr_assert_str_eq(json_string_value(json_object_get(t, "kind")), "grid");
+    cr_assert_str_eq(json_string_value(json_object_get(t, "name")), "g1 first + j4 more/byol/seed1");
+    cr_assert_null(json_object_get(t, "target_id"));
+    cr_assert_eq(json_array_size(json_object_get(t, "jobs")), 3);
+    json_decref(t);
+    m = rw_msg_new("curves", 2);
+    json_object_set_new(m, "targets", json_pack("[ss]", "first", "j5"));
+    expect_error(ask(m), RW_E_STATE, "variant 'byol' is not the same experiment");
+    /* jobs alone are drawn each as itself: no check */
+    m = rw_msg_new("curves", 2);
+    json_object_set_new(m, "targets", json_pack("[ss]", "j2", "j5"));
+    t = ask(m);
+    cr_assert_str_eq(json_string_value(json_object_get(t, "kind")), "job");
+    json_decref(t);
+
+    /* plot: the mean of the two seeds' curves per variant */
+    char data[160], curve[200];
+    snprintf(data, sizeof data, "%s/plotdata", dir);
+    rc = cli(out, sizeof out, 60, "plot", "first", "more", "--data", data, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    snprintf(curve, sizeof curve, "%s/curve1.dat", data);
+    FILE *f = fopen(curve, "r");
+    cr_assert_not_null(f, "no %s", curve);
+    char line[1024];
+    int found = 0;
+    cr_assert(fgets(line, sizeof line, f) && !strcmp(line, "# byol: mean over 2 jobs per epoch "
+                                                         "('?': none reported)\n"), "%s", line);
+    while (fgets(line, sizeof line, f)) {
+        double ep, loss, align, unif;
+        if (line[0] != '#' && sscanf(line, "%lf %lf %lf %lf", &ep, &loss, &align, &unif) == 4) {
+            cr_expect_float_eq(unif, -2.0, 1e-6, "epoch %g: %s", ep, line);
+            found++;
+        }
+    }
+    fclose(f);
+    cr_assert_eq(found, 2, "byol's two epochs in %s", curve);
+    rc = cli(out, sizeof out, 60, "plot", "first", "other", NULL);
+    cr_assert(rc != 0 && strstr(out, "not the same experiment"), "%s", out);
+}
+
 /* logs --follow prints the tail, then every new line as it comes, and
  * ends with the job: the same lines, in the same order, as the whole log
  * read afterwards. */

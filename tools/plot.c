@@ -263,11 +263,13 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
     }
     const char *kind = json_string_value(json_object_get(curves, "kind"));
     const char *name = json_string_value(json_object_get(curves, "name"));
-    char title[512];
-    snprintf(title, sizeof title, "%s %c%lld %s: %s per epoch", kind ? kind : "?",
-             kind && !strcmp(kind, "grid") ? 'g' : 'j',
-             (long long)json_integer_value(json_object_get(curves, "target_id")), name ? name : "",
-             kind && !strcmp(kind, "grid") ? "mean over seeds" : "metrics");
+    char title[1200], id[32] = "";
+    const json_t *tid = json_object_get(curves, "target_id"); /* absent: several targets */
+    if (tid)
+        snprintf(id, sizeof id, "%c%lld ", kind && !strcmp(kind, "grid") ? 'g' : 'j',
+                 (long long)json_integer_value(tid));
+    snprintf(title, sizeof title, "%s%s %s%s: %s per epoch", kind ? kind : "?", tid ? "" : "s", id,
+             name ? name : "", kind && !strcmp(kind, "grid") ? "mean over seeds" : "metrics");
     fprintf(f, "# written by runaway plot; run in this folder: gnuplot plot.gp\n");
     fprintf(f, "set datafile missing '?'\nset xlabel 'epoch'\nset grid\n");
     fprintf(f, "set style data linespoints\nset pointsize 0.5\n");

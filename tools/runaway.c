@@ -51,16 +51,17 @@ static void usage(FILE *f)
             "                                       -f: then new ones until the job has ended\n"
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
-            "  table GRID [--format text|csv|markdown]\n"
-            "                                       per variant: mean +- std over seeds\n"
-            "  plot JOB|GRID [-o OUT.png] [--every S] [--data DIR] [--size COLSxROWS]\n"
+            "  table GRID... [--format text|csv|markdown]\n"
+            "                                       per variant: mean +- std over seeds (several\n"
+            "                                       grids: their jobs by variant name)\n"
+            "  plot JOB|GRID... [-o OUT.png] [--every S] [--data DIR] [--size COLSxROWS]\n"
             "                                       curves per epoch (loss, L_align, L_uniform,\n"
             "                                       collapse, kNN, rank, linear eval, the align-\n"
             "                                       uniform trace, cos(W,I); per variant, mean\n"
             "                                       over seeds)\n"
             "                                       by gnuplot: a PNG, or text without -o; --every S\n"
             "                                       redraws until every job has ended\n"
-            "  sphere JOB|GRID [-o OUT.png] [--samples N] [--snapshots K] [--data DIR]\n"
+            "  sphere JOB|GRID... [-o OUT.png] [--samples N] [--snapshots K] [--data DIR]\n"
             "         [--backend auto|cpu|cuda]\n"
             "                                       the paper's Figure 3: f(x) of N training images\n"
             "                                       by PCA onto the circle, per variant (its lowest\n"
@@ -401,31 +402,12 @@ static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
 /* ------------------------------------------------------------------------ */
 /* submit --dry-run */
 
-/* The canonical YAML of a spec (two spaces a level, one field a line,
- * lists inline) as "a.b.c: value" lines, into out; the number of lines. */
-static int flatten_spec(const rw_spec *s, char (*out)[256], int max)
+/* rw_spec_flatten, or the end of a dry run */
+static int flatten_spec(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max)
 {
-    static char yaml[RW_SPEC_YAML_MAX];
-    if (rw_spec_to_yaml(s, yaml, sizeof yaml) < 0)
+    int n = rw_spec_flatten(s, out, max);
+    if (n < 0)
         die("dry run: spec too large to render");
-    char path[8][64];
-    int n = 0;
-    for (char *line = strtok(yaml, "\n"); line && n < max; line = strtok(NULL, "\n")) {
-        int ind = 0;
-        while (line[ind] == ' ')
-            ind++;
-        int depth = ind / 2;
-        char *colon = strstr(line + ind, ":");
-        if (depth >= 8 || !colon)
-            continue;
-        snprintf(path[depth], sizeof path[depth], "%.*s", (int)(colon - line - ind), line + ind);
-        if (colon[1] == 0)
-            continue; /* a mapping's key: its fields follow, one level in */
-        char key[512] = "";
-        for (int k = 0; k <= depth; k++)
-            snprintf(key + strlen(key), sizeof key - strlen(key), "%s%s", k ? "." : "", path[k]);
-        snprintf(out[n++], 256, "%s:%s", key, colon + 1);
-    }
     return n;
 }
 
@@ -438,7 +420,8 @@ static int dry_run(const char *path)
     rw_grid g;
     free(read_grid(path, &g, basedir));
     enum { MAXF = 256 };
-    char(*first)[256] = calloc(MAXF, 256), (*cur)[256] = calloc(MAXF, 256);
+    char(*first)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX),
+         (*cur)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX);
     int *varies = calloc(MAXF, sizeof *varies);
     if (!first || !cur || !varies)
         die("out of memory");
@@ -1012,16 +995,32 @@ static int any_w(const json_t *rows)
     return 0;
 }
 
-static void print_table(conn *c, const char *grid)
+/* One target as `one`, several as the list `many` (their jobs merged by
+ * variant). */
+static void set_targets(json_t *m, const char *one, const char *many, char *const *t, int nt)
+{
+    if (nt == 1) {
+        json_object_set_new(m, one, json_string(t[0]));
+        return;
+    }
+    json_t *l = json_array();
+    for (int k = 0; k < nt; k++)
+        json_array_append_new(l, json_string(t[k]));
+    json_object_set_new(m, many, l);
+}
+
+static void print_table(conn *c, char *const *grids, int ng)
 {
     json_t *m = req_new("table");
-    json_object_set_new(m, "grid", json_string(grid));
+    set_targets(m, "grid", "grids", grids, ng);
     json_t *r = request(c, m);
-    printf("grid g%lld %s: mean ± std over seeds; L_align(q.f) and L_uniform(f) averaged over the "
-           "last 10 epochs, the effective rank of f at the end\n",
-           jint(r, "grid"), jstr(r, "name"));
     size_t i;
     json_t *v;
+    printf("grid%s ", json_array_size(json_object_get(r, "grids")) > 1 ? "s" : "");
+    json_array_foreach(json_object_get(r, "grids"), i, v)
+        printf("%sg%lld %s", i ? " + " : "", jint(v, "id"), jstr(v, "name"));
+    printf(": mean ± std over seeds; L_align(q.f) and L_uniform(f) averaged over the "
+           "last 10 epochs, the effective rank of f at the end\n");
     int w = 20; /* the longest variant's name (a sweep's are long) */
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
@@ -1069,10 +1068,10 @@ static void cell(char *out, size_t len, const json_t *row, const char *key, doub
 
 /* The table for a paper or a spreadsheet: csv (one header line, then a row
  * per variant, accuracy in %) or markdown (a pipe table, mean ± std). */
-static void print_table_as(conn *c, const char *grid, const char *fmt)
+static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
 {
     json_t *m = req_new("table");
-    json_object_set_new(m, "grid", json_string(grid));
+    set_targets(m, "grid", "grids", grids, ng);
     json_t *r = request(c, m);
     int csv = !strcmp(fmt, "csv"), ws = any_w(json_object_get(r, "rows"));
     if (csv)
@@ -1233,28 +1232,39 @@ static int cmd_metrics(int n, char **a)
     return 0;
 }
 
+/* The targets of table, plot or sphere: the arguments that are no option,
+ * at most RW_TARGETS_MAX. */
+static void add_target(const char *cmd, char **t, int *nt, char *arg)
+{
+    if (*nt == RW_TARGETS_MAX)
+        die("%s: at most %d jobs or grids at once", cmd, RW_TARGETS_MAX);
+    t[(*nt)++] = arg;
+}
+
 static int cmd_table(int n, char **a)
 {
-    const char *grid = NULL, *fmt = "text";
+    const char *fmt = "text";
+    char *grids[RW_TARGETS_MAX];
+    int ng = 0;
     for (int k = 0; k < n; k++) {
         if (!strcmp(a[k], "--format") && k + 1 < n) {
             fmt = a[++k];
             if (strcmp(fmt, "text") && strcmp(fmt, "csv") && strcmp(fmt, "markdown"))
                 die("table: --format is text, csv or markdown, not '%s'", fmt);
-        } else if (a[k][0] == '-' || grid) {
+        } else if (a[k][0] == '-') {
             die("table: unexpected argument '%s'", a[k]);
         } else {
-            grid = a[k];
+            add_target("table", grids, &ng, a[k]);
         }
     }
-    if (!grid)
+    if (!ng)
         die("table: which grid?");
     conn c;
     need_conn(&c);
     if (!strcmp(fmt, "text"))
-        print_table(&c, grid);
+        print_table(&c, grids, ng);
     else
-        print_table_as(&c, grid, fmt);
+        print_table_as(&c, grids, ng, fmt);
     conn_close(&c);
     return 0;
 }
@@ -1381,7 +1391,9 @@ static int snapshot_epochs(const char *run_dir, int k, int *out)
 
 static int cmd_sphere(int n, char **a)
 {
-    const char *target = NULL, *out = NULL, *data_dir = NULL, *backend = "auto";
+    const char *out = NULL, *data_dir = NULL, *backend = "auto";
+    char *targets[RW_TARGETS_MAX];
+    int nt = 0;
     long samples = 2048, snaps = 0;
     for (int k = 0; k < n; k++) {
         char *end;
@@ -1401,17 +1413,17 @@ static int cmd_sphere(int n, char **a)
             snaps = strtol(a[++k], &end, 10);
             if (*end || snaps < 1 || snaps > 12)
                 die("sphere: --snapshots takes 1..12 (epochs per job), not '%s'", a[k]);
-        } else if (a[k][0] == '-' || target)
+        } else if (a[k][0] == '-')
             die("sphere: unexpected argument '%s'", a[k]);
         else
-            target = a[k];
+            add_target("sphere", targets, &nt, a[k]);
     }
-    if (!target)
+    if (!nt)
         die("sphere: which job or grid?");
     conn c;
     need_conn(&c);
     json_t *m = req_new("curves");
-    json_object_set_new(m, "target", json_string(target));
+    set_targets(m, "target", "targets", targets, nt);
     json_t *r = request(&c, m);
     int by_job = !strcmp(jstr(r, "kind"), "job");
     json_t *jobs = json_object_get(r, "jobs");
@@ -1495,8 +1507,12 @@ static int cmd_sphere(int n, char **a)
     free(ep);
     free(ne);
     free(run_dir);
+    char what[512] = ""; /* the targets as typed */
+    for (int k = 0; k < nt; k++)
+        snprintf(what + strlen(what), sizeof what - strlen(what), "%s%s", k ? " + " : "",
+                 targets[k]);
     printf("%s %s: projections f(x) of %ld training images, PCA to 2-D, on the unit circle\n",
-           jstr(r, "kind"), target, samples);
+           jstr(r, "kind"), what, samples);
     printf("%-28s %-7s %5s %8s %10s %9s  %s\n", by_job ? "job" : "variant", "job", "seed", "R",
            "L_uniform", "densest", "PCA share");
     for (int k = 0; k < total; k++)
@@ -1510,12 +1526,12 @@ static int cmd_sphere(int n, char **a)
            "(lower: more uniform); densest: share of points on the fullest 45-degree arc\n");
     int rc = 0;
     if (ndone == 0) {
-        fprintf(stderr, "runaway: sphere: %s has no finished job\n", target);
+        fprintf(stderr, "runaway: sphere: %s has no finished job\n", what);
         rc = 1;
     } else if (out) {
         char title[256];
         snprintf(title, sizeof title, "%s %s: representations on the circle (PCA of f(x), %ld "
-                 "training images; red: two views of a sample)", jstr(r, "kind"), target, samples);
+                 "training images; red: two views of a sample)", jstr(r, "kind"), what, samples);
         if (rw_sphere_draw(p, total, snaps ? cols : 0, title, dir, out_tmp, err, sizeof err) != 0 ||
             rw_gnuplot_run(rw_gnuplot_prog(NULL), dir, err, sizeof err) != 0 ||
             rename(out_tmp, out_abs) != 0) {
@@ -1539,7 +1555,8 @@ static int cmd_sphere(int n, char **a)
  * job is queued or running (a PNG viewer that reloads shows it live). */
 static int cmd_plot(int n, char **a)
 {
-    const char *target = NULL;
+    char *targets[RW_TARGETS_MAX];
+    int nt = 0;
     rw_plot_opts o = {.cols = 90, .rows = 22};
     double every = 0;
     for (int k = 0; k < n; k++) {
@@ -1556,18 +1573,18 @@ static int cmd_plot(int n, char **a)
             if (sscanf(a[++k], "%dx%d", &o.cols, &o.rows) != 2 || o.cols < 20 || o.rows < 8 ||
                 o.cols > 1000 || o.rows > 500)
                 die("plot: --size takes COLSxROWS (at least 20x8), not '%s'", a[k]);
-        } else if (a[k][0] == '-' || target)
+        } else if (a[k][0] == '-')
             die("plot: unexpected argument '%s'", a[k]);
         else
-            target = a[k];
+            add_target("plot", targets, &nt, a[k]);
     }
-    if (!target)
+    if (!nt)
         die("plot: which job or grid?");
     conn c;
     need_conn(&c);
     for (;;) {
         json_t *m = req_new("curves");
-        json_object_set_new(m, "target", json_string(target));
+        set_targets(m, "target", "targets", targets, nt);
         json_t *r = request(&c, m);
         int live = 0;
         size_t i;
@@ -1658,7 +1675,8 @@ static int cmd_run(const char *path, int dargc, char **dargv)
     fflush(stdout);
     int rc = watch(&c, grid);
     printf("\n");
-    print_table(&c, grid);
+    char *one[1] = {grid};
+    print_table(&c, one, 1);
     conn_close(&c);
     if (rc)
         fprintf(stderr, "runaway: not every job of %s finished: see `runaway ls %s`\n", grid, grid);

@@ -1184,6 +1184,17 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
     cr_assert_eq(found, 2, "byol's two epochs in %s", curve);
     rc = cli(out, sizeof out, 60, "plot", "first", "other", NULL);
     cr_assert(rc != 0 && strstr(out, "not the same experiment"), "%s", out);
+
+    /* metrics: one header, every job's rows once (j2 is in first, and named) */
+    rc = cli(out, sizeof out, 20, "metrics", "first", "j2", "more", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    int header = 0, j2 = 0, j4 = 0;
+    for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        header += !strncmp(l, "job,name,", 9);
+        j2 += !strncmp(l, "j2,first/byol/seed0,byol,0,", 27);
+        j4 += !strncmp(l, "j4,more/byol/seed1,byol,1,", 26);
+    }
+    cr_assert(header == 1 && j2 == 2 && j4 == 2, "%d %d %d\n%s", header, j2, j4, out);
 }
 
 /* logs --follow prints the tail, then every new line as it comes, and

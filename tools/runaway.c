@@ -67,7 +67,7 @@ static void usage(FILE *f)
             "                                       by PCA onto the circle, per variant (its lowest\n"
             "                                       finished seed); spread numbers, and a PNG with -o;\n"
             "                                       --snapshots K: a row of K epochs per variant\n"
-            "  metrics JOB|GRID [--steps] [-o OUT.csv]\n"
+            "  metrics JOB|GRID... [--steps] [-o OUT.csv]\n"
             "                                       every epoch's (--steps: step's) metrics as CSV,\n"
             "                                       the newest row of each per job\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
@@ -1147,21 +1147,31 @@ static void metrics_tmp_remove(void)
         unlink(metrics_tmp);
 }
 
+/* The targets of table, plot, sphere or metrics: the arguments that are no
+ * option, at most RW_TARGETS_MAX. */
+static void add_target(const char *cmd, char **t, int *nt, char *arg)
+{
+    if (*nt == RW_TARGETS_MAX)
+        die("%s: at most %d jobs or grids at once", cmd, RW_TARGETS_MAX);
+    t[(*nt)++] = arg;
+}
+
 static int cmd_metrics(int n, char **a)
 {
-    const char *target = NULL, *out = NULL;
-    int steps = 0;
+    const char *out = NULL;
+    char *targets[RW_TARGETS_MAX];
+    int steps = 0, nt = 0;
     for (int k = 0; k < n; k++) {
         if (!strcmp(a[k], "-o") && k + 1 < n)
             out = a[++k];
         else if (!strcmp(a[k], "--steps"))
             steps = 1;
-        else if (a[k][0] == '-' || target)
+        else if (a[k][0] == '-')
             die("metrics: unexpected argument '%s'", a[k]);
         else
-            target = a[k];
+            add_target("metrics", targets, &nt, a[k]);
     }
-    if (!target)
+    if (!nt)
         die("metrics: which job or grid?");
     /* a temporary file renamed into place: a failed export leaves no half file */
     FILE *f = stdout;
@@ -1177,51 +1187,63 @@ static int cmd_metrics(int n, char **a)
     }
     conn c;
     need_conn(&c);
-    json_t *jobs = NULL;
-    long long after_job = -1, after = -1, rows = 0;
-    for (;;) {
-        json_t *m = req_new("metrics");
-        json_object_set_new(m, "target", json_string(target));
-        json_object_set_new(m, "kind", json_string(steps ? "step" : "epoch"));
-        if (after_job >= 0) {
-            json_object_set_new(m, "after_job", json_integer(after_job));
-            json_object_set_new(m, "after", json_integer(after));
-        }
-        json_t *r = request(&c, m);
-        if (!jobs) { /* the first page: the target exists */
-            jobs = json_incref(json_object_get(r, "jobs"));
-            fprintf(f, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
-                       "pairs_per_s,tau,lr,rank,linear,w_cos_i,w_asym\n");
-        }
-        size_t i;
-        json_t *row;
-        json_array_foreach(json_object_get(r, "rows"), i, row)
-        {
-            long long job = (long long)json_integer_value(json_array_get(row, 0));
-            const json_t *info = job_info(jobs, job);
-            /* names are [A-Za-z0-9_.-/]: no quoting needed */
-            fprintf(f, "j%lld,%s,%s,%lld", job, info ? jstr(info, "name") : "",
-                    info ? jstr(info, "variant") : "", info ? jint(info, "seed") : -1);
-            for (size_t k = 1; k < json_array_size(row); k++) {
-                const json_t *v = json_array_get(row, k);
-                if (json_is_integer(v))
-                    fprintf(f, ",%lld", (long long)json_integer_value(v));
-                else if (json_is_number(v))
-                    fprintf(f, ",%.9g", json_number_value(v));
-                else
-                    fputc(',', f);
+    /* each target in turn; a job that an earlier one had is written once */
+    json_t *done = json_object();
+    long long rows = 0;
+    fprintf(f, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
+               "pairs_per_s,tau,lr,rank,linear,w_cos_i,w_asym\n");
+    for (int t = 0; t < nt; t++) {
+        json_t *jobs = NULL, *mine = json_object();
+        long long after_job = -1, after = -1;
+        for (;;) {
+            json_t *m = req_new("metrics");
+            json_object_set_new(m, "target", json_string(targets[t]));
+            json_object_set_new(m, "kind", json_string(steps ? "step" : "epoch"));
+            if (after_job >= 0) {
+                json_object_set_new(m, "after_job", json_integer(after_job));
+                json_object_set_new(m, "after", json_integer(after));
             }
-            fputc('\n', f);
-            after_job = job;
-            after = (long long)json_integer_value(json_array_get(row, steps ? 2 : 1));
-            rows++;
+            json_t *r = request(&c, m);
+            if (!jobs) /* the first page */
+                jobs = json_incref(json_object_get(r, "jobs"));
+            size_t i;
+            json_t *row;
+            json_array_foreach(json_object_get(r, "rows"), i, row)
+            {
+                long long job = (long long)json_integer_value(json_array_get(row, 0));
+                const json_t *info = job_info(jobs, job);
+                char key[32];
+                snprintf(key, sizeof key, "%lld", job);
+                after_job = job;
+                after = (long long)json_integer_value(json_array_get(row, steps ? 2 : 1));
+                if (json_object_get(done, key))
+                    continue;
+                json_object_set_new(mine, key, json_true());
+                /* names are [A-Za-z0-9_.-/]: no quoting needed */
+                fprintf(f, "j%lld,%s,%s,%lld", job, info ? jstr(info, "name") : "",
+                        info ? jstr(info, "variant") : "", info ? jint(info, "seed") : -1);
+                for (size_t k = 1; k < json_array_size(row); k++) {
+                    const json_t *v = json_array_get(row, k);
+                    if (json_is_integer(v))
+                        fprintf(f, ",%lld", (long long)json_integer_value(v));
+                    else if (json_is_number(v))
+                        fprintf(f, ",%.9g", json_number_value(v));
+                    else
+                        fputc(',', f);
+                }
+                fputc('\n', f);
+                rows++;
+            }
+            int more = json_is_true(json_object_get(r, "more"));
+            json_decref(r);
+            if (!more)
+                break;
         }
-        int more = json_is_true(json_object_get(r, "more"));
-        json_decref(r);
-        if (!more)
-            break;
+        json_object_update(done, mine);
+        json_decref(mine);
+        json_decref(jobs);
     }
-    json_decref(jobs);
+    json_decref(done);
     conn_close(&c);
     if (out) {
         if (fclose(f) != 0 || rename(metrics_tmp, out) != 0)
@@ -1230,15 +1252,6 @@ static int cmd_metrics(int n, char **a)
         fprintf(stderr, "wrote %s: %lld rows\n", out, rows);
     }
     return 0;
-}
-
-/* The targets of table, plot or sphere: the arguments that are no option,
- * at most RW_TARGETS_MAX. */
-static void add_target(const char *cmd, char **t, int *nt, char *arg)
-{
-    if (*nt == RW_TARGETS_MAX)
-        die("%s: at most %d jobs or grids at once", cmd, RW_TARGETS_MAX);
-    t[(*nt)++] = arg;
 }
 
 static int cmd_table(int n, char **a)

@@ -65,7 +65,8 @@ static const mdef msgs[] = {
     {"metrics", RW_FROM_CLIENT,
      {ID, TARGET("target"), {"kind", T_STR, 1, 4, 5}, {"after_job", T_INT, 0, 0, BIG},
       {"after", T_INT, 0, -1, BIG}, {"limit", T_INT, 0, 1, RW_METRICS_PAGE_MAX}}},
-    {"export", RW_FROM_CLIENT, {ID, TARGET("job")}},
+    {"export", RW_FROM_CLIENT,
+     {ID, TARGET("job"), {"offset", T_INT, 0, 0, BIG}, {"length", T_INT, 0, 1, RW_EXPORT_CHUNK}}},
     {"status", RW_FROM_CLIENT, {ID}},
     {"shutdown", RW_FROM_CLIENT, {ID}},
     /* worker reports */

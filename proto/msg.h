@@ -36,6 +36,9 @@ enum {
 /* Rows in one page of a metrics reply: ~300 bytes each in JSON, well
  * inside a frame. */
 #define RW_METRICS_PAGE_MAX 2000
+/* Bytes of a checkpoint in one export reply, as hex: 768 KiB of text,
+ * inside a frame. */
+#define RW_EXPORT_CHUNK (384 * 1024)
 /* Jobs and grids one table or curves request may merge. */
 #define RW_TARGETS_MAX 64
 

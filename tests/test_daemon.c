@@ -646,6 +646,85 @@ static json_t *metrics_page(const char *target, const char *kind, long long afte
 /* runaway metrics on the finished 2 x 2 grid g1 (2 epochs each): one CSV
  * row per job and epoch with the stored values (the newest row of each),
  * pages that join without a gap or a repeat, and clear errors. */
+static json_t *ask(json_t *m);
+static void expect_error(json_t *rep, const char *code, const char *text);
+
+/* Whole file into a malloc'd buffer; its size in *n. */
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    long len = ftell(f);
+    rewind(f);
+    unsigned char *b = malloc(len > 0 ? (size_t)len : 1);
+    cr_assert(b && fread(b, 1, (size_t)len, f) == (size_t)len);
+    fclose(f);
+    *n = (size_t)len;
+    return b;
+}
+
+/* export j1 from a client that cannot read the run folder (another host):
+ * the checkpoint comes over the socket in chunks, and the weights written
+ * are those of an export on runawayd's host (`local`), byte for byte. The
+ * client's view is a mount namespace with a tmpfs over runs/ (root only:
+ * elsewhere the protocol alone is checked). */
+static void check_export_remote(const char *local)
+{
+    char ckpt[160];
+    snprintf(ckpt, sizeof ckpt, "%s/runs/1/checkpoint.safetensors", dir);
+    size_t size;
+    unsigned char *bytes = slurp(ckpt, &size);
+    cr_assert_gt(size, 2000);
+    /* a chunk: the file's bytes at the offset */
+    json_t *m = rw_msg_new("export", 2);
+    json_object_set_new(m, "job", json_string("j1"));
+    json_object_set_new(m, "offset", json_integer(1000));
+    json_object_set_new(m, "length", json_integer(500));
+    json_t *r = ask(m);
+    const char *hex = json_string_value(json_object_get(r, "data"));
+    cr_assert(hex && strlen(hex) == 1000, "%s", json_dumps(r, 0));
+    unsigned char got[500];
+    size_t n;
+    cr_assert_eq(rw_hex_decode(hex, 1000, got, sizeof got, &n), 0);
+    cr_assert(n == 500 && !memcmp(got, bytes + 1000, 500), "chunk at 1000 differs");
+    cr_assert_eq(json_integer_value(json_object_get(r, "size")), (json_int_t)size);
+    json_decref(r);
+    m = rw_msg_new("export", 2);
+    json_object_set_new(m, "job", json_string("j1"));
+    json_object_set_new(m, "offset", json_integer((json_int_t)size + 1));
+    expect_error(ask(m), RW_E_BAD_MESSAGE, "is past the checkpoint's");
+    free(bytes);
+
+    char script[2048], exe[1100], tmp[160], out[8192], remote[160];
+    bin(exe, sizeof exe, "tools/runaway");
+    snprintf(tmp, sizeof tmp, "%s/tmp", dir);
+    cr_assert_eq(mkdir(tmp, 0700), 0);
+    snprintf(remote, sizeof remote, "%s/remote.safetensors", dir);
+    const char *probe[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c",
+                           "mount -t tmpfs tmpfs /mnt || exit 77", NULL};
+    if (geteuid() != 0 || run_argv(out, sizeof out, 20, probe) != 0) {
+        fprintf(stderr, "daemon: export from another host: no mount namespace here (needs "
+                "root); the protocol alone checked\n");
+        rmdir(tmp);
+        return;
+    }
+    /* 7000-byte chunks: a few hundred requests */
+    snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' || exit 77; "
+             "TMPDIR='%s' RUNAWAY_TEST_EXPORT_CHUNK=7000 exec '%s' --state-dir '%s' export j1 '%s'",
+             dir, tmp, exe, dir, remote);
+    const char *argv[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c", script, NULL};
+    int rc = run_argv(out, sizeof out, 60, argv);
+    cr_assert_eq(rc, 0, "%s", out);
+    size_t na, nb;
+    unsigned char *a = slurp(local, &na), *b = slurp(remote, &nb);
+    cr_assert(na == nb && !memcmp(a, b, na), "the export from another host differs");
+    free(a);
+    free(b);
+    cr_assert_eq(rmdir(tmp), 0, "the fetched checkpoint was left in %s", tmp);
+    unlink(remote);
+}
+
 static void check_metrics_export(void)
 {
     char csv[160], out[4096];
@@ -886,6 +965,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
         cr_assert(rc == 1 && strstr(out, want) && strstr(out, "runs it on runawayd's host"), "%s",
                   out);
     }
+    check_export_remote(w);
     check_plot();
     check_metrics_export();
     /* the paper's Figure 3: one circle per variant, from its seed-0 job */

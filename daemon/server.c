@@ -435,18 +435,23 @@ static json_t *row_json(sqlite3_stmt *st)
     return o;
 }
 
-static json_t *query_rows(rd_daemon *d, const char *sql, int64_t arg, size_t max)
+/* At most max rows of a prepared statement, as objects; finalizes it. */
+static json_t *rows_of(sqlite3_stmt *st, size_t max)
 {
     json_t *a = json_array();
-    sqlite3_stmt *st = rd_db_prep(d, sql);
-    if (!st)
-        return a;
-    if (sqlite3_bind_parameter_count(st) >= 1)
-        sqlite3_bind_int64(st, 1, arg);
-    while (json_array_size(a) < max && sqlite3_step(st) == SQLITE_ROW)
+    while (st && json_array_size(a) < max && sqlite3_step(st) == SQLITE_ROW)
         json_array_append_new(a, row_json(st));
-    sqlite3_finalize(st);
+    if (st)
+        sqlite3_finalize(st);
     return a;
+}
+
+static json_t *query_rows(rd_daemon *d, const char *sql, int64_t arg, size_t max)
+{
+    sqlite3_stmt *st = rd_db_prep(d, sql);
+    if (st && sqlite3_bind_parameter_count(st) >= 1)
+        sqlite3_bind_int64(st, 1, arg);
+    return rows_of(st, max);
 }
 
 static int all_digits(const char *s)
@@ -1005,8 +1010,7 @@ typedef struct target_set {
     size_t n; /* targets, repeats dropped */
     char kind[RW_TARGETS_MAX];
     int64_t id[RW_TARGETS_MAX];
-    json_t *jobs; /* their jobs' ids */
-    char *set;    /* jobs as JSON text, the ?1 of "id IN (SELECT value FROM json_each(?1))" */
+    char *set; /* their jobs' ids as JSON text, the ?1 of IN_SET */
 } target_set;
 
 #define IN_SET "id IN (SELECT value FROM json_each(?1))"
@@ -1019,7 +1023,6 @@ static const char *jstr(const json_t *o, const char *key)
 
 static void target_set_free(target_set *t)
 {
-    json_decref(t->jobs);
     free(t->set);
     memset(t, 0, sizeof *t);
 }
@@ -1042,7 +1045,7 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
     size_t i;
     json_t *v;
     int rc = 0;
-    t->jobs = json_array();
+    json_t *jobs = json_array();
     json_array_foreach(names, i, v)
     {
         const char *s = json_string_value(v);
@@ -1065,14 +1068,15 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
                                  tid, RW_GRID_JOBS_MAX);
         size_t k2;
         json_t *r;
-        json_array_foreach(ids, k2, r) json_array_append(t->jobs, json_object_get(r, "id"));
+        json_array_foreach(ids, k2, r) json_array_append(jobs, json_object_get(r, "id"));
         json_decref(ids);
     }
     json_decref(names);
-    if (rc == 0 && !(t->set = json_dumps(t->jobs, JSON_COMPACT))) {
+    if (rc == 0 && !(t->set = json_dumps(jobs, JSON_COMPACT))) {
         reply_error(c, id, RW_E_INTERNAL, "out of memory");
         rc = -1;
     }
+    json_decref(jobs);
     if (rc != 0)
         target_set_free(t);
     return rc;
@@ -1081,15 +1085,10 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
 /* Rows of sql over a target set (?1), as query_rows. */
 static json_t *set_rows(rd_daemon *d, const char *sql, const target_set *t, size_t max)
 {
-    json_t *a = json_array();
     sqlite3_stmt *st = rd_db_prep(d, sql);
-    if (!st)
-        return a;
-    sqlite3_bind_text(st, 1, t->set, -1, SQLITE_TRANSIENT);
-    while (json_array_size(a) < max && sqlite3_step(st) == SQLITE_ROW)
-        json_array_append_new(a, row_json(st));
-    sqlite3_finalize(st);
-    return a;
+    if (st)
+        sqlite3_bind_text(st, 1, t->set, -1, SQLITE_TRANSIENT);
+    return rows_of(st, max);
 }
 
 /* A stored job's spec as what it trains, its seed and the fields that do

@@ -1254,14 +1254,33 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
     cr_assert(fgets(line, sizeof line, f) && !strcmp(line, "# byol: mean over 2 jobs per epoch "
                                                          "('?': none reported)\n"), "%s", line);
     while (fgets(line, sizeof line, f)) {
-        double ep, loss, align, unif;
-        if (line[0] != '#' && sscanf(line, "%lf %lf %lf %lf", &ep, &loss, &align, &unif) == 4) {
-            cr_expect_float_eq(unif, -2.0, 1e-6, "epoch %g: %s", ep, line);
-            found++;
-        }
+        if (line[0] == '#')
+            continue;
+        /* epoch, 8 means, 8 stds: L_uniform's mean is column 4, its std 12 */
+        double v[17];
+        int nv = 0;
+        for (char *tok = strtok(line, " \n"); tok && nv < 17; tok = strtok(NULL, " \n"))
+            v[nv++] = strcmp(tok, "?") ? strtod(tok, NULL) : NAN;
+        cr_assert_eq(nv, 17, "%s", line);
+        cr_expect_float_eq(v[3], -2.0, 1e-6, "epoch %g", v[0]);
+        cr_expect_float_eq(v[11], sqrt(2.0), 1e-6, "epoch %g", v[0]);
+        found++;
     }
     fclose(f);
     cr_assert_eq(found, 2, "byol's two epochs in %s", curve);
+    /* the PNG shades mean ± std: gnuplot takes the bands */
+    char png[200];
+    snprintf(png, sizeof png, "%s/merged.png", dir);
+    rc = cli(out, sizeof out, 60, "plot", "first", "more", "-o", png, "--data", data, NULL);
+    cr_assert(rc == 0 && access(png, R_OK) == 0, "%s", out);
+    snprintf(curve, sizeof curve, "%s/plot.gp", data);
+    f = fopen(curve, "r");
+    cr_assert_not_null(f);
+    int bands = 0;
+    while (fgets(line, sizeof line, f))
+        bands += strstr(line, "'curve1.dat' using 1:(($4-$12)*1):(($4+$12)*1) with filledcurves") != NULL;
+    fclose(f);
+    cr_assert_eq(bands, 1, "no band of byol's L_uniform in %s", curve);
     rc = cli(out, sizeof out, 60, "plot", "first", "other", NULL);
     cr_assert(rc != 0 && strstr(out, "not the same experiment"), "%s", out);
 

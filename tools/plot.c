@@ -21,7 +21,7 @@ static double num_or_nan(const json_t *v)
 /* ---- grouping ---- */
 
 typedef struct acc {
-    double sum[RW_CURVE_COLS];
+    double sum[RW_CURVE_COLS], sumsq[RW_CURVE_COLS];
     int cnt[RW_CURVE_COLS];
 } acc;
 
@@ -33,8 +33,10 @@ static int cmp_epoch(const void *a, const void *b)
 
 void rw_curves_free(rw_curve *c, int n)
 {
-    for (int i = 0; c && i < n; i++)
+    for (int i = 0; c && i < n; i++) {
         free(c[i].rows);
+        free(c[i].sd);
+    }
     free(c);
 }
 
@@ -85,7 +87,8 @@ int rw_curves_group(const json_t *curves, rw_curve **out)
                 ep[ne++] = ep[r];
         acc *a = calloc(ne ? ne : 1, sizeof *a);
         cv[g].rows = malloc((ne ? ne : 1) * RW_CURVE_COLS * sizeof(double));
-        if (!a || !cv[g].rows) {
+        cv[g].sd = malloc((ne ? ne : 1) * RW_CURVE_COLS * sizeof(double));
+        if (!a || !cv[g].rows || !cv[g].sd) {
             free(a);
             free(ep);
             goto oom;
@@ -105,6 +108,7 @@ int rw_curves_group(const json_t *curves, rw_curve **out)
                     double v = num_or_nan(json_array_get(row, (size_t)col));
                     if (isfinite(v)) {
                         x->sum[col] += v;
+                        x->sumsq[col] += v * v;
                         x->cnt[col]++;
                     }
                 }
@@ -112,9 +116,17 @@ int rw_curves_group(const json_t *curves, rw_curve **out)
         }
         for (size_t r = 0; r < ne; r++) {
             double *o = cv[g].rows + r * RW_CURVE_COLS;
+            double *sd = cv[g].sd + r * RW_CURVE_COLS;
             o[0] = ep[r];
-            for (int col = 1; col < RW_CURVE_COLS; col++)
-                o[col] = a[r].cnt[col] ? a[r].sum[col] / a[r].cnt[col] : NAN;
+            sd[0] = NAN;
+            for (int col = 1; col < RW_CURVE_COLS; col++) {
+                int n = a[r].cnt[col];
+                o[col] = n ? a[r].sum[col] / n : NAN;
+                /* sample std, as the table's; a few seeds' values in double:
+                 * the cancellation is far below what a plot shows */
+                double ss = a[r].sumsq[col] - a[r].sum[col] * o[col];
+                sd[col] = n > 1 ? sqrt(ss > 0 ? ss / (n - 1) : 0) : NAN;
+            }
         }
         cv[g].n = ne;
         free(a);
@@ -154,13 +166,15 @@ static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, si
         }
         fprintf(f, "# %s: mean over %d job%s per epoch ('?': none reported)\n", cv[g].name,
                 cv[g].njobs, cv[g].njobs == 1 ? "" : "s");
-        fprintf(f, "# epoch loss align uniform collapse knn rank linear w_cos_i\n");
+        fprintf(f, "# epoch loss align uniform collapse knn rank linear w_cos_i, then the sample "
+                   "std over the jobs of each ('?': fewer than two)\n");
         for (size_t r = 0; r < cv[g].n; r++) {
-            const double *o = cv[g].rows + r * RW_CURVE_COLS;
+            const double *o = cv[g].rows + r * RW_CURVE_COLS, *sd = cv[g].sd + r * RW_CURVE_COLS;
             fprintf(f, "%.0f", o[0]);
-            for (int col = 1; col < RW_CURVE_COLS; col++) {
-                if (isfinite(o[col]))
-                    fprintf(f, " %.9g", o[col]);
+            for (int col = 1; col < 2 * RW_CURVE_COLS - 1; col++) {
+                double v = col < RW_CURVE_COLS ? o[col] : sd[col - RW_CURVE_COLS + 1];
+                if (isfinite(v))
+                    fprintf(f, " %.9g", v);
                 else
                     fprintf(f, " ?");
             }
@@ -177,8 +191,19 @@ static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, si
 /* One panel: every curve's column `col` (x `scale`). A column no curve has
  * a value in (kNN never measured) gets an empty panel that says so:
  * gnuplot refuses to plot nothing at all. */
+/* Whether curve g has a std at any epoch of column col (two jobs or more). */
+static int has_band(const rw_curve *c, int col)
+{
+    for (size_t r = 0; r < c->n; r++)
+        if (isfinite(c->sd[r * RW_CURVE_COLS + col]))
+            return 1;
+    return 0;
+}
+
+/* bands: the mean ± one std over seeds, shaded in the curve's colour
+ * (a PNG; a terminal draws the means only). */
 static void panel(FILE *f, const char *title, int col, double scale, int ng,
-                  const rw_curve *cv)
+                  const rw_curve *cv, int bands)
 {
     fprintf(f, "set title ");
     rw_gp_quote(f, title);
@@ -202,6 +227,11 @@ static void panel(FILE *f, const char *title, int col, double scale, int ng,
             continue;
         fprintf(f, "%s", first ? "" : ", ");
         first = 0;
+        if (bands && cv[g].n > 1 && has_band(&cv[g], col))
+            fprintf(f, "'curve%d.dat' using 1:(($%d-$%d)*%g):(($%d+$%d)*%g) with filledcurves "
+                       "fs transparent solid 0.18 noborder lc %d notitle, ",
+                    g, col + 1, col + RW_CURVE_COLS, scale, col + 1, col + RW_CURVE_COLS, scale,
+                    g % 8 + 1);
         if (cv[g].n == 1)
             fprintf(f, "%.9g with lines lt %d dt 2 title ", v * scale, g % 8 + 1);
         else if (g < 8)
@@ -302,10 +332,10 @@ static int write_script(const char *dir, const json_t *curves, const rw_curve *c
         {"cos(W, I) of a linear predictor W (BYOL' from W0 ~ RAFT from -W0)", 8, 1},
     };
     for (int k = 0; k < (o->out ? 7 : 3); k++)
-        panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv);
+        panel(f, panels[k].title, panels[k].col, panels[k].scale, ng, cv, o->out != NULL);
     if (o->out) {
         trace_panel(f, ng, cv);
-        panel(f, panels[7].title, panels[7].col, panels[7].scale, ng, cv);
+        panel(f, panels[7].title, panels[7].col, panels[7].scale, ng, cv, 1);
         fprintf(f, "unset multiplot\n");
     }
     if (fclose(f) != 0) {

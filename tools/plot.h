@@ -20,14 +20,17 @@ typedef struct rw_plot_opts {
  * (gnuplot missing or failing, a folder that cannot be written). */
 int rw_plot_render(const json_t *curves, const rw_plot_opts *o, char *err, size_t errlen);
 
-/* Per variant, per epoch, the mean over the jobs that reported the epoch:
- * what the data files hold, for the CLI and the tests. */
+/* Per variant, per epoch, the mean and the std over the jobs that reported
+ * the epoch: what the data files hold (the std in columns 10..17), for the
+ * CLI and the tests. */
 typedef struct rw_curve {
     char name[192];
     int njobs;
     size_t n;     /* epochs */
     double *rows; /* n x RW_CURVE_COLS: epoch, loss, align, uniform, collapse, knn, rank,
                    * linear, w_cos_i (NAN: none) */
+    double *sd;   /* n x RW_CURVE_COLS: each column's sample std over the jobs that reported
+                   * the epoch (NAN: fewer than two; column 0 unused) */
 } rw_curve;
 #define RW_CURVE_COLS 9
 

@@ -69,7 +69,10 @@ static void usage(FILE *f)
             "  --max-retries N        lost attempts before a job fails (default 3)\n"
             "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n"
             "  --tensorboard DIR|none TensorBoard event files of every job's metrics, written\n"
-            "                         as they arrive (default STATE/tensorboard)\n");
+            "                         as they arrive (default STATE/tensorboard)\n"
+            "  --notify CMD           a shell command run when a grid ends and when a job\n"
+            "                         fails for good; RUNAWAY_EVENT (grid_end, job_failed),\n"
+            "                         RUNAWAY_GRID, RUNAWAY_JOB, ... say what (README)\n");
 }
 
 int rd_default_state_dir(char *out, size_t len)
@@ -210,6 +213,8 @@ int main(int argc, char **argv)
             token_file = v;
         else if (!strcmp(a, "--tensorboard") && v)
             tb = v;
+        else if (!strcmp(a, "--notify") && v)
+            d->notify_cmd = (char *)v;
         else if (!strcmp(a, "--cpu-slots"))
             rc = parse_num(a, v, 1, 64, &cpu_slots);
         else if (!strcmp(a, "--gpus"))

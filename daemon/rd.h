@@ -140,6 +140,16 @@ typedef struct rd_db_backlog {
 #define RD_DB_BUSY_MS 5000 /* a lock held by another program (sqlite3 by hand) */
 #define RD_BACKLOG_RETRY_S 5.0
 
+/* --notify (notify.c): commands running at once, and events remembered so
+ * that each is notified once */
+#define RD_NOTIFY_MAX 16
+#define RD_NOTIFY_SEEN 64
+typedef struct rd_notify_slot {
+    uv_process_t proc;
+    int busy;      /* until its handle is closed */
+    char what[96]; /* the event, for the log */
+} rd_notify_slot;
+
 struct rd_daemon {
     uv_loop_t *loop;
     char state_dir[PATH_MAX], sock_path[PATH_MAX], db_path[PATH_MAX];
@@ -165,6 +175,10 @@ struct rd_daemon {
     int shutting_down;
     double shutdown_started;
     rd_db_backlog backlog;
+    char *notify_cmd; /* --notify; NULL: none */
+    rd_notify_slot notify[RD_NOTIFY_MAX];
+    char notify_seen[RD_NOTIFY_SEEN][64];
+    int notify_next;
 };
 
 /* main.c */
@@ -214,6 +228,9 @@ void rd_conn_close(rd_conn *c);
 rd_conn *rd_conn_find(rd_daemon *d, rd_conn *c, uint64_t serial);
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */
 void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why);
+/* notify.c: after a job's state changed, runs --notify for a job failed for
+ * good and for its grid's end */
+void rd_notify_job_state(rd_daemon *d, int64_t job);
 /* A line about the daemon itself (its database takes no writes, or does
  * again) to every watcher and log follower */
 void rd_watch_daemon(rd_daemon *d, const char *text);

@@ -1667,6 +1667,7 @@ void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why)
             c->watch_logs = 0;
         }
     }
+    rd_notify_job_state(d, job);
 }
 
 int rd_handle_client(rd_conn *c, const char *type, json_t *m)

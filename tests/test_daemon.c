@@ -1296,6 +1296,82 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
     cr_assert(header == 1 && j2 == 2 && j4 == 2, "%d %d %d\n%s", header, j2, j4, out);
 }
 
+/* runawayd --notify CMD runs CMD once when a job fails for good and once
+ * when its grid ends, what happened in RUNAWAY_* variables; a requeued
+ * grid that ends again is news again. */
+static void setup_notify(void)
+{
+    prepare();
+    extra_arg[0] = "--notify";
+    extra_arg[1] = "env | grep '^RUNAWAY_' | sort > \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                   "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" && mv \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                   "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                   "$RUNAWAY_GRID$RUNAWAY_JOB.txt\"; echo x >> \"$RUNAWAY_STATE_DIR/n-count\"";
+    start_daemon();
+}
+
+static void teardown_notify(void)
+{
+    teardown();
+    extra_arg[0] = extra_arg[1] = NULL;
+}
+
+static int lines_of(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int n = 0, ch;
+    if (!f)
+        return 0;
+    while ((ch = fgetc(f)) != EOF)
+        n += ch == '\n';
+    fclose(f);
+    return n;
+}
+
+Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = setup_notify,
+     .fini = teardown_notify, .timeout = 90)
+{
+    /* bad: a batch larger than the training set, which only the worker
+     * finds (after loading the data) */
+    submit_grid("note", 2, 0, "  seed: [0]\n  variant:\n    - {name: good}\n"
+                              "    - {name: bad, optim: {batch_size: 200}}\n");
+    char p[200], txt[4096], count[160];
+    snprintf(p, sizeof p, "%s/n-grid_end-g1.txt", dir);
+    snprintf(count, sizeof count, "%s/n-count", dir);
+    for (double t0 = now(); access(p, R_OK) != 0 && now() - t0 < 60;)
+        usleep(100000);
+    FILE *f = fopen(p, "r");
+    cr_assert_not_null(f, "no grid_end notified (log %s.log)", dir);
+    txt[fread(txt, 1, sizeof txt - 1, f)] = 0;
+    fclose(f);
+    cr_assert(strstr(txt, "RUNAWAY_EVENT=grid_end\n") && strstr(txt, "RUNAWAY_GRID=g1\n") &&
+                  strstr(txt, "RUNAWAY_GRID_NAME=note\n") && strstr(txt, "RUNAWAY_DONE=1\n") &&
+                  strstr(txt, "RUNAWAY_FAILED=1\n") && strstr(txt, "RUNAWAY_CANCELLED=0\n") &&
+                  !strstr(txt, "RUNAWAY_JOB="),
+              "%s", txt);
+    snprintf(p, sizeof p, "%s/n-job_failed-g1j2.txt", dir);
+    f = fopen(p, "r");
+    cr_assert_not_null(f, "no job_failed notified");
+    txt[fread(txt, 1, sizeof txt - 1, f)] = 0;
+    fclose(f);
+    cr_assert(strstr(txt, "RUNAWAY_EVENT=job_failed\n") && strstr(txt, "RUNAWAY_JOB=j2\n") &&
+                  strstr(txt, "RUNAWAY_JOB_NAME=note/bad/seed0\n") &&
+                  strstr(txt, "exceeds the 100 training images") &&
+                  strstr(txt, "RUNAWAY_ERROR="),
+              "%s", txt);
+    usleep(500000);
+    cr_assert_eq(lines_of(count), 2, "each event once");
+
+    /* requeued, it fails again: both events again */
+    char out[4096];
+    int rc = cli(out, sizeof out, 20, "requeue", "note", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    for (double t0 = now(); lines_of(count) < 4 && now() - t0 < 30;)
+        usleep(100000);
+    usleep(500000);
+    cr_assert_eq(lines_of(count), 4, "the second end, once");
+}
+
 /* logs --follow prints the tail, then every new line as it comes, and
  * ends with the job: the same lines, in the same order, as the whole log
  * read afterwards. */

@@ -1555,6 +1555,8 @@ static void req_status(rd_conn *c, long long id)
     json_object_set_new(r, "version", json_integer(RW_PROTO_VERSION));
     json_object_set_new(r, "state_dir", json_string(d->state_dir));
     json_object_set_new(r, "tensorboard", d->tb_dir[0] ? json_string(d->tb_dir) : json_null());
+    if (d->notify_cmd)
+        json_object_set_new(r, "notify", json_string(d->notify_cmd));
     json_object_set_new(r, "devices", json_integer(rd_ndevices(d)));
     json_object_set_new(r, "workers", json_integer(d->nworkers));
     json_object_set_new(r, "jobs", query_rows(d, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY "

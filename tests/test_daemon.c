@@ -1370,6 +1370,9 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
         usleep(100000);
     usleep(500000);
     cr_assert_eq(lines_of(count), 4, "the second end, once");
+    rc = cli(out, sizeof out, 20, "daemon", "status", NULL);
+    cr_assert(rc == 0 && strstr(out, "at a grid's end or a job's failure it runs: env | grep"),
+              "%s", out);
 }
 
 /* logs --follow prints the tail, then every new line as it comes, and

@@ -341,6 +341,9 @@ static int daemon_status(void)
     const char *tb = json_string_value(json_object_get(r, "tensorboard"));
     if (tb)
         printf("metrics for TensorBoard: tensorboard --logdir %s\n", tb);
+    const char *nc = json_string_value(json_object_get(r, "notify"));
+    if (nc)
+        printf("at a grid's end or a job's failure it runs: %s\n", nc);
     warn_db_down(r);
     json_decref(r);
     conn_close(&c);

@@ -1375,6 +1375,48 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
               "%s", out);
 }
 
+static int cli_says(const char *what, double secs, ...);
+
+/* Both jobs of a grid end while another program locks the database: their
+ * ends are recorded, and announced, one after the other when it takes
+ * writes again, each finding the grid ended; it is notified once. */
+Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup_notify,
+     .fini = teardown_notify, .timeout = 90)
+{
+    submit_grid("outage", 150, 0, "  seed: [0, 1]\n");
+    wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                           "epoch >= 1", 0, 2, 30);
+    char p[160], w1[160], w2[160], count[160];
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    /* past SQLite's busy wait: the writes wait in the backlog */
+    int said = cli_says("cannot write its database", 30);
+    /* each writes its weights at the end of training, then evaluates and
+     * reports done */
+    snprintf(w1, sizeof w1, "%s/runs/1/weights.safetensors", dir);
+    snprintf(w2, sizeof w2, "%s/runs/2/weights.safetensors", dir);
+    double t0 = now();
+    while ((access(w1, R_OK) || access(w2, R_OK)) && now() - t0 < 40)
+        usleep(100000);
+    int ended = !access(w1, R_OK) && !access(w2, R_OK);
+    sleep(2);
+    snprintf(count, sizeof count, "%s/n-count", dir);
+    int early = lines_of(count);
+    cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    cr_assert(said, "ls never said the database takes no writes");
+    cr_assert(ended, "the jobs did not end while the database was locked");
+    cr_assert_eq(early, 0, "notified before the database took the ends");
+    wait_for("both done", "SELECT COUNT(*) FROM jobs WHERE state='done'", 0, 2, 30);
+    snprintf(p, sizeof p, "%s/n-grid_end-g1.txt", dir);
+    for (t0 = now(); access(p, R_OK) != 0 && now() - t0 < 10;)
+        usleep(100000);
+    usleep(500000);
+    cr_assert_eq(lines_of(count), 1, "the grid's end, once");
+}
+
 /* logs --follow prints the tail, then every new line as it comes, and
  * ends with the job: the same lines, in the same order, as the whole log
  * read afterwards. */

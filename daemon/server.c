@@ -675,12 +675,25 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
         reply_error(c, id, RW_E_NOT_FOUND, "no grid '%s'", gs);
         return;
     }
-    /* the newest 500 jobs: a reply stays far below the frame limit */
-    json_t *rows = gid ? query_rows(d, JOB_COLS "WHERE j.grid_id=?1 ORDER BY j.id", gid, 1000)
-                       : query_rows(d,
-                                    "SELECT * FROM (" JOB_COLS
-                                    "ORDER BY j.id DESC LIMIT 500) ORDER BY id",
-                                    0, 500);
+    const char *state = json_string_value(json_object_get(m, "state"));
+    if (state && strcmp(state, "queued") && strcmp(state, "running") && strcmp(state, "done") &&
+        strcmp(state, "failed") && strcmp(state, "cancelled")) {
+        reply_error(c, id, RW_E_BAD_MESSAGE, "ls: state is queued, running, done, failed or "
+                    "cancelled, not '%s'", state);
+        return;
+    }
+    /* the newest 500 jobs (of that state): a reply stays far below the
+     * frame limit */
+    sqlite3_stmt *st = rd_db_prep(
+        d, gid ? JOB_COLS "WHERE j.grid_id=?1 AND (?2 IS NULL OR j.state=?2) ORDER BY j.id"
+               : "SELECT * FROM (" JOB_COLS "WHERE ?2 IS NULL OR j.state=?2 ORDER BY j.id DESC "
+                 "LIMIT 500) ORDER BY id");
+    if (st) {
+        sqlite3_bind_int64(st, 1, gid);
+        if (state)
+            sqlite3_bind_text(st, 2, state, -1, SQLITE_TRANSIENT);
+    }
+    json_t *rows = rows_of(st, gid ? 1000 : 500);
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "jobs", rows);
     if (gid)

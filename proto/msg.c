@@ -49,7 +49,7 @@ static const mdef msgs[] = {
     {"submit", RW_FROM_CLIENT,
      {ID, {"text", T_STR, 1, 1, RW_SUBMIT_TEXT_MAX}, {"origin", T_STR, 1, 1, 1023},
       {"basedir", T_STR, 1, 0, 1023}, {"priority", T_INT, 0, -1000, 1000}}},
-    {"ls", RW_FROM_CLIENT, {ID, {"grid", T_STR, 0, 1, 128}}},
+    {"ls", RW_FROM_CLIENT, {ID, {"grid", T_STR, 0, 1, 128}, {"state", T_STR, 0, 1, 16}}},
     {"grids", RW_FROM_CLIENT, {ID}},
     {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
     {"cancel", RW_FROM_CLIENT, {ID, TARGET("target")}},

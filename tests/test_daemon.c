@@ -1365,6 +1365,18 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
     usleep(500000);
     cr_assert_eq(lines_of(count), 2, "each event once");
 
+    /* ls --state failed: only that job, with why */
+    char ls[4096];
+    int lrc = cli(ls, sizeof ls, 20, "ls", "note", "--state", "failed", NULL);
+    cr_assert(lrc == 0 && strstr(ls, "j2     failed") && !strstr(ls, "j1 ") &&
+                  strstr(ls, "\n       optim.batch_size 200 exceeds the 100 training images"),
+              "%s", ls);
+    lrc = cli(ls, sizeof ls, 20, "ls", "--state", "done", NULL);
+    cr_assert(lrc == 0 && strstr(ls, "j1     done") && !strstr(ls, "j2 "), "%s", ls);
+    lrc = cli(ls, sizeof ls, 20, "ls", "--state", "lost", NULL);
+    cr_assert(lrc != 0 && strstr(ls, "ls: state is queued, running, done, failed or cancelled, "
+                                     "not 'lost'"), "%s", ls);
+
     /* requeued, it fails again: both events again */
     char out[4096];
     int rc = cli(out, sizeof out, 20, "requeue", "note", NULL);

@@ -36,7 +36,9 @@ static void usage(FILE *f)
             "  daemon status\n"
             "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
             "         [-n|--dry-run]                -n: only list its jobs and how they differ\n"
-            "  ls [GRID]                            jobs (the newest 500, or one grid's)\n"
+            "  ls [GRID] [--state S]                jobs (the newest 500, or one grid's);\n"
+            "                                       S: queued, running, done, failed (with\n"
+            "                                       why) or cancelled\n"
             "  grids                                the newest 200 grids: jobs by state and\n"
             "                                       the time left (estimated)\n"
             "  show JOB                             a job: state, attempts, result, spec\n"
@@ -566,18 +568,35 @@ static int cmd_grids(void)
 
 static int cmd_ls(int argc, char **argv)
 {
+    const char *grid = NULL, *state = NULL;
+    for (int k = 0; k < argc; k++) {
+        if (!strcmp(argv[k], "--state") && k + 1 < argc)
+            state = argv[++k];
+        else if (argv[k][0] == '-' || grid)
+            die("ls: unexpected argument '%s'", argv[k]);
+        else
+            grid = argv[k];
+    }
     conn c;
     need_conn(&c);
     json_t *m = req_new("ls");
-    if (argc > 0)
-        json_object_set_new(m, "grid", json_string(argv[0]));
+    if (grid)
+        json_object_set_new(m, "grid", json_string(grid));
+    if (state)
+        json_object_set_new(m, "state", json_string(state));
     json_t *r = request(&c, m);
     print_job_header();
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(r, "jobs"), i, v) print_job_row(v);
-    if (argc > 0)
-        print_grid_progress(argv[0], json_object_get(r, "progress"));
+    json_array_foreach(json_object_get(r, "jobs"), i, v)
+    {
+        print_job_row(v);
+        /* why it failed, where only those are asked for */
+        if (state && !strcmp(state, "failed") && json_is_string(json_object_get(v, "error")))
+            printf("       %s\n", jstr(v, "error"));
+    }
+    if (grid)
+        print_grid_progress(grid, json_object_get(r, "progress"));
     warn_db_down(r);
     json_decref(r);
     conn_close(&c);

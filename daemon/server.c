@@ -1136,28 +1136,6 @@ static int job_trained_fields(rd_daemon *d, int64_t job, char (*out)[RW_SPEC_FIE
     return n;
 }
 
-/* A field's value as written for a person: a number with the fewest
- * digits that still read back as the same float (3e-4 for the canonical
- * 0.000300000014); anything else as it is. */
-static void short_value(const char *v, char *out, size_t len)
-{
-    while (*v == ' ')
-        v++;
-    char *end;
-    double x = strtod(v, &end);
-    snprintf(out, len, "%s", v);
-    if (end == v || *end)
-        return;
-    for (int digits = 1; digits <= 9; digits++) {
-        char t[64];
-        snprintf(t, sizeof t, "%.*g", digits, x);
-        if ((float)strtod(t, NULL) == (float)x) {
-            snprintf(out, len, "%s", t);
-            return;
-        }
-    }
-}
-
 /* Whether the variants of a merged set are each one experiment: one
  * variant's jobs from several grids train the same spec but for the seed,
  * and no seed of it counts twice (two finished jobs). 0, or -1 with why. */
@@ -1199,8 +1177,8 @@ static int targets_disagree(rd_daemon *d, const target_set *t, char *why, size_t
             if (na >= 0 && nb >= 0 && k < na && k < nb) {
                 char *ca = strchr(a[k], ':'), *cb = strchr(b[k], ':'), va[RW_SPEC_FIELD_MAX],
                      vb[RW_SPEC_FIELD_MAX];
-                short_value(ca + 1, va, sizeof va);
-                short_value(cb + 1, vb, sizeof vb);
+                rw_spec_value_short(ca + 1, va, sizeof va);
+                rw_spec_value_short(cb + 1, vb, sizeof vb);
                 snprintf(what, sizeof what, "%.*s is %s in g%lld (j%lld), %s in g%lld (j%lld)",
                          (int)(ca - a[k]), a[k], va, ga, ja, vb, gb, jb);
             }

@@ -1219,3 +1219,19 @@ int rw_spec_flatten(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max) {
     free(yaml);
     return n;
 }
+
+void rw_spec_value_short(const char *v, char *out, size_t len) {
+    while (*v == ' ') v++;
+    char *end;
+    double x = strtod(v, &end);
+    snprintf(out, len, "%s", v);
+    if (end == v || *end || !strpbrk(v, ".eE")) return; /* not a number, or an integer */
+    for (int digits = 1; digits <= 9; digits++) {
+        char t[64];
+        snprintf(t, sizeof t, "%.*g", digits, x);
+        if ((float)strtod(t, NULL) == (float)x) {
+            snprintf(out, len, "%s", t);
+            return;
+        }
+    }
+}

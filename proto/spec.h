@@ -212,6 +212,12 @@ void rw_spec_trained(const rw_spec *s, rw_spec *out);
 #define RW_SPEC_FIELD_MAX 256
 int rw_spec_flatten(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max);
 
+/* A field's value (of a flattened line, after its colon) as written for a
+ * person: a number with the fewest digits that read back as the same float
+ * (3e-4 for the canonical 0.000300000014), anything else (an integer, a
+ * word) as it is. */
+void rw_spec_value_short(const char *v, char *out, size_t len);
+
 /* Names for printing. */
 const char *rw_predictor_name(rw_predictor p);
 const char *rw_loss_kind_name(rw_loss_kind k);

@@ -1203,6 +1203,15 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
                  "variant 'base' seed 0 finished twice (j1 and j6)");
     rc = cli(out, sizeof out, 20, "table", "first", "other", NULL);
     cr_assert(rc != 0 && strstr(out, "optim.lr"), "%s", out);
+    /* diff: every field in which the two differ */
+    rc = cli(out, sizeof out, 20, "diff", "j2", "other/byol/seed1", NULL);
+    cr_assert(rc == 0 && strstr(out, "j2 first/byol/seed0") && strstr(out, "j5 other/byol/seed1") &&
+                  strstr(out, "\nseed                             0                            1\n") &&
+                  strstr(out, "\noptim.lr                         0.0003                       0.001\n") &&
+                  strstr(out, "\n2 fields differ\n"),
+              "%s", out);
+    rc = cli(out, sizeof out, 20, "diff", "j2", "j2", NULL);
+    cr_assert(rc == 0 && strstr(out, "\n0 fields differ\n"), "%s", out);
 
     /* the request names one grid or several, not both, not neither */
     json_t *m = rw_msg_new("table", 2);

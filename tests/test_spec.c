@@ -681,3 +681,34 @@ Test(spec, garbage_never_crashes) {
     }
     free(m);
 }
+
+/* A spec as flattened lines, and values as a person reads them: the
+ * fewest digits that give the same float back; integers and words kept. */
+Test(spec, flatten_and_short_values) {
+    rw_spec s;
+    rw_spec_defaults(&s);
+    s.optim.lr = 3e-4f;
+    char(*f)[RW_SPEC_FIELD_MAX] = calloc(256, RW_SPEC_FIELD_MAX);
+    cr_assert_not_null(f);
+    int n = rw_spec_flatten(&s, f, 256);
+    cr_assert_gt(n, 40);
+    int lr = -1, epochs = -1;
+    for (int k = 0; k < n; k++) {
+        if (!strncmp(f[k], "optim.lr:", 9)) lr = k;
+        if (!strncmp(f[k], "optim.epochs:", 13)) epochs = k;
+        cr_assert(strchr(f[k], ':') && !strchr(f[k], '\n'), "%s", f[k]);
+    }
+    cr_assert(lr >= 0 && epochs >= 0);
+    char v[64];
+    rw_spec_value_short(strchr(f[lr], ':') + 1, v, sizeof v);
+    cr_assert_str_eq(v, "0.0003", "%s", f[lr]);
+    rw_spec_value_short(strchr(f[epochs], ':') + 1, v, sizeof v);
+    cr_assert_str_eq(v, "300");
+    const char *in[] = {" 9.99999975e-06", " 0.996000004", " 2", " \"cifar10\"", " [0.5, 0.25]", " -1"};
+    const char *want[] = {"1e-05", "0.996", "2", "\"cifar10\"", "[0.5, 0.25]", "-1"};
+    for (int k = 0; k < 6; k++) {
+        rw_spec_value_short(in[k], v, sizeof v);
+        cr_expect_str_eq(v, want[k], "'%s'", in[k]);
+    }
+    free(f);
+}

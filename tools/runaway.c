@@ -42,6 +42,7 @@ static void usage(FILE *f)
             "  grids                                the newest 200 grids: jobs by state and\n"
             "                                       the time left (estimated)\n"
             "  show JOB                             a job: state, attempts, result, spec\n"
+            "  diff JOB JOB                         the fields in which their specs differ\n"
             "  cancel JOB|GRID                      running jobs checkpoint and stop\n"
             "  requeue JOB|GRID                     failed or cancelled jobs back to the queue,\n"
             "                                       each resuming from its checkpoint\n"
@@ -614,6 +615,56 @@ static void print_time(const char *label, const json_t *o, const char *k)
     localtime_r(&t, &tm);
     strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
     printf("%-10s %s\n", label, buf);
+}
+
+/* The fields in which two jobs' specs differ, side by side. */
+static int cmd_diff(const char *ja, const char *jb)
+{
+    enum { MAXF = 256 };
+    conn c;
+    need_conn(&c);
+    const char *arg[2] = {ja, jb};
+    char title[2][RW_JOB_NAME_MAX + 32];
+    char(*f[2])[RW_SPEC_FIELD_MAX];
+    int n[2];
+    rw_spec *spec = malloc(sizeof *spec);
+    if (!spec)
+        die("out of memory");
+    for (int k = 0; k < 2; k++) {
+        json_t *m = req_new("show");
+        json_object_set_new(m, "job", json_string(arg[k]));
+        json_t *r = request(&c, m);
+        const json_t *j = json_object_get(r, "job");
+        snprintf(title[k], sizeof title[k], "j%lld %s", jint(j, "id"), jstr(j, "name"));
+        const char *text = jstr(r, "spec");
+        char err[1024];
+        if (rw_spec_parse(text, strlen(text), title[k], "", spec, err, sizeof err) != 0)
+            die("diff: %s", err);
+        f[k] = calloc(MAXF, RW_SPEC_FIELD_MAX);
+        if (!f[k] || (n[k] = rw_spec_flatten(spec, f[k], MAXF)) < 0)
+            die("diff: %s: its spec cannot be rendered", title[k]);
+        json_decref(r);
+    }
+    conn_close(&c);
+    free(spec);
+    printf("%-32s %-28s %s\n", "field", title[0], title[1]);
+    int differ = 0;
+    /* canonical specs list every field in one order: line k is the same
+     * field in both */
+    for (int k = 0; k < n[0] && k < n[1]; k++) {
+        if (!strcmp(f[0][k], f[1][k]))
+            continue;
+        char *ca = strchr(f[0][k], ':'), *cb = strchr(f[1][k], ':');
+        char va[RW_SPEC_FIELD_MAX], vb[RW_SPEC_FIELD_MAX];
+        rw_spec_value_short(ca + 1, va, sizeof va);
+        rw_spec_value_short(cb + 1, vb, sizeof vb);
+        printf("%-32.*s %-28s %s\n", (int)(ca - f[0][k]), f[0][k], va, vb);
+        differ++;
+    }
+    printf("%d field%s differ%s\n", differ, differ == 1 ? "" : "s", differ == 1 ? "s" : "");
+    free(f[0]);
+    free(f[1]);
+    return 0;
 }
 
 static int cmd_show(const char *job)
@@ -1923,6 +1974,10 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "watch")) {
         NEED(1, "JOB or GRID");
         return cmd_watch(a[0]);
+    }
+    if (!strcmp(cmd, "diff")) {
+        NEED(2, "JOB JOB");
+        return cmd_diff(a[0], a[1]);
     }
     if (!strcmp(cmd, "table"))
         return cmd_table(n, a);

@@ -186,6 +186,7 @@ int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable)
     char msg[1024];
     rd_db_down_msg(d, msg, sizeof msg);
     rd_watch_daemon(d, msg);
+    rd_notify_daemon(d, "db_down", msg);
     return kept;
 }
 
@@ -249,6 +250,7 @@ int rd_db_retry(rd_daemon *d)
     rd_log("%s", ev);
     rd_db_event(d, 0, "daemon", ev);
     rd_watch_daemon(d, ev);
+    rd_notify_daemon(d, "db_up", ev);
     /* the watchers of the jobs that moved meanwhile: now the rows say so */
     for (size_t i = 0; i < njobs; i++)
         rd_watch_job_state(d, jobs[i], "recorded once the database took writes again");

@@ -70,9 +70,11 @@ static void usage(FILE *f)
             "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n"
             "  --tensorboard DIR|none TensorBoard event files of every job's metrics, written\n"
             "                         as they arrive (default STATE/tensorboard)\n"
-            "  --notify CMD           a shell command run when a grid ends and when a job\n"
-            "                         fails for good; RUNAWAY_EVENT (grid_end, job_failed),\n"
-            "                         RUNAWAY_GRID, RUNAWAY_JOB, ... say what (README)\n");
+            "  --notify CMD           a shell command run when a grid ends, when a job fails\n"
+            "                         for good and when the database stops taking writes\n"
+            "                         (and takes them again); RUNAWAY_EVENT (grid_end,\n"
+            "                         job_failed, db_down, db_up), RUNAWAY_GRID, ... say\n"
+            "                         what (README)\n");
 }
 
 int rd_default_state_dir(char *out, size_t len)

@@ -3,10 +3,12 @@
  * submitted a grid of many hours hears of it without watching (notify-send,
  * mail, a chat webhook through curl). What happened is in its environment:
  *
- *   RUNAWAY_EVENT       grid_end | job_failed
+ *   RUNAWAY_EVENT       grid_end | job_failed | db_down | db_up
  *   RUNAWAY_GRID, RUNAWAY_GRID_NAME            g3, its name
  *   RUNAWAY_DONE, RUNAWAY_FAILED, RUNAWAY_CANCELLED   the grid's jobs by state
  *   RUNAWAY_JOB, RUNAWAY_JOB_NAME, RUNAWAY_ERROR      job_failed: the job, why
+ *   RUNAWAY_TEXT        db_down, db_up: the database stopped taking writes
+ *                       (a full disk, a lock), or took them again
  *   RUNAWAY_STATE_DIR
  *
  * It runs detached, its output in the daemon's log; the daemon never waits
@@ -123,6 +125,15 @@ static void text_col(rd_daemon *d, const char *sql, int64_t id, char *out, size_
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
         snprintf(out, len, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_finalize(st);
+}
+
+void rd_notify_daemon(rd_daemon *d, const char *event, const char *text)
+{
+    if (!d->notify_cmd)
+        return;
+    const char *v[] = {"RUNAWAY_EVENT", event, "RUNAWAY_TEXT", text, "RUNAWAY_STATE_DIR",
+                       d->state_dir};
+    spawn(d, event, v, (int)(sizeof v / sizeof *v));
 }
 
 void rd_notify_job_state(rd_daemon *d, int64_t job)

@@ -231,6 +231,8 @@ void rd_watch_job_state(rd_daemon *d, int64_t job, const char *why);
 /* notify.c: after a job's state changed, runs --notify for a job failed for
  * good and for its grid's end */
 void rd_notify_job_state(rd_daemon *d, int64_t job);
+/* ... and for the daemon's own news: db_down, db_up */
+void rd_notify_daemon(rd_daemon *d, const char *event, const char *text);
 /* A line about the daemon itself (its database takes no writes, or does
  * again) to every watcher and log follower */
 void rd_watch_daemon(rd_daemon *d, const char *text);

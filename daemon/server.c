@@ -50,9 +50,16 @@ void rd_conn_send(rd_conn *c, json_t *msg)
     char *buf;
     size_t len;
     int rc = rw_frame_encode(msg, &buf, &len);
+    long long id = rw_msg_id(msg);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    int is_reply = type && !strcmp(type, "ok") && id > 0;
     json_decref(msg);
     if (rc != 0) {
         rd_log("conn: reply too large to frame; dropped");
+        /* the client waits for an answer: say why there is none */
+        if (is_reply)
+            rd_conn_send(c, rw_msg_error(id, RW_E_INTERNAL, "the reply is larger than a frame "
+                                         "(1 MiB): ask for less at once"));
         return;
     }
     if (c->pending + len > RD_PENDING_MAX) {
@@ -609,12 +616,17 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     rd_schedule(d);
 }
 
-#define JOB_COLS                                                                                \
+/* A job row, its error as the SQL expression err: `ls` lists up to 1000
+ * rows in one reply, so there an error is cut to 300 characters (`show`
+ * has it whole). */
+#define JOB_COLS_E(err)                                                                         \
     "SELECT j.id, j.grid_id AS grid, j.name, j.variant, j.seed, j.state, j.devices, j.priority,  " \
-    "j.attempts, j.lost, j.created, j.started, j.finished, j.error, j.linear_acc, "             \
+    "j.attempts, j.lost, j.created, j.started, j.finished, " err " AS error, j.linear_acc, "    \
     "j.align_last10, j.uniform_last10, "                                                         \
     "(SELECT MAX(epoch) FROM metrics m WHERE m.job_id=j.id AND m.kind='epoch') AS epoch "       \
     "FROM jobs j "
+#define JOB_COLS JOB_COLS_E("j.error")
+#define JOB_COLS_LS JOB_COLS_E("substr(j.error, 1, 300)")
 
 /* A grid's jobs by state, and the time until they have all ended
  * (estimated; null where it cannot be yet). */
@@ -685,9 +697,9 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
     /* the newest 500 jobs (of that state): a reply stays far below the
      * frame limit */
     sqlite3_stmt *st = rd_db_prep(
-        d, gid ? JOB_COLS "WHERE j.grid_id=?1 AND (?2 IS NULL OR j.state=?2) ORDER BY j.id"
-               : "SELECT * FROM (" JOB_COLS "WHERE ?2 IS NULL OR j.state=?2 ORDER BY j.id DESC "
-                 "LIMIT 500) ORDER BY id");
+        d, gid ? JOB_COLS_LS "WHERE j.grid_id=?1 AND (?2 IS NULL OR j.state=?2) ORDER BY j.id"
+               : "SELECT * FROM (" JOB_COLS_LS "WHERE ?2 IS NULL OR j.state=?2 ORDER BY j.id "
+                 "DESC LIMIT 500) ORDER BY id");
     if (st) {
         sqlite3_bind_int64(st, 1, gid);
         if (state)
@@ -1237,6 +1249,14 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
     }
     json_t *jobs = set_rows(d, "SELECT id, name, variant, seed, state FROM jobs WHERE " IN_SET
                                " ORDER BY id", &t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
+    /* a grid's worth of curves fits in a reply, not many */
+    if (json_array_size(jobs) > RW_GRID_JOBS_MAX) {
+        reply_error(c, id, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",
+                    json_array_size(jobs), RW_GRID_JOBS_MAX);
+        json_decref(jobs);
+        target_set_free(&t);
+        return;
+    }
     size_t njobs = json_array_size(jobs), cap = CURVE_ROWS_MAX / (njobs ? njobs : 1), i;
     if (cap < 2)
         cap = 2;

@@ -1458,6 +1458,35 @@ Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup
     cr_assert(strstr(txt, "RUNAWAY_TEXT=the database takes writes again after "), "%s", txt);
 }
 
+/* Curves of more jobs than a reply holds (two grids of 4 x 150) are refused
+ * with the reason, not dropped (the client would wait for nothing). */
+Test(daemon, plot_of_more_jobs_than_a_reply_holds_is_refused, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    char out[8192];
+    for (int g = 0; g < 2; g++) {
+        static char axes[8192];
+        int at = snprintf(axes, sizeof axes, "  seed: [");
+        for (int k = 0; k < 150; k++)
+            at += snprintf(axes + at, sizeof axes - (size_t)at, "%s%d", k ? ", " : "", g * 150 + k);
+        snprintf(axes + at, sizeof axes - (size_t)at,
+                 "]\n  variant:\n    - {name: a, optim: {lr: 1.0e-3}}\n"
+                 "    - {name: b, optim: {lr: 2.0e-3}}\n    - {name: c, optim: {lr: 3.0e-3}}\n"
+                 "    - {name: d, optim: {lr: 4.0e-3}}\n");
+        char name[16];
+        snprintf(name, sizeof name, "big%d", g);
+        submit_grid(name, 1, 0, axes);
+        int rc = cli(out, sizeof out, 30, "cancel", name, NULL);
+        cr_assert_eq(rc, 0, "%s", out);
+    }
+    int rc = cli(out, sizeof out, 30, "plot", "big0", "big1", NULL);
+    cr_assert(rc != 0 && strstr(out, "1200 jobs are more than one plot draws (at most 1024)"),
+              "%s", out);
+    /* their table is a row per variant: it fits */
+    rc = cli(out, sizeof out, 60, "table", "big0", "big1", NULL);
+    cr_assert(rc == 0 && strstr(out, "\nd                    0/300  -"), "%s", out);
+}
+
 /* logs --follow prints the tail, then every new line as it comes, and
  * ends with the job: the same lines, in the same order, as the whole log
  * read afterwards. */

@@ -1525,8 +1525,7 @@ static int export_chunk(rd_conn *c, long long id, const char *path, int64_t offs
     }
     rw_hex_encode(buf, want, hex);
     char version[96];
-    snprintf(version, sizeof version, "%llu:%lld.%09ld:%lld", (unsigned long long)st.st_ino,
-             (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (long long)st.st_size);
+    rw_file_version(&st, version, sizeof version);
     json_object_set_new(r, "size", json_integer(st.st_size));
     json_object_set_new(r, "version", json_string(version));
     json_object_set_new(r, "data", json_string(hex));
@@ -1543,12 +1542,16 @@ static void req_export(rd_conn *c, long long id, json_t *m)
         return;
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/runs/%lld/checkpoint.safetensors", d->state_dir, (long long)job);
-    if (access(path, R_OK) != 0) {
+    struct stat st;
+    if (access(path, R_OK) != 0 || stat(path, &st) != 0) {
         reply_error(c, id, RW_E_STATE, "job j%lld has no checkpoint yet (%s)", (long long)job, path);
         return;
     }
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "checkpoint", json_string(path));
+    char version[96];
+    rw_file_version(&st, version, sizeof version);
+    json_object_set_new(r, "version", json_string(version));
     const json_t *off = json_object_get(m, "offset"), *len = json_object_get(m, "length");
     if (off && export_chunk(c, id, path, json_integer_value(off),
                             len ? (size_t)json_integer_value(len) : RW_EXPORT_CHUNK, r) != 0) {

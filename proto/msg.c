@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "proto/frame.h"
 
@@ -248,6 +249,12 @@ double rw_json_get_num(const json_t *o, const char *key)
 {
     const json_t *v = json_object_get(o, key);
     return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+void rw_file_version(const struct stat *st, char *out, size_t len)
+{
+    snprintf(out, len, "%llu:%lld.%09ld:%lld", (unsigned long long)st->st_ino,
+             (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec, (long long)st->st_size);
 }
 
 void rw_hex_encode(const void *p, size_t n, char *out)

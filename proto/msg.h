@@ -50,6 +50,13 @@ enum {
 #define RW_KV_VALUE_MAX 16384
 #define RW_KV_TIMEOUT_MAX_MS 600000
 
+/* A file's identity for `export` (inode, modification time, size): the
+ * daemon sends it, a client compares it with its own view of the path
+ * (another host may hold a file of the same path), and a checkpoint
+ * replaced meanwhile shows as another. */
+struct stat;
+void rw_file_version(const struct stat *st, char *out, size_t len);
+
 /* Hex of n bytes into out (2n+1 bytes). */
 void rw_hex_encode(const void *p, size_t n, char *out);
 /* Decodes a lowercase/uppercase hex string: -1 unless it has even length

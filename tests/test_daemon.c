@@ -664,7 +664,8 @@ static unsigned char *slurp(const char *path, size_t *n)
     return b;
 }
 
-/* export j1 from a client that cannot read the run folder (another host):
+/* export j1 from a client on another host, whose file at the checkpoint's
+ * path is another (or none):
  * the checkpoint comes over the socket in chunks, and the weights written
  * are those of an export on runawayd's host (`local`), byte for byte. The
  * client's view is a mount namespace with a tmpfs over runs/ (root only:
@@ -709,10 +710,12 @@ static void check_export_remote(const char *local)
         rmdir(tmp);
         return;
     }
-    /* 7000-byte chunks: a few hundred requests */
-    snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' || exit 77; "
+    /* 7000-byte chunks: a few hundred requests. That host has a file of
+     * the same path (its own daemon's job 1, say): not the one to export */
+    snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' && mkdir '%s/runs/1' && "
+             "echo another > '%s/runs/1/checkpoint.safetensors' || exit 77; "
              "TMPDIR='%s' RUNAWAY_TEST_EXPORT_CHUNK=7000 exec '%s' --state-dir '%s' export j1 '%s'",
-             dir, tmp, exe, dir, remote);
+             dir, dir, dir, tmp, exe, dir, remote);
     const char *argv[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c", script, NULL};
     int rc = run_argv(out, sizeof out, 60, argv);
     cr_assert_eq(rc, 0, "%s", out);

@@ -1787,10 +1787,16 @@ static int cmd_export(const char *job, const char *out)
         snprintf(bin, sizeof bin, "%s", worker_bin);
     else
         find_prog("runaway-worker", "worker", bin, sizeof bin);
-    char ckpt[PATH_MAX];
+    char ckpt[PATH_MAX], mine[96] = "";
     snprintf(ckpt, sizeof ckpt, "%s", jstr(r, "checkpoint"));
+    struct stat cst;
+    if (access(ckpt, R_OK) == 0 && stat(ckpt, &cst) == 0)
+        rw_file_version(&cst, mine, sizeof mine);
+    /* runawayd's host: the path is the daemon's file (another host may
+     * have one of that path, another daemon's) */
+    int local = mine[0] && !strcmp(mine, jstr(r, "version"));
     json_decref(r);
-    if (access(ckpt, R_OK) == 0) { /* runawayd's host */
+    if (local) {
         conn_close(&c);
         fflush(stdout);
         execl(bin, bin, "export", ckpt, out, (char *)NULL);

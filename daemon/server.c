@@ -746,6 +746,17 @@ static void req_show(rd_conn *c, long long id, json_t *m)
     char dir[PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/runs/%lld", d->state_dir, (long long)job);
     json_object_set_new(r, "run_dir", json_string(dir));
+    {
+        /* its final weights' identity: a client that sees another file at
+         * that path is on another host (sphere reads them) */
+        char w[PATH_MAX + 96], version[96];
+        struct stat st;
+        snprintf(w, sizeof w, "%s/weights.safetensors", dir);
+        if (stat(w, &st) == 0) {
+            rw_file_version(&st, version, sizeof version);
+            json_object_set_new(r, "weights_version", json_string(version));
+        }
+    }
     char tb[PATH_MAX];
     json_object_set_new(r, "tensorboard",
                         rd_tb_run_dir(d, job, tb, sizeof tb) == 0 ? json_string(tb) : json_null());

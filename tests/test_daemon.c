@@ -726,6 +726,14 @@ static void check_export_remote(const char *local)
     free(b);
     cr_assert_eq(rmdir(tmp), 0, "the fetched checkpoint was left in %s", tmp);
     unlink(remote);
+    /* sphere reads the node's data and weights: there, a folder of that
+     * path with other weights in it is not the job's */
+    snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' && mkdir '%s/runs/1' && "
+             "echo another > '%s/runs/1/weights.safetensors' || exit 77; "
+             "exec '%s' --state-dir '%s' sphere j1", dir, dir, dir, exe, dir);
+    rc = run_argv(out, sizeof out, 60, argv);
+    cr_assert(rc == 1 && strstr(out, "/runs/1: not here: sphere reads the job's files"), "%s",
+              out);
 }
 
 static void check_metrics_export(void)

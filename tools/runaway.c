@@ -1358,12 +1358,19 @@ static int cmd_table(int n, char **a)
 /* ------------------------------------------------------------------------ */
 /* sphere: the paper's Figure 3 */
 
-/* sphere and export read a job's run folder where runawayd keeps it: a
- * client on another host (its socket forwarded over ssh) says so plainly. */
-static void need_local(const char *cmd, const char *path)
+/* sphere reads a job's run folder where runawayd keeps it: a client on
+ * another host (its socket forwarded over ssh) says so plainly, also when
+ * that host has a folder of the same path (its own daemon's job of that
+ * number): `version`, where given, is the identity of the folder's final
+ * weights as runawayd sees them. */
+static void need_local(const char *cmd, const char *path, const char *version)
 {
     struct stat st;
-    if (stat(path, &st) != 0 && errno == ENOENT)
+    char w[PATH_MAX + 32], mine[96] = "";
+    snprintf(w, sizeof w, "%s/weights.safetensors", path);
+    if (version && stat(w, &st) == 0)
+        rw_file_version(&st, mine, sizeof mine);
+    if ((stat(path, &st) != 0 && errno == ENOENT) || (version && strcmp(mine, version)))
         die("%s: %s: not here: %s reads the job's files where runawayd keeps them (a client "
             "that reaches runawayd through a socket forwarded from another host runs it on "
             "runawayd's host)", cmd, path, cmd);
@@ -1379,7 +1386,7 @@ static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, 
     json_t *r = request(c, m);
     snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, job);
     snprintf(run_dir, len, "%s", jstr(r, "run_dir"));
-    need_local("sphere", run_dir);
+    need_local("sphere", run_dir, json_string_value(json_object_get(r, "weights_version")));
     FILE *f = fopen(spec, "w");
     if (!f || fputs(jstr(r, "spec"), f) < 0 || fclose(f) != 0)
         die("%s: %s", spec, strerror(errno));

@@ -1425,6 +1425,8 @@ Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup
     snprintf(p, sizeof p, "%s/runaway.db", dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    /* the daemon may be mid-write: wait for it, as it would for us */
+    sqlite3_busy_timeout(db, 5000);
     cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     /* past SQLite's busy wait: the writes wait in the backlog */
     int said = cli_says("cannot write its database", 30);
@@ -3510,6 +3512,8 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
     pid_t watcher = follow_into(NULL, "locked", wf);
     cr_assert(file_has(wf, "watching grid locked: 2 jobs", 10), "no watch");
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    /* the daemon may be mid-write: wait for it, as it would for us */
+    sqlite3_busy_timeout(db, 5000);
     cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     int said = cli_says("cannot write its database", 30);
     snprintf(p, sizeof p, "%s/locked.yaml", dir); /* as submit_grid wrote it */

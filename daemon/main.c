@@ -165,6 +165,7 @@ void rd_shutdown_begin(rd_daemon *d)
     if (d->tcp_on)
         uv_close((uv_handle_t *)&d->tcp_srv, NULL);
     rd_workers_stop_all(d);
+    rd_sphere_stop_all(d);
     rd_shutdown_check(d);
 }
 
@@ -178,6 +179,7 @@ static void tick_cb(uv_timer_t *t)
 {
     rd_tick(t->data);
     rd_conns_tick(t->data);
+    rd_sphere_tick(t->data);
 }
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -318,6 +320,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
+    rd_sphere_clear_stale(d);
     if (rd_server_listen(d, tcp, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;

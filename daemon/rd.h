@@ -4,7 +4,9 @@
  *   server.c   listeners, connections, framing, client requests, watchers
  *   workers.c  worker processes, worker connections, heartbeats, scheduler
  *   tboard.c   TensorBoard event files of the metrics
- *   remove.c   rm: ended jobs out of the database and off the disk */
+ *   remove.c   rm: ended jobs out of the database and off the disk
+ *   notify.c   --notify: a command run when a grid ends or a job fails
+ *   sphere.c   sphere computed here for a client on another host */
 #ifndef RUNAWAY_DAEMON_RD_H
 #define RUNAWAY_DAEMON_RD_H
 
@@ -150,6 +152,22 @@ typedef struct rd_notify_slot {
     char what[96]; /* the event, for the log */
 } rd_notify_slot;
 
+/* sphere.c: `runaway-worker sphere` children for clients on other hosts */
+#define RD_SPHERE_MAX 2
+#define RD_SPHERE_TIMEOUT_S 3600.0
+typedef struct rd_sphere {
+    uv_process_t proc;
+    int busy;   /* until its handle is closed */
+    int killed; /* its asker went away, it ran too long, or shutdown */
+    rd_daemon *d;
+    rd_conn *conn; /* the asker, found again by rd_conn_find */
+    uint64_t serial;
+    long long req_id;
+    int64_t job;
+    double started; /* rd_mono() */
+    char dir[PATH_MAX]; /* its folder: spec.yaml, out.dat, log */
+} rd_sphere;
+
 struct rd_daemon {
     uv_loop_t *loop;
     char state_dir[PATH_MAX], sock_path[PATH_MAX], db_path[PATH_MAX];
@@ -179,6 +197,7 @@ struct rd_daemon {
     rd_notify_slot notify[RD_NOTIFY_MAX];
     char notify_seen[RD_NOTIFY_SEEN][64];
     int notify_next;
+    rd_sphere spheres[RD_SPHERE_MAX];
 };
 
 /* main.c */
@@ -238,6 +257,14 @@ void rd_notify_daemon(rd_daemon *d, const char *event, const char *text);
 void rd_watch_daemon(rd_daemon *d, const char *text);
 void rd_conns_tick(rd_daemon *d);
 int rd_handle_client(rd_conn *c, const char *type, json_t *m);
+
+/* sphere.c: runs `runaway-worker sphere` on job's final weights (or the
+ * snapshot of m's `epoch`) with m's `samples` and `backend`, and replies to
+ * request `id` of c with its data file, or why not */
+void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m);
+void rd_sphere_tick(rd_daemon *d);      /* kills children whose asker went away or late */
+void rd_sphere_stop_all(rd_daemon *d);  /* shutdown */
+void rd_sphere_clear_stale(rd_daemon *d); /* at start: the folders a crash left */
 
 /* tboard.c: a metric report ("step", "epoch", or "final": the result) as
  * TensorBoard scalars in the attempt's event file */

@@ -3,6 +3,7 @@
  * worker (reports). A protocol error gets an error reply, then the
  * connection is shut down after the reply is written and freed in the close
  * callback — never inside the read callback that found the error. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -725,6 +726,35 @@ static int64_t job_arg(rd_conn *c, long long id, json_t *m)
     return job;
 }
 
+/* The epochs of dir/snapshots/weights-eNNNNN.safetensors, ascending (at most
+ * 4096): what `sphere --snapshots` picks from on another host. */
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+static json_t *snapshot_epochs(const char *dir)
+{
+    char sd[PATH_MAX + 16];
+    snprintf(sd, sizeof sd, "%s/snapshots", dir);
+    DIR *dd = opendir(sd);
+    static int all[4096];
+    int n = 0, e;
+    struct dirent *de;
+    char tail[8];
+    while (dd && (de = readdir(dd)) && n < 4096)
+        if (sscanf(de->d_name, "weights-e%d.safetenso%7s", &e, tail) == 2 && !strcmp(tail, "rs"))
+            all[n++] = e;
+    if (dd)
+        closedir(dd);
+    qsort(all, (size_t)n, sizeof *all, cmp_int);
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(all[i]));
+    return a;
+}
+
 static void req_show(rd_conn *c, long long id, json_t *m)
 {
     rd_daemon *d = c->d;
@@ -756,6 +786,7 @@ static void req_show(rd_conn *c, long long id, json_t *m)
             rw_file_version(&st, version, sizeof version);
             json_object_set_new(r, "weights_version", json_string(version));
         }
+        json_object_set_new(r, "snapshots", snapshot_epochs(dir));
     }
     char tb[PATH_MAX];
     json_object_set_new(r, "tensorboard",
@@ -1743,6 +1774,11 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         req_metrics(c, id, m);
     else if (!strcmp(type, "export"))
         req_export(c, id, m);
+    else if (!strcmp(type, "sphere")) {
+        int64_t job = job_arg(c, id, m);
+        if (job)
+            rd_sphere_request(c, id, job, m);
+    }
     else if (!strcmp(type, "status"))
         req_status(c, id);
     else if (!strcmp(type, "shutdown")) {

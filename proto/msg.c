@@ -66,6 +66,9 @@ static const mdef msgs[] = {
     {"metrics", RW_FROM_CLIENT,
      {ID, TARGET("target"), {"kind", T_STR, 1, 4, 5}, {"after_job", T_INT, 0, 0, BIG},
       {"after", T_INT, 0, -1, BIG}, {"limit", T_INT, 0, 1, RW_METRICS_PAGE_MAX}}},
+    {"sphere", RW_FROM_CLIENT,
+     {ID, TARGET("job"), {"epoch", T_INT, 0, 0, 1e6}, {"samples", T_INT, 0, 3, 50000},
+      {"backend", T_STR, 0, 1, 8}}},
     {"export", RW_FROM_CLIENT,
      {ID, TARGET("job"), {"offset", T_INT, 0, 0, BIG}, {"length", T_INT, 0, 1, RW_EXPORT_CHUNK}}},
     {"status", RW_FROM_CLIENT, {ID}},
@@ -255,6 +258,23 @@ void rw_file_version(const struct stat *st, char *out, size_t len)
 {
     snprintf(out, len, "%llu:%lld.%09ld:%lld", (unsigned long long)st->st_ino,
              (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec, (long long)st->st_size);
+}
+
+void rw_file_last_line(const char *path, const char *skip, char *out, size_t len)
+{
+    if (len)
+        out[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[1024];
+    size_t nskip = skip ? strlen(skip) : 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (line[0] && !(nskip && !strncmp(line, skip, nskip)))
+            snprintf(out, len, "%s", line);
+    }
+    fclose(f);
 }
 
 void rw_hex_encode(const void *p, size_t n, char *out)

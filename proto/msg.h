@@ -57,6 +57,12 @@ enum {
 struct stat;
 void rw_file_version(const struct stat *st, char *out, size_t len);
 
+/* The last line of a program's output file that says something (not blank,
+ * not starting with `skip`, which may be NULL), without its newline, into
+ * out; "" when there is none or the file cannot be read. What a client and
+ * the daemon quote when `runaway-worker` fails. */
+void rw_file_last_line(const char *path, const char *skip, char *out, size_t len);
+
 /* Hex of n bytes into out (2n+1 bytes). */
 void rw_hex_encode(const void *p, size_t n, char *out);
 /* Decodes a lowercase/uppercase hex string: -1 unless it has even length

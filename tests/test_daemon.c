@@ -4,6 +4,7 @@
  * deadline; the fixture kills the daemon (its workers die with it through
  * PR_SET_PDEATHSIG) whatever happens. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -696,6 +697,19 @@ static void check_export_remote(const char *local)
     json_object_set_new(m, "offset", json_integer((json_int_t)size + 1));
     expect_error(ask(m), RW_E_BAD_MESSAGE, "is past the checkpoint's");
     free(bytes);
+    /* sphere computed by runawayd: what it refuses */
+    m = rw_msg_new("sphere", 3);
+    json_object_set_new(m, "job", json_string("j1"));
+    json_object_set_new(m, "epoch", json_integer(7));
+    expect_error(ask(m), RW_E_STATE, "job j1 has no snapshot of epoch 7 (");
+    m = rw_msg_new("sphere", 3);
+    json_object_set_new(m, "job", json_string("j1"));
+    json_object_set_new(m, "samples", json_integer(2));
+    expect_error(ask(m), RW_E_BAD_MESSAGE, "samples");
+    m = rw_msg_new("sphere", 3);
+    json_object_set_new(m, "job", json_string("j1"));
+    json_object_set_new(m, "backend", json_string("tpu"));
+    expect_error(ask(m), RW_E_BAD_MESSAGE, "backend: auto, cpu or cuda, not 'tpu'");
 
     char script[2048], exe[1100], tmp[160], out[8192], remote[160];
     bin(exe, sizeof exe, "tools/runaway");
@@ -726,14 +740,36 @@ static void check_export_remote(const char *local)
     free(b);
     cr_assert_eq(rmdir(tmp), 0, "the fetched checkpoint was left in %s", tmp);
     unlink(remote);
-    /* sphere reads the node's data and weights: there, a folder of that
-     * path with other weights in it is not the job's */
+    /* sphere: that host has neither the training images nor the weights
+     * (a folder of the path with other weights in it): runawayd computes
+     * the projections where they are, and the numbers are those of a
+     * client on its host */
+    char here[8192];
+    rc = cli(here, sizeof here, 60, "sphere", "j1", "--samples", "40", "--backend", "cpu",
+             "--snapshots", "3", NULL);
+    cr_assert_eq(rc, 0, "%s", here);
     snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' && mkdir '%s/runs/1' && "
              "echo another > '%s/runs/1/weights.safetensors' || exit 77; "
-             "exec '%s' --state-dir '%s' sphere j1", dir, dir, dir, exe, dir);
+             "exec '%s' --state-dir '%s' sphere j1 --samples 40 --backend cpu --snapshots 3",
+             dir, dir, dir, exe, dir);
     rc = run_argv(out, sizeof out, 60, argv);
-    cr_assert(rc == 1 && strstr(out, "/runs/1: not here: sphere reads the job's files"), "%s",
-              out);
+    cr_assert(rc == 0 && strstr(out, "j1: its run folder is on runawayd's host, not here: "
+                                     "runawayd computes its projections there"), "%s", out);
+    int rows = 0;
+    for (char *line = strstr(here, "\ntiny/byol/seed0, epoch "); line;
+         line = strstr(line + 1, "\ntiny/byol/seed0, epoch ")) {
+        char want[256];
+        snprintf(want, sizeof want, "%.*s", (int)strcspn(line + 1, "\n") + 2, line);
+        cr_assert(strstr(out, want), "no '%s' from another host:\n%s", want + 1, out);
+        rows++;
+    }
+    cr_assert_eq(rows, 3, "%s", here);
+    /* its folders went with it */
+    DIR *sd = opendir(dir);
+    struct dirent *de;
+    while ((de = readdir(sd)))
+        cr_assert(strncmp(de->d_name, "sphere-", 7), "%s/%s left behind", dir, de->d_name);
+    closedir(sd);
 }
 
 static void check_metrics_export(void)
@@ -962,9 +998,8 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
     {
-        /* a client whose machine has not the run folder (it reaches the
-         * daemon through a forwarded socket): sphere says so (export too,
-         * where the daemon finds the checkpoint and the client does not) */
+        /* the run folder is gone: a client that cannot see it asks
+         * runawayd, which cannot either, and says so */
         char r1[160], moved[160];
         snprintf(r1, sizeof r1, "%s/runs/1", dir);
         snprintf(moved, sizeof moved, "%s/runs/1.away", dir);
@@ -972,9 +1007,9 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
         rc = cli(out, sizeof out, 20, "sphere", "j1", NULL);
         cr_assert_eq(rename(moved, r1), 0);
         char want[300];
-        snprintf(want, sizeof want, "sphere: %s: not here: sphere reads the job's files", r1);
-        cr_assert(rc == 1 && strstr(out, want) && strstr(out, "runs it on runawayd's host"), "%s",
-                  out);
+        snprintf(want, sizeof want, "job j1 has no final weights (%s/weights.safetensors: No "
+                 "such file", r1);
+        cr_assert(rc == 1 && strstr(out, want), "%s", out);
     }
     check_export_remote(w);
     check_plot();
@@ -1408,6 +1443,128 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
     rc = cli(out, sizeof out, 20, "daemon", "status", NULL);
     cr_assert(rc == 0 && strstr(out, "at a grid's end or a job's failure it runs: env | grep"),
               "%s", out);
+}
+
+/* runawayd's sphere children, for clients on other hosts: the worker
+ * program is a script that runs the real one, except for sphere, where it
+ * records its pid and waits (a computation that takes its time). */
+static char sphere_wrapper[160];
+
+static void setup_slow_sphere(void)
+{
+    prepare();
+    char real[1100], text[2048];
+    bin(real, sizeof real, "worker/runaway-worker");
+    snprintf(sphere_wrapper, sizeof sphere_wrapper, "%s/worker.sh", dir);
+    snprintf(text, sizeof text, "#!/bin/sh\nif [ \"$1\" = sphere ]; then echo $$ >> '%s/sphere.pids'; "
+             "exec sleep 300; fi\nexec '%s' \"$@\"\n", dir, real);
+    write_file(sphere_wrapper, text);
+    cr_assert_eq(chmod(sphere_wrapper, 0700), 0);
+    extra_arg[0] = "--worker";
+    extra_arg[1] = sphere_wrapper;
+    start_daemon();
+}
+
+/* The pids the wrapper recorded, once there are n (within 10 s). */
+static void sphere_pids(int n, pid_t *pids)
+{
+    char p[160];
+    snprintf(p, sizeof p, "%s/sphere.pids", dir);
+    for (double t0 = now(); now() - t0 < 10; usleep(20000)) {
+        FILE *f = fopen(p, "r");
+        int k = 0;
+        long v;
+        while (f && k < n && fscanf(f, "%ld", &v) == 1)
+            pids[k++] = (pid_t)v;
+        if (f)
+            fclose(f);
+        if (k == n)
+            return;
+    }
+    cr_assert_fail("runawayd did not start %d sphere children", n);
+}
+
+static int gone(pid_t pid, double secs)
+{
+    for (double t0 = now(); now() - t0 < secs; usleep(20000))
+        if (kill(pid, 0) != 0 && errno == ESRCH)
+            return 1;
+    return 0;
+}
+
+static int sphere_folders(void)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+    while (d && (de = readdir(d)))
+        n += !strncmp(de->d_name, "sphere-", 7);
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static int sphere_ask(rw_frame_reader *r)
+{
+    int fd = client(r);
+    json_t *m = rw_msg_new("sphere", 5);
+    json_object_set_new(m, "job", json_string("j1"));
+    json_object_set_new(m, "backend", json_string("cpu"));
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    return fd;
+}
+
+/* A sphere computation runawayd runs for a client stops when the client
+ * goes away and when runawayd does; at most two run at once; a crash's
+ * folders are cleared at the next start. */
+Test(daemon, sphere_for_another_host_stops_with_its_client_and_at_shutdown,
+     .init = setup_slow_sphere, .fini = teardown_notify, .timeout = 90)
+{
+    submit_grid("s", 1, 0, "");
+    wait_for("done", "SELECT COUNT(*) FROM jobs WHERE state='done'", 0, 1, 60);
+    rw_frame_reader r1, r2, r3;
+    int fd1 = sphere_ask(&r1);
+    pid_t pids[3];
+    sphere_pids(1, pids);
+    cr_assert_eq(sphere_folders(), 1);
+    close(fd1);
+    rw_frame_reader_free(&r1);
+    cr_assert(gone(pids[0], 5), "the sphere of a client that went away still runs");
+    for (double t0 = now(); sphere_folders() && now() - t0 < 5;)
+        usleep(20000);
+    cr_assert_eq(sphere_folders(), 0, "its folder was left");
+
+    /* two at once; a third waits for neither */
+    fd1 = sphere_ask(&r1);
+    int fd2 = sphere_ask(&r2);
+    sphere_pids(3, pids);
+    json_t *m = rw_msg_new("sphere", 7);
+    json_object_set_new(m, "job", json_string("j1"));
+    int fd3 = client(&r3);
+    expect_error(request(fd3, &r3, m), RW_E_STATE, "runawayd computes 2 spheres already");
+    close(fd3);
+    rw_frame_reader_free(&r3);
+    /* shutdown does not wait for them */
+    double t0 = now();
+    int st = stop_daemon(20);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && now() - t0 < 15,
+              "runawayd stopped in %.1f s with %d", now() - t0, st);
+    cr_assert(gone(pids[1], 5) && gone(pids[2], 5), "sphere children outlived runawayd");
+    cr_assert_eq(sphere_folders(), 0);
+    close(fd1);
+    close(fd2);
+    rw_frame_reader_free(&r1);
+    rw_frame_reader_free(&r2);
+
+    /* what a crash left goes at the next start */
+    char p[160];
+    snprintf(p, sizeof p, "%s/sphere-AbC123", dir);
+    cr_assert_eq(mkdir(p, 0700), 0);
+    snprintf(p, sizeof p, "%s/sphere-AbC123/out.dat", dir);
+    write_file(p, "# runaway sphere: half written\n");
+    start_daemon();
+    cr_assert_eq(sphere_folders(), 0, "a stale sphere folder stayed");
 }
 
 static int cli_says(const char *what, double secs, ...);

@@ -69,7 +69,9 @@ static void usage(FILE *f)
             "                                       the paper's Figure 3: f(x) of N training images\n"
             "                                       by PCA onto the circle, per variant (its lowest\n"
             "                                       finished seed); spread numbers, and a PNG with -o;\n"
-            "                                       --snapshots K: a row of K epochs per variant\n"
+            "                                       --snapshots K: a row of K epochs per variant;\n"
+            "                                       runawayd computes it where the run folders\n"
+            "                                       are not here (another host)\n"
             "  metrics JOB|GRID... [--steps] [-o OUT.csv]\n"
             "                                       every epoch's (--steps: step's) metrics as CSV,\n"
             "                                       the newest row of each per job\n"
@@ -139,9 +141,9 @@ static json_t *recv_msg(conn *c, int timeout_ms)
     return m;
 }
 
-/* Sends a request, waits for its reply; an error reply ends the program
- * with the daemon's message. Returns the ok reply. */
-static json_t *request(conn *c, json_t *m)
+/* Sends a request, waits up to `secs` for its reply; an error reply ends
+ * the program with the daemon's message. Returns the ok reply. */
+static json_t *request_within(conn *c, json_t *m, int secs)
 {
     long long id = next_id++;
     json_object_set_new(m, "id", json_integer(id));
@@ -149,7 +151,7 @@ static json_t *request(conn *c, json_t *m)
         die("runawayd at %s: cannot send: %s", sock_path, strerror(errno));
     json_decref(m);
     for (;;) {
-        json_t *r = recv_msg(c, 600000);
+        json_t *r = recv_msg(c, secs * 1000);
         const char *t = json_string_value(json_object_get(r, "type"));
         if (rw_msg_id(r) != id) {
             json_decref(r);
@@ -159,6 +161,11 @@ static json_t *request(conn *c, json_t *m)
             die("%s", json_string_value(json_object_get(r, "message")));
         return r;
     }
+}
+
+static json_t *request(conn *c, json_t *m)
+{
+    return request_within(c, m, 600);
 }
 
 static int open_conn(conn *c)
@@ -1358,26 +1365,40 @@ static int cmd_table(int n, char **a)
 /* ------------------------------------------------------------------------ */
 /* sphere: the paper's Figure 3 */
 
-/* sphere reads a job's run folder where runawayd keeps it: a client on
- * another host (its socket forwarded over ssh) says so plainly, also when
- * that host has a folder of the same path (its own daemon's job of that
- * number): `version`, where given, is the identity of the folder's final
- * weights as runawayd sees them. */
-static void need_local(const char *cmd, const char *path, const char *version)
+/* sphere needs a job's weights and its training images. Where the client
+ * sees the job's run folder as runawayd does, it runs `runaway-worker
+ * sphere` itself; a client on another host (its socket forwarded over ssh)
+ * asks runawayd to run it there, and draws the data file it sends. A folder
+ * of the same path on that host (its own daemon's job of that number) is
+ * not the job's: `version` is the identity of the final weights as runawayd
+ * sees them. */
+static int run_dir_here(const char *path, const char *version)
 {
     struct stat st;
     char w[PATH_MAX + 32], mine[96] = "";
     snprintf(w, sizeof w, "%s/weights.safetensors", path);
     if (version && stat(w, &st) == 0)
         rw_file_version(&st, mine, sizeof mine);
-    if ((stat(path, &st) != 0 && errno == ENOENT) || (version && strcmp(mine, version)))
-        die("%s: %s: not here: %s reads the job's files where runawayd keeps them (a client "
-            "that reaches runawayd through a socket forwarded from another host runs it on "
-            "runawayd's host)", cmd, path, cmd);
+    return !(stat(path, &st) != 0 && errno == ENOENT) && !(version && strcmp(mine, version));
 }
 
-/* The job's spec into dir/jN.yaml; its run folder into run_dir. */
-static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, size_t len)
+/* The epochs of a job's snapshots (`show`'s list, ascending): at most k of
+ * them, evenly spread, the first and the last kept. */
+static int snapshot_pick(const json_t *list, int k, int *out)
+{
+    int n = (int)json_array_size(list);
+    int m = n < k ? n : k;
+    for (int i = 0; i < m; i++)
+        out[i] = (int)json_integer_value(
+            json_array_get(list, m > 1 ? (size_t)((long)i * (n - 1) / (m - 1)) : (size_t)n - 1));
+    return m;
+}
+
+/* The job's spec into dir/jN.yaml, its run folder into run_dir, whether the
+ * client sees it (*here), and up to k of its snapshot epochs into ep
+ * (returned: how many). */
+static int sphere_spec(conn *c, const char *dir, long long job, char *run_dir, size_t len,
+                       int *here, int k, int *ep)
 {
     json_t *m = req_new("show");
     char id[32], spec[PATH_MAX];
@@ -1386,11 +1407,13 @@ static void sphere_spec(conn *c, const char *dir, long long job, char *run_dir, 
     json_t *r = request(c, m);
     snprintf(spec, sizeof spec, "%s/j%lld.yaml", dir, job);
     snprintf(run_dir, len, "%s", jstr(r, "run_dir"));
-    need_local("sphere", run_dir, json_string_value(json_object_get(r, "weights_version")));
+    *here = run_dir_here(run_dir, json_string_value(json_object_get(r, "weights_version")));
     FILE *f = fopen(spec, "w");
     if (!f || fputs(jstr(r, "spec"), f) < 0 || fclose(f) != 0)
         die("%s: %s", spec, strerror(errno));
+    int n = snapshot_pick(json_object_get(r, "snapshots"), k, ep);
     json_decref(r);
+    return n;
 }
 
 /* Runs `runaway-worker sphere` on one weights file of job p->job into
@@ -1433,18 +1456,35 @@ static void sphere_run(const char *dir, const char *weights, long samples, const
     if (ran && rw_sphere_read(p, err, sizeof err) != 0)
         die("sphere: j%lld: %s", p->job, err);
     if (!ran) {
-        char tail[1024] = "";
-        FILE *f = fopen(logp, "r");
-        if (f) { /* the last line that says something */
-            char line[1024];
-            while (fgets(line, sizeof line, f))
-                if (strncmp(line, "runaway-worker: no usable GPU", 29) != 0)
-                    snprintf(tail, sizeof tail, "%s", line);
-            fclose(f);
-        }
-        tail[strcspn(tail, "\n")] = 0;
+        char tail[1024];
+        rw_file_last_line(logp, "runaway-worker: no usable GPU", tail, sizeof tail);
         die("sphere: j%lld: %s", p->job, tail[0] ? tail : "runaway-worker sphere failed");
     }
+}
+
+/* The same, run by runawayd where the job's files are (epoch < 0: its final
+ * weights): its data file into p->data. */
+static void sphere_remote(conn *c, int epoch, long samples, const char *backend,
+                          rw_sphere_panel *p)
+{
+    json_t *m = req_new("sphere");
+    char id[32];
+    snprintf(id, sizeof id, "j%lld", p->job);
+    json_object_set_new(m, "job", json_string(id));
+    if (epoch >= 0)
+        json_object_set_new(m, "epoch", json_integer(epoch));
+    json_object_set_new(m, "samples", json_integer(samples));
+    json_object_set_new(m, "backend", json_string(backend));
+    /* runawayd answers when runaway-worker is done: up to its hour */
+    json_t *r = request_within(c, m, 3700);
+    const char *data = json_string_value(json_object_get(r, "data"));
+    FILE *f = fopen(p->data, "w");
+    if (!data || !f || fputs(data, f) < 0 || fclose(f) != 0)
+        die("sphere: %s: %s", p->data, data ? strerror(errno) : "runawayd sent no data");
+    json_decref(r);
+    char err[1024];
+    if (rw_sphere_read(p, err, sizeof err) != 0)
+        die("sphere: j%lld: %s", p->job, err);
 }
 
 static char sphere_tmp[PATH_MAX]; /* the temporary folder, removed at exit */
@@ -1453,33 +1493,6 @@ static void sphere_tmp_remove(void)
 {
     if (sphere_tmp[0])
         rw_work_dir_remove(sphere_tmp);
-}
-
-static int cmp_int(const void *a, const void *b)
-{
-    return *(const int *)a - *(const int *)b;
-}
-
-/* The epochs of run_dir/snapshots/weights-eNNNNN.safetensors, ascending;
- * at most k of them, evenly spread, the first and the last kept. */
-static int snapshot_epochs(const char *run_dir, int k, int *out)
-{
-    char sd[PATH_MAX + 16];
-    snprintf(sd, sizeof sd, "%s/snapshots", run_dir);
-    DIR *d = opendir(sd);
-    int all[4096], n = 0, e;
-    struct dirent *de;
-    char tail[8];
-    while (d && (de = readdir(d)) && n < 4096)
-        if (sscanf(de->d_name, "weights-e%d.safetenso%7s", &e, tail) == 2 && !strcmp(tail, "rs"))
-            all[n++] = e;
-    if (d)
-        closedir(d);
-    qsort(all, (size_t)n, sizeof *all, cmp_int);
-    int m = n < k ? n : k;
-    for (int i = 0; i < m; i++)
-        out[i] = all[m > 1 ? (long)i * (n - 1) / (m - 1) : n - 1];
-    return m;
 }
 
 static int cmd_sphere(int n, char **a)
@@ -1563,14 +1576,21 @@ static int cmd_sphere(int n, char **a)
     char (*run_dir)[PATH_MAX] = calloc((size_t)(np ? np : 1), sizeof *run_dir);
     if (!ep || !ne || !run_dir)
         die("out of memory");
+    int *here = calloc((size_t)(np ? np : 1), sizeof *here);
+    if (!here)
+        die("out of memory");
     for (int g = 0; g < np; g++) {
         if (!pick[g].job)
             continue;
-        sphere_spec(&c, dir, pick[g].job, run_dir[g], sizeof run_dir[g]);
-        ne[g] = snaps ? snapshot_epochs(run_dir[g], (int)snaps, ep[g]) : 1;
+        int k = sphere_spec(&c, dir, pick[g].job, run_dir[g], sizeof run_dir[g], &here[g],
+                            snaps ? (int)snaps : 0, ep[g]);
+        ne[g] = snaps ? k : 1;
         if (ne[g] == 0)
             die("sphere: j%lld has no snapshots in %s/snapshots (give its spec "
                 "checkpoint.snapshot_every)", pick[g].job, run_dir[g]);
+        if (!here[g])
+            fprintf(stderr, "runaway: sphere: j%lld: its run folder is on runawayd's host, not "
+                    "here: runawayd computes its projections there\n", pick[g].job);
         cols = ne[g] > cols ? ne[g] : cols;
         ndone++;
     }
@@ -1594,9 +1614,13 @@ static int cmd_sphere(int n, char **a)
                 snprintf(w, sizeof w, "%s/weights.safetensors", run_dir[g]);
             }
             snprintf(q->data, sizeof q->data, "%s/sphere%d.dat", dir, total - 1);
-            sphere_run(dir, w, samples, backend, q);
+            if (here[g])
+                sphere_run(dir, w, samples, backend, q);
+            else
+                sphere_remote(&c, snaps ? ep[g][k] : -1, samples, backend, q);
         }
     }
+    free(here);
     free(ep);
     free(ne);
     free(run_dir);

@@ -976,7 +976,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     cr_assert(rc == 0 && strstr(out, "| variant | n |") && strstr(out, "| byol-np | 2/2 | "),
               "%s", out);
     rc = cli(out, sizeof out, 20, "table", "g1", "--format", "tex", NULL);
-    cr_assert(rc != 0 && strstr(out, "text, csv or markdown"), "%s", out);
+    cr_assert(rc != 0 && strstr(out, "text, csv, markdown or latex, not 'tex'"), "%s", out);
     json_decref(t);
 
     rc = cli(out, sizeof out, 20, "table", "g1", NULL);
@@ -1069,13 +1069,13 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                "  variant:\n"
                "    - {name: base, optim: {epochs: 0}}\n"
                "    - {name: good, model: {predictor: linear}}\n"
-               "    - {name: bad, model: {predictor: none}}\n");
+               "    - {name: no_pred, model: {predictor: none}}\n");
     int rc = cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     rc = cli(out, sizeof out, 60, "watch", "marks", NULL);
     cr_assert_eq(rc, 0, "%s", out);
 
-    /* base: L_uniform -1.0, 40%; good: -2.0, 60%; bad: -0.1, 20% */
+    /* base: L_uniform -1.0, 40%; good: -2.0, 60%; no_pred: -0.1, 20% */
     char p[128];
     snprintf(p, sizeof p, "%s/runaway.db", dir);
     sqlite3 *db;
@@ -1095,7 +1095,7 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
 
     json_t *t = simple("table", "grid", "marks");
     cr_assert_str_eq(json_string_value(json_object_get(t, "baseline")), "base");
-    const char *variant[3] = {"base", "good", "bad"};
+    const char *variant[3] = {"base", "good", "no_pred"};
     const int base[3] = {1, 0, 0}, uw[3] = {-1, 0, 1}, aw[3] = {-1, 0, 1}; /* -1: absent */
     for (int v = 0; v < 3; v++) {
         json_t *row = json_array_get(json_object_get(t, "rows"), (size_t)v);
@@ -1140,11 +1140,24 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                   strstr(out, "| **-0.100 ± 0.000** |") && strstr(out, "| **20.00 ± 0.00** |") &&
                   strstr(out, "Bold: worse than the random baseline (base)"),
               "%s", out);
+    rc = cli(out, sizeof out, 20, "table", "marks", "--format", "latex", NULL);
+    cr_assert(rc == 0 && strstr(out, "\\begin{tabular}{lcccccc}\n\\toprule\n") &&
+                  strstr(out, "& $\\mathrm{rank}(f)$ & $\\cos(W, I)$ & linear eval top-1 (\\%) "
+                              "\\\\\n\\midrule\n") &&
+                  strstr(out, "\ngood & 1/1 & $") && strstr(out, "\\times10^{") &&
+                  strstr(out, " & $-2.000 \\pm 0.000$ & $") &&
+                  strstr(out, " & $0.250 \\pm 0.000$ & $60.00 \\pm 0.00$ \\\\\n") &&
+                  strstr(out, "\nno\\_pred & 1/1 & ") &&
+                  strstr(out, " & $\\mathbf{-0.100 \\pm 0.000}$ & ") &&
+                  strstr(out, " & -- & $\\mathbf{20.00 \\pm 0.00}$ \\\\\n") &&
+                  strstr(out, "\\bottomrule\n\\end{tabular}\n% Bold: worse than the random "
+                              "baseline (base)"),
+              "%s", out);
     rc = cli(out, sizeof out, 20, "table", "marks", "--format", "csv", NULL);
     cr_assert(rc == 0 && strstr(out, ",rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,acc_worse\n") &&
-                  strstr(out, ",0.25,0,0,0\nbad,1,1,") &&
+                  strstr(out, ",0.25,0,0,0\nno_pred,1,1,") &&
                   strstr(out, "\nbase,1,1,") && strstr(out, ",,\ngood,1,1,") &&
-                  strstr(out, ",0,0\nbad,1,1,") && strstr(out, ",1,1\n"),
+                  strstr(out, ",0,0\nno_pred,1,1,") && strstr(out, ",1,1\n"),
               "%s", out);
     rc = cli(out, sizeof out, 20, "grids", NULL);
     cr_assert(rc == 0 && strstr(out, "g1    marks ") &&

@@ -54,7 +54,7 @@ static void usage(FILE *f)
             "                                       -f: then new ones until the job has ended\n"
             "  workers\n"
             "  watch JOB|GRID                       live progress until every job has ended\n"
-            "  table GRID... [--format text|csv|markdown]\n"
+            "  table GRID... [--format text|csv|markdown|latex]\n"
             "                                       per variant: mean +- std over seeds (several\n"
             "                                       grids: their jobs by variant name)\n"
             "  plot JOB|GRID... [-o OUT.png] [--every S] [--data DIR] [--size COLSxROWS]\n"
@@ -1148,11 +1148,91 @@ static void cell(char *out, size_t len, const json_t *row, const char *key, doub
 
 /* The table for a paper or a spreadsheet: csv (one header line, then a row
  * per variant, accuracy in %) or markdown (a pipe table, mean ± std). */
+/* A number for LaTeX math: 1.234e-03 becomes 1.234\times10^{-3}, 1.5e+00 1.5. */
+static void tex_num(char *out, size_t len, const char *fmt, double x)
+{
+    char s[64];
+    snprintf(s, sizeof s, fmt, x);
+    char *e = strchr(s, 'e');
+    if (!e) {
+        snprintf(out, len, "%s", s);
+        return;
+    }
+    *e = '\0';
+    int x10 = atoi(e + 1);
+    if (x10)
+        snprintf(out, len, "%s\\times10^{%d}", s, x10);
+    else
+        snprintf(out, len, "%s", s);
+}
+
+/* pm's cell as LaTeX math, bold where the row is worse than the baseline
+ * on `flag` (NULL: never) */
+static void pm_tex(char *out, size_t len, const json_t *o, const char *mean, const char *std,
+                   const char *fmt, const char *sfmt, double scale, const char *flag)
+{
+    const json_t *a = json_object_get(o, mean), *b = json_object_get(o, std);
+    if (!json_is_number(a)) {
+        snprintf(out, len, "--");
+        return;
+    }
+    char m[64], sd[64];
+    tex_num(m, sizeof m, fmt, json_number_value(a) * scale);
+    tex_num(sd, sizeof sd, sfmt, json_is_number(b) ? json_number_value(b) * scale : 0.0);
+    snprintf(out, len, flag && worse(o, flag) == 1 ? "$\\mathbf{%s \\pm %s}$" : "$%s \\pm %s$", m,
+             sd);
+}
+
+/* The table as a LaTeX tabular (booktabs rules), for the paper. */
+static void print_table_tex(const json_t *r)
+{
+    const json_t *rows = json_object_get(r, "rows");
+    int ws = any_w(rows);
+    printf("%% runaway table: mean \\pm std over seeds; n: finished jobs / jobs. "
+           "Needs \\usepackage{booktabs}.\n");
+    printf("\\begin{tabular}{lc%s}\n\\toprule\n", ws ? "ccccc" : "cccc");
+    printf("variant & $n$ & $\\mathcal{L}_{\\mathrm{align}}(q \\circ f)$ & "
+           "$\\mathcal{L}_{\\mathrm{uniform}}(f)$ & $\\mathrm{rank}(f)$ & %s"
+           "linear eval top-1 (\\%%) \\\\\n\\midrule\n",
+           ws ? "$\\cos(W, I)$ & " : "");
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v)
+    {
+        char name[160], al[96], un[96], rk[96], wi[96], acc[96];
+        /* variant names are [A-Za-z0-9_.-]: only _ is special */
+        size_t o = 0;
+        for (const char *p = jstr(v, "variant"); *p && o + 3 < sizeof name; p++) {
+            if (*p == '_')
+                name[o++] = '\\';
+            name[o++] = *p;
+        }
+        name[o] = '\0';
+        pm_tex(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1, NULL);
+        pm_tex(un, sizeof un, v, "uniform_mean", "uniform_std", "%.3f", "%.3f", 1,
+               "uniform_worse");
+        pm_tex(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1, NULL);
+        pm_tex(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "%.3f", "%.3f", 1, NULL);
+        pm_tex(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100, "acc_worse");
+        printf("%s & %lld/%lld & %s & %s & %s & %s%s%s \\\\\n", name, jint(v, "n"),
+               jint(v, "jobs"), al, un, rk, ws ? wi : "", ws ? " & " : "", acc);
+    }
+    printf("\\bottomrule\n\\end{tabular}\n");
+    if (any_worse(rows))
+        printf("%% Bold: worse than the random baseline (%s): L_uniform(f) higher, linear eval "
+               "lower.\n", jstr(r, "baseline"));
+}
+
 static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
 {
     json_t *m = req_new("table");
     set_targets(m, "grid", "grids", grids, ng);
     json_t *r = request(c, m);
+    if (!strcmp(fmt, "latex")) {
+        print_table_tex(r);
+        json_decref(r);
+        return;
+    }
     int csv = !strcmp(fmt, "csv"), ws = any_w(json_object_get(r, "rows"));
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
@@ -1342,8 +1422,9 @@ static int cmd_table(int n, char **a)
     for (int k = 0; k < n; k++) {
         if (!strcmp(a[k], "--format") && k + 1 < n) {
             fmt = a[++k];
-            if (strcmp(fmt, "text") && strcmp(fmt, "csv") && strcmp(fmt, "markdown"))
-                die("table: --format is text, csv or markdown, not '%s'", fmt);
+            if (strcmp(fmt, "text") && strcmp(fmt, "csv") && strcmp(fmt, "markdown") &&
+                strcmp(fmt, "latex"))
+                die("table: --format is text, csv, markdown or latex, not '%s'", fmt);
         } else if (a[k][0] == '-') {
             die("table: unexpected argument '%s'", a[k]);
         } else {

@@ -1458,6 +1458,36 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
               "%s", out);
 }
 
+/* watch of several targets: each one's events as they come, until every
+ * one has ended; the exit status says whether all of their jobs ended
+ * done. */
+Test(daemon, watch_follows_several_targets_until_all_end, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+    submit_grid("wa", 2, 0, "  seed: [0]\n");
+    submit_grid("wb", 30, 0, "  seed: [0]\n  variant:\n    - {name: ok}\n"
+                             "    - {name: big, optim: {batch_size: 200}}\n");
+    char out[65536];
+    int rc = cli(out, sizeof out, 80, "watch", "wa", "g2", "j1", NULL);
+    cr_assert_eq(rc, 1, "a job failed: %s", out);
+    cr_assert(strstr(out, "watching grid wa: 1 job\n") && strstr(out, "watching grid g2: 2 jobs\n") &&
+                  strstr(out, "watching job j1: 1 job\n"), "%s", out);
+    /* g2's events came (its 30 epochs outlast the start of the watch), to
+     * its end, and so did the failure */
+    cr_assert(strstr(out, "\nj2    epoch  30/30 ") && strstr(out, "j2    wb/ok/seed0: done") &&
+                  strstr(out, "wb/big/seed0: failed: optim.batch_size 200 exceeds the 100 "
+                              "training images"), "%s", out);
+    /* nothing of g2 before its header, which came before any event */
+    char *h = strstr(out, "watching grid g2"), *e = strstr(out, "epoch");
+    cr_assert(h && (!e || h < e), "%s", out);
+    /* all of them done: 0 */
+    rc = cli(out, sizeof out, 20, "watch", "wa", "j2", NULL);
+    cr_assert(rc == 0 && strstr(out, "watching grid wa: 1 job\n  j1 ") &&
+                  strstr(out, "watching job j2: 1 job\n  j2 "), "%s", out);
+    rc = cli(out, sizeof out, 20, "watch", "wa", "g9", NULL);
+    cr_assert(rc != 0 && strstr(out, "g9"), "%s", out);
+}
+
 /* runawayd's sphere children, for clients on other hosts: the worker
  * program is a script that runs the real one, except for sphere, where it
  * records its pid and waits (a computation that takes its time). */

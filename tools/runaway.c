@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,7 +54,7 @@ static void usage(FILE *f)
             "  logs JOB [--tail N] [-f|--follow]    the job's log and events (the last N, 200);\n"
             "                                       -f: then new ones until the job has ended\n"
             "  workers\n"
-            "  watch JOB|GRID                       live progress until every job has ended\n"
+            "  watch JOB|GRID...                    live progress until every job has ended\n"
             "  table GRID... [--format text|csv|markdown|latex]\n"
             "                                       per variant: mean +- std over seeds (several\n"
             "                                       grids: their jobs by variant name)\n"
@@ -912,15 +913,35 @@ static int cmd_rm(const char *target)
 /* ------------------------------------------------------------------------ */
 /* watch, table */
 
-/* Prints events until watch_end. Returns 0 if every job ended done. */
-static int watch(conn *c, const char *target)
+/* The targets of watch, table, plot, sphere or metrics: the arguments that are no
+ * option, at most RW_TARGETS_MAX. */
+static void add_target(const char *cmd, char **t, int *nt, char *arg)
+{
+    if (*nt == RW_TARGETS_MAX)
+        die("%s: at most %d jobs or grids at once", cmd, RW_TARGETS_MAX);
+    t[(*nt)++] = arg;
+}
+
+/* One watched target: its connection (a daemon's watch is one per
+ * connection), the request's id, and what it resolved to. */
+typedef struct watched {
+    conn c;
+    long long id;
+    char kind; /* 'g' or 'j' */
+    long long tid;
+    int ended; /* watch_end came */
+} watched;
+
+/* Asks for the watch and prints the target's jobs. */
+static void watch_open(watched *w, const char *target)
 {
     json_t *m = req_new("watch");
     json_object_set_new(m, "target", json_string(target));
-    json_t *r = request(c, m);
-    long long id = rw_msg_id(r);
-    char kind = !strcmp(jstr(r, "kind"), "grid") ? 'g' : 'j';
-    long long tid = jint(r, "target");
+    json_t *r = request(&w->c, m);
+    w->id = rw_msg_id(r);
+    w->kind = !strcmp(jstr(r, "kind"), "grid") ? 'g' : 'j';
+    w->tid = jint(r, "target");
+    w->ended = 0;
     size_t i;
     json_t *v;
     int njobs = (int)json_array_size(json_object_get(r, "jobs"));
@@ -931,84 +952,149 @@ static int watch(conn *c, const char *target)
                json_is_string(json_object_get(v, "error")) ? ": " : "", jstr(v, "error"));
     json_decref(r);
     fflush(stdout);
-    for (;;) {
-        json_t *e = recv_msg(c, -1);
-        const char *t = jstr(e, "type");
-        if (rw_msg_id(e) != id) {
-            json_decref(e);
-            continue;
-        }
-        if (!strcmp(t, "watch_end")) {
-            json_decref(e);
-            break;
-        }
-        if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
-            !strcmp(jstr(e, "metric"), "epoch")) {
-            char knn[32] = "", rank[32] = "", lin[32] = "", left[48] = "", of[24] = "", wi[32] = "";
-            if (json_is_number(json_object_get(e, "left_s"))) {
-                char d[32];
-                fmt_duration(rw_json_get_num(e, "left_s"), d, sizeof d);
-                snprintf(left, sizeof left, "  ~%s of training left", d);
-            }
-            if (jint(e, "epochs") > 0)
-                snprintf(of, sizeof of, "/%lld", jint(e, "epochs"));
-            if (json_is_number(json_object_get(e, "knn")))
-                snprintf(knn, sizeof knn, "  knn %.1f%%", 100 * rw_json_get_num(e, "knn"));
-            if (json_is_number(json_object_get(e, "rank")))
-                snprintf(rank, sizeof rank, "  rank %.1f", rw_json_get_num(e, "rank"));
-            if (json_is_number(json_object_get(e, "linear")))
-                snprintf(lin, sizeof lin, "  linear %.1f%%", 100 * rw_json_get_num(e, "linear"));
-            if (json_is_number(json_object_get(e, "w_cos_i")))
-                snprintf(wi, sizeof wi, "  cos(W,I) %+.3f", rw_json_get_num(e, "w_cos_i"));
-            printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s%s%s"
-                   "  %.1f pairs/s%s\n",
-                   jint(e, "job"), jint(e, "epoch"), of, rw_json_get_num(e, "loss"),
-                   rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
-                   rw_json_get_num(e, "collapse"), rank, wi, knn, lin,
-                   rw_json_get_num(e, "pairs_per_s"), left);
-        } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "daemon")) {
-            printf("* %s\n", jstr(e, "text"));
-        } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
-            json_t *j = json_object_get(e, "job");
-            int why = json_is_string(json_object_get(e, "why"));
-            printf("j%-4lld %s: %s%s%s%s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
-                   json_is_string(json_object_get(j, "error")) ? ": " : "", jstr(j, "error"),
-                   why ? " (" : "", why ? jstr(e, "why") : "", why ? ")" : "");
-            if (kind == 'g') {
-                char g[32];
-                snprintf(g, sizeof g, "grid g%lld", tid);
-                print_grid_progress(g, json_object_get(e, "grid_progress"));
-            }
-        }
-        fflush(stdout);
+}
+
+/* Prints one frame of w's stream; notes watch_end. */
+static void watch_event(watched *w, json_t *e)
+{
+    const char *t = jstr(e, "type");
+    if (rw_msg_id(e) != w->id) {
         json_decref(e);
+        return;
     }
-    /* the outcome, from the daemon's view */
+    if (!strcmp(t, "watch_end")) {
+        w->ended = 1;
+    } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "metric") &&
+               !strcmp(jstr(e, "metric"), "epoch")) {
+        char knn[32] = "", rank[32] = "", lin[32] = "", left[48] = "", of[24] = "", wi[32] = "";
+        if (json_is_number(json_object_get(e, "left_s"))) {
+            char d[32];
+            fmt_duration(rw_json_get_num(e, "left_s"), d, sizeof d);
+            snprintf(left, sizeof left, "  ~%s of training left", d);
+        }
+        if (jint(e, "epochs") > 0)
+            snprintf(of, sizeof of, "/%lld", jint(e, "epochs"));
+        if (json_is_number(json_object_get(e, "knn")))
+            snprintf(knn, sizeof knn, "  knn %.1f%%", 100 * rw_json_get_num(e, "knn"));
+        if (json_is_number(json_object_get(e, "rank")))
+            snprintf(rank, sizeof rank, "  rank %.1f", rw_json_get_num(e, "rank"));
+        if (json_is_number(json_object_get(e, "linear")))
+            snprintf(lin, sizeof lin, "  linear %.1f%%", 100 * rw_json_get_num(e, "linear"));
+        if (json_is_number(json_object_get(e, "w_cos_i")))
+            snprintf(wi, sizeof wi, "  cos(W,I) %+.3f", rw_json_get_num(e, "w_cos_i"));
+        printf("j%-4lld epoch %3lld%s  loss %+.4f  align %.3e  uniform %+.3f  collapse %.3f%s%s%s%s"
+               "  %.1f pairs/s%s\n",
+               jint(e, "job"), jint(e, "epoch"), of, rw_json_get_num(e, "loss"),
+               rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
+               rw_json_get_num(e, "collapse"), rank, wi, knn, lin,
+               rw_json_get_num(e, "pairs_per_s"), left);
+    } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "daemon")) {
+        printf("* %s\n", jstr(e, "text"));
+    } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
+        json_t *j = json_object_get(e, "job");
+        int why = json_is_string(json_object_get(e, "why"));
+        printf("j%-4lld %s: %s%s%s%s%s%s\n", jint(j, "id"), jstr(j, "name"), jstr(j, "state"),
+               json_is_string(json_object_get(j, "error")) ? ": " : "", jstr(j, "error"),
+               why ? " (" : "", why ? jstr(e, "why") : "", why ? ")" : "");
+        if (w->kind == 'g') {
+            char g[32];
+            snprintf(g, sizeof g, "grid g%lld", w->tid);
+            print_grid_progress(g, json_object_get(e, "grid_progress"));
+        }
+    }
+    fflush(stdout);
+    json_decref(e);
+}
+
+/* 1 unless every job of w's target ended done (the daemon's view). */
+static int watch_outcome(watched *w)
+{
     int bad = 0;
     char t[32];
-    snprintf(t, sizeof t, "%c%lld", kind, tid);
-    if (kind == 'g') {
-        m = req_new("ls");
+    size_t i;
+    json_t *v;
+    snprintf(t, sizeof t, "%c%lld", w->kind, w->tid);
+    if (w->kind == 'g') {
+        json_t *m = req_new("ls");
         json_object_set_new(m, "grid", json_string(t));
-        json_t *lr = request(c, m);
+        json_t *lr = request(&w->c, m);
         json_array_foreach(json_object_get(lr, "jobs"), i, v) bad |= strcmp(jstr(v, "state"), "done") != 0;
         json_decref(lr);
     } else {
-        m = req_new("show");
+        json_t *m = req_new("show");
         json_object_set_new(m, "job", json_string(t));
-        json_t *lr = request(c, m);
+        json_t *lr = request(&w->c, m);
         bad = strcmp(jstr(json_object_get(lr, "job"), "state"), "done") != 0;
         json_decref(lr);
     }
     return bad;
 }
 
-static int cmd_watch(const char *target)
+/* Prints the targets' events, as they come, until each has its watch_end.
+ * Returns 0 if every job of every target ended done. */
+static int watch_all(watched *w, int n)
 {
-    conn c;
-    need_conn(&c);
-    int rc = watch(&c, target);
-    conn_close(&c);
+    struct pollfd pf[RW_TARGETS_MAX];
+    for (;;) {
+        int open = 0;
+        for (int k = 0; k < n; k++) {
+            /* frames already read past the last one */
+            json_t *e = NULL;
+            char err[256];
+            while (!w[k].ended && rw_frame_reader_next(&w[k].c.r, &e, err, sizeof err) == RW_FRAME_OK)
+                watch_event(&w[k], e);
+            pf[k] = (struct pollfd){.fd = w[k].ended ? -1 : w[k].c.fd, .events = POLLIN};
+            open += !w[k].ended;
+        }
+        if (!open)
+            break;
+        if (poll(pf, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            die("poll: %s", strerror(errno));
+        }
+        for (int k = 0; k < n; k++)
+            if (!w[k].ended && pf[k].revents)
+                watch_event(&w[k], recv_msg(&w[k].c, 60000));
+    }
+    int bad = 0;
+    for (int k = 0; k < n; k++)
+        bad |= watch_outcome(&w[k]);
+    return bad;
+}
+
+/* watch on the connection c already has (runaway run) */
+static int watch(conn *c, const char *target)
+{
+    watched w = {.c = *c};
+    watch_open(&w, target);
+    int rc = watch_all(&w, 1);
+    *c = w.c;
+    return rc;
+}
+
+static int cmd_watch(int n, char **a)
+{
+    char *targets[RW_TARGETS_MAX];
+    int nt = 0;
+    for (int k = 0; k < n; k++) {
+        if (a[k][0] == '-')
+            die("watch: unexpected argument '%s'", a[k]);
+        add_target("watch", targets, &nt, a[k]);
+    }
+    if (!nt)
+        die("watch: which job or grid?");
+    watched *w = calloc((size_t)nt, sizeof *w);
+    if (!w)
+        die("out of memory");
+    for (int k = 0; k < nt; k++) {
+        need_conn(&w[k].c);
+        watch_open(&w[k], targets[k]);
+    }
+    int rc = watch_all(w, nt);
+    for (int k = 0; k < nt; k++)
+        conn_close(&w[k].c);
+    free(w);
     return rc;
 }
 
@@ -1305,15 +1391,6 @@ static void metrics_tmp_remove(void)
 {
     if (metrics_tmp[0])
         unlink(metrics_tmp);
-}
-
-/* The targets of table, plot, sphere or metrics: the arguments that are no
- * option, at most RW_TARGETS_MAX. */
-static void add_target(const char *cmd, char **t, int *nt, char *arg)
-{
-    if (*nt == RW_TARGETS_MAX)
-        die("%s: at most %d jobs or grids at once", cmd, RW_TARGETS_MAX);
-    t[(*nt)++] = arg;
 }
 
 static int cmd_metrics(int n, char **a)
@@ -2089,10 +2166,8 @@ int main(int argc, char **argv)
         return cmd_logs(n, a);
     if (!strcmp(cmd, "workers"))
         return cmd_workers();
-    if (!strcmp(cmd, "watch")) {
-        NEED(1, "JOB or GRID");
-        return cmd_watch(a[0]);
-    }
+    if (!strcmp(cmd, "watch"))
+        return cmd_watch(n, a);
     if (!strcmp(cmd, "diff")) {
         NEED(2, "JOB JOB");
         return cmd_diff(a[0], a[1]);

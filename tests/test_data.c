@@ -103,6 +103,20 @@ static void expect_error(const char *dir, int train, const char *want1, const ch
     cr_assert_null(ds.pixels);
 }
 
+/* The digest a checkpoint keeps of its training set: CRC-32 of the pixels
+ * then the labels (Python: zlib.crc32(bytes([1, 2, 3, 4, 5, 6, 0, 255]))). */
+Test(data, digest_is_the_crc_of_pixels_and_labels)
+{
+    uint8_t px[6] = {1, 2, 3, 4, 5, 6}, lb[2] = {0, 255};
+    rw_dataset ds = {.n = 2, .side = 1, .classes = 10, .labeled = 1, .pixels = px, .labels = lb};
+    char d[RW_DATA_DIGEST_MAX];
+    rw_dataset_digest(&ds, d, sizeof d);
+    cr_assert_str_eq(d, "2 images of 1x1 (1 labeled), crc32 535279bd");
+    lb[1] = 254;
+    rw_dataset_digest(&ds, d, sizeof d);
+    cr_assert_str_neq(d, "2 images of 1x1 (1 labeled), crc32 535279bd");
+}
+
 Test(data, missing_file_is_named)
 {
     char dir[64];

@@ -545,6 +545,47 @@ Test(train, checkpoint_of_another_spec_is_refused)
     kb_destroy(be);
 }
 
+/* A checkpoint records its training set: resumed on other data (one pixel
+ * of the files changed since), the job is refused with both digests; on
+ * the same data again, it resumes (to its end: it had finished). */
+Test(train, checkpoint_of_other_data_is_refused)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 1;
+    s.eval.linear_epochs = 0;
+    char out[96], bin[128], err[1024];
+    snprintf(out, sizeof out, "%s/o", tmp);
+    snprintf(bin, sizeof bin, "%s/data/data_batch_1.bin", tmp);
+    record r = {0};
+    train(&s, out, 0, &r);
+    FILE *f = fopen(bin, "r+b");
+    cr_assert_not_null(f);
+    cr_assert_eq(fseek(f, 101, SEEK_SET), 0);
+    int was = fgetc(f);
+    cr_assert_eq(fseek(f, 101, SEEK_SET), 0);
+    fputc(was ^ 1, f);
+    fclose(f);
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_opts o = {.out_dir = out, .resume = 1};
+    rw_train_result res;
+    cr_expect_neq(rw_train(&s, be, &o, NULL, &res, err, sizeof err), 0);
+    cr_expect(strstr(err, "checkpoint.safetensors: written while training on other data (192 "
+                          "images of 32x32 (192 labeled), crc32 ") &&
+                  strstr(err, "than data.path holds now (192 images of 32x32 (192 labeled), "
+                              "crc32 ") && strstr(err, "its files changed since the job started"),
+              "got: %s", err);
+    f = fopen(bin, "r+b");
+    cr_assert_not_null(f);
+    cr_assert_eq(fseek(f, 101, SEEK_SET), 0);
+    fputc(was, f);
+    fclose(f);
+    int rc = rw_train(&s, be, &o, NULL, &res, err, sizeof err);
+    cr_expect_eq(rc, 0, "%s", err);
+    cr_expect_eq(res.last.epoch, 1, "epoch %d", res.last.epoch);
+    kb_destroy(be);
+}
+
 Test(train, corrupt_checkpoint_is_a_clear_error_and_kept)
 {
     rw_spec s;

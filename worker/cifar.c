@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <zlib.h>
+
 #include "worker/data_internal.h"
 
 #define CIFAR_TRAIN_FILES 5
@@ -181,6 +183,15 @@ int rw_cifar100_load(const char *dir, int train, int coarse, rw_dataset *out, ch
     const char *name = train ? "train.bin" : "test.bin";
     return load_files(coarse ? &k_cifar100_coarse : &k_cifar100_fine, dir, &name, 1, out, err,
                       errlen);
+}
+
+void rw_dataset_digest(const rw_dataset *ds, char *out, size_t len)
+{
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    crc = crc32_z(crc, ds->pixels, (size_t)ds->n * 3 * (size_t)ds->side * (size_t)ds->side);
+    crc = crc32_z(crc, ds->labels, (size_t)ds->n);
+    snprintf(out, len, "%d images of %dx%d (%d labeled), crc32 %08lx", ds->n, ds->side, ds->side,
+             ds->labeled, (unsigned long)crc);
 }
 
 void rw_dataset_free(rw_dataset *ds)

@@ -291,6 +291,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     }
     rw_spec_digest(spec, ts.spec_digest);
+    rw_dataset_digest(&train, ts.data_digest, sizeof ts.data_digest);
 
     if (lead && opts && opts->out_dir) {
         if (mkdir_p(opts->out_dir, err, errlen) != 0)
@@ -299,7 +300,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         struct stat st;
         if (opts->resume && stat(ckpt, &st) == 0) {
             rw_train_state loaded;
-            if (rw_checkpoint_load(m, ckpt, ts.spec_digest, &loaded, err, errlen) != 0)
+            if (rw_checkpoint_load(m, ckpt, ts.spec_digest, ts.data_digest, &loaded, err,
+                                   errlen) != 0)
                 goto done;
             if (loaded.nhist > epochs) {
                 snprintf(err, errlen, "%s: holds %d epochs, the spec asks for %d", ckpt,
@@ -310,6 +312,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             memcpy(ts.hist, loaded.hist, (size_t)loaded.nhist * sizeof *ts.hist);
             free(loaded.hist);
             loaded.hist = ts.hist;
+            /* the data's, as checked (or now recorded, for an older file) */
+            memcpy(loaded.data_digest, ts.data_digest, sizeof ts.data_digest);
             ts = loaded;
             logf_(lh, "resumed from %s at epoch %d, batch %ld, step %ld", ckpt, ts.epoch,
                   ts.batch, ts.step);

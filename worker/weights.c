@@ -312,6 +312,8 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
     rw_st_set_meta(w, "runaway.kind", "checkpoint");
     rw_st_set_meta(w, "runaway.checkpoint_format", CKPT_FORMAT);
     rw_st_set_meta(w, "runaway.spec_digest", ts->spec_digest);
+    if (ts->data_digest[0])
+        rw_st_set_meta(w, "runaway.data_digest", ts->data_digest);
     char buf[256];
     snprintf(buf, sizeof buf, "%d %ld %ld %ld %.17g %.17g %.17g %.17g %.17g %.17g", ts->epoch,
              ts->batch, ts->step, rw_model_adam_step(m), ts->sums[0], ts->sums[1], ts->sums[2],
@@ -340,7 +342,7 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
 }
 
 int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
-                       rw_train_state *ts, char *err, size_t errlen)
+                       const char *expect_data, rw_train_state *ts, char *err, size_t errlen)
 {
     memset(ts, 0, sizeof *ts);
     rw_st *st = rw_st_open(path, err, errlen);
@@ -365,6 +367,14 @@ int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
     if (expect_digest && strcmp(digest, expect_digest) != 0) {
         snprintf(err, errlen, "%s: checkpoint belongs to a different spec (digest %s, this spec %s); "
                  "remove it or use another output folder", path, digest, expect_digest);
+        goto done;
+    }
+    /* written before data digests: taken on trust */
+    const char *data = rw_st_meta(st, "runaway.data_digest");
+    if (data && expect_data && strcmp(data, expect_data) != 0) {
+        snprintf(err, errlen, "%s: written while training on other data (%s) than data.path "
+                 "holds now (%s): its files changed since the job started; remove the checkpoint "
+                 "(or use another output folder) to train afresh on them", path, data, expect_data);
         goto done;
     }
     long adam_step;
@@ -407,6 +417,7 @@ int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
         }
     }
     snprintf(ts->spec_digest, sizeof ts->spec_digest, "%s", digest);
+    snprintf(ts->data_digest, sizeof ts->data_digest, "%s", data ? data : "");
     host_upload(m, &h, 1, 1);
     rw_model_set_adam_step(m, adam_step);
     rc = 0;

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include "worker/data.h"
 #include "worker/model.h"
 #include "worker/train.h"
 
@@ -23,6 +24,7 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
 /* Everything a resumed job needs to continue exactly. */
 typedef struct rw_train_state {
     char spec_digest[17]; /* hex of a hash of the training-relevant spec */
+    char data_digest[RW_DATA_DIGEST_MAX]; /* the training set's; "": not recorded */
     int epoch;            /* epochs completed */
     long batch;           /* batches done in the current epoch */
     long step;            /* optimizer steps done */
@@ -35,9 +37,11 @@ typedef struct rw_train_state {
 int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, char *err,
                        size_t errlen);
 /* ts->hist is allocated; free() it. The file's spec digest must match
- * expect_digest (a checkpoint of another spec is refused by name). */
+ * expect_digest (a checkpoint of another spec is refused by name), and its
+ * data digest, where it has one, expect_data (unless NULL): a checkpoint
+ * written on other data is refused too. */
 int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
-                       rw_train_state *ts, char *err, size_t errlen);
+                       const char *expect_data, rw_train_state *ts, char *err, size_t errlen);
 
 /* A hash of the spec fields that change training (not name/log/threads). */
 void rw_spec_digest(const rw_spec *s, char out[17]);

@@ -284,6 +284,47 @@ Test(dist, perturbed_rank_is_caught_by_the_checksum)
     cr_expect_eq(r[0].nsteps, 2, "rank 0 reported %d steps before the check failed", r[0].nsteps);
 }
 
+/* A rank whose host holds other images at data.path (one pixel differs):
+ * the job stops at its start on every rank, each saying what it knows. */
+Test(dist, ranks_on_other_data_are_refused)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    char cmd[1200], bin[256];
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/other'", s.data.path, tmp);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(bin, sizeof bin, "%s/other/data_batch_2.bin", tmp);
+    FILE *f = fopen(bin, "r+b");
+    cr_assert_not_null(f);
+    cr_assert_eq(fseek(f, 3073 + 7, SEEK_SET), 0);
+    int was = fgetc(f);
+    cr_assert_eq(fseek(f, 3073 + 7, SEEK_SET), 0);
+    fputc(was ^ 0x80, f);
+    fclose(f);
+    static tc_world w;
+    tc_world_init(&w, 2, 20000);
+    rank_run r[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        memset(&r[k], 0, sizeof r[k]);
+        r[k].spec = s;
+        if (k == 1)
+            snprintf(r[k].spec.data.path, sizeof r[k].spec.data.path, "%s/other", tmp);
+        tc_rank_init(&r[k].comm, &w, k);
+        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .test_perturb_rank = -1};
+        pthread_create(&th[k], NULL, rank_main, &r[k]);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    cr_expect(r[0].rc != 0 && strstr(r[0].err, "1 rank(s) hold another training set at "
+                                                "data.path than rank 0's (192 images of 32x32"),
+              "rank 0: %s", r[0].err);
+    cr_expect(r[1].rc != 0 && strstr(r[1].err, "rank 1: the training set at data.path here (192 "
+                                                "images of 32x32") &&
+                  strstr(r[1].err, "is not rank 0's ("), "rank 1: %s", r[1].err);
+    cr_expect_eq(r[0].nsteps + r[1].nsteps, 0, "steps were trained");
+}
+
 Test(dist, dead_rank_fails_the_others_within_the_timeout)
 {
     rw_spec s;

@@ -102,6 +102,7 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
         long adam_step, step, batch;
         int epoch;
         double sums[5], elapsed;
+        char data[RW_DATA_DIGEST_MAX];
     } h = {0};
     for (int t = 0; t < 2; t++)
         memcpy(h.nbt[t], rw_model_bn_counts(m, t), (size_t)rw_model_nbn(m, t) * sizeof(long));
@@ -111,8 +112,29 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     h.epoch = ts->epoch;
     memcpy(h.sums, ts->sums, sizeof h.sums);
     h.elapsed = ts->elapsed;
+    memcpy(h.data, ts->data_digest, sizeof h.data);
     if (bcast_host(d, &h, sizeof h, err, errlen) != 0)
         return -1;
+    /* Every rank trains on rank 0's images: a host whose files at
+     * data.path differ (another copy, another download) would train the
+     * job on a mixture. Every rank learns of it, so all of them stop. */
+    float differ = strncmp(h.data, ts->data_digest, sizeof h.data) != 0;
+    d->be->upload(d->be, d->dv, &differ, sizeof differ);
+    if (d->c->allreduce(d->c, d->dv, 1, KB_REDUCE_SUM, err, errlen) != 0)
+        return -1;
+    float ndiffer = 0;
+    d->be->download(d->be, &ndiffer, d->dv, sizeof ndiffer);
+    if (ndiffer > 0) {
+        if (differ)
+            snprintf(err, errlen, "rank %d: the training set at data.path here (%s) is not rank "
+                     "0's (%s): every rank's host must hold the same files", d->c->rank,
+                     ts->data_digest, h.data);
+        else
+            snprintf(err, errlen, "%.0f rank(s) hold another training set at data.path than rank "
+                     "%d's (%s): every rank's host must hold the same files", ndiffer, d->c->rank,
+                     h.data);
+        return -1;
+    }
     for (int t = 0; t < 2; t++)
         memcpy(rw_model_bn_counts(m, t), h.nbt[t], (size_t)rw_model_nbn(m, t) * sizeof(long));
     rw_model_set_adam_step(m, h.adam_step);

@@ -243,6 +243,9 @@ int64_t rd_db_next_id(rd_daemon *d, const char *table);
 int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errlen);
 void rd_conn_send(rd_conn *c, json_t *msg); /* steals msg */
 void rd_conn_close(rd_conn *c);
+/* An `error` reply to request `id`: code (RW_E_*) and a message */
+void rd_reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* c, if it is still open and is the connection that had `serial`; else NULL */
 rd_conn *rd_conn_find(rd_daemon *d, rd_conn *c, uint64_t serial);
 void rd_watch_job_event(rd_daemon *d, int64_t job, json_t *ev); /* steals ev */

@@ -409,11 +409,9 @@ int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errle
 /* ------------------------------------------------------------------------ */
 /* Client requests */
 
-static void reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
+void rd_reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
 {
-    char msg[1024];
+    char msg[1400];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -520,7 +518,7 @@ static int target_arg(rd_conn *c, long long id, json_t *m, char *kind, int64_t *
 {
     const char *t = json_string_value(json_object_get(m, "target"));
     if (resolve_target(c->d, t, kind, tid) != 0) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+        rd_reply_error(c, id, RW_E_NOT_FOUND, "no job or grid '%s'", t);
         return -1;
     }
     return 0;
@@ -535,7 +533,7 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     char err[1024];
     rw_grid g;
     if (rw_grid_parse(text, strlen(text), origin, basedir, &g, err, sizeof err) != 0) {
-        reply_error(c, id, RW_E_BAD_SPEC, "%s", err);
+        rd_reply_error(c, id, RW_E_BAD_SPEC, "%s", err);
         return;
     }
     if (json_object_get(m, "priority"))
@@ -543,7 +541,7 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     int ndev = rd_ndevices(d);
     for (size_t i = 0; i < g.njobs; i++) {
         if (g.jobs[i].spec.devices > ndev) {
-            reply_error(c, id, RW_E_BAD_SPEC,
+            rd_reply_error(c, id, RW_E_BAD_SPEC,
                         "%s: job %s: devices: asks for %d devices; this daemon has %d", origin,
                         g.jobs[i].name, g.jobs[i].spec.devices, ndev);
             rw_grid_free(&g);
@@ -599,7 +597,7 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     if (!ok) {
         rd_db_exec(d, "ROLLBACK");
         json_decref(jobs);
-        reply_error(c, id, RW_E_INTERNAL, "cannot store the grid: %s", sqlite3_errmsg(d->db));
+        rd_reply_error(c, id, RW_E_INTERNAL, "cannot store the grid: %s", sqlite3_errmsg(d->db));
         rw_grid_free(&g);
         return;
     }
@@ -685,13 +683,13 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
     const char *gs = json_string_value(json_object_get(m, "grid"));
     int64_t gid = 0;
     if (gs && !(gid = resolve_grid(d, gs))) {
-        reply_error(c, id, RW_E_NOT_FOUND, "no grid '%s'", gs);
+        rd_reply_error(c, id, RW_E_NOT_FOUND, "no grid '%s'", gs);
         return;
     }
     const char *state = json_string_value(json_object_get(m, "state"));
     if (state && strcmp(state, "queued") && strcmp(state, "running") && strcmp(state, "done") &&
         strcmp(state, "failed") && strcmp(state, "cancelled")) {
-        reply_error(c, id, RW_E_BAD_MESSAGE, "ls: state is queued, running, done, failed or "
+        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "ls: state is queued, running, done, failed or "
                     "cancelled, not '%s'", state);
         return;
     }
@@ -722,7 +720,7 @@ static int64_t job_arg(rd_conn *c, long long id, json_t *m)
     const char *js = json_string_value(json_object_get(m, "job"));
     int64_t job = resolve_job(c->d, js);
     if (!job)
-        reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
+        rd_reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
     return job;
 }
 
@@ -826,7 +824,7 @@ static void req_requeue(rd_conn *c, long long id, json_t *m)
     if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
     if (d->shutting_down) {
-        reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
+        rd_reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
         return;
     }
     json_t *rows = query_rows(d,
@@ -841,7 +839,7 @@ static void req_requeue(rd_conn *c, long long id, json_t *m)
     json_decref(rows);
     if (kind == 'j' && n == 0) {
         char state[32];
-        reply_error(c, id, RW_E_STATE, "j%lld is %s: only a failed or cancelled job is requeued",
+        rd_reply_error(c, id, RW_E_STATE, "j%lld is %s: only a failed or cancelled job is requeued",
                     (long long)tid, job_state_of(d, tid, state, sizeof state));
         return;
     }
@@ -932,7 +930,7 @@ static void req_rm(rd_conn *c, long long id, json_t *m)
     if (target_arg(c, id, m, &kind, &tid) != 0)
         return;
     if (rd_remove(c, id, kind, tid, &code, err, sizeof err) != 0)
-        reply_error(c, id, code, "%s", err);
+        rd_reply_error(c, id, code, "%s", err);
 }
 
 static int watch_finished(rd_daemon *d, char kind, int64_t wid);
@@ -1103,7 +1101,7 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
     memset(t, 0, sizeof *t);
     json_t *o = json_object_get(m, one), *l = json_object_get(m, many);
     if (!o == !l) {
-        reply_error(c, id, RW_E_BAD_MESSAGE, "%s: give %s or %s, not %s",
+        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "%s: give %s or %s, not %s",
                     json_string_value(json_object_get(m, "type")), one, many,
                     o ? "both" : "neither");
         return -1;
@@ -1119,7 +1117,7 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
         char kind = 'g';
         int64_t tid = grids_only ? resolve_grid(d, s) : 0;
         if (grids_only ? !tid : resolve_target(d, s, &kind, &tid) != 0) {
-            reply_error(c, id, RW_E_NOT_FOUND, grids_only ? "no grid '%s'" : "no job or grid '%s'", s);
+            rd_reply_error(c, id, RW_E_NOT_FOUND, grids_only ? "no grid '%s'" : "no job or grid '%s'", s);
             rc = -1;
             break;
         }
@@ -1140,7 +1138,7 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
     }
     json_decref(names);
     if (rc == 0 && !(t->set = json_dumps(jobs, JSON_COMPACT))) {
-        reply_error(c, id, RW_E_INTERNAL, "out of memory");
+        rd_reply_error(c, id, RW_E_INTERNAL, "out of memory");
         rc = -1;
     }
     json_decref(jobs);
@@ -1285,7 +1283,7 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
     char why[1024];
     /* grouped by variant where a grid is among them: each must be one */
     if (t.n > 1 && any_grid && targets_disagree(d, &t, why, sizeof why) != 0) {
-        reply_error(c, id, RW_E_STATE, "%s", why);
+        rd_reply_error(c, id, RW_E_STATE, "%s", why);
         target_set_free(&t);
         return;
     }
@@ -1293,7 +1291,7 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
                                " ORDER BY id", &t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
     /* a grid's worth of curves fits in a reply, not many */
     if (json_array_size(jobs) > RW_GRID_JOBS_MAX) {
-        reply_error(c, id, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",
+        rd_reply_error(c, id, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",
                     json_array_size(jobs), RW_GRID_JOBS_MAX);
         json_decref(jobs);
         target_set_free(&t);
@@ -1344,7 +1342,7 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
         return;
     const char *mk = json_string_value(json_object_get(m, "kind"));
     if (strcmp(mk, "epoch") && strcmp(mk, "step")) {
-        reply_error(c, id, RW_E_BAD_MESSAGE, "metrics: kind is epoch or step, not '%s'", mk);
+        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "metrics: kind is epoch or step, not '%s'", mk);
         return;
     }
     const char *key = mk; /* a fixed column name: epoch or step */
@@ -1361,7 +1359,7 @@ static void req_metrics(rd_conn *c, long long id, json_t *m)
              kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1" : "?1", key, key, key);
     sqlite3_stmt *st = rd_db_prep(d, sql);
     if (!st) {
-        reply_error(c, id, RW_E_INTERNAL, "metrics: %s", sqlite3_errmsg(d->db));
+        rd_reply_error(c, id, RW_E_INTERNAL, "metrics: %s", sqlite3_errmsg(d->db));
         return;
     }
     sqlite3_bind_int64(st, 1, tid);
@@ -1457,7 +1455,7 @@ static void req_table(rd_conn *c, long long id, json_t *m)
         return;
     char why[1024];
     if (t.n > 1 && targets_disagree(d, &t, why, sizeof why) != 0) {
-        reply_error(c, id, RW_E_STATE, "%s", why);
+        rd_reply_error(c, id, RW_E_STATE, "%s", why);
         target_set_free(&t);
         return;
     }
@@ -1541,13 +1539,13 @@ static int export_chunk(rd_conn *c, long long id, const char *path, int64_t offs
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
-        reply_error(c, id, RW_E_INTERNAL, "%s: %s", path, strerror(errno));
+        rd_reply_error(c, id, RW_E_INTERNAL, "%s: %s", path, strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
     }
     if (offset > st.st_size) {
-        reply_error(c, id, RW_E_BAD_MESSAGE, "export: offset %lld is past the checkpoint's %lld "
+        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "export: offset %lld is past the checkpoint's %lld "
                     "bytes", (long long)offset, (long long)st.st_size);
         close(fd);
         return -1;
@@ -1559,7 +1557,7 @@ static int export_chunk(rd_conn *c, long long id, const char *path, int64_t offs
     int e = errno;
     close(fd);
     if (got != (ssize_t)want) {
-        reply_error(c, id, RW_E_INTERNAL, "%s: %s", path,
+        rd_reply_error(c, id, RW_E_INTERNAL, "%s: %s", path,
                     got < 0 ? strerror(e) : "shorter than it was a moment ago");
         free(buf);
         free(hex);
@@ -1586,7 +1584,7 @@ static void req_export(rd_conn *c, long long id, json_t *m)
     snprintf(path, sizeof path, "%s/runs/%lld/checkpoint.safetensors", d->state_dir, (long long)job);
     struct stat st;
     if (access(path, R_OK) != 0 || stat(path, &st) != 0) {
-        reply_error(c, id, RW_E_STATE, "job j%lld has no checkpoint yet (%s)", (long long)job, path);
+        rd_reply_error(c, id, RW_E_STATE, "job j%lld has no checkpoint yet (%s)", (long long)job, path);
         return;
     }
     json_t *r = rw_msg_new("ok", id);
@@ -1736,12 +1734,12 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
                              !strcmp(type, "priority") || !strcmp(type, "rm"))) {
         char msg[1024];
         rd_db_down_msg(c->d, msg, sizeof msg);
-        reply_error(c, id, RW_E_STATE, "cannot %s now: %s", type, msg);
+        rd_reply_error(c, id, RW_E_STATE, "cannot %s now: %s", type, msg);
         return 0;
     }
     if (!strcmp(type, "submit")) {
         if (c->d->shutting_down)
-            reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
+            rd_reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
         else
             req_submit(c, id, m);
     } else if (!strcmp(type, "ls"))
@@ -1785,7 +1783,7 @@ int rd_handle_client(rd_conn *c, const char *type, json_t *m)
         rd_conn_send(c, rw_msg_new("ok", id));
         rd_shutdown_begin(c->d);
     } else {
-        reply_error(c, id, RW_E_UNKNOWN_TYPE, "unknown request '%s'", type);
+        rd_reply_error(c, id, RW_E_UNKNOWN_TYPE, "unknown request '%s'", type);
         return -1;
     }
     return 0;

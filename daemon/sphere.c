@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,18 +59,6 @@ static void closed_cb(uv_handle_t *h)
     s->busy = 0;
 }
 
-static void reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
-{
-    char msg[1400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    rd_conn_send(c, rw_msg_error(id, code, msg));
-}
-
 /* The file's text, NUL-terminated, or NULL (why in err). */
 static char *slurp(const char *path, char *err, size_t errlen)
 {
@@ -102,13 +89,13 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
     rd_conn *c = rd_conn_find(d, s->conn, s->serial);
     char path[PATH_MAX + 16], err[1024];
     if (c && s->killed) {
-        reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: stopped after %.0f s (the most "
+        rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: stopped after %.0f s (the most "
                     "runawayd gives it)", (long long)s->job, RD_SPHERE_TIMEOUT_S);
     } else if (c && (status != 0 || sig != 0)) {
         char last[1024] = "";
         snprintf(path, sizeof path, "%s/log", s->dir);
         rw_file_last_line(path, "runaway-worker: no usable GPU", last, sizeof last);
-        reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: %s", (long long)s->job,
+        rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: %s", (long long)s->job,
                     last[0] ? last : "runaway-worker sphere failed");
     } else if (c) {
         snprintf(path, sizeof path, "%s/out.dat", s->dir);
@@ -119,7 +106,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
             json_object_set_new(r, "data", js);
             rd_conn_send(c, r);
         } else {
-            reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: %s", (long long)s->job,
+            rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: %s", (long long)s->job,
                         text ? "its data file is not UTF-8 text" : err);
         }
         free(text);
@@ -163,7 +150,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
 {
     rd_daemon *d = c->d;
     if (d->shutting_down) {
-        reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
+        rd_reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
         return;
     }
     const json_t *ep = json_object_get(m, "epoch");
@@ -172,7 +159,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
     if (!backend)
         backend = "auto";
     if (strcmp(backend, "auto") && strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
-        reply_error(c, id, RW_E_BAD_MESSAGE, "backend: auto, cpu or cuda, not '%s'", backend);
+        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "backend: auto, cpu or cuda, not '%s'", backend);
         return;
     }
     char weights[PATH_MAX + 128];
@@ -184,11 +171,11 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
                  (long long)job);
     if (access(weights, R_OK) != 0) {
         if (ep)
-            reply_error(c, id, RW_E_STATE, "job j%lld has no snapshot of epoch %lld (%s: %s)",
+            rd_reply_error(c, id, RW_E_STATE, "job j%lld has no snapshot of epoch %lld (%s: %s)",
                         (long long)job, (long long)json_integer_value(ep), weights,
                         strerror(errno));
         else
-            reply_error(c, id, RW_E_STATE, "job j%lld has no final weights (%s: %s)",
+            rd_reply_error(c, id, RW_E_STATE, "job j%lld has no final weights (%s: %s)",
                         (long long)job, weights, strerror(errno));
         return;
     }
@@ -197,18 +184,18 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
         if (!d->spheres[i].busy)
             s = &d->spheres[i];
     if (!s) {
-        reply_error(c, id, RW_E_STATE, "runawayd computes %d spheres already; ask again when "
+        rd_reply_error(c, id, RW_E_STATE, "runawayd computes %d spheres already; ask again when "
                     "they are done", RD_SPHERE_MAX);
         return;
     }
     char err[1024];
     snprintf(s->dir, sizeof s->dir, "%s/sphere-XXXXXX", d->state_dir);
     if (!mkdtemp(s->dir)) {
-        reply_error(c, id, RW_E_INTERNAL, "sphere: %s: %s", s->dir, strerror(errno));
+        rd_reply_error(c, id, RW_E_INTERNAL, "sphere: %s: %s", s->dir, strerror(errno));
         return;
     }
     if (write_spec(d, job, s->dir, err, sizeof err) != 0) {
-        reply_error(c, id, RW_E_INTERNAL, "sphere: %s", err);
+        rd_reply_error(c, id, RW_E_INTERNAL, "sphere: %s", err);
         dir_remove(s->dir);
         return;
     }
@@ -241,7 +228,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
         close(fd);
     s->busy = 1; /* until the handle is closed, also when the spawn failed */
     if (rc != 0) {
-        reply_error(c, id, RW_E_INTERNAL, "sphere: cannot run %s: %s", d->worker_path,
+        rd_reply_error(c, id, RW_E_INTERNAL, "sphere: cannot run %s: %s", d->worker_path,
                     uv_strerror(rc));
         dir_remove(s->dir);
         uv_close((uv_handle_t *)&s->proc, closed_cb);

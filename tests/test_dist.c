@@ -99,9 +99,10 @@ static void *rank_main(void *p)
     return NULL;
 }
 
-/* Runs `world` ranks of the spec as threads; rank 0 writes to out. */
-static void run_world(rank_run *r, int world, const rw_spec *s, int sync_bn, const char *out,
-                      int timeout_ms)
+/* Runs `world` ranks of the spec as threads; rank 0 writes to out. Rank
+ * `odd` (-1: none) reads its data from tmp/odd_dir instead. */
+static void run_world_on(rank_run *r, int world, const rw_spec *s, int sync_bn, const char *out,
+                         int timeout_ms, int odd, const char *odd_dir)
 {
     static tc_world w;
     tc_world_init(&w, world, timeout_ms);
@@ -110,6 +111,8 @@ static void run_world(rank_run *r, int world, const rw_spec *s, int sync_bn, con
         memset(&r[k], 0, sizeof r[k]);
         r[k].spec = *s;
         r[k].spec.sync_bn = sync_bn;
+        if (k == odd)
+            snprintf(r[k].spec.data.path, sizeof r[k].spec.data.path, "%s/%s", tmp, odd_dir);
         tc_rank_init(&r[k].comm, &w, k);
         r[k].opts = (rw_train_opts){.out_dir = k == 0 ? out : NULL, .comm = &r[k].comm.c,
                                     .check_every = 1,
@@ -119,6 +122,12 @@ static void run_world(rank_run *r, int world, const rw_spec *s, int sync_bn, con
         pthread_create(&th[k], NULL, rank_main, &r[k]);
     for (int k = 0; k < world; k++)
         pthread_join(th[k], NULL);
+}
+
+static void run_world(rank_run *r, int world, const rw_spec *s, int sync_bn, const char *out,
+                      int timeout_ms)
+{
+    run_world_on(r, world, s, sync_bn, out, timeout_ms, -1, NULL);
 }
 
 static void run_single(rank_run *r, const rw_spec *s, const char *out)
@@ -301,21 +310,8 @@ Test(dist, ranks_on_other_data_are_refused)
     cr_assert_eq(fseek(f, 3073 + 7, SEEK_SET), 0);
     fputc(was ^ 0x80, f);
     fclose(f);
-    static tc_world w;
-    tc_world_init(&w, 2, 20000);
     rank_run r[2];
-    pthread_t th[2];
-    for (int k = 0; k < 2; k++) {
-        memset(&r[k], 0, sizeof r[k]);
-        r[k].spec = s;
-        if (k == 1)
-            snprintf(r[k].spec.data.path, sizeof r[k].spec.data.path, "%s/other", tmp);
-        tc_rank_init(&r[k].comm, &w, k);
-        r[k].opts = (rw_train_opts){.comm = &r[k].comm.c, .test_perturb_rank = -1};
-        pthread_create(&th[k], NULL, rank_main, &r[k]);
-    }
-    for (int k = 0; k < 2; k++)
-        pthread_join(th[k], NULL);
+    run_world_on(r, 2, &s, 0, NULL, 20000, 1, "other");
     cr_expect(r[0].rc != 0 && strstr(r[0].err, "1 rank(s) hold another training set at "
                                                 "data.path than rank 0's (192 images of 32x32"),
               "rank 0: %s", r[0].err);

@@ -526,16 +526,23 @@ Test(train, spec_digest_covers_the_later_fields)
     cr_expect_str_neq(d, d0);
 }
 
+/* The tiny spec, one epoch and no linear evaluation, trained into
+ * tmp/o: a finished job's folder, with its checkpoint. */
+static void trained_once(rw_spec *s, char *out, size_t len)
+{
+    tiny_spec(s);
+    s->optim.epochs = 1;
+    s->eval.linear_epochs = 0;
+    snprintf(out, len, "%s/o", tmp);
+    record r = {0};
+    train(s, out, 0, &r);
+}
+
 Test(train, checkpoint_of_another_spec_is_refused)
 {
     rw_spec s;
-    tiny_spec(&s);
-    s.optim.epochs = 1;
-    s.eval.linear_epochs = 0;
     char out[96], err[512];
-    snprintf(out, sizeof out, "%s/o", tmp);
-    record r = {0};
-    train(&s, out, 0, &r);
+    trained_once(&s, out, sizeof out);
     s.optim.lr = 2e-3f;
     kb_backend *be = kb_cpu_create(1);
     rw_train_opts o = {.out_dir = out, .resume = 1};
@@ -545,27 +552,28 @@ Test(train, checkpoint_of_another_spec_is_refused)
     kb_destroy(be);
 }
 
+/* XORs the byte at `off` of a file with `mask` (twice: back as it was). */
+static void flip_byte(const char *path, long off, int mask)
+{
+    FILE *f = fopen(path, "r+b");
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fseek(f, off, SEEK_SET), 0);
+    int was = fgetc(f);
+    cr_assert_eq(fseek(f, off, SEEK_SET), 0);
+    fputc(was ^ mask, f);
+    cr_assert_eq(fclose(f), 0);
+}
+
 /* A checkpoint records its training set: resumed on other data (one pixel
  * of the files changed since), the job is refused with both digests; on
  * the same data again, it resumes (to its end: it had finished). */
 Test(train, checkpoint_of_other_data_is_refused)
 {
     rw_spec s;
-    tiny_spec(&s);
-    s.optim.epochs = 1;
-    s.eval.linear_epochs = 0;
     char out[96], bin[128], err[1024];
-    snprintf(out, sizeof out, "%s/o", tmp);
+    trained_once(&s, out, sizeof out);
     snprintf(bin, sizeof bin, "%s/data/data_batch_1.bin", tmp);
-    record r = {0};
-    train(&s, out, 0, &r);
-    FILE *f = fopen(bin, "r+b");
-    cr_assert_not_null(f);
-    cr_assert_eq(fseek(f, 101, SEEK_SET), 0);
-    int was = fgetc(f);
-    cr_assert_eq(fseek(f, 101, SEEK_SET), 0);
-    fputc(was ^ 1, f);
-    fclose(f);
+    flip_byte(bin, 101, 1);
     kb_backend *be = kb_cpu_create(1);
     rw_train_opts o = {.out_dir = out, .resume = 1};
     rw_train_result res;
@@ -575,11 +583,7 @@ Test(train, checkpoint_of_other_data_is_refused)
                   strstr(err, "than data.path holds now (192 images of 32x32 (192 labeled), "
                               "crc32 ") && strstr(err, "its files changed since the job started"),
               "got: %s", err);
-    f = fopen(bin, "r+b");
-    cr_assert_not_null(f);
-    cr_assert_eq(fseek(f, 101, SEEK_SET), 0);
-    fputc(was, f);
-    fclose(f);
+    flip_byte(bin, 101, 1);
     int rc = rw_train(&s, be, &o, NULL, &res, err, sizeof err);
     cr_expect_eq(rc, 0, "%s", err);
     cr_expect_eq(res.last.epoch, 1, "epoch %d", res.last.epoch);
@@ -589,14 +593,9 @@ Test(train, checkpoint_of_other_data_is_refused)
 Test(train, corrupt_checkpoint_is_a_clear_error_and_kept)
 {
     rw_spec s;
-    tiny_spec(&s);
-    s.optim.epochs = 1;
-    s.eval.linear_epochs = 0;
     char out[96], ck[128], err[512];
-    snprintf(out, sizeof out, "%s/o", tmp);
+    trained_once(&s, out, sizeof out);
     snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", out);
-    record r = {0};
-    train(&s, out, 0, &r);
     struct stat st;
     cr_assert_eq(stat(ck, &st), 0);
     FILE *f = fopen(ck, "r+b");
@@ -617,14 +616,9 @@ Test(train, corrupt_checkpoint_is_a_clear_error_and_kept)
 Test(train, init_from_exported_weights)
 {
     rw_spec s;
-    tiny_spec(&s);
-    s.optim.epochs = 1;
-    s.eval.linear_epochs = 0;
     char out[96], w[128], err[512];
-    snprintf(out, sizeof out, "%s/o", tmp);
+    trained_once(&s, out, sizeof out);
     snprintf(w, sizeof w, "%s/weights.safetensors", out);
-    record r = {0};
-    train(&s, out, 0, &r);
     /* A model initialized from the file holds exactly its tensors. */
     kb_backend *be = kb_cpu_create(1);
     rw_model_cfg mc;

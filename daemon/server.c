@@ -724,8 +724,8 @@ static int64_t job_arg(rd_conn *c, long long id, json_t *m)
     return job;
 }
 
-/* The epochs of dir/snapshots/weights-eNNNNN.safetensors, ascending (at most
- * 4096): what `sphere --snapshots` picks from on another host. */
+/* The epochs of dir/snapshots/weights-eNNNNN.safetensors, ascending: what
+ * `sphere --snapshots` picks from on another host. */
 static int cmp_int(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
@@ -737,19 +737,29 @@ static json_t *snapshot_epochs(const char *dir)
     char sd[PATH_MAX + 16];
     snprintf(sd, sizeof sd, "%s/snapshots", dir);
     DIR *dd = opendir(sd);
-    static int all[4096];
-    int n = 0, e;
+    int *all = NULL, e;
+    size_t n = 0, cap = 0;
     struct dirent *de;
     char tail[8];
-    while (dd && (de = readdir(dd)) && n < 4096)
-        if (sscanf(de->d_name, "weights-e%d.safetenso%7s", &e, tail) == 2 && !strcmp(tail, "rs"))
-            all[n++] = e;
+    while (dd && (de = readdir(dd))) {
+        if (sscanf(de->d_name, "weights-e%d.safetenso%7s", &e, tail) != 2 || strcmp(tail, "rs"))
+            continue;
+        if (n == cap) {
+            int *more = realloc(all, (cap = cap ? 2 * cap : 64) * sizeof *all);
+            if (!more)
+                break;
+            all = more;
+        }
+        all[n++] = e;
+    }
     if (dd)
         closedir(dd);
-    qsort(all, (size_t)n, sizeof *all, cmp_int);
+    if (n)
+        qsort(all, n, sizeof *all, cmp_int);
     json_t *a = json_array();
-    for (int i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++)
         json_array_append_new(a, json_integer(all[i]));
+    free(all);
     return a;
 }
 

@@ -1034,6 +1034,10 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     rc = cli(out, sizeof out, 60, "sphere", "g7", NULL);
     cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
     /* its evolution: j1 kept epochs 0, 1 and 2; j3 kept none */
+    rc = cli(out, sizeof out, 20, "show", "j1", NULL);
+    cr_assert(rc == 0 && strstr(out, "\nsnapshots  3, epochs 0 1 2\n"), "%s", out);
+    rc = cli(out, sizeof out, 20, "show", "j3", NULL);
+    cr_assert(rc == 0 && !strstr(out, "\nsnapshots "), "%s", out);
     rc = cli(out, sizeof out, 60, "sphere", "j1", "--snapshots", "3", "--samples", "40", "-o", png,
              NULL);
     cr_assert(rc == 0 && strstr(out, "tiny/byol/seed0, epoch 0 ") &&

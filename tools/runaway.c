@@ -700,6 +700,16 @@ static int cmd_show(const char *job)
                jint(pr, "epochs"), d);
     }
     printf("run dir    %s\n", jstr(r, "run_dir"));
+    const json_t *snaps = json_object_get(r, "snapshots");
+    size_t ns = json_array_size(snaps);
+    if (ns) { /* what sphere --snapshots draws from: the first few and the last */
+        printf("snapshots  %zu, epochs", ns);
+        for (size_t k = 0; k < ns && k < 8; k++)
+            printf(" %lld", (long long)json_integer_value(json_array_get(snaps, k)));
+        if (ns > 8)
+            printf(" ... %lld", (long long)json_integer_value(json_array_get(snaps, ns - 1)));
+        printf("\n");
+    }
     if (json_is_string(json_object_get(r, "tensorboard")))
         printf("tensorboard %s\n", jstr(r, "tensorboard"));
     char al[32], un[32], acc[32];

@@ -542,8 +542,8 @@ static void req_submit(rd_conn *c, long long id, json_t *m)
     for (size_t i = 0; i < g.njobs; i++) {
         if (g.jobs[i].spec.devices > ndev) {
             rd_reply_error(c, id, RW_E_BAD_SPEC,
-                        "%s: job %s: devices: asks for %d devices; this daemon has %d", origin,
-                        g.jobs[i].name, g.jobs[i].spec.devices, ndev);
+                           "%s: job %s: devices: asks for %d devices; this daemon has %d", origin,
+                           g.jobs[i].name, g.jobs[i].spec.devices, ndev);
             rw_grid_free(&g);
             return;
         }
@@ -690,7 +690,7 @@ static void req_ls(rd_conn *c, long long id, json_t *m)
     if (state && strcmp(state, "queued") && strcmp(state, "running") && strcmp(state, "done") &&
         strcmp(state, "failed") && strcmp(state, "cancelled")) {
         rd_reply_error(c, id, RW_E_BAD_MESSAGE, "ls: state is queued, running, done, failed or "
-                    "cancelled, not '%s'", state);
+                       "cancelled, not '%s'", state);
         return;
     }
     /* the newest 500 jobs (of that state): a reply stays far below the
@@ -850,7 +850,7 @@ static void req_requeue(rd_conn *c, long long id, json_t *m)
     if (kind == 'j' && n == 0) {
         char state[32];
         rd_reply_error(c, id, RW_E_STATE, "j%lld is %s: only a failed or cancelled job is requeued",
-                    (long long)tid, job_state_of(d, tid, state, sizeof state));
+                       (long long)tid, job_state_of(d, tid, state, sizeof state));
         return;
     }
     json_t *r = rw_msg_new("ok", id);
@@ -1112,8 +1112,8 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
     json_t *o = json_object_get(m, one), *l = json_object_get(m, many);
     if (!o == !l) {
         rd_reply_error(c, id, RW_E_BAD_MESSAGE, "%s: give %s or %s, not %s",
-                    json_string_value(json_object_get(m, "type")), one, many,
-                    o ? "both" : "neither");
+                       json_string_value(json_object_get(m, "type")), one, many,
+                       o ? "both" : "neither");
         return -1;
     }
     json_t *names = o ? json_pack("[O]", o) : json_incref(l);
@@ -1127,7 +1127,8 @@ static int targets_arg(rd_conn *c, long long id, json_t *m, const char *one, con
         char kind = 'g';
         int64_t tid = grids_only ? resolve_grid(d, s) : 0;
         if (grids_only ? !tid : resolve_target(d, s, &kind, &tid) != 0) {
-            rd_reply_error(c, id, RW_E_NOT_FOUND, grids_only ? "no grid '%s'" : "no job or grid '%s'", s);
+            rd_reply_error(c, id, RW_E_NOT_FOUND,
+                           grids_only ? "no grid '%s'" : "no job or grid '%s'", s);
             rc = -1;
             break;
         }
@@ -1302,7 +1303,7 @@ static void req_curves(rd_conn *c, long long id, json_t *m)
     /* a grid's worth of curves fits in a reply, not many */
     if (json_array_size(jobs) > RW_GRID_JOBS_MAX) {
         rd_reply_error(c, id, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",
-                    json_array_size(jobs), RW_GRID_JOBS_MAX);
+                       json_array_size(jobs), RW_GRID_JOBS_MAX);
         json_decref(jobs);
         target_set_free(&t);
         return;
@@ -1556,7 +1557,7 @@ static int export_chunk(rd_conn *c, long long id, const char *path, int64_t offs
     }
     if (offset > st.st_size) {
         rd_reply_error(c, id, RW_E_BAD_MESSAGE, "export: offset %lld is past the checkpoint's %lld "
-                    "bytes", (long long)offset, (long long)st.st_size);
+                       "bytes", (long long)offset, (long long)st.st_size);
         close(fd);
         return -1;
     }
@@ -1568,7 +1569,7 @@ static int export_chunk(rd_conn *c, long long id, const char *path, int64_t offs
     close(fd);
     if (got != (ssize_t)want) {
         rd_reply_error(c, id, RW_E_INTERNAL, "%s: %s", path,
-                    got < 0 ? strerror(e) : "shorter than it was a moment ago");
+                       got < 0 ? strerror(e) : "shorter than it was a moment ago");
         free(buf);
         free(hex);
         return -1;
@@ -1594,7 +1595,8 @@ static void req_export(rd_conn *c, long long id, json_t *m)
     snprintf(path, sizeof path, "%s/runs/%lld/checkpoint.safetensors", d->state_dir, (long long)job);
     struct stat st;
     if (access(path, R_OK) != 0 || stat(path, &st) != 0) {
-        rd_reply_error(c, id, RW_E_STATE, "job j%lld has no checkpoint yet (%s)", (long long)job, path);
+        rd_reply_error(c, id, RW_E_STATE, "job j%lld has no checkpoint yet (%s)", (long long)job,
+                       path);
         return;
     }
     json_t *r = rw_msg_new("ok", id);

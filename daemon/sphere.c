@@ -65,7 +65,8 @@ static char *slurp(const char *path, char *err, size_t errlen)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0 || st.st_size > (off_t)DATA_MAX) {
-        snprintf(err, errlen, "%s: %s", path, fd < 0 ? strerror(errno) : "larger than a sphere's data");
+        snprintf(err, errlen, "%s: %s", path,
+                 fd < 0 ? strerror(errno) : "larger than a sphere's data");
         if (fd >= 0)
             close(fd);
         return NULL;
@@ -90,13 +91,13 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
     char path[PATH_MAX + 16], err[1024];
     if (c && s->killed) {
         rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: stopped after %.0f s (the most "
-                    "runawayd gives it)", (long long)s->job, RD_SPHERE_TIMEOUT_S);
+                       "runawayd gives it)", (long long)s->job, RD_SPHERE_TIMEOUT_S);
     } else if (c && (status != 0 || sig != 0)) {
         char last[1024] = "";
         snprintf(path, sizeof path, "%s/log", s->dir);
         rw_file_last_line(path, "runaway-worker: no usable GPU", last, sizeof last);
         rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: %s", (long long)s->job,
-                    last[0] ? last : "runaway-worker sphere failed");
+                       last[0] ? last : "runaway-worker sphere failed");
     } else if (c) {
         snprintf(path, sizeof path, "%s/out.dat", s->dir);
         char *text = slurp(path, err, sizeof err);
@@ -107,7 +108,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
             rd_conn_send(c, r);
         } else {
             rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: %s", (long long)s->job,
-                        text ? "its data file is not UTF-8 text" : err);
+                           text ? "its data file is not UTF-8 text" : err);
         }
         free(text);
     }
@@ -172,11 +173,11 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
     if (access(weights, R_OK) != 0) {
         if (ep)
             rd_reply_error(c, id, RW_E_STATE, "job j%lld has no snapshot of epoch %lld (%s: %s)",
-                        (long long)job, (long long)json_integer_value(ep), weights,
-                        strerror(errno));
+                           (long long)job, (long long)json_integer_value(ep), weights,
+                           strerror(errno));
         else
             rd_reply_error(c, id, RW_E_STATE, "job j%lld has no final weights (%s: %s)",
-                        (long long)job, weights, strerror(errno));
+                           (long long)job, weights, strerror(errno));
         return;
     }
     rd_sphere *s = NULL;
@@ -185,7 +186,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
             s = &d->spheres[i];
     if (!s) {
         rd_reply_error(c, id, RW_E_STATE, "runawayd computes %d spheres already; ask again when "
-                    "they are done", RD_SPHERE_MAX);
+                       "they are done", RD_SPHERE_MAX);
         return;
     }
     char err[1024];
@@ -229,7 +230,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
     s->busy = 1; /* until the handle is closed, also when the spawn failed */
     if (rc != 0) {
         rd_reply_error(c, id, RW_E_INTERNAL, "sphere: cannot run %s: %s", d->worker_path,
-                    uv_strerror(rc));
+                       uv_strerror(rc));
         dir_remove(s->dir);
         uv_close((uv_handle_t *)&s->proc, closed_cb);
         return;

@@ -1472,10 +1472,13 @@ Test(daemon, watch_follows_several_targets_until_all_end, .init = setup, .fini =
     submit_grid("wb", 30, 0, "  seed: [0]\n  variant:\n    - {name: ok}\n"
                              "    - {name: big, optim: {batch_size: 200}}\n");
     char out[65536];
-    int rc = cli(out, sizeof out, 80, "watch", "wa", "g2", "j1", NULL);
+    int rc = cli(out, sizeof out, 80, "watch", "wa", "g2", "j2", NULL);
     cr_assert_eq(rc, 1, "a job failed: %s", out);
     cr_assert(strstr(out, "watching grid wa: 1 job\n") && strstr(out, "watching grid g2: 2 jobs\n") &&
-                  strstr(out, "watching job j1: 1 job\n"), "%s", out);
+                  strstr(out, "watching job j2: 1 job\n"), "%s", out);
+    /* j2 is g2's too: its events once */
+    char *last = strstr(out, "\nj2    epoch  30/30 ");
+    cr_assert(last && !strstr(last + 1, "\nj2    epoch  30/30 "), "%s", out);
     /* g2's events came (its 30 epochs outlast the start of the watch), to
      * its end, and so did the failure */
     cr_assert(strstr(out, "\nj2    epoch  30/30 ") && strstr(out, "j2    wb/ok/seed0: done") &&

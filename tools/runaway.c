@@ -939,7 +939,8 @@ typedef struct watched {
     long long id;
     char kind; /* 'g' or 'j' */
     long long tid;
-    int ended; /* watch_end came */
+    int ended;      /* watch_end came */
+    json_t *jobs;   /* a grid's jobs as the watch began */
 } watched;
 
 /* Asks for the watch and prints the target's jobs. */
@@ -960,8 +961,22 @@ static void watch_open(watched *w, const char *target)
     json_array_foreach(json_object_get(r, "jobs"), i, v)
         printf("  j%lld %-40s %s%s%s\n", jint(v, "id"), jstr(v, "name"), jstr(v, "state"),
                json_is_string(json_object_get(v, "error")) ? ": " : "", jstr(v, "error"));
+    w->jobs = json_incref(json_object_get(r, "jobs"));
     json_decref(r);
     fflush(stdout);
+}
+
+/* A job watched also through its grid: its events come on the grid's
+ * stream, so its own is not read (they would print twice). */
+static int watched_in_a_grid(const watched *w, int n, int k)
+{
+    for (int g = 0; g < n; g++) {
+        size_t i;
+        json_t *v;
+        if (g != k && w[g].kind == 'g' && w[k].kind == 'j')
+            json_array_foreach(w[g].jobs, i, v) if (jint(v, "id") == w[k].tid) return 1;
+    }
+    return 0;
 }
 
 /* Prints one frame of w's stream; notes watch_end. */
@@ -1080,6 +1095,7 @@ static int watch(conn *c, const char *target)
     watch_open(&w, target);
     int rc = watch_all(&w, 1);
     *c = w.c;
+    json_decref(w.jobs);
     return rc;
 }
 
@@ -1101,9 +1117,13 @@ static int cmd_watch(int n, char **a)
         need_conn(&w[k].c);
         watch_open(&w[k], targets[k]);
     }
-    int rc = watch_all(w, nt);
     for (int k = 0; k < nt; k++)
+        w[k].ended |= watched_in_a_grid(w, nt, k);
+    int rc = watch_all(w, nt);
+    for (int k = 0; k < nt; k++) {
         conn_close(&w[k].c);
+        json_decref(w[k].jobs);
+    }
     free(w);
     return rc;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "worker/data_internal.h"
 
@@ -110,11 +111,25 @@ Test(data, digest_is_the_crc_of_pixels_and_labels)
     uint8_t px[6] = {1, 2, 3, 4, 5, 6}, lb[2] = {0, 255};
     rw_dataset ds = {.n = 2, .side = 1, .classes = 10, .labeled = 1, .pixels = px, .labels = lb};
     char d[RW_DATA_DIGEST_MAX];
-    rw_dataset_digest(&ds, d, sizeof d);
+    rw_dataset_digest(&ds, 1, d, sizeof d);
     cr_assert_str_eq(d, "2 images of 1x1 (1 labeled), crc32 535279bd");
     lb[1] = 254;
-    rw_dataset_digest(&ds, d, sizeof d);
+    rw_dataset_digest(&ds, 1, d, sizeof d);
     cr_assert_str_neq(d, "2 images of 1x1 (1 labeled), crc32 535279bd");
+    /* a set large enough to go in parts over threads: the same value as
+     * one pass, whatever the thread count */
+    rw_dataset big;
+    cr_assert_eq(rw_dataset_noise(25000, 3, &big), 0); /* 77 MB */
+    size_t bytes = (size_t)big.n * 3 * 32 * 32;
+    uLong crc = crc32_z(crc32_z(0L, big.pixels, bytes), big.labels, (size_t)big.n);
+    char want[RW_DATA_DIGEST_MAX];
+    snprintf(want, sizeof want, "25000 images of 32x32 (25000 labeled), crc32 %08lx",
+             (unsigned long)crc);
+    for (int t = 1; t <= 4; t += 3) {
+        rw_dataset_digest(&big, t, d, sizeof d);
+        cr_expect_str_eq(d, want, "%d threads", t);
+    }
+    rw_dataset_free(&big);
 }
 
 Test(data, missing_file_is_named)

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <omp.h>
 #include <zlib.h>
 
 #include "worker/data_internal.h"
@@ -185,10 +186,29 @@ int rw_cifar100_load(const char *dir, int train, int coarse, rw_dataset *out, ch
                       errlen);
 }
 
-void rw_dataset_digest(const rw_dataset *ds, char *out, size_t len)
+enum { DIGEST_PARTS = 32 };
+
+/* Where part k of `bytes` starts (k = DIGEST_PARTS: the end). */
+static size_t digest_part(size_t bytes, int k)
 {
-    uLong crc = crc32_z(0L, Z_NULL, 0);
-    crc = crc32_z(crc, ds->pixels, (size_t)ds->n * 3 * (size_t)ds->side * (size_t)ds->side);
+    return k < DIGEST_PARTS ? bytes / DIGEST_PARTS * (size_t)k : bytes;
+}
+
+void rw_dataset_digest(const rw_dataset *ds, int threads, char *out, size_t len)
+{
+    const size_t bytes = (size_t)ds->n * 3 * (size_t)ds->side * (size_t)ds->side;
+    uLong part[DIGEST_PARTS];
+    if (threads <= 0)
+        threads = omp_get_max_threads();
+#pragma omp parallel for num_threads(threads) schedule(static) if (bytes >= ((size_t)64 << 20))
+    for (int k = 0; k < DIGEST_PARTS; k++) {
+        size_t lo = digest_part(bytes, k);
+        part[k] = crc32_z(0L, ds->pixels + lo, digest_part(bytes, k + 1) - lo);
+    }
+    uLong crc = part[0];
+    for (int k = 1; k < DIGEST_PARTS; k++)
+        crc = crc32_combine(crc, part[k],
+                            (z_off_t)(digest_part(bytes, k + 1) - digest_part(bytes, k)));
     crc = crc32_z(crc, ds->labels, (size_t)ds->n);
     snprintf(out, len, "%d images of %dx%d (%d labeled), crc32 %08lx", ds->n, ds->side, ds->side,
              ds->labeled, (unsigned long)crc);

@@ -291,7 +291,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     }
     rw_spec_digest(spec, ts.spec_digest);
-    rw_dataset_digest(&train, ts.data_digest, sizeof ts.data_digest);
+    rw_dataset_digest(&train, spec->threads, ts.data_digest, sizeof ts.data_digest);
 
     if (lead && opts && opts->out_dir) {
         if (mkdir_p(opts->out_dir, err, errlen) != 0)

@@ -940,6 +940,7 @@ typedef struct watched {
     char kind; /* 'g' or 'j' */
     long long tid;
     int ended;      /* watch_end came */
+    int in_grid;    /* a job also watched through its grid: that stream tells */
     json_t *jobs;   /* a grid's jobs as the watch began */
 } watched;
 
@@ -967,7 +968,7 @@ static void watch_open(watched *w, const char *target)
 }
 
 /* A job watched also through its grid: its events come on the grid's
- * stream, so its own is not read (they would print twice). */
+ * stream (its own would print them twice), and the grid's outcome is its. */
 static int watched_in_a_grid(const watched *w, int n, int k)
 {
     for (int g = 0; g < n; g++) {
@@ -1084,7 +1085,8 @@ static int watch_all(watched *w, int n)
     }
     int bad = 0;
     for (int k = 0; k < n; k++)
-        bad |= watch_outcome(&w[k]);
+        if (!w[k].in_grid)
+            bad |= watch_outcome(&w[k]);
     return bad;
 }
 
@@ -1117,8 +1119,12 @@ static int cmd_watch(int n, char **a)
         need_conn(&w[k].c);
         watch_open(&w[k], targets[k]);
     }
+    /* closed at once: an unread stream would fill runawayd's queue for us */
     for (int k = 0; k < nt; k++)
-        w[k].ended |= watched_in_a_grid(w, nt, k);
+        if ((w[k].in_grid = watched_in_a_grid(w, nt, k))) {
+            w[k].ended = 1;
+            conn_close(&w[k].c);
+        }
     int rc = watch_all(w, nt);
     for (int k = 0; k < nt; k++) {
         conn_close(&w[k].c);

@@ -1474,7 +1474,8 @@ Test(daemon, watch_follows_several_targets_until_all_end, .init = setup, .fini =
     char out[65536];
     int rc = cli(out, sizeof out, 80, "watch", "wa", "g2", "j2", NULL);
     cr_assert_eq(rc, 1, "a job failed: %s", out);
-    cr_assert(strstr(out, "watching grid wa: 1 job\n") && strstr(out, "watching grid g2: 2 jobs\n") &&
+    cr_assert(strstr(out, "watching grid wa: 1 job\n") &&
+                  strstr(out, "watching grid g2: 2 jobs\n") &&
                   strstr(out, "watching job j2: 1 job\n"), "%s", out);
     /* j2 is g2's too: its events once */
     char *last = strstr(out, "\nj2    epoch  30/30 ");
@@ -1506,7 +1507,8 @@ static void setup_slow_sphere(void)
     char real[1100], text[2048];
     bin(real, sizeof real, "worker/runaway-worker");
     snprintf(sphere_wrapper, sizeof sphere_wrapper, "%s/worker.sh", dir);
-    snprintf(text, sizeof text, "#!/bin/sh\nif [ \"$1\" = sphere ]; then echo $$ >> '%s/sphere.pids'; "
+    snprintf(text, sizeof text,
+             "#!/bin/sh\nif [ \"$1\" = sphere ]; then echo $$ >> '%s/sphere.pids'; "
              "exec sleep 300; fi\nexec '%s' \"$@\"\n", dir, real);
     write_file(sphere_wrapper, text);
     cr_assert_eq(chmod(sphere_wrapper, 0700), 0);

@@ -1067,7 +1067,8 @@ static int watch_all(watched *w, int n)
             /* frames already read past the last one */
             json_t *e = NULL;
             char err[256];
-            while (!w[k].ended && rw_frame_reader_next(&w[k].c.r, &e, err, sizeof err) == RW_FRAME_OK)
+            while (!w[k].ended &&
+                   rw_frame_reader_next(&w[k].c.r, &e, err, sizeof err) == RW_FRAME_OK)
                 watch_event(&w[k], e);
             pf[k] = (struct pollfd){.fd = w[k].ended ? -1 : w[k].c.fd, .events = POLLIN};
             open += !w[k].ended;

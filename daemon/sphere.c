@@ -134,12 +134,14 @@ static int write_spec(rd_daemon *d, int64_t job, const char *dir, char *err, siz
     if (sqlite3_step(st) == SQLITE_ROW) {
         const char *text = (const char *)sqlite3_column_text(st, 0);
         FILE *f = fopen(p, "w");
-        if (text && f && fputs(text, f) >= 0 && fclose(f) == 0)
+        int ok = text && f && fputs(text, f) >= 0;
+        /* fclose once, whether or not the write went through */
+        if (f && fclose(f) != 0)
+            ok = 0;
+        if (ok)
             rc = 0;
         else
-            snprintf(err, errlen, "%s: %s", p, strerror(errno));
-        if (rc != 0 && f)
-            fclose(f);
+            snprintf(err, errlen, "%s: %s", p, text ? strerror(errno) : "job has no spec");
     } else {
         snprintf(err, errlen, "no job j%lld", (long long)job);
     }

@@ -264,6 +264,12 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
          * the step for the cores: fixed inputs, views excluded. */
         size_t n = (size_t)c->batch * 3 * c->size * c->size;
         float *h = malloc(n * sizeof(float));
+        if (!h) {
+            fprintf(stderr, "%s: out of memory for the inputs\n", c->label);
+            rw_model_free(m);
+            kb_destroy(be);
+            return o;
+        }
         for (size_t i = 0; i < n; i++)
             h[i] = (float)((i * 2654435761u % 1000) / 500.0 - 1.0);
         float *x1 = be->alloc(be, n * sizeof(float)), *x2 = be->alloc(be, n * sizeof(float));

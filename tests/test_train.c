@@ -66,6 +66,8 @@ static void tiny_spec(rw_spec *s)
 typedef struct record {
     rw_metrics ep[MAX_EPOCHS];
     int n;
+    rw_metrics st[64]; /* log.every_steps rows */
+    int nst;
     long stop_after; /* should_stop once this many steps were seen (0: never) */
     long steps;
 } record;
@@ -81,6 +83,8 @@ static void on_step(void *ud, const rw_metrics *m)
 {
     record *r = ud;
     r->steps = m->step;
+    if (r->nst < 64)
+        r->st[r->nst++] = *m;
 }
 
 static int should_stop(void *ud)
@@ -387,7 +391,10 @@ Test(train, linear_evaluation_every_n_epochs_leaves_training_alone)
 /* checkpoint.every_minutes, set so short that every step saves: a copy of
  * the checkpoint taken in the middle of epoch 2 (as a worker killed there
  * would leave it) resumes to the bits of the run that went on, and the
- * saves themselves change nothing. */
+ * saves themselves change nothing. The copy is also in the middle of a
+ * log.every_steps window (steps 7-9 of windows of 3): the resumed run
+ * reports the rows of the plain one, at the same steps, with the same
+ * averages. */
 typedef struct keep {
     record rec;
     char ckpt[160], copy[160];
@@ -399,7 +406,7 @@ typedef struct keep {
 static void keep_on_step(void *ud, const rw_metrics *m)
 {
     keep *k = ud;
-    k->rec.steps = m->step;
+    on_step(&k->rec, m);
     if (m->step == k->at_step && !k->copied) {
         /* the file holds the previous step's save */
         char cmd[400];
@@ -427,7 +434,7 @@ Test(train, timed_checkpoints_within_an_epoch_resume_exactly)
 {
     rw_spec s;
     tiny_spec(&s);
-    s.log.every_steps = 1;
+    s.log.every_steps = 3;
     record plain = {0};
     char o0[96], o1[96], o2[96], w0[128], w1[128], w2[128];
     snprintf(o0, sizeof o0, "%s/untimed", tmp);
@@ -456,6 +463,19 @@ Test(train, timed_checkpoints_within_an_epoch_resume_exactly)
     cr_assert_eq(r.rec.n, 2, "resumed run finished %d epochs", r.rec.n);
     same_metrics(&r.rec.ep[0], &plain.ep[1], "epoch cut by the kill");
     same_metrics(&r.rec.ep[1], &plain.ep[2], "after resume");
+    /* step rows: the plain run's at 3, 6, .., 18; the resumed one's from 9 */
+    cr_assert_eq(plain.nst, 6);
+    cr_assert_eq(r.rec.nst, 4, "resumed run reported %d step rows", r.rec.nst);
+    for (int i = 0; i < r.rec.nst; i++) {
+        const rw_metrics *x = &r.rec.st[i], *y = &plain.st[i + 2];
+        cr_expect(x->step == y->step && x->epoch == y->epoch,
+                  "step row %d: step %ld epoch %d, plain step %ld epoch %d", i, x->step, x->epoch,
+                  y->step, y->epoch);
+        cr_expect(x->loss == y->loss && x->align == y->align && x->uniform == y->uniform &&
+                      x->collapse == y->collapse,
+                  "step %ld: loss %.9g/%.9g align %.9g/%.9g", x->step, x->loss, y->loss, x->align,
+                  y->align);
+    }
     cr_expect(a.linear_acc == b.linear_acc && a.linear_acc == c.linear_acc,
               "linear eval %g, %g, %g", a.linear_acc, b.linear_acc, c.linear_acc);
     snprintf(w0, sizeof w0, "%s/weights.safetensors", o0);

@@ -101,7 +101,7 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
         long nbt[2][64];
         long adam_step, step, batch;
         int epoch;
-        double sums[5], elapsed;
+        double sums[5], step_sums[5], elapsed;
         char data[RW_DATA_DIGEST_MAX];
     } h = {0};
     for (int t = 0; t < 2; t++)
@@ -111,6 +111,7 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     h.batch = ts->batch;
     h.epoch = ts->epoch;
     memcpy(h.sums, ts->sums, sizeof h.sums);
+    memcpy(h.step_sums, ts->step_sums, sizeof h.step_sums);
     h.elapsed = ts->elapsed;
     memcpy(h.data, ts->data_digest, sizeof h.data);
     if (bcast_host(d, &h, sizeof h, err, errlen) != 0)
@@ -142,6 +143,7 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     ts->batch = h.batch;
     ts->epoch = h.epoch;
     memcpy(ts->sums, h.sums, sizeof h.sums);
+    memcpy(ts->step_sums, h.step_sums, sizeof h.step_sums);
     ts->elapsed = h.elapsed;
     return 0;
 }

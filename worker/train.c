@@ -345,8 +345,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         snapshot(m, opts->out_dir, 0, err, errlen) != 0)
         goto done;
 
-    rw_metrics step_acc = {0};
-    long step_acc_n = 0;
+    /* pairs/s of a step window: the steps since step_t0 in this attempt */
+    long step_n = 0;
     double step_t0 = now_s();
     if (measure)
         logf_(lh, "optim.epochs 0: measuring the initialization over one pass, no training");
@@ -395,26 +395,29 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             ts.sums[3] += st.collapse;
             ts.sums[4] += 1;
             if (spec->log.every_steps > 0) {
-                step_acc.loss += st.loss;
-                step_acc.align += st.align;
-                step_acc.uniform += st.uniform;
-                step_acc.collapse += st.collapse;
-                if (++step_acc_n == spec->log.every_steps) {
-                    double t = now_s();
+                /* windows end at multiples of every_steps and their sums
+                 * are checkpointed, so a resumed job reports the rows (and
+                 * numbers) of one that never stopped */
+                ts.step_sums[0] += st.loss;
+                ts.step_sums[1] += st.align;
+                ts.step_sums[2] += st.uniform;
+                ts.step_sums[3] += st.collapse;
+                ts.step_sums[4] += 1;
+                step_n++;
+                if (ts.step % spec->log.every_steps == 0) {
+                    double t = now_s(), n = ts.step_sums[4];
                     rw_metrics sm = {
                         .epoch = measure ? 0 : e + 1, .step = ts.step,
-                        .loss = step_acc.loss / step_acc_n,
-                        .align = step_acc.align / step_acc_n,
-                        .uniform = step_acc.uniform / step_acc_n,
-                        .collapse = step_acc.collapse / step_acc_n, .knn = NAN, .rank = NAN,
-                        .linear = NAN, .w_cos_i = NAN, .w_asym = NAN,
-                        .pairs_per_s = step_acc_n * B / (t - step_t0), .tau = tau,
+                        .loss = ts.step_sums[0] / n, .align = ts.step_sums[1] / n,
+                        .uniform = ts.step_sums[2] / n, .collapse = ts.step_sums[3] / n,
+                        .knn = NAN, .rank = NAN, .linear = NAN, .w_cos_i = NAN, .w_asym = NAN,
+                        .pairs_per_s = step_n * B / (t - step_t0), .tau = tau,
                         .lr = measure ? NAN : lr,
                     };
                     if (lh && lh->on_step)
                         lh->on_step(lh->ud, &sm);
-                    memset(&step_acc, 0, sizeof step_acc);
-                    step_acc_n = 0;
+                    memset(ts.step_sums, 0, sizeof ts.step_sums);
+                    step_n = 0;
                     step_t0 = t;
                 }
             }

@@ -319,6 +319,9 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
              ts->batch, ts->step, rw_model_adam_step(m), ts->sums[0], ts->sums[1], ts->sums[2],
              ts->sums[3], ts->sums[4], ts->elapsed);
     rw_st_set_meta(w, "runaway.position", buf);
+    snprintf(buf, sizeof buf, "%.17g %.17g %.17g %.17g %.17g", ts->step_sums[0], ts->step_sums[1],
+             ts->step_sums[2], ts->step_sums[3], ts->step_sums[4]);
+    rw_st_set_meta(w, "runaway.step_window", buf);
     /* History as JSON (NaN -> null: JSON has no NaN). */
     json_t *arr = json_array();
     for (int e = 0; e < ts->nhist; e++) {
@@ -382,6 +385,14 @@ int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
                &adam_step, &ts->sums[0], &ts->sums[1], &ts->sums[2], &ts->sums[3], &ts->sums[4],
                &ts->elapsed) != 10 || ts->epoch < 0 || ts->batch < 0 || ts->step < 0) {
         snprintf(err, errlen, "%s: bad runaway.position metadata", path);
+        goto done;
+    }
+    /* written before it was kept: the window in progress starts empty */
+    const char *win = rw_st_meta(st, "runaway.step_window");
+    if (win && (sscanf(win, "%lg %lg %lg %lg %lg", &ts->step_sums[0], &ts->step_sums[1],
+                       &ts->step_sums[2], &ts->step_sums[3], &ts->step_sums[4]) != 5 ||
+                !(ts->step_sums[4] >= 0))) {
+        snprintf(err, errlen, "%s: bad runaway.step_window metadata", path);
         goto done;
     }
     int has_teacher = read_model_tensors(st, m, &h, path, err, errlen);

@@ -29,6 +29,7 @@ typedef struct rw_train_state {
     long batch;           /* batches done in the current epoch */
     long step;            /* optimizer steps done */
     double sums[5];       /* partial-epoch sums: loss, align, uniform, collapse, steps */
+    double step_sums[5];  /* the same over the log.every_steps window in progress */
     double elapsed;       /* training seconds in the current epoch so far */
     int nhist;            /* epochs of history below */
     rw_metrics *hist;     /* per-epoch metrics, malloc'd (nhist) */

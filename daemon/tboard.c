@@ -12,7 +12,8 @@
  * the version event, then TensorBoard's restart marker (SessionLog START)
  * at the attempt's first reported step: a resumed attempt reports again
  * the steps after its checkpoint, and the marker makes TensorBoard drop
- * the earlier attempt's points from that step on instead of drawing both.
+ * the earlier attempt's points from that step on instead of drawing both
+ * (those at that step which it will not send again are carried over).
  *
  * The SQLite metrics stay the record of truth: a write that fails is logged
  * once per attempt and the job goes on. */
@@ -169,19 +170,15 @@ static const tb_field tb_fields[] = {
  * the next try. */
 #define TB_RETRY_S 5.0
 
-void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
+/* A report's scalars as one summary event appended to buf: 1, 0 when it
+ * has none, -1 out of memory. */
+static int append_report(unsigned char **buf, size_t *len, size_t *cap, const char *kind,
+                         json_t *m, int64_t step, double wall)
 {
-    if (!d->tb_dir[0] || !run)
-        return;
-    if (run->tb_failed && rd_mono() < run->tb_retry) {
-        run->tb_skipped++;
-        return;
-    }
     /* step reports under train/, epoch means under epoch/, the result
      * (linear evaluation, last-10 means) under eval/ */
     const char *prefix = !strcmp(kind, "step") ? "train" : !strcmp(kind, "epoch") ? "epoch" : "eval";
     int final = !strcmp(kind, "final");
-    char err[PATH_MAX + 64] = "";
     char tags[TB_NFIELDS][48];
     Tensorflow__Summary__Value vals[TB_NFIELDS], *vp[TB_NFIELDS];
     size_t nv = 0;
@@ -199,7 +196,75 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
         vp[nv] = &vals[nv];
         nv++;
     }
-    if (!nv)
+    if (!nv || !buf)
+        return nv > 0;
+    Tensorflow__Summary sum = TENSORFLOW__SUMMARY__INIT;
+    sum.n_value = nv;
+    sum.value = vp;
+    Tensorflow__Event ev = TENSORFLOW__EVENT__INIT;
+    ev.wall_time = wall;
+    ev.step = step;
+    ev.what_case = TENSORFLOW__EVENT__WHAT_SUMMARY;
+    ev.summary = &sum;
+    return append_record(buf, len, cap, &ev) != 0 ? -1 : 1;
+}
+
+/* At a step, a job reports its step mean, then its epoch's, then its result. */
+static int kind_order(const char *kind)
+{
+    return !strcmp(kind, "step") ? 0 : !strcmp(kind, "epoch") ? 1 : 2;
+}
+
+/* The START marker at an attempt's first reported step s drops every
+ * earlier point at s and after. A resumed attempt sends again what came
+ * after its checkpoint, but an attempt whose first report is, say, the
+ * epoch mean at s (stopped after the epoch's last step, before its end)
+ * will not send again the step mean at s that an earlier attempt did: those
+ * points of the kinds reported before `kind` at s are carried over from the
+ * database, after the marker. Returns -1 out of memory, else 0. */
+static int append_carried(rd_daemon *d, rd_run *run, const char *kind, int64_t step, double wall,
+                          unsigned char **buf, size_t *len, size_t *cap)
+{
+    if (kind_order(kind) == 0)
+        return 0;
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT kind, loss, align, uniform, collapse, knn, "
+                                     "pairs_per_s, tau, lr, rank, linear, w_cos_i, w_asym "
+                                     "FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics "
+                                     "WHERE job_id=?1 AND step=?2 AND attempt_id<>?3 AND kind IN "
+                                     "('step', 'epoch') GROUP BY kind) ORDER BY kind='epoch'");
+    if (!st)
+        return 0; /* the database's trouble is said where it happens */
+    sqlite3_bind_int64(st, 1, run->job);
+    sqlite3_bind_int64(st, 2, step);
+    sqlite3_bind_int64(st, 3, run->attempt);
+    int rc = 0;
+    while (rc == 0 && sqlite3_step(st) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        if (!k || kind_order(k) >= kind_order(kind))
+            continue;
+        json_t *m = json_object(); /* the row as the report it was stored from */
+        for (int c = 1; m && c < sqlite3_column_count(st); c++)
+            if (sqlite3_column_type(st, c) != SQLITE_NULL)
+                json_object_set_new(m, sqlite3_column_name(st, c),
+                                    json_real(sqlite3_column_double(st, c)));
+        if (!m || append_report(buf, len, cap, k, m, step, wall) < 0)
+            rc = -1;
+        json_decref(m);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
+{
+    if (!d->tb_dir[0] || !run)
+        return;
+    if (run->tb_failed && rd_mono() < run->tb_retry) {
+        run->tb_skipped++;
+        return;
+    }
+    char err[PATH_MAX + 64] = "";
+    if (!append_report(NULL, NULL, NULL, kind, m, 0, 0))
         return;
     int64_t step = json_integer_value(json_object_get(m, "step"));
     double wall = rd_now();
@@ -228,20 +293,13 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
         start.what_case = TENSORFLOW__EVENT__WHAT_SESSION_LOG;
         start.session_log = &sl;
         if (append_record(&buf, &len, &cap, &ver) != 0 ||
-            append_record(&buf, &len, &cap, &start) != 0) {
+            append_record(&buf, &len, &cap, &start) != 0 ||
+            append_carried(d, run, kind, step, wall, &buf, &len, &cap) != 0) {
             snprintf(err, sizeof err, "out of memory");
             goto fail;
         }
     }
-    Tensorflow__Summary sum = TENSORFLOW__SUMMARY__INIT;
-    sum.n_value = nv;
-    sum.value = vp;
-    Tensorflow__Event ev = TENSORFLOW__EVENT__INIT;
-    ev.wall_time = wall;
-    ev.step = step;
-    ev.what_case = TENSORFLOW__EVENT__WHAT_SUMMARY;
-    ev.summary = &sum;
-    if (append_record(&buf, &len, &cap, &ev) != 0) {
+    if (append_report(&buf, &len, &cap, kind, m, step, wall) < 0) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }

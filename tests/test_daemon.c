@@ -3118,12 +3118,14 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     expect_still_serving();
 }
 
-static void fake_epoch(int fd, long long job, long long attempt, int epoch, double loss)
+/* Our fake worker's metric report of `kind` (step or epoch). */
+static void fake_metric(int fd, long long job, long long attempt, const char *kind, int epoch,
+                        long step, double loss)
 {
     json_t *m = kv_msg("metric", -1, job, attempt, NULL);
-    json_object_set_new(m, "kind", json_string("epoch"));
+    json_object_set_new(m, "kind", json_string(kind));
     json_object_set_new(m, "epoch", json_integer(epoch));
-    json_object_set_new(m, "step", json_integer(4 * epoch));
+    json_object_set_new(m, "step", json_integer(step));
     json_object_set_new(m, "loss", json_real(loss));
     json_object_set_new(m, "align", json_real(loss / 2));
     json_object_set_new(m, "uniform", json_real(-loss));
@@ -3131,6 +3133,11 @@ static void fake_epoch(int fd, long long job, long long attempt, int epoch, doub
     json_object_set_new(m, "tau", json_real(0.99));
     cr_assert_eq(rw_frame_send_fd(fd, m), 0);
     json_decref(m);
+}
+
+static void fake_epoch(int fd, long long job, long long attempt, int epoch, double loss)
+{
+    fake_metric(fd, job, attempt, "epoch", epoch, 4L * epoch, loss);
 }
 
 /* What a cancelled attempt reports between cancel_job and its "stopped" is
@@ -3201,6 +3208,60 @@ Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fi
 }
 
 /* Our fake worker's `done` of an attempt after `epochs` epochs. */
+static void fake_done(int fd, long long job, long long attempt, int epochs);
+static void occupy_the_real_workers(void);
+
+/* An attempt stopped after an epoch's last step, before the epoch's end (a
+ * cancel seen there, or a kill after a timed checkpoint there): the next
+ * attempt's first report is that epoch's mean, at the step of the earlier
+ * attempt's last step mean, which no attempt sends again. Its TensorBoard
+ * file's restart marker at that step must not lose that point (chaos runs
+ * found it missing). */
+Test(daemon_dist, a_resumed_attempt_keeps_the_points_it_does_not_send_again, .init = setup,
+     .fini = teardown, .timeout = 90)
+{
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    occupy_the_real_workers(); /* the job and its next attempt come to us */
+    submit_grid("edge", 3, 1, "  seed: [0]\n");
+    json_t *as = fake_wait(fd, &r, "assign", -1, 20);
+    long long job = json_integer_value(json_object_get(as, "job"));
+    long long a1 = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+    fake_metric(fd, job, a1, "step", 1, 2, 0.9);
+    fake_metric(fd, job, a1, "step", 1, 4, 0.8);
+    fake_metric(fd, job, a1, "epoch", 1, 4, 0.85);
+    fake_metric(fd, job, a1, "step", 2, 6, 0.7);
+    fake_metric(fd, job, a1, "step", 2, 8, 0.6); /* epoch 2's last step; then the stop */
+    wait_for("5 reports", "SELECT COUNT(*) FROM metrics WHERE job_id=?", job, 5, 10);
+    char id[32], out[4096];
+    snprintf(id, sizeof id, "j%lld", job);
+    int rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, job, 10));
+    json_t *m = kv_msg("stopped", -1, job, a1, NULL);
+    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
+    json_decref(m);
+    wait_for("cancelled", "SELECT state='cancelled' FROM jobs WHERE id=?", job, 1, 10);
+    rc = cli(out, sizeof out, 20, "requeue", id, NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+
+    as = fake_wait(fd, &r, "assign", -1, 20);
+    long long a2 = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+    cr_assert_neq(a2, a1);
+    fake_metric(fd, job, a2, "epoch", 2, 8, 0.65); /* resumed at step 8: the epoch's end */
+    fake_metric(fd, job, a2, "step", 3, 10, 0.5);
+    fake_metric(fd, job, a2, "step", 3, 12, 0.4);
+    fake_metric(fd, job, a2, "epoch", 3, 12, 0.45);
+    fake_done(fd, job, a2, 3);
+    wait_for("done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 10);
+    /* every stored point once, train/loss at step 8 among them */
+    check_tensorboard(job, 0, "tb_check: 1 runs, 2 files,");
+    close(fd);
+    rw_frame_reader_free(&r);
+}
+
 static void fake_done(int fd, long long job, long long attempt, int epochs)
 {
     json_t *m = kv_msg("done", -1, job, attempt, NULL);

@@ -55,7 +55,7 @@
  *     knn: {every: 0, k: 200, temperature: 0.1}            # every 0 = off
  *     rank: {every: 1, samples: 1024}   # effective rank of f; every 0 = off
  *   log:
- *     every_steps: 0        # per-step metrics every N steps (0: per epoch only)
+ *     every_steps: 0        # per-step metrics at steps N, 2N, .. (0: per epoch only)
  *   checkpoint:
  *     every_epochs: 0       # 0: only at the end
  *     every_minutes: 0      # also within epochs, this often (0: off)

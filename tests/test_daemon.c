@@ -2375,17 +2375,66 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
     sqlite3_close(db);
 }
 
+/* `runaway watch` in the background, its output into dir/watch.out. */
+static pid_t watch_in_background(const char *target)
+{
+    char exe[1100], outp[128];
+    bin(exe, sizeof exe, "tools/runaway");
+    snprintf(outp, sizeof outp, "%s/watch.out", dir);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(exe, exe, "--state-dir", dir, "watch", target, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Its exit status (within secs; -1 if it runs on, or did not exit) and output. */
+static int watch_finished(pid_t pid, double secs, char *out, size_t outlen)
+{
+    int st = 0, rc = -1;
+    for (double t0 = now(); now() - t0 < secs; usleep(50000))
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+            break;
+        }
+    if (rc < 0 && kill(pid, SIGKILL) == 0)
+        waitpid(pid, NULL, 0);
+    char p[128];
+    snprintf(p, sizeof p, "%s/watch.out", dir);
+    FILE *f = fopen(p, "r");
+    size_t n = f ? fread(out, 1, outlen - 1, f) : 0;
+    out[n] = '\0';
+    if (f)
+        fclose(f);
+    return rc;
+}
+
+/* ... and `runaway watch` rides it out: it watches again when runawayd is
+ * back, until the job ends. */
 Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini = teardown,
      .timeout = 90)
 {
     long long job = submit_long("crash");
+    pid_t watcher = watch_in_background("crash");
     wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
              30);
     kill(daemon_pid, SIGKILL);
     waitpid(daemon_pid, NULL, 0);
     daemon_pid = -1;
+    usleep(1500000); /* the watch tries at least once while there is none */
     start_daemon(); /* its workers died with the old daemon; the lock is free */
     wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
+    char wout[1 << 16];
+    int wrc = watch_finished(watcher, 20, wout, sizeof wout);
+    cr_assert(wrc == 0 && strstr(wout, "* runawayd went away (") &&
+                  strstr(wout, "* runawayd is back: watching grid g1: 1 job") &&
+                  strstr(wout, "crash/byol/seed0: done"),
+              "watch exited %d:\n%s", wrc, wout);
     sqlite3 *db = open_db();
     cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND error='daemon "
                             "restarted'", job), 1);

@@ -180,6 +180,27 @@ static int open_conn(conn *c)
     return 0;
 }
 
+/* open_conn that does not end the program: -1 when runawayd is not there,
+ * or not taking clients (still shutting down). */
+static int try_open_conn(conn *c)
+{
+    if (try_connect(c) != 0)
+        return -1;
+    json_t *h = rw_msg_new("hello", next_id++);
+    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(h, "role", json_string("client"));
+    json_t *r = NULL;
+    char err[256];
+    int ok = rw_frame_send_fd(c->fd, h) == 0 &&
+             rw_frame_recv_fd(c->fd, &c->r, &r, 5000, err, sizeof err) > 0 &&
+             !strcmp(json_string_value(json_object_get(r, "type")) ?: "", "ok");
+    json_decref(h);
+    json_decref(r);
+    if (!ok)
+        conn_close(c);
+    return ok ? 0 : -1;
+}
+
 static void need_conn(conn *c)
 {
     if (open_conn(c) != 0)
@@ -940,6 +961,7 @@ typedef struct watched {
     char kind; /* 'g' or 'j' */
     long long tid;
     int ended;      /* watch_end came */
+    int lost;       /* runawayd went away: watched again when it is back */
     int in_grid;    /* a job also watched through its grid: that stream tells */
     json_t *jobs;   /* a grid's jobs as the watch began */
 } watched;
@@ -954,9 +976,11 @@ static void watch_open(watched *w, const char *target)
     w->kind = !strcmp(jstr(r, "kind"), "grid") ? 'g' : 'j';
     w->tid = jint(r, "target");
     w->ended = 0;
+    w->lost = 0;
     size_t i;
     json_t *v;
     int njobs = (int)json_array_size(json_object_get(r, "jobs"));
+    json_decref(w->jobs);
     printf("watching %s %s: %d job%s\n", jstr(r, "kind"), target, njobs, njobs == 1 ? "" : "s");
     /* a job that already failed says why here: its event came before us */
     json_array_foreach(json_object_get(r, "jobs"), i, v)
@@ -1056,8 +1080,50 @@ static int watch_outcome(watched *w)
     return bad;
 }
 
-/* Prints the targets' events, as they come, until each has its watch_end.
- * Returns 0 if every job of every target ended done. */
+/* How long a watch waits for runawayd to come back (a restart, an upgrade,
+ * a crash that systemd restarts) before it gives up. */
+#define WATCH_RECONNECT_S 600
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* runawayd went away under the lost watches: waits until it takes clients
+ * again and watches their targets anew (the jobs resume from their
+ * checkpoints; the epochs between are reported again). */
+static void watch_reconnect(watched *w, int n, const char *why)
+{
+    printf("* runawayd went away (%s); watching again when it is back (up to %d min)\n", why,
+           WATCH_RECONNECT_S / 60);
+    fflush(stdout);
+    for (double t0 = mono_s();; sleep(1)) {
+        int left = 0;
+        for (int k = 0; k < n; k++) {
+            if (!w[k].lost)
+                continue;
+            if (try_open_conn(&w[k].c) != 0) {
+                left++;
+                continue;
+            }
+            char t[32];
+            snprintf(t, sizeof t, "%c%lld", w[k].kind, w[k].tid);
+            printf("* runawayd is back: ");
+            watch_open(&w[k], t);
+        }
+        if (!left)
+            return;
+        if (mono_s() - t0 > WATCH_RECONNECT_S)
+            die("runawayd at %s went away and was not back within %d min", sock_path,
+                WATCH_RECONNECT_S / 60);
+    }
+}
+
+/* Prints the targets' events, as they come, until each has its watch_end;
+ * rides out a restart of runawayd. Returns 0 if every job of every target
+ * ended done. */
 static int watch_all(watched *w, int n)
 {
     struct pollfd pf[RW_TARGETS_MAX];
@@ -1080,9 +1146,24 @@ static int watch_all(watched *w, int n)
                 continue;
             die("poll: %s", strerror(errno));
         }
-        for (int k = 0; k < n; k++)
-            if (!w[k].ended && pf[k].revents)
-                watch_event(&w[k], recv_msg(&w[k].c, 60000));
+        char why[256] = "";
+        int lost = 0;
+        for (int k = 0; k < n; k++) {
+            if (w[k].ended || !pf[k].revents)
+                continue;
+            json_t *e = NULL;
+            int rc = rw_frame_recv_fd(w[k].c.fd, &w[k].c.r, &e, 60000, why, sizeof why);
+            if (rc > 0) {
+                watch_event(&w[k], e);
+            } else {
+                if (rc == 0)
+                    snprintf(why, sizeof why, "a frame cut off for 60 s");
+                w[k].lost = lost = 1;
+                conn_close(&w[k].c);
+            }
+        }
+        if (lost)
+            watch_reconnect(w, n, why);
     }
     int bad = 0;
     for (int k = 0; k < n; k++)

@@ -2375,26 +2375,26 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
     sqlite3_close(db);
 }
 
-/* `runaway watch` in the background, its output into dir/watch.out. */
-static pid_t watch_in_background(const char *target)
+/* `runaway CMD ARG ARG2` in the background, its output into dir/CMD.out. */
+static pid_t cli_in_background(const char *cmd, const char *arg, const char *arg2)
 {
     char exe[1100], outp[128];
     bin(exe, sizeof exe, "tools/runaway");
-    snprintf(outp, sizeof outp, "%s/watch.out", dir);
+    snprintf(outp, sizeof outp, "%s/%s.out", dir, cmd);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         int fd = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
-        execl(exe, exe, "--state-dir", dir, "watch", target, (char *)NULL);
+        execl(exe, exe, "--state-dir", dir, cmd, arg, arg2, (char *)NULL);
         _exit(127);
     }
     return pid;
 }
 
 /* Its exit status (within secs; -1 if it runs on, or did not exit) and output. */
-static int watch_finished(pid_t pid, double secs, char *out, size_t outlen)
+static int cli_finished(pid_t pid, const char *cmd, double secs, char *out, size_t outlen)
 {
     int st = 0, rc = -1;
     for (double t0 = now(); now() - t0 < secs; usleep(50000))
@@ -2405,7 +2405,7 @@ static int watch_finished(pid_t pid, double secs, char *out, size_t outlen)
     if (rc < 0 && kill(pid, SIGKILL) == 0)
         waitpid(pid, NULL, 0);
     char p[128];
-    snprintf(p, sizeof p, "%s/watch.out", dir);
+    snprintf(p, sizeof p, "%s/%s.out", dir, cmd);
     FILE *f = fopen(p, "r");
     size_t n = f ? fread(out, 1, outlen - 1, f) : 0;
     out[n] = '\0';
@@ -2414,13 +2414,14 @@ static int watch_finished(pid_t pid, double secs, char *out, size_t outlen)
     return rc;
 }
 
-/* ... and `runaway watch` rides it out: it watches again when runawayd is
- * back, until the job ends. */
+/* ... and `runaway watch` and `logs -f` ride it out: they follow again
+ * when runawayd is back, until the job ends; logs prints each line once. */
 Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini = teardown,
      .timeout = 90)
 {
     long long job = submit_long("crash");
-    pid_t watcher = watch_in_background("crash");
+    pid_t watcher = cli_in_background("watch", "crash", NULL);
+    pid_t follower = cli_in_background("logs", "j1", "-f");
     wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
              30);
     kill(daemon_pid, SIGKILL);
@@ -2430,11 +2431,25 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     start_daemon(); /* its workers died with the old daemon; the lock is free */
     wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
     char wout[1 << 16];
-    int wrc = watch_finished(watcher, 20, wout, sizeof wout);
+    int wrc = cli_finished(watcher, "watch", 20, wout, sizeof wout);
     cr_assert(wrc == 0 && strstr(wout, "* runawayd went away (") &&
                   strstr(wout, "* runawayd is back: watching grid g1: 1 job") &&
                   strstr(wout, "crash/byol/seed0: done"),
               "watch exited %d:\n%s", wrc, wout);
+    static char lout[1 << 20];
+    wrc = cli_finished(follower, "logs", 20, lout, sizeof lout);
+    cr_assert(wrc == 0 && strstr(lout, "* runawayd went away (") &&
+                  strstr(lout, "* runawayd is back\n") && strstr(lout, "state done"),
+              "logs -f exited %d:\n%s", wrc, lout);
+    /* every line of the job's log once: as many as the database holds */
+    int printed = 0;
+    for (char *l = lout; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l))
+        printed += strncmp(l, "* runawayd ", 11) != 0 && *l != '\n';
+    sqlite3 *db0 = open_db();
+    int stored = (int)db_num(db0, "SELECT COUNT(*) FROM events WHERE job_id=?", job);
+    sqlite3_close(db0);
+    cr_assert_eq(printed, stored, "logs -f printed %d lines, the job has %d:\n%s", printed,
+                 stored, lout);
     sqlite3 *db = open_db();
     cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND error='daemon "
                             "restarted'", job), 1);

@@ -207,6 +207,31 @@ static void need_conn(conn *c)
         die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
 }
 
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* How long watch and logs -f wait for runawayd to come back (a restart, an
+ * upgrade, a crash that systemd restarts) before they give up. */
+#define RECONNECT_S 600
+
+/* Says why the connection was lost (unless why is NULL), then waits until
+ * runawayd takes clients again and opens c. */
+static void reconnect(conn *c, const char *why)
+{
+    if (why)
+        printf("* runawayd went away (%s); following again when it is back (up to %d min)\n",
+               why, RECONNECT_S / 60);
+    fflush(stdout);
+    for (double t0 = mono_s(); try_open_conn(c) != 0; sleep(1))
+        if (mono_s() - t0 > RECONNECT_S)
+            die("runawayd at %s went away and was not back within %d min", sock_path,
+                RECONNECT_S / 60);
+}
+
 static json_t *req_new(const char *type)
 {
     return rw_msg_new(type, -1);
@@ -786,32 +811,56 @@ static int cmd_logs(int argc, char **argv)
         die("logs: which job?");
     conn c;
     need_conn(&c);
-    json_t *m = req_new("logs");
-    json_object_set_new(m, "job", json_string(job));
-    if (tail > 0)
-        json_object_set_new(m, "tail", json_integer(tail));
-    if (follow)
-        json_object_set_new(m, "follow", json_true());
-    json_t *r = request(&c, m);
-    long long id = rw_msg_id(r);
-    size_t i;
-    json_t *v;
-    json_array_foreach(json_object_get(r, "lines"), i, v) print_log_line(v);
-    json_decref(r);
-    fflush(stdout);
-    /* then the job's new lines as they come, until it has ended */
-    while (follow) {
-        json_t *e = recv_msg(&c, -1);
-        if (rw_msg_id(e) == id && !strcmp(jstr(e, "type"), "watch_end"))
-            follow = 0;
-        else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "log"))
-            print_log_line(json_object_get(e, "line"));
-        else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "daemon"))
-            printf("* %s\n", jstr(e, "text"));
+    /* the last line printed: after a reconnect, the tail is printed from
+     * the line after it */
+    json_t *last = NULL;
+    for (int again = 0;; again = 1) {
+        json_t *m = req_new("logs");
+        json_object_set_new(m, "job", json_string(job));
+        if (tail > 0 || again)
+            json_object_set_new(m, "tail", json_integer(again ? 5000 : tail));
+        if (follow)
+            json_object_set_new(m, "follow", json_true());
+        json_t *r = request(&c, m);
+        long long id = rw_msg_id(r);
+        json_t *lines = json_object_get(r, "lines");
+        size_t from = 0, i;
+        json_t *v;
+        json_array_foreach(lines, i, v) if (last && json_equal(v, last)) from = i + 1;
+        for (i = from; i < json_array_size(lines); i++) {
+            print_log_line(json_array_get(lines, i));
+            json_decref(last);
+            last = json_incref(json_array_get(lines, i));
+        }
+        json_decref(r);
         fflush(stdout);
-        json_decref(e);
+        /* then the job's new lines as they come, until it has ended */
+        char why[256] = "";
+        while (follow) {
+            json_t *e = NULL;
+            if (rw_frame_recv_fd(c.fd, &c.r, &e, -1, why, sizeof why) <= 0)
+                break;
+            if (rw_msg_id(e) == id && !strcmp(jstr(e, "type"), "watch_end")) {
+                follow = 0;
+            } else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "log")) {
+                print_log_line(json_object_get(e, "line"));
+                json_decref(last);
+                last = json_incref(json_object_get(e, "line"));
+            } else if (rw_msg_id(e) == id && !strcmp(jstr(e, "kind"), "daemon")) {
+                printf("* %s\n", jstr(e, "text"));
+            }
+            fflush(stdout);
+            json_decref(e);
+        }
+        conn_close(&c);
+        if (!follow)
+            break;
+        if (!why[0])
+            snprintf(why, sizeof why, "connection closed");
+        reconnect(&c, why);
+        printf("* runawayd is back\n");
     }
-    conn_close(&c);
+    json_decref(last);
     return 0;
 }
 
@@ -1080,44 +1129,20 @@ static int watch_outcome(watched *w)
     return bad;
 }
 
-/* How long a watch waits for runawayd to come back (a restart, an upgrade,
- * a crash that systemd restarts) before it gives up. */
-#define WATCH_RECONNECT_S 600
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* runawayd went away under the lost watches: waits until it takes clients
- * again and watches their targets anew (the jobs resume from their
- * checkpoints; the epochs between are reported again). */
+/* runawayd went away under the lost watches: once it takes clients again,
+ * watches their targets anew (the jobs resume from their checkpoints; the
+ * epochs between are reported again). */
 static void watch_reconnect(watched *w, int n, const char *why)
 {
-    printf("* runawayd went away (%s); watching again when it is back (up to %d min)\n", why,
-           WATCH_RECONNECT_S / 60);
-    fflush(stdout);
-    for (double t0 = mono_s();; sleep(1)) {
-        int left = 0;
-        for (int k = 0; k < n; k++) {
-            if (!w[k].lost)
-                continue;
-            if (try_open_conn(&w[k].c) != 0) {
-                left++;
-                continue;
-            }
-            char t[32];
-            snprintf(t, sizeof t, "%c%lld", w[k].kind, w[k].tid);
-            printf("* runawayd is back: ");
-            watch_open(&w[k], t);
-        }
-        if (!left)
-            return;
-        if (mono_s() - t0 > WATCH_RECONNECT_S)
-            die("runawayd at %s went away and was not back within %d min", sock_path,
-                WATCH_RECONNECT_S / 60);
+    for (int k = 0; k < n; k++) {
+        if (!w[k].lost)
+            continue;
+        reconnect(&w[k].c, why);
+        why = NULL; /* said once */
+        char t[32];
+        snprintf(t, sizeof t, "%c%lld", w[k].kind, w[k].tid);
+        printf("* runawayd is back: ");
+        watch_open(&w[k], t);
     }
 }
 

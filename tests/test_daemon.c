@@ -2375,19 +2375,23 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
     sqlite3_close(db);
 }
 
-/* `runaway CMD ARG ARG2` in the background, its output into dir/CMD.out. */
-static pid_t cli_in_background(const char *cmd, const char *arg, const char *arg2)
+/* `runaway args...` (NULL-terminated, at most 8) in the background, its
+ * output into dir/ARGS[0].out. */
+static pid_t cli_in_background(const char **args)
 {
     char exe[1100], outp[128];
     bin(exe, sizeof exe, "tools/runaway");
-    snprintf(outp, sizeof outp, "%s/%s.out", dir, cmd);
+    snprintf(outp, sizeof outp, "%s/%s.out", dir, args[0]);
+    const char *argv[12] = {exe, "--state-dir", dir};
+    for (int k = 0; k < 8 && args[k]; k++)
+        argv[3 + k] = args[k];
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         int fd = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
-        execl(exe, exe, "--state-dir", dir, cmd, arg, arg2, (char *)NULL);
+        execv(exe, (char **)argv);
         _exit(127);
     }
     return pid;
@@ -2414,14 +2418,19 @@ static int cli_finished(pid_t pid, const char *cmd, double secs, char *out, size
     return rc;
 }
 
-/* ... and `runaway watch` and `logs -f` ride it out: they follow again
- * when runawayd is back, until the job ends; logs prints each line once. */
+/* ... and `runaway watch`, `logs -f` and `plot --every` ride it out: they
+ * follow again when runawayd is back, until the job ends; logs prints each
+ * line once. */
 Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini = teardown,
      .timeout = 90)
 {
     long long job = submit_long("crash");
-    pid_t watcher = cli_in_background("watch", "crash", NULL);
-    pid_t follower = cli_in_background("logs", "j1", "-f");
+    char png[128];
+    snprintf(png, sizeof png, "%s/crash.png", dir);
+    pid_t watcher = cli_in_background((const char *[]){"watch", "crash", NULL});
+    pid_t follower = cli_in_background((const char *[]){"logs", "j1", "-f", NULL});
+    pid_t plotter =
+        cli_in_background((const char *[]){"plot", "crash", "--every", "0.5", "-o", png, NULL});
     wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
              30);
     kill(daemon_pid, SIGKILL);
@@ -2450,6 +2459,10 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     sqlite3_close(db0);
     cr_assert_eq(printed, stored, "logs -f printed %d lines, the job has %d:\n%s", printed,
                  stored, lout);
+    wrc = cli_finished(plotter, "plot", 20, lout, sizeof lout);
+    cr_assert(wrc == 0 && strstr(lout, "* runawayd went away (") &&
+                  strstr(lout, "crash.png drawn; every job has ended"),
+              "plot --every exited %d:\n%s", wrc, lout);
     sqlite3 *db = open_db();
     cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND error='daemon "
                             "restarted'", job), 1);

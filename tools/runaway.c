@@ -130,38 +130,47 @@ static void conn_close(conn *c)
     rw_frame_reader_free(&c->r);
 }
 
-static json_t *recv_msg(conn *c, int timeout_ms)
-{
-    json_t *m = NULL;
-    char err[256];
-    int rc = rw_frame_recv_fd(c->fd, &c->r, &m, timeout_ms, err, sizeof err);
-    if (rc == 0)
-        die("runawayd did not answer within %d s", timeout_ms / 1000);
-    if (rc < 0)
-        die("runawayd at %s: %s", sock_path, err);
-    return m;
-}
-
 /* Sends a request, waits up to `secs` for its reply; an error reply ends
- * the program with the daemon's message. Returns the ok reply. */
-static json_t *request_within(conn *c, json_t *m, int secs)
+ * the program with the daemon's message. Returns the ok reply, or NULL
+ * with why set, and c closed, if runawayd went away. */
+static json_t *request_or_lost(conn *c, json_t *m, int secs, char *why, size_t whylen)
 {
     long long id = next_id++;
     json_object_set_new(m, "id", json_integer(id));
-    if (rw_frame_send_fd(c->fd, m) != 0)
-        die("runawayd at %s: cannot send: %s", sock_path, strerror(errno));
+    int sent = rw_frame_send_fd(c->fd, m) == 0;
     json_decref(m);
+    if (!sent) {
+        snprintf(why, whylen, "cannot send: %s", strerror(errno));
+        conn_close(c);
+        return NULL;
+    }
     for (;;) {
-        json_t *r = recv_msg(c, secs * 1000);
-        const char *t = json_string_value(json_object_get(r, "type"));
+        json_t *r = NULL;
+        int rc = rw_frame_recv_fd(c->fd, &c->r, &r, secs * 1000, why, whylen);
+        if (rc == 0)
+            die("runawayd did not answer within %d s", secs);
+        if (rc < 0) {
+            conn_close(c);
+            return NULL;
+        }
         if (rw_msg_id(r) != id) {
             json_decref(r);
             continue;
         }
-        if (t && !strcmp(t, "error"))
+        if (!strcmp(json_string_value(json_object_get(r, "type")) ?: "", "error"))
             die("%s", json_string_value(json_object_get(r, "message")));
         return r;
     }
+}
+
+/* The same; runawayd going away ends the program. */
+static json_t *request_within(conn *c, json_t *m, int secs)
+{
+    char why[256];
+    json_t *r = request_or_lost(c, m, secs, why, sizeof why);
+    if (!r)
+        die("runawayd at %s: %s", sock_path, why);
+    return r;
 }
 
 static json_t *request(conn *c, json_t *m)
@@ -2003,7 +2012,12 @@ static int cmd_plot(int n, char **a)
     for (;;) {
         json_t *m = req_new("curves");
         set_targets(m, "target", "targets", targets, nt);
-        json_t *r = request(&c, m);
+        char why[256] = "";
+        json_t *r = every > 0 ? request_or_lost(&c, m, 600, why, sizeof why) : request(&c, m);
+        if (!r) { /* --every rides out a restart of runawayd */
+            reconnect(&c, why);
+            continue;
+        }
         int live = 0;
         size_t i;
         json_t *j;

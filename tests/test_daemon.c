@@ -2376,19 +2376,18 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
 }
 
 /* `runaway args...` (NULL-terminated, at most 8) in the background, its
- * output into dir/ARGS[0].out. */
-static pid_t cli_in_background(const char **args)
+ * output into `file`. */
+static pid_t cli_into(const char *file, const char **args)
 {
-    char exe[1100], outp[128];
+    char exe[1100];
     bin(exe, sizeof exe, "tools/runaway");
-    snprintf(outp, sizeof outp, "%s/%s.out", dir, args[0]);
     const char *argv[12] = {exe, "--state-dir", dir};
     for (int k = 0; k < 8 && args[k]; k++)
         argv[3 + k] = args[k];
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
-        int fd = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
         execv(exe, (char **)argv);
@@ -2397,8 +2396,9 @@ static pid_t cli_in_background(const char **args)
     return pid;
 }
 
-/* Its exit status (within secs; -1 if it runs on, or did not exit) and output. */
-static int cli_finished(pid_t pid, const char *cmd, double secs, char *out, size_t outlen)
+/* Its exit status (within secs; -1 if it runs on, or did not exit) and
+ * output. */
+static int cli_finished(pid_t pid, const char *file, double secs, char *out, size_t outlen)
 {
     int st = 0, rc = -1;
     for (double t0 = now(); now() - t0 < secs; usleep(50000))
@@ -2408,9 +2408,7 @@ static int cli_finished(pid_t pid, const char *cmd, double secs, char *out, size
         }
     if (rc < 0 && kill(pid, SIGKILL) == 0)
         waitpid(pid, NULL, 0);
-    char p[128];
-    snprintf(p, sizeof p, "%s/%s.out", dir, cmd);
-    FILE *f = fopen(p, "r");
+    FILE *f = fopen(file, "r");
     size_t n = f ? fread(out, 1, outlen - 1, f) : 0;
     out[n] = '\0';
     if (f)
@@ -2425,12 +2423,15 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
      .timeout = 90)
 {
     long long job = submit_long("crash");
-    char png[128];
+    char png[128], wf[128], lf[128], pf[128];
     snprintf(png, sizeof png, "%s/crash.png", dir);
-    pid_t watcher = cli_in_background((const char *[]){"watch", "crash", NULL});
-    pid_t follower = cli_in_background((const char *[]){"logs", "j1", "-f", NULL});
+    snprintf(wf, sizeof wf, "%s/watch.out", dir);
+    snprintf(lf, sizeof lf, "%s/logs.out", dir);
+    snprintf(pf, sizeof pf, "%s/plot.out", dir);
+    pid_t watcher = cli_into(wf, (const char *[]){"watch", "crash", NULL});
+    pid_t follower = cli_into(lf, (const char *[]){"logs", "j1", "-f", NULL});
     pid_t plotter =
-        cli_in_background((const char *[]){"plot", "crash", "--every", "0.5", "-o", png, NULL});
+        cli_into(pf, (const char *[]){"plot", "crash", "--every", "0.5", "-o", png, NULL});
     wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
              30);
     kill(daemon_pid, SIGKILL);
@@ -2440,13 +2441,13 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     start_daemon(); /* its workers died with the old daemon; the lock is free */
     wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
     char wout[1 << 16];
-    int wrc = cli_finished(watcher, "watch", 20, wout, sizeof wout);
+    int wrc = cli_finished(watcher, wf, 20, wout, sizeof wout);
     cr_assert(wrc == 0 && strstr(wout, "* runawayd went away (") &&
                   strstr(wout, "* runawayd is back: watching grid g1: 1 job") &&
                   strstr(wout, "crash/byol/seed0: done"),
               "watch exited %d:\n%s", wrc, wout);
     static char lout[1 << 20];
-    wrc = cli_finished(follower, "logs", 20, lout, sizeof lout);
+    wrc = cli_finished(follower, lf, 20, lout, sizeof lout);
     cr_assert(wrc == 0 && strstr(lout, "* runawayd went away (") &&
                   strstr(lout, "* runawayd is back\n") && strstr(lout, "state done"),
               "logs -f exited %d:\n%s", wrc, lout);
@@ -2459,7 +2460,7 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     sqlite3_close(db0);
     cr_assert_eq(printed, stored, "logs -f printed %d lines, the job has %d:\n%s", printed,
                  stored, lout);
-    wrc = cli_finished(plotter, "plot", 20, lout, sizeof lout);
+    wrc = cli_finished(plotter, pf, 20, lout, sizeof lout);
     cr_assert(wrc == 0 && strstr(lout, "* runawayd went away (") &&
                   strstr(lout, "crash.png drawn; every job has ended"),
               "plot --every exited %d:\n%s", wrc, lout);
@@ -3710,29 +3711,6 @@ static int cli_says(const char *what, double secs, ...)
     return 0;
 }
 
-/* `runaway logs JOB --follow` (or, with job NULL, `runaway watch GRID`)
- * in the background, into a file (off the test's tmpfs): what the daemon
- * forwards while it cannot write it down. */
-static pid_t follow_into(const char *job, const char *grid, const char *file)
-{
-    char exe[1100];
-    bin(exe, sizeof exe, "tools/runaway");
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        if (job)
-            execl(exe, exe, "--state-dir", dir, "logs", job, "--tail", "100000", "--follow",
-                  (char *)NULL);
-        else
-            execl(exe, exe, "--state-dir", dir, "watch", grid, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 static int file_has(const char *file, const char *what, double secs)
 {
     static char buf[1 << 20];
@@ -3774,7 +3752,10 @@ Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_ful
                            "epoch >= 6", 0, 2, 30);
     char logf[160];
     snprintf(logf, sizeof logf, "%s-j2.log", dir);
-    pid_t follower = follow_into("j2", NULL, logf);
+    /* into a file off the test's tmpfs: what the daemon forwards while it
+     * cannot write it down */
+    pid_t follower = cli_into(logf, (const char *[]){"logs", "j2", "--tail", "100000", "--follow",
+                                                     NULL});
 
     /* fill it */
     char fill[160];
@@ -3856,7 +3837,7 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
     sqlite3 *db;
     char wf[160];
     snprintf(wf, sizeof wf, "%s-watch.log", dir);
-    pid_t watcher = follow_into(NULL, "locked", wf);
+    pid_t watcher = cli_into(wf, (const char *[]){"watch", "locked", NULL});
     cr_assert(file_has(wf, "watching grid locked: 2 jobs", 10), "no watch");
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     /* the daemon may be mid-write: wait for it, as it would for us */

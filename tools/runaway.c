@@ -178,36 +178,35 @@ static json_t *request(conn *c, json_t *m)
     return request_within(c, m, 600);
 }
 
+static json_t *hello_msg(void)
+{
+    json_t *h = rw_msg_new("hello", -1);
+    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(h, "role", json_string("client"));
+    return h;
+}
+
 static int open_conn(conn *c)
 {
     if (try_connect(c) != 0)
         return -1;
-    json_t *h = rw_msg_new("hello", -1);
-    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
-    json_object_set_new(h, "role", json_string("client"));
-    json_decref(request(c, h));
+    json_decref(request(c, hello_msg()));
     return 0;
 }
 
-/* open_conn that does not end the program: -1 when runawayd is not there,
- * or not taking clients (still shutting down). */
+/* open_conn, except that a runawayd that closes at once (still shutting
+ * down) is not there either: -1. An error reply (another protocol version
+ * after an upgrade) still ends the program. */
 static int try_open_conn(conn *c)
 {
+    char why[256];
     if (try_connect(c) != 0)
         return -1;
-    json_t *h = rw_msg_new("hello", next_id++);
-    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
-    json_object_set_new(h, "role", json_string("client"));
-    json_t *r = NULL;
-    char err[256];
-    int ok = rw_frame_send_fd(c->fd, h) == 0 &&
-             rw_frame_recv_fd(c->fd, &c->r, &r, 5000, err, sizeof err) > 0 &&
-             !strcmp(json_string_value(json_object_get(r, "type")) ?: "", "ok");
-    json_decref(h);
+    json_t *r = request_or_lost(c, hello_msg(), 5, why, sizeof why);
+    if (!r)
+        return -1;
     json_decref(r);
-    if (!ok)
-        conn_close(c);
-    return ok ? 0 : -1;
+    return 0;
 }
 
 static void need_conn(conn *c)
@@ -223,8 +222,9 @@ static double mono_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* How long watch and logs -f wait for runawayd to come back (a restart, an
- * upgrade, a crash that systemd restarts) before they give up. */
+/* How long watch, logs -f and plot --every wait for runawayd to come back
+ * (a restart, an upgrade, a crash that systemd restarts) before they give
+ * up. */
 #define RECONNECT_S 600
 
 /* Says why the connection was lost (unless why is NULL), then waits until

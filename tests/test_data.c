@@ -1,11 +1,13 @@
 /* Data: the binary formats of CIFAR-10, CIFAR-100 and STL-10, the synthetic
  * set, the loader and the show-augment PNG. */
 #include <criterion/criterion.h>
+#include <glob.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -392,6 +394,275 @@ Test(data, stl10_errors_name_the_file)
     remove_dir(dir);
 }
 
+/* What the STL-10 cache told its caller. */
+typedef struct notices {
+    int n;
+    char last[2048];
+} notices;
+
+static void note(void *ud, const char *line)
+{
+    notices *s = ud;
+    s->n++;
+    snprintf(s->last, sizeof s->last, "%s", line);
+}
+
+static void expect_same_set(const rw_dataset *a, const rw_dataset *b)
+{
+    cr_assert(a->n == b->n && a->labeled == b->labeled && a->side == b->side &&
+                  a->classes == b->classes,
+              "n %d/%d labeled %d/%d", a->n, b->n, a->labeled, b->labeled);
+    cr_assert(memcmp(a->labels, b->labels, (size_t)a->n) == 0, "labels differ");
+    cr_assert(memcmp(a->pixels, b->pixels, (size_t)a->n * STL_IMG) == 0, "pixels differ");
+}
+
+/* The one cache file of `part` (train, train+unlabeled, test) in cache. */
+static void cache_file(const char *cache, const char *part, char *out, size_t len)
+{
+    char pat[512];
+    snprintf(pat, sizeof pat, "%s/stl10-*-%s.u8", cache, part);
+    glob_t g;
+    cr_assert_eq(glob(pat, 0, NULL, &g), 0, "no cache file %s", pat);
+    cr_assert_eq(g.gl_pathc, 1, "%zu files match %s", g.gl_pathc, pat);
+    snprintf(out, len, "%s", g.gl_pathv[0]);
+    globfree(&g);
+}
+
+/* Loads (train, unlabeled) through the cache and checks it against the
+ * plain reader's bytes; returns what the cache said. */
+static notices load_cached_as_plain(const char *dir, const char *cache, int train, int unl)
+{
+    char err[512] = "";
+    rw_dataset plain, c;
+    notices s = {0};
+    cr_assert_eq(rw_stl10_load(dir, train, unl, &plain, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_stl10_load_cached(dir, train, unl, cache, note, &s, &c, err, sizeof err), 0,
+                 "%s", err);
+    expect_same_set(&plain, &c);
+    cr_assert_not_null(c.map, "not mapped: %s", s.last);
+    rw_dataset_free(&c);
+    cr_assert_null(c.map);
+    rw_dataset_free(&plain);
+    return s;
+}
+
+static ino_t inode_of(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "%s missing", path);
+    return st.st_ino;
+}
+
+/* 70 unlabeled images: the writer's 64-image chunks end mid-split. */
+Test(data, stl10_cache_is_written_once_then_mapped)
+{
+    char dir[64], cache[128], file[512];
+    make_dir(dir, sizeof dir);
+    snprintf(cache, sizeof cache, "%s/cache/runaway", dir);
+    write_stl(dir, 5, 3, 70);
+    notices s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert(s.n == 1 && strstr(s.last, "wrote the row-major cache") &&
+                  strstr(s.last, "there was none"),
+              "%d: %s", s.n, s.last);
+    cache_file(cache, "train+unlabeled", file, sizeof file);
+    ino_t first = inode_of(cache, strrchr(file, '/') + 1);
+    s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert_eq(s.n, 0, "a second load said: %s", s.last);
+    cr_assert_eq(inode_of(cache, strrchr(file, '/') + 1), first, "the cache was written again");
+
+    /* evaluation's view of a mapped set owns nothing */
+    char err[512];
+    rw_dataset c;
+    cr_assert_eq(rw_stl10_load_cached(dir, 1, 1, cache, NULL, NULL, &c, err, sizeof err), 0,
+                 "%s", err);
+    rw_dataset lab = rw_dataset_labeled(&c);
+    cr_assert(lab.n == 5 && lab.pixels == c.pixels && !lab.map && c.map);
+    rw_dataset_free(&c);
+
+    /* each split has its own file */
+    s = load_cached_as_plain(dir, cache, 0, 1);
+    cr_assert(s.n == 1 && strstr(s.last, "STL-10 test"), "%s", s.last);
+    s = load_cached_as_plain(dir, cache, 1, 0);
+    cr_assert(s.n == 1 && strstr(s.last, "STL-10 train at"), "%s", s.last);
+    cache_file(cache, "test", file, sizeof file);
+    cache_file(cache, "train", file, sizeof file);
+    remove_dir(dir);
+}
+
+/* Overwrites `len` bytes of path at `at`. */
+static void poke(const char *path, long at, const void *bytes, size_t len)
+{
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f && fseek(f, at, SEEK_SET) == 0 && fwrite(bytes, 1, len, f) == len, "%s", path);
+    fclose(f);
+}
+
+Test(data, stl10_cache_follows_its_files_and_distrusts_damage)
+{
+    char dir[64], cache[128], file[512], tmp[600];
+    make_dir(dir, sizeof dir);
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    write_stl(dir, 5, 3, 6);
+    load_cached_as_plain(dir, cache, 1, 1);
+    cache_file(cache, "train+unlabeled", file, sizeof file);
+
+    /* other unlabeled images, the same size */
+    uint8_t *u = stl_images(7000, 6);
+    write_file(dir, "unlabeled_X.bin", u, (size_t)6 * STL_IMG);
+    free(u);
+    notices s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert(strstr(s.last, "the set's files changed"), "%s", s.last);
+    char err[512];
+    rw_dataset c;
+    cr_assert_eq(rw_stl10_load_cached(dir, 1, 1, cache, NULL, NULL, &c, err, sizeof err), 0);
+    expect_stl_image(&c, 5, 7000 - 5);
+    rw_dataset_free(&c);
+
+    poke(file, 0, "X", 1);
+    s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert(strstr(s.last, "bad header"), "%s", s.last);
+    poke(file, 4096 + 2, "\x0a", 1); /* label 10 of 0..9 */
+    s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert(strstr(s.last, "bad label"), "%s", s.last);
+    poke(file, 4096 + 7, "\x03", 1); /* an unlabeled image with a label */
+    s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert(strstr(s.last, "bad label"), "%s", s.last);
+    struct stat st;
+    cr_assert_eq(stat(file, &st), 0);
+    cr_assert_eq(truncate(file, st.st_size - 1), 0);
+    s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert(strstr(s.last, "wrong size"), "%s", s.last);
+
+    /* what a builder killed mid-write leaves is removed by the next load */
+    snprintf(tmp, sizeof tmp, "%s.tmp", file);
+    FILE *t = fopen(tmp, "wb");
+    cr_assert(t && fputs("half", t) >= 0, "%s", tmp);
+    fclose(t);
+    s = load_cached_as_plain(dir, cache, 1, 1);
+    cr_assert_eq(s.n, 0, "%s", s.last);
+    cr_assert(access(tmp, F_OK) != 0, "%s was left", tmp);
+
+    /* the set's own errors stay errors, and leave no cache behind */
+    uint8_t y[5] = {1, 2, 11, 4, 5};
+    write_file(dir, "train_y.bin", y, 5);
+    cr_assert_eq(rw_stl10_load_cached(dir, 1, 0, cache, NULL, NULL, &c, err, sizeof err), -1);
+    cr_assert(strstr(err, "label 11 is not in 1..10"), "%s", err);
+    cr_assert_null(c.pixels);
+    char pat[512];
+    snprintf(pat, sizeof pat, "%s/stl10-*-train.u8*", cache);
+    glob_t g;
+    cr_assert_eq(glob(pat, 0, NULL, &g), GLOB_NOMATCH, "left %s", g.gl_pathv[0]);
+    remove_dir(dir);
+}
+
+/* A set deleted or moved leaves no copy behind once another is cached;
+ * the copies of sets still there stay. */
+Test(data, stl10_cache_of_a_set_gone_is_removed)
+{
+    char a[64], b[64], cache[128], file[512], kept[512];
+    make_dir(a, sizeof a);
+    make_dir(b, sizeof b);
+    snprintf(cache, sizeof cache, "%s/cache", b);
+    write_stl(a, 5, 3, 6);
+    write_stl(b, 4, 2, 6);
+    load_cached_as_plain(a, cache, 1, 1);
+    load_cached_as_plain(a, cache, 0, 1);
+    cache_file(cache, "train+unlabeled", file, sizeof file);
+    cache_file(cache, "test", kept, sizeof kept);
+    char path[128];
+    snprintf(path, sizeof path, "%s/unlabeled_X.bin", a);
+    cr_assert_eq(unlink(path), 0);
+    load_cached_as_plain(b, cache, 1, 0);
+    cr_assert(access(file, F_OK) != 0, "the copy of a set whose file is gone was kept");
+    cr_assert_eq(access(kept, F_OK), 0, "the copy of a set still there was removed");
+    remove_dir(a);
+    remove_dir(b);
+}
+
+Test(data, stl10_cache_that_cannot_be_written_falls_back_to_memory)
+{
+    char dir[64], cache[128], err[512];
+    make_dir(dir, sizeof dir);
+    write_stl(dir, 5, 3, 6);
+    rw_dataset plain, c;
+    cr_assert_eq(rw_stl10_load(dir, 1, 1, &plain, err, sizeof err), 0, "%s", err);
+    notices s = {0};
+    snprintf(cache, sizeof cache, "%s/train_y.bin/cache", dir);
+    cr_assert_eq(rw_stl10_load_cached(dir, 1, 1, cache, note, &s, &c, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert(s.n == 1 && strstr(s.last, "read into memory, without a cache") &&
+                  strstr(s.last, "train_y.bin"),
+              "%s", s.last);
+    cr_assert_null(c.map);
+    expect_same_set(&plain, &c);
+    rw_dataset_free(&c);
+
+    /* a full disk: a 64 KiB tmpfs holds a tenth of the cache (root only) */
+    snprintf(cache, sizeof cache, "%s/full", dir);
+    cr_assert_eq(mkdir(cache, 0755), 0);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=64k tmpfs '%s' 2>/dev/null", cache);
+    if (geteuid() != 0 || system(cmd) != 0) {
+        rw_dataset_free(&plain);
+        remove_dir(dir);
+        cr_skip_test("data: a full disk: no tmpfs could be mounted here (needs root)");
+    }
+    s = (notices){0};
+    int rc = rw_stl10_load_cached(dir, 1, 1, cache, note, &s, &c, err, sizeof err);
+    char pat[512];
+    snprintf(pat, sizeof pat, "%s/*.tmp", cache);
+    glob_t g;
+    int leftover = glob(pat, 0, NULL, &g) == 0;
+    if (leftover)
+        globfree(&g);
+    snprintf(cmd, sizeof cmd, "umount '%s'", cache);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert(strstr(s.last, "cannot write") && strstr(s.last, "No space left"), "%s", s.last);
+    cr_assert(!leftover, "the half-written cache was left on the full disk");
+    expect_same_set(&plain, &c);
+    rw_dataset_free(&c);
+    rw_dataset_free(&plain);
+    remove_dir(dir);
+}
+
+/* Workers starting together: one writes the cache, the others wait for it
+ * and map it. Each child exits 1 if it wrote, 0 if it mapped, else 2. */
+Test(data, stl10_cache_has_one_writer_among_concurrent_loads)
+{
+    char dir[64], cache[128];
+    make_dir(dir, sizeof dir);
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    write_stl(dir, 5, 3, 300);
+    enum { KIDS = 4 };
+    pid_t kid[KIDS];
+    for (int k = 0; k < KIDS; k++) {
+        kid[k] = fork();
+        cr_assert(kid[k] >= 0, "fork");
+        if (kid[k] == 0) {
+            char err[512];
+            rw_dataset plain, c;
+            notices s = {0};
+            if (rw_stl10_load_cached(dir, 1, 1, cache, note, &s, &c, err, sizeof err) != 0 ||
+                rw_stl10_load(dir, 1, 1, &plain, err, sizeof err) != 0 || !c.map ||
+                memcmp(c.pixels, plain.pixels, (size_t)c.n * STL_IMG) != 0)
+                _exit(2);
+            _exit(s.n == 1 && strstr(s.last, "wrote") ? 1 : s.n == 0 ? 0 : 2);
+        }
+    }
+    int wrote = 0;
+    for (int k = 0; k < KIDS; k++) {
+        int st;
+        cr_assert_eq(waitpid(kid[k], &st, 0), kid[k]);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) < 2, "load %d failed (status %d)", k, st);
+        wrote += WEXITSTATUS(st);
+    }
+    cr_assert_eq(wrote, 1, "%d of %d loads wrote the cache", wrote, KIDS);
+    remove_dir(dir);
+}
+
 /* The synthetic set in CIFAR-100's and STL-10's files holds the CIFAR-10
  * set's images and classes: the writers and readers agree on every byte. */
 Test(data, synthetic_in_other_formats_matches_the_cifar10_set)
@@ -618,15 +889,6 @@ Test(data, synthetic_needs_more_than_one_pixel)
     cr_assert(hist > 0.3, "colour histogram only %.0f%%", 100 * hist);
     rw_dataset_free(&ds);
     remove_dir(dir);
-}
-
-static ino_t inode_of(const char *dir, const char *name)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    struct stat st;
-    cr_assert_eq(stat(path, &st), 0, "%s missing", path);
-    return st.st_ino;
 }
 
 Test(data, synthetic_ensure_regenerates_only_when_stale)

@@ -227,7 +227,7 @@ Test(dist, per_replica_bn_without_sync)
     /* The reference: one model, each half of the first global batch alone. */
     char err[256];
     rw_dataset train, test;
-    cr_assert_eq(rw_load_data(&s, &train, &test, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_load_data(&s, NULL, NULL, &train, &test, err, sizeof err), 0, "%s", err);
     kb_backend *be = kb_cpu_create(1);
     rw_model_cfg mc;
     rw_model_cfg_from_spec(&s, &mc);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <omp.h>
@@ -218,8 +219,12 @@ void rw_dataset_free(rw_dataset *ds)
 {
     if (!ds)
         return;
-    free(ds->pixels);
-    free(ds->labels);
+    if (ds->map) {
+        munmap(ds->map, ds->map_len);
+    } else {
+        free(ds->pixels);
+        free(ds->labels);
+    }
     memset(ds, 0, sizeof *ds);
 }
 
@@ -227,6 +232,8 @@ rw_dataset rw_dataset_labeled(const rw_dataset *ds)
 {
     rw_dataset v = *ds;
     v.n = ds->labeled;
+    v.map = NULL; /* a view: the set keeps its memory */
+    v.map_len = 0;
     return v;
 }
 

@@ -26,7 +26,14 @@ typedef struct rw_dataset {
                       * unlabeled split) only train the encoder */
     uint8_t *pixels; /* (n, 3, side, side): R, G, B planes, rows top to bottom */
     uint8_t *labels; /* (n): 0 .. classes-1, RW_NO_LABEL from `labeled` on */
+    void *map;       /* non-NULL: pixels and labels lie in this read-only
+                      * mapping of a cache file (rw_stl10_load_cached) */
+    size_t map_len;
 } rw_dataset;
+
+/* Where a reader says what it did that a person may wonder about (a slow
+ * first load, a cache it could not use): one line, no newline. */
+typedef void (*rw_data_notice)(void *ud, const char *line);
 
 /* CIFAR-10: data_batch_1..5.bin (train != 0) or test_batch.bin from dir.
  * Errors (missing file, size not a multiple of 3073, label > 9) name the
@@ -43,6 +50,19 @@ int rw_cifar100_load(const char *dir, int train, int coarse, rw_dataset *out, ch
  * row-major planes and labels 0..9 like the others. */
 int rw_stl10_load(const char *dir, int train, int unlabeled, rw_dataset *out, char *err,
                   size_t errlen);
+/* The same set, read through a row-major copy of it in cache_dir (made on
+ * first use, under a lock, so that one of several workers starting at once
+ * writes it and the others wait): the copy is mapped read-only and shared,
+ * so the workers of a node hold one 2.9 GB page-cached copy between them
+ * rather than one transposed copy each, and a job starts without
+ * transposing. The copy records each source file's identity, size and
+ * times, and is rebuilt when any of them changes or the copy is damaged.
+ * Where the copy cannot be written (no space, no folder), the set is read
+ * into memory as rw_stl10_load does and `notice` says why. Errors in the
+ * set itself are returned as rw_stl10_load returns them. */
+int rw_stl10_load_cached(const char *dir, int train, int unlabeled, const char *cache_dir,
+                         rw_data_notice notice, void *ud, rw_dataset *out, char *err,
+                         size_t errlen);
 void rw_dataset_free(rw_dataset *ds);
 /* What a checkpoint records of its training set, so that a job resumed
  * on other data (the files at data.path replaced since it started) is
@@ -74,6 +94,10 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
  * scaled up 3x). RW_DATA_CIFAR10 and RW_DATA_SYNTHETIC: rw_synth_write. */
 int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_test,
                       int n_unlabeled, uint64_t seed, char *err, size_t errlen);
+
+/* Creates dir and any missing parents (mode 0755). 0, or -1 naming the
+ * folder that could not be made (or a path that is not a folder). */
+int rw_mkdir_p(const char *dir, char *err, size_t errlen);
 
 /* Makes sure dir holds the synthetic set for (n_train, n_test, seed),
  * generating it if absent; a marker file records the parameters so a stale

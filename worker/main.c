@@ -77,6 +77,13 @@ static void print_line(void *ud, const char *line)
     fflush(stdout);
 }
 
+/* The data readers' notices, kept off stdout, which carries results. */
+static void print_notice(void *ud, const char *line)
+{
+    (void)ud;
+    fprintf(stderr, "runaway-worker: %s\n", line);
+}
+
 static int load_spec(const char *path, rw_spec *s)
 {
     char err[1024];
@@ -194,7 +201,7 @@ static int load_model(const char *spec_path, const char *weights, const char *ba
     if (linear_epochs > 0)
         l->s.eval.linear_epochs = (int)linear_epochs;
     char err[1024];
-    if (rw_load_data(&l->s, &l->train, &l->test, err, sizeof err) != 0) {
+    if (rw_load_data(&l->s, print_notice, NULL, &l->train, &l->test, err, sizeof err) != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
         return 1;
     }
@@ -391,7 +398,7 @@ static int cmd_show_augment(int argc, char **argv)
         return 1;
     char err[1024];
     rw_dataset train, test;
-    if (rw_load_data(&s, &train, &test, err, sizeof err) != 0) {
+    if (rw_load_data(&s, print_notice, NULL, &train, &test, err, sizeof err) != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
         return 1;
     }

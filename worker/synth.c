@@ -209,7 +209,7 @@ static void synth_image(uint64_t seed, uint32_t split, uint32_t index, int label
 
 /* ---- files ---- */
 
-static int mkdir_p(const char *dir, char *err, size_t errlen)
+int rw_mkdir_p(const char *dir, char *err, size_t errlen)
 {
     char buf[4096];
     size_t len = strlen(dir);
@@ -346,7 +346,7 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
                  dir, n_train, n_test);
         return -1;
     }
-    if (mkdir_p(dir, err, errlen) != 0)
+    if (rw_mkdir_p(dir, err, errlen) != 0)
         return -1;
     int first = 0;
     for (int k = 0; k < 5; k++) {
@@ -373,7 +373,7 @@ int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_tes
                  dir, n_train, n_test, n_unlabeled);
         return -1;
     }
-    if (mkdir_p(dir, err, errlen) != 0)
+    if (rw_mkdir_p(dir, err, errlen) != 0)
         return -1;
     if (kind == RW_DATA_CIFAR100)
         return write_split_file(dir, "train.bin", REC_CIFAR100, seed, 0, 0, n_train, err,

@@ -44,29 +44,35 @@ static void logf_(const rw_train_hooks *h, const char *fmt, ...)
     h->on_log(h->ud, line);
 }
 
+void rw_cache_dir(char *out, size_t outlen)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(out, outlen, "%s/runaway", xdg);
+    else if (home && *home)
+        snprintf(out, outlen, "%s/.cache/runaway", home);
+    else
+        snprintf(out, outlen, "/tmp/runaway-cache");
+}
+
 void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen)
 {
     if (spec->data.path[0]) {
         snprintf(out, outlen, "%s", spec->data.path);
         return;
     }
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
     char base[RW_PATH_MAX];
-    if (xdg && *xdg)
-        snprintf(base, sizeof base, "%s/runaway", xdg);
-    else if (home && *home)
-        snprintf(base, sizeof base, "%s/.cache/runaway", home);
-    else
-        snprintf(base, sizeof base, "/tmp/runaway-cache");
+    rw_cache_dir(base, sizeof base);
     snprintf(out, outlen, "%s/synthetic-%d-%d-%llu", base, spec->data.synthetic_train,
              spec->data.synthetic_test, (unsigned long long)spec->data.synthetic_seed);
 }
 
-int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char *err,
-                 size_t errlen)
+int rw_load_data(const rw_spec *spec, rw_data_notice notice, void *ud, rw_dataset *train,
+                 rw_dataset *test, char *err, size_t errlen)
 {
-    char dir[RW_PATH_MAX + 64];
+    char dir[RW_PATH_MAX + 64], cache[RW_PATH_MAX];
+    rw_cache_dir(cache, sizeof cache);
     memset(train, 0, sizeof *train);
     memset(test, 0, sizeof *test);
     if (spec->data.kind == RW_DATA_SYNTHETIC) {
@@ -86,7 +92,8 @@ int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char 
                                   errlen);
             break;
         case RW_DATA_STL10:
-            rc = rw_stl10_load(dir, split, spec->data.unlabeled, ds, err, errlen);
+            rc = rw_stl10_load_cached(dir, split, spec->data.unlabeled, cache, notice, ud, ds,
+                                      err, errlen);
             break;
         default:
             rc = rw_cifar_load(dir, split, ds, err, errlen);
@@ -121,33 +128,13 @@ float rw_lr_at(const rw_spec *s, long step, long per_epoch, long total)
     return (float)((double)s->optim.lr * (c + 1.0) / 2.0);
 }
 
-static int mkdir_p(const char *dir, char *err, size_t errlen)
-{
-    char tmp[RW_PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            goto fail;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-        goto fail;
-    return 0;
-fail:
-    snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
-    return -1;
-}
-
 /* The weights after `epoch` epochs, kept beside the checkpoint (which the
  * next one overwrites): snapshots/weights-eNNNNN.safetensors. */
 static int snapshot(rw_model *m, const char *out_dir, int epoch, char *err, size_t errlen)
 {
     char dir[RW_PATH_MAX + 16], path[RW_PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/snapshots", out_dir);
-    if (mkdir_p(dir, err, errlen) != 0)
+    if (rw_mkdir_p(dir, err, errlen) != 0)
         return -1;
     snprintf(path, sizeof path, "%s/weights-e%05d.safetensors", dir, epoch);
     return rw_weights_export(m, path, err, errlen);
@@ -230,24 +217,25 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     res->linear_acc = NAN;
     res->last.knn = NAN;
 
-    if (rw_load_data(spec, &train, &test, err, errlen) != 0)
+    /* Data parallel: rank r trains on its 1/world of each global batch. */
+    kb_comm *comm = opts && opts->comm && opts->comm->world > 1 ? opts->comm : NULL;
+    int world = comm ? comm->world : 1, lead = !comm || comm->rank == 0;
+    /* Only rank 0 speaks: logs, metrics, checkpoints, evaluation. */
+    const rw_train_hooks *lh = lead ? hooks : NULL;
+
+    if (rw_load_data(spec, lh ? lh->on_log : NULL, lh ? lh->ud : NULL, &train, &test, err,
+                     errlen) != 0)
         goto done;
     int B = spec->optim.batch_size, S = spec->data.image_size;
     if (B > train.n) {
         snprintf(err, errlen, "optim.batch_size %d exceeds the %d training images", B, train.n);
         goto done;
     }
-
-    /* Data parallel: rank r trains on its 1/world of each global batch. */
-    kb_comm *comm = opts && opts->comm && opts->comm->world > 1 ? opts->comm : NULL;
-    int world = comm ? comm->world : 1, lead = !comm || comm->rank == 0;
     if (B % world != 0) {
         snprintf(err, errlen, "optim.batch_size %d does not split evenly over %d ranks", B, world);
         goto done;
     }
     int Bl = B / world;
-    /* Only rank 0 speaks: logs, metrics, checkpoints, evaluation. */
-    const rw_train_hooks *lh = lead ? hooks : NULL;
 
     /* Before any convolution is planned: plans choose algorithms per mode.
      * fp32 where tf32 was asked is only more exact: no need to say so. */
@@ -294,7 +282,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     rw_dataset_digest(&train, spec->threads, ts.data_digest, sizeof ts.data_digest);
 
     if (lead && opts && opts->out_dir) {
-        if (mkdir_p(opts->out_dir, err, errlen) != 0)
+        if (rw_mkdir_p(opts->out_dir, err, errlen) != 0)
             goto done;
         snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", opts->out_dir);
         struct stat st;

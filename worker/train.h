@@ -64,12 +64,14 @@ typedef struct rw_train_opts {
     long test_perturb_step;
 } rw_train_opts;
 
-/* Where the synthetic set of a spec lives: data.path, else a folder under
- * $XDG_CACHE_HOME/runaway (or ~/.cache/runaway) named by its parameters. */
+/* runaway's cache folder: $XDG_CACHE_HOME/runaway, else ~/.cache/runaway
+ * (synthetic sets, STL-10's row-major copies; all of it may be deleted). */
+void rw_cache_dir(char *out, size_t outlen);
+
+/* Where the synthetic set of a spec lives: data.path, else a folder in the
+ * cache folder named by its parameters. */
 void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen);
 
-/* Loads the train and test splits the spec names (generating the synthetic
- * set when needed). 0 or -1 with a reason. */
 /* The EMA rate after optimizer step `step` (0-based) of `total`: ema.tau,
  * or with ema.schedule cosine BYOL's 1 - (1 - tau) (cos(pi k / K) + 1) / 2,
  * rising to 1 at the end. Training passes the steps of optim.epochs as
@@ -85,8 +87,11 @@ float rw_tau_at(const rw_spec *s, long step, long total);
  * squeeze it, so a cut run is the start of the full one. */
 float rw_lr_at(const rw_spec *s, long step, long per_epoch, long total);
 
-int rw_load_data(const rw_spec *spec, rw_dataset *train, rw_dataset *test, char *err,
-                 size_t errlen);
+/* Loads the train and test splits the spec names (generating the synthetic
+ * set when needed; STL-10 through its cache in rw_cache_dir, with what the
+ * cache did said to notice, which may be NULL). 0 or -1 with a reason. */
+int rw_load_data(const rw_spec *spec, rw_data_notice notice, void *ud, rw_dataset *train,
+                 rw_dataset *test, char *err, size_t errlen);
 
 /* Trains the job the spec describes on `be`. Returns 0, or -1 with a reason
  * in err (bad data, bad init file, out of memory, loss not finite); never

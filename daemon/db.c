@@ -49,6 +49,50 @@ static const char *schema =
     "INSERT OR IGNORE INTO high_water VALUES('attempts', "
     "  (SELECT COALESCE(MAX(id), 0) FROM attempts));";
 
+/* The schema, the columns added since, and the requeue of the jobs a
+ * previous daemon left running, in one transaction: all or none. SQLite's
+ * result code (err says what failed). */
+static int db_init(rd_daemon *d, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(d->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL,
+                          NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_exec(d->db, schema, NULL, NULL, &msg);
+    /* columns added since: a database from before gets them (NULL in old rows) */
+    static const char *const added[] = {"lr", "rank", "linear", "w_cos_i", "w_asym"};
+    for (size_t i = 0; rc == SQLITE_OK && i < sizeof added / sizeof *added; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE "
+                                  "name='%s'", added[i]);
+        if (rd_db_int(d, sql, 0, 0) != 0)
+            continue;
+        snprintf(sql, sizeof sql, "ALTER TABLE metrics ADD COLUMN %s REAL", added[i]);
+        rc = sqlite3_exec(d->db, sql, NULL, NULL, &msg);
+    }
+    /* a previous daemon died with jobs running: their workers are gone,
+     * the jobs resume from their checkpoints */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(d->db,
+                          "UPDATE attempts SET outcome='lost', ended=strftime('%s','now'), "
+                          "error='daemon restarted' WHERE outcome='running';"
+                          "UPDATE jobs SET state='queued' WHERE state='running';",
+                          NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(d->db, "COMMIT", NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        return SQLITE_OK;
+fail:
+    snprintf(err, errlen, "%s: %s", d->db_path, msg ? msg : sqlite3_errmsg(d->db));
+    sqlite3_free(msg);
+    if (!sqlite3_get_autocommit(d->db))
+        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
 int rd_db_open(rd_daemon *d, char *err, size_t errlen)
 {
     if (sqlite3_open_v2(d->db_path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
@@ -57,38 +101,33 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
         return -1;
     }
     sqlite3_busy_timeout(d->db, RD_DB_BUSY_MS);
-    char *msg = NULL;
-    if (sqlite3_exec(d->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
-                     &msg) != SQLITE_OK ||
-        sqlite3_exec(d->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s", d->db_path, msg ? msg : "schema");
-        sqlite3_free(msg);
-        return -1;
-    }
-    /* columns added since: a database from before gets them (NULL in old rows) */
-    static const char *const added[] = {"lr", "rank", "linear", "w_cos_i", "w_asym"};
-    for (size_t i = 0; i < sizeof added / sizeof *added; i++) {
-        char sql[128];
-        snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE "
-                                  "name='%s'", added[i]);
-        if (rd_db_int(d, sql, 0, 0) != 0)
-            continue;
-        snprintf(sql, sizeof sql, "ALTER TABLE metrics ADD COLUMN %s REAL", added[i]);
-        if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-            snprintf(err, errlen, "%s: adding metrics.%s: %s", d->db_path, added[i],
-                     msg ? msg : "?");
-            sqlite3_free(msg);
+    /* Another program's lock (a sqlite3 shell with a transaction open) is
+     * waited for: a restart (systemd's, or `runaway daemon start` after a
+     * crash) must not fail on it. Anything else fails at once. */
+    double t0 = rd_mono();
+    for (int said = 0;; said = 1) {
+        int rc = db_init(d, err, errlen);
+        if (rc == SQLITE_OK) {
+            if (said)
+                rd_log("%s: the lock is gone after %.0f s; starting", d->db_path,
+                       rd_mono() - t0);
+            return 0;
+        }
+        rc &= 0xff;
+        if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
+            return -1;
+        if (rd_mono() - t0 > RD_DB_START_WAIT_S) {
+            size_t k = strlen(err);
+            snprintf(err + k, errlen - k, " (another program has held its lock for %.0f s)",
+                     rd_mono() - t0);
             return -1;
         }
+        if (!said)
+            rd_log("%s: another program holds its lock: waiting for it, up to %.0f minutes",
+                   err, RD_DB_START_WAIT_S / 60);
+        /* the busy timeout waited already; a second's pause between tries */
+        nanosleep(&(struct timespec){1, 0}, NULL);
     }
-    /* a previous daemon died with jobs running: their workers are gone,
-     * the jobs resume from their checkpoints */
-    sqlite3_exec(d->db,
-                 "UPDATE attempts SET outcome='lost', ended=strftime('%s','now'), "
-                 "error='daemon restarted' WHERE outcome='running';"
-                 "UPDATE jobs SET state='queued' WHERE state='running';",
-                 NULL, NULL, NULL);
-    return 0;
 }
 
 void rd_db_close(rd_daemon *d)

@@ -365,11 +365,24 @@ int main(int argc, char **argv)
         c = next;
     }
     uv_loop_close(d->loop);
-    if (rd_db_down(d)) { /* one last try: else a restart finds the rows as they were */
+    /* The writes that wait are tried each second until --shutdown-timeout
+     * from the signal (another program's lock is usually gone in seconds):
+     * else a restart finds the rows as they were, and the epochs reported
+     * before the checkpoints the jobs resume from would have none. */
+    for (int said = 0; rd_db_down(d); said = 1) {
         d->backlog.last_try = -1e9;
-        if (!rd_db_retry(d))
+        if (rd_db_retry(d))
+            break;
+        double left = d->shutdown_started + d->shutdown_timeout_s - rd_mono();
+        if (!d->shutting_down || left <= 0) {
             rd_log("stopping with %zu writes %s never took (%s): its jobs that were running "
                    "resume from their checkpoints", d->backlog.n, d->db_path, d->backlog.why);
+            break;
+        }
+        if (!said)
+            rd_log("%zu writes wait for %s (%s): trying each second, for %.0f s more",
+                   d->backlog.n, d->db_path, d->backlog.why, left);
+        nanosleep(&(struct timespec){1, 0}, NULL);
     }
     rd_db_backlog_free(d);
     rd_db_close(d);

@@ -3894,6 +3894,108 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
     check_tensorboard(0, 0, "tb_check: 2 runs, 2 files,");
 }
 
+/* The database's write lock held by another program, as sqlite3 by hand
+ * holds it with a transaction open. */
+static sqlite3 *lock_db(void)
+{
+    char p[160];
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000); /* the daemon may be mid-write */
+    cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+/* Epochs 1..MAX(epoch) of a job that lack a row. */
+static double epochs_missing(long long job)
+{
+    sqlite3 *db = open_db();
+    double top = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?", job);
+    double have = db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch' AND "
+                             "epoch >= 1 AND job_id=?", job);
+    sqlite3_close(db);
+    return top - have;
+}
+
+/* runawayd stopped (SIGTERM) while another program holds the database's
+ * lock: it keeps trying its writes until --shutdown-timeout, so a lock
+ * let go in that time loses nothing; the epochs reported before the
+ * checkpoint its job resumes from keep their rows. */
+Test(daemon, a_daemon_stopped_while_the_database_is_locked_makes_its_writes_first,
+     .init = setup, .fini = teardown, .timeout = 90)
+{
+    long long job = submit_long("stoplock");
+    wait_for("epoch 3", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 3,
+             30);
+    sqlite3 *db = lock_db();
+    int said = cli_says("cannot write its database", 30);
+    sleep(2); /* epochs pile up in the backlog */
+    kill(daemon_pid, SIGTERM);
+    char logp[160];
+    snprintf(logp, sizeof logp, "%s.log", dir);
+    int waited = file_has(logp, "writes wait for", 10);
+    sleep(2);
+    unlock_db(db);
+    int st;
+    cr_assert_eq(waitpid(daemon_pid, &st, 0), daemon_pid);
+    daemon_pid = -1;
+    cr_assert(said, "ls never said the database takes no writes");
+    cr_assert(waited, "runawayd did not wait for its database (%s)", logp);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "runawayd ended with %d", st);
+    cr_assert(!file_has(logp, "never took", 0.1), "writes were lost (%s)", logp);
+    cr_assert_eq(epochs_missing(job), 0, "epochs lack their rows");
+    sqlite3 *d2 = open_db();
+    cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM jobs WHERE state='queued' AND id=?", job), 1,
+                 "the stopped job is not back in the queue");
+    sqlite3_close(d2);
+}
+
+/* runawayd started (a restart after a crash) while another program holds
+ * the database's lock: it waits for the lock rather than failing, and
+ * `runaway daemon start` waits with it, saying why. */
+Test(daemon, a_daemon_started_while_the_database_is_locked_waits_for_it, .init = setup,
+     .fini = teardown, .timeout = 120)
+{
+    long long job = submit_long("startlock");
+    wait_for("epoch 2", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 2,
+             30);
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, NULL, 0);
+    daemon_pid = -1;
+    sqlite3 *db = lock_db();
+    char cf[160], logp[160];
+    snprintf(cf, sizeof cf, "%s-start.out", dir);
+    snprintf(logp, sizeof logp, "%s/runawayd.log", dir);
+    pid_t starter = cli_into(cf, (const char *[]){"daemon", "start", "--cpu-slots", "1", NULL});
+    int waiting = file_has(logp, "another program holds its lock: waiting for it", 15);
+    /* past the 15 s in which `daemon start` expects a daemon up */
+    int told = file_has(cf, "runaway: runawayd is still starting: ", 25);
+    unlock_db(db);
+    char out[8192];
+    int rc = cli_finished(starter, cf, 30, out, sizeof out);
+    unlink(cf);
+    cr_assert(waiting, "runawayd did not say it waits (%s)", logp);
+    cr_assert(told, "daemon start did not say why it waits: %s", out);
+    cr_assert(rc == 0 && strstr(out, "runawayd started"), "daemon start exited %d: %s", rc, out);
+    cr_assert(file_has(logp, "the lock is gone after", 1), "%s", logp);
+    /* the crash's attempt is recorded lost, and the job resumes */
+    wait_for("resumed", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='running'", job,
+             1, 30);
+    sqlite3 *d2 = open_db();
+    cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='lost' AND "
+                            "error='daemon restarted'", job), 1);
+    sqlite3_close(d2);
+    rc = cli(out, sizeof out, 60, "daemon", "stop", NULL);
+    cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "%s", out);
+}
+
 /* ------------------------------------------------------------------------ */
 /* A client on another host */
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -281,6 +282,36 @@ static int find_prog(const char *name, const char *subdir, char *out, size_t len
 /* ------------------------------------------------------------------------ */
 /* daemon start|stop|status */
 
+/* runawayd holds STATE_DIR/runawayd.lock from its first moment to its
+ * last: a lock we cannot share is a runawayd alive. */
+static int daemon_starting(void)
+{
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/runawayd.lock", state_dir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    int held = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    close(fd);
+    return held;
+}
+
+/* The last line of a file (its log), without the newline; 0 if none. */
+static int last_line(const char *path, char *out, size_t len)
+{
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (line[0] && line[0] != '\n')
+            snprintf(out, len, "%s", line);
+    fclose(f);
+    out[strcspn(out, "\n")] = 0;
+    return out[0] != 0;
+}
+
 static int daemon_start(int argc, char **argv, int quiet)
 {
     conn c;
@@ -344,7 +375,8 @@ static int daemon_start(int argc, char **argv, int quiet)
     }
     waitpid(pid, NULL, 0);
     free(args);
-    for (int i = 0; i < 150; i++) { /* 15 s */
+    double t0 = mono_s();
+    for (int said = 0;;) {
         if (open_conn(&c) == 0) {
             json_t *r = request(&c, req_new("status"));
             if (!quiet)
@@ -354,9 +386,19 @@ static int daemon_start(int argc, char **argv, int quiet)
             conn_close(&c);
             return 0;
         }
+        double t = mono_s() - t0;
+        /* past 15 s, a runawayd that still holds its lock file is alive and
+         * busy starting (waiting for its database's lock): wait with it */
+        if (t > 15 && (!daemon_starting() || t > RECONNECT_S))
+            die("runawayd did not come up; see %s", logp);
+        if (t > 15 && !said && !quiet) {
+            char last[512];
+            fprintf(stderr, "runaway: runawayd is still starting%s%s\n",
+                    last_line(logp, last, sizeof last) ? ": " : "", last);
+            said = 1;
+        }
         usleep(100000);
     }
-    die("runawayd did not come up; see %s", logp);
 }
 
 static int daemon_stop(void)

@@ -671,6 +671,31 @@ static int current(rd_worker *w, json_t *m)
            json_integer_value(json_object_get(m, "attempt")) == w->attempt;
 }
 
+/* K, where the job's epochs 1..K all have a row, and the step of its
+ * newest step row: a resumed attempt reports those of its checkpoint past
+ * them again. A daemon killed (or stopped for good) while its database
+ * took no writes never stored them, and the attempt resumes after them.
+ * -1 if the database cannot say. */
+static int64_t steps_stored(rd_daemon *d, int64_t job)
+{
+    return rd_db_int(d, "SELECT COALESCE(MAX(step), 0) FROM metrics WHERE job_id=? AND "
+                        "kind='step'", job, -1);
+}
+
+static int64_t epochs_stored(rd_daemon *d, int64_t job)
+{
+    sqlite3_stmt *st = rd_db_prep(d, "SELECT DISTINCT epoch FROM metrics WHERE job_id=? AND "
+                                     "kind='epoch' AND epoch >= 1 ORDER BY epoch");
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
+    int64_t k = 0;
+    while (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) == k + 1)
+        k++;
+    sqlite3_finalize(st);
+    return k;
+}
+
 static void bind_num(sqlite3_stmt *st, int i, json_t *m, const char *k)
 {
     double v = rw_json_get_num(m, k);
@@ -742,7 +767,14 @@ static void report(rd_daemon *d, rd_worker *w, int64_t job, int64_t attempt, rd_
     if (!kind || (strcmp(kind, "step") && strcmp(kind, "epoch")) || w->rank != 0)
         return; /* rank 0 speaks for the job */
     store_metric(d, job, attempt, m, kind);
+    /* TensorBoard too: the attempt's restart marker, at the first of them,
+     * drops what an earlier attempt wrote from there (the same points,
+     * unless the disk was full then) */
     rd_tb_metric(d, run, kind, m);
+    /* a report made again from a checkpoint (epochs_stored): the watchers
+     * had it the first time, and it says nothing of this attempt's pace */
+    if (json_is_true(json_object_get(m, "replay")))
+        return;
     json_t *ev = json_deep_copy(m);
     if (!strcmp(kind, "epoch") && run && run->epochs_spec > 0)
         run_pace(run, ev);
@@ -1070,6 +1102,8 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
     rd_log("job j%lld %s: %s", (long long)job, json_string_value(name), ev);
     char out[PATH_MAX + 64];
     snprintf(out, sizeof out, "%s/runs/%lld", d->state_dir, (long long)job);
+    int64_t stored = attempts > 0 ? epochs_stored(d, job) : -1;
+    int64_t stored_steps = attempts > 0 ? steps_stored(d, job) : -1;
     for (int r = 0; r < np; r++) {
         json_t *m = rw_msg_new("assign", -1);
         json_object_set_new(m, "job", json_integer(job));
@@ -1078,6 +1112,10 @@ static void start_job(rd_daemon *d, int64_t job, rd_worker **pick, int np, int64
         json_object_set(m, "spec", spec);
         json_object_set_new(m, "out_dir", json_string(out));
         json_object_set_new(m, "resume", json_boolean(attempts > 0));
+        if (stored >= 0 && stored_steps >= 0) {
+            json_object_set_new(m, "epochs_stored", json_integer(stored));
+            json_object_set_new(m, "steps_stored", json_integer(stored_steps));
+        }
         json_object_set_new(m, "rank", json_integer(r));
         json_object_set_new(m, "world", json_integer(np));
         json_object_set_new(m, "threads", json_integer(d->threads_per_worker));

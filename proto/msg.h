@@ -7,7 +7,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#define RW_PROTO_VERSION 1
+#define RW_PROTO_VERSION 2
 
 /* who sends a message: a bitmask */
 enum {

@@ -282,11 +282,11 @@ Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
     send_body("[1, 2, 3]", 1, RW_E_FRAME);                     /* not an object */
     send_body("{\"type\":\"status\",\"id\":1}", 0, RW_E_HELLO); /* hello first */
     send_body("{\"type\":\"hello\",\"id\":1,\"version\":99,\"role\":\"client\"}", 0, RW_E_VERSION);
-    send_body("{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"boss\"}", 0, RW_E_BAD_MESSAGE);
+    send_body("{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"boss\"}", 0, RW_E_BAD_MESSAGE);
     send_body("{\"type\":\"launch_missiles\",\"id\":3}", 1, RW_E_UNKNOWN_TYPE);
     send_body("{\"type\":\"done\",\"job\":1,\"attempt\":1}", 1, RW_E_UNKNOWN_TYPE); /* a worker's */
     send_body("{\"type\":\"show\",\"id\":3,\"job\":17}", 1, RW_E_BAD_MESSAGE);
-    send_body("{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"worker\",\"slot\":99}", 0,
+    send_body("{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"worker\",\"slot\":99}", 0,
               RW_E_STATE);
 
     /* a truncated frame, then the client vanishes: nothing to reply to */
@@ -1963,8 +1963,8 @@ static int tcp_connect(void)
 
 Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout = 30)
 {
-    const char *bad[] = {"{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"client\"}",
-                         "{\"type\":\"hello\",\"id\":1,\"version\":1,\"role\":\"client\","
+    const char *bad[] = {"{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"client\"}",
+                         "{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"client\","
                          "\"token\":\"0123456789abcdef-wrong\"}"};
     for (int i = 0; i < 2; i++) {
         int fd = tcp_connect();
@@ -1987,7 +1987,7 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout 
     rw_frame_reader r;
     rw_frame_reader_init(&r, 0);
     json_t *h = rw_msg_new("hello", 1);
-    json_object_set_new(h, "version", json_integer(1));
+    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
     json_object_set_new(h, "role", json_string("client"));
     json_object_set_new(h, "token", json_string("0123456789abcdef-secret"));
     json_t *rep = request(fd, &r, h);
@@ -3955,6 +3955,63 @@ Test(daemon, a_daemon_stopped_while_the_database_is_locked_makes_its_writes_firs
     cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM jobs WHERE state='queued' AND id=?", job), 1,
                  "the stopped job is not back in the queue");
     sqlite3_close(d2);
+}
+
+/* runawayd killed while another program holds the database's lock: the
+ * rows in its backlog are gone with it, and the job resumes from a
+ * checkpoint past them. The resumed attempt makes those reports again
+ * from the checkpoint (assign's epochs_stored and steps_stored), so every
+ * epoch and every step report has its row, as TensorBoard (written as
+ * they came) has its point. */
+Test(daemon, reports_a_killed_daemon_never_stored_come_back_from_the_checkpoint, .init = setup,
+     .fini = teardown, .timeout = 90)
+{
+    submit_grid("gap", 300, 1, "  seed: [0]\n  variant:\n    - {name: s, log: {every_steps: 4}}\n");
+    long long job = 1;
+    wait_for("epoch 3", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 3,
+             30);
+    sqlite3 *db = lock_db();
+    int said = cli_says("cannot write its database", 30);
+    sleep(2); /* epochs (and their checkpoints) go on; their rows wait */
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, NULL, 0);
+    daemon_pid = -1;
+    unlock_db(db);
+    cr_assert(said, "ls never said the database takes no writes");
+    sqlite3 *d2 = open_db();
+    double top = db_num(d2, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job);
+    sqlite3_close(d2);
+    start_daemon();
+    /* the log line follows the reports made again; then training goes on */
+    wait_for("reports made again", "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                   "'% reports made again from the checkpoint%'", job, 1, 40);
+    d2 = open_db();
+    double resumed = db_num(d2, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'",
+                            job);
+    sqlite3_close(d2);
+    cr_assert(resumed > top, "nothing was made again: the database had epochs 1..%g, the "
+              "checkpoint %g", top, resumed);
+    cr_assert_eq(epochs_missing(job), 0, "epochs lack their rows");
+    wait_for("trains on", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job,
+             resumed + 5, 40);
+    cr_assert_eq(epochs_missing(job), 0, "epochs lack their rows after the resume");
+    d2 = open_db();
+    /* 100 images in batches of 16: 6 steps an epoch; a step report every 4 */
+    cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                            "(step != 6 * epoch OR loss IS NULL)", job), 0);
+    double top_step = db_num(d2, "SELECT MAX(step) FROM metrics WHERE job_id=? AND kind='step'",
+                             job);
+    cr_assert_eq(db_num(d2, "SELECT COUNT(DISTINCT step) FROM metrics WHERE job_id=? AND "
+                            "kind='step' AND step % 4 = 0 AND loss IS NOT NULL", job),
+                 top_step / 4, "step reports lack their rows");
+    sqlite3_close(d2);
+    /* TensorBoard had them the first time; the new file's restart marker
+     * at the first made again drops those, and they come again */
+    char out[4096];
+    int rc = cli(out, sizeof out, 20, "cancel", "gap", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    wait_for("cancelled", "SELECT COUNT(*) FROM jobs WHERE state='cancelled' AND id=?", job, 1, 30);
+    check_tensorboard(0, 0, "tb_check: 1 runs, 2 files,");
 }
 
 /* runawayd started (a restart after a crash) while another program holds

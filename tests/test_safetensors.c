@@ -299,7 +299,7 @@ Test(safetensors, bad_headers) {
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8,
          "tensor 'a': shape [3] of F32 needs 12 bytes but data_offsets span 8"},
         {"{\"a\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]}}", 8,
-         "tensor 'a': unsupported dtype 'F16' (supported: F32, I32, I64, U8)"},
+         "tensor 'a': unsupported dtype 'F16' (supported: F32, I32, I64, U8, F64)"},
         {"{\"a\":{\"dtype\":\"QQ\",\"shape\":[4],\"data_offsets\":[0,8]}}", 8, "unsupported dtype"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8, "data_offsets"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "data_offsets"},

@@ -131,6 +131,20 @@ static void same_metrics(const rw_metrics *a, const rw_metrics *b, const char *w
               "%s: linear %g vs %g", what, a->linear, b->linear);
 }
 
+/* Every field of two reports but the timing: the same bits (NaN: NaN). */
+static void same_report(const rw_metrics *a, const rw_metrics *b, const char *what)
+{
+    cr_expect(a->epoch == b->epoch && a->step == b->step, "%s: epoch %d step %ld, want %d %ld",
+              what, a->epoch, a->step, b->epoch, b->step);
+    const double x[] = {a->loss, a->align, a->uniform, a->collapse, a->knn, a->tau, a->lr,
+                        a->rank, a->linear, a->w_cos_i, a->w_asym};
+    const double y[] = {b->loss, b->align, b->uniform, b->collapse, b->knn, b->tau, b->lr,
+                        b->rank, b->linear, b->w_cos_i, b->w_asym};
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++)
+        cr_expect((isnan(x[i]) && isnan(y[i])) || x[i] == y[i], "%s: field %zu: %.17g, want %.17g",
+                  what, i, x[i], y[i]);
+}
+
 /* Compares every tensor of two safetensors files byte for byte. */
 static void same_files(const char *pa, const char *pb)
 {
@@ -401,7 +415,19 @@ typedef struct keep {
     long at_step;
     int copied;
     char resumed[256];
+    rw_metrics replayed[8]; /* on_replay's reports, with their kinds */
+    char replayed_kind[8][8];
+    int nreplayed;
 } keep;
+
+static void keep_on_replay(void *ud, const rw_metrics *m, const char *kind)
+{
+    keep *k = ud;
+    if (k->nreplayed < 8) {
+        k->replayed[k->nreplayed] = *m;
+        snprintf(k->replayed_kind[k->nreplayed++], 8, "%s", kind);
+    }
+}
 
 static void keep_on_step(void *ud, const rw_metrics *m)
 {
@@ -423,11 +449,21 @@ static void keep_on_log(void *ud, const char *line)
         snprintf(k->resumed, sizeof k->resumed, "%s", line);
 }
 
+/* Resumed as the daemon resumes a job whose rows end at epoch 0 and step
+ * 3: the reports after those that the checkpoint holds go to on_replay. */
 static rw_train_result train_keep(const rw_spec *s, const char *out, int resume, keep *k)
 {
     rw_train_hooks h = {.ud = k, .on_epoch = on_epoch, .on_step = keep_on_step,
-                        .on_log = keep_on_log};
-    return train_hooked(s, out, resume, &h);
+                        .on_log = keep_on_log, .on_replay = keep_on_replay};
+    kb_backend *be = kb_cpu_create(1);
+    rw_train_opts o = {.out_dir = out, .resume = resume, .replay = resume,
+                       .replay_epochs_after = 0, .replay_steps_after = 3};
+    rw_train_result res;
+    char err[512];
+    int rc = rw_train(s, be, &o, &h, &res, err, sizeof err);
+    cr_assert_eq(rc, 0, "rw_train: %s", err);
+    kb_destroy(be);
+    return res;
 }
 
 Test(train, timed_checkpoints_within_an_epoch_resume_exactly)
@@ -476,6 +512,16 @@ Test(train, timed_checkpoints_within_an_epoch_resume_exactly)
                   "step %ld: loss %.9g/%.9g align %.9g/%.9g", x->step, x->loss, y->loss, x->align,
                   y->align);
     }
+    /* the checkpoint at step 8 holds step reports 3 and 6 and epoch 1:
+     * past step 3 and epoch 0, made again with the plain run's bits */
+    cr_assert_eq(r.nreplayed, 2, "%d reports made again", r.nreplayed);
+    cr_assert_str_eq(r.replayed_kind[0], "step");
+    cr_assert_str_eq(r.replayed_kind[1], "epoch");
+    cr_assert_eq(r.replayed[0].step, 6);
+    same_report(&r.replayed[0], &plain.st[1], "step report made again");
+    same_report(&r.replayed[1], &plain.ep[0], "epoch report made again");
+    cr_assert_eq(b.last.step, c.last.step);
+    cr_assert_eq(k.nreplayed, 0, "a run not resumed made reports again");
     cr_expect(a.linear_acc == b.linear_acc && a.linear_acc == c.linear_acc,
               "linear eval %g, %g, %g", a.linear_acc, b.linear_acc, c.linear_acc);
     snprintf(w0, sizeof w0, "%s/weights.safetensors", o0);

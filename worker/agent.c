@@ -304,6 +304,16 @@ static void hook_epoch(void *ud, const rw_metrics *m)
     send_metric(ud, m, "epoch");
 }
 
+static void hook_replay(void *ud, const rw_metrics *m, const char *kind)
+{
+    run_ctx *r = ud;
+    json_t *j = job_msg(r, "metric");
+    json_object_set_new(j, "kind", json_string(kind));
+    json_object_set_new(j, "replay", json_true());
+    put_metrics(j, m);
+    send_msg(r->a, j);
+}
+
 static int hook_stop(void *ud)
 {
     run_ctx *r = ud;
@@ -513,9 +523,15 @@ static json_t *run_assignment(agent *a, json_t *m)
     if (be && (world == 1 || comm)) {
         rw_train_hooks hooks = {.ud = &r, .on_step = hook_step, .on_epoch = hook_epoch,
                                 .should_stop = hook_stop, .on_log = hook_log,
-                                .on_progress = hook_progress};
+                                .on_progress = hook_progress,
+                                .on_replay = hook_replay};
+        /* bounded by the message's validation */
+        json_t *se = json_object_get(m, "epochs_stored"), *ss = json_object_get(m, "steps_stored");
         rw_train_opts opts = {.out_dir = json_string_value(json_object_get(m, "out_dir")),
                               .resume = json_is_true(json_object_get(m, "resume")),
+                              .replay = se && ss,
+                              .replay_epochs_after = (int)json_integer_value(se),
+                              .replay_steps_after = (long)json_integer_value(ss),
                               .comm = comm, .check_every = 100, .test_perturb_rank = -1};
         rc = rw_train(&s, be, &opts, &hooks, &res, err, sizeof err);
         if (rc != 0 && comm)

@@ -32,19 +32,20 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-static const char *const dtype_names[] = {"F32", "I32", "I64", "U8"};
-static const size_t dtype_sizes[] = {4, 4, 8, 1};
+static const char *const dtype_names[] = {"F32", "I32", "I64", "U8", "F64"};
+static const size_t dtype_sizes[] = {4, 4, 8, 1, 8};
+#define NDTYPES (int)(sizeof dtype_names / sizeof *dtype_names)
 
 const char *rw_st_dtype_name(rw_st_dtype d) {
-    return (unsigned)d < 4 ? dtype_names[d] : "?";
+    return (unsigned)d < NDTYPES ? dtype_names[d] : "?";
 }
 
 size_t rw_st_dtype_size(rw_st_dtype d) {
-    return (unsigned)d < 4 ? dtype_sizes[d] : 0;
+    return (unsigned)d < NDTYPES ? dtype_sizes[d] : 0;
 }
 
 static int dtype_parse(const char *s, rw_st_dtype *d) {
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NDTYPES; i++) {
         if (!strcmp(s, dtype_names[i])) {
             *d = (rw_st_dtype)i;
             return 0;
@@ -123,7 +124,7 @@ int rw_st_add(rw_st_writer *w, const char *name, rw_st_dtype dtype, const int64_
               const void *data) {
     if (!name || !name[0]) return writer_fail(w, "tensor with an empty name");
     if (!strcmp(name, "__metadata__")) return writer_fail(w, "tensor name '__metadata__' is reserved");
-    if ((unsigned)dtype >= 4) return writer_fail(w, "tensor '%s': unknown dtype %d", name, (int)dtype);
+    if ((unsigned)dtype >= NDTYPES) return writer_fail(w, "tensor '%s': unknown dtype %d", name, (int)dtype);
     if (ndim < 0 || ndim > RW_ST_MAX_DIMS)
         return writer_fail(w, "tensor '%s': %d dimensions (at most %d)", name, ndim, RW_ST_MAX_DIMS);
     int64_t numel = 1;
@@ -439,7 +440,7 @@ static int parse_entry(rw_st *st, const char *name, json_t *v, rw_st_tensor *t, 
     if (dtype_parse(json_string_value(dt), &t->dtype)) {
         char smp[24];
         snprintf(smp, sizeof smp, "%s", json_string_value(dt));
-        set_err(err, errlen, "%s: tensor '%s': unsupported dtype '%s' (supported: F32, I32, I64, U8)",
+        set_err(err, errlen, "%s: tensor '%s': unsupported dtype '%s' (supported: F32, I32, I64, U8, F64)",
                 path, name, smp);
         return -1;
     }

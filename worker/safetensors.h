@@ -22,9 +22,9 @@
 #define RW_ST_MAX_DIMS 8
 #define RW_ST_HEADER_MAX (100u << 20) /* a header above 100 MiB is corrupt */
 
-typedef enum { RW_ST_F32, RW_ST_I32, RW_ST_I64, RW_ST_U8 } rw_st_dtype;
+typedef enum { RW_ST_F32, RW_ST_I32, RW_ST_I64, RW_ST_U8, RW_ST_F64 } rw_st_dtype;
 
-/* "F32", "I32", "I64", "U8"; element size in bytes. */
+/* "F32", "I32", "I64", "U8", "F64"; element size in bytes. */
 const char *rw_st_dtype_name(rw_st_dtype d);
 size_t rw_st_dtype_size(rw_st_dtype d);
 

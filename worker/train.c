@@ -202,6 +202,40 @@ static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *t
                                 err, errlen);
 }
 
+/* The checkpoint's reports past what the daemon stored, made again. */
+static void replay(const rw_train_hooks *h, const rw_train_state *ts, int epochs_after,
+                   long steps_after)
+{
+    long ns = 0, ne = 0;
+    for (long i = 0; i < ts->nsteps; i++)
+        if (ts->steps[i].step > steps_after) {
+            h->on_replay(h->ud, &ts->steps[i], "step");
+            ns++;
+        }
+    for (int e = 0; e < ts->nhist; e++)
+        if (ts->hist[e].epoch > epochs_after) {
+            h->on_replay(h->ud, &ts->hist[e], "epoch");
+            ne++;
+        }
+    if (ns || ne)
+        logf_(h, "%ld epoch and %ld step reports made again from the checkpoint (runawayd "
+                 "stored epochs to %d, steps to %ld)", ne, ns, epochs_after, steps_after);
+}
+
+/* Kept for the checkpoint; out of memory, the report is only not kept. */
+static void keep_step(rw_train_state *ts, const rw_metrics *m)
+{
+    if (ts->nsteps == ts->capsteps) {
+        long cap = ts->capsteps ? 2 * ts->capsteps : 256;
+        rw_metrics *p = realloc(ts->steps, (size_t)cap * sizeof *p);
+        if (!p)
+            return;
+        ts->steps = p;
+        ts->capsteps = cap;
+    }
+    ts->steps[ts->nsteps++] = *m;
+}
+
 int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
              const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen)
 {
@@ -305,6 +339,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             ts = loaded;
             logf_(lh, "resumed from %s at epoch %d, batch %ld, step %ld", ckpt, ts.epoch,
                   ts.batch, ts.step);
+            if (lh && lh->on_replay && opts->replay)
+                replay(lh, &ts, opts->replay_epochs_after, opts->replay_steps_after);
         }
     }
 
@@ -404,6 +440,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                     };
                     if (lh && lh->on_step)
                         lh->on_step(lh->ud, &sm);
+                    if (lead)
+                        keep_step(&ts, &sm);
                     memset(ts.step_sums, 0, sizeof ts.step_sums);
                     step_n = 0;
                     step_t0 = t;
@@ -546,6 +584,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
 done:
     rw_dist_free(dist);
     free(ts.hist);
+    free(ts.steps);
     rw_stepper_free(sp);
     rw_model_free(m);
     rw_dataset_free(&train);

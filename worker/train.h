@@ -36,6 +36,9 @@ typedef struct rw_train_hooks {
     /* Called after every step and around each evaluation: the worker's
      * watchdog takes a long silence for a hang. */
     void (*on_progress)(void *ud);
+    /* A resumed job's report from its checkpoint, made again (kind "step"
+     * or "epoch"; rw_train_opts.replay); NULL: none are. */
+    void (*on_replay)(void *ud, const rw_metrics *m, const char *kind);
 } rw_train_hooks;
 
 typedef struct rw_train_result {
@@ -51,6 +54,14 @@ struct kb_comm;
 typedef struct rw_train_opts {
     const char *out_dir; /* checkpoint.safetensors and weights go here; NULL: none */
     int resume;          /* continue from out_dir/checkpoint.safetensors if present */
+    /* On resuming, the checkpoint's epoch reports past epoch
+     * replay_epochs_after and its step reports past step
+     * replay_steps_after go to on_replay before training goes on: the
+     * daemon holds rows up to there (one killed while its database took
+     * no writes never stored the rest). 0: no replay. */
+    int replay;
+    int replay_epochs_after;
+    long replay_steps_after;
     /* Data parallel: the ranks of one job, each with 1/world of the global
      * batch; rank 0 owns checkpoints, evaluation and the hooks' metrics
      * (computed over the global batch). NULL: a single process. */

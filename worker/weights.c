@@ -290,6 +290,7 @@ void rw_spec_digest(const rw_spec *s, char out[17])
 static const char *hist_fields[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s",
                                     "tau", "lr", "rank", "linear", "w_cos_i", "w_asym"};
 #define NHIST_FIELDS (int)(sizeof hist_fields / sizeof hist_fields[0])
+#define STEP_COLS (2 + NHIST_FIELDS)
 
 static double *hist_field(rw_metrics *e, int k)
 {
@@ -338,7 +339,28 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
     json_decref(arr);
     rw_st_set_meta(w, "runaway.history", js ? js : "[]");
     free(js);
+    /* the step reports as float64 rows (exact; bulkier as JSON): epoch,
+     * step, then the history's fields */
+    double *rows = ts->nsteps > 0 ? malloc((size_t)ts->nsteps * STEP_COLS * sizeof *rows) : NULL;
+    if (ts->nsteps > 0 && !rows) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        rw_st_writer_free(w);
+        host_free(&h);
+        return -1;
+    }
+    for (long i = 0; i < ts->nsteps; i++) {
+        double *r = rows + i * STEP_COLS;
+        r[0] = ts->steps[i].epoch;
+        r[1] = (double)ts->steps[i].step;
+        for (int k = 0; k < NHIST_FIELDS; k++)
+            r[2 + k] = *hist_field(&ts->steps[i], k);
+    }
+    if (rows) {
+        int64_t shape[2] = {ts->nsteps, STEP_COLS};
+        rw_st_add(w, "runaway.step_history", RW_ST_F64, shape, 2, rows);
+    }
     int rc = rw_st_write(w, path, err, errlen);
+    free(rows);
     rw_st_writer_free(w);
     host_free(&h);
     return rc;
@@ -427,6 +449,34 @@ int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
             *hist_field(&ts->hist[e], k) = json_is_number(v) ? json_number_value(v) : NAN;
         }
     }
+    /* written before it was kept: no step reports to send again */
+    const rw_st_tensor *sh = rw_st_find(st, "runaway.step_history");
+    if (sh) {
+        if (sh->dtype != RW_ST_F64 || sh->ndim != 2 || sh->shape[1] != STEP_COLS ||
+            sh->shape[0] > (1L << 26)) {
+            snprintf(err, errlen, "%s: bad runaway.step_history tensor", path);
+            goto done;
+        }
+        ts->nsteps = ts->capsteps = (long)sh->shape[0];
+        ts->steps = calloc((size_t)ts->nsteps + 1, sizeof *ts->steps);
+        if (!ts->steps) {
+            snprintf(err, errlen, "%s: out of memory", path);
+            goto done;
+        }
+        for (long i = 0; i < ts->nsteps; i++) {
+            double r[STEP_COLS];
+            memcpy(r, (const char *)sh->data + (size_t)i * sizeof r, sizeof r); /* unaligned */
+            if (!(r[0] >= 0 && r[0] <= 1e6 && r[1] >= 0 && r[1] <= 9e15)) {
+                snprintf(err, errlen, "%s: runaway.step_history row %ld: epoch %g, step %g",
+                         path, i, r[0], r[1]);
+                goto done;
+            }
+            ts->steps[i].epoch = (int)r[0];
+            ts->steps[i].step = (long)r[1];
+            for (int k = 0; k < NHIST_FIELDS; k++)
+                *hist_field(&ts->steps[i], k) = r[2 + k];
+        }
+    }
     snprintf(ts->spec_digest, sizeof ts->spec_digest, "%s", digest);
     snprintf(ts->data_digest, sizeof ts->data_digest, "%s", data ? data : "");
     host_upload(m, &h, 1, 1);
@@ -436,6 +486,9 @@ done:
     if (rc != 0) {
         free(ts->hist);
         ts->hist = NULL;
+        free(ts->steps);
+        ts->steps = NULL;
+        ts->nsteps = ts->capsteps = 0;
     }
     json_decref(arr);
     rw_st_close(st);

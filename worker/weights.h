@@ -33,11 +33,16 @@ typedef struct rw_train_state {
     double elapsed;       /* training seconds in the current epoch so far */
     int nhist;            /* epochs of history below */
     rw_metrics *hist;     /* per-epoch metrics, malloc'd (nhist) */
+    /* the log.every_steps reports so far (rank 0's), malloc'd: what a
+     * daemon killed while its database took no writes never stored, a
+     * resumed attempt reports again from here (as the epochs from hist) */
+    long nsteps, capsteps;
+    rw_metrics *steps;
 } rw_train_state;
 
 int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, char *err,
                        size_t errlen);
-/* ts->hist is allocated; free() it. The file's spec digest must match
+/* ts->hist and ts->steps are allocated; free() them. The file's spec digest must match
  * expect_digest (a checkpoint of another spec is refused by name), and its
  * data digest, where it has one, expect_data (unless NULL): a checkpoint
  * written on other data is refused too. */

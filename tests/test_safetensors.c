@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +158,38 @@ Test(safetensors, round_trip_bit_exact) {
     const char *k, *v;
     cr_assert_eq(rw_st_meta_at(st, 0, &k, &v), 0);
     cr_assert_neq(rw_st_meta_at(st, 3, &k, &v), 0);
+    rw_st_close(st);
+}
+
+/* F64 (a checkpoint's step reports): every bit kept, NaN and -0 too, the
+ * name in the header, and an 8-byte alignment after a U8 tensor. */
+Test(safetensors, f64_round_trip_keeps_every_bit) {
+    const double v[6] = {-0.0, NAN, 1.0 / 3.0, 4.9e-324, -1.7976931348623157e308, 1e-300};
+    const int64_t shape[2] = {2, 3}, one = 3;
+    const unsigned char pad[3] = {1, 2, 3};
+    rw_st_writer *w = rw_st_writer_new();
+    cr_assert_eq(rw_st_add(w, "pad", RW_ST_U8, &one, 1, pad), 0);
+    cr_assert_eq(rw_st_add(w, "runaway.step_history", RW_ST_F64, shape, 2, v), 0);
+    const char *p = tpath("f64.safetensors");
+    char err[512] = "";
+    cr_assert_eq(rw_st_write(w, p, err, sizeof err), 0, "%s", err);
+    rw_st_writer_free(w);
+    size_t len;
+    unsigned char *raw = slurp(p, &len);
+    raw[len] = 0;
+    cr_assert_not_null(strstr((char *)raw + 8, "\"dtype\":\"F64\""), "header: %s", raw + 8);
+    free(raw);
+    rw_st *st = rw_st_open(p, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    const rw_st_tensor *t = rw_st_find(st, "runaway.step_history");
+    cr_assert(t && t->dtype == RW_ST_F64 && t->nbytes == sizeof v && t->numel == 6);
+    cr_assert_eq((uintptr_t)t->data % 8, 0);
+    double got[6];
+    cr_assert_eq(rw_st_get(st, "runaway.step_history", RW_ST_F64, shape, 2, got, err, sizeof err),
+                 0, "%s", err);
+    cr_assert(memcmp(got, v, sizeof v) == 0, "bits changed");
+    cr_assert_eq(rw_st_get(st, "runaway.step_history", RW_ST_F32, shape, 2, got, err, sizeof err),
+                 -1, "read as F32");
     rw_st_close(st);
 }
 

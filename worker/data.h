@@ -6,6 +6,7 @@
 #ifndef RUNAWAY_WORKER_DATA_H
 #define RUNAWAY_WORKER_DATA_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,9 @@ typedef struct rw_dataset {
 /* Where a reader says what it did that a person may wonder about (a slow
  * first load, a cache it could not use): one line, no newline. */
 typedef void (*rw_data_notice)(void *ud, const char *line);
+/* The formatted line to notice (nothing when it is NULL); at most 1023
+ * bytes, the rest cut. */
+void rw_vnotice(rw_data_notice notice, void *ud, const char *fmt, va_list ap);
 
 /* CIFAR-10: data_batch_1..5.bin (train != 0) or test_batch.bin from dir.
  * Errors (missing file, size not a multiple of 3073, label > 9) name the

@@ -428,18 +428,23 @@ done:
     return rc;
 }
 
-static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
+void rw_vnotice(rw_data_notice notice, void *ud, const char *fmt, va_list ap)
 {
     if (!notice)
         return;
     char line[1024];
+    vsnprintf(line, sizeof line, fmt, ap);
+    notice(ud, line);
+}
+
+static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    rw_vnotice(notice, ud, fmt, ap);
     va_end(ap);
-    notice(ud, line);
 }
 
 static double mono_s(void)

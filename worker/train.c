@@ -33,15 +33,13 @@ static void progress(const rw_train_hooks *h)
 }
 
 static void logf_(const rw_train_hooks *h, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void logf_(const rw_train_hooks *h, const char *fmt, ...)
 {
-    if (!h || !h->on_log)
-        return;
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    rw_vnotice(h ? h->on_log : NULL, h ? h->ud : NULL, fmt, ap);
     va_end(ap);
-    h->on_log(h->ud, line);
 }
 
 void rw_cache_dir(char *out, size_t outlen)

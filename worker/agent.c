@@ -260,10 +260,13 @@ static void put_metrics(json_t *m, const rw_metrics *x)
     json_object_set_new(m, "w_asym", rw_json_num(x->w_asym));
 }
 
-static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind)
+/* replay: a report made again from the checkpoint (rw_train_opts.replay) */
+static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind, int replay)
 {
     json_t *m = job_msg(r, "metric");
     json_object_set_new(m, "kind", json_string(kind));
+    if (replay)
+        json_object_set_new(m, "replay", json_true());
     put_metrics(m, x);
     send_msg(r->a, m);
 }
@@ -295,23 +298,18 @@ static long test_stall_at(const char *job_name)
 static void hook_step(void *ud, const rw_metrics *m)
 {
     hook_progress(ud);
-    send_metric(ud, m, "step");
+    send_metric(ud, m, "step", 0);
 }
 
 static void hook_epoch(void *ud, const rw_metrics *m)
 {
     hook_progress(ud);
-    send_metric(ud, m, "epoch");
+    send_metric(ud, m, "epoch", 0);
 }
 
 static void hook_replay(void *ud, const rw_metrics *m, const char *kind)
 {
-    run_ctx *r = ud;
-    json_t *j = job_msg(r, "metric");
-    json_object_set_new(j, "kind", json_string(kind));
-    json_object_set_new(j, "replay", json_true());
-    put_metrics(j, m);
-    send_msg(r->a, j);
+    send_metric(ud, m, kind, 1);
 }
 
 static int hook_stop(void *ud)

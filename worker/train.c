@@ -327,6 +327,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 snprintf(err, errlen, "%s: holds %d epochs, the spec asks for %d", ckpt,
                          loaded.nhist, spec->optim.epochs);
                 free(loaded.hist);
+                free(loaded.steps);
                 goto done;
             }
             memcpy(ts.hist, loaded.hist, (size_t)loaded.nhist * sizeof *ts.hist);

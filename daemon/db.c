@@ -101,30 +101,30 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
         return -1;
     }
     sqlite3_busy_timeout(d->db, RD_DB_BUSY_MS);
-    /* Another program's lock (a sqlite3 shell with a transaction open) is
-     * waited for: a restart (systemd's, or `runaway daemon start` after a
-     * crash) must not fail on it. Anything else fails at once. */
+    /* A database that takes no writes for now (another program's lock, a
+     * sqlite3 shell with a transaction open; a full disk) is waited for: a
+     * restart (systemd's, or `runaway daemon start` after a crash) must not
+     * fail on it. Anything else fails at once. */
     double t0 = rd_mono();
     for (int said = 0;; said = 1) {
         int rc = db_init(d, err, errlen);
         if (rc == SQLITE_OK) {
             if (said)
-                rd_log("%s: the lock is gone after %.0f s; starting", d->db_path,
+                rd_log("%s takes writes again after %.0f s; starting", d->db_path,
                        rd_mono() - t0);
             return 0;
         }
         rc &= 0xff;
-        if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
+        if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED && rc != SQLITE_FULL && rc != SQLITE_IOERR)
             return -1;
         if (rd_mono() - t0 > RD_DB_START_WAIT_S) {
             size_t k = strlen(err);
-            snprintf(err + k, errlen - k, " (another program has held its lock for %.0f s)",
-                     rd_mono() - t0);
+            snprintf(err + k, errlen - k, " (still, after %.0f s)", rd_mono() - t0);
             return -1;
         }
         if (!said)
-            rd_log("%s: another program holds its lock: waiting for it, up to %.0f minutes",
-                   err, RD_DB_START_WAIT_S / 60);
+            rd_log("%s: waiting for it to take writes, up to %.0f minutes", err,
+                   RD_DB_START_WAIT_S / 60);
         /* the busy timeout waited already; a second's pause between tries */
         nanosleep(&(struct timespec){1, 0}, NULL);
     }

@@ -140,7 +140,7 @@ typedef struct rd_db_backlog {
 
 #define RD_BACKLOG_BYTES (64u << 20)
 #define RD_DB_BUSY_MS 5000 /* a lock held by another program (sqlite3 by hand) */
-#define RD_DB_START_WAIT_S 600.0 /* at start, such a lock is waited for this long */
+#define RD_DB_START_WAIT_S 600.0 /* at start, a lock or a full disk is waited for this long */
 #define RD_BACKLOG_RETRY_S 5.0
 
 /* --notify (notify.c): commands running at once, and events remembered so

@@ -388,13 +388,15 @@ static int daemon_start(int argc, char **argv, int quiet)
         }
         double t = mono_s() - t0;
         /* past 15 s, a runawayd that still holds its lock file is alive and
-         * busy starting (waiting for its database's lock): wait with it */
+         * busy starting (waiting for its database to take writes): wait
+         * with it */
         if (t > 15 && (!daemon_starting() || t > RECONNECT_S))
             die("runawayd did not come up; see %s", logp);
         if (t > 15 && !said && !quiet) {
             char last[512];
-            fprintf(stderr, "runaway: runawayd is still starting%s%s\n",
-                    last_line(logp, last, sizeof last) ? ": " : "", last);
+            /* on a full disk the log may not have its newest lines */
+            fprintf(stderr, "runaway: runawayd is still starting (its log %s ends: %s)\n", logp,
+                    last_line(logp, last, sizeof last) ? last : "(empty)");
             said = 1;
         }
         usleep(100000);

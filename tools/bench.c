@@ -58,6 +58,7 @@ typedef struct bench_out {
     int ok;
 } bench_out;
 
+#if RW_HAVE_CUDA
 /* Dense (non-sparse) TF32 tensor-core peaks from NVIDIA's data sheets,
  * TFLOP/s at boost clock. Matched on the CUDA device name, most specific
  * first; 0 when unknown. */
@@ -83,6 +84,7 @@ static double tf32_peak(const char *name)
             return table[i].tflops;
     return 0;
 }
+#endif
 
 
 static double now_s(void)

@@ -1744,6 +1744,24 @@ static long long submit_long(const char *name)
     return strtoll(j + 3, NULL, 10);
 }
 
+/* runawayd killed outright (its workers die with it), as a crash. */
+static void kill_daemon(void)
+{
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, NULL, 0);
+    daemon_pid = -1;
+}
+
+/* A long job (submit_long) that trained 2 epochs, its daemon then killed. */
+static long long crashed_job(const char *name)
+{
+    long long job = submit_long(name);
+    wait_for("epoch 2", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 2,
+             30);
+    kill_daemon();
+    return job;
+}
+
 static long long worker_pid_of(long long job)
 {
     json_t *r = simple("workers", NULL, NULL);
@@ -2434,9 +2452,7 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
         cli_into(pf, (const char *[]){"plot", "crash", "--every", "0.5", "-o", png, NULL});
     wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
              30);
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, NULL, 0);
-    daemon_pid = -1;
+    kill_daemon();
     usleep(1500000); /* the watch tries at least once while there is none */
     start_daemon(); /* its workers died with the old daemon; the lock is free */
     wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
@@ -3759,12 +3775,7 @@ Test(daemon, a_daemon_started_on_a_full_disk_waits_for_room, .init = setup_full_
     if (!full_mounted)
         cr_skip_test("daemon: a full disk: no tmpfs could be mounted here (needs root); not "
                      "checked");
-    long long job = submit_long("room");
-    wait_for("epoch 2", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 2,
-             30);
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, NULL, 0);
-    daemon_pid = -1;
+    long long job = crashed_job("room");
     const char *fill = fill_disk();
     char cf[160];
     snprintf(cf, sizeof cf, "%s-start.out", dir); /* off the full disk */
@@ -4014,9 +4025,7 @@ Test(daemon, reports_a_killed_daemon_never_stored_come_back_from_the_checkpoint,
     sqlite3 *db = lock_db();
     int said = cli_says("cannot write its database", 30);
     sleep(2); /* epochs (and their checkpoints) go on; their rows wait */
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, NULL, 0);
-    daemon_pid = -1;
+    kill_daemon();
     unlock_db(db);
     cr_assert(said, "ls never said the database takes no writes");
     sqlite3 *d2 = open_db();
@@ -4061,12 +4070,7 @@ Test(daemon, reports_a_killed_daemon_never_stored_come_back_from_the_checkpoint,
 Test(daemon, a_daemon_started_while_the_database_is_locked_waits_for_it, .init = setup,
      .fini = teardown, .timeout = 120)
 {
-    long long job = submit_long("startlock");
-    wait_for("epoch 2", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 2,
-             30);
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, NULL, 0);
-    daemon_pid = -1;
+    long long job = crashed_job("startlock");
     sqlite3 *db = lock_db();
     char cf[160], logp[160];
     snprintf(cf, sizeof cf, "%s-start.out", dir);

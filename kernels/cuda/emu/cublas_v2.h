@@ -52,7 +52,9 @@ static inline cublasStatus_t cublasSgemm(cublasHandle_t h, int ta, int tb, int m
     if (emu_cublas_refuses_capture())
         return CUBLAS_STATUS_INTERNAL_ERROR;
     float a = *al, b = *be;
-    emu_enqueue([=] { emu_sgemm(h, ta, tb, m, n, k, &a, A, lda, B, ldb, &b, C, ldc); });
+    /* bytes: A (m x k), B (k x n) and C (m x n) read, C written */
+    const double bytes = 4.0 * ((double)m * k + (double)k * n + (double)m * n * (b != 0 ? 2 : 1));
+    emu_enqueue_op("cublasSgemm", bytes, [=] { emu_sgemm(h, ta, tb, m, n, k, &a, A, lda, B, ldb, &b, C, ldc); });
     return 0;
 }
 static inline cublasStatus_t cublasSetWorkspace(cublasHandle_t, void *, size_t) { return 0; }
@@ -83,7 +85,9 @@ static inline cublasStatus_t cublasGemmEx(cublasHandle_t, int ta, int tb, int m,
     if (m < 0 || n < 0 || k < 0 || lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m)
         return CUBLAS_STATUS_INVALID_VALUE;
     float a = *(const float *)al, b = *(const float *)be;
-    emu_enqueue([=] {
+    const double es_a = at == CUDA_R_16BF ? 2 : 4, es_c = ct == CUDA_R_16BF ? 2 : 4;
+    const double bytes = es_a * ((double)m * k + (double)k * n) + es_c * (double)m * n * (b != 0 ? 2 : 1);
+    emu_enqueue_op("cublasGemmEx", bytes, [=] {
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++) {
                 double s = 0;

@@ -27,7 +27,10 @@ static inline double2 make_double2(double a, double b) { return {a, b}; }
 static inline float2 make_float2(float a, float b) { return {a, b}; }
 static inline float3 make_float3(float a, float b, float c) { return {a, b, c}; }
 void emu_sync(void);
-void emu_launch(dim3 g, dim3 b, std::function<void()> f);
+/* name: the kernel's (rewrite.py); its bytes are what the launcher declared
+ * just before (KB_CUDA_BYTES -> emu_launch_bytes), or none (emu_cost.h). */
+void emu_launch(const char *name, dim3 g, dim3 b, std::function<void()> f);
+void emu_launch_bytes(double bytes);
 static inline void __syncthreads(void) { emu_sync(); }
 double emu_shfl_d(double v, int o);
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return emu_shfl_d(v, o); }
@@ -59,7 +62,10 @@ enum { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cu
 struct emu_graph;
 typedef emu_graph *cudaGraph_t;
 typedef emu_graph *cudaGraphExec_t;
-void emu_enqueue(std::function<void()> f); /* runs f now, or records it */
+/* Runs f now, or records it; counted under name with bytes (< 0: not
+ * declared) when it runs (emu_cost.h). */
+void emu_enqueue_op(const char *name, double bytes, std::function<void()> f);
+void emu_enqueue(std::function<void()> f); /* the same, not counted: events */
 int emu_capture_state(void);               /* cudaStreamCaptureStatus */
 void emu_capture_invalidate(void);
 int emu_is_pinned(const void *p);
@@ -83,7 +89,7 @@ static inline cudaError_t cudaFree(void *p) { if (cudaError_t e = emu_unsafe_in_
 static inline cudaError_t cudaMalloc(void **p, size_t n) { if (cudaError_t e = emu_unsafe_in_capture()) return e; *p = malloc(n ? n : 1); return *p ? 0 : 2; }
 template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu_unsafe_in_capture(); }
-static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { emu_enqueue([=] { memset(p, v, n); }); return 0; }
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { emu_enqueue_op("cudaMemsetAsync", (double)n, [=] { memset(p, v, n); }); return 0; }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t)
 {
     if (emu_capture_state() != cudaStreamCaptureStatusNone &&
@@ -91,7 +97,9 @@ static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cuda
         emu_capture_invalidate();
         return cudaErrorStreamCaptureUnsupported;
     }
-    emu_enqueue([=] { memmove(d, s, n); });
+    /* bytes: a transfer reads or writes n in device memory, a device copy both */
+    const char *name = k == cudaMemcpyHostToDevice ? "cudaMemcpyAsync H2D" : k == cudaMemcpyDeviceToHost ? "cudaMemcpyAsync D2H" : "cudaMemcpyAsync D2D";
+    emu_enqueue_op(name, (double)n * (k == cudaMemcpyDeviceToDevice ? 2 : 1), [=] { memmove(d, s, n); });
     return 0;
 }
 

@@ -71,9 +71,12 @@ template <class P> static inline cudnnStatus_t emu_find(const emu_t4 *x, const e
 static inline cudnnStatus_t cudnnFindConvolutionForwardAlgorithm(cudnnHandle_t, emu_t4 *x, emu_t4 *w, emu_conv *c, emu_t4 *y, int, int *got, cudnnConvolutionFwdAlgoPerf_t *p) { return emu_find(x, w, c, y, got, p); }
 static inline cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithm(cudnnHandle_t, emu_t4 *w, emu_t4 *dy, emu_conv *c, emu_t4 *dx, int, int *got, cudnnConvolutionBwdDataAlgoPerf_t *p) { return emu_find(dx, w, c, dy, got, p); }
 static inline cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t, emu_t4 *x, emu_t4 *dy, emu_conv *c, emu_t4 *dw, int, int *got, cudnnConvolutionBwdFilterAlgoPerf_t *p) { return emu_find(x, dw, c, dy, got, p); }
-static inline cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, emu_t4 *x, emu_t4 *w, emu_conv *c, emu_t4 *y, int, size_t *m) { *m = 1024; return emu_config(x, w, c, y); }
-static inline cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t, emu_t4 *w, emu_t4 *dy, emu_conv *c, emu_t4 *dx, int, size_t *m) { *m = 512; return emu_config(dx, w, c, dy); }
-static inline cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, emu_t4 *x, emu_t4 *dy, emu_conv *c, emu_t4 *dw, int, size_t *m) { *m = 512; return emu_config(x, dw, c, dy); }
+/* The workspace each direction (0 forward, 1 backward data, 2 backward
+ * filter) asks for, whatever the algorithm; a call counts it in its bytes. */
+static inline size_t emu_conv_ws(int dir) { return dir == 0 ? 1024 : 512; }
+static inline cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, emu_t4 *x, emu_t4 *w, emu_conv *c, emu_t4 *y, int, size_t *m) { *m = emu_conv_ws(0); return emu_config(x, w, c, y); }
+static inline cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t, emu_t4 *w, emu_t4 *dy, emu_conv *c, emu_t4 *dx, int, size_t *m) { *m = emu_conv_ws(1); return emu_config(dx, w, c, dy); }
+static inline cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, emu_t4 *x, emu_t4 *dy, emu_conv *c, emu_t4 *dw, int, size_t *m) { *m = emu_conv_ws(2); return emu_config(x, dw, c, dy); }
 /* Element (n, c, h, w) of a tensor (or (k, c, r, s) of a filter) in its format. */
 static inline size_t emu_at(const emu_t4 *d, int n, int c, int h, int w)
 {
@@ -117,16 +120,22 @@ static inline cudnnStatus_t emu_conv_run(int dir, const float *al, emu_t4 *xd, c
     free(acc);
     return 0;
 }
-/* Recorded like every stream op (emu_enqueue); alpha and beta are host
+/* Recorded like every stream op (emu_enqueue_op); alpha and beta are host
  * scalars (float for float and bf16 data) read at call time, as cuDNN does.
- * An unsupported configuration fails the call, as the library's does. */
+ * An unsupported configuration fails the call, as the library's does.
+ * Bytes (tools/step-cost): x, w and y in their types, the output once more
+ * when beta != 0 (it is read), and the direction's workspace. */
+static inline double emu_t4_bytes(const emu_t4 *d) { return (double)d->n * d->c * d->h * d->w * (d->dt == CUDNN_DATA_BFLOAT16 ? 2 : 4); }
 static inline cudnnStatus_t emu_conv_enqueue(int dir, const void *al, emu_t4 *xd, const void *x, emu_t4 *wd, const void *w, emu_conv *c, emu_t4 *yd, const void *y, const void *be, void *out, size_t wsb, void *ws)
 {
     if (cudnnStatus_t s = emu_config(xd, wd, c, yd)) return s;
     float a = *(const float *)al, b = *(const float *)be;
     emu_t4 X = *xd, Wd = *wd, Y = *yd;
     emu_conv C = *c;
-    emu_enqueue([=]() mutable { emu_conv_run(dir, &a, &X, x, &Wd, w, &C, &Y, y, &b, out, wsb, ws); });
+    static const char *const names[3] = {"cudnnConvolutionForward", "cudnnConvolutionBackwardData", "cudnnConvolutionBackwardFilter"};
+    const emu_t4 *od = dir == 0 ? yd : dir == 1 ? xd : wd;
+    const double bytes = emu_t4_bytes(xd) + emu_t4_bytes(wd) + emu_t4_bytes(yd) + (b != 0 ? emu_t4_bytes(od) : 0) + (double)emu_conv_ws(dir);
+    emu_enqueue_op(names[dir], bytes, [=]() mutable { emu_conv_run(dir, &a, &X, x, &Wd, w, &C, &Y, y, &b, out, wsb, ws); });
     return 0;
 }
 static inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void *al, emu_t4 *xd, const void *x, emu_t4 *wd, const void *w, emu_conv *c, int, void *ws, size_t wsb, const void *be, emu_t4 *yd, void *y) { return emu_conv_enqueue(0, al, xd, x, wd, w, c, yd, NULL, be, y, wsb, ws); }

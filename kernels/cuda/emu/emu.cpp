@@ -74,25 +74,65 @@ static void emu_run(dim3 g, dim3 b, std::function<void()> f)
         }
 }
 
-void emu_launch(dim3 g, dim3 b, std::function<void()> f)
-{
-    emu_enqueue([=] { emu_run(g, b, f); });
-}
-
-/* ---- stream capture ---- */
+/* ---- stream ops, their counts (emu_cost.h) and stream capture ---- */
 #include <map>
-struct emu_graph { std::vector<std::function<void()>> ops; };
+#include <string>
+#include "emu_cost.h"
+namespace {
+/* name NULL: not counted (an event record) */
+struct emu_op { const char *name; double bytes; std::function<void()> f; };
+}
+struct emu_graph { std::vector<emu_op> ops; };
 namespace {
 int cap_state; /* cudaStreamCaptureStatus */
 emu_graph *cap_graph;
 std::map<const char *, size_t> pinned;
-}
-void emu_enqueue(std::function<void()> f)
+int dry;
+double next_bytes = -1; /* declared for the next launch; < 0: none */
+struct cost { long calls, undeclared; double bytes; };
+std::map<std::string, cost> costs; /* by name: one entry whatever the literal's address */
+/* An op reaching the stream's head: counted, then run (not in dry mode). */
+void run_op(const emu_op &op)
 {
+    if (op.name) {
+        cost &c = costs[op.name];
+        c.calls++;
+        if (op.bytes < 0)
+            c.undeclared++;
+        else
+            c.bytes += op.bytes;
+    }
+    if (!dry)
+        op.f();
+}
+}
+void emu_launch_bytes(double bytes) { next_bytes = bytes; }
+void emu_launch(const char *name, dim3 g, dim3 b, std::function<void()> f)
+{
+    const double bytes = next_bytes;
+    next_bytes = -1; /* one declaration, one launch */
+    emu_enqueue_op(name, bytes, [=] { emu_run(g, b, f); });
+}
+void emu_enqueue_op(const char *name, double bytes, std::function<void()> f)
+{
+    emu_op op{name, bytes, std::move(f)};
     if (cap_state == cudaStreamCaptureStatusNone)
-        f();
+        run_op(op);
     else if (cap_state == cudaStreamCaptureStatusActive)
-        cap_graph->ops.push_back(f);
+        cap_graph->ops.push_back(std::move(op));
+}
+void emu_enqueue(std::function<void()> f) { emu_enqueue_op(NULL, 0, std::move(f)); }
+extern "C" void emu_dry(int on) { dry = on != 0; }
+extern "C" void emu_cost_reset(void) { costs.clear(); }
+extern "C" int emu_cost_read(emu_cost *out, int max)
+{
+    int i = 0;
+    for (auto &kv : costs) {
+        if (i < max)
+            out[i] = {kv.first.c_str(), kv.second.calls, kv.second.bytes, kv.second.undeclared};
+        i++;
+    }
+    return i;
 }
 int emu_capture_state(void) { return cap_state; }
 void emu_capture_invalidate(void)
@@ -128,8 +168,8 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned lon
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t)
 {
     if (cap_state != cudaStreamCaptureStatusNone) return cudaErrorStreamCaptureUnsupported;
-    for (auto &f : e->ops)
-        f();
+    for (auto &op : e->ops)
+        run_op(op);
     return 0;
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return 0; }

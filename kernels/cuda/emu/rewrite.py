@@ -29,6 +29,7 @@ while True:
             if depth == 0: break
         q += 1
     args = src[p:q+1]
-    out.append('emu_launch(dim3(%s), dim3(%s), [=]{ %s%s; })' % (cfg[0], cfg[1], name, args))
+    # the kernel's name travels with the launch: tools/step-cost counts by it
+    out.append('emu_launch("%s", dim3(%s), dim3(%s), [=]{ %s%s; })' % (name, cfg[0], cfg[1], name, args))
     i = q + 1
 open(sys.argv[2], 'w').write(''.join(out))

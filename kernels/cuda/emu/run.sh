@@ -25,22 +25,10 @@ B=$(cd "$root/${1:-build-cuda}" && pwd)
 shift || true
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-CXX="g++ -std=c++17 -O1 -g -fopenmp -I$here -I$root -I$B"
-for f in "$root"/kernels/cuda/*.cu; do
-    n=$(basename "$f" .cu)
-    # NCCL collectives are not backend ops (and nccl.h pulls in the real
-    # CUDA headers): tests/test_nccl.c runs them on GPUs only.
-    [ "$n" = nccl ] && continue
-    python3 "$here/rewrite.py" "$f" "$out/$n.cpp"
-    $CXX -c "$out/$n.cpp" -o "$out/$n.o"
-done
-$CXX -c "$here/emu.cpp" -o "$out/emu.o"
-K="$B/kernels/librwkernels.a.p"
-emu_objs=("$out"/*.o)
-# OpenBLAS's OpenMP build where installed, as meson links it
-ob=/usr/lib/x86_64-linux-gnu/openblas-openmp
-[ -e "$ob/libopenblas.so" ] || ob=/usr/lib/x86_64-linux-gnu/openblas-pthread
-libs=(-ldnnl -L"$ob" -Wl,-rpath,"$ob" -lopenblas -lcriterion -lm -lpthread)
+. "$here/emu.sh"
+emu_setup "$B"
+emu_objects "$out"
+libs=("${emu_libs[@]}" -lcriterion)
 suites=(${EMU_SUITES:-backend backend_augment graph profile backend_model})
 for t in "${suites[@]}"; do
     case $t in backend|backend_augment|backend_model|graph|profile) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
@@ -49,15 +37,11 @@ has() { [[ " ${suites[*]} " == *" $1 "* ]]; }
 for t in "${suites[@]}"; do
     gcc -std=gnu11 -O1 -g -I"$root" -I"$B" -c "$root/tests/test_$t.c" -o "$out/test_$t.o"
 done
-has backend && g++ -fopenmp -o "$out/test_backend" "$out/test_backend.o" "${emu_objs[@]}" "$K"/cpu_*.o "${libs[@]}"
-W=("$B/worker/librwworker.a" "$B/worker/librwdata.a" "$B/worker/librwweights.a" "$B/proto/librwproto.a")
-extra=("$K/collective.c.o" "$K/profile.c.o")
-gl=()
-if [ -f "$K/gloo_comm.cc.o" ]; then extra+=("$K/gloo_comm.cc.o"); gl=(-lgloo); fi
+has backend && g++ -fopenmp -o "$out/test_backend" "$out/test_backend.o" "${emu_objs[@]}" "${emu_cpu[@]}" "${libs[@]}"
 for t in backend_augment backend_model graph profile; do
     has $t || continue
-    g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${W[@]}" "${emu_objs[@]}" "$K"/cpu_*.o \
-        "${extra[@]}" "${gl[@]}" -ljansson -lz -lpng16 -lyaml "${libs[@]}"
+    g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${emu_objs[@]}" "${emu_cpu[@]}" "${emu_worker[@]}" \
+        "${libs[@]}"
 done
 rc=0
 for t in "${suites[@]}"; do

@@ -132,6 +132,9 @@ extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
     KB_CUDA_CHECK(S >= 1 && W >= 1 && H >= 1);
     /* scratch: one S x S plane per sample for the blur */
     float *scr = (float *)kb_cuda_scratch(impl, sizeof(float) * (size_t)n * S * S);
+    /* the n source images and keys read; the view written, then read and
+     * rewritten in place by the later passes; the blur's plane through scratch */
+    KB_CUDA_BYTES((size_t)n * (3 * W * H + 2 * 12 * S * S + 2 * 4 * S * S) + 4 * ((size_t)n + 1));
     kb_aug_kernel<<<n, AUG_THREADS, 0, impl->stream>>>(
         src, W, H, keys, seed, view, S, make_float3(mean[0], mean[1], mean[2]),
         make_float3(std[0], std[1], std[2]), out, scr);

@@ -76,6 +76,17 @@ int kb_cuda_capture_absorb(const char *file, int line, const char *call, const c
  * kernel (cudaGetLastError does not synchronize). */
 #define KB_CUDA_LAUNCHED() KB_CUDA(cudaGetLastError())
 
+/* Just before each of its launches a launcher declares the DRAM bytes that
+ * launch reads plus writes, from its tensors' extents (elements x element
+ * size; read-modify-write counted twice): tools/step-cost sums them on the
+ * emulator (kernels/cuda/emu, built with KB_CUDA_EMU), which counts a launch
+ * without one as an error. Nothing at all in a GPU build. */
+#ifdef KB_CUDA_EMU
+#define KB_CUDA_BYTES(bytes) emu_launch_bytes((double)(bytes))
+#else
+#define KB_CUDA_BYTES(bytes) ((void)0)
+#endif
+
 typedef struct kb_cuda {
     int device;
     int tf32;              /* tensor-core TF32 for convolutions and GEMMs */

@@ -365,6 +365,7 @@ static void cuda_fill(kb_backend *be, float *x, float v, size_t n)
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(4 * n); /* x written */
     kb_cuda_fill_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
                           impl->stream>>>(x, v, n);
     KB_CUDA_LAUNCHED();
@@ -375,6 +376,7 @@ static void cuda_scale(kb_backend *be, float *x, float a, size_t n)
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(8 * n); /* x read and written */
     kb_cuda_scale_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
                            impl->stream>>>(x, a, n);
     KB_CUDA_LAUNCHED();
@@ -385,6 +387,7 @@ static void cuda_axpy(kb_backend *be, float *y, float a, const float *x, size_t 
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(12 * n); /* y read and written, x read */
     kb_cuda_axpy_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
                           impl->stream>>>(y, a, x, n);
     KB_CUDA_LAUNCHED();
@@ -395,6 +398,7 @@ static void cuda_add(kb_backend *be, float *y, const float *a, const float *b, s
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(12 * n); /* a, b read, y written */
     kb_cuda_add_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
                          impl->stream>>>(y, a, b, n);
     KB_CUDA_LAUNCHED();
@@ -519,6 +523,7 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     float *probe = (float *)be->alloc(be, sizeof(float));
     float one = 0.0f;
     if (probe) {
+        KB_CUDA_BYTES(sizeof(float));
         kb_cuda_fill_kernel<<<1, 32, 0, impl->stream>>>(probe, 1.0f, 1);
         rc = cudaGetLastError();
         if (rc == cudaSuccess)

@@ -254,10 +254,13 @@ static void cuda_loss(kb_backend *be, const kb_loss_cfg *cfg, const float *p1 /*
     KB_CUDA_CHECK(byol || cfg->kind == KB_LOSS_UNIFIED);
     KB_CUDA_CHECK(N >= 1);
     double *rows = (double *)kb_cuda_scratch(impl, sizeof(double) * 4 * (size_t)N);
+    /* p1, p2, z1, z2 read, dp1, dp2 and the per-row terms written */
+    KB_CUDA_BYTES(24 * (size_t)N * D + 4 * sizeof(double) * N);
     kb_loss_kernel<<<N, ROW_THREADS, 0, impl->stream>>>(p1, p2, z1, z2, N, D, byol,
                                                          cfg->tangential, cfg->alpha, cfg->beta,
                                                          dp1, dp2, rows);
     KB_CUDA_LAUNCHED();
+    KB_CUDA_BYTES(4 * sizeof(double) * N + 4 * sizeof(float)); /* rows read, 4 outputs written */
     kb_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(KB_FIN_LOSS, rows, N, 4, out);
     KB_CUDA_LAUNCHED();
 }
@@ -268,8 +271,10 @@ static void cuda_uniformity(kb_backend *be, const float *z /* (N,D) */, int N, i
     kb_cuda *impl = kb_cuda_enter(be);
     KB_CUDA_CHECK(N >= 2);
     double2 *rows = (double2 *)kb_cuda_scratch(impl, sizeof(double2) * (size_t)N);
+    KB_CUDA_BYTES(4 * (size_t)N * D + sizeof(double2) * N); /* z read, rows written */
     kb_uniformity_rows_kernel<<<N, ROW_THREADS, 0, impl->stream>>>(z, N, D, t, rows);
     KB_CUDA_LAUNCHED();
+    KB_CUDA_BYTES(sizeof(double2) * N + sizeof(float)); /* rows read, out written */
     kb_uniformity_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(rows, N, out);
     KB_CUDA_LAUNCHED();
 }
@@ -280,8 +285,10 @@ static void cuda_collapse_std(kb_backend *be, const float *z /* (N,D) */, int N,
     kb_cuda *impl = kb_cuda_enter(be);
     KB_CUDA_CHECK(N >= 1 && D >= 1);
     double *sd = (double *)kb_cuda_scratch(impl, sizeof(double) * (size_t)D);
+    KB_CUDA_BYTES(4 * (size_t)N * D + sizeof(double) * D); /* z read, std devs written */
     kb_collapse_cols_kernel<<<(D + 127) / 128, 128, 0, impl->stream>>>(z, N, D, sd);
     KB_CUDA_LAUNCHED();
+    KB_CUDA_BYTES(sizeof(double) * D + sizeof(float)); /* std devs read, out written */
     kb_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(KB_FIN_COLLAPSE, sd, D, 1, out);
     KB_CUDA_LAUNCHED();
 }
@@ -293,9 +300,12 @@ static void cuda_softmax_xent(kb_backend *be, const float *logits /* (N,K) */,
     kb_cuda *impl = kb_cuda_enter(be);
     KB_CUDA_CHECK(N >= 1 && K >= 1);
     double *rows = (double *)kb_cuda_scratch(impl, sizeof(double) * 2 * (size_t)N);
+    /* logits, labels read; dlogits (if asked) and rows written */
+    KB_CUDA_BYTES((dlogits ? 8 : 4) * (size_t)N * K + 4 * (size_t)N + 2 * sizeof(double) * N);
     kb_xent_rows_kernel<<<(N + 127) / 128, 128, 0, impl->stream>>>(logits, labels, N, K, dlogits,
                                                                    rows);
     KB_CUDA_LAUNCHED();
+    KB_CUDA_BYTES(2 * sizeof(double) * N + 2 * sizeof(float)); /* rows read, 2 outputs written */
     kb_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(KB_FIN_XENT, rows, N, 2, out);
     KB_CUDA_LAUNCHED();
 }
@@ -306,6 +316,7 @@ static void cuda_adam(kb_backend *be, float *p, const float *g, float *m, float 
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(28 * n + sizeof *k); /* p, m, v read and written, g and the scalars read */
     kb_adam_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(p, g, m, v, n, k);
     KB_CUDA_LAUNCHED();
 }
@@ -315,6 +326,7 @@ static void cuda_ema(kb_backend *be, float *xi, const float *theta, size_t n, co
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(12 * n + 2 * sizeof(float)); /* xi read and written, theta and tau read */
     kb_ema_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(xi, theta, n, tau_omt);
     KB_CUDA_LAUNCHED();
 }

@@ -292,14 +292,18 @@ static void cuda_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */,
     char *scr = (char *)kb_cuda_scratch(impl, part_bytes + sizeof(float2) * (size_t)C);
     double2 *part = (double2 *)scr;
     float2 *ab = (float2 *)(scr + part_bytes);
+    KB_CUDA_BYTES(4 * (size_t)M * C + sizeof(double2) * C * G); /* x read, partials written */
     kb_bn_partial_kernel<<<dim3(G, C), BN_THREADS, 0, impl->stream>>>(x, NULL, N, C, HW, G, part);
     KB_CUDA_LAUNCHED();
+    /* partials, gamma, beta read; mean, invstd, ab written; running stats updated */
+    KB_CUDA_BYTES(sizeof(double2) * C * G + 24 * (size_t)C + (running_mean ? 8 * C : 0) + (running_var ? 8 * C : 0));
     kb_bn_stats_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
         part, C, G, (double)M, gamma, beta, eps, momentum, running_mean, running_var, save_mean,
         save_invstd, ab);
     KB_CUDA_LAUNCHED();
     size_t n = (size_t)M * C;
     KB_CUDA_CHECK(n < ((size_t)1 << 31));
+    KB_CUDA_BYTES(8 * n + sizeof(float2) * C); /* x read, y written, ab read */
     kb_bn_apply_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, C, HW, (unsigned)n, ab, y);
     KB_CUDA_LAUNCHED();
 }
@@ -311,12 +315,14 @@ static void cuda_bn_forward_eval(kb_backend *be, const float *x /* (N,C,HW) */, 
 {
     kb_cuda *impl = kb_cuda_enter(be);
     float2 *ab = (float2 *)kb_cuda_scratch(impl, sizeof(float2) * (size_t)C);
+    KB_CUDA_BYTES(24 * (size_t)C); /* gamma, beta, running stats read, ab written */
     kb_bn_eval_coef_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(C, gamma, beta, eps,
                                                                        running_mean,
                                                                        running_var, ab);
     KB_CUDA_LAUNCHED();
     size_t n = (size_t)N * C * HW;
     KB_CUDA_CHECK(n < ((size_t)1 << 31));
+    KB_CUDA_BYTES(8 * n + sizeof(float2) * C); /* x read, y written, ab read */
     kb_bn_apply_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, C, HW, (unsigned)n, ab, y);
     KB_CUDA_LAUNCHED();
 }
@@ -334,13 +340,17 @@ static void cuda_bn_backward(kb_backend *be, const float *x /* (N,C,HW) */,
     char *scr = (char *)kb_cuda_scratch(impl, part_bytes + sizeof(kb_bn_bcoef) * (size_t)C);
     double2 *part = (double2 *)scr;
     kb_bn_bcoef *co = (kb_bn_bcoef *)(scr + part_bytes);
+    KB_CUDA_BYTES(8 * (size_t)M * C + sizeof(double2) * C * G); /* x, dy read, partials written */
     kb_bn_partial_kernel<<<dim3(G, C), BN_THREADS, 0, impl->stream>>>(x, dy, N, C, HW, G, part);
     KB_CUDA_LAUNCHED();
+    /* partials, gamma, mean, invstd read; dgamma, dbeta updated; coefficients written */
+    KB_CUDA_BYTES(sizeof(double2) * C * G + (28 + sizeof(kb_bn_bcoef)) * C);
     kb_bn_bstats_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
         part, C, G, (double)M, gamma, save_mean, save_invstd, dgamma, dbeta, co);
     KB_CUDA_LAUNCHED();
     size_t n = (size_t)M * C;
     KB_CUDA_CHECK(n < ((size_t)1 << 31));
+    KB_CUDA_BYTES(12 * n + sizeof(kb_bn_bcoef) * C); /* x, dy, coefficients read, dx written */
     kb_bn_dx_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, dy, C, HW, (unsigned)n,
                                                                             co, dx);
     KB_CUDA_LAUNCHED();
@@ -359,6 +369,7 @@ static double2 *bn_partials(kb_cuda *impl, const float *x, const float *dy, int 
     char *scr = (char *)kb_cuda_scratch(impl, part_bytes + extra);
     double2 *part = (double2 *)scr;
     *extra_p = scr + part_bytes;
+    KB_CUDA_BYTES((dy ? 8 : 4) * (size_t)M * C + sizeof(double2) * C * *G); /* x (dy) read, partials written */
     kb_bn_partial_kernel<<<dim3(*G, C), BN_THREADS, 0, impl->stream>>>(x, dy, N, C, HW, *G, part);
     KB_CUDA_LAUNCHED();
     return part;
@@ -371,6 +382,7 @@ static void cuda_bn_stats(kb_backend *be, const float *x /* (N,C,HW) */, int N, 
     int G;
     void *unused;
     double2 *part = bn_partials(impl, x, NULL, N, C, HW, 0, &G, &unused);
+    KB_CUDA_BYTES(sizeof(double2) * C * G + 12 * (size_t)C); /* partials read, stats written */
     kb_bn_sync_stats_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(part, C, G,
                                                                         (double)N * HW, stats);
     KB_CUDA_LAUNCHED();
@@ -384,12 +396,15 @@ static void cuda_bn_forward_apply(kb_backend *be, const float *x /* (N,C,HW) */,
 {
     kb_cuda *impl = kb_cuda_enter(be);
     float2 *ab = (float2 *)kb_cuda_scratch(impl, sizeof(float2) * (size_t)C);
+    /* gamma, beta, stats read; mean, invstd, ab written; running stats updated */
+    KB_CUDA_BYTES(36 * (size_t)C + (running_mean ? 8 * C : 0) + (running_var ? 8 * C : 0));
     kb_bn_sync_coef_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
         C, gamma, beta, eps, momentum, stats, count, running_mean, running_var, save_mean,
         save_invstd, ab);
     KB_CUDA_LAUNCHED();
     size_t n = (size_t)N * C * HW;
     KB_CUDA_CHECK(n < ((size_t)1 << 31));
+    KB_CUDA_BYTES(8 * n + sizeof(float2) * C); /* x read, y written, ab read */
     kb_bn_apply_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, C, HW,
                                                                              (unsigned)n, ab, y);
     KB_CUDA_LAUNCHED();
@@ -404,6 +419,8 @@ static void cuda_bn_backward_reduce(kb_backend *be, const float *x, const float 
     int G;
     void *unused;
     double2 *part = bn_partials(impl, x, dy, N, C, HW, 0, &G, &unused);
+    /* partials, mean, invstd read; red written; dgamma, dbeta updated */
+    KB_CUDA_BYTES(sizeof(double2) * C * G + 32 * (size_t)C);
     kb_bn_sync_red_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
         part, C, G, (double)N * HW, save_mean, save_invstd, red, dgamma, dbeta);
     KB_CUDA_LAUNCHED();
@@ -418,6 +435,7 @@ static void cuda_bn_backward_apply(kb_backend *be, const float *x, const float *
     if (!n)
         return;
     KB_CUDA_CHECK(n < ((size_t)1 << 31));
+    KB_CUDA_BYTES(12 * n + 20 * (size_t)C); /* x, dy, gamma, mean, invstd, red read, dx written */
     kb_bn_sync_dx_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(
         x, dy, C, HW, (unsigned)n, gamma, save_mean, save_invstd, red, dx);
     KB_CUDA_LAUNCHED();
@@ -429,6 +447,7 @@ static void cuda_l2norm_forward(kb_backend *be, const float *x /* (N,D) */, int 
     kb_cuda *impl = kb_cuda_enter(be);
     if (N <= 0)
         return;
+    KB_CUDA_BYTES(8 * (size_t)N * D + 4 * (size_t)N); /* x read, y and norm written */
     kb_l2norm_fwd_kernel<<<N, 128, 0, impl->stream>>>(x, D, y, norm);
     KB_CUDA_LAUNCHED();
 }
@@ -440,6 +459,7 @@ static void cuda_l2norm_backward(kb_backend *be, const float *y /* (N,D) */,
     kb_cuda *impl = kb_cuda_enter(be);
     if (N <= 0)
         return;
+    KB_CUDA_BYTES(12 * (size_t)N * D + 4 * (size_t)N); /* y, dy, norm read, dx written */
     kb_l2norm_bwd_kernel<<<N, 128, 0, impl->stream>>>(y, norm, dy, D, dx);
     KB_CUDA_LAUNCHED();
 }

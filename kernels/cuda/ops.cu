@@ -158,6 +158,7 @@ static void cuda_relu_forward(kb_backend *be, const float *x, float *y, size_t n
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(8 * n); /* x read, y written */
     kb_relu_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0, impl->stream>>>(
         x, y, n);
     KB_CUDA_LAUNCHED();
@@ -169,6 +170,7 @@ static void cuda_relu_backward(kb_backend *be, const float *y, const float *dy, 
     kb_cuda *impl = kb_cuda_enter(be);
     if (!n)
         return;
+    KB_CUDA_BYTES(12 * n); /* y, dy read, dx written */
     kb_relu_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0, impl->stream>>>(
         y, dy, dx, n);
     KB_CUDA_LAUNCHED();
@@ -185,6 +187,7 @@ static void cuda_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */,
     size_t n = (size_t)planes * P * Q;
     if (!n)
         return;
+    KB_CUDA_BYTES(4 * (size_t)planes * H * W + 8 * n); /* x read, y and idx written */
     kb_maxpool_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
                             impl->stream>>>(x, planes, H, W, k, stride, pad, P, Q, y, idx);
     KB_CUDA_LAUNCHED();
@@ -228,6 +231,7 @@ static void cuda_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) *
             pad = impl->pool_memo[i].pad;
             break;
         }
+    KB_CUDA_BYTES(8 * (size_t)planes * P * Q + 4 * n); /* dy, idx read, dx written */
     kb_maxpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
                             impl->stream>>>(dy, idx, planes, H, W, P, Q, k, stride, pad, dx);
     KB_CUDA_LAUNCHED();
@@ -240,6 +244,7 @@ static void cuda_avgpool_forward(kb_backend *be, const float *x /* (N,C,HW) */, 
     const long planes = (long)N * C;
     if (!planes)
         return;
+    KB_CUDA_BYTES(4 * (size_t)planes * HW + 4 * (size_t)planes); /* x read, y written */
     kb_avgpool_fwd_kernel<<<kb_cuda_blocks(impl, (size_t)planes * 32, OPS_THREADS), OPS_THREADS,
                             0, impl->stream>>>(x, planes, HW, y);
     KB_CUDA_LAUNCHED();
@@ -253,6 +258,7 @@ static void cuda_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, i
     size_t n = (size_t)planes * HW;
     if (!n)
         return;
+    KB_CUDA_BYTES(4 * (size_t)planes + 4 * n); /* dy read, dx written */
     kb_avgpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
                             impl->stream>>>(dy, planes, HW, dx);
     KB_CUDA_LAUNCHED();
@@ -302,6 +308,7 @@ static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int 
     float beta = 0.0f;
     if (b) {
         size_t n = (size_t)N * O;
+        KB_CUDA_BYTES(4 * (size_t)O + 4 * n); /* b read, y written */
         kb_bias_rows_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
                               impl->stream>>>(b, N, O, y);
         KB_CUDA_LAUNCHED();
@@ -349,6 +356,7 @@ static void cuda_linear_backward(kb_backend *be, const float *x /* (N,I) */,
                               O, &one, dw, I));
     }
     if (db) {
+        KB_CUDA_BYTES(4 * (size_t)N * O + 8 * (size_t)O); /* dy read, db updated */
         kb_bias_grad_kernel<<<(O + 127) / 128, 128, 0, impl->stream>>>(dy, N, O, db);
         KB_CUDA_LAUNCHED();
     }

@@ -78,7 +78,9 @@ void kb_cuda_relayout(kb_cuda *impl, const void *src, int src_bf16, void *dst, i
     const size_t n = (size_t)B * R * S;
     if (!n)
         return;
+    /* bytes: src read in its type, dst written in its type (and read when adding) */
     if (!transpose || R == 1 || S == 1) { /* a transpose of a vector is a copy */
+        KB_CUDA_BYTES(n * ((src_bf16 ? 2 : 4) + (dst_bf16 ? 2 : 4) * (accumulate ? 2 : 1)));
         kb_relayout_copy_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(
             src, src_bf16, dst, dst_bf16, n, accumulate);
     } else {
@@ -91,6 +93,7 @@ void kb_cuda_relayout(kb_cuda *impl, const void *src, int src_bf16, void *dst, i
         if (gx < 1)
             gx = 1;
         dim3 grid((unsigned)gx, gy);
+        KB_CUDA_BYTES(n * ((src_bf16 ? 2 : 4) + (dst_bf16 ? 2 : 4) * (accumulate ? 2 : 1)));
         kb_relayout_transpose_kernel<<<grid, KB_TILE_THREADS, 0, impl->stream>>>(
             src, src_bf16, dst, dst_bf16, B, R, S, accumulate);
     }

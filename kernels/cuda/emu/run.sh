@@ -18,6 +18,22 @@
 #   EMU_SUITES="backend" (a subset of "backend backend_augment graph profile
 #   backend_model", the default) builds and runs only those; criterion
 #   options such as --filter 'backend/bf16_*' go to every suite run.
+#
+# tools/step-cost runs the same emulated backend in dry mode (emu_cost.h):
+# every stream op is counted by name when it runs, eagerly or in a launched
+# graph, and nothing is computed, so one step of the paper's setup costs
+# about a second. A kernel's bytes are what its launcher declares just before
+# the launch (KB_CUDA_BYTES in kernels/cuda/cuda.h: the extents of the tensors
+# it reads plus those it writes, read-modify-write twice; nothing in a GPU
+# build); a cuDNN convolution's are x, w and y in their types, the output
+# again when beta != 0, and the workspace the stand-in asks for; a GEMM's A,
+# B and C (C again when beta != 0); a memset's n, a transfer's n, a device
+# copy's 2n. It prints one replayed step's (graphs A and B and the per-step
+# uploads and downloads) calls and bytes per kind of op and per kernel, and
+# ends with "launches per step: N" (kernels, library calls, memsets and
+# memcpys) and "bytes per step: X.XX GB" (1e9 bytes). A launch without a
+# declaration is an error that names the kernel. Objects are cached in
+# build/step-cost (emu.sh: compiled and linked as here).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)

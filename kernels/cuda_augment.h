@@ -15,17 +15,18 @@ extern "C" {
 
 #include "kernels/backend.h"
 
-/* Renders view `view` (0 = T1, 1 = T2; -1 = the un-augmented image, as
- * rw_image_plain) of n samples of src, a (count, 3, H, W) uint8 set in
- * backend memory, into out (n, 3, S, S), normalized with mean/std. keys
- * (backend memory, n + 1 words) holds the epoch, then the n sample indices;
- * they are read when the kernel runs, so a captured step replays with the
- * keys uploaded for each step. Queued on the backend's stream; no host
- * wait. Returns 0, or -1 when `be` is not a CUDA backend (or CUDA is not
- * built in). */
+/* Renders views of n samples of src, a (count, 3, H, W) uint8 set in
+ * backend memory, into out, a feature map (nviews n, 3, S, S) in the
+ * backend's format, normalized with mean/std: group g of n samples as
+ * views[g] (0 = T1, 1 = T2; -1 = the un-augmented image, as
+ * rw_image_plain), nviews 1 or 2. keys (backend memory, n + 1 words) holds
+ * the epoch, then the n sample indices; they are read when the kernel
+ * runs, so a captured step replays with the keys uploaded for each step.
+ * Queued on the backend's stream; no host wait. Returns 0, or -1 when `be`
+ * is not a CUDA backend (or CUDA is not built in). */
 int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
-                    uint64_t seed, int view, int S, const float mean[3], const float std[3],
-                    float *out);
+                    uint64_t seed, const int *views, int nviews, int S, const float mean[3],
+                    const float std[3], void *out);
 
 #ifdef __cplusplus
 }

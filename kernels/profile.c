@@ -7,24 +7,25 @@
 
 enum {
     OP_CONV_FWD, OP_CONV_BWD_DATA, OP_CONV_BWD_W,
-    OP_BN_FWD_TRAIN, OP_BN_FWD_EVAL, OP_BN_BWD,
-    OP_BN_STATS, OP_BN_FWD_APPLY, OP_BN_BWD_REDUCE, OP_BN_BWD_APPLY,
+    OP_BN_FWD_TRAIN, OP_BN_FWD_EVAL, OP_BN_BWD, OP_BN_STATS, OP_BN_BWD_REDUCE,
     OP_RELU_FWD, OP_RELU_BWD, OP_MAXPOOL_FWD, OP_MAXPOOL_BWD, OP_AVGPOOL_FWD, OP_AVGPOOL_BWD,
     OP_LINEAR_FWD, OP_LINEAR_BWD, OP_L2NORM_FWD, OP_L2NORM_BWD,
-    OP_LOSS, OP_UNIFORMITY, OP_COLLAPSE, OP_XENT, OP_ADAM, OP_EMA, OP_AUGMENT,
-    OP_FILL, OP_SCALE, OP_AXPY, OP_ADD, OP_COPY, OP_UPLOAD, OP_DOWNLOAD,
+    OP_LOSS, OP_UNIFORMITY, OP_COLLAPSE, OP_XENT, OP_UPDATE, OP_AUGMENT,
+    OP_FILL, OP_SCALE, OP_COPY, OP_UPLOAD, OP_DOWNLOAD, OP_FMAP_UPLOAD, OP_FMAP_DOWNLOAD,
+    OP_MIRROR, OP_RING,
     OP_COUNT
 };
 
 static const char *const op_names[OP_COUNT] = {
     "conv forward", "conv backward data", "conv backward weight",
-    "bn forward (train)", "bn forward (eval)", "bn backward",
-    "bn stats (sync)", "bn apply (sync)", "bn backward reduce", "bn backward apply",
+    "bn forward (train)", "bn forward (eval)", "bn backward", "bn stats (sync)",
+    "bn backward reduce (sync)",
     "relu forward", "relu backward", "maxpool forward", "maxpool backward",
     "avgpool forward", "avgpool backward",
     "linear forward", "linear backward", "l2norm forward", "l2norm backward",
-    "loss", "uniformity", "collapse std", "softmax xent", "adam", "ema", "views (augment)",
-    "fill", "scale", "axpy", "add", "copy", "upload", "download",
+    "loss", "uniformity", "collapse std", "softmax xent", "update (adam, ema)",
+    "views (augment)", "fill", "scale", "copy", "upload", "download", "feature map upload",
+    "feature map download", "mirror write", "ring push",
 };
 
 typedef struct rec {
@@ -189,15 +190,69 @@ static void p_stamp_free(kb_backend *be, kb_stamp *s)
     in->stamp_free(in, s);
 }
 
+/* Bytes of a feature map in the wrapped backend's format. */
+static double fmb(kb_backend *in, int N, int C, int H, int W)
+{
+    return (double)in->fmap_bytes(in, N, C, H, W);
+}
+
 static int p_augment(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
-                     uint64_t seed, int view, int S, const float mean[3], const float std[3],
-                     float *out)
+                     uint64_t seed, const int *views, int nviews, int S, const float mean[3],
+                     const float std[3], void *out)
 {
     ENTER(OP_AUGMENT);
-    int r = in->augment(in, src, W, H, keys, n, seed, view, S, mean, std, out);
-    /* one read of each source image (uint8), one write of the view */
-    LEAVE(0, (double)n * (3.0 * W * H + 4.0 * 3 * S * S));
+    int r = in->augment(in, src, W, H, keys, n, seed, views, nviews, S, mean, std, out);
+    /* one read of each source image (uint8) per view, one write of the views */
+    LEAVE(0, (double)nviews * n * 3.0 * W * H + fmb(in, nviews * n, 3, S, S));
     return r;
+}
+
+/* ---- feature maps and mirrors ---- */
+
+static size_t p_fmap_bytes(kb_backend *be, int N, int C, int H, int W)
+{
+    kb_backend *in = P_of(be)->inner;
+    return in->fmap_bytes(in, N, C, H, W);
+}
+
+static void p_fmap_upload(kb_backend *be, void *dst, const float *src, int N, int C, int H, int W)
+{
+    ENTER(OP_FMAP_UPLOAD);
+    in->fmap_upload(in, dst, src, N, C, H, W);
+    LEAVE(0, fmb(in, N, C, H, W));
+}
+
+static void p_fmap_download(kb_backend *be, float *dst, const void *src, int N, int C, int H,
+                            int W)
+{
+    ENTER(OP_FMAP_DOWNLOAD);
+    in->fmap_download(in, dst, src, N, C, H, W);
+    LEAVE(0, fmb(in, N, C, H, W));
+}
+
+static kb_mirror *p_mirror_create(kb_backend *be, const float *params, const kb_wseg *w, int nw)
+{
+    kb_backend *in = P_of(be)->inner;
+    return in->mirror_create(in, params, w, nw);
+}
+
+static void p_mirror_free(kb_backend *be, kb_mirror *mr)
+{
+    kb_backend *in = P_of(be)->inner;
+    in->mirror_free(in, mr);
+}
+
+static void p_mirror_write(kb_backend *be, kb_mirror *mr)
+{
+    ENTER(OP_MIRROR);
+    in->mirror_write(in, mr);
+    LEAVE(0, 0);
+}
+
+static const void *p_mirror_at(kb_backend *be, const kb_mirror *mr, size_t off)
+{
+    kb_backend *in = P_of(be)->inner;
+    return in->mirror_at(in, mr, off);
 }
 
 /* ---- elementwise ---- */
@@ -216,20 +271,6 @@ static void p_scale(kb_backend *be, float *x, float a, size_t n)
     LEAVE(n, 8.0 * n);
 }
 
-static void p_axpy(kb_backend *be, float *y, float a, const float *x, size_t n)
-{
-    ENTER(OP_AXPY);
-    in->axpy(in, y, a, x, n);
-    LEAVE(2.0 * n, 12.0 * n);
-}
-
-static void p_add(kb_backend *be, float *y, const float *a, const float *b, size_t n)
-{
-    ENTER(OP_ADD);
-    in->add(in, y, a, b, n);
-    LEAVE(n, 12.0 * n);
-}
-
 /* ---- convolution ---- */
 
 static double conv_flop(const kb_conv_desc *d)
@@ -237,11 +278,13 @@ static double conv_flop(const kb_conv_desc *d)
     return 2.0 * d->N * d->K * d->P * d->Q * (double)d->C * d->R * d->S;
 }
 
-static double conv_bytes(const kb_conv_desc *d, int w_rw)
+/* x and y feature maps in the backend's format, w in fp32 (read, or read
+ * and written for a weight gradient) */
+static double conv_bytes(kb_backend *in, const kb_conv_desc *d, int w_rw)
 {
-    double x = (double)d->N * d->C * d->H * d->W, y = (double)d->N * d->K * d->P * d->Q;
     double w = (double)d->K * d->C * d->R * d->S;
-    return 4.0 * (x + y + (w_rw ? 2 : 1) * w);
+    return fmb(in, d->N, d->C, d->H, d->W) + fmb(in, d->N, d->K, d->P, d->Q) +
+           4.0 * (w_rw ? 2 : 1) * w;
 }
 
 static kb_conv *p_conv_plan(kb_backend *be, const kb_conv_desc *d)
@@ -269,100 +312,86 @@ static void p_conv_free(kb_backend *be, kb_conv *c)
     free(pc);
 }
 
-static void p_conv_forward(kb_backend *be, kb_conv *c, const float *x, const float *w, float *y)
+static void p_conv_forward(kb_backend *be, kb_conv *c, const void *x, const float *w,
+                           const void *wm, void *y)
 {
     pconv *pc = (pconv *)(void *)c;
     ENTER(OP_CONV_FWD);
-    in->conv_forward(in, pc->in, x, w, y);
-    LEAVE(conv_flop(&pc->d), conv_bytes(&pc->d, 0));
+    in->conv_forward(in, pc->in, x, w, wm, y);
+    LEAVE(conv_flop(&pc->d), conv_bytes(in, &pc->d, 0));
 }
 
-static void p_conv_backward_data(kb_backend *be, kb_conv *c, const float *dy, const float *w,
-                                 float *dx)
+static void p_conv_backward_data(kb_backend *be, kb_conv *c, const void *dy, const float *w,
+                                 const void *wm, void *dx, int accumulate)
 {
     pconv *pc = (pconv *)(void *)c;
     ENTER(OP_CONV_BWD_DATA);
-    in->conv_backward_data(in, pc->in, dy, w, dx);
-    LEAVE(conv_flop(&pc->d), conv_bytes(&pc->d, 0));
+    in->conv_backward_data(in, pc->in, dy, w, wm, dx, accumulate);
+    const kb_conv_desc *d = &pc->d;
+    LEAVE(conv_flop(d), conv_bytes(in, d, 0) + (accumulate ? fmb(in, d->N, d->C, d->H, d->W) : 0));
 }
 
-static void p_conv_backward_weight(kb_backend *be, kb_conv *c, const float *x, const float *dy,
+static void p_conv_backward_weight(kb_backend *be, kb_conv *c, const void *x, const void *dy,
                                    float *dw)
 {
     pconv *pc = (pconv *)(void *)c;
     ENTER(OP_CONV_BWD_W);
     in->conv_backward_weight(in, pc->in, x, dy, dw);
-    LEAVE(conv_flop(&pc->d), conv_bytes(&pc->d, 1));
+    LEAVE(conv_flop(&pc->d), conv_bytes(in, &pc->d, 1));
 }
 
-/* ---- batch norm: x in and y out, plus per-channel vectors ---- */
+/* ---- batch norm ---- */
 
-static void p_bn_forward_train(kb_backend *be, const float *x, int N, int C, int HW,
-                               const float *gamma, const float *beta, float eps, float momentum,
-                               float *running_mean, float *running_var, float *y,
-                               float *save_mean, float *save_invstd)
+/* One pass over a tensor of b's shape. */
+static double bn_pass(kb_backend *in, const kb_bn *b)
 {
-    ENTER(OP_BN_FWD_TRAIN);
-    in->bn_forward_train(in, x, N, C, HW, gamma, beta, eps, momentum, running_mean, running_var,
-                         y, save_mean, save_invstd);
-    LEAVE(0, 8.0 * N * C * HW);
+    return b->rows ? 4.0 * b->N * b->C : fmb(in, b->N, b->C, b->HW, 1);
 }
 
-static void p_bn_forward_eval(kb_backend *be, const float *x, int N, int C, int HW,
-                              const float *gamma, const float *beta, float eps,
-                              const float *running_mean, const float *running_var, float *y)
-{
-    ENTER(OP_BN_FWD_EVAL);
-    in->bn_forward_eval(in, x, N, C, HW, gamma, beta, eps, running_mean, running_var, y);
-    LEAVE(0, 8.0 * N * C * HW);
-}
-
-static void p_bn_backward(kb_backend *be, const float *x, const float *dy, int N, int C, int HW,
-                          const float *gamma, const float *save_mean, const float *save_invstd,
-                          float *dx, float *dgamma, float *dbeta)
-{
-    ENTER(OP_BN_BWD);
-    in->bn_backward(in, x, dy, N, C, HW, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
-    LEAVE(0, 12.0 * N * C * HW);
-}
-
-static void p_bn_stats(kb_backend *be, const float *x, int N, int C, int HW, float *stats)
+static void p_bn_stats(kb_backend *be, const kb_bn *b, const void *x, float *stats)
 {
     ENTER(OP_BN_STATS);
-    in->bn_stats(in, x, N, C, HW, stats);
-    LEAVE(0, 4.0 * N * C * HW);
+    in->bn_stats(in, b, x, stats);
+    LEAVE(0, bn_pass(in, b));
 }
 
-static void p_bn_forward_apply(kb_backend *be, const float *x, int N, int C, int HW,
-                               const float *gamma, const float *beta, float eps, float momentum,
-                               const float *stats, double count, float *running_mean,
-                               float *running_var, float *y, float *save_mean, float *save_invstd)
+static void p_bn_forward(kb_backend *be, const kb_bn *b, const void *x, const float *stats,
+                         double count, const void *residual, void *y)
 {
-    ENTER(OP_BN_FWD_APPLY);
-    in->bn_forward_apply(in, x, N, C, HW, gamma, beta, eps, momentum, stats, count, running_mean,
-                         running_var, y, save_mean, save_invstd);
-    LEAVE(0, 8.0 * N * C * HW);
+    ENTER(OP_BN_FWD_TRAIN);
+    in->bn_forward(in, b, x, stats, count, residual, y);
+    /* statistics (unless given), then x (and the residual) in, y out */
+    LEAVE(0, bn_pass(in, b) * ((stats ? 2 : 3) + (residual != NULL)));
 }
 
-static void p_bn_backward_reduce(kb_backend *be, const float *x, const float *dy, int N, int C,
-                                 int HW, const float *save_mean, const float *save_invstd,
-                                 float *red, float *dgamma, float *dbeta)
+static void p_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *x, const void *residual,
+                              void *y)
+{
+    ENTER(OP_BN_FWD_EVAL);
+    in->bn_forward_eval(in, b, x, residual, y);
+    LEAVE(0, bn_pass(in, b) * (2 + (residual != NULL)));
+}
+
+static void p_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *x, const void *y,
+                                 const void *dy, float *red, float *dgamma, float *dbeta)
 {
     ENTER(OP_BN_BWD_REDUCE);
-    in->bn_backward_reduce(in, x, dy, N, C, HW, save_mean, save_invstd, red, dgamma, dbeta);
-    LEAVE(0, 8.0 * N * C * HW);
+    in->bn_backward_reduce(in, b, x, y, dy, red, dgamma, dbeta);
+    LEAVE(0, bn_pass(in, b) * (2 + b->relu));
 }
 
-static void p_bn_backward_apply(kb_backend *be, const float *x, const float *dy, int N, int C,
-                                int HW, const float *gamma, const float *save_mean,
-                                const float *save_invstd, const float *red, float *dx)
+static void p_bn_backward(kb_backend *be, const kb_bn *b, const void *x, const void *y,
+                          const void *dy, const float *red, float *dgamma, float *dbeta, void *dx,
+                          void *dres)
 {
-    ENTER(OP_BN_BWD_APPLY);
-    in->bn_backward_apply(in, x, dy, N, C, HW, gamma, save_mean, save_invstd, red, dx);
-    LEAVE(0, 12.0 * N * C * HW);
+    ENTER(OP_BN_BWD);
+    in->bn_backward(in, b, x, y, dy, red, dgamma, dbeta, dx, dres);
+    /* the reduction (unless given), then x, dy (and y) in, dx (and dres) out */
+    const double pass = bn_pass(in, b), reads = 2 + b->relu;
+    LEAVE(0, pass * ((red ? 0 : reads) + reads + 1 + (dres != NULL)));
 }
 
-/* ---- activations and pooling ---- */
+/* ---- activations (rows) and pooling ---- */
 
 static void p_relu_forward(kb_backend *be, const float *x, float *y, size_t n)
 {
@@ -378,52 +407,53 @@ static void p_relu_backward(kb_backend *be, const float *y, const float *dy, flo
     LEAVE(0, 12.0 * n);
 }
 
-static void p_maxpool_forward(kb_backend *be, const float *x, int N, int C, int H, int W, int k,
-                              int stride, int pad, float *y, int32_t *idx)
+static void p_maxpool_forward(kb_backend *be, const void *x, int N, int C, int H, int W, int k,
+                              int stride, int pad, void *y, int32_t *idx)
 {
     ENTER(OP_MAXPOOL_FWD);
     in->maxpool_forward(in, x, N, C, H, W, k, stride, pad, y, idx);
     int P_ = (H + 2 * pad - k) / stride + 1, Q = (W + 2 * pad - k) / stride + 1;
-    LEAVE(0, 4.0 * N * C * ((double)H * W + 2.0 * P_ * Q));
+    LEAVE(0, fmb(in, N, C, H, W) + fmb(in, N, C, P_, Q) + (idx ? 4.0 * N * C * P_ * Q : 0));
 }
 
-static void p_maxpool_backward(kb_backend *be, const float *dy, const int32_t *idx, int N, int C,
-                               int H, int W, int P_, int Q, float *dx)
+static void p_maxpool_backward(kb_backend *be, const void *dy, const int32_t *idx, int N, int C,
+                               int H, int W, int P_, int Q, void *dx)
 {
     ENTER(OP_MAXPOOL_BWD);
     in->maxpool_backward(in, dy, idx, N, C, H, W, P_, Q, dx);
-    LEAVE(0, 4.0 * N * C * ((double)H * W + 2.0 * P_ * Q));
+    LEAVE(0, fmb(in, N, C, H, W) + fmb(in, N, C, P_, Q) + 4.0 * N * C * P_ * Q);
 }
 
-static void p_avgpool_forward(kb_backend *be, const float *x, int N, int C, int HW, float *y)
+static void p_avgpool_forward(kb_backend *be, const void *x, int N, int C, int HW, float *y)
 {
     ENTER(OP_AVGPOOL_FWD);
     in->avgpool_forward(in, x, N, C, HW, y);
-    LEAVE((double)N * C * HW, 4.0 * N * C * (HW + 1.0));
+    LEAVE((double)N * C * HW, fmb(in, N, C, HW, 1) + 4.0 * N * C);
 }
 
-static void p_avgpool_backward(kb_backend *be, const float *dy, int N, int C, int HW, float *dx)
+static void p_avgpool_backward(kb_backend *be, const float *dy, int N, int C, int HW, void *dx)
 {
     ENTER(OP_AVGPOOL_BWD);
     in->avgpool_backward(in, dy, N, C, HW, dx);
-    LEAVE((double)N * C * HW, 4.0 * N * C * (HW + 1.0));
+    LEAVE((double)N * C * HW, fmb(in, N, C, HW, 1) + 4.0 * N * C);
 }
 
 /* ---- linear ---- */
 
 static void p_linear_forward(kb_backend *be, const float *x, int N, int I, const float *w,
-                             const float *b, int O, float *y)
+                             const void *wm, const float *b, int O, float *y)
 {
     ENTER(OP_LINEAR_FWD);
-    in->linear_forward(in, x, N, I, w, b, O, y);
+    in->linear_forward(in, x, N, I, w, wm, b, O, y);
     LEAVE(2.0 * N * I * (double)O, 4.0 * ((double)N * I + (double)O * I + (double)N * O));
 }
 
-static void p_linear_backward(kb_backend *be, const float *x, const float *w, const float *dy,
-                              int N, int I, int O, float *dx, float *dw, float *db)
+static void p_linear_backward(kb_backend *be, const float *x, const float *w, const void *wm,
+                              const float *dy, int N, int I, int O, float *dx, float *dw,
+                              float *db)
 {
     ENTER(OP_LINEAR_BWD);
-    in->linear_backward(in, x, w, dy, N, I, O, dx, dw, db);
+    in->linear_backward(in, x, w, wm, dy, N, I, O, dx, dw, db);
     double mm = 2.0 * N * I * (double)O;
     double bytes = 4.0 * ((double)N * I + (double)N * O + 2.0 * O * I);
     if (dx)
@@ -457,18 +487,18 @@ static void p_loss(kb_backend *be, const kb_loss_cfg *cfg, const float *p1, cons
     LEAVE(0, 24.0 * N * D);
 }
 
-static void p_uniformity(kb_backend *be, const float *z, int N, int D, float t, float *out)
+static void p_uniformity(kb_backend *be, const float *z, int G, int N, int D, float t, float *out)
 {
     ENTER(OP_UNIFORMITY);
-    in->uniformity(in, z, N, D, t, out);
-    LEAVE(3.0 * N * (double)N * D, 4.0 * N * D);
+    in->uniformity(in, z, G, N, D, t, out);
+    LEAVE(3.0 * G * N * (double)N * D, 4.0 * G * N * D);
 }
 
-static void p_collapse_std(kb_backend *be, const float *z, int N, int D, float *out)
+static void p_collapse_std(kb_backend *be, const float *z, int G, int N, int D, float *out)
 {
     ENTER(OP_COLLAPSE);
-    in->collapse_std(in, z, N, D, out);
-    LEAVE(0, 4.0 * N * D);
+    in->collapse_std(in, z, G, N, D, out);
+    LEAVE(0, 4.0 * G * N * D);
 }
 
 static void p_softmax_xent(kb_backend *be, const float *logits, const int32_t *labels, int N,
@@ -481,19 +511,20 @@ static void p_softmax_xent(kb_backend *be, const float *logits, const int32_t *l
 
 /* ---- optimizer ---- */
 
-static void p_adam(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                   const kb_adam_consts *k)
+static void p_update(kb_backend *be, const kb_update *u)
 {
-    ENTER(OP_ADAM);
-    in->adam(in, p, g, m, v, n, k);
-    LEAVE(0, 28.0 * n); /* p, g, m, v in; p, m, v out */
+    ENTER(OP_UPDATE);
+    in->update(in, u);
+    /* p, g, m, v in; p, g (zeroed), m, v out; the teacher in and out */
+    LEAVE(0, 32.0 * u->n + (u->teacher ? 8.0 * u->nteacher : 0));
 }
 
-static void p_ema(kb_backend *be, float *xi, const float *theta, size_t n, const float *tau_omt)
+static void p_ring_push(kb_backend *be, float *ring, int slots, const float *src, int n,
+                        uint32_t *counter)
 {
-    ENTER(OP_EMA);
-    in->ema(in, xi, theta, n, tau_omt);
-    LEAVE(3.0 * n, 12.0 * n);
+    ENTER(OP_RING);
+    in->ring_push(in, ring, slots, src, n, counter);
+    LEAVE(0, 8.0 * n);
 }
 
 /* ---- the wrapper ---- */
@@ -529,22 +560,27 @@ kb_backend *kb_profile_create(kb_backend *inner, char *err, size_t errlen)
     be->stamp_ms = p_stamp_ms;
     be->stamp_free = p_stamp_free;
     be->augment = inner->augment ? p_augment : NULL;
+    be->fmap_bytes = p_fmap_bytes;
+    be->fmap_upload = p_fmap_upload;
+    be->fmap_download = p_fmap_download;
+    if (inner->mirror_create) {
+        be->mirror_create = p_mirror_create;
+        be->mirror_free = p_mirror_free;
+        be->mirror_write = p_mirror_write;
+        be->mirror_at = p_mirror_at;
+    }
     be->fill = p_fill;
     be->scale = p_scale;
-    be->axpy = p_axpy;
-    be->add = p_add;
     be->conv_plan = p_conv_plan;
     be->conv_free = p_conv_free;
     be->conv_forward = p_conv_forward;
     be->conv_backward_data = p_conv_backward_data;
     be->conv_backward_weight = p_conv_backward_weight;
-    be->bn_forward_train = p_bn_forward_train;
-    be->bn_forward_eval = p_bn_forward_eval;
-    be->bn_backward = p_bn_backward;
     be->bn_stats = p_bn_stats;
-    be->bn_forward_apply = p_bn_forward_apply;
+    be->bn_forward = p_bn_forward;
+    be->bn_forward_eval = p_bn_forward_eval;
     be->bn_backward_reduce = p_bn_backward_reduce;
-    be->bn_backward_apply = p_bn_backward_apply;
+    be->bn_backward = p_bn_backward;
     be->relu_forward = p_relu_forward;
     be->relu_backward = p_relu_backward;
     be->maxpool_forward = p_maxpool_forward;
@@ -559,8 +595,8 @@ kb_backend *kb_profile_create(kb_backend *inner, char *err, size_t errlen)
     be->uniformity = p_uniformity;
     be->collapse_std = p_collapse_std;
     be->softmax_xent = p_softmax_xent;
-    be->adam = p_adam;
-    be->ema = p_ema;
+    be->update = p_update;
+    be->ring_push = p_ring_push;
     return be;
 }
 

@@ -154,8 +154,7 @@ Test(ops, memory_and_elementwise)
     float h[5] = {1, 2, 3, 4, 5}, g[5];
     be->upload(be, x, h, sizeof h);
     be->scale(be, x, 2.0f, 5);
-    be->axpy(be, x, 0.5f, x, 5); /* x = 3 h */
-    be->add(be, x, x, x, 5);     /* x = 6 h, y aliases a and b */
+    be->scale(be, x, 3.0f, 5); /* x = 6 h */
     be->download(be, g, x, sizeof g);
     for (int i = 0; i < 5; i++)
         cr_expect(g[i] == 6.0f * h[i]);
@@ -216,7 +215,7 @@ Test(ops, conv_forward_vs_naive)
         size_t nx = (size_t)d.N * d.C * d.H * d.W, nw = (size_t)d.K * d.C * d.R * d.S;
         size_t ny = (size_t)d.N * d.K * d.P * d.Q;
         float *x = frand(nx), *w = frand(nw), *y = fa(ny), *ref = fa(ny);
-        be->conv_forward(be, c, x, w, y);
+        be->conv_forward(be, c, x, w, NULL, y);
         conv_naive(&d, x, w, ref);
         /* float accumulation over C*R*S <= 180 terms of size <= 1: error
          * well under 1e-4; any indexing error is O(1). */
@@ -237,7 +236,7 @@ Test(ops, conv_tiny_hand)
     kb_conv_desc_init(&d, 1, 1, 3, 3, 1, 3, 3, 1, 1);
     kb_conv *c = be->conv_plan(be, &d);
     cr_assert(c);
-    be->conv_forward(be, c, x, w, y);
+    be->conv_forward(be, c, x, w, NULL, y);
     const double want[9] = {12, 21, 16, 27, 45, 33, 24, 39, 28};
     expect_close("conv 3x3/1", y, want, 9, 1e-5, 0);
     be->conv_free(be, c);
@@ -246,7 +245,7 @@ Test(ops, conv_tiny_hand)
     cr_assert(d.P == 2 && d.Q == 2);
     c = be->conv_plan(be, &d);
     cr_assert(c);
-    be->conv_forward(be, c, x, w, y);
+    be->conv_forward(be, c, x, w, NULL, y);
     const double want2[4] = {12, 16, 24, 28};
     expect_close("conv 3x3/2", y, want2, 4, 1e-5, 0);
     be->conv_free(be, c);
@@ -261,7 +260,7 @@ typedef struct conv_ctx {
 static double conv_obj(void *p)
 {
     conv_ctx *t = p;
-    be->conv_forward(be, t->c, t->x, t->w, t->y);
+    be->conv_forward(be, t->c, t->x, t->w, NULL, t->y);
     return dotd(t->y, t->r, (size_t)t->d.N * t->d.K * t->d.P * t->d.Q);
 }
 
@@ -279,7 +278,7 @@ Test(ops, conv_gradients)
         t.x = frand(nx), t.w = frand(nw), t.y = fa(ny), t.r = frand(ny);
         float *dx = fa(nx), *dw = fa(nw), *dw2 = fa(nw);
         be->fill(be, dx, 123.0f, nx); /* dx is written, whatever was there */
-        be->conv_backward_data(be, t.c, t.r, t.w, dx);
+        be->conv_backward_data(be, t.c, t.r, t.w, NULL, dx, 0);
         be->conv_backward_weight(be, t.c, t.x, t.r, dw);
         char what[64];
         snprintf(what, sizeof what, "conv shape %zu dx", s);
@@ -294,6 +293,13 @@ Test(ops, conv_gradients)
         for (size_t i = 0; i < nw; i++)
             cr_expect(fabsf(dw2[i] - (0.5f + 2 * dw[i])) <= 1e-5f * (1 + fabsf(dw[i])),
                       "conv dw must accumulate: [%zu] %g vs %g", i, dw2[i], 0.5f + 2 * dw[i]);
+        /* dx adds to what is there when asked (the residual's gradient) */
+        float *dx2 = fa(nx);
+        be->fill(be, dx2, 0.25f, nx);
+        be->conv_backward_data(be, t.c, t.r, t.w, NULL, dx2, 1);
+        for (size_t i = 0; i < nx; i++)
+            cr_expect(fabsf(dx2[i] - (0.25f + dx[i])) <= 1e-5f * (1 + fabsf(dx[i])),
+                      "conv dx must add: [%zu] %g vs %g", i, dx2[i], 0.25f + dx[i]);
         be->conv_free(be, t.c);
     }
 }
@@ -312,8 +318,8 @@ Test(ops, deterministic_two_threads)
     float *x = frand(nx), *w = frand(nw), *dy = frand(ny);
     float *y[2] = {fa(ny), fa(ny)}, *dx[2] = {fa(nx), fa(nx)}, *dw[2] = {fa(nw), fa(nw)};
     for (int k = 0; k < 2; k++) {
-        b2->conv_forward(b2, c, x, w, y[k]);
-        b2->conv_backward_data(b2, c, dy, w, dx[k]);
+        b2->conv_forward(b2, c, x, w, NULL, y[k]);
+        b2->conv_backward_data(b2, c, dy, w, NULL, dx[k], 0);
         b2->conv_backward_weight(b2, c, x, dy, dw[k]);
     }
     cr_expect(memcmp(y[0], y[1], ny * 4) == 0, "forward not bitwise repeatable");
@@ -329,8 +335,8 @@ Test(ops, deterministic_two_threads)
     float *ldx[2] = {fa((size_t)N * I), fa((size_t)N * I)};
     float *ldw[2] = {fa((size_t)O * I), fa((size_t)O * I)};
     for (int k = 0; k < 2; k++) {
-        b2->linear_forward(b2, lx, N, I, lw, lb, O, ly[k]);
-        b2->linear_backward(b2, lx, lw, ldy, N, I, O, ldx[k], ldw[k], NULL);
+        b2->linear_forward(b2, lx, N, I, lw, NULL, lb, O, ly[k]);
+        b2->linear_backward(b2, lx, lw, NULL, ldy, N, I, O, ldx[k], ldw[k], NULL);
     }
     cr_expect(memcmp(ly[0], ly[1], (size_t)N * O * 4) == 0, "linear forward not repeatable");
     cr_expect(memcmp(ldx[0], ldx[1], (size_t)N * I * 4) == 0, "linear dx not repeatable");
@@ -350,6 +356,15 @@ Test(ops, conv_plan_rejects_bad_desc)
 
 /* ---- batch norm ---- */
 
+/* The op descriptor of a batch norm of (N, C, HW) in `groups` groups. */
+static kb_bn bn_of(int N, int C, int HW, int groups, const float *gamma, const float *beta,
+                   float *rm, float *rv, float *sm, float *si)
+{
+    return (kb_bn){.N = N, .C = C, .HW = HW, .groups = groups, .eps = 1e-5f, .momentum = 0.1f,
+                   .gamma = gamma, .beta = beta, .running_mean = rm, .running_var = rv,
+                   .save_mean = sm, .save_invstd = si};
+}
+
 Test(ops, bn_train_hand)
 {
     /* N=2, C=2, HW=2. Channel 0 holds {1,2,3,4}: mean 2.5, biased var 1.25,
@@ -358,8 +373,8 @@ Test(ops, bn_train_hand)
     float gamma[2] = {2, 0.5f}, beta[2] = {1, -1};
     float rm[2] = {0, 1}, rv[2] = {1, 2};
     float y[8], sm[2], si[2];
-    const float eps = 1e-5f;
-    be->bn_forward_train(be, x, 2, 2, 2, gamma, beta, eps, 0.1f, rm, rv, y, sm, si);
+    kb_bn b = bn_of(2, 2, 2, 1, gamma, beta, rm, rv, sm, si);
+    be->bn_forward(be, &b, x, NULL, 0, NULL, y);
     double i0 = 1 / sqrt(1.25 + 1e-5), i1 = 1 / sqrt(3 + 1e-5);
     double want[8] = {2 * (1 - 2.5) * i0 + 1, 2 * (2 - 2.5) * i0 + 1, 0.5 * (10 - 11) * i1 - 1,
                       0.5 * (10 - 11) * i1 - 1, 2 * (3 - 2.5) * i0 + 1, 2 * (4 - 2.5) * i0 + 1,
@@ -375,8 +390,17 @@ Test(ops, bn_train_hand)
 
     /* NULL running stats are allowed */
     float y2[8];
-    be->bn_forward_train(be, x, 2, 2, 2, gamma, beta, eps, 0.1f, NULL, NULL, y2, sm, si);
+    b.running_mean = b.running_var = NULL;
+    be->bn_forward(be, &b, x, NULL, 0, NULL, y2);
     cr_expect(memcmp(y, y2, sizeof y) == 0);
+
+    /* with a residual and ReLU: relu(y + res), by hand */
+    float res[8] = {0, 5, 0, 0, -9, 0, 3, 0}, y3[8];
+    b.relu = 1;
+    be->bn_forward(be, &b, x, NULL, 0, res, y3);
+    for (int i = 0; i < 8; i++)
+        want[i] = fmax(0.0, want[i] + res[i]);
+    expect_close("bn relu(y + res)", y3, want, 8, 1e-6, 1e-6);
 }
 
 Test(ops, bn_eval_hand)
@@ -384,10 +408,18 @@ Test(ops, bn_eval_hand)
     float x[4] = {1, 2, 3, 4}; /* N=2, C=2, HW=1 */
     float gamma[2] = {2, 3}, beta[2] = {0.5f, -0.5f}, rm[2] = {1, 2}, rv[2] = {4, 0.25f};
     float y[4];
-    be->bn_forward_eval(be, x, 2, 2, 1, gamma, beta, 0.0f, rm, rv, y);
-    const double want[4] = {2 * 0 / 2.0 + 0.5, 3 * 0 / 0.5 - 0.5, 2 * 2 / 2.0 + 0.5,
-                            3 * 2 / 0.5 - 0.5};
+    kb_bn b = bn_of(2, 2, 1, 1, gamma, beta, rm, rv, NULL, NULL);
+    b.eps = 0.0f;
+    be->bn_forward_eval(be, &b, x, NULL, y);
+    double want[4] = {2 * 0 / 2.0 + 0.5, 3 * 0 / 0.5 - 0.5, 2 * 2 / 2.0 + 0.5,
+                      3 * 2 / 0.5 - 0.5};
     expect_close("bn eval", y, want, 4, 1e-6, 1e-6);
+    float res[4] = {-1, 0, -10, 1};
+    b.relu = 1;
+    be->bn_forward_eval(be, &b, x, res, y);
+    for (int i = 0; i < 4; i++)
+        want[i] = fmax(0.0, want[i] + res[i]);
+    expect_close("bn eval relu(y + res)", y, want, 4, 1e-6, 1e-6);
 }
 
 typedef struct bn_ctx {
@@ -398,8 +430,8 @@ typedef struct bn_ctx {
 static double bn_obj(void *p)
 {
     bn_ctx *t = p;
-    be->bn_forward_train(be, t->x, t->N, t->C, t->HW, t->gamma, t->beta, 1e-5f, 0.1f, NULL, NULL,
-                         t->y, t->sm, t->si);
+    kb_bn b = bn_of(t->N, t->C, t->HW, 1, t->gamma, t->beta, NULL, NULL, t->sm, t->si);
+    be->bn_forward(be, &b, t->x, NULL, 0, NULL, t->y);
     return dotd(t->y, t->r, (size_t)t->N * t->C * t->HW);
 }
 
@@ -415,8 +447,9 @@ Test(ops, bn_gradients)
         for (int c = 0; c < t.C; c++)
             t.gamma[c] += 2.0f; /* away from 0 so that dx is not trivially small */
         float *dx = fa(n), *dg = fa(t.C), *db = fa(t.C);
+        kb_bn b = bn_of(t.N, t.C, t.HW, 1, t.gamma, t.beta, NULL, NULL, t.sm, t.si);
         bn_obj(&t);
-        be->bn_backward(be, t.x, t.r, t.N, t.C, t.HW, t.gamma, t.sm, t.si, dx, dg, db);
+        be->bn_backward(be, &b, t.x, t.y, t.r, NULL, dg, db, dx, NULL);
         check_grad(s ? "bn1d dx" : "bn2d dx", bn_obj, &t, t.x, n, dx, 1e-2f);
         check_grad(s ? "bn1d dgamma" : "bn2d dgamma", bn_obj, &t, t.gamma, t.C, dg, 1e-2f);
         check_grad(s ? "bn1d dbeta" : "bn2d dbeta", bn_obj, &t, t.beta, t.C, db, 1e-2f);
@@ -424,14 +457,108 @@ Test(ops, bn_gradients)
         float *dx2 = fa(n), *dg2 = fa(t.C), *db2 = fa(t.C);
         be->fill(be, dx2, 7.0f, n);
         bn_obj(&t);
-        be->bn_backward(be, t.x, t.r, t.N, t.C, t.HW, t.gamma, t.sm, t.si, dx2, dg2, db2);
-        be->bn_backward(be, t.x, t.r, t.N, t.C, t.HW, t.gamma, t.sm, t.si, dx2, dg2, db2);
+        be->bn_backward(be, &b, t.x, t.y, t.r, NULL, dg2, db2, dx2, NULL);
+        be->bn_backward(be, &b, t.x, t.y, t.r, NULL, dg2, db2, dx2, NULL);
         for (int c = 0; c < t.C; c++) {
             cr_expect(fabsf(dg2[c] - 2 * dg[c]) <= 1e-6f * (1 + fabsf(dg[c])), "dgamma accumulates");
             cr_expect(fabsf(db2[c] - 2 * db[c]) <= 1e-6f * (1 + fabsf(db[c])), "dbeta accumulates");
         }
         cr_expect(memcmp(dx, dx2, n * sizeof(float)) == 0, "dx is written, not accumulated");
     }
+}
+
+/* Both views as one batch in two groups give the bits of two batches run
+ * one after the other: outputs, saved statistics, running statistics
+ * (updated group after group), gradients. */
+Test(ops, bn_groups_are_separate_batches)
+{
+    rng_seed(41);
+    const int N = 8, C = 3, HW = 5, h = N / 2;
+    const size_t n = (size_t)N * C * HW, hn = n / 2;
+    float *x = frand(n), *dy = frand(n), *g = frand(C), *bt = frand(C);
+    for (size_t i = hn; i < n; i++)
+        x[i] = 3.0f * x[i] - 1.0f; /* the groups' statistics differ */
+    float *rm = fa(C), *rv = fa(C), *rm2 = fa(C), *rv2 = fa(C);
+    be->fill(be, rv, 1.0f, C);
+    be->fill(be, rv2, 1.0f, C);
+    float *y = fa(n), *sm = fa(2 * C), *si = fa(2 * C), *dx = fa(n), *dg = fa(C), *db = fa(C);
+    kb_bn b = bn_of(N, C, HW, 2, g, bt, rm, rv, sm, si);
+    be->bn_forward(be, &b, x, NULL, 0, NULL, y);
+    be->bn_backward(be, &b, x, y, dy, NULL, dg, db, dx, NULL);
+
+    float *y2 = fa(n), *sm2 = fa(2 * C), *si2 = fa(2 * C), *dx2 = fa(n), *dg2 = fa(C), *db2 = fa(C);
+    for (int v = 0; v < 2; v++) {
+        kb_bn bv = bn_of(h, C, HW, 1, g, bt, rm2, rv2, sm2 + v * C, si2 + v * C);
+        be->bn_forward(be, &bv, x + v * hn, NULL, 0, NULL, y2 + v * hn);
+    }
+    for (int v = 0; v < 2; v++) {
+        kb_bn bv = bn_of(h, C, HW, 1, g, bt, NULL, NULL, sm2 + v * C, si2 + v * C);
+        be->bn_backward(be, &bv, x + v * hn, y2 + v * hn, dy + v * hn, NULL, dg2, db2,
+                        dx2 + v * hn, NULL);
+    }
+    cr_expect(memcmp(y, y2, n * 4) == 0, "y");
+    cr_expect(memcmp(sm, sm2, 2 * C * 4) == 0 && memcmp(si, si2, 2 * C * 4) == 0, "saved stats");
+    cr_expect(memcmp(rm, rm2, C * 4) == 0 && memcmp(rv, rv2, C * 4) == 0, "running stats");
+    cr_expect(memcmp(dx, dx2, n * 4) == 0, "dx");
+    cr_expect(memcmp(dg, dg2, C * 4) == 0 && memcmp(db, db2, C * 4) == 0, "dgamma, dbeta");
+}
+
+/* The fused ReLU and residual give the bits of the ops done one by one:
+ * y = relu(bn(x) + res); backward: g = dy where y > 0, dx = bn_backward(g),
+ * dres = g. */
+Test(ops, bn_relu_residual_is_the_composition)
+{
+    rng_seed(42);
+    const int N = 4, C = 3, HW = 7;
+    const size_t n = (size_t)N * C * HW;
+    float *x = frand(n), *res = frand(n), *dy = frand(n), *g = frand(C), *bt = frand(C);
+    float *sm = fa(C), *si = fa(C), *y = fa(n), *dx = fa(n), *dres = fa(n);
+    float *dg = fa(C), *db = fa(C);
+    kb_bn b = bn_of(N, C, HW, 1, g, bt, NULL, NULL, sm, si);
+    b.relu = 1;
+    be->bn_forward(be, &b, x, NULL, 0, res, y);
+    be->bn_backward(be, &b, x, y, dy, NULL, dg, db, dx, dres);
+
+    float *t = fa(n), *gm = fa(n), *dx2 = fa(n), *dg2 = fa(C), *db2 = fa(C);
+    kb_bn p = b;
+    p.relu = 0;
+    be->bn_forward(be, &p, x, NULL, 0, NULL, t);
+    int pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        float v = t[i] + res[i];
+        t[i] = v > 0.0f ? v : 0.0f;
+        gm[i] = t[i] > 0.0f ? dy[i] : 0.0f;
+        pos += t[i] > 0.0f;
+    }
+    cr_assert(pos > 0 && pos < (int)n, "the ReLU must cut somewhere (%d of %zu pass)", pos, n);
+    be->bn_backward(be, &p, x, t, gm, NULL, dg2, db2, dx2, NULL);
+    cr_expect(memcmp(y, t, n * 4) == 0, "y");
+    cr_expect(memcmp(dres, gm, n * 4) == 0, "dres");
+    cr_expect(memcmp(dx, dx2, n * 4) == 0, "dx");
+    cr_expect(memcmp(dg, dg2, C * 4) == 0 && memcmp(db, db2, C * 4) == 0, "dgamma, dbeta");
+}
+
+/* Without a residual the ReLU's mask can be made again from x: the same
+ * gradients as reading y, bit for bit. */
+Test(ops, bn_relu_mask_from_x_is_the_mask_from_y)
+{
+    rng_seed(43);
+    const int N = 6, C = 3, HW = 9;
+    const size_t n = (size_t)N * C * HW;
+    float *x = frand(n), *dy = frand(n), *g = frand(C), *bt = frand(C);
+    float *sm = fa(2 * C), *si = fa(2 * C), *y = fa(n);
+    float *dx[2] = {fa(n), fa(n)}, *dg[2] = {fa(C), fa(C)}, *db[2] = {fa(C), fa(C)};
+    float *red[2] = {fa(4 * C), fa(4 * C)};
+    kb_bn b = bn_of(N, C, HW, 2, g, bt, NULL, NULL, sm, si);
+    b.relu = 1;
+    be->bn_forward(be, &b, x, NULL, 0, NULL, y);
+    for (int k = 0; k < 2; k++) {
+        be->bn_backward(be, &b, x, k ? NULL : y, dy, NULL, dg[k], db[k], dx[k], NULL);
+        be->bn_backward_reduce(be, &b, x, k ? NULL : y, dy, red[k], dg[k], db[k]);
+    }
+    cr_expect(memcmp(dx[0], dx[1], n * 4) == 0, "dx");
+    cr_expect(memcmp(dg[0], dg[1], C * 4) == 0 && memcmp(db[0], db[1], C * 4) == 0, "dgamma, dbeta");
+    cr_expect(memcmp(red[0], red[1], 4 * C * 4) == 0, "the SyncBN reduction");
 }
 
 Test(ops, bn_thread_count_invariant)
@@ -443,12 +570,15 @@ Test(ops, bn_thread_count_invariant)
     int N = 16, C = 8, HW = 300;
     size_t n = (size_t)N * C * HW;
     float *x = frand(n), *g = frand(C), *b = frand(C), *dy = frand(n);
-    float *y1 = fa(n), *y2 = fa(n), *m1 = fa(C), *m2 = fa(C), *s1 = fa(C), *s2 = fa(C);
+    float *y1 = fa(n), *y2 = fa(n), *m1 = fa(2 * C), *m2 = fa(2 * C), *s1 = fa(2 * C), *s2 = fa(2 * C);
     float *dx1 = fa(n), *dx2 = fa(n), *dg1 = fa(C), *dg2 = fa(C), *db1 = fa(C), *db2 = fa(C);
-    be->bn_forward_train(be, x, N, C, HW, g, b, 1e-5f, 0.1f, NULL, NULL, y1, m1, s1);
-    b2->bn_forward_train(b2, x, N, C, HW, g, b, 1e-5f, 0.1f, NULL, NULL, y2, m2, s2);
-    be->bn_backward(be, x, dy, N, C, HW, g, m1, s1, dx1, dg1, db1);
-    b2->bn_backward(b2, x, dy, N, C, HW, g, m2, s2, dx2, dg2, db2);
+    kb_bn d1 = bn_of(N, C, HW, 2, g, b, NULL, NULL, m1, s1), d2 = d1;
+    d1.relu = d2.relu = 1;
+    d2.save_mean = m2, d2.save_invstd = s2;
+    be->bn_forward(be, &d1, x, NULL, 0, NULL, y1);
+    b2->bn_forward(b2, &d2, x, NULL, 0, NULL, y2);
+    be->bn_backward(be, &d1, x, y1, dy, NULL, dg1, db1, dx1, NULL);
+    b2->bn_backward(b2, &d2, x, y2, dy, NULL, dg2, db2, dx2, NULL);
     cr_expect(memcmp(y1, y2, n * 4) == 0);
     cr_expect(memcmp(dx1, dx2, n * 4) == 0);
     cr_expect(memcmp(dg1, dg2, C * 4) == 0);
@@ -645,7 +775,7 @@ typedef struct lin_ctx {
 static double lin_obj(void *p)
 {
     lin_ctx *t = p;
-    be->linear_forward(be, t->x, t->N, t->I, t->w, t->b, t->O, t->y);
+    be->linear_forward(be, t->x, t->N, t->I, t->w, NULL, t->b, t->O, t->y);
     return dotd(t->y, t->r, (size_t)t->N * t->O);
 }
 
@@ -665,15 +795,15 @@ Test(ops, linear)
                 cr_expect(fabs(t.y[n * 5 + o] - s) < 1e-5, "linear y[%d,%d]", n, o);
             }
         float *dx = fa(28), *dw = fa(35), *db = fa(5);
-        be->linear_backward(be, t.x, t.w, t.r, 4, 7, 5, dx, dw, with_bias ? db : NULL);
+        be->linear_backward(be, t.x, t.w, NULL, t.r, 4, 7, 5, dx, dw, with_bias ? db : NULL);
         check_grad("linear dx", lin_obj, &t, t.x, 28, dx, 1e-2f);
         check_grad("linear dw", lin_obj, &t, t.w, 35, dw, 1e-2f);
         if (with_bias)
             check_grad("linear db", lin_obj, &t, t.b, 5, db, 1e-2f);
         /* accumulation, and dx = NULL skips dx */
         float *dw2 = fa(35), *db2 = fa(5);
-        be->linear_backward(be, t.x, t.w, t.r, 4, 7, 5, NULL, dw2, db2);
-        be->linear_backward(be, t.x, t.w, t.r, 4, 7, 5, NULL, dw2, db2);
+        be->linear_backward(be, t.x, t.w, NULL, t.r, 4, 7, 5, NULL, dw2, db2);
+        be->linear_backward(be, t.x, t.w, NULL, t.r, 4, 7, 5, NULL, dw2, db2);
         for (int i = 0; i < 35; i++)
             cr_expect(fabsf(dw2[i] - 2 * dw[i]) <= 1e-5f * (1 + fabsf(dw[i])), "dw accumulates");
         if (with_bias)
@@ -911,34 +1041,42 @@ Test(ops, uniformity)
 {
     float z[4] = {1, 0, -1, 0}, out[1];
     /* two antipodal points: |z1 - z2|^2 = 4, both ordered pairs give exp(-4t) */
-    be->uniformity(be, z, 2, 2, 2.0f, out);
+    be->uniformity(be, z, 1, 2, 2, 2.0f, out);
     cr_expect(fabsf(out[0] - (-8.0f)) < 1e-5f, "antipodal t=2: %g", out[0]);
     /* t large: exp(-4000) underflows; log-sum-exp must still give -4000 */
-    be->uniformity(be, z, 2, 2, 1000.0f, out);
+    be->uniformity(be, z, 1, 2, 2, 1000.0f, out);
     cr_expect(fabsf(out[0] - (-4000.0f)) < 1e-2f, "antipodal t=1000: %g", out[0]);
     /* three points on a line 0, 1, 3 (D=1): d = 1, 9, 4 */
     float w[3] = {0, 1, 3};
-    be->uniformity(be, w, 3, 1, 0.5f, out);
+    be->uniformity(be, w, 1, 3, 1, 0.5f, out);
     double want = log((exp(-0.5) + exp(-4.5) + exp(-2.0)) / 3.0);
     cr_expect(fabs(out[0] - want) < 1e-6, "three points: %g vs %g", out[0], want);
     /* identical points: log(1) = 0 */
     float same[6] = {0.6f, 0.8f, 0.6f, 0.8f, 0.6f, 0.8f};
-    be->uniformity(be, same, 3, 2, 2.0f, out);
+    be->uniformity(be, same, 1, 3, 2, 2.0f, out);
     cr_expect(fabsf(out[0]) < 1e-7f);
+    /* groups of rows (the two views): each its own value */
+    float two[8] = {1, 0, -1, 0, 0.6f, 0.8f, 0.6f, 0.8f}, o2[2];
+    be->uniformity(be, two, 2, 2, 2, 2.0f, o2);
+    cr_expect(fabsf(o2[0] - (-8.0f)) < 1e-5f && fabsf(o2[1]) < 1e-7f, "groups: %g %g", o2[0],
+              o2[1]);
+    be->collapse_std(be, two, 2, 2, 2, o2);
+    cr_expect(fabsf(o2[0] - (float)(sqrt(2.0) * 0.5)) < 1e-6f && o2[1] == 0.0f,
+              "collapse groups: %g %g", o2[0], o2[1]);
 }
 
 Test(ops, collapse_std)
 {
     float z[4] = {1, 0, -1, 0}, out[1];
     /* dim 0 std 1, dim 1 std 0: sqrt(2) * 0.5 */
-    be->collapse_std(be, z, 2, 2, out);
+    be->collapse_std(be, z, 1, 2, 2, out);
     cr_expect(fabsf(out[0] - (float)(sqrt(2.0) * 0.5)) < 1e-6f, "antipodal: %g", out[0]);
     float same[6] = {0.6f, 0.8f, 0.6f, 0.8f, 0.6f, 0.8f};
-    be->collapse_std(be, same, 3, 2, out);
+    be->collapse_std(be, same, 1, 3, 2, out);
     cr_expect(out[0] == 0.0f, "collapsed rows: %g", out[0]);
     /* +-1 in every dim with independent signs: std 1 each, times sqrt(D) = 2 */
     float h[16] = {1, 1, 1, 1, -1, -1, 1, 1, 1, -1, -1, -1, -1, 1, -1, -1};
-    be->collapse_std(be, h, 4, 4, out);
+    be->collapse_std(be, h, 1, 4, 4, out);
     cr_expect(fabsf(out[0] - 2.0f) < 1e-6f, "spread: %g", out[0]);
 }
 
@@ -984,6 +1122,18 @@ Test(ops, softmax_xent)
 
 /* ---- optimizer, EMA ---- */
 
+/* The update op with Adam alone (no teacher). */
+static void adam_step(float *p, const float *g, float *m, float *v, size_t n,
+                      const kb_adam_consts *k)
+{
+    float gz[16];
+    memcpy(gz, g, n * sizeof(float));
+    kb_update u = {.params = p, .grads = gz, .adam_m = m, .adam_v = v, .n = n, .k = k};
+    be->update(be, &u);
+    for (size_t i = 0; i < n; i++)
+        cr_expect(gz[i] == 0.0f, "the update zeroes the gradient");
+}
+
 Test(ops, adam_three_steps)
 {
     /* Expected values: torch.optim.Adam's update computed in double
@@ -995,7 +1145,7 @@ Test(ops, adam_three_steps)
                                {0.4752235506, -0.9895005501, 1.9714658652}};
     for (int s = 0; s < 3; s++) {
         kb_adam_consts k = kb_adam_consts_init(0.01f, 0.9f, 0.999f, 1e-8f, 0.1f, s + 1);
-        be->adam(be, p, g[s], m, v, 3, &k); /* CPU backend memory is host memory */
+        adam_step(p, g[s], m, v, 3, &k); /* CPU backend memory is host memory */
         char what[32];
         snprintf(what, sizeof what, "adam step %d", s + 1);
         /* float32 parameters: 2 ulp of values ~1 */
@@ -1007,66 +1157,132 @@ Test(ops, adam_three_steps)
     expect_close("adam v", v, wv, 3, 0, 1e-6);
 }
 
-Test(ops, ema)
+/* The EMA runs after Adam with the updated parameters, on the teacher's
+ * prefix only: the per-element functions of kernels/optim.h in order. */
+Test(ops, update_then_ema_of_the_prefix)
 {
-    float xi[3] = {1, 2, -4}, th[3] = {3, 4, 6};
-    float tau[2];
+    float p[4] = {3, 4, 6, 1}, g[4] = {0.5f, -1, 2, 0.25f}, m[4] = {0}, v[4] = {0};
+    float xi[3] = {1, 2, -4}, tau[2];
+    float wp[4], wm_[4] = {0}, wv_[4] = {0}, wx[3] = {1, 2, -4};
+    memcpy(wp, p, sizeof p);
+    kb_adam_consts k = kb_adam_consts_init(0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 1);
     kb_ema_consts_init(0.9f, tau);
-    be->ema(be, xi, th, 3, tau);
-    const double want[3] = {1.2, 2.2, -3.0};
-    expect_close("ema", xi, want, 3, 1e-6, 1e-6);
+    kb_update u = {.params = p, .grads = g, .adam_m = m, .adam_v = v, .n = 4, .k = &k,
+                   .teacher = xi, .nteacher = 3, .tau_omt = tau};
+    be->update(be, &u);
+    float gs[4] = {0.5f, -1, 2, 0.25f};
+    for (int i = 0; i < 4; i++)
+        kb_adam_elem(&k, &wp[i], gs[i], &wm_[i], &wv_[i]);
+    for (int i = 0; i < 3; i++)
+        wx[i] = kb_ema_elem(wx[i], wp[i], tau[0], tau[1]);
+    cr_expect(memcmp(p, wp, sizeof p) == 0 && memcmp(m, wm_, sizeof m) == 0 &&
+              memcmp(v, wv_, sizeof v) == 0, "Adam");
+    cr_expect(memcmp(xi, wx, sizeof xi) == 0, "EMA with the updated parameters");
+    for (int i = 0; i < 4; i++)
+        cr_expect(g[i] == 0.0f, "gradients zeroed");
+    /* tau = 1 freezes the teacher */
     kb_ema_consts_init(1.0f, tau);
-    be->ema(be, xi, th, 3, tau); /* tau = 1 freezes the teacher */
-    expect_close("ema tau 1", xi, want, 3, 1e-6, 1e-6);
+    u.k = &k;
+    be->update(be, &u);
+    cr_expect(memcmp(xi, wx, sizeof xi) == 0, "tau 1");
 }
 
-/* SyncBN halves: two ranks holding halves of a batch, with their stats and
- * backward reductions averaged (what the all-reduce does), must give what
- * the plain training-mode BN gives on the whole batch. Agreement is float
- * rounding (~1e-6): the variance is recombined as E[var] + E[mean^2] -
- * mean^2 instead of summed directly. */
+Test(ops, ring_push_keeps_rows_in_turn)
+{
+    float ring[3 * 2] = {0}, src[2];
+    uint32_t count = 0;
+    for (int s = 0; s < 4; s++) {
+        src[0] = (float)s;
+        src[1] = (float)(10 * s);
+        be->ring_push(be, ring, 3, src, 2, &count);
+    }
+    cr_expect(count == 4);
+    const float want[6] = {3, 30, 1, 10, 2, 20}; /* step 3 took row 0 again */
+    cr_expect(memcmp(ring, want, sizeof want) == 0);
+}
+
+Test(ops, feature_maps_are_nchw_floats)
+{
+    float h[2 * 3 * 4], back[2 * 3 * 4];
+    for (int i = 0; i < 24; i++)
+        h[i] = (float)i - 7.5f;
+    cr_expect(be->fmap_bytes(be, 2, 3, 2, 2) == sizeof h);
+    float *x = fa(24);
+    be->fmap_upload(be, x, h, 2, 3, 2, 2);
+    cr_expect(memcmp(x, h, sizeof h) == 0);
+    be->fmap_download(be, back, x, 2, 3, 2, 2);
+    cr_expect(memcmp(back, h, sizeof h) == 0);
+    cr_expect(be->mirror_create == NULL, "the CPU's ops read the parameters");
+}
+
+/* SyncBN halves: two ranks holding halves of a batch (each in two groups,
+ * the views), with their stats and backward reductions averaged (what the
+ * all-reduce does), must give what the plain training-mode BN gives on the
+ * whole batch. Agreement is float rounding (~1e-6): the variance is
+ * recombined as E[var] + E[mean^2] - mean^2 instead of summed directly. */
 Test(ops, sync_bn_halves_equal_whole_batch)
 {
     rng_seed(77);
-    const int N = 6, C = 3, HW = 10, h = N / 2;
-    const size_t n = (size_t)N * C * HW, hn = n / 2;
+    const int G = 2, N = 12, C = 3, HW = 10, Ng = N / G, h = Ng / 2;
+    const size_t n = (size_t)N * C * HW, gn = n / G, hn = gn / 2;
     float *x = frand(n), *dy = frand(n), *g = frand(C), *bt = frand(C);
     for (size_t i = 0; i < n; i++)
-        x[i] = 2.0f * x[i] + 0.7f; /* a mean that is not 0 */
-    float *y = fa(n), *mean = fa(C), *inv = fa(C), *rm = fa(C), *rv = fa(C);
+        x[i] = 2.0f * x[i] + 0.7f + (i >= gn); /* a mean that is not 0, other in group 2 */
+    float *y = fa(n), *mean = fa(G * C), *inv = fa(G * C), *rm = fa(C), *rv = fa(C);
     float *dx = fa(n), *dg = fa(C), *db = fa(C);
     be->fill(be, rv, 1.0f, C);
-    be->bn_forward_train(be, x, N, C, HW, g, bt, 1e-5f, 0.1f, rm, rv, y, mean, inv);
-    be->bn_backward(be, x, dy, N, C, HW, g, mean, inv, dx, dg, db);
+    kb_bn b = bn_of(N, C, HW, G, g, bt, rm, rv, mean, inv);
+    b.relu = 1;
+    be->bn_forward(be, &b, x, NULL, 0, NULL, y);
+    be->bn_backward(be, &b, x, y, dy, NULL, dg, db, dx, NULL);
 
-    float *st[2] = {fa(3 * C), fa(3 * C)}, *avg = fa(3 * C), *red[2] = {fa(2 * C), fa(2 * C)};
-    float *ravg = fa(2 * C), *y2 = fa(n), *dx2 = fa(n), *dg2 = fa(C), *db2 = fa(C);
-    float *m2 = fa(2 * C), *i2 = fa(2 * C), *rm2 = fa(C), *rv2 = fa(C);
+    /* rank r holds samples [r h, (r+1) h) of each group */
+    float *xr[2], *dyr[2], *yr[2], *dxr[2], *st[2], *red[2], *m2[2], *i2[2];
+    for (int r = 0; r < 2; r++) {
+        xr[r] = fa(gn), dyr[r] = fa(gn), yr[r] = fa(gn), dxr[r] = fa(gn);
+        st[r] = fa(3 * G * C), red[r] = fa(2 * G * C), m2[r] = fa(G * C), i2[r] = fa(G * C);
+        for (int k = 0; k < G; k++) {
+            memcpy(xr[r] + k * hn, x + k * gn + r * hn, hn * 4);
+            memcpy(dyr[r] + k * hn, dy + k * gn + r * hn, hn * 4);
+        }
+    }
+    float *avg = fa(3 * G * C), *ravg = fa(2 * G * C), *rm2 = fa(C), *rv2 = fa(C);
+    float *dg2 = fa(C), *db2 = fa(C);
     be->fill(be, rv2, 1.0f, C);
-    for (int r = 0; r < 2; r++)
-        be->bn_stats(be, x + r * hn, h, C, HW, st[r]);
-    for (int k = 0; k < 3 * C; k++)
+    for (int r = 0; r < 2; r++) {
+        kb_bn br = bn_of(2 * h, C, HW, G, g, bt, NULL, NULL, m2[r], i2[r]);
+        be->bn_stats(be, &br, xr[r], st[r]);
+    }
+    for (int k = 0; k < 3 * G * C; k++)
         avg[k] = 0.5f * (st[0][k] + st[1][k]);
-    for (int r = 0; r < 2; r++)
-        be->bn_forward_apply(be, x + r * hn, h, C, HW, g, bt, 1e-5f, 0.1f, avg, (double)N * HW,
-                             r == 0 ? rm2 : NULL, r == 0 ? rv2 : NULL, y2 + r * hn, m2 + r * C,
-                             i2 + r * C);
-    for (size_t i = 0; i < n; i++)
-        cr_expect_float_eq(y2[i], y[i], 2e-5, "y[%zu] %g vs %g", i, y2[i], y[i]);
+    for (int r = 0; r < 2; r++) {
+        kb_bn br = bn_of(2 * h, C, HW, G, g, bt, r == 0 ? rm2 : NULL, r == 0 ? rv2 : NULL, m2[r],
+                         i2[r]);
+        br.relu = 1;
+        be->bn_forward(be, &br, xr[r], avg, (double)Ng * HW, NULL, yr[r]);
+        for (int k = 0; k < G; k++)
+            for (size_t i = 0; i < hn; i++)
+                cr_expect_float_eq(yr[r][k * hn + i], y[k * gn + r * hn + i], 2e-5, "y");
+    }
     for (int c = 0; c < C; c++) {
         cr_expect_float_eq(rm2[c], rm[c], 1e-6, "running mean");
         cr_expect_float_eq(rv2[c], rv[c], 1e-5, "running var %g vs %g", rv2[c], rv[c]);
     }
-    for (int r = 0; r < 2; r++)
-        be->bn_backward_reduce(be, x + r * hn, dy + r * hn, h, C, HW, m2 + r * C, i2 + r * C,
-                               red[r], dg2, db2);
-    for (int k = 0; k < 2 * C; k++)
+    for (int r = 0; r < 2; r++) {
+        kb_bn br = bn_of(2 * h, C, HW, G, g, bt, NULL, NULL, m2[r], i2[r]);
+        br.relu = 1;
+        be->bn_backward_reduce(be, &br, xr[r], yr[r], dyr[r], red[r], dg2, db2);
+    }
+    for (int k = 0; k < 2 * G * C; k++)
         ravg[k] = 0.5f * (red[0][k] + red[1][k]);
-    for (int r = 0; r < 2; r++)
-        be->bn_backward_apply(be, x + r * hn, dy + r * hn, h, C, HW, g, m2 + r * C, i2 + r * C,
-                              ravg, dx2 + r * hn);
-    for (size_t i = 0; i < n; i++)
-        cr_expect_float_eq(dx2[i], dx[i], 2e-5, "dx[%zu] %g vs %g", i, dx2[i], dx[i]);
+    for (int r = 0; r < 2; r++) {
+        kb_bn br = bn_of(2 * h, C, HW, G, g, bt, NULL, NULL, m2[r], i2[r]);
+        br.relu = 1;
+        be->bn_backward(be, &br, xr[r], yr[r], dyr[r], ravg, NULL, NULL, dxr[r], NULL);
+        for (int k = 0; k < G; k++)
+            for (size_t i = 0; i < hn; i++)
+                cr_expect_float_eq(dxr[r][k * hn + i], dx[k * gn + r * hn + i], 2e-5, "dx");
+    }
     for (int c = 0; c < C; c++) {
         cr_expect_float_eq(dg2[c], dg[c], 2e-5, "dgamma");
         cr_expect_float_eq(db2[c], db[c], 2e-5, "dbeta");

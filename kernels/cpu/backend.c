@@ -143,20 +143,39 @@ static void cpu_scale(kb_backend *be, float *x, float a, size_t n)
         x[i] *= a;
 }
 
-static void cpu_axpy(kb_backend *be, float *y, float a, const float *x, size_t n)
+/* ---- feature maps: fp32 NCHW, the host's own layout ---- */
+
+static size_t cpu_fmap_bytes(kb_backend *be, int N, int C, int H, int W)
 {
-    int nt = kb_cpu_of(be)->threads;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        y[i] += a * x[i];
+    (void)be;
+    return (size_t)N * C * H * W * sizeof(float);
 }
 
-static void cpu_add(kb_backend *be, float *y, const float *a, const float *b, size_t n)
+static void cpu_fmap_upload(kb_backend *be, void *dst, const float *src, int N, int C, int H,
+                            int W)
 {
-    int nt = kb_cpu_of(be)->threads;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        y[i] = a[i] + b[i];
+    kb_cpu *impl = kb_cpu_of(be);
+    size_t n = (size_t)N * C * H * W;
+    if (dst != (void *)src)
+        memcpy(dst, src, n * sizeof(float));
+    if (impl->round_bf16) /* the CUDA backend's bf16 feature maps */
+        kb_cpu_bf16_round(impl, dst, n);
+}
+
+static void cpu_fmap_download(kb_backend *be, float *dst, const void *src, int N, int C, int H,
+                              int W)
+{
+    (void)be;
+    if ((const void *)dst != src)
+        memcpy(dst, src, (size_t)N * C * H * W * sizeof(float));
+}
+
+static void cpu_ring_push(kb_backend *be, float *ring, int slots, const float *src, int n,
+                          uint32_t *counter)
+{
+    (void)be;
+    memcpy(ring + (size_t)(*counter % (uint32_t)slots) * n, src, (size_t)n * sizeof(float));
+    ++*counter;
 }
 
 /* oneDNN's fp32 convolutions and OpenBLAS's sgemm: fp32 whatever is asked. */
@@ -216,8 +235,10 @@ kb_backend *kb_cpu_create(int threads)
     be->stamp_free = cpu_stamp_free;
     be->fill = cpu_fill;
     be->scale = cpu_scale;
-    be->axpy = cpu_axpy;
-    be->add = cpu_add;
+    be->fmap_bytes = cpu_fmap_bytes;
+    be->fmap_upload = cpu_fmap_upload;
+    be->fmap_download = cpu_fmap_download;
+    be->ring_push = cpu_ring_push;
     kb_cpu_conv_init(be);
     kb_cpu_norm_init(be);
     kb_cpu_ops_init(be);

@@ -38,7 +38,7 @@ typedef struct conv_pass {
 
 struct kb_conv {
     kb_conv_desc d;
-    conv_pass fwd, bwd_data, bwd_weight;
+    conv_pass fwd, bwd_data, bwd_data_acc, bwd_weight;
 };
 
 static size_t align_up(size_t n) { return (n + KB_ARENA_ALIGN - 1) / KB_ARENA_ALIGN * KB_ARENA_ALIGN; }
@@ -185,6 +185,7 @@ static void cpu_conv_free(kb_backend *be, kb_conv *c)
         return;
     pass_free(&c->fwd);
     pass_free(&c->bwd_data);
+    pass_free(&c->bwd_data_acc);
     pass_free(&c->bwd_weight);
     free(c);
 }
@@ -286,6 +287,11 @@ static kb_conv *cpu_conv_plan(kb_backend *be, const kb_conv_desc *d)
         st = pass_init(impl, &c->bwd_data, dpd, dids, dq, fout, no, du);
         if (st != dnnl_success)
             goto fail;
+        /* the same, adding into dx (a residual's gradient already there) */
+        const int dacc[3] = {0, 0, 1};
+        st = pass_init(impl, &c->bwd_data_acc, dpd, dids, dq, fout, dacc, du);
+        if (st != dnnl_success)
+            goto fail;
 
         /* oneDNN overwrites diff_weights; the contract accumulates, so the
          * result always goes through the arena and a reorder with sum. */
@@ -304,6 +310,8 @@ static kb_conv *cpu_conv_plan(kb_backend *be, const kb_conv_desc *d)
     size_t need = c->fwd.bytes;
     if (c->bwd_data.bytes > need)
         need = c->bwd_data.bytes;
+    if (c->bwd_data_acc.bytes > need)
+        need = c->bwd_data_acc.bytes;
     if (c->bwd_weight.bytes > need)
         need = c->bwd_weight.bytes;
     st = dnnl_out_of_memory;
@@ -334,16 +342,21 @@ fail:
     return NULL;
 }
 
+/* How a result meets its destination under round_bf16. */
+enum { OUT_WRITE, OUT_ADD_FP32, OUT_ADD_BF16 };
+
 /* With round_bf16 (kb_cpu_emulate_rounding), as the CUDA backend's bf16 mode
  * (kernels/cuda/conv2d.cu): both operands are rounded to bf16, the
  * convolution runs on the rounded copies in fp32, and its result is rounded
- * to bf16 once (cuDNN writes a bf16 y, dx or dw); a weight gradient is
- * computed alone, rounded, then added into dw in fp32. */
+ * to bf16 once (cuDNN writes a bf16 y, dx or dw). A weight gradient is
+ * computed alone, rounded, then added into dw in fp32 (OUT_ADD_FP32); a dx
+ * added to the residual's gradient is rounded once after the add, as
+ * cuDNN's beta = 1 does in a bf16 feature map (OUT_ADD_BF16). */
 static void conv_run_bf16(kb_cpu *impl, conv_pass *p, const float *a, size_t na, const float *b,
-                          size_t nb, float *o, size_t no, int acc)
+                          size_t nb, float *o, size_t no, int out)
 {
     float *ar = kb_cpu_bf16_copy(impl, a, na), *br = kb_cpu_bf16_copy(impl, b, nb);
-    float *t = acc ? calloc(no ? no : 1, sizeof(float)) : o;
+    float *t = out != OUT_WRITE ? calloc(no ? no : 1, sizeof(float)) : o;
     KB_CPU_CHECK(ar && br && t); /* test-only mode: no OOM path */
     void *const ptrs[3] = {ar, br, t};
     pass_run(impl, p, ptrs);
@@ -357,11 +370,17 @@ static void conv_run_bf16(kb_cpu *impl, conv_pass *p, const float *a, size_t na,
             t[i] = nextafterf(t[i], (z >> 40) & 1 ? INFINITY : -INFINITY);
         }
     }
-    kb_cpu_bf16_round(impl, t, no);
-    if (acc) {
+    if (out == OUT_ADD_BF16) {
         for (size_t i = 0; i < no; i++)
-            o[i] += t[i];
+            o[i] = kb_cpu_bf16(o[i] + t[i]);
         free(t);
+    } else {
+        kb_cpu_bf16_round(impl, t, no);
+        if (out == OUT_ADD_FP32) {
+            for (size_t i = 0; i < no; i++)
+                o[i] += t[i];
+            free(t);
+        }
     }
     free(ar);
     free(br);
@@ -371,38 +390,40 @@ static size_t n_x(const kb_conv_desc *d) { return (size_t)d->N * d->C * d->H * d
 static size_t n_w(const kb_conv_desc *d) { return (size_t)d->K * d->C * d->R * d->S; }
 static size_t n_y(const kb_conv_desc *d) { return (size_t)d->N * d->K * d->P * d->Q; }
 
-static void cpu_conv_forward(kb_backend *be, kb_conv *c, const float *x, const float *w,
-                             float *y)
+/* Feature maps are fp32 NCHW here; the mirror argument is unused (the
+ * backend has no mirrors). */
+static void cpu_conv_forward(kb_backend *be, kb_conv *c, const void *x, const float *w,
+                             const void *wm, void *y)
 {
     kb_cpu *impl = kb_cpu_of(be);
     if (impl->round_bf16) {
-        conv_run_bf16(impl, &c->fwd, x, n_x(&c->d), w, n_w(&c->d), y, n_y(&c->d), 0);
+        conv_run_bf16(impl, &c->fwd, x, n_x(&c->d), w, n_w(&c->d), y, n_y(&c->d), OUT_WRITE);
         return;
     }
     void *const ptrs[3] = {(void *)x, (void *)w, y};
     pass_run(impl, &c->fwd, ptrs);
 }
 
-static void cpu_conv_backward_data(kb_backend *be, kb_conv *c, const float *dy, const float *w,
-                                   float *dx)
+static void cpu_conv_backward_data(kb_backend *be, kb_conv *c, const void *dy, const float *w,
+                                   const void *wm, void *dx, int accumulate)
 {
     kb_cpu *impl = kb_cpu_of(be);
     if (impl->round_bf16) {
-        conv_run_bf16(impl, &c->bwd_data, dy, n_y(&c->d), w, n_w(&c->d), dx, n_x(&c->d),
-                      0);
+        conv_run_bf16(impl, &c->bwd_data, dy, n_y(&c->d), w,
+                      n_w(&c->d), dx, n_x(&c->d), accumulate ? OUT_ADD_BF16 : OUT_WRITE);
         return;
     }
     void *const ptrs[3] = {(void *)dy, (void *)w, dx};
-    pass_run(impl, &c->bwd_data, ptrs);
+    pass_run(impl, accumulate ? &c->bwd_data_acc : &c->bwd_data, ptrs);
 }
 
-static void cpu_conv_backward_weight(kb_backend *be, kb_conv *c, const float *x,
-                                     const float *dy, float *dw)
+static void cpu_conv_backward_weight(kb_backend *be, kb_conv *c, const void *x, const void *dy,
+                                     float *dw)
 {
     kb_cpu *impl = kb_cpu_of(be);
     if (impl->round_bf16) {
-        conv_run_bf16(impl, &c->bwd_weight, x, n_x(&c->d), dy, n_y(&c->d), dw,
-                      n_w(&c->d), 1);
+        conv_run_bf16(impl, &c->bwd_weight, x, n_x(&c->d), dy, n_y(&c->d), dw, n_w(&c->d),
+                      OUT_ADD_FP32);
         return;
     }
     void *const ptrs[3] = {(void *)x, (void *)dy, dw};

@@ -90,6 +90,60 @@ static inline double kb_cpu_dot(const float *a, const float *b, size_t n)
     return s;
 }
 
+/* kb_cpu_sum(g) and kb_cpu_dot(g, x) of g = (y > 0 ? dy : 0), in the same
+ * lanes and order as those two (so a fused ReLU gradient gives their bits). */
+static inline void kb_cpu_masked_sums(const float *dy, const float *y, const float *x, size_t n,
+                                      double *sum, double *dot)
+{
+    double as[8] = {0}, ad[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            float g = y[i + j] > 0.0f ? dy[i + j] : 0.0f;
+            as[j] += g;
+            ad[j] += (double)g * x[i + j];
+        }
+    double s = 0.0, d = 0.0;
+    for (; i < n; i++) {
+        float g = y[i] > 0.0f ? dy[i] : 0.0f;
+        s += g;
+        d += (double)g * x[i];
+    }
+    for (int j = 0; j < 8; j++) {
+        s += as[j];
+        d += ad[j];
+    }
+    *sum = s;
+    *dot = d;
+}
+
+/* The same for g = (a x + b > 0 ? dy : 0): the ReLU's mask made again from
+ * the batch norm's input and coefficients. */
+static inline void kb_cpu_relu_sums(const float *dy, const float *x, float a, float b, size_t n,
+                                    double *sum, double *dot)
+{
+    double as[8] = {0}, ad[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            float g = a * x[i + j] + b > 0.0f ? dy[i + j] : 0.0f;
+            as[j] += g;
+            ad[j] += (double)g * x[i + j];
+        }
+    double s = 0.0, d = 0.0;
+    for (; i < n; i++) {
+        float g = a * x[i] + b > 0.0f ? dy[i] : 0.0f;
+        s += g;
+        d += (double)g * x[i];
+    }
+    for (int j = 0; j < 8; j++) {
+        s += as[j];
+        d += ad[j];
+    }
+    *sum = s;
+    *dot = d;
+}
+
 typedef struct kb_cpu {
     int threads; /* OpenMP team size for our loops and oneDNN; BLAS threads */
     dnnl_engine_t engine;

@@ -110,7 +110,7 @@ static void cpu_loss(kb_backend *be, const kb_loss_cfg *cfg, const float *p1 /* 
 /* log mean_{i != j} exp(-t d_ij): pairs are symmetric, so sum i < j and
  * double. Log-sum-exp around the largest exponent: with t = 2 and unit
  * vectors the exponents reach -8 only, but t and the inputs are the caller's. */
-static void cpu_uniformity(kb_backend *be, const float *z /* (N,D) */, int N, int D, float t,
+static void uniformity_one(kb_backend *be, const float *z /* (N,D) */, int N, int D, float t,
                            float *out)
 {
     int nt = kb_cpu_of(be)->threads;
@@ -149,7 +149,7 @@ static void cpu_uniformity(kb_backend *be, const float *z /* (N,D) */, int N, in
         free(rmax);
 }
 
-static void cpu_collapse_std(kb_backend *be, const float *z /* (N,D) */, int N, int D,
+static void collapse_one(kb_backend *be, const float *z /* (N,D) */, int N, int D,
                              float *out)
 {
     int nt = kb_cpu_of(be)->threads;
@@ -216,25 +216,38 @@ static void cpu_softmax_xent(kb_backend *be, const float *logits /* (N,K) */,
         free(rows);
 }
 
-/* torch.optim.Adam; the scalars and the per-element update are shared with
- * the CUDA backend (kernels/optim.h). */
-static void cpu_adam(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                     const kb_adam_consts *kp)
+/* Groups of N rows (each view's), one after another. */
+static void cpu_uniformity(kb_backend *be, const float *z /* (G*N,D) */, int G, int N, int D,
+                           float t, float *out /* (G) */)
 {
-    int nt = kb_cpu_of(be)->threads;
-    const kb_adam_consts k = *kp;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        kb_adam_elem(&k, &p[i], g[i], &m[i], &v[i]);
+    for (int g = 0; g < G; g++)
+        uniformity_one(be, z + (size_t)g * N * D, N, D, t, out + g);
 }
 
-static void cpu_ema(kb_backend *be, float *xi, const float *theta, size_t n, const float *tau_omt)
+static void cpu_collapse_std(kb_backend *be, const float *z /* (G*N,D) */, int G, int N, int D,
+                             float *out /* (G) */)
+{
+    for (int g = 0; g < G; g++)
+        collapse_one(be, z + (size_t)g * N * D, N, D, out + g);
+}
+
+/* torch.optim.Adam, then the EMA of the teacher's prefix with the updated
+ * parameter, in one pass; the scalars and the per-element math are shared
+ * with the CUDA backend (kernels/optim.h). No mirrors on the CPU. */
+static void cpu_update(kb_backend *be, const kb_update *u)
 {
     int nt = kb_cpu_of(be)->threads;
-    const float tau = tau_omt[0], omt = tau_omt[1];
+    const kb_adam_consts k = *u->k;
+    const float tau = u->teacher ? u->tau_omt[0] : 0.0f, omt = u->teacher ? u->tau_omt[1] : 0.0f;
+    float *p = u->params, *g = u->grads, *m = u->adam_m, *v = u->adam_v, *xi = u->teacher;
+    const size_t n = u->n, nt_ = u->teacher ? u->nteacher : 0;
 #pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        xi[i] = kb_ema_elem(xi[i], theta[i], tau, omt);
+    for (size_t i = 0; i < n; i++) {
+        kb_adam_elem(&k, &p[i], g[i], &m[i], &v[i]);
+        if (i < nt_)
+            xi[i] = kb_ema_elem(xi[i], p[i], tau, omt);
+        g[i] = 0.0f;
+    }
 }
 
 void kb_cpu_loss_init(kb_backend *be)
@@ -243,6 +256,5 @@ void kb_cpu_loss_init(kb_backend *be)
     be->uniformity = cpu_uniformity;
     be->collapse_std = cpu_collapse_std;
     be->softmax_xent = cpu_softmax_xent;
-    be->adam = cpu_adam;
-    be->ema = cpu_ema;
+    be->update = cpu_update;
 }

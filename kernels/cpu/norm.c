@@ -8,218 +8,289 @@
 
 #include "kernels/cpu/cpu.h"
 
-/* Mean and sum of squared deviations of channel c, in double. Two passes
- * (mean, then deviations): no cancellation when the mean is large compared
- * to the spread. */
-static void channel_stats(const float *x /* (N,C,HW) */, int N, int C, int HW, int c,
-                          double *mean, double *ss)
+/* Batch norm of group g: its samples are [g * Ng, (g + 1) * Ng) of the
+ * batch; per channel, plane n of channel c starts at (n * C + c) * HW. */
+typedef struct bn_group {
+    const kb_bn *b;
+    int n0, Ng;    /* first sample, samples */
+    double M;      /* values per channel: Ng * HW */
+} bn_group;
+
+static bn_group group_of(const kb_bn *b, int g)
 {
-    const size_t chw = (size_t)C * HW;
+    const int Ng = b->N / b->groups;
+    return (bn_group){b, g * Ng, Ng, (double)Ng * b->HW};
+}
+
+static size_t plane(const bn_group *G, int n, int c)
+{
+    return ((size_t)(G->n0 + n) * G->b->C + c) * G->b->HW;
+}
+
+/* Mean and sum of squared deviations of channel c over the group, in
+ * double. Two passes (mean, then deviations): no cancellation when the
+ * mean is large compared to the spread. */
+static void channel_stats(const bn_group *G, const float *x, int c, double *mean, double *ss)
+{
+    const size_t HW = (size_t)G->b->HW;
     double s = 0.0, d = 0.0;
-    for (int n = 0; n < N; n++)
-        s += kb_cpu_sum(x + n * chw + (size_t)c * HW, (size_t)HW);
-    *mean = s / ((double)N * HW);
-    for (int n = 0; n < N; n++)
-        d += kb_cpu_sumsq_dev(x + n * chw + (size_t)c * HW, (size_t)HW, *mean);
+    for (int n = 0; n < G->Ng; n++)
+        s += kb_cpu_sum(x + plane(G, n, c), HW);
+    *mean = s / G->M;
+    for (int n = 0; n < G->Ng; n++)
+        d += kb_cpu_sumsq_dev(x + plane(G, n, c), HW, *mean);
     *ss = d;
 }
 
-/* y = gamma (x - mean) / sqrt(var + eps) + beta on channel c; saves mean and
- * invstd; updates the running statistics (PyTorch's momentum rule, with the
- * unbiased variance uvar) where given. */
-static void channel_normalize(const float *x, int N, int C, int HW, int c, double mean,
-                              double var, double uvar, const float *gamma, const float *beta,
-                              float eps, float momentum, float *running_mean,
-                              float *running_var, float *y, float *save_mean,
-                              float *save_invstd)
+/* The training forward's y = a x + b from the saved mean and invstd (as
+ * floats): the backward makes the same a and b again, where it finds the
+ * ReLU's mask from x instead of reading y. */
+static inline void train_coef(const kb_bn *b, int c, float fm, float fi, float *a, float *sh)
 {
-    const size_t chw = (size_t)C * HW;
-    double invstd = 1.0 / sqrt(var + eps);
-    float a = (float)(gamma[c] * invstd);
-    float b = (float)(beta[c] - mean * gamma[c] * invstd);
-    for (int n = 0; n < N; n++) {
-        const float *xp = x + n * chw + (size_t)c * HW;
-        float *yp = y + n * chw + (size_t)c * HW;
-        for (int i = 0; i < HW; i++)
-            yp[i] = a * xp[i] + b;
-    }
-    save_mean[c] = (float)mean;
-    save_invstd[c] = (float)invstd;
-    if (running_mean)
-        running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
-    if (running_var)
-        running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
+    *a = b->gamma[c] * fi;
+    *sh = b->beta[c] - fm * *a;
 }
 
-static void cpu_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
-                                 int HW, const float *gamma /* (C) */,
-                                 const float *beta /* (C) */, float eps, float momentum,
-                                 float *running_mean /* (C) or NULL */,
-                                 float *running_var /* (C) or NULL */, float *y /* (N,C,HW) */,
-                                 float *save_mean /* (C) */, float *save_invstd /* (C) */)
+/* y = relu?(a x + b + residual) over the planes of channel c in the group:
+ * the float operations of a normalize, an add and a ReLU done one after
+ * another, so the fused op gives their bits. */
+static void channel_apply(const bn_group *G, const float *x, int c, float a, float b,
+                          const float *res, float *y)
 {
-    int nt = kb_cpu_of(be)->threads;
-    const double M = (double)N * HW;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int c = 0; c < C; c++) {
-        double mean, ss;
-        channel_stats(x, N, C, HW, c, &mean, &ss);
-        double var = ss / M; /* biased: what normalizes */
-        /* PyTorch tracks the unbiased variance; with one value per channel
-         * (PyTorch refuses to train there) fall back to the biased one. */
-        double uvar = M > 1.0 ? ss / (M - 1.0) : var;
-        channel_normalize(x, N, C, HW, c, mean, var, uvar, gamma, beta, eps, momentum,
-                          running_mean, running_var, y, save_mean, save_invstd);
+    const int HW = G->b->HW, relu = G->b->relu;
+    for (int n = 0; n < G->Ng; n++) {
+        const size_t o = plane(G, n, c);
+        for (int i = 0; i < HW; i++) {
+            float v = a * x[o + i] + b;
+            if (res)
+                v = v + res[o + i];
+            y[o + i] = relu && !(v > 0.0f) ? 0.0f : v;
+        }
     }
 }
 
-static void cpu_bn_forward_eval(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
-                                int HW, const float *gamma, const float *beta, float eps,
-                                const float *running_mean, const float *running_var,
-                                float *y /* (N,C,HW) */)
+/* Normalizes channel c of the group with (mean, var): saves mean and
+ * invstd, updates the running statistics (PyTorch's momentum rule, with
+ * the unbiased variance uvar) where tracked. */
+static void channel_normalize(const bn_group *G, int g, const float *x, int c, double mean,
+                              double var, double uvar, const float *res, float *y)
 {
-    int nt = kb_cpu_of(be)->threads;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int n = 0; n < N; n++) {
+    const kb_bn *b = G->b;
+    double invstd = 1.0 / sqrt(var + b->eps);
+    float a, sh;
+    train_coef(b, c, (float)mean, (float)invstd, &a, &sh);
+    channel_apply(G, x, c, a, sh, res, y);
+    b->save_mean[(size_t)g * b->C + c] = (float)mean;
+    b->save_invstd[(size_t)g * b->C + c] = (float)invstd;
+    if (b->running_mean)
+        b->running_mean[c] = (1.0f - b->momentum) * b->running_mean[c] + b->momentum * (float)mean;
+    if (b->running_var)
+        b->running_var[c] = (1.0f - b->momentum) * b->running_var[c] + b->momentum * (float)uvar;
+}
+
+/* With kb_cpu_emulate_rounding(BF16): the CUDA backend stores feature maps
+ * in bf16 (fp32 rows stay fp32). */
+static void round_fmap(kb_cpu *impl, const kb_bn *b, float *y)
+{
+    if (y && impl->round_bf16 && !b->rows)
+        kb_cpu_bf16_round(impl, y, (size_t)b->N * b->C * b->HW);
+}
+
+#define BN_PAR(b) if ((size_t)(b)->N * (b)->C * (b)->HW >= KB_CPU_PAR_MIN)
+
+static void cpu_bn_stats(kb_backend *be, const kb_bn *b, const void *xv, float *stats /* (G,3C) */)
+{
+    const float *x = xv;
+    const int nt = kb_cpu_of(be)->threads, C = b->C;
+    for (int g = 0; g < b->groups; g++) {
+        const bn_group G = group_of(b, g);
+        float *st = stats + (size_t)g * 3 * C;
+#pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
         for (int c = 0; c < C; c++) {
-            double invstd = 1.0 / sqrt((double)running_var[c] + eps);
-            float a = (float)(gamma[c] * invstd);
-            float b = (float)(beta[c] - running_mean[c] * (double)gamma[c] * invstd);
-            const float *xp = x + n * chw + (size_t)c * HW;
-            float *yp = y + n * chw + (size_t)c * HW;
-            for (int i = 0; i < HW; i++)
-                yp[i] = a * xp[i] + b;
+            double mean, ss;
+            channel_stats(&G, x, c, &mean, &ss);
+            st[c] = (float)mean;
+            st[C + c] = (float)(ss / G.M);
+            st[2 * C + c] = (float)(mean * mean);
+        }
+    }
+}
+
+static void cpu_bn_forward(kb_backend *be, const kb_bn *b, const void *xv, const float *stats,
+                           double count, const void *resv, void *yv)
+{
+    kb_cpu *impl = kb_cpu_of(be);
+    const float *x = xv, *res = resv;
+    float *y = yv;
+    const int nt = impl->threads, C = b->C;
+    /* group after group: the running statistics move as after separate batches */
+    for (int g = 0; g < b->groups; g++) {
+        const bn_group G = group_of(b, g);
+        const float *st = stats ? stats + (size_t)g * 3 * C : NULL;
+#pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
+        for (int c = 0; c < C; c++) {
+            double mean, var, uvar;
+            if (st) {
+                mean = st[c];
+                var = (double)st[C + c] + (double)st[2 * C + c] - mean * mean;
+                if (var < 0)
+                    var = 0; /* rounding of the between-rank term */
+                uvar = count > 1.0 ? var * count / (count - 1.0) : var;
+            } else {
+                double ss;
+                channel_stats(&G, x, c, &mean, &ss);
+                var = ss / G.M; /* biased: what normalizes */
+                /* PyTorch tracks the unbiased variance; with one value per
+                 * channel (PyTorch refuses to train there) the biased one. */
+                uvar = G.M > 1.0 ? ss / (G.M - 1.0) : var;
+            }
+            channel_normalize(&G, g, x, c, mean, var, uvar, res, y);
+        }
+    }
+    round_fmap(impl, b, y);
+}
+
+static void cpu_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *xv, const void *resv,
+                                void *yv)
+{
+    kb_cpu *impl = kb_cpu_of(be);
+    const float *x = xv, *res = resv;
+    float *y = yv;
+    const int nt = impl->threads;
+    const bn_group G = {b, 0, b->N, (double)b->N * b->HW}; /* one group: the whole batch */
+#pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
+    for (int c = 0; c < b->C; c++) {
+        double invstd = 1.0 / sqrt((double)b->running_var[c] + b->eps);
+        float a = (float)(b->gamma[c] * invstd);
+        float sh = (float)(b->beta[c] - b->running_mean[c] * (double)b->gamma[c] * invstd);
+        channel_apply(&G, x, c, a, sh, res, y);
+    }
+    round_fmap(impl, b, y);
+}
+
+/* The gradient through the ReLU: dy where the output was positive -- y,
+ * or with y NULL (no residual) a x + b. */
+static inline float masked(const kb_bn *b, const float *y, const float *dy, const float *x,
+                           float a, float sh, size_t i)
+{
+    if (!b->relu)
+        return dy[i];
+    const int on = y ? y[i] > 0.0f : a * x[i] + sh > 0.0f;
+    return on ? dy[i] : 0.0f;
+}
+
+/* Sums of g and g*x over channel c of the group, in double (float
+ * products are exact in double, so sum g*(x - mean) = sum g*x - mean sum g
+ * loses nothing that matters). */
+static void channel_grad_sums(const bn_group *G, const float *x, const float *y,
+                              const float *dy, int c, float a, float sh, double *sdy,
+                              double *sdx)
+{
+    const kb_bn *b = G->b;
+    const int HW = b->HW;
+    double s = 0.0, t = 0.0;
+    for (int n = 0; n < G->Ng; n++) {
+        const size_t o = plane(G, n, c);
+        if (b->relu) {
+            double ps, pt;
+            if (y)
+                kb_cpu_masked_sums(dy + o, y + o, x + o, (size_t)HW, &ps, &pt);
+            else
+                kb_cpu_relu_sums(dy + o, x + o, a, sh, (size_t)HW, &ps, &pt);
+            s += ps;
+            t += pt;
+        } else {
+            s += kb_cpu_sum(dy + o, (size_t)HW);
+            t += kb_cpu_dot(dy + o, x + o, (size_t)HW);
+        }
+    }
+    *sdy = s;
+    *sdx = t;
+}
+
+/* dx = k (g - mdy - xhat mdyx) over channel c of the group, in float per
+ * element; dres = g. */
+static void channel_dx(const bn_group *G, const float *x, const float *y, const float *dy,
+                       int c, float k, float mdy, float mdyx, float fm, float fi, float *dx,
+                       float *dres)
+{
+    const kb_bn *b = G->b;
+    float a, sh;
+    train_coef(b, c, fm, fi, &a, &sh);
+    for (int n = 0; n < G->Ng; n++) {
+        const size_t o = plane(G, n, c);
+        for (int i = 0; i < b->HW; i++) {
+            float gv = masked(b, y, dy, x, a, sh, o + i);
+            float xh = (x[o + i] - fm) * fi;
+            dx[o + i] = k * (gv - mdy - xh * mdyx);
+            if (dres)
+                dres[o + i] = gv;
+        }
+    }
+}
+
+static void cpu_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *xv,
+                                   const void *yv, const void *dyv, float *red /* (G,2C) */,
+                                   float *dgamma, float *dbeta)
+{
+    const float *x = xv, *y = yv, *dy = dyv;
+    const int nt = kb_cpu_of(be)->threads, C = b->C;
+    for (int g = 0; g < b->groups; g++) {
+        const bn_group G = group_of(b, g);
+#pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
+        for (int c = 0; c < C; c++) {
+            double sdy, sdx;
+            const size_t s = (size_t)g * C + c;
+            float a, sh;
+            train_coef(b, c, b->save_mean[s], b->save_invstd[s], &a, &sh);
+            channel_grad_sums(&G, x, y, dy, c, a, sh, &sdy, &sdx);
+            double sdyx = (sdx - b->save_mean[s] * sdy) * b->save_invstd[s];
+            dbeta[c] += (float)sdy;
+            dgamma[c] += (float)sdyx;
+            red[(size_t)g * 2 * C + c] = (float)(sdy / G.M);
+            red[(size_t)g * 2 * C + C + c] = (float)(sdyx / G.M);
         }
     }
 }
 
 /* Training-mode backward with xhat = (x - mean) * invstd:
- *   dbeta = sum dy, dgamma = sum dy * xhat,
- *   dx = gamma * invstd / M * (M dy - dbeta - xhat dgamma). */
-static void cpu_bn_backward(kb_backend *be, const float *x /* (N,C,HW) */,
-                            const float *dy /* (N,C,HW) */, int N, int C, int HW,
-                            const float *gamma, const float *save_mean,
-                            const float *save_invstd, float *dx /* (N,C,HW) */,
-                            float *dgamma /* (C), += */, float *dbeta /* (C), += */)
+ *   dbeta = sum g, dgamma = sum g * xhat,
+ *   dx = gamma * invstd / M * (M g - dbeta - xhat dgamma). */
+static void cpu_bn_backward(kb_backend *be, const kb_bn *b, const void *xv, const void *yv,
+                            const void *dyv, const float *red, float *dgamma, float *dbeta,
+                            void *dxv, void *dresv)
 {
-    int nt = kb_cpu_of(be)->threads;
-    const double M = (double)N * HW;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int c = 0; c < C; c++) {
-        const double mean = save_mean[c], invstd = save_invstd[c];
-        /* sum dy*(x - mean) = sum dy*x - mean*sum dy: float products are
-         * exact in double, so the cancellation costs nothing that matters. */
-        double sdy = 0.0, sdx = 0.0;
-        for (int n = 0; n < N; n++) {
-            const float *xp = x + n * chw + (size_t)c * HW;
-            const float *dp = dy + n * chw + (size_t)c * HW;
-            sdy += kb_cpu_sum(dp, (size_t)HW);
-            sdx += kb_cpu_dot(dp, xp, (size_t)HW);
-        }
-        double sdyx = (sdx - mean * sdy) * invstd;
-        dbeta[c] += (float)sdy;
-        dgamma[c] += (float)sdyx;
-        /* dx = k * (dy - mean_dy - xhat * mean_dyxhat), in float per element. */
-        const float k = (float)(gamma[c] * invstd);
-        const float mdy = (float)(sdy / M), mdyx = (float)(sdyx / M);
-        const float fm = (float)mean, fi = (float)invstd;
-        for (int n = 0; n < N; n++) {
-            const float *xp = x + n * chw + (size_t)c * HW;
-            const float *dp = dy + n * chw + (size_t)c * HW;
-            float *dxp = dx + n * chw + (size_t)c * HW;
-            for (int i = 0; i < HW; i++) {
-                float xh = (xp[i] - fm) * fi;
-                dxp[i] = k * (dp[i] - mdy - xh * mdyx);
-            }
-        }
-    }
-}
-
-/* ---- SyncBN halves (see backend.h); the same double-precision channel
- * reductions as above, one thread per channel. */
-
-static void cpu_bn_stats(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C, int HW,
-                         float *stats /* (3C) */)
-{
-    int nt = kb_cpu_of(be)->threads;
-    const double M = (double)N * HW;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int c = 0; c < C; c++) {
-        double mean, ss;
-        channel_stats(x, N, C, HW, c, &mean, &ss);
-        stats[c] = (float)mean;
-        stats[C + c] = (float)(ss / M);
-        stats[2 * C + c] = (float)(mean * mean);
-    }
-}
-
-static void cpu_bn_forward_apply(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
-                                 int HW, const float *gamma, const float *beta, float eps,
-                                 float momentum, const float *stats /* (3C) */, double count,
-                                 float *running_mean, float *running_var,
-                                 float *y /* (N,C,HW) */, float *save_mean, float *save_invstd)
-{
-    int nt = kb_cpu_of(be)->threads;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int c = 0; c < C; c++) {
-        double mean = stats[c];
-        double var = (double)stats[C + c] + (double)stats[2 * C + c] - mean * mean;
-        if (var < 0)
-            var = 0; /* rounding of the between-rank term */
-        double uvar = count > 1.0 ? var * count / (count - 1.0) : var;
-        channel_normalize(x, N, C, HW, c, mean, var, uvar, gamma, beta, eps, momentum,
-                          running_mean, running_var, y, save_mean, save_invstd);
-    }
-}
-
-static void cpu_bn_backward_reduce(kb_backend *be, const float *x, const float *dy, int N, int C,
-                                   int HW, const float *save_mean, const float *save_invstd,
-                                   float *red /* (2C) */, float *dgamma, float *dbeta)
-{
-    int nt = kb_cpu_of(be)->threads;
-    const double M = (double)N * HW;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int c = 0; c < C; c++) {
-        double sdy = 0.0, sdx = 0.0;
-        for (int n = 0; n < N; n++) {
-            sdy += kb_cpu_sum(dy + n * chw + (size_t)c * HW, (size_t)HW);
-            sdx += kb_cpu_dot(dy + n * chw + (size_t)c * HW, x + n * chw + (size_t)c * HW,
-                              (size_t)HW);
-        }
-        double sdyx = (sdx - save_mean[c] * sdy) * save_invstd[c];
-        dbeta[c] += (float)sdy;
-        dgamma[c] += (float)sdyx;
-        red[c] = (float)(sdy / M);
-        red[C + c] = (float)(sdyx / M);
-    }
-}
-
-static void cpu_bn_backward_apply(kb_backend *be, const float *x, const float *dy, int N, int C,
-                                  int HW, const float *gamma, const float *save_mean,
-                                  const float *save_invstd, const float *red, float *dx)
-{
-    int nt = kb_cpu_of(be)->threads;
-    const size_t chw = (size_t)C * HW;
-#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if ((size_t)N * chw >= KB_CPU_PAR_MIN)
-    for (int n = 0; n < N; n++) {
+    kb_cpu *impl = kb_cpu_of(be);
+    const float *x = xv, *y = yv, *dy = dyv;
+    float *dx = dxv, *dres = dresv;
+    const int nt = impl->threads, C = b->C;
+    for (int g = 0; g < b->groups; g++) {
+        const bn_group G = group_of(b, g);
+#pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
         for (int c = 0; c < C; c++) {
-            const float k = gamma[c] * save_invstd[c], fm = save_mean[c], fi = save_invstd[c];
-            const float mdy = red[c], mdyx = red[C + c];
-            const float *xp = x + n * chw + (size_t)c * HW;
-            const float *dp = dy + n * chw + (size_t)c * HW;
-            float *dxp = dx + n * chw + (size_t)c * HW;
-            for (int i = 0; i < HW; i++) {
-                float xh = (xp[i] - fm) * fi;
-                dxp[i] = k * (dp[i] - mdy - xh * mdyx);
+            const size_t s = (size_t)g * C + c;
+            const double mean = b->save_mean[s], invstd = b->save_invstd[s];
+            float mdy, mdyx;
+            if (red) {
+                mdy = red[(size_t)g * 2 * C + c];
+                mdyx = red[(size_t)g * 2 * C + C + c];
+            } else {
+                double sdy, sdx;
+                float a, sh;
+                train_coef(b, c, (float)mean, (float)invstd, &a, &sh);
+                channel_grad_sums(&G, x, y, dy, c, a, sh, &sdy, &sdx);
+                double sdyx = (sdx - mean * sdy) * invstd;
+                dbeta[c] += (float)sdy;
+                dgamma[c] += (float)sdyx;
+                mdy = (float)(sdy / G.M);
+                mdyx = (float)(sdyx / G.M);
             }
+            const float k = red ? b->gamma[c] * (float)invstd : (float)(b->gamma[c] * invstd);
+            channel_dx(&G, x, y, dy, c, k, mdy, mdyx, (float)mean, (float)invstd, dx, dres);
         }
     }
+    round_fmap(impl, b, dx);
+    round_fmap(impl, b, dres);
 }
 
 static void cpu_l2norm_forward(kb_backend *be, const float *x /* (N,D) */, int N, int D,
@@ -261,13 +332,11 @@ static void cpu_l2norm_backward(kb_backend *be, const float *y /* (N,D) */,
 
 void kb_cpu_norm_init(kb_backend *be)
 {
-    be->bn_forward_train = cpu_bn_forward_train;
-    be->bn_forward_eval = cpu_bn_forward_eval;
-    be->bn_backward = cpu_bn_backward;
     be->bn_stats = cpu_bn_stats;
-    be->bn_forward_apply = cpu_bn_forward_apply;
+    be->bn_forward = cpu_bn_forward;
+    be->bn_forward_eval = cpu_bn_forward_eval;
     be->bn_backward_reduce = cpu_bn_backward_reduce;
-    be->bn_backward_apply = cpu_bn_backward_apply;
+    be->bn_backward = cpu_bn_backward;
     be->l2norm_forward = cpu_l2norm_forward;
     be->l2norm_backward = cpu_l2norm_backward;
 }

@@ -58,11 +58,13 @@ static int maxpool_row_step(const float *restrict xs, int stride, int qa, int qb
     return nan;
 }
 
-static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, int N, int C,
+static void cpu_maxpool_forward(kb_backend *be, const void *xv /* (N,C,H,W) */, int N, int C,
                                 int H, int W, int k, int stride, int pad,
-                                float *y /* (N,C,P,Q) */, int32_t *idx /* (N,C,P,Q) */)
+                                void *yv /* (N,C,P,Q) */, int32_t *idx /* (N,C,P,Q) or NULL */)
 {
     int nt = kb_cpu_of(be)->threads;
+    const float *x = xv;
+    float *y = yv;
     const int P = (H + 2 * pad - k) / stride + 1;
     const int Q = (W + 2 * pad - k) / stride + 1;
     const long planes = (long)N * C;
@@ -79,7 +81,7 @@ static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, 
     for (long pl = 0; pl < planes; pl++) {
         const float *xp = x + pl * H * W;
         float *yp = y + pl * P * Q;
-        int32_t *ip = idx + pl * P * Q;
+        int32_t *ip = idx ? idx + pl * P * Q : NULL;
         for (int p = 0; p < P; p++) {
             int h0 = p * stride - pad;
             int hs = h0 < 0 ? 0 : h0, he = h0 + k > H ? H : h0 + k;
@@ -106,7 +108,8 @@ static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, 
                                 break;
                             }
                     yp[p * Q + q] = best[q];
-                    ip[p * Q + q] = bi[q];
+                    if (ip)
+                        ip[p * Q + q] = bi[q];
                 }
             }
             for (int q = 0; q < Q; q++) {
@@ -138,17 +141,21 @@ static void cpu_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, 
                             break;
                         }
                 yp[p * Q + q] = best;
-                ip[p * Q + q] = bi;
+                if (ip)
+                    ip[p * Q + q] = bi;
             }
         }
     }
 }
 
-static void cpu_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) */,
+static void cpu_maxpool_backward(kb_backend *be, const void *dyv /* (N,C,P,Q) */,
                                  const int32_t *idx /* (N,C,P,Q) */, int N, int C, int H, int W,
-                                 int P, int Q, float *dx /* (N,C,H,W) */)
+                                 int P, int Q, void *dxv /* (N,C,H,W) */)
 {
-    int nt = kb_cpu_of(be)->threads;
+    kb_cpu *impl = kb_cpu_of(be);
+    int nt = impl->threads;
+    const float *dy = dyv;
+    float *dx = dxv;
     const long planes = (long)N * C;
 #pragma omp parallel for num_threads(nt) schedule(static) if (planes * H * W >= KB_CPU_PAR_MIN)
     for (long pl = 0; pl < planes; pl++) {
@@ -159,12 +166,15 @@ static void cpu_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) */
         for (int j = 0; j < P * Q; j++)
             xp[ip[j]] += dp[j];
     }
+    if (impl->round_bf16) /* the CUDA backend's bf16 feature maps */
+        kb_cpu_bf16_round(impl, dx, (size_t)planes * H * W);
 }
 
-static void cpu_avgpool_forward(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
+static void cpu_avgpool_forward(kb_backend *be, const void *xv /* (N,C,HW) */, int N, int C,
                                 int HW, float *y /* (N,C) */)
 {
     int nt = kb_cpu_of(be)->threads;
+    const float *x = xv;
     const long planes = (long)N * C;
 #pragma omp parallel for num_threads(nt) schedule(static) if (planes * HW >= KB_CPU_PAR_MIN)
     for (long pl = 0; pl < planes; pl++)
@@ -172,9 +182,11 @@ static void cpu_avgpool_forward(kb_backend *be, const float *x /* (N,C,HW) */, i
 }
 
 static void cpu_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, int N, int C,
-                                 int HW, float *dx /* (N,C,HW) */)
+                                 int HW, void *dxv /* (N,C,HW) */)
 {
-    int nt = kb_cpu_of(be)->threads;
+    kb_cpu *impl = kb_cpu_of(be);
+    int nt = impl->threads;
+    float *dx = dxv;
     const long planes = (long)N * C;
 #pragma omp parallel for num_threads(nt) schedule(static) if (planes * HW >= KB_CPU_PAR_MIN)
     for (long pl = 0; pl < planes; pl++) {
@@ -183,6 +195,8 @@ static void cpu_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, in
         for (int i = 0; i < HW; i++)
             xp[i] = g;
     }
+    if (impl->round_bf16)
+        kb_cpu_bf16_round(impl, dx, (size_t)planes * HW);
 }
 
 float *kb_cpu_bf16_copy(kb_cpu *impl, const float *src, size_t n)
@@ -211,8 +225,8 @@ void kb_cpu_bf16_round(kb_cpu *impl, float *p, size_t n)
  * and an fp32 C: y, dx and the dw += are not rounded), and the bias and its
  * gradient stay fp32 (from the unrounded dy). */
 static void cpu_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N, int I,
-                               const float *w /* (O,I) */, const float *b /* (O) or NULL */,
-                               int O, float *y /* (N,O) */)
+                               const float *w /* (O,I) */, const void *wm /* none here */,
+                               const float *b /* (O) or NULL */, int O, float *y /* (N,O) */)
 {
     kb_cpu *impl = kb_cpu_of(be);
     kb_cpu_set_blas_threads(impl);
@@ -236,7 +250,8 @@ static void cpu_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N
 }
 
 static void cpu_linear_backward(kb_backend *be, const float *x /* (N,I) */,
-                                const float *w /* (O,I) */, const float *dy /* (N,O) */, int N,
+                                const float *w /* (O,I) */, const void *wm /* none here */,
+                                const float *dy /* (N,O) */, int N,
                                 int I, int O, float *dx /* (N,I) or NULL */,
                                 float *dw /* (O,I), += */, float *db /* (O) or NULL, += */)
 {

@@ -3,8 +3,10 @@
  * renderer (worker/augment.c) uses: sample + jitter up to contrast (and the
  * mean gray level), contrast onwards + grayscale, separable blur with
  * reflect padding (the same taps in the same order), solarize + normalize.
- * The view lives in the output buffer between passes; the blur's
- * intermediate in scratch. */
+ * The view lives in fp32 planes in scratch between passes (with the blur's
+ * intermediate); the last pass writes it into the feature map the first
+ * convolution reads (NHWC in the math's type, channels padded: cuda.h).
+ * Both views of a batch in one launch, one block per sample and view. */
 #include <string.h>
 
 #include "kernels/augment.h"
@@ -16,16 +18,18 @@
 /* ---- kernels ---- */
 
 __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int H,
-                              const uint32_t *keys /* epoch, then (n) indices */,
-                              uint64_t seed, int view, int S, float3 mean, float3 stdv,
-                              float *out /* (n,3,S,S) */, float *scratch /* (n,S,S) */)
+                              const uint32_t *keys /* epoch, then (n) indices */, int n,
+                              uint64_t seed, int view0, int view1, int S, float3 mean,
+                              float3 stdv, void *out /* (nviews n, S, S, Cp) */, int Cp,
+                              int bf16, float *work /* (nviews n, 4, S, S) */)
 {
     __shared__ rw_aug_params p;
     __shared__ float w[RW_AUG_BLUR_MAX_TAPS];
     __shared__ int taps;
     __shared__ double sh[AUG_THREADS / 32];
     const uint32_t epoch = keys[0];
-    const int i = (int)keys[1 + blockIdx.x];
+    const int i = (int)keys[1 + blockIdx.x % n];
+    const int view = blockIdx.x < (unsigned)n ? view0 : view1;
     if (threadIdx.x == 0) {
         if (view < 0) { /* the identity view (rw_image_plain) */
             memset(&p, 0, sizeof p);
@@ -46,8 +50,8 @@ __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int
 
     const uint8_t *img = src + (size_t)i * 3 * W * H;
     const int P = S * S;
-    float *o = out + (size_t)blockIdx.x * 3 * P;
-    float *scr = scratch + (size_t)blockIdx.x * P;
+    float *o = work + (size_t)blockIdx.x * 4 * P; /* the view's three planes */
+    float *scr = o + 3 * P;                       /* the blur's rows */
     const int kc = rw_aug_contrast_step(&p);
 
     /* pass 1: crop + resize + flip, jitter up to contrast, the gray sum */
@@ -105,39 +109,49 @@ __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int
         __syncthreads();
     }
 
-    /* pass 3: solarize, normalize (own pixels again) */
+    /* pass 3: solarize, normalize (own pixels again), into the feature map */
     const float m3[3] = {mean.x, mean.y, mean.z}, s3[3] = {stdv.x, stdv.y, stdv.z};
-    for (int ch = 0; ch < 3; ch++) {
-        float *pl = o + (size_t)ch * P;
-        for (int q = threadIdx.x; q < P; q += blockDim.x) {
-            float x = pl[q];
-            if (p.solarize)
-                x = rw_aug_solarize(x);
-            pl[q] = rw_aug_normalize(x, m3[ch], s3[ch]);
+    const size_t base = (size_t)blockIdx.x * P;
+    for (int q = threadIdx.x; q < P; q += blockDim.x)
+        for (int ch = 0; ch < Cp; ch++) {
+            float x = 0.0f;
+            if (ch < 3) {
+                x = o[(size_t)ch * P + q];
+                if (p.solarize)
+                    x = rw_aug_solarize(x);
+                x = rw_aug_normalize(x, m3[ch], s3[ch]);
+            }
+            kb_elem_set(out, (base + q) * Cp + ch, x, bf16);
         }
-    }
 }
 
 /* ---- launchers ---- */
 
 extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
-                               const uint32_t *keys, int n, uint64_t seed, int view, int S,
-                               const float mean[3], const float std[3], float *out)
+                               const uint32_t *keys, int n, uint64_t seed, const int *views,
+                               int nviews, int S, const float mean[3], const float std[3],
+                               void *out)
 {
     if (!be || !be->name || strcmp(be->name, "cuda") != 0)
         return -1;
     kb_cuda *impl = kb_cuda_enter(be);
     if (n <= 0)
         return 0;
-    KB_CUDA_CHECK(S >= 1 && W >= 1 && H >= 1);
-    /* scratch: one S x S plane per sample for the blur */
-    float *scr = (float *)kb_cuda_scratch(impl, sizeof(float) * (size_t)n * S * S);
-    /* the n source images and keys read; the view written, then read and
-     * rewritten in place by the later passes; the blur's plane through scratch */
-    KB_CUDA_BYTES((size_t)n * (3 * W * H + 2 * 12 * S * S + 2 * 4 * S * S) + 4 * ((size_t)n + 1));
-    kb_aug_kernel<<<n, AUG_THREADS, 0, impl->stream>>>(
-        src, W, H, keys, seed, view, S, make_float3(mean[0], mean[1], mean[2]),
-        make_float3(std[0], std[1], std[2]), out, scr);
+    KB_CUDA_CHECK(S >= 1 && W >= 1 && H >= 1 && nviews >= 1 && nviews <= 2);
+    const int nb = nviews * n, Cp = kb_cuda_cpad(impl, 3);
+    /* scratch: each view's three planes and the blur's rows, fp32 */
+    float *work = (float *)kb_cuda_scratch(impl, sizeof(float) * 4 * (size_t)nb * S * S);
+    /* the source images read, the views' planes written and read (L2 for
+     * the most part, counted anyway), the feature map written */
+    KB_CUDA_BYTES((size_t)nb * 3 * W * H + 2 * sizeof(float) * 4 * (size_t)nb * S * S +
+                  kb_cuda_fmap_bytes(impl, nb, 3, (long)S * S));
+    /* arguments as values: what a launch reads is read now (the emulator
+     * runs a captured launch later) */
+    const int v0 = views[0], v1 = nviews > 1 ? views[1] : views[0];
+    const float3 m = make_float3(mean[0], mean[1], mean[2]), sd = make_float3(std[0], std[1], std[2]);
+    const int bf16 = impl->precision == KB_PREC_BF16;
+    kb_aug_kernel<<<nb, AUG_THREADS, 0, impl->stream>>>(src, W, H, keys, n, seed, v0, v1, S, m,
+                                                        sd, out, Cp, bf16, work);
     KB_CUDA_LAUNCHED();
     return 0;
 }

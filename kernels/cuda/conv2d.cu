@@ -1,37 +1,36 @@
-/* Convolutions on cuDNN's legacy C API (cuDNN 9 keeps it).
+/* Convolutions on cuDNN's legacy C API (cuDNN 9 keeps it), on feature maps
+ * in the backend's format: NHWC in the math's type, channels padded to 16
+ * bytes (cuda.h). A plan runs cuDNN on padded shapes -- C and K rounded
+ * up, the weight's padding zero -- so that a padded input channel meets
+ * zero weights and a padded output channel comes out zero.
  *
  * conv_plan builds, for the backend's math mode (set_precision), one
  * sub-plan per direction (forward, backward data, backward filter): the
- * operands cuDNN runs on (fp32 or bf16, NCHW or NHWC), the descriptors and
- * an algorithm picked by timing (cudnnFind*), preferring deterministic ones
- * for the backward passes (the weight gradient of the fastest algorithm is
- * often atomics-based: run-to-run noise we do not want). A memo serves the
- * same shape's later plans under the same mode. A plan used under a mode it
- * was not made for plans that mode on its first call there (not inside a
- * capture). Workspace and scratch are grown here, at plan time, never
- * during a call.
+ * descriptors and an algorithm picked by timing (cudnnFind*) within a
+ * workspace budget, preferring deterministic ones for the backward passes
+ * (the weight gradient of the fastest algorithm is often atomics-based:
+ * run-to-run noise we do not want) unless the desc allows otherwise. A memo
+ * serves the same shape's later plans under the same mode. A plan used
+ * under a mode it was not made for plans that mode on its first call
+ * there (not inside a capture). Workspace and scratch are grown here, at
+ * plan time, never during a call.
  *
  * Math: TF32 mode runs fp32 data with CUDNN_DEFAULT_MATH, which permits
  * TF32 tensor cores on compute capability 8+; FP32 mode with
  * CUDNN_FMA_MATH, which forbids them (PyTorch's choice between the two as
  * well). BF16 mode runs bf16 x, w and y with float compute (cuDNN's
  * PSEUDO_BFLOAT16_CONFIG: products exact, fp32 accumulation, the result
- * rounded to bf16 once) and tensor-op math; our kernels cast the fp32
- * operands into scratch and the result back. A weight gradient goes to a
- * temporary (beta 0) and is added into dw in fp32: the contract's +=.
+ * rounded to bf16 once) and tensor-op math. A direction cuDNN runs in no
+ * bf16 configuration falls back to fp32 (TF32) on copies of its operands
+ * -- the same bf16 values, exact in TF32 -- with a notice, once per
+ * process.
  *
- * Layout: the interface is NCHW / KCRS. For each direction the plan times
- * cuDNN on NCHW and on NHWC (KRSC filters) and adds the measured time of
- * the copies each needs: none for fp32 NCHW, a transposing copy per
- * operand for fp32 NHWC, a cast per operand in bf16 either way (the
- * transpose rides along in the cast, so NHWC costs about nothing extra
- * there). The faster total wins; a tie goes to NCHW.
- *   RW_CUDA_CONV_LAYOUT=nchw|nhwc|auto (read at plan time) forces a layout
- *   (a layout cuDNN declines falls back to the other one);
- *   RW_CUDA_CONV_LOG=1 prints every choice: shape, mode, direction,
- *   layout, operand type, algorithm, math type and the times behind it.
- * A direction cuDNN runs in neither bf16 layout falls back to fp32 (TF32)
- * with a notice, once per process. */
+ * Weights: the fp32 (K,C,R,S) parameter, or its mirror (the (Kp,R,S,Cp)
+ * copy the update keeps, kernels/cuda/optim.cu); without a mirror each call
+ * packs the weight into scratch. A weight gradient comes out of cuDNN as
+ * (Kp,R,S,Cp) in scratch and is added into the fp32 (K,C,R,S) gradient:
+ * the contract's +=. RW_CUDA_CONV_LOG=1 prints every choice: shape, mode,
+ * direction, operand type, algorithm, math type and cuDNN's time. */
 #include <string.h>
 
 #include "kernels/cuda/precision.h"
@@ -45,8 +44,7 @@ typedef struct conv_dir {
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd; /* carries the chosen algorithm's math type */
     int algo;                        /* cudnnConvolution*Algo_t */
-    int bf16, nhwc;                  /* what cuDNN reads and writes */
-    size_t scratch;                  /* operand copies; 0: cuDNN runs on ours */
+    int bf16;                        /* what cuDNN reads and writes */
 } conv_dir;
 
 typedef struct conv_mode {
@@ -56,58 +54,26 @@ typedef struct conv_mode {
 
 struct kb_conv {
     kb_conv_desc d;
-    kb_precision home;  /* the mode conv_plan planned: the fallback */
-    conv_mode mode[3];  /* by kb_precision */
+    kb_precision home; /* the mode conv_plan planned: the fallback */
+    conv_mode mode[3]; /* by kb_precision */
 };
 
-/* The three tensors as batches of matrices (B, R, S) for kb_cuda_relayout:
- * x (N, C, HW), w (K, C, RS), y (N, K, PQ). */
-typedef struct conv_shape {
-    long B, R, S;
-} conv_shape;
+/* The padded shape under the mode in effect. */
+typedef struct conv_pad {
+    int Cp, Kp, RS;
+    size_t nx, nw, ny; /* elements of x, w (packed) and y */
+} conv_pad;
 
-static conv_shape shape_x(const kb_conv_desc *d) { return {d->N, d->C, (long)d->H * d->W}; }
-static conv_shape shape_w(const kb_conv_desc *d) { return {d->K, d->C, (long)d->R * d->S}; }
-static conv_shape shape_y(const kb_conv_desc *d) { return {d->N, d->K, (long)d->P * d->Q}; }
-static size_t shape_n(conv_shape s) { return (size_t)s.B * s.R * s.S; }
-
-/* A direction's operands a, b and result o: forward x, w -> y; backward
- * data dy, w -> dx; backward filter x, dy -> dw. */
-static conv_shape shape_a(const kb_conv_desc *d, int dir) { return dir == DIR_BD ? shape_y(d) : shape_x(d); }
-static conv_shape shape_b(const kb_conv_desc *d, int dir) { return dir == DIR_BW ? shape_y(d) : shape_w(d); }
-static conv_shape shape_o(const kb_conv_desc *d, int dir)
+static conv_pad pad_of(const kb_cuda *impl, const kb_conv_desc *d)
 {
-    return dir == DIR_FWD ? shape_y(d) : dir == DIR_BD ? shape_x(d) : shape_w(d);
-}
-
-/* Scratch for the copies of a, b and o, each 256-byte aligned. */
-static size_t copies_bytes(const kb_conv_desc *d, int dir, int bf16, size_t off[3])
-{
-    const size_t es = bf16 ? 2 : 4;
-    off[0] = 0;
-    off[1] = kb_cuda_align256(shape_n(shape_a(d, dir)) * es);
-    off[2] = off[1] + kb_cuda_align256(shape_n(shape_b(d, dir)) * es);
-    return off[2] + kb_cuda_align256(shape_n(shape_o(d, dir)) * es);
-}
-
-/* fp32 NCHW operands a, b -> their copies sa, sb */
-static void copies_in(kb_cuda *impl, const kb_conv_desc *d, int dir, int bf16, int nhwc,
-                      const float *a, const float *b, void *sa, void *sb)
-{
-    conv_shape s = shape_a(d, dir);
-    kb_cuda_relayout(impl, a, 0, sa, bf16, s.B, s.R, s.S, nhwc, 0);
-    s = shape_b(d, dir);
-    kb_cuda_relayout(impl, b, 0, sb, bf16, s.B, s.R, s.S, nhwc, 0);
-}
-
-/* the result's copy so -> o, fp32 NCHW; added for the weight gradient */
-static void copy_out(kb_cuda *impl, const kb_conv_desc *d, int dir, int bf16, int nhwc,
-                     const void *so, float *o)
-{
-    conv_shape s = shape_o(d, dir);
-    /* the copy is (B, S, R) when NHWC: transposing it back swaps R and S */
-    kb_cuda_relayout(impl, so, bf16, o, 0, s.B, nhwc ? s.S : s.R, nhwc ? s.R : s.S, nhwc,
-                     dir == DIR_BW);
+    conv_pad p;
+    p.Cp = kb_cuda_cpad(impl, d->C);
+    p.Kp = kb_cuda_cpad(impl, d->K);
+    p.RS = d->R * d->S;
+    p.nx = (size_t)d->N * d->H * d->W * p.Cp;
+    p.nw = (size_t)p.Kp * p.RS * p.Cp;
+    p.ny = (size_t)d->N * d->P * d->Q * p.Kp;
+    return p;
 }
 
 /* ---- descriptors ---- */
@@ -136,21 +102,21 @@ static void cuda_conv_free(kb_backend *be, kb_conv *c)
     free(c);
 }
 
-/* Descriptors for p->bf16 and p->nhwc; float compute either way. */
-static cudnnStatus_t dir_descs(const kb_conv_desc *d, conv_dir *p, cudnnMathType_t math)
+/* NHWC descriptors of the padded shape, for p->bf16; float compute. */
+static cudnnStatus_t dir_descs(const kb_conv_desc *d, const conv_pad *pd, conv_dir *p,
+                               cudnnMathType_t math)
 {
     const cudnnDataType_t dt = p->bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    const cudnnTensorFormat_t fmt = p->nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
     cudnnStatus_t s;
     if ((s = cudnnCreateTensorDescriptor(&p->xd)) != CUDNN_STATUS_SUCCESS ||
         (s = cudnnCreateTensorDescriptor(&p->yd)) != CUDNN_STATUS_SUCCESS ||
         (s = cudnnCreateFilterDescriptor(&p->wd)) != CUDNN_STATUS_SUCCESS ||
         (s = cudnnCreateConvolutionDescriptor(&p->cd)) != CUDNN_STATUS_SUCCESS ||
-        (s = cudnnSetTensor4dDescriptor(p->xd, fmt, dt, d->N, d->C, d->H, d->W)) !=
+        (s = cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NHWC, dt, d->N, pd->Cp, d->H, d->W)) !=
             CUDNN_STATUS_SUCCESS ||
-        (s = cudnnSetTensor4dDescriptor(p->yd, fmt, dt, d->N, d->K, d->P, d->Q)) !=
+        (s = cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NHWC, dt, d->N, pd->Kp, d->P, d->Q)) !=
             CUDNN_STATUS_SUCCESS ||
-        (s = cudnnSetFilter4dDescriptor(p->wd, dt, fmt, d->K, d->C, d->R, d->S)) !=
+        (s = cudnnSetFilter4dDescriptor(p->wd, dt, CUDNN_TENSOR_NHWC, pd->Kp, pd->Cp, d->R, d->S)) !=
             CUDNN_STATUS_SUCCESS ||
         (s = cudnnSetConvolution2dDescriptor(p->cd, d->pad, d->pad, d->stride, d->stride, 1, 1,
                                              CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) !=
@@ -161,8 +127,8 @@ static cudnnStatus_t dir_descs(const kb_conv_desc *d, conv_dir *p, cudnnMathType
     if ((s = cudnnGetConvolution2dForwardOutputDim(p->cd, p->xd, p->wd, &n, &k, &pp, &q)) !=
         CUDNN_STATUS_SUCCESS)
         return s;
-    return n == d->N && k == d->K && pp == d->P && q == d->Q ? CUDNN_STATUS_SUCCESS
-                                                             : CUDNN_STATUS_BAD_PARAM;
+    return n == d->N && k == pd->Kp && pp == d->P && q == d->Q ? CUDNN_STATUS_SUCCESS
+                                                               : CUDNN_STATUS_BAD_PARAM;
 }
 
 static cudnnStatus_t dir_ws(kb_cuda *impl, int dir, const conv_dir *p, size_t *mem)
@@ -206,8 +172,8 @@ static int pick(const Perf *perf, int n, size_t limit, int need_det, int *algo,
 
 /* cudnnFind* for one direction on p's descriptors: runs the candidates on
  * memory it allocates itself and waits for them (plan time only). */
-static cudnnStatus_t dir_find(kb_cuda *impl, int dir, const conv_dir *p, size_t limit, int *algo,
-                              cudnnMathType_t *math, float *ms)
+static cudnnStatus_t dir_find(kb_cuda *impl, int dir, const conv_dir *p, size_t limit, int det,
+                              int *algo, cudnnMathType_t *math, float *ms)
 {
     cudnnStatus_t s;
     int got = 0, r;
@@ -221,99 +187,17 @@ static cudnnStatus_t dir_find(kb_cuda *impl, int dir, const conv_dir *p, size_t 
         s = cudnnFindConvolutionBackwardDataAlgorithm(impl->cudnn, p->wd, p->yd, p->cd, p->xd,
                                                       CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                                                       &got, perf);
-        r = s == CUDNN_STATUS_SUCCESS ? pick(perf, got, limit, 1, algo, math, ms) : 0;
+        r = s == CUDNN_STATUS_SUCCESS ? pick(perf, got, limit, det, algo, math, ms) : 0;
     } else {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
         s = cudnnFindConvolutionBackwardFilterAlgorithm(impl->cudnn, p->xd, p->yd, p->cd, p->wd,
                                                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                         &got, perf);
-        r = s == CUDNN_STATUS_SUCCESS ? pick(perf, got, limit, 1, algo, math, ms) : 0;
+        r = s == CUDNN_STATUS_SUCCESS ? pick(perf, got, limit, det, algo, math, ms) : 0;
     }
     if (s == CUDNN_STATUS_SUCCESS && r != 0)
         s = CUDNN_STATUS_NOT_SUPPORTED;
     return s;
-}
-
-/* Buffers and events for timing the operand copies, made on first need
- * and freed when the mode is planned. */
-typedef struct copy_timer {
-    void *src, *dst; /* each as large as the largest tensor in fp32 */
-    cudaEvent_t t0, t1;
-    int ready, failed;
-} copy_timer;
-
-static void timer_free(copy_timer *t)
-{
-    if (t->ready) {
-        cudaEventDestroy(t->t0);
-        cudaEventDestroy(t->t1);
-    }
-    if (t->src)
-        cudaFree(t->src);
-    if (t->dst)
-        cudaFree(t->dst);
-    memset(t, 0, sizeof *t);
-}
-
-/* Milliseconds of one direction's copies (in and out), averaged over a few
- * runs after a warm-up; a huge number where the buffers cannot be had. */
-static float time_copies(kb_cuda *impl, copy_timer *t, const kb_conv_desc *d, int dir, int bf16,
-                         int nhwc)
-{
-    if (!t->ready && !t->failed) {
-        size_t n = shape_n(shape_x(d));
-        if (shape_n(shape_w(d)) > n)
-            n = shape_n(shape_w(d));
-        if (shape_n(shape_y(d)) > n)
-            n = shape_n(shape_y(d));
-        if (cudaMalloc(&t->src, n * 4) != cudaSuccess ||
-            cudaMalloc(&t->dst, 3 * kb_cuda_align256(n * 4)) != cudaSuccess ||
-            cudaEventCreate(&t->t0) != cudaSuccess) {
-            (void)cudaGetLastError();
-            t->failed = 1;
-        } else if (cudaEventCreate(&t->t1) != cudaSuccess) {
-            cudaEventDestroy(t->t0);
-            t->failed = 1;
-        } else {
-            KB_CUDA(cudaMemsetAsync(t->src, 0, n * 4, impl->stream));
-            KB_CUDA(cudaMemsetAsync(t->dst, 0, 3 * kb_cuda_align256(n * 4), impl->stream));
-            t->ready = 1;
-        }
-    }
-    if (!t->ready)
-        return 1e30f;
-    size_t off[3];
-    copies_bytes(d, dir, bf16, off);
-    char *dst = (char *)t->dst;
-    const int reps = 3;
-    for (int i = 0; i <= reps; i++) {
-        if (i == 1)
-            KB_CUDA(cudaEventRecord(t->t0, impl->stream));
-        copies_in(impl, d, dir, bf16, nhwc, (const float *)t->src, (const float *)t->src,
-                  dst + off[0], dst + off[1]);
-        copy_out(impl, d, dir, bf16, nhwc, dst + off[2], (float *)t->src);
-    }
-    KB_CUDA(cudaEventRecord(t->t1, impl->stream));
-    KB_CUDA(cudaEventSynchronize(t->t1));
-    float ms = 0;
-    KB_CUDA(cudaEventElapsedTime(&ms, t->t0, t->t1));
-    return ms / reps;
-}
-
-/* RW_CUDA_CONV_LAYOUT: 0 auto, 1 nchw, 2 nhwc */
-static int layout_request(void)
-{
-    const char *e = getenv("RW_CUDA_CONV_LAYOUT");
-    if (!e || !*e || strcmp(e, "auto") == 0)
-        return 0;
-    if (strcmp(e, "nchw") == 0)
-        return 1;
-    if (strcmp(e, "nhwc") == 0)
-        return 2;
-    static int told;
-    if (!told++)
-        fprintf(stderr, "cuda: RW_CUDA_CONV_LAYOUT=%s is not nchw, nhwc or auto: auto\n", e);
-    return 0;
 }
 
 static int conv_log(void)
@@ -341,15 +225,15 @@ static const char *math_name(int m)
 static int desc_equal(const kb_conv_desc *a, const kb_conv_desc *b)
 {
     return a->N == b->N && a->C == b->C && a->H == b->H && a->W == b->W && a->K == b->K &&
-           a->R == b->R && a->S == b->S && a->stride == b->stride && a->pad == b->pad;
+           a->R == b->R && a->S == b->S && a->stride == b->stride && a->pad == b->pad &&
+           a->nondeterministic == b->nondeterministic;
 }
 
 static const struct kb_cuda_algo_memo *algo_memo_find(const kb_cuda *impl, const kb_conv_desc *d,
-                                                      kb_precision mode, int layout_req)
+                                                      kb_precision mode)
 {
     for (int i = 0; i < impl->n_algo_memo; i++)
-        if (desc_equal(&impl->algo_memo[i].d, d) && impl->algo_memo[i].precision == (int)mode &&
-            impl->algo_memo[i].layout_req == layout_req)
+        if (desc_equal(&impl->algo_memo[i].d, d) && impl->algo_memo[i].precision == (int)mode)
             return &impl->algo_memo[i];
     return NULL;
 }
@@ -377,86 +261,62 @@ static cudnnMathType_t search_math(kb_precision mode, int bf16)
     return mode == KB_PREC_FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
 }
 
-/* Chooses direction `dir`'s operands, layout and algorithm under `mode`
+/* Chooses direction `dir`'s operand type and algorithm under `mode`
  * (filling m->dir[dir]); 0, or -1 with what failed in *what and the last
  * cuDNN status in *st. */
-static int choose_dir(kb_cuda *impl, const kb_conv_desc *d, kb_precision mode, int layout_req,
-                      int dir, size_t limit, copy_timer *timer, struct kb_cuda_algo_memo *m,
-                      const char **what, cudnnStatus_t *st)
+static int choose_dir(kb_cuda *impl, const kb_conv_desc *d, const conv_pad *pd, kb_precision mode,
+                      int dir, size_t limit, struct kb_cuda_algo_memo *m, const char **what,
+                      cudnnStatus_t *st)
 {
     static const char *const find_what[NDIR] = {"forward algorithm search",
                                                 "backward data algorithm search",
                                                 "backward filter algorithm search"};
+    const int det = !d->nondeterministic;
     /* bf16 first in BF16 mode; fp32 (TF32) when cuDNN runs no bf16 here */
     for (int bf16 = mode == KB_PREC_BF16; bf16 >= 0; bf16--) {
-        int found = 0;
-        float best = 0;
-        /* round 0: the forced layout, or both; round 1: a forced layout
-         * cuDNN declined, the other one */
-        for (int round = 0; round < (layout_req ? 2 : 1) && !found; round++) {
-            if (round == 1) {
-                static int told;
-                if (!told++)
-                    fprintf(stderr,
-                            "cuda: cuDNN declines %s %s %s for N=%d C=%d H=%d W=%d K=%d R=%d "
-                            "S=%d: trying %s (notice shown once)\n",
-                            layout_req == 1 ? "NCHW" : "NHWC", bf16 ? "bf16" : "fp32",
-                            dir_names[dir], d->N, d->C, d->H, d->W, d->K, d->R, d->S,
-                            layout_req == 1 ? "NHWC" : "NCHW");
-            }
-            for (int nhwc = 0; nhwc < 2; nhwc++) {
-                if (layout_req && (nhwc == layout_req - 1) != (round == 0))
-                    continue;
-                conv_dir p = {};
-                p.bf16 = bf16;
-                p.nhwc = nhwc;
-                int algo = 0;
-                cudnnMathType_t math = CUDNN_DEFAULT_MATH;
-                float ms = 0;
-                *what = "descriptor";
-                cudnnStatus_t s = dir_descs(d, &p, search_math(mode, bf16));
-                if (s == CUDNN_STATUS_SUCCESS) {
-                    *what = find_what[dir];
-                    s = dir_find(impl, dir, &p, limit, &algo, &math, &ms);
-                }
-                dir_free(&p);
-                if (s != CUDNN_STATUS_SUCCESS) {
-                    *st = s;
-                    continue;
-                }
-                /* fp32 NCHW needs no copies; fp32 NHWC can only lose if its
-                 * convolution alone is not faster */
-                float copy = 0;
-                if (bf16 || nhwc) {
-                    if (!bf16 && found && ms >= best)
-                        continue;
-                    copy = time_copies(impl, timer, d, dir, bf16, nhwc);
-                }
-                if (!found || ms + copy < best) {
-                    found = 1;
-                    best = ms + copy;
-                    m->dir[dir].algo = algo;
-                    m->dir[dir].math = mode == KB_PREC_FP32 ? CUDNN_FMA_MATH : (int)math;
-                    m->dir[dir].bf16 = bf16;
-                    m->dir[dir].nhwc = nhwc;
-                    m->dir[dir].ms_conv = ms;
-                    m->dir[dir].ms_copy = copy;
-                }
-            }
+        conv_dir p = {};
+        p.bf16 = bf16;
+        int algo = 0;
+        cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+        float ms = 0;
+        *what = "descriptor";
+        cudnnStatus_t s = dir_descs(d, pd, &p, search_math(mode, bf16));
+        if (s == CUDNN_STATUS_SUCCESS) {
+            *what = find_what[dir];
+            s = dir_find(impl, dir, &p, limit, det, &algo, &math, &ms);
         }
-        if (found)
+        dir_free(&p);
+        if (s == CUDNN_STATUS_SUCCESS) {
+            m->dir[dir].algo = algo;
+            m->dir[dir].math = mode == KB_PREC_FP32 ? CUDNN_FMA_MATH : (int)math;
+            m->dir[dir].bf16 = bf16;
+            m->dir[dir].ms = ms;
             return 0;
+        }
+        *st = s;
         if (bf16) {
             static int told;
             if (!told++)
                 fprintf(stderr,
-                        "cuda: cuDNN runs no bf16 %s for N=%d C=%d H=%d W=%d K=%d R=%d S=%d "
-                        "(%s): that direction runs TF32 (notice shown once)\n",
+                        "cuda: cuDNN runs no bf16 NHWC %s for N=%d C=%d H=%d W=%d K=%d R=%d S=%d "
+                        "(%s): that direction runs TF32 on fp32 copies (notice shown once)\n",
                         dir_names[dir], d->N, d->C, d->H, d->W, d->K, d->R, d->S,
-                        cudnnGetErrorString(*st));
+                        cudnnGetErrorString(s));
         }
     }
     return -1;
+}
+
+/* Scratch one direction's call needs: the packed weight (no mirror), the
+ * fp32 operand copies of the bf16 fallback, the weight gradient. */
+static size_t dir_scratch(const kb_cuda *impl, const conv_pad *pd, int dir, const conv_dir *p)
+{
+    const int es = kb_cuda_esize(impl), cast = es == 2 && !p->bf16;
+    size_t s = kb_cuda_align256(pd->nw * (cast ? 4 : es)); /* weight, or its gradient */
+    if (cast)
+        s += kb_cuda_align256(4 * (dir == DIR_FWD ? pd->nx + pd->ny : dir == DIR_BD ? pd->ny + pd->nx
+                                                                                  : pd->nx + pd->ny));
+    return s;
 }
 
 /* Plans `mode` for c: choices from the memo or by timing, descriptors,
@@ -465,10 +325,12 @@ static int plan_mode(kb_cuda *impl, kb_conv *c, kb_precision mode)
 {
     const kb_conv_desc *d = &c->d;
     conv_mode *cm = &c->mode[mode];
+    const kb_precision was = impl->precision;
+    impl->precision = mode; /* the padding follows the mode planned */
+    const conv_pad pd = pad_of(impl, d);
     const char *what = "descriptor";
     cudnnStatus_t st = CUDNN_STATUS_BAD_PARAM;
-    const int layout_req = layout_request();
-    const struct kb_cuda_algo_memo *memo = algo_memo_find(impl, d, mode, layout_req);
+    const struct kb_cuda_algo_memo *memo = algo_memo_find(impl, d, mode);
     struct kb_cuda_algo_memo m;
     if (memo) {
         m = *memo;
@@ -476,31 +338,25 @@ static int plan_mode(kb_cuda *impl, kb_conv *c, kb_precision mode)
         memset(&m, 0, sizeof m);
         m.d = *d;
         m.precision = (int)mode;
-        m.layout_req = layout_req;
-        /* Workspace cap for the search: a quarter of free memory, at most
-         * 1 GiB (algorithms that want more are rarely faster). */
+        /* Workspace budget for the search: a quarter of free memory, at
+         * most 1 GiB (algorithms that want more are rarely faster). */
         size_t free_b = 0, total_b = 0;
         KB_CUDA(cudaMemGetInfo(&free_b, &total_b));
         size_t limit = free_b / 4;
         if (limit > ((size_t)1 << 30))
             limit = (size_t)1 << 30;
-        copy_timer timer = {};
-        int bad = 0;
-        for (int i = 0; i < NDIR && !bad; i++)
-            bad = choose_dir(impl, d, mode, layout_req, i, limit, &timer, &m, &what, &st) != 0;
-        timer_free(&timer);
-        if (bad)
-            goto fail;
+        for (int i = 0; i < NDIR; i++)
+            if (choose_dir(impl, d, &pd, mode, i, limit, &m, &what, &st) != 0)
+                goto fail;
         algo_memo_add(impl, &m);
         if (conv_log())
             for (int i = 0; i < NDIR; i++)
                 fprintf(stderr,
-                        "conv N=%d C=%d H=%d W=%d K=%d R=%d S=%d stride=%d pad=%d %s %s: %s %s "
-                        "algo %d %s, %.4f ms conv + %.4f ms copies\n",
+                        "conv N=%d C=%d H=%d W=%d K=%d R=%d S=%d stride=%d pad=%d %s %s: %s "
+                        "algo %d %s, %.4f ms\n",
                         d->N, d->C, d->H, d->W, d->K, d->R, d->S, d->stride, d->pad,
-                        kb_precision_name((kb_precision)(mode)), dir_names[i], m.dir[i].nhwc ? "nhwc" : "nchw",
-                        m.dir[i].bf16 ? "bf16" : "fp32", m.dir[i].algo,
-                        math_name(m.dir[i].math), m.dir[i].ms_conv, m.dir[i].ms_copy);
+                        kb_precision_name(mode), dir_names[i], m.dir[i].bf16 ? "bf16" : "fp32",
+                        m.dir[i].algo, math_name(m.dir[i].math), m.dir[i].ms);
     }
 
     {
@@ -509,37 +365,36 @@ static int plan_mode(kb_cuda *impl, kb_conv *c, kb_precision mode)
             conv_dir *p = &cm->dir[i];
             dir_free(p);
             p->bf16 = m.dir[i].bf16;
-            p->nhwc = m.dir[i].nhwc;
             p->algo = m.dir[i].algo;
             what = "descriptor";
-            if ((st = dir_descs(d, p, (cudnnMathType_t)m.dir[i].math)) != CUDNN_STATUS_SUCCESS)
+            if ((st = dir_descs(d, &pd, p, (cudnnMathType_t)m.dir[i].math)) != CUDNN_STATUS_SUCCESS)
                 goto fail;
             what = "workspace size";
             size_t mem = 0;
             if ((st = dir_ws(impl, i, p, &mem)) != CUDNN_STATUS_SUCCESS)
                 goto fail;
             ws = mem > ws ? mem : ws;
-            size_t off[3];
-            p->scratch = p->bf16 || p->nhwc ? copies_bytes(d, i, p->bf16, off) : 0;
-            scratch = p->scratch > scratch ? p->scratch : scratch;
+            size_t need = dir_scratch(impl, &pd, i, p);
+            scratch = need > scratch ? need : scratch;
         }
         what = "workspace";
         if (kb_cuda_ws_reserve(impl, ws) != 0) {
             st = CUDNN_STATUS_ALLOC_FAILED;
             goto fail;
         }
-        if (scratch)
-            kb_cuda_scratch(impl, scratch); /* grown now, so calls never grow it */
+        kb_cuda_scratch_reserve(impl, scratch); /* grown now, so calls never grow it */
     }
+    impl->precision = was;
     cm->planned = 1;
     return 0;
 
 fail:
+    impl->precision = was;
     fprintf(stderr,
             "conv_plan: %s failed (%s) for N=%d C=%d H=%d W=%d K=%d R=%d S=%d stride=%d "
             "pad=%d P=%d Q=%d (%s)\n",
             what, cudnnGetErrorString(st), d->N, d->C, d->H, d->W, d->K, d->R, d->S, d->stride,
-            d->pad, d->P, d->Q, kb_precision_name((kb_precision)(mode)));
+            d->pad, d->P, d->Q, kb_precision_name(mode));
     for (int i = 0; i < NDIR; i++)
         dir_free(&cm->dir[i]);
     return -1;
@@ -588,76 +443,100 @@ static conv_mode *mode_ready(kb_cuda *impl, kb_conv *c)
         return NULL;
     if (plan_mode(impl, c, mode) == 0)
         return &c->mode[mode];
-    static int told;
-    if (!told++)
-        fprintf(stderr, "cuda: convolution keeps its %s plan (notice shown once)\n",
-                kb_precision_name((kb_precision)(c->home)));
-    return &c->mode[c->home];
+    fprintf(stderr, "cuda: a convolution has no plan under %s\n", kb_precision_name(mode));
+    abort(); /* its feature maps are in this mode's format: no other plan reads them */
 }
 
-/* One direction: a, b are the operands (x, w / dy, w / x, dy), o the
- * result (y, dx written; dw added to). */
-static void conv_run(kb_backend *be, kb_conv *c, int dir, const float *a, const float *b,
-                     float *o)
+/* One direction. a, b are the operands (x, w / dy, w / x, dy), o the
+ * result (y, dx written or added to; dw added to); wm a mirror of w or
+ * NULL. */
+static void conv_run(kb_backend *be, kb_conv *c, int dir, const void *a, const float *w,
+                     const void *wm, const void *b, void *o, int accumulate)
 {
     kb_cuda *impl = kb_cuda_enter(be);
     conv_mode *cm = mode_ready(impl, c);
     if (!cm)
         return;
+    const kb_conv_desc *d = &c->d;
     const conv_dir *p = &cm->dir[dir];
+    const conv_pad pd = pad_of(impl, d);
+    const int fm_bf16 = impl->precision == KB_PREC_BF16, cast = fm_bf16 && !p->bf16;
+    char *s = (char *)kb_cuda_scratch(impl, dir_scratch(impl, &pd, dir, p)); /* reserved at plan time */
+    char *s2 = s + kb_cuda_align256(pd.nw * (cast ? 4 : kb_cuda_esize(impl)));
     const float one = 1.0f, zero = 0.0f;
-    const void *sa = a, *sb = b;
-    void *so = o;
-    const float *beta = dir == DIR_BW ? &one : &zero; /* cuDNN adds to dw: the contract's += */
-    if (p->scratch) {
-        size_t off[3];
-        copies_bytes(&c->d, dir, p->bf16, off);
-        char *s = (char *)kb_cuda_scratch(impl, p->scratch); /* reserved at plan time */
-        copies_in(impl, &c->d, dir, p->bf16, p->nhwc, a, b, s + off[0], s + off[1]);
-        sa = s + off[0];
-        sb = s + off[1];
-        so = s + off[2];
-        beta = &zero; /* a weight gradient is added in fp32 by copy_out */
+    /* the weight (forward, backward data) as cuDNN reads it; the bf16
+     * fallback reads the bf16 mode's weight values too (the mirror's, or
+     * w rounded), in fp32: only the math differs from the bf16 path */
+    const void *wk = wm;
+    if (dir != DIR_BW && cast && wm) {
+        kb_cuda_cast(impl, wm, 1, s, 0, pd.nw);
+        wk = s;
+    } else if (dir != DIR_BW && !wm) {
+        kb_cuda_weight_pack(impl, w, d->K, d->C, pd.RS, pd.Kp, pd.Cp, s, p->bf16, fm_bf16);
+        wk = s;
     }
+    /* the bf16 fallback: fp32 copies of the feature maps in, the result out */
+    const size_t na = dir == DIR_BD ? pd.ny : pd.nx, nb = dir == DIR_BW ? pd.ny : 0;
+    const size_t no = dir == DIR_FWD ? pd.ny : pd.nx;
+    const void *ca = a, *cb = b;
+    void *co = o;
+    if (cast) {
+        float *fa = (float *)s2, *fb = fa + na;
+        kb_cuda_cast(impl, a, 1, fa, 0, na);
+        ca = fa;
+        if (dir == DIR_BW) {
+            kb_cuda_cast(impl, b, 1, fb, 0, nb);
+            cb = fb;
+        } else {
+            co = fb; /* the result, cast back below */
+            if (accumulate)
+                kb_cuda_cast(impl, o, 1, fb, 0, no);
+        }
+    }
+    const float *beta = accumulate ? &one : &zero;
+    const int wbytes = p->bf16 ? 2 : 4;
     switch (dir) {
     case DIR_FWD:
-        KB_CUDNN(cudnnConvolutionForward(impl->cudnn, &one, p->xd, sa, p->wd, sb, p->cd,
+        KB_CUDNN(cudnnConvolutionForward(impl->cudnn, &one, p->xd, ca, p->wd, wk, p->cd,
                                          (cudnnConvolutionFwdAlgo_t)p->algo, impl->ws,
-                                         impl->ws_bytes, beta, p->yd, so));
+                                         impl->ws_bytes, &zero, p->yd, co));
         break;
     case DIR_BD:
-        KB_CUDNN(cudnnConvolutionBackwardData(impl->cudnn, &one, p->wd, sb, p->yd, sa, p->cd,
+        KB_CUDNN(cudnnConvolutionBackwardData(impl->cudnn, &one, p->wd, wk, p->yd, ca, p->cd,
                                               (cudnnConvolutionBwdDataAlgo_t)p->algo, impl->ws,
-                                              impl->ws_bytes, beta, p->xd, so));
+                                              impl->ws_bytes, beta, p->xd, co));
         break;
     default:
-        KB_CUDNN(cudnnConvolutionBackwardFilter(impl->cudnn, &one, p->xd, sa, p->yd, sb, p->cd,
+        /* the gradient alone, then added into the fp32 parameter gradient */
+        KB_CUDNN(cudnnConvolutionBackwardFilter(impl->cudnn, &one, p->xd, ca, p->yd, cb, p->cd,
                                                 (cudnnConvolutionBwdFilterAlgo_t)p->algo,
-                                                impl->ws, impl->ws_bytes, beta, p->wd, so));
-        break;
+                                                impl->ws, impl->ws_bytes, &zero, p->wd, s));
+        kb_cuda_weight_grad_add(impl, s, wbytes == 2, d->K, d->C, pd.RS, pd.Cp, (float *)o);
+        return;
     }
-    if (p->scratch)
-        copy_out(impl, &c->d, dir, p->bf16, p->nhwc, so, o);
+    if (cast)
+        kb_cuda_cast(impl, co, 0, o, 1, no);
 }
 
-static void cuda_conv_forward(kb_backend *be, kb_conv *c, const float *x /* (N,C,H,W) */,
-                              const float *w /* (K,C,R,S) */, float *y /* (N,K,P,Q) */)
+static void cuda_conv_forward(kb_backend *be, kb_conv *c, const void *x /* (N,C,H,W) */,
+                              const float *w /* (K,C,R,S) */, const void *wm,
+                              void *y /* (N,K,P,Q) */)
 {
-    conv_run(be, c, DIR_FWD, x, w, y);
+    conv_run(be, c, DIR_FWD, x, w, wm, NULL, y, 0);
 }
 
-static void cuda_conv_backward_data(kb_backend *be, kb_conv *c, const float *dy /* (N,K,P,Q) */,
-                                    const float *w /* (K,C,R,S) */,
-                                    float *dx /* (N,C,H,W), written */)
+static void cuda_conv_backward_data(kb_backend *be, kb_conv *c, const void *dy /* (N,K,P,Q) */,
+                                    const float *w /* (K,C,R,S) */, const void *wm,
+                                    void *dx /* (N,C,H,W) */, int accumulate)
 {
-    conv_run(be, c, DIR_BD, dy, w, dx);
+    conv_run(be, c, DIR_BD, dy, w, wm, NULL, dx, accumulate);
 }
 
-static void cuda_conv_backward_weight(kb_backend *be, kb_conv *c, const float *x /* (N,C,H,W) */,
-                                      const float *dy /* (N,K,P,Q) */,
+static void cuda_conv_backward_weight(kb_backend *be, kb_conv *c, const void *x /* (N,C,H,W) */,
+                                      const void *dy /* (N,K,P,Q) */,
                                       float *dw /* (K,C,R,S), += */)
 {
-    conv_run(be, c, DIR_BW, x, dy, dw);
+    conv_run(be, c, DIR_BW, x, NULL, NULL, dy, dw, 0);
 }
 
 void kb_cuda_conv_init(kb_backend *be)

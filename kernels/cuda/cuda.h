@@ -9,6 +9,7 @@
 #ifndef RUNAWAY_KERNELS_CUDA_CUDA_H
 #define RUNAWAY_KERNELS_CUDA_CUDA_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -84,28 +85,48 @@ int kb_cuda_capture_absorb(const char *file, int line, const char *call, const c
 #ifdef KB_CUDA_EMU
 #define KB_CUDA_BYTES(bytes) emu_launch_bytes((double)(bytes))
 #else
-#define KB_CUDA_BYTES(bytes) ((void)0)
+#define KB_CUDA_BYTES(bytes) ((void)sizeof(bytes)) /* evaluated never; its names used */
 #endif
+
+/* What each queue (stream) owns: ops on the two queues run at the same
+ * time, so each has its own scratch, convolution workspace and cuBLAS
+ * workspace. The impl's current fields below are those of the queue in use;
+ * side_begin / side_end swap them. */
+typedef struct kb_cuda_lane {
+    cudaStream_t stream;
+    void *ws, *scratch, *cublas_ws;
+    size_t ws_bytes, scratch_bytes;
+    unsigned *ticket;
+} kb_cuda_lane;
 
 typedef struct kb_cuda {
     int device;
     int tf32;              /* tensor-core TF32 for convolutions and GEMMs */
     kb_precision precision; /* what set_precision put in effect */
     int sms;               /* multiprocessors, to size grids */
-    cudaStream_t stream;   /* every op runs here, in call order */
+    cudaStream_t stream;   /* the queue in use: ops run here, in call order */
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     void *cublas_ws; /* set with cublasSetWorkspace: no allocation inside a capture */
     size_t cublas_ws_bytes;
-    /* One convolution workspace shared by all plans (ops run one at a time
-     * on one stream), grown by conv_plan to the largest need. */
+    /* The queue in use's convolution workspace, shared by all plans (ops
+     * on one queue run one at a time), grown by conv_plan to the largest
+     * need on both queues. */
     void *ws;
     size_t ws_bytes;
-    /* Scratch for reduction partials and per-channel coefficients, grown on
-     * demand (a grow frees the old block, which waits for the device: it
-     * happens in the first steps only). */
+    /* The queue in use's scratch for reduction partials, coefficients and
+     * operand copies, grown on demand (a grow frees the old block, which
+     * waits for the device: it happens in the first steps only). */
     void *scratch;
     size_t scratch_bytes;
+    /* The queue in use's counter for a reduction's last block (norm.cu):
+     * zero between launches. */
+    unsigned *ticket;
+    /* The two queues (lane[0] the main one; the current one's fields live
+     * above while it is in use), and the events that fork and join them. */
+    kb_cuda_lane lane[2];
+    int side;              /* 1 while ops go to lane[1] */
+    cudaEvent_t fork_ev, join_ev;
     /* Max-pool windows seen by forward, keyed by the idx buffer: backward is
      * not told the window (the contract needs none on the CPU), and the
      * gather kernel must know which windows can contain an element. */
@@ -133,18 +154,17 @@ typedef struct kb_cuda {
     int n_retired, cap_retired;
 } kb_cuda;
 
-/* One shape's choices under one math mode and one layout request
- * (RW_CUDA_CONV_LAYOUT), for each direction (forward, backward data,
- * backward filter); the times behind them are for RW_CUDA_CONV_LOG. */
+/* One shape's choices under one math mode and one determinism request,
+ * for each direction (forward, backward data, backward filter); the times
+ * behind them are for RW_CUDA_CONV_LOG. */
 struct kb_cuda_algo_memo {
     kb_conv_desc d;
-    int precision;  /* kb_precision */
-    int layout_req; /* 0 auto, 1 nchw, 2 nhwc */
+    int precision; /* kb_precision */
     struct {
-        int algo;            /* cudnnConvolution*Algo_t */
-        int math;            /* cudnnMathType_t */
-        int bf16, nhwc;      /* operands cuDNN runs on */
-        float ms_conv, ms_copy; /* cuDNN's time, and our operand copies' */
+        int algo;  /* cudnnConvolution*Algo_t */
+        int math;  /* cudnnMathType_t */
+        int bf16;  /* operands cuDNN runs on: bf16, or fp32 where it runs no bf16 */
+        float ms;  /* cuDNN's time */
     } dir[3];
 };
 
@@ -166,8 +186,12 @@ void kb_cuda_release(kb_cuda *impl, void *p);
 /* Scratch of at least `bytes` (256-byte aligned), valid until the next call. */
 void *kb_cuda_scratch(kb_cuda *impl, size_t bytes);
 
-/* Ensures the convolution workspace holds `bytes`; 0 on success, -1 on OOM. */
+/* Ensures both queues' convolution workspaces hold `bytes` (a plan may run
+ * on either); 0 on success, -1 on OOM. */
 int kb_cuda_ws_reserve(kb_cuda *impl, size_t bytes);
+/* Grows both queues' scratch to `bytes` now (plan time), so that calls do
+ * not grow it. */
+void kb_cuda_scratch_reserve(kb_cuda *impl, size_t bytes);
 
 /* Grid for a grid-stride loop over n elements with `threads` per block. */
 static inline unsigned kb_cuda_blocks(const kb_cuda *impl, size_t n, int threads)
@@ -183,8 +207,86 @@ void kb_cuda_conv_init(kb_backend *be);
 void kb_cuda_norm_init(kb_backend *be);
 void kb_cuda_ops_init(kb_backend *be);
 void kb_cuda_loss_init(kb_backend *be);
+void kb_cuda_fmap_init(kb_backend *be);
+void kb_cuda_optim_init(kb_backend *be);
+
+/* ---- feature maps (fmap.cu) ----
+ * NHWC in the math's type: bf16 in BF16 mode, fp32 otherwise; a pixel's
+ * channels padded with zeros to a multiple of 16 bytes (kb_cuda_cpad), the
+ * width of one vector load, which cuDNN's tensor-core kernels also want
+ * (the 3-channel image becomes 8 bf16 or 4 fp32 channels). Every kernel
+ * that writes a feature map writes its padding as zeros. */
+static inline int kb_cuda_esize(const kb_cuda *impl) { return impl->precision == KB_PREC_BF16 ? 2 : 4; }
+static inline int kb_cuda_cpad_e(int C, int esize)
+{
+    const int v = 16 / esize;
+    return (C + v - 1) / v * v;
+}
+static inline int kb_cuda_cpad(const kb_cuda *impl, int C) { return kb_cuda_cpad_e(C, kb_cuda_esize(impl)); }
+static inline size_t kb_cuda_fmap_bytes(const kb_cuda *impl, long N, int C, long HW)
+{
+    return (size_t)N * HW * kb_cuda_cpad(impl, C) * kb_cuda_esize(impl);
+}
 
 /* ---- device helpers shared by the .cu files ---- */
+
+/* 16 bytes of a feature map: 8 bf16 or 4 fp32 channels of one pixel, loaded
+ * and stored in one instruction. bf16 <-> float by bits, rounding to
+ * nearest even (a NaN stays a quiet NaN), as cuda_bf16.h's
+ * __float2bfloat16_rn: the same bits on the GPU and on the emulator. */
+struct alignas(16) kb_v16 {
+    uint32_t u[4];
+};
+
+static __device__ __forceinline__ float kb_bf16_to_f(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
+
+static __device__ __forceinline__ uint32_t kb_f_to_bf16(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (u >> 16) | 0x0040u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+
+/* The vector's values (8 for bf16, 4 for fp32) into f. */
+static __device__ __forceinline__ void kb_v16_get(const kb_v16 &v, int bf16, float *f)
+{
+    if (bf16)
+        for (int k = 0; k < 4; k++) {
+            f[2 * k] = kb_bf16_to_f(v.u[k] & 0xffffu);
+            f[2 * k + 1] = kb_bf16_to_f(v.u[k] >> 16);
+        }
+    else
+        for (int k = 0; k < 4; k++)
+            f[k] = __uint_as_float(v.u[k]);
+}
+
+static __device__ __forceinline__ kb_v16 kb_v16_make(const float *f, int bf16)
+{
+    kb_v16 v;
+    if (bf16)
+        for (int k = 0; k < 4; k++)
+            v.u[k] = kb_f_to_bf16(f[2 * k]) | (kb_f_to_bf16(f[2 * k + 1]) << 16);
+    else
+        for (int k = 0; k < 4; k++)
+            v.u[k] = __float_as_uint(f[k]);
+    return v;
+}
+
+/* Element i of a buffer of bf16 or fp32 values. */
+static __device__ __forceinline__ float kb_elem(const void *p, size_t i, int bf16)
+{
+    return bf16 ? kb_bf16_to_f(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static __device__ __forceinline__ void kb_elem_set(void *p, size_t i, float v, int bf16)
+{
+    if (bf16)
+        ((uint16_t *)p)[i] = (uint16_t)kb_f_to_bf16(v);
+    else
+        ((float *)p)[i] = v;
+}
 
 /* Block-wide sum of a double; every thread gets the result. The order is
  * fixed by the block size: deterministic. `sh` holds blockDim.x/32 doubles.

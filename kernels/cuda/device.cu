@@ -1,7 +1,9 @@
-/* The CUDA backend: device discovery, create/destroy, memory, elementwise
- * ops. Convolutions are in conv2d.cu (cuDNN), batch norm and L2 norm in
- * norm.cu, ReLU/pooling/linear (cuBLAS) in ops.cu, losses, metrics, Adam and
- * EMA in loss.cu. */
+/* The CUDA backend: device discovery, create/destroy, memory, the two
+ * queues, graphs, elementwise ops. Convolutions are in conv2d.cu (cuDNN),
+ * batch norm and L2 norm in norm.cu, ReLU/pooling/linear (cuBLAS) in
+ * ops.cu, losses and metrics in loss.cu, the update and the weights'
+ * mirrors in optim.cu, the math mode and layout conversions in
+ * precision.cu, the views in augment.cu. */
 #include <string.h>
 #include <unistd.h>
 
@@ -24,20 +26,16 @@ __global__ void kb_cuda_scale_kernel(float *x, float a, size_t n)
         x[i] *= a;
 }
 
-__global__ void kb_cuda_axpy_kernel(float *y, float a, const float *x, size_t n)
+/* One block: row *counter % slots of ring = src, then the counter moves. */
+__global__ void kb_cuda_ring_push_kernel(float *ring, int slots, const float *src, int n,
+                                         uint32_t *counter)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        y[i] += a * x[i];
-}
-
-/* y may alias a or b: each element is read before it is written, by the
- * same thread. */
-__global__ void kb_cuda_add_kernel(float *y, const float *a, const float *b, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        y[i] = a[i] + b[i];
+    const uint32_t row = *counter % (uint32_t)slots;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ring[(size_t)row * n + i] = src[i];
+    __syncthreads(); /* every thread has read the counter */
+    if (threadIdx.x == 0)
+        *counter = *counter + 1;
 }
 
 /* ---- launchers ---- */
@@ -95,6 +93,42 @@ void kb_cuda_release(kb_cuda *impl, void *p)
     impl->retired[impl->n_retired++] = p;
 }
 
+/* The fields of the queue in use live in impl; the other's in its lane. */
+static void lane_save(kb_cuda *impl, kb_cuda_lane *l)
+{
+    l->stream = impl->stream;
+    l->ws = impl->ws;
+    l->ws_bytes = impl->ws_bytes;
+    l->scratch = impl->scratch;
+    l->scratch_bytes = impl->scratch_bytes;
+    l->cublas_ws = impl->cublas_ws;
+    l->ticket = impl->ticket;
+}
+
+static void lane_load(kb_cuda *impl, const kb_cuda_lane *l)
+{
+    impl->stream = l->stream;
+    impl->ws = l->ws;
+    impl->ws_bytes = l->ws_bytes;
+    impl->scratch = l->scratch;
+    impl->scratch_bytes = l->scratch_bytes;
+    impl->cublas_ws = l->cublas_ws;
+    impl->ticket = l->ticket;
+    KB_CUDNN(cudnnSetStream(impl->cudnn, impl->stream));
+    KB_CUBLAS(cublasSetStream(impl->cublas, impl->stream));
+    KB_CUBLAS(cublasSetWorkspace(impl->cublas, impl->cublas_ws, impl->cublas_ws_bytes));
+}
+
+/* Moves to queue `side` (0 main, 1 second). */
+static void lane_switch(kb_cuda *impl, int side)
+{
+    if (impl->side == side)
+        return;
+    lane_save(impl, &impl->lane[impl->side]);
+    lane_load(impl, &impl->lane[side]);
+    impl->side = side;
+}
+
 void *kb_cuda_scratch(kb_cuda *impl, size_t bytes)
 {
     if (bytes <= impl->scratch_bytes)
@@ -112,7 +146,8 @@ void *kb_cuda_scratch(kb_cuda *impl, size_t bytes)
     return impl->scratch;
 }
 
-int kb_cuda_ws_reserve(kb_cuda *impl, size_t bytes)
+/* Grows the convolution workspace of the queue in use. */
+static int ws_grow(kb_cuda *impl, size_t bytes)
 {
     if (bytes <= impl->ws_bytes)
         return 0;
@@ -131,27 +166,62 @@ int kb_cuda_ws_reserve(kb_cuda *impl, size_t bytes)
     return 0;
 }
 
+/* A plan may run on either queue: both get what it needs. */
+int kb_cuda_ws_reserve(kb_cuda *impl, size_t bytes)
+{
+    const int was = impl->side;
+    int rc = 0;
+    for (int q = 0; q < 2 && rc == 0; q++) {
+        lane_switch(impl, q);
+        rc = ws_grow(impl, bytes);
+    }
+    lane_switch(impl, was);
+    return rc;
+}
+
+void kb_cuda_scratch_reserve(kb_cuda *impl, size_t bytes)
+{
+    const int was = impl->side;
+    for (int q = 0; q < 2; q++) {
+        lane_switch(impl, q);
+        kb_cuda_scratch(impl, bytes);
+    }
+    lane_switch(impl, was);
+}
+
 static void cuda_destroy(kb_backend *be)
 {
     kb_cuda *impl = kb_cuda_of(be);
     cudaSetDevice(impl->device);
-    if (impl->stream)
-        cudaStreamSynchronize(impl->stream);
-    if (impl->ws)
-        cudaFree(impl->ws);
-    if (impl->scratch)
-        cudaFree(impl->scratch);
+    if (impl->stream) /* the current queue's fields back to their lane */
+        lane_save(impl, &impl->lane[impl->side]);
+    for (int q = 0; q < 2; q++) {
+        kb_cuda_lane *l = &impl->lane[q];
+        if (l->stream)
+            cudaStreamSynchronize(l->stream);
+        if (l->ws)
+            cudaFree(l->ws);
+        if (l->scratch)
+            cudaFree(l->scratch);
+        if (l->cublas_ws)
+            cudaFree(l->cublas_ws);
+        if (l->ticket)
+            cudaFree(l->ticket);
+    }
     for (int i = 0; i < impl->n_retired; i++)
         cudaFree(impl->retired[i]);
     free(impl->retired);
-    if (impl->cublas_ws)
-        cudaFree(impl->cublas_ws);
     if (impl->cublas)
         cublasDestroy(impl->cublas);
     if (impl->cudnn)
         cudnnDestroy(impl->cudnn);
-    if (impl->stream)
-        cudaStreamDestroy(impl->stream);
+    if (impl->fork_ev)
+        cudaEventDestroy(impl->fork_ev);
+    if (impl->join_ev)
+        cudaEventDestroy(impl->join_ev);
+    for (int q = 0; q < 2; q++)
+        if (impl->lane[q].stream)
+            cudaStreamDestroy(impl->lane[q].stream);
     free(impl->algo_memo);
     free(impl);
     free(be);
@@ -286,7 +356,7 @@ struct kb_graph {
 static int cuda_capture_begin(kb_backend *be)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    KB_CUDA_CHECK(!impl->capturing);
+    KB_CUDA_CHECK(!impl->capturing && !impl->side);
     impl->capture_bad[0] = 0;
     if (cudaStreamBeginCapture(impl->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -300,7 +370,7 @@ static int cuda_capture_begin(kb_backend *be)
 static kb_graph *cuda_capture_end(kb_backend *be, char *err, size_t errlen)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    KB_CUDA_CHECK(impl->capturing);
+    KB_CUDA_CHECK(impl->capturing && !impl->side); /* the second queue joined */
     cudaGraph_t graph = NULL;
     cudaError_t rc = cudaStreamEndCapture(impl->stream, &graph);
     impl->capturing = 0;
@@ -358,6 +428,46 @@ static void cuda_graph_free(kb_backend *be, kb_graph *g)
     }
 }
 
+/* ---- the second queue ---- */
+
+/* The side queue starts after what the main queue holds now. */
+static void cuda_side_begin(kb_backend *be)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    KB_CUDA_CHECK(impl->side == 0);
+    KB_CUDA(cudaEventRecord(impl->fork_ev, impl->stream));
+    KB_CUDA(cudaStreamWaitEvent(impl->lane[1].stream, impl->fork_ev, 0));
+    lane_switch(impl, 1);
+}
+
+/* Back to the main queue, which goes on without waiting. */
+static void cuda_side_end(kb_backend *be)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    KB_CUDA_CHECK(impl->side == 1);
+    KB_CUDA(cudaEventRecord(impl->join_ev, impl->stream));
+    lane_switch(impl, 0);
+}
+
+/* The main queue waits for what the side queue was given. */
+static void cuda_side_join(kb_backend *be)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    KB_CUDA_CHECK(impl->side == 0);
+    KB_CUDA(cudaStreamWaitEvent(impl->stream, impl->join_ev, 0));
+}
+
+static void cuda_ring_push(kb_backend *be, float *ring, int slots, const float *src, int n,
+                           uint32_t *counter)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    KB_CUDA_CHECK(n >= 1 && n <= 1024 && slots >= 1);
+    KB_CUDA_BYTES(8 * (size_t)n + 8); /* src read, a row written, the counter read and written */
+    kb_cuda_ring_push_kernel<<<1, 32 * ((n + 31) / 32), 0, impl->stream>>>(ring, slots, src, n,
+                                                                            counter);
+    KB_CUDA_LAUNCHED();
+}
+
 /* ---- elementwise over n floats ---- */
 
 static void cuda_fill(kb_backend *be, float *x, float v, size_t n)
@@ -379,28 +489,6 @@ static void cuda_scale(kb_backend *be, float *x, float a, size_t n)
     KB_CUDA_BYTES(8 * n); /* x read and written */
     kb_cuda_scale_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
                            impl->stream>>>(x, a, n);
-    KB_CUDA_LAUNCHED();
-}
-
-static void cuda_axpy(kb_backend *be, float *y, float a, const float *x, size_t n)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    if (!n)
-        return;
-    KB_CUDA_BYTES(12 * n); /* y read and written, x read */
-    kb_cuda_axpy_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
-                          impl->stream>>>(y, a, x, n);
-    KB_CUDA_LAUNCHED();
-}
-
-static void cuda_add(kb_backend *be, float *y, const float *a, const float *b, size_t n)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    if (!n)
-        return;
-    KB_CUDA_BYTES(12 * n); /* a, b read, y written */
-    kb_cuda_add_kernel<<<kb_cuda_blocks(impl, n, KB_EW_THREADS), KB_EW_THREADS, 0,
-                         impl->stream>>>(y, a, b, n);
     KB_CUDA_LAUNCHED();
 }
 
@@ -455,8 +543,29 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     impl->tf32 = !(tf && strcmp(tf, "0") == 0);
     impl->precision = impl->tf32 ? KB_PREC_TF32 : KB_PREC_FP32;
 
-    if ((rc = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking)) != cudaSuccess) {
-        snprintf(err, errlen, "GPU %d: cannot create a stream: %s", device,
+    /* Two queues: the main one, and one the teacher's forward pass runs on
+     * beside the online network's (side_begin). */
+    for (int q = 0; q < 2; q++)
+        if ((rc = cudaStreamCreateWithFlags(&impl->lane[q].stream, cudaStreamNonBlocking)) !=
+            cudaSuccess) {
+            snprintf(err, errlen, "GPU %d: cannot create a stream: %s", device,
+                     cudaGetErrorString(rc));
+            cuda_destroy(be);
+            return NULL;
+        }
+    impl->stream = impl->lane[0].stream;
+    for (int q = 0; q < 2; q++)
+        if ((rc = cudaMalloc(&impl->lane[q].ticket, sizeof(unsigned))) != cudaSuccess ||
+            (rc = cudaMemset(impl->lane[q].ticket, 0, sizeof(unsigned))) != cudaSuccess) {
+            snprintf(err, errlen, "GPU %d: no memory for a counter: %s", device,
+                     cudaGetErrorString(rc));
+            cuda_destroy(be);
+            return NULL;
+        }
+    impl->ticket = impl->lane[0].ticket;
+    if ((rc = cudaEventCreateWithFlags(&impl->fork_ev, cudaEventDisableTiming)) != cudaSuccess ||
+        (rc = cudaEventCreateWithFlags(&impl->join_ev, cudaEventDisableTiming)) != cudaSuccess) {
+        snprintf(err, errlen, "GPU %d: cannot create an event: %s", device,
                  cudaGetErrorString(rc));
         cuda_destroy(be);
         return NULL;
@@ -476,14 +585,19 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     if (bs == CUBLAS_STATUS_SUCCESS)
         bs = cublasSetMathMode(impl->cublas, impl->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                           : CUBLAS_DEFAULT_MATH);
-    /* Our own workspace: cuBLAS must not allocate inside a graph capture. */
+    /* Our own workspaces, one per queue: cuBLAS must not allocate inside a
+     * graph capture. */
     if (bs == CUBLAS_STATUS_SUCCESS) {
         impl->cublas_ws_bytes = (size_t)32 << 20;
-        if (cudaMalloc(&impl->cublas_ws, impl->cublas_ws_bytes) != cudaSuccess) {
-            (void)cudaGetLastError();
-            snprintf(err, errlen, "GPU %d: no memory for the cuBLAS workspace", device);
-            cuda_destroy(be);
-            return NULL;
+        for (int q = 0; q < 2; q++) {
+            if (cudaMalloc(&impl->lane[q].cublas_ws, impl->cublas_ws_bytes) != cudaSuccess) {
+                (void)cudaGetLastError();
+                snprintf(err, errlen, "GPU %d: no memory for the cuBLAS workspace", device);
+                cuda_destroy(be);
+                return NULL;
+            }
+            if (q == 0)
+                impl->cublas_ws = impl->lane[0].cublas_ws;
         }
         bs = cublasSetWorkspace(impl->cublas, impl->cublas_ws, impl->cublas_ws_bytes);
     }
@@ -509,14 +623,18 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     be->stamp_ms = cuda_stamp_ms;
     be->stamp_free = cuda_stamp_free;
     be->augment = kb_cuda_augment;
+    be->side_begin = cuda_side_begin;
+    be->side_end = cuda_side_end;
+    be->side_join = cuda_side_join;
+    be->ring_push = cuda_ring_push;
     be->fill = cuda_fill;
     be->scale = cuda_scale;
-    be->axpy = cuda_axpy;
-    be->add = cuda_add;
     kb_cuda_conv_init(be);
     kb_cuda_norm_init(be);
     kb_cuda_ops_init(be);
     kb_cuda_loss_init(be);
+    kb_cuda_fmap_init(be);
+    kb_cuda_optim_init(be);
 
     /* One tiny op end to end: a driver that loads but cannot run our code
      * (no kernel image for this GPU) fails here, not inside a training step. */

@@ -1,14 +1,13 @@
-/* Losses, metrics, Adam and the mean-teacher EMA: own kernels, the CPU
- * backend's formulas (kernels/cpu/loss.c) term by term.
+/* Losses and metrics: own kernels, the CPU backend's formulas
+ * (kernels/cpu/loss.c) term by term.
  *
  * Per-row terms are summed in double by one block per row and written to
- * per-row slots; one block then adds the rows (fixed tree): deterministic,
- * and the scalars stay on the device. Adam and EMA use the per-element
- * functions of kernels/optim.h, shared with the CPU. */
+ * per-row slots; one block (per group of rows, for the metrics of both
+ * views) then adds the rows (fixed tree): deterministic, and the scalars
+ * stay on the device. */
 #include <math.h>
 
 #include "kernels/cuda/cuda.h"
-#include "kernels/optim.h"
 
 #define ROW_THREADS 128
 #define FIN_THREADS 256
@@ -17,10 +16,13 @@
 
 enum { KB_FIN_LOSS, KB_FIN_XENT, KB_FIN_COLLAPSE };
 
-/* Sums the columns of rows (n, width <= 4) and writes the op's outputs. */
+/* Sums the columns of rows (n, width <= 4) and writes the op's outputs;
+ * block g does the g-th such set of rows, for out + g (collapse only). */
 __global__ void kb_finish_kernel(int mode, const double *rows, int n, int width, float *out)
 {
     __shared__ double sh[FIN_THREADS / 32];
+    rows += (size_t)blockIdx.x * n * width;
+    out += blockIdx.x;
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         for (int k = 0; k < width; k++)
@@ -125,13 +127,15 @@ __global__ void kb_loss_kernel(const float *p1, const float *p2, const float *z1
     }
 }
 
-/* One block per row i: the largest exponent e_ij = -t |z_i - z_j|^2 over
- * j > i and the sum of exp(e_ij - max), both in double. */
+/* One block per row i of group g (blockIdx.x = g N + i): the largest
+ * exponent e_ij = -t |z_i - z_j|^2 over j > i in the group and the sum of
+ * exp(e_ij - max), both in double. */
 __global__ void kb_uniformity_rows_kernel(const float *z, int N, int D, float t,
-                                          double2 *rows /* (N): (max, sum) */)
+                                          double2 *rows /* (G N): (max, sum) */)
 {
     __shared__ double sh[ROW_THREADS / 32];
-    const int i = blockIdx.x;
+    const int i = blockIdx.x % N;
+    z += (size_t)(blockIdx.x / N) * N * D;
     const float *zi = z + (size_t)i * D;
     double m = -INFINITY;
     for (int j = i + 1 + threadIdx.x; j < N; j += blockDim.x) {
@@ -157,14 +161,17 @@ __global__ void kb_uniformity_rows_kernel(const float *z, int N, int D, float t,
         }
     e = kb_cuda_block_sum(e, sh);
     if (threadIdx.x == 0)
-        rows[i] = make_double2(m, e);
+        rows[blockIdx.x] = make_double2(m, e);
 }
 
 /* log mean_{i != j} = M + log(2 sum_i rsum_i exp(rmax_i - M) / (N (N-1))),
- * M the largest exponent: pairs are symmetric, so i < j counted twice. */
+ * M the largest exponent: pairs are symmetric, so i < j counted twice. One
+ * block per group. */
 __global__ void kb_uniformity_finish_kernel(const double2 *rows, int N, float *out)
 {
     __shared__ double sh[FIN_THREADS / 32];
+    rows += (size_t)blockIdx.x * N;
+    out += blockIdx.x;
     double m = -INFINITY;
     for (int i = threadIdx.x; i < N; i += blockDim.x)
         m = fmax(m, rows[i].x);
@@ -178,12 +185,15 @@ __global__ void kb_uniformity_finish_kernel(const double2 *rows, int N, float *o
         out[0] = (float)(m + log(2.0 * s / ((double)N * (N - 1))));
 }
 
-/* One thread per dimension d: population std over the N rows. */
-__global__ void kb_collapse_cols_kernel(const float *z, int N, int D, double *sd /* (D) */)
+/* One thread per dimension d of group blockIdx.y: population std over
+ * the group's N rows. */
+__global__ void kb_collapse_cols_kernel(const float *z, int N, int D, double *sd /* (G, D) */)
 {
     int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D)
         return;
+    z += (size_t)blockIdx.y * N * D;
+    sd += (size_t)blockIdx.y * D;
     double s = 0.0;
     for (int i = 0; i < N; i++)
         s += z[(size_t)i * D + d];
@@ -223,25 +233,6 @@ __global__ void kb_xent_rows_kernel(const float *logits, const int32_t *labels, 
     }
 }
 
-/* The scalars are read from device memory when the kernel runs (the host
- * rewrites them every step; a captured graph replays this launch). */
-__global__ void kb_adam_kernel(float *p, const float *g, float *m, float *v, size_t n,
-                               const kb_adam_consts *kp)
-{
-    const kb_adam_consts k = *kp;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        kb_adam_elem(&k, &p[i], g[i], &m[i], &v[i]);
-}
-
-__global__ void kb_ema_kernel(float *xi, const float *theta, size_t n, const float *tau_omt)
-{
-    const float tau = tau_omt[0], omt = tau_omt[1];
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        xi[i] = kb_ema_elem(xi[i], theta[i], tau, omt);
-}
-
 /* ---- launchers ---- */
 
 static void cuda_loss(kb_backend *be, const kb_loss_cfg *cfg, const float *p1 /* (N,D) */,
@@ -256,40 +247,43 @@ static void cuda_loss(kb_backend *be, const kb_loss_cfg *cfg, const float *p1 /*
     double *rows = (double *)kb_cuda_scratch(impl, sizeof(double) * 4 * (size_t)N);
     /* p1, p2, z1, z2 read, dp1, dp2 and the per-row terms written */
     KB_CUDA_BYTES(24 * (size_t)N * D + 4 * sizeof(double) * N);
-    kb_loss_kernel<<<N, ROW_THREADS, 0, impl->stream>>>(p1, p2, z1, z2, N, D, byol,
-                                                         cfg->tangential, cfg->alpha, cfg->beta,
-                                                         dp1, dp2, rows);
+    const int tan = cfg->tangential;
+    const float alpha = cfg->alpha, beta = cfg->beta;
+    kb_loss_kernel<<<N, ROW_THREADS, 0, impl->stream>>>(p1, p2, z1, z2, N, D, byol, tan, alpha,
+                                                         beta, dp1, dp2, rows);
     KB_CUDA_LAUNCHED();
     KB_CUDA_BYTES(4 * sizeof(double) * N + 4 * sizeof(float)); /* rows read, 4 outputs written */
     kb_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(KB_FIN_LOSS, rows, N, 4, out);
     KB_CUDA_LAUNCHED();
 }
 
-static void cuda_uniformity(kb_backend *be, const float *z /* (N,D) */, int N, int D, float t,
-                            float *out)
+static void cuda_uniformity(kb_backend *be, const float *z /* (G*N,D) */, int G, int N, int D,
+                            float t, float *out /* (G) */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    KB_CUDA_CHECK(N >= 2);
-    double2 *rows = (double2 *)kb_cuda_scratch(impl, sizeof(double2) * (size_t)N);
-    KB_CUDA_BYTES(4 * (size_t)N * D + sizeof(double2) * N); /* z read, rows written */
-    kb_uniformity_rows_kernel<<<N, ROW_THREADS, 0, impl->stream>>>(z, N, D, t, rows);
+    KB_CUDA_CHECK(N >= 2 && G >= 1);
+    const size_t R = (size_t)G * N;
+    double2 *rows = (double2 *)kb_cuda_scratch(impl, sizeof(double2) * R);
+    KB_CUDA_BYTES(4 * R * D + sizeof(double2) * R); /* z read, rows written */
+    kb_uniformity_rows_kernel<<<(unsigned)R, ROW_THREADS, 0, impl->stream>>>(z, N, D, t, rows);
     KB_CUDA_LAUNCHED();
-    KB_CUDA_BYTES(sizeof(double2) * N + sizeof(float)); /* rows read, out written */
-    kb_uniformity_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(rows, N, out);
+    KB_CUDA_BYTES(sizeof(double2) * R + sizeof(float) * G); /* rows read, out written */
+    kb_uniformity_finish_kernel<<<G, FIN_THREADS, 0, impl->stream>>>(rows, N, out);
     KB_CUDA_LAUNCHED();
 }
 
-static void cuda_collapse_std(kb_backend *be, const float *z /* (N,D) */, int N, int D,
-                              float *out)
+static void cuda_collapse_std(kb_backend *be, const float *z /* (G*N,D) */, int G, int N, int D,
+                              float *out /* (G) */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    KB_CUDA_CHECK(N >= 1 && D >= 1);
-    double *sd = (double *)kb_cuda_scratch(impl, sizeof(double) * (size_t)D);
-    KB_CUDA_BYTES(4 * (size_t)N * D + sizeof(double) * D); /* z read, std devs written */
-    kb_collapse_cols_kernel<<<(D + 127) / 128, 128, 0, impl->stream>>>(z, N, D, sd);
+    KB_CUDA_CHECK(N >= 1 && D >= 1 && G >= 1);
+    double *sd = (double *)kb_cuda_scratch(impl, sizeof(double) * (size_t)G * D);
+    /* z read, std devs written */
+    KB_CUDA_BYTES(4 * (size_t)G * N * D + sizeof(double) * G * D);
+    kb_collapse_cols_kernel<<<dim3((D + 127) / 128, G), 128, 0, impl->stream>>>(z, N, D, sd);
     KB_CUDA_LAUNCHED();
-    KB_CUDA_BYTES(sizeof(double) * D + sizeof(float)); /* std devs read, out written */
-    kb_finish_kernel<<<1, FIN_THREADS, 0, impl->stream>>>(KB_FIN_COLLAPSE, sd, D, 1, out);
+    KB_CUDA_BYTES(sizeof(double) * G * D + sizeof(float) * G); /* std devs read, out written */
+    kb_finish_kernel<<<G, FIN_THREADS, 0, impl->stream>>>(KB_FIN_COLLAPSE, sd, D, 1, out);
     KB_CUDA_LAUNCHED();
 }
 
@@ -310,33 +304,10 @@ static void cuda_softmax_xent(kb_backend *be, const float *logits /* (N,K) */,
     KB_CUDA_LAUNCHED();
 }
 
-static void cuda_adam(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                      const kb_adam_consts *k)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    if (!n)
-        return;
-    KB_CUDA_BYTES(28 * n + sizeof *k); /* p, m, v read and written, g and the scalars read */
-    kb_adam_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(p, g, m, v, n, k);
-    KB_CUDA_LAUNCHED();
-}
-
-static void cuda_ema(kb_backend *be, float *xi, const float *theta, size_t n, const float *tau_omt)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    if (!n)
-        return;
-    KB_CUDA_BYTES(12 * n + 2 * sizeof(float)); /* xi read and written, theta and tau read */
-    kb_ema_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(xi, theta, n, tau_omt);
-    KB_CUDA_LAUNCHED();
-}
-
 void kb_cuda_loss_init(kb_backend *be)
 {
     be->loss = cuda_loss;
     be->uniformity = cuda_uniformity;
     be->collapse_std = cuda_collapse_std;
     be->softmax_xent = cuda_softmax_xent;
-    be->adam = cuda_adam;
-    be->ema = cuda_ema;
 }

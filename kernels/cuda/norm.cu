@@ -1,233 +1,361 @@
-/* Batch normalization over (N, C, HW) and row-wise L2 normalization, own
- * kernels: the contract's exact semantics (biased variance normalizes,
- * unbiased variance tracked with PyTorch's momentum, invstd saved,
- * dgamma/dbeta accumulated) with the CPU backend's formulas.
+/* Batch normalization (kb_bn) and row-wise L2 normalization, own kernels:
+ * the contract's exact semantics (biased variance normalizes, unbiased
+ * variance tracked with PyTorch's momentum, invstd saved, dgamma/dbeta
+ * accumulated) with the CPU backend's formulas, on feature maps (NHWC in
+ * the math's type, channels padded: cuda.h) or on fp32 rows.
  *
- * Channel statistics are summed in double, as on the CPU, in two stages with
- * fixed owners: G blocks per channel write partial sums, one thread per
- * channel adds its G partials in order. Sum and sum of squares in one pass:
- * in double the cancellation in sumsq/M - mean^2 costs ~1e-16 * (mean/std)^2
- * relative, negligible for activations (the CPU's two passes guard float
- * inputs whose mean is ~1e4 times their spread, which do not occur here). */
+ * Each op is two launches. The first reads the tensor once for every
+ * channel's sums -- (x, x^2) forward, (g, g*x) backward with g the
+ * gradient through the ReLU -- in double, each block over a slice of one
+ * group's pixels writing its partial sums; the last block to finish (a
+ * ticket taken with one atomic add) adds every slice's partials in order
+ * and turns them into the per-group coefficients: deterministic, no second
+ * launch for the statistics. The second launch applies the coefficients,
+ * 16 bytes of a pixel's channels per thread: y = relu(a x + b + residual)
+ * forward; dx = k (g - mean g - xhat mean g xhat), and the residual's
+ * gradient g, backward. The padding channels come out zero.
+ *
+ * Sum and sum of squares in one pass: in double the cancellation in
+ * sumsq/M - mean^2 costs ~1e-16 * (mean/std)^2 relative, negligible for
+ * activations (the CPU's two passes guard float inputs whose mean is ~1e4
+ * times their spread, which do not occur here). */
+#include <string.h>
+
 #include "kernels/cuda/cuda.h"
 
 #define BN_THREADS 256
-#define BN_MAX_SPLIT 64
+#define BN_MAX_SPLIT 1024 /* slices of one group's pixels */
+#define BN_SLICE_MIN 8192 /* elements a slice should hold at least */
+
+/* What the first launch's last block makes of the sums. */
+enum {
+    BN_FWD,   /* forward: coefficients, saved mean/invstd, running statistics */
+    BN_STATS, /* SyncBN's local statistics (G, 3C) */
+    BN_BWD,   /* backward: coefficients, dgamma, dbeta */
+    BN_RED,   /* SyncBN's local reductions (G, 2C), dgamma, dbeta */
+};
+
+/* Per group and channel: forward y = a x + b; backward dx = k (g - mdy -
+ * xhat mdyx) with xhat = (x - mean) invstd. */
+struct kb_bn_coef {
+    float a, b, k, mdy, mdyx, mean, invstd;
+};
+
+/* The shape as the kernels see it. */
+struct kb_bn_shape {
+    long M;    /* pixels (samples x HW) per group */
+    int G, C;  /* groups, channels */
+    int ld;    /* elements from one pixel to the next: Cp, or C for rows */
+    int bf16;  /* the tensors' type */
+    int relu;
+    int S;     /* slices per group (the first launch's grid is S x G) */
+};
+
+/* The op's state, by value into the first launch. */
+struct kb_bn_args {
+    const float *gamma, *beta;
+    float eps, momentum;
+    float *running_mean, *running_var;
+    float *save_mean, *save_invstd; /* (G, C) */
+    float *out;                     /* BN_STATS: stats (G, 3C); BN_RED: red (G, 2C) */
+    float *dgamma, *dbeta;
+};
 
 /* ---- kernels ---- */
 
-/* Partial (sum a, sum b) over slice g of channel c; grid (G, C).
- * mode 0: a = x, b = x^2 (forward); mode 1: a = dy, b = dy*x (backward). */
-__global__ void kb_bn_partial_kernel(const float *x /* (N,C,HW) */, const float *dy /* or NULL */,
-                                     int N, int C, int HW, int G, double2 *part /* (C,G) */)
+/* The training forward's y = a x + b from the saved mean and invstd (as
+ * floats): the backward makes the same a and b again, where it finds the
+ * ReLU's mask from x instead of reading y. Rounded as written (no
+ * contraction left to the compiler), and x -> a x + b as one fma, in both. */
+static __device__ __forceinline__ void kb_bn_train_coef(float gamma, float beta, float fm,
+                                                        float fi, float *a, float *b)
 {
-    __shared__ double sh[BN_THREADS / 32];
-    const int c = blockIdx.y, g = blockIdx.x;
-    const long M = (long)N * HW;
-    const long per = (M + G - 1) / G;
-    const long j0 = g * per, j1 = j0 + per < M ? j0 + per : M;
-    double a = 0.0, b = 0.0;
-    /* 32-bit index math (the launcher checks M < 2^31): 64-bit division
-     * per element would cost more than the load. */
-    for (unsigned j = (unsigned)j0 + threadIdx.x; j < (unsigned)j1; j += blockDim.x) {
-        unsigned n = j / (unsigned)HW, i = j - n * (unsigned)HW;
-        size_t o = ((size_t)n * C + c) * HW + i;
-        double xv = x[o];
-        if (dy) {
-            double d = dy[o];
-            a += d;
-            b += d * xv;
-        } else {
-            a += xv;
-            b += xv * xv;
+    *a = __fmul_rn(gamma, fi);
+    *b = __fmaf_rn(-fm, *a, beta);
+}
+
+/* Sums over the pixels of slice blockIdx.x of group blockIdx.y, channel by
+ * channel: threads (tc, tp) = (threadIdx.x % TC, threadIdx.x / TC) take
+ * channel c0 + tc of pixels tp, tp + TP, ...; the TP threads of a channel
+ * then add their sums in order. bwd: the sums of g and g x, with g = dy
+ * where y > 0 (relu) or dy. part: (G, S, C) double2. */
+static __device__ void bn_sums(const kb_bn_shape &sh, const kb_bn_args &ar, const void *x,
+                               const void *y, const void *dy, double2 *part,
+                               double2 *red /* shared, BN_THREADS */)
+{
+    const int TC = sh.C < BN_THREADS ? sh.C : BN_THREADS;
+    const int TP = BN_THREADS / TC;
+    const int tc = threadIdx.x % TC, tp = threadIdx.x / TC;
+    const long per = (sh.M + sh.S - 1) / sh.S;
+    const long p0 = (long)blockIdx.y * sh.M + blockIdx.x * per;
+    const long p1 = p0 + per < ((long)blockIdx.y + 1) * sh.M ? p0 + per : ((long)blockIdx.y + 1) * sh.M;
+    for (int c0 = 0; c0 < sh.C; c0 += TC) {
+        const int c = c0 + tc;
+        double a = 0.0, b = 0.0;
+        float ca = 0.0f, cb = 0.0f; /* the forward's a, b: the mask without y */
+        if (dy && sh.relu && !y && c < sh.C) {
+            const size_t gc = (size_t)blockIdx.y * sh.C + c;
+            kb_bn_train_coef(ar.gamma[c], ar.beta[c], ar.save_mean[gc], ar.save_invstd[gc], &ca,
+                             &cb);
+        }
+        if (tp < TP && c < sh.C)
+            for (long p = p0 + tp; p < p1; p += TP) {
+                const size_t i = (size_t)p * sh.ld + c;
+                const float xf = kb_elem(x, i, sh.bf16);
+                const double xv = xf;
+                if (dy) {
+                    double g = kb_elem(dy, i, sh.bf16);
+                    if (sh.relu && !(y ? kb_elem(y, i, sh.bf16) > 0.0f : __fmaf_rn(ca, xf, cb) > 0.0f))
+                        g = 0.0;
+                    a += g;
+                    b += g * xv;
+                } else {
+                    a += xv;
+                    b += xv * xv;
+                }
+            }
+        __syncthreads(); /* red may still be read from the last channel chunk */
+        red[threadIdx.x] = make_double2(a, b);
+        __syncthreads();
+        if (tp == 0 && c < sh.C) {
+            double2 s = red[tc];
+            for (int k = 1; k < TP; k++) {
+                s.x += red[tc + k * TC].x;
+                s.y += red[tc + k * TC].y;
+            }
+            part[((size_t)blockIdx.y * sh.S + blockIdx.x) * sh.C + c] = s;
         }
     }
-    a = kb_cuda_block_sum(a, sh);
-    b = kb_cuda_block_sum(b, sh);
+}
+
+/* Channel c of group g: the sums of all its slices, in order. */
+static __device__ double2 bn_total(const kb_bn_shape &sh, const double2 *part, int g, int c)
+{
+    double2 t = make_double2(0.0, 0.0);
+    for (int s = 0; s < sh.S; s++) {
+        double2 p = part[((size_t)g * sh.S + s) * sh.C + c];
+        t.x += p.x;
+        t.y += p.y;
+    }
+    return t;
+}
+
+/* The last block's work, one thread per channel, the groups in order (the
+ * running statistics and the parameter gradients see them one after the
+ * other, as separate batches). */
+static __device__ void bn_finish(int mode, const kb_bn_shape &sh, const kb_bn_args &ar,
+                                 const double2 *part, kb_bn_coef *coef)
+{
+    const double M = (double)sh.M;
+    for (int c = threadIdx.x; c < sh.C; c += blockDim.x)
+        for (int g = 0; g < sh.G; g++) {
+            const double2 t = bn_total(sh, part, g, c);
+            const size_t gc = (size_t)g * sh.C + c;
+            if (mode == BN_FWD || mode == BN_STATS) {
+                double mean = t.x / M;
+                double sq = t.y - t.x * mean; /* sum of squared deviations */
+                if (sq < 0.0)
+                    sq = 0.0;
+                double var = sq / M; /* biased: what normalizes */
+                if (mode == BN_STATS) {
+                    ar.out[(size_t)g * 3 * sh.C + c] = (float)mean;
+                    ar.out[(size_t)g * 3 * sh.C + sh.C + c] = (float)var;
+                    ar.out[(size_t)g * 3 * sh.C + 2 * sh.C + c] = (float)(mean * mean);
+                    continue;
+                }
+                double invstd = 1.0 / sqrt(var + (double)ar.eps);
+                kb_bn_train_coef(ar.gamma[c], ar.beta[c], (float)mean, (float)invstd, &coef[gc].a,
+                                 &coef[gc].b);
+                ar.save_mean[gc] = (float)mean;
+                ar.save_invstd[gc] = (float)invstd;
+                if (ar.running_mean)
+                    ar.running_mean[c] = (1.0f - ar.momentum) * ar.running_mean[c] +
+                                         ar.momentum * (float)mean;
+                if (ar.running_var) {
+                    /* PyTorch tracks the unbiased variance (biased with one value) */
+                    double uvar = M > 1.0 ? sq / (M - 1.0) : var;
+                    ar.running_var[c] = (1.0f - ar.momentum) * ar.running_var[c] +
+                                        ar.momentum * (float)uvar;
+                }
+            } else {
+                const double mean = ar.save_mean[gc], invstd = ar.save_invstd[gc];
+                const double sdy = t.x, sdyx = (t.y - mean * sdy) * invstd;
+                ar.dbeta[c] += (float)sdy;
+                ar.dgamma[c] += (float)sdyx;
+                if (mode == BN_RED) {
+                    ar.out[(size_t)g * 2 * sh.C + c] = (float)(sdy / M);
+                    ar.out[(size_t)g * 2 * sh.C + sh.C + c] = (float)(sdyx / M);
+                    continue;
+                }
+                coef[gc].k = (float)(ar.gamma[c] * invstd);
+                coef[gc].mdy = (float)(sdy / M);
+                coef[gc].mdyx = (float)(sdyx / M);
+                coef[gc].mean = (float)mean;
+                coef[gc].invstd = (float)invstd;
+                kb_bn_train_coef(ar.gamma[c], ar.beta[c], coef[gc].mean, coef[gc].invstd,
+                                 &coef[gc].a, &coef[gc].b);
+            }
+        }
+}
+
+/* The first launch: grid (S, G). ticket: a zero counter of the queue's,
+ * left zero again by the last block. */
+__global__ void kb_bn_reduce_kernel(int mode, kb_bn_shape sh, kb_bn_args ar, const void *x,
+                                    const void *y, const void *dy, double2 *part,
+                                    kb_bn_coef *coef, unsigned *ticket)
+{
+    __shared__ double2 red[BN_THREADS];
+    __shared__ int last;
+    const int bwd = mode == BN_BWD || mode == BN_RED;
+    bn_sums(sh, ar, x, y, bwd ? dy : NULL, part, red);
+    __threadfence(); /* this block's partials before its ticket */
+    __syncthreads();
     if (threadIdx.x == 0)
-        part[(size_t)c * G + g] = make_double2(a, b);
+        last = atomicAdd(ticket, 1u) == gridDim.x * gridDim.y - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence(); /* every block's partials after the last ticket */
+    bn_finish(mode, sh, ar, part, coef);
+    if (threadIdx.x == 0)
+        *ticket = 0;
 }
 
-/* One thread per channel: statistics, saved mean/invstd, running stats,
- * and the affine coefficients y = ab[c].x * x + ab[c].y. */
-__global__ void kb_bn_stats_kernel(const double2 *part, int C, int G, double M,
-                                   const float *gamma, const float *beta, float eps,
-                                   float momentum, float *running_mean, float *running_var,
-                                   float *save_mean, float *save_invstd, float2 *ab)
+/* Coefficients from given statistics: forward from SyncBN's rank-averaged
+ * stats (G, 3C) or, eval, from the running statistics (stats NULL, one
+ * group); backward from SyncBN's averaged red (G, 2C). One thread per
+ * channel, the groups in order. */
+__global__ void kb_bn_coef_kernel(int bwd, int G, int C, kb_bn_args ar, const float *given,
+                                  double count, kb_bn_coef *coef)
 {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C)
         return;
-    double s = 0.0, ss = 0.0;
     for (int g = 0; g < G; g++) {
-        double2 p = part[(size_t)c * G + g];
-        s += p.x;
-        ss += p.y;
-    }
-    double mean = s / M;
-    double sq = ss - s * mean; /* sum of squared deviations */
-    if (sq < 0.0)
-        sq = 0.0;
-    double var = sq / M; /* biased: what normalizes */
-    double invstd = 1.0 / sqrt(var + (double)eps);
-    float a = (float)(gamma[c] * invstd);
-    float b = (float)(beta[c] - mean * gamma[c] * invstd);
-    ab[c] = make_float2(a, b);
-    save_mean[c] = (float)mean;
-    save_invstd[c] = (float)invstd;
-    if (running_mean)
-        running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
-    if (running_var) {
-        /* PyTorch tracks the unbiased variance (biased with one value). */
-        double uvar = M > 1.0 ? sq / (M - 1.0) : var;
-        running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
-    }
-}
-
-__global__ void kb_bn_eval_coef_kernel(int C, const float *gamma, const float *beta, float eps,
-                                       const float *running_mean, const float *running_var,
-                                       float2 *ab)
-{
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C)
-        return;
-    double invstd = 1.0 / sqrt((double)running_var[c] + eps);
-    float a = (float)(gamma[c] * invstd);
-    float b = (float)(beta[c] - running_mean[c] * (double)gamma[c] * invstd);
-    ab[c] = make_float2(a, b);
-}
-
-/* n < 2^32 (checked by the launchers): 32-bit channel index math. */
-__global__ void kb_bn_apply_kernel(const float *x, int C, int HW, unsigned n, const float2 *ab,
-                                   float *y)
-{
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        float2 k = ab[(i / (unsigned)HW) % (unsigned)C];
-        y[i] = k.x * x[i] + k.y;
+        const size_t gc = (size_t)g * C + c;
+        if (bwd) {
+            const float fi = ar.save_invstd[gc];
+            coef[gc].k = ar.gamma[c] * fi;
+            coef[gc].mdy = given[(size_t)g * 2 * C + c];
+            coef[gc].mdyx = given[(size_t)g * 2 * C + C + c];
+            coef[gc].mean = ar.save_mean[gc];
+            coef[gc].invstd = fi;
+            kb_bn_train_coef(ar.gamma[c], ar.beta[c], coef[gc].mean, fi, &coef[gc].a, &coef[gc].b);
+            continue;
+        }
+        if (!given) { /* eval */
+            double invstd = 1.0 / sqrt((double)ar.running_var[c] + ar.eps);
+            coef[gc].a = (float)(ar.gamma[c] * invstd);
+            coef[gc].b = (float)(ar.beta[c] - ar.running_mean[c] * (double)ar.gamma[c] * invstd);
+            continue;
+        }
+        const float *st = given + (size_t)g * 3 * C;
+        double mean = st[c];
+        double var = (double)st[C + c] + (double)st[2 * C + c] - mean * mean;
+        if (var < 0)
+            var = 0; /* rounding of the between-rank term */
+        double invstd = 1.0 / sqrt(var + ar.eps);
+        kb_bn_train_coef(ar.gamma[c], ar.beta[c], (float)mean, (float)invstd, &coef[gc].a,
+                         &coef[gc].b);
+        ar.save_mean[gc] = (float)mean;
+        ar.save_invstd[gc] = (float)invstd;
+        if (ar.running_mean)
+            ar.running_mean[c] = (1.0f - ar.momentum) * ar.running_mean[c] + ar.momentum * (float)mean;
+        if (ar.running_var) {
+            double uvar = count > 1.0 ? var * count / (count - 1.0) : var;
+            ar.running_var[c] = (1.0f - ar.momentum) * ar.running_var[c] + ar.momentum * (float)uvar;
+        }
     }
 }
 
-/* Backward coefficients per channel, the CPU's formulas:
- * dbeta += sum dy; dgamma += sum dy*xhat; dx = k (dy - mdy - xhat mdyx). */
-struct kb_bn_bcoef {
-    float k, mdy, mdyx, mean, invstd;
-};
+/* The values of one step of the second launch: V elements from e on, all
+ * of one pixel (a 16-byte vector of a feature map), or one element of a
+ * row. */
+#define BN_V 8
 
-__global__ void kb_bn_bstats_kernel(const double2 *part, int C, int G, double M,
-                                    const float *gamma, const float *save_mean,
-                                    const float *save_invstd, float *dgamma, float *dbeta,
-                                    kb_bn_bcoef *co)
+/* Forward: y = relu?(a x + b + res), the padding 0. vec: 16-byte vectors
+ * (feature maps), else one element per step (rows). */
+__global__ void kb_bn_apply_kernel(kb_bn_shape sh, int vec, const void *x, const void *res,
+                                   const kb_bn_coef *coef, void *y)
 {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C)
-        return;
-    double sdy = 0.0, sdx = 0.0;
-    for (int g = 0; g < G; g++) {
-        double2 p = part[(size_t)c * G + g];
-        sdy += p.x;
-        sdx += p.y;
-    }
-    const double mean = save_mean[c], invstd = save_invstd[c];
-    double sdyx = (sdx - mean * sdy) * invstd;
-    dbeta[c] += (float)sdy;
-    dgamma[c] += (float)sdyx;
-    kb_bn_bcoef k;
-    k.k = (float)(gamma[c] * invstd);
-    k.mdy = (float)(sdy / M);
-    k.mdyx = (float)(sdyx / M);
-    k.mean = (float)mean;
-    k.invstd = (float)invstd;
-    co[c] = k;
-}
-
-__global__ void kb_bn_dx_kernel(const float *x, const float *dy, int C, int HW, unsigned n,
-                                const kb_bn_bcoef *co, float *dx)
-{
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        kb_bn_bcoef k = co[(i / (unsigned)HW) % (unsigned)C];
-        float xh = (x[i] - k.mean) * k.invstd;
-        dx[i] = k.k * (dy[i] - k.mdy - xh * k.mdyx);
-    }
-}
-
-/* ---- SyncBN halves (see backend.h), the CPU's formulas ---- */
-
-__global__ void kb_bn_sync_stats_kernel(const double2 *part, int C, int G, double M,
-                                        float *stats /* (3C) */)
-{
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C)
-        return;
-    double s = 0.0, ss = 0.0;
-    for (int g = 0; g < G; g++) {
-        double2 p = part[(size_t)c * G + g];
-        s += p.x;
-        ss += p.y;
-    }
-    double mean = s / M;
-    double sq = ss - s * mean;
-    if (sq < 0.0)
-        sq = 0.0;
-    stats[c] = (float)mean;
-    stats[C + c] = (float)(sq / M);
-    stats[2 * C + c] = (float)(mean * mean);
-}
-
-__global__ void kb_bn_sync_coef_kernel(int C, const float *gamma, const float *beta, float eps,
-                                       float momentum, const float *stats, double count,
-                                       float *running_mean, float *running_var, float *save_mean,
-                                       float *save_invstd, float2 *ab)
-{
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C)
-        return;
-    double mean = stats[c];
-    double var = (double)stats[C + c] + (double)stats[2 * C + c] - mean * mean;
-    if (var < 0)
-        var = 0; /* rounding of the between-rank term */
-    double invstd = 1.0 / sqrt(var + eps);
-    float a = (float)(gamma[c] * invstd);
-    float b = (float)(beta[c] - mean * gamma[c] * invstd);
-    ab[c] = make_float2(a, b);
-    save_mean[c] = (float)mean;
-    save_invstd[c] = (float)invstd;
-    if (running_mean)
-        running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * (float)mean;
-    if (running_var) {
-        double uvar = count > 1.0 ? var * count / (count - 1.0) : var;
-        running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)uvar;
+    const int V = vec ? (sh.bf16 ? 8 : 4) : 1;
+    const size_t n = (size_t)sh.M * sh.G * sh.ld / V;
+    for (size_t v = blockIdx.x * (size_t)blockDim.x + threadIdx.x; v < n;
+         v += (size_t)gridDim.x * blockDim.x) {
+        const size_t e = v * V, p = e / sh.ld;
+        const int c0 = (int)(e - p * sh.ld), g = (int)(p / sh.M);
+        float xv[BN_V], rv[BN_V], out[BN_V];
+        if (vec) {
+            kb_v16_get(((const kb_v16 *)x)[v], sh.bf16, xv);
+            if (res)
+                kb_v16_get(((const kb_v16 *)res)[v], sh.bf16, rv);
+        } else {
+            xv[0] = kb_elem(x, e, sh.bf16);
+            rv[0] = res ? kb_elem(res, e, sh.bf16) : 0.0f;
+        }
+        for (int k = 0; k < V; k++) {
+            const int c = c0 + k;
+            if (c >= sh.C) {
+                out[k] = 0.0f;
+                continue;
+            }
+            const kb_bn_coef cf = coef[(size_t)g * sh.C + c];
+            float t = __fmaf_rn(cf.a, xv[k], cf.b);
+            if (res)
+                t = t + rv[k];
+            out[k] = sh.relu && !(t > 0.0f) ? 0.0f : t;
+        }
+        if (vec)
+            ((kb_v16 *)y)[v] = kb_v16_make(out, sh.bf16);
+        else
+            kb_elem_set(y, e, out[0], sh.bf16);
     }
 }
 
-__global__ void kb_bn_sync_red_kernel(const double2 *part, int C, int G, double M,
-                                      const float *save_mean, const float *save_invstd,
-                                      float *red /* (2C) */, float *dgamma, float *dbeta)
+/* Backward: g = dy where y > 0 -- or, y NULL, where a x + b > 0 -- (relu)
+ * or dy; dx = k (g - mdy - xhat mdyx); dres = g; the padding 0. */
+__global__ void kb_bn_dx_kernel(kb_bn_shape sh, int vec, const void *x, const void *y,
+                                const void *dy, const kb_bn_coef *coef, void *dx, void *dres)
 {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C)
-        return;
-    double sdy = 0.0, sdx = 0.0;
-    for (int g = 0; g < G; g++) {
-        double2 p = part[(size_t)c * G + g];
-        sdy += p.x;
-        sdx += p.y;
-    }
-    double sdyx = (sdx - save_mean[c] * sdy) * save_invstd[c];
-    dbeta[c] += (float)sdy;
-    dgamma[c] += (float)sdyx;
-    red[c] = (float)(sdy / M);
-    red[C + c] = (float)(sdyx / M);
-}
-
-__global__ void kb_bn_sync_dx_kernel(const float *x, const float *dy, int C, int HW, unsigned n,
-                                     const float *gamma, const float *save_mean,
-                                     const float *save_invstd, const float *red, float *dx)
-{
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        unsigned c = (i / (unsigned)HW) % (unsigned)C;
-        const float fi = save_invstd[c], k = gamma[c] * fi, fm = save_mean[c];
-        float xh = (x[i] - fm) * fi;
-        dx[i] = k * (dy[i] - red[c] - xh * red[C + c]);
+    const int V = vec ? (sh.bf16 ? 8 : 4) : 1;
+    const size_t n = (size_t)sh.M * sh.G * sh.ld / V;
+    for (size_t v = blockIdx.x * (size_t)blockDim.x + threadIdx.x; v < n;
+         v += (size_t)gridDim.x * blockDim.x) {
+        const size_t e = v * V, p = e / sh.ld;
+        const int c0 = (int)(e - p * sh.ld), g = (int)(p / sh.M);
+        float xv[BN_V], yv[BN_V], dv[BN_V], ox[BN_V], og[BN_V];
+        if (vec) {
+            kb_v16_get(((const kb_v16 *)x)[v], sh.bf16, xv);
+            kb_v16_get(((const kb_v16 *)dy)[v], sh.bf16, dv);
+            if (sh.relu && y)
+                kb_v16_get(((const kb_v16 *)y)[v], sh.bf16, yv);
+        } else {
+            xv[0] = kb_elem(x, e, sh.bf16);
+            dv[0] = kb_elem(dy, e, sh.bf16);
+            yv[0] = sh.relu && y ? kb_elem(y, e, sh.bf16) : 0.0f;
+        }
+        for (int k = 0; k < V; k++) {
+            const int c = c0 + k;
+            if (c >= sh.C) {
+                ox[k] = og[k] = 0.0f;
+                continue;
+            }
+            const kb_bn_coef cf = coef[(size_t)g * sh.C + c];
+            const int on = !sh.relu || (y ? yv[k] > 0.0f : __fmaf_rn(cf.a, xv[k], cf.b) > 0.0f);
+            const float gv = on ? dv[k] : 0.0f;
+            const float xh = (xv[k] - cf.mean) * cf.invstd;
+            ox[k] = cf.k * (gv - cf.mdy - xh * cf.mdyx);
+            og[k] = gv;
+        }
+        if (vec) {
+            ((kb_v16 *)dx)[v] = kb_v16_make(ox, sh.bf16);
+            if (dres)
+                ((kb_v16 *)dres)[v] = kb_v16_make(og, sh.bf16);
+        } else {
+            kb_elem_set(dx, e, ox[0], sh.bf16);
+            if (dres)
+                kb_elem_set(dres, e, og[0], sh.bf16);
+        }
     }
 }
 
@@ -265,179 +393,170 @@ __global__ void kb_l2norm_bwd_kernel(const float *y, const float *norm, const fl
 
 /* ---- launchers ---- */
 
-/* Slices per channel: enough blocks to fill the GPU, each with at least a
- * few thousand elements. */
-static int bn_split(const kb_cuda *impl, long M, int C)
+static kb_bn_shape shape_of(const kb_cuda *impl, const kb_bn *b)
 {
-    long g = M / 4096;
-    long want = (4L * impl->sms + C - 1) / C;
-    if (g > want)
-        g = want;
-    if (g > BN_MAX_SPLIT)
-        g = BN_MAX_SPLIT;
-    return g < 1 ? 1 : (int)g;
+    KB_CUDA_CHECK(b->groups >= 1 && b->N % b->groups == 0 && b->C >= 1 && b->HW >= 1);
+    KB_CUDA_CHECK(!b->rows || b->HW == 1);
+    kb_bn_shape sh;
+    sh.G = b->groups;
+    sh.M = (long)(b->N / b->groups) * b->HW;
+    sh.C = b->C;
+    sh.ld = b->rows ? b->C : kb_cuda_cpad(impl, b->C);
+    sh.bf16 = !b->rows && impl->precision == KB_PREC_BF16;
+    sh.relu = b->relu;
+    long s = (sh.M * sh.C + BN_SLICE_MIN - 1) / BN_SLICE_MIN;
+    if (s > BN_MAX_SPLIT)
+        s = BN_MAX_SPLIT;
+    if (s > sh.M)
+        s = sh.M;
+    sh.S = s < 1 ? 1 : (int)s;
+    return sh;
 }
 
-static void cuda_bn_forward_train(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
-                                  int HW, const float *gamma /* (C) */,
-                                  const float *beta /* (C) */, float eps, float momentum,
-                                  float *running_mean /* (C) or NULL */,
-                                  float *running_var /* (C) or NULL */, float *y /* (N,C,HW) */,
-                                  float *save_mean /* (C) */, float *save_invstd /* (C) */)
+static kb_bn_args args_of(const kb_bn *b)
+{
+    kb_bn_args a;
+    memset(&a, 0, sizeof a);
+    a.gamma = b->gamma;
+    a.beta = b->beta;
+    a.eps = b->eps;
+    a.momentum = b->momentum;
+    a.running_mean = b->running_mean;
+    a.running_var = b->running_var;
+    a.save_mean = b->save_mean;
+    a.save_invstd = b->save_invstd;
+    return a;
+}
+
+/* One pass over a tensor of the op's shape, in bytes. */
+static double pass_bytes(const kb_bn_shape &sh)
+{
+    return (double)sh.M * sh.G * sh.ld * (sh.bf16 ? 2 : 4);
+}
+
+/* Scratch: the partial sums (G, S, C), then the coefficients (G, C). */
+static kb_bn_coef *bn_scratch(kb_cuda *impl, const kb_bn_shape &sh, double2 **part)
+{
+    const size_t pb = ((sizeof(double2) * (size_t)sh.G * sh.S * sh.C + 255) / 256) * 256;
+    char *s = (char *)kb_cuda_scratch(impl, pb + sizeof(kb_bn_coef) * (size_t)sh.G * sh.C);
+    *part = (double2 *)s;
+    return (kb_bn_coef *)(s + pb);
+}
+
+static void bn_reduce(kb_cuda *impl, int mode, const kb_bn_shape &sh, const kb_bn_args &ar,
+                      const void *x, const void *y, const void *dy, kb_bn_coef **coef)
+{
+    double2 *part;
+    kb_bn_coef *co = bn_scratch(impl, sh, &part);
+    *coef = co;
+    const int bwd = mode == BN_BWD || mode == BN_RED;
+    /* the tensors read once (y for the ReLU's mask), the partials written,
+     * then read by the last block, the per-channel state */
+    const double reads = bwd ? 2 + (sh.relu && y) : 1;
+    KB_CUDA_BYTES(pass_bytes(sh) * reads + 2.0 * sizeof(double2) * sh.G * sh.S * sh.C +
+                  32.0 * sh.G * sh.C);
+    kb_bn_reduce_kernel<<<dim3(sh.S, sh.G), BN_THREADS, 0, impl->stream>>>(
+        mode, sh, ar, x, y, dy, part, co, impl->ticket);
+    KB_CUDA_LAUNCHED();
+}
+
+static void bn_coef(kb_cuda *impl, int bwd, const kb_bn_shape &sh, const kb_bn_args &ar,
+                    const float *given, double count, kb_bn_coef **coef)
+{
+    double2 *part;
+    kb_bn_coef *co = bn_scratch(impl, sh, &part);
+    *coef = co;
+    KB_CUDA_BYTES(48.0 * sh.G * sh.C); /* the given statistics in, the coefficients out */
+    kb_bn_coef_kernel<<<(sh.C + 127) / 128, 128, 0, impl->stream>>>(bwd, sh.G, sh.C, ar, given,
+                                                                    count, co);
+    KB_CUDA_LAUNCHED();
+}
+
+static unsigned apply_blocks(const kb_cuda *impl, const kb_bn_shape &sh, int vec)
+{
+    const size_t n = (size_t)sh.M * sh.G * sh.ld / (vec ? (sh.bf16 ? 8 : 4) : 1);
+    return kb_cuda_blocks(impl, n, BN_THREADS);
+}
+
+static void bn_apply(kb_cuda *impl, const kb_bn *b, const kb_bn_shape &sh, const void *x,
+                     const void *res, const kb_bn_coef *coef, void *y)
+{
+    const int vec = !b->rows;
+    KB_CUDA_BYTES(pass_bytes(sh) * (2 + (res != NULL)) + 28.0 * sh.G * sh.C);
+    kb_bn_apply_kernel<<<apply_blocks(impl, sh, vec), BN_THREADS, 0, impl->stream>>>(
+        sh, vec, x, res, coef, y);
+    KB_CUDA_LAUNCHED();
+}
+
+static void cuda_bn_stats(kb_backend *be, const kb_bn *b, const void *x, float *stats)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    const long M = (long)N * HW;
-    const int G = bn_split(impl, M, C);
-    const size_t part_bytes = ((sizeof(double2) * (size_t)C * G + 255) / 256) * 256;
-    char *scr = (char *)kb_cuda_scratch(impl, part_bytes + sizeof(float2) * (size_t)C);
-    double2 *part = (double2 *)scr;
-    float2 *ab = (float2 *)(scr + part_bytes);
-    KB_CUDA_BYTES(4 * (size_t)M * C + sizeof(double2) * C * G); /* x read, partials written */
-    kb_bn_partial_kernel<<<dim3(G, C), BN_THREADS, 0, impl->stream>>>(x, NULL, N, C, HW, G, part);
-    KB_CUDA_LAUNCHED();
-    /* partials, gamma, beta read; mean, invstd, ab written; running stats updated */
-    KB_CUDA_BYTES(sizeof(double2) * C * G + 24 * (size_t)C + (running_mean ? 8 * C : 0) + (running_var ? 8 * C : 0));
-    kb_bn_stats_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
-        part, C, G, (double)M, gamma, beta, eps, momentum, running_mean, running_var, save_mean,
-        save_invstd, ab);
-    KB_CUDA_LAUNCHED();
-    size_t n = (size_t)M * C;
-    KB_CUDA_CHECK(n < ((size_t)1 << 31));
-    KB_CUDA_BYTES(8 * n + sizeof(float2) * C); /* x read, y written, ab read */
-    kb_bn_apply_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, C, HW, (unsigned)n, ab, y);
-    KB_CUDA_LAUNCHED();
+    const kb_bn_shape sh = shape_of(impl, b);
+    kb_bn_args ar = args_of(b);
+    ar.out = stats;
+    kb_bn_coef *coef;
+    bn_reduce(impl, BN_STATS, sh, ar, x, NULL, NULL, &coef);
 }
 
-static void cuda_bn_forward_eval(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
-                                 int HW, const float *gamma, const float *beta, float eps,
-                                 const float *running_mean, const float *running_var,
-                                 float *y /* (N,C,HW) */)
+static void cuda_bn_forward(kb_backend *be, const kb_bn *b, const void *x, const float *stats,
+                            double count, const void *res, void *y)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    float2 *ab = (float2 *)kb_cuda_scratch(impl, sizeof(float2) * (size_t)C);
-    KB_CUDA_BYTES(24 * (size_t)C); /* gamma, beta, running stats read, ab written */
-    kb_bn_eval_coef_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(C, gamma, beta, eps,
-                                                                       running_mean,
-                                                                       running_var, ab);
-    KB_CUDA_LAUNCHED();
-    size_t n = (size_t)N * C * HW;
-    KB_CUDA_CHECK(n < ((size_t)1 << 31));
-    KB_CUDA_BYTES(8 * n + sizeof(float2) * C); /* x read, y written, ab read */
-    kb_bn_apply_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, C, HW, (unsigned)n, ab, y);
-    KB_CUDA_LAUNCHED();
+    const kb_bn_shape sh = shape_of(impl, b);
+    const kb_bn_args ar = args_of(b);
+    kb_bn_coef *coef;
+    if (stats)
+        bn_coef(impl, 0, sh, ar, stats, count, &coef);
+    else
+        bn_reduce(impl, BN_FWD, sh, ar, x, NULL, NULL, &coef);
+    bn_apply(impl, b, sh, x, res, coef, y);
 }
 
-static void cuda_bn_backward(kb_backend *be, const float *x /* (N,C,HW) */,
-                             const float *dy /* (N,C,HW) */, int N, int C, int HW,
-                             const float *gamma, const float *save_mean,
-                             const float *save_invstd, float *dx /* (N,C,HW) */,
-                             float *dgamma /* (C), += */, float *dbeta /* (C), += */)
+static void cuda_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *x, const void *res,
+                                 void *y)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    const long M = (long)N * HW;
-    const int G = bn_split(impl, M, C);
-    const size_t part_bytes = ((sizeof(double2) * (size_t)C * G + 255) / 256) * 256;
-    char *scr = (char *)kb_cuda_scratch(impl, part_bytes + sizeof(kb_bn_bcoef) * (size_t)C);
-    double2 *part = (double2 *)scr;
-    kb_bn_bcoef *co = (kb_bn_bcoef *)(scr + part_bytes);
-    KB_CUDA_BYTES(8 * (size_t)M * C + sizeof(double2) * C * G); /* x, dy read, partials written */
-    kb_bn_partial_kernel<<<dim3(G, C), BN_THREADS, 0, impl->stream>>>(x, dy, N, C, HW, G, part);
-    KB_CUDA_LAUNCHED();
-    /* partials, gamma, mean, invstd read; dgamma, dbeta updated; coefficients written */
-    KB_CUDA_BYTES(sizeof(double2) * C * G + (28 + sizeof(kb_bn_bcoef)) * C);
-    kb_bn_bstats_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
-        part, C, G, (double)M, gamma, save_mean, save_invstd, dgamma, dbeta, co);
-    KB_CUDA_LAUNCHED();
-    size_t n = (size_t)M * C;
-    KB_CUDA_CHECK(n < ((size_t)1 << 31));
-    KB_CUDA_BYTES(12 * n + sizeof(kb_bn_bcoef) * C); /* x, dy, coefficients read, dx written */
-    kb_bn_dx_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, dy, C, HW, (unsigned)n,
-                                                                            co, dx);
-    KB_CUDA_LAUNCHED();
+    kb_bn one = *b;
+    one.N = b->N;
+    one.groups = 1; /* running statistics: the batch is one group */
+    const kb_bn_shape sh = shape_of(impl, &one);
+    kb_bn_coef *coef;
+    bn_coef(impl, 0, sh, args_of(b), NULL, 0.0, &coef);
+    bn_apply(impl, &one, sh, x, res, coef, y);
 }
 
-/* Partial sums of channel c over slices: (x, x^2) when dy is NULL, else
- * (dy, dy*x). Returns the partials in scratch (C, G) and sets *G; `extra`
- * bytes after them are the caller's. */
-static double2 *bn_partials(kb_cuda *impl, const float *x, const float *dy, int N, int C, int HW,
-                            size_t extra, int *G, void **extra_p)
-{
-    const long M = (long)N * HW;
-    KB_CUDA_CHECK((size_t)M * C < ((size_t)1 << 31));
-    *G = bn_split(impl, M, C);
-    const size_t part_bytes = ((sizeof(double2) * (size_t)C * *G + 255) / 256) * 256;
-    char *scr = (char *)kb_cuda_scratch(impl, part_bytes + extra);
-    double2 *part = (double2 *)scr;
-    *extra_p = scr + part_bytes;
-    KB_CUDA_BYTES((dy ? 8 : 4) * (size_t)M * C + sizeof(double2) * C * *G); /* x (dy) read, partials written */
-    kb_bn_partial_kernel<<<dim3(*G, C), BN_THREADS, 0, impl->stream>>>(x, dy, N, C, HW, *G, part);
-    KB_CUDA_LAUNCHED();
-    return part;
-}
-
-static void cuda_bn_stats(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C, int HW,
-                          float *stats /* (3C) */)
+static void cuda_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *x, const void *y,
+                                    const void *dy, float *red, float *dgamma, float *dbeta)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    int G;
-    void *unused;
-    double2 *part = bn_partials(impl, x, NULL, N, C, HW, 0, &G, &unused);
-    KB_CUDA_BYTES(sizeof(double2) * C * G + 12 * (size_t)C); /* partials read, stats written */
-    kb_bn_sync_stats_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(part, C, G,
-                                                                        (double)N * HW, stats);
-    KB_CUDA_LAUNCHED();
+    const kb_bn_shape sh = shape_of(impl, b);
+    kb_bn_args ar = args_of(b);
+    ar.out = red;
+    ar.dgamma = dgamma;
+    ar.dbeta = dbeta;
+    kb_bn_coef *coef;
+    bn_reduce(impl, BN_RED, sh, ar, x, y, dy, &coef);
 }
 
-static void cuda_bn_forward_apply(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
-                                  int HW, const float *gamma, const float *beta, float eps,
-                                  float momentum, const float *stats /* (3C) */, double count,
-                                  float *running_mean, float *running_var,
-                                  float *y /* (N,C,HW) */, float *save_mean, float *save_invstd)
+static void cuda_bn_backward(kb_backend *be, const kb_bn *b, const void *x, const void *y,
+                             const void *dy, const float *red, float *dgamma, float *dbeta,
+                             void *dx, void *dres)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    float2 *ab = (float2 *)kb_cuda_scratch(impl, sizeof(float2) * (size_t)C);
-    /* gamma, beta, stats read; mean, invstd, ab written; running stats updated */
-    KB_CUDA_BYTES(36 * (size_t)C + (running_mean ? 8 * C : 0) + (running_var ? 8 * C : 0));
-    kb_bn_sync_coef_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
-        C, gamma, beta, eps, momentum, stats, count, running_mean, running_var, save_mean,
-        save_invstd, ab);
-    KB_CUDA_LAUNCHED();
-    size_t n = (size_t)N * C * HW;
-    KB_CUDA_CHECK(n < ((size_t)1 << 31));
-    KB_CUDA_BYTES(8 * n + sizeof(float2) * C); /* x read, y written, ab read */
-    kb_bn_apply_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(x, C, HW,
-                                                                             (unsigned)n, ab, y);
-    KB_CUDA_LAUNCHED();
-}
-
-static void cuda_bn_backward_reduce(kb_backend *be, const float *x, const float *dy, int N,
-                                    int C, int HW, const float *save_mean,
-                                    const float *save_invstd, float *red /* (2C) */,
-                                    float *dgamma, float *dbeta)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    int G;
-    void *unused;
-    double2 *part = bn_partials(impl, x, dy, N, C, HW, 0, &G, &unused);
-    /* partials, mean, invstd read; red written; dgamma, dbeta updated */
-    KB_CUDA_BYTES(sizeof(double2) * C * G + 32 * (size_t)C);
-    kb_bn_sync_red_kernel<<<(C + 127) / 128, 128, 0, impl->stream>>>(
-        part, C, G, (double)N * HW, save_mean, save_invstd, red, dgamma, dbeta);
-    KB_CUDA_LAUNCHED();
-}
-
-static void cuda_bn_backward_apply(kb_backend *be, const float *x, const float *dy, int N, int C,
-                                   int HW, const float *gamma, const float *save_mean,
-                                   const float *save_invstd, const float *red, float *dx)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    size_t n = (size_t)N * C * HW;
-    if (!n)
-        return;
-    KB_CUDA_CHECK(n < ((size_t)1 << 31));
-    KB_CUDA_BYTES(12 * n + 20 * (size_t)C); /* x, dy, gamma, mean, invstd, red read, dx written */
-    kb_bn_sync_dx_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(
-        x, dy, C, HW, (unsigned)n, gamma, save_mean, save_invstd, red, dx);
+    const kb_bn_shape sh = shape_of(impl, b);
+    kb_bn_args ar = args_of(b);
+    ar.dgamma = dgamma;
+    ar.dbeta = dbeta;
+    kb_bn_coef *coef;
+    if (red)
+        bn_coef(impl, 1, sh, ar, red, 0.0, &coef);
+    else
+        bn_reduce(impl, BN_BWD, sh, ar, x, y, dy, &coef);
+    const int vec = !b->rows;
+    /* x, dy (and y) in; dx (and dres) out */
+    KB_CUDA_BYTES(pass_bytes(sh) * (3 + (sh.relu && y) + (dres != NULL)) + 36.0 * sh.G * sh.C);
+    kb_bn_dx_kernel<<<apply_blocks(impl, sh, vec), BN_THREADS, 0, impl->stream>>>(
+        sh, vec, x, y, dy, coef, dx, dres);
     KB_CUDA_LAUNCHED();
 }
 
@@ -466,13 +585,11 @@ static void cuda_l2norm_backward(kb_backend *be, const float *y /* (N,D) */,
 
 void kb_cuda_norm_init(kb_backend *be)
 {
-    be->bn_forward_train = cuda_bn_forward_train;
-    be->bn_forward_eval = cuda_bn_forward_eval;
-    be->bn_backward = cuda_bn_backward;
     be->bn_stats = cuda_bn_stats;
-    be->bn_forward_apply = cuda_bn_forward_apply;
+    be->bn_forward = cuda_bn_forward;
+    be->bn_forward_eval = cuda_bn_forward_eval;
     be->bn_backward_reduce = cuda_bn_backward_reduce;
-    be->bn_backward_apply = cuda_bn_backward_apply;
+    be->bn_backward = cuda_bn_backward;
     be->l2norm_forward = cuda_l2norm_forward;
     be->l2norm_backward = cuda_l2norm_backward;
 }

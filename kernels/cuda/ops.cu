@@ -1,15 +1,21 @@
-/* ReLU, pooling (own kernels) and linear layers (cuBLAS).
+/* ReLU on rows, pooling of feature maps (own kernels) and linear layers
+ * (cuBLAS).
  *
- * Linear layers in BF16 mode (set_precision): x, w and dy are cast to bf16
- * in scratch and cublasGemmEx multiplies them with fp32 accumulation into
- * fp32 outputs (bf16 A and B with an fp32 C is in GemmEx's table), so y,
- * dx and the dw += stay fp32, as do the bias and its gradient. The scratch
- * grows on the first call of a size (not allowed inside a capture: run a
- * step before capturing one).
+ * Pooling reads and writes feature maps (NHWC in the math's type, channels
+ * padded: cuda.h); a max pool's winner is its element's index in its (H,
+ * W) plane, as the CPU's, stored in (N, P, Q, C) order: as many as y has
+ * elements, the contract's size (no winners for the padding channels). Backward gathers
+ * instead of scattering: each input element sums the gradients of the
+ * windows that picked it, in the order the CPU backend adds them
+ * (row-major over windows), so no atomics.
  *
- * Pooling backward gathers instead of scattering: each input element sums
- * the gradients of the windows that picked it, in the order the CPU backend
- * adds them (row-major over windows), so no atomics and the same bits. */
+ * Linear layers in BF16 mode: x and dy (fp32 rows) are cast to bf16 in
+ * scratch, the weight read from its mirror (or cast too, without one), and
+ * cublasGemmEx multiplies them with fp32 accumulation into fp32 outputs
+ * (bf16 A and B with an fp32 C is in GemmEx's table), so y, dx and the dw
+ * += stay fp32, as do the bias and its gradient. The scratch grows on the
+ * first call of a size (not allowed inside a capture: run a step before
+ * capturing one). */
 #include "kernels/cuda/precision.h"
 
 /* ---- kernels ---- */
@@ -28,19 +34,21 @@ __global__ void kb_relu_bwd_kernel(const float *y, const float *dy, float *dx, s
         dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-/* One thread per output element; the CPU's rules: only in-bounds elements
- * compete, the first maximum in row-major order wins, a NaN wins. */
-__global__ void kb_maxpool_fwd_kernel(const float *x /* (NC,H,W) */, long planes, int H, int W,
-                                      int k, int stride, int pad, int P, int Q,
-                                      float *y /* (NC,P,Q) */, int32_t *idx)
+/* One thread per output element (n, p, q, c); the CPU's rules: only
+ * in-bounds elements compete, the first maximum in row-major order wins, a
+ * NaN wins. Padding channels are zeros in, zeros out; their winners are
+ * not stored: idx is (N, P, Q, C), as many as y has elements. */
+__global__ void kb_maxpool_fwd_kernel(const void *x, int bf16, long N, int H, int W, int C,
+                                      int Cp, int k, int stride, int pad, int P, int Q, void *y,
+                                      int32_t *idx)
 {
-    const size_t total = (size_t)planes * P * Q;
+    const size_t total = (size_t)N * P * Q * Cp;
     for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
          o += (size_t)gridDim.x * blockDim.x) {
-        size_t pl = o / ((size_t)P * Q);
-        int r = (int)(o - pl * P * Q);
-        int p = r / Q, q = r - p * Q;
-        const float *xp = x + pl * H * W;
+        const int c = (int)(o % Cp);
+        const size_t pix = o / Cp, n = pix / ((size_t)P * Q);
+        const int r = (int)(pix - n * P * Q), p = r / Q, q = r - p * Q;
+        const size_t base = n * H * W;
         int h0 = p * stride - pad, w0 = q * stride - pad;
         int hs = h0 < 0 ? 0 : h0, he = h0 + k > H ? H : h0 + k;
         int ws = w0 < 0 ? 0 : w0, we = w0 + k > W ? W : w0 + k;
@@ -49,7 +57,7 @@ __global__ void kb_maxpool_fwd_kernel(const float *x /* (NC,H,W) */, long planes
         bool nan = false;
         for (int h = hs; h < he && !nan; h++)
             for (int w = ws; w < we; w++) {
-                float v = xp[h * W + w];
+                float v = kb_elem(x, (base + (size_t)h * W + w) * Cp + c, bf16);
                 if (v != v) { /* first NaN wins */
                     best = v;
                     bi = h * W + w;
@@ -61,25 +69,30 @@ __global__ void kb_maxpool_fwd_kernel(const float *x /* (NC,H,W) */, long planes
                     bi = h * W + w;
                 }
             }
-        y[o] = best;
-        idx[o] = bi;
+        kb_elem_set(y, o, best, bf16);
+        if (idx && c < C)
+            idx[pix * C + c] = bi;
     }
 }
 
-/* One thread per input element: windows (p, q) that contain (h, w) are
- * p in [ceil((h + pad - k + 1) / stride), floor((h + pad) / stride)];
- * k = 0: window unknown, scan them all (a window whose max lies elsewhere
- * never matches, so extra candidates change nothing). */
-__global__ void kb_maxpool_bwd_kernel(const float *dy /* (NC,P,Q) */, const int32_t *idx,
-                                      long planes, int H, int W, int P, int Q, int k, int stride,
-                                      int pad, float *dx /* (NC,H,W) */)
+/* One thread per input element (n, h, w, c): windows (p, q) that contain
+ * (h, w) are p in [ceil((h + pad - k + 1) / stride), floor((h + pad) /
+ * stride)]; k = 0: window unknown, scan them all (a window whose max lies
+ * elsewhere never matches, so extra candidates change nothing). */
+__global__ void kb_maxpool_bwd_kernel(const void *dy, int bf16, const int32_t *idx, long N, int H,
+                                      int W, int C, int Cp, int P, int Q, int k, int stride,
+                                      int pad, void *dx)
 {
-    const size_t total = (size_t)planes * H * W;
+    const size_t total = (size_t)N * H * W * Cp;
     for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
          o += (size_t)gridDim.x * blockDim.x) {
-        size_t pl = o / ((size_t)H * W);
-        int r = (int)(o - pl * H * W);
-        int h = r / W, w = r - h * W;
+        const int c = (int)(o % Cp);
+        if (c >= C) { /* padding */
+            kb_elem_set(dx, o, 0.0f, bf16);
+            continue;
+        }
+        const size_t pix = o / Cp, n = pix / ((size_t)H * W);
+        const int r = (int)(pix - n * H * W), h = r / W, w = r - h * W;
         int p0 = 0, q0 = 0, p1 = P - 1, q1 = Q - 1;
         if (k > 0) {
             int ph = h + pad - k + 1, pw = w + pad - k + 1;
@@ -88,44 +101,44 @@ __global__ void kb_maxpool_bwd_kernel(const float *dy /* (NC,P,Q) */, const int3
             p1 = min((h + pad) / stride, P - 1);
             q1 = min((w + pad) / stride, Q - 1);
         }
-        const float *dp = dy + pl * P * Q;
-        const int32_t *ip = idx + pl * P * Q;
+        const size_t base = n * P * Q;
         float s = 0.0f;
         for (int p = p0; p <= p1; p++)
-            for (int q = q0; q <= q1; q++)
-                if (ip[p * Q + q] == r)
-                    s += dp[p * Q + q];
-        dx[o] = s;
+            for (int q = q0; q <= q1; q++) {
+                const size_t j = base + (size_t)p * Q + q;
+                if (idx[j * C + c] == r)
+                    s += kb_elem(dy, j * Cp + c, bf16);
+            }
+        kb_elem_set(dx, o, s, bf16);
     }
 }
 
-/* One warp per plane: the lanes' partial sums in double, then a fixed
- * shuffle tree. */
-__global__ void kb_avgpool_fwd_kernel(const float *x /* (NC,HW) */, long planes, int HW,
-                                      float *y /* (NC) */)
+/* One thread per (n, c): the mean over the pixels, in double; y fp32 rows
+ * (N, C). Consecutive threads read consecutive channels of a pixel. */
+__global__ void kb_avgpool_fwd_kernel(const void *x, int bf16, long N, int C, int HW, int Cp,
+                                      float *y)
 {
-    const long warps = (long)gridDim.x * (blockDim.x / 32);
-    const int lane = threadIdx.x & 31;
-    for (long pl = blockIdx.x * (long)(blockDim.x / 32) + (threadIdx.x >> 5); pl < planes;
-         pl += warps) {
-        const float *xp = x + pl * HW;
-        double s = 0.0;
-        for (int i = lane; i < HW; i += 32)
-            s += xp[i];
-        for (int o = 16; o > 0; o >>= 1)
-            s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0)
-            y[pl] = (float)(s / HW);
-    }
-}
-
-__global__ void kb_avgpool_bwd_kernel(const float *dy /* (NC) */, long planes, int HW,
-                                      float *dx /* (NC,HW) */)
-{
-    const size_t total = (size_t)planes * HW;
+    const size_t total = (size_t)N * C;
     for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
-         o += (size_t)gridDim.x * blockDim.x)
-        dx[o] = dy[o / HW] / (float)HW;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const size_t n = o / C, c = o - n * C;
+        double s = 0.0;
+        for (int i = 0; i < HW; i++)
+            s += kb_elem(x, (n * HW + i) * Cp + c, bf16);
+        y[o] = (float)(s / HW);
+    }
+}
+
+__global__ void kb_avgpool_bwd_kernel(const float *dy, long N, int C, int HW, int Cp, void *dx,
+                                      int bf16)
+{
+    const size_t total = (size_t)N * HW * Cp;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % Cp);
+        const size_t n = o / ((size_t)HW * Cp);
+        kb_elem_set(dx, o, c < C ? dy[n * C + c] / (float)HW : 0.0f, bf16);
+    }
 }
 
 /* y (N,O) rows = b */
@@ -176,21 +189,25 @@ static void cuda_relu_backward(kb_backend *be, const float *y, const float *dy, 
     KB_CUDA_LAUNCHED();
 }
 
-static void cuda_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */, int N, int C,
+static void cuda_maxpool_forward(kb_backend *be, const void *x /* (N,C,H,W) */, int N, int C,
                                  int H, int W, int k, int stride, int pad,
-                                 float *y /* (N,C,P,Q) */, int32_t *idx /* (N,C,P,Q) */)
+                                 void *y /* (N,C,P,Q) */, int32_t *idx /* or NULL */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
     const int P = (H + 2 * pad - k) / stride + 1;
     const int Q = (W + 2 * pad - k) / stride + 1;
-    const long planes = (long)N * C;
-    size_t n = (size_t)planes * P * Q;
+    const int Cp = kb_cuda_cpad(impl, C), es = kb_cuda_esize(impl);
+    const size_t n = (size_t)N * P * Q * Cp;
     if (!n)
         return;
-    KB_CUDA_BYTES(4 * (size_t)planes * H * W + 8 * n); /* x read, y and idx written */
+    /* x read (each element by the windows holding it: ~once from L2), y and idx written */
+    KB_CUDA_BYTES((size_t)es * N * H * W * Cp + es * n + (idx ? 4 * (size_t)N * P * Q * C : 0));
     kb_maxpool_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
-                            impl->stream>>>(x, planes, H, W, k, stride, pad, P, Q, y, idx);
+                            impl->stream>>>(x, es == 2, N, H, W, C, Cp, k, stride, pad, P, Q, y,
+                                            idx);
     KB_CUDA_LAUNCHED();
+    if (!idx)
+        return;
     const int nm = (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]);
     int slot = -1;
     for (int i = 0; i < nm && slot < 0; i++)
@@ -210,13 +227,13 @@ static void cuda_maxpool_forward(kb_backend *be, const float *x /* (N,C,H,W) */,
     impl->pool_memo[slot].pad = pad;
 }
 
-static void cuda_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) */,
-                                  const int32_t *idx /* (N,C,P,Q) */, int N, int C, int H, int W,
-                                  int P, int Q, float *dx /* (N,C,H,W) */)
+static void cuda_maxpool_backward(kb_backend *be, const void *dy /* (N,C,P,Q) */,
+                                  const int32_t *idx, int N, int C, int H, int W, int P, int Q,
+                                  void *dx /* (N,C,H,W) */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    const long planes = (long)N * C;
-    size_t n = (size_t)planes * H * W;
+    const int Cp = kb_cuda_cpad(impl, C), es = kb_cuda_esize(impl);
+    size_t n = (size_t)N * H * W * Cp;
     if (!n)
         return;
     /* The window forward recorded for this idx buffer; unknown (idx filled
@@ -231,36 +248,40 @@ static void cuda_maxpool_backward(kb_backend *be, const float *dy /* (N,C,P,Q) *
             pad = impl->pool_memo[i].pad;
             break;
         }
-    KB_CUDA_BYTES(8 * (size_t)planes * P * Q + 4 * n); /* dy, idx read, dx written */
+    const size_t np = (size_t)N * P * Q * Cp;
+    KB_CUDA_BYTES(es * np + 4 * (size_t)N * P * Q * C + es * n); /* dy, idx read, dx written */
     kb_maxpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
-                            impl->stream>>>(dy, idx, planes, H, W, P, Q, k, stride, pad, dx);
+                            impl->stream>>>(dy, es == 2, idx, N, H, W, C, Cp, P, Q, k, stride,
+                                            pad, dx);
     KB_CUDA_LAUNCHED();
 }
 
-static void cuda_avgpool_forward(kb_backend *be, const float *x /* (N,C,HW) */, int N, int C,
+static void cuda_avgpool_forward(kb_backend *be, const void *x /* (N,C,HW) */, int N, int C,
                                  int HW, float *y /* (N,C) */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    const long planes = (long)N * C;
-    if (!planes)
+    const size_t n = (size_t)N * C;
+    if (!n)
         return;
-    KB_CUDA_BYTES(4 * (size_t)planes * HW + 4 * (size_t)planes); /* x read, y written */
-    kb_avgpool_fwd_kernel<<<kb_cuda_blocks(impl, (size_t)planes * 32, OPS_THREADS), OPS_THREADS,
-                            0, impl->stream>>>(x, planes, HW, y);
+    KB_CUDA_BYTES(kb_cuda_fmap_bytes(impl, N, C, HW) + 4 * n); /* x read, y written */
+    kb_avgpool_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
+                            impl->stream>>>(x, impl->precision == KB_PREC_BF16, N, C, HW,
+                                            kb_cuda_cpad(impl, C), y);
     KB_CUDA_LAUNCHED();
 }
 
 static void cuda_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, int N, int C,
-                                  int HW, float *dx /* (N,C,HW) */)
+                                  int HW, void *dx /* (N,C,HW) */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    const long planes = (long)N * C;
-    size_t n = (size_t)planes * HW;
+    const int Cp = kb_cuda_cpad(impl, C);
+    const size_t n = (size_t)N * HW * Cp;
     if (!n)
         return;
-    KB_CUDA_BYTES(4 * (size_t)planes + 4 * n); /* dy read, dx written */
+    KB_CUDA_BYTES(4 * (size_t)N * C + kb_cuda_fmap_bytes(impl, N, C, HW)); /* dy read, dx written */
     kb_avgpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
-                            impl->stream>>>(dy, planes, HW, dx);
+                            impl->stream>>>(dy, N, C, HW, Cp, dx,
+                                            impl->precision == KB_PREC_BF16);
     KB_CUDA_LAUNCHED();
 }
 
@@ -282,7 +303,7 @@ static int bf16_copies(kb_cuda *impl, const float *const src[3], const size_t n[
     for (int i = 0; i < 3; i++) {
         out[i] = src[i] ? s + off[i] : NULL;
         if (src[i])
-            kb_cuda_relayout(impl, src[i], 0, out[i], 1, 1, 1, (long)n[i], 0, 0);
+            kb_cuda_cast(impl, src[i], 0, out[i], 1, n[i]);
     }
     return 0;
 }
@@ -298,10 +319,11 @@ static void gemm_bf16(kb_cuda *impl, cublasOperation_t ta, cublasOperation_t tb,
 }
 
 /* Row-major (R, C) is column-major (C, R): every row-major product below is
- * written as its transpose in cuBLAS's column-major terms. */
+ * written as its transpose in cuBLAS's column-major terms. In fp32 modes a
+ * linear weight's mirror is the weight itself. */
 static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int N, int I,
-                                const float *w /* (O,I) */, const float *b /* (O) or NULL */,
-                                int O, float *y /* (N,O) */)
+                                const float *w /* (O,I) */, const void *wm,
+                                const float *b /* (O) or NULL */, int O, float *y /* (N,O) */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
     const float one = 1.0f;
@@ -316,12 +338,12 @@ static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int 
     }
     /* y^T (O,N) = w (O,I) . x^T (I,N): A = w stored (I,O) col-major -> op T */
     if (impl->precision == KB_PREC_BF16) {
-        const float *src[3] = {w, x, NULL};
+        const float *src[3] = {wm ? NULL : w, x, NULL};
         const size_t n[3] = {(size_t)O * I, (size_t)N * I, 0};
         void *c[3];
         if (bf16_copies(impl, src, n, c) == 0)
-            gemm_bf16(impl, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, c[0], I, c[1], I, &beta, y,
-                      O);
+            gemm_bf16(impl, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, wm ? wm : c[0], I, c[1], I,
+                      &beta, y, O);
         return;
     }
     KB_CUBLAS(cublasSgemm(impl->cublas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, w, I, x, I,
@@ -329,20 +351,21 @@ static void cuda_linear_forward(kb_backend *be, const float *x /* (N,I) */, int 
 }
 
 static void cuda_linear_backward(kb_backend *be, const float *x /* (N,I) */,
-                                 const float *w /* (O,I) */, const float *dy /* (N,O) */, int N,
-                                 int I, int O, float *dx /* (N,I) or NULL */,
-                                 float *dw /* (O,I), += */, float *db /* (O) or NULL, += */)
+                                 const float *w /* (O,I) */, const void *wm,
+                                 const float *dy /* (N,O) */, int N, int I, int O,
+                                 float *dx /* (N,I) or NULL */, float *dw /* (O,I), += */,
+                                 float *db /* (O) or NULL, += */)
 {
     kb_cuda *impl = kb_cuda_enter(be);
     const float one = 1.0f, zero = 0.0f;
     if (impl->precision == KB_PREC_BF16) {
-        const float *src[3] = {dx ? w : NULL, dy, x};
+        const float *src[3] = {dx && !wm ? w : NULL, dy, x};
         const size_t n[3] = {(size_t)O * I, (size_t)N * O, (size_t)N * I};
         void *c[3];
         if (bf16_copies(impl, src, n, c) == 0) {
             if (dx)
-                gemm_bf16(impl, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, c[0], I, c[1], O, &zero,
-                          dx, I);
+                gemm_bf16(impl, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, wm ? wm : c[0], I, c[1],
+                          O, &zero, dx, I);
             gemm_bf16(impl, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, c[2], I, c[1], O, &one, dw,
                       I);
         }

@@ -1,103 +1,155 @@
-/* The math mode of convolutions and GEMMs (set_precision) and the kernels
- * that copy operands between fp32 NCHW (the interface's storage) and what
- * cuDNN and cuBLAS run on: bf16 and/or NHWC.
- *
- * A copy to bf16 is one pass over the operand anyway, so the NCHW -> NHWC
- * transpose rides along (kb_cuda_relayout does both in the same pass), and
- * the way back, bf16 -> fp32 and NHWC -> NCHW, is one pass as well, adding
- * into the destination for weight gradients (the contract's +=). */
+/* The math mode (set_precision), the feature-map format's host side
+ * (fmap_bytes, fmap_upload, fmap_download) and the conversions between the
+ * interface's forms and cuDNN's: casts, weights to KRSC and back. */
 #include <string.h>
-
-#include <cuda_bf16.h>
 
 #include "kernels/cuda/precision.h"
 
+#define LAYOUT_THREADS 256
+
 /* ---- kernels ---- */
 
-static __device__ __forceinline__ float kb_ld(const void *p, size_t i, int bf16)
-{
-    return bf16 ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
-}
-
-static __device__ __forceinline__ void kb_st(void *p, size_t i, float v, int bf16, int acc)
-{
-    if (acc)
-        v += kb_ld(p, i, bf16);
-    if (bf16)
-        ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
-    else
-        ((float *)p)[i] = v;
-}
-
-__global__ void kb_relayout_copy_kernel(const void *src, int sb, void *dst, int db, size_t n,
-                                        int acc)
+__global__ void kb_cast_kernel(const void *src, int sb, void *dst, int db, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        kb_st(dst, i, kb_ld(src, i, sb), db, acc);
+        kb_elem_set(dst, i, kb_elem(src, i, sb), db);
 }
 
-/* 32x32 tiles through shared memory (one padding column against bank
- * conflicts), 256 threads as 8 rows of 32: reads along src rows and writes
- * along dst rows are both coalesced. blockIdx.x walks the tiles of one
- * matrix, blockIdx.y the matrices. */
-#define KB_TILE 32
-#define KB_TILE_THREADS 256
-__global__ void kb_relayout_transpose_kernel(const void *src /* (B,R,S) */, int sb,
-                                             void *dst /* (B,S,R) */, int db, long B, long R,
-                                             long S, int acc)
+/* fp32 NCHW (N, C, HW) -> NHWC (N, HW, Cp): one thread per destination
+ * element, so the padding is written too. */
+__global__ void kb_fmap_pack_kernel(const float *src, long N, int C, long HW, int Cp, void *dst,
+                                    int bf16)
 {
-    __shared__ float tile[KB_TILE][KB_TILE + 1];
-    const int tx = threadIdx.x & (KB_TILE - 1), ty = threadIdx.x / KB_TILE;
-    const long tiles_s = (S + KB_TILE - 1) / KB_TILE;
-    const long tiles = tiles_s * ((R + KB_TILE - 1) / KB_TILE);
-    for (long b = blockIdx.y; b < B; b += gridDim.y)
-        for (long t = blockIdx.x; t < tiles; t += gridDim.x) {
-            const long r0 = (t / tiles_s) * KB_TILE, s0 = (t % tiles_s) * KB_TILE;
-            const size_t base = (size_t)b * R * S;
-            for (int i = ty; i < KB_TILE; i += KB_TILE_THREADS / KB_TILE) {
-                long r = r0 + i, s = s0 + tx;
-                if (r < R && s < S)
-                    tile[i][tx] = kb_ld(src, base + (size_t)r * S + s, sb);
-            }
-            __syncthreads();
-            for (int i = ty; i < KB_TILE; i += KB_TILE_THREADS / KB_TILE) {
-                long s = s0 + i, r = r0 + tx;
-                if (r < R && s < S)
-                    kb_st(dst, base + (size_t)s * R + r, tile[tx][i], db, acc);
-            }
-            __syncthreads(); /* the tile is refilled next round */
-        }
+    const size_t total = (size_t)N * HW * Cp;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % Cp);
+        const size_t pix = o / Cp, n = pix / HW, i = pix - n * HW;
+        kb_elem_set(dst, o, c < C ? src[(n * C + c) * HW + i] : 0.0f, bf16);
+    }
+}
+
+__global__ void kb_fmap_unpack_kernel(const void *src, int bf16, long N, int C, long HW, int Cp,
+                                      float *dst)
+{
+    const size_t total = (size_t)N * C * HW;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const size_t i = o % HW, nc = o / HW, c = nc % C, n = nc / C;
+        dst[o] = kb_elem(src, (n * HW + i) * Cp + c, bf16);
+    }
+}
+
+/* (K, C, RS) fp32 -> (Kp, RS, Cp): one thread per destination element;
+ * round: bf16 values (in whatever dst holds). */
+__global__ void kb_weight_pack_kernel(const float *w, int K, int C, int RS, int Kp, int Cp,
+                                      void *dst, int bf16, int round)
+{
+    const size_t total = (size_t)Kp * RS * Cp;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % Cp);
+        const size_t kr = o / Cp;
+        const int rs = (int)(kr % RS), k = (int)(kr / RS);
+        float v = k < K && c < C ? w[((size_t)k * C + c) * RS + rs] : 0.0f;
+        if (round)
+            v = kb_bf16_to_f(kb_f_to_bf16(v));
+        kb_elem_set(dst, o, v, bf16);
+    }
+}
+
+/* dw (K, C, RS) += g (Kp, RS, Cp): one thread per dw element. */
+__global__ void kb_weight_grad_add_kernel(const void *g, int bf16, int K, int C, int RS, int Cp,
+                                          float *dw)
+{
+    const size_t total = (size_t)K * C * RS;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int rs = (int)(o % RS);
+        const size_t kc = o / RS;
+        const int c = (int)(kc % C), k = (int)(kc / C);
+        dw[o] += kb_elem(g, ((size_t)k * RS + rs) * Cp + c, bf16);
+    }
 }
 
 /* ---- launchers ---- */
 
-void kb_cuda_relayout(kb_cuda *impl, const void *src, int src_bf16, void *dst, int dst_bf16,
-                      long B, long R, long S, int transpose, int accumulate)
+void kb_cuda_cast(kb_cuda *impl, const void *src, int src_bf16, void *dst, int dst_bf16, size_t n)
 {
-    const size_t n = (size_t)B * R * S;
     if (!n)
         return;
-    /* bytes: src read in its type, dst written in its type (and read when adding) */
-    if (!transpose || R == 1 || S == 1) { /* a transpose of a vector is a copy */
-        KB_CUDA_BYTES(n * ((src_bf16 ? 2 : 4) + (dst_bf16 ? 2 : 4) * (accumulate ? 2 : 1)));
-        kb_relayout_copy_kernel<<<kb_cuda_blocks(impl, n, 256), 256, 0, impl->stream>>>(
-            src, src_bf16, dst, dst_bf16, n, accumulate);
-    } else {
-        const long tiles = ((R + KB_TILE - 1) / KB_TILE) * ((S + KB_TILE - 1) / KB_TILE);
-        const long cap = (long)impl->sms * 32;
-        const unsigned gy = (unsigned)(B < 65535 ? B : 65535);
-        long gx = (cap + gy - 1) / gy; /* about sms*32 blocks in all */
-        if (gx > tiles)
-            gx = tiles;
-        if (gx < 1)
-            gx = 1;
-        dim3 grid((unsigned)gx, gy);
-        KB_CUDA_BYTES(n * ((src_bf16 ? 2 : 4) + (dst_bf16 ? 2 : 4) * (accumulate ? 2 : 1)));
-        kb_relayout_transpose_kernel<<<grid, KB_TILE_THREADS, 0, impl->stream>>>(
-            src, src_bf16, dst, dst_bf16, B, R, S, accumulate);
-    }
+    KB_CUDA_BYTES(n * ((src_bf16 ? 2 : 4) + (dst_bf16 ? 2 : 4)));
+    kb_cast_kernel<<<kb_cuda_blocks(impl, n, LAYOUT_THREADS), LAYOUT_THREADS, 0, impl->stream>>>(
+        src, src_bf16, dst, dst_bf16, n);
     KB_CUDA_LAUNCHED();
+}
+
+void kb_cuda_weight_pack(kb_cuda *impl, const float *w, int K, int C, int RS, int Kp, int Cp,
+                         void *dst, int dst_bf16, int round_bf16)
+{
+    const size_t n = (size_t)Kp * RS * Cp;
+    KB_CUDA_BYTES(4 * (size_t)K * C * RS + (dst_bf16 ? 2 : 4) * n); /* w read, the copy written */
+    kb_weight_pack_kernel<<<kb_cuda_blocks(impl, n, LAYOUT_THREADS), LAYOUT_THREADS, 0,
+                            impl->stream>>>(w, K, C, RS, Kp, Cp, dst, dst_bf16,
+                                            round_bf16 && !dst_bf16);
+    KB_CUDA_LAUNCHED();
+}
+
+void kb_cuda_weight_grad_add(kb_cuda *impl, const void *g, int g_bf16, int K, int C, int RS,
+                             int Cp, float *dw)
+{
+    const size_t n = (size_t)K * C * RS;
+    KB_CUDA_BYTES((g_bf16 ? 2 : 4) * n + 8 * n); /* g read (not its padding), dw read and written */
+    kb_weight_grad_add_kernel<<<kb_cuda_blocks(impl, n, LAYOUT_THREADS), LAYOUT_THREADS, 0,
+                                impl->stream>>>(g, g_bf16, K, C, RS, Cp, dw);
+    KB_CUDA_LAUNCHED();
+}
+
+static size_t cuda_fmap_bytes(kb_backend *be, int N, int C, int H, int W)
+{
+    return kb_cuda_fmap_bytes(kb_cuda_of(be), N, C, (long)H * W);
+}
+
+/* Through scratch: the host's NCHW floats go up as they are, then one pass
+ * lays them out. */
+static void cuda_fmap_upload(kb_backend *be, void *dst, const float *src, int N, int C, int H,
+                             int W)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "upload inside a capture"))
+        return;
+    const long HW = (long)H * W;
+    const size_t n = (size_t)N * C * HW, nd = (size_t)N * HW * kb_cuda_cpad(impl, C);
+    if (!nd)
+        return;
+    float *stage = (float *)kb_cuda_scratch(impl, n * sizeof(float));
+    KB_CUDA(cudaMemcpyAsync(stage, src, n * sizeof(float), cudaMemcpyHostToDevice, impl->stream));
+    KB_CUDA_BYTES(4 * n + kb_cuda_esize(impl) * nd);
+    kb_fmap_pack_kernel<<<kb_cuda_blocks(impl, nd, LAYOUT_THREADS), LAYOUT_THREADS, 0,
+                          impl->stream>>>(stage, N, C, HW, kb_cuda_cpad(impl, C), dst,
+                                          impl->precision == KB_PREC_BF16);
+    KB_CUDA_LAUNCHED();
+}
+
+static void cuda_fmap_download(kb_backend *be, float *dst, const void *src, int N, int C, int H,
+                               int W)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "download inside a capture"))
+        return;
+    const long HW = (long)H * W;
+    const size_t n = (size_t)N * C * HW;
+    if (!n)
+        return;
+    float *stage = (float *)kb_cuda_scratch(impl, n * sizeof(float));
+    KB_CUDA_BYTES(4 * n + kb_cuda_esize(impl) * n);
+    kb_fmap_unpack_kernel<<<kb_cuda_blocks(impl, n, LAYOUT_THREADS), LAYOUT_THREADS, 0,
+                            impl->stream>>>(src, impl->precision == KB_PREC_BF16, N, C, HW,
+                                            kb_cuda_cpad(impl, C), stage);
+    KB_CUDA_LAUNCHED();
+    KB_CUDA(cudaMemcpyAsync(dst, stage, n * sizeof(float), cudaMemcpyDeviceToHost, impl->stream));
+    KB_CUDA(cudaStreamSynchronize(impl->stream));
 }
 
 kb_precision kb_cuda_set_precision(kb_backend *be, kb_precision p)
@@ -130,4 +182,11 @@ kb_precision kb_cuda_set_precision(kb_backend *be, kb_precision p)
                                 impl->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     impl->precision = p;
     return p;
+}
+
+void kb_cuda_fmap_init(kb_backend *be)
+{
+    be->fmap_bytes = cuda_fmap_bytes;
+    be->fmap_upload = cuda_fmap_upload;
+    be->fmap_download = cuda_fmap_download;
 }

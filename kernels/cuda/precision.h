@@ -1,7 +1,8 @@
 /* Private to the CUDA backend: the math mode (set_precision) and the
- * operand copies it needs. Convolutions (conv2d.cu) and linear layers
- * (ops.cu) copy their fp32 NCHW operands into scratch as bf16 and/or NHWC,
- * and their results back; storage at the interface stays fp32 NCHW. */
+ * conversions between the interface's forms and what cuDNN and cuBLAS run
+ * on -- feature maps (host fp32 NCHW <-> NHWC in the math's type), weights
+ * (fp32 KCRS <-> KRSC in the math's type, padded as the feature maps) and
+ * plain casts. */
 #ifndef RUNAWAY_KERNELS_CUDA_PRECISION_H
 #define RUNAWAY_KERNELS_CUDA_PRECISION_H
 
@@ -14,14 +15,18 @@
  * (outside a capture: set the mode before capturing a step). */
 kb_precision kb_cuda_set_precision(kb_backend *be, kb_precision p);
 
-/* dst = src (=) or dst += src (accumulate), element type converted (bf16
- * rounds to nearest even), viewing src as B matrices of (R, S) elements:
- * transpose 0 copies in place order, transpose 1 writes each matrix
- * transposed, dst (B, S, R). NCHW -> NHWC is (B, R, S) = (N, C, HW),
- * KCRS -> KRSC is (K, C, RS); the way back swaps R and S. src and dst may
- * not overlap. */
-void kb_cuda_relayout(kb_cuda *impl, const void *src, int src_bf16, void *dst, int dst_bf16,
-                      long B, long R, long S, int transpose, int accumulate);
+/* dst = src, n elements, the type converted (bf16 rounds to nearest even). */
+void kb_cuda_cast(kb_cuda *impl, const void *src, int src_bf16, void *dst, int dst_bf16, size_t n);
+
+/* A convolution weight (K, C, R, S) fp32 -> (Kp, R, S, Cp) in bf16 or fp32
+ * (the NHWC filter cuDNN reads), zeros in the padding; round_bf16 with an
+ * fp32 dst: the values rounded to bf16 all the same (BF16 mode's weights
+ * for a direction that runs on fp32 copies). */
+void kb_cuda_weight_pack(kb_cuda *impl, const float *w, int K, int C, int RS, int Kp, int Cp,
+                         void *dst, int dst_bf16, int round_bf16);
+/* dw (K, C, R, S) fp32 += g, a (Kp, R, S, Cp) weight gradient in bf16 or fp32. */
+void kb_cuda_weight_grad_add(kb_cuda *impl, const void *g, int g_bf16, int K, int C, int RS,
+                             int Cp, float *dw);
 
 /* Carving scratch: each operand copy starts 256-byte aligned. */
 static inline size_t kb_cuda_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }

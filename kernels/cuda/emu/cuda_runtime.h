@@ -35,6 +35,13 @@ static inline void __syncthreads(void) { emu_sync(); }
 double emu_shfl_d(double v, int o);
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return emu_shfl_d(v, o); }
 static inline void __trap(void) { abort(); }
+/* Blocks run one after another: an atomic is a plain add, a fence nothing. */
+static inline unsigned atomicAdd(unsigned *p, unsigned v) { unsigned o = *p; *p = o + v; return o; }
+static inline void __threadfence(void) {}
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline float __fmul_rn(float a, float b) { volatile float p = a * b; return p; }
+static inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 typedef int cudaError_t;
 enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInsufficientDriver = 35,
        cudaErrorStreamCaptureUnsupported = 900, cudaErrorStreamCaptureInvalidated = 901 };
@@ -89,6 +96,7 @@ static inline cudaError_t cudaFree(void *p) { if (cudaError_t e = emu_unsafe_in_
 static inline cudaError_t cudaMalloc(void **p, size_t n) { if (cudaError_t e = emu_unsafe_in_capture()) return e; *p = malloc(n ? n : 1); return *p ? 0 : 2; }
 template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu_unsafe_in_capture(); }
+static inline cudaError_t cudaMemset(void *p, int v, size_t n) { if (cudaError_t e = emu_unsafe_in_capture()) return e; memset(p, v, n); return 0; }
 static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { emu_enqueue_op("cudaMemsetAsync", (double)n, [=] { memset(p, v, n); }); return 0; }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t)
 {
@@ -110,6 +118,11 @@ static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cuda
 struct emu_event { double t; };
 typedef emu_event *cudaEvent_t;
 static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new emu_event{0}; return 0; }
+enum { cudaEventDisableTiming = 2 };
+static inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { return cudaEventCreate(e); }
+/* One queue runs everything in order: a wait on another stream's event is
+ * already met (and, in a capture, adds nothing to record). */
+static inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return 0; }
 static inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return 0; }
 static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = 0)
 {

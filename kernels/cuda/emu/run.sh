@@ -39,8 +39,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 B=$(cd "$root/${1:-build-cuda}" && pwd)
 shift || true
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# EMU_OUT=DIR keeps the objects and suites there (a second run compiles
+# only what changed; a suite can then be run again by hand, under gdb)
+if [ -n "${EMU_OUT:-}" ]; then
+    out=$EMU_OUT
+    mkdir -p "$out"
+else
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+fi
 . "$here/emu.sh"
 emu_setup "$B"
 emu_objects "$out"

@@ -200,16 +200,17 @@ static rw_model *one_step(kb_backend *be, const rw_model_cfg *c, int S, run *r)
     rng_state = 7919;
     for (size_t i = 0; i < 2 * n; i++)
         h[i] = (float)(2 * urand() - 1);
-    float *x1 = be->alloc(be, n * sizeof(float)), *x2 = be->alloc(be, n * sizeof(float));
-    cr_assert(x1 && x2);
-    be->upload(be, x1, h, n * sizeof(float));
-    be->upload(be, x2, h + n, n * sizeof(float));
+    /* both views, one feature map of 2N samples */
+    void *x = be->alloc(be, be->fmap_bytes(be, 2 * N_IMG, 3, S, S));
+    cr_assert(x);
+    be->fmap_upload(be, x, h, 2 * N_IMG, 3, S, S);
     free(h);
     /* A teacher away from the online network, so the cross terms matter. */
     float *t = fetch(be, rw_model_teacher(m), r->nt);
     for (size_t i = 0; i < r->nt; i++)
         t[i] *= (float)(1.0 + 0.2 * (urand() - 0.5));
     be->upload(be, rw_model_teacher(m), t, r->nt * sizeof(float));
+    rw_model_params_written(m);
     free(t);
 
     int32_t hl[N_IMG], *labels = NULL;
@@ -222,7 +223,7 @@ static rw_model *one_step(kb_backend *be, const rw_model_cfg *c, int S, run *r)
         rw_model_set_labels(m, labels);
     }
 
-    cr_assert_eq(rw_model_forward_backward(m, x1, x2, N_IMG, S, &r->st), 0, "%s: step failed",
+    cr_assert_eq(rw_model_forward_backward(m, x, N_IMG, S, &r->st), 0, "%s: step failed",
                  be->name);
     if (labels) {
         be->sync(be); /* read by the step's kernels */
@@ -234,8 +235,7 @@ static rw_model *one_step(kb_backend *be, const rw_model_cfg *c, int S, run *r)
     rw_model_update(m, LR, 0.0f, TAU);
     r->params = fetch(be, rw_model_params(m), r->np);
     r->teacher = fetch(be, rw_model_teacher(m), r->nt);
-    be->free(be, x1);
-    be->free(be, x2);
+    be->free(be, x);
     return m;
 }
 
@@ -654,13 +654,13 @@ Test(backend_model, cpu_emulated_bf16_rounding)
     const float x[2] = {1.0f + 0x1p-8f, 1.0f + 0x3p-8f}; /* ties: down, up */
     const float w[2] = {1.0f + 0x1p-9f, 1.0f}, b = 0x1p-20f;
     float y, xf[2] = {x[0], x[1]}, wf[2] = {w[0], w[1]};
-    be->linear_forward(be, xf, 1, 2, wf, &b, 1, &y);
+    be->linear_forward(be, xf, 1, 2, wf, NULL, &b, 1, &y);
     cr_expect_eq(y, b + bf16_ref(x[0]) * bf16_ref(w[0]) + bf16_ref(x[1]) * bf16_ref(w[1]));
     cr_expect(!is_bf16(y), "linear outputs stay fp32");
     cr_expect_eq(bf16_ref(x[0]), 1.0f);
     cr_expect_eq(bf16_ref(x[1]), 1.0f + 0x4p-8f);
     float dy = 1.0f + 0x1p-12f, dx[2], dw[2] = {0.5f, 0}, db = 0;
-    be->linear_backward(be, xf, wf, &dy, 1, 2, 1, dx, dw, &db);
+    be->linear_backward(be, xf, wf, NULL, &dy, 1, 2, 1, dx, dw, &db);
     cr_expect_eq(dx[0], bf16_ref(dy) * bf16_ref(w[0]));
     cr_expect_eq(dw[0], 0.5f + bf16_ref(dy) * bf16_ref(x[0]));
     cr_expect_eq(db, dy);
@@ -672,21 +672,43 @@ Test(backend_model, cpu_emulated_bf16_rounding)
     cr_assert_not_null(c);
     const float cx[3] = {1.0f + 0x1p-7f, 3.0f, NAN}, cw = 1.0f + 0x1p-7f;
     float cy[3], cdx[3], cdw = 1.0f;
-    be->conv_forward(be, c, cx, &cw, cy);
+    be->conv_forward(be, c, cx, &cw, NULL, cy);
     for (int i = 0; i < 2; i++)
         cr_expect_eq(cy[i], bf16_ref(cx[i] * cw), "y[%d] %a", i, (double)cy[i]);
     cr_expect(isnan(cy[2]));
     const float cdy[3] = {0x1.fffffep127f, 1.0f, 0.0f}; /* rounds to infinity */
-    be->conv_backward_data(be, c, cdy, &cw, cdx);
+    be->conv_backward_data(be, c, cdy, &cw, NULL, cdx, 0);
     cr_expect(isinf(cdx[0]) && cdx[0] > 0, "dx[0] %a", (double)cdx[0]);
     cr_expect_eq(cdx[1], bf16_ref(cw));
     /* dw: 1 + 2^-7 + 2^-9 in fp32, 1 + 2^-7 in bf16, then += 1 */
     const float gx[3] = {1.0f + 0x1p-7f, 1.0f, 0.0f}, gy[3] = {1.0f, 0x1p-9f, 5.0f};
     be->conv_backward_weight(be, c, gx, gy, &cdw);
     cr_expect_eq(cdw, 2.0f + 0x1p-7f, "dw %a", (double)cdw);
+    /* dx added to a residual's gradient: rounded once, after the add */
+    float acc[3] = {0x1p-9f, 0.0f, 0.0f}, one[3] = {1.0f, 0.0f, 0.0f};
+    be->conv_backward_data(be, c, one, &cw, NULL, acc, 1);
+    cr_expect_eq(acc[0], bf16_ref(0x1p-9f + bf16_ref(cw)), "dx += %a", (double)acc[0]);
+    /* every feature map the CUDA backend stores is bf16: an upload, a
+     * batch norm's output and its gradients; fp32 rows (the heads) are not */
+    float fx[4] = {1.0f + 0x1p-9f, -1.0f, 2.0f, 3.0f}, fy[4], g1 = 1.0f, b1 = 0x1p-10f, sm, si;
+    be->fmap_upload(be, fy, fx, 1, 1, 2, 2);
+    cr_expect_eq(fy[0], 1.0f, "upload rounds: %a", (double)fy[0]);
+    kb_bn bn = {.N = 1, .C = 1, .HW = 4, .groups = 1, .eps = 1e-5f, .gamma = &g1, .beta = &b1,
+                .save_mean = &sm, .save_invstd = &si};
+    be->bn_forward(be, &bn, fx, NULL, 0, NULL, fy);
+    for (int i = 0; i < 4; i++)
+        cr_expect(is_bf16(fy[i]), "bn y[%d] %a", i, (double)fy[i]);
+    bn.rows = 1;
+    bn.N = 4;
+    bn.HW = 1;
+    be->bn_forward(be, &bn, fx, NULL, 0, NULL, fy);
+    int rounded = 1;
+    for (int i = 0; i < 4; i++)
+        rounded &= is_bf16(fy[i]);
+    cr_expect(!rounded, "rows stay fp32");
     /* off again: plain fp32 */
     kb_cpu_emulate_rounding(be, KB_PREC_FP32);
-    be->conv_forward(be, c, cx, &cw, cy);
+    be->conv_forward(be, c, cx, &cw, NULL, cy);
     cr_expect_eq(cy[0], cx[0] * cw);
     be->conv_free(be, c);
     kb_destroy(be);

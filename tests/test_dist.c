@@ -244,14 +244,13 @@ Test(dist, per_replica_bn_without_sync)
         int32_t lab[16];
         rw_loader_seek(ld, 0, 0);
         cr_assert_eq(rw_loader_next(ld, h1, h2, lab), 0);
-        float *d1 = be->alloc(be, n * 4), *d2 = be->alloc(be, n * 4);
-        be->upload(be, d1, h1, n * 4);
-        be->upload(be, d2, h2, n * 4);
+        float *d = be->alloc(be, be->fmap_bytes(be, 32, 3, 16, 16)); /* the views, one batch */
+        be->fmap_upload(be, d, h1, 16, 3, 16, 16);
+        be->fmap_upload(be, d + n, h2, 16, 3, 16, 16);
         rw_step_stats st;
-        cr_assert_eq(rw_model_forward_backward(m, d1, d2, 16, 16, &st), 0);
+        cr_assert_eq(rw_model_forward_backward(m, d, 16, 16, &st), 0);
         mean += 0.5 * st.loss;
-        be->free(be, d1);
-        be->free(be, d2);
+        be->free(be, d);
         free(h1);
         free(h2);
         rw_loader_free(ld);

@@ -10,7 +10,9 @@
  * - Training steps replayed from graphs give the SAME BITS as eager steps:
  *   parameters, teacher, Adam moments, BN running statistics and counters,
  *   and every step's metrics; also across an evaluation pass that grows the
- *   model's buffers (the stale graphs are captured again).
+ *   model's buffers (the stale graphs are captured again), and with the
+ *   whole step in one graph, its stats kept on the device until read.
+ * - Ops on the second queue inside a capture fork and join the graph.
  * - Views rendered on the device from the uint8 set are the CPU loader's
  *   views (same samples, same epoch, same draws) within float rounding. */
 #include <criterion/criterion.h>
@@ -59,37 +61,90 @@ Test(graph, replay_runs_the_recorded_ops_with_scalars_from_memory)
     const size_t n = 1000;
     float *x = gpu->alloc(gpu, n * sizeof(float)), *y = gpu->alloc(gpu, n * sizeof(float));
     float *tau = gpu->alloc(gpu, 2 * sizeof(float));
-    cr_assert(x && y && tau);
+    /* Adam with zero gradients and moments leaves x as it is */
+    float *g = gpu->alloc(gpu, n * sizeof(float)), *am = gpu->alloc(gpu, n * sizeof(float));
+    float *av = gpu->alloc(gpu, n * sizeof(float));
+    kb_adam_consts *k = gpu->alloc(gpu, sizeof *k);
+    cr_assert(x && y && tau && g && am && av && k);
+    kb_adam_consts hk = kb_adam_consts_init(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1);
+    gpu->upload(gpu, k, &hk, sizeof hk);
     gpu->fill(gpu, y, 1.0f, n);
-    /* x = 2; y += 3 x; y = tau y + (1 - tau) x */
+    /* x = 2; y *= 3; y = tau y + (1 - tau) x */
     cr_assert_eq(gpu->capture_begin(gpu), 0);
     gpu->fill(gpu, x, 2.0f, n);
-    gpu->axpy(gpu, y, 3.0f, x, n);
-    gpu->ema(gpu, y, x, n, tau);
+    gpu->scale(gpu, y, 3.0f, n);
+    kb_update u = {.params = x, .grads = g, .adam_m = am, .adam_v = av, .n = n, .k = k,
+                   .teacher = y, .nteacher = n, .tau_omt = tau};
+    gpu->update(gpu, &u);
     char err[200];
-    kb_graph *g = gpu->capture_end(gpu, err, sizeof err);
-    cr_assert_not_null(g, "%s", err);
+    kb_graph *gr = gpu->capture_end(gpu, err, sizeof err);
+    cr_assert_not_null(gr, "%s", err);
     float *h = fetch(y, n);
     cr_expect_eq(h[0], 1.0f, "a capture must not run its ops (y = %g)", h[0]);
     free(h);
     double want = 1.0;
     const float taus[3] = {0.5f, 0.25f, 0.9f};
-    for (int k = 0; k < 3; k++) {
+    for (int l = 0; l < 3; l++) {
         float t[2];
-        kb_ema_consts_init(taus[k], t);
+        kb_ema_consts_init(taus[l], t);
         gpu->upload(gpu, tau, t, sizeof t);
-        cr_assert_eq(gpu->graph_launch(gpu, g), 0);
-        want = (double)t[0] * (want + 6.0) + (double)t[1] * 2.0;
+        cr_assert_eq(gpu->graph_launch(gpu, gr), 0);
+        want = (double)t[0] * (3.0 * want) + (double)t[1] * 2.0;
         h = fetch(y, n);
         for (size_t i = 0; i < n; i += 111)
             cr_expect(fabs(h[i] - want) <= 1e-5 * fabs(want), "launch %d: y[%zu] = %.7g, want %.7g",
-                      k, i, h[i], want);
+                      l, i, h[i], want);
         free(h);
     }
-    gpu->graph_free(gpu, g);
-    gpu->free(gpu, x);
-    gpu->free(gpu, y);
-    gpu->free(gpu, tau);
+    gpu->graph_free(gpu, gr);
+    void *bufs[] = {x, y, tau, g, am, av, k};
+    for (int i = 0; i < 7; i++)
+        gpu->free(gpu, bufs[i]);
+}
+
+/* What runs on the second queue is recorded in the graph, forked from and
+ * joined to the main queue: a replay runs both sides, and what the main
+ * queue does after the join sees the side's writes. */
+Test(graph, the_second_queue_forks_and_joins_inside_a_capture)
+{
+    NEED_GPU();
+    if (!gpu->side_begin)
+        cr_skip_test("this backend has no second queue");
+    const size_t n = 4096;
+    float *a = gpu->alloc(gpu, n * sizeof(float)), *b = gpu->alloc(gpu, n * sizeof(float));
+    float *tau = gpu->alloc(gpu, 2 * sizeof(float)), *g = gpu->alloc(gpu, n * sizeof(float));
+    float *am = gpu->alloc(gpu, n * sizeof(float)), *av = gpu->alloc(gpu, n * sizeof(float));
+    kb_adam_consts *k = gpu->alloc(gpu, sizeof *k);
+    cr_assert(a && b && tau && g && am && av && k);
+    kb_adam_consts hk = kb_adam_consts_init(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1);
+    float t[2];
+    kb_ema_consts_init(0.5f, t);
+    gpu->upload(gpu, k, &hk, sizeof hk);
+    gpu->upload(gpu, tau, t, sizeof t);
+    cr_assert_eq(gpu->capture_begin(gpu), 0);
+    gpu->side_begin(gpu);
+    gpu->fill(gpu, a, 4.0f, n); /* side: a = 4 */
+    gpu->side_end(gpu);
+    gpu->fill(gpu, b, 2.0f, n); /* main, beside it: b = 2 */
+    gpu->side_join(gpu);
+    /* after the join: b = (b + a) / 2 = 3 (the EMA of b toward a) */
+    kb_update u = {.params = a, .grads = g, .adam_m = am, .adam_v = av, .n = n, .k = k,
+                   .teacher = b, .nteacher = n, .tau_omt = tau};
+    gpu->update(gpu, &u);
+    char err[200];
+    kb_graph *gr = gpu->capture_end(gpu, err, sizeof err);
+    cr_assert_not_null(gr, "%s", err);
+    for (int rep = 0; rep < 2; rep++) {
+        cr_assert_eq(gpu->graph_launch(gpu, gr), 0);
+        float *h = fetch(b, n);
+        for (size_t i = 0; i < n; i += 97)
+            cr_expect_eq(h[i], 3.0f, "launch %d: b[%zu] = %g", rep, i, h[i]);
+        free(h);
+    }
+    gpu->graph_free(gpu, gr);
+    void *bufs[] = {a, b, tau, g, am, av, k};
+    for (int i = 0; i < 7; i++)
+        gpu->free(gpu, bufs[i]);
 }
 
 Test(graph, forbidden_calls_fail_the_capture_and_leave_the_backend_usable)
@@ -166,6 +221,7 @@ static rw_dataset make_set(void)
 }
 
 static int supervised; /* make_model builds the supervised baseline */
+static int whole;      /* train takes each step as one (rw_stepper_step) */
 
 static rw_model *make_model(void)
 {
@@ -225,30 +281,42 @@ static void train(int host_data, int no_graphs, int steps, int eval_at, trace *t
     rw_dataset ds = make_set();
     rw_model *m = make_model();
     rw_stepper *s = make_stepper(m, &ds, host_data, no_graphs);
-    float *ev = NULL, *feat = NULL;
+    void *ev = NULL;
+    float *feat = NULL;
     if (eval_at > 0) {
         size_t n = (size_t)3 * BATCH * 3 * SIZE * SIZE;
         float *h = malloc(n * sizeof(float));
         for (size_t i = 0; i < n; i++)
             h[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
-        ev = gpu->alloc(gpu, n * sizeof(float));
+        ev = gpu->alloc(gpu, gpu->fmap_bytes(gpu, 3 * BATCH, 3, SIZE, SIZE));
         feat = gpu->alloc(gpu, (size_t)3 * BATCH * rw_model_feat_dim(m) * sizeof(float));
-        gpu->upload(gpu, ev, h, n * sizeof(float));
+        gpu->fmap_upload(gpu, ev, h, 3 * BATCH, 3, SIZE, SIZE);
         free(h);
     }
     memset(t, 0, sizeof *t);
-    int epoch = 0;
+    int epoch = 0, taken = 0;
     rw_stepper_seek(s, 0, 0);
-    while (t->nst < steps) {
-        int r = rw_stepper_forward_backward(s, &t->st[t->nst]);
+    while (taken < steps) {
+        float tau = 0.9f + 0.01f * taken;
+        int r = whole ? rw_stepper_step(s, 1, 1e-3f, 1e-4f, tau)
+                      : rw_stepper_forward_backward(s, &t->st[t->nst]);
         if (r == 1) {
             rw_stepper_seek(s, ++epoch, 0);
             continue;
         }
-        cr_assert_eq(r, 0, "step %d: %s", t->nst + 1, rw_model_error(m));
-        rw_stepper_update(s, 1e-3f, 1e-4f, 0.9f + 0.01f * t->nst);
-        if (++t->nst == eval_at)
+        cr_assert_eq(r, 0, "step %d: %s", taken + 1, rw_model_error(m));
+        if (!whole)
+            rw_stepper_update(s, 1e-3f, 1e-4f, tau);
+        t->nst += !whole;
+        if (++taken == eval_at)
             cr_assert_eq(rw_model_features(m, ev, 3 * BATCH, SIZE, 0, feat), 0);
+        if (whole && taken == 3) /* a read midway: the rest stay queued */
+            t->nst += (int)rw_stepper_read(s, t->st + t->nst, 16);
+    }
+    if (whole) {
+        t->nst += (int)rw_stepper_read(s, t->st + t->nst, 16);
+        cr_expect_eq(t->nst, steps, "every step's stats read once");
+        cr_expect_eq(rw_stepper_unread(s), 0);
     }
     rw_stepper_counts_get(s, &t->counts);
     float *src[5] = {rw_model_params(m), rw_model_teacher(m), rw_model_adam_m(m),
@@ -314,6 +382,24 @@ Test(graph, replayed_steps_give_the_bits_of_eager_steps)
     trace_free(&graphs);
 }
 
+/* The whole step as one graph (views, forward, backward, the stats into the
+ * device's ring, update) replays the bits of eager steps taken in halves. */
+Test(graph, whole_step_graphs_give_the_bits_of_eager_halves)
+{
+    NEED_GPU();
+    trace eager, graphs;
+    train(0, 1, 8, 0, &eager);
+    whole = 1;
+    train(0, 0, 8, 0, &graphs);
+    whole = 0;
+    cr_expect_eq(graphs.counts.eager, 2, "two warm-up steps");
+    cr_expect_eq(graphs.counts.captured, 1);
+    cr_expect_eq(graphs.counts.replayed, 5);
+    expect_same_bits(&eager, &graphs);
+    trace_free(&eager);
+    trace_free(&graphs);
+}
+
 Test(graph, an_evaluation_pass_that_moves_buffers_forces_a_new_capture)
 {
     NEED_GPU();
@@ -348,8 +434,10 @@ Test(graph, device_views_are_the_loaders_views)
     cr_assert_eq(rw_stepper_forward_backward(s, &st), 0);
     rw_epoch_perm(99, 1, NIMG, perm);
     double worst = 0;
+    float *views = malloc(2 * BATCH * per * sizeof(float));
+    gpu->fmap_download(gpu, views, rw_stepper_views(s), 2 * BATCH, 3, SIZE, SIZE);
     for (int v = 0; v < 2; v++) {
-        float *got = fetch(rw_stepper_views(s, v), (size_t)BATCH * per);
+        const float *got = views + v * BATCH * per;
         for (int k = 0; k < BATCH; k++) {
             rw_aug_view(&ds, perm[2 * BATCH + k], 99, 1, v, RW_AUG_BYOL, SIZE, mean, std, want,
                         scratch);
@@ -359,8 +447,8 @@ Test(graph, device_views_are_the_loaders_views)
                     worst = d;
             }
         }
-        free(got);
     }
+    free(views);
     printf("graph: device views vs the CPU renderer: worst |d| %.2e\n", worst);
     cr_expect(worst <= 1e-4, "device views differ from the loader's by %.3e", worst);
     free(want);

@@ -51,7 +51,7 @@ static rw_model_cfg tiny_cfg(rw_predictor pred, kb_loss_kind kind, float beta, i
 
 typedef struct fixture {
     rw_model *m;
-    float *x1, *x2; /* backend (N,3,S,S) */
+    float *x1, *x2; /* backend (N,3,S,S): the two halves of one feature map (2N,3,S,S) */
     int32_t *labels, hlabels[N_IMG]; /* the supervised baseline's (backend, host) */
     size_t np;
     int S;
@@ -70,10 +70,9 @@ static fixture make(const rw_model_cfg *c, uint64_t seed)
     rng_state = seed * 7919 + 1;
     for (size_t i = 0; i < 2 * n; i++)
         h[i] = (float)(2 * urand() - 1);
-    f.x1 = be->alloc(be, n * sizeof(float));
-    f.x2 = be->alloc(be, n * sizeof(float));
-    be->upload(be, f.x1, h, n * sizeof(float));
-    be->upload(be, f.x2, h + n, n * sizeof(float));
+    f.x1 = be->alloc(be, be->fmap_bytes(be, 2 * N_IMG, 3, f.S, f.S));
+    f.x2 = f.x1 + n; /* the CPU's feature maps are fp32 NCHW */
+    be->fmap_upload(be, f.x1, h, 2 * N_IMG, 3, f.S, f.S);
     free(h);
     if (c->classes > 0) {
         for (int i = 0; i < N_IMG; i++)
@@ -89,6 +88,7 @@ static fixture make(const rw_model_cfg *c, uint64_t seed)
     for (size_t i = 0; i < rw_model_nteacher(f.m); i++)
         t[i] *= (float)(1.0 + 0.2 * (urand() - 0.5));
     be->upload(be, rw_model_teacher(f.m), t, rw_model_nteacher(f.m) * sizeof(float));
+    rw_model_params_written(f.m);
     free(t);
     return f;
 }
@@ -96,7 +96,6 @@ static fixture make(const rw_model_cfg *c, uint64_t seed)
 static void unmake(fixture *f)
 {
     be->free(be, f->x1);
-    be->free(be, f->x2);
     if (f->labels)
         be->free(be, f->labels);
     rw_model_free(f->m);
@@ -105,7 +104,7 @@ static void unmake(fixture *f)
 static double loss_at(fixture *f)
 {
     rw_step_stats st;
-    cr_assert_eq(rw_model_forward_backward(f->m, f->x1, f->x2, N_IMG, f->S, &st), 0);
+    cr_assert_eq(rw_model_forward_backward(f->m, f->x1, N_IMG, f->S, &st), 0);
     return st.loss;
 }
 
@@ -170,6 +169,7 @@ static void grad_check(const rw_model_cfg *c, const char *what)
             for (size_t k = 0; k < t->numel; k++)
                 p[t->off + k] = (float)(p0[t->off + k] + (s ? -eps : eps) * u[k]);
             be->upload(be, rw_model_params(f.m), p, np * sizeof(float));
+            rw_model_params_written(f.m);
             L[s] = loss_at(&f);
         }
         double fd = (L[0] - L[1]) / (2 * eps);
@@ -356,10 +356,11 @@ static void sign_flip(rw_predictor pred)
     be->upload(be, rw_model_state(mr), st, ns * 4);
     be->upload(be, rw_model_teacher_state(mr), tst, rw_model_nteacher_state(fb.m) * 4);
     rw_model_set_adam_step(mr, rw_model_adam_step(fb.m));
+    rw_model_params_written(mr);
 
     rw_step_stats sb, sr;
-    cr_assert_eq(rw_model_forward_backward(fb.m, fb.x1, fb.x2, N_IMG, fb.S, &sb), 0);
-    cr_assert_eq(rw_model_forward_backward(mr, fb.x1, fb.x2, N_IMG, fb.S, &sr), 0);
+    cr_assert_eq(rw_model_forward_backward(fb.m, fb.x1, N_IMG, fb.S, &sb), 0);
+    cr_assert_eq(rw_model_forward_backward(mr, fb.x1, N_IMG, fb.S, &sr), 0);
     cr_expect_float_eq(sr.loss, sb.loss - 4.0f, 1e-4, "L_RAFT %g vs L_BYOL' - 4 = %g", sr.loss,
                        sb.loss - 4.0f);
     rw_model_update(fb.m, 1e-3f, 0.0f, 0.99f);
@@ -556,7 +557,7 @@ Test(model, supervised_without_labels_fails_with_the_reason)
     rw_model_cfg c = supervised_cfg(RW_STEM_CIFAR);
     fixture f = make(&c, 3);
     rw_model_set_labels(f.m, NULL);
-    cr_assert_neq(rw_model_forward_backward(f.m, f.x1, f.x2, N_IMG, f.S, NULL), 0);
+    cr_assert_neq(rw_model_forward_backward(f.m, f.x1, N_IMG, f.S, NULL), 0);
     cr_expect(strstr(rw_model_error(f.m), "no labels"), "%s", rw_model_error(f.m));
     unmake(&f);
 }

@@ -96,6 +96,7 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i].bytes && bcast(d, bufs[i].p, bufs[i].bytes, err, errlen) != 0)
             return -1;
+    rw_model_params_written(m);
     /* Host-side state: counters and the position in the data. */
     struct {
         long nbt[2][64];
@@ -182,8 +183,8 @@ int rw_dist_metrics(rw_dist *d, rw_step_stats *st, int *stop, char *err, size_t 
         if (c->allreduce(c, d->gather, all, KB_REDUCE_SUM, err, errlen) != 0)
             return -1;
         int N = d->Bl * c->world;
-        be->uniformity(be, d->gather, N, d->D, 2.0f, d->dv + 8 + v);
-        be->collapse_std(be, d->gather, N, d->D, d->dv + 10 + v);
+        be->uniformity(be, d->gather, 1, N, d->D, 2.0f, d->dv + 8 + v);
+        be->collapse_std(be, d->gather, 1, N, d->D, d->dv + 10 + v);
     }
     be->download(be, h, d->dv + 8, 4 * sizeof(float));
     st->uniform = 0.5f * (h[0] + h[1]);

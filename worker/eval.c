@@ -18,7 +18,7 @@ int rw_eval_features(rw_model *m, const rw_dataset *ds, int size, const float me
     size_t img = (size_t)3 * size * size;
     int chunk = ds->n < EVAL_CHUNK ? ds->n : EVAL_CHUNK;
     float *host = malloc((size_t)chunk * img * sizeof(float));
-    float *dev = be->alloc(be, (size_t)chunk * img * sizeof(float));
+    void *dev = be->alloc(be, be->fmap_bytes(be, chunk, 3, size, size));
     int rc = host && dev ? 0 : -1;
     for (int i0 = 0; rc == 0 && i0 < ds->n; i0 += chunk) {
         int n = ds->n - i0 < chunk ? ds->n - i0 : chunk;
@@ -26,7 +26,7 @@ int rw_eval_features(rw_model *m, const rw_dataset *ds, int size, const float me
          * but a chunk of 1 is still fine either way. */
         for (int i = 0; i < n; i++)
             rw_image_plain(ds, i0 + i, size, mean, std, host + (size_t)i * img);
-        be->upload(be, dev, host, (size_t)n * img * sizeof(float));
+        be->fmap_upload(be, dev, host, n, 3, size, size);
         rc = rw_model_features(m, dev, n, size, 0, out + (size_t)i0 * F);
     }
     free(host);
@@ -115,13 +115,14 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
                 hl[i] = ltr[perm[i0 + i]];
             }
             be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
-            be->fill(be, g, 0.0f, np);
-            be->linear_forward(be, xb, n, F, W, b, K, logits);
+            be->linear_forward(be, xb, n, F, W, NULL, b, K, logits);
             be->softmax_xent(be, logits, lb, n, K, dlogits, out);
-            be->linear_backward(be, xb, W, dlogits, n, F, K, NULL, dW, db);
+            be->linear_backward(be, xb, W, NULL, dlogits, n, F, K, NULL, dW, db);
             kb_adam_consts k = kb_adam_consts_init(cfg->lr, 0.9f, 0.999f, 1e-8f, 0.0f, ++step);
             be->upload(be, kd, &k, sizeof k);
-            be->adam(be, p, g, mm, vv, np, kd);
+            kb_update u = {.params = p, .grads = g, .adam_m = mm, .adam_v = vv, .n = np,
+                           .k = kd};
+            be->update(be, &u); /* zeroes g for the next batch */
         }
     }
     long correct = 0;
@@ -130,7 +131,7 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
         for (int i = 0; i < n; i++)
             hl[i] = lte[i0 + i];
         be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
-        be->linear_forward(be, fte + (size_t)i0 * F, n, F, W, b, K, logits);
+        be->linear_forward(be, fte + (size_t)i0 * F, n, F, W, NULL, b, K, logits);
         be->softmax_xent(be, logits, lb, n, K, NULL, out);
         float o[2];
         be->download(be, o, out, sizeof o);
@@ -192,7 +193,7 @@ int rw_knn(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr, const 
     for (int i0 = 0; i0 < nte; i0 += chunk) {
         int n = nte - i0 < chunk ? nte - i0 : chunk;
         /* sim (n, ntr) = test rows . train rows */
-        be->linear_forward(be, b + (size_t)i0 * F, n, F, a, NULL, ntr, sim);
+        be->linear_forward(be, b + (size_t)i0 * F, n, F, a, NULL, NULL, ntr, sim);
         be->download(be, hs, sim, (size_t)n * ntr * sizeof(float));
         for (int i = 0; i < n; i++) {
             const float *row = hs + (size_t)i * ntr;

@@ -35,6 +35,9 @@ typedef struct rw_model_cfg {
      * softmax cross-entropy on the labels (rw_model_set_labels); no teacher
      * in the loss, and `loss` only measures L_align. 0: self-supervised. */
     int classes;
+    /* 1: convolutions' weight gradients may use algorithms that sum in no
+     * fixed order (kb_conv_desc.nondeterministic) */
+    int nondeterministic;
 } rw_model_cfg;
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c);
@@ -131,15 +134,27 @@ const char *rw_model_error(const rw_model *m);
 /* Copies the online encoder+projector into the teacher (parameters and
  * running statistics), as BYOL starts. */
 void rw_model_teacher_from_online(rw_model *m);
+/* After anything but the model's own ops wrote the parameters or the
+ * teacher (a checkpoint, a broadcast, a test): the backend's copies of the
+ * weights (kb_backend.mirror_*) are made again from them. */
+void rw_model_params_written(rw_model *m);
 
-/* Zeroes the gradients, runs both views (x1, x2: (N,3,S,S) backend memory)
- * through online network and teacher, the loss, and the backward pass;
- * gradients end in rw_model_grads(). Stats are downloaded when st != NULL. */
-int rw_model_forward_backward(rw_model *m, const float *x1, const float *x2, int N, int S,
-                              rw_step_stats *st);
+/* Zeroes the gradients (unless an update just did), runs both views
+ * through online network and teacher as one batch, the loss, and the
+ * backward pass; gradients end in rw_model_grads(). x: the views, a
+ * feature map (2N, 3, S, S) in the backend's format (kb_backend.fmap_bytes),
+ * view 1 of the N samples then view 2. Stats are downloaded when st != NULL. */
+int rw_model_forward_backward(rw_model *m, const void *x, int N, int S, rw_step_stats *st);
 /* Downloads the loss and metrics of the last forward_backward (waits for it). */
 void rw_model_stats(rw_model *m, rw_step_stats *st);
-/* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta:
+/* Where forward_backward leaves them: RW_MODEL_NSTATS floats of backend
+ * memory, for a caller that keeps them on the device (worker/step.c), and
+ * their reading once downloaded. */
+#define RW_MODEL_NSTATS (KB_LOSS_NOUT + 8)
+const float *rw_model_stats_buf(const rw_model *m);
+void rw_model_stats_decode(const rw_model *m, const float *raw, rw_step_stats *st);
+/* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta (and
+ * the gradients zeroed for the next step):
  * rw_model_update_prepare then rw_model_update_apply. */
 void rw_model_update(rw_model *m, float lr, float weight_decay, float tau);
 /* The host half: counts the Adam step and uploads the step's scalars. */
@@ -151,11 +166,12 @@ void rw_model_update_apply(rw_model *m);
  * forward_backward: (N, proj_out) backend memory. */
 const float *rw_model_projections(rw_model *m, int v);
 
-/* Encoder features in eval mode (running statistics) of x (N,3,S,S):
- * out (N, feat_dim), backend memory. teacher != 0 uses the teacher. */
-int rw_model_features(rw_model *m, const float *x, int N, int S, int teacher, float *out);
+/* Encoder features in eval mode (running statistics) of x, a feature map
+ * (N,3,S,S) (kb_backend.fmap_upload): out (N, feat_dim), backend memory.
+ * teacher != 0 uses the teacher. */
+int rw_model_features(rw_model *m, const void *x, int N, int S, int teacher, float *out);
 /* Projections f(x) = g(e(x)) in eval mode, not normalized: out (N, proj_out),
  * backend memory. */
-int rw_model_project(rw_model *m, const float *x, int N, int S, int teacher, float *out);
+int rw_model_project(rw_model *m, const void *x, int N, int S, int teacher, float *out);
 
 #endif

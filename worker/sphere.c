@@ -227,7 +227,7 @@ static int project(rw_model *m, const rw_dataset *ds, const rw_spec *s, const in
     chunk += chunk & 1; /* a pair's two views go together */
     float *host = malloc((size_t)chunk * px * sizeof(float));
     float *scratch = views ? malloc(RW_AUG_SCRATCH(S) * sizeof(float)) : NULL;
-    float *x = be->alloc(be, (size_t)chunk * px * sizeof(float));
+    void *x = be->alloc(be, be->fmap_bytes(be, chunk, 3, S, S));
     float *y = be->alloc(be, (size_t)chunk * D * sizeof(float));
     int rc = -1;
     if (!host || (views && !scratch) || !x || !y) {
@@ -244,7 +244,7 @@ static int project(rw_model *m, const rw_dataset *ds, const rw_spec *s, const in
             else
                 rw_image_plain(ds, img[r0 + r], S, s->data.mean, s->data.std, o);
         }
-        be->upload(be, x, host, (size_t)c * px * sizeof(float));
+        be->fmap_upload(be, x, host, c, 3, S, S);
         if (rw_model_project(m, x, c, S, 0, y) != 0) {
             snprintf(err, errlen, "projections: forward pass failed: %s", rw_model_error(m));
             goto done;

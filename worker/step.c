@@ -13,13 +13,20 @@
  * buffers; the second must then find everything in place. */
 #define WARMUP 2
 #define MAX_BN_COUNTS 64
+/* Steps whose stats wait on the device (rw_stepper_step) before the
+ * stepper fetches them itself. */
+#define RING 64
+
+/* What a graph holds: the two halves of a step, or a whole step. */
+enum { BODY_A, BODY_B, BODY_STEP, NBODY };
 
 struct rw_stepper {
     rw_stepper_cfg c;
     kb_backend *be;
     int Bl;   /* this rank's batch */
     long nb;  /* batches per epoch */
-    float *x1, *x2; /* backend memory (Bl, 3, S, S): the step's input views */
+    void *x;  /* backend memory: the views, a feature map (2 Bl, 3, S, S) */
+    size_t half; /* its bytes per view */
 
     /* host data */
     rw_loader *ld;
@@ -38,12 +45,22 @@ struct rw_stepper {
     int epoch;
     long batch;
 
+    /* rw_stepper_step's stats: a ring on the device (RING rows of
+     * RW_MODEL_NSTATS, and the count of rows pushed), and what has been
+     * fetched from it but not yet read */
+    float *ring;
+    uint32_t *ring_count;
+    long pushed, fetched;    /* rows pushed and fetched since the stepper began */
+    float *queue;            /* fetched rows, RW_MODEL_NSTATS each */
+    long nqueue, capqueue;
+    int update_in_step;      /* the whole-step body runs the update too */
+
     /* graphs */
     int graphs;   /* still allowed */
     int warm;     /* eager steps since the last (re)start */
-    kb_graph *ga, *gb;
-    unsigned long gen_a, gen_b; /* model buffer generation at capture */
-    long bn_delta[2][MAX_BN_COUNTS]; /* BN counters one captured forward adds */
+    kb_graph *g[NBODY];
+    unsigned long gen[NBODY]; /* model buffer generation at capture */
+    long bn_delta[NBODY][2][MAX_BN_COUNTS]; /* BN counters one captured body adds */
     int captures;
     rw_stepper_counts counts;
     char desc[256];
@@ -74,10 +91,11 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
     s->Bl = c->batch / world;
     s->nb = c->ds->n / c->batch;
     s->perm_epoch = -1;
-    size_t img = (size_t)s->Bl * 3 * c->size * c->size;
-    s->x1 = be->alloc(be, img * sizeof(float));
-    s->x2 = be->alloc(be, img * sizeof(float));
-    if (!s->x1 || !s->x2) {
+    s->half = be->fmap_bytes(be, s->Bl, 3, c->size, c->size);
+    s->x = be->alloc(be, 2 * s->half);
+    s->ring = be->alloc(be, (size_t)RING * RW_MODEL_NSTATS * sizeof(float));
+    s->ring_count = be->alloc(be, sizeof(uint32_t));
+    if (!s->x || !s->ring || !s->ring_count) {
         snprintf(err, errlen, "out of memory for batch %d at %dx%d", c->batch, c->size, c->size);
         goto fail;
     }
@@ -124,6 +142,7 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
         rw_model_set_labels(c->m, s->labels);
     }
     if (!s->pix) {
+        size_t img = (size_t)s->Bl * 3 * c->size * c->size;
         rw_loader_cfg lc = {
             .ds = c->ds, .batch = c->batch, .out_size = c->size, .augment = c->augment,
             .seed = c->seed, .threads = c->loader_threads > 0 ? c->loader_threads : 1,
@@ -158,11 +177,11 @@ fail:
 void rw_stepper_release(rw_stepper *s)
 {
     kb_backend *be = s->be;
-    if (s->ga)
-        be->graph_free(be, s->ga);
-    if (s->gb)
-        be->graph_free(be, s->gb);
-    s->ga = s->gb = NULL;
+    for (int i = 0; i < NBODY; i++) {
+        if (s->g[i])
+            be->graph_free(be, s->g[i]);
+        s->g[i] = NULL;
+    }
     s->warm = WARMUP - 1;
 }
 
@@ -172,7 +191,7 @@ void rw_stepper_free(rw_stepper *s)
         return;
     kb_backend *be = s->be;
     rw_stepper_release(s);
-    void *dev[] = {s->x1, s->x2, s->pix, s->keys, s->labels};
+    void *dev[] = {s->x, s->pix, s->keys, s->labels, s->ring, s->ring_count};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         if (dev[i])
             be->free(be, dev[i]);
@@ -182,6 +201,7 @@ void rw_stepper_free(rw_stepper *s)
     free(s->hl);
     free(s->hkeys);
     free(s->perm);
+    free(s->queue);
     free(s);
 }
 
@@ -199,28 +219,38 @@ void rw_stepper_seek(rw_stepper *s, int epoch, long batch)
 
 const char *rw_stepper_describe(const rw_stepper *s) { return s->desc; }
 
-const float *rw_stepper_views(const rw_stepper *s, int v) { return v ? s->x2 : s->x1; }
+const void *rw_stepper_views(const rw_stepper *s) { return s->x; }
 
 void rw_stepper_counts_get(const rw_stepper *s, rw_stepper_counts *c) { *c = s->counts; }
 
-/* ---- the two halves of the step's device work ---- */
+/* ---- the step's device work ---- */
 
-static int body_a(rw_stepper *s)
+static void render_views(rw_stepper *s)
 {
-    if (s->pix) {
-        const int view1 = s->c.augment == RW_AUG_NONE ? -1 : 0;
-        const int view2 = s->c.augment == RW_AUG_NONE ? -1 : 1;
-        s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
-                       view1, s->c.size, s->c.mean, s->c.std, s->x1);
-        s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
-                       view2, s->c.size, s->c.mean, s->c.std, s->x2);
-    }
-    return rw_model_forward_backward(s->c.m, s->x1, s->x2, s->Bl, s->c.size, NULL);
+    if (!s->pix)
+        return;
+    const int plain = s->c.augment == RW_AUG_NONE;
+    const int views[2] = {plain ? -1 : 0, plain ? -1 : 1};
+    s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
+                   views, 2, s->c.size, s->c.mean, s->c.std, s->x);
 }
 
-static int body_b(rw_stepper *s)
+static int body_run(rw_stepper *s, int body)
 {
-    rw_model_update_apply(s->c.m);
+    rw_model *m = s->c.m;
+    if (body == BODY_B) {
+        rw_model_update_apply(m);
+        return 0;
+    }
+    render_views(s);
+    if (rw_model_forward_backward(m, s->x, s->Bl, s->c.size, NULL) != 0)
+        return -1;
+    if (body == BODY_STEP) {
+        s->be->ring_push(s->be, s->ring, RING, rw_model_stats_buf(m), RW_MODEL_NSTATS,
+                         s->ring_count);
+        if (s->update_in_step)
+            rw_model_update_apply(m);
+    }
     return 0;
 }
 
@@ -251,37 +281,33 @@ static void graphs_off(rw_stepper *s, const char *why)
     }
 }
 
-/* Runs one half: replays its graph, or captures it (then launches the
+/* Runs one body: replays its graph, or captures it (then launches the
  * capture), or runs it eagerly. The host-side BN counters a forward pass
  * bumps are bumped by hand on a replay. */
-static int run_half(rw_stepper *s, int half)
+static int run_body(rw_stepper *s, int body)
 {
     kb_backend *be = s->be;
     rw_model *m = s->c.m;
-    kb_graph **g = half == 0 ? &s->ga : &s->gb;
-    unsigned long *gen = half == 0 ? &s->gen_a : &s->gen_b;
-    int (*body)(rw_stepper *) = half == 0 ? body_a : body_b;
+    kb_graph **g = &s->g[body];
+    const int forward = body != BODY_B;
 
     if (*g) {
-        if (*gen == rw_model_mem_gen(m) && be->graph_launch(be, *g) == 0) {
-            if (half == 0) {
-                long c[2][MAX_BN_COUNTS];
-                bn_counts(s, c);
-                for (int t = 0; t < 2; t++)
-                    for (int i = 0; i < rw_model_nbn(m, t); i++)
-                        c[t][i] += s->bn_delta[t][i];
-                bn_counts_set(s, c);
-                s->counts.replayed++;
-            }
+        if (s->gen[body] == rw_model_mem_gen(m) && be->graph_launch(be, *g) == 0) {
+            long c[2][MAX_BN_COUNTS];
+            bn_counts(s, c);
+            for (int t = 0; t < 2; t++)
+                for (int i = 0; i < rw_model_nbn(m, t); i++)
+                    c[t][i] += s->bn_delta[body][t][i];
+            bn_counts_set(s, c);
+            s->counts.replayed += forward;
             return 0;
         }
         /* Its buffers moved: one eager step, then capture again. */
         rw_stepper_release(s);
     }
     if (!s->graphs || s->warm < WARMUP) {
-        if (half == 0)
-            s->counts.eager++;
-        return body(s);
+        s->counts.eager += forward;
+        return body_run(s, body);
     }
 
     long before[2][MAX_BN_COUNTS];
@@ -289,10 +315,10 @@ static int run_half(rw_stepper *s, int half)
     unsigned long gen0 = rw_model_mem_gen(m);
     if (be->capture_begin(be) != 0) {
         graphs_off(s, "the stream cannot be captured");
-        s->counts.eager += half == 0;
-        return body(s);
+        s->counts.eager += forward;
+        return body_run(s, body);
     }
-    int rc = body(s);
+    int rc = body_run(s, body);
     char why[200] = "";
     kb_graph *ng = be->capture_end(be, why, sizeof why);
     if (ng && (rc != 0 || rw_model_mem_gen(m) != gen0)) {
@@ -305,61 +331,70 @@ static int run_half(rw_stepper *s, int half)
         /* Nothing recorded ran: undo the host's bookkeeping and run eagerly. */
         bn_counts_set(s, before);
         graphs_off(s, why);
-        s->counts.eager += half == 0;
-        return body(s);
+        s->counts.eager += forward;
+        return body_run(s, body);
     }
-    if (half == 0) {
-        long after[2][MAX_BN_COUNTS];
-        bn_counts(s, after);
-        for (int t = 0; t < 2; t++)
-            for (int i = 0; i < rw_model_nbn(m, t); i++)
-                s->bn_delta[t][i] = after[t][i] - before[t][i];
+    long after[2][MAX_BN_COUNTS];
+    bn_counts(s, after);
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < rw_model_nbn(m, t); i++)
+            s->bn_delta[body][t][i] = after[t][i] - before[t][i];
+    if (forward) {
         s->counts.captured++;
         if (s->captures++ > 0)
             s->counts.recaptures++;
     }
     *g = ng;
-    *gen = gen0;
+    s->gen[body] = gen0;
     if (be->graph_launch(be, ng) != 0) { /* cannot be stale yet */
         bn_counts_set(s, before);
         graphs_off(s, "a fresh graph was refused");
-        return body(s);
+        return body_run(s, body);
     }
     return 0;
 }
 
-int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st)
+/* Stages the next batch (uploads its keys, or its views, and labels):
+ * 0, or 1 when the epoch is exhausted. */
+static int next_batch(rw_stepper *s)
 {
     kb_backend *be = s->be;
     if (s->ld) {
         if (rw_loader_next(s->ld, s->hx1, s->hx2, s->hl) != 0)
             return 1;
-        size_t bytes = (size_t)s->Bl * 3 * s->c.size * s->c.size * sizeof(float);
-        be->upload(be, s->x1, s->hx1, bytes);
-        be->upload(be, s->x2, s->hx2, bytes);
+        be->fmap_upload(be, s->x, s->hx1, s->Bl, 3, s->c.size, s->c.size);
+        be->fmap_upload(be, (char *)s->x + s->half, s->hx2, s->Bl, 3, s->c.size, s->c.size);
         if (s->labels)
             be->upload(be, s->labels, s->hl, (size_t)s->Bl * sizeof(int32_t));
-    } else {
-        if (s->batch >= s->nb)
-            return 1;
-        if (s->perm_epoch != s->epoch) {
-            rw_epoch_perm(s->c.seed, s->epoch, s->c.ds->n, s->perm);
-            s->perm_epoch = s->epoch;
-        }
-        /* This rank's slice of the global batch, as the CPU loader takes it. */
-        const int32_t *p = s->perm + s->batch * s->c.batch + (long)s->c.shard_rank * s->Bl;
-        s->hkeys[0] = (uint32_t)s->epoch;
-        for (int k = 0; k < s->Bl; k++)
-            s->hkeys[1 + k] = (uint32_t)p[k];
-        be->upload(be, s->keys, s->hkeys, (size_t)(s->Bl + 1) * sizeof(uint32_t));
-        if (s->labels) {
-            for (int k = 0; k < s->Bl; k++)
-                s->hl[k] = s->c.ds->labels[p[k]];
-            be->upload(be, s->labels, s->hl, (size_t)s->Bl * sizeof(int32_t));
-        }
-        s->batch++;
+        return 0;
     }
-    if (run_half(s, 0) != 0)
+    if (s->batch >= s->nb)
+        return 1;
+    if (s->perm_epoch != s->epoch) {
+        rw_epoch_perm(s->c.seed, s->epoch, s->c.ds->n, s->perm);
+        s->perm_epoch = s->epoch;
+    }
+    /* This rank's slice of the global batch, as the CPU loader takes it. */
+    const int32_t *p = s->perm + s->batch * s->c.batch + (long)s->c.shard_rank * s->Bl;
+    s->hkeys[0] = (uint32_t)s->epoch;
+    for (int k = 0; k < s->Bl; k++)
+        s->hkeys[1 + k] = (uint32_t)p[k];
+    be->upload(be, s->keys, s->hkeys, (size_t)(s->Bl + 1) * sizeof(uint32_t));
+    if (s->labels) {
+        for (int k = 0; k < s->Bl; k++)
+            s->hl[k] = s->c.ds->labels[p[k]];
+        be->upload(be, s->labels, s->hl, (size_t)s->Bl * sizeof(int32_t));
+    }
+    s->batch++;
+    return 0;
+}
+
+int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st)
+{
+    int r = next_batch(s);
+    if (r != 0)
+        return r;
+    if (run_body(s, BODY_A) != 0)
         return -1;
     rw_model_stats(s->c.m, st);
     return 0;
@@ -368,7 +403,72 @@ int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st)
 void rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau)
 {
     rw_model_update_prepare(s->c.m, lr, weight_decay, tau);
-    run_half(s, 1);
+    run_body(s, BODY_B);
     if (s->warm < WARMUP)
         s->warm++;
 }
+
+/* Moves the rows pushed since the last fetch from the device ring to the
+ * host queue (waits for the device). */
+static void fetch(rw_stepper *s)
+{
+    long n = s->pushed - s->fetched;
+    if (n <= 0)
+        return;
+    if (s->nqueue + n > s->capqueue) {
+        long cap = s->capqueue ? 2 * s->capqueue : 4 * RING;
+        while (cap < s->nqueue + n)
+            cap *= 2;
+        float *q = realloc(s->queue, (size_t)cap * RW_MODEL_NSTATS * sizeof(float));
+        if (!q) {
+            fprintf(stderr, "runaway: out of memory keeping step statistics\n");
+            abort();
+        }
+        s->queue = q;
+        s->capqueue = cap;
+    }
+    float rows[RING * RW_MODEL_NSTATS];
+    s->be->download(s->be, rows, s->ring, sizeof rows);
+    for (long k = 0; k < n; k++) {
+        long row = (s->fetched + k) % RING;
+        memcpy(s->queue + (size_t)(s->nqueue + k) * RW_MODEL_NSTATS,
+               rows + (size_t)row * RW_MODEL_NSTATS, RW_MODEL_NSTATS * sizeof(float));
+    }
+    s->nqueue += n;
+    s->fetched = s->pushed;
+}
+
+int rw_stepper_step(rw_stepper *s, int update, float lr, float weight_decay, float tau)
+{
+    if (s->pushed - s->fetched == RING) /* the ring is full: the oldest rows come up */
+        fetch(s);
+    int r = next_batch(s);
+    if (r != 0)
+        return r;
+    /* a graph holds the update or not: a change of mind captures again */
+    if (s->update_in_step != update && s->g[BODY_STEP])
+        rw_stepper_release(s);
+    s->update_in_step = update;
+    if (update)
+        rw_model_update_prepare(s->c.m, lr, weight_decay, tau);
+    if (run_body(s, BODY_STEP) != 0)
+        return -1;
+    s->pushed++;
+    if (s->warm < WARMUP)
+        s->warm++;
+    return 0;
+}
+
+long rw_stepper_read(rw_stepper *s, rw_step_stats *st, long max)
+{
+    fetch(s);
+    long n = s->nqueue < max ? s->nqueue : max;
+    for (long k = 0; k < n; k++)
+        rw_model_stats_decode(s->c.m, s->queue + (size_t)k * RW_MODEL_NSTATS, &st[k]);
+    memmove(s->queue, s->queue + (size_t)n * RW_MODEL_NSTATS,
+            (size_t)(s->nqueue - n) * RW_MODEL_NSTATS * sizeof(float));
+    s->nqueue -= n;
+    return n;
+}
+
+long rw_stepper_unread(const rw_stepper *s) { return s->nqueue + (s->pushed - s->fetched); }

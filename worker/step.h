@@ -11,14 +11,18 @@
  *
  * Launch. On a backend with graph capture, after a few eager steps (cuDNN's
  * algorithm choice and every buffer's growth happen there), the device work
- * is captured once as two graphs, replayed every step:
- *   A: render views (device data), forward, loss, backward;
- *   B: Adam and EMA, reading the step's scalars from backend memory.
- * The host does between them what needs it: the metrics download and, for a
- * data-parallel job, the gradient all-reduce. A graph whose buffers have
- * moved (an evaluation pass on a larger batch grew them) is captured again;
- * a capture that fails turns graphs off for the job, with a notice, and the
- * step runs eagerly: same ops, same order, same bits. */
+ * is captured once and replayed every step. rw_stepper_step captures the
+ * whole step as one graph -- render views, forward, loss, backward, the
+ * step's stats into a ring on the device, Adam and EMA (reading the step's
+ * scalars from backend memory) -- and the host waits for the device only
+ * when it reads the stats (rw_stepper_read), or when RING steps' worth are
+ * waiting. A data-parallel job, whose host all-reduces the gradients
+ * between backward and update, takes the step in two halves instead,
+ * rw_stepper_forward_backward (graph A, the stats downloaded) then
+ * rw_stepper_update (graph B). A graph whose buffers have moved (an
+ * evaluation pass on a larger batch grew them) is captured again; a capture
+ * that fails turns graphs off for the job, with a notice, and the step runs
+ * eagerly: same ops, same order, same bits. */
 #ifndef RUNAWAY_WORKER_STEP_H
 #define RUNAWAY_WORKER_STEP_H
 
@@ -57,9 +61,21 @@ long rw_stepper_batches(const rw_stepper *s);
 /* Positions the data at (epoch, batch). */
 void rw_stepper_seek(rw_stepper *s, int epoch, long batch);
 
-/* The next batch through forward and backward, its stats downloaded:
- * 0; 1 when the epoch is exhausted (nothing done: seek to the next);
- * -1 when the step failed (rw_model_error says why). */
+/* The next batch through forward and backward, the update (unless update
+ * is 0: the stats of the initialization) with this step's scalars, and its
+ * stats kept for rw_stepper_read: 0; 1 when the epoch is exhausted
+ * (nothing done: seek to the next); -1 when the step failed
+ * (rw_model_error says why). */
+int rw_stepper_step(rw_stepper *s, int update, float lr, float weight_decay, float tau);
+/* The stats of the steps taken since the last read, oldest first, at most
+ * max of them into st (waits for the device); their number. */
+long rw_stepper_read(rw_stepper *s, rw_step_stats *st, long max);
+/* Steps whose stats rw_stepper_read has not given yet. */
+long rw_stepper_unread(const rw_stepper *s);
+
+/* The same step in two halves, for a host that works between them (the
+ * gradient all-reduce of a data-parallel job). The next batch through
+ * forward and backward, its stats downloaded: 0, 1 or -1 as above. */
 int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st);
 /* Adam and EMA with this step's scalars. */
 void rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau);
@@ -72,9 +88,9 @@ void rw_stepper_release(rw_stepper *s);
  * host, eager (capture failed: ...)". */
 const char *rw_stepper_describe(const rw_stepper *s);
 
-/* The input views of the last step, (batch/world, 3, S, S) backend memory
- * (v = 0 or 1): for tests. */
-const float *rw_stepper_views(const rw_stepper *s, int v);
+/* The input views of the last step: a feature map (2 batch/world, 3, S,
+ * S) in backend memory, view 1 of the batch then view 2. For tests. */
+const void *rw_stepper_views(const rw_stepper *s);
 
 /* Counters, for tests and the benchmark. */
 typedef struct rw_stepper_counts {

@@ -234,6 +234,93 @@ static void keep_step(rw_train_state *ts, const rw_metrics *m)
     ts->steps[ts->nsteps++] = *m;
 }
 
+/* Steps whose stats wait on the device before a read: the delay, in
+ * steps, with which a non-finite loss is caught (log.every_steps reads
+ * sooner). */
+#define STATS_READ_EVERY 64
+
+/* What folding a step's stats into the job's sums needs. */
+typedef struct step_log {
+    const rw_spec *spec;
+    const rw_train_hooks *lh;
+    rw_train_state *ts;
+    int measure, lead, B;
+    long per_epoch, total_steps; /* for tau and lr: per_epoch * epochs */
+    long step_n;                 /* steps in the log window's pairs/s */
+    double step_t0;
+} step_log;
+
+/* Folds step k's stats (k counts from 1) of epoch e (0-based) into the
+ * epoch's sums and, where k ends a log.every_steps window, reports the
+ * window. seen_at: the step at which they were read (> k when they waited
+ * on the device). 0, or -1 with the reason when the loss is not finite. */
+static int fold_step(step_log *g, const rw_step_stats *st, long k, int e, long seen_at,
+                     char *err, size_t errlen)
+{
+    const rw_spec *spec = g->spec;
+    rw_train_state *ts = g->ts;
+    if (!isfinite(st->loss)) {
+        int n = snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)", k, e + 1);
+        if (seen_at > k && n > 0 && (size_t)n < errlen)
+            snprintf(err + n, errlen - (size_t)n,
+                     "; seen at step %ld (the step statistics are read every %d steps, or "
+                     "log.every_steps)",
+                     seen_at, STATS_READ_EVERY);
+        return -1;
+    }
+    ts->sums[0] += st->loss;
+    ts->sums[1] += st->align;
+    ts->sums[2] += st->uniform;
+    ts->sums[3] += st->collapse;
+    ts->sums[4] += 1;
+    if (spec->log.every_steps <= 0)
+        return 0;
+    /* windows end at multiples of every_steps and their sums are
+     * checkpointed, so a resumed job reports the rows (and numbers) of one
+     * that never stopped */
+    ts->step_sums[0] += st->loss;
+    ts->step_sums[1] += st->align;
+    ts->step_sums[2] += st->uniform;
+    ts->step_sums[3] += st->collapse;
+    ts->step_sums[4] += 1;
+    g->step_n++;
+    if (k % spec->log.every_steps != 0)
+        return 0;
+    double t = now_s(), n = ts->step_sums[4];
+    float lr = rw_lr_at(spec, k - 1, g->per_epoch, g->total_steps);
+    rw_metrics sm = {
+        .epoch = g->measure ? 0 : e + 1, .step = k,
+        .loss = ts->step_sums[0] / n, .align = ts->step_sums[1] / n,
+        .uniform = ts->step_sums[2] / n, .collapse = ts->step_sums[3] / n,
+        .knn = NAN, .rank = NAN, .linear = NAN, .w_cos_i = NAN, .w_asym = NAN,
+        .pairs_per_s = g->step_n * g->B / (t - g->step_t0),
+        .tau = rw_tau_at(spec, k - 1, g->total_steps), .lr = g->measure ? NAN : lr,
+    };
+    if (g->lh && g->lh->on_step)
+        g->lh->on_step(g->lh->ud, &sm);
+    if (g->lead)
+        keep_step(ts, &sm);
+    memset(ts->step_sums, 0, sizeof ts->step_sums);
+    g->step_n = 0;
+    g->step_t0 = t;
+    return 0;
+}
+
+/* Reads the stats the device holds for the steps up to ts->step of epoch
+ * e and folds them, oldest first. */
+static int fold_unread(step_log *g, rw_stepper *sp, int e, char *err, size_t errlen)
+{
+    rw_step_stats st[STATS_READ_EVERY];
+    long n;
+    while ((n = rw_stepper_read(sp, st, STATS_READ_EVERY)) > 0) {
+        long first = g->ts->step - rw_stepper_unread(sp) - n + 1;
+        for (long i = 0; i < n; i++)
+            if (fold_step(g, &st[i], first + i, e, g->ts->step, err, errlen) != 0)
+                return -1;
+    }
+    return 0;
+}
+
 int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
              const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen)
 {
@@ -369,8 +456,10 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
 
     /* pairs/s of a step window: the steps since step_t0 in this attempt */
-    long step_n = 0;
-    double step_t0 = now_s();
+    step_log sl = {
+        .spec = spec, .lh = lh, .ts = &ts, .measure = measure, .lead = lead, .B = B,
+        .per_epoch = per_epoch, .total_steps = per_epoch * epochs, .step_t0 = now_s(),
+    };
     if (measure)
         logf_(lh, "optim.epochs 0: measuring the initialization over one pass, no training");
     /* checkpoint.every_minutes: the time of the last checkpoint (or start) */
@@ -380,27 +469,36 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         rw_stepper_seek(sp, e, ts.batch);
         double t0 = now_s();
         while (ts.step < total) {
+            float tau = rw_tau_at(spec, ts.step, per_epoch * epochs);
+            float lr = rw_lr_at(spec, ts.step, per_epoch, per_epoch * epochs);
+            int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
+            int r;
             rw_step_stats st;
-            int r = rw_stepper_forward_backward(sp, &st);
+            if (dist) {
+                /* the host all-reduces between backward and update */
+                r = rw_stepper_forward_backward(sp, &st);
+                if (r == 0 && (rw_dist_grads(dist, err, errlen) != 0 ||
+                               rw_dist_metrics(dist, &st, &stop, err, errlen) != 0))
+                    goto done;
+                if (r == 0 && !isfinite(st.loss)) {
+                    snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)",
+                             ts.step + 1, e + 1);
+                    goto done;
+                }
+                if (r == 0 && !measure)
+                    rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
+            } else {
+                /* the stats wait on the device until a read below */
+                r = rw_stepper_step(sp, !measure, lr, spec->optim.weight_decay, tau);
+            }
             if (r == 1)
                 break;
             if (r != 0) {
                 snprintf(err, errlen, "step %ld: %s", ts.step + 1, rw_model_error(m));
                 goto done;
             }
-            float tau = rw_tau_at(spec, ts.step, per_epoch * epochs);
-            float lr = rw_lr_at(spec, ts.step, per_epoch, per_epoch * epochs);
-            int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
-            if (dist && (rw_dist_grads(dist, err, errlen) != 0 ||
-                         rw_dist_metrics(dist, &st, &stop, err, errlen) != 0))
-                goto done;
-            if (!isfinite(st.loss)) {
-                snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)", ts.step + 1, e + 1);
-                goto done;
-            }
-            if (!measure)
-                rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
             ts.step++;
+            ts.batch++;
             progress(hooks);
             if (opts && comm && opts->test_perturb_rank == comm->rank &&
                 opts->test_perturb_step == ts.step) {
@@ -408,45 +506,19 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 be->download(be, &v, rw_model_teacher(m), sizeof v);
                 v += 1e-3f;
                 be->upload(be, rw_model_teacher(m), &v, sizeof v);
+                rw_model_params_written(m);
             }
             if (dist && ts.step % check_every == 0 && rw_dist_check(dist, ts.step, err, errlen) != 0)
                 goto done;
-            ts.batch++;
-            ts.sums[0] += st.loss;
-            ts.sums[1] += st.align;
-            ts.sums[2] += st.uniform;
-            ts.sums[3] += st.collapse;
-            ts.sums[4] += 1;
-            if (spec->log.every_steps > 0) {
-                /* windows end at multiples of every_steps and their sums
-                 * are checkpointed, so a resumed job reports the rows (and
-                 * numbers) of one that never stopped */
-                ts.step_sums[0] += st.loss;
-                ts.step_sums[1] += st.align;
-                ts.step_sums[2] += st.uniform;
-                ts.step_sums[3] += st.collapse;
-                ts.step_sums[4] += 1;
-                step_n++;
-                if (ts.step % spec->log.every_steps == 0) {
-                    double t = now_s(), n = ts.step_sums[4];
-                    rw_metrics sm = {
-                        .epoch = measure ? 0 : e + 1, .step = ts.step,
-                        .loss = ts.step_sums[0] / n, .align = ts.step_sums[1] / n,
-                        .uniform = ts.step_sums[2] / n, .collapse = ts.step_sums[3] / n,
-                        .knn = NAN, .rank = NAN, .linear = NAN, .w_cos_i = NAN, .w_asym = NAN,
-                        .pairs_per_s = step_n * B / (t - step_t0), .tau = tau,
-                        .lr = measure ? NAN : lr,
-                    };
-                    if (lh && lh->on_step)
-                        lh->on_step(lh->ud, &sm);
-                    if (lead)
-                        keep_step(&ts, &sm);
-                    memset(ts.step_sums, 0, sizeof ts.step_sums);
-                    step_n = 0;
-                    step_t0 = t;
-                }
-            }
-            if (!stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s) {
+            /* a step is reported once its ranks are known to agree */
+            if (dist && fold_step(&sl, &st, ts.step, e, ts.step, err, errlen) != 0)
+                goto done;
+            const int window_end = spec->log.every_steps > 0 && ts.step % spec->log.every_steps == 0;
+            const int ckpt_due = !stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s;
+            if ((window_end || ckpt_due || stop || rw_stepper_unread(sp) >= STATS_READ_EVERY) &&
+                fold_unread(&sl, sp, e, err, errlen) != 0)
+                goto done;
+            if (ckpt_due) {
                 /* within the epoch: the position, partial sums and time so far */
                 ts.elapsed += now_s() - t0;
                 if (periodic_save(m, &ts, ckpt, lh))
@@ -464,6 +536,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 goto done;
             }
         }
+        if (fold_unread(&sl, sp, e, err, errlen) != 0)
+            goto done;
         ts.elapsed += now_s() - t0;
         double n = ts.sums[4] > 0 ? ts.sums[4] : 1;
         rw_metrics em = {

@@ -229,6 +229,7 @@ static void host_upload(rw_model *m, host_model *h, int teacher, int adam)
         be->upload(be, rw_model_adam_m(m), h->m, rw_model_nparams(m) * sizeof(float));
         be->upload(be, rw_model_adam_v(m), h->v, rw_model_nparams(m) * sizeof(float));
     }
+    rw_model_params_written(m);
 }
 
 int rw_weights_init(rw_model *m, const char *path, char *err, size_t errlen)

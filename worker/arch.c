@@ -1,0 +1,286 @@
+/* The architecture: ResNet-18 in torchvision's layout (with runaway's
+ * width and stem options), projector, predictor, classifier, their
+ * parameter and state offsets, names and initialization (see arch.h). */
+#include "worker/arch.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static void named_add(arch *a, const char *name, rw_tensor_kind kind, size_t off, int ndim,
+                      const int *shape, int bn)
+{
+    assert(a->nnamed < MAX_NAMED);
+    rw_named *t = &a->named[a->nnamed++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->kind = kind;
+    t->off = off;
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < 4; i++) {
+        t->shape[i] = i < ndim ? shape[i] : 1;
+        if (i < ndim)
+            t->numel *= (size_t)shape[i];
+    }
+    t->bn = bn;
+}
+
+static size_t param_add(arch *a, const char *prefix, const char *leaf, int ndim, const int *shape,
+                        init_kind init, int fan_in)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", leaf);
+    size_t off = a->nparams;
+    a->init[a->nnamed] = init;
+    a->fan_in[a->nnamed] = fan_in;
+    named_add(a, name, RW_T_PARAM, off, ndim, shape, -1);
+    a->nparams += a->named[a->nnamed - 1].numel;
+    return off;
+}
+
+static void conv_init(arch *a, conv_l *c, const char *prefix, int C, int K, int R, int stride,
+                      int pad)
+{
+    memset(c, 0, sizeof *c);
+    c->C = C; c->K = K; c->R = R; c->S = R; c->stride = stride; c->pad = pad;
+    int shape[4] = {K, C, R, R};
+    c->w = param_add(a, prefix, "weight", 4, shape, INIT_CONV, C * R * R);
+    c->id = a->nact++;
+}
+
+static void bn_init(arch *a, bn_l *b, const char *prefix, int C)
+{
+    int shape[1] = {C};
+    b->C = C;
+    b->gamma = param_add(a, prefix, "weight", 1, shape, INIT_ONE, 0);
+    b->beta = param_add(a, prefix, "bias", 1, shape, INIT_ZERO, 0);
+    b->idx = a->nbn++;
+    assert(b->idx < MAX_BN);
+    snprintf(a->bn_prefix[b->idx], sizeof a->bn_prefix[b->idx], "%s", prefix);
+    char name[64];
+    b->rmean = a->nstate;
+    snprintf(name, sizeof name, "%s.running_mean", prefix);
+    named_add(a, name, RW_T_STATE, b->rmean, 1, shape, b->idx);
+    b->rvar = a->nstate + (size_t)C;
+    snprintf(name, sizeof name, "%s.running_var", prefix);
+    named_add(a, name, RW_T_STATE, b->rvar, 1, shape, b->idx);
+    a->nstate += 2 * (size_t)C;
+    b->id_y = a->nact++;
+    b->id_mean = a->nact++;
+    b->id_inv = a->nact++;
+}
+
+static void lin_init(arch *a, lin_l *l, const char *prefix, int I, int O, int has_b,
+                     init_kind winit)
+{
+    int ws[2] = {O, I}, bs[1] = {O};
+    l->I = I; l->O = O; l->has_b = has_b;
+    l->w = param_add(a, prefix, "weight", 2, ws, winit, I);
+    l->b = has_b ? param_add(a, prefix, "bias", 1, bs, INIT_LINEAR, I) : 0;
+    l->id = a->nact++;
+}
+
+int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    a->cfg = *cfg;
+    int w = cfg->width;
+    if (w < 1 || w > 64 || cfg->proj_hidden < 1 || cfg->proj_out < 1 ||
+        (cfg->predictor != RW_PRED_NONE && cfg->predictor != RW_PRED_LINEAR &&
+         cfg->predictor != RW_PRED_LINEAR_IDENTITY && cfg->pred_hidden < 1)) {
+        snprintf(err, errlen, "model: width must be 1..64 and layer sizes positive");
+        return -1;
+    }
+    if (cfg->stem == RW_STEM_IMAGENET) {
+        conv_init(a, &a->conv1, "conv1", 3, w, 7, 2, 3);
+        a->maxpool = 1;
+    } else {
+        conv_init(a, &a->conv1, "conv1", 3, w, 3, 1, 1);
+        a->maxpool = 0;
+    }
+    bn_init(a, &a->bn1, "bn1", w);
+    a->id_pool_y = a->nact++;
+    a->id_pool_idx = a->nact++;
+    int C = w;
+    for (int L = 0; L < 4; L++) {
+        int K = w << L;
+        for (int B = 0; B < 2; B++) {
+            block_l *b = &a->blocks[L * 2 + B];
+            int stride = (L > 0 && B == 0) ? 2 : 1;
+            char p[48];
+            snprintf(p, sizeof p, "layer%d.%d.conv1", L + 1, B);
+            conv_init(a, &b->c1, p, C, K, 3, stride, 1);
+            snprintf(p, sizeof p, "layer%d.%d.bn1", L + 1, B);
+            bn_init(a, &b->b1, p, K);
+            snprintf(p, sizeof p, "layer%d.%d.conv2", L + 1, B);
+            conv_init(a, &b->c2, p, K, K, 3, 1, 1);
+            snprintf(p, sizeof p, "layer%d.%d.bn2", L + 1, B);
+            bn_init(a, &b->b2, p, K);
+            b->down = stride != 1 || C != K;
+            if (b->down) {
+                snprintf(p, sizeof p, "layer%d.%d.downsample.0", L + 1, B);
+                conv_init(a, &b->cd, p, C, K, 1, stride, 0);
+                snprintf(p, sizeof p, "layer%d.%d.downsample.1", L + 1, B);
+                bn_init(a, &b->bd, p, K);
+            }
+            C = K;
+        }
+    }
+    a->F = C;
+    a->id_feat = a->nact++;
+
+    lin_init(a, &a->p1, "projector.0", a->F, cfg->proj_hidden, 1, INIT_LINEAR);
+    bn_init(a, &a->pbn, "projector.1", cfg->proj_hidden);
+    lin_init(a, &a->p2, "projector.3", cfg->proj_hidden, cfg->proj_out, 1, INIT_LINEAR);
+    a->nteacher = a->nparams;
+    a->nteacher_state = a->nstate;
+    a->nbn_teacher = a->nbn;
+
+    int D = cfg->proj_out;
+    switch (cfg->predictor) {
+    case RW_PRED_NONE:
+        a->pred_layers = 0;
+        break;
+    case RW_PRED_LINEAR:
+    case RW_PRED_LINEAR_IDENTITY:
+        a->pred_layers = 1;
+        lin_init(a, &a->q1, "predictor", D, D, 0,
+                 cfg->predictor == RW_PRED_LINEAR_IDENTITY ? INIT_IDENTITY : INIT_LINEAR);
+        break;
+    case RW_PRED_MLP:
+        a->pred_layers = 2;
+        lin_init(a, &a->q1, "predictor.0", D, cfg->pred_hidden, 1, INIT_LINEAR);
+        lin_init(a, &a->q2, "predictor.2", cfg->pred_hidden, D, 1, INIT_LINEAR);
+        break;
+    case RW_PRED_MLP_BN:
+        a->pred_layers = 2;
+        a->pred_bn = 1;
+        lin_init(a, &a->q1, "predictor.0", D, cfg->pred_hidden, 1, INIT_LINEAR);
+        bn_init(a, &a->qbn, "predictor.1", cfg->pred_hidden);
+        lin_init(a, &a->q2, "predictor.3", cfg->pred_hidden, D, 1, INIT_LINEAR);
+        break;
+    }
+    if (cfg->classes > 0) {
+        if (cfg->predictor != RW_PRED_NONE) {
+            snprintf(err, errlen, "model: the supervised baseline has no predictor");
+            return -1;
+        }
+        lin_init(a, &a->cls, "classifier", D, cfg->classes, 1, INIT_LINEAR);
+    }
+    a->id_pnorm = a->nact++;
+    a->id_pnorm_n = a->nact++;
+    a->id_znorm = a->nact++;
+    a->id_znorm_n = a->nact++;
+
+    /* The teacher's tensors: the encoder+projector prefix, renamed. */
+    int n_online = a->nnamed;
+    for (int i = 0; i < n_online; i++) {
+        rw_named t = a->named[i];
+        int in_teacher = t.kind == RW_T_PARAM ? t.off < a->nteacher
+                                               : t.off < a->nteacher_state;
+        if (!in_teacher)
+            continue;
+        char name[64];
+        snprintf(name, sizeof name, "teacher.%.54s", t.name);
+        named_add(a, name, t.kind == RW_T_PARAM ? RW_T_TEACHER_PARAM : RW_T_TEACHER_STATE,
+                  t.off, t.ndim, t.shape, t.bn);
+    }
+    return 0;
+}
+
+/* splitmix64: seeds initialization; counter-free is fine here because the
+ * draw order (registration order) is fixed. */
+static uint64_t sm64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *s)
+{
+    return ((sm64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+static double normal01(uint64_t *s)
+{
+    double u1 = uniform01(s), u2 = uniform01(s);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void arch_init_params(const arch *a, uint64_t seed, float *hp, float *hs)
+{
+    uint64_t s = seed ^ 0x52554e4157415921ull; /* "RUNAWAY!" */
+    for (int i = 0; i < a->nnamed; i++) {
+        const rw_named *t = &a->named[i];
+        if (t->kind == RW_T_STATE) {
+            float v = strstr(t->name, "running_var") ? 1.0f : 0.0f;
+            for (size_t k = 0; k < t->numel; k++)
+                hs[t->off + k] = v;
+            continue;
+        }
+        if (t->kind != RW_T_PARAM)
+            continue;
+        float *p = hp + t->off;
+        switch (a->init[i]) {
+        case INIT_CONV: {
+            double fan_out = (double)t->shape[0] * t->shape[2] * t->shape[3];
+            double sd = sqrt(2.0 / fan_out);
+            for (size_t k = 0; k < t->numel; k++)
+                p[k] = (float)(sd * normal01(&s));
+            break;
+        }
+        case INIT_ONE:
+        case INIT_ZERO:
+            for (size_t k = 0; k < t->numel; k++)
+                p[k] = a->init[i] == INIT_ONE ? 1.0f : 0.0f;
+            break;
+        case INIT_LINEAR: {
+            double bound = 1.0 / sqrt((double)a->fan_in[i]);
+            for (size_t k = 0; k < t->numel; k++)
+                p[k] = (float)((2.0 * uniform01(&s) - 1.0) * bound);
+            break;
+        }
+        case INIT_IDENTITY:
+            memset(p, 0, t->numel * sizeof(float));
+            for (int d = 0; d < t->shape[0] && d < t->shape[1]; d++)
+                p[(size_t)d * t->shape[1] + d] = 1.0f;
+            break;
+        }
+    }
+}
+
+void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->stem = s->model.stem;
+    c->width = s->model.width;
+    c->proj_hidden = s->model.proj_hidden;
+    c->proj_out = s->model.proj_out;
+    c->predictor = s->model.predictor;
+    c->pred_hidden = s->model.pred_hidden;
+    c->loss.kind = s->loss.kind == RW_LOSS_BYOL ? KB_LOSS_BYOL : KB_LOSS_UNIFIED;
+    c->loss.alpha = s->loss.alpha;
+    c->loss.beta = s->loss.beta;
+    c->loss.tangential = s->loss.tangential;
+    c->nondeterministic = !s->deterministic;
+    if (s->loss.kind == RW_LOSS_SUPERVISED) {
+        c->classes = rw_spec_classes(s);
+        c->loss = (kb_loss_cfg){KB_LOSS_UNIFIED, 1.0f, 0.0f, 0}; /* measures L_align */
+    }
+}
+
+int arch_weights(const arch *a, kb_wseg *w)
+{
+    int n = 0;
+    for (int i = 0; i < a->nnamed; i++) {
+        const rw_named *t = &a->named[i];
+        if (t->kind != RW_T_PARAM || (t->ndim != 4 && t->ndim != 2))
+            continue;
+        w[n++] = (kb_wseg){t->off, t->shape[0], t->shape[1], t->ndim == 4 ? t->shape[2] : 0,
+                           t->ndim == 4 ? t->shape[3] : 0};
+    }
+    return n;
+}

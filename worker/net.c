@@ -1,0 +1,426 @@
+/* One network run layer by layer on the backend (see net.h). */
+#include "worker/net.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+void *net_grow(rw_net *n, buf *b, size_t bytes)
+{
+    if (b->cap >= bytes)
+        return b->p;
+    kb_backend *be = n->m->be;
+    if (b->p)
+        be->free(be, b->p);
+    n->m->mem_gen++; /* a captured step held the old address */
+    b->p = be->alloc(be, bytes);
+    b->cap = b->p ? bytes : 0;
+    if (!b->p) {
+        fprintf(stderr, "runaway: out of memory allocating %zu bytes of activations\n", bytes);
+        n->m->failed = 1;
+    }
+    return b->p;
+}
+
+static void *act(rw_net *n, int id, size_t bytes)
+{
+    if (bytes > n->maxact)
+        n->maxact = bytes;
+    return net_grow(n, &n->act[id], bytes);
+}
+
+/* An activation of fp32 rows (N, D). */
+float *net_rows(rw_net *n, int id, int N, int D)
+{
+    return act(n, id, (size_t)N * D * sizeof(float));
+}
+
+/* A feature map (N, C, H, W) in the backend's format. */
+void *net_fmap(rw_net *n, int id, int N, int C, int H, int W)
+{
+    return act(n, id, n->m->be->fmap_bytes(n->m->be, N, C, H, W));
+}
+
+void *net_scratch(rw_net *n, int k)
+{
+    return net_grow(n, &n->scratch[k], n->maxact);
+}
+
+int net_init(rw_net *n, net_ctx *m, float *P, float *G, float *S, long *nbt)
+{
+    n->m = m;
+    n->P = P; n->G = G; n->S = S; n->nbt = nbt;
+    n->groups = 1;
+    n->act = calloc((size_t)m->a->nact, sizeof *n->act);
+    n->hw = calloc((size_t)m->a->nact, sizeof *n->hw);
+    return n->act && n->hw ? 0 : -1;
+}
+
+void net_free(rw_net *n)
+{
+    kb_backend *be = n->m->be;
+    if (n->act)
+        for (int i = 0; i < n->m->a->nact; i++)
+            if (n->act[i].p)
+                be->free(be, n->act[i].p);
+    for (int k = 0; k < NSCRATCH; k++)
+        if (n->scratch[k].p)
+            be->free(be, n->scratch[k].p);
+    if (n->mr)
+        be->mirror_free(be, n->mr);
+    free(n->act);
+    free(n->hw);
+}
+
+/* The copy of the weight at param offset off that the ops read, or NULL. */
+static const void *wm(rw_net *n, size_t off)
+{
+    return n->mr ? n->m->be->mirror_at(n->m->be, n->mr, off) : NULL;
+}
+
+/* ------------------------------------------------------------ conv / bn */
+
+static kb_conv *conv_plan(net_ctx *m, conv_l *c, int N, int H, int W)
+{
+    for (int i = 0; i < c->ncache; i++) {
+        kb_conv_desc *d = &c->cache[i].d;
+        if (d->N == N && d->H == H && d->W == W)
+            return c->cache[i].plan;
+    }
+    kb_conv_desc d;
+    kb_conv_desc_init(&d, N, c->C, H, W, c->K, c->R, c->S, c->stride, c->pad);
+    d.nondeterministic = m->a->cfg.nondeterministic;
+    kb_conv *plan = m->be->conv_plan(m->be, &d);
+    if (!plan) {
+        m->failed = 1;
+        return NULL;
+    }
+    int slot;
+    if (c->ncache < PLAN_CACHE) {
+        slot = c->ncache++;
+    } else {
+        slot = c->next;
+        c->next = (c->next + 1) % PLAN_CACHE;
+        m->be->conv_free(m->be, c->cache[slot].plan);
+    }
+    c->cache[slot].d = d;
+    c->cache[slot].plan = plan;
+    return plan;
+}
+
+/* y (N,K,P,Q) = conv(x (N,C,H,W)); H, W updated to P, Q. */
+static void *conv_fwd(rw_net *n, conv_l *c, const void *x, int N, int *H, int *W)
+{
+    kb_backend *be = n->m->be;
+    kb_conv *plan = conv_plan(n->m, c, N, *H, *W);
+    int P = (*H + 2 * c->pad - c->R) / c->stride + 1;
+    int Q = (*W + 2 * c->pad - c->S) / c->stride + 1;
+    void *y = net_fmap(n, c->id, N, c->K, P, Q);
+    n->hw[c->id] = *H;
+    if (!plan || !y)
+        return y;
+    be->conv_forward(be, plan, x, n->P + c->w, wm(n, c->w), y);
+    *H = P;
+    *W = Q;
+    return y;
+}
+
+/* Weight gradient accumulated; dx (N,C,H,W) written (or added to, when
+ * accumulate) unless NULL. */
+static void conv_bwd(rw_net *n, conv_l *c, const void *x, const void *dy, void *dx, int N,
+                     int accumulate)
+{
+    kb_backend *be = n->m->be;
+    int H = n->hw[c->id];
+    kb_conv *plan = conv_plan(n->m, c, N, H, H);
+    if (!plan)
+        return;
+    be->conv_backward_weight(be, plan, x, dy, n->G + c->w);
+    if (dx)
+        be->conv_backward_data(be, plan, dy, n->P + c->w, wm(n, c->w), dx, accumulate);
+}
+
+/* The op descriptor of b over N samples (groups: n->groups in training). */
+static kb_bn bn_desc(rw_net *n, bn_l *b, int N, int HW, int is_rows, int relu, int train)
+{
+    kb_bn d = {
+        .N = N, .C = b->C, .HW = HW, .groups = train ? n->groups : 1, .rows = is_rows,
+        .relu = relu, .eps = RW_BN_EPS, .momentum = RW_BN_MOMENTUM,
+        .gamma = n->P + b->gamma, .beta = n->P + b->beta,
+        .running_mean = n->S + b->rmean, .running_var = n->S + b->rvar,
+    };
+    return d;
+}
+
+/* y = relu?(bn(x) + res); res NULL or like y. Rows (fp32 (N, C)) or a
+ * feature map (N, C, HW). */
+static void *bn_fwd(rw_net *n, bn_l *b, const void *x, const void *res, int N, int HW,
+                    int is_rows, int relu, int train)
+{
+    kb_backend *be = n->m->be;
+    net_ctx *m = n->m;
+    kb_bn d = bn_desc(n, b, N, HW, is_rows, relu, train);
+    void *y = is_rows ? (void *)net_rows(n, b->id_y, N, b->C) : net_fmap(n, b->id_y, N, b->C, HW, 1);
+    d.save_mean = net_rows(n, b->id_mean, d.groups, b->C);
+    d.save_invstd = net_rows(n, b->id_inv, d.groups, b->C);
+    if (!y || !d.save_mean || !d.save_invstd)
+        return NULL;
+    if (train && m->sync_bn) {
+        const size_t ns = (size_t)d.groups * 3 * b->C;
+        float *st = net_grow(n, &m->syncbuf, ns * sizeof(float));
+        if (!st)
+            return NULL;
+        be->bn_stats(be, &d, x, st);
+        if (m->comm->allreduce(m->comm, st, ns, KB_REDUCE_AVG, m->error, sizeof m->error) != 0) {
+            m->failed = 1;
+            return NULL;
+        }
+        be->bn_forward(be, &d, x, st, (double)(N / d.groups) * HW * m->comm->world, res, y);
+    } else if (train) {
+        be->bn_forward(be, &d, x, NULL, 0.0, res, y);
+    } else {
+        be->bn_forward_eval(be, &d, x, res, y);
+    }
+    if (train)
+        n->nbt[b->idx] += d.groups;
+    return y;
+}
+
+/* dy: the gradient of the forward's output; dx written, dres (or NULL) =
+ * the gradient of its residual. The ReLU's mask from the forward's output
+ * where it had a residual (res), else from x (not reading the output). */
+static void bn_bwd(rw_net *n, bn_l *b, const void *x, const void *dy, void *dx, void *dres,
+                   int N, int HW, int is_rows, int relu, int res)
+{
+    kb_backend *be = n->m->be;
+    net_ctx *m = n->m;
+    kb_bn d = bn_desc(n, b, N, HW, is_rows, relu, 1);
+    d.save_mean = net_rows(n, b->id_mean, d.groups, b->C);
+    d.save_invstd = net_rows(n, b->id_inv, d.groups, b->C);
+    const void *y = relu && res ? n->act[b->id_y].p : NULL;
+    float *dg = n->G + b->gamma, *db = n->G + b->beta;
+    if (m->failed)
+        return;
+    if (m->sync_bn) {
+        const size_t nr = (size_t)d.groups * 2 * b->C;
+        float *red = net_grow(n, &m->syncbuf, nr * sizeof(float));
+        if (!red)
+            return;
+        be->bn_backward_reduce(be, &d, x, y, dy, red, dg, db);
+        if (m->comm->allreduce(m->comm, red, nr, KB_REDUCE_AVG, m->error, sizeof m->error) != 0) {
+            m->failed = 1;
+            return;
+        }
+        be->bn_backward(be, &d, x, y, dy, red, NULL, NULL, dx, dres);
+        return;
+    }
+    be->bn_backward(be, &d, x, y, dy, NULL, dg, db, dx, dres);
+}
+
+float *lin_fwd(rw_net *n, lin_l *l, const float *x, int N)
+{
+    kb_backend *be = n->m->be;
+    float *y = net_rows(n, l->id, N, l->O);
+    if (y)
+        be->linear_forward(be, x, N, l->I, n->P + l->w, wm(n, l->w),
+                           l->has_b ? n->P + l->b : NULL, l->O, y);
+    return y;
+}
+
+void lin_bwd(rw_net *n, lin_l *l, const float *x, const float *dy, float *dx, int N)
+{
+    kb_backend *be = n->m->be;
+    be->linear_backward(be, x, n->P + l->w, wm(n, l->w), dy, N, l->I, l->O, dx, n->G + l->w,
+                        l->has_b ? n->G + l->b : NULL);
+}
+
+/* -------------------------------------------------------------- encoder */
+
+/* ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + shortcut(x)); returns bn2's
+ * buffer, the block's output. */
+static void *block_fwd(rw_net *n, block_l *b, const void *x, int N, int *H, int *W, int train)
+{
+    int h0 = *H, w0 = *W;
+    void *a1 = conv_fwd(n, &b->c1, x, N, H, W);
+    void *r1 = bn_fwd(n, &b->b1, a1, NULL, N, *H * *W, 0, 1, train);
+    if (n->m->failed)
+        return NULL;
+    void *a2 = conv_fwd(n, &b->c2, r1, N, H, W);
+    const void *res = x;
+    if (b->down) {
+        int hd = h0, wd = w0;
+        void *ad = conv_fwd(n, &b->cd, x, N, &hd, &wd);
+        res = bn_fwd(n, &b->bd, ad, NULL, N, hd * wd, 0, 0, train);
+    }
+    if (n->m->failed)
+        return NULL;
+    return bn_fwd(n, &b->b2, a2, res, N, *H * *W, 0, 1, train);
+}
+
+/* dout: gradient of the block output; dx (block input size) written. */
+static void block_bwd(rw_net *n, block_l *b, const void *x, const void *dout, void *dx, int N)
+{
+    const int hw = n->hw[b->c2.id] * n->hw[b->c2.id];
+    void *dS = net_scratch(n, 2), *t1 = net_scratch(n, 3), *t2 = net_scratch(n, 4);
+    if (n->m->failed)
+        return;
+    /* bn2's residual gradient goes to the shortcut: straight into dx, to
+     * which conv1's data gradient then adds, or through the downsample */
+    bn_bwd(n, &b->b2, n->act[b->c2.id].p, dout, t1, b->down ? dS : dx, N, hw, 0, 1, 1);
+    conv_bwd(n, &b->c2, n->act[b->b1.id_y].p, t1, t2, N, 0);
+    bn_bwd(n, &b->b1, n->act[b->c1.id].p, t2, t1, NULL, N, hw, 0, 1, 0);
+    if (b->down) {
+        bn_bwd(n, &b->bd, n->act[b->cd.id].p, dS, t2, NULL, N, hw, 0, 0, 0);
+        conv_bwd(n, &b->cd, x, t2, dx, N, 0);
+    }
+    conv_bwd(n, &b->c1, x, t1, dx, N, 1);
+}
+
+/* The input of block 0: the max pool's output, or the stem's. */
+static const void *stem_out(rw_net *n)
+{
+    arch *a = n->m->a;
+    return n->act[a->maxpool ? a->id_pool_y : a->bn1.id_y].p;
+}
+
+/* x (N,3,S,S) feature map -> features (N, F) fp32 rows. */
+float *enc_fwd(rw_net *n, const void *x, int N, int S, int train)
+{
+    kb_backend *be = n->m->be;
+    arch *a = n->m->a;
+    int H = S, W = S;
+    void *y = conv_fwd(n, &a->conv1, x, N, &H, &W);
+    const void *cur = bn_fwd(n, &a->bn1, y, NULL, N, H * W, 0, 1, train);
+    if (n->m->failed)
+        return NULL;
+    if (a->maxpool) {
+        int P = (H + 2 - 3) / 2 + 1, Q = (W + 2 - 3) / 2 + 1;
+        void *py = net_fmap(n, a->id_pool_y, N, a->conv1.K, P, Q);
+        /* the winners only where a backward pass will want them */
+        int32_t *idx = n->G && train ? act(n, a->id_pool_idx, (size_t)N * a->conv1.K * P * Q *
+                                                                  sizeof(int32_t))
+                                     : NULL;
+        if (n->m->failed)
+            return NULL;
+        be->maxpool_forward(be, cur, N, a->conv1.K, H, W, 3, 2, 1, py, idx);
+        n->hw[a->id_pool_y] = H;
+        H = P;
+        W = Q;
+        cur = py;
+    }
+    for (int i = 0; i < 8; i++) {
+        cur = block_fwd(n, &a->blocks[i], cur, N, &H, &W, train);
+        if (!cur)
+            return NULL;
+    }
+    float *f = net_rows(n, a->id_feat, N, a->F);
+    if (!f)
+        return NULL;
+    n->hw[a->id_feat] = H;
+    be->avgpool_forward(be, cur, N, a->F, H * W, f);
+    return f;
+}
+
+/* dfeat (N, F) -> parameter gradients of the encoder. */
+void enc_bwd(rw_net *n, const void *x, const float *dfeat, int N)
+{
+    kb_backend *be = n->m->be;
+    arch *a = n->m->a;
+    int H = n->hw[a->id_feat];
+    void *g = net_scratch(n, 0), *gx = net_scratch(n, 1);
+    if (n->m->failed)
+        return;
+    be->avgpool_backward(be, dfeat, N, a->F, H * H, g);
+    for (int i = 7; i >= 0; i--) {
+        const void *bx = i > 0 ? n->act[a->blocks[i - 1].b2.id_y].p : stem_out(n);
+        block_bwd(n, &a->blocks[i], bx, g, gx, N);
+        void *t = g; g = gx; gx = t;
+    }
+    /* g: gradient of the stem output */
+    int Hs = n->hw[a->conv1.id];
+    int H1 = (Hs + 2 * a->conv1.pad - a->conv1.R) / a->conv1.stride + 1;
+    if (a->maxpool) {
+        int P = (H1 + 2 - 3) / 2 + 1;
+        be->maxpool_backward(be, g, n->act[a->id_pool_idx].p, N, a->conv1.K, H1, H1, P, P, gx);
+        void *t = g; g = gx; gx = t;
+    }
+    bn_bwd(n, &a->bn1, n->act[a->conv1.id].p, g, gx, NULL, N, H1 * H1, 0, 1, 0);
+    conv_bwd(n, &a->conv1, x, gx, NULL, N, 0);
+}
+
+/* ------------------------------------------------------------ heads */
+
+/* h (N, F) -> projection (N, proj_out) */
+float *proj_fwd(rw_net *n, const float *h, int N, int train)
+{
+    arch *a = n->m->a;
+    float *y1 = lin_fwd(n, &a->p1, h, N);
+    if (!y1)
+        return NULL;
+    float *b = bn_fwd(n, &a->pbn, y1, NULL, N, 1, 1, 1, train);
+    if (!b)
+        return NULL;
+    return lin_fwd(n, &a->p2, b, N);
+}
+
+/* dy (N, proj_out) -> dh (N, F) written */
+void proj_bwd(rw_net *n, const float *h, const float *dy, float *dh, int N)
+{
+    arch *a = n->m->a;
+    float *t = net_scratch(n, 3), *u = net_scratch(n, 4);
+    if (n->m->failed)
+        return;
+    lin_bwd(n, &a->p2, n->act[a->pbn.id_y].p, dy, t, N);
+    bn_bwd(n, &a->pbn, n->act[a->p1.id].p, t, u, NULL, N, 1, 1, 1, 0);
+    lin_bwd(n, &a->p1, h, u, dh, N);
+}
+
+/* y (N, D) -> q(y) (N, D); identity for `none`. The predictor's batch
+ * norm (mlp_bn) always normalizes with batch statistics. */
+const float *pred_fwd(rw_net *n, const float *y, int N)
+{
+    kb_backend *be = n->m->be;
+    arch *a = n->m->a;
+    if (a->pred_layers == 0)
+        return y;
+    float *h = lin_fwd(n, &a->q1, y, N);
+    if (!h || a->pred_layers == 1)
+        return h;
+    float *r = h;
+    if (a->pred_bn)
+        r = bn_fwd(n, &a->qbn, h, NULL, N, 1, 1, 1, 1);
+    else
+        be->relu_forward(be, h, h, (size_t)N * a->q1.O);
+    if (!r)
+        return NULL;
+    return lin_fwd(n, &a->q2, r, N);
+}
+
+/* dq (N, D) -> dy (N, D) written. */
+void pred_bwd(rw_net *n, const float *y, const float *dq, float *dy, int N)
+{
+    kb_backend *be = n->m->be;
+    arch *a = n->m->a;
+    size_t D = (size_t)a->cfg.proj_out;
+    if (a->pred_layers == 0) {
+        be->copy(be, dy, dq, (size_t)N * D * sizeof(float));
+        return;
+    }
+    if (a->pred_layers == 1) {
+        lin_bwd(n, &a->q1, y, dq, dy, N);
+        return;
+    }
+    size_t cnt = (size_t)N * a->q1.O;
+    float *r = a->pred_bn ? n->act[a->qbn.id_y].p : n->act[a->q1.id].p;
+    float *t = net_scratch(n, 3), *u = net_scratch(n, 4);
+    if (n->m->failed)
+        return;
+    lin_bwd(n, &a->q2, r, dq, t, N);
+    if (a->pred_bn) {
+        bn_bwd(n, &a->qbn, n->act[a->q1.id].p, t, u, NULL, N, 1, 1, 1, 0);
+        t = u;
+    } else {
+        be->relu_backward(be, r, t, t, cnt);
+    }
+    lin_bwd(n, &a->q1, y, t, dy, N);
+}
+

@@ -381,6 +381,7 @@ static const field fields[] = {
     {"devices", F_INT, O(devices), 1, 64, 0, NULL},
     {"sync_bn", F_BOOL, O(sync_bn), 0, 1, 0, NULL},
     {"precision", F_ENUM, O(precision), 0, 0, 0, precisions},
+    {"deterministic", F_BOOL, O(deterministic), 0, 1, 0, NULL},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
@@ -391,6 +392,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->threads = 0;
     s->devices = 1;
     s->precision = RW_PREC_TF32;
+    s->deterministic = 1;
     s->data.kind = RW_DATA_SYNTHETIC;
     s->data.synthetic_train = 5000;
     s->data.synthetic_test = 1000;

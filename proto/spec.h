@@ -13,8 +13,11 @@
  *                           # the ranks split optim.batch_size (the global batch) evenly
  *   sync_bn: false          # with devices > 1: BatchNorm statistics over the global batch
  *   precision: tf32         # convolution and GEMM math: tf32 | fp32 | bf16 (bf16
- *                           # operands, fp32 accumulation, fp32 weights and Adam state);
+ *                           # activations and operands, fp32 accumulation, fp32
+ *                           # weights, Adam state, heads and loss);
  *                           # a CPU worker computes fp32 whatever is asked
+ *   deterministic: true     # false: weight gradients may use faster GPU algorithms
+ *                           # that sum in no fixed order (runs differ in the last bits)
  *   data:
  *     kind: synthetic       # synthetic | cifar10 | cifar100 | stl10
  *     path: /data/cifar-10-batches-bin   # required for cifar10, cifar100 and stl10
@@ -100,6 +103,7 @@ typedef struct rw_spec {
     int devices; /* the scheduler hands a job this many devices at once */
     int sync_bn; /* data parallel: BatchNorm statistics over the global batch */
     rw_precision precision; /* math of convolutions and GEMMs */
+    int deterministic;      /* 0: weight gradients may sum in any order (faster on a GPU) */
 
     struct {
         rw_data_kind kind;

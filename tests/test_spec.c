@@ -291,6 +291,22 @@ Test(spec, precision) {
     cr_assert(strstr(err, "job 7: precision: must be one of: tf32, fp32, bf16"), "%s", err);
 }
 
+/* Deterministic weight gradients by default; false survives the canonical
+ * YAML, and a non-boolean is refused. */
+Test(spec, deterministic) {
+    rw_spec s, back;
+    char err[512] = "", yaml[RW_SPEC_YAML_MAX];
+    cr_assert_eq(parse("{}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s.deterministic, 1);
+    cr_assert_eq(parse("deterministic: false\n", &s, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s.deterministic, 0);
+    cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+    cr_assert(strstr(yaml, "\ndeterministic: false\n"), "%s", yaml);
+    cr_assert_eq(parse(yaml, &back, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(back.deterministic, 0);
+    expect_error("deterministic: sometimes\n", "deterministic", "true or false", NULL);
+}
+
 Test(spec, duplicate_key) {
     expect_error("seed: 1\nname: x\nseed: 2\n", "seed: duplicate key", "first given on line 1",
                  "line 3");

@@ -445,6 +445,7 @@ Test(model, sign_flip_identity_mlp_bn) { sign_flip(RW_PRED_MLP_BN); }
 
 /* ---- against PyTorch ---- */
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "worker/safetensors.h"
@@ -566,4 +567,107 @@ Test(model, matches_pytorch_none)
 {
     rw_model_cfg c = tiny_cfg(RW_PRED_NONE, KB_LOSS_UNIFIED, -0.5f, 0, RW_STEM_CIFAR);
     torch_compare(&c, "raft/none");
+}
+
+/* tools/torch_twin.py, the PyTorch step that device-check times against
+ * runaway, must be runaway's step: one full step (forward, loss, backward,
+ * Adam, EMA) at torchvision's width from a mid-training Adam state; the
+ * twin runs it in float32 from the same weights and compares the loss, the
+ * gradients and everything the step changed (parameters, teacher, BN
+ * statistics and counts). Measured (float32 both sides): loss 2e-7 and
+ * 2e-6 relative, gradients <= 3e-5, BN statistics' changes <= 4e-6, the
+ * parameters' and teacher's changes <= 5e-4 (the rounding of the stored
+ * values: <= 0.08 of the twin's tolerance). A twin with tau 0.9961 for
+ * 0.996, the EMA before Adam, lr 1e-3, beta2 0.99, an unsymmetrized or
+ * negated loss, a teacher in eval mode or both views in one BN batch
+ * fails. */
+static void twin_check(rw_model_cfg c, const char *what)
+{
+    c.width = 64; /* torchvision's resnet18, the twin's model */
+    c.proj_hidden = 512;
+    c.proj_out = 128;
+    c.pred_hidden = 512;
+    fixture f = make(&c, 11);
+    /* ~300 MB of files: in memory where there is a /dev/shm */
+    const char *tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    char dir[32], path[3][96], cmd[640], err[256], name[96];
+    snprintf(dir, sizeof dir, "%s/rw-twin-XXXXXX", tmp);
+    cr_assert_not_null(mkdtemp(dir));
+    const char *file[3] = {"w", "step", "after"};
+    for (int i = 0; i < 3; i++)
+        snprintf(path[i], sizeof path[i], "%s/%s.safetensors", dir, file[i]);
+    cr_assert_eq(rw_weights_export(f.m, path[0], err, sizeof err), 0, "%s", err);
+    float lossf = (float)loss_at(&f);
+    size_t np = f.np, nx = (size_t)N_IMG * 3 * f.S * f.S;
+    float *g = malloc(np * 4), *am = malloc(np * 4), *av = malloc(np * 4), *hx = malloc(2 * nx * 4);
+    be->download(be, g, rw_model_grads(f.m), np * 4);
+    be->download(be, hx, f.x1, nx * 4);
+    be->download(be, hx + nx, f.x2, nx * 4);
+    /* Adam as after 9 steps (m within +-G, v >= m^2, G the gradient's rms):
+     * the 10th step's update then depends on the gradient's size, the
+     * betas and the bias corrections, not only on its sign. */
+    double G = 0;
+    for (size_t i = 0; i < np; i++)
+        G += (double)g[i] * g[i];
+    G = sqrt(G / np);
+    for (size_t i = 0; i < np; i++) {
+        am[i] = (float)(G * (2 * urand() - 1));
+        av[i] = (float)(G * G * (1 + urand()));
+    }
+    int64_t adam_step = 9;
+    be->upload(be, rw_model_adam_m(f.m), am, np * 4);
+    be->upload(be, rw_model_adam_v(f.m), av, np * 4);
+    rw_model_set_adam_step(f.m, adam_step);
+    rw_model_update(f.m, 3e-4f, 0, 0.996f); /* the twin's lr, weight decay and tau */
+    cr_assert_eq(rw_weights_export(f.m, path[2], err, sizeof err), 0, "%s", err);
+
+    rw_st_writer *w = rw_st_writer_new();
+    int64_t xs[4] = {N_IMG, 3, f.S, f.S}, one[1] = {1};
+    rw_st_add_f32(w, "x1", xs, 4, hx);
+    rw_st_add_f32(w, "x2", xs, 4, hx + nx);
+    rw_st_add_f32(w, "loss", one, 1, &lossf);
+    rw_st_add(w, "adam.step", RW_ST_I64, one, 1, &adam_step);
+    for (int i = 0; i < rw_model_ntensors(f.m); i++) {
+        const rw_named *t = rw_model_tensor(f.m, i);
+        if (t->kind != RW_T_PARAM)
+            continue;
+        int64_t shape[4];
+        for (int d = 0; d < t->ndim; d++)
+            shape[d] = t->shape[d];
+        const float *src[3] = {g, am, av};
+        const char *pre[3] = {"grad", "adam.m", "adam.v"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof name, "%s.%s", pre[k], t->name);
+            rw_st_add_f32(w, name, shape, t->ndim, src[k] + t->off);
+        }
+    }
+    cr_assert_eq(rw_st_write(w, path[1], err, sizeof err), 0, "%s", err);
+    rw_st_writer_free(w);
+    const char *root = getenv("RW_SOURCE_ROOT");
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tools/torch_twin.py --check %s %s %s",
+             root ? root : ".", path[0], path[1], path[2]);
+    int rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)!system(cmd);
+    free(g);
+    free(am);
+    free(av);
+    free(hx);
+    unmake(&f);
+    /* 77: no PyTorch or torchvision (the twin says which); 127: no python3 */
+    if (WIFEXITED(rc) && (WEXITSTATUS(rc) == 77 || WEXITSTATUS(rc) == 127))
+        cr_skip_test("PyTorch (Debian's python3-torch, python3-torchvision) is not installed: "
+                     "the twin (%s) not checked", what);
+    cr_expect_eq(rc, 0, "%s: the PyTorch twin's step is not runaway's (see output above)", what);
+}
+
+Test(model, torch_twin_is_runaways_step_byol)
+{
+    twin_check(tiny_cfg(RW_PRED_MLP, KB_LOSS_BYOL, 0, 0, RW_STEM_CIFAR), "byol/mlp/cifar");
+}
+
+Test(model, torch_twin_is_runaways_step_raft_mlp_bn_imagenet)
+{
+    twin_check(tiny_cfg(RW_PRED_MLP_BN, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_IMAGENET),
+               "raft/mlp_bn/imagenet");
 }

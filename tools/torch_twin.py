@@ -411,6 +411,10 @@ def check(wpath, spath, apath):
     loss = ts.forward_backward(step["x1"], step["x2"])
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
              for n, p in online.named_parameters()}
+    # The update from runaway's gradients: Adam and the EMA are then checked
+    # tightly whatever a ReLU at its kink did to the gradients (below).
+    for n, p in online.named_parameters():
+        p.grad = step["grad." + n].clone()
     ts.update()
     twin = dict(online.state_dict())
     twin.update({"teacher." + k: v for k, v in teacher.state_dict().items()})
@@ -418,14 +422,23 @@ def check(wpath, spath, apath):
     # Tolerances. Both sides compute in float32 with different convolution
     # and GEMM orders, so every tensor differs by rounding carried through
     # ~20 layers with batch statistics: measured <= 2e-6 relative for the
-    # loss, <= 3e-5 for gradients and BN statistics (tests/test_model.c).
-    # A wrong step is off by 1e-2 or more (tau 0.9961 for 0.996: 3e-2 of
-    # the teacher's change) and mostly by O(1). What the step changed is
+    # loss, <= 3e-5 for BN statistics and, mostly, for gradients
+    # (tests/test_model.c). But a pre-activation within rounding of 0 is a
+    # ReLU's kink: one float32 implementation lets the gradient through,
+    # another not, and the batch norms spread that element over its
+    # channel and the layers below. Measured on byol/mlp/cifar (seed 11):
+    # 1.1e-2 relative in every gradient below layer4, between two runaway
+    # builds of which one matched float64 PyTorch (tests/torch_ref.py) to
+    # 1e-5 and the other, like this twin, sat on the other side. So
+    # gradients are held to 3e-2: a lost term, a sign or a factor is O(1).
+    # The update ran from runaway's gradients, so a wrong step there is off
+    # by 1e-2 or more (tau 0.9961 for 0.996: 3e-2 of the teacher's change)
+    # and mostly by O(1) against a tolerance of 1e-3. What the step changed is
     # compared with the change, not the value: a weight moves by ~lr, a
     # teacher tensor by (1-tau)|theta - xi|, far below the values, so 2 ulp
     # of the value are allowed on top (each side rounds what it stores, the
     # EMA twice); that rounding is all of the measured 5e-4 of a change.
-    tol = {"loss": 1e-5, "grad": 1e-3, "param": 1e-3, "teacher": 1e-3, "stat": 1e-3}
+    tol = {"loss": 1e-5, "grad": 3e-2, "param": 1e-3, "teacher": 1e-3, "stat": 1e-3}
     ULP = 2.0 ** -23  # float32's relative spacing
     rows = []  # (error over tolerance, kind, name, error)
 

@@ -8,44 +8,8 @@
 
 #include "kernels/cpu/cpu.h"
 
-/* From OpenBLAS; declared here because cblas.h drags in <complex.h>, whose
- * macro I collides with the shape letter I in backend.h. */
-void openblas_set_num_threads(int num_threads);
+/* From OpenBLAS (see shared.c). */
 int openblas_get_parallel(void); /* 0 single-threaded, 1 pthreads, 2 OpenMP */
-
-/* OpenBLAS's thread count is process-wide; remember what we last set so two
- * backends with different counts each get theirs without a call per gemm. */
-static int blas_threads;
-
-#define KB_CPU_ALIGN 64
-
-void kb_cpu_set_threads(kb_cpu *impl)
-{
-    if (omp_get_max_threads() != impl->threads)
-        omp_set_num_threads(impl->threads);
-}
-
-void kb_cpu_set_blas_threads(kb_cpu *impl)
-{
-    if (blas_threads != impl->threads) {
-        openblas_set_num_threads(impl->threads);
-        blas_threads = impl->threads;
-    }
-}
-
-int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes)
-{
-    if (bytes <= impl->arena_bytes)
-        return 0;
-    void *p = NULL;
-    size_t rounded = (bytes + KB_CPU_ALIGN - 1) / KB_CPU_ALIGN * KB_CPU_ALIGN;
-    if (posix_memalign(&p, KB_CPU_ALIGN, rounded) != 0)
-        return -1;
-    free(impl->arena);
-    impl->arena = p;
-    impl->arena_bytes = rounded;
-    return 0;
-}
 
 static void cpu_destroy(kb_backend *be)
 {

@@ -32,6 +32,9 @@
         }                                                                      \
     } while (0)
 
+/* Alignment of backend memory and the arena (a cache line, an AVX-512 vector). */
+#define KB_CPU_ALIGN 64
+
 /* Loops shorter than this run on the calling thread: waking the OpenMP team
  * costs more than it saves. */
 #define KB_CPU_PAR_MIN 32768

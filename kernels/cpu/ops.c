@@ -199,26 +199,6 @@ static void cpu_avgpool_backward(kb_backend *be, const float *dy /* (N,C) */, in
         kb_cpu_bf16_round(impl, dx, (size_t)planes * HW);
 }
 
-float *kb_cpu_bf16_copy(kb_cpu *impl, const float *src, size_t n)
-{
-    float *d = malloc((n ? n : 1) * sizeof(float));
-    if (!d)
-        return NULL;
-    int nt = impl->threads;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        d[i] = kb_cpu_bf16(src[i]);
-    return d;
-}
-
-void kb_cpu_bf16_round(kb_cpu *impl, float *p, size_t n)
-{
-    int nt = impl->threads;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n >= KB_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        p[i] = kb_cpu_bf16(p[i]);
-}
-
 /* With round_bf16 (kb_cpu_emulate_rounding), as the CUDA backend's bf16 mode
  * (kernels/cuda/ops.cu): x, w and dy are rounded to bf16, the GEMMs run on
  * the rounded copies in fp32 into fp32 outputs (cublasGemmEx with bf16 A, B

@@ -25,7 +25,7 @@
 
 #define BN_THREADS 256
 #define BN_MAX_SPLIT 1024 /* slices of one group's pixels */
-#define BN_SLICE_MIN 8192 /* elements a slice should hold at least */
+#define BN_SLICE_MIN 32768 /* elements a slice should hold at least */
 
 /* What the first launch's last block makes of the sums. */
 enum {

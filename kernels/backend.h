@@ -90,7 +90,20 @@ typedef struct kb_bn {
     const float *gamma, *beta;         /* (C) */
     float *running_mean, *running_var; /* (C), or NULL: not tracked */
     float *save_mean, *save_invstd;    /* (groups, C): written by the training forward */
+    /* A max pool after the ReLU (ResNet's stem), pool > 0: y is then the
+     * pooled map (N, C, P, Q) of pool x pool windows, stride pool_stride,
+     * padding pool_pad, over x's (H, W) = (HW / W, W), as a max pool of the
+     * batch norm's output would be (padding never wins, the first maximum
+     * in row-major order wins, a NaN wins); the backward's dy is the pooled
+     * gradient. pool_idx: the winners, one byte per output element (backend
+     * memory), written by the training forward where not NULL, read by the
+     * backward. Feature maps without a residual only. */
+    int pool, pool_stride, pool_pad, W;
+    uint8_t *pool_idx;
 } kb_bn;
+
+/* The side of a max pool's output. */
+static inline int kb_pool_out(int H, int k, int stride, int pad) { return (H + 2 * pad - k) / stride + 1; }
 
 /* A weight tensor in the parameter buffer, for mirror_create. */
 typedef struct kb_wseg {
@@ -289,15 +302,7 @@ struct kb_backend {
     /* dx = dy * (y > 0); dx may alias dy */
     void (*relu_backward)(kb_backend *be, const float *y, const float *dy, float *dx, size_t n);
 
-    /* ---- pooling ---- */
-    /* Max pool of a feature map, square window k, stride, pad (padding never
-     * wins): y (N,C,P,Q); idx the winners (int32, as many as y has
-     * elements, in the backend's order), or NULL when no backward follows. */
-    void (*maxpool_forward)(kb_backend *be, const void *x, int N, int C, int H, int W,
-                            int k, int stride, int pad, void *y, int32_t *idx);
-    /* dx (N,C,H,W) written (zero where no window picked it) */
-    void (*maxpool_backward)(kb_backend *be, const void *dy, const int32_t *idx, int N,
-                             int C, int H, int W, int P, int Q, void *dx);
+    /* ---- pooling (a max pool is the batch norm's: kb_bn.pool) ---- */
     /* Global average pool: fp32 rows y (N,C) = mean over HW of the feature map x. */
     void (*avgpool_forward)(kb_backend *be, const void *x, int N, int C, int HW, float *y);
     void (*avgpool_backward)(kb_backend *be, const float *dy, int N, int C, int HW, void *dx);

@@ -8,7 +8,7 @@
 enum {
     OP_CONV_FWD, OP_CONV_BWD_DATA, OP_CONV_BWD_W,
     OP_BN_FWD_TRAIN, OP_BN_FWD_EVAL, OP_BN_BWD, OP_BN_STATS, OP_BN_BWD_REDUCE,
-    OP_RELU_FWD, OP_RELU_BWD, OP_MAXPOOL_FWD, OP_MAXPOOL_BWD, OP_AVGPOOL_FWD, OP_AVGPOOL_BWD,
+    OP_RELU_FWD, OP_RELU_BWD, OP_AVGPOOL_FWD, OP_AVGPOOL_BWD,
     OP_LINEAR_FWD, OP_LINEAR_BWD, OP_L2NORM_FWD, OP_L2NORM_BWD,
     OP_LOSS, OP_UNIFORMITY, OP_COLLAPSE, OP_XENT, OP_UPDATE, OP_AUGMENT,
     OP_FILL, OP_SCALE, OP_COPY, OP_UPLOAD, OP_DOWNLOAD, OP_FMAP_UPLOAD, OP_FMAP_DOWNLOAD,
@@ -20,8 +20,7 @@ static const char *const op_names[OP_COUNT] = {
     "conv forward", "conv backward data", "conv backward weight",
     "bn forward (train)", "bn forward (eval)", "bn backward", "bn stats (sync)",
     "bn backward reduce (sync)",
-    "relu forward", "relu backward", "maxpool forward", "maxpool backward",
-    "avgpool forward", "avgpool backward",
+    "relu forward", "relu backward", "avgpool forward", "avgpool backward",
     "linear forward", "linear backward", "l2norm forward", "l2norm backward",
     "loss", "uniformity", "collapse std", "softmax xent", "update (adam, ema)",
     "views (augment)", "fill", "scale", "copy", "upload", "download", "feature map upload",
@@ -348,6 +347,17 @@ static double bn_pass(kb_backend *in, const kb_bn *b)
     return b->rows ? 4.0 * b->N * b->C : fmb(in, b->N, b->C, b->HW, 1);
 }
 
+/* One pass over the output (y or dy): the pooled map and its winners, with
+ * a max pool. */
+static double bn_out(kb_backend *in, const kb_bn *b)
+{
+    if (!b->pool)
+        return bn_pass(in, b);
+    const int H = b->HW / b->W, P_ = kb_pool_out(H, b->pool, b->pool_stride, b->pool_pad),
+              Q = kb_pool_out(b->W, b->pool, b->pool_stride, b->pool_pad);
+    return fmb(in, b->N, b->C, P_, Q) + (double)b->N * b->C * P_ * Q;
+}
+
 static void p_bn_stats(kb_backend *be, const kb_bn *b, const void *x, float *stats)
 {
     ENTER(OP_BN_STATS);
@@ -361,7 +371,7 @@ static void p_bn_forward(kb_backend *be, const kb_bn *b, const void *x, const fl
     ENTER(OP_BN_FWD_TRAIN);
     in->bn_forward(in, b, x, stats, count, residual, y);
     /* statistics (unless given), then x (and the residual) in, y out */
-    LEAVE(0, bn_pass(in, b) * ((stats ? 2 : 3) + (residual != NULL)));
+    LEAVE(0, bn_pass(in, b) * ((stats ? 1 : 2) + (residual != NULL)) + bn_out(in, b));
 }
 
 static void p_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *x, const void *residual,
@@ -369,7 +379,7 @@ static void p_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *x, con
 {
     ENTER(OP_BN_FWD_EVAL);
     in->bn_forward_eval(in, b, x, residual, y);
-    LEAVE(0, bn_pass(in, b) * (2 + (residual != NULL)));
+    LEAVE(0, bn_pass(in, b) * (1 + (residual != NULL)) + bn_out(in, b));
 }
 
 static void p_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *x, const void *y,
@@ -377,7 +387,7 @@ static void p_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *x, 
 {
     ENTER(OP_BN_BWD_REDUCE);
     in->bn_backward_reduce(in, b, x, y, dy, red, dgamma, dbeta);
-    LEAVE(0, bn_pass(in, b) * (2 + b->relu));
+    LEAVE(0, bn_pass(in, b) * (1 + b->relu) + bn_out(in, b));
 }
 
 static void p_bn_backward(kb_backend *be, const kb_bn *b, const void *x, const void *y,
@@ -387,11 +397,11 @@ static void p_bn_backward(kb_backend *be, const kb_bn *b, const void *x, const v
     ENTER(OP_BN_BWD);
     in->bn_backward(in, b, x, y, dy, red, dgamma, dbeta, dx, dres);
     /* the reduction (unless given), then x, dy (and y) in, dx (and dres) out */
-    const double pass = bn_pass(in, b), reads = 2 + b->relu;
-    LEAVE(0, pass * ((red ? 0 : reads) + reads + 1 + (dres != NULL)));
+    const double pass = bn_pass(in, b), reads = pass * (1 + b->relu) + bn_out(in, b);
+    LEAVE(0, (red ? 0 : reads) + reads + pass * (1 + (dres != NULL)));
 }
 
-/* ---- activations (rows) and pooling ---- */
+/* ---- activations (rows) and average pooling ---- */
 
 static void p_relu_forward(kb_backend *be, const float *x, float *y, size_t n)
 {
@@ -405,23 +415,6 @@ static void p_relu_backward(kb_backend *be, const float *y, const float *dy, flo
     ENTER(OP_RELU_BWD);
     in->relu_backward(in, y, dy, dx, n);
     LEAVE(0, 12.0 * n);
-}
-
-static void p_maxpool_forward(kb_backend *be, const void *x, int N, int C, int H, int W, int k,
-                              int stride, int pad, void *y, int32_t *idx)
-{
-    ENTER(OP_MAXPOOL_FWD);
-    in->maxpool_forward(in, x, N, C, H, W, k, stride, pad, y, idx);
-    int P_ = (H + 2 * pad - k) / stride + 1, Q = (W + 2 * pad - k) / stride + 1;
-    LEAVE(0, fmb(in, N, C, H, W) + fmb(in, N, C, P_, Q) + (idx ? 4.0 * N * C * P_ * Q : 0));
-}
-
-static void p_maxpool_backward(kb_backend *be, const void *dy, const int32_t *idx, int N, int C,
-                               int H, int W, int P_, int Q, void *dx)
-{
-    ENTER(OP_MAXPOOL_BWD);
-    in->maxpool_backward(in, dy, idx, N, C, H, W, P_, Q, dx);
-    LEAVE(0, fmb(in, N, C, H, W) + fmb(in, N, C, P_, Q) + 4.0 * N * C * P_ * Q);
 }
 
 static void p_avgpool_forward(kb_backend *be, const void *x, int N, int C, int HW, float *y)
@@ -583,8 +576,6 @@ kb_backend *kb_profile_create(kb_backend *inner, char *err, size_t errlen)
     be->bn_backward = p_bn_backward;
     be->relu_forward = p_relu_forward;
     be->relu_backward = p_relu_backward;
-    be->maxpool_forward = p_maxpool_forward;
-    be->maxpool_backward = p_maxpool_backward;
     be->avgpool_forward = p_avgpool_forward;
     be->avgpool_backward = p_avgpool_backward;
     be->linear_forward = p_linear_forward;

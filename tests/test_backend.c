@@ -867,121 +867,129 @@ Test(backend, relu)
     pairs_free();
 }
 
-/* Max-pool winners (N, C, P, Q) from the GPU's order, which is the CUDA
- * backend's pixel-major one without padding, (N, P, Q, C) (ops.cu). */
-static int32_t *idx_fetch(const int32_t *g_dev, int N, int C, int P, int Q)
-{
-    const size_t n = (size_t)N * C * P * Q;
-    int32_t *g = malloc(n * sizeof(int32_t) + 4), *out = malloc(n * sizeof(int32_t) + 4);
-    gpu->download(gpu, g, g_dev, n * sizeof(int32_t));
-    for (int i = 0; i < N; i++)
-        for (int c = 0; c < C; c++)
-            for (int pq = 0; pq < P * Q; pq++)
-                out[((size_t)i * C + c) * P * Q + pq] = g[((size_t)i * P * Q + pq) * C + c];
-    free(g);
-    return out;
-}
+/* ---- the stem's max pool, folded into the batch norm (kb_bn.pool) ---- */
 
-/* The CPU's winners in the GPU's order, uploaded into a new GPU buffer. */
-static int32_t *idx_upload(const int32_t *c, int N, int C, int P, int Q)
+/* The GPU's winners, (N, P, Q, C) bytes (norm.cu), in the CPU's (N, C, P,
+ * Q) order, against the CPU's. */
+static void compare_winners(const char *what, const uint8_t *c, const uint8_t *g_dev, int N,
+                            int C, int P, int Q)
 {
     const size_t n = (size_t)N * C * P * Q;
-    int32_t *h = malloc(n * sizeof(int32_t) + 4);
+    uint8_t *g = malloc(n + 4);
+    gpu->download(gpu, g, g_dev, n);
+    size_t bad = 0, first = 0;
     for (int i = 0; i < N; i++)
         for (int ch = 0; ch < C; ch++)
-            for (int pq = 0; pq < P * Q; pq++)
-                h[((size_t)i * P * Q + pq) * C + ch] = c[((size_t)i * C + ch) * P * Q + pq];
-    int32_t *g = gpu->alloc(gpu, n * sizeof(int32_t));
-    gpu->upload(gpu, g, h, n * sizeof(int32_t));
-    free(h);
-    return g;
-}
-
-/* Both backends' winners must be equal. */
-static void compare_idx(const char *what, const int32_t *c, const int32_t *g_dev, int N, int C,
-                        int P, int Q)
-{
-    const size_t n = (size_t)N * C * P * Q;
-    int32_t *g = idx_fetch(g_dev, N, C, P, Q);
-    size_t bad = 0, first = 0;
-    for (size_t i = 0; i < n; i++)
-        if (g[i] != c[i] && !bad++)
-            first = i;
-    printf("  %-44s n=%-8zu %zu index mismatches\n", what, n, bad);
-    cr_expect(bad == 0, "%s: %zu mismatches, first [%zu] gpu %d cpu %d", what, bad, first,
-              bad ? g[first] : 0, bad ? c[first] : 0);
+            for (int pq = 0; pq < P * Q; pq++) {
+                const size_t o = ((size_t)i * C + ch) * P * Q + pq;
+                if (g[((size_t)i * P * Q + pq) * C + ch] != c[o] && !bad++)
+                    first = o;
+            }
+    printf("  %-44s n=%-8zu %zu winner mismatches\n", what, n, bad);
+    cr_expect(bad == 0, "%s: %zu of %zu winners differ, first at %zu", what, bad, n, first);
     free(g);
 }
 
-/* idx buffers of exactly the contract's size (as many as y has elements):
- * a backend writing more overruns them (valgrind, the emulator). */
-static void maxpool_check(uint64_t seed)
+static bn_pair bn_pooled(bn_pair b, int W, int k, int stride, int pad, uint8_t *ic, uint8_t *ig)
+{
+    b.c.pool = b.g.pool = k;
+    b.c.pool_stride = b.g.pool_stride = stride;
+    b.c.pool_pad = b.g.pool_pad = pad;
+    b.c.W = b.g.W = W;
+    b.c.pool_idx = ic;
+    b.g.pool_idx = ig;
+    return b;
+}
+
+/* The pooled batch norm with its ReLU, every op on both backends: the
+ * training forward (pooled y, its winners -- bytes of exactly the
+ * contract's size: a backend writing more overruns them -- and the
+ * statistics), eval, the backward from the pooled gradient, and the SyncBN
+ * halves. Inputs on a coarse grid (exact in bf16): the batch norm keeps
+ * their many ties exact, which the first maximum wins on both. The
+ * backward starts from the CPU's saved statistics on both, so the ReLU's
+ * masks (made again from x) agree. */
+static void pool_bn_check(uint64_t seed)
 {
     rng_seed(seed);
-    static const int shapes[][7] = {
-        /* N, C, H, W, k, stride, pad */
-        {2, 3, 9, 9, 3, 2, 1}, /* torchvision's stem pool, odd size */
-        {2, 4, 12, 12, 3, 2, 1},
-        {2, 2, 8, 8, 2, 2, 0},
-        {1, 2, 7, 6, 3, 1, 1},
-        {3, 2, 10, 10, 3, 2, 0},
-        {2, 5, 6, 6, 3, 2, 1},
-        {1, 16, 5, 5, 3, 2, 1},
+    static const int shapes[][8] = {
+        /* N, C, H, W, k, stride, pad, groups */
+        {2, 3, 9, 9, 3, 2, 1, 1}, /* torchvision's stem pool, odd size */
+        {2, 4, 12, 12, 3, 2, 1, 2},
+        {2, 2, 8, 8, 2, 2, 0, 1},
+        {1, 2, 7, 6, 3, 1, 1, 1},
+        {3, 2, 10, 10, 3, 2, 0, 1},
+        {2, 5, 6, 6, 3, 2, 1, 2},
+        {1, 16, 5, 5, 3, 2, 1, 1},
+        {8, 16, 32, 32, 3, 2, 1, 2}, /* several slices per group on the GPU */
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], C = shapes[s][1], H = shapes[s][2], W = shapes[s][3];
-        const int k = shapes[s][4], st = shapes[s][5], pad = shapes[s][6];
+        const int k = shapes[s][4], st = shapes[s][5], pad = shapes[s][6], G = shapes[s][7];
         const int P = (H + 2 * pad - k) / st + 1, Q = (W + 2 * pad - k) / st + 1;
         const size_t nx = (size_t)N * C * H * W, ny = (size_t)N * C * P * Q;
-        /* Values on a coarse grid (exact in bf16): many ties, which the
-         * first maximum wins. */
         float *h = malloc(nx * sizeof(float));
         for (size_t i = 0; i < nx; i++)
             h[i] = (float)(int)(4 * urand()) / 4.0f;
-        pair x = fmap_from(h, N, C, H, W), y = fmap_out(N, C, P, Q);
-        pair dy = fmap_rand(N, C, P, Q, -1, 1), dx = fmap_out(N, C, H, W);
+        pair x = fmap_from(h, N, C, H, W), y = fmap_out(N, C, P, Q), ye = fmap_out(N, C, P, Q);
         free(h);
-        int32_t *ic = cpu->alloc(cpu, ny * sizeof(int32_t)), *ig = gpu->alloc(gpu, ny * sizeof(int32_t));
-        char what[96], tag[48];
-        snprintf(tag, sizeof tag, "%smaxpool %zu", mode == KB_PREC_BF16 ? "bf16 " : "", s);
-        cpu->maxpool_forward(cpu, x.c, N, C, H, W, k, st, pad, y.c, ic);
-        gpu->maxpool_forward(gpu, x.g, N, C, H, W, k, st, pad, y.g, ig);
-        snprintf(what, sizeof what, "%s forward", tag);
-        compare(what, y, 0, 0);
-        snprintf(what, sizeof what, "%s indices", tag);
-        compare_idx(what, ic, ig, N, C, P, Q);
-        cpu->maxpool_backward(cpu, dy.c, ic, N, C, H, W, P, Q, dx.c);
-        gpu->maxpool_backward(gpu, dy.g, ig, N, C, H, W, P, Q, dx.g);
-        snprintf(what, sizeof what, "%s backward", tag);
-        compare(what, dx, 0, 0);
-        /* Indices the GPU's forward did not write (uploaded): the backward
-         * cannot know the window and must still be right. */
-        int32_t *ig2 = idx_upload(ic, N, C, P, Q);
-        pair dx2 = fmap_out(N, C, H, W);
-        memcpy(dx2.c, dx.c, nx * sizeof(float));
-        gpu->maxpool_backward(gpu, dy.g, ig2, N, C, H, W, P, Q, dx2.g);
-        snprintf(what, sizeof what, "%s backward (unknown window)", tag);
-        compare(what, dx2, 0, 0);
-        /* No winners asked for (no backward follows): the same values. */
-        pair y2 = fmap_out(N, C, P, Q);
-        memcpy(y2.c, y.c, ny * sizeof(float));
-        gpu->maxpool_forward(gpu, x.g, N, C, H, W, k, st, pad, y2.g, NULL);
-        snprintf(what, sizeof what, "%s forward (idx NULL)", tag);
-        compare(what, y2, 0, 0);
+        pair gamma = pair_rand(C, 0.5f, 1.5f), beta = pair_rand(C, -0.5f, 0.5f);
+        pair rm = pair_rand(C, -1, 1), rv = pair_rand(C, 0.5f, 2);
+        pair sm = pair_new((size_t)G * C), si = pair_new((size_t)G * C);
+        uint8_t *ic = cpu->alloc(cpu, ny), *ig = gpu->alloc(gpu, ny);
+        bn_pair b = bn_pooled(bn_pair_of(N, C, H * W, G, 0, 1, gamma, beta, &rm, &rv, sm, si),
+                              W, k, st, pad, ic, ig);
+        char what[96], tag[64];
+        snprintf(tag, sizeof tag, "%spooled bn %zu", mode == KB_PREC_BF16 ? "bf16 " : "", s);
+#define CMP(name, p, atol)                                                                        \
+    do {                                                                                          \
+        snprintf(what, sizeof what, "%s %s", tag, name);                                          \
+        compare_f32(what, p, atol);                                                               \
+    } while (0)
+        cpu->bn_forward(cpu, &b.c, x.c, NULL, 0, NULL, y.c);
+        gpu->bn_forward(gpu, &b.g, x.g, NULL, 0, NULL, y.g);
+        CMP("train y", y, F32_ATOL);
+        snprintf(what, sizeof what, "%s winners", tag);
+        compare_winners(what, ic, ig, N, C, P, Q);
+        CMP("save_invstd", si, F32_ATOL);
+        CMP("running_var", rv, F32_ATOL);
+        cpu->bn_forward_eval(cpu, &b.c, x.c, NULL, ye.c);
+        gpu->bn_forward_eval(gpu, &b.g, x.g, NULL, ye.g);
+        CMP("eval y", ye, F32_ATOL);
+
+        pair_sync(sm);
+        pair_sync(si);
+        pair dy = fmap_rand(N, C, P, Q, -1, 1), dx = fmap_out(N, C, H, W);
+        pair dg = pair_rand(C, -1, 1), db = pair_rand(C, -1, 1);
+        cpu->bn_backward(cpu, &b.c, x.c, NULL, dy.c, NULL, dg.c, db.c, dx.c, NULL);
+        gpu->bn_backward(gpu, &b.g, x.g, NULL, dy.g, NULL, dg.g, db.g, dx.g, NULL);
+        CMP("backward dx", dx, F32_ATOL);
+        CMP("backward dgamma (+=)", dg, F32_ATOL);
+        CMP("backward dbeta (+=)", db, F32_ATOL);
+        pair red = pair_new(2 * (size_t)G * C), dx2 = fmap_out(N, C, H, W);
+        cpu->bn_backward_reduce(cpu, &b.c, x.c, NULL, dy.c, red.c, dg.c, db.c);
+        gpu->bn_backward_reduce(gpu, &b.g, x.g, NULL, dy.g, red.g, dg.g, db.g);
+        CMP("syncbn red", red, F32_ATOL);
+        gpu->upload(gpu, red.g, red.c, red.n * sizeof(float));
+        cpu->bn_backward(cpu, &b.c, x.c, NULL, dy.c, red.c, NULL, NULL, dx2.c, NULL);
+        gpu->bn_backward(gpu, &b.g, x.g, NULL, dy.g, red.g, NULL, NULL, dx2.g, NULL);
+        CMP("syncbn dx", dx2, F32_ATOL);
+#undef CMP
         cpu->free(cpu, ic);
         gpu->free(gpu, ig);
-        gpu->free(gpu, ig2);
         pairs_free();
     }
 }
 
-Test(backend, maxpool)
+Test(backend, pooled_bn)
 {
     NEED_GPU();
-    maxpool_check(6);
+    pool_bn_check(6);
 }
 
-Test(backend, maxpool_nan_wins)
+/* Eval without the ReLU lets NaNs through: the first NaN of a window wins
+ * on both. */
+Test(backend, pooled_bn_nan_wins)
 {
     NEED_GPU();
     for (int bf16 = 0; bf16 < 2; bf16++) {
@@ -993,14 +1001,13 @@ Test(backend, maxpool_nan_wins)
         h[5] = NAN; /* channel 0 */
         h[16 + 10] = NAN;
         pair x = fmap_from(h, 1, 2, 4, 4), y = fmap_out(1, 2, 2, 2);
-        int32_t *ic = cpu->alloc(cpu, 8 * sizeof(int32_t)), *ig = gpu->alloc(gpu, 8 * sizeof(int32_t));
-        cpu->maxpool_forward(cpu, x.c, 1, 2, 4, 4, 3, 2, 1, y.c, ic);
-        gpu->maxpool_forward(gpu, x.g, 1, 2, 4, 4, 3, 2, 1, y.g, ig);
-        compare(bf16 ? "bf16 maxpool with NaN" : "maxpool with NaN", y, 0, 0);
-        compare_idx(bf16 ? "bf16 maxpool with NaN indices" : "maxpool with NaN indices", ic, ig,
-                    1, 2, 2, 2);
-        cpu->free(cpu, ic);
-        gpu->free(gpu, ig);
+        pair gamma = pair_rand(2, 0.5f, 1.5f), beta = pair_rand(2, -0.5f, 0.5f);
+        pair rm = pair_rand(2, -1, 1), rv = pair_rand(2, 0.5f, 2), none = pair_new(2);
+        bn_pair b = bn_pooled(bn_pair_of(1, 2, 16, 1, 0, 0, gamma, beta, &rm, &rv, none, none), 4,
+                              3, 2, 1, NULL, NULL);
+        cpu->bn_forward_eval(cpu, &b.c, x.c, NULL, y.c);
+        gpu->bn_forward_eval(gpu, &b.g, x.g, NULL, y.g);
+        compare_f32(bf16 ? "bf16 pooled eval with NaN" : "pooled eval with NaN", y, F32_ATOL);
         pairs_free();
     }
 }
@@ -1037,7 +1044,7 @@ Test(backend, bf16_pooling)
 {
     NEED_GPU();
     use_mode(KB_PREC_BF16);
-    maxpool_check(16);
+    pool_bn_check(16);
     avgpool_check(17);
 }
 

@@ -590,9 +590,8 @@ Test(ops, bn_thread_count_invariant)
 typedef struct un_ctx { /* unary ops: y = f(x) */
     size_t nx, ny;
     float *x, *y, *r;
-    int N, C, H, W, k, stride, pad;
-    int32_t *idx;
-    int kind; /* 0 relu, 1 maxpool, 2 avgpool */
+    int N, C, H, W;
+    int kind; /* 0 relu, 1 avgpool */
 } un_ctx;
 
 static double un_obj(void *p)
@@ -600,9 +599,6 @@ static double un_obj(void *p)
     un_ctx *t = p;
     if (t->kind == 0)
         be->relu_forward(be, t->x, t->y, t->nx);
-    else if (t->kind == 1)
-        be->maxpool_forward(be, t->x, t->N, t->C, t->H, t->W, t->k, t->stride, t->pad, t->y,
-                            t->idx);
     else
         be->avgpool_forward(be, t->x, t->N, t->C, t->H * t->W, t->y);
     return dotd(t->y, t->r, t->ny);
@@ -642,15 +638,78 @@ Test(ops, relu)
     cr_expect(memcmp(dy, dx, 160) == 0);
 }
 
-/* Every shape of small planes (H, W 1..11; k 1..4; stride 1..3; pad up to
- * k/2) against a plain loop: values from 4 levels (so ties are everywhere:
- * the first maximum in row-major order wins) and some NaNs (the first NaN
- * of a window wins): y bit for bit, idx exactly. Covers the row-vectorized
- * interior and the edges alike. */
-Test(ops, maxpool_matches_a_plain_loop_with_ties_and_nans)
+/* ---- the stem's max pool, folded into the batch norm (kb_bn.pool) ---- */
+
+/* A plain max pool of `planes` (H, W) planes: only in-bounds elements
+ * compete, the first maximum in row-major order wins, the first NaN of a
+ * window wins. idx: the winners' places in their windows (dh k + dw). */
+static void plain_maxpool(const float *x, int planes, int H, int W, int k, int stride, int pad,
+                          float *y, uint8_t *idx)
 {
-    float x[2 * 11 * 11], y[2 * 13 * 13], ry[2 * 13 * 13]; /* P, Q <= 11 + 2 pad */
-    int32_t idx[2 * 13 * 13], ridx[2 * 13 * 13];
+    const int P = kb_pool_out(H, k, stride, pad), Q = kb_pool_out(W, k, stride, pad);
+    for (int c = 0; c < planes; c++)
+        for (int p = 0; p < P; p++)
+            for (int q = 0; q < Q; q++) {
+                const float *xp = x + (size_t)c * H * W;
+                const int h0 = p * stride - pad, w0 = q * stride - pad;
+                float best = -INFINITY;
+                int bi = -1, found_nan = 0;
+                for (int h = h0; h < h0 + k; h++)
+                    for (int w = w0; w < w0 + k; w++) {
+                        if (h < 0 || h >= H || w < 0 || w >= W || found_nan)
+                            continue;
+                        float v = xp[h * W + w];
+                        if (isnan(v)) {
+                            best = v;
+                            bi = (h - h0) * k + (w - w0);
+                            found_nan = 1;
+                        } else if (bi < 0 || v > best) {
+                            best = v;
+                            bi = (h - h0) * k + (w - w0);
+                        }
+                    }
+                y[((size_t)c * P + p) * Q + q] = best;
+                idx[((size_t)c * P + p) * Q + q] = (uint8_t)bi;
+            }
+}
+
+/* A max pool's backward by scattering, outputs in row-major order. */
+static void plain_maxpool_grad(const float *dy, const uint8_t *idx, int planes, int H, int W,
+                               int k, int stride, int pad, float *dx)
+{
+    const int P = kb_pool_out(H, k, stride, pad), Q = kb_pool_out(W, k, stride, pad);
+    memset(dx, 0, sizeof(float) * (size_t)planes * H * W);
+    for (int c = 0; c < planes; c++)
+        for (int p = 0; p < P; p++)
+            for (int q = 0; q < Q; q++) {
+                const size_t o = ((size_t)c * P + p) * Q + q;
+                const int h = p * stride - pad + idx[o] / k, w = q * stride - pad + idx[o] % k;
+                dx[(size_t)c * H * W + h * W + w] += dy[o];
+            }
+}
+
+static kb_bn pooled(kb_bn b, int W, int k, int stride, int pad, uint8_t *idx)
+{
+    b.pool = k;
+    b.pool_stride = stride;
+    b.pool_pad = pad;
+    b.W = W;
+    b.pool_idx = idx;
+    return b;
+}
+
+static int same_bits(float a, float b) { return memcmp(&a, &b, 4) == 0 || (isnan(a) && isnan(b)); }
+
+/* Every shape of small planes (H, W 1..11; k 1..4; stride 1..3; pad up to
+ * k/2): the pooled training forward (ReLU on: zeros tie everywhere) and
+ * the pooled eval forward of inputs with NaNs (ReLU off) give the bits of
+ * a plain max pool of the unpooled op's output, winners and all. */
+Test(ops, bn_pool_matches_a_plain_max_pool_with_ties_and_nans)
+{
+    float x[2 * 11 * 11], full[2 * 11 * 11], y[2 * 13 * 13], ry[2 * 13 * 13];
+    uint8_t idx[2 * 13 * 13], ridx[2 * 13 * 13];
+    float gamma[2] = {1.5f, -0.75f}, beta[2] = {0.25f, 0.5f}, rm[2] = {0.5f, -1}, rv[2] = {2, 0.5f};
+    float sm[2], si[2];
     uint32_t z = 12345;
     long cases = 0;
     for (int H = 1; H <= 11; H++)
@@ -660,99 +719,160 @@ Test(ops, maxpool_matches_a_plain_loop_with_ties_and_nans)
                     for (int pad = 0; pad <= k / 2; pad++) {
                         if (H + 2 * pad < k || W + 2 * pad < k)
                             continue;
-                        int P = (H + 2 * pad - k) / stride + 1, Q = (W + 2 * pad - k) / stride + 1;
-                        for (int i = 0; i < 2 * H * W; i++) {
-                            z = z * 1664525u + 1013904223u;
-                            x[i] = (z >> 28) == 15 ? NAN : (float)((z >> 24) % 4) - 1.5f;
+                        const int n = 2 * kb_pool_out(H, k, stride, pad) *
+                                      kb_pool_out(W, k, stride, pad);
+                        for (int nan_ok = 0; nan_ok < 2; nan_ok++) {
+                            for (int i = 0; i < 2 * H * W; i++) {
+                                z = z * 1664525u + 1013904223u;
+                                x[i] = nan_ok && (z >> 28) == 15 ? NAN
+                                                                 : (float)((z >> 24) % 4) - 1.5f;
+                            }
+                            kb_bn b = bn_of(1, 2, H * W, 1, gamma, beta, rm, rv, sm, si);
+                            b.relu = !nan_ok;
+                            b.running_mean = b.running_var = NULL;
+                            kb_bn bp = pooled(b, W, k, stride, pad, idx);
+                            if (nan_ok) { /* eval: NaNs stay where they are */
+                                b.running_mean = bp.running_mean = rm;
+                                b.running_var = bp.running_var = rv;
+                                be->bn_forward_eval(be, &b, x, NULL, full);
+                                be->bn_forward_eval(be, &bp, x, NULL, y);
+                            } else {
+                                be->bn_forward(be, &b, x, NULL, 0, NULL, full);
+                                be->bn_forward(be, &bp, x, NULL, 0, NULL, y);
+                            }
+                            plain_maxpool(full, 2, H, W, k, stride, pad, ry, ridx);
+                            for (int i = 0; i < n; i++)
+                                cr_assert(same_bits(y[i], ry[i]) && (nan_ok || idx[i] == ridx[i]),
+                                          "H %d W %d k %d s %d pad %d%s: output %d = %g at %d, "
+                                          "plain loop %g at %d", H, W, k, stride, pad,
+                                          nan_ok ? " (eval, NaNs)" : "", i, y[i], idx[i], ry[i],
+                                          ridx[i]);
+                            cases++;
                         }
-                        be->maxpool_forward(be, x, 1, 2, H, W, k, stride, pad, y, idx);
-                        for (int c = 0; c < 2; c++)
-                            for (int p = 0; p < P; p++)
-                                for (int q = 0; q < Q; q++) {
-                                    const float *xp = x + c * H * W;
-                                    float best = -INFINITY;
-                                    int bi = -1, found_nan = 0;
-                                    for (int h = p * stride - pad; h < p * stride - pad + k; h++)
-                                        for (int w = q * stride - pad; w < q * stride - pad + k;
-                                             w++) {
-                                            if (h < 0 || h >= H || w < 0 || w >= W || found_nan)
-                                                continue;
-                                            float v = xp[h * W + w];
-                                            if (isnan(v)) {
-                                                best = v;
-                                                bi = h * W + w;
-                                                found_nan = 1;
-                                            } else if (bi < 0 || v > best) {
-                                                best = v;
-                                                bi = h * W + w;
-                                            }
-                                        }
-                                    ry[c * P * Q + p * Q + q] = best;
-                                    ridx[c * P * Q + p * Q + q] = bi;
-                                }
-                        for (int i = 0; i < 2 * P * Q; i++) {
-                            cr_assert(idx[i] == ridx[i] &&
-                                          (memcmp(&y[i], &ry[i], 4) == 0 ||
-                                           (isnan(y[i]) && isnan(ry[i]))),
-                                      "H %d W %d k %d s %d pad %d: output %d = %g at %d, plain "
-                                      "loop %g at %d", H, W, k, stride, pad, i, y[i], idx[i],
-                                      ry[i], ridx[i]);
-                        }
-                        cases++;
                     }
-    cr_log_info("maxpool: %ld shapes match the plain loop", cases);
+    cr_log_info("pooled batch norm: %ld cases match the plain loop", cases);
 }
 
-Test(ops, maxpool_hand_padding)
+Test(ops, bn_pool_hand_padding)
 {
-    /* 4x4 plane of -1..-16, k3 s2 p1: the (zero) padding must never win,
-     * each window takes its largest in-bounds (least negative) value. */
-    float x[16], y[4];
-    int32_t idx[4];
+    /* the identity batch norm (eval: mean 0, var 1, eps 0) of a 4x4 plane
+     * of -1..-16, k3 s2 p1: the padding must never win, each window takes
+     * its largest in-bounds (least negative) value */
+    float x[16], y[4], one = 1, zero = 0, rm = 0, rv = 1, sm, si;
     for (int i = 0; i < 16; i++)
         x[i] = -(float)(i + 1);
-    be->maxpool_forward(be, x, 1, 1, 4, 4, 3, 2, 1, y, idx);
-    /* windows: rows {-1..1}x cols {-1..1} -> (0,0); (0,1..3) -> (0,1);
-     * (1..3, 0) -> (1,0); (1..3, 1..3) -> (1,1) */
+    kb_bn b = bn_of(1, 1, 16, 1, &one, &zero, &rm, &rv, &sm, &si);
+    b.eps = 0.0f;
+    kb_bn bp = pooled(b, 4, 3, 2, 1, NULL);
+    be->bn_forward_eval(be, &bp, x, NULL, y);
     const double want[4] = {-1, -2, -5, -6};
-    const int32_t widx[4] = {0, 1, 4, 5};
-    expect_close("maxpool y", y, want, 4, 0, 0);
-    for (int i = 0; i < 4; i++)
-        cr_expect(idx[i] == widx[i], "idx[%d] = %d, want %d", i, idx[i], widx[i]);
-    /* positive values: plain maxima */
+    expect_close("pooled y", y, want, 4, 0, 0);
+    /* x = [0 7 14 5; 12 3 10 1; 8 15 6 13; 4 11 2 9]: maxima 12, 14, 15,
+     * 15 at (1,0), (0,2), (2,1), (2,1); the windows start at (-1,-1),
+     * (-1,1), (1,-1), (1,1), so the winners' places dh*3 + dw are 7, 4, 5, 3 */
     for (int i = 0; i < 16; i++)
         x[i] = (float)((i * 7) % 16);
-    be->maxpool_forward(be, x, 1, 1, 4, 4, 3, 2, 1, y, idx);
-    /* x = [0 7 14 5; 12 3 10 1; 8 15 6 13; 4 11 2 9] */
+    be->bn_forward_eval(be, &bp, x, NULL, y);
     const double want2[4] = {12, 14, 15, 15};
-    const int32_t widx2[4] = {4, 2, 9, 9};
-    expect_close("maxpool y2", y, want2, 4, 0, 0);
+    expect_close("pooled y2", y, want2, 4, 0, 0);
+    /* the training forward (monotone: gamma 1) records the winners */
+    uint8_t idx[4];
+    b.running_mean = b.running_var = NULL;
+    bp = pooled(b, 4, 3, 2, 1, idx);
+    be->bn_forward(be, &bp, x, NULL, 0, NULL, y);
+    const uint8_t widx[4] = {7, 4, 5, 3};
     for (int i = 0; i < 4; i++)
-        cr_expect(idx[i] == widx2[i], "idx2[%d] = %d, want %d", i, idx[i], widx2[i]);
-    /* backward: overlapping windows add up, unpicked positions are zero */
-    float dy[4] = {1, 2, 3, 4}, dx[16];
-    memset(dx, 0x7f, sizeof dx);
-    be->maxpool_backward(be, dy, idx, 1, 1, 4, 4, 2, 2, dx);
-    for (int i = 0; i < 16; i++) {
-        float w = i == 4 ? 1 : i == 2 ? 2 : i == 9 ? 7 : 0;
-        cr_expect(dx[i] == w, "dx[%d] = %g, want %g", i, dx[i], w);
-    }
+        cr_expect(idx[i] == widx[i], "idx[%d] = %d, want %d", i, idx[i], widx[i]);
+    /* backward: overlapping windows add up, unpicked positions get none --
+     * the unpooled backward of that spread gradient, bit for bit */
+    float dy[4] = {1, 2, 3, 4}, spread[16] = {0}, dx[16], dx2[16], dg = 0, db = 0, dg2 = 0, db2 = 0;
+    spread[4] = 1, spread[2] = 2, spread[9] = 7;
+    be->bn_backward(be, &bp, x, NULL, dy, NULL, &dg, &db, dx, NULL);
+    be->bn_backward(be, &b, x, NULL, spread, NULL, &dg2, &db2, dx2, NULL);
+    cr_expect(memcmp(dx, dx2, sizeof dx) == 0 && dg == dg2 && db == db2,
+              "pooled backward = backward of the spread gradient");
+    cr_expect(db == 10.0f, "dbeta = the sum of dy: %g", db);
 }
 
-Test(ops, pool_gradients)
+/* Pooled, with the ReLU, in two groups: forward, backward and the SyncBN
+ * reduction give the bits of the unpooled op around a plain max pool. */
+Test(ops, bn_pool_is_the_composition)
+{
+    rng_seed(44);
+    const int N = 4, C = 3, H = 9, W = 8, P = kb_pool_out(H, 3, 2, 1), Q = kb_pool_out(W, 3, 2, 1);
+    const size_t n = (size_t)N * C * H * W, np = (size_t)N * C * P * Q;
+    float *x = frand(n), *dy = frand(np), *g = frand(C), *bt = frand(C);
+    float *rm = fa(C), *rv = fa(C), *rm2 = fa(C), *rv2 = fa(C);
+    be->fill(be, rv, 1.0f, C);
+    be->fill(be, rv2, 1.0f, C);
+    float *sm = fa(2 * C), *si = fa(2 * C), *y = fa(np), *dx = fa(n), *dg = fa(C), *db = fa(C);
+    float *red = fa(4 * C), *red2 = fa(4 * C), *dg2 = fa(C), *db2 = fa(C);
+    uint8_t *idx = malloc(np), *ridx = malloc(np);
+    cr_assert(idx && ridx);
+    kb_bn b = bn_of(N, C, H * W, 2, g, bt, rm, rv, sm, si);
+    b.relu = 1;
+    kb_bn bp = pooled(b, W, 3, 2, 1, idx);
+    be->bn_forward(be, &bp, x, NULL, 0, NULL, y);
+    be->bn_backward(be, &bp, x, NULL, dy, NULL, dg, db, dx, NULL);
+    be->bn_backward_reduce(be, &bp, x, NULL, dy, red, dg, db);
+
+    float *full = fa(n), *ry = fa(np), *spread = fa(n), *dx2 = fa(n);
+    b.running_mean = rm2, b.running_var = rv2;
+    be->bn_forward(be, &b, x, NULL, 0, NULL, full);
+    plain_maxpool(full, N * C, H, W, 3, 2, 1, ry, ridx);
+    plain_maxpool_grad(dy, ridx, N * C, H, W, 3, 2, 1, spread);
+    be->bn_backward(be, &b, x, NULL, spread, NULL, dg2, db2, dx2, NULL);
+    be->bn_backward_reduce(be, &b, x, NULL, spread, red2, dg2, db2);
+    cr_expect(memcmp(y, ry, np * 4) == 0 && memcmp(idx, ridx, np) == 0, "y and its winners");
+    cr_expect(memcmp(rm, rm2, C * 4) == 0 && memcmp(rv, rv2, C * 4) == 0, "running stats");
+    cr_expect(memcmp(dx, dx2, n * 4) == 0, "dx");
+    cr_expect(memcmp(dg, dg2, C * 4) == 0 && memcmp(db, db2, C * 4) == 0, "dgamma, dbeta");
+    cr_expect(memcmp(red, red2, 4 * C * 4) == 0, "the SyncBN reduction");
+    free(idx);
+    free(ridx);
+}
+
+typedef struct bnp_ctx {
+    kb_bn b;
+    float *x, *y, *r;
+    size_t ny;
+} bnp_ctx;
+
+static double bnp_obj(void *p)
+{
+    bnp_ctx *t = p;
+    be->bn_forward(be, &t->b, t->x, NULL, 0, NULL, t->y);
+    return dotd(t->y, t->r, t->ny);
+}
+
+/* Finite differences through the pooled op (no ReLU: the spaced inputs
+ * keep every window's winner 0.05 |a| ahead of its rivals). */
+Test(ops, bn_pool_gradients)
 {
     rng_seed(7);
-    un_ctx t = {.N = 2, .C = 2, .H = 7, .W = 6, .k = 3, .stride = 2, .pad = 1, .kind = 1};
-    int P = (t.H + 2 - 3) / 2 + 1, Q = (t.W + 2 - 3) / 2 + 1;
-    t.nx = (size_t)t.N * t.C * t.H * t.W, t.ny = (size_t)t.N * t.C * P * Q;
-    t.x = spaced(t.nx), t.y = fa(t.ny), t.r = frand(t.ny);
-    t.idx = (int32_t *)fa(t.ny);
-    float *dx = fa(t.nx);
-    un_obj(&t);
-    be->maxpool_backward(be, t.r, t.idx, t.N, t.C, t.H, t.W, P, Q, dx);
-    check_grad("maxpool dx", un_obj, &t, t.x, t.nx, dx, 1e-2f);
+    const int N = 2, C = 2, H = 7, W = 6, P = kb_pool_out(H, 3, 2, 1), Q = kb_pool_out(W, 3, 2, 1);
+    const size_t n = (size_t)N * C * H * W;
+    bnp_ctx t = {.ny = (size_t)N * C * P * Q};
+    float *gamma = frand(C), *beta = frand(C), *sm = fa(C), *si = fa(C);
+    for (int c = 0; c < C; c++)
+        gamma[c] += 2.0f;
+    uint8_t *idx = malloc(t.ny);
+    cr_assert(idx);
+    t.b = pooled(bn_of(N, C, H * W, 1, gamma, beta, NULL, NULL, sm, si), W, 3, 2, 1, idx);
+    t.x = spaced(n), t.y = fa(t.ny), t.r = frand(t.ny);
+    float *dx = fa(n), *dg = fa(C), *db = fa(C);
+    bnp_obj(&t);
+    be->bn_backward(be, &t.b, t.x, NULL, t.r, NULL, dg, db, dx, NULL);
+    check_grad("pooled bn dx", bnp_obj, &t, t.x, n, dx, 1e-2f);
+    check_grad("pooled bn dgamma", bnp_obj, &t, gamma, C, dg, 1e-2f);
+    check_grad("pooled bn dbeta", bnp_obj, &t, beta, C, db, 1e-2f);
+    free(idx);
+}
 
-    un_ctx a = {.N = 3, .C = 2, .H = 5, .W = 3, .kind = 2};
+Test(ops, avgpool_gradients)
+{
+    rng_seed(7);
+    un_ctx a = {.N = 3, .C = 2, .H = 5, .W = 3, .kind = 1};
     a.nx = 3 * 2 * 15, a.ny = 6;
     a.x = frand(a.nx), a.y = fa(a.ny), a.r = frand(a.ny);
     float *adx = fa(a.nx);

@@ -100,7 +100,6 @@ int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
         a->maxpool = 0;
     }
     bn_init(a, &a->bn1, "bn1", w);
-    a->id_pool_y = a->nact++;
     a->id_pool_idx = a->nact++;
     int C = w;
     for (int L = 0; L < 4; L++) {

@@ -56,7 +56,7 @@ typedef struct arch {
     int F; /* encoder output width */
     conv_l conv1;
     bn_l bn1;
-    int maxpool, id_pool_y, id_pool_idx;
+    int maxpool, id_pool_idx; /* the ImageNet stem's max pool: bn1 folds it in */
     block_l blocks[8];
     int id_feat;
     /* projector */

@@ -151,15 +151,15 @@ static kb_bn bn_desc(rw_net *n, bn_l *b, int N, int HW, int is_rows, int relu, i
     return d;
 }
 
-/* y = relu?(bn(x) + res); res NULL or like y. Rows (fp32 (N, C)) or a
- * feature map (N, C, HW). */
-static void *bn_fwd(rw_net *n, bn_l *b, const void *x, const void *res, int N, int HW,
-                    int is_rows, int relu, int train)
+/* The op d of layer b: y (the output, oh x ow pixels, into b's buffer) =
+ * relu?(bn(x) + res), pooled where d asks. */
+static void *bn_run(rw_net *n, bn_l *b, kb_bn d, const void *x, const void *res, int oh, int ow,
+                    int train)
 {
     kb_backend *be = n->m->be;
     net_ctx *m = n->m;
-    kb_bn d = bn_desc(n, b, N, HW, is_rows, relu, train);
-    void *y = is_rows ? (void *)net_rows(n, b->id_y, N, b->C) : net_fmap(n, b->id_y, N, b->C, HW, 1);
+    const int N = d.N, HW = d.HW;
+    void *y = d.rows ? (void *)net_rows(n, b->id_y, N, b->C) : net_fmap(n, b->id_y, N, b->C, oh, ow);
     d.save_mean = net_rows(n, b->id_mean, d.groups, b->C);
     d.save_invstd = net_rows(n, b->id_inv, d.groups, b->C);
     if (!y || !d.save_mean || !d.save_invstd)
@@ -185,15 +185,24 @@ static void *bn_fwd(rw_net *n, bn_l *b, const void *x, const void *res, int N, i
     return y;
 }
 
-/* dy: the gradient of the forward's output; dx written, dres (or NULL) =
- * the gradient of its residual. The ReLU's mask from the forward's output
- * where it had a residual (res), else from x (not reading the output). */
-static void bn_bwd(rw_net *n, bn_l *b, const void *x, const void *dy, void *dx, void *dres,
-                   int N, int HW, int is_rows, int relu, int res)
+/* y = relu?(bn(x) + res); res NULL or like y. Rows (fp32 (N, C)) or a
+ * feature map (N, C, HW). */
+static void *bn_fwd(rw_net *n, bn_l *b, const void *x, const void *res, int N, int HW,
+                    int is_rows, int relu, int train)
+{
+    return bn_run(n, b, bn_desc(n, b, N, HW, is_rows, relu, train), x, res, HW, 1, train);
+}
+
+/* The backward of op d of layer b: dy the gradient of its output; dx
+ * written, dres (or NULL) the gradient of its residual. The ReLU's mask
+ * from the forward's output where it had a residual (res), else from x
+ * (not reading the output). */
+static void bn_back(rw_net *n, bn_l *b, kb_bn d, const void *x, const void *dy, void *dx,
+                    void *dres, int res)
 {
     kb_backend *be = n->m->be;
     net_ctx *m = n->m;
-    kb_bn d = bn_desc(n, b, N, HW, is_rows, relu, 1);
+    const int relu = d.relu;
     d.save_mean = net_rows(n, b->id_mean, d.groups, b->C);
     d.save_invstd = net_rows(n, b->id_inv, d.groups, b->C);
     const void *y = relu && res ? n->act[b->id_y].p : NULL;
@@ -214,6 +223,12 @@ static void bn_bwd(rw_net *n, bn_l *b, const void *x, const void *dy, void *dx, 
         return;
     }
     be->bn_backward(be, &d, x, y, dy, NULL, dg, db, dx, dres);
+}
+
+static void bn_bwd(rw_net *n, bn_l *b, const void *x, const void *dy, void *dx, void *dres,
+                   int N, int HW, int is_rows, int relu, int res)
+{
+    bn_back(n, b, bn_desc(n, b, N, HW, is_rows, relu, 1), x, dy, dx, dres, res);
 }
 
 float *lin_fwd(rw_net *n, lin_l *l, const float *x, int N)
@@ -275,11 +290,25 @@ static void block_bwd(rw_net *n, block_l *b, const void *x, const void *dout, vo
     conv_bwd(n, &b->c1, x, t1, dx, N, 1);
 }
 
-/* The input of block 0: the max pool's output, or the stem's. */
-static const void *stem_out(rw_net *n)
+/* The stem's batch norm (and ReLU, and the ImageNet stem's 3 x 3 stride-2
+ * max pool, which the op folds in) over conv1's (H, W) map. */
+static kb_bn stem_desc(rw_net *n, int N, int H, int W, int train)
 {
     arch *a = n->m->a;
-    return n->act[a->maxpool ? a->id_pool_y : a->bn1.id_y].p;
+    kb_bn d = bn_desc(n, &a->bn1, N, H * W, 0, 1, train);
+    if (a->maxpool) {
+        d.pool = 3;
+        d.pool_stride = 2;
+        d.pool_pad = 1;
+        d.W = W;
+    }
+    return d;
+}
+
+/* The input of block 0: the stem's (pooled) output. */
+static const void *stem_out(rw_net *n)
+{
+    return n->act[n->m->a->bn1.id_y].p;
 }
 
 /* x (N,3,S,S) feature map -> features (N, F) fp32 rows. */
@@ -289,24 +318,21 @@ float *enc_fwd(rw_net *n, const void *x, int N, int S, int train)
     arch *a = n->m->a;
     int H = S, W = S;
     void *y = conv_fwd(n, &a->conv1, x, N, &H, &W);
-    const void *cur = bn_fwd(n, &a->bn1, y, NULL, N, H * W, 0, 1, train);
     if (n->m->failed)
         return NULL;
-    if (a->maxpool) {
-        int P = (H + 2 - 3) / 2 + 1, Q = (W + 2 - 3) / 2 + 1;
-        void *py = net_fmap(n, a->id_pool_y, N, a->conv1.K, P, Q);
-        /* the winners only where a backward pass will want them */
-        int32_t *idx = n->G && train ? act(n, a->id_pool_idx, (size_t)N * a->conv1.K * P * Q *
-                                                                  sizeof(int32_t))
-                                     : NULL;
+    kb_bn d = stem_desc(n, N, H, W, train);
+    if (d.pool) {
+        H = kb_pool_out(H, d.pool, d.pool_stride, d.pool_pad);
+        W = kb_pool_out(W, d.pool, d.pool_stride, d.pool_pad);
+        /* the winners (a byte each) only where a backward pass will want them */
+        if (n->G && train)
+            d.pool_idx = act(n, a->id_pool_idx, (size_t)N * a->conv1.K * H * W);
         if (n->m->failed)
             return NULL;
-        be->maxpool_forward(be, cur, N, a->conv1.K, H, W, 3, 2, 1, py, idx);
-        n->hw[a->id_pool_y] = H;
-        H = P;
-        W = Q;
-        cur = py;
     }
+    const void *cur = bn_run(n, &a->bn1, d, y, NULL, H, W, train);
+    if (n->m->failed)
+        return NULL;
     for (int i = 0; i < 8; i++) {
         cur = block_fwd(n, &a->blocks[i], cur, N, &H, &W, train);
         if (!cur)
@@ -335,15 +361,13 @@ void enc_bwd(rw_net *n, const void *x, const float *dfeat, int N)
         block_bwd(n, &a->blocks[i], bx, g, gx, N);
         void *t = g; g = gx; gx = t;
     }
-    /* g: gradient of the stem output */
+    /* g: gradient of the stem output (the pooled one, with a pool) */
     int Hs = n->hw[a->conv1.id];
     int H1 = (Hs + 2 * a->conv1.pad - a->conv1.R) / a->conv1.stride + 1;
-    if (a->maxpool) {
-        int P = (H1 + 2 - 3) / 2 + 1;
-        be->maxpool_backward(be, g, n->act[a->id_pool_idx].p, N, a->conv1.K, H1, H1, P, P, gx);
-        void *t = g; g = gx; gx = t;
-    }
-    bn_bwd(n, &a->bn1, n->act[a->conv1.id].p, g, gx, NULL, N, H1 * H1, 0, 1, 0);
+    kb_bn d = stem_desc(n, N, H1, H1, 1);
+    if (d.pool)
+        d.pool_idx = n->act[a->id_pool_idx].p;
+    bn_back(n, &a->bn1, d, n->act[a->conv1.id].p, g, gx, NULL, 0);
     conv_bwd(n, &a->conv1, x, gx, NULL, N, 0);
 }
 

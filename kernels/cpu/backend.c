@@ -19,6 +19,7 @@ static void cpu_destroy(kb_backend *be)
     if (impl->engine)
         dnnl_engine_destroy(impl->engine);
     free(impl->arena);
+    free(impl->tmp);
     free(impl);
     free(be);
 }
@@ -206,6 +207,7 @@ kb_backend *kb_cpu_create(int threads)
     kb_cpu_conv_init(be);
     kb_cpu_norm_init(be);
     kb_cpu_ops_init(be);
+    kb_cpu_pool_init(be);
     kb_cpu_loss_init(be);
     return be;
 }

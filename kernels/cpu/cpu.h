@@ -157,6 +157,8 @@ typedef struct kb_cpu {
      * the sum over all layers. Grown by conv_plan, never during a call. */
     void *arena;       /* 64-byte aligned */
     size_t arena_bytes;
+    void *tmp;         /* kb_cpu_tmp */
+    size_t tmp_bytes;
     /* kb_cpu_emulate_rounding(KB_PREC_BF16): convolutions and linear layers
      * round their operands (and convolutions their results) to bf16 where
      * the CUDA backend's bf16 mode does. Tests only; 0 otherwise. */
@@ -203,7 +205,21 @@ void kb_cpu_set_blas_threads(kb_cpu *impl);
 /* Ensures the arena holds at least `bytes`; 0 on success, -1 on OOM. */
 int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes);
 
+/* The max pool of norm.c's stem batch norm (kb_bn.pool), on fp32 NCHW:
+ * y and idx (the winner's index in its (H, W) plane, or NULL) (N,C,P,Q);
+ * the gradient dx (N,C,H,W) written, each element the sum of the window
+ * gradients that picked it, in row-major order of the windows. */
+void kb_cpu_maxpool(kb_cpu *impl, const float *x, int N, int C, int H, int W, int k, int stride,
+                    int pad, float *y, int32_t *idx);
+void kb_cpu_maxpool_grad(kb_cpu *impl, const float *dy, const int32_t *idx, int N, int C, int H,
+                         int W, int P, int Q, float *dx);
+
+/* Scratch of at least `bytes` for one op's temporaries (the stem's
+ * full-size map), grown on demand; NULL on OOM. */
+void *kb_cpu_tmp(kb_cpu *impl, size_t bytes);
+
 void kb_cpu_conv_init(kb_backend *be);
+void kb_cpu_pool_init(kb_backend *be);
 void kb_cpu_norm_init(kb_backend *be);
 void kb_cpu_ops_init(kb_backend *be);
 void kb_cpu_loss_init(kb_backend *be);

@@ -96,6 +96,77 @@ static void round_fmap(kb_cpu *impl, const kb_bn *b, float *y)
         kb_cpu_bf16_round(impl, y, (size_t)b->N * b->C * b->HW);
 }
 
+/* ---- the stem's max pool (kb_bn.pool): the batch norm into a full-size
+ * map in the backend's temporaries, then a max pool of it -- the ops one
+ * after another, so their bits. */
+
+typedef struct pool_tmp {
+    float *full;  /* (N,C,H,W): the batch norm's output, or the spread gradient */
+    int32_t *idx; /* (N,C,P,Q): the winners' indices in their planes */
+    int H, W, P, Q;
+} pool_tmp;
+
+static void pool_tmp_get(kb_cpu *impl, const kb_bn *b, pool_tmp *t)
+{
+    KB_CPU_CHECK(b->W > 0 && b->HW % b->W == 0 && !b->rows);
+    t->W = b->W;
+    t->H = b->HW / b->W;
+    t->P = kb_pool_out(t->H, b->pool, b->pool_stride, b->pool_pad);
+    t->Q = kb_pool_out(t->W, b->pool, b->pool_stride, b->pool_pad);
+    const size_t nf = (size_t)b->N * b->C * b->HW, ni = (size_t)b->N * b->C * t->P * t->Q;
+    char *m = kb_cpu_tmp(impl, nf * sizeof(float) + ni * sizeof(int32_t));
+    KB_CPU_CHECK(m != NULL); /* no OOM path: the map is the size of an activation */
+    t->full = (float *)m;
+    t->idx = (int32_t *)(m + nf * sizeof(float));
+}
+
+/* A winner's place: its index in the plane, or its offset in its window
+ * (kb_bn.pool_idx's byte), for output (p, q). */
+static int32_t win_offset(const kb_bn *b, const pool_tmp *t, int p, int q, int32_t at)
+{
+    const int h = at / t->W - (p * b->pool_stride - b->pool_pad);
+    const int w = at % t->W - (q * b->pool_stride - b->pool_pad);
+    return h * b->pool + w;
+}
+
+static int32_t win_index(const kb_bn *b, const pool_tmp *t, int p, int q, int off)
+{
+    const int h = p * b->pool_stride - b->pool_pad + off / b->pool;
+    const int w = q * b->pool_stride - b->pool_pad + off % b->pool;
+    return h * t->W + w;
+}
+
+/* y (N,C,P,Q) = max pool of t->full; the winners into b->pool_idx. */
+static void pool_forward(kb_cpu *impl, const kb_bn *b, pool_tmp *t, float *y)
+{
+    kb_cpu_maxpool(impl, t->full, b->N, b->C, t->H, t->W, b->pool, b->pool_stride, b->pool_pad, y,
+                   b->pool_idx ? t->idx : NULL);
+    if (!b->pool_idx)
+        return;
+    const long planes = (long)b->N * b->C;
+    for (long pl = 0; pl < planes; pl++)
+        for (int p = 0; p < t->P; p++)
+            for (int q = 0; q < t->Q; q++) {
+                const size_t o = ((size_t)pl * t->P + p) * t->Q + q;
+                b->pool_idx[o] = (uint8_t)win_offset(b, t, p, q, t->idx[o]);
+            }
+}
+
+/* The pooled gradient dy spread over t->full, as a max pool's backward. */
+static void pool_backward(kb_cpu *impl, const kb_bn *b, pool_tmp *t, const float *dy)
+{
+    const long planes = (long)b->N * b->C;
+    for (long pl = 0; pl < planes; pl++)
+        for (int p = 0; p < t->P; p++)
+            for (int q = 0; q < t->Q; q++) {
+                const size_t o = ((size_t)pl * t->P + p) * t->Q + q;
+                t->idx[o] = win_index(b, t, p, q, b->pool_idx[o]);
+            }
+    kb_cpu_maxpool_grad(impl, dy, t->idx, b->N, b->C, t->H, t->W, t->P, t->Q, t->full);
+    if (impl->round_bf16) /* the CUDA backend's bf16 feature maps */
+        kb_cpu_bf16_round(impl, t->full, (size_t)b->N * b->C * b->HW);
+}
+
 #define BN_PAR(b) if ((size_t)(b)->N * (b)->C * (b)->HW >= KB_CPU_PAR_MIN)
 
 static void cpu_bn_stats(kb_backend *be, const kb_bn *b, const void *xv, float *stats /* (G,3C) */)
@@ -121,7 +192,12 @@ static void cpu_bn_forward(kb_backend *be, const kb_bn *b, const void *xv, const
 {
     kb_cpu *impl = kb_cpu_of(be);
     const float *x = xv, *res = resv;
-    float *y = yv;
+    pool_tmp t;
+    if (b->pool) {
+        KB_CPU_CHECK(!res);
+        pool_tmp_get(impl, b, &t);
+    }
+    float *y = b->pool ? t.full : yv;
     const int nt = impl->threads, C = b->C;
     /* group after group: the running statistics move as after separate batches */
     for (int g = 0; g < b->groups; g++) {
@@ -148,6 +224,8 @@ static void cpu_bn_forward(kb_backend *be, const kb_bn *b, const void *xv, const
         }
     }
     round_fmap(impl, b, y);
+    if (b->pool)
+        pool_forward(impl, b, &t, yv);
 }
 
 static void cpu_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *xv, const void *resv,
@@ -155,7 +233,12 @@ static void cpu_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *xv, 
 {
     kb_cpu *impl = kb_cpu_of(be);
     const float *x = xv, *res = resv;
-    float *y = yv;
+    pool_tmp t;
+    if (b->pool) {
+        KB_CPU_CHECK(!res);
+        pool_tmp_get(impl, b, &t);
+    }
+    float *y = b->pool ? t.full : yv;
     const int nt = impl->threads;
     const bn_group G = {b, 0, b->N, (double)b->N * b->HW}; /* one group: the whole batch */
 #pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
@@ -166,6 +249,11 @@ static void cpu_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *xv, 
         channel_apply(&G, x, c, a, sh, res, y);
     }
     round_fmap(impl, b, y);
+    if (b->pool) {
+        kb_bn nb = *b;
+        nb.pool_idx = NULL; /* no backward of an eval pass */
+        pool_forward(impl, &nb, &t, yv);
+    }
 }
 
 /* The gradient through the ReLU: dy where the output was positive -- y,
@@ -234,6 +322,13 @@ static void cpu_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *x
                                    float *dgamma, float *dbeta)
 {
     const float *x = xv, *y = yv, *dy = dyv;
+    pool_tmp t;
+    if (b->pool) { /* dy is the pooled gradient: spread it first */
+        KB_CPU_CHECK(!y);
+        pool_tmp_get(kb_cpu_of(be), b, &t);
+        pool_backward(kb_cpu_of(be), b, &t, dy);
+        dy = t.full;
+    }
     const int nt = kb_cpu_of(be)->threads, C = b->C;
     for (int g = 0; g < b->groups; g++) {
         const bn_group G = group_of(b, g);
@@ -264,6 +359,13 @@ static void cpu_bn_backward(kb_backend *be, const kb_bn *b, const void *xv, cons
     const float *x = xv, *y = yv, *dy = dyv;
     float *dx = dxv, *dres = dresv;
     const int nt = impl->threads, C = b->C;
+    pool_tmp t;
+    if (b->pool) { /* dy is the pooled gradient: spread it first */
+        KB_CPU_CHECK(!y && !dres);
+        pool_tmp_get(impl, b, &t);
+        pool_backward(impl, b, &t, dy);
+        dy = t.full;
+    }
     for (int g = 0; g < b->groups; g++) {
         const bn_group G = group_of(b, g);
 #pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)

@@ -43,6 +43,20 @@ int kb_cpu_arena_reserve(kb_cpu *impl, size_t bytes)
     return 0;
 }
 
+void *kb_cpu_tmp(kb_cpu *impl, size_t bytes)
+{
+    if (bytes <= impl->tmp_bytes)
+        return impl->tmp;
+    void *p = NULL;
+    size_t rounded = (bytes + KB_CPU_ALIGN - 1) / KB_CPU_ALIGN * KB_CPU_ALIGN;
+    if (posix_memalign(&p, KB_CPU_ALIGN, rounded) != 0)
+        return NULL;
+    free(impl->tmp);
+    impl->tmp = p;
+    impl->tmp_bytes = rounded;
+    return p;
+}
+
 float *kb_cpu_bf16_copy(kb_cpu *impl, const float *src, size_t n)
 {
     float *d = malloc((n ? n : 1) * sizeof(float));

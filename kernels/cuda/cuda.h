@@ -127,14 +127,6 @@ typedef struct kb_cuda {
     kb_cuda_lane lane[2];
     int side;              /* 1 while ops go to lane[1] */
     cudaEvent_t fork_ev, join_ev;
-    /* Max-pool windows seen by forward, keyed by the idx buffer: backward is
-     * not told the window (the contract needs none on the CPU), and the
-     * gather kernel must know which windows can contain an element. */
-    struct {
-        const int32_t *idx;
-        int H, W, P, Q, k, stride, pad;
-    } pool_memo[32];
-    int pool_memo_next;
     /* Convolution algorithms already chosen, by shape: the teacher and the
      * repeated blocks of a ResNet ask for the same shapes again, and each
      * cudnnFind costs milliseconds. */

@@ -251,11 +251,6 @@ static void cuda_free(kb_backend *be, void *p)
     kb_cuda *impl = kb_cuda_enter(be);
     if (!p)
         return;
-    /* A later allocation may get this address back: forget pool windows
-     * recorded for it. */
-    for (int i = 0; i < (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]); i++)
-        if ((const void *)impl->pool_memo[i].idx == p)
-            impl->pool_memo[i].idx = NULL;
     if (kb_cuda_capture_refuse(impl, "free inside a capture"))
         return;
     /* A graph may still hold p (the caller's buffers are the caller's to

@@ -15,6 +15,13 @@
  * forward; dx = k (g - mean g - xhat mean g xhat), and the residual's
  * gradient g, backward. The padding channels come out zero.
  *
+ * The stem's max pool (kb_bn.pool) is folded in: the forward's second
+ * launch makes each pooled output from its window's inputs (a x + b, the
+ * ReLU, rounded as the full map would have been stored) and keeps the
+ * winner's place in its window as one byte; the backward gathers each
+ * input's gradient from the windows that picked it, in the order a
+ * scattering max pool would add them. The full-size map never exists.
+ *
  * Sum and sum of squares in one pass: in double the cancellation in
  * sumsq/M - mean^2 costs ~1e-16 * (mean/std)^2 relative, negligible for
  * activations (the CPU's two passes guard float inputs whose mean is ~1e4
@@ -41,6 +48,14 @@ struct kb_bn_coef {
     float a, b, k, mdy, mdyx, mean, invstd;
 };
 
+/* A max pool after the batch norm (k > 0): windows k x k, stride, pad,
+ * over (H, W) maps into (P, Q); idx the winners' places in their windows,
+ * (N, P, Q, C) bytes. */
+struct kb_bn_pool {
+    int k, stride, pad, H, W, P, Q;
+    uint8_t *idx;
+};
+
 /* The shape as the kernels see it. */
 struct kb_bn_shape {
     long M;    /* pixels (samples x HW) per group */
@@ -49,6 +64,7 @@ struct kb_bn_shape {
     int bf16;  /* the tensors' type */
     int relu;
     int S;     /* slices per group (the first launch's grid is S x G) */
+    kb_bn_pool pool;
 };
 
 /* The op's state, by value into the first launch. */
@@ -74,11 +90,44 @@ static __device__ __forceinline__ void kb_bn_train_coef(float gamma, float beta,
     *b = __fmaf_rn(-fm, *a, beta);
 }
 
+/* A value as the feature map stores it. */
+static __device__ __forceinline__ float kb_bn_stored(float v, int bf16)
+{
+    return bf16 ? kb_bf16_to_f(kb_f_to_bf16(v)) : v;
+}
+
+/* The gradient of full-map pixel pix (over the whole batch), channel c <
+ * C, gathered from the pooled dy: the windows holding (h, w) are p in
+ * [ceil((h + pad - k + 1) / stride), floor((h + pad) / stride)], and
+ * likewise q; those whose winner it was add their gradient, row-major, the
+ * sum stored as a scattering max pool's backward would store it. */
+static __device__ float bn_pool_grad(const kb_bn_shape &sh, const void *dy, size_t pix, int c)
+{
+    const kb_bn_pool &pl = sh.pool;
+    const size_t hw = (size_t)pl.H * pl.W, n = pix / hw;
+    const int r = (int)(pix - n * hw), h = r / pl.W, w = r - h * pl.W;
+    const int ph = h + pl.pad - pl.k + 1, pw = w + pl.pad - pl.k + 1;
+    const int p0 = ph <= 0 ? 0 : (ph + pl.stride - 1) / pl.stride;
+    const int q0 = pw <= 0 ? 0 : (pw + pl.stride - 1) / pl.stride;
+    const int p1 = min((h + pl.pad) / pl.stride, pl.P - 1);
+    const int q1 = min((w + pl.pad) / pl.stride, pl.Q - 1);
+    float s = 0.0f;
+    for (int p = p0; p <= p1; p++)
+        for (int q = q0; q <= q1; q++) {
+            const size_t j = (n * pl.P + p) * pl.Q + q;
+            const int off = (h - (p * pl.stride - pl.pad)) * pl.k + (w - (q * pl.stride - pl.pad));
+            if (pl.idx[j * sh.C + c] == off)
+                s += kb_elem(dy, j * sh.ld + c, sh.bf16);
+        }
+    return kb_bn_stored(s, sh.bf16);
+}
+
 /* Sums over the pixels of slice blockIdx.x of group blockIdx.y, channel by
  * channel: threads (tc, tp) = (threadIdx.x % TC, threadIdx.x / TC) take
  * channel c0 + tc of pixels tp, tp + TP, ...; the TP threads of a channel
  * then add their sums in order. bwd: the sums of g and g x, with g = dy
- * where y > 0 (relu) or dy. part: (G, S, C) double2. */
+ * (the pooled dy gathered, with a pool) where y > 0 (relu) or dy. part:
+ * (G, S, C) double2. */
 static __device__ void bn_sums(const kb_bn_shape &sh, const kb_bn_args &ar, const void *x,
                                const void *y, const void *dy, double2 *part,
                                double2 *red /* shared, BN_THREADS */)
@@ -104,7 +153,7 @@ static __device__ void bn_sums(const kb_bn_shape &sh, const kb_bn_args &ar, cons
                 const float xf = kb_elem(x, i, sh.bf16);
                 const double xv = xf;
                 if (dy) {
-                    double g = kb_elem(dy, i, sh.bf16);
+                    double g = sh.pool.k ? bn_pool_grad(sh, dy, p, c) : kb_elem(dy, i, sh.bf16);
                     if (sh.relu && !(y ? kb_elem(y, i, sh.bf16) > 0.0f : __fmaf_rn(ca, xf, cb) > 0.0f))
                         g = 0.0;
                     a += g;
@@ -312,8 +361,61 @@ __global__ void kb_bn_apply_kernel(kb_bn_shape sh, int vec, const void *x, const
     }
 }
 
-/* Backward: g = dy where y > 0 -- or, y NULL, where a x + b > 0 -- (relu)
- * or dy; dx = k (g - mdy - xhat mdyx); dres = g; the padding 0. */
+/* Forward with a max pool: one thread per output element (n, p, q, c) of
+ * the pooled map; the window's values relu?(a x + b), stored as the full
+ * map would have stored them, compete by the CPU's rules (padding never
+ * wins, the first maximum in row-major order wins, a NaN wins); the
+ * winner's place into idx (unless NULL); the padding channels 0. */
+__global__ void kb_bn_pool_apply_kernel(kb_bn_shape sh, const void *x, const kb_bn_coef *coef,
+                                        void *y, uint8_t *idx)
+{
+    const kb_bn_pool pl = sh.pool;
+    const size_t hw = (size_t)pl.H * pl.W, N = (size_t)sh.M * sh.G / hw;
+    const size_t total = N * pl.P * pl.Q * sh.ld;
+    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % sh.ld);
+        if (c >= sh.C) {
+            kb_elem_set(y, o, 0.0f, sh.bf16);
+            continue;
+        }
+        const size_t pix = o / sh.ld, n = pix / ((size_t)pl.P * pl.Q);
+        const int r = (int)(pix - n * pl.P * pl.Q), p = r / pl.Q, q = r - p * pl.Q;
+        const int g = (int)(n * hw / sh.M);
+        const kb_bn_coef cf = coef[(size_t)g * sh.C + c];
+        const int h0 = p * pl.stride - pl.pad, w0 = q * pl.stride - pl.pad;
+        const int hs = h0 < 0 ? 0 : h0, he = h0 + pl.k > pl.H ? pl.H : h0 + pl.k;
+        const int ws = w0 < 0 ? 0 : w0, we = w0 + pl.k > pl.W ? pl.W : w0 + pl.k;
+        float best = -INFINITY;
+        int bi = (hs - h0) * pl.k + (ws - w0);
+        bool nan = false;
+        for (int h = hs; h < he && !nan; h++)
+            for (int w = ws; w < we; w++) {
+                const float xv = kb_elem(x, (n * hw + (size_t)h * pl.W + w) * sh.ld + c, sh.bf16);
+                float t = __fmaf_rn(cf.a, xv, cf.b);
+                if (sh.relu && !(t > 0.0f))
+                    t = 0.0f;
+                t = kb_bn_stored(t, sh.bf16);
+                if (t != t) { /* the first NaN wins */
+                    best = t;
+                    bi = (h - h0) * pl.k + (w - w0);
+                    nan = true;
+                    break;
+                }
+                if (t > best) {
+                    best = t;
+                    bi = (h - h0) * pl.k + (w - w0);
+                }
+            }
+        kb_elem_set(y, o, best, sh.bf16);
+        if (idx)
+            idx[pix * sh.C + c] = (uint8_t)bi;
+    }
+}
+
+/* Backward: g = dy (the pooled dy gathered, with a pool) where y > 0 --
+ * or, y NULL, where a x + b > 0 -- (relu) or dy; dx = k (g - mdy - xhat
+ * mdyx); dres = g; the padding 0. */
 __global__ void kb_bn_dx_kernel(kb_bn_shape sh, int vec, const void *x, const void *y,
                                 const void *dy, const kb_bn_coef *coef, void *dx, void *dres)
 {
@@ -326,7 +428,11 @@ __global__ void kb_bn_dx_kernel(kb_bn_shape sh, int vec, const void *x, const vo
         float xv[BN_V], yv[BN_V], dv[BN_V], ox[BN_V], og[BN_V];
         if (vec) {
             kb_v16_get(((const kb_v16 *)x)[v], sh.bf16, xv);
-            kb_v16_get(((const kb_v16 *)dy)[v], sh.bf16, dv);
+            if (sh.pool.k)
+                for (int k = 0; k < V; k++)
+                    dv[k] = c0 + k < sh.C ? bn_pool_grad(sh, dy, p, c0 + k) : 0.0f;
+            else
+                kb_v16_get(((const kb_v16 *)dy)[v], sh.bf16, dv);
             if (sh.relu && y)
                 kb_v16_get(((const kb_v16 *)y)[v], sh.bf16, yv);
         } else {
@@ -410,6 +516,20 @@ static kb_bn_shape shape_of(const kb_cuda *impl, const kb_bn *b)
     if (s > sh.M)
         s = sh.M;
     sh.S = s < 1 ? 1 : (int)s;
+    memset(&sh.pool, 0, sizeof sh.pool);
+    if (b->pool > 0) {
+        KB_CUDA_CHECK(!b->rows && b->W > 0 && b->HW % b->W == 0 && b->pool * b->pool <= 256);
+        kb_bn_pool &pl = sh.pool;
+        pl.k = b->pool;
+        pl.stride = b->pool_stride;
+        pl.pad = b->pool_pad;
+        pl.W = b->W;
+        pl.H = b->HW / b->W;
+        pl.P = kb_pool_out(pl.H, pl.k, pl.stride, pl.pad);
+        pl.Q = kb_pool_out(pl.W, pl.k, pl.stride, pl.pad);
+        pl.idx = b->pool_idx;
+        KB_CUDA_CHECK(pl.stride > 0 && pl.P > 0 && pl.Q > 0);
+    }
     return sh;
 }
 
@@ -434,6 +554,21 @@ static double pass_bytes(const kb_bn_shape &sh)
     return (double)sh.M * sh.G * sh.ld * (sh.bf16 ? 2 : 4);
 }
 
+/* One pass over the pooled output and its winners (an element of the
+ * output is read by the few inputs of its window, from L2: once). */
+static double pooled_bytes(const kb_bn_shape &sh)
+{
+    const kb_bn_pool &pl = sh.pool;
+    const double out = (double)sh.M * sh.G / ((double)pl.H * pl.W) * pl.P * pl.Q;
+    return out * sh.ld * (sh.bf16 ? 2 : 4) + out * sh.C;
+}
+
+/* One pass over dy: the full map's, or the pooled one's and its winners. */
+static double dy_bytes(const kb_bn_shape &sh)
+{
+    return sh.pool.k ? pooled_bytes(sh) : pass_bytes(sh);
+}
+
 /* Scratch: the partial sums (G, S, C), then the coefficients (G, C). */
 static kb_bn_coef *bn_scratch(kb_cuda *impl, const kb_bn_shape &sh, double2 **part)
 {
@@ -452,8 +587,8 @@ static void bn_reduce(kb_cuda *impl, int mode, const kb_bn_shape &sh, const kb_b
     const int bwd = mode == BN_BWD || mode == BN_RED;
     /* the tensors read once (y for the ReLU's mask), the partials written,
      * then read by the last block, the per-channel state */
-    const double reads = bwd ? 2 + (sh.relu && y) : 1;
-    KB_CUDA_BYTES(pass_bytes(sh) * reads + 2.0 * sizeof(double2) * sh.G * sh.S * sh.C +
+    const double reads = pass_bytes(sh) * (1 + (bwd && sh.relu && y)) + (bwd ? dy_bytes(sh) : 0.0);
+    KB_CUDA_BYTES(reads + 2.0 * sizeof(double2) * sh.G * sh.S * sh.C +
                   32.0 * sh.G * sh.C);
     kb_bn_reduce_kernel<<<dim3(sh.S, sh.G), BN_THREADS, 0, impl->stream>>>(
         mode, sh, ar, x, y, dy, part, co, impl->ticket);
@@ -479,8 +614,20 @@ static unsigned apply_blocks(const kb_cuda *impl, const kb_bn_shape &sh, int vec
 }
 
 static void bn_apply(kb_cuda *impl, const kb_bn *b, const kb_bn_shape &sh, const void *x,
-                     const void *res, const kb_bn_coef *coef, void *y)
+                     const void *res, const kb_bn_coef *coef, void *y, uint8_t *idx)
 {
+    if (sh.pool.k) {
+        KB_CUDA_CHECK(!res);
+        const kb_bn_pool &pl = sh.pool;
+        const size_t n = (size_t)sh.M * sh.G / ((size_t)pl.H * pl.W) * pl.P * pl.Q * sh.ld;
+        /* x read (each element by the few windows holding it: once, from
+         * L2), the pooled map and its winners written */
+        KB_CUDA_BYTES(pass_bytes(sh) + pooled_bytes(sh) + 28.0 * sh.G * sh.C);
+        kb_bn_pool_apply_kernel<<<kb_cuda_blocks(impl, n, BN_THREADS), BN_THREADS, 0,
+                                  impl->stream>>>(sh, x, coef, y, idx);
+        KB_CUDA_LAUNCHED();
+        return;
+    }
     const int vec = !b->rows;
     KB_CUDA_BYTES(pass_bytes(sh) * (2 + (res != NULL)) + 28.0 * sh.G * sh.C);
     kb_bn_apply_kernel<<<apply_blocks(impl, sh, vec), BN_THREADS, 0, impl->stream>>>(
@@ -509,7 +656,7 @@ static void cuda_bn_forward(kb_backend *be, const kb_bn *b, const void *x, const
         bn_coef(impl, 0, sh, ar, stats, count, &coef);
     else
         bn_reduce(impl, BN_FWD, sh, ar, x, NULL, NULL, &coef);
-    bn_apply(impl, b, sh, x, res, coef, y);
+    bn_apply(impl, b, sh, x, res, coef, y, b->pool_idx);
 }
 
 static void cuda_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *x, const void *res,
@@ -522,7 +669,7 @@ static void cuda_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *x, 
     const kb_bn_shape sh = shape_of(impl, &one);
     kb_bn_coef *coef;
     bn_coef(impl, 0, sh, args_of(b), NULL, 0.0, &coef);
-    bn_apply(impl, &one, sh, x, res, coef, y);
+    bn_apply(impl, &one, sh, x, res, coef, y, NULL); /* no backward follows */
 }
 
 static void cuda_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *x, const void *y,
@@ -534,6 +681,7 @@ static void cuda_bn_backward_reduce(kb_backend *be, const kb_bn *b, const void *
     ar.out = red;
     ar.dgamma = dgamma;
     ar.dbeta = dbeta;
+    KB_CUDA_CHECK(!sh.pool.k || (!y && b->pool_idx));
     kb_bn_coef *coef;
     bn_reduce(impl, BN_RED, sh, ar, x, y, dy, &coef);
 }
@@ -547,6 +695,7 @@ static void cuda_bn_backward(kb_backend *be, const kb_bn *b, const void *x, cons
     kb_bn_args ar = args_of(b);
     ar.dgamma = dgamma;
     ar.dbeta = dbeta;
+    KB_CUDA_CHECK(!sh.pool.k || (!y && !dres && b->pool_idx));
     kb_bn_coef *coef;
     if (red)
         bn_coef(impl, 1, sh, ar, red, 0.0, &coef);
@@ -554,7 +703,8 @@ static void cuda_bn_backward(kb_backend *be, const kb_bn *b, const void *x, cons
         bn_reduce(impl, BN_BWD, sh, ar, x, y, dy, &coef);
     const int vec = !b->rows;
     /* x, dy (and y) in; dx (and dres) out */
-    KB_CUDA_BYTES(pass_bytes(sh) * (3 + (sh.relu && y) + (dres != NULL)) + 36.0 * sh.G * sh.C);
+    KB_CUDA_BYTES(pass_bytes(sh) * (2 + (sh.relu && y) + (dres != NULL)) + dy_bytes(sh) +
+                  36.0 * sh.G * sh.C);
     kb_bn_dx_kernel<<<apply_blocks(impl, sh, vec), BN_THREADS, 0, impl->stream>>>(
         sh, vec, x, y, dy, coef, dx, dres);
     KB_CUDA_LAUNCHED();

@@ -1,13 +1,9 @@
-/* ReLU on rows, pooling of feature maps (own kernels) and linear layers
+/* ReLU on rows, average pooling of feature maps (own kernels) and linear layers
  * (cuBLAS).
  *
- * Pooling reads and writes feature maps (NHWC in the math's type, channels
- * padded: cuda.h); a max pool's winner is its element's index in its (H,
- * W) plane, as the CPU's, stored in (N, P, Q, C) order: as many as y has
- * elements, the contract's size (no winners for the padding channels). Backward gathers
- * instead of scattering: each input element sums the gradients of the
- * windows that picked it, in the order the CPU backend adds them
- * (row-major over windows), so no atomics.
+ * Average pooling reads feature maps (NHWC in the math's type, channels
+ * padded: cuda.h) into fp32 rows and back; the stem's max pool is the batch
+ * norm's (norm.cu).
  *
  * Linear layers in BF16 mode: x and dy (fp32 rows) are cast to bf16 in
  * scratch, the weight read from its mirror (or cast too, without one), and
@@ -32,85 +28,6 @@ __global__ void kb_relu_bwd_kernel(const float *y, const float *dy, float *dx, s
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-}
-
-/* One thread per output element (n, p, q, c); the CPU's rules: only
- * in-bounds elements compete, the first maximum in row-major order wins, a
- * NaN wins. Padding channels are zeros in, zeros out; their winners are
- * not stored: idx is (N, P, Q, C), as many as y has elements. */
-__global__ void kb_maxpool_fwd_kernel(const void *x, int bf16, long N, int H, int W, int C,
-                                      int Cp, int k, int stride, int pad, int P, int Q, void *y,
-                                      int32_t *idx)
-{
-    const size_t total = (size_t)N * P * Q * Cp;
-    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
-         o += (size_t)gridDim.x * blockDim.x) {
-        const int c = (int)(o % Cp);
-        const size_t pix = o / Cp, n = pix / ((size_t)P * Q);
-        const int r = (int)(pix - n * P * Q), p = r / Q, q = r - p * Q;
-        const size_t base = n * H * W;
-        int h0 = p * stride - pad, w0 = q * stride - pad;
-        int hs = h0 < 0 ? 0 : h0, he = h0 + k > H ? H : h0 + k;
-        int ws = w0 < 0 ? 0 : w0, we = w0 + k > W ? W : w0 + k;
-        float best = -INFINITY;
-        int32_t bi = hs * W + ws;
-        bool nan = false;
-        for (int h = hs; h < he && !nan; h++)
-            for (int w = ws; w < we; w++) {
-                float v = kb_elem(x, (base + (size_t)h * W + w) * Cp + c, bf16);
-                if (v != v) { /* first NaN wins */
-                    best = v;
-                    bi = h * W + w;
-                    nan = true;
-                    break;
-                }
-                if (v > best) {
-                    best = v;
-                    bi = h * W + w;
-                }
-            }
-        kb_elem_set(y, o, best, bf16);
-        if (idx && c < C)
-            idx[pix * C + c] = bi;
-    }
-}
-
-/* One thread per input element (n, h, w, c): windows (p, q) that contain
- * (h, w) are p in [ceil((h + pad - k + 1) / stride), floor((h + pad) /
- * stride)]; k = 0: window unknown, scan them all (a window whose max lies
- * elsewhere never matches, so extra candidates change nothing). */
-__global__ void kb_maxpool_bwd_kernel(const void *dy, int bf16, const int32_t *idx, long N, int H,
-                                      int W, int C, int Cp, int P, int Q, int k, int stride,
-                                      int pad, void *dx)
-{
-    const size_t total = (size_t)N * H * W * Cp;
-    for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < total;
-         o += (size_t)gridDim.x * blockDim.x) {
-        const int c = (int)(o % Cp);
-        if (c >= C) { /* padding */
-            kb_elem_set(dx, o, 0.0f, bf16);
-            continue;
-        }
-        const size_t pix = o / Cp, n = pix / ((size_t)H * W);
-        const int r = (int)(pix - n * H * W), h = r / W, w = r - h * W;
-        int p0 = 0, q0 = 0, p1 = P - 1, q1 = Q - 1;
-        if (k > 0) {
-            int ph = h + pad - k + 1, pw = w + pad - k + 1;
-            p0 = ph <= 0 ? 0 : (ph + stride - 1) / stride;
-            q0 = pw <= 0 ? 0 : (pw + stride - 1) / stride;
-            p1 = min((h + pad) / stride, P - 1);
-            q1 = min((w + pad) / stride, Q - 1);
-        }
-        const size_t base = n * P * Q;
-        float s = 0.0f;
-        for (int p = p0; p <= p1; p++)
-            for (int q = q0; q <= q1; q++) {
-                const size_t j = base + (size_t)p * Q + q;
-                if (idx[j * C + c] == r)
-                    s += kb_elem(dy, j * Cp + c, bf16);
-            }
-        kb_elem_set(dx, o, s, bf16);
-    }
 }
 
 /* One thread per (n, c): the mean over the pixels, in double; y fp32 rows
@@ -186,73 +103,6 @@ static void cuda_relu_backward(kb_backend *be, const float *y, const float *dy, 
     KB_CUDA_BYTES(12 * n); /* y, dy read, dx written */
     kb_relu_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0, impl->stream>>>(
         y, dy, dx, n);
-    KB_CUDA_LAUNCHED();
-}
-
-static void cuda_maxpool_forward(kb_backend *be, const void *x /* (N,C,H,W) */, int N, int C,
-                                 int H, int W, int k, int stride, int pad,
-                                 void *y /* (N,C,P,Q) */, int32_t *idx /* or NULL */)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    const int P = (H + 2 * pad - k) / stride + 1;
-    const int Q = (W + 2 * pad - k) / stride + 1;
-    const int Cp = kb_cuda_cpad(impl, C), es = kb_cuda_esize(impl);
-    const size_t n = (size_t)N * P * Q * Cp;
-    if (!n)
-        return;
-    /* x read (each element by the windows holding it: ~once from L2), y and idx written */
-    KB_CUDA_BYTES((size_t)es * N * H * W * Cp + es * n + (idx ? 4 * (size_t)N * P * Q * C : 0));
-    kb_maxpool_fwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
-                            impl->stream>>>(x, es == 2, N, H, W, C, Cp, k, stride, pad, P, Q, y,
-                                            idx);
-    KB_CUDA_LAUNCHED();
-    if (!idx)
-        return;
-    const int nm = (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]);
-    int slot = -1;
-    for (int i = 0; i < nm && slot < 0; i++)
-        if (impl->pool_memo[i].idx == idx)
-            slot = i;
-    if (slot < 0) {
-        slot = impl->pool_memo_next;
-        impl->pool_memo_next = (slot + 1) % nm;
-    }
-    impl->pool_memo[slot].idx = idx;
-    impl->pool_memo[slot].H = H;
-    impl->pool_memo[slot].W = W;
-    impl->pool_memo[slot].P = P;
-    impl->pool_memo[slot].Q = Q;
-    impl->pool_memo[slot].k = k;
-    impl->pool_memo[slot].stride = stride;
-    impl->pool_memo[slot].pad = pad;
-}
-
-static void cuda_maxpool_backward(kb_backend *be, const void *dy /* (N,C,P,Q) */,
-                                  const int32_t *idx, int N, int C, int H, int W, int P, int Q,
-                                  void *dx /* (N,C,H,W) */)
-{
-    kb_cuda *impl = kb_cuda_enter(be);
-    const int Cp = kb_cuda_cpad(impl, C), es = kb_cuda_esize(impl);
-    size_t n = (size_t)N * H * W * Cp;
-    if (!n)
-        return;
-    /* The window forward recorded for this idx buffer; unknown (idx filled
-     * elsewhere): k = 0, every window is a candidate (correct, slower). */
-    int k = 0, stride = 1, pad = 0;
-    for (int i = 0; i < (int)(sizeof impl->pool_memo / sizeof impl->pool_memo[0]); i++)
-        if (impl->pool_memo[i].idx == idx && impl->pool_memo[i].H == H &&
-            impl->pool_memo[i].W == W && impl->pool_memo[i].P == P &&
-            impl->pool_memo[i].Q == Q) {
-            k = impl->pool_memo[i].k;
-            stride = impl->pool_memo[i].stride;
-            pad = impl->pool_memo[i].pad;
-            break;
-        }
-    const size_t np = (size_t)N * P * Q * Cp;
-    KB_CUDA_BYTES(es * np + 4 * (size_t)N * P * Q * C + es * n); /* dy, idx read, dx written */
-    kb_maxpool_bwd_kernel<<<kb_cuda_blocks(impl, n, OPS_THREADS), OPS_THREADS, 0,
-                            impl->stream>>>(dy, es == 2, idx, N, H, W, C, Cp, P, Q, k, stride,
-                                            pad, dx);
     KB_CUDA_LAUNCHED();
 }
 
@@ -389,8 +239,6 @@ void kb_cuda_ops_init(kb_backend *be)
 {
     be->relu_forward = cuda_relu_forward;
     be->relu_backward = cuda_relu_backward;
-    be->maxpool_forward = cuda_maxpool_forward;
-    be->maxpool_backward = cuda_maxpool_backward;
     be->avgpool_forward = cuda_avgpool_forward;
     be->avgpool_backward = cuda_avgpool_backward;
     be->linear_forward = cuda_linear_forward;

@@ -136,6 +136,17 @@ static int32_t win_index(const kb_bn *b, const pool_tmp *t, int p, int q, int of
     return h * t->W + w;
 }
 
+/* Where the batch norm writes: y, or with a pool the full-size map in
+ * t (no residual then). */
+static float *bn_target(kb_cpu *impl, const kb_bn *b, const float *res, pool_tmp *t, void *y)
+{
+    if (!b->pool)
+        return y;
+    KB_CPU_CHECK(!res);
+    pool_tmp_get(impl, b, t);
+    return t->full;
+}
+
 /* y (N,C,P,Q) = max pool of t->full; the winners into b->pool_idx. */
 static void pool_forward(kb_cpu *impl, const kb_bn *b, pool_tmp *t, float *y)
 {
@@ -193,11 +204,7 @@ static void cpu_bn_forward(kb_backend *be, const kb_bn *b, const void *xv, const
     kb_cpu *impl = kb_cpu_of(be);
     const float *x = xv, *res = resv;
     pool_tmp t;
-    if (b->pool) {
-        KB_CPU_CHECK(!res);
-        pool_tmp_get(impl, b, &t);
-    }
-    float *y = b->pool ? t.full : yv;
+    float *y = bn_target(impl, b, res, &t, yv);
     const int nt = impl->threads, C = b->C;
     /* group after group: the running statistics move as after separate batches */
     for (int g = 0; g < b->groups; g++) {
@@ -234,11 +241,7 @@ static void cpu_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *xv, 
     kb_cpu *impl = kb_cpu_of(be);
     const float *x = xv, *res = resv;
     pool_tmp t;
-    if (b->pool) {
-        KB_CPU_CHECK(!res);
-        pool_tmp_get(impl, b, &t);
-    }
-    float *y = b->pool ? t.full : yv;
+    float *y = bn_target(impl, b, res, &t, yv);
     const int nt = impl->threads;
     const bn_group G = {b, 0, b->N, (double)b->N * b->HW}; /* one group: the whole batch */
 #pragma omp parallel for num_threads(nt) schedule(static) BN_PAR(b)
@@ -254,17 +257,6 @@ static void cpu_bn_forward_eval(kb_backend *be, const kb_bn *b, const void *xv, 
         nb.pool_idx = NULL; /* no backward of an eval pass */
         pool_forward(impl, &nb, &t, yv);
     }
-}
-
-/* The gradient through the ReLU: dy where the output was positive -- y,
- * or with y NULL (no residual) a x + b. */
-static inline float masked(const kb_bn *b, const float *y, const float *dy, const float *x,
-                           float a, float sh, size_t i)
-{
-    if (!b->relu)
-        return dy[i];
-    const int on = y ? y[i] > 0.0f : a * x[i] + sh > 0.0f;
-    return on ? dy[i] : 0.0f;
 }
 
 /* Sums of g and g*x over channel c of the group, in double (float
@@ -296,23 +288,52 @@ static void channel_grad_sums(const bn_group *G, const float *x, const float *y,
     *sdx = t;
 }
 
-/* dx = k (g - mdy - xhat mdyx) over channel c of the group, in float per
- * element; dres = g. */
+/* One plane's dx = k (g - mdy - xhat mdyx), in float per element, and
+ * dres = g, with g the gradient through the ReLU: dy (mode 0, no ReLU),
+ * dy where y > 0 (mode 1), or dy where a x + b > 0 (mode 2: the mask made
+ * again from x). Called with constant mode and dres-or-not, so that each
+ * variant is a plain loop the compiler vectorizes. */
+typedef struct dx_coef {
+    float a, sh, k, mdy, mdyx, fm, fi;
+} dx_coef;
+
+static inline __attribute__((always_inline)) void
+plane_dx(int mode, int with_dres, const dx_coef *q, const float *x, const float *y,
+         const float *dy, float *dx, float *dres, int HW)
+{
+    const float a = q->a, sh = q->sh, k = q->k, mdy = q->mdy, mdyx = q->mdyx, fm = q->fm,
+                fi = q->fi;
+    for (int i = 0; i < HW; i++) {
+        const float gv = mode == 0   ? dy[i]
+                         : mode == 1 ? kb_cpu_keep(dy[i], y[i] > 0.0f)
+                                     : kb_cpu_keep(dy[i], a * x[i] + sh > 0.0f);
+        const float xh = (x[i] - fm) * fi;
+        dx[i] = k * (gv - mdy - xh * mdyx);
+        if (with_dres)
+            dres[i] = gv;
+    }
+}
+
+/* plane_dx over channel c of the group. */
 static void channel_dx(const bn_group *G, const float *x, const float *y, const float *dy,
                        int c, float k, float mdy, float mdyx, float fm, float fi, float *dx,
                        float *dres)
 {
     const kb_bn *b = G->b;
-    float a, sh;
-    train_coef(b, c, fm, fi, &a, &sh);
+    dx_coef q = {.k = k, .mdy = mdy, .mdyx = mdyx, .fm = fm, .fi = fi};
+    train_coef(b, c, fm, fi, &q.a, &q.sh);
+    const int mode = !b->relu ? 0 : y ? 1 : 2, HW = b->HW;
     for (int n = 0; n < G->Ng; n++) {
         const size_t o = plane(G, n, c);
-        for (int i = 0; i < b->HW; i++) {
-            float gv = masked(b, y, dy, x, a, sh, o + i);
-            float xh = (x[o + i] - fm) * fi;
-            dx[o + i] = k * (gv - mdy - xh * mdyx);
-            if (dres)
-                dres[o + i] = gv;
+        const float *xp = x + o, *yp = y ? y + o : NULL, *dp = dy + o;
+        float *dxp = dx + o, *drp = dres ? dres + o : NULL;
+        switch (mode * 2 + (dres != NULL)) {
+        case 0: plane_dx(0, 0, &q, xp, yp, dp, dxp, drp, HW); break;
+        case 1: plane_dx(0, 1, &q, xp, yp, dp, dxp, drp, HW); break;
+        case 2: plane_dx(1, 0, &q, xp, yp, dp, dxp, drp, HW); break;
+        case 3: plane_dx(1, 1, &q, xp, yp, dp, dxp, drp, HW); break;
+        case 4: plane_dx(2, 0, &q, xp, yp, dp, dxp, drp, HW); break;
+        default: plane_dx(2, 1, &q, xp, yp, dp, dxp, drp, HW); break;
         }
     }
 }

@@ -70,6 +70,19 @@ static __device__ __forceinline__ long mirror_index(const region &r, long j)
     return r.moff + (k * r.RS + rs) * r.Cp + c;
 }
 
+/* Element i's Adam step, its gradient zeroed; returns the new weight. */
+static __device__ __forceinline__ float adam_step(const kb_adam_consts *k, float *p, float *g,
+                                                  float *m, float *v, long i)
+{
+    float pi = p[i], mi = m[i], vi = v[i];
+    kb_adam_elem(k, &pi, g[i], &mi, &vi);
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+    g[i] = 0.0f;
+    return pi;
+}
+
 __global__ void kb_update_kernel(float *p, float *g, float *m, float *v, long n,
                                  const kb_adam_consts *kp, float *xi, long nt,
                                  const float *tau_omt, const region *regs, int nreg,
@@ -88,12 +101,7 @@ __global__ void kb_update_kernel(float *p, float *g, float *m, float *v, long n,
     const long j0 = (blockIdx.x - r.block0) * (long)UPDATE_PER_BLOCK;
     for (long j = j0 + threadIdx.x; j < j0 + UPDATE_PER_BLOCK && j < r.n; j += blockDim.x) {
         const long i = r.start + j;
-        float pi = p[i], mi = m[i], vi = v[i];
-        kb_adam_elem(&k, &pi, g[i], &mi, &vi);
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
-        g[i] = 0.0f;
+        const float pi = adam_step(&k, p, g, m, v, i);
         float ti = 0.0f;
         if (i < nt) {
             ti = kb_ema_elem(xi[i], pi, tau, omt);
@@ -117,12 +125,7 @@ __global__ void kb_update_plain_kernel(float *p, float *g, float *m, float *v, s
     const float tau = xi ? tau_omt[0] : 0.0f, omt = xi ? tau_omt[1] : 0.0f;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float pi = p[i], mi = m[i], vi = v[i];
-        kb_adam_elem(&k, &pi, g[i], &mi, &vi);
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
-        g[i] = 0.0f;
+        const float pi = adam_step(&k, p, g, m, v, i);
         if (i < nt)
             xi[i] = kb_ema_elem(xi[i], pi, tau, omt);
     }

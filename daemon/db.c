@@ -7,7 +7,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "daemon/rd.h"
+#include "daemon/base.h"
+#include "daemon/db.h"
 
 static const char *schema =
     "CREATE TABLE IF NOT EXISTS grids("
@@ -52,7 +53,7 @@ static const char *schema =
 /* The schema, the columns added since, and the requeue of the jobs a
  * previous daemon left running, in one transaction: all or none. SQLite's
  * result code (err says what failed). */
-static int db_init(rd_daemon *d, char *err, size_t errlen)
+static int db_init(rd_store *d, char *err, size_t errlen)
 {
     char *msg = NULL;
     int rc = sqlite3_exec(d->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL,
@@ -86,18 +87,18 @@ static int db_init(rd_daemon *d, char *err, size_t errlen)
     if (rc == SQLITE_OK)
         return SQLITE_OK;
 fail:
-    snprintf(err, errlen, "%s: %s", d->db_path, msg ? msg : sqlite3_errmsg(d->db));
+    snprintf(err, errlen, "%s: %s", d->path, msg ? msg : sqlite3_errmsg(d->db));
     sqlite3_free(msg);
     if (!sqlite3_get_autocommit(d->db))
         sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
     return rc;
 }
 
-int rd_db_open(rd_daemon *d, char *err, size_t errlen)
+int rd_db_open(rd_store *d, char *err, size_t errlen)
 {
-    if (sqlite3_open_v2(d->db_path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+    if (sqlite3_open_v2(d->path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s", d->db_path, d->db ? sqlite3_errmsg(d->db) : "cannot open");
+        snprintf(err, errlen, "%s: %s", d->path, d->db ? sqlite3_errmsg(d->db) : "cannot open");
         return -1;
     }
     sqlite3_busy_timeout(d->db, RD_DB_BUSY_MS);
@@ -110,7 +111,7 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
         int rc = db_init(d, err, errlen);
         if (rc == SQLITE_OK) {
             if (said)
-                rd_log("%s takes writes again after %.0f s; starting", d->db_path,
+                rd_log("%s takes writes again after %.0f s; starting", d->path,
                        rd_mono() - t0);
             return 0;
         }
@@ -130,14 +131,14 @@ int rd_db_open(rd_daemon *d, char *err, size_t errlen)
     }
 }
 
-void rd_db_close(rd_daemon *d)
+void rd_db_close(rd_store *d)
 {
     if (d->db)
         sqlite3_close_v2(d->db);
     d->db = NULL;
 }
 
-int rd_db_exec(rd_daemon *d, const char *sql)
+int rd_db_exec(rd_store *d, const char *sql)
 {
     char *msg = NULL;
     if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
@@ -169,9 +170,9 @@ static int storage_error(int rc)
     return 0;
 }
 
-int rd_db_down(const rd_daemon *d) { return d->backlog.n > 0; }
+int rd_db_down(const rd_store *d) { return d->backlog.n > 0; }
 
-static int backlog_push(rd_daemon *d, sqlite3_stmt *st, int droppable)
+static int backlog_push(rd_store *d, sqlite3_stmt *st, int droppable)
 {
     rd_db_backlog *b = &d->backlog;
     sqlite3_reset(st); /* bindings stay: stepped again as it is */
@@ -199,7 +200,7 @@ static int backlog_push(rd_daemon *d, sqlite3_stmt *st, int droppable)
     return 0;
 }
 
-int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable)
+int rd_db_write(rd_store *d, sqlite3_stmt *st, int droppable)
 {
     rd_db_backlog *b = &d->backlog;
     if (b->n) /* after the writes that wait, never before them */
@@ -219,17 +220,16 @@ int rd_db_write(rd_daemon *d, sqlite3_stmt *st, int droppable)
     b->last_try = rd_mono();
     b->dropped = 0;
     rd_log("sqlite: %s cannot be written (%s): writes wait, no job starts, and submit, requeue, "
-           "priority and rm are refused until it can; retried every %.0f s", d->db_path, b->why,
+           "priority and rm are refused until it can; retried every %.0f s", d->path, b->why,
            RD_BACKLOG_RETRY_S);
     int kept = backlog_push(d, st, droppable);
     char msg[1024];
     rd_db_down_msg(d, msg, sizeof msg);
-    rd_watch_daemon(d, msg);
-    rd_notify_daemon(d, "db_down", msg);
+    rd_emit_daemon_news(d->ev, "db_down", msg);
     return kept;
 }
 
-void rd_db_backlog_free(rd_daemon *d)
+void rd_db_backlog_free(rd_store *d)
 {
     rd_db_backlog *b = &d->backlog;
     for (size_t i = 0; i < b->n; i++)
@@ -242,7 +242,13 @@ void rd_db_backlog_free(rd_daemon *d)
     b->njobs = b->capjobs = 0;
 }
 
-int rd_db_retry(rd_daemon *d)
+int rd_db_retry_now(rd_store *d)
+{
+    d->backlog.last_try = -1e9;
+    return rd_db_retry(d);
+}
+
+int rd_db_retry(rd_store *d)
 {
     rd_db_backlog *b = &d->backlog;
     if (!b->n || rd_mono() - b->last_try < RD_BACKLOG_RETRY_S)
@@ -288,16 +294,15 @@ int rd_db_retry(rd_daemon *d)
         snprintf(ev + strlen(ev), sizeof ev - strlen(ev), ": %lld", dropped);
     rd_log("%s", ev);
     rd_db_event(d, 0, "daemon", ev);
-    rd_watch_daemon(d, ev);
-    rd_notify_daemon(d, "db_up", ev);
+    rd_emit_daemon_news(d->ev, "db_up", ev);
     /* the watchers of the jobs that moved meanwhile: now the rows say so */
     for (size_t i = 0; i < njobs; i++)
-        rd_watch_job_state(d, jobs[i], "recorded once the database took writes again");
+        rd_emit_job_state(d->ev, jobs[i], "recorded once the database took writes again");
     free(jobs);
     return 1;
 }
 
-void rd_db_backlog_job(rd_daemon *d, int64_t job)
+void rd_db_backlog_job(rd_store *d, int64_t job)
 {
     rd_db_backlog *b = &d->backlog;
     for (size_t i = 0; i < b->njobs; i++)
@@ -314,7 +319,7 @@ void rd_db_backlog_job(rd_daemon *d, int64_t job)
     b->jobs[b->njobs++] = job;
 }
 
-void rd_db_down_msg(const rd_daemon *d, char *out, size_t len)
+void rd_db_down_msg(const rd_store *d, char *out, size_t len)
 {
     const rd_db_backlog *b = &d->backlog;
     time_t t = (time_t)b->since;
@@ -324,10 +329,10 @@ void rd_db_down_msg(const rd_daemon *d, char *out, size_t len)
         strftime(when, sizeof when, "%H:%M:%S", &tm);
     snprintf(out, len, "runawayd cannot write its database %s (%s) since %s; %zu writes wait for "
              "it, no job starts, running jobs go on; free space (or fix the file system) and "
-             "it resumes within %.0f s", d->db_path, b->why, when, b->n, RD_BACKLOG_RETRY_S);
+             "it resumes within %.0f s", d->path, b->why, when, b->n, RD_BACKLOG_RETRY_S);
 }
 
-sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql)
+sqlite3_stmt *rd_db_prep(rd_store *d, const char *sql)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(d->db, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -337,7 +342,7 @@ sqlite3_stmt *rd_db_prep(rd_daemon *d, const char *sql)
     return st;
 }
 
-int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt)
+int64_t rd_db_int(rd_store *d, const char *sql, int64_t arg, int64_t dflt)
 {
     sqlite3_stmt *st = rd_db_prep(d, sql);
     if (!st)
@@ -351,7 +356,7 @@ int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt)
     return v;
 }
 
-int64_t rd_db_next_id(rd_daemon *d, const char *table)
+int64_t rd_db_next_id(rd_store *d, const char *table)
 {
     /* past the mark and past every row: a row inserted by another program
      * (sqlite3 by hand) is not collided with */
@@ -370,7 +375,7 @@ int64_t rd_db_next_id(rd_daemon *d, const char *table)
     return id;
 }
 
-void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
+void rd_db_event(rd_store *d, int64_t job, const char *kind, const char *text)
 {
     sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO events(t, job_id, kind, text) VALUES(?,?,?,?)");
     if (!st)
@@ -385,5 +390,5 @@ void rd_db_event(rd_daemon *d, int64_t job, const char *kind, const char *text)
     sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
     rd_db_write(d, st, 1);
     if (job > 0)
-        rd_watch_job_log(d, job, t, kind, text);
+        rd_emit_job_log(d->ev, job, t, kind, text);
 }

@@ -1,50 +1,23 @@
 /* runawayd: the coordinator. Runs in the foreground (`runaway daemon start`
- * detaches it); one per state directory, enforced with a lock file. */
+ * detaches it); one per state directory, enforced with a lock file. This
+ * file: its options, the state folder and its lock, signals, and the loop
+ * from start to stop; daemon.h lists the parts. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/rd.h"
+#include "daemon/handlers.h"
 
 static rd_daemon the_daemon;
-
-double rd_now(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + tv.tv_usec * 1e-6;
-}
-
-double rd_mono(void)
-{
-    return (double)uv_hrtime() * 1e-9;
-}
-
-void rd_log(const char *fmt, ...)
-{
-    char ts[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    localtime_r(&t, &tm);
-    strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", &tm);
-    fprintf(stderr, "%s runawayd: ", ts);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-}
+static uv_signal_t sigterm_h, sigint_h;
 
 static void usage(FILE *f)
 {
@@ -75,31 +48,6 @@ static void usage(FILE *f)
             "                         (and takes them again); RUNAWAY_EVENT (grid_end,\n"
             "                         job_failed, db_down, db_up), RUNAWAY_GRID, ... say\n"
             "                         what (README)\n");
-}
-
-int rd_default_state_dir(char *out, size_t len)
-{
-    const char *x = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
-    if (x && x[0] == '/')
-        return snprintf(out, len, "%s/runaway", x) < (int)len ? 0 : -1;
-    if (home && home[0])
-        return snprintf(out, len, "%s/.local/state/runaway", home) < (int)len ? 0 : -1;
-    return -1;
-}
-
-int rd_mkdir_p(const char *path, mode_t mode)
-{
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    }
-    return mkdir(tmp, mode) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 /* runaway-worker next to our own executable, or in the build tree's worker/. */
@@ -139,47 +87,10 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-/* Called whenever a worker process or connection goes away: once shutdown
- * has begun and every worker process is gone, stop the loop. */
-void rd_shutdown_check(rd_daemon *d)
-{
-    if (!d->shutting_down || rd_workers_alive(d) > 0)
-        return;
-    if (d->shutting_down == 1) {
-        d->shutting_down = 2;
-        rd_log("all workers stopped");
-        uv_stop(d->loop);
-    }
-}
-
-void rd_shutdown_begin(rd_daemon *d)
-{
-    if (d->shutting_down)
-        return;
-    d->shutting_down = 1;
-    d->shutdown_started = rd_mono();
-    rd_log("shutting down: asking workers to checkpoint and stop");
-    rd_db_event(d, 0, "daemon", "shutdown requested");
-    uv_close((uv_handle_t *)&d->unix_srv, NULL); /* no new connections */
-    unlink(d->sock_path);
-    if (d->tcp_on)
-        uv_close((uv_handle_t *)&d->tcp_srv, NULL);
-    rd_workers_stop_all(d);
-    rd_sphere_stop_all(d);
-    rd_shutdown_check(d);
-}
-
 static void signal_cb(uv_signal_t *s, int signum)
 {
     rd_log("signal %d", signum);
     rd_shutdown_begin(s->data);
-}
-
-static void tick_cb(uv_timer_t *t)
-{
-    rd_tick(t->data);
-    rd_conns_tick(t->data);
-    rd_sphere_tick(t->data);
 }
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -218,7 +129,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--tensorboard") && v)
             tb = v;
         else if (!strcmp(a, "--notify") && v)
-            d->notify_cmd = (char *)v;
+            d->notify.cmd = v;
         else if (!strcmp(a, "--cpu-slots"))
             rc = parse_num(a, v, 1, 64, &cpu_slots);
         else if (!strcmp(a, "--gpus"))
@@ -275,118 +186,109 @@ int main(int argc, char **argv)
     }
     if (ftruncate(lfd, 0) == 0)
         dprintf(lfd, "%d\n", (int)getpid());
-    snprintf(d->sock_path, sizeof d->sock_path, "%s/runawayd.sock", d->state_dir);
-    snprintf(d->db_path, sizeof d->db_path, "%s/runaway.db", d->state_dir);
     if (token_file)
-        snprintf(d->token_path, sizeof d->token_path, "%s", token_file);
+        snprintf(d->net.token_path, sizeof d->net.token_path, "%s", token_file);
     else
-        snprintf(d->token_path, sizeof d->token_path, "%s/token", d->state_dir);
+        snprintf(d->net.token_path, sizeof d->net.token_path, "%s/token", d->state_dir);
     /* absolute: the CLI that prints it may run in another folder */
     char cwd[PATH_MAX] = ".";
     int tbn = 0;
+    char *tbd = d->tb.dir;
     if (!tb)
-        tbn = snprintf(d->tb_dir, sizeof d->tb_dir, "%s/tensorboard", d->state_dir);
+        tbn = snprintf(tbd, sizeof d->tb.dir, "%s/tensorboard", d->state_dir);
     else if (!strcmp(tb, "none"))
-        d->tb_dir[0] = '\0';
+        tbd[0] = '\0';
     else if (tb[0] == '/' || !getcwd(cwd, sizeof cwd))
-        tbn = snprintf(d->tb_dir, sizeof d->tb_dir, "%s", tb);
+        tbn = snprintf(tbd, sizeof d->tb.dir, "%s", tb);
     else
-        tbn = snprintf(d->tb_dir, sizeof d->tb_dir, "%s/%s", cwd, tb);
+        tbn = snprintf(tbd, sizeof d->tb.dir, "%s/%s", cwd, tb);
     if (tbn < 0 || tbn > PATH_MAX - 512) { /* room for the run folders and file names */
         fprintf(stderr, "runawayd: --tensorboard %s: path too long\n", tb ? tb : d->state_dir);
         return 2;
     }
+    rd_pool *p = &d->pool;
     if (worker)
-        snprintf(d->worker_path, sizeof d->worker_path, "%s", worker);
+        snprintf(p->worker_path, sizeof p->worker_path, "%s", worker);
     else
-        find_worker(d->worker_path, sizeof d->worker_path);
-    d->gpus = gpus >= 0 ? (int)gpus : count_gpus();
-    d->slots_per_gpu = (int)spg;
-    d->cpu_slots = cpu_slots > 0 ? (int)cpu_slots : (int)(ncores / 2 > 1 ? ncores / 2 : 1);
-    int nslots = d->gpus > 0 ? d->gpus * d->slots_per_gpu : d->cpu_slots;
-    d->threads_per_worker = threads > 0 ? (int)threads
-                            : d->gpus > 0 ? 2
+        find_worker(p->worker_path, sizeof p->worker_path);
+    p->gpus = gpus >= 0 ? (int)gpus : count_gpus();
+    p->slots_per_gpu = (int)spg;
+    p->cpu_slots = cpu_slots > 0 ? (int)cpu_slots : (int)(ncores / 2 > 1 ? ncores / 2 : 1);
+    int nslots = p->gpus > 0 ? p->gpus * p->slots_per_gpu : p->cpu_slots;
+    p->threads_per_worker = threads > 0 ? (int)threads
+                            : p->gpus > 0 ? 2
                                           : (int)(ncores / nslots > 1 ? ncores / nslots : 1);
-    d->heartbeat_s = hb;
-    d->heartbeat_timeout_s = hbt;
-    d->stall_timeout_s = stall;
-    d->max_retries = (int)retries;
-    d->shutdown_timeout_s = sdt;
+    p->heartbeat_s = hb;
+    p->heartbeat_timeout_s = hbt;
+    p->stall_timeout_s = stall;
+    d->jobs.max_retries = (int)retries;
+    d->life.shutdown_timeout_s = sdt;
     signal(SIGPIPE, SIG_IGN);
 
     char err[1024];
     d->loop = uv_default_loop();
-    if (rd_db_open(d, err, sizeof err) != 0) {
+    rd_daemon_wire(d);
+    d->net.h.client_request = rd_handle_client;
+    if (rd_db_open(&d->store, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
-    rd_sphere_clear_stale(d);
-    if (rd_server_listen(d, tcp, err, sizeof err) != 0) {
+    rd_sphere_clear_stale(&d->spheres);
+    if (rd_net_listen(&d->net, tcp, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
-    uv_signal_init(d->loop, &d->sigterm);
-    uv_signal_init(d->loop, &d->sigint);
-    d->sigterm.data = d->sigint.data = d;
-    uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
-    uv_signal_start(&d->sigint, signal_cb, SIGINT);
-    uv_timer_init(d->loop, &d->tick);
-    d->tick.data = d;
-    double period = d->heartbeat_s < 1 ? d->heartbeat_s : 1;
-    d->last_tick = rd_mono();
-    uv_timer_start(&d->tick, tick_cb, (uint64_t)(period * 1000), (uint64_t)(period * 1000));
-    if (rd_workers_start(d, err, sizeof err) != 0) {
+    uv_signal_init(d->loop, &sigterm_h);
+    uv_signal_init(d->loop, &sigint_h);
+    sigterm_h.data = sigint_h.data = d;
+    uv_signal_start(&sigterm_h, signal_cb, SIGTERM);
+    uv_signal_start(&sigint_h, signal_cb, SIGINT);
+    rd_daemon_tick_start(d);
+    if (rd_pool_start(p, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
     rd_log("pid %d, state %s, %d %s worker slot(s), %d thread(s) each, worker %s, tensorboard %s",
-           (int)getpid(), d->state_dir, d->nworkers, d->gpus > 0 ? "GPU" : "CPU",
-           d->threads_per_worker, d->worker_path, d->tb_dir[0] ? d->tb_dir : "none");
-    rd_db_event(d, 0, "daemon", "started");
-    rd_schedule(d);
+           (int)getpid(), d->state_dir, p->nworkers, p->gpus > 0 ? "GPU" : "CPU",
+           p->threads_per_worker, p->worker_path, d->tb.dir[0] ? d->tb.dir : "none");
+    rd_db_event(&d->store, 0, "daemon", "started");
+    rd_schedule(&d->jobs);
 
     uv_run(d->loop, UV_RUN_DEFAULT);
 
     /* shutdown: every worker process has exited; close what is left */
-    rd_db_event(d, 0, "daemon", "stopped");
-    for (rd_conn *c = d->conns; c; c = c->next)
+    rd_db_event(&d->store, 0, "daemon", "stopped");
+    for (rd_conn *c = d->net.conns; c; c = c->next)
         if (c->role == RD_ROLE_WORKER)
-            rd_worker_conn_lost(c);
-    rd_runs_free(d);
+            rd_wconn_lost(&d->wc, c);
+    rd_jobs_free(&d->jobs);
+    rd_watch_free(&d->watch);
     uv_walk(d->loop, close_walk_cb, NULL);
     uv_run(d->loop, UV_RUN_DEFAULT);
-    /* conns freed by their close callbacks when they were closing; the walk
-     * closed the rest with no callback: free them here */
-    rd_conn *c = d->conns;
-    while (c) {
-        rd_conn *next = c->next;
-        rw_frame_reader_free(&c->rd);
-        free(c);
-        c = next;
-    }
+    rd_net_free_conns(&d->net);
     uv_loop_close(d->loop);
     /* The writes that wait are tried each second until --shutdown-timeout
      * from the signal (another program's lock is usually gone in seconds):
      * else a restart finds the rows as they were, and the epochs reported
      * before the checkpoints the jobs resume from would have none. */
-    for (int said = 0; rd_db_down(d); said = 1) {
-        d->backlog.last_try = -1e9;
-        if (rd_db_retry(d))
+    rd_store *s = &d->store;
+    for (int said = 0; rd_db_down(s); said = 1) {
+        if (rd_db_retry_now(s))
             break;
-        double left = d->shutdown_started + d->shutdown_timeout_s - rd_mono();
-        if (!d->shutting_down || left <= 0) {
+        double left = d->life.shutdown_started + d->life.shutdown_timeout_s - rd_mono();
+        if (!d->life.shutting_down || left <= 0) {
             rd_log("stopping with %zu writes %s never took (%s): its jobs that were running "
-                   "resume from their checkpoints", d->backlog.n, d->db_path, d->backlog.why);
+                   "resume from their checkpoints", s->backlog.n, s->path, s->backlog.why);
             break;
         }
         if (!said)
             rd_log("%zu writes wait for %s (%s): trying each second, for %.0f s more",
-                   d->backlog.n, d->db_path, d->backlog.why, left);
+                   s->backlog.n, s->path, s->backlog.why, left);
         nanosleep(&(struct timespec){1, 0}, NULL);
     }
-    rd_db_backlog_free(d);
-    rd_db_close(d);
-    unlink(d->sock_path);
+    rd_db_backlog_free(s);
+    rd_db_close(s);
+    unlink(d->net.sock_path);
     unlink(lock);
     rd_log("stopped");
     return 0;

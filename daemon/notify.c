@@ -21,7 +21,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "daemon/rd.h"
+#include "daemon/base.h"
+#include "daemon/notify.h"
 #include "proto/grid.h"
 #include "proto/msg.h"
 
@@ -43,13 +44,13 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 }
 
 /* Whether `sig` was notified already; remembers it if not. */
-static int seen(rd_daemon *d, const char *sig)
+static int seen(rd_notify *d, const char *sig)
 {
     for (int i = 0; i < RD_NOTIFY_SEEN; i++)
-        if (!strcmp(d->notify_seen[i], sig))
+        if (!strcmp(d->seen[i], sig))
             return 1;
-    snprintf(d->notify_seen[d->notify_next], sizeof d->notify_seen[0], "%s", sig);
-    d->notify_next = (d->notify_next + 1) % RD_NOTIFY_SEEN;
+    snprintf(d->seen[d->next], sizeof d->seen[0], "%s", sig);
+    d->next = (d->next + 1) % RD_NOTIFY_SEEN;
     return 0;
 }
 
@@ -65,12 +66,12 @@ static void env_add(char **env, int *n, const char *name, const char *value)
     env[*n] = NULL;
 }
 
-static void spawn(rd_daemon *d, const char *what, const char *const *vars, int nvars)
+static void spawn(rd_notify *d, const char *what, const char *const *vars, int nvars)
 {
     rd_notify_slot *s = NULL;
     for (int i = 0; i < RD_NOTIFY_MAX && !s; i++)
-        if (!d->notify[i].busy)
-            s = &d->notify[i];
+        if (!d->slots[i].busy)
+            s = &d->slots[i];
     if (!s) {
         rd_log("notify: %d commands still running: %s not notified", RD_NOTIFY_MAX, what);
         return;
@@ -92,7 +93,7 @@ static void spawn(rd_daemon *d, const char *what, const char *const *vars, int n
         if (strncmp(environ[i], "RUNAWAY_", 8) != 0)
             env[n++] = environ[i];
     env[n] = NULL;
-    char *args[] = {"/bin/sh", "-c", d->notify_cmd, NULL};
+    char *args[] = {"/bin/sh", "-c", (char *)d->cmd, NULL};
     uv_stdio_container_t io[3] = {{.flags = UV_IGNORE},
                                   {.flags = UV_INHERIT_FD, .data.fd = 1},
                                   {.flags = UV_INHERIT_FD, .data.fd = 2}};
@@ -115,9 +116,9 @@ static void spawn(rd_daemon *d, const char *what, const char *const *vars, int n
     free(env);
 }
 
-static void text_col(rd_daemon *d, const char *sql, int64_t id, char *out, size_t len)
+static void text_col(rd_notify *d, const char *sql, int64_t id, char *out, size_t len)
 {
-    sqlite3_stmt *st = rd_db_prep(d, sql);
+    sqlite3_stmt *st = rd_db_prep(d->store, sql);
     out[0] = 0;
     if (!st)
         return;
@@ -127,23 +128,27 @@ static void text_col(rd_daemon *d, const char *sql, int64_t id, char *out, size_
     sqlite3_finalize(st);
 }
 
-void rd_notify_daemon(rd_daemon *d, const char *event, const char *text)
+static void on_daemon_news(void *arg, const char *event, const char *text)
 {
-    if (!d->notify_cmd)
+    rd_notify *d = arg;
+    if (!d->cmd || !event)
         return;
     const char *v[] = {"RUNAWAY_EVENT", event, "RUNAWAY_TEXT", text, "RUNAWAY_STATE_DIR",
                        d->state_dir};
     spawn(d, event, v, (int)(sizeof v / sizeof *v));
 }
 
-void rd_notify_job_state(rd_daemon *d, int64_t job)
+/* After a job's state changed: a job failed for good, its grid's end. */
+static void on_job_state(void *arg, int64_t job, const char *why)
 {
-    if (!d->notify_cmd)
+    rd_notify *d = arg;
+    (void)why;
+    if (!d->cmd)
         return;
     char state[16], jname[RW_JOB_NAME_MAX], gname[RW_NAME_MAX + 8], error[RW_LINE_MAX],
         attempts[24], finished[48];
     text_col(d, "SELECT state FROM jobs WHERE id=?", job, state, sizeof state);
-    int64_t grid = rd_db_int(d, "SELECT grid_id FROM jobs WHERE id=?", job, 0);
+    int64_t grid = rd_db_int(d->store, "SELECT grid_id FROM jobs WHERE id=?", job, 0);
     if (!grid || (strcmp(state, "done") && strcmp(state, "failed") && strcmp(state, "cancelled")))
         return;
     text_col(d, "SELECT name FROM jobs WHERE id=?", job, jname, sizeof jname);
@@ -152,13 +157,13 @@ void rd_notify_job_state(rd_daemon *d, int64_t job)
     snprintf(g, sizeof g, "g%lld", (long long)grid);
     snprintf(j, sizeof j, "j%lld", (long long)job);
     snprintf(done, sizeof done, "%lld",
-             (long long)rd_db_int(d, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND state='done'",
+             (long long)rd_db_int(d->store, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND state='done'",
                                   grid, 0));
     snprintf(failed, sizeof failed, "%lld",
-             (long long)rd_db_int(d, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND "
+             (long long)rd_db_int(d->store, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND "
                                      "state='failed'", grid, 0));
     snprintf(cancelled, sizeof cancelled, "%lld",
-             (long long)rd_db_int(d, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND "
+             (long long)rd_db_int(d->store, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND "
                                      "state='cancelled'", grid, 0));
     char sig[64], what[96];
     if (!strcmp(state, "failed")) {
@@ -174,7 +179,7 @@ void rd_notify_job_state(rd_daemon *d, int64_t job)
             spawn(d, what, v, (int)(sizeof v / sizeof *v));
         }
     }
-    if (rd_db_int(d, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND state IN ('queued', "
+    if (rd_db_int(d->store, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND state IN ('queued', "
                      "'running')", grid, 1) != 0)
         return;
     /* the grid's newest end: a requeued grid that ends again is news again */
@@ -187,4 +192,10 @@ void rd_notify_job_state(rd_daemon *d, int64_t job)
                        "RUNAWAY_DONE", done, "RUNAWAY_FAILED", failed, "RUNAWAY_CANCELLED",
                        cancelled, "RUNAWAY_STATE_DIR", d->state_dir};
     spawn(d, what, v, (int)(sizeof v / sizeof *v));
+}
+
+void rd_notify_listen(rd_notify *N, rd_events *ev)
+{
+    rd_events_on_job_state(ev, on_job_state, N);
+    rd_events_on_daemon_news(ev, on_daemon_news, N);
 }

@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/rd.h"
+#include "daemon/remove.h"
 #include "proto/msg.h"
 
 #define BUSY_NAMED 10  /* jobs named in a refusal; the rest are counted */
@@ -84,12 +84,12 @@ static int remove_tree(const char *path)
 
 /* The folders above a TensorBoard run, as they become empty, up to the
  * TensorBoard root, which stays: a removed grid leaves no gID-NAME. */
-static void remove_empty_parents(rd_daemon *d, const char *run, json_t *removed)
+static void remove_empty_parents(rd_tboard *tb, const char *run, json_t *removed)
 {
-    size_t root = strlen(d->tb_dir);
+    size_t root = strlen(tb->dir);
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s", run);
-    if (strncmp(p, d->tb_dir, root) != 0 || p[root] != '/')
+    if (strncmp(p, tb->dir, root) != 0 || p[root] != '/')
         return;
     for (char *slash; (slash = strrchr(p, '/')) && (size_t)(slash - p) > root;) {
         *slash = '\0';
@@ -126,7 +126,7 @@ static json_t *topmost(json_t *paths)
 }
 
 /* A DELETE with ?1 bound; rows deleted, or -1. */
-static int64_t delete_rows(rd_daemon *d, const char *sql, int64_t arg)
+static int64_t delete_rows(rd_store *d, const char *sql, int64_t arg)
 {
     sqlite3_stmt *st = rd_db_prep(d, sql);
     if (!st)
@@ -140,7 +140,8 @@ static int64_t delete_rows(rd_daemon *d, const char *sql, int64_t arg)
 /* One rm whose rows are gone and whose folders go on a pool thread. */
 typedef struct {
     uv_work_t req;
-    rd_daemon *d;
+    rd_net *net;
+    rd_tboard *tb;
     rd_conn *c; /* the asker, if still connected (found again by serial) */
     uint64_t serial;
     long long id;
@@ -201,14 +202,14 @@ static void after_work_cb(uv_work_t *req, int status)
         /* on the loop's thread, where TensorBoard makes its folders: a
          * folder made for another run between the two is never taken */
         if (r->tbs[i][0])
-            remove_empty_parents(r->d, r->tbs[i], tbs);
+            remove_empty_parents(r->tb, r->tbs[i], tbs);
     }
     json_object_set_new(r->reply, "runs", runs);
     json_object_set_new(r->reply, "tensorboard", topmost(tbs));
     json_object_set(r->reply, "errors", errors);
     json_object_set_new(r->reply, "errors_more", json_integer((json_int_t)errors_dropped));
     errors = NULL;
-    rd_conn *c = rd_conn_find(r->d, r->c, r->serial);
+    rd_conn *c = rd_conn_find(r->net, r->c, r->serial);
     if (c) {
         json_t *m = rw_msg_new("ok", r->id);
         json_object_update(m, r->reply);
@@ -217,10 +218,10 @@ static void after_work_cb(uv_work_t *req, int status)
     removal_free(r);
 }
 
-int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const char **code,
-              char *err, size_t errlen)
+int rd_remove(rd_jobs *J, rd_tboard *tb, rd_conn *asker, long long req_id, char kind,
+              int64_t target, const char **code, char *err, size_t errlen)
 {
-    rd_daemon *d = asker->d;
+    rd_store *d = J->store;
     char tname[32];
     snprintf(tname, sizeof tname, "%c%lld", kind, (long long)target);
     sqlite3_stmt *st = rd_db_prep(d, kind == 'g' ? "SELECT id, state, grid_id, name FROM jobs "
@@ -257,7 +258,7 @@ int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const
             snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(st, 3));
         }
         int live = !strcmp(state, "queued") || !strcmp(state, "running");
-        if (!live && !rd_job_busy(d, job))
+        if (!live && !rd_job_busy(J, job))
             continue;
         nlive += live;
         if (nbusy++ < BUSY_NAMED) {
@@ -310,15 +311,16 @@ int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const
         snprintf(err, errlen, "rm %s: nothing removed: out of memory", tname);
         return -1;
     }
-    r->d = d;
+    r->net = asker->net;
+    r->tb = tb;
     r->c = asker;
     r->serial = asker->serial;
     r->id = req_id;
     r->n = n;
     r->req.data = r;
     for (size_t i = 0; i < n; i++) {
-        snprintf(r->runs[i], sizeof r->runs[i], "%s/runs/%lld", d->state_dir, (long long)ids[i]);
-        if (rd_tb_run_dir(d, ids[i], r->tbs[i], sizeof r->tbs[i]) != 0)
+        snprintf(r->runs[i], sizeof r->runs[i], "%s/runs/%lld", J->state_dir, (long long)ids[i]);
+        if (rd_tb_run_dir(tb, ids[i], r->tbs[i], sizeof r->tbs[i]) != 0)
             r->tbs[i][0] = '\0';
     }
 
@@ -356,7 +358,7 @@ int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const
     rd_log("%s", ev);
 
     for (size_t i = 0; i < n; i++)
-        rd_job_forget(d, ids[i]); /* no TensorBoard file is written from here on */
+        rd_job_forget(J, ids[i]); /* no TensorBoard file is written from here on */
     free(ids);
     json_t *o = r->reply;
     json_object_set_new(o, "kind", json_string(kind == 'g' ? "grid" : "job"));
@@ -366,7 +368,7 @@ int rd_remove(rd_conn *asker, long long req_id, char kind, int64_t target, const
     json_object_set_new(o, "grid_removed", json_boolean(ngrids > 0));
     json_object_set_new(o, "jobs", json_integer(njobs));
     json_object_set_new(o, "metrics", json_integer(nmetrics));
-    if (uv_queue_work(d->loop, &r->req, work_cb, after_work_cb) != 0) {
+    if (uv_queue_work(asker->net->loop, &r->req, work_cb, after_work_cb) != 0) {
         /* cannot happen with a live loop; the rows are gone, so do it here */
         work_cb(&r->req);
         after_work_cb(&r->req, 0);

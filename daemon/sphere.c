@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/rd.h"
+#include "daemon/sphere.h"
 #include "proto/msg.h"
 
 #define DATA_MAX (512u << 10) /* the file is a few KB; far past that it is not ours */
@@ -38,7 +38,7 @@ static void dir_remove(const char *dir)
         rd_log("sphere: cannot remove %s: %s", dir, strerror(errno));
 }
 
-void rd_sphere_clear_stale(rd_daemon *d)
+void rd_sphere_clear_stale(rd_spheres *d)
 {
     DIR *dir = opendir(d->state_dir);
     struct dirent *e;
@@ -86,8 +86,7 @@ static char *slurp(const char *path, char *err, size_t errlen)
 static void exit_cb(uv_process_t *p, int64_t status, int sig)
 {
     rd_sphere *s = p->data;
-    rd_daemon *d = s->d;
-    rd_conn *c = rd_conn_find(d, s->conn, s->serial);
+    rd_conn *c = rd_conn_find(s->all->net, s->conn, s->serial);
     char path[PATH_MAX + 16], err[1024];
     if (c && s->killed) {
         rd_reply_error(c, s->req_id, RW_E_INTERNAL, "sphere: j%lld: stopped after %.0f s (the most "
@@ -120,7 +119,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
 }
 
 /* The job's spec into dir/spec.yaml; 0, or -1 with err. */
-static int write_spec(rd_daemon *d, int64_t job, const char *dir, char *err, size_t errlen)
+static int write_spec(rd_store *d, int64_t job, const char *dir, char *err, size_t errlen)
 {
     sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE id=?1");
     if (!st) {
@@ -149,10 +148,9 @@ static int write_spec(rd_daemon *d, int64_t job, const char *dir, char *err, siz
     return rc;
 }
 
-void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
+void rd_sphere_request(rd_spheres *d, rd_conn *c, long long id, int64_t job, json_t *m)
 {
-    rd_daemon *d = c->d;
-    if (d->shutting_down) {
+    if (d->life->shutting_down) {
         rd_reply_error(c, id, RW_E_STATE, "runawayd is shutting down");
         return;
     }
@@ -184,8 +182,8 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
     }
     rd_sphere *s = NULL;
     for (int i = 0; i < RD_SPHERE_MAX && !s; i++)
-        if (!d->spheres[i].busy)
-            s = &d->spheres[i];
+        if (!d->slots[i].busy)
+            s = &d->slots[i];
     if (!s) {
         rd_reply_error(c, id, RW_E_STATE, "runawayd computes %d spheres already; ask again when "
                        "they are done", RD_SPHERE_MAX);
@@ -197,7 +195,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
         rd_reply_error(c, id, RW_E_INTERNAL, "sphere: %s: %s", s->dir, strerror(errno));
         return;
     }
-    if (write_spec(d, job, s->dir, err, sizeof err) != 0) {
+    if (write_spec(d->store, job, s->dir, err, sizeof err) != 0) {
         rd_reply_error(c, id, RW_E_INTERNAL, "sphere: %s", err);
         dir_remove(s->dir);
         return;
@@ -219,7 +217,7 @@ void rd_sphere_request(rd_conn *c, long long id, int64_t job, json_t *m)
                               .stdio_count = 3, .stdio = io};
     memset(&s->proc, 0, sizeof s->proc);
     s->proc.data = s;
-    s->d = d;
+    s->all = d;
     s->conn = c;
     s->serial = c->serial;
     s->req_id = id;
@@ -250,23 +248,23 @@ static void kill_one(rd_sphere *s, const char *why)
     uv_process_kill(&s->proc, SIGKILL);
 }
 
-void rd_sphere_tick(rd_daemon *d)
+void rd_sphere_tick(rd_spheres *d)
 {
     for (int i = 0; i < RD_SPHERE_MAX; i++) {
-        rd_sphere *s = &d->spheres[i];
+        rd_sphere *s = &d->slots[i];
         if (!s->busy || uv_is_closing((uv_handle_t *)&s->proc))
             continue;
-        if (!rd_conn_find(d, s->conn, s->serial))
+        if (!rd_conn_find(d->net, s->conn, s->serial))
             kill_one(s, "its asker went away");
         else if (rd_mono() - s->started > RD_SPHERE_TIMEOUT_S)
             kill_one(s, "it ran too long");
     }
 }
 
-void rd_sphere_stop_all(rd_daemon *d)
+void rd_sphere_stop_all(rd_spheres *d)
 {
     for (int i = 0; i < RD_SPHERE_MAX; i++) {
-        rd_sphere *s = &d->spheres[i];
+        rd_sphere *s = &d->slots[i];
         if (s->busy && !uv_is_closing((uv_handle_t *)&s->proc)) {
             kill_one(s, "runawayd is shutting down");
             /* the loop may stop before its exit is reaped */

@@ -26,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "daemon/rd.h"
+#include "daemon/tboard.h"
 #include "proto/msg.h"
 #include "tfevent.pb-c.h"
 
@@ -78,11 +78,11 @@ static void component(char *out, size_t outlen, const char *name)
         out[0] = '_';
 }
 
-int rd_tb_run_dir(rd_daemon *d, int64_t job, char *out, size_t len)
+int rd_tb_run_dir(rd_tboard *d, int64_t job, char *out, size_t len)
 {
-    if (!d->tb_dir[0])
+    if (!d->dir[0])
         return -1;
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT g.id, g.name, j.variant, j.seed FROM jobs j "
+    sqlite3_stmt *st = rd_db_prep(d->store, "SELECT g.id, g.name, j.variant, j.seed FROM jobs j "
                                      "JOIN grids g ON g.id=j.grid_id WHERE j.id=?");
     if (!st)
         return -1;
@@ -97,13 +97,13 @@ int rd_tb_run_dir(rd_daemon *d, int64_t job, char *out, size_t len)
     component(variant, sizeof variant, (const char *)sqlite3_column_text(st, 2));
     long long seed = sqlite3_column_int64(st, 3);
     sqlite3_finalize(st);
-    int n = snprintf(out, len, "%s/g%lld-%s/%s/seed%lld", d->tb_dir, gid, grid, variant, seed);
+    int n = snprintf(out, len, "%s/g%lld-%s/%s/seed%lld", d->dir, gid, grid, variant, seed);
     return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
 /* The attempt's event file, made on its first metric: its run folder, and
  * a name from the attempt's start. Returns 0, or -1 with err set. */
-static int open_run_file(rd_daemon *d, rd_run *run, char *err, size_t errlen)
+static int open_run_file(rd_tboard *d, rd_run *run, char *err, size_t errlen)
 {
     char folder[PATH_MAX], host[64];
     if (rd_tb_run_dir(d, run->job, folder, sizeof folder) != 0) {
@@ -111,7 +111,7 @@ static int open_run_file(rd_daemon *d, rd_run *run, char *err, size_t errlen)
         return -1;
     }
     double started = rd_now();
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT started FROM attempts WHERE id=?");
+    sqlite3_stmt *st = rd_db_prep(d->store, "SELECT started FROM attempts WHERE id=?");
     if (st) {
         sqlite3_bind_int64(st, 1, run->attempt);
         if (sqlite3_step(st) == SQLITE_ROW)
@@ -222,12 +222,12 @@ static int kind_order(const char *kind)
  * will not send again the step mean at s that an earlier attempt did: those
  * points of the kinds reported before `kind` at s are carried over from the
  * database, after the marker. Returns -1 out of memory, else 0. */
-static int append_carried(rd_daemon *d, rd_run *run, const char *kind, int64_t step, double wall,
+static int append_carried(rd_tboard *d, rd_run *run, const char *kind, int64_t step, double wall,
                           unsigned char **buf, size_t *len, size_t *cap)
 {
     if (kind_order(kind) == 0)
         return 0;
-    sqlite3_stmt *st = rd_db_prep(d, "SELECT kind, loss, align, uniform, collapse, knn, "
+    sqlite3_stmt *st = rd_db_prep(d->store, "SELECT kind, loss, align, uniform, collapse, knn, "
                                      "pairs_per_s, tau, lr, rank, linear, w_cos_i, w_asym "
                                      "FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics "
                                      "WHERE job_id=?1 AND step=?2 AND attempt_id<>?3 AND kind IN "
@@ -255,9 +255,9 @@ static int append_carried(rd_daemon *d, rd_run *run, const char *kind, int64_t s
     return rc;
 }
 
-void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
+void rd_tb_metric(rd_tboard *d, rd_run *run, const char *kind, json_t *m)
 {
-    if (!d->tb_dir[0] || !run)
+    if (!d->dir[0] || !run)
         return;
     if (run->tb_failed && rd_mono() < run->tb_retry) {
         run->tb_skipped++;
@@ -330,7 +330,7 @@ void rd_tb_metric(rd_daemon *d, rd_run *run, const char *kind, json_t *m)
                  "%lld were skipped there (the database has them)", run->tb_path,
                  run->tb_skipped, (long long)run->attempt);
         rd_log("job j%lld: %s", (long long)run->job, ev_text);
-        rd_db_event(d, run->job, "daemon", ev_text);
+        rd_db_event(d->store, run->job, "daemon", ev_text);
         run->tb_failed = 0;
         run->tb_skipped = 0;
     }
@@ -348,5 +348,5 @@ fail:
     snprintf(ev_text, sizeof ev_text, "tensorboard: %s (records of attempt %lld are skipped; "
              "tried again every %.0f s)", err, (long long)run->attempt, TB_RETRY_S);
     rd_log("job j%lld: %s", (long long)run->job, ev_text);
-    rd_db_event(d, run->job, "daemon", ev_text);
+    rd_db_event(d->store, run->job, "daemon", ev_text);
 }

@@ -1,0 +1,437 @@
+/* Listeners and connections. Every connection starts unauthenticated and
+ * must send hello first; after that it is a client (requests, watches) or a
+ * worker (reports). A protocol error gets an error reply, then the
+ * connection is shut down after the reply is written and freed in the close
+ * callback — never inside the read callback that found the error. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon/net.h"
+#include "proto/msg.h"
+
+#define HELLO_FRAME_MAX 4096 /* before hello, nobody gets to send a big frame */
+
+/* ------------------------------------------------------------------------ */
+/* Writing */
+
+typedef struct {
+    uv_write_t req;
+    rd_conn *c;
+    size_t len;
+    char *buf;
+} wreq;
+
+static void write_cb(uv_write_t *req, int status)
+{
+    wreq *w = (wreq *)req;
+    w->c->pending -= w->len;
+    free(w->buf);
+    free(w);
+    (void)status; /* a failed write shows up as a read error/EOF too */
+}
+
+void rd_conn_send(rd_conn *c, json_t *msg)
+{
+    if (!msg)
+        return;
+    if (c->closing) {
+        json_decref(msg);
+        return;
+    }
+    char *buf;
+    size_t len;
+    int rc = rw_frame_encode(msg, &buf, &len);
+    long long id = rw_msg_id(msg);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    int is_reply = type && !strcmp(type, "ok") && id > 0;
+    json_decref(msg);
+    if (rc != 0) {
+        rd_log("conn: reply too large to frame; dropped");
+        /* the client waits for an answer: say why there is none */
+        if (is_reply)
+            rd_conn_send(c, rw_msg_error(id, RW_E_INTERNAL, "the reply is larger than a frame "
+                                         "(1 MiB): ask for less at once"));
+        return;
+    }
+    if (c->pending + len > RD_PENDING_MAX) {
+        /* a client that does not read its watch stream: drop it, not us */
+        free(buf);
+        rd_log("conn: client not reading (%zu bytes queued); closing it", c->pending);
+        rd_conn_close(c);
+        return;
+    }
+    wreq *w = calloc(1, sizeof *w);
+    if (!w) {
+        free(buf);
+        rd_conn_close(c);
+        return;
+    }
+    w->c = c;
+    w->len = len;
+    w->buf = buf;
+    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    c->pending += len;
+    if (uv_write(&w->req, &c->h.stream, &b, 1, write_cb) != 0) {
+        c->pending -= len;
+        free(buf);
+        free(w);
+        rd_conn_close(c);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Closing */
+
+static void close_cb(uv_handle_t *h)
+{
+    rd_conn *c = h->data;
+    rd_net *n = c->net;
+    for (rd_conn **p = &n->conns; *p; p = &(*p)->next) {
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    }
+    rw_frame_reader_free(&c->rd);
+    free(c);
+    if (n->h.conn_freed)
+        n->h.conn_freed(n->h.arg);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+    uv_handle_t *h = (uv_handle_t *)req->handle;
+    free(req);
+    if (!uv_is_closing(h))
+        uv_close(h, close_cb);
+}
+
+rd_conn *rd_conn_find(rd_net *n, rd_conn *c, uint64_t serial)
+{
+    for (rd_conn *o = n->conns; o; o = o->next)
+        if (o == c && o->serial == serial && !o->closing)
+            return o;
+    return NULL;
+}
+
+void rd_conn_close(rd_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    if (c->role == RD_ROLE_WORKER && c->net->h.worker_lost)
+        c->net->h.worker_lost(c->net->h.arg, c);
+    uv_read_stop(&c->h.stream);
+    /* flush queued replies (the error that caused this), then close */
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (!req || uv_shutdown(req, &c->h.stream, shutdown_cb) != 0) {
+        free(req);
+        uv_close(&c->h.handle, close_cb);
+    }
+}
+
+static void protocol_error(rd_conn *c, long long id, const char *code, const char *msg)
+{
+    /* the message may quote the peer's bytes: log a printable sample */
+    char smp[160];
+    size_t o = 0;
+    for (size_t i = 0; msg[i] && o + 4 < sizeof smp; i++)
+        smp[o++] = (msg[i] >= 0x20 && msg[i] < 0x7f) ? msg[i] : '?';
+    smp[o] = '\0';
+    rd_log("conn: protocol error (%s): %s; closing", code, smp);
+    rd_conn_send(c, rw_msg_error(id, code, msg));
+    rd_conn_close(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    buf->base = malloc(65536);
+    buf->len = buf->base ? 65536 : 0;
+}
+
+static int const_time_eq(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char x = la != lb;
+    for (size_t i = 0; i < la && i < lb; i++)
+        x |= (unsigned char)(a[i] ^ b[i]);
+    return x == 0;
+}
+
+static void handle_hello(rd_conn *c, json_t *m)
+{
+    rd_net *n = c->net;
+    long long id = rw_msg_id(m);
+    if (json_integer_value(json_object_get(m, "version")) != RW_PROTO_VERSION) {
+        char e[96];
+        snprintf(e, sizeof e, "protocol version %lld not supported (this daemon speaks %d)",
+                 (long long)json_integer_value(json_object_get(m, "version")), RW_PROTO_VERSION);
+        protocol_error(c, id, RW_E_VERSION, e);
+        return;
+    }
+    if (c->is_tcp) {
+        const char *tok = json_string_value(json_object_get(m, "token"));
+        if (!tok || !n->token[0] || !const_time_eq(tok, n->token)) {
+            protocol_error(c, id, RW_E_AUTH, "TCP connections need the daemon's token");
+            return;
+        }
+    }
+    const char *role = json_string_value(json_object_get(m, "role"));
+    if (!strcmp(role, "client")) {
+        c->role = RD_ROLE_CLIENT;
+    } else if (!strcmp(role, "worker")) {
+        char err[256];
+        c->role = RD_ROLE_WORKER;
+        if (n->h.worker_hello(n->h.arg, c, m, err, sizeof err) != 0) {
+            c->role = RD_ROLE_NONE;
+            protocol_error(c, id, RW_E_STATE, err);
+            return;
+        }
+    } else {
+        protocol_error(c, id, RW_E_BAD_MESSAGE, "hello: role: must be client or worker");
+        return;
+    }
+    c->rd.max = RW_FRAME_MAX;
+    json_t *r = rw_msg_new("ok", id);
+    json_object_set_new(r, "version", json_integer(RW_PROTO_VERSION));
+    json_object_set_new(r, "pid", json_integer(getpid()));
+    rd_conn_send(c, r);
+    if (c->role == RD_ROLE_WORKER && n->h.worker_ready)
+        n->h.worker_ready(n->h.arg, c);
+}
+
+static void handle_frame(rd_conn *c, json_t *m)
+{
+    const char *type, *code;
+    char err[512];
+    int from = c->role == RD_ROLE_WORKER ? RW_FROM_WORKER
+               : c->role == RD_ROLE_CLIENT ? RW_FROM_CLIENT
+                                           : RW_FROM_CLIENT | RW_FROM_WORKER;
+    if (rw_msg_check(m, from, &type, &code, err, sizeof err) != 0) {
+        protocol_error(c, rw_msg_id(m), code, err);
+        return;
+    }
+    if (c->role == RD_ROLE_NONE) {
+        if (strcmp(type, "hello") != 0)
+            protocol_error(c, rw_msg_id(m), RW_E_HELLO, "the first message must be hello");
+        else
+            handle_hello(c, m);
+        return;
+    }
+    if (!strcmp(type, "hello")) {
+        protocol_error(c, rw_msg_id(m), RW_E_STATE, "hello: already said");
+        return;
+    }
+    if (c->role == RD_ROLE_WORKER)
+        c->net->h.worker_message(c->net->h.arg, c, type, m);
+    else if (c->net->h.client_request(c->net->h.arg, c, type, m) != 0)
+        rd_conn_close(c);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    rd_conn *c = s->data;
+    if (n < 0) {
+        free(buf->base);
+        rd_conn_close(c);
+        return;
+    }
+    if (n == 0 || c->closing) {
+        free(buf->base);
+        return;
+    }
+    c->last_read = rd_mono();
+    int fed = rw_frame_reader_feed(&c->rd, buf->base, (size_t)n);
+    free(buf->base);
+    if (fed != 0) {
+        protocol_error(c, 0, RW_E_INTERNAL, "out of memory");
+        return;
+    }
+    while (!c->closing) {
+        json_t *m;
+        char err[256];
+        rw_frame_status st = rw_frame_reader_next(&c->rd, &m, err, sizeof err);
+        if (st == RW_FRAME_NEED_MORE)
+            break;
+        if (st != RW_FRAME_OK) {
+            protocol_error(c, 0, RW_E_FRAME, err);
+            break;
+        }
+        handle_frame(c, m);
+        json_decref(m);
+    }
+}
+
+static void on_connection(uv_stream_t *srv, int status)
+{
+    rd_net *d = srv->data;
+    if (status < 0)
+        return;
+    rd_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    static uint64_t serials;
+    c->net = d;
+    c->serial = ++serials;
+    c->opened = c->last_read = rd_mono();
+    c->is_tcp = srv == (uv_stream_t *)&d->tcp_srv;
+    rw_frame_reader_init(&c->rd, HELLO_FRAME_MAX);
+    int rc = c->is_tcp ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
+    if (rc != 0) {
+        free(c);
+        return;
+    }
+    c->h.handle.data = c;
+    c->next = d->conns;
+    d->conns = c;
+    int nconns = 0;
+    for (rd_conn *o = d->conns; o; o = o->next)
+        nconns++;
+    if (uv_accept(srv, &c->h.stream) != 0 || d->life->shutting_down || nconns > RD_CONNS_MAX) {
+        c->closing = 1;
+        uv_close(&c->h.handle, close_cb);
+        return;
+    }
+    if (uv_read_start(&c->h.stream, alloc_cb, read_cb) != 0)
+        rd_conn_close(c);
+}
+
+/* Connections that never said hello are dropped: a peer cannot hold a slot
+ * (and a 4 KiB buffer) by connecting and waiting. */
+void rd_net_forgive(rd_net *n, double secs)
+{
+    for (rd_conn *c = n->conns; c; c = c->next) {
+        c->opened += secs;
+        c->last_read += secs;
+    }
+}
+
+void rd_net_tick(rd_net *n)
+{
+    double now = rd_mono();
+    for (rd_conn *c = n->conns; c; c = c->next)
+        if (c->role == RD_ROLE_NONE && !c->closing && now - c->opened > RD_HELLO_TIMEOUT_S)
+            protocol_error(c, 0, RW_E_HELLO, "no hello within 10 s");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Listeners */
+
+void rd_net_stop_listening(rd_net *n)
+{
+    uv_close((uv_handle_t *)&n->unix_srv, NULL);
+    unlink(n->sock_path);
+    if (n->tcp_on)
+        uv_close((uv_handle_t *)&n->tcp_srv, NULL);
+}
+
+void rd_net_free_conns(rd_net *n)
+{
+    /* conns freed by their close callbacks when they were closing; the walk
+     * closed the rest with no callback: free them here */
+    rd_conn *c = n->conns;
+    while (c) {
+        rd_conn *next = c->next;
+        rw_frame_reader_free(&c->rd);
+        free(c);
+        c = next;
+    }
+    n->conns = NULL;
+}
+
+static int read_token(rd_net *d, char *err, size_t errlen)
+{
+    const char *path = d->token_path;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "--tcp needs a token in %s (mode 0600): %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || (st.st_mode & 077)) {
+        fclose(f);
+        snprintf(err, errlen, "%s: must be readable by its owner only (chmod 600)", path);
+        return -1;
+    }
+    size_t n = fread(d->token, 1, sizeof d->token - 1, f);
+    fclose(f);
+    d->token[n] = '\0';
+    d->token[strcspn(d->token, "\r\n")] = '\0';
+    if (strlen(d->token) < 16) {
+        snprintf(err, errlen, "%s: token must be at least 16 characters", path);
+        return -1;
+    }
+    return 0;
+}
+
+int rd_net_listen(rd_net *d, const char *tcp_addr, char *err, size_t errlen)
+{
+    int rc;
+    if (strlen(d->sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        snprintf(err, errlen, "%s: socket path too long for a Unix socket", d->sock_path);
+        return -1;
+    }
+    unlink(d->sock_path); /* stale from a killed daemon; the lock says we are alone */
+    uv_pipe_init(d->loop, &d->unix_srv, 0);
+    d->unix_srv.data = d;
+    mode_t old = umask(077); /* no window where the socket is group/world accessible */
+    rc = uv_pipe_bind(&d->unix_srv, d->sock_path);
+    umask(old);
+    if (rc == 0)
+        rc = chmod(d->sock_path, 0600) == 0 ? 0 : -errno;
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&d->unix_srv, 64, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: %s", d->sock_path, uv_strerror(rc));
+        return -1;
+    }
+    if (tcp_addr) {
+        if (read_token(d, err, errlen) != 0)
+            return -1;
+        char host[256];
+        const char *colon = strrchr(tcp_addr, ':');
+        int port = colon ? atoi(colon + 1) : 0;
+        snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - tcp_addr) : 0, tcp_addr);
+        struct sockaddr_storage sa;
+        if (port <= 0 || port > 65535 ||
+            (uv_ip4_addr(host, port, (struct sockaddr_in *)&sa) != 0 &&
+             uv_ip6_addr(host, port, (struct sockaddr_in6 *)&sa) != 0)) {
+            snprintf(err, errlen, "--tcp %s: expected HOST:PORT with a numeric address", tcp_addr);
+            return -1;
+        }
+        uv_tcp_init(d->loop, &d->tcp_srv);
+        d->tcp_srv.data = d;
+        d->tcp_on = 1;
+        rc = uv_tcp_bind(&d->tcp_srv, (struct sockaddr *)&sa, 0);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&d->tcp_srv, 64, on_connection);
+        if (rc != 0) {
+            snprintf(err, errlen, "--tcp %s: %s", tcp_addr, uv_strerror(rc));
+            return -1;
+        }
+        rd_log("listening on tcp %s (token required)", tcp_addr);
+    }
+    return 0;
+}
+
+void rd_reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)
+{
+    char msg[1400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    rd_conn_send(c, rw_msg_error(id, code, msg));
+}
+

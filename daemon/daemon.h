@@ -13,12 +13,13 @@
  *   jobs.c      the job and attempt state machine, the queue, time left
  *   wconn.c     worker connections and their reports, the watchdog
  *   query.c     the store read for replies
+ *   offload.c   reading queries on the thread pool
  *   watch.c     watchers of jobs and grids, log followers
  *   notify.c    --notify
  *   remove.c    rm
  *   sphere.c    sphere for a client on another host
  *   daemon.c    this: the parts wired, the tick, the shutdown
- *   args.c, h_jobs.c, h_query.c, h_results.c, dispatch.c   client requests
+ *   h_jobs.c, h_query.c, h_results.c, dispatch.c   client requests
  *   main.c      options, the state folder, signals, the loop */
 #ifndef RUNAWAY_DAEMON_DAEMON_H
 #define RUNAWAY_DAEMON_DAEMON_H

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "daemon/handlers.h"
+#include "daemon/offload.h"
 #include "daemon/query.h"
 #include "proto/grid.h"
 #include "proto/msg.h"
@@ -134,13 +135,13 @@ static void target_set_free(target_set *t)
 
 /* The request's targets: `one` (a string) or `many` (a list), exactly one of
  * the two; grids_only: a job is not one. -1 after replying. */
-static int targets_arg(rd_store *d, rd_conn *c, long long id, json_t *m, const char *one,
-                       const char *many, int grids_only, target_set *t)
+static int targets_arg(rd_store *d, rd_answer *a, json_t *m, const char *one, const char *many,
+                       int grids_only, target_set *t)
 {
     memset(t, 0, sizeof *t);
     json_t *o = json_object_get(m, one), *l = json_object_get(m, many);
     if (!o == !l) {
-        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "%s: give %s or %s, not %s",
+        rd_answer_fail(a, RW_E_BAD_MESSAGE, "%s: give %s or %s, not %s",
                        json_string_value(json_object_get(m, "type")), one, many,
                        o ? "both" : "neither");
         return -1;
@@ -156,7 +157,7 @@ static int targets_arg(rd_store *d, rd_conn *c, long long id, json_t *m, const c
         char kind = 'g';
         int64_t tid = grids_only ? rd_resolve_grid(d, s) : 0;
         if (grids_only ? !tid : rd_resolve_target(d, s, &kind, &tid) != 0) {
-            rd_reply_error(c, id, RW_E_NOT_FOUND,
+            rd_answer_fail(a, RW_E_NOT_FOUND,
                            grids_only ? "no grid '%s'" : "no job or grid '%s'", s);
             rc = -1;
             break;
@@ -178,7 +179,7 @@ static int targets_arg(rd_store *d, rd_conn *c, long long id, json_t *m, const c
     }
     json_decref(names);
     if (rc == 0 && !(t->set = json_dumps(jobs, JSON_COMPACT))) {
-        rd_reply_error(c, id, RW_E_INTERNAL, "out of memory");
+        rd_answer_fail(a, RW_E_INTERNAL, "out of memory");
         rc = -1;
     }
     json_decref(jobs);
@@ -311,26 +312,26 @@ static json_t *target_jobs(rd_store *d, char kind, int64_t tid)
 }
 
 /* The training curves of a job, or of every job of a grid. */
-void rd_req_curves(rd_daemon *d, rd_conn *c, long long id, json_t *m)
+static void curves(rd_store *s, long long id, json_t *m, rd_answer *a)
 {
     target_set t;
-    if (targets_arg(&d->store, c, id, m, "target", "targets", 0, &t) != 0)
+    if (targets_arg(s, a, m, "target", "targets", 0, &t) != 0)
         return;
     int any_grid = 0;
     for (size_t k = 0; k < t.n; k++)
         any_grid |= t.kind[k] == 'g';
     char why[1024];
     /* grouped by variant where a grid is among them: each must be one */
-    if (t.n > 1 && any_grid && targets_disagree(&d->store, &t, why, sizeof why) != 0) {
-        rd_reply_error(c, id, RW_E_STATE, "%s", why);
+    if (t.n > 1 && any_grid && targets_disagree(s, &t, why, sizeof why) != 0) {
+        rd_answer_fail(a, RW_E_STATE, "%s", why);
         target_set_free(&t);
         return;
     }
-    json_t *jobs = set_rows(&d->store, "SELECT id, name, variant, seed, state FROM jobs WHERE " IN_SET
+    json_t *jobs = set_rows(s, "SELECT id, name, variant, seed, state FROM jobs WHERE " IN_SET
                                " ORDER BY id", &t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
     /* a grid's worth of curves fits in a reply, not many */
     if (json_array_size(jobs) > RW_GRID_JOBS_MAX) {
-        rd_reply_error(c, id, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",
+        rd_answer_fail(a, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",
                        json_array_size(jobs), RW_GRID_JOBS_MAX);
         json_decref(jobs);
         target_set_free(&t);
@@ -341,13 +342,13 @@ void rd_req_curves(rd_daemon *d, rd_conn *c, long long id, json_t *m)
         cap = 2;
     json_t *j;
     json_array_foreach(jobs, i, j) json_object_set_new(
-        j, "epochs", job_curve(&d->store, json_integer_value(json_object_get(j, "id")), cap));
+        j, "epochs", job_curve(s, json_integer_value(json_object_get(j, "id")), cap));
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "kind", json_string(any_grid ? "grid" : "job"));
     /* its name; several targets: each with its id, joined by " + " */
     char name[1024] = "";
     for (size_t k = 0; k < t.n; k++) {
-        json_t *row = rd_query_rows(&d->store, t.kind[k] == 'g' ? "SELECT name FROM grids WHERE id=?1"
+        json_t *row = rd_query_rows(s, t.kind[k] == 'g' ? "SELECT name FROM grids WHERE id=?1"
                                                      : "SELECT name FROM jobs WHERE id=?1",
                                  t.id[k], 1);
         size_t at = strlen(name);
@@ -365,22 +366,22 @@ void rd_req_curves(rd_daemon *d, rd_conn *c, long long id, json_t *m)
                                                  "collapse", "knn", "rank", "linear", "w_cos_i"));
     json_object_set_new(r, "jobs", jobs);
     target_set_free(&t);
-    rd_conn_send(c, r);
+    a->reply = r;
 }
 
 /* Every metric of a job or a grid, for export: per job, the newest row of
  * each epoch (kind epoch) or step (kind step), as curves and table count
  * them, in pages ordered by (job, epoch or step) after the cursor
  * (after_job, after). */
-void rd_req_metrics(rd_daemon *d, rd_conn *c, long long id, json_t *m)
+static void metrics(rd_store *s, long long id, json_t *m, rd_answer *a)
 {
     char kind;
     int64_t tid;
-    if (rd_target_arg(&d->store, c, id, m, &kind, &tid) != 0)
+    if (rd_target_resolve(s, m, &kind, &tid, a) != 0)
         return;
     const char *mk = json_string_value(json_object_get(m, "kind"));
     if (strcmp(mk, "epoch") && strcmp(mk, "step")) {
-        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "metrics: kind is epoch or step, not '%s'", mk);
+        rd_answer_fail(a, RW_E_BAD_MESSAGE, "metrics: kind is epoch or step, not '%s'", mk);
         return;
     }
     const char *key = mk; /* a fixed column name: epoch or step */
@@ -395,9 +396,9 @@ void rd_req_metrics(rd_daemon *d, rd_conn *c, long long id, json_t *m)
              "AND kind=?2 GROUP BY job_id, %s) AND (job_id > ?3 OR (job_id = ?3 AND %s > ?4)) "
              "ORDER BY job_id, %s LIMIT ?5",
              kind == 'g' ? "SELECT id FROM jobs WHERE grid_id=?1" : "?1", key, key, key);
-    sqlite3_stmt *st = rd_db_prep(&d->store, sql);
+    sqlite3_stmt *st = rd_db_prep(s, sql);
     if (!st) {
-        rd_reply_error(c, id, RW_E_INTERNAL, "metrics: %s", sqlite3_errmsg(d->store.db));
+        rd_answer_fail(a, RW_E_INTERNAL, "metrics: %s", sqlite3_errmsg(s->db));
         return;
     }
     sqlite3_bind_int64(st, 1, tid);
@@ -427,8 +428,8 @@ void rd_req_metrics(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     json_object_set_new(r, "more", json_boolean(more));
     /* who the rows belong to, once */
     if (!jj)
-        json_object_set_new(r, "jobs", target_jobs(&d->store, kind, tid));
-    rd_conn_send(c, r);
+        json_object_set_new(r, "jobs", target_jobs(s, kind, tid));
+    a->reply = r;
 }
 
 /* The random baseline: a variant whose spec trains nothing (optim.epochs
@@ -485,18 +486,18 @@ static void mark_worse_than_baseline(json_t *rows, json_t *reply)
     }
 }
 
-void rd_req_table(rd_daemon *d, rd_conn *c, long long id, json_t *m)
+static void table(rd_store *s, long long id, json_t *m, rd_answer *a)
 {
     target_set t;
-    if (targets_arg(&d->store, c, id, m, "grid", "grids", 1, &t) != 0)
+    if (targets_arg(s, a, m, "grid", "grids", 1, &t) != 0)
         return;
     char why[1024];
-    if (t.n > 1 && targets_disagree(&d->store, &t, why, sizeof why) != 0) {
-        rd_reply_error(c, id, RW_E_STATE, "%s", why);
+    if (t.n > 1 && targets_disagree(s, &t, why, sizeof why) != 0) {
+        rd_answer_fail(a, RW_E_STATE, "%s", why);
         target_set_free(&t);
         return;
     }
-    json_t *vars = set_rows(&d->store, "SELECT variant, COUNT(*) AS jobs, SUM(state='done') AS done "
+    json_t *vars = set_rows(s, "SELECT variant, COUNT(*) AS jobs, SUM(state='done') AS done "
                                "FROM jobs WHERE " IN_SET " GROUP BY variant ORDER BY MIN(id)",
                             &t, 1024);
     size_t i;
@@ -504,7 +505,7 @@ void rd_req_table(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     json_array_foreach(vars, i, v)
     {
         const char *name = json_string_value(json_object_get(v, "variant"));
-        sqlite3_stmt *st = rd_db_prep(&d->store, "SELECT id, linear_acc FROM jobs WHERE " IN_SET " AND "
+        sqlite3_stmt *st = rd_db_prep(s, "SELECT id, linear_acc FROM jobs WHERE " IN_SET " AND "
                                          "variant=?2 AND state='done' ORDER BY id");
         double al[1024], un[1024], acc[1024], rk[1024], wi[1024];
         int n = 0, nacc = 0, nrk = 0, nwi = 0;
@@ -512,11 +513,11 @@ void rd_req_table(rd_daemon *d, rd_conn *c, long long id, json_t *m)
             sqlite3_bind_text(st, 1, t.set, -1, SQLITE_TRANSIENT);
             sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
             while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
-                if (job_final(&d->store, sqlite3_column_int64(st, 0), "rank", &rk[nrk]) == 0)
+                if (job_final(s, sqlite3_column_int64(st, 0), "rank", &rk[nrk]) == 0)
                     nrk++;
-                if (job_final(&d->store, sqlite3_column_int64(st, 0), "w_cos_i", &wi[nwi]) == 0)
+                if (job_final(s, sqlite3_column_int64(st, 0), "w_cos_i", &wi[nwi]) == 0)
                     nwi++;
-                if (job_last10(&d->store, sqlite3_column_int64(st, 0), &al[n], &un[n]) == 0)
+                if (job_last10(s, sqlite3_column_int64(st, 0), &al[n], &un[n]) == 0)
                     n++;
                 if (sqlite3_column_type(st, 1) != SQLITE_NULL)
                     acc[nacc++] = sqlite3_column_double(st, 1);
@@ -546,14 +547,14 @@ void rd_req_table(rd_daemon *d, rd_conn *c, long long id, json_t *m)
             json_object_set_new(v, "w_cos_i_mean", rw_json_num(mu));
             json_object_set_new(v, "w_cos_i_std", rw_json_num(sd));
         }
-        json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(&d->store, &t, name)));
+        json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(s, &t, name)));
     }
     json_t *r = rw_msg_new("ok", id);
     mark_worse_than_baseline(vars, r);
     json_object_set_new(r, "grid", json_integer(t.id[0]));
     json_t *grids = json_array();
     for (size_t k = 0; k < t.n; k++) {
-        json_t *gr = rd_query_rows(&d->store, "SELECT id, name FROM grids WHERE id=?1", t.id[k], 1);
+        json_t *gr = rd_query_rows(s, "SELECT id, name FROM grids WHERE id=?1", t.id[k], 1);
         json_array_append(grids, json_array_get(gr, 0));
         if (k == 0)
             json_object_set(r, "name", json_object_get(json_array_get(gr, 0), "name"));
@@ -562,7 +563,7 @@ void rd_req_table(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     json_object_set_new(r, "grids", grids);
     json_object_set_new(r, "rows", vars);
     target_set_free(&t);
-    rd_conn_send(c, r);
+    a->reply = r;
 }
 
 /* For a client that cannot read the run folder (another host): the
@@ -643,4 +644,19 @@ void rd_req_sphere(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     int64_t job = rd_job_arg(&d->store, c, id, m);
     if (job)
         rd_sphere_request(&d->spheres, c, id, job, m);
+}
+
+void rd_req_curves(rd_daemon *d, rd_conn *c, long long id, json_t *m)
+{
+    rd_offload(&d->store, c, id, m, curves);
+}
+
+void rd_req_metrics(rd_daemon *d, rd_conn *c, long long id, json_t *m)
+{
+    rd_offload(&d->store, c, id, m, metrics);
+}
+
+void rd_req_table(rd_daemon *d, rd_conn *c, long long id, json_t *m)
+{
+    rd_offload(&d->store, c, id, m, table);
 }

@@ -2,12 +2,21 @@
  * must send hello first; after that it is a client (requests, watches) or a
  * worker (reports). A protocol error gets an error reply, then the
  * connection is shut down after the reply is written and freed in the close
- * callback — never inside the read callback that found the error. */
+ * callback -- never inside the read callback that found the error.
+ *
+ * Frames are handled in turns: at most RD_TURN_FRAMES of a connection at
+ * once; what else it has sent waits in its reader (reading stops), and the
+ * turns handle (a uv_idle) gives buffered frames RD_TURN_S of each loop
+ * iteration, connection after connection. A client whose replies pile up
+ * unread (RD_PAUSE_BYTES) gets no turn until it reads. So no peer holds the
+ * loop, and none makes the daemon buffer without bound. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +25,11 @@
 #include "proto/msg.h"
 
 #define HELLO_FRAME_MAX 4096 /* before hello, nobody gets to send a big frame */
+#define DROPPED_LOG_S 10.0   /* the summary of dropped connections, at most this often */
+#define ERRORS_LOGGED 10     /* protocol errors logged one by one per summary period */
+
+static void serve(rd_conn *c);
+static void turns_kick(rd_net *n);
 
 /* ------------------------------------------------------------------------ */
 /* Writing */
@@ -30,10 +44,15 @@ typedef struct {
 static void write_cb(uv_write_t *req, int status)
 {
     wreq *w = (wreq *)req;
-    w->c->pending -= w->len;
+    rd_conn *c = w->c;
+    c->pending -= w->len;
     free(w->buf);
     free(w);
     (void)status; /* a failed write shows up as a read error/EOF too */
+    if (c->paused && c->pending <= RD_RESUME_BYTES && !c->closing) {
+        c->paused = 0;
+        turns_kick(c->net); /* its requests that waited get their turn */
+    }
 }
 
 void rd_conn_send(rd_conn *c, json_t *msg)
@@ -77,12 +96,28 @@ void rd_conn_send(rd_conn *c, json_t *msg)
     w->buf = buf;
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
     c->pending += len;
+    c->net->sent_since_trim += len;
+    if (c->pending > RD_PAUSE_BYTES)
+        c->paused = 1;
     if (uv_write(&w->req, &c->h.stream, &b, 1, write_cb) != 0) {
         c->pending -= len;
         free(buf);
         free(w);
         rd_conn_close(c);
     }
+}
+
+void rd_conn_defer(rd_conn *c)
+{
+    c->deferred++;
+}
+
+void rd_conn_undefer(rd_conn *c)
+{
+    if (!c || c->deferred <= 0)
+        return;
+    c->deferred--;
+    turns_kick(c->net);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -108,6 +143,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 {
     uv_handle_t *h = (uv_handle_t *)req->handle;
     free(req);
+    (void)status;
     if (!uv_is_closing(h))
         uv_close(h, close_cb);
 }
@@ -125,9 +161,11 @@ void rd_conn_close(rd_conn *c)
     if (c->closing)
         return;
     c->closing = 1;
+    c->waiting = 0;
     if (c->role == RD_ROLE_WORKER && c->net->h.worker_lost)
         c->net->h.worker_lost(c->net->h.arg, c);
     uv_read_stop(&c->h.stream);
+    c->reading = 0;
     /* flush queued replies (the error that caused this), then close */
     uv_shutdown_t *req = malloc(sizeof *req);
     if (!req || uv_shutdown(req, &c->h.stream, shutdown_cb) != 0) {
@@ -136,17 +174,94 @@ void rd_conn_close(rd_conn *c)
     }
 }
 
-static void protocol_error(rd_conn *c, long long id, const char *code, const char *msg)
+/* The error reply, then the close; `count` (or NULL) the cause in the
+ * dropped summary instead of a log line each (a flood must not flood the
+ * log). */
+static void drop(rd_conn *c, long long id, const char *code, const char *msg, long *count)
 {
-    /* the message may quote the peer's bytes: log a printable sample */
-    char smp[160];
-    size_t o = 0;
-    for (size_t i = 0; msg[i] && o + 4 < sizeof smp; i++)
-        smp[o++] = (msg[i] >= 0x20 && msg[i] < 0x7f) ? msg[i] : '?';
-    smp[o] = '\0';
-    rd_log("conn: protocol error (%s): %s; closing", code, smp);
+    rd_net *n = c->net;
+    if (count) {
+        (*count)++;
+    } else if (n->dropped.errors++ < ERRORS_LOGGED) {
+        /* the message may quote the peer's bytes: log a printable sample */
+        char smp[160];
+        size_t o = 0;
+        for (size_t i = 0; msg[i] && o + 4 < sizeof smp; i++)
+            smp[o++] = (msg[i] >= 0x20 && msg[i] < 0x7f) ? msg[i] : '?';
+        smp[o] = '\0';
+        rd_log("conn: protocol error (%s): %s; closing", code, smp);
+    }
     rd_conn_send(c, rw_msg_error(id, code, msg));
     rd_conn_close(c);
+}
+
+static void protocol_error(rd_conn *c, long long id, const char *code, const char *msg)
+{
+    drop(c, id, code, msg, NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Budgets */
+
+static int unauth_of_class(const rd_conn *c, int is_tcp)
+{
+    return c->role == RD_ROLE_NONE && !c->closing && c->is_tcp == is_tcp;
+}
+
+/* A new connection of a class whose budget is full: the oldest of that
+ * class (before hello) goes. */
+static void unauth_budget(rd_net *n, rd_conn *fresh)
+{
+    const int max = fresh->is_tcp ? RD_UNAUTH_TCP_MAX : RD_UNAUTH_LOCAL_MAX;
+    int count = 0;
+    rd_conn *oldest = NULL;
+    for (rd_conn *c = n->conns; c; c = c->next) {
+        if (!unauth_of_class(c, fresh->is_tcp))
+            continue;
+        count++;
+        if (c != fresh && (!oldest || c->opened < oldest->opened))
+            oldest = c;
+    }
+    if (count > max && oldest)
+        drop(oldest, 0, RW_E_HELLO, "too many connections without hello: the oldest goes",
+             fresh->is_tcp ? &n->dropped.unauth_tcp : &n->dropped.unauth_local);
+}
+
+/* How stale a client is, for the clients' budget: one stuck in a frame
+ * (the longest first), then one idle (the longest first); -1: neither may
+ * go (it follows a stream or waits for a reply). */
+static double staleness(const rd_conn *c, double now)
+{
+    if (c->partial_since > 0)
+        return 1e9 + (now - c->partial_since);
+    if (c->stream || c->deferred || c->waiting)
+        return -1;
+    return now - c->last_frame;
+}
+
+/* Room for one more client: the stalest goes if the budget is full. 0,
+ * or -1 when none may go (the new one is refused). */
+static int client_budget(rd_net *n, rd_conn *fresh)
+{
+    int count = 0;
+    rd_conn *stalest = NULL;
+    double worst = -1, now = rd_mono();
+    for (rd_conn *c = n->conns; c; c = c->next) {
+        if (c->role != RD_ROLE_CLIENT || c->closing || c == fresh)
+            continue;
+        count++;
+        double s = staleness(c, now);
+        if (s >= 0 && s > worst) {
+            worst = s;
+            stalest = c;
+        }
+    }
+    if (count < RD_CLIENTS_MAX)
+        return 0;
+    if (!stalest)
+        return -1;
+    drop(stalest, 0, RW_E_STATE, "too many clients: the stalest goes", &n->dropped.clients);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -189,6 +304,11 @@ static void handle_hello(rd_conn *c, json_t *m)
     }
     const char *role = json_string_value(json_object_get(m, "role"));
     if (!strcmp(role, "client")) {
+        if (client_budget(n, c) != 0) {
+            drop(c, id, RW_E_STATE, "too many clients, each busy: try again later",
+                 &n->dropped.clients);
+            return;
+        }
         c->role = RD_ROLE_CLIENT;
     } else if (!strcmp(role, "worker")) {
         char err[256];
@@ -239,6 +359,67 @@ static void handle_frame(rd_conn *c, json_t *m)
         rd_conn_close(c);
 }
 
+/* A client's requests wait while its replies pile up unread, or while
+ * too many of them are due later; a worker's reports never wait. */
+static int held(const rd_conn *c)
+{
+    return c->role == RD_ROLE_CLIENT && (c->paused || c->deferred >= RD_DEFERRED_MAX);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+static void reading(rd_conn *c, int on)
+{
+    if (on == c->reading || c->closing)
+        return;
+    if (on ? uv_read_start(&c->h.stream, alloc_cb, read_cb) == 0
+           : uv_read_stop(&c->h.stream) == 0)
+        c->reading = on;
+    else if (on)
+        rd_conn_close(c);
+}
+
+/* One turn of c: its buffered frames, at most RD_TURN_FRAMES. Frames left
+ * over wait (reading stops) for the next turn; none left, it reads again. */
+static void serve(rd_conn *c)
+{
+    int handled = 0, more = 0;
+    while (!c->closing) {
+        if (handled == RD_TURN_FRAMES || held(c)) {
+            more = 1;
+            break;
+        }
+        json_t *m;
+        char err[256];
+        rw_frame_status st = rw_frame_reader_next(&c->rd, &m, err, sizeof err);
+        if (st == RW_FRAME_NEED_MORE)
+            break;
+        if (st != RW_FRAME_OK) {
+            protocol_error(c, 0, RW_E_FRAME, err);
+            return;
+        }
+        handled++;
+        c->last_frame = rd_mono();
+        handle_frame(c, m);
+        json_decref(m);
+    }
+    if (c->closing)
+        return;
+    /* bytes of a frame not complete yet: its deadline runs from the first */
+    if (!more && c->rd.len > 0) {
+        if (c->partial_since == 0)
+            c->partial_since = rd_mono();
+    } else {
+        c->partial_since = 0;
+    }
+    if (c->rd.len == 0 && c->rd.cap > 16384)
+        rw_frame_reader_trim(&c->rd);
+    c->waiting = more;
+    reading(c, !more);
+    if (more)
+        turns_kick(c->net);
+}
+
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     rd_conn *c = s->data;
@@ -258,71 +439,154 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         protocol_error(c, 0, RW_E_INTERNAL, "out of memory");
         return;
     }
-    while (!c->closing) {
-        json_t *m;
-        char err[256];
-        rw_frame_status st = rw_frame_reader_next(&c->rd, &m, err, sizeof err);
-        if (st == RW_FRAME_NEED_MORE)
-            break;
-        if (st != RW_FRAME_OK) {
-            protocol_error(c, 0, RW_E_FRAME, err);
-            break;
+    serve(c);
+}
+
+/* The turns: each waiting connection that is not held gets one, within
+ * RD_TURN_S. The list runs newest first; a round that runs out of time
+ * ends at a serial (turn_from), and the next goes on below it, then wraps
+ * to the head: every waiting connection gets its turn. */
+static void turns_cb(uv_idle_t *h)
+{
+    rd_net *n = h->data;
+    const double t0 = rd_mono();
+    const uint64_t from = n->turn_from;
+    int any = 0, out_of_time = 0;
+    for (int pass = 0; pass < 2 && !out_of_time; pass++) {
+        for (rd_conn *c = n->conns; c; c = c->next) {
+            int below = from == 0 || c->serial < from;
+            if ((pass == 0) != below || !c->waiting || c->closing || held(c))
+                continue;
+            if (rd_mono() - t0 > RD_TURN_S) {
+                out_of_time = any = 1;
+                break;
+            }
+            n->turn_from = c->serial;
+            serve(c);
+            any |= c->waiting && !held(c);
         }
-        handle_frame(c, m);
-        json_decref(m);
     }
+    if (!out_of_time)
+        n->turn_from = 0;
+    if (!any) { /* nothing can go on: sleep until a kick */
+        uv_idle_stop(&n->turns);
+        n->turns_on = 0;
+    }
+}
+
+static void turns_kick(rd_net *n)
+{
+    if (n->turns_on || !n->loop)
+        return;
+    if (uv_idle_start(&n->turns, turns_cb) == 0)
+        n->turns_on = 1;
 }
 
 static void on_connection(uv_stream_t *srv, int status)
 {
-    rd_net *d = srv->data;
+    rd_net *n = srv->data;
     if (status < 0)
         return;
     rd_conn *c = calloc(1, sizeof *c);
     if (!c)
         return;
     static uint64_t serials;
-    c->net = d;
+    c->net = n;
     c->serial = ++serials;
-    c->opened = c->last_read = rd_mono();
-    c->is_tcp = srv == (uv_stream_t *)&d->tcp_srv;
+    c->opened = c->last_read = c->last_frame = rd_mono();
+    c->is_tcp = srv == (uv_stream_t *)&n->tcp_srv;
     rw_frame_reader_init(&c->rd, HELLO_FRAME_MAX);
-    int rc = c->is_tcp ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
+    int rc = c->is_tcp ? uv_tcp_init(n->loop, &c->h.tcp) : uv_pipe_init(n->loop, &c->h.pipe, 0);
     if (rc != 0) {
         free(c);
         return;
     }
     c->h.handle.data = c;
-    c->next = d->conns;
-    d->conns = c;
+    c->next = n->conns;
+    n->conns = c;
     int nconns = 0;
-    for (rd_conn *o = d->conns; o; o = o->next)
+    for (rd_conn *o = n->conns; o; o = o->next)
         nconns++;
-    if (uv_accept(srv, &c->h.stream) != 0 || d->life->shutting_down || nconns > RD_CONNS_MAX) {
+    if (uv_accept(srv, &c->h.stream) != 0 || n->life->shutting_down || nconns > n->conns_max) {
+        if (!n->life->shutting_down)
+            n->dropped.refused++;
         c->closing = 1;
         uv_close(&c->h.handle, close_cb);
         return;
     }
-    if (uv_read_start(&c->h.stream, alloc_cb, read_cb) != 0)
-        rd_conn_close(c);
+    unauth_budget(n, c);
+    reading(c, 1);
 }
 
-/* Connections that never said hello are dropped: a peer cannot hold a slot
- * (and a 4 KiB buffer) by connecting and waiting. */
 void rd_net_forgive(rd_net *n, double secs)
 {
     for (rd_conn *c = n->conns; c; c = c->next) {
         c->opened += secs;
         c->last_read += secs;
+        c->last_frame += secs;
+        if (c->partial_since > 0)
+            c->partial_since += secs;
     }
+}
+
+static void log_dropped(rd_net *n, double now)
+{
+    rd_net_dropped *d = &n->dropped;
+    if (now - n->dropped_logged < DROPPED_LOG_S)
+        return;
+    n->dropped_logged = now;
+    if (d->refused + d->unauth_tcp + d->unauth_local + d->clients + d->hello + d->frame +
+            d->idle + (d->errors > ERRORS_LOGGED ? d->errors - ERRORS_LOGGED : 0) >
+        0)
+        rd_log("conn: in the last %.0f s: %ld refused at accept (%d open at most), %ld TCP and "
+               "%ld local dropped before hello for newer ones (budgets %d, %d), %ld clients "
+               "dropped for newer ones (budget %d), %ld without hello in time, %ld stuck in a "
+               "frame for %.0f s, %ld idle for %.0f s, %ld protocol errors not logged",
+               DROPPED_LOG_S, d->refused, n->conns_max, d->unauth_tcp, d->unauth_local,
+               RD_UNAUTH_TCP_MAX, RD_UNAUTH_LOCAL_MAX, d->clients, RD_CLIENTS_MAX, d->hello,
+               d->frame, RD_FRAME_DEADLINE_S, d->idle, RD_CLIENT_IDLE_S,
+               d->errors > ERRORS_LOGGED ? d->errors - ERRORS_LOGGED : 0);
+    memset(d, 0, sizeof *d);
+}
+
+/* After a burst of replies (pipelining clients, big queries), the heap's
+ * free pages go back to the system once nothing is queued: glibc keeps
+ * them otherwise, and the daemon's size would stay at its peak. */
+static void give_back(rd_net *n)
+{
+    if (n->sent_since_trim < (16u << 20))
+        return;
+    for (rd_conn *c = n->conns; c; c = c->next)
+        if (c->pending > 0 || c->deferred > 0)
+            return;
+    n->sent_since_trim = 0;
+    malloc_trim(0);
 }
 
 void rd_net_tick(rd_net *n)
 {
     double now = rd_mono();
-    for (rd_conn *c = n->conns; c; c = c->next)
-        if (c->role == RD_ROLE_NONE && !c->closing && now - c->opened > RD_HELLO_TIMEOUT_S)
-            protocol_error(c, 0, RW_E_HELLO, "no hello within 10 s");
+    for (rd_conn *c = n->conns; c; c = c->next) {
+        if (c->closing)
+            continue;
+        double hello_s = c->is_tcp ? RD_HELLO_TCP_S : RD_HELLO_LOCAL_S;
+        if (c->role == RD_ROLE_NONE && now - c->opened > hello_s) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "no hello within %.0f s", hello_s);
+            drop(c, 0, RW_E_HELLO, msg, &n->dropped.hello);
+        } else if (c->partial_since > 0 && now - c->partial_since > RD_FRAME_DEADLINE_S) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "a frame begun %.0f s ago is not complete",
+                     now - c->partial_since);
+            drop(c, 0, RW_E_FRAME, msg, &n->dropped.frame);
+        } else if (c->role == RD_ROLE_CLIENT && !c->stream && !c->deferred && !c->waiting &&
+                   now - c->last_frame > RD_CLIENT_IDLE_S) {
+            n->dropped.idle++;
+            rd_conn_close(c);
+        }
+    }
+    log_dropped(n, now);
+    give_back(n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -375,9 +639,30 @@ static int read_token(rd_net *d, char *err, size_t errlen)
     return 0;
 }
 
+/* As many connections as file descriptors allow: the soft limit raised to
+ * the hard one, less what the daemon needs besides (database, logs,
+ * worker pipes, spheres). */
+static void conns_limit(rd_net *n)
+{
+    struct rlimit rl;
+    n->conns_max = RD_CONNS_HARD_MAX;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)RD_CONNS_HARD_MAX + 128)
+        n->conns_max = rl.rlim_cur > 256 ? (int)rl.rlim_cur - 128 : (int)rl.rlim_cur / 2;
+}
+
 int rd_net_listen(rd_net *d, const char *tcp_addr, char *err, size_t errlen)
 {
     int rc;
+    conns_limit(d);
+    uv_idle_init(d->loop, &d->turns);
+    d->turns.data = d;
     if (strlen(d->sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         snprintf(err, errlen, "%s: socket path too long for a Unix socket", d->sock_path);
         return -1;
@@ -391,7 +676,7 @@ int rd_net_listen(rd_net *d, const char *tcp_addr, char *err, size_t errlen)
     if (rc == 0)
         rc = chmod(d->sock_path, 0600) == 0 ? 0 : -errno;
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&d->unix_srv, 64, on_connection);
+        rc = uv_listen((uv_stream_t *)&d->unix_srv, 128, on_connection);
     if (rc != 0) {
         snprintf(err, errlen, "%s: %s", d->sock_path, uv_strerror(rc));
         return -1;
@@ -415,7 +700,7 @@ int rd_net_listen(rd_net *d, const char *tcp_addr, char *err, size_t errlen)
         d->tcp_on = 1;
         rc = uv_tcp_bind(&d->tcp_srv, (struct sockaddr *)&sa, 0);
         if (rc == 0)
-            rc = uv_listen((uv_stream_t *)&d->tcp_srv, 64, on_connection);
+            rc = uv_listen((uv_stream_t *)&d->tcp_srv, 128, on_connection);
         if (rc != 0) {
             snprintf(err, errlen, "--tcp %s: %s", tcp_addr, uv_strerror(rc));
             return -1;
@@ -434,4 +719,3 @@ void rd_reply_error(rd_conn *c, long long id, const char *code, const char *fmt,
     va_end(ap);
     rd_conn_send(c, rw_msg_error(id, code, msg));
 }
-

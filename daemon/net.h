@@ -14,9 +14,32 @@
 #include "daemon/base.h"
 #include "proto/frame.h"
 
-#define RD_PENDING_MAX (8u << 20) /* bytes queued to one slow client before we drop it */
-#define RD_CONNS_MAX 1024           /* open connections; more are refused at accept */
-#define RD_HELLO_TIMEOUT_S 10.0
+/* Budgets (a careless neighbour or an attacker must not lock anyone out):
+ * connections that have not said hello have their own small budgets, TCP
+ * apart from the Unix socket, and when one is full its oldest connection
+ * goes (a real peer says hello within milliseconds); clients that said
+ * hello have theirs, where a full budget drops the stalest client (one
+ * stuck in a frame, else the longest idle); workers are never counted
+ * among clients. */
+#define RD_UNAUTH_TCP_MAX 64
+#define RD_UNAUTH_LOCAL_MAX 256
+#define RD_CLIENTS_MAX 1024
+#define RD_CONNS_HARD_MAX 4096 /* every connection; past it (file descriptors) refused at accept */
+#define RD_HELLO_TCP_S 5.0     /* hello is due this soon on TCP */
+#define RD_HELLO_LOCAL_S 10.0  /* ... and on the Unix socket */
+#define RD_FRAME_DEADLINE_S 15.0 /* a frame begun must be complete this soon, hello or not */
+#define RD_CLIENT_IDLE_S 600.0 /* a client with nothing to say, follow or wait for goes after this */
+/* Backpressure: a client whose replies are not read has its requests wait
+ * once this much is unsent, until it reads down to RD_RESUME_BYTES; a
+ * stream (watch) that falls RD_PENDING_MAX behind is dropped. */
+#define RD_PAUSE_BYTES (256u << 10)
+#define RD_RESUME_BYTES (64u << 10)
+#define RD_PENDING_MAX (8u << 20)
+#define RD_DEFERRED_MAX 1 /* replies due later (the thread pool): one in flight, the rest wait */
+/* Turns: frames a connection gets handled in one go, and the loop time
+ * given to buffered frames per iteration: no peer holds the loop. */
+#define RD_TURN_FRAMES 8
+#define RD_TURN_S 0.02
 
 typedef struct rd_conn rd_conn;
 typedef struct rd_net rd_net;
@@ -37,8 +60,15 @@ struct rd_conn {
     int closing;
     uint64_t serial; /* unique in this daemon's life: a reply due later finds its asker */
     size_t pending;  /* bytes queued for writing */
-    double opened;   /* rd_mono() at accept: hello is due within RD_HELLO_TIMEOUT_S */
+    double opened;   /* rd_mono() at accept: hello is due within RD_HELLO_*_S */
     double last_read; /* rd_mono() when bytes last came in */
+    double last_frame; /* ... and a whole frame */
+    double partial_since; /* a frame begun and not complete since then; 0: none */
+    int reading;     /* uv_read_start is on */
+    int waiting;     /* complete frames buffered, waiting their turn */
+    int paused;      /* its unsent replies passed RD_PAUSE_BYTES: requests wait */
+    int stream;      /* a watch or logs --follow answers it: never idle (watch.c) */
+    int deferred;    /* replies due later (rd_conn_defer) */
     void *peer;      /* a worker connection's worker (wconn.c) */
     struct rd_conn *next;
 };
@@ -60,6 +90,11 @@ typedef struct rd_net_handlers {
     void (*conn_freed)(void *arg);
 } rd_net_handlers;
 
+/* Connections dropped or refused since the last log line, by cause. */
+typedef struct rd_net_dropped {
+    long refused, unauth_tcp, unauth_local, clients, hello, frame, idle, errors;
+} rd_net_dropped;
+
 struct rd_net {
     uv_loop_t *loop;
     rd_life *life;
@@ -70,6 +105,13 @@ struct rd_net {
     uv_tcp_t tcp_srv;
     int tcp_on;
     rd_conn *conns;
+    int conns_max; /* RD_CONNS_HARD_MAX, or fewer where file descriptors are fewer */
+    uv_idle_t turns; /* active while buffered frames wait */
+    int turns_on;
+    uint64_t turn_from; /* fairness: the serial the last turn round ended at */
+    rd_net_dropped dropped;
+    double dropped_logged; /* rd_mono() of the last summary */
+    size_t sent_since_trim; /* bytes queued since memory was last given back */
     rd_net_handlers h;
 };
 
@@ -78,7 +120,8 @@ struct rd_net {
 int rd_net_listen(rd_net *n, const char *tcp_addr, char *err, size_t errlen);
 /* No new connections (shutdown): the listeners close, the socket file goes. */
 void rd_net_stop_listening(rd_net *n);
-/* Hello deadlines, once per tick. */
+/* Deadlines (hello, a frame begun, an idle client), once per tick; the
+ * log's summary of what was dropped, every 10 s at most. */
 void rd_net_tick(rd_net *n);
 /* The loop stalled for `secs`: not counted against any connection. */
 void rd_net_forgive(rd_net *n, double secs);
@@ -92,5 +135,10 @@ void rd_reply_error(rd_conn *c, long long id, const char *code, const char *fmt,
     __attribute__((format(printf, 4, 5)));
 /* c, if it is still open and is the connection that had `serial`; else NULL */
 rd_conn *rd_conn_find(rd_net *n, rd_conn *c, uint64_t serial);
+/* A reply to c comes later (the thread pool, rm, sphere): c is not idle,
+ * and past RD_DEFERRED_MAX its requests wait. Undone when it is sent (or
+ * its asker is gone: then pass NULL). */
+void rd_conn_defer(rd_conn *c);
+void rd_conn_undefer(rd_conn *c);
 
 #endif

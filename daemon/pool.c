@@ -164,11 +164,18 @@ int rd_pool_start(rd_pool *d, char *err, size_t errlen)
 
 rd_worker *rd_pool_remote_slot(rd_pool *p, const char *device)
 {
-    if (p->nworkers == RD_WORKERS_MAX)
+    /* the slot of a remote worker that left, else a new one: the cap
+     * counts the workers connected, not all that ever were */
+    rd_worker *w = NULL;
+    for (int i = 0; i < p->nworkers && !w; i++)
+        if (p->workers[i].remote && p->workers[i].dead && !p->workers[i].conn)
+            w = &p->workers[i];
+    if (!w && p->nworkers == RD_WORKERS_MAX)
         return NULL;
-    rd_worker *w = &p->workers[p->nworkers];
+    int slot = w ? w->slot : p->nworkers++;
+    w = &p->workers[slot];
     memset(w, 0, sizeof *w);
-    w->slot = p->nworkers++;
+    w->slot = slot;
     w->remote = 1;
     w->device_index = 1000 + w->slot;
     snprintf(w->device, sizeof w->device, "%s", device ? device : "remote");

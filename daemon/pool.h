@@ -60,7 +60,8 @@ typedef struct rd_pool {
 
 /* The local slots, and their processes started. 0, or -1 with err. */
 int rd_pool_start(rd_pool *p, char *err, size_t errlen);
-/* A slot for a worker from another host (hello over TCP); NULL when full. */
+/* A slot for a worker from another host (hello over TCP): one a remote
+ * worker left, else a new one; NULL when every slot is taken. */
 rd_worker *rd_pool_remote_slot(rd_pool *p, const char *device);
 /* Processes that never connected, and the end of a shutdown's grace. */
 void rd_pool_tick(rd_pool *p, double now);

@@ -1,4 +1,6 @@
 /* Reading the store for replies (query.h). */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,4 +154,25 @@ int64_t rd_job_arg(rd_store *s, rd_conn *c, long long id, json_t *m)
     if (!job)
         rd_reply_error(c, id, RW_E_NOT_FOUND, "no job '%s'", js);
     return job;
+}
+
+void rd_answer_fail(rd_answer *a, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->msg, sizeof a->msg, fmt, ap);
+    va_end(ap);
+    a->code = code;
+    json_decref(a->reply);
+    a->reply = NULL;
+}
+
+int rd_target_resolve(rd_store *s, json_t *m, char *kind, int64_t *tid, rd_answer *a)
+{
+    const char *t = json_string_value(json_object_get(m, "target"));
+    if (rd_resolve_target(s, t, kind, tid) != 0) {
+        rd_answer_fail(a, RW_E_NOT_FOUND, "no job or grid '%s'", t);
+        return -1;
+    }
+    return 0;
 }

@@ -41,6 +41,18 @@ int rd_resolve_target(rd_store *s, const char *name, char *kind, int64_t *id);
 int rd_target_arg(rd_store *s, rd_conn *c, long long id, json_t *m, char *kind, int64_t *tid);
 /* A request's "job" field resolved to a job id; 0 after replying not_found. */
 int64_t rd_job_arg(rd_store *s, rd_conn *c, long long id, json_t *m);
+/* A reply made away from its connection (on the thread pool): the reply,
+ * or the error to send instead. */
+typedef struct rd_answer {
+    json_t *reply; /* NULL: code and msg */
+    const char *code;
+    char msg[1400];
+} rd_answer;
+void rd_answer_fail(rd_answer *a, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* rd_target_arg, answered in a */
+int rd_target_resolve(rd_store *s, json_t *m, char *kind, int64_t *tid, rd_answer *a);
+
 /* Every job of the target ('j' or 'g') has ended */
 int rd_target_ended(rd_store *s, char kind, int64_t id);
 

@@ -215,6 +215,7 @@ static void after_work_cb(uv_work_t *req, int status)
         json_object_update(m, r->reply);
         rd_conn_send(c, m);
     }
+    rd_conn_undefer(c);
     removal_free(r);
 }
 
@@ -368,6 +369,7 @@ int rd_remove(rd_jobs *J, rd_tboard *tb, rd_conn *asker, long long req_id, char 
     json_object_set_new(o, "grid_removed", json_boolean(ngrids > 0));
     json_object_set_new(o, "jobs", json_integer(njobs));
     json_object_set_new(o, "metrics", json_integer(nmetrics));
+    rd_conn_defer(asker);
     if (uv_queue_work(asker->net->loop, &r->req, work_cb, after_work_cb) != 0) {
         /* cannot happen with a live loop; the rows are gone, so do it here */
         work_cb(&r->req);

@@ -114,6 +114,7 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig)
     rd_log("sphere: j%lld: runaway-worker exited with %lld%s%s after %.1f s%s", (long long)s->job,
            (long long)status, sig ? ", signal " : "", sig ? strsignal(sig) : "",
            rd_mono() - s->started, c ? "" : " (its asker had gone)");
+    rd_conn_undefer(c);
     dir_remove(s->dir);
     uv_close((uv_handle_t *)p, closed_cb);
 }
@@ -235,6 +236,7 @@ void rd_sphere_request(rd_spheres *d, rd_conn *c, long long id, int64_t job, jso
         uv_close((uv_handle_t *)&s->proc, closed_cb);
         return;
     }
+    rd_conn_defer(c);
     rd_log("sphere: j%lld (%s, %s samples, backend %s) for a client, pid %d", (long long)job,
            weights, ns, backend, s->proc.pid);
 }

@@ -42,6 +42,7 @@ void rd_watch_add(rd_watch *W, rd_conn *c, long long req, char kind, int64_t id,
     s->id = id;
     s->req = req;
     s->logs = logs;
+    c->stream = 1; /* never idle while it follows */
 }
 
 /* An event of `job` to its watchers and those of its grid: a copy each,
@@ -98,6 +99,7 @@ static void on_job_state(void *arg, int64_t job, const char *why)
             continue;
         }
         rd_conn_send(s->c, rw_msg_new("watch_end", s->req));
+        s->c->stream = 0;
         *p = s->next;
         free(s);
     }

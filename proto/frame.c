@@ -23,6 +23,15 @@ void rw_frame_reader_free(rw_frame_reader *r)
     memset(r, 0, sizeof *r);
 }
 
+void rw_frame_reader_trim(rw_frame_reader *r)
+{
+    if (r->len == 0 && r->buf) {
+        free(r->buf);
+        r->buf = NULL;
+        r->cap = 0;
+    }
+}
+
 int rw_frame_reader_feed(rw_frame_reader *r, const void *data, size_t n)
 {
     if (n == 0)

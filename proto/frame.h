@@ -26,6 +26,9 @@ typedef struct rw_frame_reader {
 
 void rw_frame_reader_init(rw_frame_reader *r, size_t max);
 void rw_frame_reader_free(rw_frame_reader *r);
+/* Gives its buffer back when it holds nothing (a reader that took one big
+ * frame keeps no megabyte for good). */
+void rw_frame_reader_trim(rw_frame_reader *r);
 /* Appends n bytes; -1 on out of memory. */
 int rw_frame_reader_feed(rw_frame_reader *r, const void *data, size_t n);
 /* The next frame, if complete. On an error the stream is unusable (the

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "daemon/rd.h"
+#include "proto/msg.h"
 
 static rd_daemon the_daemon;
 
@@ -59,7 +60,8 @@ static void usage(FILE *f)
             "  --threads N            CPU threads per worker (default: cores / slots)\n"
             "  --worker PATH          runaway-worker program (default: next to runawayd)\n"
             "  --tcp HOST:PORT        also listen on TCP (workers on other hosts); needs\n"
-            "                         a token of at least 16 characters in a 0600 file\n"
+            "                         a token of 32+ characters in a 0600 file (make one\n"
+            "                         with `runaway token new FILE`)\n"
             "  --token-file PATH      that file (default STATE/token)\n"
             "  --heartbeat S          worker heartbeat period (default 2)\n"
             "  --heartbeat-timeout S  silence after which a worker is killed (default 30)\n"
@@ -182,6 +184,27 @@ static void tick_cb(uv_timer_t *t)
     rd_sphere_tick(t->data);
 }
 
+/* The TCP token's rule (proto/msg.h) before anything starts: a short or
+ * blank token is refused, not served. The listener reads the file again and
+ * checks its mode; a file it cannot read is left to it to explain. */
+static int token_file_check(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char tok[RW_TOKEN_MAX + 2];
+    size_t n = fread(tok, 1, sizeof tok - 1, f);
+    fclose(f);
+    tok[n] = '\0';
+    tok[strcspn(tok, "\r\n")] = '\0';
+    char why[512];
+    if (rw_token_check(tok, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
 {
     char *end;
@@ -201,6 +224,7 @@ int main(int argc, char **argv)
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
     double stall = 1800;
+    char err[1024];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -281,6 +305,10 @@ int main(int argc, char **argv)
         snprintf(d->token_path, sizeof d->token_path, "%s", token_file);
     else
         snprintf(d->token_path, sizeof d->token_path, "%s/token", d->state_dir);
+    if (tcp && token_file_check(d->token_path, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
     /* absolute: the CLI that prints it may run in another folder */
     char cwd[PATH_MAX] = ".";
     int tbn = 0;
@@ -314,7 +342,6 @@ int main(int argc, char **argv)
     d->shutdown_timeout_s = sdt;
     signal(SIGPIPE, SIG_IGN);
 
-    char err[1024];
     d->loop = uv_default_loop();
     if (rd_db_open(d, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);

@@ -342,3 +342,30 @@ int rw_kv_key_ok(const char *s)
             return 0;
     return 1;
 }
+
+int rw_token_check(const char *tok, char *why, size_t len)
+{
+    size_t n = strlen(tok), blank = 0, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)tok[i];
+        blank += c == ' ' || (c >= '\t' && c <= '\r');
+        if (!bad && (c < 0x21 || c > 0x7e))
+            bad = i + 1;
+    }
+    if (blank == n)
+        snprintf(why, len, "the token is blank");
+    else if (n < RW_TOKEN_MIN)
+        snprintf(why, len, "the token is too short (%zu characters)", n);
+    else if (n > RW_TOKEN_MAX)
+        snprintf(why, len, "the token is too long (%zu characters)", n);
+    else if (bad)
+        snprintf(why, len, "the token has a space or a character that is not printable ASCII "
+                 "(character %zu)", bad);
+    else
+        return 0;
+    size_t k = strlen(why);
+    snprintf(why + k, len > k ? len - k : 0, ": a token is %d to %d printable ASCII characters "
+             "without spaces; `runaway token new FILE` writes a strong one", RW_TOKEN_MIN,
+             RW_TOKEN_MAX);
+    return -1;
+}

@@ -232,6 +232,30 @@ Test(msg, submit_needs_an_absolute_basedir)
     expect_msg(js, RW_FROM_CLIENT, NULL, NULL);
 }
 
+/* Tokens: 32..256 printable ASCII characters without spaces; a blank or
+ * short one is refused where it is read (issue 19). */
+Test(msg, weak_tokens_are_refused)
+{
+    char why[512], t[300];
+    cr_assert_neq(rw_token_check("                ", why, sizeof why), 0);
+    cr_assert(strstr(why, "the token is blank") && strstr(why, "runaway token new FILE"), "%s", why);
+    memset(t, ' ', 40), t[40] = 0;
+    cr_assert_neq(rw_token_check(t, why, sizeof why), 0);
+    cr_assert(strstr(why, "blank"), "%s", why);
+    cr_assert_neq(rw_token_check("0123456789abcdef-secret", why, sizeof why), 0);
+    cr_assert(strstr(why, "too short (23 characters): a token is 32 to 256 printable ASCII "
+                          "characters without spaces"), "%s", why);
+    cr_assert_neq(rw_token_check("0123456789abcdef 0123456789abcdef", why, sizeof why), 0);
+    cr_assert(strstr(why, "a space or a character that is not printable ASCII (character 17)"),
+              "%s", why);
+    memset(t, 'a', 257), t[257] = 0;
+    cr_assert_neq(rw_token_check(t, why, sizeof why), 0);
+    cr_assert(strstr(why, "too long"), "%s", why);
+    t[256] = 0;
+    cr_assert_eq(rw_token_check(t, why, sizeof why), 0, "%s", why);
+    cr_assert_eq(rw_token_check("0123456789abcdef0123456789abcdef", why, sizeof why), 0, "%s", why);
+}
+
 Test(msg, error_reply)
 {
     json_t *e = rw_msg_error(9, RW_E_NOT_FOUND, "no job 'j99'");

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -78,6 +79,8 @@ static void usage(FILE *f)
             "                                       every epoch's (--steps: step's) metrics as CSV,\n"
             "                                       the newest row of each per job\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
+            "  token new FILE                       a strong token for --tcp (--token-file), in a\n"
+            "                                       new file of mode 0600\n"
             "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
             "                                       submit, watch until done, print the table\n"
             "JOB: j12, 12 or a job name (grid/variant/seedK); GRID: g3 or a grid name.\n"
@@ -2250,6 +2253,48 @@ static int cmd_run(const char *path, int dargc, char **dargv)
 }
 
 /* ------------------------------------------------------------------------ */
+/* token new */
+
+/* A TCP token: 32 bytes of getrandom(2) as 64 hex digits (256 bits; the
+ * rule, proto/msg.h, asks 32 characters), in a new file of mode 0600. An
+ * existing file is never replaced: a daemon and its workers may use it. */
+static int token_new(const char *path)
+{
+    unsigned char b[32];
+    for (size_t got = 0; got < sizeof b;) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r < 0 && errno != EINTR)
+            die("getrandom: %s", strerror(errno));
+        got += r > 0 ? (size_t)r : 0;
+    }
+    char hex[2 * sizeof b + 2];
+    rw_hex_encode(b, sizeof b, hex);
+    explicit_bzero(b, sizeof b);
+    strcat(hex, "\n");
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST)
+        die("%s exists: not replaced (a runawayd or its workers may use it); remove it first "
+            "to make a new one", path);
+    if (fd < 0)
+        die("%s: %s", path, strerror(errno));
+    /* 0600 exactly, whatever the umask took away */
+    int ok = fchmod(fd, 0600) == 0 && rw_fd_write_all(fd, hex, strlen(hex)) == 0 && fsync(fd) == 0;
+    int e = errno;
+    explicit_bzero(hex, sizeof hex);
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) {
+        unlink(path);
+        die("%s: not written: %s", path, strerror(e));
+    }
+    printf("%s: a new token (64 hex digits, mode 0600): runawayd --tcp HOST:PORT --token-file "
+           "%s; give each runaway-worker serve a copy (--token-file)\n", path, path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
 {
@@ -2312,6 +2357,11 @@ int main(int argc, char **argv)
         if (!strcmp(a[0], "status"))
             return daemon_status();
         die("daemon: start, stop or status, not '%s'", a[0]);
+    }
+    if (!strcmp(cmd, "token")) {
+        if (n != 2 || strcmp(a[0], "new"))
+            die("token: expected `token new FILE`");
+        return token_new(a[1]);
     }
     if (!strcmp(cmd, "submit")) {
         long prio = 0;

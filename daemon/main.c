@@ -184,6 +184,47 @@ static void tick_cb(uv_timer_t *t)
     rd_sphere_tick(t->data);
 }
 
+/* The state folder is the user's alone: its database names every job, spec
+ * and path, and the socket beside it is the daemon's door. What we own is
+ * made private (the folder 0700, its database, backup, lock and log 0600);
+ * what another user owns is refused, not used, since they could change it
+ * under us. */
+static int state_private(const char *state, char *err, size_t errlen)
+{
+    static const char *const files[] = {"", "runaway.db", "runaway.db-wal", "runaway.db-shm",
+                                        "runaway.db.backup", "runawayd.lock", "runawayd.log"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char p[PATH_MAX + 32];
+        snprintf(p, sizeof p, "%s%s%s", state, files[i][0] ? "/" : "", files[i]);
+        mode_t want = files[i][0] ? 0600 : 0700;
+        struct stat st;
+        if (stat(p, &st) != 0) {
+            if (errno == ENOENT)
+                continue;
+            snprintf(err, errlen, "%s: %s", p, strerror(errno));
+            return -1;
+        }
+        mode_t mode = st.st_mode & 07777;
+        if (st.st_uid != geteuid()) {
+            snprintf(err, errlen, "%s belongs to uid %u, not to uid %u that runs runawayd (mode "
+                     "%04o): refusing to start on state another user can change; chown it, or "
+                     "give --state-dir a folder of your own", p, (unsigned)st.st_uid,
+                     (unsigned)geteuid(), (unsigned)mode);
+            return -1;
+        }
+        if (mode == want)
+            continue;
+        if (chmod(p, want) != 0) {
+            snprintf(err, errlen, "%s is mode %04o and cannot be made %04o: %s", p,
+                     (unsigned)mode, (unsigned)want, strerror(errno));
+            return -1;
+        }
+        rd_log("%s was mode %04o: now %04o (the state is its user's alone)", p, (unsigned)mode,
+               (unsigned)want);
+    }
+    return 0;
+}
+
 /* The TCP token's rule (proto/msg.h) before anything starts: a short or
  * blank token is refused, not served. The listener reads the file again and
  * checks its mode; a file it cannot read is left to it to explain. */
@@ -220,6 +261,9 @@ static int parse_num(const char *flag, const char *v, double lo, double hi, doub
 int main(int argc, char **argv)
 {
     rd_daemon *d = &the_daemon;
+    /* what runawayd and its workers create (database, backup, logs, run and
+     * TensorBoard folders) is the user's alone, whatever the caller's umask */
+    umask(077);
     const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL, *tb = NULL;
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
@@ -289,6 +333,10 @@ int main(int argc, char **argv)
     char real[PATH_MAX];
     if (realpath(d->state_dir, real))
         snprintf(d->state_dir, sizeof d->state_dir, "%s", real);
+    if (state_private(d->state_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
     /* one daemon per state directory */
     char lock[PATH_MAX + 32];
     snprintf(lock, sizeof lock, "%s/runawayd.lock", d->state_dir);

@@ -286,3 +286,53 @@ Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = p
     /* and the daemon takes it */
     start_daemon("--tcp", GUARD_PORT, "--token-file", tok, NULL);
 }
+
+/* ------------------------------------------------------------------------ */
+/* A private state folder */
+
+/* Another user could read job names with sqlite3 from a 0755 folder and
+ * 0644 files, which the daemon kept as it found them (issue 19). */
+Test(state, the_state_folder_is_made_private_and_another_users_refused, .init = prepare,
+     .fini = teardown, .timeout = 60)
+{
+    char p[160], out[4096];
+    start_daemon(NULL); /* makes the database */
+    stop_daemon(10);
+    cr_assert_eq(chmod(dir, 0755), 0);
+    const char *files[] = {"runaway.db", "runawayd.lock", "runawayd.log"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        if (access(p, F_OK) != 0)
+            write_file(p, "", 0644);
+        cr_assert_eq(chmod(p, 0644), 0);
+    }
+    start_daemon(NULL);
+    cr_assert_eq(mode_of("%s", dir), 0700, "state folder mode %04o", mode_of("%s", dir));
+    const char *now_files[] = {"runaway.db", "runaway.db-wal", "runaway.db-shm", "runawayd.lock",
+                               "runawayd.log"};
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_eq(mode_of("%s/%s", dir, now_files[i]), 0600, "%s: mode %04o", now_files[i],
+                     mode_of("%s/%s", dir, now_files[i]));
+    stop_daemon(10);
+    if (geteuid() != 0)
+        return; /* the rest gives files to another user */
+    /* a database another user owns: refused, naming it, its owner and mode */
+    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    cr_assert_eq(chown(p, 65534, 65534), 0);
+    cr_assert_eq(chmod(p, 0640), 0);
+    int rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", dir, "--cpu-slots",
+                      "1", NULL);
+    char want[256];
+    snprintf(want, sizeof want, "runawayd: %s belongs to uid 65534, not to uid 0 that runs "
+             "runawayd (mode 0640): refusing to start", p);
+    cr_assert(rc == 1 && strstr(out, want), "status %d: %s", rc, out);
+    cr_assert_eq(mode_of("%s", p), 0640, "changed another user's file");
+    cr_assert_eq(chown(p, 0, 0), 0);
+    /* the folder itself */
+    cr_assert_eq(chown(dir, 65534, 65534), 0);
+    rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", dir, "--cpu-slots", "1",
+                  NULL);
+    snprintf(want, sizeof want, "runawayd: %s belongs to uid 65534, not to uid 0", dir);
+    cr_assert(rc == 1 && strstr(out, want), "status %d: %s", rc, out);
+    cr_assert_eq(chown(dir, 0, 0), 0);
+}

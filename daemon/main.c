@@ -72,6 +72,11 @@ static void usage(FILE *f)
             "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n"
             "  --tensorboard DIR|none TensorBoard event files of every job's metrics, written\n"
             "                         as they arrive (default STATE/tensorboard)\n"
+            "  --backup-every S       a backup of the database, STATE/runaway.db.backup, at\n"
+            "                         start and then every S seconds while it changes\n"
+            "                         (default 600; 0: none)\n"
+            "  --check                PRAGMA integrity_check of the database and its backup,\n"
+            "                         read-only (a running daemon goes on); exit 1 on damage\n"
             "  --notify CMD           a shell command run when a grid ends, when a job fails\n"
             "                         for good and when the database stops taking writes\n"
             "                         (and takes them again); RUNAWAY_EVENT (grid_end,\n"
@@ -179,6 +184,7 @@ static void signal_cb(uv_signal_t *s, int signum)
 
 static void tick_cb(uv_timer_t *t)
 {
+    rd_db_backup_tick(t->data);
     rd_tick(t->data);
     rd_conns_tick(t->data);
     rd_sphere_tick(t->data);
@@ -267,7 +273,8 @@ int main(int argc, char **argv)
     const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL, *tb = NULL;
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
-    double stall = 1800;
+    double stall = 1800, backup_every = 600;
+    int check = 0;
     char err[1024];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -275,6 +282,9 @@ int main(int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(a, "--check")) {
+            check = 1;
+            continue; /* no value */
         } else if (!strcmp(a, "--state-dir") && v)
             state = v;
         else if (!strcmp(a, "--tcp") && v)
@@ -306,6 +316,8 @@ int main(int argc, char **argv)
                 rc = -1;
             }
         }
+        else if (!strcmp(a, "--backup-every"))
+            rc = parse_num(a, v, 0, 86400, &backup_every);
         else if (!strcmp(a, "--max-retries"))
             rc = parse_num(a, v, 0, 100, &retries);
         else if (!strcmp(a, "--shutdown-timeout"))
@@ -325,6 +337,10 @@ int main(int argc, char **argv)
     } else if (rd_default_state_dir(d->state_dir, sizeof d->state_dir) != 0) {
         fprintf(stderr, "runawayd: no HOME or XDG_STATE_HOME: give --state-dir\n");
         return 2;
+    }
+    if (check) { /* reads only: no folder made, no lock, no mode changed */
+        snprintf(d->db_path, sizeof d->db_path, "%s/runaway.db", d->state_dir);
+        return rd_db_check_full(d->db_path);
     }
     if (rd_mkdir_p(d->state_dir, 0700) != 0) {
         fprintf(stderr, "runawayd: %s: %s\n", d->state_dir, strerror(errno));
@@ -391,10 +407,17 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     d->loop = uv_default_loop();
+    /* before anything writes to it: the schema, the requeue, the backlog */
+    char damage[8192];
+    if (rd_db_check_start(d, damage, sizeof damage) != 0) {
+        fprintf(stderr, "runawayd: %s", damage);
+        return 1;
+    }
     if (rd_db_open(d, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
+    rd_db_backup_start(d, backup_every);
     rd_sphere_clear_stale(d);
     if (rd_server_listen(d, tcp, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);

@@ -1,6 +1,7 @@
 /* runawayd internals: the daemon state shared by its files.
  *   main.c     options, state directory, lock, loop, signals, shutdown
  *   db.c       SQLite (WAL): grids, jobs, attempts, metrics, events
+ *   dbcheck.c  the database checked (at start, on demand) and backed up
  *   server.c   listeners, connections, framing, client requests, watchers
  *   workers.c  worker processes, worker connections, heartbeats, scheduler
  *   tboard.c   TensorBoard event files of the metrics
@@ -239,6 +240,20 @@ int64_t rd_db_int(rd_daemon *d, const char *sql, int64_t arg, int64_t dflt);
 /* The id for a new row of grids, jobs or attempts (a fixed string): never
  * one given before, even to a removed row. 0 on error (logged). */
 int64_t rd_db_next_id(rd_daemon *d, const char *table);
+
+/* dbcheck.c: PRAGMA quick_check of the database before anything opens it
+ * for writing (a lock is waited for, as at start). -1: it is damaged; msg
+ * says what SQLite finds and how to recover, and the file is as it was. */
+int rd_db_check_start(rd_daemon *d, char *msg, size_t len);
+/* `runawayd --check`: PRAGMA integrity_check of the database at db and of
+ * its backup, read-only (a running daemon goes on), printed; 0 if both
+ * pass (or there is no backup yet), else 1. */
+int rd_db_check_full(const char *db);
+/* The backup, DB_PATH.backup, by SQLite's online backup API on the thread
+ * pool: now (start), then from the tick every every_s seconds if the
+ * database changed (0: never). */
+void rd_db_backup_start(rd_daemon *d, double every_s);
+void rd_db_backup_tick(rd_daemon *d);
 
 /* server.c */
 int rd_server_listen(rd_daemon *d, const char *tcp_addr, char *err, size_t errlen);

@@ -37,6 +37,9 @@ static void usage(FILE *f)
             "  daemon start [RUNAWAYD OPTIONS...]   start runawayd in the background\n"
             "  daemon stop                          workers checkpoint, jobs go back to the queue\n"
             "  daemon status\n"
+            "  daemon check                         PRAGMA integrity_check of the database and\n"
+            "                                       its backup (read-only; here, not through a\n"
+            "                                       forwarded socket); exit 1 on damage\n"
             "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
             "         [-n|--dry-run]                -n: only list its jobs and how they differ\n"
             "  ls [GRID] [--state S]                jobs (the newest 500, or one grid's);\n"
@@ -315,6 +318,32 @@ static int last_line(const char *path, char *out, size_t len)
     return out[0] != 0;
 }
 
+/* runawayd did not start: what it wrote to its log since offset `from` (a
+ * damaged database, a state folder of another user: its reasons and the
+ * way out), at most the last 8 KiB of it. */
+static void die_with_log(const char *logp, off_t from) __attribute__((noreturn));
+static void die_with_log(const char *logp, off_t from)
+{
+    char buf[8192];
+    size_t n = 0;
+    int fd = open(logp, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > from) {
+        off_t at = st.st_size - from > (off_t)sizeof buf - 1 ? st.st_size - (off_t)sizeof buf + 1
+                                                             : from;
+        ssize_t k = pread(fd, buf, sizeof buf - 1, at);
+        n = k > 0 ? (size_t)k : 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    while (n && buf[n - 1] == '\n')
+        n--;
+    buf[n] = '\0';
+    if (!n)
+        die("runawayd did not come up; see %s", logp);
+    die("runawayd did not come up; its log %s says:\n%s", logp, buf);
+}
+
 static int daemon_start(int argc, char **argv, int quiet)
 {
     conn c;
@@ -340,6 +369,8 @@ static int daemon_start(int argc, char **argv, int quiet)
     }
     char logp[PATH_MAX + 32];
     snprintf(logp, sizeof logp, "%s/runawayd.log", state_dir);
+    struct stat lst;
+    off_t log0 = stat(logp, &lst) == 0 ? lst.st_size : 0;
     char **args = calloc((size_t)argc + 5, sizeof *args);
     int k = 0;
     args[k++] = bin;
@@ -392,9 +423,11 @@ static int daemon_start(int argc, char **argv, int quiet)
         double t = mono_s() - t0;
         /* past 15 s, a runawayd that still holds its lock file is alive and
          * busy starting (waiting for its database to take writes): wait
-         * with it */
-        if (t > 15 && (!daemon_starting() || t > RECONNECT_S))
-            die("runawayd did not come up; see %s", logp);
+         * with it. One that holds no lock after 3 s has exited (it takes
+         * the lock first): what it said is in its log since log0. */
+        if ((t > 3 && !daemon_starting()) ||
+            (t > 15 && (!daemon_starting() || t > RECONNECT_S)))
+            die_with_log(logp, log0);
         if (t > 15 && !said && !quiet) {
             char last[512];
             /* on a full disk the log may not have its newest lines */
@@ -404,6 +437,27 @@ static int daemon_start(int argc, char **argv, int quiet)
         }
         usleep(100000);
     }
+}
+
+/* runawayd --check: the database is read here, by the daemon's program
+ * (the CLI does not link SQLite), read-only, whether or not a daemon runs:
+ * WAL lets a reader and the daemon's writes go on together. So it needs
+ * this host to hold the state folder, not only a forwarded socket. */
+static int daemon_check(void)
+{
+    char bin[PATH_MAX];
+    if (daemon_bin)
+        snprintf(bin, sizeof bin, "%s", daemon_bin);
+    else
+        find_prog("runawayd", "daemon", bin, sizeof bin);
+    char db[PATH_MAX + 32];
+    snprintf(db, sizeof db, "%s/runaway.db", state_dir);
+    if (access(db, F_OK) != 0)
+        die("no database at %s to check (it is made by runawayd's first start, on the host "
+            "that holds the state folder)", db);
+    fflush(stdout);
+    execl(bin, bin, "--state-dir", state_dir, "--check", (char *)NULL);
+    die("cannot run %s: %s", bin, strerror(errno));
 }
 
 static int daemon_stop(void)
@@ -2349,14 +2403,16 @@ int main(int argc, char **argv)
     } while (0)
     if (!strcmp(cmd, "daemon")) {
         if (n < 1)
-            die("daemon: start, stop or status?");
+            die("daemon: start, stop, status or check?");
         if (!strcmp(a[0], "start"))
             return daemon_start(n - 1, a + 1, 0);
         if (!strcmp(a[0], "stop"))
             return daemon_stop();
         if (!strcmp(a[0], "status"))
             return daemon_status();
-        die("daemon: start, stop or status, not '%s'", a[0]);
+        if (!strcmp(a[0], "check"))
+            return daemon_check();
+        die("daemon: start, stop, status or check, not '%s'", a[0]);
     }
     if (!strcmp(cmd, "token")) {
         if (n != 2 || strcmp(a[0], "new"))

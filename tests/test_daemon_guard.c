@@ -503,3 +503,39 @@ Test(db, the_backup_is_whole_private_and_follows_changes, .init = prepare, .fini
     cr_assert_eq(stat(bk, &s1), 0);
     cr_assert_eq(s0.st_ino, s1.st_ino, "an unchanged database was backed up again");
 }
+
+/* ------------------------------------------------------------------------ */
+/* The CLI and a socket it may not open */
+
+/* `runaway` said "no runawayd at ..." for another user's socket (EACCES),
+ * and `daemon start` tried to start a second daemon there (issue 19). */
+Test(cli, another_users_socket_is_permission_denied, .init = prepare, .fini = teardown,
+     .timeout = 30)
+{
+    /* a listening socket of ours, mode 0600; the CLI runs as another user
+     * (as root: nobody), else with the socket made 0000 */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "%s", strerror(errno));
+    cr_assert_eq(listen(fd, 4), 0);
+    int root = geteuid() == 0;
+    cr_assert_eq(chmod(sock, root ? 0600 : 0), 0);
+    cr_assert_eq(chmod(dir, 0755), 0); /* the folder may be entered */
+    uid_t as = root ? 65534 : (uid_t)-1;
+    char exe[1100], out[4096], want[256];
+    bin(exe, sizeof exe, "tools/runaway");
+    const char *ls[] = {exe, "--state-dir", dir, "ls", NULL};
+    int rc = run_argv_as(as, out, sizeof out, 10, ls);
+    if (root)
+        snprintf(want, sizeof want, "runaway: permission denied: %s belongs to another user "
+                 "(uid 0), whose runawayd serves its owner only", sock);
+    else
+        snprintf(want, sizeof want, "runaway: permission denied: cannot connect to %s", sock);
+    cr_assert(rc == 1 && strstr(out, want) && !strstr(out, "no runawayd"), "status %d: %s", rc,
+              out);
+    const char *start[] = {exe, "--state-dir", dir, "daemon", "start", NULL};
+    rc = run_argv_as(as, out, sizeof out, 20, start);
+    cr_assert(rc == 1 && strstr(out, want), "daemon start: status %d: %s", rc, out);
+    close(fd);
+}

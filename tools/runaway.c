@@ -29,6 +29,7 @@ static char state_dir[PATH_MAX];
 static char sock_path[PATH_MAX + 32];
 static const char *daemon_bin = NULL, *worker_bin = NULL;
 static long long next_id = 1;
+static int connect_errno; /* errno of the last connect that failed */
 
 static void usage(FILE *f)
 {
@@ -121,12 +122,30 @@ static int try_connect(conn *c)
     if (c->fd < 0)
         return -1;
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        connect_errno = errno;
         close(c->fd);
         c->fd = -1;
         return -1;
     }
     rw_frame_reader_init(&c->r, RW_FRAME_MAX);
     return 0;
+}
+
+/* No daemon to talk to. A socket we may not open (EACCES) is not "no
+ * runawayd": someone's daemon is there, and starting another is wrong. */
+static void die_no_daemon(void) __attribute__((noreturn));
+static void die_no_daemon(void)
+{
+    if (connect_errno == EACCES) {
+        struct stat st;
+        if (stat(sock_path, &st) == 0 && st.st_uid != geteuid())
+            die("permission denied: %s belongs to another user (uid %u), whose runawayd serves "
+                "its owner only; use a state folder of your own (--state-dir)", sock_path,
+                (unsigned)st.st_uid);
+        die("permission denied: cannot connect to %s (its mode, or a folder on its path, does "
+            "not let you)", sock_path);
+    }
+    die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
 }
 
 static void conn_close(conn *c)
@@ -219,7 +238,7 @@ static int try_open_conn(conn *c)
 static void need_conn(conn *c)
 {
     if (open_conn(c) != 0)
-        die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
+        die_no_daemon();
 }
 
 static double mono_s(void)
@@ -347,7 +366,10 @@ static void die_with_log(const char *logp, off_t from)
 static int daemon_start(int argc, char **argv, int quiet)
 {
     conn c;
-    if (open_conn(&c) == 0) {
+    connect_errno = 0;
+    if (open_conn(&c) != 0 && connect_errno == EACCES)
+        die_no_daemon(); /* another user's: a second daemon would only fail on its lock */
+    if (c.fd >= 0) {
         json_t *r = request(&c, req_new("status"));
         if (!quiet)
             printf("runawayd already running (pid %lld) at %s\n", jint(r, "pid"), sock_path);
@@ -554,7 +576,7 @@ static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
     if (c->fd < 0 && open_conn(c) != 0) {
         if (!parsed)
             die("%s", err);
-        die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
+        die_no_daemon();
     }
     json_t *m = req_new("submit");
     json_t *t = json_string(text);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "daemon/daemon.h"
+#include "daemon/dbcheck.h"
 #include "daemon/kv.h"
 
 /* Once shutdown has begun and every worker process is gone, the loop stops. */
@@ -58,6 +59,8 @@ void rd_daemon_wire(rd_daemon *d)
 {
     d->store.ev = &d->ev;
     snprintf(d->store.path, sizeof d->store.path, "%s/runaway.db", d->state_dir);
+    snprintf(d->store.state_dir, sizeof d->store.state_dir, "%s", d->state_dir);
+    d->store.tb_dir = d->tb.dir;
 
     d->net.loop = d->loop;
     d->net.life = &d->life;
@@ -131,6 +134,7 @@ static void tick_cb(uv_timer_t *t)
 {
     rd_daemon *d = t->data;
     double now = rd_mono();
+    rd_db_backup_tick(&d->store, d->life.shutting_down);
     forgive_stall(d, now);
     rd_kv_tick(&d->runs);
     if (rd_db_retry(&d->store))

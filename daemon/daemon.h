@@ -4,6 +4,7 @@
  *   base.c      clocks, log, folders; the daemon's life (stopping or not)
  *   events.c    who listens to what happened (store, jobs -> watch, notify)
  *   db.c        the store: SQLite and the backlog of writes it cannot take
+ *   dbcheck.c   the store checked at start and on demand, and backed up
  *   scheduler.c, eta.c   the scheduler's decisions and the estimates (pure)
  *   net.c       transport and authentication: listeners, connections, hello
  *   runs.c      the running attempts

@@ -2,6 +2,8 @@
  * block the daemon; synchronous=NORMAL: a committed row survives a crash of
  * the daemon (the kill -9 case the design asks for), only power loss may
  * drop the last transactions. */
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,9 +52,48 @@ static const char *schema =
     "INSERT OR IGNORE INTO high_water VALUES('attempts', "
     "  (SELECT COALESCE(MAX(id), 0) FROM attempts));";
 
-/* The schema, the columns added since, and the requeue of the jobs a
- * previous daemon left running, in one transaction: all or none. SQLite's
- * result code (err says what failed). */
+/* The highest id among the names in folder `dir` that are `prefix`, an id,
+ * then nothing (prefix "") or '-' (else); 0 if none. */
+static long long max_named_id(const char *dir, const char *prefix)
+{
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return 0;
+    size_t pl = strlen(prefix);
+    long long mx = 0;
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        const char *n = e->d_name + pl;
+        if (strncmp(e->d_name, prefix, pl) || *n < '1' || *n > '9')
+            continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(n, &end, 10);
+        if (!errno && (pl ? *end == '-' : *end == '\0') && v > mx)
+            mx = v;
+    }
+    closedir(dp);
+    return mx;
+}
+
+/* A database restored from its backup is older than the folders its ids
+ * name (runs/<job>, TensorBoard's g<grid>-<name>): the high-water marks go
+ * past them, so that no new job or grid takes the folders of one the backup
+ * never saw. */
+static void high_water_sql(rd_store *d, char *sql, size_t len)
+{
+    char runs[PATH_MAX + 8];
+    snprintf(runs, sizeof runs, "%s/runs", d->state_dir);
+    long long jobs = max_named_id(runs, ""),
+              grids = d->tb_dir && d->tb_dir[0] ? max_named_id(d->tb_dir, "g") : 0;
+    snprintf(sql, len, "UPDATE high_water SET id=MAX(id, %lld) WHERE tbl='jobs';"
+             "UPDATE high_water SET id=MAX(id, %lld) WHERE tbl='grids';", jobs, grids);
+}
+
+/* The schema, the columns added since, the requeue of the jobs a previous
+ * daemon left running and the high-water marks past the folders' ids, in
+ * one transaction: all or none. SQLite's result code (err says what
+ * failed). */
 static int db_init(rd_store *d, char *err, size_t errlen)
 {
     char *msg = NULL;
@@ -82,6 +123,11 @@ static int db_init(rd_store *d, char *err, size_t errlen)
                           "error='daemon restarted' WHERE outcome='running';"
                           "UPDATE jobs SET state='queued' WHERE state='running';",
                           NULL, NULL, &msg);
+    if (rc == SQLITE_OK) {
+        char sql[256];
+        high_water_sql(d, sql, sizeof sql);
+        rc = sqlite3_exec(d->db, sql, NULL, NULL, &msg);
+    }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(d->db, "COMMIT", NULL, NULL, &msg);
     if (rc == SQLITE_OK)

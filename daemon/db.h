@@ -35,6 +35,10 @@ typedef struct rd_db_backlog {
 typedef struct rd_store {
     sqlite3 *db;
     char path[PATH_MAX];
+    /* the folders its ids name (runs/<job>, TensorBoard's g<grid>-): a
+     * database restored from a backup gives no new row an id they hold */
+    char state_dir[PATH_MAX];
+    const char *tb_dir;
     rd_db_backlog backlog;
     rd_events *ev;
 } rd_store;

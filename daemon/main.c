@@ -14,7 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/dbcheck.h"
 #include "daemon/handlers.h"
+#include "proto/msg.h"
 
 static rd_daemon the_daemon;
 static uv_signal_t sigterm_h, sigint_h;
@@ -32,7 +34,8 @@ static void usage(FILE *f)
             "  --threads N            CPU threads per worker (default: cores / slots)\n"
             "  --worker PATH          runaway-worker program (default: next to runawayd)\n"
             "  --tcp HOST:PORT        also listen on TCP (workers on other hosts); needs\n"
-            "                         a token of at least 16 characters in a 0600 file\n"
+            "                         a token of 32+ characters in a 0600 file (make one\n"
+            "                         with `runaway token new FILE`)\n"
             "  --token-file PATH      that file (default STATE/token)\n"
             "  --heartbeat S          worker heartbeat period (default 2)\n"
             "  --heartbeat-timeout S  silence after which a worker is killed (default 30)\n"
@@ -43,6 +46,11 @@ static void usage(FILE *f)
             "  --shutdown-timeout S   wait for workers to checkpoint on SIGTERM (default 60)\n"
             "  --tensorboard DIR|none TensorBoard event files of every job's metrics, written\n"
             "                         as they arrive (default STATE/tensorboard)\n"
+            "  --backup-every S       a backup of the database, STATE/runaway.db.backup, at\n"
+            "                         start and then every S seconds while it changes\n"
+            "                         (default 600; 0: none)\n"
+            "  --check                PRAGMA integrity_check of the database and its backup,\n"
+            "                         read-only (a running daemon goes on); exit 1 on damage\n"
             "  --notify CMD           a shell command run when a grid ends, when a job fails\n"
             "                         for good and when the database stops taking writes\n"
             "                         (and takes them again); RUNAWAY_EVENT (grid_end,\n"
@@ -93,6 +101,68 @@ static void signal_cb(uv_signal_t *s, int signum)
     rd_shutdown_begin(s->data);
 }
 
+/* The state folder is the user's alone: its database names every job, spec
+ * and path, and the socket beside it is the daemon's door. What we own is
+ * made private (the folder 0700, its database, backup, lock and log 0600);
+ * what another user owns is refused, not used, since they could change it
+ * under us. */
+static int state_private(const char *state, char *err, size_t errlen)
+{
+    static const char *const files[] = {"", "runaway.db", "runaway.db-wal", "runaway.db-shm",
+                                        "runaway.db.backup", "runawayd.lock", "runawayd.log"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char p[PATH_MAX + 32];
+        snprintf(p, sizeof p, "%s%s%s", state, files[i][0] ? "/" : "", files[i]);
+        mode_t want = files[i][0] ? 0600 : 0700;
+        struct stat st;
+        if (stat(p, &st) != 0) {
+            if (errno == ENOENT)
+                continue;
+            snprintf(err, errlen, "%s: %s", p, strerror(errno));
+            return -1;
+        }
+        mode_t mode = st.st_mode & 07777;
+        if (st.st_uid != geteuid()) {
+            snprintf(err, errlen, "%s belongs to uid %u, not to uid %u that runs runawayd (mode "
+                     "%04o): refusing to start on state another user can change; chown it, or "
+                     "give --state-dir a folder of your own", p, (unsigned)st.st_uid,
+                     (unsigned)geteuid(), (unsigned)mode);
+            return -1;
+        }
+        if (mode == want)
+            continue;
+        if (chmod(p, want) != 0) {
+            snprintf(err, errlen, "%s is mode %04o and cannot be made %04o: %s", p,
+                     (unsigned)mode, (unsigned)want, strerror(errno));
+            return -1;
+        }
+        rd_log("%s was mode %04o: now %04o (the state is its user's alone)", p, (unsigned)mode,
+               (unsigned)want);
+    }
+    return 0;
+}
+
+/* The TCP token's rule (proto/msg.h) before anything starts: a short or
+ * blank token is refused, not served. The listener reads the file again and
+ * checks its mode; a file it cannot read is left to it to explain. */
+static int token_file_check(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char tok[RW_TOKEN_MAX + 2];
+    size_t n = fread(tok, 1, sizeof tok - 1, f);
+    fclose(f);
+    tok[n] = '\0';
+    tok[strcspn(tok, "\r\n")] = '\0';
+    char why[512];
+    if (rw_token_check(tok, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
 {
     char *end;
@@ -108,16 +178,24 @@ static int parse_num(const char *flag, const char *v, double lo, double hi, doub
 int main(int argc, char **argv)
 {
     rd_daemon *d = &the_daemon;
+    /* what runawayd and its workers create (database, backup, logs, run and
+     * TensorBoard folders) is the user's alone, whatever the caller's umask */
+    umask(077);
     const char *state = NULL, *tcp = NULL, *worker = NULL, *token_file = NULL, *tb = NULL;
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
     double cpu_slots = -1, gpus = -1, spg = 1, threads = 0, hb = 2, hbt = 30, retries = 3, sdt = 60;
-    double stall = 1800;
+    double stall = 1800, backup_every = 600;
+    int check = 0;
+    char err[1024];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(a, "--check")) {
+            check = 1;
+            continue; /* no value */
         } else if (!strcmp(a, "--state-dir") && v)
             state = v;
         else if (!strcmp(a, "--tcp") && v)
@@ -149,6 +227,8 @@ int main(int argc, char **argv)
                 rc = -1;
             }
         }
+        else if (!strcmp(a, "--backup-every"))
+            rc = parse_num(a, v, 0, 86400, &backup_every);
         else if (!strcmp(a, "--max-retries"))
             rc = parse_num(a, v, 0, 100, &retries);
         else if (!strcmp(a, "--shutdown-timeout"))
@@ -169,6 +249,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "runawayd: no HOME or XDG_STATE_HOME: give --state-dir\n");
         return 2;
     }
+    if (check) { /* reads only: no folder made, no lock, no mode changed */
+        char db[PATH_MAX + 16];
+        snprintf(db, sizeof db, "%s/runaway.db", d->state_dir);
+        return rd_db_check_full(db);
+    }
     if (rd_mkdir_p(d->state_dir, 0700) != 0) {
         fprintf(stderr, "runawayd: %s: %s\n", d->state_dir, strerror(errno));
         return 1;
@@ -176,6 +261,10 @@ int main(int argc, char **argv)
     char real[PATH_MAX];
     if (realpath(d->state_dir, real))
         snprintf(d->state_dir, sizeof d->state_dir, "%s", real);
+    if (state_private(d->state_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
     /* one daemon per state directory */
     char lock[PATH_MAX + 32];
     snprintf(lock, sizeof lock, "%s/runawayd.lock", d->state_dir);
@@ -190,6 +279,10 @@ int main(int argc, char **argv)
         snprintf(d->net.token_path, sizeof d->net.token_path, "%s", token_file);
     else
         snprintf(d->net.token_path, sizeof d->net.token_path, "%s/token", d->state_dir);
+    if (tcp && token_file_check(d->net.token_path, err, sizeof err) != 0) {
+        fprintf(stderr, "runawayd: %s\n", err);
+        return 1;
+    }
     /* absolute: the CLI that prints it may run in another folder */
     char cwd[PATH_MAX] = ".";
     int tbn = 0;
@@ -225,14 +318,20 @@ int main(int argc, char **argv)
     d->life.shutdown_timeout_s = sdt;
     signal(SIGPIPE, SIG_IGN);
 
-    char err[1024];
     d->loop = uv_default_loop();
     rd_daemon_wire(d);
     d->net.h.client_request = rd_handle_client;
+    /* before anything writes to it: the schema, the requeue, the backlog */
+    char damage[8192];
+    if (rd_db_check_start(&d->store, damage, sizeof damage) != 0) {
+        fprintf(stderr, "runawayd: %s", damage);
+        return 1;
+    }
     if (rd_db_open(&d->store, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
+    rd_db_backup_start(&d->store, d->loop, backup_every);
     rd_sphere_clear_stale(&d->spheres);
     if (rd_net_listen(&d->net, tcp, err, sizeof err) != 0) {
         fprintf(stderr, "runawayd: %s\n", err);

@@ -379,16 +379,14 @@ static void reading(rd_conn *c, int on)
         rd_conn_close(c);
 }
 
-/* One turn of c: its buffered frames, at most RD_TURN_FRAMES. Frames left
- * over wait (reading stops) for the next turn; none left, it reads again. */
+/* One turn of c: its buffered frames, at most RD_TURN_FRAMES, none while
+ * it is held. Whole frames left over wait for a turn. It goes on reading
+ * (a peer that leaves is noticed, and its work dropped) until RD_READ_AHEAD
+ * bytes wait: no peer makes the daemon buffer more. */
 static void serve(rd_conn *c)
 {
-    int handled = 0, more = 0;
-    while (!c->closing) {
-        if (handled == RD_TURN_FRAMES || held(c)) {
-            more = 1;
-            break;
-        }
+    int handled = 0;
+    while (!c->closing && handled < RD_TURN_FRAMES && !held(c)) {
         json_t *m;
         char err[256];
         rw_frame_status st = rw_frame_reader_next(&c->rd, &m, err, sizeof err);
@@ -405,8 +403,9 @@ static void serve(rd_conn *c)
     }
     if (c->closing)
         return;
+    c->waiting = rw_frame_reader_ready(&c->rd);
     /* bytes of a frame not complete yet: its deadline runs from the first */
-    if (!more && c->rd.len > 0) {
+    if (!c->waiting && c->rd.len > 0) {
         if (c->partial_since == 0)
             c->partial_since = rd_mono();
     } else {
@@ -414,9 +413,8 @@ static void serve(rd_conn *c)
     }
     if (c->rd.len == 0 && c->rd.cap > 16384)
         rw_frame_reader_trim(&c->rd);
-    c->waiting = more;
-    reading(c, !more);
-    if (more)
+    reading(c, !c->waiting || c->rd.len < RD_READ_AHEAD); /* a frame begun is read whole */
+    if (c->waiting && !held(c))
         turns_kick(c->net);
 }
 
@@ -632,8 +630,9 @@ static int read_token(rd_net *d, char *err, size_t errlen)
     fclose(f);
     d->token[n] = '\0';
     d->token[strcspn(d->token, "\r\n")] = '\0';
-    if (strlen(d->token) < 16) {
-        snprintf(err, errlen, "%s: token must be at least 16 characters", path);
+    char why[512];
+    if (rw_token_check(d->token, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
         return -1;
     }
     return 0;

@@ -39,6 +39,7 @@
 /* Turns: frames a connection gets handled in one go, and the loop time
  * given to buffered frames per iteration: no peer holds the loop. */
 #define RD_TURN_FRAMES 8
+#define RD_READ_AHEAD (64u << 10) /* bytes of a connection's frames buffered before reading stops */
 #define RD_TURN_S 0.02
 
 typedef struct rd_conn rd_conn;

@@ -32,6 +32,15 @@ void rw_frame_reader_trim(rw_frame_reader *r)
     }
 }
 
+int rw_frame_reader_ready(const rw_frame_reader *r)
+{
+    if (r->len < RW_FRAME_HDR)
+        return 0;
+    uint32_t n = (uint32_t)r->buf[0] << 24 | (uint32_t)r->buf[1] << 16 |
+                 (uint32_t)r->buf[2] << 8 | r->buf[3];
+    return n > r->max || r->len >= RW_FRAME_HDR + (size_t)n;
+}
+
 int rw_frame_reader_feed(rw_frame_reader *r, const void *data, size_t n)
 {
     if (n == 0)

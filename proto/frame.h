@@ -29,6 +29,9 @@ void rw_frame_reader_free(rw_frame_reader *r);
 /* Gives its buffer back when it holds nothing (a reader that took one big
  * frame keeps no megabyte for good). */
 void rw_frame_reader_trim(rw_frame_reader *r);
+/* 1 if the next call of rw_frame_reader_next has something to say (a whole
+ * frame, or a header it refuses), 0 if it would need more bytes. */
+int rw_frame_reader_ready(const rw_frame_reader *r);
 /* Appends n bytes; -1 on out of memory. */
 int rw_frame_reader_feed(rw_frame_reader *r, const void *data, size_t n);
 /* The next frame, if complete. On an error the stream is unusable (the

@@ -8,8 +8,9 @@
 
 #include "proto/frame.h"
 
-/* T_NAMES: a list of lo..hi strings of 1..128 bytes (jobs or grids) */
-typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL, T_NAMES } ftype;
+/* T_NAMES: a list of lo..hi strings of 1..128 bytes (jobs or grids);
+ * T_ABSPATH: a string of lo..hi bytes that starts with '/' */
+typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL, T_NAMES, T_ABSPATH } ftype;
 
 typedef struct {
     const char *name;
@@ -49,7 +50,7 @@ static const mdef msgs[] = {
     /* client requests */
     {"submit", RW_FROM_CLIENT,
      {ID, {"text", T_STR, 1, 1, RW_SUBMIT_TEXT_MAX}, {"origin", T_STR, 1, 1, 1023},
-      {"basedir", T_STR, 1, 0, 1023}, {"priority", T_INT, 0, -1000, 1000}}},
+      {"basedir", T_ABSPATH, 1, 1, 1023}, {"priority", T_INT, 0, -1000, 1000}}},
     {"ls", RW_FROM_CLIENT, {ID, {"grid", T_STR, 0, 1, 128}, {"state", T_STR, 0, 1, 16}}},
     {"grids", RW_FROM_CLIENT, {ID}},
     {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
@@ -113,6 +114,7 @@ static const char *type_name(ftype t)
     case T_NUM_OR_NULL: return "a number or null";
     case T_BOOL: return "a boolean";
     case T_NAMES: return "a list of names";
+    case T_ABSPATH: return "an absolute path";
     }
     return "?";
 }
@@ -161,13 +163,20 @@ int rw_msg_check(const json_t *m, int from, const char **type, const char **code
         int ok = 0;
         switch (f->type) {
         case T_STR:
+        case T_ABSPATH:
             ok = json_is_string(v) && json_string_length(v) >= (size_t)f->lo &&
                  json_string_length(v) <= (size_t)f->hi &&
                  strlen(json_string_value(v)) == json_string_length(v); /* no NUL inside */
+            /* relative paths would resolve against the daemon's working
+             * folder, not the submitter's */
+            if (ok && f->type == T_ABSPATH)
+                ok = json_string_value(v)[0] == '/';
             break;
         case T_INT:
-            ok = json_is_integer(v) && (double)json_integer_value(v) >= f->lo &&
-                 (double)json_integer_value(v) <= f->hi;
+            /* compared as integers: as a double, 2^53 + 1 rounds to 2^53
+             * and would pass; every bound is an integer a double holds */
+            ok = json_is_integer(v) && json_integer_value(v) >= (json_int_t)f->lo &&
+                 json_integer_value(v) <= (json_int_t)f->hi;
             break;
         case T_NUM_OR_NULL:
             if (json_is_null(v)) {
@@ -198,6 +207,12 @@ int rw_msg_check(const json_t *m, int from, const char **type, const char **code
                          f->hi);
             else if (f->type == T_BOOL)
                 snprintf(err, errlen, "%s: %s: must be a boolean", ts, key);
+            else if (f->type == T_ABSPATH)
+                snprintf(err, errlen, "%s: %s: must be an absolute path (starting with '/') of "
+                         "%.0f..%.0f bytes", ts, key, f->lo, f->hi);
+            else if (f->type == T_INT)
+                snprintf(err, errlen, "%s: %s: must be an integer in [%.0f, %.0f]", ts, key, f->lo,
+                         f->hi);
             else if (f->type == T_NAMES)
                 snprintf(err, errlen, "%s: %s: must be a list of %.0f..%.0f strings of 1..128 bytes",
                          ts, key, f->lo, f->hi);
@@ -326,4 +341,31 @@ int rw_kv_key_ok(const char *s)
         if (s[i] < 0x21 || s[i] > 0x7e)
             return 0;
     return 1;
+}
+
+int rw_token_check(const char *tok, char *why, size_t len)
+{
+    size_t n = strlen(tok), blank = 0, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)tok[i];
+        blank += c == ' ' || (c >= '\t' && c <= '\r');
+        if (!bad && (c < 0x21 || c > 0x7e))
+            bad = i + 1;
+    }
+    if (blank == n)
+        snprintf(why, len, "the token is blank");
+    else if (n < RW_TOKEN_MIN)
+        snprintf(why, len, "the token is too short (%zu characters)", n);
+    else if (n > RW_TOKEN_MAX)
+        snprintf(why, len, "the token is too long (%zu characters)", n);
+    else if (bad)
+        snprintf(why, len, "the token has a space or a character that is not printable ASCII "
+                 "(character %zu)", bad);
+    else
+        return 0;
+    size_t k = strlen(why);
+    snprintf(why + k, len > k ? len - k : 0, ": a token is %d to %d printable ASCII characters "
+             "without spaces; `runaway token new FILE` writes a strong one", RW_TOKEN_MIN,
+             RW_TOKEN_MAX);
+    return -1;
 }

@@ -71,6 +71,14 @@ int rw_hex_decode(const char *s, size_t len, void *out, size_t cap, size_t *n);
 /* 1 if s is a valid kv key: 1..RW_KV_KEY_MAX bytes 0x21..0x7e. */
 int rw_kv_key_ok(const char *s);
 
+/* The TCP token (the first line of a token file, without its newline):
+ * RW_TOKEN_MIN..RW_TOKEN_MAX bytes 0x21..0x7e, so that a short, blank or
+ * mistyped token is refused where it is read rather than guessed. 0 if tok
+ * is one; else -1 with why: what is wrong, the rule and how to make one. */
+#define RW_TOKEN_MIN 32
+#define RW_TOKEN_MAX 256
+int rw_token_check(const char *tok, char *why, size_t len);
+
 /* Checks one received message: a known type, that `from` may send it, every
  * required field present, every field of its declared type and bounds, no
  * unknown fields. On failure returns -1 with *code (one of RW_E_*) and a

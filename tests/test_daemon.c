@@ -1963,7 +1963,7 @@ static void setup_tcp(void)
     char tok[128];
     snprintf(tok, sizeof tok, "%s/token", dir);
     int fd = open(tok, O_WRONLY | O_CREAT, 0600);
-    cr_assert_eq(write(fd, "0123456789abcdef-secret\n", 24), 24);
+    cr_assert_eq(write(fd, "0123456789abcdef0123456789abcdef-secret\n", 40), 40);
     close(fd);
     extra_arg[0] = "--tcp";
     extra_arg[1] = "127.0.0.1:39517";
@@ -2007,7 +2007,7 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout 
     json_t *h = rw_msg_new("hello", 1);
     json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
     json_object_set_new(h, "role", json_string("client"));
-    json_object_set_new(h, "token", json_string("0123456789abcdef-secret"));
+    json_object_set_new(h, "token", json_string("0123456789abcdef0123456789abcdef-secret"));
     json_t *rep = request(fd, &r, h);
     cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
     json_decref(rep);

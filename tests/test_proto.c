@@ -184,6 +184,78 @@ Test(msg, invalid_messages)
     free(big);
 }
 
+/* Ids are compared as integers: as doubles, 2^53 + 1 rounded to 2^53 and
+ * passed (issue 19). */
+Test(msg, ids_above_2_to_the_53_are_refused)
+{
+    expect_msg("{\"type\":\"status\",\"id\":9007199254740992}", RW_FROM_CLIENT, NULL, NULL);
+    expect_msg("{\"type\":\"status\",\"id\":9007199254740993}", RW_FROM_CLIENT,
+               RW_E_BAD_MESSAGE, "status: id: must be an integer in [0, 9007199254740992]");
+    expect_msg("{\"type\":\"status\",\"id\":9223372036854775807}", RW_FROM_CLIENT,
+               RW_E_BAD_MESSAGE, "id: must be an integer");
+    expect_msg("{\"type\":\"status\",\"id\":1.5}", RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "id");
+    expect_msg("{\"type\":\"status\",\"id\":1e300}", RW_FROM_CLIENT, RW_E_BAD_MESSAGE, "id");
+    /* the same for every other field of the kind: a job, an offset */
+    expect_msg("{\"type\":\"stopped\",\"job\":9007199254740993,\"attempt\":1}", RW_FROM_WORKER,
+               RW_E_BAD_MESSAGE, "stopped: job");
+    expect_msg("{\"type\":\"stopped\",\"job\":9007199254740992,\"attempt\":1}", RW_FROM_WORKER,
+               NULL, NULL);
+    /* beyond a 64-bit integer the frame itself does not parse */
+    rw_frame_reader r;
+    rw_frame_reader_init(&r, 0);
+    const char *body = "{\"type\":\"status\",\"id\":18446744073709551616}";
+    char *b;
+    size_t n;
+    cr_assert_eq(rw_frame_encode_raw(body, strlen(body), &b, &n), 0);
+    rw_frame_reader_feed(&r, b, n);
+    json_t *m = NULL;
+    char err[256];
+    cr_assert_eq(rw_frame_reader_next(&r, &m, err, sizeof err), RW_FRAME_BAD_JSON, "%s", err);
+    free(b);
+    rw_frame_reader_free(&r);
+}
+
+/* PROTOCOL.md: basedir is absolute; a relative one resolved against the
+ * daemon's working folder, not the submitter's (issue 19). */
+Test(msg, submit_needs_an_absolute_basedir)
+{
+    const char *fmt = "{\"type\":\"submit\",\"id\":2,\"text\":\"a: 1\",\"origin\":\"x.yaml\","
+                      "\"basedir\":\"%s\"}";
+    const char *bad[] = {"", "conf", "./conf", "../x", " /x"};
+    char js[256];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(js, sizeof js, fmt, bad[i]);
+        expect_msg(js, RW_FROM_CLIENT, RW_E_BAD_MESSAGE,
+                   "submit: basedir: must be an absolute path (starting with '/')");
+    }
+    snprintf(js, sizeof js, fmt, "/home/me/grids");
+    expect_msg(js, RW_FROM_CLIENT, NULL, NULL);
+}
+
+/* Tokens: 32..256 printable ASCII characters without spaces; a blank or
+ * short one is refused where it is read (issue 19). */
+Test(msg, weak_tokens_are_refused)
+{
+    char why[512], t[300];
+    cr_assert_neq(rw_token_check("                ", why, sizeof why), 0);
+    cr_assert(strstr(why, "the token is blank") && strstr(why, "runaway token new FILE"), "%s", why);
+    memset(t, ' ', 40), t[40] = 0;
+    cr_assert_neq(rw_token_check(t, why, sizeof why), 0);
+    cr_assert(strstr(why, "blank"), "%s", why);
+    cr_assert_neq(rw_token_check("0123456789abcdef-secret", why, sizeof why), 0);
+    cr_assert(strstr(why, "too short (23 characters): a token is 32 to 256 printable ASCII "
+                          "characters without spaces"), "%s", why);
+    cr_assert_neq(rw_token_check("0123456789abcdef 0123456789abcdef", why, sizeof why), 0);
+    cr_assert(strstr(why, "a space or a character that is not printable ASCII (character 17)"),
+              "%s", why);
+    memset(t, 'a', 257), t[257] = 0;
+    cr_assert_neq(rw_token_check(t, why, sizeof why), 0);
+    cr_assert(strstr(why, "too long"), "%s", why);
+    t[256] = 0;
+    cr_assert_eq(rw_token_check(t, why, sizeof why), 0, "%s", why);
+    cr_assert_eq(rw_token_check("0123456789abcdef0123456789abcdef", why, sizeof why), 0, "%s", why);
+}
+
 Test(msg, error_reply)
 {
     json_t *e = rw_msg_error(9, RW_E_NOT_FOUND, "no job 'j99'");

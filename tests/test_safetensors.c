@@ -3,6 +3,7 @@
  * writers (Python, per the safetensors spec) see it. */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -377,6 +378,40 @@ Test(safetensors, bad_headers) {
     expect_open_fails(tpath("huge.safetensors"), "larger than the file");
     expect_open_fails(tpath("missing.safetensors"), "No such file or directory");
     expect_open_fails(tmpdir, "not a regular file");
+}
+
+/* A file that is not safetensors (an `init:` that names a script, a key, a
+ * text): the error says what it is not and what was expected, and never
+ * echoes its bytes, not even as the number its first 8 bytes make (issue 19).
+ * Main printed "header length 8241980339405807397 exceeds ...". */
+Test(safetensors, a_file_that_is_not_safetensors_is_not_quoted) {
+    struct {
+        const char *text, *why;
+    } cases[] = {
+        {"#!/bin/sh\necho secret-token-0123456789\n", "it should start with the length of its JSON header"},
+        /* small first bytes, larger than the file: a length, still theirs */
+        {"\x30\0\0\0\0\0\0\0secret", "the header length its first 8 bytes give is larger than the file"},
+        /* a JSON-looking header with bytes jansson would quote near the error */
+        {"\x11\0\0\0\0\0\0\0{\"a\":secretstuff}", "header is not valid JSON (invalid token, at byte"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *p = tpath("init.safetensors");
+        size_t n = i == 0 ? strlen(cases[i].text) : 8 + strlen(cases[i].text + 8);
+        spit(p, cases[i].text, n);
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++) v |= (uint64_t)(unsigned char)cases[i].text[k] << (8 * k);
+        char num[32], hex[32], err[512] = "";
+        snprintf(num, sizeof num, "%" PRIu64, v);
+        snprintf(hex, sizeof hex, "%" PRIx64, v);
+        rw_st *st = rw_st_open(p, err, sizeof err);
+        cr_assert_null(st, "case %zu opened", i);
+        cr_assert(strstr(err, p) && strstr(err, cases[i].why), "case %zu: %s", i, err);
+        cr_assert(strstr(err, "safetensors file") || strstr(err, "file corrupt"), "%s", err);
+        cr_assert(!strstr(err, "secret") && !strstr(err, "/bin/sh"), "quotes the file: %s", err);
+        if (v > 1000) /* a small number may be a size too */
+            cr_assert(!strstr(err, num) && !strstr(err, hex), "quotes its first bytes as %s: %s",
+                      num, err);
+    }
 }
 
 Test(safetensors, minimal_valid_files) {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,6 +29,7 @@ static char state_dir[PATH_MAX];
 static char sock_path[PATH_MAX + 32];
 static const char *daemon_bin = NULL, *worker_bin = NULL;
 static long long next_id = 1;
+static int connect_errno; /* errno of the last connect that failed */
 
 static void usage(FILE *f)
 {
@@ -36,6 +38,9 @@ static void usage(FILE *f)
             "  daemon start [RUNAWAYD OPTIONS...]   start runawayd in the background\n"
             "  daemon stop                          workers checkpoint, jobs go back to the queue\n"
             "  daemon status\n"
+            "  daemon check                         PRAGMA integrity_check of the database and\n"
+            "                                       its backup (read-only; here, not through a\n"
+            "                                       forwarded socket); exit 1 on damage\n"
             "  submit SPEC.yaml [--priority P]      a grid file or a plain spec (a 1-job grid)\n"
             "         [-n|--dry-run]                -n: only list its jobs and how they differ\n"
             "  ls [GRID] [--state S]                jobs (the newest 500, or one grid's);\n"
@@ -78,6 +83,8 @@ static void usage(FILE *f)
             "                                       every epoch's (--steps: step's) metrics as CSV,\n"
             "                                       the newest row of each per job\n"
             "  export JOB OUT.safetensors           the job's weights, torchvision names\n"
+            "  token new FILE                       a strong token for --tcp (--token-file), in a\n"
+            "                                       new file of mode 0600\n"
             "  run SPEC.yaml [RUNAWAYD OPTIONS...]  start a daemon if needed (with those options),\n"
             "                                       submit, watch until done, print the table\n"
             "JOB: j12, 12 or a job name (grid/variant/seedK); GRID: g3 or a grid name.\n"
@@ -115,12 +122,30 @@ static int try_connect(conn *c)
     if (c->fd < 0)
         return -1;
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        connect_errno = errno;
         close(c->fd);
         c->fd = -1;
         return -1;
     }
     rw_frame_reader_init(&c->r, RW_FRAME_MAX);
     return 0;
+}
+
+/* No daemon to talk to. A socket we may not open (EACCES) is not "no
+ * runawayd": someone's daemon is there, and starting another is wrong. */
+static void die_no_daemon(void) __attribute__((noreturn));
+static void die_no_daemon(void)
+{
+    if (connect_errno == EACCES) {
+        struct stat st;
+        if (stat(sock_path, &st) == 0 && st.st_uid != geteuid())
+            die("permission denied: %s belongs to another user (uid %u), whose runawayd serves "
+                "its owner only; use a state folder of your own (--state-dir)", sock_path,
+                (unsigned)st.st_uid);
+        die("permission denied: cannot connect to %s (its mode, or a folder on its path, does "
+            "not let you)", sock_path);
+    }
+    die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
 }
 
 static void conn_close(conn *c)
@@ -213,7 +238,7 @@ static int try_open_conn(conn *c)
 static void need_conn(conn *c)
 {
     if (open_conn(c) != 0)
-        die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
+        die_no_daemon();
 }
 
 static double mono_s(void)
@@ -312,10 +337,39 @@ static int last_line(const char *path, char *out, size_t len)
     return out[0] != 0;
 }
 
+/* runawayd did not start: what it wrote to its log since offset `from` (a
+ * damaged database, a state folder of another user: its reasons and the
+ * way out), at most the last 8 KiB of it. */
+static void die_with_log(const char *logp, off_t from) __attribute__((noreturn));
+static void die_with_log(const char *logp, off_t from)
+{
+    char buf[8192];
+    size_t n = 0;
+    int fd = open(logp, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > from) {
+        off_t at = st.st_size - from > (off_t)sizeof buf - 1 ? st.st_size - (off_t)sizeof buf + 1
+                                                             : from;
+        ssize_t k = pread(fd, buf, sizeof buf - 1, at);
+        n = k > 0 ? (size_t)k : 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    while (n && buf[n - 1] == '\n')
+        n--;
+    buf[n] = '\0';
+    if (!n)
+        die("runawayd did not come up; see %s", logp);
+    die("runawayd did not come up; its log %s says:\n%s", logp, buf);
+}
+
 static int daemon_start(int argc, char **argv, int quiet)
 {
     conn c;
-    if (open_conn(&c) == 0) {
+    connect_errno = 0;
+    if (open_conn(&c) != 0 && connect_errno == EACCES)
+        die_no_daemon(); /* another user's: a second daemon would only fail on its lock */
+    if (c.fd >= 0) {
         json_t *r = request(&c, req_new("status"));
         if (!quiet)
             printf("runawayd already running (pid %lld) at %s\n", jint(r, "pid"), sock_path);
@@ -337,6 +391,8 @@ static int daemon_start(int argc, char **argv, int quiet)
     }
     char logp[PATH_MAX + 32];
     snprintf(logp, sizeof logp, "%s/runawayd.log", state_dir);
+    struct stat lst;
+    off_t log0 = stat(logp, &lst) == 0 ? lst.st_size : 0;
     char **args = calloc((size_t)argc + 5, sizeof *args);
     int k = 0;
     args[k++] = bin;
@@ -389,9 +445,11 @@ static int daemon_start(int argc, char **argv, int quiet)
         double t = mono_s() - t0;
         /* past 15 s, a runawayd that still holds its lock file is alive and
          * busy starting (waiting for its database to take writes): wait
-         * with it */
-        if (t > 15 && (!daemon_starting() || t > RECONNECT_S))
-            die("runawayd did not come up; see %s", logp);
+         * with it. One that holds no lock after 3 s has exited (it takes
+         * the lock first): what it said is in its log since log0. */
+        if ((t > 3 && !daemon_starting()) ||
+            (t > 15 && (!daemon_starting() || t > RECONNECT_S)))
+            die_with_log(logp, log0);
         if (t > 15 && !said && !quiet) {
             char last[512];
             /* on a full disk the log may not have its newest lines */
@@ -401,6 +459,27 @@ static int daemon_start(int argc, char **argv, int quiet)
         }
         usleep(100000);
     }
+}
+
+/* runawayd --check: the database is read here, by the daemon's program
+ * (the CLI does not link SQLite), read-only, whether or not a daemon runs:
+ * WAL lets a reader and the daemon's writes go on together. So it needs
+ * this host to hold the state folder, not only a forwarded socket. */
+static int daemon_check(void)
+{
+    char bin[PATH_MAX];
+    if (daemon_bin)
+        snprintf(bin, sizeof bin, "%s", daemon_bin);
+    else
+        find_prog("runawayd", "daemon", bin, sizeof bin);
+    char db[PATH_MAX + 32];
+    snprintf(db, sizeof db, "%s/runaway.db", state_dir);
+    if (access(db, F_OK) != 0)
+        die("no database at %s to check (it is made by runawayd's first start, on the host "
+            "that holds the state folder)", db);
+    fflush(stdout);
+    execl(bin, bin, "--state-dir", state_dir, "--check", (char *)NULL);
+    die("cannot run %s: %s", bin, strerror(errno));
 }
 
 static int daemon_stop(void)
@@ -497,7 +576,7 @@ static json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
     if (c->fd < 0 && open_conn(c) != 0) {
         if (!parsed)
             die("%s", err);
-        die("no runawayd at %s: start it with `runaway daemon start`", sock_path);
+        die_no_daemon();
     }
     json_t *m = req_new("submit");
     json_t *t = json_string(text);
@@ -2250,6 +2329,48 @@ static int cmd_run(const char *path, int dargc, char **dargv)
 }
 
 /* ------------------------------------------------------------------------ */
+/* token new */
+
+/* A TCP token: 32 bytes of getrandom(2) as 64 hex digits (256 bits; the
+ * rule, proto/msg.h, asks 32 characters), in a new file of mode 0600. An
+ * existing file is never replaced: a daemon and its workers may use it. */
+static int token_new(const char *path)
+{
+    unsigned char b[32];
+    for (size_t got = 0; got < sizeof b;) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r < 0 && errno != EINTR)
+            die("getrandom: %s", strerror(errno));
+        got += r > 0 ? (size_t)r : 0;
+    }
+    char hex[2 * sizeof b + 2];
+    rw_hex_encode(b, sizeof b, hex);
+    explicit_bzero(b, sizeof b);
+    strcat(hex, "\n");
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST)
+        die("%s exists: not replaced (a runawayd or its workers may use it); remove it first "
+            "to make a new one", path);
+    if (fd < 0)
+        die("%s: %s", path, strerror(errno));
+    /* 0600 exactly, whatever the umask took away */
+    int ok = fchmod(fd, 0600) == 0 && rw_fd_write_all(fd, hex, strlen(hex)) == 0 && fsync(fd) == 0;
+    int e = errno;
+    explicit_bzero(hex, sizeof hex);
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) {
+        unlink(path);
+        die("%s: not written: %s", path, strerror(e));
+    }
+    printf("%s: a new token (64 hex digits, mode 0600): runawayd --tcp HOST:PORT --token-file "
+           "%s; give each runaway-worker serve a copy (--token-file)\n", path, path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
 {
@@ -2304,14 +2425,21 @@ int main(int argc, char **argv)
     } while (0)
     if (!strcmp(cmd, "daemon")) {
         if (n < 1)
-            die("daemon: start, stop or status?");
+            die("daemon: start, stop, status or check?");
         if (!strcmp(a[0], "start"))
             return daemon_start(n - 1, a + 1, 0);
         if (!strcmp(a[0], "stop"))
             return daemon_stop();
         if (!strcmp(a[0], "status"))
             return daemon_status();
-        die("daemon: start, stop or status, not '%s'", a[0]);
+        if (!strcmp(a[0], "check"))
+            return daemon_check();
+        die("daemon: start, stop, status or check, not '%s'", a[0]);
+    }
+    if (!strcmp(cmd, "token")) {
+        if (n != 2 || strcmp(a[0], "new"))
+            die("token: expected `token new FILE`");
+        return token_new(a[1]);
     }
     if (!strcmp(cmd, "submit")) {
         long prio = 0;

@@ -701,6 +701,12 @@ int rw_agent_main(int argc, char **argv)
         }
         fclose(f);
         token[strcspn(token, "\r\n")] = '\0';
+        /* the daemon refuses such a token too: say so here, before connecting */
+        char why[512];
+        if (rw_token_check(token, why, sizeof why) != 0) {
+            fprintf(stderr, "runaway-worker: %s: %s\n", token_file, why);
+            return 1;
+        }
     }
     int fd = sock ? connect_unix(sock, err, sizeof err) : connect_tcp(tcp, err, sizeof err);
     if (fd < 0) {

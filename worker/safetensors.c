@@ -501,8 +501,12 @@ static int parse_header(rw_st *st, const char *hdr, size_t hlen, char *err, size
     json_error_t je;
     json_t *root = json_loadb(hdr, hlen, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        set_err(err, errlen, "%s: header is not valid JSON: %s (byte %d): file corrupt", path, je.text,
-                je.position);
+        /* jansson's reason without its " near '...'": those are the file's bytes */
+        char *near = strstr(je.text, " near ");
+        if (near)
+            *near = '\0';
+        set_err(err, errlen, "%s: header is not valid JSON (%s, at byte %d of its %zu): file "
+                             "corrupt or not a safetensors file", path, je.text, je.position, hlen);
         return -1;
     }
     int rc = -1;
@@ -611,14 +615,19 @@ rw_st *rw_st_open(const char *path, char *err, size_t errlen) {
     }
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)len8[i] << (8 * i);
+    /* What a file that is not ours holds is never quoted, not even as the
+     * number its first bytes make: a text, a key, someone else's data. */
     if (hlen > RW_ST_HEADER_MAX) {
-        set_err(err, errlen, "%s: header length %" PRIu64 " exceeds the %u-byte limit: not a "
-                             "safetensors file or corrupt", path, hlen, RW_ST_HEADER_MAX);
+        set_err(err, errlen, "%s: not a safetensors file (%" PRIu64 " bytes): it should start "
+                             "with the length of its JSON header, at most %u bytes, and its "
+                             "first 8 bytes give a length that exceeds that",
+                path, size, RW_ST_HEADER_MAX);
         goto fail;
     }
     if (hlen > size - 8) {
-        set_err(err, errlen, "%s: header length %" PRIu64 " is larger than the file (%" PRIu64
-                             " bytes): truncated or not a safetensors file", path, hlen, size);
+        set_err(err, errlen, "%s: truncated or not a safetensors file (%" PRIu64 " bytes): the "
+                             "header length its first 8 bytes give is larger than the file",
+                path, size);
         goto fail;
     }
     hdr = malloc(hlen + 1);
@@ -646,8 +655,7 @@ rw_st *rw_st_open(const char *path, char *err, size_t errlen) {
         errno = 0;
         unsigned long want = strtoul(crc, &end, 16);
         if (strlen(crc) != 8 || *end || errno) {
-            set_err(err, errlen, "%s: metadata crc32 '%.16s' is not 8 hex digits: file corrupt", path,
-                    crc);
+            set_err(err, errlen, "%s: metadata crc32 is not 8 hex digits: file corrupt", path);
             goto fail;
         }
         uint32_t got = crc32_big((uint32_t)crc32(0L, Z_NULL, 0), st->data, st->data_len);

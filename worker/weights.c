@@ -149,7 +149,8 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
     c->loss.kind = (kb_loss_kind)kind;
     const char *cl = rw_st_meta(st, "runaway.classes");
     if (cl && (sscanf(cl, "%d", &c->classes) != 1 || c->classes < 1 || c->classes > 100000)) {
-        snprintf(err, errlen, "%s: runaway.classes metadata '%s' is not a class count", path, cl);
+        snprintf(err, errlen, "%s: runaway.classes metadata is not a class count (1..100000)",
+                 path);
         rw_st_close(st);
         return -1;
     }

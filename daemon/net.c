@@ -166,7 +166,14 @@ void rd_conn_close(rd_conn *c)
         c->net->h.worker_lost(c->net->h.arg, c);
     uv_read_stop(&c->h.stream);
     c->reading = 0;
-    /* flush queued replies (the error that caused this), then close */
+    c->closed_at = rd_mono();
+    /* replies its peer does not read are dropped, not waited for */
+    if (c->pending > RD_RESUME_BYTES) {
+        uv_close(&c->h.handle, close_cb);
+        return;
+    }
+    /* flush queued replies (the error that caused this), then close; the
+     * tick closes it anyway after RD_FLUSH_S */
     uv_shutdown_t *req = malloc(sizeof *req);
     if (!req || uv_shutdown(req, &c->h.stream, shutdown_cb) != 0) {
         free(req);
@@ -565,8 +572,11 @@ void rd_net_tick(rd_net *n)
 {
     double now = rd_mono();
     for (rd_conn *c = n->conns; c; c = c->next) {
-        if (c->closing)
+        if (c->closing) {
+            if (now - c->closed_at > RD_FLUSH_S && !uv_is_closing(&c->h.handle))
+                uv_close(&c->h.handle, close_cb);
             continue;
+        }
         double hello_s = c->is_tcp ? RD_HELLO_TCP_S : RD_HELLO_LOCAL_S;
         if (c->role == RD_ROLE_NONE && now - c->opened > hello_s) {
             char msg[64];

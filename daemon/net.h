@@ -28,7 +28,8 @@
 #define RD_HELLO_TCP_S 5.0     /* hello is due this soon on TCP */
 #define RD_HELLO_LOCAL_S 10.0  /* ... and on the Unix socket */
 #define RD_FRAME_DEADLINE_S 15.0 /* a frame begun must be complete this soon, hello or not */
-#define RD_CLIENT_IDLE_S 600.0 /* a client with nothing to say, follow or wait for goes after this */
+#define RD_CLIENT_IDLE_S 600.0
+#define RD_FLUSH_S 5.0 /* a closing connection's last replies get this long to be read */ /* a client with nothing to say, follow or wait for goes after this */
 /* Backpressure: a client whose replies are not read has its requests wait
  * once this much is unsent, until it reads down to RD_RESUME_BYTES; a
  * stream (watch) that falls RD_PENDING_MAX behind is dropped. */
@@ -59,6 +60,7 @@ struct rd_conn {
     rd_role role;
     int is_tcp;
     int closing;
+    double closed_at; /* rd_mono() when closing began */
     uint64_t serial; /* unique in this daemon's life: a reply due later finds its asker */
     size_t pending;  /* bytes queued for writing */
     double opened;   /* rd_mono() at accept: hello is due within RD_HELLO_*_S */

@@ -754,8 +754,14 @@ int rw_agent_main(int argc, char **argv)
     json_t *reply = NULL;
     int rc = rw_frame_send_fd(fd, h);
     json_decref(h);
-    if (rc == 0)
-        rc = rw_frame_recv_fd(fd, &a.r, &reply, 30000, err, sizeof err) == 1 ? 0 : -1;
+    snprintf(err, sizeof err, "%s", rc == 0 ? "no reply to hello within 30 s"
+                                            : "cannot send hello: the connection was closed");
+    if (rc == 0) {
+        int got = rw_frame_recv_fd(fd, &a.r, &reply, 30000, err, sizeof err);
+        if (got == 0)
+            snprintf(err, sizeof err, "no reply to hello within 30 s");
+        rc = got == 1 ? 0 : -1;
+    }
     const char *rt = reply ? json_string_value(json_object_get(reply, "type")) : NULL;
     if (rc != 0 || !rt || strcmp(rt, "ok") != 0) {
         fprintf(stderr, "runaway-worker: hello refused: %s\n",

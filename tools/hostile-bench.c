@@ -1,4 +1,4 @@
-/* hostile-bench-load: the hostile clients and the measurements behind
+/* hostile-bench-load: the hostile clients and the program behind
  * tools/hostile-bench (which starts the daemon, the worker and the job, and
  * prints the table). For --seconds it runs, all at once:
  *   openers     N TCP connections a second that never send a byte
@@ -6,7 +6,8 @@
  *               then a frame cut short, one more byte of it every --trickle s
  *   pipeliners  K TCP clients with the token: hello, then `curves` requests
  *               as fast as the daemon takes them, never reading a reply
- * and, each on a thread of its own so that the load loop does not delay it:
+ * and, each on a thread of its own so that the load loop does not delay it
+ * (hostile-bench-measure.c):
  *   probe       `runaway ls` (the real CLI, Unix socket) every 100 ms
  *   pinger      one Unix connection held from before the load, sending
  *               `workers` (no database) every 10 ms, one at a time: a reply
@@ -19,32 +20,23 @@
  * 1 s later, as an attacker would. Then --settle seconds without them.
  * Results: `key=value` lines on stdout; every probe, ping and RSS sample
  * as CSV under --out. */
-#define _GNU_SOURCE /* pipe2 */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "proto/frame.h"
 #include "proto/msg.h"
-
-extern char **environ;
+#include "tools/hostile-bench.h"
 
 enum { OPENER, SLOWLORIS, PIPELINER, NCLASS };
 static const char *class_name[NCLASS] = {"opener", "slowloris", "pipeliner"};
@@ -72,36 +64,32 @@ typedef struct {
     long open_end;       /* still open when the load stopped */
     long connecting_end; /* connect() still in progress then: the accept queue was full */
     long requests;       /* pipeliners: curves requests written whole */
-    double *held;        /* seconds each dropped connection had lasted */
-    size_t nheld, capheld;
+    double *held, *held_refused; /* seconds each dropped, refused connection had lasted */
+    size_t nheld, capheld, nrefused, caprefused;
     char last_error[160]; /* the daemon's last error message to this class */
 } class_stats;
 
-static struct {
-    const char *state_dir, *tcp, *token_file, *cli, *out_dir, *curves;
-    int daemon_pid, slowloris, pipeliners, slowloris_unix;
-    double openers, seconds, settle, trickle, probe_timeout;
-} opt = {.curves = "j1", .seconds = 60, .settle = 5, .trickle = 5, .probe_timeout = 60,
-         .out_dir = "."};
+hb_options hb_opt = {.curves = "j1", .seconds = 60, .settle = 5, .trickle = 5,
+                     .probe_timeout = 60, .out_dir = "."};
 
 static class_stats stats[NCLASS];
 static struct sockaddr_in tcp_addr;
-static struct sockaddr_un unix_addr;
+struct sockaddr_un hb_unix_addr;
 static char token[300];
 static char *hello_buf, *cut_buf, *pipe_buf;
 static size_t hello_len, cut_len, pipe_len;
 #define PIPE_REQS 512 /* requests in pipe_buf */
-static double t0;
-static atomic_int phase; /* 0 load, 1 settle, 2 stop */
+double hb_t0;
+atomic_int hb_phase;
 
-static double now(void)
+double hb_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void sleep_s(double s)
+void hb_sleep(double s)
 {
     if (s <= 0)
         return;
@@ -109,7 +97,7 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
-static void push(double **a, size_t *n, size_t *cap, double v)
+void hb_push(double **a, size_t *n, size_t *cap, double v)
 {
     if (*n == *cap) {
         size_t c = *cap ? *cap * 2 : 1024;
@@ -128,8 +116,7 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The q-quantile (nearest rank) of n values, sorted in place; NaN if none. */
-static double quantile(double *v, size_t n, double q)
+double hb_quantile(double *v, size_t n, double q)
 {
     if (n == 0)
         return NAN;
@@ -138,8 +125,7 @@ static double quantile(double *v, size_t n, double q)
     return v[k ? k - 1 : 0];
 }
 
-/* A message we print on one line: printable ASCII only. */
-static void printable(char *dst, size_t len, const char *src)
+void hb_printable(char *dst, size_t len, const char *src)
 {
     size_t o = 0;
     for (size_t i = 0; src && src[i] && src[i] != '\n' && o + 1 < len; i++)
@@ -173,7 +159,7 @@ static void make_frames(void)
      * cut at frame boundaries */
     for (int i = 0; i < PIPE_REQS; i++) {
         json_t *m = rw_msg_new("curves", 1000 + i);
-        json_object_set_new(m, "target", json_string(opt.curves));
+        json_object_set_new(m, "target", json_string(hb_opt.curves));
         char *b;
         size_t bn;
         if (rw_frame_encode(m, &b, &bn) != 0 || !(pipe_buf = realloc(pipe_buf, pipe_len + bn)))
@@ -203,14 +189,14 @@ static void watch(peer *p, uint32_t ev, int op)
 static int peer_connect(peer *p)
 {
     class_stats *s = &stats[p->cls];
-    int on_unix = p->cls == SLOWLORIS && opt.slowloris_unix;
+    int on_unix = p->cls == SLOWLORIS && hb_opt.slowloris_unix;
     s->attempts++;
     p->fd = socket(on_unix ? AF_UNIX : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (p->fd < 0) {
         s->local_fail++;
         return -1;
     }
-    int rc = on_unix ? connect(p->fd, (struct sockaddr *)&unix_addr, sizeof unix_addr)
+    int rc = on_unix ? connect(p->fd, (struct sockaddr *)&hb_unix_addr, sizeof hb_unix_addr)
                      : connect(p->fd, (struct sockaddr *)&tcp_addr, sizeof tcp_addr);
     if (rc != 0 && errno != EINPROGRESS) {
         /* EAGAIN: a Unix listener's queue is full, a refusal too */
@@ -224,7 +210,7 @@ static int peer_connect(peer *p)
     }
     p->state = P_CONNECTING;
     p->answered = 0;
-    p->t_conn = now();
+    p->t_conn = hb_now();
     p->out_off = p->out_len = 0;
     rw_frame_reader_init(&p->rd, 64 * 1024);
     watch(p, EPOLLOUT, EPOLL_CTL_ADD);
@@ -240,9 +226,10 @@ static void peer_closed(peer *p)
         s->conn_failed++;
     } else if (p->answered) {
         s->dropped++;
-        push(&s->held, &s->nheld, &s->capheld, now() - p->t_conn);
+        hb_push(&s->held, &s->nheld, &s->capheld, hb_now() - p->t_conn);
     } else {
         s->refused++;
+        hb_push(&s->held_refused, &s->nrefused, &s->caprefused, hb_now() - p->t_conn);
     }
     epoll_ctl(ep, EPOLL_CTL_DEL, p->fd, NULL);
     close(p->fd);
@@ -259,7 +246,7 @@ static void peer_closed(peer *p)
         return;
     }
     p->state = P_WAIT;
-    p->t_next = now() + 1;
+    p->t_next = hb_now() + 1;
 }
 
 /* Writes what is left of p->out; a pipeline starts over at its end.
@@ -292,7 +279,7 @@ static int peer_frame(peer *p, json_t *m)
     if (type && !strcmp(type, "error")) {
         const char *code = json_string_value(json_object_get(m, "code"));
         char msg[128];
-        printable(msg, sizeof msg, json_string_value(json_object_get(m, "message")));
+        hb_printable(msg, sizeof msg, json_string_value(json_object_get(m, "message")));
         snprintf(stats[p->cls].last_error, sizeof stats[p->cls].last_error, "%s: %s",
                  code ? code : "?", msg);
         /* an opener closed for its silence was timed out, not refused */
@@ -306,7 +293,7 @@ static int peer_frame(peer *p, json_t *m)
     if (p->cls == SLOWLORIS) {
         p->state = P_STALLED;
         p->out = cut_buf, p->out_len = cut_len, p->out_off = 0;
-        p->t_next = now() + opt.trickle;
+        p->t_next = hb_now() + hb_opt.trickle;
         return peer_write(p);
     }
     /* from here on never read: the replies pile up at the daemon */
@@ -352,7 +339,7 @@ static void peer_event(peer *p, uint32_t ev)
             peer_closed(p);
             return;
         }
-        p->t_conn = now();
+        p->t_conn = hb_now();
         if (p->cls == OPENER) {
             p->state = P_IDLE;
         } else {
@@ -412,18 +399,18 @@ static void tally_end(peer *p)
 static void load_loop(void)
 {
     ep = epoll_create1(EPOLL_CLOEXEC);
-    npeers = (size_t)opt.slowloris + (size_t)opt.pipeliners;
+    npeers = (size_t)hb_opt.slowloris + (size_t)hb_opt.pipeliners;
     peers = calloc(npeers ? npeers : 1, sizeof *peers);
     for (size_t i = 0; i < npeers; i++) {
         peers[i] = calloc(1, sizeof **peers);
-        peers[i]->cls = i < (size_t)opt.slowloris ? SLOWLORIS : PIPELINER;
+        peers[i]->cls = i < (size_t)hb_opt.slowloris ? SLOWLORIS : PIPELINER;
         peers[i]->state = P_WAIT; /* t_next 0: all at once */
         peers[i]->fd = -1;
     }
     long opened = 0;
     struct epoll_event evs[256];
-    for (double t = now(); t < t0 + opt.seconds; t = now()) {
-        long due = (long)(opt.openers * (t - t0)) - opened;
+    for (double t = hb_now(); t < hb_t0 + hb_opt.seconds; t = hb_now()) {
+        long due = (long)(hb_opt.openers * (t - hb_t0)) - opened;
         for (; due > 0; due--, opened++)
             open_opener();
         for (size_t i = 0; i < npeers; i++) {
@@ -431,10 +418,10 @@ static void load_loop(void)
             if (p->state == P_WAIT && t >= p->t_next) {
                 if (peer_connect(p) != 0)
                     p->t_next = t + 1;
-            } else if (p->state == P_STALLED && opt.trickle > 0 && t >= p->t_next) {
+            } else if (p->state == P_STALLED && hb_opt.trickle > 0 && t >= p->t_next) {
                 /* one more byte of the cut frame: a space, still valid JSON */
                 p->out = " ", p->out_len = 1, p->out_off = 0;
-                p->t_next = t + opt.trickle;
+                p->t_next = t + hb_opt.trickle;
                 if (peer_write(p) != 0)
                     peer_closed(p);
             }
@@ -456,286 +443,9 @@ static void load_loop(void)
     close(ep);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Measurements */
-
-typedef struct {
-    double t, ms; /* start (s from the load's start), latency */
-    int ok;
-} sample;
-
-typedef struct {
-    sample *v;
-    size_t n, cap;
-} samples;
-
-static void add_sample(samples *s, double t, double ms, int ok)
+/* Per class: what happened to its connections, as key=value lines. */
+static void print_classes(void)
 {
-    if (s->n == s->cap) {
-        size_t c = s->cap ? s->cap * 2 : 4096;
-        sample *b = realloc(s->v, c * sizeof *b);
-        if (!b)
-            return;
-        s->v = b;
-        s->cap = c;
-    }
-    s->v[s->n++] = (sample){t, ms, ok};
-}
-
-static samples probes, pings;
-static long probe_timeouts;
-static char probe_first_error[200], probe_last_error[200];
-static long ping_lost, ping_timeouts;
-static double ping_down_s; /* time the pinger spent without a connection */
-
-/* One `runaway ls`: its latency in ms; *ok when it exited 0 in time. */
-static double probe_once(int *ok)
-{
-    int pfd[2];
-    *ok = 0;
-    if (pipe2(pfd, O_CLOEXEC) != 0)
-        return NAN;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
-    char *argv[] = {(char *)opt.cli, "--state-dir", (char *)opt.state_dir, "ls", NULL};
-    double start = now();
-    pid_t pid;
-    int rc = posix_spawn(&pid, opt.cli, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(pfd[1]);
-    if (rc != 0) {
-        close(pfd[0]);
-        return NAN;
-    }
-    char err[4096];
-    size_t have = 0;
-    int timed_out = 0;
-    for (;;) {
-        double left = start + opt.probe_timeout - now();
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        if (left <= 0 || poll(&p, 1, (int)(left * 1000) + 1) == 0) {
-            timed_out = 1;
-            kill(pid, SIGKILL);
-            break;
-        }
-        ssize_t n = read(pfd[0], err + have, sizeof err - 1 - have);
-        if (n <= 0)
-            break;
-        have += (size_t)n;
-        if (have == sizeof err - 1)
-            have = 0; /* keep reading to EOF; only the start is quoted */
-    }
-    err[have] = '\0';
-    close(pfd[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    double ms = (now() - start) * 1000;
-    *ok = !timed_out && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    if (!*ok) {
-        char line[200];
-        if (timed_out) {
-            probe_timeouts++;
-            snprintf(line, sizeof line, "no answer within %.0f s", opt.probe_timeout);
-        } else {
-            printable(line, sizeof line, err);
-        }
-        if (!probe_first_error[0])
-            snprintf(probe_first_error, sizeof probe_first_error, "%s", line);
-        snprintf(probe_last_error, sizeof probe_last_error, "%s", line);
-    }
-    return ms;
-}
-
-/* `runaway ls` every 100 ms (at once after one that took longer). */
-static void *probe_main(void *arg)
-{
-    (void)arg;
-    while (atomic_load(&phase) < 2) {
-        double start = now();
-        int ok;
-        double ms = probe_once(&ok);
-        add_sample(&probes, start - t0, ms, ok);
-        sleep_s(start + 0.1 - now());
-    }
-    return NULL;
-}
-
-static int unix_connect_hello(rw_frame_reader *r)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    json_t *h = rw_msg_new("hello", 1), *rep = NULL;
-    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
-    json_object_set_new(h, "role", json_string("client"));
-    char err[256];
-    int ok = connect(fd, (struct sockaddr *)&unix_addr, sizeof unix_addr) == 0 &&
-             rw_frame_send_fd(fd, h) == 0 && rw_frame_recv_fd(fd, r, &rep, 5000, err, sizeof err) == 1 &&
-             !strcmp(json_string_value(json_object_get(rep, "type")) ?: "", "ok");
-    json_decref(h);
-    json_decref(rep);
-    if (!ok) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int pinger_fd = -1;
-static rw_frame_reader pinger_rd;
-
-/* `workers` every 10 ms on one held connection; each round trip waits for
- * whatever the loop does before it reads and answers this request. */
-static void *pinger_main(void *arg)
-{
-    (void)arg;
-    long long id = 10;
-    while (atomic_load(&phase) < 2) {
-        if (pinger_fd < 0) {
-            double down = now();
-            while (pinger_fd < 0 && atomic_load(&phase) < 2) {
-                rw_frame_reader_free(&pinger_rd);
-                rw_frame_reader_init(&pinger_rd, 0);
-                pinger_fd = unix_connect_hello(&pinger_rd);
-                if (pinger_fd < 0)
-                    sleep_s(0.1);
-            }
-            ping_down_s += now() - down;
-            continue;
-        }
-        double start = now();
-        json_t *m = rw_msg_new("workers", ++id);
-        int sent = rw_frame_send_fd(pinger_fd, m) == 0, got = 0, late = 0;
-        json_decref(m);
-        /* waited for past the run's end too, as the probe is: a stall that
-         * outlasts the load is measured whole */
-        while (sent && !got && !late) {
-            json_t *rep = NULL;
-            char err[256];
-            int rc = rw_frame_recv_fd(pinger_fd, &pinger_rd, &rep, 1000, err, sizeof err);
-            if (rc < 0)
-                break;
-            got = rc == 1 && rw_msg_id(rep) == id;
-            json_decref(rep);
-            late = !got && now() - start > opt.probe_timeout;
-        }
-        add_sample(&pings, start - t0, (now() - start) * 1000, got);
-        if (!got) {
-            if (late)
-                ping_timeouts++;
-            else
-                ping_lost++;
-            close(pinger_fd);
-            pinger_fd = -1;
-            continue;
-        }
-        sleep_s(start + 0.01 - now());
-    }
-    return NULL;
-}
-
-static long rss_first = -1, rss_peak, rss_last, hwm_last;
-static double rss_peak_t, daemon_gone_t = -1;
-static samples rss_series; /* ms field holds kB */
-
-/* VmRSS and VmHWM in kB; -1 when the daemon is gone. */
-static int read_rss(long *rss, long *hwm)
-{
-    char p[64], line[256];
-    snprintf(p, sizeof p, "/proc/%d/status", opt.daemon_pid);
-    FILE *f = fopen(p, "r");
-    if (!f)
-        return -1;
-    *rss = *hwm = -1;
-    while (fgets(line, sizeof line, f)) {
-        sscanf(line, "VmRSS: %ld", rss);
-        sscanf(line, "VmHWM: %ld", hwm);
-    }
-    fclose(f);
-    return *rss >= 0 ? 0 : -1; /* a zombie has no VmRSS */
-}
-
-static void *sampler_main(void *arg)
-{
-    (void)arg;
-    while (atomic_load(&phase) < 2) {
-        long rss, hwm;
-        double t = now() - t0;
-        if (read_rss(&rss, &hwm) != 0) {
-            if (daemon_gone_t < 0)
-                daemon_gone_t = t;
-        } else {
-            if (rss_first < 0)
-                rss_first = rss;
-            if (rss > rss_peak)
-                rss_peak = rss, rss_peak_t = t;
-            rss_last = rss;
-            hwm_last = hwm;
-            add_sample(&rss_series, t, (double)rss, 1);
-        }
-        sleep_s(0.1);
-    }
-    return NULL;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Results */
-
-/* Latency statistics of the samples that started in [from, to). */
-static void report(const char *key, samples *s, double from, double to)
-{
-    double *ok = malloc((s->n + 1) * sizeof *ok);
-    size_t n = 0;
-    long runs = 0, failed = 0;
-    double worst = 0; /* failures included: a wait that ended in failure is a wait too */
-    for (size_t i = 0; i < s->n; i++) {
-        if (s->v[i].t < from || s->v[i].t >= to)
-            continue;
-        runs++;
-        worst = fmax(worst, s->v[i].ms);
-        if (s->v[i].ok)
-            ok[n++] = s->v[i].ms;
-        else
-            failed++;
-    }
-    printf("%s_runs=%ld\n%s_failed=%ld\n", key, runs, key, failed);
-    printf("%s_p50_ms=%.1f\n", key, quantile(ok, n, 0.5));
-    printf("%s_p99_ms=%.1f\n", key, quantile(ok, n, 0.99));
-    printf("%s_max_ms=%.1f\n", key, n ? ok[n - 1] : NAN);
-    printf("%s_worst_ms=%.1f\n", key, runs ? worst : NAN);
-    free(ok);
-}
-
-static void write_csv(const char *name, samples *s, const char *header)
-{
-    char p[4096];
-    snprintf(p, sizeof p, "%s/%s", opt.out_dir, name);
-    FILE *f = fopen(p, "w");
-    if (!f)
-        return;
-    fprintf(f, "%s\n", header);
-    for (size_t i = 0; i < s->n; i++)
-        fprintf(f, "%.3f,%.1f,%d\n", s->v[i].t, s->v[i].ms, s->v[i].ok);
-    fclose(f);
-}
-
-static void print_results(void)
-{
-    double load_end = opt.seconds, end = opt.seconds + opt.settle + 1e9;
-    printf("seconds=%g\nsettle=%g\n", opt.seconds, opt.settle);
-    report("probe", &probes, 0, load_end);
-    report("probe_after", &probes, load_end, end);
-    printf("probe_timeouts=%ld\nprobe_first_error=%s\nprobe_last_error=%s\n", probe_timeouts,
-           probe_first_error, probe_last_error);
-    report("ping", &pings, 0, load_end);
-    report("ping_after", &pings, load_end, end);
-    printf("ping_lost=%ld\nping_timeouts=%ld\nping_down_s=%.1f\n", ping_lost, ping_timeouts,
-           ping_down_s);
-    printf("rss_first_kb=%ld\nrss_peak_kb=%ld\nrss_peak_t=%.1f\nrss_last_kb=%ld\nhwm_kb=%ld\n",
-           rss_first, rss_peak, rss_peak_t, rss_last, hwm_last);
-    printf("daemon_gone_t=%.1f\n", daemon_gone_t);
     for (int c = 0; c < NCLASS; c++) {
         class_stats *s = &stats[c];
         const char *k = class_name[c];
@@ -743,13 +453,11 @@ static void print_results(void)
                s->conn_failed, k, s->local_fail);
         printf("%s_refused=%ld\n%s_dropped=%ld\n%s_open_end=%ld\n%s_connecting_end=%ld\n", k,
                s->refused, k, s->dropped, k, s->open_end, k, s->connecting_end);
-        printf("%s_held_p50_s=%.1f\n%s_last_error=%s\n", k, quantile(s->held, s->nheld, 0.5), k,
-               s->last_error);
+        printf("%s_held_p50_s=%.1f\n%s_refused_held_p50_s=%.1f\n%s_last_error=%s\n", k,
+               hb_quantile(s->held, s->nheld, 0.5), k,
+               hb_quantile(s->held_refused, s->nrefused, 0.5), k, s->last_error);
     }
     printf("pipeliner_requests=%ld\n", stats[PIPELINER].requests);
-    write_csv("probes.csv", &probes, "t_s,latency_ms,ok");
-    write_csv("pings.csv", &pings, "t_s,rtt_ms,ok");
-    write_csv("rss.csv", &rss_series, "t_s,rss_kb,ok");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -784,7 +492,7 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--free-port"))
             return free_port();
         if (!strcmp(a, "--slowloris-unix")) {
-            opt.slowloris_unix = 1;
+            hb_opt.slowloris_unix = 1;
             continue;
         }
         if (!v) {
@@ -793,61 +501,61 @@ int main(int argc, char **argv)
         }
         i++;
         if (!strcmp(a, "--state-dir"))
-            opt.state_dir = v;
+            hb_opt.state_dir = v;
         else if (!strcmp(a, "--tcp"))
-            opt.tcp = v;
+            hb_opt.tcp = v;
         else if (!strcmp(a, "--token-file"))
-            opt.token_file = v;
+            hb_opt.token_file = v;
         else if (!strcmp(a, "--cli"))
-            opt.cli = v;
+            hb_opt.cli = v;
         else if (!strcmp(a, "--out"))
-            opt.out_dir = v;
+            hb_opt.out_dir = v;
         else if (!strcmp(a, "--curves"))
-            opt.curves = v;
+            hb_opt.curves = v;
         else if (!strcmp(a, "--pid"))
-            opt.daemon_pid = atoi(v);
+            hb_opt.daemon_pid = atoi(v);
         else if (!strcmp(a, "--openers"))
-            opt.openers = atof(v);
+            hb_opt.openers = atof(v);
         else if (!strcmp(a, "--slowloris"))
-            opt.slowloris = atoi(v);
+            hb_opt.slowloris = atoi(v);
         else if (!strcmp(a, "--pipeliners"))
-            opt.pipeliners = atoi(v);
+            hb_opt.pipeliners = atoi(v);
         else if (!strcmp(a, "--seconds"))
-            opt.seconds = atof(v);
+            hb_opt.seconds = atof(v);
         else if (!strcmp(a, "--settle"))
-            opt.settle = atof(v);
+            hb_opt.settle = atof(v);
         else if (!strcmp(a, "--trickle"))
-            opt.trickle = atof(v);
+            hb_opt.trickle = atof(v);
         else if (!strcmp(a, "--probe-timeout"))
-            opt.probe_timeout = atof(v);
+            hb_opt.probe_timeout = atof(v);
         else {
             usage(stderr);
             return 2;
         }
     }
-    const char *colon = opt.tcp ? strrchr(opt.tcp, ':') : NULL;
-    if (!opt.state_dir || !colon || !opt.token_file || !opt.cli || opt.daemon_pid <= 0 ||
-        opt.openers < 0 || opt.slowloris < 0 || opt.pipeliners < 0 || !(opt.seconds > 0)) {
+    const char *colon = hb_opt.tcp ? strrchr(hb_opt.tcp, ':') : NULL;
+    if (!hb_opt.state_dir || !colon || !hb_opt.token_file || !hb_opt.cli || hb_opt.daemon_pid <= 0 ||
+        hb_opt.openers < 0 || hb_opt.slowloris < 0 || hb_opt.pipeliners < 0 || !(hb_opt.seconds > 0)) {
         usage(stderr);
         return 2;
     }
     tcp_addr.sin_family = AF_INET;
     tcp_addr.sin_port = htons((uint16_t)atoi(colon + 1));
     char host[64];
-    snprintf(host, sizeof host, "%.*s", (int)(colon - opt.tcp), opt.tcp);
+    snprintf(host, sizeof host, "%.*s", (int)(colon - hb_opt.tcp), hb_opt.tcp);
     if (inet_pton(AF_INET, host, &tcp_addr.sin_addr) != 1) {
-        fprintf(stderr, "hostile-bench-load: --tcp wants an IPv4 address: %s\n", opt.tcp);
+        fprintf(stderr, "hostile-bench-load: --tcp wants an IPv4 address: %s\n", hb_opt.tcp);
         return 2;
     }
-    unix_addr.sun_family = AF_UNIX;
-    if (snprintf(unix_addr.sun_path, sizeof unix_addr.sun_path, "%s/runawayd.sock",
-                 opt.state_dir) >= (int)sizeof unix_addr.sun_path) {
-        fprintf(stderr, "hostile-bench-load: %s: path too long for a socket\n", opt.state_dir);
+    hb_unix_addr.sun_family = AF_UNIX;
+    if (snprintf(hb_unix_addr.sun_path, sizeof hb_unix_addr.sun_path, "%s/runawayd.sock",
+                 hb_opt.state_dir) >= (int)sizeof hb_unix_addr.sun_path) {
+        fprintf(stderr, "hostile-bench-load: %s: path too long for a socket\n", hb_opt.state_dir);
         return 2;
     }
-    FILE *f = fopen(opt.token_file, "r");
+    FILE *f = fopen(hb_opt.token_file, "r");
     if (!f || !fgets(token, sizeof token, f)) {
-        fprintf(stderr, "hostile-bench-load: %s: cannot read the token\n", opt.token_file);
+        fprintf(stderr, "hostile-bench-load: %s: cannot read the token\n", hb_opt.token_file);
         return 1;
     }
     fclose(f);
@@ -855,24 +563,17 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     make_frames();
 
-    /* the pinger's connection is made before the load, as a user's would be */
-    rw_frame_reader_init(&pinger_rd, 0);
-    pinger_fd = unix_connect_hello(&pinger_rd);
-    if (pinger_fd < 0) {
-        fprintf(stderr, "hostile-bench-load: cannot say hello on %s\n", unix_addr.sun_path);
+    if (hb_measure_start() != 0) {
+        fprintf(stderr, "hostile-bench-load: no answer to hello on %s\n", hb_unix_addr.sun_path);
         return 1;
     }
-    t0 = now();
-    pthread_t th[3];
-    pthread_create(&th[0], NULL, probe_main, NULL);
-    pthread_create(&th[1], NULL, pinger_main, NULL);
-    pthread_create(&th[2], NULL, sampler_main, NULL);
     load_loop();
-    atomic_store(&phase, 1);
-    sleep_s(t0 + opt.seconds + opt.settle - now());
-    atomic_store(&phase, 2);
-    for (int i = 0; i < 3; i++)
-        pthread_join(th[i], NULL);
-    print_results();
+    atomic_store(&hb_phase, 1);
+    hb_sleep(hb_t0 + hb_opt.seconds + hb_opt.settle - hb_now());
+    atomic_store(&hb_phase, 2);
+    hb_measure_join();
+    printf("seconds=%g\nsettle=%g\n", hb_opt.seconds, hb_opt.settle);
+    hb_measure_print();
+    print_classes();
     return 0;
 }

@@ -135,7 +135,8 @@ static int unix_connect_hello(rw_frame_reader *r)
     json_object_set_new(h, "role", json_string("client"));
     char err[256];
     int ok = connect(fd, (struct sockaddr *)&hb_unix_addr, sizeof hb_unix_addr) == 0 &&
-             rw_frame_send_fd(fd, h) == 0 && rw_frame_recv_fd(fd, r, &rep, 5000, err, sizeof err) == 1 &&
+             rw_frame_send_fd(fd, h) == 0 &&
+             rw_frame_recv_fd(fd, r, &rep, 5000, err, sizeof err) == 1 &&
              !strcmp(json_string_value(json_object_get(rep, "type")) ?: "", "ok");
     json_decref(h);
     json_decref(rep);
@@ -266,7 +267,7 @@ static void report(const char *key, samples *s, double from, double to)
     printf("%s_runs=%ld\n%s_failed=%ld\n", key, runs, key, failed);
     printf("%s_p50_ms=%.1f\n", key, hb_quantile(ok, n, 0.5));
     printf("%s_p99_ms=%.1f\n", key, hb_quantile(ok, n, 0.99));
-    printf("%s_max_ms=%.1f\n", key, n ? ok[n - 1] : NAN);
+    printf("%s_max_ms=%.1f\n", key, n ? ok[n - 1] : NAN); /* sorted by hb_quantile */
     printf("%s_worst_ms=%.1f\n", key, runs ? worst : NAN);
     free(ok);
 }

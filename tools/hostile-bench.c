@@ -534,8 +534,9 @@ int main(int argc, char **argv)
         }
     }
     const char *colon = hb_opt.tcp ? strrchr(hb_opt.tcp, ':') : NULL;
-    if (!hb_opt.state_dir || !colon || !hb_opt.token_file || !hb_opt.cli || hb_opt.daemon_pid <= 0 ||
-        hb_opt.openers < 0 || hb_opt.slowloris < 0 || hb_opt.pipeliners < 0 || !(hb_opt.seconds > 0)) {
+    if (!hb_opt.state_dir || !colon || !hb_opt.token_file || !hb_opt.cli ||
+        hb_opt.daemon_pid <= 0 || hb_opt.openers < 0 || hb_opt.slowloris < 0 ||
+        hb_opt.pipeliners < 0 || !(hb_opt.seconds > 0)) {
         usage(stderr);
         return 2;
     }

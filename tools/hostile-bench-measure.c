@@ -247,29 +247,28 @@ static void *sampler_main(void *arg)
 /* ------------------------------------------------------------------------ */
 /* Results */
 
-/* Latency statistics of the samples that started in [from, to). */
+/* Latency statistics of the samples that started in [from, to). A failure
+ * ranks above every latency (a failed probe is worse than a slow one): a
+ * quantile that lands on one is "inf". worst: the longest wait, failures
+ * included. */
 static void report(const char *key, samples *s, double from, double to)
 {
-    double *ok = malloc((s->n + 1) * sizeof *ok);
+    double *v = malloc((s->n + 1) * sizeof *v);
     size_t n = 0;
-    long runs = 0, failed = 0;
-    double worst = 0; /* failures included: a wait that ended in failure is a wait too */
+    long failed = 0;
+    double worst = 0;
     for (size_t i = 0; i < s->n; i++) {
         if (s->v[i].t < from || s->v[i].t >= to)
             continue;
-        runs++;
         worst = fmax(worst, s->v[i].ms);
-        if (s->v[i].ok)
-            ok[n++] = s->v[i].ms;
-        else
-            failed++;
+        v[n++] = s->v[i].ok ? s->v[i].ms : INFINITY;
+        failed += !s->v[i].ok;
     }
-    printf("%s_runs=%ld\n%s_failed=%ld\n", key, runs, key, failed);
-    printf("%s_p50_ms=%.1f\n", key, hb_quantile(ok, n, 0.5));
-    printf("%s_p99_ms=%.1f\n", key, hb_quantile(ok, n, 0.99));
-    printf("%s_max_ms=%.1f\n", key, n ? ok[n - 1] : NAN); /* sorted by hb_quantile */
-    printf("%s_worst_ms=%.1f\n", key, runs ? worst : NAN);
-    free(ok);
+    printf("%s_runs=%zu\n%s_failed=%ld\n", key, n, key, failed);
+    printf("%s_p50_ms=%.1f\n", key, hb_quantile(v, n, 0.5));
+    printf("%s_p99_ms=%.1f\n", key, hb_quantile(v, n, 0.99));
+    printf("%s_worst_ms=%.1f\n", key, n ? worst : NAN);
+    free(v);
 }
 
 static void write_csv(const char *name, samples *s, const char *header)

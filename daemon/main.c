@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +179,9 @@ static int parse_num(const char *flag, const char *v, double lo, double hi, doub
 int main(int argc, char **argv)
 {
     rd_daemon *d = &the_daemon;
+    /* the thread pool's queries share the loop's heap (glibc would give
+     * each thread an arena of its own, which keeps a burst's memory) */
+    mallopt(M_ARENA_MAX, 1);
     /* what runawayd and its workers create (database, backup, logs, run and
      * TensorBoard folders) is the user's alone, whatever the caller's umask */
     umask(077);
@@ -362,6 +366,7 @@ int main(int argc, char **argv)
             rd_wconn_lost(&d->wc, c);
     rd_jobs_free(&d->jobs);
     rd_watch_free(&d->watch);
+    rd_net_halt(&d->net);
     uv_walk(d->loop, close_walk_cb, NULL);
     uv_run(d->loop, UV_RUN_DEFAULT);
     rd_net_free_conns(&d->net);

@@ -10,13 +10,16 @@
  * iteration, connection after connection. A client whose replies pile up
  * unread (RD_PAUSE_BYTES) gets no turn until it reads. So no peer holds the
  * loop, and none makes the daemon buffer without bound. */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include <errno.h>
 #include <malloc.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -55,6 +58,31 @@ static void write_cb(uv_write_t *req, int status)
     }
 }
 
+/* The frame for msg (stolen), or NULL: a reply too large for a frame
+ * becomes the error that says so (an event is dropped). */
+static char *encode(json_t *msg, size_t *len)
+{
+    char *buf;
+    int rc = rw_frame_encode(msg, &buf, len);
+    long long id = rw_msg_id(msg);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    int is_reply = type && !strcmp(type, "ok") && id > 0;
+    json_decref(msg);
+    if (rc == 0)
+        return buf;
+    rd_log("conn: reply too large to frame; dropped");
+    /* the client waits for an answer: say why there is none */
+    if (is_reply)
+        return encode(rw_msg_error(id, RW_E_INTERNAL, "the reply is larger than a frame "
+                                   "(1 MiB): ask for less at once"), len);
+    return NULL;
+}
+
+char *rd_frame_of(json_t *msg, size_t *len)
+{
+    return msg ? encode(msg, len) : NULL;
+}
+
 void rd_conn_send(rd_conn *c, json_t *msg)
 {
     if (!msg)
@@ -63,19 +91,16 @@ void rd_conn_send(rd_conn *c, json_t *msg)
         json_decref(msg);
         return;
     }
-    char *buf;
     size_t len;
-    int rc = rw_frame_encode(msg, &buf, &len);
-    long long id = rw_msg_id(msg);
-    const char *type = json_string_value(json_object_get(msg, "type"));
-    int is_reply = type && !strcmp(type, "ok") && id > 0;
-    json_decref(msg);
-    if (rc != 0) {
-        rd_log("conn: reply too large to frame; dropped");
-        /* the client waits for an answer: say why there is none */
-        if (is_reply)
-            rd_conn_send(c, rw_msg_error(id, RW_E_INTERNAL, "the reply is larger than a frame "
-                                         "(1 MiB): ask for less at once"));
+    char *buf = encode(msg, &len);
+    if (buf)
+        rd_conn_send_frame(c, buf, len);
+}
+
+void rd_conn_send_frame(rd_conn *c, char *buf, size_t len)
+{
+    if (c->closing) {
+        free(buf);
         return;
     }
     if (c->pending + len > RD_PENDING_MAX) {
@@ -121,6 +146,57 @@ void rd_conn_undefer(rd_conn *c)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The connections' indexes: by serial, and before hello by age */
+
+static void serial_add(rd_net *n, rd_conn *c)
+{
+    rd_conn **b = &n->by_serial[c->serial % RD_SERIAL_BUCKETS];
+    c->hnext = *b;
+    *b = c;
+}
+
+static void serial_remove(rd_net *n, rd_conn *c)
+{
+    for (rd_conn **p = &n->by_serial[c->serial % RD_SERIAL_BUCKETS]; *p; p = &(*p)->hnext)
+        if (*p == c) {
+            *p = c->hnext;
+            return;
+        }
+}
+
+static void unauth_push(rd_net *n, rd_conn *c)
+{
+    const int k = c->is_tcp;
+    c->unext = NULL;
+    c->uprev = n->unauth_tail[k];
+    if (c->uprev)
+        c->uprev->unext = c;
+    else
+        n->unauth_head[k] = c;
+    n->unauth_tail[k] = c;
+    n->nunauth[k]++;
+    c->queued = 1;
+}
+
+/* Out of the queue before hello: it said hello, or it closes. */
+static void unauth_remove(rd_net *n, rd_conn *c)
+{
+    if (!c->queued)
+        return;
+    const int k = c->is_tcp;
+    if (c->uprev)
+        c->uprev->unext = c->unext;
+    else
+        n->unauth_head[k] = c->unext;
+    if (c->unext)
+        c->unext->uprev = c->uprev;
+    else
+        n->unauth_tail[k] = c->uprev;
+    n->nunauth[k]--;
+    c->queued = 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Closing */
 
 static void close_cb(uv_handle_t *h)
@@ -133,6 +209,10 @@ static void close_cb(uv_handle_t *h)
             break;
         }
     }
+    serial_remove(n, c);
+    unauth_remove(n, c);
+    n->nconns--;
+    n->freed_since_trim++;
     rw_frame_reader_free(&c->rd);
     free(c);
     if (n->h.conn_freed)
@@ -150,7 +230,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 
 rd_conn *rd_conn_find(rd_net *n, rd_conn *c, uint64_t serial)
 {
-    for (rd_conn *o = n->conns; o; o = o->next)
+    for (rd_conn *o = n->by_serial[serial % RD_SERIAL_BUCKETS]; o; o = o->hnext)
         if (o == c && o->serial == serial && !o->closing)
             return o;
     return NULL;
@@ -162,6 +242,7 @@ void rd_conn_close(rd_conn *c)
         return;
     c->closing = 1;
     c->waiting = 0;
+    unauth_remove(c->net, c);
     if (c->role == RD_ROLE_WORKER && c->net->h.worker_lost)
         c->net->h.worker_lost(c->net->h.arg, c);
     uv_read_stop(&c->h.stream);
@@ -210,28 +291,44 @@ static void protocol_error(rd_conn *c, long long id, const char *code, const cha
 /* ------------------------------------------------------------------------ */
 /* Budgets */
 
-static int unauth_of_class(const rd_conn *c, int is_tcp)
+/* 1 if c's peer has closed (or shut down its side): seen without reading
+ * what it sent before, for a connection that is not being read (its
+ * requests wait) and would otherwise never hear of it. */
+static int peer_gone(const rd_conn *c)
 {
-    return c->role == RD_ROLE_NONE && !c->closing && c->is_tcp == is_tcp;
+    uv_os_fd_t fd;
+    if (uv_fileno(&c->h.handle, &fd) != 0)
+        return 0;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
-/* A new connection of a class whose budget is full: the oldest of that
- * class (before hello) goes. */
-static void unauth_budget(rd_net *n, rd_conn *fresh)
+/* 1 if bytes wait unread on c's socket (its hello, surely): such a
+ * connection is about to be read, and is spared while others may go. */
+static int bytes_wait(const rd_conn *c)
 {
-    const int max = fresh->is_tcp ? RD_UNAUTH_TCP_MAX : RD_UNAUTH_LOCAL_MAX;
-    int count = 0;
-    rd_conn *oldest = NULL;
-    for (rd_conn *c = n->conns; c; c = c->next) {
-        if (!unauth_of_class(c, fresh->is_tcp))
-            continue;
-        count++;
-        if (c != fresh && (!oldest || c->opened < oldest->opened))
-            oldest = c;
-    }
-    if (count > max && oldest)
-        drop(oldest, 0, RW_E_HELLO, "too many connections without hello: the oldest goes",
-             fresh->is_tcp ? &n->dropped.unauth_tcp : &n->dropped.unauth_local);
+    uv_os_fd_t fd;
+    char b;
+    return uv_fileno(&c->h.handle, &fd) == 0 && recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+/* A class's budget (before hello) is full: its oldest connection goes --
+ * the oldest of the first few that have sent nothing, a peer whose hello
+ * waits unread being spared. */
+static void unauth_budget(rd_net *n, int is_tcp)
+{
+    const int max = is_tcp ? RD_UNAUTH_TCP_MAX : RD_UNAUTH_LOCAL_MAX;
+    if (n->nunauth[is_tcp] <= max)
+        return;
+    rd_conn *victim = NULL;
+    int tried = 0;
+    for (rd_conn *c = n->unauth_head[is_tcp]; c && !victim && tried < 4; c = c->unext, tried++)
+        if (!bytes_wait(c))
+            victim = c;
+    if (!victim)
+        victim = n->unauth_head[is_tcp]; /* a few tried: the oldest goes */
+    drop(victim, 0, RW_E_HELLO, "too many connections without hello: the oldest goes",
+         is_tcp ? &n->dropped.unauth_tcp : &n->dropped.unauth_local);
 }
 
 /* How stale a client is, for the clients' budget: one stuck in a frame
@@ -329,6 +426,7 @@ static void handle_hello(rd_conn *c, json_t *m)
         protocol_error(c, id, RW_E_BAD_MESSAGE, "hello: role: must be client or worker");
         return;
     }
+    unauth_remove(n, c);
     c->rd.max = RW_FRAME_MAX;
     json_t *r = rw_msg_new("ok", id);
     json_object_set_new(r, "version", json_integer(RW_PROTO_VERSION));
@@ -481,7 +579,7 @@ static void turns_cb(uv_idle_t *h)
 
 static void turns_kick(rd_net *n)
 {
-    if (n->turns_on || !n->loop)
+    if (n->turns_on || !n->loop || uv_is_closing((uv_handle_t *)&n->turns))
         return;
     if (uv_idle_start(&n->turns, turns_cb) == 0)
         n->turns_on = 1;
@@ -509,17 +607,17 @@ static void on_connection(uv_stream_t *srv, int status)
     c->h.handle.data = c;
     c->next = n->conns;
     n->conns = c;
-    int nconns = 0;
-    for (rd_conn *o = n->conns; o; o = o->next)
-        nconns++;
-    if (uv_accept(srv, &c->h.stream) != 0 || n->life->shutting_down || nconns > n->conns_max) {
+    n->nconns++;
+    serial_add(n, c);
+    if (uv_accept(srv, &c->h.stream) != 0 || n->life->shutting_down || n->nconns > n->conns_max) {
         if (!n->life->shutting_down)
             n->dropped.refused++;
         c->closing = 1;
         uv_close(&c->h.handle, close_cb);
         return;
     }
-    unauth_budget(n, c);
+    unauth_push(n, c);
+    unauth_budget(n, c->is_tcp);
     reading(c, 1);
 }
 
@@ -554,18 +652,40 @@ static void log_dropped(rd_net *n, double now)
     memset(d, 0, sizeof *d);
 }
 
-/* After a burst of replies (pipelining clients, big queries), the heap's
- * free pages go back to the system once nothing is queued: glibc keeps
- * them otherwise, and the daemon's size would stay at its peak. */
-static void give_back(rd_net *n)
+/* The daemon's resident size, in kB (-1: unknown). */
+static long rss_kb(void)
 {
-    if (n->sent_since_trim < (16u << 20))
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = -1, rss = -1;
+    if (f && fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = -1;
+    if (f)
+        fclose(f);
+    return rss < 0 ? -1 : rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* After a burst of replies (pipelining clients, big queries), the heap's
+ * free pages go back to the system: glibc keeps them otherwise, and the
+ * daemon would stay at its peak size. Once the replies stop (a tick
+ * without any), or every 10 s while a burst goes on. */
+static void give_back(rd_net *n, double now)
+{
+    const size_t sent = n->sent_since_trim, this_tick = sent - n->sent_at_last_tick;
+    n->sent_at_last_tick = sent;
+    /* a burst is many replies, or many connections gone (each took a
+     * reader's buffer) */
+    const int burst = sent >= (1u << 20) || n->freed_since_trim >= 256;
+    /* the burst is over when a tick sends little (a watch, a probe) */
+    const int quiet = this_tick < (256u << 10);
+    if (!burst || (!quiet && (sent < (16u << 20) || now - n->trimmed < 10)))
         return;
-    for (rd_conn *c = n->conns; c; c = c->next)
-        if (c->pending > 0 || c->deferred > 0)
-            return;
-    n->sent_since_trim = 0;
+    n->sent_since_trim = n->sent_at_last_tick = 0;
+    n->freed_since_trim = 0;
+    n->trimmed = now;
+    long before = rss_kb();
     malloc_trim(0);
+    rd_log("conn: memory given back after %.0f MB of replies: %.1f MB -> %.1f MB", sent / 1e6,
+           before / 1024.0, rss_kb() / 1024.0);
 }
 
 void rd_net_tick(rd_net *n)
@@ -575,6 +695,10 @@ void rd_net_tick(rd_net *n)
         if (c->closing) {
             if (now - c->closed_at > RD_FLUSH_S && !uv_is_closing(&c->h.handle))
                 uv_close(&c->h.handle, close_cb);
+            continue;
+        }
+        if (!c->reading && peer_gone(c)) { /* its waiting requests go with it */
+            rd_conn_close(c);
             continue;
         }
         double hello_s = c->is_tcp ? RD_HELLO_TCP_S : RD_HELLO_LOCAL_S;
@@ -594,7 +718,7 @@ void rd_net_tick(rd_net *n)
         }
     }
     log_dropped(n, now);
-    give_back(n);
+    give_back(n, now);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -606,6 +730,16 @@ void rd_net_stop_listening(rd_net *n)
     unlink(n->sock_path);
     if (n->tcp_on)
         uv_close((uv_handle_t *)&n->tcp_srv, NULL);
+}
+
+void rd_net_halt(rd_net *n)
+{
+    for (rd_conn *c = n->conns; c; c = c->next)
+        c->closing = 1;
+    if (n->turns_on)
+        uv_idle_stop(&n->turns);
+    n->turns_on = 0;
+    n->loop = NULL; /* no turn is started again */
 }
 
 void rd_net_free_conns(rd_net *n)

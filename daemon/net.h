@@ -21,7 +21,7 @@
  * hello have theirs, where a full budget drops the stalest client (one
  * stuck in a frame, else the longest idle); workers are never counted
  * among clients. */
-#define RD_UNAUTH_TCP_MAX 64
+#define RD_UNAUTH_TCP_MAX 256
 #define RD_UNAUTH_LOCAL_MAX 256
 #define RD_CLIENTS_MAX 1024
 #define RD_CONNS_HARD_MAX 4096 /* every connection; past it (file descriptors) refused at accept */
@@ -42,6 +42,8 @@
 #define RD_TURN_FRAMES 8
 #define RD_READ_AHEAD (64u << 10) /* bytes of a connection's frames buffered before reading stops */
 #define RD_TURN_S 0.02
+
+#define RD_SERIAL_BUCKETS 8192
 
 typedef struct rd_conn rd_conn;
 typedef struct rd_net rd_net;
@@ -74,6 +76,9 @@ struct rd_conn {
     int deferred;    /* replies due later (rd_conn_defer) */
     void *peer;      /* a worker connection's worker (wconn.c) */
     struct rd_conn *next;
+    struct rd_conn *hnext;          /* in its bucket of the serials' table */
+    struct rd_conn *uprev, *unext;  /* in its class's queue before hello (oldest first) */
+    int queued;                     /* in that queue */
 };
 
 /* What the daemon does with a connection once it said hello, and when one
@@ -108,13 +113,21 @@ struct rd_net {
     uv_tcp_t tcp_srv;
     int tcp_on;
     rd_conn *conns;
+    int nconns;
     int conns_max; /* RD_CONNS_HARD_MAX, or fewer where file descriptors are fewer */
+    rd_conn *by_serial[RD_SERIAL_BUCKETS]; /* rd_conn_find without a walk of every connection */
+    /* the connections before hello, oldest first, TCP [1] apart from local [0] */
+    rd_conn *unauth_head[2], *unauth_tail[2];
+    int nunauth[2];
     uv_idle_t turns; /* active while buffered frames wait */
     int turns_on;
     uint64_t turn_from; /* fairness: the serial the last turn round ended at */
     rd_net_dropped dropped;
     double dropped_logged; /* rd_mono() of the last summary */
     size_t sent_since_trim; /* bytes queued since memory was last given back */
+    size_t sent_at_last_tick;
+    long freed_since_trim; /* connections freed since */
+    double trimmed; /* rd_mono() of the last time */
     rd_net_handlers h;
 };
 
@@ -128,10 +141,18 @@ void rd_net_stop_listening(rd_net *n);
 void rd_net_tick(rd_net *n);
 /* The loop stalled for `secs`: not counted against any connection. */
 void rd_net_forgive(rd_net *n, double secs);
+/* At exit, before the loop closes every handle: no connection acts again
+ * (the callbacks of their cancelled writes only count). */
+void rd_net_halt(rd_net *n);
 /* At exit, after the loop closed every handle: the connections' memory. */
 void rd_net_free_conns(rd_net *n);
 
 void rd_conn_send(rd_conn *c, json_t *msg); /* steals msg */
+/* A message's frame (msg stolen), made where it is cheap to make (a pool
+ * thread), sent by rd_conn_send_frame (which takes buf); NULL: nothing to
+ * send (an event too large for a frame) */
+char *rd_frame_of(json_t *msg, size_t *len);
+void rd_conn_send_frame(rd_conn *c, char *buf, size_t len);
 void rd_conn_close(rd_conn *c);
 /* An `error` reply to request `id`: code (RW_E_*) and a message */
 void rd_reply_error(rd_conn *c, long long id, const char *code, const char *fmt, ...)

@@ -1,5 +1,9 @@
-/* Reading queries on the thread pool (offload.h). */
+/* Reading queries on the thread pool (offload.h). At most half the cores
+ * (one on two) run them at once, the rest wait in order: clients asking
+ * big queries back to back must not take the cores from the loop, the
+ * workers' reports and everyone else. */
 #include <limits.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +13,7 @@
 
 #define READER_CACHE_KIB 1024 /* each reader's page cache: a pool thread holds one */
 
-typedef struct {
+typedef struct offload {
     uv_work_t req;
     rd_net *net;
     rd_conn *c; /* the asker, found again by serial */
@@ -18,8 +22,17 @@ typedef struct {
     json_t *m;
     rd_offload_fn *fn;
     rd_answer a;
+    char *frame; /* the answer's frame, made on the pool thread */
+    size_t len;
     char path[PATH_MAX];
+    struct offload *next; /* waiting its turn */
 } offload;
+
+/* The queries waiting for a thread, in order, and those running. */
+static struct {
+    offload *head, *tail;
+    int running, max;
+} queue;
 
 /* This pool thread's read-only connection to the database at `path`. */
 static __thread rd_store *reader;
@@ -52,6 +65,16 @@ static rd_store *reader_of(const char *path, char *err, size_t errlen)
     return reader;
 }
 
+/* The answer as the frame to send: the reply, or the error instead. */
+static void frame_answer(offload *o)
+{
+    json_t *m = o->a.reply ? o->a.reply
+                           : rw_msg_error(o->id, o->a.code ? o->a.code : RW_E_INTERNAL,
+                                          o->a.code ? o->a.msg : "no answer");
+    o->a.reply = NULL;
+    o->frame = rd_frame_of(m, &o->len);
+}
+
 static void work_cb(uv_work_t *req)
 {
     offload *o = req->data;
@@ -59,34 +82,58 @@ static void work_cb(uv_work_t *req)
     rd_store *s = reader_of(o->path, err, sizeof err);
     if (!s) {
         rd_answer_fail(&o->a, RW_E_INTERNAL, "cannot read the database: %s", err);
-        return;
+    } else {
+        o->fn(s, o->id, o->m, &o->a);
+        sqlite3_db_release_memory(s->db); /* a burst's pages go back */
     }
-    o->fn(s, o->id, o->m, &o->a);
-    sqlite3_db_release_memory(s->db); /* a burst's pages go back */
+    frame_answer(o); /* here too: a big reply's JSON is not the loop's work */
 }
 
-static void reply(rd_conn *c, long long id, rd_answer *a)
+static void start_next(void);
+
+static void finish(offload *o)
 {
-    if (a->reply) {
-        rd_conn_send(c, a->reply);
-        a->reply = NULL;
-    } else {
-        rd_conn_send(c, rw_msg_error(id, a->code ? a->code : RW_E_INTERNAL,
-                                     a->code ? a->msg : "no answer"));
+    rd_conn *c = rd_conn_find(o->net, o->c, o->serial);
+    if (c && o->frame) {
+        rd_conn_send_frame(c, o->frame, o->len);
+        o->frame = NULL;
     }
+    rd_conn_undefer(c);
+    free(o->frame);
+    json_decref(o->m);
+    free(o);
 }
 
 static void after_work_cb(uv_work_t *req, int status)
 {
-    offload *o = req->data;
     (void)status; /* never cancelled: the pool runs every query it was given */
-    rd_conn *c = rd_conn_find(o->net, o->c, o->serial);
-    if (c)
-        reply(c, o->id, &o->a);
-    rd_conn_undefer(c);
-    json_decref(o->a.reply);
-    json_decref(o->m);
-    free(o);
+    queue.running--;
+    finish(req->data);
+    start_next();
+}
+
+/* Queries from the queue onto the pool, as threads are free for them; one
+ * whose asker has gone is dropped unrun. */
+static void start_next(void)
+{
+    while (queue.head && queue.running < queue.max) {
+        offload *o = queue.head;
+        queue.head = o->next;
+        if (!queue.head)
+            queue.tail = NULL;
+        if (!rd_conn_find(o->net, o->c, o->serial)) {
+            finish(o);
+            continue;
+        }
+        if (uv_queue_work(o->net->loop, &o->req, work_cb, after_work_cb) == 0) {
+            queue.running++;
+            continue;
+        }
+        /* cannot happen with a live loop: answered with a reason */
+        rd_answer_fail(&o->a, RW_E_INTERNAL, "the thread pool refused the query");
+        frame_answer(o);
+        finish(o);
+    }
 }
 
 void rd_offload(rd_store *s, rd_conn *c, long long id, json_t *m, rd_offload_fn *fn)
@@ -95,6 +142,10 @@ void rd_offload(rd_store *s, rd_conn *c, long long id, json_t *m, rd_offload_fn 
     if (!o) {
         rd_reply_error(c, id, RW_E_INTERNAL, "out of memory");
         return;
+    }
+    if (!queue.max) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        queue.max = n > 2 ? (int)(n / 2) : 1;
     }
     o->net = c->net;
     o->c = c;
@@ -105,9 +156,10 @@ void rd_offload(rd_store *s, rd_conn *c, long long id, json_t *m, rd_offload_fn 
     o->req.data = o;
     snprintf(o->path, sizeof o->path, "%s", s->path);
     rd_conn_defer(c);
-    if (uv_queue_work(c->net->loop, &o->req, work_cb, after_work_cb) != 0) {
-        /* cannot happen with a live loop: answered here, from the loop's connection */
-        fn(s, id, m, &o->a);
-        after_work_cb(&o->req, 0);
-    }
+    if (queue.tail)
+        queue.tail->next = o;
+    else
+        queue.head = o;
+    queue.tail = o;
+    start_next();
 }

@@ -24,293 +24,58 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "proto/frame.h"
-#include "proto/msg.h"
-
-static char dir[64], sock[128], build[1024];
-static pid_t daemon_pid = -1;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void bin(char *out, size_t len, const char *rel)
-{
-    snprintf(out, len, "%s/%s", build, rel);
-}
-
-static int try_connect(void)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    cr_assert_lt(strlen(sock), sizeof sa.sun_path);
-    memcpy(sa.sun_path, sock, strlen(sock) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static const char *extra_arg[8];
-
-static void start_daemon(void)
-{
-    char d[1100], w[1100], logp[128];
-    bin(d, sizeof d, "daemon/runawayd");
-    bin(w, sizeof w, "worker/runaway-worker");
-    snprintf(logp, sizeof logp, "%s.log", dir);
-    daemon_pid = fork();
-    cr_assert_geq(daemon_pid, 0);
-    if (daemon_pid == 0) {
-        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execl(d, d, "--state-dir", dir, "--cpu-slots", "2", "--threads", "1", "--worker", w,
-              "--heartbeat", "0.2", "--heartbeat-timeout", "3", "--shutdown-timeout", "10",
-              extra_arg[0], extra_arg[1], extra_arg[2], extra_arg[3], (char *)NULL);
-        _exit(127);
-    }
-    for (double t0 = now(); now() - t0 < 10;) {
-        int fd = try_connect();
-        if (fd >= 0) {
-            close(fd);
-            return;
-        }
-        usleep(20000);
-    }
-    cr_assert_fail("runawayd did not listen on %s within 10 s (log: %s)", sock, logp);
-}
-
-/* SIGTERM, then SIGKILL after `grace` seconds. Returns the exit status. */
-static int stop_daemon(double grace)
-{
-    if (daemon_pid <= 0)
-        return -1;
-    kill(daemon_pid, SIGTERM);
-    int st = -1;
-    for (double t0 = now(); now() - t0 < grace;) {
-        if (waitpid(daemon_pid, &st, WNOHANG) == daemon_pid) {
-            daemon_pid = -1;
-            return st;
-        }
-        usleep(20000);
-    }
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, &st, 0);
-    daemon_pid = -1;
-    return -2;
-}
-
-/* A fresh state folder, not yet served. */
-static void prepare(void)
-{
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
-    /* a private synthetic-data cache: tests do not touch the user's */
-    char cache[128];
-    snprintf(cache, sizeof cache, "%s/cache", dir);
-    setenv("XDG_CACHE_HOME", cache, 1);
-}
-
-static void setup(void)
-{
-    prepare();
-    start_daemon();
-}
-
-static int full_mounted; /* a tmpfs is mounted on dir (the full-disk test) */
-
-static void teardown(void)
-{
-    stop_daemon(10);
-    /* a daemon started by `runaway daemon start` is not our child: its
-     * lock file names it */
-    char lock[128];
-    snprintf(lock, sizeof lock, "%s/runawayd.lock", dir);
-    FILE *f = fopen(lock, "r");
-    int pid = 0;
-    if (f) {
-        if (fscanf(f, "%d", &pid) == 1 && pid > 1)
-            kill(pid, SIGKILL);
-        fclose(f);
-    }
-    /* under -Db_sanitize, the daemon's and the workers' reports land in
-     * their logs: a finding fails the test and keeps the files */
-    char cmd[512];
-    snprintf(cmd, sizeof cmd,
-             "grep -l -E 'ERROR: AddressSanitizer|runtime error:|LeakSanitizer' '%s.log' "
-             "'%s'/workers/*.log >/dev/null 2>&1",
-             dir, dir);
-    int found = system(cmd) == 0;
-    if (!found && !getenv("RW_TEST_KEEP")) { /* RW_TEST_KEEP=1: keep the files, to look */
-        /* the full-disk test's folder is a tmpfs: unmounted first */
-        snprintf(cmd, sizeof cmd, "%s%s%srm -rf '%s' '%s.log'", full_mounted ? "umount '" : "",
-                 full_mounted ? dir : "", full_mounted ? "' && " : "", dir, dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "cannot remove %s\n", dir);
-    }
-    cr_assert(!found, "sanitizer report in %s.log or %s/workers/*.log", dir, dir);
-}
+#include "daemon_fixture.h"
 
 /* ------------------------------------------------------------------------ */
-/* Raw clients */
+/* Hostile clients */
 
-static json_t *recv_frame(int fd, rw_frame_reader *r, int timeout_ms)
-{
-    json_t *m = NULL;
-    char err[256];
-    int rc = rw_frame_recv_fd(fd, r, &m, timeout_ms, err, sizeof err);
-    return rc == 1 ? m : NULL;
-}
-
-/* 1 if the daemon closed the connection within the timeout */
-static int closed_by_peer(int fd, int timeout_ms)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    char b[256];
-    for (double t0 = now(); (now() - t0) * 1000 < timeout_ms;) {
-        if (poll(&p, 1, 100) > 0) {
-            ssize_t n = read(fd, b, sizeof b);
-            if (n == 0 || (n < 0 && errno == ECONNRESET))
-                return 1;
-        }
-    }
-    return 0;
-}
-
-static json_t *request(int fd, rw_frame_reader *r, json_t *m)
-{
-    cr_assert_eq(rw_frame_send_fd(fd, m), 0);
-    long long id = rw_msg_id(m);
-    json_decref(m);
-    for (;;) {
-        json_t *rep = recv_frame(fd, r, 10000);
-        cr_assert_not_null(rep, "no reply within 10 s");
-        if (rw_msg_id(rep) == id)
-            return rep;
-        json_decref(rep);
-    }
-}
-
-static int client(rw_frame_reader *r)
-{
-    int fd = try_connect();
-    cr_assert_geq(fd, 0);
-    rw_frame_reader_init(r, 0);
-    json_t *h = rw_msg_new("hello", 1);
-    json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
-    json_object_set_new(h, "role", json_string("client"));
-    json_t *rep = request(fd, r, h);
-    cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
-    json_decref(rep);
-    return fd;
-}
-
-static json_t *simple(const char *type, const char *key, const char *val)
-{
-    rw_frame_reader r;
-    int fd = client(&r);
-    json_t *m = rw_msg_new(type, 2);
-    if (key)
-        json_object_set_new(m, key, json_string(val));
-    json_t *rep = request(fd, &r, m);
-    close(fd);
-    rw_frame_reader_free(&r);
-    return rep;
-}
-
-static void expect_still_serving(void)
-{
-    json_t *r = simple("status", NULL, NULL);
-    cr_assert_str_eq(json_string_value(json_object_get(r, "type")), "ok");
-    json_decref(r);
-}
-
-/* Sends raw bytes; expects an error reply with `code`, then the close. */
-static void expect_rejected(const void *bytes, size_t n, int hello_first, const char *code)
-{
-    rw_frame_reader r;
-    int fd;
-    if (hello_first) {
-        fd = client(&r);
-    } else {
-        fd = try_connect();
-        rw_frame_reader_init(&r, 0);
-    }
-    cr_assert_geq(fd, 0);
-    rw_fd_write_all(fd, bytes, n);
-    json_t *e = recv_frame(fd, &r, 5000);
-    cr_assert_not_null(e, "no error reply for %s", code);
-    cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "error");
-    cr_assert_str_eq(json_string_value(json_object_get(e, "code")), code, "message: %s",
-                     json_string_value(json_object_get(e, "message")));
-    cr_assert(json_string_length(json_object_get(e, "message")) > 0);
-    json_decref(e);
-    cr_assert(closed_by_peer(fd, 5000), "connection not closed after %s", code);
-    close(fd);
-    rw_frame_reader_free(&r);
-    expect_still_serving();
-}
-
-static void send_body(const char *body, int hello_first, const char *code)
-{
-    char *b;
-    size_t n;
-    rw_frame_encode_raw(body, strlen(body), &b, &n);
-    expect_rejected(b, n, hello_first, code);
-    free(b);
-}
-
-Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
-     .fini = teardown, .timeout = 60)
+Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
 {
     /* oversized: judged by the header (4 GiB announced; before hello the
      * limit is 4 KiB, after it 1 MiB) */
     unsigned char huge[4] = {0xff, 0xff, 0xff, 0xff};
-    expect_rejected(huge, 4, 0, RW_E_FRAME);
-    expect_rejected(huge, 4, 1, RW_E_FRAME);
+    fx_expect_rejected(huge, 4, 0, RW_E_FRAME);
+    fx_expect_rejected(huge, 4, 1, RW_E_FRAME);
     unsigned char k5[4] = {0, 0, 0x14, 0}; /* 5120 bytes before hello */
-    expect_rejected(k5, 4, 0, RW_E_FRAME);
-    send_body("{\"type\": \"hel", 0, RW_E_FRAME);             /* truncated JSON in a frame */
-    send_body("[1, 2, 3]", 1, RW_E_FRAME);                     /* not an object */
-    send_body("{\"type\":\"status\",\"id\":1}", 0, RW_E_HELLO); /* hello first */
-    send_body("{\"type\":\"hello\",\"id\":1,\"version\":99,\"role\":\"client\"}", 0, RW_E_VERSION);
-    send_body("{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"boss\"}", 0, RW_E_BAD_MESSAGE);
-    send_body("{\"type\":\"launch_missiles\",\"id\":3}", 1, RW_E_UNKNOWN_TYPE);
-    send_body("{\"type\":\"done\",\"job\":1,\"attempt\":1}", 1, RW_E_UNKNOWN_TYPE); /* a worker's */
-    send_body("{\"type\":\"show\",\"id\":3,\"job\":17}", 1, RW_E_BAD_MESSAGE);
-    send_body("{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"worker\",\"slot\":99}", 0,
-              RW_E_STATE);
+    fx_expect_rejected(k5, 4, 0, RW_E_FRAME);
+    fx_expect_rejected_body("{\"type\": \"hel", 0, RW_E_FRAME); /* truncated JSON in a frame */
+    fx_expect_rejected_body("[1, 2, 3]", 1, RW_E_FRAME);         /* not an object */
+    fx_expect_rejected_body("{\"type\":\"status\",\"id\":1}", 0, RW_E_HELLO); /* hello first */
+    fx_expect_rejected_body("{\"type\":\"hello\",\"id\":1,\"version\":99,\"role\":\"client\"}", 0,
+                            RW_E_VERSION);
+    fx_expect_rejected_body("{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"boss\"}", 0,
+                            RW_E_BAD_MESSAGE);
+    fx_expect_rejected_body("{\"type\":\"launch_missiles\",\"id\":3}", 1, RW_E_UNKNOWN_TYPE);
+    /* a worker's */
+    fx_expect_rejected_body("{\"type\":\"done\",\"job\":1,\"attempt\":1}", 1, RW_E_UNKNOWN_TYPE);
+    fx_expect_rejected_body("{\"type\":\"show\",\"id\":3,\"job\":17}", 1, RW_E_BAD_MESSAGE);
+    fx_expect_rejected_body(
+        "{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"worker\",\"slot\":99}", 0,
+        RW_E_STATE);
 
     /* a truncated frame, then the client vanishes: nothing to reply to */
-    int fd = try_connect();
+    int fd = fx_connect();
     unsigned char part[6] = {0, 0, 0, 50, '{', '"'};
     rw_fd_write_all(fd, part, sizeof part);
     close(fd);
-    expect_still_serving();
+    fx_expect_still_serving();
 
     /* silence after connecting: dropped after 10 s with a hello error (the
      * other checks above ran meanwhile on other connections) */
-    int idle = try_connect();
-    double t_idle = now();
+    int idle = fx_connect();
+    double t_idle = fx_now();
 
     /* a request for something that does not exist is an error, not a close */
     rw_frame_reader r;
-    fd = client(&r);
+    fd = fx_client(&r);
     json_t *m = rw_msg_new("show", 5);
     json_object_set_new(m, "job", json_string("j4242"));
-    json_t *e = request(fd, &r, m);
+    json_t *e = fx_request(fd, &r, m);
     cr_assert_str_eq(json_string_value(json_object_get(e, "code")), RW_E_NOT_FOUND);
     json_decref(e);
     m = rw_msg_new("status", 6);
-    e = request(fd, &r, m);
+    e = fx_request(fd, &r, m);
     cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "ok");
     json_decref(e);
     close(fd);
@@ -318,154 +83,24 @@ Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = setup,
 
     rw_frame_reader ri;
     rw_frame_reader_init(&ri, 0);
-    json_t *he = recv_frame(idle, &ri, 15000);
+    json_t *he = fx_recv(idle, &ri, 15000);
     cr_assert_not_null(he, "an idle connection was not dropped");
     cr_assert_str_eq(json_string_value(json_object_get(he, "code")), RW_E_HELLO);
-    cr_assert_geq(now() - t_idle, 8.0);
+    cr_assert_geq(fx_now() - t_idle, 8.0);
     json_decref(he);
-    cr_assert(closed_by_peer(idle, 3000));
+    cr_assert(fx_closed_by_peer(idle, 3000));
     close(idle);
     rw_frame_reader_free(&ri);
-    expect_still_serving();
+    fx_expect_still_serving();
 
     /* the socket is the owner's only */
     struct stat st;
-    cr_assert_eq(stat(sock, &st), 0);
+    cr_assert_eq(stat(fx.sock, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0600, "socket mode %o", st.st_mode & 0777);
 }
 
 /* ------------------------------------------------------------------------ */
-/* The CLI */
-
-/* Runs `runaway --state-dir DIR args...`; stdout+stderr into out. */
-static int run_argv(char *out, size_t outlen, int timeout_s, const char **argv);
-
-static int cli(char *out, size_t outlen, int timeout_s, ...)
-{
-    char exe[1100];
-    bin(exe, sizeof exe, "tools/runaway");
-    const char *argv[32] = {exe, "--state-dir", dir};
-    int n = 3;
-    va_list ap;
-    va_start(ap, timeout_s);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) && n < 30)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return run_argv(out, outlen, timeout_s, argv);
-}
-
-/* Runs argv[0] with argv; stdout+stderr into out; killed after timeout_s. */
-static int run_argv(char *out, size_t outlen, int timeout_s, const char **argv)
-{
-    const char *exe = argv[0];
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        close(p[0]);
-        close(p[1]);
-        execv(exe, (char **)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t o = 0;
-    double t0 = now();
-    struct pollfd pf = {.fd = p[0], .events = POLLIN};
-    for (;;) {
-        if (now() - t0 >= timeout_s)
-            kill(pid, SIGKILL);
-        cr_assert(now() - t0 < timeout_s, "%s %s: no end after %d s; output:\n%.*s", exe,
-                  argv[1] && argv[2] && argv[3] ? argv[3] : "", timeout_s, (int)o, out);
-        if (poll(&pf, 1, 200) <= 0)
-            continue;
-        ssize_t k = read(p[0], out + o, outlen - 1 - o);
-        if (k <= 0)
-            break;
-        o += (size_t)k;
-        if (o == outlen - 1)
-            o = 0; /* keep the tail of a long watch */
-    }
-    out[o] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-/* TINY jobs: width 2, 8x8 images, 100 images, seconds each. */
-static const char *tiny_base =
-    "  data: {kind: synthetic, synthetic: {train: 100, test: 40, seed: 1}, image_size: 8,"
-    " loader_threads: 1}\n"
-    "  model: {stem: cifar, width: 2, projector: {hidden: 16, out: 8}, predictor_hidden: 16}\n"
-    "  optim: {batch_size: 16, epochs: %d}\n"
-    "  eval: {linear: {epochs: 5, batch_size: 32}}\n"
-    "  checkpoint: {every_epochs: %d}\n";
-
-static void write_grid(const char *path, const char *name, int epochs, int ckpt, const char *axes)
-{
-    char base[1024], text[4096];
-    snprintf(base, sizeof base, tiny_base, epochs, ckpt);
-    snprintf(text, sizeof text, "name: %s\nbase:\n%sgrid:\n%s", name, base, axes);
-    write_file(path, text);
-}
-
-/* Writes grid `name` (as write_grid) into the test folder and submits it. */
-static void submit_grid(const char *name, int epochs, int ckpt, const char *axes)
-{
-    char path[160], out[4096];
-    snprintf(path, sizeof path, "%s/%s.yaml", dir, name);
-    write_grid(path, name, epochs, ckpt, axes);
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "submit %s: %s", name, out);
-}
-
-static sqlite3 *open_db(void)
-{
-    char p[128];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
-    sqlite3 *db;
-    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    return db;
-}
-
-static double db_num(sqlite3 *db, const char *sql, long long arg)
-{
-    sqlite3_stmt *st;
-    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
-    if (sqlite3_bind_parameter_count(st))
-        sqlite3_bind_int64(st, 1, arg);
-    double v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_double(st, 0) : NAN;
-    sqlite3_finalize(st);
-    return v;
-}
-
-/* Waits until sql (with arg) gives a value >= want. */
-static void wait_for(const char *what, const char *sql, long long arg, double want, double secs)
-{
-    double t0 = now();
-    for (;;) {
-        sqlite3 *db = open_db();
-        double v = db_num(db, sql, arg);
-        sqlite3_close(db);
-        if (v >= want)
-            return;
-        cr_assert(now() - t0 < secs, "%s: not within %.0f s (got %g)", what, secs, v);
-        usleep(50000);
-    }
-}
+/* A grid through the CLI */
 
 static void stats(const double *x, int n, double *mean, double *sd)
 {
@@ -486,34 +121,8 @@ static void expect_close(double a, double b, const char *what)
 /* The TensorBoard event files against the database, read by
  * tests/tb_check.py (its own TFRecord and protobuf decoding; see there).
  * job 0: every job with metrics. */
-#define TB_PURGE 1 /* a resumed attempt's restart marker must drop points */
-#define TB_GAPS 2  /* points may be missing (skipped while the disk was full) */
-
-static void check_tensorboard(long long job, int flags, const char *expect)
-{
-    const char *src = getenv("RW_SOURCE_ROOT");
-    char script[1100], tb[128], db[128], jarg[32], out[4096];
-    snprintf(script, sizeof script, "%s/tests/tb_check.py", src ? src : ".");
-    snprintf(tb, sizeof tb, "%s/tensorboard", dir);
-    snprintf(db, sizeof db, "%s/runaway.db", dir);
-    snprintf(jarg, sizeof jarg, "%lld", job);
-    const char *argv[10] = {"/usr/bin/python3", script, tb, db};
-    int n = 4;
-    if (job) {
-        argv[n++] = "--job";
-        argv[n++] = jarg;
-    }
-    if (flags & TB_PURGE)
-        argv[n++] = "--expect-purge";
-    if (flags & TB_GAPS)
-        argv[n++] = "--allow-gaps";
-    argv[n] = NULL;
-    int rc = run_argv(out, sizeof out, 60, argv);
-    cr_assert(!strstr(out, "No module named 'crc32c'"),
-              "tb_check.py needs Debian's python3-crc32c (./tools/test installs it)");
-    cr_assert_eq(rc, 0, "%s", out);
-    cr_assert(strstr(out, expect), "expected '%s' in: %s", expect, out);
-}
+#define FX_TB_PURGE 1 /* a resumed attempt's restart marker must drop points */
+#define FX_TB_GAPS 2  /* points may be missing (skipped while the disk was full) */
 
 /* runaway plot on the finished 2 x 2 grid g1 (tiny: byol, byol-np; seeds
  * 0, 1; 2 epochs): a PNG of the drawn size, data files whose values are the
@@ -522,9 +131,9 @@ static void check_tensorboard(long long job, int flags, const char *expect)
 static void check_plot(void)
 {
     char out[16384], png[256], data[256];
-    snprintf(png, sizeof png, "%s/curves.png", dir);
-    snprintf(data, sizeof data, "%s/curves", dir);
-    int rc = cli(out, sizeof out, 30, "plot", "g1", "-o", png, "--data", data, NULL);
+    snprintf(png, sizeof png, "%s/curves.png", fx.dir);
+    snprintf(data, sizeof data, "%s/curves", fx.dir);
+    int rc = fx_cli(out, sizeof out, 30, "plot", "g1", "-o", png, "--data", data, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     unsigned char h[24];
     FILE *f = fopen(png, "rb");
@@ -536,7 +145,7 @@ static void check_plot(void)
     unsigned hpx = (unsigned)h[20] << 24 | h[21] << 16 | h[22] << 8 | h[23];
     cr_expect(wpx == 2000 && hpx == 1350, "png %ux%u", wpx, hpx);
 
-    sqlite3 *db = open_db();
+    sqlite3 *db = fx_open_db();
     const char *variants[2] = {"byol", "byol-np"};
     char trace[2][160]; /* each variant's trace in plot.gp: its file, its last epoch marked */
     for (int v = 0; v < 2; v++) {
@@ -569,7 +178,7 @@ static void check_plot(void)
             for (int k = 0; k < 5; k++) {
                 char sql[512];
                 snprintf(sql, sizeof sql, q, cols[k], variants[v]);
-                double want = db_num(db, sql, (long long)e);
+                double want = fx_db_num(db, sql, (long long)e);
                 cr_expect(fabs(got[k] - want) <= 1e-7 * (1 + fabs(want)),
                           "%s epoch %.0f %s: plotted %.9g, stored mean %.9g", variants[v], e,
                           cols[k], got[k], want);
@@ -594,11 +203,11 @@ static void check_plot(void)
     }
 
     /* text, a single job, errors */
-    rc = cli(out, sizeof out, 30, "plot", "tiny", "--size", "60x12", NULL);
+    rc = fx_cli(out, sizeof out, 30, "plot", "tiny", "--size", "60x12", NULL);
     cr_assert(rc == 0 && strstr(out, "L_uniform(f)") && strstr(out, "byol-np") &&
                   strstr(out, "grid g1 tiny"), "%s", out);
-    snprintf(data, sizeof data, "%s/curves-j2", dir);
-    rc = cli(out, sizeof out, 30, "plot", "j2", "--data", data, NULL);
+    snprintf(data, sizeof data, "%s/curves-j2", fx.dir);
+    rc = fx_cli(out, sizeof out, 30, "plot", "j2", "--data", data, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     char p[300], line[256];
     snprintf(p, sizeof p, "%s/curve0.dat", data);
@@ -608,16 +217,16 @@ static void check_plot(void)
     fclose(f);
     cr_expect(strstr(line, "tiny/byol/seed1: mean over 1 job "), "%s", line);
     /* live mode on an ended grid: one drawing, then it says so and ends */
-    rc = cli(out, sizeof out, 30, "plot", "g1", "-o", png, "--every", "0.5", NULL);
+    rc = fx_cli(out, sizeof out, 30, "plot", "g1", "-o", png, "--every", "0.5", NULL);
     cr_assert(rc == 0 && strstr(out, "every job has ended"), "%s", out);
-    rc = cli(out, sizeof out, 20, "plot", "g1", "--every", "0", NULL);
+    rc = fx_cli(out, sizeof out, 20, "plot", "g1", "--every", "0", NULL);
     cr_assert(rc != 0 && strstr(out, "--every takes seconds"), "%s", out);
-    rc = cli(out, sizeof out, 20, "plot", "g1", "-o", "/nonexistent/c.png", NULL);
+    rc = fx_cli(out, sizeof out, 20, "plot", "g1", "-o", "/nonexistent/c.png", NULL);
     cr_assert(rc != 0 && strstr(out, "cannot write in /nonexistent"), "%s", out);
-    rc = cli(out, sizeof out, 20, "plot", "nosuch", NULL);
+    rc = fx_cli(out, sizeof out, 20, "plot", "nosuch", NULL);
     cr_assert(rc != 0 && strstr(out, "no job or grid 'nosuch'"), "%s", out);
     setenv("RUNAWAY_GNUPLOT", "/nonexistent/gnuplot", 1);
-    rc = cli(out, sizeof out, 20, "plot", "g1", "-o", png, NULL);
+    rc = fx_cli(out, sizeof out, 20, "plot", "g1", "-o", png, NULL);
     unsetenv("RUNAWAY_GNUPLOT");
     cr_assert(rc != 0 && strstr(out, "/nonexistent/gnuplot") && strstr(out, "gnuplot-nox"), "%s",
               out);
@@ -628,7 +237,7 @@ static json_t *metrics_page(const char *target, const char *kind, long long afte
                             long long after, long long limit)
 {
     rw_frame_reader r;
-    int fd = client(&r);
+    int fd = fx_client(&r);
     json_t *m = rw_msg_new("metrics", 2);
     json_object_set_new(m, "target", json_string(target));
     json_object_set_new(m, "kind", json_string(kind));
@@ -638,7 +247,7 @@ static json_t *metrics_page(const char *target, const char *kind, long long afte
     }
     if (limit)
         json_object_set_new(m, "limit", json_integer(limit));
-    json_t *rep = request(fd, &r, m);
+    json_t *rep = fx_request(fd, &r, m);
     close(fd);
     rw_frame_reader_free(&r);
     return rep;
@@ -647,8 +256,6 @@ static json_t *metrics_page(const char *target, const char *kind, long long afte
 /* runaway metrics on the finished 2 x 2 grid g1 (2 epochs each): one CSV
  * row per job and epoch with the stored values (the newest row of each),
  * pages that join without a gap or a repeat, and clear errors. */
-static json_t *ask(json_t *m);
-static void expect_error(json_t *rep, const char *code, const char *text);
 
 /* Whole file into a malloc'd buffer; its size in *n. */
 static unsigned char *slurp(const char *path, size_t *n)
@@ -674,7 +281,7 @@ static unsigned char *slurp(const char *path, size_t *n)
 static void check_export_remote(const char *local)
 {
     char ckpt[160];
-    snprintf(ckpt, sizeof ckpt, "%s/runs/1/checkpoint.safetensors", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/runs/1/checkpoint.safetensors", fx.dir);
     size_t size;
     unsigned char *bytes = slurp(ckpt, &size);
     cr_assert_gt(size, 2000);
@@ -683,7 +290,7 @@ static void check_export_remote(const char *local)
     json_object_set_new(m, "job", json_string("j1"));
     json_object_set_new(m, "offset", json_integer(1000));
     json_object_set_new(m, "length", json_integer(500));
-    json_t *r = ask(m);
+    json_t *r = fx_ask(m);
     const char *hex = json_string_value(json_object_get(r, "data"));
     cr_assert(hex && strlen(hex) == 1000, "%s", json_dumps(r, 0));
     unsigned char got[500];
@@ -695,30 +302,30 @@ static void check_export_remote(const char *local)
     m = rw_msg_new("export", 2);
     json_object_set_new(m, "job", json_string("j1"));
     json_object_set_new(m, "offset", json_integer((json_int_t)size + 1));
-    expect_error(ask(m), RW_E_BAD_MESSAGE, "is past the checkpoint's");
+    fx_expect_error(fx_ask(m), RW_E_BAD_MESSAGE, "is past the checkpoint's");
     free(bytes);
     /* sphere computed by runawayd: what it refuses */
     m = rw_msg_new("sphere", 3);
     json_object_set_new(m, "job", json_string("j1"));
     json_object_set_new(m, "epoch", json_integer(7));
-    expect_error(ask(m), RW_E_STATE, "job j1 has no snapshot of epoch 7 (");
+    fx_expect_error(fx_ask(m), RW_E_STATE, "job j1 has no snapshot of epoch 7 (");
     m = rw_msg_new("sphere", 3);
     json_object_set_new(m, "job", json_string("j1"));
     json_object_set_new(m, "samples", json_integer(2));
-    expect_error(ask(m), RW_E_BAD_MESSAGE, "samples");
+    fx_expect_error(fx_ask(m), RW_E_BAD_MESSAGE, "samples");
     m = rw_msg_new("sphere", 3);
     json_object_set_new(m, "job", json_string("j1"));
     json_object_set_new(m, "backend", json_string("tpu"));
-    expect_error(ask(m), RW_E_BAD_MESSAGE, "backend: auto, cpu or cuda, not 'tpu'");
+    fx_expect_error(fx_ask(m), RW_E_BAD_MESSAGE, "backend: auto, cpu or cuda, not 'tpu'");
 
     char script[2048], exe[1100], tmp[160], out[8192], remote[160];
-    bin(exe, sizeof exe, "tools/runaway");
-    snprintf(tmp, sizeof tmp, "%s/tmp", dir);
+    fx_bin(exe, sizeof exe, "tools/runaway");
+    snprintf(tmp, sizeof tmp, "%s/tmp", fx.dir);
     cr_assert_eq(mkdir(tmp, 0700), 0);
-    snprintf(remote, sizeof remote, "%s/remote.safetensors", dir);
+    snprintf(remote, sizeof remote, "%s/remote.safetensors", fx.dir);
     const char *probe[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c",
                            "mount -t tmpfs tmpfs /mnt || exit 77", NULL};
-    if (geteuid() != 0 || run_argv(out, sizeof out, 20, probe) != 0) {
+    if (geteuid() != 0 || fx_run(out, sizeof out, 20, probe) != 0) {
         fprintf(stderr, "daemon: export from another host: no mount namespace here (needs "
                 "root); the protocol alone checked\n");
         rmdir(tmp);
@@ -729,9 +336,9 @@ static void check_export_remote(const char *local)
     snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' && mkdir '%s/runs/1' && "
              "echo another > '%s/runs/1/checkpoint.safetensors' || exit 77; "
              "TMPDIR='%s' RUNAWAY_TEST_EXPORT_CHUNK=7000 exec '%s' --state-dir '%s' export j1 '%s'",
-             dir, dir, dir, tmp, exe, dir, remote);
+             fx.dir, fx.dir, fx.dir, tmp, exe, fx.dir, remote);
     const char *argv[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c", script, NULL};
-    int rc = run_argv(out, sizeof out, 60, argv);
+    int rc = fx_run(out, sizeof out, 60, argv);
     cr_assert_eq(rc, 0, "%s", out);
     size_t na, nb;
     unsigned char *a = slurp(local, &na), *b = slurp(remote, &nb);
@@ -745,14 +352,14 @@ static void check_export_remote(const char *local)
      * the projections where they are, and the numbers are those of a
      * client on its host */
     char here[8192];
-    rc = cli(here, sizeof here, 60, "sphere", "j1", "--samples", "40", "--backend", "cpu",
-             "--snapshots", "3", NULL);
+    rc = fx_cli(here, sizeof here, 60, "sphere", "j1", "--samples", "40", "--backend", "cpu",
+                "--snapshots", "3", NULL);
     cr_assert_eq(rc, 0, "%s", here);
     snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s/runs' && mkdir '%s/runs/1' && "
              "echo another > '%s/runs/1/weights.safetensors' || exit 77; "
              "exec '%s' --state-dir '%s' sphere j1 --samples 40 --backend cpu --snapshots 3",
-             dir, dir, dir, exe, dir);
-    rc = run_argv(out, sizeof out, 60, argv);
+             fx.dir, fx.dir, fx.dir, exe, fx.dir);
+    rc = fx_run(out, sizeof out, 60, argv);
     cr_assert(rc == 0 && strstr(out, "j1: its run folder is on runawayd's host, not here: "
                                      "runawayd computes its projections there"), "%s", out);
     int rows = 0;
@@ -765,18 +372,18 @@ static void check_export_remote(const char *local)
     }
     cr_assert_eq(rows, 3, "%s", here);
     /* its folders went with it */
-    DIR *sd = opendir(dir);
+    DIR *sd = opendir(fx.dir);
     struct dirent *de;
     while ((de = readdir(sd)))
-        cr_assert(strncmp(de->d_name, "sphere-", 7), "%s/%s left behind", dir, de->d_name);
+        cr_assert(strncmp(de->d_name, "sphere-", 7), "%s/%s left behind", fx.dir, de->d_name);
     closedir(sd);
 }
 
 static void check_metrics_export(void)
 {
     char csv[160], out[4096];
-    snprintf(csv, sizeof csv, "%s/m.csv", dir);
-    int rc = cli(out, sizeof out, 20, "metrics", "g1", "-o", csv, NULL);
+    snprintf(csv, sizeof csv, "%s/m.csv", fx.dir);
+    int rc = fx_cli(out, sizeof out, 20, "metrics", "g1", "-o", csv, NULL);
     cr_assert(rc == 0 && strstr(out, "8 rows"), "%s", out);
     FILE *f = fopen(csv, "r");
     cr_assert_not_null(f);
@@ -784,7 +391,7 @@ static void check_metrics_export(void)
     cr_assert_not_null(fgets(line, sizeof line, f));
     cr_expect_str_eq(line, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
                            "pairs_per_s,tau,lr,rank,linear,w_cos_i,w_asym\n");
-    sqlite3 *db = open_db();
+    sqlite3 *db = fx_open_db();
     int rows = 0;
     while (fgets(line, sizeof line, f)) {
         long long job, seed, epoch, step;
@@ -804,7 +411,7 @@ static void check_metrics_export(void)
             char sql[256];
             snprintf(sql, sizeof sql, "SELECT %s FROM metrics WHERE job_id=? AND kind='epoch' AND "
                                       "epoch=%lld ORDER BY id DESC LIMIT 1", cols[k], epoch);
-            double v = db_num(db, sql, job);
+            double v = fx_db_num(db, sql, job);
             cr_expect(fabs(got[k] - v) <= 1e-8 * (1 + fabs(v)), "j%lld epoch %lld %s: %.9g vs %.9g",
                       job, epoch, cols[k], got[k], v);
         }
@@ -836,57 +443,57 @@ static void check_metrics_export(void)
     }
     cr_expect_eq(seen, 8);
     /* no step metrics in this grid (log.every_steps 0): the header only */
-    rc = cli(out, sizeof out, 20, "metrics", "j1", "--steps", NULL);
+    rc = fx_cli(out, sizeof out, 20, "metrics", "j1", "--steps", NULL);
     cr_assert(rc == 0 && !strchr(strchr(out, '\n') + 1, '\n'), "%s", out);
-    rc = cli(out, sizeof out, 20, "metrics", "nosuch", NULL);
+    rc = fx_cli(out, sizeof out, 20, "metrics", "nosuch", NULL);
     cr_assert(rc != 0 && strstr(out, "no job or grid 'nosuch'"), "%s", out);
     json_t *r = metrics_page("g1", "eras", -1, -1, 0);
     cr_expect(strstr(json_string_value(json_object_get(r, "message")) ?: "", "epoch or step"));
     json_decref(r);
-    rc = cli(out, sizeof out, 20, "metrics", "g1", "-o", "/nonexistent/m.csv", NULL);
+    rc = fx_cli(out, sizeof out, 20, "metrics", "g1", "-o", "/nonexistent/m.csv", NULL);
     cr_assert(rc != 0 && strstr(out, "/nonexistent/m.csv"), "%s", out);
 }
 
-Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fini = teardown,
+Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
     char path[128], out[16384];
-    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
-    write_grid(path, "tiny", 2, 0,
-               "  seed: [0, 1]\n"
-               "  variant:\n"
-               "    - {name: byol, checkpoint: {snapshot_every: 1}}\n"
-               "    - {name: byol-np, model: {predictor: none}, eval: {linear: {every: 1}}}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/tiny.yaml", fx.dir);
+    fx_write_grid(path, "tiny", 2, 0,
+                  "  seed: [0, 1]\n"
+                  "  variant:\n"
+                  "    - {name: byol, checkpoint: {snapshot_every: 1}}\n"
+                  "    - {name: byol-np, model: {predictor: none}, eval: {linear: {every: 1}}}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "grid g1 tiny: 4 jobs") && strstr(out, "tiny/byol-np/seed1"), "%s", out);
-    rc = cli(out, sizeof out, 60, "watch", "g1", NULL);
+    rc = fx_cli(out, sizeof out, 60, "watch", "g1", NULL);
     cr_assert_eq(rc, 0, "watch: %s", out);
     cr_assert(strstr(out, "epoch   2") != NULL, "watch showed no epochs:\n%s", out);
     cr_assert(strstr(out, "  linear ") != NULL, "watch showed no linear evaluation:\n%s", out);
     {
         /* eval.linear.every 1 (byol-np): a linear accuracy at every epoch,
          * the last one the job's result; none where it is not set */
-        sqlite3 *db = open_db();
-        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
-                                "WHERE m.kind='epoch' AND j.variant='byol-np' AND "
-                                "m.linear BETWEEN 0 AND 1", 0), 4);
-        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
-                                "WHERE m.kind='epoch' AND m.epoch=2 AND j.variant='byol-np' AND "
-                                "m.linear = j.linear_acc", 0), 2);
-        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
-                                "WHERE j.variant='byol' AND m.linear IS NOT NULL", 0), 0);
+        sqlite3 *db = fx_open_db();
+        cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
+                                   "WHERE m.kind='epoch' AND j.variant='byol-np' AND "
+                                   "m.linear BETWEEN 0 AND 1", 0), 4);
+        cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
+                                   "WHERE m.kind='epoch' AND m.epoch=2 AND j.variant='byol-np' AND "
+                                   "m.linear = j.linear_acc", 0), 2);
+        cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id=m.job_id "
+                                   "WHERE j.variant='byol' AND m.linear IS NOT NULL", 0), 0);
         sqlite3_close(db);
     }
 
     /* the daemon's table */
-    json_t *t = simple("table", "grid", "tiny");
+    json_t *t = fx_ask_simple("table", "grid", "tiny");
     json_t *rows = json_object_get(t, "rows");
     cr_assert_eq(json_array_size(rows), 2, "rows: %s", json_dumps(t, 0));
 
     /* recomputed here from the database: per job, the newest row of each
      * epoch, the mean of the last 10; per variant, mean and sample std */
-    sqlite3 *db = open_db();
+    sqlite3 *db = fx_open_db();
     const char *variants[2] = {"byol", "byol-np"};
     for (int v = 0; v < 2; v++) {
         json_t *row = json_array_get(rows, (size_t)v);
@@ -901,8 +508,8 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
             long long job = sqlite3_column_int64(st, 0);
             acc[n] = sqlite3_column_double(st, 1);
             /* eval.rank every epoch (the default): the last epoch's */
-            rk[n] = db_num(db, "SELECT rank FROM metrics WHERE job_id=? AND kind='epoch' AND "
-                               "epoch=2 ORDER BY id DESC LIMIT 1", job);
+            rk[n] = fx_db_num(db, "SELECT rank FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                                  "epoch=2 ORDER BY id DESC LIMIT 1", job);
             cr_assert(rk[n] >= 1 && rk[n] <= 8, "job %lld: rank %g of 8 dimensions", job, rk[n]);
             sqlite3_stmt *q;
             sqlite3_prepare_v2(db, "SELECT epoch, align, uniform, id FROM metrics WHERE job_id=? "
@@ -926,7 +533,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
                 un[n] += eu[e] / (maxe - k0 + 1);
             }
             /* the worker's own last-10 means agree */
-            expect_close(db_num(db, "SELECT align_last10 FROM jobs WHERE id=?", job), al[n],
+            expect_close(fx_db_num(db, "SELECT align_last10 FROM jobs WHERE id=?", job), al[n],
                          "worker align_last10");
             n++;
         }
@@ -950,7 +557,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     sqlite3_close(db);
 
     /* the same numbers as CSV (accuracy in %) and as a Markdown table */
-    rc = cli(out, sizeof out, 20, "table", "g1", "--format", "csv", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "g1", "--format", "csv", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     char *line = strchr(out, '\n');
     cr_assert(line && strncmp(out, "variant,n,jobs,align_mean,", 26) == 0, "%s", out);
@@ -972,39 +579,39 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
         line = strchr(line + 1, '\n');
         cr_assert_not_null(line);
     }
-    rc = cli(out, sizeof out, 20, "table", "g1", "--format", "markdown", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "g1", "--format", "markdown", NULL);
     cr_assert(rc == 0 && strstr(out, "| variant | n |") && strstr(out, "| byol-np | 2/2 | "),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "table", "g1", "--format", "tex", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "g1", "--format", "tex", NULL);
     cr_assert(rc != 0 && strstr(out, "text, csv, markdown or latex, not 'tex'"), "%s", out);
     json_decref(t);
 
-    rc = cli(out, sizeof out, 20, "table", "g1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "g1", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "byol-np") && strstr(out, "2/2") && strstr(out, "±"), "%s", out);
-    rc = cli(out, sizeof out, 20, "ls", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", NULL);
     cr_assert(rc == 0 && strstr(out, "tiny/byol/seed0") && strstr(out, "done"), "%s", out);
-    rc = cli(out, sizeof out, 20, "show", "tiny/byol/seed1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "show", "tiny/byol/seed1", NULL);
     cr_assert(rc == 0 && strstr(out, "attempts:") && strstr(out, "spec:"), "%s", out);
     char tbrun[160];
-    snprintf(tbrun, sizeof tbrun, "tensorboard %s/tensorboard/g1-tiny/byol/seed1\n", dir);
+    snprintf(tbrun, sizeof tbrun, "tensorboard %s/tensorboard/g1-tiny/byol/seed1\n", fx.dir);
     cr_assert(strstr(out, tbrun), "no '%s' in: %s", tbrun, out);
-    rc = cli(out, sizeof out, 20, "logs", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "logs", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "linear evaluation"), "%s", out);
-    rc = cli(out, sizeof out, 20, "workers", NULL);
+    rc = fx_cli(out, sizeof out, 20, "workers", NULL);
     cr_assert(rc == 0 && strstr(out, "cpu1") && strstr(out, "idle"), "%s", out);
     char w[128];
-    snprintf(w, sizeof w, "%s/w.safetensors", dir);
-    rc = cli(out, sizeof out, 20, "export", "j1", w, NULL);
+    snprintf(w, sizeof w, "%s/w.safetensors", fx.dir);
+    rc = fx_cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
     {
         /* the run folder is gone: a client that cannot see it asks
          * runawayd, which cannot either, and says so */
         char r1[160], moved[160];
-        snprintf(r1, sizeof r1, "%s/runs/1", dir);
-        snprintf(moved, sizeof moved, "%s/runs/1.away", dir);
+        snprintf(r1, sizeof r1, "%s/runs/1", fx.dir);
+        snprintf(moved, sizeof moved, "%s/runs/1.away", fx.dir);
         cr_assert_eq(rename(r1, moved), 0);
-        rc = cli(out, sizeof out, 20, "sphere", "j1", NULL);
+        rc = fx_cli(out, sizeof out, 20, "sphere", "j1", NULL);
         cr_assert_eq(rename(moved, r1), 0);
         char want[300];
         snprintf(want, sizeof want, "job j1 has no final weights (%s/weights.safetensors: No "
@@ -1016,9 +623,9 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     check_metrics_export();
     /* the paper's Figure 3: one circle per variant, from its seed-0 job */
     char png[160];
-    snprintf(png, sizeof png, "%s/sphere.png", dir);
-    rc = cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", "--backend", "cpu",
-             NULL);
+    snprintf(png, sizeof png, "%s/sphere.png", fx.dir);
+    rc = fx_cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", "--backend",
+                "cpu", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     char row1[64], row3[64];
     snprintf(row1, sizeof row1, "\n%-28s j1 ", "byol");
@@ -1031,15 +638,15 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     fclose(pf);
     cr_expect(memcmp(ph, "\x89PNG", 4) == 0 && ph[18] == 840 >> 8 && ph[19] == (840 & 255) &&
               ph[22] == 480 >> 8 && ph[23] == (480 & 255), "not an 840x480 PNG");
-    rc = cli(out, sizeof out, 60, "sphere", "g7", NULL);
+    rc = fx_cli(out, sizeof out, 60, "sphere", "g7", NULL);
     cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
     /* its evolution: j1 kept epochs 0, 1 and 2; j3 kept none */
-    rc = cli(out, sizeof out, 20, "show", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "show", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "\nsnapshots  3, epochs 0 1 2\n"), "%s", out);
-    rc = cli(out, sizeof out, 20, "show", "j3", NULL);
+    rc = fx_cli(out, sizeof out, 20, "show", "j3", NULL);
     cr_assert(rc == 0 && !strstr(out, "\nsnapshots "), "%s", out);
-    rc = cli(out, sizeof out, 60, "sphere", "j1", "--snapshots", "3", "--samples", "40", "-o", png,
-             NULL);
+    rc = fx_cli(out, sizeof out, 60, "sphere", "j1", "--snapshots", "3", "--samples", "40", "-o",
+                png, NULL);
     cr_assert(rc == 0 && strstr(out, "tiny/byol/seed0, epoch 0 ") &&
               strstr(out, "tiny/byol/seed0, epoch 1 ") && strstr(out, "tiny/byol/seed0, epoch 2 "),
               "%s", out);
@@ -1048,13 +655,13 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
     cr_assert_eq(fread(ph, 1, sizeof ph, pf), sizeof ph);
     fclose(pf);
     cr_expect(ph[18] == 1260 >> 8 && ph[19] == (1260 & 255), "not 3 panels wide");
-    rc = cli(out, sizeof out, 60, "sphere", "g1", "--snapshots", "3", NULL);
+    rc = fx_cli(out, sizeof out, 60, "sphere", "g1", "--snapshots", "3", NULL);
     cr_assert(rc != 0 && strstr(out, "j3 has no snapshots") && strstr(out, "snapshot_every"), "%s",
               out);
     /* one TensorBoard run per job, every stored metric in it */
-    check_tensorboard(0, 0, "tb_check: 4 runs, 4 files,");
-    rc = cli(out, sizeof out, 20, "daemon", "status", NULL);
-    cr_assert(rc == 0 && strstr(out, "tensorboard --logdir") && strstr(out, dir), "%s", out);
+    fx_check_tensorboard(0, 0, "tb_check: 4 runs, 4 files,");
+    rc = fx_cli(out, sizeof out, 20, "daemon", "status", NULL);
+    cr_assert(rc == 0 && strstr(out, "tensorboard --logdir") && strstr(out, fx.dir), "%s", out);
 }
 
 /* A job long enough to be caught mid-way: many tiny epochs, checkpoints. */
@@ -1063,25 +670,25 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = setup, .fin
  * higher, linear accuracy lower. The finished jobs' numbers are then set by
  * hand in the database (the table reads them back) so that each comparison
  * goes each way. */
-Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
-     .fini = teardown, .timeout = 60)
+Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
 {
     char path[128], out[8192];
-    snprintf(path, sizeof path, "%s/marks.yaml", dir);
-    write_grid(path, "marks", 2, 0,
-               "  seed: [0]\n"
-               "  variant:\n"
-               "    - {name: base, optim: {epochs: 0}}\n"
-               "    - {name: good, model: {predictor: linear}}\n"
-               "    - {name: no_pred, model: {predictor: none}}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/marks.yaml", fx.dir);
+    fx_write_grid(path, "marks", 2, 0,
+                  "  seed: [0]\n"
+                  "  variant:\n"
+                  "    - {name: base, optim: {epochs: 0}}\n"
+                  "    - {name: good, model: {predictor: linear}}\n"
+                  "    - {name: no_pred, model: {predictor: none}}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 60, "watch", "marks", NULL);
+    rc = fx_cli(out, sizeof out, 60, "watch", "marks", NULL);
     cr_assert_eq(rc, 0, "%s", out);
 
     /* base: L_uniform -1.0, 40%; good: -2.0, 60%; no_pred: -0.1, 20% */
     char p[128];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
@@ -1097,7 +704,7 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                      sqlite3_errmsg(db));
     sqlite3_close(db);
 
-    json_t *t = simple("table", "grid", "marks");
+    json_t *t = fx_ask_simple("table", "grid", "marks");
     cr_assert_str_eq(json_string_value(json_object_get(t, "baseline")), "base");
     const char *variant[3] = {"base", "good", "no_pred"};
     const int base[3] = {1, 0, 0}, uw[3] = {-1, 0, 1}, aw[3] = {-1, 0, 1}; /* -1: absent */
@@ -1117,14 +724,14 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
     sqlite3_busy_timeout(db, 5000);
     cr_assert_eq(sqlite3_exec(db, "UPDATE metrics SET w_cos_i=NULL WHERE job_id=2; UPDATE metrics "
                                   "SET w_cos_i=0.01 WHERE job_id=1", NULL, NULL, NULL), SQLITE_OK);
-    rc = cli(out, sizeof out, 20, "table", "marks", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "marks", NULL);
     cr_assert(rc == 0 && !strstr(out, "cos(W,I)"), "%s", out);
     cr_assert_eq(sqlite3_exec(db, "UPDATE metrics SET w_cos_i=NULL WHERE job_id=1; UPDATE metrics "
                                   "SET w_cos_i=0.5 WHERE job_id=2 AND kind='epoch'; UPDATE metrics "
                                   "SET w_cos_i=0.25 WHERE job_id=2 AND kind='epoch' AND epoch=2",
                              NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "table", "marks", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "marks", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     /* the cos(W,I) column, as good has a linear predictor; the others none */
     cr_assert(strstr(out, "rank(f)            cos(W,I)             linear eval top-1\n") &&
@@ -1136,7 +743,7 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                   strstr(out, "* worse than the random baseline (base): L_uniform(f) higher, "
                               "linear eval lower"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "table", "marks", "--format", "markdown", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "marks", "--format", "markdown", NULL);
     cr_assert(rc == 0 && strstr(out, "| rank(f) | cos(W,I) | linear eval") &&
                   strstr(out, "| +0.250 ± 0.000 | 60.00 ± 0.00 |"),
               "%s", out);
@@ -1144,7 +751,7 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                   strstr(out, "| **-0.100 ± 0.000** |") && strstr(out, "| **20.00 ± 0.00** |") &&
                   strstr(out, "Bold: worse than the random baseline (base)"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "table", "marks", "--format", "latex", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "marks", "--format", "latex", NULL);
     cr_assert(rc == 0 && strstr(out, "\\begin{tabular}{lcccccc}\n\\toprule\n") &&
                   strstr(out, "& $\\mathrm{rank}(f)$ & $\\cos(W, I)$ & linear eval top-1 (\\%) "
                               "\\\\\n\\midrule\n") &&
@@ -1157,50 +764,29 @@ Test(daemon, table_marks_what_is_worse_than_the_random_baseline, .init = setup,
                   strstr(out, "\\bottomrule\n\\end{tabular}\n% Bold: worse than the random "
                               "baseline (base)"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "table", "marks", "--format", "csv", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "marks", "--format", "csv", NULL);
     cr_assert(rc == 0 && strstr(out, ",rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,acc_worse\n") &&
                   strstr(out, ",0.25,0,0,0\nno_pred,1,1,") &&
                   strstr(out, "\nbase,1,1,") && strstr(out, ",,\ngood,1,1,") &&
                   strstr(out, ",0,0\nno_pred,1,1,") && strstr(out, ",1,1\n"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "grids", NULL);
+    rc = fx_cli(out, sizeof out, 20, "grids", NULL);
     cr_assert(rc == 0 && strstr(out, "g1    marks ") &&
                   strstr(out, "prio 0  : 3 done, 0 running, 0 queued; ended\n"),
               "%s", out);
-}
-
-/* One request's reply, m sent whole. */
-static json_t *ask(json_t *m)
-{
-    rw_frame_reader r;
-    int fd = client(&r);
-    json_t *rep = request(fd, &r, m);
-    close(fd);
-    rw_frame_reader_free(&r);
-    return rep;
 }
 
 static json_t *ask_table(const char *a, const char *b)
 {
     json_t *m = rw_msg_new("table", 2);
     json_object_set_new(m, "grids", json_pack("[ss]", a, b));
-    return ask(m);
-}
-
-static void expect_error(json_t *rep, const char *code, const char *text)
-{
-    const char *msg = json_string_value(json_object_get(rep, "message"));
-    cr_assert(!strcmp(json_string_value(json_object_get(rep, "type")), "error") &&
-                  !strcmp(json_string_value(json_object_get(rep, "code")), code) && msg &&
-                  strstr(msg, text),
-              "want %s error with '%s', got %s", code, text, json_dumps(rep, 0));
-    json_decref(rep);
+    return fx_ask(m);
 }
 
 /* Seeds added in a later grid: `table`, `plot` and `sphere` over several
  * grids merge their jobs by variant, but only where each variant is one
  * experiment (the same spec but the seed) and no seed counts twice. */
-Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teardown,
+Test(daemon, table_and_plot_merge_grids_by_variant, .init = fx_setup, .fini = fx_teardown,
      .timeout = 120)
 {
     const char *variants = "  variant:\n"
@@ -1208,18 +794,18 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
                            "    - {name: byol}\n";
     char axes[512], out[16384];
     snprintf(axes, sizeof axes, "  seed: [0]\n%s", variants);
-    submit_grid("first", 2, 0, axes);
+    fx_submit_grid("first", 2, 0, axes);
     snprintf(axes, sizeof axes, "  seed: [1]\n%s", variants);
-    submit_grid("more", 2, 0, axes);
+    fx_submit_grid("more", 2, 0, axes);
     /* the same names, but byol at another learning rate; and seed 0 again */
-    submit_grid("other", 2, 0, "  seed: [1]\n  variant:\n    - {name: byol, optim: {lr: 1.0e-3}}\n");
+    fx_submit_grid("other", 2, 0, "  seed: [1]\n  variant:\n    - {name: byol, optim: {lr: 1.0e-3}}\n");
     snprintf(axes, sizeof axes, "  seed: [0]\n%s", variants);
-    submit_grid("again", 2, 0, axes);
-    wait_for("done", "SELECT COUNT(*) FROM jobs WHERE state='done'", 0, 7, 90);
+    fx_submit_grid("again", 2, 0, axes);
+    fx_wait_jobs("done", 7, 90);
 
     /* j2 (first, byol seed 0) and j4 (more, byol seed 1): L_uniform -1 and -3 */
     char p[128];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
@@ -1247,46 +833,46 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
     cr_assert_float_eq(json_number_value(json_object_get(byol, "acc_mean")), 0.6, 1e-12);
     cr_assert(json_is_true(json_object_get(json_array_get(rows, 0), "baseline")));
     json_decref(t);
-    int rc = cli(out, sizeof out, 20, "table", "first", "g2", NULL);
+    int rc = fx_cli(out, sizeof out, 20, "table", "first", "g2", NULL);
     cr_assert(rc == 0 && strstr(out, "grids g1 first + g2 more: mean") &&
                   strstr(out, "byol                   2/2  ") && strstr(out, "-2.000 ± 1.414") &&
                   strstr(out, "60.00 ± 14.14%"),
               "%s", out);
     /* one grid alone, as before */
-    rc = cli(out, sizeof out, 20, "table", "more", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "more", NULL);
     cr_assert(rc == 0 && strstr(out, "grid g2 more: mean") && strstr(out, "-3.000 ± 0.000"), "%s",
               out);
 
     /* byol of `other` is another experiment: the field that differs, named */
-    expect_error(ask_table("first", "other"), RW_E_STATE,
-                 "variant 'byol' is not the same experiment in g1 and g3: optim.lr is 0.0003 in "
-                 "g1 (j2), 0.001 in g3 (j5); table them apart");
+    fx_expect_error(ask_table("first", "other"), RW_E_STATE,
+                    "variant 'byol' is not the same experiment in g1 and g3: optim.lr is 0.0003 in "
+                    "g1 (j2), 0.001 in g3 (j5); table them apart");
     /* `again` trains seed 0 of both variants again */
-    expect_error(ask_table("again", "first"), RW_E_STATE,
-                 "variant 'base' seed 0 finished twice (j1 and j6)");
-    rc = cli(out, sizeof out, 20, "table", "first", "other", NULL);
+    fx_expect_error(ask_table("again", "first"), RW_E_STATE,
+                    "variant 'base' seed 0 finished twice (j1 and j6)");
+    rc = fx_cli(out, sizeof out, 20, "table", "first", "other", NULL);
     cr_assert(rc != 0 && strstr(out, "optim.lr"), "%s", out);
     /* diff: every field in which the two differ */
-    rc = cli(out, sizeof out, 20, "diff", "j2", "other/byol/seed1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "diff", "j2", "other/byol/seed1", NULL);
     cr_assert(rc == 0 && strstr(out, "j2 first/byol/seed0") && strstr(out, "j5 other/byol/seed1") &&
                   strstr(out, "\nseed                             0                            1\n") &&
                   strstr(out, "\noptim.lr                         0.0003                       0.001\n") &&
                   strstr(out, "\n2 fields differ\n"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "diff", "j2", "j2", NULL);
+    rc = fx_cli(out, sizeof out, 20, "diff", "j2", "j2", NULL);
     cr_assert(rc == 0 && strstr(out, "\n0 fields differ\n"), "%s", out);
 
     /* the request names one grid or several, not both, not neither */
     json_t *m = rw_msg_new("table", 2);
     json_object_set_new(m, "grid", json_string("first"));
     json_object_set_new(m, "grids", json_pack("[s]", "more"));
-    expect_error(ask(m), RW_E_BAD_MESSAGE, "give grid or grids, not both");
-    expect_error(ask(rw_msg_new("table", 2)), RW_E_BAD_MESSAGE, "not neither");
+    fx_expect_error(fx_ask(m), RW_E_BAD_MESSAGE, "give grid or grids, not both");
+    fx_expect_error(fx_ask(rw_msg_new("table", 2)), RW_E_BAD_MESSAGE, "not neither");
     m = rw_msg_new("table", 2);
     json_object_set_new(m, "grids", json_array());
-    expect_error(ask(m), RW_E_BAD_MESSAGE, "grids: must be a list of 1..64 strings");
-    expect_error(ask_table("first", "nosuch"), RW_E_NOT_FOUND, "no grid 'nosuch'");
-    expect_error(ask_table("first", "j2"), RW_E_NOT_FOUND, "no grid 'j2'");
+    fx_expect_error(fx_ask(m), RW_E_BAD_MESSAGE, "grids: must be a list of 1..64 strings");
+    fx_expect_error(ask_table("first", "nosuch"), RW_E_NOT_FOUND, "no grid 'nosuch'");
+    fx_expect_error(ask_table("first", "j2"), RW_E_NOT_FOUND, "no grid 'j2'");
     /* a grid named twice is one */
     t = ask_table("first", "g1");
     cr_assert_eq(json_integer_value(json_object_get(json_array_get(json_object_get(t, "rows"), 1),
@@ -1297,7 +883,7 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
      * with a grid is checked as the grid's */
     m = rw_msg_new("curves", 2);
     json_object_set_new(m, "targets", json_pack("[ss]", "first", "j4"));
-    t = ask(m);
+    t = fx_ask(m);
     cr_assert_str_eq(json_string_value(json_object_get(t, "kind")), "grid");
     cr_assert_str_eq(json_string_value(json_object_get(t, "name")), "g1 first + j4 more/byol/seed1");
     cr_assert_null(json_object_get(t, "target_id"));
@@ -1305,18 +891,18 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
     json_decref(t);
     m = rw_msg_new("curves", 2);
     json_object_set_new(m, "targets", json_pack("[ss]", "first", "j5"));
-    expect_error(ask(m), RW_E_STATE, "variant 'byol' is not the same experiment");
+    fx_expect_error(fx_ask(m), RW_E_STATE, "variant 'byol' is not the same experiment");
     /* jobs alone are drawn each as itself: no check */
     m = rw_msg_new("curves", 2);
     json_object_set_new(m, "targets", json_pack("[ss]", "j2", "j5"));
-    t = ask(m);
+    t = fx_ask(m);
     cr_assert_str_eq(json_string_value(json_object_get(t, "kind")), "job");
     json_decref(t);
 
     /* plot: the mean of the two seeds' curves per variant */
     char data[160], curve[200];
-    snprintf(data, sizeof data, "%s/plotdata", dir);
-    rc = cli(out, sizeof out, 60, "plot", "first", "more", "--data", data, NULL);
+    snprintf(data, sizeof data, "%s/plotdata", fx.dir);
+    rc = fx_cli(out, sizeof out, 60, "plot", "first", "more", "--data", data, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     snprintf(curve, sizeof curve, "%s/curve1.dat", data);
     FILE *f = fopen(curve, "r");
@@ -1342,8 +928,8 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
     cr_assert_eq(found, 2, "byol's two epochs in %s", curve);
     /* the PNG shades mean ± std: gnuplot takes the bands */
     char png[200];
-    snprintf(png, sizeof png, "%s/merged.png", dir);
-    rc = cli(out, sizeof out, 60, "plot", "first", "more", "-o", png, "--data", data, NULL);
+    snprintf(png, sizeof png, "%s/merged.png", fx.dir);
+    rc = fx_cli(out, sizeof out, 60, "plot", "first", "more", "-o", png, "--data", data, NULL);
     cr_assert(rc == 0 && access(png, R_OK) == 0, "%s", out);
     snprintf(curve, sizeof curve, "%s/plot.gp", data);
     f = fopen(curve, "r");
@@ -1353,11 +939,11 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
         bands += strstr(line, "'curve1.dat' using 1:(($4-$12)*1):(($4+$12)*1) with filledcurves") != NULL;
     fclose(f);
     cr_assert_eq(bands, 1, "no band of byol's L_uniform in %s", curve);
-    rc = cli(out, sizeof out, 60, "plot", "first", "other", NULL);
+    rc = fx_cli(out, sizeof out, 60, "plot", "first", "other", NULL);
     cr_assert(rc != 0 && strstr(out, "not the same experiment"), "%s", out);
 
     /* metrics: one header, every job's rows once (j2 is in first, and named) */
-    rc = cli(out, sizeof out, 20, "metrics", "first", "j2", "more", NULL);
+    rc = fx_cli(out, sizeof out, 20, "metrics", "first", "j2", "more", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     int header = 0, j2 = 0, j4 = 0;
     for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
@@ -1373,47 +959,29 @@ Test(daemon, table_and_plot_merge_grids_by_variant, .init = setup, .fini = teard
  * grid that ends again is news again. */
 static void setup_notify(void)
 {
-    prepare();
-    extra_arg[0] = "--notify";
-    extra_arg[1] = "env | grep '^RUNAWAY_' | sort > \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
-                   "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" && mv \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
-                   "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
-                   "$RUNAWAY_GRID$RUNAWAY_JOB.txt\"; echo x >> \"$RUNAWAY_STATE_DIR/n-count\"";
-    start_daemon();
-}
-
-static void teardown_notify(void)
-{
-    teardown();
-    extra_arg[0] = extra_arg[1] = NULL;
-}
-
-static int lines_of(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    int n = 0, ch;
-    if (!f)
-        return 0;
-    while ((ch = fgetc(f)) != EOF)
-        n += ch == '\n';
-    fclose(f);
-    return n;
+    fx_prepare();
+    fx_start_daemon("--notify",
+                    "env | grep '^RUNAWAY_' | sort > \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                    "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" && mv \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                    "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                    "$RUNAWAY_GRID$RUNAWAY_JOB.txt\"; echo x >> \"$RUNAWAY_STATE_DIR/n-count\"",
+                    NULL);
 }
 
 Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = setup_notify,
-     .fini = teardown_notify, .timeout = 90)
+     .fini = fx_teardown, .timeout = 90)
 {
     /* bad: a batch larger than the training set, which only the worker
      * finds (after loading the data) */
-    submit_grid("note", 2, 0, "  seed: [0]\n  variant:\n    - {name: good}\n"
+    fx_submit_grid("note", 2, 0, "  seed: [0]\n  variant:\n    - {name: good}\n"
                               "    - {name: bad, optim: {batch_size: 200}}\n");
     char p[200], txt[4096], count[160];
-    snprintf(p, sizeof p, "%s/n-grid_end-g1.txt", dir);
-    snprintf(count, sizeof count, "%s/n-count", dir);
-    for (double t0 = now(); access(p, R_OK) != 0 && now() - t0 < 60;)
+    snprintf(p, sizeof p, "%s/n-grid_end-g1.txt", fx.dir);
+    snprintf(count, sizeof count, "%s/n-count", fx.dir);
+    for (double t0 = fx_now(); access(p, R_OK) != 0 && fx_now() - t0 < 60;)
         usleep(100000);
     FILE *f = fopen(p, "r");
-    cr_assert_not_null(f, "no grid_end notified (log %s.log)", dir);
+    cr_assert_not_null(f, "no grid_end notified (log %s.log)", fx.dir);
     txt[fread(txt, 1, sizeof txt - 1, f)] = 0;
     fclose(f);
     cr_assert(strstr(txt, "RUNAWAY_EVENT=grid_end\n") && strstr(txt, "RUNAWAY_GRID=g1\n") &&
@@ -1422,8 +990,9 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
                   !strstr(txt, "RUNAWAY_JOB="),
               "%s", txt);
     /* the two commands run side by side: the other may end later */
-    snprintf(p, sizeof p, "%s/n-job_failed-g1j2.txt", dir);
-    for (double t0 = now(); (access(p, R_OK) != 0 || lines_of(count) < 2) && now() - t0 < 10;)
+    snprintf(p, sizeof p, "%s/n-job_failed-g1j2.txt", fx.dir);
+    for (double t0 = fx_now();
+         (access(p, R_OK) != 0 || fx_lines_of(count) < 2) && fx_now() - t0 < 10;)
         usleep(50000);
     f = fopen(p, "r");
     cr_assert_not_null(f, "no job_failed notified");
@@ -1435,29 +1004,29 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
                   strstr(txt, "RUNAWAY_ERROR="),
               "%s", txt);
     usleep(500000);
-    cr_assert_eq(lines_of(count), 2, "each event once");
+    cr_assert_eq(fx_lines_of(count), 2, "each event once");
 
     /* ls --state failed: only that job, with why */
     char ls[4096];
-    int lrc = cli(ls, sizeof ls, 20, "ls", "note", "--state", "failed", NULL);
+    int lrc = fx_cli(ls, sizeof ls, 20, "ls", "note", "--state", "failed", NULL);
     cr_assert(lrc == 0 && strstr(ls, "j2     failed") && !strstr(ls, "j1 ") &&
                   strstr(ls, "\n       optim.batch_size 200 exceeds the 100 training images"),
               "%s", ls);
-    lrc = cli(ls, sizeof ls, 20, "ls", "--state", "done", NULL);
+    lrc = fx_cli(ls, sizeof ls, 20, "ls", "--state", "done", NULL);
     cr_assert(lrc == 0 && strstr(ls, "j1     done") && !strstr(ls, "j2 "), "%s", ls);
-    lrc = cli(ls, sizeof ls, 20, "ls", "--state", "lost", NULL);
+    lrc = fx_cli(ls, sizeof ls, 20, "ls", "--state", "lost", NULL);
     cr_assert(lrc != 0 && strstr(ls, "ls: state is queued, running, done, failed or cancelled, "
                                      "not 'lost'"), "%s", ls);
 
     /* requeued, it fails again: both events again */
     char out[4096];
-    int rc = cli(out, sizeof out, 20, "requeue", "note", NULL);
+    int rc = fx_cli(out, sizeof out, 20, "requeue", "note", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    for (double t0 = now(); lines_of(count) < 4 && now() - t0 < 30;)
+    for (double t0 = fx_now(); fx_lines_of(count) < 4 && fx_now() - t0 < 30;)
         usleep(100000);
     usleep(500000);
-    cr_assert_eq(lines_of(count), 4, "the second end, once");
-    rc = cli(out, sizeof out, 20, "daemon", "status", NULL);
+    cr_assert_eq(fx_lines_of(count), 4, "the second end, once");
+    rc = fx_cli(out, sizeof out, 20, "daemon", "status", NULL);
     cr_assert(rc == 0 && strstr(out, "at a grid's end or a job's failure it runs: env | grep"),
               "%s", out);
 }
@@ -1465,14 +1034,14 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = set
 /* watch of several targets: each one's events as they come, until every
  * one has ended; the exit status says whether all of their jobs ended
  * done. */
-Test(daemon, watch_follows_several_targets_until_all_end, .init = setup, .fini = teardown,
+Test(daemon, watch_follows_several_targets_until_all_end, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
-    submit_grid("wa", 2, 0, "  seed: [0]\n");
-    submit_grid("wb", 30, 0, "  seed: [0]\n  variant:\n    - {name: ok}\n"
+    fx_submit_grid("wa", 2, 0, "  seed: [0]\n");
+    fx_submit_grid("wb", 30, 0, "  seed: [0]\n  variant:\n    - {name: ok}\n"
                              "    - {name: big, optim: {batch_size: 200}}\n");
     char out[65536];
-    int rc = cli(out, sizeof out, 80, "watch", "wa", "g2", "j2", NULL);
+    int rc = fx_cli(out, sizeof out, 80, "watch", "wa", "g2", "j2", NULL);
     cr_assert_eq(rc, 1, "a job failed: %s", out);
     cr_assert(strstr(out, "watching grid wa: 1 job\n") &&
                   strstr(out, "watching grid g2: 2 jobs\n") &&
@@ -1489,10 +1058,10 @@ Test(daemon, watch_follows_several_targets_until_all_end, .init = setup, .fini =
     char *h = strstr(out, "watching grid g2"), *e = strstr(out, "epoch");
     cr_assert(h && (!e || h < e), "%s", out);
     /* all of them done: 0 */
-    rc = cli(out, sizeof out, 20, "watch", "wa", "j2", NULL);
+    rc = fx_cli(out, sizeof out, 20, "watch", "wa", "j2", NULL);
     cr_assert(rc == 0 && strstr(out, "watching grid wa: 1 job\n  j1 ") &&
                   strstr(out, "watching job j2: 1 job\n  j2 "), "%s", out);
-    rc = cli(out, sizeof out, 20, "watch", "wa", "g9", NULL);
+    rc = fx_cli(out, sizeof out, 20, "watch", "wa", "g9", NULL);
     cr_assert(rc != 0 && strstr(out, "g9"), "%s", out);
 }
 
@@ -1503,26 +1072,24 @@ static char sphere_wrapper[160];
 
 static void setup_slow_sphere(void)
 {
-    prepare();
+    fx_prepare();
     char real[1100], text[2048];
-    bin(real, sizeof real, "worker/runaway-worker");
-    snprintf(sphere_wrapper, sizeof sphere_wrapper, "%s/worker.sh", dir);
+    fx_bin(real, sizeof real, "worker/runaway-worker");
+    snprintf(sphere_wrapper, sizeof sphere_wrapper, "%s/worker.sh", fx.dir);
     snprintf(text, sizeof text,
              "#!/bin/sh\nif [ \"$1\" = sphere ]; then echo $$ >> '%s/sphere.pids'; "
-             "exec sleep 300; fi\nexec '%s' \"$@\"\n", dir, real);
-    write_file(sphere_wrapper, text);
+             "exec sleep 300; fi\nexec '%s' \"$@\"\n", fx.dir, real);
+    fx_write_file(sphere_wrapper, text);
     cr_assert_eq(chmod(sphere_wrapper, 0700), 0);
-    extra_arg[0] = "--worker";
-    extra_arg[1] = sphere_wrapper;
-    start_daemon();
+    fx_start_daemon("--worker", sphere_wrapper, NULL);
 }
 
 /* The pids the wrapper recorded, once there are n (within 10 s). */
 static void sphere_pids(int n, pid_t *pids)
 {
     char p[160];
-    snprintf(p, sizeof p, "%s/sphere.pids", dir);
-    for (double t0 = now(); now() - t0 < 10; usleep(20000)) {
+    snprintf(p, sizeof p, "%s/sphere.pids", fx.dir);
+    for (double t0 = fx_now(); fx_now() - t0 < 10; usleep(20000)) {
         FILE *f = fopen(p, "r");
         int k = 0;
         long v;
@@ -1538,7 +1105,7 @@ static void sphere_pids(int n, pid_t *pids)
 
 static int gone(pid_t pid, double secs)
 {
-    for (double t0 = now(); now() - t0 < secs; usleep(20000))
+    for (double t0 = fx_now(); fx_now() - t0 < secs; usleep(20000))
         if (kill(pid, 0) != 0 && errno == ESRCH)
             return 1;
     return 0;
@@ -1546,7 +1113,7 @@ static int gone(pid_t pid, double secs)
 
 static int sphere_folders(void)
 {
-    DIR *d = opendir(dir);
+    DIR *d = opendir(fx.dir);
     struct dirent *de;
     int n = 0;
     while (d && (de = readdir(d)))
@@ -1558,7 +1125,7 @@ static int sphere_folders(void)
 
 static int sphere_ask(rw_frame_reader *r)
 {
-    int fd = client(r);
+    int fd = fx_client(r);
     json_t *m = rw_msg_new("sphere", 5);
     json_object_set_new(m, "job", json_string("j1"));
     json_object_set_new(m, "backend", json_string("cpu"));
@@ -1571,10 +1138,10 @@ static int sphere_ask(rw_frame_reader *r)
  * goes away and when runawayd does; at most two run at once; a crash's
  * folders are cleared at the next start. */
 Test(daemon, sphere_for_another_host_stops_with_its_client_and_at_shutdown,
-     .init = setup_slow_sphere, .fini = teardown_notify, .timeout = 90)
+     .init = setup_slow_sphere, .fini = fx_teardown, .timeout = 90)
 {
-    submit_grid("s", 1, 0, "");
-    wait_for("done", "SELECT COUNT(*) FROM jobs WHERE state='done'", 0, 1, 60);
+    fx_submit_grid("s", 1, 0, "");
+    fx_wait_jobs("done", 1, 60);
     rw_frame_reader r1, r2, r3;
     int fd1 = sphere_ask(&r1);
     pid_t pids[3];
@@ -1583,7 +1150,7 @@ Test(daemon, sphere_for_another_host_stops_with_its_client_and_at_shutdown,
     close(fd1);
     rw_frame_reader_free(&r1);
     cr_assert(gone(pids[0], 5), "the sphere of a client that went away still runs");
-    for (double t0 = now(); sphere_folders() && now() - t0 < 5;)
+    for (double t0 = fx_now(); sphere_folders() && fx_now() - t0 < 5;)
         usleep(20000);
     cr_assert_eq(sphere_folders(), 0, "its folder was left");
 
@@ -1593,15 +1160,15 @@ Test(daemon, sphere_for_another_host_stops_with_its_client_and_at_shutdown,
     sphere_pids(3, pids);
     json_t *m = rw_msg_new("sphere", 7);
     json_object_set_new(m, "job", json_string("j1"));
-    int fd3 = client(&r3);
-    expect_error(request(fd3, &r3, m), RW_E_STATE, "runawayd computes 2 spheres already");
+    int fd3 = fx_client(&r3);
+    fx_expect_error(fx_request(fd3, &r3, m), RW_E_STATE, "runawayd computes 2 spheres already");
     close(fd3);
     rw_frame_reader_free(&r3);
     /* shutdown does not wait for them */
-    double t0 = now();
-    int st = stop_daemon(20);
-    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && now() - t0 < 15,
-              "runawayd stopped in %.1f s with %d", now() - t0, st);
+    double t0 = fx_now();
+    int st = fx_stop_daemon(20);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && fx_now() - t0 < 15,
+              "runawayd stopped in %.1f s with %d", fx_now() - t0, st);
     cr_assert(gone(pids[1], 5) && gone(pids[2], 5), "sphere children outlived runawayd");
     cr_assert_eq(sphere_folders(), 0);
     close(fd1);
@@ -1611,27 +1178,27 @@ Test(daemon, sphere_for_another_host_stops_with_its_client_and_at_shutdown,
 
     /* what a crash left goes at the next start */
     char p[160];
-    snprintf(p, sizeof p, "%s/sphere-AbC123", dir);
+    snprintf(p, sizeof p, "%s/sphere-AbC123", fx.dir);
     cr_assert_eq(mkdir(p, 0700), 0);
-    snprintf(p, sizeof p, "%s/sphere-AbC123/out.dat", dir);
-    write_file(p, "# runaway sphere: half written\n");
-    start_daemon();
+    snprintf(p, sizeof p, "%s/sphere-AbC123/out.dat", fx.dir);
+    fx_write_file(p, "# runaway sphere: half written\n");
+    fx_restart_daemon();
     cr_assert_eq(sphere_folders(), 0, "a stale sphere folder stayed");
 }
 
-static int cli_says(const char *what, double secs, ...);
+static int cli_says(const char *what, double secs);
 
 /* Both jobs of a grid end while another program locks the database: their
  * ends are recorded, and announced, one after the other when it takes
  * writes again, each finding the grid ended; it is notified once. */
 Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup_notify,
-     .fini = teardown_notify, .timeout = 90)
+     .fini = fx_teardown, .timeout = 90)
 {
-    submit_grid("outage", 150, 0, "  seed: [0, 1]\n");
-    wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
-                           "epoch >= 1", 0, 2, 30);
+    fx_submit_grid("outage", 150, 0, "  seed: [0, 1]\n");
+    fx_wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                              "epoch >= 1", 0, 2, 30);
     char p[160], w1[160], w2[160], count[160];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     /* the daemon may be mid-write: wait for it, as it would for us */
@@ -1641,30 +1208,30 @@ Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup
     int said = cli_says("cannot write its database", 30);
     /* each writes its weights at the end of training, then evaluates and
      * reports done */
-    snprintf(w1, sizeof w1, "%s/runs/1/weights.safetensors", dir);
-    snprintf(w2, sizeof w2, "%s/runs/2/weights.safetensors", dir);
-    double t0 = now();
-    while ((access(w1, R_OK) || access(w2, R_OK)) && now() - t0 < 40)
+    snprintf(w1, sizeof w1, "%s/runs/1/weights.safetensors", fx.dir);
+    snprintf(w2, sizeof w2, "%s/runs/2/weights.safetensors", fx.dir);
+    double t0 = fx_now();
+    while ((access(w1, R_OK) || access(w2, R_OK)) && fx_now() - t0 < 40)
         usleep(100000);
     int ended = !access(w1, R_OK) && !access(w2, R_OK);
     sleep(2);
-    snprintf(count, sizeof count, "%s/n-count", dir);
-    int early = lines_of(count);
+    snprintf(count, sizeof count, "%s/n-count", fx.dir);
+    int early = fx_lines_of(count);
     cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     cr_assert(said, "ls never said the database takes no writes");
     cr_assert(ended, "the jobs did not end while the database was locked");
     cr_assert_eq(early, 1, "notified of the ends before the database took them (or not of "
                  "the outage)");
-    wait_for("both done", "SELECT COUNT(*) FROM jobs WHERE state='done'", 0, 2, 30);
-    snprintf(p, sizeof p, "%s/n-grid_end-g1.txt", dir);
-    for (t0 = now(); access(p, R_OK) != 0 && now() - t0 < 10;)
+    fx_wait_jobs("done", 2, 30);
+    snprintf(p, sizeof p, "%s/n-grid_end-g1.txt", fx.dir);
+    for (t0 = fx_now(); access(p, R_OK) != 0 && fx_now() - t0 < 10;)
         usleep(100000);
     usleep(500000);
     /* the database's outage and its end, and the grid's end once */
-    cr_assert_eq(lines_of(count), 3, "the grid's end, once");
+    cr_assert_eq(fx_lines_of(count), 3, "the grid's end, once");
     char txt[4096];
-    snprintf(p, sizeof p, "%s/n-db_down-.txt", dir);
+    snprintf(p, sizeof p, "%s/n-db_down-.txt", fx.dir);
     FILE *f = fopen(p, "r");
     cr_assert_not_null(f, "no db_down notified");
     txt[fread(txt, 1, sizeof txt - 1, f)] = 0;
@@ -1672,7 +1239,7 @@ Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup
     cr_assert(strstr(txt, "RUNAWAY_EVENT=db_down\n") &&
                   strstr(txt, "RUNAWAY_TEXT=runawayd cannot write its database") &&
                   strstr(txt, "(database is locked)"), "%s", txt);
-    snprintf(p, sizeof p, "%s/n-db_up-.txt", dir);
+    snprintf(p, sizeof p, "%s/n-db_up-.txt", fx.dir);
     f = fopen(p, "r");
     cr_assert_not_null(f, "no db_up notified");
     txt[fread(txt, 1, sizeof txt - 1, f)] = 0;
@@ -1682,7 +1249,7 @@ Test(daemon, notify_tells_a_grid_end_once_after_a_database_outage, .init = setup
 
 /* Curves of more jobs than a reply holds (two grids of 4 x 150) are refused
  * with the reason, not dropped (the client would wait for nothing). */
-Test(daemon, plot_of_more_jobs_than_a_reply_holds_is_refused, .init = setup, .fini = teardown,
+Test(daemon, plot_of_more_jobs_than_a_reply_holds_is_refused, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
     char out[8192];
@@ -1697,175 +1264,131 @@ Test(daemon, plot_of_more_jobs_than_a_reply_holds_is_refused, .init = setup, .fi
                  "    - {name: d, optim: {lr: 4.0e-3}}\n");
         char name[16];
         snprintf(name, sizeof name, "big%d", g);
-        submit_grid(name, 1, 0, axes);
-        int rc = cli(out, sizeof out, 30, "cancel", name, NULL);
+        fx_submit_grid(name, 1, 0, axes);
+        int rc = fx_cli(out, sizeof out, 30, "cancel", name, NULL);
         cr_assert_eq(rc, 0, "%s", out);
     }
-    int rc = cli(out, sizeof out, 30, "plot", "big0", "big1", NULL);
+    int rc = fx_cli(out, sizeof out, 30, "plot", "big0", "big1", NULL);
     cr_assert(rc != 0 && strstr(out, "1200 jobs are more than one plot draws (at most 1024)"),
               "%s", out);
     /* their table is a row per variant: it fits */
-    rc = cli(out, sizeof out, 60, "table", "big0", "big1", NULL);
+    rc = fx_cli(out, sizeof out, 60, "table", "big0", "big1", NULL);
     cr_assert(rc == 0 && strstr(out, "\nd                    0/300  -"), "%s", out);
 }
 
 /* logs --follow prints the tail, then every new line as it comes, and
  * ends with the job: the same lines, in the same order, as the whole log
  * read afterwards. */
-Test(daemon, logs_follow_streams_until_the_job_ends, .init = setup, .fini = teardown,
+Test(daemon, logs_follow_streams_until_the_job_ends, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
     char path[128], out[65536], whole[65536];
-    snprintf(path, sizeof path, "%s/follow.yaml", dir);
-    write_grid(path, "follow", 30, 10, "  seed: [0]\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/follow.yaml", fx.dir);
+    fx_write_grid(path, "follow", 30, 10, "  seed: [0]\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    wait_for("running", "SELECT COUNT(*) FROM jobs WHERE id=? AND state='running'", 1, 1, 20);
-    rc = cli(out, sizeof out, 80, "logs", "j1", "--tail", "100000", "-f", NULL);
+    fx_wait_for("running", "SELECT COUNT(*) FROM jobs WHERE id=? AND state='running'", 1, 1, 20);
+    rc = fx_cli(out, sizeof out, 80, "logs", "j1", "--tail", "100000", "-f", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "epoch  30/30") && strstr(out, "* state done"), "%s", out);
-    rc = cli(whole, sizeof whole, 20, "logs", "j1", "--tail", "100000", NULL);
+    rc = fx_cli(whole, sizeof whole, 20, "logs", "j1", "--tail", "100000", NULL);
     cr_assert_eq(rc, 0, "%s", whole);
     cr_assert_str_eq(out, whole);
     /* a job that has ended: the tail, at once */
-    rc = cli(out, sizeof out, 20, "logs", "j1", "--tail", "100000", "--follow", NULL);
+    rc = fx_cli(out, sizeof out, 20, "logs", "j1", "--tail", "100000", "--follow", NULL);
     cr_assert(rc == 0 && !strcmp(out, whole), "%s", out);
 }
 
-static long long submit_long(const char *name)
-{
-    char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/%s.yaml", dir, name);
-    write_grid(path, name, 300, 10, "  seed: [0]\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
-    cr_assert_eq(rc, 0, "%s", out);
-    const char *j = strstr(out, "  j");
-    cr_assert_not_null(j, "%s", out);
-    return strtoll(j + 3, NULL, 10);
-}
-
-/* runawayd killed outright (its workers die with it), as a crash. */
-static void kill_daemon(void)
-{
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, NULL, 0);
-    daemon_pid = -1;
-}
-
-/* A long job (submit_long) that trained 2 epochs, its daemon then killed. */
+/* A long job (fx_submit_long) that trained 2 epochs, its daemon then killed. */
 static long long crashed_job(const char *name)
 {
-    long long job = submit_long(name);
-    wait_for("epoch 2", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 2,
-             30);
-    kill_daemon();
+    long long job = fx_submit_long(name);
+    fx_wait_epoch(job, 2, 30);
+    fx_kill_daemon();
     return job;
-}
-
-static long long worker_pid_of(long long job)
-{
-    json_t *r = simple("workers", NULL, NULL);
-    size_t i;
-    json_t *v;
-    long long pid = 0;
-    json_array_foreach(json_object_get(r, "workers"), i, v) if (json_integer_value(
-        json_object_get(v, "job")) == job) pid = json_integer_value(json_object_get(v, "pid"));
-    json_decref(r);
-    cr_assert_gt(pid, 0, "no worker holds job %lld", job);
-    return pid;
 }
 
 static void lost_and_resumed(int sig)
 {
-    long long job = submit_long(sig == SIGKILL ? "killed" : "frozen");
+    long long job = fx_submit_long(sig == SIGKILL ? "killed" : "frozen");
     /* past its first checkpoint (epoch 10) */
-    wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
-             30);
-    long long pid = worker_pid_of(job);
+    fx_wait_epoch(job, 15, 30);
+    long long pid = fx_worker_pid(job);
     cr_assert_eq(kill((pid_t)pid, sig), 0);
-    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
-    sqlite3 *db = open_db();
+    fx_wait_job(job, "done", 60);
+    sqlite3 *db = fx_open_db();
     /* >= 1: on a loaded machine a healthy worker may also miss the 3 s */
-    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='lost'", job),
+    cr_assert_geq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='lost'", job),
                   1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='done'", job),
-                 1);
-    cr_assert_geq(db_num(db, "SELECT lost FROM jobs WHERE id=?", job), 1);
-    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                             "'resumed from %checkpoint.safetensors at epoch%'", job),
+    cr_assert_eq(
+        fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='done'", job), 1);
+    cr_assert_geq(fx_db_num(db, "SELECT lost FROM jobs WHERE id=?", job), 1);
+    cr_assert_geq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                "'resumed from %checkpoint.safetensors at epoch%'", job),
                   1, "the second attempt did not resume from the checkpoint");
     /* every epoch is in the table, the last one 300 */
-    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
-                            "kind='epoch'", job), 300);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                               "kind='epoch'", job), 300);
     sqlite3_close(db);
     /* TensorBoard shows each epoch once: the second attempt's file starts
      * with the restart marker that drops the first one's later points */
-    check_tensorboard(job, 1, "tb_check: 1 runs,");
+    fx_check_tensorboard(job, 1, "tb_check: 1 runs,");
     if (sig == SIGSTOP)
         kill((pid_t)pid, SIGKILL); /* the daemon killed it already; be sure */
 }
 
-Test(daemon, killed_worker_job_is_requeued_and_resumed, .init = setup, .fini = teardown,
+Test(daemon, killed_worker_job_is_requeued_and_resumed, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
     lost_and_resumed(SIGKILL);
 }
 
-Test(daemon, frozen_worker_misses_heartbeats_and_its_job_moves, .init = setup, .fini = teardown,
-     .timeout = 90)
+Test(daemon, frozen_worker_misses_heartbeats_and_its_job_moves, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 90)
 {
     lost_and_resumed(SIGSTOP);
 }
 
-Test(daemon, sigterm_checkpoints_and_requeues, .init = setup, .fini = teardown, .timeout = 90)
+Test(daemon, sigterm_checkpoints_and_requeues, .init = fx_setup, .fini = fx_teardown, .timeout = 90)
 {
-    long long job = submit_long("term");
-    wait_for("epoch 5", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 5, 30);
-    int st = stop_daemon(20);
+    long long job = fx_submit_long("term");
+    fx_wait_epoch(job, 5, 30);
+    int st = fx_stop_daemon(20);
     cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "runawayd status %d", st);
-    cr_assert_neq(access(sock, F_OK), 0, "socket left behind");
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", job), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='stopped'",
-                        job), 1);
+    cr_assert_neq(access(fx.sock, F_OK), 0, "socket left behind");
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", job), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='stopped'",
+                           job), 1);
     sqlite3_close(db);
     char ck[160];
-    snprintf(ck, sizeof ck, "%s/runs/%lld/checkpoint.safetensors", dir, job);
+    snprintf(ck, sizeof ck, "%s/runs/%lld/checkpoint.safetensors", fx.dir, job);
     cr_assert_eq(access(ck, R_OK), 0, "no checkpoint at %s", ck);
     /* a new daemon resumes it */
-    start_daemon();
-    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE 'resumed from%'",
-                        job), 1);
+    fx_restart_daemon();
+    fx_wait_job(job, "done", 60);
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE 'resumed from%'",
+                           job), 1);
     sqlite3_close(db);
 }
 
 /* ------------------------------------------------------------------------ */
-/* CLI errors */
-
-static void no_daemon(void)
-{
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
 
 /* submit --dry-run needs no daemon: each job, with the fields in which the
  * grid's jobs differ (not the name and seed its name carries), and what
  * the others share; nothing is started or written. */
-Test(cli, submit_dry_run_lists_the_jobs_and_what_differs, .init = no_daemon, .fini = teardown,
+Test(cli, submit_dry_run_lists_the_jobs_and_what_differs, .init = fx_prepare, .fini = fx_teardown,
      .timeout = 30)
 {
     char out[8192], path[128];
-    snprintf(path, sizeof path, "%s/dry.yaml", dir);
-    write_grid(path, "dry", 3, 0,
-               "  seed: [0, 1]\n"
-               "  variant:\n"
-               "    - {name: base, optim: {epochs: 0}}\n"
-               "    - {name: np, model: {predictor: none}}\n");
-    int rc = cli(out, sizeof out, 10, "submit", path, "--dry-run", NULL);
+    snprintf(path, sizeof path, "%s/dry.yaml", fx.dir);
+    fx_write_grid(path, "dry", 3, 0,
+                  "  seed: [0, 1]\n"
+                  "  variant:\n"
+                  "    - {name: base, optim: {epochs: 0}}\n"
+                  "    - {name: np, model: {predictor: none}}\n");
+    int rc = fx_cli(out, sizeof out, 10, "submit", path, "--dry-run", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "grid dry: 4 jobs, priority 0 (dry run: nothing submitted)\n"), "%s", out);
     /* the two fields that vary, in the spec's order, and nothing else */
@@ -1881,105 +1404,103 @@ Test(cli, submit_dry_run_lists_the_jobs_and_what_differs, .init = no_daemon, .fi
     }
     cr_assert(strstr(out, " fields the same in every job"), "%s", out);
     char sp[160];
-    snprintf(sp, sizeof sp, "%s/runawayd.sock", dir);
+    snprintf(sp, sizeof sp, "%s/runawayd.sock", fx.dir);
     struct stat st;
     cr_assert(stat(sp, &st) != 0 && errno == ENOENT, "a daemon was started: %s", sp);
     /* a bad grid: the parser's message */
-    write_grid(path, "dry", 3, 0, "  variant:\n    - {name: x, model: {predictor: nope}}\n");
-    rc = cli(out, sizeof out, 10, "submit", "-n", path, NULL);
+    fx_write_grid(path, "dry", 3, 0, "  variant:\n    - {name: x, model: {predictor: nope}}\n");
+    rc = fx_cli(out, sizeof out, 10, "submit", "-n", path, NULL);
     cr_assert(rc == 1 && strstr(out, "model.predictor") && strstr(out, "nope"), "%s", out);
 }
 
-Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = no_daemon, .fini = teardown,
+Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = fx_prepare, .fini = fx_teardown,
      .timeout = 30)
 {
     char out[4096], want[256], path[128];
-    int rc = cli(out, sizeof out, 10, "ls", NULL);
+    int rc = fx_cli(out, sizeof out, 10, "ls", NULL);
     snprintf(want, sizeof want,
-             "no runawayd at %s/runawayd.sock: start it with `runaway daemon start`", dir);
+             "no runawayd at %s/runawayd.sock: start it with `runaway daemon start`", fx.dir);
     cr_assert_eq(rc, 1);
     cr_assert(strstr(out, want) != NULL, "got: %s", out);
-    rc = cli(out, sizeof out, 10, "watch", "g1", NULL);
+    rc = fx_cli(out, sizeof out, 10, "watch", "g1", NULL);
     cr_assert(rc == 1 && strstr(out, want), "got: %s", out);
 
     /* a bad spec: the parser's message, daemon or not */
-    snprintf(path, sizeof path, "%s/bad.yaml", dir);
-    write_file(path, "base:\n  optim: {lr: fast}\ngrid: {seed: [0]}\n");
-    rc = cli(out, sizeof out, 10, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/bad.yaml", fx.dir);
+    fx_write_file(path, "base:\n  optim: {lr: fast}\ngrid: {seed: [0]}\n");
+    rc = fx_cli(out, sizeof out, 10, "submit", path, NULL);
     cr_assert_eq(rc, 1);
     cr_assert(strstr(out, "bad.yaml: base: optim.lr: must be a number") && strstr(out, "line 2"),
               "got: %s", out);
-    rc = cli(out, sizeof out, 10, "run", path, NULL);
+    rc = fx_cli(out, sizeof out, 10, "run", path, NULL);
     cr_assert(rc == 1 && strstr(out, "optim.lr"), "got: %s", out);
-    cr_assert_neq(access(sock, F_OK), 0, "run started a daemon for a bad spec");
-    rc = cli(out, sizeof out, 10, "submit", "/nonexistent.yaml", NULL);
+    cr_assert_neq(access(fx.sock, F_OK), 0, "run started a daemon for a bad spec");
+    rc = fx_cli(out, sizeof out, 10, "submit", "/nonexistent.yaml", NULL);
     cr_assert(rc == 1 && strstr(out, "/nonexistent.yaml: cannot open"), "got: %s", out);
-    rc = cli(out, sizeof out, 10, "frobnicate", NULL);
+    rc = fx_cli(out, sizeof out, 10, "frobnicate", NULL);
     cr_assert(rc == 2 && strstr(out, "unknown command"), "got: %s", out);
 
     /* daemon start / status / stop, then the same errors again */
-    rc = cli(out, sizeof out, 20, "daemon", "start", "--cpu-slots", "1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "daemon", "start", "--cpu-slots", "1", NULL);
     cr_assert(rc == 0 && strstr(out, "runawayd started"), "got: %s", out);
-    rc = cli(out, sizeof out, 10, "daemon", "status", NULL);
+    rc = fx_cli(out, sizeof out, 10, "daemon", "status", NULL);
     cr_assert(rc == 0 && strstr(out, "1 worker slots"), "got: %s", out);
-    rc = cli(out, sizeof out, 10, "show", "j7", NULL);
+    rc = fx_cli(out, sizeof out, 10, "show", "j7", NULL);
     cr_assert(rc == 1 && strstr(out, "no job 'j7'"), "got: %s", out);
-    rc = cli(out, sizeof out, 30, "daemon", "stop", NULL);
+    rc = fx_cli(out, sizeof out, 30, "daemon", "stop", NULL);
     cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "got: %s", out);
-    rc = cli(out, sizeof out, 10, "ls", NULL);
+    rc = fx_cli(out, sizeof out, 10, "ls", NULL);
     cr_assert(rc == 1 && strstr(out, want), "got: %s", out);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Multi-device jobs, TCP with a token */
 
-Test(daemon, job_asking_two_devices_gets_both_and_three_is_refused, .init = setup,
-     .fini = teardown, .timeout = 60)
+Test(daemon, job_asking_two_devices_gets_both_and_three_is_refused, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
 {
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/two.yaml", dir);
-    write_grid(path, "two", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/two.yaml", fx.dir);
+    fx_write_grid(path, "two", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "two", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "two", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                            "'%world size 2%'", 0), 1, "rank 0 did not see world size 2");
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                               "'%world size 2%'", 0), 1, "rank 0 did not see world size 2");
     sqlite3_close(db);
-    write_grid(path, "three", 2, 0, "  variant:\n    - {name: a, devices: 3}\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    fx_write_grid(path, "three", 2, 0, "  variant:\n    - {name: a, devices: 3}\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert(rc == 1 && strstr(out, "asks for 3 devices; this daemon has 2"), "%s", out);
 }
+
+static char tcp_addr[32]; /* 127.0.0.1:PORT, a port free when the test began */
 
 static void setup_tcp(void)
 {
     /* the token must be the owner's only: written before the daemon starts */
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/rwd.XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
+    fx_prepare();
     char tok[128];
-    snprintf(tok, sizeof tok, "%s/token", dir);
+    snprintf(tok, sizeof tok, "%s/token", fx.dir);
     int fd = open(tok, O_WRONLY | O_CREAT, 0600);
     cr_assert_eq(write(fd, "0123456789abcdef-secret\n", 24), 24);
     close(fd);
-    extra_arg[0] = "--tcp";
-    extra_arg[1] = "127.0.0.1:39517";
-    start_daemon();
+    snprintf(tcp_addr, sizeof tcp_addr, "127.0.0.1:%d", fx_free_tcp_port());
+    fx_start_daemon("--tcp", tcp_addr, NULL);
 }
 
 static int tcp_connect(void)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(39517),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strchr(tcp_addr, ':') + 1)),
                              .sin_addr.s_addr = htonl(0x7f000001)};
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     return fd;
 }
 
-Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout = 30)
+Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = fx_teardown, .timeout = 30)
 {
     const char *bad[] = {"{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"client\"}",
                          "{\"type\":\"hello\",\"id\":1,\"version\":2,\"role\":\"client\","
@@ -1993,11 +1514,11 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout 
         free(b);
         rw_frame_reader r;
         rw_frame_reader_init(&r, 0);
-        json_t *e = recv_frame(fd, &r, 5000);
+        json_t *e = fx_recv(fd, &r, 5000);
         cr_assert_not_null(e);
         cr_assert_str_eq(json_string_value(json_object_get(e, "code")), RW_E_AUTH);
         json_decref(e);
-        cr_assert(closed_by_peer(fd, 5000));
+        cr_assert(fx_closed_by_peer(fd, 5000));
         close(fd);
         rw_frame_reader_free(&r);
     }
@@ -2008,24 +1529,24 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = teardown, .timeout 
     json_object_set_new(h, "version", json_integer(RW_PROTO_VERSION));
     json_object_set_new(h, "role", json_string("client"));
     json_object_set_new(h, "token", json_string("0123456789abcdef-secret"));
-    json_t *rep = request(fd, &r, h);
+    json_t *rep = fx_request(fd, &r, h);
     cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
     json_decref(rep);
     close(fd);
     rw_frame_reader_free(&r);
     /* a worker on "another host": registers as a remote slot */
     char w[1100], tok[128];
-    bin(w, sizeof w, "worker/runaway-worker");
-    snprintf(tok, sizeof tok, "%s/token", dir);
+    fx_bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(tok, sizeof tok, "%s/token", fx.dir);
     pid_t pid = fork();
     if (pid == 0) {
-        execl(w, w, "serve", "--tcp", "127.0.0.1:39517", "--token-file", tok, "--device", "far0",
+        execl(w, w, "serve", "--tcp", tcp_addr, "--token-file", tok, "--device", "far0",
               "--backend", "cpu", "--heartbeat", "0.2", (char *)NULL);
         _exit(127);
     }
     int seen = 0;
-    for (double t0 = now(); !seen && now() - t0 < 10; usleep(50000)) {
-        json_t *ws = simple("workers", NULL, NULL);
+    for (double t0 = fx_now(); !seen && fx_now() - t0 < 10; usleep(50000)) {
+        json_t *ws = fx_ask_simple("workers", NULL, NULL);
         size_t i;
         json_t *v;
         json_array_foreach(json_object_get(ws, "workers"), i, v) seen |=
@@ -2043,60 +1564,58 @@ static void setup_gpu_slots(void)
 {
     /* no GPU needed: a worker given a GPU it cannot open falls back to the
      * CPU; what is checked is how slots map to devices */
-    extra_arg[0] = "--gpus";
-    extra_arg[1] = "1";
-    extra_arg[2] = "--slots-per-gpu";
-    extra_arg[3] = "2";
-    setup();
+    fx_prepare();
+    fx_start_daemon("--gpus", "1", "--slots-per-gpu", "2", NULL);
 }
 
-Test(daemon, slots_per_gpu_share_one_device, .init = setup_gpu_slots, .fini = teardown,
+Test(daemon, slots_per_gpu_share_one_device, .init = setup_gpu_slots, .fini = fx_teardown,
      .timeout = 30)
 {
-    json_t *r = simple("status", NULL, NULL);
+    json_t *r = fx_ask_simple("status", NULL, NULL);
     cr_assert_eq(json_integer_value(json_object_get(r, "workers")), 2);
     cr_assert_eq(json_integer_value(json_object_get(r, "devices")), 1);
     json_decref(r);
-    r = simple("workers", NULL, NULL);
+    r = fx_ask_simple("workers", NULL, NULL);
     json_t *ws = json_object_get(r, "workers");
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ws, 0), "device")), "cuda:0");
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ws, 1), "device")), "cuda:0");
     json_decref(r);
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/two.yaml", dir);
-    write_grid(path, "two", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/two.yaml", fx.dir);
+    fx_write_grid(path, "two", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert(rc == 1 && strstr(out, "asks for 2 devices; this daemon has 1"), "%s", out);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Cancel; a daemon killed outright */
 
-Test(daemon, cancel_stops_a_running_job_and_the_queue_moves_on, .init = setup, .fini = teardown,
-     .timeout = 60)
+Test(daemon, cancel_stops_a_running_job_and_the_queue_moves_on, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
 {
-    long long job = submit_long("cancelme");
-    wait_for("epoch 3", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 3, 30);
+    long long job = fx_submit_long("cancelme");
+    fx_wait_epoch(job, 3, 30);
     char out[4096], id[32];
     snprintf(id, sizeof id, "j%lld", job);
-    int rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    int rc = fx_cli(out, sizeof out, 20, "cancel", id, NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
-    rc = cli(out, sizeof out, 20, "watch", id, NULL);
+    rc = fx_cli(out, sizeof out, 20, "watch", id, NULL);
     cr_assert_eq(rc, 1, "watch of a cancelled job should say it did not finish: %s", out);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT state='cancelled' FROM jobs WHERE id=?", job), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='cancelled'",
-                        job), 1);
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT state='cancelled' FROM jobs WHERE id=?", job), 1);
+    cr_assert_eq(
+        fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='cancelled'", job),
+        1);
     sqlite3_close(db);
     /* the workers take new work */
     char path[128];
-    snprintf(path, sizeof path, "%s/after.yaml", dir);
-    write_grid(path, "after", 2, 0, "  seed: [0, 1, 2]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/after.yaml", fx.dir);
+    fx_write_grid(path, "after", 2, 0, "  seed: [0, 1, 2]\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "after", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "after", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 20, "cancel", "g1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "g1", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 0 jobs"), "%s", out);
 }
 
@@ -2104,28 +1623,30 @@ Test(daemon, cancel_stops_a_running_job_and_the_queue_moves_on, .init = setup, .
  * has written its checkpoint and stopped (the other slot is idle all the
  * while), resumes from that checkpoint, not the older periodic one, and
  * finishes with every epoch reported. */
-Test(daemon, a_cancelled_job_requeued_resumes_where_it_stopped, .init = setup, .fini = teardown,
-     .timeout = 90)
+Test(daemon, a_cancelled_job_requeued_resumes_where_it_stopped, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 90)
 {
-    long long job = submit_long("pause");
-    wait_for("epoch 14", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 14,
-             30);
+    long long job = fx_submit_long("pause");
+    fx_wait_epoch(job, 14, 30);
     char out[4096], id[32];
     snprintf(id, sizeof id, "j%lld", job);
-    int rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    int rc = fx_cli(out, sizeof out, 20, "cancel", id, NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
-    rc = cli(out, sizeof out, 20, "requeue", id, NULL);
+    rc = fx_cli(out, sizeof out, 20, "requeue", id, NULL);
     cr_assert(rc == 0 && strstr(out, "requeued 1 job (each resumes from its checkpoint)"), "%s",
               out);
-    rc = cli(out, sizeof out, 60, "watch", id, NULL);
+    rc = fx_cli(out, sizeof out, 60, "watch", id, NULL);
     cr_assert_eq(rc, 0, "%s", out);
 
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", job), 2);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='cancelled'",
-                        job), 1);
-    double first = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE job_id=?1 AND kind='epoch' AND "
-                              "attempt_id=(SELECT MIN(id) FROM attempts WHERE job_id=?1)", job);
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", job), 2);
+    cr_assert_eq(
+        fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='cancelled'", job),
+        1);
+    double first = fx_db_num(db,
+                             "SELECT MAX(epoch) FROM metrics WHERE job_id=?1 AND kind='epoch' AND "
+                             "attempt_id=(SELECT MIN(id) FROM attempts WHERE job_id=?1)",
+                             job);
     sqlite3_stmt *st;
     sqlite3_prepare_v2(db, "SELECT text FROM events WHERE job_id=? AND text LIKE 'resumed from %'",
                        -1, &st, NULL);
@@ -2138,20 +1659,20 @@ Test(daemon, a_cancelled_job_requeued_resumes_where_it_stopped, .init = setup, .
     /* periodic checkpoints come every 10 epochs: >= the first attempt's last
      * epoch (>= 14) means the checkpoint written as it stopped */
     cr_assert_geq(e, first, "resumed at epoch %d, but the cancelled attempt reached %g", e, first);
-    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
-                            "kind='epoch'", job), 300);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                            "'requeued by user%'", job), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                               "kind='epoch'", job), 300);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                               "'requeued by user%'", job), 1);
     sqlite3_close(db);
-    check_tensorboard(job, 0, "tb_check: 1 runs, 2 files,");
+    fx_check_tensorboard(job, 0, "tb_check: 1 runs, 2 files,");
 
     /* a done job is not requeued, and says why; a grid with nothing to do */
-    rc = cli(out, sizeof out, 20, "requeue", id, NULL);
+    rc = fx_cli(out, sizeof out, 20, "requeue", id, NULL);
     cr_assert(rc != 0 && strstr(out, "is done: only a failed or cancelled job is requeued"), "%s",
               out);
-    rc = cli(out, sizeof out, 20, "requeue", "pause", NULL);
+    rc = fx_cli(out, sizeof out, 20, "requeue", "pause", NULL);
     cr_assert(rc == 0 && strstr(out, "requeued 0 jobs: none had failed"), "%s", out);
-    rc = cli(out, sizeof out, 20, "requeue", "g7", NULL);
+    rc = fx_cli(out, sizeof out, 20, "requeue", "g7", NULL);
     cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
 }
 
@@ -2180,7 +1701,7 @@ static double rows_of(sqlite3 *db, long long lo, long long hi)
              "WHERE job_id BETWEEN %lld AND %lld) + (SELECT COUNT(*) FROM events WHERE job_id "
              "BETWEEN %lld AND %lld)",
              lo, hi, lo, hi, lo, hi, lo, hi);
-    return db_num(db, sql, 0);
+    return fx_db_num(db, sql, 0);
 }
 
 /* rm of ended jobs: one job (its grid stays), then the grid's last job (the
@@ -2193,47 +1714,49 @@ static char rm_gate[160]; /* while it is missing, the daemon's removals wait */
 
 static void setup_rm_gate(void)
 {
-    prepare();
-    snprintf(rm_gate, sizeof rm_gate, "%s/rm-gate", dir);
-    write_file(rm_gate, "open\n");
+    fx_prepare();
+    snprintf(rm_gate, sizeof rm_gate, "%s/rm-gate", fx.dir);
+    fx_write_file(rm_gate, "open\n");
     setenv("RUNAWAYD_TEST_RM_GATE", rm_gate, 1);
-    start_daemon();
+    fx_start_daemon(NULL);
     unsetenv("RUNAWAYD_TEST_RM_GATE");
 }
 
 Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init = setup_rm_gate,
-     .fini = teardown, .timeout = 90)
+     .fini = fx_teardown, .timeout = 90)
 {
     char path[128], out[8192], want[1024];
-    snprintf(path, sizeof path, "%s/gone.yaml", dir);
-    write_grid(path, "gone", 1, 0,
-               "  seed: [0, 1]\n  variant:\n    - {name: a, checkpoint: {snapshot_every: 1}}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/gone.yaml", fx.dir);
+    fx_write_grid(path, "gone", 1, 0,
+                  "  seed: [0, 1]\n  variant:\n    - {name: a, checkpoint: {snapshot_every: 1}}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "gone", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "gone", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     /* the other grid: j3 and j4 running, j5 queued */
-    snprintf(path, sizeof path, "%s/busy.yaml", dir);
-    write_grid(path, "busy", 300, 10, "  seed: [0, 1, 2]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/busy.yaml", fx.dir);
+    fx_write_grid(path, "busy", 300, 10, "  seed: [0, 1, 2]\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    wait_for("j3 and j4 train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
-                                "job_id IN (3, 4)", 0, 2, 30);
-    cr_assert(exists("%s/runs/2/snapshots/weights-e00001.safetensors", dir) &&
-              exists("%s/runs/2/checkpoint.safetensors", dir) &&
-              exists("%s/tensorboard/g1-gone/a/seed1", dir));
+    fx_wait_for("j3 and j4 train",
+                "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                "job_id IN (3, 4)",
+                0, 2, 30);
+    cr_assert(exists("%s/runs/2/snapshots/weights-e00001.safetensors", fx.dir) &&
+              exists("%s/runs/2/checkpoint.safetensors", fx.dir) &&
+              exists("%s/tensorboard/g1-gone/a/seed1", fx.dir));
     /* a link out of the run folder: the link goes, not what it names */
     char keep[160], link[160];
-    snprintf(keep, sizeof keep, "%s/keep", dir);
+    snprintf(keep, sizeof keep, "%s/keep", fx.dir);
     cr_assert_eq(mkdir(keep, 0700), 0);
-    snprintf(path, sizeof path, "%s/keep/file", dir);
-    write_file(path, "not the job's\n");
-    snprintf(link, sizeof link, "%s/runs/2/snapshots/escape", dir);
+    snprintf(path, sizeof path, "%s/keep/file", fx.dir);
+    fx_write_file(path, "not the job's\n");
+    snprintf(link, sizeof link, "%s/runs/2/snapshots/escape", fx.dir);
     cr_assert_eq(symlink(keep, link), 0);
 
-    sqlite3 *db = open_db();
-    long long m2 = (long long)db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=2", 0);
-    long long m1 = (long long)db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=1", 0);
+    sqlite3 *db = fx_open_db();
+    long long m2 = (long long)fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=2", 0);
+    long long m1 = (long long)fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=1", 0);
     sqlite3_close(db);
     cr_assert(m1 > 0 && m2 > 0);
     /* the files go off the loop: with the removal held at the gate, the
@@ -2241,97 +1764,97 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
      * comes once the files are gone */
     cr_assert_eq(unlink(rm_gate), 0);
     rw_frame_reader rr;
-    int fd = client(&rr);
+    int fd = fx_client(&rr);
     json_t *req = rw_msg_new("rm", 7);
     json_object_set_new(req, "target", json_string("j2"));
     cr_assert_eq(rw_frame_send_fd(fd, req), 0);
     json_decref(req);
-    wait_for("j2's rows go", "SELECT COUNT(*) FROM jobs WHERE id=2", 0, 0, 10);
-    json_t *ls = simple("ls", NULL, NULL);
+    fx_wait_for("j2's rows go", "SELECT COUNT(*) FROM jobs WHERE id=2", 0, 0, 10);
+    json_t *ls = fx_ask_simple("ls", NULL, NULL);
     cr_assert_str_eq(json_string_value(json_object_get(ls, "type")), "ok");
     json_decref(ls);
-    cr_assert(exists("%s/runs/2/checkpoint.safetensors", dir), "removed before the gate opened");
-    cr_assert_null(recv_frame(fd, &rr, 300), "rm answered before its files went");
-    write_file(rm_gate, "open\n");
-    json_t *rep = recv_frame(fd, &rr, 10000);
+    cr_assert(exists("%s/runs/2/checkpoint.safetensors", fx.dir), "removed before the gate opened");
+    cr_assert_null(fx_recv(fd, &rr, 300), "rm answered before its files went");
+    fx_write_file(rm_gate, "open\n");
+    json_t *rep = fx_recv(fd, &rr, 10000);
     cr_assert_not_null(rep, "no rm reply within 10 s of the gate opening");
-    snprintf(want, sizeof want, "%s/runs/2", dir);
+    snprintf(want, sizeof want, "%s/runs/2", fx.dir);
     cr_assert(rw_msg_id(rep) == 7 && json_integer_value(json_object_get(rep, "metrics")) == m2 &&
               !strcmp(json_string_value(json_array_get(json_object_get(rep, "runs"), 0)), want) &&
               json_array_size(json_object_get(rep, "errors")) == 0,
               "reply %s", json_dumps(rep, 0));
-    snprintf(want, sizeof want, "%s/tensorboard/g1-gone/a/seed1", dir);
+    snprintf(want, sizeof want, "%s/tensorboard/g1-gone/a/seed1", fx.dir);
     cr_assert_str_eq(json_string_value(json_array_get(json_object_get(rep, "tensorboard"), 0)),
                      want);
     json_decref(rep);
     close(fd);
     rw_frame_reader_free(&rr);
-    cr_assert(!exists("%s/runs/2", dir) && !exists("%s/tensorboard/g1-gone/a/seed1", dir));
-    cr_assert(exists("%s/keep/file", dir), "rm followed a symbolic link out of the run folder");
-    cr_assert(exists("%s/runs/1/checkpoint.safetensors", dir) &&
-              exists("%s/tensorboard/g1-gone/a/seed0", dir));
-    db = open_db();
+    cr_assert(!exists("%s/runs/2", fx.dir) && !exists("%s/tensorboard/g1-gone/a/seed1", fx.dir));
+    cr_assert(exists("%s/keep/file", fx.dir), "rm followed a symbolic link out of the run folder");
+    cr_assert(exists("%s/runs/1/checkpoint.safetensors", fx.dir) &&
+              exists("%s/tensorboard/g1-gone/a/seed0", fx.dir));
+    db = fx_open_db();
     cr_assert_eq(rows_of(db, 2, 2), 0);
     cr_assert_gt(rows_of(db, 1, 1), 0);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM grids WHERE id=1", 0), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM grids WHERE id=1", 0), 1);
     sqlite3_close(db);
 
     /* the grid's last job, by name: the grid goes too */
-    rc = cli(out, sizeof out, 20, "rm", "gone/a/seed0", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "gone/a/seed0", NULL);
     snprintf(want, sizeof want,
              "removed j1 gone/a/seed0 (1 job, %lld metrics), and its grid g1, which had no other "
-             "job\n  %s/runs/1\n  %s/tensorboard/g1-gone\n", m1, dir, dir);
+             "job\n  %s/runs/1\n  %s/tensorboard/g1-gone\n", m1, fx.dir, fx.dir);
     cr_assert(rc == 0 && !strcmp(out, want), "got:\n%swant:\n%s", out, want);
-    cr_assert(!exists("%s/runs/1", dir) && !exists("%s/tensorboard/g1-gone", dir));
-    cr_assert(exists("%s/tensorboard", dir), "the TensorBoard root went");
-    db = open_db();
+    cr_assert(!exists("%s/runs/1", fx.dir) && !exists("%s/tensorboard/g1-gone", fx.dir));
+    cr_assert(exists("%s/tensorboard", fx.dir), "the TensorBoard root went");
+    db = fx_open_db();
     cr_assert_eq(rows_of(db, 1, 2), 0);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM grids WHERE id=1", 0), 0);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM grids WHERE id=1", 0), 0);
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "show", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "show", "j1", NULL);
     cr_assert(rc == 1 && strstr(out, "no job 'j1'"), "%s", out);
-    rc = cli(out, sizeof out, 20, "ls", "g1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", "g1", NULL);
     cr_assert(rc == 1 && strstr(out, "no grid 'g1'"), "%s", out);
-    rc = cli(out, sizeof out, 20, "rm", "g1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "g1", NULL);
     cr_assert(rc == 1 && strstr(out, "no job or grid 'g1'"), "%s", out);
-    rc = cli(out, sizeof out, 20, "rm", "j4242", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "j4242", NULL);
     cr_assert(rc == 1 && strstr(out, "no job or grid 'j4242'"), "%s", out);
     /* the other grid trains on, its rows and folders untouched */
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM jobs WHERE grid_id=2 AND state IN "
-                            "('running','queued')", 0), 3);
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM jobs WHERE grid_id=2 AND state IN "
+                               "('running','queued')", 0), 3);
     sqlite3_close(db);
-    cr_assert(exists("%s/runs/3", dir) && exists("%s/runs/4", dir) &&
-              exists("%s/tensorboard/g2-busy", dir));
+    cr_assert(exists("%s/runs/3", fx.dir) && exists("%s/runs/4", fx.dir) &&
+              exists("%s/tensorboard/g2-busy", fx.dir));
 
     /* not ended: refused whole, the ended (cancelled) j5 kept too */
-    rc = cli(out, sizeof out, 20, "cancel", "j5", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "j5", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
-    rc = cli(out, sizeof out, 20, "rm", "busy", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "busy", NULL);
     cr_assert(rc == 1 && strstr(out, "rm g2: nothing removed: only ended jobs are removed, and j3 "
                                      "is running, j4 is running; cancel first (runaway cancel g2)"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "rm", "j3", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "j3", NULL);
     cr_assert(rc == 1 && strstr(out, "and j3 is running; cancel first (runaway cancel j3)"), "%s",
               out);
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM jobs WHERE grid_id=2", 0), 3);
-    cr_assert_gt(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=5", 0), 0);
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM jobs WHERE grid_id=2", 0), 3);
+    cr_assert_gt(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=5", 0), 0);
     sqlite3_close(db);
-    cr_assert(exists("%s/runs/3", dir));
+    cr_assert(exists("%s/runs/3", fx.dir));
     /* cancelled, but its worker (frozen) has not stopped: refused too */
-    long long pid = worker_pid_of(3);
+    long long pid = fx_worker_pid(3);
     cr_assert_eq(kill((pid_t)pid, SIGSTOP), 0);
-    rc = cli(out, sizeof out, 20, "cancel", "busy", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "busy", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 2 jobs"), "%s", out);
-    rc = cli(out, sizeof out, 20, "rm", "busy", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "busy", NULL);
     kill((pid_t)pid, SIGCONT);
     cr_assert(rc == 1 && strstr(out, "nothing removed: only ended jobs are removed, and j3 is "
                                      "still stopping") && strstr(out, "; try again once"),
               "%s", out);
     int idle = 0;
-    for (double t0 = now(); !idle && now() - t0 < 20; usleep(100000)) {
-        json_t *ws = simple("workers", NULL, NULL);
+    for (double t0 = fx_now(); !idle && fx_now() - t0 < 20; usleep(100000)) {
+        json_t *ws = fx_ask_simple("workers", NULL, NULL);
         size_t i;
         json_t *v;
         idle = 1;
@@ -2342,18 +1865,18 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
     cr_assert(idle, "the workers did not stop");
 
     /* the newest grid, whole; its ids are not given again */
-    db = open_db();
-    long long m = (long long)db_num(db, "SELECT COUNT(*) FROM metrics", 0);
-    long long att = (long long)db_num(db, "SELECT MAX(id) FROM attempts", 0);
+    db = fx_open_db();
+    long long m = (long long)fx_db_num(db, "SELECT COUNT(*) FROM metrics", 0);
+    long long att = (long long)fx_db_num(db, "SELECT MAX(id) FROM attempts", 0);
     sqlite3_close(db);
     /* a file that cannot be removed (immutable; without root, in a folder
      * not writable) is named, and the rows go all the same */
     char ck[160], r3[160], cmd[256];
-    snprintf(ck, sizeof ck, "%s/runs/3/checkpoint.safetensors", dir);
-    snprintf(r3, sizeof r3, "%s/runs/3", dir);
+    snprintf(ck, sizeof ck, "%s/runs/3/checkpoint.safetensors", fx.dir);
+    snprintf(r3, sizeof r3, "%s/runs/3", fx.dir);
     snprintf(cmd, sizeof cmd, "chattr +i '%s' 2>/dev/null", ck);
     int pinned = geteuid() == 0 ? system(cmd) == 0 : chmod(r3, 0500) == 0;
-    rc = cli(out, sizeof out, 20, "rm", "g2", NULL);
+    rc = fx_cli(out, sizeof out, 20, "rm", "g2", NULL);
     if (geteuid() == 0) {
         snprintf(cmd, sizeof cmd, "chattr -i '%s' 2>/dev/null", ck);
         cr_assert(!pinned || system(cmd) == 0);
@@ -2362,108 +1885,68 @@ Test(daemon, rm_removes_ended_jobs_with_their_files_and_no_id_is_reused, .init =
     }
     snprintf(want, sizeof want, "removed g2 busy (3 jobs, %lld metrics)\n", m);
     cr_assert(strstr(out, want), "got:\n%swant:\n%s", out, want);
-    snprintf(want, sizeof want, "  %s/tensorboard/g2-busy\n", dir);
+    snprintf(want, sizeof want, "  %s/tensorboard/g2-busy\n", fx.dir);
     cr_assert(strstr(out, want), "got:\n%swant:\n%s", out, want);
     if (pinned) {
         snprintf(want, sizeof want, "runaway: rm: cannot remove %s: ", ck);
         cr_assert(rc == 1 && strstr(out, want) && strstr(out, "remove those files by hand") &&
                   exists("%s", ck), "%s", out);
-        snprintf(want, sizeof want, "  %s/runs/4\n", dir);
+        snprintf(want, sizeof want, "  %s/runs/4\n", fx.dir);
     } else {
         printf("daemon: rm: no file could be made unremovable here; that report is not checked\n");
-        snprintf(want, sizeof want, "  %s/runs/{3,4}\n", dir);
+        snprintf(want, sizeof want, "  %s/runs/{3,4}\n", fx.dir);
         cr_assert_eq(rc, 0, "%s", out);
     }
     cr_assert(strstr(out, want), "got:\n%swant:\n%s", out, want);
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT (SELECT COUNT(*) FROM grids) + (SELECT COUNT(*) FROM jobs) + "
-                            "(SELECT COUNT(*) FROM attempts) + (SELECT COUNT(*) FROM metrics)", 0),
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db,
+                           "SELECT (SELECT COUNT(*) FROM grids) + (SELECT COUNT(*) FROM jobs) + "
+                           "(SELECT COUNT(*) FROM attempts) + (SELECT COUNT(*) FROM metrics)",
+                           0),
                  0);
     sqlite3_close(db);
-    stop_daemon(20);
-    start_daemon();
-    snprintf(path, sizeof path, "%s/again.yaml", dir);
-    write_grid(path, "again", 1, 0, "  seed: [0]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    fx_stop_daemon(20);
+    fx_restart_daemon();
+    snprintf(path, sizeof path, "%s/again.yaml", fx.dir);
+    fx_write_grid(path, "again", 1, 0, "  seed: [0]\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert(rc == 0 && strstr(out, "grid g3 again: 1 job\n  j6 again/"), "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "again", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "again", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    db = open_db();
-    cr_assert_gt(db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=6", 0), att);
+    db = fx_open_db();
+    cr_assert_gt(fx_db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=6", 0), att);
     sqlite3_close(db);
-}
-
-/* `runaway args...` (NULL-terminated, at most 8) in the background, its
- * output into `file`. */
-static pid_t cli_into(const char *file, const char **args)
-{
-    char exe[1100];
-    bin(exe, sizeof exe, "tools/runaway");
-    const char *argv[12] = {exe, "--state-dir", dir};
-    for (int k = 0; k < 8 && args[k]; k++)
-        argv[3 + k] = args[k];
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execv(exe, (char **)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Its exit status (within secs; -1 if it runs on, or did not exit) and
- * output. */
-static int cli_finished(pid_t pid, const char *file, double secs, char *out, size_t outlen)
-{
-    int st = 0, rc = -1;
-    for (double t0 = now(); now() - t0 < secs; usleep(50000))
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-            break;
-        }
-    if (rc < 0 && kill(pid, SIGKILL) == 0)
-        waitpid(pid, NULL, 0);
-    FILE *f = fopen(file, "r");
-    size_t n = f ? fread(out, 1, outlen - 1, f) : 0;
-    out[n] = '\0';
-    if (f)
-        fclose(f);
-    return rc;
 }
 
 /* ... and `runaway watch`, `logs -f` and `plot --every` ride it out: they
  * follow again when runawayd is back, until the job ends; logs prints each
  * line once. */
-Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini = teardown,
+Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
-    long long job = submit_long("crash");
+    long long job = fx_submit_long("crash");
     char png[128], wf[128], lf[128], pf[128];
-    snprintf(png, sizeof png, "%s/crash.png", dir);
-    snprintf(wf, sizeof wf, "%s/watch.out", dir);
-    snprintf(lf, sizeof lf, "%s/logs.out", dir);
-    snprintf(pf, sizeof pf, "%s/plot.out", dir);
-    pid_t watcher = cli_into(wf, (const char *[]){"watch", "crash", NULL});
-    pid_t follower = cli_into(lf, (const char *[]){"logs", "j1", "-f", NULL});
+    snprintf(png, sizeof png, "%s/crash.png", fx.dir);
+    snprintf(wf, sizeof wf, "%s/watch.out", fx.dir);
+    snprintf(lf, sizeof lf, "%s/logs.out", fx.dir);
+    snprintf(pf, sizeof pf, "%s/plot.out", fx.dir);
+    pid_t watcher = fx_cli_start(wf, (const char *[]){"watch", "crash", NULL});
+    pid_t follower = fx_cli_start(lf, (const char *[]){"logs", "j1", "-f", NULL});
     pid_t plotter =
-        cli_into(pf, (const char *[]){"plot", "crash", "--every", "0.5", "-o", png, NULL});
-    wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
-             30);
-    kill_daemon();
+        fx_cli_start(pf, (const char *[]){"plot", "crash", "--every", "0.5", "-o", png, NULL});
+    fx_wait_epoch(job, 15, 30);
+    fx_kill_daemon();
     usleep(1500000); /* the watch tries at least once while there is none */
-    start_daemon(); /* its workers died with the old daemon; the lock is free */
-    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 60);
+    fx_restart_daemon(); /* its workers died with the old daemon; the lock is free */
+    fx_wait_job(job, "done", 60);
     char wout[1 << 16];
-    int wrc = cli_finished(watcher, wf, 20, wout, sizeof wout);
+    int wrc = fx_cli_wait(watcher, wf, 20, wout, sizeof wout);
     cr_assert(wrc == 0 && strstr(wout, "* runawayd went away (") &&
                   strstr(wout, "* runawayd is back: watching grid g1: 1 job") &&
                   strstr(wout, "crash/byol/seed0: done"),
               "watch exited %d:\n%s", wrc, wout);
     static char lout[1 << 20];
-    wrc = cli_finished(follower, lf, 20, lout, sizeof lout);
+    wrc = fx_cli_wait(follower, lf, 20, lout, sizeof lout);
     cr_assert(wrc == 0 && strstr(lout, "* runawayd went away (") &&
                   strstr(lout, "* runawayd is back\n") && strstr(lout, "state done"),
               "logs -f exited %d:\n%s", wrc, lout);
@@ -2471,35 +1954,35 @@ Test(daemon, killed_daemon_restarts_without_losing_the_job, .init = setup, .fini
     int printed = 0;
     for (char *l = lout; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l))
         printed += strncmp(l, "* runawayd ", 11) != 0 && *l != '\n';
-    sqlite3 *db0 = open_db();
-    int stored = (int)db_num(db0, "SELECT COUNT(*) FROM events WHERE job_id=?", job);
+    sqlite3 *db0 = fx_open_db();
+    int stored = (int)fx_db_num(db0, "SELECT COUNT(*) FROM events WHERE job_id=?", job);
     sqlite3_close(db0);
     cr_assert_eq(printed, stored, "logs -f printed %d lines, the job has %d:\n%s", printed,
                  stored, lout);
-    wrc = cli_finished(plotter, pf, 20, lout, sizeof lout);
+    wrc = fx_cli_wait(plotter, pf, 20, lout, sizeof lout);
     cr_assert(wrc == 0 && strstr(lout, "* runawayd went away (") &&
                   strstr(lout, "crash.png drawn; every job has ended"),
               "plot --every exited %d:\n%s", wrc, lout);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND error='daemon "
-                            "restarted'", job), 1);
-    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                             "'resumed from%'", job), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
-                            "kind='epoch'", job), 300);
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND error='daemon "
+                               "restarted'", job), 1);
+    cr_assert_geq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                "'resumed from%'", job), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                               "kind='epoch'", job), 300);
     sqlite3_close(db);
     /* TensorBoard shows each epoch once: the second attempt's file starts
      * with the restart marker that drops the first one's later points */
-    check_tensorboard(job, 1, "tb_check: 1 runs,");
+    fx_check_tensorboard(job, 1, "tb_check: 1 runs,");
 }
 
 /* A database written before metrics had an lr column and before the
  * high_water table (the schema as it was, with one finished job in it). */
 static void setup_old_database(void)
 {
-    prepare();
+    fx_prepare();
     char p[128];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open(p, &db), SQLITE_OK);
     char *msg = NULL;
@@ -2532,39 +2015,39 @@ static void setup_old_database(void)
         NULL, NULL, &msg);
     cr_assert_eq(rc, SQLITE_OK, "%s", msg ? msg : "?");
     sqlite3_close(db);
-    start_daemon();
+    fx_start_daemon(NULL);
 }
 
 /* The daemon upgrades it in place: metrics gain lr and rank (NULL in the old
  * rows), new ids follow the old ones, and the old job is still listed. */
 Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_database,
-     .fini = teardown, .timeout = 60)
+     .fini = fx_teardown, .timeout = 60)
 {
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/new.yaml", dir);
-    write_grid(path, "new", 2, 0, "  seed: [0]\n  variant:\n    - {name: s, log: {every_steps: 2}}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/new.yaml", fx.dir);
+    fx_write_grid(path, "new", 2, 0, "  seed: [0]\n  variant:\n    - {name: s, log: {every_steps: 2}}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(strstr(out, "g6") && strstr(out, "j8"), "new ids after the old ones: %s", out);
-    rc = cli(out, sizeof out, 40, "watch", "g6", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "g6", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    sqlite3 *db = open_db();
-    cr_expect_eq(db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 8), 10);
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND lr IS NULL AND "
-                            "rank IS NULL AND linear IS NULL AND w_cos_i IS NULL AND w_asym IS "
-                            "NULL", 7), 1);
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
-                            "rank >= 1", 8), 2);
+    sqlite3 *db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 8), 10);
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND lr IS NULL AND "
+                               "rank IS NULL AND linear IS NULL AND w_cos_i IS NULL AND w_asym IS "
+                               "NULL", 7), 1);
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                               "rank >= 1", 8), 2);
     /* tiny_base: Adam's constant 3e-4 */
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
-                            "abs(lr - 3e-4) < 1e-9", 8), 2);
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                               "abs(lr - 3e-4) < 1e-9", 8), 2);
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "ls", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     cr_expect(strstr(out, "old/byol/seed0") && strstr(out, "new/"), "%s", out);
-    check_tensorboard(8, 0, "tb_check: 1 runs,");
+    fx_check_tensorboard(8, 0, "tb_check: 1 runs,");
     /* the step reports as CSV: 6 steps an epoch (100 images, batch 16), every 2nd */
-    rc = cli(out, sizeof out, 20, "metrics", "g6", "--steps", NULL);
+    rc = fx_cli(out, sizeof out, 20, "metrics", "g6", "--steps", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     const char *l = strchr(out, '\n');
     for (int k = 1; k <= 6; k++) {
@@ -2580,25 +2063,26 @@ Test(daemon, a_database_from_before_is_upgraded_in_place, .init = setup_old_data
 /* ------------------------------------------------------------------------ */
 /* Priorities */
 
-Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardown, .timeout = 90)
+Test(daemon, higher_priority_overtakes_the_queue, .init = fx_setup, .fini = fx_teardown,
+     .timeout = 90)
 {
     char path[128], out[4096];
-    submit_grid("low", 300, 100, "  seed: [0, 1, 2, 3]\n");
-    snprintf(path, sizeof path, "%s/high.yaml", dir);
-    write_grid(path, "high", 2, 0, "  seed: [0]\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, "--priority", "5", NULL);
+    fx_submit_grid("low", 300, 100, "  seed: [0, 1, 2, 3]\n");
+    snprintf(path, sizeof path, "%s/high.yaml", fx.dir);
+    fx_write_grid(path, "high", 2, 0, "  seed: [0]\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, "--priority", "5", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 60, "watch", "high", NULL);
+    rc = fx_cli(out, sizeof out, 60, "watch", "high", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     /* the high job (j5) started before the low grid's third and fourth */
-    sqlite3 *db = open_db();
-    double hi = db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 5);
+    sqlite3 *db = fx_open_db();
+    double hi = fx_db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 5);
     cr_assert(isfinite(hi));
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id IN (3, 4) AND id < ?",
-                        (long long)hi), 0, "a low-priority job started first");
-    cr_assert_eq(db_num(db, "SELECT priority FROM jobs WHERE id=5", 0), 5);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id IN (3, 4) AND id < ?",
+                           (long long)hi), 0, "a low-priority job started first");
+    cr_assert_eq(fx_db_num(db, "SELECT priority FROM jobs WHERE id=5", 0), 5);
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "cancel", "low", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "low", NULL);
     cr_assert_eq(rc, 0, "%s", out);
 }
 
@@ -2606,95 +2090,96 @@ Test(daemon, higher_priority_overtakes_the_queue, .init = setup, .fini = teardow
  * a long rm, a slow disk or a suspended machine would stop its loop: when
  * it runs again its timers fire before the frames that came meanwhile are
  * read. That silence was its own, not the workers': no job moves. */
-Test(daemon, a_stalled_daemon_does_not_blame_its_workers, .init = setup, .fini = teardown,
+Test(daemon, a_stalled_daemon_does_not_blame_its_workers, .init = fx_setup, .fini = fx_teardown,
      .timeout = 60)
 {
-    submit_grid("long", 50000, 0, "  seed: [0, 1]\n");
-    wait_for("both running", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
-    cr_assert_eq(kill(daemon_pid, SIGSTOP), 0);
+    fx_submit_grid("long", 50000, 0, "  seed: [0, 1]\n");
+    fx_wait_jobs("running", 2, 20);
+    cr_assert_eq(kill(fx.daemon_pid, SIGSTOP), 0);
     usleep(5000000);
-    cr_assert_eq(kill(daemon_pid, SIGCONT), 0);
+    cr_assert_eq(kill(fx.daemon_pid, SIGCONT), 0);
     usleep(2000000);
-    sqlite3 *db = open_db();
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM attempts", 0), 2, "a job moved");
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE text LIKE '%no heartbeat%'", 0), 0);
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM jobs WHERE state='running'", 0), 2);
+    sqlite3 *db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts", 0), 2, "a job moved");
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE text LIKE '%no heartbeat%'", 0),
+                 0);
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM jobs WHERE state='running'", 0), 2);
     sqlite3_close(db);
     char logp[128], text[65536];
-    snprintf(logp, sizeof logp, "%s.log", dir);
+    snprintf(logp, sizeof logp, "%s.log", fx.dir);
     FILE *f = fopen(logp, "r");
     cr_assert_not_null(f);
     size_t n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[n] = 0;
     cr_expect(strstr(text, "the event loop did not run for"), "%s", text);
-    expect_still_serving();
+    fx_expect_still_serving();
 }
 
 /* A grid submitted at the default priority and raised afterwards overtakes
  * the queue as if it had been submitted so; done jobs keep theirs. */
-Test(daemon, a_raised_priority_moves_queued_jobs, .init = setup, .fini = teardown, .timeout = 90)
+Test(daemon, a_raised_priority_moves_queued_jobs, .init = fx_setup, .fini = fx_teardown,
+     .timeout = 90)
 {
     char out[4096];
-    submit_grid("low", 300, 100, "  seed: [0, 1, 2, 3]\n");
-    submit_grid("later", 2, 0, "  seed: [0]\n");
-    wait_for("two running", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
-    int rc = cli(out, sizeof out, 20, "priority", "later", "5", NULL);
+    fx_submit_grid("low", 300, 100, "  seed: [0, 1, 2, 3]\n");
+    fx_submit_grid("later", 2, 0, "  seed: [0]\n");
+    fx_wait_jobs("running", 2, 20);
+    int rc = fx_cli(out, sizeof out, 20, "priority", "later", "5", NULL);
     cr_assert(rc == 0 && strstr(out, "priority 5 for 1 job (the queued ones take their new place)"),
               "%s", out);
-    rc = cli(out, sizeof out, 20, "priority", "later", "5000", NULL);
+    rc = fx_cli(out, sizeof out, 20, "priority", "later", "5000", NULL);
     cr_assert(rc != 0 && strstr(out, "priority"), "%s", out);
-    rc = cli(out, sizeof out, 20, "priority", "later", "x", NULL);
+    rc = fx_cli(out, sizeof out, 20, "priority", "later", "x", NULL);
     cr_assert(rc != 0 && strstr(out, "'x' is not a whole number"), "%s", out);
     /* a worker frees: the raised job goes first */
-    rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "j1", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 60, "watch", "later", NULL);
+    rc = fx_cli(out, sizeof out, 60, "watch", "later", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    sqlite3 *db = open_db();
-    double hi = db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 5);
+    sqlite3 *db = fx_open_db();
+    double hi = fx_db_num(db, "SELECT MIN(id) FROM attempts WHERE job_id=?", 5);
     cr_assert(isfinite(hi));
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id IN (3, 4) AND id < ?",
-                        (long long)hi), 0, "a job of the low grid started first");
-    cr_assert_eq(db_num(db, "SELECT priority FROM grids WHERE id=2", 0), 5);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=5 AND text='priority 5 (was 0)'",
-                        0), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id IN (3, 4) AND id < ?",
+                           (long long)hi), 0, "a job of the low grid started first");
+    cr_assert_eq(fx_db_num(db, "SELECT priority FROM grids WHERE id=2", 0), 5);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=5 AND text='priority 5 (was 0)'",
+                           0), 1);
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "priority", "j5", "1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "priority", "j5", "1", NULL);
     cr_assert(rc == 0 && strstr(out, "priority 1 for 0 jobs: none had not finished"), "%s", out);
-    rc = cli(out, sizeof out, 20, "cancel", "low", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "low", NULL);
     cr_assert_eq(rc, 0, "%s", out);
 }
 
 /* TensorBoard files are a view of the database: a folder that cannot be
  * written is named once per attempt in the job's events, and the job, its
  * metrics and its result are untouched. */
-Test(daemon, an_unwritable_tensorboard_folder_is_reported_and_the_job_goes_on, .init = setup,
-     .fini = teardown, .timeout = 60)
+Test(daemon, an_unwritable_tensorboard_folder_is_reported_and_the_job_goes_on, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
 {
     char blocker[128], tb[160], path[128], out[8192];
-    stop_daemon(10);
-    snprintf(blocker, sizeof blocker, "%s/blocker", dir);
-    write_file(blocker, "a file where the folder should be\n");
+    fx_stop_daemon(10);
+    snprintf(blocker, sizeof blocker, "%s/blocker", fx.dir);
+    fx_write_file(blocker, "a file where the folder should be\n");
     snprintf(tb, sizeof tb, "%s/tb", blocker);
-    extra_arg[0] = "--tensorboard";
-    extra_arg[1] = tb;
-    start_daemon();
-    snprintf(path, sizeof path, "%s/tbfail.yaml", dir);
-    write_grid(path, "tbfail", 2, 0, "  variant:\n    - {name: a}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    fx_start_daemon("--tensorboard", tb, NULL);
+    snprintf(path, sizeof path, "%s/tbfail.yaml", fx.dir);
+    fx_write_grid(path, "tbfail", 2, 0, "  variant:\n    - {name: a}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "tbfail", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "tbfail", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT state='done' AND linear_acc IS NOT NULL FROM jobs WHERE id=1",
-                        0), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch'", 0), 2);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                            "'tensorboard: %blocker/tb/g1-tbfail/a/seed0: Not a directory%'", 0),
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(
+        fx_db_num(db, "SELECT state='done' AND linear_acc IS NOT NULL FROM jobs WHERE id=1", 0), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch'", 0),
+                 2);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                               "'tensorboard: %blocker/tb/g1-tbfail/a/seed0: Not a directory%'", 0),
                  1, "the failure is not reported once, naming the folder and the reason");
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "logs", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "logs", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "Not a directory"), "%s", out);
 }
 
@@ -2713,33 +2198,33 @@ static int line_with(const char *text, const char *a, const char *b, const char 
     return 0;
 }
 
-Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini = teardown,
+Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = fx_setup, .fini = fx_teardown,
      .timeout = 60)
 {
     char path[128], out[8192];
-    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    snprintf(path, sizeof path, "%s/bad.yaml", fx.dir);
     /* a regular file passes validation; the worker finds it is no safetensors
      * (on every rank of the 2-device job, after their rendezvous) */
-    write_grid(path, "bad", 2, 0,
-               "  variant:\n    - {name: a, init: /etc/passwd}\n"
-               "    - {name: b, init: /etc/passwd, devices: 2}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    fx_write_grid(path, "bad", 2, 0,
+                  "  variant:\n    - {name: a, init: /etc/passwd}\n"
+                  "    - {name: b, init: /etc/passwd, devices: 2}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "bad", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "bad", NULL);
     cr_assert_eq(rc, 1, "%s", out);
     /* as an event, or in the opening list where the job failed before the
      * watch began: either way a line names the job, the failure and why */
     cr_assert(line_with(out, "bad/a/seed0", "failed: ", "/etc/passwd"), "%s", out);
     cr_assert(line_with(out, "bad/b/seed0", "failed: rank ", "/etc/passwd"), "%s", out);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE outcome='failed'", 0), 2,
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE outcome='failed'", 0), 2,
                  "a job's own failure is not retried, on one device or two");
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts", 0), 2);
-    cr_assert_eq(db_num(db, "SELECT SUM(lost) FROM jobs", 0), 0);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts", 0), 2);
+    cr_assert_eq(fx_db_num(db, "SELECT SUM(lost) FROM jobs", 0), 0);
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "show", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "show", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "state      failed: ") && strstr(out, "failed: "), "%s", out);
-    rc = cli(out, sizeof out, 20, "table", "bad", NULL);
+    rc = fx_cli(out, sizeof out, 20, "table", "bad", NULL);
     cr_assert(rc == 0 && strstr(out, "0/1"), "%s", out);
 }
 
@@ -2751,48 +2236,47 @@ Test(daemon, a_job_that_cannot_train_fails_with_the_reason, .init = setup, .fini
  * attempt completes; the workers take the next jobs. */
 static void setup_stall(void)
 {
-    extra_arg[0] = "--stall-timeout";
-    extra_arg[1] = "2";
+    fx_prepare();
     setenv("RW_TEST_STALL", "hang/a/seed0:4", 1);
-    setup();
+    fx_start_daemon("--stall-timeout", "2", NULL);
 }
 
 Test(daemon, a_hung_attempt_is_failed_by_the_watchdog_and_the_job_retried, .init = setup_stall,
-     .fini = teardown, .timeout = 90)
+     .fini = fx_teardown, .timeout = 90)
 {
     char path[128], out[8192];
-    snprintf(path, sizeof path, "%s/hang.yaml", dir);
-    write_grid(path, "hang", 2, 0, "  variant:\n    - {name: a}\n");
-    double t0 = now();
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/hang.yaml", fx.dir);
+    fx_write_grid(path, "hang", 2, 0, "  variant:\n    - {name: a}\n");
+    double t0 = fx_now();
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 60, "watch", "hang", NULL);
-    double dt = now() - t0;
+    rc = fx_cli(out, sizeof out, 60, "watch", "hang", NULL);
+    double dt = fx_now() - t0;
     cr_assert_eq(rc, 0, "%s", out);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1 AND outcome='failed' "
-                            "AND error LIKE 'no training progress for 2 s%'", 0), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1 AND outcome='done'", 0),
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1 AND outcome='failed' "
+                               "AND error LIKE 'no training progress for 2 s%'", 0), 1);
+    cr_assert_eq(
+        fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1 AND outcome='done'", 0), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1, "lost %g attempts %g",
+                 fx_db_num(db, "SELECT lost FROM jobs WHERE id=1", 0),
+                 fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0));
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                               "'no training progress%requeued (resumes from its checkpoint)'", 0),
                  1);
-    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1, "lost %g attempts %g",
-                 db_num(db, "SELECT lost FROM jobs WHERE id=1", 0),
-                 db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0));
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                            "'no training progress%requeued (resumes from its checkpoint)'", 0),
-                 1);
-    double t_fail = db_num(db, "SELECT ended FROM attempts WHERE job_id=1 AND outcome='failed'",
-                           0) - db_num(db, "SELECT started FROM attempts WHERE job_id=1 AND "
+    double t_fail = fx_db_num(db, "SELECT ended FROM attempts WHERE job_id=1 AND outcome='failed'",
+                              0) - fx_db_num(db, "SELECT started FROM attempts WHERE job_id=1 AND "
                                            "outcome='failed'", 0);
     sqlite3_close(db);
     printf("daemon: hung attempt failed by the watchdog %.0f s after its start; the retry done "
            "%.1f s after submission\n", t_fail, dt);
     cr_expect(t_fail < 20, "the watchdog took %.0f s", t_fail);
     /* the restarted worker (and the other) take the next jobs */
-    snprintf(path, sizeof path, "%s/after.yaml", dir);
-    write_grid(path, "after", 1, 0, "  seed: [0, 1]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/after.yaml", fx.dir);
+    fx_write_grid(path, "after", 1, 0, "  seed: [0, 1]\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 60, "watch", "after", NULL);
+    rc = fx_cli(out, sizeof out, 60, "watch", "after", NULL);
     cr_assert_eq(rc, 0, "%s", out);
 }
 
@@ -2822,45 +2306,48 @@ static int parse_epoch_line(const char *out, int epoch, double *loss, double *pp
     return 0;
 }
 
-Test(daemon_dist, two_rank_sync_bn_job_matches_a_one_device_run, .init = setup,
-     .fini = teardown, .timeout = 180)
+Test(daemon_dist, two_rank_sync_bn_job_matches_a_one_device_run, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 180)
 {
     char path[128], out[16384];
-    snprintf(path, sizeof path, "%s/dp.yaml", dir);
-    write_file(path,
-               "name: dp\n"
-               "base:\n"
-               "  data: {kind: synthetic, synthetic: {train: 192, test: 40, seed: 1}, image_size: 16,"
-               " loader_threads: 1}\n"
-               "  model: {stem: cifar, width: 4, projector: {hidden: 32, out: 16}, predictor_hidden: 32}\n"
-               "  optim: {batch_size: 32, epochs: 3}\n"
-               "  eval: {linear: {epochs: 2, batch_size: 32}}\n"
-               "  threads: 1\n" /* the daemon's workers have 1 each; same for the reference */
-               "  devices: 2\n"
-               "  sync_bn: true\n"
-               "grid:\n  seed: [0]\n");
-    double t0 = now();
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/dp.yaml", fx.dir);
+    fx_write_file(path,
+                  "name: dp\n"
+                  "base:\n"
+                  "  data: {kind: synthetic, synthetic: {train: 192, test: 40, seed: 1}, image_size: 16,"
+                  " loader_threads: 1}\n"
+                  "  model: {stem: cifar, width: 4, projector: {hidden: 32, out: 16}, predictor_hidden: 32}\n"
+                  "  optim: {batch_size: 32, epochs: 3}\n"
+                  "  eval: {linear: {epochs: 2, batch_size: 32}}\n"
+                  "  threads: 1\n" /* the daemon's workers have 1 each; same for the reference */
+                  "  devices: 2\n"
+                  "  sync_bn: true\n"
+                  "grid:\n  seed: [0]\n");
+    double t0 = fx_now();
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 150, "watch", "dp", NULL);
+    rc = fx_cli(out, sizeof out, 150, "watch", "dp", NULL);
     cr_assert_eq(rc, 0, "watch: %s", out);
-    double t_job = now() - t0;
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT state='done' FROM jobs WHERE id=1", 0), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                            "'world size 2: data-parallel over Gloo%16 per rank%synchronized%'", 0),
+    double t_job = fx_now() - t0;
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT state='done' FROM jobs WHERE id=1", 0), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0), 1);
+    cr_assert_eq(fx_db_num(db,
+                           "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                           "'world size 2: data-parallel over Gloo%16 per rank%synchronized%'",
+                           0),
                  1, "rank 0 did not train data-parallel");
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                            "'%(data parallel)%'", 0), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                               "'%(data parallel)%'", 0), 1);
     /* only rank 0 reports metrics: one row per epoch */
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=1 AND kind='epoch'", 0), 3);
-    double loss2[4], pps2 = db_num(db, "SELECT pairs_per_s FROM metrics WHERE job_id=1 AND "
-                                       "kind='epoch' AND epoch=3", 0);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=1 AND kind='epoch'", 0),
+                 3);
+    double loss2[4], pps2 = fx_db_num(db, "SELECT pairs_per_s FROM metrics WHERE job_id=1 AND "
+                                          "kind='epoch' AND epoch=3", 0);
     for (int e = 1; e <= 3; e++)
-        loss2[e] = db_num(db, "SELECT loss FROM metrics WHERE job_id=1 AND kind='epoch' AND epoch=?",
-                          e);
-    cr_assert(isfinite(db_num(db, "SELECT linear_acc FROM jobs WHERE id=1", 0)),
+        loss2[e] = fx_db_num(db, "SELECT loss FROM metrics WHERE job_id=1 AND kind='epoch' AND epoch=?",
+                             e);
+    cr_assert(isfinite(fx_db_num(db, "SELECT linear_acc FROM jobs WHERE id=1", 0)),
               "rank 0's result (linear accuracy) missing");
     /* the same spec on one device, standalone (sync_bn means nothing there) */
     sqlite3_stmt *st;
@@ -2877,14 +2364,14 @@ Test(daemon_dist, two_rank_sync_bn_job_matches_a_one_device_run, .init = setup,
     char spec1[16500];
     snprintf(spec1, sizeof spec1, "%s\nsync_bn: false\n%s", spec, sb + strlen("\nsync_bn: true\n"));
     char p1[128], o1[128], w[1100];
-    snprintf(p1, sizeof p1, "%s/one.yaml", dir);
-    snprintf(o1, sizeof o1, "%s/one", dir);
-    write_file(p1, spec1);
-    bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(p1, sizeof p1, "%s/one.yaml", fx.dir);
+    snprintf(o1, sizeof o1, "%s/one", fx.dir);
+    fx_write_file(p1, spec1);
+    fx_bin(w, sizeof w, "worker/runaway-worker");
     const char *argv[] = {w, "run", p1, "--out", o1, "--backend", "cpu", NULL};
-    t0 = now();
-    rc = run_argv(out, sizeof out, 120, argv);
-    double t_one = now() - t0;
+    t0 = fx_now();
+    rc = fx_run(out, sizeof out, 120, argv);
+    double t_one = fx_now() - t0;
     cr_assert_eq(rc, 0, "standalone run: %s", out);
     double worst = 0;
     for (int e = 1; e <= 3; e++) {
@@ -2905,7 +2392,7 @@ Test(daemon_dist, two_rank_sync_bn_job_matches_a_one_device_run, .init = setup,
 
 static long long worker_of(long long job, int rank, const char *field)
 {
-    json_t *r = simple("workers", NULL, NULL);
+    json_t *r = fx_ask_simple("workers", NULL, NULL);
     size_t i;
     json_t *v;
     long long x = -1;
@@ -2924,14 +2411,13 @@ static long long worker_of(long long job, int rank, const char *field)
 static void rank_lost(int sig)
 {
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/dpk.yaml", dir);
-    write_grid(path, "dpk", 300, 10, "  variant:\n    - {name: a, devices: 2}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/dpk.yaml", fx.dir);
+    fx_write_grid(path, "dpk", 300, 10, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     long long job = 1;
     /* past its first checkpoint (epoch 10) */
-    wait_for("epoch 15", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 15,
-             60);
+    fx_wait_epoch(job, 15, 60);
     long long pid = worker_of(job, 1, "pid");
     cr_assert_gt(pid, 0, "no worker holds rank 1 of job %lld", job);
     cr_assert_gt(worker_of(job, 0, "pid"), 0, "no worker holds rank 0");
@@ -2944,13 +2430,13 @@ static void rank_lost(int sig)
         "SELECT MIN(t) FROM (SELECT ended AS t FROM attempts WHERE job_id=?1 AND error LIKE "
         "'rank 0 % failed: %' UNION ALL SELECT t FROM events WHERE job_id=?1 AND text LIKE "
         "'%(rank 0) ended after cancel_job: failed%')";
-    wait_for("rank 0 failed", "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE job_id=?1 AND "
-                              "error LIKE 'rank 0 % failed: %' UNION ALL SELECT 1 FROM events "
-                              "WHERE job_id=?1 AND text LIKE '%(rank 0) ended after cancel_job: "
-                              "failed%')",
+    fx_wait_for("rank 0 failed", "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE job_id=?1 AND "
+                                 "error LIKE 'rank 0 % failed: %' UNION ALL SELECT 1 FROM events "
+                                 "WHERE job_id=?1 AND text LIKE '%(rank 0) ended after cancel_job: "
+                                 "failed%')",
              job, 1, 30);
-    sqlite3 *db = open_db();
-    double t_fail = db_num(db, fail_t, job) - tk;
+    sqlite3 *db = fx_open_db();
+    double t_fail = fx_db_num(db, fail_t, job) - tk;
     sqlite3_close(db);
     /* SIGKILL: Gloo sees the closed connection (or, blocked in a send, the
      * worker gives up 5 s after cancel_job); SIGSTOP: 3 s heartbeat timeout
@@ -2958,40 +2444,40 @@ static void rank_lost(int sig)
     double bound = sig == SIGKILL ? 10.0 : 20.0;
     cr_assert_lt(t_fail, bound, "rank 0 took %.1f s to fail (its collective timeout is 120 s)",
                  t_fail);
-    wait_for("job done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 90);
-    db = open_db();
-    double t_requeue = db_num(db, "SELECT MIN(started) FROM attempts WHERE job_id=? AND id > "
-                                  "(SELECT MIN(id) FROM attempts WHERE job_id=?1)", job) - tk;
-    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome IN "
-                             "('lost','failed')", job), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='done'", job),
-                 1);
-    cr_assert_geq(db_num(db, "SELECT lost FROM jobs WHERE id=?", job), 1);
-    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                             "'%requeued (resumes from its checkpoint)'", job), 1);
-    cr_assert_geq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                             "'resumed from %checkpoint.safetensors at epoch%'", job),
+    fx_wait_job(job, "done", 90);
+    db = fx_open_db();
+    double t_requeue = fx_db_num(db, "SELECT MIN(started) FROM attempts WHERE job_id=? AND id > "
+                                     "(SELECT MIN(id) FROM attempts WHERE job_id=?1)", job) - tk;
+    cr_assert_geq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome IN "
+                                "('lost','failed')", job), 1);
+    cr_assert_eq(
+        fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='done'", job), 1);
+    cr_assert_geq(fx_db_num(db, "SELECT lost FROM jobs WHERE id=?", job), 1);
+    cr_assert_geq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                "'%requeued (resumes from its checkpoint)'", job), 1);
+    cr_assert_geq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                "'resumed from %checkpoint.safetensors at epoch%'", job),
                   1, "the second attempt did not resume from rank 0's checkpoint");
-    cr_assert_eq(db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
-                            "kind='epoch'", job), 300);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE job_id=? AND "
+                               "kind='epoch'", job), 300);
     sqlite3_close(db);
     /* TensorBoard shows each epoch once: the second attempt's file starts
      * with the restart marker that drops the first one's later points */
-    check_tensorboard(job, 1, "tb_check: 1 runs,");
+    fx_check_tensorboard(job, 1, "tb_check: 1 runs,");
     printf("dist: rank 1 %s; rank 0 failed %.2f s later; next attempt started %.1f s after "
            "that\n", sig == SIGKILL ? "killed" : "frozen", t_fail, t_requeue);
     if (sig == SIGSTOP)
         kill((pid_t)pid, SIGKILL); /* the daemon killed it already; be sure */
 }
 
-Test(daemon_dist, killed_rank_fails_its_peer_fast_and_the_job_is_requeued, .init = setup,
-     .fini = teardown, .timeout = 150)
+Test(daemon_dist, killed_rank_fails_its_peer_fast_and_the_job_is_requeued, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 150)
 {
     rank_lost(SIGKILL);
 }
 
-Test(daemon_dist, frozen_rank_is_dropped_and_the_job_is_requeued, .init = setup, .fini = teardown,
-     .timeout = 150)
+Test(daemon_dist, frozen_rank_is_dropped_and_the_job_is_requeued, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 150)
 {
     rank_lost(SIGSTOP);
 }
@@ -2999,7 +2485,7 @@ Test(daemon_dist, frozen_rank_is_dropped_and_the_job_is_requeued, .init = setup,
 /* A worker of our own over the Unix socket (no slot: a "remote" one). */
 static int fake_worker(rw_frame_reader *r)
 {
-    int fd = try_connect();
+    int fd = fx_connect();
     cr_assert_geq(fd, 0);
     rw_frame_reader_init(r, 0);
     json_t *h = rw_msg_new("hello", 1);
@@ -3007,7 +2493,7 @@ static int fake_worker(rw_frame_reader *r)
     json_object_set_new(h, "role", json_string("worker"));
     json_object_set_new(h, "device", json_string("fake0"));
     json_object_set_new(h, "backend", json_string("cpu"));
-    json_t *rep = request(fd, r, h);
+    json_t *rep = fx_request(fd, r, h);
     cr_assert_str_eq(json_string_value(json_object_get(rep, "type")), "ok");
     json_decref(rep);
     return fd;
@@ -3018,13 +2504,13 @@ static int fake_worker(rw_frame_reader *r)
 static json_t *fake_wait_holding(int fd, rw_frame_reader *r, const char *type, long long id,
                                  long long job, double secs)
 {
-    for (double t0 = now(); now() - t0 < secs;) {
+    for (double t0 = fx_now(); fx_now() - t0 < secs;) {
         json_t *hb = rw_msg_new("heartbeat", -1);
         if (job)
             json_object_set_new(hb, "job", json_integer(job));
         rw_frame_send_fd(fd, hb);
         json_decref(hb);
-        json_t *m = recv_frame(fd, r, 200);
+        json_t *m = fx_recv(fd, r, 200);
         if (!m)
             continue;
         const char *t = json_string_value(json_object_get(m, "type"));
@@ -3058,7 +2544,7 @@ static json_t *fake_call(int fd, rw_frame_reader *r, json_t *m, const char *want
     long long id = rw_msg_id(m);
     cr_assert_eq(rw_frame_send_fd(fd, m), 0);
     json_decref(m);
-    for (double t0 = now(); now() - t0 < 10;) {
+    for (double t0 = fx_now(); fx_now() - t0 < 10;) {
         json_t *x = fake_wait(fd, r, want_type, id, 10);
         return x;
     }
@@ -3077,20 +2563,20 @@ static void fake_rejected(const char *body, const char *code)
     cr_assert_eq(rw_frame_encode_raw(body, strlen(body), &b, &n), 0);
     rw_fd_write_all(fd, b, n);
     free(b);
-    json_t *e = recv_frame(fd, &r, 5000);
+    json_t *e = fx_recv(fd, &r, 5000);
     cr_assert_not_null(e, "no reply to %.80s", body);
     cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "error");
     cr_assert_str_eq(code_of(e), code, "%.80s: %s", body,
                      json_string_value(json_object_get(e, "message")));
     json_decref(e);
-    cr_assert(closed_by_peer(fd, 5000), "connection not closed after %s", code);
+    cr_assert(fx_closed_by_peer(fd, 5000), "connection not closed after %s", code);
     close(fd);
     rw_frame_reader_free(&r);
-    expect_still_serving();
+    fx_expect_still_serving();
 }
 
-Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = setup,
-     .fini = teardown, .timeout = 120)
+Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 120)
 {
     /* malformed or oversized: bad_message (or unknown_type), connection closed */
     static char big[2 * 16384 + 200];
@@ -3113,8 +2599,8 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     fake_rejected("{\"type\":\"kv_get\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\"}",
                   RW_E_BAD_MESSAGE); /* no timeout */
     fake_rejected("{\"type\":\"kv_value\",\"id\":5,\"value\":\"00\"}", RW_E_UNKNOWN_TYPE);
-    send_body("{\"type\":\"kv_get\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"timeout_ms\":1}",
-              1, RW_E_UNKNOWN_TYPE); /* from a client */
+    fx_expect_rejected_body("{\"type\":\"kv_get\",\"id\":5,\"job\":1,\"attempt\":1,\"key\":\"k\",\"timeout_ms\":1}",
+                            1, RW_E_UNKNOWN_TYPE); /* from a client */
 
     /* well-formed, from a worker with no assignment: state, connection kept */
     rw_frame_reader r;
@@ -3129,14 +2615,14 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     e = fake_call(fd, &r, m, "error");
     cr_assert_str_eq(code_of(e), RW_E_STATE);
     json_decref(e);
-    expect_still_serving();
+    fx_expect_still_serving();
 
     /* Now this worker is the third device: a 3-rank job puts it in an
      * attempt with the two real workers, whose Gloo rendezvous keys it sees. */
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/three.yaml", dir);
-    write_grid(path, "three", 2, 0, "  variant:\n    - {name: a, devices: 3}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/three.yaml", fx.dir);
+    fx_write_grid(path, "three", 2, 0, "  variant:\n    - {name: a, devices: 3}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_t *as = fake_wait(fd, &r, "assign", -1, 20);
     long long job = json_integer_value(json_object_get(as, "job"));
@@ -3169,12 +2655,12 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     cr_assert_str_eq(code_of(e), RW_E_STATE);
     json_decref(e);
     /* a key nobody sets: timeout, answered on the daemon's tick */
-    double t0 = now();
+    double t0 = fx_now();
     m = kv_msg("kv_get", 15, job, att, "never");
     json_object_set_new(m, "timeout_ms", json_integer(300));
     e = fake_call(fd, &r, m, "error");
     cr_assert_str_eq(code_of(e), RW_E_TIMEOUT);
-    cr_assert(now() - t0 >= 0.25 && now() - t0 < 3, "timeout after %.2f s", now() - t0);
+    cr_assert(fx_now() - t0 >= 0.25 && fx_now() - t0 < 3, "timeout after %.2f s", fx_now() - t0);
     json_decref(e);
 
     /* this rank fails as a broken collective does (retry): the others are
@@ -3194,22 +2680,22 @@ Test(daemon_dist, kv_requests_are_validated_and_scoped_to_the_attempt, .init = s
     e = fake_call(fd, &r, m, "error");
     cr_assert_str_eq(code_of(e), RW_E_TIMEOUT, "attempt %lld saw attempt %lld's key", att2, att);
     json_decref(e);
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE id=? AND outcome='failed' AND "
-                            "error LIKE 'rank 2 (worker %) failed: test: rank 2 gives up'", att), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                            "'%ended after cancel_job: stopped%'", 0), 2,
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE id=? AND outcome='failed' AND "
+                               "error LIKE 'rank 2 (worker %) failed: test: rank 2 gives up'", att), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                               "'%ended after cancel_job: stopped%'", 0), 2,
                  "the real ranks did not stop at once");
-    cr_assert_eq(db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1, "lost %g attempts %g",
-                 db_num(db, "SELECT lost FROM jobs WHERE id=1", 0),
-                 db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0));
+    cr_assert_eq(fx_db_num(db, "SELECT lost FROM jobs WHERE id=1", 0), 1, "lost %g attempts %g",
+                 fx_db_num(db, "SELECT lost FROM jobs WHERE id=1", 0),
+                 fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=1", 0));
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
     json_decref(fake_wait(fd, &r, "cancel_job", -1, 10));
     close(fd);
     rw_frame_reader_free(&r);
-    expect_still_serving();
+    fx_expect_still_serving();
 }
 
 /* Our fake worker's metric report of `kind` (step or epoch). */
@@ -3239,16 +2725,16 @@ static void fake_epoch(int fd, long long job, long long attempt, int epoch, doub
  * writes as it stops, and a requeued attempt resumes after them. Dropped,
  * they would be missing for good (CI saw 299 of 300 epochs). Its metrics,
  * logs and TensorBoard points are kept; a report after "stopped" is not. */
-Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fini = teardown,
+Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = fx_setup, .fini = fx_teardown,
      .timeout = 60)
 {
     rw_frame_reader r;
     int fd = fake_worker(&r);
     char path[128], out[4096], id[32];
     /* three jobs for three idle workers: one is ours */
-    snprintf(path, sizeof path, "%s/late.yaml", dir);
-    write_grid(path, "late", 2, 0, "  seed: [0, 1, 2]\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/late.yaml", fx.dir);
+    fx_write_grid(path, "late", 2, 0, "  seed: [0, 1, 2]\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_t *as = fake_wait(fd, &r, "assign", -1, 20);
     long long job = json_integer_value(json_object_get(as, "job"));
@@ -3256,10 +2742,11 @@ Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fi
     cr_assert_eq(json_integer_value(json_object_get(as, "rank")), 0);
     json_decref(as);
     fake_epoch(fd, job, att, 1, 0.5);
-    wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", job, 1, 10);
+    fx_wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", job, 1,
+                10);
 
     snprintf(id, sizeof id, "j%lld", job);
-    rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", id, NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, job, 10));
     /* sent before it heard cancel_job, or on the way to its checkpoint */
@@ -3281,24 +2768,25 @@ Test(daemon_dist, a_cancelled_attempts_last_reports_are_kept, .init = setup, .fi
     cr_assert_str_eq(code_of(e), RW_E_STATE);
     json_decref(e);
 
-    sqlite3 *db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", job), 2);
-    cr_assert_eq(db_num(db, "SELECT loss FROM metrics WHERE job_id=? AND kind='epoch' AND epoch=2",
-                        job), 0.25);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND attempt_id<>"
-                            "(SELECT MAX(id) FROM attempts WHERE job_id=?1)", job), 0);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND kind='log' AND "
-                            "text='stopped at step 9; checkpoint late.ckpt'", job), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                            "'%ended after cancel_job: stopped%'", job), 1);
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND "
-                            "outcome='cancelled'", job), 1);
+    sqlite3 *db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", job), 2);
+    cr_assert_eq(
+        fx_db_num(db, "SELECT loss FROM metrics WHERE job_id=? AND kind='epoch' AND epoch=2", job),
+        0.25);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND attempt_id<>"
+                               "(SELECT MAX(id) FROM attempts WHERE job_id=?1)", job), 0);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND kind='log' AND "
+                               "text='stopped at step 9; checkpoint late.ckpt'", job), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                               "'%ended after cancel_job: stopped%'", job), 1);
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND "
+                               "outcome='cancelled'", job), 1);
     sqlite3_close(db);
     /* both points in the attempt's one event file, as in the database */
-    check_tensorboard(job, 0, "tb_check: 1 runs, 1 files,");
+    fx_check_tensorboard(job, 0, "tb_check: 1 runs, 1 files,");
     close(fd);
     rw_frame_reader_free(&r);
-    expect_still_serving();
+    fx_expect_still_serving();
 }
 
 /* Our fake worker's `done` of an attempt after `epochs` epochs. */
@@ -3311,13 +2799,13 @@ static void occupy_the_real_workers(void);
  * attempt's last step mean, which no attempt sends again. Its TensorBoard
  * file's restart marker at that step must not lose that point (chaos runs
  * found it missing). */
-Test(daemon_dist, a_resumed_attempt_keeps_the_points_it_does_not_send_again, .init = setup,
-     .fini = teardown, .timeout = 90)
+Test(daemon_dist, a_resumed_attempt_keeps_the_points_it_does_not_send_again, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 90)
 {
     rw_frame_reader r;
     int fd = fake_worker(&r);
     occupy_the_real_workers(); /* the job and its next attempt come to us */
-    submit_grid("edge", 3, 1, "  seed: [0]\n");
+    fx_submit_grid("edge", 3, 1, "  seed: [0]\n");
     json_t *as = fake_wait(fd, &r, "assign", -1, 20);
     long long job = json_integer_value(json_object_get(as, "job"));
     long long a1 = json_integer_value(json_object_get(as, "attempt"));
@@ -3327,17 +2815,17 @@ Test(daemon_dist, a_resumed_attempt_keeps_the_points_it_does_not_send_again, .in
     fake_metric(fd, job, a1, "epoch", 1, 4, 0.85);
     fake_metric(fd, job, a1, "step", 2, 6, 0.7);
     fake_metric(fd, job, a1, "step", 2, 8, 0.6); /* epoch 2's last step; then the stop */
-    wait_for("5 reports", "SELECT COUNT(*) FROM metrics WHERE job_id=?", job, 5, 10);
+    fx_wait_for("5 reports", "SELECT COUNT(*) FROM metrics WHERE job_id=?", job, 5, 10);
     char id[32], out[4096];
     snprintf(id, sizeof id, "j%lld", job);
-    int rc = cli(out, sizeof out, 20, "cancel", id, NULL);
+    int rc = fx_cli(out, sizeof out, 20, "cancel", id, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, job, 10));
     json_t *m = kv_msg("stopped", -1, job, a1, NULL);
     cr_assert_eq(rw_frame_send_fd(fd, m), 0);
     json_decref(m);
-    wait_for("cancelled", "SELECT state='cancelled' FROM jobs WHERE id=?", job, 1, 10);
-    rc = cli(out, sizeof out, 20, "requeue", id, NULL);
+    fx_wait_job(job, "cancelled", 10);
+    rc = fx_cli(out, sizeof out, 20, "requeue", id, NULL);
     cr_assert_eq(rc, 0, "%s", out);
 
     as = fake_wait(fd, &r, "assign", -1, 20);
@@ -3349,9 +2837,9 @@ Test(daemon_dist, a_resumed_attempt_keeps_the_points_it_does_not_send_again, .in
     fake_metric(fd, job, a2, "step", 3, 12, 0.4);
     fake_metric(fd, job, a2, "epoch", 3, 12, 0.45);
     fake_done(fd, job, a2, 3);
-    wait_for("done", "SELECT state='done' FROM jobs WHERE id=?", job, 1, 10);
+    fx_wait_job(job, "done", 10);
     /* every stored point once, train/loss at step 8 among them */
-    check_tensorboard(job, 0, "tb_check: 1 runs, 2 files,");
+    fx_check_tensorboard(job, 0, "tb_check: 1 runs, 2 files,");
     close(fd);
     rw_frame_reader_free(&r);
 }
@@ -3372,8 +2860,8 @@ static void fake_done(int fd, long long job, long long attempt, int epochs)
 /* Waits until `n` workers are connected and idle. */
 static void wait_idle_workers(int n)
 {
-    for (double t0 = now(); now() - t0 < 20;) {
-        json_t *r = simple("workers", NULL, NULL);
+    for (double t0 = fx_now(); fx_now() - t0 < 20;) {
+        json_t *r = fx_ask_simple("workers", NULL, NULL);
         size_t i;
         json_t *v;
         int idle = 0;
@@ -3389,7 +2877,7 @@ static void wait_idle_workers(int n)
 
 static json_t *grid_progress_of(const char *grid)
 {
-    json_t *r = simple("ls", "grid", grid);
+    json_t *r = fx_ask_simple("ls", "grid", grid);
     json_t *p = json_incref(json_object_get(r, "progress"));
     json_decref(r);
     cr_assert(json_is_object(p), "ls %s: no progress", grid);
@@ -3399,8 +2887,8 @@ static json_t *grid_progress_of(const char *grid)
 /* Reads a watch connection until an epoch metric of `job`. */
 static json_t *next_epoch_event(int fd, rw_frame_reader *r, long long job)
 {
-    for (double t0 = now(); now() - t0 < 10;) {
-        json_t *m = recv_frame(fd, r, 200);
+    for (double t0 = fx_now(); fx_now() - t0 < 10;) {
+        json_t *m = fx_recv(fd, r, 200);
         if (m && !strcmp(json_string_value(json_object_get(m, "kind")) ?: "", "metric") &&
             json_integer_value(json_object_get(m, "job")) == job)
             return m;
@@ -3415,9 +2903,9 @@ static json_t *next_epoch_event(int fd, rw_frame_reader *r, long long job)
 static void occupy_the_real_workers(void)
 {
     wait_idle_workers(2);
-    submit_grid("busy0", 50000, 0, "  seed: [0]\n");
-    submit_grid("busy1", 50000, 0, "  seed: [0]\n");
-    wait_for("both busy", "SELECT COUNT(*) FROM jobs WHERE state='running'", 0, 2, 20);
+    fx_submit_grid("busy0", 50000, 0, "  seed: [0]\n");
+    fx_submit_grid("busy1", 50000, 0, "  seed: [0]\n");
+    fx_wait_jobs("running", 2, 20);
 }
 
 /* The time left: a job's, at the pace of its attempt, on each epoch line of
@@ -3425,20 +2913,20 @@ static void occupy_the_real_workers(void)
  * each job's duration taken from a finished sibling, or from a running one's
  * pace. Our fake worker sets the pace; the two real workers are kept busy
  * with long jobs so that the grid's second job waits for it. */
-Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = teardown,
+Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
     occupy_the_real_workers(); /* they come first in the scheduler's order */
     char path[128], out[8192];
     rw_frame_reader r;
     int fd = fake_worker(&r);
-    snprintf(path, sizeof path, "%s/eta.yaml", dir);
-    write_grid(path, "eta", 10, 0, "  seed: [0, 1]\n");
-    double t_submit = now();
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/eta.yaml", fx.dir);
+    fx_write_grid(path, "eta", 10, 0, "  seed: [0, 1]\n");
+    double t_submit = fx_now();
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_t *as = fake_wait(fd, &r, "assign", -1, 20);
-    double t_assign = now();
+    double t_assign = fx_now();
     long long job = json_integer_value(json_object_get(as, "job"));
     long long att = json_integer_value(json_object_get(as, "attempt"));
     json_decref(as);
@@ -3450,22 +2938,22 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
                   json_integer_value(json_object_get(p, "queued")) == 1,
               "%s", json_dumps(p, 0));
     json_decref(p);
-    rc = cli(out, sizeof out, 20, "ls", "eta", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", "eta", NULL);
     cr_assert(rc == 0 && strstr(out, "eta: 0 done, 1 running, 1 queued; time left not known yet"),
               "%s", out);
 
     /* epoch 1 after ~1 s: 9 more at that pace for this job; the grid's
      * other job runs 10 of them after it, on our worker (the others are busy) */
     rw_frame_reader wr;
-    int wfd = client(&wr);
+    int wfd = fx_client(&wr);
     json_t *w = rw_msg_new("watch", 3);
     json_object_set_new(w, "target", json_string("eta"));
-    json_decref(request(wfd, &wr, w));
+    json_decref(fx_request(wfd, &wr, w));
     usleep(1000000);
-    double t_sent = now();
+    double t_sent = fx_now();
     fake_epoch(fd, job, att, 1, 0.5);
     json_t *ev = next_epoch_event(wfd, &wr, job);
-    double t_event = now();
+    double t_event = fx_now();
     double pace_lo = t_sent - t_assign, pace_hi = t_event - t_submit;
     cr_assert_eq(json_integer_value(json_object_get(ev, "epochs")), 10);
     double left = json_real_value(json_object_get(ev, "left_s"));
@@ -3475,40 +2963,40 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
     close(wfd);
     rw_frame_reader_free(&wr);
     p = grid_progress_of("eta");
-    double t_ls = now();
+    double t_ls = fx_now();
     double gl = json_real_value(json_object_get(p, "left_s"));
     cr_assert(gl >= 19 * pace_lo - (t_ls - t_sent) && gl <= 19 * pace_hi,
               "grid left %.3f s, pace %.3f..%.3f s", gl, pace_lo, pace_hi);
     json_decref(p);
     char id[32];
     snprintf(id, sizeof id, "j%lld", job);
-    rc = cli(out, sizeof out, 20, "show", id, NULL);
+    rc = fx_cli(out, sizeof out, 20, "show", id, NULL);
     cr_assert(rc == 0 && strstr(out, "progress   epoch 1 of 10, ~") &&
                   strstr(out, "s of training left\n"),
               "%s", out);
 
     /* the first job done: its duration is the second's estimate */
-    double t_done = now();
+    double t_done = fx_now();
     fake_done(fd, job, att, 10);
     json_t *as2 = fake_wait(fd, &r, "assign", -1, 20);
     long long job2 = json_integer_value(json_object_get(as2, "job"));
     cr_assert_neq(job2, job);
     p = grid_progress_of("eta");
-    t_ls = now();
-    sqlite3 *db = open_db();
-    double dur = db_num(db, "SELECT finished - started FROM jobs WHERE id=?", job);
+    t_ls = fx_now();
+    sqlite3 *db = fx_open_db();
+    double dur = fx_db_num(db, "SELECT finished - started FROM jobs WHERE id=?", job);
     sqlite3_close(db);
     gl = json_real_value(json_object_get(p, "left_s"));
     cr_assert(json_integer_value(json_object_get(p, "done")) == 1 && dur > 1 &&
                   gl <= dur + 1e-6 && gl >= dur - (t_ls - t_done) - 1e-6,
               "left %.3f s of a %.3f s job assigned %.3f s ago at most", gl, dur, t_ls - t_done);
     json_decref(p);
-    rc = cli(out, sizeof out, 20, "ls", "eta", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", "eta", NULL);
     cr_assert(rc == 0 && strstr(out, "eta: 1 done, 1 running, 0 queued; ~") &&
                   strstr(out, " left (estimate)\n"),
               "%s", out);
     /* every grid in one list: the busy ones run at their pace too */
-    rc = cli(out, sizeof out, 20, "grids", NULL);
+    rc = fx_cli(out, sizeof out, 20, "grids", NULL);
     const char *g3 = strstr(out, "g3    eta ");
     cr_assert(rc == 0 && strstr(out, "g1    busy0 ") && strstr(out, "g2    busy1 ") && g3 &&
                   strstr(g3, "prio 0  : 1 done, 1 running, 0 queued; ~") &&
@@ -3518,11 +3006,11 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
     /* the random baseline's one pass says nothing of how long a trained
      * variant takes: with only that finished, the next is not known yet */
     fake_done(fd, job2, json_integer_value(json_object_get(as2, "attempt")), 10);
-    snprintf(path, sizeof path, "%s/mix.yaml", dir);
-    write_grid(path, "mix", 10, 0,
-               "  seed: [0]\n  variant:\n    - {name: base, optim: {epochs: 0}}\n"
-               "    - {name: slow}\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/mix.yaml", fx.dir);
+    fx_write_grid(path, "mix", 10, 0,
+                  "  seed: [0]\n  variant:\n    - {name: base, optim: {epochs: 0}}\n"
+                  "    - {name: slow}\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     as = fake_wait(fd, &r, "assign", -1, 20);
     long long jb = json_integer_value(json_object_get(as, "job"));
@@ -3548,18 +3036,18 @@ Test(daemon_dist, watch_and_ls_estimate_the_time_left, .init = setup, .fini = te
  * runs on the idle worker meanwhile, and yields once the waiting job's
  * workers come (it stops with a checkpoint, is queued again, and resumes).
  * The two real workers are busy with long jobs; our fake worker is idle. */
-Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init = setup,
-     .fini = teardown, .timeout = 90)
+Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 90)
 {
     occupy_the_real_workers();
     char path[128], out[8192];
     rw_frame_reader r;
     int fd = fake_worker(&r);
-    submit_grid("wide", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
-    submit_grid("small", 2, 0, "  seed: [0]\n");
-    sqlite3 *db = open_db();
-    long long wide = (long long)db_num(db, "SELECT MIN(id) FROM jobs WHERE devices=2", 0);
-    long long small = (long long)db_num(db, "SELECT MAX(id) FROM jobs", 0);
+    fx_submit_grid("wide", 2, 0, "  variant:\n    - {name: a, devices: 2}\n");
+    fx_submit_grid("small", 2, 0, "  seed: [0]\n");
+    sqlite3 *db = fx_open_db();
+    long long wide = (long long)fx_db_num(db, "SELECT MIN(id) FROM jobs WHERE devices=2", 0);
+    long long small = (long long)fx_db_num(db, "SELECT MAX(id) FROM jobs", 0);
     sqlite3_close(db);
     cr_assert(wide > 0 && small > wide);
 
@@ -3568,38 +3056,38 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
     cr_assert_eq(json_integer_value(json_object_get(as, "job")), small);
     long long att = json_integer_value(json_object_get(as, "attempt"));
     json_decref(as);
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", wide), 1);
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", wide), 1);
     char like[160];
     snprintf(like, sizeof like, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
              "'%%ahead of j%lld, which waits%%'", wide);
-    cr_assert_eq(db_num(db, like, small), 1, "no event says the small job went ahead");
+    cr_assert_eq(fx_db_num(db, like, small), 1, "no event says the small job went ahead");
     sqlite3_close(db);
     fake_epoch(fd, small, att, 1, 0.5);
-    wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", small, 1, 10);
+    fx_wait_for("epoch 1", "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch'", small, 1, 10);
 
     /* a real worker frees: with ours, the wide job's two; the small job
      * yields, and its watchers are told why */
     rw_frame_reader wr;
-    int wfd = client(&wr);
+    int wfd = fx_client(&wr);
     json_t *w = rw_msg_new("watch", 3);
     json_object_set_new(w, "target", json_string("small"));
-    json_decref(request(wfd, &wr, w));
-    int rc = cli(out, sizeof out, 20, "cancel", "busy0", NULL);
+    json_decref(fx_request(wfd, &wr, w));
+    int rc = fx_cli(out, sizeof out, 20, "cancel", "busy0", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, small, 20));
     /* its state is written just after cancel_job goes out */
-    wait_for("queued again", "SELECT state='queued' FROM jobs WHERE id=?", small, 1, 10);
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT outcome='preempted' FROM attempts WHERE id=?", att), 1);
+    fx_wait_job(small, "queued", 10);
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT outcome='preempted' FROM attempts WHERE id=?", att), 1);
     snprintf(like, sizeof like, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
              "'yields to j%lld, which needs 2 workers%%'", wide);
-    cr_assert_eq(db_num(db, like, small), 1, "no event says the small job yielded");
+    cr_assert_eq(fx_db_num(db, like, small), 1, "no event says the small job yielded");
     sqlite3_close(db);
     snprintf(like, sizeof like, "yields to j%lld, which needs 2 workers", wide);
     json_t *ev = NULL;
-    for (double t0 = now(); !ev && now() - t0 < 10;) {
-        json_t *f = recv_frame(wfd, &wr, 200);
+    for (double t0 = fx_now(); !ev && fx_now() - t0 < 10;) {
+        json_t *f = fx_recv(wfd, &wr, 200);
         json_t *j = json_object_get(f, "job");
         if (j && !strcmp(json_string_value(json_object_get(j, "state")) ?: "", "queued"))
             ev = json_incref(f);
@@ -3621,62 +3109,62 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
 
     /* the wide job cancelled, the small one resumes (where it stopped) */
     snprintf(path, sizeof path, "j%lld", wide);
-    rc = cli(out, sizeof out, 20, "cancel", path, NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     json_decref(fake_wait_holding(fd, &r, "cancel_job", -1, wide, 20));
     st = kv_msg("stopped", -1, wide, watt, NULL);
     cr_assert_eq(rw_frame_send_fd(fd, st), 0);
     json_decref(st);
     /* the event, not the attempt's row: the daemon writes the row first */
-    wait_for("the attempt that resumes", "SELECT COUNT(*) FROM events WHERE job_id=? AND text "
-             "LIKE 'attempt % (resuming)%'", small, 1, 30);
-    db = open_db();
-    cr_assert_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", small), 2);
+    fx_wait_for("the attempt that resumes", "SELECT COUNT(*) FROM events WHERE job_id=? AND text "
+                "LIKE 'attempt % (resuming)%'", small, 1, 30);
+    db = fx_open_db();
+    cr_assert_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", small), 2);
     sqlite3_close(db);
     close(fd);
     rw_frame_reader_free(&r);
-    expect_still_serving();
+    fx_expect_still_serving();
 }
 
 static void setup_slow_heartbeat(void)
 {
     /* a frozen worker stays connected and silent for 30 s */
-    extra_arg[0] = "--heartbeat-timeout";
-    extra_arg[1] = "30";
-    setup();
+    fx_prepare();
+    fx_start_daemon("--heartbeat-timeout", "30", NULL);
 }
 
 /* Rank 1 frozen, the job cancelled: rank 0 is blocked in a collective with
  * a peer that neither answers nor closes its connection. It gives up 5 s
  * after cancel_job, says so, and its worker starts afresh and takes work. */
 Test(daemon_dist, rank_blocked_after_cancel_restarts_its_worker, .init = setup_slow_heartbeat,
-     .fini = teardown, .timeout = 120)
+     .fini = fx_teardown, .timeout = 120)
 {
     char path[128], out[4096];
-    snprintf(path, sizeof path, "%s/dps.yaml", dir);
-    write_grid(path, "dps", 300, 10, "  variant:\n    - {name: a, devices: 2}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/dps.yaml", fx.dir);
+    fx_write_grid(path, "dps", 300, 10, "  variant:\n    - {name: a, devices: 2}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    wait_for("epoch 5", "SELECT MAX(epoch) FROM metrics WHERE job_id=1 AND kind='epoch'", 0, 5, 60);
+    fx_wait_for("epoch 5", "SELECT MAX(epoch) FROM metrics WHERE job_id=1 AND kind='epoch'", 0, 5,
+                60);
     long long p1 = worker_of(1, 1, "pid"), p0 = worker_of(1, 0, "pid");
     cr_assert(p0 > 0 && p1 > 0);
     cr_assert_eq(kill((pid_t)p1, SIGSTOP), 0);
     usleep(300000); /* rank 0 is in a collective by now */
     double t0 = wall();
-    rc = cli(out, sizeof out, 20, "cancel", "j1", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "j1", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
-    wait_for("rank 0 gave up", "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
-                               "'%(rank 0) ended after cancel_job: failed: rank 0: still training%'",
+    fx_wait_for("rank 0 gave up", "SELECT COUNT(*) FROM events WHERE job_id=1 AND text LIKE "
+                                  "'%(rank 0) ended after cancel_job: failed: rank 0: still training%'",
              0, 1, 30);
-    sqlite3 *db = open_db();
-    double t = db_num(db, "SELECT MIN(t) FROM events WHERE job_id=1 AND text LIKE '%(rank 0) ended "
-                          "after cancel_job: failed%'", 0) - t0;
+    sqlite3 *db = fx_open_db();
+    double t = fx_db_num(db, "SELECT MIN(t) FROM events WHERE job_id=1 AND text LIKE "
+                             "'%(rank 0) ended after cancel_job: failed%'", 0) - t0;
     sqlite3_close(db);
     cr_assert(t >= 4 && t < 15, "rank 0 gave up %.1f s after the cancel", t);
     /* the same process, started afresh, is idle again and trains a job */
     int idle = 0;
-    for (double w0 = now(); !idle && now() - w0 < 15; usleep(100000)) {
-        json_t *ws = simple("workers", NULL, NULL);
+    for (double w0 = fx_now(); !idle && fx_now() - w0 < 15; usleep(100000)) {
+        json_t *ws = fx_ask_simple("workers", NULL, NULL);
         json_t *w = json_array_get(json_object_get(ws, "workers"), 0);
         idle = !strcmp(json_string_value(json_object_get(w, "state")), "idle") &&
                json_integer_value(json_object_get(w, "pid")) == p0;
@@ -3684,11 +3172,11 @@ Test(daemon_dist, rank_blocked_after_cancel_restarts_its_worker, .init = setup_s
     }
     cr_assert(idle, "slot 0 did not come back idle");
     kill((pid_t)p1, SIGKILL);
-    snprintf(path, sizeof path, "%s/after.yaml", dir);
-    write_grid(path, "after", 2, 0, "  seed: [0]\n");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    snprintf(path, sizeof path, "%s/after.yaml", fx.dir);
+    fx_write_grid(path, "after", 2, 0, "  seed: [0]\n");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    rc = cli(out, sizeof out, 40, "watch", "after", NULL);
+    rc = fx_cli(out, sizeof out, 40, "watch", "after", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     printf("dist: rank 0 blocked after cancel_job gave up %.1f s later and restarted\n", t);
 }
@@ -3700,27 +3188,16 @@ Test(daemon_dist, rank_blocked_after_cancel_restarts_its_worker, .init = setup_s
  * mount needs root: elsewhere the test says so and skips). */
 static void setup_full_disk(void)
 {
-    prepare();
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=32m,mode=0700 tmpfs '%s' 2>/dev/null", dir);
-    full_mounted = geteuid() == 0 && system(cmd) == 0;
-    if (full_mounted)
-        start_daemon();
+    fx_prepare();
+    if (fx_mount_tmpfs("32m"))
+        fx_start_daemon(NULL);
 }
 
-static void teardown_full_disk(void)
-{
-    if (full_mounted)
-        teardown();
-    else
-        rmdir(dir);
-}
-
-static int cli_says(const char *what, double secs, ...)
+static int cli_says(const char *what, double secs)
 {
     char out[8192];
-    for (double t0 = now(); now() - t0 < secs; usleep(200000)) {
-        cli(out, sizeof out, 20, "ls", NULL);
+    for (double t0 = fx_now(); fx_now() - t0 < secs; usleep(200000)) {
+        fx_cli(out, sizeof out, 20, "ls", NULL);
         if (strstr(out, what))
             return 1;
     }
@@ -3730,7 +3207,7 @@ static int cli_says(const char *what, double secs, ...)
 static int file_has(const char *file, const char *what, double secs)
 {
     static char buf[1 << 20];
-    for (double t0 = now(); now() - t0 < secs; usleep(200000)) {
+    for (double t0 = fx_now(); fx_now() - t0 < secs; usleep(200000)) {
         FILE *f = fopen(file, "r");
         if (!f)
             continue;
@@ -3755,7 +3232,7 @@ static int file_has(const char *file, const char *what, double secs)
 static const char *fill_disk(void)
 {
     static char fill[160];
-    snprintf(fill, sizeof fill, "%s/fill", dir);
+    snprintf(fill, sizeof fill, "%s/fill", fx.dir);
     int fd = open(fill, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     cr_assert_geq(fd, 0);
     static char chunk[1 << 16];
@@ -3770,59 +3247,59 @@ static const char *fill_disk(void)
  * left running: it waits for room rather than exiting, and `runaway
  * daemon start` waits with it. */
 Test(daemon, a_daemon_started_on_a_full_disk_waits_for_room, .init = setup_full_disk,
-     .fini = teardown_full_disk, .timeout = 120)
+     .fini = fx_teardown, .timeout = 120)
 {
-    if (!full_mounted)
+    if (!fx.tmpfs)
         cr_skip_test("daemon: a full disk: no tmpfs could be mounted here (needs root); not "
                      "checked");
     long long job = crashed_job("room");
     const char *fill = fill_disk();
     char cf[160];
-    snprintf(cf, sizeof cf, "%s-start.out", dir); /* off the full disk */
-    pid_t starter = cli_into(cf, (const char *[]){"daemon", "start", "--cpu-slots", "1", NULL});
+    snprintf(cf, sizeof cf, "%s-start.out", fx.dir); /* off the full disk */
+    pid_t starter = fx_cli_start(cf, (const char *[]){"daemon", "start", "--cpu-slots", "1", NULL});
     int told = file_has(cf, "runaway: runawayd is still starting (its log ", 25);
     cr_assert_eq(unlink(fill), 0);
     char out[8192];
-    int rc = cli_finished(starter, cf, 30, out, sizeof out);
+    int rc = fx_cli_wait(starter, cf, 30, out, sizeof out);
     unlink(cf);
     cr_assert(told, "daemon start did not say it waits: %s", out);
     cr_assert(rc == 0 && strstr(out, "runawayd started"), "daemon start exited %d: %s", rc, out);
     char logp[160];
-    snprintf(logp, sizeof logp, "%s/runawayd.log", dir);
+    snprintf(logp, sizeof logp, "%s/runawayd.log", fx.dir);
     cr_assert(file_has(logp, "takes writes again after", 5), "%s", logp);
-    wait_for("resumed", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='running'", job,
-             1, 30);
-    rc = cli(out, sizeof out, 60, "daemon", "stop", NULL);
+    fx_wait_for("resumed", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='running'",
+                job, 1, 30);
+    rc = fx_cli(out, sizeof out, 60, "daemon", "stop", NULL);
     cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "%s", out);
 }
 
 Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_full_disk,
-     .fini = teardown_full_disk, .timeout = 150)
+     .fini = fx_teardown, .timeout = 150)
 {
-    if (!full_mounted)
+    if (!fx.tmpfs)
         cr_skip_test("daemon: a full disk: no tmpfs could be mounted here (needs root); not "
                      "checked");
     char path[160], out[8192];
-    snprintf(path, sizeof path, "%s/full.yaml", dir);
+    snprintf(path, sizeof path, "%s/full.yaml", fx.dir);
     /* j1 trains on; j2 ends in the outage */
-    write_grid(path, "full", 100000, 5,
-               "  variant:\n    - {name: long}\n    - {name: short, optim: {epochs: 60}}\n");
-    int rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    fx_write_grid(path, "full", 100000, 5,
+                  "  variant:\n    - {name: long}\n    - {name: short, optim: {epochs: 60}}\n");
+    int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
-                           "epoch >= 6", 0, 2, 30);
+    fx_wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                              "epoch >= 6", 0, 2, 30);
     char logf[160];
-    snprintf(logf, sizeof logf, "%s-j2.log", dir);
+    snprintf(logf, sizeof logf, "%s-j2.log", fx.dir);
     /* into a file off the test's tmpfs: what the daemon forwards while it
      * cannot write it down */
-    pid_t follower = cli_into(logf, (const char *[]){"logs", "j2", "--tail", "100000", "--follow",
-                                                     NULL});
+    pid_t follower =
+        fx_cli_start(logf, (const char *[]){"logs", "j2", "--tail", "100000", "--follow", NULL});
 
     const char *fill = fill_disk();
     cr_assert(cli_says("cannot write its database", 30), "ls never said the database is full");
-    rc = cli(out, sizeof out, 20, "ls", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", NULL);
     cr_assert(strstr(out, "database or disk is full") && strstr(out, "no job starts"), "%s", out);
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert(rc == 1 && strstr(out, "cannot submit now: runawayd cannot write its database"),
               "%s", out);
     cr_assert(file_has(logf, "warning: the final checkpoint is not written (", 30),
@@ -3830,43 +3307,47 @@ Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_ful
 
     /* room again */
     cr_assert_eq(unlink(fill), 0);
-    wait_for("the backlog made", "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
-                                 "writes again after %'", 0, 1, 20);
+    fx_wait_for("the backlog made",
+                "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
+                "writes again after %'",
+                0, 1, 20);
     cr_assert(!cli_says("cannot write its database", 1), "ls still warns");
-    wait_for("j2 ends done", "SELECT COUNT(*) FROM jobs WHERE id=2 AND state='done' AND "
-                             "linear_acc IS NOT NULL", 0, 1, 60);
+    fx_wait_for("j2 ends done", "SELECT COUNT(*) FROM jobs WHERE id=2 AND state='done' AND "
+                                "linear_acc IS NOT NULL", 0, 1, 60);
     cr_assert(file_has(logf, "the final checkpoint is written, after ", 5), "log in %s", logf);
     int st;
     cr_assert_eq(waitpid(follower, &st, 0), follower); /* --follow ends with the job */
     unlink(logf);
-    sqlite3 *db = open_db();
+    sqlite3 *db = fx_open_db();
     for (long long j = 1; j <= 2; j++) {
         /* one query: the job trains on between two */
-        double top = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?",
-                            j);
-        double n = top - db_num(db, "SELECT MAX(epoch) - COUNT(DISTINCT epoch) FROM metrics WHERE "
-                                    "kind='epoch' AND job_id=?", j);
+        double top = fx_db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?",
+                               j);
+        double n = top - fx_db_num(db,
+                                   "SELECT MAX(epoch) - COUNT(DISTINCT epoch) FROM metrics WHERE "
+                                   "kind='epoch' AND job_id=?",
+                                   j);
         cr_expect(n == top && top > 6 && (j == 1 || top == 60), "j%lld: %g epochs of 1..%g have "
                   "a row", j, n, top);
-        cr_expect_gt(db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                                "'%warning: checkpoint at epoch % not written (%No space left%'",
+        cr_expect_gt(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                   "'%warning: checkpoint at epoch % not written (%No space left%'",
                             j),
                      0, "j%lld: no checkpoint was skipped", j);
     }
-    cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM jobs WHERE id=1 AND state='running'", 0), 1,
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM jobs WHERE id=1 AND state='running'", 0), 1,
                  "j1 does not run on");
     sqlite3_close(db);
     /* TensorBoard's files: records skipped in the outage, none torn, and
      * those after it written */
-    wait_for("TensorBoard writes again", "SELECT COUNT(*) FROM events WHERE job_id=1 AND text "
-                                         "LIKE 'tensorboard: % written again; % records %'",
+    fx_wait_for("TensorBoard writes again", "SELECT COUNT(*) FROM events WHERE job_id=1 AND text "
+                                            "LIKE 'tensorboard: % written again; % records %'",
              0, 1, 20);
     /* and it takes requests again: the grid stops with its checkpoints */
-    rc = cli(out, sizeof out, 20, "cancel", "full", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "full", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 1 job"), "%s", out);
-    wait_for("j1 stops", "SELECT COUNT(*) FROM jobs WHERE state='cancelled'", 0, 1, 30);
-    check_tensorboard(0, TB_GAPS, "tb_check: 2 runs, 2 files,");
-    rc = cli(out, sizeof out, 20, "submit", path, NULL);
+    fx_wait_jobs("cancelled", 1, 30);
+    fx_check_tensorboard(0, FX_TB_GAPS, "tb_check: 2 runs, 2 files,");
+    rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
 }
 
@@ -3875,75 +3356,85 @@ Test(daemon, a_full_disk_holds_the_writes_until_there_is_room, .init = setup_ful
  * its writes as for a full disk and serves on (reads go on: WAL); once the
  * lock goes, they are made and no epoch lacks its row. Runs anywhere (no
  * mount), so the backlog is checked where the full-disk test skips. */
-Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setup,
-     .fini = teardown, .timeout = 120)
+Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 120)
 {
     char out[8192];
     /* a linear predictor from I: its statistics against I travel too */
-    submit_grid("locked", 100000, 0,
-                "  seed: [0, 1]\n  variant:\n    - {name: lpi, model: {predictor: linear_identity}}\n");
-    wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
-                           "epoch >= 3", 0, 2, 30);
+    fx_submit_grid("locked", 100000, 0,
+                   "  seed: [0, 1]\n  variant:\n    - {name: lpi, model: {predictor: linear_identity}}\n");
+    fx_wait_for("both train", "SELECT COUNT(DISTINCT job_id) FROM metrics WHERE kind='epoch' AND "
+                              "epoch >= 3", 0, 2, 30);
     char p[160];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     char wf[160];
-    snprintf(wf, sizeof wf, "%s-watch.log", dir);
-    pid_t watcher = cli_into(wf, (const char *[]){"watch", "locked", NULL});
+    snprintf(wf, sizeof wf, "%s-watch.log", fx.dir);
+    pid_t watcher = fx_cli_start(wf, (const char *[]){"watch", "locked", NULL});
     cr_assert(file_has(wf, "watching grid locked: 2 jobs", 10), "no watch");
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     /* the daemon may be mid-write: wait for it, as it would for us */
     sqlite3_busy_timeout(db, 5000);
     cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     int said = cli_says("cannot write its database", 30);
-    snprintf(p, sizeof p, "%s/locked.yaml", dir); /* as submit_grid wrote it */
-    int rc = cli(out, sizeof out, 20, "submit", p, NULL);
+    snprintf(p, sizeof p, "%s/locked.yaml", fx.dir); /* as fx_submit_grid wrote it */
+    int rc = fx_cli(out, sizeof out, 20, "submit", p, NULL);
     char sub[sizeof out];
     memcpy(sub, out, sizeof out);
-    rc = cli(out, sizeof out, 20, "ls", NULL);
+    rc = fx_cli(out, sizeof out, 20, "ls", NULL);
     cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     cr_assert(said, "ls never said the database takes no writes");
     cr_assert(strstr(out, "(database is locked)") && strstr(out, "locked/lpi/seed1"), "%s", out);
     cr_assert(strstr(sub, "cannot submit now: runawayd cannot write its database"), "%s", sub);
-    wait_for("the backlog made", "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
-                                 "writes again after %'", 0, 1, 20);
+    fx_wait_for("the backlog made",
+                "SELECT COUNT(*) FROM events WHERE text LIKE 'the database takes "
+                "writes again after %'",
+                0, 1, 20);
     /* the watcher heard of both, as they happened */
     cr_assert(file_has(wf, "* runawayd cannot write its database ", 5) &&
               file_has(wf, "* the database takes writes again after ", 5), "watch in %s", wf);
-    db = open_db();
+    db = fx_open_db();
     for (long long j = 1; j <= 2; j++) {
         /* one query: the job trains on between two */
-        double top = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?",
-                            j);
-        double n = top - db_num(db, "SELECT MAX(epoch) - COUNT(DISTINCT epoch) FROM metrics WHERE "
-                                    "kind='epoch' AND job_id=?", j);
+        double top = fx_db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?",
+                               j);
+        double n = top - fx_db_num(db,
+                                   "SELECT MAX(epoch) - COUNT(DISTINCT epoch) FROM metrics WHERE "
+                                   "kind='epoch' AND job_id=?",
+                                   j);
         cr_expect(n == top && top > 3, "j%lld: %g epochs of 1..%g have a row", j, n, top);
-        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", j), 1,
+        cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", j), 1,
                      "j%lld was restarted: the stalled loop blamed its worker", j);
         /* W starts at I and moves little in an epoch: near 1 and near 0;
          * every epoch has them, no step report does */
-        double c1 = db_num(db, "SELECT w_cos_i FROM metrics WHERE kind='epoch' AND epoch=1 AND "
-                               "job_id=?", j);
-        double a1 = db_num(db, "SELECT w_asym FROM metrics WHERE kind='epoch' AND epoch=1 AND "
-                               "job_id=?", j);
+        double c1 = fx_db_num(db, "SELECT w_cos_i FROM metrics WHERE kind='epoch' AND epoch=1 AND "
+                                  "job_id=?", j);
+        double a1 = fx_db_num(db, "SELECT w_asym FROM metrics WHERE kind='epoch' AND epoch=1 AND "
+                                  "job_id=?", j);
         cr_expect(c1 > 0.9 && c1 <= 1 && a1 >= 0 && a1 < 0.1, "j%lld: cos(W,I) %g, asym %g", j,
                   c1, a1);
-        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
-                                "w_cos_i IS NULL", j), 0);
-        cr_expect_eq(db_num(db, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='step' AND "
-                                "w_cos_i IS NOT NULL", j), 0);
+        cr_expect_eq(fx_db_num(db,
+                               "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                               "w_cos_i IS NULL",
+                               j),
+                     0);
+        cr_expect_eq(fx_db_num(db,
+                               "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='step' AND "
+                               "w_cos_i IS NOT NULL",
+                               j),
+                     0);
     }
     sqlite3_close(db);
-    rc = cli(out, sizeof out, 20, "logs", "j1", "--tail", "5", NULL);
+    rc = fx_cli(out, sizeof out, 20, "logs", "j1", "--tail", "5", NULL);
     cr_assert(rc == 0 && strstr(out, "  cos(W,I) "), "%s", out);
-    rc = cli(out, sizeof out, 20, "cancel", "locked", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "locked", NULL);
     cr_assert(rc == 0 && strstr(out, "cancelled 2 jobs"), "%s", out);
-    wait_for("both stop", "SELECT COUNT(*) FROM jobs WHERE state='cancelled'", 0, 2, 30);
+    fx_wait_jobs("cancelled", 2, 30);
     int st;
     cr_assert_eq(waitpid(watcher, &st, 0), watcher); /* the watch ends with the grid */
     unlink(wf);
-    check_tensorboard(0, 0, "tb_check: 2 runs, 2 files,");
+    fx_check_tensorboard(0, 0, "tb_check: 2 runs, 2 files,");
 }
 
 /* The database's write lock held by another program, as sqlite3 by hand
@@ -3951,7 +3442,7 @@ Test(daemon, a_database_locked_by_another_program_holds_the_writes, .init = setu
 static sqlite3 *lock_db(void)
 {
     char p[160];
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000); /* the daemon may be mid-write */
@@ -3968,10 +3459,11 @@ static void unlock_db(sqlite3 *db)
 /* Epochs 1..MAX(epoch) of a job that lack a row. */
 static double epochs_missing(long long job)
 {
-    sqlite3 *db = open_db();
-    double top = db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?", job);
-    double have = db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch' AND "
-                             "epoch >= 1 AND job_id=?", job);
+    sqlite3 *db = fx_open_db();
+    double top =
+        fx_db_num(db, "SELECT MAX(epoch) FROM metrics WHERE kind='epoch' AND job_id=?", job);
+    double have = fx_db_num(db, "SELECT COUNT(DISTINCT epoch) FROM metrics WHERE kind='epoch' AND "
+                                "epoch >= 1 AND job_id=?", job);
     sqlite3_close(db);
     return top - have;
 }
@@ -3981,30 +3473,29 @@ static double epochs_missing(long long job)
  * let go in that time loses nothing; the epochs reported before the
  * checkpoint its job resumes from keep their rows. */
 Test(daemon, a_daemon_stopped_while_the_database_is_locked_makes_its_writes_first,
-     .init = setup, .fini = teardown, .timeout = 90)
+     .init = fx_setup, .fini = fx_teardown, .timeout = 90)
 {
-    long long job = submit_long("stoplock");
-    wait_for("epoch 3", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 3,
-             30);
+    long long job = fx_submit_long("stoplock");
+    fx_wait_epoch(job, 3, 30);
     sqlite3 *db = lock_db();
     int said = cli_says("cannot write its database", 30);
     sleep(2); /* epochs pile up in the backlog */
-    kill(daemon_pid, SIGTERM);
+    kill(fx.daemon_pid, SIGTERM);
     char logp[160];
-    snprintf(logp, sizeof logp, "%s.log", dir);
+    snprintf(logp, sizeof logp, "%s.log", fx.dir);
     int waited = file_has(logp, "writes wait for", 10);
     sleep(2);
     unlock_db(db);
     int st;
-    cr_assert_eq(waitpid(daemon_pid, &st, 0), daemon_pid);
-    daemon_pid = -1;
+    cr_assert_eq(waitpid(fx.daemon_pid, &st, 0), fx.daemon_pid);
+    fx.daemon_pid = -1;
     cr_assert(said, "ls never said the database takes no writes");
     cr_assert(waited, "runawayd did not wait for its database (%s)", logp);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "runawayd ended with %d", st);
     cr_assert(!file_has(logp, "never took", 0.1), "writes were lost (%s)", logp);
     cr_assert_eq(epochs_missing(job), 0, "epochs lack their rows");
-    sqlite3 *d2 = open_db();
-    cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM jobs WHERE state='queued' AND id=?", job), 1,
+    sqlite3 *d2 = fx_open_db();
+    cr_assert_eq(fx_db_num(d2, "SELECT COUNT(*) FROM jobs WHERE state='queued' AND id=?", job), 1,
                  "the stopped job is not back in the queue");
     sqlite3_close(d2);
 }
@@ -4015,86 +3506,91 @@ Test(daemon, a_daemon_stopped_while_the_database_is_locked_makes_its_writes_firs
  * from the checkpoint (assign's epochs_stored and steps_stored), so every
  * epoch and every step report has its row, as TensorBoard (written as
  * they came) has its point. */
-Test(daemon, reports_a_killed_daemon_never_stored_come_back_from_the_checkpoint, .init = setup,
-     .fini = teardown, .timeout = 90)
+Test(daemon, reports_a_killed_daemon_never_stored_come_back_from_the_checkpoint, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 90)
 {
-    submit_grid("gap", 300, 1, "  seed: [0]\n  variant:\n    - {name: s, log: {every_steps: 4}}\n");
+    fx_submit_grid("gap", 300, 1,
+                   "  seed: [0]\n  variant:\n    - {name: s, log: {every_steps: 4}}\n");
     long long job = 1;
-    wait_for("epoch 3", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job, 3,
-             30);
+    fx_wait_epoch(job, 3, 30);
     sqlite3 *db = lock_db();
     int said = cli_says("cannot write its database", 30);
     sleep(2); /* epochs (and their checkpoints) go on; their rows wait */
-    kill_daemon();
+    fx_kill_daemon();
     unlock_db(db);
     cr_assert(said, "ls never said the database takes no writes");
-    sqlite3 *d2 = open_db();
-    double top = db_num(d2, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job);
+    sqlite3 *d2 = fx_open_db();
+    double top =
+        fx_db_num(d2, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job);
     sqlite3_close(d2);
-    start_daemon();
+    fx_restart_daemon();
     /* the log line follows the reports made again; then training goes on */
-    wait_for("reports made again", "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
-                                   "'% reports made again from the checkpoint%'", job, 1, 40);
-    d2 = open_db();
-    double resumed = db_num(d2, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'",
-                            job);
+    fx_wait_for("reports made again", "SELECT COUNT(*) FROM events WHERE job_id=? AND text LIKE "
+                                      "'% reports made again from the checkpoint%'", job, 1, 40);
+    d2 = fx_open_db();
+    double resumed = fx_db_num(d2, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'",
+                               job);
     sqlite3_close(d2);
     cr_assert(resumed > top, "nothing was made again: the database had epochs 1..%g, the "
               "checkpoint %g", top, resumed);
     cr_assert_eq(epochs_missing(job), 0, "epochs lack their rows");
-    wait_for("trains on", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job,
-             resumed + 5, 40);
+    fx_wait_for("trains on", "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND kind='epoch'", job,
+                resumed + 5, 40);
     cr_assert_eq(epochs_missing(job), 0, "epochs lack their rows after the resume");
-    d2 = open_db();
+    d2 = fx_open_db();
     /* 100 images in batches of 16: 6 steps an epoch; a step report every 4 */
-    cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
-                            "(step != 6 * epoch OR loss IS NULL)", job), 0);
-    double top_step = db_num(d2, "SELECT MAX(step) FROM metrics WHERE job_id=? AND kind='step'",
-                             job);
-    cr_assert_eq(db_num(d2, "SELECT COUNT(DISTINCT step) FROM metrics WHERE job_id=? AND "
-                            "kind='step' AND step % 4 = 0 AND loss IS NOT NULL", job),
+    cr_assert_eq(fx_db_num(d2, "SELECT COUNT(*) FROM metrics WHERE job_id=? AND kind='epoch' AND "
+                               "(step != 6 * epoch OR loss IS NULL)", job), 0);
+    double top_step = fx_db_num(d2, "SELECT MAX(step) FROM metrics WHERE job_id=? AND kind='step'",
+                                job);
+    cr_assert_eq(fx_db_num(d2, "SELECT COUNT(DISTINCT step) FROM metrics WHERE job_id=? AND "
+                               "kind='step' AND step % 4 = 0 AND loss IS NOT NULL", job),
                  top_step / 4, "step reports lack their rows");
     sqlite3_close(d2);
     /* TensorBoard had them the first time; the new file's restart marker
      * at the first made again drops those, and they come again */
     char out[4096];
-    int rc = cli(out, sizeof out, 20, "cancel", "gap", NULL);
+    int rc = fx_cli(out, sizeof out, 20, "cancel", "gap", NULL);
     cr_assert_eq(rc, 0, "%s", out);
-    wait_for("cancelled", "SELECT COUNT(*) FROM jobs WHERE state='cancelled' AND id=?", job, 1, 30);
-    check_tensorboard(0, 0, "tb_check: 1 runs, 2 files,");
+    fx_wait_for("cancelled", "SELECT COUNT(*) FROM jobs WHERE state='cancelled' AND id=?", job, 1,
+                30);
+    fx_check_tensorboard(0, 0, "tb_check: 1 runs, 2 files,");
 }
 
 /* runawayd started (a restart after a crash) while another program holds
  * the database's lock: it waits for the lock rather than failing, and
  * `runaway daemon start` waits with it, saying why. */
-Test(daemon, a_daemon_started_while_the_database_is_locked_waits_for_it, .init = setup,
-     .fini = teardown, .timeout = 120)
+Test(daemon, a_daemon_started_while_the_database_is_locked_waits_for_it, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 120)
 {
     long long job = crashed_job("startlock");
     sqlite3 *db = lock_db();
     char cf[160], logp[160];
-    snprintf(cf, sizeof cf, "%s-start.out", dir);
-    snprintf(logp, sizeof logp, "%s/runawayd.log", dir);
-    pid_t starter = cli_into(cf, (const char *[]){"daemon", "start", "--cpu-slots", "1", NULL});
+    snprintf(cf, sizeof cf, "%s-start.out", fx.dir);
+    snprintf(logp, sizeof logp, "%s/runawayd.log", fx.dir);
+    pid_t starter = fx_cli_start(cf, (const char *[]){"daemon", "start", "--cpu-slots", "1", NULL});
     int waiting = file_has(logp, "database is locked: waiting for it to take writes", 15);
     /* past the 15 s in which `daemon start` expects a daemon up */
     int told = file_has(cf, "runaway: runawayd is still starting (its log ", 25);
     unlock_db(db);
     char out[8192];
-    int rc = cli_finished(starter, cf, 30, out, sizeof out);
+    int rc = fx_cli_wait(starter, cf, 30, out, sizeof out);
     unlink(cf);
     cr_assert(waiting, "runawayd did not say it waits (%s)", logp);
     cr_assert(told, "daemon start did not say why it waits: %s", out);
     cr_assert(rc == 0 && strstr(out, "runawayd started"), "daemon start exited %d: %s", rc, out);
     cr_assert(file_has(logp, "takes writes again after", 1), "%s", logp);
     /* the crash's attempt is recorded lost, and the job resumes */
-    wait_for("resumed", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='running'", job,
-             1, 30);
-    sqlite3 *d2 = open_db();
-    cr_assert_eq(db_num(d2, "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='lost' AND "
-                            "error='daemon restarted'", job), 1);
+    fx_wait_for("resumed", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='running'",
+                job, 1, 30);
+    sqlite3 *d2 = fx_open_db();
+    cr_assert_eq(fx_db_num(d2,
+                           "SELECT COUNT(*) FROM attempts WHERE job_id=? AND outcome='lost' AND "
+                           "error='daemon restarted'",
+                           job),
+                 1);
     sqlite3_close(d2);
-    rc = cli(out, sizeof out, 60, "daemon", "stop", NULL);
+    rc = fx_cli(out, sizeof out, 60, "daemon", "stop", NULL);
     cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "%s", out);
 }
 
@@ -4106,44 +3602,44 @@ Test(daemon, a_daemon_started_while_the_database_is_locked_waits_for_it, .init =
  * daemon's (where the data is) accepts, and the daemon has the last word.
  * Without a daemon the local error stands. The client's view of the file
  * system is made by a mount namespace (root only: elsewhere, skipped). */
-Test(daemon, a_client_without_the_data_folder_submits_where_the_daemon_has_it, .init = setup,
-     .fini = teardown, .timeout = 60)
+Test(daemon, a_client_without_the_data_folder_submits_where_the_daemon_has_it, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
 {
     char data[160], path[200], out[8192], exe[1100], script[2048];
-    snprintf(data, sizeof data, "%s-data", dir); /* outside the state folder and its socket */
+    snprintf(data, sizeof data, "%s-data", fx.dir); /* outside the state folder and its socket */
     snprintf(path, sizeof path, "%s/cifar", data);
     cr_assert_eq(mkdir(data, 0700), 0);
     cr_assert_eq(mkdir(path, 0700), 0);
-    snprintf(path, sizeof path, "%s/remote.yaml", dir);
+    snprintf(path, sizeof path, "%s/remote.yaml", fx.dir);
     char text[1024];
     snprintf(text, sizeof text,
              "name: remote\ndata: {kind: cifar10, path: %s/cifar}\noptim: {epochs: 1}\n", data);
-    write_file(path, text);
-    bin(exe, sizeof exe, "tools/runaway");
+    fx_write_file(path, text);
+    fx_bin(exe, sizeof exe, "tools/runaway");
     /* the client's host: no data folder there */
     snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s' || exit 77; exec '%s' --state-dir "
-             "'%s' submit '%s'", data, exe, dir, path);
+             "'%s' submit '%s'", data, exe, fx.dir, path);
     const char *argv[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c", script, NULL};
     /* a mount namespace, if this machine gives one (root, and a container
      * that allows it) */
     const char *probe[] = {"/usr/bin/unshare", "-m", "/bin/sh", "-c",
                            "mount -t tmpfs tmpfs /mnt || exit 77", NULL};
-    int rc = geteuid() == 0 ? run_argv(out, sizeof out, 20, probe) : 77;
+    int rc = geteuid() == 0 ? fx_run(out, sizeof out, 20, probe) : 77;
     if (rc == 0)
-        rc = run_argv(out, sizeof out, 20, argv);
+        rc = fx_run(out, sizeof out, 20, argv);
     if (rc == 77 || rc == 127 || (rc != 0 && strstr(out, "unshare failed"))) {
         rmdir(data);
         cr_skip_test("daemon: a client without the data folder: no mount namespace here (needs "
                      "root); not checked");
     }
     cr_assert(rc == 0 && strstr(out, "grid g1 remote: 1 job"), "%s", out);
-    rc = cli(out, sizeof out, 20, "cancel", "remote", NULL);
+    rc = fx_cli(out, sizeof out, 20, "cancel", "remote", NULL);
     cr_assert_eq(rc, 0, "%s", out);
     /* no daemon: the local parse's message */
-    stop_daemon(20);
+    fx_stop_daemon(20);
     snprintf(script, sizeof script, "mount -t tmpfs tmpfs '%s' || exit 77; exec '%s' --state-dir "
-             "'%s' submit '%s'", data, exe, dir, path);
-    rc = run_argv(out, sizeof out, 20, argv);
+             "'%s' submit '%s'", data, exe, fx.dir, path);
+    rc = fx_run(out, sizeof out, 20, argv);
     char want[300];
     snprintf(want, sizeof want, "data.path: cannot access '%s/cifar'", data);
     cr_assert(rc == 1 && strstr(out, want), "%s", out);

@@ -154,6 +154,17 @@ void fx_setup(void)
     fx_start_daemon(NULL);
 }
 
+void fx_setup_notify(void)
+{
+    fx_prepare();
+    fx_start_daemon("--notify",
+                    "env | grep '^RUNAWAY_' | sort > \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                    "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" && mv \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                    "$RUNAWAY_GRID$RUNAWAY_JOB.tmp\" \"$RUNAWAY_STATE_DIR/n-$RUNAWAY_EVENT-"
+                    "$RUNAWAY_GRID$RUNAWAY_JOB.txt\"; echo x >> \"$RUNAWAY_STATE_DIR/n-count\"",
+                    NULL);
+}
+
 /* A daemon started by `runaway daemon start` is not our child: the lock
  * file names it. Killed only while it holds the lock: a stale file's pid
  * may be another program's by now. */

@@ -79,6 +79,11 @@ int fx_stop_daemon(double grace_s);
 void fx_kill_daemon(void);
 /* .init of most tests: fx_prepare, then fx_start_daemon with no extras. */
 void fx_setup(void);
+/* .init of the tests of --notify: fx_setup's daemon with a --notify command
+ * that writes each event's RUNAWAY_* variables into
+ * <dir>/n-<EVENT>-<GRID><JOB>.txt (whole, or not yet there) and adds a line
+ * to <dir>/n-count. */
+void fx_setup_notify(void);
 /* .fini of every test (with or without a daemon). */
 void fx_teardown(void);
 /* Mounts a tmpfs of `size` (e.g. "32m") on the empty fx.dir, to fill it;

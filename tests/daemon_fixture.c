@@ -21,7 +21,6 @@
 
 struct fx_state fx = {.daemon_pid = -1};
 
-static char build[1024];
 /* the last start's extra arguments, copied: fx_restart_daemon gives them again */
 static char daemon_arg[8][1024];
 static int daemon_args;
@@ -35,7 +34,8 @@ double fx_now(void)
 
 void fx_bin(char *out, size_t len, const char *rel)
 {
-    snprintf(out, len, "%s/%s", build, rel);
+    const char *build = getenv("RW_BUILD_ROOT");
+    snprintf(out, len, "%s/%s", build ? build : "build", rel);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -43,8 +43,6 @@ void fx_bin(char *out, size_t len, const char *rel)
 
 void fx_prepare(void)
 {
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
     snprintf(fx.dir, sizeof fx.dir, "/tmp/rwd.XXXXXX");
     cr_assert_not_null(mkdtemp(fx.dir));
     snprintf(fx.sock, sizeof fx.sock, "%s/runawayd.sock", fx.dir);

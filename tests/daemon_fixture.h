@@ -98,8 +98,8 @@ void fx_bin(char *out, size_t len, const char *rel);
 /* ---- programs ---- */
 
 /* Runs argv[0] with argv (NULL-terminated); its stdout and stderr into out
- * (the tail, if longer). Fails the test if it runs past timeout_s. Its exit
- * status; -1 if a signal ended it. */
+ * (of a longer output, what came after out last filled up). Fails the test
+ * if it runs past timeout_s. Its exit status; -1 if a signal ended it. */
 int fx_run(char *out, size_t outlen, int timeout_s, const char **argv);
 /* `runaway --state-dir DIR args...`, as fx_run. */
 int fx_cli(char *out, size_t outlen, int timeout_s, ...) __attribute__((sentinel));

@@ -20,119 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon_fixture.h"
 #include "proto/msg.h"
 
 /* ------------------------------------------------------------------------ */
-/* Fixture: to be replaced by the shared daemon fixture (tests/test_daemon.c
- * is being split into files around one). Kept apart from the tests, and to
- * what they use: a state folder, a daemon started and stopped, the CLI. */
-
-static char dir[64], sock[128], build[1024];
-static pid_t daemon_pid = -1;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void bin(char *out, size_t len, const char *rel)
-{
-    snprintf(out, len, "%s/%s", build, rel);
-}
-
-static int try_connect(void)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    cr_assert_lt(strlen(sock), sizeof sa.sun_path);
-    memcpy(sa.sun_path, sock, strlen(sock) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* runawayd on dir with one CPU slot and the extra arguments (up to 6, NULL
- * ended); returns once it listens. Its output goes to dir.log. */
-static void start_daemon(const char *a0, ...)
-{
-    const char *extra[8] = {NULL};
-    va_list ap;
-    va_start(ap, a0);
-    for (int k = 0; a0 && k < 6; k++, a0 = va_arg(ap, const char *))
-        extra[k] = a0;
-    va_end(ap);
-    char d[1100], w[1100], logp[128];
-    bin(d, sizeof d, "daemon/runawayd");
-    bin(w, sizeof w, "worker/runaway-worker");
-    snprintf(logp, sizeof logp, "%s.log", dir);
-    daemon_pid = fork();
-    cr_assert_geq(daemon_pid, 0);
-    if (daemon_pid == 0) {
-        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execl(d, d, "--state-dir", dir, "--cpu-slots", "1", "--threads", "1", "--worker", w,
-              "--heartbeat", "0.2", "--shutdown-timeout", "10", extra[0], extra[1], extra[2],
-              extra[3], extra[4], extra[5], (char *)NULL);
-        _exit(127);
-    }
-    for (double t0 = now(); now() - t0 < 10; usleep(20000)) {
-        int fd = try_connect();
-        if (fd >= 0) {
-            close(fd);
-            return;
-        }
-        int st;
-        cr_assert_neq(waitpid(daemon_pid, &st, WNOHANG), daemon_pid,
-                      "runawayd exited (status %d) before it listened (log: %s)", st, logp);
-    }
-    cr_assert_fail("runawayd did not listen on %s within 10 s (log: %s)", sock, logp);
-}
-
-/* SIGTERM, then SIGKILL after `grace` seconds. Returns the wait status. */
-static int stop_daemon(double grace)
-{
-    if (daemon_pid <= 0)
-        return -1;
-    kill(daemon_pid, SIGTERM);
-    int st = -1;
-    for (double t0 = now(); now() - t0 < grace; usleep(20000)) {
-        if (waitpid(daemon_pid, &st, WNOHANG) == daemon_pid) {
-            daemon_pid = -1;
-            return st;
-        }
-    }
-    kill(daemon_pid, SIGKILL);
-    waitpid(daemon_pid, &st, 0);
-    daemon_pid = -1;
-    return -2;
-}
-
-/* A fresh state folder, not yet served. */
-static void prepare(void)
-{
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/rwg.XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
-}
-
-static void teardown(void)
-{
-    stop_daemon(10);
-    if (getenv("RW_TEST_KEEP")) /* RW_TEST_KEEP=1: keep the files, to look */
-        return;
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "chmod -R u+rwX '%s' 2>/dev/null; rm -rf '%s' '%s.log'", dir, dir,
-             dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "cannot remove %s\n", dir);
-}
+/* Programs run as another user, or straight from the build */
 
 /* Runs argv[0] with argv as user `uid` (-1: ours); stdout and stderr into
  * out; killed after timeout_s. Returns the exit status. */
@@ -154,8 +46,8 @@ static int run_argv_as(uid_t uid, char *out, size_t outlen, int timeout_s, const
     close(p[1]);
     size_t o = 0;
     struct pollfd pf = {.fd = p[0], .events = POLLIN};
-    for (double t0 = now();;) {
-        if (now() - t0 >= timeout_s) {
+    for (double t0 = fx_now();;) {
+        if (fx_now() - t0 >= timeout_s) {
             kill(pid, SIGKILL);
             cr_assert_fail("%s: no end after %d s; output:\n%.*s", argv[0], timeout_s, (int)o, out);
         }
@@ -179,7 +71,7 @@ static int run_argv_as(uid_t uid, char *out, size_t outlen, int timeout_s, const
 static int run_prog(char *out, size_t outlen, int timeout_s, const char *prog, ...)
 {
     char exe[1100];
-    bin(exe, sizeof exe, prog);
+    fx_bin(exe, sizeof exe, prog);
     const char *argv[32] = {exe};
     int n = 1;
     va_list ap;
@@ -235,14 +127,14 @@ static mode_t mode_of(const char *fmt, ...)
 /* ------------------------------------------------------------------------ */
 /* TCP tokens */
 
-#define GUARD_PORT "127.0.0.1:39531"
-
-Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = prepare,
-     .fini = teardown, .timeout = 60)
+Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = fx_prepare,
+     .fini = fx_teardown, .timeout = 60)
 {
     char out[4096], tok[128], state[128];
-    snprintf(tok, sizeof tok, "%s/token", dir);
-    snprintf(state, sizeof state, "%s/state", dir);
+    static char port[32]; /* fx_start_daemon keeps the pointer */
+    snprintf(port, sizeof port, "127.0.0.1:%d", fx_free_tcp_port());
+    snprintf(tok, sizeof tok, "%s/token", fx.dir);
+    snprintf(state, sizeof state, "%s/state", fx.dir);
     struct {
         const char *text, *why;
     } weak[] = {
@@ -253,7 +145,7 @@ Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = p
     for (size_t i = 0; i < sizeof weak / sizeof *weak; i++) {
         write_file(tok, weak[i].text, 0600);
         int rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", state,
-                          "--cpu-slots", "1", "--tcp", GUARD_PORT, "--token-file", tok, NULL);
+                          "--cpu-slots", "1", "--tcp", port, "--token-file", tok, NULL);
         cr_assert(rc == 1 && strstr(out, tok) && strstr(out, weak[i].why) &&
                       strstr(out, "a token is 32 to 256 printable ASCII characters without "
                                   "spaces; `runaway token new FILE` writes a strong one"),
@@ -284,7 +176,7 @@ Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = p
     free(t);
     free(t2);
     /* and the daemon takes it */
-    start_daemon("--tcp", GUARD_PORT, "--token-file", tok, NULL);
+    fx_start_daemon("--cpu-slots", "1", "--tcp", port, "--token-file", tok, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -292,35 +184,35 @@ Test(token, weak_tokens_are_refused_and_token_new_writes_a_strong_one, .init = p
 
 /* Another user could read job names with sqlite3 from a 0755 folder and
  * 0644 files, which the daemon kept as it found them (issue 19). */
-Test(state, the_state_folder_is_made_private_and_another_users_refused, .init = prepare,
-     .fini = teardown, .timeout = 60)
+Test(state, the_state_folder_is_made_private_and_another_users_refused, .init = fx_prepare,
+     .fini = fx_teardown, .timeout = 60)
 {
     char p[160], out[4096];
-    start_daemon(NULL); /* makes the database */
-    stop_daemon(10);
-    cr_assert_eq(chmod(dir, 0755), 0);
+    fx_start_daemon("--cpu-slots", "1", NULL); /* makes the database */
+    fx_stop_daemon(10);
+    cr_assert_eq(chmod(fx.dir, 0755), 0);
     const char *files[] = {"runaway.db", "runawayd.lock", "runawayd.log"};
     for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        snprintf(p, sizeof p, "%s/%s", fx.dir, files[i]);
         if (access(p, F_OK) != 0)
             write_file(p, "", 0644);
         cr_assert_eq(chmod(p, 0644), 0);
     }
-    start_daemon(NULL);
-    cr_assert_eq(mode_of("%s", dir), 0700, "state folder mode %04o", mode_of("%s", dir));
+    fx_start_daemon("--cpu-slots", "1", NULL);
+    cr_assert_eq(mode_of("%s", fx.dir), 0700, "state folder mode %04o", mode_of("%s", fx.dir));
     const char *now_files[] = {"runaway.db", "runaway.db-wal", "runaway.db-shm", "runawayd.lock",
                                "runawayd.log"};
     for (size_t i = 0; i < 5; i++)
-        cr_assert_eq(mode_of("%s/%s", dir, now_files[i]), 0600, "%s: mode %04o", now_files[i],
-                     mode_of("%s/%s", dir, now_files[i]));
-    stop_daemon(10);
+        cr_assert_eq(mode_of("%s/%s", fx.dir, now_files[i]), 0600, "%s: mode %04o", now_files[i],
+                     mode_of("%s/%s", fx.dir, now_files[i]));
+    fx_stop_daemon(10);
     if (geteuid() != 0)
         return; /* the rest gives files to another user */
     /* a database another user owns: refused, naming it, its owner and mode */
-    snprintf(p, sizeof p, "%s/runaway.db", dir);
+    snprintf(p, sizeof p, "%s/runaway.db", fx.dir);
     cr_assert_eq(chown(p, 65534, 65534), 0);
     cr_assert_eq(chmod(p, 0640), 0);
-    int rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", dir, "--cpu-slots",
+    int rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", fx.dir, "--cpu-slots",
                       "1", NULL);
     char want[256];
     snprintf(want, sizeof want, "runawayd: %s belongs to uid 65534, not to uid 0 that runs "
@@ -329,12 +221,12 @@ Test(state, the_state_folder_is_made_private_and_another_users_refused, .init = 
     cr_assert_eq(mode_of("%s", p), 0640, "changed another user's file");
     cr_assert_eq(chown(p, 0, 0), 0);
     /* the folder itself */
-    cr_assert_eq(chown(dir, 65534, 65534), 0);
-    rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", dir, "--cpu-slots", "1",
+    cr_assert_eq(chown(fx.dir, 65534, 65534), 0);
+    rc = run_prog(out, sizeof out, 20, "daemon/runawayd", "--state-dir", fx.dir, "--cpu-slots", "1",
                   NULL);
-    snprintf(want, sizeof want, "runawayd: %s belongs to uid 65534, not to uid 0", dir);
+    snprintf(want, sizeof want, "runawayd: %s belongs to uid 65534, not to uid 0", fx.dir);
     cr_assert(rc == 1 && strstr(out, want), "status %d: %s", rc, out);
-    cr_assert_eq(chown(dir, 0, 0), 0);
+    cr_assert_eq(chown(fx.dir, 0, 0), 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -400,24 +292,24 @@ static void damage_database(const char *db)
 
 /* A database damaged inside its pages was opened and used without a word,
  * submit and rm writing on top of it (issue 19). */
-Test(db, a_damaged_database_is_refused_untouched_and_the_backup_restores_it, .init = prepare,
-     .fini = teardown, .timeout = 90)
+Test(db, a_damaged_database_is_refused_untouched_and_the_backup_restores_it, .init = fx_prepare,
+     .fini = fx_teardown, .timeout = 90)
 {
     char db[128], bk[128], out[16384];
-    snprintf(db, sizeof db, "%s/runaway.db", dir);
-    snprintf(bk, sizeof bk, "%s/runaway.db.backup", dir);
-    start_daemon(NULL); /* the database, and its backup at start */
-    for (double t0 = now(); access(bk, F_OK) != 0; usleep(50000))
-        cr_assert_lt(now() - t0, 10, "no backup %s within 10 s of the start", bk);
-    int rc = run_prog(out, sizeof out, 30, "tools/runaway", "--state-dir", dir, "daemon", "check",
+    snprintf(db, sizeof db, "%s/runaway.db", fx.dir);
+    snprintf(bk, sizeof bk, "%s/runaway.db.backup", fx.dir);
+    fx_start_daemon("--cpu-slots", "1", NULL); /* the database, and its backup at start */
+    for (double t0 = fx_now(); access(bk, F_OK) != 0; usleep(50000))
+        cr_assert_lt(fx_now() - t0, 10, "no backup %s within 10 s of the start", bk);
+    int rc = run_prog(out, sizeof out, 30, "tools/runaway", "--state-dir", fx.dir, "daemon", "check",
                       NULL);
     cr_assert(rc == 0 && strstr(out, ": ok (PRAGMA integrity_check"), "status %d: %s", rc, out);
-    stop_daemon(10);
+    fx_stop_daemon(10);
     damage_database(db);
     size_t n0;
     char *before = slurp(db, &n0);
 
-    rc = run_prog(out, sizeof out, 30, "daemon/runawayd", "--state-dir", dir, "--cpu-slots", "1",
+    rc = run_prog(out, sizeof out, 30, "daemon/runawayd", "--state-dir", fx.dir, "--cpu-slots", "1",
                   NULL);
     char want[256];
     snprintf(want, sizeof want, "runawayd: %s is damaged: PRAGMA quick_check finds\n", db);
@@ -433,18 +325,18 @@ Test(db, a_damaged_database_is_refused_untouched_and_the_backup_restores_it, .in
     cr_assert(n0 == n1 && !memcmp(before, after, n0), "the damaged file was written");
     free(after);
     /* runaway daemon start says why, at once */
-    double t0 = now();
-    rc = run_prog(out, sizeof out, 30, "tools/runaway", "--state-dir", dir, "daemon", "start",
+    double t0 = fx_now();
+    rc = run_prog(out, sizeof out, 30, "tools/runaway", "--state-dir", fx.dir, "daemon", "start",
                   "--cpu-slots", "1", NULL);
     cr_assert(rc == 1 && strstr(out, "is damaged: PRAGMA quick_check finds") &&
                   strstr(out, "To recover"), "status %d: %s", rc, out);
-    cr_assert_lt(now() - t0, 10, "daemon start took %.0f s to say it", now() - t0);
+    cr_assert_lt(fx_now() - t0, 10, "daemon start took %.0f s to say it", fx_now() - t0);
     after = slurp(db, &n1);
     cr_assert(n0 == n1 && !memcmp(before, after, n0), "the damaged file was written");
     free(after);
     free(before);
     /* daemon check: the full check, exit 1 */
-    rc = run_prog(out, sizeof out, 30, "tools/runaway", "--state-dir", dir, "daemon", "check",
+    rc = run_prog(out, sizeof out, 30, "tools/runaway", "--state-dir", fx.dir, "daemon", "check",
                   NULL);
     snprintf(want, sizeof want, "%s: damaged: PRAGMA integrity_check finds\n", db);
     cr_assert(rc == 1 && strstr(out, want) && strstr(out, "To recover"), "status %d: %s", rc, out);
@@ -461,9 +353,9 @@ Test(db, a_damaged_database_is_refused_untouched_and_the_backup_restores_it, .in
     /* folders of a job and a grid the backup never saw: their ids are not
      * given again */
     char cmdl[512];
-    snprintf(cmdl, sizeof cmdl, "mkdir -p %s/runs/7 %s/tensorboard/g3-late", dir, dir);
+    snprintf(cmdl, sizeof cmdl, "mkdir -p %s/runs/7 %s/tensorboard/g3-late", fx.dir, fx.dir);
     cr_assert_eq(system(cmdl), 0);
-    start_daemon(NULL);
+    fx_start_daemon("--cpu-slots", "1", NULL);
     cr_assert(quick_check_ok(db));
     cr_assert_eq(db_int(db, "SELECT COUNT(*) FROM events WHERE kind='test'"), 0,
                  "the backup was taken before the rows");
@@ -471,16 +363,16 @@ Test(db, a_damaged_database_is_refused_untouched_and_the_backup_restores_it, .in
     cr_assert_eq(db_int(db, "SELECT id FROM high_water WHERE tbl='grids'"), 3);
 }
 
-Test(db, the_backup_is_whole_private_and_follows_changes, .init = prepare, .fini = teardown,
+Test(db, the_backup_is_whole_private_and_follows_changes, .init = fx_prepare, .fini = fx_teardown,
      .timeout = 60)
 {
     char db[128], bk[128], tmp[160];
-    snprintf(db, sizeof db, "%s/runaway.db", dir);
-    snprintf(bk, sizeof bk, "%s/runaway.db.backup", dir);
+    snprintf(db, sizeof db, "%s/runaway.db", fx.dir);
+    snprintf(bk, sizeof bk, "%s/runaway.db.backup", fx.dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", bk);
-    start_daemon("--backup-every", "1", NULL);
-    for (double t0 = now(); access(bk, F_OK) != 0; usleep(50000))
-        cr_assert_lt(now() - t0, 10, "no backup %s within 10 s of the start", bk);
+    fx_start_daemon("--cpu-slots", "1", "--backup-every", "1", NULL);
+    for (double t0 = fx_now(); access(bk, F_OK) != 0; usleep(50000))
+        cr_assert_lt(fx_now() - t0, 10, "no backup %s within 10 s of the start", bk);
     cr_assert(quick_check_ok(bk));
     cr_assert_eq(mode_of("%s", bk), 0600);
     /* one file, not in WAL mode: copying it alone is enough */
@@ -491,9 +383,9 @@ Test(db, the_backup_is_whole_private_and_follows_changes, .init = prepare, .fini
     cr_assert(db_int(bk, "SELECT COUNT(*) FROM sqlite_master WHERE name='jobs'") == 1);
     /* a change, by another program here: in the backup within seconds */
     db_exec(db, "INSERT INTO events(t, kind, text) VALUES(1, 'test', 'by hand')");
-    for (double t0 = now(); db_int(bk, "SELECT COUNT(*) FROM events WHERE kind='test'") != 1;
+    for (double t0 = fx_now(); db_int(bk, "SELECT COUNT(*) FROM events WHERE kind='test'") != 1;
          usleep(100000))
-        cr_assert_lt(now() - t0, 10, "the change is not in the backup after 10 s");
+        cr_assert_lt(fx_now() - t0, 10, "the change is not in the backup after 10 s");
     cr_assert(quick_check_ok(bk));
     cr_assert_neq(access(tmp, F_OK), 0, "%s left behind", tmp);
     /* unchanged: not copied again */
@@ -509,32 +401,32 @@ Test(db, the_backup_is_whole_private_and_follows_changes, .init = prepare, .fini
 
 /* `runaway` said "no runawayd at ..." for another user's socket (EACCES),
  * and `daemon start` tried to start a second daemon there (issue 19). */
-Test(cli, another_users_socket_is_permission_denied, .init = prepare, .fini = teardown,
+Test(cli, another_users_socket_is_permission_denied, .init = fx_prepare, .fini = fx_teardown,
      .timeout = 30)
 {
     /* a listening socket of ours, mode 0600; the CLI runs as another user
      * (as root: nobody), else with the socket made 0000 */
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    memcpy(sa.sun_path, fx.sock, strlen(fx.sock) + 1);
     cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "%s", strerror(errno));
     cr_assert_eq(listen(fd, 4), 0);
     int root = geteuid() == 0;
-    cr_assert_eq(chmod(sock, root ? 0600 : 0), 0);
-    cr_assert_eq(chmod(dir, 0755), 0); /* the folder may be entered */
+    cr_assert_eq(chmod(fx.sock, root ? 0600 : 0), 0);
+    cr_assert_eq(chmod(fx.dir, 0755), 0); /* the folder may be entered */
     uid_t as = root ? 65534 : (uid_t)-1;
     char exe[1100], out[4096], want[256];
-    bin(exe, sizeof exe, "tools/runaway");
-    const char *ls[] = {exe, "--state-dir", dir, "ls", NULL};
+    fx_bin(exe, sizeof exe, "tools/runaway");
+    const char *ls[] = {exe, "--state-dir", fx.dir, "ls", NULL};
     int rc = run_argv_as(as, out, sizeof out, 10, ls);
     if (root)
         snprintf(want, sizeof want, "runaway: permission denied: %s belongs to another user "
-                 "(uid 0), whose runawayd serves its owner only", sock);
+                 "(uid 0), whose runawayd serves its owner only", fx.sock);
     else
-        snprintf(want, sizeof want, "runaway: permission denied: cannot connect to %s", sock);
+        snprintf(want, sizeof want, "runaway: permission denied: cannot connect to %s", fx.sock);
     cr_assert(rc == 1 && strstr(out, want) && !strstr(out, "no runawayd"), "status %d: %s", rc,
               out);
-    const char *start[] = {exe, "--state-dir", dir, "daemon", "start", NULL};
+    const char *start[] = {exe, "--state-dir", fx.dir, "daemon", "start", NULL};
     rc = run_argv_as(as, out, sizeof out, 20, start);
     cr_assert(rc == 1 && strstr(out, want), "daemon start: status %d: %s", rc, out);
     close(fd);

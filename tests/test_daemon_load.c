@@ -21,37 +21,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon_fixture.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
 
 #define TOKEN "load-test-token-0123456789abcdefghijklmnop"
 
 /* ------------------------------------------------------------------------ */
-/* Fixture: one daemon with TCP on a port of its own, in a temporary state
- * folder (to be replaced by the shared daemon fixture) */
+/* The daemon: the fixture's, with one CPU slot and TCP on a free port */
 
-static char dir[64], sock[128], build[1024];
 static int port;
-static pid_t daemon_pid = -1;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int unix_connect(void)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    memcpy(sa.sun_path, sock, strlen(sock) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 static int tcp_connect(void)
 {
@@ -72,63 +51,16 @@ static void setup(void)
     getrlimit(RLIMIT_NOFILE, &rl);
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
-    const char *b = getenv("RW_BUILD_ROOT");
-    snprintf(build, sizeof build, "%s", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/rwl.XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(sock, sizeof sock, "%s/runawayd.sock", dir);
+    fx_prepare();
     char tok[128];
-    snprintf(tok, sizeof tok, "%s/token", dir);
+    snprintf(tok, sizeof tok, "%s/token", fx.dir);
     int fd = open(tok, O_WRONLY | O_CREAT, 0600);
     cr_assert_eq(write(fd, TOKEN "\n", strlen(TOKEN) + 1), (ssize_t)strlen(TOKEN) + 1);
     close(fd);
-    port = 20000 + getpid() % 20000; /* suites run in parallel */
-    char d[1100], w[1100], logp[128], addr[32];
-    snprintf(d, sizeof d, "%s/daemon/runawayd", build);
-    snprintf(w, sizeof w, "%s/worker/runaway-worker", build);
-    snprintf(logp, sizeof logp, "%s.log", dir);
+    port = fx_free_tcp_port();
+    static char addr[32]; /* fx_start_daemon keeps the pointer */
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    daemon_pid = fork();
-    cr_assert_geq(daemon_pid, 0);
-    if (daemon_pid == 0) {
-        int lf = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(lf, 1);
-        dup2(lf, 2);
-        execl(d, d, "--state-dir", dir, "--cpu-slots", "1", "--threads", "1", "--worker", w,
-              "--heartbeat", "0.2", "--heartbeat-timeout", "5", "--tcp", addr, (char *)NULL);
-        _exit(127);
-    }
-    for (double t0 = now(); now() - t0 < 10; usleep(20000)) {
-        int c = unix_connect();
-        if (c >= 0) {
-            close(c);
-            return;
-        }
-    }
-    cr_assert_fail("runawayd did not listen on %s within 10 s (log: %s)", sock, logp);
-}
-
-static void teardown(void)
-{
-    if (daemon_pid > 0) {
-        kill(daemon_pid, SIGTERM);
-        int st;
-        for (double t0 = now(); now() - t0 < 10; usleep(20000))
-            if (waitpid(daemon_pid, &st, WNOHANG) == daemon_pid) {
-                daemon_pid = -1;
-                break;
-            }
-        if (daemon_pid > 0) {
-            kill(daemon_pid, SIGKILL);
-            waitpid(daemon_pid, NULL, 0);
-        }
-        daemon_pid = -1;
-    }
-    if (!getenv("RW_TEST_KEEP")) {
-        char cmd[256];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.log'", dir, dir);
-        (void)!system(cmd);
-    }
+    fx_start_daemon("--cpu-slots", "1", "--heartbeat-timeout", "5", "--tcp", addr, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -175,8 +107,8 @@ static const char *hello(int fd, rw_frame_reader *r, json_t *h, char *out, size_
  * no reply (refused, reset, or nothing within 10 s). */
 static double status_probe(void)
 {
-    double t0 = now();
-    int fd = unix_connect();
+    double t0 = fx_now();
+    int fd = fx_connect();
     if (fd < 0)
         return -1;
     rw_frame_reader r;
@@ -187,7 +119,7 @@ static double status_probe(void)
         send_msg(fd, rw_msg_new("status", 2));
         json_t *rep = recv_frame(fd, &r, 10000);
         if (rep && !strcmp(json_string_value(json_object_get(rep, "type")), "ok"))
-            took = now() - t0;
+            took = fx_now() - t0;
         json_decref(rep);
     }
     close(fd);
@@ -213,7 +145,7 @@ static int closed_now(int fd)
 static long daemon_rss_kb(void)
 {
     char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)daemon_pid);
+    snprintf(path, sizeof path, "/proc/%d/status", (int)fx.daemon_pid);
     FILE *f = fopen(path, "r");
     long kb = -1;
     while (f && fgets(line, sizeof line, f))
@@ -224,7 +156,7 @@ static long daemon_rss_kb(void)
     return kb;
 }
 
-TestSuite(daemon_load, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(daemon_load, .init = setup, .fini = fx_teardown, .timeout = 120);
 
 /* F1: a peer without the token opening connections and sending nothing
  * held every slot, and local users were refused. Now the connections
@@ -273,7 +205,7 @@ Test(daemon_load, clients_stalled_in_a_frame_are_dropped)
     int in = 0;
     const unsigned char partial[] = {0, 0, 0, 200, '{', '"', 't', 'y'}; /* 200 announced */
     for (int i = 0; i < STALLED; i++) {
-        fds[i] = unix_connect();
+        fds[i] = fx_connect();
         if (fds[i] < 0)
             continue;
         rw_frame_reader r;
@@ -323,7 +255,7 @@ Test(daemon_load, remote_workers_that_leave_free_their_slots)
             cr_assert_geq(status_probe(), 0);
     }
     /* the remote slots in use: none but those connected */
-    int fd = unix_connect();
+    int fd = fx_connect();
     rw_frame_reader r;
     rw_frame_reader_init(&r, 0);
     cr_assert(hello(fd, &r, hello_msg("client", 0), type, sizeof type));
@@ -345,7 +277,7 @@ Test(daemon_load, remote_workers_that_leave_free_their_slots)
 static void big_grid(int jobs, int epochs)
 {
     char path[128];
-    snprintf(path, sizeof path, "%s/runaway.db", dir);
+    snprintf(path, sizeof path, "%s/runaway.db", fx.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 10000);
@@ -384,7 +316,7 @@ Test(daemon_load, pipelining_clients_wait_and_the_loop_goes_on)
     static unsigned char seen[CLIENTS][REQUESTS + 2];
     memset(seen, 0, sizeof seen);
     for (int k = 0; k < CLIENTS; k++) {
-        fds[k] = unix_connect();
+        fds[k] = fx_connect();
         cr_assert_geq(fds[k], 0);
         rw_frame_reader_init(&rs[k], 0);
         cr_assert(hello(fds[k], &rs[k], hello_msg("client", 0), type, sizeof type));
@@ -400,7 +332,7 @@ Test(daemon_load, pipelining_clients_wait_and_the_loop_goes_on)
         cr_assert_eq(rw_frame_encode(m, &frame[i], &flen[i]), 0);
         json_decref(m);
     }
-    for (double t0 = now(); now() - t0 < 3;) {
+    for (double t0 = fx_now(); fx_now() - t0 < 3;) {
         int progress = 0;
         for (int k = 0; k < CLIENTS; k++) {
             while (sent[k] < REQUESTS) {
@@ -425,7 +357,7 @@ Test(daemon_load, pipelining_clients_wait_and_the_loop_goes_on)
               "pipelined curves (-1: no reply)", probe, CLIENTS);
     cr_expect(rss > 0 && rss < 100 * 1024, "runawayd holds %ld kB while clients do not read", rss);
     /* now they read: every reply comes, once */
-    for (double t0 = now(); now() - t0 < 90;) {
+    for (double t0 = fx_now(); fx_now() - t0 < 90;) {
         int done = 1;
         struct pollfd p[CLIENTS];
         for (int k = 0; k < CLIENTS; k++) {

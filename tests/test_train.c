@@ -4,11 +4,11 @@
  * worker CLI's errors for bad specs. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernels/backend.h"
@@ -18,6 +18,8 @@
 #include "worker/data.h"
 #include "worker/train.h"
 #include "worker/weights.h"
+
+#include "daemon_fixture.h"
 
 #define MAX_EPOCHS 8
 
@@ -990,41 +992,38 @@ Test(train, export_loads_into_torchvision)
 
 /* ---- the worker CLI on bad input ---- */
 
-static int run_cli(const char *args, char *out, size_t outlen)
+/* `runaway-worker args...` (NULL-terminated): its exit status, its output
+ * in out; a run past 60 s fails the test (these end at once) */
+static int run_worker(char *out, size_t outlen, ...)
 {
-    const char *build = getenv("RW_BUILD_ROOT");
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s/worker/runaway-worker %s 2>&1", build ? build : "build", args);
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(out, 1, outlen - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
+    char exe[1100];
+    fx_bin(exe, sizeof exe, "worker/runaway-worker");
+    const char *argv[16] = {exe};
+    int n = 1;
+    va_list ap;
+    va_start(ap, outlen);
+    for (const char *a; (a = va_arg(ap, const char *)) && n < 15;)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    return fx_run(out, outlen, 60, argv);
 }
 
 Test(train, cli_rejects_bad_specs_by_name)
 {
-    char spec[128], args[512], out[4096];
+    char spec[128], o[128], missing[128], out[4096];
     snprintf(spec, sizeof spec, "%s/bad.yaml", tmp);
-    write_file(spec, "optim:\n  lr: fast\n");
-    snprintf(args, sizeof args, "run %s --out %s/o", spec, tmp);
-    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    fx_write_file(spec, "optim:\n  lr: fast\n");
+    snprintf(o, sizeof o, "%s/o", tmp);
+    cr_expect_eq(run_worker(out, sizeof out, "run", spec, "--out", o, NULL), 1);
     cr_expect(strstr(out, "bad.yaml") && strstr(out, "optim.lr"), "got: %s", out);
 
-    write_file(spec, "model:\n  predictor: mlp\n  depth: 50\n");
-    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    fx_write_file(spec, "model:\n  predictor: mlp\n  depth: 50\n");
+    cr_expect_eq(run_worker(out, sizeof out, "run", spec, "--out", o, NULL), 1);
     cr_expect(strstr(out, "model.depth") && strstr(out, "unknown"), "got: %s", out);
 
-    snprintf(args, sizeof args, "run %s/missing.yaml", tmp);
-    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    snprintf(missing, sizeof missing, "%s/missing.yaml", tmp);
+    cr_expect_eq(run_worker(out, sizeof out, "run", missing, NULL), 1);
     cr_expect(strstr(out, "missing.yaml") != NULL, "got: %s", out);
 
     /* A cifar10 folder without the files: the reader names the file. */
@@ -1033,21 +1032,20 @@ Test(train, cli_rejects_bad_specs_by_name)
     mkdir(dir, 0755);
     char text[512];
     snprintf(text, sizeof text, "data: {kind: cifar10, path: %s}\n", dir);
-    write_file(spec, text);
-    snprintf(args, sizeof args, "run %s --out %s/o", spec, tmp);
-    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    fx_write_file(spec, text);
+    cr_expect_eq(run_worker(out, sizeof out, "run", spec, "--out", o, NULL), 1);
     cr_expect(strstr(out, "data_batch_1.bin") != NULL, "got: %s", out);
 
     /* An init file that is not safetensors. */
     char bogus[128];
     snprintf(bogus, sizeof bogus, "%s/bogus.safetensors", tmp);
-    write_file(bogus, "this is not a weights file at all");
+    fx_write_file(bogus, "this is not a weights file at all");
     snprintf(text, sizeof text, "init: %s\ndata: {path: %s/d, synthetic: {train: 64, test: 16}}\n"
              "optim: {batch_size: 16, epochs: 1}\nmodel: {width: 2}\n", bogus, tmp);
-    write_file(spec, text);
-    cr_expect_eq(run_cli(args, out, sizeof out), 1);
+    fx_write_file(spec, text);
+    cr_expect_eq(run_worker(out, sizeof out, "run", spec, "--out", o, NULL), 1);
     cr_expect(strstr(out, "bogus.safetensors") != NULL, "got: %s", out);
 
-    cr_expect_eq(run_cli("frobnicate", out, sizeof out), 2);
+    cr_expect_eq(run_worker(out, sizeof out, "frobnicate", NULL), 2);
     cr_expect(strstr(out, "unknown command") != NULL, "got: %s", out);
 }

@@ -533,6 +533,40 @@ Test(train, timed_checkpoints_within_an_epoch_resume_exactly)
     same_files(w0, w2);
 }
 
+/* A resumed attempt makes its checkpoint's reports again in the order
+ * training made them (by step, a step's report before its epoch's): the
+ * daemon marks TensorBoard's restart at the first report it hears, which
+ * must not be past an epoch's point it hears after (all the steps first
+ * put it there, and TensorBoard showed that epoch twice). */
+Test(train, reports_made_again_come_in_training_order)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.log.every_steps = 3;
+    s.checkpoint.every_minutes = 1e-7f; /* every step */
+    char o1[96], o2[96], cmd[400];
+    snprintf(o1, sizeof o1, "%s/first", tmp);
+    snprintf(o2, sizeof o2, "%s/again", tmp);
+    keep k = {.at_step = 12}; /* 6 steps an epoch: the copy holds step 11 */
+    snprintf(k.ckpt, sizeof k.ckpt, "%s/checkpoint.safetensors", o1);
+    snprintf(k.copy, sizeof k.copy, "%s/at11.safetensors", tmp);
+    train_keep(&s, o1, 0, &k);
+    cr_assert(k.copied, "no checkpoint to copy at step %ld", k.at_step);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s/checkpoint.safetensors'", o2, k.copy,
+             o2);
+    cr_assert_eq(system(cmd), 0);
+    keep r = {.at_step = -1};
+    snprintf(r.ckpt, sizeof r.ckpt, "%s/checkpoint.safetensors", o2);
+    train_keep(&s, o2, 1, &r); /* the daemon stored epoch 0 and step 3 */
+    const char *kind[] = {"step", "epoch", "step"};
+    const long step[] = {6, 6, 9};
+    cr_assert_eq(r.nreplayed, 3, "%d reports made again", r.nreplayed);
+    for (int i = 0; i < 3; i++)
+        cr_expect(!strcmp(r.replayed_kind[i], kind[i]) && r.replayed[i].step == step[i],
+                  "report %d made again: %s at step %ld, not %s at step %ld", i,
+                  r.replayed_kind[i], r.replayed[i].step, kind[i], step[i]);
+}
+
 /* The learning rate is a function of the step: a resumed job follows the
  * same warm-up and cosine curve. */
 Test(train, resume_equals_uninterrupted_under_an_lr_schedule)

@@ -200,21 +200,33 @@ static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *t
                                 err, errlen);
 }
 
-/* The checkpoint's reports past what the daemon stored, made again. */
+/* The checkpoint's reports past what the daemon stored, made again, in the
+ * order training made them: by step, a step's report before its epoch's.
+ * The daemon marks TensorBoard's restart at the first report an attempt
+ * sends; all the steps first would put it past an epoch's point, which
+ * TensorBoard would then show twice. */
 static void replay(const rw_train_hooks *h, const rw_train_state *ts, int epochs_after,
                    long steps_after)
 {
-    long ns = 0, ne = 0;
-    for (long i = 0; i < ts->nsteps; i++)
-        if (ts->steps[i].step > steps_after) {
-            h->on_replay(h->ud, &ts->steps[i], "step");
-            ns++;
+    long ns = 0, ne = 0, i = 0;
+    int e = 0;
+    while (i < ts->nsteps || e < ts->nhist) {
+        const int step_next = i < ts->nsteps && (e >= ts->nhist ||
+                                                 ts->steps[i].step <= ts->hist[e].step);
+        if (step_next) {
+            if (ts->steps[i].step > steps_after) {
+                h->on_replay(h->ud, &ts->steps[i], "step");
+                ns++;
+            }
+            i++;
+        } else {
+            if (ts->hist[e].epoch > epochs_after) {
+                h->on_replay(h->ud, &ts->hist[e], "epoch");
+                ne++;
+            }
+            e++;
         }
-    for (int e = 0; e < ts->nhist; e++)
-        if (ts->hist[e].epoch > epochs_after) {
-            h->on_replay(h->ud, &ts->hist[e], "epoch");
-            ne++;
-        }
+    }
     if (ns || ne)
         logf_(h, "%ld epoch and %ld step reports made again from the checkpoint (runawayd "
                  "stored epochs to %d, steps to %ld)", ne, ns, epochs_after, steps_after);

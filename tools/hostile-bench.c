@@ -69,69 +69,12 @@ typedef struct {
     char last_error[160]; /* the daemon's last error message to this class */
 } class_stats;
 
-hb_options hb_opt = {.curves = "j1", .seconds = 60, .settle = 5, .trickle = 5,
-                     .probe_timeout = 60, .out_dir = "."};
-
 static class_stats stats[NCLASS];
 static struct sockaddr_in tcp_addr;
-struct sockaddr_un hb_unix_addr;
 static char token[300];
 static char *hello_buf, *cut_buf, *pipe_buf;
 static size_t hello_len, cut_len, pipe_len;
 #define PIPE_REQS 512 /* requests in pipe_buf */
-double hb_t0;
-atomic_int hb_phase;
-
-double hb_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-void hb_sleep(double s)
-{
-    if (s <= 0)
-        return;
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
-}
-
-void hb_push(double **a, size_t *n, size_t *cap, double v)
-{
-    if (*n == *cap) {
-        size_t c = *cap ? *cap * 2 : 1024;
-        double *b = realloc(*a, c * sizeof *b);
-        if (!b)
-            return;
-        *a = b;
-        *cap = c;
-    }
-    (*a)[(*n)++] = v;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-double hb_quantile(double *v, size_t n, double q)
-{
-    if (n == 0)
-        return NAN;
-    qsort(v, n, sizeof *v, cmp_double);
-    size_t k = (size_t)ceil(q * (double)n);
-    return v[k ? k - 1 : 0];
-}
-
-void hb_printable(char *dst, size_t len, const char *src)
-{
-    size_t o = 0;
-    for (size_t i = 0; src && src[i] && src[i] != '\n' && o + 1 < len; i++)
-        dst[o++] = src[i] >= 0x20 && src[i] < 0x7f ? src[i] : ' ';
-    dst[o] = '\0';
-}
 
 /* ------------------------------------------------------------------------ */
 /* The frames the hostile clients send, made once */

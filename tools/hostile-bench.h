@@ -1,6 +1,8 @@
-/* What the two halves of hostile-bench-load share: the hostile clients and
- * the program (hostile-bench.c); the probe, the pinger and the RSS samples
- * (hostile-bench-measure.c). tools/hostile-bench says what is measured. */
+/* What the parts of hostile-bench-load share: the hostile clients and the
+ * program (hostile-bench.c); the probe, the pinger and the RSS samples
+ * (hostile-bench-measure.c); the options, the clock and a few numbers'
+ * helpers (hostile-bench-common.c). tools/hostile-bench says what is
+ * measured. */
 #ifndef RUNAWAY_TOOLS_HOSTILE_BENCH_H
 #define RUNAWAY_TOOLS_HOSTILE_BENCH_H
 

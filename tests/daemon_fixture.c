@@ -234,6 +234,11 @@ int fx_free_tcp_port(void)
 
 int fx_run(char *out, size_t outlen, int timeout_s, const char **argv)
 {
+    return fx_run_as((uid_t)-1, out, outlen, timeout_s, argv);
+}
+
+int fx_run_as(uid_t uid, char *out, size_t outlen, int timeout_s, const char **argv)
+{
     const char *exe = argv[0];
     int p[2];
     cr_assert_eq(pipe(p), 0);
@@ -243,6 +248,8 @@ int fx_run(char *out, size_t outlen, int timeout_s, const char **argv)
         dup2(p[1], 2);
         close(p[0]);
         close(p[1]);
+        if (uid != (uid_t)-1 && (setgid(uid) != 0 || setuid(uid) != 0))
+            _exit(126);
         execv(exe, (char **)argv);
         _exit(127);
     }

@@ -101,6 +101,8 @@ void fx_bin(char *out, size_t len, const char *rel);
  * (of a longer output, what came after out last filled up). Fails the test
  * if it runs past timeout_s. Its exit status; -1 if a signal ended it. */
 int fx_run(char *out, size_t outlen, int timeout_s, const char **argv);
+/* The same as user `uid` (-1: ours), for what another user sees. */
+int fx_run_as(uid_t uid, char *out, size_t outlen, int timeout_s, const char **argv);
 /* `runaway --state-dir DIR args...`, as fx_run. */
 int fx_cli(char *out, size_t outlen, int timeout_s, ...) __attribute__((sentinel));
 /* `runaway --state-dir DIR args...` (NULL-terminated, at most 8) in the

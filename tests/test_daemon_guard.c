@@ -26,47 +26,6 @@
 /* ------------------------------------------------------------------------ */
 /* Programs run as another user, or straight from the build */
 
-/* Runs argv[0] with argv as user `uid` (-1: ours); stdout and stderr into
- * out; killed after timeout_s. Returns the exit status. */
-static int run_argv_as(uid_t uid, char *out, size_t outlen, int timeout_s, const char **argv)
-{
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        close(p[0]);
-        close(p[1]);
-        if (uid != (uid_t)-1 && (setgid(uid) != 0 || setuid(uid) != 0))
-            _exit(126);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t o = 0;
-    struct pollfd pf = {.fd = p[0], .events = POLLIN};
-    for (double t0 = fx_now();;) {
-        if (fx_now() - t0 >= timeout_s) {
-            kill(pid, SIGKILL);
-            cr_assert_fail("%s: no end after %d s; output:\n%.*s", argv[0], timeout_s, (int)o, out);
-        }
-        if (poll(&pf, 1, 200) <= 0)
-            continue;
-        ssize_t k = read(p[0], out + o, outlen - 1 - o);
-        if (k <= 0)
-            break;
-        o += (size_t)k;
-        if (o == outlen - 1)
-            o = 0; /* keep the tail */
-    }
-    out[o] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* `prog` (a path under the build folder) with its arguments, NULL ended */
 static int run_prog(char *out, size_t outlen, int timeout_s, const char *prog, ...)
 {
@@ -81,7 +40,7 @@ static int run_prog(char *out, size_t outlen, int timeout_s, const char *prog, .
         argv[n++] = a;
     va_end(ap);
     argv[n] = NULL;
-    return run_argv_as((uid_t)-1, out, outlen, timeout_s, argv);
+    return fx_run_as((uid_t)-1, out, outlen, timeout_s, argv);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -418,7 +377,7 @@ Test(cli, another_users_socket_is_permission_denied, .init = fx_prepare, .fini =
     char exe[1100], out[4096], want[256];
     fx_bin(exe, sizeof exe, "tools/runaway");
     const char *ls[] = {exe, "--state-dir", fx.dir, "ls", NULL};
-    int rc = run_argv_as(as, out, sizeof out, 10, ls);
+    int rc = fx_run_as(as, out, sizeof out, 10, ls);
     if (root)
         snprintf(want, sizeof want, "runaway: permission denied: %s belongs to another user "
                  "(uid 0), whose runawayd serves its owner only", fx.sock);
@@ -427,7 +386,7 @@ Test(cli, another_users_socket_is_permission_denied, .init = fx_prepare, .fini =
     cr_assert(rc == 1 && strstr(out, want) && !strstr(out, "no runawayd"), "status %d: %s", rc,
               out);
     const char *start[] = {exe, "--state-dir", fx.dir, "daemon", "start", NULL};
-    rc = run_argv_as(as, out, sizeof out, 20, start);
+    rc = fx_run_as(as, out, sizeof out, 20, start);
     cr_assert(rc == 1 && strstr(out, want), "daemon start: status %d: %s", rc, out);
     close(fd);
 }

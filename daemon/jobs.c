@@ -87,6 +87,8 @@ void rd_drain_begin(rd_jobs *d, rd_worker *w, int64_t job, int64_t attempt)
     w->drain_run->tb_failed = r->tb_failed;
     w->drain_run->tb_retry = r->tb_retry;
     w->drain_run->tb_skipped = r->tb_skipped;
+    w->drain_run->tb_first_step = r->tb_first_step;
+    memcpy(w->drain_run->tb_first_kind, r->tb_first_kind, sizeof r->tb_first_kind);
     r->tb_path = NULL;
 }
 

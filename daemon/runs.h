@@ -38,6 +38,9 @@ typedef struct rd_run {
     int tb_failed; /* a write failed (logged): records are skipped until tb_retry */
     double tb_retry; /* rd_mono() of the next try */
     long tb_skipped; /* records skipped since the failure */
+    /* its first report's step and kind: where its restart marker goes */
+    int64_t tb_first_step;
+    char tb_first_kind[8]; /* "" until then */
     /* its pace, for the estimates of the time left (daemon/eta.h) */
     double t0;           /* rd_mono() when assigned */
     int epochs_spec;     /* optim.epochs (0: unknown or the random baseline) */

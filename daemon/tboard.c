@@ -259,14 +259,22 @@ void rd_tb_metric(rd_tboard *d, rd_run *run, const char *kind, json_t *m)
 {
     if (!d->dir[0] || !run)
         return;
+    if (!append_report(NULL, NULL, NULL, kind, m, 0, 0))
+        return;
+    int64_t step = json_integer_value(json_object_get(m, "step"));
+    /* the restart marker goes at the attempt's first report, written or
+     * not: one placed at a later report (the first written after a full
+     * disk) would leave the earlier attempt's points before it, where the
+     * database has this attempt's */
+    if (!run->tb_first_kind[0]) {
+        run->tb_first_step = step;
+        snprintf(run->tb_first_kind, sizeof run->tb_first_kind, "%s", kind);
+    }
     if (run->tb_failed && rd_mono() < run->tb_retry) {
         run->tb_skipped++;
         return;
     }
     char err[PATH_MAX + 64] = "";
-    if (!append_report(NULL, NULL, NULL, kind, m, 0, 0))
-        return;
-    int64_t step = json_integer_value(json_object_get(m, "step"));
     double wall = rd_now();
 
     unsigned char *buf = NULL;
@@ -289,12 +297,13 @@ void rd_tb_metric(rd_tboard *d, rd_run *run, const char *kind, json_t *m)
         sl.status = TENSORFLOW__SESSION_LOG__SESSION_STATUS__START;
         Tensorflow__Event start = TENSORFLOW__EVENT__INIT;
         start.wall_time = wall;
-        start.step = step;
+        start.step = run->tb_first_step;
         start.what_case = TENSORFLOW__EVENT__WHAT_SESSION_LOG;
         start.session_log = &sl;
         if (append_record(&buf, &len, &cap, &ver) != 0 ||
             append_record(&buf, &len, &cap, &start) != 0 ||
-            append_carried(d, run, kind, step, wall, &buf, &len, &cap) != 0) {
+            append_carried(d, run, run->tb_first_kind, run->tb_first_step, wall, &buf, &len,
+                           &cap) != 0) {
             snprintf(err, sizeof err, "out of memory");
             goto fail;
         }

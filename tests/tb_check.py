@@ -152,7 +152,11 @@ def check_job(tb_dir, db, job, stats, allow_gaps=False):
         if len(evs) < 3 or evs[0].get("file_version") != "brain.Event:2":
             raise Bad(f"{path}: does not open with the version event")
         first = next((e for e in evs if "scalars" in e), None)
-        if evs[1].get("session_status") != 1 or first is None or evs[1]["step"] != first["step"]:
+        # the marker is at the attempt's first report; after a full disk the
+        # file's first point may come later (the reports between were skipped)
+        if (evs[1].get("session_status") != 1 or first is None
+                or evs[1]["step"] > first["step"]
+                or (evs[1]["step"] != first["step"] and not allow_gaps)):
             raise Bad(f"{path}: no START marker at the first reported step")
         a_id = int(f.rsplit(".a", 1)[1])
         t0, t1 = db.execute("SELECT started, COALESCE(ended, strftime('%s','now')) FROM attempts "

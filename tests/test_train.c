@@ -333,6 +333,24 @@ Test(train, resume_equals_uninterrupted)
     resume_equals_uninterrupted_for(s);
 }
 
+/* A stop (a cancel, a shutdown) whose checkpoint cannot be written (a full
+ * disk; here a folder where the file goes) stops the job rather than
+ * failing it: it resumes from the last checkpoint written, as a lost
+ * worker's would (tools/chaos, seed 3, saw a job fail for it). */
+Test(train, a_stop_without_its_checkpoint_is_still_a_stop)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.log.every_steps = 1;
+    char o[96], cmd[256];
+    snprintf(o, sizeof o, "%s/no-room", tmp);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/checkpoint.safetensors'", o);
+    cr_assert_eq(system(cmd), 0);
+    record r = {.stop_after = 8};
+    rw_train_result res = train(&s, o, 0, &r); /* fails the test unless rw_train returns 0 */
+    cr_assert(res.stopped, "the stop hook did not stop the job");
+}
+
 /* The supervised baseline (loss.kind supervised) learns the synthetic
  * set's labels: its cross-entropy starts near ln 10, as a classifier on
  * random projections does, and falls (measured: 2.313 -> 2.162); the kNN

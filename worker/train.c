@@ -541,9 +541,16 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             if (stop) {
                 ts.elapsed += now_s() - t0;
                 res->stopped = 1;
-                if (ckpt[0] && rw_checkpoint_save(m, &ts, ckpt, err, errlen) != 0)
-                    goto done;
-                logf_(lh, "stopped at step %ld; checkpoint %s", ts.step, ckpt[0] ? ckpt : "(none)");
+                /* a checkpoint that cannot be written now (a full disk) costs
+                 * the work since the last one, as a worker lost would: the
+                 * job is stopped, not failed, and resumes from that one */
+                if (!ckpt[0])
+                    logf_(lh, "stopped at step %ld; checkpoint (none)", ts.step);
+                else if (rw_checkpoint_save(m, &ts, ckpt, err, errlen) == 0)
+                    logf_(lh, "stopped at step %ld; checkpoint %s", ts.step, ckpt);
+                else
+                    logf_(lh, "warning: stopped at step %ld without its checkpoint (%s); a "
+                          "resume starts from the last one written", ts.step, err);
                 rc = 0;
                 goto done;
             }

@@ -60,7 +60,7 @@ void rw_work_dir_remove(const char *dir);
 int rw_png_target(const char *out, char *abs, size_t abslen, char *tmp, size_t tmplen, char *err,
                   size_t errlen);
 
-/* ---- runaway sphere (tools/sphere.c) ---- */
+/* ---- runaway sphere (tools/cli/sphere.c) ---- */
 typedef struct rw_sphere_panel {
     char title[192];     /* the variant, or the job's name */
     char data[PATH_MAX]; /* the data file `runaway-worker sphere` wrote */

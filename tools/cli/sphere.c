@@ -1,5 +1,5 @@
 /* runaway sphere: the paper's Figure 3 for a job or a grid, one panel per
- * variant, from the data files `runaway-worker sphere` writes (tools/plot.h). */
+ * variant, from the data files `runaway-worker sphere` writes (tools/cli/plot.h). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tools/plot.h"
+#include "tools/cli/plot.h"
 
 int rw_sphere_read(rw_sphere_panel *p, char *err, size_t errlen)
 {

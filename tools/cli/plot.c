@@ -1,5 +1,5 @@
-/* runaway plot: curves from runawayd, drawn by gnuplot (tools/plot.h). */
-#include "tools/plot.h"
+/* runaway plot: curves from runawayd, drawn by gnuplot (tools/cli/plot.h). */
+#include "tools/cli/plot.h"
 
 #include <dirent.h>
 #include <errno.h>

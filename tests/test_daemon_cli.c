@@ -3,6 +3,8 @@
  * start / status / stop. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,4 +89,148 @@ Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = fx_prepare, .
     cr_assert(rc == 0 && strstr(out, "runawayd stopped"), "got: %s", out);
     rc = fx_cli(out, sizeof out, 10, "ls", NULL);
     cr_assert(rc == 1 && strstr(out, want), "got: %s", out);
+}
+
+/* Every command and subcommand answers --help and `runaway help CMD` with its
+ * usage and exits 0; the list comes from the program (help --commands), so a
+ * command added later is checked too. */
+Test(cli, every_command_answers_help_and_exits_0, .init = fx_prepare, .fini = fx_teardown,
+     .timeout = 60)
+{
+    char list[4096], out[8192];
+    int rc = fx_cli(list, sizeof list, 10, "help", "--commands", NULL);
+    cr_assert_eq(rc, 0, "%s", list);
+    int seen = 0;
+    for (char *line = strtok(list, "\n"); line; line = strtok(NULL, "\n")) {
+        char words[64], *sub = NULL;
+        snprintf(words, sizeof words, "%s", line);
+        if ((sub = strchr(words, ' ')))
+            *sub++ = 0;
+        char want[96];
+        snprintf(want, sizeof want, "usage: runaway %s", line);
+        if (!strcmp(line, "help"))
+            snprintf(want, sizeof want, "usage: runaway [GLOBAL OPTIONS]");
+        rc = sub ? fx_cli(out, sizeof out, 10, words, sub, "--help", NULL)
+                 : fx_cli(out, sizeof out, 10, words, "--help", NULL);
+        cr_assert(rc == 0 && strstr(out, want) == out, "%s --help: rc %d: %s", line, rc, out);
+        rc = sub ? fx_cli(out, sizeof out, 10, "help", words, sub, NULL)
+                 : fx_cli(out, sizeof out, 10, "help", words, NULL);
+        cr_assert(rc == 0 && strstr(out, want) == out, "help %s: rc %d: %s", line, rc, out);
+        seen++;
+    }
+    cr_assert_geq(seen, 20, "only %d commands listed", seen);
+    /* a group answers with its subcommands */
+    rc = fx_cli(out, sizeof out, 10, "daemon", "--help", NULL);
+    cr_assert(rc == 0 && strstr(out, "daemon start") && strstr(out, "daemon check"), "%s", out);
+    /* help is not the command: grids --help printed the grids before */
+    rc = fx_cli(out, sizeof out, 10, "grids", "--help", NULL);
+    cr_assert(rc == 0 && !strstr(out, "no runawayd"), "%s", out);
+    rc = fx_cli(out, sizeof out, 10, "--version", NULL);
+    cr_assert(rc == 0 && !strncmp(out, "runaway ", 8) && strchr("0123456789", out[8]), "%s", out);
+}
+
+/* Usage errors exit 2 and say what is wrong (with a near name when there is
+ * one); failures exit 1; the same for every command. */
+Test(cli, usage_errors_exit_2_and_suggest_the_near_name, .init = fx_prepare, .fini = fx_teardown,
+     .timeout = 60)
+{
+    char out[4096];
+    static const struct {
+        const char *args[5], *want;
+    } cases[] = {
+        {{"sbumit", "q.yaml"}, "unknown command 'sbumit'; did you mean 'submit'?"},
+        {{"tabel", "g1"}, "did you mean 'table'?"},
+        {{"submit", "q.yaml", "--dryrun"}, "unknown option '--dryrun'; did you mean '--dry-run'?"},
+        {{"logs", "j1", "--tial", "5"}, "did you mean '--tail'?"},
+        {{"logs", "j1", "--tail"}, "--tail needs a value"},
+        {{"show"}, "runaway show: expected JOB"},
+        {{"show", "j1", "j2"}, "runaway show: too many arguments"},
+        {{"grids", "extra"}, "runaway grids: takes no arguments"},
+        {{"diff", "j1"}, "runaway diff: expected JOB JOB"},
+        {{"daemon"}, "runaway daemon: which subcommand?"},
+        {{"daemon", "strat"}, "runaway daemon: no subcommand 'strat'"},
+        {{"--stat-dir", "x", "ls"}, "did you mean '--state-dir'?"},
+        {{"submit", "q.yaml", "--priority", "high"}, "'high' is not a whole number"},
+        {{"ls", "--xyzzy"}, "unknown option '--xyzzy'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *const *a = cases[i].args;
+        int rc = fx_cli(out, sizeof out, 10, a[0], a[1], a[2], a[3], a[4], NULL);
+        cr_assert(rc == 2 && strstr(out, cases[i].want), "case %zu (%s): rc %d: %s", i, a[0], rc,
+                  out);
+    }
+    /* a failure, not a usage error: 1 */
+    int rc = fx_cli(out, sizeof out, 10, "show", "j1", NULL);
+    cr_assert(rc == 1 && strstr(out, "no runawayd"), "rc %d: %s", rc, out);
+}
+
+/* --json: one JSON document per command, with the reply's field names. */
+Test(cli, json_on_ls_show_grids_workers_table_metrics_status, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 90)
+{
+    fx_submit_grid("js", 2, 0, "  seed: [0, 1]\n");
+    fx_wait_jobs("done", 2, 60);
+    static const struct {
+        const char *args[3], *path; /* a field that must be there: "a" or "a.0.b" */
+    } cases[] = {
+        {{"ls"}, "jobs.0.id"},          {{"ls", "js"}, "progress"},
+        {{"show", "j1"}, "job.state"}, {{"grids"}, "grids.0.name"},
+        {{"workers"}, "workers.0.slot"}, {{"table", "js"}, "rows.0.variant"},
+        {{"metrics", "js"}, "rows.0.loss"}, {{"daemon", "status"}, "pid"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[1 << 16];
+        const char *const *a = cases[i].args;
+        int rc = a[1] ? fx_cli(out, sizeof out, 20, a[0], a[1], "--json", NULL)
+                      : fx_cli(out, sizeof out, 20, a[0], "--json", NULL);
+        cr_assert_eq(rc, 0, "%s --json: %s", a[0], out);
+        json_error_t e;
+        json_t *doc = json_loads(out, 0, &e);
+        cr_assert(json_is_object(doc), "%s --json is not one JSON object (%s): %.300s", a[0],
+                  e.text, out);
+        cr_assert_null(json_object_get(doc, "type"), "%s: the envelope leaked", a[0]);
+        char path[64];
+        snprintf(path, sizeof path, "%s", cases[i].path);
+        const json_t *v = doc;
+        for (char *part = strtok(path, "."); part && v; part = strtok(NULL, "."))
+            v = json_is_array(v) ? json_array_get(v, strtoul(part, NULL, 10))
+                                 : json_object_get(v, part);
+        cr_assert_not_null(v, "%s --json: no %s in %.400s", a[0], cases[i].path, out);
+        json_decref(doc);
+    }
+    /* metrics: every row, the same as the CSV's */
+    char csv[1 << 16], js[1 << 16];
+    cr_assert_eq(fx_cli(csv, sizeof csv, 20, "metrics", "js", NULL), 0, "%s", csv);
+    cr_assert_eq(fx_cli(js, sizeof js, 20, "metrics", "js", "--json", NULL), 0, "%s", js);
+    json_t *doc = json_loads(js, 0, NULL);
+    int lines = 0;
+    for (const char *p = csv; (p = strchr(p, '\n')); p++)
+        lines++;
+    cr_assert_eq((int)json_array_size(json_object_get(doc, "rows")), lines - 1, "%s", csv);
+    json_decref(doc);
+}
+
+/* The bash completion asks runaway itself: commands, subcommands, flags. */
+Test(cli, bash_completion_offers_commands_subcommands_and_flags, .init = fx_prepare,
+     .fini = fx_teardown, .timeout = 30)
+{
+    const char *src = getenv("RW_SOURCE_ROOT");
+    cr_assert_not_null(src, "RW_SOURCE_ROOT is not set");
+    char bin[PATH_MAX], script[PATH_MAX * 2 + 1024], out[4096];
+    fx_bin(bin, sizeof bin, "tools");
+    snprintf(script, sizeof script,
+             "PATH=%s:$PATH; source %s/tools/cli/runaway.bash\n"
+             "c() { COMP_WORDS=(\"$@\"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=();"
+             " _runaway; echo \"$*|${COMPREPLY[*]}\"; }\n"
+             "c runaway sub; c runaway daemon st; c runaway submit q.yaml --dr;"
+             " c runaway plot g1 --ev; c runaway --sta\n",
+             bin, src);
+    const char *argv[] = {"/bin/bash", "-c", script, NULL};
+    int rc = fx_run(out, sizeof out, 20, argv);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "runaway sub|submit\n"), "%s", out);
+    cr_assert(strstr(out, "runaway daemon st|start stop status\n"), "%s", out);
+    cr_assert(strstr(out, "runaway submit q.yaml --dr|--dry-run\n"), "%s", out);
+    cr_assert(strstr(out, "runaway plot g1 --ev|--every\n"), "%s", out);
+    cr_assert(strstr(out, "runaway --sta|--state-dir\n"), "%s", out);
 }

@@ -39,6 +39,8 @@ void usage_error(const char *cmd, const char *fmt, ...)
 extern int cli_json;
 /* Prints v as one JSON document on stdout (indented, keys sorted) and frees it. */
 void print_json(json_t *v);
+/* A reply of runawayd as that document: its fields (proto/PROTOCOL.md), not type and id. */
+void print_reply_json(json_t *r);
 
 /* State: where runawayd's socket is, and the programs to start. */
 extern char state_dir[PATH_MAX];

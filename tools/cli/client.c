@@ -120,6 +120,14 @@ json_t *request_or_lost(conn *c, json_t *m, int secs, char *why, size_t whylen)
     }
 }
 
+/* A reply as the document --json prints: its fields, without the envelope. */
+void print_reply_json(json_t *r)
+{
+    json_object_del(r, "type");
+    json_object_del(r, "id");
+    print_json(r);
+}
+
 /* The same; runawayd going away ends the program. */
 json_t *request_within(conn *c, json_t *m, int secs)
 {

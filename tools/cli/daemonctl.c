@@ -236,6 +236,11 @@ int daemon_status(void)
     conn c;
     need_conn(&c);
     json_t *r = request(&c, req_new("status"));
+    if (cli_json) {
+        print_reply_json(r);
+        conn_close(&c);
+        return 0;
+    }
     printf("runawayd pid %lld, protocol %lld, state %s\n", jint(r, "pid"), jint(r, "version"),
            jstr(r, "state_dir"));
     printf("%lld worker slots on %lld devices%s\n", jint(r, "workers"), jint(r, "devices"),

@@ -215,6 +215,11 @@ int cmd_grids(void)
     conn c;
     need_conn(&c);
     json_t *r = request(&c, req_new("grids"));
+    if (cli_json) {
+        print_reply_json(r);
+        conn_close(&c);
+        return 0;
+    }
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "grids"), i, v)
@@ -255,6 +260,11 @@ int cmd_ls(int argc, char **argv)
     if (state)
         json_object_set_new(m, "state", json_string(state));
     json_t *r = request(&c, m);
+    if (cli_json) {
+        print_reply_json(r);
+        conn_close(&c);
+        return 0;
+    }
     print_job_header();
     size_t i;
     json_t *v;
@@ -343,6 +353,11 @@ int cmd_show(const char *job)
     json_t *m = req_new("show");
     json_object_set_new(m, "job", json_string(job));
     json_t *r = request(&c, m);
+    if (cli_json) {
+        print_reply_json(r);
+        conn_close(&c);
+        return 0;
+    }
     json_t *j = json_object_get(r, "job");
     printf("job        j%lld %s (grid g%lld)\n", jint(j, "id"), jstr(j, "name"), jint(j, "grid"));
     printf("state      %s%s%s\n", jstr(j, "state"), json_is_string(json_object_get(j, "error")) ? ": " : "",
@@ -484,6 +499,11 @@ int cmd_workers(void)
     conn c;
     need_conn(&c);
     json_t *r = request(&c, req_new("workers"));
+    if (cli_json) {
+        print_reply_json(r);
+        conn_close(&c);
+        return 0;
+    }
     printf("%-4s %-8s %-9s %-8s %-8s %-16s %-6s %s\n", "slot", "device", "state", "pid", "backend",
            "host", "job", "starts");
     size_t i;

@@ -358,7 +358,7 @@ static void unknown_command(int n, char **words)
         exit(CLI_USAGE);
     }
     const char *near = nearest(words[0], names, k);
-    fprintf(stderr, "runaway: no command '%s'", words[0]);
+    fprintf(stderr, "runaway: unknown command '%s'", words[0]);
     if (near)
         fprintf(stderr, "; did you mean '%s'?", near);
     fprintf(stderr, "\n(runaway --help lists the commands)\n");
@@ -405,8 +405,8 @@ static int check_args(const cli_cmd *c, int n, char **a)
             }
             const char *near = nearest(a[k], names, m);
             if (near)
-                usage_error(c->name, "no option '%s'; did you mean '%s'?", a[k], near);
-            usage_error(c->name, "no option '%s'", a[k]);
+                usage_error(c->name, "unknown option '%s'; did you mean '%s'?", a[k], near);
+            usage_error(c->name, "unknown option '%s'", a[k]);
         }
         if (!strcmp(fl->name, "--json")) {
             cli_json = 1;
@@ -440,7 +440,7 @@ static int wants_help(int n, char **a)
 /* runaway help [COMMAND]; --commands and --flags CMD feed the shell's completion. */
 static int cmd_help(int n, char **a)
 {
-    if (n == 0) {
+    if (n == 0 || !strcmp(a[0], "--help") || !strcmp(a[0], "-h") || !strcmp(a[0], "help")) {
         print_usage(stdout);
         return CLI_OK;
     }
@@ -513,7 +513,7 @@ int main(int argc, char **argv)
         if (!slot) {
             const char *names[] = {"--state-dir", "--daemon-bin", "--worker", "--help", "--version"};
             const char *near = nearest(o, names, 5);
-            fprintf(stderr, "runaway: no global option '%s'", o);
+            fprintf(stderr, "runaway: unknown global option '%s'", o);
             if (near)
                 fprintf(stderr, "; did you mean '%s'?", near);
             fprintf(stderr, "\n(runaway --help lists them)\n");

@@ -317,6 +317,26 @@ static void metrics_tmp_remove(void)
         unlink(metrics_tmp);
 }
 
+/* The columns of runaway metrics, CSV and JSON alike: who, then the
+ * reply's row (proto/PROTOCOL.md, `metrics`) from its second value on. */
+static const char *const metric_columns[] = {
+    "job",  "name",        "variant", "seed", "epoch", "step", "loss",   "align",   "uniform",
+    "collapse", "knn", "pairs_per_s", "tau",   "lr",    "rank", "linear", "w_cos_i", "w_asym"};
+enum { NMETRIC_COLUMNS = sizeof metric_columns / sizeof metric_columns[0], METRIC_WHO = 4 };
+
+/* One reply row as a JSON object with those columns (null where none). */
+static json_t *metric_row_json(long long job, const json_t *info, const json_t *row)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "job", json_integer(job));
+    json_object_set_new(o, "name", json_string(info ? jstr(info, "name") : ""));
+    json_object_set_new(o, "variant", json_string(info ? jstr(info, "variant") : ""));
+    json_object_set_new(o, "seed", json_integer(info ? jint(info, "seed") : -1));
+    for (size_t k = 1; k < json_array_size(row) && METRIC_WHO + k - 1 < NMETRIC_COLUMNS; k++)
+        json_object_set(o, metric_columns[METRIC_WHO + k - 1], json_array_get(row, k));
+    return o;
+}
+
 int cmd_metrics(int n, char **a)
 {
     const char *out = NULL;
@@ -351,8 +371,11 @@ int cmd_metrics(int n, char **a)
     /* each target in turn; a job that an earlier one had is written once */
     json_t *done = json_object();
     long long rows = 0;
-    fprintf(f, "job,name,variant,seed,epoch,step,loss,align,uniform,collapse,knn,"
-               "pairs_per_s,tau,lr,rank,linear,w_cos_i,w_asym\n");
+    json_t *all = cli_json ? json_array() : NULL;
+    for (int k = 0; !all && k < NMETRIC_COLUMNS; k++)
+        fprintf(f, "%s%s", k ? "," : "", metric_columns[k]);
+    if (!all)
+        fputc('\n', f);
     for (int t = 0; t < nt; t++) {
         json_t *jobs = NULL, *mine = json_object();
         long long after_job = -1, after = -1;
@@ -380,6 +403,11 @@ int cmd_metrics(int n, char **a)
                 if (json_object_get(done, key))
                     continue;
                 json_object_set_new(mine, key, json_true());
+                rows++;
+                if (all) {
+                    json_array_append_new(all, metric_row_json(job, info, row));
+                    continue;
+                }
                 /* names are [A-Za-z0-9_.-/]: no quoting needed */
                 fprintf(f, "j%lld,%s,%s,%lld", job, info ? jstr(info, "name") : "",
                         info ? jstr(info, "variant") : "", info ? jint(info, "seed") : -1);
@@ -393,7 +421,6 @@ int cmd_metrics(int n, char **a)
                         fputc(',', f);
                 }
                 fputc('\n', f);
-                rows++;
             }
             int more = json_is_true(json_object_get(r, "more"));
             json_decref(r);
@@ -406,6 +433,13 @@ int cmd_metrics(int n, char **a)
     }
     json_decref(done);
     conn_close(&c);
+    if (all) {
+        json_t *doc = json_pack("{s:o}", "rows", all);
+        if (json_dumpf(doc, f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
+            die("metrics: cannot write the JSON");
+        fputc('\n', f);
+        json_decref(doc);
+    }
     if (out) {
         if (fclose(f) != 0 || rename(metrics_tmp, out) != 0)
             die("metrics: cannot write %s: %s", out, strerror(errno));
@@ -436,7 +470,11 @@ int cmd_table(int n, char **a)
         die("table: which grid?");
     conn c;
     need_conn(&c);
-    if (!strcmp(fmt, "text"))
+    if (cli_json) {
+        json_t *m = req_new("table");
+        set_targets(m, "grid", "grids", grids, ng);
+        print_reply_json(request(&c, m));
+    } else if (!strcmp(fmt, "text"))
         print_table(&c, grids, ng);
     else
         print_table_as(&c, grids, ng, fmt);

@@ -152,6 +152,7 @@ Test(cli, usage_errors_exit_2_and_suggest_the_near_name, .init = fx_prepare, .fi
         {{"--stat-dir", "x", "ls"}, "did you mean '--state-dir'?"},
         {{"submit", "q.yaml", "--priority", "high"}, "'high' is not a whole number"},
         {{"ls", "--xyzzy"}, "unknown option '--xyzzy'"},
+        {{"logs", "j1", "--tail", "many"}, "--tail: 'many' is not a count"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *const *a = cases[i].args;

@@ -248,7 +248,7 @@ int cmd_ls(int argc, char **argv)
         if (!strcmp(argv[k], "--state") && k + 1 < argc)
             state = argv[++k];
         else if (argv[k][0] == '-' || grid)
-            die("ls: unexpected argument '%s'", argv[k]);
+            usage_error("ls", "unexpected argument '%s'", argv[k]);
         else
             grid = argv[k];
     }
@@ -428,17 +428,21 @@ int cmd_logs(int argc, char **argv)
     long tail = 0;
     int follow = 0;
     for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--tail") && i + 1 < argc)
-            tail = strtol(argv[++i], NULL, 10);
+        if (!strcmp(argv[i], "--tail") && i + 1 < argc) {
+            char *end;
+            tail = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || tail < 0)
+                usage_error("logs", "--tail: '%s' is not a count", argv[i]);
+        }
         else if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow"))
             follow = 1;
         else if (!job)
             job = argv[i];
         else
-            die("logs: unexpected argument '%s'", argv[i]);
+            usage_error("logs", "unexpected argument '%s'", argv[i]);
     }
     if (!job)
-        die("logs: which job?");
+        usage_error("logs", "which job?");
     conn c;
     need_conn(&c);
     /* the last line printed: after a reconnect, the tail is printed from

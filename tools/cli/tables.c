@@ -348,12 +348,12 @@ int cmd_metrics(int n, char **a)
         else if (!strcmp(a[k], "--steps"))
             steps = 1;
         else if (a[k][0] == '-')
-            die("metrics: unexpected argument '%s'", a[k]);
+            usage_error("metrics", "unexpected argument '%s'", a[k]);
         else
             add_target("metrics", targets, &nt, a[k]);
     }
     if (!nt)
-        die("metrics: which job or grid?");
+        usage_error("metrics", "which job or grid?");
     /* a temporary file renamed into place: a failed export leaves no half file */
     FILE *f = stdout;
     if (out) {
@@ -459,15 +459,15 @@ int cmd_table(int n, char **a)
             fmt = a[++k];
             if (strcmp(fmt, "text") && strcmp(fmt, "csv") && strcmp(fmt, "markdown") &&
                 strcmp(fmt, "latex"))
-                die("table: --format is text, csv, markdown or latex, not '%s'", fmt);
+                usage_error("table", "--format is text, csv, markdown or latex, not '%s'", fmt);
         } else if (a[k][0] == '-') {
-            die("table: unexpected argument '%s'", a[k]);
+            usage_error("table", "unexpected argument '%s'", a[k]);
         } else {
             add_target("table", grids, &ng, a[k]);
         }
     }
     if (!ng)
-        die("table: which grid?");
+        usage_error("table", "which grid?");
     conn c;
     need_conn(&c);
     if (cli_json) {

@@ -245,11 +245,11 @@ int cmd_watch(int n, char **a)
     int nt = 0;
     for (int k = 0; k < n; k++) {
         if (a[k][0] == '-')
-            die("watch: unexpected argument '%s'", a[k]);
+            usage_error("watch", "unexpected argument '%s'", a[k]);
         add_target("watch", targets, &nt, a[k]);
     }
     if (!nt)
-        die("watch: which job or grid?");
+        usage_error("watch", "which job or grid?");
     watched *w = calloc((size_t)nt, sizeof *w);
     if (!w)
         die("out of memory");

@@ -6,6 +6,7 @@
  *   db.c        the store: SQLite and the backlog of writes it cannot take
  *   dbcheck.c   the store checked at start and on demand, and backed up
  *   scheduler.c, eta.c   the scheduler's decisions and the estimates (pure)
+ *   stats.c     Welch's t-test of table's marks (pure)
  *   net.c       transport and authentication: listeners, connections, hello
  *   runs.c      the running attempts
  *   pool.c      worker slots and their processes

@@ -171,8 +171,12 @@ static const cli_cmd commands[] = {
     {"rm", "JOB|GRID", "ended jobs out of the database, with their run folders and TensorBoard runs",
      NULL, 1, 1, no_flags, run_rm},
     {"table", "GRID...", "per variant: mean ± std over seeds of the results",
-     "Several grids: their jobs pooled by variant name. A variant is marked against the\n"
-     "random baseline only when the difference is significant over the seeds.",
+     "Several grids: their jobs pooled by variant name. n: seeds with numbers / jobs; one\n"
+     "seed shows its value alone. L_uniform(f) and linear eval are compared with the random\n"
+     "baseline (the variant with optim.epochs 0) by Welch's t-test over the seeds, and marked\n"
+     "only where two-sided p < 0.05: worse (text *, bold) when L_uniform(f) is higher or\n"
+     "linear eval lower, better (text +, italic) the other way; a side with one seed (n=1) is\n"
+     "not compared. csv adds <m>_vs_baseline (worse, better, ns, n=1), <m>_p and acc_n.",
      1, -1, table_flags, cmd_table},
     {"metrics", "JOB|GRID...", "every epoch's metrics as CSV", NULL, 1, -1, metrics_flags,
      cmd_metrics},

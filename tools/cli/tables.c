@@ -22,46 +22,92 @@
 #include "proto/msg.h"
 #include "tools/cli/cli.h"
 
+/* "mean ± std" of a row's metric (keys `mean`, `std`), over the `nkey`
+ * values the daemon counted, then `unit`: the mean alone for one (no spread,
+ * not "± 0"), and "(n=K)" where K is not the row's n (some seeds lack this
+ * metric). */
 static void pm(char *out, size_t len, const json_t *o, const char *mean, const char *std,
-               const char *fmt, const char *sfmt, double scale)
+               const char *nkey, const char *fmt, const char *sfmt, double scale, const char *unit)
 {
     const json_t *a = json_object_get(o, mean), *b = json_object_get(o, std);
     if (!json_is_number(a)) {
         snprintf(out, len, "-");
         return;
     }
+    long long n = json_is_integer(json_object_get(o, nkey)) ? jint(o, nkey) : jint(o, "n");
     char f2[64];
-    snprintf(f2, sizeof f2, "%s ± %s", fmt, sfmt);
-    snprintf(out, len, f2, json_number_value(a) * scale,
-             json_is_number(b) ? json_number_value(b) * scale : 0.0);
+    snprintf(f2, sizeof f2, n == 1 ? "%s" : "%s ± %s", fmt, sfmt);
+    int at = snprintf(out, len, f2, json_number_value(a) * scale,
+                      json_is_number(b) ? json_number_value(b) * scale : 0.0);
+    if (at >= 0 && (size_t)at < len)
+        at += snprintf(out + at, len - (size_t)at, "%s", unit);
+    if (n != jint(o, "n") && at >= 0 && (size_t)at < len)
+        snprintf(out + at, len - (size_t)at, " (n=%lld)", n);
 }
 
-/* A row's mark against the random baseline (the daemon's table reply):
- * 1 worse, 0 not, -1 no comparison (no baseline, or no number). */
-static int worse(const json_t *row, const char *flag)
+/* A row's mark against the random baseline on a metric (uniform, acc), as
+ * the daemon's table reply gives it in <metric>_vs_baseline. */
+typedef enum vs_mark { VS_NONE, VS_NOT_SIGNIFICANT, VS_ONE_SEED, VS_WORSE, VS_BETTER } vs_mark;
+
+static vs_mark vs_baseline(const json_t *row, const char *metric)
 {
-    const json_t *f = json_object_get(row, flag);
-    return json_is_boolean(f) ? json_is_true(f) : -1;
+    char key[40];
+    snprintf(key, sizeof key, "%s_vs_baseline", metric);
+    const char *v = json_string_value(json_object_get(row, key));
+    if (!v)
+        return VS_NONE;
+    return !strcmp(v, "worse")    ? VS_WORSE
+           : !strcmp(v, "better") ? VS_BETTER
+           : !strcmp(v, "n=1")    ? VS_ONE_SEED
+                                  : VS_NOT_SIGNIFICANT;
 }
 
-/* `cell` with `pre`/`post` around it where the row is worse than the
- * baseline. */
+/* How a format shows a cell marked worse or better. */
+typedef struct mark_style {
+    const char *worse_pre, *worse_post, *better_pre, *better_post;
+} mark_style;
+
+static const mark_style text_marks = {"", " *", "", " +"};
+static const mark_style markdown_marks = {"**", "**", "*", "*"};
+
+/* `cell_text` as `style` marks it where the row differs from the baseline
+ * on `metric`. */
 static void marked(char *out, size_t len, const char *cell_text, const json_t *row,
-                   const char *flag, const char *pre, const char *post)
+                   const char *metric, const mark_style *style)
 {
-    if (worse(row, flag) == 1)
-        snprintf(out, len, "%s%s%s", pre, cell_text, post);
+    vs_mark k = vs_baseline(row, metric);
+    if (k == VS_WORSE)
+        snprintf(out, len, "%s%s%s", style->worse_pre, cell_text, style->worse_post);
+    else if (k == VS_BETTER)
+        snprintf(out, len, "%s%s%s", style->better_pre, cell_text, style->better_post);
     else
         snprintf(out, len, "%s", cell_text);
 }
 
-static int any_worse(const json_t *rows)
+/* Under the table, where it has a baseline: what the marks mean (`marks`:
+ * the format's words for them), then the variants not compared for want of
+ * seeds; each line starts with `pre`. */
+static void print_legend(const json_t *r, const char *pre, const char *marks)
 {
-    size_t i;
+    if (!json_is_string(json_object_get(r, "baseline")))
+        return;
+    printf("%s%s than the random baseline (%s) by Welch's t-test over the seeds, two-sided "
+           "p < 0.05: L_uniform(f) higher or linear eval lower is worse\n",
+           pre, marks, jstr(r, "baseline"));
+    size_t i, shown = 0;
     json_t *v;
-    json_array_foreach(rows, i, v) if (worse(v, "uniform_worse") == 1 || worse(v, "acc_worse") == 1)
-        return 1;
-    return 0;
+    json_array_foreach(json_object_get(r, "rows"), i, v)
+    {
+        if (vs_baseline(v, "uniform") != VS_ONE_SEED && vs_baseline(v, "acc") != VS_ONE_SEED)
+            continue;
+        if (!shown++)
+            printf("%snot compared, n=1 on a side (one seed has no spread to test against): ", pre);
+        else
+            printf(", ");
+        printf("%s", jstr(v, "variant"));
+    }
+    if (shown)
+        printf("\n");
 }
 
 /* s left-aligned in `width` columns of the terminal: a UTF-8 character
@@ -109,8 +155,8 @@ void print_table(conn *c, char *const *grids, int ng)
     printf("grid%s ", json_array_size(json_object_get(r, "grids")) > 1 ? "s" : "");
     json_array_foreach(json_object_get(r, "grids"), i, v)
         printf("%sg%lld %s", i ? " + " : "", jint(v, "id"), jstr(v, "name"));
-    printf(": mean ± std over seeds; L_align(q.f) and L_uniform(f) averaged over the "
-           "last 10 epochs, the effective rank of f at the end\n");
+    printf(": mean ± std over seeds (n: seeds with numbers / jobs); L_align(q.f) and "
+           "L_uniform(f) averaged over the last 10 epochs, the effective rank of f at the end\n");
     int w = 20; /* the longest variant's name (a sweep's are long) */
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
@@ -123,25 +169,22 @@ void print_table(conn *c, char *const *grids, int ng)
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
         char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80], wi[64] = "", wic[72] = "";
-        pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
-        pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
-        pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
+        pm(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, "");
+        pm(un, sizeof un, v, "uniform_mean", "uniform_std", "n", "%+.3f", "%.3f", 1, "");
+        pm(rk, sizeof rk, v, "rank_mean", "rank_std", "rank_n", "%.1f", "%.1f", 1, "");
         if (ws) {
-            pm(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "%+.3f", "%.3f", 1);
+            pm(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "w_cos_i_n", "%+.3f", "%.3f", 1,
+               "");
             pad_cols(wic, sizeof wic, wi, 21);
         }
-        pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
-        if (json_is_number(json_object_get(v, "acc_mean")))
-            strcat(acc, "%");
-        marked(unm, sizeof unm, un, v, "uniform_worse", "", " *");
-        marked(accm, sizeof accm, acc, v, "acc_worse", "", " *");
+        pm(acc, sizeof acc, v, "acc_mean", "acc_std", "acc_n", "%.2f", "%.2f", 100, "%");
+        marked(unm, sizeof unm, un, v, "uniform", &text_marks);
+        marked(accm, sizeof accm, acc, v, "acc", &text_marks);
         snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
         printf("%-*s %5s  %-24s %-20s %-18s %s%s\n", w, jstr(v, "variant"), n, al, unm, rk, wic,
                accm);
     }
-    if (any_worse(json_object_get(r, "rows")))
-        printf("* worse than the random baseline (%s): L_uniform(f) higher, linear eval lower\n",
-               jstr(r, "baseline"));
+    print_legend(r, "", "* worse, + better");
     json_decref(r);
 }
 
@@ -154,6 +197,13 @@ static void cell(char *out, size_t len, const json_t *row, const char *key, doub
         snprintf(out, len, "%.9g", json_number_value(v) * scale);
     else
         out[0] = 0;
+}
+
+/* A boolean of a table row as CSV wants it: 1, 0, empty where absent. */
+static void flag01(char *out, size_t len, const json_t *row, const char *key)
+{
+    const json_t *v = json_object_get(row, key);
+    snprintf(out, len, "%s", json_is_boolean(v) ? (json_is_true(v) ? "1" : "0") : "");
 }
 
 /* The table for a paper or a spreadsheet: csv (one header line, then a row
@@ -177,20 +227,30 @@ static void tex_num(char *out, size_t len, const char *fmt, double x)
 }
 
 /* pm's cell as LaTeX math, bold where the row is worse than the baseline
- * on `flag` (NULL: never) */
+ * on `metric`, italic where better (NULL: never marked) */
 static void pm_tex(char *out, size_t len, const json_t *o, const char *mean, const char *std,
-                   const char *fmt, const char *sfmt, double scale, const char *flag)
+                   const char *nkey, const char *fmt, const char *sfmt, double scale,
+                   const char *metric)
 {
     const json_t *a = json_object_get(o, mean), *b = json_object_get(o, std);
     if (!json_is_number(a)) {
         snprintf(out, len, "--");
         return;
     }
-    char m[64], sd[64];
+    long long n = json_is_integer(json_object_get(o, nkey)) ? jint(o, nkey) : jint(o, "n");
+    char m[64], sd[64], num[160], n_note[48] = "";
     tex_num(m, sizeof m, fmt, json_number_value(a) * scale);
     tex_num(sd, sizeof sd, sfmt, json_is_number(b) ? json_number_value(b) * scale : 0.0);
-    snprintf(out, len, flag && worse(o, flag) == 1 ? "$\\mathbf{%s \\pm %s}$" : "$%s \\pm %s$", m,
-             sd);
+    if (n == 1) /* one seed: no spread */
+        snprintf(num, sizeof num, "%s", m);
+    else
+        snprintf(num, sizeof num, "%s \\pm %s", m, sd);
+    if (n != jint(o, "n"))
+        snprintf(n_note, sizeof n_note, " ($n{=}%lld$)", n);
+    vs_mark k = metric ? vs_baseline(o, metric) : VS_NONE;
+    snprintf(out, len, k == VS_WORSE ? "$\\mathbf{%s}$%s" : k == VS_BETTER ? "$\\mathit{%s}$%s"
+                                                                           : "$%s$%s",
+             num, n_note);
 }
 
 /* The table as a LaTeX tabular (booktabs rules), for the paper. */
@@ -198,7 +258,7 @@ static void print_table_tex(const json_t *r)
 {
     const json_t *rows = json_object_get(r, "rows");
     int ws = any_w(rows);
-    printf("%% runaway table: mean \\pm std over seeds; n: finished jobs / jobs. "
+    printf("%% runaway table: mean \\pm std over seeds; n: seeds with numbers / jobs. "
            "Needs \\usepackage{booktabs}.\n");
     printf("\\begin{tabular}{lc%s}\n\\toprule\n", ws ? "ccccc" : "cccc");
     printf("variant & $n$ & $\\mathcal{L}_{\\mathrm{align}}(q \\circ f)$ & "
@@ -218,19 +278,17 @@ static void print_table_tex(const json_t *r)
             name[o++] = *p;
         }
         name[o] = '\0';
-        pm_tex(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1, NULL);
-        pm_tex(un, sizeof un, v, "uniform_mean", "uniform_std", "%.3f", "%.3f", 1,
-               "uniform_worse");
-        pm_tex(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1, NULL);
-        pm_tex(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "%.3f", "%.3f", 1, NULL);
-        pm_tex(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100, "acc_worse");
+        pm_tex(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, NULL);
+        pm_tex(un, sizeof un, v, "uniform_mean", "uniform_std", "n", "%.3f", "%.3f", 1, "uniform");
+        pm_tex(rk, sizeof rk, v, "rank_mean", "rank_std", "rank_n", "%.1f", "%.1f", 1, NULL);
+        pm_tex(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "w_cos_i_n", "%.3f", "%.3f", 1,
+               NULL);
+        pm_tex(acc, sizeof acc, v, "acc_mean", "acc_std", "acc_n", "%.2f", "%.2f", 100, "acc");
         printf("%s & %lld/%lld & %s & %s & %s & %s%s%s \\\\\n", name, jint(v, "n"),
                jint(v, "jobs"), al, un, rk, ws ? wi : "", ws ? " & " : "", acc);
     }
     printf("\\bottomrule\n\\end{tabular}\n");
-    if (any_worse(rows))
-        printf("%% Bold: worse than the random baseline (%s): L_uniform(f) higher, linear eval "
-               "lower.\n", jstr(r, "baseline"));
+    print_legend(r, "% ", "Bold: worse, italic: better");
 }
 
 static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
@@ -247,7 +305,7 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
                "linear_acc_std,rank_mean,rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,"
-               "acc_worse\n");
+               "acc_worse,uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n\n");
     else
         printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) |%s linear eval top-1 (%%) |\n"
                "|---|---|---|---|---|%s---|\n", ws ? " cos(W,I) |" : "", ws ? "---|" : "");
@@ -268,32 +326,37 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
         cell(wsd, sizeof wsd, v, "w_cos_i_std", 1);
         if (csv) {
             /* variant names are [A-Za-z0-9_.-]: no quoting needed */
-            /* against the random baseline: 1 worse, 0 not, empty where no comparison */
-            const char *b01[] = {"", "0", "1"};
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", jstr(v, "variant"),
-                   jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm, rs, wm, wsd,
-                   b01[worse(v, "uniform_worse") + 1], b01[worse(v, "acc_worse") + 1]);
+            /* against the random baseline: <m>_worse 1 (significantly worse) or 0,
+             * empty where not tested; <m>_vs_baseline worse, better, ns or n=1 */
+            char uw[4], aw[4], up[32], ap[32];
+            flag01(uw, sizeof uw, v, "uniform_worse");
+            flag01(aw, sizeof aw, v, "acc_worse");
+            cell(up, sizeof up, v, "uniform_p", 1);
+            cell(ap, sizeof ap, v, "acc_p", 1);
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld\n",
+                   jstr(v, "variant"), jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm,
+                   rs, wm, wsd, uw, aw, jstr(v, "uniform_vs_baseline"), up,
+                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"));
         } else {
             char al[64], un[64], rk[64], acc[64], unm[80], accm[80], wi[64], wic[72] = "";
-            pm(al, sizeof al, v, "align_mean", "align_std", "%.3e", "%.1e", 1);
-            pm(un, sizeof un, v, "uniform_mean", "uniform_std", "%+.3f", "%.3f", 1);
-            pm(rk, sizeof rk, v, "rank_mean", "rank_std", "%.1f", "%.1f", 1);
+            pm(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, "");
+            pm(un, sizeof un, v, "uniform_mean", "uniform_std", "n", "%+.3f", "%.3f", 1, "");
+            pm(rk, sizeof rk, v, "rank_mean", "rank_std", "rank_n", "%.1f", "%.1f", 1, "");
             if (ws) {
-                pm(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "%+.3f", "%.3f", 1);
+                pm(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "w_cos_i_n", "%+.3f", "%.3f",
+                   1, "");
                 snprintf(wic, sizeof wic, " %s |", wi);
             }
-            pm(acc, sizeof acc, v, "acc_mean", "acc_std", "%.2f", "%.2f", 100);
-            /* bold, as the paper highlights them */
-            marked(unm, sizeof unm, un, v, "uniform_worse", "**", "**");
-            marked(accm, sizeof accm, acc, v, "acc_worse", "**", "**");
+            pm(acc, sizeof acc, v, "acc_mean", "acc_std", "acc_n", "%.2f", "%.2f", 100, "");
+            /* bold, as the paper highlights them; italic better */
+            marked(unm, sizeof unm, un, v, "uniform", &markdown_marks);
+            marked(accm, sizeof accm, acc, v, "acc", &markdown_marks);
             printf("| %s | %lld/%lld | %s | %s | %s |%s %s |\n", jstr(v, "variant"), jint(v, "n"),
                    jint(v, "jobs"), al, unm, rk, wic, accm);
         }
     }
-    if (!csv && any_worse(json_object_get(r, "rows")))
-        printf("\nBold: worse than the random baseline (%s): L_uniform(f) higher, linear eval "
-               "lower.\n",
-               jstr(r, "baseline"));
+    if (!csv)
+        print_legend(r, "\n", "Bold: worse, italic: better");
     json_decref(r);
 }
 

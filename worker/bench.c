@@ -10,14 +10,14 @@
  * rendered on the GPU inside the step, the step replayed from CUDA graphs
  * after two warm-up steps and the capture (--host-data: views from the CPU
  * loader, uploaded; --no-graphs: launched op by op; the "views step" column
- * says which ran), and reports the GPU memory the
- * configuration holds (the backend's free memory, device_info, before the
- * model minus after the steps: nothing is freed during steps, so that is
- * the high-water mark of our allocations, workspaces included) and the
- * achieved fraction of the
- * GPU's dense tensor-core peak for the math mode (TF32, or BF16 under
- * --precision bf16; none for fp32), counting convolution FLOPs only (the
- * bulk of the step; a lower bound on the work done).
+ * says which ran), and reports the GPU memory the configuration holds (the
+ * backend's device_info: free memory before the model minus free memory
+ * after the steps; nothing is freed during steps, so that is the high-water
+ * mark of our allocations, workspaces included) and the achieved fraction
+ * of the GPU's dense tensor-core peak for the math mode (TF32, or BF16
+ * under --precision bf16; none for fp32), counting convolution FLOPs only
+ * (the bulk of the step; a lower bound on the work done). The GPU's name,
+ * which picks the peak, is device_info's too.
  *
  * --precision tf32|fp32|bf16 sets the backend's math mode (set_precision)
  * before the model is built; the table shows the mode in effect (the CPU

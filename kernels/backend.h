@@ -166,6 +166,16 @@ struct kb_backend {
      * any, they are not valid under another mode. */
     kb_precision (*set_precision)(kb_backend *be, kb_precision p);
 
+    /* What the backend runs on, for reports (runaway-bench): writes the
+     * device's name into name (len bytes, NUL-terminated, truncated to
+     * fit), and its memory in bytes, free_bytes what is free now and
+     * total_bytes all of it, 0 where unknown. CPU: "CPU (N threads)" and
+     * the host's MemAvailable and MemTotal (/proc/meminfo; 0 without it).
+     * CUDA: the GPU's name, its free and total memory (cudaMemGetInfo).
+     * Not inside a capture. */
+    void (*device_info)(kb_backend *be, char *name, size_t len, size_t *free_bytes,
+                        size_t *total_bytes);
+
     /* ---- feature maps ----
      * The CPU's format is fp32 NCHW. CUDA's is NHWC in the math's type
      * (bf16 in BF16 mode, else fp32), with a pixel's channels padded with

@@ -165,6 +165,13 @@ static kb_precision p_set_precision(kb_backend *be, kb_precision p)
     return in->set_precision(in, p);
 }
 
+static void p_device_info(kb_backend *be, char *name, size_t len, size_t *free_bytes,
+                          size_t *total_bytes)
+{
+    kb_backend *in = P_of(be)->inner;
+    in->device_info(in, name, len, free_bytes, total_bytes);
+}
+
 static kb_stamp *p_stamp_create(kb_backend *be)
 {
     kb_backend *in = P_of(be)->inner;
@@ -547,6 +554,7 @@ kb_backend *kb_profile_create(kb_backend *inner, char *err, size_t errlen)
     be->copy = p_copy;
     be->sync = p_sync;
     be->set_precision = p_set_precision;
+    be->device_info = p_device_info;
     /* no capture ops: each op must run, and be stamped, by itself */
     be->stamp_create = p_stamp_create;
     be->stamp_record = p_stamp_record;

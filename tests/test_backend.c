@@ -443,6 +443,51 @@ Test(backend, memory_and_elementwise)
     pairs_free();
 }
 
+/* ---- the device ---- */
+
+/* device_info answers: a name, and free memory within the total where the
+ * total is known; a short buffer gets the name cut and terminated. */
+static void device_info_answers(kb_backend *be)
+{
+    char name[96];
+    memset(name, 'x', sizeof name);
+    size_t free_b = 1, total_b = 1;
+    be->device_info(be, name, sizeof name, &free_b, &total_b);
+    cr_expect(memchr(name, 0, sizeof name), "%s backend: name not terminated", be->name);
+    cr_expect(name[0] != 0, "%s backend: empty device name", be->name);
+    cr_expect(free_b <= total_b, "%s backend (%s): %zu bytes free of %zu", be->name, name,
+              free_b, total_b);
+    char cut[4];
+    memset(cut, 'x', sizeof cut);
+    be->device_info(be, cut, sizeof cut, &free_b, &total_b);
+    cr_expect_eq(strlen(cut), 3, "%s backend: name in 4 bytes: '%.4s'", be->name, cut);
+    cr_expect(strncmp(cut, name, 3) == 0, "%s backend: '%s' then '%s'", be->name, name, cut);
+}
+
+/* The CPU's answers without a GPU: its threads, and the host's memory
+ * (Linux has /proc/meminfo). */
+Test(backend, device_info)
+{
+    device_info_answers(cpu);
+    char name[64];
+    size_t free_b = 0, total_b = 0;
+    cpu->device_info(cpu, name, sizeof name, &free_b, &total_b);
+    cr_expect_str_eq(name, "CPU (1 thread)");
+    cr_expect_gt(total_b, 0, "no host memory from /proc/meminfo");
+    cr_expect_gt(free_b, 0, "no available host memory from /proc/meminfo");
+    kb_backend *four = kb_cpu_create(4);
+    cr_assert_not_null(four);
+    four->device_info(four, name, sizeof name, &free_b, &total_b);
+    cr_expect_str_eq(name, "CPU (4 threads)");
+    kb_destroy(four);
+    if (!gpu)
+        return;
+    device_info_answers(gpu);
+    gpu->device_info(gpu, name, sizeof name, &free_b, &total_b);
+    cr_expect_gt(total_b, 0, "GPU %s: no memory total", name);
+    cr_expect_gt(free_b, 0, "GPU %s: no free memory", name);
+}
+
 /* ---- feature maps ---- */
 
 /* fmap_bytes follows the layout rule; upload then download gives the

@@ -227,6 +227,21 @@ Test(profile, backend_without_stamps_refused)
     cr_expect(strstr(err, "bare") && strstr(err, "stamps"), "%s", err);
 }
 
+/* The wrapper reports the device it wraps (runaway-bench --profile's GPU
+ * name and memory). */
+Test(profile, device_info_forwarded)
+{
+    char err[256];
+    kb_backend *prof = kb_profile_create(kb_cpu_create(3), err, sizeof err);
+    cr_assert(prof, "%s", err);
+    char name[64] = "";
+    size_t free_b = 0, total_b = 0;
+    prof->device_info(prof, name, sizeof name, &free_b, &total_b);
+    cr_expect_str_eq(name, "CPU (3 threads)");
+    cr_expect_gt(total_b, 0);
+    kb_destroy(prof);
+}
+
 /* ---- CUDA ---- */
 
 /* STEPS stepper steps (views rendered on the device, op by op). */
@@ -288,3 +303,4 @@ Test(profile, cuda_step_same_bits_and_counts)
     rw_dataset_free(&ds);
     kb_destroy(prof);
 }
+

@@ -56,7 +56,7 @@ except ImportError as _e:
     print("torch_twin: PyTorch is not installed (%s)" % _e, file=sys.stderr)
     sys.exit(77)
 
-# The step's hyperparameters: runaway's defaults (DESIGN.md; tools/bench.c
+# The step's hyperparameters: runaway's defaults (DESIGN.md; worker/bench.c
 # and the C check use the same numbers).
 LR = 3e-4
 BETAS = (0.9, 0.999)

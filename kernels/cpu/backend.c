@@ -143,6 +143,35 @@ static void cpu_ring_push(kb_backend *be, float *ring, int slots, const float *s
     ++*counter;
 }
 
+/* The host's memory from /proc/meminfo: MemAvailable (what can be had
+ * without swapping) rather than MemFree, which leaves out the page cache.
+ * Both stay 0 (unknown) where the file or a line is missing. */
+static void cpu_host_memory(size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return;
+    char line[128];
+    unsigned long long kib;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemTotal: %llu kB", &kib) == 1)
+            *total_bytes = (size_t)kib * 1024;
+        else if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+            *free_bytes = (size_t)kib * 1024;
+    }
+    fclose(f);
+}
+
+static void cpu_device_info(kb_backend *be, char *name, size_t len, size_t *free_bytes,
+                            size_t *total_bytes)
+{
+    int n = kb_cpu_of(be)->threads;
+    if (len)
+        snprintf(name, len, "CPU (%d thread%s)", n, n == 1 ? "" : "s");
+    cpu_host_memory(free_bytes, total_bytes);
+}
+
 /* oneDNN's fp32 convolutions and OpenBLAS's sgemm: fp32 whatever is asked. */
 static kb_precision cpu_set_precision(kb_backend *be, kb_precision p)
 {
@@ -194,6 +223,7 @@ kb_backend *kb_cpu_create(int threads)
     be->copy = cpu_copy;
     be->sync = cpu_sync;
     be->set_precision = cpu_set_precision;
+    be->device_info = cpu_device_info;
     be->stamp_create = cpu_stamp_create;
     be->stamp_record = cpu_stamp_record;
     be->stamp_ms = cpu_stamp_ms;

@@ -296,6 +296,28 @@ static void cuda_sync(kb_backend *be)
     KB_CUDA(cudaStreamSynchronize(impl->stream));
 }
 
+/* The GPU's name and memory. A failed query is not a dead device (a report
+ * asks, nothing depends on it): cleared, and answered as unknown. */
+static void cuda_device_info(kb_backend *be, char *name, size_t len, size_t *free_bytes,
+                             size_t *total_bytes)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    cudaDeviceProp prop;
+    if (len) {
+        if (cudaGetDeviceProperties(&prop, impl->device) == cudaSuccess) {
+            snprintf(name, len, "%s", prop.name);
+        } else {
+            (void)cudaGetLastError();
+            snprintf(name, len, "CUDA device %d", impl->device);
+        }
+    }
+    *free_bytes = *total_bytes = 0;
+    if (cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        *free_bytes = *total_bytes = 0;
+    }
+}
+
 /* ---- timing: CUDA events on the backend's stream ---- */
 
 struct kb_stamp {
@@ -609,6 +631,7 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     be->download = cuda_download;
     be->copy = cuda_copy;
     be->sync = cuda_sync;
+    be->device_info = cuda_device_info;
     be->capture_begin = cuda_capture_begin;
     be->capture_end = cuda_capture_end;
     be->graph_launch = cuda_graph_launch;

@@ -10,13 +10,14 @@
  * rendered on the GPU inside the step, the step replayed from CUDA graphs
  * after two warm-up steps and the capture (--host-data: views from the CPU
  * loader, uploaded; --no-graphs: launched op by op; the "views step" column
- * says which ran), and reports the GPU memory the
- * configuration holds (cudaMemGetInfo after the steps, minus before the
- * model: nothing is freed during steps, so that is the high-water mark of
- * our allocations, workspaces included) and the achieved fraction of the
- * GPU's dense tensor-core peak for the math mode (TF32, or BF16 under
- * --precision bf16; none for fp32), counting convolution FLOPs only (the
- * bulk of the step; a lower bound on the work done).
+ * says which ran), and reports the GPU memory the configuration holds (the
+ * backend's device_info: free memory before the model minus free memory
+ * after the steps; nothing is freed during steps, so that is the high-water
+ * mark of our allocations, workspaces included) and the achieved fraction
+ * of the GPU's dense tensor-core peak for the math mode (TF32, or BF16
+ * under --precision bf16; none for fp32), counting convolution FLOPs only
+ * (the bulk of the step; a lower bound on the work done). The GPU's name,
+ * which picks the peak, is device_info's too.
  *
  * --precision tf32|fp32|bf16 sets the backend's math mode (set_precision)
  * before the model is built; the table shows the mode in effect (the CPU
@@ -34,13 +35,8 @@
 #include "kernels/backend.h"
 #include "kernels/profile.h"
 #include "proto/spec.h"
-#include "rw_config.h"
 #include "worker/model.h"
 #include "worker/step.h"
-
-#if RW_HAVE_CUDA
-#include <cuda_runtime.h>
-#endif
 
 typedef struct bench_cfg {
     const char *label;
@@ -58,7 +54,6 @@ typedef struct bench_out {
     int ok;
 } bench_out;
 
-#if RW_HAVE_CUDA
 /* Dense (non-sparse) TF32 tensor-core peaks from NVIDIA's data sheets,
  * TFLOP/s at boost clock. Matched on the CUDA device name, most specific
  * first; 0 when unknown. */
@@ -84,8 +79,6 @@ static double tf32_peak(const char *name)
             return table[i].tflops;
     return 0;
 }
-#endif
-
 
 static double now_s(void)
 {
@@ -183,15 +176,12 @@ static int time_stepper(rw_model *m, kb_backend *be, const bench_cfg *c, int ste
         *st = kept[n - 1];
     rw_stepper_counts k;
     rw_stepper_counts_get(sp, &k);
-#if RW_HAVE_CUDA
     /* Nothing is freed during steps: what is held now is the high-water
      * mark of our allocations (model, views, the set, workspaces). */
+    char name[96];
     size_t gpu_free1 = 0, gpu_total = 0;
-    cudaMemGetInfo(&gpu_free1, &gpu_total);
+    be->device_info(be, name, sizeof name, &gpu_free1, &gpu_total);
     o->gpu_mib = gpu_free0 > gpu_free1 ? (gpu_free0 - gpu_free1) / 1048576.0 : 0;
-#else
-    (void)gpu_free0;
-#endif
     snprintf(o->mode, sizeof o->mode, "%s %s",
              strstr(rw_stepper_describe(sp), "on the device") ? "gpu" : "host",
              k.replayed > 0 ? "graph" : "eager");
@@ -226,21 +216,15 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
         be = prof;
     }
     o.prec = be->set_precision(be, prec);
-    size_t gpu_free0 = 0, gpu_free1 = 0, gpu_total = 0;
-#if RW_HAVE_CUDA
+    size_t gpu_free0 = 0, gpu_total = 0;
     if (cuda) {
-        struct cudaDeviceProp prop;
-        if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
-            snprintf(o.gpu, sizeof o.gpu, "%.90s", prop.name);
-            /* Dense BF16 is twice dense TF32 on every GPU of the table;
-             * plain fp32 runs on the CUDA cores: no tensor-core peak. */
-            o.peak_tflops = o.prec == KB_PREC_FP32 ? 0
-                            : o.prec == KB_PREC_BF16 ? 2 * tf32_peak(prop.name)
-                                                     : tf32_peak(prop.name);
-        }
-        cudaMemGetInfo(&gpu_free0, &gpu_total);
+        be->device_info(be, o.gpu, sizeof o.gpu, &gpu_free0, &gpu_total);
+        /* Dense BF16 is twice dense TF32 on every GPU of the table;
+         * plain fp32 runs on the CUDA cores: no tensor-core peak. */
+        o.peak_tflops = o.prec == KB_PREC_FP32 ? 0
+                        : o.prec == KB_PREC_BF16 ? 2 * tf32_peak(o.gpu)
+                                                 : tf32_peak(o.gpu);
     }
-#endif
     rw_model_cfg mc = {
         .stem = c->stem, .width = c->width, .proj_hidden = 512, .proj_out = 128,
         .predictor = c->pred, .pred_hidden = 512,
@@ -314,8 +298,6 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
         kb_profile_print(prof, stdout);
         fflush(stdout);
     }
-    (void)gpu_free1;
-    (void)gpu_total;
     rw_model_free(m);
     kb_destroy(be);
     return o;

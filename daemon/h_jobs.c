@@ -1,5 +1,6 @@
 /* Client requests that change jobs: submit, requeue, priority, cancel, rm,
  * shutdown. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon/handlers.h"
@@ -14,11 +15,44 @@ void rd_req_submit(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     const char *text = json_string_value(json_object_get(m, "text"));
     const char *origin = json_string_value(json_object_get(m, "origin"));
     const char *basedir = json_string_value(json_object_get(m, "basedir"));
+    /* the command line's FIELD=VALUE words: applied here, by the same
+     * parser as the file, relative paths from the client's folder */
+    const json_t *words = json_object_get(m, "overrides");
+    const char *cwd = json_string_value(json_object_get(m, "cwd"));
+    const char *w[RW_OVERRIDES_MAX];
+    size_t nw = json_array_size(words);
+    for (size_t k = 0; k < nw; k++)
+        w[k] = json_string_value(json_array_get(words, k));
+    rw_overrides ov = {w, nw, cwd ? cwd : basedir};
     char err[1024];
     rw_grid g;
-    if (rw_grid_parse(text, strlen(text), origin, basedir, &g, err, sizeof err) != 0) {
+    if (rw_grid_parse_with(text, strlen(text), origin, basedir, &ov, &g, err, sizeof err) != 0) {
         rd_reply_error(c, id, RW_E_BAD_SPEC, "%s", err);
         return;
+    }
+    /* the grid's text as stored: the file's, then the words that set its
+     * base, so that the record says what the jobs were made of */
+    char *stored = NULL;
+    if (nw) {
+        size_t len = strlen(text) + 128;
+        for (size_t k = 0; k < nw; k++)
+            len += strlen(w[k]) + 1;
+        stored = malloc(len);
+        if (!stored) {
+            rd_reply_error(c, id, RW_E_INTERNAL, "out of memory");
+            rw_grid_free(&g);
+            return;
+        }
+        size_t o = (size_t)snprintf(stored, len, "%s%s# runaway submit, on the base:", text,
+                                    text[0] && text[strlen(text) - 1] != '\n' ? "\n" : "");
+        for (size_t k = 0; k < nw; k++) {
+            stored[o++] = ' ';
+            for (const char *p = w[k]; *p; p++) /* one comment line, whatever the words hold */
+                stored[o++] = (unsigned char)*p < 0x20 ? '?' : *p;
+        }
+        stored[o++] = '\n';
+        stored[o] = '\0';
+        text = stored;
     }
     if (json_object_get(m, "priority"))
         g.priority = (int)json_integer_value(json_object_get(m, "priority"));
@@ -29,6 +63,7 @@ void rd_req_submit(rd_daemon *d, rd_conn *c, long long id, json_t *m)
                            "%s: job %s: devices: asks for %d devices; this daemon has %d", origin,
                            g.jobs[i].name, g.jobs[i].spec.devices, ndev);
             rw_grid_free(&g);
+            free(stored);
             return;
         }
     }
@@ -83,8 +118,10 @@ void rd_req_submit(rd_daemon *d, rd_conn *c, long long id, json_t *m)
         json_decref(jobs);
         rd_reply_error(c, id, RW_E_INTERNAL, "cannot store the grid: %s", sqlite3_errmsg(d->store.db));
         rw_grid_free(&g);
+        free(stored);
         return;
     }
+    free(stored);
     rd_db_exec(&d->store, "COMMIT");
     char ev[256];
     snprintf(ev, sizeof ev, "grid g%lld %s submitted: %zu jobs", (long long)gid, g.name, g.njobs);

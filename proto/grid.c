@@ -295,8 +295,64 @@ static int parse_seeds(const ynode *n, const char *origin, uint64_t *seeds, size
     return 0;
 }
 
-static int expand(const ynode *root, const char *origin, const char *basedir, rw_grid *g,
-                  char *err, size_t errlen)
+/* The command line's fields on the base (ov: their tree, or NULL). */
+static int apply_overrides(const ynode *ov, const char *ovdir, rw_spec *base, char *err,
+                           size_t errlen)
+{
+    return ov ? rw_spec_apply_tree(ov, RW_OVERRIDES_ORIGIN, ovdir, base, err, errlen) : 0;
+}
+
+/* Whether a mapping of spec fields sets the dotted path. */
+static int tree_sets(const ynode *map, const char *path)
+{
+    const char *dot = strchr(path, '.');
+    size_t n = dot ? (size_t)(dot - path) : strlen(path);
+    for (size_t i = 0; map && map->kind == YN_MAP && i + 1 < map->nkids; i += 2) {
+        const ynode *k = map->kids[i];
+        if (k->kind == YN_SCALAR && k->len == n && !strncmp(k->text, path, n))
+            return dot ? tree_sets(map->kids[i + 1], dot + 1) : 1;
+    }
+    return 0;
+}
+
+/* An override that every job sets again (a sweep of its field, the seed
+ * axis, or every variant) would change nothing: refused, so that a
+ * researcher never reads a result as the override's when it is not. */
+static int check_shadowed(const ynode *ov, const char *prefix, const sweep_axis *ax, size_t nax,
+                          const ynode *seeds, const ynode *variants, char *err, size_t errlen)
+{
+    for (size_t i = 0; ov && i + 1 < ov->nkids; i += 2) {
+        char path[256];
+        snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", ov->kids[i]->text);
+        const ynode *v = ov->kids[i + 1];
+        if (v->kind == YN_MAP) {
+            if (check_shadowed(v, path, ax, nax, seeds, variants, err, errlen) != 0)
+                return -1;
+            continue;
+        }
+        const char *by = NULL;
+        for (size_t a = 0; a < nax; a++)
+            if (!strcmp(ax[a].path, path))
+                by = "grid.sweep";
+        if (seeds && !strcmp(path, "seed"))
+            by = "grid.seed";
+        int all = variants != NULL;
+        for (size_t k = 0; variants && k < variants->nkids; k++)
+            all &= tree_sets(variants->kids[k], path);
+        if (all && strcmp(path, "name") != 0)
+            by = "every grid.variant";
+        if (by) {
+            snprintf(err, errlen, "%s: %s: %s sets it again for every job, so this would change "
+                     "nothing (the command line sets the grid's base, under the variants, sweeps "
+                     "and seeds)", RW_OVERRIDES_ORIGIN, path, by);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int expand(const ynode *root, const char *origin, const char *basedir, const ynode *ov,
+                  const char *ovdir, rw_grid *g, char *err, size_t errlen)
 {
     char where[RW_PATH_MAX + 64];
     rw_spec base;
@@ -304,7 +360,8 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
 
     if (!map_get(root, "base") && !map_get(root, "grid")) {
         /* a plain spec: one job, named by the spec */
-        if (rw_spec_apply_tree(root, origin, basedir, &base, err, errlen) != 0)
+        if (rw_spec_apply_tree(root, origin, basedir, &base, err, errlen) != 0 ||
+            apply_overrides(ov, ovdir, &base, err, errlen) != 0)
             return -1;
         snprintf(g->name, sizeof g->name, "%s", base.name);
         g->jobs = calloc(1, sizeof *g->jobs);
@@ -312,7 +369,8 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
             snprintf(err, errlen, "%s: out of memory", origin);
             return -1;
         }
-        return add_job(g, &base, base.name, weights_set(root), err, errlen, origin);
+        return add_job(g, &base, base.name, weights_set(root) | weights_set(ov), err, errlen,
+                       origin);
     }
     for (size_t i = 0; i + 1 < root->nkids; i += 2) {
         const ynode *k = root->kids[i];
@@ -358,9 +416,13 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
         if (rw_spec_apply_tree(n, where, basedir, &base, err, errlen) != 0)
             return -1;
     }
+    /* the command line sets base fields: variants, sweeps and seeds go on top */
+    if (apply_overrides(ov, ovdir, &base, err, errlen) != 0)
+        return -1;
     /* the base's weights count against a job only where the base's own
      * loss is not the unified one (check_weights) */
-    unsigned base_weights = base.loss.kind == RW_LOSS_UNIFIED ? 0 : weights_set(n);
+    unsigned base_weights =
+        base.loss.kind == RW_LOSS_UNIFIED ? 0 : weights_set(n) | weights_set(ov);
 
     uint64_t seeds[AXIS_MAX];
     size_t nseeds = 1;
@@ -399,6 +461,9 @@ static int expand(const ynode *root, const char *origin, const char *basedir, rw
             return -1;
         }
     }
+    if (check_shadowed(ov, "", axes, naxes, gr && gr->kind == YN_MAP ? map_get(gr, "seed") : NULL,
+                       variants, err, errlen) != 0)
+        return -1;
     size_t nvar = variants ? variants->nkids : 1, per_var = (size_t)ncomb * nseeds;
     char seen[AXIS_MAX][RW_NAME_MAX]; /* the variants' names so far */
     g->jobs = calloc(nvar * per_var > RW_GRID_JOBS_MAX ? RW_GRID_JOBS_MAX : nvar * per_var,
@@ -508,12 +573,23 @@ static int check_distinct(const rw_grid *g, const char *origin, char *err, size_
 int rw_grid_parse(const char *yaml, size_t len, const char *origin, const char *basedir,
                   rw_grid *g, char *err, size_t errlen)
 {
+    return rw_grid_parse_with(yaml, len, origin, basedir, NULL, g, err, errlen);
+}
+
+int rw_grid_parse_with(const char *yaml, size_t len, const char *origin, const char *basedir,
+                       const rw_overrides *ov, rw_grid *g, char *err, size_t errlen)
+{
     memset(g, 0, sizeof *g);
     if (!origin)
         origin = "grid";
-    ynode *root = NULL;
+    ynode *root = NULL, *ovt = NULL;
     if (rw_ytree_parse(yaml, len, origin, &root, err, errlen) != 0)
         return -1;
+    if (rw_overrides_tree(ov, &ovt, err, errlen) != 0) {
+        rw_ytree_free(root);
+        return -1;
+    }
+    const char *ovdir = ov && ov->basedir ? ov->basedir : basedir;
     int rc = -1;
     if (!root || rw_ynode_is_null(root)) {
         snprintf(err, errlen, "%s: empty: expected a spec or a grid (base, grid)", origin);
@@ -521,11 +597,12 @@ int rw_grid_parse(const char *yaml, size_t len, const char *origin, const char *
         snprintf(err, errlen, "%s: top level: must be a mapping (a spec, or a grid with base and grid) (line %d)",
                  origin, root->line);
     } else {
-        rc = expand(root, origin, basedir, g, err, errlen);
+        rc = expand(root, origin, basedir, ovt, ovdir, g, err, errlen);
         if (rc == 0)
             rc = check_distinct(g, origin, err, errlen);
     }
     rw_ytree_free(root);
+    rw_ytree_free(ovt);
     if (rc != 0)
         rw_grid_free(g);
     return rc;

@@ -50,6 +50,13 @@ typedef struct rw_grid {
  * grid name; basedir resolves relative paths. 0, or -1 with err. */
 int rw_grid_parse(const char *yaml, size_t len, const char *origin, const char *basedir,
                   rw_grid *g, char *err, size_t errlen);
+/* Same with fields set on the command line (proto/spec.h, rw_overrides):
+ * they set the grid's base -- on top of the file's base (or of the plain
+ * spec) --, so a variant, a sweep or the seed axis that sets the same field
+ * wins for its jobs; one that every job sets again is refused. ov NULL:
+ * none. */
+int rw_grid_parse_with(const char *yaml, size_t len, const char *origin, const char *basedir,
+                       const rw_overrides *ov, rw_grid *g, char *err, size_t errlen);
 /* Same from a file (basedir: the file's folder, made absolute). */
 int rw_grid_load(const char *path, rw_grid *g, char *err, size_t errlen);
 /* Reads a spec or grid file (at most `max` bytes) and its absolute folder. */

@@ -7,10 +7,12 @@
 #include <sys/stat.h>
 
 #include "proto/frame.h"
+#include "proto/spec.h"
 
 /* T_NAMES: a list of lo..hi strings of 1..128 bytes (jobs or grids);
+ * T_WORDS: a list of lo..hi strings of 1..RW_OVERRIDE_LEN-1 bytes (FIELD=VALUE);
  * T_ABSPATH: a string of lo..hi bytes that starts with '/' */
-typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL, T_NAMES, T_ABSPATH } ftype;
+typedef enum { T_STR, T_INT, T_NUM, T_NUM_OR_NULL, T_BOOL, T_NAMES, T_WORDS, T_ABSPATH } ftype;
 
 typedef struct {
     const char *name;
@@ -50,7 +52,8 @@ static const mdef msgs[] = {
     /* client requests */
     {"submit", RW_FROM_CLIENT,
      {ID, {"text", T_STR, 1, 1, RW_SUBMIT_TEXT_MAX}, {"origin", T_STR, 1, 1, 1023},
-      {"basedir", T_ABSPATH, 1, 1, 1023}, {"priority", T_INT, 0, -1000, 1000}}},
+      {"basedir", T_ABSPATH, 1, 1, 1023}, {"priority", T_INT, 0, -1000, 1000},
+      {"overrides", T_WORDS, 0, 1, RW_OVERRIDES_MAX}, {"cwd", T_ABSPATH, 0, 1, 1023}}},
     {"ls", RW_FROM_CLIENT, {ID, {"grid", T_STR, 0, 1, 128}, {"state", T_STR, 0, 1, 16}}},
     {"grids", RW_FROM_CLIENT, {ID}},
     {"show", RW_FROM_CLIENT, {ID, TARGET("job")}},
@@ -114,6 +117,7 @@ static const char *type_name(ftype t)
     case T_NUM_OR_NULL: return "a number or null";
     case T_BOOL: return "a boolean";
     case T_NAMES: return "a list of names";
+    case T_WORDS: return "a list of strings";
     case T_ABSPATH: return "an absolute path";
     }
     return "?";
@@ -190,13 +194,14 @@ int rw_msg_check(const json_t *m, int from, const char **type, const char **code
         case T_BOOL:
             ok = json_is_boolean(v);
             break;
-        case T_NAMES: {
-            size_t k;
+        case T_NAMES:
+        case T_WORDS: {
+            size_t k, max = f->type == T_NAMES ? 128 : RW_OVERRIDE_LEN - 1;
             const json_t *e;
             ok = json_is_array(v) && json_array_size(v) >= (size_t)f->lo &&
                  json_array_size(v) <= (size_t)f->hi;
             json_array_foreach(v, k, e) ok &= json_is_string(e) && json_string_length(e) >= 1 &&
-                                              json_string_length(e) <= 128 &&
+                                              json_string_length(e) <= max &&
                                               strlen(json_string_value(e)) == json_string_length(e);
             break;
         }
@@ -213,6 +218,9 @@ int rw_msg_check(const json_t *m, int from, const char **type, const char **code
             else if (f->type == T_INT)
                 snprintf(err, errlen, "%s: %s: must be an integer in [%.0f, %.0f]", ts, key, f->lo,
                          f->hi);
+            else if (f->type == T_WORDS)
+                snprintf(err, errlen, "%s: %s: must be a list of %.0f..%.0f strings of 1..%d bytes",
+                         ts, key, f->lo, f->hi, RW_OVERRIDE_LEN - 1);
             else if (f->type == T_NAMES)
                 snprintf(err, errlen, "%s: %s: must be a list of %.0f..%.0f strings of 1..128 bytes",
                          ts, key, f->lo, f->hi);

@@ -484,6 +484,14 @@ typedef struct apply_ctx {
     size_t errlen;
 } apply_ctx;
 
+/* " (line L)" after an error; nothing for a node of line 0, which came from
+ * the command line (rw_overrides_tree), not from a file. */
+static const char *line_note(int line, char buf[32]) {
+    if (line <= 0) return "";
+    snprintf(buf, 32, " (line %d)", line);
+    return buf;
+}
+
 /* "got 'abc'", "got a mapping", "got null", "got boolean 'true'"... */
 static void got_text(const ynode *n, char *out, size_t outlen) {
     char smp[SAMPLE_MAX * 2];
@@ -508,7 +516,9 @@ static void got_text(const ynode *n, char *out, size_t outlen) {
 static int field_err(const apply_ctx *cx, const char *path, const ynode *n, const char *what) {
     char got[SAMPLE_MAX * 3];
     got_text(n, got, sizeof got);
-    set_err(cx->err, cx->errlen, "%s: %s: %s, %s (line %d)", cx->origin, path, what, got, n->line);
+    char ln[32];
+    set_err(cx->err, cx->errlen, "%s: %s: %s, %s%s", cx->origin, path, what, got,
+            line_note(n->line, ln));
     return -1;
 }
 
@@ -520,8 +530,9 @@ static int join_path(const apply_ctx *cx, const char *field_path, const ynode *a
     else
         n = snprintf(out, RW_PATH_MAX, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", p);
     if (n < 0 || n >= RW_PATH_MAX) {
-        set_err(cx->err, cx->errlen, "%s: %s: path too long (at most %d bytes once resolved) (line %d)",
-                cx->origin, field_path, RW_PATH_MAX - 1, at->line);
+        char ln[32];
+        set_err(cx->err, cx->errlen, "%s: %s: path too long (at most %d bytes once resolved)%s",
+                cx->origin, field_path, RW_PATH_MAX - 1, line_note(at->line, ln));
         return -1;
     }
     return 0;
@@ -664,16 +675,16 @@ static void allowed_keys(const char *prefix, char *out, size_t outlen) {
  * this is how a grid variant overrides a base spec. On error *s may be partly
  * written: callers apply to a scratch copy. */
 static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx *cx, rw_spec *s) {
-    char allowed[512];
+    char allowed[512], ln[32];
     if (map->kind != YN_MAP) {
         char got[SAMPLE_MAX * 3];
         got_text(map, got, sizeof got);
         if (prefix[0])
-            set_err(cx->err, cx->errlen, "%s: %s: must be a mapping, %s (line %d)", cx->origin, prefix,
-                    got, map->line);
+            set_err(cx->err, cx->errlen, "%s: %s: must be a mapping, %s%s", cx->origin, prefix,
+                    got, line_note(map->line, ln));
         else
-            set_err(cx->err, cx->errlen, "%s: top level: must be a mapping of fields, %s (line %d)",
-                    cx->origin, got, map->line);
+            set_err(cx->err, cx->errlen, "%s: top level: must be a mapping of fields, %s%s",
+                    cx->origin, got, line_note(map->line, ln));
         return -1;
     }
     size_t pl = strlen(prefix);
@@ -682,8 +693,8 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         char kbuf[SAMPLE_MAX * 2];
         if (key->kind != YN_SCALAR || is_null(key) || strlen(key->text) != key->len) {
             allowed_keys(prefix, allowed, sizeof allowed);
-            set_err(cx->err, cx->errlen, "%s: %s%skeys must be plain names (allowed: %s) (line %d)",
-                    cx->origin, prefix, pl ? ": " : "", allowed, key->line);
+            set_err(cx->err, cx->errlen, "%s: %s%skeys must be plain names (allowed: %s)%s",
+                    cx->origin, prefix, pl ? ": " : "", allowed, line_note(key->line, ln));
             return -1;
         }
         char path[256];
@@ -700,9 +711,9 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         }
         if ((!f && !group) || key->len >= sizeof kbuf - 4) {
             allowed_keys(prefix, allowed, sizeof allowed);
-            set_err(cx->err, cx->errlen, "%s: %s: unknown field (allowed%s%s: %s) (line %d)",
+            set_err(cx->err, cx->errlen, "%s: %s: unknown field (allowed%s%s: %s)%s",
                     cx->origin, path, pl ? " in " : " at top level", pl ? prefix : "", allowed,
-                    key->line);
+                    line_note(key->line, ln));
             return -1;
         }
         /* duplicates: earlier keys were all known, so this loop is short */
@@ -925,6 +936,21 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
 
 int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *basedir, rw_spec *s,
                   char *err, size_t errlen) {
+    return rw_spec_parse_with(yaml, len, origin, basedir, NULL, s, err, errlen);
+}
+
+/* The overrides on top of *s (a scratch copy). */
+static int apply_overrides(const rw_overrides *ov, rw_spec *s, char *err, size_t errlen) {
+    ynode *tree = NULL;
+    if (!ov || rw_overrides_tree(ov, &tree, err, errlen)) return ov ? -1 : 0;
+    apply_ctx cx = {RW_OVERRIDES_ORIGIN, ov->basedir ? ov->basedir : "", err, errlen};
+    int rc = tree ? spec_apply_map(tree, "", &cx, s) : 0;
+    ynode_free(tree);
+    return rc;
+}
+
+int rw_spec_parse_with(const char *yaml, size_t len, const char *origin, const char *basedir,
+                       const rw_overrides *ov, rw_spec *s, char *err, size_t errlen) {
     if (!origin) origin = "spec";
     if (!basedir) basedir = "";
     if (len > SPEC_FILE_MAX) {
@@ -946,6 +972,7 @@ int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *
     apply_ctx cx = {origin, basedir, err, errlen};
     int rc = spec_apply_map(root, "", &cx, &tmp);
     ynode_free(root);
+    if (rc == 0) rc = apply_overrides(ov, &tmp, err, errlen);
     rw_spec_resolve(&tmp);
     if (rc == 0) rc = rw_spec_validate(&tmp, origin, err, errlen);
     if (rc == 0) *s = tmp;
@@ -953,6 +980,11 @@ int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *
 }
 
 int rw_spec_load(const char *path, rw_spec *s, char *err, size_t errlen) {
+    return rw_spec_load_with(path, NULL, s, err, errlen);
+}
+
+int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char *err,
+                      size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -1020,7 +1052,7 @@ int rw_spec_load(const char *path, rw_spec *s, char *err, size_t errlen) {
     const char *basedir = dir;
     if (realpath(dir, absdir) && strlen(absdir) < RW_PATH_MAX) basedir = absdir;
 
-    int rc = rw_spec_parse(buf, len, path, basedir, s, err, errlen);
+    int rc = rw_spec_parse_with(buf, len, path, basedir, ov, s, err, errlen);
     free(buf);
     return rc;
 }
@@ -1095,6 +1127,87 @@ static void yput_str(ybuf *b, const char *s) {
     yput(b, "\"");
 }
 
+/* The fewest significant digits that the parser reads back (as it does:
+ * strtod, then to float) as the same float: 3e-4f is "0.0003", not
+ * "0.000300000014". Exact, so the canonical YAML stays a round trip. */
+static void put_float(ybuf *b, float x) {
+    char t[48];
+    for (int digits = 1; digits <= 17; digits++) {
+        snprintf(t, sizeof t, "%.*g", digits, (double)x);
+        if ((float)strtod(t, NULL) == x) break;
+    }
+    yput(b, "%s", t);
+}
+
+/* Whether the canonical YAML has field f: a loss's weights only where
+ * the loss is weighed (rw_spec_resolve keeps them at 1 for the others). */
+static int field_present(const field *f, const rw_spec *s) {
+    return s->loss.kind == RW_LOSS_UNIFIED || (f->off != O(loss.alpha) && f->off != O(loss.beta));
+}
+
+/* Field f's value in *s as the canonical YAML writes it. -1 for a value no
+ * spec can hold (an enum out of range, a string not terminated). */
+static int put_value(ybuf *b, const field *f, const rw_spec *s) {
+    const char *src = (const char *)s + f->off;
+    switch (f->type) {
+    case F_INT: {
+        int x;
+        memcpy(&x, src, sizeof x);
+        yput(b, "%d", x);
+        return 0;
+    }
+    case F_LONG: {
+        long x;
+        memcpy(&x, src, sizeof x);
+        yput(b, "%ld", x);
+        return 0;
+    }
+    case F_U64: {
+        uint64_t x;
+        memcpy(&x, src, sizeof x);
+        yput(b, "%llu", (unsigned long long)x);
+        return 0;
+    }
+    case F_FLOAT: {
+        float x;
+        memcpy(&x, src, sizeof x);
+        put_float(b, x);
+        return 0;
+    }
+    case F_BOOL: {
+        int x;
+        memcpy(&x, src, sizeof x);
+        yput(b, "%s", x ? "true" : "false");
+        return 0;
+    }
+    case F_ENUM: {
+        int x, n = 0;
+        memcpy(&x, src, sizeof x);
+        while (f->enums[n]) n++;
+        if (x < 0 || x >= n) return -1;
+        yput(b, "%s", f->enums[x]);
+        return 0;
+    }
+    case F_NAME:
+    case F_PATH:
+        if (!memchr(src, '\0', f->type == F_NAME ? RW_NAME_MAX : RW_PATH_MAX)) return -1;
+        if (f->type == F_PATH && !src[0]) yput(b, "null");
+        else yput_str(b, src);
+        return 0;
+    case F_VEC3: {
+        float x[3];
+        memcpy(x, src, sizeof x);
+        for (int k = 0; k < 3; k++) {
+            yput(b, "%s", k ? ", " : "[");
+            put_float(b, x[k]);
+        }
+        yput(b, "]");
+        return 0;
+    }
+    }
+    return -1;
+}
+
 int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen) {
     ybuf b = {out, 0, outlen, 0};
     if (outlen == 0) return -1;
@@ -1102,10 +1215,7 @@ int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen) {
     const char *prev = "";
     for (size_t i = 0; i < NFIELDS; i++) {
         const field *f = &fields[i];
-        const char *src = (const char *)s + f->off;
-        /* weights of a loss that has none (rw_spec_resolve keeps them at 1) */
-        if (s->loss.kind != RW_LOSS_UNIFIED && (f->off == O(loss.alpha) || f->off == O(loss.beta)))
-            continue;
+        if (!field_present(f, s)) continue;
         /* open the mappings this path enters that the previous one did not:
          * the table keeps every group's fields together */
         const char *p = f->path, *q = prev;
@@ -1124,64 +1234,40 @@ int rw_spec_to_yaml(const rw_spec *s, char *out, size_t outlen) {
         }
         prev = f->path;
         yput(&b, "%*s%s: ", 2 * depth, "", p);
-        switch (f->type) {
-        case F_INT: {
-            int x;
-            memcpy(&x, src, sizeof x);
-            yput(&b, "%d\n", x);
-            break;
-        }
-        case F_LONG: {
-            long x;
-            memcpy(&x, src, sizeof x);
-            yput(&b, "%ld\n", x);
-            break;
-        }
-        case F_U64: {
-            uint64_t x;
-            memcpy(&x, src, sizeof x);
-            yput(&b, "%llu\n", (unsigned long long)x);
-            break;
-        }
-        case F_FLOAT: {
-            float x;
-            memcpy(&x, src, sizeof x);
-            yput(&b, "%.9g\n", x); /* 9 digits: every float reads back exactly */
-            break;
-        }
-        case F_BOOL: {
-            int x;
-            memcpy(&x, src, sizeof x);
-            yput(&b, "%s\n", x ? "true" : "false");
-            break;
-        }
-        case F_ENUM: {
-            int x, n = 0;
-            memcpy(&x, src, sizeof x);
-            while (f->enums[n]) n++;
-            if (x < 0 || x >= n) return -1;
-            yput(&b, "%s\n", f->enums[x]);
-            break;
-        }
-        case F_NAME:
-        case F_PATH:
-            if (!memchr(src, '\0', f->type == F_NAME ? RW_NAME_MAX : RW_PATH_MAX)) return -1;
-            if (f->type == F_PATH && !src[0]) {
-                yput(&b, "null\n");
-            } else {
-                yput_str(&b, src);
-                yput(&b, "\n");
-            }
-            break;
-        case F_VEC3: {
-            float x[3];
-            memcpy(x, src, sizeof x);
-            yput(&b, "[%.9g, %.9g, %.9g]\n", x[0], x[1], x[2]);
-            break;
-        }
-        }
+        if (put_value(&b, f, s)) return -1;
+        yput(&b, "\n");
     }
     return b.overflow ? -1 : (int)b.len;
+}
+
+int rw_spec_nfields(void) { return (int)NFIELDS; }
+
+int rw_spec_field(const rw_spec *s, int i, const char **name, char *val, size_t len) {
+    if (i < 0 || i >= (int)NFIELDS || len == 0) return -1;
+    const field *f = &fields[i];
+    *name = f->path;
+    val[0] = '\0';
+    if (!field_present(f, s)) return 0;
+    ybuf b = {val, 0, len, 0};
+    if (put_value(&b, f, s) || b.overflow) return -1;
+    return 1;
+}
+
+int rw_spec_diff(const rw_spec *a, const rw_spec *b, rw_spec_delta *out, int max) {
+    int n = 0;
+    for (int i = 0; i < (int)NFIELDS; i++) {
+        rw_spec_delta d = {0};
+        const char *name;
+        int ha = rw_spec_field(a, i, &name, d.a, sizeof d.a),
+            hb = rw_spec_field(b, i, &name, d.b, sizeof d.b);
+        if (ha < 0 || hb < 0) return -1;
+        if (ha == hb && !strcmp(d.a, d.b)) continue;
+        d.name = name;
+        d.in = (ha ? RW_DELTA_A : 0) | (hb ? RW_DELTA_B : 0);
+        if (n < max) out[n] = d;
+        n++;
+    }
+    return n;
 }
 
 void rw_spec_trained(const rw_spec *s, rw_spec *out) {

@@ -196,8 +196,9 @@ void rw_spec_resolve(rw_spec *s);
  * number of training images is checked later, by the worker). 0 or -1. */
 int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen);
 
-/* A canonical YAML rendering of *s (every field, table order, floats with
- * 9 significant digits, strings double-quoted) that rw_spec_parse reads back
+/* A canonical YAML rendering of *s (every field, table order, each float in
+ * the fewest significant digits that read back as the same float -- 0.0003,
+ * not 0.000300000014 --, strings double-quoted) that rw_spec_parse reads back
  * into an identical struct: how the daemon stores an expanded grid job and
  * ships it to a worker. Returns the length written (NUL excluded), or -1 if
  * outlen is too small (RW_SPEC_YAML_MAX always suffices). */
@@ -215,6 +216,56 @@ void rw_spec_trained(const rw_spec *s, rw_spec *out);
  * when the spec cannot be rendered. */
 #define RW_SPEC_FIELD_MAX 256
 int rw_spec_flatten(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max);
+
+/* The spec's fields by dotted name, in the table's order (the canonical
+ * YAML's): field i (0 .. rw_spec_nfields() - 1) names itself in *name and
+ * writes its value as the canonical YAML does into val. 1: the spec has the
+ * field; 0: it does not (loss.alpha and loss.beta but for loss.kind
+ * unified), val ""; -1: i past the table, val too small, or a value no spec
+ * holds. */
+#define RW_SPEC_VALUE_MAX (4 * RW_PATH_MAX + 4) /* a path, every byte escaped, quoted */
+int rw_spec_nfields(void);
+int rw_spec_field(const rw_spec *s, int i, const char **name, char *val, size_t len);
+
+/* One field in which two specs differ: its value in each, or absent from
+ * one (`in` lacks its bit, the value is ""). */
+#define RW_DELTA_A 1
+#define RW_DELTA_B 2
+typedef struct rw_spec_delta {
+    const char *name; /* dotted: "optim.lr" */
+    char a[RW_SPEC_VALUE_MAX], b[RW_SPEC_VALUE_MAX];
+    int in; /* RW_DELTA_A | RW_DELTA_B: the specs that have the field */
+} rw_spec_delta;
+
+/* The fields in which a and b differ, compared by name (a field only one of
+ * them has is one), in table order: how many (the first max written to
+ * out), or -1 when a spec cannot be rendered. */
+int rw_spec_diff(const rw_spec *a, const rw_spec *b, rw_spec_delta *out, int max);
+
+/* Fields set on a command line: words "a.b=VALUE" (runaway submit,
+ * runaway-worker run). VALUE is read as YAML -- a number, a word,
+ * true/false, null, a flow list [a, b, c] -- and checked like the same field
+ * in a file, with the same messages, naming "command line" as the origin;
+ * an unknown name gets the parser's "unknown field (allowed ...)". A word
+ * without '=' or a field given twice is an error. Relative paths in values
+ * resolve against basedir (the caller's working folder), not the file's. */
+#define RW_OVERRIDES_ORIGIN "command line"
+#define RW_OVERRIDES_MAX 64   /* words */
+#define RW_OVERRIDE_LEN 2048  /* bytes of one word */
+typedef struct rw_overrides {
+    const char *const *words;
+    size_t n;
+    const char *basedir;
+} rw_overrides;
+
+/* rw_spec_parse and rw_spec_load with overrides applied after the text's
+ * fields (on top of them) and before the defaults that depend on other
+ * fields (rw_spec_resolve): data.kind=cifar100 gets CIFAR-100's mean and
+ * std. ov NULL: none. */
+int rw_spec_parse_with(const char *yaml, size_t len, const char *origin, const char *basedir,
+                       const rw_overrides *ov, rw_spec *s, char *err, size_t errlen);
+int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char *err,
+                      size_t errlen);
 
 /* A field's value (of a flattened line, after its colon) as written for a
  * person: a number with the fewest digits that read back as the same float

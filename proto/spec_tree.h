@@ -49,4 +49,10 @@ int rw_ynode_number(const ynode *n, double *out);
 int rw_spec_apply_tree(const ynode *map, const char *origin, const char *basedir, rw_spec *s,
                        char *err, size_t errlen);
 
+/* Overrides (rw_overrides, proto/spec.h) as one mapping tree, {a: {b:
+ * VALUE}, ...}, for rw_spec_apply_tree with origin RW_OVERRIDES_ORIGIN and
+ * the overrides' basedir; its nodes are on line 0, which errors leave out.
+ * *tree is NULL for none. 0, or -1 with "command line: ..." in err. */
+int rw_overrides_tree(const rw_overrides *ov, ynode **tree, char *err, size_t errlen);
+
 #endif

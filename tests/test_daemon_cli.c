@@ -235,3 +235,88 @@ Test(cli, bash_completion_offers_commands_subcommands_and_flags, .init = fx_prep
     cr_assert(strstr(out, "runaway plot g1 --ev|--every\n"), "%s", out);
     cr_assert(strstr(out, "runaway --sta|--state-dir\n"), "%s", out);
 }
+
+/* submit's FIELD=VALUE words set the grid's base: --dry-run shows what
+ * they changed, the daemon applies them through the same parser (its
+ * messages), the stored specs and the grid's text record them; diff
+ * compares specs field by field, and show prints floats short. */
+Test(cli, submit_overrides_diff_by_field_and_short_floats, .init = fx_setup, .fini = fx_teardown,
+     .timeout = 60)
+{
+    char out[8192], path[128];
+    snprintf(path, sizeof path, "%s/ov.yaml", fx.dir);
+    fx_write_grid(path, "ov", 2, 0,
+                  "  variant:\n"
+                  "    - {name: byol, loss: {kind: byol}}\n"
+                  "    - {name: raft, loss: {kind: unified, alpha: 1.0, beta: -1.0}}\n"
+                  "    - {name: np, model: {predictor: none}}\n");
+    int rc = fx_cli(out, sizeof out, 10, "submit", path, "--dry-run", "optim.lr=3e-3",
+                    "model.predictor=linear", NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "command line: optim.lr=3e-3 model.predictor=linear\n") &&
+                  strstr(out, "\n  optim.lr                       0.0003 -> 0.003\n") &&
+                  strstr(out, "\n  model.predictor                mlp -> linear\n"),
+              "%s", out);
+    /* by field: the weights RAFT has and BYOL lacks, and nothing shifted */
+    char want[512];
+    snprintf(want, sizeof want, "  %-40s  model.predictor: linear  loss.kind: byol  loss.alpha: "
+             "(absent)  loss.beta: (absent)\n", "ov/byol/seed0");
+    cr_assert(strstr(out, want), "%s", out);
+    snprintf(want, sizeof want, "  %-40s  model.predictor: linear  loss.kind: unified  "
+             "loss.alpha: 1  loss.beta: -1\n", "ov/raft/seed0");
+    cr_assert(strstr(out, want), "%s", out);
+
+    /* bad words: the parser's messages, from the daemon too */
+    rc = fx_cli(out, sizeof out, 20, "submit", path, "optim.lr=fast", NULL);
+    cr_assert(rc == 1 && strstr(out, "command line: optim.lr: must be a number in (0, 10], got "
+                                     "'fast'") && !strstr(out, "(line"),
+              "%s", out);
+    rc = fx_cli(out, sizeof out, 20, "submit", path, "optim.lrr=1", NULL);
+    cr_assert(rc == 1 && strstr(out, "command line: optim.lrr: unknown field (allowed in optim: "
+                                     "lr, weight_decay"),
+              "%s", out);
+    rc = fx_cli(out, sizeof out, 20, "submit", path, "fast", NULL);
+    cr_assert(rc == 2 && strstr(out, "unexpected argument 'fast'"), "%s", out);
+    /* sent raw, past the client's own parse: the daemon's word */
+    json_t *m = rw_msg_new("submit", 3);
+    json_object_set_new(m, "text", json_string("name: raw\n"));
+    json_object_set_new(m, "origin", json_string("raw.yaml"));
+    json_object_set_new(m, "basedir", json_string("/tmp"));
+    json_object_set_new(m, "overrides", json_pack("[s]", "model.width=99"));
+    fx_expect_error(fx_ask(m), RW_E_BAD_SPEC,
+                    "command line: model.width: must be an integer in 1..64, got '99'");
+
+    rc = fx_cli(out, sizeof out, 20, "submit", path, "optim.lr=3e-3", "model.predictor=linear",
+                NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    sqlite3 *db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM jobs WHERE instr(spec, '  lr: 0.003\n') > 0 "
+                               "AND instr(spec, '  predictor: linear\n') > 0",
+                           0),
+                 2, "byol and raft store the overridden values");
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM jobs WHERE instr(spec, '  lr: 0.003\n') > 0 "
+                               "AND instr(spec, '  predictor: none\n') > 0",
+                           0),
+                 1, "np's variant sets the predictor over the base");
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM grids WHERE instr(text, '\n# runaway submit, "
+                               "on the base: optim.lr=3e-3 model.predictor=linear\n') > 0",
+                           0),
+                 1, "the grid's text records the words");
+    sqlite3_close(db);
+
+    rc = fx_cli(out, sizeof out, 20, "diff", "ov/byol/seed0", "ov/raft/seed0", NULL);
+    cr_assert(rc == 0 && strstr(out, "\n4 fields differ\n"), "%s", out);
+    const char *rows[4][3] = {{"name", "\"byol\"", "\"raft\""},
+                              {"loss.kind", "byol", "unified"},
+                              {"loss.alpha", "(absent)", "1"},
+                              {"loss.beta", "(absent)", "-1"}};
+    for (int k = 0; k < 4; k++) {
+        snprintf(want, sizeof want, "\n%-32s %-28s %s\n", rows[k][0], rows[k][1], rows[k][2]);
+        cr_assert(strstr(out, want), "no '%s' in:\n%s", want + 1, out);
+    }
+    rc = fx_cli(out, sizeof out, 20, "show", "ov/byol/seed0", NULL);
+    cr_assert(rc == 0 && strstr(out, "\n    lr: 0.003\n") && strstr(out, "\n    tau: 0.996\n") &&
+                  strstr(out, "mean: [0.4914, 0.4822, 0.4465]\n") && !strstr(out, "0.00300000") &&
+                  !strstr(out, "0.996000004"),
+              "%s", out);
+}

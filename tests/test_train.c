@@ -1101,3 +1101,35 @@ Test(train, cli_rejects_bad_specs_by_name)
     cr_expect_eq(run_worker(out, sizeof out, "frobnicate", NULL), 2);
     cr_expect(strstr(out, "unknown command") != NULL, "got: %s", out);
 }
+
+/* runaway-worker run SPEC FIELD=VALUE...: the words set the spec's fields,
+ * checked like the file's, with the parser's messages. */
+Test(train, run_takes_fields_from_the_command_line)
+{
+    char spec[128], o[128], out[8192];
+    snprintf(spec, sizeof spec, "%s/ov.yaml", tmp);
+    snprintf(o, sizeof o, "%s/ov-out", tmp);
+    char text[512];
+    snprintf(text, sizeof text,
+             "name: ov\nthreads: 1\ndata: {path: %s/data, synthetic: {train: 64, test: 32}, "
+             "image_size: 8, loader_threads: 1}\nmodel: {stem: cifar, width: 2, projector: "
+             "{hidden: 8, out: 8}, predictor_hidden: 8}\noptim: {batch_size: 16, epochs: 50}\n"
+             "eval: {linear: {epochs: 0}, rank: {every: 0}}\n",
+             tmp);
+    fx_write_file(spec, text);
+    /* epochs 0 instead of the file's 50: the pass over the initialization */
+    int rc = run_worker(out, sizeof out, "run", spec, "optim.epochs=0", "name=ov-init", "--out", o,
+                        NULL);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_expect(strstr(out, "(the initialization)") != NULL, "got: %s", out);
+
+    rc = run_worker(out, sizeof out, "run", spec, "optim.epochs=many", "--out", o, NULL);
+    cr_expect(rc == 1 && strstr(out, "command line: optim.epochs: must be an integer in "
+                                     "0..100000, got 'many'"),
+              "got: %s", out);
+    rc = run_worker(out, sizeof out, "run", spec, "optim.epoch=1", "--out", o, NULL);
+    cr_expect(rc == 1 && strstr(out, "command line: optim.epoch: unknown field (allowed in optim:"),
+              "got: %s", out);
+    rc = run_worker(out, sizeof out, "run", spec, "extra", "--out", o, NULL);
+    cr_expect(rc == 2 && strstr(out, "unexpected argument 'extra'"), "got: %s", out);
+}

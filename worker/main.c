@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "kernels/backend.h"
 #include "proto/spec.h"
@@ -22,9 +23,10 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: runaway-worker COMMAND ...\n"
-            "  run SPEC.yaml [--out DIR] [--resume] [--backend auto|cpu|cuda]\n"
+            "  run SPEC.yaml [FIELD=VALUE...] [--out DIR] [--resume] [--backend auto|cpu|cuda]\n"
             "        [--no-graphs] [--host-data]\n"
-            "      train one job; one line per epoch; DIR (default runs/NAME) receives\n"
+            "      train one job; FIELD=VALUE sets a spec field by its dotted name\n"
+            "      (optim.lr=1e-3), checked like the file's; one line per epoch; DIR (default runs/NAME) receives\n"
             "      checkpoint.safetensors and weights.safetensors; on the GPU,\n"
             "      --no-graphs runs every step eagerly instead of replaying CUDA graphs\n"
             "      and --host-data renders views on the CPU instead of the GPU\n"
@@ -84,10 +86,10 @@ static void print_notice(void *ud, const char *line)
     fprintf(stderr, "runaway-worker: %s\n", line);
 }
 
-static int load_spec(const char *path, rw_spec *s)
+static int load_spec(const char *path, const rw_overrides *ov, rw_spec *s)
 {
     char err[1024];
-    if (rw_spec_load(path, s, err, sizeof err) != 0 ||
+    if (rw_spec_load_with(path, ov, s, err, sizeof err) != 0 ||
         rw_spec_validate(s, path, err, sizeof err) != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
         return -1;
@@ -112,6 +114,9 @@ static int cmd_run(int argc, char **argv)
 {
     const char *spec_path = NULL, *out = NULL, *backend = "auto";
     int resume = 0, no_graphs = 0, host_data = 0;
+    const char *words[RW_OVERRIDES_MAX];
+    size_t nwords = 0;
+    char cwd[RW_PATH_MAX];
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
@@ -125,8 +130,12 @@ static int cmd_run(int argc, char **argv)
             backend = argv[++i];
         else if (argv[i][0] != '-' && !spec_path)
             spec_path = argv[i];
+        else if (argv[i][0] != '-' && strchr(argv[i], '=') && nwords < RW_OVERRIDES_MAX)
+            words[nwords++] = argv[i];
         else {
-            fprintf(stderr, "runaway-worker run: unexpected argument '%s'\n", argv[i]);
+            fprintf(stderr, "runaway-worker run: unexpected argument '%s'%s\n", argv[i],
+                    argv[i][0] != '-' && !strchr(argv[i], '=')
+                        ? " (fields are set as FIELD=VALUE, as optim.lr=1e-3)" : "");
             return 2;
         }
     }
@@ -134,8 +143,13 @@ static int cmd_run(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (nwords && !getcwd(cwd, sizeof cwd)) {
+        fprintf(stderr, "runaway-worker: cannot read the working folder: %s\n", strerror(errno));
+        return 1;
+    }
+    rw_overrides ov = {words, nwords, cwd};
     rw_spec s;
-    if (load_spec(spec_path, &s) != 0)
+    if (load_spec(spec_path, nwords ? &ov : NULL, &s) != 0)
         return 1;
     char outbuf[RW_PATH_MAX];
     if (!out) {
@@ -196,7 +210,7 @@ static int load_model(const char *spec_path, const char *weights, const char *ba
                       long linear_epochs, loaded *l)
 {
     memset(l, 0, sizeof *l);
-    if (load_spec(spec_path, &l->s) != 0)
+    if (load_spec(spec_path, NULL, &l->s) != 0)
         return 1;
     if (linear_epochs > 0)
         l->s.eval.linear_epochs = (int)linear_epochs;
@@ -394,7 +408,7 @@ static int cmd_show_augment(int argc, char **argv)
         return 2;
     }
     rw_spec s;
-    if (load_spec(spec_path, &s) != 0)
+    if (load_spec(spec_path, NULL, &s) != 0)
         return 1;
     char err[1024];
     rw_dataset train, test;

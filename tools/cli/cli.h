@@ -82,8 +82,9 @@ int cmd_run(const char *path, int dargc, char **dargv);
 int token_new(const char *path);
 
 /* jobs.c */
-json_t *do_submit(conn *c, const char *path, int has_prio, long prio);
-int dry_run(const char *path);
+json_t *do_submit(conn *c, const char *path, char *const *words, int nwords, int has_prio,
+                  long prio);
+int dry_run(const char *path, char *const *words, int nwords);
 void print_submitted(json_t *r);
 void fmt_duration(double s, char *out, size_t len);
 void print_grid_progress(const char *grid, const json_t *p);

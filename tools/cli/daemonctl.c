@@ -282,7 +282,7 @@ int cmd_run(const char *path, int dargc, char **dargv)
     free(text);
     daemon_start(dargc, dargv, 0);
     need_conn(&c);
-    json_t *r = do_submit(&c, path, 0, 0);
+    json_t *r = do_submit(&c, path, NULL, 0, 0, 0);
     print_submitted(r);
     char grid[32];
     snprintf(grid, sizeof grid, "g%lld", jint(r, "grid"));

@@ -25,16 +25,25 @@
 
 /* submit */
 
-/* Reads and parses a grid or spec file, or dies with the parser's message;
- * its text (the caller frees it). */
-static char *read_grid(const char *path, rw_grid *g, char basedir[RW_PATH_MAX])
+/* The FIELD=VALUE words of submit, made absolute against this folder. */
+static rw_overrides overrides_of(char *const *words, int n, char cwd[PATH_MAX])
+{
+    if (n && !getcwd(cwd, PATH_MAX))
+        die("cannot read the working folder: %s", strerror(errno));
+    return (rw_overrides){(const char *const *)words, (size_t)n, n ? cwd : NULL};
+}
+
+/* Reads and parses a grid or spec file with its overrides, or dies with
+ * the parser's message; its text (the caller frees it). */
+static char *read_grid(const char *path, const rw_overrides *ov, rw_grid *g,
+                       char basedir[RW_PATH_MAX])
 {
     char *text, err[2048];
     size_t len;
     if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, RW_PATH_MAX, err,
                           sizeof err) != 0)
         die("%s", err);
-    if (rw_grid_parse(text, len, path, basedir, g, err, sizeof err) != 0)
+    if (rw_grid_parse_with(text, len, path, basedir, ov, g, err, sizeof err) != 0)
         die("%s", err);
     return text;
 }
@@ -43,17 +52,20 @@ static char *read_grid(const char *path, rw_grid *g, char basedir[RW_PATH_MAX])
  * a daemon; the daemon parses again (it trusts no client), and has the last
  * word where the two hosts differ: a client that reaches a node's daemon
  * through a forwarded socket lacks the node's data folders, which the
- * local parse checks. */
-json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
+ * local parse checks. The overrides go as words, applied by the daemon
+ * through the same parser. */
+json_t *do_submit(conn *c, const char *path, char *const *words, int nwords, int has_prio,
+                  long prio)
 {
-    char basedir[RW_PATH_MAX], err[2048];
+    char basedir[RW_PATH_MAX], err[2048], cwd[PATH_MAX];
     size_t len;
     char *text;
+    rw_overrides ov = overrides_of(words, nwords, cwd);
     if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, RW_PATH_MAX, err,
                           sizeof err) != 0)
         die("%s", err);
     rw_grid g;
-    int parsed = rw_grid_parse(text, len, path, basedir, &g, err, sizeof err) == 0;
+    int parsed = rw_grid_parse_with(text, len, path, basedir, &ov, &g, err, sizeof err) == 0;
     if (parsed)
         rw_grid_free(&g);
     if (c->fd < 0 && open_conn(c) != 0) {
@@ -69,6 +81,17 @@ json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
     json_object_set_new(m, "text", t);
     json_object_set_new(m, "origin", json_string(path));
     json_object_set_new(m, "basedir", json_string(basedir));
+    if (nwords) {
+        json_t *o = json_array();
+        for (int k = 0; k < nwords; k++) {
+            json_t *w = json_string(words[k]);
+            if (!w)
+                die("%s: not valid UTF-8", words[k]);
+            json_array_append_new(o, w);
+        }
+        json_object_set_new(m, "overrides", o);
+        json_object_set_new(m, "cwd", json_string(cwd));
+    }
     if (has_prio)
         json_object_set_new(m, "priority", json_integer(prio));
     return request(c, m);
@@ -77,55 +100,104 @@ json_t *do_submit(conn *c, const char *path, int has_prio, long prio)
 /* ------------------------------------------------------------------------ */
 /* submit --dry-run */
 
-/* rw_spec_flatten, or the end of a dry run */
-static int flatten_spec(const rw_spec *s, char (*out)[RW_SPEC_FIELD_MAX], int max)
+/* Field i of a spec (rw_spec_field), or the end of a dry run. */
+static int spec_field(const rw_spec *s, int i, const char **name, char *val, size_t len)
 {
-    int n = rw_spec_flatten(s, out, max);
-    if (n < 0)
-        die("dry run: spec too large to render");
-    return n;
+    int has = rw_spec_field(s, i, name, val, len);
+    if (has < 0)
+        die("dry run: %s cannot be rendered", *name);
+    return has;
+}
+
+/* What the command line changed: per field, its value in the file and
+ * with the overrides, from the first job where it differs. */
+static void print_overrides(const char *path, const rw_overrides *ov, const rw_grid *with)
+{
+    char basedir[RW_PATH_MAX], err[2048];
+    char *text;
+    size_t len;
+    rw_grid plain;
+    printf("command line:");
+    for (size_t k = 0; k < ov->n; k++)
+        printf(" %s", ov->words[k]);
+    printf("\n");
+    if (rw_grid_read_file(path, RW_SUBMIT_TEXT_MAX, &text, &len, basedir, RW_PATH_MAX, err,
+                          sizeof err) != 0)
+        return;
+    int ok = rw_grid_parse(text, len, path, basedir, &plain, err, sizeof err) == 0;
+    free(text);
+    if (!ok || plain.njobs != with->njobs) { /* the file alone is not a grid: nothing to compare */
+        if (ok)
+            rw_grid_free(&plain);
+        return;
+    }
+    enum { MAXD = 128 };
+    rw_spec_delta *d = calloc(MAXD, sizeof *d);
+    const char **seen = calloc((size_t)rw_spec_nfields(), sizeof *seen);
+    int nseen = 0;
+    if (!d || !seen)
+        die("out of memory");
+    for (size_t j = 0; j < with->njobs; j++) {
+        int n = rw_spec_diff(&plain.jobs[j].spec, &with->jobs[j].spec, d, MAXD);
+        for (int k = 0; k < n && k < MAXD; k++) {
+            int dup = 0;
+            for (int i = 0; i < nseen; i++)
+                dup |= seen[i] == d[k].name; /* the names are the table's */
+            if (dup || nseen == rw_spec_nfields())
+                continue;
+            seen[nseen++] = d[k].name;
+            printf("  %-30s %s -> %s\n", d[k].name, d[k].in & RW_DELTA_A ? d[k].a : "(absent)",
+                   d[k].in & RW_DELTA_B ? d[k].b : "(absent)");
+        }
+    }
+    free(d);
+    free(seen);
+    rw_grid_free(&plain);
 }
 
 /* What `submit` would queue, without a daemon: every job, and per job the
  * fields in which the grid's jobs differ (besides the name and the seed,
- * which its name says). */
-int dry_run(const char *path)
+ * which its name says), compared by name. */
+int dry_run(const char *path, char *const *words, int nwords)
 {
-    char basedir[RW_PATH_MAX];
+    char basedir[RW_PATH_MAX], cwd[PATH_MAX];
+    rw_overrides ov = overrides_of(words, nwords, cwd);
     rw_grid g;
-    free(read_grid(path, &g, basedir));
-    enum { MAXF = 256 };
-    char(*first)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX),
-         (*cur)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX);
-    int *varies = calloc(MAXF, sizeof *varies);
-    if (!first || !cur || !varies)
+    free(read_grid(path, &ov, &g, basedir));
+    int nf = rw_spec_nfields();
+    int *varies = calloc((size_t)nf, sizeof *varies);
+    char *v0 = malloc(RW_SPEC_VALUE_MAX), *v = malloc(RW_SPEC_VALUE_MAX);
+    if (!varies || !v0 || !v)
         die("out of memory");
-    int nf = g.njobs ? flatten_spec(&g.jobs[0].spec, first, MAXF) : 0;
-    for (size_t j = 1; j < g.njobs; j++) {
-        int n = flatten_spec(&g.jobs[j].spec, cur, MAXF);
-        for (int k = 0; k < nf && k < n; k++)
-            varies[k] |= strcmp(first[k], cur[k]) != 0;
-    }
+    const char *name;
+    for (size_t j = 1; j < g.njobs; j++)
+        for (int i = 0; i < nf; i++) {
+            int h0 = spec_field(&g.jobs[0].spec, i, &name, v0, RW_SPEC_VALUE_MAX),
+                h = spec_field(&g.jobs[j].spec, i, &name, v, RW_SPEC_VALUE_MAX);
+            varies[i] |= h0 != h || strcmp(v0, v) != 0;
+        }
     printf("grid %s: %zu job%s, priority %d (dry run: nothing submitted)\n", g.name, g.njobs,
            g.njobs == 1 ? "" : "s", g.priority);
+    if (nwords)
+        print_overrides(path, &ov, &g);
     for (size_t j = 0; j < g.njobs; j++) {
-        int n = flatten_spec(&g.jobs[j].spec, cur, MAXF);
         printf("  %-40s", g.jobs[j].name);
-        for (int k = 0; k < nf && k < n; k++) {
-            if (!varies[k] || !strncmp(cur[k], "name:", 5) || !strncmp(cur[k], "seed:", 5))
+        for (int i = 0; i < nf; i++) {
+            int h = spec_field(&g.jobs[j].spec, i, &name, v, RW_SPEC_VALUE_MAX);
+            if (!varies[i] || !strcmp(name, "name") || !strcmp(name, "seed"))
                 continue;
-            printf("  %s", cur[k]);
+            printf("  %s: %s", name, h ? v : "(absent)");
         }
         printf("\n");
     }
     int same = 0;
-    for (int k = 0; k < nf; k++)
-        same += !varies[k];
+    for (int i = 0; i < nf; i++)
+        same += !varies[i];
     printf("%d field%s the same in every job (runaway show prints a submitted job's whole spec)\n",
            same, same == 1 ? "" : "s");
-    free(first);
-    free(cur);
     free(varies);
+    free(v0);
+    free(v);
     rw_grid_free(&g);
     return 0;
 }
@@ -296,18 +368,18 @@ static void print_time(const char *label, const json_t *o, const char *k)
     printf("%-10s %s\n", label, buf);
 }
 
-/* The fields in which two jobs' specs differ, side by side. */
+/* The fields in which two jobs' specs differ, side by side, compared by
+ * name: a field only one spec has shows "(absent)" on the other side. */
 int cmd_diff(const char *ja, const char *jb)
 {
-    enum { MAXF = 256 };
+    enum { MAXD = 256 };
     conn c;
     need_conn(&c);
     const char *arg[2] = {ja, jb};
     char title[2][RW_JOB_NAME_MAX + 32];
-    char(*f[2])[RW_SPEC_FIELD_MAX];
-    int n[2];
-    rw_spec *spec = malloc(sizeof *spec);
-    if (!spec)
+    rw_spec *spec = malloc(2 * sizeof *spec);
+    rw_spec_delta *d = calloc(MAXD, sizeof *d);
+    if (!spec || !d)
         die("out of memory");
     for (int k = 0; k < 2; k++) {
         json_t *m = req_new("show");
@@ -317,33 +389,53 @@ int cmd_diff(const char *ja, const char *jb)
         snprintf(title[k], sizeof title[k], "j%lld %s", jint(j, "id"), jstr(j, "name"));
         const char *text = jstr(r, "spec");
         char err[1024];
-        if (rw_spec_parse(text, strlen(text), title[k], "", spec, err, sizeof err) != 0)
+        if (rw_spec_parse(text, strlen(text), title[k], "", &spec[k], err, sizeof err) != 0)
             die("diff: %s", err);
-        f[k] = calloc(MAXF, RW_SPEC_FIELD_MAX);
-        if (!f[k] || (n[k] = rw_spec_flatten(spec, f[k], MAXF)) < 0)
-            die("diff: %s: its spec cannot be rendered", title[k]);
         json_decref(r);
     }
     conn_close(&c);
-    free(spec);
+    int n = rw_spec_diff(&spec[0], &spec[1], d, MAXD);
+    if (n < 0)
+        die("diff: a spec cannot be rendered");
     printf("%-32s %-28s %s\n", "field", title[0], title[1]);
-    int differ = 0;
-    /* canonical specs list every field in one order: line k is the same
-     * field in both */
-    for (int k = 0; k < n[0] && k < n[1]; k++) {
-        if (!strcmp(f[0][k], f[1][k]))
-            continue;
-        char *ca = strchr(f[0][k], ':'), *cb = strchr(f[1][k], ':');
-        char va[RW_SPEC_FIELD_MAX], vb[RW_SPEC_FIELD_MAX];
-        rw_spec_value_short(ca + 1, va, sizeof va);
-        rw_spec_value_short(cb + 1, vb, sizeof vb);
-        printf("%-32.*s %-28s %s\n", (int)(ca - f[0][k]), f[0][k], va, vb);
-        differ++;
-    }
-    printf("%d field%s differ%s\n", differ, differ == 1 ? "" : "s", differ == 1 ? "s" : "");
-    free(f[0]);
-    free(f[1]);
+    for (int k = 0; k < n && k < MAXD; k++)
+        printf("%-32s %-28s %s\n", d[k].name, d[k].in & RW_DELTA_A ? d[k].a : "(absent)",
+               d[k].in & RW_DELTA_B ? d[k].b : "(absent)");
+    printf("%d field%s differ%s\n", n, n == 1 ? "" : "s", n == 1 ? "s" : "");
+    free(spec);
+    free(d);
     return 0;
+}
+
+/* One line of a stored canonical spec as a person reads it: floats in
+ * their fewest digits (specs stored before the canonical YAML wrote them
+ * so carry 0.000300000014), lists element by element. */
+static void print_spec_line(const char *line, int len)
+{
+    const char *colon = memchr(line, ':', (size_t)len);
+    char val[RW_SPEC_VALUE_MAX], out[64];
+    if (!colon || colon + 1 >= line + len || (size_t)(line + len - colon) >= sizeof val) {
+        printf("  %.*s\n", len, line);
+        return;
+    }
+    snprintf(val, sizeof val, "%.*s", (int)(line + len - colon - 1), colon + 1);
+    printf("  %.*s:", (int)(colon - line), line);
+    char *p = val;
+    while (*p == ' ')
+        p++;
+    if (*p != '[') {
+        rw_spec_value_short(p, out, sizeof out);
+        printf(" %s\n", strlen(p) < sizeof out ? out : p);
+        return;
+    }
+    printf(" [");
+    char *save = NULL;
+    int k = 0;
+    for (char *e = strtok_r(p + 1, ",]", &save); e; e = strtok_r(NULL, ",]", &save)) {
+        rw_spec_value_short(e, out, sizeof out);
+        printf("%s%s", k++ ? ", " : "", out);
+    }
+    printf("]\n");
 }
 
 int cmd_show(const char *job)
@@ -404,7 +496,7 @@ int cmd_show(const char *job)
     while (*s) {
         const char *e = strchr(s, '\n');
         int n = e ? (int)(e - s) : (int)strlen(s);
-        printf("  %.*s\n", n, s);
+        print_spec_line(s, n);
         s += n + (e ? 1 : 0);
     }
     json_decref(r);
@@ -631,12 +723,15 @@ int cmd_rm(const char *target)
 
 /* ------------------------------------------------------------------------ */
 
-/* runaway submit SPEC.yaml [--priority P] [-n|--dry-run] */
+/* runaway submit SPEC.yaml [KEY=VALUE...] [--priority P] [-n|--dry-run] */
 int cmd_submit(int n, char **a)
 {
     long prio = 0;
-    int has_prio = 0, dry = 0;
+    int has_prio = 0, dry = 0, nwords = 0;
     const char *path = NULL;
+    char **words = calloc((size_t)n + 1, sizeof *words);
+    if (!words)
+        die("out of memory");
     for (int k = 0; k < n; k++) {
         if (!strcmp(a[k], "--priority")) {
             char *end;
@@ -648,15 +743,24 @@ int cmd_submit(int n, char **a)
             dry = 1;
         } else if (!path)
             path = a[k];
+        else if (strchr(a[k], '='))
+            words[nwords++] = a[k];
         else
-            usage_error("submit", "unexpected argument '%s'", a[k]);
+            usage_error("submit", "unexpected argument '%s' (fields are set as FIELD=VALUE, "
+                        "as optim.lr=1e-3)", a[k]);
     }
-    if (dry)
-        return dry_run(path);
-    conn c = {.fd = -1};
-    json_t *r = do_submit(&c, path, has_prio, prio);
-    print_submitted(r);
-    json_decref(r);
-    conn_close(&c);
-    return 0;
+    if (nwords > RW_OVERRIDES_MAX)
+        usage_error("submit", "more than %d FIELD=VALUE words", RW_OVERRIDES_MAX);
+    int rc = 0;
+    if (dry) {
+        rc = dry_run(path, words, nwords);
+    } else {
+        conn c = {.fd = -1};
+        json_t *r = do_submit(&c, path, words, nwords, has_prio, prio);
+        print_submitted(r);
+        json_decref(r);
+        conn_close(&c);
+    }
+    free(words);
+    return rc;
 }

@@ -148,7 +148,10 @@ static const cli_cmd commands[] = {
      "Read-only, with or without a running daemon, on this host's files (not through a\n"
      "forwarded socket). Exits 1 on damage, printing the recovery commands.",
      0, 0, no_flags, run_daemon_check},
-    {"submit", "SPEC.yaml [KEY=VALUE...]", "queue a grid file, or a plain spec as a 1-job grid", NULL,
+    {"submit", "SPEC.yaml [KEY=VALUE...]", "queue a grid file, or a plain spec as a 1-job grid",
+     "KEY=VALUE sets a base field by its dotted name (optim.lr=1e-3 model.predictor=linear),\n"
+     "checked like the file's; a grid's variants, sweeps and seeds still apply on top (one\n"
+     "that every job sets again is refused). Relative paths are from this folder.",
      1, -1, submit_flags, run_submit},
     {"ls", "[GRID]", "jobs: the newest 500, or one grid's", NULL, 0, 1, ls_flags, cmd_ls},
     {"grids", "", "the newest 200 grids: jobs by state and the time left (estimated)", NULL, 0, 0,

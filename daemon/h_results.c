@@ -198,15 +198,15 @@ static json_t *set_rows(rd_store *d, const char *sql, const target_set *t, size_
     return rd_rows_of(st, max);
 }
 
-/* A stored job's spec as what it trains, its seed and the fields that do
- * not change its numbers (threads, logging, checkpoints) set aside, as
- * "a.b: value" lines. Their number, or -1. */
-static int job_trained_fields(rd_store *d, int64_t job, char (*out)[RW_SPEC_FIELD_MAX], int max)
+/* A job's stored spec as what it trains, with what may differ between
+ * seeds of one experiment (seed, threads, logging, checkpoints) at their
+ * defaults. 0, or -1 if it cannot be read. */
+static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
 {
     sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE id=?");
-    rw_spec *s = malloc(sizeof *s), *t = malloc(sizeof *t), *def = malloc(sizeof *def);
-    int n = -1;
-    if (st && s && t && def) {
+    rw_spec *s = malloc(sizeof *s), *def = malloc(sizeof *def);
+    int rc = -1;
+    if (st && s && def) {
         sqlite3_bind_int64(st, 1, job);
         char err[512];
         const char *text = sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0)
@@ -219,15 +219,14 @@ static int job_trained_fields(rd_store *d, int64_t job, char (*out)[RW_SPEC_FIEL
             t->data.loader_threads = def->data.loader_threads;
             t->log = def->log;
             t->checkpoint = def->checkpoint;
-            n = rw_spec_flatten(t, out, max);
+            rc = 0;
         }
     }
     if (st)
         sqlite3_finalize(st);
     free(s);
-    free(t);
     free(def);
-    return n;
+    return rc;
 }
 
 /* Whether the variants of a merged set are each one experiment: one
@@ -235,17 +234,16 @@ static int job_trained_fields(rd_store *d, int64_t job, char (*out)[RW_SPEC_FIEL
  * and no seed of it counts twice (two finished jobs). 0, or -1 with why. */
 static int targets_disagree(rd_store *d, const target_set *t, char *why, size_t len)
 {
-    enum { MAXF = 256 };
     json_t *firsts = set_rows(d, "SELECT variant, grid_id, MIN(id) AS id FROM jobs WHERE " IN_SET
                                  " GROUP BY variant, grid_id ORDER BY variant, MIN(id)",
                               t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
-    char(*a)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX);
-    char(*b)[RW_SPEC_FIELD_MAX] = calloc(MAXF, RW_SPEC_FIELD_MAX);
-    int rc = 0, na = 0;
+    rw_spec *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    rw_spec_delta *delta = malloc(sizeof *delta);
+    int rc = 0, a_ok = 0;
     const json_t *ref = NULL;
     size_t i;
     json_t *v;
-    if (!a || !b) {
+    if (!a || !b || !delta) {
         snprintf(why, len, "out of memory");
         rc = -1;
     }
@@ -255,26 +253,27 @@ static int targets_disagree(rd_store *d, const target_set *t, char *why, size_t 
             break;
         if (!ref || strcmp(jstr(ref, "variant"), jstr(v, "variant"))) {
             ref = v;
-            na = job_trained_fields(d, json_integer_value(json_object_get(v, "id")), a, MAXF);
+            a_ok = job_trained_spec(d, json_integer_value(json_object_get(v, "id")), a) == 0;
             continue;
         }
-        int nb = job_trained_fields(d, json_integer_value(json_object_get(v, "id")), b, MAXF);
-        int k = 0;
-        while (k < na && k < nb && !strcmp(a[k], b[k]))
-            k++;
-        if (na < 0 || nb < 0 || k < na || k < nb) {
+        int b_ok = job_trained_spec(d, json_integer_value(json_object_get(v, "id")), b) == 0;
+        /* by field name: a field only one side has (the unified loss's
+         * weights) is a difference, and the fields after it stay aligned */
+        int nd = a_ok && b_ok ? rw_spec_diff(a, b, delta, 1) : -1;
+        if (nd != 0) {
             long long ga = json_integer_value(json_object_get(ref, "grid_id")),
                       gb = json_integer_value(json_object_get(v, "grid_id")),
                       ja = json_integer_value(json_object_get(ref, "id")),
                       jb = json_integer_value(json_object_get(v, "id"));
             char what[3 * RW_SPEC_FIELD_MAX] = "its stored spec cannot be read";
-            if (na >= 0 && nb >= 0 && k < na && k < nb) {
-                char *ca = strchr(a[k], ':'), *cb = strchr(b[k], ':'), va[RW_SPEC_FIELD_MAX],
-                     vb[RW_SPEC_FIELD_MAX];
-                rw_spec_value_short(ca + 1, va, sizeof va);
-                rw_spec_value_short(cb + 1, vb, sizeof vb);
-                snprintf(what, sizeof what, "%.*s is %s in g%lld (j%lld), %s in g%lld (j%lld)",
-                         (int)(ca - a[k]), a[k], va, ga, ja, vb, gb, jb);
+            if (nd > 0) {
+                char va[RW_SPEC_FIELD_MAX] = "absent", vb[RW_SPEC_FIELD_MAX] = "absent";
+                if (delta->in & RW_DELTA_A)
+                    rw_spec_value_short(delta->a, va, sizeof va);
+                if (delta->in & RW_DELTA_B)
+                    rw_spec_value_short(delta->b, vb, sizeof vb);
+                snprintf(what, sizeof what, "%s is %s in g%lld (j%lld), %s in g%lld (j%lld)",
+                         delta->name, va, ga, ja, vb, gb, jb);
             }
             snprintf(why, len, "variant '%s' is not the same experiment in g%lld and g%lld: %s; "
                      "table them apart", jstr(v, "variant"), ga, gb, what);
@@ -284,6 +283,7 @@ static int targets_disagree(rd_store *d, const target_set *t, char *why, size_t 
     json_decref(firsts);
     free(a);
     free(b);
+    free(delta);
     if (rc)
         return rc;
     json_t *twice = set_rows(d, "SELECT variant, seed, GROUP_CONCAT('j' || id, ' and ') AS ids "

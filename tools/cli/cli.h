@@ -37,6 +37,8 @@ void usage_error(const char *cmd, const char *fmt, ...)
 
 /* --json was given: commands that offer it print one JSON document. */
 extern int cli_json;
+/* The running command's arguments, for usage_error's usage line. */
+extern const char *cli_usage_args;
 /* Prints v as one JSON document on stdout (indented, keys sorted) and frees it. */
 void print_json(json_t *v);
 /* A reply of runawayd as that document: its fields (proto/PROTOCOL.md), not type and id. */
@@ -76,10 +78,12 @@ int find_prog(const char *name, const char *subdir, char *out, size_t len);
 int daemon_start(int argc, char **argv, int quiet);
 int daemon_check(void);
 int daemon_stop(void);
-void warn_db_down(const json_t *r);
 int daemon_status(void);
-int cmd_run(const char *path, int dargc, char **dargv);
 int token_new(const char *path);
+void warn_db_down(const json_t *r);
+
+/* run.c */
+int cmd_run(const char *path, int dargc, char **dargv);
 
 /* jobs.c */
 json_t *do_submit(conn *c, const char *path, char *const *words, int nwords, int has_prio,

@@ -28,6 +28,8 @@ char sock_path[PATH_MAX + 32];
 const char *daemon_bin = NULL, *worker_bin = NULL;
 static long long next_id = 1;
 int connect_errno;
+int cli_json;
+const char *cli_usage_args;
 
 void die(const char *fmt, ...)
 {
@@ -240,4 +242,32 @@ int find_prog(const char *name, const char *subdir, char *out, size_t len)
     }
     snprintf(out, len, "%s", name); /* PATH */
     return 0;
+}
+
+void usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "runaway %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nusage: runaway %s %s   (runaway %s --help)\n", cmd,
+            cli_usage_args ? cli_usage_args : "...", cmd);
+    exit(CLI_USAGE);
+}
+
+void print_json(json_t *v)
+{
+    if (!v || json_dumpf(v, stdout, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
+        die("cannot print JSON");
+    putchar('\n');
+    json_decref(v);
+}
+
+/* The daemon says its database takes no writes: so nothing starts. */
+void warn_db_down(const json_t *r)
+{
+    const char *w = json_string_value(json_object_get(r, "db_down"));
+    if (w)
+        fprintf(stderr, "runaway: warning: %s\n", w);
 }

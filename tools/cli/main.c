@@ -10,8 +10,6 @@
 #include "rw_config.h"
 #include "tools/cli/cli.h"
 
-int cli_json;
-
 /* ------------------------------------------------------------------------ */
 /* Commands whose arguments are fixed: the table checked how many */
 
@@ -281,28 +279,6 @@ static const char *nearest(const char *word, const char *const *names, int n)
     return best && (size_t)bd * 3 <= len + 2 ? best : NULL;
 }
 
-static const cli_cmd *current; /* for usage_error */
-
-void usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "runaway %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nusage: runaway %s %s   (runaway %s --help)\n", cmd,
-            current && !strcmp(current->name, cmd) ? current->args : "...", cmd);
-    exit(CLI_USAGE);
-}
-
-void print_json(json_t *v)
-{
-    if (!v || json_dumpf(v, stdout, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
-        die("cannot print JSON");
-    putchar('\n');
-    json_decref(v);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Finding the command, checking its arguments */
 
@@ -547,7 +523,7 @@ int main(int argc, char **argv)
             return CLI_OK;
         unknown_command(n, a);
     }
-    current = c;
+    cli_usage_args = c->args;
     n -= used, a += used;
     if (wants_help(n, a)) {
         print_help(stdout, c);

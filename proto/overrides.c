@@ -5,8 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/spec.h"
-#include "proto/spec_tree.h"
+#include "proto/overrides.h"
 
 static ynode *scalar_node(const char *text, size_t len)
 {

@@ -1,8 +1,9 @@
 /* Job spec parser: YAML -> a small bounded tree -> rw_spec.
  *
  * Three layers, so that the daemon can reuse the lower two for grid files:
- *   1. ytree_parse: libyaml events -> an owned tree (bounded depth, node
- *      count and input size; aliases rejected; multi-document rejected).
+ *   1. rw_ytree_parse (proto/ytree.c): libyaml events -> an owned tree
+ *      (bounded depth, node count and input size; aliases and several
+ *      documents rejected).
  *   2. spec_apply_map: applies one mapping node, found at a dotted path
  *      prefix, on top of an existing rw_spec (overrides). Driven by one field
  *      table, so the allowed keys of every mapping come from the same place
@@ -26,9 +27,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define SPEC_FILE_MAX (1u << 20) /* a spec is a page of text; refuse anything big */
-#define YTREE_DEPTH_MAX 16       /* a spec needs 3 levels, a grid a few more */
-#define YTREE_NODES_MAX 65536
+#define SPEC_FILE_MAX RW_YAML_MAX
 #define SAMPLE_MAX 40            /* how much of a bad value an error quotes */
 
 /* ------------------------------------------------------------------------ */
@@ -58,216 +57,6 @@ static void sample(char *out, size_t outlen, const char *s, size_t len) {
         out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
     }
     out[o] = '\0';
-}
-
-/* ------------------------------------------------------------------------ */
-/* 1. The bounded tree */
-
-/* ynode, yscalar_kind: proto/spec_tree.h (grid files reuse the tree) */
-
-static void ynode_free(ynode *n) {
-    if (!n) return;
-    for (size_t i = 0; i < n->nkids; i++) ynode_free(n->kids[i]);
-    free(n->kids);
-    free(n->text);
-    free(n);
-}
-
-static int ynode_push(ynode *parent, ynode *kid) {
-    if (parent->nkids == parent->cap) {
-        size_t cap = parent->cap ? parent->cap * 2 : 8;
-        ynode **k = realloc(parent->kids, cap * sizeof *k);
-        if (!k) return -1;
-        parent->kids = k;
-        parent->cap = cap;
-    }
-    parent->kids[parent->nkids++] = kid;
-    return 0;
-}
-
-static yscalar_kind tag_kind(const yaml_char_t *tag, int implicit_plain, yaml_scalar_style_t style) {
-    if (!tag) return (style == YAML_PLAIN_SCALAR_STYLE && implicit_plain) ? YS_PLAIN : YS_STRING;
-    const char *t = (const char *)tag;
-    if (!strcmp(t, "!")) return YS_STRING; /* the non-specific tag: a string */
-    if (!strcmp(t, YAML_STR_TAG)) return YS_STRING;
-    if (!strcmp(t, YAML_INT_TAG)) return YS_INT;
-    if (!strcmp(t, YAML_FLOAT_TAG)) return YS_FLOAT;
-    if (!strcmp(t, YAML_BOOL_TAG)) return YS_BOOL;
-    if (!strcmp(t, YAML_NULL_TAG)) return YS_NULL;
-    return YS_OTHER;
-}
-
-/* Parses one YAML document into a tree. *root is NULL for an empty stream.
- * Errors are "origin:LINE:COL: ..." (the YAML's own position). */
-static int ytree_parse(const char *yaml, size_t len, const char *origin, ynode **root, char *err,
-                       size_t errlen) {
-    *root = NULL;
-    yaml_parser_t p;
-    if (!yaml_parser_initialize(&p)) {
-        set_err(err, errlen, "%s: out of memory", origin);
-        return -1;
-    }
-    yaml_parser_set_input_string(&p, (const unsigned char *)yaml, len);
-
-    ynode *stack[YTREE_DEPTH_MAX + 1];
-    int depth = 0, ndocs = 0, rc = -1, done = 0;
-    size_t nnodes = 0;
-    ynode *top = NULL;
-
-    while (!done) {
-        yaml_event_t ev;
-        if (!yaml_parser_parse(&p, &ev)) {
-            const char *what = p.problem ? p.problem : "syntax error";
-            if (p.context)
-                set_err(err, errlen, "%s:%zu:%zu: YAML syntax error: %s %s that started on line %zu", origin,
-                        p.problem_mark.line + 1, p.problem_mark.column + 1, what, p.context,
-                        p.context_mark.line + 1);
-            else
-                set_err(err, errlen, "%s:%zu:%zu: YAML syntax error: %s", origin,
-                        p.problem_mark.line + 1, p.problem_mark.column + 1, what);
-            goto out;
-        }
-        int line = (int)ev.start_mark.line + 1, col = (int)ev.start_mark.column + 1;
-        ynode *n = NULL;
-        int bad = 0;
-        switch (ev.type) {
-        case YAML_STREAM_END_EVENT:
-            done = 1;
-            break;
-        case YAML_DOCUMENT_START_EVENT:
-            if (++ndocs > 1) {
-                set_err(err, errlen, "%s:%d:%d: more than one YAML document; a spec is one mapping",
-                        origin, line, col);
-                bad = 1;
-            }
-            break;
-        case YAML_ALIAS_EVENT:
-            set_err(err, errlen, "%s:%d:%d: YAML aliases (*name) are not supported", origin, line,
-                    col);
-            bad = 1;
-            break;
-        case YAML_SCALAR_EVENT:
-        case YAML_SEQUENCE_START_EVENT:
-        case YAML_MAPPING_START_EVENT:
-            if (++nnodes > YTREE_NODES_MAX) {
-                set_err(err, errlen, "%s:%d:%d: too many YAML nodes (at most %d)", origin, line,
-                        col, YTREE_NODES_MAX);
-                bad = 1;
-                break;
-            }
-            n = calloc(1, sizeof *n);
-            if (!n) {
-                set_err(err, errlen, "%s: out of memory", origin);
-                bad = 1;
-                break;
-            }
-            n->line = line;
-            n->col = col;
-            if (ev.type == YAML_SCALAR_EVENT) {
-                n->kind = YN_SCALAR;
-                n->len = ev.data.scalar.length;
-                n->text = malloc(n->len + 1);
-                if (!n->text) {
-                    free(n);
-                    n = NULL;
-                    set_err(err, errlen, "%s: out of memory", origin);
-                    bad = 1;
-                    break;
-                }
-                memcpy(n->text, ev.data.scalar.value, n->len);
-                n->text[n->len] = '\0';
-                n->skind = tag_kind(ev.data.scalar.tag, ev.data.scalar.plain_implicit,
-                                    ev.data.scalar.style);
-            } else {
-                n->kind = ev.type == YAML_MAPPING_START_EVENT ? YN_MAP : YN_SEQ;
-            }
-            /* attach to the parent (or become the root) */
-            if (depth == 0) {
-                top = n;
-            } else if (ynode_push(stack[depth - 1], n)) {
-                ynode_free(n);
-                n = NULL;
-                set_err(err, errlen, "%s: out of memory", origin);
-                bad = 1;
-                break;
-            }
-            if (n->kind != YN_SCALAR) {
-                if (depth == YTREE_DEPTH_MAX) {
-                    set_err(err, errlen, "%s:%d:%d: nesting deeper than %d levels", origin, line,
-                            col, YTREE_DEPTH_MAX);
-                    bad = 1;
-                    break;
-                }
-                stack[depth++] = n;
-            }
-            break;
-        case YAML_SEQUENCE_END_EVENT:
-        case YAML_MAPPING_END_EVENT:
-            depth--;
-            break;
-        default:
-            break;
-        }
-        yaml_event_delete(&ev);
-        if (bad) goto out;
-    }
-    *root = top;
-    top = NULL;
-    rc = 0;
-out:
-    ynode_free(top); /* a partial tree: every node is reachable from top */
-    yaml_parser_delete(&p);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Scalar typing (YAML 1.2 core schema, strict) */
-
-static int is_null(const ynode *n) {
-    if (n->kind != YN_SCALAR) return 0;
-    if (n->skind == YS_NULL) return 1;
-    if (n->skind != YS_PLAIN) return 0;
-    const char *t = n->text;
-    return !strcmp(t, "") || !strcmp(t, "~") || !strcmp(t, "null") || !strcmp(t, "Null") ||
-           !strcmp(t, "NULL");
-}
-
-/* 1 true, 0 false, -1 not a boolean */
-static int as_bool(const ynode *n) {
-    if (n->kind != YN_SCALAR || (n->skind != YS_PLAIN && n->skind != YS_BOOL)) return -1;
-    const char *t = n->text;
-    if (!strcmp(t, "true") || !strcmp(t, "True") || !strcmp(t, "TRUE")) return 1;
-    if (!strcmp(t, "false") || !strcmp(t, "False") || !strcmp(t, "FALSE")) return 0;
-    return -1;
-}
-
-/* A decimal or scientific number, nothing else: strtod alone would also
- * take "inf", "nan", hex floats and leading blanks. */
-static int as_number(const ynode *n, double *out) {
-    if (n->kind != YN_SCALAR) return -1;
-    if (n->skind != YS_PLAIN && n->skind != YS_INT && n->skind != YS_FLOAT) return -1;
-    const char *t = n->text;
-    size_t i = 0, digits = 0;
-    if (t[i] == '+' || t[i] == '-') i++;
-    while (t[i] >= '0' && t[i] <= '9') i++, digits++;
-    if (t[i] == '.') {
-        i++;
-        while (t[i] >= '0' && t[i] <= '9') i++, digits++;
-    }
-    if (digits == 0) return -1;
-    if (t[i] == 'e' || t[i] == 'E') {
-        i++;
-        if (t[i] == '+' || t[i] == '-') i++;
-        size_t ed = 0;
-        while (t[i] >= '0' && t[i] <= '9') i++, ed++;
-        if (ed == 0) return -1;
-    }
-    if (i != n->len) return -1;
-    errno = 0;
-    double v = strtod(t, NULL);
-    if (!isfinite(v)) return -1;
-    *out = v;
-    return 0;
 }
 
 /* "123" or "+123": what strtoull reads exactly. */
@@ -499,11 +288,11 @@ static void got_text(const ynode *n, char *out, size_t outlen) {
         snprintf(out, outlen, "got a mapping");
     } else if (n->kind == YN_SEQ) {
         snprintf(out, outlen, "got a list");
-    } else if (is_null(n)) {
+    } else if (rw_ynode_is_null(n)) {
         snprintf(out, outlen, "got null");
     } else {
         sample(smp, sizeof smp, n->text, n->len);
-        if (as_bool(n) >= 0)
+        if (rw_ynode_bool(n) >= 0)
             snprintf(out, outlen, "got boolean '%s'", smp);
         else if (n->skind == YS_STRING)
             snprintf(out, outlen, "got string '%s'", smp);
@@ -550,7 +339,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
     case F_U64: {
         double v;
         snprintf(what, sizeof what, "must be an integer %s", rng);
-        if (as_number(n, &v) || v != floor(v) || !in_range(f, v)) return field_err(cx, f->path, n, what);
+        if (rw_ynode_number(n, &v) || v != floor(v) || !in_range(f, v)) return field_err(cx, f->path, n, what);
         /* the double rounds above 2^53 (2^53+1 reads as 2^53): plain digit
          * strings are also read exactly, so such values are caught */
         if (exact_digits(n->text)) {
@@ -575,14 +364,14 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
         double v;
         snprintf(what, sizeof what, "must be a number %s", rng);
         /* range checked on the stored float: 1e-50 is > 0 but its float is 0 */
-        if (as_number(n, &v) || !isfinite((float)v) || !in_range(f, (float)v))
+        if (rw_ynode_number(n, &v) || !isfinite((float)v) || !in_range(f, (float)v))
             return field_err(cx, f->path, n, what);
         float x = (float)v;
         memcpy(dst, &x, sizeof x);
         return 0;
     }
     case F_BOOL: {
-        int b = as_bool(n);
+        int b = rw_ynode_bool(n);
         if (b < 0) return field_err(cx, f->path, n, "must be true or false");
         memcpy(dst, &b, sizeof b);
         return 0;
@@ -591,7 +380,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
         char list[160];
         enum_list(f->enums, list, sizeof list);
         snprintf(what, sizeof what, "must be one of: %s", list);
-        if (n->kind != YN_SCALAR || is_null(n) || (n->skind != YS_PLAIN && n->skind != YS_STRING))
+        if (n->kind != YN_SCALAR || rw_ynode_is_null(n) || (n->skind != YS_PLAIN && n->skind != YS_STRING))
             return field_err(cx, f->path, n, what);
         for (int i = 0; f->enums[i]; i++) {
             if (!strcmp(n->text, f->enums[i]) && strlen(f->enums[i]) == n->len) {
@@ -603,7 +392,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
     }
     case F_NAME: {
         snprintf(what, sizeof what, "must be 1..%d characters from [A-Za-z0-9_.-]", RW_NAME_MAX - 1);
-        if (n->kind != YN_SCALAR || is_null(n) || n->skind == YS_OTHER || n->len >= RW_NAME_MAX ||
+        if (n->kind != YN_SCALAR || rw_ynode_is_null(n) || n->skind == YS_OTHER || n->len >= RW_NAME_MAX ||
             strlen(n->text) != n->len || !name_ok(n->text))
             return field_err(cx, f->path, n, what);
         memcpy(dst, n->text, n->len + 1);
@@ -611,7 +400,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
     }
     case F_PATH: {
         /* null clears the path: lets a grid variant drop the base's init */
-        if (is_null(n)) {
+        if (rw_ynode_is_null(n)) {
             dst[0] = '\0';
             return 0;
         }
@@ -634,7 +423,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
             char sub[96];
             snprintf(sub, sizeof sub, "%s[%d]", f->path, i);
             snprintf(what, sizeof what, "must be a number %s", rng);
-            if (as_number(n->kids[i], &v) || !in_range(f, (float)v))
+            if (rw_ynode_number(n->kids[i], &v) || !in_range(f, (float)v))
                 return field_err(cx, sub, n->kids[i], what);
             x[i] = (float)v;
         }
@@ -691,7 +480,7 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
     for (size_t i = 0; i + 1 < map->nkids; i += 2) {
         const ynode *key = map->kids[i], *val = map->kids[i + 1];
         char kbuf[SAMPLE_MAX * 2];
-        if (key->kind != YN_SCALAR || is_null(key) || strlen(key->text) != key->len) {
+        if (key->kind != YN_SCALAR || rw_ynode_is_null(key) || strlen(key->text) != key->len) {
             allowed_keys(prefix, allowed, sizeof allowed);
             set_err(cx->err, cx->errlen, "%s: %s%skeys must be plain names (allowed: %s)%s",
                     cx->origin, prefix, pl ? ": " : "", allowed, line_note(key->line, ln));
@@ -726,7 +515,7 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         }
         if (f) {
             if (apply_scalar_field(f, val, cx, s)) return -1;
-        } else if (!is_null(val)) { /* "eval:" with everything commented out */
+        } else if (!rw_ynode_is_null(val)) { /* "eval:" with everything commented out */
             if (spec_apply_map(val, path, cx, s)) return -1;
         }
     }
@@ -945,7 +734,7 @@ static int apply_overrides(const rw_overrides *ov, rw_spec *s, char *err, size_t
     if (!ov || rw_overrides_tree(ov, &tree, err, errlen)) return ov ? -1 : 0;
     apply_ctx cx = {RW_OVERRIDES_ORIGIN, ov->basedir ? ov->basedir : "", err, errlen};
     int rc = tree ? spec_apply_map(tree, "", &cx, s) : 0;
-    ynode_free(tree);
+    rw_ytree_free(tree);
     return rc;
 }
 
@@ -959,9 +748,9 @@ int rw_spec_parse_with(const char *yaml, size_t len, const char *origin, const c
         return -1;
     }
     ynode *root = NULL;
-    if (ytree_parse(yaml, len, origin, &root, err, errlen)) return -1;
-    if (!root || is_null(root)) {
-        ynode_free(root);
+    if (rw_ytree_parse(yaml, len, origin, &root, err, errlen)) return -1;
+    if (!root || rw_ynode_is_null(root)) {
+        rw_ytree_free(root);
         set_err(err, errlen, "%s: empty spec: expected a mapping of fields (name, seed, data, model, "
                              "loss, optim, ...)", origin);
         return -1;
@@ -971,7 +760,7 @@ int rw_spec_parse_with(const char *yaml, size_t len, const char *origin, const c
     rw_spec_defaults(&tmp);
     apply_ctx cx = {origin, basedir, err, errlen};
     int rc = spec_apply_map(root, "", &cx, &tmp);
-    ynode_free(root);
+    rw_ytree_free(root);
     if (rc == 0) rc = apply_overrides(ov, &tmp, err, errlen);
     rw_spec_resolve(&tmp);
     if (rc == 0) rc = rw_spec_validate(&tmp, origin, err, errlen);
@@ -1073,21 +862,6 @@ const char *rw_loss_kind_name(rw_loss_kind k) {
 
 /* ------------------------------------------------------------------------ */
 /* Reuse by grid files (proto/spec_tree.h) */
-
-int rw_ytree_parse(const char *yaml, size_t len, const char *origin, ynode **root, char *err,
-                   size_t errlen) {
-    if (len > SPEC_FILE_MAX) {
-        set_err(err, errlen, "%s: too large (%zu bytes; at most %u bytes)", origin, len, SPEC_FILE_MAX);
-        return -1;
-    }
-    return ytree_parse(yaml, len, origin, root, err, errlen);
-}
-
-void rw_ytree_free(ynode *n) { ynode_free(n); }
-
-int rw_ynode_is_null(const ynode *n) { return is_null(n); }
-
-int rw_ynode_number(const ynode *n, double *out) { return as_number(n, out); }
 
 int rw_spec_apply_tree(const ynode *map, const char *origin, const char *basedir, rw_spec *s,
                        char *err, size_t errlen) {

@@ -73,6 +73,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/overrides.h"
+
 #define RW_PATH_MAX 1024
 #define RW_NAME_MAX 64
 
@@ -242,22 +244,7 @@ typedef struct rw_spec_delta {
  * out), or -1 when a spec cannot be rendered. */
 int rw_spec_diff(const rw_spec *a, const rw_spec *b, rw_spec_delta *out, int max);
 
-/* Fields set on a command line: words "a.b=VALUE" (runaway submit,
- * runaway-worker run). VALUE is read as YAML -- a number, a word,
- * true/false, null, a flow list [a, b, c] -- and checked like the same field
- * in a file, with the same messages, naming "command line" as the origin;
- * an unknown name gets the parser's "unknown field (allowed ...)". A word
- * without '=' or a field given twice is an error. Relative paths in values
- * resolve against basedir (the caller's working folder), not the file's. */
-#define RW_OVERRIDES_ORIGIN "command line"
-#define RW_OVERRIDES_MAX 64   /* words */
-#define RW_OVERRIDE_LEN 2048  /* bytes of one word */
-typedef struct rw_overrides {
-    const char *const *words;
-    size_t n;
-    const char *basedir;
-} rw_overrides;
-
+/* Fields set on a command line: rw_overrides, proto/overrides.h. */
 /* rw_spec_parse and rw_spec_load with overrides applied after the text's
  * fields (on top of them) and before the defaults that depend on other
  * fields (rw_spec_resolve): data.kind=cifar100 gets CIFAR-100's mean and

@@ -296,7 +296,9 @@ int cmd_sphere(int n, char **a)
     int lo, hi;
     char images[96];
     rw_sphere_images(p, total, &lo, &hi);
-    if (lo == hi)
+    if (hi == 0)
+        snprintf(images, sizeof images, "no training images (no finished job)");
+    else if (lo == hi)
         snprintf(images, sizeof images, "%d distinct training images", lo);
     else
         snprintf(images, sizeof images, "%d to %d distinct training images", lo, hi);

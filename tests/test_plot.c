@@ -196,6 +196,27 @@ Test(plot, the_figures_axes_key_and_final_results, .init = make_dir, .fini = rem
     json_decref(r);
 }
 
+/* Only the random baseline (epoch 0): its levels from epoch 0 on. */
+Test(plot, a_baseline_alone_spans_from_its_epoch, .init = make_dir, .fini = remove_dir,
+     .timeout = 60)
+{
+    json_t *r = finished_grid();
+    json_array_remove(json_object_get(r, "jobs"), 3);
+    json_array_remove(json_object_get(r, "jobs"), 2);
+    char out[300], data[300], err[1024], gp[65536], p[340];
+    snprintf(out, sizeof out, "%s/fig.png", dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    rw_plot_opts o = {.out = out, .data_dir = data, .cols = 60, .rows = 12};
+    cr_assert_eq(rw_plot_render(r, &o, err, sizeof err), 0, "%s", err);
+    snprintf(p, sizeof p, "%s/plot.gp", data);
+    slurp(p, gp, sizeof gp);
+    cr_assert(strstr(gp, "set xrange [0:1.02]\n") && strstr(gp, "31 with lines ") &&
+                  !strstr(gp, "yerrorbars") && !strstr(gp, "final linear evaluation") &&
+                  !strstr(gp, "dot: the final"),
+              "%s", gp);
+    json_decref(r);
+}
+
 /* A live grid: an empty panel says none yet, not why none will come. */
 Test(plot, an_empty_panel_of_a_live_grid_waits, .init = make_dir, .fini = remove_dir,
      .timeout = 60)

@@ -370,7 +370,7 @@ static void panel(FILE *f, const char *title, const char *none, int col, double 
         any_final |= col == COL_LINEAR && cv[g].final_n > 0;
     }
     fprintf(f, "set title ");
-    if (any_final && fig) {
+    if (fig && col == COL_LINEAR && final_dots(cv, ng)) {
         char t[256];
         snprintf(t, sizeof t, "%s (dot: the final result)", title);
         rw_gp_quote(f, t);
@@ -474,7 +474,7 @@ static void trace_panel(FILE *f, int ng, const rw_curve *cv, int fig)
 
 /* The epochs every panel spans: from the first reported to the last, and
  * a little more so that the last epoch's dots clear the border (one
- * epoch: a step either side); a tick an epoch where they are few. A
+ * epoch: to the next); a tick an epoch where they are few. A
  * one-epoch curve (the random baseline's epoch 0) is a level across
  * whatever the others span. Returns how far apart the final linear dots
  * of the variants stand, side by side about their epoch, so that their
@@ -489,7 +489,7 @@ static double epoch_range(FILE *f, const rw_curve *cv, int ng)
     if (!(lo <= hi))
         lo = 0, hi = 1;
     else if (lo == hi)
-        lo -= 1, hi += 1;
+        hi = lo + 1;
     double dodge = 0.012 * (hi - lo), nf = final_dots(cv, ng);
     fprintf(f, "set xrange [%.9g:%.9g]\nset xtics %s\n", lo,
             hi + 0.02 * (hi - lo) + (nf > 1 ? dodge * (nf - 1) / 2 : 0),

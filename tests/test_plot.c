@@ -181,9 +181,10 @@ Test(plot, the_figures_axes_key_and_final_results, .init = make_dir, .fini = rem
     cr_assert(strstr(gp, "31 with lines lc rgb '#0072b2' lw 1.5 dt 2 notitle"),
               "the baseline's final linear evaluation:\n%s", gp);
     const char *key = strstr(gp, "set key center center horizontal");
-    cr_assert(key && strstr(key, "\nplot NaN with lines lc rgb '#0072b2' lw 1.5 dt 2 title 'base', NaN with "
-                         "linespoints lc rgb '#d55e00' lw 1.5 pt 2 title 'byol', NaN with points "
-                         "lc rgb 'black' pt 7 ps 1.6 title 'final linear evaluation'\nunset multiplot\n"),
+    cr_assert(key && strstr(key, "\nplot NaN with lines lc rgb '#0072b2' lw 1.5 dt 2 title "
+                                 "'base', NaN with linespoints lc rgb '#d55e00' lw 1.5 pt 2 title "
+                                 "'byol', NaN with points lc rgb 'black' pt 7 ps 1.6 title "
+                                 "'final linear evaluation'\nunset multiplot\n"),
               "the shared key, last:\n%s", gp);
     cr_assert(!strstr(gp, " title 'byol', '") && !strstr(gp, " ls "),
               "a curve named in a panel, or a line style of gnuplot's palette:\n%s", gp);

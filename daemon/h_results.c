@@ -328,8 +328,11 @@ static void curves(rd_store *s, long long id, json_t *m, rd_answer *a)
         target_set_free(&t);
         return;
     }
-    json_t *jobs = set_rows(s, "SELECT id, name, variant, seed, state FROM jobs WHERE " IN_SET
-                               " ORDER BY id", &t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
+    /* linear_final: the job's result, its final linear evaluation, which
+     * no epoch row holds unless eval.linear.every is set */
+    json_t *jobs = set_rows(s, "SELECT id, name, variant, seed, state, linear_acc AS linear_final "
+                               "FROM jobs WHERE " IN_SET " ORDER BY id",
+                            &t, RW_TARGETS_MAX * RW_GRID_JOBS_MAX);
     /* a grid's worth of curves fits in a reply, not many */
     if (json_array_size(jobs) > RW_GRID_JOBS_MAX) {
         rd_answer_fail(a, RW_E_STATE, "%zu jobs are more than one plot draws (at most %d)",

@@ -51,6 +51,25 @@ Test(cli, submit_dry_run_lists_the_jobs_and_what_differs, .init = fx_prepare, .f
     cr_assert(rc == 1 && strstr(out, "model.predictor") && strstr(out, "nope"), "%s", out);
 }
 
+/* A figure in a format that plot and sphere do not draw (.png, .pdf, .svg)
+ * is a usage error, found before runawayd is asked anything (there is
+ * none here): not a PNG under another name. */
+Test(cli, a_figure_of_another_extension_is_a_usage_error, .init = fx_prepare, .fini = fx_teardown,
+     .timeout = 30)
+{
+    char out[4096];
+    int rc = fx_cli(out, sizeof out, 10, "plot", "g1", "-o", "plot.jpg", NULL);
+    cr_assert(rc == 2 && strstr(out, "runaway plot: -o plot.jpg: the figure is a .png, .pdf or "
+                                     ".svg file (by its extension)\nusage: runaway plot "),
+              "got: %s", out);
+    rc = fx_cli(out, sizeof out, 10, "sphere", "g1", "--out", "sphere", NULL);
+    cr_assert(rc == 2 && strstr(out, "runaway sphere: -o sphere: the figure is a .png, .pdf or "
+                                     ".svg file"), "got: %s", out);
+    /* a good one goes on to ask runawayd */
+    rc = fx_cli(out, sizeof out, 10, "plot", "g1", "-o", "plot.PDF", NULL);
+    cr_assert(rc == 1 && strstr(out, "no runawayd at "), "got: %s", out);
+}
+
 Test(cli, clear_errors_without_a_daemon_and_for_bad_specs, .init = fx_prepare, .fini = fx_teardown,
      .timeout = 30)
 {

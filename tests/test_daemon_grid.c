@@ -64,8 +64,20 @@ static void check_plot(void)
         cr_assert_not_null(fgets(line, sizeof line, f));
         snprintf(name, sizeof name, "# %s: mean over 2 jobs", variants[v]);
         cr_assert(strncmp(line, name, strlen(name)) == 0, "%s: %s", p, line);
-        int rows = 0;
+        int rows = 0, final = 0;
+        /* the jobs' final linear evaluation, which byol's epochs do not
+         * hold (no eval.linear.every): their mean at the last epoch */
+        char avg[200];
+        snprintf(avg, sizeof avg, "SELECT AVG(linear_acc) FROM jobs WHERE grid_id=1 AND "
+                 "variant='%s'", variants[v]);
+        double acc = fx_db_num(db, avg, 0);
         while (fgets(line, sizeof line, f)) {
+            double fe, fa;
+            if (sscanf(line, "# final linear evaluation: epoch %lf, top-1 %lf, ", &fe, &fa) == 2) {
+                cr_expect(fe == 2 && fabs(fa - acc) <= 1e-7 && strstr(line, " over 2 jobs\n"),
+                          "%s: %s (the jobs' mean %.9g)", p, line, acc);
+                final++;
+            }
             if (line[0] == '#')
                 continue;
             double e, loss, al, un, co, rk;
@@ -91,12 +103,14 @@ static void check_plot(void)
                           "%s epoch %.0f %s: plotted %.9g, stored mean %.9g", variants[v], e,
                           cols[k], got[k], want);
             }
-            snprintf(trace[v], sizeof trace[v], "'curve%d.dat' using 4:3 with linespoints ls %d "
-                     "title '%s', '+' using (%.9g):(%.9g) ", v, v + 1, variants[v], un, al);
+            snprintf(trace[v], sizeof trace[v], "'curve%d.dat' using 4:3 with linespoints lc rgb "
+                     "'%s' lw 1.5 pt %d notitle, '+' using (%.9g):(%.9g) ", v,
+                     v ? "#d55e00" : "#0072b2", v + 1, un, al);
             rows++;
         }
         fclose(f);
         cr_expect_eq(rows, 2, "%s: %d epochs", p, rows);
+        cr_expect_eq(final, 1, "%s: no final linear evaluation", p);
     }
     sqlite3_close(db);
     {
@@ -108,6 +122,25 @@ static void check_plot(void)
         fclose(f);
         for (int v = 0; v < 2; v++)
             cr_expect(strstr(gp, trace[v]), "plot.gp has no trace '%s':\n%s", trace[v], gp);
+        /* ... drawn as a dot with its std over the seeds, in byol's colour,
+         * beside byol-np's: 0.012 of the 1-epoch span apart about epoch 2 */
+        cr_expect(strstr(gp, "'+' using (1.994):(") &&
+                      strstr(gp, " every ::0::0 with yerrorbars lc rgb '#0072b2' "),
+                  "no final linear evaluation of byol in plot.gp:\n%s", gp);
+    }
+    /* the format -o names: a PDF, an SVG */
+    const char *fmt[2][2] = {{"pdf", "%PDF-"}, {"svg", "<svg"}};
+    for (int k = 0; k < 2; k++) {
+        char fig[300], head[2048];
+        snprintf(fig, sizeof fig, "%s/curves.%s", fx.dir, fmt[k][0]);
+        rc = fx_cli(out, sizeof out, 30, "plot", "g1", "-o", fig, NULL);
+        cr_assert_eq(rc, 0, "%s", out);
+        f = fopen(fig, "rb");
+        cr_assert_not_null(f, "no %s", fig);
+        head[fread(head, 1, sizeof head - 1, f)] = 0;
+        fclose(f);
+        cr_expect(k ? strstr(head, fmt[k][1]) != NULL : !strncmp(head, fmt[k][1], 5),
+                  "%s: %.80s", fig, head);
     }
 
     /* text, a single job, errors */
@@ -534,6 +567,7 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = fx_setup, .
     rc = fx_cli(out, sizeof out, 60, "sphere", "g1", "-o", png, "--samples", "40", "--backend",
                 "cpu", NULL);
     cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "projections f(x) of 40 distinct training images"), "%s", out);
     char row1[64], row3[64];
     snprintf(row1, sizeof row1, "\n%-28s j1 ", "byol");
     snprintf(row3, sizeof row3, "\n%-28s j3 ", "byol-np");
@@ -545,6 +579,31 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = fx_setup, .
     fclose(pf);
     cr_expect(memcmp(ph, "\x89PNG", 4) == 0 && ph[18] == 840 >> 8 && ph[19] == (840 & 255) &&
               ph[22] == 480 >> 8 && ph[23] == (480 & 255), "not an 840x480 PNG");
+    {
+        /* more samples than the 100 training images: each is drawn once,
+         * and the figure says 100 */
+        char sdata[160], gp[8192];
+        snprintf(png, sizeof png, "%s/sphere.pdf", fx.dir);
+        snprintf(sdata, sizeof sdata, "%s/sphere-data", fx.dir);
+        rc = fx_cli(out, sizeof out, 60, "sphere", "j1", "--samples", "500", "--backend", "cpu",
+                    "-o", png, "--data", sdata, NULL);
+        cr_assert(rc == 0 && strstr(out, "projections f(x) of 100 distinct training images") &&
+                      strstr(out, "(--samples 500 is more than the training set holds: each "
+                                  "image is drawn once)"), "%s", out);
+        snprintf(sdata + strlen(sdata), sizeof sdata - strlen(sdata), "/plot.gp");
+        pf = fopen(sdata, "r");
+        cr_assert_not_null(pf, "no %s", sdata);
+        gp[fread(gp, 1, sizeof gp - 1, pf)] = 0;
+        fclose(pf);
+        cr_expect(strstr(gp, "set terminal pdfcairo ") &&
+                  strstr(gp, "(PCA of f(x), 100 distinct training images; "), "%s", gp);
+        pf = fopen(png, "rb");
+        cr_assert_not_null(pf, "no %s", png);
+        cr_assert_eq(fread(ph, 1, 5, pf), 5);
+        fclose(pf);
+        cr_expect(!memcmp(ph, "%PDF-", 5), "%s is no PDF", png);
+        snprintf(png, sizeof png, "%s/sphere.png", fx.dir);
+    }
     rc = fx_cli(out, sizeof out, 60, "sphere", "g7", NULL);
     cr_assert(rc != 0 && strstr(out, "g7"), "%s", out);
     /* its evolution: j1 kept epochs 0, 1 and 2; j3 kept none */

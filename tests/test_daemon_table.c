@@ -50,6 +50,27 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
                      sqlite3_errmsg(db));
     sqlite3_close(db);
 
+    /* curves: each job's final linear evaluation (linear_final, which no
+     * epoch row holds without eval.linear.every), and its kNN accuracy at
+     * every epoch that measured one */
+    cr_assert_eq(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE metrics SET knn=0.25 WHERE job_id=2 AND epoch=2",
+                              NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    json_t *cu = fx_ask_simple("curves", "target", "marks");
+    const double final[3] = {0.4, 0.6, 0.2};
+    for (size_t k = 0; k < 3; k++) {
+        json_t *job = json_array_get(json_object_get(cu, "jobs"), k);
+        cr_assert_float_eq(json_number_value(json_object_get(job, "linear_final")), final[k],
+                           1e-12, "j%zu: %s", k + 1, json_dumps(job, 0));
+    }
+    json_t *good = json_object_get(json_array_get(json_object_get(cu, "jobs"), 1), "epochs");
+    cr_assert_eq(json_array_size(good), 2);
+    cr_assert(json_is_null(json_array_get(json_array_get(good, 0), 5)));
+    cr_assert_float_eq(json_number_value(json_array_get(json_array_get(good, 1), 5)), 0.25, 1e-12);
+    json_decref(cu);
+
     json_t *t = fx_ask_simple("table", "grid", "marks");
     cr_assert_str_eq(json_string_value(json_object_get(t, "baseline")), "base");
     const char *variant[3] = {"base", "good", "no_pred"};

@@ -186,6 +186,9 @@ int cmd_sphere(int n, char **a)
     }
     if (!nt)
         die("sphere: which job or grid?");
+    if (out && rw_fig_format_of(out) == RW_FIG_BAD)
+        usage_error("sphere", "-o %s: the figure is a %s file (by its extension)", out,
+                    RW_FIG_EXTENSIONS);
     conn c;
     need_conn(&c);
     json_t *m = req_new("curves");
@@ -225,7 +228,7 @@ int cmd_sphere(int n, char **a)
     else
         atexit(sphere_tmp_remove); /* also when a failure dies on the way */
     char out_abs[PATH_MAX] = "", out_tmp[PATH_MAX + 16] = "";
-    if (out && rw_png_target(out, out_abs, sizeof out_abs, out_tmp, sizeof out_tmp, err,
+    if (out && rw_fig_target(out, out_abs, sizeof out_abs, out_tmp, sizeof out_tmp, err,
                              sizeof err) != 0)
         die("sphere: %s", err);
     /* panels: one per finished variant, or with --snapshots a row of its
@@ -288,8 +291,22 @@ int cmd_sphere(int n, char **a)
     for (int k = 0; k < nt; k++)
         snprintf(what + strlen(what), sizeof what - strlen(what), "%s%s", k ? " + " : "",
                  targets[k]);
-    printf("%s %s: projections f(x) of %ld training images, PCA to 2-D, on the unit circle\n",
-           jstr(r, "kind"), what, samples);
+    /* the images drawn, not the number asked: the worker takes at most
+     * the training set, each image once */
+    int lo, hi;
+    char images[96];
+    rw_sphere_images(p, total, &lo, &hi);
+    if (hi == 0)
+        snprintf(images, sizeof images, "no training images (no finished job)");
+    else if (lo == hi)
+        snprintf(images, sizeof images, "%d distinct training images", lo);
+    else
+        snprintf(images, sizeof images, "%d to %d distinct training images", lo, hi);
+    printf("%s %s: projections f(x) of %s, PCA to 2-D, on the unit circle\n", jstr(r, "kind"),
+           what, images);
+    if (ndone && hi < samples)
+        printf("(--samples %ld is more than the training set%s: each image is drawn once)\n",
+               samples, lo == hi ? " holds" : "s hold");
     printf("%-28s %-7s %5s %8s %10s %9s  %s\n", by_job ? "job" : "variant", "job", "seed", "R",
            "L_uniform", "densest", "PCA share");
     for (int k = 0; k < total; k++)
@@ -307,9 +324,10 @@ int cmd_sphere(int n, char **a)
         rc = 1;
     } else if (out) {
         char title[256];
-        snprintf(title, sizeof title, "%s %s: representations on the circle (PCA of f(x), %ld "
-                 "training images; red: two views of a sample)", jstr(r, "kind"), what, samples);
-        if (rw_sphere_draw(p, total, snaps ? cols : 0, title, dir, out_tmp, err, sizeof err) != 0 ||
+        snprintf(title, sizeof title, "%s %s: representations on the circle (PCA of f(x), %s; "
+                 "red: two views of a sample)", jstr(r, "kind"), what, images);
+        if (rw_sphere_draw(p, total, snaps ? cols : 0, title, dir, rw_fig_format_of(out), out_tmp,
+                           err, sizeof err) != 0 ||
             rw_gnuplot_run(rw_gnuplot_prog(NULL), dir, err, sizeof err) != 0 ||
             rename(out_tmp, out_abs) != 0) {
             if (!err[0])
@@ -357,6 +375,9 @@ int cmd_plot(int n, char **a)
     }
     if (!nt)
         die("plot: which job or grid?");
+    if (o.out && rw_fig_format_of(o.out) == RW_FIG_BAD)
+        usage_error("plot", "-o %s: the figure is a %s file (by its extension)", o.out,
+                    RW_FIG_EXTENSIONS);
     conn c;
     need_conn(&c);
     for (;;) {

@@ -127,7 +127,7 @@ static const cli_flag plot_flags[] = {
     {0}};
 static const cli_flag sphere_flags[] = {
     {"--out", "-o", "OUT", "draw into OUT (.png, .pdf or .svg); without it, only the numbers"},
-    {"--samples", NULL, "N", "how many training images to embed (default 1024)"},
+    {"--samples", NULL, "N", "how many training images to embed (default 2048; at most the set)"},
     {"--snapshots", NULL, "K", "a row of K epochs per variant, from the run's snapshots"},
     {"--data", NULL, "DIR", "keep the data files and the gnuplot script in DIR"},
     {"--backend", NULL, "B", "auto (default), cpu or cuda: where the embeddings are computed"},
@@ -182,8 +182,8 @@ static const cli_cmd commands[] = {
     {"metrics", "JOB|GRID...", "every epoch's metrics as CSV", NULL, 1, -1, metrics_flags,
      cmd_metrics},
     {"plot", "JOB|GRID...", "curves per epoch, per variant (mean over seeds), by gnuplot",
-     "Panels: loss, L_align, L_uniform, collapse, kNN, rank, linear evaluation, the\n"
-     "align-uniform trace and cos(W,I).",
+     "Panels: loss, L_align, L_uniform, collapse, kNN, rank, linear evaluation (the jobs'\n"
+     "final result a dot), the align-uniform trace and cos(W,I); one key under them.",
      1, -1, plot_flags, cmd_plot},
     {"sphere", "JOB|GRID...", "the paper's Figure 3: f(x) by PCA onto the circle, per variant",
      "Per variant its lowest finished seed; prints the spread numbers. runawayd computes\n"

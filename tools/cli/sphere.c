@@ -39,8 +39,20 @@ int rw_sphere_read(rw_sphere_panel *p, char *err, size_t errlen)
     return 0;
 }
 
+void rw_sphere_images(const rw_sphere_panel *p, int n, int *lo, int *hi)
+{
+    *lo = *hi = 0;
+    for (int i = 0; i < n; i++) {
+        if (!p[i].job)
+            continue;
+        int k = p[i].n + p[i].centre; /* the worker's images are distinct (worker/sphere.c) */
+        *lo = !*hi || k < *lo ? k : *lo;
+        *hi = k > *hi ? k : *hi;
+    }
+}
+
 int rw_sphere_draw(const rw_sphere_panel *p, int n, int cols, const char *title, const char *dir,
-                   const char *out_tmp, char *err, size_t errlen)
+                   rw_fig_format fmt, const char *out_tmp, char *err, size_t errlen)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/plot.gp", dir);
@@ -59,8 +71,8 @@ int rw_sphere_draw(const rw_sphere_panel *p, int n, int cols, const char *title,
         cols = n < 4 ? n : (n <= 6 ? 3 : 4);
     int rows = (n + cols - 1) / cols;
     fprintf(f, "# written by runaway sphere; run in this folder: gnuplot plot.gp\n");
-    fprintf(f, "set terminal pngcairo size %d,%d noenhanced font ',10'\nset output ", 420 * cols,
-            440 * rows + 40);
+    rw_gp_terminal(f, fmt, 420 * cols, 440 * rows + 40);
+    fprintf(f, "set output ");
     rw_gp_quote(f, out_tmp);
     fprintf(f, "\nk = %.9g\nlim = 1.9\nd2r = pi / 180\n", 0.8 / maxd);
     fprintf(f, "set size ratio -1\nunset border\nunset tics\nunset key\n"

@@ -171,6 +171,10 @@ Test(cli, usage_errors_exit_2_and_suggest_the_near_name, .init = fx_prepare, .fi
         {{"--stat-dir", "x", "ls"}, "did you mean '--state-dir'?"},
         {{"submit", "q.yaml", "--priority", "high"}, "'high' is not a whole number"},
         {{"ls", "--xyzzy"}, "unknown option '--xyzzy'"},
+        {{"plot", "g1", "--every", "0.01"}, "runaway plot: --every takes seconds"},
+        {{"sphere", "g1", "--samples", "2"}, "runaway sphere: --samples takes 3..50000"},
+        {{"sphere", "g1", "--backend", "tpu"}, "runaway sphere: --backend is auto, cpu or cuda"},
+        {{"table", "g1", "--format", "html"}, "runaway table: --format is text, csv"},
         {{"logs", "j1", "--tail", "many"}, "--tail: 'many' is not a count"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

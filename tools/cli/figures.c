@@ -170,22 +170,22 @@ int cmd_sphere(int n, char **a)
         else if (!strcmp(a[k], "--samples") && k + 1 < n) {
             samples = strtol(a[++k], &end, 10);
             if (*end || samples < 3 || samples > 50000)
-                die("sphere: --samples takes 3..50000 images, not '%s'", a[k]);
+                usage_error("sphere", "--samples takes 3..50000 images, not '%s'", a[k]);
         } else if (!strcmp(a[k], "--backend") && k + 1 < n) {
             backend = a[++k];
             if (strcmp(backend, "auto") && strcmp(backend, "cpu") && strcmp(backend, "cuda"))
-                die("sphere: --backend is auto, cpu or cuda, not '%s'", backend);
+                usage_error("sphere", "--backend is auto, cpu or cuda, not '%s'", backend);
         } else if (!strcmp(a[k], "--snapshots") && k + 1 < n) {
             snaps = strtol(a[++k], &end, 10);
             if (*end || snaps < 1 || snaps > 12)
-                die("sphere: --snapshots takes 1..12 (epochs per job), not '%s'", a[k]);
+                usage_error("sphere", "--snapshots takes 1..12 (epochs per job), not '%s'", a[k]);
         } else if (a[k][0] == '-')
-            die("sphere: unexpected argument '%s'", a[k]);
+            usage_error("sphere", "unexpected argument '%s'", a[k]);
         else
             add_target("sphere", targets, &nt, a[k]);
     }
     if (!nt)
-        die("sphere: which job or grid?");
+        usage_error("sphere", "which job or grid?");
     if (out && rw_fig_format_of(out) == RW_FIG_BAD)
         usage_error("sphere", "-o %s: the figure is a %s file (by its extension)", out,
                     RW_FIG_EXTENSIONS);
@@ -363,18 +363,18 @@ int cmd_plot(int n, char **a)
             char *end;
             every = strtod(a[++k], &end);
             if (*end || !(every >= 0.2 && every <= 86400))
-                die("plot: --every takes seconds between 0.2 and 86400, not '%s'", a[k]);
+                usage_error("plot", "--every takes seconds between 0.2 and 86400, not '%s'", a[k]);
         } else if (!strcmp(a[k], "--size") && k + 1 < n) {
             if (sscanf(a[++k], "%dx%d", &o.cols, &o.rows) != 2 || o.cols < 20 || o.rows < 8 ||
                 o.cols > 1000 || o.rows > 500)
-                die("plot: --size takes COLSxROWS (at least 20x8), not '%s'", a[k]);
+                usage_error("plot", "--size takes COLSxROWS (at least 20x8), not '%s'", a[k]);
         } else if (a[k][0] == '-')
-            die("plot: unexpected argument '%s'", a[k]);
+            usage_error("plot", "unexpected argument '%s'", a[k]);
         else
             add_target("plot", targets, &nt, a[k]);
     }
     if (!nt)
-        die("plot: which job or grid?");
+        usage_error("plot", "which job or grid?");
     if (o.out && rw_fig_format_of(o.out) == RW_FIG_BAD)
         usage_error("plot", "-o %s: the figure is a %s file (by its extension)", o.out,
                     RW_FIG_EXTENSIONS);

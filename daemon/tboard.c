@@ -270,7 +270,10 @@ void rd_tb_metric(rd_tboard *d, rd_run *run, const char *kind, json_t *m)
         run->tb_first_step = step;
         snprintf(run->tb_first_kind, sizeof run->tb_first_kind, "%s", kind);
     }
-    if (run->tb_failed && rd_mono() < run->tb_retry) {
+    /* the result, an attempt's last report, is tried whatever the wait:
+     * skipped, a folder mended in the job's last seconds would keep none of
+     * the attempt's points */
+    if (run->tb_failed && kind_order(kind) < 2 && rd_mono() < run->tb_retry) {
         run->tb_skipped++;
         return;
     }

@@ -556,6 +556,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
         if (f->type == F_INT) {
             int x = (int)v;
             memcpy(dst, &x, sizeof x);
+            if (f->off == O(data.cache_size)) s->data.given |= RW_GIVEN_CACHE_SIZE;
         } else if (f->type == F_LONG) {
             long x = (long)v;
             memcpy(dst, &x, sizeof x);
@@ -635,7 +636,6 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
         memcpy(dst, x, sizeof x);
         if (f->off == O(data.mean)) s->data.given |= RW_GIVEN_MEAN;
         if (f->off == O(data.std)) s->data.given |= RW_GIVEN_STD;
-        if (f->off == O(data.cache_size)) s->data.given |= RW_GIVEN_CACHE_SIZE;
         return 0;
     }
     }

@@ -374,6 +374,7 @@ Test(imagefolder, cache_reused_and_rebuilt_when_files_change)
     rw_dataset_free(&ds);
     cr_assert_eq(load(1, 0, cache, &n, &ds, err, sizeof err), -1);
     cr_expect(strstr(err, "train/cat/bad.png") != NULL, "got: %s", err);
+
 }
 
 /* `runaway-worker synth --format imagefolder` writes PNG and JPEG files;
@@ -412,4 +413,41 @@ Test(imagefolder, synth_then_a_training_run)
     cr_expect(strstr(out, "96 train (32 unlabeled)") || strstr(out, "128 train (32 unlabeled)"),
               "the set: %s", out);
     cr_expect(strstr(out, "linear evaluation") != NULL, "trained and evaluated: %s", out);
+}
+
+static int count_caches(const char *cache)
+{
+    char cmd[256], line[32] = "";
+    snprintf(cmd, sizeof cmd, "ls %s/imagefolder-*.u8 2>/dev/null | wc -l", cache);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    cr_assert_not_null(fgets(line, sizeof line, p));
+    pclose(p);
+    return atoi(line);
+}
+
+/* A cache whose folder is gone is removed when another is written. */
+Test(imagefolder, caches_of_removed_folders_are_swept)
+{
+    small_set();
+    char cache[128], err[1024], cmd[512];
+    snprintf(cache, sizeof cache, "%s/cache", tmp);
+    notices n = {0};
+    rw_dataset ds;
+    cr_assert_eq(load(1, 0, cache, &n, &ds, err, sizeof err), 0, "%s", err);
+    rw_dataset_free(&ds);
+    snprintf(cmd, sizeof cmd, "mv %s/set %s/gone && cp -r %s/gone %s/set", tmp, tmp, tmp, tmp);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(load(0, 0, cache, &n, &ds, err, sizeof err), 0, "%s", err);
+    rw_dataset_free(&ds);
+    cr_assert_eq(count_caches(cache), 2, "set/'s train and val caches");
+    /* set/ removed: the next build (gone/'s) sweeps both of set/'s */
+    snprintf(cmd, sizeof cmd, "rm -rf %s/set && mv %s/gone %s/set2", tmp, tmp, tmp);
+    cr_assert_eq(system(cmd), 0);
+    rw_imagefolder_opts o = {.side = 16, .threads = 1, .cache_dir = cache};
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/set2", tmp);
+    cr_assert_eq(rw_imagefolder_load(dir, 1, &o, &ds, err, sizeof err), 0, "%s", err);
+    rw_dataset_free(&ds);
+    cr_expect_eq(count_caches(cache), 1, "only set2/'s cache is left");
 }

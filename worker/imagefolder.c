@@ -6,6 +6,7 @@
 #define _GNU_SOURCE /* realpath's PATH_MAX */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -345,6 +346,35 @@ static int cache_map(const char *path, const cache_key *k, int side, int classes
     return 0;
 }
 
+/* Removes the caches in cache_dir whose folder is gone (a set deleted or
+ * moved would otherwise leave its decoded copy behind for good). Under
+ * the lock, so no one is writing them. */
+static void cache_sweep(const char *cache_dir)
+{
+    char pat[PATH_MAX + 32];
+    if (snprintf(pat, sizeof pat, "%s/imagefolder-*.u8", cache_dir) >= (int)sizeof pat)
+        return;
+    glob_t g;
+    if (glob(pat, 0, NULL, &g) != 0)
+        return;
+    for (size_t k = 0; k < g.gl_pathc; k++) {
+        char head[PAGE + 1] = "";
+        FILE *f = fopen(g.gl_pathv[k], "rb");
+        size_t got = f ? fread(head, 1, PAGE, f) : 0;
+        if (f)
+            fclose(f);
+        head[got] = 0;
+        char *folder = strstr(head, "\nfolder ");
+        if (!folder)
+            continue;
+        folder += strlen("\nfolder ");
+        folder[strcspn(folder, "\n")] = 0;
+        if (access(folder, F_OK) != 0 && errno == ENOENT)
+            unlink(g.gl_pathv[k]);
+    }
+    globfree(&g);
+}
+
 /* Decodes l into a new cache file at tmp, renamed to path. 0; -1 an
  * error of the set's (err); -2 the file could not be written (errno in
  * *errnum). */
@@ -534,6 +564,7 @@ int rw_imagefolder_load(const char *dir, int train, const rw_imagefolder_opts *o
         rc = check_bad(&res, o, what, err, errlen);
         goto done;
     }
+    cache_sweep(o->cache_dir);
     int errnum = 0;
     double t0 = mono_s();
     int b = cache_build(dir, &l, &k, o, what, tmp, path, &res, &errnum, err, errlen);

@@ -97,7 +97,8 @@ typedef struct field {
     const char *const *enums; /* NULL-terminated, for F_ENUM */
 } field;
 
-static const char *const data_kinds[] = {"synthetic", "cifar10", "cifar100", "stl10", NULL};
+static const char *const data_kinds[] = {"synthetic", "cifar10", "cifar100", "stl10",
+                                         "imagefolder", NULL};
 static const char *const label_sets[] = {"fine", "coarse", NULL};
 static const char *const augments[] = {"byol", "none", NULL};
 static const char *const stems[] = {"imagenet", "cifar", NULL};
@@ -134,6 +135,8 @@ static const field fields[] = {
     {"data.mean", F_VEC3, O(data.mean), 0, 1, 0, NULL},
     {"data.std", F_VEC3, O(data.std), 0, 10, LO_OPEN, NULL},
     {"data.loader_threads", F_INT, O(data.loader_threads), 1, 64, 0, NULL},
+    {"data.cache_size", F_INT, O(data.cache_size), 8, 1024, 0, NULL},
+    {"data.skip_bad", F_BOOL, O(data.skip_bad), 0, 1, 0, NULL},
     {"model.stem", F_ENUM, O(model.stem), 0, 0, 0, stems},
     {"model.width", F_INT, O(model.width), 1, 64, 0, NULL},
     {"model.projector.hidden", F_INT, O(model.proj_hidden), 1, 65536, 0, NULL},
@@ -194,6 +197,8 @@ void rw_spec_defaults(rw_spec *s) {
     memcpy(s->data.mean, mean, sizeof mean);
     memcpy(s->data.std, std, sizeof std);
     s->data.loader_threads = 2;
+    s->data.cache_size = 96; /* image_size's, unless given (rw_spec_resolve) */
+    s->data.skip_bad = 0;
     s->model.stem = RW_STEM_IMAGENET;
     s->model.width = 64;
     s->model.proj_hidden = 512;
@@ -351,6 +356,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
         if (f->type == F_INT) {
             int x = (int)v;
             memcpy(dst, &x, sizeof x);
+            if (f->off == O(data.cache_size)) s->data.given |= RW_GIVEN_CACHE_SIZE;
         } else if (f->type == F_LONG) {
             long x = (long)v;
             memcpy(dst, &x, sizeof x);
@@ -628,6 +634,8 @@ void rw_spec_resolve(rw_spec *s) {
         [RW_DATA_CIFAR10] = {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}},
         [RW_DATA_CIFAR100] = {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}},
         [RW_DATA_STL10] = {{0.4467f, 0.4398f, 0.4066f}, {0.2603f, 0.2566f, 0.2713f}},
+        /* a folder of photographs: ImageNet's, as torchvision's examples use */
+        [RW_DATA_IMAGEFOLDER] = {{0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}},
     };
     if ((unsigned)s->data.kind < sizeof stats / sizeof stats[0]) {
         if (!(s->data.given & RW_GIVEN_MEAN))
@@ -635,6 +643,8 @@ void rw_spec_resolve(rw_spec *s) {
         if (!(s->data.given & RW_GIVEN_STD))
             memcpy(s->data.std, stats[s->data.kind][1], sizeof s->data.std);
     }
+    if (!(s->data.given & RW_GIVEN_CACHE_SIZE))
+        s->data.cache_size = s->data.image_size;
     /* the marks only live between applying fields and this call, so a
      * parsed spec equals one built in code */
     s->data.given = 0;
@@ -697,6 +707,8 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
             [RW_DATA_CIFAR100] = "train.bin and test.bin",
             [RW_DATA_STL10] = "train_X.bin, train_y.bin, test_X.bin, test_y.bin and "
                               "unlabeled_X.bin (stl10_binary)",
+            [RW_DATA_IMAGEFOLDER] = "train/ and val/, one folder of .jpg or .png images per "
+                                    "class, and optionally unlabeled/",
         };
         const char *kind = data_kinds[s->data.kind], *files = holds[s->data.kind];
         struct stat st;
@@ -1051,8 +1063,12 @@ void rw_spec_trained(const rw_spec *s, rw_spec *out) {
     memset(out->name, 0, sizeof out->name);
     if (out->model.predictor != RW_PRED_MLP && out->model.predictor != RW_PRED_MLP_BN)
         out->model.pred_hidden = d.model.pred_hidden; /* no hidden layer */
-    if (out->data.kind != RW_DATA_STL10)
-        out->data.unlabeled = d.data.unlabeled; /* STL-10's split only */
+    if (out->data.kind != RW_DATA_STL10 && out->data.kind != RW_DATA_IMAGEFOLDER)
+        out->data.unlabeled = d.data.unlabeled; /* STL-10's split, an image folder's */
+    if (out->data.kind != RW_DATA_IMAGEFOLDER) { /* an image folder's cache */
+        out->data.cache_size = d.data.cache_size;
+        out->data.skip_bad = d.data.skip_bad;
+    }
 }
 
 /* The YAML is two spaces a level, one field a line, lists inline. */

@@ -19,13 +19,19 @@
  *   deterministic: true     # false: weight gradients may use faster GPU algorithms
  *                           # that sum in no fixed order (runs differ in the last bits)
  *   data:
- *     kind: synthetic       # synthetic | cifar10 | cifar100 | stl10
- *     path: /data/cifar-10-batches-bin   # required for cifar10, cifar100 and stl10
- *                           # (the folder of the binary files); for synthetic,
- *                           # where the generated files go (default: a cache dir)
+ *     kind: synthetic       # synthetic | cifar10 | cifar100 | stl10 | imagefolder
+ *     path: /data/cifar-10-batches-bin   # required for cifar10, cifar100, stl10 and
+ *                           # imagefolder (the folder of the binary files; an image
+ *                           # folder's holds train/, val/ and maybe unlabeled/);
+ *                           # for synthetic, where the generated files go
+ *                           # (default: a cache dir)
  *     synthetic: {train: 5000, test: 1000, seed: 0}
  *     labels: fine          # cifar100: fine (100 classes) | coarse (20)
- *     unlabeled: true       # stl10: train on unlabeled_X.bin too
+ *     unlabeled: true       # stl10: train on unlabeled_X.bin too; imagefolder:
+ *                           # on the images of unlabeled/ where it exists
+ *     cache_size: 96        # imagefolder: side of the decoded cache, 8 .. 1024
+ *                           # (default: image_size)
+ *     skip_bad: false       # imagefolder: skip (and count) files that do not decode
  *     image_size: 96        # crop output size, 8 .. 512
  *     augment: byol         # byol | none
  *     mean: [0.4914, 0.4822, 0.4465]   # default: the data set's own (CIFAR-10's
@@ -78,7 +84,13 @@
 #define RW_PATH_MAX 1024
 #define RW_NAME_MAX 64
 
-typedef enum { RW_DATA_SYNTHETIC, RW_DATA_CIFAR10, RW_DATA_CIFAR100, RW_DATA_STL10 } rw_data_kind;
+typedef enum {
+    RW_DATA_SYNTHETIC,
+    RW_DATA_CIFAR10,
+    RW_DATA_CIFAR100,
+    RW_DATA_STL10,
+    RW_DATA_IMAGEFOLDER,
+} rw_data_kind;
 typedef enum { RW_LABELS_FINE, RW_LABELS_COARSE } rw_labels;
 typedef enum { RW_AUG_BYOL, RW_AUG_NONE } rw_augment;
 typedef enum { RW_STEM_IMAGENET, RW_STEM_CIFAR } rw_stem;
@@ -113,13 +125,17 @@ typedef struct rw_spec {
         int synthetic_train, synthetic_test;
         uint64_t synthetic_seed;
         rw_labels labels; /* cifar100: fine or coarse classes */
-        int unlabeled;    /* stl10: unlabeled_X.bin trains the encoder too */
+        int unlabeled;    /* stl10: unlabeled_X.bin trains the encoder too;
+                           * imagefolder: unlabeled/, where present */
+        int cache_size;   /* imagefolder: images are decoded once to this side */
+        int skip_bad;     /* imagefolder: files that do not decode are skipped */
         int image_size;
         rw_augment augment;
         float mean[3], std[3];
         int loader_threads;
-        /* RW_GIVEN_*: which of mean/std the YAML set; rw_spec_resolve gives
-         * the others the data set's own statistics */
+        /* RW_GIVEN_*: which of mean/std/cache_size the YAML set;
+         * rw_spec_resolve gives the others the data set's own statistics
+         * (and cache_size image_size) */
         unsigned given;
     } data;
 
@@ -187,9 +203,11 @@ int rw_spec_parse(const char *yaml, size_t len, const char *origin, const char *
 
 #define RW_GIVEN_MEAN 1u
 #define RW_GIVEN_STD 2u
+#define RW_GIVEN_CACHE_SIZE 4u
 
 /* Fills what defaults to a value that depends on other fields: data.mean
- * and data.std not given are data.kind's published statistics. Called once,
+ * and data.std not given are data.kind's published statistics (an image
+ * folder's: ImageNet's), data.cache_size not given is data.image_size. Called once,
  * after the last fields are applied (it clears data.given): parsing a spec
  * does this, and a grid per job, after its variant's fields. */
 void rw_spec_resolve(rw_spec *s);

@@ -728,3 +728,35 @@ Test(spec, flatten_and_short_values) {
     }
     free(f);
 }
+
+/* data.kind imagefolder: its folder required, data.cache_size defaulting to
+ * data.image_size (a grid varying image_size moves it too) unless given,
+ * data.skip_bad a bool; both kept by the canonical YAML. */
+Test(spec, imagefolder_cache_size_follows_image_size_unless_given) {
+    expect_error("data: {kind: imagefolder}\n", "data.path: required for data.kind imagefolder",
+                 "train/ and val/");
+    expect_error("data: {kind: imagefolder, path: /tmp, cache_size: 4}\n", "data.cache_size",
+                 "8..1024");
+    expect_error("data: {skip_bad: sometimes}\n", "data.skip_bad", "true or false");
+    rw_spec s, back;
+    char err[512] = "", yaml[RW_SPEC_YAML_MAX];
+    cr_assert_eq(parse("data: {kind: imagefolder, path: /tmp, image_size: 64}\n", &s, err,
+                       sizeof err), 0, "%s", err);
+    cr_expect(s.data.kind == RW_DATA_IMAGEFOLDER && s.data.cache_size == 64 && !s.data.skip_bad,
+              "cache_size %d", s.data.cache_size);
+    cr_expect(s.data.mean[0] == 0.485f && s.data.std[2] == 0.225f, "ImageNet's statistics");
+    cr_assert_eq(parse("data: {kind: imagefolder, path: /tmp, image_size: 64, cache_size: 80, "
+                       "skip_bad: true}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_expect(s.data.cache_size == 80 && s.data.skip_bad);
+    cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+    cr_assert_eq(parse(yaml, &back, err, sizeof err), 0, "%s", err);
+    cr_expect(back.data.cache_size == 80 && back.data.skip_bad, "canonical YAML keeps them");
+    /* off an image folder they do not change what trains */
+    rw_spec a, b;
+    cr_assert_eq(parse("data: {cache_size: 200, skip_bad: true}\n", &s, err, sizeof err), 0,
+                 "%s", err);
+    rw_spec_trained(&s, &a);
+    cr_assert_eq(parse("{}\n", &s, err, sizeof err), 0, "%s", err);
+    rw_spec_trained(&s, &b);
+    cr_expect(memcmp(&a.data, &b.data, sizeof a.data) == 0);
+}

@@ -2,7 +2,7 @@
 # Debian's packages (as root), only when something is missing, so a second
 # run costs a few dpkg queries.
 rw_packages="gcc g++ pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev libdnnl-dev libyaml-dev
-  libjansson-dev zlib1g-dev libpng-dev libuv1-dev libsqlite3-dev libcriterion-dev
+  libjansson-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev libuv1-dev libsqlite3-dev libcriterion-dev
   libgloo-dev gnuplot-nox libprotobuf-c-dev protobuf-c-compiler libisal-dev
   python3-torch python3-torchvision python3-crc32c"
 

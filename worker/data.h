@@ -67,6 +67,29 @@ int rw_stl10_load(const char *dir, int train, int unlabeled, rw_dataset *out, ch
 int rw_stl10_load_cached(const char *dir, int train, int unlabeled, const char *cache_dir,
                          rw_data_notice notice, void *ud, rw_dataset *out, char *err,
                          size_t errlen);
+
+/* An image folder (data.kind imagefolder): dir/train/CLASS/... (train !=
+ * 0, then dir/unlabeled/... after them when opts->unlabeled) or
+ * dir/val/CLASS/..., JPEG and PNG files decoded once, each one's shorter
+ * side resized to opts->side and its centre cropped, into a cache file in
+ * opts->cache_dir that every worker of the node maps (written under a lock
+ * to a temporary name and renamed; rebuilt when a file is added, removed
+ * or touched, or side changes). Decoding runs on opts->threads threads (0:
+ * every core) and `notice` gets progress lines. A file that does not
+ * decode is an error naming it, or with opts->skip_bad is left out and
+ * counted. Where no cache can be written the set is decoded into memory.
+ * Labels are the indices of train/'s class folders in byte order. */
+typedef struct rw_imagefolder_opts {
+    int side;
+    int unlabeled;
+    int skip_bad;
+    int threads;
+    const char *cache_dir; /* NULL: decode into memory, no cache */
+    rw_data_notice notice;
+    void *ud;
+} rw_imagefolder_opts;
+int rw_imagefolder_load(const char *dir, int train, const rw_imagefolder_opts *opts,
+                        rw_dataset *out, char *err, size_t errlen);
 void rw_dataset_free(rw_dataset *ds);
 /* What a checkpoint records of its training set, so that a job resumed
  * on other data (the files at data.path replaced since it started) is
@@ -95,9 +118,17 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
  * where the real set is absent: RW_DATA_CIFAR100 (train.bin, test.bin; fine
  * label = the class, coarse = class / 5) or RW_DATA_STL10 (train_X/y.bin,
  * test_X/y.bin and n_unlabeled images in unlabeled_X.bin, each 32x32 image
- * scaled up 3x). RW_DATA_CIFAR10 and RW_DATA_SYNTHETIC: rw_synth_write. */
+ * scaled up 3x), or RW_DATA_IMAGEFOLDER (rw_synth_write_imagefolder).
+ * RW_DATA_CIFAR10 and RW_DATA_SYNTHETIC: rw_synth_write. */
 int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_test,
                       int n_unlabeled, uint64_t seed, char *err, size_t errlen);
+
+/* The synthetic set as an image folder (data.kind imagefolder): dir/train/
+ * and dir/val/ with a folder per class (class_00 .. class_09), and with
+ * n_unlabeled > 0 dir/unlabeled/, each 32x32 image scaled up to 64x64 and
+ * written as a PNG (even indices) or a JPEG (odd). */
+int rw_synth_write_imagefolder(const char *dir, int n_train, int n_test, int n_unlabeled,
+                               uint64_t seed, char *err, size_t errlen);
 
 /* Creates dir and any missing parents (mode 0755). 0, or -1 naming the
  * folder that could not be made (or a path that is not a folder). */

@@ -41,11 +41,12 @@ static void usage(FILE *f)
             "      weights with torchvision's resnet18 names for the encoder\n"
             "  show-augment SPEC.yaml OUT.png [--count N]\n"
             "      a grid of images with their T1 and T2 views\n"
-            "  synth DIR [--train N] [--test N] [--seed S] [--format cifar10|cifar100|stl10]\n"
-            "        [--unlabeled N]\n"
+            "  synth DIR [--train N] [--test N] [--seed S]\n"
+            "        [--format cifar10|cifar100|stl10|imagefolder] [--unlabeled N]\n"
             "      write the synthetic data set in CIFAR-10's binary format, or in CIFAR-100's\n"
-            "      or STL-10's (images scaled up to 96x96; N unlabeled images, default 0) to\n"
-            "      try a spec of that data.kind\n"
+            "      or STL-10's (images scaled up to 96x96; N unlabeled images, default 0), or\n"
+            "      as an image folder (train/, val/, unlabeled/ of 64x64 PNG and JPEG files)\n"
+            "      to try a spec of that data.kind\n"
             "  serve (--socket PATH | --tcp HOST:PORT --token-file F) [--slot N] [--device NAME]\n"
             "        [--backend auto|cpu|cuda] [--threads N] [--heartbeat S]\n"
             "        [--host ADDR] [--collective-timeout S]\n"
@@ -445,9 +446,11 @@ static int cmd_synth(int argc, char **argv)
                 kind = RW_DATA_CIFAR100;
             else if (v && !strcmp(v, "stl10"))
                 kind = RW_DATA_STL10;
+            else if (v && !strcmp(v, "imagefolder"))
+                kind = RW_DATA_IMAGEFOLDER;
             else {
-                fprintf(stderr, "runaway-worker synth: --format: must be cifar10, cifar100 or "
-                                "stl10\n");
+                fprintf(stderr, "runaway-worker synth: --format: must be cifar10, cifar100, "
+                                "stl10 or imagefolder\n");
                 return 2;
             }
             i++;
@@ -484,10 +487,12 @@ static int cmd_synth(int argc, char **argv)
         fprintf(stderr, "runaway-worker: %s\n", err);
         return 1;
     }
-    if (nunl && kind != RW_DATA_STL10)
-        printf("note: --unlabeled is for --format stl10; no unlabeled images written\n");
+    int unl = kind == RW_DATA_STL10 || kind == RW_DATA_IMAGEFOLDER;
+    if (nunl && !unl)
+        printf("note: --unlabeled is for --format stl10 and imagefolder; no unlabeled images "
+               "written\n");
     printf("wrote %ld train, %ld test and %ld unlabeled images to %s\n", ntrain, ntest,
-           kind == RW_DATA_STL10 ? nunl : 0, dir);
+           unl ? nunl : 0, dir);
     return 0;
 }
 

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "kernels/augment.h"
-#include "worker/data.h"
+#include "worker/data_internal.h"
 
 #define SYNTH_VERSION 1
 #define SYNTH_MARKER "runaway-synthetic.txt"
@@ -207,6 +207,11 @@ static void synth_image(uint64_t seed, uint32_t split, uint32_t index, int label
     }
 }
 
+void rw_synth_image(uint64_t seed, uint32_t split, uint32_t index, int label, uint8_t *img)
+{
+    synth_image(seed, split, index, label, img);
+}
+
 /* ---- files ---- */
 
 int rw_mkdir_p(const char *dir, char *err, size_t errlen)
@@ -365,6 +370,8 @@ int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_tes
 {
     if (kind == RW_DATA_SYNTHETIC || kind == RW_DATA_CIFAR10)
         return rw_synth_write(dir, n_train, n_test, seed, err, errlen);
+    if (kind == RW_DATA_IMAGEFOLDER)
+        return rw_synth_write_imagefolder(dir, n_train, n_test, n_unlabeled, seed, err, errlen);
     if (n_train < 1 || n_test < 1 || n_unlabeled < 0 || n_train > 10000000 ||
         n_test > 10000000 || n_unlabeled > 10000000) {
         snprintf(err, errlen,

@@ -93,6 +93,21 @@ int rw_load_data(const rw_spec *spec, rw_data_notice notice, void *ud, rw_datase
             rc = rw_stl10_load_cached(dir, split, spec->data.unlabeled, cache, notice, ud, ds,
                                       err, errlen);
             break;
+        case RW_DATA_IMAGEFOLDER: {
+            rw_imagefolder_opts o = {
+                .side = spec->data.cache_size, .unlabeled = spec->data.unlabeled,
+                .skip_bad = spec->data.skip_bad, .threads = spec->threads, .cache_dir = cache,
+                .notice = notice, .ud = ud};
+            rc = rw_imagefolder_load(dir, split, &o, ds, err, errlen);
+            if (rc == 0 && split && ds->labeled < ds->n &&
+                spec->loss.kind == RW_LOSS_SUPERVISED) {
+                snprintf(err, errlen, "%s/unlabeled: loss.kind supervised trains on labels; "
+                         "its %d images have none: set data.unlabeled: false", dir,
+                         ds->n - ds->labeled);
+                rc = -1;
+            }
+            break;
+        }
         default:
             rc = rw_cifar_load(dir, split, ds, err, errlen);
             break;
@@ -378,6 +393,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
 
     rw_model_cfg mc;
     rw_model_cfg_from_spec(spec, &mc);
+    if (mc.classes > 0 && spec->data.kind == RW_DATA_IMAGEFOLDER)
+        mc.classes = train.classes; /* the folder's, known once it is read */
     m = rw_model_create(be, &mc, spec->seed, err, errlen);
     if (!m)
         goto done;

@@ -275,6 +275,9 @@ void rw_spec_digest(const rw_spec *s, char out[17])
         n += snprintf(buf + n, sizeof buf - (size_t)n, " labels=%d", (int)s->data.labels);
     if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_STL10)
         n += snprintf(buf + n, sizeof buf - (size_t)n, " unlabeled=%d", s->data.unlabeled);
+    if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_IMAGEFOLDER)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " imagefolder=%d,%d,%d",
+                      s->data.cache_size, s->data.skip_bad, s->data.unlabeled);
     if (n > 0 && (size_t)n < sizeof buf &&
         (s->optim.schedule != RW_LR_CONSTANT || s->optim.warmup_epochs > 0))
         n += snprintf(buf + n, sizeof buf - (size_t)n, " lr_schedule=%d,%d",

@@ -14,6 +14,10 @@
  * the steps after its checkpoint, and the marker makes TensorBoard drop
  * the earlier attempt's points from that step on instead of drawing both
  * (those at that step which it will not send again are carried over).
+ * After the marker comes the HParams plugin's session start (step 0, so no
+ * later marker drops it): the job's spec as hyper-parameters, its grid and
+ * variant as the group, so that TensorBoard's HParams tab has one row per
+ * variant, its seeds pooled.
  *
  * The SQLite metrics stay the record of truth: a write that fails is logged
  * once per attempt and the job goes on. */
@@ -28,6 +32,8 @@
 
 #include "daemon/tboard.h"
 #include "proto/msg.h"
+#include "proto/spec.h"
+#include "hparams.pb-c.h"
 #include "tfevent.pb-c.h"
 
 /* TFRecord's masked CRC32C (Castagnoli): a CRC stored next to data that
@@ -99,6 +105,153 @@ int rd_tb_run_dir(rd_tboard *d, int64_t job, char *out, size_t len)
     sqlite3_finalize(st);
     int n = snprintf(out, len, "%s/g%lld-%s/%s/seed%lld", d->dir, gid, grid, variant, seed);
     return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* At most this many spec fields become hyper-parameters. */
+#define RW_SPEC_MAX_HPARAMS 256
+
+/* Spec fields that are not hyper-parameters: what tells the seeds of a
+ * variant apart, and what does not change its numbers. */
+static int not_hparam(const char *key, size_t n)
+{
+    static const char *skip[] = {"name", "seed", "threads", "data.loader_threads", "log.",
+                                 "checkpoint."};
+    for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++) {
+        size_t k = strlen(skip[i]);
+        if (skip[i][k - 1] == '.' ? n > k && !strncmp(key, skip[i], k)
+                                  : n == k && !strncmp(key, skip[i], k))
+            return 1;
+    }
+    return 0;
+}
+
+/* The HParams plugin's session start of the job, as one summary event
+ * appended to buf: its spec's fields as stored (a number, true/false,
+ * else the text), grouped by grid and variant. 0; -1 out of memory; 1 when the
+ * job's spec cannot be read (nothing appended). */
+static int append_hparams(rd_tboard *d, rd_run *run, double wall, unsigned char **buf,
+                          size_t *len, size_t *cap)
+{
+    sqlite3_stmt *st = rd_db_prep(d->store, "SELECT g.id, g.name, j.variant, j.spec FROM jobs j "
+                                     "JOIN grids g ON g.id=j.grid_id WHERE j.id=?");
+    if (!st)
+        return 1;
+    sqlite3_bind_int64(st, 1, run->job);
+    rw_spec *spec = malloc(sizeof *spec);
+    char (*fields)[RW_SPEC_FIELD_MAX] = malloc(RW_SPEC_MAX_HPARAMS * sizeof *fields);
+    char group[400] = "", err[512];
+    int nf = -1;
+    if (spec && fields && sqlite3_step(st) == SQLITE_ROW) {
+        char grid[160], variant[160];
+        component(grid, sizeof grid, (const char *)sqlite3_column_text(st, 1));
+        component(variant, sizeof variant, (const char *)sqlite3_column_text(st, 2));
+        snprintf(group, sizeof group, "g%lld-%s/%s", (long long)sqlite3_column_int64(st, 0), grid,
+                 variant);
+        const char *text = (const char *)sqlite3_column_text(st, 3);
+        if (text && rw_spec_parse(text, strlen(text), "stored spec", "", spec, err,
+                                  sizeof err) == 0)
+            nf = rw_spec_flatten(spec, fields, RW_SPEC_MAX_HPARAMS);
+    }
+    sqlite3_finalize(st);
+    int rc = nf < 0 ? (spec && fields ? 1 : -1) : 0;
+    Tensorboard__Hparams__Value *vals = rc ? NULL : calloc((size_t)nf + 1, sizeof *vals);
+    Tensorboard__Hparams__SessionStartInfo__HparamsEntry *ents =
+        rc ? NULL : calloc((size_t)nf + 1, sizeof *ents);
+    Tensorboard__Hparams__SessionStartInfo__HparamsEntry **ep =
+        rc ? NULL : calloc((size_t)nf + 1, sizeof *ep);
+    char (*shorts)[RW_SPEC_FIELD_MAX] = rc ? NULL : malloc(((size_t)nf + 1) * sizeof *shorts);
+    unsigned char *content = NULL;
+    if (!rc && (!vals || !ents || !ep || !shorts))
+        rc = -1;
+    size_t ne = 0;
+    for (int i = 0; !rc && i < nf; i++) {
+        char *colon = strchr(fields[i], ':');
+        if (!colon || not_hparam(fields[i], (size_t)(colon - fields[i])))
+            continue;
+        *colon = '\0';
+        rw_spec_value_short(colon + 1, shorts[ne], sizeof shorts[ne]);
+        char *v = shorts[ne], *end;
+        Tensorboard__Hparams__Value *hv = &vals[ne];
+        tensorboard__hparams__value__init(hv);
+        double x = strtod(v, &end);
+        if (!strcmp(v, "true") || !strcmp(v, "false")) {
+            hv->kind_case = TENSORBOARD__HPARAMS__VALUE__KIND_BOOL_VALUE;
+            hv->bool_value = v[0] == 't';
+        } else if (end != v && !*end) {
+            hv->kind_case = TENSORBOARD__HPARAMS__VALUE__KIND_NUMBER_VALUE;
+            hv->number_value = x;
+        } else {
+            size_t n = strlen(v); /* a string's quotes are YAML's, not the value's */
+            if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+                v[n - 1] = '\0';
+                v++;
+            }
+            hv->kind_case = TENSORBOARD__HPARAMS__VALUE__KIND_STRING_VALUE;
+            hv->string_value = v;
+        }
+        tensorboard__hparams__session_start_info__hparams_entry__init(&ents[ne]);
+        ents[ne].key = fields[i];
+        ents[ne].value = hv;
+        ep[ne] = &ents[ne];
+        ne++;
+    }
+    if (!rc) {
+        Tensorboard__Hparams__SessionStartInfo ssi = TENSORBOARD__HPARAMS__SESSION_START_INFO__INIT;
+        ssi.n_hparams = ne;
+        ssi.hparams = ep;
+        ssi.group_name = group;
+        ssi.start_time_secs = wall;
+        Tensorboard__Hparams__HParamsPluginData pd = TENSORBOARD__HPARAMS__HPARAMS_PLUGIN_DATA__INIT;
+        pd.version = 0;
+        pd.data_case = TENSORBOARD__HPARAMS__HPARAMS_PLUGIN_DATA__DATA_SESSION_START_INFO;
+        pd.session_start_info = &ssi;
+        size_t clen = tensorboard__hparams__hparams_plugin_data__get_packed_size(&pd);
+        content = malloc(clen + 1);
+        if (!content) {
+            rc = -1;
+        } else {
+            tensorboard__hparams__hparams_plugin_data__pack(&pd, content);
+            /* TensorBoard's own writer: the data in the metadata, an empty
+             * float vector as the value */
+            Tensorflow__SummaryMetadata__PluginData plug =
+                TENSORFLOW__SUMMARY_METADATA__PLUGIN_DATA__INIT;
+            plug.plugin_name = "hparams";
+            plug.content = (ProtobufCBinaryData){clen, content};
+            Tensorflow__SummaryMetadata meta = TENSORFLOW__SUMMARY_METADATA__INIT;
+            meta.plugin_data = &plug;
+            meta.data_class = TENSORFLOW__DATA_CLASS__DATA_CLASS_TENSOR;
+            Tensorflow__TensorShapeProto__Dim dim = TENSORFLOW__TENSOR_SHAPE_PROTO__DIM__INIT;
+            Tensorflow__TensorShapeProto__Dim *dims[1] = {&dim};
+            Tensorflow__TensorShapeProto shape = TENSORFLOW__TENSOR_SHAPE_PROTO__INIT;
+            shape.n_dim = 1;
+            shape.dim = dims;
+            Tensorflow__TensorProto tensor = TENSORFLOW__TENSOR_PROTO__INIT;
+            tensor.dtype = TENSORFLOW__DATA_TYPE__DT_FLOAT;
+            tensor.tensor_shape = &shape;
+            Tensorflow__Summary__Value val = TENSORFLOW__SUMMARY__VALUE__INIT, *vp = &val;
+            val.tag = "_hparams_/session_start_info";
+            val.metadata = &meta;
+            val.value_case = TENSORFLOW__SUMMARY__VALUE__VALUE_TENSOR;
+            val.tensor = &tensor;
+            Tensorflow__Summary sum = TENSORFLOW__SUMMARY__INIT;
+            sum.n_value = 1;
+            sum.value = &vp;
+            Tensorflow__Event ev = TENSORFLOW__EVENT__INIT;
+            ev.wall_time = wall;
+            ev.step = 0;
+            ev.what_case = TENSORFLOW__EVENT__WHAT_SUMMARY;
+            ev.summary = &sum;
+            rc = append_record(buf, len, cap, &ev);
+        }
+    }
+    free(content);
+    free(vals);
+    free(ents);
+    free(ep);
+    free(shorts);
+    free(fields);
+    free(spec);
+    return rc;
 }
 
 /* The attempt's event file, made on its first metric: its run folder, and
@@ -306,7 +459,8 @@ void rd_tb_metric(rd_tboard *d, rd_run *run, const char *kind, json_t *m)
         if (append_record(&buf, &len, &cap, &ver) != 0 ||
             append_record(&buf, &len, &cap, &start) != 0 ||
             append_carried(d, run, run->tb_first_kind, run->tb_first_step, wall, &buf, &len,
-                           &cap) != 0) {
+                           &cap) != 0 ||
+            append_hparams(d, run, wall, &buf, &len, &cap) < 0) {
             snprintf(err, sizeof err, "out of memory");
             goto fail;
         }

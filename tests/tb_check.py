@@ -14,6 +14,12 @@ may be missing, and the count of them is printed). Where the tensorboard
 package is importable,
 its own EventAccumulator must read the same points.
 
+Each file must also hold, at step 0, the HParams plugin's session start
+(TensorBoard's plugin_data.proto, decoded by hand as well): version 0, the
+group "gID-GRID/VARIANT", and as hyper-parameters the job's stored spec
+(read with Debian's python3-yaml), but for its name, seed, threads, log and
+checkpoint fields.
+
 Exits 0 after a summary line, 1 with the first difference found.
 """
 import os
@@ -22,6 +28,7 @@ import struct
 import sys
 
 import crc32c
+import yaml
 
 FIELDS = [  # (TensorBoard tag suffix, metrics column)
     ("loss", "loss"), ("L_align", "align"), ("L_uniform", "uniform"),
@@ -117,13 +124,95 @@ def event(data):
                 if vn != 1:
                     raise Bad(f"Summary field {vn}")
                 f = dict(fields(val))
+                if 9 in f:  # a plugin's summary
+                    ev.setdefault("hparams", []).append(hparams_value(f))
+                    continue
                 if 2 not in f:
                     raise Bad("Summary.Value without simple_value")
                 sc.append((f[1].decode(), struct.unpack("<f", f[2])[0]))
-            ev["scalars"] = sc
+            if sc:
+                ev["scalars"] = sc
         else:
             raise Bad(f"unexpected Event field {num}")
     return ev
+
+
+def hparams_value(f):
+    """A Summary.Value of the HParams plugin (summary.proto, tensor.proto,
+    plugin_data.proto, struct.proto): {"group", "hparams": {name: value}}."""
+    if f.get(1) != b"_hparams_/session_start_info":
+        raise Bad(f"plugin summary tag {f.get(1)!r}")
+    meta = dict(fields(f[9]))
+    plugin = dict(fields(meta[1]))
+    if plugin.get(1) != b"hparams":
+        raise Bad(f"plugin {plugin.get(1)!r}")
+    # the value: an empty float vector (dtype DT_FLOAT, shape [0]), as
+    # TensorBoard's own hparams writer stores
+    tensor = dict(fields(f.get(8, b"")))
+    if tensor.get(1) != 1 or [n for n, _ in fields(tensor.get(2, b""))] != [2]:
+        raise Bad(f"hparams tensor {f.get(8)!r} is not an empty float vector")
+    version, ssi = 0, None
+    for n, v in fields(plugin.get(2, b"")):
+        if n == 1:
+            version = v
+        elif n == 3:
+            ssi = v
+        else:
+            raise Bad(f"HParamsPluginData field {n}")
+    if version != 0 or ssi is None:
+        raise Bad(f"HParamsPluginData version {version}, session_start_info {ssi is not None}")
+    out = {"group": "", "hparams": {}}
+    for n, v in fields(ssi):
+        if n == 1:  # map<string, google.protobuf.Value> entry
+            e = dict(fields(v))
+            kind = dict(fields(e.get(2, b"")))
+            if 2 in kind:
+                val = struct.unpack("<d", kind[2])[0]
+            elif 3 in kind:
+                val = kind[3].decode()
+            elif 4 in kind:
+                val = bool(kind[4])
+            else:
+                raise Bad(f"hparam {e.get(1)!r} without a value")
+            out["hparams"][e[1].decode()] = val
+        elif n == 4:
+            out["group"] = v.decode()
+    return out
+
+
+NOT_HPARAMS = ("name", "seed", "threads", "data.loader_threads")
+
+
+def spec_fields(node, prefix=""):
+    """The stored spec's fields as {"a.b": value}."""
+    out = {}
+    for k, v in node.items():
+        key = prefix + str(k)
+        if isinstance(v, dict):
+            out.update(spec_fields(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_hparams(path, got, spec_text, group):
+    if got["group"] != group:
+        raise Bad(f"{path}: hparams group {got['group']!r}, expected {group!r}")
+    want = {k: v for k, v in spec_fields(yaml.safe_load(spec_text)).items()
+            if k not in NOT_HPARAMS and not k.startswith(("log.", "checkpoint."))}
+    if set(got["hparams"]) != set(want):
+        raise Bad(f"{path}: hparams extra {sorted(set(got['hparams']) - set(want))}, "
+                  f"lacking {sorted(set(want) - set(got['hparams']))}")
+    for k, w in want.items():
+        g = got["hparams"][k]
+        if isinstance(w, bool) or isinstance(w, str):
+            same = g == w
+        elif isinstance(w, (int, float)):
+            same = isinstance(g, float) and abs(g - w) <= 1e-6 * max(1.0, abs(w))
+        else:  # a list: its YAML text
+            same = isinstance(g, str)
+        if not same:
+            raise Bad(f"{path}: hparam {k} = {g!r}, the spec has {w!r}")
 
 
 def f32(x):
@@ -131,9 +220,9 @@ def f32(x):
 
 
 def check_job(tb_dir, db, job, stats, allow_gaps=False):
-    gid, gname, variant, seed = db.execute(
-        "SELECT g.id, g.name, j.variant, j.seed FROM jobs j JOIN grids g ON g.id=j.grid_id "
-        "WHERE j.id=?", (job,)).fetchone()
+    gid, gname, variant, seed, spec_text = db.execute(
+        "SELECT g.id, g.name, j.variant, j.seed, j.spec FROM jobs j "
+        "JOIN grids g ON g.id=j.grid_id WHERE j.id=?", (job,)).fetchone()
     comp = lambda s: "_" + s[1:] if s.startswith(".") else s
     run = os.path.join(tb_dir, f"g{gid}-{comp(gname)}", comp(variant), f"seed{seed}")
     files = sorted(f for f in os.listdir(run) if "tfevents" in f) if os.path.isdir(run) else []
@@ -158,6 +247,13 @@ def check_job(tb_dir, db, job, stats, allow_gaps=False):
                 or evs[1]["step"] > first["step"]
                 or (evs[1]["step"] != first["step"] and not allow_gaps)):
             raise Bad(f"{path}: no START marker at the first reported step")
+        hp = [(e["step"], h) for e in evs for h in e.get("hparams", [])]
+        if len(hp) != 1 or hp[0][0] != 0:
+            raise Bad(f"{path}: {len(hp)} HParams session starts (steps "
+                      f"{[st for st, _ in hp]}), expected one at step 0")
+        check_hparams(path, hp[0][1], spec_text,
+                      f"g{gid}-{comp(gname)}/{comp(variant)}")
+        stats["hparams"] += 1
         a_id = int(f.rsplit(".a", 1)[1])
         t0, t1 = db.execute("SELECT started, COALESCE(ended, strftime('%s','now')) FROM attempts "
                             "WHERE id=?", (a_id,)).fetchone()
@@ -243,7 +339,8 @@ def main():
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     jobs = [job] if job else [j for j, in db.execute(
         "SELECT DISTINCT job_id FROM metrics ORDER BY job_id")]
-    stats = dict(runs=0, files=0, points=0, raw=0, purged=0, tensorboard=0, missing=0)
+    stats = dict(runs=0, files=0, points=0, raw=0, purged=0, tensorboard=0, missing=0,
+                 hparams=0)
     try:
         if not jobs:
             raise Bad("no job has metrics")
@@ -256,7 +353,8 @@ def main():
         return 1
     print("tb_check: {runs} runs, {files} files, {points} points ({raw} written, {purged} "
           "dropped by restart markers), {tensorboard} runs read by TensorBoard too".format(**stats)
-          + (", {missing} missing".format(**stats) if allow_gaps else ""))
+          + (", {missing} missing".format(**stats) if allow_gaps else "")
+          + ", {hparams} HParams session starts".format(**stats))
     return 0
 
 

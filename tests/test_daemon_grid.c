@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "daemon_fixture.h"
+#include "proto/spec.h"
 
 /* Mean and sample standard deviation, as the table computes them. */
 static void stats(const double *x, int n, double *mean, double *sd)
@@ -544,6 +545,31 @@ Test(daemon, grid_runs_and_table_matches_the_stored_metrics, .init = fx_setup, .
     snprintf(w, sizeof w, "%s/w.safetensors", fx.dir);
     rc = fx_cli(out, sizeof out, 20, "export", "j1", w, NULL);
     cr_assert(rc == 0 && access(w, R_OK) == 0, "%s", out);
+    {
+        /* the run folder keeps the spec the worker trained: the stored one */
+        char sp[160], err[512], e[160];
+        snprintf(sp, sizeof sp, "%s/runs/1/spec.yaml", fx.dir);
+        rw_spec ran, stored;
+        cr_assert_eq(rw_spec_load(sp, &ran, err, sizeof err), 0, "%s", err);
+        json_t *show = fx_ask_simple("show", "job", "j1");
+        const char *text = json_string_value(json_object_get(show, "spec"));
+        cr_assert(text && rw_spec_parse(text, strlen(text), "stored", "", &stored, err,
+                                        sizeof err) == 0, "%s", json_dumps(show, 0));
+        /* threads 0 (auto): the worker's share of the machine, as it ran */
+        cr_expect(stored.threads == 0 && ran.threads > 0, "threads %d, stored %d", ran.threads,
+                  stored.threads);
+        stored.threads = ran.threads;
+        char *a = malloc(RW_SPEC_YAML_MAX), *b = malloc(RW_SPEC_YAML_MAX);
+        cr_assert(rw_spec_to_yaml(&ran, a, RW_SPEC_YAML_MAX) > 0 &&
+                  rw_spec_to_yaml(&stored, b, RW_SPEC_YAML_MAX) > 0);
+        cr_expect_str_eq(a, b, "runs/1/spec.yaml is not the job's spec");
+        free(a);
+        free(b);
+        json_decref(show);
+        snprintf(e, sizeof e, "%s/e.safetensors", fx.dir);
+        rc = fx_cli(out, sizeof out, 20, "export", "j1", e, "--encoder-only", NULL);
+        cr_assert(rc == 0 && strstr(out, "the encoder alone"), "%s", out);
+    }
     {
         /* the run folder is gone: a client that cannot see it asks
          * runawayd, which cannot either, and says so */

@@ -20,6 +20,8 @@
 #include "worker/weights.h"
 
 #include "daemon_fixture.h"
+#include "rw_config.h"
+#include <jansson.h>
 
 #define MAX_EPOCHS 8
 
@@ -993,46 +995,48 @@ Test(train, snapshots_keep_the_initialization_every_n_epochs_and_the_end)
     kb_destroy(be);
 }
 
-/* The exported encoder loads into torchvision's resnet18 with only fc.*
- * missing, and torchvision's forward (eval mode) gives our features. */
-Test(train, export_loads_into_torchvision)
+/* The exported encoder loads into torchvision's resnet18 (changed as
+ * docs/results.md shows for the CIFAR stem and other widths) with only fc.*
+ * missing, and torchvision's forward (eval mode) gives our features. With
+ * encoder_only the file holds exactly torchvision's keys but fc.*. */
+static void torchvision_compare(rw_stem stem, int width, int encoder_only)
 {
     if (system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0) {
         cr_skip_test("torchvision (Debian's python3-torchvision) is not installed");
         return;
     }
     kb_backend *be = kb_cpu_create(1);
-    rw_model_cfg mc = {.stem = RW_STEM_IMAGENET, .width = 64, .proj_hidden = 512,
-                       .proj_out = 128, .predictor = RW_PRED_MLP, .pred_hidden = 512,
+    rw_model_cfg mc = {.stem = stem, .width = width, .proj_hidden = 64,
+                       .proj_out = 32, .predictor = RW_PRED_MLP, .pred_hidden = 64,
                        .loss = {.kind = KB_LOSS_BYOL}};
     char err[256], w[128], x[128], cmd[512];
     rw_model *m = rw_model_create(be, &mc, 3, err, sizeof err);
     cr_assert_not_null(m, "%s", err);
     /* Train one step so BN running statistics are not at their defaults. */
-    int N = 4, S = 64;
+    int N = 4, S = stem == RW_STEM_CIFAR ? 32 : 64, F = rw_model_feat_dim(m);
     size_t n = (size_t)N * 3 * S * S;
-    float *h = malloc(n * sizeof(float)), *feat = malloc((size_t)N * 512 * sizeof(float));
+    float *h = malloc(n * sizeof(float)), *feat = malloc((size_t)N * F * sizeof(float));
     for (size_t i = 0; i < n; i++)
         h[i] = (float)sin(0.37 * (double)i) * 1.5f;
-    float *dx = be->alloc(be, 2 * n * sizeof(float)), *df = be->alloc(be, (size_t)N * 512 * 4);
+    float *dx = be->alloc(be, 2 * n * sizeof(float)), *df = be->alloc(be, (size_t)N * F * 4);
     be->upload(be, dx, h, n * sizeof(float));
     be->upload(be, dx + n, h, n * sizeof(float)); /* the same image as both views */
     cr_assert_eq(rw_model_forward_backward(m, dx, N, S, NULL), 0);
     rw_model_update(m, 1e-3f, 0, 0.99f);
     cr_assert_eq(rw_model_features(m, dx, N, S, 0, df), 0);
-    be->download(be, feat, df, (size_t)N * 512 * 4);
+    be->download(be, feat, df, (size_t)N * F * 4);
     snprintf(w, sizeof w, "%s/w.safetensors", tmp);
     snprintf(x, sizeof x, "%s/x.safetensors", tmp);
-    cr_assert_eq(rw_weights_export(m, w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_weights_export_ex(m, w, NULL, encoder_only, err, sizeof err), 0, "%s", err);
     rw_st_writer *wr = rw_st_writer_new();
-    int64_t xs[4] = {N, 3, S, S}, fs[2] = {N, 512};
+    int64_t xs[4] = {N, 3, S, S}, fs[2] = {N, F};
     rw_st_add_f32(wr, "x", xs, 4, h);
     rw_st_add_f32(wr, "features", fs, 2, feat);
     cr_assert_eq(rw_st_write(wr, x, err, sizeof err), 0, "%s", err);
     rw_st_writer_free(wr);
     const char *root = getenv("RW_SOURCE_ROOT");
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/torchvision_check.py %s %s",
-             root ? root : ".", w, x);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/torchvision_check.py %s %s%s",
+             root ? root : ".", w, x, encoder_only ? " --encoder-only" : "");
     cr_expect_eq(system(cmd), 0, "torchvision check failed (output above)");
     free(h);
     free(feat);
@@ -1040,6 +1044,17 @@ Test(train, export_loads_into_torchvision)
     be->free(be, df);
     rw_model_free(m);
     kb_destroy(be);
+}
+
+Test(train, export_loads_into_torchvision) { torchvision_compare(RW_STEM_IMAGENET, 64, 0); }
+Test(train, export_encoder_only_is_torchvisions_keys)
+{
+    torchvision_compare(RW_STEM_IMAGENET, 64, 1);
+}
+Test(train, export_cifar_stem_loads_into_torchvision) { torchvision_compare(RW_STEM_CIFAR, 64, 1); }
+Test(train, export_width_16_cifar_stem_loads_into_torchvision)
+{
+    torchvision_compare(RW_STEM_CIFAR, 16, 1);
 }
 
 /* ---- the worker CLI on bad input ---- */
@@ -1132,4 +1147,124 @@ Test(train, run_takes_fields_from_the_command_line)
               "got: %s", out);
     rc = run_worker(out, sizeof out, "run", spec, "extra", "--out", o, NULL);
     cr_expect(rc == 2 && strstr(out, "unexpected argument 'extra'"), "got: %s", out);
+}
+
+/* Two specs alike as the canonical YAML renders them. */
+static void same_spec(const rw_spec *a, const rw_spec *b, const char *what)
+{
+    char *ya = malloc(RW_SPEC_YAML_MAX), *yb = malloc(RW_SPEC_YAML_MAX);
+    cr_assert(rw_spec_to_yaml(a, ya, RW_SPEC_YAML_MAX) > 0 &&
+              rw_spec_to_yaml(b, yb, RW_SPEC_YAML_MAX) > 0);
+    cr_expect_str_eq(yb, ya, "%s is not the spec that ran", what);
+    free(ya);
+    free(yb);
+}
+
+static void same_spec_yaml(const rw_spec *a, const char *yaml_b, const char *what)
+{
+    rw_spec b;
+    char err[512];
+    cr_assert_eq(rw_spec_parse(yaml_b, strlen(yaml_b), what, "", &b, err, sizeof err), 0,
+                 "%s does not parse: %s", what, err);
+    same_spec(a, &b, what);
+}
+
+/* The "runaway" metadata of an export, parsed; its checks. */
+static json_t *export_origin(const char *path, const char *contents, int epoch,
+                             const char *data_digest, const rw_spec *s)
+{
+    char err[512];
+    rw_st *st = rw_st_open(path, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    const char *js = rw_st_meta(st, "runaway");
+    cr_assert_not_null(js, "%s: no runaway metadata", path);
+    json_error_t jerr;
+    json_t *o = json_loads(js, 0, &jerr);
+    cr_assert(json_is_object(o), "%s: runaway metadata is not JSON: %s", path, jerr.text);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "contents")), contents);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "version")), RW_VERSION);
+    cr_expect_eq(json_integer_value(json_object_get(o, "epoch")), epoch, "%s: epoch", path);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "data_digest")), data_digest);
+    cr_expect_eq(json_integer_value(json_object_get(json_object_get(o, "encoder"), "width")),
+                 s->model.width);
+    const char *spec = json_string_value(json_object_get(o, "spec"));
+    cr_assert_not_null(spec, "%s: no spec in the metadata", path);
+    same_spec_yaml(s, spec, "the export's spec");
+    rw_st_close(st);
+    return o;
+}
+
+/* A run folder keeps the spec it ran (spec.yaml, reparsed to the same
+ * spec), and `runaway-worker export` of its checkpoint says in JSON what
+ * the weights are: spec, epoch, the data's digest, the version. */
+Test(train, runs_keep_their_spec_and_exports_say_where_they_come_from)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.optim.epochs = 2;
+    s.optim.lr = 3e-4f; /* as an override would set it */
+    s.eval.linear_epochs = 0;
+    s.eval.knn_every = 0;
+    char out[96], p[160], e[160], f[160], text[4096], err[512];
+    snprintf(out, sizeof out, "%s/run", tmp);
+    record r = {0};
+    train(&s, out, 0, &r);
+    snprintf(p, sizeof p, "%s/spec.yaml", out);
+    rw_spec ran;
+    cr_assert_eq(rw_spec_load(p, &ran, err, sizeof err), 0, "%s", err);
+    same_spec(&s, &ran, "spec.yaml");
+
+    snprintf(p, sizeof p, "%s/checkpoint.safetensors", out);
+    rw_st *ck = rw_st_open(p, err, sizeof err);
+    cr_assert_not_null(ck, "%s", err);
+    char digest[RW_DATA_DIGEST_MAX];
+    snprintf(digest, sizeof digest, "%s", rw_st_meta(ck, "runaway.data_digest"));
+    rw_st_close(ck);
+    cr_assert(digest[0], "the checkpoint records no data digest");
+
+    snprintf(e, sizeof e, "%s/enc.safetensors", tmp);
+    cr_assert_eq(run_worker(text, sizeof text, "export", p, e, "--encoder-only", NULL), 0, "%s",
+                 text);
+    json_decref(export_origin(e, "encoder", 2, digest, &s));
+    rw_st *st = rw_st_open(e, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    cr_expect_not_null(rw_st_find(st, "layer4.1.bn2.num_batches_tracked"));
+    for (size_t i = 0; i < rw_st_count(st); i++) {
+        const char *name = rw_st_at(st, i)->name;
+        cr_expect(!strncmp(name, "conv1.", 6) || !strncmp(name, "bn1.", 4) ||
+                      !strncmp(name, "layer", 5),
+                  "%s in an encoder-only export", name);
+    }
+    rw_st_close(st);
+    /* the full export: heads and teacher under their prefixes */
+    snprintf(f, sizeof f, "%s/full.safetensors", tmp);
+    cr_assert_eq(run_worker(text, sizeof text, "export", p, f, NULL), 0, "%s", text);
+    json_decref(export_origin(f, "full", 2, digest, &s));
+    st = rw_st_open(f, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    cr_expect(rw_st_find(st, "projector.0.weight") && rw_st_find(st, "predictor.0.weight") &&
+              rw_st_find(st, "teacher.layer4.1.bn2.running_var") &&
+              rw_st_find(st, "teacher.layer4.1.bn2.num_batches_tracked"));
+    rw_st_close(st);
+    /* the run's own weights too, and an export of an export keeps it all */
+    snprintf(p, sizeof p, "%s/weights.safetensors", out);
+    json_decref(export_origin(p, "full", 2, digest, &s));
+    snprintf(e, sizeof e, "%s/enc2.safetensors", tmp);
+    cr_assert_eq(run_worker(text, sizeof text, "export", f, e, "--encoder-only", NULL), 0, "%s",
+                 text);
+    json_decref(export_origin(e, "encoder", 2, digest, &s));
+
+    /* an encoder alone starts nothing: said, not a missing tensor */
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    rw_model *m = rw_model_create(be, &mc, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    cr_expect_neq(rw_weights_init(m, e, err, sizeof err), 0);
+    cr_expect(strstr(err, "encoder-only") != NULL, "got: %s", err);
+    cr_expect_eq(run_worker(text, sizeof text, "export", e, f, NULL), 1);
+    cr_expect(strstr(text, "encoder-only") != NULL, "got: %s", text);
+    cr_expect_eq(run_worker(text, sizeof text, "export", e, f, "--frob", NULL), 2);
+    rw_model_free(m);
+    kb_destroy(be);
 }

@@ -37,7 +37,7 @@ static void usage(FILE *f)
             "      the projections of N training images (default 2048) by PCA onto the\n"
             "      circle (the paper's Figure 3): spread numbers, and a data file for\n"
             "      `runaway sphere`; K samples (default 4) with their two views\n"
-            "  export CHECKPOINT OUT.safetensors\n"
+            "  export CHECKPOINT OUT.safetensors [--encoder-only]\n"
             "      weights with torchvision's resnet18 names for the encoder\n"
             "  show-augment SPEC.yaml OUT.png [--count N]\n"
             "      a grid of images with their T1 and T2 views\n"
@@ -362,26 +362,45 @@ static int cmd_sphere(int argc, char **argv)
 
 static int cmd_export(int argc, char **argv)
 {
-    if (argc != 2) {
+    const char *pos[2] = {NULL, NULL};
+    int npos = 0, encoder_only = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--encoder-only") == 0)
+            encoder_only = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "runaway-worker: export: unknown option %s\n", argv[i]);
+            return 2;
+        } else if (npos < 2)
+            pos[npos++] = argv[i];
+        else
+            npos++;
+    }
+    if (npos != 2) {
         usage(stderr);
         return 2;
     }
     char err[1024];
     rw_model_cfg mc;
-    if (rw_weights_model_cfg(argv[0], &mc, err, sizeof err) != 0) {
+    rw_export_info info;
+    if (rw_weights_model_cfg(pos[0], &mc, err, sizeof err) != 0 ||
+        rw_export_info_read(pos[0], &info, err, sizeof err) != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
         return 1;
     }
     kb_backend *be = kb_cpu_create(1);
     rw_model *m = be ? rw_model_create(be, &mc, 0, err, sizeof err) : NULL;
     int rc = 1;
-    if (m && rw_weights_init(m, argv[0], err, sizeof err) == 0 &&
-        rw_weights_export(m, argv[1], err, sizeof err) == 0) {
-        printf("wrote %s (%zu online parameters)\n", argv[1], rw_model_nparams(m));
+    if (m && rw_weights_init(m, pos[0], err, sizeof err) == 0 &&
+        rw_weights_export_ex(m, pos[1], &info, encoder_only, err, sizeof err) == 0) {
+        if (encoder_only)
+            printf("wrote %s (the encoder alone, torchvision's names)\n", pos[1]);
+        else
+            printf("wrote %s (%zu online parameters)\n", pos[1], rw_model_nparams(m));
         rc = 0;
     } else {
         fprintf(stderr, "runaway-worker: %s\n", err);
     }
+    rw_export_info_free(&info);
     rw_model_free(m);
     kb_destroy(be);
     return rc;

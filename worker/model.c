@@ -168,6 +168,19 @@ void rw_model_set_loss_cfg(rw_model *m, const kb_loss_cfg *c) { m->a.cfg.loss = 
 int rw_model_ntensors(const rw_model *m) { return m->a.nnamed; }
 const rw_named *rw_model_tensor(const rw_model *m, int i) { return &m->a.named[i]; }
 
+/* The projector follows the encoder in both buffers and in the BN order
+ * (model.h), so its first tensors mark where the encoder ends, whatever
+ * layers the arch lays out before it. */
+int rw_model_in_encoder(const rw_model *m, const rw_named *t)
+{
+    if (t->kind == RW_T_PARAM)
+        return t->off < m->a.p1.w;
+    if (t->kind == RW_T_STATE)
+        return t->off < m->a.pbn.rmean;
+    return 0;
+}
+int rw_model_nbn_encoder(const rw_model *m) { return m->a.pbn.idx; }
+
 int rw_model_set_comm(rw_model *m, kb_comm *comm, int sync_bn, char *err, size_t errlen)
 {
     /* A world of one has nothing to synchronize: sync_bn is then plain BN. */

@@ -105,6 +105,11 @@ void rw_model_set_loss_cfg(rw_model *m, const kb_loss_cfg *c);
 int rw_model_ntensors(const rw_model *m);
 const rw_named *rw_model_tensor(const rw_model *m, int i);
 const rw_named *rw_model_find(const rw_model *m, const char *name);
+/* 1 when t is the online encoder's (torchvision's names: conv1, bn1,
+ * layerX.Y.*), not a head's or the teacher's. */
+int rw_model_in_encoder(const rw_model *m, const rw_named *t);
+/* The encoder's BN layers: indices 0 .. this - 1 (rw_model_bn_prefix). */
+int rw_model_nbn_encoder(const rw_model *m);
 
 /* The linear predictor W (D x D, row-major) against the identity, the
  * paper's section 5 (BYOL' from W0 and RAFT from -W0 move alike, and no

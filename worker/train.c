@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernels/collective.h"
 #include "worker/dist.h"
@@ -141,16 +142,55 @@ float rw_lr_at(const rw_spec *s, long step, long per_epoch, long total)
     return (float)((double)s->optim.lr * (c + 1.0) / 2.0);
 }
 
+/* The run folder's spec.yaml: the canonical spec this run trains (grid
+ * variant and overrides applied), written whole (temporary file, fsync,
+ * rename) so a reader never sees half of it. */
+static int write_spec_yaml(const char *out_dir, const char *yaml, char *err, size_t errlen)
+{
+    char path[RW_PATH_MAX + 16], tmp[RW_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/spec.yaml", out_dir);
+    snprintf(tmp, sizeof tmp, "%s/.spec.yaml.XXXXXX", out_dir);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t n = strlen(yaml), off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, yaml + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    int e = off < n ? errno : 0;
+    if (!e && (fchmod(fd, 0644) != 0 || fsync(fd) != 0))
+        e = errno;
+    if (close(fd) != 0 && !e)
+        e = errno;
+    if (!e && rename(tmp, path) != 0)
+        e = errno;
+    if (e) {
+        unlink(tmp);
+        snprintf(err, errlen, "%s: %s", path, strerror(e ? e : EIO));
+        return -1;
+    }
+    return 0;
+}
+
 /* The weights after `epoch` epochs, kept beside the checkpoint (which the
  * next one overwrites): snapshots/weights-eNNNNN.safetensors. */
-static int snapshot(rw_model *m, const char *out_dir, int epoch, char *err, size_t errlen)
+static int snapshot(rw_model *m, const char *out_dir, const rw_export_info *info, char *err,
+                    size_t errlen)
 {
+    int epoch = info->epoch;
     char dir[RW_PATH_MAX + 16], path[RW_PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/snapshots", out_dir);
     if (rw_mkdir_p(dir, err, errlen) != 0)
         return -1;
     snprintf(path, sizeof path, "%s/weights-e%05d.safetensors", dir, epoch);
-    return rw_weights_export(m, path, err, errlen);
+    return rw_weights_export_ex(m, path, info, 0, err, errlen);
 }
 
 /* A checkpoint on the way (every_epochs, every_minutes). One that cannot
@@ -358,6 +398,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     rw_dist *dist = NULL;
     rw_train_state ts = {0};
     char ckpt[RW_PATH_MAX + 32] = "";
+    char *spec_yaml = NULL; /* the canonical spec: spec.yaml, checkpoints, exports */
 
     memset(res, 0, sizeof *res);
     res->linear_acc = NAN;
@@ -457,6 +498,15 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             if (lh && lh->on_replay && opts->replay)
                 replay(lh, &ts, opts->replay_epochs_after, opts->replay_steps_after);
         }
+        spec_yaml = malloc(RW_SPEC_YAML_MAX);
+        if (!spec_yaml || rw_spec_to_yaml(spec, spec_yaml, RW_SPEC_YAML_MAX) < 0) {
+            snprintf(err, errlen, "%s: the spec cannot be written as YAML (out of memory?)",
+                     opts->out_dir);
+            goto done;
+        }
+        if (write_spec_yaml(opts->out_dir, spec_yaml, err, errlen) != 0)
+            goto done;
+        ts.spec_yaml = spec_yaml;
     }
 
     if (comm) {
@@ -480,8 +530,10 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
           comm ? " (data parallel)" : "", rw_stepper_describe(sp));
 
     const int snap = lead && opts && opts->out_dir && spec->checkpoint.snapshot_every > 0;
+    rw_export_info origin = {.spec_yaml = spec_yaml, .epoch = 0};
+    memcpy(origin.data_digest, ts.data_digest, sizeof origin.data_digest);
     if (snap && !measure && ts.epoch == 0 && ts.batch == 0 &&
-        snapshot(m, opts->out_dir, 0, err, errlen) != 0)
+        snapshot(m, opts->out_dir, &origin, err, errlen) != 0)
         goto done;
 
     /* pairs/s of a step window: the steps since step_t0 in this attempt */
@@ -658,7 +710,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         if (snap && !measure &&
             ((e + 1) % spec->checkpoint.snapshot_every == 0 || last_epoch)) {
             char serr[1024];
-            if (snapshot(m, opts->out_dir, e + 1, serr, sizeof serr) != 0)
+            origin.epoch = e + 1;
+            if (snapshot(m, opts->out_dir, &origin, serr, sizeof serr) != 0)
                 logf_(lh, "warning: snapshot of epoch %d not kept (%s); training goes on", e + 1,
                       serr);
         }
@@ -678,7 +731,8 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     if (lead && opts && opts->out_dir) {
         char wpath[RW_PATH_MAX + 32];
         snprintf(wpath, sizeof wpath, "%s/weights.safetensors", opts->out_dir);
-        if (rw_weights_export(m, wpath, err, errlen) != 0)
+        origin.epoch = ts.nhist;
+        if (rw_weights_export_ex(m, wpath, &origin, 0, err, errlen) != 0)
             goto done;
     }
     if (lead && spec->eval.linear_epochs > 0 && isnan(res->linear_acc)) {
@@ -691,6 +745,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     }
     rc = 0;
 done:
+    free(spec_yaml);
     rw_dist_free(dist);
     free(ts.hist);
     free(ts.steps);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rw_config.h"
 #include "worker/safetensors.h"
 
 #define CKPT_FORMAT "1"
@@ -72,19 +73,22 @@ static float *host_buf(host_model *h, rw_tensor_kind k)
 
 static const int64_t scalar_shape[1] = {1};
 
-/* Adds every named tensor and the num_batches_tracked counters. */
-static void add_model_tensors(rw_st_writer *w, rw_model *m, host_model *h)
+/* Adds every named tensor and the num_batches_tracked counters; with
+ * encoder_only, the online encoder's alone. */
+static void add_model_tensors(rw_st_writer *w, rw_model *m, host_model *h, int encoder_only)
 {
     for (int i = 0; i < rw_model_ntensors(m); i++) {
         const rw_named *t = rw_model_tensor(m, i);
+        if (encoder_only && !rw_model_in_encoder(m, t))
+            continue;
         int64_t shape[4];
         for (int d = 0; d < t->ndim; d++)
             shape[d] = t->shape[d];
         rw_st_add_f32(w, t->name, shape, t->ndim, host_buf(h, t->kind) + t->off);
     }
     char name[96];
-    for (int t = 0; t < 2; t++)
-        for (int i = 0; i < rw_model_nbn(m, t); i++) {
+    for (int t = 0; t < (encoder_only ? 1 : 2); t++)
+        for (int i = 0; i < (encoder_only ? rw_model_nbn_encoder(m) : rw_model_nbn(m, t)); i++) {
             snprintf(name, sizeof name, "%s%s.num_batches_tracked", t ? "teacher." : "",
                      rw_model_bn_prefix(m, i));
             /* PyTorch stores the counter as a 0-dim int64 tensor. */
@@ -94,8 +98,8 @@ static void add_model_tensors(rw_st_writer *w, rw_model *m, host_model *h)
 
 /* A writer holding every model tensor (host copies in h, which must live
  * until the write): NULL with a message when out of memory. */
-static rw_st_writer *model_writer(rw_model *m, host_model *h, const char *path, char *err,
-                                  size_t errlen)
+static rw_st_writer *model_writer(rw_model *m, host_model *h, int encoder_only,
+                                  const char *path, char *err, size_t errlen)
 {
     rw_st_writer *w = rw_st_writer_new();
     if (!w || host_alloc(m, h) != 0) {
@@ -104,7 +108,7 @@ static rw_st_writer *model_writer(rw_model *m, host_model *h, const char *path, 
         return NULL;
     }
     host_download(m, h);
-    add_model_tensors(w, m, h);
+    add_model_tensors(w, m, h, encoder_only);
     return w;
 }
 
@@ -129,6 +133,13 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
     rw_st *st = rw_st_open(path, err, errlen);
     if (!st)
         return -1;
+    const char *what = rw_st_meta(st, "runaway.kind");
+    if (what && !strcmp(what, "encoder")) {
+        snprintf(err, errlen, "%s: an encoder-only export (for torchvision) has no heads to "
+                 "start or export a model from; use a checkpoint or a full export", path);
+        rw_st_close(st);
+        return -1;
+    }
     const char *mm = rw_st_meta(st, "runaway.model");
     const char *ll = rw_st_meta(st, "runaway.loss");
     int stem, pred, kind;
@@ -158,17 +169,99 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
     return 0;
 }
 
-int rw_weights_export(rw_model *m, const char *path, char *err, size_t errlen)
+/* The "runaway" metadata entry: JSON a person (or a script) reads, where
+ * runaway.model and runaway.loss are what `init` and `export` read back. */
+static char *origin_json(rw_model *m, const rw_export_info *info, int encoder_only)
+{
+    const rw_model_cfg *c = rw_model_cfg_of(m);
+    json_t *o = json_object(), *enc = json_object();
+    json_object_set_new(o, "format", json_integer(1));
+    json_object_set_new(o, "version", json_string(RW_VERSION));
+    json_object_set_new(o, "contents", json_string(encoder_only ? "encoder" : "full"));
+    json_object_set_new(enc, "stem", json_string(c->stem == RW_STEM_CIFAR ? "cifar" : "imagenet"));
+    json_object_set_new(enc, "width", json_integer(c->width));
+    json_object_set_new(enc, "features", json_integer(rw_model_feat_dim(m)));
+    json_object_set_new(o, "encoder", enc);
+    int known = info != NULL;
+    json_object_set_new(o, "epoch", known && info->epoch >= 0 ? json_integer(info->epoch)
+                                                                : json_null());
+    json_object_set_new(o, "data_digest", known && info->data_digest[0]
+                                              ? json_string(info->data_digest) : json_null());
+    json_object_set_new(o, "spec", known && info->spec_yaml ? json_string(info->spec_yaml)
+                                                              : json_null());
+    char *js = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return js;
+}
+
+int rw_weights_export_ex(rw_model *m, const char *path, const rw_export_info *info,
+                         int encoder_only, char *err, size_t errlen)
 {
     host_model h;
-    rw_st_writer *w = model_writer(m, &h, path, err, errlen);
+    rw_st_writer *w = model_writer(m, &h, encoder_only, path, err, errlen);
     if (!w)
         return -1;
-    set_model_meta(w, m);
-    rw_st_set_meta(w, "runaway.kind", "weights");
-    int rc = rw_st_write(w, path, err, errlen);
+    /* an encoder alone cannot start a job (no heads): no model keys to read */
+    if (!encoder_only)
+        set_model_meta(w, m);
+    rw_st_set_meta(w, "runaway.kind", encoder_only ? "encoder" : "weights");
+    char *js = origin_json(m, info, encoder_only);
+    if (js)
+        rw_st_set_meta(w, "runaway", js);
+    free(js);
+    int rc = js ? rw_st_write(w, path, err, errlen) : -1;
+    if (!js)
+        snprintf(err, errlen, "%s: out of memory", path);
     rw_st_writer_free(w);
     host_free(&h);
+    return rc;
+}
+
+int rw_weights_export(rw_model *m, const char *path, char *err, size_t errlen)
+{
+    return rw_weights_export_ex(m, path, NULL, 0, err, errlen);
+}
+
+void rw_export_info_free(rw_export_info *info)
+{
+    free(info->spec_yaml);
+    info->spec_yaml = NULL;
+}
+
+int rw_export_info_read(const char *path, rw_export_info *info, char *err, size_t errlen)
+{
+    memset(info, 0, sizeof *info);
+    info->epoch = -1;
+    rw_st *st = rw_st_open(path, err, errlen);
+    if (!st)
+        return -1;
+    const char *kind = rw_st_meta(st, "runaway.kind");
+    int rc = 0;
+    if (kind && !strcmp(kind, "checkpoint")) {
+        const char *spec = rw_st_meta(st, "runaway.spec");
+        const char *pos = rw_st_meta(st, "runaway.position");
+        const char *data = rw_st_meta(st, "runaway.data_digest");
+        if (pos && sscanf(pos, "%d", &info->epoch) != 1)
+            info->epoch = -1;
+        snprintf(info->data_digest, sizeof info->data_digest, "%s", data ? data : "");
+        info->spec_yaml = spec ? strdup(spec) : NULL;
+    } else if (rw_st_meta(st, "runaway")) { /* an export of ours: passed on */
+        json_error_t jerr;
+        json_t *o = json_loads(rw_st_meta(st, "runaway"), 0, &jerr);
+        if (!json_is_object(o)) {
+            snprintf(err, errlen, "%s: the runaway metadata is not JSON (%s)", path, jerr.text);
+            rc = -1;
+        } else {
+            json_t *e = json_object_get(o, "epoch"), *d = json_object_get(o, "data_digest");
+            json_t *sp = json_object_get(o, "spec");
+            info->epoch = json_is_integer(e) ? (int)json_integer_value(e) : -1;
+            snprintf(info->data_digest, sizeof info->data_digest, "%s",
+                     json_is_string(d) ? json_string_value(d) : "");
+            info->spec_yaml = json_is_string(sp) ? strdup(json_string_value(sp)) : NULL;
+        }
+        json_decref(o);
+    }
+    rw_st_close(st);
     return rc;
 }
 
@@ -239,6 +332,13 @@ int rw_weights_init(rw_model *m, const char *path, char *err, size_t errlen)
     rw_st *st = rw_st_open(path, err, errlen);
     if (!st)
         return -1;
+    const char *kind = rw_st_meta(st, "runaway.kind");
+    if (kind && !strcmp(kind, "encoder")) {
+        snprintf(err, errlen, "%s: an encoder-only export (for torchvision) has no projector "
+                 "or predictor to start from; use a checkpoint or a full export", path);
+        rw_st_close(st);
+        return -1;
+    }
     if (host_alloc(m, &h) != 0) {
         rw_st_close(st);
         snprintf(err, errlen, "%s: out of memory", path);
@@ -308,7 +408,7 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
                        size_t errlen)
 {
     host_model h;
-    rw_st_writer *w = model_writer(m, &h, path, err, errlen);
+    rw_st_writer *w = model_writer(m, &h, 0, path, err, errlen);
     if (!w)
         return -1;
     int64_t np = (int64_t)rw_model_nparams(m);
@@ -318,6 +418,8 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
     rw_st_set_meta(w, "runaway.kind", "checkpoint");
     rw_st_set_meta(w, "runaway.checkpoint_format", CKPT_FORMAT);
     rw_st_set_meta(w, "runaway.spec_digest", ts->spec_digest);
+    if (ts->spec_yaml)
+        rw_st_set_meta(w, "runaway.spec", ts->spec_yaml);
     if (ts->data_digest[0])
         rw_st_set_meta(w, "runaway.data_digest", ts->data_digest);
     char buf[256];

@@ -9,8 +9,29 @@
 #include "worker/model.h"
 #include "worker/train.h"
 
-/* Online encoder (torchvision resnet18 names, incl. num_batches_tracked),
- * projector.*, predictor.*, teacher.* (parameters and running stats). */
+/* What an export says about the weights it holds, in its "runaway"
+ * metadata entry (JSON): the spec they were trained on, after how many
+ * epochs, on which data. */
+typedef struct rw_export_info {
+    char *spec_yaml; /* canonical YAML (rw_spec_to_yaml); NULL: not known */
+    int epoch;       /* epochs completed; -1: not known */
+    char data_digest[RW_DATA_DIGEST_MAX]; /* "": not known */
+} rw_export_info;
+
+/* Reads the info a checkpoint or an exported file records (an older file
+ * records less: the rest is "not known"). spec_yaml is malloc'd:
+ * rw_export_info_free. 0, or -1 with the reason in err. */
+int rw_export_info_read(const char *path, rw_export_info *info, char *err, size_t errlen);
+void rw_export_info_free(rw_export_info *info);
+
+/* Online encoder (torchvision names, incl. num_batches_tracked),
+ * projector.*, predictor.*, teacher.* (parameters and running stats).
+ * encoder_only: the online encoder's tensors alone, exactly the keys
+ * torchvision's ResNet has (but fc.*). info: NULL, or what the metadata
+ * says of the weights' origin. */
+int rw_weights_export_ex(rw_model *m, const char *path, const rw_export_info *info,
+                         int encoder_only, char *err, size_t errlen);
+/* The full export without origin (tests, a model of no job). */
 int rw_weights_export(rw_model *m, const char *path, char *err, size_t errlen);
 
 /* Loads an exported file (or a checkpoint) into the model: every online
@@ -24,6 +45,9 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
 /* Everything a resumed job needs to continue exactly. */
 typedef struct rw_train_state {
     char spec_digest[17]; /* hex of a hash of the training-relevant spec */
+    /* the canonical spec, recorded in the checkpoint for export (not read
+     * back on resuming: the digest decides); NULL: not recorded */
+    const char *spec_yaml;
     char data_digest[RW_DATA_DIGEST_MAX]; /* the training set's; "": not recorded */
     int epoch;            /* epochs completed */
     long batch;           /* batches done in the current epoch */

@@ -120,6 +120,6 @@ int cmd_sphere(int n, char **a);
 int cmd_plot(int n, char **a);
 
 /* export.c */
-int cmd_export(const char *job, const char *out);
+int cmd_export(const char *job, const char *out, int encoder_only);
 
 #endif

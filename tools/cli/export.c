@@ -82,7 +82,7 @@ static void export_fetch(conn *c, const char *job)
         die("export: %s: %s", export_tmp, strerror(errno));
 }
 
-int cmd_export(const char *job, const char *out)
+int cmd_export(const char *job, const char *out, int encoder_only)
 {
     conn c;
     need_conn(&c);
@@ -106,7 +106,8 @@ int cmd_export(const char *job, const char *out)
     if (local) {
         conn_close(&c);
         fflush(stdout);
-        execl(bin, bin, "export", ckpt, out, (char *)NULL);
+        execl(bin, bin, "export", ckpt, out, encoder_only ? "--encoder-only" : (char *)NULL,
+              (char *)NULL);
         die("cannot run %s: %s", bin, strerror(errno));
     }
     /* another host: the checkpoint comes over the socket */
@@ -117,7 +118,8 @@ int cmd_export(const char *job, const char *out)
     if (pid < 0)
         die("fork: %s", strerror(errno));
     if (pid == 0) {
-        execl(bin, bin, "export", export_tmp, out, (char *)NULL);
+        execl(bin, bin, "export", export_tmp, out,
+              encoder_only ? "--encoder-only" : (char *)NULL, (char *)NULL);
         fprintf(stderr, "runaway: cannot run %s: %s\n", bin, strerror(errno));
         _exit(127);
     }

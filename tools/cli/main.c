@@ -59,8 +59,15 @@ static int run_workers(int n, char **a)
 }
 static int run_export(int n, char **a)
 {
-    (void)n;
-    return cmd_export(a[0], a[1]);
+    const char *pos[2] = {NULL, NULL};
+    int np = 0, encoder_only = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(a[i], "--encoder-only"))
+            encoder_only = 1;
+        else if (np < 2)
+            pos[np++] = a[i];
+    }
+    return cmd_export(pos[0], pos[1], encoder_only);
 }
 static int run_run(int n, char **a)
 {
@@ -124,6 +131,10 @@ static const cli_flag plot_flags[] = {
     {"--every", NULL, "S", "redraw every S seconds until every job has ended"},
     {"--data", NULL, "DIR", "keep gnuplot's data files and script in DIR"},
     {"--size", NULL, "COLSxROWS", "text mode: each panel's size in characters"},
+    {0}};
+static const cli_flag export_flags[] = {
+    {"--encoder-only", NULL, NULL,
+     "the encoder alone, exactly torchvision's keys (fc.* aside): no heads, no teacher"},
     {0}};
 static const cli_flag sphere_flags[] = {
     {"--out", "-o", "OUT", "draw into OUT (.png, .pdf or .svg); without it, only the numbers"},
@@ -189,8 +200,11 @@ static const cli_cmd commands[] = {
      "Per variant its lowest finished seed; prints the spread numbers. runawayd computes\n"
      "it where the run folders are not on this host.",
      1, -1, sphere_flags, cmd_sphere},
-    {"export", "JOB OUT.safetensors", "the job's weights, with torchvision's names", NULL, 2, 2,
-     no_flags, run_export},
+    {"export", "JOB OUT.safetensors", "the job's weights, with torchvision's names",
+     "The encoder under torchvision's names; heads under projector., predictor. (classifier.),\n"
+     "the teacher under teacher.; metadata \"runaway\": JSON with the spec, epoch, data digest\n"
+     "and version. docs/results.md shows how a CIFAR stem or another width loads.",
+     2, 2, export_flags, run_export},
     {"token new", "FILE", "a strong token for --tcp (--token-file), in a new file of mode 0600",
      NULL, 1, 1, no_flags, run_token_new},
     {"run", "SPEC.yaml [RUNAWAYD OPTIONS...]",

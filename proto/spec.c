@@ -101,6 +101,7 @@ static const char *const data_kinds[] = {"synthetic", "cifar10", "cifar100", "st
                                          "imagefolder", NULL};
 static const char *const label_sets[] = {"fine", "coarse", NULL};
 static const char *const augments[] = {"byol", "none", NULL};
+static const char *const archs[] = {"resnet18", "resnet34", "resnet50", NULL};
 static const char *const stems[] = {"imagenet", "cifar", NULL};
 static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_identity", "none",
                                          NULL};
@@ -109,7 +110,8 @@ static const char *const schedules[] = {"constant", "cosine", NULL};
 static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
-                   sizeof(rw_stem) == sizeof(int) && sizeof(rw_predictor) == sizeof(int) &&
+                   sizeof(rw_stem) == sizeof(int) && sizeof(rw_arch) == sizeof(int) &&
+                   sizeof(rw_predictor) == sizeof(int) &&
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
                    sizeof(rw_lr_schedule) == sizeof(int) &&
                    sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int),
@@ -137,8 +139,9 @@ static const field fields[] = {
     {"data.loader_threads", F_INT, O(data.loader_threads), 1, 64, 0, NULL},
     {"data.cache_size", F_INT, O(data.cache_size), 8, 1024, 0, NULL},
     {"data.skip_bad", F_BOOL, O(data.skip_bad), 0, 1, 0, NULL},
+    {"model.arch", F_ENUM, O(model.arch), 0, 0, 0, archs},
     {"model.stem", F_ENUM, O(model.stem), 0, 0, 0, stems},
-    {"model.width", F_INT, O(model.width), 1, 64, 0, NULL},
+    {"model.width", F_INT, O(model.width), 1, RW_WIDTH_MAX_BASIC, 0, NULL},
     {"model.projector.hidden", F_INT, O(model.proj_hidden), 1, 65536, 0, NULL},
     {"model.projector.out", F_INT, O(model.proj_out), 1, 65536, 0, NULL},
     {"model.predictor", F_ENUM, O(model.predictor), 0, 0, 0, predictors},
@@ -199,6 +202,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->data.loader_threads = 2;
     s->data.cache_size = 96; /* image_size's, unless given (rw_spec_resolve) */
     s->data.skip_bad = 0;
+    s->model.arch = RW_ARCH_RESNET18;
     s->model.stem = RW_STEM_IMAGENET;
     s->model.width = 64;
     s->model.proj_hidden = 512;
@@ -680,6 +684,12 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
             return -1;
         }
     }
+    if (s->model.arch == RW_ARCH_RESNET50 && s->model.width > RW_WIDTH_MAX_BOTTLENECK) {
+        set_err(err, errlen, "%s: model.width: resnet50's bottleneck blocks take a width in "
+                "1..%d (its blocks' outputs are 4x wider: 64 is torchvision's 2048 features); "
+                "got %d", origin, RW_WIDTH_MAX_BOTTLENECK, s->model.width);
+        return -1;
+    }
     if (s->loss.kind == RW_LOSS_SUPERVISED && s->model.predictor != RW_PRED_NONE) {
         set_err(err, errlen, "%s: model.predictor: loss.kind supervised trains a classifier on "
                 "the projections and no predictor: set model.predictor: none (it is %s)",
@@ -856,6 +866,10 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
     int rc = rw_spec_parse_with(buf, len, path, basedir, ov, s, err, errlen);
     free(buf);
     return rc;
+}
+
+const char *rw_arch_name(rw_arch a) {
+    return (unsigned)a < sizeof archs / sizeof archs[0] - 1 ? archs[a] : "?";
 }
 
 const char *rw_predictor_name(rw_predictor p) {

@@ -38,8 +38,9 @@
  *     std:  [0.2470, 0.2435, 0.2616]   # for synthetic and cifar10)
  *     loader_threads: 2
  *   model:
+ *     arch: resnet18        # resnet18 | resnet34 | resnet50
  *     stem: imagenet        # imagenet | cifar
- *     width: 64             # ResNet-18 base width, 1 .. 64 (64 = torchvision)
+ *     width: 64             # base width (64 = torchvision): 1 .. 128, resnet50 1 .. 64
  *     projector: {hidden: 512, out: 128}
  *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none
  *     predictor_hidden: 512
@@ -94,6 +95,12 @@ typedef enum {
 typedef enum { RW_LABELS_FINE, RW_LABELS_COARSE } rw_labels;
 typedef enum { RW_AUG_BYOL, RW_AUG_NONE } rw_augment;
 typedef enum { RW_STEM_IMAGENET, RW_STEM_CIFAR } rw_stem;
+/* model.width's range: basic blocks (resnet18, resnet34) up to twice
+ * torchvision's 64; bottlenecks, whose blocks are 4x wider, up to 64 */
+#define RW_WIDTH_MAX_BASIC 128
+#define RW_WIDTH_MAX_BOTTLENECK 64
+/* torchvision's ResNets: 18 and 34 of basic blocks, 50 of bottlenecks */
+typedef enum { RW_ARCH_RESNET18, RW_ARCH_RESNET34, RW_ARCH_RESNET50 } rw_arch;
 typedef enum {
     RW_PRED_MLP,
     RW_PRED_MLP_BN,
@@ -140,6 +147,7 @@ typedef struct rw_spec {
     } data;
 
     struct {
+        rw_arch arch;
         rw_stem stem;
         int width;
         int proj_hidden, proj_out;
@@ -280,6 +288,7 @@ void rw_spec_value_short(const char *v, char *out, size_t len);
 
 /* Names for printing. */
 const char *rw_predictor_name(rw_predictor p);
+const char *rw_arch_name(rw_arch a);
 const char *rw_loss_kind_name(rw_loss_kind k);
 /* Classes of the spec's data set: 10, or CIFAR-100's 100 (20 coarse). */
 int rw_spec_classes(const rw_spec *s);

@@ -13,7 +13,7 @@
 
 #define N_IMG 8
 #define SIDE 16
-#define MAX_TENSORS_FOR_TEST 128
+#define MAX_TENSORS_FOR_TEST 512 /* resnet50's ~170 parameter tensors */
 
 static kb_backend *be;
 
@@ -141,7 +141,7 @@ static void grad_check(const rw_model_cfg *c, const char *what)
     be->download(be, g, rw_model_grads(f.m), np * sizeof(float));
     be->download(be, p0, rw_model_params(f.m), np * sizeof(float));
     int checked = 0, nrel = 0;
-    double rels[256];
+    double rels[MAX_TENSORS_FOR_TEST];
     for (int i = 0; i < rw_model_ntensors(f.m); i++) {
         const rw_named *t = rw_model_tensor(f.m, i);
         if (t->kind != RW_T_PARAM)
@@ -230,6 +230,105 @@ Test(model, grad_imagenet_stem)
     /* 7x7/2 stem and max-pool. */
     rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_IMAGENET);
     grad_check(&c, "raft/imagenet-stem");
+}
+
+/* ResNet-34's deeper stages. ResNet-50 is checked against PyTorch only
+ * (matches_pytorch_resnet50_*): through its 53 layers at width 4 a float32
+ * loss moves by ~1e-5 under rounding-sized changes (torch_ref.py), which
+ * at eps 3e-4 is a slope error of ~3e-2 on every tensor, and its kinks
+ * are denser: seen, 20-40% off on layer1's batch norms for a gradient
+ * within 2e-3 of float64 PyTorch's. */
+Test(model, grad_resnet34)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_BYOL, 0, 0, RW_STEM_CIFAR);
+    c.arch = RW_ARCH_RESNET34;
+    grad_check(&c, "byol/resnet34");
+}
+
+/* ---- architectures ---- */
+
+/* torchvision's numbers of parameters less fc's (sum(p.numel()) over
+ * resnet18/34/50().named_parameters() but fc.*), and of the other widths
+ * and stems as tests/torch_ref.py's Net builds them. */
+Test(model, parameter_counts_are_torchvisions)
+{
+    static const struct {
+        rw_arch arch;
+        rw_stem stem;
+        int width;
+        size_t params;
+    } cases[] = {
+        {RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 11176512},
+        {RW_ARCH_RESNET34, RW_STEM_IMAGENET, 64, 21284672},
+        {RW_ARCH_RESNET50, RW_STEM_IMAGENET, 64, 23508032},
+        {RW_ARCH_RESNET18, RW_STEM_IMAGENET, 128, 44668032},
+        {RW_ARCH_RESNET34, RW_STEM_CIFAR, 128, 85070464},
+        {RW_ARCH_RESNET50, RW_STEM_CIFAR, 8, 373192},
+        /* past each block's widest */
+        {RW_ARCH_RESNET18, RW_STEM_IMAGENET, 129, 0},
+        {RW_ARCH_RESNET50, RW_STEM_IMAGENET, 65, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_BYOL, 0, 0, cases[i].stem);
+        c.arch = cases[i].arch;
+        c.width = cases[i].width;
+        cr_expect_eq(rw_model_cfg_params(&c, 1), cases[i].params, "%s width %d: %zu, not %zu",
+                     rw_arch_name(c.arch), c.width, rw_model_cfg_params(&c, 1), cases[i].params);
+    }
+}
+
+static void expect_tensor(rw_model *m, const char *name, int ndim, int d0, int d1, int d2)
+{
+    const rw_named *t = rw_model_find(m, name);
+    cr_assert_not_null(t, "no tensor %s", name);
+    cr_expect(t->ndim == ndim && t->shape[0] == d0 && t->shape[1] == d1 && t->shape[2] == d2,
+              "%s: shape (%d, %d, %d) of %d dims", name, t->shape[0], t->shape[1], t->shape[2],
+              t->ndim);
+}
+
+/* The names and shapes torchvision's state_dict has (export relies on
+ * them), with blocks per stage [3, 4, 6, 3]. */
+Test(model, resnet34_and_resnet50_tensors_are_torchvisions)
+{
+    char err[256];
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_BYOL, 0, 0, RW_STEM_CIFAR);
+    c.arch = RW_ARCH_RESNET34;
+    rw_model *m = rw_model_create(be, &c, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    expect_tensor(m, "layer1.2.conv2.weight", 4, 4, 4, 3);
+    expect_tensor(m, "layer3.5.bn2.running_var", 1, 16, 1, 1);
+    expect_tensor(m, "layer4.0.downsample.0.weight", 4, 32, 16, 1);
+    cr_expect_null(rw_model_find(m, "layer1.0.downsample.0.weight"));
+    cr_expect_null(rw_model_find(m, "layer4.3.conv1.weight"));
+    cr_expect_null(rw_model_find(m, "layer1.0.conv3.weight"));
+    cr_expect_eq(rw_model_feat_dim(m), 32);
+    cr_expect_eq(rw_model_nbn(m, 0), 1 + 16 * 2 + 3 + 1);
+    rw_model_free(m);
+
+    c.arch = RW_ARCH_RESNET50;
+    m = rw_model_create(be, &c, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    expect_tensor(m, "layer1.0.conv1.weight", 4, 4, 4, 1);
+    expect_tensor(m, "layer1.0.conv2.weight", 4, 4, 4, 3);
+    expect_tensor(m, "layer1.0.conv3.weight", 4, 16, 4, 1);
+    expect_tensor(m, "layer1.0.bn3.weight", 1, 16, 1, 1);
+    expect_tensor(m, "layer1.0.downsample.0.weight", 4, 16, 4, 1); /* 4 -> 16 channels */
+    expect_tensor(m, "layer1.0.downsample.1.running_mean", 1, 16, 1, 1);
+    expect_tensor(m, "layer2.0.conv1.weight", 4, 8, 16, 1);
+    expect_tensor(m, "layer3.5.conv3.weight", 4, 64, 16, 1);
+    expect_tensor(m, "layer4.2.bn3.bias", 1, 128, 1, 1);
+    expect_tensor(m, "teacher.layer4.2.conv3.weight", 4, 128, 32, 1);
+    expect_tensor(m, "projector.0.weight", 2, 10, 128, 1);
+    cr_expect_null(rw_model_find(m, "layer1.1.downsample.0.weight"));
+    cr_expect_null(rw_model_find(m, "layer4.3.conv1.weight"));
+    cr_expect_eq(rw_model_feat_dim(m), 128);
+    cr_expect_eq(rw_model_nbn(m, 0), 1 + 16 * 3 + 4 + 1);
+    cr_expect_str_eq(rw_model_bn_prefix(m, 3), "layer1.0.bn3");
+    rw_model_free(m);
+
+    c.width = 65;
+    cr_expect_null(rw_model_create(be, &c, 1, err, sizeof err));
+    cr_expect(strstr(err, "resnet50") && strstr(err, "1..64"), "%s", err);
 }
 
 /* ---- identities ---- */
@@ -524,6 +623,27 @@ Test(model, matches_pytorch_raft_mlp_bn_imagenet)
 {
     rw_model_cfg c = tiny_cfg(RW_PRED_MLP_BN, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_IMAGENET);
     torch_compare(&c, "raft/mlp_bn/imagenet");
+}
+
+Test(model, matches_pytorch_resnet34_imagenet)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP, KB_LOSS_BYOL, 0, 0, RW_STEM_IMAGENET);
+    c.arch = RW_ARCH_RESNET34;
+    torch_compare(&c, "byol/mlp/resnet34/imagenet");
+}
+
+Test(model, matches_pytorch_resnet50_cifar)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_LINEAR, KB_LOSS_UNIFIED, -1.0f, 0, RW_STEM_CIFAR);
+    c.arch = RW_ARCH_RESNET50;
+    torch_compare(&c, "raft/linear/resnet50/cifar");
+}
+
+Test(model, matches_pytorch_resnet50_imagenet)
+{
+    rw_model_cfg c = tiny_cfg(RW_PRED_MLP_BN, KB_LOSS_BYOL, 0, 0, RW_STEM_IMAGENET);
+    c.arch = RW_ARCH_RESNET50;
+    torch_compare(&c, "byol/mlp_bn/resnet50/imagenet");
 }
 
 Test(model, matches_pytorch_tan_byol_prime_linear)

@@ -234,7 +234,7 @@ Test(spec, wrong_type) {
 }
 
 Test(spec, out_of_range) {
-    expect_error("model: {width: 65}\n", "model.width: must be an integer in 1..64, got '65'");
+    expect_error("model: {width: 129}\n", "model.width: must be an integer in 1..128, got '129'");
     expect_error("optim: {lr: 0}\n", "optim.lr: must be a number in (0, 10]");
     expect_error("optim: {lr: 1e-50}\n", "optim.lr", "(0, 10]"); /* 0 as a float */
     expect_error("optim: {batch_size: 1}\n", "optim.batch_size", "2..65536");
@@ -289,6 +289,39 @@ Test(spec, precision) {
     s.precision = (rw_precision)3;
     cr_assert_neq(rw_spec_validate(&s, "job 7", err, sizeof err), 0);
     cr_assert(strstr(err, "job 7: precision: must be one of: tf32, fp32, bf16"), "%s", err);
+}
+
+/* The backbone: resnet18 by default, each arch round-trips the canonical
+ * YAML; width up to 128 for the basic blocks, 64 for resnet50's
+ * bottlenecks. */
+Test(spec, model_arch_and_width) {
+    rw_spec s, back;
+    char err[512] = "", yaml[RW_SPEC_YAML_MAX];
+    cr_assert_eq(parse("{}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s.model.arch, RW_ARCH_RESNET18);
+    const char *names[] = {"resnet18", "resnet34", "resnet50"};
+    for (int i = 0; i < 3; i++) {
+        char text[96];
+        snprintf(text, sizeof text, "model: {arch: %s, width: %d}\n", names[i], i < 2 ? 128 : 64);
+        cr_assert_eq(parse(text, &s, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(s.model.arch, (rw_arch)i, "%s", names[i]);
+        cr_expect_str_eq(rw_arch_name(s.model.arch), names[i]);
+        cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+        snprintf(text, sizeof text, "arch: %s\n", names[i]);
+        cr_assert(strstr(yaml, text), "no '%s' in:\n%s", text, yaml);
+        cr_assert_eq(parse(yaml, &back, err, sizeof err), 0, "%s", err);
+        cr_assert(memcmp(&s, &back, sizeof s) == 0, "%s does not round-trip", names[i]);
+    }
+    expect_error("model: {arch: resnet101}\n",
+                 "model.arch: must be one of: resnet18, resnet34, resnet50", "got 'resnet101'");
+    expect_error("model: {arch: resnet34, width: 129}\n", "model.width", "1..128");
+    expect_error("model: {arch: resnet50, width: 128}\n", "model.width",
+                 "resnet50's bottleneck blocks take a width in 1..64", "got 128");
+    rw_spec_defaults(&s);
+    s.model.arch = RW_ARCH_RESNET50;
+    s.model.width = 96;
+    cr_assert_neq(rw_spec_validate(&s, "job 7", err, sizeof err), 0);
+    cr_assert(strstr(err, "job 7: model.width: resnet50's"), "%s", err);
 }
 
 /* Deterministic weight gradients by default; false survives the canonical

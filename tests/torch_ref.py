@@ -60,9 +60,38 @@ class Block(nn.Module):
         return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
 
 
-class Net(nn.Module):
-    def __init__(self, stem, width, ph, pout, pred, qh):
+class Bottleneck(nn.Module):
+    """torchvision's (v1.5): the stride on the 3x3, 4x the planes out."""
+
+    def __init__(self, c, k, stride):
         super().__init__()
+        self.conv1 = nn.Conv2d(c, k, 1, 1, 0, bias=False)
+        self.bn1 = nn.BatchNorm2d(k)
+        self.conv2 = nn.Conv2d(k, k, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(k)
+        self.conv3 = nn.Conv2d(k, 4 * k, 1, 1, 0, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * k)
+        self.downsample = None
+        if stride != 1 or c != 4 * k:
+            self.downsample = nn.Sequential(nn.Conv2d(c, 4 * k, 1, stride, bias=False),
+                                            nn.BatchNorm2d(4 * k))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+# blocks per stage, and the block, of each architecture
+ARCHS = {"resnet18": ([2, 2, 2, 2], Block), "resnet34": ([3, 4, 6, 3], Block),
+         "resnet50": ([3, 4, 6, 3], Bottleneck)}
+
+
+class Net(nn.Module):
+    def __init__(self, stem, width, ph, pout, pred, qh, arch="resnet18"):
+        super().__init__()
+        stages, block = ARCHS[arch]
         w = width
         if stem == 0:  # imagenet
             self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
@@ -75,9 +104,9 @@ class Net(nn.Module):
         for L in range(4):
             k = w << L
             blocks = []
-            for b in range(2):
-                blocks.append(Block(c, k, 2 if (L > 0 and b == 0) else 1))
-                c = k
+            for b in range(stages[L]):
+                blocks.append(block(c, k, 2 if (L > 0 and b == 0) else 1))
+                c = 4 * k if block is Bottleneck else k
             setattr(self, "layer%d" % (L + 1), nn.Sequential(*blocks))
         self.projector = nn.Sequential(nn.Linear(c, ph), nn.BatchNorm1d(ph), nn.ReLU(), nn.Linear(ph, pout))
         if pred == 0:    # mlp
@@ -100,28 +129,36 @@ class Net(nn.Module):
         return self.projector(self.encode(x))
 
 
-def main():
-    weights, meta = read_st(sys.argv[1])
-    step, _ = read_st(sys.argv[2])
+def torch_step(weights, step, meta, dt, jitter=None):
+    """The step in PyTorch in dtype dt: the loss, the online parameters'
+    gradients by name, and the Tan terms' conditioning (see cross). With a
+    jitter (a torch.Generator), the inputs move by float32's rounding
+    first (relative 2^-24)."""
     stem, width, ph, pout, pred, qh = map(int, meta["runaway.model"].split())
     kind, alpha, beta, tan = meta["runaway.loss"].split()
     kind, alpha, beta, tan = int(kind), float(alpha), float(beta), int(tan)
 
     classes = int(meta.get("runaway.classes", "0"))
-    online = Net(stem, width, ph, pout, pred, qh).double()
+    arch = meta.get("runaway.arch", "resnet18")  # absent from the files before resnet34/50
+    online = Net(stem, width, ph, pout, pred, qh, arch).to(dt)
     if classes:  # the supervised baseline's classifier on the projections
-        online.classifier = nn.Linear(pout, classes).double()
-    teacher = Net(stem, width, ph, pout, pred, qh).double()
+        online.classifier = nn.Linear(pout, classes).to(dt)
+    teacher = Net(stem, width, ph, pout, pred, qh, arch).to(dt)
     on_sd = {k: v for k, v in weights.items() if not k.startswith("teacher.")}
     te_sd = {k[8:]: v for k, v in weights.items() if k.startswith("teacher.")}
-    online.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in on_sd.items()})
-    missing = teacher.load_state_dict({k: v.double() if v.is_floating_point() else v
+    online.load_state_dict({k: v.to(dt) if v.is_floating_point() else v for k, v in on_sd.items()})
+    missing = teacher.load_state_dict({k: v.to(dt) if v.is_floating_point() else v
                                        for k, v in te_sd.items()}, strict=False)
     assert all(k.startswith("predictor") for k in missing.missing_keys), missing
     online.train()
     teacher.train()
 
     x1, x2 = step["x1"].double(), step["x2"].double()
+    if jitter is not None:
+        x1, x2 = [x * (1 + 2.0 ** -24 * (2 * torch.rand(x.shape, generator=jitter,
+                                                         dtype=torch.float64) - 1))
+                  for x in (x1, x2)]
+    x1, x2 = x1.to(dt), x2.to(dt)
     p, z = [], []
     for x in (x1, x2):
         p.append(F.normalize(online.predictor(online.project(x)), dim=1))
@@ -155,28 +192,65 @@ def main():
         lc = 0.5 * (cross(p[0], z[0]) + cross(p[1], z[1])).mean()
         loss = alpha * align + beta * lc
     loss.backward()
+    return loss.item(), {n: (q.grad if q.grad is not None else torch.zeros_like(q)).double()
+                         for n, q in online.named_parameters()}, cond, beta
+
+
+def worst_tensor(grads, ref, nonzero_only=False):
+    """The largest relative L2 error over the tensors, and its name; a
+    tensor whose gradient is ~0 by its absolute error, or (nonzero_only)
+    not at all."""
+    worst, worst_name = 0.0, ""
+    for name, g_ref in ref.items():
+        scale = g_ref.norm().item()
+        if nonzero_only and scale <= 1e-6:
+            continue
+        err = (grads[name] - g_ref).norm().item()
+        rel = err / scale if scale > 1e-6 else err
+        if rel > worst:
+            worst, worst_name = rel, name
+    return worst, worst_name
+
+
+def main():
+    weights, meta = read_st(sys.argv[1])
+    step, _ = read_st(sys.argv[2])
+    loss, ref, cond, beta = torch_step(weights, step, meta, torch.float64)
+    # The step's own conditioning: PyTorch's float32 step from the same
+    # weights, on the same inputs and on inputs moved by a rounding (three
+    # draws of a float32 step's error). Through ResNet-18's ~20 layers it
+    # stays within ~1e-5 of float64; through ResNet-50's 53 (at the tests'
+    # width 4, batch statistics over 8 images) it measured up to 6e-5 on
+    # the loss and 5e-2 on a tensor, where any float32 step may be off too.
+    loss32, worst32, worst32_name = loss, 0.0, ""
+    gen = torch.Generator().manual_seed(1)
+    for draw in range(3):
+        l32, g32, _, _ = torch_step(weights, step, meta, torch.float32, gen if draw else None)
+        w32, w32_name = worst_tensor(g32, ref, nonzero_only=True)
+        if abs(l32 - loss) > abs(loss32 - loss):
+            loss32 = l32
+        if w32 > worst32:
+            worst32, worst32_name = w32, w32_name
 
     ours = float(step["loss"].reshape(-1)[0])
-    worst, worst_name, n = 0.0, "", 0
-    tol = 1e-5 * max(1.0, abs(loss.item())) + 2e-6 * sum(cond) * max(1.0, abs(beta))
-    ok = abs(ours - loss.item()) <= tol
-    print("loss: runaway %.7f  torch %.7f  (tolerance %.1e)" % (ours, loss.item(), tol))
+    tol = 1e-5 * max(1.0, abs(loss)) + 2e-6 * sum(cond) * max(1.0, abs(beta))
+    tol = max(tol, 3 * abs(loss32 - loss))
+    ok = abs(ours - loss) <= tol
+    print("loss: runaway %.7f  torch %.7f  (tolerance %.1e; torch float32 up to %.7f)"
+          % (ours, loss, tol, loss32))
     # Tolerance: float32 against float64 through ~20 layers with batch
     # statistics; agreement is ~1e-5 relative per tensor when correct, while
     # a wrong gradient is off by O(1). Biases whose exact gradient is zero
     # (a shift a following BatchNorm removes) hold only rounding noise in
-    # both, so they are compared in absolute terms.
-    for name, prm in online.named_parameters():
-        g_ref = prm.grad if prm.grad is not None else torch.zeros_like(prm)
-        g = step["grad." + name].double()
-        scale = g_ref.norm().item()
-        err = (g - g_ref).norm().item()
-        rel = err / scale if scale > 1e-6 else err
-        n += 1
-        if rel > worst:
-            worst, worst_name = rel, name
-    print("gradients: %d tensors, worst relative error %.3e (%s)" % (n, worst, worst_name))
-    if worst > 1e-3 or not ok:
+    # both, so they are compared in absolute terms. Where PyTorch's float32
+    # steps are further off (the deep nets), 3x their worst distance: the
+    # wrong gradient's O(1) still fails.
+    grads = {n: step["grad." + n].double() for n in ref}
+    worst, worst_name = worst_tensor(grads, ref)
+    gtol = max(1e-3, 3 * worst32)
+    print("gradients: %d tensors, worst relative error %.3e (%s); torch float32 up to %.3e (%s), "
+          "tolerance %.1e" % (len(ref), worst, worst_name, worst32, worst32_name, gtol))
+    if worst > gtol or not ok:
         print("MISMATCH")
         sys.exit(1)
 

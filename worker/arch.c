@@ -1,5 +1,5 @@
-/* The architecture: ResNet-18 in torchvision's layout (with runaway's
- * width and stem options), projector, predictor, classifier, their
+/* The architecture: ResNet-18, -34 or -50 in torchvision's layout (with
+ * runaway's width and stem options), projector, predictor, classifier, their
  * parameter and state offsets, names and initialization (see arch.h). */
 #include "worker/arch.h"
 
@@ -81,15 +81,65 @@ static void lin_init(arch *a, lin_l *l, const char *prefix, int I, int O, int ha
     l->id = a->nact++;
 }
 
+/* Blocks per stage, as torchvision's resnet18/34/50. */
+static const int stage_blocks[3][4] = {
+    [RW_ARCH_RESNET18] = {2, 2, 2, 2},
+    [RW_ARCH_RESNET34] = {3, 4, 6, 3},
+    [RW_ARCH_RESNET50] = {3, 4, 6, 3},
+};
+
+/* Block B of stage L (0-based) on C input channels, planes K: its layers
+ * in torchvision's registration order (conv1, bn1, conv2, bn2[, conv3,
+ * bn3], downsample). Returns its output channels. */
+static int block_init(arch *a, block_l *b, int L, int B, int C, int K, int bottleneck)
+{
+    const int stride = (L > 0 && B == 0) ? 2 : 1;
+    const int out = bottleneck ? 4 * K : K;
+    char p[48];
+#define NAME(leaf) (snprintf(p, sizeof p, "layer%d.%d.%s", L + 1, B, leaf), p)
+    b->bottleneck = bottleneck;
+    if (bottleneck) {
+        conv_init(a, &b->c1, NAME("conv1"), C, K, 1, 1, 0);
+        bn_init(a, &b->b1, NAME("bn1"), K);
+        conv_init(a, &b->c2, NAME("conv2"), K, K, 3, stride, 1);
+        bn_init(a, &b->b2, NAME("bn2"), K);
+        conv_init(a, &b->c3, NAME("conv3"), K, out, 1, 1, 0);
+        bn_init(a, &b->b3, NAME("bn3"), out);
+    } else {
+        conv_init(a, &b->c1, NAME("conv1"), C, K, 3, stride, 1);
+        bn_init(a, &b->b1, NAME("bn1"), K);
+        conv_init(a, &b->c2, NAME("conv2"), K, K, 3, 1, 1);
+        bn_init(a, &b->b2, NAME("bn2"), K);
+    }
+    b->down = stride != 1 || C != out;
+    if (b->down) {
+        conv_init(a, &b->cd, NAME("downsample.0"), C, out, 1, stride, 0);
+        bn_init(a, &b->bd, NAME("downsample.1"), out);
+    }
+#undef NAME
+    return out;
+}
+
 int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
 {
     memset(a, 0, sizeof *a);
     a->cfg = *cfg;
     int w = cfg->width;
-    if (w < 1 || w > 64 || cfg->proj_hidden < 1 || cfg->proj_out < 1 ||
+    if ((unsigned)cfg->arch > RW_ARCH_RESNET50) {
+        snprintf(err, errlen, "model: unknown architecture %d", (int)cfg->arch);
+        return -1;
+    }
+    const int bottleneck = cfg->arch == RW_ARCH_RESNET50;
+    const int wmax = bottleneck ? RW_WIDTH_MAX_BOTTLENECK : RW_WIDTH_MAX_BASIC;
+    if (w < 1 || w > wmax) {
+        snprintf(err, errlen, "model: %s's width must be 1..%d (got %d)",
+                 rw_arch_name(cfg->arch), wmax, w);
+        return -1;
+    }
+    if (cfg->proj_hidden < 1 || cfg->proj_out < 1 ||
         (cfg->predictor != RW_PRED_NONE && cfg->predictor != RW_PRED_LINEAR &&
          cfg->predictor != RW_PRED_LINEAR_IDENTITY && cfg->pred_hidden < 1)) {
-        snprintf(err, errlen, "model: width must be 1..64 and layer sizes positive");
+        snprintf(err, errlen, "model: layer sizes must be positive");
         return -1;
     }
     if (cfg->stem == RW_STEM_IMAGENET) {
@@ -102,30 +152,11 @@ int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
     bn_init(a, &a->bn1, "bn1", w);
     a->id_pool_idx = a->nact++;
     int C = w;
-    for (int L = 0; L < 4; L++) {
-        int K = w << L;
-        for (int B = 0; B < 2; B++) {
-            block_l *b = &a->blocks[L * 2 + B];
-            int stride = (L > 0 && B == 0) ? 2 : 1;
-            char p[48];
-            snprintf(p, sizeof p, "layer%d.%d.conv1", L + 1, B);
-            conv_init(a, &b->c1, p, C, K, 3, stride, 1);
-            snprintf(p, sizeof p, "layer%d.%d.bn1", L + 1, B);
-            bn_init(a, &b->b1, p, K);
-            snprintf(p, sizeof p, "layer%d.%d.conv2", L + 1, B);
-            conv_init(a, &b->c2, p, K, K, 3, 1, 1);
-            snprintf(p, sizeof p, "layer%d.%d.bn2", L + 1, B);
-            bn_init(a, &b->b2, p, K);
-            b->down = stride != 1 || C != K;
-            if (b->down) {
-                snprintf(p, sizeof p, "layer%d.%d.downsample.0", L + 1, B);
-                conv_init(a, &b->cd, p, C, K, 1, stride, 0);
-                snprintf(p, sizeof p, "layer%d.%d.downsample.1", L + 1, B);
-                bn_init(a, &b->bd, p, K);
-            }
-            C = K;
+    for (int L = 0; L < 4; L++)
+        for (int B = 0; B < stage_blocks[cfg->arch][L]; B++) {
+            assert(a->nblocks < MAX_BLOCKS);
+            C = block_init(a, &a->blocks[a->nblocks++], L, B, C, w << L, bottleneck);
         }
-    }
     a->F = C;
     a->id_feat = a->nact++;
 
@@ -254,6 +285,7 @@ void arch_init_params(const arch *a, uint64_t seed, float *hp, float *hs)
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
 {
     memset(c, 0, sizeof *c);
+    c->arch = s->model.arch;
     c->stem = s->model.stem;
     c->width = s->model.width;
     c->proj_hidden = s->model.proj_hidden;
@@ -280,6 +312,22 @@ int arch_weights(const arch *a, kb_wseg *w)
             continue;
         w[n++] = (kb_wseg){t->off, t->shape[0], t->shape[1], t->ndim == 4 ? t->shape[2] : 0,
                            t->ndim == 4 ? t->shape[3] : 0};
+    }
+    return n;
+}
+
+int arch_convs(arch *a, conv_l **c)
+{
+    int n = 0;
+    c[n++] = &a->conv1;
+    for (int i = 0; i < a->nblocks; i++) {
+        block_l *b = &a->blocks[i];
+        c[n++] = &b->c1;
+        c[n++] = &b->c2;
+        if (b->bottleneck)
+            c[n++] = &b->c3;
+        if (b->down)
+            c[n++] = &b->cd;
     }
     return n;
 }

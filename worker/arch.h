@@ -7,8 +7,9 @@
 
 #include "worker/model.h"
 
-#define MAX_BN 32
-#define MAX_NAMED 256
+#define MAX_BN RW_MODEL_MAX_BN
+#define MAX_NAMED 768  /* resnet50's ~270 tensors, its heads', the teacher's copies */
+#define MAX_BLOCKS 16  /* resnet34 and resnet50: 3 + 4 + 6 + 3 */
 #define PLAN_CACHE 4 /* conv plans per layer: training batch, eval batches */
 
 typedef struct conv_l {
@@ -37,10 +38,14 @@ typedef struct lin_l {
     int id;      /* output (N, O) */
 } lin_l;
 
+/* A basic block: relu(b2(c2(relu(b1(c1(x))))) + shortcut(x)), c1 3x3
+ * with the stride. A bottleneck (torchvision's, v1.5): c1 1x1, c2 3x3 with
+ * the stride, c3 1x1 to 4x the planes, b3 before the add. shortcut: x, or
+ * bd(cd(x)), a 1x1 convolution, where the shape changes. */
 typedef struct block_l {
-    conv_l c1, c2, cd;
-    bn_l b1, b2, bd;
-    int down;
+    conv_l c1, c2, c3, cd;
+    bn_l b1, b2, b3, bd;
+    int bottleneck, down;
 } block_l;
 
 typedef enum {
@@ -57,7 +62,8 @@ typedef struct arch {
     conv_l conv1;
     bn_l bn1;
     int maxpool, id_pool_idx; /* the ImageNet stem's max pool: bn1 folds it in */
-    block_l blocks[8];
+    block_l blocks[MAX_BLOCKS];
+    int nblocks;
     int id_feat;
     /* projector */
     lin_l p1, p2;
@@ -91,5 +97,15 @@ void arch_init_params(const arch *a, uint64_t seed, float *hp, float *hs);
 /* The weights the ops read in a mirror (every convolution and linear
  * weight), into w (at most MAX_NAMED); their number. */
 int arch_weights(const arch *a, kb_wseg *w);
+
+/* The block's last batch norm, whose output is the block's (b3 or b2). */
+static inline bn_l *block_out(block_l *b)
+{
+    return b->bottleneck ? &b->b3 : &b->b2;
+}
+
+/* Every convolution of the encoder, into c (at most 1 + 4 * MAX_BLOCKS);
+ * their number. */
+int arch_convs(arch *a, conv_l **c);
 
 #endif

@@ -99,7 +99,7 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     rw_model_params_written(m);
     /* Host-side state: counters and the position in the data. */
     struct {
-        long nbt[2][64];
+        long nbt[2][RW_MODEL_MAX_BN];
         long adam_step, step, batch;
         int epoch;
         double sums[5], step_sums[5], elapsed;

@@ -49,6 +49,17 @@ struct rw_model {
 
 /* ----------------------------------------------------------- model API */
 
+size_t rw_model_cfg_params(const rw_model_cfg *c, int encoder_only)
+{
+    arch *a = malloc(sizeof *a); /* ~150 KB: not on the stack */
+    char err[128];
+    size_t n = 0;
+    if (a && arch_build(a, c, err, sizeof err) == 0)
+        n = encoder_only ? a->p1.w : a->nparams; /* the encoder: the buffer's prefix */
+    free(a);
+    return n;
+}
+
 rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed, char *err,
                           size_t errlen)
 {
@@ -120,15 +131,8 @@ void rw_model_free(rw_model *m)
         net_free(&m->online);
     if (m->tnet.m)
         net_free(&m->tnet);
-    conv_l *convs[1 + 8 * 3];
-    int nc = 0;
-    convs[nc++] = &m->a.conv1;
-    for (int i = 0; i < 8; i++) {
-        convs[nc++] = &m->a.blocks[i].c1;
-        convs[nc++] = &m->a.blocks[i].c2;
-        if (m->a.blocks[i].down)
-            convs[nc++] = &m->a.blocks[i].cd;
-    }
+    conv_l *convs[1 + 4 * MAX_BLOCKS];
+    int nc = arch_convs(&m->a, convs);
     for (int i = 0; i < nc; i++)
         for (int k = 0; k < convs[i]->ncache; k++)
             be->conv_free(be, convs[i]->cache[k].plan);

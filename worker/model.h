@@ -1,6 +1,7 @@
-/* The model: ResNet-18 encoder (torchvision layout), projector, predictor,
- * the mean teacher, and one training step (forward both views through the
- * online network and the teacher, loss, backward, Adam, EMA).
+/* The model: a ResNet-18, -34 or -50 encoder (torchvision layout),
+ * projector, predictor, the mean teacher, and one training step (forward
+ * both views through the online network and the teacher, loss, backward,
+ * Adam, EMA).
  *
  * Parameters, gradients, Adam moments and teacher parameters each live in ONE
  * contiguous backend buffer with the same layout: encoder, projector, then
@@ -22,9 +23,14 @@
 
 typedef struct rw_model rw_model;
 
+/* BatchNorm layers at most: resnet50's 53, the projector's and a
+ * predictor's (num_batches_tracked arrays are this long) */
+#define RW_MODEL_MAX_BN 64
+
 typedef struct rw_model_cfg {
+    rw_arch arch;    /* 0: resnet18 */
     rw_stem stem;
-    int width;       /* ResNet base width; 64 is torchvision's resnet18 */
+    int width;       /* ResNet base width; 64 is torchvision's */
     int proj_hidden; /* projector Linear(feat, hidden) -> BN -> ReLU -> Linear(hidden, out) */
     int proj_out;
     rw_predictor predictor;
@@ -41,6 +47,11 @@ typedef struct rw_model_cfg {
 } rw_model_cfg;
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c);
+
+/* Parameters of the model c describes, without building it: the encoder's
+ * alone (encoder_only: torchvision's count less fc), or every online one.
+ * 0 where c is not a valid model. */
+size_t rw_model_cfg_params(const rw_model_cfg *c, int encoder_only);
 
 /* Which buffer a named tensor lives in. */
 typedef enum {
@@ -85,7 +96,7 @@ size_t rw_model_nparams(const rw_model *m);  /* online parameters incl. predicto
 size_t rw_model_nteacher(const rw_model *m); /* teacher parameters = encoder + projector prefix */
 size_t rw_model_nstate(const rw_model *m);   /* online running stats (teacher: same layout, prefix) */
 size_t rw_model_nteacher_state(const rw_model *m);
-int rw_model_feat_dim(const rw_model *m);     /* encoder output width (8 * width) */
+int rw_model_feat_dim(const rw_model *m);     /* encoder output width (8 width; resnet50 32) */
 float *rw_model_params(rw_model *m);
 float *rw_model_grads(rw_model *m);
 float *rw_model_adam_m(rw_model *m);

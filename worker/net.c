@@ -250,8 +250,8 @@ void lin_bwd(rw_net *n, lin_l *l, const float *x, const float *dy, float *dx, in
 
 /* -------------------------------------------------------------- encoder */
 
-/* ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + shortcut(x)); returns bn2's
- * buffer, the block's output. */
+/* The block (arch.h's block_l) on x; returns its last batch norm's buffer,
+ * the block's output. */
 static void *block_fwd(rw_net *n, block_l *b, const void *x, int N, int *H, int *W, int train)
 {
     int h0 = *H, w0 = *W;
@@ -259,7 +259,13 @@ static void *block_fwd(rw_net *n, block_l *b, const void *x, int N, int *H, int 
     void *r1 = bn_fwd(n, &b->b1, a1, NULL, N, *H * *W, 0, 1, train);
     if (n->m->failed)
         return NULL;
-    void *a2 = conv_fwd(n, &b->c2, r1, N, H, W);
+    void *last = conv_fwd(n, &b->c2, r1, N, H, W);
+    if (b->bottleneck) {
+        void *r2 = bn_fwd(n, &b->b2, last, NULL, N, *H * *W, 0, 1, train);
+        if (n->m->failed)
+            return NULL;
+        last = conv_fwd(n, &b->c3, r2, N, H, W);
+    }
     const void *res = x;
     if (b->down) {
         int hd = h0, wd = w0;
@@ -268,21 +274,30 @@ static void *block_fwd(rw_net *n, block_l *b, const void *x, int N, int *H, int 
     }
     if (n->m->failed)
         return NULL;
-    return bn_fwd(n, &b->b2, a2, res, N, *H * *W, 0, 1, train);
+    return bn_fwd(n, block_out(b), last, res, N, *H * *W, 0, 1, train);
 }
 
 /* dout: gradient of the block output; dx (block input size) written. */
 static void block_bwd(rw_net *n, block_l *b, const void *x, const void *dout, void *dx, int N)
 {
-    const int hw = n->hw[b->c2.id] * n->hw[b->c2.id];
+    /* pixels of the block's output (the input of its last, stride-1
+     * convolution) and of conv1's output (stride 1 in a bottleneck) */
+    conv_l *last = b->bottleneck ? &b->c3 : &b->c2;
+    const int hw = n->hw[last->id] * n->hw[last->id];
+    const int hw1 = b->bottleneck ? n->hw[b->c1.id] * n->hw[b->c1.id] : hw;
     void *dS = net_scratch(n, 2), *t1 = net_scratch(n, 3), *t2 = net_scratch(n, 4);
     if (n->m->failed)
         return;
-    /* bn2's residual gradient goes to the shortcut: straight into dx, to
-     * which conv1's data gradient then adds, or through the downsample */
-    bn_bwd(n, &b->b2, n->act[b->c2.id].p, dout, t1, b->down ? dS : dx, N, hw, 0, 1, 1);
+    /* the last BN's residual gradient goes to the shortcut: straight into
+     * dx, to which conv1's data gradient then adds, or through the
+     * downsample */
+    bn_bwd(n, block_out(b), n->act[last->id].p, dout, t1, b->down ? dS : dx, N, hw, 0, 1, 1);
+    if (b->bottleneck) {
+        conv_bwd(n, &b->c3, n->act[b->b2.id_y].p, t1, t2, N, 0);
+        bn_bwd(n, &b->b2, n->act[b->c2.id].p, t2, t1, NULL, N, hw, 0, 1, 0);
+    }
     conv_bwd(n, &b->c2, n->act[b->b1.id_y].p, t1, t2, N, 0);
-    bn_bwd(n, &b->b1, n->act[b->c1.id].p, t2, t1, NULL, N, hw, 0, 1, 0);
+    bn_bwd(n, &b->b1, n->act[b->c1.id].p, t2, t1, NULL, N, hw1, 0, 1, 0);
     if (b->down) {
         bn_bwd(n, &b->bd, n->act[b->cd.id].p, dS, t2, NULL, N, hw, 0, 0, 0);
         conv_bwd(n, &b->cd, x, t2, dx, N, 0);
@@ -333,7 +348,7 @@ float *enc_fwd(rw_net *n, const void *x, int N, int S, int train)
     const void *cur = bn_run(n, &a->bn1, d, y, NULL, H, W, train);
     if (n->m->failed)
         return NULL;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < a->nblocks; i++) {
         cur = block_fwd(n, &a->blocks[i], cur, N, &H, &W, train);
         if (!cur)
             return NULL;
@@ -356,8 +371,8 @@ void enc_bwd(rw_net *n, const void *x, const float *dfeat, int N)
     if (n->m->failed)
         return;
     be->avgpool_backward(be, dfeat, N, a->F, H * H, g);
-    for (int i = 7; i >= 0; i--) {
-        const void *bx = i > 0 ? n->act[a->blocks[i - 1].b2.id_y].p : stem_out(n);
+    for (int i = a->nblocks - 1; i >= 0; i--) {
+        const void *bx = i > 0 ? n->act[block_out(&a->blocks[i - 1])->id_y].p : stem_out(n);
         block_bwd(n, &a->blocks[i], bx, g, gx, N);
         void *t = g; g = gx; gx = t;
     }

@@ -12,7 +12,7 @@
  * search runs convolutions, which a capture cannot hold) and grows the
  * buffers; the second must then find everything in place. */
 #define WARMUP 2
-#define MAX_BN_COUNTS 64
+#define MAX_BN_COUNTS RW_MODEL_MAX_BN
 /* Steps whose stats wait on the device (rw_stepper_step) before the
  * stepper fetches them itself. */
 #define RING 64

@@ -15,7 +15,7 @@
 /* Host copies of every model buffer, for one write or read. */
 typedef struct host_model {
     float *params, *teacher, *state, *tstate, *m, *v;
-    int64_t nbt[64], tnbt[64];
+    int64_t nbt[RW_MODEL_MAX_BN], tnbt[RW_MODEL_MAX_BN];
 } host_model;
 
 static void host_free(host_model *h)
@@ -119,6 +119,7 @@ static void set_model_meta(rw_st_writer *w, rw_model *m)
     snprintf(buf, sizeof buf, "%d %d %d %d %d %d", (int)c->stem, c->width, c->proj_hidden,
              c->proj_out, (int)c->predictor, c->pred_hidden);
     rw_st_set_meta(w, "runaway.model", buf);
+    rw_st_set_meta(w, "runaway.arch", rw_arch_name(c->arch)); /* absent: resnet18 */
     snprintf(buf, sizeof buf, "%d %.9g %.9g %d", (int)c->loss.kind, c->loss.alpha, c->loss.beta,
              c->loss.tangential);
     rw_st_set_meta(w, "runaway.loss", buf);
@@ -157,6 +158,19 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
     }
     c->stem = (rw_stem)stem;
     c->predictor = (rw_predictor)pred;
+    const char *arch = rw_st_meta(st, "runaway.arch");
+    if (arch) { /* the files from before ResNet-34 and -50 have none */
+        int k = RW_ARCH_RESNET18;
+        while (k <= RW_ARCH_RESNET50 && strcmp(arch, rw_arch_name((rw_arch)k)) != 0)
+            k++;
+        if (k > RW_ARCH_RESNET50) {
+            snprintf(err, errlen, "%s: runaway.arch metadata '%.32s' is not resnet18, resnet34 "
+                     "or resnet50", path, arch);
+            rw_st_close(st);
+            return -1;
+        }
+        c->arch = (rw_arch)k;
+    }
     c->loss.kind = (kb_loss_kind)kind;
     const char *cl = rw_st_meta(st, "runaway.classes");
     if (cl && (sscanf(cl, "%d", &c->classes) != 1 || c->classes < 1 || c->classes > 100000)) {
@@ -378,6 +392,8 @@ void rw_spec_digest(const rw_spec *s, char out[17])
     if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_IMAGEFOLDER)
         n += snprintf(buf + n, sizeof buf - (size_t)n, " imagefolder=%d,%d,%d",
                       s->data.cache_size, s->data.skip_bad, s->data.unlabeled);
+    if (n > 0 && (size_t)n < sizeof buf && s->model.arch != RW_ARCH_RESNET18)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " arch=%d", (int)s->model.arch);
     if (n > 0 && (size_t)n < sizeof buf &&
         (s->optim.schedule != RW_LR_CONSTANT || s->optim.warmup_epochs > 0))
         n += snprintf(buf + n, sizeof buf - (size_t)n, " lr_schedule=%d,%d",

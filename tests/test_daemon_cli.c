@@ -305,9 +305,9 @@ Test(cli, submit_overrides_diff_by_field_and_short_floats, .init = fx_setup, .fi
     json_object_set_new(m, "text", json_string("name: raw\n"));
     json_object_set_new(m, "origin", json_string("raw.yaml"));
     json_object_set_new(m, "basedir", json_string("/tmp"));
-    json_object_set_new(m, "overrides", json_pack("[s]", "model.width=99"));
+    json_object_set_new(m, "overrides", json_pack("[s]", "model.width=199"));
     fx_expect_error(fx_ask(m), RW_E_BAD_SPEC,
-                    "command line: model.width: must be an integer in 1..64, got '99'");
+                    "command line: model.width: must be an integer in 1..128, got '199'");
 
     rc = fx_cli(out, sizeof out, 20, "submit", path, "optim.lr=3e-3", "model.predictor=linear",
                 NULL);

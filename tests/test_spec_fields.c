@@ -186,7 +186,7 @@ Test(spec, overrides_are_checked_like_the_file)
         {"optimizer.lr=1", "command line: optimizer: unknown field (allowed at top level: name, "},
         {"model.predictor=deep", "command line: model.predictor: must be one of: mlp, mlp_bn, "
                                  "linear, linear_identity, none, got 'deep'"},
-        {"model.width=65", "command line: model.width: must be an integer in 1..64, got '65'"},
+        {"model.width=129", "command line: model.width: must be an integer in 1..128, got '129'"},
         {"optim=3", "command line: optim: must be a mapping, got '3'"},
         {"optim.lr", "command line: 'optim.lr': expected FIELD=VALUE"},
         {"=3", "command line: '=3': expected FIELD=VALUE"},

@@ -999,14 +999,14 @@ Test(train, snapshots_keep_the_initialization_every_n_epochs_and_the_end)
  * docs/results.md shows for the CIFAR stem and other widths) with only fc.*
  * missing, and torchvision's forward (eval mode) gives our features. With
  * encoder_only the file holds exactly torchvision's keys but fc.*. */
-static void torchvision_compare(rw_stem stem, int width, int encoder_only)
+static void torchvision_compare(rw_arch arch, rw_stem stem, int width, int encoder_only)
 {
     if (system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0) {
         cr_skip_test("torchvision (Debian's python3-torchvision) is not installed");
         return;
     }
     kb_backend *be = kb_cpu_create(1);
-    rw_model_cfg mc = {.stem = stem, .width = width, .proj_hidden = 64,
+    rw_model_cfg mc = {.arch = arch, .stem = stem, .width = width, .proj_hidden = 64,
                        .proj_out = 32, .predictor = RW_PRED_MLP, .pred_hidden = 64,
                        .loss = {.kind = KB_LOSS_BYOL}};
     char err[256], w[128], x[128], cmd[512];
@@ -1046,17 +1046,36 @@ static void torchvision_compare(rw_stem stem, int width, int encoder_only)
     kb_destroy(be);
 }
 
-Test(train, export_loads_into_torchvision) { torchvision_compare(RW_STEM_IMAGENET, 64, 0); }
+Test(train, export_loads_into_torchvision)
+{
+    torchvision_compare(RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 0);
+}
 Test(train, export_encoder_only_is_torchvisions_keys)
 {
-    torchvision_compare(RW_STEM_IMAGENET, 64, 1);
+    torchvision_compare(RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 1);
 }
-Test(train, export_cifar_stem_loads_into_torchvision) { torchvision_compare(RW_STEM_CIFAR, 64, 1); }
+Test(train, export_cifar_stem_loads_into_torchvision)
+{
+    torchvision_compare(RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 1);
+}
 Test(train, export_width_16_cifar_stem_loads_into_torchvision)
 {
-    torchvision_compare(RW_STEM_CIFAR, 16, 1);
+    torchvision_compare(RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 1);
 }
-
+/* torchvision.models.resnet34() and resnet50() as they are */
+Test(train, export_resnet34_is_torchvisions_resnet34)
+{
+    torchvision_compare(RW_ARCH_RESNET34, RW_STEM_IMAGENET, 64, 1);
+}
+Test(train, export_resnet50_is_torchvisions_resnet50)
+{
+    torchvision_compare(RW_ARCH_RESNET50, RW_STEM_IMAGENET, 64, 1);
+}
+/* the bottleneck's layers made again at width 8 (docs/results.md) */
+Test(train, export_resnet50_width_8_cifar_stem_loads_into_torchvision)
+{
+    torchvision_compare(RW_ARCH_RESNET50, RW_STEM_CIFAR, 8, 0);
+}
 /* ---- the worker CLI on bad input ---- */
 
 /* `runaway-worker args...` (NULL-terminated): its exit status, its output

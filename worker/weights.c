@@ -192,6 +192,7 @@ static char *origin_json(rw_model *m, const rw_export_info *info, int encoder_on
     json_object_set_new(o, "format", json_integer(1));
     json_object_set_new(o, "version", json_string(RW_VERSION));
     json_object_set_new(o, "contents", json_string(encoder_only ? "encoder" : "full"));
+    json_object_set_new(enc, "arch", json_string(rw_arch_name(c->arch)));
     json_object_set_new(enc, "stem", json_string(c->stem == RW_STEM_CIFAR ? "cifar" : "imagenet"));
     json_object_set_new(enc, "width", json_integer(c->width));
     json_object_set_new(enc, "features", json_integer(rw_model_feat_dim(m)));

@@ -52,5 +52,35 @@ Test(bench, bad_flags_refused)
     cr_expect_eq(bench("--bogus", out, sizeof out), 2);
     cr_expect(strstr(out, "usage: runaway-bench"), "%s", out);
     cr_expect_eq(bench("--config 99", out, sizeof out), 2);
-    cr_expect(strstr(out, "--config 99: there are 7 configurations"), "%s", out);
+    cr_expect(strstr(out, "--config 99: there are 11 configurations"), "%s", out);
+}
+
+/* The nth (0-based) line of out that starts with key, past the key. */
+static const char *nth_row(const char *out, const char *key, int n)
+{
+    const char *row = strstr(out, key);
+    while (row && n-- > 0)
+        row = strstr(row + 1, key);
+    return row ? row + strlen(key) : NULL;
+}
+
+/* --data: both sources at both sizes, each row with a positive rate, the
+ * folder's rows with their decode rate. */
+Test(bench, data_table_times_both_sources, .timeout = 300)
+{
+    static char out[8192];
+    int rc = bench("--data --steps 1 --threads 1", out, sizeof out);
+    cr_assert_eq(rc, 0, "runaway-bench --data exited %d:\n%s", rc, out);
+    for (int k = 0; k < 2; k++) {
+        int want = k ? 96 : 32, s = 0;
+        double decode = 0, pairs = 0;
+        const char *row = nth_row(out, "\nin memory (cifar, stl10)", k);
+        cr_assert(row, "no in-memory row at %d:\n%s", want, out);
+        cr_expect(sscanf(row, "%d %lf", &s, &pairs) == 2 && s == want && pairs > 0, "%s", out);
+        row = nth_row(out, "\nimagefolder cache (mapped)", k);
+        cr_assert(row, "no imagefolder row at %d:\n%s", want, out);
+        cr_expect(sscanf(row, "%d %lf %lf", &s, &decode, &pairs) == 3 && s == want &&
+                      decode > 0 && pairs > 0,
+                  "%s", out);
+    }
 }

@@ -35,11 +35,13 @@
 #include "kernels/backend.h"
 #include "kernels/profile.h"
 #include "proto/spec.h"
+#include "worker/bench_data.h"
 #include "worker/model.h"
 #include "worker/step.h"
 
 typedef struct bench_cfg {
     const char *label;
+    rw_arch arch;
     rw_stem stem;
     int width, size, batch;
     rw_predictor pred;
@@ -87,7 +89,9 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Multiply-adds of the convolutions of one forward pass of one image. */
+/* FLOPs (two per multiply-add) of the convolutions of one forward pass of
+ * one image: torchvision's layouts (arch.c's), blocks per stage [2,2,2,2]
+ * or [3,4,6,3]; a bottleneck's stride on its 3x3. */
 static double conv_flops(const bench_cfg *c)
 {
     double f = 0;
@@ -99,17 +103,23 @@ static double conv_flops(const bench_cfg *c)
     } else {
         f += 2.0 * w * 3 * 9 * H * H;
     }
+    static const int deep[4] = {3, 4, 6, 3}, shallow[4] = {2, 2, 2, 2};
+    const int *depth = c->arch == RW_ARCH_RESNET18 ? shallow : deep;
+    const int bottleneck = c->arch == RW_ARCH_RESNET50;
     int C = w;
     for (int L = 0; L < 4; L++) {
-        int K = w << L;
-        for (int B = 0; B < 2; B++) {
+        int K = w << L, out = bottleneck ? 4 * K : K;
+        for (int B = 0; B < depth[L]; B++) {
             int s = (L > 0 && B == 0) ? 2 : 1;
             int P = (H + 2 - 3) / s + 1;
-            f += 2.0 * K * C * 9 * P * P + 2.0 * K * K * 9 * P * P;
-            if (s != 1 || C != K)
-                f += 2.0 * K * C * P * P;
+            if (bottleneck) /* 1x1 at the input's size, 3x3 with the stride, 1x1 */
+                f += 2.0 * K * C * H * H + 2.0 * K * K * 9 * P * P + 2.0 * out * K * P * P;
+            else
+                f += 2.0 * K * C * 9 * P * P + 2.0 * K * K * 9 * P * P;
+            if (s != 1 || C != out)
+                f += 2.0 * out * C * P * P;
             H = P;
-            C = K;
+            C = out;
         }
     }
     return f;
@@ -226,7 +236,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
                                                  : tf32_peak(o.gpu);
     }
     rw_model_cfg mc = {
-        .stem = c->stem, .width = c->width, .proj_hidden = 512, .proj_out = 128,
+        .arch = c->arch, .stem = c->stem, .width = c->width, .proj_hidden = 512, .proj_out = 128,
         .predictor = c->pred, .pred_hidden = 512,
         .loss = {.kind = KB_LOSS_UNIFIED, .alpha = 1, .beta = -1},
     };
@@ -305,7 +315,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
 
 int main(int argc, char **argv)
 {
-    int steps = 3, threads = 0, quick = 0, cuda = 0, profile = 0, only = 0;
+    int steps = 3, threads = 0, quick = 0, cuda = 0, profile = 0, only = 0, data = 0;
     kb_precision prec = KB_PREC_TF32;
     step_mode mode = {0, 0};
     for (int i = 1; i < argc; i++) {
@@ -321,6 +331,8 @@ int main(int argc, char **argv)
             quick = 1;
         else if (strcmp(argv[i], "--profile") == 0)
             profile = 1;
+        else if (strcmp(argv[i], "--data") == 0)
+            data = 1;
         else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             only = atoi(argv[++i]);
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
@@ -336,27 +348,36 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
                             "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data] "
-                            "[--profile] [--config N]\n"
+                            "[--profile] [--config N] [--data]\n"
                             "  --profile   after the table, each configuration again op by op, "
                             "with the time, calls and rate of each kind of op\n"
-                            "  --config N  only the Nth configuration (1-based; see the table)\n");
+                            "  --config N  only the Nth configuration (1-based; see the table)\n"
+                            "  --data      the CPU loader's views/s instead, from a set in memory "
+                            "and from an image folder's cache (--steps: batches, x10)\n");
             return 2;
         }
     }
     if (steps < 1)
         steps = 1;
+    if (data)
+        return bench_data_table(threads, 10 * steps);
     bench_cfg cfgs[] = {
-        {"quickstart (w16 cifar)", RW_STEM_CIFAR, 16, 32, 64, RW_PRED_MLP},
-        {"resnet18 cifar 32x32", RW_STEM_CIFAR, 64, 32, 32, RW_PRED_MLP},
-        {"resnet18 cifar 32x32", RW_STEM_CIFAR, 64, 32, 128, RW_PRED_MLP},
-        {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 32, RW_PRED_MLP},
-        {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 128, RW_PRED_MLP},
-        /* GPU only: batches that fill a large GPU */
-        {"resnet18 cifar 32x32", RW_STEM_CIFAR, 64, 32, 512, RW_PRED_MLP},
-        {"resnet18 imagenet 96x96", RW_STEM_IMAGENET, 64, 96, 256, RW_PRED_MLP},
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 32, 64, RW_PRED_MLP},
+        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, RW_PRED_MLP},
+        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 128, RW_PRED_MLP},
+        {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 32, RW_PRED_MLP},
+        {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 128, RW_PRED_MLP},
+        {"resnet50 imagenet 96x96", RW_ARCH_RESNET50, RW_STEM_IMAGENET, 64, 96, 32, RW_PRED_MLP},
+        /* GPU only: batches that fill a large GPU, the literature's ResNet-50 */
+        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 512, RW_PRED_MLP},
+        {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 256, RW_PRED_MLP},
+        {"resnet34 imagenet 96x96", RW_ARCH_RESNET34, RW_STEM_IMAGENET, 64, 96, 128, RW_PRED_MLP},
+        {"resnet50 imagenet 96x96", RW_ARCH_RESNET50, RW_STEM_IMAGENET, 64, 96, 128, RW_PRED_MLP},
+        {"resnet50 imagenet 224x224", RW_ARCH_RESNET50, RW_STEM_IMAGENET, 64, 224, 64,
+         RW_PRED_MLP},
     };
     const int nall = (int)(sizeof cfgs / sizeof *cfgs);
-    int ncfg = quick ? 2 : cuda ? nall : 5, first = 0;
+    int ncfg = quick ? 2 : cuda ? nall : 6, first = 0;
     if (only) {
         if (only > nall) {
             fprintf(stderr, "runaway-bench: --config %d: there are %d configurations\n", only,

@@ -84,3 +84,14 @@ Test(bench, data_table_times_both_sources, .timeout = 300)
                   "%s", out);
     }
 }
+
+/* --decode on a folder that is not an image folder: exit 1, the folder
+ * and what it should hold named. */
+Test(bench, decode_names_a_missing_folder)
+{
+    static char out[4096];
+    cr_expect_eq(bench("--decode /nonexistent/rw-images", out, sizeof out), 1);
+    cr_expect(strstr(out, "/nonexistent/rw-images/train: cannot open") &&
+                  strstr(out, "one folder of images per class"),
+              "%s", out);
+}

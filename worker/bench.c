@@ -316,6 +316,8 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
 int main(int argc, char **argv)
 {
     int steps = 3, threads = 0, quick = 0, cuda = 0, profile = 0, only = 0, data = 0;
+    int decode_size = 96;
+    const char *decode = NULL;
     kb_precision prec = KB_PREC_TF32;
     step_mode mode = {0, 0};
     for (int i = 1; i < argc; i++) {
@@ -333,6 +335,10 @@ int main(int argc, char **argv)
             profile = 1;
         else if (strcmp(argv[i], "--data") == 0)
             data = 1;
+        else if (strcmp(argv[i], "--decode") == 0 && i + 1 < argc)
+            decode = argv[++i];
+        else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 8)
+            decode_size = atoi(argv[++i]);
         else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             only = atoi(argv[++i]);
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
@@ -348,17 +354,21 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
                             "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data] "
-                            "[--profile] [--config N] [--data]\n"
+                            "[--profile] [--config N] [--data] [--decode DIR [--size S]]\n"
                             "  --profile   after the table, each configuration again op by op, "
                             "with the time, calls and rate of each kind of op\n"
                             "  --config N  only the Nth configuration (1-based; see the table)\n"
                             "  --data      the CPU loader's views/s instead, from a set in memory "
-                            "and from an image folder's cache (--steps: batches, x10)\n");
+                            "and from an image folder's cache (--steps: batches, x10)\n"
+                            "  --decode DIR  the rate at which DIR/train's images decode to "
+                            "SxS (default 96)\n");
             return 2;
         }
     }
     if (steps < 1)
         steps = 1;
+    if (decode)
+        return bench_decode(decode, decode_size, threads);
     if (data)
         return bench_data_table(threads, 10 * steps);
     bench_cfg cfgs[] = {

@@ -10,4 +10,10 @@
  * files decoded into the cache. 0, or 1 if a row failed. */
 int bench_data_table(int threads, int batches);
 
+/* Decodes the train/ split of the image folder dir (data.kind imagefolder)
+ * to size x size into memory, no cache written, on `threads` threads (0:
+ * every core), and prints the images per second of wall time and per
+ * second of CPU time (a core's rate, on a busy machine too). 0, or 1. */
+int bench_decode(const char *dir, int size, int threads);
+
 #endif

@@ -607,6 +607,29 @@ Test(backend_model, imagenet_stem)
     check_config("byol/linear imagenet", &c, 32);
 }
 
+/* The deeper backbones: ResNet-34's [3, 4, 6, 3] basic blocks and
+ * ResNet-50's bottlenecks (1x1, 3x3 with the stride, 1x1 to 4x), through
+ * the same layer code on each backend. */
+Test(backend_model, resnet34_and_resnet50)
+{
+    if (!gpu_tf32)
+        cr_skip_test("no CUDA backend: %s", why);
+    cr_assert_not_null(gpu_fp32, "second CUDA backend (fp32): %s", why);
+    kb_loss_cfg raft = {KB_LOSS_UNIFIED, 1, -1, 0}, byol = {KB_LOSS_BYOL, 0, 0, 0};
+    rw_model_cfg c = cfg_of(RW_PRED_MLP, byol, RW_STEM_CIFAR);
+    c.arch = RW_ARCH_RESNET34;
+    c.width = 4;
+    check_config("byol/mlp resnet34 cifar", &c, 16);
+    c = cfg_of(RW_PRED_LINEAR, raft, RW_STEM_CIFAR);
+    c.arch = RW_ARCH_RESNET50;
+    c.width = 4;
+    check_config("raft/linear resnet50 cifar", &c, 16);
+    c = cfg_of(RW_PRED_MLP_BN, byol, RW_STEM_IMAGENET);
+    c.arch = RW_ARCH_RESNET50;
+    c.width = 4;
+    check_config("byol/mlp_bn resnet50 imagenet", &c, 32);
+}
+
 /* The supervised baseline: the classifier's cross-entropy on the labels
  * instead of a loss against the teacher. */
 Test(backend_model, supervised)

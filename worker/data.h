@@ -118,8 +118,9 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
  * where the real set is absent: RW_DATA_CIFAR100 (train.bin, test.bin; fine
  * label = the class, coarse = class / 5) or RW_DATA_STL10 (train_X/y.bin,
  * test_X/y.bin and n_unlabeled images in unlabeled_X.bin, each 32x32 image
- * scaled up 3x), or RW_DATA_IMAGEFOLDER (rw_synth_write_imagefolder).
- * RW_DATA_CIFAR10 and RW_DATA_SYNTHETIC: rw_synth_write. */
+ * scaled up 3x). RW_DATA_CIFAR10 and RW_DATA_SYNTHETIC: rw_synth_write;
+ * an image folder: rw_synth_write_imagefolder, which draws on this file's
+ * images (and so is not called from here). */
 int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_test,
                       int n_unlabeled, uint64_t seed, char *err, size_t errlen);
 

@@ -501,8 +501,12 @@ static int cmd_synth(int argc, char **argv)
         return 2;
     }
     char err[1024];
-    if (rw_synth_write_as(dir, kind, (int)ntrain, (int)ntest, (int)nunl, (uint64_t)seed, err,
-                          sizeof err) != 0) {
+    int rc = kind == RW_DATA_IMAGEFOLDER
+                 ? rw_synth_write_imagefolder(dir, (int)ntrain, (int)ntest, (int)nunl,
+                                              (uint64_t)seed, err, sizeof err)
+                 : rw_synth_write_as(dir, kind, (int)ntrain, (int)ntest, (int)nunl,
+                                     (uint64_t)seed, err, sizeof err);
+    if (rc != 0) {
         fprintf(stderr, "runaway-worker: %s\n", err);
         return 1;
     }

@@ -370,8 +370,11 @@ int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_tes
 {
     if (kind == RW_DATA_SYNTHETIC || kind == RW_DATA_CIFAR10)
         return rw_synth_write(dir, n_train, n_test, seed, err, errlen);
-    if (kind == RW_DATA_IMAGEFOLDER)
-        return rw_synth_write_imagefolder(dir, n_train, n_test, n_unlabeled, seed, err, errlen);
+    if (kind != RW_DATA_CIFAR100 && kind != RW_DATA_STL10) {
+        snprintf(err, errlen, "%s: no binary layout for this data kind (an image folder is "
+                 "rw_synth_write_imagefolder's)", dir);
+        return -1;
+    }
     if (n_train < 1 || n_test < 1 || n_unlabeled < 0 || n_train > 10000000 ||
         n_test > 10000000 || n_unlabeled > 10000000) {
         snprintf(err, errlen,

@@ -217,6 +217,7 @@ static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
             t->seed = 0;
             t->threads = def->threads;
             t->data.loader_threads = def->data.loader_threads;
+            t->data.device_budget_mb = def->data.device_budget_mb;
             t->log = def->log;
             t->checkpoint = def->checkpoint;
             rc = 0;

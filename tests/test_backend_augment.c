@@ -152,7 +152,7 @@ static void views_match(int side, int bf16)
                     keys[1 + k] = (uint32_t)idx[k];
                 uint32_t *dkeys = gpu->alloc(gpu, sizeof keys);
                 gpu->upload(gpu, dkeys, keys, sizeof keys);
-                cr_assert_eq(kb_cuda_augment(gpu, dsrc, side, side, dkeys, n, seed, calls[ci], nv,
+                cr_assert_eq(kb_cuda_augment(gpu, dsrc, side, side, 0, dkeys, n, seed, calls[ci], nv,
                                              S, mean, std, dout),
                              0);
                 gpu->fmap_download(gpu, g, dout, nv * n, 3, S, S);
@@ -237,7 +237,7 @@ Test(backend_augment, cpu_backend_declines)
     const float m[3] = {0, 0, 0}, s[3] = {1, 1, 1};
     uint32_t keys[2] = {0, 0};
     const int views[2] = {0, 1};
-    cr_expect_eq(kb_cuda_augment(cpu, NULL, 32, 32, keys, 1, 0, views, 2, 32, m, s, NULL), -1);
+    cr_expect_eq(kb_cuda_augment(cpu, NULL, 32, 32, 0, keys, 1, 0, views, 2, 32, m, s, NULL), -1);
     cr_expect(cpu->augment == NULL, "the CPU renders views on loader threads");
     kb_destroy(cpu);
 }

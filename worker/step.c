@@ -231,7 +231,7 @@ static void render_views(rw_stepper *s)
         return;
     const int plain = s->c.augment == RW_AUG_NONE;
     const int views[2] = {plain ? -1 : 0, plain ? -1 : 1};
-    s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
+    s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, 0, s->keys, s->Bl, s->c.seed,
                    views, 2, s->c.size, s->c.mean, s->c.std, s->x);
 }
 

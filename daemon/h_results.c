@@ -199,8 +199,8 @@ static json_t *set_rows(rd_store *d, const char *sql, const target_set *t, size_
 }
 
 /* A job's stored spec as what it trains, with what may differ between
- * seeds of one experiment (seed, threads, logging, checkpoints) at their
- * defaults. 0, or -1 if it cannot be read. */
+ * seeds of one experiment (seed, threads, the device budget, logging,
+ * checkpoints) at their defaults. 0, or -1 if it cannot be read. */
 static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
 {
     sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE id=?");

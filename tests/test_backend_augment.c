@@ -24,8 +24,8 @@
  * images gathered in row order render the same bits as the whole set on
  * the device, and a stepper streaming an image folder's batches from pinned
  * memory, through CUDA graphs, renders each step's views with the same bits
- * as one holding the set resident, and the CPU loader's within the bound
- * above. */
+ * as one holding the set resident (and takes the same steps: the same
+ * stats, bit for bit), and the CPU loader's within the bound above. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -334,7 +334,7 @@ static rw_stepper *folder_stepper(rw_model **m, const rw_dataset *ds, int host_d
 /* Steps from (epoch 1, batch 10) across the epoch's end: 4 steps, each
  * step's views (2 BATCH, 3, SIZE, SIZE) into views[step]. */
 #define STEPS 4
-static void folder_views(rw_stepper *s, rw_model *m, float *views[STEPS])
+static void folder_views(rw_stepper *s, rw_model *m, float *views[STEPS], rw_step_stats st[STEPS])
 {
     const size_t n = (size_t)2 * BATCH * 3 * SIZE * SIZE;
     int epoch = 1;
@@ -350,6 +350,7 @@ static void folder_views(rw_stepper *s, rw_model *m, float *views[STEPS])
         gpu->fmap_download(gpu, views[t], rw_stepper_views(s), 2 * BATCH, 3, SIZE, SIZE);
         t++;
     }
+    cr_assert_eq(rw_stepper_read(s, st, STEPS), STEPS);
 }
 
 Test(backend_augment, streamed_batches_render_the_resident_and_loaders_views, .timeout = 1800)
@@ -371,6 +372,7 @@ Test(backend_augment, streamed_batches_render_the_resident_and_loaders_views, .t
                                         "views on the device, batches streamed from pinned memory",
                                         "views on the host"};
     float *views[3][STEPS];
+    rw_step_stats st[3][STEPS];
     rw_stepper_counts counts[3];
     for (int mode = 0; mode < 3; mode++) {
         rw_model *m;
@@ -378,7 +380,7 @@ Test(backend_augment, streamed_batches_render_the_resident_and_loaders_views, .t
         printf("  %s\n", rw_stepper_describe(s));
         cr_expect(strncmp(rw_stepper_describe(s), want[mode], strlen(want[mode])) == 0,
                   "mode %d: %s", mode, rw_stepper_describe(s));
-        folder_views(s, m, views[mode]);
+        folder_views(s, m, views[mode], st[mode]);
         rw_stepper_counts_get(s, &counts[mode]);
         rw_stepper_free(s);
         rw_model_free(m);
@@ -401,6 +403,10 @@ Test(backend_augment, streamed_batches_render_the_resident_and_loaders_views, .t
                      n - same, n);
         cr_expect_eq(close, n, "step %d: streamed views differ from the loader's by %.3e",
                      t + 1, worst);
+        /* the same views, the same model: the same step, bit for bit */
+        cr_expect(memcmp(&st[0][t], &st[1][t], sizeof st[0][t]) == 0,
+                  "step %d: loss %.9g resident, %.9g streamed", t + 1, st[0][t].loss,
+                  st[1][t].loss);
         for (int mode = 0; mode < 3; mode++)
             free(views[mode][t]);
     }

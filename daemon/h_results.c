@@ -199,8 +199,8 @@ static json_t *set_rows(rd_store *d, const char *sql, const target_set *t, size_
 }
 
 /* A job's stored spec as what it trains, with what may differ between
- * seeds of one experiment (seed, threads, logging, checkpoints) at their
- * defaults. 0, or -1 if it cannot be read. */
+ * seeds of one experiment (seed, threads, the device budget, logging,
+ * checkpoints) at their defaults. 0, or -1 if it cannot be read. */
 static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
 {
     sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE id=?");
@@ -217,6 +217,7 @@ static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
             t->seed = 0;
             t->threads = def->threads;
             t->data.loader_threads = def->data.loader_threads;
+            t->data.device_budget_mb = def->data.device_budget_mb;
             t->log = def->log;
             t->checkpoint = def->checkpoint;
             rc = 0;

@@ -114,7 +114,8 @@ int rd_tb_run_dir(rd_tboard *d, int64_t job, char *out, size_t len)
  * variant apart, and what does not change its numbers. */
 static int not_hparam(const char *key, size_t n)
 {
-    static const char *skip[] = {"name", "seed", "threads", "data.loader_threads", "log.",
+    static const char *skip[] = {"name", "seed", "threads", "data.loader_threads",
+                                 "data.device_budget_mb", "log.",
                                  "checkpoint."};
     for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++) {
         size_t k = strlen(skip[i]);

@@ -160,6 +160,18 @@ struct kb_backend {
     void (*copy)(kb_backend *be, void *dst, const void *src, size_t bytes);
     void (*sync)(kb_backend *be); /* wait for queued work */
 
+    /* ---- pinned host memory; NULL where the backend has none (the CPU,
+     * whose upload is a memcpy) ----
+     * host_alloc: page-locked host memory (NULL on OOM), from which upload
+     * copies asynchronously: upload returns at once, and the host may write
+     * the block again only after host_wait(be, p) has returned, which waits
+     * until the uploads queued from it so far have read it (not the rest of
+     * the queue). host_free waits the same way, then frees. None of the
+     * three inside a capture. */
+    void *(*host_alloc)(kb_backend *be, size_t bytes);
+    void (*host_wait)(kb_backend *be, void *p);
+    void (*host_free)(kb_backend *be, void *p);
+
     /* Sets the math mode; returns the mode in effect, which is `p` where the
      * backend has it (the CPU backend computes fp32 whatever is asked). The
      * format of feature maps and mirrors follows it: set it before making
@@ -246,10 +258,12 @@ struct kb_backend {
      * keys (backend memory: epoch, then n indices) of src (count, 3, H, W)
      * into the feature map out (nviews * n, 3, S, S), group g of n rendered
      * as views[g] (0 = T1, 1 = T2, -1 = the plain image); nviews 1 or 2.
-     * Returns 0, or -1 when it cannot. */
-    int (*augment)(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
-                   uint64_t seed, const int *views, int nviews, int S, const float mean[3],
-                   const float std[3], void *out);
+     * staged: src holds only the batch, (n, 3, H, W), sample k's image in
+     * row k (its index still keys the draw). Returns 0, or -1 when it
+     * cannot. */
+    int (*augment)(kb_backend *be, const uint8_t *src, int W, int H, int staged,
+                   const uint32_t *keys, int n, uint64_t seed, const int *views, int nviews, int S,
+                   const float mean[3], const float std[3], void *out);
 
     /* ---- elementwise over n floats ---- */
     void (*fill)(kb_backend *be, float *x, float v, size_t n);

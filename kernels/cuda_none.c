@@ -13,11 +13,11 @@ kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
 
 #include "kernels/cuda_augment.h"
 
-int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
-                    uint64_t seed, const int *views, int nviews, int S, const float mean[3],
-                    const float std[3], void *out)
+int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, int staged,
+                    const uint32_t *keys, int n, uint64_t seed, const int *views, int nviews,
+                    int S, const float mean[3], const float std[3], void *out)
 {
-    (void)be, (void)src, (void)W, (void)H, (void)keys, (void)n, (void)seed;
+    (void)be, (void)src, (void)W, (void)H, (void)staged, (void)keys, (void)n, (void)seed;
     (void)views, (void)nviews, (void)S, (void)mean, (void)std, (void)out;
     return -1;
 }

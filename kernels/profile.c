@@ -153,6 +153,24 @@ static void p_copy(kb_backend *be, void *dst, const void *src, size_t bytes)
     LEAVE(0, 2.0 * bytes);
 }
 
+static void *p_host_alloc(kb_backend *be, size_t bytes)
+{
+    kb_backend *in = P_of(be)->inner;
+    return in->host_alloc(in, bytes);
+}
+
+static void p_host_wait(kb_backend *be, void *p)
+{
+    kb_backend *in = P_of(be)->inner;
+    in->host_wait(in, p);
+}
+
+static void p_host_free(kb_backend *be, void *p)
+{
+    kb_backend *in = P_of(be)->inner;
+    in->host_free(in, p);
+}
+
 static void p_sync(kb_backend *be)
 {
     kb_backend *in = P_of(be)->inner;
@@ -202,12 +220,12 @@ static double fmb(kb_backend *in, int N, int C, int H, int W)
     return (double)in->fmap_bytes(in, N, C, H, W);
 }
 
-static int p_augment(kb_backend *be, const uint8_t *src, int W, int H, const uint32_t *keys, int n,
-                     uint64_t seed, const int *views, int nviews, int S, const float mean[3],
-                     const float std[3], void *out)
+static int p_augment(kb_backend *be, const uint8_t *src, int W, int H, int staged,
+                     const uint32_t *keys, int n, uint64_t seed, const int *views, int nviews,
+                     int S, const float mean[3], const float std[3], void *out)
 {
     ENTER(OP_AUGMENT);
-    int r = in->augment(in, src, W, H, keys, n, seed, views, nviews, S, mean, std, out);
+    int r = in->augment(in, src, W, H, staged, keys, n, seed, views, nviews, S, mean, std, out);
     /* one read of each source image (uint8) per view, one write of the views */
     LEAVE(0, (double)nviews * n * 3.0 * W * H + fmb(in, nviews * n, 3, S, S));
     return r;
@@ -553,6 +571,11 @@ kb_backend *kb_profile_create(kb_backend *inner, char *err, size_t errlen)
     be->download = p_download;
     be->copy = p_copy;
     be->sync = p_sync;
+    if (inner->host_alloc) {
+        be->host_alloc = p_host_alloc;
+        be->host_wait = p_host_wait;
+        be->host_free = p_host_free;
+    }
     be->set_precision = p_set_precision;
     be->device_info = p_device_info;
     /* no capture ops: each op must run, and be stamped, by itself */

@@ -137,6 +137,7 @@ static const field fields[] = {
     {"data.mean", F_VEC3, O(data.mean), 0, 1, 0, NULL},
     {"data.std", F_VEC3, O(data.std), 0, 10, LO_OPEN, NULL},
     {"data.loader_threads", F_INT, O(data.loader_threads), 1, 64, 0, NULL},
+    {"data.device_budget_mb", F_INT, O(data.device_budget_mb), 0, 16777216, 0, NULL},
     {"data.cache_size", F_INT, O(data.cache_size), 8, 1024, 0, NULL},
     {"data.skip_bad", F_BOOL, O(data.skip_bad), 0, 1, 0, NULL},
     {"model.arch", F_ENUM, O(model.arch), 0, 0, 0, archs},
@@ -200,6 +201,7 @@ void rw_spec_defaults(rw_spec *s) {
     memcpy(s->data.mean, mean, sizeof mean);
     memcpy(s->data.std, std, sizeof std);
     s->data.loader_threads = 2;
+    s->data.device_budget_mb = 0; /* half the device's free memory */
     s->data.cache_size = 96; /* image_size's, unless given (rw_spec_resolve) */
     s->data.skip_bad = 0;
     s->model.arch = RW_ARCH_RESNET18;

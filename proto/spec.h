@@ -37,6 +37,8 @@
  *     mean: [0.4914, 0.4822, 0.4465]   # default: the data set's own (CIFAR-10's
  *     std:  [0.2470, 0.2435, 0.2616]   # for synthetic and cifar10)
  *     loader_threads: 2
+ *     device_budget_mb: 0   # GPU: the uint8 set stays on the device when it
+ *                           # fits in this; 0 = half the free memory
  *   model:
  *     arch: resnet18        # resnet18 | resnet34 | resnet50
  *     stem: imagenet        # imagenet | cifar
@@ -140,6 +142,10 @@ typedef struct rw_spec {
         rw_augment augment;
         float mean[3], std[3];
         int loader_threads;
+        /* GPU: MiB the uint8 training set may take on the device, else its
+         * batches are streamed from pinned memory; 0 = half the device's
+         * free memory. Changes no number (worker/step.c). */
+        int device_budget_mb;
         /* RW_GIVEN_*: which of mean/std/cache_size the YAML set;
          * rw_spec_resolve gives the others the data set's own statistics
          * (and cache_size image_size) */

@@ -180,7 +180,7 @@ def hparams_value(f):
     return out
 
 
-NOT_HPARAMS = ("name", "seed", "threads", "data.loader_threads")
+NOT_HPARAMS = ("name", "seed", "threads", "data.loader_threads", "data.device_budget_mb")
 
 
 def spec_fields(node, prefix=""):

@@ -18,7 +18,14 @@
  * O(1) error. In bf16 the GPU rounds its value once: the CPU's is rounded
  * the same way (to nearest even) and the two may land one bf16 ulp apart
  * (2^-7 of the value at most) where they straddle a rounding boundary: +
- * 2^-7 |cpu|. */
+ * 2^-7 |cpu|.
+ *
+ * Staged sources (a set streamed from the host, worker/step.c): the batch's
+ * images gathered in row order render the same bits as the whole set on
+ * the device, and a stepper streaming an image folder's batches from pinned
+ * memory, through CUDA graphs, renders each step's views with the same bits
+ * as one holding the set resident (and takes the same steps: the same
+ * stats, bit for bit), and the CPU loader's within the bound above. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,6 +35,8 @@
 #include "kernels/backend.h"
 #include "kernels/cuda_augment.h"
 #include "worker/data_internal.h"
+#include "worker/model.h"
+#include "worker/step.h"
 
 #define NIMG 64
 
@@ -152,7 +161,7 @@ static void views_match(int side, int bf16)
                     keys[1 + k] = (uint32_t)idx[k];
                 uint32_t *dkeys = gpu->alloc(gpu, sizeof keys);
                 gpu->upload(gpu, dkeys, keys, sizeof keys);
-                cr_assert_eq(kb_cuda_augment(gpu, dsrc, side, side, dkeys, n, seed, calls[ci], nv,
+                cr_assert_eq(kb_cuda_augment(gpu, dsrc, side, side, 0, dkeys, n, seed, calls[ci], nv,
                                              S, mean, std, dout),
                              0);
                 gpu->fmap_download(gpu, g, dout, nv * n, 3, S, S);
@@ -237,7 +246,172 @@ Test(backend_augment, cpu_backend_declines)
     const float m[3] = {0, 0, 0}, s[3] = {1, 1, 1};
     uint32_t keys[2] = {0, 0};
     const int views[2] = {0, 1};
-    cr_expect_eq(kb_cuda_augment(cpu, NULL, 32, 32, keys, 1, 0, views, 2, 32, m, s, NULL), -1);
+    cr_expect_eq(kb_cuda_augment(cpu, NULL, 32, 32, 0, keys, 1, 0, views, 2, 32, m, s, NULL), -1);
     cr_expect(cpu->augment == NULL, "the CPU renders views on loader threads");
     kb_destroy(cpu);
+}
+
+/* The batch's images gathered into a staging buffer (pinned, uploaded),
+ * sample k's in row k: the same bits as the whole set read by index. */
+Test(backend_augment, staged_rows_render_the_sets_views)
+{
+    if (!gpu)
+        cr_skip_test("no CUDA backend: %s", why);
+    const int side = 32, n = 12, S = 24;
+    const size_t img = (size_t)3 * side * side;
+    uint8_t *pix = malloc(NIMG * img);
+    for (size_t i = 0; i < NIMG * img; i++)
+        pix[i] = (uint8_t)(next_u32() >> 24);
+    uint8_t *dset = gpu->alloc(gpu, NIMG * img), *dstage = gpu->alloc(gpu, n * img);
+    cr_assert(dset && dstage);
+    gpu->upload(gpu, dset, pix, NIMG * img);
+    uint32_t keys[13] = {3};
+    for (int k = 0; k < n; k++)
+        keys[1 + k] = (uint32_t)((k * 29 + 5) % NIMG);
+    keys[n] = keys[2]; /* a repeat */
+    cr_assert_not_null(gpu->host_alloc, "the CUDA backend has pinned memory");
+    uint8_t *h = gpu->host_alloc(gpu, n * img);
+    cr_assert_not_null(h);
+    for (int k = 0; k < n; k++)
+        memcpy(h + k * img, pix + keys[1 + k] * img, img);
+    gpu->upload(gpu, dstage, h, n * img);
+    gpu->host_wait(gpu, h);
+    memset(h, 0, n * img); /* the copy has read it: the views cannot see this */
+    uint32_t *dkeys = gpu->alloc(gpu, sizeof keys);
+    gpu->upload(gpu, dkeys, keys, sizeof keys);
+    const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.25f, 0.25f, 0.25f};
+    const int views[2] = {0, 1};
+    const size_t ob = gpu->fmap_bytes(gpu, 2 * n, 3, S, S);
+    void *a = gpu->alloc(gpu, ob), *b = gpu->alloc(gpu, ob);
+    cr_assert_eq(kb_cuda_augment(gpu, dset, side, side, 0, dkeys, n, 77, views, 2, S, mean, std, a),
+                 0);
+    cr_assert_eq(kb_cuda_augment(gpu, dstage, side, side, 1, dkeys, n, 77, views, 2, S, mean, std,
+                                 b),
+                 0);
+    unsigned char *ha = malloc(ob), *hb = malloc(ob);
+    gpu->download(gpu, ha, a, ob);
+    gpu->download(gpu, hb, b, ob);
+    size_t diff = 0;
+    for (size_t i = 0; i < ob; i++)
+        diff += ha[i] != hb[i];
+    printf("  staged rows vs the set by index: %zu of %zu bytes differ\n", diff, ob);
+    cr_expect_eq(diff, 0, "staged views differ from the set's in %zu of %zu bytes", diff, ob);
+    free(ha);
+    free(hb);
+    gpu->host_free(gpu, h);
+    void *dev[] = {dset, dstage, dkeys, a, b};
+    for (int i = 0; i < 5; i++)
+        gpu->free(gpu, dev[i]);
+    free(pix);
+}
+
+/* ---- the stepper: resident, streamed and host views of an image folder ---- */
+
+#define FOLDER_N 96 /* 96 64x64 images: 1.1 MiB, over a 1 MiB budget */
+#define FOLDER_SIDE 64
+#define BATCH 8
+#define SIZE 16
+
+static rw_stepper *folder_stepper(rw_model **m, const rw_dataset *ds, int host_data, int budget_mb)
+{
+    rw_model_cfg mc = {
+        .stem = RW_STEM_CIFAR, .width = 4, .proj_hidden = 16, .proj_out = 8,
+        .predictor = RW_PRED_MLP, .pred_hidden = 16, .loss = {.kind = KB_LOSS_BYOL},
+    };
+    char err[256];
+    *m = rw_model_create(gpu, &mc, 7, err, sizeof err);
+    cr_assert_not_null(*m, "%s", err);
+    rw_stepper_cfg c = {
+        .m = *m, .ds = ds, .batch = BATCH, .shard_world = 1, .size = SIZE,
+        .augment = RW_AUG_BYOL, .mean = {0.5f, 0.5f, 0.5f}, .std = {0.25f, 0.25f, 0.25f},
+        .seed = 31, .loader_threads = 1, .host_data = host_data, .device_budget_mb = budget_mb,
+    };
+    rw_stepper *s = rw_stepper_create(&c, err, sizeof err);
+    cr_assert_not_null(s, "%s", err);
+    return s;
+}
+
+/* Steps from (epoch 1, batch 10) across the epoch's end: 4 steps, each
+ * step's views (2 BATCH, 3, SIZE, SIZE) into views[step]. */
+#define STEPS 4
+static void folder_views(rw_stepper *s, rw_model *m, float *views[STEPS], rw_step_stats st[STEPS])
+{
+    const size_t n = (size_t)2 * BATCH * 3 * SIZE * SIZE;
+    int epoch = 1;
+    rw_stepper_seek(s, epoch, 10);
+    for (int t = 0; t < STEPS;) {
+        int r = rw_stepper_step(s, 1, 1e-3f, 0.0f, 0.99f);
+        if (r == 1) {
+            rw_stepper_seek(s, ++epoch, 0);
+            continue;
+        }
+        cr_assert_eq(r, 0, "step %d: %s", t + 1, rw_model_error(m));
+        views[t] = malloc(n * sizeof(float));
+        gpu->fmap_download(gpu, views[t], rw_stepper_views(s), 2 * BATCH, 3, SIZE, SIZE);
+        t++;
+    }
+    cr_assert_eq(rw_stepper_read(s, st, STEPS), STEPS);
+}
+
+Test(backend_augment, streamed_batches_render_the_resident_and_loaders_views, .timeout = 1800)
+{
+    if (!gpu)
+        cr_skip_test("no CUDA backend: %s", why);
+    char dir[64] = "/tmp/rw-stream-XXXXXX", err[256];
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(rw_synth_write_imagefolder(dir, FOLDER_N, 10, 0, 5, err, sizeof err), 0, "%s",
+                 err);
+    rw_imagefolder_opts o = {.side = FOLDER_SIDE, .threads = 1};
+    rw_dataset ds;
+    cr_assert_eq(rw_imagefolder_load(dir, 1, &o, &ds, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ds.n, FOLDER_N);
+    cr_assert_gt((size_t)ds.n * 3 * ds.side * ds.side, (size_t)1 << 20, "over the 1 MiB budget");
+    cr_assert(rw_stepper_set_resident((size_t)ds.n * 3 * ds.side * ds.side, 0, 8ull << 30));
+
+    static const char *const want[3] = {"views on the device, set resident",
+                                        "views on the device, batches streamed from pinned memory",
+                                        "views on the host"};
+    float *views[3][STEPS];
+    rw_step_stats st[3][STEPS];
+    rw_stepper_counts counts[3];
+    for (int mode = 0; mode < 3; mode++) {
+        rw_model *m;
+        rw_stepper *s = folder_stepper(&m, &ds, mode == 2, mode == 1 ? 1 : 0);
+        printf("  %s\n", rw_stepper_describe(s));
+        cr_expect(strncmp(rw_stepper_describe(s), want[mode], strlen(want[mode])) == 0,
+                  "mode %d: %s", mode, rw_stepper_describe(s));
+        folder_views(s, m, views[mode], st[mode]);
+        rw_stepper_counts_get(s, &counts[mode]);
+        rw_stepper_free(s);
+        rw_model_free(m);
+    }
+    cr_expect_eq(counts[1].replayed, 1, "the streamed step replays its graph: %ld",
+                 counts[1].replayed);
+    const size_t n = (size_t)2 * BATCH * 3 * SIZE * SIZE;
+    for (int t = 0; t < STEPS; t++) {
+        size_t same = 0, close = 0;
+        double worst = 0;
+        for (size_t i = 0; i < n; i++) {
+            same += memcmp(&views[0][t][i], &views[1][t][i], sizeof(float)) == 0;
+            double d = fabs((double)views[1][t][i] - views[2][t][i]);
+            close += d <= 1e-4 + 1e-4 * fabs(views[2][t][i]);
+            worst = d > worst ? d : worst;
+        }
+        printf("  step %d: streamed = resident in %zu of %zu; streamed vs the CPU loader: "
+               "worst |d| %.2e\n", t + 1, same, n, worst);
+        cr_expect_eq(same, n, "step %d: streamed and resident views differ in %zu of %zu", t + 1,
+                     n - same, n);
+        cr_expect_eq(close, n, "step %d: streamed views differ from the loader's by %.3e",
+                     t + 1, worst);
+        /* the same views, the same model: the same step, bit for bit */
+        cr_expect(memcmp(&st[0][t], &st[1][t], sizeof st[0][t]) == 0,
+                  "step %d: loss %.9g resident, %.9g streamed", t + 1, st[0][t].loss,
+                  st[1][t].loss);
+        for (int mode = 0; mode < 3; mode++)
+            free(views[mode][t]);
+    }
+    rw_dataset_free(&ds);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)!system(cmd);
 }

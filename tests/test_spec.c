@@ -76,6 +76,7 @@ static const char *full_yaml =
     "  mean: [0.5, 0.25, 0.125]\n"
     "  std:  [0.2, 0.3, 0.4]\n"
     "  loader_threads: 4\n"
+    "  device_budget_mb: 2048\n"
     "model:\n"
     "  stem: cifar\n"
     "  width: 8\n"
@@ -126,6 +127,7 @@ Test(spec, full_example_values) {
     cr_assert_eq(s.data.std[0], 0.2f);
     cr_assert_eq(s.data.std[2], 0.4f);
     cr_assert_eq(s.data.loader_threads, 4);
+    cr_assert_eq(s.data.device_budget_mb, 2048);
     cr_assert_eq(s.model.stem, RW_STEM_CIFAR);
     cr_assert_eq(s.model.width, 8);
     cr_assert_eq(s.model.proj_hidden, 64);
@@ -172,6 +174,7 @@ Test(spec, defaults_when_absent) {
     cr_assert_eq(d.data.mean[0], 0.4914f);
     cr_assert_eq(d.data.std[2], 0.2616f);
     cr_assert_eq(d.data.kind, RW_DATA_SYNTHETIC);
+    cr_assert_eq(d.data.device_budget_mb, 0); /* half the device's free memory */
     cr_assert_str_eq(d.data.path, "");
     cr_assert_eq(rw_spec_validate(&d, "defaults", err, sizeof err), 0, "%s", err);
 
@@ -247,6 +250,7 @@ Test(spec, out_of_range) {
     expect_error("loss: {alpha: 2e6}\n", "loss.alpha", "|x| <= 1e+06");
     expect_error("data: {std: [0.2, 0, 0.2]}\n", "data.std[1]", "(0, 10]");
     expect_error("threads: 2000\n", "threads", "0..1024");
+    expect_error("data: {device_budget_mb: -1}\n", "data.device_budget_mb", "0..16777216");
     char longname[200] = "name: ";
     memset(longname + 6, 'a', 64);
     strcat(longname, "\n");

@@ -15,6 +15,7 @@
 #include "proto/spec.h"
 #include "worker/model.h"
 #include "worker/safetensors.h"
+#include "worker/step.h"
 #include "worker/data.h"
 #include "worker/train.h"
 #include "worker/weights.h"
@@ -1286,4 +1287,40 @@ Test(train, runs_keep_their_spec_and_exports_say_where_they_come_from)
     cr_expect_eq(run_worker(text, sizeof text, "export", e, f, "--frob", NULL), 2);
     rw_model_free(m);
     kb_destroy(be);
+}
+
+/* The GPU's choice for the uint8 set (worker/step.h): resident when it fits
+ * data.device_budget_mb, or by default half the device's free memory; with
+ * neither known the allocation decides (tried resident). */
+Test(train, the_device_budget_decides_resident_or_streamed)
+{
+    const size_t MiB = (size_t)1 << 20, GiB = (size_t)1 << 30;
+    /* default: half of what is free */
+    cr_expect(rw_stepper_set_resident(3 * GiB, 0, 8 * GiB));
+    cr_expect(rw_stepper_set_resident(4 * GiB, 0, 8 * GiB));
+    cr_expect(!rw_stepper_set_resident(4 * GiB + 1, 0, 8 * GiB));
+    cr_expect(!rw_stepper_set_resident(2 * GiB, 0, 3 * GiB));
+    /* a budget given: it alone counts, whatever is free */
+    cr_expect(rw_stepper_set_resident(100 * MiB, 100, 8 * GiB));
+    cr_expect(!rw_stepper_set_resident(100 * MiB + 1, 100, 8 * GiB));
+    cr_expect(rw_stepper_set_resident(100 * MiB, 100, 0));
+    cr_expect(rw_stepper_set_resident(6 * GiB, 8192, 4 * GiB));
+    /* nothing known: resident, the allocation falls back to streaming */
+    cr_expect(rw_stepper_set_resident(64 * GiB, 0, 0));
+    /* the largest budget a spec may give: no overflow */
+    cr_expect(rw_stepper_set_resident((size_t)16777216 * MiB, 16777216, 0));
+}
+
+/* The budget moves no number: not in the digest a checkpoint is resumed
+ * under, like data.loader_threads. */
+Test(train, the_device_budget_is_not_in_the_spec_digest)
+{
+    rw_spec a, b;
+    rw_spec_defaults(&a);
+    b = a;
+    b.data.device_budget_mb = 512;
+    char da[17], db[17];
+    rw_spec_digest(&a, da);
+    rw_spec_digest(&b, db);
+    cr_expect_str_eq(da, db);
 }

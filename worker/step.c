@@ -20,6 +20,9 @@
 /* What a graph holds: the two halves of a step, or a whole step. */
 enum { BODY_A, BODY_B, BODY_STEP, NBODY };
 
+/* Where the views come from. */
+enum { VIEWS_HOST, VIEWS_RESIDENT, VIEWS_STREAMED };
+
 struct rw_stepper {
     rw_stepper_cfg c;
     kb_backend *be;
@@ -33,8 +36,17 @@ struct rw_stepper {
     float *hx1, *hx2;
     int32_t *hl;
 
-    /* device data */
-    uint8_t *pix;    /* backend memory: the uint8 set */
+    /* device data: the views rendered from the uint8 set held on the
+     * device (resident), or from the batch's images, gathered on the host
+     * into a pinned block and uploaded to a staging buffer every step
+     * (streamed) */
+    int mode;        /* VIEWS_* */
+    uint8_t *pix;    /* backend memory: the uint8 set (n, 3, side, side), resident */
+    uint8_t *stage;  /* backend memory: the batch's images (Bl, 3, side, side), streamed */
+    uint8_t *hstage[2]; /* host staging of the same, used in turn */
+    int hpinned[2];     /* from host_alloc (else malloc) */
+    int turn;           /* the host staging the next batch fills */
+    size_t img;         /* bytes of one uint8 image */
     uint32_t *keys;  /* backend memory: epoch, then Bl sample indices */
     uint32_t *hkeys; /* host staging of the same */
     int32_t *perm;
@@ -68,12 +80,101 @@ struct rw_stepper {
 
 static void describe(rw_stepper *s, const char *why)
 {
-    const char *views = s->pix ? "views on the device" : "views on the host";
+    const char *views = "views on the host";
+    if (s->mode == VIEWS_RESIDENT)
+        views = "views on the device, set resident";
+    else if (s->mode == VIEWS_STREAMED && s->hpinned[0] && s->hpinned[1])
+        views = "views on the device, batches streamed from pinned memory";
+    else if (s->mode == VIEWS_STREAMED)
+        views = "views on the device, batches streamed from host memory";
     if (s->graphs)
         snprintf(s->desc, sizeof s->desc, "%s, CUDA graphs", views);
     else
         snprintf(s->desc, sizeof s->desc, "%s, eager%s%s%s", views, why ? " (" : "",
                  why ? why : "", why ? ")" : "");
+}
+
+int rw_stepper_set_resident(size_t set_bytes, int budget_mb, size_t free_bytes)
+{
+    if (budget_mb > 0)
+        return set_bytes <= ((size_t)budget_mb << 20);
+    if (free_bytes == 0) /* unknown: the allocation decides */
+        return 1;
+    return set_bytes <= free_bytes / 2;
+}
+
+static void device_views_free(rw_stepper *s)
+{
+    kb_backend *be = s->be;
+    if (s->pix)
+        be->free(be, s->pix);
+    if (s->stage)
+        be->free(be, s->stage);
+    if (s->keys)
+        be->free(be, s->keys);
+    for (int b = 0; b < 2; b++) {
+        if (s->hpinned[b])
+            be->host_free(be, s->hstage[b]);
+        else
+            free(s->hstage[b]);
+        s->hstage[b] = NULL;
+        s->hpinned[b] = 0;
+    }
+    free(s->hkeys);
+    free(s->perm);
+    s->pix = s->stage = NULL;
+    s->keys = s->hkeys = NULL;
+    s->perm = NULL;
+    s->mode = VIEWS_HOST;
+}
+
+/* The batch's staging: a device buffer and two host blocks, pinned where
+ * the backend has them. 0, or -1 out of memory. */
+static int stream_setup(rw_stepper *s)
+{
+    kb_backend *be = s->be;
+    const size_t bytes = (size_t)s->Bl * s->img;
+    s->stage = be->alloc(be, bytes);
+    if (!s->stage)
+        return -1;
+    for (int b = 0; b < 2; b++) {
+        s->hstage[b] = be->host_alloc ? be->host_alloc(be, bytes) : NULL;
+        s->hpinned[b] = s->hstage[b] != NULL;
+        if (!s->hstage[b])
+            s->hstage[b] = malloc(bytes);
+        if (!s->hstage[b])
+            return -1;
+    }
+    return 0;
+}
+
+/* Sets the stepper up to render its views on the device (s->mode), or
+ * leaves it to the host loader. */
+static void device_views(rw_stepper *s)
+{
+    kb_backend *be = s->be;
+    const rw_dataset *ds = s->c.ds;
+    s->img = (size_t)3 * ds->side * ds->side;
+    s->keys = be->alloc(be, (size_t)(s->Bl + 1) * sizeof(uint32_t));
+    s->hkeys = malloc((size_t)(s->Bl + 1) * sizeof(uint32_t));
+    s->perm = malloc((size_t)ds->n * sizeof(int32_t));
+    if (!s->keys || !s->hkeys || !s->perm) {
+        device_views_free(s);
+        return;
+    }
+    const size_t bytes = (size_t)ds->n * s->img;
+    size_t free_bytes = 0, total_bytes = 0;
+    if (be->device_info)
+        be->device_info(be, NULL, 0, &free_bytes, &total_bytes);
+    if (rw_stepper_set_resident(bytes, s->c.device_budget_mb, free_bytes) &&
+        (s->pix = be->alloc(be, bytes)) != NULL) {
+        be->upload(be, s->pix, ds->pixels, bytes);
+        s->mode = VIEWS_RESIDENT;
+    } else if (stream_setup(s) == 0) {
+        s->mode = VIEWS_STREAMED;
+    } else {
+        device_views_free(s);
+    }
 }
 
 rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
@@ -101,28 +202,11 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
     }
 
     /* The device renders the views where it can (a backend with the
-     * augment op); a set that does not fit falls back. */
-    if (!c->host_data && be->augment) {
-        size_t bytes = (size_t)c->ds->n * 3 * c->ds->side * c->ds->side;
-        s->pix = be->alloc(be, bytes);
-        s->keys = be->alloc(be, (size_t)(s->Bl + 1) * sizeof(uint32_t));
-        s->hkeys = malloc((size_t)(s->Bl + 1) * sizeof(uint32_t));
-        s->perm = malloc((size_t)c->ds->n * sizeof(int32_t));
-        if (!s->pix || !s->keys || !s->hkeys || !s->perm) {
-            if (s->pix)
-                be->free(be, s->pix);
-            if (s->keys)
-                be->free(be, s->keys);
-            free(s->hkeys);
-            free(s->perm);
-            s->pix = NULL;
-            s->keys = NULL;
-            s->hkeys = NULL;
-            s->perm = NULL;
-        } else {
-            be->upload(be, s->pix, c->ds->pixels, bytes);
-        }
-    }
+     * augment op): from the set kept on the device when it fits the
+     * budget, else from batches streamed from the host; the CPU loader
+     * where neither can be had. */
+    if (!c->host_data && be->augment)
+        device_views(s);
     int classes = rw_model_cfg_of(c->m)->classes;
     if (classes > 0) {
         for (int i = 0; i < c->ds->n; i++)
@@ -141,7 +225,7 @@ rw_stepper *rw_stepper_create(const rw_stepper_cfg *c, char *err, size_t errlen)
         }
         rw_model_set_labels(c->m, s->labels);
     }
-    if (!s->pix) {
+    if (s->mode == VIEWS_HOST) {
         size_t img = (size_t)s->Bl * 3 * c->size * c->size;
         rw_loader_cfg lc = {
             .ds = c->ds, .batch = c->batch, .out_size = c->size, .augment = c->augment,
@@ -191,7 +275,8 @@ void rw_stepper_free(rw_stepper *s)
         return;
     kb_backend *be = s->be;
     rw_stepper_release(s);
-    void *dev[] = {s->x, s->pix, s->keys, s->labels, s->ring, s->ring_count};
+    device_views_free(s);
+    void *dev[] = {s->x, s->labels, s->ring, s->ring_count};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         if (dev[i])
             be->free(be, dev[i]);
@@ -199,8 +284,6 @@ void rw_stepper_free(rw_stepper *s)
     free(s->hx1);
     free(s->hx2);
     free(s->hl);
-    free(s->hkeys);
-    free(s->perm);
     free(s->queue);
     free(s);
 }
@@ -227,12 +310,13 @@ void rw_stepper_counts_get(const rw_stepper *s, rw_stepper_counts *c) { *c = s->
 
 static void render_views(rw_stepper *s)
 {
-    if (!s->pix)
+    if (s->mode == VIEWS_HOST)
         return;
     const int plain = s->c.augment == RW_AUG_NONE;
     const int views[2] = {plain ? -1 : 0, plain ? -1 : 1};
-    s->be->augment(s->be, s->pix, s->c.ds->side, s->c.ds->side, s->keys, s->Bl, s->c.seed,
-                   views, 2, s->c.size, s->c.mean, s->c.std, s->x);
+    const int staged = s->mode == VIEWS_STREAMED;
+    s->be->augment(s->be, staged ? s->stage : s->pix, s->c.ds->side, s->c.ds->side, staged,
+                   s->keys, s->Bl, s->c.seed, views, 2, s->c.size, s->c.mean, s->c.std, s->x);
 }
 
 static int body_run(rw_stepper *s, int body)
@@ -380,6 +464,18 @@ static int next_batch(rw_stepper *s)
     for (int k = 0; k < s->Bl; k++)
         s->hkeys[1 + k] = (uint32_t)p[k];
     be->upload(be, s->keys, s->hkeys, (size_t)(s->Bl + 1) * sizeof(uint32_t));
+    if (s->mode == VIEWS_STREAMED) {
+        /* The batch's images into this turn's host staging (once the upload
+         * that last read it is done), then up into the device's, outside
+         * any capture: the captured augment reads the staging in place. */
+        uint8_t *h = s->hstage[s->turn];
+        if (s->hpinned[s->turn])
+            be->host_wait(be, h);
+        for (int k = 0; k < s->Bl; k++)
+            memcpy(h + (size_t)k * s->img, s->c.ds->pixels + (size_t)p[k] * s->img, s->img);
+        be->upload(be, s->stage, h, (size_t)s->Bl * s->img);
+        s->turn ^= 1;
+    }
     if (s->labels) {
         for (int k = 0; k < s->Bl; k++)
             s->hl[k] = s->c.ds->labels[p[k]];

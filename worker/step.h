@@ -2,12 +2,15 @@
  * benchmark: where the step's input views come from and how its device work
  * is launched.
  *
- * Views. On a backend that can render them (the CUDA backend), the uint8
- * training set is copied to the device once and every step's T1/T2 are
- * rendered there by the backend's augment op, from the same keys (seed, epoch,
- * sample, view) and with the same math as the CPU loader; per step only the
- * n + 1 keys go up. Elsewhere the background loader renders on the CPU and
- * the two views are uploaded.
+ * Views. On a backend that can render them (the CUDA backend), every
+ * step's T1/T2 are rendered there by the backend's augment op, from the same
+ * keys (seed, epoch, sample, view) and with the same math as the CPU loader.
+ * A uint8 training set that fits the device budget is copied to the device
+ * once (resident): per step only the n + 1 keys go up. A larger one is
+ * streamed: per step the host gathers the batch's n images into a pinned
+ * block (two, used in turn) and uploads them, with the keys, into a staging
+ * buffer the augment op reads row by row; the views are the same. Elsewhere
+ * the background loader renders on the CPU and the two views are uploaded.
  *
  * Launch. On a backend with graph capture, after a few eager steps (cuDNN's
  * algorithm choice and every buffer's growth happen there), the device work
@@ -43,6 +46,9 @@ typedef struct rw_stepper_cfg {
     float mean[3], std[3];
     uint64_t seed;
     int loader_threads;
+    /* MiB the uint8 set may take on the device (data.device_budget_mb);
+     * 0: half the device's free memory (rw_stepper_set_resident) */
+    int device_budget_mb;
     int host_data;  /* 1: render on the CPU even where the device could */
     int no_graphs;  /* 1: never capture */
     /* The forward pass itself calls collectives (SyncBN over ranks): they
@@ -84,8 +90,15 @@ void rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau);
  * captures anew. Call before using the model for anything else at length. */
 void rw_stepper_release(rw_stepper *s);
 
-/* For the log: e.g. "views on the device, CUDA graphs" or "views on the
- * host, eager (capture failed: ...)". */
+/* Whether the device keeps a uint8 set of set_bytes resident: it fits the
+ * budget, budget_mb MiB, or when that is 0 half of free_bytes (the device's
+ * free memory when the stepper is made); with both 0 (nothing known) the
+ * set is tried resident and streamed only if its allocation fails. */
+int rw_stepper_set_resident(size_t set_bytes, int budget_mb, size_t free_bytes);
+
+/* For the log: e.g. "views on the device, set resident, CUDA graphs",
+ * "views on the device, batches streamed from pinned memory, CUDA graphs"
+ * or "views on the host, eager (capture failed: ...)". */
 const char *rw_stepper_describe(const rw_stepper *s);
 
 /* The input views of the last step: a feature map (2 batch/world, 3, S,

@@ -17,7 +17,8 @@
 
 /* ---- kernels ---- */
 
-__global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int H,
+__global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W), or (n,3,H,W) staged */,
+                              int W, int H, int staged,
                               const uint32_t *keys /* epoch, then (n) indices */, int n,
                               uint64_t seed, int view0, int view1, int S, float3 mean,
                               float3 stdv, void *out /* (nviews n, S, S, Cp) */, int Cp,
@@ -28,7 +29,8 @@ __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int
     __shared__ int taps;
     __shared__ double sh[AUG_THREADS / 32];
     const uint32_t epoch = keys[0];
-    const int i = (int)keys[1 + blockIdx.x % n];
+    const int k = (int)(blockIdx.x % n);
+    const int i = (int)keys[1 + k]; /* the sample: its draw, and its row unless staged */
     const int view = blockIdx.x < (unsigned)n ? view0 : view1;
     if (threadIdx.x == 0) {
         if (view < 0) { /* the identity view (rw_image_plain) */
@@ -48,7 +50,7 @@ __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int
     }
     __syncthreads();
 
-    const uint8_t *img = src + (size_t)i * 3 * W * H;
+    const uint8_t *img = src + (size_t)(staged ? k : i) * 3 * W * H;
     const int P = S * S;
     float *o = work + (size_t)blockIdx.x * 4 * P; /* the view's three planes */
     float *scr = o + 3 * P;                       /* the blur's rows */
@@ -127,7 +129,7 @@ __global__ void kb_aug_kernel(const uint8_t *src /* (count,3,H,W) */, int W, int
 
 /* ---- launchers ---- */
 
-extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
+extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H, int staged,
                                const uint32_t *keys, int n, uint64_t seed, const int *views,
                                int nviews, int S, const float mean[3], const float std[3],
                                void *out)
@@ -150,8 +152,8 @@ extern "C" int kb_cuda_augment(kb_backend *be, const uint8_t *src, int W, int H,
     const int v0 = views[0], v1 = nviews > 1 ? views[1] : views[0];
     const float3 m = make_float3(mean[0], mean[1], mean[2]), sd = make_float3(std[0], std[1], std[2]);
     const int bf16 = impl->precision == KB_PREC_BF16;
-    kb_aug_kernel<<<nb, AUG_THREADS, 0, impl->stream>>>(src, W, H, keys, n, seed, v0, v1, S, m,
-                                                        sd, out, Cp, bf16, work);
+    kb_aug_kernel<<<nb, AUG_THREADS, 0, impl->stream>>>(src, W, H, staged != 0, keys, n, seed,
+                                                        v0, v1, S, m, sd, out, Cp, bf16, work);
     KB_CUDA_LAUNCHED();
     return 0;
 }

@@ -144,6 +144,9 @@ typedef struct kb_cuda {
     int live_graphs;
     void **retired;
     int n_retired, cap_retired;
+    /* Pinned host blocks (host_alloc), each with the event of the last
+     * upload that read it (device.cu). */
+    struct kb_cuda_pinned *pinned;
 } kb_cuda;
 
 /* One shape's choices under one math mode and one determinism request,

@@ -189,6 +189,36 @@ void kb_cuda_scratch_reserve(kb_cuda *impl, size_t bytes)
     lane_switch(impl, was);
 }
 
+/* ---- pinned host memory (the ops below, with upload) ---- */
+
+/* A block from cudaMallocHost and the event recorded after the last upload
+ * that read it: host_wait waits for that one copy, not the whole queue. */
+struct kb_cuda_pinned {
+    char *p;
+    size_t n;
+    cudaEvent_t ev;
+    int pending; /* an upload read it since the last wait */
+    struct kb_cuda_pinned *next;
+};
+
+static struct kb_cuda_pinned *pinned_of(kb_cuda *impl, const void *p)
+{
+    const char *c = (const char *)p;
+    for (struct kb_cuda_pinned *b = impl->pinned; b; b = b->next)
+        if (c >= b->p && c < b->p + b->n)
+            return b;
+    return NULL;
+}
+
+static void pinned_drop(struct kb_cuda_pinned *b)
+{
+    if (b->pending)
+        KB_CUDA(cudaEventSynchronize(b->ev));
+    KB_CUDA(cudaEventDestroy(b->ev));
+    KB_CUDA(cudaFreeHost(b->p));
+    free(b);
+}
+
 static void cuda_destroy(kb_backend *be)
 {
     kb_cuda *impl = kb_cuda_of(be);
@@ -207,6 +237,11 @@ static void cuda_destroy(kb_backend *be)
             cudaFree(l->cublas_ws);
         if (l->ticket)
             cudaFree(l->ticket);
+    }
+    while (impl->pinned) {
+        struct kb_cuda_pinned *b = impl->pinned;
+        impl->pinned = b->next;
+        pinned_drop(b);
     }
     for (int i = 0; i < impl->n_retired; i++)
         cudaFree(impl->retired[i]);
@@ -267,8 +302,62 @@ static void cuda_upload(kb_backend *be, void *dst, const void *src, size_t bytes
     kb_cuda *impl = kb_cuda_enter(be);
     if (kb_cuda_capture_refuse(impl, "upload inside a capture"))
         return;
-    if (bytes)
-        KB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl->stream));
+    if (!bytes)
+        return;
+    KB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl->stream));
+    /* From pinned memory the copy runs later: host_wait waits for it. */
+    struct kb_cuda_pinned *b = impl->pinned ? pinned_of(impl, src) : NULL;
+    if (b) {
+        KB_CUDA(cudaEventRecord(b->ev, impl->stream));
+        b->pending = 1;
+    }
+}
+
+static void *cuda_host_alloc(kb_backend *be, size_t bytes)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (kb_cuda_capture_refuse(impl, "host_alloc inside a capture"))
+        return NULL;
+    struct kb_cuda_pinned *b = (struct kb_cuda_pinned *)calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->n = bytes ? bytes : 1;
+    if (cudaMallocHost((void **)&b->p, b->n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* OOM is reported as NULL */
+        free(b);
+        return NULL;
+    }
+    KB_CUDA(cudaEventCreateWithFlags(&b->ev, cudaEventDisableTiming));
+    b->next = impl->pinned;
+    impl->pinned = b;
+    return b->p;
+}
+
+static void cuda_host_wait(kb_backend *be, void *p)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    struct kb_cuda_pinned *b = pinned_of(impl, p);
+    KB_CUDA_CHECK(b != NULL);
+    if (kb_cuda_capture_refuse(impl, "host_wait inside a capture"))
+        return;
+    if (b->pending)
+        KB_CUDA(cudaEventSynchronize(b->ev));
+    b->pending = 0;
+}
+
+static void cuda_host_free(kb_backend *be, void *p)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!p || kb_cuda_capture_refuse(impl, "host_free inside a capture"))
+        return;
+    for (struct kb_cuda_pinned **at = &impl->pinned; *at; at = &(*at)->next)
+        if ((*at)->p == p) {
+            struct kb_cuda_pinned *b = *at;
+            *at = b->next;
+            pinned_drop(b);
+            return;
+        }
+    KB_CUDA_CHECK(!"host_free of a block host_alloc did not give");
 }
 
 static void cuda_download(kb_backend *be, void *dst, const void *src, size_t bytes)
@@ -631,6 +720,9 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     be->download = cuda_download;
     be->copy = cuda_copy;
     be->sync = cuda_sync;
+    be->host_alloc = cuda_host_alloc;
+    be->host_wait = cuda_host_wait;
+    be->host_free = cuda_host_free;
     be->device_info = cuda_device_info;
     be->capture_begin = cuda_capture_begin;
     be->capture_end = cuda_capture_end;

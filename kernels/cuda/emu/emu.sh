@@ -30,7 +30,7 @@ emu_setup() {
     emu_worker=("$B/worker/librwworker.a" "$B/worker/librwdata.a" "$B/worker/librwweights.a"
                 "$B/proto/librwproto.a" "$K/collective.c.o" "$K/profile.c.o")
     if [ -f "$K/gloo_comm.cc.o" ]; then emu_worker+=("$K/gloo_comm.cc.o" -lgloo); fi
-    emu_worker+=(-ljansson -lz -lpng16 -lyaml)
+    emu_worker+=(-ljansson -lz -lpng16 -ljpeg -lyaml)
 }
 
 # 0 when $1 exists and is newer than every later argument

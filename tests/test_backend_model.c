@@ -506,6 +506,19 @@ static void check_config(const char *name, const rw_model_cfg *c, int S)
             printf("MEASURED %-40s spread stat %.2e whole %.2e tensor %.2e cos %.2e ratio %.2e "
                    "bn %.2e\n",
                    what, sp.stat, sp.whole, sp.tensor, sp.cos, sp.ratio, sp.bn);
+            /* Where two CPU-bf16 runs an ulp apart already differ past
+             * tf32's bounds, one bf16 step of this model is chaos at the
+             * size of the comparison (resnet34/50 at width 4: forward 0.13,
+             * gradient 1.1 of its norm): no bound could tell a bug from a
+             * draw, so it is not compared. The spread is the CPU's alone,
+             * so a GPU bug cannot switch the comparison off. */
+            if (sp.stat > tol_tf32.stat || sp.whole > tol_tf32.whole) {
+                printf("NOT COMPARED %-36s bf16 step chaotic at this size (spread stat %.2e, "
+                       "whole %.2e)\n", what, sp.stat, sp.whole);
+                run_free(&rg);
+                rw_model_free(mg);
+                continue;
+            }
             /* never past tf32's bounds, which only rule out gross damage
              * and still catch a doubled or a lost contribution */
             tols t = tol_bf16;
@@ -609,7 +622,10 @@ Test(backend_model, imagenet_stem)
 
 /* The deeper backbones: ResNet-34's [3, 4, 6, 3] basic blocks and
  * ResNet-50's bottlenecks (1x1, 3x3 with the stride, 1x1 to 4x), through
- * the same layer code on each backend. */
+ * the same layer code on each backend. Measured in the emulator: tf32 and
+ * fp32 whole 9.0e-6 (resnet34), 5.2e-5 (resnet50 cifar); bf16 not compared
+ * (the spread rule in check_config): at width 4 through 34 or 50 layers
+ * an ulp moves the forward by ~0.1 and the gradient by more than itself. */
 Test(backend_model, resnet34_and_resnet50)
 {
     if (!gpu_tf32)

@@ -38,6 +38,8 @@ typedef void (*rw_data_notice)(void *ud, const char *line);
 /* The formatted line to notice (nothing when it is NULL); at most 1023
  * bytes, the rest cut. */
 void rw_vnotice(rw_data_notice notice, void *ud, const char *fmt, va_list ap);
+void rw_notice(rw_data_notice notice, void *ud, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* CIFAR-10: data_batch_1..5.bin (train != 0) or test_batch.bin from dir.
  * Errors (missing file, size not a multiple of 3073, label > 9) name the

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "kernels/augment.h"
 #include "worker/data.h"
@@ -82,5 +83,13 @@ int rw_write_png(const char *path, const uint8_t *pix, int w, int h, int compone
 /* The epoch's sample order: a Fisher-Yates shuffle of 0..n-1 driven by
  * (seed, epoch) on the permutation stream. */
 void rw_epoch_perm(uint64_t seed, int epoch, int n, int32_t *perm);
+
+/* Seconds on the monotonic clock, for rates and progress lines. */
+static inline double rw_mono_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
 
 #endif

@@ -30,22 +30,6 @@
 #define PROGRESS_EVERY_S 10.0
 #define BAD_NAMED 3 /* bad files a skip notice names */
 
-static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    rw_vnotice(notice, ud, fmt, ap);
-    va_end(ap);
-}
-
-static double mono_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static size_t page_up(size_t bytes) { return (bytes + PAGE - 1) / PAGE * PAGE; }
 
@@ -187,27 +171,27 @@ static int decode_all(decode_run *r, int threads, const char *what, rw_data_noti
         snprintf(err, errlen, "%s: cannot start a decoding thread", what);
         return -1;
     }
-    say(notice, ud, "%s: decoding %d images to %dx%d on %d threads", what, n, r->side, r->side,
+    rw_notice(notice, ud, "%s: decoding %d images to %dx%d on %d threads", what, n, r->side, r->side,
         started);
-    double t0 = mono_s(), last = t0;
+    double t0 = rw_mono_s(), last = t0;
     for (;;) {
         int done = atomic_load(&r->done);
         if (done >= n)
             break;
         struct timespec nap = {0, 50 * 1000 * 1000};
         nanosleep(&nap, NULL);
-        double now = mono_s();
+        double now = rw_mono_s();
         if (now - last >= PROGRESS_EVERY_S && done > 0) {
             double rate = done / (now - t0);
-            say(notice, ud, "%s: %d/%d images decoded (%.0f/s, %.0f s left)", what, done, n,
+            rw_notice(notice, ud, "%s: %d/%d images decoded (%.0f/s, %.0f s left)", what, done, n,
                 rate, (n - done) / rate);
             last = now;
         }
     }
     for (int t = 0; t < started; t++)
         pthread_join(tid[t], NULL);
-    double dt = mono_s() - t0;
-    say(notice, ud, "%s: %d images decoded in %.1f s (%.0f/s on %d threads)", what, n, dt,
+    double dt = rw_mono_s() - t0;
+    rw_notice(notice, ud, "%s: %d images decoded in %.1f s (%.0f/s on %d threads)", what, n, dt,
         dt > 0 ? n / dt : 0.0, started);
     return 0;
 }
@@ -509,7 +493,7 @@ static int check_bad(const cache_result *res, const rw_imagefolder_opts *o, cons
                  res->bad);
         return -1;
     }
-    say(o->notice, o->ud, "%s: skipped %s (data.skip_bad)", what, res->bad);
+    rw_notice(o->notice, o->ud, "%s: skipped %s (data.skip_bad)", what, res->bad);
     return 0;
 }
 
@@ -528,7 +512,7 @@ int rw_imagefolder_load(const char *dir, int train, const rw_imagefolder_opts *o
     char what[PATH_MAX + 64];
     snprintf(what, sizeof what, "image folder %s (%s)", dir, part);
     if (l.ignored)
-        say(o->notice, o->ud, "%s: %ld entries that are not .jpg, .jpeg or .png files left "
+        rw_notice(o->notice, o->ud, "%s: %ld entries that are not .jpg, .jpeg or .png files left "
             "alone", what, l.ignored);
     cache_result res = {0};
     char real[PATH_MAX], why[PATH_MAX + 256] = "no cache folder";
@@ -560,13 +544,13 @@ int rw_imagefolder_load(const char *dir, int train, const rw_imagefolder_opts *o
     if (cache_map(path, &k, o->side, l.classes, &res, out, &stale) == 0) {
         unlink(tmp); /* what a builder killed mid-write left */
         close(lk);
-        say(o->notice, o->ud, "%s: %d images from the cache %s", what, out->n, path);
+        rw_notice(o->notice, o->ud, "%s: %d images from the cache %s", what, out->n, path);
         rc = check_bad(&res, o, what, err, errlen);
         goto done;
     }
     cache_sweep(o->cache_dir);
     int errnum = 0;
-    double t0 = mono_s();
+    double t0 = rw_mono_s();
     int b = cache_build(dir, &l, &k, o, what, tmp, path, &res, &errnum, err, errlen);
     if (b == 0 && cache_map(path, &k, o->side, l.classes, &res, out, &unmapped) != 0)
         b = -3;
@@ -582,15 +566,15 @@ int rw_imagefolder_load(const char *dir, int train, const rw_imagefolder_opts *o
         snprintf(why, sizeof why, "%s as written: %s", path, unmapped);
         goto memory;
     }
-    say(o->notice, o->ud, "%s: wrote the cache %s (%.2f GB in %.1f s; %s); later loads map it",
-        what, path, out->map_len / 1e9, mono_s() - t0, stale);
+    rw_notice(o->notice, o->ud, "%s: wrote the cache %s (%.2f GB in %.1f s; %s); later loads map it",
+        what, path, out->map_len / 1e9, rw_mono_s() - t0, stale);
     rc = check_bad(&res, o, what, err, errlen);
     goto done;
 memory:
     if (lk >= 0)
         close(lk);
     lk = -1;
-    say(o->notice, o->ud, "%s: decoded into memory, without a cache (%s)", what, why);
+    rw_notice(o->notice, o->ud, "%s: decoded into memory, without a cache (%s)", what, why);
     rc = load_memory(dir, &l, o, what, &res, out, err, errlen);
     if (rc == 0)
         rc = check_bad(&res, o, what, err, errlen);

@@ -437,9 +437,7 @@ void rw_vnotice(rw_data_notice notice, void *ud, const char *fmt, va_list ap)
     notice(ud, line);
 }
 
-static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
+void rw_notice(rw_data_notice notice, void *ud, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -447,12 +445,6 @@ static void say(rw_data_notice notice, void *ud, const char *fmt, ...)
     va_end(ap);
 }
 
-static double mono_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 int rw_stl10_load_cached(const char *dir, int train, int unlabeled, const char *cache_dir,
                          rw_data_notice notice, void *ud, rw_dataset *out, char *err,
@@ -493,7 +485,7 @@ int rw_stl10_load_cached(const char *dir, int train, int unlabeled, const char *
         return 0;
     }
     cache_sweep(cache_dir, path);
-    double t0 = mono_s();
+    double t0 = rw_mono_s();
     int errnum = 0;
     int rc = cache_build(&f, head, tmp, path, &errnum, err, errlen);
     const char *unmapped = NULL;
@@ -510,11 +502,11 @@ int rw_stl10_load_cached(const char *dir, int train, int unlabeled, const char *
         snprintf(why, sizeof why, "%s as written: %s", path, unmapped);
         goto memory;
     }
-    say(notice, ud, "STL-10 %s at %s: wrote the row-major cache %s (%.2f GB in %.1f s; %s); "
+    rw_notice(notice, ud, "STL-10 %s at %s: wrote the row-major cache %s (%.2f GB in %.1f s; %s); "
         "later loads map it",
-        part, dir, path, cache_bytes((size_t)(f.nl + f.nu)) / 1e9, mono_s() - t0, stale);
+        part, dir, path, cache_bytes((size_t)(f.nl + f.nu)) / 1e9, rw_mono_s() - t0, stale);
     return 0;
 memory:
-    say(notice, ud, "STL-10 %s at %s: read into memory, without a cache (%s)", part, dir, why);
+    rw_notice(notice, ud, "STL-10 %s at %s: read into memory, without a cache (%s)", part, dir, why);
     return load_memory(dir, &f, out, err, errlen);
 }

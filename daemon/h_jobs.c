@@ -58,7 +58,8 @@ void rd_req_submit(rd_daemon *d, rd_conn *c, long long id, json_t *m)
         g.priority = (int)json_integer_value(json_object_get(m, "priority"));
     int ndev = rd_pool_ndevices(&d->pool);
     for (size_t i = 0; i < g.njobs; i++) {
-        if (g.jobs[i].spec.devices > ndev) {
+        /* a coordinator's devices are the remote workers that come */
+        if (!d->pool.coordinator_only && g.jobs[i].spec.devices > ndev) {
             rd_reply_error(c, id, RW_E_BAD_SPEC,
                            "%s: job %s: devices: asks for %d devices; this daemon has %d", origin,
                            g.jobs[i].name, g.jobs[i].spec.devices, ndev);

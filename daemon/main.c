@@ -29,7 +29,8 @@ static void usage(FILE *f)
             "  --state-dir DIR        socket, database, runs (default $XDG_STATE_HOME/runaway,\n"
             "                         else ~/.local/state/runaway)\n"
             "  --cpu-slots N          CPU worker processes when there is no GPU\n"
-            "                         (default: one per 2 cores, at least 1)\n"
+            "                         (default: one per 2 cores, at least 1; 0 with --gpus 0:\n"
+            "                         coordinator only, remote workers train)\n"
             "  --gpus N               GPUs to use (default: the /dev/nvidiaN devices; 0: CPU only)\n"
             "  --slots-per-gpu N      workers sharing one GPU (default 1)\n"
             "  --threads N            CPU threads per worker (default: cores / slots)\n"
@@ -213,7 +214,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--notify") && v)
             d->notify.cmd = v;
         else if (!strcmp(a, "--cpu-slots"))
-            rc = parse_num(a, v, 1, 64, &cpu_slots);
+            rc = parse_num(a, v, 0, 64, &cpu_slots);
         else if (!strcmp(a, "--gpus"))
             rc = parse_num(a, v, 0, 64, &gpus);
         else if (!strcmp(a, "--slots-per-gpu"))
@@ -310,10 +311,13 @@ int main(int argc, char **argv)
         find_worker(p->worker_path, sizeof p->worker_path);
     p->gpus = gpus >= 0 ? (int)gpus : count_gpus();
     p->slots_per_gpu = (int)spg;
-    p->cpu_slots = cpu_slots > 0 ? (int)cpu_slots : (int)(ncores / 2 > 1 ? ncores / 2 : 1);
+    p->cpu_slots = cpu_slots >= 0 ? (int)cpu_slots : (int)(ncores / 2 > 1 ? ncores / 2 : 1);
     int nslots = p->gpus > 0 ? p->gpus * p->slots_per_gpu : p->cpu_slots;
+    /* no local slot: a login or head node coordinates, workers of other
+     * hosts (serve --tcp) train, and a submission waits for them */
+    p->coordinator_only = nslots == 0;
     p->threads_per_worker = threads > 0 ? (int)threads
-                            : p->gpus > 0 ? 2
+                            : p->gpus > 0 || nslots == 0 ? 2
                                           : (int)(ncores / nslots > 1 ? ncores / nslots : 1);
     p->heartbeat_s = hb;
     p->heartbeat_timeout_s = hbt;
@@ -351,9 +355,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "runawayd: %s\n", err);
         return 1;
     }
-    rd_log("pid %d, state %s, %d %s worker slot(s), %d thread(s) each, worker %s, tensorboard %s",
-           (int)getpid(), d->state_dir, p->nworkers, p->gpus > 0 ? "GPU" : "CPU",
-           p->threads_per_worker, p->worker_path, d->tb.dir[0] ? d->tb.dir : "none");
+    if (p->coordinator_only)
+        rd_log("pid %d, state %s, coordinator only: no local worker slots, remote workers "
+               "train (%s), tensorboard %s", (int)getpid(), d->state_dir,
+               tcp ? tcp : "no --tcp: only workers on this host's socket",
+               d->tb.dir[0] ? d->tb.dir : "none");
+    else
+        rd_log("pid %d, state %s, %d %s worker slot(s), %d thread(s) each, worker %s, "
+               "tensorboard %s", (int)getpid(), d->state_dir, p->nworkers,
+               p->gpus > 0 ? "GPU" : "CPU", p->threads_per_worker, p->worker_path,
+               d->tb.dir[0] ? d->tb.dir : "none");
     rd_db_event(&d->store, 0, "daemon", "started");
     rd_schedule(&d->jobs);
 

@@ -52,6 +52,7 @@ typedef struct rd_pool {
     int nworkers;
     char worker_path[PATH_MAX], sock_path[PATH_MAX], state_dir[PATH_MAX];
     int cpu_slots, gpus, slots_per_gpu, threads_per_worker;
+    int coordinator_only; /* no local slots (--cpu-slots 0 --gpus 0) */
     double heartbeat_s, heartbeat_timeout_s, stall_timeout_s;
     /* a worker process's handle was closed (a shutdown may wait for that) */
     void (*proc_gone)(void *arg);

@@ -99,9 +99,9 @@ Test(daemon, hostile_frames_get_errors_and_the_daemon_serves_on, .init = fx_setu
 static int tcp_port;
 static char tcp_addr[32]; /* 127.0.0.1:<tcp_port> */
 
-static void setup_tcp(void)
+/* the token must be the owner's only: written before the daemon starts */
+static void setup_tcp_token(void)
 {
-    /* the token must be the owner's only: written before the daemon starts */
     fx_prepare();
     char tok[128];
     snprintf(tok, sizeof tok, "%s/token", fx.dir);
@@ -110,6 +110,11 @@ static void setup_tcp(void)
     close(fd);
     tcp_port = fx_free_tcp_port();
     snprintf(tcp_addr, sizeof tcp_addr, "127.0.0.1:%d", tcp_port);
+}
+
+static void setup_tcp(void)
+{
+    setup_tcp_token();
     fx_start_daemon("--tcp", tcp_addr, NULL);
 }
 
@@ -180,6 +185,46 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = fx_teardown, .timeo
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     cr_assert(seen, "the TCP worker did not register");
+}
+
+/* A coordinator on a login or head node (--cpu-slots 0 --gpus 0): it
+ * trains nothing itself, takes a submission with no worker yet (issue
+ * 22: it was refused as "--cpu-slots: 0"), and the job runs once a worker
+ * of "another host" joins over TCP. */
+static void setup_coordinator(void)
+{
+    setup_tcp_token();
+    fx_start_daemon("--tcp", tcp_addr, "--cpu-slots", "0", "--gpus", "0", NULL);
+}
+
+Test(daemon, a_coordinator_trains_nothing_and_a_tcp_worker_runs_its_jobs,
+     .init = setup_coordinator, .fini = fx_teardown, .timeout = 90)
+{
+    json_t *ws = fx_ask_simple("workers", NULL, NULL);
+    cr_assert_eq(json_array_size(json_object_get(ws, "workers")), 0, "local workers started");
+    json_decref(ws);
+    fx_submit_grid("coord", 2, 0, "  seed: [0]\n");
+    usleep(1500000);
+    sqlite3 *db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts", 0), 0,
+                 "an attempt started with no worker");
+    sqlite3_close(db);
+    char w[1100], tok[128];
+    fx_bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(tok, sizeof tok, "%s/token", fx.dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(w, w, "serve", "--tcp", tcp_addr, "--token-file", tok, "--device", "far0",
+              "--backend", "cpu", "--threads", "1", "--heartbeat", "0.2", (char *)NULL);
+        _exit(127);
+    }
+    fx_wait_jobs("done", 1, 60);
+    db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE worker LIKE '%far0%'", 0),
+                 1, "the job did not run on the remote worker");
+    sqlite3_close(db);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -280,10 +280,21 @@ void rd_wconn_message(rd_wconn *W, rd_conn *c, const char *type, json_t *m)
         if (json_is_true(json_object_get(m, "restart")) && w->conn)
             rd_drain_begin(d, w, job, attempt);
     } else if (!strcmp(type, "stopped")) {
-        rd_attempt_set(d, attempt, "stopped", NULL);
+        /* a worker's scheduler (Slurm's time limit or preemption) signalled
+         * it: the attempt is preempted, the job resumes from its checkpoint */
+        const char *sig = json_string_value(json_object_get(m, "preempted"));
+        char why[160];
+        if (sig)
+            snprintf(why, sizeof why, "preempted: its worker %s got %s; resumes from its "
+                     "checkpoint", w->device, sig);
+        rd_attempt_set(d, attempt, sig ? "preempted" : "stopped", NULL);
         rd_job_release(d, job, attempt, w);
         if (rd_job_is_running(d, job))
-            rd_job_set_state(d, job, "queued", NULL, NULL); /* stopped by shutdown: resumes next time */
+            rd_job_set_state(d, job, "queued", NULL, sig ? why : NULL); /* resumes next time */
+        if (sig) {
+            rd_db_event(d->store, job, "state", why);
+            rd_log("job j%lld %s", (long long)job, why);
+        }
     }
     if (!w->job)
         rd_schedule(d);

@@ -88,7 +88,7 @@ static const mdef msgs[] = {
     {"failed", RW_FROM_WORKER,
      {ID_OPT, JOB, ATTEMPT, {"error", T_STR, 1, 0, RW_LINE_MAX}, {"retry", T_BOOL, 0, 0, 1},
       {"restart", T_BOOL, 0, 0, 1}}},
-    {"stopped", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT}},
+    {"stopped", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"preempted", T_STR, 0, 1, 16}}},
     /* worker requests (rendezvous store of the worker's current attempt) */
     {"kv_set", RW_FROM_WORKER,
      {ID, JOB, ATTEMPT, {"key", T_STR, 1, 1, RW_KV_KEY_MAX},

@@ -187,6 +187,22 @@ Test(daemon, tcp_needs_the_token, .init = setup_tcp, .fini = fx_teardown, .timeo
     cr_assert(seen, "the TCP worker did not register");
 }
 
+/* A worker of "another host" on the daemon's TCP port, as srun starts one. */
+static pid_t start_far_worker(const char *device)
+{
+    char w[1100], tok[128];
+    fx_bin(w, sizeof w, "worker/runaway-worker");
+    snprintf(tok, sizeof tok, "%s/token", fx.dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(w, w, "serve", "--tcp", tcp_addr, "--token-file", tok, "--device", device,
+              "--backend", "cpu", "--threads", "1", "--heartbeat", "0.2", (char *)NULL);
+        _exit(127);
+    }
+    cr_assert_gt(pid, 0);
+    return pid;
+}
+
 /* A coordinator on a login or head node (--cpu-slots 0 --gpus 0): it
  * trains nothing itself, takes a submission with no worker yet (issue
  * 22: it was refused as "--cpu-slots: 0"), and the job runs once a worker
@@ -209,20 +225,51 @@ Test(daemon, a_coordinator_trains_nothing_and_a_tcp_worker_runs_its_jobs,
     cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts", 0), 0,
                  "an attempt started with no worker");
     sqlite3_close(db);
-    char w[1100], tok[128];
-    fx_bin(w, sizeof w, "worker/runaway-worker");
-    snprintf(tok, sizeof tok, "%s/token", fx.dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(w, w, "serve", "--tcp", tcp_addr, "--token-file", tok, "--device", "far0",
-              "--backend", "cpu", "--threads", "1", "--heartbeat", "0.2", (char *)NULL);
-        _exit(127);
-    }
+    pid_t pid = start_far_worker("far0");
     fx_wait_jobs("done", 1, 60);
     db = fx_open_db();
     cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE worker LIKE '%far0%'", 0),
                  1, "the job did not run on the remote worker");
     sqlite3_close(db);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* Slurm's notice before a time limit or a preemption (--signal=B:USR1@120,
+ * or SIGTERM): the worker checkpoints at its next step, reports the attempt
+ * preempted and exits 0; the job waits in the queue and the next worker
+ * resumes it from that checkpoint (it was killed, and the job lost every
+ * step since its last checkpoint, issue 22). */
+Test(daemon, a_signalled_worker_checkpoints_reports_preempted_and_exits,
+     .init = setup_coordinator, .fini = fx_teardown, .timeout = 120)
+{
+    long long job = fx_submit_long("preempt");
+    pid_t pid = start_far_worker("far0");
+    fx_wait_epoch(job, 15, 30);
+    cr_assert_eq(kill(pid, SIGUSR1), 0);
+    int st = -1;
+    for (double t0 = fx_now(); fx_now() - t0 < 30; usleep(50000))
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            break;
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the worker did not exit 0 (status %d)",
+              st);
+    fx_wait_for("the attempt preempted", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND "
+                "outcome='preempted'", job, 1, 10);
+    sqlite3 *db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", job), 1);
+    /* its checkpoint: the epoch it stopped at, past the one it had */
+    double stopped_at = fx_db_num(db, "SELECT MAX(epoch) FROM metrics WHERE job_id=? AND "
+                                      "kind='epoch'", job);
+    sqlite3_close(db);
+    pid = start_far_worker("far1");
+    fx_wait_job(job, "done", 90);
+    db = fx_open_db();
+    double resumed_at = fx_db_num(db, "SELECT MIN(epoch) FROM metrics WHERE kind='epoch' AND "
+                                      "attempt_id=(SELECT MAX(id) FROM attempts WHERE job_id=?)",
+                                  job);
+    sqlite3_close(db);
+    cr_expect(resumed_at == stopped_at + 1, "the next attempt began at epoch %g, not %g + 1",
+              resumed_at, stopped_at);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
 }

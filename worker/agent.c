@@ -44,6 +44,7 @@ typedef struct agent {
     long long job, attempt; /* what is training now (0: idle) */
     atomic_int cancel;   /* the current job was cancelled */
     atomic_int stop;     /* the daemon asked us to stop, or is gone */
+    atomic_int preempted; /* the signal (SIGTERM, SIGUSR1) that stopped us, or 0 */
     atomic_int lost;
     rw_frame_reader r;   /* one reader for hello and the I/O thread: the daemon may
                           * send an assign right behind its hello reply */
@@ -635,6 +636,30 @@ static void restart_self(agent *a)
     _exit(3);
 }
 
+/* A batch scheduler's notice (Slurm: SIGTERM at a time limit or
+ * preemption, SIGUSR1 with --signal=B:USR1@120): the job checkpoints at
+ * its next step, is reported preempted, and the process exits. The signals
+ * are blocked in every thread and taken here, where a mutex may be held. */
+static void *signal_main(void *arg)
+{
+    agent *a = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0)
+        return NULL;
+    fprintf(stderr, "runaway-worker: %s: checkpointing at the next step, then exiting\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGUSR1");
+    pthread_mutex_lock(&a->mu);
+    atomic_store(&a->preempted, sig);
+    atomic_store(&a->stop, 1);
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
 int rw_agent_main(int argc, char **argv)
 {
     const char *sock = NULL, *tcp = NULL, *token_file = NULL, *device = "cpu", *backend = "auto";
@@ -774,6 +799,18 @@ int rw_agent_main(int argc, char **argv)
     json_decref(reply);
     fprintf(stderr, "runaway-worker: connected (slot %ld, device %s)\n", slot, device);
 
+    /* a worker of another host (no --slot: srun's, or by hand) stops for
+     * its scheduler; the daemon's own are killed with the daemon */
+    if (slot < 0) {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGUSR1);
+        pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread made from here on */
+        pthread_t sigt;
+        if (pthread_create(&sigt, NULL, signal_main, &a) == 0)
+            pthread_detach(sigt);
+    }
     pthread_t io;
     pthread_create(&io, NULL, io_main, &a);
     for (;;) {
@@ -801,6 +838,11 @@ int rw_agent_main(int argc, char **argv)
         a.world = 1;
         a.cancelled_at = 0;
         pthread_mutex_unlock(&a.mu);
+        int sig = atomic_load(&a.preempted);
+        if (report && sig &&
+            !strcmp(json_string_value(json_object_get(report, "type")), "stopped"))
+            json_object_set_new(report, "preempted",
+                                json_string(sig == SIGTERM ? "SIGTERM" : "SIGUSR1"));
         send_msg(&a, report);
     }
     /* stop: wake the I/O thread (its poll sees the shutdown) and go */

@@ -71,6 +71,11 @@ uint64_t rw_if_list_digest(const rw_if_list *l, int side);
 /* Image `index` of a split (0 train, 1 test, 2 unlabeled) of the synthetic
  * set, class `label`: (3, 32, 32) planes (worker/synth.c). */
 void rw_synth_image(uint64_t seed, uint32_t split, uint32_t index, int label, uint8_t *img);
+/* The synthetic writers' image counts checked: min <= train, test <=
+ * 10000000 and 0 <= unlabeled <= 10000000. 0, or -1 with the error naming
+ * dir, what is written and the counts. */
+int rw_synth_check_counts(const char *dir, const char *what, int min, int n_train, int n_test,
+                          int n_unlabeled, char *err, size_t errlen);
 
 /* Image files (worker/synth_imagefolder.c): pix (h, w, components)
  * interleaved; a JPEG of 1 (grey), 3 (RGB) or 4 (CMYK, Adobe's inverted

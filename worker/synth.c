@@ -365,6 +365,18 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
     return write_split_file(dir, "test_batch.bin", REC_CIFAR10, seed, 1, 0, n_test, err, errlen);
 }
 
+int rw_synth_check_counts(const char *dir, const char *what, int min, int n_train, int n_test,
+                          int n_unlabeled, char *err, size_t errlen)
+{
+    if (n_train >= min && n_test >= min && n_unlabeled >= 0 && n_train <= 10000000 &&
+        n_test <= 10000000 && n_unlabeled <= 10000000)
+        return 0;
+    snprintf(err, errlen, "%s: %s needs %d <= train, test <= 10000000 and 0 <= unlabeled <= "
+             "10000000 (got train %d, test %d, unlabeled %d)",
+             dir, what, min, n_train, n_test, n_unlabeled);
+    return -1;
+}
+
 int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_test,
                       int n_unlabeled, uint64_t seed, char *err, size_t errlen)
 {
@@ -375,15 +387,9 @@ int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_tes
                  "rw_synth_write_imagefolder's)", dir);
         return -1;
     }
-    if (n_train < 1 || n_test < 1 || n_unlabeled < 0 || n_train > 10000000 ||
-        n_test > 10000000 || n_unlabeled > 10000000) {
-        snprintf(err, errlen,
-                 "%s: synthetic set needs 1 <= train, test <= 10000000 and 0 <= unlabeled <= "
-                 "10000000 (got train %d, test %d, unlabeled %d)",
-                 dir, n_train, n_test, n_unlabeled);
-        return -1;
-    }
-    if (rw_mkdir_p(dir, err, errlen) != 0)
+    if (rw_synth_check_counts(dir, "synthetic set", 1, n_train, n_test, n_unlabeled, err,
+                              errlen) != 0 ||
+        rw_mkdir_p(dir, err, errlen) != 0)
         return -1;
     if (kind == RW_DATA_CIFAR100)
         return write_split_file(dir, "train.bin", REC_CIFAR100, seed, 0, 0, n_train, err,

@@ -136,14 +136,9 @@ int rw_synth_write_imagefolder(const char *dir, int n_train, int n_test, int n_u
                                uint64_t seed, char *err, size_t errlen)
 {
     /* every class folder gets an image: an empty one is an error */
-    if (n_train < 10 || n_test < 10 || n_unlabeled < 0 || n_train > 10000000 ||
-        n_test > 10000000 || n_unlabeled > 10000000) {
-        snprintf(err, errlen,
-                 "%s: a synthetic image folder needs 10 <= train, test <= 10000000 and 0 <= "
-                 "unlabeled <= 10000000 (got train %d, test %d, unlabeled %d)",
-                 dir, n_train, n_test, n_unlabeled);
+    if (rw_synth_check_counts(dir, "a synthetic image folder", 10, n_train, n_test, n_unlabeled,
+                              err, errlen) != 0)
         return -1;
-    }
     if (write_split(dir, "train", seed, 0, n_train, 1, err, errlen) != 0 ||
         write_split(dir, "val", seed, 1, n_test, 1, err, errlen) != 0)
         return -1;

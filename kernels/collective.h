@@ -13,6 +13,7 @@
 #define RUNAWAY_KERNELS_COLLECTIVE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct kb_store {
     void *ud;
@@ -24,6 +25,10 @@ typedef struct kb_store {
 } kb_store;
 
 typedef enum { KB_REDUCE_SUM, KB_REDUCE_AVG } kb_reduce_op;
+
+/* The numbers on the wire of a queued all-reduce: fp32, or bf16 (half the
+ * bytes; each addition in fp32, each partial sum rounded to bf16). */
+typedef enum { KB_WIRE_FP32, KB_WIRE_BF16 } kb_wire;
 
 typedef struct kb_comm kb_comm;
 struct kb_comm {
@@ -40,7 +45,30 @@ struct kb_comm {
     int (*broadcast)(kb_comm *c, void *buf, size_t bytes, int root, char *err, size_t errlen);
     int (*barrier)(kb_comm *c, char *err, size_t errlen);
     void (*destroy)(kb_comm *c);
+    /* Optional (NULL where absent): the sum of n bf16 numbers (raw bits) in
+     * place, each addition in fp32 and rounded to bf16, every rank ending
+     * with the same bits. */
+    int (*allreduce_bf16)(kb_comm *c, uint16_t *buf, size_t n, char *err, size_t errlen);
+    /* 1: buffers are device memory (NCCL): no queue of host threads. */
+    int device_memory;
+    /* Set on a queued communicator (kb_comm_queued), NULL elsewhere. */
+    long (*start)(kb_comm *c, float *buf, size_t n, kb_reduce_op op, kb_wire wire, char *err,
+                  size_t errlen);
+    int (*wait)(kb_comm *c, long ticket, char *err, size_t errlen);
 };
+
+/* A communicator whose operations run on a thread of its own, one at a
+ * time, in the order they are posted: c->start posts an all-reduce and
+ * returns its ticket at once; c->wait(t) returns when every operation up
+ * to t has finished (0), or with the first failure (-1). Its blocking calls
+ * (allreduce, broadcast, barrier) go through the same queue, so no two
+ * operations reach `inner` at once and every rank issues them in one order.
+ * A buffer posted must stay untouched until its ticket is waited for.
+ * Takes `inner` (host memory only: not NCCL); NULL with a reason. */
+kb_comm *kb_comm_queued(kb_comm *inner, char *err, size_t errlen);
+/* Seconds the queue's thread has spent inside operations (communication
+ * time, overlapped or not); 0 for a communicator without a queue. */
+double kb_comm_busy_s(const kb_comm *c);
 
 /* World of one: every call is a no-op (averaging over one rank). */
 kb_comm *kb_comm_single(void);

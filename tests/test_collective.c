@@ -271,6 +271,117 @@ Test(collective, allreduce_world3, .timeout = 60)
     run_ranks(3, 10000, allreduce_body, NULL);
 }
 
+/* ---- bf16 on the wire, and the queue ---- */
+
+static uint16_t bf16_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float float_of(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Rank r's k-th number: no pattern bf16 keeps exactly. */
+static float noisy(size_t k, int r)
+{
+    return (float)((k * 2654435761u + (size_t)r * 40503u) % 100003u) / 9973.0f - 5.0f;
+}
+
+/* Two ranks: each number is bf16(bf16(a) + bf16(b)), the sum in fp32 of
+ * the bf16 inputs, rounded once: what "bf16 on the wire, the sum in fp32"
+ * means (with two ranks the order of the addition cannot matter). */
+static void bf16_body(rank_ctx *r)
+{
+    size_t n = 100001;
+    uint16_t *v = malloc(n * sizeof *v);
+    for (size_t k = 0; k < n; k++)
+        v[k] = bf16_of(noisy(k, r->rank));
+    int rc = r->comm->allreduce_bf16(r->comm, v, n, r->err, ERRLEN);
+    RANK_CHECK(r, rc == 0, "allreduce_bf16: %s", r->err);
+    size_t bad = 0, inexact = 0;
+    for (size_t k = 0; k < n; k++) {
+        float a = float_of(bf16_of(noisy(k, 0))), b = float_of(bf16_of(noisy(k, 1)));
+        bad += v[k] != bf16_of(a + b);
+        inexact += float_of(bf16_of(a + b)) != a + b;
+    }
+    RANK_CHECK(r, bad == 0, "%zu of %zu sums are not bf16(bf16(a) + bf16(b))", bad, n);
+    RANK_CHECK(r, inexact > n / 4, "only %zu sums needed rounding: the test proves little",
+               inexact);
+    free(v);
+}
+
+Test(collective, bf16_allreduce_sums_in_fp32_and_rounds_once_world2, .timeout = 60)
+{
+    need_gloo();
+    run_ranks(2, 10000, bf16_body, NULL);
+}
+
+/* Exact sums: bucket 4 goes as bf16, whose integers are exact below 2^8. */
+static float small(int b, size_t i, int r)
+{
+    return b == 4 ? (float)(i % 32) + (float)r : contrib(i + (size_t)b, r);
+}
+
+/* A queue over Gloo: several all-reduces posted at once (fp32 and bf16,
+ * sum and average), a blocking broadcast behind them, then one wait: every
+ * result is the unqueued one's, and the queue counts its busy time. */
+static void queued_body(rank_ctx *r)
+{
+    kb_comm *q = kb_comm_queued(r->comm, r->err, ERRLEN);
+    RANK_CHECK(r, q != NULL, "queue: %s", r->err);
+    if (!q)
+        return;
+    r->comm = q; /* destroyed with the queue */
+    int W = r->world;
+    enum { NB = 5 };
+    size_t n[NB] = {1, 1000, 300000, 7, 50000};
+    float *v[NB];
+    long last = 0;
+    for (int b = 0; b < NB; b++) {
+        v[b] = malloc(n[b] * sizeof(float));
+        for (size_t i = 0; i < n[b]; i++)
+            v[b][i] = small(b, i, r->rank);
+        kb_wire wire = b == 4 ? KB_WIRE_BF16 : KB_WIRE_FP32;
+        last = q->start(q, v[b], n[b], b % 2 ? KB_REDUCE_AVG : KB_REDUCE_SUM, wire, r->err,
+                        ERRLEN);
+        RANK_CHECK(r, last > 0, "start %d: %s", b, r->err);
+    }
+    char word[8] = "";
+    if (r->rank == 1)
+        snprintf(word, sizeof word, "queued");
+    RANK_CHECK(r, q->broadcast(q, word, sizeof word, 1, r->err, ERRLEN) == 0, "bcast: %s",
+               r->err);
+    RANK_CHECK(r, strcmp(word, "queued") == 0, "broadcast gave '%s'", word);
+    RANK_CHECK(r, q->wait(q, last, r->err, ERRLEN) == 0, "wait: %s", r->err);
+    for (int b = 0; b < NB; b++) {
+        size_t bad = 0;
+        for (size_t i = 0; i < n[b]; i++) {
+            float s = 0;
+            for (int k = 0; k < W; k++)
+                s += small(b, i, k);
+            float e = b % 2 ? s / (float)W : s;
+            bad += v[b][i] != e;
+        }
+        RANK_CHECK(r, bad == 0, "queued all-reduce %d: %zu of %zu wrong", b, bad, n[b]);
+        free(v[b]);
+    }
+    RANK_CHECK(r, kb_comm_busy_s(q) > 0, "no busy time counted");
+}
+
+Test(collective, queued_operations_run_in_order_beside_the_caller_world3, .timeout = 60)
+{
+    need_gloo();
+    run_ranks(3, 10000, queued_body, NULL);
+}
+
 /* ---- broadcast ---- */
 
 #define BC_BYTES 100003 // odd size: no element-size assumptions

@@ -226,5 +226,6 @@ extern "C" kb_comm *kb_nccl_create(const kb_store *store, int rank, int world, i
     c->broadcast = nccl_broadcast;
     c->barrier = nccl_barrier;
     c->destroy = nccl_destroy;
+    c->device_memory = 1;
     return c;
 }

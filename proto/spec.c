@@ -108,13 +108,15 @@ static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_iden
 static const char *const loss_kinds[] = {"byol", "unified", "supervised", NULL};
 static const char *const schedules[] = {"constant", "cosine", NULL};
 static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
+static const char *const grad_dtypes[] = {"fp32", "bf16", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_arch) == sizeof(int) &&
                    sizeof(rw_predictor) == sizeof(int) &&
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
                    sizeof(rw_lr_schedule) == sizeof(int) &&
-                   sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int),
+                   sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int) &&
+                   sizeof(rw_grad_dtype) == sizeof(int),
                "enum fields are stored as int");
 
 #define TWO53 9007199254740992.0
@@ -178,6 +180,9 @@ static const field fields[] = {
     {"sync_bn", F_BOOL, O(sync_bn), 0, 1, 0, NULL},
     {"precision", F_ENUM, O(precision), 0, 0, 0, precisions},
     {"deterministic", F_BOOL, O(deterministic), 0, 1, 0, NULL},
+    {"dist.overlap", F_BOOL, O(dist.overlap), 0, 1, 0, NULL},
+    {"dist.bucket_mb", F_FLOAT, O(dist.bucket_mb), 0, 4096, LO_OPEN, NULL},
+    {"dist.grad_dtype", F_ENUM, O(dist.grad_dtype), 0, 0, 0, grad_dtypes},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
@@ -189,6 +194,9 @@ void rw_spec_defaults(rw_spec *s) {
     s->devices = 1;
     s->precision = RW_PREC_TF32;
     s->deterministic = 1;
+    s->dist.overlap = 1;
+    s->dist.bucket_mb = 25;
+    s->dist.grad_dtype = RW_GRAD_FP32;
     s->data.kind = RW_DATA_SYNTHETIC;
     s->data.synthetic_train = 5000;
     s->data.synthetic_test = 1000;

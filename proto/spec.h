@@ -117,6 +117,8 @@ typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
 typedef enum { RW_LR_CONSTANT, RW_LR_COSINE } rw_lr_schedule;
 /* Same order as kb_precision (kernels/backend.h), which proto/ does not see. */
 typedef enum { RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16 } rw_precision;
+/* The gradient on the wire of a data-parallel job. */
+typedef enum { RW_GRAD_FP32, RW_GRAD_BF16 } rw_grad_dtype;
 
 typedef struct rw_spec {
     char name[RW_NAME_MAX];
@@ -127,6 +129,11 @@ typedef struct rw_spec {
     int sync_bn; /* data parallel: BatchNorm statistics over the global batch */
     rw_precision precision; /* math of convolutions and GEMMs */
     int deterministic;      /* 0: weight gradients may sum in any order (faster on a GPU) */
+    struct {
+        int overlap;      /* buckets all-reduced while the backward pass runs */
+        float bucket_mb;  /* a bucket's size */
+        rw_grad_dtype grad_dtype;
+    } dist;
 
     struct {
         rw_data_kind kind;

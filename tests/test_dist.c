@@ -15,6 +15,7 @@
 #include "proto/spec.h"
 #include "thread_comm.h"
 #include "worker/data.h"
+#include "worker/dist.h"
 #include "worker/model.h"
 #include "worker/safetensors.h"
 #include "worker/train.h"
@@ -72,16 +73,19 @@ typedef struct rank_run {
     tc_rank comm;
     int rc;
     char err[512];
-    double loss[MAX_STEPS];
+    double loss[MAX_STEPS], uniform[MAX_STEPS];
     int nsteps;
+    int queued; /* the rank's communicator behind a queue (kb_comm_queued), as workers have it */
     double seconds;
 } rank_run;
 
 static void on_step(void *ud, const rw_metrics *m)
 {
     rank_run *r = ud;
-    if (r->nsteps < MAX_STEPS)
+    if (r->nsteps < MAX_STEPS) {
+        r->uniform[r->nsteps] = m->uniform;
         r->loss[r->nsteps++] = m->loss;
+    }
 }
 
 static void *rank_main(void *p)
@@ -92,7 +96,14 @@ static void *rank_main(void *p)
     kb_backend *be = kb_cpu_create(1);
     rw_train_hooks h = {.ud = r, .on_step = on_step};
     rw_train_result res;
+    kb_comm *q = NULL;
+    if (r->queued) {
+        q = kb_comm_queued(r->opts.comm, r->err, sizeof r->err);
+        cr_assert_not_null(q, "%s", r->err);
+        r->opts.comm = q;
+    }
     r->rc = rw_train(&r->spec, be, &r->opts, &h, &res, r->err, sizeof r->err);
+    kb_comm_destroy(q);
     kb_destroy(be);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     r->seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
@@ -101,6 +112,8 @@ static void *rank_main(void *p)
 
 /* Runs `world` ranks of the spec as threads; rank 0 writes to out. Rank
  * `odd` (-1: none) reads its data from tmp/odd_dir instead. */
+static int queue_ranks; /* run_world's ranks get queued communicators */
+
 static void run_world_on(rank_run *r, int world, const rw_spec *s, int sync_bn, const char *out,
                          int timeout_ms, int odd, const char *odd_dir)
 {
@@ -117,6 +130,7 @@ static void run_world_on(rank_run *r, int world, const rw_spec *s, int sync_bn, 
         r[k].opts = (rw_train_opts){.out_dir = k == 0 ? out : NULL, .comm = &r[k].comm.c,
                                     .check_every = 1,
                                     .test_perturb_rank = -1};
+        r[k].queued = queue_ranks;
     }
     for (int k = 0; k < world; k++)
         pthread_create(&th[k], NULL, rank_main, &r[k]);
@@ -426,4 +440,217 @@ Test(dist, sync_bn_on_one_rank_is_plain_bn)
     for (int k = 0; k < plain.nsteps; k++)
         cr_expect(plain.loss[k] == sync.loss[k], "step %d: %.9g vs %.9g", k + 1, plain.loss[k],
                   sync.loss[k]);
+}
+
+/* ------------------------------------------- the gradient beside the backward */
+
+/* A communicator that only records what the data-parallel code starts. */
+typedef struct rec_comm {
+    kb_comm c;
+    const float *grads;
+    size_t np;
+    int returned;           /* the backward pass has returned */
+    int n, before;          /* buckets started; of them, before the return */
+    size_t lo[256], len[256];
+    int others;             /* starts on other buffers (the stop flag) */
+} rec_comm;
+
+static long rec_start(kb_comm *c, float *buf, size_t n, kb_reduce_op op, kb_wire wire, char *err,
+                      size_t errlen)
+{
+    (void)op, (void)wire, (void)err, (void)errlen;
+    rec_comm *r = (rec_comm *)c;
+    if (buf < r->grads || buf >= r->grads + r->np || r->n == 256) {
+        r->others++;
+        return r->n + r->others;
+    }
+    r->lo[r->n] = (size_t)(buf - r->grads);
+    r->len[r->n] = n;
+    r->before += !r->returned;
+    r->n++;
+    return r->n + r->others;
+}
+
+static int rec_wait(kb_comm *c, long t, char *err, size_t errlen)
+{
+    (void)c, (void)t, (void)err, (void)errlen;
+    return 0;
+}
+
+static int rec_allreduce(kb_comm *c, float *b, size_t n, kb_reduce_op op, char *err, size_t el)
+{
+    (void)c, (void)b, (void)n, (void)op, (void)err, (void)el;
+    return 0;
+}
+
+/* One step's backward pass with buckets of 0.01 MB: with overlap every
+ * bucket is started before the pass returns (the last by the stem's
+ * gradient), tail first, the buckets tiling the buffer; without, none is,
+ * and all leave after it. */
+static void buckets_during_backward(int overlap, rec_comm *rc, size_t *np)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    char err[256];
+    kb_backend *be = kb_cpu_create(1);
+    rw_model_cfg mc;
+    rw_model_cfg_from_spec(&s, &mc);
+    rw_model *m = rw_model_create(be, &mc, s.seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    *np = rw_model_nparams(m);
+    memset(rc, 0, sizeof *rc);
+    rc->c = (kb_comm){.rank = 0, .world = 2, .name = "recorder", .allreduce = rec_allreduce,
+                      .start = rec_start, .wait = rec_wait};
+    rc->grads = rw_model_grads(m);
+    rc->np = *np;
+    rw_dist_cfg dc = {.overlap = overlap, .bucket_mb = 0.01};
+    rw_dist *d = rw_dist_create(&rc->c, be, m, 16, s.model.proj_out, &dc, err, sizeof err);
+    cr_assert_not_null(d, "%s", err);
+    size_t nx = be->fmap_bytes(be, 32, 3, 16, 16);
+    float *x = be->alloc(be, nx), *h = malloc(nx);
+    for (size_t i = 0; i < nx / sizeof(float); i++)
+        h[i] = (float)((i * 7919) % 255) / 127.0f - 1.0f;
+    be->upload(be, x, h, nx);
+    rw_dist_step_begin(d);
+    rw_step_stats st;
+    cr_assert_eq(rw_model_forward_backward(m, x, 16, 16, &st), 0);
+    rc->returned = 1;
+    int stop = 0;
+    cr_assert_eq(rw_dist_grads(d, &stop, err, sizeof err), 0, "%s", err);
+    rw_dist_free(d);
+    be->free(be, x);
+    free(h);
+    rw_model_free(m);
+    kb_destroy(be);
+}
+
+Test(dist, buckets_leave_during_the_backward_tail_first)
+{
+    rec_comm rc;
+    size_t np;
+    buckets_during_backward(1, &rc, &np);
+    size_t per = (size_t)(0.01 * 1048576 / 4);
+    cr_assert_eq((size_t)rc.n, (np + per - 1) / per, "%d buckets for %zu parameters", rc.n, np);
+    cr_expect_eq(rc.before, rc.n, "only %d of %d buckets left during the backward pass",
+                 rc.before, rc.n);
+    size_t hi = np;
+    for (int i = 0; i < rc.n; i++) {
+        cr_expect_eq(rc.lo[i] + rc.len[i], hi, "bucket %d ends at %zu, not %zu", i,
+                     rc.lo[i] + rc.len[i], hi);
+        cr_expect_leq(rc.len[i], per);
+        hi = rc.lo[i];
+    }
+    cr_expect_eq(hi, 0, "the buckets stop at %zu, not at the buffer's start", hi);
+    cr_expect_eq(rc.others, 1, "the stop flag goes once, behind the buckets");
+
+    buckets_during_backward(0, &rc, &np);
+    cr_expect_eq(rc.before, 0, "without overlap %d buckets left during the backward pass",
+                 rc.before);
+    cr_expect_eq((size_t)rc.n, (np + per - 1) / per);
+}
+
+/* Two ranks with SyncBN (whose all-reduces queue up between the buckets):
+ * the queued, overlapped job and the unqueued one (one call after the
+ * backward) give the same bits, every step's loss and uniformity and every
+ * weight: with two ranks each sum is a + b whatever the bucket. */
+Test(dist, overlapped_buckets_train_bit_for_bit_as_one_call)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    s.dist.bucket_mb = 0.01;
+    char o1[96], o2[96], w1[128], w2[128], worst[64] = "";
+    snprintf(o1, sizeof o1, "%s/plain", tmp);
+    snprintf(o2, sizeof o2, "%s/queued", tmp);
+    rank_run plain[2], queued[2];
+    run_world(plain, 2, &s, 1, o1, 20000);
+    queue_ranks = 1;
+    run_world(queued, 2, &s, 1, o2, 20000);
+    queue_ranks = 0;
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(plain[k].rc, 0, "plain rank %d: %s", k, plain[k].err);
+        cr_assert_eq(queued[k].rc, 0, "queued rank %d: %s", k, queued[k].err);
+    }
+    cr_assert_eq(plain[0].nsteps, 6);
+    cr_assert_eq(queued[0].nsteps, 6);
+    for (int k = 0; k < 6; k++) {
+        cr_expect(plain[0].loss[k] == queued[0].loss[k], "step %d loss: %.9g vs %.9g", k + 1,
+                  plain[0].loss[k], queued[0].loss[k]);
+        cr_expect(plain[0].uniform[k] == queued[0].uniform[k], "step %d uniformity: %.9g vs %.9g",
+                  k + 1, plain[0].uniform[k], queued[0].uniform[k]);
+    }
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
+    cr_expect_eq(d, 0.0, "weights differ by %.3e in %s", d, worst);
+}
+
+/* The global batch's statistics are read at the log windows, several
+ * steps in two collectives: a window of 3 steps reports exactly the mean
+ * of the 3 rows read one step at a time. */
+Test(dist, windows_read_at_once_report_the_steps_read_one_by_one)
+{
+    rw_spec s;
+    tiny_spec(&s, 1);
+    rank_run each[2], win[2];
+    queue_ranks = 1;
+    run_world(each, 2, &s, 0, NULL, 20000);
+    s.log.every_steps = 3;
+    run_world(win, 2, &s, 0, NULL, 20000);
+    queue_ranks = 0;
+    cr_assert_eq(each[0].rc, 0, "%s", each[0].err);
+    cr_assert_eq(win[0].rc, 0, "%s", win[0].err);
+    cr_assert_eq(each[0].nsteps, 6);
+    cr_assert_eq(win[0].nsteps, 2);
+    for (int w = 0; w < 2; w++) {
+        const double *l = each[0].loss + 3 * w, *u = each[0].uniform + 3 * w;
+        double loss = (l[0] + l[1] + l[2]) / 3, uni = (u[0] + u[1] + u[2]) / 3;
+        cr_expect(win[0].loss[w] == loss, "window %d: loss %.17g, steps' mean %.17g", w + 1,
+                  win[0].loss[w], loss);
+        cr_expect(win[0].uniform[w] == uni, "window %d: uniformity %.17g, steps' mean %.17g",
+                  w + 1, win[0].uniform[w], uni);
+    }
+}
+
+/* dist.grad_dtype bf16: the first step (no update yet) reports the fp32
+ * job's loss; the weights then part from the fp32 job's by bf16's rounding
+ * of the gradient, not more; a communicator without a bf16 all-reduce
+ * beside the step is refused by name. */
+Test(dist, bf16_gradients_on_the_wire)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    char o1[96], o2[96], w1[128], w2[128], worst[64] = "";
+    snprintf(o1, sizeof o1, "%s/fp32", tmp);
+    snprintf(o2, sizeof o2, "%s/bf16", tmp);
+    rank_run f[2], b[2], refused[2];
+    queue_ranks = 1;
+    run_world(f, 2, &s, 1, o1, 20000);
+    s.dist.grad_dtype = RW_GRAD_BF16;
+    run_world(b, 2, &s, 1, o2, 20000);
+    queue_ranks = 0;
+    run_world(refused, 2, &s, 1, NULL, 3000);
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(f[k].rc, 0, "fp32 rank %d: %s", k, f[k].err);
+        cr_assert_eq(b[k].rc, 0, "bf16 rank %d: %s", k, b[k].err);
+        cr_expect(refused[k].rc != 0 && strstr(refused[k].err, "dist.grad_dtype bf16"),
+                  "unqueued rank %d: %s", k, refused[k].err);
+    }
+    cr_expect(f[0].loss[0] == b[0].loss[0], "first loss %.9g vs %.9g", f[0].loss[0],
+              b[0].loss[0]);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
+    printf("bf16 vs fp32 gradients on the wire: worst tensor difference %.2e (%s)\n", d, worst);
+    for (int k = 0; k < f[0].nsteps; k++)
+        printf("step %d: loss fp32 %.9g bf16 %.9g (%.2e)\n", k + 1, f[0].loss[k], b[0].loss[k],
+               fabs(f[0].loss[k] - b[0].loss[k]) / fabs(f[0].loss[k]));
+    /* bf16 keeps 8 bits: 2^-8 = 3.9e-3 relative per gradient; over the job's
+     * 6 steps the losses moved by 2e-5 .. 6e-4 relative (fp32 rounding
+     * alone: 1e-6), below half a bf16 step */
+    for (int k = 1; k < f[0].nsteps; k++)
+        cr_expect(fabs(f[0].loss[k] - b[0].loss[k]) <= 2e-3 * fabs(f[0].loss[k]),
+                  "step %d: loss %.9g with bf16 gradients, %.9g with fp32", k + 1, b[0].loss[k],
+                  f[0].loss[k]);
+    cr_expect(f[0].loss[1] != b[0].loss[1], "bf16 on the wire changed nothing by step 2");
+    cr_expect_gt(d, 0.0, "bf16 on the wire changed nothing");
 }

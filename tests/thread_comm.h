@@ -7,6 +7,7 @@
 #define RUNAWAY_TESTS_THREAD_COMM_H
 
 #include <errno.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,44 @@ static inline int tc_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op
     return rc ? tc_fail(err, errlen) : 0;
 }
 
+static inline float tc_float_of(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t tc_bf16_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* bf16 numbers summed in rank order, each addition in fp32 and rounded. */
+static inline int tc_allreduce_bf16(kb_comm *c, uint16_t *buf, size_t n, char *err, size_t errlen)
+{
+    tc_world *w = ((tc_rank *)c)->w;
+    uint16_t *mine = malloc(n * sizeof *mine);
+    memcpy(mine, buf, n * sizeof *mine);
+    w->slot[c->rank] = mine;
+    if (tc_barrier(w) != 0) {
+        free(mine);
+        return tc_fail(err, errlen);
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t s = ((uint16_t *)w->slot[0])[i];
+        for (int r = 1; r < w->world; r++)
+            s = tc_bf16_of(tc_float_of(s) + tc_float_of(((uint16_t *)w->slot[r])[i]));
+        buf[i] = s;
+    }
+    int rc = tc_barrier(w);
+    free(mine);
+    return rc ? tc_fail(err, errlen) : 0;
+}
+
 static inline int tc_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *err, size_t errlen)
 {
     tc_world *w = ((tc_rank *)c)->w;
@@ -129,6 +168,7 @@ static inline void tc_rank_init(tc_rank *r, tc_world *w, int rank)
     r->c.broadcast = tc_broadcast;
     r->c.barrier = tc_barrier_op;
     r->c.destroy = tc_destroy;
+    r->c.allreduce_bf16 = tc_allreduce_bf16;
 }
 
 /* A key-value store shared by threads, for rendezvous in tests. */

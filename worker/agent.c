@@ -511,6 +511,10 @@ static json_t *run_assignment(agent *a, json_t *m)
         comm = nccl ? kb_nccl_create(&store, rank, world, 0, a->coll_timeout_ms, err, sizeof err)
                     : kb_gloo_create(&store, rank, world, a->host, a->coll_timeout_ms, err,
                                      sizeof err);
+        /* Gloo's calls on a thread of their own: gradient buckets leave
+         * while the backward pass runs (without it, the step waits) */
+        kb_comm *q = comm && !nccl ? kb_comm_queued(comm, err, sizeof err) : NULL;
+        comm = q ? q : comm;
         fprintf(stderr, "runaway-worker: j%lld attempt %lld: rank %d of %d (%s, %s): %s\n", r.job,
                 r.attempt, rank, world, nccl ? "nccl" : "gloo", a->host, comm ? "connected" : err);
         if (!comm && aborted(a)) {

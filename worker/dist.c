@@ -14,14 +14,35 @@ struct rw_dist {
     kb_backend *be;
     rw_model *m;
     int Bl, D;
-    float *gather;   /* (world * Bl, D) backend: the global batch's projections */
+    size_t np;       /* parameters: the gradient buffer's floats */
+    /* the gradient's buckets (plan_buckets), those posted this step, the
+     * last ticket, and a failure to post (its reason in error) */
+    size_t *lo;
+    int nbuckets, posted, failed;
+    long last;
+    kb_wire wire;
+    char error[256];
+    /* the steps kept since the last read: cap at most */
+    long kept, cap;
+    float *rows;     /* (cap, RW_MODEL_NSTATS) backend: each step's loss outputs */
+    float *gather;   /* (cap, 2 views, world * Bl, D) backend: the global batches' projections */
+    float *met;      /* (2 * cap) uniformity then (2 * cap) collapse, backend */
+    float *hrows, *hmet; /* host copies of rows and met */
     float *dv;       /* 16 floats of backend scratch */
     uint8_t *host;   /* host copy of parameters + teacher for the checksum */
     size_t host_bytes;
 };
 
-rw_dist *rw_dist_create(kb_comm *c, kb_backend *be, rw_model *m, int Bl, int D, char *err,
-                        size_t errlen)
+static int plan_buckets(rw_dist *d, size_t n, size_t bucket_floats);
+static void grads_ready(void *ud, size_t from);
+
+/* The gathered projections are kept for this many steps at most (the
+ * read then comes sooner), and in this many bytes at most. */
+#define KEEP_STEPS 64
+#define KEEP_BYTES (256u << 20)
+
+rw_dist *rw_dist_create(kb_comm *c, kb_backend *be, rw_model *m, int Bl, int D,
+                        const rw_dist_cfg *cfg, char *err, size_t errlen)
 {
     rw_dist *d = calloc(1, sizeof *d);
     if (!d) {
@@ -33,15 +54,37 @@ rw_dist *rw_dist_create(kb_comm *c, kb_backend *be, rw_model *m, int Bl, int D, 
     d->m = m;
     d->Bl = Bl;
     d->D = D;
-    d->gather = be->alloc(be, (size_t)c->world * Bl * D * sizeof(float));
+    d->np = rw_model_nparams(m);
+    d->wire = cfg->grad_bf16 ? KB_WIRE_BF16 : KB_WIRE_FP32;
+    if (cfg->grad_bf16 && (!c->start || !c->allreduce_bf16)) {
+        snprintf(err, errlen, "dist.grad_dtype bf16 needs a communicator that reduces bf16 "
+                 "beside the step (Gloo's, on CPU workers); %s has none", c->name);
+        free(d);
+        return NULL;
+    }
+    size_t per_step = 2 * (size_t)c->world * Bl * D * sizeof(float);
+    d->cap = KEEP_BYTES / per_step;
+    d->cap = d->cap < 1 ? 1 : d->cap > KEEP_STEPS ? KEEP_STEPS : d->cap;
+    d->rows = be->alloc(be, (size_t)d->cap * RW_MODEL_NSTATS * sizeof(float));
+    d->gather = be->alloc(be, (size_t)d->cap * per_step);
+    d->met = be->alloc(be, 4 * (size_t)d->cap * sizeof(float));
+    d->hrows = malloc((size_t)d->cap * RW_MODEL_NSTATS * sizeof(float));
+    d->hmet = malloc(4 * (size_t)d->cap * sizeof(float));
     d->dv = be->alloc(be, 16 * sizeof(float));
     d->host_bytes = (rw_model_nparams(m) + rw_model_nteacher(m)) * sizeof(float);
     d->host = malloc(d->host_bytes);
-    if (!d->gather || !d->dv || !d->host) {
+    size_t bucket = cfg->bucket_mb > 0 ? (size_t)(cfg->bucket_mb * 1048576.0 / sizeof(float)) : 0;
+    if (!d->rows || !d->gather || !d->met || !d->hrows || !d->hmet || !d->dv || !d->host ||
+        plan_buckets(d, d->np, bucket ? bucket : d->np) != 0) {
         snprintf(err, errlen, "out of memory for data-parallel buffers");
         rw_dist_free(d);
         return NULL;
     }
+    be->fill(be, d->gather, 0.0f, (size_t)d->cap * per_step / sizeof(float));
+    /* overlap: a bucket leaves as soon as the backward pass has finished it;
+     * the CPU backend computes as it is called, so "finished" is true then */
+    if (cfg->overlap && c->start && !c->device_memory && !be->capture_begin)
+        rw_model_set_grads_ready(m, grads_ready, d);
     return d;
 }
 
@@ -49,10 +92,14 @@ void rw_dist_free(rw_dist *d)
 {
     if (!d)
         return;
-    if (d->gather)
-        d->be->free(d->be, d->gather);
-    if (d->dv)
-        d->be->free(d->be, d->dv);
+    rw_model_set_grads_ready(d->m, NULL, NULL);
+    float *bufs[] = {d->rows, d->gather, d->met, d->dv};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (bufs[i])
+            d->be->free(d->be, bufs[i]);
+    free(d->hrows);
+    free(d->hmet);
+    free(d->lo);
     free(d->host);
     free(d);
 }
@@ -149,47 +196,140 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     return 0;
 }
 
-int rw_dist_grads(rw_dist *d, char *err, size_t errlen)
+/* ------------------------------------------------------------ gradients */
+
+/* Buckets from the buffer's tail, where the backward pass starts: bucket i
+ * spans [lo[i], lo[i - 1]) with lo[-1] = nparams, each of at most
+ * bucket_floats, the last ending at 0. */
+static int plan_buckets(rw_dist *d, size_t n, size_t bucket_floats)
 {
-    /* One call over the one gradient buffer: each rank's loss is the mean
-     * over its equal share, so the average is the global batch's gradient. */
-    return d->c->allreduce(d->c, rw_model_grads(d->m), rw_model_nparams(d->m), KB_REDUCE_AVG,
-                           err, errlen);
+    size_t nb = bucket_floats ? (n + bucket_floats - 1) / bucket_floats : 1;
+    if (nb == 0)
+        nb = 1;
+    d->lo = malloc(nb * sizeof *d->lo);
+    if (!d->lo)
+        return -1;
+    d->nbuckets = (int)nb;
+    size_t hi = n;
+    for (size_t i = 0; i < nb; i++) {
+        size_t lo = hi > bucket_floats && bucket_floats ? hi - bucket_floats : 0;
+        d->lo[i] = lo;
+        hi = lo;
+    }
+    return 0;
 }
 
-int rw_dist_metrics(rw_dist *d, rw_step_stats *st, int *stop, char *err, size_t errlen)
+static size_t bucket_hi(const rw_dist *d, int i) { return i == 0 ? d->np : d->lo[i - 1]; }
+
+/* Posts bucket i's all-reduce on the communicator's queue. */
+static void post_bucket(rw_dist *d, int i)
+{
+    if (d->failed)
+        return;
+    size_t lo = d->lo[i], hi = bucket_hi(d, i);
+    long t = d->c->start(d->c, rw_model_grads(d->m) + lo, hi - lo, KB_REDUCE_AVG, d->wire,
+                         d->error, sizeof d->error);
+    if (t < 0)
+        d->failed = 1;
+    else
+        d->last = t;
+}
+
+/* The backward pass's news: every gradient from `from` on is final. */
+static void grads_ready(void *ud, size_t from)
+{
+    rw_dist *d = ud;
+    while (d->posted < d->nbuckets && d->lo[d->posted] >= from)
+        post_bucket(d, d->posted++);
+}
+
+void rw_dist_step_begin(rw_dist *d)
+{
+    d->posted = 0;
+    d->failed = 0;
+}
+
+int rw_dist_grads(rw_dist *d, int *stop, char *err, size_t errlen)
+{
+    kb_comm *c = d->c;
+    /* Each rank's loss is the mean over its equal share, so the average is
+     * the global batch's gradient. The stop flag rides behind the last
+     * bucket so that every rank stops at the same step. */
+    float flag = *stop ? 1.0f : 0.0f;
+    d->be->upload(d->be, d->dv, &flag, sizeof flag);
+    if (c->start) {
+        while (d->posted < d->nbuckets)
+            post_bucket(d, d->posted++);
+        long t = d->failed ? -1 : c->start(c, d->dv, 1, KB_REDUCE_SUM, KB_WIRE_FP32, d->error,
+                                           sizeof d->error);
+        if (t < 0 || c->wait(c, t, err, errlen) != 0) {
+            if (t < 0)
+                snprintf(err, errlen, "%s", d->error);
+            return -1;
+        }
+    } else if (c->allreduce(c, rw_model_grads(d->m), d->np, KB_REDUCE_AVG, err, errlen) != 0 ||
+               c->allreduce(c, d->dv, 1, KB_REDUCE_SUM, err, errlen) != 0) {
+        return -1;
+    }
+    d->be->download(d->be, &flag, d->dv, sizeof flag);
+    *stop = flag > 0;
+    return 0;
+}
+
+/* ------------------------------------------------------------- metrics */
+
+void rw_dist_keep(rw_dist *d)
+{
+    kb_backend *be = d->be;
+    int k = d->kept++, W = d->c->world;
+    size_t rows = (size_t)d->Bl * d->D;
+    be->copy(be, d->rows + (size_t)k * RW_MODEL_NSTATS, rw_model_stats_buf(d->m),
+             RW_MODEL_NSTATS * sizeof(float));
+    /* step k's view v of every rank: W blocks of Bl rows, this rank's in
+     * its place, the others zero until the all-reduce */
+    for (int v = 0; v < 2; v++)
+        be->copy(be, d->gather + ((size_t)(2 * k + v) * W + d->c->rank) * rows,
+                 rw_model_projections(d->m, v), rows * sizeof(float));
+}
+
+long rw_dist_unread(const rw_dist *d) { return d->kept; }
+
+int rw_dist_full(const rw_dist *d) { return d->kept >= d->cap; }
+
+long rw_dist_read(rw_dist *d, rw_step_stats *st, long max, char *err, size_t errlen)
 {
     kb_backend *be = d->be;
     kb_comm *c = d->c;
-    /* Loss terms are means over equal shares: their average is global. The
-     * stop flag rides along so that every rank stops at the same step. */
-    float h[8] = {st->loss, st->align, st->cross, st->byol, *stop ? 1.0f : 0.0f};
-    be->upload(be, d->dv, h, 5 * sizeof(float));
-    if (c->allreduce(c, d->dv, 5, KB_REDUCE_AVG, err, errlen) != 0)
+    long n = d->kept;
+    if (n <= 0)
+        return 0;
+    if (max < n) {
+        snprintf(err, errlen, "internal: %ld kept steps do not fit %ld statistics", n, max);
         return -1;
-    be->download(be, h, d->dv, 5 * sizeof(float));
-    st->loss = h[0];
-    st->align = h[1];
-    st->cross = h[2];
-    st->byol = h[3];
-    *stop = h[4] > 0;
-    /* Uniformity and collapse are pairwise / per-dimension over the batch:
-     * gather the normalized projections (zero-padded all-reduce). */
-    size_t rows = (size_t)d->Bl * d->D, all = rows * c->world;
-    for (int v = 0; v < 2; v++) {
-        be->fill(be, d->gather, 0.0f, all);
-        be->copy(be, d->gather + rows * c->rank, rw_model_projections(d->m, v),
-                 rows * sizeof(float));
-        if (c->allreduce(c, d->gather, all, KB_REDUCE_SUM, err, errlen) != 0)
-            return -1;
-        int N = d->Bl * c->world;
-        be->uniformity(be, d->gather, 1, N, d->D, 2.0f, d->dv + 8 + v);
-        be->collapse_std(be, d->gather, 1, N, d->D, d->dv + 10 + v);
     }
-    be->download(be, h, d->dv + 8, 4 * sizeof(float));
-    st->uniform = 0.5f * (h[0] + h[1]);
-    st->collapse = 0.5f * (h[2] + h[3]);
-    return 0;
+    /* Loss terms are means over equal shares: their average is global.
+     * Uniformity and collapse are pairwise / per dimension over the global
+     * batch: the projections gathered by a zero-padded all-reduce. */
+    size_t per_step = 2 * (size_t)c->world * d->Bl * d->D;
+    if (c->allreduce(c, d->rows, (size_t)n * RW_MODEL_NSTATS, KB_REDUCE_AVG, err, errlen) != 0 ||
+        c->allreduce(c, d->gather, (size_t)n * per_step, KB_REDUCE_SUM, err, errlen) != 0)
+        return -1;
+    int N = d->Bl * c->world;
+    be->uniformity(be, d->gather, (int)(2 * n), N, d->D, 2.0f, d->met);
+    be->collapse_std(be, d->gather, (int)(2 * n), N, d->D, d->met + 2 * d->cap);
+    float *h = d->hrows, *u = d->hmet;
+    be->download(be, h, d->rows, (size_t)n * RW_MODEL_NSTATS * sizeof(float));
+    be->download(be, u, d->met, 2 * (size_t)n * sizeof(float));
+    be->download(be, u + 2 * d->cap, d->met + 2 * d->cap, 2 * (size_t)n * sizeof(float));
+    for (long k = 0; k < n; k++) {
+        rw_model_stats_decode(d->m, h + k * RW_MODEL_NSTATS, &st[k]);
+        st[k].uniform = 0.5f * (u[2 * k] + u[2 * k + 1]);
+        st[k].collapse = 0.5f * (u[2 * d->cap + 2 * k] + u[2 * d->cap + 2 * k + 1]);
+    }
+    /* the gather's used part is zero again for the next steps */
+    be->fill(be, d->gather, 0.0f, (size_t)n * per_step);
+    d->kept = 0;
+    return n;
 }
 
 static uint64_t fnv1a(const uint8_t *p, size_t n)

@@ -11,19 +11,36 @@
 struct kb_comm;
 typedef struct rw_dist rw_dist;
 
+/* How the gradient travels. */
+typedef struct rw_dist_cfg {
+    int overlap;      /* buckets leave while the backward pass runs (CPU ranks) */
+    double bucket_mb; /* a bucket's size */
+    int grad_bf16;    /* bf16 on the wire, each addition in fp32 */
+} rw_dist_cfg;
+
 /* Bl: this rank's share of the global batch; D: projection width. */
 rw_dist *rw_dist_create(struct kb_comm *c, kb_backend *be, rw_model *m, int Bl, int D,
-                        char *err, size_t errlen);
+                        const rw_dist_cfg *cfg, char *err, size_t errlen);
 void rw_dist_free(rw_dist *d);
 
 /* Broadcasts rank 0's model, teacher, running statistics, Adam state and
  * position (the job's start, or a resume on rank 0) to every rank. */
 int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen);
-/* Averages the gradient buffer over the ranks. */
-int rw_dist_grads(rw_dist *d, char *err, size_t errlen);
-/* Turns this rank's step statistics into the global batch's, and agrees on
- * stopping: *stop becomes 1 on every rank when any rank asked. */
-int rw_dist_metrics(rw_dist *d, rw_step_stats *st, int *stop, char *err, size_t errlen);
+/* Before each step's forward/backward pass: no bucket has left yet. */
+void rw_dist_step_begin(rw_dist *d);
+/* After it: averages the gradient buffer over the ranks (the buckets the
+ * backward pass has not sent yet leave now; all are waited for), and
+ * agrees on stopping: *stop becomes 1 on every rank when any rank asked. */
+int rw_dist_grads(rw_dist *d, int *stop, char *err, size_t errlen);
+/* Keeps this step's statistics and projections (this rank's), for a read. */
+void rw_dist_keep(rw_dist *d);
+/* Steps kept and not read; 1 when no more fit (read them now). */
+long rw_dist_unread(const rw_dist *d);
+int rw_dist_full(const rw_dist *d);
+/* The kept steps' statistics over the global batch, oldest first, into st
+ * (room for max, at least the kept steps): their number, or -1. Every
+ * rank reads at the same steps: two collectives for all of them. */
+long rw_dist_read(rw_dist *d, rw_step_stats *st, long max, char *err, size_t errlen);
 /* Compares teacher and parameter checksums with rank 0's; -1 naming the
  * step when any rank differs. */
 int rw_dist_check(rw_dist *d, long step, char *err, size_t errlen);

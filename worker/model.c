@@ -185,6 +185,12 @@ int rw_model_in_encoder(const rw_model *m, const rw_named *t)
 }
 int rw_model_nbn_encoder(const rw_model *m) { return m->a.pbn.idx; }
 
+void rw_model_set_grads_ready(rw_model *m, void (*fn)(void *ud, size_t from), void *ud)
+{
+    m->ctx.grads_ready = fn;
+    m->ctx.grads_ready_ud = ud;
+}
+
 int rw_model_set_comm(rw_model *m, kb_comm *comm, int sync_bn, char *err, size_t errlen)
 {
     /* A world of one has nothing to synchronize: sync_bn is then plain BN. */

@@ -141,6 +141,11 @@ const char *rw_model_bn_prefix(const rw_model *m, int idx);
  * -1 when the backend lacks the synchronized BN ops. */
 struct kb_comm;
 int rw_model_set_comm(rw_model *m, struct kb_comm *comm, int sync_bn, char *err, size_t errlen);
+/* fn(ud, from) during each backward pass, as soon as the parameter
+ * gradients from float `from` to the end are final: from decreases, the
+ * last call gives 0. For a synchronous backend (the CPU's) only: a queued
+ * device has not computed them yet. NULL: no calls. */
+void rw_model_set_grads_ready(rw_model *m, void (*fn)(void *ud, size_t from), void *ud);
 /* Changes whenever a buffer the step uses is reallocated (a new batch size,
  * an evaluation pass on a larger batch): a captured step is stale then. */
 unsigned long rw_model_mem_gen(const rw_model *m);

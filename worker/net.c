@@ -361,6 +361,12 @@ float *enc_fwd(rw_net *n, const void *x, int N, int S, int train)
     return f;
 }
 
+static void grads_ready(rw_net *n, size_t from)
+{
+    if (n->m->grads_ready && n->G && !n->m->failed)
+        n->m->grads_ready(n->m->grads_ready_ud, from);
+}
+
 /* dfeat (N, F) -> parameter gradients of the encoder. */
 void enc_bwd(rw_net *n, const void *x, const float *dfeat, int N)
 {
@@ -370,10 +376,13 @@ void enc_bwd(rw_net *n, const void *x, const float *dfeat, int N)
     void *g = net_scratch(n, 0), *gx = net_scratch(n, 1);
     if (n->m->failed)
         return;
+    /* the heads' backward came first: their gradients are final */
+    grads_ready(n, a->p1.w);
     be->avgpool_backward(be, dfeat, N, a->F, H * H, g);
     for (int i = a->nblocks - 1; i >= 0; i--) {
         const void *bx = i > 0 ? n->act[block_out(&a->blocks[i - 1])->id_y].p : stem_out(n);
         block_bwd(n, &a->blocks[i], bx, g, gx, N);
+        grads_ready(n, a->blocks[i].c1.w); /* conv1's weight: the block's first parameter */
         void *t = g; g = gx; gx = t;
     }
     /* g: gradient of the stem output (the pooled one, with a pool) */
@@ -384,6 +393,7 @@ void enc_bwd(rw_net *n, const void *x, const float *dfeat, int N)
         d.pool_idx = n->act[a->id_pool_idx].p;
     bn_back(n, &a->bn1, d, n->act[a->conv1.id].p, g, gx, NULL, 0);
     conv_bwd(n, &a->conv1, x, gx, NULL, N, 0);
+    grads_ready(n, 0);
 }
 
 /* ------------------------------------------------------------ heads */

@@ -26,6 +26,11 @@ typedef struct net_ctx {
     kb_comm *comm;         /* data parallel: NULL for one rank */
     int sync_bn;           /* BN statistics over the global batch */
     buf syncbuf;           /* (groups * 3 * widest BN) floats for the all-reduced statistics */
+    /* The backward pass tells it, as it goes, the offset from which every
+     * parameter gradient is final (the buffer's tail comes first): what
+     * lets a rank all-reduce those while it computes the rest. */
+    void (*grads_ready)(void *ud, size_t from);
+    void *grads_ready_ud;
 } net_ctx;
 
 typedef struct rw_net {

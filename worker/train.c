@@ -375,17 +375,20 @@ static int fold_step(step_log *g, const rw_step_stats *st, long k, int e, long s
 
 /* Reads the stats the device holds for the steps up to ts->step of epoch
  * e and folds them, oldest first. */
-static int fold_unread(step_log *g, rw_stepper *sp, int e, char *err, size_t errlen)
+static int fold_unread(step_log *g, rw_stepper *sp, rw_dist *dist, int e, char *err,
+                       size_t errlen)
 {
     rw_step_stats st[STATS_READ_EVERY];
     long n;
-    while ((n = rw_stepper_read(sp, st, STATS_READ_EVERY)) > 0) {
-        long first = g->ts->step - rw_stepper_unread(sp) - n + 1;
+    /* a data-parallel job's are the global batch's, read from its ranks */
+    while ((n = dist ? rw_dist_read(dist, st, STATS_READ_EVERY, err, errlen)
+                     : rw_stepper_read(sp, st, STATS_READ_EVERY)) > 0) {
+        long first = g->ts->step - (dist ? 0 : rw_stepper_unread(sp)) - n + 1;
         for (long i = 0; i < n; i++)
             if (fold_step(g, &st[i], first + i, e, g->ts->step, err, errlen) != 0)
                 return -1;
     }
-    return 0;
+    return n < 0 ? -1 : 0;
 }
 
 int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
@@ -511,7 +514,9 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     }
 
     if (comm) {
-        dist = rw_dist_create(comm, be, m, Bl, spec->model.proj_out, err, errlen);
+        rw_dist_cfg dc = {.overlap = spec->dist.overlap, .bucket_mb = spec->dist.bucket_mb,
+                          .grad_bf16 = spec->dist.grad_dtype == RW_GRAD_BF16};
+        dist = rw_dist_create(comm, be, m, Bl, spec->model.proj_out, &dc, err, errlen);
         if (!dist || rw_dist_sync_state(dist, &ts, err, errlen) != 0)
             goto done;
     }
@@ -557,16 +562,14 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             int r;
             rw_step_stats st;
             if (dist) {
-                /* the host all-reduces between backward and update */
+                /* the gradient is all-reduced between backward and update
+                 * (on CPU ranks, bucket by bucket during the backward) */
+                rw_dist_step_begin(dist);
                 r = rw_stepper_forward_backward(sp, &st);
-                if (r == 0 && (rw_dist_grads(dist, err, errlen) != 0 ||
-                               rw_dist_metrics(dist, &st, &stop, err, errlen) != 0))
+                if (r == 0 && rw_dist_grads(dist, &stop, err, errlen) != 0)
                     goto done;
-                if (r == 0 && !isfinite(st.loss)) {
-                    snprintf(err, errlen, "loss is not finite at step %ld (epoch %d)",
-                             ts.step + 1, e + 1);
-                    goto done;
-                }
+                if (r == 0)
+                    rw_dist_keep(dist);
                 if (r == 0 && !measure)
                     rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
             } else {
@@ -592,13 +595,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             }
             if (dist && ts.step % check_every == 0 && rw_dist_check(dist, ts.step, err, errlen) != 0)
                 goto done;
-            /* a step is reported once its ranks are known to agree */
-            if (dist && fold_step(&sl, &st, ts.step, e, ts.step, err, errlen) != 0)
-                goto done;
             const int window_end = spec->log.every_steps > 0 && ts.step % spec->log.every_steps == 0;
             const int ckpt_due = !stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s;
-            if ((window_end || ckpt_due || stop || rw_stepper_unread(sp) >= STATS_READ_EVERY) &&
-                fold_unread(&sl, sp, e, err, errlen) != 0)
+            /* a data-parallel step is reported once its ranks are known
+             * to agree (rw_dist_check above) */
+            const int full = dist ? rw_dist_full(dist) : rw_stepper_unread(sp) >= STATS_READ_EVERY;
+            if ((window_end || ckpt_due || stop || full) &&
+                fold_unread(&sl, sp, dist, e, err, errlen) != 0)
                 goto done;
             if (ckpt_due) {
                 /* within the epoch: the position, partial sums and time so far */
@@ -625,7 +628,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 goto done;
             }
         }
-        if (fold_unread(&sl, sp, e, err, errlen) != 0)
+        if (fold_unread(&sl, sp, dist, e, err, errlen) != 0)
             goto done;
         ts.elapsed += now_s() - t0;
         double n = ts.sums[4] > 0 ? ts.sums[4] : 1;

@@ -4,7 +4,7 @@
 rw_packages="gcc g++ pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev libdnnl-dev libyaml-dev
   libjansson-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev libuv1-dev libsqlite3-dev libcriterion-dev
   libgloo-dev gnuplot-nox libprotobuf-c-dev protobuf-c-compiler libisal-dev
-  python3-torch python3-torchvision python3-crc32c"
+  python3-torch python3-torchvision python3-crc32c iproute2 nftables"
 
 rw_install_deps() {
     local missing="" p

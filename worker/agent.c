@@ -49,7 +49,8 @@ typedef struct agent {
     rw_frame_reader r;   /* one reader for hello and the I/O thread: the daemon may
                           * send an assign right behind its hello reply */
     double heartbeat_s;
-    int threads;
+    int threads;         /* serve --threads: this host's share (0: the daemon's, or all) */
+    int remote;          /* no --slot: a worker of another host */
     const char *backend;
     const char *host;     /* the address peers reach this worker at (Gloo) */
     int coll_timeout_ms;  /* collectives and rendezvous */
@@ -73,6 +74,7 @@ typedef struct agent {
 } agent;
 
 static void restart_self(agent *a);
+static void exec_serve(int argc, char **argv);
 
 static void send_msg(agent *a, json_t *m)
 {
@@ -480,9 +482,14 @@ static json_t *run_assignment(agent *a, json_t *m)
     }
     if (!json_is_true(json_object_get(m, "resume")))
         r.stall_at = test_stall_at(name);
+    /* the spec's threads, else this host's share: serve --threads, else
+     * (the daemon's own slots) the daemon's split of its cores among them;
+     * a worker of another host without --threads takes all of its own */
     json_t *th = json_object_get(m, "threads");
-    if (s.threads == 0 && json_integer_value(th) > 0)
-        s.threads = (int)json_integer_value(th); /* share the machine with other slots */
+    if (s.threads == 0 && a->threads > 0)
+        s.threads = a->threads;
+    else if (s.threads == 0 && !a->remote && json_integer_value(th) > 0)
+        s.threads = (int)json_integer_value(th);
     kb_backend *be = make_backend(a->backend, s.threads, err, sizeof err);
     /* CUDA workers talk NCCL (this process sees its one GPU as device 0:
      * the daemon sets CUDA_VISIBLE_DEVICES per slot), CPU workers Gloo */
@@ -628,12 +635,17 @@ static void restart_self(agent *a)
         if (poll(&p, 1, 100) > 0 && read(a->fd, buf, sizeof buf) <= 0)
             break;
     }
-    char **av = calloc((size_t)a->argc + 3, sizeof *av);
+    exec_serve(a->argc, a->argv);
+}
+
+static void exec_serve(int argc, char **argv)
+{
+    char **av = calloc((size_t)argc + 3, sizeof *av);
     if (av) {
         av[0] = "runaway-worker";
         av[1] = "serve";
-        for (int i = 0; i < a->argc; i++)
-            av[2 + i] = a->argv[i];
+        for (int i = 0; i < argc; i++)
+            av[2 + i] = argv[i];
         execv("/proc/self/exe", av);
         fprintf(stderr, "runaway-worker: cannot restart: %s\n", strerror(errno));
     }
@@ -668,7 +680,7 @@ int rw_agent_main(int argc, char **argv)
 {
     const char *sock = NULL, *tcp = NULL, *token_file = NULL, *device = "cpu", *backend = "auto";
     const char *host_opt = NULL;
-    double coll_timeout = 120, stall = 1800;
+    double coll_timeout = 120, stall = 1800, reconnect = 0;
     long slot = -1, threads = 0;
     double hb = 2;
     for (int i = 0; i < argc; i++) {
@@ -699,6 +711,8 @@ int rw_agent_main(int argc, char **argv)
             coll_timeout = strtod(v, NULL);
         else if (!strcmp(argv[i], "--stall-timeout"))
             stall = strtod(v, NULL);
+        else if (!strcmp(argv[i], "--reconnect"))
+            reconnect = strtod(v, NULL);
         else {
             fprintf(stderr, "runaway-worker serve: unexpected argument '%s'\n", argv[i]);
             return 2;
@@ -707,11 +721,13 @@ int rw_agent_main(int argc, char **argv)
     }
     if (!sock == !tcp || hb <= 0 || hb > 60 || threads < 0 || threads > 1024 ||
         !(coll_timeout >= 1 && coll_timeout <= 3600) || !(stall == 0 || (stall >= 1 && stall <= 1e6)) ||
-        (host_opt && (!*host_opt || strlen(host_opt) > 255))) {
+        (host_opt && (!*host_opt || strlen(host_opt) > 255)) ||
+        !(reconnect >= 0 && reconnect <= 1e6) || (reconnect > 0 && (slot >= 0 || !tcp))) {
         fprintf(stderr, "usage: runaway-worker serve (--socket PATH | --tcp HOST:PORT --token-file F)\n"
                         "         [--slot N] [--device NAME] [--backend auto|cpu|cuda] [--threads N]\n"
                         "         [--heartbeat SECONDS] [--host ADDR] [--collective-timeout SECONDS]\n"
-                        "         [--stall-timeout SECONDS (0: never)]\n");
+                        "         [--stall-timeout SECONDS (0: never)]\n"
+                        "         [--reconnect SECONDS (with --tcp, no --slot)]\n");
         return 2;
     }
     /* spawned by the daemon for a slot: die with it rather than linger */
@@ -737,10 +753,20 @@ int rw_agent_main(int argc, char **argv)
             return 1;
         }
     }
-    int fd = sock ? connect_unix(sock, err, sizeof err) : connect_tcp(tcp, err, sizeof err);
-    if (fd < 0) {
-        fprintf(stderr, "runaway-worker: cannot reach runawayd: %s\n", err);
-        return 1;
+    /* --reconnect: a worker of another host rides out a partition or the
+     * daemon's restart, trying again with a growing pause */
+    int fd = -1;
+    for (double t0 = mono(), pause = 0.5;; pause = pause < 8 ? 2 * pause : 10) {
+        fd = sock ? connect_unix(sock, err, sizeof err) : connect_tcp(tcp, err, sizeof err);
+        if (fd >= 0)
+            break;
+        if (mono() - t0 + pause > reconnect) {
+            fprintf(stderr, "runaway-worker: cannot reach runawayd: %s\n", err);
+            return 1;
+        }
+        fprintf(stderr, "runaway-worker: cannot reach runawayd (%s); again in %.1f s\n", err,
+                pause);
+        usleep((useconds_t)(pause * 1e6));
     }
     /* where data-parallel peers reach us: --host, else the local address of
      * our TCP connection to the daemon (the interface that routes there),
@@ -755,7 +781,8 @@ int rw_agent_main(int argc, char **argv)
             getnameinfo((struct sockaddr *)&ss, sl, addr, sizeof addr, NULL, 0, NI_NUMERICHOST) != 0)
             snprintf(addr, sizeof addr, "127.0.0.1");
     }
-    agent a = {.fd = fd, .heartbeat_s = hb, .threads = (int)threads, .backend = backend,
+    agent a = {.fd = fd, .heartbeat_s = hb, .threads = (int)threads, .remote = slot < 0,
+               .backend = backend,
                .host = addr, .coll_timeout_ms = (int)(coll_timeout * 1000), .kv_next = 1000,
                .world = 1, .cancel_grace_s = 5, .stall_s = stall, .argv = argv, .argc = argc};
     pthread_mutex_init(&a.wmu, NULL);
@@ -792,6 +819,13 @@ int rw_agent_main(int argc, char **argv)
         rc = got == 1 ? 0 : -1;
     }
     const char *rt = reply ? json_string_value(json_object_get(reply, "type")) : NULL;
+    if (rc != 0 && !reply && reconnect > 0) {
+        /* no answer (a partition, a daemon starting): not a refusal */
+        fprintf(stderr, "runaway-worker: %s; trying again\n", err);
+        close(fd);
+        sleep(1);
+        exec_serve(argc, argv);
+    }
     if (rc != 0 || !rt || strcmp(rt, "ok") != 0) {
         fprintf(stderr, "runaway-worker: hello refused: %s\n",
                 reply ? json_string_value(json_object_get(reply, "message")) : err);
@@ -850,6 +884,12 @@ int rw_agent_main(int argc, char **argv)
         send_msg(&a, report);
     }
     /* stop: wake the I/O thread (its poll sees the shutdown) and go */
+    if (reconnect > 0 && atomic_load(&a.lost) && !atomic_load(&a.preempted)) {
+        /* the daemon is gone, not done with us: a fresh process waits for it */
+        fprintf(stderr, "runaway-worker: lost runawayd; reconnecting for up to %g s\n",
+                reconnect);
+        restart_self(&a);
+    }
     shutdown(fd, SHUT_RDWR);
     pthread_join(io, NULL);
     json_decref(a.kv_reply);

@@ -36,6 +36,7 @@
 #include "kernels/profile.h"
 #include "proto/spec.h"
 #include "worker/bench_data.h"
+#include "worker/bench_dist.h"
 #include "worker/model.h"
 #include "worker/step.h"
 
@@ -316,6 +317,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
 int main(int argc, char **argv)
 {
     int steps = 3, threads = 0, quick = 0, cuda = 0, profile = 0, only = 0, data = 0;
+    int devices = 0;
     int decode_size = 96;
     const char *decode = NULL;
     kb_precision prec = KB_PREC_TF32;
@@ -335,6 +337,8 @@ int main(int argc, char **argv)
             profile = 1;
         else if (strcmp(argv[i], "--data") == 0)
             data = 1;
+        else if (strcmp(argv[i], "--devices") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 2)
+            devices = atoi(argv[++i]);
         else if (strcmp(argv[i], "--decode") == 0 && i + 1 < argc)
             decode = argv[++i];
         else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 8)
@@ -354,14 +358,17 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
                             "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data] "
-                            "[--profile] [--config N] [--data] [--decode DIR [--size S]]\n"
+                            "[--profile] [--config N] [--data] [--decode DIR [--size S]] "
+                            "[--devices N]\n"
                             "  --profile   after the table, each configuration again op by op, "
                             "with the time, calls and rate of each kind of op\n"
                             "  --config N  only the Nth configuration (1-based; see the table)\n"
                             "  --data      the CPU loader's views/s instead, from a set in memory "
                             "and from an image folder's cache (--steps: batches, x10)\n"
                             "  --decode DIR  the rate at which DIR/train's images decode to "
-                            "SxS (default 96)\n");
+                            "SxS (default 96)\n"
+                            "  --devices N  N data-parallel CPU ranks (processes, Gloo): compute, "
+                            "communication and exposed communication per step (--steps, x10)\n");
             return 2;
         }
     }
@@ -371,6 +378,14 @@ int main(int argc, char **argv)
         return bench_decode(decode, decode_size, threads);
     if (data)
         return bench_data_table(threads, 10 * steps);
+    if (devices) {
+        if (cuda) {
+            fprintf(stderr, "runaway-bench: --devices runs CPU ranks; GPUs: unmeasured here "
+                            "(NCCL's ranks are not built into the bench yet)\n");
+            return 2;
+        }
+        return bench_devices(devices, 10 * steps, threads, only);
+    }
     bench_cfg cfgs[] = {
         {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 32, 64, RW_PRED_MLP},
         {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, RW_PRED_MLP},

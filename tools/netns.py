@@ -165,3 +165,77 @@ class Hosts:
             if not self.pids(k):
                 return
             time.sleep(0.1)
+
+
+PORT = 7070
+
+
+class Cluster:
+    """runawayd on host 0, coordinating only (--cpu-slots 0 --gpus 0) and
+    listening on TCP with a token; a CPU worker (serve --tcp --reconnect)
+    on each other host; the state folder on this machine's file system,
+    which every host sees; the CLI through the daemon's Unix socket."""
+
+    def __init__(self, build, state, hosts, heartbeat_timeout=8, collective_timeout=10):
+        self.build, self.state, self.hosts = build, state, hosts
+        self.hb_timeout, self.coll_timeout = heartbeat_timeout, collective_timeout
+        self.daemon = None
+        self.workers = {}
+        self.token = os.path.join(state, "token")
+
+    def cli(self, *args, check=True):
+        r = subprocess.run([os.path.join(self.build, "tools/runaway"), "--state-dir", self.state,
+                            *args], capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise SystemExit("runaway %s failed (%d): %s%s" %
+                             (" ".join(args), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def start_daemon(self):
+        if not os.path.exists(self.token):
+            self.cli("token", "new", self.token)
+        self.daemon = self.hosts.spawn(0, [
+            os.path.join(self.build, "daemon/runawayd"), "--state-dir", self.state,
+            "--cpu-slots", "0", "--gpus", "0", "--tcp", "%s:%d" % (self.hosts.addr(0), PORT),
+            "--token-file", self.token, "--max-retries", "100", "--heartbeat", "1",
+            "--heartbeat-timeout", str(self.hb_timeout), "--shutdown-timeout", "30"],
+            self.state + "-daemon.log")
+        sock = os.path.join(self.state, "runawayd.sock")
+        for _ in range(6000):  # a database another program locks is waited for
+            if os.path.exists(sock) and self.cli("daemon", "status", check=False).returncode == 0:
+                return
+            if self.daemon.poll() is not None:
+                raise SystemExit("runawayd exited (%d) at start; see %s-daemon.log"
+                                 % (self.daemon.returncode, self.state))
+            time.sleep(0.1)
+        raise SystemExit("runawayd did not come up")
+
+    def stop_daemon(self, sig=signal.SIGTERM):
+        if self.daemon:
+            self.daemon.send_signal(sig)
+            self.daemon.wait(60)
+            self.daemon = None
+
+    def start_worker(self, k):
+        self.workers[k] = self.hosts.spawn(k, [
+            os.path.join(self.build, "worker/runaway-worker"), "serve",
+            "--tcp", "%s:%d" % (self.hosts.addr(0), PORT), "--token-file", self.token,
+            "--device", "h%d:cpu0" % k, "--backend", "cpu", "--threads", "1",
+            "--heartbeat", "1", "--collective-timeout", str(self.coll_timeout),
+            "--reconnect", "600"], "%s-worker-h%d.log" % (self.state, k))
+
+    def worker_alive(self, k):
+        w = self.workers.get(k)
+        return w is not None and w.poll() is None
+
+    def start(self):
+        self.start_daemon()
+        for k in range(1, self.hosts.n):
+            self.start_worker(k)
+
+    def stop(self):
+        self.stop_daemon()
+        for k in range(1, self.hosts.n):
+            self.hosts.kill_all(k)
+            if k in self.workers:
+                self.workers[k].wait()

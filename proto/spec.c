@@ -109,6 +109,7 @@ static const char *const loss_kinds[] = {"byol", "unified", "supervised", NULL};
 static const char *const schedules[] = {"constant", "cosine", NULL};
 static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 static const char *const grad_dtypes[] = {"fp32", "bf16", NULL};
+static const char *const linear_norms[] = {"none", "standardize", "batchnorm", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_arch) == sizeof(int) &&
@@ -116,7 +117,7 @@ _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == size
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
                    sizeof(rw_lr_schedule) == sizeof(int) &&
                    sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int) &&
-                   sizeof(rw_grad_dtype) == sizeof(int),
+                   sizeof(rw_grad_dtype) == sizeof(int) && sizeof(rw_linear_norm) == sizeof(int),
                "enum fields are stored as int");
 
 #define TWO53 9007199254740992.0
@@ -165,6 +166,7 @@ static const field fields[] = {
     {"eval.linear.epochs", F_INT, O(eval.linear_epochs), 0, 100000, 0, NULL},
     {"eval.linear.lr", F_FLOAT, O(eval.linear_lr), 0, 10, LO_OPEN, NULL},
     {"eval.linear.batch_size", F_INT, O(eval.linear_batch_size), 1, 65536, 0, NULL},
+    {"eval.linear.normalize", F_ENUM, O(eval.linear_normalize), 0, 0, 0, linear_norms},
     {"eval.linear.every", F_INT, O(eval.linear_every), 0, 100000, 0, NULL},
     {"eval.knn.every", F_INT, O(eval.knn_every), 0, 100000, 0, NULL},
     {"eval.knn.k", F_INT, O(eval.knn_k), 1, 10000, 0, NULL},

@@ -117,6 +117,10 @@ typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
 typedef enum { RW_LR_CONSTANT, RW_LR_COSINE } rw_lr_schedule;
 /* Same order as kb_precision (kernels/backend.h), which proto/ does not see. */
 typedef enum { RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16 } rw_precision;
+/* What the linear probe does to the frozen features first: nothing (the
+ * paper's protocol), standardize them with the training split's statistics,
+ * or a BatchNorm without affine parameters before the linear layer. */
+typedef enum { RW_LINEAR_RAW, RW_LINEAR_STANDARDIZE, RW_LINEAR_BATCHNORM } rw_linear_norm;
 /* The gradient on the wire of a data-parallel job. */
 typedef enum { RW_GRAD_FP32, RW_GRAD_BF16 } rw_grad_dtype;
 
@@ -191,6 +195,7 @@ typedef struct rw_spec {
         int linear_epochs;
         float linear_lr;
         int linear_batch_size;
+        rw_linear_norm linear_normalize; /* the features the probe sees */
         int linear_every; /* also every N epochs (0: only at the end), Figure 4(c) */
         int knn_every, knn_k;
         float knn_temperature;

@@ -250,6 +250,7 @@ static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *t
     rw_linear_cfg lcfg = {
         .epochs = spec->eval.linear_epochs, .lr = spec->eval.linear_lr,
         .batch = spec->eval.linear_batch_size, .seed = spec->seed,
+        .normalize = spec->eval.linear_normalize,
     };
     return rw_eval_linear_model(m, train, test, S, spec->data.mean, spec->data.std, &lcfg, acc,
                                 err, errlen);

@@ -94,6 +94,40 @@ static void print_legend(const json_t *r, const char *pre, const char *marks)
         printf("\n");
 }
 
+/* Under the table: the linear evaluation its accuracies come from, one
+ * line where every variant's is the same, else one per variant; each line
+ * starts with `pre`. */
+static void print_protocols(const json_t *r, const char *pre)
+{
+    const json_t *rows = json_object_get(r, "rows");
+    const char *first = NULL;
+    int same = 1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v)
+    {
+        const char *p = json_string_value(json_object_get(v, "linear_protocol"));
+        if (!p)
+            continue;
+        if (!first)
+            first = p;
+        else if (strcmp(first, p) != 0)
+            same = 0;
+    }
+    if (!first)
+        return;
+    if (same) {
+        printf("%slinear eval: %s\n", pre, first);
+        return;
+    }
+    json_array_foreach(rows, i, v)
+    {
+        const char *p = json_string_value(json_object_get(v, "linear_protocol"));
+        if (p)
+            printf("%slinear eval of %s: %s\n", pre, jstr(v, "variant"), p);
+    }
+}
+
 /* s left-aligned in `width` columns of the terminal: a UTF-8 character
  * (the ± of a cell) is one column, whatever its bytes. */
 static void pad_cols(char *out, size_t len, const char *s, int width)
@@ -169,6 +203,7 @@ void print_table(conn *c, char *const *grids, int ng)
                accm);
     }
     print_legend(r, "", "* worse, + better");
+    print_protocols(r, "");
     json_decref(r);
 }
 
@@ -273,6 +308,7 @@ static void print_table_tex(const json_t *r)
     }
     printf("\\bottomrule\n\\end{tabular}\n");
     print_legend(r, "% ", "Bold: worse, italic: better");
+    print_protocols(r, "% ");
 }
 
 static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
@@ -289,7 +325,8 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
                "linear_acc_std,rank_mean,rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,"
-               "acc_worse,uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n\n");
+               "acc_worse,uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n,"
+               "linear_protocol\n");
     else
         printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) |%s linear eval top-1 (%%) |\n"
                "|---|---|---|---|---|%s---|\n", ws ? " cos(W,I) |" : "", ws ? "---|" : "");
@@ -317,10 +354,13 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
             flag01(aw, sizeof aw, v, "acc_worse");
             cell(up, sizeof up, v, "uniform_p", 1);
             cell(ap, sizeof ap, v, "acc_p", 1);
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld\n",
+            /* the protocol's words hold commas, never quotes */
+            const char *lp = json_string_value(json_object_get(v, "linear_protocol"));
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld,%s%s%s\n",
                    jstr(v, "variant"), jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm,
                    rs, wm, wsd, uw, aw, jstr(v, "uniform_vs_baseline"), up,
-                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"));
+                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"), lp ? "\"" : "",
+                   lp ? lp : "", lp ? "\"" : "");
         } else {
             char al[64], un[64], rk[64], acc[64], unm[80], accm[80], wi[64], wic[72] = "";
             pm(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, "");
@@ -339,8 +379,10 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
                    jint(v, "jobs"), al, unm, rk, wic, accm);
         }
     }
-    if (!csv)
+    if (!csv) {
         print_legend(r, "\n", "Bold: worse, italic: better");
+        print_protocols(r, "\n");
+    }
     json_decref(r);
 }
 

@@ -646,7 +646,7 @@ Test(spec, conf_grids_expand) {
         size_t jobs;
         const char *last;
     } grids[] = {
-        {"conf/quickstart.yaml", 10, "quickstart/raft-np/seed1"},
+        {"conf/quickstart.yaml", 15, "quickstart/raft-np/seed2"},
         {"conf/paper-table1.yaml", 45, "paper-table1/supervised/seed2"},
         {"conf/paper-table3.yaml", 39, "paper-table3/byol-prime-np-b100/seed2"},
         {"conf/stl10.yaml", 15, "stl10/raft-np/seed2"},

@@ -218,7 +218,7 @@ Test(spec, overrides_set_a_grids_base)
     char err[2048];
     const char *w[] = {"optim.lr=3e-3", "model.predictor=linear"};
     cr_assert_eq(quickstart(w, 2, &g, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(g.njobs, 10);
+    cr_assert_eq(g.njobs, 15);
     for (size_t j = 0; j < g.njobs; j++)
         cr_expect_eq(g.jobs[j].spec.optim.lr, 3e-3f, "%s", g.jobs[j].name);
     cr_expect_eq(job(&g, "quickstart/byol/seed0")->model.predictor, RW_PRED_LINEAR);

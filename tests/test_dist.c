@@ -515,8 +515,8 @@ static void buckets_during_backward(int overlap, rec_comm *rc, size_t *np)
     rw_step_stats st;
     cr_assert_eq(rw_model_forward_backward(m, x, 16, 16, &st), 0);
     rc->returned = 1;
-    int stop = 0;
-    cr_assert_eq(rw_dist_grads(d, &stop, err, sizeof err), 0, "%s", err);
+    int stop = 0, ckpt = 0;
+    cr_assert_eq(rw_dist_grads(d, &stop, &ckpt, err, sizeof err), 0, "%s", err);
     rw_dist_free(d);
     be->free(be, x);
     free(h);
@@ -653,4 +653,39 @@ Test(dist, bf16_gradients_on_the_wire)
                   f[0].loss[k]);
     cr_expect(f[0].loss[1] != b[0].loss[1], "bf16 on the wire changed nothing by step 2");
     cr_expect_gt(d, 0.0, "bf16 on the wire changed nothing");
+}
+
+/* Timed checkpoints (checkpoint.every_minutes) are rank 0's clock alone,
+ * and the statistics are folded before each, which takes collectives: the
+ * ranks must agree on the step, or rank 0 reads while rank 1 sends its
+ * gradient. Here due at every step, between the log windows of 3: the job
+ * reports exactly what it does without them. */
+Test(dist, timed_checkpoints_are_agreed_by_every_rank)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    s.log.every_steps = 3;
+    char o1[96], o2[96], w1[128], w2[128], worst[64] = "";
+    snprintf(o1, sizeof o1, "%s/untimed", tmp);
+    snprintf(o2, sizeof o2, "%s/timed", tmp);
+    rank_run plain[2], timed[2];
+    queue_ranks = 1;
+    run_world(plain, 2, &s, 1, o1, 20000);
+    s.checkpoint.every_minutes = 1e-6f;
+    run_world(timed, 2, &s, 1, o2, 20000);
+    queue_ranks = 0;
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(plain[k].rc, 0, "untimed rank %d: %s", k, plain[k].err);
+        cr_assert_eq(timed[k].rc, 0, "timed rank %d: %s", k, timed[k].err);
+    }
+    cr_assert_eq(timed[0].nsteps, plain[0].nsteps);
+    for (int k = 0; k < plain[0].nsteps; k++)
+        cr_expect(plain[0].loss[k] == timed[0].loss[k] &&
+                      plain[0].uniform[k] == timed[0].uniform[k],
+                  "window %d: loss %.9g / %.9g, uniformity %.9g / %.9g", k + 1, timed[0].loss[k],
+                  plain[0].loss[k], timed[0].uniform[k], plain[0].uniform[k]);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
+    cr_expect_eq(d, 0.0, "weights differ by %.3e in %s", d, worst);
 }

@@ -439,6 +439,36 @@ Test(graph, predictor_studies_replay_the_bits_of_eager_steps)
     gpu->set_precision(gpu, KB_PREC_TF32);
 }
 
+/* ... and their mirrors stay in step: the split update writes the
+ * predictor's own, DirectPred's W upload refreshes it. After a few bf16
+ * steps (where linear weights have mirrors) a forward pass gives the loss
+ * it gives once every mirror is written afresh from the parameters. */
+Test(graph, predictor_studies_keep_their_mirrors_in_step)
+{
+    NEED_GPU();
+    static const char *const names[] = {"", "directpred", "frozen", "lr x3"};
+    cr_assert_eq(gpu->set_precision(gpu, KB_PREC_BF16), KB_PREC_BF16);
+    for (study = 1; study <= 3; study++) {
+        rw_dataset ds = make_set();
+        rw_model *m = make_model();
+        rw_stepper *s = make_stepper(m, &ds, 0, 1);
+        rw_stepper_seek(s, 0, 0);
+        for (int k = 0; k < 4; k++)
+            cr_assert_eq(rw_stepper_step(s, 1, 1e-2f, 0, 0.9f), 0, "%s", rw_model_error(m));
+        rw_step_stats kept, fresh;
+        cr_assert_eq(rw_model_forward_backward(m, rw_stepper_views(s), BATCH, SIZE, &kept), 0);
+        rw_model_params_written(m);
+        cr_assert_eq(rw_model_forward_backward(m, rw_stepper_views(s), BATCH, SIZE, &fresh), 0);
+        cr_expect(kept.loss == fresh.loss, "%s: loss %.9g with the kept mirrors, %.9g fresh",
+                  names[study], kept.loss, fresh.loss);
+        rw_stepper_free(s);
+        rw_model_free(m);
+        rw_dataset_free(&ds);
+    }
+    study = 0;
+    gpu->set_precision(gpu, KB_PREC_TF32);
+}
+
 Test(graph, an_evaluation_pass_that_moves_buffers_forces_a_new_capture)
 {
     NEED_GPU();

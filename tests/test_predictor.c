@@ -626,3 +626,40 @@ Test(predictor, frozen_and_lr_mult_from_the_spec)
     free(c0);
     free(c1);
 }
+
+/* A checkpoint belongs to its spec's digest: each study's field enters it
+ * where it changes training, and only there (the checkpoints of jobs
+ * before these fields keep their digest). */
+Test(predictor, spec_digest_covers_the_studies_fields)
+{
+    rw_spec s;
+    char d0[17], d[17];
+    rw_spec_defaults(&s);
+    rw_spec_digest(&s, d0);
+    s.model.directpred.every = 5; /* not DirectPred: no effect */
+    rw_spec_digest(&s, d);
+    cr_expect_str_eq(d, d0);
+    rw_spec_defaults(&s);
+    s.model.pred_frozen = 1;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
+    rw_spec_defaults(&s);
+    s.optim.predictor_lr_mult = 10;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
+    rw_spec_defaults(&s);
+    s.model.predictor = RW_PRED_DIRECTPRED;
+    rw_spec_digest(&s, d0);
+    const char *what[] = {"every", "momentum", "eps"};
+    for (int k = 0; k < 3; k++) {
+        rw_spec t = s;
+        if (k == 0)
+            t.model.directpred.every = 2;
+        else if (k == 1)
+            t.model.directpred.momentum = 0.9f;
+        else
+            t.model.directpred.eps = 0;
+        rw_spec_digest(&t, d);
+        cr_expect_str_neq(d, d0, "model.directpred.%s is not in the digest", what[k]);
+    }
+}

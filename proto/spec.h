@@ -44,8 +44,10 @@
  *     stem: imagenet        # imagenet | cifar
  *     width: 64             # base width (64 = torchvision): 1 .. 128, resnet50 1 .. 64
  *     projector: {hidden: 512, out: 128}
- *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none
+ *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none | directpred
  *     predictor_hidden: 512
+ *     predictor_frozen: false   # the predictor keeps its random initialization
+ *     directpred: {every: 1, momentum: 0.99, eps: 0.1}   # W from the eigenvectors of F
  *   loss:
  *     kind: byol            # byol | unified | supervised (labels, cross-entropy)
  *     alpha: 1.0
@@ -59,6 +61,7 @@
  *     max_steps: 0          # stop after this many steps (0: no limit)
  *     schedule: constant    # constant | cosine (lr -> 0 over training, after warm-up)
  *     warmup_epochs: 0      # lr rises linearly from lr/steps to lr over these epochs
+ *     predictor_lr_mult: 1  # the predictor's learning rate is lr times this
  *   ema:
  *     tau: 0.996
  *     schedule: constant    # constant | cosine (tau -> 1 over training)
@@ -109,6 +112,10 @@ typedef enum {
     RW_PRED_LINEAR,
     RW_PRED_LINEAR_IDENTITY,
     RW_PRED_NONE,
+    /* Tian, Chen and Ganguli 2021: a linear predictor set from the
+     * eigendecomposition of the running correlation of its input, not
+     * trained by gradient (worker/directpred.h) */
+    RW_PRED_DIRECTPRED,
 } rw_predictor;
 /* RW_LOSS_SUPERVISED: the baseline of learning from the labels (the paper's
  * Figure 3a): cross-entropy of a linear classifier on the projections. */
@@ -170,6 +177,14 @@ typedef struct rw_spec {
         int proj_hidden, proj_out;
         rw_predictor predictor;
         int pred_hidden;
+        /* The predictor studies after the paper (Tian, Chen and Ganguli
+         * 2021): a fixed random predictor, and DirectPred's settings. */
+        int pred_frozen; /* no update of the predictor at all */
+        struct {
+            int every;      /* W set from F every this many steps */
+            float momentum; /* F <- momentum F + (1 - momentum) E[y y^T] */
+            float eps;      /* added to each eigenvalue of W */
+        } directpred;
     } model;
 
     struct {
@@ -184,6 +199,7 @@ typedef struct rw_spec {
         long max_steps;
         rw_lr_schedule schedule; /* after the warm-up */
         int warmup_epochs;       /* linear warm-up (capped at the training's length) */
+        float predictor_lr_mult; /* the predictor steps with lr times this */
     } optim;
 
     struct {

@@ -650,6 +650,7 @@ Test(spec, conf_grids_expand) {
         {"conf/paper-table1.yaml", 45, "paper-table1/supervised/seed2"},
         {"conf/paper-table3.yaml", 39, "paper-table3/byol-prime-np-b100/seed2"},
         {"conf/stl10.yaml", 15, "stl10/raft-np/seed2"},
+        {"conf/predictor-studies.yaml", 10, "predictor-studies/linear-lr10/seed1"},
     };
     for (size_t i = 0; i < sizeof grids / sizeof grids[0]; i++) {
         char path[1024], err[2048] = "", basedir[1024];

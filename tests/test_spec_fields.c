@@ -182,10 +182,11 @@ Test(spec, overrides_are_checked_like_the_file)
         const char *word, *want;
     } bad[] = {
         {"optim.lrr=1", "command line: optim.lrr: unknown field (allowed in optim: lr, "
-                        "weight_decay, batch_size, epochs, max_steps, schedule, warmup_epochs)"},
+                        "weight_decay, batch_size, epochs, max_steps, schedule, warmup_epochs, "
+                        "predictor_lr_mult)"},
         {"optimizer.lr=1", "command line: optimizer: unknown field (allowed at top level: name, "},
         {"model.predictor=deep", "command line: model.predictor: must be one of: mlp, mlp_bn, "
-                                 "linear, linear_identity, none, got 'deep'"},
+                                 "linear, linear_identity, none, directpred, got 'deep'"},
         {"model.width=129", "command line: model.width: must be an integer in 1..128, got '129'"},
         {"optim=3", "command line: optim: must be a mapping, got '3'"},
         {"optim.lr", "command line: 'optim.lr': expected FIELD=VALUE"},

@@ -136,10 +136,26 @@ int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
                  rw_arch_name(cfg->arch), wmax, w);
         return -1;
     }
-    if (cfg->proj_hidden < 1 || cfg->proj_out < 1 ||
-        (cfg->predictor != RW_PRED_NONE && cfg->predictor != RW_PRED_LINEAR &&
-         cfg->predictor != RW_PRED_LINEAR_IDENTITY && cfg->pred_hidden < 1)) {
+    const int mlp = cfg->predictor == RW_PRED_MLP || cfg->predictor == RW_PRED_MLP_BN;
+    if (cfg->proj_hidden < 1 || cfg->proj_out < 1 || (mlp && cfg->pred_hidden < 1)) {
         snprintf(err, errlen, "model: layer sizes must be positive");
+        return -1;
+    }
+    if ((unsigned)cfg->predictor > RW_PRED_DIRECTPRED) {
+        snprintf(err, errlen, "model: unknown predictor %d", (int)cfg->predictor);
+        return -1;
+    }
+    if (cfg->predictor == RW_PRED_DIRECTPRED &&
+        !(cfg->directpred.every >= 1 && cfg->directpred.momentum >= 0 &&
+          cfg->directpred.momentum < 1 && cfg->directpred.eps >= 0)) {
+        snprintf(err, errlen, "model: directpred needs every >= 1, momentum in [0, 1) and "
+                 "eps >= 0 (got %d, %g, %g)", cfg->directpred.every,
+                 (double)cfg->directpred.momentum, (double)cfg->directpred.eps);
+        return -1;
+    }
+    if (cfg->pred_frozen &&
+        (cfg->predictor == RW_PRED_NONE || cfg->predictor == RW_PRED_DIRECTPRED)) {
+        snprintf(err, errlen, "model: only a predictor trained by gradient can be frozen");
         return -1;
     }
     if (cfg->stem == RW_STEM_IMAGENET) {
@@ -174,6 +190,7 @@ int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
         break;
     case RW_PRED_LINEAR:
     case RW_PRED_LINEAR_IDENTITY:
+    case RW_PRED_DIRECTPRED: /* W is nn.Linear's until the first eigendecomposition */
         a->pred_layers = 1;
         lin_init(a, &a->q1, "predictor", D, D, 0,
                  cfg->predictor == RW_PRED_LINEAR_IDENTITY ? INIT_IDENTITY : INIT_LINEAR);
@@ -292,6 +309,10 @@ void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
     c->proj_out = s->model.proj_out;
     c->predictor = s->model.predictor;
     c->pred_hidden = s->model.pred_hidden;
+    c->pred_frozen = s->model.pred_frozen;
+    c->directpred.every = s->model.directpred.every;
+    c->directpred.momentum = s->model.directpred.momentum;
+    c->directpred.eps = s->model.directpred.eps;
     c->loss.kind = s->loss.kind == RW_LOSS_BYOL ? KB_LOSS_BYOL : KB_LOSS_UNIFIED;
     c->loss.alpha = s->loss.alpha;
     c->loss.beta = s->loss.beta;

@@ -164,6 +164,12 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     memcpy(h.data, ts->data_digest, sizeof h.data);
     if (bcast_host(d, &h, sizeof h, err, errlen) != 0)
         return -1;
+    /* DirectPred's F: host state of the model, read from a checkpoint by
+     * rank 0 alone */
+    double *corr = rw_model_directpred_corr(m);
+    const size_t D = (size_t)rw_model_cfg_of(m)->proj_out;
+    if (corr && bcast_host(d, corr, D * D * sizeof *corr, err, errlen) != 0)
+        return -1;
     /* Every rank trains on rank 0's images: a host whose files at
      * data.path differ (another copy, another download) would train the
      * job on a mixture. Every rank learns of it, so all of them stop. */

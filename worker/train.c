@@ -445,8 +445,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     if (spec->init[0] && rw_weights_init(m, spec->init, err, errlen) != 0)
         goto done;
-    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0)
+    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0 ||
+        rw_model_set_predictor_lr_mult(m, spec->optim.predictor_lr_mult, err, errlen) != 0)
         goto done;
+    if (spec->model.predictor == RW_PRED_DIRECTPRED)
+        logf_(lh, "directpred: W set from F every %d step(s) (momentum %g, eps %g); F folds on "
+              "the host, so each step waits for the device", spec->model.directpred.every,
+              (double)spec->model.directpred.momentum, (double)spec->model.directpred.eps);
 
     rw_stepper_cfg sc = {
         .m = m, .ds = &train, .batch = B, .shard_rank = comm ? comm->rank : 0,
@@ -576,7 +581,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
                 if (r == 0)
                     rw_dist_keep(dist);
                 if (r == 0 && !measure)
-                    rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
+                    r = rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
             } else {
                 /* the stats wait on the device until a read below */
                 r = rw_stepper_step(sp, !measure, lr, spec->optim.weight_decay, tau);

@@ -155,6 +155,8 @@ static const field fields[] = {
     {"model.directpred.every", F_INT, O(model.directpred.every), 1, 1000000, 0, NULL},
     {"model.directpred.momentum", F_FLOAT, O(model.directpred.momentum), 0, 1, HI_OPEN, NULL},
     {"model.directpred.eps", F_FLOAT, O(model.directpred.eps), 0, 100, 0, NULL},
+    {"model.predictor_negated", F_BOOL, O(model.predictor_negated), 0, 1, 0, NULL},
+    {"model.init_nudge_ulps", F_INT, O(model.init_nudge_ulps), -1000000, 1000000, 0, NULL},
     {"loss.kind", F_ENUM, O(loss.kind), 0, 0, 0, loss_kinds},
     {"loss.alpha", F_FLOAT, O(loss.alpha), -1e6, 1e6, ABS_BOUND, NULL},
     {"loss.beta", F_FLOAT, O(loss.beta), -1e6, 1e6, ABS_BOUND, NULL},
@@ -740,6 +742,23 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
         set_err(err, errlen, "%s: model.width: resnet50's bottleneck blocks take a width in "
                 "1..%d (its blocks' outputs are 4x wider: 64 is torchvision's 2048 features); "
                 "got %d", origin, RW_WIDTH_MAX_BOTTLENECK, s->model.width);
+        return -1;
+    }
+    if (s->model.predictor_negated && s->model.predictor == RW_PRED_NONE) {
+        set_err(err, errlen, "%s: model.predictor_negated: predictor none has no output layer "
+                "to negate (no W, so no start -W0)", origin);
+        return -1;
+    }
+    if (s->model.predictor_negated && s->model.predictor == RW_PRED_DIRECTPRED) {
+        set_err(err, errlen, "%s: model.predictor_negated: directpred sets W from its input's "
+                "correlation (positive semi-definite), so a start from -W0 does not last",
+                origin);
+        return -1;
+    }
+    if (s->init[0] && (s->model.predictor_negated || s->model.init_nudge_ulps)) {
+        set_err(err, errlen, "%s: model.%s changes the seed's initialization, and init reads "
+                "the weights from a file instead: set one or the other", origin,
+                s->model.predictor_negated ? "predictor_negated" : "init_nudge_ulps");
         return -1;
     }
     if (s->loss.kind == RW_LOSS_SUPERVISED && s->model.predictor != RW_PRED_NONE) {

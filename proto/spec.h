@@ -48,6 +48,8 @@
  *     predictor_hidden: 512
  *     predictor_frozen: false   # the predictor keeps its random initialization
  *     directpred: {every: 1, momentum: 0.99, eps: 0.1}   # W from the eigenvectors of F
+ *     predictor_negated: false   # start from -W0 (Theorem 5.1's mirror run)
+ *     init_nudge_ulps: 0    # conv1.weight's first element moved this many ulps
  *   loss:
  *     kind: byol            # byol | unified | supervised (labels, cross-entropy)
  *     alpha: 1.0
@@ -185,6 +187,12 @@ typedef struct rw_spec {
             float momentum; /* F <- momentum F + (1 - momentum) E[y y^T] */
             float eps;      /* added to each eigenvalue of W */
         } directpred;
+        /* Initialization only (a resume reads the checkpoint instead): the
+         * seed's weights, then the predictor's output layer negated -- the
+         * start (theta0, -W0) of the paper's Theorem 5.1 --, and one weight
+         * (conv1.weight's first) moved by init_nudge_ulps ulps. */
+        int predictor_negated;
+        int init_nudge_ulps;
     } model;
 
     struct {

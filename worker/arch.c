@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void named_add(arch *a, const char *name, rw_tensor_kind kind, size_t off, int ndim,
@@ -297,6 +298,36 @@ void arch_init_params(const arch *a, uint64_t seed, float *hp, float *hs)
             break;
         }
     }
+    /* After every draw, so the other weights are the seed's, bit for bit:
+     * a run with these and one without start from the same theta0. */
+    if (a->cfg.pred_negated && a->pred_layers > 0) {
+        const lin_l *out = a->pred_layers == 2 ? &a->q2 : &a->q1;
+        size_t n = (size_t)out->O * out->I;
+        for (size_t k = 0; k < n; k++)
+            hp[out->w + k] = -hp[out->w + k];
+        for (int k = 0; out->has_b && k < out->O; k++)
+            hp[out->b + k] = -hp[out->b + k];
+    }
+    for (int k = 0; k < abs(a->cfg.init_nudge_ulps); k++) {
+        float *w = hp + a->conv1.w;
+        *w = nextafterf(*w, a->cfg.init_nudge_ulps > 0 ? INFINITY : -INFINITY);
+    }
+}
+
+const char *rw_predictor_out_prefix(rw_predictor p)
+{
+    switch (p) {
+    case RW_PRED_LINEAR:
+    case RW_PRED_LINEAR_IDENTITY:
+    case RW_PRED_DIRECTPRED:
+        return "predictor";
+    case RW_PRED_MLP:
+        return "predictor.2";
+    case RW_PRED_MLP_BN:
+        return "predictor.3";
+    default:
+        return NULL;
+    }
 }
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
@@ -318,6 +349,8 @@ void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
     c->loss.beta = s->loss.beta;
     c->loss.tangential = s->loss.tangential;
     c->nondeterministic = !s->deterministic;
+    c->pred_negated = s->model.predictor_negated;
+    c->init_nudge_ulps = s->model.init_nudge_ulps;
     if (s->loss.kind == RW_LOSS_SUPERVISED) {
         c->classes = rw_spec_classes(s);
         c->loss = (kb_loss_cfg){KB_LOSS_UNIFIED, 1.0f, 0.0f, 0}; /* measures L_align */

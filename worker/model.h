@@ -56,6 +56,13 @@ typedef struct rw_model_cfg {
         float momentum; /* [0, 1) */
         float eps;      /* >= 0 */
     } directpred;
+    /* Initialization only (rw_model_create; weights read later replace
+     * them): the predictor's output layer negated, the start (theta0, -W0)
+     * of the paper's Theorem 5.1; and conv1.weight's first element moved by
+     * this many ulps (nextafterf), a control of how far rounding alone
+     * carries two runs apart. */
+    int pred_negated;
+    int init_nudge_ulps;
 } rw_model_cfg;
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c);
@@ -144,6 +151,10 @@ void rw_square_vs_identity(const float *W, int D, double *cos_i, double *asym);
 /* Those of the model's predictor when it is linear (linear,
  * linear_identity); NaN for the others. 0, or -1 when out of memory. */
 int rw_model_predictor_vs_identity(rw_model *m, double *cos_i, double *asym);
+/* The name prefix of predictor p's output layer (its weight and bias):
+ * "predictor" (linear, directpred), "predictor.2" (mlp), "predictor.3"
+ * (mlp_bn); NULL for none. What model.predictor_negated negates. */
+const char *rw_predictor_out_prefix(rw_predictor p);
 /* Name prefix of BN layer idx ("layer1.0.bn1"), for num_batches_tracked. */
 const char *rw_model_bn_prefix(const rw_model *m, int idx);
 

@@ -430,6 +430,10 @@ void rw_spec_digest(const rw_spec *s, char out[17])
     if (n > 0 && (size_t)n < sizeof buf && s->optim.predictor_lr_mult != 1.0f)
         n += snprintf(buf + n, sizeof buf - (size_t)n, " pred_lr_mult=%.9g",
                       (double)s->optim.predictor_lr_mult);
+    if (n > 0 && (size_t)n < sizeof buf &&
+        (s->model.predictor_negated || s->model.init_nudge_ulps))
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " init_mods=%d,%d",
+                      s->model.predictor_negated, s->model.init_nudge_ulps);
     uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
     for (int i = 0; i < n && i < (int)sizeof buf; i++) {
         hsh ^= (unsigned char)buf[i];

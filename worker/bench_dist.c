@@ -280,6 +280,29 @@ static rank_out run_world(const dist_cfg *c, int world, run_kind kind, int steps
     return worst;
 }
 
+#define ROUNDS 3
+
+static double median3(double a, double b, double c)
+{
+    return a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
+}
+
+/* Way w's figures over the rounds, each the median of its own (not one
+ * round's): failed where any round failed. */
+static rank_out median_of(rank_out r[ROUNDS][4], int w)
+{
+    rank_out o = r[0][w];
+    for (int k = 1; k < ROUNDS; k++)
+        if (!r[k][w].ok && o.ok)
+            o = r[k][w];
+    if (!o.ok)
+        return o;
+    o.ms = median3(r[0][w].ms, r[1][w].ms, r[2][w].ms);
+    o.busy_ms = median3(r[0][w].busy_ms, r[1][w].busy_ms, r[2][w].busy_ms);
+    o.wait_ms = median3(r[0][w].wait_ms, r[1][w].wait_ms, r[2][w].wait_ms);
+    return o;
+}
+
 int bench_devices(int world, int steps, int threads, int only)
 {
     if (world < 2 || world > 64) {
@@ -302,18 +325,26 @@ int bench_devices(int world, int steps, int threads, int only)
         return 2;
     }
     printf("runaway-bench --devices %d: CPU ranks as processes, Gloo over loopback, %d thread(s) "
-           "each, %d timed steps after 2 warm-ups; batch is each rank's (weak scaling)\n", world,
-           threads, steps);
+           "each, %d timed steps after 2 warm-ups, medians of %d rounds; batch is each rank's "
+           "(weak scaling)\n", world, threads, steps, ROUNDS);
     printf("%-24s %9s %6s %6s %9s %9s %8s %8s %8s %8s %8s %10s %7s %8s\n", "config", "params",
            "bucket", "batch", "1 rank ms", "compute", "step ms", "comm ms", "wait ms", "exposed",
            "exp %", "no-overlap", "exp %", "weak eff");
     int failed = 0;
     for (int i = only ? only - 1 : 0; i < (only ? only : 2); i++) {
         const dist_cfg *c = &cfgs[i];
-        rank_out one = run_world(c, 1, RUN_NONE, steps, threads);
-        rank_out none = run_world(c, world, RUN_NONE, steps, threads);
-        rank_out ov = run_world(c, world, RUN_OVERLAP, steps, threads);
-        rank_out after = run_world(c, world, RUN_AFTER, steps, threads);
+        /* the four ways in turn, ROUNDS times, each figure the median of
+         * its rounds: this machine's load drifts more between two runs
+         * than the communication costs */
+        rank_out r[ROUNDS][4];
+        for (int k = 0; k < ROUNDS; k++) {
+            r[k][0] = run_world(c, 1, RUN_NONE, steps, threads);
+            r[k][1] = run_world(c, world, RUN_NONE, steps, threads);
+            r[k][2] = run_world(c, world, RUN_OVERLAP, steps, threads);
+            r[k][3] = run_world(c, world, RUN_AFTER, steps, threads);
+        }
+        rank_out one = median_of(r, 0), none = median_of(r, 1), ov = median_of(r, 2),
+                 after = median_of(r, 3);
         if (!one.ok || !none.ok || !ov.ok || !after.ok) {
             const rank_out *bad = !one.ok ? &one : !none.ok ? &none : !ov.ok ? &ov : &after;
             printf("%-24s failed: %s\n", c->label, bad->err);

@@ -147,10 +147,11 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
     /* the columns as before, then the test's (empty where not tested) */
     cr_assert(rc == 0 &&
                   strstr(out, ",rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,acc_worse,"
-                              "uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n\n") &&
-                  strstr(out, "\nbase,1,1,") && strstr(out, ",,,,,,,,,1\ngood,1,1,") &&
-                  strstr(out, ",0.25,0,,,n=1,,n=1,,1\nno_pred,1,1,") &&
-                  strstr(out, ",,,,,n=1,,n=1,,1\n"),
+                              "uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n,"
+                              "collapsed\n") &&
+                  strstr(out, "\nbase,1,1,") && strstr(out, ",,,,,,,,,1,0\ngood,1,1,") &&
+                  strstr(out, ",0.25,0,,,n=1,,n=1,,1,0\nno_pred,1,1,") &&
+                  strstr(out, ",,,,,n=1,,n=1,,1,0\n"),
               "%s", out);
     rc = fx_cli(out, sizeof out, 20, "grids", NULL);
     cr_assert(rc == 0 && strstr(out, "g1    marks ") &&
@@ -263,8 +264,8 @@ Test(daemon, table_marks_only_significant_differences, .init = fx_setup, .fini =
     rc = fx_cli(out, sizeof out, 20, "table", "sig", "--format", "csv", NULL);
     cr_assert(rc == 0 &&
                   strstr(out, ",w_cos_i_std,uniform_worse,acc_worse,uniform_vs_baseline,uniform_p,"
-                              "acc_vs_baseline,acc_p,acc_n\n") &&
-                  strstr(out, "\nbase,3,3,") && strstr(out, ",,,,,,,3\ngood,3,3,") &&
+                              "acc_vs_baseline,acc_p,acc_n,collapsed\n") &&
+                  strstr(out, "\nbase,3,3,") && strstr(out, ",,,,,,,3,0\ngood,3,3,") &&
                   strstr(out, ",0,0,better,0.000") && strstr(out, ",0,0,ns,0.") &&
                   strstr(out, ",ns,0.7152") && strstr(out, ",1,1,worse,0.000") &&
                   strstr(out, ",worse,0.00"),

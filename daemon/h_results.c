@@ -440,27 +440,35 @@ static void metrics(rd_store *s, long long id, json_t *m, rd_answer *a)
     a->reply = r;
 }
 
-/* The random baseline: a variant whose spec trains nothing (optim.epochs
- * 0), the row the paper compares every other with. */
-static int variant_is_baseline(rd_store *d, const target_set *t, const char *variant)
+/* The spec of a variant's first job, parsed into *spec: 0, or -1. */
+static int variant_spec(rd_store *d, const target_set *t, const char *variant, rw_spec *spec)
 {
     sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE " IN_SET " AND variant=?2 "
                                      "ORDER BY id LIMIT 1");
     if (!st)
-        return 0;
+        return -1;
     sqlite3_bind_text(st, 1, t->set, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, variant, -1, SQLITE_TRANSIENT);
-    int yes = 0;
-    rw_spec *spec = malloc(sizeof *spec);
-    if (spec && sqlite3_step(st) == SQLITE_ROW) {
+    int rc = -1;
+    if (sqlite3_step(st) == SQLITE_ROW) {
         const char *text = (const char *)sqlite3_column_text(st, 0);
         char err[512];
-        yes = text && rw_spec_parse(text, strlen(text), "stored spec", "", spec, err,
-                                    sizeof err) == 0 && spec->optim.epochs == 0;
+        rc = text && rw_spec_parse(text, strlen(text), "stored spec", "", spec, err,
+                                   sizeof err) == 0 ? 0 : -1;
     }
-    free(spec);
     sqlite3_finalize(st);
-    return yes;
+    return rc;
+}
+
+/* The linear evaluation a variant's accuracy comes from, in words: its
+ * epochs, Adam's learning rate, the batch, what the features went through. */
+static void linear_protocol(const rw_spec *s, char *out, size_t len)
+{
+    static const char *const norm[] = {"raw features", "features standardized",
+                                       "BatchNorm (no affine) before the layer"};
+    snprintf(out, len, "%d epochs of Adam at lr %g, batch %d, %s", s->eval.linear_epochs,
+             (double)s->eval.linear_lr, s->eval.linear_batch_size,
+             norm[s->eval.linear_normalize]);
 }
 
 /* A difference from the baseline counts where Welch's t-test over the seeds
@@ -600,7 +608,17 @@ static void table(rd_store *s, long long id, json_t *m, rd_answer *a)
             json_object_set_new(v, "w_cos_i_mean", rw_json_num(mu));
             json_object_set_new(v, "w_cos_i_std", rw_json_num(sd));
         }
-        json_object_set_new(v, "baseline", json_boolean(variant_is_baseline(s, &t, name)));
+        /* the random baseline: a variant whose spec trains nothing
+         * (optim.epochs 0), the row the paper compares every other with */
+        rw_spec *spec = malloc(sizeof *spec);
+        int parsed = spec && variant_spec(s, &t, name, spec) == 0;
+        json_object_set_new(v, "baseline", json_boolean(parsed && spec->optim.epochs == 0));
+        if (parsed && spec->eval.linear_epochs > 0) {
+            char proto[160];
+            linear_protocol(spec, proto, sizeof proto);
+            json_object_set_new(v, "linear_protocol", json_string(proto));
+        }
+        free(spec);
         if (json_integer_value(json_object_get(v, "collapsed")) > 0)
             json_object_set_new(v, "collapsed_epochs", collapsed_epochs(s, &t, name));
     }

@@ -528,6 +528,15 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     rd_conn *c = s->data;
     if (n < 0) {
         free(buf->base);
+        /* a worker's reports before it left count (one that exits on a
+         * signal sends "stopped" last); a client's requests need no reply */
+        json_t *m;
+        char err[256];
+        while (c->role == RD_ROLE_WORKER && !c->closing &&
+               rw_frame_reader_next(&c->rd, &m, err, sizeof err) == RW_FRAME_OK) {
+            handle_frame(c, m);
+            json_decref(m);
+        }
         rd_conn_close(c);
         return;
     }

@@ -329,6 +329,7 @@ void rd_wconn_message(rd_wconn *W, rd_conn *c, const char *type, json_t *m)
         if (sig) {
             rd_db_event(d->store, job, "state", why);
             rd_log("job j%lld %s", (long long)job, why);
+            w->stopping = 1; /* it exits now: no new work (it would be lost) */
         }
     }
     if (!w->job)

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/bf16.h"
 #include "kernels/collective.h"
 
 typedef enum { Q_ALLREDUCE, Q_BROADCAST, Q_BARRIER, Q_QUIT } q_kind;
@@ -49,25 +50,6 @@ static double mono_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Round to nearest even, as the GPU's conversions do; NaN stays NaN. */
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float from_bf16(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 static int run_allreduce(queued *q, const q_op *o, char *err, size_t errlen)
 {
     kb_comm *in = q->inner;
@@ -84,13 +66,13 @@ static int run_allreduce(queued *q, const q_op *o, char *err, size_t errlen)
     }
     float *b = o->buf;
     for (size_t i = 0; i < o->n; i++)
-        q->stage[i] = to_bf16(b[i]);
+        q->stage[i] = kb_bf16_from_float(b[i]);
     if (in->allreduce_bf16(in, q->stage, o->n, err, errlen) != 0)
         return -1;
     /* the average divides in fp32, as the fp32 wire's does */
     float w = o->op == KB_REDUCE_AVG ? (float)in->world : 1.0f;
     for (size_t i = 0; i < o->n; i++)
-        b[i] = from_bf16(q->stage[i]) / w;
+        b[i] = kb_float_from_bf16(q->stage[i]) / w;
     return 0;
 }
 

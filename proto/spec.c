@@ -104,11 +104,12 @@ static const char *const augments[] = {"byol", "none", NULL};
 static const char *const archs[] = {"resnet18", "resnet34", "resnet50", NULL};
 static const char *const stems[] = {"imagenet", "cifar", NULL};
 static const char *const predictors[] = {"mlp", "mlp_bn", "linear", "linear_identity", "none",
-                                         NULL};
+                                         "directpred", NULL};
 static const char *const loss_kinds[] = {"byol", "unified", "supervised", NULL};
 static const char *const schedules[] = {"constant", "cosine", NULL};
 static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 static const char *const grad_dtypes[] = {"fp32", "bf16", NULL};
+static const char *const linear_norms[] = {"none", "standardize", "batchnorm", NULL};
 static const char *const alarm_actions[] = {"off", "warn", "stop", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
@@ -117,7 +118,8 @@ _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == size
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
                    sizeof(rw_lr_schedule) == sizeof(int) &&
                    sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int) &&
-                   sizeof(rw_grad_dtype) == sizeof(int) && sizeof(rw_alarm_action) == sizeof(int),
+                   sizeof(rw_grad_dtype) == sizeof(int) && sizeof(rw_linear_norm) == sizeof(int) &&
+                   sizeof(rw_alarm_action) == sizeof(int),
                "enum fields are stored as int");
 
 #define TWO53 9007199254740992.0
@@ -150,6 +152,13 @@ static const field fields[] = {
     {"model.projector.out", F_INT, O(model.proj_out), 1, 65536, 0, NULL},
     {"model.predictor", F_ENUM, O(model.predictor), 0, 0, 0, predictors},
     {"model.predictor_hidden", F_INT, O(model.pred_hidden), 1, 65536, 0, NULL},
+    /* the predictor studies after the paper (Tian, Chen and Ganguli 2021) */
+    {"model.predictor_frozen", F_BOOL, O(model.pred_frozen), 0, 1, 0, NULL},
+    {"model.directpred.every", F_INT, O(model.directpred.every), 1, 1000000, 0, NULL},
+    {"model.directpred.momentum", F_FLOAT, O(model.directpred.momentum), 0, 1, HI_OPEN, NULL},
+    {"model.directpred.eps", F_FLOAT, O(model.directpred.eps), 0, 100, 0, NULL},
+    {"model.predictor_negated", F_BOOL, O(model.predictor_negated), 0, 1, 0, NULL},
+    {"model.init_nudge_ulps", F_INT, O(model.init_nudge_ulps), -1000000, 1000000, 0, NULL},
     {"loss.kind", F_ENUM, O(loss.kind), 0, 0, 0, loss_kinds},
     {"loss.alpha", F_FLOAT, O(loss.alpha), -1e6, 1e6, ABS_BOUND, NULL},
     {"loss.beta", F_FLOAT, O(loss.beta), -1e6, 1e6, ABS_BOUND, NULL},
@@ -161,11 +170,13 @@ static const field fields[] = {
     {"optim.max_steps", F_LONG, O(optim.max_steps), 0, TWO53, 0, NULL},
     {"optim.schedule", F_ENUM, O(optim.schedule), 0, 0, 0, schedules},
     {"optim.warmup_epochs", F_INT, O(optim.warmup_epochs), 0, 100000, 0, NULL},
+    {"optim.predictor_lr_mult", F_FLOAT, O(optim.predictor_lr_mult), 0, 1000, 0, NULL},
     {"ema.tau", F_FLOAT, O(ema.tau), 0, 1, 0, NULL},
     {"ema.schedule", F_ENUM, O(ema.schedule), 0, 0, 0, schedules},
     {"eval.linear.epochs", F_INT, O(eval.linear_epochs), 0, 100000, 0, NULL},
     {"eval.linear.lr", F_FLOAT, O(eval.linear_lr), 0, 10, LO_OPEN, NULL},
     {"eval.linear.batch_size", F_INT, O(eval.linear_batch_size), 1, 65536, 0, NULL},
+    {"eval.linear.normalize", F_ENUM, O(eval.linear_normalize), 0, 0, 0, linear_norms},
     {"eval.linear.every", F_INT, O(eval.linear_every), 0, 100000, 0, NULL},
     {"eval.knn.every", F_INT, O(eval.knn_every), 0, 100000, 0, NULL},
     {"eval.knn.k", F_INT, O(eval.knn_k), 1, 10000, 0, NULL},
@@ -228,6 +239,10 @@ void rw_spec_defaults(rw_spec *s) {
     s->model.proj_out = 128;
     s->model.predictor = RW_PRED_MLP;
     s->model.pred_hidden = 512;
+    s->model.pred_frozen = 0;
+    s->model.directpred.every = 1; /* DirectPred's defaults */
+    s->model.directpred.momentum = 0.99f;
+    s->model.directpred.eps = 0.1f;
     s->loss.kind = RW_LOSS_BYOL;
     s->loss.alpha = 1.0f;
     s->loss.beta = 1.0f;
@@ -239,6 +254,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->optim.max_steps = 0;
     s->optim.schedule = RW_LR_CONSTANT;
     s->optim.warmup_epochs = 0;
+    s->optim.predictor_lr_mult = 1.0f;
     s->ema.tau = 0.996f;
     s->ema.schedule = RW_TAU_CONSTANT;
     s->eval.linear_epochs = 100;
@@ -687,6 +703,35 @@ void rw_spec_resolve(rw_spec *s) {
         s->loss.alpha = s->loss.beta = 1.0f;
 }
 
+/* The predictor studies' fields where they mean something: a frozen or
+ * slower predictor needs one trained by gradient, and a frozen one has no
+ * learning rate to scale. */
+static int predictor_rules(const rw_spec *s, const char *origin, char *err, size_t errlen) {
+    const rw_predictor p = s->model.predictor;
+    const int by_gradient = p != RW_PRED_NONE && p != RW_PRED_DIRECTPRED;
+    if (s->model.pred_frozen && !by_gradient) {
+        set_err(err, errlen, "%s: model.predictor_frozen: a fixed random predictor needs one "
+                "trained by gradient (mlp, mlp_bn, linear, linear_identity); model.predictor "
+                "is %s (%s)", origin, predictors[p],
+                p == RW_PRED_NONE ? "nothing to freeze" : "set from its input's correlation");
+        return -1;
+    }
+    if (s->optim.predictor_lr_mult != 1.0f && !by_gradient) {
+        set_err(err, errlen, "%s: optim.predictor_lr_mult: model.predictor %s has no learning "
+                "rate (%s); leave it at 1", origin, predictors[p],
+                p == RW_PRED_NONE ? "no predictor" : "set from its input's correlation, not by "
+                "gradient");
+        return -1;
+    }
+    if (s->optim.predictor_lr_mult != 1.0f && s->model.pred_frozen) {
+        set_err(err, errlen, "%s: optim.predictor_lr_mult: a frozen predictor takes no step; "
+                "leave it at 1 (or unfreeze it: multiplier 0 moves its Adam moments only)",
+                origin);
+        return -1;
+    }
+    return 0;
+}
+
 int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen) {
     if (!origin) origin = "spec";
     if (check_struct_fields(s, origin, err, errlen)) return -1;
@@ -726,12 +771,30 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
                 "got %d", origin, RW_WIDTH_MAX_BOTTLENECK, s->model.width);
         return -1;
     }
+    if (s->model.predictor_negated && s->model.predictor == RW_PRED_NONE) {
+        set_err(err, errlen, "%s: model.predictor_negated: predictor none has no output layer "
+                "to negate (no W, so no start -W0)", origin);
+        return -1;
+    }
+    if (s->model.predictor_negated && s->model.predictor == RW_PRED_DIRECTPRED) {
+        set_err(err, errlen, "%s: model.predictor_negated: directpred sets W from its input's "
+                "correlation (positive semi-definite), so a start from -W0 does not last",
+                origin);
+        return -1;
+    }
+    if (s->init[0] && (s->model.predictor_negated || s->model.init_nudge_ulps)) {
+        set_err(err, errlen, "%s: model.%s changes the seed's initialization, and init reads "
+                "the weights from a file instead: set one or the other", origin,
+                s->model.predictor_negated ? "predictor_negated" : "init_nudge_ulps");
+        return -1;
+    }
     if (s->loss.kind == RW_LOSS_SUPERVISED && s->model.predictor != RW_PRED_NONE) {
         set_err(err, errlen, "%s: model.predictor: loss.kind supervised trains a classifier on "
                 "the projections and no predictor: set model.predictor: none (it is %s)",
                 origin, predictors[s->model.predictor]);
         return -1;
     }
+    if (predictor_rules(s, origin, err, errlen)) return -1;
     if (s->loss.kind == RW_LOSS_SUPERVISED && s->loss.tangential) {
         set_err(err, errlen, "%s: loss.tangential: not for loss.kind supervised (no teacher "
                 "in its loss)", origin);
@@ -1113,6 +1176,8 @@ void rw_spec_trained(const rw_spec *s, rw_spec *out) {
     memset(out->name, 0, sizeof out->name);
     if (out->model.predictor != RW_PRED_MLP && out->model.predictor != RW_PRED_MLP_BN)
         out->model.pred_hidden = d.model.pred_hidden; /* no hidden layer */
+    if (out->model.predictor != RW_PRED_DIRECTPRED)
+        out->model.directpred = d.model.directpred;
     if (out->data.kind != RW_DATA_STL10 && out->data.kind != RW_DATA_IMAGEFOLDER)
         out->data.unlabeled = d.data.unlabeled; /* STL-10's split, an image folder's */
     if (out->data.kind != RW_DATA_IMAGEFOLDER) { /* an image folder's cache */

@@ -44,8 +44,12 @@
  *     stem: imagenet        # imagenet | cifar
  *     width: 64             # base width (64 = torchvision): 1 .. 128, resnet50 1 .. 64
  *     projector: {hidden: 512, out: 128}
- *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none
+ *     predictor: mlp        # mlp | mlp_bn | linear | linear_identity | none | directpred
  *     predictor_hidden: 512
+ *     predictor_frozen: false   # the predictor keeps its random initialization
+ *     directpred: {every: 1, momentum: 0.99, eps: 0.1}   # W from the eigenvectors of F
+ *     predictor_negated: false   # start from -W0 (Theorem 5.1's mirror run)
+ *     init_nudge_ulps: 0    # conv1.weight's first element moved this many ulps
  *   loss:
  *     kind: byol            # byol | unified | supervised (labels, cross-entropy)
  *     alpha: 1.0
@@ -59,6 +63,7 @@
  *     max_steps: 0          # stop after this many steps (0: no limit)
  *     schedule: constant    # constant | cosine (lr -> 0 over training, after warm-up)
  *     warmup_epochs: 0      # lr rises linearly from lr/steps to lr over these epochs
+ *     predictor_lr_mult: 1  # the predictor's learning rate is lr times this
  *   ema:
  *     tau: 0.996
  *     schedule: constant    # constant | cosine (tau -> 1 over training)
@@ -117,6 +122,10 @@ typedef enum {
     RW_PRED_LINEAR,
     RW_PRED_LINEAR_IDENTITY,
     RW_PRED_NONE,
+    /* Tian, Chen and Ganguli 2021: a linear predictor set from the
+     * eigendecomposition of the running correlation of its input, not
+     * trained by gradient (worker/directpred.h) */
+    RW_PRED_DIRECTPRED,
 } rw_predictor;
 /* RW_LOSS_SUPERVISED: the baseline of learning from the labels (the paper's
  * Figure 3a): cross-entropy of a linear classifier on the projections. */
@@ -125,6 +134,10 @@ typedef enum { RW_TAU_CONSTANT, RW_TAU_COSINE } rw_tau_schedule;
 typedef enum { RW_LR_CONSTANT, RW_LR_COSINE } rw_lr_schedule;
 /* Same order as kb_precision (kernels/backend.h), which proto/ does not see. */
 typedef enum { RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16 } rw_precision;
+/* What the linear probe does to the frozen features first: nothing (the
+ * paper's protocol), standardize them with the training split's statistics,
+ * or a BatchNorm without affine parameters before the linear layer. */
+typedef enum { RW_LINEAR_RAW, RW_LINEAR_STANDARDIZE, RW_LINEAR_BATCHNORM } rw_linear_norm;
 /* The gradient on the wire of a data-parallel job. */
 typedef enum { RW_GRAD_FP32, RW_GRAD_BF16 } rw_grad_dtype;
 /* What the collapse alarm does when it goes off (worker/collapse.h). */
@@ -176,6 +189,20 @@ typedef struct rw_spec {
         int proj_hidden, proj_out;
         rw_predictor predictor;
         int pred_hidden;
+        /* The predictor studies after the paper (Tian, Chen and Ganguli
+         * 2021): a fixed random predictor, and DirectPred's settings. */
+        int pred_frozen; /* no update of the predictor at all */
+        struct {
+            int every;      /* W set from F every this many steps */
+            float momentum; /* F <- momentum F + (1 - momentum) E[y y^T] */
+            float eps;      /* added to each eigenvalue of W */
+        } directpred;
+        /* Initialization only (a resume reads the checkpoint instead): the
+         * seed's weights, then the predictor's output layer negated -- the
+         * start (theta0, -W0) of the paper's Theorem 5.1 --, and one weight
+         * (conv1.weight's first) moved by init_nudge_ulps ulps. */
+        int predictor_negated;
+        int init_nudge_ulps;
     } model;
 
     struct {
@@ -190,6 +217,7 @@ typedef struct rw_spec {
         long max_steps;
         rw_lr_schedule schedule; /* after the warm-up */
         int warmup_epochs;       /* linear warm-up (capped at the training's length) */
+        float predictor_lr_mult; /* the predictor steps with lr times this */
     } optim;
 
     struct {
@@ -201,6 +229,7 @@ typedef struct rw_spec {
         int linear_epochs;
         float linear_lr;
         int linear_batch_size;
+        rw_linear_norm linear_normalize; /* the features the probe sees */
         int linear_every; /* also every N epochs (0: only at the end), Figure 4(c) */
         int knn_every, knn_k;
         float knn_temperature;

@@ -654,3 +654,52 @@ Test(daemon_dist, a_waiting_job_lets_the_next_run_until_its_workers_come, .init 
     rw_frame_reader_free(&r);
     fx_expect_still_serving();
 }
+
+/* A worker that leaves right behind its last reports, as one stopped by
+ * Slurm's signal does (its log lines and metrics, then "stopped" with
+ * "preempted", then exit): every frame that came before the close counts.
+ * The daemon served 8 frames a turn and closed the connection at the end
+ * of its stream, dropping the rest: the attempt was lost, not preempted
+ * (issue 22, found by tools/slurm/check on a loaded machine). */
+Test(daemon_dist, a_leaving_workers_last_reports_are_kept, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
+{
+    rw_frame_reader r;
+    int fd = fake_worker(&r);
+    occupy_the_real_workers();
+    fx_submit_grid("leave", 3, 1, "  seed: [0]\n");
+    json_t *as = fake_wait(fd, &r, "assign", -1, 20);
+    long long job = json_integer_value(json_object_get(as, "job"));
+    long long att = json_integer_value(json_object_get(as, "attempt"));
+    json_decref(as);
+    /* 20 log lines and the report in one write, then the close */
+    char *all = NULL;
+    size_t len = 0;
+    for (int i = 0; i <= 20; i++) {
+        json_t *m = kv_msg(i < 20 ? "log" : "stopped", -1, job, att, NULL);
+        if (i < 20)
+            json_object_set_new(m, "line", json_string("on the way out"));
+        else
+            json_object_set_new(m, "preempted", json_string("SIGUSR1"));
+        char *b;
+        size_t n;
+        cr_assert_eq(rw_frame_encode(m, &b, &n), 0);
+        json_decref(m);
+        all = realloc(all, len + n);
+        memcpy(all + len, b, n);
+        len += n;
+        free(b);
+    }
+    cr_assert_eq(rw_fd_write_all(fd, all, len), 0);
+    free(all);
+    close(fd);
+    rw_frame_reader_free(&r);
+    fx_wait_for("the attempt preempted", "SELECT COUNT(*) FROM attempts WHERE job_id=? AND "
+                "outcome='preempted'", job, 1, 10);
+    sqlite3 *db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM events WHERE job_id=? AND kind='log' AND "
+                               "text='on the way out'", job), 20);
+    cr_expect_eq(fx_db_num(db, "SELECT state='queued' FROM jobs WHERE id=?", job), 1);
+    sqlite3_close(db);
+    fx_expect_still_serving();
+}

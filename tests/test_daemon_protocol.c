@@ -270,6 +270,12 @@ Test(daemon, a_signalled_worker_checkpoints_reports_preempted_and_exits,
     sqlite3_close(db);
     cr_expect(resumed_at == stopped_at + 1, "the next attempt began at epoch %g, not %g + 1",
               resumed_at, stopped_at);
+    /* the leaving worker got no new attempt: it would be lost with it (and
+     * count against --max-retries at every preemption) */
+    db = fx_open_db();
+    cr_expect_eq(fx_db_num(db, "SELECT COUNT(*) FROM attempts WHERE job_id=?", job), 2,
+                 "attempts other than the preempted one and the one that finished");
+    sqlite3_close(db);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
 }

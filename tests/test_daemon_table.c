@@ -26,7 +26,8 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
                   "  variant:\n"
                   "    - {name: base, optim: {epochs: 0}}\n"
                   "    - {name: good, model: {predictor: linear}}\n"
-                  "    - {name: no_pred, model: {predictor: none}}\n");
+                  "    - {name: no_pred, model: {predictor: none}, eval: {linear: {normalize: "
+                  "standardize}}}\n");
     int rc = fx_cli(out, sizeof out, 20, "submit", path, NULL);
     cr_assert_eq(rc, 0, "%s", out);
     rc = fx_cli(out, sizeof out, 60, "watch", "marks", NULL);
@@ -119,6 +120,12 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
                               "linear eval lower is worse\nnot compared, n=1 on a side (one seed "
                               "has no spread to test against): good, no_pred\n"),
               "%s", out);
+    /* which linear evaluation each accuracy comes from: no_pred's differs */
+    cr_assert(strstr(out, "\nlinear eval of base: 5 epochs of Adam at lr 0.0005, batch 32, raw "
+                          "features\nlinear eval of good: 5 epochs of Adam at lr 0.0005, batch 32, "
+                          "raw features\nlinear eval of no_pred: 5 epochs of Adam at lr 0.0005, "
+                          "batch 32, features standardized\n"),
+              "%s", out);
     rc = fx_cli(out, sizeof out, 20, "table", "marks", "--format", "markdown", NULL);
     cr_assert(rc == 0 && strstr(out, "| rank(f) | cos(W,I) | linear eval") &&
                   strstr(out, "| +0.250 | 60.00 |"),
@@ -128,7 +135,9 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
                   !strstr(out, "± 0") &&
                   strstr(out, "\n\nBold: worse, italic: better than the random baseline (base)") &&
                   strstr(out, "\n\nnot compared, n=1 on a side (one seed has no spread to test "
-                              "against): good, no_pred\n"),
+                              "against): good, no_pred\n") &&
+                  strstr(out, "\n\nlinear eval of no_pred: 5 epochs of Adam at lr 0.0005, batch "
+                              "32, features standardized\n"),
               "%s", out);
     rc = fx_cli(out, sizeof out, 20, "table", "marks", "--format", "latex", NULL);
     cr_assert(rc == 0 && strstr(out, "\\begin{tabular}{lcccccc}\n\\toprule\n") &&
@@ -141,17 +150,22 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
                   !strstr(out, "\\pm 0") &&
                   strstr(out, "\\bottomrule\n\\end{tabular}\n% Bold: worse, italic: better than "
                               "the random baseline (base)") &&
-                  strstr(out, "\n% not compared, n=1 on a side"),
+                  strstr(out, "\n% not compared, n=1 on a side") &&
+                  strstr(out, "\n% linear eval of base: 5 epochs"),
               "%s", out);
     rc = fx_cli(out, sizeof out, 20, "table", "marks", "--format", "csv", NULL);
     /* the columns as before, then the test's (empty where not tested) */
     cr_assert(rc == 0 &&
                   strstr(out, ",rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,acc_worse,"
                               "uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n,"
-                              "collapsed\n") &&
-                  strstr(out, "\nbase,1,1,") && strstr(out, ",,,,,,,,,1,0\ngood,1,1,") &&
-                  strstr(out, ",0.25,0,,,n=1,,n=1,,1,0\nno_pred,1,1,") &&
-                  strstr(out, ",,,,,n=1,,n=1,,1,0\n"),
+                              "collapsed,linear_protocol\n") &&
+                  strstr(out, "\nbase,1,1,") &&
+                  strstr(out, ",,,,,,,,,1,0,\"5 epochs of Adam at lr 0.0005, batch 32, raw "
+                              "features\"\ngood,1,1,") &&
+                  strstr(out, ",0.25,0,,,n=1,,n=1,,1,0,\"5 epochs") &&
+                  strstr(out, "\nno_pred,1,1,") &&
+                  strstr(out, ",,,,,n=1,,n=1,,1,0,\"5 epochs of Adam at lr 0.0005, batch 32, "
+                              "features standardized\"\n"),
               "%s", out);
     rc = fx_cli(out, sizeof out, 20, "grids", NULL);
     cr_assert(rc == 0 && strstr(out, "g1    marks ") &&
@@ -264,8 +278,10 @@ Test(daemon, table_marks_only_significant_differences, .init = fx_setup, .fini =
     rc = fx_cli(out, sizeof out, 20, "table", "sig", "--format", "csv", NULL);
     cr_assert(rc == 0 &&
                   strstr(out, ",w_cos_i_std,uniform_worse,acc_worse,uniform_vs_baseline,uniform_p,"
-                              "acc_vs_baseline,acc_p,acc_n,collapsed\n") &&
-                  strstr(out, "\nbase,3,3,") && strstr(out, ",,,,,,,3,0\ngood,3,3,") &&
+                              "acc_vs_baseline,acc_p,acc_n,collapsed,linear_protocol\n") &&
+                  strstr(out, "\nbase,3,3,") &&
+                  strstr(out, ",,,,,,,3,0,\"5 epochs of Adam at lr 0.0005, batch 32, raw "
+                              "features\"\ngood,3,3,") &&
                   strstr(out, ",0,0,better,0.000") && strstr(out, ",0,0,ns,0.") &&
                   strstr(out, ",ns,0.7152") && strstr(out, ",1,1,worse,0.000") &&
                   strstr(out, ",worse,0.00"),

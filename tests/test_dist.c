@@ -225,6 +225,49 @@ static void sync_equivalence(int byol) { sync_equivalence_(byol, 1); }
 Test(dist, sync_bn_two_ranks_follow_one_rank_raft) { sync_equivalence(0); }
 Test(dist, sync_bn_two_ranks_follow_one_rank_byol) { sync_equivalence(1); }
 
+/* DirectPred's F in a data-parallel job is the global batch's: the
+ * predictor's slot of the gradient (E[y y^T]) is all-reduced with the rest,
+ * and rank 0's W is every rank's (the checksum compares the parameters
+ * every step here, check_every 1). With sync_bn the 2-rank job's F is then
+ * the 1-rank job's up to float rounding through 6 steps (measured 1.6e-6
+ * relative); each rank's own half batch instead (the slot left out of the
+ * all-reduce) measured 0.22. */
+Test(dist, directpred_two_ranks_fold_the_global_batch)
+{
+    rw_spec s;
+    tiny_spec(&s, 1);
+    s.model.predictor = RW_PRED_DIRECTPRED;
+    s.model.directpred.every = 2;
+    char o1[96], o2[96], c1[128], c2[128], err[256];
+    snprintf(o1, sizeof o1, "%s/one", tmp);
+    snprintf(o2, sizeof o2, "%s/two", tmp);
+    rank_run one, two[2];
+    run_single(&one, &s, o1);
+    run_world(two, 2, &s, 1, o2, 20000);
+    cr_assert_eq(two[0].rc, 0, "rank 0: %s", two[0].err);
+    cr_assert_eq(two[1].rc, 0, "rank 1: %s", two[1].err);
+    snprintf(c1, sizeof c1, "%s/checkpoint.safetensors", o1);
+    snprintf(c2, sizeof c2, "%s/checkpoint.safetensors", o2);
+    rw_st *a = rw_st_open(c1, err, sizeof err), *b = rw_st_open(c2, err, sizeof err);
+    cr_assert(a && b, "%s", err);
+    const rw_st_tensor *fa = rw_st_find(a, "directpred.corr"), *fb = rw_st_find(b, "directpred.corr");
+    cr_assert(fa && fb && fa->nbytes == fb->nbytes && fa->dtype == RW_ST_F64);
+    double num = 0, den = 0;
+    for (int64_t k = 0; k < fa->numel; k++) {
+        double x, y;
+        memcpy(&x, (const char *)fa->data + 8 * k, 8);
+        memcpy(&y, (const char *)fb->data + 8 * k, 8);
+        num += (x - y) * (x - y);
+        den += x * x;
+    }
+    rw_st_close(a);
+    rw_st_close(b);
+    cr_expect(den > 0 && sqrt(num / den) < 1e-3, "F of 2 ranks vs 1: %.3g relative",
+              sqrt(num / den));
+    printf("directpred: F of 2 ranks (sync_bn) vs 1 rank after %d steps: %.2e relative\n",
+           one.nsteps, sqrt(num / den));
+}
+
 /* Without sync_bn each replica normalizes with its own half batch: the
  * first step's (rank-averaged) loss is the mean of the two half-batch
  * losses of one model, and differs from the synchronized one. */
@@ -515,8 +558,8 @@ static void buckets_during_backward(int overlap, rec_comm *rc, size_t *np)
     rw_step_stats st;
     cr_assert_eq(rw_model_forward_backward(m, x, 16, 16, &st), 0);
     rc->returned = 1;
-    int stop = 0;
-    cr_assert_eq(rw_dist_grads(d, &stop, err, sizeof err), 0, "%s", err);
+    int stop = 0, ckpt = 0;
+    cr_assert_eq(rw_dist_grads(d, &stop, &ckpt, err, sizeof err), 0, "%s", err);
     rw_dist_free(d);
     be->free(be, x);
     free(h);
@@ -653,6 +696,41 @@ Test(dist, bf16_gradients_on_the_wire)
                   f[0].loss[k]);
     cr_expect(f[0].loss[1] != b[0].loss[1], "bf16 on the wire changed nothing by step 2");
     cr_expect_gt(d, 0.0, "bf16 on the wire changed nothing");
+}
+
+/* Timed checkpoints (checkpoint.every_minutes) are rank 0's clock alone,
+ * and the statistics are folded before each, which takes collectives: the
+ * ranks must agree on the step, or rank 0 reads while rank 1 sends its
+ * gradient. Here due at every step, between the log windows of 3: the job
+ * reports exactly what it does without them. */
+Test(dist, timed_checkpoints_are_agreed_by_every_rank)
+{
+    rw_spec s;
+    tiny_spec(&s, 0);
+    s.log.every_steps = 3;
+    char o1[96], o2[96], w1[128], w2[128], worst[64] = "";
+    snprintf(o1, sizeof o1, "%s/untimed", tmp);
+    snprintf(o2, sizeof o2, "%s/timed", tmp);
+    rank_run plain[2], timed[2];
+    queue_ranks = 1;
+    run_world(plain, 2, &s, 1, o1, 20000);
+    s.checkpoint.every_minutes = 1e-6f;
+    run_world(timed, 2, &s, 1, o2, 20000);
+    queue_ranks = 0;
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(plain[k].rc, 0, "untimed rank %d: %s", k, plain[k].err);
+        cr_assert_eq(timed[k].rc, 0, "timed rank %d: %s", k, timed[k].err);
+    }
+    cr_assert_eq(timed[0].nsteps, plain[0].nsteps);
+    for (int k = 0; k < plain[0].nsteps; k++)
+        cr_expect(plain[0].loss[k] == timed[0].loss[k] &&
+                      plain[0].uniform[k] == timed[0].uniform[k],
+                  "window %d: loss %.9g / %.9g, uniformity %.9g / %.9g", k + 1, timed[0].loss[k],
+                  plain[0].loss[k], timed[0].uniform[k], plain[0].uniform[k]);
+    snprintf(w1, sizeof w1, "%s/weights.safetensors", o1);
+    snprintf(w2, sizeof w2, "%s/weights.safetensors", o2);
+    double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
+    cr_expect_eq(d, 0.0, "weights differ by %.3e in %s", d, worst);
 }
 
 /* The collapse alarm's stop is rank 0's to decide (it alone measures the

@@ -2,6 +2,7 @@
  * answers, and encoder features independent of how images are batched. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,4 +193,105 @@ Test(eval, features_independent_of_batching)
     free(ds.pixels);
     free(ds.labels);
     rw_model_free(m);
+}
+
+/* Features at scales a linear probe with the paper's small learning rate
+ * cannot follow: each feature of the clusters multiplied by a power of two
+ * from 2^-10 to 2^-3 (small, unnormalized features, as a collapsed or
+ * untrained encoder's). The raw probe underfits (measured 0.36, against
+ * 0.99 unscaled); standardizing undoes a power-of-two scale exactly, so its
+ * accuracy is the unscaled features' to the bit; a BatchNorm before the
+ * layer nearly so (0.96: its eps, 1e-5, is not small against the smallest
+ * features' variance, ~1e-6; at 2^-14 it fell to 0.90, as PyTorch's
+ * would). */
+#ifndef SCALE_LO
+#define SCALE_LO -8
+#endif
+static float *rescaled(const float *dev, int n, int F)
+{
+    float *h = malloc((size_t)n * F * sizeof(float));
+    be->download(be, h, dev, (size_t)n * F * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < F; d++)
+            h[(size_t)i * F + d] = ldexpf(h[(size_t)i * F + d], -10 + d % 8);
+    float *out = be->alloc(be, (size_t)n * F * sizeof(float));
+    be->upload(be, out, h, (size_t)n * F * sizeof(float));
+    free(h);
+    return out;
+}
+
+Test(eval, normalized_probes_see_features_the_raw_one_cannot)
+{
+    int F = 32, ntr = 1000, nte = 500;
+    uint8_t *ltr = malloc(ntr), *lte = malloc(nte);
+    float *ftr = clusters(ntr, F, 2.0, ltr, 1), *fte = clusters(nte, F, 2.0, lte, 2);
+    float *str = rescaled(ftr, ntr, F), *ste = rescaled(fte, nte, F);
+    char err[128];
+    double acc[3], scaled[3];
+    for (int k = 0; k < 3; k++) {
+        rw_linear_cfg cfg = {.epochs = 20, .lr = 5e-4f, .batch = 100, .seed = 0,
+                             .normalize = (rw_linear_norm)k};
+        cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 10, &cfg, &acc[k], err,
+                                    sizeof err), 0, "%s", err);
+        cr_assert_eq(rw_linear_eval(be, str, ltr, ntr, ste, lte, nte, F, 10, &cfg, &scaled[k],
+                                    err, sizeof err), 0, "%s", err);
+    }
+    printf("linear probe, raw / standardize / batchnorm: %.3f %.3f %.3f; features scaled "
+           "down: %.3f %.3f %.3f\n", acc[0], acc[1], acc[2], scaled[0], scaled[1], scaled[2]);
+    cr_expect_lt(scaled[0], 0.5, "the raw probe on tiny features: %.3f", scaled[0]);
+    cr_expect_geq(acc[1], 0.9, "standardized: %.3f", acc[1]);
+    cr_expect_geq(acc[2], 0.9, "batchnorm: %.3f", acc[2]);
+    cr_expect_eq(scaled[1], acc[1], "standardize: %.3f scaled, %.3f not", scaled[1], acc[1]);
+    cr_expect_geq(scaled[2], 0.9, "batchnorm on the scaled features: %.3f", scaled[2]);
+    be->free(be, ftr);
+    be->free(be, fte);
+    be->free(be, str);
+    be->free(be, ste);
+    free(ltr);
+    free(lte);
+}
+
+/* BatchNorm's test-time view is its running statistics, not the test
+ * batch's: with one training batch per epoch and E epochs, the running
+ * mean is the split's mean times 1 - 0.9^E. Two epochs leave it 81% short
+ * of a common offset of 100, so the test features stay far off centre and
+ * the classes the probe learned there are lost (chance); 100 epochs bring
+ * it within 0.003. Standardizing has no such lag. */
+Test(eval, batchnorm_probe_tests_with_its_running_statistics)
+{
+    int F = 32, ntr = 500, nte = 500;
+    uint8_t *ltr = malloc(ntr), *lte = malloc(nte);
+    float *ftr = clusters(ntr, F, 0.5, ltr, 1), *fte = clusters(nte, F, 0.5, lte, 2);
+    float *h = malloc((size_t)nte * F * sizeof(float));
+    float *sh[2] = {ftr, fte};
+    int n[2] = {ntr, nte};
+    for (int s = 0; s < 2; s++) { /* an offset of 1000 on every feature of both splits */
+        be->download(be, h, sh[s], (size_t)n[s] * F * sizeof(float));
+        for (size_t i = 0; i < (size_t)n[s] * F; i++)
+            h[i] += 100.0f;
+        be->upload(be, sh[s], h, (size_t)n[s] * F * sizeof(float));
+    }
+    char err[128];
+    double few, many, stdz;
+    rw_linear_cfg cfg = {.epochs = 2, .lr = 5e-2f, .batch = ntr, .seed = 0,
+                         .normalize = RW_LINEAR_BATCHNORM};
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 10, &cfg, &few, err,
+                                sizeof err), 0, "%s", err);
+    cfg.epochs = 100;
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 10, &cfg, &many, err,
+                                sizeof err), 0, "%s", err);
+    cfg.epochs = 2;
+    cfg.normalize = RW_LINEAR_STANDARDIZE;
+    cr_assert_eq(rw_linear_eval(be, ftr, ltr, ntr, fte, lte, nte, F, 10, &cfg, &stdz, err,
+                                sizeof err), 0, "%s", err);
+    printf("batchnorm probe: 2 epochs %.3f, 100 epochs %.3f; standardized, 2 epochs %.3f\n", few,
+           many, stdz);
+    cr_expect_lt(few, 0.5, "2 epochs: running mean at 19%% of the offset, yet %.3f", few);
+    cr_expect_geq(many, 0.95, "100 epochs: %.3f", many);
+    cr_expect_geq(stdz, 0.95, "standardized after 2 epochs: %.3f", stdz);
+    be->free(be, ftr);
+    be->free(be, fte);
+    free(h);
+    free(ltr);
+    free(lte);
 }

@@ -222,6 +222,9 @@ static rw_dataset make_set(void)
 
 static int supervised; /* make_model builds the supervised baseline */
 static int whole;      /* train takes each step as one (rw_stepper_step) */
+/* make_model builds a predictor study (docs/predictor.md): 1 DirectPred
+ * (W set every 2 steps), 2 a frozen predictor, 3 the predictor at 3x lr */
+static int study;
 
 static rw_model *make_model(void)
 {
@@ -235,9 +238,18 @@ static rw_model *make_model(void)
         c.loss.beta = 0;
         c.classes = 10;
     }
+    if (study == 1) {
+        c.predictor = RW_PRED_DIRECTPRED;
+        c.directpred.every = 2;
+        c.directpred.momentum = 0.9f;
+        c.directpred.eps = 0.1f;
+    }
+    c.pred_frozen = study == 2;
     char err[256];
     rw_model *m = rw_model_create(gpu, &c, 7, err, sizeof err);
     cr_assert_not_null(m, "%s", err);
+    if (study == 3)
+        cr_assert_eq(rw_model_set_predictor_lr_mult(m, 3.0f, err, sizeof err), 0, "%s", err);
     return m;
 }
 
@@ -306,7 +318,7 @@ static void train(int host_data, int no_graphs, int steps, int eval_at, trace *t
         }
         cr_assert_eq(r, 0, "step %d: %s", taken + 1, rw_model_error(m));
         if (!whole)
-            rw_stepper_update(s, 1e-3f, 1e-4f, tau);
+            cr_assert_eq(rw_stepper_update(s, 1e-3f, 1e-4f, tau), 0, "%s", rw_model_error(m));
         t->nst += !whole;
         if (++taken == eval_at)
             cr_assert_eq(rw_model_features(m, ev, 3 * BATCH, SIZE, 0, feat), 0);
@@ -398,6 +410,63 @@ Test(graph, whole_step_graphs_give_the_bits_of_eager_halves)
     expect_same_bits(&eager, &graphs);
     trace_free(&eager);
     trace_free(&graphs);
+}
+
+/* The predictor studies split the update (the predictor, the buffer's
+ * tail, with a mirror of its own) and DirectPred sets W from the host
+ * between two launches: graphs replay eager steps' bits all the same, in
+ * halves and whole, in bf16 (where the linear weights have mirrors). */
+Test(graph, predictor_studies_replay_the_bits_of_eager_steps)
+{
+    NEED_GPU();
+    static const char *const names[] = {"", "directpred", "frozen", "lr x3"};
+    for (study = 1; study <= 3; study++)
+        for (whole = 0; whole < 2; whole++) {
+            trace eager, graphs;
+            cr_assert_eq(gpu->set_precision(gpu, KB_PREC_BF16), KB_PREC_BF16);
+            train(0, 1, 8, 0, &eager);
+            train(0, 0, 8, 0, &graphs);
+            cr_expect_eq(graphs.counts.replayed, 5, "%s: replayed %ld", names[study],
+                         graphs.counts.replayed);
+            printf("graph: %s%s: %ld eager, %ld captured, %ld replayed\n", names[study],
+                   whole ? " (whole steps)" : "", graphs.counts.eager, graphs.counts.captured,
+                   graphs.counts.replayed);
+            expect_same_bits(&eager, &graphs);
+            trace_free(&eager);
+            trace_free(&graphs);
+        }
+    study = whole = 0;
+    gpu->set_precision(gpu, KB_PREC_TF32);
+}
+
+/* ... and their mirrors stay in step: the split update writes the
+ * predictor's own, DirectPred's W upload refreshes it. After a few bf16
+ * steps (where linear weights have mirrors) a forward pass gives the loss
+ * it gives once every mirror is written afresh from the parameters. */
+Test(graph, predictor_studies_keep_their_mirrors_in_step)
+{
+    NEED_GPU();
+    static const char *const names[] = {"", "directpred", "frozen", "lr x3"};
+    cr_assert_eq(gpu->set_precision(gpu, KB_PREC_BF16), KB_PREC_BF16);
+    for (study = 1; study <= 3; study++) {
+        rw_dataset ds = make_set();
+        rw_model *m = make_model();
+        rw_stepper *s = make_stepper(m, &ds, 0, 1);
+        rw_stepper_seek(s, 0, 0);
+        for (int k = 0; k < 4; k++)
+            cr_assert_eq(rw_stepper_step(s, 1, 1e-2f, 0, 0.9f), 0, "%s", rw_model_error(m));
+        rw_step_stats kept, fresh;
+        cr_assert_eq(rw_model_forward_backward(m, rw_stepper_views(s), BATCH, SIZE, &kept), 0);
+        rw_model_params_written(m);
+        cr_assert_eq(rw_model_forward_backward(m, rw_stepper_views(s), BATCH, SIZE, &fresh), 0);
+        cr_expect(kept.loss == fresh.loss, "%s: loss %.9g with the kept mirrors, %.9g fresh",
+                  names[study], kept.loss, fresh.loss);
+        rw_stepper_free(s);
+        rw_model_free(m);
+        rw_dataset_free(&ds);
+    }
+    study = 0;
+    gpu->set_precision(gpu, KB_PREC_TF32);
 }
 
 Test(graph, an_evaluation_pass_that_moves_buffers_forces_a_new_capture)

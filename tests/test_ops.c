@@ -304,6 +304,97 @@ Test(ops, conv_gradients)
     }
 }
 
+/* ResNet-50's bottleneck shapes at the tests' width 4, where oneDNN (AVX-512)
+ * keeps 4- and 8-channel maps in 16-channel blocks whose padding must stay
+ * zero through our reorders, and where dx and dw are accumulated through a
+ * reorder with a sum post-op: every direction against the naive sums, in
+ * double, one plan after another through the shared arena (stale padding
+ * or a size taken from the logical dims would show as O(1) errors). */
+static const int bottleneck_shapes[][9] = {
+    {2, 4, 8, 8, 16, 1, 1, 1, 0},   /* conv3: 4 -> 16 */
+    {2, 16, 8, 8, 4, 1, 1, 1, 0},   /* conv1: 16 -> 4 */
+    {2, 4, 8, 8, 4, 3, 3, 1, 1},    /* conv2: 4 -> 4, both padded */
+    {2, 8, 8, 8, 8, 3, 3, 2, 1},    /* conv2 of a stage's first block */
+    {2, 16, 8, 8, 32, 1, 1, 2, 0},  /* 1x1/2 downsample */
+    {2, 64, 4, 4, 128, 1, 1, 2, 0}, /* layer4's downsample */
+    {2, 64, 4, 4, 32, 1, 1, 1, 0},  /* layer4's conv1 */
+};
+
+static void expect_near(const char *what, size_t s, const float *got, const double *want,
+                        size_t n)
+{
+    int bad = 0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(got[i] - want[i]) <= 1e-4 + 1e-5 * fabs(want[i])) && bad++ == 0)
+            wi = i;
+    cr_expect(bad == 0, "bottleneck shape %zu %s: %d of %zu off; first [%zu] %.9g want %.9g", s,
+              what, bad, n, wi, bad ? (double)got[wi] : 0.0, bad ? want[wi] : 0.0);
+}
+
+Test(ops, conv_bottleneck_blocked_vs_naive)
+{
+    enum { NS = sizeof bottleneck_shapes / sizeof bottleneck_shapes[0] };
+    kb_conv *plans[NS];
+    kb_conv_desc ds[NS];
+    for (size_t s = 0; s < NS; s++) { /* all planned first: the arena at its largest */
+        const int *v = bottleneck_shapes[s];
+        kb_conv_desc_init(&ds[s], v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+        plans[s] = be->conv_plan(be, &ds[s]);
+        cr_assert(plans[s], "conv_plan failed for bottleneck shape %zu", s);
+    }
+    rng_seed(4);
+    for (size_t s = 0; s < NS; s++) {
+        const kb_conv_desc d = ds[s];
+        size_t nx = (size_t)d.N * d.C * d.H * d.W, nw = (size_t)d.K * d.C * d.R * d.S;
+        size_t ny = (size_t)d.N * d.K * d.P * d.Q;
+        float *x = frand(nx), *w = frand(nw), *dy = frand(ny), *y = fa(ny);
+        float *dx = fa(nx), *dxa = frand(nx), *dw = frand(nw);
+        double *ry = calloc(ny, sizeof(double)), *rdx = calloc(nx, sizeof(double));
+        double *rdxa = calloc(nx, sizeof(double)), *rdw = calloc(nw, sizeof(double));
+        cr_assert(ry && rdx && rdxa && rdw);
+        for (size_t i = 0; i < nx; i++)
+            rdxa[i] = dxa[i];
+        for (size_t i = 0; i < nw; i++)
+            rdw[i] = dw[i];
+        for (int n = 0; n < d.N; n++)
+            for (int k = 0; k < d.K; k++)
+                for (int p = 0; p < d.P; p++)
+                    for (int q = 0; q < d.Q; q++) {
+                        size_t yi = ((size_t)(n * d.K + k) * d.P + p) * d.Q + q;
+                        for (int c = 0; c < d.C; c++)
+                            for (int r = 0; r < d.R; r++)
+                                for (int t = 0; t < d.S; t++) {
+                                    int h = p * d.stride - d.pad + r;
+                                    int ww = q * d.stride - d.pad + t;
+                                    if (h < 0 || h >= d.H || ww < 0 || ww >= d.W)
+                                        continue;
+                                    size_t xi = ((size_t)(n * d.C + c) * d.H + h) * d.W + ww;
+                                    size_t wi = ((size_t)(k * d.C + c) * d.R + r) * d.S + t;
+                                    ry[yi] += (double)x[xi] * w[wi];
+                                    rdx[xi] += (double)dy[yi] * w[wi];
+                                    rdxa[xi] += (double)dy[yi] * w[wi];
+                                    rdw[wi] += (double)dy[yi] * x[xi];
+                                }
+                    }
+        be->fill(be, dx, 123.0f, nx); /* written, whatever was there */
+        be->conv_forward(be, plans[s], x, w, NULL, y);
+        be->conv_backward_data(be, plans[s], dy, w, NULL, dx, 0);
+        be->conv_backward_data(be, plans[s], dy, w, NULL, dxa, 1);
+        be->conv_backward_weight(be, plans[s], x, dy, dw);
+        expect_near("y", s, y, ry, ny);
+        expect_near("dx", s, dx, rdx, nx);
+        expect_near("dx added", s, dxa, rdxa, nx);
+        expect_near("dw added", s, dw, rdw, nw);
+        free(ry);
+        free(rdx);
+        free(rdxa);
+        free(rdw);
+    }
+    for (size_t s = 0; s < NS; s++)
+        be->conv_free(be, plans[s]);
+}
+
 Test(ops, deterministic_two_threads)
 {
     kb_backend *b2 = kb_cpu_create(2);

@@ -549,7 +549,8 @@ Test(grid, loss_weights_of_a_loss_without_them_are_refused)
     /* the example grids set their weights where they count (their data
      * sets' folders, absent here, replaced by one that is) */
     const char *src = getenv("RW_SOURCE_ROOT");
-    const char *confs[] = {"paper-table1", "paper-table3", "stl10", "quickstart", "example-full"};
+    const char *confs[] = {"paper-table1", "paper-table3", "stl10", "quickstart", "example-full",
+                           "predictor-studies"};
     for (size_t k = 0; k < sizeof confs / sizeof *confs; k++) {
         char path[1024], basedir[1024], *text = NULL;
         size_t len;

@@ -507,6 +507,42 @@ Test(spec, supervised_baseline) {
     cr_assert(memcmp(&s, &back, sizeof s) == 0, "the supervised spec does not round-trip");
 }
 
+/* Theorem 5.1's start (theta0, -W0) and the rounding control: fields of
+ * the seed's initialization, so refused where there is no W, or where the
+ * weights come from a file. */
+Test(spec, init_modifications) {
+    rw_spec s, back;
+    char err[512], yaml[RW_SPEC_YAML_MAX];
+    cr_assert_eq(parse("model: {predictor: linear}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_expect(!s.model.predictor_negated && s.model.init_nudge_ulps == 0, "defaults");
+    cr_assert_eq(parse("model: {predictor: linear, predictor_negated: true, init_nudge_ulps: -3}\n",
+                       &s, err, sizeof err), 0, "%s", err);
+    cr_expect(s.model.predictor_negated && s.model.init_nudge_ulps == -3);
+    cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+    cr_assert(strstr(yaml, "predictor_negated: true") && strstr(yaml, "init_nudge_ulps: -3"), "%s",
+              yaml);
+    cr_assert_eq(rw_spec_parse(yaml, strlen(yaml), "canonical", "", &back, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert(memcmp(&s, &back, sizeof s) == 0, "the fields do not round-trip");
+    expect_error("model: {predictor: none, predictor_negated: true}\n",
+                 "model.predictor_negated:", "no output layer");
+    expect_error("model: {predictor: directpred, predictor_negated: true}\n",
+                 "model.predictor_negated:", "does not last");
+    expect_error("model: {init_nudge_ulps: 1000001}\n", "model.init_nudge_ulps");
+    expect_error("model: {predictor_negated: 1}\n", "model.predictor_negated");
+    /* init names a file that exists, so only the combination is refused */
+    char w[] = "/tmp/rw-spec-init-XXXXXX", text[256];
+    int fd = mkstemp(w);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    snprintf(text, sizeof text,
+             "init: %s\nmodel: {predictor: linear, predictor_negated: true}\n", w);
+    expect_error(text, "model.predictor_negated", "init reads the weights from a file");
+    snprintf(text, sizeof text, "init: %s\nmodel: {init_nudge_ulps: 1}\n", w);
+    expect_error(text, "model.init_nudge_ulps", "set one or the other");
+    unlink(w);
+}
+
 Test(spec, linear_evaluation_every_n_epochs) {
     rw_spec s;
     char err[512];
@@ -689,10 +725,12 @@ Test(spec, conf_grids_expand) {
         size_t jobs;
         const char *last;
     } grids[] = {
-        {"conf/quickstart.yaml", 10, "quickstart/raft-np/seed1"},
+        {"conf/quickstart.yaml", 15, "quickstart/raft-np/seed2"},
         {"conf/paper-table1.yaml", 45, "paper-table1/supervised/seed2"},
         {"conf/paper-table3.yaml", 39, "paper-table3/byol-prime-np-b100/seed2"},
         {"conf/stl10.yaml", 15, "stl10/raft-np/seed2"},
+        {"conf/predictor-studies.yaml", 10, "predictor-studies/linear-lr10/seed1"},
+        {"conf/theorem-5-1.yaml", 5, "theorem-5-1/raft-np/seed0"},
     };
     for (size_t i = 0; i < sizeof grids / sizeof grids[0]; i++) {
         char path[1024], err[2048] = "", basedir[1024];
@@ -741,6 +779,16 @@ Test(spec, conf_grids_expand) {
                           g.jobs[j].name);
             if (strstr(g.jobs[j].name, "-np"))
                 cr_expect(s->model.predictor == RW_PRED_NONE, "%s", g.jobs[j].name);
+            if (strstr(grids[i].file, "theorem")) { /* one seed, a snapshot every epoch */
+                cr_expect(s->seed == 0 && s->checkpoint.snapshot_every == 1 &&
+                              s->loss.kind == RW_LOSS_UNIFIED && s->deterministic &&
+                              s->model.predictor_negated == !!strstr(g.jobs[j].name, "mirror") &&
+                              s->model.init_nudge_ulps == !!strstr(g.jobs[j].name, "-ulp"),
+                          "%s: not the experiment's setup", g.jobs[j].name);
+                cr_expect(s->model.predictor ==
+                              (strstr(g.jobs[j].name, "-np") ? RW_PRED_NONE : RW_PRED_LINEAR),
+                          "%s", g.jobs[j].name);
+            }
             if (strstr(g.jobs[j].name, "tan-"))
                 cr_expect(s->loss.tangential, "%s", g.jobs[j].name);
             if (strstr(g.jobs[j].name, "/supervised/"))

@@ -182,10 +182,11 @@ Test(spec, overrides_are_checked_like_the_file)
         const char *word, *want;
     } bad[] = {
         {"optim.lrr=1", "command line: optim.lrr: unknown field (allowed in optim: lr, "
-                        "weight_decay, batch_size, epochs, max_steps, schedule, warmup_epochs)"},
+                        "weight_decay, batch_size, epochs, max_steps, schedule, warmup_epochs, "
+                        "predictor_lr_mult)"},
         {"optimizer.lr=1", "command line: optimizer: unknown field (allowed at top level: name, "},
         {"model.predictor=deep", "command line: model.predictor: must be one of: mlp, mlp_bn, "
-                                 "linear, linear_identity, none, got 'deep'"},
+                                 "linear, linear_identity, none, directpred, got 'deep'"},
         {"model.width=129", "command line: model.width: must be an integer in 1..128, got '129'"},
         {"optim=3", "command line: optim: must be a mapping, got '3'"},
         {"optim.lr", "command line: 'optim.lr': expected FIELD=VALUE"},
@@ -218,7 +219,7 @@ Test(spec, overrides_set_a_grids_base)
     char err[2048];
     const char *w[] = {"optim.lr=3e-3", "model.predictor=linear"};
     cr_assert_eq(quickstart(w, 2, &g, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(g.njobs, 10);
+    cr_assert_eq(g.njobs, 15);
     for (size_t j = 0; j < g.njobs; j++)
         cr_expect_eq(g.jobs[j].spec.optim.lr, 3e-3f, "%s", g.jobs[j].name);
     cr_expect_eq(job(&g, "quickstart/byol/seed0")->model.predictor, RW_PRED_LINEAR);

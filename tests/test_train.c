@@ -336,6 +336,18 @@ Test(train, resume_equals_uninterrupted)
     resume_equals_uninterrupted_for(s);
 }
 
+/* The initialization's modifications are the start's alone: a resumed job
+ * reads its weights from the checkpoint and applies neither again. */
+Test(train, resume_applies_no_initialization_modification_again)
+{
+    rw_spec s;
+    tiny_spec(&s);
+    s.model.predictor = RW_PRED_LINEAR;
+    s.model.predictor_negated = 1;
+    s.model.init_nudge_ulps = 1000;
+    resume_equals_uninterrupted_for(s);
+}
+
 /* A stop (a cancel, a shutdown) whose checkpoint cannot be written (a full
  * disk; here a folder where the file goes) stops the job rather than
  * failing it: it resumes from the last checkpoint written, as a lost
@@ -718,6 +730,11 @@ Test(train, spec_digest_covers_the_later_fields)
     s.data.kind = RW_DATA_CIFAR100;
     rw_spec_digest(&s, d0);
     s.data.labels = RW_LABELS_COARSE;
+    rw_spec_digest(&s, d);
+    cr_expect_str_neq(d, d0);
+    rw_spec_defaults(&s);
+    rw_spec_digest(&s, d0);
+    s.model.init_nudge_ulps = 1;
     rw_spec_digest(&s, d);
     cr_expect_str_neq(d, d0);
 }

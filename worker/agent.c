@@ -33,6 +33,7 @@
 #include "proto/frame.h"
 #include "proto/msg.h"
 #include "proto/spec.h"
+#include "worker/connect.h"
 #include "worker/train.h"
 
 typedef struct agent {
@@ -74,7 +75,6 @@ typedef struct agent {
 } agent;
 
 static void restart_self(agent *a);
-static void exec_serve(int argc, char **argv);
 
 static void send_msg(agent *a, json_t *m)
 {
@@ -595,53 +595,6 @@ static json_t *run_assignment(agent *a, json_t *m)
 /* ------------------------------------------------------------------------ */
 /* Connecting */
 
-static int connect_unix(const char *path, char *err, size_t errlen)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path) {
-        snprintf(err, errlen, "%s: path too long", path);
-        return -1;
-    }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int connect_tcp(const char *hostport, char *err, size_t errlen)
-{
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    if (!colon || colon == hostport || (size_t)(colon - hostport) >= sizeof host) {
-        snprintf(err, errlen, "--tcp %s: expected HOST:PORT", hostport);
-        return -1;
-    }
-    snprintf(host, sizeof host, "%.*s", (int)(colon - hostport), hostport);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
-    int rc = getaddrinfo(host, colon + 1, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "%s: %s", hostport, gai_strerror(rc));
-        return -1;
-    }
-    int fd = -1;
-    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        snprintf(err, errlen, "%s: cannot connect", hostport);
-    return fd;
-}
-
 /* A fresh process image with the same arguments: every thread (Gloo's
  * too) and socket goes; the new one says hello again for its slot. Works
  * for remote workers too, which nobody else would restart. */
@@ -656,22 +609,9 @@ static void restart_self(agent *a)
         if (poll(&p, 1, 100) > 0 && read(a->fd, buf, sizeof buf) <= 0)
             break;
     }
-    exec_serve(a->argc, a->argv);
+    rw_exec_serve(a->argc, a->argv);
 }
 
-static void exec_serve(int argc, char **argv)
-{
-    char **av = calloc((size_t)argc + 3, sizeof *av);
-    if (av) {
-        av[0] = "runaway-worker";
-        av[1] = "serve";
-        for (int i = 0; i < argc; i++)
-            av[2 + i] = argv[i];
-        execv("/proc/self/exe", av);
-        fprintf(stderr, "runaway-worker: cannot restart: %s\n", strerror(errno));
-    }
-    _exit(3);
-}
 
 /* A batch scheduler's notice (Slurm: SIGTERM at a time limit or
  * preemption, SIGUSR1 with --signal=B:USR1@120): the job checkpoints at
@@ -774,20 +714,10 @@ int rw_agent_main(int argc, char **argv)
             return 1;
         }
     }
-    /* --reconnect: a worker of another host rides out a partition or the
-     * daemon's restart, trying again with a growing pause */
-    int fd = -1;
-    for (double t0 = mono(), pause = 0.5;; pause = pause < 8 ? 2 * pause : 10) {
-        fd = sock ? connect_unix(sock, err, sizeof err) : connect_tcp(tcp, err, sizeof err);
-        if (fd >= 0)
-            break;
-        if (mono() - t0 + pause > reconnect) {
-            fprintf(stderr, "runaway-worker: cannot reach runawayd: %s\n", err);
-            return 1;
-        }
-        fprintf(stderr, "runaway-worker: cannot reach runawayd (%s); again in %.1f s\n", err,
-                pause);
-        usleep((useconds_t)(pause * 1e6));
+    int fd = rw_connect_daemon(sock, tcp, reconnect, err, sizeof err);
+    if (fd < 0) {
+        fprintf(stderr, "runaway-worker: cannot reach runawayd: %s\n", err);
+        return 1;
     }
     /* where data-parallel peers reach us: --host, else the local address of
      * our TCP connection to the daemon (the interface that routes there),
@@ -845,7 +775,7 @@ int rw_agent_main(int argc, char **argv)
         fprintf(stderr, "runaway-worker: %s; trying again\n", err);
         close(fd);
         sleep(1);
-        exec_serve(argc, argv);
+        rw_exec_serve(argc, argv);
     }
     if (rc != 0 || !rt || strcmp(rt, "ok") != 0) {
         fprintf(stderr, "runaway-worker: hello refused: %s\n",

@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void named_add(arch *a, const char *name, rw_tensor_kind kind, size_t off, int ndim,
@@ -136,10 +137,26 @@ int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
                  rw_arch_name(cfg->arch), wmax, w);
         return -1;
     }
-    if (cfg->proj_hidden < 1 || cfg->proj_out < 1 ||
-        (cfg->predictor != RW_PRED_NONE && cfg->predictor != RW_PRED_LINEAR &&
-         cfg->predictor != RW_PRED_LINEAR_IDENTITY && cfg->pred_hidden < 1)) {
+    const int mlp = cfg->predictor == RW_PRED_MLP || cfg->predictor == RW_PRED_MLP_BN;
+    if (cfg->proj_hidden < 1 || cfg->proj_out < 1 || (mlp && cfg->pred_hidden < 1)) {
         snprintf(err, errlen, "model: layer sizes must be positive");
+        return -1;
+    }
+    if ((unsigned)cfg->predictor > RW_PRED_DIRECTPRED) {
+        snprintf(err, errlen, "model: unknown predictor %d", (int)cfg->predictor);
+        return -1;
+    }
+    if (cfg->predictor == RW_PRED_DIRECTPRED &&
+        !(cfg->directpred.every >= 1 && cfg->directpred.momentum >= 0 &&
+          cfg->directpred.momentum < 1 && cfg->directpred.eps >= 0)) {
+        snprintf(err, errlen, "model: directpred needs every >= 1, momentum in [0, 1) and "
+                 "eps >= 0 (got %d, %g, %g)", cfg->directpred.every,
+                 (double)cfg->directpred.momentum, (double)cfg->directpred.eps);
+        return -1;
+    }
+    if (cfg->pred_frozen &&
+        (cfg->predictor == RW_PRED_NONE || cfg->predictor == RW_PRED_DIRECTPRED)) {
+        snprintf(err, errlen, "model: only a predictor trained by gradient can be frozen");
         return -1;
     }
     if (cfg->stem == RW_STEM_IMAGENET) {
@@ -174,6 +191,7 @@ int arch_build(arch *a, const rw_model_cfg *cfg, char *err, size_t errlen)
         break;
     case RW_PRED_LINEAR:
     case RW_PRED_LINEAR_IDENTITY:
+    case RW_PRED_DIRECTPRED: /* W is nn.Linear's until the first eigendecomposition */
         a->pred_layers = 1;
         lin_init(a, &a->q1, "predictor", D, D, 0,
                  cfg->predictor == RW_PRED_LINEAR_IDENTITY ? INIT_IDENTITY : INIT_LINEAR);
@@ -280,6 +298,36 @@ void arch_init_params(const arch *a, uint64_t seed, float *hp, float *hs)
             break;
         }
     }
+    /* After every draw, so the other weights are the seed's, bit for bit:
+     * a run with these and one without start from the same theta0. */
+    if (a->cfg.pred_negated && a->pred_layers > 0) {
+        const lin_l *out = a->pred_layers == 2 ? &a->q2 : &a->q1;
+        size_t n = (size_t)out->O * out->I;
+        for (size_t k = 0; k < n; k++)
+            hp[out->w + k] = -hp[out->w + k];
+        for (int k = 0; out->has_b && k < out->O; k++)
+            hp[out->b + k] = -hp[out->b + k];
+    }
+    for (int k = 0; k < abs(a->cfg.init_nudge_ulps); k++) {
+        float *w = hp + a->conv1.w;
+        *w = nextafterf(*w, a->cfg.init_nudge_ulps > 0 ? INFINITY : -INFINITY);
+    }
+}
+
+const char *rw_predictor_out_prefix(rw_predictor p)
+{
+    switch (p) {
+    case RW_PRED_LINEAR:
+    case RW_PRED_LINEAR_IDENTITY:
+    case RW_PRED_DIRECTPRED:
+        return "predictor";
+    case RW_PRED_MLP:
+        return "predictor.2";
+    case RW_PRED_MLP_BN:
+        return "predictor.3";
+    default:
+        return NULL;
+    }
 }
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
@@ -292,11 +340,17 @@ void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c)
     c->proj_out = s->model.proj_out;
     c->predictor = s->model.predictor;
     c->pred_hidden = s->model.pred_hidden;
+    c->pred_frozen = s->model.pred_frozen;
+    c->directpred.every = s->model.directpred.every;
+    c->directpred.momentum = s->model.directpred.momentum;
+    c->directpred.eps = s->model.directpred.eps;
     c->loss.kind = s->loss.kind == RW_LOSS_BYOL ? KB_LOSS_BYOL : KB_LOSS_UNIFIED;
     c->loss.alpha = s->loss.alpha;
     c->loss.beta = s->loss.beta;
     c->loss.tangential = s->loss.tangential;
     c->nondeterministic = !s->deterministic;
+    c->pred_negated = s->model.predictor_negated;
+    c->init_nudge_ulps = s->model.init_nudge_ulps;
     if (s->loss.kind == RW_LOSS_SUPERVISED) {
         c->classes = rw_spec_classes(s);
         c->loss = (kb_loss_cfg){KB_LOSS_UNIFIED, 1.0f, 0.0f, 0}; /* measures L_align */

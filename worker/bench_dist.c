@@ -180,7 +180,7 @@ static rank_out run_rank(const dist_cfg *c, int rank, int world, run_kind kind,
     be->fmap_upload(be, x + half, h, c->batch, 3, c->size, c->size);
     free(h);
     rw_step_stats st[64];
-    int stop = 0, rc = 0;
+    int stop = 0, ckpt = 0, rc = 0;
     double t0 = 0, busy0 = 0, wait = 0;
     for (int s = -2; s < steps && rc == 0; s++) {
         if (s == 0) { /* two warm-ups: plans, page faults; then all start together */
@@ -194,7 +194,7 @@ static rank_out run_rank(const dist_cfg *c, int rank, int world, run_kind kind,
             break;
         }
         double tw = now_s();
-        if (rw_dist_grads(d, &stop, err, sizeof err) != 0) {
+        if (rw_dist_grads(d, &stop, &ckpt, err, sizeof err) != 0) {
             rc = -1;
             break;
         }

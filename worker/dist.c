@@ -169,6 +169,12 @@ int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
     memcpy(h.data, ts->data_digest, sizeof h.data);
     if (bcast_host(d, &h, sizeof h, err, errlen) != 0)
         return -1;
+    /* DirectPred's F: host state of the model, read from a checkpoint by
+     * rank 0 alone */
+    double *corr = rw_model_directpred_corr(m);
+    const size_t D = (size_t)rw_model_cfg_of(m)->proj_out;
+    if (corr && bcast_host(d, corr, D * D * sizeof *corr, err, errlen) != 0)
+        return -1;
     /* Every rank trains on rank 0's images: a host whose files at
      * data.path differ (another copy, another download) would train the
      * job on a mixture. Every rank learns of it, so all of them stop. */
@@ -254,18 +260,18 @@ void rw_dist_step_begin(rw_dist *d)
     d->failed = 0;
 }
 
-int rw_dist_grads(rw_dist *d, int *stop, char *err, size_t errlen)
+int rw_dist_grads(rw_dist *d, int *stop, int *ckpt, char *err, size_t errlen)
 {
     kb_comm *c = d->c;
     /* Each rank's loss is the mean over its equal share, so the average is
-     * the global batch's gradient. The stop flag rides behind the last
-     * bucket so that every rank stops at the same step. */
-    float flag = *stop ? 1.0f : 0.0f;
-    d->be->upload(d->be, d->dv, &flag, sizeof flag);
+     * the global batch's gradient. The stop and checkpoint flags ride
+     * behind the last bucket so that every rank acts at the same step. */
+    float flag[2] = {*stop ? 1.0f : 0.0f, *ckpt ? 1.0f : 0.0f};
+    d->be->upload(d->be, d->dv, flag, sizeof flag);
     if (c->start) {
         while (d->posted < d->nbuckets)
             post_bucket(d, d->posted++);
-        long t = d->failed ? -1 : c->start(c, d->dv, 1, KB_REDUCE_SUM, KB_WIRE_FP32, d->error,
+        long t = d->failed ? -1 : c->start(c, d->dv, 2, KB_REDUCE_SUM, KB_WIRE_FP32, d->error,
                                            sizeof d->error);
         if (t < 0 || c->wait(c, t, err, errlen) != 0) {
             if (t < 0)
@@ -273,11 +279,12 @@ int rw_dist_grads(rw_dist *d, int *stop, char *err, size_t errlen)
             return -1;
         }
     } else if (c->allreduce(c, rw_model_grads(d->m), d->np, KB_REDUCE_AVG, err, errlen) != 0 ||
-               c->allreduce(c, d->dv, 1, KB_REDUCE_SUM, err, errlen) != 0) {
+               c->allreduce(c, d->dv, 2, KB_REDUCE_SUM, err, errlen) != 0) {
         return -1;
     }
-    d->be->download(d->be, &flag, d->dv, sizeof flag);
-    *stop = flag > 0;
+    d->be->download(d->be, flag, d->dv, sizeof flag);
+    *stop = flag[0] > 0;
+    *ckpt = flag[1] > 0;
     return 0;
 }
 

@@ -32,8 +32,9 @@ int rw_dist_bcast_int(rw_dist *d, int *v, char *err, size_t errlen);
 void rw_dist_step_begin(rw_dist *d);
 /* After it: averages the gradient buffer over the ranks (the buckets the
  * backward pass has not sent yet leave now; all are waited for), and
- * agrees on stopping: *stop becomes 1 on every rank when any rank asked. */
-int rw_dist_grads(rw_dist *d, int *stop, char *err, size_t errlen);
+ * agrees on stopping and on a timed checkpoint: *stop (*ckpt) becomes 1 on
+ * every rank when any rank asked. */
+int rw_dist_grads(rw_dist *d, int *stop, int *ckpt, char *err, size_t errlen);
 /* Keeps this step's statistics and projections (this rank's), for a read. */
 void rw_dist_keep(rw_dist *d);
 /* Steps kept and not read; 1 when no more fit (read them now). */

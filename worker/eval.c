@@ -60,6 +60,153 @@ static int check_labels(const char *what, const uint8_t *l, int n, int classes, 
     return 0;
 }
 
+#define PROBE_BN_EPS 1e-5     /* BatchNorm1d's */
+#define PROBE_BN_MOMENTUM 0.1 /* its running statistics' */
+
+/* Per feature, over n rows of x (n, F): the mean, and the variance (biased:
+ * what normalizes; unbiased: what a BatchNorm's running variance keeps). */
+static void column_stats(const float *x, int n, int F, double *mean, double *var,
+                         double *var_unbiased)
+{
+    for (int j = 0; j < F; j++)
+        mean[j] = var[j] = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < F; j++)
+            mean[j] += x[(size_t)i * F + j];
+    for (int j = 0; j < F; j++)
+        mean[j] /= n;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < F; j++) {
+            double d = x[(size_t)i * F + j] - mean[j];
+            var[j] += d * d;
+        }
+    for (int j = 0; j < F; j++) {
+        if (var_unbiased)
+            var_unbiased[j] = n > 1 ? var[j] / (n - 1) : var[j];
+        var[j] /= n;
+    }
+}
+
+/* x (n, F) in place: (x - mean) / sqrt(var + eps). */
+static void normalize_rows(float *x, int n, int F, const double *mean, const double *var,
+                           double eps)
+{
+    for (int j = 0; j < F; j++) {
+        double inv = 1.0 / sqrt(var[j] + eps);
+        for (int i = 0; i < n; i++)
+            x[(size_t)i * F + j] = (float)((x[(size_t)i * F + j] - mean[j]) * inv);
+    }
+}
+
+/* The features as the probe sees them: backend copies of both splits
+ * standardized with the training split's statistics (*tr, *te), or, for
+ * batchnorm, the training split on the host (*host) for the batches and
+ * running statistics for the test split. NULL outputs: features as they
+ * are. */
+typedef struct probe_view {
+    float *tr, *te;     /* backend (n, F), owned; NULL: the caller's */
+    float *host;        /* batchnorm: (ntr, F) host copy of the training split */
+    float *batch;       /* batchnorm: one batch on the host */
+    double *mean, *var, *run_mean, *run_var, *var_u;
+} probe_view;
+
+static void probe_view_free(kb_backend *be, probe_view *v)
+{
+    if (v->tr)
+        be->free(be, v->tr);
+    if (v->te)
+        be->free(be, v->te);
+    free(v->host);
+    free(v->batch);
+    free(v->mean);
+    free(v->var);
+    free(v->run_mean);
+    free(v->run_var);
+    free(v->var_u);
+}
+
+static int probe_view_init(kb_backend *be, const rw_linear_cfg *cfg, const float *ftr, int ntr,
+                           const float *fte, int nte, int F, int B, probe_view *v)
+{
+    memset(v, 0, sizeof *v);
+    if (cfg->normalize == RW_LINEAR_RAW)
+        return 0;
+    v->mean = malloc((size_t)F * sizeof(double));
+    v->var = malloc((size_t)F * sizeof(double));
+    v->host = malloc((size_t)ntr * F * sizeof(float));
+    if (!v->mean || !v->var || !v->host)
+        return -1;
+    be->download(be, v->host, ftr, (size_t)ntr * F * sizeof(float));
+    if (cfg->normalize == RW_LINEAR_BATCHNORM) {
+        v->run_mean = calloc((size_t)F, sizeof(double));
+        v->run_var = malloc((size_t)F * sizeof(double));
+        v->var_u = malloc((size_t)F * sizeof(double));
+        v->batch = malloc((size_t)B * F * sizeof(float));
+        v->te = be->alloc(be, (size_t)nte * F * sizeof(float));
+        if (!v->run_mean || !v->run_var || !v->var_u || !v->batch || !v->te)
+            return -1;
+        for (int j = 0; j < F; j++)
+            v->run_var[j] = 1; /* BatchNorm1d's initial running variance */
+        return 0;
+    }
+    /* standardize: the training split's statistics, for both splits */
+    float *hte = malloc((size_t)nte * F * sizeof(float));
+    v->tr = be->alloc(be, (size_t)ntr * F * sizeof(float));
+    v->te = be->alloc(be, (size_t)nte * F * sizeof(float));
+    if (!hte || !v->tr || !v->te) {
+        free(hte);
+        return -1;
+    }
+    be->download(be, hte, fte, (size_t)nte * F * sizeof(float));
+    column_stats(v->host, ntr, F, v->mean, v->var, NULL);
+    normalize_rows(v->host, ntr, F, v->mean, v->var, 0);
+    normalize_rows(hte, nte, F, v->mean, v->var, 0);
+    /* a constant feature (variance 0) would divide by zero: it carries
+     * nothing, so it becomes 0 */
+    for (int j = 0; j < F; j++)
+        if (!(v->var[j] > 0)) {
+            for (int i = 0; i < ntr; i++)
+                v->host[(size_t)i * F + j] = 0;
+            for (int i = 0; i < nte; i++)
+                hte[(size_t)i * F + j] = 0;
+        }
+    be->upload(be, v->tr, v->host, (size_t)ntr * F * sizeof(float));
+    be->upload(be, v->te, hte, (size_t)nte * F * sizeof(float));
+    free(hte);
+    free(v->host);
+    v->host = NULL;
+    return 0;
+}
+
+/* batchnorm: the n rows perm[0..n) of the training split, normalized with
+ * their own statistics, into xb; the running statistics updated. */
+static void probe_bn_batch(kb_backend *be, probe_view *v, const int *perm, int n, int F,
+                           float *xb)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(v->batch + (size_t)i * F, v->host + (size_t)perm[i] * F, (size_t)F * sizeof(float));
+    column_stats(v->batch, n, F, v->mean, v->var, v->var_u);
+    normalize_rows(v->batch, n, F, v->mean, v->var, PROBE_BN_EPS);
+    for (int j = 0; j < F; j++) {
+        v->run_mean[j] += PROBE_BN_MOMENTUM * (v->mean[j] - v->run_mean[j]);
+        v->run_var[j] += PROBE_BN_MOMENTUM * (v->var_u[j] - v->run_var[j]);
+    }
+    be->upload(be, xb, v->batch, (size_t)n * F * sizeof(float));
+}
+
+/* batchnorm: the test split normalized with the running statistics. */
+static int probe_bn_test(kb_backend *be, probe_view *v, const float *fte, int nte, int F)
+{
+    float *h = malloc((size_t)nte * F * sizeof(float));
+    if (!h)
+        return -1;
+    be->download(be, h, fte, (size_t)nte * F * sizeof(float));
+    normalize_rows(h, nte, F, v->run_mean, v->run_var, PROBE_BN_EPS);
+    be->upload(be, v->te, h, (size_t)nte * F * sizeof(float));
+    free(h);
+    return 0;
+}
+
 int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr,
                    const float *fte, const uint8_t *lte, int nte, int F, int classes,
                    const rw_linear_cfg *cfg, double *acc, char *err, size_t errlen)
@@ -84,6 +231,7 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
     int *perm = malloc((size_t)ntr * sizeof(int));
     int32_t *hl = malloc((size_t)(B > EVAL_CHUNK ? B : EVAL_CHUNK) * sizeof(int32_t));
     int rc = -1;
+    probe_view view = {0};
     if (!p || !g || !mm || !vv || !xb || !logits || !dlogits || !lb || !out || !kd || !hp || !perm || !hl) {
         snprintf(err, errlen, "linear eval: out of memory");
         goto done;
@@ -92,6 +240,12 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
         snprintf(err, errlen, "linear eval: empty split");
         goto done;
     }
+    if (probe_view_init(be, cfg, ftr, ntr, fte, nte, F, B, &view) != 0) {
+        snprintf(err, errlen, "linear eval: out of memory for the normalized features");
+        goto done;
+    }
+    if (view.tr)
+        ftr = view.tr;
     /* nn.Linear default init from the seed. */
     uint64_t s = cfg->seed * 0x9E3779B97F4A7C15ull + 0x11;
     double bound = 1.0 / sqrt((double)F);
@@ -111,9 +265,13 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
         for (int i0 = 0; i0 < ntr; i0 += B) {
             int n = ntr - i0 < B ? ntr - i0 : B;
             for (int i = 0; i < n; i++) {
-                be->copy(be, xb + (size_t)i * F, ftr + (size_t)perm[i0 + i] * F, (size_t)F * sizeof(float));
+                if (!view.host)
+                    be->copy(be, xb + (size_t)i * F, ftr + (size_t)perm[i0 + i] * F,
+                             (size_t)F * sizeof(float));
                 hl[i] = ltr[perm[i0 + i]];
             }
+            if (view.host)
+                probe_bn_batch(be, &view, perm + i0, n, F, xb);
             be->upload(be, lb, hl, (size_t)n * sizeof(int32_t));
             be->linear_forward(be, xb, n, F, W, NULL, b, K, logits);
             be->softmax_xent(be, logits, lb, n, K, dlogits, out);
@@ -125,6 +283,12 @@ int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr
             be->update(be, &u); /* zeroes g for the next batch */
         }
     }
+    if (view.host && probe_bn_test(be, &view, fte, nte, F) != 0) {
+        snprintf(err, errlen, "linear eval: out of memory for the normalized features");
+        goto done;
+    }
+    if (view.te)
+        fte = view.te;
     long correct = 0;
     for (int i0 = 0; i0 < nte; i0 += EVAL_CHUNK) {
         int n = nte - i0 < EVAL_CHUNK ? nte - i0 : EVAL_CHUNK;
@@ -146,6 +310,7 @@ done:
             if (bufs[i])
                 be->free(be, bufs[i]);
     }
+    probe_view_free(be, &view);
     free(hp);
     free(perm);
     free(hl);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "proto/spec.h"
 #include "worker/data.h"
 #include "worker/model.h"
 
@@ -21,11 +22,17 @@ typedef struct rw_linear_cfg {
     float lr;      /* 5e-4 */
     int batch;     /* 256 */
     uint64_t seed; /* classifier init and epoch shuffles */
+    rw_linear_norm normalize; /* RW_LINEAR_RAW in the paper */
 } rw_linear_cfg;
 
 /* Trains Linear(F, classes) with Adam on (ftr, ltr) and returns the top-1
  * accuracy on (fte, lte) in acc; features are backend memory (n, F). A
- * label outside 0..classes-1 is an error that names the image. */
+ * label outside 0..classes-1 is an error that names the image.
+ * normalize: RW_LINEAR_STANDARDIZE maps every feature to zero mean and unit
+ * variance with the training split's statistics (both splits);
+ * RW_LINEAR_BATCHNORM puts BatchNorm1d(F, affine=False) before the layer:
+ * each training batch normalized with its own statistics, which update
+ * running ones (momentum 0.1, PyTorch's), and the test split with those. */
 int rw_linear_eval(kb_backend *be, const float *ftr, const uint8_t *ltr, int ntr,
                    const float *fte, const uint8_t *lte, int nte, int F, int classes,
                    const rw_linear_cfg *cfg, double *acc, char *err, size_t errlen);

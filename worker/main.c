@@ -1,5 +1,5 @@
 /* runaway-worker: trains one job standalone (run), evaluates, exports weights,
- * shows augmentations, writes the synthetic data set. */
+ * compares runs' snapshots, shows augmentations, writes the synthetic data set. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +13,7 @@
 #include "rw_config.h"
 #include "worker/agent.h"
 #include "worker/data.h"
+#include "worker/distance.h"
 #include "worker/eval.h"
 #include "worker/model.h"
 #include "worker/sphere.h"
@@ -37,6 +38,10 @@ static void usage(FILE *f)
             "      the projections of N training images (default 2048) by PCA onto the\n"
             "      circle (the paper's Figure 3): spread numbers, and a data file for\n"
             "      `runaway sphere`; K samples (default 4) with their two views\n"
+            "  distance RUN_DIR_A RUN_DIR_B\n"
+            "      per epoch both runs kept snapshots of, the relative L2 distance of their\n"
+            "      encoders' and predictors' parameters (the predictor's output layer\n"
+            "      sign-corrected where one started from -W0), as JSON for `runaway distance`\n"
             "  export CHECKPOINT OUT.safetensors [--encoder-only]\n"
             "      weights with torchvision's resnet18 names for the encoder\n"
             "  show-augment SPEC.yaml OUT.png [--count N]\n"
@@ -363,6 +368,25 @@ static int cmd_sphere(int argc, char **argv)
     return rc;
 }
 
+static int cmd_distance(int argc, char **argv)
+{
+    if (argc != 2 || argv[0][0] == '-' || argv[1][0] == '-') {
+        usage(stderr);
+        return 2;
+    }
+    char err[1024];
+    json_t *o;
+    if (rw_distance_dirs(argv[0], argv[1], &o, err, sizeof err) != 0) {
+        fprintf(stderr, "runaway-worker: distance: %s\n", err);
+        return 1;
+    }
+    /* doubles to 17 digits: a distance of one ulp must not print as 0 */
+    int rc = json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(17)) == 0 ? 0 : 1;
+    putchar('\n');
+    json_decref(o);
+    return rc;
+}
+
 static int cmd_export(int argc, char **argv)
 {
     const char *pos[2] = {NULL, NULL};
@@ -535,6 +559,8 @@ int main(int argc, char **argv)
         return cmd_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "export") == 0)
         return cmd_export(argc - 2, argv + 2);
+    if (strcmp(cmd, "distance") == 0)
+        return cmd_distance(argc - 2, argv + 2);
     if (strcmp(cmd, "sphere") == 0)
         return cmd_sphere(argc - 2, argv + 2);
     if (strcmp(cmd, "show-augment") == 0)

@@ -14,6 +14,7 @@
 
 #include "kernels/collective.h"
 #include "kernels/optim.h"
+#include "worker/directpred.h"
 #include "worker/net.h"
 
 #include <assert.h>
@@ -39,7 +40,19 @@ struct rw_model {
     /* The update's per-step scalars in backend memory, written by
      * rw_model_update_prepare and read by the ops when they run. */
     kb_adam_consts *adam_k;
+    kb_adam_consts *adam_k_pred; /* the predictor's: lr * pred_lr_mult */
     float *tau_k; /* [tau, 1 - tau] */
+    /* The predictor apart from the rest (split): its own learning rate,
+     * frozen, or DirectPred's. The update then covers [0, pred_off) and
+     * the predictor, the buffer's tail, on its own terms. */
+    float pred_lr_mult;
+    int split;
+    size_t pred_off;
+    /* DirectPred (worker/directpred.h): F (D, D) on the host, in double;
+     * a host staging of D * D + 1 floats (E[y y^T], or W and a status) and
+     * its backend twin for a data-parallel job's broadcast of W */
+    double *dp_F;
+    float *dp_host, *dp_dev;
     buf dp;         /* dLoss/dp (2N, D) */
     buf dfeat;      /* dLoss/dfeatures (2N, F) */
     buf dlogits;    /* supervised: dLoss/dlogits (2N, classes) */
@@ -48,6 +61,54 @@ struct rw_model {
 };
 
 /* ----------------------------------------------------------- model API */
+
+/* Whether the update takes the predictor apart from the rest. Not for the
+ * plain case: one pass over the buffer, one launch. */
+static int wants_split(const rw_model *m)
+{
+    const arch *a = &m->a;
+    return a->pred_layers > 0 &&
+           (a->cfg.pred_frozen || a->cfg.predictor == RW_PRED_DIRECTPRED ||
+            m->pred_lr_mult != 1.0f);
+}
+
+/* The online network's mirrors (the backend's copies of the weights, where
+ * it keeps them): one over the whole buffer, or, split, one over the
+ * prefix and one over the predictor, so that each update call refreshes
+ * its own (the CUDA update writes the mirror of every weight of its
+ * buffer). The teacher's, over its prefix, once. */
+static int make_mirrors(rw_model *m)
+{
+    kb_backend *be = m->be;
+    rw_net *n = &m->online;
+    if (!be->mirror_create)
+        return 0;
+    if (n->mr)
+        be->mirror_free(be, n->mr);
+    if (n->mr_pred)
+        be->mirror_free(be, n->mr_pred);
+    n->mr = n->mr_pred = NULL;
+    m->ctx.mem_gen++; /* a captured step held the old ones */
+    kb_wseg w[MAX_NAMED];
+    int nw = arch_weights(&m->a, w), ntw = 0, npre = nw;
+    while (ntw < nw && w[ntw].off < m->a.nteacher)
+        ntw++;
+    if (m->split) {
+        npre = 0;
+        while (npre < nw && w[npre].off < m->pred_off)
+            npre++;
+        for (int i = npre; i < nw; i++)
+            w[i].off -= m->pred_off;
+        n->pred_off = m->pred_off;
+        n->mr_pred = be->mirror_create(be, m->params + m->pred_off, w + npre, nw - npre);
+        if (!n->mr_pred)
+            return -1;
+    }
+    n->mr = be->mirror_create(be, m->params, w, npre);
+    if (!m->tnet.mr)
+        m->tnet.mr = be->mirror_create(be, m->teacher, w, ntw);
+    return n->mr && m->tnet.mr ? 0 : -1;
+}
 
 size_t rw_model_cfg_params(const rw_model_cfg *c, int encoder_only)
 {
@@ -87,11 +148,23 @@ rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed
     m->tstate = be->alloc(be, (a->nteacher_state ? a->nteacher_state : 1) * sizeof(float));
     m->lossbuf = be->alloc(be, RW_MODEL_NSTATS * sizeof(float));
     m->metbuf = m->lossbuf ? m->lossbuf + KB_LOSS_NOUT : NULL;
-    m->adam_k = be->alloc(be, sizeof(kb_adam_consts) + 2 * sizeof(float));
-    m->tau_k = m->adam_k ? (float *)(m->adam_k + 1) : NULL;
+    m->adam_k = be->alloc(be, 2 * sizeof(kb_adam_consts) + 2 * sizeof(float));
+    m->adam_k_pred = m->adam_k ? m->adam_k + 1 : NULL;
+    m->tau_k = m->adam_k ? (float *)(m->adam_k + 2) : NULL;
+    m->pred_lr_mult = 1.0f;
+    m->pred_off = a->pred_layers > 0 ? a->q1.w : np;
+    m->split = wants_split(m);
+    const int dp = cfg->predictor == RW_PRED_DIRECTPRED;
+    const size_t dd = (size_t)cfg->proj_out * cfg->proj_out;
+    if (dp) {
+        m->dp_F = calloc(dd, sizeof *m->dp_F);
+        m->dp_host = malloc((dd + 1) * sizeof *m->dp_host);
+        m->dp_dev = be->alloc(be, (dd + 1) * sizeof *m->dp_dev);
+    }
     float *hp = calloc(np, sizeof(float)), *hs = calloc(ns, sizeof(float));
     if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !m->teacher || !m->state ||
         !m->tstate || !m->lossbuf || !m->adam_k || !hp || !hs ||
+        (dp && (!m->dp_F || !m->dp_host || !m->dp_dev)) ||
         net_init(&m->online, &m->ctx, m->params, m->grads, m->state, m->nbt) != 0 ||
         net_init(&m->tnet, &m->ctx, m->teacher, NULL, m->tstate, m->tnbt) != 0)
         goto oom;
@@ -101,17 +174,8 @@ rw_model *rw_model_create(kb_backend *be, const rw_model_cfg *cfg, uint64_t seed
     free(hp);
     free(hs);
     hp = hs = NULL;
-    if (be->mirror_create) {
-        /* the teacher mirrors the weights of its prefix */
-        kb_wseg w[MAX_NAMED];
-        int nw = arch_weights(a, w), ntw = 0;
-        while (ntw < nw && w[ntw].off < nt)
-            ntw++;
-        m->online.mr = be->mirror_create(be, m->params, w, nw);
-        m->tnet.mr = be->mirror_create(be, m->teacher, w, ntw);
-        if (!m->online.mr || !m->tnet.mr)
-            goto oom;
-    }
+    if (make_mirrors(m) != 0)
+        goto oom;
     rw_model_teacher_from_online(m);
     return m;
 oom:
@@ -141,10 +205,12 @@ void rw_model_free(rw_model *m)
         if (bufs_[i]->p)
             be->free(be, bufs_[i]->p);
     float *bufs[] = {m->params, m->grads, m->adam_m, m->adam_v, m->teacher,
-                     m->state, m->tstate, m->lossbuf, (float *)m->adam_k};
+                     m->state, m->tstate, m->lossbuf, (float *)m->adam_k, m->dp_dev};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
             be->free(be, bufs[i]);
+    free(m->dp_F);
+    free(m->dp_host);
     free(m);
 }
 
@@ -239,7 +305,8 @@ void rw_square_vs_identity(const float *W, int D, double *cos_i, double *asym)
 int rw_model_predictor_vs_identity(rw_model *m, double *cos_i, double *asym)
 {
     *cos_i = *asym = NAN;
-    if (m->a.cfg.predictor != RW_PRED_LINEAR && m->a.cfg.predictor != RW_PRED_LINEAR_IDENTITY)
+    if (m->a.cfg.predictor != RW_PRED_LINEAR && m->a.cfg.predictor != RW_PRED_LINEAR_IDENTITY &&
+        m->a.cfg.predictor != RW_PRED_DIRECTPRED)
         return 0;
     const rw_named *t = rw_model_find(m, "predictor.weight");
     if (!t || t->ndim != 2 || t->shape[0] != t->shape[1])
@@ -274,6 +341,8 @@ void rw_model_params_written(rw_model *m)
     kb_backend *be = m->be;
     if (m->online.mr)
         be->mirror_write(be, m->online.mr);
+    if (m->online.mr_pred)
+        be->mirror_write(be, m->online.mr_pred);
     if (m->tnet.mr)
         be->mirror_write(be, m->tnet.mr);
 }
@@ -429,37 +498,139 @@ void rw_model_stats(rw_model *m, rw_step_stats *st)
 void rw_model_update_prepare(rw_model *m, float lr, float weight_decay, float tau)
 {
     struct {
-        kb_adam_consts k;
+        kb_adam_consts k, kp;
         float tau[2];
     } h;
     m->adam_step++;
     h.k = kb_adam_consts_init(lr, 0.9f, 0.999f, 1e-8f, weight_decay, m->adam_step);
+    h.kp = kb_adam_consts_init(lr * m->pred_lr_mult, 0.9f, 0.999f, 1e-8f, weight_decay,
+                               m->adam_step);
     kb_ema_consts_init(tau, h.tau);
     m->be->upload(m->be, m->adam_k, &h, sizeof h);
 }
 
+/* The predictor's part of a split update. Frozen: nothing moves, not even
+ * Adam's moments (weight decay would); its gradient is zeroed, as the
+ * update zeroes the rest. DirectPred: the host sets W
+ * (rw_model_update_finish), and the gradient slot holds E[y y^T] for it. */
+static void predictor_update(rw_model *m)
+{
+    kb_backend *be = m->be;
+    const size_t off = m->pred_off, n = m->a.nparams - off;
+    if (m->a.cfg.predictor == RW_PRED_DIRECTPRED)
+        return;
+    if (m->a.cfg.pred_frozen) {
+        be->fill(be, m->grads + off, 0.0f, n);
+        return;
+    }
+    kb_update u = {
+        .params = m->params + off, .grads = m->grads + off, .adam_m = m->adam_m + off,
+        .adam_v = m->adam_v + off, .n = n, .k = m->adam_k_pred, .mirror = m->online.mr_pred,
+    };
+    be->update(be, &u);
+}
+
 void rw_model_update_apply(rw_model *m)
 {
+    /* the teacher mirrors the prefix only: the split leaves it whole */
     kb_update u = {
         .params = m->params, .grads = m->grads, .adam_m = m->adam_m, .adam_v = m->adam_v,
-        .n = m->a.nparams, .k = m->adam_k, .teacher = m->teacher, .nteacher = m->a.nteacher,
-        .tau_omt = m->tau_k, .mirror = m->online.mr, .tmirror = m->tnet.mr,
+        .n = m->split ? m->pred_off : m->a.nparams, .k = m->adam_k, .teacher = m->teacher,
+        .nteacher = m->a.nteacher, .tau_omt = m->tau_k, .mirror = m->online.mr,
+        .tmirror = m->tnet.mr,
     };
     m->be->update(m->be, &u);
+    if (m->split)
+        predictor_update(m);
     m->grads_zero = 1;
 }
 
-void rw_model_update(rw_model *m, float lr, float weight_decay, float tau)
+/* DirectPred's W from F: rank 0 decides, and in a data-parallel job every
+ * rank takes its W and its verdict, so that no rank's LAPACK rounds apart
+ * from the others (a host of another CPU picks other kernels). */
+static int directpred_set_w(rw_model *m)
+{
+    kb_backend *be = m->be;
+    kb_comm *c = m->ctx.comm;
+    const int D = m->a.cfg.proj_out, world = c ? c->world : 1;
+    const size_t n = (size_t)D * D;
+    float *h = m->dp_host; /* W, then its status: 0 set, 1 nothing to set, -1 failed */
+    if (world < 2 || c->rank == 0)
+        h[n] = (float)rw_directpred_w(m->dp_F, D, m->a.cfg.directpred.eps, h, m->ctx.error,
+                                      sizeof m->ctx.error);
+    if (world > 1) {
+        be->upload(be, m->dp_dev, h, (n + 1) * sizeof *h);
+        if (c->broadcast(c, m->dp_dev, (n + 1) * sizeof *h, 0, m->ctx.error,
+                         sizeof m->ctx.error) != 0)
+            return -1;
+        be->download(be, h, m->dp_dev, (n + 1) * sizeof *h);
+    }
+    if (h[n] < 0) {
+        if (c && c->rank != 0)
+            snprintf(m->ctx.error, sizeof m->ctx.error, "directpred: rank 0 could not set W");
+        return -1;
+    }
+    if (h[n] > 0) /* F has no positive eigenvalue yet: W stays */
+        return 0;
+    be->upload(be, m->params + m->pred_off, h, n * sizeof *h);
+    if (m->online.mr_pred)
+        be->mirror_write(be, m->online.mr_pred);
+    return 0;
+}
+
+int rw_model_update_finish(rw_model *m)
+{
+    if (m->a.cfg.predictor != RW_PRED_DIRECTPRED)
+        return 0;
+    kb_backend *be = m->be;
+    const int D = m->a.cfg.proj_out;
+    m->ctx.error[0] = 0;
+    be->download(be, m->dp_host, m->grads + m->pred_off, (size_t)D * D * sizeof *m->dp_host);
+    rw_directpred_fold(m->dp_F, m->dp_host, D, m->a.cfg.directpred.momentum);
+    if (m->adam_step % m->a.cfg.directpred.every != 0)
+        return 0;
+    return directpred_set_w(m);
+}
+
+int rw_model_update(rw_model *m, float lr, float weight_decay, float tau)
 {
     rw_model_update_prepare(m, lr, weight_decay, tau);
     rw_model_update_apply(m);
+    return rw_model_update_finish(m);
 }
+
+int rw_model_set_predictor_lr_mult(rw_model *m, float mult, char *err, size_t errlen)
+{
+    if (!(mult >= 0) || !isfinite(mult)) {
+        snprintf(err, errlen, "the predictor's learning-rate multiplier must be >= 0 (got %g)",
+                 (double)mult);
+        return -1;
+    }
+    if (mult != 1.0f && (m->a.pred_layers == 0 || m->a.cfg.predictor == RW_PRED_DIRECTPRED)) {
+        snprintf(err, errlen, "a learning-rate multiplier needs a predictor trained by gradient");
+        return -1;
+    }
+    m->pred_lr_mult = mult;
+    const int split = wants_split(m);
+    if (split == m->split)
+        return 0;
+    m->split = split;
+    if (make_mirrors(m) != 0) {
+        snprintf(err, errlen, "out of memory for the weights' mirrors");
+        return -1;
+    }
+    return 0;
+}
+
+double *rw_model_directpred_corr(rw_model *m) { return m->dp_F; }
 
 const float *rw_model_projections(rw_model *m, int v)
 {
     const float *z = m->online.act[m->a.id_znorm].p;
     return z ? z + (size_t)v * m->last_n * m->a.cfg.proj_out : NULL;
 }
+
+const float *rw_model_pred_input(rw_model *m) { return m->online.act[m->a.p2.id].p; }
 
 int rw_model_features(rw_model *m, const void *x, int N, int S, int teacher, float *out)
 {

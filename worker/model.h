@@ -44,6 +44,25 @@ typedef struct rw_model_cfg {
     /* 1: convolutions' weight gradients may use algorithms that sum in no
      * fixed order (kb_conv_desc.nondeterministic) */
     int nondeterministic;
+    /* 1: the predictor keeps its initialization (a fixed random predictor,
+     * Tian, Chen and Ganguli 2021): the update leaves its parameters and
+     * their Adam moments alone; gradients still flow through it. A
+     * predictor trained by gradient only. */
+    int pred_frozen;
+    /* predictor directpred: W = U diag(p) U^T from the running correlation
+     * F of its input, set every `every` steps (worker/directpred.h) */
+    struct {
+        int every;      /* >= 1 */
+        float momentum; /* [0, 1) */
+        float eps;      /* >= 0 */
+    } directpred;
+    /* Initialization only (rw_model_create; weights read later replace
+     * them): the predictor's output layer negated, the start (theta0, -W0)
+     * of the paper's Theorem 5.1; and conv1.weight's first element moved by
+     * this many ulps (nextafterf), a control of how far rounding alone
+     * carries two runs apart. */
+    int pred_negated;
+    int init_nudge_ulps;
 } rw_model_cfg;
 
 void rw_model_cfg_from_spec(const rw_spec *s, rw_model_cfg *c);
@@ -132,6 +151,10 @@ void rw_square_vs_identity(const float *W, int D, double *cos_i, double *asym);
 /* Those of the model's predictor when it is linear (linear,
  * linear_identity); NaN for the others. 0, or -1 when out of memory. */
 int rw_model_predictor_vs_identity(rw_model *m, double *cos_i, double *asym);
+/* The name prefix of predictor p's output layer (its weight and bias):
+ * "predictor" (linear, directpred), "predictor.2" (mlp), "predictor.3"
+ * (mlp_bn); NULL for none. What model.predictor_negated negates. */
+const char *rw_predictor_out_prefix(rw_predictor p);
 /* Name prefix of BN layer idx ("layer1.0.bn1"), for num_batches_tracked. */
 const char *rw_model_bn_prefix(const rw_model *m, int idx);
 
@@ -162,7 +185,8 @@ void rw_model_params_written(rw_model *m);
 
 /* Zeroes the gradients (unless an update just did), runs both views
  * through online network and teacher as one batch, the loss, and the
- * backward pass; gradients end in rw_model_grads(). x: the views, a
+ * backward pass; gradients end in rw_model_grads() (DirectPred's
+ * predictor: E[y y^T] of the batch in its slot, net.h). x: the views, a
  * feature map (2N, 3, S, S) in the backend's format (kb_backend.fmap_bytes),
  * view 1 of the N samples then view 2. Stats are downloaded when st != NULL. */
 int rw_model_forward_backward(rw_model *m, const void *x, int N, int S, rw_step_stats *st);
@@ -175,17 +199,39 @@ void rw_model_stats(rw_model *m, rw_step_stats *st);
 const float *rw_model_stats_buf(const rw_model *m);
 void rw_model_stats_decode(const rw_model *m, const float *raw, rw_step_stats *st);
 /* Adam on the online parameters, then xi <- tau*xi + (1-tau)*theta (and
- * the gradients zeroed for the next step):
- * rw_model_update_prepare then rw_model_update_apply. */
-void rw_model_update(rw_model *m, float lr, float weight_decay, float tau);
-/* The host half: counts the Adam step and uploads the step's scalars. */
+ * the gradients zeroed for the next step): rw_model_update_prepare,
+ * rw_model_update_apply, then rw_model_update_finish. 0, or -1
+ * (rw_model_error says why). */
+int rw_model_update(rw_model *m, float lr, float weight_decay, float tau);
+/* The host half before: counts the Adam step and uploads the step's
+ * scalars. */
 void rw_model_update_prepare(rw_model *m, float lr, float weight_decay, float tau);
-/* The device half (ops only, no host traffic: a capture may record it). */
+/* The device half (ops only, no host traffic: a capture may record it).
+ * The predictor steps at lr * its multiplier (rw_model_set_predictor_lr_mult),
+ * not at all when frozen or DirectPred's. */
 void rw_model_update_apply(rw_model *m);
+/* The host half after, outside any capture: DirectPred's. The step's
+ * E[y y^T] (the predictor's gradient slot, all-reduced with the gradient in
+ * a data-parallel job) folds into F, and every `every` steps W is set from F
+ * (rank 0's, broadcast). It waits for the device. Nothing for the other
+ * predictors. 0, or -1 (rw_model_error says why). */
+int rw_model_update_finish(rw_model *m);
+
+/* The predictor's learning rate is lr * mult (optim.predictor_lr_mult;
+ * 1 at creation). -1 with the reason for a negative one, or a multiplier
+ * other than 1 for a predictor not trained by gradient. */
+int rw_model_set_predictor_lr_mult(rw_model *m, float mult, char *err, size_t errlen);
+/* DirectPred's running correlation F (proj_out x proj_out doubles, host
+ * memory): training state, kept by checkpoints; NULL for other predictors. */
+double *rw_model_directpred_corr(rw_model *m);
 
 /* The normalized online projections of view v (0 or 1) from the last
  * forward_backward: (N, proj_out) backend memory. */
 const float *rw_model_projections(rw_model *m, int v);
+/* The predictor's input of the last forward_backward: the online
+ * projections y of both views, not normalized, (2N, proj_out) backend
+ * memory (DirectPred's F is their correlation). */
+const float *rw_model_pred_input(rw_model *m);
 
 /* Encoder features in eval mode (running statistics) of x, a feature map
  * (N,3,S,S) (kb_backend.fmap_upload): out (N, feat_dim), backend memory.

@@ -67,6 +67,8 @@ void net_free(rw_net *n)
             be->free(be, n->scratch[k].p);
     if (n->mr)
         be->mirror_free(be, n->mr);
+    if (n->mr_pred)
+        be->mirror_free(be, n->mr_pred);
     free(n->act);
     free(n->hw);
 }
@@ -74,7 +76,10 @@ void net_free(rw_net *n)
 /* The copy of the weight at param offset off that the ops read, or NULL. */
 static const void *wm(rw_net *n, size_t off)
 {
-    return n->mr ? n->m->be->mirror_at(n->m->be, n->mr, off) : NULL;
+    kb_backend *be = n->m->be;
+    if (n->mr_pred && off >= n->pred_off)
+        return be->mirror_at(be, n->mr_pred, off - n->pred_off);
+    return n->mr ? be->mirror_at(be, n->mr, off) : NULL;
 }
 
 /* ------------------------------------------------------------ conv / bn */
@@ -456,6 +461,18 @@ void pred_bwd(rw_net *n, const float *y, const float *dq, float *dy, int N)
     }
     if (a->pred_layers == 1) {
         lin_bwd(n, &a->q1, y, dq, dy, N);
+        if (a->cfg.predictor == RW_PRED_DIRECTPRED) {
+            /* W is set from F, not stepped: its gradient slot takes the
+             * batch's E[y y^T] = Y^T Y / N (dw += dy^T x with x = dy = Y),
+             * where the data-parallel all-reduce of the gradient makes it
+             * the global batch's (worker/directpred.h). In bf16 mode the
+             * GPU's linear op rounds Y to bf16 first (fp32 sums). */
+            float *C = n->G + a->q1.w;
+            be->fill(be, C, 0.0f, D * D);
+            be->linear_backward(be, y, n->P + a->q1.w, NULL, y, N, (int)D, (int)D, NULL, C,
+                                NULL);
+            be->scale(be, C, 1.0f / (float)N, D * D);
+        }
         return;
     }
     size_t cnt = (size_t)N * a->q1.O;

@@ -38,6 +38,11 @@ typedef struct rw_net {
     float *P, *G, *S; /* params, grads (NULL: teacher), running stats */
     long *nbt;
     kb_mirror *mr;    /* P's weights as the ops read them; NULL where the backend has none */
+    /* Where the update treats the predictor apart (its own learning rate,
+     * frozen, DirectPred: worker/model.c), the predictor's weights are in a
+     * mirror of their own, of the buffer from pred_off on; else NULL. */
+    kb_mirror *mr_pred;
+    size_t pred_off;
     buf *act;         /* [nact] */
     int *hw;          /* [nact]: input side of conv `id` */
     buf scratch[NSCRATCH]; /* backward gradients */
@@ -65,7 +70,8 @@ float *proj_fwd(rw_net *n, const float *h, int N, int train);
 void proj_bwd(rw_net *n, const float *h, const float *dy, float *dh, int N);
 /* y (N, D) -> q(y) (N, D); identity for `none` */
 const float *pred_fwd(rw_net *n, const float *y, int N);
-/* dq (N, D) -> dy (N, D) written */
+/* dq (N, D) -> dy (N, D) written. DirectPred's W takes no gradient: its
+ * slot of the gradient buffer gets E[y y^T] over the N rows instead. */
 void pred_bwd(rw_net *n, const float *y, const float *dq, float *dy, int N);
 float *lin_fwd(rw_net *n, lin_l *l, const float *x, int N);
 void lin_bwd(rw_net *n, lin_l *l, const float *x, const float *dy, float *dx, int N);

@@ -496,12 +496,13 @@ int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st)
     return 0;
 }
 
-void rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau)
+int rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau)
 {
     rw_model_update_prepare(s->c.m, lr, weight_decay, tau);
     run_body(s, BODY_B);
     if (s->warm < WARMUP)
         s->warm++;
+    return rw_model_update_finish(s->c.m);
 }
 
 /* Moves the rows pushed since the last fetch from the device ring to the
@@ -552,7 +553,9 @@ int rw_stepper_step(rw_stepper *s, int update, float lr, float weight_decay, flo
     s->pushed++;
     if (s->warm < WARMUP)
         s->warm++;
-    return 0;
+    /* the update's host half (DirectPred's W), between two launches: a
+     * graph reads the parameters where they are */
+    return update ? rw_model_update_finish(s->c.m) : 0;
 }
 
 long rw_stepper_read(rw_stepper *s, rw_step_stats *st, long max)

@@ -83,8 +83,9 @@ long rw_stepper_unread(const rw_stepper *s);
  * gradient all-reduce of a data-parallel job). The next batch through
  * forward and backward, its stats downloaded: 0, 1 or -1 as above. */
 int rw_stepper_forward_backward(rw_stepper *s, rw_step_stats *st);
-/* Adam and EMA with this step's scalars. */
-void rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau);
+/* Adam and EMA with this step's scalars: 0, or -1 (rw_model_error says
+ * why). */
+int rw_stepper_update(rw_stepper *s, float lr, float weight_decay, float tau);
 
 /* Frees the graphs (their memory is the model's again); the next step
  * captures anew. Call before using the model for anything else at length. */

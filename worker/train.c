@@ -251,6 +251,7 @@ static int linear_eval(rw_model *m, const rw_dataset *train, const rw_dataset *t
     rw_linear_cfg lcfg = {
         .epochs = spec->eval.linear_epochs, .lr = spec->eval.linear_lr,
         .batch = spec->eval.linear_batch_size, .seed = spec->seed,
+        .normalize = spec->eval.linear_normalize,
     };
     return rw_eval_linear_model(m, train, test, S, spec->data.mean, spec->data.std, &lcfg, acc,
                                 err, errlen);
@@ -460,8 +461,13 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
         goto done;
     if (spec->init[0] && rw_weights_init(m, spec->init, err, errlen) != 0)
         goto done;
-    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0)
+    if (rw_model_set_comm(m, comm, spec->sync_bn, err, errlen) != 0 ||
+        rw_model_set_predictor_lr_mult(m, spec->optim.predictor_lr_mult, err, errlen) != 0)
         goto done;
+    if (spec->model.predictor == RW_PRED_DIRECTPRED)
+        logf_(lh, "directpred: W set from F every %d step(s) (momentum %g, eps %g); F folds on "
+              "the host, so each step waits for the device", spec->model.directpred.every,
+              (double)spec->model.directpred.momentum, (double)spec->model.directpred.eps);
 
     rw_stepper_cfg sc = {
         .m = m, .ds = &train, .batch = B, .shard_rank = comm ? comm->rank : 0,
@@ -583,17 +589,21 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             int stop = hooks && hooks->should_stop && hooks->should_stop(hooks->ud);
             int r;
             rw_step_stats st;
+            /* a timed checkpoint; the ranks of a data-parallel job agree
+             * on it (rank 0 alone keeps the clock), as all of them fold the
+             * step statistics first, which takes collectives */
+            int ckpt_due = !stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s;
             if (dist) {
                 /* the gradient is all-reduced between backward and update
                  * (on CPU ranks, bucket by bucket during the backward) */
                 rw_dist_step_begin(dist);
                 r = rw_stepper_forward_backward(sp, &st);
-                if (r == 0 && rw_dist_grads(dist, &stop, err, errlen) != 0)
+                if (r == 0 && rw_dist_grads(dist, &stop, &ckpt_due, err, errlen) != 0)
                     goto done;
                 if (r == 0)
                     rw_dist_keep(dist);
                 if (r == 0 && !measure)
-                    rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
+                    r = rw_stepper_update(sp, lr, spec->optim.weight_decay, tau);
             } else {
                 /* the stats wait on the device until a read below */
                 r = rw_stepper_step(sp, !measure, lr, spec->optim.weight_decay, tau);
@@ -618,7 +628,9 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             if (dist && ts.step % check_every == 0 && rw_dist_check(dist, ts.step, err, errlen) != 0)
                 goto done;
             const int window_end = spec->log.every_steps > 0 && ts.step % spec->log.every_steps == 0;
-            const int ckpt_due = !stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s;
+            if (!dist) /* alone, the clock after the step decides */
+                ckpt_due = !stop && ckpt_every_s > 0 && now_s() - last_ckpt >= ckpt_every_s;
+            ckpt_due = ckpt_due && !stop;
             /* a data-parallel step is reported once its ranks are known
              * to agree (rw_dist_check above) */
             const int full = dist ? rw_dist_full(dist) : rw_stepper_unread(sp) >= STATS_READ_EVERY;
@@ -628,7 +640,7 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
             if (ckpt_due) {
                 /* within the epoch: the position, partial sums and time so far */
                 ts.elapsed += now_s() - t0;
-                if (periodic_save(m, &ts, ckpt, lh))
+                if (ckpt[0] && periodic_save(m, &ts, ckpt, lh))
                     logf_(lh, "checkpoint at epoch %d, batch %ld, step %ld (every %g min)", e,
                           ts.batch, ts.step, spec->checkpoint.every_minutes);
                 t0 = last_ckpt = now_s(); /* the save's own time is no training */

@@ -11,6 +11,8 @@
 #include "worker/safetensors.h"
 
 #define CKPT_FORMAT "1"
+/* DirectPred's F in a checkpoint: (D, D) float64 */
+#define DIRECTPRED_CORR "directpred.corr"
 
 /* Host copies of every model buffer, for one write or read. */
 typedef struct host_model {
@@ -127,6 +129,11 @@ static void set_model_meta(rw_st_writer *w, rw_model *m)
         snprintf(buf, sizeof buf, "%d", c->classes);
         rw_st_set_meta(w, "runaway.classes", buf);
     }
+    if (c->predictor == RW_PRED_DIRECTPRED) { /* absent: not DirectPred */
+        snprintf(buf, sizeof buf, "%d %.9g %.9g", c->directpred.every,
+                 (double)c->directpred.momentum, (double)c->directpred.eps);
+        rw_st_set_meta(w, "runaway.directpred", buf);
+    }
 }
 
 int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t errlen)
@@ -149,7 +156,7 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
         sscanf(mm, "%d %d %d %d %d %d", &stem, &c->width, &c->proj_hidden, &c->proj_out, &pred,
                &c->pred_hidden) != 6 ||
         sscanf(ll, "%d %f %f %d", &kind, &c->loss.alpha, &c->loss.beta, &c->loss.tangential) != 4 ||
-        stem < 0 || stem > RW_STEM_CIFAR || pred < 0 || pred > RW_PRED_NONE || kind < 0 ||
+        stem < 0 || stem > RW_STEM_CIFAR || pred < 0 || pred > RW_PRED_DIRECTPRED || kind < 0 ||
         kind > KB_LOSS_UNIFIED) {
         snprintf(err, errlen, "%s: not a runaway weights file (no valid runaway.model metadata)",
                  path);
@@ -172,6 +179,21 @@ int rw_weights_model_cfg(const char *path, rw_model_cfg *c, char *err, size_t er
         c->arch = (rw_arch)k;
     }
     c->loss.kind = (kb_loss_kind)kind;
+    if (c->predictor == RW_PRED_DIRECTPRED) {
+        /* the settings it trained with; a model to load W into needs some */
+        const char *dp = rw_st_meta(st, "runaway.directpred");
+        c->directpred.every = 1;
+        c->directpred.momentum = 0.99f;
+        c->directpred.eps = 0.1f;
+        if (dp && (sscanf(dp, "%d %f %f", &c->directpred.every, &c->directpred.momentum,
+                          &c->directpred.eps) != 3 || c->directpred.every < 1 ||
+                   !(c->directpred.momentum >= 0 && c->directpred.momentum < 1) ||
+                   !(c->directpred.eps >= 0))) {
+            snprintf(err, errlen, "%s: bad runaway.directpred metadata", path);
+            rw_st_close(st);
+            return -1;
+        }
+    }
     const char *cl = rw_st_meta(st, "runaway.classes");
     if (cl && (sscanf(cl, "%d", &c->classes) != 1 || c->classes < 1 || c->classes > 100000)) {
         snprintf(err, errlen, "%s: runaway.classes metadata is not a class count (1..100000)",
@@ -399,6 +421,19 @@ void rw_spec_digest(const rw_spec *s, char out[17])
         (s->optim.schedule != RW_LR_CONSTANT || s->optim.warmup_epochs > 0))
         n += snprintf(buf + n, sizeof buf - (size_t)n, " lr_schedule=%d,%d",
                       (int)s->optim.schedule, s->optim.warmup_epochs);
+    if (n > 0 && (size_t)n < sizeof buf && s->model.predictor == RW_PRED_DIRECTPRED)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " directpred=%d,%.9g,%.9g",
+                      s->model.directpred.every, (double)s->model.directpred.momentum,
+                      (double)s->model.directpred.eps);
+    if (n > 0 && (size_t)n < sizeof buf && s->model.pred_frozen)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " pred_frozen=1");
+    if (n > 0 && (size_t)n < sizeof buf && s->optim.predictor_lr_mult != 1.0f)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " pred_lr_mult=%.9g",
+                      (double)s->optim.predictor_lr_mult);
+    if (n > 0 && (size_t)n < sizeof buf &&
+        (s->model.predictor_negated || s->model.init_nudge_ulps))
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " init_mods=%d,%d",
+                      s->model.predictor_negated, s->model.init_nudge_ulps);
     uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
     for (int i = 0; i < n && i < (int)sizeof buf; i++) {
         hsh ^= (unsigned char)buf[i];
@@ -431,6 +466,11 @@ int rw_checkpoint_save(rw_model *m, const rw_train_state *ts, const char *path, 
     int64_t np = (int64_t)rw_model_nparams(m);
     rw_st_add_f32(w, "optimizer.adam_m", &np, 1, h.m);
     rw_st_add_f32(w, "optimizer.adam_v", &np, 1, h.v);
+    /* DirectPred's running correlation, exact (a resume sets the same W) */
+    const double *corr = rw_model_directpred_corr(m);
+    const int64_t dd[2] = {rw_model_cfg_of(m)->proj_out, rw_model_cfg_of(m)->proj_out};
+    if (corr)
+        rw_st_add(w, DIRECTPRED_CORR, RW_ST_F64, dd, 2, corr);
     set_model_meta(w, m);
     rw_st_set_meta(w, "runaway.kind", "checkpoint");
     rw_st_set_meta(w, "runaway.checkpoint_format", CKPT_FORMAT);
@@ -551,6 +591,10 @@ int rw_checkpoint_load(rw_model *m, const char *path, const char *expect_digest,
     int64_t np = (int64_t)rw_model_nparams(m);
     if (rw_st_get_f32(st, "optimizer.adam_m", &np, 1, h.m, err, errlen) != 0 ||
         rw_st_get_f32(st, "optimizer.adam_v", &np, 1, h.v, err, errlen) != 0)
+        goto done;
+    double *corr = rw_model_directpred_corr(m);
+    const int64_t dd[2] = {rw_model_cfg_of(m)->proj_out, rw_model_cfg_of(m)->proj_out};
+    if (corr && rw_st_get(st, DIRECTPRED_CORR, RW_ST_F64, dd, 2, corr, err, errlen) != 0)
         goto done;
     json_error_t jerr;
     arr = json_loads(hist, 0, &jerr);

@@ -30,6 +30,7 @@
 #include <vector>
 
 extern "C" {
+#include "kernels/bf16.h"
 #include "kernels/collective.h"
 }
 
@@ -164,33 +165,13 @@ int gloo_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op, char *err,
     });
 }
 
-/* bf16 bits <-> float; rounding to nearest even, NaN kept (as the GPU's
- * conversions do). */
-float bf16_to_float(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-uint16_t float_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* Gloo's reduction callback on bf16 elements: each addition in fp32. */
 void bf16_sum(void *out, const void *a, const void *b, size_t n)
 {
     uint16_t *o = static_cast<uint16_t *>(out);
     const uint16_t *x = static_cast<const uint16_t *>(a), *y = static_cast<const uint16_t *>(b);
     for (size_t i = 0; i < n; i++)
-        o[i] = float_to_bf16(bf16_to_float(x[i]) + bf16_to_float(y[i]));
+        o[i] = kb_bf16_from_float(kb_float_from_bf16(x[i]) + kb_float_from_bf16(y[i]));
 }
 
 int gloo_allreduce_bf16(kb_comm *c, uint16_t *buf, size_t n, char *err, size_t errlen)

@@ -118,6 +118,13 @@ int cmd_table(int n, char **a);
 /* figures.c */
 int cmd_sphere(int n, char **a);
 int cmd_plot(int n, char **a);
+/* 1 when the run folder at path (runawayd's) is the one this client sees:
+ * the folder exists here and, given the final weights' version (`show`'s
+ * weights_version), holds that file. */
+int run_dir_here(const char *path, const char *version);
+
+/* distance.c */
+int cmd_distance(int n, char **a);
 
 /* export.c */
 int cmd_export(const char *job, const char *out, int encoder_only);

@@ -32,7 +32,7 @@
  * of the same path on that host (its own daemon's job of that number) is
  * not the job's: `version` is the identity of the final weights as runawayd
  * sees them. */
-static int run_dir_here(const char *path, const char *version)
+int run_dir_here(const char *path, const char *version)
 {
     struct stat st;
     char w[PATH_MAX + 32], mine[96] = "";

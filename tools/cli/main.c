@@ -144,6 +144,12 @@ static const cli_flag sphere_flags[] = {
     {"--backend", NULL, "B", "auto (default), cpu or cuda: where the embeddings are computed"},
     {0}};
 
+static const cli_flag distance_flags[] = {
+    {"--out", "-o", "OUT", "also draw the curves into OUT (.png, .pdf or .svg), log y"},
+    {"--data", NULL, "DIR", "keep the data files and the gnuplot script in DIR"},
+    JSON_FLAG,
+    {0}};
+
 static const cli_cmd commands[] = {
     {"daemon start", "[RUNAWAYD OPTIONS...]", "start runawayd in the background",
      "The options go to runawayd as they are (runawayd --help, docs/daemon.md). Waits until it\n"
@@ -201,6 +207,13 @@ static const cli_cmd commands[] = {
      "Per variant its lowest finished seed; prints the spread numbers. runawayd computes\n"
      "it where the run folders are not on this host.",
      1, -1, sphere_flags, cmd_sphere},
+    {"distance", "JOB_A JOB_B [JOB_C JOB_D...]",
+     "per pair, how far apart the two jobs' weights are at each snapshot",
+     "Per epoch both kept (checkpoint.snapshot_every), |x_A - x_B| / |x_A| of the online\n"
+     "encoders' parameters, and of the predictors' with the output layer of a run started\n"
+     "from -W0 (model.predictor_negated) negated back: Theorem 5.1 as an experiment\n"
+     "(docs/theorem-5-1.md). Reads the run folders: on runawayd's host or a shared state folder.",
+     2, -1, distance_flags, cmd_distance},
     {"export", "JOB OUT.safetensors", "the job's weights, with torchvision's names",
      "The encoder under torchvision's names; heads under projector., predictor. (classifier.),\n"
      "the teacher under teacher.; metadata \"runaway\": JSON with the spec, epoch, data digest\n"

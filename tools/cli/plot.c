@@ -229,6 +229,11 @@ static int write_data(const char *dir, const rw_curve *cv, int ng, char *err, si
 static const char *const palette[8] = {"#0072b2", "#d55e00", "#009e73", "#cc79a7",
                                        "#e69f00", "#56b4e9", "#000000", "#999999"};
 
+const char *rw_palette(int g)
+{
+    return palette[g % 8];
+}
+
 static void curve_style(FILE *f, int g)
 {
     fprintf(f, "lc rgb '%s' lw 1.5 pt %d", palette[g % 8], g < 8 ? g + 1 : 4 + (g / 8 - 1) % 10);

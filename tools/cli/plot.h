@@ -62,6 +62,9 @@ void rw_gp_terminal(FILE *f, rw_fig_format fmt, int w, int h);
  * constant series (spread under 1e-4 of its size), which gnuplot would
  * label with one value repeated: 5% of the value each side (+-1 around 0). */
 int rw_axis_range(double lo, double hi, double *a, double *b);
+/* The colour of curve g: Okabe and Ito's palette (less its yellow) and a
+ * grey, again past 8. */
+const char *rw_palette(int g);
 /* A gnuplot single-quoted string: '' stands for a quote. */
 void rw_gp_quote(FILE *f, const char *s);
 /* The gnuplot to run: given, else $RUNAWAY_GNUPLOT, else gnuplot on PATH. */

@@ -94,6 +94,40 @@ static void print_legend(const json_t *r, const char *pre, const char *marks)
         printf("\n");
 }
 
+/* Under the table: the linear evaluation its accuracies come from, one
+ * line where every variant's is the same, else one per variant; each line
+ * starts with `pre`. */
+static void print_protocols(const json_t *r, const char *pre)
+{
+    const json_t *rows = json_object_get(r, "rows");
+    const char *first = NULL;
+    int same = 1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v)
+    {
+        const char *p = json_string_value(json_object_get(v, "linear_protocol"));
+        if (!p)
+            continue;
+        if (!first)
+            first = p;
+        else if (strcmp(first, p) != 0)
+            same = 0;
+    }
+    if (!first)
+        return;
+    if (same) {
+        printf("%slinear eval: %s\n", pre, first);
+        return;
+    }
+    json_array_foreach(rows, i, v)
+    {
+        const char *p = json_string_value(json_object_get(v, "linear_protocol"));
+        if (p)
+            printf("%slinear eval of %s: %s\n", pre, jstr(v, "variant"), p);
+    }
+}
+
 /* s left-aligned in `width` columns of the terminal: a UTF-8 character
  * (the ± of a cell) is one column, whatever its bytes. */
 static void pad_cols(char *out, size_t len, const char *s, int width)
@@ -209,6 +243,7 @@ void print_table(conn *c, char *const *grids, int ng)
                accc, col);
     }
     print_legend(r, "", "* worse, + better");
+    print_protocols(r, "");
     if (wc)
         printf("collapsed: jobs the collapse alarm stopped (monitor.collapse.action stop), "
                "counted with their numbers where they stopped\n");
@@ -321,6 +356,7 @@ static void print_table_tex(const json_t *r)
     }
     printf("\\bottomrule\n\\end{tabular}\n");
     print_legend(r, "% ", "Bold: worse, italic: better");
+    print_protocols(r, "% ");
 }
 
 static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
@@ -339,7 +375,7 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
                "linear_acc_std,rank_mean,rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,"
                "acc_worse,uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n,"
-               "collapsed\n");
+               "collapsed,linear_protocol\n");
     else
         printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) |%s linear eval top-1 (%%) |"
                "%s\n|---|---|---|---|---|%s---|%s\n", ws ? " cos(W,I) |" : "",
@@ -368,10 +404,13 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
             flag01(aw, sizeof aw, v, "acc_worse");
             cell(up, sizeof up, v, "uniform_p", 1);
             cell(ap, sizeof ap, v, "acc_p", 1);
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld,%lld\n",
+            /* the protocol's words hold commas, never quotes */
+            const char *lp = json_string_value(json_object_get(v, "linear_protocol"));
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld,%lld,%s%s%s\n",
                    jstr(v, "variant"), jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm,
                    rs, wm, wsd, uw, aw, jstr(v, "uniform_vs_baseline"), up,
-                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"), jint(v, "collapsed"));
+                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"), jint(v, "collapsed"),
+                   lp ? "\"" : "", lp ? lp : "", lp ? "\"" : "");
         } else {
             char al[64], un[64], rk[64], acc[64], unm[80], accm[80], wi[64], wic[72] = "";
             pm(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, "");
@@ -395,8 +434,10 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
                    jint(v, "n"), jint(v, "jobs"), al, unm, rk, wic, accm, col);
         }
     }
-    if (!csv)
+    if (!csv) {
         print_legend(r, "\n", "Bold: worse, italic: better");
+        print_protocols(r, "\n");
+    }
     json_decref(r);
 }
 

@@ -110,8 +110,9 @@ Test(daemon, the_alarm_stops_a_collapsing_job_and_warns_of_another, .init = fx_s
     char *np = strstr(out, "\nnp ");
     cr_assert(np && strstr(np, "1/1") < strchr(np + 1, '\n'), "np's row counts j1: %s", out);
     rc = fx_cli(out, sizeof out, 20, "table", "col", "--format", "csv", NULL);
-    cr_assert(rc == 0 && strstr(out, ",acc_n,collapsed\n") && strstr(out, "\nnp,1,1,") &&
-                  strstr(out, ",1\nnp-warn,") && strstr(out, ",0\nmlp,"),
+    cr_assert(rc == 0 && strstr(out, ",acc_n,collapsed,linear_protocol\n") &&
+                  strstr(out, "\nnp,1,1,") && strstr(out, ",1,1,\"5 epochs") &&
+                  strstr(out, ",1,0,\"5 epochs"),
               "%s", out);
 
     /* not requeued: it would stop there again */

@@ -278,7 +278,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->monitor.collapse.rank_below = 0;
     s->monitor.collapse.rank_share_below = 0;
     s->monitor.collapse.uniform_above = -0.3f;
-    s->monitor.collapse.std_below = 0.28f;
+    s->monitor.collapse.std_below = 0.25f;
     s->monitor.collapse.patience = 2;
 }
 

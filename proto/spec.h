@@ -83,7 +83,7 @@
  *       rank_below: 0       # effective rank below this trips it (0: off)
  *       rank_share_below: 0 # ... below this share of the highest rank measured so far
  *       uniform_above: -0.3 # L_uniform(f) above this (0: off)
- *       std_below: 0.28     # collapse std below this (0: off)
+ *       std_below: 0.25     # collapse std below this (0: off)
  *       patience: 2         # epochs in a row that trip it before it goes off
  *
  * Errors name the file, the field (dotted path, e.g. "optim.lr") and what is

@@ -157,9 +157,8 @@ Test(daemon, the_alarm_stops_a_collapsing_job_and_warns_of_another, .init = fx_s
 
 /* watch prints the alarm as it goes off and, with every job ended done or
  * collapsed, exits 0; the default thresholds (uniform_above -0.3,
- * std_below 0.28) trip from epoch 3 on here (at epoch 2 the std, 0.282, is
- * a hair above), so the default action, warn, goes off in a job that asks
- * for nothing. */
+ * std_below 0.25) trip from epoch 3 on here, so the default action, warn,
+ * goes off in a job that asks for nothing. */
 Test(daemon, watch_shows_the_alarm_and_the_defaults_warn, .init = fx_setup, .fini = fx_teardown,
      .timeout = 90)
 {
@@ -175,7 +174,7 @@ Test(daemon, watch_shows_the_alarm_and_the_defaults_warn, .init = fx_setup, .fin
     const char *a2 = strstr(out, "j2    collapse alarm: L_uniform(f) -0.");
     cr_assert(a1 && strstr(a1, " < 0.22 at epoch 4, 2 epochs in a row; stops the job") &&
                   strstr(out, "j1    w/np/seed0: collapsed: L_uniform(f)") && a2 &&
-                  strstr(a2, " < 0.28 at epoch ") && strstr(a2, "training goes on") &&
+                  strstr(a2, " < 0.25 at epoch ") && strstr(a2, "training goes on") &&
                   strstr(out, "j2    w/np-default/seed0: done"),
               "%s", out);
 }

@@ -562,7 +562,7 @@ Test(spec, collapse_alarm_fields) {
     cr_assert_eq(parse("name: x\n", &s, err, sizeof err), 0, "%s", err);
     cr_expect_eq(s.monitor.collapse.action, RW_ALARM_WARN);
     cr_expect_eq(s.monitor.collapse.uniform_above, -0.3f);
-    cr_expect_eq(s.monitor.collapse.std_below, 0.28f);
+    cr_expect_eq(s.monitor.collapse.std_below, 0.25f);
     cr_expect_eq(s.monitor.collapse.rank_below, 0);
     cr_expect_eq(s.monitor.collapse.rank_share_below, 0);
     cr_expect_eq(s.monitor.collapse.patience, 2);

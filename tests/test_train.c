@@ -1371,7 +1371,7 @@ Test(train, collapse_alarm_counts_patience_and_judges_the_rank_by_its_peak)
 {
     rw_spec s;
     rw_spec_defaults(&s);
-    /* the defaults: L_uniform above -0.3 or the std below 0.28, 2 in a row */
+    /* the defaults: L_uniform above -0.3 or the std below 0.25, 2 in a row */
     const rw_metrics h[] = {ep(1, -1.2, 0.6, NAN), ep(2, -0.2, 0.5, NAN), ep(3, -0.5, 0.2, NAN),
                             ep(4, -0.5, 0.4, NAN), ep(5, -0.1, 0.1, NAN), ep(6, -0.1, 0.1, NAN),
                             ep(7, -0.1, 0.1, NAN)};
@@ -1386,9 +1386,9 @@ Test(train, collapse_alarm_counts_patience_and_judges_the_rank_by_its_peak)
     }
     rw_collapse_verdict v;
     rw_collapse_judge(&s, h, 3, &v);
-    cr_expect_str_eq(v.why, "collapse std 0.200 < 0.28 at epoch 3, 2 epochs in a row");
+    cr_expect_str_eq(v.why, "collapse std 0.200 < 0.25 at epoch 3, 2 epochs in a row");
     rw_collapse_judge(&s, h, 6, &v);
-    cr_expect_str_eq(v.why, "L_uniform(f) -0.100 > -0.3, collapse std 0.100 < 0.28 at epoch 6, "
+    cr_expect_str_eq(v.why, "L_uniform(f) -0.100 > -0.3, collapse std 0.100 < 0.25 at epoch 6, "
                             "2 epochs in a row");
     /* stop: from the patience-th on (a resumed job that stopped stays so) */
     s.monitor.collapse.action = RW_ALARM_STOP;

@@ -36,7 +36,7 @@ typedef struct rw_collapse_verdict {
     double rank;      /* the rank judged: the last measured up to the epoch; NaN: none */
     double rank_peak; /* the highest rank measured up to the epoch; NaN: none */
     /* the thresholds crossed and the values, for people:
-     * "L_uniform(f) -0.058 > -0.3, collapse std 0.113 < 0.28 at epoch 4, 2
+     * "L_uniform(f) -0.058 > -0.3, collapse std 0.113 < 0.25 at epoch 4, 2
      * epochs in a row" */
     char why[RW_COLLAPSE_WHY_MAX];
 } rw_collapse_verdict;

@@ -20,7 +20,7 @@ static const char *schema =
     "  id INTEGER PRIMARY KEY, grid_id INTEGER NOT NULL REFERENCES grids(id),"
     "  name TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL,"
     "  spec TEXT NOT NULL, devices INTEGER NOT NULL, priority INTEGER NOT NULL,"
-    "  state TEXT NOT NULL,"          /* queued running done failed cancelled */
+    "  state TEXT NOT NULL,"          /* queued running done failed cancelled collapsed */
     "  attempts INTEGER NOT NULL DEFAULT 0, lost INTEGER NOT NULL DEFAULT 0,"
     "  created REAL NOT NULL, started REAL, finished REAL, error TEXT,"
     "  linear_acc REAL, align_last10 REAL, uniform_last10 REAL, result TEXT);"
@@ -29,13 +29,15 @@ static const char *schema =
     "CREATE TABLE IF NOT EXISTS attempts("
     "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id),"
     "  worker TEXT NOT NULL, started REAL NOT NULL, ended REAL,"
-    "  outcome TEXT NOT NULL, error TEXT);"  /* running done failed lost stopped cancelled preempted */
+    "  outcome TEXT NOT NULL, error TEXT);"  /* running done failed lost stopped cancelled preempted
+                                              * collapsed */
     "CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id);"
     "CREATE TABLE IF NOT EXISTS metrics("
     "  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,"
     "  kind TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL,"
     "  loss REAL, align REAL, uniform REAL, collapse REAL, knn REAL, pairs_per_s REAL,"
-    "  tau REAL, t REAL NOT NULL, lr REAL, rank REAL, linear REAL, w_cos_i REAL, w_asym REAL);"
+    "  tau REAL, t REAL NOT NULL, lr REAL, rank REAL, linear REAL, w_cos_i REAL, w_asym REAL,"
+    "  alarm REAL);" /* kind 'alarm': the collapse alarm, 1 warn, 2 stop */
     "CREATE INDEX IF NOT EXISTS metrics_job ON metrics(job_id, kind, epoch);"
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY, t REAL NOT NULL, job_id INTEGER, kind TEXT NOT NULL,"
@@ -105,7 +107,7 @@ static int db_init(rd_store *d, char *err, size_t errlen)
         goto fail;
     rc = sqlite3_exec(d->db, schema, NULL, NULL, &msg);
     /* columns added since: a database from before gets them (NULL in old rows) */
-    static const char *const added[] = {"lr", "rank", "linear", "w_cos_i", "w_asym"};
+    static const char *const added[] = {"lr", "rank", "linear", "w_cos_i", "w_asym", "alarm"};
     for (size_t i = 0; rc == SQLITE_OK && i < sizeof added / sizeof *added; i++) {
         char sql[128];
         snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM pragma_table_info('metrics') WHERE "

@@ -13,7 +13,8 @@
 typedef void (*rd_on_job_state)(void *arg, int64_t job, const char *why);
 /* A new event row of a job (its log) */
 typedef void (*rd_on_job_log)(void *arg, int64_t job, double t, const char *kind, const char *text);
-/* A metric report of a job, as its watchers see it (borrowed) */
+/* A metric report or a collapse alarm of a job (kind "metric" or
+ * "collapse"), as its watchers see it (borrowed) */
 typedef void (*rd_on_job_metric)(void *arg, int64_t job, json_t *ev);
 /* News of the daemon itself: event "db_down" or "db_up" (the database stopped
  * taking writes, or takes them again), with a line for people */

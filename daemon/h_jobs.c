@@ -151,7 +151,9 @@ static const char *job_state_of(rd_store *d, int64_t job, char *out, size_t len)
 }
 
 /* Failed and cancelled jobs back to the queue: each resumes from its run
- * folder's checkpoint (a cancelled job wrote one as it stopped). */
+ * folder's checkpoint (a cancelled job wrote one as it stopped). A job the
+ * collapse alarm stopped is not: it would resume at the epoch that tripped
+ * the alarm and be stopped there again; the message says what to do. */
 void rd_req_requeue(rd_daemon *d, rd_conn *c, long long id, json_t *m)
 {
     char kind;
@@ -174,8 +176,15 @@ void rd_req_requeue(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     json_decref(rows);
     if (kind == 'j' && n == 0) {
         char state[32];
-        rd_reply_error(c, id, RW_E_STATE, "j%lld is %s: only a failed or cancelled job is requeued",
-                       (long long)tid, job_state_of(&d->store, tid, state, sizeof state));
+        job_state_of(&d->store, tid, state, sizeof state);
+        if (!strcmp(state, "collapsed"))
+            rd_reply_error(c, id, RW_E_STATE, "j%lld is collapsed: the collapse alarm stopped it "
+                           "(runaway show j%lld says why), and a requeue would resume it at that "
+                           "epoch to be stopped again; to train it on, submit its spec again with "
+                           "monitor.collapse.action=warn (or off)", (long long)tid, (long long)tid);
+        else
+            rd_reply_error(c, id, RW_E_STATE, "j%lld is %s: only a failed or cancelled job is "
+                           "requeued", (long long)tid, state);
         return;
     }
     json_t *r = rw_msg_new("ok", id);
@@ -196,9 +205,9 @@ void rd_req_priority(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     json_int_t prio = json_integer_value(json_object_get(m, "priority"));
     json_t *rows = rd_query_rows(&d->store,
                               kind == 'g' ? "SELECT id, priority FROM jobs WHERE grid_id=?1 AND "
-                                            "state<>'done' ORDER BY id"
+                                            "state NOT IN ('done','collapsed') ORDER BY id"
                                           : "SELECT id, priority FROM jobs WHERE id=?1 AND "
-                                            "state<>'done'",
+                                            "state NOT IN ('done','collapsed')",
                               tid, 100000);
     size_t i;
     json_t *row;

@@ -38,9 +38,9 @@ void rd_req_ls(rd_daemon *d, rd_conn *c, long long id, json_t *m)
     }
     const char *state = json_string_value(json_object_get(m, "state"));
     if (state && strcmp(state, "queued") && strcmp(state, "running") && strcmp(state, "done") &&
-        strcmp(state, "failed") && strcmp(state, "cancelled")) {
-        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "ls: state is queued, running, done, failed or "
-                       "cancelled, not '%s'", state);
+        strcmp(state, "failed") && strcmp(state, "cancelled") && strcmp(state, "collapsed")) {
+        rd_reply_error(c, id, RW_E_BAD_MESSAGE, "ls: state is queued, running, done, failed, "
+                       "cancelled or collapsed, not '%s'", state);
         return;
     }
     /* the newest 500 jobs (of that state): a reply stays far below the

@@ -200,7 +200,8 @@ static json_t *set_rows(rd_store *d, const char *sql, const target_set *t, size_
 
 /* A job's stored spec as what it trains, with what may differ between
  * seeds of one experiment (seed, threads, the device budget, logging,
- * checkpoints) at their defaults. 0, or -1 if it cannot be read. */
+ * checkpoints, the collapse alarm) at their defaults. 0, or -1 if it
+ * cannot be read. */
 static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
 {
     sqlite3_stmt *st = rd_db_prep(d, "SELECT spec FROM jobs WHERE id=?");
@@ -220,6 +221,7 @@ static int job_trained_spec(rd_store *d, int64_t job, rw_spec *t)
             t->data.device_budget_mb = def->data.device_budget_mb;
             t->log = def->log;
             t->checkpoint = def->checkpoint;
+            t->monitor = def->monitor; /* watches training, changes none of it */
             rc = 0;
         }
     }
@@ -288,7 +290,8 @@ static int targets_disagree(rd_store *d, const target_set *t, char *why, size_t 
     if (rc)
         return rc;
     json_t *twice = set_rows(d, "SELECT variant, seed, GROUP_CONCAT('j' || id, ' and ') AS ids "
-                                "FROM jobs WHERE " IN_SET " AND state='done' GROUP BY variant, seed "
+                                "FROM jobs WHERE " IN_SET " AND state IN ('done','collapsed') "
+                                "GROUP BY variant, seed "
                                 "HAVING COUNT(*) > 1 ORDER BY MIN(id) LIMIT 1",
                              t, 1);
     if (json_array_size(twice)) {
@@ -524,6 +527,24 @@ static void mark_against_baseline(json_t *rows, json_t *reply)
     }
 }
 
+/* The epochs at which the collapse alarm stopped a variant's jobs, in job
+ * order (their results say). */
+static json_t *collapsed_epochs(rd_store *s, const target_set *t, const char *variant)
+{
+    sqlite3_stmt *st = rd_db_prep(s, "SELECT json_extract(result, '$.collapsed_epoch') FROM jobs "
+                                     "WHERE " IN_SET " AND variant=?2 AND state='collapsed' "
+                                     "ORDER BY id");
+    json_t *l = json_array();
+    if (!st)
+        return l;
+    sqlite3_bind_text(st, 1, t->set, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, variant, -1, SQLITE_TRANSIENT);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        json_array_append_new(l, rd_col_json(st, 0));
+    sqlite3_finalize(st);
+    return l;
+}
+
 static void table(rd_store *s, long long id, json_t *m, rd_answer *a)
 {
     target_set t;
@@ -535,8 +556,10 @@ static void table(rd_store *s, long long id, json_t *m, rd_answer *a)
         target_set_free(&t);
         return;
     }
-    json_t *vars = set_rows(s, "SELECT variant, COUNT(*) AS jobs, SUM(state='done') AS done "
-                               "FROM jobs WHERE " IN_SET " GROUP BY variant ORDER BY MIN(id)",
+    /* a job the collapse alarm stopped has numbers too: where it stopped */
+    json_t *vars = set_rows(s, "SELECT variant, COUNT(*) AS jobs, SUM(state='done') AS done, "
+                               "SUM(state='collapsed') AS collapsed FROM jobs WHERE " IN_SET
+                               " GROUP BY variant ORDER BY MIN(id)",
                             &t, 1024);
     size_t i;
     json_t *v;
@@ -544,7 +567,7 @@ static void table(rd_store *s, long long id, json_t *m, rd_answer *a)
     {
         const char *name = json_string_value(json_object_get(v, "variant"));
         sqlite3_stmt *st = rd_db_prep(s, "SELECT id, linear_acc FROM jobs WHERE " IN_SET " AND "
-                                         "variant=?2 AND state='done' ORDER BY id");
+                                         "variant=?2 AND state IN ('done','collapsed') ORDER BY id");
         double al[1024], un[1024], acc[1024], rk[1024], wi[1024];
         int n = 0, nacc = 0, nrk = 0, nwi = 0;
         while (st) {
@@ -596,6 +619,8 @@ static void table(rd_store *s, long long id, json_t *m, rd_answer *a)
             json_object_set_new(v, "linear_protocol", json_string(proto));
         }
         free(spec);
+        if (json_integer_value(json_object_get(v, "collapsed")) > 0)
+            json_object_set_new(v, "collapsed_epochs", collapsed_epochs(s, &t, name));
     }
     json_t *r = rw_msg_new("ok", id);
     mark_against_baseline(vars, r);

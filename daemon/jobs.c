@@ -34,7 +34,8 @@ void rd_job_set_state(rd_jobs *d, int64_t job, const char *state, const char *er
                       const char *why)
 {
     sqlite3_stmt *st = rd_db_prep(d->store, "UPDATE jobs SET state=?, error=?, finished=CASE WHEN ? IN "
-                                     "('done','failed','cancelled') THEN ? ELSE NULL END WHERE id=?");
+                                     "('done','failed','cancelled','collapsed') THEN ? ELSE NULL END "
+                                     "WHERE id=?");
     if (!st)
         return;
     sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
@@ -172,11 +173,15 @@ void rd_rank_finished(rd_jobs *d, rd_worker *w, rd_run *r)
         rd_log("job j%lld: rank %d finished; %d of %d", (long long)job, w->rank, r->ndone, r->world);
         return;
     }
-    rd_attempt_set(d, attempt, "done", NULL);
+    /* the collapse alarm ended it: a state of its own, with why */
+    char *why = r && r->collapsed ? strdup(r->collapsed) : NULL;
+    const char *state = why ? "collapsed" : "done";
+    rd_attempt_set(d, attempt, state, NULL);
     rd_job_release(d, job, attempt, NULL);
     if (rd_job_is_running(d, job))
-        rd_job_set_state(d, job, "done", NULL, NULL);
-    rd_log("job j%lld done", (long long)job);
+        rd_job_set_state(d, job, state, why, NULL);
+    rd_log("job j%lld %s", (long long)job, state);
+    free(why);
 }
 
 void rd_job_lost(rd_jobs *d, rd_worker *w, const char *why)

@@ -1,12 +1,18 @@
 /* runawayd --notify CMD: a shell command run when a grid ends (no job of
- * it queued or running) and when a job fails for good, so that whoever
- * submitted a grid of many hours hears of it without watching (notify-send,
- * mail, a chat webhook through curl). What happened is in its environment:
+ * it queued or running), when a job fails for good, and when the collapse
+ * alarm warns of a job or stops it, so that whoever submitted a grid of
+ * many hours hears of it without watching (notify-send, mail, a chat
+ * webhook through curl). What happened is in its environment:
  *
- *   RUNAWAY_EVENT       grid_end | job_failed | db_down | db_up
+ *   RUNAWAY_EVENT       grid_end | job_failed | collapse_warning | job_collapsed
+ *                       | db_down | db_up
  *   RUNAWAY_GRID, RUNAWAY_GRID_NAME            g3, its name
- *   RUNAWAY_DONE, RUNAWAY_FAILED, RUNAWAY_CANCELLED   the grid's jobs by state
+ *   RUNAWAY_DONE, RUNAWAY_FAILED, RUNAWAY_CANCELLED, RUNAWAY_COLLAPSED
+ *                       grid_end: the grid's jobs by state
  *   RUNAWAY_JOB, RUNAWAY_JOB_NAME, RUNAWAY_ERROR      job_failed: the job, why
+ *   RUNAWAY_JOB, RUNAWAY_JOB_NAME, RUNAWAY_EPOCH, RUNAWAY_TEXT
+ *                       collapse_warning, job_collapsed: the job, the epoch
+ *                       the alarm went off at, the thresholds crossed
  *   RUNAWAY_TEXT        db_down, db_up: the database stopped taking writes
  *                       (a full disk, a lock), or took them again
  *   RUNAWAY_STATE_DIR
@@ -138,7 +144,43 @@ static void on_daemon_news(void *arg, const char *event, const char *text)
     spawn(d, event, v, (int)(sizeof v / sizeof *v));
 }
 
-/* After a job's state changed: a job failed for good, its grid's end. */
+/* The collapse alarm of `job` at `epoch` (collapse_warning, job_collapsed):
+ * once each. */
+static void collapse_news(rd_notify *d, const char *event, int64_t job, long long epoch,
+                          const char *text)
+{
+    char sig[64], what[96], j[32], g[32], e[24], jname[RW_JOB_NAME_MAX], gname[RW_NAME_MAX + 8];
+    snprintf(sig, sizeof sig, "%s j%lld:%lld", event, (long long)job, epoch);
+    if (seen(d, sig))
+        return;
+    int64_t grid = rd_db_int(d->store, "SELECT grid_id FROM jobs WHERE id=?", job, 0);
+    text_col(d, "SELECT name FROM jobs WHERE id=?", job, jname, sizeof jname);
+    text_col(d, "SELECT name FROM grids WHERE id=?", grid, gname, sizeof gname);
+    snprintf(j, sizeof j, "j%lld", (long long)job);
+    snprintf(g, sizeof g, "g%lld", (long long)grid);
+    snprintf(e, sizeof e, "%lld", epoch);
+    snprintf(what, sizeof what, "%s %s", event, j);
+    const char *v[] = {"RUNAWAY_EVENT", event, "RUNAWAY_JOB", j, "RUNAWAY_JOB_NAME", jname,
+                       "RUNAWAY_GRID", g, "RUNAWAY_GRID_NAME", gname, "RUNAWAY_EPOCH", e,
+                       "RUNAWAY_TEXT", text, "RUNAWAY_STATE_DIR", d->state_dir};
+    spawn(d, what, v, (int)(sizeof v / sizeof *v));
+}
+
+/* A job's watchers' event: the collapse alarm's warning (a stop is told
+ * once the job has ended collapsed). */
+static void on_job_metric(void *arg, int64_t job, json_t *ev)
+{
+    rd_notify *d = arg;
+    const char *kind = json_string_value(json_object_get(ev, "kind"));
+    const char *action = json_string_value(json_object_get(ev, "action"));
+    if (!d->cmd || !kind || strcmp(kind, "collapse") || !action || strcmp(action, "warn"))
+        return;
+    collapse_news(d, "collapse_warning", job, json_integer_value(json_object_get(ev, "epoch")),
+                  json_string_value(json_object_get(ev, "why")));
+}
+
+/* After a job's state changed: a job failed for good or collapsed, its
+ * grid's end. */
 static void on_job_state(void *arg, int64_t job, const char *why)
 {
     rd_notify *d = arg;
@@ -149,11 +191,19 @@ static void on_job_state(void *arg, int64_t job, const char *why)
         attempts[24], finished[48];
     text_col(d, "SELECT state FROM jobs WHERE id=?", job, state, sizeof state);
     int64_t grid = rd_db_int(d->store, "SELECT grid_id FROM jobs WHERE id=?", job, 0);
-    if (!grid || (strcmp(state, "done") && strcmp(state, "failed") && strcmp(state, "cancelled")))
+    if (!grid || (strcmp(state, "done") && strcmp(state, "failed") && strcmp(state, "cancelled") &&
+                  strcmp(state, "collapsed")))
         return;
+    if (!strcmp(state, "collapsed")) {
+        text_col(d, "SELECT error FROM jobs WHERE id=?", job, error, sizeof error);
+        collapse_news(d, "job_collapsed", job,
+                      rd_db_int(d->store, "SELECT json_extract(result, '$.collapsed_epoch') "
+                                          "FROM jobs WHERE id=?", job, 0),
+                      error);
+    }
     text_col(d, "SELECT name FROM jobs WHERE id=?", job, jname, sizeof jname);
     text_col(d, "SELECT name FROM grids WHERE id=?", grid, gname, sizeof gname);
-    char g[32], j[32], done[24], failed[24], cancelled[24];
+    char g[32], j[32], done[24], failed[24], cancelled[24], collapsed[24];
     snprintf(g, sizeof g, "g%lld", (long long)grid);
     snprintf(j, sizeof j, "j%lld", (long long)job);
     snprintf(done, sizeof done, "%lld",
@@ -165,6 +215,9 @@ static void on_job_state(void *arg, int64_t job, const char *why)
     snprintf(cancelled, sizeof cancelled, "%lld",
              (long long)rd_db_int(d->store, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND "
                                      "state='cancelled'", grid, 0));
+    snprintf(collapsed, sizeof collapsed, "%lld",
+             (long long)rd_db_int(d->store, "SELECT COUNT(*) FROM jobs WHERE grid_id=? AND "
+                                     "state='collapsed'", grid, 0));
     char sig[64], what[96];
     if (!strcmp(state, "failed")) {
         text_col(d, "SELECT error FROM jobs WHERE id=?", job, error, sizeof error);
@@ -190,12 +243,14 @@ static void on_job_state(void *arg, int64_t job, const char *why)
         return;
     const char *v[] = {"RUNAWAY_EVENT", "grid_end", "RUNAWAY_GRID", g, "RUNAWAY_GRID_NAME", gname,
                        "RUNAWAY_DONE", done, "RUNAWAY_FAILED", failed, "RUNAWAY_CANCELLED",
-                       cancelled, "RUNAWAY_STATE_DIR", d->state_dir};
+                       cancelled, "RUNAWAY_COLLAPSED", collapsed, "RUNAWAY_STATE_DIR",
+                       d->state_dir};
     spawn(d, what, v, (int)(sizeof v / sizeof *v));
 }
 
 void rd_notify_listen(rd_notify *N, rd_events *ev)
 {
     rd_events_on_job_state(ev, on_job_state, N);
+    rd_events_on_job_metric(ev, on_job_metric, N);
     rd_events_on_daemon_news(ev, on_daemon_news, N);
 }

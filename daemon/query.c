@@ -100,8 +100,8 @@ int rd_resolve_target(rd_store *d, const char *s, char *kind, int64_t *id)
 json_t *rd_grid_progress(rd_jobs *J, int64_t gid)
 {
     rd_store *d = J->store;
-    json_t *p = json_pack("{sisisisisi}", "queued", 0, "running", 0, "done", 0, "failed", 0,
-                          "cancelled", 0);
+    json_t *p = json_pack("{sisisisisisi}", "queued", 0, "running", 0, "done", 0, "failed", 0,
+                          "cancelled", 0, "collapsed", 0);
     sqlite3_stmt *st = rd_db_prep(d, "SELECT state, COUNT(*) FROM jobs WHERE grid_id=? GROUP BY "
                                      "state");
     if (st) {

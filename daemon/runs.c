@@ -40,6 +40,7 @@ void rd_run_free(rd_run *r)
     if (!r)
         return;
     free(r->tb_path);
+    free(r->collapsed);
     free(r);
 }
 

@@ -31,6 +31,7 @@ typedef struct rd_run {
     int ndone;      /* ranks that reported done */
     int have_result; /* rank 0 reported done: the result is stored */
     int backfill;    /* started ahead of a job that waited: yields to it */
+    char *collapsed; /* rank 0's result says the collapse alarm ended it: why (malloc'd) */
     rd_kv_entry *kv;
     size_t nkv, kv_bytes;
     rd_kv_waiter *waiters;

@@ -116,7 +116,7 @@ static int not_hparam(const char *key, size_t n)
 {
     static const char *skip[] = {"name", "seed", "threads", "data.loader_threads",
                                  "data.device_budget_mb", "log.",
-                                 "checkpoint."};
+                                 "checkpoint.", "monitor."};
     for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++) {
         size_t k = strlen(skip[i]);
         if (skip[i][k - 1] == '.' ? n > k && !strncmp(key, skip[i], k)
@@ -297,8 +297,9 @@ static int open_run_file(rd_tboard *d, rd_run *run, char *err, size_t errlen)
 typedef struct {
     const char *field; /* in the report */
     const char *tag;   /* in TensorBoard, after the kind's prefix */
-    int result;        /* only in the final report (the others it carries too
-                        * are the last epoch's, already under epoch/) */
+    int result;        /* 1: only in the final report (the others it carries too
+                        * are the last epoch's, already under epoch/); 2: only
+                        * in an alarm (its values are the epoch's, likewise) */
 } tb_field;
 
 static const tb_field tb_fields[] = {
@@ -317,6 +318,7 @@ static const tb_field tb_fields[] = {
     {"linear_acc", "linear_top1", 1},
     {"align_last10", "L_align_last10", 1},
     {"uniform_last10", "L_uniform_last10", 1},
+    {"alarm", "collapse_alarm", 2}, /* the collapse alarm: 1 warn, 2 stop */
 };
 #define TB_NFIELDS (sizeof tb_fields / sizeof tb_fields[0])
 
@@ -329,10 +331,13 @@ static const tb_field tb_fields[] = {
 static int append_report(unsigned char **buf, size_t *len, size_t *cap, const char *kind,
                          json_t *m, int64_t step, double wall)
 {
-    /* step reports under train/, epoch means under epoch/, the result
-     * (linear evaluation, last-10 means) under eval/ */
-    const char *prefix = !strcmp(kind, "step") ? "train" : !strcmp(kind, "epoch") ? "epoch" : "eval";
-    int final = !strcmp(kind, "final");
+    /* step reports under train/, epoch means and the collapse alarm under
+     * epoch/, the result (linear evaluation, last-10 means) under eval/ */
+    int alarm = !strcmp(kind, "alarm");
+    const char *prefix = !strcmp(kind, "step")                ? "train"
+                         : !strcmp(kind, "epoch") || alarm ? "epoch"
+                                                           : "eval";
+    int final = !strcmp(kind, "final") ? 1 : alarm ? 2 : 0;
     char tags[TB_NFIELDS][48];
     Tensorflow__Summary__Value vals[TB_NFIELDS], *vp[TB_NFIELDS];
     size_t nv = 0;
@@ -363,7 +368,8 @@ static int append_report(unsigned char **buf, size_t *len, size_t *cap, const ch
     return append_record(buf, len, cap, &ev) != 0 ? -1 : 1;
 }
 
-/* At a step, a job reports its step mean, then its epoch's, then its result. */
+/* At a step, a job reports its step mean, then its epoch's, then a
+ * collapse alarm or its result. */
 static int kind_order(const char *kind)
 {
     return !strcmp(kind, "step") ? 0 : !strcmp(kind, "epoch") ? 1 : 2;

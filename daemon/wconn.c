@@ -97,7 +97,8 @@ static void store_metric(rd_store *d, int64_t job, int64_t attempt, json_t *m, c
 {
     sqlite3_stmt *st = rd_db_prep(d, "INSERT INTO metrics(job_id, attempt_id, kind, epoch, step, "
                                      "loss, align, uniform, collapse, knn, pairs_per_s, tau, lr, "
-                                     "rank, linear, w_cos_i, w_asym, t) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                                     "rank, linear, w_cos_i, w_asym, alarm, t) "
+                                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st)
         return;
     sqlite3_bind_int64(st, 1, job);
@@ -106,7 +107,7 @@ static void store_metric(rd_store *d, int64_t job, int64_t attempt, json_t *m, c
     sqlite3_bind_int64(st, 4, json_integer_value(json_object_get(m, "epoch")));
     sqlite3_bind_int64(st, 5, json_integer_value(json_object_get(m, "step")));
     const char *k[] = {"loss", "align", "uniform", "collapse", "knn", "pairs_per_s", "tau", "lr",
-                       "rank", "linear", "w_cos_i", "w_asym"};
+                       "rank", "linear", "w_cos_i", "w_asym", "alarm"};
     const int nk = (int)(sizeof k / sizeof *k);
     for (int i = 0; i < nk; i++)
         bind_num(st, 6 + i, m, k[i]);
@@ -174,6 +175,32 @@ static void report(rd_wconn *W, rd_worker *w, int64_t job, int64_t attempt, rd_r
     json_decref(ev);
 }
 
+/* The collapse alarm of rank 0's epoch: a row of kind 'alarm' (its values,
+ * and 1 warn or 2 stop), the job's log, TensorBoard's epoch/collapse_alarm
+ * and an event to its watchers and --notify. A stop's end comes in `done`. */
+static void collapse_alarm(rd_wconn *W, rd_worker *w, int64_t job, int64_t attempt, rd_run *run,
+                           json_t *m)
+{
+    if (w->rank != 0)
+        return;
+    int stop = !strcmp(json_string_value(json_object_get(m, "action")), "stop");
+    json_t *row = json_deep_copy(m);
+    json_object_set_new(row, "alarm", json_integer(stop ? 2 : 1));
+    store_metric(W->jobs->store, job, attempt, row, "alarm");
+    rd_tb_metric(W->tb, run, "alarm", row);
+    json_decref(row);
+    char text[RW_LINE_MAX + 64];
+    snprintf(text, sizeof text, "collapse alarm (%s): %s", stop ? "stop" : "warn",
+             json_string_value(json_object_get(m, "why")));
+    rd_db_event(W->jobs->store, job, "collapse", text);
+    rd_log("job j%lld: %s", (long long)job, text);
+    json_t *ev = json_deep_copy(m);
+    json_object_set_new(ev, "type", json_string("event"));
+    json_object_set_new(ev, "kind", json_string("collapse"));
+    rd_emit_job_metric(W->jobs->ev, job, ev);
+    json_decref(ev);
+}
+
 /* A drained worker's report of the attempt it was told to drop. */
 static void drained(rd_jobs *J, rd_worker *w, const char *type, json_t *m)
 {
@@ -229,6 +256,8 @@ void rd_wconn_message(rd_wconn *W, rd_conn *c, const char *type, json_t *m)
     int world = run ? run->world : 1;
     if (!strcmp(type, "metric") || !strcmp(type, "log")) {
         report(W, w, job, attempt, run, type, m);
+    } else if (!strcmp(type, "collapse")) {
+        collapse_alarm(W, w, job, attempt, run, m);
     } else if (!strcmp(type, "done")) {
         if (w->rank == 0) {
             store_metric(d->store, job, attempt, m, "final");
@@ -247,6 +276,12 @@ void rd_wconn_message(rd_wconn *W, rd_conn *c, const char *type, json_t *m)
             }
             if (run)
                 run->have_result = 1;
+            /* the collapse alarm ended it: the job ends collapsed */
+            const char *why = json_string_value(json_object_get(m, "collapsed"));
+            if (run && why && json_object_get(m, "collapsed_epoch")) {
+                free(run->collapsed);
+                run->collapsed = strdup(why);
+            }
         }
         rd_rank_finished(d, w, run);
     } else if (!strcmp(type, "failed")) {

@@ -24,7 +24,7 @@ typedef struct {
 typedef struct {
     const char *type;
     int from;
-    fdef fields[24];
+    fdef fields[28];
 } mdef;
 
 #define BIG 9007199254740992.0 /* 2^53: ids and counters stay exact in a double */
@@ -84,11 +84,19 @@ static const mdef msgs[] = {
     {"log", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"line", T_STR, 1, 0, RW_LINE_MAX}}},
     {"done", RW_FROM_WORKER,
      {ID_OPT, JOB, ATTEMPT, METRICS, {"linear_acc", T_NUM_OR_NULL, 1, 0, 1},
-      {"align_last10", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform_last10", T_NUM_OR_NULL, 1, -BIG, BIG}}},
+      {"align_last10", T_NUM_OR_NULL, 1, -BIG, BIG}, {"uniform_last10", T_NUM_OR_NULL, 1, -BIG, BIG},
+      /* the collapse alarm ended it (monitor.collapse.action stop) */
+      {"collapsed_epoch", T_INT, 0, 1, 1e6}, {"collapsed", T_STR, 0, 1, RW_LINE_MAX},
+      {"rank_peak", T_NUM_OR_NULL, 0, 0, 65536}}},
     {"failed", RW_FROM_WORKER,
      {ID_OPT, JOB, ATTEMPT, {"error", T_STR, 1, 0, RW_LINE_MAX}, {"retry", T_BOOL, 0, 0, 1},
       {"restart", T_BOOL, 0, 0, 1}}},
     {"stopped", RW_FROM_WORKER, {ID_OPT, JOB, ATTEMPT, {"preempted", T_STR, 0, 1, 16}}},
+    {"collapse", RW_FROM_WORKER,
+     {ID_OPT, JOB, ATTEMPT, {"epoch", T_INT, 1, 1, 1e6}, {"step", T_INT, 1, 0, BIG},
+      {"action", T_STR, 1, 4, 4}, {"why", T_STR, 1, 1, RW_LINE_MAX},
+      {"rank", T_NUM_OR_NULL, 0, 0, 65536}, {"rank_peak", T_NUM_OR_NULL, 0, 0, 65536},
+      {"uniform", T_NUM_OR_NULL, 0, -BIG, BIG}, {"collapse", T_NUM_OR_NULL, 0, -BIG, BIG}}},
     /* worker requests (rendezvous store of the worker's current attempt) */
     {"kv_set", RW_FROM_WORKER,
      {ID, JOB, ATTEMPT, {"key", T_STR, 1, 1, RW_KV_KEY_MAX},

@@ -110,6 +110,7 @@ static const char *const schedules[] = {"constant", "cosine", NULL};
 static const char *const precisions[] = {"tf32", "fp32", "bf16", NULL};
 static const char *const grad_dtypes[] = {"fp32", "bf16", NULL};
 static const char *const linear_norms[] = {"none", "standardize", "batchnorm", NULL};
+static const char *const alarm_actions[] = {"off", "warn", "stop", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_arch) == sizeof(int) &&
@@ -117,7 +118,8 @@ _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == size
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
                    sizeof(rw_lr_schedule) == sizeof(int) &&
                    sizeof(rw_precision) == sizeof(int) && sizeof(rw_labels) == sizeof(int) &&
-                   sizeof(rw_grad_dtype) == sizeof(int) && sizeof(rw_linear_norm) == sizeof(int),
+                   sizeof(rw_grad_dtype) == sizeof(int) && sizeof(rw_linear_norm) == sizeof(int) &&
+                   sizeof(rw_alarm_action) == sizeof(int),
                "enum fields are stored as int");
 
 #define TWO53 9007199254740992.0
@@ -185,6 +187,14 @@ static const field fields[] = {
     {"checkpoint.every_epochs", F_INT, O(checkpoint.every_epochs), 0, 100000, 0, NULL},
     {"checkpoint.every_minutes", F_FLOAT, O(checkpoint.every_minutes), 0, 1e6, 0, NULL},
     {"checkpoint.snapshot_every", F_INT, O(checkpoint.snapshot_every), 0, 100000, 0, NULL},
+    /* the collapse alarm (worker/collapse.h); 0 turns a threshold off */
+    {"monitor.collapse.action", F_ENUM, O(monitor.collapse.action), 0, 0, 0, alarm_actions},
+    {"monitor.collapse.rank_below", F_FLOAT, O(monitor.collapse.rank_below), 0, 65536, 0, NULL},
+    {"monitor.collapse.rank_share_below", F_FLOAT, O(monitor.collapse.rank_share_below), 0, 1, 0,
+     NULL},
+    {"monitor.collapse.uniform_above", F_FLOAT, O(monitor.collapse.uniform_above), -8, 0, 0, NULL},
+    {"monitor.collapse.std_below", F_FLOAT, O(monitor.collapse.std_below), 0, 10, 0, NULL},
+    {"monitor.collapse.patience", F_INT, O(monitor.collapse.patience), 1, 100000, 0, NULL},
     /* last, so the allowed-keys lists that name the paper's fields read as before */
     {"devices", F_INT, O(devices), 1, 64, 0, NULL},
     {"sync_bn", F_BOOL, O(sync_bn), 0, 1, 0, NULL},
@@ -260,6 +270,16 @@ void rw_spec_defaults(rw_spec *s) {
     s->checkpoint.every_epochs = 0;
     s->checkpoint.every_minutes = 0;
     s->checkpoint.snapshot_every = 0;
+    /* measured on the quickstart grid (docs/specs.md#the-collapse-alarm):
+     * between its healthy runs and its runs without a predictor, with room
+     * on both sides; the rank, which healthy small runs also lose, is not
+     * judged unless asked */
+    s->monitor.collapse.action = RW_ALARM_WARN;
+    s->monitor.collapse.rank_below = 0;
+    s->monitor.collapse.rank_share_below = 0;
+    s->monitor.collapse.uniform_above = -0.3f;
+    s->monitor.collapse.std_below = 0.25f;
+    s->monitor.collapse.patience = 2;
 }
 
 /* "in (0, 10]", "in 1..64", "with |x| <= 1e+06" */
@@ -721,6 +741,13 @@ int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t err
                 "%s: loss.alpha, loss.beta: must not both be 0 for loss.kind unified "
                 "(BYOL' beta > 0, RAFT beta < 0)",
                 origin);
+        return -1;
+    }
+    if (s->monitor.collapse.action != RW_ALARM_OFF && s->eval.rank_every == 0 &&
+        (s->monitor.collapse.rank_below > 0 || s->monitor.collapse.rank_share_below > 0)) {
+        set_err(err, errlen, "%s: monitor.collapse.%s: judges the effective rank, which "
+                "eval.rank.every 0 does not measure: set eval.rank.every, or the threshold to 0",
+                origin, s->monitor.collapse.rank_below > 0 ? "rank_below" : "rank_share_below");
         return -1;
     }
     if (s->init[0]) {

@@ -77,6 +77,14 @@
  *     every_epochs: 0       # 0: only at the end
  *     every_minutes: 0      # also within epochs, this often (0: off)
  *     snapshot_every: 0     # keep the weights every N epochs (0: off)
+ *   monitor:
+ *     collapse:             # the collapse alarm, judged at each epoch's end
+ *       action: warn        # off | warn (an event) | stop (the job ends `collapsed`)
+ *       rank_below: 0       # effective rank below this trips it (0: off)
+ *       rank_share_below: 0 # ... below this share of the highest rank measured so far
+ *       uniform_above: -0.3 # L_uniform(f) above this (0: off)
+ *       std_below: 0.25     # collapse std below this (0: off)
+ *       patience: 2         # epochs in a row that trip it before it goes off
  *
  * Errors name the file, the field (dotted path, e.g. "optim.lr") and what is
  * allowed, e.g. "spec.yaml: optim.lr: must be a number in (0, 10], got 'abc'".
@@ -132,6 +140,8 @@ typedef enum { RW_PREC_TF32, RW_PREC_FP32, RW_PREC_BF16 } rw_precision;
 typedef enum { RW_LINEAR_RAW, RW_LINEAR_STANDARDIZE, RW_LINEAR_BATCHNORM } rw_linear_norm;
 /* The gradient on the wire of a data-parallel job. */
 typedef enum { RW_GRAD_FP32, RW_GRAD_BF16 } rw_grad_dtype;
+/* What the collapse alarm does when it goes off (worker/collapse.h). */
+typedef enum { RW_ALARM_OFF, RW_ALARM_WARN, RW_ALARM_STOP } rw_alarm_action;
 
 typedef struct rw_spec {
     char name[RW_NAME_MAX];
@@ -237,6 +247,20 @@ typedef struct rw_spec {
          * (runs/.../snapshots/weights-eNNNNN.safetensors) */
         int snapshot_every;
     } checkpoint;
+
+    /* The collapse alarm, judged at each epoch's end (worker/collapse.h):
+     * an epoch trips it when a threshold set (non-zero) is crossed; after
+     * `patience` such epochs in a row it warns, or stops the job. */
+    struct {
+        struct {
+            rw_alarm_action action;
+            float rank_below;       /* effective rank below this (0: off) */
+            float rank_share_below; /* below this share of the highest rank so far */
+            float uniform_above;    /* L_uniform(f) above this (0: off; it is never > 0) */
+            float std_below;        /* collapse std (x sqrt(d)) below this (0: off) */
+            int patience;           /* epochs in a row */
+        } collapse;
+    } monitor;
 } rw_spec;
 
 /* Fills the defaults listed above. */

@@ -17,8 +17,8 @@ its own EventAccumulator must read the same points.
 Each file must also hold, at step 0, the HParams plugin's session start
 (TensorBoard's plugin_data.proto, decoded by hand as well): version 0, the
 group "gID-GRID/VARIANT", and as hyper-parameters the job's stored spec
-(read with Debian's python3-yaml), but for its name, seed, threads, log and
-checkpoint fields.
+(read with Debian's python3-yaml), but for its name, seed, threads, log,
+checkpoint and monitor fields.
 
 Exits 0 after a summary line, 1 with the first difference found.
 """
@@ -199,7 +199,7 @@ def check_hparams(path, got, spec_text, group):
     if got["group"] != group:
         raise Bad(f"{path}: hparams group {got['group']!r}, expected {group!r}")
     want = {k: v for k, v in spec_fields(yaml.safe_load(spec_text)).items()
-            if k not in NOT_HPARAMS and not k.startswith(("log.", "checkpoint."))}
+            if k not in NOT_HPARAMS and not k.startswith(("log.", "checkpoint.", "monitor."))}
     if set(got["hparams"]) != set(want):
         raise Bad(f"{path}: hparams extra {sorted(set(got['hparams']) - set(want))}, "
                   f"lacking {sorted(set(want) - set(got['hparams']))}")
@@ -284,6 +284,10 @@ def check_job(tb_dir, db, job, stats, allow_gaps=False):
                 want.setdefault(f"{prefix}/{tag}", {}).pop(row[0], None)
                 if v is not None:
                     want[f"{prefix}/{tag}"][row[0]] = f32(v)
+    # the collapse alarm: epoch/collapse_alarm, 1 warn or 2 stop, at its epoch's step
+    for step, alarm in db.execute("SELECT step, alarm FROM metrics WHERE job_id=? AND "
+                                  "kind='alarm' ORDER BY id", (job,)):
+        want.setdefault("epoch/collapse_alarm", {})[step] = f32(alarm)
     fin = db.execute("SELECT m.step, j.linear_acc, j.align_last10, j.uniform_last10 FROM metrics m "
                      "JOIN jobs j ON j.id=m.job_id WHERE m.job_id=? AND m.kind='final' "
                      "ORDER BY m.id DESC LIMIT 1", (job,)).fetchone()

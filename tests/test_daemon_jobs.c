@@ -123,8 +123,8 @@ Test(daemon, notify_runs_a_command_when_a_grid_ends_and_a_job_fails, .init = fx_
     lrc = fx_cli(ls, sizeof ls, 20, "ls", "--state", "done", NULL);
     cr_assert(lrc == 0 && strstr(ls, "j1     done") && !strstr(ls, "j2 "), "%s", ls);
     lrc = fx_cli(ls, sizeof ls, 20, "ls", "--state", "lost", NULL);
-    cr_assert(lrc != 0 && strstr(ls, "ls: state is queued, running, done, failed or cancelled, "
-                                     "not 'lost'"), "%s", ls);
+    cr_assert(lrc != 0 && strstr(ls, "ls: state is queued, running, done, failed, cancelled or "
+                                     "collapsed, not 'lost'"), "%s", ls);
 
     /* requeued, it fails again: both events again */
     char out[4096];

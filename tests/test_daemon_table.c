@@ -158,13 +158,13 @@ Test(daemon, table_with_one_seed_marks_nothing, .init = fx_setup, .fini = fx_tea
     cr_assert(rc == 0 &&
                   strstr(out, ",rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,acc_worse,"
                               "uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n,"
-                              "linear_protocol\n") &&
+                              "collapsed,linear_protocol\n") &&
                   strstr(out, "\nbase,1,1,") &&
-                  strstr(out, ",,,,,,,,,1,\"5 epochs of Adam at lr 0.0005, batch 32, raw "
+                  strstr(out, ",,,,,,,,,1,0,\"5 epochs of Adam at lr 0.0005, batch 32, raw "
                               "features\"\ngood,1,1,") &&
-                  strstr(out, ",0.25,0,,,n=1,,n=1,,1,\"5 epochs") &&
+                  strstr(out, ",0.25,0,,,n=1,,n=1,,1,0,\"5 epochs") &&
                   strstr(out, "\nno_pred,1,1,") &&
-                  strstr(out, ",,,,,n=1,,n=1,,1,\"5 epochs of Adam at lr 0.0005, batch 32, "
+                  strstr(out, ",,,,,n=1,,n=1,,1,0,\"5 epochs of Adam at lr 0.0005, batch 32, "
                               "features standardized\"\n"),
               "%s", out);
     rc = fx_cli(out, sizeof out, 20, "grids", NULL);
@@ -278,9 +278,9 @@ Test(daemon, table_marks_only_significant_differences, .init = fx_setup, .fini =
     rc = fx_cli(out, sizeof out, 20, "table", "sig", "--format", "csv", NULL);
     cr_assert(rc == 0 &&
                   strstr(out, ",w_cos_i_std,uniform_worse,acc_worse,uniform_vs_baseline,uniform_p,"
-                              "acc_vs_baseline,acc_p,acc_n,linear_protocol\n") &&
+                              "acc_vs_baseline,acc_p,acc_n,collapsed,linear_protocol\n") &&
                   strstr(out, "\nbase,3,3,") &&
-                  strstr(out, ",,,,,,,3,\"5 epochs of Adam at lr 0.0005, batch 32, raw "
+                  strstr(out, ",,,,,,,3,0,\"5 epochs of Adam at lr 0.0005, batch 32, raw "
                               "features\"\ngood,3,3,") &&
                   strstr(out, ",0,0,better,0.000") && strstr(out, ",0,0,ns,0.") &&
                   strstr(out, ",ns,0.7152") && strstr(out, ",1,1,worse,0.000") &&

@@ -732,3 +732,28 @@ Test(dist, timed_checkpoints_are_agreed_by_every_rank)
     double d = worst_tensor_diff(w2, w1, worst, sizeof worst);
     cr_expect_eq(d, 0.0, "weights differ by %.3e in %s", d, worst);
 }
+
+/* The collapse alarm's stop is rank 0's to decide (it alone measures the
+ * rank) and every rank's to obey: a rank threshold every epoch crosses
+ * (rank_below 65536) stops the job after 2 epochs, which would otherwise
+ * train 4 (6 steps an epoch: rank 0 reports 12 steps, not 24). A rank that
+ * trained on would wait in the gradient's all-reduce for a peer that has
+ * left, and fail at the collectives' timeout. */
+Test(dist, the_collapse_alarm_stops_every_rank_at_rank_0s_epoch)
+{
+    rw_spec s;
+    tiny_spec(&s, 1);
+    s.optim.epochs = 4;
+    s.monitor.collapse.action = RW_ALARM_STOP;
+    s.monitor.collapse.uniform_above = 0;
+    s.monitor.collapse.std_below = 0;
+    s.monitor.collapse.rank_below = 65536;
+    s.monitor.collapse.patience = 2;
+    char out[96];
+    snprintf(out, sizeof out, "%s/alarm", tmp);
+    rank_run r[2];
+    run_world(r, 2, &s, 0, out, 20000);
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(r[k].rc, 0, "rank %d: %s", k, r[k].err);
+    cr_expect_eq(r[0].nsteps, 12, "trained %d steps", r[0].nsteps);
+}

@@ -553,6 +553,49 @@ Test(spec, linear_evaluation_every_n_epochs) {
     expect_error("eval: {linear: {every: -1}}\n", "eval.linear.every");
 }
 
+/* monitor.collapse: its defaults (warn on L_uniform and the collapse std,
+ * docs/specs.md#the-collapse-alarm), its ranges, a round trip, and a rank
+ * threshold refused where no rank is measured. */
+Test(spec, collapse_alarm_fields) {
+    rw_spec s, back;
+    char err[512];
+    cr_assert_eq(parse("name: x\n", &s, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(s.monitor.collapse.action, RW_ALARM_WARN);
+    cr_expect_eq(s.monitor.collapse.uniform_above, -0.3f);
+    cr_expect_eq(s.monitor.collapse.std_below, 0.25f);
+    cr_expect_eq(s.monitor.collapse.rank_below, 0);
+    cr_expect_eq(s.monitor.collapse.rank_share_below, 0);
+    cr_expect_eq(s.monitor.collapse.patience, 2);
+    cr_assert_eq(parse("monitor: {collapse: {action: stop, rank_below: 8, rank_share_below: 0.25,"
+                       " uniform_above: 0, std_below: 0.1, patience: 3}}\n",
+                       &s, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(s.monitor.collapse.action, RW_ALARM_STOP);
+    cr_expect_eq(s.monitor.collapse.rank_below, 8.0f);
+    cr_expect_eq(s.monitor.collapse.rank_share_below, 0.25f);
+    cr_expect_eq(s.monitor.collapse.uniform_above, 0.0f);
+    cr_expect_eq(s.monitor.collapse.patience, 3);
+    char yaml[RW_SPEC_YAML_MAX];
+    cr_assert_gt(rw_spec_to_yaml(&s, yaml, sizeof yaml), 0);
+    cr_assert(strstr(yaml, "monitor:\n  collapse:\n    action: stop\n"), "%s", yaml);
+    cr_assert_eq(rw_spec_parse(yaml, strlen(yaml), "canonical", "", &back, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert(memcmp(&s, &back, sizeof s) == 0, "monitor.collapse does not round-trip");
+    expect_error("monitor: {collapse: {action: halt}}\n", "monitor.collapse.action",
+                 "off, warn, stop");
+    expect_error("monitor: {collapse: {uniform_above: 0.5}}\n", "monitor.collapse.uniform_above");
+    expect_error("monitor: {collapse: {rank_share_below: 2}}\n",
+                 "monitor.collapse.rank_share_below");
+    expect_error("monitor: {collapse: {patience: 0}}\n", "monitor.collapse.patience");
+    expect_error("monitor: {collapse: {every: 2}}\n", "unknown field");
+    /* the rank is what they judge: eval.rank.every 0 measures none */
+    expect_error("eval: {rank: {every: 0}}\nmonitor: {collapse: {rank_below: 4}}\n",
+                 "monitor.collapse.rank_below", "eval.rank.every");
+    cr_assert_eq(parse("eval: {rank: {every: 0}}\nmonitor: {collapse: {rank_below: 4, "
+                       "action: off}}\n", &s, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(parse("eval: {rank: {every: 0}}\n", &s, err, sizeof err), 0,
+                 "the defaults judge no rank: %s", err);
+}
+
 Test(spec, load_error_struct_untouched) {
     rw_spec s, before;
     memset(&s, 0x5A, sizeof s);

@@ -1341,3 +1341,182 @@ Test(train, the_device_budget_is_not_in_the_spec_digest)
     rw_spec_digest(&b, db);
     cr_expect_str_eq(da, db);
 }
+
+/* ------------------------------------------------------------------------ */
+/* The collapse alarm (worker/collapse.h) */
+
+#include "worker/collapse.h"
+
+/* Epoch e's metrics: rank NaN where not measured. */
+static rw_metrics ep(int e, double uniform, double collapse, double rank)
+{
+    return (rw_metrics){.epoch = e, .step = 10L * e, .uniform = uniform, .collapse = collapse,
+                        .rank = rank, .knn = NAN, .linear = NAN};
+}
+
+/* The verdict at each epoch of hist, as training asks for it. */
+static void judge_all(const rw_spec *s, const rw_metrics *hist, int n, int *fire, int *stop,
+                      int *run)
+{
+    for (int i = 1; i <= n; i++) {
+        rw_collapse_verdict v;
+        rw_collapse_judge(s, hist, i, &v);
+        fire[i - 1] = v.fire;
+        stop[i - 1] = v.stop;
+        run[i - 1] = v.run;
+    }
+}
+
+Test(train, collapse_alarm_counts_patience_and_judges_the_rank_by_its_peak)
+{
+    rw_spec s;
+    rw_spec_defaults(&s);
+    /* the defaults: L_uniform above -0.3 or the std below 0.25, 2 in a row */
+    const rw_metrics h[] = {ep(1, -1.2, 0.6, NAN), ep(2, -0.2, 0.5, NAN), ep(3, -0.5, 0.2, NAN),
+                            ep(4, -0.5, 0.4, NAN), ep(5, -0.1, 0.1, NAN), ep(6, -0.1, 0.1, NAN),
+                            ep(7, -0.1, 0.1, NAN)};
+    int fire[7], stop[7], run[7];
+    judge_all(&s, h, 7, fire, stop, run);
+    const int want_run[7] = {0, 1, 2, 0, 1, 2, 3};
+    for (int i = 0; i < 7; i++) {
+        cr_expect_eq(run[i], want_run[i], "epoch %d: %d in a row", i + 1, run[i]);
+        /* warn: once per run of tripping epochs, at the patience-th */
+        cr_expect_eq(fire[i], i == 2 || i == 5, "epoch %d: fire %d", i + 1, fire[i]);
+        cr_expect_eq(stop[i], 0);
+    }
+    rw_collapse_verdict v;
+    rw_collapse_judge(&s, h, 3, &v);
+    cr_expect_str_eq(v.why, "collapse std 0.200 < 0.25 at epoch 3, 2 epochs in a row");
+    rw_collapse_judge(&s, h, 6, &v);
+    cr_expect_str_eq(v.why, "L_uniform(f) -0.100 > -0.3, collapse std 0.100 < 0.25 at epoch 6, "
+                            "2 epochs in a row");
+    /* stop: from the patience-th on (a resumed job that stopped stays so) */
+    s.monitor.collapse.action = RW_ALARM_STOP;
+    s.monitor.collapse.patience = 3;
+    judge_all(&s, h, 7, fire, stop, run);
+    for (int i = 0; i < 7; i++)
+        cr_expect(stop[i] == (i == 6) && fire[i] == stop[i], "epoch %d: stop %d fire %d", i + 1,
+                  stop[i], fire[i]);
+    /* off: never, whatever crosses */
+    s.monitor.collapse.action = RW_ALARM_OFF;
+    judge_all(&s, h, 7, fire, stop, run);
+    for (int i = 0; i < 7; i++)
+        cr_expect(!fire[i] && !stop[i] && !run[i]);
+
+    /* the rank: of its peak, carried over the epochs that do not measure
+     * it (eval.rank.every 2 here); the others off */
+    rw_spec_defaults(&s);
+    s.monitor.collapse.uniform_above = 0;
+    s.monitor.collapse.std_below = 0;
+    s.monitor.collapse.rank_share_below = 0.25f;
+    const rw_metrics r[] = {ep(1, -1, 1, 20), ep(2, -1, 1, NAN), ep(3, -1, 1, 40),
+                            ep(4, -1, 1, NAN), ep(5, -1, 1, 9), ep(6, -1, 1, NAN),
+                            ep(7, -1, 1, 11)};
+    judge_all(&s, r, 7, fire, stop, run);
+    const int rank_run[7] = {0, 0, 0, 0, 1, 2, 0}; /* 9 < 0.25 x 40, and on at 6; 11 is not */
+    for (int i = 0; i < 7; i++)
+        cr_expect_eq(run[i], rank_run[i], "epoch %d: %d in a row", i + 1, run[i]);
+    rw_collapse_judge(&s, r, 6, &v);
+    cr_expect(v.fire && v.rank == 9 && v.rank_peak == 40, "rank %g peak %g", v.rank, v.rank_peak);
+    cr_expect_str_eq(v.why, "rank 9.00 (last measured) < 0.25 x 40.00 (its peak) at epoch 6, 2 "
+                            "epochs in a row");
+    /* an absolute rank, and metrics not measured (NaN) cross nothing */
+    s.monitor.collapse.rank_share_below = 0;
+    s.monitor.collapse.rank_below = 10;
+    s.monitor.collapse.uniform_above = -0.3f;
+    const rw_metrics a[] = {ep(1, NAN, NAN, NAN), ep(2, NAN, NAN, 9.5), ep(3, NAN, NAN, 12)};
+    judge_all(&s, a, 3, fire, stop, run);
+    cr_expect(run[0] == 0 && run[1] == 1 && run[2] == 0);
+}
+
+/* A job's alarms, as the daemon's worker hears of them. */
+typedef struct alarms {
+    rw_collapse_alarm a[4];
+    int n;
+    record rec;
+} alarms;
+
+static void on_collapse(void *ud, const rw_collapse_alarm *a)
+{
+    alarms *al = ud;
+    if (al->n < 4)
+        al->a[al->n++] = *a;
+}
+
+static void on_epoch_of(void *ud, const rw_metrics *m)
+{
+    on_epoch(&((alarms *)ud)->rec, m);
+}
+
+/* The fixture's tiny jobs (tests/test_daemon_collapse.c) at lr 1e-2,
+ * where one without a predictor collapses within 6 epochs: L_uniform(f)
+ * -1.221, -0.335, -0.178, -0.118, -0.078, -0.058 (with the MLP predictor
+ * it stays at or below -0.325). */
+static void collapsing_spec(rw_spec *s, int predictor)
+{
+    rw_spec_defaults(s);
+    snprintf(s->name, sizeof s->name, "alarm");
+    s->threads = 1;
+    snprintf(s->data.path, sizeof s->data.path, "%s/alarm-data", tmp);
+    s->data.synthetic_train = 100;
+    s->data.synthetic_test = 40;
+    s->data.synthetic_seed = 1;
+    s->data.image_size = 8;
+    s->data.loader_threads = 1;
+    s->model.stem = RW_STEM_CIFAR;
+    s->model.width = 2;
+    s->model.proj_hidden = 16;
+    s->model.proj_out = 8;
+    s->model.pred_hidden = 16;
+    s->model.predictor = predictor ? RW_PRED_MLP : RW_PRED_NONE;
+    s->optim.batch_size = 16;
+    s->optim.epochs = 6;
+    s->optim.lr = 1e-2f;
+    s->ema.tau = 0.99f;
+    s->eval.linear_epochs = 2;
+    s->monitor.collapse.action = RW_ALARM_STOP;
+    s->monitor.collapse.uniform_above = -0.25f;
+    s->monitor.collapse.std_below = 0;
+}
+
+/* stop: the run without a predictor trips at epochs 3 and 4 and ends at
+ * 4, checkpointed, evaluated, its result saying where; resumed, it trains
+ * no further and says so again. With a predictor, the same thresholds let
+ * it train to the end. */
+Test(train, the_collapse_alarm_stops_a_run_without_a_predictor_and_it_stays_stopped)
+{
+    rw_spec s;
+    collapsing_spec(&s, 0);
+    char out[96];
+    snprintf(out, sizeof out, "%s/alarm", tmp);
+    alarms al = {0};
+    rw_train_hooks h = {.ud = &al, .on_epoch = on_epoch_of, .on_collapse = on_collapse};
+    rw_train_result res = train_hooked(&s, out, 0, &h);
+    cr_assert_eq(al.rec.n, 4, "trained %d epochs", al.rec.n);
+    cr_assert_eq(res.collapsed.epoch, 4);
+    cr_expect(res.collapsed.stop && res.last.epoch == 4 && !isnan(res.linear_acc),
+              "stop %d, last epoch %d, linear %g", res.collapsed.stop, res.last.epoch,
+              res.linear_acc);
+    cr_expect(res.collapsed.uniform > -0.25 && res.collapsed.uniform == res.last.uniform,
+              "%g", res.collapsed.uniform);
+    cr_expect(strstr(res.collapsed.why, " > -0.25 at epoch 4, 2 epochs in a row"), "%s",
+              res.collapsed.why);
+    cr_assert_eq(al.n, 1);
+    cr_expect(al.a[0].stop && al.a[0].epoch == 4 && al.a[0].step == res.last.step);
+
+    alarms again = {0};
+    h.ud = &again;
+    rw_train_result res2 = train_hooked(&s, out, 1, &h);
+    cr_expect_eq(again.rec.n, 0, "a collapsed job trained on: %d epochs", again.rec.n);
+    cr_expect(res2.collapsed.epoch == 4 && again.n == 1 && again.a[0].stop,
+              "resumed: collapsed at %d, %d alarms", res2.collapsed.epoch, again.n);
+    cr_expect_str_eq(res2.collapsed.why, res.collapsed.why);
+
+    collapsing_spec(&s, 1);
+    snprintf(out, sizeof out, "%s/alarm-mlp", tmp);
+    alarms ok = {0};
+    h.ud = &ok;
+    res = train_hooked(&s, out, 0, &h);
+    cr_expect(ok.rec.n == 6 && ok.n == 0 && res.collapsed.epoch == 0,
+              "with a predictor: %d epochs, %d alarms", ok.rec.n, ok.n);
+}

@@ -315,6 +315,22 @@ static void hook_replay(void *ud, const rw_metrics *m, const char *kind)
     send_metric(ud, m, kind, 1);
 }
 
+/* The collapse alarm: the daemon makes it an event (watch, the log,
+ * TensorBoard, --notify); a stop's result follows in `done`. */
+static void hook_collapse(void *ud, const rw_collapse_alarm *c)
+{
+    json_t *m = job_msg(ud, "collapse");
+    json_object_set_new(m, "epoch", json_integer(c->epoch));
+    json_object_set_new(m, "step", json_integer(c->step));
+    json_object_set_new(m, "action", json_string(c->stop ? "stop" : "warn"));
+    json_object_set_new(m, "why", json_string(c->why));
+    json_object_set_new(m, "rank", rw_json_num(c->rank));
+    json_object_set_new(m, "rank_peak", rw_json_num(c->rank_peak));
+    json_object_set_new(m, "uniform", rw_json_num(c->uniform));
+    json_object_set_new(m, "collapse", rw_json_num(c->collapse));
+    send_msg(((run_ctx *)ud)->a, m);
+}
+
 static int hook_stop(void *ud)
 {
     run_ctx *r = ud;
@@ -534,7 +550,7 @@ static json_t *run_assignment(agent *a, json_t *m)
         rw_train_hooks hooks = {.ud = &r, .on_step = hook_step, .on_epoch = hook_epoch,
                                 .should_stop = hook_stop, .on_log = hook_log,
                                 .on_progress = hook_progress,
-                                .on_replay = hook_replay};
+                                .on_replay = hook_replay, .on_collapse = hook_collapse};
         /* bounded by the message's validation */
         json_t *se = json_object_get(m, "epochs_stored"), *ss = json_object_get(m, "steps_stored");
         rw_train_opts opts = {.out_dir = json_string_value(json_object_get(m, "out_dir")),
@@ -567,6 +583,11 @@ static json_t *run_assignment(agent *a, json_t *m)
         json_object_set_new(d, "linear_acc", rw_json_num(res.linear_acc));
         json_object_set_new(d, "align_last10", rw_json_num(res.align_last10));
         json_object_set_new(d, "uniform_last10", rw_json_num(res.uniform_last10));
+        if (res.collapsed.epoch > 0) { /* the alarm ended it: the job is collapsed */
+            json_object_set_new(d, "collapsed_epoch", json_integer(res.collapsed.epoch));
+            json_object_set_new(d, "collapsed", json_string(res.collapsed.why));
+            json_object_set_new(d, "rank_peak", rw_json_num(res.collapsed.rank_peak));
+        }
         return d;
     }
 }

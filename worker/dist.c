@@ -125,6 +125,11 @@ static int bcast_host(rw_dist *d, void *h, size_t bytes, char *err, size_t errle
     return rc;
 }
 
+int rw_dist_bcast_int(rw_dist *d, int *v, char *err, size_t errlen)
+{
+    return bcast_host(d, v, sizeof *v, err, errlen);
+}
+
 int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen)
 {
     rw_model *m = d->m;

@@ -26,6 +26,8 @@ void rw_dist_free(rw_dist *d);
 /* Broadcasts rank 0's model, teacher, running statistics, Adam state and
  * position (the job's start, or a resume on rank 0) to every rank. */
 int rw_dist_sync_state(rw_dist *d, rw_train_state *ts, char *err, size_t errlen);
+/* Rank 0's *v to every rank (a decision only rank 0 can take). 0 or -1. */
+int rw_dist_bcast_int(rw_dist *d, int *v, char *err, size_t errlen);
 /* Before each step's forward/backward pass: no bucket has left yet. */
 void rw_dist_step_begin(rw_dist *d);
 /* After it: averages the gradient buffer over the ranks (the buckets the

@@ -188,7 +188,10 @@ static int cmd_run(int argc, char **argv)
         printf("  knn %.1f%%", 100 * res.last.knn);
     if (!isnan(res.linear_acc))
         printf("  linear eval %.2f%%", 100 * res.linear_acc);
-    printf("\nweights: %s/weights.safetensors\n", out);
+    printf("\n");
+    if (res.collapsed.epoch > 0)
+        printf("collapsed: the collapse alarm stopped it (%s)\n", res.collapsed.why);
+    printf("weights: %s/weights.safetensors\n", out);
     return 0;
 }
 

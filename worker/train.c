@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "kernels/collective.h"
+#include "worker/collapse.h"
 #include "worker/dist.h"
 #include "worker/eval.h"
 #include "worker/model.h"
@@ -392,6 +393,21 @@ static int fold_unread(step_log *g, rw_stepper *sp, rw_dist *dist, int e, char *
     return n < 0 ? -1 : 0;
 }
 
+/* monitor.collapse at the end of the history's last epoch: rank 0 judges
+ * (it alone measures the rank) and tells the other ranks where it stops the
+ * job. 1: the job ends here, 0: it goes on, -1: the collective failed. */
+static int collapse_end(const rw_spec *spec, const rw_train_state *ts, const rw_train_hooks *lh,
+                        int lead, rw_dist *dist, int resumed, rw_train_result *res, char *err,
+                        size_t errlen)
+{
+    int stop = lead && rw_collapse_epoch_end(spec, ts->hist, ts->nhist, lh, resumed,
+                                             &res->collapsed);
+    if (dist && spec->monitor.collapse.action == RW_ALARM_STOP &&
+        rw_dist_bcast_int(dist, &stop, err, errlen) != 0)
+        return -1;
+    return stop;
+}
+
 int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
              const rw_train_hooks *hooks, rw_train_result *res, char *err, size_t errlen)
 {
@@ -555,10 +571,16 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
     };
     if (measure)
         logf_(lh, "optim.epochs 0: measuring the initialization over one pass, no training");
+    /* monitor.collapse: a resumed job that the alarm stopped trains no
+     * further (ts.epoch, unlike the history, every rank knows) */
+    int collapsed = 0;
+    if (!measure && ts.epoch > 0 && ts.batch == 0 &&
+        (collapsed = collapse_end(spec, &ts, lh, lead, dist, 1, res, err, errlen)) < 0)
+        goto done;
     /* checkpoint.every_minutes: the time of the last checkpoint (or start) */
     const double ckpt_every_s = ckpt[0] && !measure ? 60.0 * spec->checkpoint.every_minutes : 0;
     double last_ckpt = now_s();
-    for (int e = ts.epoch; e < epochs && ts.step < total; e++) {
+    for (int e = ts.epoch; e < epochs && ts.step < total && !collapsed; e++) {
         rw_stepper_seek(sp, e, ts.batch);
         double t0 = now_s();
         while (ts.step < total) {
@@ -712,6 +734,10 @@ int rw_train(const rw_spec *spec, kb_backend *be, const rw_train_opts *opts,
               rank, wi, knn, em.pairs_per_s);
         if (lh && lh->on_epoch)
             lh->on_epoch(lh->ud, &em);
+        if (!measure && (collapsed = collapse_end(spec, &ts, lh, lead, dist, 0, res, err,
+                                                  errlen)) < 0)
+            goto done;
+        last_epoch |= collapsed; /* its checkpoint and snapshot are the job's last */
         /* the last epoch's checkpoint is the job's record (resume into the
          * evaluation, export): a job does not end without it */
         if (ckpt[0] && last_epoch) {

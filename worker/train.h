@@ -27,6 +27,18 @@ typedef struct rw_metrics {
     double w_asym;      /* its antisymmetric share; NaN: none (rw_square_vs_identity) */
 } rw_metrics;
 
+/* The collapse alarm going off at an epoch's end (worker/collapse.h). */
+#define RW_COLLAPSE_WHY_MAX 512
+typedef struct rw_collapse_alarm {
+    int epoch;  /* the epoch it went off at; 0: it did not */
+    long step;
+    int stop;   /* 1: the job ends there (monitor.collapse.action stop); 0: a warning */
+    /* the values judged (rank_peak: the highest rank measured up to the
+     * epoch); NaN: not measured */
+    double rank, rank_peak, uniform, collapse;
+    char why[RW_COLLAPSE_WHY_MAX]; /* the thresholds crossed, for people */
+} rw_collapse_alarm;
+
 typedef struct rw_train_hooks {
     void *ud;
     void (*on_step)(void *ud, const rw_metrics *m);  /* every log.every_steps */
@@ -39,6 +51,8 @@ typedef struct rw_train_hooks {
     /* A resumed job's report from its checkpoint, made again (kind "step"
      * or "epoch"; rw_train_opts.replay); NULL: none are. */
     void (*on_replay)(void *ud, const rw_metrics *m, const char *kind);
+    /* The collapse alarm went off (after the epoch's on_epoch); NULL: not told. */
+    void (*on_collapse)(void *ud, const rw_collapse_alarm *a);
 } rw_train_hooks;
 
 typedef struct rw_train_result {
@@ -47,6 +61,7 @@ typedef struct rw_train_result {
     double uniform_last10; /* same for L_uniform */
     double linear_acc;     /* linear evaluation top-1 in [0,1]; NaN if skipped */
     int stopped;           /* 1 if should_stop ended it early */
+    rw_collapse_alarm collapsed; /* .epoch > 0: the collapse alarm ended it there */
 } rw_train_result;
 
 struct kb_comm;

@@ -211,7 +211,8 @@ int cmd_sphere(int n, char **a)
             g++;
         if (g == np)
             snprintf(pick[np++].title, sizeof pick[0].title, "%s", name);
-        if (strcmp(jstr(j, "state"), "done"))
+        /* a job the collapse alarm stopped has its weights too */
+        if (strcmp(jstr(j, "state"), "done") && strcmp(jstr(j, "state"), "collapsed"))
             continue;
         if (!pick[g].job || jint(j, "seed") < pick[g].seed) {
             pick[g].job = jint(j, "id");

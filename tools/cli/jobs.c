@@ -247,7 +247,8 @@ void print_grid_progress(const char *grid, const json_t *p)
 {
     if (!json_is_object(p))
         return;
-    static const char *const states[] = {"done", "running", "queued", "failed", "cancelled"};
+    static const char *const states[] = {"done", "running", "queued", "failed", "cancelled",
+                                         "collapsed"};
     printf("%s:", grid);
     const char *sep = " ";
     for (size_t k = 0; k < sizeof states / sizeof *states; k++) {
@@ -329,8 +330,9 @@ int cmd_ls(int argc, char **argv)
     json_array_foreach(json_object_get(r, "jobs"), i, v)
     {
         print_job_row(v);
-        /* why it failed, where only those are asked for */
-        if (state && !strcmp(state, "failed") && json_is_string(json_object_get(v, "error")))
+        /* why it failed (collapsed), where only those are asked for */
+        if (state && (!strcmp(state, "failed") || !strcmp(state, "collapsed")) &&
+            json_is_string(json_object_get(v, "error")))
             printf("       %s\n", jstr(v, "error"));
     }
     if (grid)
@@ -646,7 +648,8 @@ int cmd_requeue(const char *target)
     json_t *r = request(&c, m);
     long long n = jint(r, "requeued");
     printf("requeued %lld job%s%s\n", n, n == 1 ? "" : "s",
-           n ? " (each resumes from its checkpoint)" : ": none had failed or been cancelled");
+           n ? " (each resumes from its checkpoint)"
+             : ": none had failed or been cancelled (a collapsed job is not requeued)");
     json_decref(r);
     conn_close(&c);
     return 0;

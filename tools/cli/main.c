@@ -110,7 +110,7 @@ static const cli_flag submit_flags[] = {
     {"--dry-run", "-n", NULL, "list the jobs and how they differ; submit nothing"},
     {0}};
 static const cli_flag ls_flags[] = {
-    {"--state", NULL, "S", "only jobs in state S: queued, running, done, failed or cancelled"},
+    {"--state", NULL, "S", "only jobs in state S: queued, running, done, failed, cancelled or collapsed"},
     JSON_FLAG,
     {0}};
 static const cli_flag logs_flags[] = {
@@ -194,7 +194,8 @@ static const cli_cmd commands[] = {
      "baseline (the variant with optim.epochs 0) by Welch's t-test over the seeds, and marked\n"
      "only where two-sided p < 0.05: worse (text *, bold) when L_uniform(f) is higher or\n"
      "linear eval lower, better (text +, italic) the other way; a side with one seed (n=1) is\n"
-     "not compared. csv adds <m>_vs_baseline (worse, better, ns, n=1), <m>_p and acc_n.",
+     "not compared. Jobs the collapse alarm stopped count where they stopped, in a collapsed\n"
+     "column. csv adds <m>_vs_baseline (worse, better, ns, n=1), <m>_p, acc_n and collapsed.",
      1, -1, table_flags, cmd_table},
     {"metrics", "JOB|GRID...", "every epoch's metrics as CSV", NULL, 1, -1, metrics_flags,
      cmd_metrics},

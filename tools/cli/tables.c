@@ -149,6 +149,41 @@ static int any_w(const json_t *rows)
     return 0;
 }
 
+/* A variant with jobs the collapse alarm stopped: the `collapsed` column
+ * (their numbers are in the row, where they stopped). */
+static int any_collapsed(const json_t *rows)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(rows, i, v) if (jint(v, "collapsed") > 0) return 1;
+    return 0;
+}
+
+/* "2 at epoch 3", "2 at epochs 3-5": a row's jobs stopped by the collapse
+ * alarm and where; "-" for none. */
+static void collapsed_cell(char *out, size_t len, const json_t *row)
+{
+    long long n = jint(row, "collapsed"), lo = -1, hi = -1;
+    if (n <= 0) {
+        snprintf(out, len, "-");
+        return;
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(row, "collapsed_epochs"), i, e)
+    {
+        long long x = json_integer_value(e);
+        lo = lo < 0 || x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+    }
+    if (lo < 0)
+        snprintf(out, len, "%lld", n);
+    else if (lo == hi)
+        snprintf(out, len, "%lld at epoch %lld", n, lo);
+    else
+        snprintf(out, len, "%lld at epochs %lld-%lld", n, lo, hi);
+}
+
 /* One target as `one`, several as the list `many` (their jobs merged by
  * variant). */
 void set_targets(json_t *m, const char *one, const char *many, char *const *t, int nt)
@@ -181,12 +216,14 @@ void print_table(conn *c, char *const *grids, int ng)
         int len = (int)strlen(jstr(v, "variant"));
         w = len > w ? len : w;
     }
-    int ws = any_w(json_object_get(r, "rows"));
-    printf("%-*s %5s  %-24s %-20s %-18s %s%s\n", w, "variant", "n", "L_align(q.f)", "L_uniform(f)",
-           "rank(f)", ws ? "cos(W,I)             " : "", "linear eval top-1");
+    int ws = any_w(json_object_get(r, "rows")), wc = any_collapsed(json_object_get(r, "rows"));
+    printf("%-*s %5s  %-24s %-20s %-18s %s%-*s%s\n", w, "variant", "n", "L_align(q.f)",
+           "L_uniform(f)", "rank(f)", ws ? "cos(W,I)             " : "", wc ? 21 : 0,
+           "linear eval top-1", wc ? "collapsed" : "");
     json_array_foreach(json_object_get(r, "rows"), i, v)
     {
-        char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80], wi[64] = "", wic[72] = "";
+        char al[64], un[64], rk[64], acc[64], n[32], unm[80], accm[80], wi[64] = "", wic[72] = "",
+            col[64] = "", accc[96];
         pm(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, "");
         pm(un, sizeof un, v, "uniform_mean", "uniform_std", "n", "%+.3f", "%.3f", 1, "");
         pm(rk, sizeof rk, v, "rank_mean", "rank_std", "rank_n", "%.1f", "%.1f", 1, "");
@@ -199,11 +236,17 @@ void print_table(conn *c, char *const *grids, int ng)
         marked(unm, sizeof unm, un, v, "uniform", &text_marks);
         marked(accm, sizeof accm, acc, v, "acc", &text_marks);
         snprintf(n, sizeof n, "%lld/%lld", jint(v, "n"), jint(v, "jobs"));
-        printf("%-*s %5s  %-24s %-20s %-18s %s%s\n", w, jstr(v, "variant"), n, al, unm, rk, wic,
-               accm);
+        if (wc)
+            collapsed_cell(col, sizeof col, v);
+        pad_cols(accc, sizeof accc, accm, wc ? 21 : 0);
+        printf("%-*s %5s  %-24s %-20s %-18s %s%s%s\n", w, jstr(v, "variant"), n, al, unm, rk, wic,
+               accc, col);
     }
     print_legend(r, "", "* worse, + better");
     print_protocols(r, "");
+    if (wc)
+        printf("collapsed: jobs the collapse alarm stopped (monitor.collapse.action stop), "
+               "counted with their numbers where they stopped\n");
     json_decref(r);
 }
 
@@ -276,14 +319,14 @@ static void pm_tex(char *out, size_t len, const json_t *o, const char *mean, con
 static void print_table_tex(const json_t *r)
 {
     const json_t *rows = json_object_get(r, "rows");
-    int ws = any_w(rows);
+    int ws = any_w(rows), wc = any_collapsed(rows);
     printf("%% runaway table: mean \\pm std over seeds; n: seeds with numbers / jobs. "
            "Needs \\usepackage{booktabs}.\n");
-    printf("\\begin{tabular}{lc%s}\n\\toprule\n", ws ? "ccccc" : "cccc");
+    printf("\\begin{tabular}{lc%s%s}\n\\toprule\n", ws ? "ccccc" : "cccc", wc ? "c" : "");
     printf("variant & $n$ & $\\mathcal{L}_{\\mathrm{align}}(q \\circ f)$ & "
            "$\\mathcal{L}_{\\mathrm{uniform}}(f)$ & $\\mathrm{rank}(f)$ & %s"
-           "linear eval top-1 (\\%%) \\\\\n\\midrule\n",
-           ws ? "$\\cos(W, I)$ & " : "");
+           "linear eval top-1 (\\%%)%s \\\\\n\\midrule\n",
+           ws ? "$\\cos(W, I)$ & " : "", wc ? " & collapsed" : "");
     size_t i;
     json_t *v;
     json_array_foreach(rows, i, v)
@@ -303,8 +346,13 @@ static void print_table_tex(const json_t *r)
         pm_tex(wi, sizeof wi, v, "w_cos_i_mean", "w_cos_i_std", "w_cos_i_n", "%.3f", "%.3f", 1,
                NULL);
         pm_tex(acc, sizeof acc, v, "acc_mean", "acc_std", "acc_n", "%.2f", "%.2f", 100, "acc");
-        printf("%s & %lld/%lld & %s & %s & %s & %s%s%s \\\\\n", name, jint(v, "n"),
-               jint(v, "jobs"), al, un, rk, ws ? wi : "", ws ? " & " : "", acc);
+        char col[80] = "", cc[64];
+        if (wc) {
+            collapsed_cell(cc, sizeof cc, v);
+            snprintf(col, sizeof col, " & %s", cc);
+        }
+        printf("%s & %lld/%lld & %s & %s & %s & %s%s%s%s \\\\\n", name, jint(v, "n"),
+               jint(v, "jobs"), al, un, rk, ws ? wi : "", ws ? " & " : "", acc, col);
     }
     printf("\\bottomrule\n\\end{tabular}\n");
     print_legend(r, "% ", "Bold: worse, italic: better");
@@ -321,15 +369,17 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
         json_decref(r);
         return;
     }
-    int csv = !strcmp(fmt, "csv"), ws = any_w(json_object_get(r, "rows"));
+    int csv = !strcmp(fmt, "csv"), ws = any_w(json_object_get(r, "rows")),
+        wc = any_collapsed(json_object_get(r, "rows"));
     if (csv)
         printf("variant,n,jobs,align_mean,align_std,uniform_mean,uniform_std,linear_acc_mean,"
                "linear_acc_std,rank_mean,rank_std,w_cos_i_mean,w_cos_i_std,uniform_worse,"
                "acc_worse,uniform_vs_baseline,uniform_p,acc_vs_baseline,acc_p,acc_n,"
-               "linear_protocol\n");
+               "collapsed,linear_protocol\n");
     else
-        printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) |%s linear eval top-1 (%%) |\n"
-               "|---|---|---|---|---|%s---|\n", ws ? " cos(W,I) |" : "", ws ? "---|" : "");
+        printf("| variant | n | L_align(q.f) | L_uniform(f) | rank(f) |%s linear eval top-1 (%%) |"
+               "%s\n|---|---|---|---|---|%s---|%s\n", ws ? " cos(W,I) |" : "",
+               wc ? " collapsed |" : "", ws ? "---|" : "", wc ? "---|" : "");
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "rows"), i, v)
@@ -356,11 +406,11 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
             cell(ap, sizeof ap, v, "acc_p", 1);
             /* the protocol's words hold commas, never quotes */
             const char *lp = json_string_value(json_object_get(v, "linear_protocol"));
-            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld,%s%s%s\n",
+            printf("%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%lld,%lld,%s%s%s\n",
                    jstr(v, "variant"), jint(v, "n"), jint(v, "jobs"), am, as, um, us, cm, cs, rm,
                    rs, wm, wsd, uw, aw, jstr(v, "uniform_vs_baseline"), up,
-                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"), lp ? "\"" : "",
-                   lp ? lp : "", lp ? "\"" : "");
+                   jstr(v, "acc_vs_baseline"), ap, jint(v, "acc_n"), jint(v, "collapsed"),
+                   lp ? "\"" : "", lp ? lp : "", lp ? "\"" : "");
         } else {
             char al[64], un[64], rk[64], acc[64], unm[80], accm[80], wi[64], wic[72] = "";
             pm(al, sizeof al, v, "align_mean", "align_std", "n", "%.3e", "%.1e", 1, "");
@@ -375,8 +425,13 @@ static void print_table_as(conn *c, char *const *grids, int ng, const char *fmt)
             /* bold, as the paper highlights them; italic better */
             marked(unm, sizeof unm, un, v, "uniform", &markdown_marks);
             marked(accm, sizeof accm, acc, v, "acc", &markdown_marks);
-            printf("| %s | %lld/%lld | %s | %s | %s |%s %s |\n", jstr(v, "variant"), jint(v, "n"),
-                   jint(v, "jobs"), al, unm, rk, wic, accm);
+            char col[80] = "", cc[64];
+            if (wc) {
+                collapsed_cell(cc, sizeof cc, v);
+                snprintf(col, sizeof col, " %s |", cc);
+            }
+            printf("| %s | %lld/%lld | %s | %s | %s |%s %s |%s\n", jstr(v, "variant"),
+                   jint(v, "n"), jint(v, "jobs"), al, unm, rk, wic, accm, col);
         }
     }
     if (!csv) {

@@ -102,6 +102,10 @@ static void watch_event(watched *w, json_t *e)
                rw_json_get_num(e, "align"), rw_json_get_num(e, "uniform"),
                rw_json_get_num(e, "collapse"), rank, wi, knn, lin,
                rw_json_get_num(e, "pairs_per_s"), left);
+    } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "collapse")) {
+        int stop = !strcmp(jstr(e, "action"), "stop");
+        printf("j%-4lld collapse alarm: %s; %s\n", jint(e, "job"), jstr(e, "why"),
+               stop ? "stops the job (monitor.collapse.action stop)" : "training goes on");
     } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "daemon")) {
         printf("* %s\n", jstr(e, "text"));
     } else if (!strcmp(t, "event") && !strcmp(jstr(e, "kind"), "job")) {
@@ -120,7 +124,15 @@ static void watch_event(watched *w, json_t *e)
     json_decref(e);
 }
 
-/* 1 unless every job of w's target ended done (the daemon's view). */
+/* A job's end that is not a failure: done, or stopped by the collapse
+ * alarm (its numbers are where it stopped). */
+static int ended_well(const char *state)
+{
+    return !strcmp(state, "done") || !strcmp(state, "collapsed");
+}
+
+/* 1 unless every job of w's target ended done or collapsed (the daemon's
+ * view). */
 static int watch_outcome(watched *w)
 {
     int bad = 0;
@@ -132,13 +144,13 @@ static int watch_outcome(watched *w)
         json_t *m = req_new("ls");
         json_object_set_new(m, "grid", json_string(t));
         json_t *lr = request(&w->c, m);
-        json_array_foreach(json_object_get(lr, "jobs"), i, v) bad |= strcmp(jstr(v, "state"), "done") != 0;
+        json_array_foreach(json_object_get(lr, "jobs"), i, v) bad |= !ended_well(jstr(v, "state"));
         json_decref(lr);
     } else {
         json_t *m = req_new("show");
         json_object_set_new(m, "job", json_string(t));
         json_t *lr = request(&w->c, m);
-        bad = strcmp(jstr(json_object_get(lr, "job"), "state"), "done") != 0;
+        bad = !ended_well(jstr(json_object_get(lr, "job"), "state"));
         json_decref(lr);
     }
     return bad;
@@ -163,7 +175,7 @@ static void watch_reconnect(watched *w, int n, const char *why)
 
 /* Prints the targets' events, as they come, until each has its watch_end;
  * rides out a restart of runawayd. Returns 0 if every job of every target
- * ended done. */
+ * ended done or collapsed. */
 static int watch_all(watched *w, int n)
 {
     struct pollfd pf[RW_TARGETS_MAX];

@@ -54,7 +54,8 @@ static void usage(FILE *f)
             "      to try a spec of that data.kind\n"
             "  serve (--socket PATH | --tcp HOST:PORT --token-file F) [--slot N] [--device NAME]\n"
             "        [--backend auto|cpu|cuda] [--threads N] [--heartbeat S]\n"
-            "        [--host ADDR] [--collective-timeout S]\n"
+            "        [--host ADDR] [--collective-timeout S] [--stall-timeout S]\n"
+            "        [--reconnect S (another host's worker: keep trying S seconds)]\n"
             "      a daemon worker: takes jobs from runawayd (normally started by it)\n");
 }
 

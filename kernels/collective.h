@@ -72,6 +72,10 @@ double kb_comm_busy_s(const kb_comm *c);
 
 /* World of one: every call is a no-op (averaging over one rank). */
 kb_comm *kb_comm_single(void);
+/* World `world` in name only, this being rank `rank`: every call returns at
+ * once and sends nothing (a step's compute measured without its
+ * communication: runaway-bench --devices). NULL for a bad rank or world. */
+kb_comm *kb_comm_silent(int rank, int world);
 
 /* Gloo over TCP on `hostname` (the address peers reach this rank at;
  * "127.0.0.1" for one host). NULL with a reason when Gloo is not built in

@@ -218,6 +218,17 @@ Test(collective, single_is_noop)
     cr_assert(strstr(err, "root 1"), "%s", err);
     cr_assert_eq(c->barrier(c, err, sizeof err), 0);
     kb_comm_destroy(c);
+
+    /* a world in name only: rank 1 of 3 that sends nothing */
+    c = kb_comm_silent(1, 3);
+    cr_assert(c && c->rank == 1 && c->world == 3);
+    cr_assert_eq(c->allreduce(c, v, 3, KB_REDUCE_AVG, err, sizeof err), 0);
+    cr_assert(v[0] == 1.5f && v[1] == -2.0f && v[2] == 3.25f);
+    cr_assert_eq(c->broadcast(c, b, sizeof b, 2, err, sizeof err), 0);
+    cr_assert_eq(c->broadcast(c, b, sizeof b, 3, err, sizeof err), -1);
+    cr_assert(strstr(err, "root 3 outside world of 3"), "%s", err);
+    kb_comm_destroy(c);
+    cr_assert_null(kb_comm_silent(3, 3));
 }
 
 /* ---- allreduce ---- */
@@ -373,6 +384,14 @@ static void queued_body(rank_ctx *r)
         RANK_CHECK(r, bad == 0, "queued all-reduce %d: %zu of %zu wrong", b, bad, n[b]);
         free(v[b]);
     }
+    /* raw bf16 bits through the queue: the inner communicator's sum */
+    uint16_t h[3];
+    for (int i = 0; i < 3; i++)
+        h[i] = bf16_of((float)(i + r->rank));
+    RANK_CHECK(r, q->allreduce_bf16(q, h, 3, r->err, ERRLEN) == 0, "bf16: %s", r->err);
+    for (int i = 0; i < 3; i++)
+        RANK_CHECK(r, float_of(h[i]) == (float)(W * i + W * (W - 1) / 2), "bf16 sum %d: %g", i,
+                   float_of(h[i]));
     RANK_CHECK(r, kb_comm_busy_s(q) > 0, "no busy time counted");
 }
 

@@ -85,41 +85,6 @@ static int fs_get(void *ud, const char *key, void *buf, size_t cap, size_t *len,
     }
 }
 
-/* ------------------------------------ a communicator that sends nothing */
-
-static int none_allreduce(kb_comm *c, float *b, size_t n, kb_reduce_op op, char *e, size_t el)
-{
-    (void)c, (void)b, (void)n, (void)op, (void)e, (void)el;
-    return 0;
-}
-
-static int none_broadcast(kb_comm *c, void *b, size_t n, int root, char *e, size_t el)
-{
-    (void)c, (void)b, (void)n, (void)root, (void)e, (void)el;
-    return 0;
-}
-
-static int none_barrier(kb_comm *c, char *e, size_t el)
-{
-    (void)c, (void)e, (void)el;
-    return 0;
-}
-
-static void none_destroy(kb_comm *c) { free(c); }
-
-/* World `world` in name only: the step's compute with every collective
- * free, so it runs on a machine exactly as busy as the real run. */
-static kb_comm *comm_none(int rank, int world)
-{
-    kb_comm *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    *c = (kb_comm){.rank = rank, .world = world, .name = "none", .allreduce = none_allreduce,
-                   .broadcast = none_broadcast, .barrier = none_barrier,
-                   .destroy = none_destroy};
-    return c;
-}
-
 /* ------------------------------------------------------------ a rank */
 
 typedef struct dist_cfg {
@@ -148,7 +113,7 @@ static rank_out run_rank(const dist_cfg *c, int rank, int world, run_kind kind,
     kb_backend *be = kb_cpu_create(threads);
     kb_comm *comm = NULL;
     if (kind == RUN_NONE) {
-        comm = comm_none(rank, world);
+        comm = kb_comm_silent(rank, world);
     } else {
         kb_store st = {.ud = (void *)store_dir, .set = fs_set, .get = fs_get};
         kb_comm *g = kb_gloo_create(&st, rank, world, "127.0.0.1", 60000, err, sizeof err);

@@ -55,6 +55,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/optim.h"
+#include "kernels/cuda/emu/emu_cost.h"
 
 static kb_backend *cpu, *gpu;
 static char why[512];
@@ -887,6 +888,70 @@ Test(backend, bf16_bn)
     use_mode(KB_PREC_BF16);
     bn_suite(0, 5);
     bn_suite(1, 6);
+}
+
+/* The CUDA backend's batch norms read a feature map once where its slices
+ * fit in shared memory (kernels/cuda/norm_fused.cu, a cooperative launch)
+ * and in two launches elsewhere: the suites above run mostly the first on
+ * small shapes; these run every shape through the second. */
+Test(backend, bn_two_launches)
+{
+    NEED_GPU();
+    setenv("RW_CUDA_BN_FUSE", "0", 1);
+    bn_suite(0, 7);
+    use_mode(KB_PREC_BF16);
+    bn_suite(0, 8);
+    unsetenv("RW_CUDA_BN_FUSE");
+}
+
+/* On the emulator (kernels/cuda/emu), which counts every launch by name:
+ * a layer-sized batch norm is fused, forward and backward; with
+ * RW_CUDA_BN_FUSE=0, not. A GPU build has no counts: nothing to check. */
+#pragma weak emu_cost_read
+#pragma weak emu_cost_reset
+
+static long emu_calls(const char *name)
+{
+    emu_cost rows[128];
+    const int n = emu_cost_read(rows, 128);
+    for (int i = 0; i < n && i < 128; i++)
+        if (strcmp(rows[i].name, name) == 0)
+            return rows[i].calls;
+    return 0;
+}
+
+static void fused_bn_once(void)
+{
+    const int N = 8, C = 16, HW = 36, groups = 2;
+    pair x = bn_tensor(N, C, HW, 0, -0.5f, 2.0f), gamma = pair_rand(C, 0.5f, 1.5f);
+    pair beta = pair_rand(C, -0.5f, 0.5f), rm = pair_rand(C, -1, 1), rv = pair_rand(C, 0.5f, 2);
+    pair sm = pair_new((size_t)groups * C), si = pair_new((size_t)groups * C);
+    pair y = bn_out(N, C, HW, 0), dy = bn_tensor(N, C, HW, 0, -1, 1), dx = bn_out(N, C, HW, 0);
+    pair dg = pair_rand(C, -1, 1), db = pair_rand(C, -1, 1);
+    bn_pair b = bn_pair_of(N, C, HW, groups, 0, 1, gamma, beta, &rm, &rv, sm, si);
+    gpu->bn_forward(gpu, &b.g, x.g, NULL, 0, NULL, y.g);
+    gpu->bn_backward(gpu, &b.g, x.g, NULL, dy.g, NULL, dg.g, db.g, dx.g, NULL);
+    gpu->sync(gpu);
+    pairs_free();
+}
+
+Test(backend, bn_fused_where_it_fits)
+{
+    NEED_GPU();
+    if (!emu_cost_read || !emu_cost_reset)
+        cr_skip_test("a GPU build: launches are not counted");
+    use_mode(KB_PREC_BF16);
+    emu_cost_reset();
+    fused_bn_once();
+    cr_expect_eq(emu_calls("kb_bn_fused_fwd_kernel"), 1);
+    cr_expect_eq(emu_calls("kb_bn_fused_bwd_kernel"), 1);
+    cr_expect_eq(emu_calls("kb_bn_reduce_kernel"), 0);
+    setenv("RW_CUDA_BN_FUSE", "0", 1);
+    emu_cost_reset();
+    fused_bn_once();
+    unsetenv("RW_CUDA_BN_FUSE");
+    cr_expect_eq(emu_calls("kb_bn_fused_fwd_kernel"), 0);
+    cr_expect_eq(emu_calls("kb_bn_reduce_kernel"), 2);
 }
 
 /* ---- activations and pooling ---- */

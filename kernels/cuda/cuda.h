@@ -104,6 +104,12 @@ typedef struct kb_cuda {
     int tf32;              /* tensor-core TF32 for convolutions and GEMMs */
     kb_precision precision; /* what set_precision put in effect */
     int sms;               /* multiprocessors, to size grids */
+    /* Cooperative launches (all blocks resident at once, so that they can
+     * wait for each other) and the shared memory a block and a
+     * multiprocessor may hold: what the one-read batch norms of
+     * norm_fused.cu need. coop 0: never fused. */
+    int coop;
+    size_t smem_block, smem_sm;
     cudaStream_t stream;   /* the queue in use: ops run here, in call order */
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
@@ -222,6 +228,69 @@ static inline size_t kb_cuda_fmap_bytes(const kb_cuda *impl, long N, int C, long
 {
     return (size_t)N * HW * kb_cuda_cpad(impl, C) * kb_cuda_esize(impl);
 }
+
+/* ---- cooperative launches (norm_fused.cu) ----
+ * KB_CUDA_COOP_LAUNCH(kernel, grid, block, smem, stream, args...) launches
+ * a kernel whose blocks are all resident at once (the launch fails
+ * otherwise), so that they may wait for one another at kb_grid_sync; a
+ * CUDA graph captures it like any launch. kb_dyn_smem() is the block's
+ * dynamic shared memory. The emulator runs such a grid phase by phase:
+ * every block up to its next grid barrier, in block order -- so a static
+ * __shared__ variable (one copy there) must not carry a value across a
+ * grid barrier; the dynamic shared memory is the block's own. */
+#ifdef KB_CUDA_EMU
+#define KB_CUDA_COOP_LAUNCH(kern, grid, block, smem, queue, ...)               \
+    emu_launch_coop(#kern, dim3(grid), dim3(block), (size_t)(smem), [=] { kern(__VA_ARGS__); })
+static inline unsigned char *kb_dyn_smem(void) { return emu_dyn_smem(); }
+/* the barrier's counter is the real GPU's; the emulator schedules instead */
+static inline void kb_grid_sync(unsigned *, unsigned, unsigned) { emu_grid_sync(); }
+static inline void kb_grid_done(unsigned *, unsigned) {}
+#else
+#define KB_CUDA_COOP_LAUNCH(kern, grid, block, smem, queue, ...)               \
+    do {                                                                       \
+        cudaLaunchConfig_t cfg_ = {};                                          \
+        cudaLaunchAttribute at_[1];                                            \
+        at_[0].id = cudaLaunchAttributeCooperative;                            \
+        at_[0].val.cooperative = 1;                                            \
+        cfg_.gridDim = dim3(grid);                                             \
+        cfg_.blockDim = dim3(block);                                           \
+        cfg_.dynamicSmemBytes = (size_t)(smem);                                \
+        cfg_.stream = (queue);                                                 \
+        cfg_.attrs = at_;                                                      \
+        cfg_.numAttrs = 1;                                                     \
+        KB_CUDA(cudaLaunchKernelEx(&cfg_, kern, __VA_ARGS__));                 \
+    } while (0)
+static __device__ __forceinline__ unsigned char *kb_dyn_smem(void)
+{
+    extern __shared__ __align__(16) unsigned char kb_dyn_smem_[];
+    return kb_dyn_smem_;
+}
+/* Grid barrier number `round` (1, 2, ...) of a cooperative grid of
+ * `blocks` blocks on a counter that is zero at the launch: each block adds
+ * one and waits for round x blocks arrivals. */
+static __device__ __forceinline__ void kb_grid_sync(unsigned *bar, unsigned round,
+                                                    unsigned blocks)
+{
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence(); /* this block's writes before its arrival */
+        atomicAdd(bar, 1u);
+        while (*(volatile unsigned *)bar < round * blocks)
+            __nanosleep(64);
+        __threadfence(); /* the others' writes after their arrivals */
+    }
+    __syncthreads();
+}
+/* After the last of `rounds` barriers: the counter back to zero for the
+ * next launch, by the last block to arrive once more (every block has
+ * left the last barrier by then). */
+static __device__ __forceinline__ void kb_grid_done(unsigned *bar, unsigned rounds)
+{
+    if (threadIdx.x == 0 &&
+        atomicAdd(bar, 1u) == (rounds + 1) * (gridDim.x * gridDim.y) - 1)
+        *bar = 0;
+}
+#endif
 
 /* ---- device helpers shared by the .cu files ---- */
 

@@ -31,6 +31,12 @@ void emu_sync(void);
  * just before (KB_CUDA_BYTES -> emu_launch_bytes), or none (emu_cost.h). */
 void emu_launch(const char *name, dim3 g, dim3 b, std::function<void()> f);
 void emu_launch_bytes(double bytes);
+/* A cooperative launch (KB_CUDA_COOP_LAUNCH, kernels/cuda/cuda.h): every
+ * block up to its next emu_grid_sync, in block order, then the next phase;
+ * each block has its own smem bytes of dynamic shared memory. */
+void emu_launch_coop(const char *name, dim3 g, dim3 b, size_t smem, std::function<void()> f);
+void emu_grid_sync(void);
+unsigned char *emu_dyn_smem(void);
 static inline void __syncthreads(void) { emu_sync(); }
 double emu_shfl_d(double v, int o);
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return emu_shfl_d(v, o); }
@@ -52,7 +58,28 @@ struct cudaDeviceProp { char name[256]; int multiProcessorCount, major, minor; }
 static inline const char *cudaGetErrorString(cudaError_t e) { return e == 900 ? "operation not permitted when stream is capturing" : e == 901 ? "capture invalidated" : e ? "emu error" : "no error"; }
 static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return 0; }
 static inline cudaError_t cudaSetDevice(int) { return 0; }
-static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) { strcpy(p->name, "emu"); p->multiProcessorCount = 1; p->major = 9; p->minor = 0; return 0; }
+/* EMU_SMS multiprocessors (default 4: grids of a few blocks, so that the
+ * suites exercise the cooperative kernels); shared memory as an H100's. */
+static inline int emu_sms(void) { const char *e = getenv("EMU_SMS"); return e && atoi(e) > 0 ? atoi(e) : 4; }
+static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) { strcpy(p->name, "emu"); p->multiProcessorCount = emu_sms(); p->major = 9; p->minor = 0; return 0; }
+enum cudaDeviceAttr { cudaDevAttrCooperativeLaunch = 95, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81 };
+static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int)
+{
+    *v = a == cudaDevAttrCooperativeLaunch ? 1 : a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 232448 : 233472;
+    return 0;
+}
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return 0; }
+/* Blocks of `threads` with `smem` dynamic bytes one multiprocessor holds,
+ * as an H100's: 2048 threads, 228 KB of shared memory, each block's static
+ * arrays (8 KB, norm_fused.cu's) and 1 KB reserved besides. */
+template <class F> static inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, F, int threads, size_t smem)
+{
+    const size_t per = smem + 8192 + 1024;
+    int by_smem = (int)(233472 / per), by_threads = 2048 / (threads > 0 ? threads : 1);
+    *n = by_smem < by_threads ? by_smem : by_threads;
+    return 0;
+}
 static inline cudaError_t cudaGetLastError(void) { return 0; }
 static inline cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *f = (size_t)8 << 30; *t = (size_t)16 << 30; return 0; }
 static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, int) { *s = (void *)1; return 0; }

@@ -5,7 +5,7 @@
 uint3e threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 namespace {
-struct th { ucontext_t ctx; bool done; bool at_barrier; };
+struct th { ucontext_t ctx; bool done; bool at_barrier; bool at_grid; };
 std::vector<th> ths;
 std::vector<char *> stacks;
 ucontext_t sched;
@@ -16,6 +16,15 @@ double shfl_buf[1024];
 void entry(void) { (*body)(); ths[cur].done = true; swapcontext(&ths[cur].ctx, &sched); }
 }
 void emu_sync(void) { ths[cur].at_barrier = true; swapcontext(&ths[cur].ctx, &sched); }
+static bool coop_running;
+static unsigned char *dsmem_cur;
+void emu_grid_sync(void)
+{
+    if (!coop_running) { fprintf(stderr, "emu: grid barrier outside a cooperative launch\n"); abort(); }
+    ths[cur].at_grid = true;
+    swapcontext(&ths[cur].ctx, &sched);
+}
+unsigned char *emu_dyn_smem(void) { return dsmem_cur; }
 static void emu_warp_yield(void) { swapcontext(&ths[cur].ctx, &sched); }
 double emu_shfl_d(double v, int o)
 {
@@ -74,6 +83,72 @@ static void emu_run(dim3 g, dim3 b, std::function<void()> f)
         }
 }
 
+/* A cooperative grid: every thread of every block a coroutine at once.
+ * Phase by phase, each block in turn runs (its __syncthreads as in
+ * emu_run) until all its live threads wait at the grid barrier or are
+ * done; when every block is there, the barrier opens. */
+static void emu_run_coop(dim3 g, dim3 b, size_t smem, std::function<void()> f)
+{
+    gridDim = g;
+    blockDim = b;
+    body = &f;
+    const unsigned nt = b.x * b.y * b.z, nb = g.x * g.y, total = nt * nb;
+    if (nt > 1024 || nt == 0 || nb == 0) { fprintf(stderr, "emu: bad cooperative launch %u %u\n", nb, nt); abort(); }
+    while (stacks.size() < total) stacks.push_back((char *)malloc(STACK));
+    ths.resize(total);
+    std::vector<std::vector<unsigned char>> dsm(nb, std::vector<unsigned char>(smem ? smem : 1));
+    for (unsigned t = 0; t < total; t++) {
+        getcontext(&ths[t].ctx);
+        ths[t].ctx.uc_stack.ss_sp = stacks[t];
+        ths[t].ctx.uc_stack.ss_size = STACK;
+        ths[t].ctx.uc_link = NULL;
+        ths[t].done = ths[t].at_barrier = ths[t].at_grid = false;
+        makecontext(&ths[t].ctx, entry, 0);
+    }
+    coop_running = true;
+    for (;;) {
+        int live_all = 0;
+        for (unsigned blk = 0; blk < nb; blk++) {
+            const unsigned base = blk * nt;
+            dsmem_cur = dsm[blk].data();
+            for (;;) {
+                int ran = 0, live = 0, waiting = 0;
+                for (unsigned t = 0; t < nt; t++) {
+                    th &h = ths[base + t];
+                    if (h.done || h.at_barrier || h.at_grid) continue;
+                    cur = (int)(base + t);
+                    threadIdx = {t, 0, 0};
+                    blockIdx = {blk % g.x, blk / g.x, 0};
+                    swapcontext(&sched, &h.ctx);
+                    ran++;
+                }
+                int at_grid = 0;
+                for (unsigned t = 0; t < nt; t++) {
+                    th &h = ths[base + t];
+                    if (h.done) continue;
+                    live++;
+                    if (h.at_barrier) waiting++;
+                    if (h.at_grid) at_grid++;
+                }
+                if (live == 0 || at_grid == live) break;
+                if (at_grid) { fprintf(stderr, "emu: threads of one block at different barriers\n"); abort(); }
+                if (waiting == live) {
+                    for (unsigned t = 0; t < nt; t++) ths[base + t].at_barrier = false;
+                    if (live != (int)nt) { fprintf(stderr, "emu: __syncthreads after some threads exited\n"); abort(); }
+                    continue;
+                }
+                if (ran == 0) { fprintf(stderr, "emu: deadlock\n"); abort(); }
+            }
+            for (unsigned t = 0; t < nt; t++) live_all += !ths[base + t].done;
+        }
+        if (live_all == 0) break;
+        if (live_all != (int)total) { fprintf(stderr, "emu: grid barrier after some threads exited\n"); abort(); }
+        for (unsigned t = 0; t < total; t++) ths[t].at_grid = false;
+    }
+    coop_running = false;
+    dsmem_cur = NULL;
+}
+
 /* ---- stream ops, their counts (emu_cost.h) and stream capture ---- */
 #include <map>
 #include <string>
@@ -96,6 +171,9 @@ void run_op(const emu_op &op)
 {
     if (op.name) {
         cost &c = costs[op.name];
+        static const int trace = getenv("EMU_TRACE") != nullptr;
+        if (trace)
+            fprintf(stderr, "op %-36s %12.0f\n", op.name, op.bytes);
         c.calls++;
         if (op.bytes < 0)
             c.undeclared++;
@@ -112,6 +190,12 @@ void emu_launch(const char *name, dim3 g, dim3 b, std::function<void()> f)
     const double bytes = next_bytes;
     next_bytes = -1; /* one declaration, one launch */
     emu_enqueue_op(name, bytes, [=] { emu_run(g, b, f); });
+}
+void emu_launch_coop(const char *name, dim3 g, dim3 b, size_t smem, std::function<void()> f)
+{
+    const double bytes = next_bytes;
+    next_bytes = -1;
+    emu_enqueue_op(name, bytes, [=] { emu_run_coop(g, b, smem, f); });
 }
 void emu_enqueue_op(const char *name, double bytes, std::function<void()> f)
 {

@@ -11,6 +11,10 @@
 # tools/device-check's job on a GPU. Stream capture is emulated too: ops
 # are recorded instead of run, and what a GPU refuses inside a capture (a
 # host wait, an allocation, a copy from pageable memory) fails it.
+# Cooperative launches (KB_CUDA_COOP_LAUNCH) run phase by phase between
+# grid barriers; the emulated device has EMU_SMS multiprocessors (default 4,
+# so that small tensors take the one-read batch norms) and an H100's shared
+# memory.
 #
 #   kernels/cuda/emu/run.sh [BUILD_DIR] [criterion options...]
 #   (BUILD_DIR: a meson build of this tree, default build-cuda; the suites'

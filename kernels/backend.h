@@ -37,6 +37,7 @@ typedef struct kb_conv kb_conv;     /* opaque per-shape plan (primitives, algos)
 typedef struct kb_graph kb_graph;   /* opaque captured sequence of ops */
 typedef struct kb_stamp kb_stamp;   /* opaque point in the backend's queue (timing) */
 typedef struct kb_mirror kb_mirror; /* opaque copy of the weights in the ops' own form */
+struct kb_comm;                     /* kernels/collective.h */
 typedef struct kb_adam_consts kb_adam_consts; /* kernels/optim.h */
 
 /* Math of convolutions and GEMMs, and the element type of CUDA's feature
@@ -240,6 +241,28 @@ struct kb_backend {
     void (*side_begin)(kb_backend *be);
     void (*side_end)(kb_backend *be);
     void (*side_join)(kb_backend *be);
+
+    /* ---- collectives in the queue; NULL where the backend has none (the
+     * CPU's communicators run on threads of their own: collective.h) ----
+     * Over a communicator of the backend's kind (c->device_memory: NCCL on
+     * the CUDA backend; -1 for any other, nothing queued), in order with
+     * the ops, so a captured graph holds them: comm_allreduce queues an
+     * all-reduce of n floats of buf (backend memory, untouched until the
+     * join) after everything queued before it, on a communication queue
+     * beside the ops that follow; avg divides the sum by the world; bf16
+     * sends bf16 (rounded from buf, each partial sum rounded to bf16 as
+     * NCCL's ring adds, then back to fp32, the average divided in fp32),
+     * within comm_reserve's room. comm_join makes the ops queued after it
+     * wait for every all-reduce queued before. comm_wait waits for the whole
+     * queue with the communicator's deadline: a dead or hung peer is an
+     * error (the communicator aborted), never a hang. All 0 or -1, err
+     * saying why; a failure inside the queue shows at comm_wait. */
+    int (*comm_reserve)(kb_backend *be, struct kb_comm *c, size_t bf16_floats, char *err,
+                        size_t errlen);
+    int (*comm_allreduce)(kb_backend *be, struct kb_comm *c, float *buf, size_t n, int avg,
+                          int bf16);
+    void (*comm_join)(kb_backend *be);
+    int (*comm_wait)(kb_backend *be, struct kb_comm *c, char *err, size_t errlen);
 
     /* ---- timing (kernels/profile.h); NULL where unsupported ----
      * A stamp records when the backend's queue reaches it: on the CPU, whose

@@ -110,6 +110,9 @@ typedef struct kb_cuda {
      * norm_fused.cu need. coop 0: never fused. */
     int coop;
     size_t smem_block, smem_sm;
+    /* The communicator of the last all-reduce queued (comm_allreduce,
+     * nccl.cu), which comm_join joins. */
+    struct kb_comm *comm_last;
     cudaStream_t stream;   /* the queue in use: ops run here, in call order */
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
@@ -206,6 +209,7 @@ static inline unsigned kb_cuda_blocks(const kb_cuda *impl, size_t n, int threads
 
 void kb_cuda_conv_init(kb_backend *be);
 void kb_cuda_norm_init(kb_backend *be);
+void kb_cuda_comm_init(kb_backend *be);
 void kb_cuda_ops_init(kb_backend *be);
 void kb_cuda_loss_init(kb_backend *be);
 void kb_cuda_fmap_init(kb_backend *be);

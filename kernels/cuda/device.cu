@@ -741,6 +741,7 @@ extern "C" kb_backend *kb_cuda_create(int device, char *err, size_t errlen)
     be->scale = cuda_scale;
     kb_cuda_conv_init(be);
     kb_cuda_norm_init(be);
+    kb_cuda_comm_init(be);
     kb_cuda_ops_init(be);
     kb_cuda_loss_init(be);
     kb_cuda_fmap_init(be);

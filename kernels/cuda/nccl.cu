@@ -1,13 +1,25 @@
-/* Collectives for CUDA workers on NCCL (kernels/collective.h).
+/* Collectives for CUDA workers on NCCL (kernels/collective.h), and the
+ * backend's queued all-reduces over them (kb_backend.comm_*).
  *
  * The communicator is non-blocking (ncclConfig_t.blocking = 0) so that every
  * call can be watched with a deadline: initialization and each operation
  * poll ncclCommGetAsyncError / cudaStreamQuery, and past the communicator's
  * timeout the communicator is aborted, which turns a dead or hung peer into
- * an error instead of a hang. Operations run on the communicator's own
- * stream after a device synchronization, so they follow everything the
- * backend queued (its stream is private to it) and complete before the call
- * returns: the training step sees finished buffers. */
+ * an error instead of a hang.
+ *
+ * The blocking calls (allreduce, broadcast, barrier) run on the
+ * communicator's own stream after a device synchronization, so they follow
+ * everything the backend queued and complete before the call returns.
+ *
+ * The queued ones (comm_allreduce) wait for the backend's queue with an
+ * event, run on the communicator's stream beside the ops queued after them,
+ * and join back at comm_join: the gradient's buckets leave while the
+ * backward pass goes on, and a CUDA graph captures all of it (the stream
+ * joins the capture through the event; NCCL operations are capturable).
+ * bf16 on the wire: a kernel rounds the bucket into a staging buffer, NCCL
+ * sums bf16 (rounding each partial sum), a kernel widens it back and
+ * divides the average in fp32. comm_wait watches the backend's queue with
+ * the communicator's deadline. */
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -15,6 +27,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "kernels/cuda/cuda.h"
 
 extern "C" {
 #include "kernels/collective.h"
@@ -28,6 +42,11 @@ typedef struct nccl_impl {
     int broken;
     kb_comm *self; /* its broken flag is the public copy of ours */
     float *one; /* device scratch for barrier */
+    /* queued all-reduces: the backend's queue reached (ready), this
+     * stream's work done (done); bf16 staging of stage_n values */
+    cudaEvent_t ready, done;
+    uint16_t *stage;
+    size_t stage_n;
     char first_error[256];
 } nccl_impl;
 
@@ -50,9 +69,10 @@ static int fail(nccl_impl *x, char *err, size_t errlen, const char *what, const 
     return -1;
 }
 
-/* Waits for the queued operation (or, with stream 0, for init) to finish,
- * watching for asynchronous NCCL errors and the deadline. */
-static int wait_done(nccl_impl *x, const char *what, int check_stream, char *err, size_t errlen)
+/* Waits until `s` (NULL: only initialization) has run everything queued
+ * on it, watching for asynchronous NCCL errors and the deadline. */
+static int wait_done(nccl_impl *x, const char *what, cudaStream_t s, int check_stream, char *err,
+                     size_t errlen)
 {
     double deadline = now_ms() + x->timeout_ms;
     for (;;) {
@@ -67,11 +87,11 @@ static int wait_done(nccl_impl *x, const char *what, int check_stream, char *err
         if (async == ncclSuccess) {
             if (!check_stream)
                 return 0;
-            cudaError_t s = cudaStreamQuery(x->stream);
-            if (s == cudaSuccess)
+            cudaError_t st = cudaStreamQuery(s);
+            if (st == cudaSuccess)
                 return 0;
-            if (s != cudaErrorNotReady)
-                return fail(x, err, errlen, what, cudaGetErrorString(s));
+            if (st != cudaErrorNotReady)
+                return fail(x, err, errlen, what, cudaGetErrorString(st));
         }
         if (now_ms() > deadline) {
             ncclCommAbort(x->comm);
@@ -111,7 +131,7 @@ static int nccl_allreduce(kb_comm *c, float *buf, size_t n, kb_reduce_op op, cha
                                    x->comm, x->stream);
     if (r != ncclSuccess && r != ncclInProgress)
         return fail(x, err, errlen, "allreduce", ncclGetErrorString(r));
-    return wait_done(x, "allreduce", 1, err, errlen);
+    return wait_done(x, "allreduce", x->stream, 1, err, errlen);
 }
 
 static int nccl_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *err,
@@ -129,7 +149,7 @@ static int nccl_broadcast(kb_comm *c, void *buf, size_t bytes, int root, char *e
     ncclResult_t r = ncclBroadcast(buf, buf, bytes, ncclUint8, root, x->comm, x->stream);
     if (r != ncclSuccess && r != ncclInProgress)
         return fail(x, err, errlen, "broadcast", ncclGetErrorString(r));
-    return wait_done(x, "broadcast", 1, err, errlen);
+    return wait_done(x, "broadcast", x->stream, 1, err, errlen);
 }
 
 static int nccl_barrier(kb_comm *c, char *err, size_t errlen)
@@ -148,6 +168,12 @@ static void nccl_destroy(kb_comm *c)
         ncclCommDestroy(x->comm);
     if (x->one)
         cudaFree(x->one);
+    if (x->stage)
+        cudaFree(x->stage);
+    if (x->ready)
+        cudaEventDestroy(x->ready);
+    if (x->done)
+        cudaEventDestroy(x->done);
     cudaStreamDestroy(x->stream);
     free(x);
     free(c);
@@ -194,8 +220,14 @@ extern "C" kb_comm *kb_nccl_create(const kb_store *store, int rank, int world, i
     x->timeout_ms = timeout_ms;
     x->self = c;
     if (cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaMalloc(&x->one, sizeof(float)) != cudaSuccess) {
+        cudaMalloc(&x->one, sizeof(float)) != cudaSuccess ||
+        cudaEventCreateWithFlags(&x->ready, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&x->done, cudaEventDisableTiming) != cudaSuccess) {
         snprintf(err, errlen, "nccl: cannot create a stream on GPU %d", device);
+        if (x->ready)
+            cudaEventDestroy(x->ready);
+        if (x->one)
+            cudaFree(x->one);
         if (x->stream)
             cudaStreamDestroy(x->stream);
         free(c);
@@ -206,13 +238,15 @@ extern "C" kb_comm *kb_nccl_create(const kb_store *store, int rank, int world, i
     cfg.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&x->comm, world, id, rank, &cfg);
     if ((r != ncclSuccess && r != ncclInProgress) ||
-        wait_done(x, "init", 0, err, errlen) != 0) {
+        wait_done(x, "init", NULL, 0, err, errlen) != 0) {
         if (r != ncclSuccess && r != ncclInProgress)
             snprintf(err, errlen, "nccl init (rank %d of %d): %s", rank, world,
                      ncclGetErrorString(r));
         if (x->comm)
             ncclCommAbort(x->comm);
         cudaFree(x->one);
+        cudaEventDestroy(x->ready);
+        cudaEventDestroy(x->done);
         cudaStreamDestroy(x->stream);
         free(c);
         free(x);
@@ -228,4 +262,145 @@ extern "C" kb_comm *kb_nccl_create(const kb_store *store, int rank, int world, i
     c->destroy = nccl_destroy;
     c->device_memory = 1;
     return c;
+}
+
+/* ---- the backend's queued all-reduces (kb_backend.comm_*) ---- */
+
+__global__ void kb_wire_pack_kernel(const float *src, uint16_t *dst, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = (uint16_t)kb_f_to_bf16(src[i]);
+}
+
+__global__ void kb_wire_unpack_kernel(const uint16_t *src, float *dst, size_t n, int divide_by)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float v = kb_bf16_to_f(src[i]);
+        dst[i] = divide_by > 1 ? v / (float)divide_by : v;
+    }
+}
+
+static int is_nccl(const kb_comm *c) { return c && c->device_memory && c->destroy == nccl_destroy; }
+
+/* A non-blocking communicator's call may still be under way: its result. */
+static ncclResult_t settle(nccl_impl *x, ncclResult_t r)
+{
+    const double deadline = now_ms() + x->timeout_ms;
+    while (r == ncclInProgress) {
+        ncclResult_t async = ncclSuccess;
+        if (ncclCommGetAsyncError(x->comm, &async) != ncclSuccess)
+            return ncclInternalError;
+        r = async;
+        if (r == ncclInProgress && now_ms() > deadline)
+            return ncclInternalError;
+        if (r == ncclInProgress)
+            usleep(20);
+    }
+    return r;
+}
+
+static int cuda_comm_reserve(kb_backend *be, kb_comm *c, size_t n, char *err, size_t errlen)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!is_nccl(c)) {
+        snprintf(err, errlen, "the CUDA backend queues collectives over NCCL only, not %s",
+                 c ? c->name : "none");
+        return -1;
+    }
+    nccl_impl *x = (nccl_impl *)c->impl;
+    if (n <= x->stage_n)
+        return 0;
+    if (kb_cuda_capture_refuse(impl, "a bf16 staging buffer grown"))
+        return -1;
+    uint16_t *p = NULL;
+    if (cudaMalloc((void **)&p, n * sizeof *p) != cudaSuccess) {
+        snprintf(err, errlen, "nccl: no GPU memory for %zu bf16 values of staging", n);
+        return -1;
+    }
+    if (x->stage)
+        cudaFree(x->stage);
+    x->stage = p;
+    x->stage_n = n;
+    return 0;
+}
+
+static int cuda_comm_allreduce(kb_backend *be, kb_comm *c, float *buf, size_t n, int avg,
+                               int bf16)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!is_nccl(c))
+        return -1;
+    nccl_impl *x = (nccl_impl *)c->impl;
+    char err[sizeof x->first_error];
+    if (x->broken)
+        return -1;
+    if (n == 0)
+        return 0;
+    if (bf16 && n > x->stage_n)
+        return fail(x, err, sizeof err, "allreduce", "bf16 staging smaller than the bucket");
+    /* after everything queued so far; the ops queued next go on beside it */
+    KB_CUDA(cudaEventRecord(x->ready, impl->stream));
+    KB_CUDA(cudaStreamWaitEvent(x->stream, x->ready, 0));
+    ncclResult_t r;
+    if (!bf16) {
+        r = ncclAllReduce(buf, buf, n, ncclFloat32, avg ? ncclAvg : ncclSum, x->comm, x->stream);
+    } else {
+        const unsigned blocks = kb_cuda_blocks(impl, n, 256);
+        KB_CUDA_BYTES(6.0 * n);
+        kb_wire_pack_kernel<<<blocks, 256, 0, x->stream>>>(buf, x->stage, n);
+        KB_CUDA_LAUNCHED();
+        r = ncclAllReduce(x->stage, x->stage, n, ncclBfloat16, ncclSum, x->comm, x->stream);
+        if (r == ncclSuccess || r == ncclInProgress) {
+            KB_CUDA_BYTES(6.0 * n);
+            kb_wire_unpack_kernel<<<blocks, 256, 0, x->stream>>>(x->stage, buf, n,
+                                                                 avg ? c->world : 1);
+            KB_CUDA_LAUNCHED();
+        }
+    }
+    r = settle(x, r);
+    if (r != ncclSuccess)
+        return fail(x, err, sizeof err, "queued allreduce", ncclGetErrorString(r));
+    impl->comm_last = c;
+    return 0;
+}
+
+static void cuda_comm_join(kb_backend *be)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!impl->comm_last)
+        return;
+    nccl_impl *x = (nccl_impl *)impl->comm_last->impl;
+    KB_CUDA(cudaEventRecord(x->done, x->stream));
+    KB_CUDA(cudaStreamWaitEvent(impl->stream, x->done, 0));
+}
+
+static int cuda_comm_wait(kb_backend *be, kb_comm *c, char *err, size_t errlen)
+{
+    kb_cuda *impl = kb_cuda_enter(be);
+    if (!is_nccl(c)) {
+        snprintf(err, errlen, "the CUDA backend queues collectives over NCCL only, not %s",
+                 c ? c->name : "none");
+        return -1;
+    }
+    nccl_impl *x = (nccl_impl *)c->impl;
+    if (x->broken) {
+        snprintf(err, errlen, "%s", x->first_error);
+        return -1;
+    }
+    if (kb_cuda_capture_refuse(impl, "a wait for the collectives")) {
+        snprintf(err, errlen, "comm_wait inside a capture");
+        return -1;
+    }
+    /* the main queue joined the communicator's stream: both are done */
+    return wait_done(x, "queued allreduce", impl->lane[0].stream, 1, err, errlen);
+}
+
+void kb_cuda_comm_init(kb_backend *be)
+{
+    be->comm_reserve = cuda_comm_reserve;
+    be->comm_allreduce = cuda_comm_allreduce;
+    be->comm_join = cuda_comm_join;
+    be->comm_wait = cuda_comm_wait;
 }

@@ -123,6 +123,10 @@ static inline cudaError_t cudaFree(void *p) { if (cudaError_t e = emu_unsafe_in_
 static inline cudaError_t cudaMalloc(void **p, size_t n) { if (cudaError_t e = emu_unsafe_in_capture()) return e; *p = malloc(n ? n : 1); return *p ? 0 : 2; }
 template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu_unsafe_in_capture(); }
+static inline cudaError_t cudaDeviceSynchronize(void) { return emu_unsafe_in_capture(); }
+/* every op ran when it reached the (single) queue: done, unless capturing */
+enum { cudaErrorNotReady = 600 };
+static inline cudaError_t cudaStreamQuery(cudaStream_t) { return emu_unsafe_in_capture(); }
 static inline cudaError_t cudaMemset(void *p, int v, size_t n) { if (cudaError_t e = emu_unsafe_in_capture()) return e; memset(p, v, n); return 0; }
 static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { emu_enqueue_op("cudaMemsetAsync", (double)n, [=] { memset(p, v, n); }); return 0; }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t)

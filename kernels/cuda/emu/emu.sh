@@ -9,7 +9,7 @@
 #                         and their libraries) and emu_libs (oneDNN,
 #                         OpenBLAS, libm, pthread)
 #   emu_objects OUT       rewrites (rewrite.py) and compiles every
-#                         kernels/cuda/*.cu but nccl.cu, and emu.cpp, into
+#                         kernels/cuda/*.cu, emu.cpp and nccl_emu.cpp into
 #                         OUT, on all cores; sets emu_objs. An object newer
 #                         than everything it was made from (g++ -MMD's list,
 #                         rewrite.py, the flags) is kept: a second build of
@@ -65,18 +65,15 @@ emu_objects() {
     if [ "$(cat "$out/flags" 2>/dev/null)" != "$EMU_CXX" ]; then echo "$EMU_CXX" > "$out/flags"; fi
     jobs=$(nproc 2>/dev/null || echo 1)
     emu_objs=()
-    for f in "$emu_root"/kernels/cuda/*.cu "$emu_here/emu.cpp"; do
+    for f in "$emu_root"/kernels/cuda/*.cu "$emu_here/emu.cpp" "$emu_here/nccl_emu.cpp"; do
         n=$(basename "$f")
         n=${n%.*}
-        # NCCL collectives are not backend ops (and nccl.h pulls in the real
-        # CUDA headers): tests/test_nccl.c runs them on GPUs only.
-        [ "$n" = nccl ] && continue
         emu_objs+=("$out/$n.o")
         while [ "${#pids[@]}" -ge "$jobs" ]; do
             wait "${pids[0]}" || rc=1
             pids=("${pids[@]:1}")
         done
-        if [ "$n" = emu ]; then
+        if [ "$n" = emu ] || [ "$n" = nccl_emu ]; then
             emu_compile_one "" "$f" "$out/$n.o" &
         else
             emu_compile_one "$f" "$out/$n.cpp" "$out/$n.o" &

@@ -554,7 +554,7 @@ static void buckets_during_backward(int overlap, rec_comm *rc, size_t *np)
     for (size_t i = 0; i < nx / sizeof(float); i++)
         h[i] = (float)((i * 7919) % 255) / 127.0f - 1.0f;
     be->upload(be, x, h, nx);
-    rw_dist_step_begin(d);
+    rw_dist_step_begin(d, 0, 0);
     rw_step_stats st;
     cr_assert_eq(rw_model_forward_backward(m, x, 16, 16, &st), 0);
     rc->returned = 1;

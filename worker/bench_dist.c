@@ -153,7 +153,7 @@ static rank_out run_rank(const dist_cfg *c, int rank, int world, run_kind kind,
             t0 = now_s();
             busy0 = kb_comm_busy_s(comm);
         }
-        rw_dist_step_begin(d);
+        rw_dist_step_begin(d, 0, 0);
         if (rw_model_forward_backward(m, x, c->batch, c->size, NULL) != 0) {
             rc = -1;
             break;

@@ -19,8 +19,12 @@ struct rw_dist {
      * last ticket, and a failure to post (its reason in error) */
     size_t *lo;
     int nbuckets, posted, failed;
+    size_t last_from; /* the backward pass's last news (grads_ready) */
     long last;
     kb_wire wire;
+    /* queued mode (rw_dist_queued); the flags of rw_dist_step_begin */
+    int queued;
+    float flag[2];
     char error[256];
     /* the steps kept since the last read: cap at most */
     long kept, cap;
@@ -56,9 +60,11 @@ rw_dist *rw_dist_create(kb_comm *c, kb_backend *be, rw_model *m, int Bl, int D,
     d->D = D;
     d->np = rw_model_nparams(m);
     d->wire = cfg->grad_bf16 ? KB_WIRE_BF16 : KB_WIRE_FP32;
-    if (cfg->grad_bf16 && (!c->start || !c->allreduce_bf16)) {
+    d->queued = c->device_memory && be->comm_allreduce;
+    if (cfg->grad_bf16 && !d->queued && (!c->start || !c->allreduce_bf16)) {
         snprintf(err, errlen, "dist.grad_dtype bf16 needs a communicator that reduces bf16 "
-                 "beside the step (Gloo's, on CPU workers); %s has none", c->name);
+                 "beside the step (Gloo's on CPU workers, NCCL's on GPUs); %s has none",
+                 c->name);
         free(d);
         return NULL;
     }
@@ -74,16 +80,25 @@ rw_dist *rw_dist_create(kb_comm *c, kb_backend *be, rw_model *m, int Bl, int D,
     d->host_bytes = (rw_model_nparams(m) + rw_model_nteacher(m)) * sizeof(float);
     d->host = malloc(d->host_bytes);
     size_t bucket = cfg->bucket_mb > 0 ? (size_t)(cfg->bucket_mb * 1048576.0 / sizeof(float)) : 0;
+    if (!bucket || bucket > d->np)
+        bucket = d->np;
     if (!d->rows || !d->gather || !d->met || !d->hrows || !d->hmet || !d->dv || !d->host ||
-        plan_buckets(d, d->np, bucket ? bucket : d->np) != 0) {
+        plan_buckets(d, d->np, bucket) != 0) {
         snprintf(err, errlen, "out of memory for data-parallel buffers");
         rw_dist_free(d);
         return NULL;
     }
+    /* bf16 on NCCL's wire: a staging buffer for the largest bucket */
+    if (d->queued && cfg->grad_bf16 && be->comm_reserve(be, c, bucket, err, errlen) != 0) {
+        rw_dist_free(d);
+        return NULL;
+    }
     be->fill(be, d->gather, 0.0f, (size_t)d->cap * per_step / sizeof(float));
-    /* overlap: a bucket leaves as soon as the backward pass has finished it;
-     * the CPU backend computes as it is called, so "finished" is true then */
-    if (cfg->overlap && c->start && !c->device_memory && !be->capture_begin)
+    /* overlap: a bucket leaves as soon as the backward pass has finished
+     * it -- on the CPU, which computes as it is called, "finished" is true
+     * then; in a GPU's queue, the all-reduce is queued after the ops that
+     * finish it */
+    if (cfg->overlap && ((c->start && !c->device_memory && !be->capture_begin) || d->queued))
         rw_model_set_grads_ready(m, grads_ready, d);
     return d;
 }
@@ -232,12 +247,22 @@ static int plan_buckets(rw_dist *d, size_t n, size_t bucket_floats)
 
 static size_t bucket_hi(const rw_dist *d, int i) { return i == 0 ? d->np : d->lo[i - 1]; }
 
-/* Posts bucket i's all-reduce on the communicator's queue. */
+/* Posts bucket i's all-reduce on the communicator's queue, or on the
+ * backend's. */
 static void post_bucket(rw_dist *d, int i)
 {
     if (d->failed)
         return;
     size_t lo = d->lo[i], hi = bucket_hi(d, i);
+    if (d->queued) {
+        if (d->be->comm_allreduce(d->be, d->c, rw_model_grads(d->m) + lo, hi - lo, 1,
+                                  d->wire == KB_WIRE_BF16) != 0) {
+            d->failed = 1;
+            snprintf(d->error, sizeof d->error, "the gradient's all-reduce could not be queued "
+                     "(%s); comm_wait says why", d->c->name);
+        }
+        return;
+    }
     long t = d->c->start(d->c, rw_model_grads(d->m) + lo, hi - lo, KB_REDUCE_AVG, d->wire,
                          d->error, sizeof d->error);
     if (t < 0)
@@ -246,28 +271,70 @@ static void post_bucket(rw_dist *d, int i)
         d->last = t;
 }
 
-/* The backward pass's news: every gradient from `from` on is final. */
+/* The backward pass's news: every gradient from `from` on is final. A
+ * backward pass that starts again (a capture refused, the step run
+ * eagerly) posts its buckets again. */
 static void grads_ready(void *ud, size_t from)
 {
     rw_dist *d = ud;
+    if (from > d->last_from)
+        d->posted = 0;
+    d->last_from = from;
     while (d->posted < d->nbuckets && d->lo[d->posted] >= from)
         post_bucket(d, d->posted++);
 }
 
-void rw_dist_step_begin(rw_dist *d)
+int rw_dist_queued(const rw_dist *d) { return d->queued; }
+
+void rw_dist_step_begin(rw_dist *d, int stop, int ckpt)
 {
     d->posted = 0;
+    d->last_from = (size_t)-1;
     d->failed = 0;
+    d->flag[0] = stop ? 1.0f : 0.0f;
+    d->flag[1] = ckpt ? 1.0f : 0.0f;
+    if (d->queued) /* before the step, which all-reduces them */
+        d->be->upload(d->be, d->dv, d->flag, sizeof d->flag);
+}
+
+void rw_dist_queue_grads(void *ud)
+{
+    rw_dist *d = ud;
+    kb_backend *be = d->be;
+    while (d->posted < d->nbuckets)
+        post_bucket(d, d->posted++);
+    d->last_from = 0; /* a pass that runs again starts over */
+    if (!d->failed && be->comm_allreduce(be, d->c, d->dv, 2, 0, 0) != 0) {
+        d->failed = 1;
+        snprintf(d->error, sizeof d->error, "the step's flags could not be queued (%s)",
+                 d->c->name);
+    }
+    be->comm_join(be);
 }
 
 int rw_dist_grads(rw_dist *d, int *stop, int *ckpt, char *err, size_t errlen)
 {
     kb_comm *c = d->c;
+    float *flag = d->flag;
+    if (d->queued) {
+        /* the step ran the all-reduces (rw_dist_queue_grads): wait for them */
+        if (d->be->comm_wait(d->be, c, err, errlen) != 0)
+            return -1;
+        if (d->failed) {
+            snprintf(err, errlen, "%s", d->error);
+            return -1;
+        }
+        d->be->download(d->be, flag, d->dv, 2 * sizeof(float));
+        *stop = flag[0] > 0;
+        *ckpt = flag[1] > 0;
+        return 0;
+    }
     /* Each rank's loss is the mean over its equal share, so the average is
      * the global batch's gradient. The stop and checkpoint flags ride
      * behind the last bucket so that every rank acts at the same step. */
-    float flag[2] = {*stop ? 1.0f : 0.0f, *ckpt ? 1.0f : 0.0f};
-    d->be->upload(d->be, d->dv, flag, sizeof flag);
+    flag[0] = *stop ? 1.0f : 0.0f;
+    flag[1] = *ckpt ? 1.0f : 0.0f;
+    d->be->upload(d->be, d->dv, flag, 2 * sizeof(float));
     if (c->start) {
         while (d->posted < d->nbuckets)
             post_bucket(d, d->posted++);
@@ -282,7 +349,7 @@ int rw_dist_grads(rw_dist *d, int *stop, int *ckpt, char *err, size_t errlen)
                c->allreduce(c, d->dv, 2, KB_REDUCE_SUM, err, errlen) != 0) {
         return -1;
     }
-    d->be->download(d->be, flag, d->dv, sizeof flag);
+    d->be->download(d->be, flag, d->dv, 2 * sizeof(float));
     *stop = flag[0] > 0;
     *ckpt = flag[1] > 0;
     return 0;

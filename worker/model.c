@@ -269,6 +269,7 @@ int rw_model_set_comm(rw_model *m, kb_comm *comm, int sync_bn, char *err, size_t
     }
     m->ctx.comm = comm;
     m->ctx.sync_bn = sync_bn && comm && comm->world > 1;
+    m->ctx.comm_queued = comm && comm->device_memory && m->be->comm_allreduce;
     return 0;
 }
 

@@ -156,6 +156,28 @@ static kb_bn bn_desc(rw_net *n, bn_l *b, int N, int HW, int is_rows, int relu, i
     return d;
 }
 
+/* SyncBN's average over the ranks: queued in the backend's queue where it
+ * can (the step stays one graph), else a blocking all-reduce. */
+static int sync_average(net_ctx *m, float *v, size_t n)
+{
+    kb_backend *be = m->be;
+    if (m->comm_queued) {
+        if (be->comm_allreduce(be, m->comm, v, n, 1, 0) != 0) {
+            snprintf(m->error, sizeof m->error, "sync_bn: %s refused a queued all-reduce",
+                     m->comm->name);
+            m->failed = 1;
+            return -1;
+        }
+        be->comm_join(be);
+        return 0;
+    }
+    if (m->comm->allreduce(m->comm, v, n, KB_REDUCE_AVG, m->error, sizeof m->error) != 0) {
+        m->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
 /* The op d of layer b: y (the output, oh x ow pixels, into b's buffer) =
  * relu?(bn(x) + res), pooled where d asks. */
 static void *bn_run(rw_net *n, bn_l *b, kb_bn d, const void *x, const void *res, int oh, int ow,
@@ -175,10 +197,8 @@ static void *bn_run(rw_net *n, bn_l *b, kb_bn d, const void *x, const void *res,
         if (!st)
             return NULL;
         be->bn_stats(be, &d, x, st);
-        if (m->comm->allreduce(m->comm, st, ns, KB_REDUCE_AVG, m->error, sizeof m->error) != 0) {
-            m->failed = 1;
+        if (sync_average(m, st, ns) != 0)
             return NULL;
-        }
         be->bn_forward(be, &d, x, st, (double)(N / d.groups) * HW * m->comm->world, res, y);
     } else if (train) {
         be->bn_forward(be, &d, x, NULL, 0.0, res, y);
@@ -220,10 +240,8 @@ static void bn_back(rw_net *n, bn_l *b, kb_bn d, const void *x, const void *dy, 
         if (!red)
             return;
         be->bn_backward_reduce(be, &d, x, y, dy, red, dg, db);
-        if (m->comm->allreduce(m->comm, red, nr, KB_REDUCE_AVG, m->error, sizeof m->error) != 0) {
-            m->failed = 1;
+        if (sync_average(m, red, nr) != 0)
             return;
-        }
         be->bn_backward(be, &d, x, y, dy, red, NULL, NULL, dx, dres);
         return;
     }

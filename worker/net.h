@@ -25,6 +25,7 @@ typedef struct net_ctx {
     char error[256];
     kb_comm *comm;         /* data parallel: NULL for one rank */
     int sync_bn;           /* BN statistics over the global batch */
+    int comm_queued;       /* the backend queues comm's all-reduces (kb_backend.comm_*) */
     buf syncbuf;           /* (groups * 3 * widest BN) floats for the all-reduced statistics */
     /* The backward pass tells it, as it goes, the offset from which every
      * parameter gradient is final (the buffer's tail comes first): what

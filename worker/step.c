@@ -66,6 +66,10 @@ struct rw_stepper {
     float *queue;            /* fetched rows, RW_MODEL_NSTATS each */
     long nqueue, capqueue;
     int update_in_step;      /* the whole-step body runs the update too */
+    /* queued between the backward pass and the update of the whole-step
+     * body (a data-parallel job's all-reduce), instead of the ring push */
+    void (*between)(void *ud);
+    void *between_ud;
 
     /* graphs */
     int graphs;   /* still allowed */
@@ -330,8 +334,11 @@ static int body_run(rw_stepper *s, int body)
     if (rw_model_forward_backward(m, s->x, s->Bl, s->c.size, NULL) != 0)
         return -1;
     if (body == BODY_STEP) {
-        s->be->ring_push(s->be, s->ring, RING, rw_model_stats_buf(m), RW_MODEL_NSTATS,
-                         s->ring_count);
+        if (s->between)
+            s->between(s->between_ud);
+        else
+            s->be->ring_push(s->be, s->ring, RING, rw_model_stats_buf(m), RW_MODEL_NSTATS,
+                             s->ring_count);
         if (s->update_in_step)
             rw_model_update_apply(m);
     }
@@ -535,27 +542,44 @@ static void fetch(rw_stepper *s)
     s->fetched = s->pushed;
 }
 
-int rw_stepper_step(rw_stepper *s, int update, float lr, float weight_decay, float tau)
+static int step_body(rw_stepper *s, int update, float lr, float weight_decay, float tau,
+                     void (*between)(void *ud), void *ud)
 {
-    if (s->pushed - s->fetched == RING) /* the ring is full: the oldest rows come up */
+    if (!between && s->pushed - s->fetched == RING) /* the ring is full: the oldest rows come up */
         fetch(s);
     int r = next_batch(s);
     if (r != 0)
         return r;
-    /* a graph holds the update or not: a change of mind captures again */
-    if (s->update_in_step != update && s->g[BODY_STEP])
+    /* a graph holds the update or not, the all-reduce or not: a change of
+     * mind captures again */
+    if ((s->update_in_step != update || s->between != between || s->between_ud != ud) &&
+        s->g[BODY_STEP])
         rw_stepper_release(s);
     s->update_in_step = update;
+    s->between = between;
+    s->between_ud = ud;
     if (update)
         rw_model_update_prepare(s->c.m, lr, weight_decay, tau);
     if (run_body(s, BODY_STEP) != 0)
         return -1;
-    s->pushed++;
+    if (!between)
+        s->pushed++;
     if (s->warm < WARMUP)
         s->warm++;
     /* the update's host half (DirectPred's W), between two launches: a
      * graph reads the parameters where they are */
     return update ? rw_model_update_finish(s->c.m) : 0;
+}
+
+int rw_stepper_step(rw_stepper *s, int update, float lr, float weight_decay, float tau)
+{
+    return step_body(s, update, lr, weight_decay, tau, NULL, NULL);
+}
+
+int rw_stepper_step_between(rw_stepper *s, int update, float lr, float weight_decay, float tau,
+                            void (*between)(void *ud), void *ud)
+{
+    return step_body(s, update, lr, weight_decay, tau, between, ud);
 }
 
 long rw_stepper_read(rw_stepper *s, rw_step_stats *st, long max)

@@ -19,10 +19,11 @@
  * step's stats into a ring on the device, Adam and EMA (reading the step's
  * scalars from backend memory) -- and the host waits for the device only
  * when it reads the stats (rw_stepper_read), or when RING steps' worth are
- * waiting. A data-parallel job, whose host all-reduces the gradients
- * between backward and update, takes the step in two halves instead,
- * rw_stepper_forward_backward (graph A, the stats downloaded) then
- * rw_stepper_update (graph B). A graph whose buffers have moved (an
+ * waiting. A data-parallel job on GPUs keeps the whole step in one graph,
+ * its gradient all-reduced in the graph (NCCL on a communication stream,
+ * rw_stepper_step_between); one whose host all-reduces the gradients
+ * between backward and update (CPU ranks) takes the step in two halves,
+ * rw_stepper_forward_backward then rw_stepper_update. A graph whose buffers have moved (an
  * evaluation pass on a larger batch grew them) is captured again; a capture
  * that fails turns graphs off for the job, with a notice, and the step runs
  * eagerly: same ops, same order, same bits. */
@@ -51,8 +52,8 @@ typedef struct rw_stepper_cfg {
     int device_budget_mb;
     int host_data;  /* 1: render on the CPU even where the device could */
     int no_graphs;  /* 1: never capture */
-    /* The forward pass itself calls collectives (SyncBN over ranks): they
-     * wait on the host, so the step cannot be captured. */
+    /* The forward pass itself calls collectives that wait on the host
+     * (SyncBN over ranks on Gloo), so the step cannot be captured. */
     int collective_forward;
     /* One-line notices (graphs turned off and why); may be NULL. */
     void (*notice)(void *ud, const char *line);
@@ -73,6 +74,12 @@ void rw_stepper_seek(rw_stepper *s, int epoch, long batch);
  * (nothing done: seek to the next); -1 when the step failed
  * (rw_model_error says why). */
 int rw_stepper_step(rw_stepper *s, int update, float lr, float weight_decay, float tau);
+/* The same step with between(ud) queued after the backward pass and before
+ * the update, in the same graph -- a data-parallel job's all-reduce in the
+ * backend's queue (worker/dist.h) --, and no stats kept (the caller keeps
+ * them). */
+int rw_stepper_step_between(rw_stepper *s, int update, float lr, float weight_decay, float tau,
+                            void (*between)(void *ud), void *ud);
 /* The stats of the steps taken since the last read, oldest first, at most
  * max of them into st (waits for the device); their number. */
 long rw_stepper_read(rw_stepper *s, rw_step_stats *st, long max);

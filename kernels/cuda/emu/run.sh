@@ -5,9 +5,11 @@
 # yields at __syncthreads and at warp shuffles, convolutions and GEMMs by
 # naive loops that check the descriptors they are given. The backend,
 # backend_model, backend_augment, graph and profile suites then run against it (the suites
-# see a "GPU" that computes in exact host arithmetic). It checks the kernels'
-# indexing, reductions, barriers and the plumbing of descriptors and GEMM
-# arguments; not timing, memory model, TF32 or the real libraries: that is
+# see a "GPU" that computes in exact host arithmetic), and dist_gpu's ranks
+# meet through an NCCL stand-in (nccl.h: processes of one machine, through
+# files). It checks the kernels'
+# indexing, reductions, barriers and the plumbing of descriptors, GEMM
+# arguments and collectives; not timing, memory model, TF32 or the real libraries: that is
 # tools/device-check's job on a GPU. Stream capture is emulated too: ops
 # are recorded instead of run, and what a GPU refuses inside a capture (a
 # host wait, an allocation, a copy from pageable memory) fails it.
@@ -20,7 +22,7 @@
 #   (BUILD_DIR: a meson build of this tree, default build-cuda; the suites'
 #   CPU side links its objects.) Slow: the model suite takes ~15 minutes.
 #   EMU_SUITES="backend" (a subset of "backend backend_augment graph profile
-#   backend_model", the default) builds and runs only those; criterion
+#   dist_gpu backend_model", the default) builds and runs only those; criterion
 #   options such as --filter 'backend/bf16_*' go to every suite run.
 #
 # tools/step-cost runs the same emulated backend in dry mode (emu_cost.h):
@@ -56,16 +58,16 @@ fi
 emu_setup "$B"
 emu_objects "$out"
 libs=("${emu_libs[@]}" -lcriterion)
-suites=(${EMU_SUITES:-backend backend_augment graph profile backend_model})
+suites=(${EMU_SUITES:-backend backend_augment graph profile dist_gpu backend_model})
 for t in "${suites[@]}"; do
-    case $t in backend|backend_augment|backend_model|graph|profile) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
+    case $t in backend|backend_augment|backend_model|graph|profile|dist_gpu) ;; *) echo "EMU_SUITES: no suite $t" >&2; exit 2 ;; esac
 done
 has() { [[ " ${suites[*]} " == *" $1 "* ]]; }
 for t in "${suites[@]}"; do
     gcc -std=gnu11 -O1 -g -I"$root" -I"$B" -c "$root/tests/test_$t.c" -o "$out/test_$t.o"
 done
 has backend && g++ -fopenmp -o "$out/test_backend" "$out/test_backend.o" "${emu_objs[@]}" "${emu_cpu[@]}" "${libs[@]}"
-for t in backend_augment backend_model graph profile; do
+for t in backend_augment backend_model graph profile dist_gpu; do
     has $t || continue
     g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${emu_objs[@]}" "${emu_cpu[@]}" "${emu_worker[@]}" \
         "${libs[@]}"

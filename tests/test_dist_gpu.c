@@ -27,6 +27,7 @@
 #include "kernels/collective.h"
 #include "kernels/cuda/emu/emu_cost.h"
 #include "proto/spec.h"
+#include "worker/bench_dist.h"
 #include "worker/data.h"
 #include "worker/safetensors.h"
 #include "worker/train.h"
@@ -408,4 +409,18 @@ Test(dist_gpu, a_dead_rank_fails_the_other_instead_of_hanging)
               "rank 0's error does not say its step's all-reduce lost the peer: %s", o[0].err);
     cr_expect_lt((t1.tv_sec - t0.tv_sec), 300, "rank 0 took %ld s to give up",
                  (long)(t1.tv_sec - t0.tv_sec));
+}
+
+/* runaway-bench --devices N --backend cuda: the four ways of a row (one
+ * rank alone, N ranks sending nothing, overlapped, one all-reduce after)
+ * run and print a row, here for a tiny model. */
+Test(dist_gpu, the_bench_prints_a_row_for_gpu_ranks)
+{
+    NEED_GPUS(2);
+    setenv("EMU_GPUS", "2", 1); /* the emulator's GPU 1 for rank 1 */
+    const bench_dist_cfg tiny = {"tiny (w4 cifar 16x16)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 4, 16,
+                                 8, 32, 16, 32, 0.01};
+    fflush(stdout);
+    cr_expect_eq(bench_devices_rows(&tiny, 1, world, 2, 1), 0, "a way of the row failed");
+    unsetenv("EMU_GPUS");
 }

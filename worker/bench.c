@@ -367,8 +367,9 @@ int main(int argc, char **argv)
                             "and from an image folder's cache (--steps: batches, x10)\n"
                             "  --decode DIR  the rate at which DIR/train's images decode to "
                             "SxS (default 96)\n"
-                            "  --devices N  N data-parallel CPU ranks (processes, Gloo): compute, "
-                            "communication and exposed communication per step (--steps, x10)\n");
+                            "  --devices N  N data-parallel ranks (processes; CPU: Gloo, --steps x10; "
+                            "--backend cuda: one GPU each, NCCL): compute, communication and "
+                            "exposed communication per step, weak-scaling efficiency\n");
             return 2;
         }
     }
@@ -378,14 +379,8 @@ int main(int argc, char **argv)
         return bench_decode(decode, decode_size, threads);
     if (data)
         return bench_data_table(threads, 10 * steps);
-    if (devices) {
-        if (cuda) {
-            fprintf(stderr, "runaway-bench: --devices runs CPU ranks; GPUs: unmeasured here "
-                            "(NCCL's ranks are not built into the bench yet)\n");
-            return 2;
-        }
-        return bench_devices(devices, 10 * steps, threads, only);
-    }
+    if (devices) /* CPU ranks' steps are short: ten times as many */
+        return bench_devices(devices, cuda ? steps : 10 * steps, threads, only, cuda);
     bench_cfg cfgs[] = {
         {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 32, 64, RW_PRED_MLP},
         {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, RW_PRED_MLP},

@@ -1,14 +1,16 @@
-/* runaway-bench --devices N: what data parallelism costs on CPU ranks.
+/* runaway-bench --devices N: what data parallelism costs.
  *
  * N processes train the same model on their own batch of `b` pairs each
- * (weak scaling: the global batch is N b), as data-parallel CPU workers do:
- * Gloo over loopback behind a queue (kb_comm_queued), gradient buckets
- * all-reduced beside the backward pass (worker/dist.c), the global batch's
- * statistics read every 64 steps. Each configuration runs four ways, each
- * in fresh processes:
+ * (weak scaling: the global batch is N b), as data-parallel workers do:
+ * on CPU ranks Gloo over loopback behind a queue (kb_comm_queued), the
+ * gradient's buckets all-reduced beside the backward pass (worker/dist.c);
+ * on GPU ranks (--backend cuda, rank k on GPU k) the step as training runs
+ * it (worker/step.c: one CUDA graph a step) with NCCL's all-reduces inside
+ * it. The global batch's statistics are read every 64 steps. Each
+ * configuration runs four ways, each in fresh processes:
  *   1 rank alone                   -> the step without data parallelism
  *   N ranks, nothing sent          -> compute: the step on a machine as busy
- *   N ranks, buckets overlapped    -> the step; comm = the queue's busy time
+ *   N ranks, buckets overlapped    -> the step; CPU: comm = the queue's busy time
  *   N ranks, one all-reduce after  -> the step without overlap
  * exposed comm = step - compute (what the ranks wait for), and the weak-
  * scaling efficiency = 1-rank step / N-rank step. The ranks meet through a
@@ -29,8 +31,10 @@
 
 #include "kernels/backend.h"
 #include "kernels/collective.h"
+#include "worker/data.h"
 #include "worker/dist.h"
 #include "worker/model.h"
+#include "worker/step.h"
 
 static double now_s(void)
 {
@@ -87,15 +91,6 @@ static int fs_get(void *ud, const char *key, void *buf, size_t cap, size_t *len,
 
 /* ------------------------------------------------------------ a rank */
 
-typedef struct dist_cfg {
-    const char *label;
-    rw_arch arch;
-    rw_stem stem;
-    int width, size, batch; /* batch: each rank's */
-    int proj_hidden, proj_out, pred_hidden;
-    double bucket_mb;
-} dist_cfg;
-
 typedef enum { RUN_NONE, RUN_OVERLAP, RUN_AFTER } run_kind;
 
 typedef struct rank_out {
@@ -105,7 +100,115 @@ typedef struct rank_out {
     char err[200];
 } rank_out;
 
-static rank_out run_rank(const dist_cfg *c, int rank, int world, run_kind kind,
+static rw_model *bench_model(kb_backend *be, const bench_dist_cfg *c, char *err, size_t errlen)
+{
+    rw_model_cfg mc = {
+        .arch = c->arch, .stem = c->stem, .width = c->width, .proj_hidden = c->proj_hidden,
+        .proj_out = c->proj_out, .predictor = RW_PRED_MLP, .pred_hidden = c->pred_hidden,
+        .loss = {.kind = KB_LOSS_UNIFIED, .alpha = 1, .beta = -1},
+    };
+    return rw_model_create(be, &mc, 0, err, errlen);
+}
+
+/* A GPU rank: the step as training runs it, one graph a step, the
+ * gradient's NCCL all-reduces inside it (RUN_OVERLAP: during the backward
+ * pass; RUN_AFTER: after it), or nothing sent (RUN_NONE: the rank alone on
+ * its GPU, beside the others). Its own batches of noise, rendered on the
+ * GPU. */
+static rank_out run_rank_gpu(const bench_dist_cfg *c, int rank, int world, run_kind kind,
+                             const char *store_dir, int steps)
+{
+    rank_out o = {0};
+    char err[256] = "";
+    rw_dataset ds;
+    int have_ds = 0;
+    rw_stepper *sp = NULL;
+    rw_dist *d = NULL;
+    rw_model *m = NULL;
+    kb_comm *comm = NULL;
+    kb_backend *be = kb_cuda_create(rank, err, sizeof err);
+    if (be && kind != RUN_NONE) {
+        kb_store st = {.ud = (void *)store_dir, .set = fs_set, .get = fs_get};
+        comm = kb_nccl_create(&st, rank, world, rank, 60000, err, sizeof err);
+    }
+    if (be && (kind == RUN_NONE || comm))
+        m = bench_model(be, c, err, sizeof err);
+    rw_dist_cfg dc = {.overlap = kind == RUN_OVERLAP, .bucket_mb = c->bucket_mb};
+    if (m && comm && rw_model_set_comm(m, comm, 0, err, sizeof err) == 0)
+        d = rw_dist_create(comm, be, m, c->batch, c->proj_out, &dc, err, sizeof err);
+    if (m && (!comm || d) && rw_dataset_noise(4 * c->batch, 1 + rank, &ds) == 0) {
+        have_ds = 1;
+        rw_stepper_cfg sc = {
+            .m = m, .ds = &ds, .batch = c->batch, .shard_world = 1, .size = c->size,
+            .augment = RW_AUG_BYOL, .mean = {0.5f, 0.5f, 0.5f}, .std = {0.25f, 0.25f, 0.25f},
+            .seed = 1 + rank, .loader_threads = 1,
+        };
+        sp = rw_stepper_create(&sc, err, sizeof err);
+    }
+    if (!sp) {
+        snprintf(o.err, sizeof o.err, "rank %d: %s", rank, err[0] ? err : "cannot start");
+        goto out;
+    }
+    o.nparams = rw_model_nparams(m);
+    rw_step_stats st[64];
+    int stop = 0, ckpt = 0, rc = 0, epoch = 0;
+    double t0 = 0;
+    rw_stepper_seek(sp, 0, 0);
+    for (int s = -3; s < steps && rc == 0;) {
+        if (s == 0) { /* warm-ups and the capture done; all start together */
+            rc = comm ? comm->barrier(comm, err, sizeof err) : 0;
+            be->sync(be);
+            t0 = now_s();
+        }
+        int r;
+        if (d) {
+            rw_dist_step_begin(d, 0, 0);
+            r = rw_stepper_step_between(sp, 1, 3e-4f, 0, 0.996f, rw_dist_queue_grads, d);
+            if (r == 0 && rw_dist_grads(d, &stop, &ckpt, err, sizeof err) != 0)
+                rc = -1;
+            if (r == 0 && rc == 0) {
+                rw_dist_keep(d);
+                if (rw_dist_full(d) && rw_dist_read(d, st, 64, err, sizeof err) < 0)
+                    rc = -1;
+            }
+        } else {
+            r = rw_stepper_step(sp, 1, 3e-4f, 0, 0.996f);
+            if (r == 0 && rw_stepper_unread(sp) >= 64)
+                rw_stepper_read(sp, st, 64);
+        }
+        if (r == 1) {
+            rw_stepper_seek(sp, ++epoch, 0);
+            continue;
+        }
+        if (r != 0) {
+            snprintf(err, sizeof err, "%s", rw_model_error(m));
+            rc = -1;
+        }
+        s++;
+    }
+    be->sync(be);
+    double t1 = now_s();
+    long n = d ? rw_dist_read(d, st, 64, err, sizeof err) : rw_stepper_read(sp, st, 64);
+    if (rc == 0 && n >= 0) {
+        o.ms = (t1 - t0) * 1e3 / steps;
+        o.busy_ms = o.wait_ms = NAN; /* NCCL's time inside the graph: not timed */
+        o.ok = n == 0 || isfinite(st[n - 1].loss);
+    } else {
+        snprintf(o.err, sizeof o.err, "rank %d: %s", rank, err);
+    }
+out:
+    rw_stepper_free(sp);
+    if (have_ds)
+        rw_dataset_free(&ds);
+    rw_dist_free(d);
+    rw_model_free(m);
+    kb_comm_destroy(comm);
+    if (be)
+        kb_destroy(be);
+    return o;
+}
+
+static rank_out run_rank(const bench_dist_cfg *c, int rank, int world, run_kind kind,
                          const char *store_dir, int steps, int threads)
 {
     rank_out o = {0};
@@ -121,12 +224,7 @@ static rank_out run_rank(const dist_cfg *c, int rank, int world, run_kind kind,
         if (g && !comm)
             kb_comm_destroy(g);
     }
-    rw_model_cfg mc = {
-        .arch = c->arch, .stem = c->stem, .width = c->width, .proj_hidden = c->proj_hidden,
-        .proj_out = c->proj_out, .predictor = RW_PRED_MLP, .pred_hidden = c->pred_hidden,
-        .loss = {.kind = KB_LOSS_UNIFIED, .alpha = 1, .beta = -1},
-    };
-    rw_model *m = be && comm ? rw_model_create(be, &mc, 0, err, sizeof err) : NULL;
+    rw_model *m = be && comm ? bench_model(be, c, err, sizeof err) : NULL;
     rw_dist_cfg dc = {.overlap = kind != RUN_AFTER, .bucket_mb = c->bucket_mb};
     rw_dist *d = m ? rw_dist_create(comm, be, m, c->batch, c->proj_out, &dc, err, sizeof err)
                    : NULL;
@@ -193,7 +291,8 @@ out:
 
 /* `world` ranks of one kind, each a process; the slowest rank's step (the
  * step of the job). */
-static rank_out run_world(const dist_cfg *c, int world, run_kind kind, int steps, int threads)
+static rank_out run_world(const bench_dist_cfg *c, int world, run_kind kind, int steps, int threads,
+                          int cuda)
 {
     rank_out worst = {.ok = 1};
     char dir[] = "/tmp/rw-bench-dist-XXXXXX";
@@ -211,7 +310,8 @@ static rank_out run_world(const dist_cfg *c, int world, run_kind kind, int steps
         pid[r] = fork();
         if (pid[r] == 0) {
             close(fd[r][0]);
-            rank_out o = run_rank(c, r, world, kind, dir, steps, threads);
+            rank_out o = cuda ? run_rank_gpu(c, r, world, kind, dir, steps)
+                              : run_rank(c, r, world, kind, dir, steps, threads);
             ssize_t w = write(fd[r][1], &o, sizeof o);
             _exit(w == (ssize_t)sizeof o ? 0 : 1);
         }
@@ -268,45 +368,30 @@ static rank_out median_of(rank_out r[ROUNDS][4], int w)
     return o;
 }
 
-int bench_devices(int world, int steps, int threads, int only)
+/* The table's rows for cfgs[first..last), `rounds` rounds each. */
+static int devices_rows(const bench_dist_cfg *cfgs, int first, int last, int world, int steps,
+                        int threads, int cuda, int rounds)
 {
-    if (world < 2 || world > 64) {
-        fprintf(stderr, "runaway-bench: --devices takes 2 to 64 ranks\n");
-        return 2;
-    }
-    if (threads <= 0)
-        threads = 1;
-    const dist_cfg cfgs[] = {
-        /* the quickstart's model: at N = 2, the quickstart's batch of 128;
-         * its 3 MB of gradient is one bucket of 25 MB, or six of 0.5 */
-        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25},
-        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 0.5},
-        /* torchvision's ResNet-18 width: 45 MB of gradient, two buckets */
-        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, 512, 128, 512, 25},
-    };
-    const int nall = (int)(sizeof cfgs / sizeof *cfgs);
-    if (only > nall) {
-        fprintf(stderr, "runaway-bench: --config %d: there are %d configurations\n", only, nall);
-        return 2;
-    }
-    printf("runaway-bench --devices %d: CPU ranks as processes, Gloo over loopback, %d thread(s) "
-           "each, %d timed steps after 2 warm-ups, medians of %d rounds; batch is each rank's "
-           "(weak scaling)\n", world, threads, steps, ROUNDS);
     printf("%-24s %9s %6s %6s %9s %9s %8s %8s %8s %8s %8s %10s %7s %8s\n", "config", "params",
            "bucket", "batch", "1 rank ms", "compute", "step ms", "comm ms", "wait ms", "exposed",
            "exp %", "no-overlap", "exp %", "weak eff");
     int failed = 0;
-    for (int i = only ? only - 1 : 0; i < (only ? only : 2); i++) {
-        const dist_cfg *c = &cfgs[i];
-        /* the four ways in turn, ROUNDS times, each figure the median of
+    for (int i = first; i < last; i++) {
+        const bench_dist_cfg *c = &cfgs[i];
+        /* the four ways in turn, `rounds` times, each figure the median of
          * its rounds: this machine's load drifts more between two runs
          * than the communication costs */
         rank_out r[ROUNDS][4];
         for (int k = 0; k < ROUNDS; k++) {
-            r[k][0] = run_world(c, 1, RUN_NONE, steps, threads);
-            r[k][1] = run_world(c, world, RUN_NONE, steps, threads);
-            r[k][2] = run_world(c, world, RUN_OVERLAP, steps, threads);
-            r[k][3] = run_world(c, world, RUN_AFTER, steps, threads);
+            const int kk = k < rounds ? k : 0; /* fewer rounds: the first again */
+            if (kk != k) {
+                memcpy(r[k], r[0], sizeof r[k]);
+                continue;
+            }
+            r[k][0] = run_world(c, 1, RUN_NONE, steps, threads, cuda);
+            r[k][1] = run_world(c, world, RUN_NONE, steps, threads, cuda);
+            r[k][2] = run_world(c, world, RUN_OVERLAP, steps, threads, cuda);
+            r[k][3] = run_world(c, world, RUN_AFTER, steps, threads, cuda);
         }
         rank_out one = median_of(r, 0), none = median_of(r, 1), ov = median_of(r, 2),
                  after = median_of(r, 3);
@@ -317,15 +402,73 @@ int bench_devices(int world, int steps, int threads, int only)
             continue;
         }
         double exposed = ov.ms - none.ms, exposed_after = after.ms - none.ms;
-        printf("%-24s %9zu %4gMB %6d %9.1f %9.1f %8.1f %8.1f %8.1f %8.1f %7.1f%% %10.1f %6.1f%% "
+        char comm[16] = "-", wait[16] = "-";
+        if (!cuda) {
+            snprintf(comm, sizeof comm, "%.1f", ov.busy_ms);
+            snprintf(wait, sizeof wait, "%.1f", ov.wait_ms);
+        }
+        printf("%-24s %9zu %4gMB %6d %9.1f %9.1f %8.1f %8s %8s %8.1f %7.1f%% %10.1f %6.1f%% "
                "%7.1f%%\n", c->label, ov.nparams, c->bucket_mb, c->batch, one.ms, none.ms, ov.ms,
-               ov.busy_ms, ov.wait_ms, exposed, 100.0 * exposed / ov.ms, after.ms,
+               comm, wait, exposed, 100.0 * exposed / ov.ms, after.ms,
                100.0 * exposed_after / after.ms, 100.0 * one.ms / ov.ms);
         fflush(stdout);
     }
-    printf("compute: the N ranks' step with nothing sent (as busy a machine); exposed = step - "
-           "compute; comm: the communication thread's busy time; wait: the step blocked on the "
-           "gradient's last bucket; weak eff = 1 rank / N ranks. --config 3: a ResNet-18 (slow "
-           "on CPUs)\n");
+    return failed;
+}
+
+int bench_devices_rows(const bench_dist_cfg *cfgs, int n, int world, int steps, int cuda)
+{
+    return devices_rows(cfgs, 0, n, world, steps, 1, cuda, 1) ? 1 : 0;
+}
+
+int bench_devices(int world, int steps, int threads, int only, int cuda)
+{
+    if (world < 2 || world > 64) {
+        fprintf(stderr, "runaway-bench: --devices takes 2 to 64 ranks\n");
+        return 2;
+    }
+    if (threads <= 0)
+        threads = 1;
+    const bench_dist_cfg cpu_cfgs[] = {
+        /* the quickstart's model: at N = 2, the quickstart's batch of 128;
+         * its 3 MB of gradient is one bucket of 25 MB, or six of 0.5 */
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25},
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 0.5},
+        /* torchvision's ResNet-18 width: 45 MB of gradient, two buckets */
+        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, 512, 128, 512, 25},
+    };
+    const bench_dist_cfg gpu_cfgs[] = {
+        /* the paper's setup at 128 images a GPU: 45 MB of gradient */
+        {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 128, 512, 128, 512,
+         25},
+        {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 128, 512, 128, 512,
+         5},
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25},
+    };
+    const bench_dist_cfg *cfgs = cuda ? gpu_cfgs : cpu_cfgs;
+    const int nall = 3, ndefault = cuda ? 2 : 2;
+    if (only > nall) {
+        fprintf(stderr, "runaway-bench: --config %d: there are %d configurations\n", only, nall);
+        return 2;
+    }
+    if (cuda)
+        printf("runaway-bench --devices %d: GPU ranks as processes (rank k on GPU k), NCCL inside "
+               "each step's CUDA graph, %d timed steps after 2 warm-ups and the capture, medians "
+               "of %d rounds; batch is each rank's (weak scaling)\n", world, steps, ROUNDS);
+    else
+        printf("runaway-bench --devices %d: CPU ranks as processes, Gloo over loopback, %d "
+               "thread(s) each, %d timed steps after 2 warm-ups, medians of %d rounds; batch is "
+               "each rank's (weak scaling)\n", world, threads, steps, ROUNDS);
+    int failed = devices_rows(cfgs, only ? only - 1 : 0, only ? only : ndefault, world, steps,
+                              threads, cuda, ROUNDS);
+    if (cuda)
+        printf("compute: the N ranks' step with nothing sent, each alone on its GPU; exposed = "
+               "step - compute; comm and wait are inside the graph, not timed; weak eff = 1 rank "
+               "/ N ranks\n");
+    else
+        printf("compute: the N ranks' step with nothing sent (as busy a machine); exposed = step - "
+               "compute; comm: the communication thread's busy time; wait: the step blocked on the "
+               "gradient's last bucket; weak eff = 1 rank / N ranks. --config 3: a ResNet-18 (slow "
+               "on CPUs)\n");
     return failed ? 1 : 0;
 }

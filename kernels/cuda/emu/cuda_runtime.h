@@ -56,7 +56,8 @@ enum { cudaStreamNonBlocking = 1 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 struct cudaDeviceProp { char name[256]; int multiProcessorCount, major, minor; };
 static inline const char *cudaGetErrorString(cudaError_t e) { return e == 900 ? "operation not permitted when stream is capturing" : e == 901 ? "capture invalidated" : e ? "emu error" : "no error"; }
-static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return 0; }
+/* EMU_GPUS devices (default 1): every one is this process's emulated GPU */
+static inline cudaError_t cudaGetDeviceCount(int *n) { const char *e = getenv("EMU_GPUS"); *n = e && atoi(e) > 0 ? atoi(e) : 1; return 0; }
 static inline cudaError_t cudaSetDevice(int) { return 0; }
 /* EMU_SMS multiprocessors (default 4: grids of a few blocks, so that the
  * suites exercise the cooperative kernels); shared memory as an H100's. */

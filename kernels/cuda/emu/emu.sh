@@ -28,7 +28,7 @@ emu_setup() {
     [ -e "$ob/libopenblas.so" ] || ob=/usr/lib/x86_64-linux-gnu/openblas-pthread
     emu_libs=(-ldnnl -L"$ob" -Wl,-rpath,"$ob" -lopenblas -lm -lpthread)
     emu_worker=("$B/worker/librwworker.a" "$B/worker/librwdata.a" "$B/worker/librwweights.a"
-                "$B/proto/librwproto.a" "$K/collective.c.o" "$K/profile.c.o")
+                "$B/proto/librwproto.a" "$K/collective.c.o" "$K/comm_queue.c.o" "$K/profile.c.o")
     if [ -f "$K/gloo_comm.cc.o" ]; then emu_worker+=("$K/gloo_comm.cc.o" -lgloo); fi
     emu_worker+=(-ljansson -lz -lpng16 -ljpeg -lyaml)
 }

@@ -69,8 +69,11 @@ done
 has backend && g++ -fopenmp -o "$out/test_backend" "$out/test_backend.o" "${emu_objs[@]}" "${emu_cpu[@]}" "${libs[@]}"
 for t in backend_augment backend_model graph profile dist_gpu; do
     has $t || continue
-    g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${emu_objs[@]}" "${emu_cpu[@]}" "${emu_worker[@]}" \
-        "${libs[@]}"
+    extra=()
+    # dist_gpu also runs runaway-bench --devices' GPU ranks
+    [ "$t" = dist_gpu ] && extra=("$B/worker/runaway-bench.p/bench_dist.c.o")
+    g++ -fopenmp -o "$out/test_$t" "$out/test_$t.o" "${extra[@]}" "${emu_objs[@]}" "${emu_cpu[@]}" \
+        "${emu_worker[@]}" "${libs[@]}"
 done
 rc=0
 for t in "${suites[@]}"; do

@@ -31,6 +31,7 @@
 #include "worker/data.h"
 #include "worker/safetensors.h"
 #include "worker/train.h"
+#include "weights_diff.h"
 
 #pragma weak emu_cost_read
 
@@ -281,33 +282,6 @@ static void run_world(rank_out *o, int world, const rw_spec *s, const char *name
     }
     memcpy(o, shared, world * sizeof *o);
     free(shared);
-}
-
-static double worst_tensor_diff(const char *pa, const char *pb, char *worst, size_t wlen)
-{
-    char err[256];
-    rw_st *a = rw_st_open(pa, err, sizeof err), *b = rw_st_open(pb, err, sizeof err);
-    cr_assert(a && b, "%s", err);
-    double w = 0;
-    for (size_t i = 0; i < rw_st_count(a); i++) {
-        const rw_st_tensor *ta = rw_st_at(a, i), *tb = rw_st_find(b, ta->name);
-        if (ta->dtype != RW_ST_F32)
-            continue;
-        const float *x = ta->data, *y = tb->data;
-        double num = 0, den = 0;
-        for (int64_t k = 0; k < ta->numel; k++) {
-            num += ((double)x[k] - y[k]) * ((double)x[k] - y[k]);
-            den += (double)y[k] * y[k];
-        }
-        double r = den > 0 ? sqrt(num / den) : sqrt(num);
-        if (r > w) {
-            w = r;
-            snprintf(worst, wlen, "%s", ta->name);
-        }
-    }
-    rw_st_close(a);
-    rw_st_close(b);
-    return w;
 }
 
 /* The same job in one graph per step (the all-reduce inside it, buckets

@@ -284,6 +284,15 @@ __global__ void kb_wire_unpack_kernel(const uint16_t *src, float *dst, size_t n,
 
 static int is_nccl(const kb_comm *c) { return c && c->device_memory && c->destroy == nccl_destroy; }
 
+static int not_nccl(const kb_comm *c, char *err, size_t errlen)
+{
+    if (is_nccl(c))
+        return 0;
+    snprintf(err, errlen, "the CUDA backend queues collectives over NCCL only, not %s",
+             c ? c->name : "none");
+    return 1;
+}
+
 /* A non-blocking communicator's call may still be under way: its result. */
 static ncclResult_t settle(nccl_impl *x, ncclResult_t r)
 {
@@ -304,11 +313,8 @@ static ncclResult_t settle(nccl_impl *x, ncclResult_t r)
 static int cuda_comm_reserve(kb_backend *be, kb_comm *c, size_t n, char *err, size_t errlen)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    if (!is_nccl(c)) {
-        snprintf(err, errlen, "the CUDA backend queues collectives over NCCL only, not %s",
-                 c ? c->name : "none");
+    if (not_nccl(c, err, errlen))
         return -1;
-    }
     nccl_impl *x = (nccl_impl *)c->impl;
     if (n <= x->stage_n)
         return 0;
@@ -379,11 +385,8 @@ static void cuda_comm_join(kb_backend *be)
 static int cuda_comm_wait(kb_backend *be, kb_comm *c, char *err, size_t errlen)
 {
     kb_cuda *impl = kb_cuda_enter(be);
-    if (!is_nccl(c)) {
-        snprintf(err, errlen, "the CUDA backend queues collectives over NCCL only, not %s",
-                 c ? c->name : "none");
+    if (not_nccl(c, err, errlen))
         return -1;
-    }
     nccl_impl *x = (nccl_impl *)c->impl;
     if (x->broken) {
         snprintf(err, errlen, "%s", x->first_error);

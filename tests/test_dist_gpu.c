@@ -44,6 +44,7 @@ static void setup(void)
 {
     snprintf(tmp, sizeof tmp, "/tmp/rw-distgpu-XXXXXX");
     cr_assert_not_null(mkdtemp(tmp));
+    setenv("EMU_NCCL_DIR", tmp, 1); /* the emulated NCCL's meeting folders, gone with tmp */
 }
 
 static void teardown(void)

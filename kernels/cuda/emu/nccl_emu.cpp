@@ -108,7 +108,10 @@ uint16_t f_to_bf16(float f)
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId *id)
 {
-    char tmpl[] = "/tmp/emu-nccl-XXXXXX";
+    /* in EMU_NCCL_DIR where set (a test's folder, removed with it) */
+    const char *parent = getenv("EMU_NCCL_DIR");
+    char tmpl[112];
+    snprintf(tmpl, sizeof tmpl, "%s/emu-nccl-XXXXXX", parent && *parent ? parent : "/tmp");
     if (!mkdtemp(tmpl)) return ncclSystemError;
     memset(id, 0, sizeof *id);
     snprintf(id->internal, sizeof id->internal, "%s", tmpl);
@@ -137,10 +140,10 @@ ncclResult_t ncclCommAbort(ncclComm_t c)
 
 ncclResult_t ncclCommDestroy(ncclComm_t c)
 {
-    /* the last operations' files; rank 0 takes the folder when it is empty */
+    /* the last operations' files; the last rank to leave takes the folder */
     for (long k = c->seq - 2; k < c->seq; k++)
         if (k >= 0) unlink(op_path(c, k, c->rank).c_str());
-    if (c->rank == 0) rmdir(c->dir.c_str());
+    rmdir(c->dir.c_str());
     delete c;
     return ncclSuccess;
 }

@@ -27,6 +27,9 @@
 
 #define BNF_THREADS 512
 #define BNF_V 8 /* values in a 16-byte vector, at most */
+/* Over the V values of a vector: unrolled to BNF_V, so that the per-value
+ * arrays stay in registers. */
+#define BNF_EACH(k, V) _Pragma("unroll") for (int k = 0; k < BNF_V; k++) if (k < (V))
 /* the kernels' static shared memory (red) and some slack */
 #define BNF_STATIC_SMEM (sizeof(double2) * BNF_THREADS + 256)
 
@@ -53,7 +56,7 @@ static __device__ void bnf_block_sums(const kb_bn_shape &sh, const double *s1, c
                                       int V, int TCv, int TP, double2 *part, double2 *red)
 {
     const int t = threadIdx.x, vc = t % TCv, tp = t / TCv;
-    for (int k = 0; k < V; k++) {
+    BNF_EACH(k, V) {
         red[t] = make_double2(s1[k], s2[k]);
         __syncthreads();
         const int c = vc * V + k;
@@ -70,7 +73,7 @@ static __device__ void bnf_block_sums(const kb_bn_shape &sh, const double *s1, c
 }
 
 /* Forward: y = relu?(a x + b + res), the padding 0. */
-__global__ void kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x,
+__global__ void __launch_bounds__(BNF_THREADS) kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x,
                                        const void *res, void *y, double2 *part, kb_bn_coef *coef,
                                        unsigned *bar)
 {
@@ -82,7 +85,7 @@ __global__ void kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
     long p0, p1;
     bnf_slice(sh, &p0, &p1);
     double s1[BNF_V], s2[BNF_V];
-    for (int k = 0; k < V; k++)
+    BNF_EACH(k, V)
         s1[k] = s2[k] = 0.0;
     if (tp < TP)
         for (long p = p0 + tp; p < p1; p += TP) {
@@ -90,7 +93,7 @@ __global__ void kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
             keep[(size_t)(p - p0) * TCv + vc] = v;
             float f[BNF_V];
             kb_v16_get(v, sh.bf16, f);
-            for (int k = 0; k < V; k++) {
+            BNF_EACH(k, V) {
                 const double xv = f[k];
                 s1[k] += xv;
                 s2[k] += xv * xv;
@@ -102,7 +105,7 @@ __global__ void kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
         bn_finish(BN_FWD, sh, ar, part, coef);
     kb_grid_sync(bar, 2, blocks);
     float a[BNF_V], b[BNF_V];
-    for (int k = 0; k < V; k++) {
+    BNF_EACH(k, V) {
         const int c = vc * V + k;
         a[k] = b[k] = 0.0f;
         if (c < sh.C) {
@@ -117,7 +120,7 @@ __global__ void kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
             kb_v16_get(keep[(size_t)(p - p0) * TCv + vc], sh.bf16, xv);
             if (res)
                 kb_v16_get(((const kb_v16 *)res)[v], sh.bf16, rv);
-            for (int k = 0; k < V; k++) {
+            BNF_EACH(k, V) {
                 if (vc * V + k >= sh.C) {
                     out[k] = 0.0f;
                     continue;
@@ -143,7 +146,7 @@ static __device__ void bnf_grad(const kb_bn_shape &sh, const void *y, const void
     kb_v16_get(((const kb_v16 *)dy)[v], sh.bf16, df);
     if (sh.relu && y)
         kb_v16_get(((const kb_v16 *)y)[v], sh.bf16, yf);
-    for (int k = 0; k < V; k++) {
+    BNF_EACH(k, V) {
         const int on = !sh.relu || (y ? yf[k] > 0.0f : __fmaf_rn(ca[k], xf[k], cb[k]) > 0.0f);
         gf[k] = c0 + k < sh.C && on ? df[k] : 0.0f;
     }
@@ -153,7 +156,7 @@ static __device__ void bnf_grad(const kb_bn_shape &sh, const void *y, const void
  * padding 0. Shared memory: the slice's x, then, keep_g, its g; without
  * keep_g (a slice of two tensors would not fit) dy (and y) are read
  * again for g. */
-__global__ void kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x,
+__global__ void __launch_bounds__(BNF_THREADS) kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x,
                                        const void *y, const void *dy, void *dx, void *dres,
                                        double2 *part, kb_bn_coef *coef, unsigned *bar, int keep_g)
 {
@@ -168,7 +171,7 @@ __global__ void kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
     /* the forward's a and b, for the mask without y */
     float ca[BNF_V], cb[BNF_V];
     double s1[BNF_V], s2[BNF_V];
-    for (int k = 0; k < V; k++) {
+    BNF_EACH(k, V) {
         const int c = vc * V + k;
         s1[k] = s2[k] = 0.0;
         ca[k] = cb[k] = 0.0f;
@@ -185,7 +188,7 @@ __global__ void kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
             float xf[BNF_V], gf[BNF_V];
             kb_v16_get(xv16, sh.bf16, xf);
             bnf_grad(sh, y, dy, v, vc * V, xf, ca, cb, gf);
-            for (int k = 0; k < V; k++) {
+            BNF_EACH(k, V) {
                 const double gv = gf[k];
                 s1[k] += gv;
                 s2[k] += gv * (double)xf[k];
@@ -199,13 +202,6 @@ __global__ void kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
     if (blockIdx.x == 0 && blockIdx.y == 0)
         bn_finish(BN_BWD, sh, ar, part, coef);
     kb_grid_sync(bar, 2, blocks);
-    kb_bn_coef cf[BNF_V];
-    for (int k = 0; k < V; k++) {
-        const int c = vc * V + k;
-        cf[k] = kb_bn_coef();
-        if (c < sh.C)
-            cf[k] = coef[(size_t)g * sh.C + c];
-    }
     if (tp < TP)
         for (long p = p0 + tp; p < p1; p += TP) {
             const size_t v = (size_t)p * TCv + vc, l = (size_t)(p - p0) * TCv + vc;
@@ -215,13 +211,14 @@ __global__ void kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void
                 kb_v16_get(keep_gv[l], sh.bf16, gv);
             else
                 bnf_grad(sh, y, dy, v, vc * V, xv, ca, cb, gv);
-            for (int k = 0; k < V; k++) {
+            BNF_EACH(k, V) {
                 if (vc * V + k >= sh.C) {
                     ox[k] = 0.0f;
                     continue;
                 }
-                const float xh = (xv[k] - cf[k].mean) * cf[k].invstd;
-                ox[k] = cf[k].k * (gv[k] - cf[k].mdy - xh * cf[k].mdyx);
+                const kb_bn_coef cf = coef[(size_t)g * sh.C + vc * V + k];
+                const float xh = (xv[k] - cf.mean) * cf.invstd;
+                ox[k] = cf.k * (gv[k] - cf.mdy - xh * cf.mdyx);
             }
             ((kb_v16 *)dx)[v] = kb_v16_make(ox, sh.bf16);
             if (dres)

@@ -12,6 +12,7 @@
 using std::min;
 using std::max;
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __host__
 #define __forceinline__ inline

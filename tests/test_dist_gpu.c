@@ -301,8 +301,8 @@ static void graph_equals_eager(int world, int sync_bn)
         cr_assert_eq(g[k].rc, 0, "graph rank %d: %s", k, g[k].err);
         cr_assert_eq(e[k].rc, 0, "eager rank %d: %s", k, e[k].err);
     }
-    printf("dist_gpu, %d rank(s)%s: graph %.1f s, eager %.1f s\n", world, sync_bn ? ", sync_bn" : "",
-           g[0].seconds, e[0].seconds);
+    printf("dist_gpu, %d rank(s)%s: graph %.1f s, eager %.1f s\n", world,
+           sync_bn ? ", sync_bn" : "", g[0].seconds, e[0].seconds);
     cr_expect_eq(g[0].graphs_off, 0, "the data-parallel step was not captured: %s", g[0].notice);
     cr_assert_eq(g[0].nsteps, 4);
     cr_assert_eq(e[0].nsteps, 4);
@@ -394,7 +394,7 @@ Test(dist_gpu, the_bench_prints_a_row_for_gpu_ranks)
     NEED_GPUS(2);
     setenv("EMU_GPUS", "2", 1); /* the emulator's GPU 1 for rank 1 */
     const bench_dist_cfg tiny = {"tiny (w4 cifar 16x16)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 4, 16,
-                                 8, 32, 16, 32, 0.01};
+                                 8, 32, 16, 32, 0.01, 0};
     fflush(stdout);
     cr_expect_eq(bench_devices_rows(&tiny, 1, world, 2, 1), 0, "a way of the row failed");
     unsetenv("EMU_GPUS");

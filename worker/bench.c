@@ -317,7 +317,7 @@ static bench_out run_one(const bench_cfg *c, int steps, int threads, int cuda, k
 int main(int argc, char **argv)
 {
     int steps = 3, threads = 0, quick = 0, cuda = 0, profile = 0, only = 0, data = 0;
-    int devices = 0;
+    int devices = 0, grad_bf16 = 0;
     int decode_size = 96;
     const char *decode = NULL;
     kb_precision prec = KB_PREC_TF32;
@@ -339,6 +339,9 @@ int main(int argc, char **argv)
             data = 1;
         else if (strcmp(argv[i], "--devices") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 2)
             devices = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--grad-dtype") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "fp32") == 0 || strcmp(argv[i + 1], "bf16") == 0))
+            grad_bf16 = strcmp(argv[++i], "bf16") == 0;
         else if (strcmp(argv[i], "--decode") == 0 && i + 1 < argc)
             decode = argv[++i];
         else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 8)
@@ -359,7 +362,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "usage: runaway-bench [--backend cpu|cuda] [--precision tf32|fp32|bf16] "
                             "[--steps N] [--threads N] [--quick] [--no-graphs] [--host-data] "
                             "[--profile] [--config N] [--data] [--decode DIR [--size S]] "
-                            "[--devices N]\n"
+                            "[--devices N [--grad-dtype fp32|bf16]]\n"
                             "  --profile   after the table, each configuration again op by op, "
                             "with the time, calls and rate of each kind of op\n"
                             "  --config N  only the Nth configuration (1-based; see the table)\n"
@@ -380,7 +383,7 @@ int main(int argc, char **argv)
     if (data)
         return bench_data_table(threads, 10 * steps);
     if (devices) /* CPU ranks' steps are short: ten times as many */
-        return bench_devices(devices, cuda ? steps : 10 * steps, threads, only, cuda);
+        return bench_devices(devices, cuda ? steps : 10 * steps, threads, only, cuda, grad_bf16);
     bench_cfg cfgs[] = {
         {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 32, 64, RW_PRED_MLP},
         {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, RW_PRED_MLP},

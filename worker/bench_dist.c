@@ -133,7 +133,8 @@ static rank_out run_rank_gpu(const bench_dist_cfg *c, int rank, int world, run_k
     }
     if (be && (kind == RUN_NONE || comm))
         m = bench_model(be, c, err, sizeof err);
-    rw_dist_cfg dc = {.overlap = kind == RUN_OVERLAP, .bucket_mb = c->bucket_mb};
+    rw_dist_cfg dc = {.overlap = kind == RUN_OVERLAP, .bucket_mb = c->bucket_mb,
+                      .grad_bf16 = c->grad_bf16};
     if (m && comm && rw_model_set_comm(m, comm, 0, err, sizeof err) == 0)
         d = rw_dist_create(comm, be, m, c->batch, c->proj_out, &dc, err, sizeof err);
     if (m && (!comm || d) && rw_dataset_noise(4 * c->batch, 1 + rank, &ds) == 0) {
@@ -225,7 +226,8 @@ static rank_out run_rank(const bench_dist_cfg *c, int rank, int world, run_kind 
             kb_comm_destroy(g);
     }
     rw_model *m = be && comm ? bench_model(be, c, err, sizeof err) : NULL;
-    rw_dist_cfg dc = {.overlap = kind != RUN_AFTER, .bucket_mb = c->bucket_mb};
+    rw_dist_cfg dc = {.overlap = kind != RUN_AFTER, .bucket_mb = c->bucket_mb,
+                      .grad_bf16 = kind != RUN_NONE && c->grad_bf16};
     rw_dist *d = m ? rw_dist_create(comm, be, m, c->batch, c->proj_out, &dc, err, sizeof err)
                    : NULL;
     if (!d) {
@@ -421,7 +423,7 @@ int bench_devices_rows(const bench_dist_cfg *cfgs, int n, int world, int steps, 
     return devices_rows(cfgs, 0, n, world, steps, 1, cuda, 1) ? 1 : 0;
 }
 
-int bench_devices(int world, int steps, int threads, int only, int cuda)
+int bench_devices(int world, int steps, int threads, int only, int cuda, int grad_bf16)
 {
     if (world < 2 || world > 64) {
         fprintf(stderr, "runaway-bench: --devices takes 2 to 64 ranks\n");
@@ -429,24 +431,29 @@ int bench_devices(int world, int steps, int threads, int only, int cuda)
     }
     if (threads <= 0)
         threads = 1;
-    const bench_dist_cfg cpu_cfgs[] = {
+    bench_dist_cfg cpu_cfgs[] = {
         /* the quickstart's model: at N = 2, the quickstart's batch of 128;
          * its 3 MB of gradient is one bucket of 25 MB, or six of 0.5 */
-        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25},
-        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 0.5},
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25,
+         0},
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 0.5,
+         0},
         /* torchvision's ResNet-18 width: 45 MB of gradient, two buckets */
-        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, 512, 128, 512, 25},
+        {"resnet18 cifar 32x32", RW_ARCH_RESNET18, RW_STEM_CIFAR, 64, 32, 32, 512, 128, 512, 25, 0},
     };
-    const bench_dist_cfg gpu_cfgs[] = {
+    bench_dist_cfg gpu_cfgs[] = {
         /* the paper's setup at 128 images a GPU: 45 MB of gradient */
         {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 128, 512, 128, 512,
-         25},
+         25, 0},
         {"resnet18 imagenet 96x96", RW_ARCH_RESNET18, RW_STEM_IMAGENET, 64, 96, 128, 512, 128, 512,
-         5},
-        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25},
+         5, 0},
+        {"quickstart (w16 cifar)", RW_ARCH_RESNET18, RW_STEM_CIFAR, 16, 16, 64, 256, 64, 256, 25,
+         0},
     };
-    const bench_dist_cfg *cfgs = cuda ? gpu_cfgs : cpu_cfgs;
-    const int nall = 3, ndefault = cuda ? 2 : 2;
+    bench_dist_cfg *cfgs = cuda ? gpu_cfgs : cpu_cfgs;
+    const int nall = 3, ndefault = 2;
+    for (int i = 0; i < nall; i++)
+        cfgs[i].grad_bf16 = grad_bf16;
     if (only > nall) {
         fprintf(stderr, "runaway-bench: --config %d: there are %d configurations\n", only, nall);
         return 2;
@@ -454,11 +461,13 @@ int bench_devices(int world, int steps, int threads, int only, int cuda)
     if (cuda)
         printf("runaway-bench --devices %d: GPU ranks as processes (rank k on GPU k), NCCL inside "
                "each step's CUDA graph, %d timed steps after 2 warm-ups and the capture, medians "
-               "of %d rounds; batch is each rank's (weak scaling)\n", world, steps, ROUNDS);
+               "of %d rounds; batch is each rank's (weak scaling)%s\n", world, steps, ROUNDS,
+               grad_bf16 ? "; bf16 gradients on the wire" : "");
     else
         printf("runaway-bench --devices %d: CPU ranks as processes, Gloo over loopback, %d "
                "thread(s) each, %d timed steps after 2 warm-ups, medians of %d rounds; batch is "
-               "each rank's (weak scaling)\n", world, threads, steps, ROUNDS);
+               "each rank's (weak scaling)%s\n", world, threads, steps, ROUNDS,
+               grad_bf16 ? "; bf16 gradients on the wire" : "");
     int failed = devices_rows(cfgs, only ? only - 1 : 0, only ? only : ndefault, world, steps,
                               threads, cuda, ROUNDS);
     if (cuda)

@@ -73,9 +73,9 @@ static __device__ void bnf_block_sums(const kb_bn_shape &sh, const double *s1, c
 }
 
 /* Forward: y = relu?(a x + b + res), the padding 0. */
-__global__ void __launch_bounds__(BNF_THREADS) kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x,
-                                       const void *res, void *y, double2 *part, kb_bn_coef *coef,
-                                       unsigned *bar)
+__global__ void __launch_bounds__(BNF_THREADS)
+    kb_bn_fused_fwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x, const void *res, void *y,
+                           double2 *part, kb_bn_coef *coef, unsigned *bar)
 {
     __shared__ double2 red[BNF_THREADS];
     const int V = sh.bf16 ? 8 : 4, TCv = sh.ld / V, TP = blockDim.x / TCv;
@@ -156,9 +156,10 @@ static __device__ void bnf_grad(const kb_bn_shape &sh, const void *y, const void
  * padding 0. Shared memory: the slice's x, then, keep_g, its g; without
  * keep_g (a slice of two tensors would not fit) dy (and y) are read
  * again for g. */
-__global__ void __launch_bounds__(BNF_THREADS) kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x,
-                                       const void *y, const void *dy, void *dx, void *dres,
-                                       double2 *part, kb_bn_coef *coef, unsigned *bar, int keep_g)
+__global__ void __launch_bounds__(BNF_THREADS)
+    kb_bn_fused_bwd_kernel(kb_bn_shape sh, kb_bn_args ar, const void *x, const void *y,
+                           const void *dy, void *dx, void *dres, double2 *part, kb_bn_coef *coef,
+                           unsigned *bar, int keep_g)
 {
     __shared__ double2 red[BNF_THREADS];
     const int V = sh.bf16 ? 8 : 4, TCv = sh.ld / V, TP = blockDim.x / TCv;

@@ -309,7 +309,8 @@ static int cmd_eval(int argc, char **argv)
         return rc;
     char err[1024];
     rw_linear_cfg lc = {.epochs = l.s.eval.linear_epochs, .lr = l.s.eval.linear_lr,
-                        .batch = l.s.eval.linear_batch_size, .seed = l.s.seed};
+                        .batch = l.s.eval.linear_batch_size, .seed = l.s.seed,
+                        .normalize = l.s.eval.linear_normalize};
     double acc;
     rc = 1;
     if (rw_eval_linear_model(l.m, &l.train, &l.test, l.s.data.image_size, l.s.data.mean,

@@ -75,6 +75,7 @@ static int exact_digits(const char *t) {
 
 static const char *const data_kinds[] = {"synthetic", "cifar10", "cifar100", "stl10",
                                          "imagefolder", NULL};
+static const char *const synth_styles[] = {"cluttered", "plain", NULL};
 static const char *const label_sets[] = {"fine", "coarse", NULL};
 static const char *const augments[] = {"byol", "none", NULL};
 static const char *const archs[] = {"resnet18", "resnet34", "resnet50", NULL};
@@ -89,6 +90,7 @@ static const char *const linear_norms[] = {"none", "standardize", "batchnorm", N
 static const char *const alarm_actions[] = {"off", "warn", "stop", NULL};
 
 _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == sizeof(int) &&
+                   sizeof(rw_synth_style) == sizeof(int) &&
                    sizeof(rw_stem) == sizeof(int) && sizeof(rw_arch) == sizeof(int) &&
                    sizeof(rw_predictor) == sizeof(int) &&
                    sizeof(rw_loss_kind) == sizeof(int) && sizeof(rw_tau_schedule) == sizeof(int) &&
@@ -110,6 +112,7 @@ const field rw_field_table[] = {
     {"data.synthetic.train", F_INT, O(data.synthetic_train), 1, 1000000, 0, NULL},
     {"data.synthetic.test", F_INT, O(data.synthetic_test), 1, 1000000, 0, NULL},
     {"data.synthetic.seed", F_U64, O(data.synthetic_seed), 0, TWO53, 0, NULL},
+    {"data.synthetic.style", F_ENUM, O(data.synthetic_style), 0, 0, 0, synth_styles},
     {"data.labels", F_ENUM, O(data.labels), 0, 0, 0, label_sets},
     {"data.unlabeled", F_BOOL, O(data.unlabeled), 0, 1, 0, NULL},
     {"data.image_size", F_INT, O(data.image_size), 8, 512, 0, NULL},
@@ -198,6 +201,7 @@ void rw_spec_defaults(rw_spec *s) {
     s->data.synthetic_train = 5000;
     s->data.synthetic_test = 1000;
     s->data.synthetic_seed = 0;
+    s->data.synthetic_style = RW_SYNTH_CLUTTERED;
     s->data.labels = RW_LABELS_FINE;
     s->data.unlabeled = 1;
     s->data.image_size = 96;

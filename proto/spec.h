@@ -107,6 +107,10 @@ typedef enum {
     RW_DATA_STL10,
     RW_DATA_IMAGEFOLDER,
 } rw_data_kind;
+/* The synthetic set's scenes (worker/synth.c): cluttered, the default, or
+ * plain (a quiet background, no distractors, every object in its class's
+ * hue). */
+typedef enum { RW_SYNTH_CLUTTERED, RW_SYNTH_PLAIN } rw_synth_style;
 typedef enum { RW_LABELS_FINE, RW_LABELS_COARSE } rw_labels;
 typedef enum { RW_AUG_BYOL, RW_AUG_NONE } rw_augment;
 typedef enum { RW_STEM_IMAGENET, RW_STEM_CIFAR } rw_stem;
@@ -163,6 +167,7 @@ typedef struct rw_spec {
         char path[RW_PATH_MAX]; /* resolved against the spec's folder */
         int synthetic_train, synthetic_test;
         uint64_t synthetic_seed;
+        rw_synth_style synthetic_style;
         rw_labels labels; /* cifar100: fine or coarse classes */
         int unlabeled;    /* stl10: unlabeled_X.bin trains the encoder too;
                            * imagefolder: unlabeled/, where present */

@@ -930,6 +930,86 @@ Test(data, synthetic_ensure_regenerates_only_when_stale)
     remove_dir(base);
 }
 
+/* Mean HSV saturation of the outermost ring of pixels of n CIFAR images:
+ * mostly background. */
+static double border_saturation(const rw_dataset *ds)
+{
+    double sum = 0;
+    long cnt = 0;
+    for (int i = 0; i < ds->n; i++) {
+        const uint8_t *img = ds->pixels + (size_t)i * 3072;
+        for (int y = 0; y < 32; y++)
+            for (int x = 0; x < 32; x++) {
+                if (y != 0 && y != 31 && x != 0 && x != 31)
+                    continue;
+                int r = img[y * 32 + x], g = img[1024 + y * 32 + x], b = img[2048 + y * 32 + x];
+                int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
+                int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
+                sum += mx ? (double)(mx - mn) / mx : 0;
+                cnt++;
+            }
+    }
+    return sum / (double)cnt;
+}
+
+/* data.synthetic.style plain: the same scenes, labels and counts, over a
+ * greyish background; its own marker and cache, so neither style is taken
+ * for the other. */
+Test(data, synthetic_plain_style_takes_the_clutter_out)
+{
+    char a[64], b[64], c[64];
+    make_dir(a, sizeof a);
+    make_dir(b, sizeof b);
+    make_dir(c, sizeof c);
+    char err[512] = "";
+    cr_assert_eq(rw_synth_write_style(a, 500, 20, 9, RW_SYNTH_CLUTTERED, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_eq(rw_synth_write_style(b, 500, 20, 9, RW_SYNTH_PLAIN, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(rw_synth_write(c, 500, 20, 9, err, sizeof err), 0, "%s", err);
+    for (int k = 0; k < 6; k++) {
+        size_t na, nb, nc;
+        uint8_t *ba = slurp(a, k_files[k], &na), *bb = slurp(b, k_files[k], &nb),
+                *bc = slurp(c, k_files[k], &nc);
+        cr_assert(na == nb && na == nc);
+        cr_assert(memcmp(ba, bc, na) == 0, "%s: rw_synth_write is not the cluttered style",
+                  k_files[k]);
+        cr_assert(memcmp(ba, bb, na) != 0, "%s: both styles the same", k_files[k]);
+        for (size_t r = 0; r < na; r += RW_CIFAR_RECORD)
+            cr_assert_eq(ba[r], bb[r], "%s: a label differs between the styles", k_files[k]);
+        free(ba), free(bb), free(bc);
+    }
+    rw_dataset ca, pl;
+    cr_assert_eq(rw_cifar_load(a, 1, &ca, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rw_cifar_load(b, 1, &pl, err, sizeof err), 0, "%s", err);
+    double sa = border_saturation(&ca), sp = border_saturation(&pl);
+    /* backgrounds drawn at saturation up to 0.6 against 0.15, plus noise */
+    cr_expect(sp < 0.15 && sa > 2 * sp, "border saturation: cluttered %.3f, plain %.3f", sa, sp);
+    rw_dataset_free(&ca), rw_dataset_free(&pl);
+
+    /* the marker names the style; a set of the other style is made again */
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/e", c);
+    cr_assert_eq(rw_synth_ensure_style(dir, 50, 10, 1, RW_SYNTH_PLAIN, err, sizeof err), 0, "%s",
+                 err);
+    size_t n;
+    uint8_t *m = slurp(dir, "runaway-synthetic.txt", &n);
+    m[n] = 0;
+    cr_assert(strstr((char *)m, "style plain"), "%s", (char *)m);
+    free(m);
+    ino_t i1 = inode_of(dir, "data_batch_1.bin");
+    cr_assert_eq(rw_synth_ensure_style(dir, 50, 10, 1, RW_SYNTH_PLAIN, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(inode_of(dir, "data_batch_1.bin"), i1, "regenerated a current plain set");
+    cr_assert_eq(rw_synth_ensure(dir, 50, 10, 1, err, sizeof err), 0, "%s", err);
+    cr_assert_neq(inode_of(dir, "data_batch_1.bin"), i1, "took the plain set for the cluttered");
+    m = slurp(dir, "runaway-synthetic.txt", &n);
+    m[n] = 0;
+    cr_assert(!strstr((char *)m, "style"), "%s", (char *)m);
+    free(m);
+    remove_dir(a), remove_dir(b), remove_dir(c);
+}
+
 /* ---- the loader ---- */
 
 static rw_dataset small_set(int n)

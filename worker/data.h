@@ -115,6 +115,9 @@ int rw_dataset_noise(int n, uint64_t seed, rw_dataset *out);
  * 10 learnable classes, deterministic from seed. Creates dir if needed. */
 int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
                    size_t errlen);
+/* ... in a style of scene (rw_synth_write: the cluttered one). */
+int rw_synth_write_style(const char *dir, int n_train, int n_test, uint64_t seed,
+                         rw_synth_style style, char *err, size_t errlen);
 
 /* The same images in another data set's files, to try a spec of that kind
  * where the real set is absent: RW_DATA_CIFAR100 (train.bin, test.bin; fine
@@ -142,6 +145,10 @@ int rw_mkdir_p(const char *dir, char *err, size_t errlen);
  * set is regenerated rather than silently reused. */
 int rw_synth_ensure(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
                     size_t errlen);
+/* ... in a style of scene (rw_synth_ensure: the cluttered one; its marker
+ * names the plain style, not the cluttered, so older sets stay valid). */
+int rw_synth_ensure_style(const char *dir, int n_train, int n_test, uint64_t seed,
+                          rw_synth_style style, char *err, size_t errlen);
 
 /* Un-augmented image i resized (bilinear) to size x size and normalized:
  * out (3, size, size). Used for evaluation features and `augment: none`. */

@@ -9,7 +9,16 @@
  * aspect over a random two-colour gradient background, with up to two small
  * distractor blobs and pixel noise. No single pixel tells the class; shape,
  * texture and colour together do, and they survive BYOL's augmentations.
- * Every image is a pure function of (seed, split, index). */
+ *
+ * The plain style (data.synthetic.style: plain) draws its scenes from the
+ * same stream of numbers with the clutter taken out: every object in its
+ * class's hue (+-0.03), a little larger (radius 9-13 pixels instead of
+ * 7-12), over a greyish background (saturation up to 0.15 instead of 0.6,
+ * value 0.35-0.65 instead of 0.1-0.9), with no distractors. What tells its
+ * classes apart is then what survives BYOL's augmentations and varies most
+ * from image to image, which self-supervised training finds in a few hundred
+ * steps (the quickstart) and an untrained encoder reads only in part.
+ * Every image is a pure function of (style, seed, split, index). */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -127,20 +136,36 @@ static float texture(int tex, float u, float v)
     }
 }
 
+/* What a style changes; both draw the same numbers in the same order. */
+typedef struct synth_look {
+    float random_hue;     /* share of objects in a random hue */
+    float hue_spread;     /* +- around the class's hue */
+    float rad_lo, rad_hi; /* the object's radius, pixels */
+    float bg_sat, bg_vlo, bg_vhi;
+    float distractors; /* 0 .. this, rounded down */
+} synth_look;
+
+static const synth_look looks[] = {
+    [RW_SYNTH_CLUTTERED] = {0.5f, 0.05f, 7.0f, 12.0f, 0.6f, 0.1f, 0.9f, 3.0f},
+    [RW_SYNTH_PLAIN] = {0.0f, 0.03f, 9.0f, 13.0f, 0.15f, 0.35f, 0.65f, 0.0f},
+};
+
 /* Renders image `index` of a split with label `label` into (3, 32, 32) bytes. */
-static void synth_image(uint64_t seed, uint32_t split, uint32_t index, int label, uint8_t *img)
+static void synth_image(rw_synth_style style, uint64_t seed, uint32_t split, uint32_t index,
+                        int label, uint8_t *img)
 {
+    const synth_look *lk = &looks[style == RW_SYNTH_PLAIN ? RW_SYNTH_PLAIN : RW_SYNTH_CLUTTERED];
     synth_rng r;
     rng_init(&r, seed, split, index);
 
     /* the object */
-    float hue = rng_uniform(&r, 0.0f, 1.0f) < 0.5f
+    float hue = rng_uniform(&r, 0.0f, 1.0f) < lk->random_hue
                     ? rng_uniform(&r, 0.0f, 1.0f)
-                    : 0.1f * (float)label + rng_uniform(&r, -0.05f, 0.05f);
+                    : 0.1f * (float)label + rng_uniform(&r, -lk->hue_spread, lk->hue_spread);
     float fg[3];
     hsv_to_rgb(hue, rng_uniform(&r, 0.55f, 1.0f), rng_uniform(&r, 0.55f, 1.0f), fg);
     float cx = rng_uniform(&r, 10.0f, 22.0f), cy = rng_uniform(&r, 10.0f, 22.0f);
-    float rad = rng_uniform(&r, 7.0f, 12.0f);
+    float rad = rng_uniform(&r, lk->rad_lo, lk->rad_hi);
     float aspect = expf(rng_uniform(&r, -0.2f, 0.2f));
     float theta = rng_uniform(&r, 0.0f, 2.0f * PI_F);
     float ct = cosf(theta), st = sinf(theta);
@@ -149,13 +174,15 @@ static void synth_image(uint64_t seed, uint32_t split, uint32_t index, int label
 
     /* the background: a linear gradient between two random colours */
     float bg0[3], bg1[3];
-    hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, 0.6f), rng_uniform(&r, 0.1f, 0.9f), bg0);
-    hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, 0.6f), rng_uniform(&r, 0.1f, 0.9f), bg1);
+    hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, lk->bg_sat),
+               rng_uniform(&r, lk->bg_vlo, lk->bg_vhi), bg0);
+    hsv_to_rgb(rng_uniform(&r, 0, 1), rng_uniform(&r, 0, lk->bg_sat),
+               rng_uniform(&r, lk->bg_vlo, lk->bg_vhi), bg1);
     float gdir = rng_uniform(&r, 0.0f, 2.0f * PI_F);
     float gx = cosf(gdir) / SIDE, gy = sinf(gdir) / SIDE;
 
     /* distractors: small hard-edged blobs in random colours */
-    int nd = (int)(rng_uniform(&r, 0.0f, 3.0f));
+    int nd = (int)(rng_uniform(&r, 0.0f, lk->distractors));
     float dx[2], dy[2], dr[2], dc[2][3];
     for (int k = 0; k < 2; k++) {
         dx[k] = rng_uniform(&r, 0.0f, SIDE);
@@ -209,7 +236,7 @@ static void synth_image(uint64_t seed, uint32_t split, uint32_t index, int label
 
 void rw_synth_image(uint64_t seed, uint32_t split, uint32_t index, int label, uint8_t *img)
 {
-    synth_image(seed, split, index, label, img);
+    synth_image(RW_SYNTH_CLUTTERED, seed, split, index, label, img);
 }
 
 /* ---- files ---- */
@@ -301,8 +328,9 @@ static void stl_image(const uint8_t *img, uint8_t *out)
 }
 
 /* Images first .. first+count-1 of a split, class k % 10, as `rk` records. */
-static int write_split_file(const char *dir, const char *name, rec_kind rk, uint64_t seed,
-                            uint32_t split, int first, int count, char *err, size_t errlen)
+static int write_split_file(const char *dir, const char *name, rec_kind rk,
+                            rw_synth_style style, uint64_t seed, uint32_t split, int first,
+                            int count, char *err, size_t errlen)
 {
     char path[4096], tmp[4200];
     int n = snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -323,7 +351,7 @@ static int write_split_file(const char *dir, const char *name, rec_kind rk, uint
             int head = rk == REC_CIFAR10 ? 1 : rk == REC_CIFAR100 ? 2 : 0;
             rec[0] = (uint8_t)(rk == REC_CIFAR100 ? c / 5 : c);
             rec[1] = (uint8_t)c;
-            synth_image(seed, split, (uint32_t)k, c, rec + head);
+            synth_image(style, seed, split, (uint32_t)k, c, rec + head);
             if (rk == REC_STL_X) {
                 stl_image(rec, big);
                 ok = fwrite(big, 1, sizeof big, f) == sizeof big;
@@ -341,8 +369,8 @@ static int write_split_file(const char *dir, const char *name, rec_kind rk, uint
 /* Images in train file k (0..4): n_train split as evenly as possible. */
 static int train_count(int n_train, int k) { return n_train / 5 + (k < n_train % 5); }
 
-int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
-                   size_t errlen)
+int rw_synth_write_style(const char *dir, int n_train, int n_test, uint64_t seed,
+                         rw_synth_style style, char *err, size_t errlen)
 {
     if (n_train < 5 || n_test < 1 || n_train > 10000000 || n_test > 10000000) {
         snprintf(err, errlen,
@@ -358,11 +386,19 @@ int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char
         char name[32];
         snprintf(name, sizeof name, "data_batch_%d.bin", k + 1);
         int count = train_count(n_train, k);
-        if (write_split_file(dir, name, REC_CIFAR10, seed, 0, first, count, err, errlen) != 0)
+        if (write_split_file(dir, name, REC_CIFAR10, style, seed, 0, first, count, err,
+                             errlen) != 0)
             return -1;
         first += count;
     }
-    return write_split_file(dir, "test_batch.bin", REC_CIFAR10, seed, 1, 0, n_test, err, errlen);
+    return write_split_file(dir, "test_batch.bin", REC_CIFAR10, style, seed, 1, 0, n_test, err,
+                            errlen);
+}
+
+int rw_synth_write(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
+                   size_t errlen)
+{
+    return rw_synth_write_style(dir, n_train, n_test, seed, RW_SYNTH_CLUTTERED, err, errlen);
 }
 
 int rw_synth_check_counts(const char *dir, const char *what, int min, int n_train, int n_test,
@@ -392,28 +428,33 @@ int rw_synth_write_as(const char *dir, rw_data_kind kind, int n_train, int n_tes
         rw_mkdir_p(dir, err, errlen) != 0)
         return -1;
     if (kind == RW_DATA_CIFAR100)
-        return write_split_file(dir, "train.bin", REC_CIFAR100, seed, 0, 0, n_train, err,
-                                errlen) ||
-               write_split_file(dir, "test.bin", REC_CIFAR100, seed, 1, 0, n_test, err, errlen)
+        return write_split_file(dir, "train.bin", REC_CIFAR100, RW_SYNTH_CLUTTERED, seed, 0, 0,
+                                n_train, err, errlen) ||
+               write_split_file(dir, "test.bin", REC_CIFAR100, RW_SYNTH_CLUTTERED, seed, 1, 0,
+                                n_test, err, errlen)
                    ? -1
                    : 0;
     /* STL-10; the unlabeled images are a third split of the generator */
-    if (write_split_file(dir, "train_X.bin", REC_STL_X, seed, 0, 0, n_train, err, errlen) ||
-        write_split_file(dir, "train_y.bin", REC_STL_Y, seed, 0, 0, n_train, err, errlen) ||
-        write_split_file(dir, "test_X.bin", REC_STL_X, seed, 1, 0, n_test, err, errlen) ||
-        write_split_file(dir, "test_y.bin", REC_STL_Y, seed, 1, 0, n_test, err, errlen))
+    const rw_synth_style cl = RW_SYNTH_CLUTTERED;
+    if (write_split_file(dir, "train_X.bin", REC_STL_X, cl, seed, 0, 0, n_train, err, errlen) ||
+        write_split_file(dir, "train_y.bin", REC_STL_Y, cl, seed, 0, 0, n_train, err, errlen) ||
+        write_split_file(dir, "test_X.bin", REC_STL_X, cl, seed, 1, 0, n_test, err, errlen) ||
+        write_split_file(dir, "test_y.bin", REC_STL_Y, cl, seed, 1, 0, n_test, err, errlen))
         return -1;
-    return n_unlabeled ? write_split_file(dir, "unlabeled_X.bin", REC_STL_X, seed, 2, 0,
+    return n_unlabeled ? write_split_file(dir, "unlabeled_X.bin", REC_STL_X, cl, seed, 2, 0,
                                           n_unlabeled, err, errlen)
                        : 0;
 }
 
-static void marker_text(char *buf, size_t len, int n_train, int n_test, uint64_t seed)
+/* The cluttered style's marker is the one written before styles came. */
+static void marker_text(char *buf, size_t len, int n_train, int n_test, uint64_t seed,
+                        rw_synth_style style)
 {
     snprintf(buf, len,
              "runaway synthetic CIFAR-10-format data, generator version %d\n"
-             "train %d\ntest %d\nseed %llu\n",
-             SYNTH_VERSION, n_train, n_test, (unsigned long long)seed);
+             "train %d\ntest %d\nseed %llu\n%s",
+             SYNTH_VERSION, n_train, n_test, (unsigned long long)seed,
+             style == RW_SYNTH_PLAIN ? "style plain\n" : "");
 }
 
 /* Does dir hold a complete set for these parameters? */
@@ -443,11 +484,11 @@ static int synth_present(const char *dir, const char *want, int n_train, int n_t
     return 1;
 }
 
-int rw_synth_ensure(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
-                    size_t errlen)
+int rw_synth_ensure_style(const char *dir, int n_train, int n_test, uint64_t seed,
+                          rw_synth_style style, char *err, size_t errlen)
 {
     char want[512];
-    marker_text(want, sizeof want, n_train, n_test, seed);
+    marker_text(want, sizeof want, n_train, n_test, seed, style);
     if (synth_present(dir, want, n_train, n_test))
         return 0;
 
@@ -461,11 +502,17 @@ int rw_synth_ensure(const char *dir, int n_train, int n_test, uint64_t seed, cha
         snprintf(err, errlen, "%s: cannot remove stale marker: %s", path, strerror(errno));
         return -1;
     }
-    if (rw_synth_write(dir, n_train, n_test, seed, err, errlen) != 0)
+    if (rw_synth_write_style(dir, n_train, n_test, seed, style, err, errlen) != 0)
         return -1;
     FILE *f = open_temp(path, tmp, sizeof tmp, err, errlen);
     if (!f)
         return -1;
     fputs(want, f);
     return commit_temp(f, tmp, path, err, errlen);
+}
+
+int rw_synth_ensure(const char *dir, int n_train, int n_test, uint64_t seed, char *err,
+                    size_t errlen)
+{
+    return rw_synth_ensure_style(dir, n_train, n_test, seed, RW_SYNTH_CLUTTERED, err, errlen);
 }

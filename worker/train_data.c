@@ -28,8 +28,10 @@ void rw_synth_dir(const rw_spec *spec, char *out, size_t outlen)
     }
     char base[RW_PATH_MAX];
     rw_cache_dir(base, sizeof base);
-    snprintf(out, outlen, "%s/synthetic-%d-%d-%llu", base, spec->data.synthetic_train,
-             spec->data.synthetic_test, (unsigned long long)spec->data.synthetic_seed);
+    snprintf(out, outlen, "%s/synthetic-%s%d-%d-%llu", base,
+             spec->data.synthetic_style == RW_SYNTH_PLAIN ? "plain-" : "",
+             spec->data.synthetic_train, spec->data.synthetic_test,
+             (unsigned long long)spec->data.synthetic_seed);
 }
 
 int rw_load_data(const rw_spec *spec, rw_data_notice notice, void *ud, rw_dataset *train,
@@ -41,8 +43,9 @@ int rw_load_data(const rw_spec *spec, rw_data_notice notice, void *ud, rw_datase
     memset(test, 0, sizeof *test);
     if (spec->data.kind == RW_DATA_SYNTHETIC) {
         rw_synth_dir(spec, dir, sizeof dir);
-        if (rw_synth_ensure(dir, spec->data.synthetic_train, spec->data.synthetic_test,
-                            spec->data.synthetic_seed, err, errlen) != 0)
+        if (rw_synth_ensure_style(dir, spec->data.synthetic_train, spec->data.synthetic_test,
+                                  spec->data.synthetic_seed, spec->data.synthetic_style, err,
+                                  errlen) != 0)
             return -1;
     } else {
         snprintf(dir, sizeof dir, "%s", spec->data.path);

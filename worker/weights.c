@@ -408,6 +408,10 @@ void rw_spec_digest(const rw_spec *s, char out[17])
                      s->optim.max_steps, s->ema.tau, (int)s->ema.schedule, s->devices, s->sync_bn);
     /* Fields added later, written only when they matter: the checkpoints of
      * specs that do not use them keep their digest. */
+    if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_SYNTHETIC &&
+        s->data.synthetic_style != RW_SYNTH_CLUTTERED)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " synth_style=%d",
+                      (int)s->data.synthetic_style);
     if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_CIFAR100)
         n += snprintf(buf + n, sizeof buf - (size_t)n, " labels=%d", (int)s->data.labels);
     if (n > 0 && (size_t)n < sizeof buf && s->data.kind == RW_DATA_STL10)

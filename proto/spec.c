@@ -8,7 +8,7 @@
  *      prefix, on top of an existing rw_spec (overrides). Driven by one field
  *      table, so the allowed keys of every mapping come from the same place
  *      as the types and ranges.
- *   3. rw_spec_validate: re-checks every field of a struct against the same
+ *   3. rw_spec_validate (proto/spec_check.c): re-checks every field of a struct against the same
  *      table (the struct may have been built by code or by grid overrides),
  *      then the cross-field rules and the files the spec points at.
  */
@@ -34,9 +34,7 @@
 /* ------------------------------------------------------------------------ */
 /* Errors */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+void rw_spec_err(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || errlen == 0) return;
     va_list ap;
     va_start(ap, fmt);
@@ -100,7 +98,7 @@ _Static_assert(sizeof(rw_data_kind) == sizeof(int) && sizeof(rw_augment) == size
                    sizeof(rw_alarm_action) == sizeof(int),
                "enum fields are stored as int");
 
-#define TWO53 9007199254740992.0
+#define TWO53 RW_TWO53
 
 const field rw_field_table[] = {
     {"name", F_NAME, O(name), 1, RW_NAME_MAX - 1, 0, NULL},
@@ -264,7 +262,7 @@ void rw_spec_defaults(rw_spec *s) {
 }
 
 /* "in (0, 10]", "in 1..64", "with |x| <= 1e+06" */
-static void range_text(const field *f, char *out, size_t outlen) {
+void rw_field_range_text(const field *f, char *out, size_t outlen) {
     if (f->flags & ABS_BOUND)
         snprintf(out, outlen, "with |x| <= %g", f->hi);
     else if (f->type == F_FLOAT || f->type == F_VEC3)
@@ -276,21 +274,21 @@ static void range_text(const field *f, char *out, size_t outlen) {
         snprintf(out, outlen, "in %.0f..%.0f", f->lo, f->hi);
 }
 
-static void enum_list(const char *const *names, char *out, size_t outlen) {
+void rw_field_enum_list(const char *const *names, char *out, size_t outlen) {
     size_t o = 0;
     out[0] = '\0';
     for (int i = 0; names[i] && o < outlen; i++)
         o += (size_t)snprintf(out + o, outlen - o, "%s%s", i ? ", " : "", names[i]);
 }
 
-static int in_range(const field *f, double v) {
+int rw_field_in_range(const field *f, double v) {
     if (f->flags & ABS_BOUND) return fabs(v) <= f->hi;
     if ((f->flags & LO_OPEN) ? !(v > f->lo) : !(v >= f->lo)) return 0;
     if ((f->flags & HI_OPEN) ? !(v < f->hi) : !(v <= f->hi)) return 0;
     return 1;
 }
 
-static int name_ok(const char *s) {
+int rw_spec_name_ok(const char *s) {
     if (!*s) return 0;
     for (; *s; s++) {
         char c = *s;
@@ -341,7 +339,7 @@ static int field_err(const apply_ctx *cx, const char *path, const ynode *n, cons
     char got[SAMPLE_MAX * 3];
     got_text(n, got, sizeof got);
     char ln[32];
-    set_err(cx->err, cx->errlen, "%s: %s: %s, %s%s", cx->origin, path, what, got,
+    rw_spec_err(cx->err, cx->errlen, "%s: %s: %s, %s%s", cx->origin, path, what, got,
             line_note(n->line, ln));
     return -1;
 }
@@ -355,7 +353,7 @@ static int join_path(const apply_ctx *cx, const char *field_path, const ynode *a
         n = snprintf(out, RW_PATH_MAX, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", p);
     if (n < 0 || n >= RW_PATH_MAX) {
         char ln[32];
-        set_err(cx->err, cx->errlen, "%s: %s: path too long (at most %d bytes once resolved)%s",
+        rw_spec_err(cx->err, cx->errlen, "%s: %s: path too long (at most %d bytes once resolved)%s",
                 cx->origin, field_path, RW_PATH_MAX - 1, line_note(at->line, ln));
         return -1;
     }
@@ -367,14 +365,14 @@ static int join_path(const apply_ctx *cx, const char *field_path, const ynode *a
 static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *cx, rw_spec *s) {
     char *dst = (char *)s + f->off;
     char rng[96], what[256];
-    range_text(f, rng, sizeof rng);
+    rw_field_range_text(f, rng, sizeof rng);
     switch (f->type) {
     case F_INT:
     case F_LONG:
     case F_U64: {
         double v;
         snprintf(what, sizeof what, "must be an integer %s", rng);
-        if (rw_ynode_number(n, &v) || v != floor(v) || !in_range(f, v)) return field_err(cx, f->path, n, what);
+        if (rw_ynode_number(n, &v) || v != floor(v) || !rw_field_in_range(f, v)) return field_err(cx, f->path, n, what);
         /* the double rounds above 2^53 (2^53+1 reads as 2^53): plain digit
          * strings are also read exactly, so such values are caught */
         if (exact_digits(n->text)) {
@@ -400,7 +398,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
         double v;
         snprintf(what, sizeof what, "must be a number %s", rng);
         /* range checked on the stored float: 1e-50 is > 0 but its float is 0 */
-        if (rw_ynode_number(n, &v) || !isfinite((float)v) || !in_range(f, (float)v))
+        if (rw_ynode_number(n, &v) || !isfinite((float)v) || !rw_field_in_range(f, (float)v))
             return field_err(cx, f->path, n, what);
         float x = (float)v;
         memcpy(dst, &x, sizeof x);
@@ -414,7 +412,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
     }
     case F_ENUM: {
         char list[160];
-        enum_list(f->enums, list, sizeof list);
+        rw_field_enum_list(f->enums, list, sizeof list);
         snprintf(what, sizeof what, "must be one of: %s", list);
         if (n->kind != YN_SCALAR || rw_ynode_is_null(n) || (n->skind != YS_PLAIN && n->skind != YS_STRING))
             return field_err(cx, f->path, n, what);
@@ -429,7 +427,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
     case F_NAME: {
         snprintf(what, sizeof what, "must be 1..%d characters from [A-Za-z0-9_.-]", RW_NAME_MAX - 1);
         if (n->kind != YN_SCALAR || rw_ynode_is_null(n) || n->skind == YS_OTHER || n->len >= RW_NAME_MAX ||
-            strlen(n->text) != n->len || !name_ok(n->text))
+            strlen(n->text) != n->len || !rw_spec_name_ok(n->text))
             return field_err(cx, f->path, n, what);
         memcpy(dst, n->text, n->len + 1);
         return 0;
@@ -459,7 +457,7 @@ static int apply_scalar_field(const field *f, const ynode *n, const apply_ctx *c
             char sub[96];
             snprintf(sub, sizeof sub, "%s[%d]", f->path, i);
             snprintf(what, sizeof what, "must be a number %s", rng);
-            if (rw_ynode_number(n->kids[i], &v) || !in_range(f, (float)v))
+            if (rw_ynode_number(n->kids[i], &v) || !rw_field_in_range(f, (float)v))
                 return field_err(cx, sub, n->kids[i], what);
             x[i] = (float)v;
         }
@@ -505,10 +503,10 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         char got[SAMPLE_MAX * 3];
         got_text(map, got, sizeof got);
         if (prefix[0])
-            set_err(cx->err, cx->errlen, "%s: %s: must be a mapping, %s%s", cx->origin, prefix,
+            rw_spec_err(cx->err, cx->errlen, "%s: %s: must be a mapping, %s%s", cx->origin, prefix,
                     got, line_note(map->line, ln));
         else
-            set_err(cx->err, cx->errlen, "%s: top level: must be a mapping of fields, %s%s",
+            rw_spec_err(cx->err, cx->errlen, "%s: top level: must be a mapping of fields, %s%s",
                     cx->origin, got, line_note(map->line, ln));
         return -1;
     }
@@ -518,7 +516,7 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         char kbuf[SAMPLE_MAX * 2];
         if (key->kind != YN_SCALAR || rw_ynode_is_null(key) || strlen(key->text) != key->len) {
             allowed_keys(prefix, allowed, sizeof allowed);
-            set_err(cx->err, cx->errlen, "%s: %s%skeys must be plain names (allowed: %s)%s",
+            rw_spec_err(cx->err, cx->errlen, "%s: %s%skeys must be plain names (allowed: %s)%s",
                     cx->origin, prefix, pl ? ": " : "", allowed, line_note(key->line, ln));
             return -1;
         }
@@ -536,7 +534,7 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         }
         if ((!f && !group) || key->len >= sizeof kbuf - 4) {
             allowed_keys(prefix, allowed, sizeof allowed);
-            set_err(cx->err, cx->errlen, "%s: %s: unknown field (allowed%s%s: %s)%s",
+            rw_spec_err(cx->err, cx->errlen, "%s: %s: unknown field (allowed%s%s: %s)%s",
                     cx->origin, path, pl ? " in " : " at top level", pl ? prefix : "", allowed,
                     line_note(key->line, ln));
             return -1;
@@ -544,7 +542,7 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
         /* duplicates: earlier keys were all known, so this loop is short */
         for (size_t j = 0; j < i; j += 2) {
             if (map->kids[j]->len == key->len && !strcmp(map->kids[j]->text, key->text)) {
-                set_err(cx->err, cx->errlen, "%s: %s: duplicate key on line %d (first given on line %d)",
+                rw_spec_err(cx->err, cx->errlen, "%s: %s: duplicate key on line %d (first given on line %d)",
                         cx->origin, path, key->line, map->kids[j]->line);
                 return -1;
             }
@@ -553,270 +551,6 @@ static int spec_apply_map(const ynode *map, const char *prefix, const apply_ctx 
             if (apply_scalar_field(f, val, cx, s)) return -1;
         } else if (!rw_ynode_is_null(val)) { /* "eval:" with everything commented out */
             if (spec_apply_map(val, path, cx, s)) return -1;
-        }
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* 3. Validation of a whole struct */
-
-static int check_struct_fields(const rw_spec *s, const char *origin, char *err, size_t errlen) {
-    char rng[96];
-    for (size_t i = 0; i < NFIELDS; i++) {
-        const field *f = &fields[i];
-        const char *src = (const char *)s + f->off;
-        range_text(f, rng, sizeof rng);
-        switch (f->type) {
-        case F_INT: {
-            int x;
-            memcpy(&x, src, sizeof x);
-            if (!in_range(f, x)) {
-                set_err(err, errlen, "%s: %s: must be an integer %s, got %d", origin, f->path, rng, x);
-                return -1;
-            }
-            break;
-        }
-        case F_LONG: {
-            long x;
-            memcpy(&x, src, sizeof x);
-            if (!in_range(f, (double)x)) {
-                set_err(err, errlen, "%s: %s: must be an integer %s, got %ld", origin, f->path, rng, x);
-                return -1;
-            }
-            break;
-        }
-        case F_U64: {
-            uint64_t x;
-            memcpy(&x, src, sizeof x);
-            if (x > (uint64_t)TWO53) {
-                set_err(err, errlen, "%s: %s: must be an integer %s, got %llu", origin, f->path, rng,
-                        (unsigned long long)x);
-                return -1;
-            }
-            break;
-        }
-        case F_FLOAT: {
-            float x;
-            memcpy(&x, src, sizeof x);
-            if (!isfinite(x) || !in_range(f, x)) {
-                set_err(err, errlen, "%s: %s: must be a number %s, got %g", origin, f->path, rng, x);
-                return -1;
-            }
-            break;
-        }
-        case F_VEC3: {
-            float x[3];
-            memcpy(x, src, sizeof x);
-            for (int k = 0; k < 3; k++) {
-                if (!isfinite(x[k]) || !in_range(f, x[k])) {
-                    set_err(err, errlen, "%s: %s[%d]: must be a number %s, got %g", origin, f->path, k,
-                            rng, x[k]);
-                    return -1;
-                }
-            }
-            break;
-        }
-        case F_BOOL: {
-            int x;
-            memcpy(&x, src, sizeof x);
-            if (x != 0 && x != 1) {
-                set_err(err, errlen, "%s: %s: must be true or false, got %d", origin, f->path, x);
-                return -1;
-            }
-            break;
-        }
-        case F_ENUM: {
-            int x, n = 0;
-            memcpy(&x, src, sizeof x);
-            while (f->enums[n]) n++;
-            if (x < 0 || x >= n) {
-                char list[160];
-                enum_list(f->enums, list, sizeof list);
-                set_err(err, errlen, "%s: %s: must be one of: %s, got %d", origin, f->path, list, x);
-                return -1;
-            }
-            break;
-        }
-        case F_NAME:
-            if (!memchr(src, '\0', RW_NAME_MAX) || !name_ok(src)) {
-                set_err(err, errlen, "%s: %s: must be 1..%d characters from [A-Za-z0-9_.-]", origin,
-                        f->path, RW_NAME_MAX - 1);
-                return -1;
-            }
-            break;
-        case F_PATH:
-            if (!memchr(src, '\0', RW_PATH_MAX)) {
-                set_err(err, errlen, "%s: %s: path is not terminated", origin, f->path);
-                return -1;
-            }
-            break;
-        }
-    }
-    return 0;
-}
-
-void rw_spec_resolve(rw_spec *s) {
-    /* per channel over the training images: CIFAR-10's as DESIGN gives
-     * them, CIFAR-100's and STL-10's (train + unlabeled) as commonly published */
-    static const float stats[][2][3] = {
-        [RW_DATA_SYNTHETIC] = {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}},
-        [RW_DATA_CIFAR10] = {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}},
-        [RW_DATA_CIFAR100] = {{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}},
-        [RW_DATA_STL10] = {{0.4467f, 0.4398f, 0.4066f}, {0.2603f, 0.2566f, 0.2713f}},
-        /* a folder of photographs: ImageNet's, as torchvision's examples use */
-        [RW_DATA_IMAGEFOLDER] = {{0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}},
-    };
-    if ((unsigned)s->data.kind < sizeof stats / sizeof stats[0]) {
-        if (!(s->data.given & RW_GIVEN_MEAN))
-            memcpy(s->data.mean, stats[s->data.kind][0], sizeof s->data.mean);
-        if (!(s->data.given & RW_GIVEN_STD))
-            memcpy(s->data.std, stats[s->data.kind][1], sizeof s->data.std);
-    }
-    if (!(s->data.given & RW_GIVEN_CACHE_SIZE))
-        s->data.cache_size = s->data.image_size;
-    /* the marks only live between applying fields and this call, so a
-     * parsed spec equals one built in code */
-    s->data.given = 0;
-    /* only the unified loss is weighed: other kinds keep the defaults, which
-     * the canonical YAML leaves out (grid.c refuses weights given to them) */
-    if (s->loss.kind != RW_LOSS_UNIFIED)
-        s->loss.alpha = s->loss.beta = 1.0f;
-}
-
-/* The predictor studies' fields where they mean something: a frozen or
- * slower predictor needs one trained by gradient, and a frozen one has no
- * learning rate to scale. */
-static int predictor_rules(const rw_spec *s, const char *origin, char *err, size_t errlen) {
-    const rw_predictor p = s->model.predictor;
-    const int by_gradient = p != RW_PRED_NONE && p != RW_PRED_DIRECTPRED;
-    if (s->model.pred_frozen && !by_gradient) {
-        set_err(err, errlen, "%s: model.predictor_frozen: a fixed random predictor needs one "
-                "trained by gradient (mlp, mlp_bn, linear, linear_identity); model.predictor "
-                "is %s (%s)", origin, predictors[p],
-                p == RW_PRED_NONE ? "nothing to freeze" : "set from its input's correlation");
-        return -1;
-    }
-    if (s->optim.predictor_lr_mult != 1.0f && !by_gradient) {
-        set_err(err, errlen, "%s: optim.predictor_lr_mult: model.predictor %s has no learning "
-                "rate (%s); leave it at 1", origin, predictors[p],
-                p == RW_PRED_NONE ? "no predictor" : "set from its input's correlation, not by "
-                "gradient");
-        return -1;
-    }
-    if (s->optim.predictor_lr_mult != 1.0f && s->model.pred_frozen) {
-        set_err(err, errlen, "%s: optim.predictor_lr_mult: a frozen predictor takes no step; "
-                "leave it at 1 (or unfreeze it: multiplier 0 moves its Adam moments only)",
-                origin);
-        return -1;
-    }
-    return 0;
-}
-
-int rw_spec_validate(const rw_spec *s, const char *origin, char *err, size_t errlen) {
-    if (!origin) origin = "spec";
-    if (check_struct_fields(s, origin, err, errlen)) return -1;
-
-    if (s->loss.kind == RW_LOSS_UNIFIED && s->loss.alpha == 0.0f && s->loss.beta == 0.0f) {
-        set_err(err, errlen,
-                "%s: loss.alpha, loss.beta: must not both be 0 for loss.kind unified "
-                "(BYOL' beta > 0, RAFT beta < 0)",
-                origin);
-        return -1;
-    }
-    if (s->monitor.collapse.action != RW_ALARM_OFF && s->eval.rank_every == 0 &&
-        (s->monitor.collapse.rank_below > 0 || s->monitor.collapse.rank_share_below > 0)) {
-        set_err(err, errlen, "%s: monitor.collapse.%s: judges the effective rank, which "
-                "eval.rank.every 0 does not measure: set eval.rank.every, or the threshold to 0",
-                origin, s->monitor.collapse.rank_below > 0 ? "rank_below" : "rank_share_below");
-        return -1;
-    }
-    if (s->init[0]) {
-        struct stat st;
-        int fd = open(s->init, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            set_err(err, errlen, "%s: init: cannot read '%s': %s", origin, s->init, strerror(errno));
-            return -1;
-        }
-        int isreg = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-        close(fd);
-        if (!isreg) {
-            set_err(err, errlen, "%s: init: '%s' is not a regular file (expected a .safetensors file)",
-                    origin, s->init);
-            return -1;
-        }
-    }
-    if (s->model.arch == RW_ARCH_RESNET50 && s->model.width > RW_WIDTH_MAX_BOTTLENECK) {
-        set_err(err, errlen, "%s: model.width: resnet50's bottleneck blocks take a width in "
-                "1..%d (its blocks' outputs are 4x wider: 64 is torchvision's 2048 features); "
-                "got %d", origin, RW_WIDTH_MAX_BOTTLENECK, s->model.width);
-        return -1;
-    }
-    if (s->model.predictor_negated && s->model.predictor == RW_PRED_NONE) {
-        set_err(err, errlen, "%s: model.predictor_negated: predictor none has no output layer "
-                "to negate (no W, so no start -W0)", origin);
-        return -1;
-    }
-    if (s->model.predictor_negated && s->model.predictor == RW_PRED_DIRECTPRED) {
-        set_err(err, errlen, "%s: model.predictor_negated: directpred sets W from its input's "
-                "correlation (positive semi-definite), so a start from -W0 does not last",
-                origin);
-        return -1;
-    }
-    if (s->init[0] && (s->model.predictor_negated || s->model.init_nudge_ulps)) {
-        set_err(err, errlen, "%s: model.%s changes the seed's initialization, and init reads "
-                "the weights from a file instead: set one or the other", origin,
-                s->model.predictor_negated ? "predictor_negated" : "init_nudge_ulps");
-        return -1;
-    }
-    if (s->loss.kind == RW_LOSS_SUPERVISED && s->model.predictor != RW_PRED_NONE) {
-        set_err(err, errlen, "%s: model.predictor: loss.kind supervised trains a classifier on "
-                "the projections and no predictor: set model.predictor: none (it is %s)",
-                origin, predictors[s->model.predictor]);
-        return -1;
-    }
-    if (predictor_rules(s, origin, err, errlen)) return -1;
-    if (s->loss.kind == RW_LOSS_SUPERVISED && s->loss.tangential) {
-        set_err(err, errlen, "%s: loss.tangential: not for loss.kind supervised (no teacher "
-                "in its loss)", origin);
-        return -1;
-    }
-    if (s->loss.kind == RW_LOSS_SUPERVISED && s->data.kind == RW_DATA_STL10 && s->data.unlabeled) {
-        set_err(err, errlen, "%s: data.unlabeled: loss.kind supervised trains on labels; STL-10's "
-                "unlabeled images have none: set data.unlabeled: false", origin);
-        return -1;
-    }
-    if (s->data.labels == RW_LABELS_COARSE && s->data.kind != RW_DATA_CIFAR100) {
-        set_err(err, errlen, "%s: data.labels: coarse is for data.kind cifar100 (its 20 "
-                "superclasses); data.kind is %s", origin, data_kinds[s->data.kind]);
-        return -1;
-    }
-    if (s->data.kind != RW_DATA_SYNTHETIC) {
-        static const char *const holds[] = {
-            [RW_DATA_CIFAR10] = "data_batch_1.bin ... test_batch.bin",
-            [RW_DATA_CIFAR100] = "train.bin and test.bin",
-            [RW_DATA_STL10] = "train_X.bin, train_y.bin, test_X.bin, test_y.bin and "
-                              "unlabeled_X.bin (stl10_binary)",
-            [RW_DATA_IMAGEFOLDER] = "train/ and val/, one folder of .jpg or .png images per "
-                                    "class, and optionally unlabeled/",
-        };
-        const char *kind = data_kinds[s->data.kind], *files = holds[s->data.kind];
-        struct stat st;
-        if (!s->data.path[0]) {
-            set_err(err, errlen, "%s: data.path: required for data.kind %s (the folder holding %s)",
-                    origin, kind, files);
-            return -1;
-        }
-        if (stat(s->data.path, &st) != 0) {
-            set_err(err, errlen, "%s: data.path: cannot access '%s': %s", origin, s->data.path,
-                    strerror(errno));
-            return -1;
-        }
-        if (!S_ISDIR(st.st_mode)) {
-            set_err(err, errlen,
-                    "%s: data.path: '%s' is not a directory (%s needs the folder holding %s)",
-                    origin, s->data.path, kind, files);
-            return -1;
         }
     }
     return 0;
@@ -845,7 +579,7 @@ int rw_spec_parse_with(const char *yaml, size_t len, const char *origin, const c
     if (!origin) origin = "spec";
     if (!basedir) basedir = "";
     if (len > SPEC_FILE_MAX) {
-        set_err(err, errlen, "%s: too large (%zu bytes; a spec is at most %u bytes)", origin, len,
+        rw_spec_err(err, errlen, "%s: too large (%zu bytes; a spec is at most %u bytes)", origin, len,
                 SPEC_FILE_MAX);
         return -1;
     }
@@ -853,7 +587,7 @@ int rw_spec_parse_with(const char *yaml, size_t len, const char *origin, const c
     if (rw_ytree_parse(yaml, len, origin, &root, err, errlen)) return -1;
     if (!root || rw_ynode_is_null(root)) {
         rw_ytree_free(root);
-        set_err(err, errlen, "%s: empty spec: expected a mapping of fields (name, seed, data, model, "
+        rw_spec_err(err, errlen, "%s: empty spec: expected a mapping of fields (name, seed, data, model, "
                              "loss, optim, ...)", origin);
         return -1;
     }
@@ -878,22 +612,22 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
                       size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        rw_spec_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
-        set_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        rw_spec_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
         return -1;
     }
     if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+        rw_spec_err(err, errlen, "%s: not a regular file", path);
         close(fd);
         return -1;
     }
     if (st.st_size > (off_t)SPEC_FILE_MAX) {
-        set_err(err, errlen, "%s: too large (%lld bytes; a spec is at most %u bytes)", path,
+        rw_spec_err(err, errlen, "%s: too large (%lld bytes; a spec is at most %u bytes)", path,
                 (long long)st.st_size, SPEC_FILE_MAX);
         close(fd);
         return -1;
@@ -901,7 +635,7 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
     /* read up to the limit + 1 so a file that grows meanwhile is still caught */
     char *buf = malloc(SPEC_FILE_MAX + 1);
     if (!buf) {
-        set_err(err, errlen, "%s: out of memory", path);
+        rw_spec_err(err, errlen, "%s: out of memory", path);
         close(fd);
         return -1;
     }
@@ -910,7 +644,7 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
         ssize_t r = read(fd, buf + len, SPEC_FILE_MAX + 1 - len);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
-            set_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+            rw_spec_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
             free(buf);
             close(fd);
             return -1;
@@ -920,7 +654,7 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
     close(fd);
     if (len == 0) {
         free(buf);
-        set_err(err, errlen, "%s: empty file: expected a mapping of fields (name, seed, data, model, "
+        rw_spec_err(err, errlen, "%s: empty file: expected a mapping of fields (name, seed, data, model, "
                              "loss, optim, ...)", path);
         return -1;
     }
@@ -937,7 +671,7 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
         snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
     } else {
         free(buf);
-        set_err(err, errlen, "%s: path too long", path);
+        rw_spec_err(err, errlen, "%s: path too long", path);
         return -1;
     }
     const char *basedir = dir;
@@ -950,6 +684,10 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
 
 const char *rw_arch_name(rw_arch a) {
     return (unsigned)a < sizeof archs / sizeof archs[0] - 1 ? archs[a] : "?";
+}
+
+const char *rw_data_kind_name(rw_data_kind k) {
+    return (unsigned)k < sizeof data_kinds / sizeof data_kinds[0] - 1 ? data_kinds[k] : "?";
 }
 
 const char *rw_predictor_name(rw_predictor p) {

@@ -358,6 +358,7 @@ int rw_spec_load_with(const char *path, const rw_overrides *ov, rw_spec *s, char
 void rw_spec_value_short(const char *v, char *out, size_t len);
 
 /* Names for printing. */
+const char *rw_data_kind_name(rw_data_kind k);
 const char *rw_predictor_name(rw_predictor p);
 const char *rw_arch_name(rw_arch a);
 const char *rw_loss_kind_name(rw_loss_kind k);

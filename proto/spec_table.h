@@ -1,5 +1,6 @@
-/* The spec's field table, shared by the parser (proto/spec.c) and the
- * canonical YAML writer (proto/spec_emit.c): one place for every field's
+/* The spec's field table, shared by the parser (proto/spec.c), its
+ * validation (proto/spec_check.c) and the canonical YAML writer
+ * (proto/spec_emit.c): one place for every field's
  * path, type, offset and range. Internal to proto/. */
 #ifndef RUNAWAY_PROTO_SPEC_TABLE_H
 #define RUNAWAY_PROTO_SPEC_TABLE_H
@@ -36,8 +37,18 @@ typedef struct field {
 
 #define O(m) offsetof(rw_spec, m)
 
+#define RW_TWO53 9007199254740992.0 /* the largest u64 a double holds exactly */
+
 /* In the canonical YAML's order. */
 extern const field rw_field_table[];
 extern const size_t rw_field_count;
+
+/* Shared by the parser and the validation (proto/spec_check.c). */
+void rw_spec_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void rw_field_range_text(const field *f, char *out, size_t outlen); /* "in (0, 10]" */
+int rw_field_in_range(const field *f, double v);
+void rw_field_enum_list(const char *const *names, char *out, size_t outlen); /* "a, b, c" */
+int rw_spec_name_ok(const char *s); /* [A-Za-z0-9_.-]+ */
 
 #endif

@@ -11,6 +11,7 @@
  * (the checkpoint is written) and ends the process: the daemon restarts
  * workers, not the other way round. */
 #include "worker/agent.h"
+#include "worker/agent_internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -36,47 +37,9 @@
 #include "worker/connect.h"
 #include "worker/train.h"
 
-typedef struct agent {
-    int fd;
-    pthread_mutex_t wmu; /* one writer at a time */
-    pthread_mutex_t mu;  /* guards the fields below */
-    pthread_cond_t cv;
-    json_t *pending;     /* an assign not yet taken by the main thread */
-    long long job, attempt; /* what is training now (0: idle) */
-    atomic_int cancel;   /* the current job was cancelled */
-    atomic_int stop;     /* the daemon asked us to stop, or is gone */
-    atomic_int preempted; /* the signal (SIGTERM, SIGUSR1) that stopped us, or 0 */
-    atomic_int lost;
-    rw_frame_reader r;   /* one reader for hello and the I/O thread: the daemon may
-                          * send an assign right behind its hello reply */
-    double heartbeat_s;
-    int threads;         /* serve --threads: this host's share (0: the daemon's, or all) */
-    int remote;          /* no --slot: a worker of another host */
-    const char *backend;
-    const char *host;     /* the address peers reach this worker at (Gloo) */
-    int coll_timeout_ms;  /* collectives and rendezvous */
-    /* one kv request in flight (the main thread's rendezvous): its id and
-     * the daemon's reply once the I/O thread has it */
-    long long kv_id, kv_next;
-    json_t *kv_reply;
-    /* the current assignment's rank and world; when a multi-rank one was
-     * cancelled (0: not) */
-    int rank, world;
-    double cancelled_at;
-    double cancel_grace_s;
-    /* The watchdog: the training thread's last sign of progress (a step,
-     * an evaluation boundary, a log line), and how long a silence is taken
-     * for a hang (a GPU or library call that never returns, a data read
-     * that blocks) rather than a long step. */
-    double progress_at;
-    double stall_s;
-    char **argv; /* serve's arguments, to start afresh */
-    int argc;
-} agent;
-
 static void restart_self(agent *a);
 
-static void send_msg(agent *a, json_t *m)
+void rw_agent_send(agent *a, json_t *m)
 {
     if (!m)
         return;
@@ -87,7 +50,7 @@ static void send_msg(agent *a, json_t *m)
     json_decref(m);
 }
 
-static double mono(void)
+double rw_agent_mono(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -97,7 +60,7 @@ static double mono(void)
 static void *io_main(void *arg)
 {
     agent *a = arg;
-    double next_hb = mono() + a->heartbeat_s;
+    double next_hb = rw_agent_mono() + a->heartbeat_s;
     while (!atomic_load(&a->lost)) {
         /* A rank told to drop a multi-rank attempt stops at its next step,
          * or fails in its next collective when a peer died. Gloo does not
@@ -106,8 +69,8 @@ static void *io_main(void *arg)
          * the failure and start afresh, so the job's next attempt does not
          * wait on this process. */
         pthread_mutex_lock(&a->mu);
-        int stuck = a->job && a->cancelled_at && mono() - a->cancelled_at > a->cancel_grace_s;
-        int stalled = !stuck && a->job && a->stall_s > 0 && mono() - a->progress_at > a->stall_s;
+        int stuck = a->job && a->cancelled_at && rw_agent_mono() - a->cancelled_at > a->cancel_grace_s;
+        int stalled = !stuck && a->job && a->stall_s > 0 && rw_agent_mono() - a->progress_at > a->stall_s;
         long long sj = a->job, sa = a->attempt;
         int sr = a->rank;
         double ca = a->cancelled_at;
@@ -132,10 +95,10 @@ static void *io_main(void *arg)
             /* a hang (a GPU, a library, a file system) need not recur */
             json_object_set_new(f, "retry", json_true());
             json_object_set_new(f, "restart", json_true()); /* no new work for this process */
-            send_msg(a, f);
+            rw_agent_send(a, f);
             restart_self(a);
         }
-        int wait = (int)((next_hb - mono()) * 1000);
+        int wait = (int)((next_hb - rw_agent_mono()) * 1000);
         if (ca && wait > 200)
             wait = 200;
         if (sj && wait > 500) /* the watchdog looks twice a second */
@@ -159,8 +122,8 @@ static void *io_main(void *arg)
             if (hj)
                 json_object_set_new(hb, "job", json_integer(hj));
             pthread_mutex_unlock(&a->mu);
-            send_msg(a, hb);
-            next_hb = mono() + a->heartbeat_s;
+            rw_agent_send(a, hb);
+            next_hb = rw_agent_mono() + a->heartbeat_s;
             continue;
         }
         const char *type, *code;
@@ -201,7 +164,7 @@ static void *io_main(void *arg)
             if (j == a->job) {
                 atomic_store(&a->cancel, 1);
                 if (a->world > 1 && !a->cancelled_at)
-                    a->cancelled_at = mono();
+                    a->cancelled_at = rw_agent_mono();
             } else if (a->pending && json_integer_value(json_object_get(a->pending, "job")) == j) {
                 /* cancelled before it started: say so, the daemon waits for it */
                 json_t *st = rw_msg_new("stopped", -1);
@@ -210,7 +173,7 @@ static void *io_main(void *arg)
                 json_decref(a->pending);
                 a->pending = NULL;
                 pthread_mutex_unlock(&a->mu);
-                send_msg(a, st);
+                rw_agent_send(a, st);
                 pthread_mutex_lock(&a->mu);
             }
         } else if (!strcmp(type, "stop")) {
@@ -271,14 +234,14 @@ static void send_metric(run_ctx *r, const rw_metrics *x, const char *kind, int r
     if (replay)
         json_object_set_new(m, "replay", json_true());
     put_metrics(m, x);
-    send_msg(r->a, m);
+    rw_agent_send(r->a, m);
 }
 
 static void hook_progress(void *ud)
 {
     run_ctx *r = ud;
     pthread_mutex_lock(&r->a->mu);
-    r->a->progress_at = mono();
+    r->a->progress_at = rw_agent_mono();
     pthread_mutex_unlock(&r->a->mu);
     if (r->stall_at && ++r->progress_calls == r->stall_at)
         for (;;)
@@ -328,7 +291,7 @@ static void hook_collapse(void *ud, const rw_collapse_alarm *c)
     json_object_set_new(m, "rank_peak", rw_json_num(c->rank_peak));
     json_object_set_new(m, "uniform", rw_json_num(c->uniform));
     json_object_set_new(m, "collapse", rw_json_num(c->collapse));
-    send_msg(((run_ctx *)ud)->a, m);
+    rw_agent_send(((run_ctx *)ud)->a, m);
 }
 
 static int hook_stop(void *ud)
@@ -348,122 +311,7 @@ static void hook_log(void *ud, const char *line)
     snprintf(buf, sizeof buf, "%s", line);
     json_t *s = json_string(buf);
     json_object_set_new(m, "line", s ? s : json_string("(line not valid UTF-8)"));
-    send_msg(r->a, m);
-}
-
-/* ------------------------------------------------------------------------ */
-/* The rendezvous store of a data-parallel attempt: kv_set / kv_get frames
- * to the daemon, which keeps one store per attempt. The main thread sends
- * and waits (condvar) for the reply that the I/O thread receives. */
-
-typedef struct kv_ctx {
-    agent *a;
-    long long job, attempt;
-} kv_ctx;
-
-static int aborted(agent *a)
-{
-    return atomic_load(&a->cancel) || atomic_load(&a->stop) || atomic_load(&a->lost);
-}
-
-/* Sends req with a fresh id; the reply, or NULL after wait_ms or when the
- * job is cancelled or the daemon gone. */
-static json_t *kv_call(agent *a, json_t *req, int wait_ms)
-{
-    pthread_mutex_lock(&a->mu);
-    long long id = ++a->kv_next;
-    a->kv_id = id;
-    json_decref(a->kv_reply);
-    a->kv_reply = NULL;
-    pthread_mutex_unlock(&a->mu);
-    json_object_set_new(req, "id", json_integer(id));
-    send_msg(a, req);
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += wait_ms / 1000;
-    dl.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&a->mu);
-    while (!a->kv_reply && !aborted(a))
-        if (pthread_cond_timedwait(&a->cv, &a->mu, &dl) == ETIMEDOUT)
-            break;
-    json_t *r = a->kv_reply;
-    a->kv_reply = NULL;
-    a->kv_id = 0;
-    pthread_mutex_unlock(&a->mu);
-    return r;
-}
-
-static json_t *kv_req(kv_ctx *k, const char *type, const char *key)
-{
-    json_t *m = rw_msg_new(type, -1);
-    json_object_set_new(m, "job", json_integer(k->job));
-    json_object_set_new(m, "attempt", json_integer(k->attempt));
-    json_object_set_new(m, "key", json_string(key));
-    return m;
-}
-
-static const char *reply_type(const json_t *r)
-{
-    return r ? json_string_value(json_object_get(r, "type")) : NULL;
-}
-
-static void kv_complain(const char *what, const char *key, const json_t *r)
-{
-    fprintf(stderr, "runaway-worker: %s '%s': %s\n", what, key,
-            r ? json_string_value(json_object_get(r, "message")) : "no reply (cancelled, or daemon gone)");
-}
-
-static int kv_set_cb(void *ud, const char *key, const void *value, size_t len)
-{
-    kv_ctx *k = ud;
-    if (len > RW_KV_VALUE_MAX || !rw_kv_key_ok(key)) {
-        fprintf(stderr, "runaway-worker: kv_set '%s': %zu bytes (at most %d)\n", key, len,
-                RW_KV_VALUE_MAX);
-        return -1;
-    }
-    char *hex = malloc(2 * len + 1);
-    if (!hex)
-        return -1;
-    rw_hex_encode(value, len, hex);
-    json_t *m = kv_req(k, "kv_set", key);
-    json_object_set_new(m, "value", json_string(hex));
-    free(hex);
-    json_t *r = kv_call(k->a, m, 30000);
-    const char *t = reply_type(r);
-    int rc = t && !strcmp(t, "ok") ? 0 : -1;
-    if (rc)
-        kv_complain("kv_set", key, r);
-    json_decref(r);
-    return rc;
-}
-
-static int kv_get_cb(void *ud, const char *key, void *buf, size_t cap, size_t *len, int timeout_ms)
-{
-    kv_ctx *k = ud;
-    if (!rw_kv_key_ok(key))
-        return -1;
-    if (timeout_ms < 0 || timeout_ms > RW_KV_TIMEOUT_MAX_MS)
-        timeout_ms = RW_KV_TIMEOUT_MAX_MS;
-    json_t *m = kv_req(k, "kv_get", key);
-    json_object_set_new(m, "timeout_ms", json_integer(timeout_ms));
-    /* the daemon answers timeouts on its tick (<= 1 s late); give it room */
-    json_t *r = kv_call(k->a, m, timeout_ms + 10000);
-    const char *t = reply_type(r);
-    int rc = -1;
-    if (t && !strcmp(t, "kv_value")) {
-        json_t *v = json_object_get(r, "value");
-        const char *hex = json_string_value(v);
-        if (hex && rw_hex_decode(hex, json_string_length(v), buf, cap, len) == 0)
-            rc = 0;
-    }
-    if (rc)
-        kv_complain("kv_get", key, r);
-    json_decref(r);
-    return rc;
+    rw_agent_send(r->a, m);
 }
 
 static kb_backend *make_backend(const char *want, int threads, char *err, size_t errlen)
@@ -529,8 +377,8 @@ static json_t *run_assignment(agent *a, json_t *m)
     if (be && world > 1) {
         /* rendezvous through the daemon's store of this attempt: fresh per
          * attempt, so no rank ever meets a dead attempt's addresses */
-        kv_ctx kc = {a, r.job, r.attempt};
-        kb_store store = {.ud = &kc, .set = kv_set_cb, .get = kv_get_cb};
+        rw_agent_kv kc = {a, r.job, r.attempt};
+        kb_store store = {.ud = &kc, .set = rw_agent_kv_set, .get = rw_agent_kv_get};
         comm = nccl ? kb_nccl_create(&store, rank, world, 0, a->coll_timeout_ms, err, sizeof err)
                     : kb_gloo_create(&store, rank, world, a->host, a->coll_timeout_ms, err,
                                      sizeof err);
@@ -540,7 +388,7 @@ static json_t *run_assignment(agent *a, json_t *m)
         comm = q ? q : comm;
         fprintf(stderr, "runaway-worker: j%lld attempt %lld: rank %d of %d (%s, %s): %s\n", r.job,
                 r.attempt, rank, world, nccl ? "nccl" : "gloo", a->host, comm ? "connected" : err);
-        if (!comm && aborted(a)) {
+        if (!comm && rw_agent_aborted(a)) {
             kb_destroy(be);
             return job_msg(&r, "stopped");
         }
@@ -604,7 +452,7 @@ static void restart_self(agent *a)
      * hello finds the slot free: end our side, wait for its close */
     shutdown(a->fd, SHUT_WR);
     char buf[4096];
-    for (double t0 = mono(); mono() - t0 < 3;) {
+    for (double t0 = rw_agent_mono(); rw_agent_mono() - t0 < 3;) {
         struct pollfd p = {.fd = a->fd, .events = POLLIN};
         if (poll(&p, 1, 100) > 0 && read(a->fd, buf, sizeof buf) <= 0)
             break;
@@ -814,7 +662,7 @@ int rw_agent_main(int argc, char **argv)
             a.rank = (int)json_integer_value(json_object_get(m, "rank"));
             a.world = (int)json_integer_value(json_object_get(m, "world"));
             a.cancelled_at = 0;
-            a.progress_at = mono();
+            a.progress_at = rw_agent_mono();
             atomic_store(&a.cancel, 0);
         }
         pthread_mutex_unlock(&a.mu);
@@ -832,7 +680,7 @@ int rw_agent_main(int argc, char **argv)
             !strcmp(json_string_value(json_object_get(report, "type")), "stopped"))
             json_object_set_new(report, "preempted",
                                 json_string(sig == SIGTERM ? "SIGTERM" : "SIGUSR1"));
-        send_msg(&a, report);
+        rw_agent_send(&a, report);
     }
     /* stop: wake the I/O thread (its poll sees the shutdown) and go */
     if (reconnect > 0 && atomic_load(&a.lost) && !atomic_load(&a.preempted)) {

@@ -134,6 +134,8 @@ struct rd_net {
 /* Listens on the Unix socket, and on tcp_addr (HOST:PORT, or NULL) with
  * the token read from token_path. 0, or -1 with err. */
 int rd_net_listen(rd_net *n, const char *tcp_addr, char *err, size_t errlen);
+/* A listener's accept callback (daemon/listen.c's listeners use it). */
+void rd_net_on_connection(uv_stream_t *srv, int status);
 /* No new connections (shutdown): the listeners close, the socket file goes. */
 void rd_net_stop_listening(rd_net *n);
 /* Deadlines (hello, a frame begun, an idle client), once per tick; the

@@ -1,6 +1,6 @@
-/* The spec's field table, shared by the parser (proto/spec.c), its
- * validation (proto/spec_check.c) and the canonical YAML writer
- * (proto/spec_emit.c): one place for every field's
+/* The spec's field table (proto/spec_table.c), shared by the parser
+ * (proto/spec.c), its validation (proto/spec_check.c) and the canonical YAML
+ * writer (proto/spec_emit.c): one place for every field's
  * path, type, offset and range. Internal to proto/. */
 #ifndef RUNAWAY_PROTO_SPEC_TABLE_H
 #define RUNAWAY_PROTO_SPEC_TABLE_H
@@ -43,7 +43,7 @@ typedef struct field {
 extern const field rw_field_table[];
 extern const size_t rw_field_count;
 
-/* Shared by the parser and the validation (proto/spec_check.c). */
+/* Helpers the three share (proto/spec_table.c). */
 void rw_spec_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void rw_field_range_text(const field *f, char *out, size_t outlen); /* "in (0, 10]" */

@@ -39,24 +39,6 @@
 
 static void restart_self(agent *a);
 
-void rw_agent_send(agent *a, json_t *m)
-{
-    if (!m)
-        return;
-    pthread_mutex_lock(&a->wmu);
-    if (!atomic_load(&a->lost) && rw_frame_send_fd(a->fd, m) != 0)
-        atomic_store(&a->lost, 1);
-    pthread_mutex_unlock(&a->wmu);
-    json_decref(m);
-}
-
-double rw_agent_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void *io_main(void *arg)
 {
     agent *a = arg;

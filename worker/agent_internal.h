@@ -1,5 +1,7 @@
 /* What worker/agent.c (the worker's protocol side) shares with
- * worker/agent_kv.c (its rendezvous store). Internal to the worker. */
+ * worker/agent_kv.c (its rendezvous store): the agent's state and the few
+ * things both do with it, inline so that agent_kv.c calls nothing in
+ * agent.c. Internal to the worker. */
 #ifndef RUNAWAY_WORKER_AGENT_INTERNAL_H
 #define RUNAWAY_WORKER_AGENT_INTERNAL_H
 
@@ -7,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "proto/frame.h"
 
@@ -50,10 +53,29 @@ typedef struct agent {
 
 /* Sends m (taking it) under the write lock; a failed write marks the
  * daemon lost. */
-void rw_agent_send(agent *a, json_t *m);
-double rw_agent_mono(void);
+static inline void rw_agent_send(agent *a, json_t *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&a->wmu);
+    if (!atomic_load(&a->lost) && rw_frame_send_fd(a->fd, m) != 0)
+        atomic_store(&a->lost, 1);
+    pthread_mutex_unlock(&a->wmu);
+    json_decref(m);
+}
+
+static inline double rw_agent_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 /* The current job was cancelled, or the daemon asked to stop or is gone. */
-int rw_agent_aborted(agent *a);
+static inline int rw_agent_aborted(agent *a)
+{
+    return atomic_load(&a->cancel) || atomic_load(&a->stop) || atomic_load(&a->lost);
+}
 
 /* kb_store's callbacks over the daemon's store of one attempt. */
 typedef struct rw_agent_kv {

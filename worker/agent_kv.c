@@ -12,11 +12,6 @@
 
 #include "proto/msg.h"
 
-int rw_agent_aborted(agent *a)
-{
-    return atomic_load(&a->cancel) || atomic_load(&a->stop) || atomic_load(&a->lost);
-}
-
 /* Sends req with a fresh id; the reply, or NULL after wait_ms or when the
  * job is cancelled or the daemon gone. */
 static json_t *kv_call(agent *a, json_t *req, int wait_ms)
